@@ -1,0 +1,600 @@
+//! Structural validation of FHIR R4 JSON resources.
+
+use serde_json::{Map, Value};
+
+use crate::model::{model, ElementDef, Kind, Model, Prim, TypeDef};
+use crate::primitive as p;
+
+/// Severity of an [`Issue`] (FHIR `IssueSeverity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Severity {
+    Fatal,
+    Error,
+    Warning,
+    Information,
+}
+
+impl Severity {
+    /// The FHIR `OperationOutcome.issue.severity` code.
+    pub fn as_code(self) -> &'static str {
+        match self {
+            Severity::Fatal => "fatal",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Information => "information",
+        }
+    }
+}
+
+/// Kind of problem (a subset of FHIR `IssueType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IssueCode {
+    /// Not a resource at all / unknown resource type / not a JSON object.
+    Invalid,
+    /// Wrong JSON shape: unknown element, array vs single, object vs primitive, empty
+    /// object/array, null, several variants of a choice element.
+    Structure,
+    /// A primitive value that violates its datatype's format or range.
+    Value,
+    /// A required element (min >= 1) is missing.
+    Required,
+    /// A code outside the required value set bound to the element.
+    CodeInvalid,
+}
+
+impl IssueCode {
+    /// The FHIR `OperationOutcome.issue.code` code.
+    pub fn as_code(self) -> &'static str {
+        match self {
+            IssueCode::Invalid => "invalid",
+            IssueCode::Structure => "structure",
+            IssueCode::Value => "value",
+            IssueCode::Required => "required",
+            IssueCode::CodeInvalid => "code-invalid",
+        }
+    }
+}
+
+/// One validation finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub severity: Severity,
+    pub code: IssueCode,
+    /// FHIRPath-like location, e.g. `Patient.name[0].given[1]`; nested resources continue the
+    /// path of their container: `Bundle.entry[2].resource.status`.
+    pub expression: String,
+    pub message: String,
+}
+
+/// Validate a resource (any R4 resource type) and return all structural issues found (empty if
+/// valid). Never panics; recursion depth is bounded.
+pub fn validate(resource: &Value) -> Vec<Issue> {
+    let mut v = Validator {
+        m: model(),
+        issues: Vec::new(),
+        path: String::new(),
+        depth: 0,
+    };
+    v.resource(resource, true);
+    v.issues
+}
+
+/// Render issues as an R4 `OperationOutcome` resource (an "informational, all ok" issue if none).
+pub fn operation_outcome(issues: &[Issue]) -> Value {
+    let mut list = Vec::with_capacity(issues.len().max(1));
+    for i in issues {
+        let mut o = Map::new();
+        o.insert(
+            "severity".into(),
+            Value::String(i.severity.as_code().into()),
+        );
+        o.insert("code".into(), Value::String(i.code.as_code().into()));
+        o.insert("diagnostics".into(), Value::String(i.message.clone()));
+        if !i.expression.is_empty() {
+            o.insert(
+                "expression".into(),
+                Value::Array(vec![Value::String(i.expression.clone())]),
+            );
+        }
+        list.push(Value::Object(o));
+    }
+    if list.is_empty() {
+        let mut o = Map::new();
+        o.insert("severity".into(), Value::String("information".into()));
+        o.insert("code".into(), Value::String("informational".into()));
+        o.insert(
+            "diagnostics".into(),
+            Value::String("No issues detected".into()),
+        );
+        list.push(Value::Object(o));
+    }
+    let mut oo = Map::new();
+    oo.insert(
+        "resourceType".into(),
+        Value::String("OperationOutcome".into()),
+    );
+    oo.insert("issue".into(), Value::Array(list));
+    Value::Object(oo)
+}
+
+const MAX_DEPTH: usize = 64;
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+struct Validator {
+    m: &'static Model,
+    issues: Vec<Issue>,
+    path: String,
+    depth: usize,
+}
+
+impl Validator {
+    fn issue(&mut self, code: IssueCode, message: String) {
+        self.issues.push(Issue {
+            severity: Severity::Error,
+            code,
+            expression: self.path.clone(),
+            message,
+        });
+    }
+
+    fn push_name(&mut self, name: &str) -> usize {
+        let len = self.path.len();
+        if !self.path.is_empty() {
+            self.path.push('.');
+        }
+        self.path.push_str(name);
+        len
+    }
+
+    fn push_index(&mut self, i: usize) -> usize {
+        let len = self.path.len();
+        self.path.push('[');
+        self.path.push_str(&i.to_string());
+        self.path.push(']');
+        len
+    }
+
+    /// Validate a resource; `self.path` is the location of the resource (empty at top level).
+    fn resource(&mut self, v: &Value, top: bool) {
+        let Value::Object(obj) = v else {
+            self.issue(
+                IssueCode::Invalid,
+                format!("a resource must be a JSON object, found {}", json_kind(v)),
+            );
+            return;
+        };
+        let rt = match obj.get("resourceType") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(other) => {
+                self.issue(
+                    IssueCode::Invalid,
+                    format!("resourceType must be a string, found {}", json_kind(other)),
+                );
+                return;
+            }
+            None => {
+                self.issue(
+                    IssueCode::Invalid,
+                    "the resource has no resourceType".to_string(),
+                );
+                return;
+            }
+        };
+        let m = self.m;
+        let td = match m.type_def(rt) {
+            Some(td) if m.is_resource_type(rt) => td,
+            _ => {
+                self.issue(IssueCode::Invalid, format!("unknown resource type '{rt}'"));
+                return;
+            }
+        };
+        let saved = self.path.len();
+        if top {
+            self.path.push_str(rt);
+        }
+        self.object(td, obj, true);
+        self.path.truncate(saved);
+    }
+
+    /// Validate the properties of a JSON object against a type definition.
+    fn object(&mut self, td: &'static TypeDef, obj: &Map<String, Value>, is_resource: bool) {
+        if self.depth >= MAX_DEPTH {
+            self.issue(IssueCode::Structure, "content is nested too deeply".into());
+            return;
+        }
+        self.depth += 1;
+        if !is_resource && obj.keys().all(|k| k == "fhir_comments") {
+            self.issue(
+                IssueCode::Structure,
+                "an object must have content (empty objects are not allowed)".into(),
+            );
+        }
+        for (key, value) in obj {
+            if key == "fhir_comments" || (is_resource && key == "resourceType") {
+                continue;
+            }
+            if let Some(base) = key.strip_prefix('_') {
+                match td.element(base) {
+                    Some(ed) if matches!(ed.kind, Kind::Primitive(pr) if pr != Prim::Xhtml) => {
+                        let saved = self.push_name(base);
+                        self.primitive_extension(ed, value, obj.get(base));
+                        self.path.truncate(saved);
+                    }
+                    _ => {
+                        let saved = self.push_name(key);
+                        self.issue(
+                            IssueCode::Structure,
+                            format!("unrecognized property '{key}' in {}", td.name),
+                        );
+                        self.path.truncate(saved);
+                    }
+                }
+                continue;
+            }
+            let saved = self.push_name(key);
+            match td.element(key) {
+                Some(ed) => {
+                    let ext = if matches!(ed.kind, Kind::Primitive(_)) {
+                        obj.get(&format!("_{key}"))
+                    } else {
+                        None
+                    };
+                    self.element(ed, value, ext)
+                }
+                None => self.issue(
+                    IssueCode::Structure,
+                    format!("unrecognized property '{key}' in {}", td.name),
+                ),
+            }
+            self.path.truncate(saved);
+        }
+        // choice elements: at most one variant
+        for (base, variants) in &td.choices {
+            let present: Vec<&str> = variants
+                .iter()
+                .filter_map(|&i| td.elements.get(i))
+                .filter(|e| present(obj, &e.name))
+                .map(|e| e.name.as_str())
+                .collect();
+            if present.len() > 1 {
+                let saved = self.push_name(&format!("{base}[x]"));
+                self.issue(
+                    IssueCode::Structure,
+                    format!(
+                        "only one variant of the choice element {base}[x] is allowed, found {}",
+                        present.join(", ")
+                    ),
+                );
+                self.path.truncate(saved);
+            }
+        }
+        // required elements
+        for (label, idxs) in &td.required {
+            let found = idxs
+                .iter()
+                .filter_map(|&i| td.elements.get(i))
+                .any(|e| present(obj, &e.name));
+            if !found {
+                let saved = self.push_name(label);
+                self.issue(
+                    IssueCode::Required,
+                    format!("missing required element {}.{label} (min 1)", td.name),
+                );
+                self.path.truncate(saved);
+            }
+        }
+        self.depth -= 1;
+    }
+
+    /// Validate the value of element `ed` (`self.path` points at it). `ext` is the `_name`
+    /// sibling, if any.
+    fn element(&mut self, ed: &'static ElementDef, v: &Value, ext: Option<&Value>) {
+        let is_prim = matches!(ed.kind, Kind::Primitive(_));
+        if ed.array {
+            let Value::Array(items) = v else {
+                self.issue(
+                    IssueCode::Structure,
+                    format!(
+                        "element '{}' repeats and must be a JSON array, found {}",
+                        ed.name,
+                        json_kind(v)
+                    ),
+                );
+                return;
+            };
+            if items.is_empty() {
+                self.issue(
+                    IssueCode::Structure,
+                    format!(
+                        "array '{}' must not be empty (omit the property instead)",
+                        ed.name
+                    ),
+                );
+                return;
+            }
+            let ext_items = match ext {
+                Some(Value::Array(e)) => Some(e),
+                _ => None,
+            };
+            if let Some(e) = ext_items {
+                if e.len() != items.len() {
+                    self.issue(
+                        IssueCode::Structure,
+                        format!(
+                            "'{}' has {} values but '_{}' has {} entries (must be equal)",
+                            ed.name,
+                            items.len(),
+                            ed.name,
+                            e.len()
+                        ),
+                    );
+                }
+            }
+            for (i, item) in items.iter().enumerate() {
+                let saved = self.push_index(i);
+                if item.is_null() {
+                    let has_ext = is_prim
+                        && ext_items
+                            .and_then(|e| e.get(i))
+                            .is_some_and(|x| !x.is_null());
+                    if !has_ext {
+                        self.issue(
+                            IssueCode::Structure,
+                            "null is not allowed here (only in a primitive array whose '_' sibling has an entry at the same position)".into(),
+                        );
+                    }
+                } else {
+                    self.item(ed, item);
+                }
+                self.path.truncate(saved);
+            }
+        } else {
+            match v {
+                Value::Array(_) => self.issue(
+                    IssueCode::Structure,
+                    format!(
+                        "element '{}' does not repeat and must not be a JSON array",
+                        ed.name
+                    ),
+                ),
+                Value::Null => self.issue(
+                    IssueCode::Structure,
+                    format!("null is not allowed for '{}' (omit the property)", ed.name),
+                ),
+                _ => self.item(ed, v),
+            }
+        }
+    }
+
+    /// Validate one (non-null, non-array) occurrence of an element.
+    fn item(&mut self, ed: &'static ElementDef, v: &Value) {
+        match ed.kind {
+            Kind::Resource => {
+                if self.depth >= MAX_DEPTH {
+                    self.issue(IssueCode::Structure, "content is nested too deeply".into());
+                    return;
+                }
+                self.depth += 1;
+                self.resource(v, false);
+                self.depth -= 1;
+            }
+            Kind::Complex(t) => match (v, self.m.types.get(t)) {
+                (Value::Object(o), Some(td)) => self.object(td, o, false),
+                (Value::Object(_), None) => {}
+                _ => self.issue(
+                    IssueCode::Structure,
+                    format!(
+                        "element '{}' of type {} must be a JSON object, found {}",
+                        ed.name,
+                        ed.type_name,
+                        json_kind(v)
+                    ),
+                ),
+            },
+            Kind::Primitive(pr) => self.primitive(ed, pr, v),
+        }
+    }
+
+    fn primitive(&mut self, ed: &ElementDef, pr: Prim, v: &Value) {
+        let tn = ed.type_name.as_str();
+        match pr {
+            Prim::Boolean => {
+                if !v.is_boolean() {
+                    self.wrong_json(ed, "a JSON boolean", v);
+                }
+            }
+            Prim::Integer | Prim::PositiveInt | Prim::UnsignedInt | Prim::Decimal => {
+                let Value::Number(n) = v else {
+                    self.wrong_json(ed, "a JSON number", v);
+                    return;
+                };
+                let text = n.to_string();
+                if pr == Prim::Decimal {
+                    if !p::is_decimal_text(&text) {
+                        self.bad_value(tn, &text);
+                    }
+                    return;
+                }
+                let (lo, what) = match pr {
+                    Prim::PositiveInt => (1i64, "an integer >= 1"),
+                    Prim::UnsignedInt => (0, "an integer >= 0"),
+                    _ => (i64::from(i32::MIN), "a 32-bit integer"),
+                };
+                match p::parse_integer(&text) {
+                    Some(i) if i >= lo && i <= i64::from(i32::MAX) => {}
+                    _ => self.issue(
+                        IssueCode::Value,
+                        format!("'{text}' is not a valid {tn}: must be {what}"),
+                    ),
+                }
+            }
+            _ => {
+                let Value::String(s) = v else {
+                    self.wrong_json(ed, "a JSON string", v);
+                    return;
+                };
+                if s.is_empty() {
+                    self.issue(
+                        IssueCode::Value,
+                        format!(
+                            "empty string is not allowed for '{}' (omit the property)",
+                            ed.name
+                        ),
+                    );
+                    return;
+                }
+                let ok = match pr {
+                    Prim::Date => p::is_date(s),
+                    Prim::DateTime => p::is_date_time(s),
+                    Prim::Instant => p::is_instant(s),
+                    Prim::Time => p::is_time(s),
+                    Prim::Id => p::is_id(s),
+                    Prim::Code => p::is_code(s),
+                    Prim::Uri | Prim::Url | Prim::Canonical => p::is_uri(s),
+                    Prim::Oid => p::is_oid(s),
+                    Prim::Uuid => p::is_uuid(s),
+                    Prim::Base64Binary => p::is_base64(s),
+                    Prim::String | Prim::Markdown => p::is_string(s),
+                    Prim::Xhtml => {
+                        if let Some(problem) = p::xhtml_problem(s) {
+                            self.issue(IssueCode::Value, format!("invalid xhtml: {problem}"));
+                        }
+                        true
+                    }
+                    _ => true,
+                };
+                if !ok {
+                    self.bad_value(tn, s);
+                    return;
+                }
+                if let Some(e) = ed.enum_idx.and_then(|i| self.m.enums.get(i)) {
+                    if !e.iter().any(|c| c == s) {
+                        let allowed = e.join(" | ");
+                        self.issue(
+                            IssueCode::CodeInvalid,
+                            format!(
+                                "'{s}' is not a valid code for '{}' (required binding: {allowed})",
+                                ed.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn wrong_json(&mut self, ed: &ElementDef, expected: &str, v: &Value) {
+        self.issue(
+            IssueCode::Structure,
+            format!(
+                "element '{}' of type {} must be {expected}, found {}",
+                ed.name,
+                ed.type_name,
+                json_kind(v)
+            ),
+        );
+    }
+
+    fn bad_value(&mut self, type_name: &str, text: &str) {
+        let shown: String = text.chars().take(100).collect();
+        self.issue(
+            IssueCode::Value,
+            format!("'{shown}' is not a valid {type_name}"),
+        );
+    }
+
+    /// `_name` sibling of a primitive element (`self.path` points at the primitive).
+    fn primitive_extension(&mut self, ed: &'static ElementDef, v: &Value, value: Option<&Value>) {
+        let m = self.m;
+        let Some(elem_td) = m.element_type.and_then(|i| m.types.get(i)) else {
+            return;
+        };
+        if ed.array {
+            let Value::Array(items) = v else {
+                self.issue(
+                    IssueCode::Structure,
+                    format!(
+                        "'_{}' must be a JSON array (because '{}' repeats), found {}",
+                        ed.name,
+                        ed.name,
+                        json_kind(v)
+                    ),
+                );
+                return;
+            };
+            if items.is_empty() {
+                self.issue(
+                    IssueCode::Structure,
+                    format!("array '_{}' must not be empty", ed.name),
+                );
+                return;
+            }
+            let values = match value {
+                Some(Value::Array(a)) => Some(a),
+                _ => None,
+            };
+            for (i, item) in items.iter().enumerate() {
+                let saved = self.push_index(i);
+                match item {
+                    Value::Null => {
+                        // A null here is fine when the value array has a value at i. If the value
+                        // array has a null at i, the value side reports it; if it has no entry at
+                        // i at all, report here.
+                        if values.and_then(|a| a.get(i)).is_none() {
+                            self.issue(
+                                IssueCode::Structure,
+                                format!(
+                                    "'_{}' is null at index {i} and '{}' has no value there",
+                                    ed.name, ed.name
+                                ),
+                            );
+                        }
+                    }
+                    Value::Object(o) => self.object(elem_td, o, false),
+                    other => self.issue(
+                        IssueCode::Structure,
+                        format!(
+                            "entries of '_{}' must be JSON objects or null, found {}",
+                            ed.name,
+                            json_kind(other)
+                        ),
+                    ),
+                }
+                self.path.truncate(saved);
+            }
+        } else {
+            match v {
+                Value::Object(o) => self.object(elem_td, o, false),
+                other => self.issue(
+                    IssueCode::Structure,
+                    format!(
+                        "'_{}' must be a JSON object, found {}",
+                        ed.name,
+                        json_kind(other)
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// An element counts as present if its value or its `_name` extension sibling is there.
+fn present(obj: &Map<String, Value>, name: &str) -> bool {
+    if obj.contains_key(name) {
+        return true;
+    }
+    let mut key = String::with_capacity(name.len() + 1);
+    key.push('_');
+    key.push_str(name);
+    obj.contains_key(&key)
+}

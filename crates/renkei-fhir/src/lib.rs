@@ -1,0 +1,209 @@
+//! The FHIR R4 content layer: turns request bytes (JSON or XML) into validated
+//! `serde_json::Value` resources and renders them back as XML.
+//!
+//! This is the only crate that depends on fhirbolt. fhirbolt panics on some hostile input (an
+//! empty array) and can overflow the stack on deep nesting, so every call into it is preceded
+//! by [`prepass`] checks and wrapped in `catch_unwind`. Everything above this crate works on
+//! `serde_json::Value` and bytes.
+
+mod prepass;
+
+use fhirbolt::model::r4::Resource;
+use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
+use serde_json::Value;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub use renkei_fhir_schema::{
+    is_resource_type, resource_types, select_elements, summarize, Issue, IssueCode, Severity,
+    SummaryMode,
+};
+
+/// Deepest nesting accepted in a resource. Real resources stay far below; the limit keeps
+/// recursive parsers away from the stack's end.
+pub const MAX_DEPTH: usize = 64;
+
+/// Why content was rejected; carries every issue found, each with a path where known.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", summary(.issues))]
+pub struct ContentError {
+    pub issues: Vec<Issue>,
+}
+
+fn summary(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(|i| {
+            if i.expression.is_empty() {
+                i.message.clone()
+            } else {
+                format!("{}: {}", i.expression, i.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ContentError {
+    pub fn single(code: IssueCode, expression: &str, message: impl Into<String>) -> Self {
+        ContentError {
+            issues: vec![Issue {
+                severity: Severity::Error,
+                code,
+                expression: expression.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Parses FHIR JSON bytes into a resource value and validates its structure.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ContentError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ContentError::single(
+            IssueCode::Structure,
+            "",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    validate(&value)?;
+    Ok(value)
+}
+
+/// Parses FHIR XML bytes into the equivalent FHIR JSON value and validates it.
+pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
+    prepass::check_xml_depth(bytes, MAX_DEPTH)?;
+    let config = DeserializationConfig {
+        mode: DeserializationMode::Strict,
+    };
+    let parsed = catch_unwind(AssertUnwindSafe(|| {
+        fhirbolt::xml::from_slice::<Resource>(bytes, Some(config))
+    }))
+    .map_err(|_| {
+        ContentError::single(
+            IssueCode::Structure,
+            "",
+            "the XML could not be parsed as FHIR",
+        )
+    })?
+    .map_err(|e| {
+        ContentError::single(
+            IssueCode::Structure,
+            "",
+            format!("the body is not valid FHIR XML: {e}"),
+        )
+    })?;
+    let value = catch_unwind(AssertUnwindSafe(|| {
+        fhirbolt::json::to_json_value(parsed, None)
+    }))
+    .map_err(|_| ContentError::single(IssueCode::Invalid, "", "XML conversion failed"))?
+    .map_err(|e| {
+        ContentError::single(
+            IssueCode::Invalid,
+            "",
+            format!("XML conversion failed: {e}"),
+        )
+    })?;
+    validate(&value)?;
+    Ok(value)
+}
+
+/// Full structural validation of a resource value: JSON-level rules, then the element
+/// definitions of R4 (paths, types, primitive formats, required elements and codes), then
+/// fhirbolt's strict model as a last line of defence.
+pub fn validate(value: &Value) -> Result<(), ContentError> {
+    let mut issues = prepass::check_json(value, MAX_DEPTH);
+    if !issues.is_empty() {
+        return Err(ContentError { issues });
+    }
+    issues = renkei_fhir_schema::validate(value);
+    if issues.iter().any(|i| i.severity == Severity::Error) {
+        return Err(ContentError { issues });
+    }
+    model_check(value)
+}
+
+fn model_check(value: &Value) -> Result<(), ContentError> {
+    let config = DeserializationConfig {
+        mode: DeserializationMode::Strict,
+    };
+    let owned = value.clone();
+    let result = catch_unwind(AssertUnwindSafe(move || {
+        fhirbolt::json::from_json_value::<Resource>(owned, Some(config)).map(|_| ())
+    }));
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ContentError::single(
+            IssueCode::Structure,
+            "",
+            format!("the resource does not match the FHIR R4 model: {e}"),
+        )),
+        Err(_) => Err(ContentError::single(
+            IssueCode::Structure,
+            "",
+            "the resource could not be checked against the FHIR R4 model",
+        )),
+    }
+}
+
+/// Renders a resource value as FHIR XML.
+pub fn to_xml(value: &Value) -> Result<String, ContentError> {
+    let config = DeserializationConfig {
+        mode: DeserializationMode::Strict,
+    };
+    let owned = value.clone();
+    let result = catch_unwind(AssertUnwindSafe(move || {
+        let resource = fhirbolt::json::from_json_value::<Resource>(owned, Some(config))
+            .map_err(|e| e.to_string())?;
+        fhirbolt::xml::to_string(&resource, None).map_err(|e| e.to_string())
+    }));
+    match result {
+        Ok(Ok(xml)) => Ok(xml),
+        Ok(Err(message)) => Err(ContentError::single(
+            IssueCode::Invalid,
+            "",
+            format!("cannot render XML: {message}"),
+        )),
+        Err(_) => Err(ContentError::single(
+            IssueCode::Invalid,
+            "",
+            "cannot render XML",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rejects_empty_array_without_panicking() {
+        let err = parse_json(br#"{"resourceType":"Patient","name":[]}"#).unwrap_err();
+        assert!(err.issues.iter().any(|i| i.expression == "Patient.name"));
+    }
+
+    #[test]
+    fn rejects_malformed_json() {
+        assert!(parse_json(b"{\"resourceType\":").is_err());
+        assert!(parse_json(b"[]").is_err());
+    }
+
+    #[test]
+    fn xml_round_trip_keeps_content() {
+        let json = r#"{"resourceType":"Patient","id":"p1","gender":"female","birthDate":"1970-01-02","name":[{"family":"山田","given":["花子"]}]}"#;
+        let value = parse_json(json.as_bytes()).unwrap();
+        let xml = to_xml(&value).unwrap();
+        assert!(xml.contains("山田"));
+        let back = parse_xml(xml.as_bytes()).unwrap();
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn rejects_deep_xml_nesting() {
+        let mut xml = String::from("<Patient xmlns=\"http://hl7.org/fhir\">");
+        for _ in 0..200 {
+            xml.push_str("<extension url=\"x\">");
+        }
+        assert!(parse_xml(xml.as_bytes()).is_err());
+    }
+}

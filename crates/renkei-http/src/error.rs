@@ -1,0 +1,108 @@
+//! The one place where errors become HTTP statuses and OperationOutcomes.
+
+use crate::format::{render_value, Format};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use renkei_repository::{status_of, RepoError};
+use serde_json::{json, Value};
+
+/// An error answered to the client, already rendered in its negotiated format.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("{message}")]
+    Http {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Http {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Repo(e) => {
+                let (line, _) = status_of(e.root());
+                line.split(' ')
+                    .next()
+                    .and_then(|code| code.parse::<u16>().ok())
+                    .and_then(|code| StatusCode::from_u16(code).ok())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            ApiError::Http { status, .. } => *status,
+        }
+    }
+
+    /// The OperationOutcome describing this error. Server faults get a generic text; their
+    /// cause goes to the log only.
+    pub fn outcome(&self) -> Value {
+        match self {
+            ApiError::Repo(e) => {
+                let root = e.root();
+                if let RepoError::Invalid(content) = root {
+                    let prefix = match e {
+                        RepoError::Entry { index, request, .. } => {
+                            format!("transaction entry {index} ({request}): ")
+                        }
+                        _ => String::new(),
+                    };
+                    let issues: Vec<Value> = content
+                        .issues
+                        .iter()
+                        .map(|issue| {
+                            let mut v = json!({
+                                "severity": issue.severity.as_code(),
+                                "code": issue.code.as_code(),
+                                "diagnostics": format!("{prefix}{}", issue.message),
+                            });
+                            if !issue.expression.is_empty() {
+                                v["expression"] = json!([issue.expression]);
+                            }
+                            v
+                        })
+                        .collect();
+                    return json!({"resourceType": "OperationOutcome", "issue": issues});
+                }
+                let (_, code) = status_of(root);
+                let message = if self.status().is_server_error() {
+                    tracing::error!(error = %e, "request failed");
+                    "the server could not complete the request; it has been logged".to_string()
+                } else {
+                    e.to_string()
+                };
+                outcome("error", code, &message)
+            }
+            ApiError::Http { code, message, .. } => outcome("error", code, message),
+        }
+    }
+
+    pub fn respond(&self, format: Format, pretty: bool) -> HttpResponse {
+        let mut builder = HttpResponse::build(self.status());
+        if let ApiError::Http { status, .. } = self {
+            if *status == StatusCode::UNAUTHORIZED {
+                builder.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+        }
+        render_value(builder, &self.outcome(), format, pretty)
+    }
+}
+
+pub fn outcome(severity: &str, code: &str, message: &str) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": message}]
+    })
+}

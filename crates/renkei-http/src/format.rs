@@ -1,0 +1,230 @@
+//! Content negotiation (`_format`, `Accept`, `Content-Type`) and rendering of FHIR content.
+
+use crate::error::ApiError;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, HttpResponseBuilder};
+use serde_json::Value;
+
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+pub const FHIR_XML: &str = "application/fhir+xml; charset=utf-8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Xml,
+}
+
+/// What a request body is, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Fhir(Format),
+    JsonPatch,
+}
+
+fn mime_format(mime: &str) -> Option<Format> {
+    let essence = mime
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/fhir+json"
+        | "application/json"
+        | "json"
+        | "application/json+fhir"
+        | "text/json" => Some(Format::Json),
+        "application/fhir+xml"
+        | "application/xml"
+        | "text/xml"
+        | "xml"
+        | "application/xml+fhir" => Some(Format::Xml),
+        _ => None,
+    }
+}
+
+/// The response format: `_format` wins over `Accept`; JSON when neither says.
+pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
+    if let Some(param) = format_param {
+        return mime_format(param).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "not-supported",
+                format!("_format '{param}' is not served; use json or xml"),
+            )
+        });
+    }
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(Format::Json);
+    };
+    let mut best: Option<(f32, Format)> = None;
+    let mut any = false;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let mime = parts.next().unwrap_or("").trim();
+        let quality = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if quality <= 0.0 {
+            continue;
+        }
+        let format = match mime {
+            "*/*" | "application/*" | "" => {
+                any = true;
+                Some(Format::Json)
+            }
+            other => mime_format(other),
+        };
+        if let Some(format) = format {
+            if best.is_none_or(|(q, _)| quality > q) {
+                best = Some((quality, format));
+            }
+        }
+    }
+    match best {
+        Some((_, format)) => Ok(format),
+        None if any => Ok(Format::Json),
+        None => Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            format!("none of the accepted types '{accept}' is served; use application/fhir+json or application/fhir+xml"),
+        )),
+    }
+}
+
+/// The kind of a request body from its `Content-Type` (415 for anything else).
+pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "the request has a body but no Content-Type; use application/fhir+json or application/fhir+xml",
+        ));
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json-patch+json" {
+        return Ok(BodyKind::JsonPatch);
+    }
+    mime_format(text).map(BodyKind::Fhir).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            format!("Content-Type '{text}' is not accepted; use application/fhir+json or application/fhir+xml"),
+        )
+    })
+}
+
+/// Parses a FHIR resource body in the given format.
+pub fn parse_body(bytes: &[u8], format: Format) -> Result<Value, ApiError> {
+    match format {
+        Format::Json => renkei_fhir::parse_json(bytes),
+        Format::Xml => renkei_fhir::parse_xml(bytes),
+    }
+    .map_err(|e| ApiError::Repo(e.into()))
+}
+
+/// Renders a value into a response in the requested format.
+pub fn render_value(
+    mut builder: HttpResponseBuilder,
+    value: &Value,
+    format: Format,
+    pretty: bool,
+) -> HttpResponse {
+    match format {
+        Format::Json => {
+            let body = if pretty {
+                serde_json::to_vec_pretty(value)
+            } else {
+                serde_json::to_vec(value)
+            };
+            match body {
+                Ok(bytes) => builder.content_type(FHIR_JSON).body(bytes),
+                Err(_) => HttpResponse::InternalServerError().finish(),
+            }
+        }
+        Format::Xml => match renkei_fhir::to_xml(value) {
+            Ok(xml) => builder.content_type(FHIR_XML).body(xml),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot render XML");
+                HttpResponse::InternalServerError()
+                    .content_type(FHIR_JSON)
+                    .body(
+                        serde_json::to_vec(&crate::error::outcome(
+                            "error",
+                            "exception",
+                            "the resource could not be rendered as XML",
+                        ))
+                        .unwrap_or_default(),
+                    )
+            }
+        },
+    }
+}
+
+/// Renders stored JSON text: the bytes go out as stored unless another shape is needed.
+pub fn render_stored(
+    builder: HttpResponseBuilder,
+    body: &str,
+    format: Format,
+    pretty: bool,
+) -> HttpResponse {
+    if format == Format::Json && !pretty {
+        let mut builder = builder;
+        return builder.content_type(FHIR_JSON).body(body.to_string());
+    }
+    match serde_json::from_str::<Value>(body) {
+        Ok(value) => render_value(builder, &value, format, pretty),
+        Err(_) => HttpResponse::InternalServerError().finish(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn headers(accept: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(
+            HeaderName::from_static("accept"),
+            HeaderValue::from_str(accept).unwrap(),
+        );
+        map
+    }
+
+    #[test]
+    fn negotiates_formats() {
+        assert_eq!(negotiate(None, &HeaderMap::new()).unwrap(), Format::Json);
+        assert_eq!(
+            negotiate(Some("xml"), &headers("application/json")).unwrap(),
+            Format::Xml
+        );
+        assert_eq!(
+            negotiate(None, &headers("application/fhir+xml")).unwrap(),
+            Format::Xml
+        );
+        assert_eq!(
+            negotiate(
+                None,
+                &headers("application/fhir+xml;q=0.5, application/fhir+json")
+            )
+            .unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            negotiate(None, &headers("text/html, */*;q=0.8")).unwrap(),
+            Format::Json
+        );
+        assert!(negotiate(None, &headers("text/html")).is_err());
+        assert!(negotiate(Some("text/turtle"), &HeaderMap::new()).is_err());
+    }
+}

@@ -1,0 +1,808 @@
+//! FHIR REST interactions. Handlers parse and negotiate, hand the work to the repository on
+//! the blocking pool, and render; they hold no FHIR logic of their own.
+
+use crate::error::{outcome, ApiError};
+use crate::format::{body_kind, parse_body, render_stored, render_value, BodyKind, Format};
+use crate::request::{if_match, read_body, return_preference, RequestCtx, ReturnPreference};
+use crate::AppState;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use renkei_fhir::SummaryMode;
+use renkei_repository::{
+    format_instant, parse_instant_ms, Criteria, DeleteOutcome, HistoryRequest, PatchBody,
+    RepoError, StoredResource, WriteContext, WriteOutcome,
+};
+use renkei_store::HistoryScope;
+use serde_json::{json, Value};
+use std::time::{Duration, UNIX_EPOCH};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Runs repository work on the blocking pool (diesel is synchronous).
+async fn blocking<T, F>(work: F) -> Result<T>
+where
+    F: FnOnce() -> std::result::Result<T, RepoError> + Send + 'static,
+    T: Send + 'static,
+{
+    web::block(work)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the server is shutting down",
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+/// Turns a handler result into a response, rendering errors in the negotiated format.
+fn finish(ctx: &RequestCtx, result: Result<HttpResponse>) -> HttpResponse {
+    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+}
+
+macro_rules! ctx_or_fail {
+    ($req:expr) => {
+        match RequestCtx::new(&$req) {
+            Ok(ctx) => ctx,
+            Err((e, format)) => return e.respond(format, false),
+        }
+    };
+}
+
+fn http_date(ms: i64) -> String {
+    let secs = u64::try_from(ms / 1000).unwrap_or(0);
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn version_headers(builder: &mut HttpResponseBuilder, resource: &StoredResource) {
+    builder
+        .insert_header((header::ETAG, format!("W/\"{}\"", resource.version)))
+        .insert_header((header::LAST_MODIFIED, http_date(resource.last_updated)));
+}
+
+fn location(ctx: &RequestCtx, resource: &StoredResource) -> String {
+    format!(
+        "{}/{}/{}/_history/{}",
+        ctx.base, resource.res_type, resource.id, resource.version
+    )
+}
+
+fn check_type(res_type: &str) -> Result<()> {
+    if renkei_fhir::is_resource_type(res_type) {
+        Ok(())
+    } else {
+        Err(ApiError::Repo(RepoError::UnknownType(res_type.to_string())))
+    }
+}
+
+/// Renders a resource for read/vread, applying `_summary` and `_elements`.
+fn render_resource(
+    ctx: &RequestCtx,
+    mut builder: HttpResponseBuilder,
+    resource: &StoredResource,
+) -> Result<HttpResponse> {
+    version_headers(&mut builder, resource);
+    let summary = match ctx.param("_summary") {
+        None | Some("false") => None,
+        Some("true") => Some(SummaryMode::True),
+        Some("text") => Some(SummaryMode::Text),
+        Some("data") => Some(SummaryMode::Data),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "_summary '{other}' is not valid on a read; use true, text, data or false"
+            )))
+        }
+    };
+    let elements: Option<Vec<&str>> = ctx.param("_elements").map(|e| {
+        e.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    if summary.is_none() && elements.is_none() {
+        return Ok(render_stored(
+            builder,
+            &resource.body,
+            ctx.format,
+            ctx.pretty,
+        ));
+    }
+    let mut value = resource.value().map_err(ApiError::from)?;
+    if let Some(mode) = summary {
+        value = renkei_fhir::summarize(&value, mode);
+    }
+    if let Some(elements) = elements {
+        value = renkei_fhir::select_elements(&value, &elements);
+    }
+    Ok(render_value(builder, &value, ctx.format, ctx.pretty))
+}
+
+/// Whether `If-None-Match` / `If-Modified-Since` make a read answer 304.
+fn not_modified(req: &HttpRequest, resource: &StoredResource) -> bool {
+    if let Some(tags) = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        return tags.split(',').any(|tag| {
+            tag.trim() == "*" || renkei_repository::parse_etag(tag) == Some(resource.version)
+        });
+    }
+    if let Some(since) = req
+        .headers()
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    {
+        let since_secs = since
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let modified_secs = u64::try_from(resource.last_updated / 1000).unwrap_or(0);
+        return modified_secs <= since_secs;
+    }
+    false
+}
+
+pub async fn read(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let (res_type, id) = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let repo = state.repository.clone();
+        let resource = blocking(move || repo.read(&res_type, &id)).await?;
+        if not_modified(&req, &resource) {
+            let mut builder = HttpResponse::NotModified();
+            version_headers(&mut builder, &resource);
+            return Ok(builder.finish());
+        }
+        render_resource(&ctx, HttpResponse::Ok(), &resource)
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+pub async fn vread(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let (res_type, id, version) = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let repo = state.repository.clone();
+        let resource = blocking(move || repo.vread(&res_type, &id, &version)).await?;
+        if not_modified(&req, &resource) {
+            return Ok(HttpResponse::NotModified().finish());
+        }
+        render_resource(&ctx, HttpResponse::Ok(), &resource)
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+/// Answers a successful write per the client's `Prefer: return=` choice.
+fn write_response(
+    req: &HttpRequest,
+    ctx: &RequestCtx,
+    outcome: &WriteOutcome,
+) -> Result<HttpResponse> {
+    let mut builder = if outcome.created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    version_headers(&mut builder, &outcome.resource);
+    let loc = location(ctx, &outcome.resource);
+    builder.insert_header((header::CONTENT_LOCATION, loc.clone()));
+    if outcome.created {
+        builder.insert_header((header::LOCATION, loc));
+    }
+    Ok(match return_preference(req) {
+        ReturnPreference::Minimal => builder.finish(),
+        ReturnPreference::OperationOutcome => {
+            let text = if outcome.existing {
+                "a resource matching If-None-Exist already exists; nothing was stored"
+            } else if outcome.created {
+                "created"
+            } else {
+                "updated"
+            };
+            render_value(builder, &outcome_info(text), ctx.format, ctx.pretty)
+        }
+        ReturnPreference::Representation => {
+            render_stored(builder, &outcome.resource.body, ctx.format, ctx.pretty)
+        }
+    })
+}
+
+fn outcome_info(text: &str) -> Value {
+    outcome("information", "informational", text)
+}
+
+async fn resource_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Value> {
+    let kind = body_kind(req.headers())?;
+    let BodyKind::Fhir(format) = kind else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "JSON Patch bodies are accepted only by PATCH",
+        ));
+    };
+    let bytes = read_body(req, payload, state.max_body_bytes).await?;
+    // Parsing and validation are CPU work; keep them off the async workers.
+    web::block(move || parse_body(&bytes, format))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "shutting down",
+            )
+        })?
+}
+
+fn write_context(state: &AppState) -> WriteContext {
+    WriteContext {
+        custodian: state.default_custodian.clone(),
+        custodian_from_source: false,
+    }
+}
+
+pub async fn create(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let res_type = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let resource = resource_body(&req, payload, &state).await?;
+        let criteria = match req
+            .headers()
+            .get("if-none-exist")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(query) => Some(Criteria::parse(
+                &res_type,
+                query.rsplit('?').next().unwrap_or(query),
+            )?),
+            None => None,
+        };
+        let repo = state.repository.clone();
+        let context = write_context(&state);
+        let outcome = blocking(move || {
+            repo.write(|tx| {
+                renkei_repository::create(
+                    tx,
+                    &res_type,
+                    resource.clone(),
+                    criteria.as_ref(),
+                    &context,
+                )
+            })
+        })
+        .await?;
+        write_response(&req, &ctx, &outcome)
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+pub async fn update(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let (res_type, id) = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let expected = if_match(&req)?;
+        let resource = resource_body(&req, payload, &state).await?;
+        let repo = state.repository.clone();
+        let context = write_context(&state);
+        let outcome = blocking(move || {
+            repo.write(|tx| {
+                renkei_repository::update(tx, &res_type, &id, resource.clone(), expected, &context)
+            })
+        })
+        .await?;
+        write_response(&req, &ctx, &outcome)
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+fn criteria_from_query(res_type: &str, ctx: &RequestCtx, req: &HttpRequest) -> Result<Criteria> {
+    let _ = ctx;
+    if req.query_string().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            format!(
+                "{} on the {res_type} type needs search criteria (conditional interaction)",
+                req.method()
+            ),
+        ));
+    }
+    let query: String = req
+        .query_string()
+        .split('&')
+        .filter(|p| !p.starts_with("_format=") && !p.starts_with("_pretty="))
+        .collect::<Vec<_>>()
+        .join("&");
+    Ok(Criteria::parse(res_type, &query)?)
+}
+
+pub async fn conditional_update(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let res_type = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let criteria = criteria_from_query(&res_type, &ctx, &req)?;
+        let expected = if_match(&req)?;
+        let resource = resource_body(&req, payload, &state).await?;
+        let repo = state.repository.clone();
+        let context = write_context(&state);
+        let outcome = blocking(move || {
+            repo.write(|tx| {
+                renkei_repository::conditional_update(
+                    tx,
+                    &criteria,
+                    resource.clone(),
+                    expected,
+                    &context,
+                )
+            })
+        })
+        .await?;
+        write_response(&req, &ctx, &outcome)
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+async fn patch_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<PatchBody> {
+    let kind = body_kind(req.headers())?;
+    let bytes = read_body(req, payload, state.max_body_bytes).await?;
+    match kind {
+        BodyKind::JsonPatch => {
+            let ops: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::bad_request(format!("the JSON Patch is not valid JSON: {e}"))
+            })?;
+            if !ops.is_array() {
+                return Err(ApiError::bad_request(
+                    "a JSON Patch document is an array of operations",
+                ));
+            }
+            Ok(PatchBody::JsonPatch(ops))
+        }
+        BodyKind::Fhir(format) => {
+            let params = parse_body(&bytes, format)?;
+            if params.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+                return Err(ApiError::bad_request(
+                    "a FHIRPath Patch body is a Parameters resource",
+                ));
+            }
+            Ok(PatchBody::FhirPathPatch(params))
+        }
+    }
+}
+
+pub async fn patch(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let (res_type, id) = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let expected = if_match(&req)?;
+        let body = patch_body(&req, payload, &state).await?;
+        let repo = state.repository.clone();
+        let context = write_context(&state);
+        let outcome = blocking(move || {
+            repo.write(|tx| renkei_repository::patch(tx, &res_type, &id, &body, expected, &context))
+        })
+        .await?;
+        write_response(&req, &ctx, &outcome)
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+pub async fn conditional_patch(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let res_type = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let criteria = criteria_from_query(&res_type, &ctx, &req)?;
+        let expected = if_match(&req)?;
+        let body = patch_body(&req, payload, &state).await?;
+        let repo = state.repository.clone();
+        let context = write_context(&state);
+        let outcome = blocking(move || {
+            repo.write(|tx| {
+                let id = renkei_repository::resolve_single(tx, &criteria)?;
+                renkei_repository::patch(tx, &criteria.res_type, &id, &body, expected, &context)
+            })
+        })
+        .await?;
+        write_response(&req, &ctx, &outcome)
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+fn delete_response(req: &HttpRequest, ctx: &RequestCtx, outcome: &DeleteOutcome) -> HttpResponse {
+    let (text, version) = match outcome {
+        DeleteOutcome::Deleted { version } => ("deleted", Some(*version)),
+        DeleteOutcome::NothingToDelete => (
+            "nothing to delete: the resource does not exist or is already deleted",
+            None,
+        ),
+    };
+    let mut builder = match return_preference(req) {
+        ReturnPreference::OperationOutcome => HttpResponse::Ok(),
+        _ => HttpResponse::NoContent(),
+    };
+    if let Some(version) = version {
+        builder.insert_header((header::ETAG, format!("W/\"{version}\"")));
+    }
+    match return_preference(req) {
+        ReturnPreference::OperationOutcome => {
+            render_value(builder, &outcome_info(text), ctx.format, ctx.pretty)
+        }
+        _ => builder.finish(),
+    }
+}
+
+pub async fn delete(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let (res_type, id) = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let expected = if_match(&req)?;
+        let repo = state.repository.clone();
+        let outcome = blocking(move || {
+            repo.write(|tx| renkei_repository::delete(tx, &res_type, &id, expected))
+        })
+        .await?;
+        Ok(delete_response(&req, &ctx, &outcome))
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+pub async fn conditional_delete(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let res_type = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let criteria = criteria_from_query(&res_type, &ctx, &req)?;
+        let repo = state.repository.clone();
+        let outcome =
+            blocking(move || repo.write(|tx| renkei_repository::conditional_delete(tx, &criteria)))
+                .await?;
+        Ok(delete_response(&req, &ctx, &outcome))
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+pub async fn bundle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let result = async {
+        let bundle = resource_body(&req, payload, &state).await?;
+        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+            return Err(ApiError::bad_request(
+                "only a batch or transaction Bundle may be posted to the base URL",
+            ));
+        }
+        let representation = return_preference(&req) == ReturnPreference::Representation
+            && req.headers().contains_key("prefer");
+        let repo = state.repository.clone();
+        let context = write_context(&state);
+        let response =
+            blocking(move || repo.process_bundle(&bundle, &context, representation)).await?;
+        Ok(render_value(
+            HttpResponse::Ok(),
+            &response,
+            ctx.format,
+            ctx.pretty,
+        ))
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+/// History at instance, type or system level.
+async fn history(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    scope: HistoryScope,
+    self_path: String,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let result = async {
+        let instant = |name: &str| -> Result<Option<i64>> {
+            match ctx.param(name) {
+                None => Ok(None),
+                Some(text) => parse_instant_ms(text).map(Some).ok_or_else(|| {
+                    ApiError::bad_request(format!("{name} '{text}' is not a FHIR instant or date"))
+                }),
+            }
+        };
+        let since = instant("_since")?;
+        let at = instant("_at")?;
+        let count = match ctx.param("_count") {
+            None => state.default_page_size,
+            Some(text) => text
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("_count '{text}' is not a number")))?
+                .min(state.max_page_size),
+        };
+        let after = match ctx.param("_page_token") {
+            None => None,
+            Some(token) => Some(decode_cursor(token).ok_or_else(|| {
+                ApiError::bad_request("_page_token is not a token this server issued")
+            })?),
+        };
+        if let HistoryScope::Instance { res_type, .. } | HistoryScope::Type(res_type) = &scope {
+            check_type(res_type)?;
+        }
+        let request = HistoryRequest {
+            scope,
+            since,
+            at,
+            after,
+            count,
+        };
+        let repo = state.repository.clone();
+        let page = blocking(move || repo.history(&request)).await?;
+        let mut query: Vec<String> = Vec::new();
+        for name in ["_since", "_at"] {
+            if let Some(value) = ctx.param(name) {
+                query.push(format!("{name}={}", encode(value)));
+            }
+        }
+        query.push(format!("_count={count}"));
+        let self_url = format!("{}/{self_path}?{}", ctx.base, query.join("&"));
+        let mut links = vec![json!({"relation": "self", "url": self_url})];
+        if let Some(next) = page.next {
+            links.push(json!({
+                "relation": "next",
+                "url": format!("{self_url}&_page_token={}", encode_cursor(next)),
+            }));
+        }
+        let entries: Vec<Value> = page
+            .rows
+            .iter()
+            .map(|row| {
+                let mut entry = serde_json::Map::new();
+                entry.insert(
+                    "fullUrl".into(),
+                    json!(format!("{}/{}/{}", ctx.base, row.res_type, row.res_id)),
+                );
+                if let Some(body) = row.body.as_deref().filter(|_| !row.deleted) {
+                    if let Ok(value) = serde_json::from_str::<Value>(body) {
+                        entry.insert("resource".into(), value);
+                    }
+                }
+                let url = if row.method == "POST" {
+                    row.res_type.clone()
+                } else {
+                    format!("{}/{}", row.res_type, row.res_id)
+                };
+                entry.insert("request".into(), json!({"method": row.method, "url": url}));
+                let status = match (row.method.as_str(), row.version) {
+                    ("DELETE", _) => "204 No Content",
+                    (_, 1) => "201 Created",
+                    _ => "200 OK",
+                };
+                entry.insert(
+                    "response".into(),
+                    json!({
+                        "status": status,
+                        "etag": format!("W/\"{}\"", row.version),
+                        "lastModified": format_instant(row.last_updated),
+                    }),
+                );
+                Value::Object(entry)
+            })
+            .collect();
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "type": "history",
+            "link": links,
+        });
+        if !entries.is_empty() {
+            bundle["entry"] = Value::Array(entries);
+        }
+        Ok(render_value(
+            HttpResponse::Ok(),
+            &bundle,
+            ctx.format,
+            ctx.pretty,
+        ))
+    }
+    .await;
+    finish(&ctx, result)
+}
+
+pub async fn history_instance(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (res_type, res_id) = path.into_inner();
+    let self_path = format!("{res_type}/{res_id}/_history");
+    history(
+        req,
+        state,
+        HistoryScope::Instance { res_type, res_id },
+        self_path,
+    )
+    .await
+}
+
+pub async fn history_type(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let res_type = path.into_inner();
+    let self_path = format!("{res_type}/_history");
+    history(req, state, HistoryScope::Type(res_type), self_path).await
+}
+
+pub async fn history_system(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    history(req, state, HistoryScope::System, "_history".into()).await
+}
+
+fn encode_cursor((updated, rid, version): (i64, i64, i64)) -> String {
+    format!("{updated}-{rid}-{version}")
+}
+
+fn decode_cursor(token: &str) -> Option<(i64, i64, i64)> {
+    let mut parts = token.split('-').map(|p| p.parse::<i64>().ok());
+    let cursor = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(cursor)
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let statement = crate::capability::capability_statement(&ctx.base, &state);
+    render_value(HttpResponse::Ok(), &statement, ctx.format, ctx.pretty)
+}
+
+/// Any path or method we do not serve.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let format = RequestCtx::new(&req)
+        .map(|c| c.format)
+        .unwrap_or(Format::Json);
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!(
+            "{} {} is not a FHIR endpoint of this server",
+            req.method(),
+            req.path()
+        ),
+    )
+    .respond(format, false)
+}
+
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    let format = RequestCtx::new(&req)
+        .map(|c| c.format)
+        .unwrap_or(Format::Json);
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    )
+    .respond(format, false)
+}
+
+/// `GET [type]` before search exists: only the conditional criteria (`_id`, `identifier`).
+pub async fn search(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let res_type = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let query: Vec<String> = ctx
+            .params
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty" | "_count"))
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        let criteria = Criteria::parse(&res_type, &query.join("&"))?;
+        let limit = state.max_page_size;
+        let repo = state.repository.clone();
+        let rows = blocking(move || repo.read_tx(|tx| criteria.find(tx, limit))).await?;
+        let entries: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "fullUrl": format!("{}/{}/{}", ctx.base, r.res_type, r.id),
+                    "resource": r.value().unwrap_or(Value::Null),
+                    "search": {"mode": "match"},
+                })
+            })
+            .collect();
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "type": "searchset",
+            "total": entries.len(),
+            "link": [{"relation": "self", "url": format!("{}/{}?{}", ctx.base, res_type, query.join("&"))}],
+        });
+        if !entries.is_empty() {
+            bundle["entry"] = Value::Array(entries);
+        }
+        Ok(render_value(HttpResponse::Ok(), &bundle, ctx.format, ctx.pretty))
+    }
+    .await;
+    finish(&ctx, result)
+}

@@ -1,0 +1,136 @@
+//! Per-request context: negotiated format, query parameters, base URL, and body reading.
+
+use crate::error::ApiError;
+use crate::format::{negotiate, Format};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+
+pub struct RequestCtx {
+    pub format: Format,
+    pub pretty: bool,
+    pub params: Vec<(String, String)>,
+    pub base: String,
+}
+
+impl RequestCtx {
+    /// Reads what every handler needs. On failure the error is rendered in the best format
+    /// we can tell (JSON if negotiation itself failed).
+    pub fn new(req: &HttpRequest) -> Result<RequestCtx, (ApiError, Format)> {
+        let params = parse_query(req.query_string());
+        let format_param = param(&params, "_format");
+        let format = negotiate(format_param, req.headers()).map_err(|e| (e, Format::Json))?;
+        let pretty = param(&params, "_pretty") == Some("true");
+        let info = req.connection_info();
+        let base = format!("{}://{}/fhir", info.scheme(), info.host());
+        Ok(RequestCtx {
+            format,
+            pretty,
+            params,
+            base,
+        })
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        param(&self.params, name)
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (
+                renkei_repository::percent_decode(k),
+                renkei_repository::percent_decode(v),
+            )
+        })
+        .collect()
+}
+
+/// Reads the body, refusing more than `limit` bytes with 413 before buffering them.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("the request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(length) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if length > limit {
+            return Err(too_large());
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request has no body"));
+    }
+    Ok(body.freeze())
+}
+
+/// The `return` preference of a `Prefer` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnPreference {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
+    let prefer = req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("return="));
+    match prefer {
+        Some("minimal") => ReturnPreference::Minimal,
+        Some("OperationOutcome") => ReturnPreference::OperationOutcome,
+        _ => ReturnPreference::Representation,
+    }
+}
+
+/// Version from an `If-Match` header (`W/"3"`); 400 when it is not an ETag.
+pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    match req.headers().get(header::IF_MATCH) {
+        None => Ok(None),
+        Some(value) => {
+            let text = value.to_str().unwrap_or("");
+            renkei_repository::parse_etag(text)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "If-Match '{text}' is not a version ETag like W/\"3\""
+                    ))
+                })
+        }
+    }
+}

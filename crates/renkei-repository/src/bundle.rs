@@ -1,0 +1,654 @@
+//! `batch` and `transaction` Bundles posted to the base URL.
+//!
+//! A transaction runs every entry through the same interaction functions as single requests,
+//! inside one store transaction, in the order the specification prescribes (DELETE, POST,
+//! PUT/PATCH, GET), after assigning ids to new resources and rewriting `urn:uuid:` and
+//! conditional references.
+
+use crate::criteria::Criteria;
+use crate::interactions::{
+    self, DeleteOutcome, PatchBody, Repository, StoredResource, WriteContext,
+};
+use crate::meta::format_instant;
+use crate::RepoError;
+use renkei_store::Tx;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleKind {
+    Batch,
+    Transaction,
+}
+
+/// One parsed `Bundle.entry.request`.
+#[derive(Debug, Clone)]
+pub struct EntryRequest {
+    pub method: String,
+    pub url: String,
+    pub full_url: Option<String>,
+    pub resource: Option<Value>,
+    pub if_match: Option<i64>,
+    pub if_none_exist: Option<String>,
+}
+
+/// The parsed target of an entry URL.
+#[derive(Debug, Clone)]
+enum Target {
+    Type(String),
+    Instance(String, String),
+    Version(String, String, String),
+    Conditional(Criteria),
+}
+
+/// What an entry produced, rendered into the response Bundle.
+#[derive(Debug, Clone)]
+struct EntryResult {
+    status: &'static str,
+    resource: Option<StoredResource>,
+}
+
+impl Repository {
+    /// Processes a `batch` or `transaction` Bundle and returns the response Bundle.
+    /// `return_resources` includes each stored resource in its response entry.
+    pub fn process_bundle(
+        &self,
+        bundle: &Value,
+        context: &WriteContext,
+        return_resources: bool,
+    ) -> Result<Value, RepoError> {
+        let kind = match bundle.get("type").and_then(Value::as_str) {
+            Some("transaction") => BundleKind::Transaction,
+            Some("batch") => BundleKind::Batch,
+            Some(other) => {
+                return Err(RepoError::BadRequest(format!(
+                    "a Bundle posted to the base must be a batch or transaction, not '{other}'"
+                )))
+            }
+            None => return Err(RepoError::BadRequest("the Bundle has no type".into())),
+        };
+        let entries = parse_entries(bundle)?;
+        let responses = match kind {
+            BundleKind::Transaction => {
+                let results = self.write(|tx| run_transaction(tx, &entries, context))?;
+                results
+                    .into_iter()
+                    .map(|r| render_entry(&r, return_resources))
+                    .collect()
+            }
+            BundleKind::Batch => entries
+                .iter()
+                .map(|entry| {
+                    let result = self.write(|tx| {
+                        let mut ids = HashMap::new();
+                        run_entry(tx, entry, &mut ids, context)
+                    });
+                    match result {
+                        Ok(r) => render_entry(&r, return_resources),
+                        Err(e) => render_failure(&e),
+                    }
+                })
+                .collect::<Vec<_>>(),
+        };
+        Ok(json!({
+            "resourceType": "Bundle",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "type": match kind {
+                BundleKind::Batch => "batch-response",
+                BundleKind::Transaction => "transaction-response",
+            },
+            "entry": responses,
+        }))
+    }
+
+    /// Stores every resource of a `collection` (or searchset/document) Bundle in one
+    /// transaction: entries with an id are written with that id (update-as-create), the
+    /// others get a server id. Used by `renkei import`.
+    pub fn import_collection(
+        &self,
+        bundle: &Value,
+        context: &WriteContext,
+    ) -> Result<Vec<StoredResource>, RepoError> {
+        let resources: Vec<Value> = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|e| e.get("resource").cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.write(|tx| {
+            let mut stored = Vec::with_capacity(resources.len());
+            for resource in &resources {
+                stored.push(put_or_post(tx, resource.clone(), context)?);
+            }
+            Ok(stored)
+        })
+    }
+
+    /// Stores one resource as `import_collection` does (NDJSON lines).
+    pub fn import_resources(
+        &self,
+        resources: &[Value],
+        context: &WriteContext,
+    ) -> Result<Vec<StoredResource>, RepoError> {
+        self.write(|tx| {
+            resources
+                .iter()
+                .map(|r| put_or_post(tx, r.clone(), context))
+                .collect()
+        })
+    }
+}
+
+fn put_or_post(
+    tx: &mut Tx<'_>,
+    resource: Value,
+    context: &WriteContext,
+) -> Result<StoredResource, RepoError> {
+    let res_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    match resource
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    {
+        Some(id) => Ok(interactions::update(tx, &res_type, &id, resource, None, context)?.resource),
+        None => Ok(interactions::create(tx, &res_type, resource, None, context)?.resource),
+    }
+}
+
+fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
+    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let request = entry.get("request").ok_or_else(|| {
+                RepoError::BadRequest(format!("Bundle.entry[{index}] has no request"))
+            })?;
+            let method = request
+                .get("method")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            let url = request
+                .get("url")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+                Some(tag) => Some(parse_etag(tag).ok_or_else(|| {
+                    RepoError::BadRequest(format!(
+                        "Bundle.entry[{index}].request.ifMatch '{tag}' is not an ETag like W/\"3\""
+                    ))
+                })?),
+                None => None,
+            };
+            Ok(EntryRequest {
+                method,
+                url,
+                full_url: entry
+                    .get("fullUrl")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                resource: entry.get("resource").cloned(),
+                if_match,
+                if_none_exist: request
+                    .get("ifNoneExist")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// Parses `W/"3"` or `"3"` into version 3.
+pub fn parse_etag(tag: &str) -> Option<i64> {
+    tag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+fn parse_target(url: &str) -> Result<Target, RepoError> {
+    // Entry URLs are relative to the base; tolerate an absolute base prefix.
+    let relative = url
+        .find("/fhir/")
+        .map(|i| &url[i + "/fhir/".len()..])
+        .unwrap_or(url)
+        .trim_start_matches('/');
+    if relative.contains('?') {
+        let (path, _) = relative.split_once('?').unwrap_or((relative, ""));
+        if !path.contains('/') {
+            return Ok(Target::Conditional(Criteria::parse_url(relative)?));
+        }
+    }
+    let segments: Vec<&str> = relative.split('/').collect();
+    let checked = |t: &str| -> Result<String, RepoError> {
+        interactions::check_type(t)?;
+        Ok(t.to_string())
+    };
+    match segments.as_slice() {
+        [t] if !t.is_empty() => Ok(Target::Type(checked(t)?)),
+        [t, id] => Ok(Target::Instance(checked(t)?, id.to_string())),
+        [t, id, "_history", v] => Ok(Target::Version(checked(t)?, id.to_string(), v.to_string())),
+        _ => Err(RepoError::BadRequest(format!(
+            "the entry URL '{url}' is not supported in a Bundle"
+        ))),
+    }
+}
+
+fn method_rank(method: &str) -> u8 {
+    match method {
+        "DELETE" => 0,
+        "POST" => 1,
+        "PUT" | "PATCH" => 2,
+        _ => 3,
+    }
+}
+
+fn run_transaction(
+    tx: &mut Tx<'_>,
+    entries: &[EntryRequest],
+    context: &WriteContext,
+) -> Result<Vec<EntryResult>, RepoError> {
+    let wrap = |index: usize, entry: &EntryRequest, e: RepoError| RepoError::Entry {
+        index,
+        request: format!("{} {}", entry.method, entry.url),
+        source: Box::new(e),
+    };
+    // Ids of new resources are fixed before anything runs, so references between entries
+    // resolve whatever the processing order.
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut assigned: Vec<Option<String>> = vec![None; entries.len()];
+    for (index, entry) in entries.iter().enumerate() {
+        let target = parse_target(&entry.url).map_err(|e| wrap(index, entry, e))?;
+        let reference = match (&entry.method[..], &target) {
+            ("POST", Target::Type(t)) => {
+                let existing = match &entry.if_none_exist {
+                    Some(query) => {
+                        let criteria = Criteria::parse(t, query.trim_start_matches('?'))
+                            .map_err(|e| wrap(index, entry, e))?;
+                        let found = criteria.resolve(tx, 2)?;
+                        if found.len() > 1 {
+                            return Err(wrap(
+                                index,
+                                entry,
+                                RepoError::PreconditionFailed(format!(
+                                    "ifNoneExist criteria match more than one {t}"
+                                )),
+                            ));
+                        }
+                        found.into_iter().next().map(|row| row.res_id)
+                    }
+                    None => None,
+                };
+                let id = existing.unwrap_or_else(|| {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    assigned[index] = Some(id.clone());
+                    id
+                });
+                Some(format!("{t}/{id}"))
+            }
+            ("PUT", Target::Instance(t, id)) => Some(format!("{t}/{id}")),
+            ("PUT", Target::Conditional(criteria)) => {
+                let found = criteria.resolve(tx, 2)?;
+                match found.as_slice() {
+                    [row] => Some(format!("{}/{}", criteria.res_type, row.res_id)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let (Some(full_url), Some(reference)) = (&entry.full_url, reference) {
+            ids.insert(full_url.clone(), reference);
+        }
+    }
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| method_rank(&entries[i].method));
+    let mut results: Vec<Option<EntryResult>> = vec![None; entries.len()];
+    for index in order {
+        let entry = &entries[index];
+        let mut entry = entry.clone();
+        if let Some(resource) = entry.resource.as_mut() {
+            rewrite_references(tx, resource, &ids).map_err(|e| wrap(index, &entry, e))?;
+        }
+        let result = match (&entry.method[..], assigned[index].clone()) {
+            ("POST", Some(id)) => {
+                let target = parse_target(&entry.url).map_err(|e| wrap(index, &entry, e))?;
+                let Target::Type(t) = target else {
+                    return Err(wrap(
+                        index,
+                        &entry,
+                        RepoError::BadRequest("POST needs a type URL".into()),
+                    ));
+                };
+                let resource = entry.resource.clone().ok_or_else(|| {
+                    wrap(
+                        index,
+                        &entry,
+                        RepoError::BadRequest("POST entry has no resource".into()),
+                    )
+                })?;
+                interactions::create_with_id(tx, &t, resource, None, context, Some(&id)).map(|o| {
+                    EntryResult {
+                        status: "201 Created",
+                        resource: Some(o.resource),
+                    }
+                })
+            }
+            _ => run_entry(tx, &entry, &mut ids, context),
+        }
+        .map_err(|e| wrap(index, &entry, e))?;
+        results[index] = Some(result);
+    }
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| RepoError::BadRequest("entry was not processed".into())))
+        .collect()
+}
+
+fn run_entry(
+    tx: &mut Tx<'_>,
+    entry: &EntryRequest,
+    ids: &mut HashMap<String, String>,
+    context: &WriteContext,
+) -> Result<EntryResult, RepoError> {
+    let target = parse_target(&entry.url)?;
+    let resource = || {
+        entry
+            .resource
+            .clone()
+            .ok_or_else(|| RepoError::BadRequest(format!("{} entry has no resource", entry.method)))
+    };
+    let mut rewritten = None;
+    if let Some(r) = &entry.resource {
+        let mut r = r.clone();
+        rewrite_references(tx, &mut r, ids)?;
+        rewritten = Some(r);
+    }
+    let body = || rewritten.clone().map_or_else(resource, Ok);
+    match (entry.method.as_str(), target) {
+        ("GET" | "HEAD", Target::Instance(t, id)) => Ok(EntryResult {
+            status: "200 OK",
+            resource: Some(interactions::read(tx, &t, &id)?),
+        }),
+        ("GET" | "HEAD", Target::Version(t, id, v)) => Ok(EntryResult {
+            status: "200 OK",
+            resource: Some(interactions::vread(tx, &t, &id, &v)?),
+        }),
+        ("POST", Target::Type(t)) => {
+            let criteria = match &entry.if_none_exist {
+                Some(q) => Some(Criteria::parse(&t, q.trim_start_matches('?'))?),
+                None => None,
+            };
+            let outcome = interactions::create(tx, &t, body()?, criteria.as_ref(), context)?;
+            Ok(EntryResult {
+                status: if outcome.existing {
+                    "200 OK"
+                } else {
+                    "201 Created"
+                },
+                resource: Some(outcome.resource),
+            })
+        }
+        ("PUT", Target::Instance(t, id)) => {
+            let outcome = interactions::update(tx, &t, &id, body()?, entry.if_match, context)?;
+            Ok(EntryResult {
+                status: if outcome.created {
+                    "201 Created"
+                } else {
+                    "200 OK"
+                },
+                resource: Some(outcome.resource),
+            })
+        }
+        ("PUT", Target::Conditional(criteria)) => {
+            let outcome =
+                interactions::conditional_update(tx, &criteria, body()?, entry.if_match, context)?;
+            Ok(EntryResult {
+                status: if outcome.created {
+                    "201 Created"
+                } else {
+                    "200 OK"
+                },
+                resource: Some(outcome.resource),
+            })
+        }
+        ("PATCH", target) => {
+            let (t, id) = match target {
+                Target::Instance(t, id) => (t, id),
+                Target::Conditional(criteria) => {
+                    let id = interactions::resolve_single(tx, &criteria)?;
+                    (criteria.res_type, id)
+                }
+                _ => return Err(RepoError::BadRequest("PATCH needs an instance URL".into())),
+            };
+            let patch = match body()? {
+                p @ Value::Object(_) if p.get("resourceType") == Some(&json!("Parameters")) => {
+                    PatchBody::FhirPathPatch(p)
+                }
+                Value::Object(binary) if binary.get("resourceType") == Some(&json!("Binary")) => {
+                    let data = binary
+                        .get("data")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let decoded = decode_base64(data).ok_or_else(|| {
+                        RepoError::BadRequest("the Binary patch is not valid base64".into())
+                    })?;
+                    PatchBody::JsonPatch(serde_json::from_slice(&decoded).map_err(|e| {
+                        RepoError::BadRequest(format!("the Binary patch is not JSON Patch: {e}"))
+                    })?)
+                }
+                _ => {
+                    return Err(RepoError::BadRequest(
+                        "a PATCH entry carries Parameters (FHIRPath Patch) or Binary (JSON Patch)"
+                            .into(),
+                    ))
+                }
+            };
+            let outcome = interactions::patch(tx, &t, &id, &patch, entry.if_match, context)?;
+            Ok(EntryResult {
+                status: "200 OK",
+                resource: Some(outcome.resource),
+            })
+        }
+        ("DELETE", Target::Instance(t, id)) => {
+            interactions::delete(tx, &t, &id, entry.if_match)?;
+            Ok(EntryResult {
+                status: "204 No Content",
+                resource: None,
+            })
+        }
+        ("DELETE", Target::Conditional(criteria)) => {
+            match interactions::conditional_delete(tx, &criteria)? {
+                DeleteOutcome::Deleted { .. } | DeleteOutcome::NothingToDelete => Ok(EntryResult {
+                    status: "204 No Content",
+                    resource: None,
+                }),
+            }
+        }
+        (method, _) => Err(RepoError::BadRequest(format!(
+            "{method} {} is not a supported Bundle entry request",
+            entry.url
+        ))),
+    }
+}
+
+/// Replaces `reference` values that name another entry's `fullUrl`, or a conditional
+/// reference (`Patient?identifier=…`), with the literal `Type/id`.
+fn rewrite_references(
+    tx: &mut Tx<'_>,
+    value: &mut Value,
+    ids: &HashMap<String, String>,
+) -> Result<(), RepoError> {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("reference") {
+                if let Some(replacement) = resolve_reference(tx, reference, ids)? {
+                    map.insert("reference".into(), Value::String(replacement));
+                }
+            }
+            for (key, child) in map.iter_mut() {
+                if key != "reference" {
+                    rewrite_references(tx, child, ids)?;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for item in items {
+                rewrite_references(tx, item, ids)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn resolve_reference(
+    tx: &mut Tx<'_>,
+    reference: &str,
+    ids: &HashMap<String, String>,
+) -> Result<Option<String>, RepoError> {
+    if let Some(mapped) = ids.get(reference) {
+        return Ok(Some(mapped.clone()));
+    }
+    if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+        return Err(RepoError::BadRequest(format!(
+            "the reference '{reference}' names no entry of this Bundle"
+        )));
+    }
+    if reference.contains('?') && !reference.starts_with('#') && !reference.contains("://") {
+        let criteria = Criteria::parse_url(reference)?;
+        let found = criteria.resolve(tx, 2)?;
+        return match found.as_slice() {
+            [row] => Ok(Some(format!("{}/{}", criteria.res_type, row.res_id))),
+            [] => Err(RepoError::PreconditionFailed(format!(
+                "the conditional reference '{reference}' matches no resource"
+            ))),
+            _ => Err(RepoError::PreconditionFailed(format!(
+                "the conditional reference '{reference}' matches more than one resource"
+            ))),
+        };
+    }
+    Ok(None)
+}
+
+fn render_entry(result: &EntryResult, return_resources: bool) -> Value {
+    let mut response = Map::new();
+    response.insert("status".into(), json!(result.status));
+    let mut entry = Map::new();
+    if let Some(resource) = &result.resource {
+        response.insert(
+            "location".into(),
+            json!(format!(
+                "{}/{}/_history/{}",
+                resource.res_type, resource.id, resource.version
+            )),
+        );
+        response.insert("etag".into(), json!(format!("W/\"{}\"", resource.version)));
+        response.insert(
+            "lastModified".into(),
+            json!(format_instant(resource.last_updated)),
+        );
+        entry.insert(
+            "fullUrl".into(),
+            json!(format!("{}/{}", resource.res_type, resource.id)),
+        );
+        if return_resources {
+            if let Ok(value) = resource.value() {
+                entry.insert("resource".into(), value);
+            }
+        }
+    }
+    entry.insert("response".into(), Value::Object(response));
+    Value::Object(entry)
+}
+
+fn render_failure(error: &RepoError) -> Value {
+    let (status, code) = crate::error::status_of(error.root());
+    json!({
+        "response": {
+            "status": status,
+            "outcome": {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": code, "diagnostics": error.to_string()}]
+            }
+        }
+    })
+}
+
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' | b'-' => Some(62),
+            b'/' | b'_' => Some(63),
+            _ => None,
+        }
+    }
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len().max(1)]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn decodes_base64() {
+        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(decode_base64("aGk=").unwrap(), b"hi");
+        assert!(decode_base64("a*b").is_none());
+    }
+
+    #[test]
+    fn parses_entry_targets() {
+        assert!(matches!(parse_target("Patient").unwrap(), Target::Type(_)));
+        assert!(matches!(
+            parse_target("Patient/1").unwrap(),
+            Target::Instance(..)
+        ));
+        assert!(matches!(
+            parse_target("http://x/fhir/Patient/1/_history/2").unwrap(),
+            Target::Version(..)
+        ));
+        assert!(matches!(
+            parse_target("Patient?identifier=a|b").unwrap(),
+            Target::Conditional(_)
+        ));
+        assert!(parse_target("Nope/1").is_err());
+    }
+
+    #[test]
+    fn parses_etags() {
+        assert_eq!(parse_etag("W/\"3\""), Some(3));
+        assert_eq!(parse_etag("\"4\""), Some(4));
+        assert_eq!(parse_etag("x"), None);
+    }
+}

@@ -1,0 +1,594 @@
+//! Single-resource interactions, each as a function over a store transaction.
+
+use crate::criteria::Criteria;
+use crate::meta::{is_valid_id, now_ms, stamp};
+use crate::{index, RepoError};
+use renkei_store::{
+    HistoryPage, HistoryQuery, HistoryScope, NewVersion, ResourceRow, Store, StoreError, Tx,
+};
+use serde_json::Value;
+
+/// A resource version as stored: its JSON text is served as is on the fast path.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    pub res_type: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: i64,
+    pub body: String,
+}
+
+impl StoredResource {
+    pub fn value(&self) -> Result<Value, RepoError> {
+        serde_json::from_str(&self.body)
+            .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    pub resource: StoredResource,
+    /// True when the write created the logical resource (201), false for an update (200).
+    pub created: bool,
+    /// True when a conditional create found an existing match and stored nothing.
+    pub existing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeleteOutcome {
+    Deleted {
+        version: i64,
+    },
+    /// Nothing to delete: unknown or already deleted.
+    NothingToDelete,
+}
+
+/// Who is writing: recorded as the custodian of what they store.
+#[derive(Debug, Clone, Default)]
+pub struct WriteContext {
+    pub custodian: Option<String>,
+    /// Trusted loaders (demo data, `renkei import`) name each resource's facility in
+    /// `meta.source` as `<anything>/facility/<Organization id>`; clients never can.
+    pub custodian_from_source: bool,
+}
+
+impl WriteContext {
+    fn custodian_for(&self, resource: &Value) -> Option<String> {
+        if let Some(custodian) = &self.custodian {
+            return Some(custodian.clone());
+        }
+        if !self.custodian_from_source {
+            return None;
+        }
+        let source = resource.pointer("/meta/source").and_then(Value::as_str)?;
+        let (_, org) = source.rsplit_once("/facility/")?;
+        is_valid_id(org).then(|| format!("Organization/{org}"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RepositoryOptions {
+    /// How often a write is retried when it lost a race it can win on a second try.
+    pub write_retries: usize,
+}
+
+impl Default for RepositoryOptions {
+    fn default() -> Self {
+        RepositoryOptions { write_retries: 5 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PatchBody {
+    JsonPatch(Value),
+    FhirPathPatch(Value),
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryRequest {
+    pub scope: HistoryScope,
+    pub since: Option<i64>,
+    pub at: Option<i64>,
+    pub after: Option<(i64, i64, i64)>,
+    pub count: usize,
+}
+
+/// The FHIR repository over one store.
+#[derive(Clone)]
+pub struct Repository {
+    store: Store,
+    options: RepositoryOptions,
+}
+
+impl Repository {
+    pub fn new(store: Store, options: RepositoryOptions) -> Self {
+        Repository { store, options }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs a write, retrying when it lost a race to a concurrent writer (two creates of the
+    /// same client id, a serialization failure): the loser re-reads and wins next time.
+    pub fn write<T>(
+        &self,
+        mut work: impl FnMut(&mut Tx<'_>) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        let mut attempt = 0;
+        loop {
+            match self.store.write(&mut work) {
+                Err(RepoError::Store(e))
+                    if attempt < self.options.write_retries
+                        && (e.is_transient() || matches!(e, StoreError::UniqueViolation)) =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub fn read_tx<T>(
+        &self,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        self.store.read(work)
+    }
+
+    pub fn read(&self, res_type: &str, id: &str) -> Result<StoredResource, RepoError> {
+        self.store.read(|tx| read(tx, res_type, id))
+    }
+
+    pub fn vread(
+        &self,
+        res_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<StoredResource, RepoError> {
+        self.store.read(|tx| vread(tx, res_type, id, version))
+    }
+
+    pub fn history(&self, request: &HistoryRequest) -> Result<HistoryPage, RepoError> {
+        self.store.read(|tx| {
+            if let HistoryScope::Instance { res_type, res_id } = &request.scope {
+                check_type(res_type)?;
+                if tx.current(res_type, res_id)?.is_none() {
+                    return Err(RepoError::NotFound {
+                        res_type: res_type.clone(),
+                        id: res_id.clone(),
+                    });
+                }
+            }
+            Ok(tx.history(&HistoryQuery {
+                scope: request.scope.clone(),
+                since: request.since,
+                at: request.at,
+                after: request.after,
+                count: request.count,
+            })?)
+        })
+    }
+}
+
+pub(crate) fn check_type(res_type: &str) -> Result<(), RepoError> {
+    if renkei_fhir::is_resource_type(res_type) {
+        Ok(())
+    } else {
+        Err(RepoError::UnknownType(res_type.to_string()))
+    }
+}
+
+fn stored(row: ResourceRow, body: String) -> StoredResource {
+    StoredResource {
+        res_type: row.res_type,
+        id: row.res_id,
+        version: row.version,
+        last_updated: row.last_updated,
+        body,
+    }
+}
+
+pub fn read(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<StoredResource, RepoError> {
+    check_type(res_type)?;
+    let row = tx
+        .current(res_type, id)?
+        .ok_or_else(|| RepoError::NotFound {
+            res_type: res_type.into(),
+            id: id.into(),
+        })?;
+    match row.body.clone() {
+        Some(body) if !row.deleted => Ok(stored(row, body)),
+        _ => Err(RepoError::Gone {
+            res_type: res_type.into(),
+            id: id.into(),
+            version: row.version,
+        }),
+    }
+}
+
+pub fn vread(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    id: &str,
+    version: &str,
+) -> Result<StoredResource, RepoError> {
+    check_type(res_type)?;
+    let not_found = || RepoError::VersionNotFound {
+        res_type: res_type.into(),
+        id: id.into(),
+        version: version.into(),
+    };
+    let number: i64 = version.parse().map_err(|_| not_found())?;
+    let row = tx.version(res_type, id, number)?.ok_or_else(not_found)?;
+    match row.body {
+        Some(body) if !row.deleted => Ok(StoredResource {
+            res_type: row.res_type,
+            id: row.res_id,
+            version: row.version,
+            last_updated: row.last_updated,
+            body,
+        }),
+        _ => Err(RepoError::Gone {
+            res_type: res_type.into(),
+            id: id.into(),
+            version: number,
+        }),
+    }
+}
+
+/// Checks that `resource` is a `res_type` resource; the body must name the type of the URL.
+pub(crate) fn check_body_type(resource: &Value, res_type: &str) -> Result<(), RepoError> {
+    check_type(res_type)?;
+    let body_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if body_type != res_type {
+        return Err(RepoError::BadRequest(format!(
+            "the body is a {body_type} resource but the URL names {res_type}"
+        )));
+    }
+    Ok(())
+}
+
+/// Stores a new version (first or next) of `res_type/id` and its index rows.
+fn store_version(
+    tx: &mut Tx<'_>,
+    current: Option<&ResourceRow>,
+    res_type: &str,
+    id: &str,
+    resource: Value,
+    method: &str,
+    context: &WriteContext,
+) -> Result<StoredResource, RepoError> {
+    let version = current.map_or(1, |row| row.version + 1);
+    let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
+    let stamped = stamp(resource, id, version, last_updated);
+    let body = serde_json::to_string(&stamped)
+        .map_err(|e| RepoError::BadRequest(format!("cannot serialize resource: {e}")))?;
+    let patient = index::patient_of(res_type, id, &stamped);
+    // The custodian is the facility that first stored the resource; later writers do not
+    // take it over.
+    let custodian = current
+        .and_then(|row| row.custodian.clone())
+        .or_else(|| context.custodian_for(&stamped));
+    let new = NewVersion {
+        res_type,
+        res_id: id,
+        version,
+        last_updated,
+        method,
+        custodian: custodian.as_deref(),
+        patient_id: patient.as_deref(),
+        body: Some(&body),
+    };
+    let rid = match current {
+        Some(row) => {
+            tx.replace_current(row.rid, &new)?;
+            row.rid
+        }
+        None => tx.insert_new(&new)?,
+    };
+    tx.replace_tokens(rid, res_type, &index::tokens(&stamped))?;
+    Ok(StoredResource {
+        res_type: res_type.into(),
+        id: id.into(),
+        version,
+        last_updated,
+        body,
+    })
+}
+
+/// `POST [type]`, optionally conditional (`If-None-Exist`). The resource must already be
+/// validated by the caller.
+pub fn create(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    resource: Value,
+    if_none_exist: Option<&Criteria>,
+    context: &WriteContext,
+) -> Result<WriteOutcome, RepoError> {
+    create_with_id(tx, res_type, resource, if_none_exist, context, None)
+}
+
+pub(crate) fn create_with_id(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    resource: Value,
+    if_none_exist: Option<&Criteria>,
+    context: &WriteContext,
+    assigned_id: Option<&str>,
+) -> Result<WriteOutcome, RepoError> {
+    check_body_type(&resource, res_type)?;
+    if let Some(criteria) = if_none_exist {
+        let found = criteria.resolve(tx, 2)?;
+        match found.len() {
+            0 => {}
+            1 => {
+                let row = found.into_iter().next().ok_or_else(|| {
+                    RepoError::Conflict("conditional create: match vanished".into())
+                })?;
+                let body = row.body.clone().unwrap_or_default();
+                return Ok(WriteOutcome {
+                    resource: stored(row, body),
+                    created: false,
+                    existing: true,
+                });
+            }
+            _ => {
+                return Err(RepoError::PreconditionFailed(format!(
+                    "If-None-Exist criteria match more than one {res_type}"
+                )))
+            }
+        }
+    }
+    let id = assigned_id
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let resource = store_version(tx, None, res_type, &id, resource, "POST", context)?;
+    Ok(WriteOutcome {
+        resource,
+        created: true,
+        existing: false,
+    })
+}
+
+/// `PUT [type]/[id]`: update, or create with the client's id when it does not exist.
+pub fn update(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    id: &str,
+    resource: Value,
+    if_match: Option<i64>,
+    context: &WriteContext,
+) -> Result<WriteOutcome, RepoError> {
+    check_body_type(&resource, res_type)?;
+    match resource.get("id").and_then(Value::as_str) {
+        None => {
+            return Err(RepoError::BadRequest(
+                "an update must carry the resource id in the body".into(),
+            ))
+        }
+        Some(body_id) if body_id != id => {
+            return Err(RepoError::BadRequest(format!(
+                "the body id '{body_id}' does not match the URL id '{id}'"
+            )))
+        }
+        Some(_) => {}
+    }
+    if !is_valid_id(id) {
+        return Err(RepoError::BadRequest(format!(
+            "'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"
+        )));
+    }
+    write_version(tx, res_type, id, resource, if_match, "PUT", context)
+}
+
+fn write_version(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    id: &str,
+    resource: Value,
+    if_match: Option<i64>,
+    method: &str,
+    context: &WriteContext,
+) -> Result<WriteOutcome, RepoError> {
+    let current = tx.current_for_update(res_type, id)?;
+    check_if_match(current.as_ref(), if_match, res_type, id)?;
+    let created = current.as_ref().is_none_or(|row| row.deleted);
+    let resource = store_version(
+        tx,
+        current.as_ref(),
+        res_type,
+        id,
+        resource,
+        method,
+        context,
+    )?;
+    Ok(WriteOutcome {
+        resource,
+        created,
+        existing: false,
+    })
+}
+
+fn check_if_match(
+    current: Option<&ResourceRow>,
+    if_match: Option<i64>,
+    res_type: &str,
+    id: &str,
+) -> Result<(), RepoError> {
+    let Some(expected) = if_match else {
+        return Ok(());
+    };
+    match current {
+        Some(row) if row.version == expected && !row.deleted => Ok(()),
+        Some(row) => Err(RepoError::PreconditionFailed(format!(
+            "If-Match expects version {expected} of {res_type}/{id}, but the current version is {}{}",
+            row.version,
+            if row.deleted { " (deleted)" } else { "" }
+        ))),
+        None => Err(RepoError::PreconditionFailed(format!(
+            "If-Match expects version {expected} of {res_type}/{id}, which does not exist"
+        ))),
+    }
+}
+
+/// `PUT [type]?criteria`.
+pub fn conditional_update(
+    tx: &mut Tx<'_>,
+    criteria: &Criteria,
+    mut resource: Value,
+    if_match: Option<i64>,
+    context: &WriteContext,
+) -> Result<WriteOutcome, RepoError> {
+    check_body_type(&resource, &criteria.res_type)?;
+    let found = criteria.resolve(tx, 2)?;
+    let body_id = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    match found.as_slice() {
+        [] => match body_id {
+            Some(id) => update(tx, &criteria.res_type, &id, resource, if_match, context),
+            None => create(tx, &criteria.res_type, resource, None, context),
+        },
+        [row] => {
+            if let Some(id) = &body_id {
+                if id != &row.res_id {
+                    return Err(RepoError::BadRequest(format!(
+                        "the body id '{id}' differs from the matching resource '{}'",
+                        row.res_id
+                    )));
+                }
+            }
+            if let Value::Object(map) = &mut resource {
+                map.insert("id".into(), Value::String(row.res_id.clone()));
+            }
+            let id = row.res_id.clone();
+            update(tx, &criteria.res_type, &id, resource, if_match, context)
+        }
+        _ => Err(RepoError::PreconditionFailed(format!(
+            "the criteria match more than one {}",
+            criteria.res_type
+        ))),
+    }
+}
+
+/// `PATCH [type]/[id]`: applies the patch to the current version, validates, stores.
+pub fn patch(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    id: &str,
+    body: &PatchBody,
+    if_match: Option<i64>,
+    context: &WriteContext,
+) -> Result<WriteOutcome, RepoError> {
+    check_type(res_type)?;
+    let current = tx.current_for_update(res_type, id)?;
+    let row = match &current {
+        Some(row) if !row.deleted => row,
+        Some(row) => {
+            return Err(RepoError::Gone {
+                res_type: res_type.into(),
+                id: id.into(),
+                version: row.version,
+            })
+        }
+        None => {
+            return Err(RepoError::NotFound {
+                res_type: res_type.into(),
+                id: id.into(),
+            })
+        }
+    };
+    check_if_match(Some(row), if_match, res_type, id)?;
+    let mut value: Value = serde_json::from_str(row.body.as_deref().unwrap_or("{}"))
+        .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))?;
+    match body {
+        PatchBody::JsonPatch(ops) => renkei_fhirpath::apply_json_patch(&mut value, ops),
+        PatchBody::FhirPathPatch(params) => {
+            renkei_fhirpath::apply_fhirpath_patch(&mut value, params)
+        }
+    }
+    .map_err(|e| RepoError::Unprocessable(format!("the patch cannot be applied: {e}")))?;
+    if value.get("resourceType").and_then(Value::as_str) != Some(res_type)
+        || value.get("id").and_then(Value::as_str) != Some(id)
+    {
+        return Err(RepoError::Unprocessable(
+            "a patch may not change the resource type or id".into(),
+        ));
+    }
+    renkei_fhir::validate(&value)?;
+    let resource = store_version(tx, current.as_ref(), res_type, id, value, "PATCH", context)?;
+    Ok(WriteOutcome {
+        resource,
+        created: false,
+        existing: false,
+    })
+}
+
+/// Resolves `Type?criteria` to exactly one id for conditional patch.
+pub fn resolve_single(tx: &mut Tx<'_>, criteria: &Criteria) -> Result<String, RepoError> {
+    let found = criteria.resolve(tx, 2)?;
+    match found.as_slice() {
+        [] => Err(RepoError::NotFound {
+            res_type: criteria.res_type.clone(),
+            id: "(no match for the criteria)".into(),
+        }),
+        [row] => Ok(row.res_id.clone()),
+        _ => Err(RepoError::PreconditionFailed(format!(
+            "the criteria match more than one {}",
+            criteria.res_type
+        ))),
+    }
+}
+
+/// `DELETE [type]/[id]`: a logical delete; history keeps every version.
+pub fn delete(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<DeleteOutcome, RepoError> {
+    check_type(res_type)?;
+    let current = tx.current_for_update(res_type, id)?;
+    let Some(row) = current.filter(|row| !row.deleted) else {
+        return Ok(DeleteOutcome::NothingToDelete);
+    };
+    check_if_match(Some(&row), if_match, res_type, id)?;
+    let version = row.version + 1;
+    let new = NewVersion {
+        res_type,
+        res_id: id,
+        version,
+        last_updated: now_ms().max(row.last_updated),
+        method: "DELETE",
+        custodian: row.custodian.as_deref(),
+        patient_id: None,
+        body: None,
+    };
+    tx.replace_current(row.rid, &new)?;
+    tx.replace_tokens(row.rid, res_type, &[])?;
+    Ok(DeleteOutcome::Deleted { version })
+}
+
+/// `DELETE [type]?criteria`: deletes the single match (412 when several match).
+pub fn conditional_delete(
+    tx: &mut Tx<'_>,
+    criteria: &Criteria,
+) -> Result<DeleteOutcome, RepoError> {
+    let found = criteria.resolve(tx, 2)?;
+    match found.as_slice() {
+        [] => Ok(DeleteOutcome::NothingToDelete),
+        [row] => {
+            let id = row.res_id.clone();
+            delete(tx, &criteria.res_type, &id, None)
+        }
+        _ => Err(RepoError::PreconditionFailed(format!(
+            "the criteria match more than one {}",
+            criteria.res_type
+        ))),
+    }
+}

@@ -1,0 +1,24 @@
+//! The repository: FHIR interactions (read, vread, create, update, patch, delete, history,
+//! conditional variants, batch and transaction) on top of the store.
+//!
+//! Every interaction is a function over a store transaction ([`renkei_store::Tx`]), so a
+//! transaction Bundle runs the very same code for each entry inside one database transaction.
+//! This crate knows FHIR semantics (versions, meta, references, conditional criteria); it
+//! knows nothing of HTTP.
+
+mod bundle;
+mod criteria;
+mod error;
+mod index;
+mod interactions;
+mod meta;
+
+pub use bundle::{parse_etag, BundleKind, EntryRequest};
+pub use criteria::{percent_decode, Criteria};
+pub use error::{status_of, RepoError};
+pub use interactions::{
+    conditional_delete, conditional_update, create, delete, patch, read, resolve_single, update,
+    vread, DeleteOutcome, HistoryRequest, PatchBody, Repository, RepositoryOptions, StoredResource,
+    WriteContext, WriteOutcome,
+};
+pub use meta::{format_instant, parse_instant_ms};

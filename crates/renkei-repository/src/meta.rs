@@ -1,0 +1,118 @@
+//! Server-owned parts of a stored resource: id, meta.versionId, meta.lastUpdated.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
+use serde_json::{Map, Value};
+
+/// Renders milliseconds since the epoch as a FHIR instant (UTC, millisecond precision).
+pub fn format_instant(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Parses a FHIR date, dateTime or instant into milliseconds since the epoch at the start of
+/// its precision (`2024` → 2024-01-01T00:00:00Z). Times without a zone are taken as UTC.
+pub fn parse_instant_ms(text: &str) -> Option<i64> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        return Some(dt.timestamp_millis());
+    }
+    let naive_date = match text.len() {
+        4 => NaiveDate::from_ymd_opt(text.parse().ok()?, 1, 1),
+        7 => NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").ok(),
+        10 => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
+        _ => chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()
+            .map(|dt| dt.date()),
+    }?;
+    if text.len() > 10 {
+        let dt = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+        return Some(Utc.from_utc_datetime(&dt).timestamp_millis());
+    }
+    Some(
+        Utc.from_utc_datetime(&naive_date.and_hms_opt(0, 0, 0)?)
+            .timestamp_millis(),
+    )
+}
+
+pub(crate) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Returns the resource with `id` and server meta set, keys in the canonical order
+/// (resourceType, id, meta, then the rest as the client sent them).
+pub(crate) fn stamp(resource: Value, id: &str, version: i64, last_updated: i64) -> Value {
+    let Value::Object(mut map) = resource else {
+        return resource;
+    };
+    let resource_type = map.remove("resourceType");
+    map.remove("id");
+    let mut meta = match map.remove("meta") {
+        Some(Value::Object(meta)) => meta,
+        _ => Map::new(),
+    };
+    meta.remove("versionId");
+    meta.remove("lastUpdated");
+    let mut new_meta = Map::new();
+    new_meta.insert("versionId".into(), Value::String(version.to_string()));
+    new_meta.insert(
+        "lastUpdated".into(),
+        Value::String(format_instant(last_updated)),
+    );
+    new_meta.extend(meta);
+    let mut out = Map::new();
+    if let Some(rt) = resource_type {
+        out.insert("resourceType".into(), rt);
+    }
+    out.insert("id".into(), Value::String(id.to_string()));
+    out.insert("meta".into(), Value::Object(new_meta));
+    out.extend(map);
+    Value::Object(out)
+}
+
+/// Whether `id` is a valid FHIR id: 1–64 of `[A-Za-z0-9-.]`.
+pub(crate) fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stamps_meta_first_and_replaces_client_values() {
+        let v = stamp(
+            json!({"resourceType":"Patient","active":true,"meta":{"versionId":"9","profile":["x"]}}),
+            "p1",
+            2,
+            0,
+        );
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"resourceType":"Patient","id":"p1","meta":{"versionId":"2","lastUpdated":"1970-01-01T00:00:00.000Z","profile":["x"]},"active":true}"#
+        );
+    }
+
+    #[test]
+    fn parses_partial_dates() {
+        assert_eq!(parse_instant_ms("1970"), Some(0));
+        assert_eq!(parse_instant_ms("1970-01-02"), Some(86_400_000));
+        assert_eq!(parse_instant_ms("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_instant_ms("1970-01-01T00:00:01.5+00:00"), Some(1500));
+        assert_eq!(parse_instant_ms("garbage"), None);
+    }
+
+    #[test]
+    fn checks_ids() {
+        assert!(is_valid_id("abc-1.2"));
+        assert!(!is_valid_id("a b"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id(&"x".repeat(65)));
+    }
+}

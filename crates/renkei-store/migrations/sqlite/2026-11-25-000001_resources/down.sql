@@ -1,0 +1,2 @@
+DROP TABLE resource_history;
+DROP TABLE resources;

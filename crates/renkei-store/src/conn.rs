@@ -1,0 +1,352 @@
+use crate::error::classify;
+use crate::sql::{Bind, Sql};
+use crate::{DatabaseUrl, StoreError};
+use diesel::connection::SimpleConnection;
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
+use diesel::sqlite::Sqlite;
+use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Pools {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Postgres(Pool<ConnectionManager<PgConnection>>),
+}
+
+/// A handle on the database: a connection pool plus, for SQLite, the in-process writer lock.
+#[derive(Clone)]
+pub struct Store {
+    pools: Pools,
+    /// SQLite allows one writer; queueing writers here is fairer and faster than letting them
+    /// spin on `SQLITE_BUSY`.
+    sqlite_writer: Arc<Mutex<()>>,
+}
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // WAL lets readers run beside the writer; synchronous=FULL makes every commit durable
+        // before we answer 2xx.
+        conn.batch_execute(
+            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+pub(crate) enum AnyConn {
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    Postgres(PooledConnection<ConnectionManager<PgConnection>>),
+}
+
+/// A unit of work on one connection. Obtained only through [`Store::read`] or
+/// [`Store::write`], which own the transaction boundaries.
+pub struct Tx<'c> {
+    pub(crate) conn: &'c mut AnyConn,
+}
+
+impl Store {
+    /// Connects, creates the SQLite directory if needed, and runs pending migrations.
+    pub fn open(url: &DatabaseUrl, options: &StoreOptions) -> Result<Store, StoreError> {
+        let pools = match url {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+                let manager =
+                    ConnectionManager::<SqliteConnection>::new(path.display().to_string());
+                let pool = Pool::builder()
+                    .max_size(options.max_connections)
+                    .min_idle(Some(1))
+                    .connection_timeout(options.connect_timeout)
+                    .connection_customizer(Box::new(SqlitePragmas))
+                    .build(manager)
+                    .map_err(|e| StoreError::Connect(e.to_string()))?;
+                Pools::Sqlite(pool)
+            }
+            DatabaseUrl::Postgres(url) => {
+                let manager = ConnectionManager::<PgConnection>::new(url.clone());
+                let pool = Pool::builder()
+                    .max_size(options.max_connections)
+                    .min_idle(Some(1))
+                    .connection_timeout(options.connect_timeout)
+                    .build(manager)
+                    .map_err(|e| StoreError::Connect(e.to_string()))?;
+                Pools::Postgres(pool)
+            }
+        };
+        let store = Store {
+            pools,
+            sqlite_writer: Arc::new(Mutex::new(())),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pools {
+            Pools::Sqlite(_) => Backend::Sqlite,
+            Pools::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    fn connection(&self) -> Result<AnyConn, StoreError> {
+        match &self.pools {
+            Pools::Sqlite(pool) => pool
+                .get()
+                .map(AnyConn::Sqlite)
+                .map_err(|e| StoreError::Unavailable(e.to_string())),
+            Pools::Postgres(pool) => pool
+                .get()
+                .map(AnyConn::Postgres)
+                .map_err(|e| StoreError::Unavailable(e.to_string())),
+        }
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection()?;
+        match &mut conn {
+            AnyConn::Sqlite(c) => run_migrations(&mut **c, SQLITE_MIGRATIONS),
+            AnyConn::Postgres(c) => run_migrations(&mut **c, POSTGRES_MIGRATIONS),
+        }
+    }
+
+    /// Runs `work` in a read transaction (a consistent snapshot for multi-query reads).
+    pub fn read<T, E>(&self, work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut conn = self.connection()?;
+        in_transaction(&mut conn, false, work)
+    }
+
+    /// Runs `work` in a write transaction: committed when it returns `Ok`, rolled back on `Err`.
+    /// On SQLite the transaction starts `IMMEDIATE` so it never fails late on a lock upgrade.
+    pub fn write<T, E>(&self, work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut conn = self.connection()?;
+        match conn {
+            AnyConn::Sqlite(_) => {
+                let _guard = self
+                    .sqlite_writer
+                    .lock()
+                    .map_err(|_| StoreError::Unavailable("writer lock poisoned".into()))?;
+                in_transaction(&mut conn, true, work)
+            }
+            AnyConn::Postgres(_) => in_transaction(&mut conn, true, work),
+        }
+    }
+}
+
+fn run_migrations<C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<(), StoreError>
+where
+    C: MigrationHarness<C::Backend> + Connection,
+{
+    let pending = conn
+        .pending_migrations(migrations)
+        .map_err(|e| StoreError::Migration {
+            name: "(listing migrations)".into(),
+            message: e.to_string(),
+        })?;
+    for migration in pending {
+        let name = migration.name().to_string();
+        conn.run_migration(&*migration)
+            .map_err(|e| StoreError::Migration {
+                name,
+                message: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+fn in_transaction<T, E>(
+    conn: &mut AnyConn,
+    immediate: bool,
+    work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    // The closure needs the AnyConn while diesel holds the concrete connection, so diesel
+    // only issues BEGIN/COMMIT/ROLLBACK here and the work runs on the same physical connection.
+    let begin = match (&conn, immediate) {
+        (AnyConn::Sqlite(_), true) => "BEGIN IMMEDIATE",
+        (AnyConn::Sqlite(_), false) => "BEGIN DEFERRED",
+        (AnyConn::Postgres(_), true) => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        (AnyConn::Postgres(_), false) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    };
+    execute_raw(conn, begin).map_err(E::from)?;
+    let result = {
+        let mut tx = Tx { conn };
+        work(&mut tx)
+    };
+    match result {
+        Ok(value) => match execute_raw(conn, "COMMIT") {
+            Ok(()) => Ok(value),
+            Err(e) => {
+                let _ = execute_raw(conn, "ROLLBACK");
+                Err(E::from(e))
+            }
+        },
+        Err(e) => {
+            let _ = execute_raw(conn, "ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn execute_raw(conn: &mut AnyConn, sql: &str) -> Result<(), StoreError> {
+    match conn {
+        AnyConn::Sqlite(c) => c.batch_execute(sql),
+        AnyConn::Postgres(c) => c.batch_execute(sql),
+    }
+    .map_err(classify)
+}
+
+macro_rules! bind_all {
+    ($query:expr, $binds:expr) => {{
+        let mut query = $query;
+        for bind in $binds {
+            query = match bind.clone() {
+                Bind::Text(v) => query.bind::<Text, _>(v),
+                Bind::OptText(v) => query.bind::<Nullable<Text>, _>(v),
+                Bind::Int(v) => query.bind::<BigInt, _>(v),
+                Bind::Bool(v) => query.bind::<Bool, _>(v),
+                Bind::Float(v) => query.bind::<Double, _>(v),
+            };
+        }
+        query
+    }};
+}
+
+fn sqlite_query(sql: &Sql) -> BoxedSqlQuery<'static, Sqlite, SqlQuery> {
+    bind_all!(
+        diesel::sql_query(sql.render(false)).into_boxed::<Sqlite>(),
+        sql.binds()
+    )
+}
+
+fn postgres_query(sql: &Sql) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+    bind_all!(
+        diesel::sql_query(sql.render(true)).into_boxed::<Pg>(),
+        sql.binds()
+    )
+}
+
+impl Tx<'_> {
+    pub fn backend(&self) -> Backend {
+        match self.conn {
+            AnyConn::Sqlite(_) => Backend::Sqlite,
+            AnyConn::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Runs a statement and returns the number of affected rows.
+    pub fn execute(&mut self, sql: &Sql) -> Result<usize, StoreError> {
+        match self.conn {
+            AnyConn::Sqlite(c) => sqlite_query(sql).execute(&mut **c),
+            AnyConn::Postgres(c) => postgres_query(sql).execute(&mut **c),
+        }
+        .map_err(classify)
+    }
+
+    /// Runs a query and maps its rows by column name.
+    pub fn load<T>(&mut self, sql: &Sql) -> Result<Vec<T>, StoreError>
+    where
+        T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
+    {
+        match self.conn {
+            AnyConn::Sqlite(c) => sqlite_query(sql).load::<T>(&mut **c),
+            AnyConn::Postgres(c) => postgres_query(sql).load::<T>(&mut **c),
+        }
+        .map_err(classify)
+    }
+
+    /// `FOR UPDATE` where the backend has row locks; SQLite's IMMEDIATE transaction already
+    /// excludes other writers.
+    pub fn for_update(&self) -> &'static str {
+        match self.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// Creates a PostgreSQL database (tests and operators); `admin_url` names an existing database.
+pub fn create_postgres_database(admin_url: &str, name: &str) -> Result<(), StoreError> {
+    admin_statement(
+        admin_url,
+        &format!("CREATE DATABASE \"{}\"", checked_name(name)?),
+    )
+}
+
+/// Drops a PostgreSQL database, disconnecting its sessions first.
+pub fn drop_postgres_database(admin_url: &str, name: &str) -> Result<(), StoreError> {
+    admin_statement(
+        admin_url,
+        &format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            checked_name(name)?
+        ),
+    )
+}
+
+fn checked_name(name: &str) -> Result<&str, StoreError> {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(name)
+    } else {
+        Err(StoreError::UnsupportedUrl(format!("database name {name}")))
+    }
+}
+
+fn admin_statement(admin_url: &str, statement: &str) -> Result<(), StoreError> {
+    let mut conn =
+        PgConnection::establish(admin_url).map_err(|e| StoreError::Connect(e.to_string()))?;
+    conn.batch_execute(statement).map_err(classify)
+}

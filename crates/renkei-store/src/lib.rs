@@ -1,0 +1,24 @@
+//! The only crate that talks to the database (diesel over SQLite or PostgreSQL).
+//!
+//! Everything above this crate sees resources as JSON text plus bookkeeping columns; the SQL
+//! here is plain standard SQL that runs unchanged on both backends, so there are no
+//! per-backend branches of logic (only the connection type and placeholder syntax differ).
+
+mod conn;
+mod error;
+mod resources;
+mod sql;
+mod url;
+
+pub use conn::{Backend, Store, StoreOptions, Tx};
+pub use error::StoreError;
+pub use resources::{
+    HistoryPage, HistoryQuery, HistoryRow, HistoryScope, NewVersion, ResourceRow, TokenRow,
+};
+pub use sql::{Bind, Sql};
+pub use url::DatabaseUrl;
+
+/// Administrative helpers for PostgreSQL databases (used by tests and operators).
+pub mod admin {
+    pub use crate::conn::{create_postgres_database, drop_postgres_database};
+}

@@ -1,0 +1,423 @@
+//! Resource rows: current versions in `resources`, superseded versions in `resource_history`,
+//! and the token index rows written alongside them.
+
+use crate::sql::{Bind, Sql};
+use crate::{StoreError, Tx};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use diesel::QueryableByName;
+
+/// The current row of a logical resource.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ResourceRow {
+    #[diesel(sql_type = BigInt)]
+    pub rid: i64,
+    #[diesel(sql_type = Text)]
+    pub res_type: String,
+    #[diesel(sql_type = Text)]
+    pub res_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
+    #[diesel(sql_type = BigInt)]
+    pub last_updated: i64,
+    #[diesel(sql_type = Text)]
+    pub method: String,
+    #[diesel(sql_type = Bool)]
+    pub deleted: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub custodian: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub body: Option<String>,
+}
+
+/// One version as history reports it.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct HistoryRow {
+    #[diesel(sql_type = BigInt)]
+    pub rid: i64,
+    #[diesel(sql_type = Text)]
+    pub res_type: String,
+    #[diesel(sql_type = Text)]
+    pub res_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
+    #[diesel(sql_type = BigInt)]
+    pub last_updated: i64,
+    #[diesel(sql_type = Text)]
+    pub method: String,
+    #[diesel(sql_type = Bool)]
+    pub deleted: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub body: Option<String>,
+}
+
+/// What a write stores as the new current version.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    pub res_type: &'a str,
+    pub res_id: &'a str,
+    pub version: i64,
+    pub last_updated: i64,
+    /// `POST`, `PUT`, `PATCH` or `DELETE`: how the version came to be, for history entries.
+    pub method: &'a str,
+    pub custodian: Option<&'a str>,
+    pub patient_id: Option<&'a str>,
+    /// `None` for a deletion.
+    pub body: Option<&'a str>,
+}
+
+/// One token index value of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub param: String,
+    pub system: Option<String>,
+    pub code: Option<String>,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HistoryScope {
+    Instance { res_type: String, res_id: String },
+    Type(String),
+    System,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    pub scope: HistoryScope,
+    /// Only versions updated at or after this instant (ms since epoch).
+    pub since: Option<i64>,
+    /// Only versions current at this instant: updated at or before it (ms since epoch).
+    pub at: Option<i64>,
+    /// Resume after this (last_updated, rid, version) position, newest first.
+    pub after: Option<(i64, i64, i64)>,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub rows: Vec<HistoryRow>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<(i64, i64, i64)>,
+}
+
+const RESOURCE_COLUMNS: &str =
+    "rid, res_type, res_id, version, last_updated, method, deleted, custodian, body";
+
+#[derive(QueryableByName)]
+struct Rid {
+    #[diesel(sql_type = BigInt)]
+    rid: i64,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+impl Tx<'_> {
+    /// The current row of `res_type/res_id`, deleted or not.
+    pub fn current(
+        &mut self,
+        res_type: &str,
+        res_id: &str,
+    ) -> Result<Option<ResourceRow>, StoreError> {
+        self.current_inner(res_type, res_id, false)
+    }
+
+    /// Like [`Tx::current`] but locks the row until the transaction ends, so concurrent
+    /// writers of the same resource queue up and versions never collide.
+    pub fn current_for_update(
+        &mut self,
+        res_type: &str,
+        res_id: &str,
+    ) -> Result<Option<ResourceRow>, StoreError> {
+        self.current_inner(res_type, res_id, true)
+    }
+
+    fn current_inner(
+        &mut self,
+        res_type: &str,
+        res_id: &str,
+        lock: bool,
+    ) -> Result<Option<ResourceRow>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {RESOURCE_COLUMNS} FROM resources WHERE res_type = "
+        ));
+        sql.bind(Bind::Text(res_type.into()))
+            .push(" AND res_id = ")
+            .bind(Bind::Text(res_id.into()));
+        if lock {
+            let suffix = self.for_update();
+            sql.push(suffix);
+        }
+        Ok(self.load::<ResourceRow>(&sql)?.into_iter().next())
+    }
+
+    /// A specific version, current or superseded.
+    pub fn version(
+        &mut self,
+        res_type: &str,
+        res_id: &str,
+        version: i64,
+    ) -> Result<Option<HistoryRow>, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body \
+             FROM resources r JOIN resource_history h ON h.rid = r.rid WHERE r.res_type = ",
+        );
+        sql.bind(Bind::Text(res_type.into()))
+            .push(" AND r.res_id = ")
+            .bind(Bind::Text(res_id.into()))
+            .push(" AND h.version = ")
+            .bind(Bind::Int(version))
+            .push(
+                " UNION ALL SELECT rid, res_type, res_id, version, last_updated, method, deleted, body \
+                 FROM resources WHERE res_type = ",
+            )
+            .bind(Bind::Text(res_type.into()))
+            .push(" AND res_id = ")
+            .bind(Bind::Text(res_id.into()))
+            .push(" AND version = ")
+            .bind(Bind::Int(version));
+        Ok(self.load::<HistoryRow>(&sql)?.into_iter().next())
+    }
+
+    /// Inserts the first version of a new logical resource. Fails with
+    /// [`StoreError::UniqueViolation`] if the id is taken (a concurrent create won).
+    pub fn insert_new(&mut self, new: &NewVersion<'_>) -> Result<i64, StoreError> {
+        let mut sql = Sql::new(
+            "INSERT INTO resources (res_type, res_id, version, last_updated, method, deleted, custodian, patient_id, body) VALUES (",
+        );
+        push_version_values(&mut sql, new);
+        sql.push(") RETURNING rid");
+        self.load::<Rid>(&sql)?
+            .into_iter()
+            .next()
+            .map(|r| r.rid)
+            .ok_or(StoreError::UniqueViolation)
+    }
+
+    /// Moves the current version of `rid` to history and stores `new` as current.
+    /// The caller must hold the row lock ([`Tx::current_for_update`]).
+    pub fn replace_current(&mut self, rid: i64, new: &NewVersion<'_>) -> Result<(), StoreError> {
+        let mut archive = Sql::new(
+            "INSERT INTO resource_history (rid, version, last_updated, method, deleted, body) \
+             SELECT rid, version, last_updated, method, deleted, body FROM resources WHERE rid = ",
+        );
+        archive.bind(Bind::Int(rid));
+        self.execute(&archive)?;
+        let mut update = Sql::new("UPDATE resources SET version = ");
+        update
+            .bind(Bind::Int(new.version))
+            .push(", last_updated = ")
+            .bind(Bind::Int(new.last_updated))
+            .push(", method = ")
+            .bind(Bind::Text(new.method.into()))
+            .push(", deleted = ")
+            .bind(Bind::Bool(new.body.is_none()))
+            .push(", custodian = ")
+            .bind(Bind::OptText(new.custodian.map(str::to_string)))
+            .push(", patient_id = ")
+            .bind(Bind::OptText(new.patient_id.map(str::to_string)))
+            .push(", body = ")
+            .bind(Bind::OptText(new.body.map(str::to_string)))
+            .push(" WHERE rid = ")
+            .bind(Bind::Int(rid));
+        self.execute(&update)?;
+        Ok(())
+    }
+
+    /// Replaces the token index rows of `rid` (none for a deleted resource).
+    pub fn replace_tokens(
+        &mut self,
+        rid: i64,
+        res_type: &str,
+        tokens: &[TokenRow],
+    ) -> Result<(), StoreError> {
+        let mut delete = Sql::new("DELETE FROM idx_token WHERE rid = ");
+        delete.bind(Bind::Int(rid));
+        self.execute(&delete)?;
+        // Multi-row VALUES keeps round trips low; 200 rows x 6 binds stays under every
+        // backend's bind limit.
+        for chunk in tokens.chunks(200) {
+            let mut insert = Sql::new(
+                "INSERT INTO idx_token (rid, res_type, param, system, code, text) VALUES ",
+            );
+            for (i, token) in chunk.iter().enumerate() {
+                if i > 0 {
+                    insert.push(", ");
+                }
+                insert
+                    .push("(")
+                    .bind(Bind::Int(rid))
+                    .push(", ")
+                    .bind(Bind::Text(res_type.into()))
+                    .push(", ")
+                    .bind(Bind::Text(token.param.clone()))
+                    .push(", ")
+                    .bind(Bind::OptText(token.system.clone()))
+                    .push(", ")
+                    .bind(Bind::OptText(token.code.clone()))
+                    .push(", ")
+                    .bind(Bind::OptText(token.text.clone()))
+                    .push(")");
+            }
+            self.execute(&insert)?;
+        }
+        Ok(())
+    }
+
+    /// Current, not deleted resources of `res_type` with a token `param` of `code` (and
+    /// `system`, when given). Used by conditional interactions.
+    pub fn find_by_token(
+        &mut self,
+        res_type: &str,
+        param: &str,
+        system: Option<&str>,
+        code: &str,
+        limit: usize,
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {RESOURCE_COLUMNS} FROM resources WHERE deleted = "
+        ));
+        sql.bind(Bind::Bool(false))
+            .push(" AND rid IN (SELECT rid FROM idx_token WHERE res_type = ")
+            .bind(Bind::Text(res_type.into()))
+            .push(" AND param = ")
+            .bind(Bind::Text(param.into()))
+            .push(" AND code = ")
+            .bind(Bind::Text(code.into()));
+        if let Some(system) = system {
+            sql.push(" AND system = ").bind(Bind::Text(system.into()));
+        }
+        sql.push(") ORDER BY rid LIMIT ")
+            .bind(Bind::Int(limit_as_i64(limit)));
+        self.load::<ResourceRow>(&sql)
+    }
+
+    /// Current, not deleted resources of `res_type` with one of the given ids.
+    pub fn find_by_ids(
+        &mut self,
+        res_type: &str,
+        ids: &[String],
+        limit: usize,
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(&format!(
+            "SELECT {RESOURCE_COLUMNS} FROM resources WHERE deleted = "
+        ));
+        sql.bind(Bind::Bool(false))
+            .push(" AND res_type = ")
+            .bind(Bind::Text(res_type.into()))
+            .push(" AND res_id IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(Bind::Text(id.clone()));
+        }
+        sql.push(") ORDER BY rid LIMIT ")
+            .bind(Bind::Int(limit_as_i64(limit)));
+        self.load::<ResourceRow>(&sql)
+    }
+
+    /// Whether the database holds no resources at all (demo loading uses it).
+    pub fn is_empty(&mut self) -> Result<bool, StoreError> {
+        let sql = Sql::new("SELECT COUNT(*) AS n FROM (SELECT rid FROM resources LIMIT 1) t");
+        Ok(self
+            .load::<Count>(&sql)?
+            .into_iter()
+            .next()
+            .is_none_or(|c| c.n == 0))
+    }
+
+    /// One page of history, newest first, over current and superseded versions.
+    pub fn history(&mut self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let mut sql = Sql::new("SELECT * FROM (");
+        for (i, table) in ["current", "history"].iter().enumerate() {
+            if i > 0 {
+                sql.push(" UNION ALL ");
+            }
+            if *table == "current" {
+                sql.push("SELECT r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.method, r.deleted, r.body FROM resources r WHERE 1 = 1");
+            } else {
+                sql.push("SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE 1 = 1");
+            }
+            let updated = if *table == "current" {
+                "r.last_updated"
+            } else {
+                "h.last_updated"
+            };
+            match &query.scope {
+                HistoryScope::Instance { res_type, res_id } => {
+                    sql.push(" AND r.res_type = ")
+                        .bind(Bind::Text(res_type.clone()))
+                        .push(" AND r.res_id = ")
+                        .bind(Bind::Text(res_id.clone()));
+                }
+                HistoryScope::Type(res_type) => {
+                    sql.push(" AND r.res_type = ")
+                        .bind(Bind::Text(res_type.clone()));
+                }
+                HistoryScope::System => {}
+            }
+            if let Some(since) = query.since {
+                sql.push(&format!(" AND {updated} >= "))
+                    .bind(Bind::Int(since));
+            }
+            if let Some(at) = query.at {
+                sql.push(&format!(" AND {updated} <= ")).bind(Bind::Int(at));
+            }
+        }
+        sql.push(") v");
+        if let Some((updated, rid, version)) = query.after {
+            sql.push(" WHERE (v.last_updated < ")
+                .bind(Bind::Int(updated))
+                .push(" OR (v.last_updated = ")
+                .bind(Bind::Int(updated))
+                .push(" AND (v.rid < ")
+                .bind(Bind::Int(rid))
+                .push(" OR (v.rid = ")
+                .bind(Bind::Int(rid))
+                .push(" AND v.version < ")
+                .bind(Bind::Int(version))
+                .push("))))");
+        }
+        sql.push(" ORDER BY v.last_updated DESC, v.rid DESC, v.version DESC LIMIT ")
+            .bind(Bind::Int(limit_as_i64(query.count.saturating_add(1))));
+        let mut rows = self.load::<HistoryRow>(&sql)?;
+        let next = if rows.len() > query.count {
+            rows.truncate(query.count);
+            rows.last().map(|r| (r.last_updated, r.rid, r.version))
+        } else {
+            None
+        };
+        Ok(HistoryPage { rows, next })
+    }
+}
+
+fn push_version_values(sql: &mut Sql, new: &NewVersion<'_>) {
+    sql.bind(Bind::Text(new.res_type.into()))
+        .push(", ")
+        .bind(Bind::Text(new.res_id.into()))
+        .push(", ")
+        .bind(Bind::Int(new.version))
+        .push(", ")
+        .bind(Bind::Int(new.last_updated))
+        .push(", ")
+        .bind(Bind::Text(new.method.into()))
+        .push(", ")
+        .bind(Bind::Bool(new.body.is_none()))
+        .push(", ")
+        .bind(Bind::OptText(new.custodian.map(str::to_string)))
+        .push(", ")
+        .bind(Bind::OptText(new.patient_id.map(str::to_string)))
+        .push(", ")
+        .bind(Bind::OptText(new.body.map(str::to_string)));
+}
+
+fn limit_as_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,79 @@
+//! A tiny SQL text builder with positional binds, rendered per backend (`?` or `$n`).
+//! Queries built here are the only SQL the store runs besides migrations.
+
+/// A value bound to a placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bind {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    Bool(bool),
+    Float(f64),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Sql {
+    text: String,
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    pub fn new(text: &str) -> Self {
+        Sql {
+            text: text.to_string(),
+            binds: Vec::new(),
+        }
+    }
+
+    /// Appends raw SQL text. Never pass input-derived text here: use [`Sql::bind`].
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends a `?` placeholder bound to `value`.
+    pub fn bind(&mut self, value: Bind) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(value);
+        self
+    }
+
+    pub fn binds(&self) -> &[Bind] {
+        &self.binds
+    }
+
+    /// The text with placeholders in the given backend's syntax.
+    pub fn render(&self, numbered: bool) -> String {
+        if !numbered {
+            return self.text.clone();
+        }
+        let mut out = String::with_capacity(self.text.len() + 8);
+        let mut n = 0;
+        for ch in self.text.chars() {
+            if ch == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_numbered_placeholders() {
+        let mut sql = Sql::new("SELECT 1 WHERE a = ");
+        sql.bind(Bind::Int(1))
+            .push(" AND b = ")
+            .bind(Bind::Text("x".into()));
+        assert_eq!(sql.render(false), "SELECT 1 WHERE a = ? AND b = ?");
+        assert_eq!(sql.render(true), "SELECT 1 WHERE a = $1 AND b = $2");
+        assert_eq!(sql.binds().len(), 2);
+    }
+}

@@ -1,0 +1,77 @@
+use crate::StoreError;
+use std::path::PathBuf;
+
+/// A database location, parsed once from the operator's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Accepts `sqlite:PATH`, `sqlite://PATH` and `postgres://…`/`postgresql://…`; every other
+    /// scheme is refused so a typo never silently creates a new SQLite file.
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        if let Some(rest) = text.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(StoreError::UnsupportedUrl(text.to_string()));
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(text.to_string()));
+        }
+        Err(StoreError::UnsupportedUrl(text.to_string()))
+    }
+
+    /// The URL with any password removed, for logs and start-up messages.
+    pub fn redacted(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => format!("sqlite:{}", path.display()),
+            DatabaseUrl::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_schemes_and_refuses_others() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:./x.db").ok(),
+            Some(DatabaseUrl::Sqlite(PathBuf::from("./x.db")))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db").ok(),
+            Some(DatabaseUrl::Sqlite(PathBuf::from("/tmp/x.db")))
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://root@127.0.0.1/test"),
+            Ok(DatabaseUrl::Postgres(_))
+        ));
+        assert!(DatabaseUrl::parse("mysql://x").is_err());
+        assert!(DatabaseUrl::parse("sqlite:").is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        let url = DatabaseUrl::Postgres("postgres://u:secret@h/db".into());
+        assert_eq!(url.redacted(), "postgres://u:***@h/db");
+    }
+}

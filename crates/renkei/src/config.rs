@@ -1,0 +1,170 @@
+//! One typed configuration, loaded once: defaults, then the TOML file, then `RENKEI_*`
+//! environment variables, then command-line flags (each later source wins).
+
+use serde::Deserialize;
+use std::path::Path;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE: &str = "sqlite:./renkei-data/renkei.db";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub default_page_size: Option<usize>,
+    pub max_page_size: Option<usize>,
+    pub workers: Option<usize>,
+    pub max_connections: Option<u32>,
+    pub demo: Option<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub database: String,
+    pub max_body_bytes: usize,
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+    pub workers: usize,
+    pub max_connections: u32,
+    pub demo: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {name}='{value}' is not a valid {expected}")]
+    Env {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings given on the command line (already merged with their `RENKEI_*` variables by clap).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<String>,
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub demo: bool,
+}
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>, ConfigError> {
+    match std::env::var(name) {
+        Ok(value) => value.parse().map(Some).map_err(|_| ConfigError::Env {
+            name: name.into(),
+            value,
+            expected: "number",
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+impl Config {
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &overrides.config {
+            Some(path) => read_file(Path::new(path))?,
+            None => FileConfig::default(),
+        };
+        let workers_default = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let config = Config {
+            listen: overrides
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            database: overrides
+                .database
+                .clone()
+                .or(file.database)
+                .unwrap_or_else(|| DEFAULT_DATABASE.into()),
+            max_body_bytes: env_number("RENKEI_MAX_BODY_BYTES")?
+                .or(file.max_body_bytes)
+                .unwrap_or(16 * 1024 * 1024),
+            default_page_size: env_number("RENKEI_DEFAULT_PAGE_SIZE")?
+                .or(file.default_page_size)
+                .unwrap_or(50),
+            max_page_size: env_number("RENKEI_MAX_PAGE_SIZE")?
+                .or(file.max_page_size)
+                .unwrap_or(1000),
+            workers: env_number("RENKEI_WORKERS")?
+                .or(file.workers)
+                .unwrap_or(workers_default),
+            max_connections: env_number("RENKEI_MAX_CONNECTIONS")?
+                .or(file.max_connections)
+                .unwrap_or(16),
+            demo: overrides.demo || file.demo.unwrap_or(false),
+        };
+        if config.default_page_size == 0 || config.default_page_size > config.max_page_size {
+            return Err(ConfigError::Invalid(
+                "default_page_size must be between 1 and max_page_size".into(),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("renkei-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("renkei.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\ndatabase = \"sqlite:/tmp/x.db\"\nmax_page_size = 77\n",
+        )
+        .unwrap();
+        let config = Config::load(&Overrides {
+            config: Some(path.display().to_string()),
+            listen: Some("127.0.0.1:1".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:1");
+        assert_eq!(config.database, "sqlite:/tmp/x.db");
+        assert_eq!(config.max_page_size, 77);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("renkei-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("renkei.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let err = Config::load(&Overrides {
+            config: Some(path.display().to_string()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("lisen"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Black-box tests: start the real `renkei` binary and talk FHIR to it.
