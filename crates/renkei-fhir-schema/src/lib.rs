@@ -137,3 +137,34 @@ mod tests {
         assert_eq!(summary_elements("Nope"), None);
     }
 }
+
+/// Whether the element at `path` (`Patient.contact.name`, no indices) repeats (`0..*`), or
+/// `None` when the path names no known element.
+pub fn is_repeating(path: &str) -> Option<bool> {
+    let m = model::model();
+    let mut segments = path.split('.');
+    let mut type_def = m.type_def(segments.next()?)?;
+    let mut segments = segments.peekable();
+    while let Some(segment) = segments.next() {
+        let element = type_def.element(segment)?;
+        if segments.peek().is_none() {
+            return Some(element.array);
+        }
+        type_def = m.type_def(&element.type_name)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod repeating_tests {
+    use super::is_repeating;
+
+    #[test]
+    fn knows_cardinality_by_path() {
+        assert_eq!(is_repeating("Patient.name"), Some(true));
+        assert_eq!(is_repeating("Patient.contact.name"), Some(false));
+        assert_eq!(is_repeating("Patient.contact.telecom"), Some(true));
+        assert_eq!(is_repeating("Patient.birthDate"), Some(false));
+        assert_eq!(is_repeating("Patient.nope"), None);
+    }
+}

@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use renkei_fhir_schema::{
-    is_resource_type, resource_types, select_elements, summarize, Issue, IssueCode, Severity,
+    is_repeating, is_resource_type, resource_types, select_elements, summarize, Issue, IssueCode, Severity,
     SummaryMode,
 };
 

@@ -89,6 +89,7 @@ impl Config {
             database: overrides
                 .database
                 .clone()
+                .or(secret_from_file("RENKEI_DATABASE_URL_FILE")?)
                 .or(file.database)
                 .unwrap_or_else(|| DEFAULT_DATABASE.into()),
             max_body_bytes: env_number("RENKEI_MAX_BODY_BYTES")?
@@ -114,6 +115,17 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+}
+
+/// Reads a secret (such as a database URL with a password) from the file a `*_FILE` variable
+/// names, so it never has to sit in the environment or the config file.
+fn secret_from_file(variable: &str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(variable) {
+        Ok(path) => std::fs::read_to_string(&path)
+            .map(|text| Some(text.trim().to_string()))
+            .map_err(|source| ConfigError::Read { path, source }),
+        Err(_) => Ok(None),
     }
 }
 
