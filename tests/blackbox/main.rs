@@ -1,1 +1,19 @@
-//! Black-box tests: start the real `renkei` binary and talk FHIR to it.
+//! Black-box tests: start the real `renkei` binary and talk FHIR to it over HTTP, on every
+//! backend (SQLite and PostgreSQL; `RENKEI_TEST_BACKENDS=sqlite` restricts explicitly).
+//! Each test owns its server and database, so the tests run in parallel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
+
+mod support;
+
+mod bundles;
+mod capability;
+mod conditional;
+mod crud;
+mod durability;
+mod errors;
+mod examples;
+mod formats;
+mod history;
+mod patch;
+mod versioning;

@@ -14,8 +14,8 @@ use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use renkei_fhir_schema::{
-    is_repeating, is_resource_type, resource_types, select_elements, summarize, Issue, IssueCode, Severity,
-    SummaryMode,
+    is_repeating, is_resource_type, resource_types, select_elements, summarize, Issue, IssueCode,
+    Severity, SummaryMode,
 };
 
 /// Deepest nesting accepted in a resource. Real resources stay far below; the limit keeps

@@ -17,17 +17,41 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
 ];
 
 /// System-level interactions served at the base URL.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] =
+    &["transaction", "batch", "history-system", "search-system"];
 
-/// Search parameters every type answers today (the conditional criteria).
-pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
-    ("_id", "token", "Logical id of the resource"),
-    (
-        "identifier",
-        "token",
-        "Business identifier: system|value, |value or value",
-    ),
+/// Result parameters every search answers (besides the type's own search parameters).
+pub const RESULT_PARAMS: &[&str] = &[
+    "_count",
+    "_sort",
+    "_total",
+    "_summary",
+    "_elements",
+    "_include",
+    "_revinclude",
 ];
+
+/// The search parameters of `res_type` that this server indexes and searches, generated from
+/// the same registry the index extraction and query parser use.
+pub fn search_params(res_type: &str) -> Vec<Value> {
+    let mut params: Vec<Value> = renkei_search::registry()
+        .params(res_type)
+        .filter(|p| {
+            p.kind.is_indexed()
+                && (p.expression.is_some() || p.code == "_id" || p.code == "_lastUpdated")
+        })
+        .map(|p| {
+            json!({
+                "name": p.code,
+                "definition": p.url,
+                "type": p.kind.code(),
+                "documentation": p.description,
+            })
+        })
+        .collect();
+    params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    params
+}
 
 pub fn capability_statement(base: &str, state: &AppState) -> Value {
     let resources: Vec<Value> = renkei_fhir::resource_types()
@@ -44,11 +68,9 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "logical"],
-                "searchParam": SEARCH_PARAMS.iter().map(|(name, kind, doc)| json!({
-                    "name": name,
-                    "type": kind,
-                    "documentation": doc,
-                })).collect::<Vec<_>>(),
+                "searchInclude": ["*"],
+                "searchRevInclude": ["*"],
+                "searchParam": search_params(res_type),
             })
         })
         .collect();
@@ -66,8 +88,10 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": format!(
-                "Bundles and history pages hold at most {} entries ({} by default).",
-                state.max_page_size, state.default_page_size
+                "Bundles, search and history pages hold at most {} entries ({} by default). \
+                 Search result parameters: {}. Unknown search parameters are ignored with a \
+                 warning (search.mode = outcome) unless Prefer: handling=strict asks for 400.",
+                state.max_page_size, state.default_page_size, RESULT_PARAMS.join(", ")
             ),
             "resource": resources,
             "interaction": SYSTEM_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),

@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 type Result<T> = std::result::Result<T, ApiError>;
 
 /// Runs repository work on the blocking pool (diesel is synchronous).
-async fn blocking<T, F>(work: F) -> Result<T>
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T>
 where
     F: FnOnce() -> std::result::Result<T, RepoError> + Send + 'static,
     T: Send + 'static,
@@ -759,50 +759,4 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
         format!("{} is not allowed on {}", req.method(), req.path()),
     )
     .respond(format, false)
-}
-
-/// `GET [type]` before search exists: only the conditional criteria (`_id`, `identifier`).
-pub async fn search(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    let ctx = ctx_or_fail!(req);
-    let res_type = path.into_inner();
-    let result = async {
-        check_type(&res_type)?;
-        let query: Vec<String> = ctx
-            .params
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty" | "_count"))
-            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-            .collect();
-        let criteria = Criteria::parse(&res_type, &query.join("&"))?;
-        let limit = state.max_page_size;
-        let repo = state.repository.clone();
-        let rows = blocking(move || repo.read_tx(|tx| criteria.find(tx, limit))).await?;
-        let entries: Vec<Value> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "fullUrl": format!("{}/{}/{}", ctx.base, r.res_type, r.id),
-                    "resource": r.value().unwrap_or(Value::Null),
-                    "search": {"mode": "match"},
-                })
-            })
-            .collect();
-        let mut bundle = json!({
-            "resourceType": "Bundle",
-            "id": uuid::Uuid::new_v4().to_string(),
-            "type": "searchset",
-            "total": entries.len(),
-            "link": [{"relation": "self", "url": format!("{}/{}?{}", ctx.base, res_type, query.join("&"))}],
-        });
-        if !entries.is_empty() {
-            bundle["entry"] = Value::Array(entries);
-        }
-        Ok(render_value(HttpResponse::Ok(), &bundle, ctx.format, ctx.pretty))
-    }
-    .await;
-    finish(&ctx, result)
 }

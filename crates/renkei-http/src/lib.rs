@@ -6,6 +6,7 @@ mod error;
 pub mod format;
 mod handlers;
 mod request;
+mod search;
 
 pub use error::ApiError;
 
@@ -33,6 +34,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/metadata", web::get().to(h::metadata))
             .route("", web::post().to(h::bundle))
             .route("/", web::post().to(h::bundle))
+            .route("", web::get().to(search::search_system))
+            .route("/", web::get().to(search::search_system))
             .route("/_history", web::get().to(h::history_system))
             .service(
                 web::resource("/{type}/_history")
@@ -51,6 +54,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .default_service(web::to(h::method_not_allowed)),
             )
             .service(
+                web::resource("/{type}/_search")
+                    .route(web::post().to(search::search_type_post))
+                    .route(web::get().to(search::search_type))
+                    .default_service(web::to(h::method_not_allowed)),
+            )
+            .service(
+                web::resource("/{type}/{id}/{compartment}")
+                    .route(web::get().to(search::compartment))
+                    .default_service(web::to(h::method_not_allowed)),
+            )
+            .service(
                 web::resource("/{type}/{id}")
                     .route(web::get().to(h::read))
                     .route(web::head().to(h::read))
@@ -61,7 +75,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .service(
                 web::resource("/{type}")
-                    .route(web::get().to(h::search))
+                    .route(web::get().to(search::search_type))
                     .route(web::post().guard(guard::fn_guard(|_| true)).to(h::create))
                     .route(web::put().to(h::conditional_update))
                     .route(web::patch().to(h::conditional_patch))

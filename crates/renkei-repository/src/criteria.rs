@@ -2,13 +2,23 @@
 //! conditional references in transactions).
 
 use crate::RepoError;
-use renkei_store::{ResourceRow, Tx};
+use renkei_search::plan::{parse, ParseOptions, SearchError, SearchPlan};
+use renkei_store::{SearchRow, Tx};
 
-/// A parsed conditional query such as `identifier=urn:oid:1.2|123`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed conditional query such as `identifier=urn:oid:1.2|123`, run on the search engine
+/// (every search parameter of the type works; unknown parameters are refused).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Criteria {
     pub res_type: String,
-    params: Vec<(String, String)>,
+    plan: Box<SearchPlan>,
+}
+
+/// Maps a search parsing error to the repository's error.
+pub fn search_error(error: SearchError) -> RepoError {
+    match error {
+        SearchError::Invalid(message) => RepoError::BadRequest(message),
+        unknown @ SearchError::Unknown(_) => RepoError::NotSupported(unknown.to_string()),
+    }
 }
 
 impl Criteria {
@@ -21,27 +31,36 @@ impl Criteria {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 (percent_decode(k), percent_decode(v))
             })
+            .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
             .collect();
         if params.is_empty() {
             return Err(RepoError::BadRequest(format!(
                 "conditional criteria for {res_type} are empty"
             )));
         }
-        for (name, value) in &params {
-            if !matches!(name.as_str(), "_id" | "identifier") {
-                return Err(RepoError::NotSupported(format!(
-                    "conditional criteria support '_id' and 'identifier'; '{name}' is not supported"
-                )));
-            }
-            if value.is_empty() {
-                return Err(RepoError::BadRequest(format!(
-                    "conditional criteria parameter '{name}' has no value"
-                )));
-            }
+        if let Some((name, _)) = params.iter().find(|(_, v)| v.is_empty()) {
+            return Err(RepoError::BadRequest(format!(
+                "conditional criteria parameter '{name}' has no value"
+            )));
+        }
+        let plan = parse(
+            &[res_type.to_string()],
+            &params,
+            &ParseOptions {
+                default_count: 2,
+                max_count: usize::MAX,
+                strict: true,
+            },
+        )
+        .map_err(search_error)?;
+        if plan.filters.is_empty() {
+            return Err(RepoError::BadRequest(format!(
+                "conditional criteria for {res_type} select nothing"
+            )));
         }
         Ok(Criteria {
             res_type: res_type.to_string(),
-            params,
+            plan: Box::new(plan),
         })
     }
 
@@ -57,42 +76,21 @@ impl Criteria {
         Criteria::parse(res_type, query)
     }
 
-    /// The current resources matching every parameter (AND), at most `limit`.
+    /// The current resources matching every parameter, at most `limit`, in the database.
     pub(crate) fn resolve(
         &self,
         tx: &mut Tx<'_>,
         limit: usize,
-    ) -> Result<Vec<ResourceRow>, RepoError> {
-        let mut matches: Option<Vec<ResourceRow>> = None;
-        for (name, value) in &self.params {
-            // Comma means OR within one parameter.
-            let mut rows = Vec::new();
-            for alternative in value.split(',') {
-                let found = match name.as_str() {
-                    "_id" => tx.find_by_ids(&self.res_type, &[alternative.to_string()], limit)?,
-                    _ => {
-                        let (system, code) = match alternative.split_once('|') {
-                            Some((system, code)) => (Some(system), code),
-                            None => (None, alternative),
-                        };
-                        tx.find_by_token(&self.res_type, "identifier", system, code, limit)?
-                    }
-                };
-                rows.extend(found);
-            }
-            matches = Some(match matches {
-                None => rows,
-                Some(previous) => previous
-                    .into_iter()
-                    .filter(|p| rows.iter().any(|r| r.rid == p.rid))
-                    .collect(),
-            });
-        }
-        let mut rows = matches.unwrap_or_default();
-        rows.sort_by_key(|r| r.rid);
-        rows.dedup_by_key(|r| r.rid);
-        rows.truncate(limit);
-        Ok(rows)
+    ) -> Result<Vec<SearchRow>, RepoError> {
+        let mut plan = (*self.plan).clone();
+        plan.count = limit.max(1);
+        plan.sort.clear();
+        plan.includes.clear();
+        plan.revincludes.clear();
+        plan.cursor = None;
+        plan.summary = None;
+        plan.total = renkei_search::plan::Total::None;
+        Ok(tx.search(&plan)?.matches)
     }
 }
 
@@ -121,28 +119,6 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn decodes_percent_escapes() {
-        assert_eq!(percent_decode("a%7Cb"), "a|b");
-        assert_eq!(percent_decode("%E5%B1%B1"), "山");
-        assert_eq!(percent_decode("bad%zz"), "bad%zz");
-        assert_eq!(percent_decode("end%"), "end%");
-        assert_eq!(percent_decode("end%4"), "end%4");
-    }
-
-    #[test]
-    fn refuses_unsupported_parameters() {
-        assert!(Criteria::parse("Patient", "name=x").is_err());
-        assert!(Criteria::parse("Patient", "").is_err());
-        assert!(Criteria::parse("Patient", "identifier=a|b&_id=1").is_ok());
-    }
-}
-
 impl Criteria {
     /// The matching current resources, for the interim `GET [type]?_id|identifier` search.
     pub fn find(
@@ -164,5 +140,29 @@ impl Criteria {
                 })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("a%7Cb"), "a|b");
+        assert_eq!(percent_decode("%E5%B1%B1"), "山");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(percent_decode("end%"), "end%");
+        assert_eq!(percent_decode("end%4"), "end%4");
+    }
+
+    #[test]
+    fn refuses_unsupported_parameters() {
+        assert!(Criteria::parse("Patient", "name=x").is_ok());
+        assert!(Criteria::parse("Patient", "nonsense=x").is_err());
+        assert!(Criteria::parse("Patient", "birthdate=notadate").is_err());
+        assert!(Criteria::parse("Patient", "").is_err());
+        assert!(Criteria::parse("Patient", "identifier=a|b&_id=1").is_ok());
     }
 }

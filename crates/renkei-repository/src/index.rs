@@ -1,33 +1,12 @@
 //! Index values extracted from a resource at write time, stored in the same transaction.
 
-use renkei_store::TokenRow;
+use renkei_search::IndexRows;
 use serde_json::Value;
 
-/// Token rows of a resource. For now the `identifier` parameter (conditional interactions
-/// depend on it); the search engine extends this to every search parameter.
-pub(crate) fn tokens(resource: &Value) -> Vec<TokenRow> {
-    let mut rows = Vec::new();
-    let identifiers = match resource.get("identifier") {
-        Some(Value::Array(items)) => items.iter().collect::<Vec<_>>(),
-        Some(single @ Value::Object(_)) => vec![single],
-        _ => Vec::new(),
-    };
-    for identifier in identifiers {
-        let value = identifier.get("value").and_then(Value::as_str);
-        if value.is_none() {
-            continue;
-        }
-        rows.push(TokenRow {
-            param: "identifier".into(),
-            system: identifier
-                .get("system")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            code: value.map(str::to_string),
-            text: None,
-        });
-    }
-    rows
+/// Index rows of a resource: every search parameter of its type, extracted by evaluating the
+/// parameters' FHIRPath expressions (see `renkei_search::extract`).
+pub(crate) fn rows(res_type: &str, resource: &Value) -> IndexRows {
+    renkei_search::extract(res_type, resource)
 }
 
 /// The patient whose compartment the resource primarily belongs to (consent is decided per

@@ -171,6 +171,49 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// Runs a parsed search in one read transaction: the page, the total when asked for, and
+    /// the included resources, all selected by SQL over the index tables.
+    pub fn search(
+        &self,
+        plan: &renkei_search::plan::SearchPlan,
+    ) -> Result<renkei_store::SearchPage, RepoError> {
+        for res_type in &plan.types {
+            check_type(res_type)?;
+        }
+        self.store.read(|tx| Ok(tx.search(plan)?))
+    }
+
+    /// Rebuilds the index rows of every current resource (after a change of search
+    /// definitions), `batch` resources per write transaction. `progress` hears the running
+    /// count. Returns the number of resources reindexed.
+    pub fn reindex(&self, batch: usize, mut progress: impl FnMut(u64)) -> Result<u64, RepoError> {
+        let mut after = 0i64;
+        let mut done = 0u64;
+        loop {
+            let rows = self
+                .store
+                .read(|tx| Ok::<_, RepoError>(tx.scan_current(after, batch.max(1))?))?;
+            let Some(last) = rows.last().map(|r| r.rid) else {
+                return Ok(done);
+            };
+            self.write(|tx| {
+                for row in &rows {
+                    let Some(body) = &row.body else { continue };
+                    let value: Value = serde_json::from_str(body).map_err(|e| {
+                        RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}")))
+                    })?;
+                    tx.replace_index(row.rid, &row.res_type, &index::rows(&row.res_type, &value))?;
+                }
+                Ok(())
+            })?;
+            done += rows.len() as u64;
+            after = last;
+            progress(done);
+        }
+    }
+}
+
 pub(crate) fn check_type(res_type: &str) -> Result<(), RepoError> {
     if renkei_fhir::is_resource_type(res_type) {
         Ok(())
@@ -273,6 +316,7 @@ fn store_version(
     let custodian = current
         .and_then(|row| row.custodian.clone())
         .or_else(|| context.custodian_for(&stamped));
+    let consent_rules = consent_rules(res_type, id, &stamped)?;
     let new = NewVersion {
         res_type,
         res_id: id,
@@ -281,6 +325,7 @@ fn store_version(
         method,
         custodian: custodian.as_deref(),
         patient_id: patient.as_deref(),
+        clinical_date: renkei_consent::clinical_date_ms(res_type, &stamped),
         body: Some(&body),
     };
     let rid = match current {
@@ -290,7 +335,10 @@ fn store_version(
         }
         None => tx.insert_new(&new)?,
     };
-    tx.replace_tokens(rid, res_type, &index::tokens(&stamped))?;
+    if let Some(rules) = consent_rules {
+        tx.replace_consent_rules(rid, &format!("Consent/{id}"), &rules)?;
+    }
+    tx.replace_index(rid, res_type, &index::rows(res_type, &stamped))?;
     Ok(StoredResource {
         res_type: res_type.into(),
         id: id.into(),
@@ -298,6 +346,42 @@ fn store_version(
         last_updated,
         body,
     })
+}
+
+/// The rules a Consent compiles to (`None` for other types). A Consent that cannot be
+/// enforced exactly is refused (422) rather than stored with a meaning it does not have.
+fn consent_rules(
+    res_type: &str,
+    id: &str,
+    resource: &Value,
+) -> Result<Option<Vec<renkei_store::ConsentRuleRow>>, RepoError> {
+    if res_type != "Consent" {
+        return Ok(None);
+    }
+    let rules = renkei_consent::compile(resource)
+        .map_err(|e| RepoError::Unprocessable(format!("Consent/{id} cannot be enforced: {e}")))?;
+    Ok(Some(
+        rules
+            .into_iter()
+            .map(|rule| renkei_store::ConsentRuleRow {
+                patient_id: rule.patient_id,
+                permit: rule.effect == renkei_consent::Effect::Permit,
+                nested: rule.nested,
+                actor_org: rule.actor_org,
+                actor_practitioner: rule.actor_practitioner,
+                purpose: rule.purpose,
+                valid_from: rule.valid_from_ms,
+                valid_to: rule.valid_to_ms,
+                class_type: rule.class_type,
+                label: rule.security_label,
+                data_from: rule.data_from_ms,
+                data_to: rule.data_to_ms,
+                data_reference: rule.data_reference,
+                data_related: rule.data_related,
+                data_custodian: rule.data_custodian,
+            })
+            .collect(),
+    ))
 }
 
 /// `POST [type]`, optionally conditional (`If-None-Exist`). The resource must already be
@@ -329,9 +413,14 @@ pub(crate) fn create_with_id(
                 let row = found.into_iter().next().ok_or_else(|| {
                     RepoError::Conflict("conditional create: match vanished".into())
                 })?;
-                let body = row.body.clone().unwrap_or_default();
                 return Ok(WriteOutcome {
-                    resource: stored(row, body),
+                    resource: StoredResource {
+                        res_type: row.res_type,
+                        id: row.res_id,
+                        version: row.version,
+                        last_updated: row.last_updated,
+                        body: row.body.unwrap_or_default(),
+                    },
                     created: false,
                     existing: true,
                 });
@@ -566,11 +655,16 @@ pub fn delete(
         last_updated: now_ms().max(row.last_updated),
         method: "DELETE",
         custodian: row.custodian.as_deref(),
-        patient_id: None,
+        // Kept so a deleted record stays under the same consent decision (410 vs 404).
+        patient_id: row.patient_id.as_deref(),
+        clinical_date: None,
         body: None,
     };
     tx.replace_current(row.rid, &new)?;
-    tx.replace_tokens(row.rid, res_type, &[])?;
+    if res_type == "Consent" {
+        tx.replace_consent_rules(row.rid, &format!("Consent/{id}"), &[])?;
+    }
+    tx.replace_index(row.rid, res_type, &renkei_search::IndexRows::default())?;
     Ok(DeleteOutcome::Deleted { version })
 }
 

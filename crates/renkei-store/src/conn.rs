@@ -257,6 +257,7 @@ macro_rules! bind_all {
                 Bind::Text(v) => query.bind::<Text, _>(v),
                 Bind::OptText(v) => query.bind::<Nullable<Text>, _>(v),
                 Bind::Int(v) => query.bind::<BigInt, _>(v),
+                Bind::OptInt(v) => query.bind::<Nullable<BigInt>, _>(v),
                 Bind::Bool(v) => query.bind::<Bool, _>(v),
                 Bind::Float(v) => query.bind::<Double, _>(v),
             };

@@ -4,19 +4,27 @@
 //! here is plain standard SQL that runs unchanged on both backends, so there are no
 //! per-backend branches of logic (only the connection type and placeholder syntax differ).
 
+mod audit;
 mod conn;
+mod consent;
 mod error;
 mod resources;
+mod search;
 mod sql;
 mod url;
+mod visibility;
 
+pub use audit::{AuditBody, AuditQuery, AuditRow, NewAuditEvent};
 pub use conn::{Backend, Store, StoreOptions, Tx};
+pub use consent::ConsentRuleRow;
 pub use error::StoreError;
 pub use resources::{
     HistoryPage, HistoryQuery, HistoryRow, HistoryScope, NewVersion, ResourceRow, TokenRow,
 };
+pub use search::{page_sql, SearchPage, SearchRow, MAX_SORT_KEYS};
 pub use sql::{Bind, Sql};
 pub use url::DatabaseUrl;
+pub use visibility::{Visibility, PRIVACY_TAG_SYSTEM};
 
 /// Administrative helpers for PostgreSQL databases (used by tests and operators).
 pub mod admin {

@@ -26,6 +26,8 @@ pub struct ResourceRow {
     #[diesel(sql_type = Nullable<Text>)]
     pub custodian: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
+    pub patient_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
     pub body: Option<String>,
 }
 
@@ -61,6 +63,8 @@ pub struct NewVersion<'a> {
     pub method: &'a str,
     pub custodian: Option<&'a str>,
     pub patient_id: Option<&'a str>,
+    /// The clinical date consent `dataPeriod`s are compared with (ms).
+    pub clinical_date: Option<i64>,
     /// `None` for a deletion.
     pub body: Option<&'a str>,
 }
@@ -101,7 +105,7 @@ pub struct HistoryPage {
 }
 
 const RESOURCE_COLUMNS: &str =
-    "rid, res_type, res_id, version, last_updated, method, deleted, custodian, body";
+    "rid, res_type, res_id, version, last_updated, method, deleted, custodian, patient_id, body";
 
 #[derive(QueryableByName)]
 struct Rid {
@@ -186,7 +190,7 @@ impl Tx<'_> {
     /// [`StoreError::UniqueViolation`] if the id is taken (a concurrent create won).
     pub fn insert_new(&mut self, new: &NewVersion<'_>) -> Result<i64, StoreError> {
         let mut sql = Sql::new(
-            "INSERT INTO resources (res_type, res_id, version, last_updated, method, deleted, custodian, patient_id, body) VALUES (",
+            "INSERT INTO resources (res_type, res_id, version, last_updated, method, deleted, custodian, patient_id, clinical_date, body) VALUES (",
         );
         push_version_values(&mut sql, new);
         sql.push(") RETURNING rid");
@@ -219,6 +223,8 @@ impl Tx<'_> {
             .bind(Bind::OptText(new.custodian.map(str::to_string)))
             .push(", patient_id = ")
             .bind(Bind::OptText(new.patient_id.map(str::to_string)))
+            .push(", clinical_date = ")
+            .bind(Bind::OptInt(new.clinical_date))
             .push(", body = ")
             .bind(Bind::OptText(new.body.map(str::to_string)))
             .push(" WHERE rid = ")
@@ -414,6 +420,8 @@ fn push_version_values(sql: &mut Sql, new: &NewVersion<'_>) {
         .bind(Bind::OptText(new.custodian.map(str::to_string)))
         .push(", ")
         .bind(Bind::OptText(new.patient_id.map(str::to_string)))
+        .push(", ")
+        .bind(Bind::OptInt(new.clinical_date))
         .push(", ")
         .bind(Bind::OptText(new.body.map(str::to_string)));
 }

@@ -43,6 +43,13 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Rebuild the search index rows of every stored resource (after a change of search
+    /// parameter definitions or of index extraction).
+    Reindex {
+        /// Resources per write transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,7 +73,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     let (listen, demo) = match &cli.command {
         Command::Serve { listen, demo } => (listen.clone(), *demo),
-        Command::Import { .. } => (None, false),
+        Command::Import { .. } | Command::Reindex { .. } => (None, false),
     };
     let config = Config::load(&Overrides {
         config: cli.config.clone(),
@@ -84,6 +91,21 @@ fn run(cli: Cli) -> Result<(), String> {
                 "imported {} resources:\n{}",
                 counts.total(),
                 counts.report()
+            );
+            Ok(())
+        }
+        Command::Reindex { batch } => {
+            let started = std::time::Instant::now();
+            let count = repository
+                .reindex(batch, |done| {
+                    if done % 10_000 < batch as u64 {
+                        tracing::info!(done, "reindexing");
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            println!(
+                "reindexed {count} resources in {:.1} s",
+                started.elapsed().as_secs_f64()
             );
             Ok(())
         }

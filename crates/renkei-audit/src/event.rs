@@ -1,0 +1,367 @@
+//! BALP-shaped AuditEvents (IHE Basic Audit Log Patterns) for FHIR REST interactions and
+//! consent decisions.
+
+use base64::Engine;
+use chrono::{SecondsFormat, TimeZone, Utc};
+use serde_json::{json, Value};
+
+pub const GATEWAY_NAME: &str = "Renkei FHIR gateway";
+
+const BALP: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/";
+const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+
+/// What the client did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interaction {
+    Read,
+    Vread,
+    Search,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    History,
+    Capabilities,
+    Transaction,
+    Batch,
+    /// A named operation such as `$everything`.
+    Operation(String),
+    /// A consent authorization decision (BALP AuthZ-Consent).
+    ConsentDecision,
+    /// A token request at the authorization endpoint.
+    Login,
+}
+
+impl Interaction {
+    /// The FHIR restful-interaction code.
+    pub fn code(&self) -> &str {
+        match self {
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::Search => "search-type",
+            Interaction::Create => "create",
+            Interaction::Update => "update",
+            Interaction::Patch => "patch",
+            Interaction::Delete => "delete",
+            Interaction::History => "history",
+            Interaction::Capabilities => "capabilities",
+            Interaction::Transaction => "transaction",
+            Interaction::Batch => "batch",
+            Interaction::Operation(_) => "operation",
+            Interaction::ConsentDecision => "AuthZ-Consent",
+            Interaction::Login => "login",
+        }
+    }
+
+    /// The AuditEvent.action: C, R, U, D or E.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Interaction::Create => "C",
+            Interaction::Read | Interaction::Vread | Interaction::History => "R",
+            Interaction::Update | Interaction::Patch => "U",
+            Interaction::Delete => "D",
+            _ => "E",
+        }
+    }
+
+    fn profile(&self, with_patient: bool) -> String {
+        let name = match (self, with_patient) {
+            (Interaction::Create, true) => "IHE.BasicAudit.PatientCreate",
+            (Interaction::Create, false) => "IHE.BasicAudit.Create",
+            (Interaction::Read | Interaction::Vread | Interaction::History, true) => {
+                "IHE.BasicAudit.PatientRead"
+            }
+            (Interaction::Read | Interaction::Vread | Interaction::History, false) => {
+                "IHE.BasicAudit.Read"
+            }
+            (Interaction::Update | Interaction::Patch, true) => "IHE.BasicAudit.PatientUpdate",
+            (Interaction::Update | Interaction::Patch, false) => "IHE.BasicAudit.Update",
+            (Interaction::Delete, true) => "IHE.BasicAudit.PatientDelete",
+            (Interaction::Delete, false) => "IHE.BasicAudit.Delete",
+            (Interaction::Search | Interaction::Operation(_), true) => {
+                "IHE.BasicAudit.PatientQuery"
+            }
+            (Interaction::ConsentDecision, _) => "IHE.BasicAudit.AuthZconsent",
+            _ => "IHE.BasicAudit.Query",
+        };
+        format!("{BALP}{name}")
+    }
+}
+
+/// AuditEvent.outcome per the R4 code system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOutcome {
+    Success,
+    /// 4xx: the request failed or was refused.
+    MinorFailure,
+    /// 5xx: the server failed.
+    SeriousFailure,
+}
+
+impl AuditOutcome {
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            0..=399 => AuditOutcome::Success,
+            400..=499 => AuditOutcome::MinorFailure,
+            _ => AuditOutcome::SeriousFailure,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            AuditOutcome::Success => "0",
+            AuditOutcome::MinorFailure => "4",
+            AuditOutcome::SeriousFailure => "8",
+        }
+    }
+}
+
+/// Who asked.
+#[derive(Debug, Clone, Default)]
+pub struct AuditAgent {
+    pub client_id: Option<String>,
+    /// `Organization/X` of the requesting facility.
+    pub organization: Option<String>,
+    /// `Practitioner/Y` acting, if the token names one.
+    pub practitioner: Option<String>,
+    /// `Patient/Z` when a patient asks for their own data.
+    pub patient: Option<String>,
+    /// Purpose of use code (`TREAT`, `ETREAT`, …).
+    pub purpose: Option<String>,
+    /// Set for break-glass access: the stated reason.
+    pub break_glass_reason: Option<String>,
+    pub network_address: Option<String>,
+}
+
+/// The patient whose data the interaction touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatientEntity(pub String);
+
+/// Assembles one AuditEvent.
+#[derive(Debug, Clone)]
+pub struct EventBuilder {
+    pub interaction: Interaction,
+    pub outcome: AuditOutcome,
+    pub outcome_desc: Option<String>,
+    pub agent: AuditAgent,
+    /// `Type/id` or `Type/id/_history/n` of the resources involved (none for searches).
+    pub resources: Vec<String>,
+    pub patients: Vec<String>,
+    /// The raw query string of a search (stored base64 in `entity.query`).
+    pub query: Option<String>,
+    pub request_id: String,
+    pub recorded_ms: i64,
+    /// For consent decisions: the Consent (or `implicit-policy`) that decided.
+    pub decided_by: Option<String>,
+}
+
+impl EventBuilder {
+    pub fn new(interaction: Interaction, request_id: &str, recorded_ms: i64) -> Self {
+        EventBuilder {
+            interaction,
+            outcome: AuditOutcome::Success,
+            outcome_desc: None,
+            agent: AuditAgent::default(),
+            resources: Vec::new(),
+            patients: Vec::new(),
+            query: None,
+            request_id: request_id.to_string(),
+            recorded_ms,
+            decided_by: None,
+        }
+    }
+
+    /// The AuditEvent resource (without `id`/`meta.versionId`: the store assigns them).
+    pub fn build(&self, id: &str) -> Value {
+        let recorded = Utc
+            .timestamp_millis_opt(self.recorded_ms)
+            .single()
+            .unwrap_or_default()
+            .to_rfc3339_opts(SecondsFormat::Millis, true);
+        let is_consent = self.interaction == Interaction::ConsentDecision;
+        let (event_type, subtype) = if is_consent {
+            (
+                json!({"system": DCM, "code": "110113", "display": "Security Alert"}),
+                json!({"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType", "code": "AuthZ-Consent", "display": "Authorization Decision using Roles and Consent"}),
+            )
+        } else {
+            (
+                json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}),
+                json!({"system": "http://hl7.org/fhir/restful-interaction", "code": self.interaction.code()}),
+            )
+        };
+        let mut event = json!({
+            "resourceType": "AuditEvent",
+            "id": id,
+            "meta": {"profile": [self.interaction.profile(!self.patients.is_empty())]},
+            "type": event_type,
+            "subtype": [subtype],
+            "action": self.interaction.action(),
+            "recorded": recorded,
+            "outcome": self.outcome.code(),
+            "agent": self.agents(),
+            "source": {
+                "site": "renkei",
+                "observer": {"display": GATEWAY_NAME},
+                "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]
+            },
+            "entity": self.entities(),
+        });
+        if let Some(desc) = &self.outcome_desc {
+            event["outcomeDesc"] = json!(desc);
+        }
+        if let Some(purpose) = &self.agent.purpose {
+            event["purposeOfEvent"] =
+                json!([{"coding": [{"system": ACT_REASON, "code": purpose}]}]);
+        }
+        event
+    }
+
+    fn agents(&self) -> Vec<Value> {
+        let mut agents = Vec::new();
+        let mut client = json!({
+            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+            "who": {"identifier": {"system": "urn:renkei:client", "value": self.agent.client_id.as_deref().unwrap_or("anonymous")}},
+            "requestor": self.agent.practitioner.is_none() && self.agent.patient.is_none(),
+        });
+        if let Some(address) = &self.agent.network_address {
+            client["network"] = json!({"address": address, "type": "2"});
+        }
+        agents.push(client);
+        agents.push(json!({
+            "type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
+            "who": {"display": GATEWAY_NAME},
+            "requestor": false,
+        }));
+        let purpose = self
+            .agent
+            .purpose
+            .as_ref()
+            .map(|p| json!([{"coding": [{"system": ACT_REASON, "code": p}]}]));
+        for person in [&self.agent.practitioner, &self.agent.patient]
+            .into_iter()
+            .flatten()
+        {
+            let mut agent = json!({
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+                "who": {"reference": person},
+                "requestor": true,
+            });
+            if let Some(p) = &purpose {
+                agent["purposeOfUse"] = p.clone();
+            }
+            if let Some(reason) = &self.agent.break_glass_reason {
+                agent["policy"] = json!([format!("urn:renkei:break-glass:{}", sanitize(reason))]);
+            }
+            agents.push(agent);
+        }
+        if let Some(org) = &self.agent.organization {
+            let mut agent = json!({
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV", "display": "healthcare provider"}]},
+                "who": {"reference": org},
+                "requestor": self.agent.practitioner.is_none() && self.agent.patient.is_none(),
+            });
+            if let Some(p) = &purpose {
+                agent["purposeOfUse"] = p.clone();
+            }
+            agents.push(agent);
+        }
+        agents
+    }
+
+    fn entities(&self) -> Vec<Value> {
+        let mut entities = Vec::new();
+        for patient in &self.patients {
+            entities.push(json!({
+                "what": {"reference": patient},
+                "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+                "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
+            }));
+        }
+        for resource in &self.resources {
+            entities.push(json!({
+                "what": {"reference": resource},
+                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
+            }));
+        }
+        if let Some(query) = &self.query {
+            entities.push(json!({
+                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
+                "query": base64::engine::general_purpose::STANDARD.encode(query.as_bytes()),
+            }));
+        }
+        if let Some(decided_by) = &self.decided_by {
+            entities.push(json!({
+                "what": if decided_by.contains('/') { json!({"reference": decided_by}) } else { json!({"display": decided_by}) },
+                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": OBJECT_ROLE, "code": "13", "display": "Security Resource"},
+            }));
+        }
+        entities.push(json!({
+            "what": {"identifier": {"value": self.request_id}},
+            "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "code": "XrequestId"},
+        }));
+        entities
+    }
+}
+
+/// Keeps a free-text reason usable inside a URI (the full text is in the break-glass log).
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '-' })
+        .take(200)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_event_has_balp_shape() {
+        let mut builder = EventBuilder::new(Interaction::Read, "req-1", 0);
+        builder.agent.client_id = Some("clinic-ehr".into());
+        builder.agent.organization = Some("Organization/clinic".into());
+        builder.agent.practitioner = Some("Practitioner/dr".into());
+        builder.agent.purpose = Some("TREAT".into());
+        builder.patients.push("Patient/p1".into());
+        builder.resources.push("Observation/o1/_history/2".into());
+        let event = builder.build("e1");
+        assert_eq!(event["action"], "R");
+        assert_eq!(event["subtype"][0]["code"], "read");
+        assert_eq!(event["outcome"], "0");
+        assert_eq!(event["recorded"], "1970-01-01T00:00:00.000Z");
+        assert!(event["meta"]["profile"][0]
+            .as_str()
+            .is_some_and(|p| p.ends_with("PatientRead")));
+        let entities = event["entity"].as_array().map(Vec::len);
+        assert_eq!(entities, Some(3));
+        assert_eq!(event["entity"][0]["role"]["code"], "1");
+        assert_eq!(event["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+    }
+
+    #[test]
+    fn search_event_carries_base64_query() {
+        let mut builder = EventBuilder::new(Interaction::Search, "req-2", 0);
+        builder.query = Some("Observation?code=1".into());
+        let event = builder.build("e2");
+        assert_eq!(event["action"], "E");
+        assert_eq!(event["entity"][0]["query"], "T2JzZXJ2YXRpb24/Y29kZT0x");
+    }
+
+    #[test]
+    fn consent_decision_is_a_security_alert() {
+        let mut builder = EventBuilder::new(Interaction::ConsentDecision, "req-3", 0);
+        builder.outcome = AuditOutcome::MinorFailure;
+        builder.decided_by = Some("Consent/c1".into());
+        let event = builder.build("e3");
+        assert_eq!(event["type"]["code"], "110113");
+        assert_eq!(event["subtype"][0]["code"], "AuthZ-Consent");
+        assert_eq!(event["outcome"], "4");
+    }
+}

@@ -1,0 +1,424 @@
+//! Search interactions: type, system and compartment search, `POST [type]/_search`, and
+//! `Patient/{id}/$everything`. Parsing is `renkei_search::plan`, execution is SQL in the
+//! store; this module turns requests into plans and pages into searchset Bundles.
+
+use crate::error::ApiError;
+use crate::format::render_value;
+use crate::handlers::{blocking, encode};
+use crate::request::{parse_query, read_body, RequestCtx};
+use crate::AppState;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use renkei_fhir::SummaryMode;
+use renkei_search::plan::{parse, Cursor, Filter, ParseOptions, SearchError, SearchPlan};
+use renkei_search::registry;
+use renkei_store::{SearchPage, SearchRow, MAX_SORT_KEYS};
+use serde_json::{json, Value};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Whether the client asked for strict handling of unknown parameters
+/// (`Prefer: handling=strict`); lenient is the default.
+fn strict_handling(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .map(str::trim)
+        .any(|p| p == "handling=strict")
+}
+
+fn search_error(error: SearchError) -> ApiError {
+    match error {
+        SearchError::Invalid(message) => ApiError::bad_request(message),
+        unknown @ SearchError::Unknown(_) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            unknown.to_string(),
+        ),
+    }
+}
+
+/// What the request asks for, before the plan is built.
+struct SearchRequest {
+    types: Vec<String>,
+    params: Vec<(String, String)>,
+    /// Filters imposed by the URL (compartment), not by parameters.
+    scope: Vec<Filter>,
+    /// Path of the `self` link after the base, e.g. `Observation` or `Patient/1/Observation`.
+    self_path: String,
+}
+
+fn check_type(res_type: &str) -> Result<()> {
+    if renkei_fhir::is_resource_type(res_type) {
+        Ok(())
+    } else {
+        Err(ApiError::Repo(renkei_repository::RepoError::UnknownType(
+            res_type.to_string(),
+        )))
+    }
+}
+
+/// Absolute references to this server are searched as the relative references stored.
+fn localize(ctx: &RequestCtx, params: Vec<(String, String)>) -> Vec<(String, String)> {
+    let own = format!("{}/", ctx.base);
+    params
+        .into_iter()
+        .map(|(k, v)| {
+            let v = v
+                .split(',')
+                .map(|alt| alt.strip_prefix(&own).unwrap_or(alt))
+                .collect::<Vec<_>>()
+                .join(",");
+            (k, v)
+        })
+        .collect()
+}
+
+async fn run(
+    req: &HttpRequest,
+    ctx: &RequestCtx,
+    state: &AppState,
+    request: SearchRequest,
+) -> Result<HttpResponse> {
+    let params = localize(ctx, request.params);
+    let mut plan = parse(
+        &request.types,
+        &params,
+        &ParseOptions {
+            default_count: state.default_page_size,
+            max_count: state.max_page_size,
+            strict: strict_handling(req),
+        },
+    )
+    .map_err(search_error)?;
+    if plan.sort.len() > MAX_SORT_KEYS {
+        return Err(ApiError::bad_request(format!(
+            "_sort takes at most {MAX_SORT_KEYS} keys"
+        )));
+    }
+    plan.filters.extend(request.scope);
+    let repo = state.repository.clone();
+    let query_plan = plan.clone();
+    let page = blocking(move || repo.search(&query_plan)).await?;
+    let bundle = searchset(ctx, &plan, &page, &request.self_path);
+    Ok(render_value(
+        HttpResponse::Ok(),
+        &bundle,
+        ctx.format,
+        ctx.pretty,
+    ))
+}
+
+fn summary_mode(plan: &SearchPlan) -> Option<SummaryMode> {
+    match plan.summary.as_deref() {
+        Some("true") => Some(SummaryMode::True),
+        Some("text") => Some(SummaryMode::Text),
+        Some("data") => Some(SummaryMode::Data),
+        _ => None,
+    }
+}
+
+fn entry(ctx: &RequestCtx, plan: &SearchPlan, row: &SearchRow, mode: &str) -> Option<Value> {
+    let mut value: Value = serde_json::from_str(row.body.as_deref()?).ok()?;
+    if let Some(summary) = summary_mode(plan) {
+        value = renkei_fhir::summarize(&value, summary);
+    }
+    if !plan.elements.is_empty() {
+        let elements: Vec<&str> = plan.elements.iter().map(String::as_str).collect();
+        value = renkei_fhir::select_elements(&value, &elements);
+    }
+    Some(json!({
+        "fullUrl": format!("{}/{}/{}", ctx.base, row.res_type, row.res_id),
+        "resource": value,
+        "search": {"mode": mode},
+    }))
+}
+
+fn searchset(ctx: &RequestCtx, plan: &SearchPlan, page: &SearchPage, self_path: &str) -> Value {
+    let mut query: Vec<String> = plan
+        .applied
+        .iter()
+        .filter(|(k, _)| k != "_count")
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    query.push(format!("_count={}", plan.count));
+    let base_url = format!("{}/{self_path}?{}", ctx.base, query.join("&"));
+    let page_url = |cursor: &Cursor| format!("{base_url}&_page_token={}", cursor.encode());
+    let self_url = match &plan.cursor {
+        Some(cursor) => page_url(cursor),
+        None => base_url.clone(),
+    };
+    let mut links = vec![json!({"relation": "self", "url": self_url})];
+    links.push(json!({"relation": "first", "url": base_url}));
+    if let Some(previous) = &page.previous {
+        links.push(json!({"relation": "previous", "url": page_url(previous)}));
+    }
+    if let Some(next) = &page.next {
+        links.push(json!({"relation": "next", "url": page_url(next)}));
+    }
+    let mut entries: Vec<Value> = Vec::new();
+    entries.extend(
+        page.matches
+            .iter()
+            .filter_map(|r| entry(ctx, plan, r, "match")),
+    );
+    entries.extend(
+        page.included
+            .iter()
+            .filter_map(|r| entry(ctx, plan, r, "include")),
+    );
+    if !plan.ignored.is_empty() {
+        entries.push(json!({
+            "resource": {
+                "resourceType": "OperationOutcome",
+                "issue": [{
+                    "severity": "warning",
+                    "code": "not-supported",
+                    "diagnostics": format!(
+                        "unknown or unsupported search parameter(s) ignored: {}",
+                        plan.ignored.join(", ")
+                    ),
+                }],
+            },
+            "search": {"mode": "outcome"},
+        }));
+    }
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "searchset",
+    });
+    if let Some(total) = page.total {
+        bundle["total"] = json!(total);
+    }
+    bundle["link"] = Value::Array(links);
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
+}
+
+/// `GET [type]?…`
+pub async fn search_type(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = match RequestCtx::new(&req) {
+        Ok(ctx) => ctx,
+        Err((e, format)) => return e.respond(format, false),
+    };
+    let res_type = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let request = SearchRequest {
+            types: vec![res_type.clone()],
+            params: ctx.params.clone(),
+            scope: Vec::new(),
+            self_path: res_type,
+        };
+        run(&req, &ctx, &state, request).await
+    }
+    .await;
+    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+}
+
+/// `POST [type]/_search` with an `application/x-www-form-urlencoded` body.
+pub async fn search_type_post(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = match RequestCtx::new(&req) {
+        Ok(ctx) => ctx,
+        Err((e, format)) => return e.respond(format, false),
+    };
+    let res_type = path.into_inner();
+    let result = async {
+        check_type(&res_type)?;
+        let content_type = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mut params = ctx.params.clone();
+        if !content_type.is_empty() || req.headers().contains_key("content-length") {
+            if !content_type.starts_with("application/x-www-form-urlencoded") {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "not-supported",
+                    "POST _search takes an application/x-www-form-urlencoded body",
+                ));
+            }
+            match read_body(&req, payload, state.max_body_bytes).await {
+                Ok(body) => params.extend(parse_query(&String::from_utf8_lossy(&body))),
+                Err(ApiError::Http { status, .. }) if status == StatusCode::BAD_REQUEST => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let request = SearchRequest {
+            types: vec![res_type.clone()],
+            params,
+            scope: Vec::new(),
+            self_path: res_type,
+        };
+        run(&req, &ctx, &state, request).await
+    }
+    .await;
+    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+}
+
+/// `GET [base]?_type=A,B&…`: common parameters over several types (all types when `_type` is
+/// absent).
+pub async fn search_system(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let ctx = match RequestCtx::new(&req) {
+        Ok(ctx) => ctx,
+        Err((e, format)) => return e.respond(format, false),
+    };
+    let result = async {
+        let types: Vec<String> = match ctx.param("_type") {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+            None => Vec::new(),
+        };
+        for t in &types {
+            check_type(t)?;
+        }
+        let mut query = Vec::new();
+        if let Some(list) = ctx.param("_type") {
+            query.push(format!("_type={}", encode(list)));
+        }
+        let self_path = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        let request = SearchRequest {
+            types,
+            params: ctx.params.clone(),
+            scope: Vec::new(),
+            self_path,
+        };
+        run(&req, &ctx, &state, request).await
+    }
+    .await;
+    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+}
+
+fn patient_compartment(id: &str, types: &[String], include_self: bool) -> Filter {
+    let reg = registry();
+    let members = types
+        .iter()
+        .filter_map(|t| {
+            let params = reg.patient_compartment_params(t);
+            // `{def}` marks the Patient itself.
+            let params: Vec<String> = params.iter().filter(|p| *p != "{def}").cloned().collect();
+            (!params.is_empty()).then(|| (t.clone(), params))
+        })
+        .collect();
+    Filter::Compartment {
+        target_type: "Patient".into(),
+        target_id: id.to_string(),
+        members,
+        include_self,
+    }
+}
+
+/// `GET Patient/{id}/{type}?…` (compartment search) and `GET Patient/{id}/$everything`.
+pub async fn compartment(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = match RequestCtx::new(&req) {
+        Ok(ctx) => ctx,
+        Err((e, format)) => return e.respond(format, false),
+    };
+    let (comp_type, id, target) = path.into_inner();
+    let result = async {
+        if comp_type != "Patient" {
+            check_type(&comp_type)?;
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-supported",
+                format!("{comp_type} compartments are not supported; the Patient compartment is"),
+            ));
+        }
+        let repo = state.repository.clone();
+        let patient_id = id.clone();
+        // The compartment owner must exist (404 otherwise, 410 when deleted).
+        blocking(move || repo.read("Patient", &patient_id)).await?;
+        if target == "$everything" {
+            return everything(&req, &ctx, &state, &id).await;
+        }
+        check_type(&target)?;
+        if registry().patient_compartment_params(&target).is_empty() && target != "Patient" {
+            return Err(ApiError::bad_request(format!(
+                "{target} is not in the Patient compartment"
+            )));
+        }
+        let types = vec![target.clone()];
+        let scope = patient_compartment(&id, &types, target == "Patient");
+        let request = SearchRequest {
+            types,
+            params: ctx.params.clone(),
+            scope: vec![scope],
+            self_path: format!("Patient/{id}/{target}"),
+        };
+        run(&req, &ctx, &state, request).await
+    }
+    .await;
+    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+}
+
+/// `Patient/{id}/$everything` (`_since`, `_type`, `_count`, paging): the Patient and every
+/// resource of its compartment, as one paged search.
+async fn everything(
+    req: &HttpRequest,
+    ctx: &RequestCtx,
+    state: &AppState,
+    id: &str,
+) -> Result<HttpResponse> {
+    let reg = registry();
+    let mut types: Vec<String> = match ctx.param("_type") {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => reg
+            .patient_compartment_types()
+            .map(str::to_string)
+            .collect(),
+    };
+    types.retain(|t| t == "Patient" || !reg.patient_compartment_params(t).is_empty());
+    if !types.iter().any(|t| t == "Patient") && ctx.param("_type").is_none() {
+        types.push("Patient".into());
+    }
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (name, value) in &ctx.params {
+        match name.as_str() {
+            "_since" => params.push(("_lastUpdated".into(), format!("ge{value}"))),
+            "_count" | "_page_token" | "_format" | "_pretty" | "_elements" | "_summary" => {
+                params.push((name.clone(), value.clone()))
+            }
+            _ => {}
+        }
+    }
+    let include_self = types.iter().any(|t| t == "Patient");
+    let scope = patient_compartment(id, &types, include_self);
+    let request = SearchRequest {
+        types,
+        params,
+        scope: vec![scope],
+        self_path: format!("Patient/{id}/$everything"),
+    };
+    run(req, ctx, state, request).await
+}

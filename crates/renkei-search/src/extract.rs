@@ -1,0 +1,511 @@
+//! Index values of a resource, extracted by evaluating each search parameter's FHIRPath
+//! expression and converting the resulting elements by parameter type.
+
+use crate::date::parse_range;
+use crate::normalize::{canonical_system, fold};
+use crate::registry::{registry, ParamType, SearchParam};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIndex {
+    pub param: String,
+    pub system: Option<String>,
+    pub code: Option<String>,
+    /// Folded display text (`Coding.display`, `CodeableConcept.text`, identifier type text)
+    /// for `:text`.
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringIndex {
+    pub param: String,
+    /// [`fold`]ed value for the default and `:contains` searches.
+    pub norm: String,
+    /// The value as written, for `:exact`.
+    pub exact: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateIndex {
+    pub param: String,
+    pub low: i64,
+    pub high: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceIndex {
+    pub param: String,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    /// The reference as written (absolute URLs, canonicals, `urn:uuid:`).
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantityIndex {
+    pub param: String,
+    pub value: f64,
+    pub system: Option<String>,
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumberIndex {
+    pub param: String,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriIndex {
+    pub param: String,
+    pub value: String,
+}
+
+/// Every index row of one resource.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexRows {
+    pub tokens: Vec<TokenIndex>,
+    pub strings: Vec<StringIndex>,
+    pub dates: Vec<DateIndex>,
+    pub references: Vec<ReferenceIndex>,
+    pub quantities: Vec<QuantityIndex>,
+    pub numbers: Vec<NumberIndex>,
+    pub uris: Vec<UriIndex>,
+}
+
+impl IndexRows {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+            + self.strings.len()
+            + self.dates.len()
+            + self.references.len()
+            + self.quantities.len()
+            + self.numbers.len()
+            + self.uris.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn dedup(&mut self) {
+        dedup_vec(&mut self.tokens);
+        dedup_vec(&mut self.strings);
+        dedup_vec(&mut self.dates);
+        dedup_vec(&mut self.references);
+        dedup_vec(&mut self.quantities);
+        dedup_vec(&mut self.numbers);
+        dedup_vec(&mut self.uris);
+    }
+}
+
+fn dedup_vec<T: PartialEq>(items: &mut Vec<T>) {
+    let mut kept: Vec<T> = Vec::with_capacity(items.len());
+    for item in items.drain(..) {
+        if !kept.contains(&item) {
+            kept.push(item);
+        }
+    }
+    *items = kept;
+}
+
+/// The index rows of a `res_type` resource for every indexed search parameter of the type.
+/// `_id` and `_lastUpdated` are columns of the resource row and are not extracted.
+pub fn extract(res_type: &str, resource: &Value) -> IndexRows {
+    let mut rows = IndexRows::default();
+    for param in registry().params(res_type) {
+        if !param.kind.is_indexed() || param.code == "_id" || param.code == "_lastUpdated" {
+            continue;
+        }
+        let Some(expression) = &param.expression else {
+            continue;
+        };
+        let Ok(nodes) = expression.evaluate(resource) else {
+            continue;
+        };
+        for node in nodes {
+            add_value(&mut rows, param, node.type_name(), node.value());
+        }
+    }
+    rows.dedup();
+    rows
+}
+
+fn add_value(rows: &mut IndexRows, param: &SearchParam, type_name: Option<&str>, value: &Value) {
+    let name = || param.code.clone();
+    match param.kind {
+        ParamType::Token => {
+            tokens_of(value, type_name)
+                .into_iter()
+                .for_each(|(system, code, text)| {
+                    rows.tokens.push(TokenIndex {
+                        param: name(),
+                        system: system.map(|s| canonical_system(&s).to_string()),
+                        code,
+                        text: text.map(|t| fold(&t)),
+                    })
+                })
+        }
+        ParamType::String => strings_of(value).into_iter().for_each(|s| {
+            rows.strings.push(StringIndex {
+                param: name(),
+                norm: fold(&s),
+                exact: s,
+            })
+        }),
+        ParamType::Date => {
+            if let Some((low, high)) = date_of(value, type_name) {
+                rows.dates.push(DateIndex {
+                    param: name(),
+                    low,
+                    high,
+                });
+            }
+        }
+        ParamType::Reference => {
+            if let Some(reference) = reference_of(value) {
+                rows.references.push(ReferenceIndex {
+                    param: name(),
+                    ..reference
+                });
+            }
+        }
+        ParamType::Quantity => {
+            if let Some((v, system, code)) = quantity_of(value) {
+                rows.quantities.push(QuantityIndex {
+                    param: name(),
+                    value: v,
+                    system: system.map(|s| canonical_system(&s).to_string()),
+                    code,
+                });
+            }
+        }
+        ParamType::Number => {
+            if let Some(v) = number_of(value) {
+                rows.numbers.push(NumberIndex {
+                    param: name(),
+                    value: v,
+                });
+            }
+        }
+        ParamType::Uri => {
+            if let Some(s) = value.as_str() {
+                rows.uris.push(UriIndex {
+                    param: name(),
+                    value: s.to_string(),
+                });
+            }
+        }
+        ParamType::Composite | ParamType::Special => {}
+    }
+}
+
+type Token = (Option<String>, Option<String>, Option<String>);
+
+fn string_at(value: &Value, key: &str) -> Option<String> {
+    value.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// (system, code, text) triples of a token-typed element, recognised by its JSON shape.
+fn tokens_of(value: &Value, type_name: Option<&str>) -> Vec<Token> {
+    match value {
+        Value::String(s) => vec![(None, Some(s.clone()), None)],
+        Value::Bool(b) => vec![(None, Some(b.to_string()), None)],
+        Value::Number(n) => vec![(None, Some(n.to_string()), None)],
+        Value::Object(map) => {
+            if let Some(Value::Array(codings)) = map.get("coding") {
+                // CodeableConcept
+                let text = string_at(value, "text");
+                let mut out: Vec<Token> = codings
+                    .iter()
+                    .map(|c| {
+                        (
+                            string_at(c, "system"),
+                            string_at(c, "code"),
+                            string_at(c, "display").or_else(|| text.clone()),
+                        )
+                    })
+                    .collect();
+                if let Some(text) = text {
+                    out.push((None, None, Some(text)));
+                }
+                out
+            } else if type_name == Some("CodeableConcept")
+                || (map.contains_key("text") && map.len() == 1)
+            {
+                vec![(None, None, string_at(value, "text"))]
+            } else if map.contains_key("code") || type_name == Some("Coding") {
+                vec![(
+                    string_at(value, "system"),
+                    string_at(value, "code"),
+                    string_at(value, "display"),
+                )]
+            } else if map.contains_key("value") {
+                // Identifier or ContactPoint.
+                let text = value
+                    .get("type")
+                    .and_then(|t| t.get("text"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                vec![(string_at(value, "system"), string_at(value, "value"), text)]
+            } else {
+                Vec::new()
+            }
+        }
+        _ => Vec::new(),
+    }
+    .into_iter()
+    .filter(|(s, c, t)| s.is_some() || c.is_some() || t.is_some())
+    .collect()
+}
+
+/// The string values of a string-typed element: primitives, or the parts of a HumanName or
+/// Address.
+fn strings_of(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Object(map) => {
+            let mut out = Vec::new();
+            for key in [
+                "text",
+                "family",
+                "given",
+                "prefix",
+                "suffix",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
+            ] {
+                match map.get(key) {
+                    Some(Value::String(s)) => out.push(s.clone()),
+                    Some(Value::Array(items)) => {
+                        out.extend(items.iter().filter_map(Value::as_str).map(str::to_string))
+                    }
+                    _ => {}
+                }
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The instant range of a date-typed element: a date/dateTime/instant, Period, Timing.
+fn date_of(value: &Value, type_name: Option<&str>) -> Option<(i64, i64)> {
+    match value {
+        Value::String(s) => parse_range(s).map(|r| (r.low, r.high)),
+        Value::Object(map) => {
+            if map.contains_key("start") || map.contains_key("end") || type_name == Some("Period") {
+                let low = map
+                    .get("start")
+                    .and_then(Value::as_str)
+                    .and_then(parse_range)
+                    .map_or(i64::MIN, |r| r.low);
+                let high = map
+                    .get("end")
+                    .and_then(Value::as_str)
+                    .and_then(parse_range)
+                    .map_or(i64::MAX, |r| r.high);
+                (low != i64::MIN || high != i64::MAX).then_some((low, high))
+            } else if map.contains_key("event") || map.contains_key("repeat") {
+                // Timing: the span of its events and bounds.
+                let mut ranges: Vec<(i64, i64)> = map
+                    .get("event")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .filter_map(parse_range)
+                    .map(|r| (r.low, r.high))
+                    .collect();
+                if let Some(bounds) = value.pointer("/repeat/boundsPeriod") {
+                    ranges.extend(date_of(bounds, Some("Period")));
+                }
+                let low = ranges.iter().map(|r| r.0).min()?;
+                let high = ranges.iter().map(|r| r.1).max()?;
+                Some((low, high))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Splits a literal reference into (type, id), dropping any `_history/n` and base URL.
+pub fn split_reference(reference: &str) -> Option<(String, String)> {
+    let trimmed = match reference.find("/_history/") {
+        Some(pos) => &reference[..pos],
+        None => reference,
+    };
+    let mut segments = trimmed.rsplit('/');
+    let id = segments.next()?;
+    let res_type = segments.next()?;
+    let valid_type = res_type.starts_with(|c: char| c.is_ascii_uppercase())
+        && res_type.chars().all(|c| c.is_ascii_alphanumeric());
+    let valid_id = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    (valid_type && valid_id).then(|| (res_type.to_string(), id.to_string()))
+}
+
+fn reference_of(value: &Value) -> Option<ReferenceIndex> {
+    let blank = |target_type, target_id, url| ReferenceIndex {
+        param: String::new(),
+        target_type,
+        target_id,
+        url,
+    };
+    match value {
+        // canonical / uri references
+        Value::String(s) => Some(blank(None, None, Some(s.clone()))),
+        Value::Object(_) => {
+            let reference = value.get("reference").and_then(Value::as_str)?;
+            if reference.starts_with('#') {
+                return None;
+            }
+            let absolute = reference.contains("://") || reference.starts_with("urn:");
+            let url = absolute.then(|| reference.to_string());
+            match split_reference(reference) {
+                Some((t, id)) => Some(blank(Some(t), Some(id), url)),
+                None => Some(blank(None, None, Some(reference.to_string()))),
+            }
+        }
+        _ => None,
+    }
+}
+
+fn as_f64(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64().or_else(|| n.to_string().parse().ok()),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn quantity_of(value: &Value) -> Option<(f64, Option<String>, Option<String>)> {
+    let v = as_f64(value.get("value")?)?;
+    if let Some(currency) = string_at(value, "currency") {
+        return Some((v, Some("urn:iso:std:iso:4217".into()), Some(currency)));
+    }
+    let code = string_at(value, "code").or_else(|| string_at(value, "unit"));
+    Some((v, string_at(value, "system"), code))
+}
+
+fn number_of(value: &Value) -> Option<f64> {
+    match value {
+        Value::Object(_) => value.get("value").and_then(as_f64),
+        other => as_f64(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn extracts_every_type_from_an_observation() {
+        let obs = json!({
+            "resourceType": "Observation",
+            "id": "o1",
+            "meta": {"tag": [{"system": "http://t", "code": "x"}], "profile": ["http://p/Obs"]},
+            "status": "final",
+            "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3A010000002327101", "display": "HbA1c"}], "text": "ＨｂＡ１ｃ"},
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2024-03-05T10:00:00+09:00",
+            "valueQuantity": {"value": 6.5, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+        });
+        let rows = extract("Observation", &obs);
+        assert!(rows.tokens.iter().any(|t| t.param == "code"
+            && t.system.as_deref()
+                == Some("http://medis.or.jp/CodeSystem/master-JLAC10-17digits")
+            && t.code.as_deref() == Some("3A010000002327101")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "code" && t.text.as_deref() == Some("hba1c")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "status" && t.code.as_deref() == Some("final")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "_tag" && t.code.as_deref() == Some("x")));
+        assert!(rows
+            .uris
+            .iter()
+            .any(|u| u.param == "_profile" && u.value == "http://p/Obs"));
+        for param in ["subject", "patient"] {
+            assert!(
+                rows.references.iter().any(|r| r.param == param
+                    && r.target_type.as_deref() == Some("Patient")
+                    && r.target_id.as_deref() == Some("p1")),
+                "{param}"
+            );
+        }
+        assert!(rows
+            .dates
+            .iter()
+            .any(|d| d.param == "date" && d.low == d.high - 999));
+        assert!(rows
+            .quantities
+            .iter()
+            .any(|q| q.param == "value-quantity" && q.value == 6.5));
+    }
+
+    #[test]
+    fn extracts_names_and_periods() {
+        let patient = json!({
+            "resourceType": "Patient",
+            "id": "p1",
+            "name": [{"family": "ﾔﾏﾀﾞ", "given": ["ﾀﾛｳ"]}, {"family": "山田", "given": ["太郎"]}],
+            "birthDate": "1970-01-01",
+            "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.11311234567", "value": "123"}],
+            "telecom": [{"system": "phone", "value": "03-1234"}],
+            "gender": "male",
+            "active": true
+        });
+        let rows = extract("Patient", &patient);
+        assert!(rows
+            .strings
+            .iter()
+            .any(|s| s.param == "family" && s.norm == "ヤマダ" && s.exact == "ﾔﾏﾀﾞ"));
+        assert!(rows
+            .strings
+            .iter()
+            .any(|s| s.param == "name" && s.norm == "太郎"));
+        assert!(rows
+            .dates
+            .iter()
+            .any(|d| d.param == "birthdate" && d.low == 0));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "identifier" && t.code.as_deref() == Some("123")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "active" && t.code.as_deref() == Some("true")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "phone" && t.code.as_deref() == Some("03-1234")));
+        let enc = json!({"resourceType": "Encounter", "id": "e", "period": {"start": "2024-01-01"}, "subject": {"reference": "http://other/fhir/Patient/p9/_history/2"}});
+        let rows = extract("Encounter", &enc);
+        assert!(rows
+            .dates
+            .iter()
+            .any(|d| d.param == "date" && d.high == i64::MAX));
+        assert!(rows.references.iter().any(|r| r.param == "subject"
+            && r.target_id.as_deref() == Some("p9")
+            && r.url.as_deref() == Some("http://other/fhir/Patient/p9/_history/2")));
+    }
+}

@@ -1,0 +1,14 @@
+//! FHIR search without a database: the search-parameter registry (official R4 plus JP Core
+//! definitions, embedded), index-value extraction by FHIRPath, value normalization, and the
+//! parsing of search query strings into a typed [`plan::SearchPlan`] that the store turns
+//! into SQL.
+
+pub mod date;
+pub mod extract;
+pub mod normalize;
+pub mod plan;
+pub mod registry;
+
+pub use extract::{extract, IndexRows};
+pub use normalize::{canonical_system, fold};
+pub use registry::{registry, ParamType, Registry, SearchParam};

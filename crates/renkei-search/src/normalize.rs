@@ -1,0 +1,110 @@
+//! Value normalization shared by indexing and querying, so both sides always agree.
+
+use unicode_normalization::UnicodeNormalization;
+
+/// Folds a string for the default (`starts-with`) and `:contains` string searches:
+/// NFKC (full-width/half-width forms: `ﾔﾏﾀﾞ` → `ヤマダ`, `ＡＢＣ` → `ABC`), lowercase, and
+/// accents removed (`é` → `e`). Kana voicing marks are not accents and are kept
+/// (`ダ` stays `ダ`, never `タ`).
+pub fn fold(text: &str) -> String {
+    let lowered: String = text.nfkc().flat_map(char::to_lowercase).collect();
+    lowered
+        .nfd()
+        .filter(|c| !is_accent(*c))
+        .nfc()
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Combining diacritical marks (Latin accents); Japanese (semi-)voiced sound marks
+/// U+3099/U+309A are deliberately not in these ranges.
+fn is_accent(c: char) -> bool {
+    matches!(c, '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}' | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}')
+}
+
+/// Code systems with several spellings (OIDs in JP Core 1.1.2, URLs in newer JP Core, JP-CLINS
+/// and the national services; the JP Core NamingSystems list them) map to one canonical
+/// spelling, used when indexing and when querying. Pairs are (alias, canonical).
+const SYSTEM_ALIASES: &[(&str, &str)] = &[
+    // JLAC10 17-digit laboratory codes (JP_Observation_JLAC10_CodeSystem NamingSystem).
+    ("urn:oid:1.2.392.200119.4.504", JLAC10),
+    (
+        "http://jpfhir.jp/fhir/core/CodeSystem/JP_ObservationLabResultCode_CS",
+        JLAC10,
+    ),
+    // HOT9 drug codes (JP_MedicationCodeHOT9_NamingSystem).
+    ("urn:oid:1.2.392.200119.4.403.1", HOT9),
+    ("urn:oid:1.2.392.100495.20.2.74", HOT9),
+    (
+        "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCodeHOT9_CS",
+        HOT9,
+    ),
+    // YJ drug codes (domain primer OID and JP_MedicationCodeYJ_NamingSystem).
+    ("urn:oid:1.2.392.100495.20.2.73", YJ),
+    ("urn:oid:1.2.392.100495.20.1.73", YJ),
+    (
+        "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCodeYJ_CS",
+        YJ,
+    ),
+    // 一般名処方マスタ (JP_MedicationCodeCommon_NamingSystem).
+    (
+        "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCodeCommon_CS",
+        GENERIC_NAME,
+    ),
+    // MERIT-9 units (JP_MedicationUnitMERIT9_NamingSystem; JP-CLINS URL).
+    ("urn:oid:1.2.392.100495.20.2.101", MERIT9),
+    (
+        "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationUnitMERIT9_CS",
+        MERIT9,
+    ),
+];
+
+const JLAC10: &str = "http://medis.or.jp/CodeSystem/master-JLAC10-17digits";
+const HOT9: &str = "http://medis.or.jp/CodeSystem/master-HOT9";
+const YJ: &str = "http://capstandard.jp/iyaku.info/CodeSystem/YJ-code";
+const GENERIC_NAME: &str = "urn:oid:1.2.392.100495.20.1.81";
+const MERIT9: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationUnitMERIT9Code";
+
+/// The canonical spelling of a code system URI (the URL form when one exists).
+pub fn canonical_system(system: &str) -> &str {
+    SYSTEM_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == system)
+        .map_or(system, |(_, canonical)| canonical)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_width_case_and_accents() {
+        assert_eq!(fold("ﾔﾏﾀﾞ"), "ヤマダ");
+        assert_eq!(fold("ヤマダ"), "ヤマダ");
+        assert_eq!(fold("山田"), "山田");
+        assert_eq!(fold("ＹＡＭＡＤＡ"), "yamada");
+        assert_eq!(fold("Chalmers"), "chalmers");
+        assert_eq!(fold("Zoë  Müller"), "zoe muller");
+        assert_eq!(fold("ﾊﾟﾝ"), "パン");
+        assert!(fold("ヤマダ　タロウ").starts_with(&fold("ﾔﾏﾀﾞ")));
+    }
+
+    #[test]
+    fn canonicalizes_code_system_spellings() {
+        assert_eq!(
+            canonical_system("urn:oid:1.2.392.200119.4.504"),
+            "http://medis.or.jp/CodeSystem/master-JLAC10-17digits"
+        );
+        assert_eq!(
+            canonical_system("urn:oid:1.2.392.200119.4.403.1"),
+            "http://medis.or.jp/CodeSystem/master-HOT9"
+        );
+        assert_eq!(
+            canonical_system("urn:oid:1.2.392.100495.20.2.73"),
+            "http://capstandard.jp/iyaku.info/CodeSystem/YJ-code"
+        );
+        assert_eq!(canonical_system("http://loinc.org"), "http://loinc.org");
+    }
+}

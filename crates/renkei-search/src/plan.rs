@@ -1,0 +1,1179 @@
+//! Search query strings parsed into a typed plan the store executes as SQL.
+
+use crate::date::{now_ms, parse_range};
+use crate::normalize::{canonical_system, fold};
+use crate::registry::{registry, ParamType, SearchParam};
+
+/// Why a query cannot be run (answered 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchError {
+    /// A malformed value, modifier or control parameter.
+    Invalid(String),
+    /// Parameters this server does not know (400 under `handling=strict`).
+    Unknown(Vec<String>),
+}
+
+impl std::fmt::Display for SearchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SearchError::Invalid(message) => f.write_str(message),
+            SearchError::Unknown(names) => write!(
+                f,
+                "unknown or unsupported search parameter(s): {}",
+                names.join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SearchError {}
+
+fn invalid<T>(message: impl Into<String>) -> Result<T, SearchError> {
+    Err(SearchError::Invalid(message.into()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+impl Prefix {
+    /// Splits a leading two-letter prefix off a date/number/quantity value.
+    fn split(text: &str) -> (Prefix, &str) {
+        let prefixes = [
+            ("eq", Prefix::Eq),
+            ("ne", Prefix::Ne),
+            ("gt", Prefix::Gt),
+            ("lt", Prefix::Lt),
+            ("ge", Prefix::Ge),
+            ("le", Prefix::Le),
+            ("sa", Prefix::Sa),
+            ("eb", Prefix::Eb),
+            ("ap", Prefix::Ap),
+        ];
+        for (code, prefix) in prefixes {
+            if let Some(rest) = text.strip_prefix(code) {
+                return (prefix, rest);
+            }
+        }
+        (Prefix::Eq, text)
+    }
+}
+
+/// The index table a parameter type lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Token,
+    String,
+    Date,
+    Reference,
+    Quantity,
+    Number,
+    Uri,
+}
+
+impl Table {
+    pub fn of(kind: ParamType) -> Option<Table> {
+        Some(match kind {
+            ParamType::Token => Table::Token,
+            ParamType::String => Table::String,
+            ParamType::Date => Table::Date,
+            ParamType::Reference => Table::Reference,
+            ParamType::Quantity => Table::Quantity,
+            ParamType::Number => Table::Number,
+            ParamType::Uri => Table::Uri,
+            ParamType::Composite | ParamType::Special => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Token => "idx_token",
+            Table::String => "idx_string",
+            Table::Date => "idx_date",
+            Table::Reference => "idx_reference",
+            Table::Quantity => "idx_quantity",
+            Table::Number => "idx_number",
+            Table::Uri => "idx_uri",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenMatch {
+    /// `code`: any system.
+    Code(String),
+    /// `system|code` (system canonicalized).
+    SystemCode(String, String),
+    /// `|code`: no system.
+    NoSystem(String),
+    /// `system|`: any code of the system.
+    System(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringMode {
+    StartsWith,
+    Exact,
+    Contains,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriMode {
+    Exact,
+    Below,
+    Above,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateValue {
+    pub prefix: Prefix,
+    pub low: i64,
+    pub high: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumberValue {
+    pub prefix: Prefix,
+    pub value: f64,
+    /// The implicit range of the value's precision (`100` is [99.5, 100.5)).
+    pub low: f64,
+    pub high: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantityValue {
+    pub number: NumberValue,
+    pub system: Option<String>,
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefMatch {
+    /// `id` or `Type/id`; `types` empty means any type.
+    Id { types: Vec<String>, id: String },
+    /// An absolute URL or canonical, matched as written.
+    Url(String),
+}
+
+/// One condition on the searched resources; the plan ANDs them, values inside one are ORed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    Id(Vec<String>),
+    LastUpdated(Vec<DateValue>),
+    Token {
+        param: String,
+        values: Vec<TokenMatch>,
+        not: bool,
+    },
+    TokenText {
+        param: String,
+        values: Vec<String>,
+    },
+    String {
+        param: String,
+        values: Vec<String>,
+        mode: StringMode,
+    },
+    Date {
+        param: String,
+        values: Vec<DateValue>,
+    },
+    Reference {
+        param: String,
+        values: Vec<RefMatch>,
+    },
+    Quantity {
+        param: String,
+        values: Vec<QuantityValue>,
+    },
+    Number {
+        param: String,
+        values: Vec<NumberValue>,
+    },
+    Uri {
+        param: String,
+        values: Vec<String>,
+        mode: UriMode,
+    },
+    Missing {
+        param: String,
+        table: Table,
+        missing: bool,
+    },
+    /// `param:Type.rest=…`: resources whose `param` points at a target matching the inner
+    /// filter, for each candidate target type.
+    Chain {
+        param: String,
+        targets: Vec<(String, Filter)>,
+    },
+    /// `_has:Type:param:rest=…`: resources pointed at by `param` of a `source_type` resource
+    /// matching the inner filter.
+    Has {
+        source_type: String,
+        param: String,
+        filter: Box<Filter>,
+    },
+    /// Members of `Patient/{id}`'s compartment: (type, linking params) pairs, and optionally
+    /// the Patient itself.
+    Compartment {
+        target_type: String,
+        target_id: String,
+        members: Vec<(String, Vec<String>)>,
+        include_self: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortBy {
+    LastUpdated,
+    Id,
+    Param { table: Table, param: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sort {
+    pub by: SortBy,
+    pub desc: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    None,
+    Accurate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    pub source_type: String,
+    /// `None` for `*` (every reference parameter).
+    pub param: Option<String>,
+    pub target_type: Option<String>,
+    pub iterate: bool,
+}
+
+/// A sort key value of a row, carried in paging cursors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortValue {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// Where a page starts: after (or, backwards, before) the row with these sort keys and rid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub keys: Vec<SortValue>,
+    pub rid: i64,
+    pub backward: bool,
+}
+
+impl Cursor {
+    /// An opaque token for `_page_token`.
+    pub fn encode(&self) -> String {
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|k| match k {
+                SortValue::Int(i) => serde_json::json!(i),
+                SortValue::Float(f) => serde_json::json!({ "f": f.to_string() }),
+                SortValue::Text(t) => serde_json::json!(t),
+            })
+            .collect();
+        let value = serde_json::json!([if self.backward { "b" } else { "f" }, self.rid, keys]);
+        value
+            .to_string()
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub fn decode(token: &str) -> Option<Cursor> {
+        if !token.len().is_multiple_of(2) {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+            .collect();
+        let value: serde_json::Value = serde_json::from_slice(&bytes?).ok()?;
+        let backward = match value.get(0)?.as_str()? {
+            "b" => true,
+            "f" => false,
+            _ => return None,
+        };
+        let rid = value.get(1)?.as_i64()?;
+        let keys = value
+            .get(2)?
+            .as_array()?
+            .iter()
+            .map(|k| match k {
+                serde_json::Value::String(s) => Some(SortValue::Text(s.clone())),
+                serde_json::Value::Object(o) => {
+                    o.get("f")?.as_str()?.parse().ok().map(SortValue::Float)
+                }
+                other => other.as_i64().map(SortValue::Int),
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Cursor {
+            keys,
+            rid,
+            backward,
+        })
+    }
+}
+
+/// A parsed search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPlan {
+    /// Resource types searched (one for a type search).
+    pub types: Vec<String>,
+    pub filters: Vec<Filter>,
+    pub sort: Vec<Sort>,
+    pub count: usize,
+    pub total: Total,
+    /// `_summary` (`true`, `text`, `data`, `count`, `false`).
+    pub summary: Option<String>,
+    pub elements: Vec<String>,
+    pub includes: Vec<Include>,
+    pub revincludes: Vec<Include>,
+    pub cursor: Option<Cursor>,
+    /// Parameters ignored under lenient handling.
+    pub ignored: Vec<String>,
+    /// The parameters that took effect, for the `self` link (no paging token).
+    pub applied: Vec<(String, String)>,
+}
+
+impl SearchPlan {
+    /// Whether only the number of matches is wanted.
+    pub fn count_only(&self) -> bool {
+        self.summary.as_deref() == Some("count") || self.count == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ParseOptions {
+    pub default_count: usize,
+    pub max_count: usize,
+    /// `Prefer: handling=strict`: unknown parameters are an error.
+    pub strict: bool,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            default_count: 50,
+            max_count: 1000,
+            strict: true,
+        }
+    }
+}
+
+/// Parameters that control the result rather than select resources.
+const RESULT_PARAMS: &[&str] = &[
+    "_count",
+    "_sort",
+    "_total",
+    "_summary",
+    "_elements",
+    "_include",
+    "_revinclude",
+    "_page_token",
+    "_format",
+    "_pretty",
+    "_contained",
+    "_containedType",
+    "_type",
+];
+
+/// Parses the decoded `(name, value)` pairs of a search on `types`.
+pub fn parse(
+    types: &[String],
+    params: &[(String, String)],
+    options: &ParseOptions,
+) -> Result<SearchPlan, SearchError> {
+    let mut plan = SearchPlan {
+        types: types.to_vec(),
+        filters: Vec::new(),
+        sort: Vec::new(),
+        count: options.default_count.min(options.max_count),
+        total: Total::None,
+        summary: None,
+        elements: Vec::new(),
+        includes: Vec::new(),
+        revincludes: Vec::new(),
+        cursor: None,
+        ignored: Vec::new(),
+        applied: Vec::new(),
+    };
+    let mut unknown = Vec::new();
+    for (name, value) in params {
+        let base = name.split(':').next().unwrap_or(name);
+        if RESULT_PARAMS.contains(&base) {
+            parse_result_param(&mut plan, name, value, options)?;
+            continue;
+        }
+        match parse_filter(types, name, value)? {
+            Some(filter) => {
+                plan.filters.push(filter);
+                plan.applied.push((name.clone(), value.clone()));
+            }
+            None => unknown.push(name.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        if options.strict {
+            return Err(SearchError::Unknown(unknown));
+        }
+        plan.ignored = unknown;
+    }
+    Ok(plan)
+}
+
+fn parse_result_param(
+    plan: &mut SearchPlan,
+    name: &str,
+    value: &str,
+    options: &ParseOptions,
+) -> Result<(), SearchError> {
+    let mut keep = true;
+    match name {
+        "_count" => {
+            let n: usize = value
+                .parse()
+                .or_else(|_| invalid(format!("_count '{value}' is not a non-negative integer")))?;
+            plan.count = n.min(options.max_count);
+            plan.applied.push((name.into(), plan.count.to_string()));
+            keep = false;
+        }
+        "_sort" => {
+            for key in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+                let (desc, code) = match key.strip_prefix('-') {
+                    Some(rest) => (true, rest),
+                    None => (false, key),
+                };
+                let by = match code {
+                    "_lastUpdated" => SortBy::LastUpdated,
+                    "_id" => SortBy::Id,
+                    _ => {
+                        let param = single_type_param(&plan.types, code).ok_or_else(|| {
+                            SearchError::Invalid(format!(
+                                "cannot sort by unknown parameter '{code}'"
+                            ))
+                        })?;
+                        let table = Table::of(param.kind)
+                            .filter(|t| *t != Table::Reference)
+                            .ok_or_else(|| {
+                                SearchError::Invalid(format!(
+                                    "cannot sort by '{code}' (a {} parameter)",
+                                    param.kind.code()
+                                ))
+                            })?;
+                        SortBy::Param {
+                            table,
+                            param: code.to_string(),
+                        }
+                    }
+                };
+                plan.sort.push(Sort { by, desc });
+            }
+        }
+        "_total" => match value {
+            "none" => plan.total = Total::None,
+            "estimate" | "accurate" => plan.total = Total::Accurate,
+            other => {
+                return invalid(format!(
+                    "_total '{other}' is not none, estimate or accurate"
+                ))
+            }
+        },
+        "_summary" => match value {
+            "true" | "text" | "data" | "count" | "false" => plan.summary = Some(value.to_string()),
+            other => {
+                return invalid(format!(
+                    "_summary '{other}' is not true, text, data, count or false"
+                ))
+            }
+        },
+        "_elements" => plan.elements.extend(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        ),
+        "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
+            let include = parse_include(&plan.types, name, value)?;
+            if name.starts_with("_include") {
+                plan.includes.push(include);
+            } else {
+                plan.revincludes.push(include);
+            }
+        }
+        "_page_token" => {
+            plan.cursor = Some(Cursor::decode(value).ok_or_else(|| {
+                SearchError::Invalid("_page_token is not a token this server issued".into())
+            })?);
+            keep = false;
+        }
+        "_format" | "_pretty" | "_type" => keep = false,
+        "_contained" | "_containedType" => {
+            if value != "false" && name == "_contained" {
+                return invalid("_contained searches are not supported");
+            }
+        }
+        other => return invalid(format!("'{other}' is not a valid result parameter")),
+    }
+    if keep {
+        plan.applied.push((name.to_string(), value.to_string()));
+    }
+    Ok(())
+}
+
+fn parse_include(types: &[String], name: &str, value: &str) -> Result<Include, SearchError> {
+    let iterate = name.ends_with(":iterate");
+    if value == "*" {
+        return Ok(Include {
+            source_type: String::new(),
+            param: None,
+            target_type: None,
+            iterate,
+        });
+    }
+    let mut parts = value.split(':');
+    let source_type = parts.next().unwrap_or_default().to_string();
+    let param = parts.next().unwrap_or_default();
+    let target_type = parts.next().map(str::to_string);
+    if source_type.is_empty() || param.is_empty() {
+        return invalid(format!("{name} '{value}' is not Type:param[:target]"));
+    }
+    if name.starts_with("_include")
+        && !iterate
+        && !types.is_empty()
+        && !types.contains(&source_type)
+    {
+        return invalid(format!(
+            "{name} '{value}' names {source_type}, which is not searched here"
+        ));
+    }
+    if param == "*" {
+        return Ok(Include {
+            source_type,
+            param: None,
+            target_type,
+            iterate,
+        });
+    }
+    match registry().param(&source_type, param) {
+        Some(p) if p.kind == ParamType::Reference => Ok(Include {
+            source_type,
+            param: Some(param.to_string()),
+            target_type,
+            iterate,
+        }),
+        _ => invalid(format!(
+            "{name} '{value}': {source_type} has no reference parameter '{param}'"
+        )),
+    }
+}
+
+/// The parameter `code`, which must mean the same on every searched type.
+fn single_type_param(types: &[String], code: &str) -> Option<&'static SearchParam> {
+    let reg = registry();
+    let first = reg.param(types.first()?, code)?;
+    types
+        .iter()
+        .all(|t| reg.param(t, code).is_some_and(|p| p.kind == first.kind))
+        .then_some(first)
+}
+
+/// Splits at unescaped `sep`, unescaping `\,`, `\|`, `\$`, `\\`.
+fn split_escaped(text: &str, sep: char) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(next) if next == sep => current.push(next),
+                Some(next) => {
+                    current.push('\\');
+                    current.push(next);
+                }
+                None => current.push('\\'),
+            }
+        } else if c == sep {
+            parts.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+    }
+    parts.push(current);
+    parts
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("\\|", "|")
+        .replace("\\$", "$")
+        .replace("\\,", ",")
+        .replace("\\\\", "\\")
+}
+
+/// Parses one filter parameter; `Ok(None)` when the parameter is unknown.
+pub fn parse_filter(
+    types: &[String],
+    name: &str,
+    value: &str,
+) -> Result<Option<Filter>, SearchError> {
+    if let Some(rest) = name.strip_prefix("_has:") {
+        return parse_has(types, rest, value);
+    }
+    // Chaining: `param[:Type].rest`.
+    if let Some((head, rest)) = name.split_once('.') {
+        let (code, type_modifier) = match head.split_once(':') {
+            Some((c, m)) => (c, Some(m)),
+            None => (head, None),
+        };
+        let Some(param) = single_type_param(types, code) else {
+            return Ok(None);
+        };
+        if param.kind != ParamType::Reference {
+            return invalid(format!(
+                "'{code}' is not a reference parameter and cannot be chained"
+            ));
+        }
+        let candidates: Vec<String> = match type_modifier {
+            Some(t) => vec![t.to_string()],
+            None => param.targets.clone(),
+        };
+        let mut targets = Vec::new();
+        for target in candidates {
+            if let Some(inner) = parse_filter(std::slice::from_ref(&target), rest, value)? {
+                targets.push((target, inner));
+            }
+        }
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(Filter::Chain {
+            param: code.to_string(),
+            targets,
+        }));
+    }
+    let (code, modifier) = match name.split_once(':') {
+        Some((c, m)) => (c, Some(m)),
+        None => (name, None),
+    };
+    if value.is_empty() {
+        return invalid(format!("search parameter '{name}' has no value"));
+    }
+    let alternatives = split_escaped(value, ',');
+    if modifier == Some("missing") {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            other => return invalid(format!("{name} '{other}' is not true or false")),
+        };
+        return match code {
+            "_id" | "_lastUpdated" => invalid(format!(
+                "{code}:missing is not meaningful: every resource has one"
+            )),
+            _ => {
+                let Some(param) = single_type_param(types, code) else {
+                    return Ok(None);
+                };
+                let table = Table::of(param.kind)
+                    .ok_or_else(|| SearchError::Invalid(format!("'{code}' is not searchable")))?;
+                Ok(Some(Filter::Missing {
+                    param: code.to_string(),
+                    table,
+                    missing,
+                }))
+            }
+        };
+    }
+    match code {
+        "_id" => {
+            if modifier.is_some() {
+                return invalid(format!(
+                    "modifier ':{}' is not supported on _id",
+                    modifier.unwrap_or_default()
+                ));
+            }
+            return Ok(Some(Filter::Id(alternatives)));
+        }
+        "_lastUpdated" => {
+            no_modifier(name, modifier)?;
+            let values = alternatives
+                .iter()
+                .map(|v| parse_date_value(name, v))
+                .collect::<Result<_, _>>()?;
+            return Ok(Some(Filter::LastUpdated(values)));
+        }
+        _ => {}
+    }
+    let Some(param) = single_type_param(types, code) else {
+        return Ok(None);
+    };
+    let param_name = code.to_string();
+    let filter = match param.kind {
+        ParamType::Token => match modifier {
+            None | Some("not") => Filter::Token {
+                param: param_name,
+                values: alternatives.iter().map(|v| parse_token(v)).collect(),
+                not: modifier == Some("not"),
+            },
+            Some("text") => Filter::TokenText {
+                param: param_name,
+                values: alternatives.iter().map(|v| fold(v)).collect(),
+            },
+            Some(other) => {
+                return invalid(format!(
+                    "token modifier ':{other}' is not supported ({name})"
+                ))
+            }
+        },
+        ParamType::String => {
+            let mode = match modifier {
+                None => StringMode::StartsWith,
+                Some("exact") => StringMode::Exact,
+                Some("contains") => StringMode::Contains,
+                Some(other) => {
+                    return invalid(format!(
+                        "string modifier ':{other}' is not supported ({name})"
+                    ))
+                }
+            };
+            let values = alternatives
+                .iter()
+                .map(|v| {
+                    if mode == StringMode::Exact {
+                        v.clone()
+                    } else {
+                        fold(v)
+                    }
+                })
+                .collect();
+            Filter::String {
+                param: param_name,
+                values,
+                mode,
+            }
+        }
+        ParamType::Date => {
+            no_modifier(name, modifier)?;
+            Filter::Date {
+                param: param_name,
+                values: alternatives
+                    .iter()
+                    .map(|v| parse_date_value(name, v))
+                    .collect::<Result<_, _>>()?,
+            }
+        }
+        ParamType::Reference => {
+            let types_modifier = match modifier {
+                None => None,
+                Some(t) if t.starts_with(|c: char| c.is_ascii_uppercase()) => Some(t.to_string()),
+                Some(other) => {
+                    return invalid(format!(
+                        "reference modifier ':{other}' is not supported ({name})"
+                    ))
+                }
+            };
+            let values = alternatives
+                .iter()
+                .map(|v| parse_reference(v, types_modifier.as_deref(), &param.targets))
+                .collect();
+            Filter::Reference {
+                param: param_name,
+                values,
+            }
+        }
+        ParamType::Quantity => {
+            no_modifier(name, modifier)?;
+            Filter::Quantity {
+                param: param_name,
+                values: alternatives
+                    .iter()
+                    .map(|v| parse_quantity(name, v))
+                    .collect::<Result<_, _>>()?,
+            }
+        }
+        ParamType::Number => {
+            no_modifier(name, modifier)?;
+            Filter::Number {
+                param: param_name,
+                values: alternatives
+                    .iter()
+                    .map(|v| parse_number(name, v))
+                    .collect::<Result<_, _>>()?,
+            }
+        }
+        ParamType::Uri => {
+            let mode = match modifier {
+                None => UriMode::Exact,
+                Some("below") => UriMode::Below,
+                Some("above") => UriMode::Above,
+                Some(other) => {
+                    return invalid(format!("uri modifier ':{other}' is not supported ({name})"))
+                }
+            };
+            Filter::Uri {
+                param: param_name,
+                values: alternatives,
+                mode,
+            }
+        }
+        ParamType::Composite | ParamType::Special => return Ok(None),
+    };
+    Ok(Some(filter))
+}
+
+fn no_modifier(name: &str, modifier: Option<&str>) -> Result<(), SearchError> {
+    match modifier {
+        None => Ok(()),
+        Some(m) => invalid(format!("modifier ':{m}' is not supported on '{name}'")),
+    }
+}
+
+fn parse_has(types: &[String], rest: &str, value: &str) -> Result<Option<Filter>, SearchError> {
+    let mut parts = rest.splitn(3, ':');
+    let (Some(source_type), Some(param), Some(inner_name)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return invalid(format!("_has:{rest} is not _has:Type:param:search"));
+    };
+    let Some(link) = registry().param(source_type, param) else {
+        return Ok(None);
+    };
+    if link.kind != ParamType::Reference {
+        return invalid(format!(
+            "_has: {source_type}.{param} is not a reference parameter"
+        ));
+    }
+    if !link.targets.is_empty() && !types.iter().all(|t| link.targets.contains(t)) {
+        return invalid(format!(
+            "_has: {source_type}.{param} does not point at {}",
+            types.join(",")
+        ));
+    }
+    let inner = parse_filter(&[source_type.to_string()], inner_name, value)?;
+    Ok(inner.map(|filter| Filter::Has {
+        source_type: source_type.to_string(),
+        param: param.to_string(),
+        filter: Box::new(filter),
+    }))
+}
+
+pub fn parse_token(value: &str) -> TokenMatch {
+    let parts = split_escaped(value, '|');
+    match parts.as_slice() {
+        [code] => TokenMatch::Code(code.clone()),
+        [system, code] if system.is_empty() => TokenMatch::NoSystem(code.clone()),
+        [system, code] if code.is_empty() => {
+            TokenMatch::System(canonical_system(system).to_string())
+        }
+        [system, code] => {
+            TokenMatch::SystemCode(canonical_system(system).to_string(), code.clone())
+        }
+        _ => TokenMatch::Code(unescape(value)),
+    }
+}
+
+fn parse_date_value(name: &str, value: &str) -> Result<DateValue, SearchError> {
+    let (prefix, rest) = Prefix::split(value);
+    let range = parse_range(rest).ok_or_else(|| {
+        SearchError::Invalid(format!(
+            "{name}: '{value}' is not a valid date search value"
+        ))
+    })?;
+    Ok(DateValue {
+        prefix,
+        low: range.low,
+        high: range.high,
+    })
+}
+
+/// Tolerance of `ap` on a date: 10 % of the distance to now, at least a day.
+pub fn approximate_date(value: &DateValue) -> (i64, i64) {
+    let gap = (now_ms() - value.low).abs() / 10;
+    let tolerance = gap.max(86_400_000);
+    (
+        value.low.saturating_sub(tolerance),
+        value.high.saturating_add(tolerance),
+    )
+}
+
+fn parse_number(name: &str, value: &str) -> Result<NumberValue, SearchError> {
+    let (prefix, rest) = Prefix::split(value);
+    let number: f64 = rest
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite())
+        .ok_or_else(|| SearchError::Invalid(format!("{name}: '{value}' is not a number")))?;
+    let decimals = match rest.split_once(['e', 'E']) {
+        Some(_) => 0,
+        None => rest.split_once('.').map_or(0, |(_, f)| f.len()),
+    };
+    let half = 0.5 * 10f64.powi(-i32::try_from(decimals).unwrap_or(0));
+    Ok(NumberValue {
+        prefix,
+        value: number,
+        low: number - half,
+        high: number + half,
+    })
+}
+
+fn parse_quantity(name: &str, value: &str) -> Result<QuantityValue, SearchError> {
+    let parts = split_escaped(value, '|');
+    let number = parse_number(name, &parts[0])?;
+    let (system, code) = match parts.as_slice() {
+        [_] => (None, None),
+        [_, system, code] => (
+            Some(system.clone())
+                .filter(|s| !s.is_empty())
+                .map(|s| canonical_system(&s).to_string()),
+            Some(code.clone()).filter(|c| !c.is_empty()),
+        ),
+        _ => return invalid(format!("{name}: '{value}' is not number|system|code")),
+    };
+    Ok(QuantityValue {
+        number,
+        system,
+        code,
+    })
+}
+
+fn parse_reference(value: &str, type_modifier: Option<&str>, targets: &[String]) -> RefMatch {
+    if value.contains("://") || value.starts_with("urn:") {
+        return RefMatch::Url(value.to_string());
+    }
+    if let Some((t, id)) = crate::extract::split_reference(value) {
+        return RefMatch::Id { types: vec![t], id };
+    }
+    let types = match type_modifier {
+        Some(t) => vec![t.to_string()],
+        None if targets.len() == 1 => targets.to_vec(),
+        None => Vec::new(),
+    };
+    RefMatch::Id {
+        types,
+        id: value.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn obs() -> Vec<String> {
+        vec!["Observation".to_string()]
+    }
+
+    #[test]
+    fn parses_tokens_with_system_spellings() {
+        let plan = parse(
+            &obs(),
+            &p(&[
+                ("code", "urn:oid:1.2.392.200119.4.504|3A010,|x,sys|,plain"),
+                ("status:not", "final"),
+            ]),
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.filters[0],
+            Filter::Token {
+                param: "code".into(),
+                values: vec![
+                    TokenMatch::SystemCode(
+                        "http://medis.or.jp/CodeSystem/master-JLAC10-17digits".into(),
+                        "3A010".into()
+                    ),
+                    TokenMatch::NoSystem("x".into()),
+                    TokenMatch::System("sys".into()),
+                    TokenMatch::Code("plain".into()),
+                ],
+                not: false
+            }
+        );
+        assert!(matches!(&plan.filters[1], Filter::Token { not: true, .. }));
+    }
+
+    #[test]
+    fn parses_strings_dates_numbers_and_references() {
+        let patient = vec!["Patient".to_string()];
+        let plan = parse(
+            &patient,
+            &p(&[
+                ("family", "ﾔﾏﾀﾞ"),
+                ("name:exact", "山田"),
+                ("birthdate", "ge1970-01"),
+                ("general-practitioner", "Practitioner/1"),
+                ("organization", "o1"),
+            ]),
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.filters[0],
+            Filter::String {
+                param: "family".into(),
+                values: vec!["ヤマダ".into()],
+                mode: StringMode::StartsWith
+            }
+        );
+        assert!(matches!(
+            &plan.filters[1],
+            Filter::String {
+                mode: StringMode::Exact,
+                ..
+            }
+        ));
+        match &plan.filters[2] {
+            Filter::Date { values, .. } => {
+                assert_eq!(values[0].prefix, Prefix::Ge);
+                assert_eq!(values[0].high - values[0].low, 31 * 86_400_000 - 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            plan.filters[3],
+            Filter::Reference {
+                param: "general-practitioner".into(),
+                values: vec![RefMatch::Id {
+                    types: vec!["Practitioner".into()],
+                    id: "1".into()
+                }]
+            }
+        );
+        assert_eq!(
+            plan.filters[4],
+            Filter::Reference {
+                param: "organization".into(),
+                values: vec![RefMatch::Id {
+                    types: vec!["Organization".into()],
+                    id: "o1".into()
+                }]
+            }
+        );
+        let q = parse(
+            &obs(),
+            &p(&[("value-quantity", "gt5.40|http://unitsofmeasure.org|mg")]),
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        match &q.filters[0] {
+            Filter::Quantity { values, .. } => {
+                assert_eq!(values[0].number.prefix, Prefix::Gt);
+                assert!((values[0].number.low - 5.395).abs() < 1e-9);
+                assert_eq!(values[0].code.as_deref(), Some("mg"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_chains_has_and_result_parameters() {
+        let plan = parse(
+            &obs(),
+            &p(&[
+                ("subject:Patient.name", "yamada"),
+                ("patient.identifier", "s|1"),
+                ("_sort", "-date,_id"),
+                ("_count", "5000"),
+                ("_include", "Observation:patient"),
+                ("_revinclude:iterate", "Provenance:target"),
+            ]),
+            &ParseOptions {
+                default_count: 20,
+                max_count: 100,
+                strict: true,
+            },
+        )
+        .unwrap();
+        assert!(
+            matches!(&plan.filters[0], Filter::Chain { targets, .. } if targets.len() == 1 && targets[0].0 == "Patient")
+        );
+        assert!(
+            matches!(&plan.filters[1], Filter::Chain { targets, .. } if targets[0].0 == "Patient")
+        );
+        assert_eq!(plan.sort.len(), 2);
+        assert!(plan.sort[0].desc);
+        assert_eq!(plan.count, 100);
+        assert_eq!(plan.includes[0].param.as_deref(), Some("patient"));
+        assert!(plan.revincludes[0].iterate);
+        let has = parse(
+            &["Patient".to_string()],
+            &p(&[("_has:Observation:patient:code", "1234")]),
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        assert!(
+            matches!(&has.filters[0], Filter::Has { source_type, .. } if source_type == "Observation")
+        );
+    }
+
+    #[test]
+    fn unknown_and_malformed_parameters() {
+        let strict = ParseOptions::default();
+        assert_eq!(
+            parse(&obs(), &p(&[("bogus", "1")]), &strict),
+            Err(SearchError::Unknown(vec!["bogus".into()]))
+        );
+        let lenient = ParseOptions {
+            strict: false,
+            ..strict
+        };
+        let plan = parse(&obs(), &p(&[("bogus", "1"), ("status", "final")]), &lenient).unwrap();
+        assert_eq!(plan.ignored, vec!["bogus".to_string()]);
+        assert_eq!(plan.applied, p(&[("status", "final")]));
+        assert!(matches!(
+            parse(&obs(), &p(&[("date", "2024-13")]), &strict),
+            Err(SearchError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse(&obs(), &p(&[("date", "xx2024")]), &strict),
+            Err(SearchError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse(&obs(), &p(&[("_count", "-1")]), &strict),
+            Err(SearchError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse(&obs(), &p(&[("code:below", "x")]), &strict),
+            Err(SearchError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let cursor = Cursor {
+            keys: vec![
+                SortValue::Int(-5),
+                SortValue::Text("a\"b".into()),
+                SortValue::Float(1.25),
+            ],
+            rid: 42,
+            backward: true,
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(Cursor::decode("zz"), None);
+    }
+}

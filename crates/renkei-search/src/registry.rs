@@ -1,0 +1,340 @@
+//! The search parameters this server supports: the official R4 definitions plus the JP Core
+//! ones, embedded in the binary and compiled once.
+
+use renkei_fhirpath::Expression;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+
+const R4_BUNDLE: &str = include_str!("../../../fixtures/r4-definitions/search-parameters.json");
+const JP_CORE: &[&str] = &[
+    include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-coverage-insuredpersonnumber-sp.json"),
+    include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-coverage-insuredpersonsubnumber-sp.json"),
+    include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-coverage-insuredpersonsymbol-sp.json"),
+    include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-medicationrequest-start-sp.json"),
+    include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-organization-insuranceorganizationcategory-sp.json"),
+    include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-organization-insuranceorganizationno-sp.json"),
+    include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-organization-prefectureno-sp.json"),
+    include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-patient-kanasort-sp.json"),
+];
+const PATIENT_COMPARTMENT: &str = include_str!(
+    "../../../fixtures/r4-definitions/compartments/CompartmentDefinition-patient.json"
+);
+
+/// The type of a search parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamType {
+    Number,
+    Date,
+    String,
+    Token,
+    Reference,
+    Composite,
+    Quantity,
+    Uri,
+    Special,
+}
+
+impl ParamType {
+    pub fn parse(code: &str) -> Option<ParamType> {
+        Some(match code {
+            "number" => ParamType::Number,
+            "date" => ParamType::Date,
+            "string" => ParamType::String,
+            "token" => ParamType::Token,
+            "reference" => ParamType::Reference,
+            "composite" => ParamType::Composite,
+            "quantity" => ParamType::Quantity,
+            "uri" => ParamType::Uri,
+            "special" => ParamType::Special,
+            _ => return None,
+        })
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            ParamType::Number => "number",
+            ParamType::Date => "date",
+            ParamType::String => "string",
+            ParamType::Token => "token",
+            ParamType::Reference => "reference",
+            ParamType::Composite => "composite",
+            ParamType::Quantity => "quantity",
+            ParamType::Uri => "uri",
+            ParamType::Special => "special",
+        }
+    }
+
+    /// Whether values of this type are indexed and searchable here.
+    pub fn is_indexed(self) -> bool {
+        !matches!(self, ParamType::Composite | ParamType::Special)
+    }
+}
+
+/// One search parameter as it applies to one resource type.
+#[derive(Debug, Clone)]
+pub struct SearchParam {
+    pub code: String,
+    pub url: String,
+    pub kind: ParamType,
+    pub description: String,
+    /// Resource types a reference parameter may point to.
+    pub targets: Vec<String>,
+    /// The part of the definition's expression that applies to this type.
+    pub expression_text: Option<String>,
+    pub expression: Option<Expression>,
+}
+
+/// All parameters, per resource type.
+#[derive(Debug)]
+pub struct Registry {
+    by_type: HashMap<String, BTreeMap<String, SearchParam>>,
+    /// Parameters defined on `Resource`/`DomainResource`, valid for every type.
+    common: BTreeMap<String, SearchParam>,
+    /// Patient compartment: resource type → the parameters linking it to the Patient.
+    patient_compartment: BTreeMap<String, Vec<String>>,
+}
+
+/// The registry, built on first use.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::build)
+}
+
+impl Registry {
+    fn build() -> Registry {
+        let mut definitions: Vec<Value> = Vec::new();
+        if let Ok(bundle) = serde_json::from_str::<Value>(R4_BUNDLE) {
+            if let Some(entries) = bundle.get("entry").and_then(Value::as_array) {
+                definitions.extend(entries.iter().filter_map(|e| e.get("resource").cloned()));
+            }
+        }
+        for text in JP_CORE {
+            if let Ok(def) = serde_json::from_str::<Value>(text) {
+                definitions.push(def);
+            }
+        }
+        let mut registry = Registry {
+            by_type: HashMap::new(),
+            common: BTreeMap::new(),
+            patient_compartment: BTreeMap::new(),
+        };
+        for def in &definitions {
+            registry.add(def);
+        }
+        if let Ok(compartment) = serde_json::from_str::<Value>(PATIENT_COMPARTMENT) {
+            for resource in compartment
+                .get("resource")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(code) = resource.get("code").and_then(Value::as_str) else {
+                    continue;
+                };
+                let params: Vec<String> = resource
+                    .get("param")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect();
+                if !params.is_empty() {
+                    registry
+                        .patient_compartment
+                        .insert(code.to_string(), params);
+                }
+            }
+        }
+        registry
+    }
+
+    fn add(&mut self, def: &Value) {
+        let text = |key: &str| def.get(key).and_then(Value::as_str).unwrap_or_default();
+        let Some(kind) = ParamType::parse(text("type")) else {
+            return;
+        };
+        let code = text("code").to_string();
+        if code.is_empty() {
+            return;
+        }
+        let targets: Vec<String> = def
+            .get("target")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        let expression = def.get("expression").and_then(Value::as_str);
+        for base in def
+            .get("base")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            let part = expression.and_then(|e| expression_for(e, base));
+            let compiled = part
+                .as_deref()
+                .and_then(|p| renkei_fhirpath::compile(p).ok());
+            let param = SearchParam {
+                code: code.clone(),
+                url: text("url").to_string(),
+                kind,
+                description: text("description").to_string(),
+                targets: targets.clone(),
+                expression_text: part,
+                expression: compiled,
+            };
+            if base == "Resource" || base == "DomainResource" {
+                self.common.insert(code.clone(), param);
+            } else {
+                self.by_type
+                    .entry(base.to_string())
+                    .or_default()
+                    .insert(code.clone(), param);
+            }
+        }
+    }
+
+    /// The parameter `code` of `res_type` (type-specific first, then the common ones).
+    pub fn param(&self, res_type: &str, code: &str) -> Option<&SearchParam> {
+        self.by_type
+            .get(res_type)
+            .and_then(|m| m.get(code))
+            .or_else(|| self.common.get(code))
+    }
+
+    /// Every parameter of `res_type`, common ones included, by code.
+    pub fn params<'a>(&'a self, res_type: &str) -> impl Iterator<Item = &'a SearchParam> + 'a {
+        let specific = self.by_type.get(res_type);
+        let common = self
+            .common
+            .values()
+            .filter(move |p| specific.is_none_or(|m| !m.contains_key(&p.code)));
+        specific.into_iter().flat_map(|m| m.values()).chain(common)
+    }
+
+    /// The parameters (of the Patient compartment definition) that put a `res_type` resource
+    /// into a patient's compartment; empty when the type is not in it.
+    pub fn patient_compartment_params(&self, res_type: &str) -> &[String] {
+        self.patient_compartment
+            .get(res_type)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Resource types that are members of the Patient compartment.
+    pub fn patient_compartment_types(&self) -> impl Iterator<Item = &str> {
+        self.patient_compartment.keys().map(String::as_str)
+    }
+}
+
+/// The alternatives of a multi-type expression (`A.x | B.y.where(...)`) that apply to `base`,
+/// joined again; `Resource.x` applies to every type.
+fn expression_for(expression: &str, base: &str) -> Option<String> {
+    let parts: Vec<&str> = split_top_level(expression)
+        .into_iter()
+        .map(str::trim)
+        .filter(|part| {
+            let head = part.trim_start_matches('(').trim_start();
+            let name: String = head
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            name == base || name == "Resource" || name == "DomainResource"
+        })
+        .collect();
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join(" | "))
+    }
+}
+
+/// Splits at `|` outside parentheses and string literals.
+fn split_top_level(expression: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut quoted = false;
+    let mut start = 0;
+    let mut chars = expression.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' if quoted => {
+                chars.next();
+            }
+            '\'' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth -= 1,
+            '|' if !quoted && depth == 0 => {
+                parts.push(&expression[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&expression[start..]);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn loads_official_and_jp_core_parameters() {
+        let r = registry();
+        let family = r.param("Patient", "family").unwrap();
+        assert_eq!(family.kind, ParamType::String);
+        assert_eq!(
+            family.expression_text.as_deref(),
+            Some("Patient.name.family")
+        );
+        let code = r.param("Observation", "code").unwrap();
+        assert_eq!(code.expression_text.as_deref(), Some("Observation.code"));
+        let patient = r.param("Observation", "patient").unwrap();
+        assert_eq!(patient.kind, ParamType::Reference);
+        assert!(patient.expression.is_some());
+        assert!(r.param("Patient", "_tag").is_some());
+        assert!(r.param("Coverage", "jp-insured-personnumber").is_some());
+        assert!(r
+            .param("MedicationRequest", "jp-medication-start")
+            .is_some());
+        assert!(r.param("Patient", "nonsense").is_none());
+        assert_eq!(
+            r.patient_compartment_params("Observation"),
+            ["subject", "performer"]
+        );
+        assert!(r.params("Patient").any(|p| p.code == "birthdate"));
+    }
+
+    #[test]
+    fn every_indexed_expression_compiles() {
+        let r = registry();
+        let mut failures = Vec::new();
+        for (res_type, params) in &r.by_type {
+            for p in params.values() {
+                if p.kind.is_indexed() && p.expression_text.is_some() && p.expression.is_none() {
+                    failures.push(format!("{res_type}.{}: {:?}", p.code, p.expression_text));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn splits_union_expressions_per_type() {
+        assert_eq!(
+            expression_for(
+                "A.x | B.y.where(resolve() is Patient) | (A.z as Quantity)",
+                "A"
+            )
+            .as_deref(),
+            Some("A.x | (A.z as Quantity)")
+        );
+        assert_eq!(split_top_level("A.x.where(a='|') | B").len(), 2);
+    }
+}

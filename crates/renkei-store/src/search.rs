@@ -1,0 +1,1062 @@
+//! FHIR search executed in the database: index rows written with each version, and search
+//! plans ([`renkei_search::plan::SearchPlan`]) translated to SQL over the index tables. The
+//! database returns exactly the page; nothing is filtered in memory.
+
+use crate::sql::{Bind, Sql};
+use crate::{StoreError, Tx};
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::QueryableByName;
+use renkei_search::plan::{
+    approximate_date, Cursor, DateValue, Filter, Include, NumberValue, Prefix, RefMatch,
+    SearchPlan, Sort, SortBy, SortValue, StringMode, Table, TokenMatch, UriMode,
+};
+use renkei_search::IndexRows;
+
+/// The highest code point: `prefix || MAX` bounds a starts-with range from above.
+const TEXT_MAX: char = '\u{10FFFF}';
+/// Sort keys beyond this many are refused by the HTTP layer.
+pub const MAX_SORT_KEYS: usize = 4;
+/// Included resources per `_include`/`_revinclude` step.
+const MAX_INCLUDED: i64 = 1000;
+
+/// A current resource found by a search.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct SearchRow {
+    #[diesel(sql_type = BigInt)]
+    pub rid: i64,
+    #[diesel(sql_type = Text)]
+    pub res_type: String,
+    #[diesel(sql_type = Text)]
+    pub res_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
+    #[diesel(sql_type = BigInt)]
+    pub last_updated: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub body: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    k0: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    k1: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    k2: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    k3: Option<String>,
+}
+
+/// One page of matches plus what `_include`/`_revinclude` added.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    pub matches: Vec<SearchRow>,
+    pub included: Vec<SearchRow>,
+    /// Cursor of the next page, if there is one.
+    pub next: Option<Cursor>,
+    /// Cursor of the previous page, if there is one.
+    pub previous: Option<Cursor>,
+    /// Number of matches, when asked for or known for free.
+    pub total: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+const ROW_COLUMNS: &str = "r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.body";
+const NO_KEYS: &str = ", CAST(NULL AS TEXT) AS k0, CAST(NULL AS TEXT) AS k1, CAST(NULL AS TEXT) AS k2, CAST(NULL AS TEXT) AS k3";
+
+impl Tx<'_> {
+    /// Replaces every index row of `rid` (pass empty rows for a deleted resource).
+    pub fn replace_index(
+        &mut self,
+        rid: i64,
+        res_type: &str,
+        rows: &IndexRows,
+    ) -> Result<(), StoreError> {
+        for table in [
+            "idx_token",
+            "idx_string",
+            "idx_date",
+            "idx_reference",
+            "idx_quantity",
+            "idx_number",
+            "idx_uri",
+        ] {
+            let mut delete = Sql::new(&format!("DELETE FROM {table} WHERE rid = "));
+            delete.bind(Bind::Int(rid));
+            self.execute(&delete)?;
+        }
+        let text = |v: &str| Bind::Text(v.to_string());
+        let opt = |v: &Option<String>| Bind::OptText(v.clone());
+        self.insert_rows(
+            "idx_token (rid, res_type, param, system, code, text)",
+            rid,
+            res_type,
+            rows.tokens
+                .iter()
+                .map(|t| vec![text(&t.param), opt(&t.system), opt(&t.code), opt(&t.text)]),
+        )?;
+        self.insert_rows(
+            "idx_string (rid, res_type, param, value_norm, value_exact)",
+            rid,
+            res_type,
+            rows.strings
+                .iter()
+                .map(|s| vec![text(&s.param), text(&s.norm), text(&s.exact)]),
+        )?;
+        self.insert_rows(
+            "idx_date (rid, res_type, param, low, high)",
+            rid,
+            res_type,
+            rows.dates
+                .iter()
+                .map(|d| vec![text(&d.param), Bind::Int(d.low), Bind::Int(d.high)]),
+        )?;
+        self.insert_rows(
+            "idx_reference (rid, res_type, param, target_type, target_id, url)",
+            rid,
+            res_type,
+            rows.references.iter().map(|r| {
+                vec![
+                    text(&r.param),
+                    opt(&r.target_type),
+                    opt(&r.target_id),
+                    opt(&r.url),
+                ]
+            }),
+        )?;
+        self.insert_rows(
+            "idx_quantity (rid, res_type, param, value, system, code)",
+            rid,
+            res_type,
+            rows.quantities.iter().map(|q| {
+                vec![
+                    text(&q.param),
+                    Bind::Float(q.value),
+                    opt(&q.system),
+                    opt(&q.code),
+                ]
+            }),
+        )?;
+        self.insert_rows(
+            "idx_number (rid, res_type, param, value)",
+            rid,
+            res_type,
+            rows.numbers
+                .iter()
+                .map(|n| vec![text(&n.param), Bind::Float(n.value)]),
+        )?;
+        self.insert_rows(
+            "idx_uri (rid, res_type, param, value)",
+            rid,
+            res_type,
+            rows.uris
+                .iter()
+                .map(|u| vec![text(&u.param), text(&u.value)]),
+        )?;
+        Ok(())
+    }
+
+    /// Multi-row inserts, chunked to stay under every backend's bind limit.
+    fn insert_rows(
+        &mut self,
+        target: &str,
+        rid: i64,
+        res_type: &str,
+        rows: impl Iterator<Item = Vec<Bind>>,
+    ) -> Result<(), StoreError> {
+        let rows: Vec<Vec<Bind>> = rows.collect();
+        for chunk in rows.chunks(150) {
+            let mut insert = Sql::new(&format!("INSERT INTO {target} VALUES "));
+            for (i, values) in chunk.iter().enumerate() {
+                if i > 0 {
+                    insert.push(", ");
+                }
+                insert
+                    .push("(")
+                    .bind(Bind::Int(rid))
+                    .push(", ")
+                    .bind(Bind::Text(res_type.to_string()));
+                for value in values {
+                    insert.push(", ").bind(value.clone());
+                }
+                insert.push(")");
+            }
+            self.execute(&insert)?;
+        }
+        Ok(())
+    }
+
+    /// Current, non-deleted resources after `after_rid`, in rid order (reindexing).
+    pub fn scan_current(
+        &mut self,
+        after_rid: i64,
+        limit: usize,
+    ) -> Result<Vec<SearchRow>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {ROW_COLUMNS}{NO_KEYS} FROM resources r WHERE r.deleted = "
+        ));
+        sql.bind(Bind::Bool(false))
+            .push(" AND r.rid > ")
+            .bind(Bind::Int(after_rid))
+            .push(" ORDER BY r.rid LIMIT ")
+            .bind(Bind::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        self.load::<SearchRow>(&sql)
+    }
+
+    /// The number of current resources matching the plan's filters.
+    pub fn search_count(&mut self, plan: &SearchPlan) -> Result<i64, StoreError> {
+        let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
+        push_where(&mut sql, plan, &mut Aliases::default());
+        Ok(self.load::<Count>(&sql)?.first().map_or(0, |c| c.n))
+    }
+
+    /// One page of matches (keyset paging on the plan's sort keys and rid), the total when
+    /// asked for, and the included resources.
+    pub fn search(&mut self, plan: &SearchPlan) -> Result<SearchPage, StoreError> {
+        if plan.count_only() {
+            return Ok(SearchPage {
+                total: Some(self.search_count(plan)?),
+                ..SearchPage::default()
+            });
+        }
+        let sql = page_sql(plan);
+        let mut rows = self.load::<SearchRow>(&sql)?;
+        let backward = plan.cursor.as_ref().is_some_and(|c| c.backward);
+        let more = rows.len() > plan.count;
+        rows.truncate(plan.count);
+        if backward {
+            rows.reverse();
+        }
+        let cursor_of = |row: &SearchRow, backward: bool| Cursor {
+            keys: sort_values(plan, row),
+            rid: row.rid,
+            backward,
+        };
+        let (next, previous) = if backward {
+            (
+                rows.last().map(|r| cursor_of(r, false)),
+                if more {
+                    rows.first().map(|r| cursor_of(r, true))
+                } else {
+                    None
+                },
+            )
+        } else {
+            (
+                if more {
+                    rows.last().map(|r| cursor_of(r, false))
+                } else {
+                    None
+                },
+                if plan.cursor.is_some() {
+                    rows.first().map(|r| cursor_of(r, true))
+                } else {
+                    None
+                },
+            )
+        };
+        let total = if plan.total == renkei_search::plan::Total::Accurate {
+            Some(self.search_count(plan)?)
+        } else if plan.cursor.is_none() && !more {
+            i64::try_from(rows.len()).ok()
+        } else {
+            None
+        };
+        let included = self.included(plan, &rows)?;
+        Ok(SearchPage {
+            matches: rows,
+            included,
+            next,
+            previous,
+            total,
+        })
+    }
+
+    fn included(
+        &mut self,
+        plan: &SearchPlan,
+        matches: &[SearchRow],
+    ) -> Result<Vec<SearchRow>, StoreError> {
+        let mut seen: std::collections::HashSet<i64> = matches.iter().map(|r| r.rid).collect();
+        let mut included: Vec<SearchRow> = Vec::new();
+        let mut frontier: Vec<(i64, String, String)> = matches
+            .iter()
+            .map(|r| (r.rid, r.res_type.clone(), r.res_id.clone()))
+            .collect();
+        for round in 0..4 {
+            if frontier.is_empty() {
+                break;
+            }
+            let mut found = Vec::new();
+            for include in plan.includes.iter().filter(|i| round == 0 || i.iterate) {
+                found.extend(self.include_step(include, &frontier)?);
+            }
+            for include in plan.revincludes.iter().filter(|i| round == 0 || i.iterate) {
+                found.extend(self.revinclude_step(include, &frontier)?);
+            }
+            frontier.clear();
+            for row in found {
+                if seen.insert(row.rid) {
+                    frontier.push((row.rid, row.res_type.clone(), row.res_id.clone()));
+                    included.push(row);
+                }
+            }
+        }
+        Ok(included)
+    }
+
+    fn include_step(
+        &mut self,
+        include: &Include,
+        from: &[(i64, String, String)],
+    ) -> Result<Vec<SearchRow>, StoreError> {
+        let rids: Vec<i64> = from
+            .iter()
+            .filter(|(_, t, _)| include.source_type.is_empty() || *t == include.source_type)
+            .map(|(rid, _, _)| *rid)
+            .collect();
+        if rids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(&format!(
+            "SELECT {ROW_COLUMNS}{NO_KEYS} FROM resources r WHERE r.deleted = "
+        ));
+        sql.bind(Bind::Bool(false)).push(
+            " AND r.rid IN (SELECT t.rid FROM idx_reference x JOIN resources t \
+             ON t.res_type = x.target_type AND t.res_id = x.target_id WHERE x.rid IN (",
+        );
+        push_int_list(&mut sql, &rids);
+        sql.push(")");
+        if !include.source_type.is_empty() {
+            sql.push(" AND x.res_type = ")
+                .bind(Bind::Text(include.source_type.clone()));
+        }
+        if let Some(param) = &include.param {
+            sql.push(" AND x.param = ").bind(Bind::Text(param.clone()));
+        }
+        if let Some(target) = &include.target_type {
+            sql.push(" AND x.target_type = ")
+                .bind(Bind::Text(target.clone()));
+        }
+        sql.push(") ORDER BY r.rid LIMIT ")
+            .bind(Bind::Int(MAX_INCLUDED));
+        self.load::<SearchRow>(&sql)
+    }
+
+    fn revinclude_step(
+        &mut self,
+        include: &Include,
+        from: &[(i64, String, String)],
+    ) -> Result<Vec<SearchRow>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {ROW_COLUMNS}{NO_KEYS} FROM resources r WHERE r.deleted = "
+        ));
+        sql.bind(Bind::Bool(false))
+            .push(" AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE (");
+        let mut types: Vec<&str> = from.iter().map(|(_, t, _)| t.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        let mut any = false;
+        for target_type in types {
+            if include
+                .target_type
+                .as_deref()
+                .is_some_and(|t| t != target_type)
+            {
+                continue;
+            }
+            if any {
+                sql.push(" OR ");
+            }
+            any = true;
+            sql.push("(x.target_type = ")
+                .bind(Bind::Text(target_type.to_string()))
+                .push(" AND x.target_id IN (");
+            let ids: Vec<&str> = from
+                .iter()
+                .filter(|(_, t, _)| t == target_type)
+                .map(|(_, _, id)| id.as_str())
+                .collect();
+            push_text_list(&mut sql, &ids);
+            sql.push("))");
+        }
+        if !any {
+            return Ok(Vec::new());
+        }
+        sql.push(")");
+        if !include.source_type.is_empty() {
+            sql.push(" AND x.res_type = ")
+                .bind(Bind::Text(include.source_type.clone()));
+        }
+        if let Some(param) = &include.param {
+            sql.push(" AND x.param = ").bind(Bind::Text(param.clone()));
+        }
+        sql.push(") ORDER BY r.rid LIMIT ")
+            .bind(Bind::Int(MAX_INCLUDED));
+        self.load::<SearchRow>(&sql)
+    }
+}
+
+fn push_int_list(sql: &mut Sql, values: &[i64]) {
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(Bind::Int(*v));
+    }
+}
+
+fn push_text_list<S: AsRef<str>>(sql: &mut Sql, values: &[S]) {
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(Bind::Text(v.as_ref().to_string()));
+    }
+}
+
+/// Unique table aliases for nested subqueries.
+#[derive(Default)]
+struct Aliases(usize);
+
+impl Aliases {
+    fn next(&mut self, stem: &str) -> String {
+        self.0 += 1;
+        format!("{stem}{}", self.0)
+    }
+}
+
+/// `r.res_type IN (…) AND r.deleted = false AND <filters>` over alias `r`.
+fn push_where(sql: &mut Sql, plan: &SearchPlan, aliases: &mut Aliases) {
+    push_type_condition(sql, "r", &plan.types);
+    sql.push(" AND r.deleted = ").bind(Bind::Bool(false));
+    for filter in &plan.filters {
+        sql.push(" AND ");
+        push_filter(sql, filter, "r", &plan.types, aliases);
+    }
+}
+
+fn push_type_condition(sql: &mut Sql, alias: &str, types: &[String]) {
+    match types {
+        [] => {
+            sql.push("1 = 1");
+        }
+        [one] => {
+            sql.push(&format!("{alias}.res_type = "))
+                .bind(Bind::Text(one.clone()));
+        }
+        many => {
+            sql.push(&format!("{alias}.res_type IN ("));
+            push_text_list(sql, many);
+            sql.push(")");
+        }
+    }
+}
+
+/// The sort expression of a key over alias `r`, never NULL (missing values sort last).
+fn push_sort_expr(sql: &mut Sql, sort: &Sort) {
+    match &sort.by {
+        SortBy::LastUpdated => {
+            sql.push("r.last_updated");
+        }
+        SortBy::Id => {
+            sql.push("r.res_id");
+        }
+        SortBy::Param { table, param } => {
+            let (column, int, float) = match (table, sort.desc) {
+                (Table::Date, false) => ("low", true, false),
+                (Table::Date, true) => ("high", true, false),
+                (Table::String, _) => ("value_norm", false, false),
+                (Table::Token, _) => ("code", false, false),
+                (Table::Quantity | Table::Number, _) => ("value", false, true),
+                (Table::Uri, _) => ("value", false, false),
+                (Table::Reference, _) => ("target_id", false, false),
+            };
+            let agg = if sort.desc { "MAX" } else { "MIN" };
+            sql.push(&format!(
+                "COALESCE((SELECT {agg}(s.{column}) FROM {} s WHERE s.rid = r.rid AND s.param = ",
+                table.name()
+            ))
+            .bind(Bind::Text(param.clone()))
+            .push("), ");
+            match (int, float, sort.desc) {
+                (true, _, false) => sql.bind(Bind::Int(i64::MAX)),
+                (true, _, true) => sql.bind(Bind::Int(i64::MIN)),
+                (_, true, false) => sql.bind(Bind::Float(f64::MAX)),
+                (_, true, true) => sql.bind(Bind::Float(f64::MIN)),
+                (_, _, false) => sql.bind(Bind::Text(TEXT_MAX.to_string())),
+                (_, _, true) => sql.bind(Bind::Text(String::new())),
+            };
+            sql.push(")");
+        }
+    }
+}
+
+fn is_int_key(sort: &Sort) -> bool {
+    matches!(
+        sort.by,
+        SortBy::LastUpdated
+            | SortBy::Param {
+                table: Table::Date,
+                ..
+            }
+    )
+}
+
+fn is_float_key(sort: &Sort) -> bool {
+    matches!(
+        sort.by,
+        SortBy::Param {
+            table: Table::Quantity | Table::Number,
+            ..
+        }
+    )
+}
+
+/// The sort key values of a row, read back from its text columns.
+fn sort_values(plan: &SearchPlan, row: &SearchRow) -> Vec<SortValue> {
+    let texts = [&row.k0, &row.k1, &row.k2, &row.k3];
+    plan.sort
+        .iter()
+        .take(MAX_SORT_KEYS)
+        .zip(texts)
+        .map(|(sort, text)| {
+            let text = text.clone().unwrap_or_default();
+            if is_int_key(sort) {
+                SortValue::Int(text.parse().unwrap_or_default())
+            } else if is_float_key(sort) {
+                SortValue::Float(text.parse().unwrap_or_default())
+            } else {
+                SortValue::Text(text)
+            }
+        })
+        .collect()
+}
+
+fn bind_sort_value(sql: &mut Sql, value: &SortValue) {
+    match value {
+        SortValue::Int(i) => sql.bind(Bind::Int(*i)),
+        SortValue::Float(f) => sql.bind(Bind::Float(*f)),
+        SortValue::Text(t) => sql.bind(Bind::Text(t.clone())),
+    };
+}
+
+/// The page query: matches with their sort keys, after the cursor, in order, one extra row
+/// to learn whether another page follows.
+pub fn page_sql(plan: &SearchPlan) -> Sql {
+    let sorts: Vec<&Sort> = plan.sort.iter().take(MAX_SORT_KEYS).collect();
+    let mut sql = Sql::new(&format!("SELECT v.* FROM (SELECT {ROW_COLUMNS}"));
+    for (i, sort) in sorts.iter().enumerate() {
+        sql.push(", ");
+        push_sort_expr(&mut sql, sort);
+        sql.push(&format!(" AS s{i}, CAST("));
+        push_sort_expr(&mut sql, sort);
+        sql.push(&format!(" AS TEXT) AS k{i}"));
+    }
+    for i in sorts.len()..MAX_SORT_KEYS {
+        sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
+    }
+    sql.push(" FROM resources r WHERE ");
+    push_where(&mut sql, plan, &mut Aliases::default());
+    sql.push(") v");
+    let backward = plan.cursor.as_ref().is_some_and(|c| c.backward);
+    // Direction of each key in this query (a backward page walks the order in reverse).
+    let descending = |desc: bool| desc != backward;
+    if let Some(cursor) = &plan.cursor {
+        sql.push(" WHERE ");
+        let mut open = 0;
+        for (i, (sort, value)) in sorts.iter().zip(&cursor.keys).enumerate() {
+            let op = if descending(sort.desc) { "<" } else { ">" };
+            sql.push(&format!("(v.s{i} {op} "));
+            bind_sort_value(&mut sql, value);
+            sql.push(&format!(" OR (v.s{i} = "));
+            bind_sort_value(&mut sql, value);
+            sql.push(" AND ");
+            open += 2;
+        }
+        let op = if descending(false) { "<" } else { ">" };
+        sql.push(&format!("v.rid {op} "))
+            .bind(Bind::Int(cursor.rid));
+        sql.push(&")".repeat(open));
+    }
+    sql.push(" ORDER BY ");
+    for (i, sort) in sorts.iter().enumerate() {
+        let dir = if descending(sort.desc) { "DESC" } else { "ASC" };
+        sql.push(&format!("v.s{i} {dir}, "));
+    }
+    let dir = if descending(false) { "DESC" } else { "ASC" };
+    sql.push(&format!("v.rid {dir} LIMIT ")).bind(Bind::Int(
+        i64::try_from(plan.count.saturating_add(1)).unwrap_or(i64::MAX),
+    ));
+    sql
+}
+
+/// `{alias}.rid IN (SELECT rid FROM {table} x WHERE x.res_type … AND x.param = ? AND (`
+fn open_index_subquery(
+    sql: &mut Sql,
+    alias: &str,
+    negate: bool,
+    table: Table,
+    types: &[String],
+    param: &str,
+    aliases: &mut Aliases,
+) -> String {
+    let x = aliases.next("x");
+    let not = if negate { "NOT " } else { "" };
+    sql.push(&format!(
+        "{alias}.rid {not}IN (SELECT {x}.rid FROM {} {x} WHERE ",
+        table.name()
+    ));
+    push_type_condition(sql, &x, types);
+    sql.push(&format!(" AND {x}.param = "))
+        .bind(Bind::Text(param.to_string()))
+        .push(" AND (");
+    x
+}
+
+fn push_alternatives<T>(sql: &mut Sql, values: &[T], mut each: impl FnMut(&mut Sql, &T)) {
+    if values.is_empty() {
+        sql.push("1 = 0");
+    }
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(");
+        each(sql, value);
+        sql.push(")");
+    }
+}
+
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+fn push_prefix_range(sql: &mut Sql, column: &str, prefix: &str) {
+    sql.push(&format!("{column} >= "))
+        .bind(Bind::Text(prefix.to_string()))
+        .push(&format!(" AND {column} < "))
+        .bind(Bind::Text(format!("{prefix}{TEXT_MAX}")));
+}
+
+/// A date comparison between a stored range [low, high] and a search value.
+fn push_date_condition(sql: &mut Sql, low: &str, high: &str, value: &DateValue) {
+    let (pl, ph) = (value.low, value.high);
+    match value.prefix {
+        Prefix::Eq => {
+            sql.push(&format!("{low} >= "))
+                .bind(Bind::Int(pl))
+                .push(&format!(" AND {high} <= "))
+                .bind(Bind::Int(ph));
+        }
+        Prefix::Ne => {
+            sql.push(&format!("({low} < "))
+                .bind(Bind::Int(pl))
+                .push(&format!(" OR {high} > "))
+                .bind(Bind::Int(ph))
+                .push(")");
+        }
+        Prefix::Gt => {
+            sql.push(&format!("{high} > ")).bind(Bind::Int(ph));
+        }
+        Prefix::Lt => {
+            sql.push(&format!("{low} < ")).bind(Bind::Int(pl));
+        }
+        Prefix::Ge => {
+            sql.push(&format!("{high} >= ")).bind(Bind::Int(pl));
+        }
+        Prefix::Le => {
+            sql.push(&format!("{low} <= ")).bind(Bind::Int(ph));
+        }
+        Prefix::Sa => {
+            sql.push(&format!("{low} > ")).bind(Bind::Int(ph));
+        }
+        Prefix::Eb => {
+            sql.push(&format!("{high} < ")).bind(Bind::Int(pl));
+        }
+        Prefix::Ap => {
+            let (al, ah) = approximate_date(value);
+            sql.push(&format!("{low} <= "))
+                .bind(Bind::Int(ah))
+                .push(&format!(" AND {high} >= "))
+                .bind(Bind::Int(al));
+        }
+    }
+}
+
+fn push_number_condition(sql: &mut Sql, column: &str, value: &NumberValue) {
+    let v = value.value;
+    let (op, bound) = match value.prefix {
+        Prefix::Eq => {
+            sql.push(&format!("{column} >= "))
+                .bind(Bind::Float(value.low))
+                .push(&format!(" AND {column} < "))
+                .bind(Bind::Float(value.high));
+            return;
+        }
+        Prefix::Ne => {
+            sql.push(&format!("({column} < "))
+                .bind(Bind::Float(value.low))
+                .push(&format!(" OR {column} >= "))
+                .bind(Bind::Float(value.high))
+                .push(")");
+            return;
+        }
+        Prefix::Ap => {
+            let tolerance = (v * 0.1).abs().max(value.high - value.low);
+            sql.push(&format!("{column} >= "))
+                .bind(Bind::Float(v - tolerance))
+                .push(&format!(" AND {column} <= "))
+                .bind(Bind::Float(v + tolerance));
+            return;
+        }
+        Prefix::Gt | Prefix::Sa => (">", v),
+        Prefix::Lt | Prefix::Eb => ("<", v),
+        Prefix::Ge => (">=", v),
+        Prefix::Le => ("<=", v),
+    };
+    sql.push(&format!("{column} {op} "))
+        .bind(Bind::Float(bound));
+}
+
+fn push_filter(
+    sql: &mut Sql,
+    filter: &Filter,
+    alias: &str,
+    types: &[String],
+    aliases: &mut Aliases,
+) {
+    match filter {
+        Filter::Id(ids) => {
+            if ids.is_empty() {
+                sql.push("1 = 0");
+            } else {
+                sql.push(&format!("{alias}.res_id IN ("));
+                push_text_list(sql, ids);
+                sql.push(")");
+            }
+        }
+        Filter::LastUpdated(values) => {
+            sql.push("(");
+            let column = format!("{alias}.last_updated");
+            push_alternatives(sql, values, |sql, v| {
+                push_date_condition(sql, &column, &column, v)
+            });
+            sql.push(")");
+        }
+        Filter::Token { param, values, not } => {
+            let x = open_index_subquery(sql, alias, *not, Table::Token, types, param, aliases);
+            push_alternatives(sql, values, |sql, v| match v {
+                TokenMatch::Code(code) => {
+                    sql.push(&format!("{x}.code = "))
+                        .bind(Bind::Text(code.clone()));
+                }
+                TokenMatch::SystemCode(system, code) => {
+                    sql.push(&format!("{x}.code = "))
+                        .bind(Bind::Text(code.clone()))
+                        .push(&format!(" AND {x}.system = "))
+                        .bind(Bind::Text(system.clone()));
+                }
+                TokenMatch::NoSystem(code) => {
+                    sql.push(&format!("{x}.code = "))
+                        .bind(Bind::Text(code.clone()))
+                        .push(&format!(" AND {x}.system IS NULL"));
+                }
+                TokenMatch::System(system) => {
+                    sql.push(&format!("{x}.system = "))
+                        .bind(Bind::Text(system.clone()));
+                }
+            });
+            sql.push("))");
+        }
+        Filter::TokenText { param, values } => {
+            let x = open_index_subquery(sql, alias, false, Table::Token, types, param, aliases);
+            push_alternatives(sql, values, |sql, v| {
+                sql.push(&format!("{x}.text LIKE "))
+                    .bind(Bind::Text(format!("{}%", like_escape(v))))
+                    .push(" ESCAPE '\\'");
+            });
+            sql.push("))");
+        }
+        Filter::String {
+            param,
+            values,
+            mode,
+        } => {
+            let x = open_index_subquery(sql, alias, false, Table::String, types, param, aliases);
+            push_alternatives(sql, values, |sql, v| match mode {
+                StringMode::StartsWith => push_prefix_range(sql, &format!("{x}.value_norm"), v),
+                StringMode::Exact => {
+                    sql.push(&format!("{x}.value_exact = "))
+                        .bind(Bind::Text(v.clone()));
+                }
+                StringMode::Contains => {
+                    sql.push(&format!("{x}.value_norm LIKE "))
+                        .bind(Bind::Text(format!("%{}%", like_escape(v))))
+                        .push(" ESCAPE '\\'");
+                }
+            });
+            sql.push("))");
+        }
+        Filter::Date { param, values } => {
+            let x = open_index_subquery(sql, alias, false, Table::Date, types, param, aliases);
+            push_alternatives(sql, values, |sql, v| {
+                push_date_condition(sql, &format!("{x}.low"), &format!("{x}.high"), v)
+            });
+            sql.push("))");
+        }
+        Filter::Reference { param, values } => {
+            let x = open_index_subquery(sql, alias, false, Table::Reference, types, param, aliases);
+            push_alternatives(sql, values, |sql, v| match v {
+                RefMatch::Id { types, id } => {
+                    sql.push(&format!("{x}.target_id = "))
+                        .bind(Bind::Text(id.clone()));
+                    if !types.is_empty() {
+                        sql.push(&format!(" AND {x}.target_type IN ("));
+                        push_text_list(sql, types);
+                        sql.push(")");
+                    }
+                }
+                RefMatch::Url(url) => {
+                    sql.push(&format!("{x}.url = "))
+                        .bind(Bind::Text(url.clone()));
+                }
+            });
+            sql.push("))");
+        }
+        Filter::Quantity { param, values } => {
+            let x = open_index_subquery(sql, alias, false, Table::Quantity, types, param, aliases);
+            push_alternatives(sql, values, |sql, v| {
+                push_number_condition(sql, &format!("{x}.value"), &v.number);
+                if let Some(code) = &v.code {
+                    sql.push(&format!(" AND {x}.code = "))
+                        .bind(Bind::Text(code.clone()));
+                }
+                if let Some(system) = &v.system {
+                    sql.push(&format!(" AND {x}.system = "))
+                        .bind(Bind::Text(system.clone()));
+                }
+            });
+            sql.push("))");
+        }
+        Filter::Number { param, values } => {
+            let x = open_index_subquery(sql, alias, false, Table::Number, types, param, aliases);
+            push_alternatives(sql, values, |sql, v| {
+                push_number_condition(sql, &format!("{x}.value"), v)
+            });
+            sql.push("))");
+        }
+        Filter::Uri {
+            param,
+            values,
+            mode,
+        } => {
+            let x = open_index_subquery(sql, alias, false, Table::Uri, types, param, aliases);
+            push_alternatives(sql, values, |sql, v| match mode {
+                UriMode::Exact => {
+                    sql.push(&format!("{x}.value = "))
+                        .bind(Bind::Text(v.clone()));
+                }
+                UriMode::Below => push_prefix_range(sql, &format!("{x}.value"), v),
+                UriMode::Above => {
+                    // Every stored value that is the URL itself or one of its parents.
+                    let mut prefixes = vec![v.clone()];
+                    let mut rest = v.as_str();
+                    while let Some(pos) = rest.rfind('/') {
+                        rest = &rest[..pos];
+                        if rest.ends_with('/') || rest.is_empty() {
+                            break;
+                        }
+                        prefixes.push(rest.to_string());
+                    }
+                    sql.push(&format!("{x}.value IN ("));
+                    push_text_list(sql, &prefixes);
+                    sql.push(")");
+                }
+            });
+            sql.push("))");
+        }
+        Filter::Missing {
+            param,
+            table,
+            missing,
+        } => {
+            let x = aliases.next("x");
+            let not = if *missing { "NOT " } else { "" };
+            sql.push(&format!(
+                "{alias}.rid {not}IN (SELECT {x}.rid FROM {} {x} WHERE ",
+                table.name()
+            ));
+            push_type_condition(sql, &x, types);
+            sql.push(&format!(" AND {x}.param = "))
+                .bind(Bind::Text(param.clone()))
+                .push(")");
+        }
+        Filter::Chain { param, targets } => {
+            let x = open_index_subquery(sql, alias, false, Table::Reference, types, param, aliases);
+            push_alternatives(sql, targets, |sql, (target_type, inner)| {
+                let c = aliases.next("c");
+                sql.push(&format!("{x}.target_type = "))
+                    .bind(Bind::Text(target_type.clone()))
+                    .push(&format!(
+                        " AND {x}.target_id IN (SELECT {c}.res_id FROM resources {c} WHERE {c}.res_type = "
+                    ))
+                    .bind(Bind::Text(target_type.clone()))
+                    .push(&format!(" AND {c}.deleted = "))
+                    .bind(Bind::Bool(false))
+                    .push(" AND ");
+                push_filter(sql, inner, &c, std::slice::from_ref(target_type), aliases);
+                sql.push(")");
+            });
+            sql.push("))");
+        }
+        Filter::Has {
+            source_type,
+            param,
+            filter,
+        } => {
+            let h = aliases.next("h");
+            let s = aliases.next("s");
+            sql.push(&format!(
+                "{alias}.res_id IN (SELECT {h}.target_id FROM idx_reference {h} WHERE {h}.res_type = "
+            ))
+            .bind(Bind::Text(source_type.clone()))
+            .push(&format!(" AND {h}.param = "))
+            .bind(Bind::Text(param.clone()));
+            if !types.is_empty() {
+                sql.push(&format!(" AND {h}.target_type IN ("));
+                push_text_list(sql, types);
+                sql.push(")");
+            }
+            sql.push(&format!(
+                " AND {h}.rid IN (SELECT {s}.rid FROM resources {s} WHERE {s}.res_type = "
+            ))
+            .bind(Bind::Text(source_type.clone()))
+            .push(&format!(" AND {s}.deleted = "))
+            .bind(Bind::Bool(false))
+            .push(" AND ");
+            push_filter(sql, filter, &s, std::slice::from_ref(source_type), aliases);
+            sql.push("))");
+        }
+        Filter::Compartment {
+            target_type,
+            target_id,
+            members,
+            include_self,
+        } => {
+            let x = aliases.next("x");
+            sql.push(&format!(
+                "({alias}.rid IN (SELECT {x}.rid FROM idx_reference {x} WHERE {x}.target_id = "
+            ))
+            .bind(Bind::Text(target_id.clone()))
+            .push(&format!(" AND {x}.target_type = "))
+            .bind(Bind::Text(target_type.clone()))
+            .push(" AND (");
+            push_alternatives(sql, members, |sql, (res_type, params)| {
+                sql.push(&format!("{x}.res_type = "))
+                    .bind(Bind::Text(res_type.clone()))
+                    .push(&format!(" AND {x}.param IN ("));
+                push_text_list(sql, params);
+                sql.push(")");
+            });
+            sql.push("))");
+            if *include_self {
+                sql.push(&format!(" OR ({alias}.res_type = "))
+                    .bind(Bind::Text(target_type.clone()))
+                    .push(&format!(" AND {alias}.res_id = "))
+                    .bind(Bind::Text(target_id.clone()))
+                    .push(")");
+            }
+            sql.push(")");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use renkei_search::plan::{parse, ParseOptions};
+
+    fn plan(res_type: &str, pairs: &[(&str, &str)]) -> SearchPlan {
+        let params: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(&[res_type.to_string()], &params, &ParseOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn generates_index_subqueries_per_parameter() {
+        let sql = page_sql(&plan(
+            "Observation",
+            &[("patient", "p1"), ("code", "http://loinc.org|1,2")],
+        ));
+        let text = sql.render(false);
+        assert!(text.contains("r.rid IN (SELECT x1.rid FROM idx_reference x1 WHERE x1.res_type = ? AND x1.param = ? AND ((x1.target_id = ?)))"), "{text}");
+        assert!(text.contains("r.rid IN (SELECT x2.rid FROM idx_token x2 WHERE x2.res_type = ? AND x2.param = ? AND ((x2.code = ? AND x2.system = ?) OR (x2.code = ?)))"), "{text}");
+        assert!(text.ends_with("ORDER BY v.rid ASC LIMIT ?"), "{text}");
+        assert!(!text.contains("OFFSET"));
+        assert_eq!(sql.render(true).matches('$').count(), sql.binds().len());
+    }
+
+    #[test]
+    fn keyset_cursor_and_sort_keys() {
+        let mut p = plan("Observation", &[("_sort", "-date,_id")]);
+        p.cursor = Some(Cursor {
+            keys: vec![SortValue::Int(5), SortValue::Text("a".into())],
+            rid: 9,
+            backward: false,
+        });
+        let text = page_sql(&p).render(false);
+        assert!(text.contains("COALESCE((SELECT MAX(s.high) FROM idx_date s WHERE s.rid = r.rid AND s.param = ?), ?) AS s0"), "{text}");
+        assert!(
+            text.contains(
+                "WHERE (v.s0 < ? OR (v.s0 = ? AND (v.s1 > ? OR (v.s1 = ? AND v.rid > ?))))"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ORDER BY v.s0 DESC, v.s1 ASC, v.rid ASC"),
+            "{text}"
+        );
+        p.cursor.as_mut().unwrap().backward = true;
+        let text = page_sql(&p).render(false);
+        assert!(
+            text.contains("ORDER BY v.s0 ASC, v.s1 DESC, v.rid DESC"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn chains_and_has_nest_with_fresh_aliases() {
+        let text = page_sql(&plan(
+            "Observation",
+            &[("subject:Patient.identifier", "s|1")],
+        ))
+        .render(false);
+        assert!(
+            text.contains(
+                "x1.target_id IN (SELECT c2.res_id FROM resources c2 WHERE c2.res_type = ?"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("c2.rid IN (SELECT x3.rid FROM idx_token x3"),
+            "{text}"
+        );
+        let text = page_sql(&plan(
+            "Patient",
+            &[("_has:Observation:patient:code", "1234")],
+        ))
+        .render(false);
+        assert!(
+            text.contains("r.res_id IN (SELECT h1.target_id FROM idx_reference h1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The consent decision as a SQL predicate over a `resources` row (alias `r`), so reads,
+//! searches, includes, history and counts only ever see permitted rows. The semantics mirror
+//! `renkei_consent::decide`; the repository's tests check both agree.
+
+use crate::sql::{Bind, Sql};
+
+/// System of the national privacy tags (`UNDELIVERED`, `UNINFORMED`).
+pub const PRIVACY_TAG_SYSTEM: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication";
+
+/// Who is looking, reduced to what the predicate needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visibility {
+    /// Internal work (loaders, reindex, the gateway's own bookkeeping).
+    Unrestricted,
+    /// A member facility's system or practitioner.
+    Facility {
+        organization: String,
+        practitioner: Option<String>,
+        purpose: String,
+        now_ms: i64,
+        /// Break-glass granted for this request.
+        break_glass: bool,
+        /// Whether a patient's explicit deny still holds under break-glass.
+        deny_holds_on_break_glass: bool,
+        /// Implicit policy for patients without any consent: true = opt-out network.
+        implicit_permit: bool,
+    },
+    /// A patient looking at their own record.
+    Patient { patient_id: String },
+    /// Roles without access to clinical data (auditor, administrator).
+    Nothing,
+}
+
+fn tag_exists(sql: &mut Sql, code: &str) {
+    sql.push("EXISTS (SELECT 1 FROM idx_token tg WHERE tg.rid = r.rid AND tg.param = '_tag' AND tg.system = ")
+        .bind(Bind::Text(PRIVACY_TAG_SYSTEM.into()))
+        .push(" AND tg.code = ")
+        .bind(Bind::Text(code.into()))
+        .push(")");
+}
+
+/// `MATCH(alias, r)`: the rule row `alias` applies to resource row `r` for this requester.
+fn push_match(sql: &mut Sql, alias: &str, v: &FacilityArgs<'_>) {
+    sql.push(&format!("{alias}.patient_id = r.patient_id AND ({alias}.actor_org IS NULL OR {alias}.actor_org = "))
+        .bind(Bind::Text(v.organization.into()))
+        .push(&format!(") AND ({alias}.actor_practitioner IS NULL OR {alias}.actor_practitioner = "))
+        .bind(Bind::OptText(v.practitioner.map(str::to_string)))
+        .push(&format!(") AND ({alias}.purpose IS NULL OR {alias}.purpose = "))
+        .bind(Bind::Text(v.purpose.into()))
+        .push(&format!(") AND ({alias}.valid_from IS NULL OR {alias}.valid_from <= "))
+        .bind(Bind::Int(v.now_ms))
+        .push(&format!(") AND ({alias}.valid_to IS NULL OR {alias}.valid_to >= "))
+        .bind(Bind::Int(v.now_ms))
+        .push(&format!(
+            ") AND ({a}.class_type IS NULL OR {a}.class_type = r.res_type) \
+             AND ({a}.label_system IS NULL OR EXISTS (SELECT 1 FROM idx_token sl WHERE sl.rid = r.rid \
+                  AND sl.param = '_security' AND sl.system = {a}.label_system AND sl.code = {a}.label_code)) \
+             AND ({a}.data_from IS NULL OR (r.clinical_date IS NOT NULL AND r.clinical_date >= {a}.data_from)) \
+             AND ({a}.data_to IS NULL OR (r.clinical_date IS NOT NULL AND r.clinical_date <= {a}.data_to)) \
+             AND ({a}.data_reference IS NULL OR {a}.data_reference = r.res_type || '/' || r.res_id) \
+             AND ({a}.data_related IS NULL OR {a}.data_related = r.res_type || '/' || r.res_id \
+                  OR EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = r.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related)) \
+             AND ({a}.data_custodian IS NULL OR {a}.data_custodian = r.custodian)",
+            a = alias
+        ));
+}
+
+/// A matching permit rule exists.
+fn push_permit_exists(sql: &mut Sql, v: &FacilityArgs<'_>) {
+    sql.push("EXISTS (SELECT 1 FROM consent_rules p WHERE p.permit = ")
+        .bind(Bind::Bool(true))
+        .push(" AND ");
+    push_match(sql, "p", v);
+    sql.push(")");
+}
+
+/// An effective matching deny exists: a root deny is cancelled by a matching nested permit
+/// of the same consent (the exception of a "deny, except ..." consent).
+fn push_effective_deny_exists(sql: &mut Sql, v: &FacilityArgs<'_>) {
+    sql.push("EXISTS (SELECT 1 FROM consent_rules d WHERE d.permit = ")
+        .bind(Bind::Bool(false))
+        .push(" AND ");
+    push_match(sql, "d", v);
+    sql.push(" AND NOT (d.nested = ")
+        .bind(Bind::Bool(false))
+        .push(" AND EXISTS (SELECT 1 FROM consent_rules e WHERE e.consent_rid = d.consent_rid AND e.permit = ")
+        .bind(Bind::Bool(true))
+        .push(" AND e.nested = ")
+        .bind(Bind::Bool(true))
+        .push(" AND ");
+    push_match(sql, "e", v);
+    sql.push(")))");
+}
+
+struct FacilityArgs<'a> {
+    organization: &'a str,
+    practitioner: Option<&'a str>,
+    purpose: &'a str,
+    now_ms: i64,
+}
+
+impl Visibility {
+    /// Appends ` AND (<predicate>)` for rows aliased `r`.
+    pub fn push_predicate(&self, sql: &mut Sql) {
+        match self {
+            Visibility::Unrestricted => {}
+            Visibility::Nothing => {
+                sql.push(" AND 1 = 0");
+            }
+            Visibility::Patient { patient_id } => {
+                sql.push(" AND r.patient_id = ")
+                    .bind(Bind::Text(patient_id.clone()))
+                    .push(" AND NOT ");
+                tag_exists(sql, "UNINFORMED");
+                sql.push(" AND NOT ");
+                tag_exists(sql, "UNDELIVERED");
+            }
+            Visibility::Facility {
+                organization,
+                practitioner,
+                purpose,
+                now_ms,
+                break_glass,
+                deny_holds_on_break_glass,
+                implicit_permit,
+            } => {
+                let args = FacilityArgs {
+                    organization,
+                    practitioner: practitioner.as_deref(),
+                    purpose,
+                    now_ms: *now_ms,
+                };
+                sql.push(" AND (r.custodian = ")
+                    .bind(Bind::Text(organization.clone()))
+                    .push(" OR r.patient_id IS NULL OR (NOT ");
+                tag_exists(sql, "UNDELIVERED");
+                let deny_applies = !*break_glass || *deny_holds_on_break_glass;
+                if deny_applies {
+                    sql.push(" AND NOT ");
+                    push_effective_deny_exists(sql, &args);
+                }
+                if *break_glass {
+                    sql.push("))");
+                    return;
+                }
+                sql.push(" AND (");
+                push_permit_exists(sql, &args);
+                if *implicit_permit {
+                    sql.push(" OR NOT EXISTS (SELECT 1 FROM consent_rules c0 WHERE c0.patient_id = r.patient_id)");
+                }
+                sql.push(")))");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unrestricted_adds_nothing_and_nothing_adds_false() {
+        let mut sql = Sql::new("SELECT 1 FROM resources r WHERE 1 = 1");
+        Visibility::Unrestricted.push_predicate(&mut sql);
+        assert_eq!(sql.render(false), "SELECT 1 FROM resources r WHERE 1 = 1");
+        Visibility::Nothing.push_predicate(&mut sql);
+        assert!(sql.render(false).ends_with("AND 1 = 0"));
+    }
+
+    #[test]
+    fn facility_predicate_binds_its_values() {
+        let mut sql = Sql::new("");
+        Visibility::Facility {
+            organization: "Organization/a".into(),
+            practitioner: None,
+            purpose: "TREAT".into(),
+            now_ms: 5,
+            break_glass: false,
+            deny_holds_on_break_glass: true,
+            implicit_permit: false,
+        }
+        .push_predicate(&mut sql);
+        let text = sql.render(false);
+        assert!(text.contains("r.custodian = ?"));
+        assert!(text.contains("p.permit = ?"));
+        assert!(
+            !text.contains("Organization/a"),
+            "values must be bound, not inlined"
+        );
+        let open = text.matches('(').count();
+        let close = text.matches(')').count();
+        assert_eq!(open, close);
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Found {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    #[allow(dead_code)]
+    one: i64,
+}
+
+impl crate::Tx<'_> {
+    /// Whether the requester may see resource row `rid` (the same predicate searches use).
+    pub fn is_visible(
+        &mut self,
+        rid: i64,
+        visibility: &Visibility,
+    ) -> Result<bool, crate::StoreError> {
+        if *visibility == Visibility::Unrestricted {
+            return Ok(true);
+        }
+        let mut sql = Sql::new("SELECT 1 AS one FROM resources r WHERE r.rid = ");
+        sql.bind(Bind::Int(rid));
+        visibility.push_predicate(&mut sql);
+        Ok(!self.load::<Found>(&sql)?.is_empty())
+    }
+
+    /// Whether `organization` holds any current record of the patient: such a facility is
+    /// told that consent is missing (403) rather than that the data does not exist (404).
+    pub fn holds_record_of(
+        &mut self,
+        organization: &str,
+        patient_id: &str,
+    ) -> Result<bool, crate::StoreError> {
+        let mut sql = Sql::new("SELECT 1 AS one FROM resources r WHERE r.patient_id = ");
+        sql.bind(Bind::Text(patient_id.into()))
+            .push(" AND r.custodian = ")
+            .bind(Bind::Text(organization.into()))
+            .push(" AND r.deleted = ")
+            .bind(Bind::Bool(false))
+            .push(" LIMIT 1");
+        Ok(!self.load::<Found>(&sql)?.is_empty())
+    }
+}

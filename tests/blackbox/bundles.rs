@@ -1,0 +1,498 @@
+//! Transactions and batches posted to the base URL, and the Synthea corpus.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+fn count_type(s: &Server, res_type: &str) -> usize {
+    // Every resource written once: the type history has one entry per resource.
+    let (entries, _) = s.all_pages(&format!("{res_type}/_history?_count=1000"));
+    entries.len()
+}
+
+#[test]
+fn transaction_rewrites_urn_uuid_references() {
+    for_each_backend(|s| {
+        let pat_urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        let obs_urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                // The Observation comes first: references resolve whatever the order.
+                {"fullUrl": obs_urn, "resource": {
+                    "resourceType": "Observation", "status": "final",
+                    "code": {"text": "weight"},
+                    "subject": {"reference": pat_urn},
+                    "valueQuantity": {"value": 72.5, "unit": "kg"}},
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"fullUrl": pat_urn, "resource": {"resourceType": "Patient", "name": [{"family": "Tx"}]},
+                 "request": {"method": "POST", "url": "Patient"}}
+            ]
+        });
+        let r = s.post("", &bundle).expect(200);
+        let resp = r.json();
+        assert_eq!(resp["type"], "transaction-response");
+        let e = entries(&resp);
+        assert_eq!(e.len(), 2);
+        for x in &e {
+            assert!(
+                x["response"]["status"].as_str().unwrap().starts_with("201"),
+                "{x}"
+            );
+            assert!(
+                x["response"]["location"].as_str().is_some(),
+                "location in {x}"
+            );
+            assert_eq!(x["response"]["etag"], "W/\"1\"");
+        }
+        // Response entries are in request order.
+        let obs_loc = e[0]["response"]["location"].as_str().unwrap();
+        let pat_loc = e[1]["response"]["location"].as_str().unwrap();
+        assert!(obs_loc.contains("Observation/"), "{obs_loc}");
+        assert!(pat_loc.contains("Patient/"), "{pat_loc}");
+        let pat_id = pat_loc
+            .split("Patient/")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let obs_id = obs_loc
+            .split("Observation/")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let obs = s.read_json(&format!("Observation/{obs_id}"));
+        assert_eq!(
+            obs["subject"]["reference"],
+            json!(format!("Patient/{pat_id}"))
+        );
+        assert_eq!(obs["valueQuantity"]["value"].to_string(), "72.5");
+        assert_eq!(
+            s.read_json(&format!("Patient/{pat_id}"))["name"][0]["family"],
+            "Tx"
+        );
+        // Base URL with a trailing slash works too.
+        let empty = s
+            .post(
+                "/",
+                &json!({"resourceType": "Bundle", "type": "transaction"}),
+            )
+            .expect(200)
+            .json();
+        assert_eq!(empty["type"], "transaction-response");
+        assert!(entries(&empty).is_empty());
+    });
+}
+
+#[test]
+fn transaction_is_atomic() {
+    for_each_backend(|s| {
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": {"resourceType": "Patient", "id": "atomic-1", "name": [{"family": "First"}]},
+                 "request": {"method": "PUT", "url": "Patient/atomic-1"}},
+                {"resource": {"resourceType": "Patient", "id": "atomic-2", "gender": "not-a-gender-code-with spaces", "bogus": 1},
+                 "request": {"method": "PUT", "url": "Patient/atomic-2"}}
+            ]
+        });
+        let r = s.post("", &bundle);
+        assert!(
+            (400..500).contains(&r.status),
+            "invalid entry: {} {}",
+            r.status,
+            r.body
+        );
+        r.outcome();
+        s.get("Patient/atomic-1").expect(404);
+        s.get("Patient/atomic-2").expect(404);
+        assert_eq!(count_type(s, "Patient"), 0);
+
+        // A failing precondition late in the transaction rolls back earlier writes too.
+        s.put(
+            "Patient/atomic-3",
+            &json!({"resourceType": "Patient", "id": "atomic-3"}),
+        )
+        .expect(201);
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": {"resourceType": "Patient", "name": [{"family": "New"}]},
+                 "request": {"method": "POST", "url": "Patient"}},
+                {"resource": {"resourceType": "Patient", "id": "atomic-3", "active": false},
+                 "request": {"method": "PUT", "url": "Patient/atomic-3", "ifMatch": "W/\"9\""}}
+            ]
+        });
+        s.post("", &bundle).expect(412);
+        assert_eq!(count_type(s, "Patient"), 1);
+        assert_eq!(s.read_json("Patient/atomic-3")["meta"]["versionId"], "1");
+        // Not a Bundle, or a Bundle of another type.
+        s.post("", &json!({"resourceType": "Patient"})).expect(400);
+        s.post("", &json!({"resourceType": "Bundle", "type": "collection"}))
+            .expect(400);
+    });
+}
+
+#[test]
+fn batch_reports_each_entry() {
+    for_each_backend(|s| {
+        s.put(
+            "Patient/batch-existing",
+            &json!({"resourceType": "Patient", "id": "batch-existing"}),
+        )
+        .expect(201);
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "batch",
+            "entry": [
+                {"resource": {"resourceType": "Patient", "name": [{"family": "Ok"}]},
+                 "request": {"method": "POST", "url": "Patient"}},
+                // Valid content, invalid request: the body id differs from the URL id.
+                {"resource": {"resourceType": "Patient", "id": "xyz"},
+                 "request": {"method": "PUT", "url": "Patient/abc"}},
+                {"request": {"method": "GET", "url": "Patient/batch-existing"}},
+                {"request": {"method": "GET", "url": "Patient/batch-missing"}},
+                {"request": {"method": "DELETE", "url": "Patient/batch-existing"}}
+            ]
+        });
+        let r = s.post("", &bundle).expect(200).json();
+        assert_eq!(r["type"], "batch-response");
+        let e = entries(&r);
+        assert_eq!(e.len(), 5);
+        let status = |i: usize| {
+            e[i]["response"]["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        assert!(status(0).starts_with("201"), "{}", e[0]);
+        assert!(status(1).starts_with("400"), "{}", e[1]);
+        assert_eq!(
+            e[1]["response"]["outcome"]["resourceType"], "OperationOutcome",
+            "{}",
+            e[1]
+        );
+        assert!(status(2).starts_with("200"), "{}", e[2]);
+        assert!(status(3).starts_with("404"), "{}", e[3]);
+        assert!(status(4).starts_with("204"), "{}", e[4]);
+        // The good entries took effect (history: batch-existing v1 + its delete, and "Ok").
+        assert_eq!(count_type(s, "Patient"), 3);
+        s.get("Patient/abc").expect(404);
+        s.get("Patient/batch-existing").expect(410);
+    });
+}
+
+#[test]
+fn transaction_conditional_references_and_creates() {
+    for_each_backend(|s| {
+        let sys = "urn:oid:2.16.840.1";
+        let existing = s.create(
+            &json!({"resourceType": "Patient", "identifier": [{"system": sys, "value": "P-77"}]}),
+        );
+        let existing_id = existing["id"].as_str().unwrap();
+        let org_urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                              "subject": {"reference": format!("Patient?identifier={sys}|P-77")},
+                              "performer": [{"reference": org_urn}]},
+                 "request": {"method": "POST", "url": "Observation"}},
+                // ifNoneExist matching the existing patient: not created again.
+                {"resource": {"resourceType": "Patient", "identifier": [{"system": sys, "value": "P-77"}]},
+                 "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={sys}|P-77")}},
+                {"fullUrl": org_urn, "resource": {"resourceType": "Organization", "name": "Clinic",
+                              "identifier": [{"system": "urn:org", "value": "O1"}]},
+                 "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=urn:org|O1"}}
+            ]
+        });
+        let r = s.post("", &bundle).expect(200).json();
+        let e = entries(&r);
+        assert!(e[0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("201"));
+        assert!(
+            e[1]["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("200"),
+            "ifNoneExist: {}",
+            e[1]
+        );
+        assert!(
+            e[2]["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("201"),
+            "{}",
+            e[2]
+        );
+        let obs_loc = e[0]["response"]["location"].as_str().unwrap();
+        let obs_id = obs_loc
+            .split("Observation/")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let obs = s.read_json(&format!("Observation/{obs_id}"));
+        assert_eq!(
+            obs["subject"]["reference"],
+            json!(format!("Patient/{existing_id}"))
+        );
+        let org_ref = obs["performer"][0]["reference"].as_str().unwrap_or("");
+        assert!(
+            org_ref.starts_with("Organization/") && !org_ref.contains('?'),
+            "urn:uuid of a conditional-create entry not rewritten: {org_ref}"
+        );
+        s.read_json(org_ref);
+        assert_eq!(count_type(s, "Patient"), 1);
+        // A conditional reference matching nothing fails the transaction.
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [{"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                              "subject": {"reference": "Patient?identifier=urn:none|zzz"}},
+                 "request": {"method": "POST", "url": "Observation"}}]
+        });
+        let r = s.post("", &bundle);
+        assert!(
+            (400..500).contains(&r.status),
+            "unresolvable conditional reference: {} {}",
+            r.status,
+            r.body
+        );
+        assert_eq!(count_type(s, "Observation"), 1);
+    });
+}
+
+/// A conditional update (`PUT Type?criteria`) that creates (no match) inside a transaction:
+/// other entries refer to it by its `fullUrl`, which must resolve to the new resource.
+#[test]
+fn transaction_conditional_put_creating_is_referencable() {
+    for_each_backend(|s| {
+        let org_urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                              "performer": [{"reference": org_urn}]},
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"fullUrl": org_urn, "resource": {"resourceType": "Organization", "name": "Clinic",
+                              "identifier": [{"system": "urn:org", "value": "O1"}]},
+                 "request": {"method": "PUT", "url": "Organization?identifier=urn:org|O1"}}
+            ]
+        });
+        let r = s.post("", &bundle).expect(200).json();
+        let e = entries(&r);
+        assert!(
+            e[1]["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("201"),
+            "{}",
+            e[1]
+        );
+        let obs_loc = e[0]["response"]["location"].as_str().unwrap();
+        let obs_id = obs_loc
+            .split("Observation/")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let org_loc = e[1]["response"]["location"].as_str().unwrap();
+        let org_id = org_loc
+            .split("Organization/")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let obs = s.read_json(&format!("Observation/{obs_id}"));
+        assert_eq!(
+            obs["performer"][0]["reference"],
+            json!(format!("Organization/{org_id}"))
+        );
+    });
+}
+
+/// http.html#trules: "If any resource identities (including resolved identities from
+/// conditional update/delete) overlap in steps 1-3, then the transaction SHALL fail."
+#[test]
+fn transaction_with_overlapping_targets_fails() {
+    for_each_backend(|s| {
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": {"resourceType": "Patient", "id": "dup"},
+                 "request": {"method": "PUT", "url": "Patient/dup"}},
+                {"resource": {"resourceType": "Patient", "id": "dup", "active": true},
+                 "request": {"method": "PUT", "url": "Patient/dup"}}
+            ]
+        });
+        let r = s.post("", &bundle);
+        assert_eq!(
+            r.status,
+            400,
+            "two PUTs of Patient/dup in one transaction: {}",
+            truncate(&r.body, 600)
+        );
+        s.get("Patient/dup").expect(404);
+    });
+}
+
+#[test]
+fn transaction_if_none_exist_with_several_matches_fails() {
+    for_each_backend(|s| {
+        let p =
+            json!({"resourceType": "Patient", "identifier": [{"system": "urn:t", "value": "2"}]});
+        s.create(&p);
+        s.create(&p);
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": {"resourceType": "Basic", "code": {"text": "first"}},
+                 "request": {"method": "POST", "url": "Basic"}},
+                {"resource": p, "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:t|2"}}
+            ]
+        });
+        s.post("", &bundle).expect(412).outcome();
+        assert_eq!(count_type(s, "Basic"), 0);
+        assert_eq!(count_type(s, "Patient"), 2);
+    });
+}
+
+fn post_bundle_file(s: &Server, path: &std::path::Path) -> Value {
+    let bytes = std::fs::read(path).unwrap();
+    let r = s.send_raw("POST", "", FHIR_JSON, &bytes);
+    assert_eq!(
+        r.status,
+        200,
+        "{}: {}",
+        path.display(),
+        truncate(&r.body, 2000)
+    );
+    r.json()
+}
+
+/// The Synthea corpus: the directory bundles (Organizations, Practitioners) first, then
+/// every patient transaction, on both backends (about 20 s each in a debug build).
+/// `RENKEI_TEST_SYNTHEA_LIMIT=n` loads only the first n patient bundles.
+#[test]
+fn synthea_bundles_load() {
+    let mut directory: Vec<_> = std::fs::read_dir(fixture("synthea/directory"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    directory.sort();
+    assert_eq!(
+        directory.len(),
+        2,
+        "hospitalInformation + practitionerInformation"
+    );
+    let mut patients: Vec<_> = std::fs::read_dir(fixture("synthea"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    patients.sort();
+    assert_eq!(patients.len(), 100, "synthea patient bundles");
+    for_each_backend(|s| {
+        let limit = std::env::var("RENKEI_TEST_SYNTHEA_LIMIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX);
+        let chosen: Vec<_> = patients.iter().take(limit.max(1)).cloned().collect();
+        let started = Instant::now();
+        let mut orgs = 0;
+        let mut practitioners = 0;
+        for file in &directory {
+            let resp = post_bundle_file(s, file);
+            for e in entries(&resp) {
+                assert!(
+                    e["response"]["status"].as_str().unwrap().starts_with("201"),
+                    "{e}"
+                );
+            }
+            let name = file.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("hospital") {
+                orgs += entries(&resp).len();
+            } else {
+                practitioners += entries(&resp).len();
+            }
+        }
+        let mut expected_patients = 0;
+        let mut expected_observations = 0;
+        let mut expected_orgs = orgs;
+        let mut expected_practitioners = practitioners;
+        for file in &chosen {
+            let bundle: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+            for e in entries(&bundle) {
+                match e["resource"]["resourceType"].as_str().unwrap() {
+                    "Patient" => expected_patients += 1,
+                    "Observation" => expected_observations += 1,
+                    "Organization" if e["request"]["ifNoneExist"].is_null() => expected_orgs += 1,
+                    "Practitioner" if e["request"]["ifNoneExist"].is_null() => {
+                        expected_practitioners += 1
+                    }
+                    _ => {}
+                }
+            }
+            let resp = post_bundle_file(s, file);
+            assert_eq!(
+                entries(&resp).len(),
+                entries(&bundle).len(),
+                "{}",
+                file.display()
+            );
+            for e in entries(&resp) {
+                let st = e["response"]["status"].as_str().unwrap();
+                assert!(
+                    st.starts_with("201") || st.starts_with("200"),
+                    "{}: {e}",
+                    file.display()
+                );
+            }
+        }
+        eprintln!(
+            "[{}] loaded {} synthea bundles (+2 directory) in {:.1}s",
+            s.backend,
+            chosen.len(),
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(count_type(s, "Patient"), expected_patients);
+        assert_eq!(count_type(s, "Observation"), expected_observations);
+        // No entry of these bundles is conditional: every POST creates.
+        assert_eq!(count_type(s, "Practitioner"), expected_practitioners);
+        assert_eq!(count_type(s, "Organization"), expected_orgs);
+        // Spot check: one patient's Observations reference that patient by literal id.
+        let bundle: Value = serde_json::from_slice(&std::fs::read(&chosen[0]).unwrap()).unwrap();
+        let family = entries(&bundle)[0]["resource"]["name"][0]["family"].clone();
+        let (pats, _) = s.all_pages("Patient/_history?_count=1000");
+        let pat = pats
+            .iter()
+            .find(|e| e["resource"]["name"][0]["family"] == family)
+            .expect("first patient stored");
+        let pat_id = pat["resource"]["id"].as_str().unwrap();
+        let (obs, _) = s.all_pages("Observation/_history?_count=1000");
+        let theirs = obs
+            .iter()
+            .filter(|e| e["resource"]["subject"]["reference"] == json!(format!("Patient/{pat_id}")))
+            .count();
+        let in_file = entries(&bundle)
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Observation")
+            .count();
+        assert_eq!(theirs, in_file, "observations of the first patient");
+        assert!(
+            obs.iter().all(|e| !e["resource"]["subject"]["reference"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("urn:uuid:")),
+            "unrewritten urn:uuid"
+        );
+    });
+}

@@ -1,0 +1,105 @@
+//! GET /metadata and its snapshot.
+
+use crate::support::*;
+use serde_json::Value;
+
+#[test]
+fn capability_statement() {
+    for_each_backend(|s| {
+        let r = s.get("metadata").expect(200);
+        let cs = r.json();
+        assert_eq!(cs["resourceType"], "CapabilityStatement");
+        assert_eq!(cs["fhirVersion"], "4.0.1");
+        assert_eq!(cs["kind"], "instance");
+        assert_eq!(cs["status"], "active");
+        let formats: Vec<&str> = cs["format"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(
+            formats.contains(&"application/fhir+json") && formats.contains(&"application/fhir+xml"),
+            "{formats:?}"
+        );
+        assert_eq!(cs["implementation"]["url"], serde_json::json!(s.base));
+        let rest = &cs["rest"][0];
+        assert_eq!(rest["mode"], "server");
+        let resources = rest["resource"].as_array().unwrap();
+        // Every R4 resource type (146 concrete resource types in R4 4.0.1).
+        assert!(
+            resources.len() >= 140,
+            "only {} resource types",
+            resources.len()
+        );
+        for t in [
+            "Patient",
+            "Observation",
+            "Bundle",
+            "Parameters",
+            "OperationOutcome",
+            "Basic",
+            "Binary",
+            "CapabilityStatement",
+        ] {
+            assert!(resources.iter().any(|r| r["type"] == t), "{t} missing");
+        }
+        for res in resources {
+            let codes: Vec<&str> = res["interaction"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["code"].as_str().unwrap())
+                .collect();
+            for c in [
+                "read",
+                "vread",
+                "update",
+                "patch",
+                "delete",
+                "history-instance",
+                "history-type",
+                "create",
+            ] {
+                assert!(codes.contains(&c), "{} lacks {c}", res["type"]);
+            }
+        }
+        let system: Vec<&str> = rest["interaction"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["code"].as_str().unwrap())
+            .collect();
+        for c in ["transaction", "batch", "history-system"] {
+            assert!(system.contains(&c), "system interaction {c}");
+        }
+        // XML rendering of the statement.
+        let x = s.get("metadata?_format=xml").expect(200);
+        assert!(
+            x.body.contains("<CapabilityStatement")
+                && x.body.contains("<fhirVersion value=\"4.0.1\"/>")
+        );
+
+        // Snapshot (same for every backend).
+        let mut redacted = cs.clone();
+        redacted["date"] = Value::String("<redacted>".into());
+        redacted["implementation"]["url"] = Value::String("<redacted>".into());
+        let path = repo_root().join("tests/blackbox/snapshots/capability.json");
+        let rendered = serde_json::to_string_pretty(&redacted).unwrap() + "\n";
+        if std::env::var("UPDATE_SNAPSHOTS").is_ok_and(|v| v == "1") {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &rendered).unwrap();
+            eprintln!("snapshot written: {}", path.display());
+        }
+        let stored = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "snapshot {} is missing; run with UPDATE_SNAPSHOTS=1 to create it",
+                path.display()
+            )
+        });
+        let expected: Value = serde_json::from_str(&stored).unwrap();
+        if let Some(d) = json_diff(&redacted, &expected) {
+            panic!("CapabilityStatement differs from the snapshot at {d}\n(run with UPDATE_SNAPSHOTS=1 if the change is intended)");
+        }
+    });
+}

@@ -1,0 +1,160 @@
+//! Conditional create (If-None-Exist), conditional update and conditional delete.
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+fn with_identifier(system: &str, value: &str) -> Value {
+    json!({"resourceType": "Patient", "identifier": [{"system": system, "value": value}], "active": true})
+}
+
+fn count(s: &Server, query: &str) -> usize {
+    let bundle = s.read_json(&format!("Patient?{query}"));
+    entries(&bundle).len()
+}
+
+#[test]
+fn conditional_create() {
+    for_each_backend(|s| {
+        let sys = "urn:oid:1.2.3";
+        let inx = format!("identifier={sys}|A1");
+        // No match → 201.
+        let r = s
+            .send_json_with(
+                "POST",
+                "Patient",
+                &with_identifier(sys, "A1"),
+                &[("If-None-Exist", &inx)],
+            )
+            .expect(201);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        // One match → 200, nothing new stored.
+        let r = s
+            .send_json_with(
+                "POST",
+                "Patient",
+                &with_identifier(sys, "A1"),
+                &[("If-None-Exist", &inx)],
+            )
+            .expect(200);
+        assert_eq!(r.json()["id"], json!(id));
+        assert_eq!(r.header("etag"), Some("W/\"1\""));
+        assert_eq!(count(s, &format!("identifier={sys}%7CA1")), 1);
+        assert_eq!(
+            s.read_json(&format!("Patient/{id}"))["meta"]["versionId"],
+            "1"
+        );
+        // The full-URL form of the header is accepted too.
+        let full = format!("Patient?identifier={sys}|A1");
+        s.send_json_with(
+            "POST",
+            "Patient",
+            &with_identifier(sys, "A1"),
+            &[("If-None-Exist", &full)],
+        )
+        .expect(200);
+        // Two matches → 412.
+        s.create(&with_identifier(sys, "DUP"));
+        s.create(&with_identifier(sys, "DUP"));
+        let r = s
+            .send_json_with(
+                "POST",
+                "Patient",
+                &with_identifier(sys, "DUP"),
+                &[("If-None-Exist", &format!("identifier={sys}|DUP"))],
+            )
+            .expect(412);
+        r.outcome();
+        assert_eq!(count(s, &format!("identifier={sys}%7CDUP")), 2);
+        // _id criteria.
+        s.send_json_with(
+            "POST",
+            "Patient",
+            &with_identifier(sys, "X"),
+            &[("If-None-Exist", &format!("_id={id}"))],
+        )
+        .expect(200);
+    });
+}
+
+#[test]
+fn conditional_update() {
+    for_each_backend(|s| {
+        let sys = "http://example.org/mrn";
+        // No match and no id → create.
+        let r = s
+            .put(
+                &format!("Patient?identifier={sys}|U1"),
+                &with_identifier(sys, "U1"),
+            )
+            .expect(201);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        // One match → update of that resource.
+        let mut body = with_identifier(sys, "U1");
+        body["active"] = json!(false);
+        let r = s
+            .put(&format!("Patient?identifier={sys}|U1"), &body)
+            .expect(200);
+        let v = r.json();
+        assert_eq!(v["id"], json!(id));
+        assert_eq!(v["meta"]["versionId"], "2");
+        assert_eq!(s.read_json(&format!("Patient/{id}"))["active"], false);
+        // One match but a different id in the body → 400.
+        let mut wrong = body.clone();
+        wrong["id"] = json!("someone-else");
+        let r = s.put(&format!("Patient?identifier={sys}|U1"), &wrong);
+        assert!(
+            matches!(r.status, 400 | 409 | 412),
+            "id mismatch: {} {}",
+            r.status,
+            r.body
+        );
+        // Two matches → 412, none changed.
+        let a = s.create(&with_identifier(sys, "U2"));
+        let b = s.create(&with_identifier(sys, "U2"));
+        s.put(
+            &format!("Patient?identifier={sys}|U2"),
+            &with_identifier(sys, "U2"),
+        )
+        .expect(412)
+        .outcome();
+        for x in [&a, &b] {
+            assert_eq!(
+                s.read_json(&format!("Patient/{}", x["id"].as_str().unwrap()))["meta"]["versionId"],
+                "1"
+            );
+        }
+        // No criteria → not a conditional update.
+        let r = s.put("Patient", &with_identifier(sys, "U3"));
+        assert!(
+            r.status == 405 || r.status == 400,
+            "PUT without criteria: {}",
+            r.status
+        );
+    });
+}
+
+#[test]
+fn conditional_delete() {
+    for_each_backend(|s| {
+        let sys = "urn:del";
+        let one = s.create(&with_identifier(sys, "D1"));
+        s.create(&with_identifier(sys, "D2"));
+        s.create(&with_identifier(sys, "D2"));
+        // Single match → deleted.
+        s.delete(&format!("Patient?identifier={sys}|D1"))
+            .expect(204);
+        s.get(&format!("Patient/{}", one["id"].as_str().unwrap()))
+            .expect(410);
+        assert_eq!(count(s, &format!("identifier={sys}%7CD1")), 0);
+        // No match → 204 (nothing to do).
+        s.delete(&format!("Patient?identifier={sys}|none"))
+            .expect(204);
+        // Several matches → 412 (conditionalDelete: single), both kept.
+        s.delete(&format!("Patient?identifier={sys}|D2"))
+            .expect(412)
+            .outcome();
+        assert_eq!(count(s, &format!("identifier={sys}%7CD2")), 2);
+        // Without criteria → refused.
+        s.delete("Patient").expect(405);
+    });
+}

@@ -1,0 +1,204 @@
+//! Create, read, update, delete, vread.
+
+use crate::support::*;
+use serde_json::json;
+
+fn patient(family: &str) -> serde_json::Value {
+    json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Ann"]}], "gender": "female"})
+}
+
+#[test]
+fn create_read_update_delete_vread() {
+    for_each_backend(|s| {
+        // Create.
+        let resp = s.post("Patient", &patient("Suzuki")).expect(201);
+        let etag = resp.header("etag").expect("ETag").to_string();
+        assert_eq!(etag, "W/\"1\"");
+        assert!(
+            resp.header("last-modified")
+                .is_some_and(|v| v.ends_with("GMT")),
+            "Last-Modified: {:?}",
+            resp.header("last-modified")
+        );
+        let created = resp.json();
+        let id = created["id"].as_str().expect("server id").to_string();
+        assert!(!id.is_empty() && id.len() <= 64);
+        let location = resp.header("location").expect("Location").to_string();
+        assert_eq!(location, format!("{}/Patient/{id}/_history/1", s.base));
+        assert_eq!(created["meta"]["versionId"], "1");
+        let last_updated = created["meta"]["lastUpdated"]
+            .as_str()
+            .expect("lastUpdated")
+            .to_string();
+        assert!(
+            last_updated.contains('T')
+                && (last_updated.ends_with('Z') || last_updated.contains('+')),
+            "{last_updated}"
+        );
+        assert_eq!(created["name"][0]["family"], "Suzuki");
+
+        // A client id in a POST body is replaced by the server's.
+        let mut with_id = patient("Tanaka");
+        with_id["id"] = json!("client-chosen");
+        let other = s.post("Patient", &with_id).expect(201).json();
+        assert_ne!(other["id"], "client-chosen");
+        assert_ne!(other["id"], created["id"]);
+
+        // Read.
+        let read = s.get(&format!("Patient/{id}")).expect(200);
+        assert_eq!(read.header("etag"), Some("W/\"1\""));
+        assert!(
+            read.content_type().starts_with("application/fhir+json"),
+            "{}",
+            read.content_type()
+        );
+        assert_json_eq(&read.json(), &created, "read after create");
+
+        // Update.
+        let mut changed = created.clone();
+        changed["name"][0]["family"] = json!("Sato");
+        let resp = s.put(&format!("Patient/{id}"), &changed).expect(200);
+        assert_eq!(resp.header("etag"), Some("W/\"2\""));
+        assert!(
+            resp.header("location").is_none(),
+            "an update is not a create"
+        );
+        let updated = resp.json();
+        assert_eq!(updated["meta"]["versionId"], "2");
+        assert_eq!(updated["name"][0]["family"], "Sato");
+        assert!(updated["meta"]["lastUpdated"].as_str().unwrap() >= last_updated.as_str());
+        assert_eq!(
+            s.read_json(&format!("Patient/{id}"))["name"][0]["family"],
+            "Sato"
+        );
+
+        // Update-as-create with a client id.
+        let mut own = patient("Ito");
+        own["id"] = json!("pat-client-1");
+        let resp = s.put("Patient/pat-client-1", &own).expect(201);
+        assert_eq!(resp.header("etag"), Some("W/\"1\""));
+        assert!(resp
+            .header("location")
+            .is_some_and(|l| l.ends_with("/Patient/pat-client-1/_history/1")));
+        assert_eq!(resp.json()["id"], "pat-client-1");
+
+        // Vread of both versions.
+        let v1 = s.read_json(&format!("Patient/{id}/_history/1"));
+        assert_eq!(v1["name"][0]["family"], "Suzuki");
+        assert_eq!(v1["meta"]["versionId"], "1");
+        let v2 = s.get(&format!("Patient/{id}/_history/2")).expect(200);
+        assert_eq!(v2.header("etag"), Some("W/\"2\""));
+        assert_eq!(v2.json()["name"][0]["family"], "Sato");
+        s.get(&format!("Patient/{id}/_history/3"))
+            .expect(404)
+            .outcome();
+        s.get(&format!("Patient/{id}/_history/999"))
+            .expect(404)
+            .outcome();
+
+        // Delete.
+        let resp = s.delete(&format!("Patient/{id}")).expect(204);
+        assert!(resp.body.is_empty());
+        let gone = s.get(&format!("Patient/{id}")).expect(410);
+        let outcome = gone.outcome();
+        assert_eq!(outcome["issue"][0]["severity"], "error");
+        // Older versions stay readable.
+        assert_eq!(
+            s.read_json(&format!("Patient/{id}/_history/1"))["name"][0]["family"],
+            "Suzuki"
+        );
+        assert_eq!(
+            s.read_json(&format!("Patient/{id}/_history/2"))["name"][0]["family"],
+            "Sato"
+        );
+        // The delete itself is version 3; there is no content to read there.
+        s.get(&format!("Patient/{id}/_history/3"))
+            .expect(410)
+            .outcome();
+        // Deleting again is idempotent.
+        s.delete(&format!("Patient/{id}")).expect(204);
+
+        // Re-create after delete via PUT → a new version, created.
+        let mut again = changed.clone();
+        again["name"][0]["family"] = json!("Revived");
+        let resp = s.put(&format!("Patient/{id}"), &again).expect(201);
+        assert_eq!(resp.header("etag"), Some("W/\"4\""));
+        assert_eq!(
+            s.read_json(&format!("Patient/{id}"))["name"][0]["family"],
+            "Revived"
+        );
+    });
+}
+
+#[test]
+fn not_found_cases() {
+    for_each_backend(|s| {
+        let r = s.get("Patient/does-not-exist").expect(404);
+        let o = r.outcome();
+        assert_eq!(o["issue"][0]["code"], "not-found");
+        s.get("Patient/does-not-exist/_history/1")
+            .expect(404)
+            .outcome();
+        let r = s.get("NotAType/1").expect(404);
+        let o = r.outcome();
+        assert!(
+            o["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap_or("")
+                .contains("NotAType"),
+            "{o}"
+        );
+        s.post("NotAType", &json!({"resourceType": "NotAType"}))
+            .expect(404)
+            .outcome();
+        s.get("patient/1").expect(404).outcome();
+        // Deleting something that never existed is not an error.
+        s.delete("Patient/never-was").expect(204);
+        // HEAD read.
+        let created = s.create(&patient("Head"));
+        let head = s
+            .request(
+                "HEAD",
+                &format!("Patient/{}", created["id"].as_str().unwrap()),
+                &[],
+                None,
+            )
+            .expect(200);
+        assert_eq!(head.header("etag"), Some("W/\"1\""));
+        assert!(head.body.is_empty());
+    });
+}
+
+#[test]
+fn prefer_return_variants() {
+    for_each_backend(|s| {
+        let r = s
+            .send_json_with(
+                "POST",
+                "Patient",
+                &patient("Minimal"),
+                &[("Prefer", "return=minimal")],
+            )
+            .expect(201);
+        assert!(
+            r.body.is_empty(),
+            "return=minimal must have no body: {}",
+            r.body
+        );
+        let loc = r.header("location").expect("Location").to_string();
+        let id = loc.split('/').rev().nth(2).unwrap().to_string();
+        assert_eq!(
+            s.read_json(&format!("Patient/{id}"))["name"][0]["family"],
+            "Minimal"
+        );
+        let r = s
+            .send_json_with(
+                "POST",
+                "Patient",
+                &patient("OO"),
+                &[("Prefer", "return=OperationOutcome")],
+            )
+            .expect(201);
+        assert_eq!(r.json()["resourceType"], "OperationOutcome");
+    });
+}

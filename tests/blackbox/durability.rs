@@ -1,0 +1,128 @@
+//! Crash safety (SIGKILL mid-transaction) and CLI failure modes.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const N: usize = 500;
+
+fn big_transaction(prefix: &str) -> Value {
+    let entries: Vec<Value> = (0..N)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            json!({
+                "resource": {"resourceType": "Observation", "id": id, "status": "final",
+                             "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}], "text": "Body weight"},
+                             "valueQuantity": {"value": 60 + (i % 40), "unit": "kg"}},
+                "request": {"method": "PUT", "url": format!("Observation/{id}")}
+            })
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+fn stored_with_prefix(s: &Server, prefix: &str) -> usize {
+    let (all, _) = s.all_pages("Observation/_history?_count=1000");
+    all.iter()
+        .filter(|e| {
+            e["resource"]["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with(&format!("{prefix}-")))
+        })
+        .count()
+}
+
+#[test]
+fn transaction_survives_sigkill_all_or_nothing() {
+    for_each_backend_raw(|backend| {
+        let mut server = Server::start(backend);
+        // Calibrate: how long does such a transaction take here?
+        let started = Instant::now();
+        let r = server.post("", &big_transaction("calib")).expect(200);
+        assert_eq!(entries(&r.json()).len(), N);
+        let duration = started.elapsed();
+        assert_eq!(stored_with_prefix(&server, "calib"), N);
+        let mut outcomes = Vec::new();
+        for round in 0..3 {
+            let prefix = format!("r{round}");
+            let bundle = serde_json::to_vec(&big_transaction(&prefix)).unwrap();
+            let url = server.url("");
+            let client = server.client.clone();
+            let sender = std::thread::spawn(move || {
+                client
+                    .post(url)
+                    .header("Content-Type", FHIR_JSON)
+                    .body(bundle)
+                    .send()
+                    .map(|r| r.status().as_u16())
+            });
+            // Kill somewhere inside the processing window (10%..90% of the calibrated time).
+            let span = duration.as_millis().max(20) as u64;
+            let delay = span / 10 + random_u64() % (span * 8 / 10).max(1);
+            std::thread::sleep(Duration::from_millis(delay));
+            server.kill9();
+            let answered = sender.join().unwrap();
+            server = server.restart();
+            let count = stored_with_prefix(&server, &prefix);
+            assert!(count == 0 || count == N, "round {round}: {count} of {N} Observations survived a SIGKILL after {delay} ms (answer before kill: {answered:?})");
+            if let Ok(200) = answered {
+                assert_eq!(count, N, "round {round}: acknowledged transaction lost");
+            }
+            outcomes.push(format!("kill after {delay}ms → {count}"));
+            // The database is consistent and writable after the crash.
+            assert_eq!(stored_with_prefix(&server, "calib"), N);
+            server.put(&format!("Observation/{prefix}-0"), &json!({"resourceType": "Observation", "id": format!("{prefix}-0"), "status": "final", "code": {"text": "after"}})).expect(if count == 0 { 201 } else { 200 });
+        }
+        eprintln!(
+            "[{backend}] durability (transaction ~{} ms): {}",
+            duration.as_millis(),
+            outcomes.join(", ")
+        );
+    });
+}
+
+#[test]
+fn cli_rejects_unknown_database_scheme() {
+    let out = renkei_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "mysql://x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "renkei accepted mysql://");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("mysql"),
+        "the message should name the scheme: {stderr}"
+    );
+    // Same through the environment variable.
+    let out = renkei_command()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RENKEI_DATABASE_URL", "mysql://x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mysql"));
+    // A bad numeric setting is reported, not ignored.
+    let out = renkei_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "sqlite::memory:",
+        ])
+        .env("RENKEI_MAX_BODY_BYTES", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RENKEI_MAX_BODY_BYTES"));
+    // --version works.
+    let out = renkei_command().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("renkei "));
+}

@@ -1,0 +1,274 @@
+//! Invalid requests: each answers 4xx with an OperationOutcome, and the server stays up.
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+fn diagnostics(outcome: &Value) -> String {
+    outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["diagnostics"].as_str().unwrap_or("").to_string())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn expressions(outcome: &Value) -> Vec<String> {
+    outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["expression"].as_array().cloned().unwrap_or_default())
+        .map(|e| e.as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn invalid_content() {
+    for_each_backend(|s| {
+        // Malformed JSON.
+        let r = s
+            .send_raw(
+                "POST",
+                "Patient",
+                FHIR_JSON,
+                b"{\"resourceType\": \"Patient\", ",
+            )
+            .expect(400);
+        r.outcome();
+        s.send_raw("POST", "Patient", FHIR_JSON, b"not json at all")
+            .expect(400)
+            .outcome();
+        s.send_raw("POST", "Patient", FHIR_JSON, b"[1,2]")
+            .expect(400)
+            .outcome();
+        s.send_raw("POST", "Patient", FHIR_JSON, b"{}")
+            .expect(400)
+            .outcome();
+        // Empty body.
+        s.send_raw("POST", "Patient", FHIR_JSON, b"")
+            .expect(400)
+            .outcome();
+        // Empty array.
+        let r = s
+            .post("Patient", &json!({"resourceType": "Patient", "name": []}))
+            .expect(400);
+        let o = r.outcome();
+        assert!(
+            expressions(&o).iter().any(|e| e == "Patient.name"),
+            "expression Patient.name expected: {o}"
+        );
+        // Unknown element, nested.
+        let r = s
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": "X", "nickname": "Y"}]}),
+            )
+            .expect(400);
+        let o = r.outcome();
+        let all = format!("{:?} {}", expressions(&o), diagnostics(&o));
+        assert!(
+            all.contains("Patient.name[0].nickname") || all.contains("Patient.name.nickname"),
+            "path of the unknown element: {o}"
+        );
+        let r = s
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "colour": "blue"}),
+            )
+            .expect(400);
+        assert!(format!("{}", r.outcome()).contains("colour"));
+        // Wrong primitive type, bad code, bad date.
+        s.post(
+            "Patient",
+            &json!({"resourceType": "Patient", "active": "yes"}),
+        )
+        .expect(400)
+        .outcome();
+        s.post(
+            "Patient",
+            &json!({"resourceType": "Patient", "birthDate": "31/12/2000"}),
+        )
+        .expect(400)
+        .outcome();
+        s.post("Patient", &json!({"resourceType": "Patient", "gender": 5}))
+            .expect(400)
+            .outcome();
+        // Body type differs from the URL.
+        let r = s
+            .post(
+                "Patient",
+                &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}),
+            )
+            .expect(400);
+        r.outcome();
+        s.put("Patient/abc", &json!({"resourceType": "Observation", "id": "abc", "status": "final", "code": {"text": "x"}})).expect(400);
+        // PUT id rules.
+        let r = s
+            .put(
+                "Patient/abc",
+                &json!({"resourceType": "Patient", "id": "xyz"}),
+            )
+            .expect(400);
+        assert!(diagnostics(&r.outcome()).contains("xyz"));
+        s.put("Patient/abc", &json!({"resourceType": "Patient"}))
+            .expect(400)
+            .outcome();
+        s.put(
+            "Patient/bad$id",
+            &json!({"resourceType": "Patient", "id": "bad$id"}),
+        )
+        .expect(400);
+        let long = "a".repeat(65);
+        s.put(
+            &format!("Patient/{long}"),
+            &json!({"resourceType": "Patient", "id": long}),
+        )
+        .expect(400);
+        // Malformed XML.
+        s.send_raw(
+            "POST",
+            "Patient",
+            FHIR_XML,
+            b"<Patient xmlns=\"http://hl7.org/fhir\"><wrong value=\"1\"/></Patient>",
+        )
+        .expect(400)
+        .outcome();
+        // Nothing of that was stored.
+        let (all, _) = s.all_pages("_history");
+        assert!(all.is_empty(), "invalid writes stored something: {all:?}");
+        assert!(
+            s.stderr_tail().find("panicked").is_none(),
+            "server panicked:\n{}",
+            s.stderr_tail()
+        );
+    });
+}
+
+/// XML that is not well-formed (the root element is never closed) must be refused.
+#[test]
+fn truncated_xml_is_refused() {
+    for_each_backend(|s| {
+        let r = s.send_raw(
+            "POST",
+            "Patient",
+            FHIR_XML,
+            b"<Patient xmlns=\"http://hl7.org/fhir\"><active value=\"true\"/>",
+        );
+        assert_eq!(r.status, 400, "truncated XML accepted: {}", r.body);
+        let r = s.send_raw(
+            "POST",
+            "Patient",
+            FHIR_XML,
+            b"<Patient xmlns=\"http://hl7.org/fhir\"><name><family value=\"X\"/></name>",
+        );
+        assert_eq!(r.status, 400, "truncated XML accepted: {}", r.body);
+    });
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    for_each_backend(|s| {
+        let depth = 10_000;
+        let mut json_body = String::from("{\"resourceType\":\"Patient\",\"extension\":");
+        json_body.push_str(&"[{\"url\":\"http://x\",\"extension\":".repeat(depth));
+        json_body.push_str("[]");
+        json_body.push_str(&"}]".repeat(depth));
+        json_body.push('}');
+        let r = s.send_raw("POST", "Patient", FHIR_JSON, json_body.as_bytes());
+        assert_eq!(r.status, 400, "deep JSON: {}", truncate(&r.body, 300));
+        r.outcome();
+        // Raw nesting, not even FHIR-shaped.
+        let raw = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        s.send_raw("POST", "Patient", FHIR_JSON, raw.as_bytes())
+            .expect(400);
+        let mut xml = String::from("<Patient xmlns=\"http://hl7.org/fhir\">");
+        xml.push_str(&"<extension url=\"http://x\">".repeat(depth));
+        xml.push_str(&"</extension>".repeat(depth));
+        xml.push_str("</Patient>");
+        let r = s.send_raw("POST", "Patient", FHIR_XML, xml.as_bytes());
+        assert_eq!(r.status, 400, "deep XML: {}", truncate(&r.body, 300));
+        // Deep JSON Patch value and deep transaction.
+        let patch = format!(
+            "[{{\"op\":\"add\",\"path\":\"/x\",\"value\":{}{}}}]",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let p = s.create(&json!({"resourceType": "Patient"}));
+        let r = s.send_raw(
+            "PATCH",
+            &format!("Patient/{}", p["id"].as_str().unwrap()),
+            JSON_PATCH,
+            patch.as_bytes(),
+        );
+        assert!((400..500).contains(&r.status), "deep patch: {}", r.status);
+        // Still alive and well.
+        s.get("metadata").expect(200);
+        s.create(&json!({"resourceType": "Patient", "active": true}));
+    });
+}
+
+#[test]
+fn body_limit() {
+    for_each_backend_with(&[("RENKEI_MAX_BODY_BYTES", "1000")], |s| {
+        let big = json!({"resourceType": "Patient", "name": [{"family": "x".repeat(2000)}]});
+        s.post("Patient", &big).expect(413).outcome();
+        // Without Content-Length (chunked): still refused.
+        let bytes = serde_json::to_vec(&big).unwrap();
+        let r = s
+            .client
+            .post(s.url("Patient"))
+            .header("Content-Type", FHIR_JSON)
+            .body(reqwest::blocking::Body::new(std::io::Cursor::new(bytes)))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 413);
+        // Bundles and patches too.
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"resource": big, "request": {"method": "POST", "url": "Patient"}}]});
+        s.post("", &bundle).expect(413);
+        // Below the limit works.
+        s.post(
+            "Patient",
+            &json!({"resourceType": "Patient", "active": true}),
+        )
+        .expect(201);
+    });
+}
+
+#[test]
+fn routing_errors() {
+    for_each_backend(|s| {
+        for path in ["Patient/1/foo/bar/baz", "Patient/1/_history/1/extra"] {
+            let r = s.get(path).expect(404);
+            r.outcome();
+        }
+        let r = s
+            .request("GET", &s.base.replace("/fhir", "/nothing-here"), &[], None)
+            .expect(404);
+        r.outcome();
+        let r = s
+            .request(
+                "POST",
+                "Patient/1",
+                &[("Content-Type", FHIR_JSON)],
+                Some(b"{}".to_vec()),
+            )
+            .expect(405);
+        r.outcome();
+        s.request("DELETE", "metadata", &[], None);
+        s.request(
+            "PUT",
+            "Patient/1/_history/1",
+            &[("Content-Type", FHIR_JSON)],
+            Some(b"{}".to_vec()),
+        )
+        .expect(405);
+        s.request("POST", "Patient/_history", &[], None).expect(405);
+        s.request("DELETE", "Patient/x/_history", &[], None)
+            .expect(405);
+        // Invalid version id in a vread.
+        let r = s.get("Patient/1/_history/abc");
+        assert!(matches!(r.status, 400 | 404), "{}", r.status);
+        assert!(s.stderr_tail().find("panicked").is_none());
+    });
+}

@@ -1,0 +1,231 @@
+//! Content negotiation, _format, _pretty, _summary, _elements.
+
+use crate::support::*;
+use serde_json::json;
+
+fn sample(s: &Server) -> String {
+    let p = s.create(&json!({
+        "resourceType": "Patient",
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Hanako Yamada</div>"},
+        "identifier": [{"system": "urn:mrn", "value": "42"}],
+        "active": true,
+        "name": [{"family": "Yamada", "given": ["Hanako"]}],
+        "gender": "female",
+        "birthDate": "1980-05-05",
+        "address": [{"city": "Kyoto"}],
+        "maritalStatus": {"text": "single"}
+    }));
+    p["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn negotiation() {
+    for_each_backend(|s| {
+        let id = sample(s);
+        let path = format!("Patient/{id}");
+        // _format=xml.
+        let r = s.get(&format!("{path}?_format=xml")).expect(200);
+        assert!(
+            r.content_type().starts_with("application/fhir+xml"),
+            "{}",
+            r.content_type()
+        );
+        assert!(
+            r.body.contains("<Patient xmlns=\"http://hl7.org/fhir\">"),
+            "{}",
+            truncate(&r.body, 300)
+        );
+        assert!(r.body.contains("<family value=\"Yamada\"/>"));
+        // Accept variants.
+        for accept in [
+            "application/fhir+xml",
+            "application/xml",
+            "text/xml;q=0.9, text/html",
+        ] {
+            let r = s.get_with(&path, &[("Accept", accept)]).expect(200);
+            assert!(
+                r.content_type().starts_with("application/fhir+xml"),
+                "{accept}: {}",
+                r.content_type()
+            );
+        }
+        for accept in [
+            "application/fhir+json",
+            "application/json",
+            "*/*",
+            "text/html, */*;q=0.1",
+        ] {
+            let r = s.get_with(&path, &[("Accept", accept)]).expect(200);
+            assert!(
+                r.content_type().starts_with("application/fhir+json"),
+                "{accept}: {}",
+                r.content_type()
+            );
+        }
+        // _format wins over Accept.
+        let r = s
+            .get_with(&format!("{path}?_format=json"), &[("Accept", FHIR_XML)])
+            .expect(200);
+        assert!(r.content_type().starts_with("application/fhir+json"));
+        let r = s
+            .get(&format!("{path}?_format=application/fhir%2Bxml"))
+            .expect(200);
+        assert!(
+            r.content_type().starts_with("application/fhir+xml"),
+            "{}",
+            r.content_type()
+        );
+        // _pretty.
+        let compact = s.get(&path).expect(200);
+        assert!(!compact.body.contains('\n'));
+        let pretty = s.get(&format!("{path}?_pretty=true")).expect(200);
+        assert!(
+            pretty.body.contains("\n  \""),
+            "{}",
+            truncate(&pretty.body, 200)
+        );
+        assert_json_eq(&pretty.json(), &compact.json(), "pretty vs compact");
+        // Unsupported Accept / _format → 406 with an OperationOutcome (in JSON).
+        let r = s.get_with(&path, &[("Accept", "text/html")]).expect(406);
+        r.outcome();
+        s.get(&format!("{path}?_format=text/turtle"))
+            .expect(406)
+            .outcome();
+        // Unsupported Content-Type → 415.
+        let body = br#"{"resourceType":"Patient"}"#;
+        s.send_raw("POST", "Patient", "text/plain", body)
+            .expect(415)
+            .outcome();
+        s.request("POST", "Patient", &[], Some(body.to_vec()))
+            .expect(415);
+        s.send_raw("PUT", &path, "application/x-www-form-urlencoded", body)
+            .expect(415);
+        // JSON Patch content type is refused for a create.
+        s.send_raw("POST", "Patient", JSON_PATCH, b"[]").expect(415);
+        // XML in, XML out.
+        let xml = r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/><name><family value="Kato"/></name></Patient>"#;
+        let r = s
+            .request(
+                "POST",
+                "Patient",
+                &[("Content-Type", FHIR_XML), ("Accept", FHIR_XML)],
+                Some(xml.as_bytes().to_vec()),
+            )
+            .expect(201);
+        assert!(r.content_type().starts_with("application/fhir+xml"));
+        assert!(
+            r.body.contains("<family value=\"Kato\"/>")
+                && r.body.contains("<versionId value=\"1\"/>"),
+            "{}",
+            r.body
+        );
+        // Errors follow the negotiated format.
+        let r = s
+            .get_with("Patient/none-such", &[("Accept", FHIR_XML)])
+            .expect(404);
+        assert!(r.body.contains("<OperationOutcome"), "{}", r.body);
+    });
+}
+
+#[test]
+fn summary_and_elements() {
+    for_each_backend(|s| {
+        let id = sample(s);
+        let path = format!("Patient/{id}");
+        let full = s.read_json(&path);
+        let summary = s.read_json(&format!("{path}?_summary=true"));
+        let tags = summary["meta"]["tag"].as_array().expect("meta.tag");
+        assert!(
+            tags.iter().any(|t| t["code"] == "SUBSETTED"
+                && t["system"] == "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"),
+            "{summary}"
+        );
+        assert_eq!(summary["name"], full["name"]);
+        assert_eq!(summary["identifier"], full["identifier"]);
+        assert_eq!(summary["birthDate"], "1980-05-05");
+        assert!(summary.get("text").is_none(), "text is not in the summary");
+        assert!(
+            summary.get("maritalStatus").is_none(),
+            "maritalStatus is not a summary element"
+        );
+        // The stored resource is untouched.
+        assert!(s.read_json(&path).get("maritalStatus").is_some());
+        let text = s.read_json(&format!("{path}?_summary=text"));
+        assert!(text.get("text").is_some());
+        let data = s.read_json(&format!("{path}?_summary=data"));
+        assert!(data.get("text").is_none() && data.get("maritalStatus").is_some());
+        s.read_json(&format!("{path}?_summary=false"))
+            .get("maritalStatus")
+            .expect("full");
+        s.get(&format!("{path}?_summary=bogus")).expect(400);
+
+        let el = s.read_json(&format!("{path}?_elements=name"));
+        assert_eq!(el["resourceType"], "Patient");
+        assert_eq!(el["id"], json!(id));
+        assert_eq!(el["name"], full["name"]);
+        for absent in [
+            "gender",
+            "birthDate",
+            "address",
+            "identifier",
+            "text",
+            "maritalStatus",
+            "active",
+        ] {
+            assert!(
+                el.get(absent).is_none(),
+                "_elements=name kept {absent}: {el}"
+            );
+        }
+        assert!(
+            el["meta"]["tag"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["code"] == "SUBSETTED")),
+            "{el}"
+        );
+        let el = s.read_json(&format!("{path}?_elements=name,gender"));
+        assert_eq!(el["gender"], "female");
+        assert!(el.get("birthDate").is_none());
+        // _summary applies to XML too.
+        let x = s
+            .get(&format!("{path}?_summary=true&_format=xml"))
+            .expect(200);
+        assert!(
+            x.body.contains("SUBSETTED") && !x.body.contains("maritalStatus"),
+            "{}",
+            x.body
+        );
+    });
+}
+
+/// Whitespace in XHTML narrative is content: `Peter James <b>Chalmers</b> (Jim)` must not
+/// become `Peter James<b>Chalmers</b>(Jim)` when the resource arrives as XML.
+#[test]
+fn xml_narrative_whitespace_is_preserved() {
+    for_each_backend(|s| {
+        let xml = r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p>Peter James <b>Chalmers</b> (Jim)</p></div></text></Patient>"#;
+        let r = s
+            .send_raw("POST", "Patient", FHIR_XML, xml.as_bytes())
+            .expect(201);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let stored = s.read_json(&format!("Patient/{id}"));
+        assert_eq!(
+            stored["text"]["div"],
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Peter James <b>Chalmers</b> (Jim)</p></div>"
+        );
+        // And the JSON → XML direction keeps it too.
+        let j = s.create(&json!({"resourceType": "Patient", "text": {"status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Peter James <b>Chalmers</b> (Jim)</p></div>"}}));
+        let x = s
+            .get_with(
+                &format!("Patient/{}", j["id"].as_str().unwrap()),
+                &[("Accept", FHIR_XML)],
+            )
+            .expect(200);
+        assert!(
+            x.body.contains("Peter James <b>Chalmers</b> (Jim)"),
+            "{}",
+            x.body
+        );
+    });
+}
