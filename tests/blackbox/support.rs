@@ -226,6 +226,7 @@ pub fn renkei_command() -> Command {
     for name in [
         "RENKEI_CONFIG",
         "RENKEI_DATABASE_URL",
+        "RENKEI_DATABASE_URL_FILE",
         "RENKEI_LISTEN",
         "RENKEI_DEMO",
         "RENKEI_MAX_BODY_BYTES",

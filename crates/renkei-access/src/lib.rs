@@ -1,6 +1,31 @@
 //! The access gate: every request's identity, consent decision and audit record. Handlers get
-//! the gate, never the repository.
+//! the gate, never the repository, so no path reaches data without a decision and an
+//! AuditEvent.
 
 pub mod audit_log;
+mod gate;
+mod requester;
 
 pub use audit_log::{AuditLog, AuditUnavailable};
+pub use gate::Gate;
+pub use requester::{Requester, StatedPurpose};
+
+use renkei_repository::RepoError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// The requester is identified but not allowed (scope, role, purpose, ownership).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No audit, no data.
+    #[error("the audit trail cannot be written: {0}")]
+    AuditUnavailable(String),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl From<renkei_store::StoreError> for AccessError {
+    fn from(e: renkei_store::StoreError) -> Self {
+        AccessError::Repo(RepoError::Store(e))
+    }
+}

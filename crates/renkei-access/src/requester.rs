@@ -153,6 +153,7 @@ impl Requester {
 
     pub fn write_context(&self) -> WriteContext {
         WriteContext {
+            visibility: Visibility::Unrestricted,
             custodian: if self.is_system() {
                 None
             } else {

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 pub enum ApiError {
     #[error(transparent)]
     Repo(#[from] RepoError),
+
     #[error("{message}")]
     Http {
         status: StatusCode,
@@ -97,6 +98,26 @@ impl ApiError {
             }
         }
         render_value(builder, &self.outcome(), format, pretty)
+    }
+}
+
+impl From<renkei_access::AccessError> for ApiError {
+    fn from(error: renkei_access::AccessError) -> Self {
+        use renkei_access::AccessError;
+        match error {
+            AccessError::Repo(e) => ApiError::Repo(e),
+            AccessError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            AccessError::AuditUnavailable(message) => {
+                tracing::error!(%message, "audit trail unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "the audit trail cannot be written, so no data is returned; try again later",
+                )
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! FHIR REST interactions. Handlers parse and negotiate, hand the work to the repository on
 //! the blocking pool, and render; they hold no FHIR logic of their own.
 
+use crate::auth::authenticate;
 use crate::error::{outcome, ApiError};
 use crate::format::{body_kind, parse_body, render_stored, render_value, BodyKind, Format};
 use crate::request::{if_match, read_body, return_preference, RequestCtx, ReturnPreference};
@@ -10,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use renkei_fhir::SummaryMode;
 use renkei_repository::{
     format_instant, parse_instant_ms, Criteria, DeleteOutcome, HistoryRequest, PatchBody,
-    RepoError, StoredResource, WriteContext, WriteOutcome,
+    RepoError, StoredResource, WriteOutcome,
 };
 use renkei_store::HistoryScope;
 use serde_json::{json, Value};
@@ -18,11 +19,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-/// Runs repository work on the blocking pool (diesel is synchronous).
-pub(crate) async fn blocking<T, F>(work: F) -> Result<T>
+/// Runs gate/repository work on the blocking pool (diesel is synchronous).
+pub(crate) async fn blocking<T, E, F>(work: F) -> Result<T>
 where
-    F: FnOnce() -> std::result::Result<T, RepoError> + Send + 'static,
+    F: FnOnce() -> std::result::Result<T, E> + Send + 'static,
     T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
 {
     web::block(work)
         .await
@@ -33,7 +35,7 @@ where
                 "the server is shutting down",
             )
         })?
-        .map_err(ApiError::from)
+        .map_err(Into::into)
 }
 
 /// Turns a handler result into a response, rendering errors in the negotiated format.
@@ -154,8 +156,9 @@ pub async fn read(
     let (res_type, id) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let repo = state.repository.clone();
-        let resource = blocking(move || repo.read(&res_type, &id)).await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let resource = blocking(move || gate.read(&who, &res_type, &id)).await?;
         if not_modified(&req, &resource) {
             let mut builder = HttpResponse::NotModified();
             version_headers(&mut builder, &resource);
@@ -176,8 +179,9 @@ pub async fn vread(
     let (res_type, id, version) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let repo = state.repository.clone();
-        let resource = blocking(move || repo.vread(&res_type, &id, &version)).await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let resource = blocking(move || gate.vread(&who, &res_type, &id, &version)).await?;
         if not_modified(&req, &resource) {
             return Ok(HttpResponse::NotModified().finish());
         }
@@ -252,13 +256,6 @@ async fn resource_body(
         })?
 }
 
-fn write_context(state: &AppState) -> WriteContext {
-    WriteContext {
-        custodian: state.default_custodian.clone(),
-        custodian_from_source: false,
-    }
-}
-
 pub async fn create(
     req: HttpRequest,
     path: web::Path<String>,
@@ -281,20 +278,9 @@ pub async fn create(
             )?),
             None => None,
         };
-        let repo = state.repository.clone();
-        let context = write_context(&state);
-        let outcome = blocking(move || {
-            repo.write(|tx| {
-                renkei_repository::create(
-                    tx,
-                    &res_type,
-                    resource.clone(),
-                    criteria.as_ref(),
-                    &context,
-                )
-            })
-        })
-        .await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let outcome = blocking(move || gate.create(&who, &res_type, resource, criteria)).await?;
         write_response(&req, &ctx, &outcome)
     }
     .await;
@@ -313,14 +299,10 @@ pub async fn update(
         check_type(&res_type)?;
         let expected = if_match(&req)?;
         let resource = resource_body(&req, payload, &state).await?;
-        let repo = state.repository.clone();
-        let context = write_context(&state);
-        let outcome = blocking(move || {
-            repo.write(|tx| {
-                renkei_repository::update(tx, &res_type, &id, resource.clone(), expected, &context)
-            })
-        })
-        .await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let outcome =
+            blocking(move || gate.update(&who, &res_type, &id, resource, expected)).await?;
         write_response(&req, &ctx, &outcome)
     }
     .await;
@@ -361,20 +343,10 @@ pub async fn conditional_update(
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
         let expected = if_match(&req)?;
         let resource = resource_body(&req, payload, &state).await?;
-        let repo = state.repository.clone();
-        let context = write_context(&state);
-        let outcome = blocking(move || {
-            repo.write(|tx| {
-                renkei_repository::conditional_update(
-                    tx,
-                    &criteria,
-                    resource.clone(),
-                    expected,
-                    &context,
-                )
-            })
-        })
-        .await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let outcome =
+            blocking(move || gate.conditional_update(&who, criteria, resource, expected)).await?;
         write_response(&req, &ctx, &outcome)
     }
     .await;
@@ -424,12 +396,10 @@ pub async fn patch(
         check_type(&res_type)?;
         let expected = if_match(&req)?;
         let body = patch_body(&req, payload, &state).await?;
-        let repo = state.repository.clone();
-        let context = write_context(&state);
-        let outcome = blocking(move || {
-            repo.write(|tx| renkei_repository::patch(tx, &res_type, &id, &body, expected, &context))
-        })
-        .await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let outcome =
+            blocking(move || gate.patch(&who, &res_type, Some(&id), None, &body, expected)).await?;
         write_response(&req, &ctx, &outcome)
     }
     .await;
@@ -449,13 +419,11 @@ pub async fn conditional_patch(
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
         let expected = if_match(&req)?;
         let body = patch_body(&req, payload, &state).await?;
-        let repo = state.repository.clone();
-        let context = write_context(&state);
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
         let outcome = blocking(move || {
-            repo.write(|tx| {
-                let id = renkei_repository::resolve_single(tx, &criteria)?;
-                renkei_repository::patch(tx, &criteria.res_type, &id, &body, expected, &context)
-            })
+            let res_type = criteria.res_type.clone();
+            gate.patch(&who, &res_type, None, Some(criteria), &body, expected)
         })
         .await?;
         write_response(&req, &ctx, &outcome)
@@ -497,11 +465,9 @@ pub async fn delete(
     let result = async {
         check_type(&res_type)?;
         let expected = if_match(&req)?;
-        let repo = state.repository.clone();
-        let outcome = blocking(move || {
-            repo.write(|tx| renkei_repository::delete(tx, &res_type, &id, expected))
-        })
-        .await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let outcome = blocking(move || gate.delete(&who, &res_type, &id, expected)).await?;
         Ok(delete_response(&req, &ctx, &outcome))
     }
     .await;
@@ -518,10 +484,9 @@ pub async fn conditional_delete(
     let result = async {
         check_type(&res_type)?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
-        let repo = state.repository.clone();
-        let outcome =
-            blocking(move || repo.write(|tx| renkei_repository::conditional_delete(tx, &criteria)))
-                .await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let outcome = blocking(move || gate.conditional_delete(&who, criteria)).await?;
         Ok(delete_response(&req, &ctx, &outcome))
     }
     .await;
@@ -543,10 +508,9 @@ pub async fn bundle(
         }
         let representation = return_preference(&req) == ReturnPreference::Representation
             && req.headers().contains_key("prefer");
-        let repo = state.repository.clone();
-        let context = write_context(&state);
-        let response =
-            blocking(move || repo.process_bundle(&bundle, &context, representation)).await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let response = blocking(move || gate.bundle(&who, &bundle, representation)).await?;
         Ok(render_value(
             HttpResponse::Ok(),
             &response,
@@ -590,18 +554,24 @@ async fn history(
                 ApiError::bad_request("_page_token is not a token this server issued")
             })?),
         };
-        if let HistoryScope::Instance { res_type, .. } | HistoryScope::Type(res_type) = &scope {
-            check_type(res_type)?;
-        }
+        let scope_type = match &scope {
+            HistoryScope::Instance { res_type, .. } | HistoryScope::Type(res_type) => {
+                check_type(res_type)?;
+                Some(res_type.clone())
+            }
+            HistoryScope::System => None,
+        };
         let request = HistoryRequest {
             scope,
             since,
             at,
             after,
             count,
+            visibility: renkei_store::Visibility::Nothing,
         };
-        let repo = state.repository.clone();
-        let page = blocking(move || repo.history(&request)).await?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let page = blocking(move || gate.history(&who, request, scope_type.as_deref())).await?;
         let mut query: Vec<String> = Vec::new();
         for name in ["_since", "_at"] {
             if let Some(value) = ctx.param(name) {

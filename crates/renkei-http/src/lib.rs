@@ -1,6 +1,8 @@
 //! The HTTP facade: FHIR R4 REST over actix-web. Routes map to handlers; handlers negotiate
 //! formats and render; errors become OperationOutcomes in `error.rs` and nowhere else.
 
+mod auditevents;
+pub mod auth;
 pub mod capability;
 mod error;
 pub mod format;
@@ -11,27 +13,48 @@ mod search;
 pub use error::ApiError;
 
 use actix_web::dev::Server;
+use actix_web::dev::Service;
+use actix_web::HttpMessage;
 use actix_web::{guard, web, App, HttpServer};
-use renkei_repository::Repository;
+use renkei_access::Gate;
 use std::net::TcpListener;
 
-/// What handlers share.
+/// What handlers share. Handlers reach data only through the gate.
 pub struct AppState {
-    pub repository: Repository,
+    pub gate: Gate,
+    pub auth: auth::AuthState,
     pub max_body_bytes: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
-    /// Custodian recorded for writes until clients are authenticated.
-    pub default_custodian: Option<String>,
     pub started_at: String,
 }
 
 /// Registers the FHIR routes under `/fhir`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use handlers as h;
+    cfg.route("/auth/token", web::post().to(auth::token))
+        .route("/auth/jwks", web::get().to(auth::jwks))
+        .route(
+            "/.well-known/smart-configuration",
+            web::get().to(auth::smart_configuration),
+        );
     cfg.service(
         web::scope("/fhir")
             .route("/metadata", web::get().to(h::metadata))
+            .route(
+                "/.well-known/smart-configuration",
+                web::get().to(auth::smart_configuration),
+            )
+            .service(
+                web::resource("/AuditEvent")
+                    .route(web::get().to(auditevents::search))
+                    .default_service(web::to(auditevents::append_only)),
+            )
+            .service(
+                web::resource("/AuditEvent/{tail:.*}")
+                    .route(web::get().to(auditevents::read))
+                    .default_service(web::to(auditevents::append_only)),
+            )
             .route("", web::post().to(h::bundle))
             .route("/", web::post().to(h::bundle))
             .route("", web::get().to(search::search_system))
@@ -93,7 +116,23 @@ pub fn serve(listener: TcpListener, state: AppState, workers: usize) -> std::io:
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(64 * 1024))
             .wrap(actix_web::middleware::Compress::default())
+            .wrap_fn(|req, srv| {
+                let id = auth::request_id_from(&req);
+                req.extensions_mut().insert(auth::RequestId(id.clone()));
+                let response = srv.call(req);
+                async move {
+                    let mut response = response.await?;
+                    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id) {
+                        response.headers_mut().insert(
+                            actix_web::http::header::HeaderName::from_static("x-request-id"),
+                            value,
+                        );
+                    }
+                    Ok(response)
+                }
+            })
             .configure(routes)
     })
     .workers(workers)

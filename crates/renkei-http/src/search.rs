@@ -2,6 +2,7 @@
 //! `Patient/{id}/$everything`. Parsing is `renkei_search::plan`, execution is SQL in the
 //! store; this module turns requests into plans and pages into searchset Bundles.
 
+use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::format::render_value;
 use crate::handlers::{blocking, encode};
@@ -98,9 +99,11 @@ async fn run(
         )));
     }
     plan.filters.extend(request.scope);
-    let repo = state.repository.clone();
+    let who = authenticate(req, state)?;
+    let gate = state.gate.clone();
     let query_plan = plan.clone();
-    let page = blocking(move || repo.search(&query_plan)).await?;
+    let raw_query = format!("{}?{}", request.self_path, req.query_string());
+    let page = blocking(move || gate.search(&who, &query_plan, &raw_query)).await?;
     let bundle = searchset(ctx, &plan, &page, &request.self_path);
     Ok(render_value(
         HttpResponse::Ok(),
@@ -350,10 +353,11 @@ pub async fn compartment(
                 format!("{comp_type} compartments are not supported; the Patient compartment is"),
             ));
         }
-        let repo = state.repository.clone();
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
         let patient_id = id.clone();
-        // The compartment owner must exist (404 otherwise, 410 when deleted).
-        blocking(move || repo.read("Patient", &patient_id)).await?;
+        // The compartment owner must exist and be visible (404 otherwise, 410 when deleted).
+        blocking(move || gate.read(&who, "Patient", &patient_id)).await?;
         if target == "$everything" {
             return everything(&req, &ctx, &state, &id).await;
         }

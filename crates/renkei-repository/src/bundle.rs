@@ -277,7 +277,8 @@ fn run_transaction(
                 let existing = match &entry.if_none_exist {
                     Some(query) => {
                         let criteria = Criteria::parse(t, query.trim_start_matches('?'))
-                            .map_err(|e| wrap(index, entry, e))?;
+                            .map_err(|e| wrap(index, entry, e))?
+                            .visible_to(context.visibility.clone());
                         let found = criteria.resolve(tx, 2)?;
                         if found.len() > 1 {
                             return Err(wrap(
@@ -301,6 +302,7 @@ fn run_transaction(
             }
             ("PUT", Target::Instance(t, id)) => Some(format!("{t}/{id}")),
             ("PUT", Target::Conditional(criteria)) => {
+                let criteria = criteria.clone().visible_to(context.visibility.clone());
                 let found = criteria.resolve(tx, 2)?;
                 match found.as_slice() {
                     [row] => Some(format!("{}/{}", criteria.res_type, row.res_id)),
@@ -320,7 +322,8 @@ fn run_transaction(
         let entry = &entries[index];
         let mut entry = entry.clone();
         if let Some(resource) = entry.resource.as_mut() {
-            rewrite_references(tx, resource, &ids).map_err(|e| wrap(index, &entry, e))?;
+            rewrite_references(tx, resource, &ids, &context.visibility)
+                .map_err(|e| wrap(index, &entry, e))?;
         }
         let result = match (&entry.method[..], assigned[index].clone()) {
             ("POST", Some(id)) => {
@@ -363,7 +366,12 @@ fn run_entry(
     ids: &mut HashMap<String, String>,
     context: &WriteContext,
 ) -> Result<EntryResult, RepoError> {
-    let target = parse_target(&entry.url)?;
+    let target = match parse_target(&entry.url)? {
+        Target::Conditional(criteria) => {
+            Target::Conditional(criteria.visible_to(context.visibility.clone()))
+        }
+        other => other,
+    };
     let resource = || {
         entry
             .resource
@@ -373,22 +381,36 @@ fn run_entry(
     let mut rewritten = None;
     if let Some(r) = &entry.resource {
         let mut r = r.clone();
-        rewrite_references(tx, &mut r, ids)?;
+        rewrite_references(tx, &mut r, ids, &context.visibility)?;
         rewritten = Some(r);
     }
     let body = || rewritten.clone().map_or_else(resource, Ok);
     match (entry.method.as_str(), target) {
         ("GET" | "HEAD", Target::Instance(t, id)) => Ok(EntryResult {
             status: "200 OK",
-            resource: Some(interactions::read(tx, &t, &id)?),
+            resource: Some(interactions::read_visible(
+                tx,
+                &t,
+                &id,
+                &context.visibility,
+            )?),
         }),
         ("GET" | "HEAD", Target::Version(t, id, v)) => Ok(EntryResult {
             status: "200 OK",
-            resource: Some(interactions::vread(tx, &t, &id, &v)?),
+            resource: Some(interactions::vread_visible(
+                tx,
+                &t,
+                &id,
+                &v,
+                &context.visibility,
+            )?),
         }),
         ("POST", Target::Type(t)) => {
             let criteria = match &entry.if_none_exist {
-                Some(q) => Some(Criteria::parse(&t, q.trim_start_matches('?'))?),
+                Some(q) => Some(
+                    Criteria::parse(&t, q.trim_start_matches('?'))?
+                        .visible_to(context.visibility.clone()),
+                ),
                 None => None,
             };
             let outcome = interactions::create(tx, &t, body()?, criteria.as_ref(), context)?;
@@ -463,14 +485,14 @@ fn run_entry(
             })
         }
         ("DELETE", Target::Instance(t, id)) => {
-            interactions::delete(tx, &t, &id, entry.if_match)?;
+            interactions::delete(tx, &t, &id, entry.if_match, context)?;
             Ok(EntryResult {
                 status: "204 No Content",
                 resource: None,
             })
         }
         ("DELETE", Target::Conditional(criteria)) => {
-            match interactions::conditional_delete(tx, &criteria)? {
+            match interactions::conditional_delete(tx, &criteria, context)? {
                 DeleteOutcome::Deleted { .. } | DeleteOutcome::NothingToDelete => Ok(EntryResult {
                     status: "204 No Content",
                     resource: None,
@@ -490,24 +512,25 @@ fn rewrite_references(
     tx: &mut Tx<'_>,
     value: &mut Value,
     ids: &HashMap<String, String>,
+    visibility: &renkei_store::Visibility,
 ) -> Result<(), RepoError> {
     match value {
         Value::Object(map) => {
             if let Some(Value::String(reference)) = map.get("reference") {
-                if let Some(replacement) = resolve_reference(tx, reference, ids)? {
+                if let Some(replacement) = resolve_reference(tx, reference, ids, visibility)? {
                     map.insert("reference".into(), Value::String(replacement));
                 }
             }
             for (key, child) in map.iter_mut() {
                 if key != "reference" {
-                    rewrite_references(tx, child, ids)?;
+                    rewrite_references(tx, child, ids, visibility)?;
                 }
             }
             Ok(())
         }
         Value::Array(items) => {
             for item in items {
-                rewrite_references(tx, item, ids)?;
+                rewrite_references(tx, item, ids, visibility)?;
             }
             Ok(())
         }
@@ -519,6 +542,7 @@ fn resolve_reference(
     tx: &mut Tx<'_>,
     reference: &str,
     ids: &HashMap<String, String>,
+    visibility: &renkei_store::Visibility,
 ) -> Result<Option<String>, RepoError> {
     if let Some(mapped) = ids.get(reference) {
         return Ok(Some(mapped.clone()));
@@ -529,7 +553,7 @@ fn resolve_reference(
         )));
     }
     if reference.contains('?') && !reference.starts_with('#') && !reference.contains("://") {
-        let criteria = Criteria::parse_url(reference)?;
+        let criteria = Criteria::parse_url(reference)?.visible_to(visibility.clone());
         let found = criteria.resolve(tx, 2)?;
         return match found.as_slice() {
             [row] => Ok(Some(format!("{}/{}", criteria.res_type, row.res_id))),

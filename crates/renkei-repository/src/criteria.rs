@@ -3,6 +3,7 @@
 
 use crate::RepoError;
 use renkei_search::plan::{parse, ParseOptions, SearchError, SearchPlan};
+use renkei_store::Visibility;
 use renkei_store::{SearchRow, Tx};
 
 /// A parsed conditional query such as `identifier=urn:oid:1.2|123`, run on the search engine
@@ -11,6 +12,7 @@ use renkei_store::{SearchRow, Tx};
 pub struct Criteria {
     pub res_type: String,
     plan: Box<SearchPlan>,
+    visibility: Visibility,
 }
 
 /// Maps a search parsing error to the repository's error.
@@ -61,6 +63,7 @@ impl Criteria {
         Ok(Criteria {
             res_type: res_type.to_string(),
             plan: Box::new(plan),
+            visibility: Visibility::Unrestricted,
         })
     }
 
@@ -90,7 +93,14 @@ impl Criteria {
         plan.cursor = None;
         plan.summary = None;
         plan.total = renkei_search::plan::Total::None;
-        Ok(tx.search(&plan)?.matches)
+        Ok(tx.search(&plan, &self.visibility)?.matches)
+    }
+
+    /// Matches only what the requester may see: conditional interactions must not reveal
+    /// (or act on) resources hidden from them.
+    pub fn visible_to(mut self, visibility: Visibility) -> Self {
+        self.visibility = visibility;
+        self
     }
 }
 
@@ -132,6 +142,7 @@ impl Criteria {
             .filter_map(|row| {
                 let body = row.body?;
                 Some(crate::StoredResource {
+                    custodian: None,
                     res_type: row.res_type,
                     id: row.res_id,
                     version: row.version,

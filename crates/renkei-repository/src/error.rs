@@ -33,6 +33,8 @@ pub enum RepoError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotSupported(String),
     #[error("transaction entry {index} ({request}) failed: {source}")]
     Entry {
@@ -68,6 +70,7 @@ pub fn status_of(error: &RepoError) -> (&'static str, &'static str) {
         RepoError::PreconditionFailed(_) => ("412 Precondition Failed", "conflict"),
         RepoError::Unprocessable(_) => ("422 Unprocessable Entity", "processing"),
         RepoError::Conflict(_) => ("409 Conflict", "conflict"),
+        RepoError::Forbidden(_) => ("403 Forbidden", "forbidden"),
         RepoError::NotSupported(_) => ("400 Bad Request", "not-supported"),
         RepoError::Entry { source, .. } => status_of(source),
         RepoError::Store(StoreError::Unavailable(_)) => ("503 Service Unavailable", "transient"),

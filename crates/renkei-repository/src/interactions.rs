@@ -5,6 +5,7 @@ use crate::meta::{is_valid_id, now_ms, stamp};
 use crate::{index, RepoError};
 use renkei_store::{
     HistoryPage, HistoryQuery, HistoryScope, NewVersion, ResourceRow, Store, StoreError, Tx,
+    Visibility,
 };
 use serde_json::Value;
 
@@ -16,6 +17,8 @@ pub struct StoredResource {
     pub version: i64,
     pub last_updated: i64,
     pub body: String,
+    /// The facility holding the resource, where the operation knew it.
+    pub custodian: Option<String>,
 }
 
 impl StoredResource {
@@ -44,15 +47,40 @@ pub enum DeleteOutcome {
 }
 
 /// Who is writing: recorded as the custodian of what they store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WriteContext {
     pub custodian: Option<String>,
+    /// What the writer may see: conditional matches and conditional references inside
+    /// Bundles resolve over visible resources only.
+    pub visibility: renkei_store::Visibility,
     /// Trusted loaders (demo data, `renkei import`) name each resource's facility in
     /// `meta.source` as `<anything>/facility/<Organization id>`; clients never can.
     pub custodian_from_source: bool,
 }
 
+impl Default for WriteContext {
+    fn default() -> Self {
+        WriteContext {
+            custodian: None,
+            visibility: renkei_store::Visibility::Unrestricted,
+            custodian_from_source: false,
+        }
+    }
+}
+
 impl WriteContext {
+    /// A facility may change only what it holds; loaders and unowned (directory) data are
+    /// open to every writer.
+    fn check_may_modify(&self, row: &ResourceRow) -> Result<(), RepoError> {
+        match (&self.custodian, &row.custodian) {
+            (Some(writer), Some(owner)) if writer != owner => Err(RepoError::Forbidden(format!(
+                "{}/{} is held by another facility; only {owner} may change it",
+                row.res_type, row.res_id
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn custodian_for(&self, resource: &Value) -> Option<String> {
         if let Some(custodian) = &self.custodian {
             return Some(custodian.clone());
@@ -91,6 +119,7 @@ pub struct HistoryRequest {
     pub at: Option<i64>,
     pub after: Option<(i64, i64, i64)>,
     pub count: usize,
+    pub visibility: renkei_store::Visibility,
 }
 
 /// The FHIR repository over one store.
@@ -166,6 +195,7 @@ impl Repository {
                 at: request.at,
                 after: request.after,
                 count: request.count,
+                visibility: request.visibility.clone(),
             })?)
         })
     }
@@ -177,11 +207,12 @@ impl Repository {
     pub fn search(
         &self,
         plan: &renkei_search::plan::SearchPlan,
+        visibility: &renkei_store::Visibility,
     ) -> Result<renkei_store::SearchPage, RepoError> {
         for res_type in &plan.types {
             check_type(res_type)?;
         }
-        self.store.read(|tx| Ok(tx.search(plan)?))
+        self.store.read(|tx| Ok(tx.search(plan, visibility)?))
     }
 
     /// Rebuilds the index rows of every current resource (after a change of search
@@ -224,6 +255,7 @@ pub(crate) fn check_type(res_type: &str) -> Result<(), RepoError> {
 
 fn stored(row: ResourceRow, body: String) -> StoredResource {
     StoredResource {
+        custodian: row.custodian.clone(),
         res_type: row.res_type,
         id: row.res_id,
         version: row.version,
@@ -250,6 +282,70 @@ pub fn read(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<StoredResource,
     }
 }
 
+/// Read with the consent decision: a resource the requester may not see answers 404 like a
+/// missing one, unless the requester's facility holds its own record of the same patient,
+/// which is told that consent is required (403).
+pub fn read_visible(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    id: &str,
+    visibility: &Visibility,
+) -> Result<StoredResource, RepoError> {
+    check_type(res_type)?;
+    let row = tx
+        .current(res_type, id)?
+        .ok_or_else(|| RepoError::NotFound {
+            res_type: res_type.into(),
+            id: id.into(),
+        })?;
+    check_visible(tx, &row, visibility)?;
+    read(tx, res_type, id)
+}
+
+/// vread with the consent decision of the resource's current row.
+pub fn vread_visible(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    id: &str,
+    version: &str,
+    visibility: &Visibility,
+) -> Result<StoredResource, RepoError> {
+    check_type(res_type)?;
+    let row = tx
+        .current(res_type, id)?
+        .ok_or_else(|| RepoError::VersionNotFound {
+            res_type: res_type.into(),
+            id: id.into(),
+            version: version.into(),
+        })?;
+    check_visible(tx, &row, visibility)?;
+    vread(tx, res_type, id, version)
+}
+
+fn check_visible(
+    tx: &mut Tx<'_>,
+    row: &ResourceRow,
+    visibility: &Visibility,
+) -> Result<(), RepoError> {
+    if tx.is_visible(row.rid, visibility)? {
+        return Ok(());
+    }
+    if let (Visibility::Facility { organization, .. }, Some(patient)) =
+        (visibility, row.patient_id.as_deref())
+    {
+        if tx.holds_record_of(organization, patient)? {
+            return Err(RepoError::Forbidden(format!(
+                "the patient's consent does not permit {organization} to see this record; \
+                 ask the patient for consent, or use break-glass (X-Purpose-Of-Use: ETREAT) in an emergency if your client is allowed to"
+            )));
+        }
+    }
+    Err(RepoError::NotFound {
+        res_type: row.res_type.clone(),
+        id: row.res_id.clone(),
+    })
+}
+
 pub fn vread(
     tx: &mut Tx<'_>,
     res_type: &str,
@@ -266,6 +362,7 @@ pub fn vread(
     let row = tx.version(res_type, id, number)?.ok_or_else(not_found)?;
     match row.body {
         Some(body) if !row.deleted => Ok(StoredResource {
+            custodian: None,
             res_type: row.res_type,
             id: row.res_id,
             version: row.version,
@@ -340,6 +437,7 @@ fn store_version(
     }
     tx.replace_index(rid, res_type, &index::rows(res_type, &stamped))?;
     Ok(StoredResource {
+        custodian: custodian.clone(),
         res_type: res_type.into(),
         id: id.into(),
         version,
@@ -415,6 +513,7 @@ pub(crate) fn create_with_id(
                 })?;
                 return Ok(WriteOutcome {
                     resource: StoredResource {
+                        custodian: None,
                         res_type: row.res_type,
                         id: row.res_id,
                         version: row.version,
@@ -484,6 +583,9 @@ fn write_version(
     context: &WriteContext,
 ) -> Result<WriteOutcome, RepoError> {
     let current = tx.current_for_update(res_type, id)?;
+    if let Some(row) = &current {
+        context.check_may_modify(row)?;
+    }
     check_if_match(current.as_ref(), if_match, res_type, id)?;
     let created = current.as_ref().is_none_or(|row| row.deleted);
     let resource = store_version(
@@ -592,6 +694,7 @@ pub fn patch(
             })
         }
     };
+    context.check_may_modify(row)?;
     check_if_match(Some(row), if_match, res_type, id)?;
     let mut value: Value = serde_json::from_str(row.body.as_deref().unwrap_or("{}"))
         .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))?;
@@ -640,12 +743,14 @@ pub fn delete(
     res_type: &str,
     id: &str,
     if_match: Option<i64>,
+    context: &WriteContext,
 ) -> Result<DeleteOutcome, RepoError> {
     check_type(res_type)?;
     let current = tx.current_for_update(res_type, id)?;
     let Some(row) = current.filter(|row| !row.deleted) else {
         return Ok(DeleteOutcome::NothingToDelete);
     };
+    context.check_may_modify(&row)?;
     check_if_match(Some(&row), if_match, res_type, id)?;
     let version = row.version + 1;
     let new = NewVersion {
@@ -672,13 +777,14 @@ pub fn delete(
 pub fn conditional_delete(
     tx: &mut Tx<'_>,
     criteria: &Criteria,
+    context: &WriteContext,
 ) -> Result<DeleteOutcome, RepoError> {
     let found = criteria.resolve(tx, 2)?;
     match found.as_slice() {
         [] => Ok(DeleteOutcome::NothingToDelete),
         [row] => {
             let id = row.res_id.clone();
-            delete(tx, &criteria.res_type, &id, None)
+            delete(tx, &criteria.res_type, &id, None, context)
         }
         _ => Err(RepoError::PreconditionFailed(format!(
             "the criteria match more than one {}",

@@ -17,8 +17,8 @@ pub use bundle::{parse_etag, BundleKind, EntryRequest};
 pub use criteria::{percent_decode, Criteria};
 pub use error::{status_of, RepoError};
 pub use interactions::{
-    conditional_delete, conditional_update, create, delete, patch, read, resolve_single, update,
-    vread, DeleteOutcome, HistoryRequest, PatchBody, Repository, RepositoryOptions, StoredResource,
-    WriteContext, WriteOutcome,
+    conditional_delete, conditional_update, create, delete, patch, read, read_visible,
+    resolve_single, update, vread, vread_visible, DeleteOutcome, HistoryRequest, PatchBody,
+    Repository, RepositoryOptions, StoredResource, WriteContext, WriteOutcome,
 };
 pub use meta::{format_instant, parse_instant_ms};

@@ -63,6 +63,8 @@ pub struct AuditQuery {
     pub purpose: Option<String>,
     /// Only events that touched data one of these custodians owns (facility view).
     pub custodian_any_of: Option<Vec<String>>,
+    /// One event by its id.
+    pub event_id: Option<String>,
     /// Resume strictly after (descending) / before this seq.
     pub before_seq: Option<i64>,
     pub after_seq: Option<i64>,
@@ -234,6 +236,10 @@ impl Tx<'_> {
                 sql.bind(Bind::Text(custodian.clone()));
             }
             sql.push("))");
+        }
+        if let Some(event_id) = &query.event_id {
+            sql.push(" AND e.event_id = ")
+                .bind(Bind::Text(event_id.clone()));
         }
         if let Some(before) = query.before_seq {
             sql.push(" AND e.seq < ").bind(Bind::Int(before));

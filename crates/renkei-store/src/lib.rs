@@ -5,6 +5,7 @@
 //! per-backend branches of logic (only the connection type and placeholder syntax differ).
 
 mod audit;
+mod clients;
 mod conn;
 mod consent;
 mod error;
@@ -15,6 +16,7 @@ mod url;
 mod visibility;
 
 pub use audit::{AuditBody, AuditQuery, AuditRow, NewAuditEvent};
+pub use clients::{ClientRow, ServerKeyRow};
 pub use conn::{Backend, Store, StoreOptions, Tx};
 pub use consent::ConsentRuleRow;
 pub use error::StoreError;

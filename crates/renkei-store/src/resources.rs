@@ -95,6 +95,8 @@ pub struct HistoryQuery {
     /// Resume after this (last_updated, rid, version) position, newest first.
     pub after: Option<(i64, i64, i64)>,
     pub count: usize,
+    /// Only versions of resources the requester may see (decided on the current row).
+    pub visibility: crate::Visibility,
 }
 
 #[derive(Debug, Clone)]
@@ -376,6 +378,7 @@ impl Tx<'_> {
             if let Some(at) = query.at {
                 sql.push(&format!(" AND {updated} <= ")).bind(Bind::Int(at));
             }
+            query.visibility.push_predicate_for(&mut sql, "r");
         }
         sql.push(") v");
         if let Some((updated, rid, version)) = query.after {

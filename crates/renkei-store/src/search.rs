@@ -3,7 +3,7 @@
 //! database returns exactly the page; nothing is filtered in memory.
 
 use crate::sql::{Bind, Sql};
-use crate::{StoreError, Tx};
+use crate::{StoreError, Tx, Visibility};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use renkei_search::plan::{
@@ -206,22 +206,30 @@ impl Tx<'_> {
     }
 
     /// The number of current resources matching the plan's filters.
-    pub fn search_count(&mut self, plan: &SearchPlan) -> Result<i64, StoreError> {
+    pub fn search_count(
+        &mut self,
+        plan: &SearchPlan,
+        visibility: &Visibility,
+    ) -> Result<i64, StoreError> {
         let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
-        push_where(&mut sql, plan, &mut Aliases::default());
+        push_where(&mut sql, plan, &mut Aliases::new(visibility));
         Ok(self.load::<Count>(&sql)?.first().map_or(0, |c| c.n))
     }
 
     /// One page of matches (keyset paging on the plan's sort keys and rid), the total when
     /// asked for, and the included resources.
-    pub fn search(&mut self, plan: &SearchPlan) -> Result<SearchPage, StoreError> {
+    pub fn search(
+        &mut self,
+        plan: &SearchPlan,
+        visibility: &Visibility,
+    ) -> Result<SearchPage, StoreError> {
         if plan.count_only() {
             return Ok(SearchPage {
-                total: Some(self.search_count(plan)?),
+                total: Some(self.search_count(plan, visibility)?),
                 ..SearchPage::default()
             });
         }
-        let sql = page_sql(plan);
+        let sql = page_sql(plan, visibility);
         let mut rows = self.load::<SearchRow>(&sql)?;
         let backward = plan.cursor.as_ref().is_some_and(|c| c.backward);
         let more = rows.len() > plan.count;
@@ -258,13 +266,13 @@ impl Tx<'_> {
             )
         };
         let total = if plan.total == renkei_search::plan::Total::Accurate {
-            Some(self.search_count(plan)?)
+            Some(self.search_count(plan, visibility)?)
         } else if plan.cursor.is_none() && !more {
             i64::try_from(rows.len()).ok()
         } else {
             None
         };
-        let included = self.included(plan, &rows)?;
+        let included = self.included(plan, &rows, visibility)?;
         Ok(SearchPage {
             matches: rows,
             included,
@@ -278,6 +286,7 @@ impl Tx<'_> {
         &mut self,
         plan: &SearchPlan,
         matches: &[SearchRow],
+        visibility: &Visibility,
     ) -> Result<Vec<SearchRow>, StoreError> {
         let mut seen: std::collections::HashSet<i64> = matches.iter().map(|r| r.rid).collect();
         let mut included: Vec<SearchRow> = Vec::new();
@@ -291,10 +300,10 @@ impl Tx<'_> {
             }
             let mut found = Vec::new();
             for include in plan.includes.iter().filter(|i| round == 0 || i.iterate) {
-                found.extend(self.include_step(include, &frontier)?);
+                found.extend(self.include_step(include, &frontier, visibility)?);
             }
             for include in plan.revincludes.iter().filter(|i| round == 0 || i.iterate) {
-                found.extend(self.revinclude_step(include, &frontier)?);
+                found.extend(self.revinclude_step(include, &frontier, visibility)?);
             }
             frontier.clear();
             for row in found {
@@ -311,6 +320,7 @@ impl Tx<'_> {
         &mut self,
         include: &Include,
         from: &[(i64, String, String)],
+        visibility: &Visibility,
     ) -> Result<Vec<SearchRow>, StoreError> {
         let rids: Vec<i64> = from
             .iter()
@@ -340,7 +350,9 @@ impl Tx<'_> {
             sql.push(" AND x.target_type = ")
                 .bind(Bind::Text(target.clone()));
         }
-        sql.push(") ORDER BY r.rid LIMIT ")
+        sql.push(")");
+        visibility.push_predicate_for(&mut sql, "r");
+        sql.push(" ORDER BY r.rid LIMIT ")
             .bind(Bind::Int(MAX_INCLUDED));
         self.load::<SearchRow>(&sql)
     }
@@ -349,6 +361,7 @@ impl Tx<'_> {
         &mut self,
         include: &Include,
         from: &[(i64, String, String)],
+        visibility: &Visibility,
     ) -> Result<Vec<SearchRow>, StoreError> {
         let mut sql = Sql::new(&format!(
             "SELECT {ROW_COLUMNS}{NO_KEYS} FROM resources r WHERE r.deleted = "
@@ -393,7 +406,9 @@ impl Tx<'_> {
         if let Some(param) = &include.param {
             sql.push(" AND x.param = ").bind(Bind::Text(param.clone()));
         }
-        sql.push(") ORDER BY r.rid LIMIT ")
+        sql.push(")");
+        visibility.push_predicate_for(&mut sql, "r");
+        sql.push(" ORDER BY r.rid LIMIT ")
             .bind(Bind::Int(MAX_INCLUDED));
         self.load::<SearchRow>(&sql)
     }
@@ -417,21 +432,29 @@ fn push_text_list<S: AsRef<str>>(sql: &mut Sql, values: &[S]) {
     }
 }
 
-/// Unique table aliases for nested subqueries.
-#[derive(Default)]
-struct Aliases(usize);
+/// Unique table aliases for nested subqueries, and the requester's visibility, which every
+/// `resources` row a query touches (matches, chain targets, `_has` sources) must pass.
+struct Aliases<'v> {
+    n: usize,
+    visibility: &'v Visibility,
+}
 
-impl Aliases {
+impl<'v> Aliases<'v> {
+    fn new(visibility: &'v Visibility) -> Self {
+        Aliases { n: 0, visibility }
+    }
+
     fn next(&mut self, stem: &str) -> String {
-        self.0 += 1;
-        format!("{stem}{}", self.0)
+        self.n += 1;
+        format!("{stem}{}", self.n)
     }
 }
 
 /// `r.res_type IN (…) AND r.deleted = false AND <filters>` over alias `r`.
-fn push_where(sql: &mut Sql, plan: &SearchPlan, aliases: &mut Aliases) {
+fn push_where(sql: &mut Sql, plan: &SearchPlan, aliases: &mut Aliases<'_>) {
     push_type_condition(sql, "r", &plan.types);
     sql.push(" AND r.deleted = ").bind(Bind::Bool(false));
+    aliases.visibility.push_predicate_for(sql, "r");
     for filter in &plan.filters {
         sql.push(" AND ");
         push_filter(sql, filter, "r", &plan.types, aliases);
@@ -545,7 +568,7 @@ fn bind_sort_value(sql: &mut Sql, value: &SortValue) {
 
 /// The page query: matches with their sort keys, after the cursor, in order, one extra row
 /// to learn whether another page follows.
-pub fn page_sql(plan: &SearchPlan) -> Sql {
+pub fn page_sql(plan: &SearchPlan, visibility: &Visibility) -> Sql {
     let sorts: Vec<&Sort> = plan.sort.iter().take(MAX_SORT_KEYS).collect();
     let mut sql = Sql::new(&format!("SELECT v.* FROM (SELECT {ROW_COLUMNS}"));
     for (i, sort) in sorts.iter().enumerate() {
@@ -559,7 +582,7 @@ pub fn page_sql(plan: &SearchPlan) -> Sql {
         sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
     }
     sql.push(" FROM resources r WHERE ");
-    push_where(&mut sql, plan, &mut Aliases::default());
+    push_where(&mut sql, plan, &mut Aliases::new(visibility));
     sql.push(") v");
     let backward = plan.cursor.as_ref().is_some_and(|c| c.backward);
     // Direction of each key in this query (a backward page walks the order in reverse).
@@ -907,8 +930,9 @@ fn push_filter(
                     ))
                     .bind(Bind::Text(target_type.clone()))
                     .push(&format!(" AND {c}.deleted = "))
-                    .bind(Bind::Bool(false))
-                    .push(" AND ");
+                    .bind(Bind::Bool(false));
+                aliases.visibility.push_predicate_for(sql, &c);
+                sql.push(" AND ");
                 push_filter(sql, inner, &c, std::slice::from_ref(target_type), aliases);
                 sql.push(")");
             });
@@ -937,8 +961,9 @@ fn push_filter(
             ))
             .bind(Bind::Text(source_type.clone()))
             .push(&format!(" AND {s}.deleted = "))
-            .bind(Bind::Bool(false))
-            .push(" AND ");
+            .bind(Bind::Bool(false));
+            aliases.visibility.push_predicate_for(sql, &s);
+            sql.push(" AND ");
             push_filter(sql, filter, &s, std::slice::from_ref(source_type), aliases);
             sql.push("))");
         }

@@ -31,8 +31,8 @@ pub enum Visibility {
     Nothing,
 }
 
-fn tag_exists(sql: &mut Sql, code: &str) {
-    sql.push("EXISTS (SELECT 1 FROM idx_token tg WHERE tg.rid = r.rid AND tg.param = '_tag' AND tg.system = ")
+fn tag_exists(sql: &mut Sql, r: &str, code: &str) {
+    sql.push(&format!("EXISTS (SELECT 1 FROM idx_token tg WHERE tg.rid = {r}.rid AND tg.param = '_tag' AND tg.system = "))
         .bind(Bind::Text(PRIVACY_TAG_SYSTEM.into()))
         .push(" AND tg.code = ")
         .bind(Bind::Text(code.into()))
@@ -40,8 +40,8 @@ fn tag_exists(sql: &mut Sql, code: &str) {
 }
 
 /// `MATCH(alias, r)`: the rule row `alias` applies to resource row `r` for this requester.
-fn push_match(sql: &mut Sql, alias: &str, v: &FacilityArgs<'_>) {
-    sql.push(&format!("{alias}.patient_id = r.patient_id AND ({alias}.actor_org IS NULL OR {alias}.actor_org = "))
+fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
+    sql.push(&format!("{alias}.patient_id = {r}.patient_id AND ({alias}.actor_org IS NULL OR {alias}.actor_org = "))
         .bind(Bind::Text(v.organization.into()))
         .push(&format!(") AND ({alias}.actor_practitioner IS NULL OR {alias}.actor_practitioner = "))
         .bind(Bind::OptText(v.practitioner.map(str::to_string)))
@@ -52,35 +52,36 @@ fn push_match(sql: &mut Sql, alias: &str, v: &FacilityArgs<'_>) {
         .push(&format!(") AND ({alias}.valid_to IS NULL OR {alias}.valid_to >= "))
         .bind(Bind::Int(v.now_ms))
         .push(&format!(
-            ") AND ({a}.class_type IS NULL OR {a}.class_type = r.res_type) \
-             AND ({a}.label_system IS NULL OR EXISTS (SELECT 1 FROM idx_token sl WHERE sl.rid = r.rid \
+            ") AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type) \
+             AND ({a}.label_system IS NULL OR EXISTS (SELECT 1 FROM idx_token sl WHERE sl.rid = {r}.rid \
                   AND sl.param = '_security' AND sl.system = {a}.label_system AND sl.code = {a}.label_code)) \
-             AND ({a}.data_from IS NULL OR (r.clinical_date IS NOT NULL AND r.clinical_date >= {a}.data_from)) \
-             AND ({a}.data_to IS NULL OR (r.clinical_date IS NOT NULL AND r.clinical_date <= {a}.data_to)) \
-             AND ({a}.data_reference IS NULL OR {a}.data_reference = r.res_type || '/' || r.res_id) \
-             AND ({a}.data_related IS NULL OR {a}.data_related = r.res_type || '/' || r.res_id \
-                  OR EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = r.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related)) \
-             AND ({a}.data_custodian IS NULL OR {a}.data_custodian = r.custodian)",
-            a = alias
+             AND ({a}.data_from IS NULL OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date >= {a}.data_from)) \
+             AND ({a}.data_to IS NULL OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date <= {a}.data_to)) \
+             AND ({a}.data_reference IS NULL OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id) \
+             AND ({a}.data_related IS NULL OR {a}.data_related = {r}.res_type || '/' || {r}.res_id \
+                  OR EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related)) \
+             AND ({a}.data_custodian IS NULL OR {a}.data_custodian = {r}.custodian)",
+            a = alias,
+            r = r
         ));
 }
 
 /// A matching permit rule exists.
-fn push_permit_exists(sql: &mut Sql, v: &FacilityArgs<'_>) {
+fn push_permit_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
     sql.push("EXISTS (SELECT 1 FROM consent_rules p WHERE p.permit = ")
         .bind(Bind::Bool(true))
         .push(" AND ");
-    push_match(sql, "p", v);
+    push_match(sql, "p", r, v);
     sql.push(")");
 }
 
 /// An effective matching deny exists: a root deny is cancelled by a matching nested permit
 /// of the same consent (the exception of a "deny, except ..." consent).
-fn push_effective_deny_exists(sql: &mut Sql, v: &FacilityArgs<'_>) {
+fn push_effective_deny_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
     sql.push("EXISTS (SELECT 1 FROM consent_rules d WHERE d.permit = ")
         .bind(Bind::Bool(false))
         .push(" AND ");
-    push_match(sql, "d", v);
+    push_match(sql, "d", r, v);
     sql.push(" AND NOT (d.nested = ")
         .bind(Bind::Bool(false))
         .push(" AND EXISTS (SELECT 1 FROM consent_rules e WHERE e.consent_rid = d.consent_rid AND e.permit = ")
@@ -88,7 +89,7 @@ fn push_effective_deny_exists(sql: &mut Sql, v: &FacilityArgs<'_>) {
         .push(" AND e.nested = ")
         .bind(Bind::Bool(true))
         .push(" AND ");
-    push_match(sql, "e", v);
+    push_match(sql, "e", r, v);
     sql.push(")))");
 }
 
@@ -102,18 +103,23 @@ struct FacilityArgs<'a> {
 impl Visibility {
     /// Appends ` AND (<predicate>)` for rows aliased `r`.
     pub fn push_predicate(&self, sql: &mut Sql) {
+        self.push_predicate_for(sql, "r");
+    }
+
+    /// Appends ` AND (<predicate>)` for `resources` rows aliased `r`.
+    pub fn push_predicate_for(&self, sql: &mut Sql, r: &str) {
         match self {
             Visibility::Unrestricted => {}
             Visibility::Nothing => {
                 sql.push(" AND 1 = 0");
             }
             Visibility::Patient { patient_id } => {
-                sql.push(" AND r.patient_id = ")
+                sql.push(&format!(" AND {r}.patient_id = "))
                     .bind(Bind::Text(patient_id.clone()))
                     .push(" AND NOT ");
-                tag_exists(sql, "UNINFORMED");
+                tag_exists(sql, r, "UNINFORMED");
                 sql.push(" AND NOT ");
-                tag_exists(sql, "UNDELIVERED");
+                tag_exists(sql, r, "UNDELIVERED");
             }
             Visibility::Facility {
                 organization,
@@ -130,23 +136,25 @@ impl Visibility {
                     purpose,
                     now_ms: *now_ms,
                 };
-                sql.push(" AND (r.custodian = ")
+                sql.push(&format!(" AND ({r}.custodian = "))
                     .bind(Bind::Text(organization.clone()))
-                    .push(" OR r.patient_id IS NULL OR (NOT ");
-                tag_exists(sql, "UNDELIVERED");
+                    .push(&format!(" OR {r}.patient_id IS NULL OR (NOT "));
+                tag_exists(sql, r, "UNDELIVERED");
                 let deny_applies = !*break_glass || *deny_holds_on_break_glass;
                 if deny_applies {
                     sql.push(" AND NOT ");
-                    push_effective_deny_exists(sql, &args);
+                    push_effective_deny_exists(sql, r, &args);
                 }
                 if *break_glass {
                     sql.push("))");
                     return;
                 }
                 sql.push(" AND (");
-                push_permit_exists(sql, &args);
+                push_permit_exists(sql, r, &args);
                 if *implicit_permit {
-                    sql.push(" OR NOT EXISTS (SELECT 1 FROM consent_rules c0 WHERE c0.patient_id = r.patient_id)");
+                    sql.push(&format!(
+                        " OR NOT EXISTS (SELECT 1 FROM consent_rules c0 WHERE c0.patient_id = {r}.patient_id)"
+                    ));
                 }
                 sql.push(")))");
             }

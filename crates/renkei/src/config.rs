@@ -18,6 +18,9 @@ pub struct FileConfig {
     pub workers: Option<usize>,
     pub max_connections: Option<u32>,
     pub demo: Option<bool>,
+    pub implicit_policy: Option<String>,
+    pub patient_deny_holds_on_break_glass: Option<bool>,
+    pub token_ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +33,10 @@ pub struct Config {
     pub workers: usize,
     pub max_connections: u32,
     pub demo: bool,
+    /// `opt-in` (default: no consent, no sharing) or `opt-out`.
+    pub implicit_policy: String,
+    pub patient_deny_holds_on_break_glass: bool,
+    pub token_ttl_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +115,26 @@ impl Config {
                 .or(file.max_connections)
                 .unwrap_or(16),
             demo: overrides.demo || file.demo.unwrap_or(false),
+            implicit_policy: std::env::var("RENKEI_IMPLICIT_POLICY")
+                .ok()
+                .or(file.implicit_policy)
+                .unwrap_or_else(|| "opt-in".into()),
+            patient_deny_holds_on_break_glass: match std::env::var(
+                "RENKEI_PATIENT_DENY_HOLDS_ON_BREAK_GLASS",
+            ) {
+                Ok(v) => v == "true",
+                Err(_) => file.patient_deny_holds_on_break_glass.unwrap_or(false),
+            },
+            token_ttl_seconds: env_number("RENKEI_TOKEN_TTL_SECONDS")?
+                .or(file.token_ttl_seconds)
+                .unwrap_or(3600),
         };
+        if !matches!(config.implicit_policy.as_str(), "opt-in" | "opt-out") {
+            return Err(ConfigError::Invalid(format!(
+                "implicit_policy must be opt-in or opt-out, not '{}'",
+                config.implicit_policy
+            )));
+        }
         if config.default_page_size == 0 || config.default_page_size > config.max_page_size {
             return Err(ConfigError::Invalid(
                 "default_page_size must be between 1 and max_page_size".into(),

@@ -81,8 +81,8 @@ impl LoadCounts {
 
 fn trusted_context() -> WriteContext {
     WriteContext {
-        custodian: None,
         custodian_from_source: true,
+        ..WriteContext::default()
     }
 }
 
@@ -161,6 +161,7 @@ fn stored_from_response(response: &Value) -> Vec<StoredResource> {
                     }
                     let mut parts = location.split('/');
                     Some(StoredResource {
+                        custodian: None,
                         res_type: parts.next()?.to_string(),
                         id: parts.next()?.to_string(),
                         version: 0,

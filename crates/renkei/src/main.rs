@@ -1,5 +1,6 @@
 //! `renkei`: the gateway binary (serve, import).
 
+mod admin;
 mod config;
 mod loader;
 
@@ -43,12 +44,87 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Manage registered clients (facility systems, patient apps, auditors, administrators).
+    Client {
+        #[command(subcommand)]
+        action: ClientCommand,
+    },
+    /// Print an access token for a registered client (alone on the last line).
+    Token {
+        #[arg(long)]
+        client_id: String,
+        /// Practitioner the token acts for (Practitioner/ID), as fhirUser.
+        #[arg(long)]
+        practitioner: Option<String>,
+        /// Requested scopes (space separated); default: everything registered.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// The audit trail: verify its hash chain, export it for a SIEM.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
     /// Rebuild the search index rows of every stored resource (after a change of search
     /// parameter definitions or of index extraction).
     Reindex {
         /// Resources per write transaction.
         #[arg(long, default_value_t = 500)]
         batch: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register (or replace) a client.
+    Add {
+        #[arg(long)]
+        id: String,
+        /// The client's facility, Organization/ID.
+        #[arg(long)]
+        organization: String,
+        /// facility, patient, auditor or admin.
+        #[arg(long, default_value = "facility")]
+        role: String,
+        /// For patient clients: Patient/ID.
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        practitioner: Option<String>,
+        /// SMART v2 scopes, space separated (default by role, e.g. system/*.cruds).
+        #[arg(long)]
+        scope: Option<String>,
+        /// JWKS file with the public keys of the client's assertions.
+        #[arg(long)]
+        jwks: Option<String>,
+        /// The client may break the glass (ETREAT).
+        #[arg(long)]
+        break_glass: bool,
+        /// SHA-256 of the client's TLS certificate, for certificate-bound tokens.
+        #[arg(long)]
+        cert_fingerprint: Option<String>,
+    },
+    /// List registered clients.
+    List,
+    /// Remove a client.
+    Remove {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit code 1 and the first bad record when it was tampered with.
+    Verify,
+    /// Write AuditEvents as NDJSON to stdout.
+    Export {
+        /// Only events recorded at or after this date/instant.
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -73,7 +149,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     let (listen, demo) = match &cli.command {
         Command::Serve { listen, demo } => (listen.clone(), *demo),
-        Command::Import { .. } | Command::Reindex { .. } => (None, false),
+        _ => (None, false),
     };
     let config = Config::load(&Overrides {
         config: cli.config.clone(),
@@ -83,8 +159,97 @@ fn run(cli: Cli) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     let repository = open_repository(&config)?;
+    let store = repository.store().clone();
     match cli.command {
         Command::Serve { .. } => serve(config, repository),
+        Command::Client { action } => match action {
+            ClientCommand::Add {
+                id,
+                organization,
+                role,
+                patient,
+                practitioner,
+                scope,
+                jwks,
+                break_glass,
+                cert_fingerprint,
+            } => {
+                let registration = admin::add_client(
+                    &store,
+                    admin::NewClient {
+                        id,
+                        organization,
+                        role,
+                        patient,
+                        practitioner,
+                        scope,
+                        jwks,
+                        break_glass,
+                        cert_fingerprint,
+                    },
+                )?;
+                println!(
+                    "registered client '{}' ({:?} of {}), scopes: {}",
+                    registration.client_id,
+                    registration.role,
+                    registration.organization,
+                    registration.scopes.join(" ")
+                );
+                Ok(())
+            }
+            ClientCommand::List => {
+                for c in admin::list_clients(&store)? {
+                    println!(
+                        "{:<28} {:<10} {:<36} {}{}",
+                        c.client_id,
+                        format!("{:?}", c.role).to_lowercase(),
+                        c.organization,
+                        c.scopes.join(" "),
+                        if c.break_glass { " [break-glass]" } else { "" }
+                    );
+                }
+                Ok(())
+            }
+            ClientCommand::Remove { id } => {
+                if admin::remove_client(&store, &id)? {
+                    println!("removed client '{id}'");
+                    Ok(())
+                } else {
+                    Err(format!("no client '{id}' is registered"))
+                }
+            }
+        },
+        Command::Token {
+            client_id,
+            practitioner,
+            scope,
+            ttl,
+        } => {
+            let token = admin::issue_token(
+                &store,
+                &client_id,
+                practitioner.as_deref(),
+                scope.as_deref(),
+                ttl,
+            )?;
+            println!("access token for '{client_id}' (valid {ttl} s):\n{token}");
+            Ok(())
+        }
+        Command::Audit { action } => match action {
+            AuditCommand::Verify => admin::verify_audit(&store),
+            AuditCommand::Export { since } => {
+                let since_ms = match since {
+                    Some(text) => renkei_repository::parse_instant_ms(&text)
+                        .ok_or_else(|| format!("--since '{text}' is not a FHIR date"))?,
+                    None => 0,
+                };
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                let n = admin::export_audit(&store, since_ms, &mut out)?;
+                eprintln!("exported {n} audit events");
+                Ok(())
+            }
+        },
         Command::Import { files } => {
             let counts = loader::import_files(&repository, &files).map_err(|e| e.to_string())?;
             println!(
@@ -140,12 +305,28 @@ fn serve(config: Config, repository: Repository) -> Result<(), String> {
     let listener = TcpListener::bind(&config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let store = repository.store().clone();
+    let key = admin::server_key(&store)?;
+    if config.demo {
+        print_demo_tokens(&store)?;
+    }
+    let policy = renkei_consent::Policy {
+        implicit: if config.implicit_policy == "opt-out" {
+            renkei_consent::Implicit::OptOut
+        } else {
+            renkei_consent::Implicit::OptIn
+        },
+        patient_deny_holds_on_break_glass: config.patient_deny_holds_on_break_glass,
+    };
     let state = renkei_http::AppState {
-        repository,
+        gate: renkei_access::Gate::new(repository, policy),
+        auth: renkei_http::auth::AuthState {
+            key: std::sync::Arc::new(key),
+            token_ttl_seconds: config.token_ttl_seconds,
+        },
         max_body_bytes: config.max_body_bytes,
         default_page_size: config.default_page_size,
         max_page_size: config.max_page_size,
-        default_custodian: None,
         started_at: chrono::Utc::now().format("%Y-%m-%d").to_string(),
     };
     let system = actix_web::rt::System::new();
@@ -155,4 +336,17 @@ fn serve(config: Config, repository: Repository) -> Result<(), String> {
         println!("Renkei listening on http://{address}/fhir");
         server.await.map_err(|e| format!("server failed: {e}"))
     })
+}
+
+/// Registers the demo network's clients (idempotent) and prints a ready token for each.
+fn print_demo_tokens(store: &renkei_store::Store) -> Result<(), String> {
+    println!("demo clients and tokens (valid 12 h; send as Authorization: Bearer <token>):");
+    for client in admin::demo_clients() {
+        let id = client.id.clone();
+        let organization = client.organization.clone();
+        admin::add_client(store, client)?;
+        let token = admin::issue_token(store, &id, None, None, 12 * 3600)?;
+        println!("  {id} ({organization}):\n    {token}");
+    }
+    Ok(())
 }

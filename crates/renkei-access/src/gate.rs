@@ -1,0 +1,490 @@
+//! The gate every request passes: scope check, consent decision (as the store's visibility
+//! predicate), the interaction itself, and its AuditEvent. Writes commit their AuditEvent in
+//! the same transaction as the change; reads return only after theirs is durable.
+
+use crate::audit_log::{append, to_row, AuditLog};
+use crate::requester::Requester;
+use crate::AccessError;
+use renkei_audit::{AuditOutcome, EventBuilder, Interaction};
+use renkei_auth::Action;
+use renkei_consent::Policy;
+use renkei_repository::{
+    Criteria, DeleteOutcome, HistoryRequest, PatchBody, RepoError, Repository, StoredResource,
+    WriteContext, WriteOutcome,
+};
+use renkei_search::plan::SearchPlan;
+use renkei_store::{AuditBody, AuditQuery, HistoryPage, NewAuditEvent, SearchPage, Tx, Visibility};
+use serde_json::Value;
+
+#[derive(Clone)]
+pub struct Gate {
+    repository: Repository,
+    audit: AuditLog,
+    policy: Policy,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The patient a stored resource is about, as `Patient/<id>`, for the audit entity.
+fn patient_of(resource: &StoredResource) -> Option<String> {
+    if resource.res_type == "Patient" {
+        return Some(format!("Patient/{}", resource.id));
+    }
+    let value: Value = serde_json::from_str(&resource.body).ok()?;
+    ["subject", "patient", "beneficiary", "individual"]
+        .iter()
+        .filter_map(|k| value.get(*k)?.get("reference")?.as_str())
+        .find(|r| r.starts_with("Patient/"))
+        .map(|r| r.split("/_history").next().unwrap_or(r).to_string())
+}
+
+fn status_of(error: &AccessError) -> u16 {
+    match error {
+        AccessError::Forbidden(_) => 403,
+        AccessError::AuditUnavailable(_) => 503,
+        AccessError::Repo(e) => renkei_repository::status_of(e.root())
+            .0
+            .split(' ')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(500),
+    }
+}
+
+impl Gate {
+    pub fn new(repository: Repository, policy: Policy) -> Gate {
+        let audit = AuditLog::start(repository.store().clone());
+        Gate {
+            repository,
+            audit,
+            policy,
+        }
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    pub fn visibility(&self, who: &Requester) -> Visibility {
+        who.visibility(&self.policy, now_ms())
+    }
+
+    fn context(&self, who: &Requester) -> WriteContext {
+        let mut context = who.write_context();
+        context.visibility = self.visibility(who);
+        context
+    }
+
+    fn event(&self, who: &Requester, interaction: Interaction) -> EventBuilder {
+        let mut builder = EventBuilder::new(interaction, &who.request_id, now_ms());
+        builder.agent = who.agent();
+        builder
+    }
+
+    /// Records an event durably (reads, failures); 503 when the trail cannot be written.
+    fn record(&self, builder: &EventBuilder, custodians: &[String]) -> Result<(), AccessError> {
+        self.audit
+            .record(to_row(builder, custodians))
+            .map_err(|e| AccessError::AuditUnavailable(e.0))
+    }
+
+    /// Audits a finished read-type interaction and passes its result through; a successful
+    /// read whose AuditEvent cannot be written fails with 503 instead.
+    fn audited<T>(
+        &self,
+        mut builder: EventBuilder,
+        result: Result<T, AccessError>,
+        describe: impl FnOnce(&T, &mut EventBuilder) -> Vec<String>,
+    ) -> Result<T, AccessError> {
+        let custodians = match &result {
+            Ok(value) => describe(value, &mut builder),
+            Err(error) => {
+                builder.outcome = AuditOutcome::from_status(status_of(error));
+                builder.outcome_desc = Some(error.to_string());
+                Vec::new()
+            }
+        };
+        self.record(&builder, &custodians)?;
+        result
+    }
+
+    fn describe_resource(resource: &StoredResource, builder: &mut EventBuilder) -> Vec<String> {
+        builder.resources.push(format!(
+            "{}/{}/_history/{}",
+            resource.res_type, resource.id, resource.version
+        ));
+        if let Some(patient) = patient_of(resource) {
+            builder.patients.push(patient);
+        }
+        resource.custodian.iter().cloned().collect()
+    }
+
+    pub fn read(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        id: &str,
+    ) -> Result<StoredResource, AccessError> {
+        let builder = self.event(who, Interaction::Read);
+        let result = who.require(res_type, Action::Read).and_then(|()| {
+            let visibility = self.visibility(who);
+            Ok(self
+                .repository
+                .read_tx(|tx| renkei_repository::read_visible(tx, res_type, id, &visibility))?)
+        });
+        let mut builder = builder;
+        if result.is_err() {
+            builder.resources.push(format!("{res_type}/{id}"));
+        }
+        self.audited(builder, result, Self::describe_resource)
+    }
+
+    pub fn vread(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<StoredResource, AccessError> {
+        let mut builder = self.event(who, Interaction::Vread);
+        let result = who.require(res_type, Action::Read).and_then(|()| {
+            let visibility = self.visibility(who);
+            Ok(self.repository.read_tx(|tx| {
+                renkei_repository::vread_visible(tx, res_type, id, version, &visibility)
+            })?)
+        });
+        if result.is_err() {
+            builder
+                .resources
+                .push(format!("{res_type}/{id}/_history/{version}"));
+        }
+        self.audited(builder, result, Self::describe_resource)
+    }
+
+    /// Runs a write with its AuditEvent in the same transaction; failures are audited too.
+    fn write<T>(
+        &self,
+        who: &Requester,
+        interaction: Interaction,
+        target: Option<String>,
+        work: impl Fn(&mut Tx<'_>, &WriteContext) -> Result<T, RepoError>,
+        describe: impl Fn(&T, &mut EventBuilder) -> Vec<String>,
+    ) -> Result<T, AccessError> {
+        let context = self.context(who);
+        let builder = self.event(who, interaction);
+        let result = who.require_writer().and_then(|()| {
+            Ok(self.repository.write(|tx| {
+                let value = work(tx, &context)?;
+                let mut event = builder.clone();
+                event.recorded_ms = now_ms();
+                let custodians = describe(&value, &mut event);
+                let row: NewAuditEvent = to_row(&event, &custodians);
+                append(tx, &[row])?;
+                Ok(value)
+            })?)
+        });
+        if let Err(error) = &result {
+            let mut failed = builder;
+            failed.outcome = AuditOutcome::from_status(status_of(error));
+            failed.outcome_desc = Some(error.to_string());
+            if let Some(target) = target {
+                failed.resources.push(target);
+            }
+            self.record(&failed, &[])?;
+        }
+        result
+    }
+
+    fn describe_write(outcome: &WriteOutcome, builder: &mut EventBuilder) -> Vec<String> {
+        Self::describe_resource(&outcome.resource, builder)
+    }
+
+    pub fn create(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        resource: Value,
+        if_none_exist: Option<Criteria>,
+    ) -> Result<WriteOutcome, AccessError> {
+        who.require(res_type, Action::Create)?;
+        let visibility = self.visibility(who);
+        let criteria = if_none_exist.map(|c| c.visible_to(visibility));
+        self.write(
+            who,
+            Interaction::Create,
+            Some(res_type.to_string()),
+            |tx, context| {
+                renkei_repository::create(
+                    tx,
+                    res_type,
+                    resource.clone(),
+                    criteria.as_ref(),
+                    context,
+                )
+            },
+            Self::describe_write,
+        )
+    }
+
+    pub fn update(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome, AccessError> {
+        who.require(res_type, Action::Update)?;
+        self.write(
+            who,
+            Interaction::Update,
+            Some(format!("{res_type}/{id}")),
+            |tx, context| {
+                renkei_repository::update(tx, res_type, id, resource.clone(), if_match, context)
+            },
+            Self::describe_write,
+        )
+    }
+
+    pub fn conditional_update(
+        &self,
+        who: &Requester,
+        criteria: Criteria,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome, AccessError> {
+        who.require(&criteria.res_type, Action::Update)?;
+        let criteria = criteria.visible_to(self.visibility(who));
+        self.write(
+            who,
+            Interaction::Update,
+            Some(criteria.res_type.clone()),
+            |tx, context| {
+                renkei_repository::conditional_update(
+                    tx,
+                    &criteria,
+                    resource.clone(),
+                    if_match,
+                    context,
+                )
+            },
+            Self::describe_write,
+        )
+    }
+
+    /// PATCH by id, or by criteria when `id` is `None`.
+    pub fn patch(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        id: Option<&str>,
+        criteria: Option<Criteria>,
+        body: &PatchBody,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome, AccessError> {
+        who.require(res_type, Action::Update)?;
+        let criteria = criteria.map(|c| c.visible_to(self.visibility(who)));
+        self.write(
+            who,
+            Interaction::Patch,
+            Some(format!("{res_type}/{}", id.unwrap_or("?"))),
+            |tx, context| {
+                let id = match (id, &criteria) {
+                    (Some(id), _) => id.to_string(),
+                    (None, Some(criteria)) => renkei_repository::resolve_single(tx, criteria)?,
+                    (None, None) => {
+                        return Err(RepoError::BadRequest(
+                            "PATCH needs an id or criteria".into(),
+                        ))
+                    }
+                };
+                renkei_repository::patch(tx, res_type, &id, body, if_match, context)
+            },
+            Self::describe_write,
+        )
+    }
+
+    pub fn delete(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<DeleteOutcome, AccessError> {
+        who.require(res_type, Action::Delete)?;
+        let target = format!("{res_type}/{id}");
+        self.write(
+            who,
+            Interaction::Delete,
+            Some(target.clone()),
+            |tx, context| renkei_repository::delete(tx, res_type, id, if_match, context),
+            |_, builder| {
+                builder.resources.push(target.clone());
+                Vec::new()
+            },
+        )
+    }
+
+    pub fn conditional_delete(
+        &self,
+        who: &Requester,
+        criteria: Criteria,
+    ) -> Result<DeleteOutcome, AccessError> {
+        who.require(&criteria.res_type, Action::Delete)?;
+        let criteria = criteria.visible_to(self.visibility(who));
+        self.write(
+            who,
+            Interaction::Delete,
+            Some(criteria.res_type.clone()),
+            |tx, context| renkei_repository::conditional_delete(tx, &criteria, context),
+            |_, _| Vec::new(),
+        )
+    }
+
+    pub fn history(
+        &self,
+        who: &Requester,
+        mut request: HistoryRequest,
+        res_type: Option<&str>,
+    ) -> Result<HistoryPage, AccessError> {
+        let builder = self.event(who, Interaction::History);
+        let result = match res_type {
+            Some(t) => who.require(t, Action::Read),
+            None => who.require("*", Action::Search),
+        }
+        .and_then(|()| {
+            request.visibility = self.visibility(who);
+            Ok(self.repository.history(&request)?)
+        });
+        self.audited(builder, result, |page, builder| {
+            let mut custodians = Vec::new();
+            for row in &page.rows {
+                builder.resources.push(format!(
+                    "{}/{}/_history/{}",
+                    row.res_type, row.res_id, row.version
+                ));
+            }
+            custodians.dedup();
+            custodians
+        })
+    }
+
+    /// A search (type, system or compartment), consent inside the SQL.
+    pub fn search(
+        &self,
+        who: &Requester,
+        plan: &SearchPlan,
+        raw_query: &str,
+    ) -> Result<SearchPage, AccessError> {
+        let mut builder = self.event(who, Interaction::Search);
+        builder.query = Some(raw_query.to_string());
+        let result = plan
+            .types
+            .iter()
+            .try_for_each(|t| who.require(t, Action::Search))
+            .and_then(|()| Ok(self.repository.search(plan, &self.visibility(who))?));
+        self.audited(builder, result, |page, builder| {
+            let mut patients: Vec<String> = Vec::new();
+            for row in page.matches.iter().chain(&page.included) {
+                if row.res_type == "Patient" {
+                    patients.push(format!("Patient/{}", row.res_id));
+                }
+            }
+            patients.sort();
+            patients.dedup();
+            builder.patients = patients;
+            Vec::new()
+        })
+    }
+
+    /// A batch or transaction Bundle: the whole Bundle runs with the requester's visibility
+    /// and custodian; one AuditEvent records it with the resources it touched.
+    pub fn bundle(
+        &self,
+        who: &Requester,
+        bundle: &Value,
+        return_resources: bool,
+    ) -> Result<Value, AccessError> {
+        let is_transaction = bundle.get("type").and_then(Value::as_str) == Some("transaction");
+        let interaction = if is_transaction {
+            Interaction::Transaction
+        } else {
+            Interaction::Batch
+        };
+        let mut builder = self.event(who, interaction);
+        let context = self.context(who);
+        let result = who.require_writer().and_then(|()| {
+            Ok(self
+                .repository
+                .process_bundle(bundle, &context, return_resources)?)
+        });
+        self.audited(builder.clone(), result, |response, b| {
+            if let Some(entries) = response.get("entry").and_then(Value::as_array) {
+                for entry in entries {
+                    if let Some(location) =
+                        entry.pointer("/response/location").and_then(Value::as_str)
+                    {
+                        b.resources.push(location.to_string());
+                    }
+                }
+            }
+            builder = b.clone();
+            Vec::new()
+        })
+    }
+
+    /// One AuditEvent by id, under the same role rules as search (404 when hidden).
+    pub fn audit_event(
+        &self,
+        who: &Requester,
+        id: &str,
+        mut query: AuditQuery,
+    ) -> Result<Vec<AuditBody>, AccessError> {
+        query.event_id = Some(id.to_string());
+        self.audit_events(who, query)
+    }
+
+    /// AuditEvent search: auditors see every event, patients the accesses to their own
+    /// record, facilities the accesses to data they hold.
+    pub fn audit_events(
+        &self,
+        who: &Requester,
+        mut query: AuditQuery,
+    ) -> Result<Vec<AuditBody>, AccessError> {
+        use renkei_consent::Role;
+        match who.principal.role {
+            Role::Auditor | Role::Admin => {}
+            Role::Patient => {
+                let patient =
+                    who.principal.patient.clone().ok_or_else(|| {
+                        AccessError::Forbidden("the token names no patient".into())
+                    })?;
+                let own = if patient.starts_with("Patient/") {
+                    patient
+                } else {
+                    format!("Patient/{patient}")
+                };
+                if query.refs.iter().any(|(k, r)| k == "patient" && r != &own) {
+                    return Err(AccessError::Forbidden(
+                        "patients may only see the accesses to their own record".into(),
+                    ));
+                }
+                if !query.refs.iter().any(|(k, _)| k == "patient") {
+                    query.refs.push(("patient".into(), own));
+                }
+            }
+            Role::Facility => {
+                query.custodian_any_of = Some(vec![who.principal.facility.clone()]);
+            }
+        }
+        let mut builder = self.event(who, Interaction::Search);
+        builder.query = Some("AuditEvent".into());
+        let result = self
+            .repository
+            .read_tx(|tx| Ok(tx.audit_search(&query)?))
+            .map_err(AccessError::from);
+        self.audited(builder, result, |_, _| Vec::new())
+    }
+}

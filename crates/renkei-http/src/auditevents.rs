@@ -1,0 +1,233 @@
+//! `AuditEvent`: searchable by auditors, by patients (accesses to their own record) and by
+//! facilities (accesses to the data they hold); never writable through the API.
+
+use crate::auth::authenticate;
+use crate::error::ApiError;
+use crate::format::render_value;
+use crate::handlers::{blocking, encode};
+use crate::request::RequestCtx;
+use crate::AppState;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use renkei_repository::parse_instant_ms;
+use renkei_store::AuditQuery;
+use serde_json::{json, Value};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Any write to AuditEvent: the trail is append-only for every role.
+pub async fn append_only(req: HttpRequest) -> HttpResponse {
+    let format = RequestCtx::new(&req)
+        .map(|c| c.format)
+        .unwrap_or(crate::format::Format::Json);
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        format!(
+            "{} is not allowed on AuditEvent: the audit trail is append-only and written by the gateway itself",
+            req.method()
+        ),
+    )
+    .respond(format, false)
+}
+
+fn reference(value: &str, default_type: &str) -> String {
+    if value.contains('/') {
+        value.to_string()
+    } else {
+        format!("{default_type}/{value}")
+    }
+}
+
+fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuery> {
+    let mut query = AuditQuery {
+        descending: true,
+        limit: default,
+        ..AuditQuery::default()
+    };
+    for (name, value) in &ctx.params {
+        match name.as_str() {
+            "date" => {
+                let (prefix, text) = match value.get(..2) {
+                    Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &value[2..]),
+                    _ => ("eq", value.as_str()),
+                };
+                let ms = parse_instant_ms(text).ok_or_else(|| {
+                    ApiError::bad_request(format!("date '{value}' is not a FHIR date"))
+                })?;
+                match prefix {
+                    "ge" | "gt" => query.from_ms = Some(ms),
+                    "le" | "lt" => query.to_ms = Some(ms),
+                    _ => {
+                        query.from_ms = Some(ms);
+                        query.to_ms = Some(ms + 86_400_000);
+                    }
+                }
+            }
+            "patient" => query.refs.push(("patient".into(), reference(value, "Patient"))),
+            "entity" => query.refs.push(("entity".into(), value.clone())),
+            "agent" => query.agent = Some(value.clone()),
+            "type" => query.type_code = Some(value.rsplit('|').next().unwrap_or(value).into()),
+            "subtype" => query.subtype = Some(value.rsplit('|').next().unwrap_or(value).into()),
+            "action" => query.action = Some(value.clone()),
+            "outcome" => query.outcome = Some(value.clone()),
+            "purpose" => query.purpose = Some(value.rsplit('|').next().unwrap_or(value).into()),
+            "_count" => {
+                query.limit = value
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::bad_request(format!("_count '{value}' is not a number")))?
+                    .clamp(1, max)
+            }
+            "_sort" => match value.as_str() {
+                "date" => query.descending = false,
+                "-date" => query.descending = true,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "AuditEvent sorts by date or -date, not '{other}'"
+                    )))
+                }
+            },
+            "_page_token" => {
+                let seq: i64 = value
+                    .parse()
+                    .map_err(|_| ApiError::bad_request("_page_token is not a token this server issued"))?;
+                if query.descending {
+                    query.before_seq = Some(seq);
+                } else {
+                    query.after_seq = Some(seq);
+                }
+            }
+            "_format" | "_pretty" => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "AuditEvent search supports date, patient, agent, entity, type, subtype, action, outcome, purpose, _sort, _count; not '{other}'"
+                )))
+            }
+        }
+    }
+    // `_sort` may follow `_page_token` in the query string.
+    if !query.descending {
+        if let Some(seq) = query.before_seq.take() {
+            query.after_seq = Some(seq);
+        }
+    }
+    Ok(query)
+}
+
+pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let ctx = match RequestCtx::new(&req) {
+        Ok(ctx) => ctx,
+        Err((e, format)) => return e.respond(format, false),
+    };
+    let result: Result<HttpResponse> = async {
+        let who = authenticate(&req, &state)?;
+        let mut query = parse_query(&ctx, state.max_page_size, state.default_page_size)?;
+        let page_size = query.limit;
+        query.limit = page_size + 1;
+        let gate = state.gate.clone();
+        let mut rows = blocking(move || gate.audit_events(&who, query)).await?;
+        let more = rows.len() > page_size;
+        rows.truncate(page_size);
+        let kept: Vec<(String, String)> = ctx
+            .params
+            .iter()
+            .filter(|(k, _)| k != "_page_token")
+            .cloned()
+            .collect();
+        let self_query = kept
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let self_url = format!("{}/AuditEvent?{self_query}", ctx.base);
+        let mut links = vec![json!({"relation": "self", "url": self_url})];
+        if let (true, Some(last)) = (more, rows.last()) {
+            links.push(
+                json!({"relation": "next", "url": format!("{self_url}&_page_token={}", last.seq)}),
+            );
+        }
+        let entries: Vec<Value> = rows
+            .iter()
+            .filter_map(|row| serde_json::from_str::<Value>(&row.body).ok())
+            .map(|event| {
+                let id = event
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                json!({
+                    "fullUrl": format!("{}/AuditEvent/{id}", ctx.base),
+                    "resource": event,
+                    "search": {"mode": "match"},
+                })
+            })
+            .collect();
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "type": "searchset",
+            "link": links,
+        });
+        if !entries.is_empty() {
+            bundle["entry"] = Value::Array(entries);
+        }
+        Ok(render_value(
+            HttpResponse::Ok(),
+            &bundle,
+            ctx.format,
+            ctx.pretty,
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+}
+
+/// `GET /AuditEvent/{id}`: one event, under the same role rules as search.
+pub async fn read(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = match RequestCtx::new(&req) {
+        Ok(ctx) => ctx,
+        Err((e, format)) => return e.respond(format, false),
+    };
+    let tail = path.into_inner();
+    let result: Result<HttpResponse> = async {
+        let who = authenticate(&req, &state)?;
+        if tail.contains('/') || tail.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("AuditEvent/{tail} is not a FHIR endpoint of this server"),
+            ));
+        }
+        let query = AuditQuery {
+            refs: Vec::new(),
+            limit: 1,
+            descending: true,
+            ..AuditQuery::default()
+        };
+        let gate = state.gate.clone();
+        let id = tail.clone();
+        let rows = blocking(move || gate.audit_event(&who, &id, query)).await?;
+        match rows.into_iter().next() {
+            Some(row) => {
+                let value: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+                Ok(render_value(
+                    HttpResponse::Ok(),
+                    &value,
+                    ctx.format,
+                    ctx.pretty,
+                ))
+            }
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("AuditEvent/{tail} is not known"),
+            )),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+}

@@ -1,0 +1,158 @@
+//! Who is asking: bearer tokens (SMART Backend Services), the token endpoint, the SMART
+//! configuration, and the request id every response echoes.
+
+use crate::error::ApiError;
+use crate::format::FHIR_JSON;
+use crate::AppState;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use renkei_access::{Requester, StatedPurpose};
+use renkei_auth::{ClientRegistration, ServerKey, TokenEndpoint};
+use std::sync::Arc;
+
+/// Token settings shared by the handlers.
+pub struct AuthState {
+    pub key: Arc<ServerKey>,
+    /// Lifetime of access tokens issued at `/auth/token`.
+    pub token_ttl_seconds: u64,
+}
+
+/// The request id of this request (validated client value or generated), set by the
+/// middleware in `lib.rs`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Accepts a client's `X-Request-Id` when it is short and plain; otherwise makes one.
+pub fn request_id_from(req: &actix_web::dev::ServiceRequest) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+pub fn request_id(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "login", message)
+}
+
+/// The requester of a FHIR request, from its bearer token and purpose headers.
+/// No or bad token → 401 (with `WWW-Authenticate`); a purpose the token does not allow → 403.
+pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, ApiError> {
+    let header_value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            unauthorized("this endpoint needs an access token: Authorization: Bearer <token> (see /fhir/.well-known/smart-configuration)")
+        })?;
+    let token = header_value
+        .strip_prefix("Bearer ")
+        .or_else(|| header_value.strip_prefix("bearer "))
+        .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
+    let claims =
+        renkei_auth::verify_access_token(&state.auth.key, token.trim(), chrono::Utc::now())
+            .map_err(|e| {
+                unauthorized(&format!("the access token is not valid: {}", e.description))
+            })?;
+    let header_text = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let stated = StatedPurpose {
+        purpose: header_text("x-purpose-of-use"),
+        break_glass_reason: header_text("x-break-glass-reason"),
+    };
+    let address = req.peer_addr().map(|a| a.ip().to_string());
+    Ok(Requester::from_claims(
+        &claims,
+        &stated,
+        &request_id(req),
+        address,
+    )?)
+}
+
+fn token_url(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}/auth/token", info.scheme(), info.host())
+}
+
+/// `GET /fhir/.well-known/smart-configuration` (public).
+pub async fn smart_configuration(req: HttpRequest) -> HttpResponse {
+    let info = req.connection_info().clone();
+    let base = format!("{}://{}/fhir", info.scheme(), info.host());
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .json(renkei_auth::smart_configuration(&base, &token_url(&req)))
+}
+
+/// `GET /auth/jwks`: the public key access tokens are signed with.
+pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .json(state.auth.key.public_jwks())
+}
+
+/// `POST /auth/token`: client credentials with a JWT client assertion (RFC 7523).
+pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let form: Vec<(String, String)> = crate::request::parse_query(&String::from_utf8_lossy(&body));
+    let url = token_url(&req);
+    let store = state.gate.repository().store().clone();
+    let key = state.auth.key.clone();
+    let ttl = state.auth.token_ttl_seconds;
+    let result = web::block(move || {
+        let now = chrono::Utc::now();
+        let lookup = |client_id: &str| -> Option<ClientRegistration> {
+            let row = store
+                .read(|tx| Ok::<_, renkei_store::StoreError>(tx.client(client_id)?))
+                .ok()??;
+            serde_json::from_str(&row.registration).ok()
+        };
+        let seen = |jti: &str| -> bool {
+            let now_ms = now.timestamp_millis();
+            store
+                .write(|tx| tx.use_assertion(jti, now_ms + 600_000, now_ms))
+                .map(|fresh| !fresh)
+                .unwrap_or(true)
+        };
+        let endpoint = TokenEndpoint {
+            key: &key,
+            token_url: &url,
+            ttl_seconds: ttl,
+            now,
+            client_cert_der: None,
+        };
+        let pairs = form.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        endpoint.handle(pairs, &lookup, &seen)
+    })
+    .await;
+    match result {
+        Ok(Ok(grant)) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .content_type("application/json")
+            .json(grant.response),
+        Ok(Err(error)) => HttpResponse::build(
+            StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+        )
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .content_type("application/json")
+        .json(error.to_json()),
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .content_type(FHIR_JSON)
+            .finish(),
+    }
+}

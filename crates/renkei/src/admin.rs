@@ -1,0 +1,237 @@
+//! Operator commands that work on the database directly: the token-signing key, client
+//! registrations, tokens, and the audit trail (verify, export).
+
+use renkei_audit::{verify_chain, ChainRecord, ChainVerdict};
+use renkei_auth::{ClientRegistration, Role, ServerKey};
+use renkei_store::{Store, StoreError};
+use std::io::Write;
+
+/// The gateway's signing key: created and stored on first use, the same for every process
+/// that shares the database (server, `renkei token`).
+pub fn server_key(store: &Store) -> Result<ServerKey, String> {
+    let existing = store
+        .read(|tx| Ok::<_, StoreError>(tx.server_key()?))
+        .map_err(|e| e.to_string())?;
+    if let Some(row) = existing {
+        return ServerKey::from_pem(&row.private).map_err(|e| format!("stored signing key: {e}"));
+    }
+    let key = ServerKey::generate();
+    let pem = key.to_pkcs8_pem().map_err(|e| e.to_string())?;
+    let now = chrono::Utc::now().timestamp_millis();
+    store
+        .write(|tx| tx.insert_server_key(key.kid(), &pem, now))
+        .map_err(|e| e.to_string())?;
+    // Another process may have won the race: use whatever is stored now.
+    let row = store
+        .read(|tx| Ok::<_, StoreError>(tx.server_key()?))
+        .map_err(|e| e.to_string())?
+        .ok_or("the signing key could not be stored")?;
+    ServerKey::from_pem(&row.private).map_err(|e| e.to_string())
+}
+
+pub struct NewClient {
+    pub id: String,
+    pub organization: String,
+    pub role: String,
+    pub patient: Option<String>,
+    pub practitioner: Option<String>,
+    pub scope: Option<String>,
+    pub jwks: Option<String>,
+    pub break_glass: bool,
+    pub cert_fingerprint: Option<String>,
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "facility" => Ok(Role::Facility),
+        "patient" => Ok(Role::Patient),
+        "auditor" => Ok(Role::Auditor),
+        "admin" => Ok(Role::Admin),
+        other => Err(format!(
+            "unknown role '{other}': use facility, patient, auditor or admin"
+        )),
+    }
+}
+
+fn default_scopes(role: Role) -> Vec<String> {
+    match role {
+        Role::Facility => vec!["system/*.cruds".into()],
+        Role::Patient => vec!["patient/*.rs".into()],
+        Role::Auditor => vec!["system/AuditEvent.rs".into()],
+        Role::Admin => vec!["system/AuditEvent.rs".into()],
+    }
+}
+
+pub fn add_client(store: &Store, new: NewClient) -> Result<ClientRegistration, String> {
+    let role = parse_role(&new.role)?;
+    let mut registration = ClientRegistration::new(new.id.clone(), new.organization.clone());
+    registration.role = role;
+    registration.patient = new.patient;
+    registration.practitioner = new.practitioner;
+    registration.scopes = match new.scope {
+        Some(scope) => scope.split_whitespace().map(str::to_string).collect(),
+        None => default_scopes(role),
+    };
+    registration.break_glass = new.break_glass;
+    registration.cert_fingerprint = new.cert_fingerprint;
+    if let Some(path) = new.jwks {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        registration.jwks =
+            Some(serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))?);
+    }
+    registration.validate().map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&registration).map_err(|e| e.to_string())?;
+    let now = chrono::Utc::now().timestamp_millis();
+    store
+        .write(|tx| tx.put_client(&registration.client_id, &json, now))
+        .map_err(|e| e.to_string())?;
+    Ok(registration)
+}
+
+pub fn list_clients(store: &Store) -> Result<Vec<ClientRegistration>, String> {
+    let rows = store
+        .read(|tx| Ok::<_, StoreError>(tx.clients()?))
+        .map_err(|e| e.to_string())?;
+    rows.iter()
+        .map(|row| serde_json::from_str(&row.registration).map_err(|e| e.to_string()))
+        .collect()
+}
+
+pub fn remove_client(store: &Store, id: &str) -> Result<bool, String> {
+    store
+        .write(|tx| tx.remove_client(id))
+        .map_err(|e| e.to_string())
+}
+
+pub fn client(store: &Store, id: &str) -> Result<ClientRegistration, String> {
+    let row = store
+        .read(|tx| Ok::<_, StoreError>(tx.client(id)?))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no client '{id}' is registered (see `renkei client list`)"))?;
+    serde_json::from_str(&row.registration).map_err(|e| e.to_string())
+}
+
+/// Issues an access token for a registered client, signed with the server key.
+pub fn issue_token(
+    store: &Store,
+    client_id: &str,
+    practitioner: Option<&str>,
+    scope: Option<&str>,
+    ttl: u64,
+) -> Result<String, String> {
+    let registration = client(store, client_id)?;
+    let key = server_key(store)?;
+    let practitioner = practitioner.or(registration.practitioner.as_deref());
+    renkei_auth::issue_access_token(
+        &key,
+        &registration,
+        scope,
+        practitioner,
+        ttl,
+        chrono::Utc::now(),
+    )
+    .map(|(token, _)| token)
+    .map_err(|e| e.to_string())
+}
+
+/// The demo network's clients: one system per facility (the hospitals may break the glass),
+/// an auditor and a patient app.
+pub fn demo_clients() -> Vec<NewClient> {
+    let facility = |id: &str, org: &str, break_glass: bool| NewClient {
+        id: id.into(),
+        organization: format!("Organization/{org}"),
+        role: "facility".into(),
+        patient: None,
+        practitioner: None,
+        scope: None,
+        jwks: None,
+        break_glass,
+        cert_fingerprint: None,
+    };
+    vec![
+        facility("okayama-central-ehr", "hosp-okayama-central", true),
+        facility("kurashiki-general-ehr", "hosp-kurashiki-general", true),
+        facility("hareyaka-clinic-ehr", "clinic-hareyaka", false),
+        NewClient {
+            id: "network-auditor".into(),
+            organization: "Organization/hosp-okayama-central".into(),
+            role: "auditor".into(),
+            patient: None,
+            practitioner: None,
+            scope: None,
+            jwks: None,
+            break_glass: false,
+            cert_fingerprint: None,
+        },
+        NewClient {
+            id: "yamada-patient-app".into(),
+            organization: "Organization/clinic-hareyaka".into(),
+            role: "patient".into(),
+            patient: Some("Patient/pat-yamada-taro".into()),
+            practitioner: None,
+            scope: None,
+            jwks: None,
+            break_glass: false,
+            cert_fingerprint: None,
+        },
+    ]
+}
+
+/// Walks the audit chain; prints the verdict and the head hash. Err when the chain is broken.
+pub fn verify_audit(store: &Store) -> Result<(), String> {
+    let head = store
+        .read(|tx| Ok::<_, StoreError>(tx.audit_head()?))
+        .map_err(|e| e.to_string())?;
+    let mut records: Vec<ChainRecord> = Vec::new();
+    let mut after = 0;
+    loop {
+        let rows = store
+            .read(|tx| Ok::<_, StoreError>(tx.audit_chain(after, 10_000)?))
+            .map_err(|e| e.to_string())?;
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            break;
+        };
+        records.extend(rows.into_iter().map(|r| ChainRecord {
+            seq: r.seq,
+            recorded_ms: r.recorded,
+            body: r.body,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        }));
+        after = last;
+    }
+    match verify_chain(records, Some(head)) {
+        ChainVerdict::Intact { records, head_hash } => {
+            println!("audit trail intact: {records} records");
+            println!("head hash: {head_hash}");
+            Ok(())
+        }
+        ChainVerdict::Broken {
+            seq,
+            problem,
+            records_checked,
+        } => Err(format!(
+            "audit trail BROKEN at record {seq}: {problem} ({records_checked} records before it verified)"
+        )),
+    }
+}
+
+/// Writes every AuditEvent recorded since `since_ms` as NDJSON.
+pub fn export_audit(store: &Store, since_ms: i64, out: &mut dyn Write) -> Result<u64, String> {
+    let mut after = 0;
+    let mut written = 0;
+    loop {
+        let rows = store
+            .read(|tx| Ok::<_, StoreError>(tx.audit_chain(after, 10_000)?))
+            .map_err(|e| e.to_string())?;
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            return Ok(written);
+        };
+        for row in rows.iter().filter(|r| r.recorded >= since_ms) {
+            writeln!(out, "{}", row.body).map_err(|e| e.to_string())?;
+            written += 1;
+        }
+        after = last;
+    }
+}
