@@ -446,6 +446,42 @@ impl Gate {
         self.audit_events(who, query)
     }
 
+    /// Records a request that failed before reaching the data (no or bad token, malformed
+    /// body, unknown type, bad parameters): denied and failed attempts are audited too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn audit_failure(
+        &self,
+        who: Option<&Requester>,
+        request_id: &str,
+        network_address: Option<String>,
+        method: &str,
+        target: &str,
+        status: u16,
+        message: &str,
+    ) -> Result<(), AccessError> {
+        let interaction = match method {
+            "POST" => Interaction::Create,
+            "PUT" => Interaction::Update,
+            "PATCH" => Interaction::Patch,
+            "DELETE" => Interaction::Delete,
+            _ if target.contains('?') => Interaction::Search,
+            _ => Interaction::Read,
+        };
+        let mut builder = EventBuilder::new(interaction, request_id, now_ms());
+        match who {
+            Some(who) => builder.agent = who.agent(),
+            None => builder.agent.network_address = network_address,
+        }
+        builder.outcome = AuditOutcome::from_status(status);
+        builder.outcome_desc = Some(format!("{status}: {message}"));
+        if target.contains('?') {
+            builder.query = Some(target.to_string());
+        } else if !target.is_empty() {
+            builder.resources.push(target.to_string());
+        }
+        self.record(&builder, &[])
+    }
+
     /// AuditEvent search: auditors see every event, patients the accesses to their own
     /// record, facilities the accesses to data they hold.
     pub fn audit_events(

@@ -4,6 +4,7 @@
 use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::format::render_value;
+use crate::handlers::finish;
 use crate::handlers::{blocking, encode};
 use crate::request::RequestCtx;
 use crate::AppState;
@@ -179,7 +180,7 @@ pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         ))
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+    finish(&req, &state, &ctx, result).await
 }
 
 /// `GET /AuditEvent/{id}`: one event, under the same role rules as search.
@@ -229,5 +230,5 @@ pub async fn read(
         }
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+    finish(&req, &state, &ctx, result).await
 }

@@ -12,6 +12,9 @@ pub enum ApiError {
     #[error(transparent)]
     Repo(#[from] RepoError),
 
+    /// An error the gate already recorded in the audit trail.
+    #[error(transparent)]
+    Audited(Box<ApiError>),
     #[error("{message}")]
     Http {
         status: StatusCode,
@@ -33,8 +36,14 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
     }
 
+    /// Whether the audit trail already holds this failure.
+    pub fn is_audited(&self) -> bool {
+        matches!(self, ApiError::Audited(_))
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::Audited(inner) => inner.status(),
             ApiError::Repo(e) => {
                 let (line, _) = status_of(e.root());
                 line.split(' ')
@@ -51,6 +60,7 @@ impl ApiError {
     /// cause goes to the log only.
     pub fn outcome(&self) -> Value {
         match self {
+            ApiError::Audited(inner) => inner.outcome(),
             ApiError::Repo(e) => {
                 let root = e.root();
                 if let RepoError::Invalid(content) = root {
@@ -92,7 +102,11 @@ impl ApiError {
 
     pub fn respond(&self, format: Format, pretty: bool) -> HttpResponse {
         let mut builder = HttpResponse::build(self.status());
-        if let ApiError::Http { status, .. } = self {
+        let unwrapped = match self {
+            ApiError::Audited(inner) => inner,
+            other => other,
+        };
+        if let ApiError::Http { status, .. } = unwrapped {
             if *status == StatusCode::UNAUTHORIZED {
                 builder.insert_header(("WWW-Authenticate", "Bearer"));
             }
@@ -104,7 +118,7 @@ impl ApiError {
 impl From<renkei_access::AccessError> for ApiError {
     fn from(error: renkei_access::AccessError) -> Self {
         use renkei_access::AccessError;
-        match error {
+        let inner = match error {
             AccessError::Repo(e) => ApiError::Repo(e),
             AccessError::Forbidden(message) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
@@ -117,7 +131,8 @@ impl From<renkei_access::AccessError> for ApiError {
                     "the audit trail cannot be written, so no data is returned; try again later",
                 )
             }
-        }
+        };
+        ApiError::Audited(Box::new(inner))
     }
 }
 

@@ -38,9 +38,48 @@ where
         .map_err(Into::into)
 }
 
-/// Turns a handler result into a response, rendering errors in the negotiated format.
-fn finish(ctx: &RequestCtx, result: Result<HttpResponse>) -> HttpResponse {
-    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+/// Turns a handler result into a response, rendering errors in the negotiated format. A
+/// failure the gate did not see (no or bad token, malformed body, bad parameters) is recorded
+/// in the audit trail here, before the response leaves.
+pub(crate) async fn finish(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    ctx: &RequestCtx,
+    result: Result<HttpResponse>,
+) -> HttpResponse {
+    match result {
+        Ok(response) => response,
+        Err(error) if error.is_audited() => error.respond(ctx.format, ctx.pretty),
+        Err(error) => {
+            let who = authenticate(req, state).ok();
+            let gate = state.gate.clone();
+            let request_id = crate::auth::request_id(req);
+            let address = req.peer_addr().map(|a| a.ip().to_string());
+            let method = req.method().to_string();
+            let target = match req.query_string() {
+                "" => req.path().trim_start_matches("/fhir/").to_string(),
+                q => format!("{}?{q}", req.path().trim_start_matches("/fhir/")),
+            };
+            let status = error.status().as_u16();
+            let message = error.to_string();
+            let recorded = blocking(move || {
+                gate.audit_failure(
+                    who.as_ref(),
+                    &request_id,
+                    address,
+                    &method,
+                    &target,
+                    status,
+                    &message,
+                )
+            })
+            .await;
+            match recorded {
+                Ok(()) => error.respond(ctx.format, ctx.pretty),
+                Err(audit_error) => audit_error.respond(ctx.format, ctx.pretty),
+            }
+        }
+    }
 }
 
 macro_rules! ctx_or_fail {
@@ -167,7 +206,7 @@ pub async fn read(
         render_resource(&ctx, HttpResponse::Ok(), &resource)
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 pub async fn vread(
@@ -188,7 +227,7 @@ pub async fn vread(
         render_resource(&ctx, HttpResponse::Ok(), &resource)
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 /// Answers a successful write per the client's `Prefer: return=` choice.
@@ -284,7 +323,7 @@ pub async fn create(
         write_response(&req, &ctx, &outcome)
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 pub async fn update(
@@ -306,7 +345,7 @@ pub async fn update(
         write_response(&req, &ctx, &outcome)
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 fn criteria_from_query(res_type: &str, ctx: &RequestCtx, req: &HttpRequest) -> Result<Criteria> {
@@ -350,7 +389,7 @@ pub async fn conditional_update(
         write_response(&req, &ctx, &outcome)
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 async fn patch_body(
@@ -403,7 +442,7 @@ pub async fn patch(
         write_response(&req, &ctx, &outcome)
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 pub async fn conditional_patch(
@@ -429,7 +468,7 @@ pub async fn conditional_patch(
         write_response(&req, &ctx, &outcome)
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 fn delete_response(req: &HttpRequest, ctx: &RequestCtx, outcome: &DeleteOutcome) -> HttpResponse {
@@ -471,7 +510,7 @@ pub async fn delete(
         Ok(delete_response(&req, &ctx, &outcome))
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 pub async fn conditional_delete(
@@ -490,7 +529,7 @@ pub async fn conditional_delete(
         Ok(delete_response(&req, &ctx, &outcome))
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 pub async fn bundle(
@@ -519,7 +558,7 @@ pub async fn bundle(
         ))
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 /// History at instance, type or system level.
@@ -640,7 +679,7 @@ async fn history(
         ))
     }
     .await;
-    finish(&ctx, result)
+    finish(&req, &state, &ctx, result).await
 }
 
 pub async fn history_instance(

@@ -5,6 +5,7 @@
 use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::format::render_value;
+use crate::handlers::finish;
 use crate::handlers::{blocking, encode};
 use crate::request::{parse_query, read_body, RequestCtx};
 use crate::AppState;
@@ -224,7 +225,7 @@ pub async fn search_type(
         run(&req, &ctx, &state, request).await
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+    finish(&req, &state, &ctx, result).await
 }
 
 /// `POST [type]/_search` with an `application/x-www-form-urlencoded` body.
@@ -270,7 +271,7 @@ pub async fn search_type_post(
         run(&req, &ctx, &state, request).await
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+    finish(&req, &state, &ctx, result).await
 }
 
 /// `GET [base]?_type=A,B&…`: common parameters over several types (all types when `_type` is
@@ -311,7 +312,7 @@ pub async fn search_system(req: HttpRequest, state: web::Data<AppState>) -> Http
         run(&req, &ctx, &state, request).await
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+    finish(&req, &state, &ctx, result).await
 }
 
 fn patient_compartment(id: &str, types: &[String], include_self: bool) -> Filter {
@@ -378,7 +379,7 @@ pub async fn compartment(
         run(&req, &ctx, &state, request).await
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(ctx.format, ctx.pretty))
+    finish(&req, &state, &ctx, result).await
 }
 
 /// `Patient/{id}/$everything` (`_since`, `_type`, `_count`, paging): the Patient and every
