@@ -6,9 +6,11 @@
 
 mod support;
 
+mod audit;
 mod bundles;
 mod capability;
 mod conditional;
+mod consent;
 mod crud;
 mod durability;
 mod errors;

@@ -205,11 +205,25 @@ pub fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// A running `renkei serve`.
+/// The client every test server registers, and the token requests send by default.
+pub const TEST_CLIENT_ID: &str = "test-ehr";
+pub const TEST_ORGANIZATION: &str = "Organization/test-facility";
+pub const TEST_SCOPE: &str = "system/*.cruds";
+const TOKEN_TTL: &str = "3600";
+
+/// A running `renkei serve`, with a registered client (`test-ehr` of
+/// `Organization/test-facility`, `system/*.cruds`) whose token every request helper sends as
+/// `Authorization: Bearer …` unless told otherwise (`with_token`, `anonymous`, `request_as`,
+/// or an explicit `Authorization` header).
 pub struct Server {
     pub backend: Backend,
     pub base: String,
+    /// An HTTP client that sends the default token on every request (for raw reqwest use).
     pub client: Client,
+    /// The same without any default header (for unauthenticated raw requests).
+    pub anonymous_client: Client,
+    /// The default access token (client `test-ehr`).
+    pub token: String,
     child: Child,
     stderr: Arc<Mutex<String>>,
     env: Vec<(String, String)>,
@@ -312,19 +326,138 @@ impl Server {
                 );
             }
         };
-        let client = Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(300))
-            .build()
-            .expect("http client");
-        Server {
+        let anonymous_client = http_client(HeaderMap::new());
+        let mut server = Server {
             backend: db.backend,
             base,
-            client,
+            client: anonymous_client.clone(),
+            anonymous_client,
+            token: String::new(),
             child,
             stderr,
             env,
             db: Some(db),
+        };
+        let token = server.token_for(
+            TEST_CLIENT_ID,
+            TEST_ORGANIZATION,
+            "facility",
+            &["--scope", TEST_SCOPE],
+        );
+        let mut defaults = HeaderMap::new();
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("token header value");
+        value.set_sensitive(true);
+        defaults.insert(reqwest::header::AUTHORIZATION, value);
+        server.client = http_client(defaults);
+        server.token = token;
+        server
+    }
+
+    /// The database URL this server runs on (for CLI commands against the same data).
+    pub fn database_url(&self) -> &str {
+        &self.db.as_ref().expect("database").url
+    }
+
+    /// Runs `renkei ARGS --database <this server's database>`, asserting success; returns
+    /// stdout.
+    #[track_caller]
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = renkei_command()
+            .args(args)
+            .args(["--database", self.database_url()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run renkei {args:?}: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "renkei {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            truncate(&stdout, 2000),
+            truncate(&String::from_utf8_lossy(&out.stderr), 4000)
+        );
+        stdout
+    }
+
+    /// Registers (or replaces) a client with the real CLI and returns a fresh token for it.
+    /// `organization` is `Organization/ID` (a bare ID is accepted); `role` is `facility`,
+    /// `patient`, `auditor` or `admin`; `extra_args` go to `renkei client add` (e.g.
+    /// `["--patient", "Patient/p1"]`, `["--practitioner", "Practitioner/d1"]`,
+    /// `["--scope", "system/Patient.r"]`, `["--break-glass"]`).
+    #[track_caller]
+    pub fn token_for(
+        &self,
+        client_id: &str,
+        organization: &str,
+        role: &str,
+        extra_args: &[&str],
+    ) -> String {
+        let organization = if organization.contains('/') {
+            organization.to_string()
+        } else {
+            format!("Organization/{organization}")
+        };
+        let mut args = vec![
+            "client",
+            "add",
+            "--id",
+            client_id,
+            "--organization",
+            &organization,
+            "--role",
+            role,
+        ];
+        args.extend_from_slice(extra_args);
+        self.cli(&args);
+        self.issue_token(client_id, &[])
+    }
+
+    /// A new token for an already registered client; `extra_args` go to `renkei token`
+    /// (e.g. `["--scope", "system/Patient.r"]`, `["--practitioner", "Practitioner/d1"]`,
+    /// `["--ttl", "1"]`, which overrides the default of 3600 s).
+    #[track_caller]
+    pub fn issue_token(&self, client_id: &str, extra_args: &[&str]) -> String {
+        let mut args = vec!["token", "--client-id", client_id];
+        if !extra_args.contains(&"--ttl") {
+            args.extend_from_slice(&["--ttl", TOKEN_TTL]);
+        }
+        args.extend_from_slice(extra_args);
+        let stdout = self.cli(&args);
+        let token = stdout
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !token.is_empty() && !token.contains(' '),
+            "renkei token printed no token on its last line:\n{stdout}"
+        );
+        token
+    }
+
+    /// Requests as another client: every helper of the returned view sends `token`.
+    pub fn with_token<'a>(&'a self, token: &str) -> Caller<'a> {
+        Caller {
+            server: self,
+            token: Some(token.to_string()),
+        }
+    }
+
+    /// Requests without any `Authorization` header.
+    pub fn anonymous(&self) -> Caller<'_> {
+        Caller {
+            server: self,
+            token: None,
+        }
+    }
+
+    /// Requests with the default token (what the helpers on `Server` do).
+    pub fn as_default(&self) -> Caller<'_> {
+        Caller {
+            server: self,
+            token: Some(self.token.clone()),
         }
     }
 
@@ -362,7 +495,8 @@ impl Server {
         }
     }
 
-    /// Any request; `path` is relative to the FHIR base (or an absolute URL).
+    /// Any request with the default token; `path` is relative to the FHIR base (or an
+    /// absolute URL). An `Authorization` header in `headers` replaces the default token.
     pub fn request(
         &self,
         method: &str,
@@ -370,9 +504,32 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Resp {
+        self.request_as(Some(&self.token), method, path, headers, body)
+    }
+
+    /// Any request as `token` (`None`: no `Authorization` header at all).
+    pub fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
         let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.client.request(method.clone(), self.url(path));
+        let mut req = self
+            .anonymous_client
+            .request(method.clone(), self.url(path));
         let mut map = HeaderMap::new();
+        let explicit_auth = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let (Some(token), false) = (token, explicit_auth) {
+            map.insert(
+                reqwest::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}")).expect("token header value"),
+            );
+        }
         for (k, v) in headers {
             map.append(
                 HeaderName::from_bytes(k.as_bytes()).expect("header name"),
@@ -397,6 +554,83 @@ impl Server {
             headers,
             body,
         }
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.as_default().get(path)
+    }
+
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.as_default().get_with(path, headers)
+    }
+
+    pub fn delete(&self, path: &str) -> Resp {
+        self.as_default().delete(path)
+    }
+
+    /// Sends a JSON body as `application/fhir+json`.
+    pub fn send_json(&self, method: &str, path: &str, body: &Value) -> Resp {
+        self.as_default().send_json(method, path, body)
+    }
+
+    pub fn send_json_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        self.as_default()
+            .send_json_with(method, path, body, headers)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Resp {
+        self.as_default().post(path, body)
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Resp {
+        self.as_default().put(path, body)
+    }
+
+    pub fn send_raw(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Resp {
+        self.as_default().send_raw(method, path, content_type, body)
+    }
+
+    /// Creates a resource and returns the stored representation.
+    #[track_caller]
+    pub fn create(&self, resource: &Value) -> Value {
+        self.as_default().create(resource)
+    }
+
+    /// GET that must succeed with 200; returns JSON.
+    #[track_caller]
+    pub fn read_json(&self, path: &str) -> Value {
+        self.as_default().read_json(path)
+    }
+
+    /// Follows `next` links from `path`, returning every entry of every page.
+    pub fn all_pages(&self, path: &str) -> (Vec<Value>, usize) {
+        self.as_default().all_pages(path)
+    }
+}
+
+/// The request helpers of a `Server`, speaking as one client (or anonymously).
+pub struct Caller<'a> {
+    pub server: &'a Server,
+    /// `None`: no `Authorization` header.
+    pub token: Option<String>,
+}
+
+impl Caller<'_> {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        self.server
+            .request_as(self.token.as_deref(), method, path, headers, body)
     }
 
     pub fn get(&self, path: &str) -> Resp {
@@ -487,6 +721,15 @@ impl Drop for Server {
         let _ = self.child.wait();
         // `db` drops after the process is gone.
     }
+}
+
+fn http_client(default_headers: HeaderMap) -> Client {
+    Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(300))
+        .default_headers(default_headers)
+        .build()
+        .expect("http client")
 }
 
 pub fn link(bundle: &Value, relation: &str) -> Option<String> {

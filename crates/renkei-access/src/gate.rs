@@ -29,10 +29,15 @@ fn now_ms() -> i64 {
 
 /// The patient a stored resource is about, as `Patient/<id>`, for the audit entity.
 fn patient_of(resource: &StoredResource) -> Option<String> {
-    if resource.res_type == "Patient" {
-        return Some(format!("Patient/{}", resource.id));
+    patient_in(&resource.res_type, &resource.id, Some(&resource.body))
+}
+
+/// The patient of a resource given by type, id and JSON text (search and history rows).
+fn patient_in(res_type: &str, id: &str, body: Option<&str>) -> Option<String> {
+    if res_type == "Patient" {
+        return Some(format!("Patient/{id}"));
     }
-    let value: Value = serde_json::from_str(&resource.body).ok()?;
+    let value: Value = serde_json::from_str(body?).ok()?;
     ["subject", "patient", "beneficiary", "individual"]
         .iter()
         .filter_map(|k| value.get(*k)?.get("reference")?.as_str())
@@ -365,6 +370,11 @@ impl Gate {
                     "{}/{}/_history/{}",
                     row.res_type, row.res_id, row.version
                 ));
+                if let Some(patient) = patient_in(&row.res_type, &row.res_id, row.body.as_deref()) {
+                    if !builder.patients.contains(&patient) {
+                        builder.patients.push(patient);
+                    }
+                }
             }
             custodians.dedup();
             custodians
@@ -386,10 +396,12 @@ impl Gate {
             .try_for_each(|t| who.require(t, Action::Search))
             .and_then(|()| Ok(self.repository.search(plan, &self.visibility(who))?));
         self.audited(builder, result, |page, builder| {
+            // Every patient whose data the page shows (not only Patient rows), so the
+            // patient's "who viewed my record" includes searches over their data.
             let mut patients: Vec<String> = Vec::new();
             for row in page.matches.iter().chain(&page.included) {
-                if row.res_type == "Patient" {
-                    patients.push(format!("Patient/{}", row.res_id));
+                if let Some(patient) = patient_in(&row.res_type, &row.res_id, row.body.as_deref()) {
+                    patients.push(patient);
                 }
             }
             patients.sort();

@@ -73,27 +73,75 @@ fn walk(value: &Value, path: &str, depth: usize, max_depth: usize, issues: &mut 
     }
 }
 
-/// Rejects XML nested deeper than `max_depth` elements without building a tree.
+/// Rejects XML nested deeper than `max_depth` elements, and XML that is not balanced (an
+/// element never closed, as in a truncated body; a close tag without its open tag or naming
+/// another element; a second root element), without building a tree. Quoted attribute values,
+/// comments, CDATA sections, processing instructions and declarations are skipped, so a `<` or
+/// `>` inside them does not count.
 pub(crate) fn check_xml_depth(bytes: &[u8], max_depth: usize) -> Result<(), ContentError> {
-    let mut depth: usize = 0;
+    let malformed = |message: String| {
+        Err(ContentError::single(
+            IssueCode::Structure,
+            "",
+            format!("the XML is not well-formed: {message}"),
+        ))
+    };
+    // Names of the open elements, innermost last (at most `max_depth`).
+    let mut open: Vec<&[u8]> = Vec::new();
+    let mut roots = 0usize;
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'<' {
-            let rest = &bytes[i + 1..];
-            if rest.starts_with(b"!--")
-                || rest.starts_with(b"![CDATA[")
-                || rest.starts_with(b"?")
-                || rest.starts_with(b"!")
-            {
-                // Comments, CDATA, declarations: not elements.
-            } else if rest.starts_with(b"/") {
-                depth = depth.saturating_sub(1);
+        if bytes[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &bytes[i + 1..];
+        let skipped = if rest.starts_with(b"!--") {
+            skip_past(bytes, i + 4, b"-->").ok_or("a comment is never closed")
+        } else if rest.starts_with(b"![CDATA[") {
+            skip_past(bytes, i + 9, b"]]>").ok_or("a CDATA section is never closed")
+        } else if rest.starts_with(b"?") {
+            skip_past(bytes, i + 2, b"?>").ok_or("a processing instruction is never closed")
+        } else if rest.starts_with(b"!") {
+            tag_end(bytes, i + 2, true).ok_or("a declaration is never closed")
+        } else {
+            let Some(end) = tag_end(bytes, i + 1, false) else {
+                return malformed("a tag is never closed (is the body truncated?)".into());
+            };
+            // `end` is just past the `>`.
+            let inner = &bytes[i + 1..end - 1];
+            if let Some(closing) = inner.strip_prefix(b"/") {
+                let name = tag_name(closing);
+                match open.pop() {
+                    Some(expected) if expected == name => {}
+                    Some(expected) => {
+                        return malformed(format!(
+                            "</{}> closes <{}>",
+                            String::from_utf8_lossy(name),
+                            String::from_utf8_lossy(expected)
+                        ))
+                    }
+                    None => {
+                        return malformed(format!(
+                            "</{}> has no open element",
+                            String::from_utf8_lossy(name)
+                        ))
+                    }
+                }
             } else {
-                let end = rest.iter().position(|&b| b == b'>').unwrap_or(rest.len());
-                let self_closing = end > 0 && rest.get(end - 1) == Some(&b'/');
-                if !self_closing {
-                    depth += 1;
-                    if depth > max_depth {
+                let name = tag_name(inner);
+                if open.is_empty() {
+                    roots += 1;
+                    if roots > 1 {
+                        return malformed(format!(
+                            "a second root element <{}>",
+                            String::from_utf8_lossy(name)
+                        ));
+                    }
+                }
+                if !inner.ends_with(b"/") {
+                    open.push(name);
+                    if open.len() > max_depth {
                         return Err(ContentError::single(
                             IssueCode::Structure,
                             "",
@@ -102,8 +150,111 @@ pub(crate) fn check_xml_depth(bytes: &[u8], max_depth: usize) -> Result<(), Cont
                     }
                 }
             }
+            Ok(end)
+        };
+        match skipped {
+            Ok(next) => i = next,
+            Err(message) => return malformed(message.into()),
+        }
+    }
+    match open.last() {
+        Some(name) => malformed(format!(
+            "the element <{}> is never closed (is the body truncated?)",
+            String::from_utf8_lossy(name)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The position just past the first `terminator` at or after `from`.
+fn skip_past(bytes: &[u8], from: usize, terminator: &[u8]) -> Option<usize> {
+    bytes
+        .get(from..)?
+        .windows(terminator.len())
+        .position(|w| w == terminator)
+        .map(|p| from + p + terminator.len())
+}
+
+/// The position just past the `>` ending a tag whose content starts at `from`, skipping
+/// quoted values (and, in declarations, bracketed internal subsets).
+fn tag_end(bytes: &[u8], from: usize, declaration: bool) -> Option<usize> {
+    let mut quote: Option<u8> = None;
+    let mut brackets = 0usize;
+    let mut i = from;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None => match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'[' if declaration => brackets += 1,
+                b']' if declaration => brackets = brackets.saturating_sub(1),
+                b'>' if brackets == 0 => return Some(i + 1),
+                _ => {}
+            },
         }
         i += 1;
     }
-    Ok(())
+    None
+}
+
+/// The element name at the start of a tag's content (up to whitespace, `/` or the end).
+fn tag_name(inner: &[u8]) -> &[u8] {
+    let end = inner
+        .iter()
+        .position(|&b| b.is_ascii_whitespace() || b == b'/')
+        .unwrap_or(inner.len());
+    &inner[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const OK: &[&str] = &[
+        r#"<?xml version="1.0" encoding="UTF-8"?><Patient xmlns="http://hl7.org/fhir"><active value="true"/></Patient>"#,
+        "<Patient xmlns=\"http://hl7.org/fhir\">\n  <!-- a <comment> with </tags> -->\n  <active value='true'/>\n</Patient>\n",
+        r#"<Patient xmlns="http://hl7.org/fhir"><text><div xmlns="http://www.w3.org/1999/xhtml">a &lt;b&gt; c <br/> <![CDATA[</div>]]></div></text></Patient>"#,
+        r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="a > b </name> c"/></name></Patient>"#,
+        r#"<!DOCTYPE Patient [<!ENTITY x "y>">]><Patient xmlns="http://hl7.org/fhir"><?pi <a> ?></Patient>"#,
+        r#"<f:Patient xmlns:f="http://hl7.org/fhir"><f:active value="true" /></f:Patient>"#,
+    ];
+
+    const BAD: &[&str] = &[
+        r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/>"#,
+        r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/></Pat"#,
+        r#"<Patient xmlns="http://hl7.org/fhir"><active value="tr"#,
+        r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="x"/></Patient></name>"#,
+        r#"<Patient xmlns="http://hl7.org/fhir"></Patient></Patient>"#,
+        r#"<Patient xmlns="http://hl7.org/fhir"></Patient><Patient xmlns="http://hl7.org/fhir"/>"#,
+        r#"<Patient xmlns="http://hl7.org/fhir"><!-- never closed </Patient>"#,
+        r#"<Patient xmlns="http://hl7.org/fhir"><text><div><![CDATA[ </div></text></Patient>"#,
+    ];
+
+    #[test]
+    fn accepts_balanced_xml() {
+        for xml in OK {
+            assert!(check_xml_depth(xml.as_bytes(), 64).is_ok(), "{xml}");
+        }
+    }
+
+    #[test]
+    fn rejects_unbalanced_xml() {
+        for xml in BAD {
+            let err = check_xml_depth(xml.as_bytes(), 64).unwrap_err();
+            assert!(
+                err.issues[0].message.contains("not well-formed"),
+                "{xml}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_deep_xml() {
+        let xml = format!("<a>{}", "<b>".repeat(70));
+        let err = check_xml_depth(xml.as_bytes(), 64).unwrap_err();
+        assert!(err.issues[0].message.contains("too deeply"));
+    }
 }

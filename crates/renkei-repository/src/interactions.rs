@@ -71,12 +71,17 @@ impl Default for WriteContext {
 impl WriteContext {
     /// A facility may change only what it holds; loaders and unowned (directory) data are
     /// open to every writer.
-    fn check_may_modify(&self, row: &ResourceRow) -> Result<(), RepoError> {
+    fn check_may_modify(&self, tx: &mut Tx<'_>, row: &ResourceRow) -> Result<(), RepoError> {
         match (&self.custodian, &row.custodian) {
-            (Some(writer), Some(owner)) if writer != owner => Err(RepoError::Forbidden(format!(
-                "{}/{} is held by another facility; only {owner} may change it",
-                row.res_type, row.res_id
-            ))),
+            (Some(writer), Some(owner)) if writer != owner => {
+                // A writer who may not even see the resource learns no more than a read
+                // would tell it (404, or 403 consent required), never who holds it.
+                check_visible(tx, row, &self.visibility)?;
+                Err(RepoError::Forbidden(format!(
+                    "{}/{} is held by another facility; only {owner} may change it",
+                    row.res_type, row.res_id
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -584,7 +589,7 @@ fn write_version(
 ) -> Result<WriteOutcome, RepoError> {
     let current = tx.current_for_update(res_type, id)?;
     if let Some(row) = &current {
-        context.check_may_modify(row)?;
+        context.check_may_modify(tx, row)?;
     }
     check_if_match(current.as_ref(), if_match, res_type, id)?;
     let created = current.as_ref().is_none_or(|row| row.deleted);
@@ -694,7 +699,7 @@ pub fn patch(
             })
         }
     };
-    context.check_may_modify(row)?;
+    context.check_may_modify(tx, row)?;
     check_if_match(Some(row), if_match, res_type, id)?;
     let mut value: Value = serde_json::from_str(row.body.as_deref().unwrap_or("{}"))
         .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))?;
@@ -750,7 +755,7 @@ pub fn delete(
     let Some(row) = current.filter(|row| !row.deleted) else {
         return Ok(DeleteOutcome::NothingToDelete);
     };
-    context.check_may_modify(&row)?;
+    context.check_may_modify(tx, &row)?;
     check_if_match(Some(&row), if_match, res_type, id)?;
     let version = row.version + 1;
     let new = NewVersion {

@@ -101,7 +101,7 @@ impl Store {
                     ConnectionManager::<SqliteConnection>::new(path.display().to_string());
                 let pool = Pool::builder()
                     .max_size(options.max_connections)
-                    .min_idle(Some(1))
+                    .min_idle(Some(0))
                     .connection_timeout(options.connect_timeout)
                     .connection_customizer(Box::new(SqlitePragmas))
                     .build(manager)
@@ -110,9 +110,13 @@ impl Store {
             }
             DatabaseUrl::Postgres(url) => {
                 let manager = ConnectionManager::<PgConnection>::new(url.clone());
+                // No background replenishment (min_idle 0): with min_idle 1, checking out the
+                // idle connection made r2d2 open another one on its worker thread, and a
+                // short-lived process (`renkei client add`, `renkei token`) exiting meanwhile
+                // crashed in libpq (SIGSEGV, ~7% of runs). Returned connections are still kept.
                 let pool = Pool::builder()
                     .max_size(options.max_connections)
-                    .min_idle(Some(1))
+                    .min_idle(Some(0))
                     .connection_timeout(options.connect_timeout)
                     .build(manager)
                     .map_err(|e| StoreError::Connect(e.to_string()))?;

@@ -452,7 +452,14 @@ impl<'v> Aliases<'v> {
 
 /// `r.res_type IN (…) AND r.deleted = false AND <filters>` over alias `r`.
 fn push_where(sql: &mut Sql, plan: &SearchPlan, aliases: &mut Aliases<'_>) {
-    push_type_condition(sql, "r", &plan.types);
+    if drives_from_index(plan) {
+        // Let the index subqueries drive: an indexable `res_type = ?` tempts planners (SQLite
+        // above all) into walking every resource of the type and probing each one. `|| ''`
+        // keeps the condition but hides it from index selection, on both backends.
+        push_type_column(sql, "(r.res_type || '')", &plan.types);
+    } else {
+        push_type_condition(sql, "r", &plan.types);
+    }
     sql.push(" AND r.deleted = ").bind(Bind::Bool(false));
     aliases.visibility.push_predicate_for(sql, "r");
     for filter in &plan.filters {
@@ -461,17 +468,37 @@ fn push_where(sql: &mut Sql, plan: &SearchPlan, aliases: &mut Aliases<'_>) {
     }
 }
 
+/// Whether some positive parameter filter selects rows through an index table, so the query
+/// should start from it rather than from all resources of the type. `_id` and
+/// `_lastUpdated` are served by indexes on `resources` that include the type.
+fn drives_from_index(plan: &SearchPlan) -> bool {
+    let by_resources_index = plan
+        .filters
+        .iter()
+        .any(|f| matches!(f, Filter::Id(_) | Filter::LastUpdated(_)));
+    !by_resources_index
+        && plan.filters.iter().any(|f| match f {
+            Filter::Token { not, .. } => !*not,
+            Filter::Missing { .. } | Filter::Id(_) | Filter::LastUpdated(_) => false,
+            _ => true,
+        })
+}
+
 fn push_type_condition(sql: &mut Sql, alias: &str, types: &[String]) {
+    push_type_column(sql, &format!("{alias}.res_type"), types);
+}
+
+fn push_type_column(sql: &mut Sql, column: &str, types: &[String]) {
     match types {
         [] => {
             sql.push("1 = 1");
         }
         [one] => {
-            sql.push(&format!("{alias}.res_type = "))
+            sql.push(&format!("{column} = "))
                 .bind(Bind::Text(one.clone()));
         }
         many => {
-            sql.push(&format!("{alias}.res_type IN ("));
+            sql.push(&format!("{column} IN ("));
             push_text_list(sql, many);
             sql.push(")");
         }

@@ -218,7 +218,7 @@ impl crate::Tx<'_> {
         if *visibility == Visibility::Unrestricted {
             return Ok(true);
         }
-        let mut sql = Sql::new("SELECT 1 AS one FROM resources r WHERE r.rid = ");
+        let mut sql = Sql::new("SELECT CAST(1 AS BIGINT) AS one FROM resources r WHERE r.rid = ");
         sql.bind(Bind::Int(rid));
         visibility.push_predicate(&mut sql);
         Ok(!self.load::<Found>(&sql)?.is_empty())
@@ -231,7 +231,8 @@ impl crate::Tx<'_> {
         organization: &str,
         patient_id: &str,
     ) -> Result<bool, crate::StoreError> {
-        let mut sql = Sql::new("SELECT 1 AS one FROM resources r WHERE r.patient_id = ");
+        let mut sql =
+            Sql::new("SELECT CAST(1 AS BIGINT) AS one FROM resources r WHERE r.patient_id = ");
         sql.bind(Bind::Text(patient_id.into()))
             .push(" AND r.custodian = ")
             .bind(Bind::Text(organization.into()))

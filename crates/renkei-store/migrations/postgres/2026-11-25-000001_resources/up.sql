@@ -13,6 +13,7 @@ CREATE TABLE resources (
     UNIQUE (res_type, res_id)
 );
 CREATE INDEX resources_type_updated ON resources (res_type, last_updated);
+CREATE INDEX resources_type_rid ON resources (res_type, rid);
 CREATE INDEX resources_updated ON resources (last_updated);
 CREATE INDEX resources_patient ON resources (patient_id);
 

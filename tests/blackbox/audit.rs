@@ -1,0 +1,870 @@
+//! The audit trail, end to end: every interaction leaves a BALP-shaped AuditEvent (also denied
+//! ones), `X-Request-Id` is echoed and stored, AuditEvent is append-only over the API, patients
+//! see who viewed their record, facilities see accesses to what they hold, and the hash chain
+//! detects tampering done directly in the database (`renkei audit verify`), on both backends.
+
+use crate::consent::{id_of, lab, network, ORG_A, ORG_B, ORG_C, OTHER_PATIENT, PATIENT, SECRET};
+use crate::support::{
+    entries, for_each_backend, for_each_backend_raw, renkei_command, Caller, Server, JSON_PATCH,
+};
+use renkei_store::{Bind, DatabaseUrl, Sql, Store, StoreError, StoreOptions};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::process::Stdio;
+
+/// Minimal base64 (standard alphabet) decoding for `entity.query`.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            other => panic!("not base64: {other}"),
+        }
+    };
+    let clean: Vec<u8> = text.bytes().filter(|b| *b != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in clean.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= value(*c) << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+/// Every AuditEvent the caller may see (all pages, oldest first).
+fn audit_events(who: &Caller<'_>, query: &str) -> Vec<Value> {
+    let path = if query.is_empty() {
+        "AuditEvent?_sort=date&_count=100".to_string()
+    } else {
+        format!("AuditEvent?{query}&_sort=date&_count=100")
+    };
+    let (list, _) = who.all_pages(&path);
+    list.into_iter().map(|e| e["resource"].clone()).collect()
+}
+
+fn request_id_of(event: &Value) -> Option<String> {
+    event["entity"].as_array()?.iter().find_map(|e| {
+        (e["type"]["code"] == "XrequestId")
+            .then(|| {
+                e["what"]["identifier"]["value"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .flatten()
+    })
+}
+
+fn entity_refs(event: &Value) -> Vec<String> {
+    event["entity"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| e["what"]["reference"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn patient_entities(event: &Value) -> Vec<String> {
+    event["entity"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|e| e["role"]["code"] == "1")
+                .filter_map(|e| e["what"]["reference"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn client_of(event: &Value) -> Option<String> {
+    event["agent"].as_array()?.iter().find_map(|a| {
+        (a["type"]["coding"][0]["code"] == "110153")
+            .then(|| a["who"]["identifier"]["value"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+fn organization_of(event: &Value) -> Option<String> {
+    event["agent"].as_array()?.iter().find_map(|a| {
+        (a["type"]["coding"][0]["code"] == "PROV")
+            .then(|| a["who"]["reference"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+fn query_of(event: &Value) -> Option<String> {
+    event["entity"].as_array()?.iter().find_map(|e| {
+        e["query"]
+            .as_str()
+            .map(|q| String::from_utf8(base64_decode(q)).expect("utf-8 query"))
+    })
+}
+
+/// The one event carrying `request_id`.
+#[track_caller]
+fn event_for<'e>(events: &'e HashMap<String, Vec<Value>>, request_id: &str) -> &'e Value {
+    let found = events
+        .get(request_id)
+        .unwrap_or_else(|| panic!("no AuditEvent carries X-Request-Id {request_id}"));
+    assert_eq!(found.len(), 1, "{request_id}: {found:?}");
+    &found[0]
+}
+
+#[track_caller]
+fn assert_shape(event: &Value, subtype: &str, action: &str, outcome: &str, what: &str) {
+    assert_eq!(event["resourceType"], "AuditEvent", "{what}");
+    assert_eq!(event["type"]["code"], "rest", "{what}: {event}");
+    assert_eq!(
+        event["type"]["system"], "http://terminology.hl7.org/CodeSystem/audit-event-type",
+        "{what}"
+    );
+    assert_eq!(event["subtype"][0]["code"], subtype, "{what}: {event}");
+    assert_eq!(event["action"], action, "{what}: {event}");
+    assert_eq!(event["outcome"], outcome, "{what}: {event}");
+    let recorded = event["recorded"].as_str().expect("recorded");
+    // UTC with milliseconds: 2026-11-25T11:30:37.002Z
+    assert!(
+        recorded.len() == 24 && recorded.ends_with('Z') && recorded.as_bytes()[19] == b'.',
+        "{what}: recorded {recorded}"
+    );
+    assert!(
+        event["meta"]["profile"][0].as_str().is_some_and(
+            |p| p.starts_with("https://profiles.ihe.net/ITI/BALP/StructureDefinition/")
+        ),
+        "{what}: {event}"
+    );
+    assert_eq!(
+        event["source"]["observer"]["display"],
+        "Renkei FHIR gateway"
+    );
+}
+
+#[test]
+fn every_interaction_leaves_a_balp_audit_event() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let a = s.token_for(
+            "hosp-a-ehr",
+            ORG_A,
+            "facility",
+            &["--practitioner", "Practitioner/dr-a"],
+        );
+        let a = s.with_token(&a);
+        let limited = s.token_for(
+            "a-reader",
+            ORG_A,
+            "facility",
+            &["--scope", "system/Observation.rs"],
+        );
+        let limited = s.with_token(&limited);
+        let auditor = s.token_for("auditor", ORG_A, "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let rid = |name: &str| format!("rq-{name}-{}", s.backend);
+
+        let send = |who: &Caller<'_>,
+                    name: &str,
+                    method: &str,
+                    path: &str,
+                    body: Option<&Value>,
+                    content_type: &str| {
+            let id = rid(name);
+            let mut headers = vec![("X-Request-Id", id.as_str())];
+            if body.is_some() {
+                headers.push(("Content-Type", content_type));
+            }
+            let r = who.request(
+                method,
+                path,
+                &headers,
+                body.map(|b| serde_json::to_vec(b).unwrap()),
+            );
+            assert_eq!(
+                r.header("x-request-id"),
+                Some(id.as_str()),
+                "{name}: request id not echoed"
+            );
+            r
+        };
+        let fhir = crate::support::FHIR_JSON;
+        let obs = lab("3D046000001906202", 6.0, "2025-06-01", None);
+        let created = send(&a, "create", "POST", "Observation", Some(&obs), fhir)
+            .expect(201)
+            .json();
+        let oid = id_of(&created);
+        send(&a, "read", "GET", &oid, None, fhir).expect(200);
+        send(&a, "vread", "GET", &format!("{oid}/_history/1"), None, fhir).expect(200);
+        send(
+            &a,
+            "search",
+            "GET",
+            &format!("Observation?patient={PATIENT}&code=3D046000001906202"),
+            None,
+            fhir,
+        )
+        .expect(200);
+        let mut changed = created.clone();
+        changed["status"] = json!("amended");
+        send(&a, "update", "PUT", &oid, Some(&changed), fhir).expect(200);
+        let patch = json!([{"op": "replace", "path": "/status", "value": "corrected"}]);
+        send(&a, "patch", "PATCH", &oid, Some(&patch), JSON_PATCH).expect(200);
+        send(&a, "history", "GET", &format!("{oid}/_history"), None, fhir).expect(200);
+        send(&a, "delete", "DELETE", &oid, None, fhir);
+        let tx = json!({
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [{"fullUrl": "urn:uuid:6f1c2c1e-0000-4000-8000-000000000001", "resource": lab("3D010000001926101", 99.0, "2025-06-02", None), "request": {"method": "POST", "url": "Observation"}}],
+        });
+        let tx_response = send(&a, "transaction", "POST", "", Some(&tx), fhir)
+            .expect(200)
+            .json();
+        let tx_location = entries(&tx_response)[0]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let batch = json!({
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": net.labs[0]}}],
+        });
+        send(&a, "batch", "POST", "", Some(&batch), fhir).expect(200);
+        // Denied and failed attempts.
+        send(
+            &limited,
+            "forbidden",
+            "POST",
+            "Observation",
+            Some(&obs),
+            fhir,
+        )
+        .expect(403);
+        send(&net.as_c(), "hidden", "GET", &net.labs[0], None, fhir).expect(404);
+        send(
+            &net.as_b(),
+            "consent-required",
+            "GET",
+            "Observation/not-there",
+            None,
+            fhir,
+        )
+        .expect(404);
+        let bad_token = s.with_token("not-a-token");
+        send(
+            &bad_token,
+            "unauthenticated",
+            "GET",
+            &net.labs[0],
+            None,
+            fhir,
+        )
+        .expect(401);
+        let bad = json!({"resourceType": "Observation", "status": "no-such-status"});
+        send(&a, "invalid", "POST", "Observation", Some(&bad), fhir).expect(400);
+        // A client X-Request-Id that is not plain is replaced by a generated one.
+        let r = a.get_with(&oid, &[("X-Request-Id", "bad id with spaces")]);
+        let generated = r
+            .header("x-request-id")
+            .expect("a generated request id")
+            .to_string();
+        assert_ne!(generated, "bad id with spaces");
+
+        let all = audit_events(&auditor, "");
+        let mut by_request: HashMap<String, Vec<Value>> = HashMap::new();
+        for event in &all {
+            if let Some(id) = request_id_of(event) {
+                by_request.entry(id).or_default().push(event.clone());
+            }
+        }
+        let patient = format!("Patient/{PATIENT}");
+        let check_agent = |event: &Value, client: &str, org: &str, what: &str| {
+            assert_eq!(client_of(event).as_deref(), Some(client), "{what}: {event}");
+            assert_eq!(
+                organization_of(event).as_deref(),
+                Some(org),
+                "{what}: {event}"
+            );
+            assert_eq!(
+                event["purposeOfEvent"][0]["coding"][0]["code"], "TREAT",
+                "{what}"
+            );
+        };
+        for (name, subtype, action, resource) in [
+            ("create", "create", "C", Some(format!("{oid}/_history/1"))),
+            ("read", "read", "R", Some(format!("{oid}/_history/1"))),
+            ("vread", "vread", "R", Some(format!("{oid}/_history/1"))),
+            ("search", "search-type", "E", None),
+            ("update", "update", "U", Some(format!("{oid}/_history/2"))),
+            ("patch", "patch", "U", Some(format!("{oid}/_history/3"))),
+            ("history", "history", "R", Some(format!("{oid}/_history/3"))),
+            ("delete", "delete", "D", None),
+            ("transaction", "transaction", "E", None),
+            ("batch", "batch", "E", None),
+        ] {
+            let event = event_for(&by_request, &rid(name));
+            assert_shape(event, subtype, action, "0", name);
+            check_agent(event, "hosp-a-ehr", ORG_A, name);
+            // The practitioner the token acts for is the requesting person.
+            assert!(
+                event["agent"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|ag| ag["who"]["reference"] == "Practitioner/dr-a"
+                        && ag["requestor"] == true),
+                "{name}: no practitioner agent: {event}"
+            );
+            if let Some(resource) = resource {
+                assert!(
+                    entity_refs(event).contains(&resource),
+                    "{name}: {resource} not in {event}"
+                );
+            }
+            if name != "transaction" && name != "batch" && name != "delete" {
+                assert_eq!(
+                    patient_entities(event),
+                    vec![patient.clone()],
+                    "{name}: {event}"
+                );
+            }
+        }
+        // Delete names the resource.
+        let deleted = event_for(&by_request, &rid("delete"));
+        assert!(
+            entity_refs(deleted).iter().any(|r| r.starts_with(&oid)),
+            "delete: {deleted}"
+        );
+        // Search carries its raw query, base64.
+        let query = query_of(event_for(&by_request, &rid("search"))).expect("entity.query");
+        assert!(
+            query.contains(&format!("patient={PATIENT}"))
+                && query.contains("code=3D046000001906202"),
+            "{query}"
+        );
+        // The transaction names what it created.
+        let tx_event = event_for(&by_request, &rid("transaction"));
+        let tx_target = tx_location.split("/_history").next().unwrap();
+        assert!(
+            entity_refs(tx_event)
+                .iter()
+                .any(|r| r.starts_with(tx_target)),
+            "transaction: {tx_location} not in {tx_event}"
+        );
+
+        // Failures carry outcome 4 and who tried.
+        let event = event_for(&by_request, &rid("forbidden"));
+        assert_eq!(event["outcome"], "4", "{event}");
+        assert_eq!(event["action"], "C");
+        check_agent(event, "a-reader", ORG_A, "forbidden");
+        let event = event_for(&by_request, &rid("hidden"));
+        assert_shape(event, "read", "R", "4", "404 by consent");
+        check_agent(event, "clinic-c-ehr", ORG_C, "hidden");
+        assert!(
+            entity_refs(event)
+                .iter()
+                .any(|r| r.starts_with(&net.labs[0])),
+            "{event}"
+        );
+        assert!(
+            !event.to_string().contains(SECRET),
+            "the audit of a denied read copies hidden data"
+        );
+        let event = event_for(&by_request, &rid("consent-required"));
+        assert_eq!(event["outcome"], "4");
+        let event = event_for(&by_request, &rid("invalid"));
+        assert_eq!(event["outcome"], "4");
+        assert_eq!(event["action"], "C");
+        // 401: no identity, but the attempt is on record (anonymous client, failure).
+        let event = event_for(&by_request, &rid("unauthenticated"));
+        assert_eq!(event["outcome"], "4", "{event}");
+        assert_eq!(client_of(event).as_deref(), Some("anonymous"), "{event}");
+        assert!(organization_of(event).is_none(), "{event}");
+        // The generated request id is stored too.
+        event_for(&by_request, &generated);
+
+        // Auditor search parameters narrow as documented.
+        let reads = audit_events(&auditor, "subtype=read&outcome=4&agent=clinic-c-ehr");
+        assert!(!reads.is_empty());
+        assert!(reads.iter().all(|e| e["subtype"][0]["code"] == "read"
+            && e["outcome"] == "4"
+            && client_of(e).as_deref() == Some("clinic-c-ehr")));
+        let on_obs = audit_events(&auditor, &format!("entity={oid}"));
+        assert!(on_obs.len() >= 6, "{}", on_obs.len());
+        let creates = audit_events(&auditor, "action=C&agent=Organization/hosp-a");
+        assert!(creates.iter().all(|e| e["action"] == "C"));
+        assert!(creates
+            .iter()
+            .any(|e| request_id_of(e).as_deref() == Some(rid("create").as_str())));
+        // The auditor's own searches are audited as well.
+        assert!(audit_events(&auditor, "agent=auditor").len() >= 2);
+    });
+}
+
+#[test]
+fn audit_events_cannot_be_written_through_the_api() {
+    for_each_backend(|s| {
+        let auditor = s.token_for("auditor", ORG_A, "auditor", &[]);
+        let admin = s.token_for("admin", ORG_A, "admin", &[]);
+        let patient = s.token_for("p-app", ORG_A, "patient", &["--patient", "Patient/pat-p"]);
+        let event = json!({
+            "resourceType": "AuditEvent",
+            "id": "forged",
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+            "recorded": "2025-01-01T00:00:00.000Z",
+            "agent": [{"requestor": true, "who": {"display": "forger"}}],
+            "source": {"observer": {"display": "forger"}},
+        });
+        let existing = s.with_token(&auditor).read_json("AuditEvent?_count=1");
+        let existing_id = entries(&existing)
+            .first()
+            .and_then(|e| e["resource"]["id"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "forged".into());
+        for (name, token) in [
+            ("facility", s.token.clone()),
+            ("auditor", auditor.clone()),
+            ("admin", admin.clone()),
+            ("patient", patient.clone()),
+        ] {
+            let who = s.with_token(&token);
+            who.post("AuditEvent", &event).expect(405).outcome();
+            who.put(&format!("AuditEvent/{existing_id}"), &event)
+                .expect(405);
+            who.delete(&format!("AuditEvent/{existing_id}")).expect(405);
+            who.send_raw(
+                "PATCH",
+                &format!("AuditEvent/{existing_id}"),
+                JSON_PATCH,
+                br#"[{"op":"replace","path":"/outcome","value":"0"}]"#,
+            )
+            .expect(405);
+            who.delete("AuditEvent?outcome=4").expect(405);
+            // Nor inside a Bundle.
+            let bundle = json!({
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [{"resource": event, "request": {"method": "POST", "url": "AuditEvent"}}],
+            });
+            let r = who.post("", &bundle);
+            assert!(
+                r.status >= 400,
+                "{name}: a transaction wrote an AuditEvent: {}",
+                r.body
+            );
+        }
+        let forged = s.with_token(&auditor).read_json("AuditEvent?agent=forger");
+        assert!(entries(&forged).is_empty());
+    });
+}
+
+#[test]
+fn patients_see_who_viewed_their_record_and_facilities_see_accesses_to_their_data() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let me = s.token_for(
+            "p-app",
+            ORG_B,
+            "patient",
+            &["--patient", &format!("Patient/{PATIENT}")],
+        );
+        let me = s.with_token(&me);
+        // B (consented) looks at P's data; C tries and is refused; A looks at Q's data.
+        net.as_b().read_json(&net.labs[0]);
+        net.as_b()
+            .read_json(&format!("Observation?patient={PATIENT}"));
+        net.as_c().get(&net.labs[0]).expect(404);
+        let q_lab = {
+            let mut o = lab("3D046000001906202", 5.0, "2025-01-01", None);
+            o["subject"] = json!({"reference": format!("Patient/{OTHER_PATIENT}")});
+            id_of(&net.as_a().create(&o))
+        };
+        net.as_a().read_json(&q_lab);
+
+        let mine = audit_events(&me, &format!("patient=Patient/{PATIENT}"));
+        assert!(!mine.is_empty());
+        for event in &mine {
+            assert!(
+                patient_entities(event).contains(&format!("Patient/{PATIENT}")),
+                "an event about someone else: {event}"
+            );
+            assert!(!event.to_string().contains(OTHER_PATIENT), "{event}");
+        }
+        // Which facility, when, for what purpose, what kind of data.
+        let b_read = mine
+            .iter()
+            .find(|e| {
+                organization_of(e).as_deref() == Some(ORG_B)
+                    && e["subtype"][0]["code"] == "read"
+                    && entity_refs(e).iter().any(|r| r.starts_with(&net.labs[0]))
+            })
+            .unwrap_or_else(|| panic!("B's read is not in the patient's view: {mine:?}"));
+        assert_eq!(b_read["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+        assert!(b_read["recorded"].as_str().is_some());
+        assert!(
+            mine.iter()
+                .any(|e| organization_of(e).as_deref() == Some(ORG_B)
+                    && e["subtype"][0]["code"] == "search-type"),
+            "B's search over P's labs is not in the patient's view"
+        );
+        // Without the parameter: the same own view.
+        let default_view = audit_events(&me, "");
+        assert_eq!(
+            default_view.len(),
+            mine.len() + 1,
+            "the first patient search is itself audited"
+        );
+        // Another patient's record: 403.
+        me.get(&format!("AuditEvent?patient=Patient/{OTHER_PATIENT}"))
+            .expect(403)
+            .outcome();
+        me.get(&format!("AuditEvent?patient={OTHER_PATIENT}"))
+            .expect(403);
+
+        // Facilities see the accesses to data they hold.
+        let for_a = audit_events(&net.as_a(), "");
+        assert!(
+            for_a
+                .iter()
+                .any(|e| organization_of(e).as_deref() == Some(ORG_B)
+                    && entity_refs(e).iter().any(|r| r.starts_with(&net.labs[0]))),
+            "A does not see B's access to A's lab"
+        );
+        let for_c = audit_events(&net.as_c(), "");
+        for event in &for_c {
+            for hidden in net.labs.iter().chain([&net.medreq, &net.imaging, &q_lab]) {
+                assert!(
+                    !entity_refs(event)
+                        .iter()
+                        .any(|r| r.starts_with(hidden.as_str())),
+                    "C sees an access to A's data: {event}"
+                );
+            }
+        }
+        let for_b = audit_events(&net.as_b(), "");
+        for event in &for_b {
+            assert!(
+                !entity_refs(event).iter().any(|r| r.starts_with(&q_lab)),
+                "B sees an access to Q's lab at A: {event}"
+            );
+        }
+    });
+}
+
+// ---- tamper evidence -------------------------------------------------------------------------
+
+struct Verdict {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn verify(url: &str) -> Verdict {
+    let out = renkei_command()
+        .args(["audit", "verify", "--database", url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run renkei audit verify");
+    Verdict {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn open_store(url: &str) -> Store {
+    Store::open(
+        &DatabaseUrl::parse(url).expect("database url"),
+        &StoreOptions::default(),
+    )
+    .expect("open store")
+}
+
+fn exec(store: &Store, statements: &[Sql]) {
+    store
+        .write(|tx| {
+            for sql in statements {
+                tx.execute(sql)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .expect("tamper");
+}
+
+fn sql(text: &str) -> Sql {
+    Sql::new(text)
+}
+
+/// Starts a server, makes traffic, stops it, checks the intact chain; returns the stopped
+/// server (its database stays until drop), the record count and the head hash.
+fn trail(backend: crate::support::Backend) -> (Server, i64, String) {
+    let mut s = Server::start(backend);
+    let net = network(&s);
+    for lab in &net.labs {
+        net.as_b().read_json(lab);
+    }
+    net.as_c().get(&net.labs[0]).expect(404);
+    net.as_b()
+        .read_json(&format!("Observation?patient={PATIENT}"));
+    drop(net);
+    s.kill9();
+    let v = verify(s.database_url());
+    assert!(
+        v.ok,
+        "intact trail fails verification:\n{}\n{}",
+        v.stdout, v.stderr
+    );
+    let records: i64 = v
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("audit trail intact: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no record count in: {}", v.stdout));
+    let head = v
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("head hash: "))
+        .unwrap_or_else(|| panic!("no head hash in: {}", v.stdout))
+        .trim()
+        .to_string();
+    assert_eq!(head.len(), 64, "{head}");
+    assert!(records >= 8, "only {records} audit records");
+    (s, records, head)
+}
+
+#[track_caller]
+fn assert_broken_at(url: &str, seq: i64, kind: &str) {
+    let v = verify(url);
+    assert!(!v.ok, "{kind}: verify did not notice:\n{}", v.stdout);
+    assert!(
+        v.stderr.contains(&format!("BROKEN at record {seq}:")),
+        "{kind}: expected the first bad record {seq}, got:\n{}\n{}",
+        v.stdout,
+        v.stderr
+    );
+}
+
+#[test]
+fn intact_trail_verifies_and_exports_as_ndjson() {
+    for_each_backend_raw(|backend| {
+        let (s, records, head) = trail(backend);
+        // Verifying twice gives the same head.
+        let again = verify(s.database_url());
+        assert!(again.stdout.contains(&head));
+        let out = renkei_command()
+            .args([
+                "audit",
+                "export",
+                "--since",
+                "2000-01-01",
+                "--database",
+                s.database_url(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("export");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len() as i64, records);
+        for line in lines {
+            let event: Value = serde_json::from_str(line).expect("an NDJSON line is JSON");
+            assert_eq!(event["resourceType"], "AuditEvent");
+            assert!(event["id"].as_str().is_some());
+        }
+        // A date in the future exports nothing.
+        let out = renkei_command()
+            .args([
+                "audit",
+                "export",
+                "--since",
+                "2999-01-01",
+                "--database",
+                s.database_url(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("export");
+        assert!(out.status.success());
+        assert!(out.stdout.is_empty());
+    });
+}
+
+#[test]
+fn tampering_modified_record_is_detected() {
+    for_each_backend_raw(|backend| {
+        let (s, _, _) = trail(backend);
+        let store = open_store(s.database_url());
+        let mut update = sql("UPDATE audit_events SET body = REPLACE(body, ");
+        update
+            .bind(Bind::Text("\"outcome\":\"".into()))
+            .push(", ")
+            .bind(Bind::Text("\"outcomeX\":\"".into()))
+            .push(") WHERE seq = 3");
+        exec(&store, &[update]);
+        drop(store);
+        assert_broken_at(s.database_url(), 3, "modified body");
+    });
+}
+
+#[test]
+fn tampering_deleted_middle_record_is_detected() {
+    for_each_backend_raw(|backend| {
+        let (s, _, _) = trail(backend);
+        let store = open_store(s.database_url());
+        exec(
+            &store,
+            &[
+                sql("DELETE FROM audit_refs WHERE seq = 4"),
+                sql("DELETE FROM audit_events WHERE seq = 4"),
+            ],
+        );
+        drop(store);
+        assert_broken_at(s.database_url(), 5, "deleted record 4");
+    });
+}
+
+#[test]
+fn tampering_truncated_end_is_detected() {
+    for_each_backend_raw(|backend| {
+        let (s, records, _) = trail(backend);
+        let store = open_store(s.database_url());
+        let mut refs = sql("DELETE FROM audit_refs WHERE seq = ");
+        refs.bind(Bind::Int(records));
+        let mut rows = sql("DELETE FROM audit_events WHERE seq = ");
+        rows.bind(Bind::Int(records));
+        exec(&store, &[refs, rows]);
+        drop(store);
+        // The head kept beside the chain names the missing last record.
+        assert_broken_at(s.database_url(), records, "truncated last record");
+    });
+}
+
+#[test]
+fn tampering_reordered_records_are_detected() {
+    for_each_backend_raw(|backend| {
+        let (s, _, _) = trail(backend);
+        let store = open_store(s.database_url());
+        exec(
+            &store,
+            &[
+                sql("DELETE FROM audit_refs WHERE seq IN (5, 6)"),
+                sql("UPDATE audit_events SET seq = -1 WHERE seq = 5"),
+                sql("UPDATE audit_events SET seq = 5 WHERE seq = 6"),
+                sql("UPDATE audit_events SET seq = 6 WHERE seq = -1"),
+            ],
+        );
+        drop(store);
+        assert_broken_at(s.database_url(), 5, "swapped records 5 and 6");
+    });
+}
+
+/// A forger who knows the hash function inserts a well-formed record after record 3, shifts
+/// the later records, and even moves the head: the record after the forgery no longer links.
+/// Appending a forged record at the end and rewriting the head is only caught by comparing the
+/// head hash with one anchored outside the database, which is why verify prints it.
+#[test]
+fn tampering_inserted_record_is_detected() {
+    for_each_backend_raw(|backend| {
+        let (s, records, head) = trail(backend);
+        let url = s.database_url().to_string();
+        let store = open_store(&url);
+        let chain = store
+            .read(|tx| Ok::<_, StoreError>(tx.audit_chain(0, 1000)?))
+            .expect("read chain");
+        let third = chain.iter().find(|r| r.seq == 3).expect("record 3").clone();
+        let forged_body = third
+            .body
+            .replace("\"outcome\":\"", "\"outcome\":\"0\",\"forged\":\"");
+        let forged_hash =
+            renkei_audit::record_hash(4, third.recorded + 1, &third.hash, &forged_body);
+        let forged = |seq: i64, prev: &str, hash: &str, body: &str| {
+            let mut insert = sql("INSERT INTO audit_events (seq, event_id, recorded, request_id, type_code, subtype, action, outcome, body, prev_hash, hash) VALUES (");
+            insert
+                .bind(Bind::Int(seq))
+                .push(", ")
+                .bind(Bind::Text(format!("forged-{seq}")))
+                .push(", ")
+                .bind(Bind::Int(third.recorded + 1))
+                .push(", 'forged', 'rest', 'read', 'R', '0', ")
+                .bind(Bind::Text(body.to_string()))
+                .push(", ")
+                .bind(Bind::Text(prev.to_string()))
+                .push(", ")
+                .bind(Bind::Text(hash.to_string()))
+                .push(")");
+            insert
+        };
+        let mut head_update = sql("UPDATE audit_head SET seq = ");
+        head_update
+            .bind(Bind::Int(records + 1))
+            .push(" WHERE id = 1");
+        exec(
+            &store,
+            &[
+                sql("DELETE FROM audit_refs WHERE seq >= 4"),
+                // Two steps: PostgreSQL checks the primary key row by row.
+                sql("UPDATE audit_events SET seq = seq + 1000000 WHERE seq >= 4"),
+                sql("UPDATE audit_events SET seq = seq - 999999 WHERE seq >= 1000000"),
+                forged(4, &third.hash, &forged_hash, &forged_body),
+                head_update,
+            ],
+        );
+        assert_broken_at(&url, 5, "forged record inserted as 4");
+
+        // Undo, then append a forged record at the end with a rewritten head.
+        let mut head_back = sql("UPDATE audit_head SET seq = ");
+        head_back.bind(Bind::Int(records)).push(" WHERE id = 1");
+        exec(
+            &store,
+            &[
+                sql("DELETE FROM audit_events WHERE seq = 4"),
+                sql("UPDATE audit_events SET seq = seq + 1000000 WHERE seq >= 5"),
+                sql("UPDATE audit_events SET seq = seq - 1000001 WHERE seq >= 1000000"),
+                head_back,
+            ],
+        );
+        let restored = verify(&url);
+        assert!(
+            restored.ok && restored.stdout.contains(&head),
+            "{}{}",
+            restored.stdout,
+            restored.stderr
+        );
+        let next = records + 1;
+        let tail_hash = renkei_audit::record_hash(next, third.recorded + 2, &head, &forged_body);
+        exec(&store, &[forged(next, &head, &tail_hash, &forged_body)]);
+        // Without touching the head: caught at the end.
+        assert_broken_at(
+            &url,
+            records,
+            "forged record appended without moving the head",
+        );
+        // Moving the head too makes a self-consistent chain, but its head hash is not the
+        // anchored one.
+        let mut head_forged = sql("UPDATE audit_head SET seq = ");
+        head_forged
+            .bind(Bind::Int(next))
+            .push(", hash = ")
+            .bind(Bind::Text(tail_hash.clone()))
+            .push(" WHERE id = 1");
+        exec(&store, &[head_forged]);
+        let v = verify(&url);
+        assert!(v.ok, "{}", v.stderr);
+        assert!(
+            !v.stdout.contains(&head),
+            "the anchored head hash must change: {}",
+            v.stdout
+        );
+        assert!(v.stdout.contains(&tail_hash));
+        drop(store);
+    });
+}

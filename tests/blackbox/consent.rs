@@ -1,0 +1,856 @@
+//! Consent enforcement, end to end with real tokens: a small network of three facilities
+//! (hospital A, clinics B and C) built through the API, each facility writing its own data
+//! with its own token (so it is the custodian), and a patient P registered at A and B whose
+//! Consent, written by A, permits B for treatment.
+//!
+//! Covers the three scenarios of the primer (new patient at a clinic, referral with continued
+//! viewing, discharge to a clinic not yet in the consent), withdrawal taking effect on the very
+//! next request (even through a page link obtained before), a leak suite for a non-consented
+//! facility over every path, break-glass, the UNDELIVERED privacy tag, and the patient and
+//! auditor roles.
+
+use crate::support::{entries, for_each_backend, link, Caller, Resp, Server};
+use serde_json::{json, Value};
+
+pub(crate) const ORG_A: &str = "Organization/hosp-a";
+pub(crate) const ORG_B: &str = "Organization/clinic-b";
+pub(crate) const ORG_C: &str = "Organization/clinic-c";
+pub(crate) const PATIENT: &str = "pat-p";
+pub(crate) const OTHER_PATIENT: &str = "pat-q";
+const CONSENT: &str = "consent-pat-p";
+const PRIVACY_SYSTEM: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication";
+
+/// Text that appears only inside hospital A's clinical data: no response to a facility that may
+/// not see that data may ever contain it.
+pub(crate) const SECRET: &str = "MARKER-A-HIDDEN";
+const SECRET_LAB_ID: &str = "A-LAB-0001";
+
+/// The network and what hospital A wrote.
+pub(crate) struct Net<'s> {
+    pub s: &'s Server,
+    pub a: String,
+    pub b: String,
+    pub c: String,
+    /// A's lab Observations of P (the first has two versions).
+    pub labs: Vec<String>,
+    pub medreq: String,
+    pub imaging: String,
+    /// B's own Encounter of P (so B holds a record of P).
+    pub b_encounter: String,
+}
+
+impl<'s> Net<'s> {
+    pub fn as_a(&self) -> Caller<'s> {
+        self.s.with_token(&self.a)
+    }
+    pub fn as_b(&self) -> Caller<'s> {
+        self.s.with_token(&self.b)
+    }
+    pub fn as_c(&self) -> Caller<'s> {
+        self.s.with_token(&self.c)
+    }
+}
+
+fn patient_ref() -> String {
+    format!("Patient/{PATIENT}")
+}
+
+pub(crate) fn lab(code: &str, value: f64, date: &str, identifier: Option<&str>) -> Value {
+    let mut obs = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": code}], "text": format!("{SECRET} {code}")},
+        "subject": {"reference": patient_ref()},
+        "effectiveDateTime": date,
+        "valueQuantity": {"value": value, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"},
+        "note": [{"text": format!("{SECRET} note")}],
+    });
+    if let Some(id) = identifier {
+        obs["identifier"] = json!([{"system": "urn:hosp-a:lab", "value": id}]);
+    }
+    obs
+}
+
+fn consent_body(actors: &[&str], status: &str) -> Value {
+    let actors: Vec<Value> = actors
+        .iter()
+        .map(|org| {
+            json!({
+                "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                "reference": {"reference": org},
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "Consent",
+        "id": CONSENT,
+        "status": status,
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": patient_ref()},
+        "organization": [{"reference": ORG_A}],
+        "provision": {
+            "type": "permit",
+            "actor": actors,
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+        },
+    })
+}
+
+pub(crate) fn id_of(resource: &Value) -> String {
+    format!(
+        "{}/{}",
+        resource["resourceType"].as_str().expect("resourceType"),
+        resource["id"].as_str().expect("id")
+    )
+}
+
+/// `Type/id` of every entry of a Bundle.
+fn refs(bundle: &Value) -> Vec<String> {
+    entries(bundle)
+        .iter()
+        .filter(|e| e.get("resource").is_some())
+        .map(|e| id_of(&e["resource"]))
+        .collect()
+}
+
+#[track_caller]
+fn search_refs(who: &Caller<'_>, path: &str) -> Vec<String> {
+    let mut found = refs(&who.read_json(path));
+    found.sort();
+    found
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[track_caller]
+fn assert_no_secret(resp: &Resp, what: &str) {
+    assert!(
+        !resp.body.contains(SECRET) && !resp.body.contains(SECRET_LAB_ID),
+        "{what}: the response reveals hidden content: {}",
+        crate::support::truncate(&resp.body, 2000)
+    );
+}
+
+/// Builds the network: A writes P, Q, P's labs/prescription/imaging and the Consent (P → B);
+/// B writes its own Encounter of P. C writes nothing yet.
+pub(crate) fn network(s: &Server) -> Net<'_> {
+    let a = s.token_for("hosp-a-ehr", ORG_A, "facility", &[]);
+    let b = s.token_for("clinic-b-ehr", ORG_B, "facility", &[]);
+    let c = s.token_for("clinic-c-ehr", ORG_C, "facility", &[]);
+    let as_a = s.with_token(&a);
+    for (id, family, local) in [
+        (PATIENT, "Yamada", "P-0001"),
+        (OTHER_PATIENT, "Suzuki", "Q-0002"),
+    ] {
+        as_a.put(
+            &format!("Patient/{id}"),
+            &json!({
+                "resourceType": "Patient",
+                "id": id,
+                "identifier": [{"system": "urn:hosp-a:patient", "value": local}],
+                "name": [{"family": family, "given": ["Taro"]}],
+                "gender": "male",
+                "birthDate": "1958-03-12",
+            }),
+        )
+        .expect(201);
+    }
+    let first = as_a.create(&lab(
+        "3D046000001906202",
+        8.1,
+        "2025-02-10",
+        Some(SECRET_LAB_ID),
+    ));
+    // A second version of the first lab (for vread of an old version).
+    let mut corrected = first.clone();
+    corrected["valueQuantity"]["value"] = json!(8.2);
+    as_a.put(&id_of(&first), &corrected).expect(200);
+    let second = as_a.create(&lab("3D010000001926101", 132.0, "2025-02-10", None));
+    let medreq = as_a.create(&json!({
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"coding": [{"system": "urn:oid:1.2.392.100495.20.2.73", "code": "2171022F6276"}], "text": format!("{SECRET} amlodipine")},
+        "subject": {"reference": patient_ref()},
+        "authoredOn": "2025-11-04",
+    }));
+    let imaging = as_a.create(&json!({
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "subject": {"reference": patient_ref()},
+        "started": "2025-09-02T10:00:00+09:00",
+        "description": format!("{SECRET} hip CT"),
+    }));
+    as_a.put(
+        &format!("Consent/{CONSENT}"),
+        &consent_body(&[ORG_B], "active"),
+    )
+    .expect(201);
+    let b_encounter = s.with_token(&b).create(&json!({
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": patient_ref()},
+        "period": {"start": "2025-11-10"},
+    }));
+    Net {
+        s,
+        a,
+        b,
+        c,
+        labs: vec![id_of(&first), id_of(&second)],
+        medreq: id_of(&medreq),
+        imaging: id_of(&imaging),
+        b_encounter: id_of(&b_encounter),
+    }
+}
+
+#[test]
+fn scenarios_new_patient_referral_discharge_and_withdrawal() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let p = PATIENT;
+        // (1) New patient at clinic B: B sees A's labs, prescriptions and imaging.
+        assert_eq!(
+            search_refs(&net.as_b(), &format!("Observation?patient={p}")),
+            sorted(net.labs.clone())
+        );
+        assert_eq!(
+            search_refs(&net.as_b(), &format!("MedicationRequest?patient={p}")),
+            vec![net.medreq.clone()]
+        );
+        assert_eq!(
+            search_refs(&net.as_b(), &format!("ImagingStudy?patient={p}")),
+            vec![net.imaging.clone()]
+        );
+        assert_eq!(
+            net.as_b().read_json(&net.labs[0])["code"]["text"],
+            format!("{SECRET} 3D046000001906202")
+        );
+        net.as_b().read_json(&patient_ref());
+        // B writes nothing into A's data.
+        let mut changed = net.as_b().read_json(&net.medreq);
+        changed["status"] = json!("cancelled");
+        net.as_b().put(&net.medreq, &changed).expect(403);
+
+        // C, not in the consent, gets nothing.
+        for t in ["Observation", "MedicationRequest", "ImagingStudy"] {
+            assert!(
+                search_refs(&net.as_c(), &format!("{t}?patient={p}")).is_empty(),
+                "{t}"
+            );
+        }
+        net.as_c().get(&net.labs[0]).expect(404);
+
+        // (2) Referral: a test A performs after the consent stays visible to B.
+        let later = net
+            .as_a()
+            .create(&lab("3D046000001906202", 7.2, "2025-08-18", None));
+        let later = id_of(&later);
+        let mut expected = net.labs.clone();
+        expected.push(later.clone());
+        assert_eq!(
+            search_refs(&net.as_b(), &format!("Observation?patient={p}")),
+            sorted(expected.clone())
+        );
+        assert!(search_refs(&net.as_c(), &format!("Observation?patient={p}")).is_empty());
+
+        // (3) Discharge: the consent is extended to C → C sees the inpatient record.
+        net.as_a()
+            .put(
+                &format!("Consent/{CONSENT}"),
+                &consent_body(&[ORG_B, ORG_C], "active"),
+            )
+            .expect(200);
+        assert_eq!(
+            search_refs(&net.as_c(), &format!("Observation?patient={p}")),
+            sorted(expected.clone())
+        );
+        assert_eq!(
+            search_refs(&net.as_c(), &format!("ImagingStudy?patient={p}")),
+            vec![net.imaging.clone()]
+        );
+        net.as_c().read_json(&net.medreq);
+
+        // Withdrawal: take a page link first, then set the Consent inactive.
+        let page1 = net
+            .as_b()
+            .read_json(&format!("Observation?patient={p}&_count=1&_sort=date"));
+        assert_eq!(refs(&page1).len(), 1);
+        let next = link(&page1, "next").expect("a next link on a page of 1 of 3");
+        let mut withdrawn = consent_body(&[ORG_B, ORG_C], "inactive");
+        withdrawn["id"] = json!(CONSENT);
+        net.as_a()
+            .put(&format!("Consent/{CONSENT}"), &withdrawn)
+            .expect(200);
+        for t in ["Observation", "MedicationRequest", "ImagingStudy"] {
+            assert!(
+                search_refs(&net.as_b(), &format!("{t}?patient={p}")).is_empty(),
+                "{t} still visible to B after withdrawal"
+            );
+            assert!(
+                search_refs(&net.as_c(), &format!("{t}?patient={p}")).is_empty(),
+                "{t} still visible to C after withdrawal"
+            );
+        }
+        let after = net.as_b().get(&next).expect(200);
+        assert!(
+            refs(&after.json()).is_empty(),
+            "a page link from before the withdrawal still shows data: {}",
+            after.body
+        );
+        assert_no_secret(&after, "next page after withdrawal");
+        // B holds its own record of P: 403 (consent required) instead of 404.
+        let denied = net.as_b().get(&net.labs[0]).expect(403);
+        denied.outcome();
+        assert!(
+            denied.body.to_lowercase().contains("consent"),
+            "{}",
+            denied.body
+        );
+        assert_no_secret(&denied, "403 after withdrawal");
+        // C holds nothing of P: 404, like a missing resource.
+        net.as_c().get(&net.labs[0]).expect(404);
+        // Own data stays visible to its writer whatever the consent says.
+        assert_eq!(
+            search_refs(&net.as_a(), &format!("Observation?patient={p}")),
+            sorted(expected)
+        );
+        assert_eq!(
+            search_refs(&net.as_b(), &format!("Encounter?patient={p}")),
+            vec![net.b_encounter.clone()]
+        );
+    });
+}
+
+/// Everything a facility without consent can try, first holding no record of the patient
+/// (hidden = 404, like missing), then holding one (403 consent required); never any hidden
+/// content, count, include, chain, `_has`, history entry or old version.
+#[test]
+fn leak_suite_for_a_non_consented_facility() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let c = net.as_c();
+        let p = PATIENT;
+        let mut seen: Vec<(String, Resp)> = Vec::new();
+        let mut keep = |what: &str, resp: Resp| -> Value {
+            let json = if resp.body.is_empty() {
+                Value::Null
+            } else {
+                resp.json()
+            };
+            seen.push((what.to_string(), resp));
+            json
+        };
+
+        // Read and vread of a hidden resource answer exactly like a missing one.
+        let hidden = c.get(&net.labs[0]).expect(404);
+        let missing = c.get("Observation/no-such-observation").expect(404);
+        assert_eq!(
+            hidden.body.replace(&net.labs[0], "X"),
+            missing.body.replace("Observation/no-such-observation", "X"),
+            "hidden and missing must be indistinguishable"
+        );
+        keep("read", hidden);
+        keep(
+            "vread v1",
+            c.get(&format!("{}/_history/1", net.labs[0])).expect(404),
+        );
+        keep(
+            "vread v2",
+            c.get(&format!("{}/_history/2", net.labs[0])).expect(404),
+        );
+        keep("read patient", c.get(&patient_ref()).expect(404));
+        // Writes onto a hidden resource tell no more than a read: 404, not who holds it.
+        let mut overwrite = lab("3D046000001906202", 1.0, "2025-01-01", None);
+        overwrite["id"] = json!(tail(&net.labs[0]));
+        overwrite["code"]["text"] = json!("overwrite");
+        overwrite["note"] = json!([{"text": "overwrite"}]);
+        for (what, r) in [
+            ("PUT hidden", c.put(&net.labs[0], &overwrite)),
+            (
+                "PATCH hidden",
+                c.send_raw(
+                    "PATCH",
+                    &net.labs[0],
+                    crate::support::JSON_PATCH,
+                    br#"[{"op":"replace","path":"/status","value":"cancelled"}]"#,
+                ),
+            ),
+            ("DELETE hidden", c.delete(&net.labs[0])),
+        ] {
+            assert_eq!(r.status, 404, "{what}: {}", r.body);
+            assert!(
+                !r.body.contains("hosp-a"),
+                "{what} names the holder: {}",
+                r.body
+            );
+            keep(what, r);
+        }
+
+        // Counts.
+        for q in [
+            format!("Observation?patient={p}&_summary=count"),
+            format!("Observation?patient={p}&_total=accurate"),
+            "Observation?_summary=count".to_string(),
+            "MedicationRequest?_total=accurate".to_string(),
+        ] {
+            let bundle = keep(&q, c.get(&q).expect(200));
+            assert_eq!(bundle["total"], 0, "{q}: {bundle}");
+            assert!(refs(&bundle).is_empty(), "{q}");
+        }
+        // The owner counts what it holds (the predicate, not the query, hides).
+        assert_eq!(
+            net.as_a()
+                .read_json(&format!("Observation?patient={p}&_summary=count"))["total"],
+            2
+        );
+
+        // C now holds its own record of P: an Encounter and an Observation referring to P.
+        let c_enc = id_of(&c.create(&json!({
+            "resourceType": "Encounter",
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": patient_ref()},
+        })));
+        let c_obs = id_of(&c.create(&json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "C blood pressure"},
+            "subject": {"reference": patient_ref()},
+            "encounter": {"reference": c_enc},
+            "derivedFrom": [{"reference": net.labs[1]}],
+        })));
+        // A writes a lab that refers to C's encounter (accepted as a reference only).
+        let a_on_c_enc = {
+            let mut o = lab("3D046000001906202", 7.0, "2025-03-01", None);
+            o["encounter"] = json!({"reference": c_enc});
+            id_of(&net.as_a().create(&o))
+        };
+
+        // Now reads answer 403 (consent required), still without content.
+        for path in [
+            net.labs[0].clone(),
+            format!("{}/_history/1", net.labs[0]),
+            net.medreq.clone(),
+            patient_ref(),
+        ] {
+            let r = c.get(&path).expect(403);
+            r.outcome();
+            assert!(
+                r.body.to_lowercase().contains("consent"),
+                "{path}: {}",
+                r.body
+            );
+            keep(&path, r);
+        }
+        // A resource that does not exist at all stays 404.
+        c.get("Observation/no-such-observation").expect(404);
+        // Own data is visible to its writer.
+        c.read_json(&c_obs);
+        c.read_json(&c_enc);
+
+        // Search: only C's own Observation, with or without the patient.
+        let bundle = keep(
+            "search",
+            c.get(&format!("Observation?patient={p}")).expect(200),
+        );
+        assert_eq!(refs(&bundle), vec![c_obs.clone()]);
+        let bundle = keep(
+            "count",
+            c.get(&format!("Observation?patient={p}&_summary=count"))
+                .expect(200),
+        );
+        assert_eq!(bundle["total"], 1);
+
+        // _include: C's own Observation points to the hidden Patient and the hidden lab.
+        for q in [
+            format!(
+                "Observation?_id={}&_include=Observation:subject",
+                tail(&c_obs)
+            ),
+            format!(
+                "Observation?_id={}&_include=Observation:derived-from",
+                tail(&c_obs)
+            ),
+        ] {
+            let bundle = keep(&q, c.get(&q).expect(200));
+            assert_eq!(refs(&bundle), vec![c_obs.clone()], "{q}");
+        }
+        // `_include=*` adds C's own Encounter, nothing of A's.
+        let q = format!("Observation?_id={}&_include=*", tail(&c_obs));
+        let bundle = keep(&q, c.get(&q).expect(200));
+        assert_eq!(
+            sorted(refs(&bundle)),
+            sorted(vec![c_obs.clone(), c_enc.clone()]),
+            "{q}"
+        );
+        // _revinclude: A's lab refers to C's encounter.
+        let q = format!(
+            "Encounter?_id={}&_revinclude=Observation:encounter",
+            tail(&c_enc)
+        );
+        let bundle = keep(&q, c.get(&q).expect(200));
+        assert_eq!(
+            sorted(refs(&bundle)),
+            sorted(vec![c_enc.clone(), c_obs.clone()]),
+            "{q}"
+        );
+        // Positive control: B (consented) gets the included resources.
+        let q_inc = format!(
+            "Observation?_id={}&_include=Observation:subject",
+            tail(&c_obs)
+        );
+        assert!(
+            refs(&net.as_b().read_json(&q_inc)).contains(&patient_ref()),
+            "B should see the included Patient"
+        );
+        assert!(refs(&net.as_b().read_json(&q)).contains(&a_on_c_enc));
+
+        // Chains and _has are evaluated over permitted resources only.
+        for q in [
+            "Observation?subject:Patient.identifier=urn:hosp-a:patient|P-0001".to_string(),
+            "Observation?patient.identifier=urn:hosp-a:patient|P-0001".to_string(),
+            "Observation?subject:Patient.family=Yamada".to_string(),
+            "Patient?_has:Observation:patient:code=3D046000001906202".to_string(),
+            "Encounter?_has:Observation:encounter:code=3D046000001906202".to_string(),
+            "Patient?identifier=urn:hosp-a:patient|P-0001".to_string(),
+            "Patient?family=Yamada".to_string(),
+            format!("Observation?identifier=urn:hosp-a:lab|{SECRET_LAB_ID}"),
+        ] {
+            let bundle = keep(&q, c.get(&q).expect(200));
+            assert!(refs(&bundle).is_empty(), "{q} reveals: {:?}", refs(&bundle));
+        }
+        // Positive control: the same chain and _has work for B.
+        assert!(!refs(
+            &net.as_b()
+                .read_json("Observation?subject:Patient.identifier=urn:hosp-a:patient|P-0001")
+        )
+        .is_empty());
+        assert_eq!(
+            refs(
+                &net.as_b()
+                    .read_json("Encounter?_has:Observation:encounter:code=3D046000001906202")
+            ),
+            vec![c_enc.clone()]
+        );
+
+        // History: instance, type and system show no hidden version.
+        let r = c.get(&format!("{}/_history", net.labs[0]));
+        assert!(
+            [403, 404].contains(&r.status) || refs(&r.json()).is_empty(),
+            "instance history of a hidden resource: {} {}",
+            r.status,
+            r.body
+        );
+        keep("instance history", r);
+        for q in [
+            "Observation/_history",
+            "_history",
+            "MedicationRequest/_history",
+        ] {
+            let bundle = keep(q, c.get(q).expect(200));
+            let shown = refs(&bundle);
+            for hidden in net
+                .labs
+                .iter()
+                .chain([&net.medreq, &net.imaging, &a_on_c_enc])
+            {
+                assert!(!shown.contains(hidden), "{q} shows {hidden}");
+            }
+            assert!(!shown.contains(&patient_ref()), "{q} shows the patient");
+        }
+
+        // $everything: the Patient itself is hidden, so C learns nothing.
+        let r = c.get(&format!("Patient/{p}/$everything"));
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        keep("$everything", r);
+        // The consented B sees A's data there; the patient's other facility too.
+        let everything = net
+            .as_b()
+            .read_json(&format!("Patient/{p}/$everything?_count=100"));
+        let shown = refs(&everything);
+        for r in net.labs.iter().chain([&net.medreq, &net.imaging, &c_obs]) {
+            assert!(shown.contains(r), "B's $everything lacks {r}: {shown:?}");
+        }
+
+        // Conditional create matching only a hidden resource creates a new one.
+        let mut mine = lab("3D046000001906202", 6.5, "2025-12-01", Some(SECRET_LAB_ID));
+        mine["code"]["text"] = json!("C's own HbA1c");
+        mine["note"] = json!([{"text": "C's own note"}]);
+        let created = c.send_json_with(
+            "POST",
+            "Observation",
+            &mine,
+            &[(
+                "If-None-Exist",
+                &format!("identifier=urn:hosp-a:lab|{SECRET_LAB_ID}"),
+            )],
+        );
+        assert_eq!(created.status, 201, "{}", created.body);
+        let new_id = created.json()["id"].as_str().unwrap().to_string();
+        assert_ne!(format!("Observation/{new_id}"), net.labs[0]);
+        assert!(!created.body.contains(SECRET), "{}", created.body);
+        // Conditional update matching only a hidden resource does not touch it either.
+        let r = c.send_json_with(
+            "PUT",
+            &format!("Observation?identifier=urn:hosp-a:lab|{SECRET_LAB_ID}&subject=Patient/{p}&code=3D046000001906202&date=2025-02-10"),
+            &mine,
+            &[],
+        );
+        keep(&format!("conditional update {SECRET_LAB_ID}"), r);
+        assert_eq!(
+            net.as_a().read_json(&net.labs[0])["valueQuantity"]["value"],
+            8.2,
+            "C's conditional update changed A's hidden lab"
+        );
+
+        // Batch GET entries of hidden resources answer 404/403 in the entry.
+        let batch = json!({
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {"request": {"method": "GET", "url": net.labs[0]}},
+                {"request": {"method": "GET", "url": format!("Observation?patient={p}")}},
+                {"request": {"method": "GET", "url": c_obs}},
+            ],
+        });
+        let response = keep("batch", c.post("", &batch).expect(200));
+        let e = entries(&response);
+        let status0 = e[0]["response"]["status"].as_str().unwrap_or_default();
+        assert!(
+            status0.starts_with("404") || status0.starts_with("403"),
+            "batch GET of a hidden resource: {}",
+            e[0]
+        );
+        assert!(
+            e[0].get("resource").is_none()
+                || e[0]["resource"]["resourceType"] == "OperationOutcome"
+        );
+        let searched: Vec<String> = refs(&e[1]["resource"]);
+        for hidden in &net.labs {
+            assert!(!searched.contains(hidden), "batch search shows {hidden}");
+        }
+        assert!(e[2]["response"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("200"));
+
+        // Writes into A's data: refused, without content.
+        let mut over = mine.clone();
+        over["id"] = json!(tail(&net.labs[0]));
+        let r = c.put(&net.labs[0], &over);
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert!(!r.body.contains("hosp-a"), "names the holder: {}", r.body);
+        keep("update A's lab", r);
+        let r = c.delete(&net.labs[0]);
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        keep("delete A's lab", r);
+        let r = c.send_raw(
+            "PATCH",
+            &net.labs[0],
+            crate::support::JSON_PATCH,
+            br#"[{"op":"replace","path":"/status","value":"cancelled"}]"#,
+        );
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        keep("patch A's lab", r);
+        assert_eq!(net.as_a().read_json(&net.labs[0])["status"], "final");
+
+        for (what, resp) in &seen {
+            if what.contains(SECRET_LAB_ID) {
+                // The query itself carries the identifier (echoed in the self link).
+                assert!(!resp.body.contains(SECRET), "{what}: {}", resp.body);
+            } else {
+                assert_no_secret(resp, what);
+            }
+        }
+    });
+}
+
+fn tail(reference: &str) -> &str {
+    reference.rsplit('/').next().unwrap_or(reference)
+}
+
+#[test]
+fn break_glass_needs_permission_and_a_reason() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let er = s.token_for("er-c", ORG_C, "facility", &["--break-glass"]);
+        let er = s.with_token(&er);
+        let glass = [
+            ("X-Purpose-Of-Use", "ETREAT"),
+            ("X-Break-Glass-Reason", "unconscious patient in the ER"),
+        ];
+        // Without the headers: nothing.
+        er.get(&net.labs[0]).expect(404);
+        // Break-glass with a reason: sees the data, for that request.
+        let read = er.get_with(&net.labs[0], &glass).expect(200);
+        assert!(read.body.contains(SECRET));
+        let found = refs(
+            &er.get_with(&format!("Observation?patient={PATIENT}"), &glass)
+                .expect(200)
+                .json(),
+        );
+        assert_eq!(sorted(found), sorted(net.labs.clone()));
+        // Only for that request.
+        er.get(&net.labs[0]).expect(404);
+        // ETREAT without a reason → 403.
+        er.get_with(&net.labs[0], &[("X-Purpose-Of-Use", "ETREAT")])
+            .expect(403)
+            .outcome();
+        er.get_with(
+            &net.labs[0],
+            &[
+                ("X-Purpose-Of-Use", "ETREAT"),
+                ("X-Break-Glass-Reason", "  "),
+            ],
+        )
+        .expect(403);
+        // A client not allowed to break the glass → 403 even with a reason.
+        let r = net.as_c().get_with(&net.labs[0], &glass).expect(403);
+        assert_no_secret(&r, "break-glass refused");
+    });
+}
+
+#[test]
+fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let mut tagged = lab("5E091000002399901", 41.0, "2025-11-04", None);
+        tagged["meta"] = json!({"tag": [{"system": PRIVACY_SYSTEM, "code": "UNDELIVERED"}]});
+        let tagged = id_of(&net.as_a().create(&tagged));
+        let mut uninformed = lab("5E091000002399902", 1.0, "2025-11-04", None);
+        uninformed["meta"] = json!({"tag": [{"system": PRIVACY_SYSTEM, "code": "UNINFORMED"}]});
+        let uninformed = id_of(&net.as_a().create(&uninformed));
+
+        // B (consented) sees the untagged labs and UNINFORMED, but not UNDELIVERED.
+        let seen = search_refs(&net.as_b(), &format!("Observation?patient={PATIENT}"));
+        let mut expected = net.labs.clone();
+        expected.push(uninformed.clone());
+        assert_eq!(seen, sorted(expected.clone()));
+        let r = net.as_b().get(&tagged);
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        assert_no_secret(&r, "UNDELIVERED read");
+        let everything = refs(
+            &net.as_b()
+                .read_json(&format!("Patient/{PATIENT}/$everything?_count=100")),
+        );
+        assert!(!everything.contains(&tagged));
+        assert_eq!(
+            net.as_b()
+                .read_json(&format!("Observation?patient={PATIENT}&_summary=count"))["total"],
+            3
+        );
+        // Not even with break-glass.
+        let er = s.token_for("er-b", ORG_B, "facility", &["--break-glass"]);
+        let r = s.with_token(&er).get_with(
+            &tagged,
+            &[
+                ("X-Purpose-Of-Use", "ETREAT"),
+                ("X-Break-Glass-Reason", "emergency"),
+            ],
+        );
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        // The patient sees neither tagged resource.
+        let patient = s.token_for("p-app", ORG_A, "patient", &["--patient", &patient_ref()]);
+        let mine = search_refs(
+            &s.with_token(&patient),
+            &format!("Observation?patient={PATIENT}"),
+        );
+        assert_eq!(mine, sorted(net.labs.clone()));
+        // The custodian sees both.
+        let own = search_refs(&net.as_a(), &format!("Observation?patient={PATIENT}"));
+        assert!(own.contains(&tagged) && own.contains(&uninformed));
+    });
+}
+
+#[test]
+fn patient_role_sees_only_the_own_compartment() {
+    for_each_backend(|s| {
+        let net = network(s);
+        // Q's data at A.
+        let mut q_lab = lab("3D046000001906202", 5.5, "2025-01-01", None);
+        q_lab["subject"] = json!({"reference": format!("Patient/{OTHER_PATIENT}")});
+        let q_lab = id_of(&net.as_a().create(&q_lab));
+        let token = s.token_for("p-app", ORG_B, "patient", &["--patient", &patient_ref()]);
+        let me = s.with_token(&token);
+        // Own record from both facilities.
+        assert_eq!(
+            search_refs(&me, "Observation"),
+            sorted(net.labs.clone()),
+            "a patient sees their own labs, nothing else"
+        );
+        assert_eq!(search_refs(&me, "Encounter"), vec![net.b_encounter.clone()]);
+        me.read_json(&patient_ref());
+        me.read_json(&net.imaging);
+        let everything = refs(&me.read_json(&format!("Patient/{PATIENT}/$everything?_count=100")));
+        assert!(everything.contains(&net.medreq) && everything.contains(&net.b_encounter));
+        assert!(!everything.contains(&q_lab));
+        // Nothing of another patient.
+        me.get(&q_lab).expect(404);
+        me.get(&format!("Patient/{OTHER_PATIENT}")).expect(404);
+        assert!(search_refs(&me, &format!("Observation?patient={OTHER_PATIENT}")).is_empty());
+        assert!(search_refs(&me, "Patient")
+            .iter()
+            .all(|r| r == &patient_ref()));
+        let r = me.get(&format!("Patient/{OTHER_PATIENT}/$everything"));
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        // A patient writes no clinical data.
+        let r = me.post("Observation", &lab("x", 1.0, "2025-01-01", None));
+        assert_eq!(r.status, 403, "{}", r.body);
+    });
+}
+
+#[test]
+fn auditor_and_admin_see_no_clinical_data() {
+    for_each_backend(|s| {
+        let net = network(s);
+        for (id, role, extra) in [
+            ("auditor-default", "auditor", vec![]),
+            // Even with clinical read scopes, the role sees nothing.
+            ("auditor-wide", "auditor", vec!["--scope", "system/*.rs"]),
+            ("admin-wide", "admin", vec!["--scope", "system/*.rs"]),
+        ] {
+            let token = s.token_for(id, ORG_A, role, &extra);
+            let who = s.with_token(&token);
+            for path in [
+                net.labs[0].clone(),
+                patient_ref(),
+                format!("{}/_history/1", net.labs[0]),
+            ] {
+                let r = who.get(&path);
+                assert!(
+                    [403, 404].contains(&r.status),
+                    "{id} {path}: {} {}",
+                    r.status,
+                    r.body
+                );
+                assert_no_secret(&r, id);
+            }
+            for q in [
+                format!("Observation?patient={PATIENT}"),
+                "Observation".to_string(),
+                "Patient".to_string(),
+                "_history".to_string(),
+                format!("Patient/{PATIENT}/$everything"),
+            ] {
+                let r = who.get(&q);
+                assert!(
+                    [403, 404].contains(&r.status)
+                        || (r.status == 200 && refs(&r.json()).is_empty()),
+                    "{id} {q}: {} {}",
+                    r.status,
+                    r.body
+                );
+                assert_no_secret(&r, id);
+            }
+            // They may read the audit trail.
+            who.get("AuditEvent?_count=1").expect(200);
+        }
+    });
+}
