@@ -316,6 +316,40 @@ fn transaction_conditional_put_creating_is_referencable() {
             obs["performer"][0]["reference"],
             json!(format!("Organization/{org_id}"))
         );
+        s.read_json(&format!("Organization/{org_id}"));
+
+        // The same again: now the criteria match, the entry updates that Organization and the
+        // reference resolves to it; still one Organization.
+        let mut again = bundle.clone();
+        let urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        again["entry"][0]["resource"]["performer"][0]["reference"] = json!(urn);
+        again["entry"][1]["fullUrl"] = json!(urn);
+        let r = s.post("", &again).expect(200).json();
+        let e = entries(&r);
+        assert!(
+            e[1]["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("200"),
+            "{}",
+            e[1]
+        );
+        let obs_id = e[0]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let obs = s.read_json(&format!("Observation/{obs_id}"));
+        assert_eq!(
+            obs["performer"][0]["reference"],
+            json!(format!("Organization/{org_id}"))
+        );
+        let (found, _) = s.all_pages("Organization?identifier=urn:org|O1");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (all, _) = s.all_pages("Organization");
+        assert_eq!(all.len(), 1, "{all:?}");
     });
 }
 
@@ -340,7 +374,72 @@ fn transaction_with_overlapping_targets_fails() {
             "two PUTs of Patient/dup in one transaction: {}",
             truncate(&r.body, 600)
         );
+        r.outcome();
         s.get("Patient/dup").expect(404);
+
+        // Identities resolved from conditional update/delete count too.
+        s.put(
+            "Patient/known",
+            &json!({"resourceType": "Patient", "id": "known",
+                    "identifier": [{"system": "urn:mrn", "value": "K1"}]}),
+        )
+        .expect(201);
+        let overlapping = [
+            json!([
+                {"resource": {"resourceType": "Patient", "id": "known", "active": true},
+                 "request": {"method": "PUT", "url": "Patient/known"}},
+                {"resource": {"resourceType": "Patient", "active": false,
+                              "identifier": [{"system": "urn:mrn", "value": "K1"}]},
+                 "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|K1"}}
+            ]),
+            json!([
+                {"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|K1"}},
+                {"resource": {"resourceType": "Patient", "id": "known", "active": true},
+                 "request": {"method": "PUT", "url": "Patient/known"}}
+            ]),
+            json!([
+                {"request": {"method": "DELETE", "url": "Patient/known"}},
+                {"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+                    {"name": "type", "valueCode": "replace"},
+                    {"name": "path", "valueString": "Patient.active"},
+                    {"name": "value", "valueBoolean": true}]}]},
+                 "request": {"method": "PATCH", "url": "Patient/known"}}
+            ]),
+        ];
+        for entries in overlapping {
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+            let r = s.post("", &bundle);
+            assert_eq!(r.status, 400, "{entries}: {}", truncate(&r.body, 600));
+            r.outcome();
+        }
+        let known = s.read_json("Patient/known");
+        assert_eq!(known["meta"]["versionId"], "1", "{known}");
+
+        // Not overlapping: one change plus reads of the same resource (step 4), and two POSTs
+        // whose ifNoneExist find the same existing resource (they change nothing).
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "known", "active": true,
+                          "identifier": [{"system": "urn:mrn", "value": "K1"}]},
+             "request": {"method": "PUT", "url": "Patient/known"}},
+            {"request": {"method": "GET", "url": "Patient/known"}},
+            {"resource": {"resourceType": "Patient"},
+             "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|K1"}},
+            {"resource": {"resourceType": "Patient"},
+             "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|K1"}}
+        ]});
+        let r = s.post("", &bundle).expect(200).json();
+        let listed = entries(&r);
+        let statuses: Vec<&str> = listed
+            .iter()
+            .map(|e| e["response"]["status"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(statuses.len(), 4, "{r}");
+        assert!(statuses[0].starts_with("200"), "{statuses:?}");
+        assert!(
+            statuses[2].starts_with("200") && statuses[3].starts_with("200"),
+            "{statuses:?}"
+        );
+        assert_eq!(s.read_json("Patient/known")["meta"]["versionId"], "2");
     });
 }
 

@@ -44,13 +44,41 @@ fn capability_statement() {
         ] {
             assert!(resources.iter().any(|r| r["type"] == t), "{t} missing");
         }
-        for res in resources {
-            let codes: Vec<&str> = res["interaction"]
+        let codes_of = |res: &Value| -> Vec<String> {
+            res["interaction"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|i| i["code"].as_str().unwrap())
-                .collect();
+                .map(|i| i["code"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // The audit trail is append-only through the API: read and search only.
+        let audit = resources
+            .iter()
+            .find(|r| r["type"] == "AuditEvent")
+            .expect("AuditEvent");
+        assert_eq!(codes_of(audit), ["read", "search-type"], "{audit}");
+        assert_eq!(audit["conditionalCreate"], false);
+        assert_eq!(audit["updateCreate"], false);
+        for p in [
+            "date", "patient", "agent", "entity", "type", "outcome", "purpose",
+        ] {
+            assert!(
+                audit["searchParam"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|sp| sp["name"] == p),
+                "AuditEvent search parameter {p} missing"
+            );
+        }
+        // Authentication is declared (SMART Backend Services).
+        assert_eq!(
+            rest["security"]["service"][0]["coding"][0]["code"],
+            "SMART-on-FHIR"
+        );
+        for res in resources.iter().filter(|r| r["type"] != "AuditEvent") {
+            let codes = codes_of(res);
             for c in [
                 "read",
                 "vread",
@@ -61,7 +89,7 @@ fn capability_statement() {
                 "history-type",
                 "create",
             ] {
-                assert!(codes.contains(&c), "{} lacks {c}", res["type"]);
+                assert!(codes.iter().any(|x| x == c), "{} lacks {c}", res["type"]);
             }
         }
         let system: Vec<&str> = rest["interaction"]

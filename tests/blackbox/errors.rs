@@ -163,6 +163,96 @@ fn truncated_xml_is_refused() {
             b"<Patient xmlns=\"http://hl7.org/fhir\"><name><family value=\"X\"/></name>",
         );
         assert_eq!(r.status, 400, "truncated XML accepted: {}", r.body);
+        // Unbalanced in other ways; markup inside comments, CDATA and attribute values does
+        // not count as tags.
+        for body in [
+            &b"<Patient xmlns=\"http://hl7.org/fhir\"><active value=\"true\"/><!-- </Patient> -->"
+                [..],
+            b"<Patient xmlns=\"http://hl7.org/fhir\"><active value=\"true\"/><!-- </Patient>",
+            b"<Patient xmlns=\"http://hl7.org/fhir\"><active value=\"true",
+            b"<Patient xmlns=\"http://hl7.org/fhir\"><name><family value=\"X\"/></Patient></name>",
+            b"<Patient xmlns=\"http://hl7.org/fhir\"><active value=\"true\"/></Patient></Patient>",
+        ] {
+            let r = s.send_raw("POST", "Patient", FHIR_XML, body);
+            assert_eq!(
+                r.status,
+                400,
+                "unbalanced XML accepted: {}\n{}",
+                String::from_utf8_lossy(body),
+                r.body
+            );
+            r.outcome();
+        }
+        let (all, _) = s.all_pages("_history");
+        assert!(all.is_empty(), "malformed XML stored something: {all:?}");
+        // Well-formed XML with `>` and `<` in comments and attribute values still works.
+        let r = s
+            .send_raw(
+                "POST",
+                "Patient",
+                FHIR_XML,
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- a <Patient> -->\n<Patient xmlns=\"http://hl7.org/fhir\"><!-- </Patient> --><name><family value=\"a > b &lt; c\"/></name></Patient>".as_bytes(),
+            )
+            .expect(201);
+        assert_eq!(r.json()["name"][0]["family"], "a > b < c");
+    });
+}
+
+/// Every FHIR request needs `Authorization: Bearer <token>` (the harness sends the `test-ehr`
+/// token by default); another facility may not change what this one wrote.
+#[test]
+fn requests_need_a_bearer_token() {
+    for_each_backend(|s| {
+        s.anonymous().get("metadata").expect(200);
+        let r = s.anonymous().get("Patient/x").expect(401);
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|h| h.starts_with("Bearer")),
+            "{:?}",
+            r.headers
+        );
+        r.outcome();
+        s.with_token("not-a-token")
+            .get("Patient?_id=x")
+            .expect(401)
+            .outcome();
+        s.request(
+            "GET",
+            "Patient/x",
+            &[("Authorization", "Basic dGVzdDp0ZXN0")],
+            None,
+        )
+        .expect(401);
+        s.anonymous()
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "active": true}),
+            )
+            .expect(401)
+            .outcome();
+        let (all, _) = s.all_pages("Patient/_history");
+        assert!(
+            all.is_empty(),
+            "an unauthenticated write stored something: {all:?}"
+        );
+
+        let p = s.create(&json!({"resourceType": "Patient", "active": true}));
+        let id = p["id"].as_str().unwrap();
+        let other = s.token_for("other-ehr", "Organization/other-facility", "facility", &[]);
+        let as_other = s.with_token(&other);
+        as_other
+            .put(
+                &format!("Patient/{id}"),
+                &json!({"resourceType": "Patient", "id": id, "active": false}),
+            )
+            .expect(403)
+            .outcome();
+        as_other.delete(&format!("Patient/{id}")).expect(403);
+        let current = s.read_json(&format!("Patient/{id}"));
+        assert_eq!(current["meta"]["versionId"], "1");
+        assert_eq!(current["active"], true);
+        // The other facility writes its own resources.
+        as_other.create(&json!({"resourceType": "Patient", "active": true}));
     });
 }
 

@@ -461,7 +461,10 @@ fn fhirpath_patch_official_cases() {
             }
             let expected_id = r.json()["id"].as_str().unwrap().to_string();
             let expected = s.read_json(&format!("{}/{expected_id}", root_name(output)));
-            if let Some(d) = json_diff(&without_id_meta(&actual), &without_id_meta(&expected)) {
+            if let Some(d) = json_diff(
+                &same_xhtml_quotes(&without_id_meta(&actual)),
+                &same_xhtml_quotes(&without_id_meta(&expected)),
+            ) {
                 failures.push(format!("{}: result differs at {d}", case.name));
             }
         }
@@ -478,4 +481,29 @@ fn fhirpath_patch_official_cases() {
             failures.join("\n")
         );
     });
+}
+
+/// Narratives with `&quot;`/`&apos;` spelled as the characters they stand for. "Full Resource"
+/// sets `Patient.text.div` from a valueString whose XML attribute escaping turns
+/// `(&quot;Jim&quot;)` into `("Jim")`, while the expected output's XHTML keeps
+/// `(&quot;Jim&quot;)`: the same XHTML, spelled differently. The server keeps each narrative
+/// as written, so the comparison treats the two spellings as one.
+fn same_xhtml_quotes(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("div", Value::String(s)) => {
+                            Value::String(s.replace("&quot;", "\"").replace("&apos;", "'"))
+                        }
+                        _ => same_xhtml_quotes(v),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(same_xhtml_quotes).collect()),
+        other => other.clone(),
+    }
 }

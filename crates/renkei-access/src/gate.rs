@@ -126,6 +126,67 @@ impl Gate {
         resource.custodian.iter().cloned().collect()
     }
 
+    /// BALP AuthZ-Consent: records the consent decision about another facility's patient
+    /// data for a single-resource read, naming the Consent (or the implicit policy or
+    /// break-glass) that decided.
+    fn audit_consent_decision(&self, who: &Requester, res_type: &str, id: &str, granted: bool) {
+        if who.principal.role != renkei_consent::Role::Facility {
+            return;
+        }
+        let visibility = self.visibility(who);
+        let decided = self.repository.read_tx(|tx| {
+            let Some(row) = tx.current(res_type, id)? else {
+                return Ok(None);
+            };
+            let foreign = row.custodian.as_deref() != Some(who.principal.facility.as_str());
+            let Some(patient) = row.patient_id.clone().filter(|_| foreign) else {
+                return Ok(None);
+            };
+            let decider = if who.principal.break_glass && granted {
+                "break-glass".to_string()
+            } else {
+                match tx.deciding_consent(row.rid, &visibility)? {
+                    Some(consent) => consent,
+                    None => format!("implicit-policy:{:?}", self.policy.implicit).to_lowercase(),
+                }
+            };
+            Ok::<_, RepoError>(Some((patient, decider)))
+        });
+        if let Ok(Some((patient, decider))) = decided {
+            let mut builder = self.event(who, Interaction::ConsentDecision);
+            builder.outcome = if granted {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::MinorFailure
+            };
+            builder.outcome_desc = Some(match (&who.break_glass_reason, granted) {
+                (Some(reason), true) => format!("permit by break-glass: {reason}"),
+                (_, true) => format!("permit by {decider}"),
+                (_, false) => format!("deny by {decider}"),
+            });
+            builder.patients.push(format!("Patient/{patient}"));
+            builder.resources.push(format!("{res_type}/{id}"));
+            builder.decided_by = Some(decider);
+            if let Err(e) = self.record(&builder, &[]) {
+                tracing::error!(error = %e, "consent decision not audited");
+            }
+        }
+    }
+
+    /// Every break-glass request leaves an AuthZ-Consent event with its stated reason.
+    fn audit_break_glass(&self, who: &Requester, what: &str) -> Result<(), AccessError> {
+        if !who.principal.break_glass {
+            return Ok(());
+        }
+        let mut builder = self.event(who, Interaction::ConsentDecision);
+        builder.decided_by = Some("break-glass".into());
+        builder.outcome_desc = Some(format!(
+            "break-glass ({what}): {}",
+            who.break_glass_reason.as_deref().unwrap_or_default()
+        ));
+        self.record(&builder, &[])
+    }
+
     pub fn read(
         &self,
         who: &Requester,
@@ -143,7 +204,32 @@ impl Gate {
         if result.is_err() {
             builder.resources.push(format!("{res_type}/{id}"));
         }
+        self.after_single_read(who, res_type, id, &result)?;
         self.audited(builder, result, Self::describe_resource)
+    }
+
+    /// The consent-decision and break-glass events of a single-resource read.
+    fn after_single_read(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        id: &str,
+        result: &Result<StoredResource, AccessError>,
+    ) -> Result<(), AccessError> {
+        let decided_by_consent = match result {
+            Ok(_) => Some(true),
+            Err(AccessError::Repo(RepoError::NotFound { .. } | RepoError::Forbidden(_))) => {
+                Some(false)
+            }
+            Err(_) => None,
+        };
+        if let Some(granted) = decided_by_consent {
+            self.audit_consent_decision(who, res_type, id, granted);
+        }
+        if result.is_ok() {
+            self.audit_break_glass(who, &format!("read {res_type}/{id}"))?;
+        }
+        Ok(())
     }
 
     pub fn vread(
@@ -165,6 +251,7 @@ impl Gate {
                 .resources
                 .push(format!("{res_type}/{id}/_history/{version}"));
         }
+        self.after_single_read(who, res_type, id, &result)?;
         self.audited(builder, result, Self::describe_resource)
     }
 
@@ -202,6 +289,79 @@ impl Gate {
         result
     }
 
+    /// Checks a write's scope (and that it is not aimed at the append-only audit trail);
+    /// a refusal is audited like any other failed write.
+    fn require_audited(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        action: Action,
+        interaction: Interaction,
+        target: &str,
+    ) -> Result<(), AccessError> {
+        let allowed = if res_type == "AuditEvent" {
+            Err(AccessError::Forbidden(
+                "the audit trail is append-only and written by the gateway itself".into(),
+            ))
+        } else {
+            who.require(res_type, action)
+        };
+        if let Err(error) = allowed {
+            let mut failed = self.event(who, interaction);
+            failed.outcome = AuditOutcome::from_status(status_of(&error));
+            failed.outcome_desc = Some(error.to_string());
+            failed.resources.push(target.to_string());
+            self.record(&failed, &[])?;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Every entry of a Bundle needs the scope its single request would need; AuditEvent is
+    /// never written through a Bundle either.
+    fn require_bundle_scopes(who: &Requester, bundle: &Value) -> Result<(), AccessError> {
+        let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+            return Ok(());
+        };
+        for entry in entries {
+            let request = entry.get("request");
+            let method = request
+                .and_then(|r| r.get("method"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let url = request
+                .and_then(|r| r.get("url"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let path = url.split('?').next().unwrap_or("").trim_start_matches('/');
+            let mut parts = path.split('/').filter(|p| !p.is_empty());
+            let res_type = parts.next().unwrap_or("");
+            let has_id = parts.next().is_some();
+            let res_type =
+                if res_type.is_empty() || res_type.starts_with('$') || res_type.starts_with('_') {
+                    "*"
+                } else {
+                    res_type
+                };
+            let action = match method {
+                "GET" | "HEAD" if has_id => Action::Read,
+                "GET" | "HEAD" => Action::Search,
+                "POST" => Action::Create,
+                "PUT" | "PATCH" => Action::Update,
+                "DELETE" => Action::Delete,
+                // Unknown methods are refused by the bundle processor itself.
+                _ => continue,
+            };
+            if res_type == "AuditEvent" && !matches!(method, "GET" | "HEAD") {
+                return Err(AccessError::Forbidden(
+                    "the audit trail is append-only and written by the gateway itself".into(),
+                ));
+            }
+            who.require(res_type, action)?;
+        }
+        Ok(())
+    }
+
     fn describe_write(outcome: &WriteOutcome, builder: &mut EventBuilder) -> Vec<String> {
         Self::describe_resource(&outcome.resource, builder)
     }
@@ -213,7 +373,7 @@ impl Gate {
         resource: Value,
         if_none_exist: Option<Criteria>,
     ) -> Result<WriteOutcome, AccessError> {
-        who.require(res_type, Action::Create)?;
+        self.require_audited(who, res_type, Action::Create, Interaction::Create, res_type)?;
         let visibility = self.visibility(who);
         let criteria = if_none_exist.map(|c| c.visible_to(visibility));
         self.write(
@@ -241,7 +401,13 @@ impl Gate {
         resource: Value,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome, AccessError> {
-        who.require(res_type, Action::Update)?;
+        self.require_audited(
+            who,
+            res_type,
+            Action::Update,
+            Interaction::Update,
+            &format!("{res_type}/{id}"),
+        )?;
         self.write(
             who,
             Interaction::Update,
@@ -260,7 +426,13 @@ impl Gate {
         resource: Value,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome, AccessError> {
-        who.require(&criteria.res_type, Action::Update)?;
+        self.require_audited(
+            who,
+            &criteria.res_type,
+            Action::Update,
+            Interaction::Update,
+            &criteria.res_type,
+        )?;
         let criteria = criteria.visible_to(self.visibility(who));
         self.write(
             who,
@@ -289,7 +461,13 @@ impl Gate {
         body: &PatchBody,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome, AccessError> {
-        who.require(res_type, Action::Update)?;
+        self.require_audited(
+            who,
+            res_type,
+            Action::Update,
+            Interaction::Patch,
+            &format!("{res_type}/{}", id.unwrap_or("?")),
+        )?;
         let criteria = criteria.map(|c| c.visible_to(self.visibility(who)));
         self.write(
             who,
@@ -318,7 +496,13 @@ impl Gate {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<DeleteOutcome, AccessError> {
-        who.require(res_type, Action::Delete)?;
+        self.require_audited(
+            who,
+            res_type,
+            Action::Delete,
+            Interaction::Delete,
+            &format!("{res_type}/{id}"),
+        )?;
         let target = format!("{res_type}/{id}");
         self.write(
             who,
@@ -337,7 +521,13 @@ impl Gate {
         who: &Requester,
         criteria: Criteria,
     ) -> Result<DeleteOutcome, AccessError> {
-        who.require(&criteria.res_type, Action::Delete)?;
+        self.require_audited(
+            who,
+            &criteria.res_type,
+            Action::Delete,
+            Interaction::Delete,
+            &criteria.res_type,
+        )?;
         let criteria = criteria.visible_to(self.visibility(who));
         self.write(
             who,
@@ -395,6 +585,9 @@ impl Gate {
             .iter()
             .try_for_each(|t| who.require(t, Action::Search))
             .and_then(|()| Ok(self.repository.search(plan, &self.visibility(who))?));
+        if result.is_ok() {
+            self.audit_break_glass(who, &format!("search {raw_query}"))?;
+        }
         self.audited(builder, result, |page, builder| {
             // Every patient whose data the page shows (not only Patient rows), so the
             // patient's "who viewed my record" includes searches over their data.
@@ -427,11 +620,14 @@ impl Gate {
         };
         let mut builder = self.event(who, interaction);
         let context = self.context(who);
-        let result = who.require_writer().and_then(|()| {
-            Ok(self
-                .repository
-                .process_bundle(bundle, &context, return_resources)?)
-        });
+        let result = who
+            .require_writer()
+            .and_then(|()| Self::require_bundle_scopes(who, bundle))
+            .and_then(|()| {
+                Ok(self
+                    .repository
+                    .process_bundle(bundle, &context, return_resources)?)
+            });
         self.audited(builder.clone(), result, |response, b| {
             if let Some(entries) = response.get("entry").and_then(Value::as_array) {
                 for entry in entries {

@@ -267,6 +267,12 @@ impl EventBuilder {
             if let Some(p) = &purpose {
                 agent["purposeOfUse"] = p.clone();
             }
+            // A system client acting without a named person: the break-glass reason goes on
+            // the organization, so it is never lost.
+            let has_person = self.agent.practitioner.is_some() || self.agent.patient.is_some();
+            if let (false, Some(reason)) = (has_person, &self.agent.break_glass_reason) {
+                agent["policy"] = json!([format!("urn:renkei:break-glass:{}", sanitize(reason))]);
+            }
             agents.push(agent);
         }
         agents

@@ -6,6 +6,7 @@
 //! by [`prepass`] checks and wrapped in `catch_unwind`. Everything above this crate works on
 //! `serde_json::Value` and bytes.
 
+mod narrative;
 mod prepass;
 
 use fhirbolt::model::r4::Resource;
@@ -92,7 +93,7 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
             format!("the body is not valid FHIR XML: {e}"),
         )
     })?;
-    let value = catch_unwind(AssertUnwindSafe(|| {
+    let mut value = catch_unwind(AssertUnwindSafe(|| {
         fhirbolt::json::to_json_value(parsed, None)
     }))
     .map_err(|_| ContentError::single(IssueCode::Invalid, "", "XML conversion failed"))?
@@ -103,6 +104,8 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
             format!("XML conversion failed: {e}"),
         )
     })?;
+    // fhirbolt trims the text nodes of narratives; take them from the bytes as they came.
+    narrative::restore_from_xml(bytes, &mut value);
     validate(&value)?;
     Ok(value)
 }
@@ -157,7 +160,8 @@ pub fn to_xml(value: &Value) -> Result<String, ContentError> {
         fhirbolt::xml::to_string(&resource, None).map_err(|e| e.to_string())
     }));
     match result {
-        Ok(Ok(xml)) => Ok(xml),
+        // fhirbolt trims the text nodes of narratives; put them back as stored.
+        Ok(Ok(xml)) => Ok(narrative::restore_in_xml(value, xml)),
         Ok(Err(message)) => Err(ContentError::single(
             IssueCode::Invalid,
             "",
@@ -196,6 +200,25 @@ mod tests {
         assert!(xml.contains("山田"));
         let back = parse_xml(xml.as_bytes()).unwrap();
         assert_eq!(back, value);
+    }
+
+    #[test]
+    fn xml_narrative_whitespace_is_preserved() {
+        let div = r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Peter James <b>Chalmers</b> (Jim)</p>
+  <p>second</p></div>"#;
+        let xml = format!(
+            r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/>{div}</text><contained><Patient><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml">x <i>y</i></div></text></Patient></contained></Patient>"#
+        );
+        let value = parse_xml(xml.as_bytes()).unwrap();
+        assert_eq!(value["text"]["div"], div);
+        assert_eq!(
+            value["contained"][0]["text"]["div"],
+            r#"<div xmlns="http://www.w3.org/1999/xhtml">x <i>y</i></div>"#
+        );
+        let rendered = to_xml(&value).unwrap();
+        assert!(rendered.contains(div), "{rendered}");
+        assert!(rendered.contains(">x <i>y</i></div>"), "{rendered}");
+        assert_eq!(parse_xml(rendered.as_bytes()).unwrap(), value);
     }
 
     #[test]

@@ -73,63 +73,117 @@ fn walk(value: &Value, path: &str, depth: usize, max_depth: usize, issues: &mut 
     }
 }
 
+/// One markup item of an XML document, as byte offsets (`start` at the `<`, `end` just past
+/// the `>`). Text between items is not reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Markup<'a> {
+    /// `<name …>` or, when `empty`, `<name …/>`.
+    Open {
+        name: &'a [u8],
+        empty: bool,
+        start: usize,
+        end: usize,
+    },
+    /// `</name>`.
+    Close {
+        name: &'a [u8],
+        start: usize,
+        end: usize,
+    },
+    /// A comment, CDATA section, processing instruction or declaration.
+    Other { start: usize, end: usize },
+}
+
+/// Splits XML into markup items without building a tree. Quoted attribute values, comments,
+/// CDATA sections, processing instructions and declarations are skipped as a whole, so a `<`
+/// or `>` inside them does not count. An item that never ends yields an error and ends the
+/// iteration.
+pub(crate) fn markup(bytes: &[u8]) -> impl Iterator<Item = Result<Markup<'_>, &'static str>> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let start = i + bytes.get(i..)?.iter().position(|&b| b == b'<')?;
+        let rest = &bytes[start + 1..];
+        let item = if rest.starts_with(b"!--") {
+            skip_past(bytes, start + 4, b"-->")
+                .map(|end| Markup::Other { start, end })
+                .ok_or("a comment is never closed")
+        } else if rest.starts_with(b"![CDATA[") {
+            skip_past(bytes, start + 9, b"]]>")
+                .map(|end| Markup::Other { start, end })
+                .ok_or("a CDATA section is never closed")
+        } else if rest.starts_with(b"?") {
+            skip_past(bytes, start + 2, b"?>")
+                .map(|end| Markup::Other { start, end })
+                .ok_or("a processing instruction is never closed")
+        } else if rest.starts_with(b"!") {
+            tag_end(bytes, start + 2, true)
+                .map(|end| Markup::Other { start, end })
+                .ok_or("a declaration is never closed")
+        } else {
+            match tag_end(bytes, start + 1, false) {
+                None => Err("a tag is never closed (is the body truncated?)"),
+                Some(end) => {
+                    let inner = &bytes[start + 1..end - 1];
+                    Ok(match inner.strip_prefix(b"/") {
+                        Some(closing) => Markup::Close {
+                            name: tag_name(closing),
+                            start,
+                            end,
+                        },
+                        None => Markup::Open {
+                            name: tag_name(inner),
+                            empty: inner.ends_with(b"/"),
+                            start,
+                            end,
+                        },
+                    })
+                }
+            }
+        };
+        i = match item {
+            Ok(
+                Markup::Open { end, .. } | Markup::Close { end, .. } | Markup::Other { end, .. },
+            ) => end,
+            Err(_) => bytes.len(),
+        };
+        Some(item)
+    })
+}
+
 /// Rejects XML nested deeper than `max_depth` elements, and XML that is not balanced (an
 /// element never closed, as in a truncated body; a close tag without its open tag or naming
-/// another element; a second root element), without building a tree. Quoted attribute values,
-/// comments, CDATA sections, processing instructions and declarations are skipped, so a `<` or
-/// `>` inside them does not count.
+/// another element; a second root element), without building a tree.
 pub(crate) fn check_xml_depth(bytes: &[u8], max_depth: usize) -> Result<(), ContentError> {
-    let malformed = |message: String| {
-        Err(ContentError::single(
-            IssueCode::Structure,
-            "",
-            format!("the XML is not well-formed: {message}"),
-        ))
-    };
+    check_xml_balance(bytes, max_depth)
+        .map_err(|message| ContentError::single(IssueCode::Structure, "", message))
+}
+
+fn check_xml_balance(bytes: &[u8], max_depth: usize) -> Result<(), String> {
+    let malformed = |message: String| Err(format!("the XML is not well-formed: {message}"));
     // Names of the open elements, innermost last (at most `max_depth`).
     let mut open: Vec<&[u8]> = Vec::new();
     let mut roots = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'<' {
-            i += 1;
-            continue;
-        }
-        let rest = &bytes[i + 1..];
-        let skipped = if rest.starts_with(b"!--") {
-            skip_past(bytes, i + 4, b"-->").ok_or("a comment is never closed")
-        } else if rest.starts_with(b"![CDATA[") {
-            skip_past(bytes, i + 9, b"]]>").ok_or("a CDATA section is never closed")
-        } else if rest.starts_with(b"?") {
-            skip_past(bytes, i + 2, b"?>").ok_or("a processing instruction is never closed")
-        } else if rest.starts_with(b"!") {
-            tag_end(bytes, i + 2, true).ok_or("a declaration is never closed")
-        } else {
-            let Some(end) = tag_end(bytes, i + 1, false) else {
-                return malformed("a tag is never closed (is the body truncated?)".into());
-            };
-            // `end` is just past the `>`.
-            let inner = &bytes[i + 1..end - 1];
-            if let Some(closing) = inner.strip_prefix(b"/") {
-                let name = tag_name(closing);
-                match open.pop() {
-                    Some(expected) if expected == name => {}
-                    Some(expected) => {
-                        return malformed(format!(
-                            "</{}> closes <{}>",
-                            String::from_utf8_lossy(name),
-                            String::from_utf8_lossy(expected)
-                        ))
-                    }
-                    None => {
-                        return malformed(format!(
-                            "</{}> has no open element",
-                            String::from_utf8_lossy(name)
-                        ))
-                    }
+    for item in markup(bytes) {
+        match item {
+            Err(message) => return malformed(message.into()),
+            Ok(Markup::Other { .. }) => {}
+            Ok(Markup::Close { name, .. }) => match open.pop() {
+                Some(expected) if expected == name => {}
+                Some(expected) => {
+                    return malformed(format!(
+                        "</{}> closes <{}>",
+                        String::from_utf8_lossy(name),
+                        String::from_utf8_lossy(expected)
+                    ))
                 }
-            } else {
-                let name = tag_name(inner);
+                None => {
+                    return malformed(format!(
+                        "</{}> has no open element",
+                        String::from_utf8_lossy(name)
+                    ))
+                }
+            },
+            Ok(Markup::Open { name, empty, .. }) => {
                 if open.is_empty() {
                     roots += 1;
                     if roots > 1 {
@@ -139,22 +193,13 @@ pub(crate) fn check_xml_depth(bytes: &[u8], max_depth: usize) -> Result<(), Cont
                         ));
                     }
                 }
-                if !inner.ends_with(b"/") {
+                if !empty {
                     open.push(name);
                     if open.len() > max_depth {
-                        return Err(ContentError::single(
-                            IssueCode::Structure,
-                            "",
-                            "the XML is nested too deeply",
-                        ));
+                        return Err("the XML is nested too deeply".into());
                     }
                 }
             }
-            Ok(end)
-        };
-        match skipped {
-            Ok(next) => i = next,
-            Err(message) => return malformed(message.into()),
         }
     }
     match open.last() {
@@ -164,6 +209,21 @@ pub(crate) fn check_xml_depth(bytes: &[u8], max_depth: usize) -> Result<(), Cont
         )),
         None => Ok(()),
     }
+}
+
+/// Whether `fragment` is one balanced element made of elements and text only (no comments,
+/// CDATA, processing instructions, declarations, no `<` inside attribute values), so it can
+/// be spliced into an XML document as is.
+pub(crate) fn is_plain_element(fragment: &[u8], max_depth: usize) -> bool {
+    let trimmed = fragment.trim_ascii();
+    trimmed.starts_with(b"<")
+        && trimmed.ends_with(b">")
+        && check_xml_balance(trimmed, max_depth).is_ok()
+        && markup(trimmed).all(|item| match item {
+            Ok(Markup::Open { start, end, .. }) => !trimmed[start + 1..end].contains(&b'<'),
+            Ok(Markup::Close { .. }) => true,
+            Ok(Markup::Other { .. }) | Err(_) => false,
+        })
 }
 
 /// The position just past the first `terminator` at or after `from`.
@@ -177,7 +237,7 @@ fn skip_past(bytes: &[u8], from: usize, terminator: &[u8]) -> Option<usize> {
 
 /// The position just past the `>` ending a tag whose content starts at `from`, skipping
 /// quoted values (and, in declarations, bracketed internal subsets).
-fn tag_end(bytes: &[u8], from: usize, declaration: bool) -> Option<usize> {
+pub(crate) fn tag_end(bytes: &[u8], from: usize, declaration: bool) -> Option<usize> {
     let mut quote: Option<u8> = None;
     let mut brackets = 0usize;
     let mut i = from;
@@ -249,6 +309,20 @@ mod tests {
                 "{xml}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn plain_elements() {
+        assert!(is_plain_element(
+            b"<div xmlns=\"x\"><p>a <b>b</b></p><br/></div>",
+            64
+        ));
+        assert!(!is_plain_element(b"<div><!-- c --></div>", 64));
+        assert!(!is_plain_element(b"<div><![CDATA[x]]></div>", 64));
+        assert!(!is_plain_element(b"<div><p></div>", 64));
+        assert!(!is_plain_element(b"<div title=\"<\"></div>", 64));
+        assert!(!is_plain_element(b"<div></div><div></div>", 64));
+        assert!(!is_plain_element(b"text", 64));
     }
 
     #[test]

@@ -16,6 +16,12 @@ use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+/// The search parameters `GET /AuditEvent` understands (besides `_count`, `_sort`), as listed
+/// in the CapabilityStatement.
+pub const SEARCH_PARAMS: &[&str] = &[
+    "date", "patient", "agent", "entity", "type", "subtype", "action", "outcome", "purpose",
+];
+
 /// Any write to AuditEvent: the trail is append-only for every role.
 pub async fn append_only(req: HttpRequest) -> HttpResponse {
     let format = RequestCtx::new(&req)
@@ -65,7 +71,9 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
                     }
                 }
             }
-            "patient" => query.refs.push(("patient".into(), reference(value, "Patient"))),
+            "patient" => query
+                .refs
+                .push(("patient".into(), reference(value, "Patient"))),
             "entity" => query.refs.push(("entity".into(), value.clone())),
             "agent" => query.agent = Some(value.clone()),
             "type" => query.type_code = Some(value.rsplit('|').next().unwrap_or(value).into()),
@@ -76,7 +84,9 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
             "_count" => {
                 query.limit = value
                     .parse::<usize>()
-                    .map_err(|_| ApiError::bad_request(format!("_count '{value}' is not a number")))?
+                    .map_err(|_| {
+                        ApiError::bad_request(format!("_count '{value}' is not a number"))
+                    })?
                     .clamp(1, max)
             }
             "_sort" => match value.as_str() {
@@ -89,9 +99,9 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
                 }
             },
             "_page_token" => {
-                let seq: i64 = value
-                    .parse()
-                    .map_err(|_| ApiError::bad_request("_page_token is not a token this server issued"))?;
+                let seq: i64 = value.parse().map_err(|_| {
+                    ApiError::bad_request("_page_token is not a token this server issued")
+                })?;
                 if query.descending {
                     query.before_seq = Some(seq);
                 } else {
@@ -101,7 +111,8 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
             "_format" | "_pretty" => {}
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "AuditEvent search supports date, patient, agent, entity, type, subtype, action, outcome, purpose, _sort, _count; not '{other}'"
+                    "AuditEvent search supports {}, _sort, _count; not '{other}'",
+                    SEARCH_PARAMS.join(", ")
                 )))
             }
         }

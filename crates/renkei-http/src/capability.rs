@@ -31,6 +31,15 @@ pub const RESULT_PARAMS: &[&str] = &[
     "_revinclude",
 ];
 
+/// Search modifiers, by the parameter types they apply to.
+pub const MODIFIERS: &[&str] = &[
+    ":missing (all)",
+    ":exact, :contains (string)",
+    ":not, :text, :in, :not-in, :of-type (token)",
+    ":Type, :identifier (reference)",
+    ":below, :above (uri)",
+];
+
 /// The search parameters of `res_type` that this server indexes and searches, generated from
 /// the same registry the index extraction and query parser use.
 pub fn search_params(res_type: &str) -> Vec<Value> {
@@ -53,10 +62,47 @@ pub fn search_params(res_type: &str) -> Vec<Value> {
     params
 }
 
+/// `AuditEvent` (routes in lib.rs, `auditevents.rs`): the gateway writes the trail itself, so
+/// the API only reads and searches it, with its own search parameters.
+fn audit_event_resource() -> Value {
+    let mut params: Vec<Value> = search_params("AuditEvent")
+        .into_iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| crate::auditevents::SEARCH_PARAMS.contains(&n))
+        })
+        .collect();
+    if !params.iter().any(|p| p["name"] == "purpose") {
+        params.push(json!({
+            "name": "purpose",
+            "type": "token",
+            "documentation": "The purpose of use of the audited access (AuditEvent.purposeOfEvent)",
+        }));
+    }
+    params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json!({
+        "type": "AuditEvent",
+        "documentation": "The audit trail is written by the gateway and append-only: create, update, patch and delete answer 405.",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "versioning": "no-version",
+        "readHistory": false,
+        "updateCreate": false,
+        "conditionalCreate": false,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": false,
+        "conditionalDelete": "not-supported",
+        "searchParam": params,
+    })
+}
+
 pub fn capability_statement(base: &str, state: &AppState) -> Value {
     let resources: Vec<Value> = renkei_fhir::resource_types()
         .iter()
         .map(|res_type| {
+            if *res_type == "AuditEvent" {
+                return audit_event_resource();
+            }
             json!({
                 "type": res_type,
                 "interaction": TYPE_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
@@ -87,11 +133,24 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
         "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
+            "security": {
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR",
+                }]}],
+                "description": "Every request except GET /metadata needs Authorization: Bearer \
+                    <access token>. Tokens come from SMART Backend Services (client_credentials \
+                    with a private_key_jwt client assertion) at the token endpoint named in \
+                    .well-known/smart-configuration.",
+            },
             "documentation": format!(
                 "Bundles, search and history pages hold at most {} entries ({} by default). \
                  Search result parameters: {}. Unknown search parameters are ignored with a \
-                 warning (search.mode = outcome) unless Prefer: handling=strict asks for 400.",
-                state.max_page_size, state.default_page_size, RESULT_PARAMS.join(", ")
+                 warning (search.mode = outcome) unless Prefer: handling=strict asks for 400. \
+                 Modifiers: {}. Composite parameters are supported; _contained=true|both is \
+                 refused with 400 (contained resources are not searched).",
+                state.max_page_size, state.default_page_size, RESULT_PARAMS.join(", "),
+                MODIFIERS.join(", ")
             ),
             "resource": resources,
             "interaction": SYSTEM_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),

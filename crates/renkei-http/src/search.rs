@@ -161,6 +161,10 @@ fn searchset(ctx: &RequestCtx, plan: &SearchPlan, page: &SearchPage, self_path: 
     if let Some(next) = &page.next {
         links.push(json!({"relation": "next", "url": page_url(next)}));
     }
+    // The last page is the query run backwards from the end: as cheap as the first page.
+    if page.next.is_some() || page.previous.is_some() {
+        links.push(json!({"relation": "last", "url": page_url(&Cursor::last())}));
+    }
     let mut entries: Vec<Value> = Vec::new();
     entries.extend(
         page.matches

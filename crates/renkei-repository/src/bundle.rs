@@ -267,12 +267,25 @@ fn run_transaction(
         source: Box::new(e),
     };
     // Ids of new resources are fixed before anything runs, so references between entries
-    // resolve whatever the processing order.
+    // resolve whatever the processing order. At the same time every entry's target is
+    // resolved: http.html#trules, "If any resource identities (including resolved identities
+    // from conditional update/delete) overlap in steps 1-3, then the transaction SHALL fail."
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut assigned: Vec<Option<String>> = vec![None; entries.len()];
+    let mut targets: HashMap<String, usize> = HashMap::new();
     for (index, entry) in entries.iter().enumerate() {
         let target = parse_target(&entry.url).map_err(|e| wrap(index, entry, e))?;
-        let reference = match (&entry.method[..], &target) {
+        let resolve_one = |tx: &mut Tx<'_>, criteria: &Criteria| -> Result<_, RepoError> {
+            let criteria = criteria.clone().visible_to(context.visibility.clone());
+            let found = criteria.resolve(tx, 2)?;
+            Ok(match found.as_slice() {
+                [row] => Some(format!("{}/{}", criteria.res_type, row.res_id)),
+                _ => None,
+            })
+        };
+        // `reference`: what the entry's fullUrl stands for; `identity`: the resource the
+        // entry changes (steps 1-3: DELETE, POST, PUT, PATCH).
+        let (reference, identity) = match (&entry.method[..], &target) {
             ("POST", Target::Type(t)) => {
                 let existing = match &entry.if_none_exist {
                     Some(query) => {
@@ -293,24 +306,61 @@ fn run_transaction(
                     }
                     None => None,
                 };
-                let id = existing.unwrap_or_else(|| {
-                    let id = uuid::Uuid::new_v4().to_string();
-                    assigned[index] = Some(id.clone());
-                    id
-                });
-                Some(format!("{t}/{id}"))
+                // A matched ifNoneExist changes nothing, so it is no identity of steps 1-3
+                // (several entries may name one shared Practitioner that way).
+                match existing {
+                    Some(id) => (Some(format!("{t}/{id}")), None),
+                    None => {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        assigned[index] = Some(id.clone());
+                        (Some(format!("{t}/{id}")), None)
+                    }
+                }
             }
-            ("PUT", Target::Instance(t, id)) => Some(format!("{t}/{id}")),
+            ("PUT", Target::Instance(t, id)) => {
+                (Some(format!("{t}/{id}")), Some(format!("{t}/{id}")))
+            }
             ("PUT", Target::Conditional(criteria)) => {
                 let criteria = criteria.clone().visible_to(context.visibility.clone());
                 let found = criteria.resolve(tx, 2)?;
-                match found.as_slice() {
-                    [row] => Some(format!("{}/{}", criteria.res_type, row.res_id)),
+                let t = &criteria.res_type;
+                let body_id = entry
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.get("id"))
+                    .and_then(Value::as_str);
+                let resolved = match (found.as_slice(), body_id) {
+                    ([row], _) => Some(format!("{t}/{}", row.res_id)),
+                    // No match: a create, with the body's id or one fixed now, like a POST.
+                    ([], Some(id)) => Some(format!("{t}/{id}")),
+                    ([], None) => {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        let reference = format!("{t}/{id}");
+                        assigned[index] = Some(id);
+                        Some(reference)
+                    }
+                    // Several matches: the entry fails with 412 when it runs.
                     _ => None,
-                }
+                };
+                (resolved.clone(), resolved)
             }
-            _ => None,
+            ("PATCH" | "DELETE", Target::Instance(t, id)) => (None, Some(format!("{t}/{id}"))),
+            ("PATCH" | "DELETE", Target::Conditional(criteria)) => {
+                (None, resolve_one(tx, criteria)?)
+            }
+            _ => (None, None),
         };
+        if let Some(identity) = identity {
+            if let Some(first) = targets.insert(identity.clone(), index) {
+                return Err(wrap(
+                    index,
+                    entry,
+                    RepoError::BadRequest(format!(
+                        "entries {first} and {index} both change {identity}; a transaction may change a resource only once"
+                    )),
+                ));
+            }
+        }
         if let (Some(full_url), Some(reference)) = (&entry.full_url, reference) {
             ids.insert(full_url.clone(), reference);
         }
@@ -349,6 +399,31 @@ fn run_transaction(
                     }
                 })
             }
+            ("PUT", Some(id)) => match parse_target(&entry.url) {
+                Ok(Target::Conditional(criteria)) => {
+                    let criteria = criteria.visible_to(context.visibility.clone());
+                    let body = entry.resource.clone().ok_or_else(|| {
+                        wrap(
+                            index,
+                            &entry,
+                            RepoError::BadRequest("PUT entry has no resource".into()),
+                        )
+                    })?;
+                    interactions::conditional_update_with_id(
+                        tx,
+                        &criteria,
+                        body,
+                        entry.if_match,
+                        context,
+                        Some(&id),
+                    )
+                    .map(|o| EntryResult {
+                        status: if o.created { "201 Created" } else { "200 OK" },
+                        resource: Some(o.resource),
+                    })
+                }
+                _ => run_entry(tx, &entry, &mut ids, context),
+            },
             _ => run_entry(tx, &entry, &mut ids, context),
         }
         .map_err(|e| wrap(index, &entry, e))?;

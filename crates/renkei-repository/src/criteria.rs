@@ -143,6 +143,7 @@ impl Criteria {
                 let body = row.body?;
                 Some(crate::StoredResource {
                     custodian: None,
+                    patient_id: None,
                     res_type: row.res_type,
                     id: row.res_id,
                     version: row.version,

@@ -19,6 +19,8 @@ pub struct StoredResource {
     pub body: String,
     /// The facility holding the resource, where the operation knew it.
     pub custodian: Option<String>,
+    /// The patient the resource is about (plain id), where the operation knew it.
+    pub patient_id: Option<String>,
 }
 
 impl StoredResource {
@@ -261,6 +263,7 @@ pub(crate) fn check_type(res_type: &str) -> Result<(), RepoError> {
 fn stored(row: ResourceRow, body: String) -> StoredResource {
     StoredResource {
         custodian: row.custodian.clone(),
+        patient_id: row.patient_id.clone(),
         res_type: row.res_type,
         id: row.res_id,
         version: row.version,
@@ -277,14 +280,7 @@ pub fn read(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<StoredResource,
             res_type: res_type.into(),
             id: id.into(),
         })?;
-    match row.body.clone() {
-        Some(body) if !row.deleted => Ok(stored(row, body)),
-        _ => Err(RepoError::Gone {
-            res_type: res_type.into(),
-            id: id.into(),
-            version: row.version,
-        }),
-    }
+    current_or_gone(row)
 }
 
 /// Read with the consent decision: a resource the requester may not see answers 404 like a
@@ -304,7 +300,19 @@ pub fn read_visible(
             id: id.into(),
         })?;
     check_visible(tx, &row, visibility)?;
-    read(tx, res_type, id)
+    current_or_gone(row)
+}
+
+/// The current row as a resource, or 410 when its current version is a deletion.
+fn current_or_gone(row: ResourceRow) -> Result<StoredResource, RepoError> {
+    match row.body.clone() {
+        Some(body) if !row.deleted => Ok(stored(row, body)),
+        _ => Err(RepoError::Gone {
+            res_type: row.res_type,
+            id: row.res_id,
+            version: row.version,
+        }),
+    }
 }
 
 /// vread with the consent decision of the resource's current row.
@@ -368,6 +376,7 @@ pub fn vread(
     match row.body {
         Some(body) if !row.deleted => Ok(StoredResource {
             custodian: None,
+            patient_id: None,
             res_type: row.res_type,
             id: row.res_id,
             version: row.version,
@@ -443,6 +452,7 @@ fn store_version(
     tx.replace_index(rid, res_type, &index::rows(res_type, &stamped))?;
     Ok(StoredResource {
         custodian: custodian.clone(),
+        patient_id: patient.clone(),
         res_type: res_type.into(),
         id: id.into(),
         version,
@@ -519,6 +529,7 @@ pub(crate) fn create_with_id(
                 return Ok(WriteOutcome {
                     resource: StoredResource {
                         custodian: None,
+                        patient_id: None,
                         res_type: row.res_type,
                         id: row.res_id,
                         version: row.version,
@@ -635,9 +646,24 @@ fn check_if_match(
 pub fn conditional_update(
     tx: &mut Tx<'_>,
     criteria: &Criteria,
+    resource: Value,
+    if_match: Option<i64>,
+    context: &WriteContext,
+) -> Result<WriteOutcome, RepoError> {
+    conditional_update_with_id(tx, criteria, resource, if_match, context, None)
+}
+
+/// `PUT [type]?criteria`; when nothing matches and the body has no id, the new resource gets
+/// `assigned_id` (a transaction fixes it beforehand so references to the entry resolve).
+/// With an `assigned_id`, a match that appeared meanwhile (another entry of the transaction
+/// created it) is a conflict: references were already resolved to the assigned id.
+pub(crate) fn conditional_update_with_id(
+    tx: &mut Tx<'_>,
+    criteria: &Criteria,
     mut resource: Value,
     if_match: Option<i64>,
     context: &WriteContext,
+    assigned_id: Option<&str>,
 ) -> Result<WriteOutcome, RepoError> {
     check_body_type(&resource, &criteria.res_type)?;
     let found = criteria.resolve(tx, 2)?;
@@ -648,8 +674,21 @@ pub fn conditional_update(
     match found.as_slice() {
         [] => match body_id {
             Some(id) => update(tx, &criteria.res_type, &id, resource, if_match, context),
-            None => create(tx, &criteria.res_type, resource, None, context),
+            None => create_with_id(
+                tx,
+                &criteria.res_type,
+                resource,
+                None,
+                context,
+                assigned_id,
+            ),
         },
+        [row] if assigned_id.is_some_and(|id| id != row.res_id) => {
+            Err(RepoError::Conflict(format!(
+                "the conditional update matched no {} when the transaction began, but matches {}/{} now (created by another entry of the transaction)",
+                criteria.res_type, criteria.res_type, row.res_id
+            )))
+        }
         [row] => {
             if let Some(id) = &body_id {
                 if id != &row.res_id {

@@ -5,7 +5,7 @@
 
 use renkei_repository::{Criteria, Repository, RepositoryOptions, WriteContext};
 use renkei_search::plan::{parse, Cursor, ParseOptions, SearchPlan};
-use renkei_store::{DatabaseUrl, Store, StoreOptions};
+use renkei_store::{DatabaseUrl, Store, StoreOptions, Visibility};
 use serde_json::{json, Value};
 
 struct Db {
@@ -80,7 +80,9 @@ fn plan(res_type: &str, query: &str) -> SearchPlan {
 }
 
 fn ids(repo: &Repository, res_type: &str, query: &str) -> Vec<String> {
-    let page = repo.search(&plan(res_type, query)).unwrap();
+    let page = repo
+        .search(&plan(res_type, query), &Visibility::Unrestricted)
+        .unwrap();
     let mut ids: Vec<String> = page.matches.iter().map(|r| r.res_id.clone()).collect();
     ids.sort();
     ids
@@ -258,7 +260,7 @@ fn run_cases(db: Db) {
 
     // paging: keyset cursor, forward and back, sorted by -date
     let mut p = plan("Observation", "_sort=-date&_count=1&_total=accurate");
-    let first = repo.search(&p).unwrap();
+    let first = repo.search(&p, &Visibility::Unrestricted).unwrap();
     assert_eq!(first.total, Some(3));
     assert_eq!(first.matches[0].res_id, "o2");
     let mut seen = vec![first.matches[0].res_id.clone()];
@@ -266,21 +268,21 @@ fn run_cases(db: Db) {
     let mut last_page = first;
     while let Some(cursor) = next {
         p.cursor = Some(Cursor::decode(&cursor.encode()).unwrap());
-        last_page = repo.search(&p).unwrap();
+        last_page = repo.search(&p, &Visibility::Unrestricted).unwrap();
         seen.extend(last_page.matches.iter().map(|r| r.res_id.clone()));
         next = last_page.next.clone();
     }
     assert_eq!(seen, ["o2", "o1", "o3"]);
     p.cursor = last_page.previous.clone();
-    let back = repo.search(&p).unwrap();
+    let back = repo.search(&p, &Visibility::Unrestricted).unwrap();
     assert_eq!(back.matches[0].res_id, "o1");
 
     // _include / _revinclude
     let page = repo
-        .search(&plan(
-            "Observation",
-            "code=2339-0&_include=Observation:patient",
-        ))
+        .search(
+            &plan("Observation", "code=2339-0&_include=Observation:patient"),
+            &Visibility::Unrestricted,
+        )
         .unwrap();
     assert_eq!(
         page.included
@@ -290,34 +292,284 @@ fn run_cases(db: Db) {
         ["p2"]
     );
     let page = repo
-        .search(&plan(
-            "Patient",
-            "_id=p1&_revinclude=Observation:subject&_include=Patient:general-practitioner",
-        ))
+        .search(
+            &plan(
+                "Patient",
+                "_id=p1&_revinclude=Observation:subject&_include=Patient:general-practitioner",
+            ),
+            &Visibility::Unrestricted,
+        )
         .unwrap();
     let mut inc: Vec<&str> = page.included.iter().map(|r| r.res_id.as_str()).collect();
     inc.sort();
     assert_eq!(inc, ["dr1", "o1", "o2"]);
-    let count = repo.search(&plan("Observation", "_summary=count")).unwrap();
+    let count = repo
+        .search(
+            &plan("Observation", "_summary=count"),
+            &Visibility::Unrestricted,
+        )
+        .unwrap();
     assert_eq!(count.total, Some(3));
     assert!(count.matches.is_empty());
+
+    composites_and_modifiers(repo);
 
     // conditional interactions run on the engine; a delete removes index rows
     let criteria = Criteria::parse("Patient", "family=ﾔﾏﾀﾞ").unwrap();
     let found = repo.read_tx(|tx| criteria.find(tx, 5)).unwrap();
     assert_eq!(found.len(), 1);
-    repo.write(|tx| renkei_repository::delete(tx, "Observation", "o3", None))
-        .unwrap();
+    repo.write(|tx| {
+        renkei_repository::delete(tx, "Observation", "o3", None, &WriteContext::default())
+    })
+    .unwrap();
     assert!(ids(repo, "Observation", "code=2339-0").is_empty());
     assert!(ids(repo, "Patient", "_has:Observation:patient:code=2339-0").is_empty());
     // reindex rebuilds rows
     let n = repo.reindex(2, |_| {}).unwrap();
-    assert_eq!(n, 5);
+    assert_eq!(n, 7); // 3 patients/practitioners, o1, o2 and the two ValueSets
     assert_eq!(
         ids(repo, "Observation", "code=3D010000001926101"),
         ["o1", "o2"]
     );
     (db.cleanup)();
+}
+
+fn try_plan(res_type: &str, query: &str) -> Result<SearchPlan, renkei_search::plan::SearchError> {
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap();
+            (k.to_string(), renkei_repository::percent_decode(v))
+        })
+        .collect();
+    parse(&[res_type.to_string()], &params, &ParseOptions::default())
+}
+
+/// Composite parameters, `:of-type`, `:in`/`:not-in`, `:identifier`, uri `:below`/`:above`,
+/// `_contained`, and the `last` page cursor.
+fn composites_and_modifiers(repo: &Repository) {
+    let loinc = "http://loinc.org";
+    let ucum = "http://unitsofmeasure.org";
+    for (id, sys, dia) in [("bp1", 150.0, 70.0), ("bp2", 110.0, 95.0)] {
+        put(
+            repo,
+            json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": loinc, "code": "85354-9"}]},
+            "subject": {"reference": "Patient/p1"},
+            "component": [
+                {"code": {"coding": [{"system": loinc, "code": "8480-6"}]},
+                 "valueQuantity": {"value": sys, "system": ucum, "code": "mm[Hg]"}},
+                {"code": {"coding": [{"system": loinc, "code": "8462-4"}]},
+                 "valueQuantity": {"value": dia, "system": ucum, "code": "mm[Hg]"}}]}),
+        );
+    }
+    put(
+        repo,
+        json!({"resourceType": "Observation", "id": "sbp", "status": "final",
+        "code": {"coding": [{"system": loinc, "code": "8480-6"}]},
+        "subject": {"reference": "Patient/p2", "identifier": {"system": "urn:mrn", "value": "M-2"}},
+        "identifier": [{"system": "urn:lab", "value": "L-77",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "FILL"}]}}],
+        "valueQuantity": {"value": 101, "system": ucum, "code": "mm[Hg]"}}),
+    );
+    // code-value-quantity: the Observation's own code and value together
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "code-value-quantity=http://loinc.org|8480-6$gt100"
+        ),
+        ["sbp"]
+    );
+    assert!(ids(repo, "Observation", "code-value-quantity=8480-6$gt120").is_empty());
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "code-value-quantity=3D010000001926101$ge98|http://unitsofmeasure.org|mg/dL"
+        ),
+        ["o1", "o2"]
+    );
+    // component-code-value-quantity: both parts from the same component
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "component-code-value-quantity=http://loinc.org|8480-6$gt140"
+        ),
+        ["bp1"]
+    );
+    // 8462-4 (diastolic) > 90 is bp2 only; bp1 has 150 systolic, which must not pair with it
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "component-code-value-quantity=8462-4$gt90"
+        ),
+        ["bp2"]
+    );
+    assert!(ids(
+        repo,
+        "Observation",
+        "component-code-value-quantity=8462-4$gt140"
+    )
+    .is_empty());
+    // OR across values, AND across repeats
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "component-code-value-quantity=8462-4$gt90,8480-6$gt140"
+        ),
+        ["bp1", "bp2"]
+    );
+    assert!(ids(
+        repo,
+        "Observation",
+        "component-code-value-quantity=8462-4$gt90&component-code-value-quantity=8480-6$gt140"
+    )
+    .is_empty());
+    // combo: the Observation or any component
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "combo-code-value-quantity=http://loinc.org|8480-6$gt100"
+        ),
+        ["bp1", "bp2", "sbp"]
+    );
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "combo-code-value-quantity=8480-6$lt105"
+        ),
+        ["sbp"]
+    );
+    // composites can be missing, and AND with other parameters
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "component-code-value-quantity=8480-6$gt100&subject=Patient/p1"
+        ),
+        ["bp1", "bp2"]
+    );
+    // identifier:of-type
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|FILL|L-77"
+        ),
+        ["sbp"]
+    );
+    assert!(ids(
+        repo,
+        "Observation",
+        "identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|PLAC|L-77"
+    )
+    .is_empty());
+    // reference :identifier
+    assert_eq!(
+        ids(repo, "Observation", "subject:identifier=urn:mrn|M-2"),
+        ["sbp"]
+    );
+    assert_eq!(ids(repo, "Observation", "patient:identifier=M-2"), ["sbp"]);
+    assert!(ids(repo, "Observation", "subject:identifier=urn:other|M-2").is_empty());
+    // :in with a stored ValueSet, by id and by canonical; imports; exclude; :not-in
+    put(
+        repo,
+        json!({"resourceType": "ValueSet", "id": "bp-codes", "status": "active",
+        "url": "http://example.org/fhir/ValueSet/bp-codes",
+        "compose": {"include": [{"system": loinc, "concept": [{"code": "8480-6"}, {"code": "85354-9"}, {"code": "2339-0"}]},
+                                {"valueSet": ["http://example.org/fhir/ValueSet/jlac"]}],
+                    "exclude": [{"system": loinc, "concept": [{"code": "2339-0"}]}]}}),
+    );
+    put(
+        repo,
+        json!({"resourceType": "ValueSet", "id": "jlac", "status": "active",
+        "url": "http://example.org/fhir/ValueSet/jlac",
+        "compose": {"include": [{"system": "urn:oid:1.2.392.200119.4.504"}]}}),
+    );
+    assert_eq!(
+        ids(repo, "Observation", "code:in=ValueSet/bp-codes"),
+        ["bp1", "bp2", "o1", "o2", "sbp"]
+    );
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "code:in=http://example.org/fhir/ValueSet/jlac"
+        ),
+        ["o1", "o2"]
+    );
+    assert_eq!(
+        ids(repo, "Observation", "code:not-in=ValueSet/bp-codes"),
+        ["o3"]
+    );
+    assert!(ids(repo, "Observation", "code:in=ValueSet/unknown").is_empty());
+    let count = repo
+        .search(
+            &plan("Observation", "code:in=ValueSet/jlac&_summary=count"),
+            &Visibility::Unrestricted,
+        )
+        .unwrap();
+    assert_eq!(count.total, Some(2));
+    // uri :below / :above
+    assert_eq!(
+        ids(repo, "ValueSet", "url:below=http://example.org/fhir"),
+        ["bp-codes", "jlac"]
+    );
+    assert_eq!(
+        ids(
+            repo,
+            "ValueSet",
+            "url:above=http://example.org/fhir/ValueSet/jlac/extra"
+        ),
+        ["jlac"]
+    );
+    assert_eq!(
+        ids(
+            repo,
+            "ValueSet",
+            "url=http://example.org/fhir/ValueSet/jlac"
+        ),
+        ["jlac"]
+    );
+    // _contained: false is the default; true/both are refused, not ignored
+    assert!(try_plan("Observation", "_contained=false&code=8480-6").is_ok());
+    for query in [
+        "_contained=true",
+        "_contained=both",
+        "_containedType=contained",
+    ] {
+        let error = try_plan("Observation", query).unwrap_err().to_string();
+        assert!(error.contains("not supported"), "{query}: {error}");
+    }
+    // last page: the query run backwards from the end, no next link
+    let mut p = plan("Observation", "_sort=date&_count=2");
+    let first = repo.search(&p, &Visibility::Unrestricted).unwrap();
+    assert!(first.next.is_some());
+    p.cursor = Some(Cursor::last());
+    let last = repo.search(&p, &Visibility::Unrestricted).unwrap();
+    assert!(last.next.is_none());
+    assert!(last.previous.is_some());
+    let all = ids(repo, "Observation", "_count=100");
+    assert_eq!(last.matches.len(), 2);
+    // date-less observations sort last
+    assert!(last
+        .matches
+        .iter()
+        .all(|r| ["bp1", "bp2", "sbp"].contains(&r.res_id.as_str())));
+    assert_eq!(all.len(), 6);
+    for id in ["bp1", "bp2", "sbp"] {
+        repo.write(|tx| {
+            renkei_repository::delete(tx, "Observation", id, None, &WriteContext::default())
+        })
+        .unwrap();
+    }
+    assert!(ids(repo, "Observation", "combo-code-value-quantity=8480-6$gt1").is_empty());
 }
 
 #[test]

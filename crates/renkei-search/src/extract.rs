@@ -61,6 +61,31 @@ pub struct UriIndex {
     pub value: String,
 }
 
+/// The value of one component of a composite row, in the shape its type needs: tokens use
+/// `system`/`code`; quantities `num` and the unit in `system`/`code`; numbers `num`; dates
+/// `low`/`high`; strings the folded value in `code`; references the target type in `system`
+/// and the id (or the URL as written) in `code`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompositeValue {
+    pub system: Option<String>,
+    pub code: Option<String>,
+    pub num: Option<f64>,
+    pub low: Option<i64>,
+    pub high: Option<i64>,
+}
+
+/// One row of a composite parameter: the values of its components taken from the same
+/// element (one row per combination when a component has several values). Also used for
+/// `identifier:of-type` (type coding, identifier value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompositeIndex {
+    pub param: String,
+    pub parts: Vec<CompositeValue>,
+}
+
+/// Most components a composite row holds (the R4 definitions have at most three).
+pub const MAX_COMPONENTS: usize = 3;
+
 /// Every index row of one resource.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IndexRows {
@@ -71,6 +96,7 @@ pub struct IndexRows {
     pub quantities: Vec<QuantityIndex>,
     pub numbers: Vec<NumberIndex>,
     pub uris: Vec<UriIndex>,
+    pub composites: Vec<CompositeIndex>,
 }
 
 impl IndexRows {
@@ -82,6 +108,7 @@ impl IndexRows {
             + self.quantities.len()
             + self.numbers.len()
             + self.uris.len()
+            + self.composites.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -96,6 +123,7 @@ impl IndexRows {
         dedup_vec(&mut self.quantities);
         dedup_vec(&mut self.numbers);
         dedup_vec(&mut self.uris);
+        dedup_vec(&mut self.composites);
     }
 }
 
@@ -124,7 +152,11 @@ pub fn extract(res_type: &str, resource: &Value) -> IndexRows {
             continue;
         };
         for node in nodes {
-            add_value(&mut rows, param, node.type_name(), node.value());
+            if param.kind == ParamType::Composite {
+                add_composite(&mut rows, param, resource, node.value());
+            } else {
+                add_value(&mut rows, param, node.type_name(), node.value());
+            }
         }
     }
     rows.dedup();
@@ -135,6 +167,7 @@ fn add_value(rows: &mut IndexRows, param: &SearchParam, type_name: Option<&str>,
     let name = || param.code.clone();
     match param.kind {
         ParamType::Token => {
+            add_identifier_types(rows, param, value);
             tokens_of(value, type_name)
                 .into_iter()
                 .for_each(|(system, code, text)| {
@@ -163,6 +196,18 @@ fn add_value(rows: &mut IndexRows, param: &SearchParam, type_name: Option<&str>,
             }
         }
         ParamType::Reference => {
+            if let Some(identifier) = value.get("identifier") {
+                // `param:identifier` searches Reference.identifier.
+                if let Some(code) = string_at(identifier, "value") {
+                    rows.tokens.push(TokenIndex {
+                        param: format!("{}:identifier", param.code),
+                        system: string_at(identifier, "system")
+                            .map(|s| canonical_system(&s).to_string()),
+                        code: Some(code),
+                        text: None,
+                    });
+                }
+            }
             if let Some(reference) = reference_of(value) {
                 rows.references.push(ReferenceIndex {
                     param: name(),
@@ -198,6 +243,137 @@ fn add_value(rows: &mut IndexRows, param: &SearchParam, type_name: Option<&str>,
         }
         ParamType::Composite | ParamType::Special => {}
     }
+}
+
+/// `identifier:of-type` rows: (type coding, identifier value) of an Identifier with a type.
+fn add_identifier_types(rows: &mut IndexRows, param: &SearchParam, value: &Value) {
+    let Some(identifier_value) = string_at(value, "value") else {
+        return;
+    };
+    let Some(codings) = value
+        .get("type")
+        .and_then(|t| t.get("coding"))
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    for coding in codings {
+        let Some(code) = string_at(coding, "code") else {
+            continue;
+        };
+        rows.composites.push(CompositeIndex {
+            param: format!("{}:of-type", param.code),
+            parts: vec![
+                CompositeValue {
+                    system: string_at(coding, "system").map(|s| canonical_system(&s).to_string()),
+                    code: Some(code),
+                    ..CompositeValue::default()
+                },
+                CompositeValue {
+                    system: string_at(value, "system").map(|s| canonical_system(&s).to_string()),
+                    code: Some(identifier_value.clone()),
+                    ..CompositeValue::default()
+                },
+            ],
+        });
+    }
+}
+
+/// The values of one component, evaluated on `element`, converted by the component's type.
+fn component_values(
+    component: &crate::registry::Component,
+    resource: &Value,
+    element: &Value,
+) -> Vec<CompositeValue> {
+    let Some(expression) = &component.expression else {
+        return Vec::new();
+    };
+    let focus = if component.on_resource {
+        resource
+    } else {
+        element
+    };
+    let Ok(nodes) = expression.evaluate(focus) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for node in nodes {
+        let (value, type_name) = (node.value(), node.type_name());
+        match component.kind {
+            ParamType::Token | ParamType::Uri => out.extend(
+                tokens_of(value, type_name)
+                    .into_iter()
+                    .filter(|(_, code, _)| code.is_some())
+                    .map(|(system, code, _)| CompositeValue {
+                        system: system.map(|s| canonical_system(&s).to_string()),
+                        code,
+                        ..CompositeValue::default()
+                    }),
+            ),
+            ParamType::Quantity => {
+                out.extend(quantity_of(value).map(|(v, system, code)| CompositeValue {
+                    system: system.map(|s| canonical_system(&s).to_string()),
+                    code,
+                    num: Some(v),
+                    ..CompositeValue::default()
+                }))
+            }
+            ParamType::Number => out.extend(number_of(value).map(|v| CompositeValue {
+                num: Some(v),
+                ..CompositeValue::default()
+            })),
+            ParamType::Date => {
+                out.extend(date_of(value, type_name).map(|(low, high)| CompositeValue {
+                    low: Some(low),
+                    high: Some(high),
+                    ..CompositeValue::default()
+                }))
+            }
+            ParamType::String => {
+                out.extend(strings_of(value).into_iter().map(|s| CompositeValue {
+                    code: Some(fold(&s)),
+                    ..CompositeValue::default()
+                }))
+            }
+            ParamType::Reference => out.extend(reference_of(value).map(|r| CompositeValue {
+                system: r.target_type,
+                code: r.target_id.or(r.url),
+                ..CompositeValue::default()
+            })),
+            ParamType::Composite | ParamType::Special => {}
+        }
+    }
+    out
+}
+
+/// Rows of a composite parameter for one element: every combination of its components'
+/// values, all taken from that element, so components match together.
+fn add_composite(rows: &mut IndexRows, param: &SearchParam, resource: &Value, element: &Value) {
+    if param.components.is_empty() || param.components.len() > MAX_COMPONENTS {
+        return;
+    }
+    let mut combinations: Vec<Vec<CompositeValue>> = vec![Vec::new()];
+    for component in &param.components {
+        let values = component_values(component, resource, element);
+        if values.is_empty() {
+            return;
+        }
+        combinations = combinations
+            .into_iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |v| {
+                    let mut next = prefix.clone();
+                    next.push(v.clone());
+                    next
+                })
+            })
+            .collect();
+    }
+    rows.composites
+        .extend(combinations.into_iter().map(|parts| CompositeIndex {
+            param: param.code.clone(),
+            parts,
+        }));
 }
 
 type Token = (Option<String>, Option<String>, Option<String>);
@@ -459,6 +635,50 @@ mod tests {
             .quantities
             .iter()
             .any(|q| q.param == "value-quantity" && q.value == 6.5));
+    }
+
+    #[test]
+    fn composites_pair_components_of_one_element() {
+        let bp = json!({
+            "resourceType": "Observation", "id": "bp", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+            "subject": {"reference": "Patient/p1", "identifier": {"system": "urn:mrn", "value": "M1"}},
+            "identifier": [{"system": "urn:x", "value": "42",
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}],
+            "component": [
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                 "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                 "valueQuantity": {"value": 80, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+            ]
+        });
+        let rows = extract("Observation", &bp);
+        let of = |param: &str| -> Vec<(String, f64)> {
+            rows.composites
+                .iter()
+                .filter(|c| c.param == param)
+                .map(|c| (c.parts[0].code.clone().unwrap(), c.parts[1].num.unwrap()))
+                .collect()
+        };
+        assert_eq!(
+            of("component-code-value-quantity"),
+            [("8480-6".to_string(), 120.0), ("8462-4".to_string(), 80.0)]
+        );
+        assert_eq!(of("combo-code-value-quantity").len(), 2);
+        assert!(of("code-value-quantity").is_empty());
+        assert!(rows
+            .composites
+            .iter()
+            .any(|c| c.param == "identifier:of-type"
+                && c.parts[0].code.as_deref() == Some("MR")
+                && c.parts[1].code.as_deref() == Some("42")));
+        assert!(rows.tokens.iter().any(|t| t.param == "subject:identifier"
+            && t.system.as_deref() == Some("urn:mrn")
+            && t.code.as_deref() == Some("M1")));
+        assert!(rows
+            .references
+            .iter()
+            .any(|r| r.param == "subject" && r.target_id.as_deref() == Some("p1")));
     }
 
     #[test]

@@ -9,6 +9,6 @@ pub mod normalize;
 pub mod plan;
 pub mod registry;
 
-pub use extract::{extract, IndexRows};
+pub use extract::{extract, CompositeIndex, CompositeValue, IndexRows};
 pub use normalize::{canonical_system, fold};
-pub use registry::{registry, ParamType, Registry, SearchParam};
+pub use registry::{registry, Component, ParamType, Registry, SearchParam};

@@ -78,6 +78,7 @@ pub enum Table {
     Quantity,
     Number,
     Uri,
+    Composite,
 }
 
 impl Table {
@@ -90,7 +91,8 @@ impl Table {
             ParamType::Quantity => Table::Quantity,
             ParamType::Number => Table::Number,
             ParamType::Uri => Table::Uri,
-            ParamType::Composite | ParamType::Special => return None,
+            ParamType::Composite => Table::Composite,
+            ParamType::Special => return None,
         })
     }
 
@@ -103,6 +105,7 @@ impl Table {
             Table::Quantity => "idx_quantity",
             Table::Number => "idx_number",
             Table::Uri => "idx_uri",
+            Table::Composite => "idx_composite",
         }
     }
 }
@@ -164,6 +167,18 @@ pub enum RefMatch {
     Url(String),
 }
 
+/// The search value of one component of a composite parameter, typed by the component.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompositePart {
+    Token(TokenMatch),
+    Quantity(QuantityValue),
+    Number(NumberValue),
+    Date(DateValue),
+    /// Folded; matches as starts-with.
+    String(String),
+    Reference(RefMatch),
+}
+
 /// One condition on the searched resources; the plan ANDs them, values inside one are ORed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
@@ -177,6 +192,19 @@ pub enum Filter {
     TokenText {
         param: String,
         values: Vec<String>,
+    },
+    /// `param:in=ValueSet/x|url` (or `:not-in`): the store looks the ValueSet up and turns
+    /// this into a [`Filter::Token`] over its expansion ([`expand_value_set`]).
+    TokenIn {
+        param: String,
+        value_set: String,
+        not: bool,
+    },
+    /// A composite parameter (`code-value-quantity=sys|code$gt5`) or `identifier:of-type`:
+    /// every part of one alternative must match in the same index row (the same element).
+    Composite {
+        param: String,
+        values: Vec<Vec<CompositePart>>,
     },
     String {
         param: String,
@@ -277,6 +305,20 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// The cursor of the last page: walk backwards from the end.
+    pub fn last() -> Cursor {
+        Cursor {
+            keys: Vec::new(),
+            rid: i64::MAX,
+            backward: true,
+        }
+    }
+
+    /// Whether this is [`Cursor::last`].
+    pub fn is_last(&self) -> bool {
+        self.backward && self.rid == i64::MAX && self.keys.is_empty()
+    }
+
     /// An opaque token for `_page_token`.
     pub fn encode(&self) -> String {
         let keys: Vec<serde_json::Value> = self
@@ -470,7 +512,7 @@ fn parse_result_param(
                             ))
                         })?;
                         let table = Table::of(param.kind)
-                            .filter(|t| *t != Table::Reference)
+                            .filter(|t| !matches!(t, Table::Reference | Table::Composite))
                             .ok_or_else(|| {
                                 SearchError::Invalid(format!(
                                     "cannot sort by '{code}' (a {} parameter)",
@@ -525,11 +567,30 @@ fn parse_result_param(
             keep = false;
         }
         "_format" | "_pretty" | "_type" => keep = false,
-        "_contained" | "_containedType" => {
-            if value != "false" && name == "_contained" {
-                return invalid("_contained searches are not supported");
+        "_contained" => match value {
+            "false" => {}
+            "true" | "both" => {
+                return invalid(format!(
+                    "_contained={value} is not supported: this server does not search \
+                     contained resources (only _contained=false, the default)"
+                ))
             }
-        }
+            other => return invalid(format!("_contained '{other}' is not false, true or both")),
+        },
+        "_containedType" => match value {
+            "container" => {}
+            "contained" => {
+                return invalid(
+                    "_containedType=contained is not supported: contained resources are not \
+                     searched",
+                )
+            }
+            other => {
+                return invalid(format!(
+                    "_containedType '{other}' is not container or contained"
+                ))
+            }
+        },
         other => return invalid(format!("'{other}' is not a valid result parameter")),
     }
     if keep {
@@ -735,6 +796,41 @@ pub fn parse_filter(
                 param: param_name,
                 values: alternatives.iter().map(|v| fold(v)).collect(),
             },
+            Some(m @ ("in" | "not-in")) => {
+                if alternatives.len() != 1 {
+                    return invalid(format!("{name} takes one ValueSet, not a list"));
+                }
+                Filter::TokenIn {
+                    param: param_name,
+                    value_set: alternatives[0].clone(),
+                    not: m == "not-in",
+                }
+            }
+            Some("of-type") => {
+                let values = alternatives
+                    .iter()
+                    .map(|v| match split_escaped(v, '|').as_slice() {
+                        [system, code, value]
+                            if !system.is_empty() && !code.is_empty() && !value.is_empty() =>
+                        {
+                            Ok(vec![
+                                CompositePart::Token(TokenMatch::SystemCode(
+                                    canonical_system(system).to_string(),
+                                    code.clone(),
+                                )),
+                                CompositePart::Token(TokenMatch::Code(value.clone())),
+                            ])
+                        }
+                        _ => invalid(format!(
+                            "{name} '{v}' is not type-system|type-code|identifier-value"
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Filter::Composite {
+                    param: format!("{param_name}:of-type"),
+                    values,
+                }
+            }
             Some(other) => {
                 return invalid(format!(
                     "token modifier ':{other}' is not supported ({name})"
@@ -779,6 +875,13 @@ pub fn parse_filter(
             }
         }
         ParamType::Reference => {
+            if modifier == Some("identifier") {
+                return Ok(Some(Filter::Token {
+                    param: format!("{param_name}:identifier"),
+                    values: alternatives.iter().map(|v| parse_token(v)).collect(),
+                    not: false,
+                }));
+            }
             let types_modifier = match modifier {
                 None => None,
                 Some(t) if t.starts_with(|c: char| c.is_ascii_uppercase()) => Some(t.to_string()),
@@ -832,9 +935,145 @@ pub fn parse_filter(
                 mode,
             }
         }
-        ParamType::Composite | ParamType::Special => return Ok(None),
+        ParamType::Composite => {
+            no_modifier(name, modifier)?;
+            let values = alternatives
+                .iter()
+                .map(|v| parse_composite(name, param, v))
+                .collect::<Result<_, _>>()?;
+            Filter::Composite {
+                param: param_name,
+                values,
+            }
+        }
+        ParamType::Special => return Ok(None),
     };
     Ok(Some(filter))
+}
+
+/// `a$b[$c]`, each part parsed by its component's type.
+fn parse_composite(
+    name: &str,
+    param: &SearchParam,
+    value: &str,
+) -> Result<Vec<CompositePart>, SearchError> {
+    let parts = split_escaped(value, '$');
+    if parts.len() != param.components.len() {
+        return invalid(format!(
+            "{name} '{value}' needs {} values separated by '$'",
+            param.components.len()
+        ));
+    }
+    parts
+        .iter()
+        .zip(&param.components)
+        .map(|(part, component)| {
+            if part.is_empty() {
+                return invalid(format!("{name} '{value}' has an empty component"));
+            }
+            Ok(match component.kind {
+                ParamType::Token | ParamType::Uri => CompositePart::Token(parse_token(part)),
+                ParamType::Quantity => CompositePart::Quantity(parse_quantity(name, part)?),
+                ParamType::Number => CompositePart::Number(parse_number(name, part)?),
+                ParamType::Date => CompositePart::Date(parse_date_value(name, part)?),
+                ParamType::String => CompositePart::String(fold(part)),
+                ParamType::Reference => CompositePart::Reference(parse_reference(part, None, &[])),
+                ParamType::Composite | ParamType::Special => {
+                    return invalid(format!("{name}: unsupported component type"))
+                }
+            })
+        })
+        .collect()
+}
+
+/// What a stored ValueSet contributes to `:in`: its codes (`system|code`) and whole systems
+/// (`system|`), plus the canonicals of the ValueSets it imports, which the caller expands in
+/// turn. Parts that need a terminology server (`filter`) are reported in `unexpandable`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Expansion {
+    pub matches: Vec<TokenMatch>,
+    pub imports: Vec<String>,
+    pub unexpandable: Vec<String>,
+}
+
+/// Expands a ValueSet without a terminology server: `expansion.contains` when present,
+/// otherwise `compose.include` concept lists and whole-system includes, minus
+/// `compose.exclude` concepts.
+pub fn expand_value_set(value_set: &serde_json::Value) -> Expansion {
+    use serde_json::Value;
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    let list = |v: &Value, key: &str| -> Vec<Value> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut out = Expansion::default();
+    if let Some(expansion) = value_set.get("expansion") {
+        fn walk(items: &[Value], out: &mut Vec<TokenMatch>) {
+            for item in items {
+                if let (Some(system), Some(code)) = (
+                    item.get("system").and_then(Value::as_str),
+                    item.get("code").and_then(Value::as_str),
+                ) {
+                    out.push(TokenMatch::SystemCode(
+                        canonical_system(system).to_string(),
+                        code.to_string(),
+                    ));
+                }
+                if let Some(children) = item.get("contains").and_then(Value::as_array) {
+                    walk(children, out);
+                }
+            }
+        }
+        walk(&list(expansion, "contains"), &mut out.matches);
+        return out;
+    }
+    let Some(compose) = value_set.get("compose") else {
+        return out;
+    };
+    let mut excluded: Vec<(String, String)> = Vec::new();
+    for exclude in list(compose, "exclude") {
+        let Some(system) = text(&exclude, "system") else {
+            continue;
+        };
+        for concept in list(&exclude, "concept") {
+            if let Some(code) = text(&concept, "code") {
+                excluded.push((canonical_system(&system).to_string(), code));
+            }
+        }
+    }
+    for include in list(compose, "include") {
+        out.imports.extend(
+            list(&include, "valueSet")
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string),
+        );
+        let system = text(&include, "system").map(|s| canonical_system(&s).to_string());
+        if !list(&include, "filter").is_empty() {
+            out.unexpandable.push(format!(
+                "include of {} with a filter",
+                system.as_deref().unwrap_or("?")
+            ));
+            continue;
+        }
+        let Some(system) = system else { continue };
+        let concepts = list(&include, "concept");
+        if concepts.is_empty() {
+            out.matches.push(TokenMatch::System(system));
+            continue;
+        }
+        for concept in concepts {
+            if let Some(code) = text(&concept, "code") {
+                if !excluded.contains(&(system.clone(), code.clone())) {
+                    out.matches
+                        .push(TokenMatch::SystemCode(system.clone(), code));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn no_modifier(name: &str, modifier: Option<&str>) -> Result<(), SearchError> {
@@ -1163,6 +1402,102 @@ mod tests {
     }
 
     #[test]
+    fn parses_composites_and_token_modifiers() {
+        let plan = parse(
+            &obs(),
+            &p(&[
+                (
+                    "code-value-quantity",
+                    "http://loinc.org|8480-6$gt100,8462-4$lt90",
+                ),
+                ("code:in", "ValueSet/vs1"),
+                (
+                    "identifier:of-type",
+                    "http://terminology.hl7.org/CodeSystem/v2-0203|MR|42",
+                ),
+                ("subject:identifier", "urn:mrn|M1"),
+            ]),
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        match &plan.filters[0] {
+            Filter::Composite { param, values } => {
+                assert_eq!(param, "code-value-quantity");
+                assert_eq!(values.len(), 2);
+                assert_eq!(
+                    values[0][0],
+                    CompositePart::Token(TokenMatch::SystemCode(
+                        "http://loinc.org".into(),
+                        "8480-6".into()
+                    ))
+                );
+                assert!(
+                    matches!(&values[1][1], CompositePart::Quantity(q) if q.number.prefix == Prefix::Lt)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            plan.filters[1],
+            Filter::TokenIn {
+                param: "code".into(),
+                value_set: "ValueSet/vs1".into(),
+                not: false
+            }
+        );
+        assert!(
+            matches!(&plan.filters[2], Filter::Composite { param, .. } if param == "identifier:of-type")
+        );
+        assert!(
+            matches!(&plan.filters[3], Filter::Token { param, .. } if param == "subject:identifier")
+        );
+        let strict = ParseOptions::default();
+        for bad in [
+            ("code-value-quantity", "8480-6"),
+            ("code-value-quantity", "8480-6$xx"),
+            ("identifier:of-type", "MR|42"),
+            ("_contained", "true"),
+            ("_contained", "both"),
+        ] {
+            assert!(
+                matches!(
+                    parse(&obs(), &p(&[bad]), &strict),
+                    Err(SearchError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(parse(&obs(), &p(&[("_contained", "false")]), &strict).is_ok());
+        assert!(matches!(
+            parse(&obs(), &p(&[("_sort", "code-value-quantity")]), &strict),
+            Err(SearchError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn expands_value_sets_without_a_terminology_server() {
+        let vs = serde_json::json!({"resourceType": "ValueSet", "compose": {
+            "include": [
+                {"system": "http://loinc.org", "concept": [{"code": "8480-6"}, {"code": "8462-4"}]},
+                {"system": "http://snomed.info/sct"},
+                {"system": "http://x", "filter": [{"property": "a", "op": "=", "value": "b"}]},
+                {"valueSet": ["http://example.org/vs/other"]}
+            ],
+            "exclude": [{"system": "http://loinc.org", "concept": [{"code": "8462-4"}]}]
+        }});
+        let e = expand_value_set(&vs);
+        assert_eq!(
+            e.matches,
+            [
+                TokenMatch::SystemCode("http://loinc.org".into(), "8480-6".into()),
+                TokenMatch::System("http://snomed.info/sct".into())
+            ]
+        );
+        assert_eq!(e.imports, ["http://example.org/vs/other"]);
+        assert_eq!(e.unexpandable.len(), 1);
+    }
+
+    #[test]
     fn cursors_round_trip() {
         let cursor = Cursor {
             keys: vec![
@@ -1174,6 +1509,8 @@ mod tests {
             backward: true,
         };
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        let last = Cursor::decode(&Cursor::last().encode()).unwrap();
+        assert!(last.is_last());
         assert_eq!(Cursor::decode("zz"), None);
     }
 }

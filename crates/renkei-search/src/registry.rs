@@ -67,8 +67,20 @@ impl ParamType {
 
     /// Whether values of this type are indexed and searchable here.
     pub fn is_indexed(self) -> bool {
-        !matches!(self, ParamType::Composite | ParamType::Special)
+        !matches!(self, ParamType::Special)
     }
+}
+
+/// One component of a composite parameter: its type (from the component's own definition)
+/// and its expression, relative to each element the composite's expression selects.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub kind: ParamType,
+    pub expression_text: String,
+    pub expression: Option<Expression>,
+    /// The expression starts at `%resource` (MolecularSequence coordinates), not at the
+    /// element.
+    pub on_resource: bool,
 }
 
 /// One search parameter as it applies to one resource type.
@@ -83,6 +95,8 @@ pub struct SearchParam {
     /// The part of the definition's expression that applies to this type.
     pub expression_text: Option<String>,
     pub expression: Option<Expression>,
+    /// The components of a composite parameter, in order (empty for other types).
+    pub components: Vec<Component>,
 }
 
 /// All parameters, per resource type.
@@ -119,8 +133,16 @@ impl Registry {
             common: BTreeMap::new(),
             patient_compartment: BTreeMap::new(),
         };
+        let kinds: HashMap<String, ParamType> = definitions
+            .iter()
+            .filter_map(|d| {
+                let url = d.get("url").and_then(Value::as_str)?;
+                let kind = ParamType::parse(d.get("type").and_then(Value::as_str)?)?;
+                Some((url.to_string(), kind))
+            })
+            .collect();
         for def in &definitions {
-            registry.add(def);
+            registry.add(def, &kinds);
         }
         if let Ok(compartment) = serde_json::from_str::<Value>(PATIENT_COMPARTMENT) {
             for resource in compartment
@@ -150,7 +172,7 @@ impl Registry {
         registry
     }
 
-    fn add(&mut self, def: &Value) {
+    fn add(&mut self, def: &Value, kinds: &HashMap<String, ParamType>) {
         let text = |key: &str| def.get(key).and_then(Value::as_str).unwrap_or_default();
         let Some(kind) = ParamType::parse(text("type")) else {
             return;
@@ -168,6 +190,29 @@ impl Registry {
             .map(str::to_string)
             .collect();
         let expression = def.get("expression").and_then(Value::as_str);
+        let components: Vec<Component> = def
+            .get("component")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                let kind = *kinds.get(c.get("definition").and_then(Value::as_str)?)?;
+                let text = c.get("expression").and_then(Value::as_str)?;
+                let (on_resource, relative) = match text.strip_prefix("%resource.") {
+                    Some(rest) => (true, rest),
+                    None => (false, text),
+                };
+                Some(Component {
+                    kind,
+                    expression_text: text.to_string(),
+                    expression: renkei_fhirpath::compile(relative).ok(),
+                    on_resource,
+                })
+            })
+            .collect();
+        if kind == ParamType::Composite && components.is_empty() {
+            return;
+        }
         for base in def
             .get("base")
             .and_then(Value::as_array)
@@ -187,6 +232,7 @@ impl Registry {
                 targets: targets.clone(),
                 expression_text: part,
                 expression: compiled,
+                components: components.clone(),
             };
             if base == "Resource" || base == "DomainResource" {
                 self.common.insert(code.clone(), param);
@@ -309,6 +355,17 @@ mod tests {
             ["subject", "performer"]
         );
         assert!(r.params("Patient").any(|p| p.code == "birthdate"));
+        let cvq = r.param("Observation", "code-value-quantity").unwrap();
+        assert_eq!(cvq.kind, ParamType::Composite);
+        assert_eq!(
+            cvq.components.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            [ParamType::Token, ParamType::Quantity]
+        );
+        let combo = r.param("Observation", "combo-code-value-quantity").unwrap();
+        assert_eq!(
+            combo.expression_text.as_deref(),
+            Some("Observation | Observation.component")
+        );
     }
 
     #[test]
@@ -319,6 +376,11 @@ mod tests {
             for p in params.values() {
                 if p.kind.is_indexed() && p.expression_text.is_some() && p.expression.is_none() {
                     failures.push(format!("{res_type}.{}: {:?}", p.code, p.expression_text));
+                }
+                for c in &p.components {
+                    if c.expression.is_none() {
+                        failures.push(format!("{res_type}.{}${}", p.code, c.expression_text));
+                    }
                 }
             }
         }

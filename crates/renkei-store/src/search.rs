@@ -7,10 +7,12 @@ use crate::{StoreError, Tx, Visibility};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use renkei_search::plan::{
-    approximate_date, Cursor, DateValue, Filter, Include, NumberValue, Prefix, RefMatch,
-    SearchPlan, Sort, SortBy, SortValue, StringMode, Table, TokenMatch, UriMode,
+    approximate_date, expand_value_set, CompositePart, Cursor, DateValue, Filter, Include,
+    NumberValue, Prefix, RefMatch, SearchPlan, Sort, SortBy, SortValue, StringMode, Table,
+    TokenMatch, UriMode,
 };
 use renkei_search::IndexRows;
+use std::borrow::Cow;
 
 /// The highest code point: `prefix || MAX` bounds a starts-with range from above.
 const TEXT_MAX: char = '\u{10FFFF}';
@@ -18,6 +20,10 @@ const TEXT_MAX: char = '\u{10FFFF}';
 pub const MAX_SORT_KEYS: usize = 4;
 /// Included resources per `_include`/`_revinclude` step.
 const MAX_INCLUDED: i64 = 1000;
+/// ValueSets imported (`compose.include.valueSet`) while expanding one `:in` value.
+const MAX_VALUE_SETS: usize = 20;
+/// Component slots of `idx_composite` (`p1_*` … `p3_*`).
+const COMPOSITE_SLOTS: usize = renkei_search::extract::MAX_COMPONENTS;
 
 /// A current resource found by a search.
 #[derive(Debug, Clone, QueryableByName)]
@@ -82,6 +88,7 @@ impl Tx<'_> {
             "idx_quantity",
             "idx_number",
             "idx_uri",
+            "idx_composite",
         ] {
             let mut delete = Sql::new(&format!("DELETE FROM {table} WHERE rid = "));
             delete.bind(Bind::Int(rid));
@@ -155,7 +162,174 @@ impl Tx<'_> {
                 .iter()
                 .map(|u| vec![text(&u.param), text(&u.value)]),
         )?;
+        self.insert_composites(rid, res_type, rows)
+    }
+
+    /// Composite rows: three component slots of (system, code, num, low, high); absent
+    /// numbers are written as NULL literals (there is no optional float bind).
+    fn insert_composites(
+        &mut self,
+        rid: i64,
+        res_type: &str,
+        rows: &IndexRows,
+    ) -> Result<(), StoreError> {
+        let mut columns = String::from("rid, res_type, param");
+        for n in 1..=COMPOSITE_SLOTS {
+            columns.push_str(&format!(
+                ", p{n}_system, p{n}_code, p{n}_num, p{n}_low, p{n}_high"
+            ));
+        }
+        for chunk in rows.composites.chunks(40) {
+            let mut insert = Sql::new(&format!("INSERT INTO idx_composite ({columns}) VALUES "));
+            for (i, row) in chunk.iter().enumerate() {
+                if i > 0 {
+                    insert.push(", ");
+                }
+                insert
+                    .push("(")
+                    .bind(Bind::Int(rid))
+                    .push(", ")
+                    .bind(Bind::Text(res_type.to_string()))
+                    .push(", ")
+                    .bind(Bind::Text(row.param.clone()));
+                for n in 0..COMPOSITE_SLOTS {
+                    let part = row.parts.get(n).cloned().unwrap_or_default();
+                    insert
+                        .push(", ")
+                        .bind(Bind::OptText(part.system))
+                        .push(", ")
+                        .bind(Bind::OptText(part.code))
+                        .push(", ");
+                    match part.num {
+                        Some(v) => insert.bind(Bind::Float(v)),
+                        None => insert.push("NULL"),
+                    };
+                    insert
+                        .push(", ")
+                        .bind(Bind::OptInt(part.low))
+                        .push(", ")
+                        .bind(Bind::OptInt(part.high));
+                }
+                insert.push(")");
+            }
+            self.execute(&insert)?;
+        }
         Ok(())
+    }
+
+    /// The plan with every `:in`/`:not-in` filter replaced by a token filter over the
+    /// expansion of the stored ValueSet it names (by `ValueSet/id` or canonical URL). An
+    /// unknown ValueSet expands to nothing; see [`expand_value_set`] for what is expanded.
+    fn resolve_value_sets<'p>(
+        &mut self,
+        plan: &'p SearchPlan,
+        visibility: &Visibility,
+    ) -> Result<Cow<'p, SearchPlan>, StoreError> {
+        fn has_in(filter: &Filter) -> bool {
+            match filter {
+                Filter::TokenIn { .. } => true,
+                Filter::Chain { targets, .. } => targets.iter().any(|(_, f)| has_in(f)),
+                Filter::Has { filter, .. } => has_in(filter),
+                _ => false,
+            }
+        }
+        if !plan.filters.iter().any(has_in) {
+            return Ok(Cow::Borrowed(plan));
+        }
+        let mut resolved = plan.clone();
+        for filter in &mut resolved.filters {
+            self.resolve_filter(filter, visibility)?;
+        }
+        Ok(Cow::Owned(resolved))
+    }
+
+    fn resolve_filter(
+        &mut self,
+        filter: &mut Filter,
+        visibility: &Visibility,
+    ) -> Result<(), StoreError> {
+        match filter {
+            Filter::TokenIn {
+                param,
+                value_set,
+                not,
+            } => {
+                let values = self.expand(value_set, visibility)?;
+                *filter = Filter::Token {
+                    param: std::mem::take(param),
+                    values,
+                    not: *not,
+                };
+            }
+            Filter::Chain { targets, .. } => {
+                for (_, inner) in targets {
+                    self.resolve_filter(inner, visibility)?;
+                }
+            }
+            Filter::Has { filter, .. } => self.resolve_filter(filter, visibility)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The codes of a stored ValueSet and of the ValueSets it imports.
+    fn expand(
+        &mut self,
+        value_set: &str,
+        visibility: &Visibility,
+    ) -> Result<Vec<TokenMatch>, StoreError> {
+        let mut pending = vec![value_set.to_string()];
+        let mut done: Vec<String> = Vec::new();
+        let mut out: Vec<TokenMatch> = Vec::new();
+        while let Some(name) = pending.pop() {
+            if done.contains(&name) || done.len() >= MAX_VALUE_SETS {
+                continue;
+            }
+            done.push(name.clone());
+            let mut sql = Sql::new(&format!(
+                "SELECT {ROW_COLUMNS}{NO_KEYS} FROM resources r WHERE r.res_type = "
+            ));
+            sql.bind(Bind::Text("ValueSet".into()))
+                .push(" AND r.deleted = ")
+                .bind(Bind::Bool(false))
+                .push(" AND ");
+            let local = name
+                .strip_prefix("ValueSet/")
+                .filter(|id| !id.contains('/'));
+            match local {
+                Some(id) => {
+                    sql.push("r.res_id = ").bind(Bind::Text(id.to_string()));
+                }
+                None => {
+                    // A canonical, optionally `|version`.
+                    let url = name.split('|').next().unwrap_or(&name).to_string();
+                    sql.push(
+                        "r.rid IN (SELECT u.rid FROM idx_uri u WHERE u.res_type = 'ValueSet' \
+                         AND u.param = 'url' AND u.value = ",
+                    )
+                    .bind(Bind::Text(url))
+                    .push(")");
+                }
+            }
+            visibility.push_predicate_for(&mut sql, "r");
+            sql.push(" ORDER BY r.rid LIMIT 1");
+            for row in self.load::<SearchRow>(&sql)? {
+                let Some(body) = row.body.as_deref() else {
+                    continue;
+                };
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
+                    continue;
+                };
+                let expansion = expand_value_set(&value);
+                for m in expansion.matches {
+                    if !out.contains(&m) {
+                        out.push(m);
+                    }
+                }
+                pending.extend(expansion.imports);
+            }
+        }
+        Ok(out)
     }
 
     /// Multi-row inserts, chunked to stay under every backend's bind limit.
@@ -211,8 +385,9 @@ impl Tx<'_> {
         plan: &SearchPlan,
         visibility: &Visibility,
     ) -> Result<i64, StoreError> {
+        let plan = self.resolve_value_sets(plan, visibility)?;
         let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
-        push_where(&mut sql, plan, &mut Aliases::new(visibility));
+        push_where(&mut sql, &plan, &mut Aliases::new(visibility));
         Ok(self.load::<Count>(&sql)?.first().map_or(0, |c| c.n))
     }
 
@@ -223,6 +398,8 @@ impl Tx<'_> {
         plan: &SearchPlan,
         visibility: &Visibility,
     ) -> Result<SearchPage, StoreError> {
+        let resolved = self.resolve_value_sets(plan, visibility)?;
+        let plan = &*resolved;
         if plan.count_only() {
             return Ok(SearchPage {
                 total: Some(self.search_count(plan, visibility)?),
@@ -242,9 +419,10 @@ impl Tx<'_> {
             rid: row.rid,
             backward,
         };
+        let at_end = plan.cursor.as_ref().is_some_and(Cursor::is_last);
         let (next, previous) = if backward {
             (
-                rows.last().map(|r| cursor_of(r, false)),
+                rows.last().filter(|_| !at_end).map(|r| cursor_of(r, false)),
                 if more {
                     rows.first().map(|r| cursor_of(r, true))
                 } else {
@@ -523,6 +701,7 @@ fn push_sort_expr(sql: &mut Sql, sort: &Sort) {
                 (Table::Quantity | Table::Number, _) => ("value", false, true),
                 (Table::Uri, _) => ("value", false, false),
                 (Table::Reference, _) => ("target_id", false, false),
+                (Table::Composite, _) => ("p1_code", false, false),
             };
             let agg = if sort.desc { "MAX" } else { "MIN" };
             sql.push(&format!(
@@ -773,6 +952,69 @@ fn push_number_condition(sql: &mut Sql, column: &str, value: &NumberValue) {
         .bind(Bind::Float(bound));
 }
 
+fn push_token_match(sql: &mut Sql, system: &str, code: &str, value: &TokenMatch) {
+    match value {
+        TokenMatch::Code(c) => {
+            sql.push(&format!("{code} = ")).bind(Bind::Text(c.clone()));
+        }
+        TokenMatch::SystemCode(s, c) => {
+            sql.push(&format!("{code} = "))
+                .bind(Bind::Text(c.clone()))
+                .push(&format!(" AND {system} = "))
+                .bind(Bind::Text(s.clone()));
+        }
+        TokenMatch::NoSystem(c) => {
+            sql.push(&format!("{code} = "))
+                .bind(Bind::Text(c.clone()))
+                .push(&format!(" AND {system} IS NULL"));
+        }
+        TokenMatch::System(s) => {
+            sql.push(&format!("{system} = "))
+                .bind(Bind::Text(s.clone()));
+        }
+    }
+}
+
+/// One component of a composite value against slot columns `{slot}system`, `{slot}code`, …
+fn push_composite_part(sql: &mut Sql, slot: &str, part: &CompositePart) {
+    let (system, code, num) = (
+        format!("{slot}system"),
+        format!("{slot}code"),
+        format!("{slot}num"),
+    );
+    match part {
+        CompositePart::Token(t) => push_token_match(sql, &system, &code, t),
+        CompositePart::Quantity(q) => {
+            push_number_condition(sql, &num, &q.number);
+            if let Some(c) = &q.code {
+                sql.push(&format!(" AND {code} = "))
+                    .bind(Bind::Text(c.clone()));
+            }
+            if let Some(s) = &q.system {
+                sql.push(&format!(" AND {system} = "))
+                    .bind(Bind::Text(s.clone()));
+            }
+        }
+        CompositePart::Number(n) => push_number_condition(sql, &num, n),
+        CompositePart::Date(d) => {
+            push_date_condition(sql, &format!("{slot}low"), &format!("{slot}high"), d)
+        }
+        CompositePart::String(s) => push_prefix_range(sql, &code, s),
+        CompositePart::Reference(RefMatch::Id { types, id }) => {
+            sql.push(&format!("{code} = ")).bind(Bind::Text(id.clone()));
+            if !types.is_empty() {
+                sql.push(&format!(" AND {system} IN ("));
+                push_text_list(sql, types);
+                sql.push(")");
+            }
+        }
+        CompositePart::Reference(RefMatch::Url(url)) => {
+            sql.push(&format!("{code} = "))
+                .bind(Bind::Text(url.clone()));
+        }
+    }
+}
+
 fn push_filter(
     sql: &mut Sql,
     filter: &Filter,
@@ -800,25 +1042,23 @@ fn push_filter(
         }
         Filter::Token { param, values, not } => {
             let x = open_index_subquery(sql, alias, *not, Table::Token, types, param, aliases);
-            push_alternatives(sql, values, |sql, v| match v {
-                TokenMatch::Code(code) => {
-                    sql.push(&format!("{x}.code = "))
-                        .bind(Bind::Text(code.clone()));
-                }
-                TokenMatch::SystemCode(system, code) => {
-                    sql.push(&format!("{x}.code = "))
-                        .bind(Bind::Text(code.clone()))
-                        .push(&format!(" AND {x}.system = "))
-                        .bind(Bind::Text(system.clone()));
-                }
-                TokenMatch::NoSystem(code) => {
-                    sql.push(&format!("{x}.code = "))
-                        .bind(Bind::Text(code.clone()))
-                        .push(&format!(" AND {x}.system IS NULL"));
-                }
-                TokenMatch::System(system) => {
-                    sql.push(&format!("{x}.system = "))
-                        .bind(Bind::Text(system.clone()));
+            push_alternatives(sql, values, |sql, v| {
+                push_token_match(sql, &format!("{x}.system"), &format!("{x}.code"), v)
+            });
+            sql.push("))");
+        }
+        Filter::TokenIn { .. } => {
+            // Replaced by its expansion before SQL is built (`resolve_value_sets`).
+            sql.push("1 = 0");
+        }
+        Filter::Composite { param, values } => {
+            let x = open_index_subquery(sql, alias, false, Table::Composite, types, param, aliases);
+            push_alternatives(sql, values, |sql, parts| {
+                for (n, part) in parts.iter().enumerate().take(COMPOSITE_SLOTS) {
+                    if n > 0 {
+                        sql.push(" AND ");
+                    }
+                    push_composite_part(sql, &format!("{x}.p{}_", n + 1), part);
                 }
             });
             sql.push("))");
@@ -1044,10 +1284,13 @@ mod tests {
 
     #[test]
     fn generates_index_subqueries_per_parameter() {
-        let sql = page_sql(&plan(
-            "Observation",
-            &[("patient", "p1"), ("code", "http://loinc.org|1,2")],
-        ));
+        let sql = page_sql(
+            &plan(
+                "Observation",
+                &[("patient", "p1"), ("code", "http://loinc.org|1,2")],
+            ),
+            &Visibility::Unrestricted,
+        );
         let text = sql.render(false);
         assert!(text.contains("r.rid IN (SELECT x1.rid FROM idx_reference x1 WHERE x1.res_type = ? AND x1.param = ? AND ((x1.target_id = ?)))"), "{text}");
         assert!(text.contains("r.rid IN (SELECT x2.rid FROM idx_token x2 WHERE x2.res_type = ? AND x2.param = ? AND ((x2.code = ? AND x2.system = ?) OR (x2.code = ?)))"), "{text}");
@@ -1064,7 +1307,7 @@ mod tests {
             rid: 9,
             backward: false,
         });
-        let text = page_sql(&p).render(false);
+        let text = page_sql(&p, &Visibility::Unrestricted).render(false);
         assert!(text.contains("COALESCE((SELECT MAX(s.high) FROM idx_date s WHERE s.rid = r.rid AND s.param = ?), ?) AS s0"), "{text}");
         assert!(
             text.contains(
@@ -1077,7 +1320,7 @@ mod tests {
             "{text}"
         );
         p.cursor.as_mut().unwrap().backward = true;
-        let text = page_sql(&p).render(false);
+        let text = page_sql(&p, &Visibility::Unrestricted).render(false);
         assert!(
             text.contains("ORDER BY v.s0 ASC, v.s1 DESC, v.rid DESC"),
             "{text}"
@@ -1086,10 +1329,10 @@ mod tests {
 
     #[test]
     fn chains_and_has_nest_with_fresh_aliases() {
-        let text = page_sql(&plan(
-            "Observation",
-            &[("subject:Patient.identifier", "s|1")],
-        ))
+        let text = page_sql(
+            &plan("Observation", &[("subject:Patient.identifier", "s|1")]),
+            &Visibility::Unrestricted,
+        )
         .render(false);
         assert!(
             text.contains(
@@ -1101,14 +1344,103 @@ mod tests {
             text.contains("c2.rid IN (SELECT x3.rid FROM idx_token x3"),
             "{text}"
         );
-        let text = page_sql(&plan(
-            "Patient",
-            &[("_has:Observation:patient:code", "1234")],
-        ))
+        let text = page_sql(
+            &plan("Patient", &[("_has:Observation:patient:code", "1234")]),
+            &Visibility::Unrestricted,
+        )
         .render(false);
         assert!(
             text.contains("r.res_id IN (SELECT h1.target_id FROM idx_reference h1"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod explain_tmp {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use renkei_search::plan::{parse, ParseOptions};
+
+    fn inline(sql: &Sql, pg: bool) -> String {
+        let text = sql.render(false);
+        let mut out = String::new();
+        let mut binds = sql.binds().iter();
+        for ch in text.chars() {
+            if ch == '?' {
+                out.push_str(&match binds.next().unwrap() {
+                    Bind::Text(t) => format!("'{}'", t.replace('\'', "''")),
+                    Bind::OptText(Some(t)) => format!("'{}'", t.replace('\'', "''")),
+                    Bind::OptText(None) | Bind::OptInt(None) => "NULL".into(),
+                    Bind::Int(i) | Bind::OptInt(Some(i)) => i.to_string(),
+                    Bind::Bool(b) => {
+                        if pg {
+                            b.to_string()
+                        } else {
+                            (*b as i32).to_string()
+                        }
+                    }
+                    Bind::Float(f) => format!("{f:e}"),
+                });
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    }
+
+    #[test]
+    #[ignore]
+    fn print_bench_sql() {
+        let queries = [
+            (
+                "Observation",
+                "patient=Patient/bp-00042&code=http://loinc.org|8867-4&_sort=-date",
+            ),
+            (
+                "MedicationRequest",
+                "patient=Patient/bp-00042&status=active",
+            ),
+            ("Patient", "family=Lopez&birthdate=1970-07-03"),
+            ("ImagingStudy", "patient=Patient/bp-00042&modality=CT"),
+            (
+                "Observation",
+                "subject:Patient.identifier=http://hospital.example.org/mrn|MRN0000042",
+            ),
+        ];
+        let facility = Visibility::Facility {
+            organization: "Organization/org-a".into(),
+            practitioner: None,
+            purpose: "TREAT".into(),
+            now_ms: 1_764_000_000_000,
+            break_glass: false,
+            deny_holds_on_break_glass: true,
+            implicit_permit: true,
+        };
+        for pg in [false, true] {
+            for (i, (t, q)) in queries.iter().enumerate() {
+                let params: Vec<(String, String)> = q
+                    .split('&')
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').unwrap();
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect();
+                let plan = parse(&[t.to_string()], &params, &ParseOptions::default()).unwrap();
+                for (name, vis) in [
+                    ("unrestricted", &Visibility::Unrestricted),
+                    ("facility", &facility),
+                ] {
+                    let sql = page_sql(&plan, vis);
+                    let file = format!(
+                        "/tmp/renkei-explain/q{}-{}-{}.sql",
+                        i + 1,
+                        name,
+                        if pg { "pg" } else { "sqlite" }
+                    );
+                    std::fs::write(file, inline(&sql, pg) + ";\n").unwrap();
+                }
+            }
+        }
     }
 }

@@ -242,3 +242,48 @@ impl crate::Tx<'_> {
         Ok(!self.load::<Found>(&sql)?.is_empty())
     }
 }
+
+#[derive(diesel::QueryableByName)]
+struct Decider {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    consent_ref: String,
+}
+
+impl crate::Tx<'_> {
+    /// The Consent that decides whether this facility requester may see resource `rid`: a
+    /// matching deny rule first (it wins), else a matching permit rule. `None` when no rule
+    /// applies (the implicit policy or ownership decided). For the AuthZ-Consent audit.
+    pub fn deciding_consent(
+        &mut self,
+        rid: i64,
+        visibility: &Visibility,
+    ) -> Result<Option<String>, crate::StoreError> {
+        let Visibility::Facility {
+            organization,
+            practitioner,
+            purpose,
+            now_ms,
+            ..
+        } = visibility
+        else {
+            return Ok(None);
+        };
+        let args = FacilityArgs {
+            organization,
+            practitioner: practitioner.as_deref(),
+            purpose,
+            now_ms: *now_ms,
+        };
+        let mut sql = Sql::new(
+            "SELECT p.consent_ref AS consent_ref FROM resources r, consent_rules p WHERE r.rid = ",
+        );
+        sql.bind(Bind::Int(rid)).push(" AND ");
+        push_match(&mut sql, "p", "r", &args);
+        sql.push(" ORDER BY p.permit ASC LIMIT 1");
+        Ok(self
+            .load::<Decider>(&sql)?
+            .into_iter()
+            .next()
+            .map(|d| d.consent_ref))
+    }
+}

@@ -162,6 +162,7 @@ fn stored_from_response(response: &Value) -> Vec<StoredResource> {
                     let mut parts = location.split('/');
                     Some(StoredResource {
                         custodian: None,
+                        patient_id: None,
                         res_type: parts.next()?.to_string(),
                         id: parts.next()?.to_string(),
                         version: 0,
