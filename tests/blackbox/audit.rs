@@ -109,12 +109,28 @@ fn query_of(event: &Value) -> Option<String> {
 
 /// The one event carrying `request_id`.
 #[track_caller]
+/// The one REST AuditEvent of a request (consent-decision events are checked separately).
 fn event_for<'e>(events: &'e HashMap<String, Vec<Value>>, request_id: &str) -> &'e Value {
-    let found = events
+    let found: Vec<&Value> = events
         .get(request_id)
-        .unwrap_or_else(|| panic!("no AuditEvent carries X-Request-Id {request_id}"));
+        .unwrap_or_else(|| panic!("no AuditEvent carries X-Request-Id {request_id}"))
+        .iter()
+        .filter(|e| e["type"]["code"] == "rest")
+        .collect();
     assert_eq!(found.len(), 1, "{request_id}: {found:?}");
-    &found[0]
+    found[0]
+}
+
+/// The AuthZ-Consent events of a request.
+fn consent_events<'e>(events: &'e HashMap<String, Vec<Value>>, request_id: &str) -> Vec<&'e Value> {
+    events
+        .get(request_id)
+        .map(|all| {
+            all.iter()
+                .filter(|e| e["subtype"][0]["code"] == "AuthZ-Consent")
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[track_caller]
@@ -371,6 +387,24 @@ fn every_interaction_leaves_a_balp_audit_event() {
         let event = event_for(&by_request, &rid("forbidden-tx"));
         assert_eq!(event["outcome"], "4", "{event}");
         assert_eq!(event["subtype"][0]["code"], "transaction");
+        let decisions = consent_events(&by_request, &rid("hidden"));
+        assert_eq!(
+            decisions.len(),
+            1,
+            "one consent decision for the hidden read: {decisions:?}"
+        );
+        assert_eq!(
+            decisions[0]["type"]["code"], "110113",
+            "AuthZ-Consent is a security alert"
+        );
+        assert_eq!(decisions[0]["outcome"], "4", "the decision was a deny");
+        assert!(
+            decisions[0]["entity"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|x| x["role"]["code"] == "13")),
+            "the decision names what decided: {}",
+            decisions[0]
+        );
         let event = event_for(&by_request, &rid("hidden"));
         assert_shape(event, "read", "R", "4", "404 by consent");
         check_agent(event, "clinic-c-ehr", ORG_C, "hidden");

@@ -7,9 +7,12 @@ fn with_identifier(system: &str, value: &str) -> Value {
     json!({"resourceType": "Patient", "identifier": [{"system": system, "value": value}], "active": true})
 }
 
+/// Matches of a Patient search (outcome entries, e.g. for ignored parameters, do not count).
 fn count(s: &Server, query: &str) -> usize {
-    let bundle = s.read_json(&format!("Patient?{query}"));
-    entries(&bundle).len()
+    let (all, _) = s.all_pages(&format!("Patient?{query}"));
+    all.iter()
+        .filter(|e| e["search"]["mode"] != "outcome")
+        .count()
 }
 
 #[test]
@@ -156,5 +159,52 @@ fn conditional_delete() {
         assert_eq!(count(s, &format!("identifier={sys}%7CD2")), 2);
         // Without criteria → refused.
         s.delete("Patient").expect(405);
+    });
+}
+
+/// Search proper (issue 3) replaced the interim `_id`/`identifier`-only criteria: an unknown
+/// parameter is ignored with an OperationOutcome entry, or refused with
+/// `Prefer: handling=strict`; a conditional write never treats an unknown parameter as "match
+/// everything".
+#[test]
+fn unknown_search_parameters() {
+    for_each_backend(|s| {
+        let sys = "urn:unknown-param";
+        let a = s.create(&with_identifier(sys, "Q1"));
+        s.create(&with_identifier(sys, "Q2"));
+        let bundle = s.read_json(&format!("Patient?identifier={sys}%7CQ1&no-such-param=1"));
+        let listed = entries(&bundle);
+        let matches: Vec<&Value> = listed
+            .iter()
+            .filter(|e| e["search"]["mode"] != "outcome")
+            .collect();
+        assert_eq!(matches.len(), 1, "{bundle}");
+        assert_eq!(matches[0]["resource"]["id"], a["id"]);
+        assert!(
+            listed.iter().any(|e| e["search"]["mode"] == "outcome"
+                && e["resource"]["resourceType"] == "OperationOutcome"
+                && e["resource"].to_string().contains("no-such-param")),
+            "no OperationOutcome entry naming the ignored parameter: {bundle}"
+        );
+        s.get_with(
+            &format!("Patient?identifier={sys}%7CQ1&no-such-param=1"),
+            &[("Prefer", "handling=strict")],
+        )
+        .expect(400)
+        .outcome();
+        // Totals: exact when asked for.
+        let bundle = s.read_json(&format!(
+            "Patient?identifier={sys}%7CQ1,{sys}%7CQ2&_total=accurate"
+        ));
+        assert_eq!(bundle["total"], 2, "{bundle}");
+        // Conditional writes whose only criterion is unknown change nothing.
+        let r = s.delete("Patient?no-such-param=1");
+        assert!(
+            r.status == 400 || r.status == 412,
+            "conditional delete on an unknown parameter: {} {}",
+            r.status,
+            r.body
+        );
+        assert_eq!(count(s, &format!("identifier={sys}%7CQ1,{sys}%7CQ2")), 2);
     });
 }

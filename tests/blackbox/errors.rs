@@ -236,18 +236,37 @@ fn requests_need_a_bearer_token() {
             "an unauthenticated write stored something: {all:?}"
         );
 
-        let p = s.create(&json!({"resourceType": "Patient", "active": true}));
-        let id = p["id"].as_str().unwrap();
         let other = s.token_for("other-ehr", "Organization/other-facility", "facility", &[]);
         let as_other = s.with_token(&other);
+        // A resource the other facility can see (not patient data): changing it is 403.
+        let org = s.create(&json!({"resourceType": "Organization", "name": "Test facility"}));
+        let org_id = org["id"].as_str().unwrap();
+        as_other.read_json(&format!("Organization/{org_id}"));
+        as_other
+            .put(
+                &format!("Organization/{org_id}"),
+                &json!({"resourceType": "Organization", "id": org_id, "name": "Taken over"}),
+            )
+            .expect(403)
+            .outcome();
+        as_other
+            .delete(&format!("Organization/{org_id}"))
+            .expect(403)
+            .outcome();
+        let current = s.read_json(&format!("Organization/{org_id}"));
+        assert_eq!(current["meta"]["versionId"], "1");
+        assert_eq!(current["name"], "Test facility");
+        // Patient data it may not see (no consent) answers 404 like a missing resource, also
+        // to writes, so a write learns no more than a read would.
+        let p = s.create(&json!({"resourceType": "Patient", "active": true}));
+        let id = p["id"].as_str().unwrap();
+        as_other.get(&format!("Patient/{id}")).expect(404);
         as_other
             .put(
                 &format!("Patient/{id}"),
                 &json!({"resourceType": "Patient", "id": id, "active": false}),
             )
-            .expect(403)
-            .outcome();
-        as_other.delete(&format!("Patient/{id}")).expect(403);
+            .expect(404);
         let current = s.read_json(&format!("Patient/{id}"));
         assert_eq!(current["meta"]["versionId"], "1");
         assert_eq!(current["active"], true);

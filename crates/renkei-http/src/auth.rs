@@ -117,9 +117,7 @@ pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
     let result = web::block(move || {
         let now = chrono::Utc::now();
         let lookup = |client_id: &str| -> Option<ClientRegistration> {
-            let row = store
-                .read(|tx| Ok::<_, renkei_store::StoreError>(tx.client(client_id)?))
-                .ok()??;
+            let row = store.read(|tx| tx.client(client_id)).ok()??;
             serde_json::from_str(&row.registration).ok()
         };
         let seen = |jti: &str| -> bool {

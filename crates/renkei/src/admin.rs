@@ -3,14 +3,14 @@
 
 use renkei_audit::{verify_chain, ChainRecord, ChainVerdict};
 use renkei_auth::{ClientRegistration, Role, ServerKey};
-use renkei_store::{Store, StoreError};
+use renkei_store::Store;
 use std::io::Write;
 
 /// The gateway's signing key: created and stored on first use, the same for every process
 /// that shares the database (server, `renkei token`).
 pub fn server_key(store: &Store) -> Result<ServerKey, String> {
     let existing = store
-        .read(|tx| Ok::<_, StoreError>(tx.server_key()?))
+        .read(|tx| tx.server_key())
         .map_err(|e| e.to_string())?;
     if let Some(row) = existing {
         return ServerKey::from_pem(&row.private).map_err(|e| format!("stored signing key: {e}"));
@@ -23,7 +23,7 @@ pub fn server_key(store: &Store) -> Result<ServerKey, String> {
         .map_err(|e| e.to_string())?;
     // Another process may have won the race: use whatever is stored now.
     let row = store
-        .read(|tx| Ok::<_, StoreError>(tx.server_key()?))
+        .read(|tx| tx.server_key())
         .map_err(|e| e.to_string())?
         .ok_or("the signing key could not be stored")?;
     ServerKey::from_pem(&row.private).map_err(|e| e.to_string())
@@ -90,9 +90,7 @@ pub fn add_client(store: &Store, new: NewClient) -> Result<ClientRegistration, S
 }
 
 pub fn list_clients(store: &Store) -> Result<Vec<ClientRegistration>, String> {
-    let rows = store
-        .read(|tx| Ok::<_, StoreError>(tx.clients()?))
-        .map_err(|e| e.to_string())?;
+    let rows = store.read(|tx| tx.clients()).map_err(|e| e.to_string())?;
     rows.iter()
         .map(|row| serde_json::from_str(&row.registration).map_err(|e| e.to_string()))
         .collect()
@@ -106,7 +104,7 @@ pub fn remove_client(store: &Store, id: &str) -> Result<bool, String> {
 
 pub fn client(store: &Store, id: &str) -> Result<ClientRegistration, String> {
     let row = store
-        .read(|tx| Ok::<_, StoreError>(tx.client(id)?))
+        .read(|tx| tx.client(id))
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no client '{id}' is registered (see `renkei client list`)"))?;
     serde_json::from_str(&row.registration).map_err(|e| e.to_string())
@@ -181,13 +179,13 @@ pub fn demo_clients() -> Vec<NewClient> {
 /// Walks the audit chain; prints the verdict and the head hash. Err when the chain is broken.
 pub fn verify_audit(store: &Store) -> Result<(), String> {
     let head = store
-        .read(|tx| Ok::<_, StoreError>(tx.audit_head()?))
+        .read(|tx| tx.audit_head())
         .map_err(|e| e.to_string())?;
     let mut records: Vec<ChainRecord> = Vec::new();
     let mut after = 0;
     loop {
         let rows = store
-            .read(|tx| Ok::<_, StoreError>(tx.audit_chain(after, 10_000)?))
+            .read(|tx| tx.audit_chain(after, 10_000))
             .map_err(|e| e.to_string())?;
         let Some(last) = rows.last().map(|r| r.seq) else {
             break;
@@ -223,7 +221,7 @@ pub fn export_audit(store: &Store, since_ms: i64, out: &mut dyn Write) -> Result
     let mut written = 0;
     loop {
         let rows = store
-            .read(|tx| Ok::<_, StoreError>(tx.audit_chain(after, 10_000)?))
+            .read(|tx| tx.audit_chain(after, 10_000))
             .map_err(|e| e.to_string())?;
         let Some(last) = rows.last().map(|r| r.seq) else {
             return Ok(written);
