@@ -121,6 +121,23 @@ fn event_for<'e>(events: &'e HashMap<String, Vec<Value>>, request_id: &str) -> &
     found[0]
 }
 
+/// The one REST AuditEvent of a request with the given subtype (a Bundle request also leaves
+/// one event per entry).
+fn event_with<'e>(
+    events: &'e HashMap<String, Vec<Value>>,
+    request_id: &str,
+    subtype: &str,
+) -> &'e Value {
+    let found: Vec<&Value> = events
+        .get(request_id)
+        .unwrap_or_else(|| panic!("no AuditEvent carries X-Request-Id {request_id}"))
+        .iter()
+        .filter(|e| e["type"]["code"] == "rest" && e["subtype"][0]["code"] == subtype)
+        .collect();
+    assert_eq!(found.len(), 1, "{request_id} {subtype}: {found:?}");
+    found[0]
+}
+
 /// The AuthZ-Consent events of a request.
 fn consent_events<'e>(events: &'e HashMap<String, Vec<Value>>, request_id: &str) -> Vec<&'e Value> {
     events
@@ -329,8 +346,16 @@ fn every_interaction_leaves_a_balp_audit_event() {
             ("transaction", "transaction", "E", None),
             ("batch", "batch", "E", None),
         ] {
-            let event = event_for(&by_request, &rid(name));
+            let event = event_with(&by_request, &rid(name), subtype);
             assert_shape(event, subtype, action, "0", name);
+            if matches!(name, "transaction" | "batch") {
+                // Each entry of the Bundle leaves its own event besides the Bundle's.
+                let entries = by_request[&rid(name)]
+                    .iter()
+                    .filter(|e| e["subtype"][0]["code"] != subtype)
+                    .count();
+                assert!(entries >= 1, "{name}: no per-entry AuditEvent");
+            }
             check_agent(event, "hosp-a-ehr", ORG_A, name);
             // The practitioner the token acts for is the requesting person.
             assert!(
@@ -370,7 +395,7 @@ fn every_interaction_leaves_a_balp_audit_event() {
             "{query}"
         );
         // The transaction names what it created.
-        let tx_event = event_for(&by_request, &rid("transaction"));
+        let tx_event = event_with(&by_request, &rid("transaction"), "transaction");
         let tx_target = tx_location.split("/_history").next().unwrap();
         assert!(
             entity_refs(tx_event)

@@ -39,15 +39,28 @@ impl AuditLog {
 
     /// Records an event and returns once it is durable. Blocking: call from a blocking thread.
     pub fn record(&self, event: NewAuditEvent) -> Result<(), AuditUnavailable> {
-        let (done, wait) = mpsc::sync_channel(1);
-        self.queue
-            .send(Pending { event, done })
-            .map_err(|_| AuditUnavailable("the audit writer has stopped".into()))?;
-        match wait.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(AuditUnavailable(message)),
-            Err(_) => Err(AuditUnavailable("the audit writer did not answer".into())),
+        self.record_all(vec![event])
+    }
+
+    /// Records several events (queued together, so they share commits) and returns once all
+    /// are durable.
+    pub fn record_all(&self, events: Vec<NewAuditEvent>) -> Result<(), AuditUnavailable> {
+        let mut waits = Vec::with_capacity(events.len());
+        for event in events {
+            let (done, wait) = mpsc::sync_channel(1);
+            self.queue
+                .send(Pending { event, done })
+                .map_err(|_| AuditUnavailable("the audit writer has stopped".into()))?;
+            waits.push(wait);
         }
+        for wait in waits {
+            match wait.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => return Err(AuditUnavailable(message)),
+                Err(_) => return Err(AuditUnavailable("the audit writer did not answer".into())),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -628,7 +628,7 @@ impl Gate {
                     .repository
                     .process_bundle(bundle, &context, return_resources)?)
             });
-        self.audited(builder.clone(), result, |response, b| {
+        let result = self.audited(builder.clone(), result, |response, b| {
             if let Some(entries) = response.get("entry").and_then(Value::as_array) {
                 for entry in entries {
                     if let Some(location) =
@@ -640,7 +640,78 @@ impl Gate {
             }
             builder = b.clone();
             Vec::new()
-        })
+        })?;
+        self.audit_entries(who, bundle, &result)?;
+        Ok(result)
+    }
+
+    /// One AuditEvent per Bundle entry, with the entry's own interaction and outcome,
+    /// committed together before the response leaves.
+    fn audit_entries(
+        &self,
+        who: &Requester,
+        bundle: &Value,
+        response: &Value,
+    ) -> Result<(), AccessError> {
+        let requests = bundle.get("entry").and_then(Value::as_array);
+        let responses = response.get("entry").and_then(Value::as_array);
+        let (Some(requests), Some(responses)) = (requests, responses) else {
+            return Ok(());
+        };
+        let rows: Vec<NewAuditEvent> = requests
+            .iter()
+            .zip(responses)
+            .map(|(request, answer)| {
+                let method = request
+                    .pointer("/request/method")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let url = request
+                    .pointer("/request/url")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let interaction = match method {
+                    "POST" => Interaction::Create,
+                    "PUT" => Interaction::Update,
+                    "PATCH" => Interaction::Patch,
+                    "DELETE" => Interaction::Delete,
+                    _ if url.contains('?') => Interaction::Search,
+                    _ => Interaction::Read,
+                };
+                let mut event = self.event(who, interaction);
+                let status: u16 = answer
+                    .pointer("/response/status")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.split(' ').next())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(200);
+                event.outcome = AuditOutcome::from_status(status);
+                let target = answer
+                    .pointer("/response/location")
+                    .and_then(Value::as_str)
+                    .unwrap_or(url);
+                if url.contains('?') && method == "GET" {
+                    event.query = Some(url.to_string());
+                } else {
+                    event.resources.push(target.to_string());
+                }
+                if let Some(patient) = request
+                    .get("resource")
+                    .and_then(|r| {
+                        ["subject", "patient"]
+                            .iter()
+                            .find_map(|k| r.get(*k)?.get("reference")?.as_str())
+                    })
+                    .filter(|r| r.starts_with("Patient/"))
+                {
+                    event.patients.push(patient.to_string());
+                }
+                to_row(&event, &[])
+            })
+            .collect();
+        self.audit
+            .record_all(rows)
+            .map_err(|e| AccessError::AuditUnavailable(e.0))
     }
 
     /// One AuditEvent by id, under the same role rules as search (404 when hidden).

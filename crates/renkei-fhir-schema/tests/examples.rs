@@ -67,8 +67,8 @@ fn all_copied_examples_validate_without_issues() {
 #[test]
 fn all_vendored_examples_validate() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/r4-examples");
-    let rd = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{} is missing: {e}", dir.display()));
+    let rd =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{} is missing: {e}", dir.display()));
     let mut failures = Vec::new();
     let mut checked = 0;
     for entry in rd.flatten() {
@@ -85,7 +85,10 @@ fn all_vendored_examples_validate() {
             failures.push(format!("{}:\n{}", path.display(), show(&issues)));
         }
     }
-    assert!(checked >= 280, "expected the 289 vendored examples, found {checked}");
+    assert!(
+        checked >= 280,
+        "expected the 289 vendored examples, found {checked}"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
