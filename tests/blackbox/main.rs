@@ -18,4 +18,6 @@ mod examples;
 mod formats;
 mod history;
 mod patch;
+mod smart;
+mod tls;
 mod versioning;

@@ -248,6 +248,9 @@ pub fn renkei_command() -> Command {
         "RENKEI_MAX_PAGE_SIZE",
         "RENKEI_WORKERS",
         "RENKEI_MAX_CONNECTIONS",
+        "RENKEI_TLS_CERT",
+        "RENKEI_TLS_KEY",
+        "RENKEI_CLIENT_CA",
     ] {
         cmd.env_remove(name);
     }

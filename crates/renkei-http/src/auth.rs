@@ -67,6 +67,15 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, Ap
             .map_err(|e| {
                 unauthorized(&format!("the access token is not valid: {}", e.description))
             })?;
+    let peer = req.conn_data::<crate::tls::PeerCertificate>();
+    claims
+        .check_certificate(peer.map(|p| p.0.as_slice()))
+        .map_err(|e| unauthorized(&format!("the access token is not valid: {}", e.description)))?;
+    if peer.is_some() && claims.cnf.is_none() {
+        return Err(unauthorized(
+            "a client certificate was presented, but the client's registration names none (renkei client add --cert-fingerprint)",
+        ));
+    }
     let header_text = |name: &str| {
         req.headers()
             .get(name)
@@ -109,6 +118,9 @@ pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
 
 /// `POST /auth/token`: client credentials with a JWT client assertion (RFC 7523).
 pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let peer_cert = req
+        .conn_data::<crate::tls::PeerCertificate>()
+        .map(|p| p.0.clone());
     let form: Vec<(String, String)> = crate::request::parse_query(&String::from_utf8_lossy(&body));
     let url = token_url(&req);
     let store = state.gate.repository().store().clone();
@@ -132,7 +144,7 @@ pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
             token_url: &url,
             ttl_seconds: ttl,
             now,
-            client_cert_der: None,
+            client_cert_der: peer_cert.as_deref(),
         };
         let pairs = form.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         endpoint.handle(pairs, &lookup, &seen)

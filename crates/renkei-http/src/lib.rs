@@ -9,6 +9,7 @@ pub mod format;
 mod handlers;
 mod request;
 mod search;
+pub mod tls;
 
 pub use error::ApiError;
 
@@ -110,8 +111,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(h::not_found));
 }
 
-/// Starts the server on an already bound listener (so callers can bind port 0 and learn it).
-pub fn serve(listener: TcpListener, state: AppState, workers: usize) -> std::io::Result<Server> {
+/// Starts the server on an already bound listener (so callers can bind port 0 and learn it),
+/// over TLS when `tls` is given.
+pub fn serve(
+    listener: TcpListener,
+    state: AppState,
+    workers: usize,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -135,8 +142,20 @@ pub fn serve(listener: TcpListener, state: AppState, workers: usize) -> std::io:
             })
             .configure(routes)
     })
-    .workers(workers)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .on_connect(|connection, extensions| {
+        use actix_tls::accept::rustls_0_23::TlsStream;
+        if let Some(stream) = connection.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>()
+        {
+            let (_, session) = stream.get_ref();
+            if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+                extensions.insert(tls::PeerCertificate(cert.to_vec()));
+            }
+        }
+    })
+    .workers(workers);
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }

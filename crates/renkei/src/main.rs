@@ -38,6 +38,16 @@ enum Command {
         /// Load the demo network (fixtures/demo) if the database is empty.
         #[arg(long, env = "RENKEI_DEMO")]
         demo: bool,
+        /// Serve HTTPS with this certificate chain (PEM).
+        #[arg(long, env = "RENKEI_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<String>,
+        /// The certificate's private key (PEM).
+        #[arg(long, env = "RENKEI_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<String>,
+        /// CA (PEM) for client certificates (mutual TLS); presented certificates must chain to
+        /// it and match the client's registration.
+        #[arg(long, env = "RENKEI_CLIENT_CA", requires = "tls_cert")]
+        client_ca: Option<String>,
     },
     /// Load FHIR Bundles (transaction, batch, collection) and NDJSON files into the database.
     Import {
@@ -148,7 +158,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     let (listen, demo) = match &cli.command {
-        Command::Serve { listen, demo } => (listen.clone(), *demo),
+        Command::Serve { listen, demo, .. } => (listen.clone(), *demo),
         _ => (None, false),
     };
     let config = Config::load(&Overrides {
@@ -161,7 +171,22 @@ fn run(cli: Cli) -> Result<(), String> {
     let repository = open_repository(&config)?;
     let store = repository.store().clone();
     match cli.command {
-        Command::Serve { .. } => serve(config, repository),
+        Command::Serve {
+            tls_cert,
+            tls_key,
+            client_ca,
+            ..
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(renkei_http::tls::TlsSettings {
+                    cert: cert.into(),
+                    key: key.into(),
+                    client_ca: client_ca.map(Into::into),
+                }),
+                _ => None,
+            };
+            serve(config, repository, tls)
+        }
         Command::Client { action } => match action {
             ClientCommand::Add {
                 id,
@@ -291,7 +316,15 @@ fn open_repository(config: &Config) -> Result<Repository, String> {
     Ok(Repository::new(store, RepositoryOptions::default()))
 }
 
-fn serve(config: Config, repository: Repository) -> Result<(), String> {
+fn serve(
+    config: Config,
+    repository: Repository,
+    tls: Option<renkei_http::tls::TlsSettings>,
+) -> Result<(), String> {
+    let tls_config = tls
+        .as_ref()
+        .map(renkei_http::tls::server_config)
+        .transpose()?;
     if config.demo {
         match loader::load_demo_if_empty(&repository).map_err(|e| e.to_string())? {
             Some(counts) => println!(
@@ -331,9 +364,14 @@ fn serve(config: Config, repository: Repository) -> Result<(), String> {
     };
     let system = actix_web::rt::System::new();
     system.block_on(async move {
-        let server = renkei_http::serve(listener, state, config.workers)
+        let scheme = if tls_config.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let server = renkei_http::serve(listener, state, config.workers, tls_config)
             .map_err(|e| format!("cannot start the server: {e}"))?;
-        println!("Renkei listening on http://{address}/fhir");
+        println!("Renkei listening on {scheme}://{address}/fhir");
         server.await.map_err(|e| format!("server failed: {e}"))
     })
 }

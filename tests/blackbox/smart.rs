@@ -1,0 +1,103 @@
+//! SMART Backend Services: a client with a registered key gets an access token at
+//! `/auth/token` with a signed JWT assertion and uses it; replays and wrong keys are refused.
+
+use crate::support::for_each_backend;
+use serde_json::Value;
+
+#[test]
+fn client_credentials_with_a_signed_assertion() {
+    for_each_backend(|server| {
+        let (private_pem, jwks) =
+            renkei_auth::generate_client_key_es384(Some("k1")).expect("client key");
+        let jwks_path = std::env::temp_dir().join(format!(
+            "renkei-jwks-{}.json",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&jwks_path, jwks.to_string()).expect("write jwks");
+        server.cli(&[
+            "client",
+            "add",
+            "--id",
+            "smart-ehr",
+            "--organization",
+            "Organization/clinic-s",
+            "--scope",
+            "system/Patient.rs system/Observation.cruds",
+            "--jwks",
+            &jwks_path.display().to_string(),
+        ]);
+        let _ = std::fs::remove_file(&jwks_path);
+
+        let config: Value = server
+            .anonymous()
+            .get("/.well-known/smart-configuration")
+            .expect(200)
+            .json();
+        let token_url = config["token_endpoint"]
+            .as_str()
+            .expect("token_endpoint")
+            .to_string();
+        assert!(token_url.ends_with("/auth/token"), "{config}");
+        assert!(config["token_endpoint_auth_methods_supported"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|v| v == "private_key_jwt")));
+
+        let http = reqwest::blocking::Client::new();
+        let ask = |assertion: &str, scope: &str| {
+            let form = format!(
+                "grant_type=client_credentials&client_assertion_type={}&client_assertion={assertion}&scope={}",
+                "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer",
+                scope.replace('/', "%2F").replace(' ', "+"),
+            );
+            http.post(&token_url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send()
+                .expect("token request")
+        };
+        let assertion = renkei_auth::sign_client_assertion(
+            &private_pem,
+            "k1",
+            "smart-ehr",
+            &token_url,
+            chrono::Utc::now(),
+        )
+        .expect("assertion");
+        let granted = ask(&assertion, "system/Observation.rs");
+        assert_eq!(granted.status().as_u16(), 200);
+        let body: Value = granted.json().expect("json");
+        assert_eq!(
+            body["token_type"]
+                .as_str()
+                .map(str::to_lowercase)
+                .as_deref(),
+            Some("bearer")
+        );
+        assert_eq!(body["scope"], "system/Observation.rs");
+        let token = body["access_token"].as_str().expect("access_token");
+        let with_token = server.with_token(token);
+        with_token.get("/Observation").expect(200);
+        // The granted scope is what was asked for: Patient is not in it.
+        with_token.get("/Patient").expect(403);
+
+        // The same assertion again is a replay.
+        let replay = ask(&assertion, "system/Observation.rs").status().as_u16();
+        assert!(matches!(replay, 400 | 401), "replay answered {replay}");
+        // An assertion signed with another key is refused.
+        let (other_key, _) = renkei_auth::generate_client_key_es384(Some("k1")).expect("key");
+        let forged = renkei_auth::sign_client_assertion(
+            &other_key,
+            "k1",
+            "smart-ehr",
+            &token_url,
+            chrono::Utc::now(),
+        )
+        .expect("assertion");
+        let refused = ask(&forged, "system/Observation.rs");
+        assert!(
+            matches!(refused.status().as_u16(), 400 | 401),
+            "{}",
+            refused.status()
+        );
+    });
+}
