@@ -949,3 +949,70 @@ fn tampering_inserted_record_is_detected() {
         drop(store);
     });
 }
+
+/// No audit, no data: when the audit trail cannot be written (here a database trigger refuses
+/// every AuditEvent row), reads answer 503 with nothing of the resource, and writes are not
+/// committed.
+#[test]
+fn no_audit_no_data() {
+    crate::support::for_each_backend(|server| {
+        let created = server.create(&serde_json::json!({
+            "resourceType": "Patient",
+            "name": [{"family": "Audit-Guard"}]
+        }));
+        let id = created["id"].as_str().expect("id").to_string();
+        server.get(&format!("Patient/{id}")).expect(200);
+        let store = open_store(server.database_url());
+        let sqlite = server.database_url().starts_with("sqlite:");
+        if sqlite {
+            exec(
+                &store,
+                &[sql(
+                    "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events \
+                     BEGIN SELECT RAISE(ABORT, 'audit storage down'); END",
+                )],
+            );
+        } else {
+            exec(
+                &store,
+                &[
+                    sql("CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit storage down'; END $$ LANGUAGE plpgsql"),
+                    sql("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_audit()"),
+                ],
+            );
+        }
+        let read = server.get(&format!("Patient/{id}"));
+        assert_eq!(read.status, 503, "read without audit: {}", read.body);
+        assert!(
+            !read.body.contains("Audit-Guard"),
+            "no data without audit: {}",
+            read.body
+        );
+        assert_eq!(read.outcome()["issue"][0]["code"], "transient");
+        let write = server.post(
+            "Patient",
+            &serde_json::json!({"resourceType": "Patient", "name": [{"family": "Unaudited"}]}),
+        );
+        assert_eq!(write.status, 503, "write without audit: {}", write.body);
+        // Once the trail works again, nothing of the refused write exists.
+        if sqlite {
+            exec(&store, &[sql("DROP TRIGGER refuse_audit")]);
+        } else {
+            exec(
+                &store,
+                &[
+                    sql("DROP TRIGGER refuse_audit ON audit_events"),
+                    sql("DROP FUNCTION refuse_audit()"),
+                ],
+            );
+        }
+        let search = server
+            .get("Patient?family=Unaudited&_total=accurate")
+            .expect(200)
+            .json();
+        assert_eq!(
+            search["total"], 0,
+            "the unaudited write was not committed: {search}"
+        );
+    });
+}

@@ -273,7 +273,10 @@ impl Gate {
                 event.recorded_ms = now_ms();
                 let custodians = describe(&value, &mut event);
                 let row: NewAuditEvent = to_row(&event, &custodians);
-                append(tx, &[row])?;
+                // No audit, no data: a trail that cannot be written fails the write with 503.
+                append(tx, &[row]).map_err(|e| {
+                    renkei_store::StoreError::Unavailable(format!("audit trail: {e}"))
+                })?;
                 Ok(value)
             })?)
         });
