@@ -103,7 +103,7 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
             if *res_type == "AuditEvent" {
                 return audit_event_resource();
             }
-            json!({
+            let mut resource = json!({
                 "type": res_type,
                 "interaction": TYPE_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
                 "versioning": "versioned-update",
@@ -117,7 +117,16 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
                 "searchInclude": ["*"],
                 "searchRevInclude": ["*"],
                 "searchParam": search_params(res_type),
-            })
+            });
+            if *res_type == "Patient" {
+                // Served by `search.rs` (`GET Patient/{id}/$everything`).
+                resource["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    "documentation": "The patient's compartment, consent-filtered, with _since, _type and _count; paged.",
+                }]);
+            }
+            resource
         })
         .collect();
     json!({
