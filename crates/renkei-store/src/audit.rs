@@ -102,55 +102,73 @@ impl Tx<'_> {
             .next()
             .ok_or_else(|| StoreError::Unavailable("audit head row is missing".into()))?;
         let (mut seq, mut prev) = (head.seq, head.hash);
-        for event in events {
-            seq += 1;
-            let record_hash = hash(seq, event.recorded, &prev, &event.body);
+        // One multi-row INSERT per table and chunk: a group commit of many events costs a few
+        // statements, not several per event. 40 rows × 15 binds stays under every bind limit.
+        for chunk in events.chunks(40) {
             let mut insert = Sql::new(
-                "INSERT INTO audit_events (seq, event_id, recorded, request_id, type_code, subtype, action, outcome, agent_client, agent_org, agent_user, purpose, body, prev_hash, hash) VALUES (",
+                "INSERT INTO audit_events (seq, event_id, recorded, request_id, type_code, subtype, action, outcome, agent_client, agent_org, agent_user, purpose, body, prev_hash, hash) VALUES ",
             );
-            insert
-                .bind(Bind::Int(seq))
-                .push(", ")
-                .bind(Bind::Text(event.event_id.clone()))
-                .push(", ")
-                .bind(Bind::Int(event.recorded))
-                .push(", ")
-                .bind(Bind::Text(event.request_id.clone()))
-                .push(", ")
-                .bind(Bind::Text(event.type_code.clone()))
-                .push(", ")
-                .bind(Bind::Text(event.subtype.clone()))
-                .push(", ")
-                .bind(Bind::Text(event.action.clone()))
-                .push(", ")
-                .bind(Bind::Text(event.outcome.clone()))
-                .push(", ")
-                .bind(Bind::OptText(event.agent_client.clone()))
-                .push(", ")
-                .bind(Bind::OptText(event.agent_org.clone()))
-                .push(", ")
-                .bind(Bind::OptText(event.agent_user.clone()))
-                .push(", ")
-                .bind(Bind::OptText(event.purpose.clone()))
-                .push(", ")
-                .bind(Bind::Text(event.body.clone()))
-                .push(", ")
-                .bind(Bind::Text(prev.clone()))
-                .push(", ")
-                .bind(Bind::Text(record_hash.clone()))
-                .push(")");
-            self.execute(&insert)?;
-            for (kind, reference) in &event.refs {
-                let mut r = Sql::new("INSERT INTO audit_refs (seq, kind, ref) VALUES (");
-                r.bind(Bind::Int(seq))
+            let mut ref_rows: Vec<(i64, &str, &str)> = Vec::new();
+            for (i, event) in chunk.iter().enumerate() {
+                seq += 1;
+                let record_hash = hash(seq, event.recorded, &prev, &event.body);
+                if i > 0 {
+                    insert.push(", ");
+                }
+                insert
+                    .push("(")
+                    .bind(Bind::Int(seq))
                     .push(", ")
-                    .bind(Bind::Text(kind.clone()))
+                    .bind(Bind::Text(event.event_id.clone()))
                     .push(", ")
-                    .bind(Bind::Text(reference.clone()))
+                    .bind(Bind::Int(event.recorded))
+                    .push(", ")
+                    .bind(Bind::Text(event.request_id.clone()))
+                    .push(", ")
+                    .bind(Bind::Text(event.type_code.clone()))
+                    .push(", ")
+                    .bind(Bind::Text(event.subtype.clone()))
+                    .push(", ")
+                    .bind(Bind::Text(event.action.clone()))
+                    .push(", ")
+                    .bind(Bind::Text(event.outcome.clone()))
+                    .push(", ")
+                    .bind(Bind::OptText(event.agent_client.clone()))
+                    .push(", ")
+                    .bind(Bind::OptText(event.agent_org.clone()))
+                    .push(", ")
+                    .bind(Bind::OptText(event.agent_user.clone()))
+                    .push(", ")
+                    .bind(Bind::OptText(event.purpose.clone()))
+                    .push(", ")
+                    .bind(Bind::Text(event.body.clone()))
+                    .push(", ")
+                    .bind(Bind::Text(prev.clone()))
+                    .push(", ")
+                    .bind(Bind::Text(record_hash.clone()))
                     .push(")");
-                self.execute(&r)?;
+                for (kind, reference) in &event.refs {
+                    ref_rows.push((seq, kind, reference));
+                }
+                prev = record_hash;
             }
-            prev = record_hash;
+            self.execute(&insert)?;
+            for rows in ref_rows.chunks(1000) {
+                let mut refs = Sql::new("INSERT INTO audit_refs (seq, kind, ref) VALUES ");
+                for (i, (seq, kind, reference)) in rows.iter().enumerate() {
+                    if i > 0 {
+                        refs.push(", ");
+                    }
+                    refs.push("(")
+                        .bind(Bind::Int(*seq))
+                        .push(", ")
+                        .bind(Bind::Text((*kind).to_string()))
+                        .push(", ")
+                        .bind(Bind::Text((*reference).to_string()))
+                        .push(")");
+                }
+                self.execute(&refs)?;
+            }
         }
         let mut update = Sql::new("UPDATE audit_head SET seq = ");
         update
