@@ -174,15 +174,7 @@ pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
                 })
             })
             .collect();
-        let mut bundle = json!({
-            "resourceType": "Bundle",
-            "id": uuid::Uuid::new_v4().to_string(),
-            "type": "searchset",
-            "link": links,
-        });
-        if !entries.is_empty() {
-            bundle["entry"] = Value::Array(entries);
-        }
+        let bundle = crate::format::response_bundle("searchset", None, links, entries);
         Ok(render_value(
             HttpResponse::Ok(),
             &bundle,

@@ -169,6 +169,29 @@ pub fn render_value(
     }
 }
 
+/// A response Bundle (`searchset`, `history`): FHIR JSON forbids an empty `entry` array, so
+/// it is left out when there are no entries; `total` only when known.
+pub fn response_bundle(
+    kind: &str,
+    total: Option<i64>,
+    links: Vec<Value>,
+    entries: Vec<Value>,
+) -> Value {
+    let mut bundle = serde_json::json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": kind,
+    });
+    if let Some(total) = total {
+        bundle["total"] = serde_json::json!(total);
+    }
+    bundle["link"] = Value::Array(links);
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
+}
+
 /// Renders stored JSON text: the bytes go out as stored unless another shape is needed.
 pub fn render_stored(
     builder: HttpResponseBuilder,

@@ -662,15 +662,7 @@ async fn history(
                 Value::Object(entry)
             })
             .collect();
-        let mut bundle = json!({
-            "resourceType": "Bundle",
-            "id": uuid::Uuid::new_v4().to_string(),
-            "type": "history",
-            "link": links,
-        });
-        if !entries.is_empty() {
-            bundle["entry"] = Value::Array(entries);
-        }
+        let bundle = crate::format::response_bundle("history", None, links, entries);
         Ok(render_value(
             HttpResponse::Ok(),
             &bundle,

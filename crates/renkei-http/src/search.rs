@@ -192,19 +192,7 @@ fn searchset(ctx: &RequestCtx, plan: &SearchPlan, page: &SearchPage, self_path: 
             "search": {"mode": "outcome"},
         }));
     }
-    let mut bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "searchset",
-    });
-    if let Some(total) = page.total {
-        bundle["total"] = json!(total);
-    }
-    bundle["link"] = Value::Array(links);
-    if !entries.is_empty() {
-        bundle["entry"] = Value::Array(entries);
-    }
-    bundle
+    crate::format::response_bundle("searchset", page.total, links, entries)
 }
 
 /// `GET [type]?…`
