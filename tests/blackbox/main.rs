@@ -17,6 +17,7 @@ mod errors;
 mod examples;
 mod formats;
 mod history;
+mod identity;
 mod patch;
 mod smart;
 mod tls;

@@ -8,6 +8,7 @@ use crate::AccessError;
 use renkei_audit::{AuditOutcome, EventBuilder, Interaction};
 use renkei_auth::Action;
 use renkei_consent::Policy;
+use renkei_repository::identity::{self, MatchCandidate, PixAnswer};
 use renkei_repository::{
     Criteria, DeleteOutcome, HistoryRequest, PatchBody, RepoError, Repository, StoredResource,
     WriteContext, WriteOutcome,
@@ -79,6 +80,7 @@ impl Gate {
     fn context(&self, who: &Requester) -> WriteContext {
         let mut context = who.write_context();
         context.visibility = self.visibility(who);
+        context.linking = self.repository.linking().clone();
         context
     }
 
@@ -196,9 +198,16 @@ impl Gate {
         let builder = self.event(who, Interaction::Read);
         let result = who.require(res_type, Action::Read).and_then(|()| {
             let visibility = self.visibility(who);
-            Ok(self
-                .repository
-                .read_tx(|tx| renkei_repository::read_visible(tx, res_type, id, &visibility))?)
+            Ok(self.repository.read_tx(|tx| {
+                let resource = renkei_repository::read_visible(tx, res_type, id, &visibility)?;
+                if res_type == "Patient" {
+                    // The records of the same person at other facilities, as far as
+                    // consent lets this requester see them.
+                    identity::with_links(tx, resource, &visibility)
+                } else {
+                    Ok(resource)
+                }
+            })?)
         });
         let mut builder = builder;
         if result.is_err() {
@@ -808,5 +817,119 @@ impl Gate {
             .read_tx(|tx| Ok(tx.audit_search(&query)?))
             .map_err(AccessError::from);
         self.audited(builder, result, |_, _| Vec::new())
+    }
+}
+
+/// Identity services (issue 6): PIXm, $match and administrators' link decisions. Every answer
+/// is limited to the records the requester may see, and every call is audited.
+impl Gate {
+    /// PIXm (ITI-83) query.
+    pub fn pix(
+        &self,
+        who: &Requester,
+        source: (&str, &str),
+        target_systems: &[String],
+        raw_query: &str,
+    ) -> Result<PixAnswer, AccessError> {
+        let mut builder = self.event(who, Interaction::Operation("ihe-pix".into()));
+        builder.query = Some(raw_query.to_string());
+        let result = who.require("Patient", Action::Search).and_then(|()| {
+            let visibility = self.visibility(who);
+            Ok(self
+                .repository
+                .read_tx(|tx| identity::pix(tx, source, target_systems, &visibility))?)
+        });
+        self.audited(builder, result, |answer, builder| {
+            if let PixAnswer::Found { patients, .. } = answer {
+                builder.patients.extend(patients.iter().cloned());
+            }
+            let Some((status, _, message)) = answer.failure() else {
+                return Vec::new();
+            };
+            builder.outcome = AuditOutcome::from_status(status);
+            builder.outcome_desc = Some(message.to_string());
+            Vec::new()
+        })
+    }
+
+    /// Patient `$match` (ITI-119).
+    pub fn match_patients(
+        &self,
+        who: &Requester,
+        request: &renkei_identity::MatchRequest,
+    ) -> Result<Vec<MatchCandidate>, AccessError> {
+        let builder = self.event(who, Interaction::Operation("match".into()));
+        let result = who.require("Patient", Action::Search).and_then(|()| {
+            let visibility = self.visibility(who);
+            let rules = self.repository.linking().clone();
+            Ok(self
+                .repository
+                .read_tx(|tx| identity::match_patients(tx, &rules, request, &visibility))?)
+        });
+        self.audited(builder, result, |candidates, builder| {
+            builder.patients.extend(
+                candidates
+                    .iter()
+                    .map(|c| format!("Patient/{}", c.resource.id)),
+            );
+            Vec::new()
+        })
+    }
+
+    /// An administrator links (or unlinks) two Patient records, with the reason kept; the
+    /// change and its AuditEvent commit together.
+    pub fn set_link(
+        &self,
+        who: &Requester,
+        patient_a: &str,
+        patient_b: &str,
+        linked: bool,
+        reason: &str,
+    ) -> Result<(Vec<String>, Vec<String>), AccessError> {
+        let operation = if linked { "link" } else { "unlink" };
+        let interaction = Interaction::Operation(operation.into());
+        if who.principal.role != renkei_consent::Role::Admin && !who.is_system() {
+            let error = AccessError::Forbidden(format!(
+                "only administrators may {operation} Patient records"
+            ));
+            let mut failed = self.event(who, interaction);
+            failed.outcome = AuditOutcome::from_status(403);
+            failed.outcome_desc = Some(error.to_string());
+            self.record(&failed, &[])?;
+            return Err(error);
+        }
+        let decision = renkei_store::LinkOverride {
+            patient_a: patient_a.to_string(),
+            patient_b: patient_b.to_string(),
+            linked,
+            reason: reason.to_string(),
+            decided_by: who.client_id.clone(),
+            decided_at: now_ms(),
+        };
+        let builder = self.event(who, interaction);
+        let result = self.repository.write(|tx| {
+            let persons = identity::set_link(tx, &decision)?;
+            let mut event = builder.clone();
+            event.recorded_ms = now_ms();
+            event.patients = vec![
+                format!("Patient/{patient_a}"),
+                format!("Patient/{patient_b}"),
+            ];
+            event.outcome_desc = Some(format!("{operation}: {reason}"));
+            append(tx, &[to_row(&event, &[])])
+                .map_err(|e| renkei_store::StoreError::Unavailable(format!("audit trail: {e}")))?;
+            Ok(persons)
+        });
+        match result {
+            Ok(persons) => Ok(persons),
+            Err(error) => {
+                let error = AccessError::from(error);
+                let mut failed = builder;
+                failed.outcome = AuditOutcome::from_status(status_of(&error));
+                failed.outcome_desc = Some(error.to_string());
+                self.record(&failed, &[])?;
+                Err(error)
+            }
+        }
     }
 }

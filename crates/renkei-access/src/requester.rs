@@ -100,7 +100,7 @@ impl Requester {
         }
     }
 
-    fn is_system(&self) -> bool {
+    pub fn is_system(&self) -> bool {
         self.scopes.is_none()
     }
 
@@ -160,6 +160,7 @@ impl Requester {
                 Some(self.principal.facility.clone())
             },
             custodian_from_source: self.is_system(),
+            linking: std::sync::Arc::default(),
         }
     }
 

@@ -36,7 +36,7 @@ pub const MODIFIERS: &[&str] = &[
     ":missing (all)",
     ":exact, :contains (string)",
     ":not, :text, :in, :not-in, :of-type (token)",
-    ":Type, :identifier (reference)",
+    ":Type, :identifier, :linked (alias :mdm; references to Patient, every record of the same person) (reference)",
     ":below, :above (uri)",
 ];
 
@@ -120,10 +120,28 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
             });
             if *res_type == "Patient" {
                 // Served by `search.rs` (`GET Patient/{id}/$everything`).
+                // `$everything` is served by `search.rs`, the identity operations by
+                // `identity.rs`.
                 resource["operation"] = json!([{
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                    "documentation": "The patient's compartment, consent-filtered, with _since, _type and _count; paged.",
+                    "documentation": "The patient's compartment, consent-filtered, with _since, _type and _count; paged. _linked=true (alias _mdm) spans every record linked to the patient as the same person.",
+                }, {
+                    "name": "ihe-pix",
+                    "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+                    "documentation": "IHE PIXm (ITI-83): identifiers and records of the same person in other domains, limited to what consent lets the caller see.",
+                }, {
+                    "name": "match",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+                    "documentation": "IHE PDQm (ITI-119): scored candidates with the match-grade extension, among the records the caller may see.",
+                }, {
+                    "name": "link",
+                    "definition": "https://renkei.example/fhir/OperationDefinition/Patient-link",
+                    "documentation": "Administrators: link two Patient records as one person (Parameters source, target, reason).",
+                }, {
+                    "name": "unlink",
+                    "definition": "https://renkei.example/fhir/OperationDefinition/Patient-unlink",
+                    "documentation": "Administrators: keep two Patient records apart although their linking identifiers agree (Parameters source, target, reason).",
                 }]);
             }
             resource

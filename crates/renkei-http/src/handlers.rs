@@ -82,15 +82,6 @@ pub(crate) async fn finish(
     }
 }
 
-macro_rules! ctx_or_fail {
-    ($req:expr) => {
-        match RequestCtx::new(&$req) {
-            Ok(ctx) => ctx,
-            Err((e, format)) => return e.respond(format, false),
-        }
-    };
-}
-
 fn http_date(ms: i64) -> String {
     let secs = u64::try_from(ms / 1000).unwrap_or(0);
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))

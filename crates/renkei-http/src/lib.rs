@@ -1,12 +1,23 @@
 //! The HTTP facade: FHIR R4 REST over actix-web. Routes map to handlers; handlers negotiate
 //! formats and render; errors become OperationOutcomes in `error.rs` and nowhere else.
 
+/// The request context, or the negotiation error answered at once.
+macro_rules! ctx_or_fail {
+    ($req:expr) => {
+        match $crate::request::RequestCtx::new(&$req) {
+            Ok(ctx) => ctx,
+            Err((e, format)) => return e.respond(format, false),
+        }
+    };
+}
+
 mod auditevents;
 pub mod auth;
 pub mod capability;
 mod error;
 pub mod format;
 mod handlers;
+mod identity;
 mod request;
 mod search;
 pub mod tls;
@@ -56,6 +67,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::get().to(auditevents::read))
                     .default_service(web::to(auditevents::append_only)),
             )
+            // Identity operations, before `/{type}/{id}` would take them for ids.
+            .route("/Patient/$ihe-pix", web::get().to(identity::pix))
+            .route("/Patient/$match", web::post().to(identity::match_patients))
+            .route("/Patient/$link", web::post().to(identity::link))
+            .route("/Patient/$unlink", web::post().to(identity::unlink))
             .route("", web::post().to(h::bundle))
             .route("/", web::post().to(h::bundle))
             .route("", web::get().to(search::search_system))

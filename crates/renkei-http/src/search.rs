@@ -103,7 +103,8 @@ async fn run(
     let who = authenticate(req, state)?;
     let gate = state.gate.clone();
     let query_plan = plan.clone();
-    let raw_query = format!("{}?{}", request.self_path, req.query_string());
+    let path = request.self_path.split('?').next().unwrap_or_default();
+    let raw_query = format!("{path}?{}", req.query_string());
     let page = blocking(move || gate.search(&who, &query_plan, &raw_query)).await?;
     let bundle = searchset(ctx, &plan, &page, &request.self_path);
     Ok(render_value(
@@ -147,7 +148,9 @@ fn searchset(ctx: &RequestCtx, plan: &SearchPlan, page: &SearchPage, self_path: 
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
     query.push(format!("_count={}", plan.count));
-    let base_url = format!("{}/{self_path}?{}", ctx.base, query.join("&"));
+    // `self_path` may carry operation parameters of its own (`$everything?_linked=true`).
+    let separator = if self_path.contains('?') { '&' } else { '?' };
+    let base_url = format!("{}/{self_path}{separator}{}", ctx.base, query.join("&"));
     let page_url = |cursor: &Cursor| format!("{base_url}&_page_token={}", cursor.encode());
     let self_url = match &plan.cursor {
         Some(cursor) => page_url(cursor),
@@ -307,7 +310,7 @@ pub async fn search_system(req: HttpRequest, state: web::Data<AppState>) -> Http
     finish(&req, &state, &ctx, result).await
 }
 
-fn patient_compartment(id: &str, types: &[String], include_self: bool) -> Filter {
+fn patient_compartment(id: &str, types: &[String], include_self: bool, linked: bool) -> Filter {
     let reg = registry();
     let members = types
         .iter()
@@ -323,6 +326,7 @@ fn patient_compartment(id: &str, types: &[String], include_self: bool) -> Filter
         target_id: id.to_string(),
         members,
         include_self,
+        linked,
     }
 }
 
@@ -361,7 +365,7 @@ pub async fn compartment(
             )));
         }
         let types = vec![target.clone()];
-        let scope = patient_compartment(&id, &types, target == "Patient");
+        let scope = patient_compartment(&id, &types, target == "Patient", false);
         let request = SearchRequest {
             types,
             params: ctx.params.clone(),
@@ -400,22 +404,37 @@ async fn everything(
         types.push("Patient".into());
     }
     let mut params: Vec<(String, String)> = Vec::new();
+    let mut linked = false;
     for (name, value) in &ctx.params {
         match name.as_str() {
+            // Every record linked to this one as the same person (HAPI FHIR spells it `_mdm`).
+            "_linked" | "_mdm" => match value.as_str() {
+                "true" => linked = true,
+                "false" => {}
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "{name} must be true or false, not '{other}'"
+                    )))
+                }
+            },
             "_since" => params.push(("_lastUpdated".into(), format!("ge{value}"))),
-            "_count" | "_page_token" | "_format" | "_pretty" | "_elements" | "_summary" => {
-                params.push((name.clone(), value.clone()))
-            }
+            // `_lastUpdated` comes back in paging links, where `_since` has been translated.
+            "_count" | "_page_token" | "_format" | "_pretty" | "_elements" | "_summary"
+            | "_lastUpdated" => params.push((name.clone(), value.clone())),
             _ => {}
         }
     }
     let include_self = types.iter().any(|t| t == "Patient");
-    let scope = patient_compartment(id, &types, include_self);
+    let scope = patient_compartment(id, &types, include_self, linked);
     let request = SearchRequest {
         types,
         params,
         scope: vec![scope],
-        self_path: format!("Patient/{id}/$everything"),
+        self_path: if linked {
+            format!("Patient/{id}/$everything?_linked=true")
+        } else {
+            format!("Patient/{id}/$everything")
+        },
     };
     run(req, ctx, state, request).await
 }

@@ -35,6 +35,11 @@ impl Criteria {
             })
             .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
             .collect();
+        Criteria::from_pairs(res_type, &params)
+    }
+
+    /// Criteria from decoded `(parameter, value)` pairs.
+    pub fn from_pairs(res_type: &str, params: &[(String, String)]) -> Result<Criteria, RepoError> {
         if params.is_empty() {
             return Err(RepoError::BadRequest(format!(
                 "conditional criteria for {res_type} are empty"
@@ -47,7 +52,7 @@ impl Criteria {
         }
         let plan = parse(
             &[res_type.to_string()],
-            &params,
+            params,
             &ParseOptions {
                 default_count: 2,
                 max_count: usize::MAX,

@@ -58,6 +58,8 @@ pub struct WriteContext {
     /// Trusted loaders (demo data, `renkei import`) name each resource's facility in
     /// `meta.source` as `<anything>/facility/<Organization id>`; clients never can.
     pub custodian_from_source: bool,
+    /// Which identifiers make Patient records one person (kept up to date on Patient writes).
+    pub linking: std::sync::Arc<renkei_identity::LinkingRules>,
 }
 
 impl Default for WriteContext {
@@ -66,6 +68,7 @@ impl Default for WriteContext {
             custodian: None,
             visibility: renkei_store::Visibility::Unrestricted,
             custodian_from_source: false,
+            linking: std::sync::Arc::default(),
         }
     }
 }
@@ -105,11 +108,16 @@ impl WriteContext {
 pub struct RepositoryOptions {
     /// How often a write is retried when it lost a race it can win on a second try.
     pub write_retries: usize,
+    /// Which identifiers make Patient records one person.
+    pub linking: std::sync::Arc<renkei_identity::LinkingRules>,
 }
 
 impl Default for RepositoryOptions {
     fn default() -> Self {
-        RepositoryOptions { write_retries: 5 }
+        RepositoryOptions {
+            write_retries: 5,
+            linking: std::sync::Arc::default(),
+        }
     }
 }
 
@@ -143,6 +151,10 @@ impl Repository {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn linking(&self) -> &std::sync::Arc<renkei_identity::LinkingRules> {
+        &self.options.linking
     }
 
     /// Runs a write, retrying when it lost a race to a concurrent writer (two creates of the
@@ -242,6 +254,14 @@ impl Repository {
                         RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}")))
                     })?;
                     tx.replace_index(row.rid, &row.res_type, &index::rows(&row.res_type, &value))?;
+                    if row.res_type == "Patient" {
+                        crate::identity::patient_written(
+                            tx,
+                            &self.options.linking,
+                            &row.res_id,
+                            Some(&value),
+                        )?;
+                    }
                 }
                 Ok(())
             })?;
@@ -450,6 +470,9 @@ fn store_version(
         tx.replace_consent_rules(rid, &format!("Consent/{id}"), &rules)?;
     }
     tx.replace_index(rid, res_type, &index::rows(res_type, &stamped))?;
+    if res_type == "Patient" {
+        crate::identity::patient_written(tx, &context.linking, id, Some(&stamped))?;
+    }
     Ok(StoredResource {
         custodian: custodian.clone(),
         patient_id: patient.clone(),
@@ -814,6 +837,9 @@ pub fn delete(
         tx.replace_consent_rules(row.rid, &format!("Consent/{id}"), &[])?;
     }
     tx.replace_index(row.rid, res_type, &renkei_search::IndexRows::default())?;
+    if res_type == "Patient" {
+        crate::identity::patient_written(tx, &context.linking, id, None)?;
+    }
     Ok(DeleteOutcome::Deleted { version })
 }
 

@@ -9,6 +9,7 @@
 mod bundle;
 mod criteria;
 mod error;
+pub mod identity;
 mod index;
 mod interactions;
 mod meta;

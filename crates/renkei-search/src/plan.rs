@@ -165,6 +165,9 @@ pub enum RefMatch {
     Id { types: Vec<String>, id: String },
     /// An absolute URL or canonical, matched as written.
     Url(String),
+    /// `param:linked=Patient/id` (alias `:mdm`): the Patient record `id` or any record linked
+    /// to it as the same person.
+    LinkedPatient(String),
 }
 
 /// The search value of one component of a composite parameter, typed by the component.
@@ -257,6 +260,8 @@ pub enum Filter {
         target_id: String,
         members: Vec<(String, Vec<String>)>,
         include_self: bool,
+        /// Also the compartments of every record linked to `target_id` as the same person.
+        linked: bool,
     },
 }
 
@@ -882,6 +887,22 @@ pub fn parse_filter(
                     not: false,
                 }));
             }
+            if matches!(modifier, Some("linked" | "mdm")) {
+                if !param.targets.iter().any(|t| t == "Patient") {
+                    return invalid(format!(
+                        "':{}' applies to references to Patient; '{param_name}' cannot point at one",
+                        modifier.unwrap_or_default()
+                    ));
+                }
+                let values = alternatives
+                    .iter()
+                    .map(|v| parse_linked_patient(name, v))
+                    .collect::<Result<_, _>>()?;
+                return Ok(Some(Filter::Reference {
+                    param: param_name,
+                    values,
+                }));
+            }
             let types_modifier = match modifier {
                 None => None,
                 Some(t) if t.starts_with(|c: char| c.is_ascii_uppercase()) => Some(t.to_string()),
@@ -1189,6 +1210,17 @@ fn parse_quantity(name: &str, value: &str) -> Result<QuantityValue, SearchError>
         system,
         code,
     })
+}
+
+/// The Patient id of a `:linked` value (`id` or `Patient/id`).
+fn parse_linked_patient(name: &str, value: &str) -> Result<RefMatch, SearchError> {
+    let id = value.strip_prefix("Patient/").unwrap_or(value);
+    if id.is_empty() || id.contains('/') || id.contains(':') {
+        return invalid(format!(
+            "'{name}' takes a Patient id or Patient/id, not '{value}'"
+        ));
+    }
+    Ok(RefMatch::LinkedPatient(id.to_string()))
 }
 
 fn parse_reference(value: &str, type_modifier: Option<&str>, targets: &[String]) -> RefMatch {

@@ -1012,6 +1012,12 @@ fn push_composite_part(sql: &mut Sql, slot: &str, part: &CompositePart) {
             sql.push(&format!("{code} = "))
                 .bind(Bind::Text(url.clone()));
         }
+        // Composite values never carry `:linked` (modifiers apply to whole parameters).
+        CompositePart::Reference(RefMatch::LinkedPatient(id)) => {
+            sql.push(&format!("{code} = "))
+                .bind(Bind::Text(id.clone()))
+                .push(&format!(" AND {system} = 'Patient'"));
+        }
     }
 }
 
@@ -1114,6 +1120,15 @@ fn push_filter(
                 RefMatch::Url(url) => {
                     sql.push(&format!("{x}.url = "))
                         .bind(Bind::Text(url.clone()));
+                }
+                RefMatch::LinkedPatient(id) => {
+                    sql.push(&format!("{x}.target_type = 'Patient' AND "));
+                    crate::identity::push_in_person_of(
+                        sql,
+                        &format!("{x}.target_id"),
+                        id,
+                        &format!("{x}lp"),
+                    );
                 }
             });
             sql.push("))");
@@ -1239,15 +1254,24 @@ fn push_filter(
             target_id,
             members,
             include_self,
+            linked,
         } => {
             let x = aliases.next("x");
+            let push_target = |sql: &mut Sql, column: &str| {
+                if *linked {
+                    crate::identity::push_in_person_of(sql, column, target_id, &format!("{x}lp"));
+                } else {
+                    sql.push(&format!("{column} = "))
+                        .bind(Bind::Text(target_id.clone()));
+                }
+            };
             sql.push(&format!(
-                "({alias}.rid IN (SELECT {x}.rid FROM idx_reference {x} WHERE {x}.target_id = "
-            ))
-            .bind(Bind::Text(target_id.clone()))
-            .push(&format!(" AND {x}.target_type = "))
-            .bind(Bind::Text(target_type.clone()))
-            .push(" AND (");
+                "({alias}.rid IN (SELECT {x}.rid FROM idx_reference {x} WHERE "
+            ));
+            push_target(sql, &format!("{x}.target_id"));
+            sql.push(&format!(" AND {x}.target_type = "))
+                .bind(Bind::Text(target_type.clone()))
+                .push(" AND (");
             push_alternatives(sql, members, |sql, (res_type, params)| {
                 sql.push(&format!("{x}.res_type = "))
                     .bind(Bind::Text(res_type.clone()))
@@ -1259,9 +1283,9 @@ fn push_filter(
             if *include_self {
                 sql.push(&format!(" OR ({alias}.res_type = "))
                     .bind(Bind::Text(target_type.clone()))
-                    .push(&format!(" AND {alias}.res_id = "))
-                    .bind(Bind::Text(target_id.clone()))
-                    .push(")");
+                    .push(" AND ");
+                push_target(sql, &format!("{alias}.res_id"));
+                sql.push(")");
             }
             sql.push(")");
         }

@@ -39,9 +39,18 @@ fn tag_exists(sql: &mut Sql, r: &str, code: &str) {
         .push(")");
 }
 
+/// `{column}` names the patient of row `r` or a record linked to it: a consent on any record
+/// of a person applies to all of that person's records.
+fn push_same_person(sql: &mut Sql, column: &str, r: &str, alias: &str) {
+    sql.push(&format!("({column} = {r}.patient_id OR {column} IN ("));
+    crate::identity::push_linked_records(sql, &format!("{alias}m"));
+    sql.push(&format!("{r}.patient_id))"));
+}
+
 /// `MATCH(alias, r)`: the rule row `alias` applies to resource row `r` for this requester.
 fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
-    sql.push(&format!("{alias}.patient_id = {r}.patient_id AND ({alias}.actor_org IS NULL OR {alias}.actor_org = "))
+    push_same_person(sql, &format!("{alias}.patient_id"), r, alias);
+    sql.push(&format!(" AND ({alias}.actor_org IS NULL OR {alias}.actor_org = "))
         .bind(Bind::Text(v.organization.into()))
         .push(&format!(") AND ({alias}.actor_practitioner IS NULL OR {alias}.actor_practitioner = "))
         .bind(Bind::OptText(v.practitioner.map(str::to_string)))
@@ -152,9 +161,9 @@ impl Visibility {
                 sql.push(" AND (");
                 push_permit_exists(sql, r, &args);
                 if *implicit_permit {
-                    sql.push(&format!(
-                        " OR NOT EXISTS (SELECT 1 FROM consent_rules c0 WHERE c0.patient_id = {r}.patient_id)"
-                    ));
+                    sql.push(" OR NOT EXISTS (SELECT 1 FROM consent_rules c0 WHERE ");
+                    push_same_person(sql, "c0.patient_id", r, "c0");
+                    sql.push(")");
                 }
                 sql.push(")))");
             }

@@ -21,6 +21,10 @@ pub struct FileConfig {
     pub implicit_policy: Option<String>,
     pub patient_deny_holds_on_break_glass: Option<bool>,
     pub token_ttl_seconds: Option<u64>,
+    /// Identifier systems whose value alone makes Patient records one person.
+    pub link_identifier_systems: Option<Vec<String>>,
+    /// Identifier systems that make records one person together with the birth date.
+    pub link_with_birth_date_systems: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +41,7 @@ pub struct Config {
     pub implicit_policy: String,
     pub patient_deny_holds_on_break_glass: bool,
     pub token_ttl_seconds: u64,
+    pub linking: renkei_identity::LinkingRules,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +133,17 @@ impl Config {
             token_ttl_seconds: env_number("RENKEI_TOKEN_TTL_SECONDS")?
                 .or(file.token_ttl_seconds)
                 .unwrap_or(3600),
+            linking: {
+                let defaults = renkei_identity::LinkingRules::default();
+                renkei_identity::LinkingRules {
+                    person_identifier_systems: env_list("RENKEI_LINK_IDENTIFIER_SYSTEMS")
+                        .or(file.link_identifier_systems)
+                        .unwrap_or(defaults.person_identifier_systems),
+                    with_birth_date_systems: env_list("RENKEI_LINK_WITH_BIRTH_DATE_SYSTEMS")
+                        .or(file.link_with_birth_date_systems)
+                        .unwrap_or(defaults.with_birth_date_systems),
+                }
+            },
         };
         if !matches!(config.implicit_policy.as_str(), "opt-in" | "opt-out") {
             return Err(ConfigError::Invalid(format!(
@@ -142,6 +158,18 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// A comma-separated list from the environment (an empty value is an empty list).
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name).ok().map(|value| {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
 }
 
 /// Reads a secret (such as a database URL with a password) from the file a `*_FILE` variable

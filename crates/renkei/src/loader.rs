@@ -79,9 +79,10 @@ impl LoadCounts {
     }
 }
 
-fn trusted_context() -> WriteContext {
+fn trusted_context(repository: &Repository) -> WriteContext {
     WriteContext {
         custodian_from_source: true,
+        linking: repository.linking().clone(),
         ..WriteContext::default()
     }
 }
@@ -122,7 +123,7 @@ fn load_value(
     path: &str,
     value: &Value,
 ) -> Result<Vec<StoredResource>, LoadError> {
-    let context = trusted_context();
+    let context = trusted_context(repository);
     let repo_err = |source| LoadError::Repository {
         path: path.into(),
         source,
@@ -228,7 +229,7 @@ fn load_ndjson(
     for chunk in resources.chunks(1000) {
         stored.extend(
             repository
-                .import_resources(chunk, &trusted_context())
+                .import_resources(chunk, &trusted_context(repository))
                 .map_err(|source| LoadError::Repository {
                     path: path.into(),
                     source,

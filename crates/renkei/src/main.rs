@@ -313,7 +313,13 @@ fn open_repository(config: &Config) -> Result<Repository, String> {
     )
     .map_err(|e| format!("{e} (database {})", url.redacted()))?;
     tracing::info!(database = %url.redacted(), backend = store.backend().name(), "database ready");
-    Ok(Repository::new(store, RepositoryOptions::default()))
+    Ok(Repository::new(
+        store,
+        RepositoryOptions {
+            linking: std::sync::Arc::new(config.linking.clone()),
+            ..RepositoryOptions::default()
+        },
+    ))
 }
 
 fn serve(

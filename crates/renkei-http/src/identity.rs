@@ -1,0 +1,254 @@
+//! Identity operations on Patient: PIXm `$ihe-pix` (ITI-83), PDQm `$match` (ITI-119), and the
+//! administrators' `$link` / `$unlink`. The answers come from the gate, limited by consent.
+
+use crate::auth::authenticate;
+use crate::error::ApiError;
+use crate::format::{body_kind, parse_body, render_value, response_bundle, BodyKind};
+use crate::handlers::{blocking, finish};
+use crate::request::read_body;
+use crate::AppState;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use renkei_repository::identity::PixAnswer;
+use serde_json::{json, Value};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+const MATCH_GRADE_URL: &str = "http://hl7.org/fhir/StructureDefinition/match-grade";
+
+/// `GET /fhir/Patient/$ihe-pix?sourceIdentifier=sys|val{&targetSystem=uri}`.
+pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let result = async {
+        let mut source = None;
+        let mut targets: Vec<String> = Vec::new();
+        for (name, value) in &ctx.params {
+            match name.as_str() {
+                "sourceIdentifier" if source.is_some() => {
+                    return Err(ApiError::bad_request(
+                        "sourceIdentifier may be given only once",
+                    ))
+                }
+                "sourceIdentifier" => {
+                    source = Some(
+                        renkei_identity::parse_pix_identifier(value)
+                            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                    )
+                }
+                "targetSystem" => targets.extend(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                ),
+                "_format" | "_pretty" => {}
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "$ihe-pix takes sourceIdentifier and targetSystem, not '{other}'"
+                    )))
+                }
+            }
+        }
+        let Some((system, value)) = source else {
+            return Err(ApiError::bad_request(
+                "sourceIdentifier (system|value) is required",
+            ));
+        };
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let raw_query = format!("Patient/$ihe-pix?{}", req.query_string());
+        let answer =
+            blocking(move || gate.pix(&who, (&system, &value), &targets, &raw_query)).await?;
+        if let Some((status, code, message)) = answer.failure() {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            // The gate has recorded this answer already.
+            return Err(ApiError::Audited(Box::new(ApiError::new(
+                status, code, message,
+            ))));
+        }
+        let PixAnswer::Found {
+            identifiers,
+            patients,
+        } = answer
+        else {
+            return Err(ApiError::bad_request("no cross-reference"));
+        };
+        let mut parameter: Vec<Value> = identifiers
+            .into_iter()
+            .map(|identifier| json!({"name": "targetIdentifier", "valueIdentifier": identifier}))
+            .collect();
+        parameter.extend(patients.into_iter().map(
+            |reference| json!({"name": "targetId", "valueReference": {"reference": reference}}),
+        ));
+        let mut body = json!({"resourceType": "Parameters"});
+        if !parameter.is_empty() {
+            body["parameter"] = Value::Array(parameter);
+        }
+        Ok(render_value(
+            HttpResponse::Ok(),
+            &body,
+            ctx.format,
+            ctx.pretty,
+        ))
+    }
+    .await;
+    finish(&req, &state, &ctx, result).await
+}
+
+/// Reads a `Parameters` body (JSON or XML).
+async fn parameters_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Value> {
+    let BodyKind::Fhir(format) = body_kind(req.headers())? else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "this operation takes a FHIR Parameters resource",
+        ));
+    };
+    let bytes = read_body(req, payload, state.max_body_bytes).await?;
+    let value = blocking(move || parse_body(&bytes, format)).await?;
+    if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(ApiError::bad_request(
+            "this operation takes a Parameters resource",
+        ));
+    }
+    Ok(value)
+}
+
+/// `POST /fhir/Patient/$match`: scored candidates as a searchset Bundle.
+pub async fn match_patients(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let result = async {
+        let parameters = parameters_body(&req, payload, &state).await?;
+        let request = renkei_identity::parse_match_request(&parameters)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let candidates = blocking(move || gate.match_patients(&who, &request)).await?;
+        let mut entries = Vec::with_capacity(candidates.len());
+        for candidate in &candidates {
+            let resource: Value = serde_json::from_str(&candidate.resource.body)
+                .map_err(|e| ApiError::bad_request(format!("stored Patient unreadable: {e}")))?;
+            entries.push(json!({
+                "fullUrl": format!("{}/Patient/{}", ctx.base, candidate.resource.id),
+                "resource": resource,
+                "search": {
+                    "extension": [{"url": MATCH_GRADE_URL, "valueCode": candidate.score.grade.code()}],
+                    "mode": "match",
+                    "score": candidate.score.score,
+                },
+            }));
+        }
+        let total = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+        let links = vec![json!({"relation": "self", "url": format!("{}/Patient/$match", ctx.base)})];
+        let bundle = response_bundle("searchset", Some(total), links, entries);
+        Ok(render_value(HttpResponse::Ok(), &bundle, ctx.format, ctx.pretty))
+    }
+    .await;
+    finish(&req, &state, &ctx, result).await
+}
+
+/// The Patient id a `Parameters` entry names (`valueReference` `Patient/id` or `valueString`).
+fn patient_parameter(parameters: &Value, name: &str) -> Result<String> {
+    let value = parameters
+        .get("parameter")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|p| {
+            p.pointer("/valueReference/reference")
+                .or_else(|| p.get("valueString"))
+                .and_then(Value::as_str)
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "parameter '{name}' (a Patient reference) is required"
+            ))
+        })?;
+    let id = value.strip_prefix("Patient/").unwrap_or(value);
+    if id.is_empty() || id.contains('/') {
+        return Err(ApiError::bad_request(format!(
+            "parameter '{name}' must reference a Patient, not '{value}'"
+        )));
+    }
+    Ok(id.to_string())
+}
+
+fn string_parameter(parameters: &Value, name: &str) -> Option<String> {
+    parameters
+        .get("parameter")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|p| p.get("valueString").and_then(Value::as_str))
+        .map(str::to_string)
+}
+
+/// `POST /fhir/Patient/$link` and `$unlink` (administrators): `source`, `target`, `reason`.
+async fn link_change(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    linked: bool,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let result = async {
+        let parameters = parameters_body(&req, payload, &state).await?;
+        let source = patient_parameter(&parameters, "source")?;
+        let target = patient_parameter(&parameters, "target")?;
+        let reason = string_parameter(&parameters, "reason").unwrap_or_default();
+        let who = authenticate(&req, &state)?;
+        let gate = state.gate.clone();
+        let (source_person, target_person) =
+            blocking(move || gate.set_link(&who, &source, &target, linked, &reason)).await?;
+        let person = |name: &str, members: Vec<String>| {
+            json!({
+                "name": name,
+                "part": members
+                    .into_iter()
+                    .map(|id| json!({"name": "record", "valueReference": {"reference": format!("Patient/{id}")}}))
+                    .collect::<Vec<_>>(),
+            })
+        };
+        let mut parameter = Vec::new();
+        if !source_person.is_empty() {
+            parameter.push(person("source-person", source_person));
+        }
+        if !target_person.is_empty() {
+            parameter.push(person("target-person", target_person));
+        }
+        let mut body = json!({"resourceType": "Parameters"});
+        if !parameter.is_empty() {
+            body["parameter"] = Value::Array(parameter);
+        }
+        Ok(render_value(HttpResponse::Ok(), &body, ctx.format, ctx.pretty))
+    }
+    .await;
+    finish(&req, &state, &ctx, result).await
+}
+
+pub async fn link(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    link_change(req, payload, state, true).await
+}
+
+pub async fn unlink(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    link_change(req, payload, state, false).await
+}

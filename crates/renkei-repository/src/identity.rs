@@ -1,0 +1,380 @@
+//! One patient across facilities: keeps the persons (linked Patient records) in step with
+//! Patient writes and administrators' decisions, and answers the identity questions (PIXm,
+//! $match, `Patient.link`), always over what the requester may see.
+
+use crate::criteria::Criteria;
+use crate::interactions::StoredResource;
+use crate::RepoError;
+use renkei_identity::{LinkingRules, MatchRequest, MatchScore};
+use renkei_store::{LinkOverride, Tx, Visibility};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A person with more records than this is refused: it means a linking identifier is shared
+/// by unrelated patients (a placeholder insurance number, say), which an operator must fix.
+const MAX_RECORDS_PER_PERSON: usize = 100;
+
+/// How many records one $match candidate query may bring in before scoring.
+const CANDIDATES_PER_QUERY: usize = 50;
+
+/// The link keys of a Patient version: its configured linking identifiers, the record itself,
+/// and the record it was merged into (`link.type = replaced-by`, IHE ITI-104), so a merged
+/// record joins its survivor.
+pub(crate) fn link_keys(rules: &LinkingRules, id: &str, patient: &Value) -> Vec<String> {
+    let mut keys = renkei_identity::link_keys(rules, patient);
+    keys.push(record_key(id));
+    keys.extend(replaced_by(patient).map(|survivor| record_key(&survivor)));
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn record_key(id: &str) -> String {
+    format!("record|{id}")
+}
+
+/// The survivors a Patient names with `link.type = replaced-by`.
+fn replaced_by(patient: &Value) -> impl Iterator<Item = String> + '_ {
+    patient
+        .get("link")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|link| link.get("type").and_then(Value::as_str) == Some("replaced-by"))
+        .filter_map(|link| link.pointer("/other/reference").and_then(Value::as_str))
+        .filter_map(|reference| reference.strip_prefix("Patient/"))
+        .map(|id| id.split('/').next().unwrap_or(id).to_string())
+}
+
+/// A Patient record was written (or deleted: `None`): refresh its keys and its person.
+pub(crate) fn patient_written(
+    tx: &mut Tx<'_>,
+    rules: &LinkingRules,
+    id: &str,
+    patient: Option<&Value>,
+) -> Result<(), RepoError> {
+    let keys = patient.map_or_else(Vec::new, |p| link_keys(rules, id, p));
+    tx.replace_link_keys(id, &keys)?;
+    relink(tx, id)
+}
+
+/// Recomputes the persons around `seed`: everything reachable through shared keys and
+/// administrators' links, plus the members of the persons those records belonged to (so a
+/// split is seen whole), regrouped into connected components.
+pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut queue: Vec<String> = vec![seed.to_string()];
+    let mut edges: Vec<(String, String)> = Vec::new();
+    let mut suppressed: Vec<(String, String)> = Vec::new();
+    while let Some(record) = queue.pop() {
+        if !seen.insert(record.clone()) {
+            continue;
+        }
+        if seen.len() > MAX_RECORDS_PER_PERSON {
+            return Err(RepoError::Unprocessable(format!(
+                "Patient/{seed} would be linked with more than {MAX_RECORDS_PER_PERSON} records: \
+                 a linking identifier is shared by unrelated patients"
+            )));
+        }
+        for other in tx.records_sharing_keys(&record)? {
+            edges.push((record.clone(), other.clone()));
+            queue.push(other);
+        }
+        for decision in tx.link_overrides_of(&record)? {
+            let other = decision.other(&record).to_string();
+            if decision.linked {
+                edges.push((record.clone(), other.clone()));
+                queue.push(other);
+            } else {
+                suppressed.push((record.clone(), other));
+            }
+        }
+        queue.extend(tx.person_members(&record)?);
+    }
+    let nodes: Vec<String> = seen.into_iter().collect();
+    for person in renkei_identity::components(&nodes, &edges, &suppressed) {
+        tx.assign_person(&person)?;
+    }
+    Ok(())
+}
+
+/// An administrator's link (`linked`) or unlink of two Patient records, with the reason kept.
+/// Returns the records of each one's person afterwards.
+pub fn set_link(
+    tx: &mut Tx<'_>,
+    decision: &LinkOverride,
+) -> Result<(Vec<String>, Vec<String>), RepoError> {
+    if decision.patient_a == decision.patient_b {
+        return Err(RepoError::BadRequest(
+            "a Patient record cannot be linked to or unlinked from itself".into(),
+        ));
+    }
+    if decision.reason.trim().is_empty() {
+        return Err(RepoError::BadRequest(
+            "a reason is required to link or unlink records".into(),
+        ));
+    }
+    for id in [&decision.patient_a, &decision.patient_b] {
+        crate::interactions::read(tx, "Patient", id)?;
+    }
+    tx.set_link_override(decision)?;
+    relink(tx, &decision.patient_a)?;
+    relink(tx, &decision.patient_b)?;
+    Ok((
+        tx.person_members(&decision.patient_a)?,
+        tx.person_members(&decision.patient_b)?,
+    ))
+}
+
+/// The other records of `patient_id`'s person that the requester may see.
+pub fn visible_linked_records(
+    tx: &mut Tx<'_>,
+    patient_id: &str,
+    visibility: &Visibility,
+) -> Result<Vec<String>, RepoError> {
+    let mut visible = Vec::new();
+    for member in tx.person_members(patient_id)? {
+        if member == patient_id {
+            continue;
+        }
+        let Some(row) = tx.current("Patient", &member)? else {
+            continue;
+        };
+        if !row.deleted && tx.is_visible(row.rid, visibility)? {
+            visible.push(member);
+        }
+    }
+    Ok(visible)
+}
+
+/// Adds `Patient.link` (`seealso`) entries for the linked records the requester may see, so
+/// a reader learns of the other records exactly when consent lets them read those.
+pub fn with_links(
+    tx: &mut Tx<'_>,
+    mut patient: StoredResource,
+    visibility: &Visibility,
+) -> Result<StoredResource, RepoError> {
+    let linked = visible_linked_records(tx, &patient.id, visibility)?;
+    if linked.is_empty() {
+        return Ok(patient);
+    }
+    let mut value = patient.value()?;
+    let Some(object) = value.as_object_mut() else {
+        return Ok(patient);
+    };
+    let links = object
+        .entry("link")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(links) = links.as_array_mut() else {
+        return Ok(patient);
+    };
+    for id in linked {
+        let reference = format!("Patient/{id}");
+        let present = links
+            .iter()
+            .any(|l| l.pointer("/other/reference").and_then(Value::as_str) == Some(&reference));
+        if !present {
+            links.push(json!({"other": {"reference": reference}, "type": "seealso"}));
+        }
+    }
+    patient.body = serde_json::to_string(&value)
+        .map_err(|e| RepoError::BadRequest(format!("cannot serialize Patient: {e}")))?;
+    Ok(patient)
+}
+
+/// What a PIXm query (ITI-83) found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PixAnswer {
+    /// No Patient record uses the source identifier's system (400).
+    UnknownSourceDomain,
+    /// A requested target system is used by no Patient record (403).
+    UnknownTargetDomain(String),
+    /// No visible Patient record carries the source identifier (404).
+    NotFound,
+    /// The cross-referenced records: identifiers of the requested domains (the source
+    /// identifier itself never) and the records themselves.
+    Found {
+        identifiers: Vec<Value>,
+        patients: Vec<String>,
+    },
+}
+
+impl PixAnswer {
+    /// The HTTP status, OperationOutcome issue code and text ITI-83 prescribes for an answer
+    /// without cross-references; `None` for a found one.
+    pub fn failure(&self) -> Option<(u16, &'static str, &'static str)> {
+        match self {
+            PixAnswer::Found { .. } => None,
+            PixAnswer::UnknownSourceDomain => Some((
+                400,
+                "code-invalid",
+                "sourceIdentifier Assigning Authority not found",
+            )),
+            PixAnswer::NotFound => Some((
+                404,
+                "not-found",
+                "sourceIdentifier Patient Identifier not found",
+            )),
+            PixAnswer::UnknownTargetDomain(_) => {
+                Some((403, "code-invalid", "targetSystem not found"))
+            }
+        }
+    }
+}
+
+/// ITI-83: the identifiers and records of the same person in other domains, limited to the
+/// records the requester may see.
+pub fn pix(
+    tx: &mut Tx<'_>,
+    source: (&str, &str),
+    target_systems: &[String],
+    visibility: &Visibility,
+) -> Result<PixAnswer, RepoError> {
+    let (system, value) = source;
+    if !domain_known(tx, system)? {
+        return Ok(PixAnswer::UnknownSourceDomain);
+    }
+    for target in target_systems {
+        if !domain_known(tx, target)? {
+            return Ok(PixAnswer::UnknownTargetDomain(target.clone()));
+        }
+    }
+    let criteria = Criteria::from_pairs(
+        "Patient",
+        &[("identifier".into(), format!("{system}|{value}"))],
+    )?
+    .visible_to(visibility.clone());
+    let sources = criteria.resolve(tx, MAX_RECORDS_PER_PERSON)?;
+    if sources.is_empty() {
+        return Ok(PixAnswer::NotFound);
+    }
+    let mut records: BTreeSet<String> = BTreeSet::new();
+    for source in &sources {
+        records.insert(source.res_id.clone());
+        records.extend(visible_linked_records(tx, &source.res_id, visibility)?);
+    }
+    let mut identifiers: Vec<Value> = Vec::new();
+    let mut patients: Vec<String> = Vec::new();
+    for id in records {
+        let patient = crate::interactions::read(tx, "Patient", &id)?.value()?;
+        let mut in_target = target_systems.is_empty();
+        for identifier in patient
+            .get("identifier")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let id_system = identifier.get("system").and_then(Value::as_str);
+            let id_value = identifier.get("value").and_then(Value::as_str);
+            if id_system == Some(system) && id_value == Some(value) {
+                continue;
+            }
+            let wanted = target_systems.is_empty()
+                || id_system.is_some_and(|s| target_systems.iter().any(|t| t == s));
+            if wanted && !identifiers.contains(identifier) {
+                identifiers.push(identifier.clone());
+                in_target = true;
+            }
+        }
+        if in_target {
+            patients.push(format!("Patient/{id}"));
+        }
+    }
+    Ok(PixAnswer::Found {
+        identifiers,
+        patients,
+    })
+}
+
+/// Whether some Patient record carries an identifier of `system` (an assigning authority the
+/// network knows). Domains are facilities' numbering systems, not patient data.
+fn domain_known(tx: &mut Tx<'_>, system: &str) -> Result<bool, RepoError> {
+    let criteria = Criteria::from_pairs("Patient", &[("identifier".into(), format!("{system}|"))])?;
+    Ok(!criteria.resolve(tx, 1)?.is_empty())
+}
+
+/// One $match candidate.
+#[derive(Debug, Clone)]
+pub struct MatchCandidate {
+    pub resource: StoredResource,
+    pub score: MatchScore,
+}
+
+/// ITI-119: candidates for the request's Patient among the records the requester may see,
+/// gathered by selective index queries and scored by `renkei_identity::score`; best first.
+pub fn match_patients(
+    tx: &mut Tx<'_>,
+    rules: &LinkingRules,
+    request: &MatchRequest,
+    visibility: &Visibility,
+) -> Result<Vec<MatchCandidate>, RepoError> {
+    let mut rows: BTreeMap<String, renkei_store::SearchRow> = BTreeMap::new();
+    for (param, value) in renkei_identity::candidate_queries(&request.patient) {
+        let criteria = match Criteria::from_pairs("Patient", &[(param, value)]) {
+            Ok(criteria) => criteria.visible_to(visibility.clone()),
+            // A value the search cannot take (a malformed birth date) gathers nothing.
+            Err(RepoError::BadRequest(_)) => continue,
+            Err(other) => return Err(other),
+        };
+        for row in criteria.resolve(tx, CANDIDATES_PER_QUERY)? {
+            rows.entry(row.res_id.clone()).or_insert(row);
+        }
+    }
+    let mut candidates: Vec<MatchCandidate> = Vec::new();
+    for (_, row) in rows {
+        let Some(body) = row.body else { continue };
+        let value: Value = serde_json::from_str(&body).map_err(|e| {
+            RepoError::Store(renkei_store::StoreError::Unavailable(format!(
+                "corrupt row: {e}"
+            )))
+        })?;
+        let Some(score) = renkei_identity::score(rules, &request.patient, &value)
+            .filter(|score| score.grade.is_candidate())
+        else {
+            continue;
+        };
+        if request.only_certain && score.grade != renkei_identity::MatchGrade::Certain {
+            continue;
+        }
+        candidates.push(MatchCandidate {
+            resource: StoredResource {
+                res_type: row.res_type,
+                id: row.res_id,
+                version: row.version,
+                last_updated: row.last_updated,
+                body,
+                custodian: None,
+                patient_id: None,
+            },
+            score,
+        });
+    }
+    candidates.sort_by(|a, b| {
+        b.score
+            .score
+            .total_cmp(&a.score.score)
+            .then_with(|| a.resource.id.cmp(&b.resource.id))
+    });
+    if let Some(count) = request.count {
+        candidates.truncate(count);
+    }
+    Ok(candidates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_include_the_record_and_its_survivor() {
+        let patient = json!({
+            "resourceType": "Patient",
+            "link": [{"type": "replaced-by", "other": {"reference": "Patient/survivor"}},
+                     {"type": "seealso", "other": {"reference": "Patient/other"}}]
+        });
+        let keys = link_keys(&LinkingRules::default(), "old", &patient);
+        assert!(keys.contains(&"record|old".to_string()));
+        assert!(keys.contains(&"record|survivor".to_string()));
+        assert!(!keys.iter().any(|k| k.contains("other")));
+    }
+}

@@ -1,0 +1,3 @@
+DROP TABLE patient_person;
+DROP TABLE patient_link_overrides;
+DROP TABLE patient_link_keys;

@@ -1,0 +1,437 @@
+//! One person across facilities (issue 6), end to end with real tokens: a hospital and a
+//! clinic register the same person under their own local IDs; the records link through the
+//! insurance member ID and birth date; the clinic, under the patient's consent, sees the
+//! hospital's prescriptions, labs and imaging through the linked view; a third clinic without
+//! consent learns nothing from search, `$ihe-pix`, `$match` or PDQm; an administrator's unlink
+//! takes effect on the very next request.
+
+use crate::support::{entries, for_each_backend, Caller, Server};
+use serde_json::{json, Value};
+
+const HOSPITAL: &str = "Organization/id-hospital";
+const CLINIC: &str = "Organization/id-clinic";
+const OTHER: &str = "Organization/id-other";
+const HOSPITAL_SYSTEM: &str = "urn:oid:1.2.392.100495.20.3.51.11310199991";
+const CLINIC_SYSTEM: &str = "urn:oid:1.2.392.100495.20.3.51.11310299992";
+const INSURANCE: &str = "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID";
+const REPRESENTATION: &str = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation";
+const HOSP_P: &str = "id-hosp-p";
+const CLINIC_P: &str = "id-clinic-p";
+const SECRET: &str = "IDENTITY-HIDDEN";
+
+fn patient(id: &str, system: &str, local: &str, insurance: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "id": id,
+        "identifier": [
+            {"system": system, "value": local},
+            {"system": INSURANCE, "value": insurance},
+        ],
+        "name": [
+            {"extension": [{"url": REPRESENTATION, "valueCode": "IDE"}], "family": "山田", "given": ["太郎"]},
+            {"extension": [{"url": REPRESENTATION, "valueCode": "SYL"}], "family": "ヤマダ", "given": ["タロウ"]},
+        ],
+        "gender": "male",
+        "birthDate": "1960-01-02",
+    })
+}
+
+struct Net<'s> {
+    s: &'s Server,
+    hospital: String,
+    clinic: String,
+    other: String,
+    admin: String,
+    lab: String,
+    medication: String,
+    imaging: String,
+}
+
+impl<'s> Net<'s> {
+    fn as_hospital(&self) -> Caller<'s> {
+        self.s.with_token(&self.hospital)
+    }
+    fn as_clinic(&self) -> Caller<'s> {
+        self.s.with_token(&self.clinic)
+    }
+    fn as_other(&self) -> Caller<'s> {
+        self.s.with_token(&self.other)
+    }
+    fn as_admin(&self) -> Caller<'s> {
+        self.s.with_token(&self.admin)
+    }
+}
+
+fn reference(resource: &Value) -> String {
+    format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap_or_default(),
+        resource["id"].as_str().unwrap_or_default()
+    )
+}
+
+fn found(bundle: &Value) -> Vec<String> {
+    let mut refs: Vec<String> = entries(bundle)
+        .iter()
+        .filter(|e| e["search"]["mode"] != "outcome")
+        .map(|e| reference(&e["resource"]))
+        .collect();
+    refs.sort();
+    refs
+}
+
+/// The hospital and the clinic register the person; the hospital records a lab, a
+/// prescription and a CT; the clinic records the patient's consent (on its own record) that
+/// permits the clinic to see the person's data for treatment.
+fn network(s: &Server) -> Net<'_> {
+    let hospital = s.token_for("id-hospital-ehr", HOSPITAL, "facility", &[]);
+    let clinic = s.token_for("id-clinic-ehr", CLINIC, "facility", &[]);
+    let other = s.token_for("id-other-ehr", OTHER, "facility", &[]);
+    let admin = s.token_for("id-admin", "Organization/network-office", "admin", &[]);
+    let as_hospital = s.with_token(&hospital);
+    let as_clinic = s.with_token(&clinic);
+    as_hospital
+        .put(
+            &format!("Patient/{HOSP_P}"),
+            &patient(HOSP_P, HOSPITAL_SYSTEM, "H-0001", "06330015:岡北:123:00"),
+        )
+        .expect(201);
+    // The clinic writes the same insurance ID with full-width digits: still one person.
+    as_clinic
+        .put(
+            &format!("Patient/{CLINIC_P}"),
+            &patient(CLINIC_P, CLINIC_SYSTEM, "C-0077", "06330015:岡北:１２３:00"),
+        )
+        .expect(201);
+    let subject = json!({"reference": format!("Patient/{HOSP_P}")});
+    let lab = as_hospital.create(&json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3D046000001906202"}], "text": format!("{SECRET} HbA1c")},
+        "subject": subject,
+        "effectiveDateTime": "2026-02-10",
+        "valueQuantity": {"value": 7.9, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"},
+    }));
+    let medication = as_hospital.create(&json!({
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"coding": [{"system": "urn:oid:1.2.392.100495.20.2.73", "code": "2171022F6276"}], "text": format!("{SECRET} amlodipine")},
+        "subject": subject,
+        "authoredOn": "2026-02-10",
+    }));
+    let imaging = as_hospital.create(&json!({
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "subject": subject,
+        "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}],
+        "series": [{"uid": "1.2.392.200036.9116.2.1.1", "modality": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}}],
+        "description": format!("{SECRET} chest CT"),
+    }));
+    as_clinic
+        .put(
+            "Consent/id-consent",
+            &json!({
+                "resourceType": "Consent",
+                "id": "id-consent",
+                "status": "active",
+                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                "patient": {"reference": format!("Patient/{CLINIC_P}")},
+                "provision": {
+                    "type": "permit",
+                    "actor": [{
+                        "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                        "reference": {"reference": CLINIC},
+                    }],
+                    "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+                },
+            }),
+        )
+        .expect(201);
+    Net {
+        s,
+        hospital,
+        clinic,
+        other,
+        admin,
+        lab: reference(&lab),
+        medication: reference(&medication),
+        imaging: reference(&imaging),
+    }
+}
+
+fn linked_view(net: &Net<'_>, who: &Caller<'_>) -> Vec<String> {
+    let mut all = Vec::new();
+    for query in [
+        format!("Observation?patient:linked=Patient/{CLINIC_P}"),
+        format!("MedicationRequest?patient:mdm={CLINIC_P}&status=active"),
+        format!("ImagingStudy?subject:linked=Patient/{CLINIC_P}&modality=CT"),
+    ] {
+        all.extend(found(&who.read_json(&query)));
+    }
+    let _ = net;
+    all.sort();
+    all
+}
+
+fn unlink_body(reason: &str) -> Value {
+    json!({"resourceType": "Parameters", "parameter": [
+        {"name": "source", "valueReference": {"reference": format!("Patient/{CLINIC_P}")}},
+        {"name": "target", "valueReference": {"reference": format!("Patient/{HOSP_P}")}},
+        {"name": "reason", "valueString": reason},
+    ]})
+}
+
+#[test]
+fn consented_clinic_sees_the_hospital_record_of_the_same_person_and_others_learn_nothing() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let clinic = net.as_clinic();
+        let mut expected = vec![net.lab.clone(), net.medication.clone(), net.imaging.clone()];
+        expected.sort();
+
+        // Linked view: the hospital's data through the clinic's own patient id.
+        assert_eq!(linked_view(&net, &clinic), expected);
+        // Without :linked the clinic's own record has none of it.
+        assert!(found(&clinic.read_json(&format!("Observation?patient={CLINIC_P}"))).is_empty());
+        // Each returned resource still names its own custodian (the hospital's subject).
+        let labs = clinic.read_json(&format!("Observation?patient:linked={CLINIC_P}"));
+        assert_eq!(
+            entries(&labs)[0]["resource"]["subject"]["reference"],
+            format!("Patient/{HOSP_P}")
+        );
+
+        // Patient.link on read: the clinic learns of the hospital's record it may see.
+        let own = clinic.read_json(&format!("Patient/{CLINIC_P}"));
+        assert_eq!(
+            own["link"][0]["other"]["reference"],
+            format!("Patient/{HOSP_P}")
+        );
+        assert_eq!(own["link"][0]["type"], "seealso");
+        // The hospital is not in the consent: it is not told about the clinic's record.
+        let hospital_view = net.as_hospital().read_json(&format!("Patient/{HOSP_P}"));
+        assert!(hospital_view.get("link").is_none(), "{hospital_view}");
+
+        // $everything spanning the linked records.
+        let everything = found(&clinic.read_json(&format!(
+            "Patient/{CLINIC_P}/$everything?_linked=true&_count=100"
+        )));
+        for item in expected.iter().chain([&format!("Patient/{HOSP_P}")]) {
+            assert!(
+                everything.contains(item),
+                "{item} missing from {everything:?}"
+            );
+        }
+        let plain = found(&clinic.read_json(&format!("Patient/{CLINIC_P}/$everything")));
+        assert!(!plain.contains(&net.lab), "{plain:?}");
+
+        // PIXm: the clinic's identifier cross-references to the hospital's.
+        let pix = clinic.read_json(&format!(
+            "Patient/$ihe-pix?sourceIdentifier={CLINIC_SYSTEM}|C-0077"
+        ));
+        let text = pix.to_string();
+        assert!(text.contains("H-0001"), "{text}");
+        assert!(text.contains(&format!("Patient/{HOSP_P}")), "{text}");
+        assert!(
+            !text.contains("C-0077"),
+            "the source identifier is never echoed: {text}"
+        );
+        let only_hospital = clinic.read_json(&format!(
+            "Patient/$ihe-pix?sourceIdentifier={CLINIC_SYSTEM}|C-0077&targetSystem={HOSPITAL_SYSTEM}"
+        ));
+        let params = only_hospital["parameter"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(params
+            .iter()
+            .any(|p| p["name"] == "targetIdentifier" && p["valueIdentifier"]["value"] == "H-0001"));
+        assert!(!params
+            .iter()
+            .any(|p| p["valueIdentifier"]["system"] == INSURANCE));
+        assert!(params.iter().any(|p| p["name"] == "targetId"
+            && p["valueReference"]["reference"] == format!("Patient/{HOSP_P}")));
+
+        // $match with half-width kana and the birth date finds the hospital's record.
+        let matched = clinic
+            .post(
+                "Patient/$match",
+                &json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {
+                    "resourceType": "Patient",
+                    "name": [{"family": "ﾔﾏﾀﾞ", "given": ["ﾀﾛｳ"]}],
+                    "birthDate": "1960-01-02",
+                    "gender": "male",
+                }}]}),
+            )
+            .expect(200)
+            .json();
+        let hit = entries(&matched)
+            .into_iter()
+            .find(|e| e["resource"]["id"] == HOSP_P)
+            .unwrap_or_else(|| panic!("no match for the hospital's record: {matched}"));
+        assert_eq!(hit["search"]["mode"], "match");
+        assert!(hit["search"]["score"].as_f64().unwrap_or(0.0) >= 0.5);
+        let grade = hit["search"]["extension"][0]["valueCode"]
+            .as_str()
+            .unwrap_or("");
+        assert!(["certain", "probable"].contains(&grade), "{hit}");
+
+        // The third clinic, outside the consent, learns nothing.
+        let other = net.as_other();
+        assert!(linked_view(&net, &other).is_empty());
+        other
+            .get(&format!(
+                "Patient/$ihe-pix?sourceIdentifier={HOSPITAL_SYSTEM}|H-0001"
+            ))
+            .expect(404);
+        let matched = other
+            .post(
+                "Patient/$match",
+                &json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient("q", OTHER, "x", "06330015:岡北:123:00")}]}),
+            )
+            .expect(200)
+            .json();
+        assert!(entries(&matched).is_empty(), "{matched}");
+        for pdq in [
+            "Patient?family=ヤマダ".to_string(),
+            "Patient?family:exact=山田&birthdate=1960-01-02".to_string(),
+            format!("Patient?identifier={HOSPITAL_SYSTEM}|"),
+            format!("Patient?identifier={INSURANCE}|06330015:岡北:123:00"),
+        ] {
+            let resp = other.get(&pdq).expect(200);
+            assert!(found(&resp.json()).is_empty(), "{pdq}: {}", resp.body);
+            assert!(!resp.body.contains(SECRET) && !resp.body.contains("H-0001"));
+        }
+        other
+            .get(&format!("Patient/{HOSP_P}/$everything?_linked=true"))
+            .expect(404);
+
+        // Unlink by an administrator takes effect on the very next request; others may not.
+        clinic
+            .post("Patient/$unlink", &unlink_body("not the same person"))
+            .expect(403);
+        net.as_admin()
+            .post("Patient/$unlink", &unlink_body(""))
+            .expect(400);
+        net.as_admin()
+            .post(
+                "Patient/$unlink",
+                &unlink_body("registration error at the clinic"),
+            )
+            .expect(200);
+        assert!(linked_view(&net, &clinic).is_empty());
+        assert!(clinic
+            .read_json(&format!("Patient/{CLINIC_P}"))
+            .get("link")
+            .is_none());
+        clinic
+            .get(&format!("Patient/$ihe-pix?sourceIdentifier={CLINIC_SYSTEM}|C-0077&targetSystem={HOSPITAL_SYSTEM}"))
+            .expect(200);
+        // Linked again by hand: visible again.
+        let mut relink = unlink_body("confirmed at the counter");
+        relink["parameter"][2]["valueString"] = json!("confirmed at the counter");
+        net.as_admin().post("Patient/$link", &relink).expect(200);
+        assert_eq!(linked_view(&net, &clinic), expected);
+
+        // Every link change is audited, with its reason.
+        let auditor = net
+            .s
+            .token_for("id-auditor", "Organization/network-office", "auditor", &[]);
+        let trail = net
+            .s
+            .with_token(&auditor)
+            .get(&format!("AuditEvent?patient=Patient/{CLINIC_P}&_count=200"))
+            .expect(200);
+        assert!(
+            trail.body.contains("registration error at the clinic"),
+            "{}",
+            trail.body
+        );
+        assert!(trail.body.contains("confirmed at the counter"));
+    });
+}
+
+#[test]
+fn pixm_errors_follow_the_profile_in_json_and_xml() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let clinic = net.as_clinic();
+        let cases = [
+            (
+                "urn:oid:9.9.9|C-0077".to_string(),
+                None,
+                400,
+                "code-invalid",
+                "sourceIdentifier Assigning Authority not found",
+            ),
+            (
+                format!("{CLINIC_SYSTEM}|NOPE"),
+                None,
+                404,
+                "not-found",
+                "sourceIdentifier Patient Identifier not found",
+            ),
+            (
+                format!("{CLINIC_SYSTEM}|C-0077"),
+                Some("urn:oid:9.9.9"),
+                403,
+                "code-invalid",
+                "targetSystem not found",
+            ),
+        ];
+        for (source, target, status, code, text) in cases {
+            let mut path = format!("Patient/$ihe-pix?sourceIdentifier={source}");
+            if let Some(target) = target {
+                path.push_str(&format!("&targetSystem={target}"));
+            }
+            let outcome = clinic.get(&path).expect(status).json();
+            assert_eq!(outcome["resourceType"], "OperationOutcome");
+            assert_eq!(outcome["issue"][0]["code"], code, "{outcome}");
+            assert!(outcome.to_string().contains(text), "{outcome}");
+            let xml = clinic
+                .get_with(&format!("{path}&_format=xml"), &[])
+                .expect(status);
+            assert!(xml.body.contains("<OperationOutcome"), "{}", xml.body);
+        }
+        clinic.get("Patient/$ihe-pix").expect(400);
+        clinic
+            .get("Patient/$ihe-pix?sourceIdentifier=novalue")
+            .expect(400);
+        let xml = clinic
+            .get_with(
+                &format!("Patient/$ihe-pix?sourceIdentifier={CLINIC_SYSTEM}|C-0077&_format=xml"),
+                &[],
+            )
+            .expect(200);
+        assert!(xml.body.contains("<Parameters") && xml.body.contains("targetIdentifier"));
+    });
+}
+
+#[test]
+fn a_merged_record_joins_its_survivor() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let clinic = net.as_clinic();
+        // The clinic registered the person twice; ITI-104 merge: the duplicate is replaced by
+        // the surviving record.
+        clinic
+            .put(
+                "Patient/id-clinic-dup",
+                &json!({"resourceType": "Patient", "id": "id-clinic-dup", "active": false,
+                        "identifier": [{"system": CLINIC_SYSTEM, "value": "C-0078"}],
+                        "link": [{"other": {"reference": format!("Patient/{CLINIC_P}")}, "type": "replaced-by"}]}),
+            )
+            .expect(201);
+        let note = clinic.create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "weight"}, "subject": {"reference": "Patient/id-clinic-dup"}}));
+        let via_survivor =
+            found(&clinic.read_json(&format!("Observation?patient:linked={CLINIC_P}")));
+        assert!(via_survivor.contains(&reference(&note)), "{via_survivor:?}");
+        let survivor = clinic.read_json(&format!("Patient/{CLINIC_P}"));
+        assert!(
+            survivor["link"].to_string().contains("id-clinic-dup"),
+            "{survivor}"
+        );
+    });
+}
