@@ -94,8 +94,9 @@ enum Command {
         /// time. Without it: closed loop.
         #[arg(long)]
         rate: Option<f64>,
-        /// owner (the facility holding the data) or consented (another facility the patient's
-        /// consent permits; same result sets).
+        /// owner (the facility holding the data), consented (another facility the patient's
+        /// consent permits; same result sets) or pair-owner (the owner, asking about the same
+        /// patients as consented: the baseline of the consent-overhead comparison).
         #[arg(long, default_value = "owner")]
         access: String,
         /// Send every request with this facility's token instead.

@@ -143,6 +143,9 @@ pub enum Access {
     /// Another facility that the patient's consent permits, for patients registered at one
     /// facility only: both see exactly the same data.
     Consented,
+    /// The owning facility, asking about the same patients as `Consented` (the baseline of
+    /// the consent-overhead comparison).
+    PairOwner,
     /// Every request with this facility's token.
     Facility(String),
 }
@@ -152,6 +155,7 @@ impl fmt::Display for Access {
         match self {
             Access::Owner => f.write_str("owner"),
             Access::Consented => f.write_str("consented"),
+            Access::PairOwner => f.write_str("pair-owner"),
             Access::Facility(id) => write!(f, "as {id}"),
         }
     }
@@ -163,8 +167,9 @@ impl FromStr for Access {
         match s {
             "owner" => Ok(Access::Owner),
             "consented" => Ok(Access::Consented),
+            "pair-owner" => Ok(Access::PairOwner),
             _ => Err(Error::Usage(format!(
-                "--access is owner or consented (or use --as-facility), not {s}"
+                "--access is owner, consented or pair-owner (or use --as-facility), not {s}"
             ))),
         }
     }
@@ -197,12 +202,17 @@ fn subjects<'a>(
             .map(|s| (s, s.home.clone()))
             .collect(),
         Access::Facility(f) => manifest.samples.iter().map(|s| (s, f.clone())).collect(),
-        Access::Consented => manifest
+        Access::Consented | Access::PairOwner => manifest
             .consented_pairs
             .iter()
             .filter_map(|p| {
                 let s = manifest.samples.iter().find(|s| s.id == p.patient)?;
-                Some((s, p.consented.clone()))
+                let who = if *access == Access::Consented {
+                    &p.consented
+                } else {
+                    &p.owner
+                };
+                Some((s, who.clone()))
             })
             .collect(),
     };
