@@ -33,6 +33,9 @@ fn patient(id: &str, system: &str, local: &str, insurance: &str) -> Value {
         ],
         "gender": "male",
         "birthDate": "1960-01-02",
+        "telecom": [{"system": "phone", "value": "086-123-4567"}],
+        "address": [{"postalCode": "700-8558", "city": "岡山市", "state": "岡山県", "country": "JP"}],
+        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName", "valueString": "佐藤"}],
     })
 }
 
@@ -433,5 +436,39 @@ fn a_merged_record_joins_its_survivor() {
             survivor["link"].to_string().contains("id-clinic-dup"),
             "{survivor}"
         );
+    });
+}
+
+#[test]
+fn pdqm_demographics_search_finds_kanji_and_kana_names_within_consent() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let hospital = net.as_hospital();
+        let own = vec![format!("Patient/{HOSP_P}")];
+        for query in [
+            "Patient?family=山田&given=太郎",
+            "Patient?family=ﾔﾏﾀﾞ",
+            "Patient?family:exact=ヤマダ&birthdate=1960-01-02",
+            "Patient?family=鈴木,山田&gender=male",
+            "Patient?given=タロウ&active:missing=true",
+            "Patient?telecom=086-123-4567",
+            "Patient?address-postalcode=700-8558&address-city=岡山市",
+            "Patient?address-state=岡山県&address-country=JP",
+            "Patient?mothersMaidenName=佐藤",
+            "Patient?birthdate=1960-01-02&identifier=urn:oid:1.2.392.100495.20.3.51.11310199991|",
+            "Patient?identifier=urn:oid:1.2.392.100495.20.3.51.11310199991|H-0001",
+            "Patient?_id=id-hosp-p&family=山田",
+        ] {
+            assert_eq!(found(&hospital.read_json(query)), own, "{query}");
+        }
+        // Domain filtering: the hospital asks for records of the clinic's domain — the
+        // clinic's record is not in the hospital's consent, so it is not returned.
+        assert!(found(&hospital.read_json(&format!("Patient?identifier={CLINIC_SYSTEM}|"))).is_empty());
+        // The consented clinic finds both records of the person by the kana name.
+        let mut both = vec![format!("Patient/{CLINIC_P}"), format!("Patient/{HOSP_P}")];
+        both.sort();
+        assert_eq!(found(&net.as_clinic().read_json("Patient?family=ﾔﾏﾀﾞ&birthdate=1960-01-02")), both);
+        hospital.get("Patient?mothersMaidenName:exact=佐藤").expect(200);
+        hospital.get("Patient?family=山田&_format=xml").expect(200);
     });
 }

@@ -1,5 +1,5 @@
 //! The search parameters this server supports: the official R4 definitions plus the JP Core
-//! ones, embedded in the binary and compiled once.
+//! ones and IHE PDQm's mothersMaidenName, embedded in the binary and compiled once.
 
 use renkei_fhirpath::Expression;
 use serde_json::Value;
@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 const R4_BUNDLE: &str = include_str!("../../../fixtures/r4-definitions/search-parameters.json");
-const JP_CORE: &[&str] = &[
+const ADDITIONAL_DEFINITIONS: &[&str] = &[
     include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-coverage-insuredpersonnumber-sp.json"),
     include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-coverage-insuredpersonsubnumber-sp.json"),
     include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-coverage-insuredpersonsymbol-sp.json"),
@@ -16,6 +16,8 @@ const JP_CORE: &[&str] = &[
     include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-organization-insuranceorganizationno-sp.json"),
     include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-organization-prefectureno-sp.json"),
     include_str!("../../../fixtures/jp-core-search-parameters/SearchParameter-jp-patient-kanasort-sp.json"),
+    // IHE PDQm (ITI-78) asks for mothersMaidenName, which R4 core defines no parameter for.
+    include_str!("../../../fixtures/ihe-search-parameters/SearchParameter-pdqm-mothersMaidenName.json"),
 ];
 const PATIENT_COMPARTMENT: &str = include_str!(
     "../../../fixtures/r4-definitions/compartments/CompartmentDefinition-patient.json"
@@ -123,7 +125,7 @@ impl Registry {
                 definitions.extend(entries.iter().filter_map(|e| e.get("resource").cloned()));
             }
         }
-        for text in JP_CORE {
+        for text in ADDITIONAL_DEFINITIONS {
             if let Ok(def) = serde_json::from_str::<Value>(text) {
                 definitions.push(def);
             }
