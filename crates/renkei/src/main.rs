@@ -331,6 +331,14 @@ fn serve(
         .as_ref()
         .map(renkei_http::tls::server_config)
         .transpose()?;
+    if cfg!(feature = "unaudited-reads-benchmark") {
+        eprintln!(
+            "WARNING: this renkei binary was built with the unaudited-reads-benchmark feature: \
+             reads are NOT audited. It exists only to measure what auditing costs; never run it \
+             with real data."
+        );
+        tracing::warn!("built with unaudited-reads-benchmark: reads are not audited");
+    }
     if config.demo {
         match loader::load_demo_if_empty(&repository).map_err(|e| e.to_string())? {
             Some(counts) => println!(
