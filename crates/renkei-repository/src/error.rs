@@ -74,6 +74,7 @@ pub fn status_of(error: &RepoError) -> (&'static str, &'static str) {
         RepoError::NotSupported(_) => ("400 Bad Request", "not-supported"),
         RepoError::Entry { source, .. } => status_of(source),
         RepoError::Store(StoreError::Unavailable(_)) => ("503 Service Unavailable", "transient"),
+        RepoError::Store(StoreError::UnknownValueSet(_)) => ("400 Bad Request", "not-found"),
         RepoError::Store(_) => ("500 Internal Server Error", "exception"),
     }
 }

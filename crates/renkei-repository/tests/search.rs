@@ -508,7 +508,17 @@ fn composites_and_modifiers(repo: &Repository) {
         ids(repo, "Observation", "code:not-in=ValueSet/bp-codes"),
         ["o3"]
     );
-    assert!(ids(repo, "Observation", "code:in=ValueSet/unknown").is_empty());
+    let unknown = repo
+        .search(
+            &plan("Observation", "code:in=ValueSet/unknown"),
+            &Visibility::Unrestricted,
+        )
+        .unwrap_err();
+    assert_eq!(
+        renkei_repository::status_of(&unknown).0,
+        "400 Bad Request",
+        "{unknown}"
+    );
     let count = repo
         .search(
             &plan("Observation", "code:in=ValueSet/jlac&_summary=count"),

@@ -17,6 +17,11 @@ pub enum StoreError {
     Unavailable(String),
     #[error("a row with the same key already exists")]
     UniqueViolation,
+    #[error(
+        "the ValueSet '{0}' named by :in or :not-in is not stored on this server (no terminology \
+         server is consulted): store it first"
+    )]
+    UnknownValueSet(String),
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
 }

@@ -219,7 +219,8 @@ impl Tx<'_> {
 
     /// The plan with every `:in`/`:not-in` filter replaced by a token filter over the
     /// expansion of the stored ValueSet it names (by `ValueSet/id` or canonical URL). An
-    /// unknown ValueSet expands to nothing; see [`expand_value_set`] for what is expanded.
+    /// unknown ValueSet is an error (400), an unknown imported one contributes nothing; see
+    /// [`expand_value_set`] for what is expanded.
     fn resolve_value_sets<'p>(
         &mut self,
         plan: &'p SearchPlan,
@@ -313,7 +314,12 @@ impl Tx<'_> {
             }
             visibility.push_predicate_for(&mut sql, "r");
             sql.push(" ORDER BY r.rid LIMIT 1");
-            for row in self.load::<SearchRow>(&sql)? {
+            let rows = self.load::<SearchRow>(&sql)?;
+            // The named ValueSet must exist; an import that does not contributes nothing.
+            if rows.is_empty() && name == value_set {
+                return Err(StoreError::UnknownValueSet(name));
+            }
+            for row in rows {
                 let Some(body) = row.body.as_deref() else {
                     continue;
                 };
