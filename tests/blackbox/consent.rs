@@ -212,120 +212,127 @@ pub(crate) fn network(s: &Server) -> Net<'_> {
 
 #[test]
 fn scenarios_new_patient_referral_discharge_and_withdrawal() {
-    for_each_backend(|s| {
-        let net = network(s);
-        let p = PATIENT;
-        // (1) New patient at clinic B: B sees A's labs, prescriptions and imaging.
-        assert_eq!(
-            search_refs(&net.as_b(), &format!("Observation?patient={p}")),
-            sorted(net.labs.clone())
-        );
-        assert_eq!(
-            search_refs(&net.as_b(), &format!("MedicationRequest?patient={p}")),
-            vec![net.medreq.clone()]
-        );
-        assert_eq!(
-            search_refs(&net.as_b(), &format!("ImagingStudy?patient={p}")),
-            vec![net.imaging.clone()]
-        );
-        assert_eq!(
-            net.as_b().read_json(&net.labs[0])["code"]["text"],
-            format!("{SECRET} 3D046000001906202")
-        );
-        net.as_b().read_json(&patient_ref());
-        // B writes nothing into A's data.
-        let mut changed = net.as_b().read_json(&net.medreq);
-        changed["status"] = json!("cancelled");
-        net.as_b().put(&net.medreq, &changed).expect(403);
+    for_each_backend(three_scenarios);
+}
 
-        // C, not in the consent, gets nothing.
-        for t in ["Observation", "MedicationRequest", "ImagingStudy"] {
-            assert!(
-                search_refs(&net.as_c(), &format!("{t}?patient={p}")).is_empty(),
-                "{t}"
-            );
-        }
-        net.as_c().get(&net.labs[0]).expect(404);
+/// The three scenarios of the primer on the network of `network(s)`, whatever `s` speaks (HTTP
+/// here, HTTPS in `tls.rs`): (1) new patient at clinic B sees hospital A's prescriptions, labs
+/// and imaging under the consent, C nothing; (2) referral: what A records later stays visible
+/// to B; (3) discharge to clinic C once the consent names it; then withdrawal takes effect on
+/// the next request, even through a page link obtained before.
+pub(crate) fn three_scenarios(s: &Server) {
+    let net = network(s);
+    let p = PATIENT;
+    // (1) New patient at clinic B: B sees A's labs, prescriptions and imaging.
+    assert_eq!(
+        search_refs(&net.as_b(), &format!("Observation?patient={p}")),
+        sorted(net.labs.clone())
+    );
+    assert_eq!(
+        search_refs(&net.as_b(), &format!("MedicationRequest?patient={p}")),
+        vec![net.medreq.clone()]
+    );
+    assert_eq!(
+        search_refs(&net.as_b(), &format!("ImagingStudy?patient={p}")),
+        vec![net.imaging.clone()]
+    );
+    assert_eq!(
+        net.as_b().read_json(&net.labs[0])["code"]["text"],
+        format!("{SECRET} 3D046000001906202")
+    );
+    net.as_b().read_json(&patient_ref());
+    // B writes nothing into A's data.
+    let mut changed = net.as_b().read_json(&net.medreq);
+    changed["status"] = json!("cancelled");
+    net.as_b().put(&net.medreq, &changed).expect(403);
 
-        // (2) Referral: a test A performs after the consent stays visible to B.
-        let later = net
-            .as_a()
-            .create(&lab("3D046000001906202", 7.2, "2025-08-18", None));
-        let later = id_of(&later);
-        let mut expected = net.labs.clone();
-        expected.push(later.clone());
-        assert_eq!(
-            search_refs(&net.as_b(), &format!("Observation?patient={p}")),
-            sorted(expected.clone())
-        );
-        assert!(search_refs(&net.as_c(), &format!("Observation?patient={p}")).is_empty());
-
-        // (3) Discharge: the consent is extended to C → C sees the inpatient record.
-        net.as_a()
-            .put(
-                &format!("Consent/{CONSENT}"),
-                &consent_body(&[ORG_B, ORG_C], "active"),
-            )
-            .expect(200);
-        assert_eq!(
-            search_refs(&net.as_c(), &format!("Observation?patient={p}")),
-            sorted(expected.clone())
-        );
-        assert_eq!(
-            search_refs(&net.as_c(), &format!("ImagingStudy?patient={p}")),
-            vec![net.imaging.clone()]
-        );
-        net.as_c().read_json(&net.medreq);
-
-        // Withdrawal: take a page link first, then set the Consent inactive.
-        let page1 = net
-            .as_b()
-            .read_json(&format!("Observation?patient={p}&_count=1&_sort=date"));
-        assert_eq!(refs(&page1).len(), 1);
-        let next = link(&page1, "next").expect("a next link on a page of 1 of 3");
-        let mut withdrawn = consent_body(&[ORG_B, ORG_C], "inactive");
-        withdrawn["id"] = json!(CONSENT);
-        net.as_a()
-            .put(&format!("Consent/{CONSENT}"), &withdrawn)
-            .expect(200);
-        for t in ["Observation", "MedicationRequest", "ImagingStudy"] {
-            assert!(
-                search_refs(&net.as_b(), &format!("{t}?patient={p}")).is_empty(),
-                "{t} still visible to B after withdrawal"
-            );
-            assert!(
-                search_refs(&net.as_c(), &format!("{t}?patient={p}")).is_empty(),
-                "{t} still visible to C after withdrawal"
-            );
-        }
-        let after = net.as_b().get(&next).expect(200);
+    // C, not in the consent, gets nothing.
+    for t in ["Observation", "MedicationRequest", "ImagingStudy"] {
         assert!(
-            refs(&after.json()).is_empty(),
-            "a page link from before the withdrawal still shows data: {}",
-            after.body
+            search_refs(&net.as_c(), &format!("{t}?patient={p}")).is_empty(),
+            "{t}"
         );
-        assert_no_secret(&after, "next page after withdrawal");
-        // B holds its own record of P: 403 (consent required) instead of 404.
-        let denied = net.as_b().get(&net.labs[0]).expect(403);
-        denied.outcome();
+    }
+    net.as_c().get(&net.labs[0]).expect(404);
+
+    // (2) Referral: a test A performs after the consent stays visible to B.
+    let later = net
+        .as_a()
+        .create(&lab("3D046000001906202", 7.2, "2025-08-18", None));
+    let later = id_of(&later);
+    let mut expected = net.labs.clone();
+    expected.push(later.clone());
+    assert_eq!(
+        search_refs(&net.as_b(), &format!("Observation?patient={p}")),
+        sorted(expected.clone())
+    );
+    assert!(search_refs(&net.as_c(), &format!("Observation?patient={p}")).is_empty());
+
+    // (3) Discharge: the consent is extended to C → C sees the inpatient record.
+    net.as_a()
+        .put(
+            &format!("Consent/{CONSENT}"),
+            &consent_body(&[ORG_B, ORG_C], "active"),
+        )
+        .expect(200);
+    assert_eq!(
+        search_refs(&net.as_c(), &format!("Observation?patient={p}")),
+        sorted(expected.clone())
+    );
+    assert_eq!(
+        search_refs(&net.as_c(), &format!("ImagingStudy?patient={p}")),
+        vec![net.imaging.clone()]
+    );
+    net.as_c().read_json(&net.medreq);
+
+    // Withdrawal: take a page link first, then set the Consent inactive.
+    let page1 = net
+        .as_b()
+        .read_json(&format!("Observation?patient={p}&_count=1&_sort=date"));
+    assert_eq!(refs(&page1).len(), 1);
+    let next = link(&page1, "next").expect("a next link on a page of 1 of 3");
+    let mut withdrawn = consent_body(&[ORG_B, ORG_C], "inactive");
+    withdrawn["id"] = json!(CONSENT);
+    net.as_a()
+        .put(&format!("Consent/{CONSENT}"), &withdrawn)
+        .expect(200);
+    for t in ["Observation", "MedicationRequest", "ImagingStudy"] {
         assert!(
-            denied.body.to_lowercase().contains("consent"),
-            "{}",
-            denied.body
+            search_refs(&net.as_b(), &format!("{t}?patient={p}")).is_empty(),
+            "{t} still visible to B after withdrawal"
         );
-        assert_no_secret(&denied, "403 after withdrawal");
-        // C holds nothing of P: 404, like a missing resource.
-        net.as_c().get(&net.labs[0]).expect(404);
-        // Own data stays visible to its writer whatever the consent says.
-        assert_eq!(
-            search_refs(&net.as_a(), &format!("Observation?patient={p}")),
-            sorted(expected)
+        assert!(
+            search_refs(&net.as_c(), &format!("{t}?patient={p}")).is_empty(),
+            "{t} still visible to C after withdrawal"
         );
-        assert_eq!(
-            search_refs(&net.as_b(), &format!("Encounter?patient={p}")),
-            vec![net.b_encounter.clone()]
-        );
-    });
+    }
+    let after = net.as_b().get(&next).expect(200);
+    assert!(
+        refs(&after.json()).is_empty(),
+        "a page link from before the withdrawal still shows data: {}",
+        after.body
+    );
+    assert_no_secret(&after, "next page after withdrawal");
+    // B holds its own record of P: 403 (consent required) instead of 404.
+    let denied = net.as_b().get(&net.labs[0]).expect(403);
+    denied.outcome();
+    assert!(
+        denied.body.to_lowercase().contains("consent"),
+        "{}",
+        denied.body
+    );
+    assert_no_secret(&denied, "403 after withdrawal");
+    // C holds nothing of P: 404, like a missing resource.
+    net.as_c().get(&net.labs[0]).expect(404);
+    // Own data stays visible to its writer whatever the consent says.
+    assert_eq!(
+        search_refs(&net.as_a(), &format!("Observation?patient={p}")),
+        sorted(expected)
+    );
+    assert_eq!(
+        search_refs(&net.as_b(), &format!("Encounter?patient={p}")),
+        vec![net.b_encounter.clone()]
+    );
 }
 
 /// Everything a facility without consent can try, first holding no record of the patient

@@ -1,5 +1,6 @@
 //! The harness: starts the real `renkei` binary on a fresh database (SQLite file or a
-//! PostgreSQL database of its own), speaks HTTP to it, and cleans up on drop.
+//! PostgreSQL database of its own), speaks HTTP (or HTTPS, with a per-test CA) to it, and
+//! cleans up on drop.
 
 use reqwest::blocking::Client;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -136,6 +137,63 @@ impl Drop for Database {
     }
 }
 
+/// Runs a command that must succeed; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (openssl and curl are needed): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Certificates for one test, made with the `openssl` command in a temporary directory
+/// (removed on drop): a CA (`ca.pem`, `ca.key`), a server certificate for `localhost` and
+/// 127.0.0.1 (`server.pem`, `server.key`) and a client certificate (`client.pem`,
+/// `client.key`, CN `clinic-ehr`), both signed by the CA.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir =
+            std::env::temp_dir().join(format!("renkei-tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pki = Pki { dir };
+        let sh = |script: &str| {
+            run_ok(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .current_dir(&pki.dir),
+            )
+        };
+        sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=Renkei Test CA' 2>/dev/null");
+        sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr -subj '/CN=localhost' 2>/dev/null");
+        sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > server.ext");
+        sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null");
+        sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout client.key -out client.csr -subj '/CN=clinic-ehr' 2>/dev/null");
+        sh("printf 'basicConstraints=CA:FALSE\\nextendedKeyUsage=clientAuth\\n' > client.ext");
+        sh("openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null");
+        pki
+    }
+
+    /// The path of one of the files, as a string (for environment variables).
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A response, fully read.
 #[derive(Debug)]
 pub struct Resp {
@@ -214,7 +272,8 @@ const TOKEN_TTL: &str = "3600";
 /// A running `renkei serve`, with a registered client (`test-ehr` of
 /// `Organization/test-facility`, `system/*.cruds`) whose token every request helper sends as
 /// `Authorization: Bearer …` unless told otherwise (`with_token`, `anonymous`, `request_as`,
-/// or an explicit `Authorization` header).
+/// or an explicit `Authorization` header). Started with `start_tls`, it speaks HTTPS and its
+/// clients trust the test CA of its `Pki` (and nothing else).
 pub struct Server {
     pub backend: Backend,
     pub base: String,
@@ -228,6 +287,8 @@ pub struct Server {
     stderr: Arc<Mutex<String>>,
     env: Vec<(String, String)>,
     db: Option<Database>,
+    /// The certificates of a TLS server (dropped after the process is gone).
+    pki: Option<Pki>,
 }
 
 pub fn binary() -> &'static str {
@@ -268,10 +329,32 @@ impl Server {
             .iter()
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
             .collect();
-        Server::launch(Database::new(backend), env)
+        Server::launch(Database::new(backend), env, None)
     }
 
-    fn launch(db: Database, env: Vec<(String, String)>) -> Server {
+    /// A server speaking HTTPS with `pki`'s server certificate (no client certificate asked
+    /// for); the request helpers verify it against `pki`'s CA.
+    pub fn start_tls(backend: Backend, pki: Pki) -> Server {
+        Server::start_tls_with(backend, pki, &[])
+    }
+
+    /// `start_tls` with more environment (e.g. `RENKEI_CLIENT_CA` for mutual TLS).
+    pub fn start_tls_with(backend: Backend, pki: Pki, env: &[(&str, &str)]) -> Server {
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        env.push(("RENKEI_TLS_CERT".into(), pki.path("server.pem")));
+        env.push(("RENKEI_TLS_KEY".into(), pki.path("server.key")));
+        Server::launch(Database::new(backend), env, Some(pki))
+    }
+
+    /// The certificates of a server started with `start_tls`.
+    pub fn pki(&self) -> Option<&Pki> {
+        self.pki.as_ref()
+    }
+
+    fn launch(db: Database, env: Vec<(String, String)>, pki: Option<Pki>) -> Server {
         let mut cmd = renkei_command();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--database", &db.url])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -329,7 +412,11 @@ impl Server {
                 );
             }
         };
-        let anonymous_client = http_client(HeaderMap::new());
+        let ca = pki.as_ref().map(|pki| {
+            let pem = std::fs::read(pki.dir.join("ca.pem")).expect("read test CA");
+            reqwest::Certificate::from_pem(&pem).expect("test CA certificate")
+        });
+        let anonymous_client = http_client(HeaderMap::new(), ca.as_ref());
         let mut server = Server {
             backend: db.backend,
             base,
@@ -340,6 +427,7 @@ impl Server {
             stderr,
             env,
             db: Some(db),
+            pki,
         };
         let token = server.token_for(
             TEST_CLIENT_ID,
@@ -352,7 +440,7 @@ impl Server {
             HeaderValue::from_str(&format!("Bearer {token}")).expect("token header value");
         value.set_sensitive(true);
         defaults.insert(reqwest::header::AUTHORIZATION, value);
-        server.client = http_client(defaults);
+        server.client = http_client(defaults, ca.as_ref());
         server.token = token;
         server
     }
@@ -475,8 +563,9 @@ impl Server {
         self.kill9();
         let db = self.db.take().expect("database");
         let env = std::mem::take(&mut self.env);
+        let pki = self.pki.take();
         drop(self);
-        Server::launch(db, env)
+        Server::launch(db, env, pki)
     }
 
     pub fn stderr_tail(&self) -> String {
@@ -726,13 +815,16 @@ impl Drop for Server {
     }
 }
 
-fn http_client(default_headers: HeaderMap) -> Client {
-    Client::builder()
+/// With `ca`, HTTPS is verified against that CA only (certificates are always verified).
+fn http_client(default_headers: HeaderMap, ca: Option<&reqwest::Certificate>) -> Client {
+    let mut builder = Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(300))
-        .default_headers(default_headers)
-        .build()
-        .expect("http client")
+        .default_headers(default_headers);
+    if let Some(ca) = ca {
+        builder = builder.tls_certs_only([ca.clone()]);
+    }
+    builder.build().expect("http client")
 }
 
 pub fn link(bundle: &Value, relation: &str) -> Option<String> {
@@ -760,20 +852,28 @@ pub fn for_each_backend(body: impl Fn(&Server)) {
 }
 
 pub fn for_each_backend_with(env: &[(&str, &str)], body: impl Fn(&Server)) {
-    for_each_backend_raw(|backend| {
-        let server = Server::start_with(backend, env);
-        let result = catch_unwind(AssertUnwindSafe(|| body(&server)));
-        if let Err(payload) = result {
-            let tail = server.stderr_tail();
-            drop(server);
-            // resume_unwind: no second report from the panic hook; for_each_backend_raw labels it.
-            std::panic::resume_unwind(Box::new(format!(
-                "{}\n--- server stderr (tail) ---\n{}",
-                panic_text(payload.as_ref()),
-                tail
-            )));
-        }
-    })
+    for_each_backend_raw(|backend| run_on(Server::start_with(backend, env), &body))
+}
+
+/// Runs `body` once per backend, each on a fresh HTTPS server with certificates of its own
+/// (`Server::start_tls`).
+pub fn for_each_backend_tls(body: impl Fn(&Server)) {
+    for_each_backend_raw(|backend| run_on(Server::start_tls(backend, Pki::new()), &body))
+}
+
+/// Runs `body` on `server`; a failure carries the tail of the server's stderr.
+fn run_on(server: Server, body: &impl Fn(&Server)) {
+    let result = catch_unwind(AssertUnwindSafe(|| body(&server)));
+    if let Err(payload) = result {
+        let tail = server.stderr_tail();
+        drop(server);
+        // resume_unwind: no second report from the panic hook; for_each_backend_raw labels it.
+        std::panic::resume_unwind(Box::new(format!(
+            "{}\n--- server stderr (tail) ---\n{}",
+            panic_text(payload.as_ref()),
+            tail
+        )));
+    }
 }
 
 /// Runs `body` once per backend without starting a server (the test starts its own).
