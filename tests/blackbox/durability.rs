@@ -68,6 +68,25 @@ fn transaction_survives_sigkill_all_or_nothing() {
             if let Ok(200) = answered {
                 assert_eq!(count, N, "round {round}: acknowledged transaction lost");
             }
+            // The entries' AuditEvents commit with the entries: a trail for each stored
+            // entry, none for entries that were rolled back.
+            let auditor = server.token_for(
+                &format!("durability-auditor-{round}"),
+                "Organization/network-office",
+                "auditor",
+                &[],
+            );
+            for index in [0, N - 1] {
+                let trail = server.with_token(&auditor).read_json(&format!(
+                    "AuditEvent?entity=Observation/{prefix}-{index}&outcome=0"
+                ));
+                let events = entries(&trail).len();
+                assert_eq!(
+                    events > 0,
+                    count == N,
+                    "round {round}: {events} successful AuditEvents for entry {index} while {count} of {N} entries are stored"
+                );
+            }
             outcomes.push(format!("kill after {delay}ms → {count}"));
             // The database is consistent and writable after the crash.
             assert_eq!(stored_with_prefix(&server, "calib"), N);

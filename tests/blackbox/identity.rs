@@ -463,12 +463,22 @@ fn pdqm_demographics_search_finds_kanji_and_kana_names_within_consent() {
         }
         // Domain filtering: the hospital asks for records of the clinic's domain — the
         // clinic's record is not in the hospital's consent, so it is not returned.
-        assert!(found(&hospital.read_json(&format!("Patient?identifier={CLINIC_SYSTEM}|"))).is_empty());
+        assert!(
+            found(&hospital.read_json(&format!("Patient?identifier={CLINIC_SYSTEM}|"))).is_empty()
+        );
         // The consented clinic finds both records of the person by the kana name.
         let mut both = vec![format!("Patient/{CLINIC_P}"), format!("Patient/{HOSP_P}")];
         both.sort();
-        assert_eq!(found(&net.as_clinic().read_json("Patient?family=ﾔﾏﾀﾞ&birthdate=1960-01-02")), both);
-        hospital.get("Patient?mothersMaidenName:exact=佐藤").expect(200);
+        assert_eq!(
+            found(
+                &net.as_clinic()
+                    .read_json("Patient?family=ﾔﾏﾀﾞ&birthdate=1960-01-02")
+            ),
+            both
+        );
+        hospital
+            .get("Patient?mothersMaidenName:exact=佐藤")
+            .expect(200);
         hospital.get("Patient?family=山田&_format=xml").expect(200);
     });
 }

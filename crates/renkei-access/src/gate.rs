@@ -46,6 +46,25 @@ fn patient_in(res_type: &str, id: &str, body: Option<&str>) -> Option<String> {
         .map(|r| r.split("/_history").next().unwrap_or(r).to_string())
 }
 
+/// The status code of a Bundle response entry (200 when it names none).
+fn entry_status(answer: &Value) -> u16 {
+    answer
+        .pointer("/response/status")
+        .and_then(Value::as_str)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200)
+}
+
+/// The `response.location` of each Bundle response entry that has one.
+fn locations(responses: &[Value]) -> Vec<String> {
+    responses
+        .iter()
+        .filter_map(|entry| entry.pointer("/response/location").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
 fn status_of(error: &AccessError) -> u16 {
     match error {
         AccessError::Forbidden(_) => 403,
@@ -634,47 +653,85 @@ impl Gate {
         } else {
             Interaction::Batch
         };
-        let mut builder = self.event(who, interaction);
+        let builder = self.event(who, interaction);
         let context = self.context(who);
+        let requests: Vec<Value> = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        // What the Bundle changed is audited in the transaction that commits it: every
+        // committed entry, and for a transaction the Bundle itself.
+        let on_commit = |tx: &mut Tx<'_>, first: usize, responses: &[Value]| {
+            let mut rows =
+                self.entry_rows(who, requests.get(first..).unwrap_or_default(), responses);
+            if is_transaction {
+                let mut event = builder.clone();
+                event.recorded_ms = now_ms();
+                event.resources = locations(responses);
+                rows.push(to_row(&event, &[]));
+            }
+            append(tx, &rows).map_err(|e| {
+                RepoError::Store(renkei_store::StoreError::Unavailable(format!(
+                    "audit trail: {e}"
+                )))
+            })
+        };
         let result = who
             .require_writer()
             .and_then(|()| Self::require_bundle_scopes(who, bundle))
             .and_then(|()| {
-                Ok(self
-                    .repository
-                    .process_bundle(bundle, &context, return_resources)?)
+                Ok(self.repository.process_bundle(
+                    bundle,
+                    &context,
+                    return_resources,
+                    &on_commit,
+                )?)
             });
-        let result = self.audited(builder.clone(), result, |response, b| {
-            if let Some(entries) = response.get("entry").and_then(Value::as_array) {
-                for entry in entries {
-                    if let Some(location) =
-                        entry.pointer("/response/location").and_then(Value::as_str)
-                    {
-                        b.resources.push(location.to_string());
-                    }
-                }
+        match &result {
+            Ok(_) if is_transaction => {}
+            Ok(response) => {
+                // A batch: the Bundle's own event, and the entries that failed (their
+                // transactions rolled back, so they are recorded here, durably).
+                let responses: Vec<Value> = response
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut event = builder;
+                event.resources = locations(&responses);
+                let mut rows = vec![to_row(&event, &[])];
+                let failed: Vec<(Value, Value)> = requests
+                    .iter()
+                    .zip(&responses)
+                    .filter(|(_, answer)| entry_status(answer) >= 400)
+                    .map(|(request, answer)| (request.clone(), answer.clone()))
+                    .collect();
+                let (failed_requests, failed_responses): (Vec<Value>, Vec<Value>) =
+                    failed.into_iter().unzip();
+                rows.extend(self.entry_rows(who, &failed_requests, &failed_responses));
+                self.audit
+                    .record_all(rows)
+                    .map_err(|e| AccessError::AuditUnavailable(e.0))?;
             }
-            builder = b.clone();
-            Vec::new()
-        })?;
-        self.audit_entries(who, bundle, &result)?;
-        Ok(result)
+            Err(error) => {
+                let mut failed = builder;
+                failed.outcome = AuditOutcome::from_status(status_of(error));
+                failed.outcome_desc = Some(error.to_string());
+                self.record(&failed, &[])?;
+            }
+        }
+        result
     }
 
-    /// One AuditEvent per Bundle entry, with the entry's own interaction and outcome,
-    /// committed together before the response leaves.
-    fn audit_entries(
+    /// One AuditEvent per Bundle entry, with the entry's own interaction and outcome.
+    fn entry_rows(
         &self,
         who: &Requester,
-        bundle: &Value,
-        response: &Value,
-    ) -> Result<(), AccessError> {
-        let requests = bundle.get("entry").and_then(Value::as_array);
-        let responses = response.get("entry").and_then(Value::as_array);
-        let (Some(requests), Some(responses)) = (requests, responses) else {
-            return Ok(());
-        };
-        let rows: Vec<NewAuditEvent> = requests
+        requests: &[Value],
+        responses: &[Value],
+    ) -> Vec<NewAuditEvent> {
+        requests
             .iter()
             .zip(responses)
             .map(|(request, answer)| {
@@ -695,13 +752,7 @@ impl Gate {
                     _ => Interaction::Read,
                 };
                 let mut event = self.event(who, interaction);
-                let status: u16 = answer
-                    .pointer("/response/status")
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.split(' ').next())
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(200);
-                event.outcome = AuditOutcome::from_status(status);
+                event.outcome = AuditOutcome::from_status(entry_status(answer));
                 let target = answer
                     .pointer("/response/location")
                     .and_then(Value::as_str)
@@ -724,10 +775,7 @@ impl Gate {
                 }
                 to_row(&event, &[])
             })
-            .collect();
-        self.audit
-            .record_all(rows)
-            .map_err(|e| AccessError::AuditUnavailable(e.0))
+            .collect()
     }
 
     /// One AuditEvent by id, under the same role rules as search (404 when hidden).

@@ -48,14 +48,26 @@ struct EntryResult {
     resource: Option<StoredResource>,
 }
 
+/// Called inside the database transaction that commits the response entries starting at
+/// index `first` (all entries of a transaction, one entry of a batch): the audit trail of what
+/// a Bundle changed commits with the change, or neither does.
+pub type CommitHook<'a> = &'a dyn Fn(&mut Tx<'_>, usize, &[Value]) -> Result<(), RepoError>;
+
+/// A [`CommitHook`] that records nothing (trusted loaders).
+pub fn no_commit_hook(_: &mut Tx<'_>, _: usize, _: &[Value]) -> Result<(), RepoError> {
+    Ok(())
+}
+
 impl Repository {
     /// Processes a `batch` or `transaction` Bundle and returns the response Bundle.
-    /// `return_resources` includes each stored resource in its response entry.
+    /// `return_resources` includes each stored resource in its response entry; `on_commit`
+    /// runs inside every committing transaction with the entries it commits.
     pub fn process_bundle(
         &self,
         bundle: &Value,
         context: &WriteContext,
         return_resources: bool,
+        on_commit: CommitHook<'_>,
     ) -> Result<Value, RepoError> {
         let kind = match bundle.get("type").and_then(Value::as_str) {
             Some("transaction") => BundleKind::Transaction,
@@ -69,24 +81,28 @@ impl Repository {
         };
         let entries = parse_entries(bundle)?;
         let responses = match kind {
-            BundleKind::Transaction => {
-                let results = self.write(|tx| run_transaction(tx, &entries, context))?;
-                results
-                    .into_iter()
-                    .map(|r| render_entry(&r, return_resources))
-                    .collect()
-            }
+            BundleKind::Transaction => self.write(|tx| {
+                let rendered: Vec<Value> = run_transaction(tx, &entries, context)?
+                    .iter()
+                    .map(|r| render_entry(r, return_resources))
+                    .collect();
+                on_commit(tx, 0, &rendered)?;
+                Ok(rendered)
+            })?,
             BundleKind::Batch => entries
                 .iter()
-                .map(|entry| {
+                .enumerate()
+                .map(|(index, entry)| {
                     let result = self.write(|tx| {
                         let mut ids = HashMap::new();
-                        run_entry(tx, entry, &mut ids, context)
+                        let rendered = render_entry(
+                            &run_entry(tx, entry, &mut ids, context)?,
+                            return_resources,
+                        );
+                        on_commit(tx, index, std::slice::from_ref(&rendered))?;
+                        Ok(rendered)
                     });
-                    match result {
-                        Ok(r) => render_entry(&r, return_resources),
-                        Err(e) => render_failure(&e),
-                    }
+                    result.unwrap_or_else(|e| render_failure(&e))
                 })
                 .collect::<Vec<_>>(),
         };

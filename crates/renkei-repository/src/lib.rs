@@ -14,7 +14,7 @@ mod index;
 mod interactions;
 mod meta;
 
-pub use bundle::{parse_etag, BundleKind, EntryRequest};
+pub use bundle::{no_commit_hook, parse_etag, BundleKind, CommitHook, EntryRequest};
 pub use criteria::{percent_decode, Criteria};
 pub use error::{status_of, RepoError};
 pub use interactions::{

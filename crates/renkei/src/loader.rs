@@ -133,7 +133,7 @@ fn load_value(
     match (is_bundle, kind) {
         (true, Some("transaction" | "batch")) => {
             let response = repository
-                .process_bundle(value, &context, false)
+                .process_bundle(value, &context, false, &renkei_repository::no_commit_hook)
                 .map_err(repo_err)?;
             Ok(stored_from_response(&response))
         }
