@@ -243,34 +243,51 @@ struct Item {
     resource: Value,
 }
 
-fn entry(seed: u64, resource: Value) -> Value {
-    let rtype = resource["resourceType"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let id = resource["id"].as_str().unwrap_or_default().to_string();
+/// An item serialized as a Bundle entry.
+struct Encoded {
+    facility: usize,
+    bytes: Vec<u8>,
+}
+
+/// One Bundle entry, serialized: `PUT <Type>/<id>` with a `urn:uuid:` fullUrl derived from the
+/// id (written by hand around the resource so the resource is never copied).
+fn entry_bytes(seed: u64, resource: &Value) -> Vec<u8> {
+    let rtype = resource["resourceType"].as_str().unwrap_or_default();
+    let id = resource["id"].as_str().unwrap_or_default();
     let url = format!("{rtype}/{id}");
-    json!({
-        "fullUrl": format!("urn:uuid:{}", uuid_for(seed, &url)),
-        "resource": resource,
-        "request": { "method": "PUT", "url": url },
-    })
+    let mut out = Vec::with_capacity(1536);
+    out.extend_from_slice(
+        format!(
+            "{{\"fullUrl\":\"urn:uuid:{}\",\"resource\":",
+            uuid_for(seed, &url)
+        )
+        .as_bytes(),
+    );
+    // Writing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, resource);
+    out.extend_from_slice(
+        format!(",\"request\":{{\"method\":\"PUT\",\"url\":\"{url}\"}}}}").as_bytes(),
+    );
+    out
 }
 
-fn transaction(seed: u64, resources: Vec<Value>) -> Value {
-    let entries: Vec<Value> = resources.into_iter().map(|r| entry(seed, r)).collect();
-    json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<(), Error> {
+fn write_transaction(path: &Path, entries: &[Vec<u8>]) -> Result<(), Error> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let file = fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    serde_json::to_writer(&mut w, value).map_err(|e| Error::json(path, e))?;
-    w.write_all(b"\n").map_err(|e| Error::io(path, e))?;
-    w.flush().map_err(|e| Error::io(path, e))
+    let io = |e| Error::io(path, e);
+    w.write_all(br#"{"resourceType":"Bundle","type":"transaction","entry":["#)
+        .map_err(io)?;
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",").map_err(io)?;
+        }
+        w.write_all(e).map_err(io)?;
+    }
+    w.write_all(b"]}\n").map_err(io)?;
+    w.flush().map_err(io)
 }
 
 /// Per-facility buffers of entries, flushed every `per_bundle` patients.
@@ -278,7 +295,7 @@ struct Shelf {
     kind: &'static str,
     phase: u8,
     per_bundle: usize,
-    items: Vec<Vec<Value>>,
+    items: Vec<Vec<Vec<u8>>>,
     patients: Vec<usize>,
     numbers: Vec<usize>,
 }
@@ -309,7 +326,7 @@ impl Shelf {
         let rel = format!("{}/{}-{:05}.json", facs[f].id, self.kind, self.numbers[f]);
         let resources = std::mem::take(&mut self.items[f]);
         let entries = resources.len();
-        write_json(&opts.out.join(&rel), &transaction(opts.seed, resources))?;
+        write_transaction(&opts.out.join(&rel), &resources)?;
         out.push(BundleFile {
             path: rel,
             facility: facs[f].id.clone(),
@@ -323,7 +340,7 @@ impl Shelf {
     /// Adds one patient's worth of items; flushes full facility buffers.
     fn add(
         &mut self,
-        items: Vec<Item>,
+        items: Vec<Encoded>,
         opts: &GenerateOptions,
         facs: &[Facility],
         out: &mut Vec<BundleFile>,
@@ -331,7 +348,7 @@ impl Shelf {
         let mut touched = vec![false; facs.len()];
         for item in items {
             touched[item.facility] = true;
-            self.items[item.facility].push(item.resource);
+            self.items[item.facility].push(item.bytes);
         }
         for (f, t) in touched.iter().enumerate() {
             if *t {
@@ -381,10 +398,8 @@ pub fn generate(opts: &GenerateOptions) -> Result<Manifest, Error> {
 
     let orgs: Vec<Value> = facs.iter().map(organization).collect();
     count(&mut counter, &orgs);
-    write_json(
-        &opts.out.join("organizations.json"),
-        &transaction(opts.seed, orgs),
-    )?;
+    let org_entries: Vec<Vec<u8>> = orgs.iter().map(|o| entry_bytes(opts.seed, o)).collect();
+    write_transaction(&opts.out.join("organizations.json"), &org_entries)?;
     bundles.push(BundleFile {
         path: "organizations.json".into(),
         facility: facs[0].id.clone(),
@@ -398,20 +413,50 @@ pub fn generate(opts: &GenerateOptions) -> Result<Manifest, Error> {
     let stride = opts.patients.div_ceil(opts.max_samples.max(1)).max(1);
     let mut people_bundles = Vec::new();
     let mut clinical_bundles = Vec::new();
-    for index in 0..opts.patients {
-        let generated = patient(opts.seed, index, &facs);
-        for items in [&generated.identity, &generated.clinical] {
-            for item in items {
-                let t = item.resource["resourceType"].as_str().unwrap_or_default();
-                *counter.by_type.entry(t.to_string()).or_default() += 1;
+    // Patients are generated (and serialized) in parallel blocks; each has its own random
+    // stream, and the blocks are written in patient order, so output stays byte-identical.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let block = 256 * threads;
+    let mut first = 0usize;
+    while first < opts.patients {
+        let last = (first + block).min(opts.patients);
+        let per_thread = (last - first).div_ceil(threads);
+        let encoded: Vec<EncodedPatient> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let lo = (first + t * per_thread).min(last);
+                    let hi = (lo + per_thread).min(last);
+                    let facs = &facs;
+                    let seed = opts.seed;
+                    scope.spawn(move || {
+                        (lo..hi)
+                            .map(|index| encode_patient(seed, index, facs))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        if encoded.len() != last - first {
+            return Err(Error::Usage("a generator thread failed".into()));
+        }
+        for (offset, p) in encoded.into_iter().enumerate() {
+            for t in &p.types {
+                *counter.by_type.entry((*t).to_string()).or_default() += 1;
                 counter.resources += 1;
             }
+            if (first + offset) % stride == 0 {
+                samples.push(p.sample);
+            }
+            people.add(p.identity, opts, &facs, &mut people_bundles)?;
+            clinical.add(p.clinical, opts, &facs, &mut clinical_bundles)?;
         }
-        if index % stride == 0 {
-            samples.push(generated.sample);
-        }
-        people.add(generated.identity, opts, &facs, &mut people_bundles)?;
-        clinical.add(generated.clinical, opts, &facs, &mut clinical_bundles)?;
+        first = last;
     }
     people.finish(opts, &facs, &mut people_bundles)?;
     clinical.finish(opts, &facs, &mut clinical_bundles)?;
@@ -470,6 +515,51 @@ fn organization(f: &Facility) -> Value {
         "name": f.name,
         "address": [{ "state": "岡山県", "country": "JP" }],
     })
+}
+
+struct EncodedPatient {
+    identity: Vec<Encoded>,
+    clinical: Vec<Encoded>,
+    types: Vec<&'static str>,
+    sample: Sample,
+}
+
+const TYPES: [&str; 9] = [
+    "AllergyIntolerance",
+    "Condition",
+    "Consent",
+    "Encounter",
+    "ImagingStudy",
+    "MedicationRequest",
+    "Observation",
+    "Patient",
+    "Organization",
+];
+
+fn encode_patient(seed: u64, index: usize, facs: &[Facility]) -> EncodedPatient {
+    let g = patient(seed, index, facs);
+    let mut types = Vec::with_capacity(g.identity.len() + g.clinical.len());
+    let mut encode = |items: Vec<Item>| -> Vec<Encoded> {
+        items
+            .into_iter()
+            .map(|item| {
+                let t = item.resource["resourceType"].as_str().unwrap_or_default();
+                types.push(TYPES.iter().copied().find(|k| *k == t).unwrap_or("Other"));
+                Encoded {
+                    facility: item.facility,
+                    bytes: entry_bytes(seed, &item.resource),
+                }
+            })
+            .collect()
+    };
+    let identity = encode(g.identity);
+    let clinical = encode(g.clinical);
+    EncodedPatient {
+        identity,
+        clinical,
+        types,
+        sample: g.sample,
+    }
 }
 
 struct Generated {
