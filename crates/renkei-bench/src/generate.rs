@@ -450,7 +450,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Manifest, Error> {
                 *counter.by_type.entry((*t).to_string()).or_default() += 1;
                 counter.resources += 1;
             }
-            if (first + offset) % stride == 0 {
+            if (first + offset).is_multiple_of(stride) {
                 samples.push(p.sample);
             }
             people.add(p.identity, opts, &facs, &mut people_bundles)?;
