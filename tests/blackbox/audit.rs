@@ -284,6 +284,15 @@ fn every_interaction_leaves_a_balp_audit_event() {
             "a read-only token wrote through a transaction: {}",
             r.body
         );
+        send(
+            &net.as_b(),
+            "consented-search",
+            "GET",
+            &format!("Observation?patient={PATIENT}"),
+            None,
+            fhir,
+        )
+        .expect(200);
         send(&net.as_c(), "hidden", "GET", &net.labs[0], None, fhir).expect(404);
         send(
             &net.as_b(),
@@ -430,6 +439,17 @@ fn every_interaction_leaves_a_balp_audit_event() {
             "the decision names what decided: {}",
             decisions[0]
         );
+        // A search returning another facility's data records the consent that permitted it,
+        // once per patient; a facility searching its own data records no decision.
+        let decisions = consent_events(&by_request, &rid("consented-search"));
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        assert_eq!(decisions[0]["outcome"], "0", "{}", decisions[0]);
+        assert!(
+            decisions[0].to_string().contains("Consent/consent-pat-p"),
+            "the decision names the Consent: {}",
+            decisions[0]
+        );
+        assert!(consent_events(&by_request, &rid("search")).is_empty());
         let event = event_for(&by_request, &rid("hidden"));
         assert_shape(event, "read", "R", "4", "404 by consent");
         check_agent(event, "clinic-c-ehr", ORG_C, "hidden");

@@ -120,9 +120,20 @@ impl Gate {
     /// read whose AuditEvent cannot be written fails with 503 instead.
     fn audited<T>(
         &self,
+        builder: EventBuilder,
+        result: Result<T, AccessError>,
+        describe: impl FnOnce(&T, &mut EventBuilder) -> Vec<String>,
+    ) -> Result<T, AccessError> {
+        self.audited_with(builder, result, describe, Vec::new())
+    }
+
+    /// [`Gate::audited`] plus further events (consent decisions) committed together with it.
+    fn audited_with<T>(
+        &self,
         mut builder: EventBuilder,
         result: Result<T, AccessError>,
         describe: impl FnOnce(&T, &mut EventBuilder) -> Vec<String>,
+        mut extra: Vec<NewAuditEvent>,
     ) -> Result<T, AccessError> {
         let custodians = match &result {
             Ok(value) => describe(value, &mut builder),
@@ -132,7 +143,10 @@ impl Gate {
                 Vec::new()
             }
         };
-        self.record(&builder, &custodians)?;
+        extra.insert(0, to_row(&builder, &custodians));
+        self.audit
+            .record_all(extra)
+            .map_err(|e| AccessError::AuditUnavailable(e.0))?;
         result
     }
 
@@ -147,9 +161,54 @@ impl Gate {
         resource.custodian.iter().cloned().collect()
     }
 
+    /// What decided that a facility requester may (or may not) see resource row `rid`: the
+    /// Consent, break-glass, or the implicit policy.
+    fn decider(
+        &self,
+        who: &Requester,
+        tx: &mut Tx<'_>,
+        rid: i64,
+        visibility: &Visibility,
+        granted: bool,
+    ) -> Result<String, RepoError> {
+        if who.principal.break_glass && granted {
+            return Ok("break-glass".to_string());
+        }
+        Ok(match tx.deciding_consent(rid, visibility)? {
+            Some(consent) => consent,
+            None => format!("implicit-policy:{:?}", self.policy.implicit).to_lowercase(),
+        })
+    }
+
+    /// A BALP AuthZ-Consent event: the decision about `patient`'s data held by another
+    /// facility, naming what decided.
+    fn consent_event(
+        &self,
+        who: &Requester,
+        patient: &str,
+        resource: Option<String>,
+        decider: String,
+        granted: bool,
+    ) -> EventBuilder {
+        let mut builder = self.event(who, Interaction::ConsentDecision);
+        builder.outcome = if granted {
+            AuditOutcome::Success
+        } else {
+            AuditOutcome::MinorFailure
+        };
+        builder.outcome_desc = Some(match (&who.break_glass_reason, granted) {
+            (Some(reason), true) => format!("permit by break-glass: {reason}"),
+            (_, true) => format!("permit by {decider}"),
+            (_, false) => format!("deny by {decider}"),
+        });
+        builder.patients.push(format!("Patient/{patient}"));
+        builder.resources.extend(resource);
+        builder.decided_by = Some(decider);
+        builder
+    }
+
     /// BALP AuthZ-Consent: records the consent decision about another facility's patient
-    /// data for a single-resource read, naming the Consent (or the implicit policy or
-    /// break-glass) that decided.
+    /// data for a single-resource read.
     fn audit_consent_decision(&self, who: &Requester, res_type: &str, id: &str, granted: bool) {
         if who.principal.role != renkei_consent::Role::Facility {
             return;
@@ -163,33 +222,65 @@ impl Gate {
             let Some(patient) = row.patient_id.clone().filter(|_| foreign) else {
                 return Ok(None);
             };
-            let decider = if who.principal.break_glass && granted {
-                "break-glass".to_string()
-            } else {
-                match tx.deciding_consent(row.rid, &visibility)? {
-                    Some(consent) => consent,
-                    None => format!("implicit-policy:{:?}", self.policy.implicit).to_lowercase(),
-                }
-            };
+            let decider = self.decider(who, tx, row.rid, &visibility, granted)?;
             Ok::<_, RepoError>(Some((patient, decider)))
         });
         if let Ok(Some((patient, decider))) = decided {
-            let mut builder = self.event(who, Interaction::ConsentDecision);
-            builder.outcome = if granted {
-                AuditOutcome::Success
-            } else {
-                AuditOutcome::MinorFailure
-            };
-            builder.outcome_desc = Some(match (&who.break_glass_reason, granted) {
-                (Some(reason), true) => format!("permit by break-glass: {reason}"),
-                (_, true) => format!("permit by {decider}"),
-                (_, false) => format!("deny by {decider}"),
-            });
-            builder.patients.push(format!("Patient/{patient}"));
-            builder.resources.push(format!("{res_type}/{id}"));
-            builder.decided_by = Some(decider);
+            let builder = self.consent_event(
+                who,
+                &patient,
+                Some(format!("{res_type}/{id}")),
+                decider,
+                granted,
+            );
             if let Err(e) = self.record(&builder, &[]) {
                 tracing::error!(error = %e, "consent decision not audited");
+            }
+        }
+    }
+
+    /// BALP AuthZ-Consent for a search page: one event per patient whose data held by
+    /// another facility the page returns, naming what permitted it (decided inside the SQL;
+    /// this looks up which rule it was, once per patient, not per row).
+    fn search_consent_decisions(&self, who: &Requester, page: &SearchPage) -> Vec<NewAuditEvent> {
+        if who.principal.role != renkei_consent::Role::Facility {
+            return Vec::new();
+        }
+        let mut first_row: std::collections::BTreeMap<&str, i64> =
+            std::collections::BTreeMap::new();
+        for row in page.matches.iter().chain(&page.included) {
+            if row.custodian.as_deref() == Some(who.principal.facility.as_str()) {
+                continue;
+            }
+            if let Some(patient) = row.patient_id.as_deref() {
+                first_row.entry(patient).or_insert(row.rid);
+            }
+        }
+        if first_row.is_empty() {
+            return Vec::new();
+        }
+        let visibility = self.visibility(who);
+        let decided = self.repository.read_tx(|tx| {
+            first_row
+                .iter()
+                .map(|(patient, rid)| {
+                    Ok((
+                        patient.to_string(),
+                        self.decider(who, tx, *rid, &visibility, true)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, RepoError>>()
+        });
+        match decided {
+            Ok(decisions) => decisions
+                .into_iter()
+                .map(|(patient, decider)| {
+                    to_row(&self.consent_event(who, &patient, None, decider, true), &[])
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "search consent decisions not looked up");
+                Vec::new()
             }
         }
     }
@@ -623,20 +714,30 @@ impl Gate {
         if result.is_ok() {
             self.audit_break_glass(who, &format!("search {raw_query}"))?;
         }
-        self.audited(builder, result, |page, builder| {
-            // Every patient whose data the page shows (not only Patient rows), so the
-            // patient's "who viewed my record" includes searches over their data.
-            let mut patients: Vec<String> = Vec::new();
-            for row in page.matches.iter().chain(&page.included) {
-                if let Some(patient) = patient_in(&row.res_type, &row.res_id, row.body.as_deref()) {
-                    patients.push(patient);
-                }
-            }
-            patients.sort();
-            patients.dedup();
-            builder.patients = patients;
-            Vec::new()
-        })
+        let decisions = match &result {
+            Ok(page) => self.search_consent_decisions(who, page),
+            Err(_) => Vec::new(),
+        };
+        self.audited_with(
+            builder,
+            result,
+            |page, builder| {
+                // Every patient whose data the page shows (not only Patient rows), so the
+                // patient's "who viewed my record" includes searches over their data.
+                let mut patients: Vec<String> = page
+                    .matches
+                    .iter()
+                    .chain(&page.included)
+                    .filter_map(|row| row.patient_id.as_deref())
+                    .map(|patient| format!("Patient/{patient}"))
+                    .collect();
+                patients.sort();
+                patients.dedup();
+                builder.patients = patients;
+                Vec::new()
+            },
+            decisions,
+        )
     }
 
     /// A batch or transaction Bundle: the whole Bundle runs with the requester's visibility

@@ -38,6 +38,12 @@ pub struct SearchRow {
     pub version: i64,
     #[diesel(sql_type = BigInt)]
     pub last_updated: i64,
+    /// The facility holding the resource.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub custodian: Option<String>,
+    /// The patient the resource is about (consent is decided per patient).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub patient_id: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     pub body: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -69,7 +75,8 @@ struct Count {
     n: i64,
 }
 
-const ROW_COLUMNS: &str = "r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.body";
+const ROW_COLUMNS: &str =
+    "r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.custodian, r.patient_id, r.body";
 const NO_KEYS: &str = ", CAST(NULL AS TEXT) AS k0, CAST(NULL AS TEXT) AS k1, CAST(NULL AS TEXT) AS k2, CAST(NULL AS TEXT) AS k3";
 
 impl Tx<'_> {
