@@ -416,26 +416,38 @@ fn a_merged_record_joins_its_survivor() {
     for_each_backend(|s| {
         let net = network(s);
         let clinic = net.as_clinic();
-        // The clinic registered the person twice; ITI-104 merge: the duplicate is replaced by
-        // the surviving record.
+        // The clinic registered the person twice (identity feed, ITI-104: a conditional PUT on
+        // the local identifier), then merges: the duplicate is replaced by the survivor.
+        let feed = format!("Patient?identifier={CLINIC_SYSTEM}|C-0078");
+        let duplicate = clinic
+            .put(
+                &feed,
+                &json!({"resourceType": "Patient", "active": true,
+                        "identifier": [{"system": CLINIC_SYSTEM, "value": "C-0078"}],
+                        "name": [{"family": "ヤマダ"}]}),
+            )
+            .expect(201)
+            .json();
+        let dup_id = duplicate["id"].as_str().unwrap_or_default().to_string();
+        assert!(clinic
+            .read_json(&format!("Patient/{CLINIC_P}"))
+            .get("link")
+            .is_some_and(|l| !l.to_string().contains(&dup_id)));
         clinic
             .put(
-                "Patient/id-clinic-dup",
-                &json!({"resourceType": "Patient", "id": "id-clinic-dup", "active": false,
+                &feed,
+                &json!({"resourceType": "Patient", "active": false,
                         "identifier": [{"system": CLINIC_SYSTEM, "value": "C-0078"}],
                         "link": [{"other": {"reference": format!("Patient/{CLINIC_P}")}, "type": "replaced-by"}]}),
             )
-            .expect(201);
+            .expect(200);
         let note = clinic.create(&json!({"resourceType": "Observation", "status": "final",
-            "code": {"text": "weight"}, "subject": {"reference": "Patient/id-clinic-dup"}}));
+            "code": {"text": "weight"}, "subject": {"reference": format!("Patient/{dup_id}")}}));
         let via_survivor =
             found(&clinic.read_json(&format!("Observation?patient:linked={CLINIC_P}")));
         assert!(via_survivor.contains(&reference(&note)), "{via_survivor:?}");
         let survivor = clinic.read_json(&format!("Patient/{CLINIC_P}"));
-        assert!(
-            survivor["link"].to_string().contains("id-clinic-dup"),
-            "{survivor}"
-        );
+        assert!(survivor["link"].to_string().contains(&dup_id), "{survivor}");
     });
 }
 
