@@ -7,6 +7,7 @@
 mod support;
 
 mod audit;
+mod bench_smoke;
 mod bundles;
 mod capability;
 mod conditional;
