@@ -908,11 +908,26 @@ fn push_date_condition(sql: &mut Sql, low: &str, high: &str, value: &DateValue) 
         Prefix::Lt => {
             sql.push(&format!("{low} < ")).bind(Bind::Int(pl));
         }
+        // R4: `ge` is `gt` (the target reaches above the search range) or `eq` (the search
+        // range contains the target); a period that only reaches into the search range from
+        // below is neither. `le` mirrors it.
         Prefix::Ge => {
-            sql.push(&format!("{high} >= ")).bind(Bind::Int(pl));
+            sql.push(&format!("({high} > "))
+                .bind(Bind::Int(ph))
+                .push(&format!(" OR ({low} >= "))
+                .bind(Bind::Int(pl))
+                .push(&format!(" AND {high} <= "))
+                .bind(Bind::Int(ph))
+                .push("))");
         }
         Prefix::Le => {
-            sql.push(&format!("{low} <= ")).bind(Bind::Int(ph));
+            sql.push(&format!("({low} < "))
+                .bind(Bind::Int(pl))
+                .push(&format!(" OR ({low} >= "))
+                .bind(Bind::Int(pl))
+                .push(&format!(" AND {high} <= "))
+                .bind(Bind::Int(ph))
+                .push("))");
         }
         Prefix::Sa => {
             sql.push(&format!("{low} > ")).bind(Bind::Int(ph));
