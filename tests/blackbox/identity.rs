@@ -198,11 +198,16 @@ fn consented_clinic_sees_the_hospital_record_of_the_same_person_and_others_learn
         assert_eq!(linked_view(&net, &clinic), expected);
         // Without :linked the clinic's own record has none of it.
         assert!(found(&clinic.read_json(&format!("Observation?patient={CLINIC_P}"))).is_empty());
-        // Each returned resource still names its own custodian (the hospital's subject).
+        // Each returned resource still names its own subject and custodian (the hospital).
         let labs = clinic.read_json(&format!("Observation?patient:linked={CLINIC_P}"));
-        assert_eq!(
-            entries(&labs)[0]["resource"]["subject"]["reference"],
-            format!("Patient/{HOSP_P}")
+        let lab = &entries(&labs)[0]["resource"];
+        assert_eq!(lab["subject"]["reference"], format!("Patient/{HOSP_P}"));
+        assert!(
+            lab["meta"]["extension"].as_array().is_some_and(|list| list
+                .iter()
+                .any(|e| e["url"] == renkei_repository::CUSTODIAN_EXTENSION
+                    && e["valueReference"]["reference"] == HOSPITAL)),
+            "{lab}"
         );
 
         // Patient.link on read: the clinic learns of the hospital's record it may see.

@@ -919,7 +919,8 @@ pub fn without_id_meta(value: &Value) -> Value {
     v
 }
 
-/// A copy without `meta.versionId` / `meta.lastUpdated` (dropping `meta` if it empties).
+/// A copy without `meta.versionId` / `meta.lastUpdated` and the server's custodian extension
+/// (dropping `meta` if it empties).
 pub fn without_version_meta(value: &Value) -> Value {
     let mut v = value.clone();
     if let Value::Object(map) = &mut v {
@@ -927,6 +928,13 @@ pub fn without_version_meta(value: &Value) -> Value {
         if let Some(Value::Object(meta)) = map.get_mut("meta") {
             meta.remove("versionId");
             meta.remove("lastUpdated");
+            // The server names the custodian in meta (CUSTODIAN_EXTENSION).
+            if let Some(Value::Array(extensions)) = meta.get_mut("extension") {
+                extensions.retain(|e| e["url"] != renkei_repository::CUSTODIAN_EXTENSION);
+                if extensions.is_empty() {
+                    meta.remove("extension");
+                }
+            }
             drop_meta = meta.is_empty();
         }
         if drop_meta {

@@ -438,15 +438,16 @@ fn store_version(
 ) -> Result<StoredResource, RepoError> {
     let version = current.map_or(1, |row| row.version + 1);
     let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
-    let stamped = stamp(resource, id, version, last_updated);
-    let body = serde_json::to_string(&stamped)
-        .map_err(|e| RepoError::BadRequest(format!("cannot serialize resource: {e}")))?;
+    let mut stamped = stamp(resource, id, version, last_updated);
     let patient = index::patient_of(res_type, id, &stamped);
     // The custodian is the facility that first stored the resource; later writers do not
     // take it over.
     let custodian = current
         .and_then(|row| row.custodian.clone())
         .or_else(|| context.custodian_for(&stamped));
+    crate::meta::mark_custodian(&mut stamped, custodian.as_deref());
+    let body = serde_json::to_string(&stamped)
+        .map_err(|e| RepoError::BadRequest(format!("cannot serialize resource: {e}")))?;
     let consent_rules = consent_rules(res_type, id, &stamped)?;
     let new = NewVersion {
         res_type,

@@ -22,4 +22,4 @@ pub use interactions::{
     resolve_single, update, vread, vread_visible, DeleteOutcome, HistoryRequest, PatchBody,
     Repository, RepositoryOptions, StoredResource, WriteContext, WriteOutcome,
 };
-pub use meta::{format_instant, parse_instant_ms};
+pub use meta::{format_instant, parse_instant_ms, CUSTODIAN_EXTENSION};

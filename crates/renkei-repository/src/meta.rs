@@ -70,6 +70,32 @@ pub(crate) fn stamp(resource: Value, id: &str, version: i64, last_updated: i64) 
     Value::Object(out)
 }
 
+/// The `meta.extension` by which every stored resource names the facility holding it.
+pub const CUSTODIAN_EXTENSION: &str = "https://renkei.example/fhir/StructureDefinition/custodian";
+
+/// Sets the custodian extension in `meta` (server-owned: a client's own value is replaced, or
+/// removed for unowned directory data), so a resource read through a linked view or a search
+/// still says which facility holds it.
+pub(crate) fn mark_custodian(resource: &mut Value, custodian: Option<&str>) {
+    let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut extensions: Vec<Value> = match meta.remove("extension") {
+        Some(Value::Array(list)) => list,
+        _ => Vec::new(),
+    };
+    extensions.retain(|e| e.get("url").and_then(Value::as_str) != Some(CUSTODIAN_EXTENSION));
+    if let Some(custodian) = custodian {
+        extensions.push(serde_json::json!({
+            "url": CUSTODIAN_EXTENSION,
+            "valueReference": {"reference": custodian},
+        }));
+    }
+    if !extensions.is_empty() {
+        meta.insert("extension".into(), Value::Array(extensions));
+    }
+}
+
 /// Whether `id` is a valid FHIR id: 1–64 of `[A-Za-z0-9-.]`.
 pub(crate) fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
