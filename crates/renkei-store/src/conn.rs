@@ -3,17 +3,22 @@ use crate::sql::{Bind, Sql};
 use crate::{DatabaseUrl, StoreError};
 use diesel::connection::SimpleConnection;
 use diesel::pg::Pg;
-use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::query_builder::{AstPass, BoxedSqlQuery, Query, QueryFragment, QueryId, SqlQuery};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
-use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text, Untyped};
 use diesel::sqlite::Sqlite;
-use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
+use diesel::{
+    Connection, PgConnection, QueryResult, QueryableByName, RunQueryDsl, SqliteConnection,
+};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// SQLite connections are replaced after this long, dropping their prepared statements.
+const SQLITE_CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -75,6 +80,18 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     }
 }
 
+#[derive(Debug)]
+struct PostgresSession;
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PostgresSession {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        // The search statements' cost estimates (correlated consent subqueries) cross the JIT
+        // thresholds, and compiling them took seconds for queries that run in milliseconds.
+        conn.batch_execute("SET jit = off")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
 pub(crate) enum AnyConn {
     Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
     Postgres(PooledConnection<ConnectionManager<PgConnection>>),
@@ -102,6 +119,7 @@ impl Store {
                 let pool = Pool::builder()
                     .max_size(options.max_connections)
                     .min_idle(Some(0))
+                    .max_lifetime(Some(SQLITE_CONNECTION_LIFETIME))
                     .connection_timeout(options.connect_timeout)
                     .connection_customizer(Box::new(SqlitePragmas))
                     .build(manager)
@@ -118,6 +136,7 @@ impl Store {
                     .max_size(options.max_connections)
                     .min_idle(Some(0))
                     .connection_timeout(options.connect_timeout)
+                    .connection_customizer(Box::new(PostgresSession))
                     .build(manager)
                     .map_err(|e| StoreError::Connect(e.to_string()))?;
                 Pools::Postgres(pool)
@@ -270,11 +289,50 @@ macro_rules! bind_all {
     }};
 }
 
-fn sqlite_query(sql: &Sql) -> BoxedSqlQuery<'static, Sqlite, SqlQuery> {
-    bind_all!(
-        diesel::sql_query(sql.render(false)).into_boxed::<Sqlite>(),
-        sql.binds()
-    )
+/// An SQLite statement diesel may keep prepared: the text holds only `?` placeholders (every
+/// value is bound), so equal texts are equal statements. Search statements are long (the
+/// consent predicate alone is several kilobytes) and preparing them was a third of a search's
+/// CPU time; cached, a repeated query shape is parsed and planned once per connection.
+/// Connections are recycled (`SQLITE_CONNECTION_LIFETIME`), which bounds the cache.
+struct CachedSqlite<'a>(&'a Sql);
+
+impl QueryId for CachedSqlite<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for CachedSqlite<'_> {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<SqliteConnection> for CachedSqlite<'_> {}
+
+impl QueryFragment<Sqlite> for CachedSqlite<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        let text = self.0.text();
+        let mut binds = self.0.binds().iter();
+        let mut segments = text.split('?');
+        if let Some(first) = segments.next() {
+            out.push_sql(first);
+        }
+        for segment in segments {
+            match binds.next() {
+                Some(Bind::Text(v)) => out.push_bind_param::<Text, _>(v)?,
+                Some(Bind::OptText(v)) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Some(Bind::Int(v)) => out.push_bind_param::<BigInt, _>(v)?,
+                Some(Bind::OptInt(v)) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
+                Some(Bind::Bool(v)) => out.push_bind_param::<Bool, _>(v)?,
+                Some(Bind::Float(v)) => out.push_bind_param::<Double, _>(v)?,
+                None => {
+                    return Err(diesel::result::Error::QueryBuilderError(
+                        "more placeholders than bound values".into(),
+                    ))
+                }
+            }
+            out.push_sql(segment);
+        }
+        Ok(())
+    }
 }
 
 fn postgres_query(sql: &Sql) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
@@ -295,7 +353,7 @@ impl Tx<'_> {
     /// Runs a statement and returns the number of affected rows.
     pub fn execute(&mut self, sql: &Sql) -> Result<usize, StoreError> {
         match self.conn {
-            AnyConn::Sqlite(c) => sqlite_query(sql).execute(&mut **c),
+            AnyConn::Sqlite(c) => CachedSqlite(sql).execute(&mut **c),
             AnyConn::Postgres(c) => postgres_query(sql).execute(&mut **c),
         }
         .map_err(classify)
@@ -307,7 +365,7 @@ impl Tx<'_> {
         T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
     {
         match self.conn {
-            AnyConn::Sqlite(c) => sqlite_query(sql).load::<T>(&mut **c),
+            AnyConn::Sqlite(c) => CachedSqlite(sql).load::<T>(&mut **c),
             AnyConn::Postgres(c) => postgres_query(sql).load::<T>(&mut **c),
         }
         .map_err(classify)

@@ -39,6 +39,11 @@ impl Sql {
         self
     }
 
+    /// The text with `?` placeholders (the only `?` in it: values are never inlined).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     pub fn binds(&self) -> &[Bind] {
         &self.binds
     }

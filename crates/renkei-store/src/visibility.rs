@@ -39,18 +39,23 @@ fn tag_exists(sql: &mut Sql, r: &str, code: &str) {
         .push(")");
 }
 
-/// `{column}` names the patient of row `r` or a record linked to it: a consent on any record
-/// of a person applies to all of that person's records.
-fn push_same_person(sql: &mut Sql, column: &str, r: &str, alias: &str) {
-    sql.push(&format!("({column} = {r}.patient_id OR {column} IN ("));
+/// `<the records of r's person> {alias}r JOIN consent_rules {alias}`: a consent on any record
+/// of a person applies to all of that person's records. Driving from the person's records (one,
+/// or a few when linked) lets the `(patient_id, permit)` index find their rules; a condition
+/// `patient_id = r.patient_id OR patient_id IN (…)` instead made PostgreSQL scan every rule.
+fn push_person_rules(sql: &mut Sql, alias: &str, r: &str) {
+    sql.push(&format!("(SELECT {r}.patient_id AS pid UNION ALL "));
     crate::identity::push_linked_records(sql, &format!("{alias}m"));
-    sql.push(&format!("{r}.patient_id))"));
+    sql.push(&format!(
+        "{r}.patient_id AND {alias}m2.patient_id <> {r}.patient_id) {alias}r \
+         JOIN consent_rules {alias} ON {alias}.patient_id = {alias}r.pid"
+    ));
 }
 
-/// `MATCH(alias, r)`: the rule row `alias` applies to resource row `r` for this requester.
+/// `MATCH(alias, r)` but the patient: rule row `alias` applies to resource row `r` for this
+/// requester (the caller joins the rules of `r`'s person).
 fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
-    push_same_person(sql, &format!("{alias}.patient_id"), r, alias);
-    sql.push(&format!(" AND ({alias}.actor_org IS NULL OR {alias}.actor_org = "))
+    sql.push(&format!("({alias}.actor_org IS NULL OR {alias}.actor_org = "))
         .bind(Bind::Text(v.organization.into()))
         .push(&format!(") AND ({alias}.actor_practitioner IS NULL OR {alias}.actor_practitioner = "))
         .bind(Bind::OptText(v.practitioner.map(str::to_string)))
@@ -77,7 +82,9 @@ fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
 
 /// A matching permit rule exists.
 fn push_permit_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
-    sql.push("EXISTS (SELECT 1 FROM consent_rules p WHERE p.permit = ")
+    sql.push("EXISTS (SELECT 1 FROM ");
+    push_person_rules(sql, "p", r);
+    sql.push(" WHERE p.permit = ")
         .bind(Bind::Bool(true))
         .push(" AND ");
     push_match(sql, "p", r, v);
@@ -87,7 +94,9 @@ fn push_permit_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
 /// An effective matching deny exists: a root deny is cancelled by a matching nested permit
 /// of the same consent (the exception of a "deny, except ..." consent).
 fn push_effective_deny_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
-    sql.push("EXISTS (SELECT 1 FROM consent_rules d WHERE d.permit = ")
+    sql.push("EXISTS (SELECT 1 FROM ");
+    push_person_rules(sql, "d", r);
+    sql.push(" WHERE d.permit = ")
         .bind(Bind::Bool(false))
         .push(" AND ");
     push_match(sql, "d", r, v);
@@ -98,6 +107,7 @@ fn push_effective_deny_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
         .push(" AND e.nested = ")
         .bind(Bind::Bool(true))
         .push(" AND ");
+    // `e` belongs to the same Consent as `d`, hence to the same patient.
     push_match(sql, "e", r, v);
     sql.push(")))");
 }
@@ -161,8 +171,8 @@ impl Visibility {
                 sql.push(" AND (");
                 push_permit_exists(sql, r, &args);
                 if *implicit_permit {
-                    sql.push(" OR NOT EXISTS (SELECT 1 FROM consent_rules c0 WHERE ");
-                    push_same_person(sql, "c0.patient_id", r, "c0");
+                    sql.push(" OR NOT EXISTS (SELECT 1 FROM ");
+                    push_person_rules(sql, "c0", r);
                     sql.push(")");
                 }
                 sql.push(")))");
@@ -253,6 +263,25 @@ impl crate::Tx<'_> {
 }
 
 #[derive(diesel::QueryableByName)]
+struct PatientOfRow {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    patient_id: Option<String>,
+}
+
+impl crate::Tx<'_> {
+    /// The patient resource row `rid` is about.
+    fn patient_of_row(&mut self, rid: i64) -> Result<Option<String>, crate::StoreError> {
+        let mut sql = Sql::new("SELECT r.patient_id AS patient_id FROM resources r WHERE r.rid = ");
+        sql.bind(Bind::Int(rid));
+        Ok(self
+            .load::<PatientOfRow>(&sql)?
+            .into_iter()
+            .next()
+            .and_then(|row| row.patient_id))
+    }
+}
+
+#[derive(diesel::QueryableByName)]
 struct Decider {
     #[diesel(sql_type = diesel::sql_types::Text)]
     consent_ref: String,
@@ -283,10 +312,24 @@ impl crate::Tx<'_> {
             purpose,
             now_ms: *now_ms,
         };
+        let Some(patient) = self.patient_of_row(rid)? else {
+            return Ok(None);
+        };
+        let mut records = self.person_members(&patient)?;
+        if records.is_empty() {
+            records.push(patient);
+        }
         let mut sql = Sql::new(
             "SELECT p.consent_ref AS consent_ref FROM resources r, consent_rules p WHERE r.rid = ",
         );
-        sql.bind(Bind::Int(rid)).push(" AND ");
+        sql.bind(Bind::Int(rid)).push(" AND p.patient_id IN (");
+        for (i, record) in records.into_iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(Bind::Text(record));
+        }
+        sql.push(") AND ");
         push_match(&mut sql, "p", "r", &args);
         sql.push(" ORDER BY p.permit ASC LIMIT 1");
         Ok(self
