@@ -280,7 +280,13 @@ async fn execute(command: Command) -> Result<(), Error> {
             let mut report = Report::new(invocation);
             let label = label.unwrap_or_else(|| target_h.base.clone());
             for w in &workloads {
-                let p = pool(*w, &manifest, &tokens, &access, 5000)?;
+                let p = match pool(*w, &manifest, &tokens, &access, 5000) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        println!("{:<22} skipped: {e}", w.name());
+                        continue;
+                    }
+                };
                 for c in &levels {
                     let phase = Phase {
                         concurrency: *c,
