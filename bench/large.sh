@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The 1M-resource runs of issue 3 (and the consent overhead of issue 4) on one Renkei backend:
+# fresh database, one client per facility, load through the API, then the clinical searches,
+# $everything and reads at 8 clients, owner vs consented facility. Bounded (every measurement
+# has a duration); loopback only.
+#   usage: bench/large.sh sqlite|postgres [DATA_DIR] [OUT_DIR]
+#   needs: a release build (cargo build --release -p renkei -p renkei-bench), psql for postgres
+set -euo pipefail
+BACKEND=${1:-sqlite}; DATA=${2:-/tmp/net10k}; OUT=${3:-/tmp/renkei-large}
+ROOT=$(cd "$(dirname "$0")/.." && pwd); BIN=$ROOT/target/release/renkei; RB=$ROOT/target/release/renkei-bench
+[ -x "$BIN" ] && [ -x "$RB" ] || { echo "build first: cargo build --release -p renkei -p renkei-bench"; exit 2; }
+[ -f "$DATA/manifest.json" ] || "$RB" generate --patients 10000 --facilities 8 --seed 1 --out "$DATA"
+mkdir -p "$OUT"; WORK=$(mktemp -d); PORT=${PORT:-18500}; B=http://127.0.0.1:$PORT/fhir
+case $BACKEND in
+  sqlite) DB=sqlite:$WORK/renkei.db; SIZE=$WORK/renkei.db ;;
+  postgres) NAME=renkei_large_$$; ADMIN=${RENKEI_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+            psql "$ADMIN" -qc "CREATE DATABASE $NAME" >/dev/null; DB=${ADMIN%/*}/$NAME; SIZE=$DB ;;
+esac
+cleanup() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true
+  [ "$BACKEND" = postgres ] && psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+RENKEI_LOG=warn "$BIN" serve --listen 127.0.0.1:$PORT --database "$DB" > "$OUT/server-$BACKEND.log" 2>&1 & SPID=$!
+for _ in $(seq 1 100); do curl -sf "$B/metadata" >/dev/null && break; sleep 0.2; done
+FACS=$(python3 -c "import json;print(' '.join(f['id'] for f in json.load(open('$DATA/manifest.json'))['facilities']))")
+echo "{" > "$WORK/tokens.json"; SEP=""
+for F in $FACS; do
+  "$BIN" client add --database "$DB" --id "bench-$F" --organization "Organization/$F" --scope "system/*.cruds" >/dev/null
+  T=$("$BIN" token --database "$DB" --client-id "bench-$F" --ttl 7200 | tail -n 1)
+  printf '%s"%s": "%s"\n' "$SEP" "$F" "$T" >> "$WORK/tokens.json"; SEP=","
+done
+echo "}" >> "$WORK/tokens.json"
+echo "== $BACKEND: load $(date -u +%FT%TZ) load avg $(cut -d' ' -f1-3 /proc/loadavg)"
+"$RB" load --target "$B" --data "$DATA" --tokens "$WORK/tokens.json" --concurrency 2 --json "$OUT/load-$BACKEND.json"
+RUN=("$RB" run --target "$B" --data "$DATA" --tokens "$WORK/tokens.json" --concurrency 8 --duration ${DUR:-8s} --warmup 2s --label "renkei-$BACKEND" --server-pid "$SPID" --db "$SIZE")
+"${RUN[@]}" --workload searches,everything,read --access owner --json "$OUT/owner-$BACKEND.json" --markdown "$OUT/owner-$BACKEND.md"
+"${RUN[@]}" --workload searches,everything --access pair-owner --json "$OUT/pair-owner-$BACKEND.json" --markdown "$OUT/pair-owner-$BACKEND.md"
+"${RUN[@]}" --workload searches,everything --access consented --json "$OUT/consented-$BACKEND.json" --markdown "$OUT/consented-$BACKEND.md"
+echo "== done $(date -u +%FT%TZ) load avg $(cut -d' ' -f1-3 /proc/loadavg)"
