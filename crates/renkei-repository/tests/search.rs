@@ -3,49 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use renkei_repository::{Criteria, Repository, RepositoryOptions, WriteContext};
+use renkei_repository::{Criteria, Repository, WriteContext};
 use renkei_search::plan::{parse, Cursor, ParseOptions, SearchPlan};
-use renkei_store::{DatabaseUrl, Store, StoreOptions, Visibility};
+use renkei_store::Visibility;
 use serde_json::{json, Value};
 
-struct Db {
-    repo: Repository,
-    cleanup: Box<dyn FnOnce()>,
-}
+mod common;
+use common::Db;
 
 fn sqlite() -> Db {
-    let dir = std::env::temp_dir().join(format!("renkei-search-{}", uuid::Uuid::new_v4()));
-    let url = DatabaseUrl::Sqlite(dir.join("test.db"));
-    let store = Store::open(&url, &StoreOptions::default()).unwrap();
-    Db {
-        repo: Repository::new(store, RepositoryOptions::default()),
-        cleanup: Box::new(move || {
-            let _ = std::fs::remove_dir_all(dir);
-        }),
-    }
+    common::sqlite("search")
 }
 
 fn postgres() -> Db {
-    let admin = std::env::var("RENKEI_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!("renkei_search_{}", uuid::Uuid::new_v4().simple());
-    renkei_store::admin::create_postgres_database(&admin, &name).unwrap();
-    let (prefix, _) = admin.rsplit_once('/').unwrap();
-    let url = DatabaseUrl::Postgres(format!("{prefix}/{name}"));
-    let store = Store::open(
-        &url,
-        &StoreOptions {
-            max_connections: 2,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
-    Db {
-        repo: Repository::new(store, RepositoryOptions::default()),
-        cleanup: Box::new(move || {
-            let _ = renkei_store::admin::drop_postgres_database(&admin, &name);
-        }),
-    }
+    common::postgres("search")
 }
 
 fn put(repo: &Repository, resource: Value) {

@@ -13,9 +13,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{DateTime, NaiveDate};
-use renkei_repository::{Repository, RepositoryOptions, WriteContext};
+use renkei_repository::{Repository, WriteContext};
 use renkei_search::plan::{parse, Cursor, ParseOptions, SearchPlan};
-use renkei_store::{DatabaseUrl, SearchPage, Store, StoreOptions, Visibility};
+use renkei_store::{SearchPage, Visibility};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -44,51 +44,15 @@ type Key = (String, String);
 // ---------------------------------------------------------------------------------------------
 // Backends
 
-struct Db {
-    repo: Repository,
-    cleanup: Box<dyn FnOnce()>,
-}
-
-fn backend_selected(name: &str) -> bool {
-    match std::env::var("RENKEI_TEST_BACKENDS") {
-        Ok(list) => list.split(',').any(|b| b.trim() == name),
-        Err(_) => true,
-    }
-}
+mod common;
+use common::{backend_selected, Db};
 
 fn sqlite() -> Db {
-    let dir = std::env::temp_dir().join(format!("renkei-crosscheck-{}", uuid::Uuid::new_v4()));
-    let url = DatabaseUrl::Sqlite(dir.join("test.db"));
-    let store = Store::open(&url, &StoreOptions::default()).unwrap();
-    Db {
-        repo: Repository::new(store, RepositoryOptions::default()),
-        cleanup: Box::new(move || {
-            let _ = std::fs::remove_dir_all(dir);
-        }),
-    }
+    common::sqlite("crosscheck")
 }
 
 fn postgres() -> Db {
-    let admin = std::env::var("RENKEI_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!("renkei_crosscheck_{}", uuid::Uuid::new_v4().simple());
-    renkei_store::admin::create_postgres_database(&admin, &name).unwrap();
-    let (prefix, _) = admin.rsplit_once('/').unwrap();
-    let url = DatabaseUrl::Postgres(format!("{prefix}/{name}"));
-    let store = Store::open(
-        &url,
-        &StoreOptions {
-            max_connections: 2,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
-    Db {
-        repo: Repository::new(store, RepositoryOptions::default()),
-        cleanup: Box::new(move || {
-            let _ = renkei_store::admin::drop_postgres_database(&admin, &name);
-        }),
-    }
+    common::postgres("crosscheck")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+//! Databases for the repository's integration tests: a SQLite file or a fresh PostgreSQL
+//! database (admin URL from RENKEI_TEST_PG_URL, default postgres://postgres@127.0.0.1:5432/test),
+//! removed again by `cleanup`.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use renkei_repository::{Repository, RepositoryOptions};
+use renkei_store::{DatabaseUrl, Store, StoreOptions};
+
+pub struct Db {
+    pub repo: Repository,
+    pub cleanup: Box<dyn FnOnce()>,
+}
+
+/// Whether RENKEI_TEST_BACKENDS (comma-separated; all when unset) names `name`.
+pub fn backend_selected(name: &str) -> bool {
+    match std::env::var("RENKEI_TEST_BACKENDS") {
+        Ok(list) => list.split(',').any(|b| b.trim() == name),
+        Err(_) => true,
+    }
+}
+
+/// A repository on a new SQLite file; `label` names the temporary directory.
+pub fn sqlite(label: &str) -> Db {
+    let dir = std::env::temp_dir().join(format!("renkei-{label}-{}", uuid::Uuid::new_v4()));
+    let url = DatabaseUrl::Sqlite(dir.join("test.db"));
+    let store = Store::open(&url, &StoreOptions::default()).unwrap();
+    Db {
+        repo: Repository::new(store, RepositoryOptions::default()),
+        cleanup: Box::new(move || {
+            let _ = std::fs::remove_dir_all(dir);
+        }),
+    }
+}
+
+/// A repository on a new PostgreSQL database; `label` prefixes its name.
+pub fn postgres(label: &str) -> Db {
+    let admin = std::env::var("RENKEI_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("renkei_{label}_{}", uuid::Uuid::new_v4().simple());
+    renkei_store::admin::create_postgres_database(&admin, &name).unwrap();
+    let (prefix, _) = admin.rsplit_once('/').unwrap();
+    let url = DatabaseUrl::Postgres(format!("{prefix}/{name}"));
+    let store = Store::open(
+        &url,
+        &StoreOptions {
+            max_connections: 2,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    Db {
+        repo: Repository::new(store, RepositoryOptions::default()),
+        cleanup: Box::new(move || {
+            let _ = renkei_store::admin::drop_postgres_database(&admin, &name);
+        }),
+    }
+}
