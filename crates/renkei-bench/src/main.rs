@@ -341,6 +341,30 @@ async fn execute(command: Command) -> Result<(), Error> {
             println!("smoke: ok");
             Ok(())
         }
-        Command::Compare(opts) => compare(opts, invocation).await,
+        Command::Compare(opts) => {
+            // On Ctrl-C or SIGTERM the compare future is dropped, which stops the servers it
+            // started and drops their databases.
+            tokio::select! {
+                r = compare(opts, invocation) => r,
+                () = shutdown_signal() => Err(Error::Usage(
+                    "interrupted: servers stopped, their databases removed".into(),
+                )),
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
     }
 }
