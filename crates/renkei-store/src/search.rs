@@ -628,11 +628,19 @@ fn push_text_list<S: AsRef<str>>(sql: &mut Sql, values: &[S]) {
 struct Aliases<'v> {
     n: usize,
     visibility: &'v Visibility,
+    /// The next index subquery checks the row at hand (`EXISTS … WHERE x.rid = r.rid`)
+    /// instead of listing candidate rows (`r.rid IN (SELECT x.rid …)`). Taken by that
+    /// subquery, so filters nested inside it list their candidates again.
+    correlate: bool,
 }
 
 impl<'v> Aliases<'v> {
     fn new(visibility: &'v Visibility) -> Self {
-        Aliases { n: 0, visibility }
+        Aliases {
+            n: 0,
+            visibility,
+            correlate: false,
+        }
     }
 
     fn next(&mut self, stem: &str) -> String {
@@ -653,10 +661,54 @@ fn push_where(sql: &mut Sql, plan: &SearchPlan, aliases: &mut Aliases<'_>) {
     }
     sql.push(" AND r.deleted = ").bind(Bind::Bool(false));
     aliases.visibility.push_predicate_for(sql, "r");
-    for filter in &plan.filters {
+    // The most selective filter lists the candidate rows; the others check each candidate
+    // through the `(rid, …)` indexes. Listing every filter's rows made SQLite build the whole
+    // posting list of a common code (`code=HbA1c`: every patient's values) for each search.
+    let mut filters: Vec<&Filter> = plan.filters.iter().collect();
+    filters.sort_by_key(|f| selectivity_rank(f));
+    for (i, filter) in filters.into_iter().enumerate() {
         sql.push(" AND ");
+        aliases.correlate = i > 0 && lists_through_index(filter);
         push_filter(sql, filter, "r", &plan.types, aliases);
+        aliases.correlate = false;
     }
+}
+
+/// Expected selectivity of a filter, most selective first (ties keep the query's order).
+fn selectivity_rank(filter: &Filter) -> u8 {
+    match filter {
+        Filter::Id(_) => 0,
+        Filter::Reference { .. } | Filter::Compartment { .. } => 1,
+        Filter::Token { param, not, .. } if !*not && param.ends_with("identifier") => 1,
+        Filter::String { .. } => 2,
+        Filter::Chain { .. } | Filter::Has { .. } => 3,
+        Filter::Token { not: false, .. }
+        | Filter::TokenText { .. }
+        | Filter::TokenIn { .. }
+        | Filter::Composite { .. }
+        | Filter::Uri { .. } => 4,
+        Filter::Date { .. }
+        | Filter::Quantity { .. }
+        | Filter::Number { .. }
+        | Filter::LastUpdated(_) => 5,
+        Filter::Token { not: true, .. } | Filter::Missing { .. } => 6,
+    }
+}
+
+/// Whether the filter's SQL is one index-table subquery (`open_index_subquery`).
+fn lists_through_index(filter: &Filter) -> bool {
+    matches!(
+        filter,
+        Filter::Token { .. }
+            | Filter::TokenText { .. }
+            | Filter::String { .. }
+            | Filter::Date { .. }
+            | Filter::Reference { .. }
+            | Filter::Quantity { .. }
+            | Filter::Number { .. }
+            | Filter::Uri { .. }
+            | Filter::Composite { .. }
+    )
 }
 
 /// Whether some positive parameter filter selects rows through an index table, so the query
@@ -847,11 +899,20 @@ fn open_index_subquery(
 ) -> String {
     let x = aliases.next("x");
     let not = if negate { "NOT " } else { "" };
-    sql.push(&format!(
-        "{alias}.rid {not}IN (SELECT {x}.rid FROM {} {x} WHERE ",
-        table.name()
-    ));
-    push_type_condition(sql, &x, types);
+    if std::mem::take(&mut aliases.correlate) {
+        // The row's own index rows: `rid` implies the type, and leaving the type out keeps
+        // the planner on the `(rid, …)` index instead of a `(res_type, param, …)` one.
+        sql.push(&format!(
+            "{not}EXISTS (SELECT 1 FROM {} {x} WHERE {x}.rid = {alias}.rid",
+            table.name()
+        ));
+    } else {
+        sql.push(&format!(
+            "{alias}.rid {not}IN (SELECT {x}.rid FROM {} {x} WHERE ",
+            table.name()
+        ));
+        push_type_condition(sql, &x, types);
+    }
     sql.push(&format!(" AND {x}.param = "))
         .bind(Bind::Text(param.to_string()))
         .push(" AND (");
@@ -1339,13 +1400,15 @@ mod tests {
         let sql = page_sql(
             &plan(
                 "Observation",
-                &[("patient", "p1"), ("code", "http://loinc.org|1,2")],
+                &[("code", "http://loinc.org|1,2"), ("patient", "p1")],
             ),
             &Visibility::Unrestricted,
         );
         let text = sql.render(false);
+        // The patient reference lists the candidates although the query names it second; the
+        // code checks each candidate.
         assert!(text.contains("r.rid IN (SELECT x1.rid FROM idx_reference x1 WHERE x1.res_type = ? AND x1.param = ? AND ((x1.target_id = ?)))"), "{text}");
-        assert!(text.contains("r.rid IN (SELECT x2.rid FROM idx_token x2 WHERE x2.res_type = ? AND x2.param = ? AND ((x2.code = ? AND x2.system = ?) OR (x2.code = ?)))"), "{text}");
+        assert!(text.contains("EXISTS (SELECT 1 FROM idx_token x2 WHERE x2.rid = r.rid AND x2.param = ? AND ((x2.code = ? AND x2.system = ?) OR (x2.code = ?)))"), "{text}");
         assert!(text.ends_with("ORDER BY v.rid ASC LIMIT ?"), "{text}");
         assert!(!text.contains("OFFSET"));
         assert_eq!(sql.render(true).matches('$').count(), sql.binds().len());
