@@ -9,7 +9,7 @@ use renkei_store::Visibility;
 use serde_json::{json, Value};
 
 mod common;
-use common::Db;
+use common::{plan, Db};
 
 fn sqlite() -> Db {
     common::sqlite("search")
@@ -33,21 +33,6 @@ fn put(repo: &Repository, resource: Value) {
         )
     })
     .unwrap();
-}
-
-fn plan(res_type: &str, query: &str) -> SearchPlan {
-    let params: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap();
-            (
-                renkei_repository::percent_decode(k),
-                renkei_repository::percent_decode(v),
-            )
-        })
-        .collect();
-    parse(&[res_type.to_string()], &params, &ParseOptions::default()).unwrap()
 }
 
 fn ids(repo: &Repository, res_type: &str, query: &str) -> Vec<String> {

@@ -14,7 +14,7 @@
 
 use chrono::{DateTime, NaiveDate};
 use renkei_repository::{Repository, WriteContext};
-use renkei_search::plan::{parse, Cursor, ParseOptions, SearchPlan};
+use renkei_search::plan::{Cursor, SearchPlan};
 use renkei_store::{SearchPage, Visibility};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,7 +45,7 @@ type Key = (String, String);
 // Backends
 
 mod common;
-use common::{backend_selected, Db};
+use common::{backend_selected, plan, Db};
 
 fn sqlite() -> Db {
     common::sqlite("crosscheck")
@@ -357,22 +357,6 @@ impl Data {
 
 // ---------------------------------------------------------------------------------------------
 // Engine side
-
-fn plan(res_type: &str, query: &str) -> SearchPlan {
-    let params: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap();
-            (
-                renkei_repository::percent_decode(k),
-                renkei_repository::percent_decode(v),
-            )
-        })
-        .collect();
-    parse(&[res_type.to_string()], &params, &ParseOptions::default())
-        .unwrap_or_else(|e| panic!("{res_type}?{query}: {e}"))
-}
 
 fn search(repo: &Repository, plan: &SearchPlan) -> SearchPage {
     repo.search(plan, &Visibility::Unrestricted).unwrap()

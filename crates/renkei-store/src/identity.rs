@@ -107,23 +107,6 @@ impl Tx<'_> {
             .collect())
     }
 
-    /// The link keys two records share (why they are one person).
-    pub fn shared_link_keys(&mut self, a: &str, b: &str) -> Result<Vec<String>, StoreError> {
-        let mut sql = Sql::new(
-            "SELECT x.link_key AS patient_id FROM patient_link_keys x \
-             JOIN patient_link_keys y ON y.link_key = x.link_key WHERE x.patient_id = ",
-        );
-        sql.bind(Bind::Text(a.into()))
-            .push(" AND y.patient_id = ")
-            .bind(Bind::Text(b.into()))
-            .push(" ORDER BY x.link_key");
-        Ok(self
-            .load::<PatientIdRow>(&sql)?
-            .into_iter()
-            .map(|r| r.patient_id)
-            .collect())
-    }
-
     /// Administrators' decisions involving `patient_id`.
     pub fn link_overrides_of(&mut self, patient_id: &str) -> Result<Vec<LinkOverride>, StoreError> {
         let mut sql = Sql::new(

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use renkei_repository::{Repository, RepositoryOptions};
+use renkei_search::plan::{parse, ParseOptions, SearchPlan};
 use renkei_store::{DatabaseUrl, Store, StoreOptions};
 
 pub struct Db {
@@ -55,4 +56,21 @@ pub fn postgres(label: &str) -> Db {
             let _ = renkei_store::admin::drop_postgres_database(&admin, &name);
         }),
     }
+}
+
+/// The search plan of `Type?query` (percent-decoded pairs, default options).
+pub fn plan(res_type: &str, query: &str) -> SearchPlan {
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap();
+            (
+                renkei_repository::percent_decode(k),
+                renkei_repository::percent_decode(v),
+            )
+        })
+        .collect();
+    parse(&[res_type.to_string()], &params, &ParseOptions::default())
+        .unwrap_or_else(|e| panic!("{res_type}?{query}: {e}"))
 }
