@@ -6,6 +6,7 @@
 #          cargo build --release -p renkei -p renkei-bench && cp target/release/renkei /tmp/renkei-audited
 #   usage: bench/audit-ab.sh [DATA_DIR]   (DATA_DIR from `renkei-bench generate`, default /tmp/net500)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RB=${RB:-$ROOT/target/release/renkei-bench}; ON=${ON:-/tmp/renkei-audited}; OFF=${OFF:-/tmp/renkei-unaudited}
 DATA=${1:-/tmp/net500}; OUT=${OUT:-/tmp/renkei-audit-ab}; DUR=${DUR:-5s}
@@ -16,14 +17,7 @@ start() { RENKEI_LOG=warn "$1" serve --listen 127.0.0.1:$PORT --database "$DB" >
 stop() { kill "$SPID"; wait "$SPID" 2>/dev/null || true; }
 trap 'kill "${SPID:-0}" 2>/dev/null || true; rm -rf "$W"' EXIT
 start "$ON"
-FACS=$(python3 -c "import json;print(' '.join(f['id'] for f in json.load(open('$DATA/manifest.json'))['facilities']))")
-echo "{" > "$W/tokens.json"; SEP=""
-for F in $FACS; do
-  "$ON" client add --database "$DB" --id "bench-$F" --organization "Organization/$F" --scope "system/*.cruds" >/dev/null
-  T=$("$ON" token --database "$DB" --client-id "bench-$F" --ttl 7200 | tail -n 1)
-  printf '%s"%s": "%s"\n' "$SEP" "$F" "$T" >> "$W/tokens.json"; SEP=","
-done
-echo "}" >> "$W/tokens.json"
+register_facilities "$ON" "$DB" "$DATA" "$W/tokens.json"
 "$RB" load --target "$B" --data "$DATA" --tokens "$W/tokens.json" --concurrency 2 | tail -1
 stop
 for round in 1 2; do

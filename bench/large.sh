@@ -6,6 +6,7 @@
 #   usage: bench/large.sh sqlite|postgres [DATA_DIR] [OUT_DIR]
 #   needs: a release build (cargo build --release -p renkei -p renkei-bench), psql for postgres
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BACKEND=${1:-sqlite}; DATA=${2:-/tmp/net10k}; OUT=${3:-/tmp/renkei-large}
 ROOT=$(cd "$(dirname "$0")/.." && pwd); BIN=$ROOT/target/release/renkei; RB=$ROOT/target/release/renkei-bench
 [ -x "$BIN" ] && [ -x "$RB" ] || { echo "build first: cargo build --release -p renkei -p renkei-bench"; exit 2; }
@@ -21,14 +22,7 @@ cleanup() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true
 trap cleanup EXIT
 RENKEI_LOG=warn "$BIN" serve --listen 127.0.0.1:$PORT --database "$DB" > "$OUT/server-$BACKEND.log" 2>&1 & SPID=$!
 for _ in $(seq 1 100); do curl -sf "$B/metadata" >/dev/null && break; sleep 0.2; done
-FACS=$(python3 -c "import json;print(' '.join(f['id'] for f in json.load(open('$DATA/manifest.json'))['facilities']))")
-echo "{" > "$WORK/tokens.json"; SEP=""
-for F in $FACS; do
-  "$BIN" client add --database "$DB" --id "bench-$F" --organization "Organization/$F" --scope "system/*.cruds" >/dev/null
-  T=$("$BIN" token --database "$DB" --client-id "bench-$F" --ttl 7200 | tail -n 1)
-  printf '%s"%s": "%s"\n' "$SEP" "$F" "$T" >> "$WORK/tokens.json"; SEP=","
-done
-echo "}" >> "$WORK/tokens.json"
+register_facilities "$BIN" "$DB" "$DATA" "$WORK/tokens.json"
 echo "== $BACKEND: load $(date -u +%FT%TZ) load avg $(cut -d' ' -f1-3 /proc/loadavg)"
 "$RB" load --target "$B" --data "$DATA" --tokens "$WORK/tokens.json" --concurrency 2 --json "$OUT/load-$BACKEND.json"
 RUN=("$RB" run --target "$B" --data "$DATA" --tokens "$WORK/tokens.json" --concurrency 8 --duration ${DUR:-8s} --warmup 2s --label "renkei-$BACKEND" --server-pid "$SPID" --db "$SIZE")
