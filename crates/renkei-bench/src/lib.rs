@@ -4,7 +4,8 @@
 //! - [`load`] — posts the Bundles concurrently, each with its facility's token;
 //! - [`run`] — workloads (read, vread, the clinical searches, `$everything`, create, transaction)
 //!   closed loop or open loop at a fixed rate (latency from the intended send time);
-//! - [`compare`] — starts Renkei (SQLite, PostgreSQL) and Helios on fresh databases, loads the
+//! - [`compare`] — starts Renkei (SQLite, PostgreSQL, optionally an unaudited-reads build) and
+//!   Helios (SQLite, PostgreSQL) on fresh databases and nginx on one static Patient, loads the
 //!   same data, alternates runs and rewrites the generated section of `docs/BENCHMARKS.md`;
 //! - [`smoke`] — seconds-long run of every workload, used by the black-box test suite.
 //!

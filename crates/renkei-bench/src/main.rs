@@ -131,9 +131,12 @@ enum Command {
         #[arg(long)]
         tokens: Option<PathBuf>,
     },
-    /// Start Renkei (SQLite, PostgreSQL) and Helios (SQLite) on fresh databases on this
-    /// machine, load the same data, run the workloads alternating A-B-A-B, and rewrite the
-    /// generated section of docs/BENCHMARKS.md with medians and ratios against the goals.
+    /// Start Renkei (SQLite, PostgreSQL; with --renkei-unaudited also its unaudited-reads
+    /// build on SQLite) and Helios (SQLite, PostgreSQL) on fresh databases on this machine, plus
+    /// nginx serving one static Patient; load the same data, run the workloads alternating
+    /// A-B-C-A-B-C, and rewrite the generated section of docs/BENCHMARKS.md with medians and
+    /// ratios against the goals (audit on/off read ratio, nginx ceiling included). Servers
+    /// whose executable is missing are skipped and listed as not run.
     Compare(CompareOptions),
 }
 
