@@ -24,7 +24,7 @@ for round in 1 2; do
   for variant in on off; do
     if [ "$variant" = on ]; then start "$ON"; else start "$OFF"; fi
     "$RB" run --target "$B" --data "$DATA" --tokens "$W/tokens.json" --workload read,search-lab-trend \
-      --concurrency 1,8 --duration "$DUR" --warmup 1s --label "audit-$variant-r$round" \
+      --concurrency "${CONC:-1,8,32}" --duration "$DUR" --warmup 1s --label "audit-$variant-r$round" \
       --json "$OUT/audit-$variant-r$round.json" --markdown "$OUT/audit-$variant-r$round.md" >/dev/null
     stop
   done

@@ -4,6 +4,7 @@
 # $everything and reads at 8 clients, owner vs consented facility. Bounded (every measurement
 # has a duration); loopback only.
 #   usage: bench/large.sh sqlite|postgres [DATA_DIR] [OUT_DIR]
+#   output: OUT_DIR/{load,owner,pair-owner,consented}-BACKEND.{json,md}, plans-BACKEND.md
 #   needs: a release build (cargo build --release -p renkei -p renkei-bench), psql for postgres
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -25,6 +26,10 @@ for _ in $(seq 1 100); do curl -sf "$B/metadata" >/dev/null && break; sleep 0.2;
 register_facilities "$BIN" "$DB" "$DATA" "$WORK/tokens.json"
 echo "== $BACKEND: load $(date -u +%FT%TZ) load avg $(cut -d' ' -f1-3 /proc/loadavg)"
 "$RB" load --target "$B" --data "$DATA" --tokens "$WORK/tokens.json" --concurrency 2 --json "$OUT/load-$BACKEND.json"
+# PostgreSQL plans need statistics after a bulk load (autovacuum would get there later).
+[ "$BACKEND" = postgres ] && psql "$DB" -qc "ANALYZE" >/dev/null
+echo "== $BACKEND: query plans $(date -u +%FT%TZ)"
+"$(dirname "$0")/explain.sh" "$BIN" "$DB" "$DATA" > "$OUT/plans-$BACKEND.md"
 RUN=("$RB" run --target "$B" --data "$DATA" --tokens "$WORK/tokens.json" --concurrency 8 --duration ${DUR:-8s} --warmup 2s --label "renkei-$BACKEND" --server-pid "$SPID" --db "$SIZE")
 "${RUN[@]}" --workload searches,everything,read --access owner --json "$OUT/owner-$BACKEND.json" --markdown "$OUT/owner-$BACKEND.md"
 "${RUN[@]}" --workload searches,everything --access pair-owner --json "$OUT/pair-owner-$BACKEND.json" --markdown "$OUT/pair-owner-$BACKEND.md"

@@ -242,9 +242,15 @@ impl Gate {
     /// BALP AuthZ-Consent for a search page: one event per patient whose data held by
     /// another facility the page returns, naming what permitted it (decided inside the SQL;
     /// this looks up which rule it was, once per patient, not per row).
-    fn search_consent_decisions(&self, who: &Requester, page: &SearchPage) -> Vec<NewAuditEvent> {
+    fn search_consent_decisions(
+        &self,
+        who: &Requester,
+        tx: &mut Tx<'_>,
+        page: &SearchPage,
+        visibility: &Visibility,
+    ) -> Result<Vec<NewAuditEvent>, RepoError> {
         if who.principal.role != renkei_consent::Role::Facility {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut first_row: std::collections::BTreeMap<&str, i64> =
             std::collections::BTreeMap::new();
@@ -256,33 +262,16 @@ impl Gate {
                 first_row.entry(patient).or_insert(row.rid);
             }
         }
-        if first_row.is_empty() {
-            return Vec::new();
-        }
-        let visibility = self.visibility(who);
-        let decided = self.repository.read_tx(|tx| {
-            first_row
-                .iter()
-                .map(|(patient, rid)| {
-                    Ok((
-                        patient.to_string(),
-                        self.decider(who, tx, *rid, &visibility, true)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, RepoError>>()
-        });
-        match decided {
-            Ok(decisions) => decisions
-                .into_iter()
-                .map(|(patient, decider)| {
-                    to_row(&self.consent_event(who, &patient, None, decider, true), &[])
-                })
-                .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "search consent decisions not looked up");
-                Vec::new()
-            }
-        }
+        first_row
+            .iter()
+            .map(|(patient, rid)| {
+                let decider = self.decider(who, tx, *rid, visibility, true)?;
+                Ok(to_row(
+                    &self.consent_event(who, patient, None, decider, true),
+                    &[],
+                ))
+            })
+            .collect()
     }
 
     /// Every break-glass request leaves an AuthZ-Consent event with its stated reason.
@@ -706,18 +695,27 @@ impl Gate {
     ) -> Result<SearchPage, AccessError> {
         let mut builder = self.event(who, Interaction::Search);
         builder.query = Some(raw_query.to_string());
-        let result = plan
+        let visibility = self.visibility(who);
+        // The page and the consents that permitted it are read in one transaction: one
+        // snapshot, one connection.
+        let searched = plan
             .types
             .iter()
             .try_for_each(|t| who.require(t, Action::Search))
-            .and_then(|()| Ok(self.repository.search(plan, &self.visibility(who))?));
+            .and_then(|()| {
+                Ok(self.repository.read_tx(|tx| {
+                    let page = renkei_repository::search_in(tx, plan, &visibility)?;
+                    let decisions = self.search_consent_decisions(who, tx, &page, &visibility)?;
+                    Ok((page, decisions))
+                })?)
+            });
+        let (result, decisions) = match searched {
+            Ok((page, decisions)) => (Ok(page), decisions),
+            Err(e) => (Err(e), Vec::new()),
+        };
         if result.is_ok() {
             self.audit_break_glass(who, &format!("search {raw_query}"))?;
         }
-        let decisions = match &result {
-            Ok(page) => self.search_consent_decisions(who, page),
-            Err(_) => Vec::new(),
-        };
         self.audited_with(
             builder,
             result,

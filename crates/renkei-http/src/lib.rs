@@ -23,6 +23,8 @@ mod search;
 pub mod tls;
 
 pub use error::ApiError;
+pub use renkei_search::plan::ParseOptions;
+pub use search::explain_plan;
 
 use actix_web::dev::Server;
 use actix_web::dev::Service;

@@ -83,23 +83,13 @@ async fn run(
     state: &AppState,
     request: SearchRequest,
 ) -> Result<HttpResponse> {
-    let params = localize(ctx, request.params);
-    let mut plan = parse(
-        &request.types,
-        &params,
-        &ParseOptions {
-            default_count: state.default_page_size,
-            max_count: state.max_page_size,
-            strict: strict_handling(req),
-        },
-    )
-    .map_err(search_error)?;
-    if plan.sort.len() > MAX_SORT_KEYS {
-        return Err(ApiError::bad_request(format!(
-            "_sort takes at most {MAX_SORT_KEYS} keys"
-        )));
-    }
-    plan.filters.extend(request.scope);
+    let options = ParseOptions {
+        default_count: state.default_page_size,
+        max_count: state.max_page_size,
+        strict: strict_handling(req),
+    };
+    let params = localize(ctx, request.params.clone());
+    let plan = plan_for(&request, &params, &options)?;
     let who = authenticate(req, state)?;
     let gate = state.gate.clone();
     let query_plan = plan.clone();
@@ -113,6 +103,53 @@ async fn run(
         ctx.format,
         ctx.pretty,
     ))
+}
+
+/// The search plan of a request: its parameters parsed, plus the filters its URL imposes.
+fn plan_for(
+    request: &SearchRequest,
+    params: &[(String, String)],
+    options: &ParseOptions,
+) -> Result<SearchPlan> {
+    let mut plan = parse(&request.types, params, options).map_err(search_error)?;
+    if plan.sort.len() > MAX_SORT_KEYS {
+        return Err(ApiError::bad_request(format!(
+            "_sort takes at most {MAX_SORT_KEYS} keys"
+        )));
+    }
+    plan.filters.extend(request.scope.iter().cloned());
+    Ok(plan)
+}
+
+/// The plan the server would run for a search URL relative to the FHIR base: `Type?…`,
+/// `Patient/{id}/Type?…` or `Patient/{id}/$everything?…` (for `renkei explain`). Strict:
+/// an unknown parameter is an error rather than silently left out of the plan.
+pub fn explain_plan(path_and_query: &str, options: &ParseOptions) -> Result<SearchPlan> {
+    let (path, query) = path_and_query
+        .trim_start_matches('/')
+        .split_once('?')
+        .unwrap_or((path_and_query.trim_start_matches('/'), ""));
+    let params = parse_query(query);
+    let segments: Vec<&str> = path.split('/').collect();
+    let request = match segments.as_slice() {
+        [res_type] => {
+            check_type(res_type)?;
+            SearchRequest {
+                types: vec![(*res_type).to_string()],
+                params,
+                scope: Vec::new(),
+                self_path: (*res_type).to_string(),
+            }
+        }
+        ["Patient", id, "$everything"] => everything_request(id, &params)?,
+        ["Patient", id, target] => compartment_request(id, target, params)?,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "expected Type?query, Patient/ID/Type?query or Patient/ID/$everything, not '{path}'"
+            )))
+        }
+    };
+    plan_for(&request, &request.params, options)
 }
 
 fn summary_mode(plan: &SearchPlan) -> Option<SummaryMode> {
@@ -358,24 +395,33 @@ pub async fn compartment(
         if target == "$everything" {
             return everything(&req, &ctx, &state, &id).await;
         }
-        check_type(&target)?;
-        if registry().patient_compartment_params(&target).is_empty() && target != "Patient" {
-            return Err(ApiError::bad_request(format!(
-                "{target} is not in the Patient compartment"
-            )));
-        }
-        let types = vec![target.clone()];
-        let scope = patient_compartment(&id, &types, target == "Patient", false);
-        let request = SearchRequest {
-            types,
-            params: ctx.params.clone(),
-            scope: vec![scope],
-            self_path: format!("Patient/{id}/{target}"),
-        };
+        let request = compartment_request(&id, &target, ctx.params.clone())?;
         run(&req, &ctx, &state, request).await
     }
     .await;
     finish(&req, &state, &ctx, result).await
+}
+
+/// `Patient/{id}/{target}?…`: a search of one type inside the patient's compartment.
+fn compartment_request(
+    id: &str,
+    target: &str,
+    params: Vec<(String, String)>,
+) -> Result<SearchRequest> {
+    check_type(target)?;
+    if registry().patient_compartment_params(target).is_empty() && target != "Patient" {
+        return Err(ApiError::bad_request(format!(
+            "{target} is not in the Patient compartment"
+        )));
+    }
+    let types = vec![target.to_string()];
+    let scope = patient_compartment(id, &types, target == "Patient", false);
+    Ok(SearchRequest {
+        types,
+        params,
+        scope: vec![scope],
+        self_path: format!("Patient/{id}/{target}"),
+    })
 }
 
 /// `Patient/{id}/$everything` (`_since`, `_type`, `_count`, paging): the Patient and every
@@ -386,8 +432,18 @@ async fn everything(
     state: &AppState,
     id: &str,
 ) -> Result<HttpResponse> {
+    let request = everything_request(id, &ctx.params)?;
+    run(req, ctx, state, request).await
+}
+
+/// The search `$everything` runs, from the operation's parameters.
+fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequest> {
     let reg = registry();
-    let mut types: Vec<String> = match ctx.param("_type") {
+    let type_param = query
+        .iter()
+        .find(|(name, _)| name == "_type")
+        .map(|(_, value)| value.as_str());
+    let mut types: Vec<String> = match type_param {
         Some(list) => list
             .split(',')
             .map(str::trim)
@@ -400,12 +456,12 @@ async fn everything(
             .collect(),
     };
     types.retain(|t| t == "Patient" || !reg.patient_compartment_params(t).is_empty());
-    if !types.iter().any(|t| t == "Patient") && ctx.param("_type").is_none() {
+    if !types.iter().any(|t| t == "Patient") && type_param.is_none() {
         types.push("Patient".into());
     }
     let mut params: Vec<(String, String)> = Vec::new();
     let mut linked = false;
-    for (name, value) in &ctx.params {
+    for (name, value) in query {
         match name.as_str() {
             // Every record linked to this one as the same person (HAPI FHIR spells it `_mdm`).
             "_linked" | "_mdm" => match value.as_str() {
@@ -426,7 +482,7 @@ async fn everything(
     }
     let include_self = types.iter().any(|t| t == "Patient");
     let scope = patient_compartment(id, &types, include_self, linked);
-    let request = SearchRequest {
+    Ok(SearchRequest {
         types,
         params,
         scope: vec![scope],
@@ -435,6 +491,5 @@ async fn everything(
         } else {
             format!("Patient/{id}/$everything")
         },
-    };
-    run(req, ctx, state, request).await
+    })
 }

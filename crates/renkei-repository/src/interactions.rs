@@ -228,10 +228,20 @@ impl Repository {
         plan: &renkei_search::plan::SearchPlan,
         visibility: &renkei_store::Visibility,
     ) -> Result<renkei_store::SearchPage, RepoError> {
+        self.store.read(|tx| search_in(tx, plan, visibility))
+    }
+
+    /// The database's plan for the first page of `plan` (operators' `renkei explain`).
+    pub fn explain_search(
+        &self,
+        plan: &renkei_search::plan::SearchPlan,
+        visibility: &renkei_store::Visibility,
+    ) -> Result<renkei_store::SearchExplanation, RepoError> {
         for res_type in &plan.types {
             check_type(res_type)?;
         }
-        self.store.read(|tx| Ok(tx.search(plan, visibility)?))
+        self.store
+            .read(|tx| Ok(tx.explain_search(plan, visibility)?))
     }
 
     /// Rebuilds the index rows of every current resource (after a change of search
@@ -290,6 +300,19 @@ fn stored(row: ResourceRow, body: String) -> StoredResource {
         last_updated: row.last_updated,
         body,
     }
+}
+
+/// One page of a search inside the caller's transaction (so what the caller decides about
+/// the page, e.g. which consents permitted it, sees the same snapshot).
+pub fn search_in(
+    tx: &mut Tx<'_>,
+    plan: &renkei_search::plan::SearchPlan,
+    visibility: &renkei_store::Visibility,
+) -> Result<renkei_store::SearchPage, RepoError> {
+    for res_type in &plan.types {
+        check_type(res_type)?;
+    }
+    Ok(tx.search(plan, visibility)?)
 }
 
 pub fn read(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<StoredResource, RepoError> {

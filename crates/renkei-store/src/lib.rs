@@ -9,6 +9,7 @@ mod clients;
 mod conn;
 mod consent;
 mod error;
+mod explain;
 mod identity;
 mod resources;
 mod search;
@@ -21,6 +22,7 @@ pub use clients::{ClientRow, ServerKeyRow};
 pub use conn::{Backend, Store, StoreOptions, Tx};
 pub use consent::ConsentRuleRow;
 pub use error::StoreError;
+pub use explain::SearchExplanation;
 pub use identity::LinkOverride;
 pub use resources::{
     HistoryPage, HistoryQuery, HistoryRow, HistoryScope, NewVersion, ResourceRow, TokenRow,

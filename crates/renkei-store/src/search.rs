@@ -228,7 +228,7 @@ impl Tx<'_> {
     /// expansion of the stored ValueSet it names (by `ValueSet/id` or canonical URL). An
     /// unknown ValueSet is an error (400), an unknown imported one contributes nothing; see
     /// [`expand_value_set`] for what is expanded.
-    fn resolve_value_sets<'p>(
+    pub(crate) fn resolve_value_sets<'p>(
         &mut self,
         plan: &'p SearchPlan,
         visibility: &Visibility,

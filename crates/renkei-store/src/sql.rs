@@ -39,6 +39,13 @@ impl Sql {
         self
     }
 
+    /// Appends another statement's text and binds (e.g. a query under an `EXPLAIN` prefix).
+    pub fn push_sql(&mut self, other: &Sql) -> &mut Self {
+        self.text.push_str(&other.text);
+        self.binds.extend(other.binds.iter().cloned());
+        self
+    }
+
     /// The text with `?` placeholders (the only `?` in it: values are never inlined).
     pub fn text(&self) -> &str {
         &self.text

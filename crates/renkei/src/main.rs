@@ -78,6 +78,20 @@ enum Command {
         #[command(subcommand)]
         action: AuditCommand,
     },
+    /// Print the SQL and the database's query plan of a search, as the server would run it
+    /// (PostgreSQL: EXPLAIN ANALYZE, which executes the statement).
+    Explain {
+        /// The search relative to the FHIR base, e.g. 'Observation?patient=P1&code=C',
+        /// 'Patient/P1/Observation?code=C' or 'Patient/P1/$everything'.
+        search: String,
+        /// Plan it as this facility sees it (Organization/ID), consent predicate included;
+        /// without it, unrestricted (the gateway's own view).
+        #[arg(long)]
+        organization: Option<String>,
+        /// Purpose of use of the facility's request.
+        #[arg(long, default_value = "TREAT")]
+        purpose: String,
+    },
     /// Rebuild the search index rows of every stored resource (after a change of search
     /// parameter definitions or of index extraction).
     Reindex {
@@ -284,6 +298,36 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Explain {
+            search,
+            organization,
+            purpose,
+        } => {
+            let plan = renkei_http::explain_plan(&search, &explain_parse_options(&config))
+                .map_err(|e| e.to_string())?;
+            let visibility = match organization {
+                Some(organization) => renkei_store::Visibility::Facility {
+                    organization,
+                    practitioner: None,
+                    purpose,
+                    now_ms: chrono::Utc::now().timestamp_millis(),
+                    break_glass: false,
+                    deny_holds_on_break_glass: config.patient_deny_holds_on_break_glass,
+                    implicit_permit: config.implicit_policy == "opt-out",
+                },
+                None => renkei_store::Visibility::Unrestricted,
+            };
+            let explanation = repository
+                .explain_search(&plan, &visibility)
+                .map_err(|e| e.to_string())?;
+            println!("-- {search}\n{}", explanation.sql);
+            println!("-- binds: {}", explanation.binds.join(", "));
+            println!("-- plan ({}):", store.backend().name());
+            for line in explanation.plan {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Reindex { batch } => {
             let started = std::time::Instant::now();
             let count = repository
@@ -299,6 +343,15 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+    }
+}
+
+/// How the server parses searches, strict: `explain` must not plan less than was asked.
+fn explain_parse_options(config: &Config) -> renkei_http::ParseOptions {
+    renkei_http::ParseOptions {
+        default_count: config.default_page_size,
+        max_count: config.max_page_size,
+        strict: true,
     }
 }
 
@@ -338,6 +391,14 @@ fn serve(
              with real data."
         );
         tracing::warn!("built with unaudited-reads-benchmark: reads are not audited");
+    }
+    if cfg!(feature = "unindexed-writes-benchmark") {
+        eprintln!(
+            "WARNING: this renkei binary was built with the unindexed-writes-benchmark feature: \
+             writes store NO search-index rows, so searches answer wrongly. It exists only to \
+             measure what indexing costs; never run it with real data."
+        );
+        tracing::warn!("built with unindexed-writes-benchmark: writes are not indexed");
     }
     if config.demo {
         match loader::load_demo_if_empty(&repository).map_err(|e| e.to_string())? {
