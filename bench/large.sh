@@ -9,7 +9,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 BACKEND=${1:-sqlite}; DATA=${2:-/tmp/net10k}; OUT=${3:-/tmp/renkei-large}
-ROOT=$(cd "$(dirname "$0")/.." && pwd); BIN=$ROOT/target/release/renkei; RB=$ROOT/target/release/renkei-bench
+ROOT=$(cd "$(dirname "$0")/.." && pwd); BIN=${BIN:-$ROOT/target/release/renkei}; RB=${RB:-$ROOT/target/release/renkei-bench}
 [ -x "$BIN" ] && [ -x "$RB" ] || { echo "build first: cargo build --release -p renkei -p renkei-bench"; exit 2; }
 [ -f "$DATA/manifest.json" ] || "$RB" generate --patients 10000 --facilities 8 --seed 1 --out "$DATA"
 mkdir -p "$OUT"; WORK=$(mktemp -d); PORT=${PORT:-18500}; B=http://127.0.0.1:$PORT/fhir

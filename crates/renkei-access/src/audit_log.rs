@@ -98,7 +98,9 @@ pub fn append(tx: &mut Tx<'_>, events: &[NewAuditEvent]) -> Result<(), StoreErro
 
 /// Turns a built event into the row the store keeps, with the references it is searched by.
 pub fn to_row(builder: &EventBuilder, custodians: &[String]) -> NewAuditEvent {
-    let event_id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered (UUIDv7): the unique index on event ids grows at its end instead of
+    // taking a random page per event, which made every group commit write far more pages.
+    let event_id = uuid::Uuid::now_v7().to_string();
     let body = builder.build(&event_id);
     let mut refs: Vec<(String, String)> = Vec::new();
     for patient in &builder.patients {

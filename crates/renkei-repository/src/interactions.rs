@@ -483,17 +483,22 @@ fn store_version(
         clinical_date: renkei_consent::clinical_date_ms(res_type, &stamped),
         body: Some(&body),
     };
+    let index_rows = index::rows(res_type, &stamped);
     let rid = match current {
         Some(row) => {
             tx.replace_current(row.rid, &new)?;
+            tx.replace_index(row.rid, res_type, &index_rows)?;
             row.rid
         }
-        None => tx.insert_new(&new)?,
+        None => {
+            let rid = tx.insert_new(&new)?;
+            tx.insert_index(rid, res_type, &index_rows)?;
+            rid
+        }
     };
     if let Some(rules) = consent_rules {
         tx.replace_consent_rules(rid, &format!("Consent/{id}"), &rules)?;
     }
-    tx.replace_index(rid, res_type, &index::rows(res_type, &stamped))?;
     if res_type == "Patient" {
         crate::identity::patient_written(tx, &context.linking, id, Some(&stamped))?;
     }
@@ -594,9 +599,10 @@ pub(crate) fn create_with_id(
             }
         }
     }
+    // Time-ordered ids keep the (type, id) unique index growing at its end.
     let id = assigned_id
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let resource = store_version(tx, None, res_type, &id, resource, "POST", context)?;
     Ok(WriteOutcome {
         resource,

@@ -87,6 +87,11 @@ impl Tx<'_> {
         res_type: &str,
         rows: &IndexRows,
     ) -> Result<(), StoreError> {
+        self.delete_index(rid)?;
+        self.insert_index(rid, res_type, rows)
+    }
+
+    fn delete_index(&mut self, rid: i64) -> Result<(), StoreError> {
         for table in [
             "idx_token",
             "idx_string",
@@ -101,6 +106,17 @@ impl Tx<'_> {
             delete.bind(Bind::Int(rid));
             self.execute(&delete)?;
         }
+        Ok(())
+    }
+
+    /// Stores the index rows of a resource that has none yet (its first version): no
+    /// deletes to run first.
+    pub fn insert_index(
+        &mut self,
+        rid: i64,
+        res_type: &str,
+        rows: &IndexRows,
+    ) -> Result<(), StoreError> {
         let text = |v: &str| Bind::Text(v.to_string());
         let opt = |v: &Option<String>| Bind::OptText(v.clone());
         self.insert_rows(

@@ -11,6 +11,11 @@ use renkei_store::{DatabaseUrl, Store, StoreOptions};
 use std::net::TcpListener;
 use std::process::ExitCode;
 
+/// glibc's allocator was a quarter of the server's CPU time while ingesting (malloc, free and
+/// their consolidation in a profile of `renkei-bench load`); see docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "renkei",
