@@ -26,7 +26,7 @@ EOF
 FACILITY=${Q[0]}
 for q in "${Q[@]:1}"; do
   for who in "" "Organization/$FACILITY"; do
-    echo "#### \`$q\` ${who:+as $who}${who:-unrestricted}"
+    echo "#### \`$q\` $(if [ -n "$who" ]; then echo "as $who"; else echo unrestricted; fi)"
     echo '```'
     if [ -n "$who" ]; then args=(--organization "$who"); else args=(); fi
     RENKEI_LOG=warn "$BIN" explain --database "$DB" "${args[@]}" "$q" | sed -n '/^-- plan/,$p'

@@ -13,19 +13,28 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd); BIN=${BIN:-$ROOT/target/release/renkei};
 [ -x "$BIN" ] && [ -x "$RB" ] || { echo "build first: cargo build --release -p renkei -p renkei-bench"; exit 2; }
 [ -f "$DATA/manifest.json" ] || "$RB" generate --patients 10000 --facilities 8 --seed 1 --out "$DATA"
 mkdir -p "$OUT"; WORK=$(mktemp -d); PORT=${PORT:-18500}; B=http://127.0.0.1:$PORT/fhir
+# KEEP_SQLITE=DIR: use (or keep) DIR/renkei.db instead of a scratch file; an already loaded
+# database there is measured again without reloading (same data, another build).
+if [ "$BACKEND" = sqlite ] && [ -n "${KEEP_SQLITE:-}" ]; then mkdir -p "$KEEP_SQLITE"; rm -rf "$WORK"; WORK=$KEEP_SQLITE; fi
 case $BACKEND in
   sqlite) DB=sqlite:$WORK/renkei.db; SIZE=$WORK/renkei.db ;;
   postgres) NAME=renkei_large_$$; ADMIN=${RENKEI_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
             psql "$ADMIN" -qc "CREATE DATABASE $NAME" >/dev/null; DB=${ADMIN%/*}/$NAME; SIZE=$DB ;;
 esac
 cleanup() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true
-  [ "$BACKEND" = postgres ] && psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null; rm -rf "$WORK"; }
+  [ "$BACKEND" = postgres ] && psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null
+  [ -n "${KEEP_SQLITE:-}" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 RENKEI_LOG=warn "$BIN" serve --listen 127.0.0.1:$PORT --database "$DB" > "$OUT/server-$BACKEND.log" 2>&1 & SPID=$!
 for _ in $(seq 1 100); do curl -sf "$B/metadata" >/dev/null && break; sleep 0.2; done
 register_facilities "$BIN" "$DB" "$DATA" "$WORK/tokens.json"
-echo "== $BACKEND: load $(date -u +%FT%TZ) load avg $(cut -d' ' -f1-3 /proc/loadavg)"
-"$RB" load --target "$B" --data "$DATA" --tokens "$WORK/tokens.json" --concurrency 2 --json "$OUT/load-$BACKEND.json"
+if [ -f "$WORK/loaded" ]; then
+  echo "== $BACKEND: already loaded ($WORK)"
+else
+  echo "== $BACKEND: load $(date -u +%FT%TZ) load avg $(cut -d' ' -f1-3 /proc/loadavg)"
+  "$RB" load --target "$B" --data "$DATA" --tokens "$WORK/tokens.json" --concurrency 2 --json "$OUT/load-$BACKEND.json"
+  touch "$WORK/loaded"
+fi
 # PostgreSQL plans need statistics after a bulk load (autovacuum would get there later).
 [ "$BACKEND" = postgres ] && psql "$DB" -qc "ANALYZE" >/dev/null
 echo "== $BACKEND: query plans $(date -u +%FT%TZ)"

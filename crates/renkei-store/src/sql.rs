@@ -46,6 +46,17 @@ impl Sql {
         self
     }
 
+    /// Removes a closing parenthesis at the end, to add more inside it; false when the text
+    /// does not end with one.
+    pub(crate) fn reopen(&mut self) -> bool {
+        if self.text.ends_with(')') {
+            self.text.pop();
+            true
+        } else {
+            false
+        }
+    }
+
     /// The text with `?` placeholders (the only `?` in it: values are never inlined).
     pub fn text(&self) -> &str {
         &self.text
