@@ -18,11 +18,14 @@ mkdir -p "$OUT"; WORK=$(mktemp -d); PORT=${PORT:-18500}; B=http://127.0.0.1:$POR
 if [ "$BACKEND" = sqlite ] && [ -n "${KEEP_SQLITE:-}" ]; then mkdir -p "$KEEP_SQLITE"; rm -rf "$WORK"; WORK=$KEEP_SQLITE; fi
 case $BACKEND in
   sqlite) DB=sqlite:$WORK/renkei.db; SIZE=$WORK/renkei.db ;;
-  postgres) NAME=renkei_large_$$; ADMIN=${RENKEI_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
-            psql "$ADMIN" -qc "CREATE DATABASE $NAME" >/dev/null; DB=${ADMIN%/*}/$NAME; SIZE=$DB ;;
+  postgres) ADMIN=${RENKEI_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+            # KEEP_PG=NAME: measure an already loaded database NAME again (kept afterwards).
+            if [ -n "${KEEP_PG:-}" ]; then NAME=$KEEP_PG; touch "$WORK/loaded"
+            else NAME=renkei_large_$$; psql "$ADMIN" -qc "CREATE DATABASE $NAME" >/dev/null; fi
+            DB=${ADMIN%/*}/$NAME; SIZE=$DB ;;
 esac
 cleanup() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true
-  [ "$BACKEND" = postgres ] && psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null
+  [ "$BACKEND" = postgres ] && [ -z "${KEEP_PG:-}" ] && psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null
   [ -n "${KEEP_SQLITE:-}" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 RENKEI_LOG=warn "$BIN" serve --listen 127.0.0.1:$PORT --database "$DB" > "$OUT/server-$BACKEND.log" 2>&1 & SPID=$!

@@ -58,8 +58,8 @@ impl Tx<'_> {
         visibility: &Visibility,
     ) -> Result<SearchExplanation, StoreError> {
         let resolved = self.resolve_value_sets(plan, visibility)?;
-        let page = page_sql(&resolved, visibility);
         let backend = self.backend();
+        let page = page_sql(&resolved, visibility, backend);
         let mut statement = crate::Sql::new(match backend {
             Backend::Sqlite => "EXPLAIN QUERY PLAN ",
             Backend::Postgres => "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) ",

@@ -3,7 +3,7 @@
 //! database returns exactly the page; nothing is filtered in memory.
 
 use crate::sql::{Bind, Sql};
-use crate::{StoreError, Tx, Visibility};
+use crate::{Backend, StoreError, Tx, Visibility};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use renkei_search::plan::{
@@ -435,7 +435,7 @@ impl Tx<'_> {
                 ..SearchPage::default()
             });
         }
-        let sql = page_sql(plan, visibility);
+        let sql = page_sql(plan, visibility, self.backend());
         let mut rows = self.load::<SearchRow>(&sql)?;
         let backward = plan.cursor.as_ref().is_some_and(|c| c.backward);
         let more = rows.len() > plan.count;
@@ -925,7 +925,7 @@ fn bind_sort_value(sql: &mut Sql, value: &SortValue) {
 
 /// The page query: matches with their sort keys, after the cursor, in order, one extra row
 /// to learn whether another page follows.
-pub fn page_sql(plan: &SearchPlan, visibility: &Visibility) -> Sql {
+pub fn page_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) -> Sql {
     let sorts: Vec<&Sort> = plan.sort.iter().take(MAX_SORT_KEYS).collect();
     let mut sql = Sql::new(&format!("SELECT v.* FROM (SELECT {ROW_COLUMNS}"));
     for (i, sort) in sorts.iter().enumerate() {
@@ -967,7 +967,16 @@ pub fn page_sql(plan: &SearchPlan, visibility: &Visibility) -> Sql {
         sql.push(&format!("v.s{i} {dir}, "));
     }
     let dir = if descending(false) { "DESC" } else { "ASC" };
-    sql.push(&format!("v.rid {dir} LIMIT ")).bind(Bind::Int(
+    // When an index lists the candidates they are few, and sorting them is cheap. Ordering by
+    // the bare primary key instead let PostgreSQL walk `resources` in key order hoping to meet
+    // 51 candidates early: `$everything` read 873,468 rows (2.2 s) at 1M resources. SQLite
+    // reads an `IN` list in key order anyway and stops at the limit, so it keeps the key.
+    let rid_key = if backend == Backend::Postgres && drives_from_index(plan) {
+        "v.rid + 0"
+    } else {
+        "v.rid"
+    };
+    sql.push(&format!("{rid_key} {dir} LIMIT ")).bind(Bind::Int(
         i64::try_from(plan.count.saturating_add(1)).unwrap_or(i64::MAX),
     ));
     sql
@@ -1493,6 +1502,7 @@ mod tests {
                 &[("code", "http://loinc.org|1,2"), ("patient", "p1")],
             ),
             &Visibility::Unrestricted,
+            Backend::Sqlite,
         );
         let text = sql.render(false);
         // The patient reference lists the candidates although the query names it second; the
@@ -1500,6 +1510,14 @@ mod tests {
         assert!(text.contains("r.rid IN (SELECT x1.rid FROM idx_reference x1 WHERE x1.res_type = ? AND x1.param = ? AND ((x1.target_id = ?)) AND EXISTS (SELECT 1 FROM idx_token x2 WHERE x2.rid = x1.rid AND x2.param = ? AND ((x2.code = ? AND x2.system = ?) OR (x2.code = ?)))))"), "{text}");
         assert!(text.ends_with("ORDER BY v.rid ASC LIMIT ?"), "{text}");
         assert!(!text.contains("OFFSET"));
+        // PostgreSQL sorts the few candidates rather than walking the primary key.
+        let pg = page_sql(
+            &plan("Observation", &[("patient", "p1")]),
+            &Visibility::Unrestricted,
+            Backend::Postgres,
+        )
+        .render(true);
+        assert!(pg.ends_with("ORDER BY v.rid + 0 ASC LIMIT $6"), "{pg}");
         assert_eq!(sql.render(true).matches('$').count(), sql.binds().len());
     }
 
@@ -1532,7 +1550,7 @@ mod tests {
             rid: 9,
             backward: false,
         });
-        let text = page_sql(&p, &Visibility::Unrestricted).render(false);
+        let text = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite).render(false);
         assert!(text.contains("COALESCE((SELECT MAX(s.high) FROM idx_date s WHERE s.rid = r.rid AND s.param = ?), ?) AS s0"), "{text}");
         assert!(
             text.contains(
@@ -1545,7 +1563,7 @@ mod tests {
             "{text}"
         );
         p.cursor.as_mut().unwrap().backward = true;
-        let text = page_sql(&p, &Visibility::Unrestricted).render(false);
+        let text = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite).render(false);
         assert!(
             text.contains("ORDER BY v.s0 ASC, v.s1 DESC, v.rid DESC"),
             "{text}"
@@ -1557,6 +1575,7 @@ mod tests {
         let text = page_sql(
             &plan("Observation", &[("subject:Patient.identifier", "s|1")]),
             &Visibility::Unrestricted,
+            Backend::Sqlite,
         )
         .render(false);
         assert!(
@@ -1572,6 +1591,7 @@ mod tests {
         let text = page_sql(
             &plan("Patient", &[("_has:Observation:patient:code", "1234")]),
             &Visibility::Unrestricted,
+            Backend::Sqlite,
         )
         .render(false);
         assert!(
