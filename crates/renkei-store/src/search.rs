@@ -1453,8 +1453,10 @@ fn push_filter(
                         .bind(Bind::Text(target_id.clone()));
                 }
             };
+            // One candidate list (the members' references, then the target itself): an `OR`
+            // beside the `IN` kept PostgreSQL from joining it and made it scan `resources`.
             sql.push(&format!(
-                "({alias}.rid IN (SELECT {x}.rid FROM idx_reference {x} WHERE "
+                "{alias}.rid IN (SELECT {x}.rid FROM idx_reference {x} WHERE "
             ));
             push_target(sql, &format!("{x}.target_id"));
             sql.push(&format!(" AND {x}.target_type = "))
@@ -1467,13 +1469,15 @@ fn push_filter(
                 push_text_list(sql, params);
                 sql.push(")");
             });
-            sql.push("))");
+            sql.push(")");
             if *include_self {
-                sql.push(&format!(" OR ({alias}.res_type = "))
-                    .bind(Bind::Text(target_type.clone()))
-                    .push(" AND ");
-                push_target(sql, &format!("{alias}.res_id"));
-                sql.push(")");
+                let own = format!("{x}s");
+                sql.push(&format!(
+                    " UNION ALL SELECT {own}.rid FROM resources {own} WHERE {own}.res_type = "
+                ))
+                .bind(Bind::Text(target_type.clone()))
+                .push(" AND ");
+                push_target(sql, &format!("{own}.res_id"));
             }
             sql.push(")");
         }
