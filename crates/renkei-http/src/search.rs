@@ -81,15 +81,15 @@ async fn run(
     req: &HttpRequest,
     ctx: &RequestCtx,
     state: &AppState,
-    request: SearchRequest,
+    mut request: SearchRequest,
 ) -> Result<HttpResponse> {
     let options = ParseOptions {
         default_count: state.default_page_size,
         max_count: state.max_page_size,
         strict: strict_handling(req),
     };
-    let params = localize(ctx, request.params.clone());
-    let plan = plan_for(&request, &params, &options)?;
+    request.params = localize(ctx, std::mem::take(&mut request.params));
+    let plan = plan_for(&request, &options)?;
     let who = authenticate(req, state)?;
     let gate = state.gate.clone();
     let query_plan = plan.clone();
@@ -106,12 +106,8 @@ async fn run(
 }
 
 /// The search plan of a request: its parameters parsed, plus the filters its URL imposes.
-fn plan_for(
-    request: &SearchRequest,
-    params: &[(String, String)],
-    options: &ParseOptions,
-) -> Result<SearchPlan> {
-    let mut plan = parse(&request.types, params, options).map_err(search_error)?;
+fn plan_for(request: &SearchRequest, options: &ParseOptions) -> Result<SearchPlan> {
+    let mut plan = parse(&request.types, &request.params, options).map_err(search_error)?;
     if plan.sort.len() > MAX_SORT_KEYS {
         return Err(ApiError::bad_request(format!(
             "_sort takes at most {MAX_SORT_KEYS} keys"
@@ -149,7 +145,7 @@ pub fn explain_plan(path_and_query: &str, options: &ParseOptions) -> Result<Sear
             )))
         }
     };
-    plan_for(&request, &request.params, options)
+    plan_for(&request, options)
 }
 
 fn summary_mode(plan: &SearchPlan) -> Option<SummaryMode> {

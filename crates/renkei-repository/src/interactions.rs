@@ -237,9 +237,7 @@ impl Repository {
         plan: &renkei_search::plan::SearchPlan,
         visibility: &renkei_store::Visibility,
     ) -> Result<renkei_store::SearchExplanation, RepoError> {
-        for res_type in &plan.types {
-            check_type(res_type)?;
-        }
+        check_types(plan)?;
         self.store
             .read(|tx| Ok(tx.explain_search(plan, visibility)?))
     }
@@ -309,10 +307,14 @@ pub fn search_in(
     plan: &renkei_search::plan::SearchPlan,
     visibility: &renkei_store::Visibility,
 ) -> Result<renkei_store::SearchPage, RepoError> {
-    for res_type in &plan.types {
-        check_type(res_type)?;
-    }
+    check_types(plan)?;
     Ok(tx.search(plan, visibility)?)
+}
+
+fn check_types(plan: &renkei_search::plan::SearchPlan) -> Result<(), RepoError> {
+    plan.types
+        .iter()
+        .try_for_each(|res_type| check_type(res_type))
 }
 
 pub fn read(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<StoredResource, RepoError> {

@@ -2,7 +2,6 @@
 //! (same SQL, same binds, same consent predicate). For operators checking that a search is
 //! index-driven, and for the plans quoted in `docs/SEARCH.md`.
 
-use crate::search::page_sql;
 use crate::{Backend, StoreError, Tx, Visibility};
 use diesel::backend::Backend as DieselBackend;
 use diesel::deserialize::{self, FromSql};
@@ -51,15 +50,15 @@ pub struct SearchExplanation {
 }
 
 impl Tx<'_> {
-    /// The plan of the first page of `plan` for `visibility`.
+    /// The plan of the statement a search runs first (its first page, or its count) for
+    /// `visibility`.
     pub fn explain_search(
         &mut self,
         plan: &SearchPlan,
         visibility: &Visibility,
     ) -> Result<SearchExplanation, StoreError> {
-        let resolved = self.resolve_value_sets(plan, visibility)?;
         let backend = self.backend();
-        let page = page_sql(&resolved, visibility, backend);
+        let page = self.search_statement(plan, visibility)?;
         let mut statement = crate::Sql::new(match backend {
             Backend::Sqlite => "EXPLAIN QUERY PLAN ",
             Backend::Postgres => "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) ",

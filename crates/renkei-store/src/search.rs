@@ -415,9 +415,32 @@ impl Tx<'_> {
         visibility: &Visibility,
     ) -> Result<i64, StoreError> {
         let plan = self.resolve_value_sets(plan, visibility)?;
-        let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
-        push_where(&mut sql, &plan, &mut Aliases::new(visibility));
+        self.count_resolved(&plan, visibility)
+    }
+
+    /// The count of a plan whose value sets are already expanded (not expanded again).
+    fn count_resolved(
+        &mut self,
+        plan: &SearchPlan,
+        visibility: &Visibility,
+    ) -> Result<i64, StoreError> {
+        let sql = count_sql(plan, visibility);
         Ok(self.load::<Count>(&sql)?.first().map_or(0, |c| c.n))
+    }
+
+    /// The statement a search runs first: the count for `_summary=count`, else the page
+    /// (what `renkei explain` asks the database to plan).
+    pub(crate) fn search_statement(
+        &mut self,
+        plan: &SearchPlan,
+        visibility: &Visibility,
+    ) -> Result<Sql, StoreError> {
+        let plan = self.resolve_value_sets(plan, visibility)?;
+        Ok(if plan.count_only() {
+            count_sql(&plan, visibility)
+        } else {
+            page_sql(&plan, visibility, self.backend())
+        })
     }
 
     /// One page of matches (keyset paging on the plan's sort keys and rid), the total when
@@ -431,7 +454,7 @@ impl Tx<'_> {
         let plan = &*resolved;
         if plan.count_only() {
             return Ok(SearchPage {
-                total: Some(self.search_count(plan, visibility)?),
+                total: Some(self.count_resolved(plan, visibility)?),
                 ..SearchPage::default()
             });
         }
@@ -473,7 +496,7 @@ impl Tx<'_> {
             )
         };
         let total = if plan.total == renkei_search::plan::Total::Accurate {
-            Some(self.search_count(plan, visibility)?)
+            Some(self.count_resolved(plan, visibility)?)
         } else if plan.cursor.is_none() && !more {
             i64::try_from(rows.len()).ok()
         } else {
@@ -921,6 +944,12 @@ fn bind_sort_value(sql: &mut Sql, value: &SortValue) {
         SortValue::Float(f) => sql.bind(Bind::Float(*f)),
         SortValue::Text(t) => sql.bind(Bind::Text(t.clone())),
     };
+}
+
+fn count_sql(plan: &SearchPlan, visibility: &Visibility) -> Sql {
+    let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
+    push_where(&mut sql, plan, &mut Aliases::new(visibility));
+    sql
 }
 
 /// The page query: matches with their sort keys, after the cursor, in order, one extra row

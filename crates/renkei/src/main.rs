@@ -310,6 +310,7 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let plan = renkei_http::explain_plan(&search, &explain_parse_options(&config))
                 .map_err(|e| e.to_string())?;
+            let policy = consent_policy(&config);
             let visibility = match organization {
                 Some(organization) => renkei_store::Visibility::Facility {
                     organization,
@@ -317,8 +318,8 @@ fn run(cli: Cli) -> Result<(), String> {
                     purpose,
                     now_ms: chrono::Utc::now().timestamp_millis(),
                     break_glass: false,
-                    deny_holds_on_break_glass: config.patient_deny_holds_on_break_glass,
-                    implicit_permit: config.implicit_policy == "opt-out",
+                    deny_holds_on_break_glass: policy.patient_deny_holds_on_break_glass,
+                    implicit_permit: policy.implicit == renkei_consent::Implicit::OptOut,
                 },
                 None => renkei_store::Visibility::Unrestricted,
             };
@@ -348,6 +349,18 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+    }
+}
+
+/// The consent policy the configuration sets, for `serve` and `explain` alike.
+fn consent_policy(config: &Config) -> renkei_consent::Policy {
+    renkei_consent::Policy {
+        implicit: if config.implicit_policy == "opt-out" {
+            renkei_consent::Implicit::OptOut
+        } else {
+            renkei_consent::Implicit::OptIn
+        },
+        patient_deny_holds_on_break_glass: config.patient_deny_holds_on_break_glass,
     }
 }
 
@@ -423,14 +436,7 @@ fn serve(
     if config.demo {
         print_demo_tokens(&store)?;
     }
-    let policy = renkei_consent::Policy {
-        implicit: if config.implicit_policy == "opt-out" {
-            renkei_consent::Implicit::OptOut
-        } else {
-            renkei_consent::Implicit::OptIn
-        },
-        patient_deny_holds_on_break_glass: config.patient_deny_holds_on_break_glass,
-    };
+    let policy = consent_policy(&config);
     let state = renkei_http::AppState {
         gate: renkei_access::Gate::new(repository, policy),
         auth: renkei_http::auth::AuthState {
