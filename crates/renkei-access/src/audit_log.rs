@@ -1,14 +1,28 @@
 //! Durable audit recording. Writes append their AuditEvent inside their own transaction; reads
 //! hand theirs to a group-commit writer and wait until it is on disk before answering, so one
-//! commit serves many concurrent reads.
+//! disk flush serves many concurrent reads. On SQLite the group lands in the read-audit journal
+//! (`audit_journal`) and a background ingester moves it into the hash-chained trail in large
+//! transactions; on PostgreSQL each group is committed to the trail directly.
 
+use crate::audit_journal::{journal_path, read_journal, Journal};
 use renkei_audit::{record_hash, AuditOutcome, EventBuilder};
 use renkei_store::{NewAuditEvent, Store, StoreError, Tx};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-/// Most events committed together.
+/// Most events flushed together.
 const MAX_BATCH: usize = 256;
+/// Most journaled events the ingester appends to the trail in one transaction.
+const MAX_INGEST: usize = 4096;
+/// How long the ingester lets events gather before a transaction, unless someone is waiting.
+/// Long: the per-patient and per-resource reference index takes random pages, and every
+/// transaction writes each page it touched once, so fewer, larger transactions write less.
+const INGEST_GATHER: Duration = Duration::from_millis(500);
+/// A journal that has grown past this is emptied once all of it is in the trail.
+const JOURNAL_CLEAR_BYTES: u64 = crate::audit_journal::PREALLOCATED_BYTES - 4 * 1024 * 1024;
+/// How long a search of the trail waits for journaled events to reach it.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Pending {
     event: NewAuditEvent,
@@ -19,22 +33,87 @@ struct Pending {
 #[derive(Clone)]
 pub struct AuditLog {
     queue: SyncSender<Pending>,
+    /// Journal mode (SQLite): the ingester's progress and its wake-up line.
+    ingest: Option<(Arc<Progress>, Sender<IngestMessage>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("the audit trail cannot be written: {0}")]
 pub struct AuditUnavailable(pub String);
 
+enum IngestMessage {
+    Events(Vec<NewAuditEvent>),
+    /// Someone waits for everything journaled so far to be in the trail.
+    Flush,
+}
+
+/// Counts of events journaled and moved into the trail since start, and the ingester's last
+/// failure (while it persists, new reads are refused: the trail is not taking records).
+#[derive(Default)]
+struct Progress {
+    state: Mutex<Counts>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Counts {
+    journaled: u64,
+    ingested: u64,
+    failure: Option<String>,
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 impl AuditLog {
-    /// Starts the group-commit writer over `store`.
+    /// Starts the group-commit writer over `store` (and, on SQLite, the journal ingester, which
+    /// first moves any events a previous run left in the journal into the trail).
     pub fn start(store: Store) -> AuditLog {
         let (queue, receiver) = mpsc::sync_channel::<Pending>(4096);
-        std::thread::Builder::new()
-            .name("renkei-audit".into())
-            .spawn(move || writer_loop(&store, &receiver))
-            .map_err(|e| tracing::error!(error = %e, "cannot start the audit writer"))
-            .ok();
-        AuditLog { queue }
+        let journal = store
+            .sqlite_path()
+            .map(journal_path)
+            .map(|path| Journal::open(&path).map_err(|e| format!("{}: {e}", path.display())));
+        let ingest = match journal {
+            None => {
+                spawn("renkei-audit", move || direct_writer(&store, &receiver));
+                None
+            }
+            Some(Err(message)) => {
+                // Every read will answer 503 naming the problem; nothing is served unaudited.
+                tracing::error!(error = %message, "cannot open the audit journal");
+                spawn("renkei-audit", move || refuse_all(&receiver, &message));
+                None
+            }
+            Some(Ok((journal, left_over))) => {
+                let progress = Arc::new(Progress::default());
+                let (ingest_tx, ingest_rx) = mpsc::channel::<IngestMessage>();
+                if !left_over.is_empty() {
+                    tracing::info!(
+                        events = left_over.len(),
+                        "audit journal holds events of the previous run; moving them into the trail"
+                    );
+                    progress.lock().journaled = left_over.len() as u64;
+                    let _ = ingest_tx.send(IngestMessage::Events(left_over));
+                }
+                let writer_progress = Arc::clone(&progress);
+                let writer_ingest = ingest_tx.clone();
+                spawn("renkei-audit", move || {
+                    journal_writer(journal, &receiver, &writer_ingest, &writer_progress)
+                });
+                let ingester_progress = Arc::clone(&progress);
+                spawn("renkei-audit-ingest", move || {
+                    ingester(&store, &ingest_rx, &ingester_progress)
+                });
+                Some((progress, ingest_tx))
+            }
+        };
+        AuditLog { queue, ingest }
     }
 
     /// Records an event and returns once it is durable. Blocking: call from a blocking thread.
@@ -67,28 +146,210 @@ impl AuditLog {
         }
         Ok(())
     }
-}
 
-fn writer_loop(store: &Store, receiver: &Receiver<Pending>) {
-    while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
-        // Take whatever else is already waiting: their commit rides on this one.
-        while batch.len() < MAX_BATCH {
-            match receiver.recv_timeout(Duration::from_micros(0)) {
-                Ok(more) => batch.push(more),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+    /// Returns once every event recorded so far is in the searchable trail (journal mode), so
+    /// a search of the trail sees every access answered before it.
+    pub fn flush(&self) -> Result<(), AuditUnavailable> {
+        match &self.ingest {
+            None => Ok(()),
+            Some((progress, ingest)) => {
+                wait_until_ingested(progress, ingest, FLUSH_TIMEOUT).map_err(AuditUnavailable)
             }
         }
+    }
+}
+
+/// Waits until every event journaled so far is in the trail, waking the ingester.
+fn wait_until_ingested(
+    progress: &Progress,
+    ingest: &Sender<IngestMessage>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut counts = progress.lock();
+    let target = counts.journaled;
+    if counts.ingested >= target {
+        return Ok(());
+    }
+    let _ = ingest.send(IngestMessage::Flush);
+    while counts.ingested < target {
+        if let Some(failure) = &counts.failure {
+            return Err(failure.clone());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("journaled audit events did not reach the trail in time".into());
+        }
+        counts = progress
+            .changed
+            .wait_timeout(counts, left)
+            .map(|(guard, _)| guard)
+            .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+    }
+    Ok(())
+}
+
+fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(work)
+        .map_err(|e| tracing::error!(error = %e, thread = name, "cannot start an audit thread"))
+        .ok();
+}
+
+/// The next group: the first waiting event and whatever else is already queued behind it.
+fn next_batch(receiver: &Receiver<Pending>) -> Option<Vec<Pending>> {
+    let first = receiver.recv().ok()?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match receiver.recv_timeout(Duration::from_micros(0)) {
+            Ok(more) => batch.push(more),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(batch)
+}
+
+fn answer(batch: Vec<Pending>, outcome: &Result<(), String>) {
+    for pending in batch {
+        let _ = pending.done.send(outcome.clone());
+    }
+}
+
+/// PostgreSQL: each group is one transaction on the trail.
+fn direct_writer(store: &Store, receiver: &Receiver<Pending>) {
+    let mut session = store.writer_session();
+    while let Some(batch) = next_batch(receiver) {
         let events: Vec<NewAuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
-        let result: Result<(), StoreError> = store.write(|tx| append(tx, &events));
+        let result: Result<(), StoreError> = session.write(|tx| append(tx, &events));
         let outcome = result.map_err(|e| {
             tracing::error!(error = %e, "audit append failed");
             e.to_string()
         });
-        for pending in batch {
-            let _ = pending.done.send(outcome.clone());
+        answer(batch, &outcome);
+    }
+}
+
+fn refuse_all(receiver: &Receiver<Pending>, message: &str) {
+    while let Some(batch) = next_batch(receiver) {
+        answer(batch, &Err(format!("audit journal: {message}")));
+    }
+}
+
+/// SQLite: each group is appended to the journal and flushed, then handed to the ingester.
+fn journal_writer(
+    mut journal: Journal,
+    receiver: &Receiver<Pending>,
+    ingest: &Sender<IngestMessage>,
+    progress: &Progress,
+) {
+    while let Some(batch) = next_batch(receiver) {
+        if let Some(failure) = progress.lock().failure.clone() {
+            answer(batch, &Err(failure));
+            continue;
+        }
+        if journal.len() > JOURNAL_CLEAR_BYTES {
+            // Reuse the journal's space once everything in it is in the trail (a short pause).
+            match wait_until_ingested(progress, ingest, FLUSH_TIMEOUT) {
+                Ok(()) => journal.rewind(),
+                Err(e) => tracing::warn!(error = %e, "audit journal not emptied; it grows"),
+            }
+        }
+        let events: Vec<NewAuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+        let outcome = match journal.append(&events) {
+            Ok(()) => {
+                // Sent before counted: a flush that sees the count finds the events ahead of
+                // its own wake-up in the ingester's queue.
+                let count = events.len() as u64;
+                let _ = ingest.send(IngestMessage::Events(events));
+                progress.lock().journaled += count;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit journal append failed");
+                Err(format!("audit journal: {e}"))
+            }
+        };
+        answer(batch, &outcome);
+    }
+}
+
+/// Moves journaled events into the trail, many per transaction; retries after a failure and
+/// reports it meanwhile, so reads are refused until the trail takes records again.
+fn ingester(store: &Store, messages: &Receiver<IngestMessage>, progress: &Progress) {
+    let mut session = store.writer_session();
+    let mut pending: Vec<NewAuditEvent> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match messages.recv() {
+                Ok(IngestMessage::Events(events)) => pending.extend(events),
+                Ok(IngestMessage::Flush) => continue,
+                Err(_) => return,
+            }
+        }
+        let deadline = Instant::now() + INGEST_GATHER;
+        while pending.len() < MAX_INGEST {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match messages.recv_timeout(left) {
+                Ok(IngestMessage::Events(events)) => pending.extend(events),
+                Ok(IngestMessage::Flush) | Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let result: Result<usize, StoreError> = session.write(|tx| append_missing(tx, &pending));
+        let mut counts = progress.lock();
+        match result {
+            Ok(_) => {
+                counts.ingested += pending.len() as u64;
+                counts.failure = None;
+                pending.clear();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journaled audit events cannot be added to the trail; retrying");
+                counts.failure = Some(format!("audit trail: {e}"));
+            }
+        }
+        let failed = counts.failure.is_some();
+        drop(counts);
+        progress.changed.notify_all();
+        if failed {
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Appends the events the trail does not hold yet (a journal replayed after a crash, or by an
+/// operator command while the server runs, must not append anything twice).
+fn append_missing(tx: &mut Tx<'_>, events: &[NewAuditEvent]) -> Result<usize, StoreError> {
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let present = tx.audit_events_present(&ids)?;
+    let missing: Vec<NewAuditEvent> = events
+        .iter()
+        .filter(|e| !present.contains(&e.event_id))
+        .cloned()
+        .collect();
+    append(tx, &missing)?;
+    Ok(missing.len())
+}
+
+/// Operator commands (`audit verify`, `audit export`): the read AuditEvents a stopped or
+/// crashed server left in its journal (SQLite) that are not in the trail yet. The server adds
+/// them when it starts; the commands only read.
+pub fn journal_backlog(store: &Store) -> Result<Vec<NewAuditEvent>, StoreError> {
+    let Some(path) = store.sqlite_path().map(journal_path) else {
+        return Ok(Vec::new());
+    };
+    let events = read_journal(&path)
+        .map_err(|e| StoreError::Unavailable(format!("audit journal {}: {e}", path.display())))?;
+    if events.is_empty() {
+        return Ok(events);
+    }
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let present = store.read(|tx| tx.audit_events_present(&ids))?;
+    Ok(events
+        .into_iter()
+        .filter(|e| !present.contains(&e.event_id))
+        .collect())
 }
 
 /// Appends events inside the caller's transaction (writes: no audit, no data).

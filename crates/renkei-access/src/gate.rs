@@ -959,10 +959,16 @@ impl Gate {
         }
         let mut builder = self.event(who, Interaction::Search);
         builder.query = Some("AuditEvent".into());
+        // Every access answered before this search is in the trail it reads.
         let result = self
-            .repository
-            .read_tx(|tx| Ok(tx.audit_search(&query)?))
-            .map_err(AccessError::from);
+            .audit
+            .flush()
+            .map_err(|e| AccessError::AuditUnavailable(e.0))
+            .and_then(|()| {
+                self.repository
+                    .read_tx(|tx| Ok(tx.audit_search(&query)?))
+                    .map_err(AccessError::from)
+            });
         self.audited(builder, result, |_, _| Vec::new())
     }
 }

@@ -2,6 +2,7 @@
 //! the gate, never the repository, so no path reaches data without a decision and an
 //! AuditEvent.
 
+mod audit_journal;
 pub mod audit_log;
 mod gate;
 mod requester;

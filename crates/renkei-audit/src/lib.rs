@@ -40,6 +40,11 @@ pub fn record_hash(seq: i64, recorded_ms: i64, prev_hash: &str, body: &str) -> S
     hex(&hasher.finalize())
 }
 
+/// SHA-256 of a journal frame's payload: a torn or altered frame never passes as a record.
+pub fn frame_digest(payload: &[u8]) -> [u8; 32] {
+    Sha256::digest(payload).into()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

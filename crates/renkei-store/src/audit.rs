@@ -147,8 +147,12 @@ impl Tx<'_> {
                     .push(", ")
                     .bind(Bind::Text(record_hash.clone()))
                     .push(")");
+                // One row per (kind, ref) of an event: the key of the reference table.
+                let mut seen = std::collections::HashSet::new();
                 for (kind, reference) in &event.refs {
-                    ref_rows.push((seq, kind, reference));
+                    if seen.insert((kind, reference)) {
+                        ref_rows.push((seq, kind, reference));
+                    }
                 }
                 prev = record_hash;
             }
@@ -178,6 +182,36 @@ impl Tx<'_> {
             .push(" WHERE id = 1");
         self.execute(&update)?;
         Ok(())
+    }
+
+    /// Which of `event_ids` the trail already holds (a journal replayed twice appends nothing
+    /// twice).
+    pub fn audit_events_present(
+        &mut self,
+        event_ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Present {
+            #[diesel(sql_type = Text)]
+            event_id: String,
+        }
+        let mut present = std::collections::HashSet::new();
+        for chunk in event_ids.chunks(512) {
+            // Lists padded to a power of two (repeating an id) keep the number of distinct
+            // statements each connection prepares small.
+            let width = chunk.len().next_power_of_two();
+            let mut sql = Sql::new("SELECT event_id FROM audit_events WHERE event_id IN (");
+            for i in 0..width {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                let id = chunk.get(i).unwrap_or(&chunk[0]);
+                sql.bind(Bind::Text((*id).to_string()));
+            }
+            sql.push(")");
+            present.extend(self.load::<Present>(&sql)?.into_iter().map(|p| p.event_id));
+        }
+        Ok(present)
     }
 
     /// The chain head: (seq, hash) of the last appended record.

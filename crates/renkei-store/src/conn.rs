@@ -65,6 +65,8 @@ pub struct Store {
     /// SQLite allows one writer; queueing writers here is fairer and faster than letting them
     /// spin on `SQLITE_BUSY`.
     sqlite_writer: Arc<Mutex<()>>,
+    /// The SQLite database file (None on PostgreSQL); files kept beside it are named after it.
+    sqlite_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -151,9 +153,18 @@ impl Store {
         let store = Store {
             pools,
             sqlite_writer: Arc::new(Mutex::new(())),
+            sqlite_path: match url {
+                DatabaseUrl::Sqlite(path) => Some(path.clone()),
+                DatabaseUrl::Postgres(_) => None,
+            },
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// The SQLite database file, or None on PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        self.sqlite_path.as_deref()
     }
 
     pub fn backend(&self) -> Backend {
@@ -193,6 +204,14 @@ impl Store {
         in_transaction(&mut conn, false, work)
     }
 
+    /// A writer that keeps one connection across its transactions (see [`WriterSession`]).
+    pub fn writer_session(&self) -> WriterSession {
+        WriterSession {
+            store: self.clone(),
+            conn: None,
+        }
+    }
+
     /// Runs `work` in a write transaction: committed when it returns `Ok`, rolled back on `Err`.
     /// On SQLite the transaction starts `IMMEDIATE` so it never fails late on a lock upgrade.
     pub fn write<T, E>(&self, work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
@@ -210,6 +229,45 @@ impl Store {
             }
             AnyConn::Postgres(_) => in_transaction(&mut conn, true, work),
         }
+    }
+}
+
+/// One connection kept for a long-running writer (the audit group-commit thread). SQLite keeps a
+/// connection's page cache between transactions only while no other connection has written, so
+/// a writer that took a different pooled connection for every commit re-read the audit indexes'
+/// pages from disk each time. The session still takes the shared writer lock per transaction.
+pub struct WriterSession {
+    store: Store,
+    conn: Option<AnyConn>,
+}
+
+impl WriterSession {
+    /// Runs `work` in a write transaction on the session's connection, reconnecting when the
+    /// previous one failed.
+    pub fn write<T, E>(&mut self, work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.store.connection()?,
+        };
+        let result = match conn {
+            AnyConn::Sqlite(_) => {
+                let _guard = self
+                    .store
+                    .sqlite_writer
+                    .lock()
+                    .map_err(|_| StoreError::Unavailable("writer lock poisoned".into()))?;
+                in_transaction(&mut conn, true, work)
+            }
+            AnyConn::Postgres(_) => in_transaction(&mut conn, true, work),
+        };
+        // A failed transaction may have left the connection broken; the next one starts fresh.
+        if result.is_ok() {
+            self.conn = Some(conn);
+        }
+        result
     }
 }
 

@@ -19,7 +19,7 @@ mod visibility;
 
 pub use audit::{AuditBody, AuditQuery, AuditRow, NewAuditEvent};
 pub use clients::{ClientRow, ServerKeyRow};
-pub use conn::{Backend, Store, StoreOptions, Tx};
+pub use conn::{Backend, Store, StoreOptions, Tx, WriterSession};
 pub use consent::ConsentRuleRow;
 pub use error::StoreError;
 pub use explain::SearchExplanation;
