@@ -247,6 +247,7 @@ fn parse_frames(bytes: &[u8]) -> (Vec<NewAuditEvent>, usize) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn event(n: usize) -> NewAuditEvent {
