@@ -51,6 +51,15 @@ impl Journal {
             .create(true)
             .truncate(false)
             .open(path)?;
+        // One writer per journal: a second server on the same database must not write frames
+        // over the first one's.
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "another process is writing this audit journal",
+            ),
+            std::fs::TryLockError::Error(e) => e,
+        })?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let (events, valid) = parse_frames(&bytes);
@@ -341,6 +350,20 @@ mod tests {
         std::fs::write(&path, &bytes).expect("write");
         let found = read_journal(&path).expect("read");
         assert_eq!(found.len(), 1);
+        remove(&path);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let path = temp_journal("lock");
+        let (first, _) = Journal::open(&path).expect("open");
+        let second = Journal::open(&path);
+        assert_eq!(
+            second.err().map(|e| e.kind()),
+            Some(io::ErrorKind::WouldBlock)
+        );
+        drop(first);
+        assert!(Journal::open(&path).is_ok());
         remove(&path);
     }
 

@@ -78,13 +78,21 @@ impl AuditLog {
         let journal = store
             .sqlite_path()
             .map(journal_path)
-            .map(|path| Journal::open(&path).map_err(|e| format!("{}: {e}", path.display())));
+            .map(|path| Journal::open(&path).map_err(|e| (path, e)));
         let ingest = match journal {
             None => {
                 spawn("renkei-audit", move || direct_writer(&store, &receiver));
                 None
             }
-            Some(Err(message)) => {
+            Some(Err((path, e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Another server (or `renkei import`) on this database owns the journal: this
+                // process commits its groups to the trail directly, as on PostgreSQL.
+                tracing::warn!(journal = %path.display(), "audit journal in use by another process; committing read audit directly");
+                spawn("renkei-audit", move || direct_writer(&store, &receiver));
+                None
+            }
+            Some(Err((path, e))) => {
+                let message = format!("{}: {e}", path.display());
                 // Every read will answer 503 naming the problem; nothing is served unaudited.
                 tracing::error!(error = %message, "cannot open the audit journal");
                 spawn("renkei-audit", move || refuse_all(&receiver, &message));

@@ -88,6 +88,13 @@ impl Gate {
         }
     }
 
+    /// Waits until every AuditEvent recorded so far is in the searchable trail.
+    pub fn flush_audit(&self) -> Result<(), AccessError> {
+        self.audit
+            .flush()
+            .map_err(|e| AccessError::AuditUnavailable(e.0))
+    }
+
     pub fn repository(&self) -> &Repository {
         &self.repository
     }
@@ -960,15 +967,11 @@ impl Gate {
         let mut builder = self.event(who, Interaction::Search);
         builder.query = Some("AuditEvent".into());
         // Every access answered before this search is in the trail it reads.
-        let result = self
-            .audit
-            .flush()
-            .map_err(|e| AccessError::AuditUnavailable(e.0))
-            .and_then(|()| {
-                self.repository
-                    .read_tx(|tx| Ok(tx.audit_search(&query)?))
-                    .map_err(AccessError::from)
-            });
+        let result = self.flush_audit().and_then(|()| {
+            self.repository
+                .read_tx(|tx| Ok(tx.audit_search(&query)?))
+                .map_err(AccessError::from)
+        });
         self.audited(builder, result, |_, _| Vec::new())
     }
 }

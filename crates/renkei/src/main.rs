@@ -448,8 +448,9 @@ fn serve(
         max_page_size: config.max_page_size,
         started_at: chrono::Utc::now().format("%Y-%m-%d").to_string(),
     };
+    let gate = state.gate.clone();
     let system = actix_web::rt::System::new();
-    system.block_on(async move {
+    let served = system.block_on(async move {
         let scheme = if tls_config.is_some() {
             "https"
         } else {
@@ -459,7 +460,13 @@ fn serve(
             .map_err(|e| format!("cannot start the server: {e}"))?;
         println!("Renkei listening on {scheme}://{address}/fhir");
         server.await.map_err(|e| format!("server failed: {e}"))
-    })
+    });
+    // On a graceful stop, journaled read AuditEvents go into the trail now rather than at
+    // the next start (a crash leaves them in the journal, which the next start replays).
+    if let Err(e) = gate.flush_audit() {
+        tracing::warn!(error = %e, "journaled audit events stay in the journal until the next start");
+    }
+    served
 }
 
 /// Registers the demo network's clients (idempotent) and prints a ready token for each.
