@@ -647,6 +647,17 @@ struct Verdict {
     stderr: String,
 }
 
+impl Verdict {
+    /// The number that follows `prefix` on a line of verify's output.
+    fn count_after(&self, prefix: &str) -> Option<i64> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    }
+}
+
 fn verify(url: &str) -> Verdict {
     let out = renkei_command()
         .args(["audit", "verify", "--database", url])
@@ -702,12 +713,8 @@ fn trail(backend: crate::support::Backend) -> (Server, i64, String) {
         "intact trail fails verification:\n{}\n{}",
         v.stdout, v.stderr
     );
-    let records: i64 = v
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("audit trail intact: "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    let records = v
+        .count_after("audit trail intact: ")
         .unwrap_or_else(|| panic!("no record count in: {}", v.stdout));
     let head = v
         .stdout
@@ -760,13 +767,7 @@ fn intact_trail_verifies_and_exports_as_ndjson() {
         let text = String::from_utf8(out.stdout).expect("utf-8");
         let lines: Vec<&str> = text.lines().collect();
         // Export also writes the read events still in the journal (SQLite) after the trail's.
-        let journaled: i64 = again
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("read-audit journal: "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let journaled = again.count_after("read-audit journal: ").unwrap_or(0);
         assert_eq!(lines.len() as i64, records + journaled);
         for line in lines {
             let event: Value = serde_json::from_str(line).expect("an NDJSON line is JSON");

@@ -277,6 +277,14 @@ mod tests {
         }
     }
 
+    fn ids_in(journal: &Path) -> Vec<String> {
+        read_journal(journal)
+            .expect("read")
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect()
+    }
+
     fn remove(journal: &Path) {
         if let Some(dir) = journal.parent() {
             let _ = std::fs::remove_dir_all(dir);
@@ -328,11 +336,7 @@ mod tests {
         assert_eq!(journal.len(), whole);
         // The torn half frame is overwritten by the next append.
         journal.append(&[event(4)]).expect("append");
-        let ids: Vec<_> = read_journal(&path)
-            .expect("read")
-            .into_iter()
-            .map(|e| e.event_id)
-            .collect();
+        let ids = ids_in(&path);
         assert_eq!(ids, ["event-1", "event-2", "event-4"]);
         remove(&path);
     }
@@ -378,11 +382,7 @@ mod tests {
         journal.append(&[event(1), event(2)]).expect("append");
         journal.rewind();
         journal.append(&[event(3), event(4)]).expect("append");
-        let ids: Vec<_> = read_journal(&path)
-            .expect("read")
-            .into_iter()
-            .map(|e| e.event_id)
-            .collect();
+        let ids = ids_in(&path);
         // Same-sized frames: the newest round replaced the earlier one exactly.
         assert_eq!(ids, ["event-3", "event-4"]);
         assert_eq!(
