@@ -9,12 +9,14 @@
 #          cp target/release/renkei /tmp/renkei-unindexed
 #          cargo build --release -p renkei -p renkei-bench
 #   usage: bench/scaling.sh sqlite|postgres [OUT_DIR]
+#   PARTS="scaling writes" (default) runs both; PARTS=writes only the second.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 BACKEND=${1:-sqlite}; OUT=${2:-/tmp/renkei-scaling}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/renkei}; RB=${RB:-$ROOT/target/release/renkei-bench}
 UNINDEXED=${UNINDEXED:-/tmp/renkei-unindexed}; DUR=${DUR:-8s}; PORT=${PORT:-18700}
+PARTS=${PARTS:-scaling writes}
 B=http://127.0.0.1:$PORT/fhir; mkdir -p "$OUT"
 for n in 100 1000; do
   [ -f "/tmp/net$n/manifest.json" ] || "$RB" generate --patients $n --facilities 8 --seed 1 --out "/tmp/net$n" >/dev/null
@@ -37,7 +39,9 @@ trap 'stop; drop_db; rm -rf "$WORK"' EXIT
 analyze() { [ "$BACKEND" = postgres ] && psql "$DB" -qc "ANALYZE" >/dev/null; true; }
 
 # 1. Flat scaling.
+case " $PARTS " in *" scaling "*) ;; *) SKIP_SCALING=1 ;; esac
 for n in 100 1000; do
+  [ -n "${SKIP_SCALING:-}" ] && break
   fresh_db "n$n"; start "$BIN"
   register_facilities "$BIN" "$DB" "/tmp/net$n" "$WORK/tokens.json"
   "$RB" load --target "$B" --data "/tmp/net$n" --tokens "$WORK/tokens.json" --concurrency 2 --json "$OUT/load-$BACKEND-n$n.json" | tail -1
@@ -47,9 +51,10 @@ for n in 100 1000; do
     --json "$OUT/scaling-$BACKEND-n$n.json" --markdown "$OUT/scaling-$BACKEND-n$n.md" >/dev/null
   stop; drop_db
 done
-grep -h "| $BACKEND-n" "$OUT"/scaling-"$BACKEND"-n*.md
+[ -z "${SKIP_SCALING:-}" ] && grep -h "| $BACKEND-n" "$OUT"/scaling-"$BACKEND"-n*.md
 
 # 2. Writes with vs without indexing (needs the unindexed build).
+case " $PARTS " in *" writes "*) ;; *) exit 0 ;; esac
 if [ -x "$UNINDEXED" ]; then
   for round in 1 2; do
     for variant in indexed unindexed; do

@@ -15,6 +15,10 @@ use renkei_store::Tx;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
+/// Transactions with more entries than this commit on their own rather than sharing a group
+/// commit with concurrent writes (see `Repository::write_large`).
+const MAX_SHARED_COMMIT_ENTRIES: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BundleKind {
     Batch,
@@ -81,14 +85,21 @@ impl Repository {
         };
         let entries = parse_entries(bundle)?;
         let responses = match kind {
-            BundleKind::Transaction => self.write(|tx| {
-                let rendered: Vec<Value> = run_transaction(tx, &entries, context)?
-                    .iter()
-                    .map(|r| render_entry(r, return_resources))
-                    .collect();
-                on_commit(tx, 0, &rendered)?;
-                Ok(rendered)
-            })?,
+            BundleKind::Transaction => {
+                let work = |tx: &mut Tx<'_>| {
+                    let rendered: Vec<Value> = run_transaction(tx, &entries, context)?
+                        .iter()
+                        .map(|r| render_entry(r, return_resources))
+                        .collect();
+                    on_commit(tx, 0, &rendered)?;
+                    Ok(rendered)
+                };
+                if entries.len() > MAX_SHARED_COMMIT_ENTRIES {
+                    self.write_large(work)?
+                } else {
+                    self.write(work)?
+                }
+            }
             BundleKind::Batch => entries
                 .iter()
                 .enumerate()
@@ -135,7 +146,7 @@ impl Repository {
                     .collect()
             })
             .unwrap_or_default();
-        self.write(|tx| {
+        self.write_large(|tx| {
             let mut stored = Vec::with_capacity(resources.len());
             for resource in &resources {
                 stored.push(put_or_post(tx, resource.clone(), context)?);
@@ -150,7 +161,7 @@ impl Repository {
         resources: &[Value],
         context: &WriteContext,
     ) -> Result<Vec<StoredResource>, RepoError> {
-        self.write(|tx| {
+        self.write_large(|tx| {
             resources
                 .iter()
                 .map(|r| put_or_post(tx, r.clone(), context))

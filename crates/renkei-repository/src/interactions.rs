@@ -159,13 +159,36 @@ impl Repository {
 
     /// Runs a write, retrying when it lost a race to a concurrent writer (two creates of the
     /// same client id, a serialization failure): the loser re-reads and wins next time.
+    /// Concurrent writes may share a commit (see `Store::write`).
     pub fn write<T>(
         &self,
+        work: impl FnMut(&mut Tx<'_>) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        self.write_retrying(false, work)
+    }
+
+    /// [`Repository::write`] for a write of many resources (a transaction Bundle, an import
+    /// batch, a reindex batch), which commits on its own (see `Store::write_alone`).
+    pub fn write_large<T>(
+        &self,
+        work: impl FnMut(&mut Tx<'_>) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        self.write_retrying(true, work)
+    }
+
+    fn write_retrying<T>(
+        &self,
+        alone: bool,
         mut work: impl FnMut(&mut Tx<'_>) -> Result<T, RepoError>,
     ) -> Result<T, RepoError> {
         let mut attempt = 0;
         loop {
-            match self.store.write(&mut work) {
+            let result = if alone {
+                self.store.write_alone(&mut work)
+            } else {
+                self.store.write(&mut work)
+            };
+            match result {
                 Err(RepoError::Store(e))
                     if attempt < self.options.write_retries
                         && (e.is_transient() || matches!(e, StoreError::UniqueViolation)) =>
@@ -255,7 +278,7 @@ impl Repository {
             let Some(last) = rows.last().map(|r| r.rid) else {
                 return Ok(done);
             };
-            self.write(|tx| {
+            self.write_large(|tx| {
                 for row in &rows {
                     let Some(body) = &row.body else { continue };
                     let value: Value = serde_json::from_str(body).map_err(|e| {

@@ -13,7 +13,9 @@ use diesel::{
     Connection, PgConnection, QueryResult, QueryableByName, RunQueryDsl, SqliteConnection,
 };
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
-use std::sync::{mpsc, Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -24,6 +26,15 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
 /// How often the background checkpointer copies committed WAL frames into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The most SQLite writes one group commit holds (see [`SqliteWriter`]). Each member waits
+/// until its group commits, so a group never holds more writes than are in flight at once;
+/// the cap bounds how long the group's first member waits when very many are.
+const MAX_GROUP_MEMBERS: usize = 64;
+
+/// How long a member waiting for its group's commit sleeps before it checks again whether
+/// the writer is still healthy (a panic while holding the writer poisons it).
+const GROUP_WAIT_TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -65,17 +76,233 @@ enum Pools {
 #[derive(Clone)]
 pub struct Store {
     pools: Pools,
-    /// SQLite allows one writer; queueing writers here is fairer and faster than letting them
-    /// spin on `SQLITE_BUSY`. The lock also holds the one connection every write uses: SQLite
-    /// keeps a connection's page cache between transactions only while no other connection
-    /// has written, so writes spread over the pool re-read the hot index pages (from the WAL,
-    /// through read(2)) in every transaction.
-    /// The connection is replaced after [`CONNECTION_LIFETIME`], like pooled ones.
-    sqlite_writer: Arc<Mutex<Option<(AnyConn, Instant)>>>,
+    /// SQLite's one writer connection and the group commit of concurrent writes.
+    sqlite_writer: Arc<SqliteWriter>,
     /// The SQLite database file (None on PostgreSQL); files kept beside it are named after it.
     sqlite_path: Option<std::path::PathBuf>,
     /// SQLite: stops the background checkpointer when the last clone of the store is dropped.
     _checkpointer: Option<Arc<mpsc::Sender<()>>>,
+}
+
+/// SQLite allows one writer; queueing writers here is fairer and faster than letting them
+/// spin on `SQLITE_BUSY`. Every write runs on one connection kept here: SQLite keeps a
+/// connection's page cache between transactions only while no other connection has written,
+/// so writes spread over the pool re-read the hot index pages (from the WAL, through read(2))
+/// in every transaction. The connection is replaced after [`CONNECTION_LIFETIME`], like
+/// pooled ones.
+///
+/// Writes that overlap in time share one transaction (group commit). The first write of a
+/// group opens the transaction; each later one runs in its own savepoint, so one write's
+/// failure undoes only its own changes. A write that finishes while another is waiting for the
+/// writer leaves the transaction open and waits for the group to commit; the last write of the
+/// group commits for all of them. A commit then costs one WAL append and one fsync for the
+/// whole group, and the pages several writes touch (the right-hand leaves of every rowid and
+/// `rid` index, the audit chain's head) are written once instead of once per write. No write
+/// is answered before its group has committed, and if the group fails, every write in it fails.
+///
+/// Large writes (transaction Bundles, imports, audit ingestion) run alone
+/// ([`Store::write_alone`]): under a savepoint SQLite copies every page a write touches into
+/// an in-memory sub-journal and walks it at the end of each statement that keeps a statement
+/// journal, which made a 500-resource Bundle four times slower; and one fsync is already a
+/// small share of their cost.
+struct SqliteWriter {
+    state: Mutex<WriterState>,
+    /// Signalled whenever a group commits or fails.
+    settled: Condvar,
+    /// Writes waiting for `state`: a finished write keeps its group open only while one is.
+    waiting: AtomicUsize,
+}
+
+#[derive(Default)]
+struct WriterState {
+    conn: Option<(AnyConn, Instant)>,
+    /// The group transaction that is open on `conn`, if any.
+    open: Option<OpenGroup>,
+    /// The number the next group gets; groups settle in this order.
+    next_group: u64,
+    /// Every group numbered below this one has committed or failed.
+    settled_below: u64,
+    /// Failed groups whose members have not all been told yet: why, and how many to tell.
+    failures: HashMap<u64, (String, usize)>,
+    /// Groups committed so far (tests assert that concurrent writes share commits).
+    committed_groups: u64,
+}
+
+struct OpenGroup {
+    number: u64,
+    /// Writes that succeeded in this group and wait for its commit.
+    members: usize,
+}
+
+impl SqliteWriter {
+    fn new() -> Self {
+        SqliteWriter {
+            state: Mutex::new(WriterState::default()),
+            settled: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, WriterState>, StoreError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let locked = self.state.lock();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        locked.map_err(|_| poisoned_writer())
+    }
+
+    /// Runs `work` as a member of the open group (opening one if needed), then either commits
+    /// the group or, when another write is already waiting, leaves it open for that write and
+    /// waits for the group's outcome. `alone` first commits any open group and then never
+    /// lets another write join.
+    fn write<T, E>(
+        &self,
+        store: &Store,
+        alone: bool,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut state = self.lock()?;
+        if alone && state.open.is_some() {
+            // Its members learn the outcome from the group; this write starts afresh either way.
+            let _ = state.close_group(true, 0);
+            self.settled.notify_all();
+        }
+        let (group, first) = match &state.open {
+            Some(group) => (group.number, false),
+            None => (state.begin_group(store)?, true),
+        };
+        let (result, intact) = match state.conn.as_mut() {
+            // The first write is alone in the transaction: if it fails, rolling the whole
+            // transaction back undoes it, so it needs no savepoint.
+            Some((conn, _)) if first => {
+                let result = work(&mut Tx { conn });
+                let intact = result.is_ok();
+                (result, intact)
+            }
+            Some((conn, _)) => run_member(conn, work),
+            None => return Err(E::from(poisoned_writer())),
+        };
+        if let (Some(open), Ok(_)) = (state.open.as_mut(), &result) {
+            if intact {
+                open.members += 1;
+            }
+        }
+        let members = state.open.as_ref().map_or(0, |open| open.members);
+        let others_waiting = self.waiting.load(Ordering::SeqCst) > 0;
+        if !alone && intact && others_waiting && members < MAX_GROUP_MEMBERS {
+            // Someone else will close the group; a failed write has nothing in it to wait for.
+            let value = result?;
+            return self
+                .await_group(state, group)
+                .map(|()| value)
+                .map_err(E::from);
+        }
+        let own_member = usize::from(intact && result.is_ok());
+        let outcome = state.close_group(intact, own_member);
+        self.settled.notify_all();
+        match (result, outcome) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(why)) => Err(E::from(StoreError::Unavailable(why))),
+            (Err(error), _) => Err(error),
+        }
+    }
+
+    fn await_group(
+        &self,
+        mut state: MutexGuard<'_, WriterState>,
+        group: u64,
+    ) -> Result<(), StoreError> {
+        while state.settled_below <= group {
+            state = match self.settled.wait_timeout(state, GROUP_WAIT_TICK) {
+                Ok((state, _)) => state,
+                Err(_) => return Err(poisoned_writer()),
+            };
+        }
+        match state.failures.get_mut(&group) {
+            None => Ok(()),
+            Some((why, untold)) => {
+                let error = StoreError::Unavailable(why.clone());
+                *untold -= 1;
+                if *untold == 0 {
+                    state.failures.remove(&group);
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl WriterState {
+    /// Opens a new group transaction, (re)connecting first when the connection is missing or
+    /// has lived its time.
+    fn begin_group(&mut self, store: &Store) -> Result<u64, StoreError> {
+        let (mut conn, since) = match self.conn.take() {
+            Some((conn, since)) if since.elapsed() < CONNECTION_LIFETIME => (conn, since),
+            _ => (store.connection()?, Instant::now()),
+        };
+        execute_raw(&mut conn, "BEGIN IMMEDIATE")?;
+        self.conn = Some((conn, since));
+        let number = self.next_group;
+        self.next_group += 1;
+        self.open = Some(OpenGroup { number, members: 0 });
+        Ok(number)
+    }
+
+    /// Commits the open group (rolls it back when a member broke it) and records the outcome
+    /// for its waiting members; `own_member` is 1 when the closing write is itself a member,
+    /// which learns the outcome from the return value instead.
+    fn close_group(&mut self, intact: bool, own_member: usize) -> Result<(), String> {
+        let Some(group) = self.open.take() else {
+            return Ok(());
+        };
+        let outcome = match self.conn.as_mut() {
+            None => Err("the writer connection was lost".to_string()),
+            Some((conn, _)) if intact => execute_raw(conn, "COMMIT").map_err(|e| e.to_string()),
+            Some(_) => Err("a write of the group left its transaction unusable".to_string()),
+        };
+        if outcome.is_ok() {
+            self.committed_groups += 1;
+        } else {
+            let rolled_back = self
+                .conn
+                .as_mut()
+                .is_some_and(|(conn, _)| execute_raw(conn, "ROLLBACK").is_ok());
+            if !rolled_back {
+                // Its state is unknown: the next group starts on a fresh connection.
+                self.conn = None;
+            }
+        }
+        self.settled_below = group.number + 1;
+        let untold = group.members.saturating_sub(own_member);
+        if let (Err(why), true) = (&outcome, untold > 0) {
+            let why = format!("the write was rolled back with its group commit: {why}");
+            self.failures.insert(group.number, (why, untold));
+        }
+        outcome
+    }
+}
+
+/// Runs one write of a group in its own savepoint. The flag tells whether the group's
+/// transaction is still usable afterwards (the savepoint was released or rolled back).
+fn run_member<T, E>(
+    conn: &mut AnyConn,
+    work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+) -> (Result<T, E>, bool)
+where
+    E: From<StoreError>,
+{
+    let bracket = Bracket {
+        open: "SAVEPOINT group_member",
+        close: "RELEASE group_member",
+        undo: "ROLLBACK TO group_member; RELEASE group_member",
+    };
+    bracket.run(conn, work)
+}
+
+fn poisoned_writer() -> StoreError {
+    StoreError::Unavailable("the SQLite writer failed earlier (lock poisoned)".into())
 }
 
 #[derive(Debug)]
@@ -193,7 +420,7 @@ impl Store {
         };
         let store = Store {
             pools,
-            sqlite_writer: Arc::new(Mutex::new(None)),
+            sqlite_writer: Arc::new(SqliteWriter::new()),
             sqlite_path: match url {
                 DatabaseUrl::Sqlite(path) => Some(path.clone()),
                 DatabaseUrl::Postgres(_) => None,
@@ -254,28 +481,46 @@ impl Store {
         }
     }
 
-    /// Runs `work` in a write transaction: committed when it returns `Ok`, rolled back on `Err`.
-    /// On SQLite the transaction starts `IMMEDIATE` so it never fails late on a lock upgrade.
+    /// Runs `work` in a write transaction: its changes are committed when it returns `Ok`
+    /// (before this returns), and undone on `Err`. On SQLite, writes that overlap in time share
+    /// one transaction, each in its own savepoint (see [`SqliteWriter`]); the transaction
+    /// starts `IMMEDIATE` so it never fails late on a lock upgrade.
     pub fn write<T, E>(&self, work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
-        if let Pools::Postgres(_) = self.pools {
-            return in_transaction(&mut self.connection()?, true, work);
+        self.write_grouped(false, work)
+    }
+
+    /// [`Store::write`] for a large write (many resources or events): on SQLite it commits on
+    /// its own instead of sharing a group commit (see [`SqliteWriter`]).
+    pub fn write_alone<T, E>(&self, work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        self.write_grouped(true, work)
+    }
+
+    fn write_grouped<T, E>(
+        &self,
+        alone: bool,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        match self.pools {
+            Pools::Postgres(_) => in_transaction(&mut self.connection()?, true, work),
+            Pools::Sqlite(_) => self.sqlite_writer.write(self, alone, work),
         }
-        let mut writer = self
-            .sqlite_writer
+    }
+
+    /// How many group commits the SQLite writer has made (0 on PostgreSQL).
+    pub fn committed_write_groups(&self) -> u64 {
+        self.sqlite_writer
+            .state
             .lock()
-            .map_err(|_| StoreError::Unavailable("writer lock poisoned".into()))?;
-        let (mut conn, since) = match writer.take() {
-            Some((conn, since)) if since.elapsed() < CONNECTION_LIFETIME => (conn, since),
-            _ => (self.connection()?, Instant::now()),
-        };
-        let (result, reusable) = run_transaction(&mut conn, true, work);
-        if reusable {
-            *writer = Some((conn, since));
-        }
-        result
+            .map_or(0, |state| state.committed_groups)
     }
 }
 
@@ -294,9 +539,10 @@ impl WriterSession {
     where
         E: From<StoreError>,
     {
-        // On SQLite every write already shares the store's one writer connection.
+        // On SQLite every write already shares the store's one writer connection; the
+        // session's writes are batches, so they commit alone.
         if let Pools::Sqlite(_) = self.store.pools {
-            return self.store.write(work);
+            return self.store.write_alone(work);
         }
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
@@ -360,25 +606,49 @@ where
         (AnyConn::Postgres(_), true) => "BEGIN ISOLATION LEVEL READ COMMITTED",
         (AnyConn::Postgres(_), false) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     };
-    if let Err(e) = execute_raw(conn, begin) {
-        return (Err(E::from(e)), false);
-    }
-    let result = {
-        let mut tx = Tx { conn };
-        work(&mut tx)
+    let bracket = Bracket {
+        open: begin,
+        close: "COMMIT",
+        undo: "ROLLBACK",
     };
-    match result {
-        Ok(value) => match execute_raw(conn, "COMMIT") {
-            Ok(()) => (Ok(value), true),
-            Err(e) => {
-                let rolled_back = execute_raw(conn, "ROLLBACK").is_ok();
-                (Err(E::from(e)), rolled_back)
-            }
-        },
-        Err(e) => {
-            let rolled_back = execute_raw(conn, "ROLLBACK").is_ok();
-            (Err(e), rolled_back)
+    bracket.run(conn, work)
+}
+
+/// Statements around a unit of work: `open` before it, `close` after it succeeded, `undo`
+/// after it (or `close`) failed.
+struct Bracket {
+    open: &'static str,
+    close: &'static str,
+    undo: &'static str,
+}
+
+impl Bracket {
+    /// Runs `work` inside the bracket; the flag tells whether the connection ended in a
+    /// usable state (closed or cleanly undone).
+    fn run<T, E>(
+        &self,
+        conn: &mut AnyConn,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> (Result<T, E>, bool)
+    where
+        E: From<StoreError>,
+    {
+        if let Err(e) = execute_raw(conn, self.open) {
+            return (Err(E::from(e)), false);
         }
+        let result = {
+            let mut tx = Tx { conn };
+            work(&mut tx)
+        };
+        let failure = match result {
+            Ok(value) => match execute_raw(conn, self.close) {
+                Ok(()) => return (Ok(value), true),
+                Err(e) => E::from(e),
+            },
+            Err(e) => e,
+        };
+        let undone = execute_raw(conn, self.undo).is_ok();
+        (Err(failure), undone)
     }
 }
 
@@ -520,4 +790,171 @@ fn admin_statement(admin_url: &str, statement: &str) -> Result<(), StoreError> {
     let mut conn =
         PgConnection::establish(admin_url).map_err(|e| StoreError::Connect(e.to_string()))?;
     conn.batch_execute(statement).map_err(classify)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use super::*;
+    use std::sync::Barrier;
+
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+
+    /// A fresh SQLite store in its own directory, removed when dropped.
+    struct TempStore {
+        store: Store,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn temp_store(name: &str) -> TempStore {
+        let dir = std::env::temp_dir().join(format!(
+            "renkei-conn-{name}-{}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        let store = Store::open(
+            &DatabaseUrl::Sqlite(dir.join("test.db")),
+            &StoreOptions::default(),
+        )
+        .expect("open store");
+        store
+            .write(|tx| {
+                tx.execute(&Sql::new(
+                    "CREATE TABLE scratch (n BIGINT NOT NULL PRIMARY KEY)",
+                ))
+            })
+            .expect("create scratch table");
+        TempStore { store, dir }
+    }
+
+    fn unique_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    }
+
+    fn insert(tx: &mut Tx<'_>, n: i64) -> Result<usize, StoreError> {
+        let mut sql = Sql::new("INSERT INTO scratch (n) VALUES (");
+        sql.bind(Bind::Int(n)).push(")");
+        tx.execute(&sql)
+    }
+
+    fn stored(store: &Store) -> Vec<i64> {
+        store
+            .read(|tx| tx.load::<Count>(&Sql::new("SELECT n FROM scratch ORDER BY n")))
+            .expect("read scratch")
+            .into_iter()
+            .map(|row| row.n)
+            .collect()
+    }
+
+    /// Runs `writers` writes at once (each inserting its number, failing when `fails` says
+    /// so, holding the writer for a moment so that the others queue behind it).
+    fn concurrent_writes(
+        store: &Store,
+        writers: i64,
+        fails: impl Fn(i64) -> bool + Sync,
+    ) -> Vec<Result<usize, StoreError>> {
+        let start = Barrier::new(writers as usize);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..writers)
+                .map(|n| {
+                    let (start, fails) = (&start, &fails);
+                    scope.spawn(move || {
+                        start.wait();
+                        store.write(|tx| {
+                            let inserted = insert(tx, n)?;
+                            std::thread::sleep(Duration::from_millis(5));
+                            if fails(n) {
+                                return Err(StoreError::Unavailable(format!("write {n} fails")));
+                            }
+                            Ok(inserted)
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("writer thread"))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn concurrent_writes_share_commits_and_all_land() {
+        let temp = temp_store("share");
+        let before = temp.store.committed_write_groups();
+        let results = concurrent_writes(&temp.store, 8, |_| false);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(stored(&temp.store), (0..8).collect::<Vec<_>>());
+        let groups = temp.store.committed_write_groups() - before;
+        assert!(
+            (1..8).contains(&groups),
+            "8 overlapping writes took {groups} commits"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_undoes_only_its_own_changes() {
+        let temp = temp_store("member-fails");
+        let results = concurrent_writes(&temp.store, 8, |n| n % 2 == 1);
+        for (n, result) in results.iter().enumerate() {
+            assert_eq!(result.is_ok(), n % 2 == 0, "write {n}: {result:?}");
+        }
+        assert_eq!(stored(&temp.store), vec![0, 2, 4, 6]);
+    }
+
+    #[test]
+    fn a_write_that_breaks_the_transaction_fails_its_whole_group() {
+        let temp = temp_store("broken");
+        let store = &temp.store;
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| {
+                store.write(|tx| {
+                    insert(tx, 1)?;
+                    // Long enough for the second write to queue: this one then leaves the
+                    // group open and waits for it.
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok::<_, StoreError>(())
+                })
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            let second = store.write(|tx| {
+                insert(tx, 2)?;
+                // Ends the group's transaction behind the writer's back.
+                tx.execute(&Sql::new("ROLLBACK"))
+            });
+            assert!(second.is_err(), "{second:?}");
+            let first = first.join().expect("first writer");
+            assert!(
+                matches!(&first, Err(StoreError::Unavailable(why)) if why.contains("group commit")),
+                "{first:?}"
+            );
+        });
+        assert!(stored(store).is_empty());
+        // The writer recovers: the next write commits on its own.
+        store
+            .write(|tx| insert(tx, 3))
+            .expect("write after a failed group");
+        assert_eq!(stored(store), vec![3]);
+    }
+
+    #[test]
+    fn a_lone_write_commits_at_once() {
+        let temp = temp_store("lone");
+        let before = temp.store.committed_write_groups();
+        temp.store.write(|tx| insert(tx, 7)).expect("write");
+        assert_eq!(temp.store.committed_write_groups() - before, 1);
+        assert_eq!(stored(&temp.store), vec![7]);
+    }
 }
