@@ -692,6 +692,7 @@ where
     Option<i64>: ToSql<Nullable<BigInt>, DB>,
     bool: ToSql<Bool, DB>,
     f64: ToSql<Double, DB>,
+    Option<f64>: ToSql<Nullable<Double>, DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         let text = self.0.text();
@@ -708,6 +709,7 @@ where
                 Some(Bind::OptInt(v)) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
                 Some(Bind::Bool(v)) => out.push_bind_param::<Bool, _>(v)?,
                 Some(Bind::Float(v)) => out.push_bind_param::<Double, _>(v)?,
+                Some(Bind::OptFloat(v)) => out.push_bind_param::<Nullable<Double>, _>(v)?,
                 None => {
                     return Err(diesel::result::Error::QueryBuilderError(
                         "more placeholders than bound values".into(),

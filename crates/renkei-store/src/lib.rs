@@ -11,6 +11,7 @@ mod consent;
 mod error;
 mod explain;
 mod identity;
+mod index;
 mod resources;
 mod search;
 mod sql;

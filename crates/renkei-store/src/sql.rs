@@ -10,6 +10,7 @@ pub enum Bind {
     OptInt(Option<i64>),
     Bool(bool),
     Float(f64),
+    OptFloat(Option<f64>),
 }
 
 #[derive(Debug, Clone, Default)]
