@@ -402,6 +402,36 @@ fn composites_and_modifiers(repo: &Repository) {
         ),
         ["sbp"]
     );
+    // combo-code: the Observation's code or a component's (stored once, under `code` and
+    // `component-code`), also as a sort key and with :missing
+    assert_eq!(
+        ids(repo, "Observation", "combo-code=http://loinc.org|8480-6"),
+        ["bp1", "bp2", "sbp"]
+    );
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "combo-code=8462-4&combo-code:missing=false"
+        ),
+        ["bp1", "bp2"]
+    );
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "combo-code=8480-6&_sort=combo-code,_id"
+        ),
+        ["bp1", "bp2", "sbp"]
+    );
+    assert_eq!(
+        ids(
+            repo,
+            "Observation",
+            "combo-value-quantity=gt145&combo-code=8480-6"
+        ),
+        ["bp1"]
+    );
     // composites can be missing, and AND with other parameters
     assert_eq!(
         ids(

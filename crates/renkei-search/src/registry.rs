@@ -99,6 +99,14 @@ pub struct SearchParam {
     pub expression: Option<Expression>,
     /// The components of a composite parameter, in order (empty for other types).
     pub components: Vec<Component>,
+    /// Other parameters of this type and kind whose values are always among this one's: each
+    /// one's alternatives are some of this expression's (`combo-code` is `code` |
+    /// `component-code`). Only the values they do not cover are stored under this parameter,
+    /// and a search by it also matches their rows, so a resource stores each value once.
+    pub extends: Vec<String>,
+    /// What extraction evaluates: the expression without the alternatives its bases cover
+    /// (the whole expression when it extends none; `None` when they cover all of it).
+    pub index_expression: Option<Expression>,
 }
 
 /// All parameters, per resource type.
@@ -145,6 +153,9 @@ impl Registry {
             .collect();
         for def in &definitions {
             registry.add(def, &kinds);
+        }
+        for params in registry.by_type.values_mut() {
+            link_extensions(params);
         }
         if let Ok(compartment) = serde_json::from_str::<Value>(PATIENT_COMPARTMENT) {
             for resource in compartment
@@ -233,8 +244,10 @@ impl Registry {
                 description: text("description").to_string(),
                 targets: targets.clone(),
                 expression_text: part,
+                index_expression: compiled.clone(),
                 expression: compiled,
                 components: components.clone(),
+                extends: Vec::new(),
             };
             if base == "Resource" || base == "DomainResource" {
                 self.common.insert(code.clone(), param);
@@ -276,6 +289,85 @@ impl Registry {
     /// Resource types that are members of the Patient compartment.
     pub fn patient_compartment_types(&self) -> impl Iterator<Item = &str> {
         self.patient_compartment.keys().map(String::as_str)
+    }
+}
+
+/// Finds, for each parameter, the parameters it extends (see [`SearchParam::extends`]) and
+/// narrows its index expression to the alternatives they do not cover. Reference parameters
+/// are left whole: includes, chains and compartments name them directly. A parameter extends
+/// only parameters with fewer alternatives that extend nothing themselves, so the rows of a
+/// search are always those of the parameter and its bases.
+fn link_extensions(params: &mut BTreeMap<String, SearchParam>) {
+    let alternatives = |p: &SearchParam| -> Vec<String> {
+        p.expression_text
+            .as_deref()
+            .map(|e| {
+                split_top_level(e)
+                    .iter()
+                    .map(|t| t.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let same_components = |a: &SearchParam, b: &SearchParam| {
+        a.components.len() == b.components.len()
+            && a.components.iter().zip(&b.components).all(|(x, y)| {
+                x.kind == y.kind
+                    && x.expression_text == y.expression_text
+                    && x.on_resource == y.on_resource
+            })
+    };
+    let eligible = |p: &SearchParam| {
+        p.kind.is_indexed()
+            && p.kind != ParamType::Reference
+            && !p.code.starts_with('_')
+            && p.expression.is_some()
+    };
+    let mut codes: Vec<(usize, String)> = params
+        .values()
+        .filter(|p| eligible(p))
+        .map(|p| (alternatives(p).len(), p.code.clone()))
+        .collect();
+    codes.sort();
+    for (_, code) in codes {
+        let Some(p) = params.get(&code) else { continue };
+        let mut uncovered = alternatives(p);
+        let own = uncovered.len();
+        let mut bases: Vec<String> = Vec::new();
+        loop {
+            // The base covering the most of what is left, wholly inside it.
+            let best = params
+                .values()
+                .filter(|q| {
+                    q.code != code && eligible(q) && q.extends.is_empty() && q.kind == p.kind
+                })
+                .filter(|q| same_components(p, q) && !bases.contains(&q.code))
+                .map(|q| (alternatives(q), q.code.clone()))
+                .filter(|(theirs, _)| {
+                    !theirs.is_empty()
+                        && theirs.len() < own
+                        && theirs.iter().all(|t| uncovered.contains(t))
+                })
+                .max_by(|(x, a), (y, b)| x.len().cmp(&y.len()).then(b.cmp(a)));
+            let Some((theirs, base)) = best else { break };
+            uncovered.retain(|t| !theirs.contains(t));
+            bases.push(base);
+        }
+        if bases.is_empty() {
+            continue;
+        }
+        let narrowed = if uncovered.is_empty() {
+            None
+        } else {
+            match renkei_fhirpath::compile(&uncovered.join(" | ")) {
+                Ok(expression) => Some(expression),
+                Err(_) => continue,
+            }
+        };
+        if let Some(p) = params.get_mut(&code) {
+            p.extends = bases;
+            p.index_expression = narrowed;
+        }
     }
 }
 
@@ -368,6 +460,42 @@ mod tests {
             combo.expression_text.as_deref(),
             Some("Observation | Observation.component")
         );
+    }
+
+    #[test]
+    fn a_union_of_other_parameters_stores_only_what_they_do_not_cover() {
+        let r = registry();
+        let extends = |res_type: &str, code: &str| {
+            let p = r.param(res_type, code).unwrap();
+            (p.extends.clone(), p.index_expression.is_some())
+        };
+        assert_eq!(
+            extends("Observation", "combo-code"),
+            (vec!["code".into(), "component-code".into()], false)
+        );
+        assert_eq!(
+            extends("Observation", "combo-code-value-quantity"),
+            (
+                vec![
+                    "code-value-quantity".into(),
+                    "component-code-value-quantity".into()
+                ],
+                false
+            )
+        );
+        assert_eq!(extends("Observation", "code"), (vec![], true));
+        // References stay whole: `patient` narrows `subject`, includes name both.
+        assert_eq!(extends("Observation", "patient"), (vec![], true));
+        // Bases extend nothing themselves.
+        for (res_type, params) in &r.by_type {
+            for p in params.values() {
+                for base in &p.extends {
+                    let base = r.param(res_type, base).unwrap();
+                    assert!(base.extends.is_empty(), "{res_type}.{}", p.code);
+                    assert_eq!(base.kind, p.kind, "{res_type}.{}", p.code);
+                }
+            }
+        }
     }
 
     #[test]

@@ -673,7 +673,7 @@ fn push_type_column(sql: &mut Sql, column: &str, types: &[String]) {
 }
 
 /// The sort expression of a key over alias `r`, never NULL (missing values sort last).
-fn push_sort_expr(sql: &mut Sql, sort: &Sort) {
+fn push_sort_expr(sql: &mut Sql, sort: &Sort, types: &[String]) {
     match &sort.by {
         SortBy::LastUpdated => {
             sql.push("r.last_updated");
@@ -694,11 +694,11 @@ fn push_sort_expr(sql: &mut Sql, sort: &Sort) {
             };
             let agg = if sort.desc { "MAX" } else { "MIN" };
             sql.push(&format!(
-                "COALESCE((SELECT {agg}(s.{column}) FROM {} s WHERE s.rid = r.rid AND s.param = ",
+                "COALESCE((SELECT {agg}(s.{column}) FROM {} s WHERE s.rid = r.rid",
                 table.name()
-            ))
-            .bind(Bind::Text(param.clone()))
-            .push("), ");
+            ));
+            push_param_condition(sql, "s", types, param);
+            sql.push("), ");
             match (int, float, sort.desc) {
                 (true, _, false) => sql.bind(Bind::Int(i64::MAX)),
                 (true, _, true) => sql.bind(Bind::Int(i64::MIN)),
@@ -774,9 +774,9 @@ pub fn page_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) ->
     let mut sql = Sql::new(&format!("SELECT v.* FROM (SELECT {ROW_COLUMNS}"));
     for (i, sort) in sorts.iter().enumerate() {
         sql.push(", ");
-        push_sort_expr(&mut sql, sort);
+        push_sort_expr(&mut sql, sort, &plan.types);
         sql.push(&format!(" AS s{i}, CAST("));
-        push_sort_expr(&mut sql, sort);
+        push_sort_expr(&mut sql, sort, &plan.types);
         sql.push(&format!(" AS TEXT) AS k{i}"));
     }
     for i in sorts.len()..MAX_SORT_KEYS {
@@ -852,10 +852,51 @@ fn open_index_subquery(
         ));
         push_type_condition(sql, &x, types);
     }
-    sql.push(&format!(" AND {x}.param = "))
-        .bind(Bind::Text(param.to_string()))
-        .push(" AND (");
+    push_param_condition(sql, &x, types, param);
+    sql.push(" AND (");
     x
+}
+
+/// ` AND {alias}.param = ?`, or, when the parameter extends others for some of `types` (its
+/// rows hold only the values beyond theirs, see `SearchParam::extends`), the rows of all.
+fn push_param_condition(sql: &mut Sql, alias: &str, types: &[String], param: &str) {
+    let registry = renkei_search::registry();
+    let extended: Vec<(&String, &[String])> = types
+        .iter()
+        .filter_map(|t| {
+            let bases = &registry.param(t, param)?.extends;
+            (!bases.is_empty()).then_some((t, bases.as_slice()))
+        })
+        .collect();
+    let Some((_, bases)) = extended.first() else {
+        sql.push(&format!(" AND {alias}.param = "))
+            .bind(Bind::Text(param.to_string()));
+        return;
+    };
+    let push_list = |sql: &mut Sql, bases: &[String]| {
+        sql.push(&format!("{alias}.param IN ("))
+            .bind(Bind::Text(param.to_string()));
+        for base in bases {
+            sql.push(", ").bind(Bind::Text(base.clone()));
+        }
+        sql.push(")");
+    };
+    if extended.len() == types.len() && extended.iter().all(|(_, b)| b == bases) {
+        // One list the lookup index can probe.
+        sql.push(" AND ");
+        push_list(sql, bases);
+        return;
+    }
+    sql.push(&format!(" AND ({alias}.param = "))
+        .bind(Bind::Text(param.to_string()));
+    for (res_type, bases) in extended {
+        sql.push(&format!(" OR ({alias}.res_type = "))
+            .bind(Bind::Text(res_type.clone()))
+            .push(" AND ");
+        push_list(sql, bases);
+        sql.push(")");
+    }
+    sql.push(")");
 }
 
 fn push_alternatives<T>(sql: &mut Sql, values: &[T], mut each: impl FnMut(&mut Sql, &T)) {
@@ -1229,9 +1270,8 @@ fn push_filter(
                 table.name()
             ));
             push_type_condition(sql, &x, types);
-            sql.push(&format!(" AND {x}.param = "))
-                .bind(Bind::Text(param.clone()))
-                .push(")");
+            push_param_condition(sql, &x, types, param);
+            sql.push(")");
         }
         Filter::Chain { param, targets } => {
             let x = open_index_subquery(sql, alias, false, Table::Reference, types, param, aliases);
