@@ -33,7 +33,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 const MAX_GROUP_MEMBERS: usize = 64;
 
 /// How long a member waiting for its group's commit sleeps before it checks again whether
-/// the writer is still healthy (a panic while holding the writer poisons it).
+/// the writer is still healthy (a write that panicked while holding it left it poisoned).
 const GROUP_WAIT_TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +107,8 @@ pub struct Store {
 /// small share of their cost.
 struct SqliteWriter {
     state: Mutex<WriterState>,
-    /// Signalled whenever a group commits or fails.
+    /// Signalled whenever a group commits or fails. Waiters wake every [`GROUP_WAIT_TICK`]
+    /// anyway, so a group whose last write panicked is still settled (see `recover`).
     settled: Condvar,
     /// Writes waiting for `state`: a finished write keeps its group open only while one is.
     waiting: AtomicUsize,
@@ -143,11 +144,27 @@ impl SqliteWriter {
         }
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, WriterState>, StoreError> {
+    fn lock(&self) -> MutexGuard<'_, WriterState> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let locked = self.state.lock();
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        locked.map_err(|_| poisoned_writer())
+        locked.unwrap_or_else(|poisoned| self.recover(poisoned.into_inner()))
+    }
+
+    /// After a write panicked while holding the writer: its group (whatever other writes it
+    /// held) is rolled back and reported failed to them, and writing goes on. A panic is a
+    /// defect, but it must not leave every later write failing.
+    fn recover<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, WriterState>,
+    ) -> MutexGuard<'a, WriterState> {
+        self.state.clear_poison();
+        if state.open.is_some() {
+            tracing::error!("a write panicked inside a group commit; rolling the group back");
+            let _ = state.close_group(false, 0);
+            self.settled.notify_all();
+        }
+        state
     }
 
     /// Runs `work` as a member of the open group (opening one if needed), then either commits
@@ -163,7 +180,7 @@ impl SqliteWriter {
     where
         E: From<StoreError>,
     {
-        let mut state = self.lock()?;
+        let mut state = self.lock();
         if alone && state.open.is_some() {
             // Its members learn the outcome from the group; this write starts afresh either way.
             let _ = state.close_group(true, 0);
@@ -182,7 +199,7 @@ impl SqliteWriter {
                 (result, intact)
             }
             Some((conn, _)) => run_member(conn, work),
-            None => return Err(E::from(poisoned_writer())),
+            None => return Err(E::from(no_writer_connection())),
         };
         if let (Some(open), Ok(_)) = (state.open.as_mut(), &result) {
             if intact {
@@ -209,15 +226,15 @@ impl SqliteWriter {
         }
     }
 
-    fn await_group(
-        &self,
-        mut state: MutexGuard<'_, WriterState>,
+    fn await_group<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, WriterState>,
         group: u64,
     ) -> Result<(), StoreError> {
         while state.settled_below <= group {
             state = match self.settled.wait_timeout(state, GROUP_WAIT_TICK) {
                 Ok((state, _)) => state,
-                Err(_) => return Err(poisoned_writer()),
+                Err(poisoned) => self.recover(poisoned.into_inner().0),
             };
         }
         match state.failures.get_mut(&group) {
@@ -301,8 +318,8 @@ where
     bracket.run(conn, work)
 }
 
-fn poisoned_writer() -> StoreError {
-    StoreError::Unavailable("the SQLite writer failed earlier (lock poisoned)".into())
+fn no_writer_connection() -> StoreError {
+    StoreError::Unavailable("the SQLite writer has no connection".into())
 }
 
 #[derive(Debug)]
@@ -948,6 +965,39 @@ mod tests {
         store
             .write(|tx| insert(tx, 3))
             .expect("write after a failed group");
+        assert_eq!(stored(store), vec![3]);
+    }
+
+    #[test]
+    fn a_panicking_write_fails_its_group_and_writing_goes_on() {
+        let temp = temp_store("panic");
+        let store = &temp.store;
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| {
+                store.write(|tx| {
+                    insert(tx, 1)?;
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok::<_, StoreError>(())
+                })
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            let panicked = scope
+                .spawn(|| {
+                    store.write(|tx| {
+                        insert(tx, 2)?;
+                        panic!("a defect inside a write");
+                        #[allow(unreachable_code)]
+                        Ok::<_, StoreError>(())
+                    })
+                })
+                .join();
+            assert!(panicked.is_err());
+            let first = first.join().expect("first writer");
+            assert!(first.is_err(), "{first:?}");
+        });
+        store
+            .write(|tx| insert(tx, 3))
+            .expect("write after a panic");
         assert_eq!(stored(store), vec![3]);
     }
 
