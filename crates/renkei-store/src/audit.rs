@@ -112,41 +112,26 @@ impl Tx<'_> {
             for (i, event) in chunk.iter().enumerate() {
                 seq += 1;
                 let record_hash = hash(seq, event.recorded, &prev, &event.body);
-                if i > 0 {
-                    insert.push(", ");
-                }
-                insert
-                    .push("(")
-                    .bind(Bind::Int(seq))
-                    .push(", ")
-                    .bind(Bind::Text(event.event_id.clone()))
-                    .push(", ")
-                    .bind(Bind::Int(event.recorded))
-                    .push(", ")
-                    .bind(Bind::Text(event.request_id.clone()))
-                    .push(", ")
-                    .bind(Bind::Text(event.type_code.clone()))
-                    .push(", ")
-                    .bind(Bind::Text(event.subtype.clone()))
-                    .push(", ")
-                    .bind(Bind::Text(event.action.clone()))
-                    .push(", ")
-                    .bind(Bind::Text(event.outcome.clone()))
-                    .push(", ")
-                    .bind(Bind::OptText(event.agent_client.clone()))
-                    .push(", ")
-                    .bind(Bind::OptText(event.agent_org.clone()))
-                    .push(", ")
-                    .bind(Bind::OptText(event.agent_user.clone()))
-                    .push(", ")
-                    .bind(Bind::OptText(event.purpose.clone()))
-                    .push(", ")
-                    .bind(Bind::Text(event.body.clone()))
-                    .push(", ")
-                    .bind(Bind::Text(prev.clone()))
-                    .push(", ")
-                    .bind(Bind::Text(record_hash.clone()))
-                    .push(")");
+                insert.push_row(
+                    i == 0,
+                    [
+                        Bind::Int(seq),
+                        Bind::Text(event.event_id.clone()),
+                        Bind::Int(event.recorded),
+                        Bind::Text(event.request_id.clone()),
+                        Bind::Text(event.type_code.clone()),
+                        Bind::Text(event.subtype.clone()),
+                        Bind::Text(event.action.clone()),
+                        Bind::Text(event.outcome.clone()),
+                        Bind::OptText(event.agent_client.clone()),
+                        Bind::OptText(event.agent_org.clone()),
+                        Bind::OptText(event.agent_user.clone()),
+                        Bind::OptText(event.purpose.clone()),
+                        Bind::Text(event.body.clone()),
+                        Bind::Text(prev.clone()),
+                        Bind::Text(record_hash.clone()),
+                    ],
+                );
                 // One row per (kind, ref) of an event: the key of the reference table.
                 let mut seen = std::collections::HashSet::new();
                 for (kind, reference) in &event.refs {
@@ -160,16 +145,14 @@ impl Tx<'_> {
             for rows in ref_rows.chunks(1000) {
                 let mut refs = Sql::new("INSERT INTO audit_refs (seq, kind, ref) VALUES ");
                 for (i, (seq, kind, reference)) in rows.iter().enumerate() {
-                    if i > 0 {
-                        refs.push(", ");
-                    }
-                    refs.push("(")
-                        .bind(Bind::Int(*seq))
-                        .push(", ")
-                        .bind(Bind::Text((*kind).to_string()))
-                        .push(", ")
-                        .bind(Bind::Text((*reference).to_string()))
-                        .push(")");
+                    refs.push_row(
+                        i == 0,
+                        [
+                            Bind::Int(*seq),
+                            Bind::Text((*kind).to_string()),
+                            Bind::Text((*reference).to_string()),
+                        ],
+                    );
                 }
                 self.execute(&refs)?;
             }

@@ -327,18 +327,8 @@ impl Tx<'_> {
         for chunk in rows.chunks(SQLITE_ROWS_PER_INSERT) {
             let mut insert = Sql::new(&format!("INSERT OR FAIL INTO {} VALUES ", table.target()));
             for (i, values) in chunk.iter().enumerate() {
-                if i > 0 {
-                    insert.push(", ");
-                }
-                insert
-                    .push("(")
-                    .bind(Bind::Int(rid))
-                    .push(", ")
-                    .bind(Bind::Text(res_type.to_string()));
-                for value in values {
-                    insert.push(", ").bind(value.clone());
-                }
-                insert.push(")");
+                let row = [Bind::Int(rid), Bind::Text(res_type.to_string())];
+                insert.push_row(i == 0, row.into_iter().chain(values.iter().cloned()));
             }
             self.execute(&insert)?;
         }

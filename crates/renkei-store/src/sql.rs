@@ -40,6 +40,22 @@ impl Sql {
         self
     }
 
+    /// Appends one row of a multi-row `VALUES` list, `(?, ?, …)` bound to `values`, preceded
+    /// by `, ` unless it is the list's first row.
+    pub fn push_row(&mut self, first: bool, values: impl IntoIterator<Item = Bind>) -> &mut Self {
+        if !first {
+            self.push(", ");
+        }
+        self.push("(");
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(value);
+        }
+        self.push(")")
+    }
+
     /// Appends another statement's text and binds (e.g. a query under an `EXPLAIN` prefix).
     pub fn push_sql(&mut self, other: &Sql) -> &mut Self {
         self.text.push_str(&other.text);
@@ -100,5 +116,17 @@ mod tests {
         assert_eq!(sql.render(false), "SELECT 1 WHERE a = ? AND b = ?");
         assert_eq!(sql.render(true), "SELECT 1 WHERE a = $1 AND b = $2");
         assert_eq!(sql.binds().len(), 2);
+    }
+
+    #[test]
+    fn rows_of_a_values_list() {
+        let mut sql = Sql::new("INSERT INTO t (a, b) VALUES ");
+        sql.push_row(true, [Bind::Int(1), Bind::Text("x".into())])
+            .push_row(false, [Bind::Int(2), Bind::OptText(None)]);
+        assert_eq!(
+            sql.render(true),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+        assert_eq!(sql.binds()[3], Bind::OptText(None));
     }
 }
