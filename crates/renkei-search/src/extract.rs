@@ -145,7 +145,7 @@ pub fn extract(res_type: &str, resource: &Value) -> IndexRows {
         if !param.kind.is_indexed() || param.code == "_id" || param.code == "_lastUpdated" {
             continue;
         }
-        let Some(expression) = &param.index_expression else {
+        let Some(expression) = param.index_expression() else {
             continue;
         };
         let Ok(nodes) = expression.evaluate(resource) else {

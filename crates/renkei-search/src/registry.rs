@@ -104,9 +104,19 @@ pub struct SearchParam {
     /// `component-code`). Only the values they do not cover are stored under this parameter,
     /// and a search by it also matches their rows, so a resource stores each value once.
     pub extends: Vec<String>,
-    /// What extraction evaluates: the expression without the alternatives its bases cover
-    /// (the whole expression when it extends none; `None` when they cover all of it).
-    pub index_expression: Option<Expression>,
+    /// With `extends`: the alternatives its bases do not cover (`None` when they cover all).
+    narrowed: Option<Expression>,
+}
+
+impl SearchParam {
+    /// What extraction evaluates: the expression without the alternatives its bases cover.
+    pub fn index_expression(&self) -> Option<&Expression> {
+        if self.extends.is_empty() {
+            self.expression.as_ref()
+        } else {
+            self.narrowed.as_ref()
+        }
+    }
 }
 
 /// All parameters, per resource type.
@@ -244,10 +254,10 @@ impl Registry {
                 description: text("description").to_string(),
                 targets: targets.clone(),
                 expression_text: part,
-                index_expression: compiled.clone(),
                 expression: compiled,
                 components: components.clone(),
                 extends: Vec::new(),
+                narrowed: None,
             };
             if base == "Resource" || base == "DomainResource" {
                 self.common.insert(code.clone(), param);
@@ -366,7 +376,7 @@ fn link_extensions(params: &mut BTreeMap<String, SearchParam>) {
         };
         if let Some(p) = params.get_mut(&code) {
             p.extends = bases;
-            p.index_expression = narrowed;
+            p.narrowed = narrowed;
         }
     }
 }
@@ -467,7 +477,7 @@ mod tests {
         let r = registry();
         let extends = |res_type: &str, code: &str| {
             let p = r.param(res_type, code).unwrap();
-            (p.extends.clone(), p.index_expression.is_some())
+            (p.extends.clone(), p.index_expression().is_some())
         };
         assert_eq!(
             extends("Observation", "combo-code"),

@@ -82,7 +82,8 @@ const COMPOSITE: IndexTable = IndexTable {
         ("p3_high", "bigint"),
     ],
 };
-const COMPOSITE_SLOTS: usize = 3;
+/// Component slots of `idx_composite` (`p1_*` … `p3_*`), as many as a composite row holds.
+pub(crate) const COMPOSITE_SLOTS: usize = 3;
 const _: () = assert!(COMPOSITE_SLOTS == MAX_COMPONENTS);
 
 const TABLES: [&IndexTable; 8] = [

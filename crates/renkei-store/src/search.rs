@@ -2,6 +2,7 @@
 //! plans ([`renkei_search::plan::SearchPlan`]) translated to SQL over the index tables. The
 //! database returns exactly the page; nothing is filtered in memory.
 
+use crate::index::COMPOSITE_SLOTS;
 use crate::sql::{Bind, Sql};
 use crate::{Backend, StoreError, Tx, Visibility};
 use diesel::sql_types::{BigInt, Nullable, Text};
@@ -21,8 +22,6 @@ pub const MAX_SORT_KEYS: usize = 4;
 const MAX_INCLUDED: i64 = 1000;
 /// ValueSets imported (`compose.include.valueSet`) while expanding one `:in` value.
 const MAX_VALUE_SETS: usize = 20;
-/// Component slots of `idx_composite` (`p1_*` … `p3_*`).
-const COMPOSITE_SLOTS: usize = renkei_search::extract::MAX_COMPONENTS;
 
 /// A current resource found by a search.
 #[derive(Debug, Clone, QueryableByName)]
