@@ -1,5 +1,5 @@
-//! FHIR search executed in the database: index rows written with each version, and search
-//! plans ([`renkei_search::plan::SearchPlan`]) translated to SQL over the index tables. The
+//! FHIR search executed in the database: search plans ([`renkei_search::plan::SearchPlan`])
+//! translated to SQL over the index tables that `index.rs` writes with each version. The
 //! database returns exactly the page; nothing is filtered in memory.
 
 use crate::index::COMPOSITE_SLOTS;
