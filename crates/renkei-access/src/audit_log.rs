@@ -6,7 +6,8 @@
 
 use crate::audit_journal::{journal_path, read_journal, Journal};
 use renkei_audit::{record_hash, AuditOutcome, EventBuilder};
-use renkei_store::{NewAuditEvent, Store, StoreError, Tx};
+use renkei_store::{AuditBody, NewAuditEvent, Store, StoreError, Tx};
+use serde_json::Value;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -42,7 +43,10 @@ pub struct AuditLog {
 pub struct AuditUnavailable(pub String);
 
 enum IngestMessage {
+    /// Events just journaled by this process: none of them can be in the trail yet.
     Events(Vec<NewAuditEvent>),
+    /// Events a previous run left in the journal: some may already be in the trail.
+    Replayed(Vec<NewAuditEvent>),
     /// Someone waits for everything journaled so far to be in the trail.
     Flush,
 }
@@ -107,7 +111,7 @@ impl AuditLog {
                         "audit journal holds events of the previous run; moving them into the trail"
                     );
                     progress.lock().journaled = left_over.len() as u64;
-                    let _ = ingest_tx.send(IngestMessage::Events(left_over));
+                    let _ = ingest_tx.send(IngestMessage::Replayed(left_over));
                 }
                 let writer_progress = Arc::clone(&progress);
                 let writer_ingest = ingest_tx.clone();
@@ -287,11 +291,17 @@ fn journal_writer(
 fn ingester(store: &Store, messages: &Receiver<IngestMessage>, progress: &Progress) {
     let mut session = store.writer_session();
     let mut pending: Vec<NewAuditEvent> = Vec::new();
+    // Whether some pending events may already be in the trail (a replay, or a retry after a
+    // failure whose commit outcome is unknown); only then is each id looked up first.
+    let mut may_be_present = false;
     loop {
         if pending.is_empty() {
             match messages.recv() {
-                Ok(IngestMessage::Events(events)) => pending.extend(events),
-                Ok(IngestMessage::Flush) => continue,
+                Ok(message) => {
+                    if !gather(message, &mut pending, &mut may_be_present) {
+                        continue;
+                    }
+                }
                 Err(_) => return,
             }
         }
@@ -299,22 +309,33 @@ fn ingester(store: &Store, messages: &Receiver<IngestMessage>, progress: &Progre
         while pending.len() < MAX_INGEST {
             let left = deadline.saturating_duration_since(Instant::now());
             match messages.recv_timeout(left) {
-                Ok(IngestMessage::Events(events)) => pending.extend(events),
-                Ok(IngestMessage::Flush) | Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => break,
+                Ok(message) => {
+                    if !gather(message, &mut pending, &mut may_be_present) {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        let result: Result<usize, StoreError> = session.write(|tx| append_missing(tx, &pending));
+        let result: Result<(), StoreError> = session.write(|tx| {
+            if may_be_present {
+                append_missing(tx, &pending).map(|_| ())
+            } else {
+                append(tx, &pending)
+            }
+        });
         let mut counts = progress.lock();
         match result {
-            Ok(_) => {
+            Ok(()) => {
                 counts.ingested += pending.len() as u64;
                 counts.failure = None;
                 pending.clear();
+                may_be_present = false;
             }
             Err(e) => {
                 tracing::error!(error = %e, "journaled audit events cannot be added to the trail; retrying");
                 counts.failure = Some(format!("audit trail: {e}"));
+                may_be_present = true;
             }
         }
         let failed = counts.failure.is_some();
@@ -324,6 +345,23 @@ fn ingester(store: &Store, messages: &Receiver<IngestMessage>, progress: &Progre
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Adds a message's events to `pending`; false for a flush request, which ends the gathering.
+fn gather(
+    message: IngestMessage,
+    pending: &mut Vec<NewAuditEvent>,
+    may_be_present: &mut bool,
+) -> bool {
+    match message {
+        IngestMessage::Events(events) => pending.extend(events),
+        IngestMessage::Replayed(events) => {
+            pending.extend(events);
+            *may_be_present = true;
+        }
+        IngestMessage::Flush => return false,
+    }
+    true
 }
 
 /// Appends the events the trail does not hold yet (a journal replayed after a crash, or by an
@@ -370,7 +408,6 @@ pub fn to_row(builder: &EventBuilder, custodians: &[String]) -> NewAuditEvent {
     // Time-ordered (UUIDv7): the unique index on event ids grows at its end instead of
     // taking a random page per event, which made every group commit write far more pages.
     let event_id = uuid::Uuid::now_v7().to_string();
-    let body = builder.build(&event_id);
     let mut refs: Vec<(String, String)> = Vec::new();
     for patient in &builder.patients {
         refs.push(("patient".into(), patient.clone()));
@@ -384,17 +421,14 @@ pub fn to_row(builder: &EventBuilder, custodians: &[String]) -> NewAuditEvent {
             refs.push(("custodian".into(), custodian.clone()));
         }
     }
-    let text = |pointer: &str| {
-        body.pointer(pointer)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
+    let (type_code, subtype) = builder.type_and_subtype();
+    let body = builder.stored(&event_id);
     NewAuditEvent {
         event_id,
         recorded: builder.recorded_ms,
         request_id: builder.request_id.clone(),
-        type_code: text("/type/code").unwrap_or_default(),
-        subtype: text("/subtype/0/code").unwrap_or_default(),
+        type_code: type_code.to_string(),
+        subtype: subtype.to_string(),
         action: builder.interaction.action().to_string(),
         outcome: builder.outcome.code().to_string(),
         agent_client: builder.agent.client_id.clone(),
@@ -405,8 +439,30 @@ pub fn to_row(builder: &EventBuilder, custodians: &[String]) -> NewAuditEvent {
             .clone()
             .or_else(|| builder.agent.patient.clone()),
         purpose: builder.agent.purpose.clone(),
-        body: serde_json::to_string(&body).unwrap_or_default(),
+        body,
         refs,
+    }
+}
+
+/// An AuditEvent read back from the trail: its position (for paging) and the resource.
+#[derive(Debug)]
+pub struct TrailEvent {
+    pub seq: i64,
+    pub resource: Value,
+}
+
+impl TrailEvent {
+    pub fn render(row: AuditBody) -> Result<TrailEvent, crate::AccessError> {
+        let resource = renkei_audit::render_stored(&row.body).map_err(|e| {
+            crate::AccessError::UnreadableAudit {
+                seq: row.seq,
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(TrailEvent {
+            seq: row.seq,
+            resource,
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! predicate), the interaction itself, and its AuditEvent. Writes commit their AuditEvent in
 //! the same transaction as the change; reads return only after theirs is durable.
 
-use crate::audit_log::{append, to_row, AuditLog};
+use crate::audit_log::{append, to_row, AuditLog, TrailEvent};
 use crate::requester::Requester;
 use crate::AccessError;
 use renkei_audit::{AuditOutcome, EventBuilder, Interaction};
@@ -14,7 +14,7 @@ use renkei_repository::{
     WriteContext, WriteOutcome,
 };
 use renkei_search::plan::SearchPlan;
-use renkei_store::{AuditBody, AuditQuery, HistoryPage, NewAuditEvent, SearchPage, Tx, Visibility};
+use renkei_store::{AuditQuery, HistoryPage, NewAuditEvent, SearchPage, Tx, Visibility};
 use serde_json::Value;
 
 #[derive(Clone)]
@@ -69,6 +69,7 @@ fn status_of(error: &AccessError) -> u16 {
     match error {
         AccessError::Forbidden(_) => 403,
         AccessError::AuditUnavailable(_) => 503,
+        AccessError::UnreadableAudit { .. } => 500,
         AccessError::Repo(e) => renkei_repository::status_of(e.root())
             .0
             .split(' ')
@@ -890,7 +891,7 @@ impl Gate {
         who: &Requester,
         id: &str,
         mut query: AuditQuery,
-    ) -> Result<Vec<AuditBody>, AccessError> {
+    ) -> Result<Vec<TrailEvent>, AccessError> {
         query.event_id = Some(id.to_string());
         self.audit_events(who, query)
     }
@@ -937,7 +938,7 @@ impl Gate {
         &self,
         who: &Requester,
         mut query: AuditQuery,
-    ) -> Result<Vec<AuditBody>, AccessError> {
+    ) -> Result<Vec<TrailEvent>, AccessError> {
         use renkei_consent::Role;
         match who.principal.role {
             Role::Auditor | Role::Admin => {}
@@ -968,9 +969,11 @@ impl Gate {
         builder.query = Some("AuditEvent".into());
         // Every access answered before this search is in the trail it reads.
         let result = self.flush_audit().and_then(|()| {
-            self.repository
+            let rows = self
+                .repository
                 .read_tx(|tx| Ok(tx.audit_search(&query)?))
-                .map_err(AccessError::from)
+                .map_err(AccessError::from)?;
+            rows.into_iter().map(TrailEvent::render).collect()
         });
         self.audited(builder, result, |_, _| Vec::new())
     }

@@ -7,7 +7,7 @@ pub mod audit_log;
 mod gate;
 mod requester;
 
-pub use audit_log::{AuditLog, AuditUnavailable};
+pub use audit_log::{AuditLog, AuditUnavailable, TrailEvent};
 pub use gate::Gate;
 pub use requester::{Requester, StatedPurpose};
 
@@ -21,6 +21,9 @@ pub enum AccessError {
     /// No audit, no data.
     #[error("the audit trail cannot be written: {0}")]
     AuditUnavailable(String),
+    /// A stored audit record does not parse: the trail was altered outside the gateway.
+    #[error("audit record {seq} cannot be read ({reason}); run `renkei audit verify`")]
+    UnreadableAudit { seq: i64, reason: String },
     #[error(transparent)]
     Repo(#[from] RepoError),
 }

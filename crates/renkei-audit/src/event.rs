@@ -3,6 +3,7 @@
 
 use base64::Engine;
 use chrono::{SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub const GATEWAY_NAME: &str = "Renkei FHIR gateway";
@@ -14,7 +15,7 @@ const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
 
 /// What the client did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Interaction {
     Read,
     Vread,
@@ -92,7 +93,7 @@ impl Interaction {
 }
 
 /// AuditEvent.outcome per the R4 code system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuditOutcome {
     Success,
     /// 4xx: the request failed or was refused.
@@ -120,19 +121,26 @@ impl AuditOutcome {
 }
 
 /// Who asked.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditAgent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// `Organization/X` of the requesting facility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization: Option<String>,
     /// `Practitioner/Y` acting, if the token names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub practitioner: Option<String>,
     /// `Patient/Z` when a patient asks for their own data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
     /// Purpose of use code (`TREAT`, `ETREAT`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
     /// Set for break-glass access: the stated reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_address: Option<String>,
 }
 
@@ -140,22 +148,53 @@ pub struct AuditAgent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatientEntity(pub String);
 
-/// Assembles one AuditEvent.
-#[derive(Debug, Clone)]
+/// Assembles one AuditEvent. It is also what the trail stores (see [`StoredEvent`]): every
+/// field of the rendered AuditEvent follows from these facts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventBuilder {
     pub interaction: Interaction,
     pub outcome: AuditOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_desc: Option<String>,
     pub agent: AuditAgent,
     /// `Type/id` or `Type/id/_history/n` of the resources involved (none for searches).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patients: Vec<String>,
     /// The raw query string of a search (stored base64 in `entity.query`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     pub request_id: String,
     pub recorded_ms: i64,
     /// For consent decisions: the Consent (or `implicit-policy`) that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
+}
+
+/// The stored form of one AuditEvent: its id and the builder's facts, a few hundred bytes.
+/// The BALP resource (about 2 KB, mostly fixed codings) is rendered from it whenever the trail
+/// is read, so each read's audit writes, hashes and journals only the facts.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredEvent<Id, Event> {
+    id: Id,
+    event: Event,
+}
+
+/// Why a stored event cannot be shown.
+#[derive(Debug, thiserror::Error)]
+#[error("stored audit event is not readable: {0}")]
+pub struct UnreadableEvent(#[from] serde_json::Error);
+
+/// The AuditEvent resource of a stored event. Records written before events were stored in
+/// compact form hold the full resource and are returned as they are.
+pub fn render_stored(stored: &str) -> Result<Value, UnreadableEvent> {
+    let value: Value = serde_json::from_str(stored)?;
+    if value.get("resourceType").is_some() {
+        return Ok(value);
+    }
+    let stored: StoredEvent<String, EventBuilder> = serde_json::from_value(value)?;
+    Ok(stored.event.build(&stored.id))
 }
 
 impl EventBuilder {
@@ -174,6 +213,20 @@ impl EventBuilder {
         }
     }
 
+    /// The text the trail stores for this event (hashed as is by the chain).
+    pub fn stored(&self, id: &str) -> String {
+        serde_json::to_string(&StoredEvent { id, event: self }).unwrap_or_default()
+    }
+
+    /// `AuditEvent.type.code` and `AuditEvent.subtype[0].code` (also indexed for search).
+    pub fn type_and_subtype(&self) -> (&'static str, &str) {
+        if self.interaction == Interaction::ConsentDecision {
+            ("110113", "AuthZ-Consent")
+        } else {
+            ("rest", self.interaction.code())
+        }
+    }
+
     /// The AuditEvent resource (without `id`/`meta.versionId`: the store assigns them).
     pub fn build(&self, id: &str) -> Value {
         let recorded = Utc
@@ -182,15 +235,16 @@ impl EventBuilder {
             .unwrap_or_default()
             .to_rfc3339_opts(SecondsFormat::Millis, true);
         let is_consent = self.interaction == Interaction::ConsentDecision;
+        let (type_code, subtype_code) = self.type_and_subtype();
         let (event_type, subtype) = if is_consent {
             (
-                json!({"system": DCM, "code": "110113", "display": "Security Alert"}),
-                json!({"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType", "code": "AuthZ-Consent", "display": "Authorization Decision using Roles and Consent"}),
+                json!({"system": DCM, "code": type_code, "display": "Security Alert"}),
+                json!({"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType", "code": subtype_code, "display": "Authorization Decision using Roles and Consent"}),
             )
         } else {
             (
-                json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}),
-                json!({"system": "http://hl7.org/fhir/restful-interaction", "code": self.interaction.code()}),
+                json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": type_code, "display": "RESTful Operation"}),
+                json!({"system": "http://hl7.org/fhir/restful-interaction", "code": subtype_code}),
             )
         };
         let mut event = json!({
@@ -349,6 +403,42 @@ mod tests {
         assert_eq!(entities, Some(3));
         assert_eq!(event["entity"][0]["role"]["code"], "1");
         assert_eq!(event["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+    }
+
+    #[test]
+    fn stored_form_renders_the_same_event_and_is_compact() {
+        let mut builder = EventBuilder::new(Interaction::Operation("everything".into()), "r", 7);
+        builder.agent.client_id = Some("clinic-ehr".into());
+        builder.agent.organization = Some("Organization/clinic".into());
+        builder.agent.purpose = Some("ETREAT".into());
+        builder.agent.break_glass_reason = Some("unconscious".into());
+        builder.outcome = AuditOutcome::MinorFailure;
+        builder.outcome_desc = Some("denied".into());
+        builder.patients.push("Patient/p1".into());
+        builder.query = Some("_since=2020".into());
+        builder.decided_by = Some("Consent/c1".into());
+        let stored = builder.stored("e9");
+        let rendered = render_stored(&stored).map_err(|e| e.to_string());
+        assert_eq!(rendered, Ok(builder.build("e9")));
+        let full = serde_json::to_string(&builder.build("e9")).unwrap_or_default();
+        assert!(
+            stored.len() * 3 < full.len(),
+            "{} vs {}",
+            stored.len(),
+            full.len()
+        );
+    }
+
+    #[test]
+    fn records_stored_as_whole_resources_render_as_they_are() {
+        let legacy = r#"{"resourceType":"AuditEvent","id":"old","action":"R"}"#;
+        let rendered = render_stored(legacy).map_err(|e| e.to_string());
+        assert_eq!(
+            rendered,
+            Ok(json!({"resourceType": "AuditEvent", "id": "old", "action": "R"}))
+        );
+        assert!(render_stored(r#"{"id":"x"}"#).is_err());
+        assert!(render_stored("not json").is_err());
     }
 
     #[test]

@@ -7,7 +7,10 @@
 
 mod event;
 
-pub use event::{AuditAgent, AuditOutcome, EventBuilder, Interaction, PatientEntity, GATEWAY_NAME};
+pub use event::{
+    render_stored, AuditAgent, AuditOutcome, EventBuilder, Interaction, PatientEntity,
+    UnreadableEvent, GATEWAY_NAME,
+};
 
 use sha2::{Digest, Sha256};
 

@@ -159,8 +159,8 @@ pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
             );
         }
         let entries: Vec<Value> = rows
-            .iter()
-            .filter_map(|row| serde_json::from_str::<Value>(&row.body).ok())
+            .into_iter()
+            .map(|row| row.resource)
             .map(|event| {
                 let id = event
                     .get("id")
@@ -216,15 +216,12 @@ pub async fn read(
         let id = tail.clone();
         let rows = blocking(move || gate.audit_event(&who, &id, query)).await?;
         match rows.into_iter().next() {
-            Some(row) => {
-                let value: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-                Ok(render_value(
-                    HttpResponse::Ok(),
-                    &value,
-                    ctx.format,
-                    ctx.pretty,
-                ))
-            }
+            Some(row) => Ok(render_value(
+                HttpResponse::Ok(),
+                &row.resource,
+                ctx.format,
+                ctx.pretty,
+            )),
             None => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not-found",

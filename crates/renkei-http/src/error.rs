@@ -123,6 +123,14 @@ impl From<renkei_access::AccessError> for ApiError {
             AccessError::Forbidden(message) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
             }
+            AccessError::UnreadableAudit { seq, reason } => {
+                tracing::error!(seq, %reason, "stored audit record cannot be read");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "exception",
+                    format!("audit record {seq} cannot be read; an operator should run `renkei audit verify`"),
+                )
+            }
             AccessError::AuditUnavailable(message) => {
                 tracing::error!(%message, "audit trail unavailable");
                 ApiError::new(

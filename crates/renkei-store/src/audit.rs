@@ -19,7 +19,8 @@ pub struct NewAuditEvent {
     pub agent_org: Option<String>,
     pub agent_user: Option<String>,
     pub purpose: Option<String>,
-    /// The AuditEvent JSON, already canonical (the hash covers these exact bytes).
+    /// The stored form of the event (`renkei_audit::EventBuilder::stored`; records written
+    /// before it hold the whole AuditEvent JSON). The hash covers these exact bytes.
     pub body: String,
     /// (kind, reference) pairs: `patient`, `entity`, `custodian`.
     pub refs: Vec<(String, String)>,

@@ -227,6 +227,12 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
     }
 }
 
+/// One NDJSON line: the AuditEvent resource rendered from its stored form.
+fn write_event(out: &mut dyn Write, stored: &str, what: &str) -> Result<(), String> {
+    let resource = renkei_audit::render_stored(stored).map_err(|e| format!("{what}: {e}"))?;
+    writeln!(out, "{resource}").map_err(|e| e.to_string())
+}
+
 /// Writes every AuditEvent recorded since `since_ms` as NDJSON.
 pub fn export_audit(store: &Store, since_ms: i64, out: &mut dyn Write) -> Result<u64, String> {
     let mut after = 0;
@@ -241,13 +247,17 @@ pub fn export_audit(store: &Store, since_ms: i64, out: &mut dyn Write) -> Result
                 .iter()
                 .filter(|e| e.recorded >= since_ms)
             {
-                writeln!(out, "{}", event.body).map_err(|e| e.to_string())?;
+                write_event(
+                    out,
+                    &event.body,
+                    &format!("journaled event {}", event.event_id),
+                )?;
                 written += 1;
             }
             return Ok(written);
         };
         for row in rows.iter().filter(|r| r.recorded >= since_ms) {
-            writeln!(out, "{}", row.body).map_err(|e| e.to_string())?;
+            write_event(out, &row.body, &format!("audit record {}", row.seq))?;
             written += 1;
         }
         after = last;
