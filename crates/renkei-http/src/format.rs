@@ -192,6 +192,89 @@ pub fn response_bundle(
     bundle
 }
 
+/// An entry of a searchset Bundle.
+pub enum BundleEntry<'a> {
+    /// Built as JSON (reshaped resources, OperationOutcome entries).
+    Value(Value),
+    /// A stored resource as it is: in compact JSON its stored text is spliced into the
+    /// response instead of being parsed and serialized again.
+    Stored {
+        full_url: String,
+        resource: &'a str,
+        mode: &'static str,
+    },
+}
+
+impl BundleEntry<'_> {
+    fn into_value(self) -> Option<Value> {
+        match self {
+            BundleEntry::Value(value) => Some(value),
+            BundleEntry::Stored {
+                full_url,
+                resource,
+                mode,
+            } => {
+                let resource: Value = serde_json::from_str(resource).ok()?;
+                Some(serde_json::json!({
+                    "fullUrl": full_url,
+                    "resource": resource,
+                    "search": {"mode": mode},
+                }))
+            }
+        }
+    }
+}
+
+/// Renders a Bundle (built by [`response_bundle`] without entries) and its entries. Compact
+/// JSON splices stored resources in as stored; XML and pretty JSON parse them.
+pub fn render_bundle(
+    mut builder: HttpResponseBuilder,
+    mut bundle: Value,
+    entries: Vec<BundleEntry<'_>>,
+    format: Format,
+    pretty: bool,
+) -> HttpResponse {
+    if format != Format::Json || pretty || entries.is_empty() {
+        let entries: Vec<Value> = entries
+            .into_iter()
+            .filter_map(BundleEntry::into_value)
+            .collect();
+        if !entries.is_empty() {
+            bundle["entry"] = Value::Array(entries);
+        }
+        return render_value(builder, &bundle, format, pretty);
+    }
+    let Ok(mut text) = serde_json::to_string(&bundle) else {
+        return HttpResponse::InternalServerError().finish();
+    };
+    // A serialized object ends with its closing brace; the entries go before it.
+    text.pop();
+    text.push_str(",\"entry\":[");
+    for (i, entry) in entries.into_iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        match entry {
+            BundleEntry::Value(value) => text.push_str(&value.to_string()),
+            BundleEntry::Stored {
+                full_url,
+                resource,
+                mode,
+            } => {
+                text.push_str("{\"fullUrl\":");
+                text.push_str(&Value::String(full_url).to_string());
+                text.push_str(",\"resource\":");
+                text.push_str(resource);
+                text.push_str(",\"search\":{\"mode\":\"");
+                text.push_str(mode);
+                text.push_str("\"}}");
+            }
+        }
+    }
+    text.push_str("]}");
+    builder.content_type(FHIR_JSON).body(text)
+}
+
 /// Renders stored JSON text: the bytes go out as stored unless another shape is needed.
 pub fn render_stored(
     builder: HttpResponseBuilder,
@@ -222,6 +305,45 @@ mod tests {
             HeaderValue::from_str(accept).unwrap(),
         );
         map
+    }
+
+    async fn body_of(response: HttpResponse) -> Value {
+        let bytes = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[actix_web::test]
+    async fn spliced_bundle_equals_the_parsed_one() {
+        let stored = r#"{"resourceType":"Observation","id":"o1","valueQuantity":{"value":1.50}}"#;
+        let entries = || {
+            vec![
+                BundleEntry::Stored {
+                    full_url: "http://x/fhir/Observation/o1".into(),
+                    resource: stored,
+                    mode: "match",
+                },
+                BundleEntry::Value(serde_json::json!({"search": {"mode": "outcome"}})),
+            ]
+        };
+        let bundle = response_bundle("searchset", Some(1), Vec::new(), Vec::new());
+        let spliced = render_bundle(
+            HttpResponse::Ok(),
+            bundle.clone(),
+            entries(),
+            Format::Json,
+            false,
+        );
+        let parsed = render_bundle(HttpResponse::Ok(), bundle, entries(), Format::Json, true);
+        let spliced = body_of(spliced).await;
+        assert_eq!(spliced, body_of(parsed).await);
+        assert_eq!(
+            spliced["entry"][0]["resource"]["valueQuantity"]["value"].to_string(),
+            "1.50"
+        );
+        assert_eq!(spliced["entry"][0]["search"]["mode"], "match");
+        assert_eq!(spliced["entry"][1]["search"]["mode"], "outcome");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::auth::authenticate;
 use crate::error::ApiError;
-use crate::format::render_value;
+use crate::format::{render_bundle, BundleEntry};
 use crate::handlers::finish;
 use crate::handlers::{blocking, encode};
 use crate::request::{parse_query, read_body, RequestCtx};
@@ -96,10 +96,11 @@ async fn run(
     let path = request.self_path.split('?').next().unwrap_or_default();
     let raw_query = format!("{path}?{}", req.query_string());
     let page = blocking(move || gate.search(&who, &query_plan, &raw_query)).await?;
-    let bundle = searchset(ctx, &plan, &page, &request.self_path);
-    Ok(render_value(
+    let (bundle, entries) = searchset(ctx, &plan, &page, &request.self_path);
+    Ok(render_bundle(
         HttpResponse::Ok(),
-        &bundle,
+        bundle,
+        entries,
         ctx.format,
         ctx.pretty,
     ))
@@ -157,23 +158,44 @@ fn summary_mode(plan: &SearchPlan) -> Option<SummaryMode> {
     }
 }
 
-fn entry(ctx: &RequestCtx, plan: &SearchPlan, row: &SearchRow, mode: &str) -> Option<Value> {
-    let mut value: Value = serde_json::from_str(row.body.as_deref()?).ok()?;
-    if let Some(summary) = summary_mode(plan) {
+fn entry<'a>(
+    ctx: &RequestCtx,
+    plan: &SearchPlan,
+    row: &'a SearchRow,
+    mode: &'static str,
+) -> Option<BundleEntry<'a>> {
+    let stored = row.body.as_deref()?;
+    let full_url = format!("{}/{}/{}", ctx.base, row.res_type, row.res_id);
+    let summary = summary_mode(plan);
+    if summary.is_none() && plan.elements.is_empty() {
+        return Some(BundleEntry::Stored {
+            full_url,
+            resource: stored,
+            mode,
+        });
+    }
+    let mut value: Value = serde_json::from_str(stored).ok()?;
+    if let Some(summary) = summary {
         value = renkei_fhir::summarize(&value, summary);
     }
     if !plan.elements.is_empty() {
         let elements: Vec<&str> = plan.elements.iter().map(String::as_str).collect();
         value = renkei_fhir::select_elements(&value, &elements);
     }
-    Some(json!({
-        "fullUrl": format!("{}/{}/{}", ctx.base, row.res_type, row.res_id),
+    Some(BundleEntry::Value(json!({
+        "fullUrl": full_url,
         "resource": value,
         "search": {"mode": mode},
-    }))
+    })))
 }
 
-fn searchset(ctx: &RequestCtx, plan: &SearchPlan, page: &SearchPage, self_path: &str) -> Value {
+/// The searchset Bundle (without entries) and its entries, for [`render_bundle`].
+fn searchset<'a>(
+    ctx: &RequestCtx,
+    plan: &SearchPlan,
+    page: &'a SearchPage,
+    self_path: &str,
+) -> (Value, Vec<BundleEntry<'a>>) {
     let mut query: Vec<String> = plan
         .applied
         .iter()
@@ -201,7 +223,7 @@ fn searchset(ctx: &RequestCtx, plan: &SearchPlan, page: &SearchPage, self_path: 
     if page.next.is_some() || page.previous.is_some() {
         links.push(json!({"relation": "last", "url": page_url(&Cursor::last())}));
     }
-    let mut entries: Vec<Value> = Vec::new();
+    let mut entries: Vec<BundleEntry<'a>> = Vec::new();
     entries.extend(
         page.matches
             .iter()
@@ -213,7 +235,7 @@ fn searchset(ctx: &RequestCtx, plan: &SearchPlan, page: &SearchPage, self_path: 
             .filter_map(|r| entry(ctx, plan, r, "include")),
     );
     if !plan.ignored.is_empty() {
-        entries.push(json!({
+        entries.push(BundleEntry::Value(json!({
             "resource": {
                 "resourceType": "OperationOutcome",
                 "issue": [{
@@ -226,9 +248,10 @@ fn searchset(ctx: &RequestCtx, plan: &SearchPlan, page: &SearchPage, self_path: 
                 }],
             },
             "search": {"mode": "outcome"},
-        }));
+        })));
     }
-    crate::format::response_bundle("searchset", page.total, links, entries)
+    let bundle = crate::format::response_bundle("searchset", page.total, links, Vec::new());
+    (bundle, entries)
 }
 
 /// `GET [type]?…`
