@@ -375,7 +375,11 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PostgresSession 
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
         // The search statements' cost estimates (correlated consent subqueries) cross the JIT
         // thresholds, and compiling them took seconds for queries that run in milliseconds.
-        conn.batch_execute("SET jit = off")
+        // Generic plans: PostgreSQL otherwise kept planning each execution of a prepared search
+        // anew for its bind values (custom plans), 1.3–4.6 ms of planning for 1 ms of execution
+        // at 1M resources. The plans are index-driven by the statement's shape, so one generic
+        // plan serves every value: 1.5–2.6× the searches per second (docs/BENCHMARKS.md).
+        conn.batch_execute("SET jit = off; SET plan_cache_mode = force_generic_plan")
             .map_err(diesel::r2d2::Error::QueryError)
     }
 }
