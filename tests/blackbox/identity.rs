@@ -196,6 +196,14 @@ fn consented_clinic_sees_the_hospital_record_of_the_same_person_and_others_learn
 
         // Linked view: the hospital's data through the clinic's own patient id.
         assert_eq!(linked_view(&net, &clinic), expected);
+        // Its consent decisions name the Consent on the clinic's record, found through the
+        // link from the hospital's record that holds the data.
+        let auditor = s.token_for("id-auditor", "Organization/network-office", "auditor", &[]);
+        let decisions = s
+            .with_token(&auditor)
+            .read_json("AuditEvent?subtype=AuthZ-Consent&agent=id-clinic-ehr")
+            .to_string();
+        assert!(decisions.contains("Consent/id-consent"), "{decisions}");
         // Without :linked the clinic's own record has none of it.
         assert!(found(&clinic.read_json(&format!("Observation?patient={CLINIC_P}"))).is_empty());
         // Each returned resource still names its own subject and custodian (the hospital).

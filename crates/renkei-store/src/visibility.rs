@@ -263,28 +263,9 @@ impl crate::Tx<'_> {
 }
 
 #[derive(diesel::QueryableByName)]
-struct PatientOfRow {
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    patient_id: Option<String>,
-}
-
-impl crate::Tx<'_> {
-    /// The patient resource row `rid` is about.
-    fn patient_of_row(&mut self, rid: i64) -> Result<Option<String>, crate::StoreError> {
-        let mut sql = Sql::new("SELECT r.patient_id AS patient_id FROM resources r WHERE r.rid = ");
-        sql.bind(Bind::Int(rid));
-        Ok(self
-            .load::<PatientOfRow>(&sql)?
-            .into_iter()
-            .next()
-            .and_then(|row| row.patient_id))
-    }
-}
-
-#[derive(diesel::QueryableByName)]
 struct Decider {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    consent_ref: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    consent_ref: Option<String>,
 }
 
 impl crate::Tx<'_> {
@@ -312,30 +293,18 @@ impl crate::Tx<'_> {
             purpose,
             now_ms: *now_ms,
         };
-        let Some(patient) = self.patient_of_row(rid)? else {
-            return Ok(None);
-        };
-        let mut records = self.person_members(&patient)?;
-        if records.is_empty() {
-            records.push(patient);
-        }
-        let mut sql = Sql::new(
-            "SELECT p.consent_ref AS consent_ref FROM resources r, consent_rules p WHERE r.rid = ",
-        );
-        sql.bind(Bind::Int(rid)).push(" AND p.patient_id IN (");
-        for (i, record) in records.into_iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Bind::Text(record));
-        }
-        sql.push(") AND ");
+        // One statement: the rules of the row's person (its patient record and every record
+        // linked to it), deny first.
+        let mut sql = Sql::new("SELECT (SELECT p.consent_ref FROM ");
+        push_person_rules(&mut sql, "p", "r");
+        sql.push(" WHERE ");
         push_match(&mut sql, "p", "r", &args);
-        sql.push(" ORDER BY p.permit ASC LIMIT 1");
+        sql.push(" ORDER BY p.permit ASC LIMIT 1) AS consent_ref FROM resources r WHERE r.rid = ")
+            .bind(Bind::Int(rid));
         Ok(self
             .load::<Decider>(&sql)?
             .into_iter()
             .next()
-            .map(|d| d.consent_ref))
+            .and_then(|d| d.consent_ref))
     }
 }
