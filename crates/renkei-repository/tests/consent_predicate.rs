@@ -1,0 +1,330 @@
+//! The consent decision as the database evaluates it: one patient per Consent shape, the same
+//! five resources each, searched by another facility. The same cases on a SQLite file and on a
+//! fresh PostgreSQL database (admin URL from RENKEI_TEST_PG_URL).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use renkei_repository::{Repository, WriteContext};
+use renkei_store::Visibility;
+use serde_json::{json, Value};
+
+mod common;
+use common::{plan, Db};
+
+const OWNER: &str = "Organization/hosp-a";
+const READER: &str = "Organization/clinic-b";
+const OTHER: &str = "Organization/clinic-c";
+const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+fn owner_context() -> WriteContext {
+    WriteContext {
+        custodian: Some(OWNER.into()),
+        ..WriteContext::default()
+    }
+}
+
+fn put(repo: &Repository, resource: Value) {
+    let res_type = resource["resourceType"].as_str().unwrap().to_string();
+    let id = resource["id"].as_str().unwrap().to_string();
+    repo.write(|tx| {
+        renkei_repository::update(tx, &res_type, &id, resource.clone(), None, &owner_context())
+    })
+    .unwrap_or_else(|e| panic!("{res_type}/{id}: {e}"));
+}
+
+fn observation(patient: &str, id: &str, date: &str, meta: Value) -> Value {
+    json!({"resourceType": "Observation", "id": format!("{patient}-{id}"), "status": "final",
+        "meta": meta,
+        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")}, "effectiveDateTime": date})
+}
+
+/// The five resources every patient has, by short name.
+fn load_patient(repo: &Repository, patient: &str) {
+    put(repo, json!({"resourceType": "Patient", "id": patient}));
+    put(repo, observation(patient, "obs19", "2019-06-01", json!({})));
+    put(repo, observation(patient, "obs24", "2024-06-01", json!({})));
+    put(
+        repo,
+        observation(
+            patient,
+            "psy",
+            "2024-06-01",
+            json!({"security": [{"system": ACT_CODE, "code": "PSY"}]}),
+        ),
+    );
+    put(
+        repo,
+        observation(
+            patient,
+            "undelivered",
+            "2024-06-01",
+            json!({"tag": [{"system": "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication", "code": "UNDELIVERED"}]}),
+        ),
+    );
+    put(
+        repo,
+        json!({"resourceType": "MedicationRequest", "id": format!("{patient}-med"), "status": "active",
+            "intent": "order", "medicationCodeableConcept": {"text": "amlodipine"},
+            "subject": {"reference": format!("Patient/{patient}")}, "authoredOn": "2024-03-01"}),
+    );
+}
+
+fn actor(org: &str) -> Value {
+    json!({"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+        "reference": {"reference": org}})
+}
+
+fn consent(patient: &str, n: u32, status: &str, provision: Value) -> Value {
+    json!({"resourceType": "Consent", "id": format!("{patient}-consent{n}"), "status": status,
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "provision": provision})
+}
+
+fn treat() -> Value {
+    json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}])
+}
+
+/// A patient named after its Consent shape, its consents (status, provision) and the short
+/// names of the resources READER sees.
+type Shape = (
+    &'static str,
+    Vec<(&'static str, Value)>,
+    &'static [&'static str],
+);
+
+fn shapes() -> Vec<Shape> {
+    const ALL: &[&str] = &["med", "obs19", "obs24", "psy"];
+    vec![
+        ("none", vec![], &[]),
+        (
+            "permit",
+            vec![(
+                "active",
+                json!({"type": "permit", "actor": [actor(READER)], "purpose": treat()}),
+            )],
+            ALL,
+        ),
+        (
+            "everyone",
+            vec![("active", json!({"type": "permit", "purpose": treat()}))],
+            ALL,
+        ),
+        (
+            "actor-mismatch",
+            vec![("active", json!({"type": "permit", "actor": [actor(OTHER)]}))],
+            &[],
+        ),
+        (
+            "purpose-mismatch",
+            vec![(
+                "active",
+                json!({"type": "permit", "actor": [actor(READER)],
+                "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}]}),
+            )],
+            &[],
+        ),
+        (
+            "class",
+            vec![(
+                "active",
+                json!({"type": "permit", "actor": [actor(READER)],
+                "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}),
+            )],
+            &["obs19", "obs24", "psy"],
+        ),
+        (
+            "data-period",
+            vec![(
+                "active",
+                json!({"type": "permit", "actor": [actor(READER)],
+                "dataPeriod": {"start": "2024-01-01", "end": "2024-12-31"}}),
+            )],
+            &["med", "obs24", "psy"],
+        ),
+        (
+            "label-excluded",
+            vec![(
+                "active",
+                json!({"type": "permit", "actor": [actor(READER)],
+                "provision": [{"type": "deny", "securityLabel": [{"system": ACT_CODE, "code": "PSY"}]}]}),
+            )],
+            &["med", "obs19", "obs24"],
+        ),
+        (
+            "class-excluded",
+            vec![(
+                "active",
+                json!({"type": "permit", "actor": [actor(READER)],
+                "provision": [{"type": "deny", "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "MedicationRequest"}]}]}),
+            )],
+            &["obs19", "obs24", "psy"],
+        ),
+        (
+            "deny",
+            vec![("active", json!({"type": "deny", "actor": [actor(READER)]}))],
+            &[],
+        ),
+        (
+            "deny-except-reader",
+            vec![(
+                "active",
+                json!({"type": "deny", "provision": [{"type": "permit", "actor": [actor(READER)]}]}),
+            )],
+            ALL,
+        ),
+        (
+            "deny-except-other",
+            vec![(
+                "active",
+                json!({"type": "deny", "provision": [{"type": "permit", "actor": [actor(OTHER)]}]}),
+            )],
+            &[],
+        ),
+        (
+            "conflict",
+            vec![
+                (
+                    "active",
+                    json!({"type": "permit", "actor": [actor(READER)]}),
+                ),
+                ("active", json!({"type": "deny", "actor": [actor(READER)]})),
+            ],
+            &[],
+        ),
+        (
+            "withdrawn",
+            vec![(
+                "inactive",
+                json!({"type": "permit", "actor": [actor(READER)]}),
+            )],
+            &[],
+        ),
+        (
+            "expired",
+            vec![(
+                "active",
+                json!({"type": "permit", "actor": [actor(READER)],
+                "period": {"start": "2015-01-01", "end": "2020-12-31"}}),
+            )],
+            &[],
+        ),
+        (
+            "instance",
+            vec![(
+                "active",
+                json!({"type": "permit", "actor": [actor(READER)],
+                "data": [{"meaning": "instance", "reference": {"reference": "Observation/instance-obs24"}}]}),
+            )],
+            &["obs24"],
+        ),
+    ]
+}
+
+fn load(repo: &Repository) {
+    for (patient, consents, _) in shapes() {
+        load_patient(repo, patient);
+        for (n, (status, provision)) in (1..).zip(consents) {
+            put(repo, consent(patient, n, status, provision));
+        }
+    }
+}
+
+fn reader(implicit_permit: bool, break_glass: bool, deny_holds_on_break_glass: bool) -> Visibility {
+    Visibility::Facility {
+        organization: READER.into(),
+        practitioner: None,
+        purpose: "TREAT".into(),
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        break_glass,
+        deny_holds_on_break_glass,
+        implicit_permit,
+    }
+}
+
+/// Short names of the patient's resources (Observations and MedicationRequests) `who` sees,
+/// and the count the server would report for them.
+fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
+    let mut seen = Vec::new();
+    for res_type in ["Observation", "MedicationRequest"] {
+        let mut p = plan(res_type, &format!("patient={patient}&_total=accurate"));
+        p.count = 50;
+        let page = repo.search(&p, who).unwrap();
+        assert_eq!(
+            page.total,
+            Some(page.matches.len() as i64),
+            "{patient} {res_type} total"
+        );
+        seen.extend(page.matches.iter().map(|r| {
+            r.res_id
+                .strip_prefix(&format!("{patient}-"))
+                .unwrap_or(&r.res_id)
+                .to_string()
+        }));
+    }
+    seen.sort();
+    seen
+}
+
+fn every_shape_is_decided_in_the_query(db: Db) {
+    load(&db.repo);
+    let opt_in = reader(false, false, true);
+    for (patient, _, expected) in shapes() {
+        assert_eq!(
+            visible(&db.repo, patient, &opt_in),
+            expected.to_vec(),
+            "{patient}"
+        );
+    }
+    // Opt-out network: a patient without any consent is visible; any rule decides instead.
+    let opt_out = reader(true, false, true);
+    assert_eq!(
+        visible(&db.repo, "none", &opt_out),
+        ["med", "obs19", "obs24", "psy"]
+    );
+    assert!(visible(&db.repo, "deny", &opt_out).is_empty());
+    assert!(visible(&db.repo, "actor-mismatch", &opt_out).is_empty());
+    // Break-glass: no permit needed; an explicit deny holds unless configured otherwise.
+    let glass = reader(false, true, true);
+    assert_eq!(
+        visible(&db.repo, "none", &glass),
+        ["med", "obs19", "obs24", "psy"]
+    );
+    assert!(visible(&db.repo, "deny", &glass).is_empty());
+    let glass_over_deny = reader(false, true, false);
+    assert_eq!(
+        visible(&db.repo, "deny", &glass_over_deny),
+        ["med", "obs19", "obs24", "psy"]
+    );
+    // The owner always sees its own data, the undelivered record included.
+    let owner = Visibility::Facility {
+        organization: OWNER.into(),
+        practitioner: None,
+        purpose: "TREAT".into(),
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        break_glass: false,
+        deny_holds_on_break_glass: true,
+        implicit_permit: false,
+    };
+    assert_eq!(
+        visible(&db.repo, "deny", &owner),
+        ["med", "obs19", "obs24", "psy", "undelivered"]
+    );
+    (db.cleanup)();
+}
+
+#[test]
+fn consent_shapes_sqlite() {
+    if common::backend_selected("sqlite") {
+        every_shape_is_decided_in_the_query(common::sqlite("consent"));
+    }
+}
+
+#[test]
+fn consent_shapes_postgres() {
+    if common::backend_selected("postgres") {
+        every_shape_is_decided_in_the_query(common::postgres("consent"));
+    }
+}
