@@ -80,36 +80,60 @@ fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
         ));
 }
 
-/// A matching permit rule exists.
-fn push_permit_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
-    sql.push("EXISTS (SELECT 1 FROM ");
-    push_person_rules(sql, "p", r);
-    sql.push(" WHERE p.permit = ")
-        .bind(Bind::Bool(true))
-        .push(" AND ");
-    push_match(sql, "p", r, v);
-    sql.push(")");
-}
-
-/// An effective matching deny exists: a root deny is cancelled by a matching nested permit
-/// of the same consent (the exception of a "deny, except ..." consent).
+/// An effective matching deny exists among the person's rules.
 fn push_effective_deny_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
     sql.push("EXISTS (SELECT 1 FROM ");
     push_person_rules(sql, "d", r);
-    sql.push(" WHERE d.permit = ")
+    sql.push(" WHERE ");
+    push_effective_deny(sql, "d", r, v);
+    sql.push(")");
+}
+
+/// Rule `d` is an effective deny for row `r`: a matching deny that no matching nested permit
+/// of the same Consent cancels (the exception of a "deny, except ..." consent).
+fn push_effective_deny(sql: &mut Sql, d: &str, r: &str, v: &FacilityArgs<'_>) {
+    sql.push(&format!("{d}.permit = "))
         .bind(Bind::Bool(false))
         .push(" AND ");
-    push_match(sql, "d", r, v);
-    sql.push(" AND NOT (d.nested = ")
+    push_match(sql, d, r, v);
+    sql.push(" AND ");
+    push_not_cancelled(sql, d, r, v);
+}
+
+/// Deny rule `d` is not cancelled by a matching nested permit of its own Consent.
+fn push_not_cancelled(sql: &mut Sql, d: &str, r: &str, v: &FacilityArgs<'_>) {
+    sql.push(&format!("NOT ({d}.nested = "))
         .bind(Bind::Bool(false))
-        .push(" AND EXISTS (SELECT 1 FROM consent_rules e WHERE e.consent_rid = d.consent_rid AND e.permit = ")
+        .push(&format!(
+            " AND EXISTS (SELECT 1 FROM consent_rules e WHERE e.consent_rid = {d}.consent_rid AND e.permit = "
+        ))
         .bind(Bind::Bool(true))
         .push(" AND e.nested = ")
         .bind(Bind::Bool(true))
         .push(" AND ");
     // `e` belongs to the same Consent as `d`, hence to the same patient.
     push_match(sql, "e", r, v);
-    sql.push(")))");
+    sql.push("))");
+}
+
+/// The consent decision for row `r` in one pass over its person's rules: an effective
+/// matching deny refuses, else a matching permit grants, else (with an implicit permit) a
+/// person without any rule is visible. One correlated subquery instead of one per rule kind,
+/// because it runs for every foreign row a search returns.
+fn push_consent_permits(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>, implicit_permit: bool) {
+    sql.push("(SELECT CASE WHEN MAX(CASE WHEN ");
+    push_effective_deny(sql, "c", r, v);
+    sql.push(" THEN 1 ELSE 0 END) = 1 THEN 0 WHEN MAX(CASE WHEN c.permit = ")
+        .bind(Bind::Bool(true))
+        .push(" AND ");
+    push_match(sql, "c", r, v);
+    sql.push(" THEN 1 ELSE 0 END) = 1 THEN 1");
+    if implicit_permit {
+        sql.push(" WHEN COUNT(*) = 0 THEN 1");
+    }
+    sql.push(" ELSE 0 END FROM ");
+    push_person_rules(sql, "c", r);
+    sql.push(") = 1");
 }
 
 struct FacilityArgs<'a> {
@@ -159,23 +183,19 @@ impl Visibility {
                     .bind(Bind::Text(organization.clone()))
                     .push(&format!(" OR {r}.patient_id IS NULL OR (NOT "));
                 tag_exists(sql, r, "UNDELIVERED");
-                let deny_applies = !*break_glass || *deny_holds_on_break_glass;
-                if deny_applies {
-                    sql.push(" AND NOT ");
-                    push_effective_deny_exists(sql, r, &args);
-                }
+                sql.push(" AND ");
                 if *break_glass {
-                    sql.push("))");
-                    return;
+                    // Break-glass stands in for a permit; an explicit deny may still hold.
+                    if *deny_holds_on_break_glass {
+                        sql.push("NOT ");
+                        push_effective_deny_exists(sql, r, &args);
+                    } else {
+                        sql.push("1 = 1");
+                    }
+                } else {
+                    push_consent_permits(sql, r, &args, *implicit_permit);
                 }
-                sql.push(" AND (");
-                push_permit_exists(sql, r, &args);
-                if *implicit_permit {
-                    sql.push(" OR NOT EXISTS (SELECT 1 FROM ");
-                    push_person_rules(sql, "c0", r);
-                    sql.push(")");
-                }
-                sql.push(")))");
+                sql.push("))");
             }
         }
     }
@@ -209,7 +229,7 @@ mod tests {
         .push_predicate(&mut sql);
         let text = sql.render(false);
         assert!(text.contains("r.custodian = ?"));
-        assert!(text.contains("p.permit = ?"));
+        assert!(text.contains("c.permit = ?"));
         assert!(
             !text.contains("Organization/a"),
             "values must be bound, not inlined"
