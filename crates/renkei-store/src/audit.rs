@@ -217,8 +217,8 @@ impl Tx<'_> {
         let mut sql =
             Sql::new("SELECT seq, recorded, body, prev_hash, hash FROM audit_events WHERE seq > ");
         sql.bind(Bind::Int(after_seq))
-            .push(" ORDER BY seq LIMIT ")
-            .bind(Bind::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+            .push(" ORDER BY seq")
+            .push_limit(limit);
         self.load::<AuditRow>(&sql)
     }
 
@@ -284,11 +284,11 @@ impl Tx<'_> {
             sql.push(" AND e.seq > ").bind(Bind::Int(after));
         }
         sql.push(if query.descending {
-            " ORDER BY e.seq DESC LIMIT "
+            " ORDER BY e.seq DESC"
         } else {
-            " ORDER BY e.seq LIMIT "
+            " ORDER BY e.seq"
         })
-        .bind(Bind::Int(i64::try_from(query.limit).unwrap_or(i64::MAX)));
+        .push_limit(query.limit);
         self.load::<AuditBody>(&sql)
     }
 }

@@ -298,8 +298,8 @@ impl Tx<'_> {
                 .bind(Bind::Int(version))
                 .push("))))");
         }
-        sql.push(" ORDER BY v.last_updated DESC, v.rid DESC, v.version DESC LIMIT ")
-            .bind(Bind::Int(limit_as_i64(query.count.saturating_add(1))));
+        sql.push(" ORDER BY v.last_updated DESC, v.rid DESC, v.version DESC")
+            .push_limit(query.count.saturating_add(1));
         let mut rows = self.load::<HistoryRow>(&sql)?;
         let next = if rows.len() > query.count {
             rows.truncate(query.count);
@@ -331,8 +331,4 @@ fn push_version_values(sql: &mut Sql, new: &NewVersion<'_>) {
         .bind(Bind::OptInt(new.clinical_date))
         .push(", ")
         .bind(Bind::OptText(new.body.map(str::to_string)));
-}
-
-fn limit_as_i64(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
 }

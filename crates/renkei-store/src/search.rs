@@ -19,7 +19,7 @@ const TEXT_MAX: char = '\u{10FFFF}';
 /// Sort keys beyond this many are refused by the HTTP layer.
 pub const MAX_SORT_KEYS: usize = 4;
 /// Included resources per `_include`/`_revinclude` step.
-const MAX_INCLUDED: i64 = 1000;
+const MAX_INCLUDED: usize = 1000;
 /// ValueSets imported (`compose.include.valueSet`) while expanding one `:in` value.
 const MAX_VALUE_SETS: usize = 20;
 
@@ -217,8 +217,8 @@ impl Tx<'_> {
         sql.bind(Bind::Bool(false))
             .push(" AND r.rid > ")
             .bind(Bind::Int(after_rid))
-            .push(" ORDER BY r.rid LIMIT ")
-            .bind(Bind::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+            .push(" ORDER BY r.rid")
+            .push_limit(limit);
         self.load::<SearchRow>(&sql)
     }
 
@@ -396,8 +396,7 @@ impl Tx<'_> {
         }
         sql.push(")");
         visibility.push_predicate_for(&mut sql, "r");
-        sql.push(" ORDER BY r.rid LIMIT ")
-            .bind(Bind::Int(MAX_INCLUDED));
+        sql.push(" ORDER BY r.rid").push_limit(MAX_INCLUDED);
         self.load::<SearchRow>(&sql)
     }
 
@@ -452,8 +451,7 @@ impl Tx<'_> {
         }
         sql.push(")");
         visibility.push_predicate_for(&mut sql, "r");
-        sql.push(" ORDER BY r.rid LIMIT ")
-            .bind(Bind::Int(MAX_INCLUDED));
+        sql.push(" ORDER BY r.rid").push_limit(MAX_INCLUDED);
         self.load::<SearchRow>(&sql)
     }
 }
@@ -819,9 +817,8 @@ pub fn page_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) ->
     } else {
         "v.rid"
     };
-    sql.push(&format!("{rid_key} {dir} LIMIT ")).bind(Bind::Int(
-        i64::try_from(plan.count.saturating_add(1)).unwrap_or(i64::MAX),
-    ));
+    sql.push(&format!("{rid_key} {dir}"))
+        .push_limit(plan.count.saturating_add(1));
     sql
 }
 
@@ -1395,7 +1392,7 @@ mod tests {
         // The patient reference lists the candidates although the query names it second; the
         // code checks each candidate inside that list, before any `resources` row is read.
         assert!(text.contains("r.rid IN (SELECT x1.rid FROM idx_reference x1 WHERE x1.res_type = ? AND x1.param = ? AND ((x1.target_id = ?)) AND EXISTS (SELECT 1 FROM idx_token x2 WHERE x2.rid = x1.rid AND x2.param = ? AND ((x2.code = ? AND x2.system = ?) OR (x2.code = ?)))))"), "{text}");
-        assert!(text.ends_with("ORDER BY v.rid ASC LIMIT ?"), "{text}");
+        assert!(text.ends_with("ORDER BY v.rid ASC LIMIT 51"), "{text}");
         assert!(!text.contains("OFFSET"));
         // PostgreSQL sorts the few candidates rather than walking the primary key.
         let pg = page_sql(
@@ -1404,7 +1401,7 @@ mod tests {
             Backend::Postgres,
         )
         .render(true);
-        assert!(pg.ends_with("ORDER BY v.rid + 0 ASC LIMIT $6"), "{pg}");
+        assert!(pg.ends_with("ORDER BY v.rid + 0 ASC LIMIT 51"), "{pg}");
         assert_eq!(sql.render(true).matches('$').count(), sql.binds().len());
     }
 

@@ -34,6 +34,15 @@ impl Sql {
     }
 
     /// Appends a `?` placeholder bound to `value`.
+    /// Appends `LIMIT <rows>` with the number written into the statement. A bound `LIMIT ?`
+    /// makes SQLite (3.53) mark that parameter as plan-relevant, so every execution that binds
+    /// it re-prepares the whole statement; a literal keeps one prepared statement per limit.
+    pub fn push_limit(&mut self, rows: usize) -> &mut Self {
+        let rows = i64::try_from(rows).unwrap_or(i64::MAX);
+        self.text.push_str(&format!(" LIMIT {rows}"));
+        self
+    }
+
     pub fn bind(&mut self, value: Bind) -> &mut Self {
         self.text.push('?');
         self.binds.push(value);
