@@ -194,27 +194,36 @@ pub fn response_bundle(
 
 /// An entry of a searchset Bundle.
 pub enum BundleEntry<'a> {
-    /// Built as JSON (reshaped resources, OperationOutcome entries).
-    Value(Value),
-    /// A stored resource as it is: in compact JSON its stored text is spliced into the
-    /// response instead of being parsed and serialized again.
-    Stored {
+    /// A matched or included resource.
+    Resource {
         full_url: String,
-        resource: &'a str,
+        resource: EntryResource<'a>,
         mode: &'static str,
     },
+    /// Any other entry, built as JSON (the OperationOutcome of ignored parameters).
+    Other(Value),
+}
+
+/// The resource of an entry: as stored (spliced into compact JSON without being parsed), or
+/// reshaped (`_summary`, `_elements`).
+pub enum EntryResource<'a> {
+    Stored(&'a str),
+    Reshaped(Value),
 }
 
 impl BundleEntry<'_> {
     fn into_value(self) -> Option<Value> {
         match self {
-            BundleEntry::Value(value) => Some(value),
-            BundleEntry::Stored {
+            BundleEntry::Other(value) => Some(value),
+            BundleEntry::Resource {
                 full_url,
                 resource,
                 mode,
             } => {
-                let resource: Value = serde_json::from_str(resource).ok()?;
+                let resource = match resource {
+                    EntryResource::Stored(text) => serde_json::from_str(text).ok()?,
+                    EntryResource::Reshaped(value) => value,
+                };
                 Some(serde_json::json!({
                     "fullUrl": full_url,
                     "resource": resource,
@@ -255,19 +264,23 @@ pub fn render_bundle(
             text.push(',');
         }
         match entry {
-            BundleEntry::Value(value) => text.push_str(&value.to_string()),
-            BundleEntry::Stored {
+            BundleEntry::Resource {
                 full_url,
-                resource,
+                resource: EntryResource::Stored(stored),
                 mode,
             } => {
                 text.push_str("{\"fullUrl\":");
                 text.push_str(&Value::String(full_url).to_string());
                 text.push_str(",\"resource\":");
-                text.push_str(resource);
+                text.push_str(stored);
                 text.push_str(",\"search\":{\"mode\":\"");
                 text.push_str(mode);
                 text.push_str("\"}}");
+            }
+            other => {
+                if let Some(value) = other.into_value() {
+                    text.push_str(&value.to_string());
+                }
             }
         }
     }
@@ -319,12 +332,12 @@ mod tests {
         let stored = r#"{"resourceType":"Observation","id":"o1","valueQuantity":{"value":1.50}}"#;
         let entries = || {
             vec![
-                BundleEntry::Stored {
+                BundleEntry::Resource {
                     full_url: "http://x/fhir/Observation/o1".into(),
-                    resource: stored,
+                    resource: EntryResource::Stored(stored),
                     mode: "match",
                 },
-                BundleEntry::Value(serde_json::json!({"search": {"mode": "outcome"}})),
+                BundleEntry::Other(serde_json::json!({"search": {"mode": "outcome"}})),
             ]
         };
         let bundle = response_bundle("searchset", Some(1), Vec::new(), Vec::new());

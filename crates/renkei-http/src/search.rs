@@ -4,7 +4,7 @@
 
 use crate::auth::authenticate;
 use crate::error::ApiError;
-use crate::format::{render_bundle, BundleEntry};
+use crate::format::{render_bundle, BundleEntry, EntryResource};
 use crate::handlers::finish;
 use crate::handlers::{blocking, encode};
 use crate::request::{parse_query, read_body, RequestCtx};
@@ -165,28 +165,25 @@ fn entry<'a>(
     mode: &'static str,
 ) -> Option<BundleEntry<'a>> {
     let stored = row.body.as_deref()?;
-    let full_url = format!("{}/{}/{}", ctx.base, row.res_type, row.res_id);
     let summary = summary_mode(plan);
-    if summary.is_none() && plan.elements.is_empty() {
-        return Some(BundleEntry::Stored {
-            full_url,
-            resource: stored,
-            mode,
-        });
-    }
-    let mut value: Value = serde_json::from_str(stored).ok()?;
-    if let Some(summary) = summary {
-        value = renkei_fhir::summarize(&value, summary);
-    }
-    if !plan.elements.is_empty() {
-        let elements: Vec<&str> = plan.elements.iter().map(String::as_str).collect();
-        value = renkei_fhir::select_elements(&value, &elements);
-    }
-    Some(BundleEntry::Value(json!({
-        "fullUrl": full_url,
-        "resource": value,
-        "search": {"mode": mode},
-    })))
+    let resource = if summary.is_none() && plan.elements.is_empty() {
+        EntryResource::Stored(stored)
+    } else {
+        let mut value: Value = serde_json::from_str(stored).ok()?;
+        if let Some(summary) = summary {
+            value = renkei_fhir::summarize(&value, summary);
+        }
+        if !plan.elements.is_empty() {
+            let elements: Vec<&str> = plan.elements.iter().map(String::as_str).collect();
+            value = renkei_fhir::select_elements(&value, &elements);
+        }
+        EntryResource::Reshaped(value)
+    };
+    Some(BundleEntry::Resource {
+        full_url: format!("{}/{}/{}", ctx.base, row.res_type, row.res_id),
+        resource,
+        mode,
+    })
 }
 
 /// The searchset Bundle (without entries) and its entries, for [`render_bundle`].
@@ -235,7 +232,7 @@ fn searchset<'a>(
             .filter_map(|r| entry(ctx, plan, r, "include")),
     );
     if !plan.ignored.is_empty() {
-        entries.push(BundleEntry::Value(json!({
+        entries.push(BundleEntry::Other(json!({
             "resource": {
                 "resourceType": "OperationOutcome",
                 "issue": [{
