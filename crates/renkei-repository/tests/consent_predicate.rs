@@ -328,3 +328,37 @@ fn consent_shapes_postgres() {
         every_shape_is_decided_in_the_query(common::postgres("consent"));
     }
 }
+
+/// The privacy-tag and security-label questions the predicate asks of every row held by
+/// another facility, and a search's own token conditions, are answered from the token index
+/// alone, not by reading every token row of the resource from the table.
+#[test]
+fn token_probes_are_answered_from_the_index_alone_sqlite() {
+    if !common::backend_selected("sqlite") {
+        return;
+    }
+    let db = common::sqlite("consent-plan");
+    load(&db.repo);
+    let explanation = db
+        .repo
+        .explain_search(
+            &plan("Observation", "patient=class&code=4548-4&_total=accurate"),
+            &reader(false, false, true),
+        )
+        .unwrap();
+    let plan = explanation.plan.join("\n");
+    for probe in ["tg", "sl", "x2"] {
+        let lines: Vec<&str> = plan
+            .lines()
+            .filter(|line| line.trim_start().starts_with(&format!("SEARCH {probe} ")))
+            .collect();
+        assert!(!lines.is_empty(), "{probe}: {plan}");
+        for line in lines {
+            assert!(
+                line.contains("COVERING INDEX idx_token_rid (rid=? AND param=? AND code=?"),
+                "{probe}: {plan}"
+            );
+        }
+    }
+    (db.cleanup)();
+}
