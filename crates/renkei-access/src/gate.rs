@@ -10,8 +10,8 @@ use renkei_auth::Action;
 use renkei_consent::Policy;
 use renkei_repository::identity::{self, MatchCandidate, PixAnswer};
 use renkei_repository::{
-    Criteria, DeleteOutcome, HistoryRequest, PatchBody, RepoError, Repository, StoredResource,
-    WriteContext, WriteOutcome,
+    Criteria, DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, RepoError, Repository,
+    StoredResource, WriteContext, WriteOutcome,
 };
 use renkei_search::plan::SearchPlan;
 use renkei_store::{AuditQuery, HistoryPage, NewAuditEvent, SearchPage, Tx, Visibility};
@@ -499,6 +499,8 @@ impl Gate {
         self.require_audited(who, res_type, Action::Create, Interaction::Create, res_type)?;
         let visibility = self.visibility(who);
         let criteria = if_none_exist.map(|c| c.visible_to(visibility));
+        // Index rows extracted here run beside other writes, not in the writer section.
+        let resource = PreparedResource::new(resource);
         self.write(
             who,
             Interaction::Create,
@@ -531,6 +533,7 @@ impl Gate {
             Interaction::Update,
             &format!("{res_type}/{id}"),
         )?;
+        let resource = PreparedResource::new(resource);
         self.write(
             who,
             Interaction::Update,
@@ -557,6 +560,7 @@ impl Gate {
             &criteria.res_type,
         )?;
         let criteria = criteria.visible_to(self.visibility(who));
+        let resource = PreparedResource::new(resource);
         self.write(
             who,
             Interaction::Update,

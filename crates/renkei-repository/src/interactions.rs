@@ -3,6 +3,7 @@
 use crate::criteria::Criteria;
 use crate::meta::{is_valid_id, now_ms, stamp};
 use crate::{index, RepoError};
+use renkei_search::IndexRows;
 use renkei_store::{
     HistoryPage, HistoryQuery, HistoryScope, NewVersion, ResourceRow, Store, StoreError, Tx,
     Visibility,
@@ -27,6 +28,59 @@ impl StoredResource {
     pub fn value(&self) -> Result<Value, RepoError> {
         serde_json::from_str(&self.body)
             .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))
+    }
+}
+
+/// A resource about to be written, with its index rows when they were extracted before the
+/// write transaction. Extraction evaluates the FHIRPath expression of every search parameter of
+/// the type; done beforehand, it runs beside other writes instead of inside the store's single
+/// writer section (on SQLite every write passes through it one at a time).
+///
+/// The rows do not depend on what the store adds when it stamps the version (`id`,
+/// `meta.versionId`, `meta.lastUpdated`, the custodian extension): `_id` and `_lastUpdated` are
+/// columns of the resource row, not index rows, and no other parameter reads those elements
+/// (checked over the official examples by `prepared_rows_match_the_stored_version`).
+#[derive(Debug, Clone)]
+pub struct PreparedResource {
+    resource: Value,
+    /// The rows and the type they were extracted for.
+    index_rows: Option<(String, IndexRows)>,
+}
+
+impl PreparedResource {
+    /// Extracts the index rows of `resource` now (by its own `resourceType`).
+    pub fn new(resource: Value) -> PreparedResource {
+        let index_rows = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .map(|res_type| (res_type.to_string(), index::rows(res_type, &resource)));
+        PreparedResource {
+            resource,
+            index_rows,
+        }
+    }
+
+    pub fn resource(&self) -> &Value {
+        &self.resource
+    }
+
+    /// The body, and its rows if they were extracted for `res_type` (the type it is stored as).
+    fn into_parts(self, res_type: &str) -> (Value, Option<IndexRows>) {
+        let rows = match self.index_rows {
+            Some((prepared_type, rows)) if prepared_type == res_type => Some(rows),
+            _ => None,
+        };
+        (self.resource, rows)
+    }
+}
+
+/// A body not prepared beforehand: its rows are extracted inside the write.
+impl From<Value> for PreparedResource {
+    fn from(resource: Value) -> PreparedResource {
+        PreparedResource {
+            resource,
+            index_rows: None,
+        }
     }
 }
 
@@ -480,12 +534,13 @@ fn store_version(
     current: Option<&ResourceRow>,
     res_type: &str,
     id: &str,
-    resource: Value,
+    prepared: PreparedResource,
     method: &str,
     context: &WriteContext,
 ) -> Result<StoredResource, RepoError> {
     let version = current.map_or(1, |row| row.version + 1);
     let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
+    let (resource, prepared_rows) = prepared.into_parts(res_type);
     let mut stamped = stamp(resource, id, version, last_updated);
     let patient = index::patient_of(res_type, id, &stamped);
     // The custodian is the facility that first stored the resource; later writers do not
@@ -508,7 +563,7 @@ fn store_version(
         clinical_date: renkei_consent::clinical_date_ms(res_type, &stamped),
         body: Some(&body),
     };
-    let index_rows = index::rows(res_type, &stamped);
+    let index_rows = prepared_rows.unwrap_or_else(|| index::rows(res_type, &stamped));
     let rid = match current {
         Some(row) => {
             tx.replace_current(row.rid, &new)?;
@@ -579,7 +634,7 @@ fn consent_rules(
 pub fn create(
     tx: &mut Tx<'_>,
     res_type: &str,
-    resource: Value,
+    resource: impl Into<PreparedResource>,
     if_none_exist: Option<&Criteria>,
     context: &WriteContext,
 ) -> Result<WriteOutcome, RepoError> {
@@ -589,12 +644,13 @@ pub fn create(
 pub(crate) fn create_with_id(
     tx: &mut Tx<'_>,
     res_type: &str,
-    resource: Value,
+    resource: impl Into<PreparedResource>,
     if_none_exist: Option<&Criteria>,
     context: &WriteContext,
     assigned_id: Option<&str>,
 ) -> Result<WriteOutcome, RepoError> {
-    check_body_type(&resource, res_type)?;
+    let resource = resource.into();
+    check_body_type(resource.resource(), res_type)?;
     if let Some(criteria) = if_none_exist {
         let found = criteria.resolve(tx, 2)?;
         match found.len() {
@@ -641,12 +697,13 @@ pub fn update(
     tx: &mut Tx<'_>,
     res_type: &str,
     id: &str,
-    resource: Value,
+    resource: impl Into<PreparedResource>,
     if_match: Option<i64>,
     context: &WriteContext,
 ) -> Result<WriteOutcome, RepoError> {
-    check_body_type(&resource, res_type)?;
-    match resource.get("id").and_then(Value::as_str) {
+    let resource = resource.into();
+    check_body_type(resource.resource(), res_type)?;
+    match resource.resource().get("id").and_then(Value::as_str) {
         None => {
             return Err(RepoError::BadRequest(
                 "an update must carry the resource id in the body".into(),
@@ -671,7 +728,7 @@ fn write_version(
     tx: &mut Tx<'_>,
     res_type: &str,
     id: &str,
-    resource: Value,
+    resource: PreparedResource,
     if_match: Option<i64>,
     method: &str,
     context: &WriteContext,
@@ -724,7 +781,7 @@ fn check_if_match(
 pub fn conditional_update(
     tx: &mut Tx<'_>,
     criteria: &Criteria,
-    resource: Value,
+    resource: impl Into<PreparedResource>,
     if_match: Option<i64>,
     context: &WriteContext,
 ) -> Result<WriteOutcome, RepoError> {
@@ -738,14 +795,16 @@ pub fn conditional_update(
 pub(crate) fn conditional_update_with_id(
     tx: &mut Tx<'_>,
     criteria: &Criteria,
-    mut resource: Value,
+    resource: impl Into<PreparedResource>,
     if_match: Option<i64>,
     context: &WriteContext,
     assigned_id: Option<&str>,
 ) -> Result<WriteOutcome, RepoError> {
-    check_body_type(&resource, &criteria.res_type)?;
+    let mut resource = resource.into();
+    check_body_type(resource.resource(), &criteria.res_type)?;
     let found = criteria.resolve(tx, 2)?;
     let body_id = resource
+        .resource()
         .get("id")
         .and_then(Value::as_str)
         .map(str::to_string);
@@ -776,7 +835,8 @@ pub(crate) fn conditional_update_with_id(
                     )));
                 }
             }
-            if let Value::Object(map) = &mut resource {
+            // The id is not an index row: prepared rows stay valid.
+            if let Value::Object(map) = &mut resource.resource {
                 map.insert("id".into(), Value::String(row.res_id.clone()));
             }
             let id = row.res_id.clone();
@@ -835,7 +895,15 @@ pub fn patch(
         ));
     }
     renkei_fhir::validate(&value)?;
-    let resource = store_version(tx, current.as_ref(), res_type, id, value, "PATCH", context)?;
+    let resource = store_version(
+        tx,
+        current.as_ref(),
+        res_type,
+        id,
+        value.into(),
+        "PATCH",
+        context,
+    )?;
     Ok(WriteOutcome {
         resource,
         created: false,
@@ -915,5 +983,62 @@ pub fn conditional_delete(
             "the criteria match more than one {}",
             criteria.res_type
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::meta::mark_custodian;
+
+    /// Rows extracted before the write (from the body as received) must equal the rows of the
+    /// version as stored (stamped with id, versionId, lastUpdated and the custodian).
+    #[test]
+    fn prepared_rows_match_the_stored_version() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/r4-examples");
+        let mut checked = 0;
+        let mut with_rows = 0;
+        for entry in std::fs::read_dir(&dir).expect("fixtures/r4-examples") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("read");
+            let Ok(mut received) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            let Some(res_type) = received["resourceType"].as_str().map(str::to_string) else {
+                continue;
+            };
+            // What a client sends may carry its own meta; the store replaces parts of it.
+            if let Some(meta) = received.get_mut("meta").and_then(Value::as_object_mut) {
+                meta.insert("versionId".into(), Value::String("client".into()));
+            }
+            let (received, prepared_rows) = PreparedResource::new(received).into_parts(&res_type);
+            let mut stamped = stamp(received, "stored-id", 7, 1_700_000_000_123);
+            mark_custodian(&mut stamped, Some("Organization/holder"));
+            let stored_rows = index::rows(&res_type, &stamped);
+            let prepared_rows = prepared_rows.expect("rows extracted for the body's own type");
+            assert_eq!(
+                prepared_rows,
+                stored_rows,
+                "{}: rows differ once stamped",
+                path.display()
+            );
+            checked += 1;
+            with_rows += usize::from(!stored_rows.is_empty());
+        }
+        assert!(checked > 250, "only {checked} examples read");
+        assert!(with_rows > 200, "only {with_rows} examples have index rows");
+    }
+
+    #[test]
+    fn rows_prepared_for_another_type_are_not_used() {
+        let patient = serde_json::json!({"resourceType": "Patient", "gender": "male"});
+        let (_, rows) = PreparedResource::new(patient.clone()).into_parts("Observation");
+        assert!(rows.is_none());
+        let (_, rows) = PreparedResource::new(patient.clone()).into_parts("Patient");
+        assert_eq!(rows, Some(index::rows("Patient", &patient)));
+        let (_, rows) = PreparedResource::from(patient).into_parts("Patient");
+        assert!(rows.is_none(), "a plain body is extracted inside the write");
     }
 }

@@ -20,6 +20,7 @@ pub use error::{status_of, RepoError};
 pub use interactions::{
     conditional_delete, conditional_update, create, delete, patch, read, read_visible,
     resolve_single, search_in, update, vread, vread_visible, DeleteOutcome, HistoryRequest,
-    PatchBody, Repository, RepositoryOptions, StoredResource, WriteContext, WriteOutcome,
+    PatchBody, PreparedResource, Repository, RepositoryOptions, StoredResource, WriteContext,
+    WriteOutcome,
 };
 pub use meta::{format_instant, parse_instant_ms, CUSTODIAN_EXTENSION};
