@@ -7,7 +7,7 @@
 
 use crate::criteria::Criteria;
 use crate::interactions::{
-    self, DeleteOutcome, PatchBody, Repository, StoredResource, WriteContext,
+    self, DeleteOutcome, PatchBody, PreparedResource, Repository, StoredResource, WriteContext,
 };
 use crate::meta::format_instant;
 use crate::RepoError;
@@ -34,6 +34,70 @@ pub struct EntryRequest {
     pub resource: Option<Value>,
     pub if_match: Option<i64>,
     pub if_none_exist: Option<String>,
+}
+
+/// Work done for a Bundle before its write begins, so it does not run in the writer section:
+/// the ids new resources will get, and each POST/PUT body rewritten as the transaction is
+/// expected to rewrite it, with its index rows. Inside the transaction a body's prepared rows
+/// are used only if the body the transaction actually produced is identical
+/// ([`PreparedResource::reusing`]); a conditional entry or reference can resolve differently
+/// there, and such bodies are simply extracted inside.
+struct Prepared {
+    new_ids: Vec<String>,
+    bodies: Vec<Option<PreparedResource>>,
+}
+
+impl Prepared {
+    fn speculate(entries: &[EntryRequest]) -> Prepared {
+        let new_ids: Vec<String> = entries
+            .iter()
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
+        // fullUrl → Type/id for the entries whose identity needs no database lookup.
+        let mut ids = HashMap::new();
+        for (entry, new_id) in entries.iter().zip(&new_ids) {
+            let reference = match (entry.method.as_str(), parse_target(&entry.url)) {
+                ("POST", Ok(Target::Type(t))) if entry.if_none_exist.is_none() => {
+                    format!("{t}/{new_id}")
+                }
+                ("PUT", Ok(Target::Instance(t, id))) => format!("{t}/{id}"),
+                _ => continue,
+            };
+            if let Some(full_url) = &entry.full_url {
+                ids.insert(full_url.clone(), reference);
+            }
+        }
+        let bodies = entries
+            .iter()
+            .map(|entry| {
+                if !matches!(entry.method.as_str(), "POST" | "PUT") {
+                    return None;
+                }
+                let mut resource = entry.resource.clone()?;
+                rewrite_references(&mut resource, &mut |reference| {
+                    if is_conditional_reference(reference) {
+                        return Err(RepoError::BadRequest("resolved in the transaction".into()));
+                    }
+                    resolve_in_bundle(reference, &ids)
+                })
+                .ok()?;
+                Some(PreparedResource::new(resource))
+            })
+            .collect();
+        Prepared { new_ids, bodies }
+    }
+
+    /// The id fixed beforehand for entry `index`, should it create a resource.
+    fn new_id(&self, index: usize) -> String {
+        self.new_ids
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    }
+
+    fn body(&self, index: usize) -> Option<&PreparedResource> {
+        self.bodies.get(index).and_then(Option::as_ref)
+    }
 }
 
 /// The parsed target of an entry URL.
@@ -84,10 +148,12 @@ impl Repository {
             None => return Err(RepoError::BadRequest("the Bundle has no type".into())),
         };
         let entries = parse_entries(bundle)?;
+        // Before the write: index rows extracted here run beside other writes.
+        let prepared = Prepared::speculate(&entries);
         let responses = match kind {
             BundleKind::Transaction => {
                 let work = |tx: &mut Tx<'_>| {
-                    let rendered: Vec<Value> = run_transaction(tx, &entries, context)?
+                    let rendered: Vec<Value> = run_transaction(tx, &entries, context, &prepared)?
                         .iter()
                         .map(|r| render_entry(r, return_resources))
                         .collect();
@@ -107,7 +173,7 @@ impl Repository {
                     let result = self.write(|tx| {
                         let mut ids = HashMap::new();
                         let rendered = render_entry(
-                            &run_entry(tx, entry, &mut ids, context)?,
+                            &run_entry(tx, entry, &mut ids, context, prepared.body(index))?,
                             return_resources,
                         );
                         on_commit(tx, index, std::slice::from_ref(&rendered))?;
@@ -146,13 +212,7 @@ impl Repository {
                     .collect()
             })
             .unwrap_or_default();
-        self.write_large(|tx| {
-            let mut stored = Vec::with_capacity(resources.len());
-            for resource in &resources {
-                stored.push(put_or_post(tx, resource.clone(), context)?);
-            }
-            Ok(stored)
-        })
+        self.import_resources(&resources, context)
     }
 
     /// Stores one resource as `import_collection` does (NDJSON lines).
@@ -161,8 +221,12 @@ impl Repository {
         resources: &[Value],
         context: &WriteContext,
     ) -> Result<Vec<StoredResource>, RepoError> {
+        let prepared: Vec<PreparedResource> = resources
+            .iter()
+            .map(|r| PreparedResource::new(r.clone()))
+            .collect();
         self.write_large(|tx| {
-            resources
+            prepared
                 .iter()
                 .map(|r| put_or_post(tx, r.clone(), context))
                 .collect()
@@ -172,15 +236,17 @@ impl Repository {
 
 fn put_or_post(
     tx: &mut Tx<'_>,
-    resource: Value,
+    resource: PreparedResource,
     context: &WriteContext,
 ) -> Result<StoredResource, RepoError> {
     let res_type = resource
+        .resource()
         .get("resourceType")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
     match resource
+        .resource()
         .get("id")
         .and_then(Value::as_str)
         .map(str::to_string)
@@ -287,6 +353,7 @@ fn run_transaction(
     tx: &mut Tx<'_>,
     entries: &[EntryRequest],
     context: &WriteContext,
+    prepared: &Prepared,
 ) -> Result<Vec<EntryResult>, RepoError> {
     let wrap = |index: usize, entry: &EntryRequest, e: RepoError| RepoError::Entry {
         index,
@@ -338,7 +405,7 @@ fn run_transaction(
                 match existing {
                     Some(id) => (Some(format!("{t}/{id}")), None),
                     None => {
-                        let id = uuid::Uuid::new_v4().to_string();
+                        let id = prepared.new_id(index);
                         assigned[index] = Some(id.clone());
                         (Some(format!("{t}/{id}")), None)
                     }
@@ -361,7 +428,7 @@ fn run_transaction(
                     // No match: a create, with the body's id or one fixed now, like a POST.
                     ([], Some(id)) => Some(format!("{t}/{id}")),
                     ([], None) => {
-                        let id = uuid::Uuid::new_v4().to_string();
+                        let id = prepared.new_id(index);
                         let reference = format!("{t}/{id}");
                         assigned[index] = Some(id);
                         Some(reference)
@@ -399,8 +466,10 @@ fn run_transaction(
         let entry = &entries[index];
         let mut entry = entry.clone();
         if let Some(resource) = entry.resource.as_mut() {
-            rewrite_references(tx, resource, &ids, &context.visibility)
-                .map_err(|e| wrap(index, &entry, e))?;
+            rewrite_references(resource, &mut |reference| {
+                resolve_reference(tx, reference, &ids, &context.visibility)
+            })
+            .map_err(|e| wrap(index, &entry, e))?;
         }
         let result = match (&entry.method[..], assigned[index].clone()) {
             ("POST", Some(id)) => {
@@ -419,6 +488,7 @@ fn run_transaction(
                         RepoError::BadRequest("POST entry has no resource".into()),
                     )
                 })?;
+                let resource = PreparedResource::reusing(resource, prepared.body(index));
                 interactions::create_with_id(tx, &t, resource, None, context, Some(&id)).map(|o| {
                     EntryResult {
                         status: "201 Created",
@@ -439,7 +509,7 @@ fn run_transaction(
                     interactions::conditional_update_with_id(
                         tx,
                         &criteria,
-                        body,
+                        PreparedResource::reusing(body, prepared.body(index)),
                         entry.if_match,
                         context,
                         Some(&id),
@@ -449,9 +519,9 @@ fn run_transaction(
                         resource: Some(o.resource),
                     })
                 }
-                _ => run_entry(tx, &entry, &mut ids, context),
+                _ => run_entry(tx, &entry, &mut ids, context, prepared.body(index)),
             },
-            _ => run_entry(tx, &entry, &mut ids, context),
+            _ => run_entry(tx, &entry, &mut ids, context, prepared.body(index)),
         }
         .map_err(|e| wrap(index, &entry, e))?;
         results[index] = Some(result);
@@ -467,6 +537,7 @@ fn run_entry(
     entry: &EntryRequest,
     ids: &mut HashMap<String, String>,
     context: &WriteContext,
+    speculated: Option<&PreparedResource>,
 ) -> Result<EntryResult, RepoError> {
     let target = match parse_target(&entry.url)? {
         Target::Conditional(criteria) => {
@@ -483,10 +554,13 @@ fn run_entry(
     let mut rewritten = None;
     if let Some(r) = &entry.resource {
         let mut r = r.clone();
-        rewrite_references(tx, &mut r, ids, &context.visibility)?;
+        rewrite_references(&mut r, &mut |reference| {
+            resolve_reference(tx, reference, ids, &context.visibility)
+        })?;
         rewritten = Some(r);
     }
     let body = || rewritten.clone().map_or_else(resource, Ok);
+    let prepared_body = || Ok::<_, RepoError>(PreparedResource::reusing(body()?, speculated));
     match (entry.method.as_str(), target) {
         ("GET" | "HEAD", Target::Instance(t, id)) => Ok(EntryResult {
             status: "200 OK",
@@ -515,7 +589,8 @@ fn run_entry(
                 ),
                 None => None,
             };
-            let outcome = interactions::create(tx, &t, body()?, criteria.as_ref(), context)?;
+            let outcome =
+                interactions::create(tx, &t, prepared_body()?, criteria.as_ref(), context)?;
             Ok(EntryResult {
                 status: if outcome.existing {
                     "200 OK"
@@ -526,7 +601,8 @@ fn run_entry(
             })
         }
         ("PUT", Target::Instance(t, id)) => {
-            let outcome = interactions::update(tx, &t, &id, body()?, entry.if_match, context)?;
+            let outcome =
+                interactions::update(tx, &t, &id, prepared_body()?, entry.if_match, context)?;
             Ok(EntryResult {
                 status: if outcome.created {
                     "201 Created"
@@ -537,8 +613,13 @@ fn run_entry(
             })
         }
         ("PUT", Target::Conditional(criteria)) => {
-            let outcome =
-                interactions::conditional_update(tx, &criteria, body()?, entry.if_match, context)?;
+            let outcome = interactions::conditional_update(
+                tx,
+                &criteria,
+                prepared_body()?,
+                entry.if_match,
+                context,
+            )?;
             Ok(EntryResult {
                 status: if outcome.created {
                     "201 Created"
@@ -611,28 +692,26 @@ fn run_entry(
 /// Replaces `reference` values that name another entry's `fullUrl`, or a conditional
 /// reference (`Patient?identifier=…`), with the literal `Type/id`.
 fn rewrite_references(
-    tx: &mut Tx<'_>,
     value: &mut Value,
-    ids: &HashMap<String, String>,
-    visibility: &renkei_store::Visibility,
+    resolve: &mut dyn FnMut(&str) -> Result<Option<String>, RepoError>,
 ) -> Result<(), RepoError> {
     match value {
         Value::Object(map) => {
             if let Some(Value::String(reference)) = map.get("reference") {
-                if let Some(replacement) = resolve_reference(tx, reference, ids, visibility)? {
+                if let Some(replacement) = resolve(reference)? {
                     map.insert("reference".into(), Value::String(replacement));
                 }
             }
             for (key, child) in map.iter_mut() {
                 if key != "reference" {
-                    rewrite_references(tx, child, ids, visibility)?;
+                    rewrite_references(child, resolve)?;
                 }
             }
             Ok(())
         }
         Value::Array(items) => {
             for item in items {
-                rewrite_references(tx, item, ids, visibility)?;
+                rewrite_references(item, resolve)?;
             }
             Ok(())
         }
@@ -640,11 +719,17 @@ fn rewrite_references(
     }
 }
 
-fn resolve_reference(
-    tx: &mut Tx<'_>,
+/// A reference that only the database can resolve (`Patient?identifier=…`).
+fn is_conditional_reference(reference: &str) -> bool {
+    reference.contains('?') && !reference.starts_with('#') && !reference.contains("://")
+}
+
+/// What a reference becomes from the Bundle alone: another entry's `Type/id` when it names that
+/// entry's `fullUrl`, an error for a `urn:` naming no entry, `None` otherwise (left as written,
+/// or conditional: see [`resolve_reference`]).
+fn resolve_in_bundle(
     reference: &str,
     ids: &HashMap<String, String>,
-    visibility: &renkei_store::Visibility,
 ) -> Result<Option<String>, RepoError> {
     if let Some(mapped) = ids.get(reference) {
         return Ok(Some(mapped.clone()));
@@ -654,7 +739,19 @@ fn resolve_reference(
             "the reference '{reference}' names no entry of this Bundle"
         )));
     }
-    if reference.contains('?') && !reference.starts_with('#') && !reference.contains("://") {
+    Ok(None)
+}
+
+fn resolve_reference(
+    tx: &mut Tx<'_>,
+    reference: &str,
+    ids: &HashMap<String, String>,
+    visibility: &renkei_store::Visibility,
+) -> Result<Option<String>, RepoError> {
+    if let Some(mapped) = resolve_in_bundle(reference, ids)? {
+        return Ok(Some(mapped));
+    }
+    if is_conditional_reference(reference) {
         let criteria = Criteria::parse_url(reference)?.visible_to(visibility.clone());
         let found = criteria.resolve(tx, 2)?;
         return match found.as_slice() {
@@ -745,6 +842,50 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn bundle_bodies_are_prepared_unless_the_database_must_resolve_them() {
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "gender": "male"},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Observation", "status": "final",
+                "code": {"text": "x"}, "subject": {"reference": "urn:uuid:p"}},
+             "request": {"method": "POST", "url": "Observation"}},
+            {"resource": {"resourceType": "Observation", "id": "o2", "status": "final",
+                "code": {"text": "y"}, "subject": {"reference": "Patient?identifier=s|1"}},
+             "request": {"method": "PUT", "url": "Observation/o2"}},
+            {"fullUrl": "urn:uuid:q", "resource": {"resourceType": "Patient"},
+             "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=s|2"}},
+            {"resource": {"resourceType": "Observation", "status": "final",
+                "code": {"text": "z"}, "subject": {"reference": "urn:uuid:q"}},
+             "request": {"method": "POST", "url": "Observation"}},
+            {"request": {"method": "DELETE", "url": "Observation/o3"}}
+        ]});
+        let entries = parse_entries(&bundle).unwrap();
+        let prepared = Prepared::speculate(&entries);
+        let patient_id = prepared.new_id(0);
+        // The reference to another entry is rewritten to the id that entry will get.
+        let observation = prepared.body(1).unwrap().resource();
+        assert_eq!(
+            observation["subject"]["reference"],
+            json!(format!("Patient/{patient_id}"))
+        );
+        assert!(prepared.body(0).is_some());
+        // A conditional reference, and a reference to a conditional create, need the database.
+        assert!(prepared.body(2).is_none());
+        assert!(prepared.body(3).is_some(), "its own body has no references");
+        assert!(prepared.body(4).is_none());
+        assert!(prepared.body(5).is_none());
+        // The transaction reuses prepared rows only for a body identical to the prepared one.
+        let (_, rows) = PreparedResource::reusing(observation.clone(), prepared.body(1))
+            .into_parts("Observation");
+        assert!(rows.is_some());
+        let mut other = observation.clone();
+        other["subject"]["reference"] = json!("Patient/someone-else");
+        let (_, rows) =
+            PreparedResource::reusing(other, prepared.body(1)).into_parts("Observation");
+        assert!(rows.is_none());
+    }
 
     #[test]
     fn decodes_base64() {

@@ -65,12 +65,27 @@ impl PreparedResource {
     }
 
     /// The body, and its rows if they were extracted for `res_type` (the type it is stored as).
-    fn into_parts(self, res_type: &str) -> (Value, Option<IndexRows>) {
+    pub(crate) fn into_parts(self, res_type: &str) -> (Value, Option<IndexRows>) {
         let rows = match self.index_rows {
             Some((prepared_type, rows)) if prepared_type == res_type => Some(rows),
             _ => None,
         };
         (self.resource, rows)
+    }
+}
+
+impl PreparedResource {
+    /// `resource` with the rows of `speculated` when that was prepared from an identical body
+    /// (a Bundle entry prepared before its transaction, whose references the transaction then
+    /// rewrote to the same values); otherwise its rows are extracted inside the write.
+    pub(crate) fn reusing(resource: Value, speculated: Option<&PreparedResource>) -> Self {
+        match speculated {
+            Some(prepared) if prepared.resource == resource => PreparedResource {
+                resource,
+                index_rows: prepared.index_rows.clone(),
+            },
+            _ => resource.into(),
+        }
     }
 }
 
