@@ -173,7 +173,7 @@ impl Repository {
                     let result = self.write(|tx| {
                         let mut ids = HashMap::new();
                         let rendered = render_entry(
-                            &run_entry(tx, entry, &mut ids, context, prepared.body(index))?,
+                            &run_entry(tx, entry.clone(), &mut ids, context, prepared.body(index))?,
                             return_resources,
                         );
                         on_commit(tx, index, std::slice::from_ref(&rendered))?;
@@ -481,7 +481,7 @@ fn run_transaction(
                         RepoError::BadRequest("POST needs a type URL".into()),
                     ));
                 };
-                let resource = entry.resource.clone().ok_or_else(|| {
+                let resource = entry.resource.take().ok_or_else(|| {
                     wrap(
                         index,
                         &entry,
@@ -499,7 +499,7 @@ fn run_transaction(
             ("PUT", Some(id)) => match parse_target(&entry.url) {
                 Ok(Target::Conditional(criteria)) => {
                     let criteria = criteria.visible_to(context.visibility.clone());
-                    let body = entry.resource.clone().ok_or_else(|| {
+                    let body = entry.resource.take().ok_or_else(|| {
                         wrap(
                             index,
                             &entry,
@@ -519,11 +519,11 @@ fn run_transaction(
                         resource: Some(o.resource),
                     })
                 }
-                _ => run_entry(tx, &entry, &mut ids, context, prepared.body(index)),
+                _ => run_entry(tx, entry, &mut ids, context, prepared.body(index)),
             },
-            _ => run_entry(tx, &entry, &mut ids, context, prepared.body(index)),
+            _ => run_entry(tx, entry, &mut ids, context, prepared.body(index)),
         }
-        .map_err(|e| wrap(index, &entry, e))?;
+        .map_err(|e| wrap(index, &entries[index], e))?;
         results[index] = Some(result);
     }
     results
@@ -534,7 +534,7 @@ fn run_transaction(
 
 fn run_entry(
     tx: &mut Tx<'_>,
-    entry: &EntryRequest,
+    mut entry: EntryRequest,
     ids: &mut HashMap<String, String>,
     context: &WriteContext,
     speculated: Option<&PreparedResource>,
@@ -545,22 +545,19 @@ fn run_entry(
         }
         other => other,
     };
-    let resource = || {
-        entry
-            .resource
-            .clone()
-            .ok_or_else(|| RepoError::BadRequest(format!("{} entry has no resource", entry.method)))
-    };
-    let mut rewritten = None;
-    if let Some(r) = &entry.resource {
-        let mut r = r.clone();
-        rewrite_references(&mut r, &mut |reference| {
+    let mut rewritten = entry.resource.take();
+    if let Some(r) = rewritten.as_mut() {
+        rewrite_references(r, &mut |reference| {
             resolve_reference(tx, reference, ids, &context.visibility)
         })?;
-        rewritten = Some(r);
     }
-    let body = || rewritten.clone().map_or_else(resource, Ok);
-    let prepared_body = || Ok::<_, RepoError>(PreparedResource::reusing(body()?, speculated));
+    // Each interaction takes the body once.
+    let mut body = || {
+        rewritten
+            .take()
+            .ok_or_else(|| RepoError::BadRequest(format!("{} entry has no resource", entry.method)))
+    };
+    let mut prepared_body = || Ok::<_, RepoError>(PreparedResource::reusing(body()?, speculated));
     match (entry.method.as_str(), target) {
         ("GET" | "HEAD", Target::Instance(t, id)) => Ok(EntryResult {
             status: "200 OK",
