@@ -48,14 +48,20 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn speculate(entries: &[EntryRequest]) -> Prepared {
+    fn speculate(entries: &[EntryRequest], kind: BundleKind) -> Prepared {
         let new_ids: Vec<String> = entries
             .iter()
             .map(|_| uuid::Uuid::new_v4().to_string())
             .collect();
-        // fullUrl → Type/id for the entries whose identity needs no database lookup.
+        // fullUrl → Type/id for the entries whose identity needs no database lookup. Only a
+        // transaction resolves references between its entries; a batch leaves them as written.
         let mut ids = HashMap::new();
-        for (entry, new_id) in entries.iter().zip(&new_ids) {
+        let linked: &[EntryRequest] = if kind == BundleKind::Transaction {
+            entries
+        } else {
+            &[]
+        };
+        for (entry, new_id) in linked.iter().zip(&new_ids) {
             let reference = match (entry.method.as_str(), parse_target(&entry.url)) {
                 ("POST", Ok(Target::Type(t))) if entry.if_none_exist.is_none() => {
                     format!("{t}/{new_id}")
@@ -149,7 +155,7 @@ impl Repository {
         };
         let entries = parse_entries(bundle)?;
         // Before the write: index rows extracted here run beside other writes.
-        let prepared = Prepared::speculate(&entries);
+        let prepared = Prepared::speculate(&entries, kind);
         let responses = match kind {
             BundleKind::Transaction => {
                 let work = |tx: &mut Tx<'_>| {
@@ -859,7 +865,7 @@ mod tests {
             {"request": {"method": "DELETE", "url": "Observation/o3"}}
         ]});
         let entries = parse_entries(&bundle).unwrap();
-        let prepared = Prepared::speculate(&entries);
+        let prepared = Prepared::speculate(&entries, BundleKind::Transaction);
         let patient_id = prepared.new_id(0);
         // The reference to another entry is rewritten to the id that entry will get.
         let observation = prepared.body(1).unwrap().resource();
@@ -882,6 +888,10 @@ mod tests {
         let (_, rows) =
             PreparedResource::reusing(other, prepared.body(1)).into_parts("Observation");
         assert!(rows.is_none());
+        // A batch does not resolve references between entries, so neither does its preparation.
+        let batch = Prepared::speculate(&entries, BundleKind::Batch);
+        assert!(batch.body(1).is_none());
+        assert!(batch.body(0).is_some());
     }
 
     #[test]

@@ -72,9 +72,7 @@ impl PreparedResource {
         };
         (self.resource, rows)
     }
-}
 
-impl PreparedResource {
     /// `resource` with the rows of `speculated` when that was prepared from an identical body
     /// (a Bundle entry prepared before its transaction, whose references the transaction then
     /// rewrote to the same values); otherwise its rows are extracted inside the write.
