@@ -1,0 +1,9 @@
+ALTER TABLE idx_token ADD CONSTRAINT idx_token_rid_fkey FOREIGN KEY (rid) REFERENCES resources (rid);
+ALTER TABLE idx_string ADD CONSTRAINT idx_string_rid_fkey FOREIGN KEY (rid) REFERENCES resources (rid);
+ALTER TABLE idx_date ADD CONSTRAINT idx_date_rid_fkey FOREIGN KEY (rid) REFERENCES resources (rid);
+ALTER TABLE idx_reference ADD CONSTRAINT idx_reference_rid_fkey FOREIGN KEY (rid) REFERENCES resources (rid);
+ALTER TABLE idx_quantity ADD CONSTRAINT idx_quantity_rid_fkey FOREIGN KEY (rid) REFERENCES resources (rid);
+ALTER TABLE idx_number ADD CONSTRAINT idx_number_rid_fkey FOREIGN KEY (rid) REFERENCES resources (rid);
+ALTER TABLE idx_uri ADD CONSTRAINT idx_uri_rid_fkey FOREIGN KEY (rid) REFERENCES resources (rid);
+ALTER TABLE idx_composite ADD CONSTRAINT idx_composite_rid_fkey FOREIGN KEY (rid) REFERENCES resources (rid);
+ALTER TABLE audit_refs ADD CONSTRAINT audit_refs_seq_fkey FOREIGN KEY (seq) REFERENCES audit_events (seq);
