@@ -142,7 +142,9 @@ impl Tx<'_> {
                 }
                 prev = record_hash;
             }
-            self.execute(&insert)?;
+            // The chunk's events, their references and the head that now points at its last
+            // record: one round trip on PostgreSQL.
+            let mut statements = vec![insert];
             for rows in ref_rows.chunks(1000) {
                 let mut refs = Sql::new("INSERT INTO audit_refs (seq, kind, ref) VALUES ");
                 for (i, (seq, kind, reference)) in rows.iter().enumerate() {
@@ -155,16 +157,17 @@ impl Tx<'_> {
                         ],
                     );
                 }
-                self.execute(&refs)?;
+                statements.push(refs);
             }
+            let mut update = Sql::new("UPDATE audit_head SET seq = ");
+            update
+                .bind(Bind::Int(seq))
+                .push(", hash = ")
+                .bind(Bind::Text(prev.clone()))
+                .push(" WHERE id = 1");
+            statements.push(update);
+            self.execute_together(&statements)?;
         }
-        let mut update = Sql::new("UPDATE audit_head SET seq = ");
-        update
-            .bind(Bind::Int(seq))
-            .push(", hash = ")
-            .bind(Bind::Text(prev))
-            .push(" WHERE id = 1");
-        self.execute(&update)?;
         Ok(())
     }
 

@@ -751,6 +751,25 @@ impl Tx<'_> {
         }
     }
 
+    /// Runs data-modifying statements in order. On PostgreSQL they travel as one statement
+    /// (all but the last in a data-modifying `WITH`): one round trip instead of one each. They
+    /// then share one snapshot, so none may read what another one writes.
+    pub fn execute_together(&mut self, statements: &[Sql]) -> Result<(), StoreError> {
+        match self.backend() {
+            Backend::Sqlite => {
+                for statement in statements {
+                    self.execute(statement)?;
+                }
+            }
+            Backend::Postgres => {
+                if let Some((last, others)) = statements.split_last() {
+                    self.execute(&with_statements(others, last))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a statement and returns the number of affected rows.
     pub fn execute(&mut self, sql: &Sql) -> Result<usize, StoreError> {
         match self.conn {
@@ -780,6 +799,26 @@ impl Tx<'_> {
             Backend::Postgres => " FOR UPDATE",
         }
     }
+}
+
+/// `WITH s0 AS (<first>), s1 AS (<second>), … <last>`: PostgreSQL runs every data-modifying
+/// statement of a `WITH` exactly once, whether or not the main statement reads its output.
+fn with_statements(others: &[Sql], last: &Sql) -> Sql {
+    if others.is_empty() {
+        return last.clone();
+    }
+    let mut combined = Sql::new("WITH ");
+    for (n, statement) in others.iter().enumerate() {
+        if n > 0 {
+            combined.push(", ");
+        }
+        combined
+            .push(&format!("s{n} AS ("))
+            .push_sql(statement)
+            .push(")");
+    }
+    combined.push(" ").push_sql(last);
+    combined
 }
 
 /// Creates a PostgreSQL database (tests and operators); `admin_url` names an existing database.
@@ -820,6 +859,26 @@ mod tests {
     #![allow(clippy::expect_used)]
     use super::*;
     use std::sync::Barrier;
+
+    #[test]
+    fn statements_together_become_one_with_statement_keeping_order_and_binds() {
+        let mut first = Sql::new("INSERT INTO a VALUES (");
+        first.bind(Bind::Int(1)).push(")");
+        let mut second = Sql::new("INSERT INTO b VALUES (");
+        second.bind(Bind::Text("x".into())).push(")");
+        let mut last = Sql::new("UPDATE c SET v = ");
+        last.bind(Bind::Int(3));
+        let combined = with_statements(&[first, second], &last);
+        assert_eq!(
+            combined.text(),
+            "WITH s0 AS (INSERT INTO a VALUES (?)), s1 AS (INSERT INTO b VALUES (?)) UPDATE c SET v = ?"
+        );
+        assert_eq!(
+            combined.binds(),
+            &[Bind::Int(1), Bind::Text("x".into()), Bind::Int(3)]
+        );
+        assert_eq!(with_statements(&[], &last).text(), "UPDATE c SET v = ?");
+    }
 
     #[derive(QueryableByName)]
     struct Count {

@@ -265,34 +265,15 @@ impl Tx<'_> {
     }
 
     fn delete_index(&mut self, rid: i64) -> Result<(), StoreError> {
-        match self.backend() {
-            Backend::Sqlite => {
-                for table in TABLES {
-                    let mut delete = Sql::new(&format!("DELETE FROM {} WHERE rid = ", table.name));
-                    delete.bind(Bind::Int(rid));
-                    self.execute(&delete)?;
-                }
-            }
-            Backend::Postgres => {
-                // One round trip: every table but the last in a data-modifying WITH.
-                let mut delete = Sql::new("WITH ");
-                let (last, others) = TABLES.split_last().ok_or_else(no_tables)?;
-                for (n, table) in others.iter().enumerate() {
-                    if n > 0 {
-                        delete.push(", ");
-                    }
-                    delete
-                        .push(&format!("d{n} AS (DELETE FROM {} WHERE rid = ", table.name))
-                        .bind(Bind::Int(rid))
-                        .push(")");
-                }
+        let deletes: Vec<Sql> = TABLES
+            .iter()
+            .map(|table| {
+                let mut delete = Sql::new(&format!("DELETE FROM {} WHERE rid = ", table.name));
+                delete.bind(Bind::Int(rid));
                 delete
-                    .push(&format!(" DELETE FROM {} WHERE rid = ", last.name))
-                    .bind(Bind::Int(rid));
-                self.execute(&delete)?;
-            }
-        }
-        Ok(())
+            })
+            .collect();
+        self.execute_together(&deletes)
     }
 
     /// Stores the index rows of a resource that has none yet (its first version): no
@@ -345,25 +326,16 @@ impl Tx<'_> {
         res_type: &str,
         tables: &[(&'static IndexTable, Vec<Vec<Bind>>)],
     ) -> Result<(), StoreError> {
-        let ((last, last_rows), others) = tables.split_last().ok_or_else(no_tables)?;
-        let mut insert = Sql::new("WITH ");
-        for (n, (table, rows)) in others.iter().enumerate() {
-            if n > 0 {
-                insert.push(", ");
-            }
-            insert.push(&format!("i{n} AS ("));
-            table.push_insert_from_json(&mut insert, rid, res_type, rows);
-            insert.push(")");
-        }
-        insert.push(" ");
-        last.push_insert_from_json(&mut insert, rid, res_type, last_rows);
-        self.execute(&insert)?;
-        Ok(())
+        let inserts: Vec<Sql> = tables
+            .iter()
+            .map(|(table, rows)| {
+                let mut insert = Sql::new("");
+                table.push_insert_from_json(&mut insert, rid, res_type, rows);
+                insert
+            })
+            .collect();
+        self.execute_together(&inserts)
     }
-}
-
-fn no_tables() -> StoreError {
-    StoreError::Unavailable("no index tables".into())
 }
 
 #[cfg(test)]
