@@ -245,24 +245,46 @@ fn reader(implicit_permit: bool, break_glass: bool, deny_holds_on_break_glass: b
 }
 
 /// Short names of the patient's resources (Observations and MedicationRequests) `who` sees,
-/// and the count the server would report for them.
+/// and the count the server would report for them. Each type is searched twice: by patient,
+/// where the decision for the patient is made once per query when the rules allow, and by id,
+/// where every row is decided on its own; both must agree.
 fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
+    let ids = ["obs19", "obs24", "psy", "undelivered", "med"]
+        .map(|short| format!("{patient}-{short}"))
+        .join(",");
     let mut seen = Vec::new();
     for res_type in ["Observation", "MedicationRequest"] {
-        let mut p = plan(res_type, &format!("patient={patient}&_total=accurate"));
-        p.count = 50;
-        let page = repo.search(&p, who).unwrap();
+        let [by_patient, by_id] = [
+            format!("patient={patient}&_total=accurate"),
+            format!("_id={ids}&_total=accurate"),
+        ]
+        .map(|query| {
+            let mut p = plan(res_type, &query);
+            p.count = 50;
+            let page = repo.search(&p, who).unwrap();
+            assert_eq!(
+                page.total,
+                Some(page.matches.len() as i64),
+                "{patient} {res_type} total"
+            );
+            let mut names: Vec<String> = page
+                .matches
+                .iter()
+                .map(|r| {
+                    r.res_id
+                        .strip_prefix(&format!("{patient}-"))
+                        .unwrap_or(&r.res_id)
+                        .to_string()
+                })
+                .collect();
+            names.sort();
+            names
+        });
         assert_eq!(
-            page.total,
-            Some(page.matches.len() as i64),
-            "{patient} {res_type} total"
+            by_patient, by_id,
+            "{patient} {res_type}: by patient vs by id"
         );
-        seen.extend(page.matches.iter().map(|r| {
-            r.res_id
-                .strip_prefix(&format!("{patient}-"))
-                .unwrap_or(&r.res_id)
-                .to_string()
-        }));
+        seen.extend(by_patient);
     }
     seen.sort();
     seen

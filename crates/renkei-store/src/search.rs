@@ -532,7 +532,30 @@ fn push_where(sql: &mut Sql, plan: &SearchPlan, aliases: &mut Aliases<'_>) {
     // Last: the consent predicate is the costliest check per row, so it runs only on rows
     // every filter kept (before the filters, a common family name meant 300 consent
     // evaluations for one matching birth date).
-    aliases.visibility.push_predicate_for(sql, "r");
+    aliases
+        .visibility
+        .push_predicate_focused(sql, "r", focus_patient(plan));
+}
+
+/// The one patient a search is about, if its filters name one: a Patient compartment
+/// (`$everything` included) or a reference filter with a single Patient (or untyped) id.
+fn focus_patient(plan: &SearchPlan) -> Option<&str> {
+    plan.filters.iter().find_map(|filter| match filter {
+        Filter::Compartment {
+            target_type,
+            target_id,
+            ..
+        } if target_type == "Patient" => Some(target_id.as_str()),
+        Filter::Reference { values, .. } => match values.as_slice() {
+            [RefMatch::Id { types, id }]
+                if types.is_empty() || types.iter().any(|t| t == "Patient") =>
+            {
+                Some(id.as_str())
+            }
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 /// The SQL of the driving filter, and whether the other index filters went inside it.

@@ -39,51 +39,107 @@ fn tag_exists(sql: &mut Sql, r: &str, code: &str) {
         .push(")");
 }
 
-/// `<the records of r's person> {alias}r JOIN consent_rules {alias}`: a consent on any record
+/// Whose rules: the patient of resource row `r`, or one bound patient id.
+#[derive(Clone, Copy)]
+enum PersonOf<'a> {
+    Row(&'a str),
+    Patient(&'a str),
+}
+
+impl PersonOf<'_> {
+    fn push(self, sql: &mut Sql) {
+        match self {
+            PersonOf::Row(r) => {
+                sql.push(&format!("{r}.patient_id"));
+            }
+            PersonOf::Patient(id) => {
+                sql.push("CAST(")
+                    .bind(Bind::Text(id.to_string()))
+                    .push(" AS TEXT)");
+            }
+        }
+    }
+}
+
+/// `<the records of the person> {alias}r JOIN consent_rules {alias}`: a consent on any record
 /// of a person applies to all of that person's records. Driving from the person's records (one,
 /// or a few when linked) lets the `(patient_id, permit)` index find their rules; a condition
 /// `patient_id = r.patient_id OR patient_id IN (…)` instead made PostgreSQL scan every rule.
-fn push_person_rules(sql: &mut Sql, alias: &str, r: &str) {
-    sql.push(&format!("(SELECT {r}.patient_id AS pid UNION ALL "));
+fn push_person_rules(sql: &mut Sql, alias: &str, person: PersonOf<'_>) {
+    sql.push("(SELECT ");
+    person.push(sql);
+    sql.push(" AS pid UNION ALL ");
     crate::identity::push_linked_records(sql, &format!("{alias}m"));
+    person.push(sql);
+    sql.push(&format!(" AND {alias}m2.patient_id <> "));
+    person.push(sql);
     sql.push(&format!(
-        "{r}.patient_id AND {alias}m2.patient_id <> {r}.patient_id) {alias}r \
-         JOIN consent_rules {alias} ON {alias}.patient_id = {alias}r.pid"
+        ") {alias}r JOIN consent_rules {alias} ON {alias}.patient_id = {alias}r.pid"
     ));
 }
 
 /// `MATCH(alias, r)` but the patient: rule row `alias` applies to resource row `r` for this
 /// requester (the caller joins the rules of `r`'s person).
 fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
-    sql.push(&format!("({alias}.actor_org IS NULL OR {alias}.actor_org = "))
-        .bind(Bind::Text(v.organization.into()))
-        .push(&format!(") AND ({alias}.actor_practitioner IS NULL OR {alias}.actor_practitioner = "))
-        .bind(Bind::OptText(v.practitioner.map(str::to_string)))
-        .push(&format!(") AND ({alias}.purpose IS NULL OR {alias}.purpose = "))
-        .bind(Bind::Text(v.purpose.into()))
-        .push(&format!(") AND ({alias}.valid_from IS NULL OR {alias}.valid_from <= "))
-        .bind(Bind::Int(v.now_ms))
-        .push(&format!(") AND ({alias}.valid_to IS NULL OR {alias}.valid_to >= "))
-        .bind(Bind::Int(v.now_ms))
+    push_requester_match(sql, alias, v);
+    sql.push(&format!(
+        " AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type) \
+         AND ({a}.label_system IS NULL OR EXISTS (SELECT 1 FROM idx_token sl WHERE sl.rid = {r}.rid \
+              AND sl.param = '_security' AND sl.system = {a}.label_system AND sl.code = {a}.label_code)) \
+         AND ({a}.data_from IS NULL OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date >= {a}.data_from)) \
+         AND ({a}.data_to IS NULL OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date <= {a}.data_to)) \
+         AND ({a}.data_reference IS NULL OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id) \
+         AND ({a}.data_related IS NULL OR {a}.data_related = {r}.res_type || '/' || {r}.res_id \
+              OR EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related)) \
+         AND ({a}.data_custodian IS NULL OR {a}.data_custodian = {r}.custodian)",
+        a = alias,
+        r = r
+    ));
+}
+
+/// The part of a rule's match that depends on who asks and when, not on the resource.
+fn push_requester_match(sql: &mut Sql, alias: &str, v: &FacilityArgs<'_>) {
+    sql.push(&format!(
+        "({alias}.actor_org IS NULL OR {alias}.actor_org = "
+    ))
+    .bind(Bind::Text(v.organization.into()))
+    .push(&format!(
+        ") AND ({alias}.actor_practitioner IS NULL OR {alias}.actor_practitioner = "
+    ))
+    .bind(Bind::OptText(v.practitioner.map(str::to_string)))
+    .push(&format!(
+        ") AND ({alias}.purpose IS NULL OR {alias}.purpose = "
+    ))
+    .bind(Bind::Text(v.purpose.into()))
+    .push(&format!(
+        ") AND ({alias}.valid_from IS NULL OR {alias}.valid_from <= "
+    ))
+    .bind(Bind::Int(v.now_ms))
+    .push(&format!(
+        ") AND ({alias}.valid_to IS NULL OR {alias}.valid_to >= "
+    ))
+    .bind(Bind::Int(v.now_ms))
+    .push(")");
+}
+
+/// Rule `alias` decides differently for different resources of its person: it is an exception
+/// nested in another provision, or it limits types, labels, dates, data or custodians.
+fn push_depends_on_resource(sql: &mut Sql, alias: &str) {
+    sql.push(&format!("{alias}.nested = "))
+        .bind(Bind::Bool(true))
         .push(&format!(
-            ") AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type) \
-             AND ({a}.label_system IS NULL OR EXISTS (SELECT 1 FROM idx_token sl WHERE sl.rid = {r}.rid \
-                  AND sl.param = '_security' AND sl.system = {a}.label_system AND sl.code = {a}.label_code)) \
-             AND ({a}.data_from IS NULL OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date >= {a}.data_from)) \
-             AND ({a}.data_to IS NULL OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date <= {a}.data_to)) \
-             AND ({a}.data_reference IS NULL OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id) \
-             AND ({a}.data_related IS NULL OR {a}.data_related = {r}.res_type || '/' || {r}.res_id \
-                  OR EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related)) \
-             AND ({a}.data_custodian IS NULL OR {a}.data_custodian = {r}.custodian)",
-            a = alias,
-            r = r
+            " OR {a}.class_type IS NOT NULL OR {a}.label_system IS NOT NULL \
+             OR {a}.data_from IS NOT NULL OR {a}.data_to IS NOT NULL \
+             OR {a}.data_reference IS NOT NULL OR {a}.data_related IS NOT NULL \
+             OR {a}.data_custodian IS NOT NULL",
+            a = alias
         ));
 }
 
 /// An effective matching deny exists among the person's rules.
 fn push_effective_deny_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
     sql.push("EXISTS (SELECT 1 FROM ");
-    push_person_rules(sql, "d", r);
+    push_person_rules(sql, "d", PersonOf::Row(r));
     sql.push(" WHERE ");
     push_effective_deny(sql, "d", r, v);
     sql.push(")");
@@ -120,7 +176,57 @@ fn push_not_cancelled(sql: &mut Sql, d: &str, r: &str, v: &FacilityArgs<'_>) {
 /// matching deny refuses, else a matching permit grants, else (with an implicit permit) a
 /// person without any rule is visible. One correlated subquery instead of one per rule kind,
 /// because it runs for every foreign row a search returns.
-fn push_consent_permits(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>, implicit_permit: bool) {
+///
+/// With a `focus` patient (the search names one), rows of that patient first try the same
+/// decision made once for the whole query: an uncorrelated subquery over the focus patient's
+/// rules, which the database evaluates once. It answers NULL when a rule that applies to this
+/// requester depends on the resource ([`push_depends_on_resource`]); those rows, and rows of
+/// other patients, take the per-row decision.
+fn push_consent_permits(
+    sql: &mut Sql,
+    r: &str,
+    v: &FacilityArgs<'_>,
+    implicit_permit: bool,
+    focus: Option<&str>,
+) {
+    let Some(patient) = focus else {
+        push_row_decision(sql, r, v, implicit_permit);
+        sql.push(" = 1");
+        return;
+    };
+    sql.push(&format!("COALESCE(CASE WHEN {r}.patient_id = "))
+        .bind(Bind::Text(patient.to_string()))
+        .push(" THEN (SELECT CASE WHEN MAX(CASE WHEN (");
+    push_requester_match(sql, "f", v);
+    sql.push(") AND (");
+    push_depends_on_resource(sql, "f");
+    sql.push(") THEN 1 ELSE 0 END) = 1 THEN NULL WHEN MAX(CASE WHEN f.permit = ")
+        .bind(Bind::Bool(false))
+        .push(" AND ");
+    push_requester_match(sql, "f", v);
+    sql.push(" THEN 1 ELSE 0 END) = 1 THEN 0 WHEN MAX(CASE WHEN f.permit = ")
+        .bind(Bind::Bool(true))
+        .push(" AND ");
+    push_requester_match(sql, "f", v);
+    sql.push(" THEN 1 ELSE 0 END) = 1 THEN 1");
+    push_implicit(sql, implicit_permit);
+    push_person_rules(sql, "f", PersonOf::Patient(patient));
+    sql.push(") END, ");
+    push_row_decision(sql, r, v, implicit_permit);
+    sql.push(") = 1");
+}
+
+/// ` [WHEN COUNT(*) = 0 THEN 1] ELSE 0 END FROM `: the implicit policy for a person without
+/// any rule, closing the decision's `CASE`.
+fn push_implicit(sql: &mut Sql, implicit_permit: bool) {
+    if implicit_permit {
+        sql.push(" WHEN COUNT(*) = 0 THEN 1");
+    }
+    sql.push(" ELSE 0 END FROM ");
+}
+
+/// `(SELECT <1 or 0> FROM <r's person's rules>)`: the decision for row `r` alone.
+fn push_row_decision(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>, implicit_permit: bool) {
     sql.push("(SELECT CASE WHEN MAX(CASE WHEN ");
     push_effective_deny(sql, "c", r, v);
     sql.push(" THEN 1 ELSE 0 END) = 1 THEN 0 WHEN MAX(CASE WHEN c.permit = ")
@@ -128,12 +234,9 @@ fn push_consent_permits(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>, implicit_p
         .push(" AND ");
     push_match(sql, "c", r, v);
     sql.push(" THEN 1 ELSE 0 END) = 1 THEN 1");
-    if implicit_permit {
-        sql.push(" WHEN COUNT(*) = 0 THEN 1");
-    }
-    sql.push(" ELSE 0 END FROM ");
-    push_person_rules(sql, "c", r);
-    sql.push(") = 1");
+    push_implicit(sql, implicit_permit);
+    push_person_rules(sql, "c", PersonOf::Row(r));
+    sql.push(")");
 }
 
 struct FacilityArgs<'a> {
@@ -151,6 +254,14 @@ impl Visibility {
 
     /// Appends ` AND (<predicate>)` for `resources` rows aliased `r`.
     pub fn push_predicate_for(&self, sql: &mut Sql, r: &str) {
+        self.push_predicate_focused(sql, r, None);
+    }
+
+    /// [`Visibility::push_predicate_for`] for a query about one patient's data (`patient=X`,
+    /// a compartment, `$everything`): a facility's consent decision for that patient's rows is
+    /// then made once per query instead of once per row where the rules allow it. Rows of any
+    /// other patient are still decided one by one, so a wrong guess costs time, not results.
+    pub fn push_predicate_focused(&self, sql: &mut Sql, r: &str, focus: Option<&str>) {
         match self {
             Visibility::Unrestricted => {}
             Visibility::Nothing => {
@@ -193,7 +304,7 @@ impl Visibility {
                         sql.push("1 = 1");
                     }
                 } else {
-                    push_consent_permits(sql, r, &args, *implicit_permit);
+                    push_consent_permits(sql, r, &args, *implicit_permit, focus);
                 }
                 sql.push("))");
             }
@@ -316,7 +427,7 @@ impl crate::Tx<'_> {
         // One statement: the rules of the row's person (its patient record and every record
         // linked to it), deny first.
         let mut sql = Sql::new("SELECT (SELECT p.consent_ref FROM ");
-        push_person_rules(&mut sql, "p", "r");
+        push_person_rules(&mut sql, "p", PersonOf::Row("r"));
         sql.push(" WHERE ");
         push_match(&mut sql, "p", "r", &args);
         sql.push(" ORDER BY p.permit ASC LIMIT 1) AS consent_ref FROM resources r WHERE r.rid = ")
