@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use renkei_repository::{Repository, WriteContext};
+use renkei_search::plan::Filter;
 use renkei_store::Visibility;
 use serde_json::{json, Value};
 
@@ -245,21 +246,31 @@ fn reader(implicit_permit: bool, break_glass: bool, deny_holds_on_break_glass: b
 }
 
 /// Short names of the patient's resources (Observations and MedicationRequests) `who` sees,
-/// and the count the server would report for them. Each type is searched twice: by patient,
-/// where the decision for the patient is made once per query when the rules allow, and by id,
-/// where every row is decided on its own; both must agree.
+/// and the count the server would report for them. Each type is searched three times: by
+/// patient and in the patient's compartment, where the decision for the patient is made once
+/// per query when the rules allow, and by id, where every row is decided on its own; all three
+/// must agree.
 fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
     let ids = ["obs19", "obs24", "psy", "undelivered", "med"]
         .map(|short| format!("{patient}-{short}"))
         .join(",");
     let mut seen = Vec::new();
     for res_type in ["Observation", "MedicationRequest"] {
-        let [by_patient, by_id] = [
-            format!("patient={patient}&_total=accurate"),
-            format!("_id={ids}&_total=accurate"),
+        // The patient's compartment, as `Patient/{patient}/{res_type}` and `$everything` search.
+        let mut in_compartment = plan(res_type, "_total=accurate");
+        in_compartment.filters.push(Filter::Compartment {
+            target_type: "Patient".into(),
+            target_id: patient.into(),
+            members: vec![(res_type.into(), vec!["subject".into()])],
+            include_self: false,
+            linked: false,
+        });
+        let [by_patient, by_id, by_compartment] = [
+            plan(res_type, &format!("patient={patient}&_total=accurate")),
+            plan(res_type, &format!("_id={ids}&_total=accurate")),
+            in_compartment,
         ]
-        .map(|query| {
-            let mut p = plan(res_type, &query);
+        .map(|mut p| {
             p.count = 50;
             let page = repo.search(&p, who).unwrap();
             assert_eq!(
@@ -283,6 +294,10 @@ fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
         assert_eq!(
             by_patient, by_id,
             "{patient} {res_type}: by patient vs by id"
+        );
+        assert_eq!(
+            by_compartment, by_id,
+            "{patient} {res_type}: in the compartment vs by id"
         );
         seen.extend(by_patient);
     }
