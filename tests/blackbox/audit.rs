@@ -294,6 +294,34 @@ fn every_interaction_leaves_a_balp_audit_event() {
         )
         .expect(200);
         send(&net.as_c(), "hidden", "GET", &net.labs[0], None, fhir).expect(404);
+        let everything = format!("Patient/{PATIENT}/$everything");
+        send(
+            &net.as_c(),
+            "hidden-everything",
+            "GET",
+            &everything,
+            None,
+            fhir,
+        )
+        .expect(404);
+        send(
+            &net.as_b(),
+            "consented-read",
+            "GET",
+            &net.labs[0],
+            None,
+            fhir,
+        )
+        .expect(200);
+        send(
+            &net.as_b(),
+            "consented-everything",
+            "GET",
+            &everything,
+            None,
+            fhir,
+        )
+        .expect(200);
         send(
             &net.as_b(),
             "consent-required",
@@ -450,6 +478,40 @@ fn every_interaction_leaves_a_balp_audit_event() {
             decisions[0]
         );
         assert!(consent_events(&by_request, &rid("search")).is_empty());
+        // A read of another facility's data, and a compartment operation over it, record one
+        // decision each, with the request's own event: the compartment's owner is checked
+        // inside the operation, not by a read of its own.
+        for name in [
+            "consented-read",
+            "consented-everything",
+            "hidden-everything",
+        ] {
+            let events = &by_request[&rid(name)];
+            let decisions = consent_events(&by_request, &rid(name));
+            assert_eq!(decisions.len(), 1, "{name}: {events:?}");
+            assert_eq!(
+                events.len(),
+                2,
+                "{name}: its event and the decision: {events:?}"
+            );
+            let granted = name.starts_with("consented");
+            assert_eq!(
+                decisions[0]["outcome"],
+                if granted { "0" } else { "4" },
+                "{name}"
+            );
+            assert!(
+                patient_entities(decisions[0]) == vec![format!("Patient/{PATIENT}")],
+                "{name}: the decision names the patient: {}",
+                decisions[0]
+            );
+        }
+        let event = event_for(&by_request, &rid("hidden-everything"));
+        assert_eq!(event["outcome"], "4", "{event}");
+        assert!(
+            entity_refs(event).contains(&format!("Patient/{PATIENT}")),
+            "the refused operation names the compartment's owner: {event}"
+        );
         let event = event_for(&by_request, &rid("hidden"));
         assert_shape(event, "read", "R", "4", "404 by consent");
         check_agent(event, "clinic-c-ehr", ORG_C, "hidden");

@@ -13,7 +13,7 @@ use renkei_repository::{
     Criteria, DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, RepoError, Repository,
     StoredResource, WriteContext, WriteOutcome,
 };
-use renkei_search::plan::SearchPlan;
+use renkei_search::plan::{Filter, SearchPlan};
 use renkei_store::{AuditQuery, HistoryPage, NewAuditEvent, SearchPage, Tx, Visibility};
 use serde_json::Value;
 
@@ -44,6 +44,18 @@ fn patient_in(res_type: &str, id: &str, body: Option<&str>) -> Option<String> {
         .filter_map(|k| value.get(*k)?.get("reference")?.as_str())
         .find(|r| r.starts_with("Patient/"))
         .map(|r| r.split("/_history").next().unwrap_or(r).to_string())
+}
+
+/// The resource whose compartment a search is confined to (`Patient/{id}/…`), if any.
+fn compartment_owner(plan: &SearchPlan) -> Option<(&str, &str)> {
+    plan.filters.iter().find_map(|filter| match filter {
+        Filter::Compartment {
+            target_type,
+            target_id,
+            ..
+        } => Some((target_type.as_str(), target_id.as_str())),
+        _ => None,
+    })
 }
 
 /// The status code of a Bundle response entry (200 when it names none).
@@ -215,36 +227,48 @@ impl Gate {
         builder
     }
 
-    /// BALP AuthZ-Consent: records the consent decision about another facility's patient
-    /// data for a single-resource read.
-    fn audit_consent_decision(&self, who: &Requester, res_type: &str, id: &str, granted: bool) {
-        if who.principal.role != renkei_consent::Role::Facility {
-            return;
-        }
-        let visibility = self.visibility(who);
-        let decided = self.repository.read_tx(|tx| {
-            let Some(row) = tx.current(res_type, id)? else {
-                return Ok(None);
-            };
-            let foreign = row.custodian.as_deref() != Some(who.principal.facility.as_str());
-            let Some(patient) = row.patient_id.clone().filter(|_| foreign) else {
-                return Ok(None);
-            };
-            let decider = self.decider(who, tx, row.rid, &visibility, granted)?;
-            Ok::<_, RepoError>(Some((patient, decider)))
-        });
-        if let Ok(Some((patient, decider))) = decided {
-            let builder = self.consent_event(
-                who,
-                &patient,
-                Some(format!("{res_type}/{id}")),
-                decider,
-                granted,
-            );
-            if let Err(e) = self.record(&builder, &[]) {
-                tracing::error!(error = %e, "consent decision not audited");
+    /// BALP AuthZ-Consent for a single-resource read: the decision about another facility's
+    /// patient data, looked up in the read's own transaction so that it is recorded with the
+    /// read's AuditEvent (one durable append for both). `None` when no consent decided: the
+    /// requester's own data, data about no patient, a resource that does not exist, or a
+    /// requester that is not a facility.
+    fn single_read_decision(
+        &self,
+        who: &Requester,
+        tx: &mut Tx<'_>,
+        (res_type, id): (&str, &str),
+        result: &Result<StoredResource, RepoError>,
+        visibility: &Visibility,
+    ) -> Result<Option<NewAuditEvent>, RepoError> {
+        let granted = match result {
+            Ok(resource)
+                if resource.custodian.as_deref() == Some(who.principal.facility.as_str()) =>
+            {
+                return Ok(None)
             }
+            Ok(_) => true,
+            Err(RepoError::NotFound { .. } | RepoError::Forbidden(_)) => false,
+            Err(_) => return Ok(None),
+        };
+        if who.principal.role != renkei_consent::Role::Facility {
+            return Ok(None);
         }
+        let Some(row) = tx.current(res_type, id)? else {
+            return Ok(None);
+        };
+        let foreign = row.custodian.as_deref() != Some(who.principal.facility.as_str());
+        let Some(patient) = row.patient_id.clone().filter(|_| foreign) else {
+            return Ok(None);
+        };
+        let decider = self.decider(who, tx, row.rid, visibility, granted)?;
+        let builder = self.consent_event(
+            who,
+            &patient,
+            Some(format!("{res_type}/{id}")),
+            decider,
+            granted,
+        );
+        Ok(Some(to_row(&builder, &[])))
     }
 
     /// BALP AuthZ-Consent for a search page: one event per patient whose data held by
@@ -282,10 +306,11 @@ impl Gate {
             .collect()
     }
 
-    /// Every break-glass request leaves an AuthZ-Consent event with its stated reason.
-    fn audit_break_glass(&self, who: &Requester, what: &str) -> Result<(), AccessError> {
+    /// Every break-glass request leaves an AuthZ-Consent event with its stated reason: this
+    /// one, recorded with the request's own AuditEvent. `None` for any other request.
+    fn break_glass_event(&self, who: &Requester, what: &str) -> Option<NewAuditEvent> {
         if !who.principal.break_glass {
-            return Ok(());
+            return None;
         }
         let mut builder = self.event(who, Interaction::ConsentDecision);
         builder.decided_by = Some("break-glass".into());
@@ -293,7 +318,7 @@ impl Gate {
             "break-glass ({what}): {}",
             who.break_glass_reason.as_deref().unwrap_or_default()
         ));
-        self.record(&builder, &[])
+        Some(to_row(&builder, &[]))
     }
 
     pub fn read(
@@ -303,53 +328,22 @@ impl Gate {
         id: &str,
     ) -> Result<StoredResource, AccessError> {
         let builder = self.event(who, Interaction::Read);
-        let result = who.require(res_type, Action::Read).and_then(|()| {
-            let visibility = self.visibility(who);
-            Ok(self.repository.read_tx(|tx| {
-                let resource = renkei_repository::read_visible(tx, res_type, id, &visibility)?;
+        self.single_read(
+            who,
+            builder,
+            (res_type, id),
+            format!("{res_type}/{id}"),
+            |tx, visibility| {
+                let resource = renkei_repository::read_visible(tx, res_type, id, visibility)?;
                 if res_type == "Patient" {
                     // The records of the same person at other facilities, as far as
                     // consent lets this requester see them.
-                    identity::with_links(tx, resource, &visibility)
+                    identity::with_links(tx, resource, visibility)
                 } else {
                     Ok(resource)
                 }
-            })?)
-        });
-        let mut builder = builder;
-        if result.is_err() {
-            builder.resources.push(format!("{res_type}/{id}"));
-        }
-        self.after_single_read(who, res_type, id, &result)?;
-        self.audited(builder, result, Self::describe_resource)
-    }
-
-    /// The consent-decision and break-glass events of a single-resource read.
-    fn after_single_read(
-        &self,
-        who: &Requester,
-        res_type: &str,
-        id: &str,
-        result: &Result<StoredResource, AccessError>,
-    ) -> Result<(), AccessError> {
-        let decided_by_consent = match result {
-            Ok(_) => Some(true),
-            Err(AccessError::Repo(RepoError::NotFound { .. } | RepoError::Forbidden(_))) => {
-                Some(false)
-            }
-            Err(_) => None,
-        };
-        // Reading one's own data involves no consent decision: skip the extra lookup.
-        let own = result
-            .as_ref()
-            .is_ok_and(|r| r.custodian.as_deref() == Some(who.principal.facility.as_str()));
-        if let (Some(granted), false) = (decided_by_consent, own) {
-            self.audit_consent_decision(who, res_type, id, granted);
-        }
-        if result.is_ok() {
-            self.audit_break_glass(who, &format!("read {res_type}/{id}"))?;
-        }
-        Ok(())
+            },
+        )
     }
 
     pub fn vread(
@@ -359,20 +353,47 @@ impl Gate {
         id: &str,
         version: &str,
     ) -> Result<StoredResource, AccessError> {
-        let mut builder = self.event(who, Interaction::Vread);
-        let result = who.require(res_type, Action::Read).and_then(|()| {
-            let visibility = self.visibility(who);
+        let builder = self.event(who, Interaction::Vread);
+        let target = format!("{res_type}/{id}/_history/{version}");
+        self.single_read(who, builder, (res_type, id), target, |tx, visibility| {
+            renkei_repository::vread_visible(tx, res_type, id, version, visibility)
+        })
+    }
+
+    /// A single-resource read (read, vread): the read and the consent decision it involved in
+    /// one transaction, then one durable append of its AuditEvent with the AuthZ-Consent and
+    /// break-glass events. `target` names the resource in the event when the read fails.
+    fn single_read(
+        &self,
+        who: &Requester,
+        mut builder: EventBuilder,
+        (res_type, id): (&str, &str),
+        target: String,
+        read: impl FnOnce(&mut Tx<'_>, &Visibility) -> Result<StoredResource, RepoError>,
+    ) -> Result<StoredResource, AccessError> {
+        let visibility = self.visibility(who);
+        let outcome = who.require(res_type, Action::Read).and_then(|()| {
             Ok(self.repository.read_tx(|tx| {
-                renkei_repository::vread_visible(tx, res_type, id, version, &visibility)
+                let result = read(tx, &visibility);
+                let decision =
+                    self.single_read_decision(who, tx, (res_type, id), &result, &visibility)?;
+                Ok((result, decision))
             })?)
         });
-        if result.is_err() {
-            builder
-                .resources
-                .push(format!("{res_type}/{id}/_history/{version}"));
+        let (result, mut extra): (Result<StoredResource, AccessError>, Vec<NewAuditEvent>) =
+            match outcome {
+                Ok((result, decision)) => (
+                    result.map_err(AccessError::from),
+                    decision.into_iter().collect(),
+                ),
+                Err(error) => (Err(error), Vec::new()),
+            };
+        if result.is_ok() {
+            extra.extend(self.break_glass_event(who, &format!("read {res_type}/{id}")));
+        } else {
+            builder.resources.push(target);
         }
-        self.after_single_read(who, res_type, id, &result)?;
-        self.audited(builder, result, Self::describe_resource)
+        self.audited_with(builder, result, Self::describe_resource, extra)
     }
 
     /// Runs a write with its AuditEvent in the same transaction; failures are audited too.
@@ -708,25 +729,44 @@ impl Gate {
         let mut builder = self.event(who, Interaction::Search);
         builder.query = Some(raw_query.to_string());
         let visibility = self.visibility(who);
-        // The page and the consents that permitted it are read in one transaction: one
-        // snapshot, one connection.
+        let owner = compartment_owner(plan);
+        // The compartment's owner, the page and the consents that permitted it are read in
+        // one transaction: one snapshot, one connection.
         let searched = plan
             .types
             .iter()
             .try_for_each(|t| who.require(t, Action::Search))
+            .and_then(|()| owner.map_or(Ok(()), |(t, _)| who.require(t, Action::Read)))
             .and_then(|()| {
                 Ok(self.repository.read_tx(|tx| {
+                    if let Some(owner) = owner {
+                        // The owner must exist and be visible: a compartment search answers
+                        // 404, 410 or 403 exactly as reading the owner would.
+                        let found =
+                            renkei_repository::read_visible(tx, owner.0, owner.1, &visibility);
+                        if let Err(error) = found {
+                            let denied = Err(error);
+                            let decision =
+                                self.single_read_decision(who, tx, owner, &denied, &visibility)?;
+                            return Ok((
+                                denied.map(|_| SearchPage::default()),
+                                decision.into_iter().collect(),
+                            ));
+                        }
+                    }
                     let page = renkei_repository::search_in(tx, plan, &visibility)?;
                     let decisions = self.search_consent_decisions(who, tx, &page, &visibility)?;
-                    Ok((page, decisions))
+                    Ok((Ok(page), decisions))
                 })?)
             });
-        let (result, decisions) = match searched {
-            Ok((page, decisions)) => (Ok(page), decisions),
+        let (result, mut decisions) = match searched {
+            Ok((page, decisions)) => (page.map_err(AccessError::from), decisions),
             Err(e) => (Err(e), Vec::new()),
         };
         if result.is_ok() {
-            self.audit_break_glass(who, &format!("search {raw_query}"))?;
+            decisions.extend(self.break_glass_event(who, &format!("search {raw_query}")));
+        } else if let Some((owner_type, owner_id)) = owner {
+            builder.resources.push(format!("{owner_type}/{owner_id}"));
         }
         self.audited_with(
             builder,

@@ -403,11 +403,8 @@ pub async fn compartment(
                 format!("{comp_type} compartments are not supported; the Patient compartment is"),
             ));
         }
-        let who = authenticate(&req, &state)?;
-        let gate = state.gate.clone();
-        let patient_id = id.clone();
-        // The compartment owner must exist and be visible (404 otherwise, 410 when deleted).
-        blocking(move || gate.read(&who, "Patient", &patient_id)).await?;
+        // The gate checks, inside the search's transaction, that the compartment's owner
+        // exists and is visible (404 otherwise, 410 when deleted).
         if target == "$everything" {
             return everything(&req, &ctx, &state, &id).await;
         }
