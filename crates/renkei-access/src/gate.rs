@@ -14,7 +14,7 @@ use renkei_repository::{
     StoredResource, WriteContext, WriteOutcome,
 };
 use renkei_search::plan::{Filter, SearchPlan};
-use renkei_store::{AuditQuery, HistoryPage, NewAuditEvent, SearchPage, Tx, Visibility};
+use renkei_store::{AuditQuery, HistoryPage, NewAuditEvent, SearchPage, SearchRow, Tx, Visibility};
 use serde_json::Value;
 
 #[derive(Clone)]
@@ -194,10 +194,16 @@ impl Gate {
         if who.principal.break_glass && granted {
             return Ok("break-glass".to_string());
         }
-        Ok(match tx.deciding_consent(rid, visibility)? {
-            Some(consent) => consent,
+        let consent = tx.deciding_consent(rid, visibility)?;
+        Ok(self.decider_name(consent.as_deref()))
+    }
+
+    /// The deciding Consent, or the implicit policy when none decided.
+    fn decider_name(&self, consent: Option<&str>) -> String {
+        match consent {
+            Some(consent) => consent.to_string(),
             None => format!("implicit-policy:{:?}", self.policy.implicit).to_lowercase(),
-        })
+        }
     }
 
     /// A BALP AuthZ-Consent event: the decision about `patient`'s data held by another
@@ -284,20 +290,23 @@ impl Gate {
         if who.principal.role != renkei_consent::Role::Facility {
             return Ok(Vec::new());
         }
-        let mut first_row: std::collections::BTreeMap<&str, i64> =
+        let mut first_row: std::collections::BTreeMap<&str, &SearchRow> =
             std::collections::BTreeMap::new();
         for row in page.matches.iter().chain(&page.included) {
             if row.custodian.as_deref() == Some(who.principal.facility.as_str()) {
                 continue;
             }
             if let Some(patient) = row.patient_id.as_deref() {
-                first_row.entry(patient).or_insert(row.rid);
+                first_row.entry(patient).or_insert(row);
             }
         }
         first_row
             .iter()
-            .map(|(patient, rid)| {
-                let decider = self.decider(who, tx, *rid, visibility, true)?;
+            .map(|(patient, row)| {
+                let decider = match row.decided_by() {
+                    Some(consent) if !who.principal.break_glass => self.decider_name(consent),
+                    _ => self.decider(who, tx, row.rid, visibility, true)?,
+                };
                 Ok(to_row(
                     &self.consent_event(who, patient, None, decider, true),
                     &[],

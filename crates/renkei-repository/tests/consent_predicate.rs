@@ -278,6 +278,19 @@ fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
                 Some(page.matches.len() as i64),
                 "{patient} {res_type} total"
             );
+            // What the page found decided a row's consent (for the AuthZ-Consent event) is
+            // what the row alone says.
+            for row in page.matches.iter().filter(|r| r.decided_by().is_some()) {
+                let alone = repo
+                    .read_tx(|tx| Ok(tx.deciding_consent(row.rid, who)?))
+                    .unwrap();
+                assert_eq!(
+                    row.decided_by(),
+                    Some(alone.as_deref()),
+                    "{patient} {}: decider of the page vs of the row",
+                    row.res_id
+                );
+            }
             let mut names: Vec<String> = page
                 .matches
                 .iter()
@@ -315,12 +328,29 @@ fn every_shape_is_decided_in_the_query(db: Db) {
             "{patient}"
         );
     }
+    // A search about one patient names what decided with the page where the rules allow;
+    // where a rule depends on the resource, each row's decider is looked up on its own.
+    let decided = |patient: &str, who: &Visibility| {
+        let page = db
+            .repo
+            .search(&plan("Observation", &format!("patient={patient}")), who)
+            .unwrap();
+        assert!(!page.matches.is_empty(), "{patient}");
+        page.matches
+            .iter()
+            .map(|row| row.decided_by().map(|c| c.map(str::to_string)))
+            .collect::<Vec<_>>()
+    };
+    let permit = Some(Some("Consent/permit-consent1".to_string()));
+    assert!(decided("permit", &opt_in).iter().all(|d| *d == permit));
+    assert!(decided("class", &opt_in).iter().all(Option::is_none));
     // Opt-out network: a patient without any consent is visible; any rule decides instead.
     let opt_out = reader(true, false, true);
     assert_eq!(
         visible(&db.repo, "none", &opt_out),
         ["med", "obs19", "obs24", "psy"]
     );
+    assert!(decided("none", &opt_out).iter().all(|d| *d == Some(None)));
     assert!(visible(&db.repo, "deny", &opt_out).is_empty());
     assert!(visible(&db.repo, "actor-mismatch", &opt_out).is_empty());
     // Break-glass: no permit needed; an explicit deny holds unless configured otherwise.

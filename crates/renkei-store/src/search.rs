@@ -52,6 +52,23 @@ pub struct SearchRow {
     k2: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     k3: Option<String>,
+    /// See [`SearchRow::decided_by`]: `''` stands for the implicit policy.
+    #[diesel(sql_type = Nullable<Text>)]
+    decider: Option<String>,
+}
+
+impl SearchRow {
+    /// For a facility's row of the search's focus patient held by another facility, what
+    /// decided its consent, found by the page's own query
+    /// ([`Visibility::push_focus_decider`]), in the terms of [`Tx::deciding_consent`]:
+    /// `Some(Some(consent))` or `Some(None)` for the implicit policy. `None` when the page
+    /// did not decide it (any other row, or rules that depend on the resource); ask
+    /// [`Tx::deciding_consent`] then.
+    pub fn decided_by(&self) -> Option<Option<&str>> {
+        self.decider
+            .as_deref()
+            .map(|consent| Some(consent).filter(|c| !c.is_empty()))
+    }
 }
 
 /// One page of matches plus what `_include`/`_revinclude` added.
@@ -75,7 +92,8 @@ struct Count {
 
 const ROW_COLUMNS: &str =
     "r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.custodian, r.patient_id, r.body";
-const NO_KEYS: &str = ", CAST(NULL AS TEXT) AS k0, CAST(NULL AS TEXT) AS k1, CAST(NULL AS TEXT) AS k2, CAST(NULL AS TEXT) AS k3";
+/// The sort keys and the decider of a row that is not a page's match (an include, history).
+const NO_KEYS: &str = ", CAST(NULL AS TEXT) AS k0, CAST(NULL AS TEXT) AS k1, CAST(NULL AS TEXT) AS k2, CAST(NULL AS TEXT) AS k3, CAST(NULL AS TEXT) AS decider";
 
 impl Tx<'_> {
     /// The plan with every `:in`/`:not-in` filter replaced by a token filter over the
@@ -802,7 +820,8 @@ pub fn page_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) ->
     for i in sorts.len()..MAX_SORT_KEYS {
         sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
     }
-    sql.push(" FROM resources r WHERE ");
+    visibility.push_focus_decider(&mut sql, "r", focus_patient(plan));
+    sql.push(" AS decider FROM resources r WHERE ");
     push_where(&mut sql, plan, &mut Aliases::new(visibility));
     sql.push(") v");
     let backward = plan.cursor.as_ref().is_some_and(|c| c.backward);

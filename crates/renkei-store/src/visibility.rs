@@ -247,6 +247,25 @@ struct FacilityArgs<'a> {
 }
 
 impl Visibility {
+    /// Who asks and when, for a facility requester's rule matching.
+    fn facility_args(&self) -> Option<FacilityArgs<'_>> {
+        match self {
+            Visibility::Facility {
+                organization,
+                practitioner,
+                purpose,
+                now_ms,
+                ..
+            } => Some(FacilityArgs {
+                organization,
+                practitioner: practitioner.as_deref(),
+                purpose,
+                now_ms: *now_ms,
+            }),
+            _ => None,
+        }
+    }
+
     /// Appends ` AND (<predicate>)` for rows aliased `r`.
     pub fn push_predicate(&self, sql: &mut Sql) {
         self.push_predicate_for(sql, "r");
@@ -276,22 +295,16 @@ impl Visibility {
                 tag_exists(sql, r, "UNDELIVERED");
             }
             Visibility::Facility {
-                organization,
-                practitioner,
-                purpose,
-                now_ms,
                 break_glass,
                 deny_holds_on_break_glass,
                 implicit_permit,
+                ..
             } => {
-                let args = FacilityArgs {
-                    organization,
-                    practitioner: practitioner.as_deref(),
-                    purpose,
-                    now_ms: *now_ms,
+                let Some(args) = self.facility_args() else {
+                    return;
                 };
                 sql.push(&format!(" AND ({r}.custodian = "))
-                    .bind(Bind::Text(organization.clone()))
+                    .bind(Bind::Text(args.organization.to_string()))
                     .push(&format!(" OR {r}.patient_id IS NULL OR (NOT "));
                 tag_exists(sql, r, "UNDELIVERED");
                 sql.push(" AND ");
@@ -309,6 +322,45 @@ impl Visibility {
                 sql.push("))");
             }
         }
+    }
+}
+
+impl Visibility {
+    /// `, <what decides>`: for a facility's search about one patient, a column naming what
+    /// decides consent for that patient's rows held by other facilities, so the AuthZ-Consent
+    /// event of a page needs no statement of its own. Like the once-per-query decision
+    /// ([`push_consent_permits`]) it is uncorrelated, evaluated once, and only when such a
+    /// row is returned: the first matching deny rule's Consent, else the first matching
+    /// permit's, else `''` (no rule applies: the implicit policy). NULL when a rule that
+    /// applies to this requester depends on the resource, and on every other row; the caller
+    /// then asks [`crate::Tx::deciding_consent`] for the row.
+    pub fn push_focus_decider(&self, sql: &mut Sql, r: &str, focus: Option<&str>) {
+        let break_glass = matches!(
+            self,
+            Visibility::Facility {
+                break_glass: true,
+                ..
+            }
+        );
+        let (Some(args), Some(patient), false) = (self.facility_args(), focus, break_glass) else {
+            sql.push(", CAST(NULL AS TEXT)");
+            return;
+        };
+        sql.push(&format!(", CASE WHEN {r}.patient_id = "))
+            .bind(Bind::Text(patient.to_string()))
+            .push(&format!(" AND {r}.custodian <> "))
+            .bind(Bind::Text(args.organization.to_string()))
+            .push(" THEN (SELECT CASE WHEN MAX(CASE WHEN (");
+        push_requester_match(sql, "g", &args);
+        sql.push(") AND (");
+        push_depends_on_resource(sql, "g");
+        sql.push(") THEN 1 ELSE 0 END) = 1 THEN NULL ELSE COALESCE((SELECT f.consent_ref FROM ");
+        push_person_rules(sql, "f", PersonOf::Patient(patient));
+        sql.push(" WHERE ");
+        push_requester_match(sql, "f", &args);
+        sql.push(" ORDER BY f.permit ASC LIMIT 1), '') END FROM ");
+        push_person_rules(sql, "g", PersonOf::Patient(patient));
+        sql.push(") END");
     }
 }
 
@@ -408,21 +460,8 @@ impl crate::Tx<'_> {
         rid: i64,
         visibility: &Visibility,
     ) -> Result<Option<String>, crate::StoreError> {
-        let Visibility::Facility {
-            organization,
-            practitioner,
-            purpose,
-            now_ms,
-            ..
-        } = visibility
-        else {
+        let Some(args) = visibility.facility_args() else {
             return Ok(None);
-        };
-        let args = FacilityArgs {
-            organization,
-            practitioner: practitioner.as_deref(),
-            purpose,
-            now_ms: *now_ms,
         };
         // One statement: the rules of the row's person (its patient record and every record
         // linked to it), deny first.
