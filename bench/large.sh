@@ -22,7 +22,7 @@ case $BACKEND in
             # KEEP_PG=NAME: measure an already loaded database NAME again (kept afterwards).
             if [ -n "${KEEP_PG:-}" ]; then NAME=$KEEP_PG; touch "$WORK/loaded"
             else NAME=renkei_large_$$; psql "$ADMIN" -qc "CREATE DATABASE $NAME" >/dev/null; fi
-            DB=${ADMIN%/*}/$NAME; SIZE=$DB ;;
+            DB=${ADMIN%/*}/$NAME$PG_URL_OPTIONS; SIZE=$DB ;;
 esac
 cleanup() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true
   [ "$BACKEND" = postgres ] && [ -z "${KEEP_PG:-}" ] && psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null

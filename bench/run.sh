@@ -4,6 +4,7 @@
 #   usage: bench/run.sh sqlite|postgres [DATA_DIR]
 #   needs: wrk, curl, bc, python3; a release build (cargo build --release -p renkei)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BACKEND=${1:-sqlite}; DATA=${2:-/tmp/renkei-bench-data}
 ROOT=$(cd "$(dirname "$0")/.." && pwd); BIN=$ROOT/target/release/renkei; HERE=$ROOT/bench
 KIT=${BENCH_KIT:-$ROOT/../shared/bench-kit}
@@ -13,7 +14,7 @@ WORK=$(mktemp -d); PORT=${PORT:-18080}; B=http://127.0.0.1:$PORT/fhir
 case $BACKEND in
   sqlite) DB=sqlite:$WORK/renkei.db ;;
   postgres) NAME=renkei_bench_$$; ADMIN=${RENKEI_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
-            psql "$ADMIN" -qc "CREATE DATABASE $NAME" >/dev/null; DB=${ADMIN%/*}/$NAME ;;
+            psql "$ADMIN" -qc "CREATE DATABASE $NAME" >/dev/null; DB=${ADMIN%/*}/$NAME$PG_URL_OPTIONS ;;
 esac
 cleanup() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true
   [ "$BACKEND" = postgres ] && psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null; rm -rf "$WORK"; }

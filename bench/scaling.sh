@@ -27,7 +27,7 @@ fresh_db() { # sets DB and SIZE for a new empty database called $1
   case $BACKEND in
     sqlite) DB=sqlite:$WORK/$1.db; SIZE=$WORK/$1.db ;;
     postgres) NAME=renkei_scaling_$1_$$; psql "$ADMIN" -qc "CREATE DATABASE $NAME" >/dev/null
-              DB=${ADMIN%/*}/$NAME; SIZE=$DB ;;
+              DB=${ADMIN%/*}/$NAME$PG_URL_OPTIONS; SIZE=$DB ;;
   esac
 }
 drop_db() { [ "$BACKEND" = postgres ] && psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null; true; }
