@@ -312,6 +312,35 @@ fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
             by_compartment, by_id,
             "{patient} {res_type}: in the compartment vs by id"
         );
+        // A chain is evaluated over what the requester may see: through the patient when
+        // the Patient itself is visible (the chain then runs as a search by that patient),
+        // nothing otherwise.
+        let mut by_chain: Vec<String> = repo
+            .search(
+                &plan(res_type, &format!("subject:Patient._id={patient}")),
+                who,
+            )
+            .unwrap()
+            .matches
+            .iter()
+            .map(|r| {
+                r.res_id
+                    .trim_start_matches(&format!("{patient}-"))
+                    .to_string()
+            })
+            .collect();
+        by_chain.sort();
+        let patient_visible = !repo
+            .search(&plan("Patient", &format!("_id={patient}")), who)
+            .unwrap()
+            .matches
+            .is_empty();
+        let expected = if patient_visible {
+            by_patient.clone()
+        } else {
+            Vec::new()
+        };
+        assert_eq!(by_chain, expected, "{patient} {res_type}: by chain");
         seen.extend(by_patient);
     }
     seen.sort();
@@ -414,6 +443,19 @@ fn token_probes_are_answered_from_the_index_alone_sqlite() {
         )
         .unwrap();
     let plan = explanation.plan.join("\n");
+    // A chain that leads to one visible Patient runs as a search by that patient.
+    let chained = db
+        .repo
+        .explain_search(
+            &crate::plan("Observation", "subject:Patient._id=permit"),
+            &reader(false, false, true),
+        )
+        .unwrap();
+    assert!(
+        !chained.sql.contains("FROM resources c"),
+        "the chain was not resolved: {}",
+        chained.sql
+    );
     for probe in ["tg", "sl", "x2"] {
         let lines: Vec<&str> = plan
             .lines()

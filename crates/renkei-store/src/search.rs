@@ -85,6 +85,12 @@ pub struct SearchPage {
 }
 
 #[derive(QueryableByName)]
+struct PatientId {
+    #[diesel(sql_type = Text)]
+    res_id: String,
+}
+
+#[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
     n: i64,
@@ -119,6 +125,73 @@ impl Tx<'_> {
         let mut resolved = plan.clone();
         for filter in &mut resolved.filters {
             self.resolve_filter(filter, visibility)?;
+        }
+        Ok(Cow::Owned(resolved))
+    }
+
+    /// The plan as it runs: ValueSets expanded, single-patient chains resolved.
+    fn resolved_plan<'p>(
+        &mut self,
+        plan: &'p SearchPlan,
+        visibility: &Visibility,
+    ) -> Result<Cow<'p, SearchPlan>, StoreError> {
+        let plan = self.resolve_value_sets(plan, visibility)?;
+        self.resolve_patient_chains(plan, visibility)
+    }
+
+    /// The plan with each chain that leads to exactly one Patient the requester may see
+    /// (`subject:Patient.identifier=…`, `patient.name=…`) replaced by a reference to that
+    /// Patient. Same rows, in the same transaction: the chain matches the references to the
+    /// visible Patients its inner filter finds, here exactly one. The search then names its
+    /// patient, so the consent decision for that patient's rows is made once per query
+    /// instead of once per row (see [`focus_patient`]). One indexed lookup of at most two
+    /// Patients per such chain.
+    fn resolve_patient_chains<'p>(
+        &mut self,
+        plan: Cow<'p, SearchPlan>,
+        visibility: &Visibility,
+    ) -> Result<Cow<'p, SearchPlan>, StoreError> {
+        fn patient_chain(filter: &Filter) -> Option<&Filter> {
+            match filter {
+                Filter::Chain { targets, .. } => match targets.as_slice() {
+                    [(target_type, inner)] if target_type == "Patient" => Some(inner),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        if !plan.filters.iter().any(|f| patient_chain(f).is_some()) {
+            return Ok(plan);
+        }
+        let mut resolved = plan.into_owned();
+        for filter in &mut resolved.filters {
+            let Some(inner) = patient_chain(filter) else {
+                continue;
+            };
+            // The aliases of the chain's own subquery: the consent predicate names its rules
+            // `c`, so the Patient row must not be `c`.
+            let mut aliases = Aliases::new(visibility);
+            let p = aliases.next("c");
+            let mut sql = Sql::new(&format!(
+                "SELECT {p}.res_id AS res_id FROM resources {p} WHERE {p}.res_type = "
+            ));
+            sql.bind(Bind::Text("Patient".into()))
+                .push(&format!(" AND {p}.deleted = "))
+                .bind(Bind::Bool(false));
+            visibility.push_predicate_for(&mut sql, &p);
+            sql.push(" AND ");
+            push_filter(&mut sql, inner, &p, &["Patient".to_string()], &mut aliases);
+            sql.push(&format!(" ORDER BY {p}.rid")).push_limit(2);
+            let found = self.load::<PatientId>(&sql)?;
+            if let ([patient], Filter::Chain { param, .. }) = (found.as_slice(), &*filter) {
+                *filter = Filter::Reference {
+                    param: param.clone(),
+                    values: vec![RefMatch::Id {
+                        types: vec!["Patient".into()],
+                        id: patient.res_id.clone(),
+                    }],
+                };
+            }
         }
         Ok(Cow::Owned(resolved))
     }
@@ -246,11 +319,11 @@ impl Tx<'_> {
         plan: &SearchPlan,
         visibility: &Visibility,
     ) -> Result<i64, StoreError> {
-        let plan = self.resolve_value_sets(plan, visibility)?;
+        let plan = self.resolved_plan(plan, visibility)?;
         self.count_resolved(&plan, visibility)
     }
 
-    /// The count of a plan whose value sets are already expanded (not expanded again).
+    /// The count of an already resolved plan (see `resolved_plan`; not resolved again).
     fn count_resolved(
         &mut self,
         plan: &SearchPlan,
@@ -267,7 +340,7 @@ impl Tx<'_> {
         plan: &SearchPlan,
         visibility: &Visibility,
     ) -> Result<Sql, StoreError> {
-        let plan = self.resolve_value_sets(plan, visibility)?;
+        let plan = self.resolved_plan(plan, visibility)?;
         Ok(if plan.count_only() {
             count_sql(&plan, visibility)
         } else {
@@ -282,7 +355,7 @@ impl Tx<'_> {
         plan: &SearchPlan,
         visibility: &Visibility,
     ) -> Result<SearchPage, StoreError> {
-        let resolved = self.resolve_value_sets(plan, visibility)?;
+        let resolved = self.resolved_plan(plan, visibility)?;
         let plan = &*resolved;
         if plan.count_only() {
             return Ok(SearchPage {
