@@ -323,9 +323,7 @@ impl Visibility {
             }
         }
     }
-}
 
-impl Visibility {
     /// `, <what decides>`: for a facility's search about one patient, a column naming what
     /// decides consent for that patient's rows held by other facilities, so the AuthZ-Consent
     /// event of a page needs no statement of its own. Like the once-per-query decision
