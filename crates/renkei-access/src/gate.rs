@@ -14,7 +14,9 @@ use renkei_repository::{
     StoredResource, WriteContext, WriteOutcome,
 };
 use renkei_search::plan::{Filter, SearchPlan};
-use renkei_store::{AuditQuery, HistoryPage, NewAuditEvent, SearchPage, SearchRow, Tx, Visibility};
+use renkei_store::{
+    AuditQuery, DecidedRow, HistoryPage, NewAuditEvent, SearchPage, SearchRow, Tx, Visibility,
+};
 use serde_json::Value;
 
 #[derive(Clone)]
@@ -181,29 +183,22 @@ impl Gate {
         resource.custodian.iter().cloned().collect()
     }
 
-    /// What decided that a facility requester may (or may not) see resource row `rid`: the
-    /// Consent, break-glass, or the implicit policy.
+    /// What decided that a facility requester may (or may not) see a row: break-glass for a
+    /// granted break-glass request, else the deciding Consent that `consent` looks up, or the
+    /// implicit policy when none applies.
     fn decider(
         &self,
         who: &Requester,
-        tx: &mut Tx<'_>,
-        rid: i64,
-        visibility: &Visibility,
         granted: bool,
+        consent: impl FnOnce() -> Result<Option<String>, RepoError>,
     ) -> Result<String, RepoError> {
         if who.principal.break_glass && granted {
             return Ok("break-glass".to_string());
         }
-        let consent = tx.deciding_consent(rid, visibility)?;
-        Ok(self.decider_name(consent.as_deref()))
-    }
-
-    /// The deciding Consent, or the implicit policy when none decided.
-    fn decider_name(&self, consent: Option<&str>) -> String {
-        match consent {
-            Some(consent) => consent.to_string(),
+        Ok(match consent()? {
+            Some(consent) => consent,
             None => format!("implicit-policy:{:?}", self.policy.implicit).to_lowercase(),
-        }
+        })
     }
 
     /// A BALP AuthZ-Consent event: the decision about `patient`'s data held by another
@@ -259,14 +254,18 @@ impl Gate {
         if who.principal.role != renkei_consent::Role::Facility {
             return Ok(None);
         }
-        let Some(row) = tx.current(res_type, id)? else {
+        // The current row (also for a vread), its patient and its deciding Consent: one
+        // statement.
+        let Some(decision) =
+            tx.deciding_consent(DecidedRow::Current { res_type, id }, visibility)?
+        else {
             return Ok(None);
         };
-        let foreign = row.custodian.as_deref() != Some(who.principal.facility.as_str());
-        let Some(patient) = row.patient_id.clone().filter(|_| foreign) else {
+        let foreign = decision.custodian.as_deref() != Some(who.principal.facility.as_str());
+        let Some(patient) = decision.patient_id.filter(|_| foreign) else {
             return Ok(None);
         };
-        let decider = self.decider(who, tx, row.rid, visibility, granted)?;
+        let decider = self.decider(who, granted, || Ok(decision.consent_ref))?;
         let builder = self.consent_event(
             who,
             &patient,
@@ -303,10 +302,14 @@ impl Gate {
         first_row
             .iter()
             .map(|(patient, row)| {
-                let decider = match row.decided_by() {
-                    Some(consent) if !who.principal.break_glass => self.decider_name(consent),
-                    _ => self.decider(who, tx, row.rid, visibility, true)?,
-                };
+                // The page's query names it for the rows of a search's one patient; other
+                // rows take one lookup per patient.
+                let decider = self.decider(who, true, || match row.decided_by() {
+                    Some(consent) => Ok(consent.map(str::to_string)),
+                    None => Ok(tx
+                        .deciding_consent(DecidedRow::Rid(row.rid), visibility)?
+                        .and_then(|decision| decision.consent_ref)),
+                })?;
                 Ok(to_row(
                     &self.consent_event(who, patient, None, decider, true),
                     &[],

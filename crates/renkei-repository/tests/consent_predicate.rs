@@ -282,8 +282,11 @@ fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
             // what the row alone says.
             for row in page.matches.iter().filter(|r| r.decided_by().is_some()) {
                 let alone = repo
-                    .read_tx(|tx| Ok(tx.deciding_consent(row.rid, who)?))
-                    .unwrap();
+                    .read_tx(|tx| {
+                        Ok(tx.deciding_consent(renkei_store::DecidedRow::Rid(row.rid), who)?)
+                    })
+                    .unwrap()
+                    .and_then(|decision| decision.consent_ref);
                 assert_eq!(
                     row.decided_by(),
                     Some(alone.as_deref()),

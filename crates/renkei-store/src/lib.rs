@@ -31,7 +31,7 @@ pub use resources::{
 pub use search::{page_sql, SearchPage, SearchRow, MAX_SORT_KEYS};
 pub use sql::{Bind, Sql};
 pub use url::DatabaseUrl;
-pub use visibility::{Visibility, PRIVACY_TAG_SYSTEM};
+pub use visibility::{DecidedRow, Decision, Visibility, PRIVACY_TAG_SYSTEM};
 
 /// Administrative helpers for PostgreSQL databases (used by tests and operators).
 pub mod admin {

@@ -60,8 +60,8 @@ pub struct SearchRow {
 impl SearchRow {
     /// For a facility's row of the search's focus patient held by another facility, what
     /// decided its consent, found by the page's own query
-    /// ([`Visibility::push_focus_decider`]), in the terms of [`Tx::deciding_consent`]:
-    /// `Some(Some(consent))` or `Some(None)` for the implicit policy. `None` when the page
+    /// ([`Visibility::push_focus_decider`]), as [`crate::Decision::consent_ref`] would say it:
+    /// `Some(Some(consent))`, or `Some(None)` for the implicit policy. `None` when the page
     /// did not decide it (any other row, or rules that depend on the resource); ask
     /// [`Tx::deciding_consent`] then.
     pub fn decided_by(&self) -> Option<Option<&str>> {

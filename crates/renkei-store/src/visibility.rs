@@ -443,36 +443,58 @@ impl crate::Tx<'_> {
     }
 }
 
-#[derive(diesel::QueryableByName)]
-struct Decider {
+/// The resource row a consent decision is about.
+#[derive(Debug, Clone, Copy)]
+pub enum DecidedRow<'a> {
+    /// A row by its key (a search or history row).
+    Rid(i64),
+    /// The current row of a resource (a single read, whichever version it asked for).
+    Current { res_type: &'a str, id: &'a str },
+}
+
+/// A resource row's patient and custodian, and the Consent that decides whether a facility
+/// requester may see it: a matching deny rule first (it wins), else a matching permit rule.
+/// `consent_ref` is `None` when no rule applies (the implicit policy or ownership decided).
+#[derive(Debug, diesel::QueryableByName)]
+pub struct Decision {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    consent_ref: Option<String>,
+    pub patient_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub custodian: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub consent_ref: Option<String>,
 }
 
 impl crate::Tx<'_> {
-    /// The Consent that decides whether this facility requester may see resource `rid`: a
-    /// matching deny rule first (it wins), else a matching permit rule. `None` when no rule
-    /// applies (the implicit policy or ownership decided). For the AuthZ-Consent audit.
+    /// What decides whether this facility requester may see `row`, for the AuthZ-Consent
+    /// audit, found with the row in one statement. `None` when the row does not exist or the
+    /// requester is not a facility.
     pub fn deciding_consent(
         &mut self,
-        rid: i64,
+        row: DecidedRow<'_>,
         visibility: &Visibility,
-    ) -> Result<Option<String>, crate::StoreError> {
+    ) -> Result<Option<Decision>, crate::StoreError> {
         let Some(args) = visibility.facility_args() else {
             return Ok(None);
         };
-        // One statement: the rules of the row's person (its patient record and every record
-        // linked to it), deny first.
-        let mut sql = Sql::new("SELECT (SELECT p.consent_ref FROM ");
+        // The rules of the row's person (its patient record and every record linked to it),
+        // deny first.
+        let mut sql = Sql::new("SELECT r.patient_id, r.custodian, (SELECT p.consent_ref FROM ");
         push_person_rules(&mut sql, "p", PersonOf::Row("r"));
         sql.push(" WHERE ");
         push_match(&mut sql, "p", "r", &args);
-        sql.push(" ORDER BY p.permit ASC LIMIT 1) AS consent_ref FROM resources r WHERE r.rid = ")
-            .bind(Bind::Int(rid));
-        Ok(self
-            .load::<Decider>(&sql)?
-            .into_iter()
-            .next()
-            .and_then(|d| d.consent_ref))
+        sql.push(" ORDER BY p.permit ASC LIMIT 1) AS consent_ref FROM resources r WHERE ");
+        match row {
+            DecidedRow::Rid(rid) => {
+                sql.push("r.rid = ").bind(Bind::Int(rid));
+            }
+            DecidedRow::Current { res_type, id } => {
+                sql.push("r.res_type = ")
+                    .bind(Bind::Text(res_type.to_string()))
+                    .push(" AND r.res_id = ")
+                    .bind(Bind::Text(id.to_string()));
+            }
+        }
+        Ok(self.load::<Decision>(&sql)?.into_iter().next())
     }
 }
