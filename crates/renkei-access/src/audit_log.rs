@@ -6,7 +6,9 @@
 
 use crate::audit_journal::{journal_path, read_journal, Journal};
 use renkei_audit::{record_hash, AuditOutcome, EventBuilder};
-use renkei_store::{AuditBody, NewAuditEvent, Store, StoreError, Tx};
+use renkei_store::{
+    AuditBody, AuditHead, Backend, NewAuditEvent, Store, StoreError, Tx, WriterSession,
+};
 use serde_json::Value;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -228,18 +230,47 @@ fn answer(batch: Vec<Pending>, outcome: &Result<(), String>) {
     }
 }
 
-/// PostgreSQL: each group is one transaction on the trail.
+/// PostgreSQL: each group is appended to the trail directly, in one statement while this
+/// writer's idea of the chain's head holds (see [`append_after_known_head`]).
 fn direct_writer(store: &Store, receiver: &Receiver<Pending>) {
     let mut session = store.writer_session();
+    let mut head: Option<AuditHead> = None;
     while let Some(batch) = next_batch(receiver) {
         let events: Vec<NewAuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
-        let result: Result<(), StoreError> = session.write(|tx| append(tx, &events));
+        let result: Result<(), StoreError> = match store.backend() {
+            Backend::Postgres => append_after_known_head(&mut session, &mut head, &events),
+            Backend::Sqlite => session.write(|tx| append(tx, &events)),
+        };
         let outcome = result.map_err(|e| {
             tracing::error!(error = %e, "audit append failed");
             e.to_string()
         });
         answer(batch, &outcome);
     }
+}
+
+/// Appends a group after the head this writer last saw, one round trip when no other writer
+/// (a write's own AuditEvent, another process) appended since. Otherwise it reads the head
+/// again and retries, and after a few lost races takes the head's lock in a transaction.
+fn append_after_known_head(
+    session: &mut WriterSession,
+    head: &mut Option<AuditHead>,
+    events: &[NewAuditEvent],
+) -> Result<(), StoreError> {
+    const ATTEMPTS: usize = 3;
+    for _ in 0..ATTEMPTS {
+        let known = match head.take() {
+            Some(known) => known,
+            None => session.autocommit(|tx| tx.audit_head())?,
+        };
+        if let Some(next) =
+            session.autocommit(|tx| tx.append_audit_after(&known, events, &record_hash))?
+        {
+            *head = Some(next);
+            return Ok(());
+        }
+    }
+    session.write(|tx| append(tx, events))
 }
 
 fn refuse_all(receiver: &Receiver<Pending>, message: &str) {

@@ -40,12 +40,28 @@ pub struct AuditRow {
     pub hash: String,
 }
 
-#[derive(QueryableByName)]
-struct Head {
+/// The last record of the hash chain: the next record's `seq` follows it and its hash is
+/// the next record's `prev_hash`.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct AuditHead {
     #[diesel(sql_type = BigInt)]
-    seq: i64,
+    pub seq: i64,
     #[diesel(sql_type = Text)]
-    hash: String,
+    pub hash: String,
+}
+
+/// `UPDATE audit_head` to `head`, only if it is still at `expected` when one is given.
+fn head_update(head: &AuditHead, expected: Option<&AuditHead>) -> Sql {
+    let mut update = Sql::new("UPDATE audit_head SET seq = ");
+    update
+        .bind(Bind::Int(head.seq))
+        .push(", hash = ")
+        .bind(Bind::Text(head.hash.clone()))
+        .push(" WHERE id = 1");
+    if let Some(expected) = expected {
+        update.push(" AND seq = ").bind(Bind::Int(expected.seq));
+    }
+    update
 }
 
 /// Filters of an audit search; every field narrows (AND).
@@ -81,7 +97,114 @@ pub struct AuditBody {
     pub body: String,
 }
 
+/// A record hash from (seq, recorded, previous hash, body).
+pub type RecordHash<'a> = &'a dyn Fn(i64, i64, &str, &str) -> String;
+
+/// Most events per multi-row INSERT: 40 rows × 15 binds stays under every bind limit.
+const EVENTS_PER_INSERT: usize = 40;
+
+/// The statements that append `events` after `head` (advanced to their last record): per chunk
+/// one multi-row INSERT of the events and one of their references. With a `guard` (the name
+/// of a `WITH` query), each inserts only if that query returned a row.
+fn chained_inserts(
+    head: &mut AuditHead,
+    events: &[NewAuditEvent],
+    hash: RecordHash<'_>,
+    guard: Option<&str>,
+) -> Vec<Sql> {
+    let open = |columns: &str| {
+        Sql::new(&match guard {
+            Some(_) => format!("INSERT INTO {columns} SELECT * FROM (VALUES "),
+            None => format!("INSERT INTO {columns} VALUES "),
+        })
+    };
+    let close = |sql: &mut Sql| {
+        if let Some(guard) = guard {
+            sql.push(&format!(") v WHERE EXISTS (SELECT 1 FROM {guard})"));
+        }
+    };
+    let mut statements = Vec::new();
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let mut insert = open("audit_events (seq, event_id, recorded, request_id, type_code, subtype, action, outcome, agent_client, agent_org, agent_user, purpose, body, prev_hash, hash)");
+        let mut ref_rows: Vec<(i64, &str, &str)> = Vec::new();
+        for (i, event) in chunk.iter().enumerate() {
+            let seq = head.seq + 1;
+            let record_hash = hash(seq, event.recorded, &head.hash, &event.body);
+            insert.push_row(
+                i == 0,
+                [
+                    Bind::Int(seq),
+                    Bind::Text(event.event_id.clone()),
+                    Bind::Int(event.recorded),
+                    Bind::Text(event.request_id.clone()),
+                    Bind::Text(event.type_code.clone()),
+                    Bind::Text(event.subtype.clone()),
+                    Bind::Text(event.action.clone()),
+                    Bind::Text(event.outcome.clone()),
+                    Bind::OptText(event.agent_client.clone()),
+                    Bind::OptText(event.agent_org.clone()),
+                    Bind::OptText(event.agent_user.clone()),
+                    Bind::OptText(event.purpose.clone()),
+                    Bind::Text(event.body.clone()),
+                    Bind::Text(std::mem::take(&mut head.hash)),
+                    Bind::Text(record_hash.clone()),
+                ],
+            );
+            // One row per (kind, ref) of an event: the key of the reference table.
+            let mut seen = std::collections::HashSet::new();
+            for (kind, reference) in &event.refs {
+                if seen.insert((kind, reference)) {
+                    ref_rows.push((seq, kind, reference));
+                }
+            }
+            *head = AuditHead {
+                seq,
+                hash: record_hash,
+            };
+        }
+        close(&mut insert);
+        statements.push(insert);
+        for rows in ref_rows.chunks(1000) {
+            let mut refs = open("audit_refs (seq, kind, ref)");
+            for (i, (seq, kind, reference)) in rows.iter().enumerate() {
+                refs.push_row(
+                    i == 0,
+                    [
+                        Bind::Int(*seq),
+                        Bind::Text((*kind).to_string()),
+                        Bind::Text((*reference).to_string()),
+                    ],
+                );
+            }
+            close(&mut refs);
+            statements.push(refs);
+        }
+    }
+    statements
+}
+
 impl Tx<'_> {
+    /// The chain head: the last appended record.
+    pub fn audit_head(&mut self) -> Result<AuditHead, StoreError> {
+        self.head_row("")
+    }
+
+    /// The chain head, locked for the rest of the transaction (where the backend has row
+    /// locks; SQLite's IMMEDIATE transaction already excludes other writers).
+    fn locked_audit_head(&mut self) -> Result<AuditHead, StoreError> {
+        let lock = self.for_update();
+        self.head_row(lock)
+    }
+
+    fn head_row(&mut self, lock: &str) -> Result<AuditHead, StoreError> {
+        let mut sql = Sql::new("SELECT seq, hash FROM audit_head WHERE id = 1");
+        sql.push(lock);
+        self.load::<AuditHead>(&sql)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Unavailable("audit head row is missing".into()))
+    }
+
     /// Appends events to the chain inside the current transaction. `hash` computes a record's
     /// hash from (seq, recorded, previous hash, body). The head row is locked for the rest of
     /// the transaction, so appends from concurrent transactions serialize and the chain stays
@@ -89,86 +212,57 @@ impl Tx<'_> {
     pub fn append_audit(
         &mut self,
         events: &[NewAuditEvent],
-        hash: &dyn Fn(i64, i64, &str, &str) -> String,
+        hash: RecordHash<'_>,
     ) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut head_sql = Sql::new("SELECT seq, hash FROM audit_head WHERE id = 1");
-        let lock = self.for_update();
-        head_sql.push(lock);
-        let head = self
-            .load::<Head>(&head_sql)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Unavailable("audit head row is missing".into()))?;
-        let (mut seq, mut prev) = (head.seq, head.hash);
-        // One multi-row INSERT per table and chunk: a group commit of many events costs a few
-        // statements, not several per event. 40 rows × 15 binds stays under every bind limit.
-        for chunk in events.chunks(40) {
-            let mut insert = Sql::new(
-                "INSERT INTO audit_events (seq, event_id, recorded, request_id, type_code, subtype, action, outcome, agent_client, agent_org, agent_user, purpose, body, prev_hash, hash) VALUES ",
-            );
-            let mut ref_rows: Vec<(i64, &str, &str)> = Vec::new();
-            for (i, event) in chunk.iter().enumerate() {
-                seq += 1;
-                let record_hash = hash(seq, event.recorded, &prev, &event.body);
-                insert.push_row(
-                    i == 0,
-                    [
-                        Bind::Int(seq),
-                        Bind::Text(event.event_id.clone()),
-                        Bind::Int(event.recorded),
-                        Bind::Text(event.request_id.clone()),
-                        Bind::Text(event.type_code.clone()),
-                        Bind::Text(event.subtype.clone()),
-                        Bind::Text(event.action.clone()),
-                        Bind::Text(event.outcome.clone()),
-                        Bind::OptText(event.agent_client.clone()),
-                        Bind::OptText(event.agent_org.clone()),
-                        Bind::OptText(event.agent_user.clone()),
-                        Bind::OptText(event.purpose.clone()),
-                        Bind::Text(event.body.clone()),
-                        Bind::Text(prev.clone()),
-                        Bind::Text(record_hash.clone()),
-                    ],
-                );
-                // One row per (kind, ref) of an event: the key of the reference table.
-                let mut seen = std::collections::HashSet::new();
-                for (kind, reference) in &event.refs {
-                    if seen.insert((kind, reference)) {
-                        ref_rows.push((seq, kind, reference));
-                    }
-                }
-                prev = record_hash;
-            }
-            // The chunk's events, their references and the head that now points at its last
-            // record: one round trip on PostgreSQL.
-            let mut statements = vec![insert];
-            for rows in ref_rows.chunks(1000) {
-                let mut refs = Sql::new("INSERT INTO audit_refs (seq, kind, ref) VALUES ");
-                for (i, (seq, kind, reference)) in rows.iter().enumerate() {
-                    refs.push_row(
-                        i == 0,
-                        [
-                            Bind::Int(*seq),
-                            Bind::Text((*kind).to_string()),
-                            Bind::Text((*reference).to_string()),
-                        ],
-                    );
-                }
-                statements.push(refs);
-            }
-            let mut update = Sql::new("UPDATE audit_head SET seq = ");
-            update
-                .bind(Bind::Int(seq))
-                .push(", hash = ")
-                .bind(Bind::Text(prev.clone()))
-                .push(" WHERE id = 1");
-            statements.push(update);
+        let mut head = self.locked_audit_head()?;
+        // A group commit of many events costs a few statements, not several per event; on
+        // PostgreSQL each chunk's events, their references and the head that now points at
+        // its last record travel as one statement.
+        for chunk in events.chunks(EVENTS_PER_INSERT) {
+            let mut statements = chained_inserts(&mut head, chunk, hash, None);
+            statements.push(head_update(&head, None));
             self.execute_together(&statements)?;
         }
         Ok(())
+    }
+
+    /// PostgreSQL, outside a transaction: appends `events` after `head` in one statement that
+    /// commits on its own, provided the chain still ends at `head`; the new head then, or
+    /// `None` (nothing written) when another writer appended meanwhile. One round trip where
+    /// [`Tx::append_audit`] takes four (begin, lock the head, append, commit).
+    pub fn append_audit_after(
+        &mut self,
+        head: &AuditHead,
+        events: &[NewAuditEvent],
+        hash: RecordHash<'_>,
+    ) -> Result<Option<AuditHead>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Moved {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        if self.backend() != crate::Backend::Postgres {
+            // SQLite has no data-modifying `WITH`; its writers append under the write lock.
+            return Err(StoreError::Unavailable(
+                "appending after a known audit head needs PostgreSQL".into(),
+            ));
+        }
+        let mut next = head.clone();
+        let inserts = chained_inserts(&mut next, events, hash, Some("h"));
+        // The head moves only if it is still where this writer last saw it; a concurrent
+        // append holds its row lock until it commits, and the re-check then fails.
+        let mut sql = Sql::new("WITH h AS (");
+        sql.push_sql(&head_update(&next, Some(head)))
+            .push(" RETURNING seq)");
+        for (n, insert) in inserts.iter().enumerate() {
+            sql.push(&format!(", s{n} AS (")).push_sql(insert).push(")");
+        }
+        sql.push(" SELECT CAST(COUNT(*) AS BIGINT) AS n FROM h");
+        let moved = self.load::<Moved>(&sql)?.first().map_or(0, |m| m.n);
+        Ok((moved == 1).then_some(next))
     }
 
     /// Which of `event_ids` the trail already holds (a journal replayed twice appends nothing
@@ -199,16 +293,6 @@ impl Tx<'_> {
             present.extend(self.load::<Present>(&sql)?.into_iter().map(|p| p.event_id));
         }
         Ok(present)
-    }
-
-    /// The chain head: (seq, hash) of the last appended record.
-    pub fn audit_head(&mut self) -> Result<(i64, String), StoreError> {
-        let head = self
-            .load::<Head>(&Sql::new("SELECT seq, hash FROM audit_head WHERE id = 1"))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Unavailable("audit head row is missing".into()))?;
-        Ok((head.seq, head.hash))
     }
 
     /// Records in seq order starting after `after_seq`, at most `limit` (for verify/export).

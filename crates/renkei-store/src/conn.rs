@@ -575,6 +575,28 @@ impl WriterSession {
         }
         result
     }
+
+    /// Runs `work` on the session's connection outside any transaction: each statement
+    /// commits on its own. For a single statement that must not pay for `BEGIN` and `COMMIT`
+    /// round trips ([`Tx::append_audit_after`]).
+    pub fn autocommit<T, E>(
+        &mut self,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.store.connection()?,
+        };
+        let result = work(&mut Tx { conn: &mut conn });
+        // A failed statement may have lost the connection; the next call opens another.
+        if result.is_ok() {
+            self.conn = Some(conn);
+        }
+        result
+    }
 }
 
 fn run_migrations<C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<(), StoreError>

@@ -18,7 +18,7 @@ mod sql;
 mod url;
 mod visibility;
 
-pub use audit::{AuditBody, AuditQuery, AuditRow, NewAuditEvent};
+pub use audit::{AuditBody, AuditHead, AuditQuery, AuditRow, NewAuditEvent, RecordHash};
 pub use clients::{ClientRow, ServerKeyRow};
 pub use conn::{Backend, Store, StoreOptions, Tx, WriterSession};
 pub use consent::ConsentRuleRow;

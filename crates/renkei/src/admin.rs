@@ -187,6 +187,7 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
     let backlog = journal_backlog(store)?.len();
     let head = store
         .read(|tx| tx.audit_head())
+        .map(|head| (head.seq, head.hash))
         .map_err(|e| e.to_string())?;
     let mut records: Vec<ChainRecord> = Vec::new();
     let mut after = 0;
