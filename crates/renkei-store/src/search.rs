@@ -715,19 +715,31 @@ fn selectivity_rank(filter: &Filter) -> u8 {
         Filter::Id(_) => 0,
         Filter::Reference { .. } | Filter::Compartment { .. } => 1,
         Filter::Token { param, not, .. } if !*not && param.ends_with("identifier") => 1,
-        Filter::String { .. } => 2,
-        Filter::Chain { .. } | Filter::Has { .. } => 3,
+        Filter::Date { values, .. } if is_within_a_day(values) => 2,
+        Filter::String { .. } => 3,
+        Filter::Chain { .. } | Filter::Has { .. } => 4,
         Filter::Token { not: false, .. }
         | Filter::TokenText { .. }
         | Filter::TokenIn { .. }
         | Filter::Composite { .. }
-        | Filter::Uri { .. } => 4,
+        | Filter::Uri { .. } => 5,
         Filter::Date { .. }
         | Filter::Quantity { .. }
         | Filter::Number { .. }
-        | Filter::LastUpdated(_) => 5,
-        Filter::Token { not: true, .. } | Filter::Missing { .. } => 6,
+        | Filter::LastUpdated(_) => 6,
+        Filter::Token { not: true, .. } | Filter::Missing { .. } => 7,
     }
+}
+
+/// Whether every value of a date filter asks for a period of a day or less (`birthdate=
+/// 1947-11-21`): its index range holds a day's rows, fewer than a common family name's (at
+/// 10,000 patients, `family=山崎` listed 294 candidates for one matching birth date).
+fn is_within_a_day(values: &[DateValue]) -> bool {
+    const DAY_MS: i64 = 86_400_000;
+    !values.is_empty()
+        && values
+            .iter()
+            .all(|v| v.prefix == Prefix::Eq && v.high - v.low < DAY_MS)
 }
 
 /// Whether the filter's SQL is one index-table subquery (`open_index_subquery`).
@@ -1518,6 +1530,38 @@ mod tests {
         .render(true);
         assert!(pg.ends_with("ORDER BY v.rid + 0 ASC LIMIT 51"), "{pg}");
         assert_eq!(sql.render(true).matches('$').count(), sql.binds().len());
+    }
+
+    #[test]
+    fn a_birth_date_lists_the_candidates_before_a_family_name() {
+        let driver = |query: &[(&str, &str)]| {
+            let text = page_sql(
+                &plan("Patient", query),
+                &Visibility::Unrestricted,
+                Backend::Sqlite,
+            )
+            .render(false);
+            let start = text.find("r.rid IN (SELECT x1.rid FROM ").unwrap_or(0);
+            text[start..]
+                .split_whitespace()
+                .nth(5)
+                .unwrap_or_default()
+                .to_string()
+        };
+        // A day's births are fewer than the bearers of a common family name.
+        assert_eq!(
+            driver(&[("family", "山崎"), ("birthdate", "1947-11-21")]),
+            "idx_date"
+        );
+        // A wider or open period is not: the name stays first.
+        assert_eq!(
+            driver(&[("family", "山崎"), ("birthdate", "1947-11")]),
+            "idx_string"
+        );
+        assert_eq!(
+            driver(&[("family", "山崎"), ("birthdate", "ge1947-11-21")]),
+            "idx_string"
+        );
     }
 
     #[test]
