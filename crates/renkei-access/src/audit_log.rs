@@ -14,7 +14,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Most events flushed together.
+/// Most events flushed together (on PostgreSQL in one statement, which bounds its binds: see
+/// `Tx::append_audit_after`).
 const MAX_BATCH: usize = 256;
 /// Most journaled events the ingester appends to the trail in one transaction.
 const MAX_INGEST: usize = 4096;

@@ -756,12 +756,11 @@ impl Gate {
                         // 404, 410 or 403 exactly as reading the owner would.
                         let found =
                             renkei_repository::read_visible(tx, owner.0, owner.1, &visibility);
-                        if let Err(error) = found {
-                            let denied = Err(error);
+                        if found.is_err() {
                             let decision =
-                                self.single_read_decision(who, tx, owner, &denied, &visibility)?;
+                                self.single_read_decision(who, tx, owner, &found, &visibility)?;
                             return Ok((
-                                denied.map(|_| SearchPage::default()),
+                                found.map(|_| SearchPage::default()),
                                 decision.into_iter().collect(),
                             ));
                         }

@@ -232,7 +232,10 @@ impl Tx<'_> {
     /// PostgreSQL, outside a transaction: appends `events` after `head` in one statement that
     /// commits on its own, provided the chain still ends at `head`; the new head then, or
     /// `None` (nothing written) when another writer appended meanwhile. One round trip where
-    /// [`Tx::append_audit`] takes four (begin, lock the head, append, commit).
+    /// [`Tx::append_audit`] takes four (begin, lock the head, append, commit). All of the
+    /// group's rows travel in that one statement, about 25 binds per event against
+    /// PostgreSQL's limit of 65,535: groups of a few hundred events (the audit writer sends
+    /// at most 256), not thousands.
     pub fn append_audit_after(
         &mut self,
         head: &AuditHead,
