@@ -140,7 +140,7 @@ pub fn visible_linked_records(
         let Some(row) = tx.current("Patient", &member)? else {
             continue;
         };
-        if !row.deleted && tx.is_visible(row.rid, visibility)? {
+        if !row.deleted && tx.is_visible(&row, visibility)? {
             visible.push(member);
         }
     }

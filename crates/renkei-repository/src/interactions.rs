@@ -475,7 +475,7 @@ fn check_visible(
     row: &ResourceRow,
     visibility: &Visibility,
 ) -> Result<(), RepoError> {
-    if tx.is_visible(row.rid, visibility)? {
+    if tx.is_visible(row, visibility)? {
         return Ok(());
     }
     if let (Visibility::Facility { organization, .. }, Some(patient)) =

@@ -266,6 +266,26 @@ impl Visibility {
         }
     }
 
+    /// What the predicate answers for a row whose custodian and patient are known, when those
+    /// two columns alone settle it: every row for internal work, none for roles without
+    /// clinical access, and for a facility its own rows and rows about no patient (the first
+    /// two alternatives of [`Visibility::push_predicate_focused`]). `None` when the answer
+    /// depends on consent or privacy tags and only the query can give it.
+    pub fn settled_by_row(
+        &self,
+        custodian: Option<&str>,
+        patient_id: Option<&str>,
+    ) -> Option<bool> {
+        match self {
+            Visibility::Unrestricted => Some(true),
+            Visibility::Nothing => Some(false),
+            Visibility::Patient { .. } => None,
+            Visibility::Facility { organization, .. } => {
+                (custodian == Some(organization.as_str()) || patient_id.is_none()).then_some(true)
+            }
+        }
+    }
+
     /// Appends ` AND (<predicate>)` for rows aliased `r`.
     pub fn push_predicate(&self, sql: &mut Sql) {
         self.push_predicate_for(sql, "r");
@@ -366,6 +386,47 @@ impl Visibility {
 mod tests {
     use super::*;
 
+    fn facility(organization: &str) -> Visibility {
+        Visibility::Facility {
+            organization: organization.into(),
+            practitioner: None,
+            purpose: "TREAT".into(),
+            now_ms: 5,
+            break_glass: false,
+            deny_holds_on_break_glass: true,
+            implicit_permit: false,
+        }
+    }
+
+    #[test]
+    fn only_a_rows_own_columns_settle_it_without_a_statement() {
+        let clinic = facility("Organization/a");
+        let own = clinic.settled_by_row(Some("Organization/a"), Some("p1"));
+        let no_patient = clinic.settled_by_row(Some("Organization/b"), None);
+        let foreign = clinic.settled_by_row(Some("Organization/b"), Some("p1"));
+        let unowned = clinic.settled_by_row(None, Some("p1"));
+        assert_eq!(
+            (own, no_patient, foreign, unowned),
+            (Some(true), Some(true), None, None)
+        );
+        let patient = Visibility::Patient {
+            patient_id: "p1".into(),
+        };
+        // A patient's own records may still carry a privacy tag the query must check.
+        assert_eq!(
+            patient.settled_by_row(Some("Organization/a"), Some("p1")),
+            None
+        );
+        assert_eq!(
+            Visibility::Nothing.settled_by_row(Some("Organization/a"), None),
+            Some(false)
+        );
+        assert_eq!(
+            Visibility::Unrestricted.settled_by_row(None, Some("p1")),
+            Some(true)
+        );
+    }
+
     #[test]
     fn unrestricted_adds_nothing_and_nothing_adds_false() {
         let mut sql = Sql::new("SELECT 1 FROM resources r WHERE 1 = 1");
@@ -378,16 +439,7 @@ mod tests {
     #[test]
     fn facility_predicate_binds_its_values() {
         let mut sql = Sql::new("");
-        Visibility::Facility {
-            organization: "Organization/a".into(),
-            practitioner: None,
-            purpose: "TREAT".into(),
-            now_ms: 5,
-            break_glass: false,
-            deny_holds_on_break_glass: true,
-            implicit_permit: false,
-        }
-        .push_predicate(&mut sql);
+        facility("Organization/a").push_predicate(&mut sql);
         let text = sql.render(false);
         assert!(text.contains("r.custodian = ?"));
         assert!(text.contains("c.permit = ?"));
@@ -409,17 +461,22 @@ struct Found {
 }
 
 impl crate::Tx<'_> {
-    /// Whether the requester may see resource row `rid` (the same predicate searches use).
+    /// Whether the requester may see `row`, read in this transaction (the same predicate
+    /// searches use). A facility's own rows need no statement: reading one's own data by id
+    /// is the most common request, and on PostgreSQL the predicate's statement alone took
+    /// about 150 µs of server time, mostly setting up its plan.
     pub fn is_visible(
         &mut self,
-        rid: i64,
+        row: &crate::ResourceRow,
         visibility: &Visibility,
     ) -> Result<bool, crate::StoreError> {
-        if *visibility == Visibility::Unrestricted {
-            return Ok(true);
+        if let Some(settled) =
+            visibility.settled_by_row(row.custodian.as_deref(), row.patient_id.as_deref())
+        {
+            return Ok(settled);
         }
         let mut sql = Sql::new("SELECT CAST(1 AS BIGINT) AS one FROM resources r WHERE r.rid = ");
-        sql.bind(Bind::Int(rid));
+        sql.bind(Bind::Int(row.rid));
         visibility.push_predicate(&mut sql);
         Ok(!self.load::<Found>(&sql)?.is_empty())
     }
