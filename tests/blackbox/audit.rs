@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 
 /// Minimal base64 (standard alphabet) decoding for `entity.query`.
-fn base64_decode(text: &str) -> Vec<u8> {
+pub(crate) fn base64_decode(text: &str) -> Vec<u8> {
     let value = |c: u8| -> u32 {
         match c {
             b'A'..=b'Z' => u32::from(c - b'A'),

@@ -773,6 +773,39 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
         // The custodian sees both.
         let own = search_refs(&net.as_a(), &format!("Observation?patient={PATIENT}"));
         assert!(own.contains(&tagged) && own.contains(&uninformed));
+        // B searched by the hidden ids too; the patient's "who viewed my record" shows B's
+        // accesses but names neither tagged resource, by entity, query or description.
+        net.as_b()
+            .get(&format!(
+                "Observation?_id={},{}",
+                tail(&tagged),
+                tail(&uninformed)
+            ))
+            .expect(200);
+        let me = s.with_token(&patient);
+        let (entries, _) = me.all_pages(&format!("AuditEvent?patient={PATIENT}&_count=100"));
+        let trail: Vec<Value> = entries.iter().map(|e| e["resource"].clone()).collect();
+        assert!(!trail.is_empty());
+        let text = serde_json::to_string(&trail).unwrap();
+        let decoded: String = trail
+            .iter()
+            .flat_map(|event| event["entity"].as_array().cloned().unwrap_or_default())
+            .filter_map(|entity| entity["query"].as_str().map(str::to_string))
+            .map(|q| String::from_utf8(crate::audit::base64_decode(&q)).unwrap())
+            .collect();
+        for hidden in [&tagged, &uninformed] {
+            assert!(!text.contains(tail(hidden)), "{hidden} named: {text}");
+            assert!(
+                !decoded.contains(tail(hidden)),
+                "{hidden} in a query: {decoded}"
+            );
+            let (found, _) = me.all_pages(&format!("AuditEvent?entity={hidden}"));
+            assert!(found.is_empty(), "{hidden}: {found:?}");
+        }
+        // What the patient may see stays named, and B's accesses are listed.
+        let (found, _) = me.all_pages(&format!("AuditEvent?entity={}", net.labs[0]));
+        assert!(!found.is_empty());
+        assert!(text.contains(ORG_B));
     });
 }
 
@@ -860,4 +893,96 @@ fn auditor_and_admin_see_no_clinical_data() {
             who.get("AuditEvent?_count=1").expect(200);
         }
     });
+}
+
+/// A facility cannot grant itself access, cut off another facility's, or take over records it
+/// does not hold: a Consent needs a patient the writer holds records of, and data no facility
+/// holds (directory and shared identity records stored by the operator's import) is not
+/// changeable by facilities. None of the refusals tells a facility whether hidden data exists.
+#[test]
+fn facilities_cannot_take_over_consent_or_unheld_records() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let as_c = net.as_c();
+        let hidden_lab = net.labs[0].clone();
+        as_c.get(&hidden_lab).expect(404);
+
+        // A Consent from C for A's patient, permitting C: refused, and C still sees nothing.
+        let mut grant = consent_body(&[ORG_C], "active");
+        grant.as_object_mut().unwrap().remove("id");
+        let refused = as_c.post("Consent", &grant).expect(403);
+        assert_no_secret(&refused, "consent for a patient C does not hold");
+        as_c.get(&hidden_lab).expect(404);
+        // A deny from C cannot cut off the consented B either.
+        let mut deny = grant.clone();
+        deny["provision"]["type"] = json!("deny");
+        as_c.post("Consent", &deny).expect(403);
+        net.as_b().get(&hidden_lab).expect(200);
+        // The same refusal for a patient that does not exist: nothing learnt from the status.
+        let mut nobody = grant.clone();
+        nobody["patient"] = json!({"reference": "Patient/no-such-patient"});
+        let missing = as_c.post("Consent", &nobody).expect(403);
+        assert_eq!(missing.outcome(), refused.outcome());
+        // The patient's facility still records consent.
+        net.as_a().post("Consent", &grant).expect(201);
+        net.as_c().get(&hidden_lab).expect(200);
+
+        // Directory and identity data stored by the operator's import (no custodian).
+        let bundle_file = std::env::temp_dir().join(format!(
+            "renkei-unheld-{}.json",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(
+            &bundle_file,
+            serde_json::to_vec(&json!({
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {"resource": {"resourceType": "Organization", "id": "org-directory", "name": "Directory Org"},
+                     "request": {"method": "PUT", "url": "Organization/org-directory"}},
+                    {"resource": {"resourceType": "Patient", "id": "pat-shared", "name": [{"family": "Shared"}]},
+                     "request": {"method": "PUT", "url": "Patient/pat-shared"}},
+                ],
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        s.cli(&["import", bundle_file.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&bundle_file);
+        // Visible directory data: 403, and the writer does not become its custodian.
+        let patch = json!([{"op": "replace", "path": "/name", "value": "Hijacked"}]);
+        let r = json_patch(&as_c, "Organization/org-directory", &patch);
+        assert_eq!(r.status, 403, "{}", r.body);
+        as_c.put(
+            "Organization/org-directory",
+            &json!({"resourceType": "Organization", "id": "org-directory", "name": "Hijacked"}),
+        )
+        .expect(403);
+        as_c.delete("Organization/org-directory").expect(403);
+        assert_eq!(
+            as_c.read_json("Organization/org-directory")["name"],
+            json!("Directory Org")
+        );
+        // A shared Patient C may not see: 404 like a missing one, for every kind of write.
+        let r = json_patch(&as_c, "Patient/pat-shared", &json!([]));
+        assert_eq!(r.status, 404, "{}", r.body);
+        as_c.delete("Patient/pat-shared").expect(404);
+        let r = json_patch(&as_c, "Patient/no-such-patient", &json!([]));
+        assert_eq!(r.status, 404, "{}", r.body);
+        // Instance history of something hidden answers like a read: 404, as for a missing id.
+        as_c.get("Patient/pat-shared/_history").expect(404);
+        as_c.get("Patient/no-such-patient/_history").expect(404);
+        net.as_b()
+            .get(&format!("{hidden_lab}/_history"))
+            .expect(200);
+    });
+}
+
+fn json_patch(who: &Caller<'_>, path: &str, ops: &Value) -> Resp {
+    who.request(
+        "PATCH",
+        path,
+        &[("Content-Type", "application/json-patch+json")],
+        Some(serde_json::to_vec(ops).expect("serialize")),
+    )
 }

@@ -995,9 +995,12 @@ impl Gate {
         mut query: AuditQuery,
     ) -> Result<Vec<TrailEvent>, AccessError> {
         use renkei_consent::Role;
+        // Patients and facilities see events about their data, but only what they may see of it.
+        let mut redacted_view = None;
         match who.principal.role {
             Role::Auditor | Role::Admin => {}
             Role::Patient => {
+                redacted_view = Some(self.visibility(who));
                 let patient =
                     who.principal.patient.clone().ok_or_else(|| {
                         AccessError::Forbidden("the token names no patient".into())
@@ -1017,6 +1020,7 @@ impl Gate {
                 }
             }
             Role::Facility => {
+                redacted_view = Some(self.visibility(who));
                 query.custodian_any_of = Some(vec![who.principal.facility.clone()]);
             }
         }
@@ -1024,11 +1028,31 @@ impl Gate {
         builder.query = Some("AuditEvent".into());
         // Every access answered before this search is in the trail it reads.
         let result = self.flush_audit().and_then(|()| {
-            let rows = self
-                .repository
-                .read_tx(|tx| Ok(tx.audit_search(&query)?))
-                .map_err(AccessError::from)?;
-            rows.into_iter().map(TrailEvent::render).collect()
+            self.repository
+                .read_tx(|tx| {
+                    let Some(visibility) = &redacted_view else {
+                        return Ok(tx.audit_search(&query)?);
+                    };
+                    // A resource hidden from the requester is unknown to its view: searching
+                    // for its accesses finds nothing, as for a missing one.
+                    for (kind, reference) in &query.refs {
+                        if kind == "entity" && !visible_to(tx, reference, visibility)? {
+                            return Ok(Vec::new());
+                        }
+                    }
+                    Ok(tx.audit_search(&query)?)
+                })
+                .map_err(AccessError::from)?
+                .into_iter()
+                .map(TrailEvent::render)
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|mut events| {
+                    if let Some(visibility) = &redacted_view {
+                        self.repository
+                            .read_tx(|tx| redact_hidden(tx, &mut events, visibility))?;
+                    }
+                    Ok(events)
+                })
         });
         self.audited(builder, result, |_, _| Vec::new())
     }
@@ -1146,4 +1170,42 @@ impl Gate {
             }
         }
     }
+}
+
+/// Whether `reference` (`Type/id`, optionally `/_history/n`) names a resource the requester
+/// may see now. Unknown resources are not visible.
+fn visible_to(
+    tx: &mut Tx<'_>,
+    reference: &str,
+    visibility: &Visibility,
+) -> Result<bool, RepoError> {
+    let base = reference.split("/_history").next().unwrap_or(reference);
+    let Some((res_type, id)) = base.split_once('/') else {
+        return Ok(false);
+    };
+    match tx.current(res_type, id)? {
+        Some(row) => Ok(tx.is_visible(&row, visibility)?),
+        None => Ok(false),
+    }
+}
+
+/// Applies [`renkei_audit::redact_hidden`] to a page of events for a patient or facility
+/// reader, deciding each named resource's visibility once per page.
+fn redact_hidden(
+    tx: &mut Tx<'_>,
+    events: &mut [TrailEvent],
+    visibility: &Visibility,
+) -> Result<(), RepoError> {
+    let mut decided: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    for event in events {
+        renkei_audit::redact_hidden(&mut event.resource, |reference| {
+            if let Some(visible) = decided.get(reference) {
+                return Ok::<bool, RepoError>(*visible);
+            }
+            let visible = visible_to(tx, reference, visibility)?;
+            decided.insert(reference.to_string(), visible);
+            Ok(visible)
+        })?;
+    }
+    Ok(())
 }

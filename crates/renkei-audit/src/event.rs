@@ -378,8 +378,59 @@ fn sanitize(text: &str) -> String {
         .collect()
 }
 
+/// An event as a patient ("who viewed my record") or a facility (accesses to its data) sees
+/// it: who accessed the data, when, what kind and why, but nothing that reader may not see
+/// (another facility's records; UNDELIVERED and UNINFORMED data for the patient, CONSENT.md
+/// rule 10). Entities naming a resource for which `visible` answers false are removed, a query
+/// entity keeps only what it searched (its parameters may name hidden ids), and the outcome
+/// description keeps only its status (the text is written for operators).
+pub fn redact_hidden<E>(
+    event: &mut Value,
+    mut visible: impl FnMut(&str) -> Result<bool, E>,
+) -> Result<(), E> {
+    if let Some(desc) = event.get_mut("outcomeDesc") {
+        let status = desc
+            .as_str()
+            .and_then(|text| text.split(':').next())
+            .unwrap_or_default()
+            .to_string();
+        *desc = Value::String(status);
+    }
+    let Some(entities) = event.get_mut("entity").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    let mut kept = Vec::with_capacity(entities.len());
+    for mut entity in std::mem::take(entities) {
+        let names_a_resource = entity.pointer("/role/code").and_then(Value::as_str) == Some("4");
+        if let (true, Some(reference)) = (
+            names_a_resource,
+            entity.pointer("/what/reference").and_then(Value::as_str),
+        ) {
+            if !visible(reference)? {
+                continue;
+            }
+        }
+        if let Some(query) = entity.get_mut("query") {
+            let engine = base64::engine::general_purpose::STANDARD;
+            let searched = query
+                .as_str()
+                .and_then(|encoded| engine.decode(encoded).ok())
+                .map(|bytes| {
+                    let text = String::from_utf8_lossy(&bytes);
+                    text.split('?').next().unwrap_or_default().to_string()
+                })
+                .unwrap_or_default();
+            *query = Value::String(engine.encode(searched.as_bytes()));
+        }
+        kept.push(entity);
+    }
+    *entities = kept;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -403,6 +454,38 @@ mod tests {
         assert_eq!(entities, Some(3));
         assert_eq!(event["entity"][0]["role"]["code"], "1");
         assert_eq!(event["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+    }
+
+    #[test]
+    fn redaction_drops_hidden_entities_query_parameters_and_descriptions() {
+        let mut builder = EventBuilder::new(Interaction::Search, "req-9", 0);
+        builder.patients.push("Patient/p1".into());
+        builder.resources.push("Observation/seen".into());
+        builder
+            .resources
+            .push("Observation/hidden/_history/3".into());
+        builder.query = Some("Observation?_id=seen,hidden".into());
+        builder.outcome_desc = Some("403: Observation/hidden is held by another facility".into());
+        let mut event = builder.build("e9");
+        let mut asked = Vec::new();
+        redact_hidden(&mut event, |reference| {
+            asked.push(reference.to_string());
+            Ok::<bool, ()>(!reference.contains("hidden"))
+        })
+        .unwrap();
+        assert_eq!(asked, ["Observation/seen", "Observation/hidden/_history/3"]);
+        let text = event.to_string();
+        assert!(!text.contains("hidden"), "{text}");
+        assert!(text.contains("Observation/seen") && text.contains("Patient/p1"));
+        let query = event["entity"]
+            .as_array()
+            .and_then(|entities| entities.iter().find_map(|e| e["query"].as_str()))
+            .unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(query)
+            .unwrap();
+        assert_eq!(decoded, b"Observation");
+        assert_eq!(event["outcomeDesc"], "403");
     }
 
     #[test]

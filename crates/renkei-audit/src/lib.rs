@@ -8,8 +8,8 @@
 mod event;
 
 pub use event::{
-    render_stored, AuditAgent, AuditOutcome, EventBuilder, Interaction, PatientEntity,
-    UnreadableEvent, GATEWAY_NAME,
+    redact_hidden, render_stored, AuditAgent, AuditOutcome, EventBuilder, Interaction,
+    PatientEntity, UnreadableEvent, GATEWAY_NAME,
 };
 
 use sha2::{Digest, Sha256};

@@ -141,21 +141,58 @@ impl Default for WriteContext {
 }
 
 impl WriteContext {
-    /// A facility may change only what it holds; loaders and unowned (directory) data are
-    /// open to every writer.
+    /// A facility may change only what it holds. Data no facility holds (the network's
+    /// directory and shared identity records, stored by trusted loaders) is the operator's:
+    /// a facility that could change it would take it over as its custodian.
     fn check_may_modify(&self, tx: &mut Tx<'_>, row: &ResourceRow) -> Result<(), RepoError> {
-        match (&self.custodian, &row.custodian) {
-            (Some(writer), Some(owner)) if writer != owner => {
+        let Some(writer) = &self.custodian else {
+            return Ok(());
+        };
+        match &row.custodian {
+            Some(owner) if owner == writer => Ok(()),
+            owner => {
                 // A writer who may not even see the resource learns no more than a read
                 // would tell it (404, or 403 consent required), never who holds it.
                 check_visible(tx, row, &self.visibility)?;
-                Err(RepoError::Forbidden(format!(
-                    "{}/{} is held by another facility; only {owner} may change it",
-                    row.res_type, row.res_id
-                )))
+                Err(RepoError::Forbidden(match owner {
+                    Some(owner) => format!(
+                        "{}/{} is held by another facility; only {owner} may change it",
+                        row.res_type, row.res_id
+                    ),
+                    None => format!(
+                        "{}/{} is network directory data that no facility holds; only the \
+                         network operator may change it",
+                        row.res_type, row.res_id
+                    ),
+                }))
             }
-            _ => Ok(()),
         }
+    }
+
+    /// A patient's consent is recorded by a facility that holds records of that patient (the
+    /// patient's facility, CONSENT.md). Any other facility could otherwise grant itself
+    /// access, or cut off others'. Checked before the write, so the Consent being written does
+    /// not count as a record; the answer is the same whether the patient exists or not.
+    fn check_may_record_consent(
+        &self,
+        tx: &mut Tx<'_>,
+        res_type: &str,
+        patient: Option<&str>,
+    ) -> Result<(), RepoError> {
+        let (Some(writer), "Consent") = (&self.custodian, res_type) else {
+            return Ok(());
+        };
+        let holds = match patient {
+            Some(patient) => tx.holds_record_of(writer, patient)?,
+            None => false,
+        };
+        if holds {
+            return Ok(());
+        }
+        Err(RepoError::Forbidden(format!(
+            "{writer} may record consent only for a patient it holds records of \
+             (Consent.patient must name such a patient)"
+        )))
     }
 
     fn custodian_for(&self, resource: &Value) -> Option<String> {
@@ -291,12 +328,14 @@ impl Repository {
         self.store.read(|tx| {
             if let HistoryScope::Instance { res_type, res_id } = &request.scope {
                 check_type(res_type)?;
-                if tx.current(res_type, res_id)?.is_none() {
-                    return Err(RepoError::NotFound {
+                let row = tx
+                    .current(res_type, res_id)?
+                    .ok_or_else(|| RepoError::NotFound {
                         res_type: res_type.clone(),
                         id: res_id.clone(),
-                    });
-                }
+                    })?;
+                // A resource's history answers like a read of it: hidden is missing.
+                check_visible(tx, &row, &request.visibility)?;
             }
             Ok(tx.history(&HistoryQuery {
                 scope: request.scope.clone(),
@@ -556,6 +595,7 @@ fn store_version(
     let (resource, prepared_rows) = prepared.into_parts(res_type);
     let mut stamped = stamp(resource, id, version, last_updated);
     let patient = index::patient_of(res_type, id, &stamped);
+    context.check_may_record_consent(tx, res_type, patient.as_deref())?;
     // The custodian is the facility that first stored the resource; later writers do not
     // take it over.
     let custodian = current
