@@ -228,6 +228,13 @@ fn parse_period(path: &str, period: Option<&Value>) -> Result<Option<Bounds>, Co
     };
     let start = bound("start", fhir_time_start)?;
     let end = bound("end", fhir_time_end)?;
+    // per-1: a period's start is not after its end (compared at their widest: a start
+    // of 2025-03 and an end of 2025-03-10 overlap and are valid).
+    if let (Some(from), Some(to)) = (start, end) {
+        if from > to {
+            return Err(invalid(path, "start is after end (per-1)"));
+        }
+    }
     Ok((start.is_some() || end.is_some()).then_some((start, end)))
 }
 
@@ -340,6 +347,12 @@ fn parse_spec(path: &str, provision: &Value) -> Result<Spec, ConsentError> {
                     format!(
                         "class system {system:?}: only resource types ({RESOURCE_TYPES_SYSTEM})"
                     ),
+                ));
+            }
+            if !renkei_fhir_schema::is_resource_type(&code) {
+                return Err(unsupported(
+                    &p,
+                    format!("class code {code:?} is not an R4 resource type"),
                 ));
             }
             if !types.contains(&code) {

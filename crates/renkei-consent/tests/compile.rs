@@ -295,6 +295,27 @@ fn errors() {
             matches!(e, ConsentError::InvalidProvisionType { .. })
         }),
         (
+            "class code that is no resource type",
+            provision(
+                json!({"type": "permit", "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Foo"}]}),
+            ),
+            |e| matches!(e, ConsentError::Unsupported { path, .. } if path == "Consent.provision.class[0]"),
+        ),
+        (
+            "period starting after it ends (per-1)",
+            provision(
+                json!({"type": "permit", "period": {"start": "2026-01-02", "end": "2026-01-01"}}),
+            ),
+            |e| matches!(e, ConsentError::Invalid { path, .. } if path == "Consent.provision.period"),
+        ),
+        (
+            "data period starting after it ends (per-1)",
+            provision(
+                json!({"type": "permit", "dataPeriod": {"start": "2026-02", "end": "2026-01-31T23:00:00+09:00"}}),
+            ),
+            |e| matches!(e, ConsentError::Invalid { path, .. } if path == "Consent.provision.dataPeriod"),
+        ),
+        (
             "bad nested type",
             provision(json!({"type": "permit", "provision": [{"type": 1}]})),
             |e| matches!(e, ConsentError::InvalidProvisionType { .. }),
@@ -399,7 +420,7 @@ fn errors() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-    assert_eq!(cases.len(), 20);
+    assert_eq!(cases.len(), 23);
 
     // A disclosure action is fine.
     assert!(provision(
