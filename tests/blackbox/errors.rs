@@ -145,6 +145,69 @@ fn invalid_content() {
     });
 }
 
+/// Narrative XHTML sent in JSON is checked like XML input: not well-formed (which once broke
+/// every XML response that included the resource with a 500), not allowed by txt-1, or empty
+/// (txt-2) answers 400 with the element path; nothing is stored and XML searches keep working.
+#[test]
+fn malformed_narrative_is_refused() {
+    for_each_backend(|s| {
+        let xhtml = "http://www.w3.org/1999/xhtml";
+        let organization = |div: String| {
+            json!({
+                "resourceType": "Organization",
+                "text": {"status": "generated", "div": div},
+                "name": "Narrative test"
+            })
+        };
+        for (inner, reason) in [
+            ("<p>x", "not well-formed"),
+            ("a ]]> b", "']]>'"),
+            ("<script>alert(1)</script>x", "<script>"),
+            ("<p onclick=\"alert(1)\">x</p>", "'onclick'"),
+            ("<a href=\"javascript:alert(1)\">x</a>", "'javascript:'"),
+            ("  ", "txt-2"),
+        ] {
+            let body = organization(format!("<div xmlns=\"{xhtml}\">{inner}</div>"));
+            let r = s.post("Organization", &body).expect(400);
+            let o = r.outcome();
+            assert!(
+                expressions(&o).iter().any(|e| e == "Organization.text.div"),
+                "{inner}: expression Organization.text.div expected: {o}"
+            );
+            let d = diagnostics(&o);
+            assert!(
+                d.contains("Organization.text.div") && d.contains(reason),
+                "{inner}: diagnostics should name the path and '{reason}': {d}"
+            );
+        }
+        // The same rule inside a contained resource.
+        let mut contained = organization(format!("<div xmlns=\"{xhtml}\">ok</div>"));
+        contained["contained"] = json!([{
+            "resourceType": "Organization",
+            "id": "c1",
+            "text": {"status": "generated", "div": format!("<div xmlns=\"{xhtml}\"><p>x</div>")}
+        }]);
+        let r = s.post("Organization", &contained).expect(400);
+        assert!(
+            expressions(&r.outcome())
+                .iter()
+                .any(|e| e == "Organization.contained[0].text.div"),
+            "{}",
+            r.body
+        );
+        let (all, _) = s.all_pages("_history");
+        assert!(
+            all.is_empty(),
+            "refused narratives stored something: {all:?}"
+        );
+        // A well-formed narrative with escaped markup is stored and renders as XML as sent.
+        let div = format!("<div xmlns=\"{xhtml}\"><p>a ]]&gt; b &amp; c</p></div>");
+        s.create(&organization(div.clone()));
+        let r = s.get("Organization?_format=xml").expect(200);
+        assert!(r.body.contains(&div), "{}", truncate(&r.body, 2000));
+    });
+}
+
 /// XML that is not well-formed (the root element is never closed) must be refused.
 #[test]
 fn truncated_xml_is_refused() {

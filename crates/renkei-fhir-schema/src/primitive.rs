@@ -270,55 +270,6 @@ pub(crate) fn is_decimal_text(text: &str) -> bool {
     i == b.len()
 }
 
-/// Minimal XHTML check for `Narrative.div`: a `<div` element in the XHTML namespace.
-pub(crate) fn xhtml_problem(s: &str) -> Option<&'static str> {
-    let t = s.trim();
-    if !t.starts_with("<div") {
-        return Some("the narrative must be a single <div> element");
-    }
-    let open_end = t.find('>').unwrap_or(t.len());
-    if !t[..open_end].contains("http://www.w3.org/1999/xhtml") {
-        return Some(
-            "the <div> must declare the XHTML namespace xmlns=\"http://www.w3.org/1999/xhtml\"",
-        );
-    }
-    if !(t.ends_with("</div>") || t[..open_end + usize::from(open_end < t.len())].ends_with("/>")) {
-        return Some("the narrative <div> is not closed");
-    }
-    if !entities_ok(t) {
-        return Some("the XHTML contains an entity reference that is not defined in XML (only &amp; &lt; &gt; &quot; &apos; and numeric character references are allowed)");
-    }
-    None
-}
-
-/// XHTML in FHIR is XML without a DTD: only the five predefined entities and character
-/// references (`&#123;`, `&#x1F;`) are allowed.
-fn entities_ok(s: &str) -> bool {
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        rest = &rest[i + 1..];
-        let Some(end) = rest.find(';') else {
-            return false;
-        };
-        let name = &rest[..end];
-        let ok = match name {
-            "amp" | "lt" | "gt" | "quot" | "apos" => true,
-            _ => match name.strip_prefix('#') {
-                Some(n) => match n.strip_prefix('x').or_else(|| n.strip_prefix('X')) {
-                    Some(h) => !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()),
-                    None => !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()),
-                },
-                None => false,
-            },
-        };
-        if !ok {
-            return false;
-        }
-        rest = &rest[end + 1..];
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,23 +396,5 @@ mod tests {
         assert!(is_string("a\tb\r\n"));
         assert!(!is_string("a\u{0}b"));
         assert!(!is_string(""));
-    }
-
-    #[test]
-    fn xhtml() {
-        assert_eq!(
-            xhtml_problem("<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"),
-            None
-        );
-        assert_eq!(
-            xhtml_problem("<div xmlns=\"http://www.w3.org/1999/xhtml\"/>"),
-            None
-        );
-        assert!(xhtml_problem("<div>x</div>").is_some());
-        let ns = "<div xmlns=\"http://www.w3.org/1999/xhtml\">";
-        assert!(xhtml_problem(&format!("{ns}a &amp; b &#160; &#xA0;</div>")).is_none());
-        assert!(xhtml_problem(&format!("{ns}&reg;</div>")).is_some());
-        assert!(xhtml_problem(&format!("{ns}a & b</div>")).is_some());
-        assert!(xhtml_problem("hello").is_some());
     }
 }

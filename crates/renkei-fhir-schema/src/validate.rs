@@ -4,6 +4,7 @@ use serde_json::{Map, Value};
 
 use crate::model::{model, ElementDef, Kind, Model, Prim, TypeDef};
 use crate::primitive as p;
+use crate::xhtml::{check_xhtml, XhtmlProblemKind};
 
 /// Severity of an [`Issue`] (FHIR `IssueSeverity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +41,8 @@ pub enum IssueCode {
     Required,
     /// A code outside the required value set bound to the element.
     CodeInvalid,
+    /// A constraint of the specification fails (e.g. the narrative rules txt-1 and txt-2).
+    Invariant,
 }
 
 impl IssueCode {
@@ -51,6 +54,7 @@ impl IssueCode {
             IssueCode::Value => "value",
             IssueCode::Required => "required",
             IssueCode::CodeInvalid => "code-invalid",
+            IssueCode::Invariant => "invariant",
         }
     }
 }
@@ -466,8 +470,17 @@ impl Validator {
                     Prim::Base64Binary => p::is_base64(s),
                     Prim::String | Prim::Markdown => p::is_string(s),
                     Prim::Xhtml => {
-                        if let Some(problem) = p::xhtml_problem(s) {
-                            self.issue(IssueCode::Value, format!("invalid xhtml: {problem}"));
+                        if let Err(problem) = check_xhtml(s) {
+                            // The path goes into the diagnostics too: clients often show only
+                            // those, and a Bundle can hold many narratives.
+                            let code = match problem.kind {
+                                XhtmlProblemKind::Malformed => IssueCode::Value,
+                                XhtmlProblemKind::NotAllowed | XhtmlProblemKind::Empty => {
+                                    IssueCode::Invariant
+                                }
+                            };
+                            let message = format!("{}: {problem}", self.path);
+                            self.issue(code, message);
                         }
                         true
                     }

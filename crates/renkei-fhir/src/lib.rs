@@ -149,19 +149,23 @@ fn model_check(value: &Value) -> Result<(), ContentError> {
 }
 
 /// Renders a resource value as FHIR XML.
+///
+/// Narratives are written as stored, never re-parsed by fhirbolt; one stored before narratives
+/// were checked that is not well-formed XHTML becomes a `div` with its string as escaped text,
+/// so it cannot make the whole response (e.g. a search Bundle) fail. See `narrative.rs`.
 pub fn to_xml(value: &Value) -> Result<String, ContentError> {
     let config = DeserializationConfig {
         mode: DeserializationMode::Strict,
     };
-    let owned = value.clone();
+    let mut owned = value.clone();
+    let narratives = narrative::take_divs(&mut owned);
     let result = catch_unwind(AssertUnwindSafe(move || {
         let resource = fhirbolt::json::from_json_value::<Resource>(owned, Some(config))
             .map_err(|e| e.to_string())?;
         fhirbolt::xml::to_string(&resource, None).map_err(|e| e.to_string())
     }));
     match result {
-        // fhirbolt trims the text nodes of narratives; put them back as stored.
-        Ok(Ok(xml)) => Ok(narrative::restore_in_xml(value, xml)),
+        Ok(Ok(xml)) => Ok(narrative::put_back(xml, &narratives)),
         Ok(Err(message)) => Err(ContentError::single(
             IssueCode::Invalid,
             "",
@@ -219,6 +223,142 @@ mod tests {
         assert!(rendered.contains(div), "{rendered}");
         assert!(rendered.contains(">x <i>y</i></div>"), "{rendered}");
         assert_eq!(parse_xml(rendered.as_bytes()).unwrap(), value);
+    }
+
+    const XHTML: &str = "http://www.w3.org/1999/xhtml";
+
+    fn organization_with(div: &str) -> Value {
+        serde_json::json!({
+            "resourceType": "Organization",
+            "text": {"status": "generated", "div": div},
+            "name": "Org"
+        })
+    }
+
+    #[track_caller]
+    fn rejected_narrative(value: &Value, path: &str, reason: &str) {
+        let bytes = serde_json::to_vec(value).unwrap();
+        let err = parse_json(&bytes).unwrap_err();
+        let issue = err
+            .issues
+            .iter()
+            .find(|i| i.expression == path)
+            .unwrap_or_else(|| panic!("no issue at {path}: {err}"));
+        assert!(
+            issue.message.starts_with(&format!("{path}: ")),
+            "{}",
+            issue.message
+        );
+        assert!(issue.message.contains(reason), "{}", issue.message);
+    }
+
+    #[test]
+    fn json_narratives_are_checked() {
+        for (inner, reason) in [
+            ("<p>x</div>", "not well-formed"),
+            ("a ]]> b", "']]>' is not allowed in text"),
+            ("&nbsp;", "not an entity XML defines"),
+            ("<script>alert(1)</script>x", "<script>"),
+            ("<iframe src=\"https://e.org\"></iframe>x", "<iframe>"),
+            ("<p onclick=\"alert(1)\">x</p>", "'onclick'"),
+            ("<a href=\"javascript:alert(1)\">x</a>", "'javascript:'"),
+            (" <p> </p> ", "txt-2"),
+        ] {
+            let div = format!("<div xmlns=\"{XHTML}\">{inner}</div>");
+            rejected_narrative(&organization_with(&div), "Organization.text.div", reason);
+        }
+        rejected_narrative(
+            &organization_with("<p xmlns=\"http://www.w3.org/1999/xhtml\">x</p>"),
+            "Organization.text.div",
+            "single <div>",
+        );
+        // Contained resources and Bundle entries: wherever validation walks.
+        let bad = format!("<div xmlns=\"{XHTML}\"><p>x</div>");
+        let mut contained = organization_with(&format!("<div xmlns=\"{XHTML}\">ok</div>"));
+        contained["contained"] = serde_json::json!([organization_with(&bad)]);
+        contained["contained"][0]["id"] = "c1".into();
+        rejected_narrative(
+            &contained,
+            "Organization.contained[0].text.div",
+            "not well-formed",
+        );
+        let bundle = serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": organization_with(&bad)}]
+        });
+        rejected_narrative(
+            &bundle,
+            "Bundle.entry[0].resource.text.div",
+            "not well-formed",
+        );
+    }
+
+    #[test]
+    fn xml_narratives_are_checked() {
+        for inner in [
+            "<script>alert(1)</script>x",
+            "<p onclick=\"alert(1)\">x</p>",
+            "a ]]> b",
+            " ",
+        ] {
+            let xml = format!(
+                r#"<Organization xmlns="http://hl7.org/fhir"><text><status value="generated"/><div xmlns="{XHTML}">{inner}</div></text></Organization>"#
+            );
+            let err = parse_xml(xml.as_bytes()).unwrap_err();
+            assert!(
+                err.issues
+                    .iter()
+                    .any(|i| i.expression == "Organization.text.div"),
+                "{inner}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn well_formed_narratives_round_trip_through_xml() {
+        let div = format!(
+            "<div xmlns=\"{XHTML}\"><p title=\"a > b ]]> c\">x ]]&gt; y &amp; z &lt;w&gt; &#160;</p>\n  <b>bold</b> tail</div>"
+        );
+        let value = parse_json(&serde_json::to_vec(&organization_with(&div)).unwrap()).unwrap();
+        let xml = to_xml(&value).unwrap();
+        assert!(xml.contains(&div), "{xml}");
+        assert!(!xml.contains("y ]]>"), "{xml}");
+        assert_eq!(parse_xml(xml.as_bytes()).unwrap(), value);
+    }
+
+    #[test]
+    fn stored_malformed_narratives_do_not_break_xml() {
+        // What could be stored before narratives were checked, in a search result.
+        let good = format!("<div xmlns=\"{XHTML}\">fine</div>");
+        let bundle = serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [
+                {"resource": organization_with(&format!("<div xmlns=\"{XHTML}\"><p>x</div>"))},
+                {"resource": organization_with(&format!("<div xmlns=\"{XHTML}\">a ]]> b</div>"))},
+                {"resource": organization_with("not xhtml at all")},
+                {"resource": organization_with(&good)}
+            ]
+        });
+        let xml = to_xml(&bundle).unwrap();
+        prepass::check_xml_depth(xml.as_bytes(), MAX_DEPTH).unwrap();
+        assert!(!xml.contains("]]>"), "{xml}");
+        assert!(
+            xml.contains(&format!(
+                "<div xmlns=\"{XHTML}\">&lt;div xmlns=\"{XHTML}\"&gt;&lt;p&gt;x&lt;/div&gt;</div>"
+            )),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(&format!("<div xmlns=\"{XHTML}\">not xhtml at all</div>")),
+            "{xml}"
+        );
+        assert!(xml.contains(&good), "{xml}");
+        // The XML is a valid FHIR document again: it parses, and the fallbacks are valid
+        // narratives holding the stored strings as text.
+        let back = parse_xml(xml.as_bytes()).unwrap();
+        assert_eq!(back["entry"][3]["resource"]["text"]["div"], good.as_str());
     }
 
     #[test]
