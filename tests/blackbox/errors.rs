@@ -444,3 +444,70 @@ fn routing_errors() {
         assert!(s.stderr_tail().find("panicked").is_none());
     });
 }
+
+/// Requests a conformance tester sends on purpose: malformed URL encoding, an unknown type in
+/// `_type`, a Bundle repeating a fullUrl (bdl-7), and HEAD on the CapabilityStatement.
+#[test]
+fn malformed_requests_answer_400_with_an_outcome() {
+    for_each_backend(|s| {
+        for query in [
+            "Patient?name=%zz",
+            "Patient?name=%ff%fe",
+            "Patient?name=%ED%A0%80",
+            "Patient?na%5=x",
+        ] {
+            let r = s.get(query).expect(400);
+            assert!(
+                diagnostics(&r.outcome()).contains("malformed query"),
+                "{query}: {}",
+                r.body
+            );
+        }
+        let r = s.request(
+            "POST",
+            "Patient/_search",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            Some(b"name=%zz".to_vec()),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        // Well-formed escapes still decode.
+        s.get("Patient?name=%E5%B1%B1%E7%94%B0").expect(200);
+
+        let patient = s
+            .post("Patient", &json!({"resourceType": "Patient"}))
+            .expect(201);
+        let id = patient.json()["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        for path in [
+            format!("Patient/{id}/$everything?_type=Foo"),
+            "?_type=Observation,Foo".to_string(),
+        ] {
+            let r = s.get(&path).expect(400);
+            assert!(
+                diagnostics(&r.outcome()).contains("Foo"),
+                "{path}: {}",
+                r.body
+            );
+        }
+
+        let entry = json!({"fullUrl": "urn:uuid:0b5a2b5e-7f3c-4a36-9b5e-2d1f0f6f8a11",
+                           "resource": {"resourceType": "Patient"},
+                           "request": {"method": "POST", "url": "Patient"}});
+        for kind in ["transaction", "batch"] {
+            let bundle = json!({"resourceType": "Bundle", "type": kind,
+                                "entry": [entry.clone(), entry.clone()]});
+            let r = s.post("", &bundle).expect(400);
+            assert!(
+                diagnostics(&r.outcome()).contains("bdl-7"),
+                "{kind}: {}",
+                r.body
+            );
+        }
+
+        let r = s.request("HEAD", "metadata", &[], None);
+        assert_eq!(r.status, 200);
+        assert!(r.body.is_empty());
+    });
+}

@@ -55,6 +55,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/fhir")
             .route("/metadata", web::get().to(h::metadata))
+            .route("/metadata", web::head().to(h::metadata))
             .route(
                 "/.well-known/smart-configuration",
                 web::get().to(auth::smart_configuration),

@@ -17,7 +17,7 @@ impl RequestCtx {
     /// Reads what every handler needs. On failure the error is rendered in the best format
     /// we can tell (JSON if negotiation itself failed).
     pub fn new(req: &HttpRequest) -> Result<RequestCtx, (ApiError, Format)> {
-        let params = parse_query(req.query_string());
+        let params = parse_query_strict(req.query_string()).map_err(|e| (e, Format::Json))?;
         let format_param = param(&params, "_format");
         let format = negotiate(format_param, req.headers()).map_err(|e| (e, Format::Json))?;
         let pretty = param(&params, "_pretty") == Some("true");
@@ -43,16 +43,31 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A query string or form body, decoded leniently (operator tools, the token endpoint).
 pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    let lenient = |text: &str| Ok::<String, ApiError>(renkei_repository::percent_decode(text));
+    split_query(query, lenient).unwrap_or_default()
+}
+
+/// A client's query string or form body: malformed URL encoding (`%zz`, escapes that are not
+/// UTF-8) answers 400 rather than searching for something the client never meant.
+pub fn parse_query_strict(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    split_query(query, |text| {
+        renkei_repository::percent_decode_strict(text)
+            .map_err(|message| ApiError::bad_request(format!("malformed query: {message}")))
+    })
+}
+
+fn split_query(
+    query: &str,
+    decode: impl Fn(&str) -> Result<String, ApiError>,
+) -> Result<Vec<(String, String)>, ApiError> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (
-                renkei_repository::percent_decode(k),
-                renkei_repository::percent_decode(v),
-            )
+            Ok((decode(k)?, decode(v)?))
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::format::{render_bundle, BundleEntry, EntryResource};
 use crate::handlers::finish;
 use crate::handlers::{blocking, encode};
-use crate::request::{parse_query, read_body, RequestCtx};
+use crate::request::{parse_query, parse_query_strict, read_body, RequestCtx};
 use crate::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -59,6 +59,19 @@ fn check_type(res_type: &str) -> Result<()> {
             res_type.to_string(),
         )))
     }
+}
+
+/// A `_type` value is a parameter, not a path: a name that is no resource type is a bad
+/// request (400), where an unknown type in the path is an unknown endpoint (404).
+fn check_type_param(res_type: &str) -> Result<()> {
+    if renkei_fhir::is_resource_type(res_type) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        format!("_type: '{res_type}' is not a FHIR R4 resource type"),
+    ))
 }
 
 /// Absolute references to this server are searched as the relative references stored.
@@ -305,7 +318,7 @@ pub async fn search_type_post(
                 ));
             }
             match read_body(&req, payload, state.max_body_bytes).await {
-                Ok(body) => params.extend(parse_query(&String::from_utf8_lossy(&body))),
+                Ok(body) => params.extend(parse_query_strict(&String::from_utf8_lossy(&body))?),
                 Err(ApiError::Http { status, .. }) if status == StatusCode::BAD_REQUEST => {}
                 Err(e) => return Err(e),
             }
@@ -340,7 +353,7 @@ pub async fn search_system(req: HttpRequest, state: web::Data<AppState>) -> Http
             None => Vec::new(),
         };
         for t in &types {
-            check_type(t)?;
+            check_type_param(t)?;
         }
         let mut query = Vec::new();
         if let Some(list) = ctx.param("_type") {
@@ -468,6 +481,9 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
             .map(str::to_string)
             .collect(),
     };
+    for t in &types {
+        check_type_param(t)?;
+    }
     types.retain(|t| t == "Patient" || !reg.patient_compartment_params(t).is_empty());
     if !types.iter().any(|t| t == "Patient") && type_param.is_none() {
         types.push("Patient".into());

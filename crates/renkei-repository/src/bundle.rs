@@ -266,6 +266,7 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
     let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
         return Ok(Vec::new());
     };
+    check_full_urls_unique(entries)?;
     entries
         .iter()
         .enumerate()
@@ -307,6 +308,27 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
             })
         })
         .collect()
+}
+
+/// bdl-7: entries share a fullUrl only as different versions of one resource. Two entries
+/// with the same fullUrl would otherwise both claim what references to it resolve to.
+fn check_full_urls_unique(entries: &[Value]) -> Result<(), RepoError> {
+    let mut seen: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) else {
+            continue;
+        };
+        let version = entry
+            .pointer("/resource/meta/versionId")
+            .and_then(Value::as_str);
+        if let Some(first) = seen.insert((full_url, version), index) {
+            return Err(RepoError::BadRequest(format!(
+                "Bundle.entry[{index}].fullUrl '{full_url}' repeats Bundle.entry[{first}].fullUrl; \
+                 fullUrls must be unique in a Bundle (bdl-7)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `W/"3"` or `"3"` into version 3.
@@ -845,6 +867,25 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn repeated_full_urls_are_refused_unless_versions_differ() {
+        let entry = |version: &str| {
+            json!({"fullUrl": "urn:uuid:a",
+                   "resource": {"resourceType": "Patient", "meta": {"versionId": version}},
+                   "request": {"method": "POST", "url": "Patient"}})
+        };
+        let twice = json!({"resourceType": "Bundle", "type": "transaction",
+                           "entry": [entry("1"), entry("1")]});
+        let message = match parse_entries(&twice) {
+            Err(RepoError::BadRequest(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        assert!(message.contains("Bundle.entry[1].fullUrl") && message.contains("bdl-7"));
+        let versions = json!({"resourceType": "Bundle", "type": "batch",
+                              "entry": [entry("1"), entry("2")]});
+        assert!(parse_entries(&versions).is_ok());
+    }
 
     #[test]
     fn bundle_bodies_are_prepared_unless_the_database_must_resolve_them() {

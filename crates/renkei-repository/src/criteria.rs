@@ -109,29 +109,50 @@ impl Criteria {
     }
 }
 
-/// Decodes `%XX` escapes and `+` (form encoding) in a query component.
+/// Decodes `%XX` escapes and `+` (form encoding) in a query component, leniently: a `%` not
+/// followed by two hex digits stays as written, and invalid UTF-8 becomes U+FFFD.
 pub fn percent_decode(text: &str) -> String {
+    String::from_utf8_lossy(&decode_escapes(text, false).unwrap_or_default()).into_owned()
+}
+
+/// Decodes a query component from a client's request, refusing what is not valid URL encoding
+/// of UTF-8 text (a `%` not followed by two hex digits, bytes that are not UTF-8): such a value
+/// cannot be what the client meant to search for.
+pub fn percent_decode_strict(text: &str) -> Result<String, String> {
+    let bytes = decode_escapes(text, true)?;
+    String::from_utf8(bytes).map_err(|_| format!("'{text}' does not decode to UTF-8 text"))
+}
+
+fn decode_escapes(text: &str, strict: bool) -> Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
+            b'%' => {
+                let escaped = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+                match escaped {
+                    Some(b) => {
                         out.push(b);
                         i += 2;
                     }
-                    Err(_) => out.push(b'%'),
+                    None if strict => {
+                        return Err(format!(
+                            "'{text}' has a '%' that is not followed by two hex digits"
+                        ))
+                    }
+                    None => out.push(b'%'),
                 }
             }
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(out)
 }
 
 impl Criteria {

@@ -15,7 +15,7 @@ mod interactions;
 mod meta;
 
 pub use bundle::{no_commit_hook, parse_etag, BundleKind, CommitHook, EntryRequest};
-pub use criteria::{percent_decode, Criteria};
+pub use criteria::{percent_decode, percent_decode_strict, Criteria};
 pub use error::{status_of, RepoError};
 pub use interactions::{
     conditional_delete, conditional_update, create, delete, patch, read, read_visible,
