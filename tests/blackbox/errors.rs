@@ -506,6 +506,17 @@ fn malformed_requests_answer_400_with_an_outcome() {
             );
         }
 
+        // No body and no Content-Type: the body is missing (400), not of the wrong type (415).
+        let r = s.request("POST", "Patient", &[], None);
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            diagnostics(&r.outcome()).contains("needs a body"),
+            "{}",
+            r.body
+        );
+        let r = s.request("POST", "Patient", &[], Some(b"{}".to_vec()));
+        assert_eq!(r.status, 415, "{}", r.body);
+
         let r = s.request("HEAD", "metadata", &[], None);
         assert_eq!(r.status, 200);
         assert!(r.body.is_empty());

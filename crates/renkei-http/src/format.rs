@@ -97,6 +97,17 @@ pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Form
 /// The kind of a request body from its `Content-Type` (415 for anything else).
 pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        let declared_length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+            || declared_length.is_some_and(|length| length > 0);
+        if !has_body {
+            return Err(ApiError::bad_request(
+                "the request needs a body: a FHIR resource as application/fhir+json or application/fhir+xml",
+            ));
+        }
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not-supported",
