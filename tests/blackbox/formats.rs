@@ -229,3 +229,57 @@ fn xml_narrative_whitespace_is_preserved() {
         );
     });
 }
+
+/// XML the model reader used to drop silently (a second resource in one `<contained>`, an empty
+/// `<gender/>`) or answer with Rust internals (an integer overflow) is refused with 400 and an
+/// OperationOutcome naming the element; nothing is stored.
+#[test]
+fn xml_that_would_lose_data_is_refused() {
+    for_each_backend(|s| {
+        let patient =
+            |body: &str| format!(r#"<Patient xmlns="http://hl7.org/fhir">{body}</Patient>"#);
+        for (xml, location, reason) in [
+            (
+                patient(
+                    r#"<contained><Patient><id value="a"/></Patient><Patient><id value="b"/></Patient></contained><active value="true"/>"#,
+                ),
+                "Patient.contained[0]",
+                "more than one resource",
+            ),
+            (
+                patient(r#"<active value="true"/><gender/>"#),
+                "Patient.gender",
+                "ele-1",
+            ),
+            (
+                patient(r#"<multipleBirthInteger value="99999999999"/>"#),
+                "Patient.multipleBirthInteger",
+                "99999999999 is not a 32-bit integer",
+            ),
+            (
+                patient(r#"<active value="true" foo="bar"/>"#),
+                "Patient.active",
+                "'foo'",
+            ),
+        ] {
+            let r = s
+                .send_raw("POST", "Patient", FHIR_XML, xml.as_bytes())
+                .expect(400);
+            assert!(r.body.contains("OperationOutcome"), "{}", r.body);
+            assert!(r.body.contains(location), "{xml}: {}", r.body);
+            assert!(r.body.contains(reason), "{xml}: {}", r.body);
+            assert!(!r.body.contains("ParseIntError"), "{}", r.body);
+        }
+        // Positive control: the same content written correctly is stored whole.
+        let xml = patient(
+            r#"<contained><Patient><id value="a"/></Patient></contained><contained><Patient><id value="b"/></Patient></contained><active value="true"/><gender id="g"><extension url="http://hl7.org/fhir/StructureDefinition/data-absent-reason"><valueCode value="unknown"/></extension></gender>"#,
+        );
+        let r = s
+            .send_raw("POST", "Patient", FHIR_XML, xml.as_bytes())
+            .expect(201);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let stored = s.read_json(&format!("Patient/{id}"));
+        assert_eq!(stored["contained"].as_array().map(Vec::len), Some(2));
+        assert_eq!(stored["_gender"]["extension"][0]["valueCode"], "unknown");
+    });
+}

@@ -8,6 +8,7 @@
 
 mod narrative;
 mod prepass;
+mod xml_check;
 
 use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
@@ -34,7 +35,8 @@ fn summary(issues: &[Issue]) -> String {
     issues
         .iter()
         .map(|i| {
-            if i.expression.is_empty() {
+            // Some messages name their element themselves (`Patient.gender: …`).
+            if i.expression.is_empty() || i.message.starts_with(&format!("{}: ", i.expression)) {
                 i.message.clone()
             } else {
                 format!("{}: {}", i.expression, i.message)
@@ -73,6 +75,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ContentError> {
 /// Parses FHIR XML bytes into the equivalent FHIR JSON value and validates it.
 pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
     prepass::check_xml_depth(bytes, MAX_DEPTH)?;
+    xml_check::check(bytes)?;
     let config = DeserializationConfig {
         mode: DeserializationMode::Strict,
     };
@@ -90,7 +93,7 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
         ContentError::single(
             IssueCode::Structure,
             "",
-            format!("the body is not valid FHIR XML: {e}"),
+            describe_model_error("the body is not valid FHIR XML", &e.to_string()),
         )
     })?;
     let mut value = catch_unwind(AssertUnwindSafe(|| {
@@ -101,13 +104,32 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
         ContentError::single(
             IssueCode::Invalid,
             "",
-            format!("XML conversion failed: {e}"),
+            describe_model_error("XML conversion failed", &e.to_string()),
         )
     })?;
     // fhirbolt trims the text nodes of narratives; take them from the bytes as they came.
     narrative::restore_from_xml(bytes, &mut value);
     validate(&value)?;
     Ok(value)
+}
+
+/// A client-facing message for a fhirbolt error. Serde's own messages (unknown, duplicate or
+/// missing field, wrong namespace) are kept without their list of expected names; anything
+/// else (`ParseIntError { kind: PosOverflow }`, internal states) is not echoed.
+fn describe_model_error(context: &str, error: &str) -> String {
+    const KNOWN: &[&str] = &[
+        "unknown field",
+        "duplicate field",
+        "missing field",
+        "invalid XML namespace",
+        "invalid XML event",
+    ];
+    if KNOWN.iter().any(|k| error.starts_with(k)) && !error.contains('{') {
+        let short = error.split(", expected").next().unwrap_or(error);
+        format!("{context}: {short}")
+    } else {
+        context.to_string()
+    }
 }
 
 /// Full structural validation of a resource value: JSON-level rules, then the element
@@ -138,7 +160,10 @@ fn model_check(value: &Value) -> Result<(), ContentError> {
         Ok(Err(e)) => Err(ContentError::single(
             IssueCode::Structure,
             "",
-            format!("the resource does not match the FHIR R4 model: {e}"),
+            describe_model_error(
+                "the resource does not match the FHIR R4 model",
+                &e.to_string(),
+            ),
         )),
         Err(_) => Err(ContentError::single(
             IssueCode::Structure,
