@@ -20,6 +20,7 @@ mod formats;
 mod history;
 mod identity;
 mod patch;
+mod search_limits;
 mod smart;
 mod tls;
 mod versioning;

@@ -33,6 +33,9 @@ fn strict_handling(req: &HttpRequest) -> bool {
 fn search_error(error: SearchError) -> ApiError {
     match error {
         SearchError::Invalid(message) => ApiError::bad_request(message),
+        SearchError::TooCostly(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "too-costly", message)
+        }
         unknown @ SearchError::Unknown(_) => ApiError::new(
             StatusCode::BAD_REQUEST,
             "not-supported",

@@ -19,6 +19,7 @@ pub struct Criteria {
 pub fn search_error(error: SearchError) -> RepoError {
     match error {
         SearchError::Invalid(message) => RepoError::BadRequest(message),
+        SearchError::TooCostly(message) => RepoError::TooCostly(message),
         unknown @ SearchError::Unknown(_) => RepoError::NotSupported(unknown.to_string()),
     }
 }

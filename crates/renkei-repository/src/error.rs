@@ -36,6 +36,9 @@ pub enum RepoError {
     Forbidden(String),
     #[error("{0}")]
     NotSupported(String),
+    /// A search beyond one of the search limits (the message names it).
+    #[error("{0}")]
+    TooCostly(String),
     #[error("transaction entry {index} ({request}) failed: {source}")]
     Entry {
         index: usize,
@@ -72,9 +75,11 @@ pub fn status_of(error: &RepoError) -> (&'static str, &'static str) {
         RepoError::Conflict(_) => ("409 Conflict", "conflict"),
         RepoError::Forbidden(_) => ("403 Forbidden", "forbidden"),
         RepoError::NotSupported(_) => ("400 Bad Request", "not-supported"),
+        RepoError::TooCostly(_) => ("400 Bad Request", "too-costly"),
         RepoError::Entry { source, .. } => status_of(source),
         RepoError::Store(StoreError::Unavailable(_)) => ("503 Service Unavailable", "transient"),
         RepoError::Store(StoreError::UnknownValueSet(_)) => ("400 Bad Request", "not-found"),
+        RepoError::Store(StoreError::TooComplex { .. }) => ("400 Bad Request", "too-costly"),
         RepoError::Store(_) => ("500 Internal Server Error", "exception"),
     }
 }

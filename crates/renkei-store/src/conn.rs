@@ -1,4 +1,4 @@
-use crate::error::classify;
+use crate::error::{classify, too_complex, MAX_BINDS};
 use crate::sql::{Bind, Sql};
 use crate::{DatabaseUrl, StoreError};
 use diesel::connection::SimpleConnection;
@@ -794,6 +794,7 @@ impl Tx<'_> {
 
     /// Runs a statement and returns the number of affected rows.
     pub fn execute(&mut self, sql: &Sql) -> Result<usize, StoreError> {
+        within_bind_limit(sql)?;
         match self.conn {
             AnyConn::Sqlite(c) => CachedStatement(sql).execute(&mut **c),
             AnyConn::Postgres(c) => CachedStatement(sql).execute(&mut **c),
@@ -806,6 +807,7 @@ impl Tx<'_> {
     where
         T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
     {
+        within_bind_limit(sql)?;
         match self.conn {
             AnyConn::Sqlite(c) => CachedStatement(sql).load::<T>(&mut **c),
             AnyConn::Postgres(c) => CachedStatement(sql).load::<T>(&mut **c),
@@ -821,6 +823,18 @@ impl Tx<'_> {
             Backend::Postgres => " FOR UPDATE",
         }
     }
+}
+
+/// Refuses a statement with more bound values than [`MAX_BINDS`] before the database does, so
+/// both backends answer it alike ([`StoreError::TooComplex`]).
+fn within_bind_limit(sql: &Sql) -> Result<(), StoreError> {
+    let binds = sql.binds().len();
+    if binds > MAX_BINDS {
+        return Err(too_complex(format!(
+            "{binds} bound values, more than {MAX_BINDS}"
+        )));
+    }
+    Ok(())
 }
 
 /// `WITH s0 AS (<first>), s1 AS (<second>), … <last>`: PostgreSQL runs every data-modifying

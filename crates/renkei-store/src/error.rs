@@ -22,6 +22,14 @@ pub enum StoreError {
          server is consulted): store it first"
     )]
     UnknownValueSet(String),
+    /// A statement beyond what the database accepts (nesting depth, bound values, …). The
+    /// search limits (`renkei_search::plan::MAX_SEARCH_*`) keep searches below these; this
+    /// answers 400 for whatever still reaches them. `cause` is for the log, not the client.
+    #[error(
+        "the search is too complex for the database to run: use fewer parameters, values or \
+         levels of chaining"
+    )]
+    TooComplex { cause: String },
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
 }
@@ -42,12 +50,76 @@ impl StoreError {
     }
 }
 
+/// Bound values one statement may carry: SQLite's limit (`SQLITE_MAX_VARIABLE_NUMBER`),
+/// the lower of the two backends' (PostgreSQL's is 65,535), so that a statement too large for
+/// one backend is refused on both alike.
+pub const MAX_BINDS: usize = 32_766;
+
+/// Messages of the errors a database gives for a statement beyond its limits, rather than for
+/// anything wrong with the data: SQLite's (`Expression tree is too large (maximum depth
+/// 1000)`, `too many SQL variables`, `too many terms in compound SELECT`, `at most 64 tables in
+/// a join`, `parser stack overflow`, `LIKE or GLOB pattern too complex`) and PostgreSQL's (SQLSTATE class 54, `program_limit_exceeded`: `stack depth limit
+/// exceeded`, `statement is too complex`, `target lists can have at most 1664 entries`,
+/// `cannot pass more than 100 arguments to a function`, `number of parameters must be between 0
+/// and 65535`).
+const TOO_COMPLEX: &[&str] = &[
+    "Expression tree is too large",
+    "too many SQL variables",
+    "too many terms in compound SELECT",
+    "tables in a join",
+    "parser stack overflow",
+    "pattern too complex",
+    "stack depth limit exceeded",
+    "statement is too complex",
+    "target lists can have at most",
+    "cannot pass more than",
+    "number of parameters must be between",
+];
+
 pub(crate) fn classify(error: diesel::result::Error) -> StoreError {
     match error {
         diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::UniqueViolation,
             _,
         ) => StoreError::UniqueViolation,
+        diesel::result::Error::DatabaseError(_, info)
+            if TOO_COMPLEX.iter().any(|m| info.message().contains(m)) =>
+        {
+            too_complex(info.message().to_string())
+        }
         other => StoreError::Query(other),
+    }
+}
+
+/// A [`StoreError::TooComplex`], logged with its cause (the client is told less).
+pub(crate) fn too_complex(cause: String) -> StoreError {
+    tracing::warn!(%cause, "statement beyond the database's limits refused");
+    StoreError::TooComplex { cause }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    #[test]
+    fn limits_of_the_database_are_too_complex_not_failures() {
+        for message in [
+            "Expression tree is too large (maximum depth 1000)",
+            "too many SQL variables",
+            "stack depth limit exceeded",
+        ] {
+            let error =
+                Error::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_string()));
+            assert!(
+                matches!(classify(error), StoreError::TooComplex { .. }),
+                "{message}"
+            );
+        }
+        let error = Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("no such table: x".to_string()),
+        );
+        assert!(matches!(classify(error), StoreError::Query(_)));
     }
 }

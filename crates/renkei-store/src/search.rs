@@ -170,7 +170,7 @@ impl Tx<'_> {
             };
             // The aliases of the chain's own subquery: the consent predicate names its rules
             // `c`, so the Patient row must not be `c`.
-            let mut aliases = Aliases::new(visibility);
+            let mut aliases = Aliases::new(visibility, self.backend());
             let p = aliases.next("c");
             let mut sql = Sql::new(&format!(
                 "SELECT {p}.res_id AS res_id FROM resources {p} WHERE {p}.res_type = "
@@ -234,6 +234,8 @@ impl Tx<'_> {
         let mut pending = vec![value_set.to_string()];
         let mut done: Vec<String> = Vec::new();
         let mut out: Vec<TokenMatch> = Vec::new();
+        // Drug lists run to tens of thousands of codes: no quadratic duplicate check.
+        let mut seen: std::collections::HashSet<TokenMatch> = std::collections::HashSet::new();
         while let Some(name) = pending.pop() {
             if done.contains(&name) || done.len() >= MAX_VALUE_SETS {
                 continue;
@@ -280,7 +282,7 @@ impl Tx<'_> {
                 };
                 let expansion = expand_value_set(&value);
                 for m in expansion.matches {
-                    if !out.contains(&m) {
+                    if seen.insert(m.clone()) {
                         out.push(m);
                     }
                 }
@@ -329,7 +331,7 @@ impl Tx<'_> {
         plan: &SearchPlan,
         visibility: &Visibility,
     ) -> Result<i64, StoreError> {
-        let sql = count_sql(plan, visibility);
+        let sql = count_sql(plan, visibility, self.backend());
         Ok(self.load::<Count>(&sql)?.first().map_or(0, |c| c.n))
     }
 
@@ -342,7 +344,7 @@ impl Tx<'_> {
     ) -> Result<Sql, StoreError> {
         let plan = self.resolved_plan(plan, visibility)?;
         Ok(if plan.count_only() {
-            count_sql(&plan, visibility)
+            count_sql(&plan, visibility, self.backend())
         } else {
             page_sql(&plan, visibility, self.backend())
         })
@@ -570,6 +572,8 @@ fn push_text_list<S: AsRef<str>>(sql: &mut Sql, values: &[S]) {
 struct Aliases<'v> {
     n: usize,
     visibility: &'v Visibility,
+    /// Large value lists are spelled per backend (see [`push_token_set`]).
+    backend: Backend,
     /// The next index subquery checks the row at hand (`EXISTS … WHERE x.rid = r.rid`)
     /// instead of listing candidate rows (`r.rid IN (SELECT x.rid …)`). Taken by that
     /// subquery, so filters nested inside it list their candidates again.
@@ -577,10 +581,11 @@ struct Aliases<'v> {
 }
 
 impl<'v> Aliases<'v> {
-    fn new(visibility: &'v Visibility) -> Self {
+    fn new(visibility: &'v Visibility, backend: Backend) -> Self {
         Aliases {
             n: 0,
             visibility,
+            backend,
             correlate: false,
         }
     }
@@ -884,9 +889,9 @@ fn bind_sort_value(sql: &mut Sql, value: &SortValue) {
     };
 }
 
-fn count_sql(plan: &SearchPlan, visibility: &Visibility) -> Sql {
+fn count_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) -> Sql {
     let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
-    push_where(&mut sql, plan, &mut Aliases::new(visibility));
+    push_where(&mut sql, plan, &mut Aliases::new(visibility, backend));
     sql
 }
 
@@ -907,7 +912,7 @@ pub fn page_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) ->
     }
     visibility.push_focus_decider(&mut sql, "r", focus_patient(plan));
     sql.push(" AS decider FROM resources r WHERE ");
-    push_where(&mut sql, plan, &mut Aliases::new(visibility));
+    push_where(&mut sql, plan, &mut Aliases::new(visibility, backend));
     sql.push(") v");
     let backward = plan.cursor.as_ref().is_some_and(|c| c.backward);
     // Direction of each key in this query (a backward page walks the order in reverse).
@@ -1022,17 +1027,38 @@ fn push_param_condition(sql: &mut Sql, alias: &str, types: &[String], param: &st
     sql.push(")");
 }
 
+/// `(a) OR (b) OR …`, grouped as a balanced tree: `((a) OR (b)) OR ((c) OR (d))`. Written
+/// flat, n alternatives nest n deep (each `OR` holds the ones before it), and SQLite refuses an
+/// expression nested deeper than 1000: a parameter with 500 alternatives answered 500.
+/// Balanced, they nest ⌈log2 n⌉ deep. Both databases flatten nested `OR`s into one list
+/// before planning (SQLite's `sqlite3WhereSplit`, PostgreSQL's `simplify_or_arguments`), so
+/// the plan is the flat list's.
 fn push_alternatives<T>(sql: &mut Sql, values: &[T], mut each: impl FnMut(&mut Sql, &T)) {
     if values.is_empty() {
         sql.push("1 = 0");
+    } else {
+        push_or_tree(sql, values, &mut each);
     }
-    for (i, value) in values.iter().enumerate() {
+}
+
+fn push_or_tree<T>(sql: &mut Sql, values: &[T], each: &mut impl FnMut(&mut Sql, &T)) {
+    let half = values.len().div_ceil(2);
+    for (i, part) in values.chunks(half.max(1)).enumerate() {
         if i > 0 {
             sql.push(" OR ");
         }
-        sql.push("(");
-        each(sql, value);
-        sql.push(")");
+        match part {
+            [one] => {
+                sql.push("(");
+                each(sql, one);
+                sql.push(")");
+            }
+            many => {
+                sql.push("(");
+                push_or_tree(sql, many, each);
+                sql.push(")");
+            }
+        }
     }
 }
 
@@ -1171,6 +1197,101 @@ fn push_token_match(sql: &mut Sql, system: &str, code: &str, value: &TokenMatch)
     }
 }
 
+/// Token and reference alternatives beyond this many are matched as sets
+/// ([`push_token_set`], [`push_reference_set`]) rather than one condition each. Searches name
+/// one code or patient or a few, and keep their plans; ValueSet expansions (`:in`) run to
+/// thousands of codes.
+const SET_MIN: usize = 32;
+
+/// Token alternatives as sets of bound JSON arrays, one per kind of match:
+/// `({x}.code, {x}.system) IN (SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?) j)` and
+/// likewise for codes of any system, codes without one and whole systems. One value is bound
+/// per set, however many codes it holds, so a ValueSet of any size stays within the bound-value
+/// limits and the statement's text (which each connection keeps prepared) is the same for
+/// every expansion. Each set is an `IN` list the lookup index is probed with, on both
+/// backends, as it is for `x.code = ? OR x.code = ?`.
+fn push_token_set(sql: &mut Sql, x: &str, values: &[TokenMatch], backend: Backend) {
+    let (mut pairs, mut codes, mut no_system, mut systems) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for value in values {
+        match value {
+            TokenMatch::SystemCode(s, c) => pairs.push(serde_json::json!([c, s])),
+            TokenMatch::Code(c) => codes.push(serde_json::json!([c])),
+            TokenMatch::NoSystem(c) => no_system.push(serde_json::json!([c])),
+            TokenMatch::System(s) => systems.push(serde_json::json!([s])),
+        }
+    }
+    let code = format!("{x}.code");
+    let system = format!("{x}.system");
+    let sets = [
+        (format!("({code}, {system}) IN ("), pairs, 2),
+        (format!("{code} IN ("), codes, 1),
+        (format!("{system} IS NULL AND {code} IN ("), no_system, 1),
+        (format!("{system} IN ("), systems, 1),
+    ];
+    push_value_sets(sql, sets, backend);
+}
+
+/// Reference alternatives as sets, like [`push_token_set`]: `(target_id, target_type)` pairs
+/// (one per type an alternative names), ids of any type and URLs. Listed one condition each,
+/// 600 patients made PostgreSQL scan `resources`; as pairs it probes `idx_reference_lookup`
+/// once per pair. Not for `:linked`, whose values are subqueries each.
+fn push_reference_set(sql: &mut Sql, x: &str, values: &[RefMatch], backend: Backend) {
+    let (mut pairs, mut ids, mut urls) = (Vec::new(), Vec::new(), Vec::new());
+    for value in values {
+        match value {
+            RefMatch::Id { types, id } if types.is_empty() => ids.push(serde_json::json!([id])),
+            RefMatch::Id { types, id } => {
+                pairs.extend(types.iter().map(|t| serde_json::json!([id, t])));
+            }
+            RefMatch::Url(url) => urls.push(serde_json::json!([url])),
+            RefMatch::LinkedPatient(_) => {}
+        }
+    }
+    let sets = [
+        (format!("({x}.target_id, {x}.target_type) IN ("), pairs, 2),
+        (format!("{x}.target_id IN ("), ids, 1),
+        (format!("{x}.url IN ("), urls, 1),
+    ];
+    push_value_sets(sql, sets, backend);
+}
+
+/// `<head>SELECT … FROM <bound rows>)` for each set that has rows, as alternatives.
+fn push_value_sets<const N: usize>(
+    sql: &mut Sql,
+    sets: [(String, Vec<serde_json::Value>, usize); N],
+    backend: Backend,
+) {
+    let sets: Vec<_> = sets
+        .into_iter()
+        .filter(|(_, rows, _)| !rows.is_empty())
+        .collect();
+    push_alternatives(sql, &sets, |sql, (head, rows, columns)| {
+        sql.push(head);
+        push_json_rows(sql, rows, *columns, backend);
+        sql.push(")");
+    });
+}
+
+/// `SELECT j.value ->> 0, … FROM <rows of the bound JSON array> j`: the first `columns`
+/// elements of each row (an array of strings), as text. `->>` means the same on both backends;
+/// only the function that lists an array's elements is spelled differently.
+fn push_json_rows(sql: &mut Sql, rows: &[serde_json::Value], columns: usize, backend: Backend) {
+    let picks: Vec<String> = (0..columns).map(|i| format!("j.value ->> {i}")).collect();
+    sql.push(&format!("SELECT {} FROM ", picks.join(", ")));
+    let array = serde_json::Value::Array(rows.to_vec()).to_string();
+    match backend {
+        Backend::Sqlite => {
+            sql.push("json_each(").bind(Bind::Text(array)).push(") j");
+        }
+        Backend::Postgres => {
+            sql.push("jsonb_array_elements(CAST(")
+                .bind(Bind::Text(array))
+                .push(" AS jsonb)) j");
+        }
+    }
+}
+
 /// One component of a composite value against slot columns `{slot}system`, `{slot}code`, …
 fn push_composite_part(sql: &mut Sql, slot: &str, part: &CompositePart) {
     let (system, code, num) = (
@@ -1244,9 +1365,13 @@ fn push_filter(
         }
         Filter::Token { param, values, not } => {
             let x = open_index_subquery(sql, alias, *not, Table::Token, types, param, aliases);
-            push_alternatives(sql, values, |sql, v| {
-                push_token_match(sql, &format!("{x}.system"), &format!("{x}.code"), v)
-            });
+            if values.len() > SET_MIN {
+                push_token_set(sql, &x, values, aliases.backend);
+            } else {
+                push_alternatives(sql, values, |sql, v| {
+                    push_token_match(sql, &format!("{x}.system"), &format!("{x}.code"), v)
+                });
+            }
             sql.push("))");
         }
         Filter::TokenIn { .. } => {
@@ -1303,6 +1428,14 @@ fn push_filter(
         }
         Filter::Reference { param, values } => {
             let x = open_index_subquery(sql, alias, false, Table::Reference, types, param, aliases);
+            let linked = values
+                .iter()
+                .any(|v| matches!(v, RefMatch::LinkedPatient(_)));
+            if values.len() > SET_MIN && !linked {
+                push_reference_set(sql, &x, values, aliases.backend);
+                sql.push("))");
+                return;
+            }
             push_alternatives(sql, values, |sql, v| match v {
                 RefMatch::Id { types, id } => {
                     sql.push(&format!("{x}.target_id = "))
@@ -1583,6 +1716,147 @@ mod tests {
             "r.rid IN (SELECT x2.rid FROM t x2 WHERE (a))",
             "x1"
         ));
+    }
+
+    /// The deepest parenthesis nesting of a statement: a bound on its expression depth.
+    fn nesting(text: &str) -> usize {
+        let (mut depth, mut deepest) = (0usize, 0usize);
+        for ch in text.chars() {
+            match ch {
+                '(' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ')' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    fn alternatives(n: usize, each: impl Fn(usize) -> String) -> String {
+        (0..n).map(each).collect::<Vec<_>>().join(",")
+    }
+
+    #[test]
+    fn alternatives_nest_as_a_balanced_tree() {
+        let sql = |query: &str| {
+            page_sql(
+                &plan("Patient", &[("name", query)]),
+                &Visibility::Unrestricted,
+                Backend::Sqlite,
+            )
+            .render(false)
+        };
+        // Two alternatives as before; more grouped in halves.
+        assert!(sql("a,b").contains("AND ((x1.value_norm >= ? AND x1.value_norm < ?) OR (x1.value_norm >= ? AND x1.value_norm < ?)))"));
+        let five = sql("a,b,c,d,e");
+        let range = "(x1.value_norm >= ? AND x1.value_norm < ?)";
+        assert!(
+            five.contains(&format!(
+                "((({range} OR {range}) OR {range}) OR ({range} OR {range}))"
+            )),
+            "{five}"
+        );
+        // 1000 alternatives (the most a search takes) nest 10 levels deeper than one, not 1000.
+        let one = nesting(&sql("a"));
+        let many = sql(&alternatives(1000, |i| format!("n{i}")));
+        assert!(nesting(&many) <= one + 11, "{}", nesting(&many));
+        assert_eq!(many.matches(" OR ").count(), 999);
+    }
+
+    #[test]
+    fn many_token_alternatives_are_one_bound_set_per_kind() {
+        let codes = alternatives(600, |i| match i % 4 {
+            0 => format!("http://loinc.org|c{i}"),
+            1 => format!("c{i}"),
+            2 => format!("|c{i}"),
+            _ => format!("urn:s{i}|"),
+        });
+        let p = plan(
+            "Observation",
+            &[("code", codes.as_str()), ("patient", "p1")],
+        );
+        let sqlite = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite);
+        let text = sqlite.render(false);
+        // Checked on the candidate's own index rows, as a short list of sets.
+        assert!(text.contains("EXISTS (SELECT 1 FROM idx_token x2 WHERE x2.rid = x1.rid AND x2.param = ? AND ((((x2.code, x2.system) IN (SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?) j)) OR (x2.code IN (SELECT j.value ->> 0 FROM json_each(?) j))) OR ((x2.system IS NULL AND x2.code IN (SELECT j.value ->> 0 FROM json_each(?) j)) OR (x2.system IN (SELECT j.value ->> 0 FROM json_each(?) j)))))"), "{text}");
+        let arrays: Vec<serde_json::Value> = sqlite
+            .binds()
+            .iter()
+            .filter_map(|b| match b {
+                Bind::Text(t) if t.starts_with('[') => serde_json::from_str(t).ok(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(arrays.len(), 4);
+        assert_eq!(arrays[0][0], serde_json::json!(["c0", "http://loinc.org"]));
+        assert_eq!(arrays[1][0], serde_json::json!(["c1"]));
+        assert_eq!(arrays[2][0], serde_json::json!(["c2"]));
+        assert_eq!(arrays[3][0], serde_json::json!(["urn:s3"]));
+        assert_eq!(
+            arrays
+                .iter()
+                .map(|a| a.as_array().map_or(0, Vec::len))
+                .sum::<usize>(),
+            600
+        );
+        let pg = page_sql(&p, &Visibility::Unrestricted, Backend::Postgres).render(true);
+        assert!(
+            pg.contains("(x2.code, x2.system) IN (SELECT j.value ->> 0, j.value ->> 1 FROM jsonb_array_elements(CAST($"),
+            "{pg}"
+        );
+        // A few codes keep one condition each (and the plans of the benchmark queries).
+        let few = plan("Observation", &[("code", "http://loinc.org|1,2")]);
+        let text = page_sql(&few, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(!text.contains("json_each"), "{text}");
+    }
+
+    #[test]
+    fn many_references_are_bound_sets_of_pairs_ids_and_urls() {
+        let refs = alternatives(600, |i| match i % 3 {
+            0 => format!("Patient/p{i}"),
+            1 => format!("p{i}"),
+            _ => format!("https://other.example/fhir/Patient/p{i}"),
+        });
+        let p = plan("Observation", &[("subject", refs.as_str())]);
+        let sql = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite);
+        let text = sql.render(false);
+        assert!(text.contains("AND ((((x1.target_id, x1.target_type) IN (SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?) j)) OR (x1.target_id IN (SELECT j.value ->> 0 FROM json_each(?) j))) OR (x1.url IN (SELECT j.value ->> 0 FROM json_each(?) j))))"), "{text}");
+        let bound = |start: &str| {
+            sql.binds()
+                .iter()
+                .any(|b| matches!(b, Bind::Text(t) if t.starts_with(start)))
+        };
+        assert!(bound(r#"[["p0","Patient"],["p3","Patient"],"#));
+        assert!(bound(r#"[["p1"],["p4"],"#));
+        assert!(bound(r#"[["https://other.example/fhir/Patient/p2"],"#));
+        // `:linked` values stay one subquery each.
+        let linked = alternatives(40, |i| format!("Patient/p{i}"));
+        let p = plan("Observation", &[("subject:linked", linked.as_str())]);
+        let text = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(!text.contains("json_each"), "{text}");
+    }
+
+    #[test]
+    fn a_value_set_of_any_size_binds_one_value() {
+        // What `resolve_value_sets` makes of a large expansion.
+        let mut p = plan("Observation", &[("code", "x")]);
+        let values: Vec<TokenMatch> = (0..50_000)
+            .map(|i| TokenMatch::SystemCode("urn:yj".into(), format!("{i:012}")))
+            .collect();
+        p.filters = vec![Filter::Token {
+            param: "code".into(),
+            values,
+            not: true,
+        }];
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let sql = page_sql(&p, &Visibility::Unrestricted, backend);
+            assert!(sql.binds().len() < 10, "{}", sql.binds().len());
+            assert!(sql
+                .text()
+                .contains("r.rid NOT IN (SELECT x1.rid FROM idx_token x1"));
+        }
     }
 
     #[test]
