@@ -506,6 +506,26 @@ fn malformed_requests_answer_400_with_an_outcome() {
             );
         }
 
+        // Parameters without an expression cannot be searched: reported, never a silent 0.
+        for param in ["_text", "_content", "_query"] {
+            let r = s.get(&format!("Patient?{param}=x")).expect(200);
+            let outcome = r.json()["entry"]
+                .as_array()
+                .and_then(|entries| {
+                    entries
+                        .iter()
+                        .find(|e| e["search"]["mode"] == "outcome")
+                        .cloned()
+                })
+                .unwrap_or_default();
+            assert!(outcome.to_string().contains(param), "{param}: {}", r.body);
+            s.get_with(
+                &format!("Patient?{param}=x"),
+                &[("Prefer", "handling=strict")],
+            )
+            .expect(400);
+        }
+
         // No body and no Content-Type: the body is missing (400), not of the wrong type (415).
         let r = s.request("POST", "Patient", &[], None);
         assert_eq!(r.status, 400, "{}", r.body);

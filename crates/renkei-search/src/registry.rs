@@ -213,6 +213,13 @@ impl Registry {
             .map(str::to_string)
             .collect();
         let expression = def.get("expression").and_then(Value::as_str);
+        // `_text`, `_content` and `_query` have no expression: nothing to index, so they are
+        // not supported. Registered, they matched nothing (total 0); left out, a search
+        // reports them as unknown (ignored, or 400 under handling=strict) and the
+        // CapabilityStatement does not list them.
+        if expression.is_none() && kind != ParamType::Composite {
+            return;
+        }
         let components: Vec<Component> = def
             .get("component")
             .and_then(Value::as_array)
