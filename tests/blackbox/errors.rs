@@ -446,7 +446,8 @@ fn routing_errors() {
 }
 
 /// Requests a conformance tester sends on purpose: malformed URL encoding, an unknown type in
-/// `_type`, a Bundle repeating a fullUrl (bdl-7), and HEAD on the CapabilityStatement.
+/// `_type`, a bad `_since`, a forged page token, a Bundle repeating a fullUrl (bdl-7), and
+/// HEAD on the CapabilityStatement.
 #[test]
 fn malformed_requests_answer_400_with_an_outcome() {
     for_each_backend(|s| {
@@ -480,17 +481,37 @@ fn malformed_requests_answer_400_with_an_outcome() {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        for path in [
-            format!("Patient/{id}/$everything?_type=Foo"),
-            "?_type=Observation,Foo".to_string(),
+        for (path, named) in [
+            (format!("Patient/{id}/$everything?_type=Foo"), "Foo"),
+            ("?_type=Observation,Foo".to_string(), "Foo"),
+            (
+                format!("Patient/{id}/$everything?_since=bad"),
+                "_since 'bad' is not a FHIR instant",
+            ),
         ] {
             let r = s.get(&path).expect(400);
             assert!(
-                diagnostics(&r.outcome()).contains("Foo"),
+                diagnostics(&r.outcome()).contains(named),
                 "{path}: {}",
                 r.body
             );
         }
+        s.get(&format!(
+            "Patient/{id}/$everything?_since=2020-01-01T00:00:00Z"
+        ))
+        .expect(200);
+
+        // A page token made for another _sort (here: one key, the search has none) cannot say
+        // where a page starts: refused, not answered with some other page.
+        let one_key_token: String = br#"["f",1,[5]]"#.iter().map(|b| format!("{b:02x}")).collect();
+        let r = s
+            .get(&format!("Patient?_page_token={one_key_token}"))
+            .expect(400);
+        assert!(
+            diagnostics(&r.outcome()).contains("_page_token"),
+            "{}",
+            r.body
+        );
 
         let entry = json!({"fullUrl": "urn:uuid:0b5a2b5e-7f3c-4a36-9b5e-2d1f0f6f8a11",
                            "resource": {"resourceType": "Patient"},

@@ -505,7 +505,14 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
                     )))
                 }
             },
-            "_since" => params.push(("_lastUpdated".into(), format!("ge{value}"))),
+            "_since" => {
+                if renkei_repository::parse_instant_ms(value).is_none() {
+                    return Err(ApiError::bad_request(format!(
+                        "_since '{value}' is not a FHIR instant or date"
+                    )));
+                }
+                params.push(("_lastUpdated".into(), format!("ge{value}")))
+            }
             // `_lastUpdated` comes back in paging links, where `_since` has been translated.
             "_count" | "_page_token" | "_format" | "_pretty" | "_elements" | "_summary"
             | "_lastUpdated" => params.push((name.clone(), value.clone())),

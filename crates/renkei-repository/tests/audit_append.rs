@@ -8,30 +8,8 @@ use renkei_store::{AuditHead, NewAuditEvent, Store, WriterSession};
 
 mod common;
 
-/// Any deterministic function of the record's parts will do for linkage checks.
-fn test_hash(seq: i64, recorded: i64, prev: &str, body: &str) -> String {
-    format!("{seq}:{recorded}:{}:{}", prev.len(), body.len())
-}
-
 fn event(n: u32) -> NewAuditEvent {
-    NewAuditEvent {
-        event_id: format!("ev-{n}-{}", uuid::Uuid::new_v4()),
-        recorded: i64::from(n),
-        request_id: format!("req-{n}"),
-        type_code: "rest".into(),
-        subtype: "read".into(),
-        action: "R".into(),
-        outcome: "0".into(),
-        agent_client: Some("client".into()),
-        agent_org: Some("Organization/a".into()),
-        agent_user: None,
-        purpose: None,
-        body: format!("{{\"n\":{n}}}"),
-        refs: vec![
-            ("patient".into(), "Patient/p".into()),
-            ("entity".into(), format!("Observation/o{n}")),
-        ],
-    }
+    common::audit_event(n, "Patient/p", "Organization/a")
 }
 
 fn head(store: &Store) -> AuditHead {
@@ -44,7 +22,7 @@ fn append_after(
     events: &[NewAuditEvent],
 ) -> Option<AuditHead> {
     session
-        .autocommit(|tx| tx.append_audit_after(known, events, &test_hash))
+        .autocommit(|tx| tx.append_audit_after(known, events, &common::test_hash))
         .unwrap()
 }
 
@@ -64,7 +42,7 @@ fn append_after_known_head_postgres() {
 
     // Another writer appends (a write's own AuditEvent, in its transaction).
     store
-        .write(|tx| tx.append_audit(&[event(3)], &test_hash))
+        .write(|tx| tx.append_audit(&[event(3)], &common::test_hash))
         .unwrap();
     let moved = head(&store);
     assert_eq!(moved.seq, first.seq + 1);
@@ -95,7 +73,7 @@ fn append_after_known_head_postgres() {
         );
         assert_eq!(
             row.hash,
-            test_hash(row.seq, row.recorded, &row.prev_hash, &row.body)
+            common::test_hash(row.seq, row.recorded, &row.prev_hash, &row.body)
         );
         prev = row.hash.clone();
     }

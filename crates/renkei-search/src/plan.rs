@@ -562,6 +562,15 @@ pub fn parse(
         }
         plan.ignored = unknown;
     }
+    // A token carries one key per sort key of the search that issued it; any other count
+    // means it was made for another search (or by hand) and cannot say where a page starts.
+    if let Some(cursor) = &plan.cursor {
+        if !cursor.is_last() && cursor.keys.len() != plan.sort.len() {
+            return invalid(
+                "_page_token does not belong to this search: it was issued for a different _sort",
+            );
+        }
+    }
     Ok(plan)
 }
 
@@ -1740,5 +1749,40 @@ mod tests {
         let last = Cursor::decode(&Cursor::last().encode()).unwrap();
         assert!(last.is_last());
         assert_eq!(Cursor::decode("zz"), None);
+    }
+
+    #[test]
+    fn page_tokens_must_match_the_sort_they_were_issued_for() {
+        let token = |keys: Vec<SortValue>| Cursor {
+            keys,
+            rid: 7,
+            backward: false,
+        };
+        let search = |sort: &str, cursor: &Cursor| {
+            let mut pairs = vec![("_page_token", cursor.encode())];
+            if !sort.is_empty() {
+                pairs.push(("_sort", sort.to_string()));
+            }
+            let pairs: Vec<(String, String)> =
+                pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            parse(&obs(), &pairs, &ParseOptions::default())
+        };
+        let one_key = token(vec![SortValue::Int(1)]);
+        assert!(search("-date", &one_key).is_ok());
+        assert!(search("", &token(Vec::new())).is_ok());
+        assert!(search("", &Cursor::last()).is_ok());
+        assert!(search("-date", &Cursor::last()).is_ok());
+        for (sort, cursor) in [
+            ("", &one_key),
+            ("-date,_lastUpdated", &one_key),
+            ("-date", &token(Vec::new())),
+        ] {
+            match search(sort, cursor) {
+                Err(SearchError::Invalid(message)) => {
+                    assert!(message.contains("_page_token"), "{message}")
+                }
+                other => panic!("_sort={sort}: {other:?}"),
+            }
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The database's own query plan for a search page, exactly as `Tx::search` would run it
 //! (same SQL, same binds, same consent predicate). For operators checking that a search is
-//! index-driven, and for the plans quoted in `docs/SEARCH.md`.
+//! index-driven, and for the plans quoted in `docs/SEARCH.md`. Also the plan of an audit search.
 
+use crate::audit::{audit_search_statement, AuditQuery};
 use crate::{Backend, StoreError, Tx, Visibility};
 use diesel::backend::Backend as DieselBackend;
 use diesel::deserialize::{self, FromSql};
@@ -57,13 +58,26 @@ impl Tx<'_> {
         plan: &SearchPlan,
         visibility: &Visibility,
     ) -> Result<SearchExplanation, StoreError> {
-        let backend = self.backend();
         let page = self.search_statement(plan, visibility)?;
+        self.explain_statement(&page)
+    }
+
+    /// The plan of the statement [`Tx::audit_search`] runs for `query`.
+    pub fn explain_audit_search(
+        &mut self,
+        query: &AuditQuery,
+    ) -> Result<SearchExplanation, StoreError> {
+        let statement = audit_search_statement(query);
+        self.explain_statement(&statement)
+    }
+
+    fn explain_statement(&mut self, page: &crate::Sql) -> Result<SearchExplanation, StoreError> {
+        let backend = self.backend();
         let mut statement = crate::Sql::new(match backend {
             Backend::Sqlite => "EXPLAIN QUERY PLAN ",
             Backend::Postgres => "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) ",
         });
-        statement.push_sql(&page);
+        statement.push_sql(page);
         let plan = match backend {
             Backend::Sqlite => sqlite_tree(self.load::<SqlitePlanNode>(&statement)?),
             Backend::Postgres => self

@@ -6,7 +6,7 @@
 
 use renkei_repository::{Repository, RepositoryOptions};
 use renkei_search::plan::{parse, ParseOptions, SearchPlan};
-use renkei_store::{DatabaseUrl, Store, StoreOptions};
+use renkei_store::{DatabaseUrl, NewAuditEvent, Store, StoreOptions};
 
 pub struct Db {
     pub repo: Repository,
@@ -73,4 +73,32 @@ pub fn plan(res_type: &str, query: &str) -> SearchPlan {
         .collect();
     parse(&[res_type.to_string()], &params, &ParseOptions::default())
         .unwrap_or_else(|e| panic!("{res_type}?{query}: {e}"))
+}
+
+/// A record hash for trail tests: any deterministic function of the parts checks linkage.
+pub fn test_hash(seq: i64, recorded: i64, prev: &str, body: &str) -> String {
+    format!("{seq}:{recorded}:{}:{}", prev.len(), body.len())
+}
+
+/// A read AuditEvent row number `n` about `patient`, touching `Observation/o{n}` of `custodian`.
+pub fn audit_event(n: u32, patient: &str, custodian: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        event_id: format!("ev-{n}-{}", uuid::Uuid::new_v4()),
+        recorded: i64::from(n),
+        request_id: format!("req-{n}"),
+        type_code: "rest".into(),
+        subtype: "read".into(),
+        action: "R".into(),
+        outcome: "0".into(),
+        agent_client: Some("client".into()),
+        agent_org: Some("Organization/a".into()),
+        agent_user: None,
+        purpose: None,
+        body: format!("{{\"n\":{n}}}"),
+        refs: vec![
+            ("patient".into(), patient.to_string()),
+            ("entity".into(), format!("Observation/o{n}")),
+            ("custodian".into(), custodian.to_string()),
+        ],
+    }
 }
