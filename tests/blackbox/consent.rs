@@ -986,3 +986,111 @@ fn json_patch(who: &Caller<'_>, path: &str, ops: &Value) -> Resp {
         Some(serde_json::to_vec(ops).expect("serialize")),
     )
 }
+
+const WRONG_PATIENT_NOTE: &str = "WRONG-PATIENT-Q-ONLY";
+
+/// Consent is decided on a record's current version; earlier versions, consent recording and
+/// merges cannot be used to reach another patient's data, and records that name a patient
+/// outside the compartment types (Task, Binary, Provenance) are that patient's data.
+#[test]
+fn versions_consent_records_merges_and_records_outside_the_compartment() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let (as_a, as_b, as_c) = (net.as_a(), net.as_b(), net.as_c());
+        let q = format!("Patient/{OTHER_PATIENT}");
+
+        // A wrong-patient correction: version 1 was about Q (hidden from B), version 2 is
+        // about P (consented to B). B sees the current version only.
+        let mut wrong = lab("3D046000001906202", 9.9, "2025-03-01", None);
+        wrong["subject"] = json!({"reference": q});
+        wrong["note"] = json!([{"text": WRONG_PATIENT_NOTE}]);
+        let first = as_a.create(&wrong);
+        let id = id_of(&first);
+        let mut fixed = first.clone();
+        fixed["subject"] = json!({"reference": patient_ref()});
+        fixed["note"] = json!([{"text": "corrected"}]);
+        as_a.put(&id, &fixed).expect(200);
+        as_b.get(&id).expect(200);
+        let old = as_b.get(&format!("{id}/_history/1")).expect(403);
+        assert!(!old.body.contains(WRONG_PATIENT_NOTE), "{}", old.body);
+        as_b.get(&format!("{id}/_history/2")).expect(200);
+        for path in [
+            format!("{id}/_history"),
+            "Observation/_history?_count=1000".to_string(),
+            "_history?_count=1000".to_string(),
+        ] {
+            let r = as_b.get(&path).expect(200);
+            assert!(!r.body.contains(WRONG_PATIENT_NOTE), "{path}: {}", r.body);
+            let versions: Vec<Value> = entries(&r.json())
+                .iter()
+                .filter(|e| e["resource"]["id"] == first["id"])
+                .map(|e| e["resource"]["meta"]["versionId"].clone())
+                .collect();
+            assert_eq!(versions, vec![json!("2")], "{path}");
+        }
+        // The holder sees every version.
+        as_a.get(&format!("{id}/_history/1")).expect(200);
+        assert_eq!(entries(&as_a.read_json(&format!("{id}/_history"))).len(), 2);
+
+        // Consent is recorded by a facility that registered the patient: a clinical record
+        // written about P moments earlier does not make C the patient's facility.
+        let mut dummy = lab("3D010000001926101", 1.0, "2025-03-02", None);
+        dummy["subject"] = json!({"reference": patient_ref()});
+        as_c.create(&dummy);
+        let mut grant = consent_body(&[ORG_C], "active");
+        grant.as_object_mut().unwrap().remove("id");
+        as_c.post("Consent", &grant).expect(403);
+        // (403 now, not 404: C holds a record of P, so it is told consent is what it lacks.)
+        as_c.get(&net.labs[0]).expect(403);
+
+        // A merge (replaced-by) into another facility's record is refused; merging C's own
+        // duplicates works, and C records consent on its own patient.
+        let merge_into = |survivor: &str| {
+            json!({"resourceType": "Patient", "active": false,
+                   "identifier": [{"system": "urn:clinic-c:patient", "value": "C-9"}],
+                   "link": [{"type": "replaced-by", "other": {"reference": survivor}}]})
+        };
+        let r = as_c
+            .post("Patient", &merge_into(&patient_ref()))
+            .expect(422);
+        assert!(r.body.contains("replaced-by"), "{}", r.body);
+        as_c.post("Patient", &merge_into("Patient/no-such-patient"))
+            .expect(422);
+        let own = as_c.create(&json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:clinic-c:patient", "value": "C-1"}]}));
+        as_c.post("Patient", &merge_into(&id_of(&own))).expect(201);
+        let mut own_consent = grant.clone();
+        own_consent["patient"] = json!({"reference": id_of(&own)});
+        as_c.post("Consent", &own_consent).expect(201);
+        as_c.get(&net.labs[0]).expect(403);
+
+        // Records about Q (no consent: hidden from B) in types outside the compartment.
+        let q_lab = {
+            let mut q_lab = lab("3D010000001926101", 2.0, "2025-03-03", None);
+            q_lab["subject"] = json!({"reference": q});
+            id_of(&as_a.create(&q_lab))
+        };
+        let task = as_a.create(&json!({"resourceType": "Task", "status": "requested",
+            "intent": "order", "for": {"reference": q},
+            "description": format!("{SECRET} follow-up")}));
+        let binary = as_a.create(
+            &json!({"resourceType": "Binary", "contentType": "text/plain",
+            "securityContext": {"reference": q}, "data": "U0VDUkVU"}),
+        );
+        let provenance = as_a.create(&json!({"resourceType": "Provenance",
+            "target": [{"reference": q_lab}], "recorded": "2025-03-03T10:00:00+09:00",
+            "agent": [{"who": {"reference": ORG_A}}]}));
+        for record in [&task, &binary, &provenance] {
+            let path = id_of(record);
+            as_a.get(&path).expect(200);
+            let r = as_b.get(&path).expect(404);
+            assert_no_secret(&r, &path);
+        }
+        assert!(search_refs(&as_b, &format!("Provenance?target={q_lab}")).is_empty());
+        assert!(search_refs(&as_b, &format!("Task?patient={OTHER_PATIENT}")).is_empty());
+        assert_eq!(
+            search_refs(&as_a, &format!("Task?patient={OTHER_PATIENT}")),
+            vec![id_of(&task)]
+        );
+    });
+}

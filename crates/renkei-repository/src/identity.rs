@@ -34,7 +34,7 @@ fn record_key(id: &str) -> String {
 }
 
 /// The survivors a Patient names with `link.type = replaced-by`.
-fn replaced_by(patient: &Value) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn replaced_by(patient: &Value) -> impl Iterator<Item = String> + '_ {
     patient
         .get("link")
         .and_then(Value::as_array)

@@ -183,16 +183,45 @@ impl WriteContext {
             return Ok(());
         };
         let holds = match patient {
-            Some(patient) => tx.holds_record_of(writer, patient)?,
+            Some(patient) => tx.holds_patient_record_of(writer, patient)?,
             None => false,
         };
         if holds {
             return Ok(());
         }
         Err(RepoError::Forbidden(format!(
-            "{writer} may record consent only for a patient it holds records of \
-             (Consent.patient must name such a patient)"
+            "{writer} may record consent only for a patient it has registered: Consent.patient \
+             must name a Patient record {writer} holds, or one linked to it as the same person"
         )))
+    }
+
+    /// A facility merges only its own duplicates (IHE ITI-104): `Patient.link` of type
+    /// `replaced-by` joins two records into one person, and consent follows the person, so a
+    /// merge into another facility's record would let the writer speak for that patient.
+    /// Records of different facilities are linked by shared identifiers or by an administrator.
+    fn check_may_merge(
+        &self,
+        tx: &mut Tx<'_>,
+        res_type: &str,
+        patient: &Value,
+    ) -> Result<(), RepoError> {
+        let (Some(writer), "Patient") = (&self.custodian, res_type) else {
+            return Ok(());
+        };
+        for survivor in crate::identity::replaced_by(patient) {
+            let held = tx
+                .current("Patient", &survivor)?
+                .is_some_and(|row| !row.deleted && row.custodian.as_deref() == Some(writer));
+            if !held {
+                return Err(RepoError::Unprocessable(format!(
+                    "Patient.link replaced-by may name only another Patient record {writer} \
+                     holds (a merge of its own duplicates); Patient/{survivor} is not one. \
+                     Records of different facilities are linked by shared identifiers or by \
+                     an administrator (Patient/$link)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn custodian_for(&self, resource: &Value) -> Option<String> {
@@ -506,6 +535,13 @@ pub fn vread_visible(
             version: version.into(),
         })?;
     check_visible(tx, &row, visibility)?;
+    let is_current = version.parse::<i64>().ok() == Some(row.version);
+    if !is_current && !visibility.sees_earlier_versions(row.custodian.as_deref()) {
+        return Err(RepoError::Forbidden(format!(
+            "earlier versions of {res_type}/{id} are shown only to the facility that holds it:              consent is decided on the current version (version {}), and an earlier one may              have been about another patient or carried other labels",
+            row.version
+        )));
+    }
     vread(tx, res_type, id, version)
 }
 
@@ -565,6 +601,42 @@ pub fn vread(
     }
 }
 
+/// A Provenance is about the patient of the records it describes (its first target about one):
+/// otherwise it would be directory data, and would tell every member that a hidden record
+/// exists and who made it.
+fn patient_of_provenance_targets(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    resource: &Value,
+) -> Result<Option<String>, RepoError> {
+    if res_type != "Provenance" {
+        return Ok(None);
+    }
+    let targets = resource
+        .get("target")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|target| target.get("reference").and_then(Value::as_str))
+        .filter_map(|reference| {
+            let mut parts = reference.split('/');
+            Some((parts.next()?, parts.next()?))
+        })
+        .take(MAX_PROVENANCE_TARGETS_LOOKED_UP);
+    for (target_type, target_id) in targets {
+        if let Some(row) = tx.current(target_type, target_id)? {
+            if let Some(patient) = row.patient_id {
+                return Ok(Some(patient));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// How many Provenance targets are looked up for their patient (a Provenance of a whole
+/// transaction can name hundreds; the first ones decide).
+const MAX_PROVENANCE_TARGETS_LOOKED_UP: usize = 32;
+
 /// Checks that `resource` is a `res_type` resource; the body must name the type of the URL.
 pub(crate) fn check_body_type(resource: &Value, res_type: &str) -> Result<(), RepoError> {
     check_type(res_type)?;
@@ -594,8 +666,12 @@ fn store_version(
     let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
     let (resource, prepared_rows) = prepared.into_parts(res_type);
     let mut stamped = stamp(resource, id, version, last_updated);
-    let patient = index::patient_of(res_type, id, &stamped);
+    let patient = match index::patient_of(res_type, id, &stamped) {
+        Some(patient) => Some(patient),
+        None => patient_of_provenance_targets(tx, res_type, &stamped)?,
+    };
     context.check_may_record_consent(tx, res_type, patient.as_deref())?;
+    context.check_may_merge(tx, res_type, &stamped)?;
     // The custodian is the facility that first stored the resource; later writers do not
     // take it over.
     let custodian = current

@@ -283,6 +283,11 @@ impl Tx<'_> {
                 sql.push(&format!(" AND {updated} <= ")).bind(Bind::Int(at));
             }
             query.visibility.push_predicate_for(&mut sql, "r");
+            if *table == "history" {
+                query
+                    .visibility
+                    .push_earlier_versions_predicate(&mut sql, "r");
+            }
         }
         sql.push(") v");
         if let Some((updated, rid, version)) = query.after {

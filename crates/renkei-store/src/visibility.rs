@@ -31,6 +31,34 @@ pub enum Visibility {
     Nothing,
 }
 
+impl Visibility {
+    /// Whether this requester sees the superseded versions of a record held by `custodian`.
+    /// Consent is decided on a record's current version (its patient, labels and tags); an
+    /// earlier version may have been about another patient or carried a label that hid it,
+    /// so only the facility holding the record (and internal work) sees earlier versions.
+    pub fn sees_earlier_versions(&self, custodian: Option<&str>) -> bool {
+        match self {
+            Visibility::Unrestricted => true,
+            Visibility::Facility { organization, .. } => custodian == Some(organization.as_str()),
+            Visibility::Patient { .. } | Visibility::Nothing => false,
+        }
+    }
+
+    /// ` AND …`: the SQL form of [`Visibility::sees_earlier_versions`] for resource row `r`.
+    pub fn push_earlier_versions_predicate(&self, sql: &mut Sql, r: &str) {
+        match self {
+            Visibility::Unrestricted => {}
+            Visibility::Facility { organization, .. } => {
+                sql.push(&format!(" AND {r}.custodian = "))
+                    .bind(Bind::Text(organization.clone()));
+            }
+            Visibility::Patient { .. } | Visibility::Nothing => {
+                sql.push(" AND 1 = 0");
+            }
+        }
+    }
+}
+
 fn tag_exists(sql: &mut Sql, r: &str, code: &str) {
     sql.push(&format!("EXISTS (SELECT 1 FROM idx_token tg WHERE tg.rid = {r}.rid AND tg.param = '_tag' AND tg.system = "))
         .bind(Bind::Text(PRIVACY_TAG_SYSTEM.into()))
@@ -483,6 +511,26 @@ impl crate::Tx<'_> {
 
     /// Whether `organization` holds any current record of the patient: such a facility is
     /// told that consent is missing (403) rather than that the data does not exist (404).
+    /// Whether `organization` holds a Patient record of the person `patient_id` belongs to:
+    /// that record itself or one linked to it (IDENTITY.md). A clinical record written about
+    /// a patient does not count: anyone can write one.
+    pub fn holds_patient_record_of(
+        &mut self,
+        organization: &str,
+        patient_id: &str,
+    ) -> Result<bool, crate::StoreError> {
+        let mut sql = Sql::new(
+            "SELECT CAST(1 AS BIGINT) AS one FROM resources r WHERE r.res_type = 'Patient' AND r.custodian = ",
+        );
+        sql.bind(Bind::Text(organization.into()))
+            .push(" AND r.deleted = ")
+            .bind(Bind::Bool(false))
+            .push(" AND ");
+        crate::identity::push_in_person_of(&mut sql, "r.patient_id", patient_id, "hp");
+        sql.push(" LIMIT 1");
+        Ok(!self.load::<Found>(&sql)?.is_empty())
+    }
+
     pub fn holds_record_of(
         &mut self,
         organization: &str,
