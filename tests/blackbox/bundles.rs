@@ -175,6 +175,9 @@ fn batch_reports_each_entry() {
             e[1]
         );
         assert!(status(2).starts_with("200"), "{}", e[2]);
+        // A read answers with its resource, without any Prefer header (that governs writes).
+        assert_eq!(e[2]["resource"]["id"], "batch-existing", "{}", e[2]);
+        assert!(e[0].get("resource").is_none(), "{}", e[0]);
         assert!(status(3).starts_with("404"), "{}", e[3]);
         assert!(status(4).starts_with("204"), "{}", e[4]);
         // The good entries took effect (history: batch-existing v1 + its delete, and "Ok").
@@ -593,5 +596,37 @@ fn synthea_bundles_load() {
                 .starts_with("urn:uuid:")),
             "unrewritten urn:uuid"
         );
+    });
+}
+
+/// `POST [base]/_search`: the system search with its parameters in a form body.
+#[test]
+fn system_search_by_post() {
+    for_each_backend(|s| {
+        s.put(
+            "Patient/post-search",
+            &json!({"resourceType": "Patient", "id": "post-search", "name": [{"family": "Posted"}]}),
+        )
+        .expect(201);
+        let form = |body: &str| {
+            s.request(
+                "POST",
+                "_search",
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                Some(body.as_bytes().to_vec()),
+            )
+        };
+        let r = form("_type=Patient&_id=post-search").expect(200).json();
+        assert_eq!(r["type"], "searchset");
+        assert_eq!(entries(&r).len(), 1, "{r}");
+        assert_eq!(entries(&r)[0]["resource"]["id"], "post-search");
+        form("_type=Foo").expect(400);
+        s.request(
+            "POST",
+            "_search",
+            &[("Content-Type", "text/plain")],
+            Some(b"x".to_vec()),
+        )
+        .expect(415);
     });
 }

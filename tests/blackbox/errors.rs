@@ -427,7 +427,12 @@ fn routing_errors() {
             )
             .expect(405);
         r.outcome();
-        s.request("DELETE", "metadata", &[], None);
+        assert_eq!(r.header("allow"), Some("GET, HEAD, PUT, PATCH, DELETE"));
+        for method in ["DELETE", "PUT", "POST"] {
+            let r = s.request(method, "metadata", &[], None).expect(405);
+            assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method}");
+            r.outcome();
+        }
         s.request(
             "PUT",
             "Patient/1/_history/1",
@@ -435,7 +440,8 @@ fn routing_errors() {
             Some(b"{}".to_vec()),
         )
         .expect(405);
-        s.request("POST", "Patient/_history", &[], None).expect(405);
+        let r = s.request("POST", "Patient/_history", &[], None).expect(405);
+        assert_eq!(r.header("allow"), Some("GET"));
         s.request("DELETE", "Patient/x/_history", &[], None)
             .expect(405);
         // Invalid version id in a vread.

@@ -741,14 +741,23 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     .respond(format, false)
 }
 
-pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+pub async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> HttpResponse {
     let format = RequestCtx::new(&req)
         .map(|c| c.format)
         .unwrap_or(Format::Json);
-    ApiError::new(
+    let mut response = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "not-supported",
-        format!("{} is not allowed on {}", req.method(), req.path()),
+        format!(
+            "{} is not allowed on {}; allowed: {allow}",
+            req.method(),
+            req.path()
+        ),
     )
-    .respond(format, false)
+    .respond(format, false);
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allow),
+    );
+    response
 }

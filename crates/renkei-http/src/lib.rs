@@ -29,7 +29,7 @@ pub use search::explain_plan;
 use actix_web::dev::Server;
 use actix_web::dev::Service;
 use actix_web::HttpMessage;
-use actix_web::{guard, web, App, HttpServer};
+use actix_web::{guard, web, App, HttpRequest, HttpServer};
 use renkei_access::Gate;
 use std::net::TcpListener;
 
@@ -54,8 +54,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
     cfg.service(
         web::scope("/fhir")
-            .route("/metadata", web::get().to(h::metadata))
-            .route("/metadata", web::head().to(h::metadata))
+            .service(
+                web::resource("/metadata")
+                    .route(web::get().to(h::metadata))
+                    .route(web::head().to(h::metadata))
+                    .default_service(allowing("GET, HEAD")),
+            )
             .route(
                 "/.well-known/smart-configuration",
                 web::get().to(auth::smart_configuration),
@@ -79,33 +83,34 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/", web::post().to(h::bundle))
             .route("", web::get().to(search::search_system))
             .route("/", web::get().to(search::search_system))
+            .route("/_search", web::post().to(search::search_system_post))
             .route("/_history", web::get().to(h::history_system))
             .service(
                 web::resource("/{type}/_history")
                     .route(web::get().to(h::history_type))
-                    .default_service(web::to(h::method_not_allowed)),
+                    .default_service(allowing("GET")),
             )
             .service(
                 web::resource("/{type}/{id}/_history/{vid}")
                     .route(web::get().to(h::vread))
                     .route(web::head().to(h::vread))
-                    .default_service(web::to(h::method_not_allowed)),
+                    .default_service(allowing("GET, HEAD")),
             )
             .service(
                 web::resource("/{type}/{id}/_history")
                     .route(web::get().to(h::history_instance))
-                    .default_service(web::to(h::method_not_allowed)),
+                    .default_service(allowing("GET")),
             )
             .service(
                 web::resource("/{type}/_search")
                     .route(web::post().to(search::search_type_post))
                     .route(web::get().to(search::search_type))
-                    .default_service(web::to(h::method_not_allowed)),
+                    .default_service(allowing("GET, POST")),
             )
             .service(
                 web::resource("/{type}/{id}/{compartment}")
                     .route(web::get().to(search::compartment))
-                    .default_service(web::to(h::method_not_allowed)),
+                    .default_service(allowing("GET")),
             )
             .service(
                 web::resource("/{type}/{id}")
@@ -114,7 +119,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::put().to(h::update))
                     .route(web::patch().to(h::patch))
                     .route(web::delete().to(h::delete))
-                    .default_service(web::to(h::method_not_allowed)),
+                    .default_service(allowing("GET, HEAD, PUT, PATCH, DELETE")),
             )
             .service(
                 web::resource("/{type}")
@@ -123,11 +128,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::put().to(h::conditional_update))
                     .route(web::patch().to(h::conditional_patch))
                     .route(web::delete().to(h::conditional_delete))
-                    .default_service(web::to(h::method_not_allowed)),
+                    .default_service(allowing("GET, POST, PUT, PATCH, DELETE")),
             )
             .default_service(web::to(h::not_found)),
     )
     .default_service(web::to(h::not_found));
+}
+
+/// The answer to a method a path does not take: 405 naming the ones it does (RFC 9110 §15.5.6).
+fn allowing(allow: &'static str) -> actix_web::Route {
+    web::to(move |req: HttpRequest| handlers::method_not_allowed(req, allow))
 }
 
 /// Starts the server on an already bound listener (so callers can bind port 0 and learn it),

@@ -306,26 +306,7 @@ pub async fn search_type_post(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let content_type = req
-            .headers()
-            .get(actix_web::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let mut params = ctx.params.clone();
-        if !content_type.is_empty() || req.headers().contains_key("content-length") {
-            if !content_type.starts_with("application/x-www-form-urlencoded") {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "not-supported",
-                    "POST _search takes an application/x-www-form-urlencoded body",
-                ));
-            }
-            match read_body(&req, payload, state.max_body_bytes).await {
-                Ok(body) => params.extend(parse_query_strict(&String::from_utf8_lossy(&body))?),
-                Err(ApiError::Http { status, .. }) if status == StatusCode::BAD_REQUEST => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let params = posted_params(&req, &ctx, payload, &state).await?;
         let request = SearchRequest {
             types: vec![res_type.clone()],
             params,
@@ -338,6 +319,36 @@ pub async fn search_type_post(
     finish(&req, &state, &ctx, result).await
 }
 
+/// The parameters of a `POST …/_search`: the URL's and the form body's together.
+async fn posted_params(
+    req: &HttpRequest,
+    ctx: &RequestCtx,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Vec<(String, String)>> {
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut params = ctx.params.clone();
+    if !content_type.is_empty() || req.headers().contains_key("content-length") {
+        if !content_type.starts_with("application/x-www-form-urlencoded") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                "POST _search takes an application/x-www-form-urlencoded body",
+            ));
+        }
+        match read_body(req, payload, state.max_body_bytes).await {
+            Ok(body) => params.extend(parse_query_strict(&String::from_utf8_lossy(&body))?),
+            Err(ApiError::Http { status, .. }) if status == StatusCode::BAD_REQUEST => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(params)
+}
+
 /// `GET [base]?_type=A,B&…`: common parameters over several types (all types when `_type` is
 /// absent).
 pub async fn search_system(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -346,37 +357,57 @@ pub async fn search_system(req: HttpRequest, state: web::Data<AppState>) -> Http
         Err((e, format)) => return e.respond(format, false),
     };
     let result = async {
-        let types: Vec<String> = match ctx.param("_type") {
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect(),
-            None => Vec::new(),
-        };
-        for t in &types {
-            check_type_param(t)?;
-        }
-        let mut query = Vec::new();
-        if let Some(list) = ctx.param("_type") {
-            query.push(format!("_type={}", encode(list)));
-        }
-        let self_path = if query.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", query.join("&"))
-        };
-        let request = SearchRequest {
-            types,
-            params: ctx.params.clone(),
-            scope: Vec::new(),
-            self_path,
-        };
+        let request = system_request(ctx.params.clone())?;
         run(&req, &ctx, &state, request).await
     }
     .await;
     finish(&req, &state, &ctx, result).await
+}
+
+/// `POST [base]/_search` with the parameters in a form body (and the URL).
+pub async fn search_system_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = match RequestCtx::new(&req) {
+        Ok(ctx) => ctx,
+        Err((e, format)) => return e.respond(format, false),
+    };
+    let result = async {
+        let params = posted_params(&req, &ctx, payload, &state).await?;
+        let request = system_request(params)?;
+        run(&req, &ctx, &state, request).await
+    }
+    .await;
+    finish(&req, &state, &ctx, result).await
+}
+
+fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
+    let type_list = params
+        .iter()
+        .find(|(name, _)| name == "_type")
+        .map(|(_, list)| list.clone());
+    let types: Vec<String> = type_list
+        .iter()
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    for t in &types {
+        check_type_param(t)?;
+    }
+    let self_path = match &type_list {
+        Some(list) => format!("?_type={}", encode(list)),
+        None => String::new(),
+    };
+    Ok(SearchRequest {
+        types,
+        params,
+        scope: Vec::new(),
+        self_path,
+    })
 }
 
 fn patient_compartment(id: &str, types: &[String], include_self: bool, linked: bool) -> Filter {

@@ -120,6 +120,8 @@ enum Target {
 struct EntryResult {
     status: &'static str,
     resource: Option<StoredResource>,
+    /// A read (GET): its resource is the answer, whatever `Prefer` says about writes.
+    is_read: bool,
 }
 
 /// Called inside the database transaction that commits the response entries starting at
@@ -519,6 +521,7 @@ fn run_transaction(
                 let resource = PreparedResource::reusing(resource, prepared.body(index));
                 interactions::create_with_id(tx, &t, resource, None, context, Some(&id)).map(|o| {
                     EntryResult {
+                        is_read: false,
                         status: "201 Created",
                         resource: Some(o.resource),
                     }
@@ -543,6 +546,7 @@ fn run_transaction(
                         Some(&id),
                     )
                     .map(|o| EntryResult {
+                        is_read: false,
                         status: if o.created { "201 Created" } else { "200 OK" },
                         resource: Some(o.resource),
                     })
@@ -589,6 +593,7 @@ fn run_entry(
     match (entry.method.as_str(), target) {
         ("GET" | "HEAD", Target::Instance(t, id)) => Ok(EntryResult {
             status: "200 OK",
+            is_read: entry.method == "GET",
             resource: Some(interactions::read_visible(
                 tx,
                 &t,
@@ -598,6 +603,7 @@ fn run_entry(
         }),
         ("GET" | "HEAD", Target::Version(t, id, v)) => Ok(EntryResult {
             status: "200 OK",
+            is_read: entry.method == "GET",
             resource: Some(interactions::vread_visible(
                 tx,
                 &t,
@@ -617,6 +623,7 @@ fn run_entry(
             let outcome =
                 interactions::create(tx, &t, prepared_body()?, criteria.as_ref(), context)?;
             Ok(EntryResult {
+                is_read: false,
                 status: if outcome.existing {
                     "200 OK"
                 } else {
@@ -629,6 +636,7 @@ fn run_entry(
             let outcome =
                 interactions::update(tx, &t, &id, prepared_body()?, entry.if_match, context)?;
             Ok(EntryResult {
+                is_read: false,
                 status: if outcome.created {
                     "201 Created"
                 } else {
@@ -646,6 +654,7 @@ fn run_entry(
                 context,
             )?;
             Ok(EntryResult {
+                is_read: false,
                 status: if outcome.created {
                     "201 Created"
                 } else {
@@ -688,6 +697,7 @@ fn run_entry(
             };
             let outcome = interactions::patch(tx, &t, &id, &patch, entry.if_match, context)?;
             Ok(EntryResult {
+                is_read: false,
                 status: "200 OK",
                 resource: Some(outcome.resource),
             })
@@ -695,6 +705,7 @@ fn run_entry(
         ("DELETE", Target::Instance(t, id)) => {
             interactions::delete(tx, &t, &id, entry.if_match, context)?;
             Ok(EntryResult {
+                is_read: false,
                 status: "204 No Content",
                 resource: None,
             })
@@ -702,6 +713,7 @@ fn run_entry(
         ("DELETE", Target::Conditional(criteria)) => {
             match interactions::conditional_delete(tx, &criteria, context)? {
                 DeleteOutcome::Deleted { .. } | DeleteOutcome::NothingToDelete => Ok(EntryResult {
+                    is_read: false,
                     status: "204 No Content",
                     resource: None,
                 }),
@@ -813,7 +825,7 @@ fn render_entry(result: &EntryResult, return_resources: bool) -> Value {
             "fullUrl".into(),
             json!(format!("{}/{}", resource.res_type, resource.id)),
         );
-        if return_resources {
+        if return_resources || result.is_read {
             if let Ok(value) = resource.value() {
                 entry.insert("resource".into(), value);
             }
