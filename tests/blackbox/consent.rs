@@ -1094,3 +1094,45 @@ fn versions_consent_records_merges_and_records_outside_the_compartment() {
         );
     });
 }
+
+/// A read inside a Bundle is audited like a plain read: the entry's AuditEvent names the
+/// patient and the holder of the data, an AuthZ-Consent event names the Consent that let
+/// another facility see it, and the patient finds the access in "who viewed my record".
+#[test]
+fn bundle_reads_are_audited_like_reads() {
+    for_each_backend(|s| {
+        let net = network(s);
+        for kind in ["batch", "transaction"] {
+            let bundle = json!({"resourceType": "Bundle", "type": kind,
+                "entry": [{"request": {"method": "GET", "url": net.labs[1]}}]});
+            let r = net.as_b().post("", &bundle).expect(200).json();
+            assert_eq!(entries(&r)[0]["resource"]["id"], json!(tail(&net.labs[1])));
+        }
+        let auditor = s.with_token(&s.token_for("bundle-auditor", ORG_A, "auditor", &[]));
+        let events = |query: &str| {
+            let (list, _) = auditor.all_pages(&format!(
+                "AuditEvent?patient=Patient/{PATIENT}&agent=clinic-b-ehr&entity={}&{query}&_count=100",
+                net.labs[1]
+            ));
+            list
+        };
+        assert_eq!(events("subtype=read").len(), 2, "one per Bundle");
+        let decisions = events("subtype=AuthZ-Consent");
+        assert_eq!(decisions.len(), 2, "one per Bundle");
+        assert!(
+            decisions.iter().all(|e| e.to_string().contains(CONSENT)),
+            "the deciding Consent is named: {decisions:?}"
+        );
+        let me = s.with_token(&s.token_for(
+            "bundle-p-app",
+            ORG_A,
+            "patient",
+            &["--patient", &format!("Patient/{PATIENT}")],
+        ));
+        let (mine, _) = me.all_pages(&format!(
+            "AuditEvent?patient=Patient/{PATIENT}&entity={}&subtype=read&_count=100",
+            net.labs[1]
+        ));
+        assert!(mine.len() >= 2, "{mine:?}");
+    });
+}

@@ -261,6 +261,17 @@ impl Gate {
         else {
             return Ok(None);
         };
+        self.foreign_data_decision(who, decision, (res_type, id), granted)
+    }
+
+    /// The AuthZ-Consent event for a decided row, when it is another facility's patient data.
+    fn foreign_data_decision(
+        &self,
+        who: &Requester,
+        decision: renkei_store::Decision,
+        (res_type, id): (&str, &str),
+        granted: bool,
+    ) -> Result<Option<NewAuditEvent>, RepoError> {
         let foreign = decision.custodian.as_deref() != Some(who.principal.facility.as_str());
         let Some(patient) = decision.patient_id.filter(|_| foreign) else {
             return Ok(None);
@@ -274,6 +285,44 @@ impl Gate {
             granted,
         );
         Ok(Some(to_row(&builder, &[])))
+    }
+
+    /// A read entry of a Bundle (`GET Type/id`, `GET Type/id/_history/n`) that succeeded:
+    /// its patient and custodian for the entry's AuditEvent, and for another facility's
+    /// patient data the AuthZ-Consent event that permitted it, as for a plain read.
+    fn bundle_read_facts(
+        &self,
+        who: &Requester,
+        tx: &mut Tx<'_>,
+        url: &str,
+        visibility: &Visibility,
+        event: &mut EventBuilder,
+    ) -> Result<(Vec<String>, Option<NewAuditEvent>), RepoError> {
+        let mut parts = url.trim_start_matches('/').split('/');
+        let (Some(res_type), Some(id)) = (parts.next(), parts.next()) else {
+            return Ok((Vec::new(), None));
+        };
+        let row = DecidedRow::Current { res_type, id };
+        let decision = match visibility {
+            Visibility::Facility { .. } => tx.deciding_consent(row, visibility)?,
+            _ => None,
+        };
+        let Some(decision) = decision else {
+            let current = tx.current(res_type, id)?;
+            if let Some(patient) = current.as_ref().and_then(|r| r.patient_id.clone()) {
+                event.patients.push(format!("Patient/{patient}"));
+            }
+            return Ok((
+                current.and_then(|r| r.custodian).into_iter().collect(),
+                None,
+            ));
+        };
+        if let Some(patient) = &decision.patient_id {
+            event.patients.push(format!("Patient/{patient}"));
+        }
+        let custodians: Vec<String> = decision.custodian.iter().cloned().collect();
+        let consent = self.foreign_data_decision(who, decision, (res_type, id), true)?;
+        Ok((custodians, consent))
     }
 
     /// BALP AuthZ-Consent for a search page: one event per patient whose data held by
@@ -825,8 +874,12 @@ impl Gate {
         // What the Bundle changed is audited in the transaction that commits it: every
         // committed entry, and for a transaction the Bundle itself.
         let on_commit = |tx: &mut Tx<'_>, first: usize, responses: &[Value]| {
-            let mut rows =
-                self.entry_rows(who, requests.get(first..).unwrap_or_default(), responses);
+            let mut rows = self.entry_rows(
+                who,
+                Some((tx, &context.visibility)),
+                requests.get(first..).unwrap_or_default(),
+                responses,
+            )?;
             if is_transaction {
                 let mut event = builder.clone();
                 event.recorded_ms = now_ms();
@@ -871,7 +924,11 @@ impl Gate {
                     .collect();
                 let (failed_requests, failed_responses): (Vec<Value>, Vec<Value>) =
                     failed.into_iter().unzip();
-                rows.extend(self.entry_rows(who, &failed_requests, &failed_responses));
+                // Without a transaction nothing is looked up, so this cannot fail.
+                rows.extend(
+                    self.entry_rows(who, None, &failed_requests, &failed_responses)
+                        .unwrap_or_default(),
+                );
                 self.audit
                     .record_all(rows)
                     .map_err(|e| AccessError::AuditUnavailable(e.0))?;
@@ -887,16 +944,19 @@ impl Gate {
     }
 
     /// One AuditEvent per Bundle entry, with the entry's own interaction and outcome.
+    /// The AuditEvents of a Bundle's entries. Given the committing transaction, successful
+    /// read entries are described from the database like plain reads (patient, custodian,
+    /// AuthZ-Consent); failed entries, recorded after their rollback, get none of that.
     fn entry_rows(
         &self,
         who: &Requester,
+        mut committing: Option<(&mut Tx<'_>, &Visibility)>,
         requests: &[Value],
         responses: &[Value],
-    ) -> Vec<NewAuditEvent> {
-        requests
-            .iter()
-            .zip(responses)
-            .map(|(request, answer)| {
+    ) -> Result<Vec<NewAuditEvent>, RepoError> {
+        let mut rows = Vec::new();
+        for (request, answer) in requests.iter().zip(responses) {
+            {
                 let method = request
                     .pointer("/request/method")
                     .and_then(Value::as_str)
@@ -935,9 +995,20 @@ impl Gate {
                 {
                     event.patients.push(patient.to_string());
                 }
-                to_row(&event, &[])
-            })
-            .collect()
+                let is_read = method == "GET" && !url.contains('?');
+                let mut custodians = Vec::new();
+                if let (true, 200, Some((tx, visibility))) =
+                    (is_read, entry_status(answer), committing.as_mut())
+                {
+                    let (held_by, consent) =
+                        self.bundle_read_facts(who, tx, url, visibility, &mut event)?;
+                    custodians = held_by;
+                    rows.extend(consent);
+                }
+                rows.push(to_row(&event, &custodians));
+            }
+        }
+        Ok(rows)
     }
 
     /// One AuditEvent by id, under the same role rules as search (404 when hidden).
