@@ -182,6 +182,16 @@ fn open(
                 Some(i) => format!("{}.{name}[{i}]", parent.location),
                 None => format!("{}.{name}", parent.location),
             };
+            if name == "id" && parent.kind != Kind::Resource {
+                return Err(refuse(
+                    &location_of(None),
+                    format!(
+                        "<id> is not an element of {}: the id of an element is its id \
+                         attribute in FHIR XML",
+                        parent.location
+                    ),
+                ));
+            }
             if known == Some(false)
                 || (parent.kind == Kind::Primitive && name != "extension")
                 || name == "resourceType"
@@ -463,6 +473,27 @@ mod tests {
     #[track_caller]
     fn accepted(xml: &str) -> serde_json::Value {
         crate::parse_xml(xml.as_bytes()).unwrap_or_else(|e| panic!("refused {xml}: {e}"))
+    }
+
+    #[test]
+    fn element_ids_are_attributes() {
+        refused(
+            &patient(r#"<name><id value="n1"/><family value="Y"/></name>"#),
+            "Patient.name[0].id",
+            "id attribute",
+        );
+        refused(
+            &patient(
+                r#"<extension url="http://example.org/x"><id value="e"/><valueString value="v"/></extension>"#,
+            ),
+            "Patient.extension[0].id",
+            "id attribute",
+        );
+        let value = accepted(&patient(
+            r#"<id value="p1"/><name id="n1"><family value="Y"/></name>"#,
+        ));
+        assert_eq!(value["id"], "p1");
+        assert_eq!(value["name"][0]["id"], "n1");
     }
 
     #[test]
