@@ -1134,5 +1134,146 @@ fn bundle_reads_are_audited_like_reads() {
             net.labs[1]
         ));
         assert!(mine.len() >= 2, "{mine:?}");
+
+        // A refusal by a consent that does not name the facility is that consent's decision,
+        // not the implicit policy (which decides only for patients without any consent).
+        net.as_c().get(&net.labs[1]).expect(404);
+        let (refusals, _) = auditor.all_pages(&format!(
+            "AuditEvent?agent=clinic-c-ehr&subtype=AuthZ-Consent&entity={}&_count=100",
+            net.labs[1]
+        ));
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        let text = refusals[0].to_string();
+        assert!(
+            text.contains(CONSENT) && text.contains("deny") && !text.contains("implicit"),
+            "{text}"
+        );
+    });
+}
+
+/// Patient data stays patient data however it names the patient (absolute URL, identifier
+/// only, through another record), a holder keeps its consent up to date, the patient's view
+/// of the audit names no other patient, and a token's scopes bound `_include` and the trail.
+#[test]
+fn patient_data_in_any_form_and_scoped_tokens() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let (as_a, as_b) = (net.as_a(), net.as_b());
+        let q_lab = {
+            let mut q_lab = lab("3D010000001926101", 3.0, "2025-03-04", None);
+            q_lab["subject"] = json!({"reference": format!("Patient/{OTHER_PATIENT}")});
+            id_of(&as_a.create(&q_lab))
+        };
+        let absolute = format!("{}/Patient/{OTHER_PATIENT}", s.base);
+        let records = [
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "abs"},
+                   "subject": {"reference": absolute}}),
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "logical"},
+                   "subject": {"identifier": {"system": "urn:hosp-a:patient", "value": "Q-0002"}}}),
+            json!({"resourceType": "Binary", "contentType": "text/plain",
+                   "securityContext": {"reference": q_lab}, "data": "U0VDUkVU"}),
+            json!({"resourceType": "Task", "status": "requested", "intent": "order",
+                   "focus": {"reference": q_lab}}),
+        ];
+        for record in records {
+            let path = id_of(&as_a.create(&record));
+            as_a.get(&path).expect(200);
+            as_b.get(&path).expect(404);
+        }
+        // B may not merge into A's record, however the survivor is spelled.
+        let r = as_b
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient",
+                        "link": [{"type": "replaced-by", "other": {"reference": format!("{}/Patient/{PATIENT}", s.base)}}]}),
+            )
+            .expect(422);
+        assert!(r.body.contains("replaced-by"), "{}", r.body);
+
+        // A consent recorded (imported) for a Patient the operator holds: its holder
+        // withdraws it.
+        let file = std::env::temp_dir().join(format!(
+            "renkei-held-consent-{}.json",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut consent = consent_body(&[ORG_B], "active");
+        consent["id"] = json!("consent-shared");
+        consent["patient"] = json!({"reference": "Patient/pat-operator"});
+        consent["meta"] = json!({"source": "http://renkei.example.jp/facility/hosp-a"});
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Patient", "id": "pat-operator"},
+                 "request": {"method": "PUT", "url": "Patient/pat-operator"}},
+                {"resource": consent, "request": {"method": "PUT", "url": "Consent/consent-shared"}},
+            ]}))
+            .unwrap(),
+        )
+        .unwrap();
+        s.cli(&["import", file.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&file);
+        let mut withdrawn = as_a.read_json("Consent/consent-shared");
+        withdrawn["status"] = json!("inactive");
+        as_a.put("Consent/consent-shared", &withdrawn).expect(200);
+        // Another facility still cannot take it over, nor move it to another patient.
+        as_b.put("Consent/consent-shared", &withdrawn).expect(404);
+        let mut moved = withdrawn.clone();
+        moved["patient"] = json!({"reference": "Patient/held-by-nobody-here"});
+        as_a.put("Consent/consent-shared", &moved).expect(403);
+
+        // A search over two patients: P's own view of the audit does not name Q.
+        as_a.read_json(&format!("Condition?patient={PATIENT},{OTHER_PATIENT}"));
+        let me = s.with_token(&s.token_for(
+            "scoped-p-app",
+            ORG_A,
+            "patient",
+            &["--patient", &format!("Patient/{PATIENT}")],
+        ));
+        let (mine, _) = me.all_pages("AuditEvent?_count=100");
+        assert!(!mine.is_empty());
+        let text = serde_json::to_string(&mine).unwrap();
+        assert!(!text.contains(OTHER_PATIENT), "{text}");
+
+        // Scopes: Observation only.
+        let narrow = s.with_token(&s.token_for(
+            "observation-only",
+            ORG_A,
+            "facility",
+            &["--scope", "system/Observation.rs"],
+        ));
+        let bundle = narrow.read_json(&format!(
+            "Observation?_id={}&_include=*",
+            tail(&net.labs[0])
+        ));
+        let types: Vec<String> = entries(&bundle)
+            .iter()
+            .filter_map(|e| e["resource"]["resourceType"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(types, ["Observation"], "{bundle}");
+        narrow.get("AuditEvent?_count=1").expect(403);
+        narrow.get(&format!("Patient/{PATIENT}")).expect(403);
+        // In a batch, an entry outside the scopes is refused on its own.
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": format!("Patient/{PATIENT}")}},
+            {"request": {"method": "GET", "url": net.labs[0]}},
+        ]});
+        let answer = narrow.post("", &batch).expect(200).json();
+        let statuses: Vec<String> = entries(&answer)
+            .iter()
+            .map(|e| {
+                e["response"]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(statuses, ["403 Forbidden", "200 OK"], "{answer}");
+        assert_eq!(
+            entries(&answer)[1]["resource"]["id"],
+            json!(tail(&net.labs[0]))
+        );
+        let mut transaction = batch.clone();
+        transaction["type"] = json!("transaction");
+        narrow.post("", &transaction).expect(403);
     });
 }

@@ -286,6 +286,26 @@ fn requests_need_a_bearer_token() {
             None,
         )
         .expect(401);
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        for scheme in ["BEARER", "bearer", "bEaReR"] {
+            let authorization = format!("{scheme} {}", s.token);
+            s.anonymous()
+                .request(
+                    "GET",
+                    "metadata",
+                    &[("Authorization", &authorization)],
+                    None,
+                )
+                .expect(200);
+            s.anonymous()
+                .request(
+                    "GET",
+                    "Patient?_id=x",
+                    &[("Authorization", &authorization)],
+                    None,
+                )
+                .expect(200);
+        }
         s.anonymous()
             .post(
                 "Patient",
@@ -442,8 +462,24 @@ fn routing_errors() {
         .expect(405);
         let r = s.request("POST", "Patient/_history", &[], None).expect(405);
         assert_eq!(r.header("allow"), Some("GET"));
+        for (method, path, allow) in [
+            ("DELETE", "", "GET, POST"),
+            ("PATCH", "", "GET, POST"),
+            ("DELETE", "_history", "GET"),
+            ("GET", "_search", "POST"),
+            ("POST", "AuditEvent", "GET"),
+            ("DELETE", "AuditEvent/x", "GET"),
+        ] {
+            let r = s.request(method, path, &[], None).expect(405);
+            assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+            r.outcome();
+        }
         s.request("DELETE", "Patient/x/_history", &[], None)
             .expect(405);
+        // A delete aimed at something that cannot be an id is malformed, not a no-op.
+        for path in ["Patient/$everything", "Observation/bad!id"] {
+            s.request("DELETE", path, &[], None).expect(400).outcome();
+        }
         // Invalid version id in a vread.
         let r = s.get("Patient/1/_history/abc");
         assert!(matches!(r.status, 400 | 404), "{}", r.status);

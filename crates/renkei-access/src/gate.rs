@@ -61,6 +61,19 @@ fn compartment_owner(plan: &SearchPlan) -> Option<(&str, &str)> {
 }
 
 /// The status code of a Bundle response entry (200 when it names none).
+/// The response entry of a batch entry refused before it ran (its scope).
+fn refused_entry(error: &AccessError) -> Value {
+    serde_json::json!({
+        "response": {
+            "status": "403 Forbidden",
+            "outcome": {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "forbidden", "diagnostics": error.to_string()}],
+            },
+        },
+    })
+}
+
 fn entry_status(answer: &Value) -> u16 {
     answer
         .pointer("/response/status")
@@ -528,7 +541,14 @@ impl Gate {
         let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
             return Ok(());
         };
-        for entry in entries {
+        entries
+            .iter()
+            .try_for_each(|entry| Self::require_entry_scope(who, entry))
+    }
+
+    /// The token's scopes allow this Bundle entry's request (and it does not write the trail).
+    fn require_entry_scope(who: &Requester, entry: &Value) -> Result<(), AccessError> {
+        {
             let request = entry.get("request");
             let method = request
                 .and_then(|r| r.get("method"))
@@ -555,16 +575,15 @@ impl Gate {
                 "PUT" | "PATCH" => Action::Update,
                 "DELETE" => Action::Delete,
                 // Unknown methods are refused by the bundle processor itself.
-                _ => continue,
+                _ => return Ok(()),
             };
             if res_type == "AuditEvent" && !matches!(method, "GET" | "HEAD") {
                 return Err(AccessError::Forbidden(
                     "the audit trail is append-only and written by the gateway itself".into(),
                 ));
             }
-            who.require(res_type, action)?;
+            who.require(res_type, action)
         }
-        Ok(())
     }
 
     fn describe_write(outcome: &WriteOutcome, builder: &mut EventBuilder) -> Vec<String> {
@@ -814,7 +833,11 @@ impl Gate {
                             ));
                         }
                     }
-                    let page = renkei_repository::search_in(tx, plan, &visibility)?;
+                    let mut page = renkei_repository::search_in(tx, plan, &visibility)?;
+                    // `_include`/`_revinclude` bring in only the types the token may read
+                    // (SMART scopes; consent has already been applied by the query).
+                    page.included
+                        .retain(|row| who.require(&row.res_type, Action::Read).is_ok());
                     let decisions = self.search_consent_decisions(who, tx, &page, &visibility)?;
                     Ok((Ok(page), decisions))
                 })?)
@@ -866,7 +889,30 @@ impl Gate {
         };
         let builder = self.event(who, interaction);
         let context = self.context(who);
-        let requests: Vec<Value> = bundle
+        let all_requests: Vec<Value> = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        // A batch's entries are independent: one outside the token's scopes is refused on
+        // its own (403 in its response entry) and the others run. A transaction is all or
+        // nothing, so any such entry refuses the whole Bundle.
+        let (runnable, refused) = if is_transaction {
+            (std::borrow::Cow::Borrowed(bundle), Vec::new())
+        } else {
+            let mut kept = Vec::new();
+            let mut refused = Vec::new();
+            for (index, entry) in all_requests.iter().enumerate() {
+                match Self::require_entry_scope(who, entry) {
+                    Ok(()) => kept.push(entry.clone()),
+                    Err(error) => refused.push((index, error)),
+                }
+            }
+            let mut runnable = bundle.clone();
+            runnable["entry"] = Value::Array(kept);
+            (std::borrow::Cow::Owned(runnable), refused)
+        };
+        let requests: Vec<Value> = runnable
             .get("entry")
             .and_then(Value::as_array)
             .cloned()
@@ -894,20 +940,30 @@ impl Gate {
         };
         let result = who
             .require_writer()
-            .and_then(|()| Self::require_bundle_scopes(who, bundle))
+            .and_then(|()| Self::require_bundle_scopes(who, &runnable))
             .and_then(|()| {
-                Ok(self.repository.process_bundle(
-                    bundle,
+                let mut response = self.repository.process_bundle(
+                    &runnable,
                     &context,
                     return_resources,
                     &on_commit,
-                )?)
+                )?;
+                if !refused.is_empty() {
+                    if let Some(entries) = response.get_mut("entry").and_then(Value::as_array_mut) {
+                        for (index, error) in &refused {
+                            let at = (*index).min(entries.len());
+                            entries.insert(at, refused_entry(error));
+                        }
+                    }
+                }
+                Ok(response)
             });
         match &result {
             Ok(_) if is_transaction => {}
             Ok(response) => {
                 // A batch: the Bundle's own event, and the entries that failed (their
-                // transactions rolled back, so they are recorded here, durably).
+                // transactions rolled back, or they were refused, so they are recorded here,
+                // durably).
                 let responses: Vec<Value> = response
                     .get("entry")
                     .and_then(Value::as_array)
@@ -916,7 +972,7 @@ impl Gate {
                 let mut event = builder;
                 event.resources = locations(&responses);
                 let mut rows = vec![to_row(&event, &[])];
-                let failed: Vec<(Value, Value)> = requests
+                let failed: Vec<(Value, Value)> = all_requests
                     .iter()
                     .zip(&responses)
                     .filter(|(_, answer)| entry_status(answer) >= 400)
@@ -943,8 +999,7 @@ impl Gate {
         result
     }
 
-    /// One AuditEvent per Bundle entry, with the entry's own interaction and outcome.
-    /// The AuditEvents of a Bundle's entries. Given the committing transaction, successful
+    /// The AuditEvents of a Bundle's entries, each with its own interaction and outcome. Given the committing transaction, successful
     /// read entries are described from the database like plain reads (patient, custodian,
     /// AuthZ-Consent); failed entries, recorded after their rollback, get none of that.
     fn entry_rows(
@@ -1066,6 +1121,13 @@ impl Gate {
         mut query: AuditQuery,
     ) -> Result<Vec<TrailEvent>, AccessError> {
         use renkei_consent::Role;
+        // The trail is a resource type like any other for the token's scopes.
+        let action = if query.event_id.is_some() {
+            Action::Read
+        } else {
+            Action::Search
+        };
+        who.require("AuditEvent", action)?;
         // Patients and facilities see events about their data, but only what they may see of it.
         let mut redacted_view = None;
         match who.principal.role {
@@ -1254,9 +1316,18 @@ fn visible_to(
     let Some((res_type, id)) = base.split_once('/') else {
         return Ok(false);
     };
-    match tx.current(res_type, id)? {
-        Some(row) => Ok(tx.is_visible(&row, visibility)?),
-        None => Ok(false),
+    if let Some(row) = tx.current(res_type, id)? {
+        if tx.is_visible(&row, visibility)? {
+            return Ok(true);
+        }
+    }
+    // A facility knows the patients it holds records of, even when another facility holds
+    // the Patient record itself.
+    match (res_type, visibility) {
+        ("Patient", Visibility::Facility { organization, .. }) => {
+            Ok(tx.holds_record_of(organization, id)?)
+        }
+        _ => Ok(false),
     }
 }
 

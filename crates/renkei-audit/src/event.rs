@@ -401,7 +401,11 @@ pub fn redact_hidden<E>(
     };
     let mut kept = Vec::with_capacity(entities.len());
     for mut entity in std::mem::take(entities) {
-        let names_a_resource = entity.pointer("/role/code").and_then(Value::as_str) == Some("4");
+        // A patient entity counts too: a search over several patients names each of them.
+        let names_a_resource = matches!(
+            entity.pointer("/role/code").and_then(Value::as_str),
+            Some("1" | "4")
+        );
         if let (true, Some(reference)) = (
             names_a_resource,
             entity.pointer("/what/reference").and_then(Value::as_str),
@@ -460,6 +464,7 @@ mod tests {
     fn redaction_drops_hidden_entities_query_parameters_and_descriptions() {
         let mut builder = EventBuilder::new(Interaction::Search, "req-9", 0);
         builder.patients.push("Patient/p1".into());
+        builder.patients.push("Patient/hidden-other".into());
         builder.resources.push("Observation/seen".into());
         builder
             .resources
@@ -473,7 +478,15 @@ mod tests {
             Ok::<bool, ()>(!reference.contains("hidden"))
         })
         .unwrap();
-        assert_eq!(asked, ["Observation/seen", "Observation/hidden/_history/3"]);
+        assert_eq!(
+            asked,
+            [
+                "Patient/p1",
+                "Patient/hidden-other",
+                "Observation/seen",
+                "Observation/hidden/_history/3"
+            ]
+        );
         let text = event.to_string();
         assert!(!text.contains("hidden"), "{text}");
         assert!(text.contains("Observation/seen") && text.contains("Patient/p1"));

@@ -27,7 +27,7 @@ pub async fn append_only(req: HttpRequest) -> HttpResponse {
     let format = RequestCtx::new(&req)
         .map(|c| c.format)
         .unwrap_or(crate::format::Format::Json);
-    ApiError::new(
+    let mut response = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "not-supported",
         format!(
@@ -35,7 +35,12 @@ pub async fn append_only(req: HttpRequest) -> HttpResponse {
             req.method()
         ),
     )
-    .respond(format, false)
+    .respond(format, false);
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static("GET"),
+    );
+    response
 }
 
 fn reference(value: &str, default_type: &str) -> String {

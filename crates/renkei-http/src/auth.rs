@@ -58,9 +58,11 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, Ap
         .ok_or_else(|| {
             unauthorized("this endpoint needs an access token: Authorization: Bearer <token> (see /fhir/.well-known/smart-configuration)")
         })?;
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
     let token = header_value
-        .strip_prefix("Bearer ")
-        .or_else(|| header_value.strip_prefix("bearer "))
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
     let claims =
         renkei_auth::verify_access_token(&state.auth.key, token.trim(), chrono::Utc::now())

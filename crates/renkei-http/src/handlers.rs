@@ -342,14 +342,11 @@ pub async fn update(
 fn criteria_from_query(res_type: &str, ctx: &RequestCtx, req: &HttpRequest) -> Result<Criteria> {
     let _ = ctx;
     if req.query_string().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "not-supported",
-            format!(
-                "{} on the {res_type} type needs search criteria (conditional interaction)",
-                req.method()
-            ),
-        ));
+        // The method is allowed here, with criteria: the request is incomplete, not the path.
+        return Err(ApiError::bad_request(format!(
+            "{} on the {res_type} type needs search criteria (conditional interaction)",
+            req.method()
+        )));
     }
     let query: String = req
         .query_string()

@@ -79,12 +79,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/Patient/$match", web::post().to(identity::match_patients))
             .route("/Patient/$link", web::post().to(identity::link))
             .route("/Patient/$unlink", web::post().to(identity::unlink))
-            .route("", web::post().to(h::bundle))
-            .route("/", web::post().to(h::bundle))
-            .route("", web::get().to(search::search_system))
-            .route("/", web::get().to(search::search_system))
-            .route("/_search", web::post().to(search::search_system_post))
-            .route("/_history", web::get().to(h::history_system))
+            .service(
+                web::resource(["", "/"])
+                    .route(web::post().to(h::bundle))
+                    .route(web::get().to(search::search_system))
+                    .default_service(allowing("GET, POST")),
+            )
+            .service(
+                web::resource("/_search")
+                    .route(web::post().to(search::search_system_post))
+                    .default_service(allowing("POST")),
+            )
+            .service(
+                web::resource("/_history")
+                    .route(web::get().to(h::history_system))
+                    .default_service(allowing("GET")),
+            )
             .service(
                 web::resource("/{type}/_history")
                     .route(web::get().to(h::history_type))

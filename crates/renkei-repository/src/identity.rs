@@ -42,8 +42,12 @@ pub(crate) fn replaced_by(patient: &Value) -> impl Iterator<Item = String> + '_ 
         .flatten()
         .filter(|link| link.get("type").and_then(Value::as_str) == Some("replaced-by"))
         .filter_map(|link| link.pointer("/other/reference").and_then(Value::as_str))
-        .filter_map(|reference| reference.strip_prefix("Patient/"))
-        .map(|id| id.split('/').next().unwrap_or(id).to_string())
+        .map(|reference| match crate::index::local_reference(reference) {
+            Some(("Patient", id)) => id.to_string(),
+            // A survivor that is not a Patient record here (a conditional or foreign
+            // reference): kept as written, so the merge check refuses it.
+            _ => reference.to_string(),
+        })
 }
 
 /// A Patient record was written (or deleted: `None`): refresh its keys and its person.

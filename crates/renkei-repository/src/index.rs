@@ -18,25 +18,22 @@ pub(crate) fn rows(res_type: &str, resource: &Value) -> IndexRows {
 /// (`subject`, `patient`, `beneficiary`, `individual`, Task's `for`, Binary's
 /// `securityContext`); else, for a Bundle (a document, say), the patient of its first entry
 /// about one; else the first reference to a Patient anywhere in it (an Appointment's
-/// participant, a Group's member). A record naming a patient is never directory data.
+/// participant, a Group's member). A record naming a patient is never directory data. A
+/// patient named only by identifier (a logical reference) is [`UNRESOLVED_PATIENT`].
 pub(crate) fn patient_of(res_type: &str, id: &str, resource: &Value) -> Option<String> {
     if res_type == "Patient" {
         return Some(id.to_string());
     }
-    let named = [
-        "subject",
-        "patient",
-        "beneficiary",
-        "individual",
-        "for",
-        "securityContext",
-    ]
-    .iter()
-    .filter_map(|key| resource.get(*key))
-    .filter_map(|r| r.get("reference").and_then(Value::as_str))
-    .find_map(patient_id_of_reference);
-    if named.is_some() {
-        return named;
+    let named: Vec<&Value> = PATIENT_ELEMENTS
+        .iter()
+        .filter_map(|key| resource.get(*key))
+        .collect();
+    if let Some(patient) = named
+        .iter()
+        .filter_map(|r| r.get("reference").and_then(Value::as_str))
+        .find_map(patient_id_of_reference)
+    {
+        return Some(patient);
     }
     if res_type == "Bundle" {
         let in_entries = resource
@@ -54,32 +51,94 @@ pub(crate) fn patient_of(res_type: &str, id: &str, resource: &Value) -> Option<S
             return in_entries;
         }
     }
-    first_patient_reference(resource)
+    if let Some(patient) = first_patient_reference(resource) {
+        return Some(patient);
+    }
+    let logical_patient = named.iter().any(|r| {
+        r.get("reference").is_none()
+            && r.get("identifier").is_some()
+            && r.get("type")
+                .and_then(Value::as_str)
+                .is_none_or(|t| t == "Patient")
+    });
+    logical_patient.then(|| UNRESOLVED_PATIENT.to_string())
+}
+
+/// Elements that name the patient a record is about.
+const PATIENT_ELEMENTS: [&str; 6] = [
+    "subject",
+    "patient",
+    "beneficiary",
+    "individual",
+    "for",
+    "securityContext",
+];
+
+/// The patient of a record that names its patient only by identifier: no Patient record has
+/// this id (ids cannot hold a colon), so no consent permits it to anyone but its holder.
+pub(crate) const UNRESOLVED_PATIENT: &str = "urn:renkei:unresolved-patient";
+
+/// `(type, id)` of a reference to a resource on this server: relative (`Type/id`, with or
+/// without `/_history/n`) or absolute (`http(s)://…/Type/id[/_history/n]`, whatever the base,
+/// as the search index reads it). `None` for `urn:`, contained (`#…`) and conditional
+/// references.
+pub(crate) fn local_reference(reference: &str) -> Option<(&str, &str)> {
+    let path = match reference.split_once("://") {
+        Some((scheme, rest)) if scheme == "http" || scheme == "https" => {
+            rest.split_once('/').map(|(_, path)| path)?
+        }
+        Some(_) => return None,
+        None => reference,
+    };
+    if path.contains('?') || path.starts_with('#') {
+        return None;
+    }
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let tail = match segments.iter().rposition(|s| *s == "_history") {
+        Some(at) => &segments[..at],
+        None => &segments[..],
+    };
+    match tail {
+        [.., res_type, id] if renkei_fhir::is_resource_type(res_type) => Some((res_type, id)),
+        _ => None,
+    }
 }
 
 fn patient_id_of_reference(reference: &str) -> Option<String> {
-    reference
-        .strip_prefix("Patient/")
-        .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
-        .filter(|id| !id.is_empty())
+    match local_reference(reference) {
+        Some(("Patient", id)) => Some(id.to_string()),
+        _ => None,
+    }
 }
 
 /// The first `reference` to a Patient anywhere in `value`, depth first in document order.
 fn first_patient_reference(value: &Value) -> Option<String> {
-    match value {
-        Value::Object(map) => {
-            if let Some(found) = map
-                .get("reference")
-                .and_then(Value::as_str)
-                .and_then(patient_id_of_reference)
-            {
-                return Some(found);
+    local_references(value)
+        .into_iter()
+        .find_map(|(res_type, id)| (res_type == "Patient").then_some(id))
+}
+
+/// Every reference to another resource on this server in `value`, in document order.
+pub(crate) fn local_references(value: &Value) -> Vec<(String, String)> {
+    fn walk(value: &Value, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(map) => {
+                if let Some((res_type, id)) = map
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .and_then(local_reference)
+                {
+                    out.push((res_type.to_string(), id.to_string()));
+                }
+                map.values().for_each(|v| walk(v, out));
             }
-            map.values().find_map(first_patient_reference)
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
         }
-        Value::Array(items) => items.iter().find_map(first_patient_reference),
-        _ => None,
     }
+    let mut out = Vec::new();
+    walk(value, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -128,6 +187,31 @@ mod tests {
                 None,
             ),
             ("Task", json!({"for": {"reference": "Patient/"}}), None),
+            (
+                "Observation",
+                json!({"subject": {"reference": "http://127.0.0.1:8412/fhir/Patient/g"}}),
+                Some("g"),
+            ),
+            (
+                "Task",
+                json!({"for": {"reference": "https://other.example/fhir/Patient/h/_history/3"}}),
+                Some("h"),
+            ),
+            (
+                "Observation",
+                json!({"subject": {"identifier": {"system": "urn:x", "value": "1"}}}),
+                Some(super::UNRESOLVED_PATIENT),
+            ),
+            (
+                "Observation",
+                json!({"subject": {"type": "Group", "identifier": {"value": "1"}}}),
+                None,
+            ),
+            (
+                "Observation",
+                json!({"subject": {"reference": "urn:uuid:1"}}),
+                None,
+            ),
         ];
         for (res_type, resource, expected) in cases {
             assert_eq!(

@@ -176,12 +176,22 @@ impl WriteContext {
     fn check_may_record_consent(
         &self,
         tx: &mut Tx<'_>,
+        current: Option<&ResourceRow>,
         res_type: &str,
         patient: Option<&str>,
     ) -> Result<(), RepoError> {
         let (Some(writer), "Consent") = (&self.custodian, res_type) else {
             return Ok(());
         };
+        // The facility that recorded a consent keeps it up to date (withdrawal above all),
+        // also for a patient whose Patient record the network operator holds.
+        let own_consent = current.is_some_and(|row| {
+            row.custodian.as_deref() == Some(writer.as_str())
+                && row.patient_id.as_deref() == patient
+        });
+        if own_consent {
+            return Ok(());
+        }
         let holds = match patient {
             Some(patient) => tx.holds_patient_record_of(writer, patient)?,
             None => false,
@@ -400,8 +410,8 @@ impl Repository {
             .read(|tx| Ok(tx.explain_search(plan, visibility)?))
     }
 
-    /// Rebuilds the index rows of every current resource (after a change of search
-    /// definitions), `batch` resources per write transaction. `progress` hears the running
+    /// Rebuilds the index rows and the patient of every current resource (after a change of
+    /// search definitions or of Renkei), `batch` resources per write transaction. `progress` hears the running
     /// count. Returns the number of resources reindexed.
     pub fn reindex(&self, batch: usize, mut progress: impl FnMut(u64)) -> Result<u64, RepoError> {
         let mut after = 0i64;
@@ -420,6 +430,13 @@ impl Repository {
                         RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}")))
                     })?;
                     tx.replace_index(row.rid, &row.res_type, &index::rows(&row.res_type, &value))?;
+                    // Which patient a record is about can change with the rules (records
+                    // outside the compartment types that name a patient stopped being
+                    // directory data): consent is decided on this column.
+                    let patient = patient_of_record(tx, &row.res_type, &row.res_id, &value)?;
+                    if patient != row.patient_id {
+                        tx.set_patient_id(row.rid, patient.as_deref())?;
+                    }
                     if row.res_type == "Patient" {
                         crate::identity::patient_written(
                             tx,
@@ -601,29 +618,21 @@ pub fn vread(
     }
 }
 
-/// A Provenance is about the patient of the records it describes (its first target about one):
-/// otherwise it would be directory data, and would tell every member that a hidden record
-/// exists and who made it.
-fn patient_of_provenance_targets(
+/// The patient a record is about: `index::patient_of`, else the patient of the first record it
+/// references that is about one (a Provenance's target, a Binary's `securityContext`, a
+/// Task's `focus`, a Communication's `about`). Otherwise such a record would be directory
+/// data and show every member what a hidden record holds, or that it exists.
+fn patient_of_record(
     tx: &mut Tx<'_>,
     res_type: &str,
+    id: &str,
     resource: &Value,
 ) -> Result<Option<String>, RepoError> {
-    if res_type != "Provenance" {
-        return Ok(None);
+    if let Some(patient) = index::patient_of(res_type, id, resource) {
+        return Ok(Some(patient));
     }
-    let targets = resource
-        .get("target")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|target| target.get("reference").and_then(Value::as_str))
-        .filter_map(|reference| {
-            let mut parts = reference.split('/');
-            Some((parts.next()?, parts.next()?))
-        })
-        .take(MAX_PROVENANCE_TARGETS_LOOKED_UP);
-    for (target_type, target_id) in targets {
+    let references = index::local_references(resource);
+    for (target_type, target_id) in references.iter().take(MAX_REFERENCES_LOOKED_UP) {
         if let Some(row) = tx.current(target_type, target_id)? {
             if let Some(patient) = row.patient_id {
                 return Ok(Some(patient));
@@ -633,9 +642,9 @@ fn patient_of_provenance_targets(
     Ok(None)
 }
 
-/// How many Provenance targets are looked up for their patient (a Provenance of a whole
-/// transaction can name hundreds; the first ones decide).
-const MAX_PROVENANCE_TARGETS_LOOKED_UP: usize = 32;
+/// How many references of a record that names no patient are looked up for one (a Provenance
+/// of a whole transaction can name hundreds; the first ones decide).
+const MAX_REFERENCES_LOOKED_UP: usize = 32;
 
 /// Checks that `resource` is a `res_type` resource; the body must name the type of the URL.
 pub(crate) fn check_body_type(resource: &Value, res_type: &str) -> Result<(), RepoError> {
@@ -666,11 +675,8 @@ fn store_version(
     let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
     let (resource, prepared_rows) = prepared.into_parts(res_type);
     let mut stamped = stamp(resource, id, version, last_updated);
-    let patient = match index::patient_of(res_type, id, &stamped) {
-        Some(patient) => Some(patient),
-        None => patient_of_provenance_targets(tx, res_type, &stamped)?,
-    };
-    context.check_may_record_consent(tx, res_type, patient.as_deref())?;
+    let patient = patient_of_record(tx, res_type, id, &stamped)?;
+    context.check_may_record_consent(tx, current, res_type, patient.as_deref())?;
     context.check_may_merge(tx, res_type, &stamped)?;
     // The custodian is the facility that first stored the resource; later writers do not
     // take it over.
@@ -845,12 +851,19 @@ pub fn update(
         }
         Some(_) => {}
     }
-    if !is_valid_id(id) {
-        return Err(RepoError::BadRequest(format!(
-            "'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"
-        )));
-    }
+    check_id(id)?;
     write_version(tx, res_type, id, resource, if_match, "PUT", context)
+}
+
+/// A logical id from a URL that addresses a resource to change: anything else is a malformed
+/// request (400), not an absent resource.
+fn check_id(id: &str) -> Result<(), RepoError> {
+    if is_valid_id(id) {
+        return Ok(());
+    }
+    Err(RepoError::BadRequest(format!(
+        "'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"
+    )))
 }
 
 fn write_version(
@@ -1065,6 +1078,7 @@ pub fn delete(
     context: &WriteContext,
 ) -> Result<DeleteOutcome, RepoError> {
     check_type(res_type)?;
+    check_id(id)?;
     let current = tx.current_for_update(res_type, id)?;
     let Some(row) = current.filter(|row| !row.deleted) else {
         return Ok(DeleteOutcome::NothingToDelete);

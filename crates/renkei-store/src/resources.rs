@@ -235,6 +235,16 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Sets which patient the current version of `rid` is about (reindexing).
+    pub fn set_patient_id(&mut self, rid: i64, patient_id: Option<&str>) -> Result<(), StoreError> {
+        let mut update = Sql::new("UPDATE resources SET patient_id = ");
+        update
+            .bind(Bind::OptText(patient_id.map(str::to_string)))
+            .push(" WHERE rid = ")
+            .bind(Bind::Int(rid));
+        self.execute(&update).map(|_| ())
+    }
+
     /// Whether the database holds no resources at all (demo loading uses it).
     pub fn is_empty(&mut self) -> Result<bool, StoreError> {
         let sql = Sql::new("SELECT COUNT(*) AS n FROM (SELECT rid FROM resources LIMIT 1) t");

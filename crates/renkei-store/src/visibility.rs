@@ -584,11 +584,16 @@ impl crate::Tx<'_> {
         };
         // The rules of the row's person (its patient record and every record linked to it),
         // deny first.
-        let mut sql = Sql::new("SELECT r.patient_id, r.custodian, (SELECT p.consent_ref FROM ");
+        // When no rule matches but the person has a consent in force, that consent decided
+        // (it does not permit this requester: step 8 of CONSENT.md), not the implicit policy.
+        let mut sql =
+            Sql::new("SELECT r.patient_id, r.custodian, COALESCE((SELECT p.consent_ref FROM ");
         push_person_rules(&mut sql, "p", PersonOf::Row("r"));
         sql.push(" WHERE ");
         push_match(&mut sql, "p", "r", &args);
-        sql.push(" ORDER BY p.permit ASC LIMIT 1) AS consent_ref FROM resources r WHERE ");
+        sql.push(" ORDER BY p.permit ASC LIMIT 1), (SELECT q.consent_ref FROM ");
+        push_person_rules(&mut sql, "q", PersonOf::Row("r"));
+        sql.push(" ORDER BY q.consent_ref LIMIT 1)) AS consent_ref FROM resources r WHERE ");
         match row {
             DecidedRow::Rid(rid) => {
                 sql.push("r.rid = ").bind(Bind::Int(rid));
