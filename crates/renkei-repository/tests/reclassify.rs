@@ -3,26 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use renkei_repository::{Repository, WriteContext};
-use serde_json::{json, Value};
+use renkei_repository::Repository;
+use serde_json::json;
 
 mod common;
 
-fn put(repo: &Repository, resource: Value) {
-    let res_type = resource["resourceType"].as_str().unwrap().to_string();
-    let id = resource["id"].as_str().unwrap().to_string();
-    repo.write(|tx| {
-        renkei_repository::update(
-            tx,
-            &res_type,
-            &id,
-            resource.clone(),
-            None,
-            &WriteContext::default(),
-        )
-    })
-    .unwrap();
-}
+use common::put;
 
 fn patient_of(repo: &Repository, res_type: &str, id: &str) -> Option<String> {
     repo.read_tx(|tx| Ok::<_, renkei_repository::RepoError>(tx.current(res_type, id)?))

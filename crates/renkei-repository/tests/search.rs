@@ -19,21 +19,7 @@ fn postgres() -> Db {
     common::postgres("search")
 }
 
-fn put(repo: &Repository, resource: Value) {
-    let res_type = resource["resourceType"].as_str().unwrap().to_string();
-    let id = resource["id"].as_str().unwrap().to_string();
-    repo.write(|tx| {
-        renkei_repository::update(
-            tx,
-            &res_type,
-            &id,
-            resource.clone(),
-            None,
-            &WriteContext::default(),
-        )
-    })
-    .unwrap();
-}
+use common::put;
 
 fn ids(repo: &Repository, res_type: &str, query: &str) -> Vec<String> {
     let page = repo

@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
-use renkei_repository::{Repository, RepositoryOptions};
+use renkei_repository::{Repository, RepositoryOptions, WriteContext};
 use renkei_search::plan::{parse, ParseOptions, SearchPlan};
 use renkei_store::{DatabaseUrl, NewAuditEvent, Store, StoreOptions};
+use serde_json::Value;
 
 pub struct Db {
     pub repo: Repository,
@@ -101,4 +102,21 @@ pub fn audit_event(n: u32, patient: &str, custodian: &str) -> NewAuditEvent {
             ("custodian".into(), custodian.to_string()),
         ],
     }
+}
+
+/// Stores `resource` (with its id) as internal work would: no facility, no consent check.
+pub fn put(repo: &Repository, resource: Value) {
+    let res_type = resource["resourceType"].as_str().unwrap().to_string();
+    let id = resource["id"].as_str().unwrap().to_string();
+    repo.write(|tx| {
+        renkei_repository::update(
+            tx,
+            &res_type,
+            &id,
+            resource.clone(),
+            None,
+            &WriteContext::default(),
+        )
+    })
+    .unwrap();
 }
