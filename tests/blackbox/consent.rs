@@ -1135,6 +1135,18 @@ fn bundle_reads_are_audited_like_reads() {
         ));
         assert!(mine.len() >= 2, "{mine:?}");
 
+        // A write inside a Bundle is in its holder's view of the audit, with its patient.
+        let mut task = json!({"resourceType": "Task", "status": "requested", "intent": "order",
+            "for": {"reference": format!("Patient/{PATIENT}")}});
+        task["id"] = json!("bundle-task");
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": task, "request": {"method": "PUT", "url": "Task/bundle-task"}}]});
+        net.as_a().post("", &bundle).expect(200);
+        let (writes, _) = net.as_a().all_pages(&format!(
+            "AuditEvent?entity=Task/bundle-task&patient=Patient/{PATIENT}&_count=100"
+        ));
+        assert_eq!(writes.len(), 1, "{writes:?}");
+
         // A refusal by a consent that does not name the facility is that consent's decision,
         // not the implicit policy (which decides only for patients without any consent).
         net.as_c().get(&net.labs[1]).expect(404);

@@ -300,39 +300,43 @@ impl Gate {
         Ok(Some(to_row(&builder, &[])))
     }
 
-    /// A read entry of a Bundle (`GET Type/id`, `GET Type/id/_history/n`) that succeeded:
-    /// its patient and custodian for the entry's AuditEvent, and for another facility's
-    /// patient data the AuthZ-Consent event that permitted it, as for a plain read.
-    fn bundle_read_facts(
+    /// A Bundle entry that succeeded, described from the database like the plain interaction:
+    /// the patient and holder of its target (`Type/id…`) for the entry's AuditEvent, and for a
+    /// read of another facility's patient data the AuthZ-Consent event that permitted it.
+    fn bundle_entry_facts(
         &self,
         who: &Requester,
         tx: &mut Tx<'_>,
-        url: &str,
+        (target, is_read): (&str, bool),
         visibility: &Visibility,
         event: &mut EventBuilder,
     ) -> Result<(Vec<String>, Option<NewAuditEvent>), RepoError> {
-        let mut parts = url.trim_start_matches('/').split('/');
+        let mut parts = target.trim_start_matches('/').split('/');
         let (Some(res_type), Some(id)) = (parts.next(), parts.next()) else {
             return Ok((Vec::new(), None));
         };
-        let row = DecidedRow::Current { res_type, id };
         let decision = match visibility {
-            Visibility::Facility { .. } => tx.deciding_consent(row, visibility)?,
+            Visibility::Facility { .. } if is_read => {
+                tx.deciding_consent(DecidedRow::Current { res_type, id }, visibility)?
+            }
             _ => None,
+        };
+        let mut name_patient = |patient: Option<&str>| {
+            if let Some(patient) = patient.map(|p| format!("Patient/{p}")) {
+                if !event.patients.contains(&patient) {
+                    event.patients.push(patient);
+                }
+            }
         };
         let Some(decision) = decision else {
             let current = tx.current(res_type, id)?;
-            if let Some(patient) = current.as_ref().and_then(|r| r.patient_id.clone()) {
-                event.patients.push(format!("Patient/{patient}"));
-            }
+            name_patient(current.as_ref().and_then(|r| r.patient_id.as_deref()));
             return Ok((
                 current.and_then(|r| r.custodian).into_iter().collect(),
                 None,
             ));
         };
-        if let Some(patient) = &decision.patient_id {
-            event.patients.push(format!("Patient/{patient}"));
-        }
+        name_patient(decision.patient_id.as_deref());
         let custodians: Vec<String> = decision.custodian.iter().cloned().collect();
         let consent = self.foreign_data_decision(who, decision, (res_type, id), true)?;
         Ok((custodians, consent))
@@ -999,9 +1003,10 @@ impl Gate {
         result
     }
 
-    /// The AuditEvents of a Bundle's entries, each with its own interaction and outcome. Given the committing transaction, successful
-    /// read entries are described from the database like plain reads (patient, custodian,
-    /// AuthZ-Consent); failed entries, recorded after their rollback, get none of that.
+    /// The AuditEvents of a Bundle's entries, each with its own interaction and outcome. Given
+    /// the committing transaction, successful entries are described from the database like
+    /// the plain interactions (patient, holder; AuthZ-Consent for reads); failed entries,
+    /// recorded after their rollback, get none of that.
     fn entry_rows(
         &self,
         who: &Requester,
@@ -1052,11 +1057,16 @@ impl Gate {
                 }
                 let is_read = method == "GET" && !url.contains('?');
                 let mut custodians = Vec::new();
-                if let (true, 200, Some((tx, visibility))) =
-                    (is_read, entry_status(answer), committing.as_mut())
+                if let (true, Some((tx, visibility))) =
+                    (entry_status(answer) < 400, committing.as_mut())
                 {
-                    let (held_by, consent) =
-                        self.bundle_read_facts(who, tx, url, visibility, &mut event)?;
+                    let (held_by, consent) = self.bundle_entry_facts(
+                        who,
+                        tx,
+                        (target, is_read),
+                        visibility,
+                        &mut event,
+                    )?;
                     custodians = held_by;
                     rows.extend(consent);
                 }
