@@ -60,7 +60,6 @@ fn compartment_owner(plan: &SearchPlan) -> Option<(&str, &str)> {
     })
 }
 
-/// The status code of a Bundle response entry (200 when it names none).
 /// The response entry of a batch entry refused before it ran (its scope).
 fn refused_entry(error: &AccessError) -> Value {
     serde_json::json!({
@@ -74,6 +73,7 @@ fn refused_entry(error: &AccessError) -> Value {
     })
 }
 
+/// The status code of a Bundle response entry (200 when it names none).
 fn entry_status(answer: &Value) -> u16 {
     answer
         .pointer("/response/status")
@@ -552,42 +552,40 @@ impl Gate {
 
     /// The token's scopes allow this Bundle entry's request (and it does not write the trail).
     fn require_entry_scope(who: &Requester, entry: &Value) -> Result<(), AccessError> {
-        {
-            let request = entry.get("request");
-            let method = request
-                .and_then(|r| r.get("method"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let url = request
-                .and_then(|r| r.get("url"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let path = url.split('?').next().unwrap_or("").trim_start_matches('/');
-            let mut parts = path.split('/').filter(|p| !p.is_empty());
-            let res_type = parts.next().unwrap_or("");
-            let has_id = parts.next().is_some();
-            let res_type =
-                if res_type.is_empty() || res_type.starts_with('$') || res_type.starts_with('_') {
-                    "*"
-                } else {
-                    res_type
-                };
-            let action = match method {
-                "GET" | "HEAD" if has_id => Action::Read,
-                "GET" | "HEAD" => Action::Search,
-                "POST" => Action::Create,
-                "PUT" | "PATCH" => Action::Update,
-                "DELETE" => Action::Delete,
-                // Unknown methods are refused by the bundle processor itself.
-                _ => return Ok(()),
+        let request = entry.get("request");
+        let method = request
+            .and_then(|r| r.get("method"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let url = request
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let path = url.split('?').next().unwrap_or("").trim_start_matches('/');
+        let mut parts = path.split('/').filter(|p| !p.is_empty());
+        let res_type = parts.next().unwrap_or("");
+        let has_id = parts.next().is_some();
+        let res_type =
+            if res_type.is_empty() || res_type.starts_with('$') || res_type.starts_with('_') {
+                "*"
+            } else {
+                res_type
             };
-            if res_type == "AuditEvent" && !matches!(method, "GET" | "HEAD") {
-                return Err(AccessError::Forbidden(
-                    "the audit trail is append-only and written by the gateway itself".into(),
-                ));
-            }
-            who.require(res_type, action)
+        let action = match method {
+            "GET" | "HEAD" if has_id => Action::Read,
+            "GET" | "HEAD" => Action::Search,
+            "POST" => Action::Create,
+            "PUT" | "PATCH" => Action::Update,
+            "DELETE" => Action::Delete,
+            // Unknown methods are refused by the bundle processor itself.
+            _ => return Ok(()),
+        };
+        if res_type == "AuditEvent" && !matches!(method, "GET" | "HEAD") {
+            return Err(AccessError::Forbidden(
+                "the audit trail is append-only and written by the gateway itself".into(),
+            ));
         }
+        who.require(res_type, action)
     }
 
     fn describe_write(outcome: &WriteOutcome, builder: &mut EventBuilder) -> Vec<String> {
@@ -1016,62 +1014,55 @@ impl Gate {
     ) -> Result<Vec<NewAuditEvent>, RepoError> {
         let mut rows = Vec::new();
         for (request, answer) in requests.iter().zip(responses) {
-            {
-                let method = request
-                    .pointer("/request/method")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let url = request
-                    .pointer("/request/url")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let interaction = match method {
-                    "POST" => Interaction::Create,
-                    "PUT" => Interaction::Update,
-                    "PATCH" => Interaction::Patch,
-                    "DELETE" => Interaction::Delete,
-                    _ if url.contains('?') => Interaction::Search,
-                    _ => Interaction::Read,
-                };
-                let mut event = self.event(who, interaction);
-                event.outcome = AuditOutcome::from_status(entry_status(answer));
-                let target = answer
-                    .pointer("/response/location")
-                    .and_then(Value::as_str)
-                    .unwrap_or(url);
-                if url.contains('?') && method == "GET" {
-                    event.query = Some(url.to_string());
-                } else {
-                    event.resources.push(target.to_string());
-                }
-                if let Some(patient) = request
-                    .get("resource")
-                    .and_then(|r| {
-                        ["subject", "patient"]
-                            .iter()
-                            .find_map(|k| r.get(*k)?.get("reference")?.as_str())
-                    })
-                    .filter(|r| r.starts_with("Patient/"))
-                {
-                    event.patients.push(patient.to_string());
-                }
-                let is_read = method == "GET" && !url.contains('?');
-                let mut custodians = Vec::new();
-                if let (true, Some((tx, visibility))) =
-                    (entry_status(answer) < 400, committing.as_mut())
-                {
-                    let (held_by, consent) = self.bundle_entry_facts(
-                        who,
-                        tx,
-                        (target, is_read),
-                        visibility,
-                        &mut event,
-                    )?;
-                    custodians = held_by;
-                    rows.extend(consent);
-                }
-                rows.push(to_row(&event, &custodians));
+            let method = request
+                .pointer("/request/method")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let url = request
+                .pointer("/request/url")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let interaction = match method {
+                "POST" => Interaction::Create,
+                "PUT" => Interaction::Update,
+                "PATCH" => Interaction::Patch,
+                "DELETE" => Interaction::Delete,
+                _ if url.contains('?') => Interaction::Search,
+                _ => Interaction::Read,
+            };
+            let mut event = self.event(who, interaction);
+            event.outcome = AuditOutcome::from_status(entry_status(answer));
+            let target = answer
+                .pointer("/response/location")
+                .and_then(Value::as_str)
+                .unwrap_or(url);
+            if url.contains('?') && method == "GET" {
+                event.query = Some(url.to_string());
+            } else {
+                event.resources.push(target.to_string());
             }
+            if let Some(patient) = request
+                .get("resource")
+                .and_then(|r| {
+                    ["subject", "patient"]
+                        .iter()
+                        .find_map(|k| r.get(*k)?.get("reference")?.as_str())
+                })
+                .filter(|r| r.starts_with("Patient/"))
+            {
+                event.patients.push(patient.to_string());
+            }
+            let is_read = method == "GET" && !url.contains('?');
+            let mut custodians = Vec::new();
+            if let (true, Some((tx, visibility))) =
+                (entry_status(answer) < 400, committing.as_mut())
+            {
+                let (held_by, consent) =
+                    self.bundle_entry_facts(who, tx, (target, is_read), visibility, &mut event)?;
+                custodians = held_by;
+                rows.extend(consent);
+            }
+            rows.push(to_row(&event, &custodians));
         }
         Ok(rows)
     }
