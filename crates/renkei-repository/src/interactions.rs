@@ -411,8 +411,8 @@ impl Repository {
     }
 
     /// Rebuilds the index rows and the patient of every current resource (after a change of
-    /// search definitions or of Renkei), `batch` resources per write transaction. `progress` hears the running
-    /// count. Returns the number of resources reindexed.
+    /// search definitions or of Renkei), `batch` resources per write transaction. `progress`
+    /// hears the running count. Returns the number of resources reindexed.
     pub fn reindex(&self, batch: usize, mut progress: impl FnMut(u64)) -> Result<u64, RepoError> {
         let mut after = 0i64;
         let mut done = 0u64;
@@ -555,7 +555,9 @@ pub fn vread_visible(
     let is_current = version.parse::<i64>().ok() == Some(row.version);
     if !is_current && !visibility.sees_earlier_versions(row.custodian.as_deref()) {
         return Err(RepoError::Forbidden(format!(
-            "earlier versions of {res_type}/{id} are shown only to the facility that holds it:              consent is decided on the current version (version {}), and an earlier one may              have been about another patient or carried other labels",
+            "earlier versions of {res_type}/{id} are shown only to the facility that holds it: \
+             consent is decided on the current version (version {}), and an earlier one may \
+             have been about another patient or carried other labels",
             row.version
         )));
     }
