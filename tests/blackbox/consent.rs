@@ -573,9 +573,18 @@ fn leak_suite_for_a_non_consented_facility() {
             assert!(!shown.contains(&patient_ref()), "{q} shows the patient");
         }
 
-        // $everything: the Patient itself is hidden, so C learns nothing.
-        let r = c.get(&format!("Patient/{p}/$everything"));
-        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        // $everything: C holds records of P, so it finds its own data there (as with
+        // `?patient=`), and nothing of A's, not even the Patient record.
+        let r = c.get(&format!("Patient/{p}/$everything")).expect(200);
+        let shown = refs(&r.json());
+        assert!(shown.contains(&c_obs), "{shown:?}");
+        for hidden in
+            net.labs
+                .iter()
+                .chain([&net.medreq, &net.imaging, &a_on_c_enc, &patient_ref()])
+        {
+            assert!(!shown.contains(hidden), "$everything shows {hidden}");
+        }
         keep("$everything", r);
         // The consented B sees A's data there; the patient's other facility too.
         let everything = net
@@ -1287,5 +1296,114 @@ fn patient_data_in_any_form_and_scoped_tokens() {
         let mut transaction = batch.clone();
         transaction["type"] = json!("transaction");
         narrow.post("", &transaction).expect(403);
+    });
+}
+
+/// The holder of a record sees every access to it in its audit view (vreads, history, refused
+/// attempts, in Bundles too); a facility holding records of a patient searches its own data in
+/// the compartment without a consent; patients named through a canonical type or a contained
+/// Patient stay patient data; a patient app may batch its reads; scopes cover chains.
+#[test]
+fn holders_see_every_access_and_compartments_hold_own_data() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let (as_a, as_b, as_c) = (net.as_a(), net.as_b(), net.as_c());
+        let lab_id = tail(&net.labs[0]);
+
+        // Accesses by others: a vread and history by the consented B, refused reads by C
+        // (plain and in a batch).
+        as_b.get(&format!("{}/_history/2", net.labs[0])).expect(200);
+        as_b.get(&format!("{}/_history", net.labs[0])).expect(200);
+        as_c.get(&net.labs[0]).expect(404);
+        let batch = json!({"resourceType": "Bundle", "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": net.labs[0]}}]});
+        let answer = as_c.post("", &batch).expect(200).json();
+        assert!(entries(&answer)[0]["response"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("404"));
+        let seen_by_a = |query: &str| {
+            let (list, _) = as_a.all_pages(&format!(
+                "AuditEvent?entity={}&{query}&_count=100",
+                net.labs[0]
+            ));
+            list.len()
+        };
+        assert!(seen_by_a("subtype=vread&agent=clinic-b-ehr") >= 1);
+        assert!(seen_by_a("subtype=history&agent=clinic-b-ehr") >= 1);
+        assert_eq!(seen_by_a("subtype=AuthZ-Consent&agent=clinic-c-ehr"), 2);
+        let auditor = s.with_token(&s.token_for("sweep4-auditor", ORG_A, "auditor", &[]));
+        let (refusals, _) = auditor.all_pages(&format!(
+            "AuditEvent?patient=Patient/{PATIENT}&agent=clinic-c-ehr&subtype=AuthZ-Consent&_count=100"
+        ));
+        assert_eq!(refusals.len(), 2, "plain and batch refusals: {refusals:?}");
+        assert!(refusals
+            .iter()
+            .all(|e| e.to_string().contains(CONSENT) && e.to_string().contains("deny")));
+
+        // C holds a record of P but has no consent: its compartment search and $everything
+        // show its own data, as `?patient=` does; the Patient record stays refused.
+        let own = as_c.create(&{
+            let mut own = lab("3D010000001926101", 4.0, "2025-03-05", None);
+            own["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
+            own
+        });
+        as_c.get(&format!("Patient/{PATIENT}")).expect(403);
+        for path in [
+            format!("Patient/{PATIENT}/Observation"),
+            format!("Patient/{PATIENT}/$everything"),
+            format!("Observation?patient={PATIENT}"),
+        ] {
+            let found = search_refs(&as_c, &path);
+            assert_eq!(found, vec![id_of(&own)], "{path}");
+        }
+
+        // Patients named through a canonical type, or contained, are still patients.
+        for record in [
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "canonical"},
+                   "subject": {"type": "http://hl7.org/fhir/StructureDefinition/Patient",
+                               "identifier": {"system": "urn:hosp-a:patient", "value": "P-0001"}}}),
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "contained"},
+                   "contained": [{"resourceType": "Patient", "id": "p", "name": [{"family": "Yamada"}]}],
+                   "subject": {"reference": "#p"}}),
+        ] {
+            let path = id_of(&as_a.create(&record));
+            as_b.get(&path).expect(404);
+        }
+
+        // A patient app batches its reads.
+        let me = s.with_token(&s.token_for(
+            "sweep4-p-app",
+            ORG_A,
+            "patient",
+            &["--patient", &format!("Patient/{PATIENT}")],
+        ));
+        let answer = me.post("", &batch).expect(200).json();
+        assert_eq!(entries(&answer)[0]["resource"]["id"], json!(lab_id));
+
+        // Scopes cover the types a chain or `_has` looks into.
+        let narrow = s.with_token(&s.token_for(
+            "sweep4-observation-only",
+            ORG_A,
+            "facility",
+            &["--scope", "system/Observation.rs"],
+        ));
+        narrow
+            .get("Observation?subject:Patient.birthdate=1958-03-12&_summary=count")
+            .expect(403);
+        narrow
+            .get("Observation?_has:Provenance:target:agent=Organization/x")
+            .expect(403);
+        narrow.get("Observation?code=3D010000001926101").expect(200);
+
+        // Operation paths name what they allow; a Consent without a patient is invalid.
+        let r = s.request("POST", "Patient/$ihe-pix", &[], None).expect(405);
+        assert_eq!(r.header("allow"), Some("GET"));
+        let r = s.request("GET", "Patient/$match", &[], None).expect(405);
+        assert_eq!(r.header("allow"), Some("POST"));
+        let mut no_patient = consent_body(&[ORG_B], "active");
+        no_patient.as_object_mut().unwrap().remove("id");
+        no_patient.as_object_mut().unwrap().remove("patient");
+        as_a.post("Consent", &no_patient).expect(422);
     });
 }

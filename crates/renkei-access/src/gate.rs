@@ -60,6 +60,38 @@ fn compartment_owner(plan: &SearchPlan) -> Option<(&str, &str)> {
     })
 }
 
+/// The types a search looks into besides its own: chained targets and `_has` sources. A
+/// token must be allowed to search them too, or a filter on them would tell it what they hold.
+fn searched_through(plan: &SearchPlan) -> Vec<String> {
+    fn walk(filter: &renkei_search::plan::Filter, out: &mut Vec<String>) {
+        use renkei_search::plan::Filter;
+        match filter {
+            Filter::Chain { targets, .. } => {
+                for (target_type, inner) in targets {
+                    out.push(target_type.clone());
+                    walk(inner, out);
+                }
+            }
+            Filter::Has {
+                source_type,
+                filter,
+                ..
+            } => {
+                out.push(source_type.clone());
+                walk(filter, out);
+            }
+            _ => {}
+        }
+    }
+    let mut types = Vec::new();
+    for filter in &plan.filters {
+        walk(filter, &mut types);
+    }
+    types.sort();
+    types.dedup();
+    types
+}
+
 /// The response entry of a batch entry refused before it ran (its scope).
 fn refused_entry(error: &AccessError) -> Value {
     serde_json::json!({
@@ -297,17 +329,20 @@ impl Gate {
             decider,
             granted,
         );
-        Ok(Some(to_row(&builder, &[])))
+        // The holder of the data sees the decision (and so refused attempts) in its view.
+        let holder: Vec<String> = decision.custodian.into_iter().collect();
+        Ok(Some(to_row(&builder, &holder)))
     }
 
-    /// A Bundle entry that succeeded, described from the database like the plain interaction:
-    /// the patient and holder of its target (`Type/id…`) for the entry's AuditEvent, and for a
-    /// read of another facility's patient data the AuthZ-Consent event that permitted it.
+    /// A Bundle entry that succeeded (or a read that was refused), described from the database
+    /// like the plain interaction: the patient and holder of its target (`Type/id…`) for the
+    /// entry's AuditEvent, and for a read of another facility's patient data the AuthZ-Consent
+    /// event that permitted or refused it.
     fn bundle_entry_facts(
         &self,
         who: &Requester,
         tx: &mut Tx<'_>,
-        (target, is_read): (&str, bool),
+        (target, is_read, granted): (&str, bool, bool),
         visibility: &Visibility,
         event: &mut EventBuilder,
     ) -> Result<(Vec<String>, Option<NewAuditEvent>), RepoError> {
@@ -338,7 +373,7 @@ impl Gate {
         };
         name_patient(decision.patient_id.as_deref());
         let custodians: Vec<String> = decision.custodian.iter().cloned().collect();
-        let consent = self.foreign_data_decision(who, decision, (res_type, id), true)?;
+        let consent = self.foreign_data_decision(who, decision, (res_type, id), granted)?;
         Ok((custodians, consent))
     }
 
@@ -790,12 +825,14 @@ impl Gate {
                     "{}/{}/_history/{}",
                     row.res_type, row.res_id, row.version
                 ));
+                custodians.extend(row.custodian.clone());
                 if let Some(patient) = patient_in(&row.res_type, &row.res_id, row.body.as_deref()) {
                     if !builder.patients.contains(&patient) {
                         builder.patients.push(patient);
                     }
                 }
             }
+            custodians.sort();
             custodians.dedup();
             custodians
         })
@@ -817,6 +854,7 @@ impl Gate {
         let searched = plan
             .types
             .iter()
+            .chain(&searched_through(plan))
             .try_for_each(|t| who.require(t, Action::Search))
             .and_then(|()| owner.map_or(Ok(()), |(t, _)| who.require(t, Action::Read)))
             .and_then(|()| {
@@ -826,7 +864,18 @@ impl Gate {
                         // 404, 410 or 403 exactly as reading the owner would.
                         let found =
                             renkei_repository::read_visible(tx, owner.0, owner.1, &visibility);
-                        if found.is_err() {
+                        // A facility holding records of the patient searches its own data
+                        // in the compartment (the same rows as `?patient=`), even where the
+                        // Patient record itself needs a consent it lacks.
+                        let own_records = matches!(&found, Err(RepoError::Forbidden(_)))
+                            && owner.0 == "Patient"
+                            && match &visibility {
+                                Visibility::Facility { organization, .. } => {
+                                    tx.holds_record_of(organization, owner.1)?
+                                }
+                                _ => false,
+                            };
+                        if found.is_err() && !own_records {
                             let decision =
                                 self.single_read_decision(who, tx, owner, &found, &visibility)?;
                             return Ok((
@@ -940,8 +989,14 @@ impl Gate {
                 )))
             })
         };
-        let result = who
-            .require_writer()
+        // A Bundle that only reads needs no writer (a patient app may batch its reads).
+        let writes = all_requests.iter().any(|entry| {
+            !matches!(
+                entry.pointer("/request/method").and_then(Value::as_str),
+                Some("GET" | "HEAD")
+            )
+        });
+        let result = (if writes { who.require_writer() } else { Ok(()) })
             .and_then(|()| Self::require_bundle_scopes(who, &runnable))
             .and_then(|()| {
                 let mut response = self.repository.process_bundle(
@@ -982,11 +1037,21 @@ impl Gate {
                     .collect();
                 let (failed_requests, failed_responses): (Vec<Value>, Vec<Value>) =
                     failed.into_iter().unzip();
-                // Without a transaction nothing is looked up, so this cannot fail.
-                rows.extend(
+                // Refused reads are described like refused plain reads (patient, holder, the
+                // AuthZ-Consent decision), looked up after the fact; without a transaction
+                // nothing is looked up, so the fallback cannot fail.
+                let described = self.repository.read_tx(|tx| {
+                    self.entry_rows(
+                        who,
+                        Some((tx, &context.visibility)),
+                        &failed_requests,
+                        &failed_responses,
+                    )
+                });
+                rows.extend(described.unwrap_or_else(|_| {
                     self.entry_rows(who, None, &failed_requests, &failed_responses)
-                        .unwrap_or_default(),
-                );
+                        .unwrap_or_default()
+                }));
                 self.audit
                     .record_all(rows)
                     .map_err(|e| AccessError::AuditUnavailable(e.0))?;
@@ -1002,9 +1067,8 @@ impl Gate {
     }
 
     /// The AuditEvents of a Bundle's entries, each with its own interaction and outcome. Given
-    /// the committing transaction, successful entries are described from the database like
-    /// the plain interactions (patient, holder; AuthZ-Consent for reads); failed entries,
-    /// recorded after their rollback, get none of that.
+    /// a transaction, successful entries and refused reads are described from the database
+    /// like the plain interactions (patient, holder; AuthZ-Consent for reads).
     fn entry_rows(
         &self,
         who: &Requester,
@@ -1053,12 +1117,18 @@ impl Gate {
                 event.patients.push(patient.to_string());
             }
             let is_read = method == "GET" && !url.contains('?');
+            let status = entry_status(answer);
+            let granted = status < 400;
+            let refused_read = is_read && matches!(status, 403 | 404);
             let mut custodians = Vec::new();
-            if let (true, Some((tx, visibility))) =
-                (entry_status(answer) < 400, committing.as_mut())
-            {
-                let (held_by, consent) =
-                    self.bundle_entry_facts(who, tx, (target, is_read), visibility, &mut event)?;
+            if let (true, Some((tx, visibility))) = (granted || refused_read, committing.as_mut()) {
+                let (held_by, consent) = self.bundle_entry_facts(
+                    who,
+                    tx,
+                    (target, is_read, granted),
+                    visibility,
+                    &mut event,
+                )?;
                 custodians = held_by;
                 rows.extend(consent);
             }

@@ -75,10 +75,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .default_service(web::to(auditevents::append_only)),
             )
             // Identity operations, before `/{type}/{id}` would take them for ids.
-            .route("/Patient/$ihe-pix", web::get().to(identity::pix))
-            .route("/Patient/$match", web::post().to(identity::match_patients))
-            .route("/Patient/$link", web::post().to(identity::link))
-            .route("/Patient/$unlink", web::post().to(identity::unlink))
+            .service(
+                web::resource("/Patient/$ihe-pix")
+                    .route(web::get().to(identity::pix))
+                    .default_service(allowing("GET")),
+            )
+            .service(
+                web::resource("/Patient/$match")
+                    .route(web::post().to(identity::match_patients))
+                    .default_service(allowing("POST")),
+            )
+            .service(
+                web::resource("/Patient/$link")
+                    .route(web::post().to(identity::link))
+                    .default_service(allowing("POST")),
+            )
+            .service(
+                web::resource("/Patient/$unlink")
+                    .route(web::post().to(identity::unlink))
+                    .default_service(allowing("POST")),
+            )
             .service(
                 web::resource(["", "/"])
                     .route(web::post().to(h::bundle))

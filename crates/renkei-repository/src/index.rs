@@ -54,14 +54,27 @@ pub(crate) fn patient_of(res_type: &str, id: &str, resource: &Value) -> Option<S
     if let Some(patient) = first_patient_reference(resource) {
         return Some(patient);
     }
-    let logical_patient = named.iter().any(|r| {
-        r.get("reference").is_none()
-            && r.get("identifier").is_some()
+    // A patient element that names no record here (an identifier or display only, a
+    // contained `#p`, a `urn:`), or a contained Patient: about a patient, but not one whose
+    // consent can be looked up.
+    let unresolved_patient = named.iter().any(|r| {
+        let names_a_record_here = r
+            .get("reference")
+            .and_then(Value::as_str)
+            .and_then(local_reference)
+            .is_some();
+        !names_a_record_here
             && r.get("type")
                 .and_then(Value::as_str)
-                .is_none_or(|t| t == "Patient")
+                .is_none_or(|t| t == "Patient" || t.ends_with("/Patient"))
     });
-    logical_patient.then(|| UNRESOLVED_PATIENT.to_string())
+    let contains_a_patient = resource
+        .get("contained")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|inner| inner.get("resourceType").and_then(Value::as_str) == Some("Patient"));
+    (unresolved_patient || contains_a_patient).then(|| UNRESOLVED_PATIENT.to_string())
 }
 
 /// Elements that name the patient a record is about.
@@ -186,7 +199,11 @@ mod tests {
                 json!({"name": [{"family": "Patient/f"}]}),
                 None,
             ),
-            ("Task", json!({"for": {"reference": "Patient/"}}), None),
+            (
+                "Task",
+                json!({"for": {"reference": "Patient/"}}),
+                Some(super::UNRESOLVED_PATIENT),
+            ),
             (
                 "Observation",
                 json!({"subject": {"reference": "http://127.0.0.1:8412/fhir/Patient/g"}}),
@@ -210,6 +227,33 @@ mod tests {
             (
                 "Observation",
                 json!({"subject": {"reference": "urn:uuid:1"}}),
+                Some(super::UNRESOLVED_PATIENT),
+            ),
+            (
+                "Observation",
+                json!({"subject": {"type": "http://hl7.org/fhir/StructureDefinition/Patient",
+                                   "identifier": {"value": "1"}}}),
+                Some(super::UNRESOLVED_PATIENT),
+            ),
+            (
+                "Observation",
+                json!({"subject": {"reference": "#p"},
+                       "contained": [{"resourceType": "Patient", "id": "p"}]}),
+                Some(super::UNRESOLVED_PATIENT),
+            ),
+            (
+                "Observation",
+                json!({"subject": {"display": "Yamada Taro"}}),
+                Some(super::UNRESOLVED_PATIENT),
+            ),
+            (
+                "Observation",
+                json!({"subject": {"reference": "Group/g"}}),
+                None,
+            ),
+            (
+                "Medication",
+                json!({"contained": [{"resourceType": "Substance", "id": "s"}]}),
                 None,
             ),
         ];

@@ -192,10 +192,12 @@ impl WriteContext {
         if own_consent {
             return Ok(());
         }
-        let holds = match patient {
-            Some(patient) => tx.holds_patient_record_of(writer, patient)?,
-            None => false,
+        let Some(patient) = patient else {
+            return Err(RepoError::Unprocessable(
+                "Consent.patient is required: it names the patient whose consent this is".into(),
+            ));
         };
+        let holds = tx.holds_patient_record_of(writer, patient)?;
         if holds {
             return Ok(());
         }
@@ -561,7 +563,11 @@ pub fn vread_visible(
             row.version
         )));
     }
-    vread(tx, res_type, id, version)
+    // The holder and patient are the record's (the audit names them), whichever version.
+    let mut resource = vread(tx, res_type, id, version)?;
+    resource.custodian = row.custodian.clone();
+    resource.patient_id = row.patient_id.clone();
+    Ok(resource)
 }
 
 fn check_visible(

@@ -50,6 +50,9 @@ pub struct HistoryRow {
     pub deleted: bool,
     #[diesel(sql_type = Nullable<Text>)]
     pub body: Option<String>,
+    /// The record's holder (the same for every version).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub custodian: Option<String>,
 }
 
 /// What a write stores as the new current version.
@@ -168,7 +171,7 @@ impl Tx<'_> {
         version: i64,
     ) -> Result<Option<HistoryRow>, StoreError> {
         let mut sql = Sql::new(
-            "SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body \
+            "SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian \
              FROM resources r JOIN resource_history h ON h.rid = r.rid WHERE r.res_type = ",
         );
         sql.bind(Bind::Text(res_type.into()))
@@ -177,7 +180,7 @@ impl Tx<'_> {
             .push(" AND h.version = ")
             .bind(Bind::Int(version))
             .push(
-                " UNION ALL SELECT rid, res_type, res_id, version, last_updated, method, deleted, body \
+                " UNION ALL SELECT rid, res_type, res_id, version, last_updated, method, deleted, body, custodian \
                  FROM resources WHERE res_type = ",
             )
             .bind(Bind::Text(res_type.into()))
@@ -263,9 +266,9 @@ impl Tx<'_> {
                 sql.push(" UNION ALL ");
             }
             if *table == "current" {
-                sql.push("SELECT r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.method, r.deleted, r.body FROM resources r WHERE 1 = 1");
+                sql.push("SELECT r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.method, r.deleted, r.body, r.custodian FROM resources r WHERE 1 = 1");
             } else {
-                sql.push("SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE 1 = 1");
+                sql.push("SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE 1 = 1");
             }
             let updated = if *table == "current" {
                 "r.last_updated"
