@@ -1279,15 +1279,7 @@ fn patient_data_in_any_form_and_scoped_tokens() {
             {"request": {"method": "GET", "url": net.labs[0]}},
         ]});
         let answer = narrow.post("", &batch).expect(200).json();
-        let statuses: Vec<String> = entries(&answer)
-            .iter()
-            .map(|e| {
-                e["response"]["status"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
+        let statuses = entry_statuses(&answer);
         assert_eq!(statuses, ["403 Forbidden", "200 OK"], "{answer}");
         assert_eq!(
             entries(&answer)[1]["resource"]["id"],
@@ -1329,14 +1321,23 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
             ));
             list.len()
         };
+        as_c.get(&format!("{}/_history", net.labs[0])).expect(404);
         assert!(seen_by_a("subtype=vread&agent=clinic-b-ehr") >= 1);
         assert!(seen_by_a("subtype=history&agent=clinic-b-ehr") >= 1);
-        assert_eq!(seen_by_a("subtype=AuthZ-Consent&agent=clinic-c-ehr"), 2);
+        assert_eq!(
+            seen_by_a("subtype=AuthZ-Consent&agent=clinic-c-ehr"),
+            3,
+            "the refused read, batch read and history"
+        );
         let auditor = s.with_token(&s.token_for("sweep4-auditor", ORG_A, "auditor", &[]));
         let (refusals, _) = auditor.all_pages(&format!(
             "AuditEvent?patient=Patient/{PATIENT}&agent=clinic-c-ehr&subtype=AuthZ-Consent&_count=100"
         ));
-        assert_eq!(refusals.len(), 2, "plain and batch refusals: {refusals:?}");
+        assert_eq!(
+            refusals.len(),
+            3,
+            "read, batch and history refusals: {refusals:?}"
+        );
         assert!(refusals
             .iter()
             .all(|e| e.to_string().contains(CONSENT) && e.to_string().contains("deny")));
@@ -1359,6 +1360,10 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
         }
 
         // Patients named through a canonical type, or contained, are still patients.
+        // (C holds a record about an unmatched patient too: that makes it nobody's "same
+        // patient", so A's such records still answer 404, not 403.)
+        as_c.create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "C's"}, "subject": {"display": "someone"}}));
         for record in [
             json!({"resourceType": "Observation", "status": "final", "code": {"text": "canonical"},
                    "subject": {"type": "http://hl7.org/fhir/StructureDefinition/Patient",
@@ -1369,6 +1374,7 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
         ] {
             let path = id_of(&as_a.create(&record));
             as_b.get(&path).expect(404);
+            as_c.get(&path).expect(404);
         }
 
         // A patient app batches its reads.
@@ -1380,6 +1386,14 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
         ));
         let answer = me.post("", &batch).expect(200).json();
         assert_eq!(entries(&answer)[0]["resource"]["id"], json!(lab_id));
+        // A write among its reads fails on its own.
+        let mixed = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": net.labs[0]}},
+            {"request": {"method": "DELETE", "url": net.labs[0]}}]});
+        let answer = me.post("", &mixed).expect(200).json();
+        let statuses = entry_statuses(&answer);
+        assert_eq!(statuses, ["200 OK", "403 Forbidden"], "{answer}");
+        as_a.get(&net.labs[0]).expect(200);
 
         // Scopes cover the types a chain or `_has` looks into.
         let narrow = s.with_token(&s.token_for(
@@ -1398,7 +1412,14 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
 
         // Operation paths name what they allow; a Consent without a patient is invalid.
         let r = s.request("POST", "Patient/$ihe-pix", &[], None).expect(405);
-        assert_eq!(r.header("allow"), Some("GET"));
+        assert_eq!(r.header("allow"), Some("GET, HEAD"));
+        let head = s.request(
+            "HEAD",
+            "Patient/$ihe-pix?sourceIdentifier=urn:x|1",
+            &[],
+            None,
+        );
+        assert_ne!(head.status, 405);
         let r = s.request("GET", "Patient/$match", &[], None).expect(405);
         assert_eq!(r.header("allow"), Some("POST"));
         let mut no_patient = consent_body(&[ORG_B], "active");
@@ -1406,4 +1427,17 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
         no_patient.as_object_mut().unwrap().remove("patient");
         as_a.post("Consent", &no_patient).expect(422);
     });
+}
+
+/// The `response.status` of each entry of a batch or transaction response.
+fn entry_statuses(response: &Value) -> Vec<String> {
+    entries(response)
+        .iter()
+        .map(|e| {
+            e["response"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
 }

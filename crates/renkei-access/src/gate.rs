@@ -92,6 +92,14 @@ fn searched_through(plan: &SearchPlan) -> Vec<String> {
     types
 }
 
+/// Whether a Bundle entry changes data (anything but GET and HEAD).
+fn is_write_entry(entry: &Value) -> bool {
+    !matches!(
+        entry.pointer("/request/method").and_then(Value::as_str),
+        Some("GET" | "HEAD")
+    )
+}
+
 /// The response entry of a batch entry refused before it ran (its scope).
 fn refused_entry(error: &AccessError) -> Value {
     serde_json::json!({
@@ -809,33 +817,61 @@ impl Gate {
         mut request: HistoryRequest,
         res_type: Option<&str>,
     ) -> Result<HistoryPage, AccessError> {
-        let builder = self.event(who, Interaction::History);
+        let mut builder = self.event(who, Interaction::History);
+        let visibility = self.visibility(who);
+        let instance = match &request.scope {
+            renkei_store::HistoryScope::Instance { res_type, res_id } => {
+                Some((res_type.clone(), res_id.clone()))
+            }
+            _ => None,
+        };
         let result = match res_type {
             Some(t) => who.require(t, Action::Read),
             None => who.require("*", Action::Search),
         }
         .and_then(|()| {
-            request.visibility = self.visibility(who);
+            request.visibility = visibility.clone();
             Ok(self.repository.history(&request)?)
         });
-        self.audited(builder, result, |page, builder| {
-            let mut custodians = Vec::new();
-            for row in &page.rows {
-                builder.resources.push(format!(
-                    "{}/{}/_history/{}",
-                    row.res_type, row.res_id, row.version
-                ));
-                custodians.extend(row.custodian.clone());
-                if let Some(patient) = patient_in(&row.res_type, &row.res_id, row.body.as_deref()) {
-                    if !builder.patients.contains(&patient) {
-                        builder.patients.push(patient);
+        // A refused instance history is recorded like a refused read: its target, and the
+        // AuthZ-Consent decision (which the data's holder sees).
+        let mut extra = Vec::new();
+        if let (Err(_), Some((t, id))) = (&result, &instance) {
+            builder.resources.push(format!("{t}/{id}"));
+            let refused: Result<StoredResource, RepoError> = Err(RepoError::NotFound {
+                res_type: t.clone(),
+                id: id.clone(),
+            });
+            let decision = self
+                .repository
+                .read_tx(|tx| self.single_read_decision(who, tx, (t, id), &refused, &visibility));
+            extra.extend(decision.ok().flatten());
+        }
+        self.audited_with(
+            builder,
+            result,
+            |page, builder| {
+                let mut custodians = Vec::new();
+                for row in &page.rows {
+                    builder.resources.push(format!(
+                        "{}/{}/_history/{}",
+                        row.res_type, row.res_id, row.version
+                    ));
+                    custodians.extend(row.custodian.clone());
+                    if let Some(patient) =
+                        patient_in(&row.res_type, &row.res_id, row.body.as_deref())
+                    {
+                        if !builder.patients.contains(&patient) {
+                            builder.patients.push(patient);
+                        }
                     }
                 }
-            }
-            custodians.sort();
-            custodians.dedup();
-            custodians
-        })
+                custodians.sort();
+                custodians.dedup();
+                custodians
+            },
+            extra,
+        )
     }
 
     /// A search (type, system or compartment), consent inside the SQL.
@@ -954,7 +990,12 @@ impl Gate {
             let mut kept = Vec::new();
             let mut refused = Vec::new();
             for (index, entry) in all_requests.iter().enumerate() {
-                match Self::require_entry_scope(who, entry) {
+                let allowed = if is_write_entry(entry) {
+                    who.require_writer()
+                } else {
+                    Ok(())
+                };
+                match allowed.and_then(|()| Self::require_entry_scope(who, entry)) {
                     Ok(()) => kept.push(entry.clone()),
                     Err(error) => refused.push((index, error)),
                 }
@@ -989,13 +1030,9 @@ impl Gate {
                 )))
             })
         };
-        // A Bundle that only reads needs no writer (a patient app may batch its reads).
-        let writes = all_requests.iter().any(|entry| {
-            !matches!(
-                entry.pointer("/request/method").and_then(Value::as_str),
-                Some("GET" | "HEAD")
-            )
-        });
+        // A Bundle that only reads needs no writer (a patient app may batch its reads); in a
+        // batch, the writes of a client that may not write were refused one by one above.
+        let writes = requests.iter().any(is_write_entry);
         let result = (if writes { who.require_writer() } else { Ok(()) })
             .and_then(|()| Self::require_bundle_scopes(who, &runnable))
             .and_then(|()| {

@@ -78,7 +78,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(
                 web::resource("/Patient/$ihe-pix")
                     .route(web::get().to(identity::pix))
-                    .default_service(allowing("GET")),
+                    .route(web::head().to(identity::pix))
+                    .default_service(allowing("GET, HEAD")),
             )
             .service(
                 web::resource("/Patient/$match")

@@ -536,6 +536,11 @@ impl crate::Tx<'_> {
         organization: &str,
         patient_id: &str,
     ) -> Result<bool, crate::StoreError> {
+        // Not a Patient id (ids hold no colon): the mark of a patient named only by
+        // identifier or display, who is nobody's "same patient".
+        if patient_id.contains(':') {
+            return Ok(false);
+        }
         let mut sql =
             Sql::new("SELECT CAST(1 AS BIGINT) AS one FROM resources r WHERE r.patient_id = ");
         sql.bind(Bind::Text(patient_id.into()))
