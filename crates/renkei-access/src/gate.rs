@@ -30,22 +30,18 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// The patient a stored resource is about, as `Patient/<id>`, for the audit entity.
+/// The patient a stored resource is about, as `Patient/<id>`, for the audit entity: the
+/// classification stored with the record (the one consent is decided on).
 fn patient_of(resource: &StoredResource) -> Option<String> {
-    patient_in(&resource.res_type, &resource.id, Some(&resource.body))
+    patient_entity(resource.patient_id.as_deref())
 }
 
-/// The patient of a resource given by type, id and JSON text (search and history rows).
-fn patient_in(res_type: &str, id: &str, body: Option<&str>) -> Option<String> {
-    if res_type == "Patient" {
-        return Some(format!("Patient/{id}"));
-    }
-    let value: Value = serde_json::from_str(body?).ok()?;
-    ["subject", "patient", "beneficiary", "individual"]
-        .iter()
-        .filter_map(|k| value.get(*k)?.get("reference")?.as_str())
-        .find(|r| r.starts_with("Patient/"))
-        .map(|r| r.split("/_history").next().unwrap_or(r).to_string())
+/// `Patient/<id>` for a stored patient id; none for a patient named only by identifier or
+/// display (stored as a value that is not an id).
+fn patient_entity(patient_id: Option<&str>) -> Option<String> {
+    patient_id
+        .filter(|id| !id.contains(':'))
+        .map(|id| format!("Patient/{id}"))
 }
 
 /// The resource whose compartment a search is confined to (`Patient/{id}/…`), if any.
@@ -275,7 +271,7 @@ impl Gate {
             (_, true) => format!("permit by {decider}"),
             (_, false) => format!("deny by {decider}"),
         });
-        builder.patients.push(format!("Patient/{patient}"));
+        builder.patients.extend(patient_entity(Some(patient)));
         builder.resources.extend(resource);
         builder.decided_by = Some(decider);
         builder
@@ -365,7 +361,7 @@ impl Gate {
             _ => None,
         };
         let mut name_patient = |patient: Option<&str>| {
-            if let Some(patient) = patient.map(|p| format!("Patient/{p}")) {
+            if let Some(patient) = patient_entity(patient) {
                 if !event.patients.contains(&patient) {
                     event.patients.push(patient);
                 }
@@ -858,9 +854,7 @@ impl Gate {
                         row.res_type, row.res_id, row.version
                     ));
                     custodians.extend(row.custodian.clone());
-                    if let Some(patient) =
-                        patient_in(&row.res_type, &row.res_id, row.body.as_deref())
-                    {
+                    if let Some(patient) = patient_entity(row.patient_id.as_deref()) {
                         if !builder.patients.contains(&patient) {
                             builder.patients.push(patient);
                         }
@@ -948,8 +942,7 @@ impl Gate {
                     .matches
                     .iter()
                     .chain(&page.included)
-                    .filter_map(|row| row.patient_id.as_deref())
-                    .map(|patient| format!("Patient/{patient}"))
+                    .filter_map(|row| patient_entity(row.patient_id.as_deref()))
                     .collect();
                 patients.sort();
                 patients.dedup();

@@ -132,10 +132,7 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
 }
 
 pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ctx = match RequestCtx::new(&req) {
-        Ok(ctx) => ctx,
-        Err((e, format)) => return e.respond(format, false),
-    };
+    let ctx = ctx_or_fail!(req);
     let result: Result<HttpResponse> = async {
         let who = authenticate(&req, &state)?;
         let mut query = parse_query(&ctx, state.max_page_size, state.default_page_size)?;
@@ -197,10 +194,7 @@ pub async fn read(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let ctx = match RequestCtx::new(&req) {
-        Ok(ctx) => ctx,
-        Err((e, format)) => return e.respond(format, false),
-    };
+    let ctx = ctx_or_fail!(req);
     let tail = path.into_inner();
     let result: Result<HttpResponse> = async {
         let who = authenticate(&req, &state)?;

@@ -273,10 +273,7 @@ pub async fn search_type(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let ctx = match RequestCtx::new(&req) {
-        Ok(ctx) => ctx,
-        Err((e, format)) => return e.respond(format, false),
-    };
+    let ctx = ctx_or_fail!(req);
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
@@ -299,10 +296,7 @@ pub async fn search_type_post(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let ctx = match RequestCtx::new(&req) {
-        Ok(ctx) => ctx,
-        Err((e, format)) => return e.respond(format, false),
-    };
+    let ctx = ctx_or_fail!(req);
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
@@ -352,10 +346,7 @@ async fn posted_params(
 /// `GET [base]?_type=A,B&…`: common parameters over several types (all types when `_type` is
 /// absent).
 pub async fn search_system(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ctx = match RequestCtx::new(&req) {
-        Ok(ctx) => ctx,
-        Err((e, format)) => return e.respond(format, false),
-    };
+    let ctx = ctx_or_fail!(req);
     let result = async {
         let request = system_request(ctx.params.clone())?;
         run(&req, &ctx, &state, request).await
@@ -370,10 +361,7 @@ pub async fn search_system_post(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let ctx = match RequestCtx::new(&req) {
-        Ok(ctx) => ctx,
-        Err((e, format)) => return e.respond(format, false),
-    };
+    let ctx = ctx_or_fail!(req);
     let result = async {
         let params = posted_params(&req, &ctx, payload, &state).await?;
         let request = system_request(params)?;
@@ -436,10 +424,7 @@ pub async fn compartment(
     path: web::Path<(String, String, String)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let ctx = match RequestCtx::new(&req) {
-        Ok(ctx) => ctx,
-        Err((e, format)) => return e.respond(format, false),
-    };
+    let ctx = ctx_or_fail!(req);
     let (comp_type, id, target) = path.into_inner();
     let result = async {
         if comp_type != "Patient" {

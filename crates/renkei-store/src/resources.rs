@@ -53,6 +53,9 @@ pub struct HistoryRow {
     /// The record's holder (the same for every version).
     #[diesel(sql_type = Nullable<Text>)]
     pub custodian: Option<String>,
+    /// The patient the record is about (its current version's, as consent decides).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub patient_id: Option<String>,
 }
 
 /// What a write stores as the new current version.
@@ -171,7 +174,7 @@ impl Tx<'_> {
         version: i64,
     ) -> Result<Option<HistoryRow>, StoreError> {
         let mut sql = Sql::new(
-            "SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian \
+            "SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian, r.patient_id \
              FROM resources r JOIN resource_history h ON h.rid = r.rid WHERE r.res_type = ",
         );
         sql.bind(Bind::Text(res_type.into()))
@@ -180,7 +183,7 @@ impl Tx<'_> {
             .push(" AND h.version = ")
             .bind(Bind::Int(version))
             .push(
-                " UNION ALL SELECT rid, res_type, res_id, version, last_updated, method, deleted, body, custodian \
+                " UNION ALL SELECT rid, res_type, res_id, version, last_updated, method, deleted, body, custodian, patient_id \
                  FROM resources WHERE res_type = ",
             )
             .bind(Bind::Text(res_type.into()))
@@ -266,9 +269,9 @@ impl Tx<'_> {
                 sql.push(" UNION ALL ");
             }
             if *table == "current" {
-                sql.push("SELECT r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.method, r.deleted, r.body, r.custodian FROM resources r WHERE 1 = 1");
+                sql.push("SELECT r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.method, r.deleted, r.body, r.custodian, r.patient_id FROM resources r WHERE 1 = 1");
             } else {
-                sql.push("SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE 1 = 1");
+                sql.push("SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian, r.patient_id FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE 1 = 1");
             }
             let updated = if *table == "current" {
                 "r.last_updated"
