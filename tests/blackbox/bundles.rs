@@ -4,6 +4,10 @@ use crate::support::*;
 use serde_json::{json, Value};
 use std::time::Instant;
 
+fn entry_status(entry: &Value) -> &str {
+    entry["response"]["status"].as_str().unwrap_or_default()
+}
+
 fn count_type(s: &Server, res_type: &str) -> usize {
     // Every resource written once: the type history has one entry per resource.
     let (entries, _) = s.all_pages(&format!("{res_type}/_history?_count=1000"));
@@ -271,6 +275,59 @@ fn transaction_conditional_references_and_creates() {
     });
 }
 
+/// Criteria may hold URLs (identifier systems, absolute references): a conditional entry acts
+/// on what its criteria match, and a conditional reference with a URL in its criteria resolves.
+#[test]
+fn conditional_entries_with_urls_in_their_criteria() {
+    for_each_backend(|s| {
+        let mrn = "http://hospital.example.org/fhir/mrn";
+        s.put(
+            "Patient/url-victim",
+            &json!({"resourceType": "Patient", "id": "url-victim",
+                    "identifier": [{"system": mrn, "value": "V-1"}]}),
+        )
+        .expect(201);
+        let subject = s.url("Patient/url-victim");
+        let obs = s.create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": "Patient/url-victim"}}));
+        let obs_id = obs["id"].as_str().unwrap();
+        // A conditional DELETE whose criteria name the Patient by its absolute URL deletes the
+        // Observation, not the Patient.
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "DELETE", "url": format!("Observation?subject={subject}")}}]});
+        s.post("", &bundle).expect(200);
+        s.get(&format!("Observation/{obs_id}")).expect(410);
+        s.get("Patient/url-victim").expect(200);
+        // A conditional reference and an ifNoneExist in `Type?criteria` form, with a URL in the
+        // criteria.
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "y"},
+                          "subject": {"reference": format!("Patient?identifier={mrn}|V-1")}},
+             "request": {"method": "POST", "url": "Observation"}},
+            {"resource": {"resourceType": "Patient", "identifier": [{"system": mrn, "value": "V-1"}]},
+             "request": {"method": "POST", "url": "Patient",
+                         "ifNoneExist": format!("Patient?identifier={mrn}|V-1")}}]});
+        let r = s.post("", &bundle).expect(200).json();
+        let e = entries(&r);
+        assert!(entry_status(&e[1]).starts_with("200"), "{}", e[1]);
+        let location = e[0]["response"]["location"].as_str().unwrap();
+        let created = location.split("/_history").next().unwrap();
+        let created = &created[created.find("Observation/").unwrap()..];
+        assert_eq!(
+            s.read_json(created)["subject"]["reference"],
+            "Patient/url-victim"
+        );
+        // Matching nothing fails the transaction (412), nothing is stored as written.
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "z"},
+                          "subject": {"reference": format!("Patient?identifier={mrn}|nobody")}},
+             "request": {"method": "POST", "url": "Observation"}}]});
+        s.post("", &bundle).expect(412);
+        let (found, _) = s.all_pages("Observation?code:text=z");
+        assert!(found.is_empty(), "{found:?}");
+    });
+}
+
 /// A conditional update (`PUT Type?criteria`) that creates (no match) inside a transaction:
 /// other entries refer to it by its `fullUrl`, which must resolve to the new resource.
 #[test]
@@ -329,14 +386,7 @@ fn transaction_conditional_put_creating_is_referencable() {
         again["entry"][1]["fullUrl"] = json!(urn);
         let r = s.post("", &again).expect(200).json();
         let e = entries(&r);
-        assert!(
-            e[1]["response"]["status"]
-                .as_str()
-                .unwrap()
-                .starts_with("200"),
-            "{}",
-            e[1]
-        );
+        assert!(entry_status(&e[1]).starts_with("200"), "{}", e[1]);
         let obs_id = e[0]["response"]["location"]
             .as_str()
             .unwrap()

@@ -79,6 +79,48 @@ fn conditional_create() {
     });
 }
 
+/// Concurrent conditional creates and updates of one identifier leave one resource: the
+/// search and the create of each happen while the others wait (PostgreSQL runs writes side by
+/// side, SQLite one at a time).
+#[test]
+fn concurrent_conditional_writes_create_once() {
+    const THREADS: usize = 8;
+    for_each_backend(|s| {
+        let system = "http://example.org/mrn";
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                scope.spawn(move || {
+                    let criteria = format!("identifier={system}|RACE-1");
+                    let r = s.send_json_with(
+                        "POST",
+                        "Patient",
+                        &with_identifier(system, "RACE-1"),
+                        &[("If-None-Exist", criteria.as_str())],
+                    );
+                    assert!(
+                        matches!(r.status, 200 | 201),
+                        "thread {t}: {} {}",
+                        r.status,
+                        r.body
+                    );
+                    let r = s.put(
+                        &format!("Patient?identifier={system}|RACE-2"),
+                        &with_identifier(system, "RACE-2"),
+                    );
+                    assert!(
+                        matches!(r.status, 200 | 201),
+                        "thread {t}: {} {}",
+                        r.status,
+                        r.body
+                    );
+                });
+            }
+        });
+        assert_eq!(count(s, &format!("identifier={system}|RACE-1")), 1);
+        assert_eq!(count(s, &format!("identifier={system}|RACE-2")), 1);
+    });
+}
+
 #[test]
 fn conditional_update() {
     for_each_backend(|s| {

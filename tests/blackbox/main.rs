@@ -21,6 +21,7 @@ mod history;
 mod identity;
 mod patch;
 mod search_limits;
+mod search_paths;
 mod smart;
 mod tls;
 mod versioning;

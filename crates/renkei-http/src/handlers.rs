@@ -302,9 +302,9 @@ pub async fn create(
             .get("if-none-exist")
             .and_then(|v| v.to_str().ok())
         {
-            Some(query) => Some(Criteria::parse(
+            Some(query) => Some(Criteria::parse_if_none_exist(
                 &res_type,
-                query.rsplit('?').next().unwrap_or(query),
+                &crate::search::localize_query(&ctx, query),
             )?),
             None => None,
         };
@@ -340,7 +340,6 @@ pub async fn update(
 }
 
 fn criteria_from_query(res_type: &str, ctx: &RequestCtx, req: &HttpRequest) -> Result<Criteria> {
-    let _ = ctx;
     if req.query_string().is_empty() {
         // The method is allowed here, with criteria: the request is incomplete, not the path.
         return Err(ApiError::bad_request(format!(
@@ -354,7 +353,10 @@ fn criteria_from_query(res_type: &str, ctx: &RequestCtx, req: &HttpRequest) -> R
         .filter(|p| !p.starts_with("_format=") && !p.starts_with("_pretty="))
         .collect::<Vec<_>>()
         .join("&");
-    Ok(Criteria::parse(res_type, &query)?)
+    Ok(Criteria::parse(
+        res_type,
+        &crate::search::localize_query(ctx, &query),
+    )?)
 }
 
 pub async fn conditional_update(
@@ -527,7 +529,8 @@ pub async fn bundle(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let bundle = resource_body(&req, payload, &state).await?;
+        let mut bundle = resource_body(&req, payload, &state).await?;
+        crate::search::localize_bundle_criteria(&ctx, &mut bundle);
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(ApiError::bad_request(
                 "only a batch or transaction Bundle may be posted to the base URL",

@@ -52,6 +52,9 @@ struct SearchRequest {
     scope: Vec<Filter>,
     /// Path of the `self` link after the base, e.g. `Observation` or `Patient/1/Observation`.
     self_path: String,
+    /// Parameters of an operation that it does not support (refused under strict handling,
+    /// else ignored and reported like unknown search parameters).
+    unsupported: Vec<String>,
 }
 
 fn check_type(res_type: &str) -> Result<()> {
@@ -82,15 +85,70 @@ fn localize(ctx: &RequestCtx, params: Vec<(String, String)>) -> Vec<(String, Str
     let own = format!("{}/", ctx.base);
     params
         .into_iter()
-        .map(|(k, v)| {
-            let v = v
-                .split(',')
-                .map(|alt| alt.strip_prefix(&own).unwrap_or(alt))
-                .collect::<Vec<_>>()
-                .join(",");
-            (k, v)
-        })
+        .map(|(k, v)| (k, localize_alternatives(&v, &[&own])))
         .collect()
+}
+
+/// Each comma-separated alternative of a value without the leading base it starts with.
+fn localize_alternatives(value: &str, bases: &[&str]) -> String {
+    value
+        .split(',')
+        .map(|alt| {
+            bases
+                .iter()
+                .find_map(|base| {
+                    alt.get(..base.len())
+                        .filter(|head| head.eq_ignore_ascii_case(base))
+                        .map(|_| &alt[base.len()..])
+                })
+                .unwrap_or(alt)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// [`localize`] for criteria still in their URL encoding (conditional interactions, Bundle
+/// entries): the base may be written as is or percent-encoded.
+pub(crate) fn localize_query(ctx: &RequestCtx, query: &str) -> String {
+    let own = format!("{}/", ctx.base);
+    let encoded = own.replace(':', "%3A").replace('/', "%2F");
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) => {
+                format!("{name}={}", localize_alternatives(value, &[&own, &encoded]))
+            }
+            None => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A Bundle's conditional entries (`request.url` criteria, `ifNoneExist`) with absolute
+/// references to this server made relative, as a search would take them.
+pub(crate) fn localize_bundle_criteria(ctx: &RequestCtx, bundle: &mut Value) {
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for request in entries
+        .iter_mut()
+        .filter_map(|entry| entry.get_mut("request"))
+    {
+        if let Some(Value::String(url)) = request.get_mut("url") {
+            if let Some((path, query)) = url.split_once('?') {
+                *url = format!("{path}?{}", localize_query(ctx, query));
+            }
+        }
+        if let Some(Value::String(criteria)) = request.get_mut("ifNoneExist") {
+            let (path, query) = criteria.rsplit_once('?').unwrap_or(("", criteria));
+            let separator = if path.is_empty() && !criteria.starts_with('?') {
+                ""
+            } else {
+                "?"
+            };
+            *criteria = format!("{path}{separator}{}", localize_query(ctx, query));
+        }
+    }
 }
 
 async fn run(
@@ -130,6 +188,14 @@ fn plan_for(request: &SearchRequest, options: &ParseOptions) -> Result<SearchPla
             "_sort takes at most {MAX_SORT_KEYS} keys"
         )));
     }
+    if !request.unsupported.is_empty() {
+        if options.strict {
+            return Err(search_error(SearchError::Unknown(
+                request.unsupported.clone(),
+            )));
+        }
+        plan.ignored.extend(request.unsupported.iter().cloned());
+    }
     plan.filters.extend(request.scope.iter().cloned());
     Ok(plan)
 }
@@ -148,6 +214,7 @@ pub fn explain_plan(path_and_query: &str, options: &ParseOptions) -> Result<Sear
         [res_type] => {
             check_type(res_type)?;
             SearchRequest {
+                unsupported: Vec::new(),
                 types: vec![(*res_type).to_string()],
                 params,
                 scope: Vec::new(),
@@ -278,6 +345,7 @@ pub async fn search_type(
     let result = async {
         check_type(&res_type)?;
         let request = SearchRequest {
+            unsupported: Vec::new(),
             types: vec![res_type.clone()],
             params: ctx.params.clone(),
             scope: Vec::new(),
@@ -302,6 +370,7 @@ pub async fn search_type_post(
         check_type(&res_type)?;
         let params = posted_params(&req, &ctx, payload, &state).await?;
         let request = SearchRequest {
+            unsupported: Vec::new(),
             types: vec![res_type.clone()],
             params,
             scope: Vec::new(),
@@ -376,7 +445,7 @@ fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
         .iter()
         .find(|(name, _)| name == "_type")
         .map(|(_, list)| list.clone());
-    let types: Vec<String> = type_list
+    let mut types: Vec<String> = type_list
         .iter()
         .flat_map(|list| list.split(','))
         .map(str::trim)
@@ -386,11 +455,27 @@ fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
     for t in &types {
         check_type_param(t)?;
     }
+    // Parameters of every resource (`_tag`, `_security`, …) over all types: each index
+    // lookup then starts from its (type, parameter) prefix instead of reading the whole index.
+    // `_id` and `_lastUpdated` are answered from `resources`, in any type.
+    let filters_through_index = params.iter().any(|(name, _)| {
+        let base = name.split(':').next().unwrap_or(name);
+        !base.is_empty()
+            && !matches!(base, "_id" | "_lastUpdated" | "_type")
+            && !renkei_search::plan::is_result_param(base)
+    });
+    if type_list.is_none() && filters_through_index {
+        types = renkei_fhir::resource_types()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+    }
     let self_path = match &type_list {
         Some(list) => format!("?_type={}", encode(list)),
         None => String::new(),
     };
     Ok(SearchRequest {
+        unsupported: Vec::new(),
         types,
         params,
         scope: Vec::new(),
@@ -462,6 +547,7 @@ fn compartment_request(
     let types = vec![target.to_string()];
     let scope = patient_compartment(id, &types, target == "Patient", false);
     Ok(SearchRequest {
+        unsupported: Vec::new(),
         types,
         params,
         scope: vec![scope],
@@ -508,6 +594,7 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
         types.push("Patient".into());
     }
     let mut params: Vec<(String, String)> = Vec::new();
+    let mut unsupported = Vec::new();
     let mut linked = false;
     for (name, value) in query {
         match name.as_str() {
@@ -532,19 +619,30 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
             // `_lastUpdated` comes back in paging links, where `_since` has been translated.
             "_count" | "_page_token" | "_format" | "_pretty" | "_elements" | "_summary"
             | "_lastUpdated" => params.push((name.clone(), value.clone())),
-            _ => {}
+            "_type" => {}
+            // `start` and `end` (dates of care) included: not implemented, so not pretended.
+            _ => unsupported.push(name.clone()),
         }
     }
     let include_self = types.iter().any(|t| t == "Patient");
     let scope = patient_compartment(id, &types, include_self, linked);
+    // The operation's own parameters come back in every paging link.
+    let mut operation_params = Vec::new();
+    if linked {
+        operation_params.push("_linked=true".to_string());
+    }
+    if let Some(list) = type_param {
+        operation_params.push(format!("_type={}", encode(list)));
+    }
+    let self_path = match operation_params.is_empty() {
+        true => format!("Patient/{id}/$everything"),
+        false => format!("Patient/{id}/$everything?{}", operation_params.join("&")),
+    };
     Ok(SearchRequest {
+        unsupported,
         types,
         params,
         scope: vec![scope],
-        self_path: if linked {
-            format!("Patient/{id}/$everything?_linked=true")
-        } else {
-            format!("Patient/{id}/$everything")
-        },
+        self_path,
     })
 }

@@ -343,8 +343,11 @@ pub fn parse_etag(tag: &str) -> Option<i64> {
 }
 
 fn parse_target(url: &str) -> Result<Target, RepoError> {
-    // Entry URLs are relative to the base; tolerate an absolute base prefix.
-    let relative = url
+    // Entry URLs are relative to the base; tolerate an absolute base prefix. Only the path
+    // may hold it: the criteria of a conditional entry may name URLs of their own
+    // (`Observation?subject=http://host/fhir/Patient/1` changes Observations, not Patient/1).
+    let path_end = url.find('?').unwrap_or(url.len());
+    let relative = url[..path_end]
         .find("/fhir/")
         .map(|i| &url[i + "/fhir/".len()..])
         .unwrap_or(url)
@@ -401,7 +404,7 @@ fn run_transaction(
         let target = parse_target(&entry.url).map_err(|e| wrap(index, entry, e))?;
         let resolve_one = |tx: &mut Tx<'_>, criteria: &Criteria| -> Result<_, RepoError> {
             let criteria = criteria.clone().visible_to(context.visibility.clone());
-            let found = criteria.resolve(tx, 2)?;
+            let found = criteria.resolve_for_write(tx, 2)?;
             Ok(match found.as_slice() {
                 [row] => Some(format!("{}/{}", criteria.res_type, row.res_id)),
                 _ => None,
@@ -413,10 +416,10 @@ fn run_transaction(
             ("POST", Target::Type(t)) => {
                 let existing = match &entry.if_none_exist {
                     Some(query) => {
-                        let criteria = Criteria::parse(t, query.trim_start_matches('?'))
+                        let criteria = Criteria::parse_if_none_exist(t, query)
                             .map_err(|e| wrap(index, entry, e))?
                             .visible_to(context.visibility.clone());
-                        let found = criteria.resolve(tx, 2)?;
+                        let found = criteria.resolve_for_write(tx, 2)?;
                         if found.len() > 1 {
                             return Err(wrap(
                                 index,
@@ -446,7 +449,7 @@ fn run_transaction(
             }
             ("PUT", Target::Conditional(criteria)) => {
                 let criteria = criteria.clone().visible_to(context.visibility.clone());
-                let found = criteria.resolve(tx, 2)?;
+                let found = criteria.resolve_for_write(tx, 2)?;
                 let t = &criteria.res_type;
                 let body_id = entry
                     .resource
@@ -615,8 +618,7 @@ fn run_entry(
         ("POST", Target::Type(t)) => {
             let criteria = match &entry.if_none_exist {
                 Some(q) => Some(
-                    Criteria::parse(&t, q.trim_start_matches('?'))?
-                        .visible_to(context.visibility.clone()),
+                    Criteria::parse_if_none_exist(&t, q)?.visible_to(context.visibility.clone()),
                 ),
                 None => None,
             };
@@ -757,8 +759,13 @@ fn rewrite_references(
 }
 
 /// A reference that only the database can resolve (`Patient?identifier=…`).
+/// `Type?criteria`: the criteria may hold URLs of their own (`Patient?identifier=http://…`),
+/// so only what comes before the `?` decides (an absolute URL with a query is no such
+/// reference and stays as written).
 fn is_conditional_reference(reference: &str) -> bool {
-    reference.contains('?') && !reference.starts_with('#') && !reference.contains("://")
+    reference
+        .split_once('?')
+        .is_some_and(|(res_type, _)| renkei_fhir::is_resource_type(res_type))
 }
 
 /// What a reference becomes from the Bundle alone: another entry's `Type/id` when it names that
@@ -790,7 +797,7 @@ fn resolve_reference(
     }
     if is_conditional_reference(reference) {
         let criteria = Criteria::parse_url(reference)?.visible_to(visibility.clone());
-        let found = criteria.resolve(tx, 2)?;
+        let found = criteria.resolve_for_write(tx, 2)?;
         return match found.as_slice() {
             [row] => Ok(Some(format!("{}/{}", criteria.res_type, row.res_id))),
             [] => Err(RepoError::PreconditionFailed(format!(
@@ -970,6 +977,18 @@ mod tests {
             Target::Conditional(_)
         ));
         assert!(parse_target("Nope/1").is_err());
+        // A URL in the criteria is no base: the entry changes Observations.
+        match parse_target("Observation?subject=http://x/fhir/Patient/1").unwrap() {
+            Target::Conditional(criteria) => assert_eq!(criteria.res_type, "Observation"),
+            _ => panic!("not conditional"),
+        }
+        assert!(is_conditional_reference(
+            "Patient?identifier=http://x/fhir/mrn|1"
+        ));
+        assert!(!is_conditional_reference(
+            "http://x/fhir/Patient?identifier=1"
+        ));
+        assert!(!is_conditional_reference("#contained?x"));
     }
 
     #[test]

@@ -73,6 +73,22 @@ impl Criteria {
         })
     }
 
+    /// Parses the criteria of a conditional create (`If-None-Exist`, `ifNoneExist`), which
+    /// clients write as `query`, `?query` or `Type?query`.
+    pub fn parse_if_none_exist(res_type: &str, text: &str) -> Result<Criteria, RepoError> {
+        let query = text.trim_start_matches('?');
+        let query = match query.split_once('?') {
+            Some((named, rest)) if named.rsplit('/').next() == Some(res_type) => rest,
+            Some((named, _)) => {
+                return Err(RepoError::BadRequest(format!(
+                "the If-None-Exist criteria '{text}' name '{named}', but the {res_type} is created"
+            )))
+            }
+            None => query,
+        };
+        Criteria::parse(res_type, query)
+    }
+
     /// Parses `Type?query` (a conditional reference or request URL).
     pub fn parse_url(url: &str) -> Result<Criteria, RepoError> {
         let (res_type, query) = url
@@ -100,6 +116,18 @@ impl Criteria {
         plan.summary = None;
         plan.total = renkei_search::plan::Total::None;
         Ok(tx.search(&plan, &self.visibility)?.matches)
+    }
+
+    /// [`Criteria::resolve`] for a write that acts on what it finds (conditional create,
+    /// update, patch, delete, references in a transaction): concurrent conditional writes
+    /// take turns, so none acts on a search another one is about to make stale.
+    pub(crate) fn resolve_for_write(
+        &self,
+        tx: &mut Tx<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchRow>, RepoError> {
+        tx.serialize_conditional_writes()?;
+        self.resolve(tx, limit)
     }
 
     /// Matches only what the requester may see: conditional interactions must not reveal

@@ -795,7 +795,7 @@ pub(crate) fn create_with_id(
     let resource = resource.into();
     check_body_type(resource.resource(), res_type)?;
     if let Some(criteria) = if_none_exist {
-        let found = criteria.resolve(tx, 2)?;
+        let found = criteria.resolve_for_write(tx, 2)?;
         match found.len() {
             0 => {}
             1 => {
@@ -952,7 +952,7 @@ pub(crate) fn conditional_update_with_id(
 ) -> Result<WriteOutcome, RepoError> {
     let mut resource = resource.into();
     check_body_type(resource.resource(), &criteria.res_type)?;
-    let found = criteria.resolve(tx, 2)?;
+    let found = criteria.resolve_for_write(tx, 2)?;
     let body_id = resource
         .resource()
         .get("id")
@@ -1063,7 +1063,7 @@ pub fn patch(
 
 /// Resolves `Type?criteria` to exactly one id for conditional patch.
 pub fn resolve_single(tx: &mut Tx<'_>, criteria: &Criteria) -> Result<String, RepoError> {
-    let found = criteria.resolve(tx, 2)?;
+    let found = criteria.resolve_for_write(tx, 2)?;
     match found.as_slice() {
         [] => Err(RepoError::NotFound {
             res_type: criteria.res_type.clone(),
@@ -1123,7 +1123,7 @@ pub fn conditional_delete(
     criteria: &Criteria,
     context: &WriteContext,
 ) -> Result<DeleteOutcome, RepoError> {
-    let found = criteria.resolve(tx, 2)?;
+    let found = criteria.resolve_for_write(tx, 2)?;
     match found.as_slice() {
         [] => Ok(DeleteOutcome::NothingToDelete),
         [row] => {

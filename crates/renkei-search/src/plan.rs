@@ -515,6 +515,11 @@ const RESULT_PARAMS: &[&str] = &[
     "_type",
 ];
 
+/// Whether `name` (without modifier) controls the result rather than selecting resources.
+pub fn is_result_param(name: &str) -> bool {
+    RESULT_PARAMS.contains(&name)
+}
+
 /// Parses the decoded `(name, value)` pairs of a search on `types`.
 pub fn parse(
     types: &[String],
@@ -740,10 +745,11 @@ fn parse_include(types: &[String], name: &str, value: &str) -> Result<Include, S
     }
 }
 
-/// The parameter `code`, which must mean the same on every searched type.
+/// The parameter `code`, which must mean the same on every searched type. A search of every
+/// type (no `_type`) has the parameters defined for all resources (`_tag`, `_profile`, …).
 fn single_type_param(types: &[String], code: &str) -> Option<&'static SearchParam> {
     let reg = registry();
-    let first = reg.param(types.first()?, code)?;
+    let first = reg.param(types.first().map_or("Resource", String::as_str), code)?;
     types
         .iter()
         .all(|t| reg.param(t, code).is_some_and(|p| p.kind == first.kind))

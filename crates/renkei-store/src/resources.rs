@@ -2,7 +2,7 @@
 //! and the token index rows written alongside them.
 
 use crate::sql::{Bind, Sql};
-use crate::{StoreError, Tx};
+use crate::{Backend, StoreError, Tx};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel::QueryableByName;
 
@@ -127,7 +127,27 @@ struct Count {
     n: i64,
 }
 
+/// The key of the PostgreSQL advisory lock that conditional writes take ("RENK").
+const CONDITIONAL_WRITE_LOCK: i64 = 0x5245_4E4B;
+
 impl Tx<'_> {
+    /// Makes conditional writes (search, then create or update what the search decided)
+    /// take turns until this transaction ends, so two of them cannot both find nothing and
+    /// both create. SQLite's write transactions already take turns (`BEGIN IMMEDIATE`);
+    /// PostgreSQL's run side by side under READ COMMITTED, so they queue on one advisory
+    /// lock. One lock for every type: a transaction resolving several types' criteria takes
+    /// no second lock, so two of them cannot deadlock.
+    pub fn serialize_conditional_writes(&mut self) -> Result<(), StoreError> {
+        match self.backend() {
+            Backend::Sqlite => Ok(()),
+            Backend::Postgres => {
+                let mut lock = Sql::new("SELECT pg_advisory_xact_lock(");
+                lock.bind(Bind::Int(CONDITIONAL_WRITE_LOCK)).push(")");
+                self.execute(&lock).map(|_| ())
+            }
+        }
+    }
+
     /// The current row of `res_type/res_id`, deleted or not.
     pub fn current(
         &mut self,

@@ -678,7 +678,21 @@ fn driving_filter(
         .copied()
         .filter(|f| lists_through_index(f))
         .collect();
-    if checks.is_empty() || !is_one_in_subquery(sql.text(), &candidate) || !sql.reopen() {
+    // A compartment that includes its Patient lists candidates from two tables (`UNION ALL`):
+    // a check appended to it would land in the second arm, where the candidate has another
+    // alias.
+    let two_armed = matches!(
+        first,
+        Filter::Compartment {
+            include_self: true,
+            ..
+        }
+    );
+    if checks.is_empty()
+        || two_armed
+        || !is_one_in_subquery(sql.text(), &candidate)
+        || !sql.reopen()
+    {
         return Driving { sql, nested: false };
     }
     for filter in checks {
