@@ -188,6 +188,26 @@ fn batch_reports_each_entry() {
         assert_eq!(count_type(s, "Patient"), 3);
         s.get("Patient/abc").expect(404);
         s.get("Patient/batch-existing").expect(410);
+        // A resource that is not valid FHIR fails its own entry; the others go on. In a
+        // transaction it fails the whole Bundle.
+        let mut bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": {"resourceType": "Patient", "name": [{"family": "Kept"}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Patient", "gender": "unknown-code", "bogus": 1},
+             "request": {"method": "POST", "url": "Patient"}}]});
+        let r = s.post("", &bundle).expect(200).json();
+        let e = entries(&r);
+        assert!(entry_status(&e[0]).starts_with("201"), "{}", e[0]);
+        assert!(entry_status(&e[1]).starts_with("400"), "{}", e[1]);
+        let reason = e[1]["response"]["outcome"].to_string();
+        assert!(
+            reason.contains("entry[1]") && reason.contains("bogus"),
+            "{reason}"
+        );
+        bundle["type"] = json!("transaction");
+        s.post("", &bundle).expect(400);
+        let (kept, _) = s.all_pages("Patient?family=Kept");
+        assert_eq!(kept.len(), 1);
     });
 }
 
@@ -678,5 +698,52 @@ fn system_search_by_post() {
             Some(b"x".to_vec()),
         )
         .expect(415);
+    });
+}
+
+/// An empty batch answers an empty batch-response, in JSON without an empty `entry` list
+/// (not valid FHIR JSON) and in XML.
+#[test]
+fn an_empty_batch_answers_in_both_formats() {
+    for_each_backend(|s| {
+        let empty =
+            serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "batch"})).unwrap();
+        let json_answer = s
+            .request(
+                "POST",
+                "",
+                &[("Content-Type", "application/fhir+json")],
+                Some(empty.clone()),
+            )
+            .expect(200)
+            .json();
+        assert_eq!(json_answer["type"], "batch-response");
+        assert!(json_answer.get("entry").is_none(), "{json_answer}");
+        let xml_answer = s
+            .request(
+                "POST",
+                "",
+                &[
+                    ("Content-Type", "application/fhir+json"),
+                    ("Accept", "application/fhir+xml"),
+                ],
+                Some(empty.clone()),
+            )
+            .expect(200);
+        assert!(
+            xml_answer.body.contains("batch-response"),
+            "{}",
+            xml_answer.body
+        );
+        // A decimal beyond a double's range is refused, the same on both backends.
+        let r = s.post(
+            "Observation",
+            &serde_json::from_str::<Value>(
+                r#"{"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                    "valueQuantity": {"value": 1e400}}"#,
+            )
+            .unwrap(),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
     });
 }

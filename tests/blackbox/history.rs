@@ -1,7 +1,7 @@
 //! History at instance, type and system level; paging; _since; deletes.
 
 use crate::support::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 #[test]
@@ -152,5 +152,56 @@ fn history_paging_and_since() {
         assert!(none.is_empty());
         let (everything, _) = s.all_pages("_history?_since=2000-01-01&_count=1000");
         assert_eq!(everything.len(), total + 1 + 3);
+    });
+}
+
+/// `_at`: the versions current at some time of the period, not every version before it.
+#[test]
+fn history_at_lists_the_versions_current_then() {
+    for_each_backend(|s| {
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(30));
+        let created = s.create(&json!({"resourceType": "Basic", "code": {"text": "v1"}}));
+        let id = created["id"].as_str().unwrap().to_string();
+        let path = format!("Basic/{id}");
+        let stamp = |resource: &Value| {
+            resource["meta"]["lastUpdated"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let mut versions = vec![stamp(&created)];
+        for text in ["v2", "v3"] {
+            pause();
+            let mut body = s.read_json(&path);
+            body["code"]["text"] = json!(text);
+            versions.push(stamp(&s.put(&path, &body).expect(200).json()));
+        }
+        let at = |value: &str| -> Vec<String> {
+            let page = s
+                .get(&format!(
+                    "{path}/_history?_at={}",
+                    value.replace('+', "%2B")
+                ))
+                .expect(200)
+                .json();
+            entries(&page)
+                .iter()
+                .map(|e| {
+                    e["resource"]["meta"]["versionId"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        // The instant version 2 was written: only version 2 was current then.
+        assert_eq!(at(&versions[1]), ["2"]);
+        // The instant version 3 was written (the newest): only version 3.
+        assert_eq!(at(&versions[2]), ["3"]);
+        // The whole day: every version was current at some time of it.
+        assert_eq!(at(&versions[0][..10]), ["3", "2", "1"]);
+        // Before the resource existed: nothing.
+        assert!(at("2001-01-01").is_empty());
+        s.get(&format!("{path}/_history?_at=yesterday")).expect(400);
     });
 }

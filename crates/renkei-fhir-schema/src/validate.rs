@@ -426,6 +426,15 @@ impl Validator {
                 if pr == Prim::Decimal {
                     if !p::is_decimal_text(&text) {
                         self.bad_value(tn, &text);
+                    } else if !text.parse::<f64>().is_ok_and(f64::is_finite) {
+                        // Searches compare decimals as doubles: one beyond their range could
+                        // neither be indexed nor compared (it became infinity).
+                        self.issue(
+                            IssueCode::Value,
+                            format!(
+                                "the decimal '{text}' is beyond the range this server stores (magnitude up to about 1.8e308)"
+                            ),
+                        );
                     }
                     return;
                 }

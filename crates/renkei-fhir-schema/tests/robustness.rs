@@ -136,3 +136,23 @@ fn deep_nesting_is_bounded() {
     assert!(!validate(&r).is_empty());
     let _ = summarize(&r, SummaryMode::True);
 }
+
+#[test]
+fn decimals_beyond_a_double_are_refused() {
+    let observation = |value: &str| {
+        let text = format!(
+            r#"{{"resourceType": "Observation", "status": "final", "code": {{"text": "x"}},
+               "valueQuantity": {{"value": {value}}}}}"#
+        );
+        validate(&serde_json::from_str::<Value>(&text).unwrap())
+    };
+    let issues = observation("1e400");
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(issues[0].message.contains("400"), "{issues:?}");
+    assert!(observation("-1.5E308").is_empty());
+    assert!(observation("0.000001").is_empty());
+    assert!(
+        observation("1e-400").is_empty(),
+        "tiny values are zero, not infinite"
+    );
+}

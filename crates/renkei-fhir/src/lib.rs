@@ -68,8 +68,57 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ContentError> {
             format!("the body is not valid JSON: {e}"),
         )
     })?;
-    validate(&value)?;
-    Ok(value)
+    let mut value = value;
+    match validate(&value) {
+        Ok(()) => Ok(value),
+        Err(_) if set_aside_invalid_batch_entries(&mut value) => Ok(value),
+        Err(whole) => Err(whole),
+    }
+}
+
+/// Where a batch entry whose resource is not valid FHIR carries why, in place of the resource
+/// (an internal key: no FHIR element has a colon in its name, so no client content is
+/// mistaken for it, and one a client writes fails the schema check of the Bundle).
+pub const INVALID_ENTRY: &str = "renkei:invalid";
+
+/// In a `batch`, each entry succeeds or fails on its own (http.html#brules): when the Bundle
+/// is valid apart from some entries' resources, those resources are replaced by the reason
+/// they are not valid ([`INVALID_ENTRY`]), and the batch goes on. Returns false, changing
+/// nothing, for any other Bundle or when the Bundle itself is not valid.
+fn set_aside_invalid_batch_entries(bundle: &mut Value) -> bool {
+    let is_batch = bundle.get("resourceType").and_then(Value::as_str) == Some("Bundle")
+        && bundle.get("type").and_then(Value::as_str) == Some("batch");
+    if !is_batch {
+        return false;
+    }
+    let mut skeleton = bundle.clone();
+    if let Some(entries) = skeleton.get_mut("entry").and_then(Value::as_array_mut) {
+        for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+            entry.remove("resource");
+        }
+    }
+    if validate(&skeleton).is_err() {
+        return false;
+    }
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    for (index, entry) in entries.iter_mut().enumerate() {
+        let Some(entry) = entry.as_object_mut() else {
+            continue;
+        };
+        let Some(Err(error)) = entry.get("resource").map(validate) else {
+            continue;
+        };
+        entry.remove("resource");
+        entry.insert(
+            INVALID_ENTRY.to_string(),
+            Value::String(format!(
+                "Bundle.entry[{index}].resource is not valid: {error}"
+            )),
+        );
+    }
+    true
 }
 
 /// Parses FHIR XML bytes into the equivalent FHIR JSON value and validates it.
@@ -183,6 +232,7 @@ pub fn to_xml(value: &Value) -> Result<String, ContentError> {
         mode: DeserializationMode::Strict,
     };
     let mut owned = value.clone();
+    drop_empty_arrays(&mut owned);
     let narratives = narrative::take_divs(&mut owned);
     let result = catch_unwind(AssertUnwindSafe(move || {
         let resource = fhirbolt::json::from_json_value::<Resource>(owned, Some(config))
@@ -204,10 +254,32 @@ pub fn to_xml(value: &Value) -> Result<String, ContentError> {
     }
 }
 
+/// Removes properties whose value is an empty array, at any depth: FHIR JSON has none (an
+/// absent list is left out), and fhirbolt panics on them.
+fn drop_empty_arrays(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !matches!(v, Value::Array(items) if items.is_empty()));
+            map.values_mut().for_each(drop_empty_arrays);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_empty_arrays),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn empty_lists_render_as_absent_elements() {
+        let bundle = serde_json::json!({"resourceType": "Bundle", "type": "batch-response",
+            "entry": [], "link": [{"relation": "self", "url": "http://x", "extension": []}]});
+        let xml = to_xml(&bundle).unwrap();
+        assert!(xml.contains("<type value=\"batch-response\"/>"), "{xml}");
+        assert!(!xml.contains("<entry"), "{xml}");
+    }
 
     #[test]
     fn rejects_empty_array_without_panicking() {

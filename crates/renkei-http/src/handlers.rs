@@ -570,7 +570,16 @@ async fn history(
             }
         };
         let since = instant("_since")?;
-        let at = instant("_at")?;
+        // `_at` names a period (a day, a second, …): the versions current at any time in it.
+        let at = match ctx.param("_at") {
+            None => None,
+            Some(text) => {
+                let range = renkei_search::date::parse_range(text).ok_or_else(|| {
+                    ApiError::bad_request(format!("_at '{text}' is not a FHIR instant or date"))
+                })?;
+                Some((range.low, range.high))
+            }
+        };
         let count = match ctx.param("_count") {
             None => state.default_page_size,
             Some(text) => text

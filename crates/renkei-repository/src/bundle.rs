@@ -34,6 +34,8 @@ pub struct EntryRequest {
     pub resource: Option<Value>,
     pub if_match: Option<i64>,
     pub if_none_exist: Option<String>,
+    /// Why the entry's resource is not valid FHIR (a batch entry that fails on its own).
+    pub invalid: Option<String>,
 }
 
 /// Work done for a Bundle before its write begins, so it does not run in the writer section:
@@ -178,6 +180,9 @@ impl Repository {
                 .iter()
                 .enumerate()
                 .map(|(index, entry)| {
+                    if let Some(reason) = &entry.invalid {
+                        return render_failure(&RepoError::BadRequest(reason.clone()));
+                    }
                     let result = self.write(|tx| {
                         let mut ids = HashMap::new();
                         let rendered = render_entry(
@@ -191,15 +196,19 @@ impl Repository {
                 })
                 .collect::<Vec<_>>(),
         };
-        Ok(json!({
+        let mut response = json!({
             "resourceType": "Bundle",
             "id": uuid::Uuid::new_v4().to_string(),
             "type": match kind {
                 BundleKind::Batch => "batch-response",
                 BundleKind::Transaction => "transaction-response",
             },
-            "entry": responses,
-        }))
+        });
+        // FHIR JSON leaves an empty list out.
+        if !responses.is_empty() {
+            response["entry"] = Value::Array(responses);
+        }
+        Ok(response)
     }
 
     /// Stores every resource of a `collection` (or searchset/document) Bundle in one
@@ -305,6 +314,10 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
                 if_match,
                 if_none_exist: request
                     .get("ifNoneExist")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                invalid: entry
+                    .get(renkei_fhir::INVALID_ENTRY)
                     .and_then(Value::as_str)
                     .map(str::to_string),
             })

@@ -276,7 +276,7 @@ pub enum PatchBody {
 pub struct HistoryRequest {
     pub scope: HistoryScope,
     pub since: Option<i64>,
-    pub at: Option<i64>,
+    pub at: Option<(i64, i64)>,
     pub after: Option<(i64, i64, i64)>,
     pub count: usize,
     pub visibility: renkei_store::Visibility,

@@ -1321,17 +1321,36 @@ fn parse_number(name: &str, value: &str) -> Result<NumberValue, SearchError> {
         .ok()
         .filter(|n: &f64| n.is_finite())
         .ok_or_else(|| SearchError::Invalid(format!("{name}: '{value}' is not a number")))?;
-    let decimals = match rest.split_once(['e', 'E']) {
-        Some(_) => 0,
-        None => rest.split_once('.').map_or(0, |(_, f)| f.len()),
-    };
-    let half = 0.5 * 10f64.powi(-i32::try_from(decimals).unwrap_or(0));
+    let half = implied_half_width(rest);
     Ok(NumberValue {
         prefix,
         value: number,
         low: number - half,
         high: number + half,
     })
+}
+
+/// Half the width of the range a number's written precision implies: `100` is
+/// [99.5, 100.5), `100.00` [99.995, 100.005). In exponent form the range follows the
+/// magnitude, as in the specification's example (`1e2` is 95 to 105): `1e-6` stays near a
+/// millionth, `1e20` is not lost below a double's resolution.
+fn implied_half_width(number: &str) -> f64 {
+    let decimals = |digits: &str| {
+        digits.split_once('.').map_or(0, |(_, fraction)| {
+            i32::try_from(fraction.len()).unwrap_or(i32::MAX)
+        })
+    };
+    match number.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => {
+            let exponent: i32 = exponent.parse().unwrap_or(0);
+            0.5 * 10f64.powi(
+                exponent
+                    .saturating_sub(decimals(mantissa))
+                    .saturating_sub(1),
+            )
+        }
+        None => 0.5 * 10f64.powi(-decimals(number)),
+    }
 }
 
 fn parse_quantity(name: &str, value: &str) -> Result<QuantityValue, SearchError> {
@@ -1397,6 +1416,17 @@ mod tests {
 
     fn obs() -> Vec<String> {
         vec!["Observation".to_string()]
+    }
+
+    #[test]
+    fn exponent_numbers_imply_a_range_of_their_magnitude() {
+        let close = |a: f64, b: f64| (a - b).abs() <= b.abs() * 1e-9;
+        assert!(close(implied_half_width("100"), 0.5));
+        assert!(close(implied_half_width("100.00"), 0.005));
+        assert!(close(implied_half_width("1e2"), 5.0));
+        assert!(close(implied_half_width("1.5e2"), 0.5));
+        assert!(close(implied_half_width("1e-6"), 5e-8));
+        assert!(close(implied_half_width("1E20"), 5e18));
     }
 
     #[test]

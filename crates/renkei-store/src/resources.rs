@@ -96,8 +96,9 @@ pub struct HistoryQuery {
     pub scope: HistoryScope,
     /// Only versions updated at or after this instant (ms since epoch).
     pub since: Option<i64>,
-    /// Only versions current at this instant: updated at or before it (ms since epoch).
-    pub at: Option<i64>,
+    /// Only versions current at some instant of this period (ms since epoch, both ends
+    /// inclusive): updated by its end, and not yet replaced at its start.
+    pub at: Option<(i64, i64)>,
     /// Resume after this (last_updated, rid, version) position, newest first.
     pub after: Option<(i64, i64, i64)>,
     pub count: usize,
@@ -315,8 +316,14 @@ impl Tx<'_> {
                 sql.push(&format!(" AND {updated} >= "))
                     .bind(Bind::Int(since));
             }
-            if let Some(at) = query.at {
-                sql.push(&format!(" AND {updated} <= ")).bind(Bind::Int(at));
+            if let Some((start, end)) = query.at {
+                sql.push(&format!(" AND {updated} <= "))
+                    .bind(Bind::Int(end));
+                if *table == "history" {
+                    // Replaced by the next version, kept in history or current.
+                    sql.push(" AND COALESCE((SELECT n.last_updated FROM resource_history n WHERE n.rid = h.rid AND n.version = h.version + 1), r.last_updated) > ")
+                        .bind(Bind::Int(start));
+                }
             }
             query.visibility.push_predicate_for(&mut sql, "r");
             if *table == "history" {
