@@ -747,3 +747,36 @@ fn an_empty_batch_answers_in_both_formats() {
         assert_eq!(r.status, 400, "{}", r.body);
     });
 }
+
+/// A transaction replaces every link to an entry's `urn:uuid` fullUrl: references, `url`
+/// elements (`Attachment.url`) and links in the narrative.
+#[test]
+fn transaction_rewrites_urn_links_outside_references() {
+    for_each_backend(|s| {
+        let binary_urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "DocumentReference", "status": "current",
+                "text": {"status": "generated",
+                         "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"{binary_urn}\">report</a></div>")},
+                "content": [{"attachment": {"contentType": "text/plain", "url": binary_urn}}]},
+             "request": {"method": "POST", "url": "DocumentReference"}},
+            {"fullUrl": binary_urn,
+             "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "aGVsbG8="},
+             "request": {"method": "POST", "url": "Binary"}}]});
+        let r = s.post("", &bundle).expect(200).json();
+        let e = entries(&r);
+        let location = |i: usize| {
+            let full = e[i]["response"]["location"].as_str().unwrap();
+            let path: Vec<&str> = full.split("/_history").next().unwrap().split('/').collect();
+            path[path.len() - 2..].join("/")
+        };
+        let binary = location(1);
+        assert!(binary.starts_with("Binary/"), "{binary}");
+        // A response entry's fullUrl is absolute.
+        assert_eq!(e[1]["fullUrl"], json!(format!("{}/{binary}", s.base)));
+        let document = s.read_json(&location(0));
+        assert_eq!(document["content"][0]["attachment"]["url"], json!(binary));
+        let div = document["text"]["div"].as_str().unwrap();
+        assert!(div.contains(&format!("href=\"{binary}\"")), "{div}");
+    });
+}

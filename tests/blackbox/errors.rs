@@ -125,6 +125,16 @@ fn invalid_content() {
             &json!({"resourceType": "Patient", "id": long}),
         )
         .expect(400);
+        // Reading by an id no resource can have is a bad request, not a missing resource.
+        for path in [
+            "Patient/bad$id",
+            "Patient/bad$id/_history/1",
+            "Patient/bad$id/_history",
+        ] {
+            let r = s.get(path).expect(400);
+            assert!(diagnostics(&r.outcome()).contains("bad$id"), "{path}");
+        }
+        s.get(&format!("Patient/{long}")).expect(400);
         // Malformed XML.
         s.send_raw(
             "POST",

@@ -112,3 +112,26 @@ fn a_search_of_every_type_takes_the_parameters_of_every_resource() {
         }
     });
 }
+
+/// `_type` belongs to the search of every type, and `:Type` must name a type the reference
+/// parameter can point at.
+#[test]
+fn a_search_of_one_type_refuses_what_does_not_apply_to_it() {
+    for_each_backend(|s| {
+        let strict = [("Prefer", "handling=strict")];
+        let r = s.get_with("Observation?_type=Patient", &strict).expect(400);
+        assert!(r.body.contains("_type"), "{}", r.body);
+        let page = s.get("Observation?_type=Patient").expect(200).json();
+        assert!(
+            entries(&page)
+                .iter()
+                .any(|e| e["search"]["mode"] == "outcome" && e.to_string().contains("_type")),
+            "{page}"
+        );
+        let r = s
+            .get_with("Observation?subject:Nope=x", &strict)
+            .expect(400);
+        assert!(r.body.contains("Nope"), "{}", r.body);
+        s.get("Observation?subject:Patient=x").expect(200);
+    });
+}

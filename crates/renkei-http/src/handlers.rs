@@ -540,7 +540,8 @@ pub async fn bundle(
             && req.headers().contains_key("prefer");
         let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
-        let response = blocking(move || gate.bundle(&who, &bundle, representation)).await?;
+        let mut response = blocking(move || gate.bundle(&who, &bundle, representation)).await?;
+        absolute_full_urls(&ctx, &mut response);
         Ok(render_value(
             HttpResponse::Ok(),
             &response,
@@ -550,6 +551,20 @@ pub async fn bundle(
     }
     .await;
     finish(&req, &state, &ctx, result).await
+}
+
+/// A response entry's `fullUrl` is the resource's absolute URL on this server.
+fn absolute_full_urls(ctx: &RequestCtx, response: &mut Value) {
+    let Some(entries) = response.get_mut("entry").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for full_url in entries.iter_mut().filter_map(|e| e.get_mut("fullUrl")) {
+        if let Value::String(url) = full_url {
+            if !url.contains(':') {
+                *url = format!("{}/{url}", ctx.base);
+            }
+        }
+    }
 }
 
 /// History at instance, type or system level.

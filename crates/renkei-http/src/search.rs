@@ -213,13 +213,7 @@ pub fn explain_plan(path_and_query: &str, options: &ParseOptions) -> Result<Sear
     let request = match segments.as_slice() {
         [res_type] => {
             check_type(res_type)?;
-            SearchRequest {
-                unsupported: Vec::new(),
-                types: vec![(*res_type).to_string()],
-                params,
-                scope: Vec::new(),
-                self_path: (*res_type).to_string(),
-            }
+            type_request(res_type, params)
         }
         ["Patient", id, "$everything"] => everything_request(id, &params)?,
         ["Patient", id, target] => compartment_request(id, target, params)?,
@@ -344,13 +338,7 @@ pub async fn search_type(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let request = SearchRequest {
-            unsupported: Vec::new(),
-            types: vec![res_type.clone()],
-            params: ctx.params.clone(),
-            scope: Vec::new(),
-            self_path: res_type,
-        };
+        let request = type_request(&res_type, ctx.params.clone());
         run(&req, &ctx, &state, request).await
     }
     .await;
@@ -369,13 +357,7 @@ pub async fn search_type_post(
     let result = async {
         check_type(&res_type)?;
         let params = posted_params(&req, &ctx, payload, &state).await?;
-        let request = SearchRequest {
-            unsupported: Vec::new(),
-            types: vec![res_type.clone()],
-            params,
-            scope: Vec::new(),
-            self_path: res_type,
-        };
+        let request = type_request(&res_type, params);
         run(&req, &ctx, &state, request).await
     }
     .await;
@@ -547,12 +529,34 @@ fn compartment_request(
     let types = vec![target.to_string()];
     let scope = patient_compartment(id, &types, target == "Patient", false);
     Ok(SearchRequest {
-        unsupported: Vec::new(),
+        unsupported: type_level_unsupported(&params),
         types,
         params,
         scope: vec![scope],
         self_path: format!("Patient/{id}/{target}"),
     })
+}
+
+/// `[type]?…`: a search of one type.
+fn type_request(res_type: &str, params: Vec<(String, String)>) -> SearchRequest {
+    SearchRequest {
+        unsupported: type_level_unsupported(&params),
+        types: vec![res_type.to_string()],
+        params,
+        scope: Vec::new(),
+        self_path: res_type.to_string(),
+    }
+}
+
+/// `_type` chooses types only in a search of the whole system; a search of one type takes
+/// it as an unsupported parameter (refused under strict handling, reported otherwise).
+fn type_level_unsupported(params: &[(String, String)]) -> Vec<String> {
+    params
+        .iter()
+        .filter(|(name, _)| name == "_type")
+        .map(|(name, _)| name.clone())
+        .take(1)
+        .collect()
 }
 
 /// `Patient/{id}/$everything` (`_since`, `_type`, `_count`, paging): the Patient and every

@@ -53,7 +53,7 @@ impl Prepared {
     fn speculate(entries: &[EntryRequest], kind: BundleKind) -> Prepared {
         let new_ids: Vec<String> = entries
             .iter()
-            .map(|_| uuid::Uuid::new_v4().to_string())
+            .map(|_| uuid::Uuid::now_v7().to_string())
             .collect();
         // fullUrl → Type/id for the entries whose identity needs no database lookup. Only a
         // transaction resolves references between its entries; a batch leaves them as written.
@@ -82,7 +82,7 @@ impl Prepared {
                     return None;
                 }
                 let mut resource = entry.resource.clone()?;
-                rewrite_references(&mut resource, &mut |reference| {
+                rewrite_references(&mut resource, &ids, &mut |reference| {
                     if is_conditional_reference(reference) {
                         return Err(RepoError::BadRequest("resolved in the transaction".into()));
                     }
@@ -100,7 +100,7 @@ impl Prepared {
         self.new_ids
             .get(index)
             .cloned()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
     }
 
     fn body(&self, index: usize) -> Option<&PreparedResource> {
@@ -512,7 +512,7 @@ fn run_transaction(
         let entry = &entries[index];
         let mut entry = entry.clone();
         if let Some(resource) = entry.resource.as_mut() {
-            rewrite_references(resource, &mut |reference| {
+            rewrite_references(resource, &ids, &mut |reference| {
                 resolve_reference(tx, reference, &ids, &context.visibility)
             })
             .map_err(|e| wrap(index, &entry, e))?;
@@ -595,7 +595,7 @@ fn run_entry(
     };
     let mut rewritten = entry.resource.take();
     if let Some(r) = rewritten.as_mut() {
-        rewrite_references(r, &mut |reference| {
+        rewrite_references(r, ids, &mut |reference| {
             resolve_reference(tx, reference, ids, &context.visibility)
         })?;
     }
@@ -742,9 +742,12 @@ fn run_entry(
 }
 
 /// Replaces `reference` values that name another entry's `fullUrl`, or a conditional
-/// reference (`Patient?identifier=…`), with the literal `Type/id`.
+/// reference (`Patient?identifier=…`), with the literal `Type/id`; and every other link to an
+/// entry's `urn:` fullUrl (`uri` and `url` elements such as `Attachment.url`, `href` and `src`
+/// in narratives), as http.html#trules asks of a transaction.
 fn rewrite_references(
     value: &mut Value,
+    ids: &HashMap<String, String>,
     resolve: &mut dyn FnMut(&str) -> Result<Option<String>, RepoError>,
 ) -> Result<(), RepoError> {
     match value {
@@ -755,15 +758,24 @@ fn rewrite_references(
                 }
             }
             for (key, child) in map.iter_mut() {
-                if key != "reference" {
-                    rewrite_references(child, resolve)?;
+                match child {
+                    Value::String(_) if key == "reference" => {}
+                    Value::String(div) if key == "div" => rewrite_narrative_links(div, ids),
+                    Value::String(link) => {
+                        if let Some(target) =
+                            ids.get(link.as_str()).filter(|_| link.starts_with("urn:"))
+                        {
+                            *link = target.clone();
+                        }
+                    }
+                    _ => rewrite_references(child, ids, resolve)?,
                 }
             }
             Ok(())
         }
         Value::Array(items) => {
             for item in items {
-                rewrite_references(item, resolve)?;
+                rewrite_references(item, ids, resolve)?;
             }
             Ok(())
         }
@@ -771,7 +783,22 @@ fn rewrite_references(
     }
 }
 
+/// `href="urn:uuid:…"` and `src="urn:uuid:…"` naming an entry's fullUrl, in a narrative.
+fn rewrite_narrative_links(div: &mut String, ids: &HashMap<String, String>) {
+    for (full_url, target) in ids.iter().filter(|(url, _)| url.starts_with("urn:")) {
+        for attribute in ["href", "src"] {
+            for quote in ['"', '\''] {
+                let written = format!("{attribute}={quote}{full_url}{quote}");
+                if div.contains(&written) {
+                    *div = div.replace(&written, &format!("{attribute}={quote}{target}{quote}"));
+                }
+            }
+        }
+    }
+}
+
 /// A reference that only the database can resolve (`Patient?identifier=…`).
+///
 /// `Type?criteria`: the criteria may hold URLs of their own (`Patient?identifier=http://…`),
 /// so only what comes before the `?` decides (an absolute URL with a query is no such
 /// reference and stays as written).

@@ -369,6 +369,7 @@ impl Repository {
         self.store.read(|tx| {
             if let HistoryScope::Instance { res_type, res_id } = &request.scope {
                 check_type(res_type)?;
+                check_id(res_id)?;
                 let row = tx
                     .current(res_type, res_id)?
                     .ok_or_else(|| RepoError::NotFound {
@@ -496,6 +497,7 @@ fn check_types(plan: &renkei_search::plan::SearchPlan) -> Result<(), RepoError> 
 
 pub fn read(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<StoredResource, RepoError> {
     check_type(res_type)?;
+    check_id(id)?;
     let row = tx
         .current(res_type, id)?
         .ok_or_else(|| RepoError::NotFound {
@@ -515,6 +517,7 @@ pub fn read_visible(
     visibility: &Visibility,
 ) -> Result<StoredResource, RepoError> {
     check_type(res_type)?;
+    check_id(id)?;
     let row = tx
         .current(res_type, id)?
         .ok_or_else(|| RepoError::NotFound {
@@ -546,6 +549,7 @@ pub fn vread_visible(
     visibility: &Visibility,
 ) -> Result<StoredResource, RepoError> {
     check_type(res_type)?;
+    check_id(id)?;
     let row = tx
         .current(res_type, id)?
         .ok_or_else(|| RepoError::VersionNotFound {
@@ -601,6 +605,7 @@ pub fn vread(
     version: &str,
 ) -> Result<StoredResource, RepoError> {
     check_type(res_type)?;
+    check_id(id)?;
     let not_found = || RepoError::VersionNotFound {
         res_type: res_type.into(),
         id: id.into(),

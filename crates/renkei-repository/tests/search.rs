@@ -503,6 +503,21 @@ fn composites_and_modifiers(repo: &Repository) {
         ids(repo, "ValueSet", "url:below=http://example.org/fhir"),
         ["bp-codes", "jlac"]
     );
+    // Below by whole segments: `…/jl` is no parent of `…/jlac`.
+    assert!(ids(
+        repo,
+        "ValueSet",
+        "url:below=http://example.org/fhir/ValueSet/jl"
+    )
+    .is_empty());
+    assert_eq!(
+        ids(
+            repo,
+            "ValueSet",
+            "url:below=http://example.org/fhir/ValueSet/jlac"
+        ),
+        ["jlac"]
+    );
     assert_eq!(
         ids(
             repo,

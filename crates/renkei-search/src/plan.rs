@@ -782,10 +782,18 @@ fn split_escaped(text: &str, sep: char) -> Vec<String> {
 }
 
 fn unescape(text: &str) -> String {
-    text.replace("\\|", "|")
-        .replace("\\$", "$")
-        .replace("\\,", ",")
-        .replace("\\\\", "\\")
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some(next @ ('|' | '$' | ',' | '\\'))) => {
+                out.push(next);
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Parses one filter parameter; `Ok(None)` when the parameter is unknown.
@@ -1032,7 +1040,19 @@ fn parse_filter_within(
             }
             let types_modifier = match modifier {
                 None => None,
-                Some(t) if t.starts_with(|c: char| c.is_ascii_uppercase()) => Some(t.to_string()),
+                // `:Type` names one of the parameter's target types (any, when it lists
+                // `Resource` or none).
+                Some(t) if t.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                    let targets = &param.targets;
+                    let open = targets.is_empty() || targets.iter().any(|x| x == "Resource");
+                    if !open && !targets.iter().any(|x| x == t) {
+                        return invalid(format!(
+                            "'{param_name}' refers to {}, not to '{t}' ({name})",
+                            targets.join(", ")
+                        ));
+                    }
+                    Some(t.to_string())
+                }
                 Some(other) => {
                     return invalid(format!(
                         "reference modifier ':{other}' is not supported ({name})"
@@ -1276,7 +1296,10 @@ fn parse_has(
 }
 
 pub fn parse_token(value: &str) -> TokenMatch {
-    let parts = split_escaped(value, '|');
+    let parts: Vec<String> = split_escaped(value, '|')
+        .iter()
+        .map(|part| unescape(part))
+        .collect();
     match parts.as_slice() {
         [code] => TokenMatch::Code(code.clone()),
         [system, code] if system.is_empty() => TokenMatch::NoSystem(code.clone()),
@@ -1416,6 +1439,16 @@ mod tests {
 
     fn obs() -> Vec<String> {
         vec!["Observation".to_string()]
+    }
+
+    #[test]
+    fn token_values_unescape_every_search_escape() {
+        assert_eq!(parse_token("c\\$d"), TokenMatch::Code("c$d".into()));
+        assert_eq!(parse_token("e\\\\f"), TokenMatch::Code("e\\f".into()));
+        assert_eq!(
+            parse_token("s\\|x|a\\$b"),
+            TokenMatch::SystemCode("s|x".into(), "a$b".into())
+        );
     }
 
     #[test]

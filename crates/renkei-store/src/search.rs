@@ -1509,7 +1509,17 @@ fn push_filter(
                     sql.push(&format!("{x}.value = "))
                         .bind(Bind::Text(v.clone()));
                 }
-                UriMode::Below => push_prefix_range(sql, &format!("{x}.value"), v),
+                // The URL itself or one below it by whole path segments: `…/ValueSet/a` is
+                // not below `…/ValueSet/ab`'s parent `…/ValueSet/a`.
+                UriMode::Below => {
+                    let column = format!("{x}.value");
+                    let parent = v.trim_end_matches('/');
+                    sql.push(&format!("({column} = "))
+                        .bind(Bind::Text(parent.to_string()))
+                        .push(" OR (");
+                    push_prefix_range(sql, &column, &format!("{parent}/"));
+                    sql.push("))");
+                }
                 UriMode::Above => {
                     // Every stored value that is the URL itself or one of its parents.
                     let mut prefixes = vec![v.clone()];
