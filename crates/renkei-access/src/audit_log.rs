@@ -480,6 +480,7 @@ pub fn to_row(builder: &EventBuilder, custodians: &[String]) -> NewAuditEvent {
 #[derive(Debug)]
 pub struct TrailEvent {
     pub seq: i64,
+    pub recorded: i64,
     pub resource: Value,
 }
 
@@ -493,6 +494,7 @@ impl TrailEvent {
         })?;
         Ok(TrailEvent {
             seq: row.seq,
+            recorded: row.recorded,
             resource,
         })
     }

@@ -95,22 +95,26 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
                     .clamp(1, max)
             }
             "_sort" => match value.as_str() {
-                "date" => query.descending = false,
-                "-date" => query.descending = true,
+                "date" | "-date" => {
+                    query.descending = value.starts_with('-');
+                    query.by_recorded = true;
+                }
                 other => {
                     return Err(ApiError::bad_request(format!(
                         "AuditEvent sorts by date or -date, not '{other}'"
                     )))
                 }
             },
+            // `seq` in trail order, `recorded.seq` in `_sort=date` order.
             "_page_token" => {
-                let seq: i64 = value.parse().map_err(|_| {
-                    ApiError::bad_request("_page_token is not a token this server issued")
-                })?;
-                if query.descending {
-                    query.before_seq = Some(seq);
-                } else {
-                    query.after_seq = Some(seq);
+                let forged =
+                    || ApiError::bad_request("_page_token is not a token this server issued");
+                match value.split_once('.') {
+                    Some((recorded, seq)) => {
+                        let recorded = recorded.parse().map_err(|_| forged())?;
+                        query.past_recorded = Some((recorded, seq.parse().map_err(|_| forged())?));
+                    }
+                    None => query.before_seq = Some(value.parse().map_err(|_| forged())?),
                 }
             }
             "_format" | "_pretty" => {}
@@ -128,6 +132,14 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
             query.after_seq = Some(seq);
         }
     }
+    // A token of one order cannot say where a page of the other starts.
+    if query.by_recorded != query.past_recorded.is_some()
+        && (query.past_recorded.is_some() || query.before_seq.or(query.after_seq).is_some())
+    {
+        return Err(ApiError::bad_request(
+            "_page_token does not belong to this search: it was issued for a different _sort",
+        ));
+    }
     Ok(query)
 }
 
@@ -137,6 +149,7 @@ pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         let who = authenticate(&req, &state)?;
         let mut query = parse_query(&ctx, state.max_page_size, state.default_page_size)?;
         let page_size = query.limit;
+        let by_recorded = query.by_recorded;
         query.limit = page_size + 1;
         let gate = state.gate.clone();
         let mut rows = blocking(move || gate.audit_events(&who, query)).await?;
@@ -156,8 +169,12 @@ pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         let self_url = format!("{}/AuditEvent?{self_query}", ctx.base);
         let mut links = vec![json!({"relation": "self", "url": self_url})];
         if let (true, Some(last)) = (more, rows.last()) {
+            let token = match by_recorded {
+                true => format!("{}.{}", last.recorded, last.seq),
+                false => last.seq.to_string(),
+            };
             links.push(
-                json!({"relation": "next", "url": format!("{self_url}&_page_token={}", last.seq)}),
+                json!({"relation": "next", "url": format!("{self_url}&_page_token={token}")}),
             );
         }
         let entries: Vec<Value> = rows

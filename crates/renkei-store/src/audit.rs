@@ -86,6 +86,11 @@ pub struct AuditQuery {
     pub before_seq: Option<i64>,
     pub after_seq: Option<i64>,
     pub descending: bool,
+    /// In order of `recorded` (`_sort=date`), rather than of the trail: on SQLite a read's
+    /// event reaches the trail after the journal, behind writes recorded after it.
+    pub by_recorded: bool,
+    /// With `by_recorded`: resume strictly past this (recorded, seq) in the sort direction.
+    pub past_recorded: Option<(i64, i64)>,
     pub limit: usize,
 }
 
@@ -93,6 +98,8 @@ pub struct AuditQuery {
 pub struct AuditBody {
     #[diesel(sql_type = BigInt)]
     pub seq: i64,
+    #[diesel(sql_type = BigInt)]
+    pub recorded: i64,
     #[diesel(sql_type = Text)]
     pub body: String,
 }
@@ -329,17 +336,21 @@ pub(crate) fn audit_search_statement(query: &AuditQuery) -> Sql {
         Some([custodian]) => Some(("custodian".to_string(), custodian.clone())),
         _ => None,
     };
+    // In `recorded` order a facility's view walks the trail by time instead: all of its
+    // data's events would have to be sorted otherwise.
+    let custodian_drives = single_custodian.is_some() && !query.by_recorded;
     let (driving_ref, other_refs) = match query.refs.split_first() {
         Some((first, rest)) => (Some(first), rest),
-        None => (single_custodian.as_ref(), &query.refs[..]),
+        None if custodian_drives => (single_custodian.as_ref(), &query.refs[..]),
+        None => (None, &query.refs[..]),
     };
     // When the facility's own custodian reference drives, it is the whole custodian filter.
-    let custodian_filter = if query.refs.is_empty() && single_custodian.is_some() {
+    let custodian_filter = if query.refs.is_empty() && custodian_drives {
         None
     } else {
         query.custodian_any_of.as_ref()
     };
-    let mut sql = Sql::new("SELECT e.seq, e.body FROM ");
+    let mut sql = Sql::new("SELECT e.seq, e.recorded, e.body FROM ");
     let seq_column = match driving_ref {
         Some((kind, reference)) => {
             sql.push("audit_refs d CROSS JOIN audit_events e WHERE d.kind = ")
@@ -415,8 +426,24 @@ pub(crate) fn audit_search_statement(query: &AuditQuery) -> Sql {
             .bind(Bind::Int(after));
     }
     let direction = if query.descending { " DESC" } else { "" };
-    sql.push(&format!(" ORDER BY {seq_column}{direction}"))
-        .push_limit(query.limit);
+    if query.by_recorded {
+        if let Some((recorded, seq)) = query.past_recorded {
+            let past = if query.descending { "<" } else { ">" };
+            sql.push(&format!(" AND (e.recorded {past} "))
+                .bind(Bind::Int(recorded))
+                .push(" OR (e.recorded = ")
+                .bind(Bind::Int(recorded))
+                .push(&format!(" AND e.seq {past} "))
+                .bind(Bind::Int(seq))
+                .push("))");
+        }
+        sql.push(&format!(
+            " ORDER BY e.recorded{direction}, e.seq{direction}"
+        ));
+    } else {
+        sql.push(&format!(" ORDER BY {seq_column}{direction}"));
+    }
+    sql.push_limit(query.limit);
     sql
 }
 
