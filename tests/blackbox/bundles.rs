@@ -208,6 +208,21 @@ fn batch_reports_each_entry() {
         s.post("", &bundle).expect(400);
         let (kept, _) = s.all_pages("Patient?family=Kept");
         assert_eq!(kept.len(), 1);
+        // A read with the client's current version answers 304 without the resource.
+        s.put(
+            "Patient/batch-etag",
+            &json!({"resourceType": "Patient", "id": "batch-etag"}),
+        )
+        .expect(201);
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "Patient/batch-etag", "ifNoneMatch": "W/\"1\""}},
+            {"request": {"method": "GET", "url": "Patient/batch-etag", "ifNoneMatch": "W/\"7\""}}]});
+        let r = s.post("", &bundle).expect(200).json();
+        let e = entries(&r);
+        assert!(entry_status(&e[0]).starts_with("304"), "{}", e[0]);
+        assert!(e[0].get("resource").is_none(), "{}", e[0]);
+        assert!(entry_status(&e[1]).starts_with("200"), "{}", e[1]);
+        assert_eq!(e[1]["resource"]["id"], "batch-etag");
     });
 }
 

@@ -125,6 +125,16 @@ fn invalid_content() {
             &json!({"resourceType": "Patient", "id": long}),
         )
         .expect(400);
+        // A property given twice (a map would keep only the last one).
+        let r = s
+            .send_raw(
+                "POST",
+                "Patient",
+                "application/fhir+json",
+                br#"{"resourceType": "Patient", "gender": "male", "gender": "female"}"#,
+            )
+            .expect(400);
+        assert!(diagnostics(&r.outcome()).contains("gender"));
         // Reading by an id no resource can have is a bad request, not a missing resource.
         for path in [
             "Patient/bad$id",

@@ -262,6 +262,25 @@ impl Validator {
             }
             self.path.truncate(saved);
         }
+        // ext-1: an extension carries a value or nested extensions, exactly one of the two.
+        if td.name == "Extension" {
+            let has_value = obj.keys().any(|k| k.starts_with("value"));
+            let has_extensions = obj
+                .get("extension")
+                .and_then(Value::as_array)
+                .is_some_and(|items| !items.is_empty());
+            if has_value == has_extensions {
+                self.issue(
+                    IssueCode::Invariant,
+                    if has_value {
+                        "an extension has either a value[x] or nested extensions, not both (ext-1)"
+                    } else {
+                        "an extension needs a value[x] or nested extensions (ext-1)"
+                    }
+                    .into(),
+                );
+            }
+        }
         // choice elements: at most one variant
         for (base, variants) in &td.choices {
             let present: Vec<&str> = variants
@@ -596,7 +615,19 @@ impl Validator {
             }
         } else {
             match v {
-                Value::Object(o) => self.object(elem_td, o, false),
+                Value::Object(o) => {
+                    // ele-1: without its value, the primitive must have extensions.
+                    if value.is_none_or(Value::is_null) && !o.contains_key("extension") {
+                        self.issue(
+                            IssueCode::Invariant,
+                            format!(
+                                "'_{}' has neither a value ('{}') nor extensions (ele-1)",
+                                ed.name, ed.name
+                            ),
+                        );
+                    }
+                    self.object(elem_td, o, false)
+                }
                 other => self.issue(
                     IssueCode::Structure,
                     format!(

@@ -314,7 +314,8 @@ fn primitive_extensions() {
         "_gender": [{"id": "g"}]
     });
     let issues = validate(&bad);
-    assert_eq!(issues.len(), 4, "{}", show(&issues));
+    assert_eq!(issues.len(), 5, "{}", show(&issues));
+    expect_issue(&issues, IssueCode::Invariant, "Patient.birthDate");
     expect_issue(&issues, IssueCode::Structure, "Patient.name[0].given[1]");
     expect_issue(&issues, IssueCode::Structure, "Patient.birthDate.value");
     expect_issue(&issues, IssueCode::Structure, "Patient._name");
@@ -424,4 +425,21 @@ fn operation_outcome_rendering() {
     let ok = operation_outcome(&[]);
     assert_eq!(ok["issue"][0]["severity"], "information");
     assert!(validate(&ok).is_empty());
+}
+
+#[test]
+fn extensions_carry_a_value_or_extensions_but_not_both() {
+    let with = |extension: serde_json::Value| {
+        validate(&json!({"resourceType": "Patient", "extension": [extension]}))
+    };
+    assert!(with(json!({"url": "http://x", "valueString": "a"})).is_empty());
+    assert!(
+        with(json!({"url": "http://x", "extension": [{"url": "y", "valueString": "a"}]}))
+            .is_empty()
+    );
+    let both = with(json!({"url": "http://x", "valueString": "a",
+                           "extension": [{"url": "y", "valueString": "b"}]}));
+    expect_issue(&both, IssueCode::Invariant, "Patient.extension[0]");
+    let neither = with(json!({"url": "http://x"}));
+    expect_issue(&neither, IssueCode::Invariant, "Patient.extension[0]");
 }

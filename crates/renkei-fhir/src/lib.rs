@@ -68,6 +68,13 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ContentError> {
             format!("the body is not valid JSON: {e}"),
         )
     })?;
+    if let Some(name) = prepass::duplicate_property(bytes) {
+        return Err(ContentError::single(
+            IssueCode::Structure,
+            "",
+            format!("the property '{name}' appears twice in one object; FHIR JSON allows it once"),
+        ));
+    }
     let mut value = value;
     match validate(&value) {
         Ok(()) => Ok(value),

@@ -332,3 +332,70 @@ mod tests {
         assert!(err.issues[0].message.contains("too deeply"));
     }
 }
+
+/// The first property name that appears twice in one object of `bytes`, which must be valid
+/// JSON (parsed already). FHIR JSON forbids repeated properties; a parser into a map keeps
+/// only the last one, silently dropping what the client sent first.
+pub(crate) fn duplicate_property(bytes: &[u8]) -> Option<String> {
+    // One entry per open container: the names seen so far in an object, `None` in an array.
+    // Objects have few properties: a list searched in order beats hashing.
+    let mut open: Vec<Option<Vec<&[u8]>>> = Vec::new();
+    let mut expecting_name = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => {
+                open.push(Some(Vec::new()));
+                expecting_name = true;
+            }
+            b'[' => {
+                open.push(None);
+                expecting_name = false;
+            }
+            b'}' | b']' => {
+                open.pop();
+                expecting_name = false;
+            }
+            b',' => expecting_name = matches!(open.last(), Some(Some(_))),
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                let text = bytes.get(start..i)?;
+                if expecting_name {
+                    if let Some(Some(names)) = open.last_mut() {
+                        if names.contains(&text) {
+                            return Some(String::from_utf8_lossy(text).into_owned());
+                        }
+                        names.push(text);
+                    }
+                    expecting_name = false;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod duplicate_tests {
+    use super::duplicate_property;
+
+    #[test]
+    fn finds_a_repeated_property_at_any_depth_only_within_one_object() {
+        assert_eq!(duplicate_property(br#"{"a":1,"a":2}"#), Some("a".into()));
+        assert_eq!(
+            duplicate_property(br#"{"x":[{"b":"\"b\"","b":3}]}"#),
+            Some("b".into())
+        );
+        assert_eq!(
+            duplicate_property(br#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#),
+            None
+        );
+        assert_eq!(duplicate_property(br#"{"s":"a,\"a\":"}"#), None);
+    }
+}

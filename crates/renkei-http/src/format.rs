@@ -47,7 +47,8 @@ fn mime_format(mime: &str) -> Option<Format> {
 /// The response format: `_format` wins over `Accept`; JSON when neither says.
 pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
     if let Some(param) = format_param {
-        return mime_format(param).ok_or_else(|| {
+        // `_format=application/fhir+xml` written without encoding its `+` arrives as a space.
+        return mime_format(&param.replace(' ', "+")).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_ACCEPTABLE,
                 "not-supported",
@@ -373,6 +374,10 @@ mod tests {
     #[test]
     fn negotiates_formats() {
         assert_eq!(negotiate(None, &HeaderMap::new()).unwrap(), Format::Json);
+        assert_eq!(
+            negotiate(Some("application/fhir xml"), &HeaderMap::new()).unwrap(),
+            Format::Xml
+        );
         assert_eq!(
             negotiate(Some("xml"), &headers("application/json")).unwrap(),
             Format::Xml

@@ -73,6 +73,9 @@ fn split_query(
 }
 
 /// Reads the body, refusing more than `limit` bytes with 413 before buffering them.
+/// Longest wait for the next part of a request body.
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -96,7 +99,24 @@ pub async fn read_body(
         }
     }
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        // A client that stops sending mid-body would otherwise hold its connection (and a
+        // worker's attention) for as long as the TCP connection lives.
+        let next = actix_web::rt::time::timeout(BODY_IDLE_TIMEOUT, payload.next())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "no part of the request body arrived for {} s",
+                        BODY_IDLE_TIMEOUT.as_secs()
+                    ),
+                )
+            })?;
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
         if body.len() + chunk.len() > limit {

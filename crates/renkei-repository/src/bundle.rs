@@ -36,6 +36,8 @@ pub struct EntryRequest {
     pub if_none_exist: Option<String>,
     /// Why the entry's resource is not valid FHIR (a batch entry that fails on its own).
     pub invalid: Option<String>,
+    /// `request.ifNoneMatch` of a read: the version the client already has.
+    pub if_none_match: Option<i64>,
 }
 
 /// Work done for a Bundle before its write begins, so it does not run in the writer section:
@@ -295,14 +297,18 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let if_match = match request.get("ifMatch").and_then(Value::as_str) {
-                Some(tag) => Some(parse_etag(tag).ok_or_else(|| {
-                    RepoError::BadRequest(format!(
-                        "Bundle.entry[{index}].request.ifMatch '{tag}' is not an ETag like W/\"3\""
-                    ))
-                })?),
-                None => None,
+            let etag = |field: &str| -> Result<Option<i64>, RepoError> {
+                match request.get(field).and_then(Value::as_str) {
+                    Some(tag) => Ok(Some(parse_etag(tag).ok_or_else(|| {
+                        RepoError::BadRequest(format!(
+                            "Bundle.entry[{index}].request.{field} '{tag}' is not an ETag like W/\"3\""
+                        ))
+                    })?)),
+                    None => Ok(None),
+                }
             };
+            let if_match = etag("ifMatch")?;
+            let if_none_match = etag("ifNoneMatch")?;
             Ok(EntryRequest {
                 method,
                 url,
@@ -316,6 +322,7 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
                     .get("ifNoneExist")
                     .and_then(Value::as_str)
                     .map(str::to_string),
+                if_none_match,
                 invalid: entry
                     .get(renkei_fhir::INVALID_ENTRY)
                     .and_then(Value::as_str)
@@ -607,16 +614,20 @@ fn run_entry(
     };
     let mut prepared_body = || Ok::<_, RepoError>(PreparedResource::reusing(body()?, speculated));
     match (entry.method.as_str(), target) {
-        ("GET" | "HEAD", Target::Instance(t, id)) => Ok(EntryResult {
-            status: "200 OK",
-            is_read: entry.method == "GET",
-            resource: Some(interactions::read_visible(
-                tx,
-                &t,
-                &id,
-                &context.visibility,
-            )?),
-        }),
+        ("GET" | "HEAD", Target::Instance(t, id)) => {
+            let resource = interactions::read_visible(tx, &t, &id, &context.visibility)?;
+            // The client's copy is current: no body (http.html#cread, per entry).
+            let unchanged = entry.if_none_match == Some(resource.version);
+            Ok(EntryResult {
+                status: if unchanged {
+                    "304 Not Modified"
+                } else {
+                    "200 OK"
+                },
+                is_read: entry.method == "GET" && !unchanged,
+                resource: Some(resource),
+            })
+        }
         ("GET" | "HEAD", Target::Version(t, id, v)) => Ok(EntryResult {
             status: "200 OK",
             is_read: entry.method == "GET",
@@ -872,7 +883,7 @@ fn render_entry(result: &EntryResult, return_resources: bool) -> Value {
             "fullUrl".into(),
             json!(format!("{}/{}", resource.res_type, resource.id)),
         );
-        if return_resources || result.is_read {
+        if result.is_read || (return_resources && !result.status.starts_with("304")) {
             if let Ok(value) = resource.value() {
                 entry.insert("resource".into(), value);
             }
