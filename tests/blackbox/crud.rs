@@ -202,3 +202,63 @@ fn prefer_return_variants() {
         assert_eq!(r.json()["resourceType"], "OperationOutcome");
     });
 }
+
+/// A Binary may be written and read as its own content (http.html#binary); in a FHIR format it
+/// is the Binary resource holding that content as base64.
+#[test]
+fn binary_content_is_written_and_read_as_itself() {
+    for_each_backend(|s| {
+        let pdf = b"%PDF-1.4 discharge summary".to_vec();
+        let r = s
+            .request(
+                "POST",
+                "Binary",
+                &[("Content-Type", "application/pdf")],
+                Some(pdf.clone()),
+            )
+            .expect(201);
+        let location = r.header("location").unwrap().to_string();
+        let path = location[location.find("Binary/").unwrap()..]
+            .split("/_history")
+            .next()
+            .unwrap()
+            .to_string();
+        let raw = s
+            .get_with(&path, &[("Accept", "application/pdf")])
+            .expect(200);
+        assert!(
+            raw.content_type().starts_with("application/pdf"),
+            "{}",
+            raw.content_type()
+        );
+        assert_eq!(raw.body.as_bytes(), pdf.as_slice());
+        assert_eq!(raw.header("etag"), Some("W/\"1\""));
+        let resource = s.read_json(&path);
+        assert_eq!(resource["contentType"], "application/pdf");
+        assert_eq!(resource["data"], "JVBERi0xLjQgZGlzY2hhcmdlIHN1bW1hcnk=");
+        // An update sent as content keeps the id.
+        let id = path.trim_start_matches("Binary/");
+        s.request(
+            "PUT",
+            &path,
+            &[("Content-Type", "text/plain")],
+            Some(b"v2".to_vec()),
+        )
+        .expect(200);
+        let updated = s.read_json(&path);
+        assert_eq!(
+            (updated["id"].as_str(), updated["contentType"].as_str()),
+            (Some(id), Some("text/plain"))
+        );
+        // Other types are answered in FHIR formats only.
+        s.get_with("Patient/none", &[("Accept", "application/pdf")])
+            .expect(406);
+        s.request(
+            "POST",
+            "Patient",
+            &[("Content-Type", "application/pdf")],
+            Some(pdf),
+        )
+        .expect(415);
+    });
+}

@@ -23,13 +23,7 @@ pub enum BodyKind {
 }
 
 fn mime_format(mime: &str) -> Option<Format> {
-    let essence = mime
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
+    match essence(mime).as_str() {
         "application/fhir+json"
         | "application/json"
         | "json"
@@ -95,6 +89,24 @@ pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Form
     }
 }
 
+/// The media type of a header value without its parameters, lowercased.
+fn essence(text: &str) -> String {
+    text.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The request's `Content-Type` when it names neither a FHIR format nor JSON Patch: content
+/// sent as itself (a Binary's).
+pub fn native_content_type(headers: &HeaderMap) -> Option<String> {
+    let text = headers.get(header::CONTENT_TYPE)?.to_str().ok()?.trim();
+    let essence = essence(text);
+    let fhir = mime_format(&essence).is_some() || essence == "application/json-patch+json";
+    (!fhir && !essence.is_empty()).then(|| text.to_string())
+}
+
 /// The kind of a request body from its `Content-Type` (415 for anything else).
 pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
@@ -116,13 +128,7 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
         ));
     };
     let text = value.to_str().unwrap_or("");
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json-patch+json" {
+    if essence(text) == "application/json-patch+json" {
         return Ok(BodyKind::JsonPatch);
     }
     mime_format(text).map(BodyKind::Fhir).ok_or_else(|| {

@@ -87,6 +87,40 @@ fn http_date(ms: i64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// A Binary's content as itself, in its own content type.
+fn raw_binary(resource: &StoredResource) -> Result<HttpResponse> {
+    use base64::Engine as _;
+    let binary = resource.value().map_err(ApiError::Repo)?;
+    let content_type = binary
+        .get("contentType")
+        .and_then(Value::as_str)
+        .unwrap_or("application/octet-stream");
+    let data = match binary.get("data").and_then(Value::as_str) {
+        Some(text) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| ApiError::bad_request("the Binary's data is not valid base64"))?,
+        None => Vec::new(),
+    };
+    let mut builder = HttpResponse::Ok();
+    version_headers(&mut builder, resource);
+    Ok(builder.content_type(content_type).body(data))
+}
+
+/// A create or update of a Binary sent as its own content (`Content-Type: application/pdf`),
+/// as the Binary resource that holds it.
+fn binary_from_content(content_type: &str, bytes: &[u8], id: Option<&str>) -> Value {
+    use base64::Engine as _;
+    let mut binary = json!({
+        "resourceType": "Binary",
+        "contentType": content_type,
+        "data": base64::engine::general_purpose::STANDARD.encode(bytes),
+    });
+    if let Some(id) = id {
+        binary["id"] = json!(id);
+    }
+    binary
+}
+
 fn version_headers(builder: &mut HttpResponseBuilder, resource: &StoredResource) {
     builder
         .insert_header((header::ETAG, format!("W/\"{}\"", resource.version)))
@@ -182,8 +216,14 @@ pub async fn read(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let ctx = ctx_or_fail!(req);
     let (res_type, id) = path.into_inner();
+    let ctx = match res_type.as_str() {
+        "Binary" => match RequestCtx::for_binary_read(&req) {
+            Ok(ctx) => ctx,
+            Err((e, format)) => return e.respond(format, false),
+        },
+        _ => ctx_or_fail!(req),
+    };
     let result = async {
         check_type(&res_type)?;
         let who = authenticate(&req, &state)?;
@@ -193,6 +233,9 @@ pub async fn read(
             let mut builder = HttpResponse::NotModified();
             version_headers(&mut builder, &resource);
             return Ok(builder.finish());
+        }
+        if ctx.raw_binary {
+            return raw_binary(&resource);
         }
         render_resource(&ctx, HttpResponse::Ok(), &resource)
     }
@@ -286,6 +329,24 @@ async fn resource_body(
         })?
 }
 
+/// The body of a create or update of `res_type`: a FHIR resource, or for a Binary also its
+/// content sent as itself (http.html#binary).
+async fn resource_or_binary_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    res_type: &str,
+    id: Option<&str>,
+) -> Result<Value> {
+    if res_type == "Binary" {
+        if let Some(content_type) = crate::format::native_content_type(req.headers()) {
+            let bytes = read_body(req, payload, state.max_body_bytes).await?;
+            return Ok(binary_from_content(&content_type, &bytes, id));
+        }
+    }
+    resource_body(req, payload, state).await
+}
+
 pub async fn create(
     req: HttpRequest,
     path: web::Path<String>,
@@ -296,7 +357,7 @@ pub async fn create(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let resource = resource_body(&req, payload, &state).await?;
+        let resource = resource_or_binary_body(&req, payload, &state, &res_type, None).await?;
         let criteria = match req
             .headers()
             .get("if-none-exist")
@@ -328,7 +389,7 @@ pub async fn update(
     let result = async {
         check_type(&res_type)?;
         let expected = if_match(&req)?;
-        let resource = resource_body(&req, payload, &state).await?;
+        let resource = resource_or_binary_body(&req, payload, &state, &res_type, Some(&id)).await?;
         let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let outcome =

@@ -11,15 +11,32 @@ pub struct RequestCtx {
     pub pretty: bool,
     pub params: Vec<(String, String)>,
     pub base: String,
+    /// A Binary read whose `Accept` names no FHIR format but the content's own type
+    /// (`application/pdf`): the answer is the raw content (errors still in FHIR JSON).
+    pub raw_binary: bool,
 }
 
 impl RequestCtx {
     /// Reads what every handler needs. On failure the error is rendered in the best format
     /// we can tell (JSON if negotiation itself failed).
     pub fn new(req: &HttpRequest) -> Result<RequestCtx, (ApiError, Format)> {
+        Self::build(req, false)
+    }
+
+    /// [`RequestCtx::new`] for a read of a Binary, which may be asked for in its own content
+    /// type (http.html#binary).
+    pub fn for_binary_read(req: &HttpRequest) -> Result<RequestCtx, (ApiError, Format)> {
+        Self::build(req, true)
+    }
+
+    fn build(req: &HttpRequest, binary: bool) -> Result<RequestCtx, (ApiError, Format)> {
         let params = parse_query_strict(req.query_string()).map_err(|e| (e, Format::Json))?;
         let format_param = param(&params, "_format");
-        let format = negotiate(format_param, req.headers()).map_err(|e| (e, Format::Json))?;
+        let (format, raw_binary) = match negotiate(format_param, req.headers()) {
+            Ok(format) => (format, false),
+            Err(_) if binary && format_param.is_none() => (Format::Json, true),
+            Err(e) => return Err((e, Format::Json)),
+        };
         let pretty = param(&params, "_pretty") == Some("true");
         let info = req.connection_info();
         let base = format!("{}://{}/fhir", info.scheme(), info.host());
@@ -28,6 +45,7 @@ impl RequestCtx {
             pretty,
             params,
             base,
+            raw_binary,
         })
     }
 
