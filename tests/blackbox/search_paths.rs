@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 fn types_of(entries: &[Value]) -> Vec<String> {
     entries
         .iter()
-        .filter(|e| e["search"]["mode"] != "outcome")
+        .filter(|e| e["search"]["mode"] == "match")
         .map(|e| e["resource"]["resourceType"].as_str().unwrap().to_string())
         .collect()
 }
@@ -70,6 +70,23 @@ fn everything_keeps_its_types_on_every_page_and_names_what_it_ignores() {
                 "Observation",
                 "Observation"
             ]
+        );
+        // What the compartment refers to comes along: here the performer of an Observation.
+        s.put(
+            "Practitioner/ev-doctor",
+            &json!({"resourceType": "Practitioner", "id": "ev-doctor"}),
+        )
+        .expect(201);
+        s.create(
+            &json!({"resourceType": "Observation", "status": "final", "code": {"text": "y"},
+            "subject": {"reference": "Patient/ev-1"},
+            "performer": [{"reference": "Practitioner/ev-doctor"}]}),
+        );
+        let (all, _) = s.all_pages("Patient/ev-1/$everything?_count=3");
+        assert!(
+            all.iter()
+                .any(|e| e["search"]["mode"] == "include" && e["resource"]["id"] == "ev-doctor"),
+            "{all:?}"
         );
         // `start` and `end` are not implemented: refused under strict handling, reported
         // otherwise.

@@ -623,11 +623,15 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
             // `_lastUpdated` comes back in paging links, where `_since` has been translated.
             "_count" | "_page_token" | "_format" | "_pretty" | "_elements" | "_summary"
             | "_lastUpdated" => params.push((name.clone(), value.clone())),
-            "_type" => {}
+            // `_include=*` is always applied (below); the paging links carry it back.
+            "_type" | "_include" => {}
             // `start` and `end` (dates of care) included: not implemented, so not pretended.
             _ => unsupported.push(name.clone()),
         }
     }
+    // "and any resource referenced from those" (operation-patient-everything): who prescribed
+    // or performed, where, with what; each as far as the requester may see it.
+    params.push(("_include".into(), "*".into()));
     let include_self = types.iter().any(|t| t == "Patient");
     let scope = patient_compartment(id, &types, include_self, linked);
     // The operation's own parameters come back in every paging link.
