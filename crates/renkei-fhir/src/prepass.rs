@@ -337,15 +337,17 @@ mod tests {
 /// JSON (parsed already). FHIR JSON forbids repeated properties; a parser into a map keeps
 /// only the last one, silently dropping what the client sent first.
 pub(crate) fn duplicate_property(bytes: &[u8]) -> Option<String> {
-    // One entry per open container: the names seen so far in an object, `None` in an array.
-    // Objects have few properties: a list searched in order beats hashing.
-    let mut open: Vec<Option<Vec<&[u8]>>> = Vec::new();
+    // The names of every open object, in one list: each open container remembers where its
+    // names start (`None` for an array), and closing it drops them. Objects have few
+    // properties, so a scan of their slice beats hashing, and nothing is allocated per object.
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut open: Vec<Option<usize>> = Vec::new();
     let mut expecting_name = false;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'{' => {
-                open.push(Some(Vec::new()));
+                open.push(Some(names.len()));
                 expecting_name = true;
             }
             b'[' => {
@@ -353,7 +355,9 @@ pub(crate) fn duplicate_property(bytes: &[u8]) -> Option<String> {
                 expecting_name = false;
             }
             b'}' | b']' => {
-                open.pop();
+                if let Some(Some(start)) = open.pop() {
+                    names.truncate(start);
+                }
                 expecting_name = false;
             }
             b',' => expecting_name = matches!(open.last(), Some(Some(_))),
@@ -365,8 +369,8 @@ pub(crate) fn duplicate_property(bytes: &[u8]) -> Option<String> {
                 }
                 let text = bytes.get(start..i)?;
                 if expecting_name {
-                    if let Some(Some(names)) = open.last_mut() {
-                        if names.contains(&text) {
+                    if let Some(Some(first)) = open.last() {
+                        if names[*first..].contains(&text) {
                             return Some(String::from_utf8_lossy(text).into_owned());
                         }
                         names.push(text);

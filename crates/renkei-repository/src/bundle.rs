@@ -772,13 +772,12 @@ fn rewrite_references(
                 match child {
                     Value::String(_) if key == "reference" => {}
                     Value::String(div) if key == "div" => rewrite_narrative_links(div, ids),
-                    Value::String(link) => {
-                        if let Some(target) =
-                            ids.get(link.as_str()).filter(|_| link.starts_with("urn:"))
-                        {
+                    Value::String(link) if link.starts_with("urn:") => {
+                        if let Some(target) = ids.get(link.as_str()) {
                             *link = target.clone();
                         }
                     }
+                    Value::String(_) => {}
                     _ => rewrite_references(child, ids, resolve)?,
                 }
             }
@@ -796,16 +795,33 @@ fn rewrite_references(
 
 /// `href="urn:uuid:…"` and `src="urn:uuid:…"` naming an entry's fullUrl, in a narrative.
 fn rewrite_narrative_links(div: &mut String, ids: &HashMap<String, String>) {
-    for (full_url, target) in ids.iter().filter(|(url, _)| url.starts_with("urn:")) {
-        for attribute in ["href", "src"] {
-            for quote in ['"', '\''] {
-                let written = format!("{attribute}={quote}{full_url}{quote}");
-                if div.contains(&written) {
-                    *div = div.replace(&written, &format!("{attribute}={quote}{target}{quote}"));
-                }
-            }
-        }
+    if !div.contains("=\"urn:") && !div.contains("='urn:") {
+        return;
     }
+    let mut rewritten = String::with_capacity(div.len());
+    let mut rest = div.as_str();
+    while let Some(start) = rest.find("urn:") {
+        let (before, from) = rest.split_at(start);
+        rewritten.push_str(before);
+        let quoted = before.ends_with("=\"") || before.ends_with("='");
+        let end = from.find(['"', '\'']).unwrap_or(from.len());
+        let (link, after) = from.split_at(end);
+        let is_link_attribute = before
+            .trim_end_matches(['"', '\''])
+            .trim_end_matches('=')
+            .ends_with("href")
+            || before
+                .trim_end_matches(['"', '\''])
+                .trim_end_matches('=')
+                .ends_with("src");
+        match ids.get(link).filter(|_| quoted && is_link_attribute) {
+            Some(target) => rewritten.push_str(target),
+            None => rewritten.push_str(link),
+        }
+        rest = after;
+    }
+    rewritten.push_str(rest);
+    *div = rewritten;
 }
 
 /// A reference that only the database can resolve (`Patient?identifier=…`).
@@ -1040,6 +1056,17 @@ mod tests {
             "http://x/fhir/Patient?identifier=1"
         ));
         assert!(!is_conditional_reference("#contained?x"));
+    }
+
+    #[test]
+    fn rewrites_entry_links_in_narratives_only_in_link_attributes() {
+        let ids = HashMap::from([("urn:uuid:b".to_string(), "Binary/1".to_string())]);
+        let mut div = r#"<div><a href="urn:uuid:b">x</a><img src='urn:uuid:b'/> urn:uuid:b <a title="urn:uuid:b" href="urn:uuid:other">y</a></div>"#.to_string();
+        rewrite_narrative_links(&mut div, &ids);
+        assert_eq!(
+            div,
+            r#"<div><a href="Binary/1">x</a><img src='Binary/1'/> urn:uuid:b <a title="urn:uuid:b" href="urn:uuid:other">y</a></div>"#
+        );
     }
 
     #[test]
