@@ -680,6 +680,16 @@ fn patients_see_who_viewed_their_record_and_facilities_see_accesses_to_their_dat
                     && entity_refs(e).iter().any(|r| r.starts_with(&net.labs[0]))),
             "A does not see B's access to A's lab"
         );
+        // B's search that returned A's labs, and the consent decision it took, too.
+        for subtype in ["search-type", "AuthZ-Consent"] {
+            assert!(
+                for_a
+                    .iter()
+                    .any(|e| organization_of(e).as_deref() == Some(ORG_B)
+                        && e.to_string().contains(subtype)),
+                "A does not see B's {subtype} event over A's data: {for_a:?}"
+            );
+        }
         let for_c = audit_events(&net.as_c(), "");
         for event in &for_c {
             for hidden in net.labs.iter().chain([&net.medreq, &net.imaging, &q_lab]) {

@@ -779,6 +779,21 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
             &format!("Observation?patient={PATIENT}"),
         );
         assert_eq!(mine, sorted(net.labs.clone()));
+        // Records that stand for a tagged one (a Binary's securityContext, a Provenance's
+        // target) are withheld like it.
+        let binary = id_of(&net.as_a().create(&json!({"resourceType": "Binary",
+            "contentType": "text/plain", "securityContext": {"reference": tagged},
+            "data": "U0VDUkVU"})));
+        let provenance = id_of(&net.as_a().create(&json!({"resourceType": "Provenance",
+            "target": [{"reference": uninformed}], "recorded": "2025-11-04T10:00:00Z",
+            "agent": [{"who": {"reference": ORG_A}}]})));
+        let r = net.as_b().get(&binary);
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        assert_no_secret(&r, "Binary of an UNDELIVERED record");
+        s.with_token(&patient).get(&binary).expect(404);
+        s.with_token(&patient).get(&provenance).expect(404);
+        net.as_b().get(&provenance).expect(200);
+        net.as_a().get(&binary).expect(200);
         // The custodian sees both.
         let own = search_refs(&net.as_a(), &format!("Observation?patient={PATIENT}"));
         assert!(own.contains(&tagged) && own.contains(&uninformed));

@@ -209,13 +209,25 @@ fn prefer_return_variants() {
 fn binary_content_is_written_and_read_as_itself() {
     for_each_backend(|s| {
         let pdf = b"%PDF-1.4 discharge summary".to_vec();
+        s.put(
+            "Patient/bin-owner",
+            &json!({"resourceType": "Patient", "id": "bin-owner"}),
+        )
+        .expect(201);
+        let as_pdf = [
+            ("Content-Type", "application/pdf"),
+            ("X-Security-Context", "Patient/bin-owner"),
+        ];
+        // Without a security context it would be shared with every member: refused.
+        s.request(
+            "POST",
+            "Binary",
+            &[("Content-Type", "application/pdf")],
+            Some(pdf.clone()),
+        )
+        .expect(422);
         let r = s
-            .request(
-                "POST",
-                "Binary",
-                &[("Content-Type", "application/pdf")],
-                Some(pdf.clone()),
-            )
+            .request("POST", "Binary", &as_pdf, Some(pdf.clone()))
             .expect(201);
         let location = r.header("location").unwrap().to_string();
         let path = location[location.find("Binary/").unwrap()..]
@@ -233,15 +245,23 @@ fn binary_content_is_written_and_read_as_itself() {
         );
         assert_eq!(raw.body.as_bytes(), pdf.as_slice());
         assert_eq!(raw.header("etag"), Some("W/\"1\""));
+        assert_eq!(raw.header("x-content-type-options"), Some("nosniff"));
         let resource = s.read_json(&path);
         assert_eq!(resource["contentType"], "application/pdf");
+        assert_eq!(
+            resource["securityContext"]["reference"],
+            "Patient/bin-owner"
+        );
         assert_eq!(resource["data"], "JVBERi0xLjQgZGlzY2hhcmdlIHN1bW1hcnk=");
         // An update sent as content keeps the id.
         let id = path.trim_start_matches("Binary/");
         s.request(
             "PUT",
             &path,
-            &[("Content-Type", "text/plain")],
+            &[
+                ("Content-Type", "text/plain"),
+                ("X-Security-Context", "Patient/bin-owner"),
+            ],
             Some(b"v2".to_vec()),
         )
         .expect(200);

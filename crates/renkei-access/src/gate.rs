@@ -394,19 +394,26 @@ impl Gate {
         if who.principal.role != renkei_consent::Role::Facility {
             return Ok(Vec::new());
         }
-        let mut first_row: std::collections::BTreeMap<&str, &SearchRow> =
+        // Per patient: the first row decided on, and the facilities whose data the decision
+        // disclosed (so each holder finds the decision in its own audit view).
+        let mut first_row: std::collections::BTreeMap<&str, (&SearchRow, Vec<String>)> =
             std::collections::BTreeMap::new();
         for row in page.matches.iter().chain(&page.included) {
             if row.custodian.as_deref() == Some(who.principal.facility.as_str()) {
                 continue;
             }
             if let Some(patient) = row.patient_id.as_deref() {
-                first_row.entry(patient).or_insert(row);
+                let (_, holders) = first_row.entry(patient).or_insert((row, Vec::new()));
+                if let Some(holder) = &row.custodian {
+                    if !holders.contains(holder) {
+                        holders.push(holder.clone());
+                    }
+                }
             }
         }
         first_row
             .iter()
-            .map(|(patient, row)| {
+            .map(|(patient, (row, holders))| {
                 // The page's query names it for the rows of a search's one patient; other
                 // rows take one lookup per patient.
                 let decider = self.decider(who, true, || match row.decided_by() {
@@ -417,7 +424,7 @@ impl Gate {
                 })?;
                 Ok(to_row(
                     &self.consent_event(who, patient, None, decider, true),
-                    &[],
+                    holders,
                 ))
             })
             .collect()
@@ -947,7 +954,16 @@ impl Gate {
                 patients.sort();
                 patients.dedup();
                 builder.patients = patients;
-                Vec::new()
+                // The facilities whose data the page shows see the search in their audit view.
+                let mut custodians: Vec<String> = page
+                    .matches
+                    .iter()
+                    .chain(&page.included)
+                    .filter_map(|row| row.custodian.clone())
+                    .collect();
+                custodians.sort();
+                custodians.dedup();
+                custodians
             },
             decisions,
         )

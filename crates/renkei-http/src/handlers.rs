@@ -101,9 +101,52 @@ fn raw_binary(resource: &StoredResource) -> Result<HttpResponse> {
             .map_err(|_| ApiError::bad_request("the Binary's data is not valid base64"))?,
         None => Vec::new(),
     };
+    // Only a well-formed media type goes into the header; the content is never interpreted
+    // by the browser as anything else, nor run as a page of this origin.
+    let well_formed = content_type.is_ascii()
+        && !content_type.chars().any(|c| c.is_ascii_control())
+        && content_type
+            .split(';')
+            .next()
+            .and_then(|essence| essence.trim().split_once('/'))
+            .is_some_and(|(kind, sub)| {
+                !kind.is_empty() && !sub.is_empty() && !kind.contains(' ') && !sub.contains(' ')
+            });
+    let content_type = if well_formed {
+        content_type
+    } else {
+        "application/octet-stream"
+    };
     let mut builder = HttpResponse::Ok();
     version_headers(&mut builder, resource);
-    Ok(builder.content_type(content_type).body(data))
+    Ok(builder
+        .content_type(content_type)
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Content-Security-Policy", "sandbox"))
+        .body(data))
+}
+
+/// The `X-Security-Context` of a Binary sent as content: the record whose access rules it
+/// follows (http.html#binary). Required here: a Binary without one is shared directory data,
+/// which a patient's document uploaded as content must not silently become.
+fn security_context(req: &HttpRequest) -> Result<String> {
+    let value = req
+        .headers()
+        .get("x-security-context")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or_default();
+    let valid = value.split_once('/').is_some_and(|(res_type, id)| {
+        renkei_fhir::is_resource_type(res_type) && renkei_repository::is_valid_id(id)
+    });
+    if valid {
+        return Ok(value.to_string());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "required",
+        "a Binary sent as content needs an X-Security-Context header naming the record it belongs to (Patient/123, DocumentReference/9, …); without one it would be shared with every member",
+    ))
 }
 
 /// A create or update of a Binary sent as its own content (`Content-Type: application/pdf`),
@@ -340,8 +383,11 @@ async fn resource_or_binary_body(
 ) -> Result<Value> {
     if res_type == "Binary" {
         if let Some(content_type) = crate::format::native_content_type(req.headers()) {
+            let context = security_context(req)?;
             let bytes = read_body(req, payload, state.max_body_bytes).await?;
-            return Ok(binary_from_content(&content_type, &bytes, id));
+            let mut binary = binary_from_content(&content_type, &bytes, id);
+            binary["securityContext"] = json!({"reference": context});
+            return Ok(binary);
         }
     }
     resource_body(req, payload, state).await

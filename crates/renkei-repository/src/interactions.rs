@@ -432,13 +432,16 @@ impl Repository {
                     let value: Value = serde_json::from_str(body).map_err(|e| {
                         RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}")))
                     })?;
-                    tx.replace_index(row.rid, &row.res_type, &index::rows(&row.res_type, &value))?;
-                    // Which patient a record is about can change with the rules (records
-                    // outside the compartment types that name a patient stopped being
-                    // directory data): consent is decided on this column.
-                    let patient = patient_of_record(tx, &row.res_type, &row.res_id, &value)?;
-                    if patient != row.patient_id {
-                        tx.set_patient_id(row.rid, patient.as_deref())?;
+                    // Which patient a record is about, and which labels it takes on from
+                    // the records it refers to, can change with the rules (records outside
+                    // the compartment types that name a patient stopped being directory
+                    // data): consent is decided on these.
+                    let classification = classify_record(tx, &row.res_type, &row.res_id, &value)?;
+                    let mut rows = index::rows(&row.res_type, &value);
+                    rows.tokens.extend(classification.inherited_labels);
+                    tx.replace_index(row.rid, &row.res_type, &rows)?;
+                    if classification.patient != row.patient_id {
+                        tx.set_patient_id(row.rid, classification.patient.as_deref())?;
                     }
                     if row.res_type == "Patient" {
                         crate::identity::patient_written(
@@ -631,28 +634,91 @@ pub fn vread(
     }
 }
 
+/// Which patient a record is about, and the privacy labels it carries for consent beyond its
+/// own.
+struct Classification {
+    patient: Option<String>,
+    /// `_security` labels and national privacy `_tag`s of the patient records it refers to.
+    inherited_labels: Vec<renkei_search::extract::TokenIndex>,
+}
+
 /// The patient a record is about: `index::patient_of`, else the patient of the first record it
 /// references that is about one (a Provenance's target, a Binary's `securityContext`, a
 /// Task's `focus`, a Communication's `about`). Otherwise such a record would be directory
-/// data and show every member what a hidden record holds, or that it exists.
-fn patient_of_record(
+/// data and show every member what a hidden record holds, or that it exists. Such a record
+/// also takes on the labels of the patient records it refers to (`PSY`, `UNDELIVERED`, …):
+/// a Binary holding a withheld lab result is withheld like the result.
+fn classify_record(
     tx: &mut Tx<'_>,
     res_type: &str,
     id: &str,
     resource: &Value,
-) -> Result<Option<String>, RepoError> {
+) -> Result<Classification, RepoError> {
     if let Some(patient) = index::patient_of(res_type, id, resource) {
-        return Ok(Some(patient));
+        return Ok(Classification {
+            patient: Some(patient),
+            inherited_labels: Vec::new(),
+        });
     }
+    let mut classification = Classification {
+        patient: None,
+        inherited_labels: Vec::new(),
+    };
     let references = index::local_references(resource);
     for (target_type, target_id) in references.iter().take(MAX_REFERENCES_LOOKED_UP) {
-        if let Some(row) = tx.current(target_type, target_id)? {
-            if let Some(patient) = row.patient_id {
-                return Ok(Some(patient));
+        let Some(row) = tx.current(target_type, target_id)? else {
+            continue;
+        };
+        let Some(patient) = row.patient_id else {
+            continue;
+        };
+        classification.patient.get_or_insert(patient);
+        let labels = row
+            .body
+            .as_deref()
+            .and_then(|body| serde_json::from_str::<Value>(body).ok())
+            .map(|target| privacy_labels(&target))
+            .unwrap_or_default();
+        for label in labels {
+            if !classification.inherited_labels.contains(&label) {
+                classification.inherited_labels.push(label);
             }
         }
     }
-    Ok(None)
+    Ok(classification)
+}
+
+/// A record's `meta.security` labels and national privacy tags, as the token rows consent
+/// looks for.
+fn privacy_labels(resource: &Value) -> Vec<renkei_search::extract::TokenIndex> {
+    let codings = |field: &str| -> Vec<(Option<String>, Option<String>)> {
+        resource
+            .pointer(&format!("/meta/{field}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|coding| {
+                let text = |key: &str| coding.get(key).and_then(Value::as_str).map(str::to_string);
+                (text("system"), text("code"))
+            })
+            .collect()
+    };
+    let security = codings("security")
+        .into_iter()
+        .map(|(system, code)| ("_security", system, code));
+    let tags = codings("tag")
+        .into_iter()
+        .filter(|(system, _)| system.as_deref() == Some(renkei_store::PRIVACY_TAG_SYSTEM))
+        .map(|(system, code)| ("_tag", system, code));
+    security
+        .chain(tags)
+        .map(|(param, system, code)| renkei_search::extract::TokenIndex {
+            param: param.to_string(),
+            system,
+            code,
+            text: None,
+        })
+        .collect()
 }
 
 /// How many references of a record that names no patient are looked up for one (a Provenance
@@ -688,7 +754,10 @@ fn store_version(
     let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
     let (resource, prepared_rows) = prepared.into_parts(res_type);
     let mut stamped = stamp(resource, id, version, last_updated);
-    let patient = patient_of_record(tx, res_type, id, &stamped)?;
+    let Classification {
+        patient,
+        inherited_labels,
+    } = classify_record(tx, res_type, id, &stamped)?;
     context.check_may_record_consent(tx, current, res_type, patient.as_deref())?;
     context.check_may_merge(tx, res_type, &stamped)?;
     // The custodian is the facility that first stored the resource; later writers do not
@@ -711,7 +780,8 @@ fn store_version(
         clinical_date: renkei_consent::clinical_date_ms(res_type, &stamped),
         body: Some(&body),
     };
-    let index_rows = prepared_rows.unwrap_or_else(|| index::rows(res_type, &stamped));
+    let mut index_rows = prepared_rows.unwrap_or_else(|| index::rows(res_type, &stamped));
+    index_rows.tokens.extend(inherited_labels);
     let rid = match current {
         Some(row) => {
             tx.replace_current(row.rid, &new)?;

@@ -23,4 +23,4 @@ pub use interactions::{
     PatchBody, PreparedResource, Repository, RepositoryOptions, StoredResource, WriteContext,
     WriteOutcome,
 };
-pub use meta::{format_instant, parse_instant_ms, CUSTODIAN_EXTENSION};
+pub use meta::{format_instant, is_valid_id, parse_instant_ms, CUSTODIAN_EXTENSION};

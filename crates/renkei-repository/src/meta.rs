@@ -97,7 +97,7 @@ pub(crate) fn mark_custodian(resource: &mut Value, custodian: Option<&str>) {
 }
 
 /// Whether `id` is a valid FHIR id: 1–64 of `[A-Za-z0-9-.]`.
-pub(crate) fn is_valid_id(id: &str) -> bool {
+pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
