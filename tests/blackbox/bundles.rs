@@ -771,6 +771,8 @@ fn transaction_rewrites_urn_links_outside_references() {
         let binary_urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"resource": {"resourceType": "DocumentReference", "status": "current",
+                "description": binary_urn,
+                "identifier": [{"system": "urn:ietf:rfc:3986", "value": binary_urn}],
                 "text": {"status": "generated",
                          "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"{binary_urn}\">report</a></div>")},
                 "content": [{"attachment": {"contentType": "text/plain", "url": binary_urn}}]},
@@ -791,6 +793,9 @@ fn transaction_rewrites_urn_links_outside_references() {
         assert_eq!(e[1]["fullUrl"], json!(format!("{}/{binary}", s.base)));
         let document = s.read_json(&location(0));
         assert_eq!(document["content"][0]["attachment"]["url"], json!(binary));
+        // Strings that only spell the fullUrl are data, not links.
+        assert_eq!(document["description"], json!(binary_urn));
+        assert_eq!(document["identifier"][0]["value"], json!(binary_urn));
         let div = document["text"]["div"].as_str().unwrap();
         assert!(div.contains(&format!("href=\"{binary}\"")), "{div}");
     });

@@ -222,6 +222,15 @@ impl Validator {
                 IssueCode::Structure,
                 "an object must have content (empty objects are not allowed)".into(),
             );
+        } else if !is_resource
+            && td.name != "Element"
+            && obj.keys().all(|k| k == "id" || k == "fhir_comments")
+        {
+            // ele-1; a primitive's `_name` object (an Element) is checked with its value.
+            self.issue(
+                IssueCode::Invariant,
+                "an element needs a value or children, not only an id (ele-1)".into(),
+            );
         }
         for (key, value) in obj {
             if key == "fhir_comments" || (is_resource && key == "resourceType") {
@@ -601,7 +610,20 @@ impl Validator {
                             );
                         }
                     }
-                    Value::Object(o) => self.object(elem_td, o, false),
+                    Value::Object(o) => {
+                        let value_there =
+                            values.and_then(|a| a.get(i)).is_some_and(|v| !v.is_null());
+                        if !value_there && !o.contains_key("extension") {
+                            self.issue(
+                                IssueCode::Invariant,
+                                format!(
+                                    "'_{}' at index {i} has neither a value nor extensions (ele-1)",
+                                    ed.name
+                                ),
+                            );
+                        }
+                        self.object(elem_td, o, false)
+                    }
                     other => self.issue(
                         IssueCode::Structure,
                         format!(

@@ -443,3 +443,19 @@ fn extensions_carry_a_value_or_extensions_but_not_both() {
     let neither = with(json!({"url": "http://x"}));
     expect_issue(&neither, IssueCode::Invariant, "Patient.extension[0]");
 }
+
+#[test]
+fn elements_need_a_value_or_children_not_only_an_id() {
+    let only_id = validate(&json!({"resourceType": "Patient", "maritalStatus": {"id": "x"}}));
+    expect_issue(&only_id, IssueCode::Invariant, "Patient.maritalStatus");
+    let empty_item = validate(&json!({"resourceType": "Patient",
+        "name": [{"given": ["A", null], "_given": [null, {"id": "q"}]}]}));
+    expect_issue(
+        &empty_item,
+        IssueCode::Invariant,
+        "Patient.name[0].given[1]",
+    );
+    let with_value = validate(&json!({"resourceType": "Patient",
+        "name": [{"given": ["A"], "_given": [{"id": "q"}]}]}));
+    assert!(with_value.is_empty(), "{}", show(&with_value));
+}

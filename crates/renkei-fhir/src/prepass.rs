@@ -340,7 +340,7 @@ pub(crate) fn duplicate_property(bytes: &[u8]) -> Option<String> {
     // The names of every open object, in one list: each open container remembers where its
     // names start (`None` for an array), and closing it drops them. Objects have few
     // properties, so a scan of their slice beats hashing, and nothing is allocated per object.
-    let mut names: Vec<&[u8]> = Vec::new();
+    let mut names: Vec<std::borrow::Cow<'_, [u8]>> = Vec::new();
     let mut open: Vec<Option<usize>> = Vec::new();
     let mut expecting_name = false;
     let mut i = 0;
@@ -369,11 +369,20 @@ pub(crate) fn duplicate_property(bytes: &[u8]) -> Option<String> {
                 }
                 let text = bytes.get(start..i)?;
                 if expecting_name {
+                    // Names compare as the text they stand for: `gend\u0065r` is `gender`.
+                    let name = match text.contains(&b'\\') {
+                        false => std::borrow::Cow::Borrowed(text),
+                        true => std::borrow::Cow::Owned(
+                            serde_json::from_slice::<String>(bytes.get(start - 1..=i)?)
+                                .ok()?
+                                .into_bytes(),
+                        ),
+                    };
                     if let Some(Some(first)) = open.last() {
-                        if names[*first..].contains(&text) {
-                            return Some(String::from_utf8_lossy(text).into_owned());
+                        if names[*first..].contains(&name) {
+                            return Some(String::from_utf8_lossy(&name).into_owned());
                         }
-                        names.push(text);
+                        names.push(name);
                     }
                     expecting_name = false;
                 }
@@ -401,5 +410,9 @@ mod duplicate_tests {
             None
         );
         assert_eq!(duplicate_property(br#"{"s":"a,\"a\":"}"#), None);
+        assert_eq!(
+            duplicate_property(br#"{"gender":"male","gend\u0065r":"female"}"#),
+            Some("gender".into())
+        );
     }
 }

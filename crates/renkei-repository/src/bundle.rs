@@ -772,12 +772,15 @@ fn rewrite_references(
                 match child {
                     Value::String(_) if key == "reference" => {}
                     Value::String(div) if key == "div" => rewrite_narrative_links(div, ids),
-                    Value::String(link) if link.starts_with("urn:") => {
-                        if let Some(target) = ids.get(link.as_str()) {
-                            *link = target.clone();
+                    Value::String(link) if is_link_element(key) => rewrite_link(link, ids),
+                    Value::String(_) => {}
+                    Value::Array(items) if is_link_element(key) => {
+                        for item in items {
+                            if let Value::String(link) = item {
+                                rewrite_link(link, ids);
+                            }
                         }
                     }
-                    Value::String(_) => {}
                     _ => rewrite_references(child, ids, resolve)?,
                 }
             }
@@ -790,6 +793,24 @@ fn rewrite_references(
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// Whether an element named `key` holds a link (uri, url, canonical, oid, uuid): `url`
+/// (Attachment.url), `valueUri`, `instantiatesCanonical`, … Other strings that happen to
+/// spell an entry's fullUrl (an identifier's value, a display text) stay as written.
+fn is_link_element(key: &str) -> bool {
+    key == "url"
+        || ["Uri", "Url", "Canonical", "Oid", "Uuid"]
+            .iter()
+            .any(|suffix| key.ends_with(suffix))
+}
+
+fn rewrite_link(link: &mut String, ids: &HashMap<String, String>) {
+    if link.starts_with("urn:") {
+        if let Some(target) = ids.get(link.as_str()) {
+            *link = target.clone();
+        }
     }
 }
 

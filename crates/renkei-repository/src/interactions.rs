@@ -1166,7 +1166,12 @@ pub fn delete(
     let Some(row) = current.filter(|row| !row.deleted) else {
         return Ok(DeleteOutcome::NothingToDelete);
     };
-    context.check_may_modify(tx, &row)?;
+    match context.check_may_modify(tx, &row) {
+        // Hidden from the writer: answered as a delete of nothing (204), exactly as when no
+        // such resource exists, so a DELETE cannot probe for hidden records.
+        Err(RepoError::NotFound { .. }) => return Ok(DeleteOutcome::NothingToDelete),
+        checked => checked?,
+    }
     check_if_match(Some(&row), if_match, res_type, id)?;
     let version = row.version + 1;
     let new = NewVersion {

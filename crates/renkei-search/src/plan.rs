@@ -934,7 +934,7 @@ fn parse_filter_within(
             },
             Some("text") => Filter::TokenText {
                 param: param_name,
-                values: alternatives.iter().map(|v| fold(v)).collect(),
+                values: alternatives.iter().map(|v| fold(&unescape(v))).collect(),
             },
             Some(m @ ("in" | "not-in")) => {
                 if alternatives.len() != 1 {
@@ -991,10 +991,11 @@ fn parse_filter_within(
             let values = alternatives
                 .iter()
                 .map(|v| {
+                    let v = unescape(v);
                     if mode == StringMode::Exact {
-                        v.clone()
+                        v
                     } else {
-                        fold(v)
+                        fold(&v)
                     }
                 })
                 .collect();
@@ -1061,7 +1062,7 @@ fn parse_filter_within(
             };
             let values = alternatives
                 .iter()
-                .map(|v| parse_reference(v, types_modifier.as_deref(), &param.targets))
+                .map(|v| parse_reference(&unescape(v), types_modifier.as_deref(), &param.targets))
                 .collect();
             Filter::Reference {
                 param: param_name,
@@ -1099,7 +1100,7 @@ fn parse_filter_within(
             };
             Filter::Uri {
                 param: param_name,
-                values: alternatives,
+                values: alternatives.iter().map(|v| unescape(v)).collect(),
                 mode,
             }
         }
@@ -1439,6 +1440,30 @@ mod tests {
 
     fn obs() -> Vec<String> {
         vec!["Observation".to_string()]
+    }
+
+    #[test]
+    fn string_and_uri_values_unescape_every_search_escape() {
+        let plan = parse(
+            &["Patient".to_string()],
+            &p(&[("family:exact", r"Comma\,Esc\$Pipe\|X\\")]),
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        match &plan.filters[0] {
+            Filter::String { values, .. } => assert_eq!(values, &[r"Comma,Esc$Pipe|X\"]),
+            other => panic!("{other:?}"),
+        }
+        let plan = parse(
+            &["ValueSet".to_string()],
+            &p(&[("url", r"http://x/v\|1")]),
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        match &plan.filters[0] {
+            Filter::Uri { values, .. } => assert_eq!(values, &["http://x/v|1"]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
