@@ -992,6 +992,20 @@ fn facilities_cannot_take_over_consent_or_unheld_records() {
         // A shared Patient C may not see: 404 like a missing one, for every kind of write.
         let r = json_patch(&as_c, "Patient/pat-shared", &json!([]));
         assert_eq!(r.status, 404, "{}", r.body);
+        // A record referring to something the writer may not see tells the writer nothing:
+        // C's Binary on A's hidden lab does not make C a holder of the patient's records (the
+        // patient's other data still answers 404, not 403), and only C sees the Binary.
+        let hidden_other = {
+            let mut o = lab("3D046000001906202", 7.0, "2025-03-03", None);
+            o["subject"] = json!({"reference": format!("Patient/{OTHER_PATIENT}")});
+            id_of(&net.as_a().create(&o))
+        };
+        let probe = id_of(&as_c.create(&json!({"resourceType": "Binary",
+            "contentType": "text/plain", "securityContext": {"reference": hidden_other},
+            "data": "eA=="})));
+        as_c.get(&probe).expect(200);
+        as_c.get(&format!("Patient/{OTHER_PATIENT}")).expect(404);
+        net.as_a().get(&probe).expect(404);
         // A DELETE answers as for a missing resource (204), and deletes nothing.
         as_c.delete("Patient/pat-shared").expect(204);
         as_c.delete("Patient/no-such-patient").expect(204);

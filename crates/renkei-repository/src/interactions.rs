@@ -436,7 +436,13 @@ impl Repository {
                     // the records it refers to, can change with the rules (records outside
                     // the compartment types that name a patient stopped being directory
                     // data): consent is decided on these.
-                    let classification = classify_record(tx, &row.res_type, &row.res_id, &value)?;
+                    let classification = classify_record(
+                        tx,
+                        &row.res_type,
+                        &row.res_id,
+                        &value,
+                        &Visibility::Unrestricted,
+                    )?;
                     let mut rows = index::rows(&row.res_type, &value);
                     rows.tokens.extend(classification.inherited_labels);
                     tx.replace_index(row.rid, &row.res_type, &rows)?;
@@ -653,6 +659,7 @@ fn classify_record(
     res_type: &str,
     id: &str,
     resource: &Value,
+    writer: &Visibility,
 ) -> Result<Classification, RepoError> {
     if let Some(patient) = index::patient_of(res_type, id, resource) {
         return Ok(Classification {
@@ -669,9 +676,17 @@ fn classify_record(
         let Some(row) = tx.current(target_type, target_id)? else {
             continue;
         };
-        let Some(patient) = row.patient_id else {
+        let Some(patient) = row.patient_id.clone() else {
             continue;
         };
+        if !tx.is_visible(&row, writer)? {
+            // The writer may not see what it refers to: its record stays its own (about a
+            // patient nobody else can match), and tells it nothing about the hidden one.
+            classification
+                .patient
+                .get_or_insert_with(|| index::UNRESOLVED_PATIENT.to_string());
+            continue;
+        }
         classification.patient.get_or_insert(patient);
         let labels = row
             .body
@@ -757,7 +772,7 @@ fn store_version(
     let Classification {
         patient,
         inherited_labels,
-    } = classify_record(tx, res_type, id, &stamped)?;
+    } = classify_record(tx, res_type, id, &stamped, &context.visibility)?;
     context.check_may_record_consent(tx, current, res_type, patient.as_deref())?;
     context.check_may_merge(tx, res_type, &stamped)?;
     // The custodian is the facility that first stored the resource; later writers do not
