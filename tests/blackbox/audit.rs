@@ -690,6 +690,9 @@ fn patients_see_who_viewed_their_record_and_facilities_see_accesses_to_their_dat
                 "A does not see B's {subtype} event over A's data: {for_a:?}"
             );
         }
+        // A patient hidden from C is unknown to C's view, like one that does not exist.
+        assert!(audit_events(&net.as_c(), &format!("patient=Patient/{PATIENT}")).is_empty());
+        assert!(audit_events(&net.as_c(), "patient=Patient/nobody").is_empty());
         let for_c = audit_events(&net.as_c(), "");
         for event in &for_c {
             for hidden in net.labs.iter().chain([&net.medreq, &net.imaging, &q_lab]) {

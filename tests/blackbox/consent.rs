@@ -1061,6 +1061,10 @@ fn versions_consent_records_merges_and_records_outside_the_compartment() {
         let old = as_b.get(&format!("{id}/_history/1")).expect(403);
         assert!(!old.body.contains(WRONG_PATIENT_NOTE), "{}", old.body);
         as_b.get(&format!("{id}/_history/2")).expect(200);
+        // A version no resource can have is missing, not withheld.
+        for version in ["abc", "0", "-1", "3"] {
+            as_b.get(&format!("{id}/_history/{version}")).expect(404);
+        }
         for path in [
             format!("{id}/_history"),
             "Observation/_history?_count=1000".to_string(),

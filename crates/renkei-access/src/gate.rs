@@ -1283,10 +1283,12 @@ impl Gate {
                     let Some(visibility) = &redacted_view else {
                         return Ok(tx.audit_search(&query)?);
                     };
-                    // A resource hidden from the requester is unknown to its view: searching
-                    // for its accesses finds nothing, as for a missing one.
+                    // A resource or patient hidden from the requester is unknown to its
+                    // view: searching for its accesses finds nothing, as for a missing one.
                     for (kind, reference) in &query.refs {
-                        if kind == "entity" && !visible_to(tx, reference, visibility)? {
+                        if matches!(kind.as_str(), "entity" | "patient")
+                            && !visible_to(tx, reference, visibility)?
+                        {
                             return Ok(Vec::new());
                         }
                     }

@@ -567,7 +567,18 @@ pub fn vread_visible(
             version: version.into(),
         })?;
     check_visible(tx, &row, visibility)?;
-    let is_current = version.parse::<i64>().ok() == Some(row.version);
+    // A version that no resource can have (`abc`, `0`, one past the current) is missing,
+    // whoever asks.
+    let number = version
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (1..=row.version).contains(n))
+        .ok_or_else(|| RepoError::VersionNotFound {
+            res_type: res_type.into(),
+            id: id.into(),
+            version: version.into(),
+        })?;
+    let is_current = number == row.version;
     if !is_current && !visibility.sees_earlier_versions(row.custodian.as_deref()) {
         return Err(RepoError::Forbidden(format!(
             "earlier versions of {res_type}/{id} are shown only to the facility that holds it: \
