@@ -206,6 +206,9 @@ fn batch_reports_each_entry() {
         );
         bundle["type"] = json!("transaction");
         s.post("", &bundle).expect(400);
+        // Stored as a resource rather than processed, the batch must be valid as a whole.
+        bundle["type"] = json!("batch");
+        s.post("Bundle", &bundle).expect(400);
         let (kept, _) = s.all_pages("Patient?family=Kept");
         assert_eq!(kept.len(), 1);
         // A read with the client's current version answers 304 without the resource.

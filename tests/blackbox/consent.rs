@@ -796,6 +796,13 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
         s.with_token(&patient).get(&provenance).expect(404);
         net.as_b().get(&provenance).expect(200);
         net.as_a().get(&binary).expect(200);
+        // Along a chain: a Provenance of that Binary is withheld as well.
+        let of_binary = id_of(&net.as_a().create(&json!({"resourceType": "Provenance",
+            "target": [{"reference": binary}], "recorded": "2025-11-04T10:00:00Z",
+            "agent": [{"who": {"reference": ORG_A}}]})));
+        s.with_token(&patient).get(&of_binary).expect(404);
+        let r = net.as_b().get(&of_binary);
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
         // The custodian sees both.
         let own = search_refs(&net.as_a(), &format!("Observation?patient={PATIENT}"));
         assert!(own.contains(&tagged) && own.contains(&uninformed));
@@ -1004,6 +1011,10 @@ fn facilities_cannot_take_over_consent_or_unheld_records() {
             "contentType": "text/plain", "securityContext": {"reference": hidden_other},
             "data": "eA=="})));
         as_c.get(&probe).expect(200);
+        as_c.get(&format!("Patient/{OTHER_PATIENT}")).expect(404);
+        net.as_a().get(&probe).expect(404);
+        // Reindexing, which sees every record, keeps it so.
+        s.cli(&["reindex"]);
         as_c.get(&format!("Patient/{OTHER_PATIENT}")).expect(404);
         net.as_a().get(&probe).expect(404);
         // A DELETE answers as for a missing resource (204), and deletes nothing.

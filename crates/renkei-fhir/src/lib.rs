@@ -61,6 +61,25 @@ impl ContentError {
 
 /// Parses FHIR JSON bytes into a resource value and validates its structure.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ContentError> {
+    let value = json_value(bytes)?;
+    validate(&value)?;
+    Ok(value)
+}
+
+/// [`parse_json`] for a Bundle posted to the base to be processed: in a `batch`, an entry
+/// whose resource alone is not valid is set aside to fail on its own
+/// ([`INVALID_ENTRY`]); anything else invalid refuses the whole body.
+pub fn parse_json_for_processing(bytes: &[u8]) -> Result<Value, ContentError> {
+    let mut value = json_value(bytes)?;
+    match validate(&value) {
+        Ok(()) => Ok(value),
+        Err(_) if set_aside_invalid_batch_entries(&mut value) => Ok(value),
+        Err(whole) => Err(whole),
+    }
+}
+
+/// JSON bytes as a value, refusing what a map would silently lose (a property given twice).
+fn json_value(bytes: &[u8]) -> Result<Value, ContentError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ContentError::single(
             IssueCode::Structure,
@@ -75,12 +94,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ContentError> {
             format!("the property '{name}' appears twice in one object; FHIR JSON allows it once"),
         ));
     }
-    let mut value = value;
-    match validate(&value) {
-        Ok(()) => Ok(value),
-        Err(_) if set_aside_invalid_batch_entries(&mut value) => Ok(value),
-        Err(whole) => Err(whole),
-    }
+    Ok(value)
 }
 
 /// Where a batch entry whose resource is not valid FHIR carries why, in place of the resource
@@ -110,6 +124,7 @@ fn set_aside_invalid_batch_entries(bundle: &mut Value) -> bool {
     let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
         return false;
     };
+    let mut set_aside = false;
     for (index, entry) in entries.iter_mut().enumerate() {
         let Some(entry) = entry.as_object_mut() else {
             continue;
@@ -124,8 +139,10 @@ fn set_aside_invalid_batch_entries(bundle: &mut Value) -> bool {
                 "Bundle.entry[{index}].resource is not valid: {error}"
             )),
         );
+        set_aside = true;
     }
-    true
+    // Nothing set aside: what is invalid is the Bundle as a whole (its depth, say).
+    set_aside
 }
 
 /// Parses FHIR XML bytes into the equivalent FHIR JSON value and validates it.

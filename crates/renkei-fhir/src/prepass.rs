@@ -337,17 +337,24 @@ mod tests {
 /// JSON (parsed already). FHIR JSON forbids repeated properties; a parser into a map keeps
 /// only the last one, silently dropping what the client sent first.
 pub(crate) fn duplicate_property(bytes: &[u8]) -> Option<String> {
+    use std::borrow::Cow;
+    use std::collections::HashSet;
+    /// Past this many names, an object's names are also kept in a set: a scan of the list
+    /// per name would make one object of many properties cost their count squared.
+    const LISTED: usize = 16;
     // The names of every open object, in one list: each open container remembers where its
     // names start (`None` for an array), and closing it drops them. Objects have few
     // properties, so a scan of their slice beats hashing, and nothing is allocated per object.
-    let mut names: Vec<std::borrow::Cow<'_, [u8]>> = Vec::new();
-    let mut open: Vec<Option<usize>> = Vec::new();
+    /// An open object: where its names start in `names`, and their set once it has many.
+    type OpenObject<'a> = (usize, Option<HashSet<Cow<'a, [u8]>>>);
+    let mut names: Vec<Cow<'_, [u8]>> = Vec::new();
+    let mut open: Vec<Option<OpenObject<'_>>> = Vec::new();
     let mut expecting_name = false;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'{' => {
-                open.push(Some(names.len()));
+                open.push(Some((names.len(), None)));
                 expecting_name = true;
             }
             b'[' => {
@@ -355,7 +362,7 @@ pub(crate) fn duplicate_property(bytes: &[u8]) -> Option<String> {
                 expecting_name = false;
             }
             b'}' | b']' => {
-                if let Some(Some(start)) = open.pop() {
+                if let Some(Some((start, _))) = open.pop() {
                     names.truncate(start);
                 }
                 expecting_name = false;
@@ -371,15 +378,27 @@ pub(crate) fn duplicate_property(bytes: &[u8]) -> Option<String> {
                 if expecting_name {
                     // Names compare as the text they stand for: `gend\u0065r` is `gender`.
                     let name = match text.contains(&b'\\') {
-                        false => std::borrow::Cow::Borrowed(text),
-                        true => std::borrow::Cow::Owned(
+                        false => Cow::Borrowed(text),
+                        true => Cow::Owned(
                             serde_json::from_slice::<String>(bytes.get(start - 1..=i)?)
                                 .ok()?
                                 .into_bytes(),
                         ),
                     };
-                    if let Some(Some(first)) = open.last() {
-                        if names[*first..].contains(&name) {
+                    if let Some(Some((first, set))) = open.last_mut() {
+                        let listed = &names[*first..];
+                        let repeated = match set {
+                            Some(set) => !set.insert(name.clone()),
+                            None if listed.len() < LISTED => listed.contains(&name),
+                            None => {
+                                let mut all: HashSet<Cow<'_, [u8]>> =
+                                    listed.iter().cloned().collect();
+                                let repeated = !all.insert(name.clone());
+                                *set = Some(all);
+                                repeated
+                            }
+                        };
+                        if repeated {
                             return Some(String::from_utf8_lossy(&name).into_owned());
                         }
                         names.push(name);
@@ -414,5 +433,16 @@ mod duplicate_tests {
             duplicate_property(br#"{"gender":"male","gend\u0065r":"female"}"#),
             Some("gender".into())
         );
+    }
+
+    #[test]
+    fn an_object_of_many_properties_is_checked_in_linear_time() {
+        let mut body = String::from("{");
+        for n in 0..200_000 {
+            body.push_str(&format!("\"p{n}\":{n},"));
+        }
+        body.push_str("\"p7\":0}");
+        // Quadratic, this took minutes; a set makes it a fraction of a second.
+        assert_eq!(duplicate_property(body.as_bytes()), Some("p7".into()));
     }
 }

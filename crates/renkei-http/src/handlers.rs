@@ -95,10 +95,25 @@ fn raw_binary(resource: &StoredResource) -> Result<HttpResponse> {
         .get("contentType")
         .and_then(Value::as_str)
         .unwrap_or("application/octet-stream");
+    // As validation accepts it: line breaks and spaces between the characters, padding or
+    // not, and any trailing bits.
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
     let data = match binary.get("data").and_then(Value::as_str) {
-        Some(text) => base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|_| ApiError::bad_request("the Binary's data is not valid base64"))?,
+        Some(text) => {
+            let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            lenient.decode(compact).map_err(|e| {
+                ApiError::Repo(renkei_repository::RepoError::Store(
+                    renkei_store::StoreError::Unavailable(format!(
+                        "stored Binary data is not base64: {e}"
+                    )),
+                ))
+            })?
+        }
         None => Vec::new(),
     };
     // Only a well-formed media type goes into the header; the content is never interpreted
@@ -121,6 +136,7 @@ fn raw_binary(resource: &StoredResource) -> Result<HttpResponse> {
     version_headers(&mut builder, resource);
     Ok(builder
         .content_type(content_type)
+        .insert_header((header::VARY, "Accept"))
         .insert_header(("X-Content-Type-Options", "nosniff"))
         .insert_header(("Content-Security-Policy", "sandbox"))
         .body(data))
@@ -351,6 +367,15 @@ async fn resource_body(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<Value> {
+    body_parsed_by(req, payload, state, parse_body).await
+}
+
+async fn body_parsed_by(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    parse: fn(&[u8], Format) -> Result<Value>,
+) -> Result<Value> {
     let kind = body_kind(req.headers())?;
     let BodyKind::Fhir(format) = kind else {
         return Err(ApiError::new(
@@ -361,7 +386,7 @@ async fn resource_body(
     };
     let bytes = read_body(req, payload, state.max_body_bytes).await?;
     // Parsing and validation are CPU work; keep them off the async workers.
-    web::block(move || parse_body(&bytes, format))
+    web::block(move || parse(&bytes, format))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -636,7 +661,8 @@ pub async fn bundle(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let mut bundle = resource_body(&req, payload, &state).await?;
+        let mut bundle =
+            body_parsed_by(&req, payload, &state, crate::format::parse_bundle_body).await?;
         crate::search::localize_bundle_criteria(&ctx, &mut bundle);
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(ApiError::bad_request(

@@ -90,10 +90,10 @@ fn split_query(
         .collect()
 }
 
-/// Reads the body, refusing more than `limit` bytes with 413 before buffering them.
 /// Longest wait for the next part of a request body.
 const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Reads the body, refusing more than `limit` bytes with 413 before buffering them.
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,

@@ -140,13 +140,10 @@ pub(crate) fn localize_bundle_criteria(ctx: &RequestCtx, bundle: &mut Value) {
             }
         }
         if let Some(Value::String(criteria)) = request.get_mut("ifNoneExist") {
-            let (path, query) = criteria.rsplit_once('?').unwrap_or(("", criteria));
-            let separator = if path.is_empty() && !criteria.starts_with('?') {
-                ""
-            } else {
-                "?"
+            *criteria = match renkei_repository::Criteria::split_if_none_exist(criteria) {
+                (Some(named), query) => format!("{named}?{}", localize_query(ctx, query)),
+                (None, query) => localize_query(ctx, query),
             };
-            *criteria = format!("{path}{separator}{}", localize_query(ctx, query));
         }
     }
 }

@@ -408,6 +408,11 @@ fn run_transaction(
     context: &WriteContext,
     prepared: &Prepared,
 ) -> Result<Vec<EntryResult>, RepoError> {
+    // A transaction with conditional parts takes its turn before it locks any row: waiting
+    // for the turn while holding rows another conditional write waits for would deadlock.
+    if entries.iter().any(has_conditional_part) {
+        tx.serialize_conditional_writes()?;
+    }
     let wrap = |index: usize, entry: &EntryRequest, e: RepoError| RepoError::Entry {
         index,
         request: format!("{} {}", entry.method, entry.url),
@@ -827,14 +832,14 @@ fn rewrite_narrative_links(div: &mut String, ids: &HashMap<String, String>) {
         let quoted = before.ends_with("=\"") || before.ends_with("='");
         let end = from.find(['"', '\'']).unwrap_or(from.len());
         let (link, after) = from.split_at(end);
-        let is_link_attribute = before
+        // The attribute the value belongs to: the last word before `="` (`data-href` is none).
+        let attribute = before
             .trim_end_matches(['"', '\''])
             .trim_end_matches('=')
-            .ends_with("href")
-            || before
-                .trim_end_matches(['"', '\''])
-                .trim_end_matches('=')
-                .ends_with("src");
+            .rsplit(|c: char| c.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default();
+        let is_link_attribute = matches!(attribute, "href" | "src");
         match ids.get(link).filter(|_| quoted && is_link_attribute) {
             Some(target) => rewritten.push_str(target),
             None => rewritten.push_str(link),
@@ -843,6 +848,26 @@ fn rewrite_narrative_links(div: &mut String, ids: &HashMap<String, String>) {
     }
     rewritten.push_str(rest);
     *div = rewritten;
+}
+
+/// Whether an entry resolves criteria in the database: a conditional URL or `ifNoneExist`, or
+/// a conditional reference in its resource.
+fn has_conditional_part(entry: &EntryRequest) -> bool {
+    fn refers_conditionally(value: &Value) -> bool {
+        match value {
+            Value::Object(map) => map.iter().any(|(key, child)| match child {
+                Value::String(reference) if key == "reference" => {
+                    is_conditional_reference(reference)
+                }
+                other => refers_conditionally(other),
+            }),
+            Value::Array(items) => items.iter().any(refers_conditionally),
+            _ => false,
+        }
+    }
+    entry.if_none_exist.is_some()
+        || entry.url.contains('?')
+        || entry.resource.as_ref().is_some_and(refers_conditionally)
 }
 
 /// A reference that only the database can resolve (`Patient?identifier=…`).

@@ -76,17 +76,23 @@ impl Criteria {
     /// Parses the criteria of a conditional create (`If-None-Exist`, `ifNoneExist`), which
     /// clients write as `query`, `?query` or `Type?query`.
     pub fn parse_if_none_exist(res_type: &str, text: &str) -> Result<Criteria, RepoError> {
-        let query = text.trim_start_matches('?');
-        let query = match query.split_once('?') {
-            Some((named, rest)) if named.rsplit('/').next() == Some(res_type) => rest,
-            Some((named, _)) => {
-                return Err(RepoError::BadRequest(format!(
+        let (named, query) = Criteria::split_if_none_exist(text);
+        if let Some(named) = named.filter(|named| named.rsplit('/').next() != Some(res_type)) {
+            return Err(RepoError::BadRequest(format!(
                 "the If-None-Exist criteria '{text}' name '{named}', but the {res_type} is created"
-            )))
-            }
-            None => query,
-        };
+            )));
+        }
         Criteria::parse(res_type, query)
+    }
+
+    /// The type named before the criteria of a conditional create, if any, and the criteria.
+    /// A `?` inside a value (`identifier=http://h/ids?x|1`) names no type.
+    pub fn split_if_none_exist(text: &str) -> (Option<&str>, &str) {
+        let text = text.strip_prefix('?').unwrap_or(text);
+        match text.split_once('?') {
+            Some((named, query)) if !named.contains(['=', '&']) => (Some(named), query),
+            _ => (None, text),
+        }
     }
 
     /// Parses `Type?query` (a conditional reference or request URL).
@@ -214,6 +220,26 @@ impl Criteria {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn if_none_exist_names_a_type_only_before_the_criteria() {
+        assert_eq!(
+            Criteria::split_if_none_exist("identifier=a|b"),
+            (None, "identifier=a|b")
+        );
+        assert_eq!(
+            Criteria::split_if_none_exist("?identifier=a|b"),
+            (None, "identifier=a|b")
+        );
+        assert_eq!(
+            Criteria::split_if_none_exist("Patient?identifier=a|b"),
+            (Some("Patient"), "identifier=a|b")
+        );
+        assert_eq!(
+            Criteria::split_if_none_exist("identifier=http://h/ids?x|1"),
+            (None, "identifier=http://h/ids?x|1")
+        );
+    }
 
     #[test]
     fn decodes_percent_escapes() {

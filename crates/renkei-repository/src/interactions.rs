@@ -446,7 +446,11 @@ impl Repository {
                     let mut rows = index::rows(&row.res_type, &value);
                     rows.tokens.extend(classification.inherited_labels);
                     tx.replace_index(row.rid, &row.res_type, &rows)?;
-                    if classification.patient != row.patient_id {
+                    // Reindex sees every record; its writer may not have seen what it refers
+                    // to, which left it about nobody (`classify_record`): that stays.
+                    let writer_could_not_see = classification.referred
+                        && row.patient_id.as_deref() == Some(index::UNRESOLVED_PATIENT);
+                    if classification.patient != row.patient_id && !writer_could_not_see {
                         tx.set_patient_id(row.rid, classification.patient.as_deref())?;
                     }
                     if row.res_type == "Patient" {
@@ -655,6 +659,8 @@ pub fn vread(
 /// own.
 struct Classification {
     patient: Option<String>,
+    /// The patient came from the records it refers to, not from the record itself.
+    referred: bool,
     /// `_security` labels and national privacy `_tag`s of the patient records it refers to.
     inherited_labels: Vec<renkei_search::extract::TokenIndex>,
 }
@@ -675,11 +681,13 @@ fn classify_record(
     if let Some(patient) = index::patient_of(res_type, id, resource) {
         return Ok(Classification {
             patient: Some(patient),
+            referred: false,
             inherited_labels: Vec::new(),
         });
     }
     let mut classification = Classification {
         patient: None,
+        referred: true,
         inherited_labels: Vec::new(),
     };
     let references = index::local_references(resource);
@@ -699,52 +707,21 @@ fn classify_record(
             continue;
         }
         classification.patient.get_or_insert(patient);
-        let labels = row
-            .body
-            .as_deref()
-            .and_then(|body| serde_json::from_str::<Value>(body).ok())
-            .map(|target| privacy_labels(&target))
-            .unwrap_or_default();
-        for label in labels {
+        // From the target's index rows: its own labels and those it took on in turn (a
+        // Provenance of a Binary of a withheld result), without reading its body.
+        for label in tx.privacy_labels(row.rid)? {
+            let label = renkei_search::extract::TokenIndex {
+                param: label.param,
+                system: label.system,
+                code: label.code,
+                text: None,
+            };
             if !classification.inherited_labels.contains(&label) {
                 classification.inherited_labels.push(label);
             }
         }
     }
     Ok(classification)
-}
-
-/// A record's `meta.security` labels and national privacy tags, as the token rows consent
-/// looks for.
-fn privacy_labels(resource: &Value) -> Vec<renkei_search::extract::TokenIndex> {
-    let codings = |field: &str| -> Vec<(Option<String>, Option<String>)> {
-        resource
-            .pointer(&format!("/meta/{field}"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|coding| {
-                let text = |key: &str| coding.get(key).and_then(Value::as_str).map(str::to_string);
-                (text("system"), text("code"))
-            })
-            .collect()
-    };
-    let security = codings("security")
-        .into_iter()
-        .map(|(system, code)| ("_security", system, code));
-    let tags = codings("tag")
-        .into_iter()
-        .filter(|(system, _)| system.as_deref() == Some(renkei_store::PRIVACY_TAG_SYSTEM))
-        .map(|(system, code)| ("_tag", system, code));
-    security
-        .chain(tags)
-        .map(|(param, system, code)| renkei_search::extract::TokenIndex {
-            param: param.to_string(),
-            system,
-            code,
-            text: None,
-        })
-        .collect()
 }
 
 /// How many references of a record that names no patient are looked up for one (a Provenance
@@ -783,6 +760,7 @@ fn store_version(
     let Classification {
         patient,
         inherited_labels,
+        ..
     } = classify_record(tx, res_type, id, &stamped, &context.visibility)?;
     context.check_may_record_consent(tx, current, res_type, patient.as_deref())?;
     context.check_may_merge(tx, res_type, &stamped)?;

@@ -252,7 +252,29 @@ fn float_json(v: f64) -> Value {
     serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
 
+/// A token index row that consent reads: a `_security` label or a national privacy `_tag`.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct PrivacyLabel {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub param: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub system: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub code: Option<String>,
+}
+
 impl Tx<'_> {
+    /// The `_security` labels and national privacy `_tag`s of `rid` as consent sees them:
+    /// its own and those it took on from the records it refers to.
+    pub fn privacy_labels(&mut self, rid: i64) -> Result<Vec<PrivacyLabel>, StoreError> {
+        let mut sql = Sql::new("SELECT param, system, code FROM idx_token WHERE rid = ");
+        sql.bind(Bind::Int(rid))
+            .push(" AND (param = '_security' OR (param = '_tag' AND system = ")
+            .bind(Bind::Text(crate::PRIVACY_TAG_SYSTEM.into()))
+            .push("))");
+        self.load::<PrivacyLabel>(&sql)
+    }
+
     /// Replaces every index row of `rid` (pass empty rows for a deleted resource).
     pub fn replace_index(
         &mut self,

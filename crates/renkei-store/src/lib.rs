@@ -25,6 +25,7 @@ pub use consent::ConsentRuleRow;
 pub use error::StoreError;
 pub use explain::SearchExplanation;
 pub use identity::LinkOverride;
+pub use index::PrivacyLabel;
 pub use resources::{
     HistoryPage, HistoryQuery, HistoryRow, HistoryScope, NewVersion, ResourceRow, TokenRow,
 };

@@ -136,8 +136,9 @@ impl Tx<'_> {
     /// take turns until this transaction ends, so two of them cannot both find nothing and
     /// both create. SQLite's write transactions already take turns (`BEGIN IMMEDIATE`);
     /// PostgreSQL's run side by side under READ COMMITTED, so they queue on one advisory
-    /// lock. One lock for every type: a transaction resolving several types' criteria takes
-    /// no second lock, so two of them cannot deadlock.
+    /// lock. One lock for every type, so resolving several types' criteria takes no second
+    /// lock; a caller that also locks rows takes its turn first (a transaction Bundle does,
+    /// before any of its writes).
     pub fn serialize_conditional_writes(&mut self) -> Result<(), StoreError> {
         match self.backend() {
             Backend::Sqlite => Ok(()),
