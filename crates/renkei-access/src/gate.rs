@@ -1132,15 +1132,7 @@ impl Gate {
                 .pointer("/request/url")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            let interaction = match method {
-                "POST" => Interaction::Create,
-                "PUT" => Interaction::Update,
-                "PATCH" => Interaction::Patch,
-                "DELETE" => Interaction::Delete,
-                _ if url.contains('?') => Interaction::Search,
-                _ => Interaction::Read,
-            };
-            let mut event = self.event(who, interaction);
+            let mut event = self.event(who, interaction_of(method, url));
             event.outcome = AuditOutcome::from_status(entry_status(answer));
             let target = answer
                 .pointer("/response/location")
@@ -1207,15 +1199,7 @@ impl Gate {
         status: u16,
         message: &str,
     ) -> Result<(), AccessError> {
-        let interaction = match method {
-            "POST" => Interaction::Create,
-            "PUT" => Interaction::Update,
-            "PATCH" => Interaction::Patch,
-            "DELETE" => Interaction::Delete,
-            _ if target.contains('?') => Interaction::Search,
-            _ => Interaction::Read,
-        };
-        let mut builder = EventBuilder::new(interaction, request_id, now_ms());
+        let mut builder = EventBuilder::new(interaction_of(method, target), request_id, now_ms());
         match who {
             Some(who) => builder.agent = who.agent(),
             None => builder.agent.network_address = network_address,
@@ -1426,6 +1410,19 @@ impl Gate {
 
 /// Whether `reference` (`Type/id`, optionally `/_history/n`) names a resource the requester
 /// may see now. Unknown resources are not visible.
+/// The interaction an HTTP method on a target (`Type/id`, `Type?criteria`) stands for, as the
+/// audit names it.
+fn interaction_of(method: &str, target: &str) -> Interaction {
+    match method {
+        "POST" => Interaction::Create,
+        "PUT" => Interaction::Update,
+        "PATCH" => Interaction::Patch,
+        "DELETE" => Interaction::Delete,
+        _ if target.contains('?') => Interaction::Search,
+        _ => Interaction::Read,
+    }
+}
+
 fn visible_to(
     tx: &mut Tx<'_>,
     reference: &str,

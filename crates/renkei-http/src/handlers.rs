@@ -107,11 +107,13 @@ fn raw_binary(resource: &StoredResource) -> Result<HttpResponse> {
         Some(text) => {
             let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
             lenient.decode(compact).map_err(|e| {
-                ApiError::Repo(renkei_repository::RepoError::Store(
-                    renkei_store::StoreError::Unavailable(format!(
-                        "stored Binary data is not base64: {e}"
-                    )),
-                ))
+                // Validated when stored: a stored body that does not decode is a server fault.
+                tracing::error!(binary = %resource.id, error = %e, "stored Binary data is not base64");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "exception",
+                    format!("the stored content of Binary/{} cannot be decoded", resource.id),
+                )
             })?
         }
         None => Vec::new(),
