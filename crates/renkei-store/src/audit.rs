@@ -131,9 +131,9 @@ fn chained_inserts(
         }
     };
     let mut statements = Vec::new();
+    let mut ref_rows: Vec<(i64, &str, &str)> = Vec::new();
     for chunk in events.chunks(EVENTS_PER_INSERT) {
         let mut insert = open("audit_events (seq, event_id, recorded, request_id, type_code, subtype, action, outcome, agent_client, agent_org, agent_user, purpose, body, prev_hash, hash)");
-        let mut ref_rows: Vec<(i64, &str, &str)> = Vec::new();
         for (i, event) in chunk.iter().enumerate() {
             let seq = head.seq + 1;
             let record_hash = hash(seq, event.recorded, &head.hash, &event.body);
@@ -158,10 +158,11 @@ fn chained_inserts(
                 ],
             );
             // One row per (kind, ref) of an event: the key of the reference table.
-            let mut seen = std::collections::HashSet::new();
+            let first = ref_rows.len();
             for (kind, reference) in &event.refs {
-                if seen.insert((kind, reference)) {
-                    ref_rows.push((seq, kind, reference));
+                let row = (seq, kind.as_str(), reference.as_str());
+                if !ref_rows[first..].contains(&row) {
+                    ref_rows.push(row);
                 }
             }
             *head = AuditHead {
@@ -171,21 +172,25 @@ fn chained_inserts(
         }
         close(&mut insert);
         statements.push(insert);
-        for rows in ref_rows.chunks(1000) {
-            let mut refs = open("audit_refs (seq, kind, ref)");
-            for (i, (seq, kind, reference)) in rows.iter().enumerate() {
-                refs.push_row(
-                    i == 0,
-                    [
-                        Bind::Int(*seq),
-                        Bind::Text((*kind).to_string()),
-                        Bind::Text((*reference).to_string()),
-                    ],
-                );
-            }
-            close(&mut refs);
-            statements.push(refs);
+    }
+    // In key order: the references of a batch then reach each page of the reference index
+    // once, in turn, instead of a random page per row (events about many patients and
+    // resources interleave in time, and the index is ordered by reference).
+    ref_rows.sort_unstable_by(|a, b| (a.1, a.2, a.0).cmp(&(b.1, b.2, b.0)));
+    for rows in ref_rows.chunks(1000) {
+        let mut refs = open("audit_refs (seq, kind, ref)");
+        for (i, (seq, kind, reference)) in rows.iter().enumerate() {
+            refs.push_row(
+                i == 0,
+                [
+                    Bind::Int(*seq),
+                    Bind::Text((*kind).to_string()),
+                    Bind::Text((*reference).to_string()),
+                ],
+            );
         }
+        close(&mut refs);
+        statements.push(refs);
     }
     statements
 }
@@ -227,8 +232,13 @@ impl Tx<'_> {
         let mut head = self.locked_audit_head()?;
         // A group commit of many events costs a few statements, not several per event; on
         // PostgreSQL each chunk's events, their references and the head that now points at
-        // its last record travel as one statement.
-        for chunk in events.chunks(EVENTS_PER_INSERT) {
+        // its last record travel as one statement. SQLite runs the statements one by one, so
+        // there the whole batch is one chunk and its references go in in key order.
+        let chunk_len = match self.backend() {
+            crate::Backend::Sqlite => events.len(),
+            crate::Backend::Postgres => EVENTS_PER_INSERT,
+        };
+        for chunk in events.chunks(chunk_len) {
             let mut statements = chained_inserts(&mut head, chunk, hash, None);
             statements.push(head_update(&head, None));
             self.execute_together(&statements)?;
