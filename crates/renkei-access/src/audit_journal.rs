@@ -255,11 +255,12 @@ fn parse_frames(bytes: &[u8]) -> (Vec<NewAuditEvent>, usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    fn event(n: usize) -> NewAuditEvent {
+    /// A read event named `event-{n}`.
+    pub(crate) fn event(n: usize) -> NewAuditEvent {
         NewAuditEvent {
             event_id: format!("event-{n}"),
             recorded: 1_700_000_000_000 + n as i64,

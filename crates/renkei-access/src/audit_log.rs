@@ -10,9 +10,11 @@ use renkei_store::{
     AuditBody, AuditHead, Backend, NewAuditEvent, Store, StoreError, Tx, WriterSession,
 };
 use serde_json::Value;
+use std::cell::RefCell;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Most events flushed together (on PostgreSQL in one statement, which bounds its binds: see
 /// `Tx::append_audit_after`).
@@ -30,7 +32,74 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Pending {
     event: NewAuditEvent,
-    done: SyncSender<Result<(), String>>,
+    done: Done,
+}
+
+/// The writer's answer for one deferred event.
+type DurabilityAnswer = oneshot::Receiver<Result<(), String>>;
+
+/// How the recorder of an event learns that it is durable (or that it cannot be).
+enum Done {
+    /// A thread blocks until the answer comes.
+    Blocking(SyncSender<Result<(), String>>),
+    /// An async task awaits it (see [`deferring_durability`]).
+    Deferred(oneshot::Sender<Result<(), String>>),
+}
+
+impl Done {
+    fn send(self, outcome: Result<(), String>) {
+        // A recorder that has gone away (its request was dropped) needs no answer.
+        let _ = match self {
+            Done::Blocking(sender) => sender.send(outcome).map_err(|_| ()),
+            Done::Deferred(sender) => sender.send(outcome).map_err(|_| ()),
+        };
+    }
+}
+
+thread_local! {
+    /// While [`deferring_durability`] runs work on this thread: the answers its recorded
+    /// events are still owed.
+    static DEFERRED: RefCell<Option<Vec<DurabilityAnswer>>> = const { RefCell::new(None) };
+}
+
+/// The durability a piece of work still waits for: its events are queued for the disk, and
+/// nothing it produced may leave the gateway before [`DurabilityWait::wait`] returns `Ok`.
+#[must_use = "the work's result may not be answered before its audit events are durable"]
+pub struct DurabilityWait(Vec<DurabilityAnswer>);
+
+impl DurabilityWait {
+    /// Resolves once every event recorded by the work is durable; the first failure otherwise.
+    pub async fn wait(self) -> Result<(), AuditUnavailable> {
+        for answer in self.0 {
+            match answer.await {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => return Err(AuditUnavailable(message)),
+                Err(_) => return Err(AuditUnavailable("the audit writer has stopped".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `work`, letting the events it records be durable after it returns instead of blocking
+/// its thread until each is on disk; the caller awaits the returned wait before answering.
+/// Why: a blocked request thread costs a sleep and a wake-up per read, and the audit writer
+/// then wakes every such thread itself; an awaiting task is woken on its event loop, where one
+/// wake-up serves every request of that loop whose events shared a flush.
+pub fn deferring_durability<T>(work: impl FnOnce() -> T) -> (T, DurabilityWait) {
+    /// Ends the deferral even when `work` unwinds, so the thread's next work blocks as usual.
+    struct Scope;
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            DEFERRED.with(|deferred| deferred.borrow_mut().take());
+        }
+    }
+    DEFERRED.with(|deferred| *deferred.borrow_mut() = Some(Vec::new()));
+    let scope = Scope;
+    let result = work();
+    let owed = DEFERRED.with(|deferred| deferred.borrow_mut().take().unwrap_or_default());
+    drop(scope);
+    (result, DurabilityWait(owed))
 }
 
 /// Handle on the audit writer; cloning shares the same writer thread.
@@ -137,20 +206,33 @@ impl AuditLog {
     }
 
     /// Records several events (queued together, so they share commits) and returns once all
-    /// are durable.
+    /// are durable; inside [`deferring_durability`], once they are queued, the caller's
+    /// [`DurabilityWait`] then covering them.
     pub fn record_all(&self, events: Vec<NewAuditEvent>) -> Result<(), AuditUnavailable> {
         // Only in binaries built for the audit-on vs audit-off benchmark (issue 5); a normal
         // build cannot switch read auditing off.
         if cfg!(feature = "unaudited-reads-benchmark") {
             return Ok(());
         }
+        let deferring = DEFERRED.with(|deferred| deferred.borrow().is_some());
         let mut waits = Vec::with_capacity(events.len());
         for event in events {
-            let (done, wait) = mpsc::sync_channel(1);
+            let done = if deferring {
+                let (done, answer) = oneshot::channel();
+                DEFERRED.with(|deferred| {
+                    if let Some(owed) = deferred.borrow_mut().as_mut() {
+                        owed.push(answer);
+                    }
+                });
+                Done::Deferred(done)
+            } else {
+                let (done, wait) = mpsc::sync_channel(1);
+                waits.push(wait);
+                Done::Blocking(done)
+            };
             self.queue
                 .send(Pending { event, done })
                 .map_err(|_| AuditUnavailable("the audit writer has stopped".into()))?;
-            waits.push(wait);
         }
         for wait in waits {
             match wait.recv_timeout(Duration::from_secs(30)) {
@@ -227,7 +309,7 @@ fn next_batch(receiver: &Receiver<Pending>) -> Option<Vec<Pending>> {
 
 fn answer(batch: Vec<Pending>, outcome: &Result<(), String>) {
     for pending in batch {
-        let _ = pending.done.send(outcome.clone());
+        pending.done.send(outcome.clone());
     }
 }
 
@@ -503,4 +585,52 @@ impl TrailEvent {
 /// The outcome code of a status, for callers that only know the HTTP status.
 pub fn outcome_of(status: u16) -> AuditOutcome {
     AuditOutcome::from_status(status)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::audit_journal::tests::event;
+    use renkei_store::{DatabaseUrl, StoreOptions};
+
+    #[test]
+    fn deferred_events_are_durable_when_the_wait_resolves_and_the_thread_blocks_again_after() {
+        let dir = std::env::temp_dir().join(format!(
+            "renkei-audit-log-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7()
+        ));
+        let store = Store::open(
+            &DatabaseUrl::Sqlite(dir.join("test.db")),
+            &StoreOptions::default(),
+        )
+        .expect("open store");
+        let log = AuditLog::start(store.clone());
+        let (recorded, durable) = deferring_durability(|| log.record(event(1)));
+        assert!(recorded.is_ok());
+        assert_eq!(durable.0.len(), 1, "the deferred event is owed an answer");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        assert!(runtime.block_on(durable.wait()).is_ok());
+        // Outside the scope, recording blocks until durable and owes nothing afterwards.
+        assert!(DEFERRED.with(|deferred| deferred.borrow().is_none()));
+        assert!(log.record(event(2)).is_ok());
+        assert!(log.flush().is_ok());
+        let present = store
+            .read(|tx| tx.audit_events_present(&["event-1", "event-2"]))
+            .expect("query the trail");
+        assert!(present.contains("event-1") && present.contains("event-2"));
+        drop(log);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_deferral_ends_when_its_work_unwinds() {
+        let unwound =
+            std::panic::catch_unwind(|| deferring_durability(|| -> () { panic!("work failed") }));
+        assert!(unwound.is_err());
+        assert!(DEFERRED.with(|deferred| deferred.borrow().is_none()));
+    }
 }

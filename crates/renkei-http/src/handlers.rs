@@ -19,14 +19,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-/// Runs gate/repository work on the blocking pool (diesel is synchronous).
+/// How long a response waits for its audit events to reach the disk before it fails (503).
+const AUDIT_DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs gate/repository work on the blocking pool (diesel is synchronous), then waits, without
+/// holding a thread, until every AuditEvent the work recorded is durable: no audit, no data.
 pub(crate) async fn blocking<T, E, F>(work: F) -> Result<T>
 where
     F: FnOnce() -> std::result::Result<T, E> + Send + 'static,
     T: Send + 'static,
     E: Into<ApiError> + Send + 'static,
 {
-    web::block(work)
+    let (result, durable) = web::block(move || renkei_access::deferring_durability(work))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -34,8 +38,18 @@ where
                 "transient",
                 "the server is shutting down",
             )
-        })?
-        .map_err(Into::into)
+        })?;
+    let durable = match actix_web::rt::time::timeout(AUDIT_DURABILITY_TIMEOUT, durable.wait()).await
+    {
+        Ok(durable) => durable,
+        Err(_) => Err(renkei_access::AuditUnavailable(
+            "the audit writer did not answer".into(),
+        )),
+    };
+    if let Err(unavailable) = durable {
+        return Err(renkei_access::AccessError::AuditUnavailable(unavailable.0).into());
+    }
+    result.map_err(Into::into)
 }
 
 /// Turns a handler result into a response, rendering errors in the negotiated format. A
