@@ -245,8 +245,10 @@ impl AuditLog {
     }
 
     /// Returns once every event recorded so far is in the searchable trail (journal mode), so
-    /// a search of the trail sees every access answered before it.
+    /// a search of the trail sees every access answered before it, including those this
+    /// thread's deferred work recorded earlier (a read earlier in the same batch).
     pub fn flush(&self) -> Result<(), AuditUnavailable> {
+        settle_deferred(FLUSH_TIMEOUT)?;
         match &self.ingest {
             None => Ok(()),
             Some((progress, ingest)) => {
@@ -254,6 +256,34 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// Inside [`deferring_durability`]: waits until the events this thread's work recorded so
+/// far are durable (they are then journaled, so a flush that follows covers them). Polls: the
+/// answers are async channels, and this runs on a blocking thread, rarely.
+fn settle_deferred(timeout: Duration) -> Result<(), AuditUnavailable> {
+    let owed = DEFERRED
+        .with(|deferred| deferred.borrow_mut().as_mut().map(std::mem::take))
+        .unwrap_or_default();
+    let deadline = Instant::now() + timeout;
+    for mut answer in owed {
+        loop {
+            match answer.try_recv() {
+                Ok(Ok(())) => break,
+                Ok(Err(message)) => return Err(AuditUnavailable(message)),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(AuditUnavailable("the audit writer has stopped".into()))
+                }
+                Err(oneshot::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    return Err(AuditUnavailable("the audit writer did not answer".into()))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until every event journaled so far is in the trail, waking the ingester.
@@ -622,6 +652,16 @@ mod tests {
             .read(|tx| tx.audit_events_present(&["event-1", "event-2"]))
             .expect("query the trail");
         assert!(present.contains("event-1") && present.contains("event-2"));
+        // A search of the trail inside deferred work sees what that work recorded before it.
+        let (searched, durable) = deferring_durability(|| {
+            log.record(event(3))?;
+            log.flush()?;
+            store
+                .read(|tx| tx.audit_events_present(&["event-3"]))
+                .map_err(|e| AuditUnavailable(e.to_string()))
+        });
+        assert!(searched.expect("search").contains("event-3"));
+        assert!(durable.0.is_empty(), "settled by the flush");
         drop(log);
         let _ = std::fs::remove_dir_all(&dir);
     }
