@@ -62,31 +62,36 @@ thread_local! {
     static DEFERRED: RefCell<Option<Vec<DurabilityAnswer>>> = const { RefCell::new(None) };
 }
 
-/// The durability a piece of work still waits for: its events are queued for the disk, and
-/// nothing it produced may leave the gateway before [`DurabilityWait::wait`] returns `Ok`.
+/// A piece of work's result, held until the audit events it recorded are durable: the only
+/// way to the value is [`Deferred::durable`], so nothing it produced can leave the gateway
+/// before then.
 #[must_use = "the work's result may not be answered before its audit events are durable"]
-pub struct DurabilityWait(Vec<DurabilityAnswer>);
+pub struct Deferred<T> {
+    value: T,
+    owed: Vec<DurabilityAnswer>,
+}
 
-impl DurabilityWait {
-    /// Resolves once every event recorded by the work is durable; the first failure otherwise.
-    pub async fn wait(self) -> Result<(), AuditUnavailable> {
-        for answer in self.0 {
+impl<T> Deferred<T> {
+    /// The work's result once every event it recorded is durable; the first failure otherwise.
+    pub async fn durable(self) -> Result<T, AuditUnavailable> {
+        for answer in self.owed {
             match answer.await {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(AuditUnavailable(message)),
                 Err(_) => return Err(AuditUnavailable("the audit writer has stopped".into())),
             }
         }
-        Ok(())
+        Ok(self.value)
     }
 }
 
 /// Runs `work`, letting the events it records be durable after it returns instead of blocking
-/// its thread until each is on disk; the caller awaits the returned wait before answering.
+/// its thread until each is on disk; the caller awaits [`Deferred::durable`] before answering.
 /// Why: a blocked request thread costs a sleep and a wake-up per read, and the audit writer
 /// then wakes every such thread itself; an awaiting task is woken on its event loop, where one
-/// wake-up serves every request of that loop whose events shared a flush.
-pub fn deferring_durability<T>(work: impl FnOnce() -> T) -> (T, DurabilityWait) {
+/// wake-up serves every request of that loop whose events shared a flush. Work nested in
+/// deferred work stays in the outer deferral: the outer result then waits for its events too.
+pub fn deferring_durability<T>(work: impl FnOnce() -> T) -> Deferred<T> {
     /// Ends the deferral even when `work` unwinds, so the thread's next work blocks as usual.
     struct Scope;
     impl Drop for Scope {
@@ -94,12 +99,18 @@ pub fn deferring_durability<T>(work: impl FnOnce() -> T) -> (T, DurabilityWait) 
             DEFERRED.with(|deferred| deferred.borrow_mut().take());
         }
     }
+    if DEFERRED.with(|deferred| deferred.borrow().is_some()) {
+        return Deferred {
+            value: work(),
+            owed: Vec::new(),
+        };
+    }
     DEFERRED.with(|deferred| *deferred.borrow_mut() = Some(Vec::new()));
     let scope = Scope;
-    let result = work();
+    let value = work();
     let owed = DEFERRED.with(|deferred| deferred.borrow_mut().take().unwrap_or_default());
     drop(scope);
-    (result, DurabilityWait(owed))
+    Deferred { value, owed }
 }
 
 /// Handle on the audit writer; cloning shares the same writer thread.
@@ -206,29 +217,30 @@ impl AuditLog {
     }
 
     /// Records several events (queued together, so they share commits) and returns once all
-    /// are durable; inside [`deferring_durability`], once they are queued, the caller's
-    /// [`DurabilityWait`] then covering them.
+    /// are durable; inside [`deferring_durability`], once they are queued, the work's
+    /// [`Deferred`] result then waiting for them.
     pub fn record_all(&self, events: Vec<NewAuditEvent>) -> Result<(), AuditUnavailable> {
         // Only in binaries built for the audit-on vs audit-off benchmark (issue 5); a normal
         // build cannot switch read auditing off.
         if cfg!(feature = "unaudited-reads-benchmark") {
             return Ok(());
         }
-        let deferring = DEFERRED.with(|deferred| deferred.borrow().is_some());
         let mut waits = Vec::with_capacity(events.len());
         for event in events {
-            let done = if deferring {
-                let (done, answer) = oneshot::channel();
-                DEFERRED.with(|deferred| {
-                    if let Some(owed) = deferred.borrow_mut().as_mut() {
-                        owed.push(answer);
-                    }
-                });
-                Done::Deferred(done)
-            } else {
-                let (done, wait) = mpsc::sync_channel(1);
-                waits.push(wait);
-                Done::Blocking(done)
+            let deferred = DEFERRED.with(|deferred| {
+                deferred.borrow_mut().as_mut().map(|owed| {
+                    let (done, answer) = oneshot::channel();
+                    owed.push(answer);
+                    done
+                })
+            });
+            let done = match deferred {
+                Some(done) => Done::Deferred(done),
+                None => {
+                    let (done, wait) = mpsc::sync_channel(1);
+                    waits.push(wait);
+                    Done::Blocking(done)
+                }
             };
             self.queue
                 .send(Pending { event, done })
@@ -262,28 +274,39 @@ impl AuditLog {
 /// far are durable (they are then journaled, so a flush that follows covers them). Polls: the
 /// answers are async channels, and this runs on a blocking thread, rarely.
 fn settle_deferred(timeout: Duration) -> Result<(), AuditUnavailable> {
-    let owed = DEFERRED
+    let mut owed: std::collections::VecDeque<DurabilityAnswer> = DEFERRED
         .with(|deferred| deferred.borrow_mut().as_mut().map(std::mem::take))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into();
     let deadline = Instant::now() + timeout;
-    for mut answer in owed {
-        loop {
-            match answer.try_recv() {
-                Ok(Ok(())) => break,
-                Ok(Err(message)) => return Err(AuditUnavailable(message)),
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(AuditUnavailable("the audit writer has stopped".into()))
-                }
-                Err(oneshot::error::TryRecvError::Empty) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    return Err(AuditUnavailable("the audit writer did not answer".into()))
-                }
+    let mut failure = None;
+    while let Some(mut answer) = owed.pop_front() {
+        match answer.try_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => failure = Some(AuditUnavailable(message)),
+            Err(oneshot::error::TryRecvError::Closed) => {
+                failure = Some(AuditUnavailable("the audit writer has stopped".into()));
+            }
+            Err(oneshot::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                owed.push_front(answer);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(oneshot::error::TryRecvError::Empty) => {
+                owed.push_front(answer);
+                failure = Some(AuditUnavailable("the audit writer did not answer".into()));
             }
         }
+        if failure.is_some() {
+            break;
+        }
     }
-    Ok(())
+    // Whatever was not confirmed stays owed: the work's result still waits for it.
+    DEFERRED.with(|deferred| {
+        if let Some(still_owed) = deferred.borrow_mut().as_mut() {
+            still_owed.extend(owed);
+        }
+    });
+    failure.map_or(Ok(()), Err)
 }
 
 /// Waits until every event journaled so far is in the trail, waking the ingester.
@@ -637,13 +660,16 @@ mod tests {
         )
         .expect("open store");
         let log = AuditLog::start(store.clone());
-        let (recorded, durable) = deferring_durability(|| log.record(event(1)));
-        assert!(recorded.is_ok());
-        assert_eq!(durable.0.len(), 1, "the deferred event is owed an answer");
+        let deferred = deferring_durability(|| log.record(event(1)));
+        assert_eq!(
+            deferred.owed.len(),
+            1,
+            "the deferred event is owed an answer"
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        assert!(runtime.block_on(durable.wait()).is_ok());
+        assert!(matches!(runtime.block_on(deferred.durable()), Ok(Ok(()))));
         // Outside the scope, recording blocks until durable and owes nothing afterwards.
         assert!(DEFERRED.with(|deferred| deferred.borrow().is_none()));
         assert!(log.record(event(2)).is_ok());
@@ -653,15 +679,24 @@ mod tests {
             .expect("query the trail");
         assert!(present.contains("event-1") && present.contains("event-2"));
         // A search of the trail inside deferred work sees what that work recorded before it.
-        let (searched, durable) = deferring_durability(|| {
+        let searched = deferring_durability(|| {
             log.record(event(3))?;
             log.flush()?;
             store
                 .read(|tx| tx.audit_events_present(&["event-3"]))
                 .map_err(|e| AuditUnavailable(e.to_string()))
         });
+        assert!(searched.owed.is_empty(), "settled by the flush");
+        // Nested deferred work leaves its events to the outer result.
+        let outer = deferring_durability(|| {
+            let inner = deferring_durability(|| log.record(event(4)));
+            assert!(inner.owed.is_empty());
+            inner.value
+        });
+        assert_eq!(outer.owed.len(), 1);
+        assert!(matches!(runtime.block_on(outer.durable()), Ok(Ok(()))));
+        let searched = runtime.block_on(searched.durable()).expect("durable");
         assert!(searched.expect("search").contains("event-3"));
-        assert!(durable.0.is_empty(), "settled by the flush");
         drop(log);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -7,7 +7,7 @@ pub mod audit_log;
 mod gate;
 mod requester;
 
-pub use audit_log::{deferring_durability, AuditLog, AuditUnavailable, DurabilityWait, TrailEvent};
+pub use audit_log::{deferring_durability, AuditLog, AuditUnavailable, Deferred, TrailEvent};
 pub use gate::Gate;
 pub use requester::{Requester, StatedPurpose};
 

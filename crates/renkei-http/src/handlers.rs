@@ -30,7 +30,7 @@ where
     T: Send + 'static,
     E: Into<ApiError> + Send + 'static,
 {
-    let (result, durable) = web::block(move || renkei_access::deferring_durability(work))
+    let deferred = web::block(move || renkei_access::deferring_durability(work))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -39,17 +39,13 @@ where
                 "the server is shutting down",
             )
         })?;
-    let durable = match actix_web::rt::time::timeout(AUDIT_DURABILITY_TIMEOUT, durable.wait()).await
-    {
-        Ok(durable) => durable,
-        Err(_) => Err(renkei_access::AuditUnavailable(
-            "the audit writer did not answer".into(),
-        )),
-    };
-    if let Err(unavailable) = durable {
-        return Err(renkei_access::AccessError::AuditUnavailable(unavailable.0).into());
-    }
-    result.map_err(Into::into)
+    let unavailable =
+        match actix_web::rt::time::timeout(AUDIT_DURABILITY_TIMEOUT, deferred.durable()).await {
+            Ok(Ok(result)) => return result.map_err(Into::into),
+            Ok(Err(unavailable)) => unavailable.0,
+            Err(_) => "the audit writer did not answer".to_string(),
+        };
+    Err(renkei_access::AccessError::AuditUnavailable(unavailable).into())
 }
 
 /// Turns a handler result into a response, rendering errors in the negotiated format. A

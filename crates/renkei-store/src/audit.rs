@@ -110,9 +110,10 @@ pub type RecordHash<'a> = &'a dyn Fn(i64, i64, &str, &str) -> String;
 /// Most events per multi-row INSERT: 40 rows × 15 binds stays under every bind limit.
 const EVENTS_PER_INSERT: usize = 40;
 
-/// The statements that append `events` after `head` (advanced to their last record): per chunk
-/// one multi-row INSERT of the events and one of their references. With a `guard` (the name
-/// of a `WITH` query), each inserts only if that query returned a row.
+/// The statements that append `events` after `head` (advanced to their last record): a
+/// multi-row INSERT per [`EVENTS_PER_INSERT`] events, then their references in key order, up
+/// to 1,000 rows per INSERT. With a `guard` (the name of a `WITH` query), each inserts only if
+/// that query returned a row.
 fn chained_inserts(
     head: &mut AuditHead,
     events: &[NewAuditEvent],
@@ -157,14 +158,16 @@ fn chained_inserts(
                     Bind::Text(record_hash.clone()),
                 ],
             );
-            // One row per (kind, ref) of an event: the key of the reference table.
-            let first = ref_rows.len();
-            for (kind, reference) in &event.refs {
-                let row = (seq, kind.as_str(), reference.as_str());
-                if !ref_rows[first..].contains(&row) {
-                    ref_rows.push(row);
-                }
-            }
+            // One row per (kind, ref) of an event: the key of the reference table. A search
+            // event may name a thousand patients, so duplicates go by sorting, not scanning.
+            let mut own: Vec<(i64, &str, &str)> = event
+                .refs
+                .iter()
+                .map(|(kind, reference)| (seq, kind.as_str(), reference.as_str()))
+                .collect();
+            own.sort_unstable();
+            own.dedup();
+            ref_rows.extend(own);
             *head = AuditHead {
                 seq,
                 hash: record_hash,
