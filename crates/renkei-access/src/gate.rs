@@ -36,6 +36,14 @@ fn patient_of(resource: &StoredResource) -> Option<String> {
     patient_entity(resource.patient_id.as_deref())
 }
 
+/// The values in order, each once.
+fn distinct(values: impl Iterator<Item = String>) -> Vec<String> {
+    let mut values: Vec<String> = values.collect();
+    values.sort();
+    values.dedup();
+    values
+}
+
 /// `Patient/<id>` for a stored patient id; none for a patient named only by identifier or
 /// display (stored as a value that is not an id).
 fn patient_entity(patient_id: Option<&str>) -> Option<String> {
@@ -945,25 +953,11 @@ impl Gate {
             |page, builder| {
                 // Every patient whose data the page shows (not only Patient rows), so the
                 // patient's "who viewed my record" includes searches over their data.
-                let mut patients: Vec<String> = page
-                    .matches
-                    .iter()
-                    .chain(&page.included)
-                    .filter_map(|row| patient_entity(row.patient_id.as_deref()))
-                    .collect();
-                patients.sort();
-                patients.dedup();
-                builder.patients = patients;
+                let rows = || page.matches.iter().chain(&page.included);
+                builder.patients =
+                    distinct(rows().filter_map(|row| patient_entity(row.patient_id.as_deref())));
                 // The facilities whose data the page shows see the search in their audit view.
-                let mut custodians: Vec<String> = page
-                    .matches
-                    .iter()
-                    .chain(&page.included)
-                    .filter_map(|row| row.custodian.clone())
-                    .collect();
-                custodians.sort();
-                custodians.dedup();
-                custodians
+                distinct(rows().filter_map(|row| row.custodian.clone()))
             },
             decisions,
         )
@@ -1408,8 +1402,6 @@ impl Gate {
     }
 }
 
-/// Whether `reference` (`Type/id`, optionally `/_history/n`) names a resource the requester
-/// may see now. Unknown resources are not visible.
 /// The interaction an HTTP method on a target (`Type/id`, `Type?criteria`) stands for, as the
 /// audit names it.
 fn interaction_of(method: &str, target: &str) -> Interaction {
@@ -1423,6 +1415,8 @@ fn interaction_of(method: &str, target: &str) -> Interaction {
     }
 }
 
+/// Whether `reference` (`Type/id`, optionally `/_history/n`) names a resource the requester
+/// may see now. Unknown resources are not visible.
 fn visible_to(
     tx: &mut Tx<'_>,
     reference: &str,

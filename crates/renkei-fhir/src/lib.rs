@@ -6,6 +6,7 @@
 //! by [`prepass`] checks and wrapped in `catch_unwind`. Everything above this crate works on
 //! `serde_json::Value` and bytes.
 
+mod base64_binary;
 mod narrative;
 mod prepass;
 mod xml_check;
@@ -15,6 +16,7 @@ use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+pub use base64_binary::decode_base64;
 pub use renkei_fhir_schema::{
     is_repeating, is_resource_type, resource_types, select_elements, summarize, Issue, IssueCode,
     Severity, SummaryMode,

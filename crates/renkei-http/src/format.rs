@@ -90,7 +90,7 @@ pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Form
 }
 
 /// The media type of a header value without its parameters, lowercased.
-fn essence(text: &str) -> String {
+pub(crate) fn essence(text: &str) -> String {
     text.split(';')
         .next()
         .unwrap_or("")

@@ -99,43 +99,32 @@ fn http_date(ms: i64) -> String {
 
 /// A Binary's content as itself, in its own content type.
 fn raw_binary(resource: &StoredResource) -> Result<HttpResponse> {
-    use base64::Engine as _;
     let binary = resource.value().map_err(ApiError::Repo)?;
     let content_type = binary
         .get("contentType")
         .and_then(Value::as_str)
         .unwrap_or("application/octet-stream");
-    // As validation accepts it: line breaks and spaces between the characters, padding or
-    // not, and any trailing bits.
-    let lenient = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_allow_trailing_bits(true)
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
     let data = match binary.get("data").and_then(Value::as_str) {
-        Some(text) => {
-            let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            lenient.decode(compact).map_err(|e| {
-                // Validated when stored: a stored body that does not decode is a server fault.
-                tracing::error!(binary = %resource.id, error = %e, "stored Binary data is not base64");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "exception",
-                    format!("the stored content of Binary/{} cannot be decoded", resource.id),
-                )
-            })?
-        }
+        Some(text) => renkei_fhir::decode_base64(text).ok_or_else(|| {
+            // Validated when stored: a stored body that does not decode is a server fault.
+            tracing::error!(binary = %resource.id, "stored Binary data is not base64");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                format!(
+                    "the stored content of Binary/{} cannot be decoded",
+                    resource.id
+                ),
+            )
+        })?,
         None => Vec::new(),
     };
     // Only a well-formed media type goes into the header; the content is never interpreted
     // by the browser as anything else, nor run as a page of this origin.
     let well_formed = content_type.is_ascii()
         && !content_type.chars().any(|c| c.is_ascii_control())
-        && content_type
-            .split(';')
-            .next()
-            .and_then(|essence| essence.trim().split_once('/'))
+        && crate::format::essence(content_type)
+            .split_once('/')
             .is_some_and(|(kind, sub)| {
                 !kind.is_empty() && !sub.is_empty() && !kind.contains(' ') && !sub.contains(' ')
             });

@@ -712,7 +712,7 @@ fn run_entry(
                         .get("data")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    let decoded = decode_base64(data).ok_or_else(|| {
+                    let decoded = renkei_fhir::decode_base64(data).ok_or_else(|| {
                         RepoError::BadRequest("the Binary patch is not valid base64".into())
                     })?;
                     PatchBody::JsonPatch(serde_json::from_slice(&decoded).map_err(|e| {
@@ -968,33 +968,6 @@ fn render_failure(error: &RepoError) -> Value {
     })
 }
 
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' | b'-' => Some(62),
-            b'/' | b'_' => Some(63),
-            _ => None,
-        }
-    }
-    let clean: Vec<u8> = text
-        .bytes()
-        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
-        .collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len().max(1)]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1065,13 +1038,6 @@ mod tests {
         let batch = Prepared::speculate(&entries, BundleKind::Batch);
         assert!(batch.body(1).is_none());
         assert!(batch.body(0).is_some());
-    }
-
-    #[test]
-    fn decodes_base64() {
-        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(decode_base64("aGk=").unwrap(), b"hi");
-        assert!(decode_base64("a*b").is_none());
     }
 
     #[test]

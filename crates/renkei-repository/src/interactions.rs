@@ -710,12 +710,6 @@ fn classify_record(
         // From the target's index rows: its own labels and those it took on in turn (a
         // Provenance of a Binary of a withheld result), without reading its body.
         for label in tx.privacy_labels(row.rid)? {
-            let label = renkei_search::extract::TokenIndex {
-                param: label.param,
-                system: label.system,
-                code: label.code,
-                text: None,
-            };
             if !classification.inherited_labels.contains(&label) {
                 classification.inherited_labels.push(label);
             }

@@ -254,7 +254,7 @@ fn float_json(v: f64) -> Value {
 
 /// A token index row that consent reads: a `_security` label or a national privacy `_tag`.
 #[derive(Debug, Clone, diesel::QueryableByName)]
-pub struct PrivacyLabel {
+struct PrivacyLabel {
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub param: String,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
@@ -266,13 +266,26 @@ pub struct PrivacyLabel {
 impl Tx<'_> {
     /// The `_security` labels and national privacy `_tag`s of `rid` as consent sees them:
     /// its own and those it took on from the records it refers to.
-    pub fn privacy_labels(&mut self, rid: i64) -> Result<Vec<PrivacyLabel>, StoreError> {
+    /// As token rows, ready to be stored under a record that takes them on.
+    pub fn privacy_labels(
+        &mut self,
+        rid: i64,
+    ) -> Result<Vec<renkei_search::extract::TokenIndex>, StoreError> {
         let mut sql = Sql::new("SELECT param, system, code FROM idx_token WHERE rid = ");
         sql.bind(Bind::Int(rid))
             .push(" AND (param = '_security' OR (param = '_tag' AND system = ")
             .bind(Bind::Text(crate::PRIVACY_TAG_SYSTEM.into()))
             .push("))");
-        self.load::<PrivacyLabel>(&sql)
+        Ok(self
+            .load::<PrivacyLabel>(&sql)?
+            .into_iter()
+            .map(|label| renkei_search::extract::TokenIndex {
+                param: label.param,
+                system: label.system,
+                code: label.code,
+                text: None,
+            })
+            .collect())
     }
 
     /// Replaces every index row of `rid` (pass empty rows for a deleted resource).

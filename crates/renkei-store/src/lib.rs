@@ -25,7 +25,6 @@ pub use consent::ConsentRuleRow;
 pub use error::StoreError;
 pub use explain::SearchExplanation;
 pub use identity::LinkOverride;
-pub use index::PrivacyLabel;
 pub use resources::{
     HistoryPage, HistoryQuery, HistoryRow, HistoryScope, NewVersion, ResourceRow, TokenRow,
 };
