@@ -145,3 +145,47 @@ fn cli_rejects_unknown_database_scheme() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("renkei "));
 }
+
+/// A restart of PostgreSQL leaves every pooled connection dead (here: the database ends all
+/// of the gateway's sessions). The pool does not test connections when it hands them out, so
+/// the gateway must find a dead one itself and take another: requests right after it still
+/// succeed, reads with their durable AuditEvent, writes committed.
+#[test]
+fn requests_survive_the_database_ending_its_sessions() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let server = Server::start(Backend::Postgres);
+    let patient =
+        server.create(&json!({"resourceType": "Patient", "name": [{"family": "Sessions"}]}));
+    let read = format!("Patient/{}", patient["id"].as_str().expect("id"));
+    // Concurrent requests leave several connections in the pool.
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| {
+                for _ in 0..5 {
+                    server.get(&read).expect(200);
+                }
+            });
+        }
+    });
+    for round in 0..2 {
+        let name = server.pg_database_name().expect("a PostgreSQL database");
+        renkei_store::admin::end_postgres_sessions(&pg_admin_url(), name)
+            .expect("end the gateway's sessions");
+        for _ in 0..3 {
+            server.get(&read).expect(200);
+            let found = server.get("Patient?family=Sessions").expect(200).json();
+            assert_eq!(found["total"], 1, "round {round}: {found}");
+            server
+                .post("Observation", &json!({"resourceType": "Observation", "status": "final",
+                    "code": {"coding": [{"system": "http://example.org/test", "code": "after-sessions"}]}}))
+                .expect(201);
+        }
+    }
+    let written = server
+        .get("Observation?code=http://example.org/test|after-sessions")
+        .expect(200)
+        .json();
+    assert_eq!(written["total"], 6, "{written}");
+}

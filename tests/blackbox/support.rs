@@ -450,6 +450,11 @@ impl Server {
         &self.db.as_ref().expect("database").url
     }
 
+    /// The name of this server's PostgreSQL database (None on SQLite).
+    pub fn pg_database_name(&self) -> Option<&str> {
+        self.db.as_ref().and_then(|db| db.pg_name.as_deref())
+    }
+
     /// Runs `renkei ARGS --database <this server's database>`, asserting success; returns
     /// stdout.
     #[track_caller]

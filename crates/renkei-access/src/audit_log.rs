@@ -394,16 +394,30 @@ fn append_after_known_head(
     events: &[NewAuditEvent],
 ) -> Result<(), StoreError> {
     const ATTEMPTS: usize = 3;
+    // The session keeps its connection between groups; when the database ended it (a restart),
+    // the group is tried once more on a connection that works. Should the lost statement have
+    // committed after all, the retry cannot append the events twice: the head moved, and
+    // event ids are unique.
+    let mut reconnected = false;
     for _ in 0..ATTEMPTS {
-        let known = match head.take() {
-            Some(known) => known,
-            None => session.autocommit(|tx| tx.audit_head())?,
-        };
-        if let Some(next) =
-            session.autocommit(|tx| tx.append_audit_after(&known, events, &record_hash))?
-        {
-            *head = Some(next);
-            return Ok(());
+        let appended = match head.take() {
+            Some(known) => Ok(known),
+            None => session.autocommit(|tx| tx.audit_head()),
+        }
+        .and_then(|known| {
+            session.autocommit(|tx| tx.append_audit_after(&known, events, &record_hash))
+        });
+        match appended {
+            Ok(Some(next)) => {
+                *head = Some(next);
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) if !reconnected => {
+                tracing::warn!(error = %e, "audit append failed; trying again on another connection");
+                reconnected = true;
+            }
+            Err(e) => return Err(e),
         }
     }
     session.write(|tx| append(tx, events))

@@ -69,7 +69,7 @@ impl Default for StoreOptions {
 #[derive(Clone)]
 enum Pools {
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),
-    Postgres(Pool<ConnectionManager<PgConnection>>),
+    Postgres(Pool<PgManager>),
 }
 
 /// A handle on the database: a connection pool plus, for SQLite, the in-process writer lock.
@@ -311,7 +311,7 @@ where
     E: From<StoreError>,
 {
     let bracket = Bracket {
-        open: "SAVEPOINT group_member",
+        open: Some("SAVEPOINT group_member"),
         close: "RELEASE group_member",
         undo: "ROLLBACK TO group_member; RELEASE group_member",
     };
@@ -386,7 +386,54 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PostgresSession 
 
 pub(crate) enum AnyConn {
     Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
-    Postgres(PooledConnection<ConnectionManager<PgConnection>>),
+    Postgres(PooledConnection<PgManager>),
+}
+
+/// diesel's PostgreSQL connection manager, plus a way to drop a connection from the pool.
+///
+/// The pool does not test PostgreSQL connections when it hands them out: that test, a
+/// `SELECT 1`, was a round trip of every request (10–17 % of the reads by id,
+/// docs/BENCHMARKS.md). Every unit of work starts with a statement of its own instead
+/// (`BEGIN`, or a test where none is at hand, see [`Store::begun`]). A connection found dead
+/// there, or left in an unknown state, goes through [`discard`]: diesel judges a connection
+/// broken only by its transaction state, so without this it would return to the pool.
+#[derive(Debug)]
+pub(crate) struct PgManager(ConnectionManager<PgConnection>);
+
+thread_local! {
+    /// Set only while [`discard`] drops a connection: the pool asks `has_broken` on this
+    /// thread during that drop.
+    static DISCARDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl diesel::r2d2::ManageConnection for PgManager {
+    type Connection = PgConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<PgConnection, Self::Error> {
+        self.0.connect()
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), Self::Error> {
+        self.0.is_valid(conn)
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        DISCARDING.with(std::cell::Cell::get) || self.0.has_broken(conn)
+    }
+}
+
+/// Drops `conn` so that the pool closes it instead of handing it out again (PostgreSQL; a
+/// SQLite connection is a file handle the pool tests on checkout, and is simply returned).
+fn discard(conn: AnyConn) {
+    match conn {
+        AnyConn::Postgres(conn) => {
+            DISCARDING.with(|flag| flag.set(true));
+            drop(conn);
+            DISCARDING.with(|flag| flag.set(false));
+        }
+        AnyConn::Sqlite(conn) => drop(conn),
+    }
 }
 
 /// A unit of work on one connection. Obtained only through [`Store::read`] or
@@ -419,7 +466,7 @@ impl Store {
                 Pools::Sqlite(pool)
             }
             DatabaseUrl::Postgres(url) => {
-                let manager = ConnectionManager::<PgConnection>::new(url.clone());
+                let manager = PgManager(ConnectionManager::<PgConnection>::new(url.clone()));
                 // No background replenishment (min_idle 0): with min_idle 1, checking out the
                 // idle connection made r2d2 open another one on its worker thread, and a
                 // short-lived process (`renkei client add`, `renkei token`) exiting meanwhile
@@ -429,6 +476,7 @@ impl Store {
                     .min_idle(Some(0))
                     .max_lifetime(Some(CONNECTION_LIFETIME))
                     .connection_timeout(options.connect_timeout)
+                    .test_on_check_out(false)
                     .connection_customizer(Box::new(PostgresSession))
                     .build(manager)
                     .map_err(|e| StoreError::Connect(e.to_string()))?;
@@ -490,8 +538,60 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let mut conn = self.connection()?;
-        in_transaction(&mut conn, false, work)
+        self.in_transaction(None, false, work).0
+    }
+
+    /// Runs `work` in a transaction on `held` (when it is still alive) or a pooled
+    /// connection; the connection comes back when it can serve another transaction.
+    fn in_transaction<T, E>(
+        &self,
+        held: Option<AnyConn>,
+        immediate: bool,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> (Result<T, E>, Option<AnyConn>)
+    where
+        E: From<StoreError>,
+    {
+        let mut conn = match self.begun(held, begin_statement(self.backend(), immediate)) {
+            Ok(conn) => conn,
+            Err(e) => return (Err(E::from(e)), None),
+        };
+        let (result, reusable) = TRANSACTION.run(&mut conn, work);
+        if reusable {
+            (result, Some(conn))
+        } else {
+            discard(conn);
+            (result, None)
+        }
+    }
+
+    /// A connection on which `first` (`BEGIN …`, or a test) succeeded: `held` if it still
+    /// works, else a pooled one. A PostgreSQL connection whose first statement fails (the
+    /// server restarted or ended the session) is discarded and the next one tried; once the
+    /// pool's connections are used up it opens new ones, so a database restart costs no
+    /// request. SQLite's pool tests its connections itself: one attempt.
+    fn begun(&self, held: Option<AnyConn>, first: &str) -> Result<AnyConn, StoreError> {
+        let attempts = match &self.pools {
+            Pools::Postgres(pool) => pool.max_size() + 1,
+            Pools::Sqlite(_) => 1,
+        };
+        let mut held = held;
+        let mut failure = None;
+        for _ in 0..attempts {
+            let mut conn = match held.take() {
+                Some(conn) => conn,
+                None => self.connection()?,
+            };
+            match execute_raw(&mut conn, first) {
+                Ok(()) => return Ok(conn),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a database connection failed its first statement; trying another");
+                    discard(conn);
+                    failure = Some(e);
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| StoreError::Unavailable("no database connection".into())))
     }
 
     /// A writer that keeps one connection across its transactions (see [`WriterSession`]).
@@ -531,7 +631,7 @@ impl Store {
         E: From<StoreError>,
     {
         match self.pools {
-            Pools::Postgres(_) => in_transaction(&mut self.connection()?, true, work),
+            Pools::Postgres(_) => self.in_transaction(None, true, work).0,
             Pools::Sqlite(_) => self.sqlite_writer.write(self, alone, work),
         }
     }
@@ -565,14 +665,8 @@ impl WriterSession {
         if let Pools::Sqlite(_) = self.store.pools {
             return self.store.write_alone(work);
         }
-        let mut conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => self.store.connection()?,
-        };
-        let (result, reusable) = run_transaction(&mut conn, true, work);
-        if reusable {
-            self.conn = Some(conn);
-        }
+        let (result, kept) = self.store.in_transaction(self.conn.take(), true, work);
+        self.conn = kept;
         result
     }
 
@@ -586,14 +680,18 @@ impl WriterSession {
     where
         E: From<StoreError>,
     {
+        // A pooled connection is tested first: this work's own statement could not be retried
+        // safely on another connection if it failed.
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
-            None => self.store.connection()?,
+            None => self.store.begun(None, "SELECT 1")?,
         };
         let result = work(&mut Tx { conn: &mut conn });
         // A failed statement may have lost the connection; the next call opens another.
         if result.is_ok() {
             self.conn = Some(conn);
+        } else {
+            discard(conn);
         }
         result
     }
@@ -620,47 +718,29 @@ where
     Ok(())
 }
 
-fn in_transaction<T, E>(
-    conn: &mut AnyConn,
-    immediate: bool,
-    work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
-) -> Result<T, E>
-where
-    E: From<StoreError>,
-{
-    run_transaction(conn, immediate, work).0
+/// The statement that opens a transaction. diesel only issues BEGIN/COMMIT/ROLLBACK here
+/// (the work needs the AnyConn while diesel would hold the concrete connection); the work
+/// runs on the same physical connection.
+fn begin_statement(backend: Backend, immediate: bool) -> &'static str {
+    match (backend, immediate) {
+        (Backend::Sqlite, true) => "BEGIN IMMEDIATE",
+        (Backend::Sqlite, false) => "BEGIN DEFERRED",
+        (Backend::Postgres, true) => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        (Backend::Postgres, false) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    }
 }
 
-/// [`in_transaction`], also telling whether the connection ended outside any transaction
-/// (committed or cleanly rolled back), so that a kept connection can be used again.
-fn run_transaction<T, E>(
-    conn: &mut AnyConn,
-    immediate: bool,
-    work: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
-) -> (Result<T, E>, bool)
-where
-    E: From<StoreError>,
-{
-    // The closure needs the AnyConn while diesel holds the concrete connection, so diesel
-    // only issues BEGIN/COMMIT/ROLLBACK here and the work runs on the same physical connection.
-    let begin = match (&conn, immediate) {
-        (AnyConn::Sqlite(_), true) => "BEGIN IMMEDIATE",
-        (AnyConn::Sqlite(_), false) => "BEGIN DEFERRED",
-        (AnyConn::Postgres(_), true) => "BEGIN ISOLATION LEVEL READ COMMITTED",
-        (AnyConn::Postgres(_), false) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-    };
-    let bracket = Bracket {
-        open: begin,
-        close: "COMMIT",
-        undo: "ROLLBACK",
-    };
-    bracket.run(conn, work)
-}
+/// The end of a transaction whose `BEGIN` [`Store::begun`] ran.
+const TRANSACTION: Bracket = Bracket {
+    open: None,
+    close: "COMMIT",
+    undo: "ROLLBACK",
+};
 
-/// Statements around a unit of work: `open` before it, `close` after it succeeded, `undo`
+/// Statements around a unit of work: `open` (if any) before it, `close` after it succeeded, `undo`
 /// after it (or `close`) failed.
 struct Bracket {
-    open: &'static str,
+    open: Option<&'static str>,
     close: &'static str,
     undo: &'static str,
 }
@@ -676,7 +756,7 @@ impl Bracket {
     where
         E: From<StoreError>,
     {
-        if let Err(e) = execute_raw(conn, self.open) {
+        if let Some(Err(e)) = self.open.map(|open| execute_raw(conn, open)) {
             return (Err(E::from(e)), false);
         }
         let result = {
@@ -871,6 +951,19 @@ pub fn drop_postgres_database(admin_url: &str, name: &str) -> Result<(), StoreEr
         admin_url,
         &format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            checked_name(name)?
+        ),
+    )
+}
+
+/// Ends every other session connected to database `name`, as a restart of the server would
+/// (what the gateway must survive without failing requests; used by its tests).
+pub fn end_postgres_sessions(admin_url: &str, name: &str) -> Result<(), StoreError> {
+    admin_statement(
+        admin_url,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
             checked_name(name)?
         ),
     )

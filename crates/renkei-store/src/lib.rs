@@ -35,5 +35,7 @@ pub use visibility::{DecidedRow, Decision, Visibility, PRIVACY_TAG_SYSTEM};
 
 /// Administrative helpers for PostgreSQL databases (used by tests and operators).
 pub mod admin {
-    pub use crate::conn::{create_postgres_database, drop_postgres_database};
+    pub use crate::conn::{
+        create_postgres_database, drop_postgres_database, end_postgres_sessions,
+    };
 }
