@@ -253,16 +253,23 @@ fn push_implicit(sql: &mut Sql, implicit_permit: bool) {
     sql.push(" ELSE 0 END FROM ");
 }
 
-/// `(SELECT <1 or 0> FROM <r's person's rules>)`: the decision for row `r` alone.
+/// `(SELECT <1 or 0> FROM <r's person's rules>)`: the decision for row `r` alone. Each rule's
+/// match is written once and scores 2 (an effective deny), 1 (a permit) or 0; the highest score
+/// decides, and a person without any rule (no score at all, -1) takes the implicit policy. With
+/// the match written twice, once for denies and once for permits, PostgreSQL built the
+/// executor state of its subplans twice on every facility search, whether or not a row needed
+/// them, and a foreign row was matched against each rule twice.
 fn push_row_decision(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>, implicit_permit: bool) {
-    sql.push("(SELECT CASE WHEN MAX(CASE WHEN ");
-    push_effective_deny(sql, "c", r, v);
-    sql.push(" THEN 1 ELSE 0 END) = 1 THEN 0 WHEN MAX(CASE WHEN c.permit = ")
-        .bind(Bind::Bool(true))
-        .push(" AND ");
+    sql.push("(SELECT CASE COALESCE(MAX(CASE WHEN ");
     push_match(sql, "c", r, v);
-    sql.push(" THEN 1 ELSE 0 END) = 1 THEN 1");
-    push_implicit(sql, implicit_permit);
+    sql.push(" THEN CASE WHEN c.permit = ")
+        .bind(Bind::Bool(true))
+        .push(" THEN 1 WHEN ");
+    push_not_cancelled(sql, "c", r, v);
+    sql.push(&format!(
+        " THEN 2 ELSE 0 END ELSE 0 END), -1) WHEN 2 THEN 0 WHEN 1 THEN 1 WHEN -1 THEN {} ELSE 0 END FROM ",
+        i32::from(implicit_permit)
+    ));
     push_person_rules(sql, "c", PersonOf::Row(r));
     sql.push(")");
 }
