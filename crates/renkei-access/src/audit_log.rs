@@ -395,9 +395,12 @@ fn append_after_known_head(
 ) -> Result<(), StoreError> {
     const ATTEMPTS: usize = 3;
     // The session keeps its connection between groups; when the database ended it (a restart),
-    // the group is tried once more on a connection that works. Should the lost statement have
-    // committed after all, the retry cannot append the events twice: the head moved, and
-    // event ids are unique.
+    // the group is tried once more on a connection that works. Only failures of the statement
+    // itself are retried (not a duplicate or a refused statement, which would fail again).
+    // Should the lost statement have committed after all, the retry cannot append the events
+    // twice (the head moved, and event ids are unique); the group is then reported failed
+    // although its events are in the trail: a refused request with an AuditEvent, never
+    // data without one.
     let mut reconnected = false;
     for _ in 0..ATTEMPTS {
         let appended = match head.take() {
@@ -413,7 +416,7 @@ fn append_after_known_head(
                 return Ok(());
             }
             Ok(None) => {}
-            Err(e) if !reconnected => {
+            Err(e @ (StoreError::Query(_) | StoreError::Unavailable(_))) if !reconnected => {
                 tracing::warn!(error = %e, "audit append failed; trying again on another connection");
                 reconnected = true;
             }

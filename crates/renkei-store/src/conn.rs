@@ -392,11 +392,14 @@ pub(crate) enum AnyConn {
 /// diesel's PostgreSQL connection manager, plus a way to drop a connection from the pool.
 ///
 /// The pool does not test PostgreSQL connections when it hands them out: that test, a
-/// `SELECT 1`, was a round trip of every request (10–17 % of the reads by id,
-/// docs/BENCHMARKS.md). Every unit of work starts with a statement of its own instead
-/// (`BEGIN`, or a test where none is at hand, see [`Store::begun`]). A connection found dead
-/// there, or left in an unknown state, goes through [`discard`]: diesel judges a connection
-/// broken only by its transaction state, so without this it would return to the pool.
+/// `SELECT 1`, was a round trip of every request (reads by id +8 % without it at 1M,
+/// docs/BENCHMARKS.md, fifteenth session). A transaction's `BEGIN` tests its connection
+/// instead, and autocommit work on a pooled connection starts with a test of its own (see
+/// [`Store::begun`]). The one connection used without a test is the one a [`WriterSession`]
+/// keeps between its autocommit statements: its caller, the audit writer, retries a failed
+/// append on another connection. A connection found dead, or left in an unknown state, goes
+/// through [`discard`]: diesel judges a connection broken only by its transaction state, so
+/// without this it would return to the pool.
 #[derive(Debug)]
 pub(crate) struct PgManager(ConnectionManager<PgConnection>);
 
@@ -423,14 +426,22 @@ impl diesel::r2d2::ManageConnection for PgManager {
     }
 }
 
-/// Drops `conn` so that the pool closes it instead of handing it out again (PostgreSQL; a
-/// SQLite connection is a file handle the pool tests on checkout, and is simply returned).
+/// Drops `conn` so that the pool closes it instead of handing it out again. PostgreSQL only:
+/// a SQLite connection is a handle on a local file, which a restart of nothing can end; it is
+/// returned to the pool as before.
 fn discard(conn: AnyConn) {
+    /// Clears the flag however the drop ends.
+    struct Discarding;
+    impl Drop for Discarding {
+        fn drop(&mut self) {
+            DISCARDING.with(|flag| flag.set(false));
+        }
+    }
     match conn {
         AnyConn::Postgres(conn) => {
             DISCARDING.with(|flag| flag.set(true));
+            let _clear = Discarding;
             drop(conn);
-            DISCARDING.with(|flag| flag.set(false));
         }
         AnyConn::Sqlite(conn) => drop(conn),
     }
@@ -567,15 +578,17 @@ impl Store {
 
     /// A connection on which `first` (`BEGIN …`, or a test) succeeded: `held` if it still
     /// works, else a pooled one. A PostgreSQL connection whose first statement fails (the
-    /// server restarted or ended the session) is discarded and the next one tried; once the
-    /// pool's connections are used up it opens new ones, so a database restart costs no
-    /// request. SQLite's pool tests its connections itself: one attempt.
+    /// server restarted or ended the session) is discarded and the next one tried; after the
+    /// pool's idle connections it opens new ones. So a request that starts once the server is
+    /// back does not fail on a stale pooled connection (requests in flight during a restart
+    /// still fail). SQLite's pool tests its connections itself: one attempt.
     fn begun(&self, held: Option<AnyConn>, first: &str) -> Result<AnyConn, StoreError> {
         let attempts = match &self.pools {
             Pools::Postgres(pool) => pool.max_size() + 1,
             Pools::Sqlite(_) => 1,
         };
         let mut held = held;
+        let mut failed = 0;
         let mut failure = None;
         for _ in 0..attempts {
             let mut conn = match held.take() {
@@ -583,10 +596,15 @@ impl Store {
                 None => self.connection()?,
             };
             match execute_raw(&mut conn, first) {
-                Ok(()) => return Ok(conn),
+                Ok(()) => {
+                    if let Some(e) = failure {
+                        tracing::warn!(error = %e, discarded = failed, "database connections had ended (a restart?); discarded them");
+                    }
+                    return Ok(conn);
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "a database connection failed its first statement; trying another");
                     discard(conn);
+                    failed += 1;
                     failure = Some(e);
                 }
             }
@@ -962,7 +980,7 @@ pub fn end_postgres_sessions(admin_url: &str, name: &str) -> Result<(), StoreErr
     admin_statement(
         admin_url,
         &format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
              WHERE datname = '{}' AND pid <> pg_backend_pid()",
             checked_name(name)?
         ),
