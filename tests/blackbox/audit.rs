@@ -664,6 +664,12 @@ fn patients_see_who_viewed_their_record_and_facilities_see_accesses_to_their_dat
         // Without the parameter: the same own view.
         let default_view = audit_events(&me, "");
         assert_eq!(default_view.len(), mine.len());
+        // A client asking for a total is answered (without one), a malformed request is not.
+        let with_total = audit_events(&me, &format!("patient=Patient/{PATIENT}&_total=accurate"));
+        assert_eq!(with_total.len(), mine.len());
+        me.get(&format!("AuditEvent?patient=Patient/{PATIENT}&_total=all"))
+            .expect(400)
+            .outcome();
         // Another patient's record: 403.
         me.get(&format!("AuditEvent?patient=Patient/{OTHER_PATIENT}"))
             .expect(403)

@@ -117,10 +117,16 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
                     None => query.before_seq = Some(value.parse().map_err(|_| forged())?),
                 }
             }
+            // A hint the server may leave unanswered (search.html#total): the trail's pages
+            // carry no total, so a client asking for one is not refused either.
+            "_total" => {
+                renkei_search::plan::parse_total(value)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            }
             "_format" | "_pretty" => {}
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "AuditEvent search supports {}, _sort, _count; not '{other}'",
+                    "AuditEvent search supports {}, _sort, _count, _total; not '{other}'",
                     SEARCH_PARAMS.join(", ")
                 )))
             }

@@ -358,6 +358,17 @@ pub enum Total {
     Accurate,
 }
 
+/// `_total`'s value: `none`, or a count (`estimate` is answered with the accurate count).
+pub fn parse_total(value: &str) -> Result<Total, SearchError> {
+    match value {
+        "none" => Ok(Total::None),
+        "estimate" | "accurate" => Ok(Total::Accurate),
+        other => invalid(format!(
+            "_total '{other}' is not none, estimate or accurate"
+        )),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Include {
     pub source_type: String,
@@ -627,15 +638,7 @@ fn parse_result_param(
                 plan.sort.push(Sort { by, desc });
             }
         }
-        "_total" => match value {
-            "none" => plan.total = Total::None,
-            "estimate" | "accurate" => plan.total = Total::Accurate,
-            other => {
-                return invalid(format!(
-                    "_total '{other}' is not none, estimate or accurate"
-                ))
-            }
-        },
+        "_total" => plan.total = parse_total(value)?,
         "_summary" => match value {
             "true" | "text" | "data" | "count" | "false" => plan.summary = Some(value.to_string()),
             other => {
