@@ -30,6 +30,20 @@ const JOURNAL_CLEAR_BYTES: u64 = crate::audit_journal::PREALLOCATED_BYTES - 4 * 
 /// How long a search of the trail waits for journaled events to reach it.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a request waits for its audit events to be durable before it fails (503), whether
+/// its thread blocks or its task awaits [`Deferred::durable`].
+const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl AuditUnavailable {
+    fn writer_stopped() -> AuditUnavailable {
+        AuditUnavailable("the audit writer has stopped".into())
+    }
+
+    fn no_answer() -> AuditUnavailable {
+        AuditUnavailable("the audit writer did not answer".into())
+    }
+}
+
 struct Pending {
     event: NewAuditEvent,
     done: Done,
@@ -49,10 +63,14 @@ enum Done {
 impl Done {
     fn send(self, outcome: Result<(), String>) {
         // A recorder that has gone away (its request was dropped) needs no answer.
-        let _ = match self {
-            Done::Blocking(sender) => sender.send(outcome).map_err(|_| ()),
-            Done::Deferred(sender) => sender.send(outcome).map_err(|_| ()),
-        };
+        match self {
+            Done::Blocking(sender) => {
+                let _ = sender.send(outcome);
+            }
+            Done::Deferred(sender) => {
+                let _ = sender.send(outcome);
+            }
+        }
     }
 }
 
@@ -72,16 +90,24 @@ pub struct Deferred<T> {
 }
 
 impl<T> Deferred<T> {
-    /// The work's result once every event it recorded is durable; the first failure otherwise.
+    /// The work's result once every event it recorded is durable; the first failure
+    /// otherwise, or none within [`DURABILITY_TIMEOUT`].
     pub async fn durable(self) -> Result<T, AuditUnavailable> {
-        for answer in self.owed {
-            match answer.await {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => return Err(AuditUnavailable(message)),
-                Err(_) => return Err(AuditUnavailable("the audit writer has stopped".into())),
+        let answers = async {
+            for answer in self.owed {
+                match answer.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => return Err(AuditUnavailable(message)),
+                    Err(_) => return Err(AuditUnavailable::writer_stopped()),
+                }
             }
+            Ok(())
+        };
+        match tokio::time::timeout(DURABILITY_TIMEOUT, answers).await {
+            Ok(Ok(())) => Ok(self.value),
+            Ok(Err(unavailable)) => Err(unavailable),
+            Err(_) => Err(AuditUnavailable::no_answer()),
         }
-        Ok(self.value)
     }
 }
 
@@ -244,13 +270,13 @@ impl AuditLog {
             };
             self.queue
                 .send(Pending { event, done })
-                .map_err(|_| AuditUnavailable("the audit writer has stopped".into()))?;
+                .map_err(|_| AuditUnavailable::writer_stopped())?;
         }
         for wait in waits {
-            match wait.recv_timeout(Duration::from_secs(30)) {
+            match wait.recv_timeout(DURABILITY_TIMEOUT) {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(AuditUnavailable(message)),
-                Err(_) => return Err(AuditUnavailable("the audit writer did not answer".into())),
+                Err(_) => return Err(AuditUnavailable::no_answer()),
             }
         }
         Ok(())
@@ -285,7 +311,7 @@ fn settle_deferred(timeout: Duration) -> Result<(), AuditUnavailable> {
             Ok(Ok(())) => {}
             Ok(Err(message)) => failure = Some(AuditUnavailable(message)),
             Err(oneshot::error::TryRecvError::Closed) => {
-                failure = Some(AuditUnavailable("the audit writer has stopped".into()));
+                failure = Some(AuditUnavailable::writer_stopped());
             }
             Err(oneshot::error::TryRecvError::Empty) if Instant::now() < deadline => {
                 owed.push_front(answer);
@@ -293,7 +319,7 @@ fn settle_deferred(timeout: Duration) -> Result<(), AuditUnavailable> {
             }
             Err(oneshot::error::TryRecvError::Empty) => {
                 owed.push_front(answer);
-                failure = Some(AuditUnavailable("the audit writer did not answer".into()));
+                failure = Some(AuditUnavailable::no_answer());
             }
         }
         if failure.is_some() {
@@ -684,6 +710,7 @@ mod tests {
             "the deferred event is owed an answer"
         );
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("runtime");
         assert!(matches!(runtime.block_on(deferred.durable()), Ok(Ok(()))));

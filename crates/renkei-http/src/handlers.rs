@@ -19,9 +19,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-/// How long a response waits for its audit events to reach the disk before it fails (503).
-const AUDIT_DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Runs gate/repository work on the blocking pool (diesel is synchronous), then waits, without
 /// holding a thread, until every AuditEvent the work recorded is durable: no audit, no data.
 pub(crate) async fn blocking<T, E, F>(work: F) -> Result<T>
@@ -39,13 +36,10 @@ where
                 "the server is shutting down",
             )
         })?;
-    let unavailable =
-        match actix_web::rt::time::timeout(AUDIT_DURABILITY_TIMEOUT, deferred.durable()).await {
-            Ok(Ok(result)) => return result.map_err(Into::into),
-            Ok(Err(unavailable)) => unavailable.0,
-            Err(_) => "the audit writer did not answer".to_string(),
-        };
-    Err(renkei_access::AccessError::AuditUnavailable(unavailable).into())
+    match deferred.durable().await {
+        Ok(result) => result.map_err(Into::into),
+        Err(unavailable) => Err(renkei_access::AccessError::AuditUnavailable(unavailable.0).into()),
+    }
 }
 
 /// Turns a handler result into a response, rendering errors in the negotiated format. A

@@ -256,11 +256,11 @@ fn float_json(v: f64) -> Value {
 #[derive(Debug, Clone, diesel::QueryableByName)]
 struct PrivacyLabel {
     #[diesel(sql_type = diesel::sql_types::Text)]
-    pub param: String,
+    param: String,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    pub system: Option<String>,
+    system: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    pub code: Option<String>,
+    code: Option<String>,
 }
 
 impl Tx<'_> {
