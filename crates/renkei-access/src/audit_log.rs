@@ -11,7 +11,7 @@ use renkei_store::{
 };
 use serde_json::Value;
 use std::cell::RefCell;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -143,8 +143,8 @@ pub fn deferring_durability<T>(work: impl FnOnce() -> T) -> Deferred<T> {
 #[derive(Clone)]
 pub struct AuditLog {
     queue: SyncSender<Pending>,
-    /// Journal mode (SQLite): the ingester's progress and its wake-up line.
-    ingest: Option<(Arc<Progress>, Sender<IngestMessage>)>,
+    /// Journal mode (SQLite): how far the ingester has moved the journal into the trail.
+    ingest: Option<Arc<Progress>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,8 +156,6 @@ enum IngestMessage {
     Events(Vec<NewAuditEvent>),
     /// Events a previous run left in the journal: some may already be in the trail.
     Replayed(Vec<NewAuditEvent>),
-    /// Someone waits for everything journaled so far to be in the trail.
-    Flush,
 }
 
 /// Counts of events journaled and moved into the trail since start, and the ingester's last
@@ -173,6 +171,9 @@ struct Counts {
     journaled: u64,
     ingested: u64,
     failure: Option<String>,
+    /// Threads waiting until everything journaled is in the trail; while there are any, the
+    /// ingester does not let events gather.
+    flush_waiters: usize,
 }
 
 impl Progress {
@@ -223,15 +224,14 @@ impl AuditLog {
                     let _ = ingest_tx.send(IngestMessage::Replayed(left_over));
                 }
                 let writer_progress = Arc::clone(&progress);
-                let writer_ingest = ingest_tx.clone();
                 spawn("renkei-audit", move || {
-                    journal_writer(journal, &receiver, &writer_ingest, &writer_progress)
+                    journal_writer(journal, &receiver, &ingest_tx, &writer_progress)
                 });
                 let ingester_progress = Arc::clone(&progress);
                 spawn("renkei-audit-ingest", move || {
                     ingester(&store, &ingest_rx, &ingester_progress)
                 });
-                Some((progress, ingest_tx))
+                Some(progress)
             }
         };
         AuditLog { queue, ingest }
@@ -289,8 +289,8 @@ impl AuditLog {
         settle_deferred(FLUSH_TIMEOUT)?;
         match &self.ingest {
             None => Ok(()),
-            Some((progress, ingest)) => {
-                wait_until_ingested(progress, ingest, FLUSH_TIMEOUT).map_err(AuditUnavailable)
+            Some(progress) => {
+                wait_until_ingested(progress, FLUSH_TIMEOUT).map_err(AuditUnavailable)
             }
         }
     }
@@ -335,34 +335,38 @@ fn settle_deferred(timeout: Duration) -> Result<(), AuditUnavailable> {
     failure.map_or(Ok(()), Err)
 }
 
-/// Waits until every event journaled so far is in the trail, waking the ingester.
-fn wait_until_ingested(
-    progress: &Progress,
-    ingest: &Sender<IngestMessage>,
-    timeout: Duration,
-) -> Result<(), String> {
+/// Waits until every event journaled so far is in the trail, cutting the ingester's
+/// gathering short.
+fn wait_until_ingested(progress: &Progress, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut counts = progress.lock();
+    // Events are sent to the ingester before they are counted as journaled, so the ones
+    // waited for here are already in its queue or its hands.
     let target = counts.journaled;
     if counts.ingested >= target {
         return Ok(());
     }
-    let _ = ingest.send(IngestMessage::Flush);
-    while counts.ingested < target {
+    counts.flush_waiters += 1;
+    progress.changed.notify_all();
+    let outcome = loop {
+        if counts.ingested >= target {
+            break Ok(());
+        }
         if let Some(failure) = &counts.failure {
-            return Err(failure.clone());
+            break Err(failure.clone());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("journaled audit events did not reach the trail in time".into());
+            break Err("journaled audit events did not reach the trail in time".into());
         }
         counts = progress
             .changed
             .wait_timeout(counts, left)
             .map(|(guard, _)| guard)
             .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-    }
-    Ok(())
+    };
+    counts.flush_waiters -= 1;
+    outcome
 }
 
 fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {
@@ -373,22 +377,27 @@ fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {
         .ok();
 }
 
-/// The next group: the first waiting event and whatever else is already queued behind it.
-fn next_batch(receiver: &Receiver<Pending>) -> Option<Vec<Pending>> {
+/// The next group: the first waiting event and whatever else is already queued behind it,
+/// as the events and, in the same order, the recorders waiting for them.
+fn next_batch(receiver: &Receiver<Pending>) -> Option<(Vec<NewAuditEvent>, Vec<Done>)> {
     let first = receiver.recv().ok()?;
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match receiver.recv_timeout(Duration::from_micros(0)) {
-            Ok(more) => batch.push(more),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+    let mut events = vec![first.event];
+    let mut waiting = vec![first.done];
+    while events.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(more) => {
+                events.push(more.event);
+                waiting.push(more.done);
+            }
+            Err(_) => break,
         }
     }
-    Some(batch)
+    Some((events, waiting))
 }
 
-fn answer(batch: Vec<Pending>, outcome: &Result<(), String>) {
-    for pending in batch {
-        pending.done.send(outcome.clone());
+fn answer(waiting: Vec<Done>, outcome: &Result<(), String>) {
+    for done in waiting {
+        done.send(outcome.clone());
     }
 }
 
@@ -397,8 +406,7 @@ fn answer(batch: Vec<Pending>, outcome: &Result<(), String>) {
 fn direct_writer(store: &Store, receiver: &Receiver<Pending>) {
     let mut session = store.writer_session();
     let mut head: Option<AuditHead> = None;
-    while let Some(batch) = next_batch(receiver) {
-        let events: Vec<NewAuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+    while let Some((events, waiting)) = next_batch(receiver) {
         let result: Result<(), StoreError> = match store.backend() {
             Backend::Postgres => append_after_known_head(&mut session, &mut head, &events),
             Backend::Sqlite => session.write(|tx| append(tx, &events)),
@@ -407,7 +415,7 @@ fn direct_writer(store: &Store, receiver: &Receiver<Pending>) {
             tracing::error!(error = %e, "audit append failed");
             e.to_string()
         });
-        answer(batch, &outcome);
+        answer(waiting, &outcome);
     }
 }
 
@@ -453,8 +461,8 @@ fn append_after_known_head(
 }
 
 fn refuse_all(receiver: &Receiver<Pending>, message: &str) {
-    while let Some(batch) = next_batch(receiver) {
-        answer(batch, &Err(format!("audit journal: {message}")));
+    while let Some((_, waiting)) = next_batch(receiver) {
+        answer(waiting, &Err(format!("audit journal: {message}")));
     }
 }
 
@@ -465,19 +473,18 @@ fn journal_writer(
     ingest: &Sender<IngestMessage>,
     progress: &Progress,
 ) {
-    while let Some(batch) = next_batch(receiver) {
+    while let Some((events, waiting)) = next_batch(receiver) {
         if let Some(failure) = progress.lock().failure.clone() {
-            answer(batch, &Err(failure));
+            answer(waiting, &Err(failure));
             continue;
         }
         if journal.len() > JOURNAL_CLEAR_BYTES {
             // Reuse the journal's space once everything in it is in the trail (a short pause).
-            match wait_until_ingested(progress, ingest, FLUSH_TIMEOUT) {
+            match wait_until_ingested(progress, FLUSH_TIMEOUT) {
                 Ok(()) => journal.rewind(),
                 Err(e) => tracing::warn!(error = %e, "audit journal not emptied; it grows"),
             }
         }
-        let events: Vec<NewAuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
         let outcome = match journal.append(&events) {
             Ok(()) => {
                 // Sent before counted: a flush that sees the count finds the events ahead of
@@ -492,7 +499,7 @@ fn journal_writer(
                 Err(format!("audit journal: {e}"))
             }
         };
-        answer(batch, &outcome);
+        answer(waiting, &outcome);
     }
 }
 
@@ -507,24 +514,23 @@ fn ingester(store: &Store, messages: &Receiver<IngestMessage>, progress: &Progre
     loop {
         if pending.is_empty() {
             match messages.recv() {
-                Ok(message) => {
-                    if !gather(message, &mut pending, &mut may_be_present) {
-                        continue;
-                    }
-                }
+                Ok(message) => gather(message, &mut pending, &mut may_be_present),
                 Err(_) => return,
             }
+            // The queue fills meanwhile without waking this thread for every group (a wake-up
+            // per group cost more than the group's rows); only a flush cuts the wait short.
+            let counts = progress.lock();
+            drop(
+                progress
+                    .changed
+                    .wait_timeout_while(counts, INGEST_GATHER, |c| c.flush_waiters == 0)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
         }
-        let deadline = Instant::now() + INGEST_GATHER;
         while pending.len() < MAX_INGEST {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match messages.recv_timeout(left) {
-                Ok(message) => {
-                    if !gather(message, &mut pending, &mut may_be_present) {
-                        break;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            match messages.try_recv() {
+                Ok(message) => gather(message, &mut pending, &mut may_be_present),
+                Err(_) => break,
             }
         }
         let result: Result<(), StoreError> = session.write(|tx| {
@@ -557,21 +563,15 @@ fn ingester(store: &Store, messages: &Receiver<IngestMessage>, progress: &Progre
     }
 }
 
-/// Adds a message's events to `pending`; false for a flush request, which ends the gathering.
-fn gather(
-    message: IngestMessage,
-    pending: &mut Vec<NewAuditEvent>,
-    may_be_present: &mut bool,
-) -> bool {
+/// Adds a message's events to `pending`.
+fn gather(message: IngestMessage, pending: &mut Vec<NewAuditEvent>, may_be_present: &mut bool) {
     match message {
         IngestMessage::Events(events) => pending.extend(events),
         IngestMessage::Replayed(events) => {
             pending.extend(events);
             *may_be_present = true;
         }
-        IngestMessage::Flush => return false,
     }
-    true
 }
 
 /// Appends the events the trail does not hold yet (a journal replayed after a crash, or by an
