@@ -664,9 +664,27 @@ fn patients_see_who_viewed_their_record_and_facilities_see_accesses_to_their_dat
         // Without the parameter: the same own view.
         let default_view = audit_events(&me, "");
         assert_eq!(default_view.len(), mine.len());
-        // A client asking for a total is answered (without one), a malformed request is not.
-        let with_total = audit_events(&me, &format!("patient=Patient/{PATIENT}&_total=accurate"));
-        assert_eq!(with_total.len(), mine.len());
+        // A total counts every page of the patient's view; none is given unless asked for.
+        let first_page = me
+            .get(&format!(
+                "AuditEvent?patient=Patient/{PATIENT}&_total=accurate&_count=2"
+            ))
+            .expect(200)
+            .json();
+        assert_eq!(first_page["total"], json!(mine.len()), "{first_page}");
+        assert_eq!(first_page["entry"].as_array().map(Vec::len), Some(2));
+        let sorted_page = me
+            .get(&format!(
+                "AuditEvent?patient=Patient/{PATIENT}&_total=estimate&_count=2&_sort=date"
+            ))
+            .expect(200)
+            .json();
+        assert_eq!(sorted_page["total"], json!(mine.len()));
+        let untotalled = me
+            .get(&format!("AuditEvent?patient=Patient/{PATIENT}&_count=2"))
+            .expect(200)
+            .json();
+        assert!(untotalled.get("total").is_none(), "{untotalled}");
         me.get(&format!("AuditEvent?patient=Patient/{PATIENT}&_total=all"))
             .expect(400)
             .outcome();

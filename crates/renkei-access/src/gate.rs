@@ -1177,7 +1177,8 @@ impl Gate {
         mut query: AuditQuery,
     ) -> Result<Vec<TrailEvent>, AccessError> {
         query.event_id = Some(id.to_string());
-        self.audit_events(who, query)
+        query.count_total = false;
+        Ok(self.audit_events(who, query)?.events)
     }
 
     /// Records a request that failed before reaching the data (no or bad token, malformed
@@ -1214,7 +1215,7 @@ impl Gate {
         &self,
         who: &Requester,
         mut query: AuditQuery,
-    ) -> Result<Vec<TrailEvent>, AccessError> {
+    ) -> Result<TrailPage, AccessError> {
         use renkei_consent::Role;
         // The trail is a resource type like any other for the token's scopes.
         let action = if query.event_id.is_some() {
@@ -1256,36 +1257,50 @@ impl Gate {
         builder.query = Some("AuditEvent".into());
         // Every access answered before this search is in the trail it reads.
         let result = self.flush_audit().and_then(|()| {
-            self.repository
+            let (rows, total) = self
+                .repository
                 .read_tx(|tx| {
-                    let Some(visibility) = &redacted_view else {
-                        return Ok(tx.audit_search(&query)?);
-                    };
-                    // A resource or patient hidden from the requester is unknown to its
-                    // view: searching for its accesses finds nothing, as for a missing one.
-                    for (kind, reference) in &query.refs {
-                        if matches!(kind.as_str(), "entity" | "patient")
-                            && !visible_to(tx, reference, visibility)?
-                        {
-                            return Ok(Vec::new());
+                    if let Some(visibility) = &redacted_view {
+                        // A resource or patient hidden from the requester is unknown to its
+                        // view: searching for its accesses finds nothing, as for a missing
+                        // one.
+                        for (kind, reference) in &query.refs {
+                            if matches!(kind.as_str(), "entity" | "patient")
+                                && !visible_to(tx, reference, visibility)?
+                            {
+                                return Ok((Vec::new(), query.count_total.then_some(0)));
+                            }
                         }
                     }
-                    Ok(tx.audit_search(&query)?)
+                    // The page and its total from one snapshot.
+                    let rows = tx.audit_search(&query)?;
+                    let total = match query.count_total {
+                        true => Some(tx.audit_count(&query)?),
+                        false => None,
+                    };
+                    Ok::<_, RepoError>((rows, total))
                 })
-                .map_err(AccessError::from)?
+                .map_err(AccessError::from)?;
+            let mut events = rows
                 .into_iter()
                 .map(TrailEvent::render)
-                .collect::<Result<Vec<_>, _>>()
-                .and_then(|mut events| {
-                    if let Some(visibility) = &redacted_view {
-                        self.repository
-                            .read_tx(|tx| redact_hidden(tx, &mut events, visibility))?;
-                    }
-                    Ok(events)
-                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(visibility) = &redacted_view {
+                self.repository
+                    .read_tx(|tx| redact_hidden(tx, &mut events, visibility))?;
+            }
+            Ok(TrailPage { events, total })
         });
         self.audited(builder, result, |_, _| Vec::new())
     }
+}
+
+/// A page of the audit trail as its reader may see it.
+#[derive(Debug)]
+pub struct TrailPage {
+    pub events: Vec<TrailEvent>,
+    /// Every matching event, on all pages, when the query asked for it.
+    pub total: Option<i64>,
 }
 
 /// Identity services (issue 6): PIXm, $match and administrators' link decisions. Every answer

@@ -117,11 +117,10 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
                     None => query.before_seq = Some(value.parse().map_err(|_| forged())?),
                 }
             }
-            // A hint the server may leave unanswered (search.html#total): the trail's pages
-            // carry no total, so a client asking for one is not refused either.
             "_total" => {
-                renkei_search::plan::parse_total(value)
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                query.count_total = renkei_search::plan::parse_total(value)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?
+                    == renkei_search::plan::Total::Accurate;
             }
             "_format" | "_pretty" => {}
             other => {
@@ -158,7 +157,8 @@ pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         let by_recorded = query.by_recorded;
         query.limit = page_size + 1;
         let gate = state.gate.clone();
-        let mut rows = blocking(move || gate.audit_events(&who, query)).await?;
+        let page = blocking(move || gate.audit_events(&who, query)).await?;
+        let mut rows = page.events;
         let more = rows.len() > page_size;
         rows.truncate(page_size);
         let kept: Vec<(String, String)> = ctx
@@ -199,7 +199,7 @@ pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
                 })
             })
             .collect();
-        let bundle = crate::format::response_bundle("searchset", None, links, entries);
+        let bundle = crate::format::response_bundle("searchset", page.total, links, entries);
         Ok(render_value(
             HttpResponse::Ok(),
             &bundle,

@@ -92,6 +92,8 @@ pub struct AuditQuery {
     /// With `by_recorded`: resume strictly past this (recorded, seq) in the sort direction.
     pub past_recorded: Option<(i64, i64)>,
     pub limit: usize,
+    /// Also count every event the filters match, whatever the page (`_total`).
+    pub count_total: bool,
 }
 
 #[derive(Debug, Clone, QueryableByName)]
@@ -334,12 +336,38 @@ impl Tx<'_> {
 
     /// Audit events matching `query`, newest first unless `descending` is false.
     pub fn audit_search(&mut self, query: &AuditQuery) -> Result<Vec<AuditBody>, StoreError> {
-        self.load::<AuditBody>(&audit_search_statement(query))
+        self.load::<AuditBody>(&audit_search_statement(query, Listing::Page))
+    }
+
+    /// How many events match `query`'s filters, on every page (its cursor and limit aside).
+    pub fn audit_count(&mut self, query: &AuditQuery) -> Result<i64, StoreError> {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let every_page = AuditQuery {
+            before_seq: None,
+            after_seq: None,
+            past_recorded: None,
+            ..query.clone()
+        };
+        Ok(self
+            .load::<Count>(&audit_search_statement(&every_page, Listing::Count))?
+            .first()
+            .map_or(0, |c| c.n))
     }
 }
 
+/// What [`audit_search_statement`] selects: a page of events, or how many match.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listing {
+    Page,
+    Count,
+}
+
 /// The statement of [`Tx::audit_search`].
-pub(crate) fn audit_search_statement(query: &AuditQuery) -> Sql {
+pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sql {
     // A reference filter (a patient's "who viewed my record", `entity=`, a facility's own
     // data) drives the query from the reference index, whose (kind, ref, seq) order is
     // already the answer's order: the events of one patient are found without walking the
@@ -363,7 +391,10 @@ pub(crate) fn audit_search_statement(query: &AuditQuery) -> Sql {
     } else {
         query.custodian_any_of.as_ref()
     };
-    let mut sql = Sql::new("SELECT e.seq, e.recorded, e.body FROM ");
+    let mut sql = Sql::new(match listing {
+        Listing::Page => "SELECT e.seq, e.recorded, e.body FROM ",
+        Listing::Count => "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM ",
+    });
     let seq_column = match driving_ref {
         Some((kind, reference)) => {
             sql.push("audit_refs d CROSS JOIN audit_events e WHERE d.kind = ")
@@ -437,6 +468,9 @@ pub(crate) fn audit_search_statement(query: &AuditQuery) -> Sql {
     if let Some(after) = query.after_seq {
         sql.push(&format!(" AND {seq_column} > "))
             .bind(Bind::Int(after));
+    }
+    if listing == Listing::Count {
+        return sql;
     }
     let direction = if query.descending { " DESC" } else { "" };
     if query.by_recorded {

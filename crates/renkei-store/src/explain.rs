@@ -2,7 +2,7 @@
 //! (same SQL, same binds, same consent predicate). For operators checking that a search is
 //! index-driven, and for the plans quoted in `docs/SEARCH.md`. Also the plan of an audit search.
 
-use crate::audit::{audit_search_statement, AuditQuery};
+use crate::audit::{audit_search_statement, AuditQuery, Listing};
 use crate::{Backend, StoreError, Tx, Visibility};
 use diesel::backend::Backend as DieselBackend;
 use diesel::deserialize::{self, FromSql};
@@ -67,7 +67,7 @@ impl Tx<'_> {
         &mut self,
         query: &AuditQuery,
     ) -> Result<SearchExplanation, StoreError> {
-        let statement = audit_search_statement(query);
+        let statement = audit_search_statement(query, Listing::Page);
         self.explain_statement(&statement)
     }
 
