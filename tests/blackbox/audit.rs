@@ -264,7 +264,10 @@ fn every_interaction_leaves_a_balp_audit_event() {
         let batch = json!({
             "resourceType": "Bundle",
             "type": "batch",
-            "entry": [{"request": {"method": "GET", "url": net.labs[0]}}],
+            "entry": [
+                {"request": {"method": "GET", "url": net.labs[0]}},
+                {"request": {"method": "GET", "url": format!("Observation?patient={PATIENT}&code=3D010000001926101")}},
+            ],
         });
         send(&a, "batch", "POST", "", Some(&batch), fhir).expect(200);
         // Denied and failed attempts.
@@ -431,6 +434,15 @@ fn every_interaction_leaves_a_balp_audit_event() {
                 && query.contains("code=3D046000001906202"),
             "{query}"
         );
+        // A batch's search leaves a search event of its own, with its query and patient.
+        let batch_search = event_with(&by_request, &rid("batch"), "search-type");
+        assert_shape(batch_search, "search-type", "E", "0", "batch search");
+        assert_eq!(
+            query_of(batch_search).as_deref(),
+            Some(format!("Observation?patient={PATIENT}&code=3D010000001926101").as_str()),
+            "{batch_search}"
+        );
+        assert_eq!(patient_entities(batch_search), vec![patient.clone()]);
         // The transaction names what it created.
         let tx_event = event_with(&by_request, &rid("transaction"), "transaction");
         let tx_target = tx_location.split("/_history").next().unwrap();

@@ -803,3 +803,124 @@ fn transaction_rewrites_urn_links_outside_references() {
         assert!(div.contains(&format!("href=\"{binary}\"")), "{div}");
     });
 }
+
+#[test]
+fn batch_answers_searches_in_place() {
+    for_each_backend(|s| {
+        let patient =
+            s.create(&json!({"resourceType": "Patient", "name": [{"family": "Batchsearch"}]}));
+        let pid = patient["id"].as_str().unwrap().to_string();
+        for value in [1.0, 2.0, 3.0] {
+            s.create(&json!({
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+                "subject": {"reference": format!("Patient/{pid}")},
+                "valueQuantity": {"value": value, "unit": "mg/dL"},
+            }));
+        }
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": format!("Observation?subject=Patient/{pid}&_count=2")}},
+            {"resource": {"resourceType": "Patient", "name": [{"family": "Batchwriter"}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "GET", "url": "Patient?family=Batchsearch"}},
+            {"request": {"method": "GET", "url": "Observation?date=not-a-date"}},
+            {"request": {"method": "GET", "url": format!("Patient/{pid}/Observation?code=http://loinc.org|2345-7")}},
+            {"request": {"method": "GET", "url": format!("Patient/{pid}/$everything")}},
+            {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+            {"request": {"method": "GET", "url": format!("{}/Patient?_id={pid}&no-such-param=1", s.url("").trim_end_matches('/'))}},
+        ]});
+        let response = s.post("", &bundle).expect(200).json();
+        assert_eq!(response["type"], "batch-response");
+        let e = entries(&response);
+        assert_eq!(e.len(), 8, "{response}");
+        let searchset = |i: usize| {
+            assert!(
+                entry_status(&e[i]).starts_with("200"),
+                "entry {i}: {}",
+                e[i]
+            );
+            assert_eq!(e[i]["resource"]["type"], "searchset", "entry {i}: {}", e[i]);
+            e[i]["resource"].clone()
+        };
+        let matches = |bundle: &Value| -> Vec<String> {
+            entries(bundle)
+                .iter()
+                .filter(|x| x["search"]["mode"] == "match")
+                .map(|x| {
+                    format!(
+                        "{}/{}",
+                        x["resource"]["resourceType"].as_str().unwrap(),
+                        x["resource"]["id"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        };
+        // A page of two with a link to the next, absolute on this server.
+        let first = searchset(0);
+        assert_eq!(matches(&first).len(), 2, "{first}");
+        let next = first["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .expect("a next link")
+            .to_string();
+        assert!(next.starts_with("http"), "{next}");
+        let rest = s
+            .get(&next[next.find("Observation?").unwrap()..])
+            .expect(200)
+            .json();
+        assert_eq!(matches(&rest).len(), 1, "{rest}");
+        assert!(entry_status(&e[1]).starts_with("201"), "{}", e[1]);
+        assert_eq!(matches(&searchset(2)), vec![format!("Patient/{pid}")]);
+        // A malformed search fails its own entry only.
+        assert!(entry_status(&e[3]).starts_with("400"), "{}", e[3]);
+        assert_eq!(
+            e[3]["response"]["outcome"]["resourceType"],
+            "OperationOutcome"
+        );
+        assert_eq!(matches(&searchset(4)).len(), 3);
+        let everything = matches(&searchset(5));
+        assert_eq!(everything.len(), 4, "{everything:?}");
+        assert!(everything.contains(&format!("Patient/{pid}")));
+        assert!(entry_status(&e[6]).starts_with("200"), "{}", e[6]);
+        assert_eq!(e[6]["resource"]["id"], json!(pid));
+        // An absolute URL on this server; an unknown parameter is reported, not fatal.
+        let lenient = searchset(7);
+        assert_eq!(matches(&lenient), vec![format!("Patient/{pid}")]);
+        assert!(
+            entries(&lenient)
+                .iter()
+                .any(|x| x["search"]["mode"] == "outcome"
+                    && x["resource"].to_string().contains("no-such-param")),
+            "{lenient}"
+        );
+        // Under strict handling the unknown parameter fails that entry.
+        let strict = s
+            .send_json_with(
+                "POST",
+                "",
+                &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                    {"request": {"method": "GET", "url": "Patient?no-such-param=1"}},
+                    {"request": {"method": "GET", "url": "Patient?family=Batchsearch"}}]}),
+                &[("Prefer", "handling=strict")],
+            )
+            .expect(200)
+            .json();
+        let e = entries(&strict);
+        assert!(entry_status(&e[0]).starts_with("400"), "{}", e[0]);
+        assert!(e[0]["response"]["outcome"]
+            .to_string()
+            .contains("no-such-param"));
+        assert!(entry_status(&e[1]).starts_with("200"), "{}", e[1]);
+        // A transaction does not answer searches: it fails as a whole, naming the entry.
+        let r = s.post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"request": {"method": "GET", "url": "Patient?family=Batchsearch"}}]}),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("batch"), "{}", r.body);
+    });
+}

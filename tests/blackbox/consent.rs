@@ -597,6 +597,52 @@ fn leak_suite_for_a_non_consented_facility() {
             assert!(shown.contains(r), "B's $everything lacks {r}: {shown:?}");
         }
 
+        // Batch GET entries of hidden resources answer 404/403 in the entry (before C
+        // writes records of its own that carry the hidden lab's identifier, below).
+        let batch = json!({
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {"request": {"method": "GET", "url": net.labs[0]}},
+                {"request": {"method": "GET", "url": format!("Observation?patient={p}")}},
+                {"request": {"method": "GET", "url": c_obs}},
+            ],
+        });
+        let response = keep("batch", c.post("", &batch).expect(200));
+        let e = entries(&response);
+        let status0 = e[0]["response"]["status"].as_str().unwrap_or_default();
+        assert!(
+            status0.starts_with("404") || status0.starts_with("403"),
+            "batch GET of a hidden resource: {}",
+            e[0]
+        );
+        assert!(
+            e[0].get("resource").is_none()
+                || e[0]["resource"]["resourceType"] == "OperationOutcome"
+        );
+        // The search entry is answered like the search on its own: C's own record, and
+        // nothing of A's.
+        assert!(
+            e[1]["response"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("200"),
+            "{}",
+            e[1]
+        );
+        let searched: Vec<String> = refs(&e[1]["resource"]);
+        assert!(
+            searched.contains(&c_obs),
+            "batch search lacks {c_obs}: {searched:?}"
+        );
+        for hidden in &net.labs {
+            assert!(!searched.contains(hidden), "batch search shows {hidden}");
+        }
+        assert!(e[2]["response"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("200"));
+
         // Conditional create matching only a hidden resource creates a new one.
         let mut mine = lab("3D046000001906202", 6.5, "2025-12-01", Some(SECRET_LAB_ID));
         mine["code"]["text"] = json!("C's own HbA1c");
@@ -627,37 +673,6 @@ fn leak_suite_for_a_non_consented_facility() {
             8.2,
             "C's conditional update changed A's hidden lab"
         );
-
-        // Batch GET entries of hidden resources answer 404/403 in the entry.
-        let batch = json!({
-            "resourceType": "Bundle",
-            "type": "batch",
-            "entry": [
-                {"request": {"method": "GET", "url": net.labs[0]}},
-                {"request": {"method": "GET", "url": format!("Observation?patient={p}")}},
-                {"request": {"method": "GET", "url": c_obs}},
-            ],
-        });
-        let response = keep("batch", c.post("", &batch).expect(200));
-        let e = entries(&response);
-        let status0 = e[0]["response"]["status"].as_str().unwrap_or_default();
-        assert!(
-            status0.starts_with("404") || status0.starts_with("403"),
-            "batch GET of a hidden resource: {}",
-            e[0]
-        );
-        assert!(
-            e[0].get("resource").is_none()
-                || e[0]["resource"]["resourceType"] == "OperationOutcome"
-        );
-        let searched: Vec<String> = refs(&e[1]["resource"]);
-        for hidden in &net.labs {
-            assert!(!searched.contains(hidden), "batch search shows {hidden}");
-        }
-        assert!(e[2]["response"]["status"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("200"));
 
         // Writes into A's data: refused, without content.
         let mut over = mine.clone();

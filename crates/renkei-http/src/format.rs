@@ -262,24 +262,30 @@ impl BundleEntry<'_> {
     }
 }
 
+/// A Bundle (built by [`response_bundle`] without entries) with its entries, as JSON.
+pub fn bundle_value(mut bundle: Value, entries: Vec<BundleEntry<'_>>) -> Value {
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .filter_map(BundleEntry::into_value)
+        .collect();
+    // FHIR JSON leaves an empty list out.
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
+}
+
 /// Renders a Bundle (built by [`response_bundle`] without entries) and its entries. Compact
 /// JSON splices stored resources in as stored; XML and pretty JSON parse them.
 pub fn render_bundle(
     mut builder: HttpResponseBuilder,
-    mut bundle: Value,
+    bundle: Value,
     entries: Vec<BundleEntry<'_>>,
     format: Format,
     pretty: bool,
 ) -> HttpResponse {
     if format != Format::Json || pretty || entries.is_empty() {
-        let entries: Vec<Value> = entries
-            .into_iter()
-            .filter_map(BundleEntry::into_value)
-            .collect();
-        if !entries.is_empty() {
-            bundle["entry"] = Value::Array(entries);
-        }
-        return render_value(builder, &bundle, format, pretty);
+        return render_value(builder, &bundle_value(bundle, entries), format, pretty);
     }
     let Ok(mut text) = serde_json::to_string(&bundle) else {
         return HttpResponse::InternalServerError().finish();

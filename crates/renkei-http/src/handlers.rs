@@ -667,8 +667,64 @@ pub async fn bundle(
         let representation = return_preference(&req) == ReturnPreference::Representation
             && req.headers().contains_key("prefer");
         let who = authenticate(&req, &state)?;
+        // A batch's searches run as searches sent on their own would (a transaction refuses
+        // them); the other entries go to the gate as the Bundle.
+        let mut searches = Vec::new();
+        if bundle.get("type").and_then(Value::as_str) == Some("batch") {
+            if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
+                let mut others = Vec::new();
+                for (index, entry) in std::mem::take(entries).into_iter().enumerate() {
+                    match crate::search::batch_search(&req, &ctx, &state, &entry) {
+                        Some((url, planned)) => searches.push((index, url, planned)),
+                        None => others.push(entry),
+                    }
+                }
+                *entries = others;
+            }
+        }
         let gate = state.gate.clone();
-        let mut response = blocking(move || gate.bundle(&who, &bundle, representation)).await?;
+        let request_id = crate::auth::request_id(&req);
+        let (mut response, searched) = blocking(move || {
+            let mut searched = Vec::new();
+            for (index, url, planned) in searches {
+                let answer = match planned {
+                    Ok(search) => search.run(&gate, &who).map(|page| (search, page)),
+                    Err(error) => {
+                        // Refused before the gate saw it: recorded like a refused search.
+                        let status = error.status().as_u16();
+                        gate.audit_failure(
+                            Some(&who),
+                            &request_id,
+                            None,
+                            "GET",
+                            &url,
+                            status,
+                            &error.to_string(),
+                        )?;
+                        Err(error)
+                    }
+                };
+                searched.push((index, answer));
+            }
+            let response = gate.bundle(&who, &bundle, representation)?;
+            Ok::<_, ApiError>((response, searched))
+        })
+        .await?;
+        if !searched.is_empty() {
+            if response.get("entry").is_none() {
+                response["entry"] = Value::Array(Vec::new());
+            }
+            if let Some(entries) = response.get_mut("entry").and_then(Value::as_array_mut) {
+                // In request order: each search goes back where it stood.
+                for (index, answer) in searched {
+                    let entry = match answer {
+                        Ok((search, page)) => search.response_entry(&ctx, &page),
+                        Err(error) => failed_entry(&error),
+                    };
+                    entries.insert(index.min(entries.len()), entry);
+                }
+            }
+        }
         absolute_full_urls(&ctx, &mut response);
         Ok(render_value(
             HttpResponse::Ok(),
@@ -679,6 +735,17 @@ pub async fn bundle(
     }
     .await;
     finish(&req, &state, &ctx, result).await
+}
+
+/// The response entry of a Bundle entry that failed: its status and OperationOutcome.
+fn failed_entry(error: &ApiError) -> Value {
+    let status = error.status();
+    json!({
+        "response": {
+            "status": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or_default()),
+            "outcome": error.outcome(),
+        },
+    })
 }
 
 /// A response entry's `fullUrl` is the resource's absolute URL on this server.

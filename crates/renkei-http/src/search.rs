@@ -197,30 +197,99 @@ fn plan_for(request: &SearchRequest, options: &ParseOptions) -> Result<SearchPla
     Ok(plan)
 }
 
-/// The plan the server would run for a search URL relative to the FHIR base: `Type?…`,
-/// `Patient/{id}/Type?…` or `Patient/{id}/$everything?…` (for `renkei explain`). Strict:
-/// an unknown parameter is an error rather than silently left out of the plan.
+/// The search a URL relative to the FHIR base names: `Type?…`, `?_type=…` (the whole
+/// system), `Patient/{id}/Type?…` or `Patient/{id}/$everything?…`; `None` for any other form
+/// (a read, a version, history).
+fn search_request_for(path: &str, params: Vec<(String, String)>) -> Option<Result<SearchRequest>> {
+    let segments: Vec<&str> = path.split('/').collect();
+    match segments.as_slice() {
+        [""] => Some(system_request(params)),
+        [res_type] => Some(check_type(res_type).map(|()| type_request(res_type, params))),
+        ["Patient", id, "$everything"] => Some(everything_request(id, &params)),
+        ["Patient", id, target] if !target.starts_with('_') => {
+            Some(compartment_request(id, target, params))
+        }
+        _ => None,
+    }
+}
+
+/// The plan the server would run for a search URL relative to the FHIR base (for `renkei
+/// explain`; the forms of [`search_request_for`]). Strict: an unknown parameter is an error
+/// rather than silently left out of the plan.
 pub fn explain_plan(path_and_query: &str, options: &ParseOptions) -> Result<SearchPlan> {
     let (path, query) = path_and_query
         .trim_start_matches('/')
         .split_once('?')
         .unwrap_or((path_and_query.trim_start_matches('/'), ""));
-    let params = parse_query(query);
-    let segments: Vec<&str> = path.split('/').collect();
-    let request = match segments.as_slice() {
-        [res_type] => {
-            check_type(res_type)?;
-            type_request(res_type, params)
-        }
-        ["Patient", id, "$everything"] => everything_request(id, &params)?,
-        ["Patient", id, target] => compartment_request(id, target, params)?,
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "expected Type?query, Patient/ID/Type?query or Patient/ID/$everything, not '{path}'"
-            )))
-        }
-    };
+    let request = search_request_for(path, parse_query(query)).unwrap_or_else(|| {
+        Err(ApiError::bad_request(format!(
+            "expected Type?query, Patient/ID/Type?query or Patient/ID/$everything, not '{path}'"
+        )))
+    })?;
     plan_for(&request, options)
+}
+
+/// A search inside a batch Bundle, planned as the same search sent on its own would be.
+pub(crate) struct BatchSearch {
+    plan: SearchPlan,
+    /// The entry's URL relative to the base, as the search's AuditEvent records it.
+    url: String,
+    self_path: String,
+}
+
+/// The search a batch entry asks for (`GET` of a search URL; its criteria already
+/// localized), or `None` when the entry is no search.
+pub(crate) fn batch_search(
+    req: &HttpRequest,
+    ctx: &RequestCtx,
+    state: &AppState,
+    entry: &Value,
+) -> Option<(String, Result<BatchSearch>)> {
+    let request = entry.get("request")?;
+    if request.get("method").and_then(Value::as_str) != Some("GET") {
+        return None;
+    }
+    let url = request.get("url").and_then(Value::as_str)?;
+    let own_base = format!("{}/", ctx.base);
+    let relative = url
+        .strip_prefix(own_base.as_str())
+        .unwrap_or(url)
+        .trim_start_matches('/');
+    let (path, query) = relative.split_once('?').unwrap_or((relative, ""));
+    let options = ParseOptions {
+        default_count: state.default_page_size,
+        max_count: state.max_page_size,
+        strict: strict_handling(req),
+    };
+    let planned = search_request_for(path, parse_query(query))?.and_then(|mut search| {
+        search.params = localize(ctx, std::mem::take(&mut search.params));
+        Ok(BatchSearch {
+            plan: plan_for(&search, &options)?,
+            url: relative.to_string(),
+            self_path: search.self_path,
+        })
+    });
+    Some((relative.to_string(), planned))
+}
+
+impl BatchSearch {
+    /// Runs the search through the gate (consent in its query, its own AuditEvent).
+    pub(crate) fn run(
+        &self,
+        gate: &renkei_access::Gate,
+        who: &renkei_access::Requester,
+    ) -> Result<SearchPage> {
+        Ok(gate.search(who, &self.plan, &self.url)?)
+    }
+
+    /// The batch-response entry of the search's page: the searchset Bundle as its resource.
+    pub(crate) fn response_entry(&self, ctx: &RequestCtx, page: &SearchPage) -> Value {
+        let (bundle, entries) = searchset(ctx, &self.plan, page, &self.self_path);
+        json!({
+            "resource": crate::format::bundle_value(bundle, entries),
+            "response": {"status": "200 OK"},
+        })
+    }
 }
 
 fn summary_mode(plan: &SearchPlan) -> Option<SummaryMode> {

@@ -750,6 +750,13 @@ fn run_entry(
                 }),
             }
         }
+        // A batch's searches are run by the HTTP layer, like searches sent on their own.
+        ("GET" | "HEAD", Target::Conditional(_) | Target::Type(_)) => {
+            Err(RepoError::BadRequest(format!(
+                "GET {} is a search: searches are answered in batch Bundles, not in transactions",
+                entry.url
+            )))
+        }
         (method, _) => Err(RepoError::BadRequest(format!(
             "{method} {} is not a supported Bundle entry request",
             entry.url
