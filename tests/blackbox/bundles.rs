@@ -914,6 +914,34 @@ fn batch_answers_searches_in_place() {
             .to_string()
             .contains("no-such-param"));
         assert!(entry_status(&e[1]).starts_with("200"), "{}", e[1]);
+        // The audit trail is not searched inside a Bundle (it has its own endpoint and rules).
+        let mixed = s
+            .post(
+                "",
+                &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                    {"request": {"method": "GET", "url": "Patient?family=Batchsearch"}},
+                    {"request": {"method": "GET", "url": "AuditEvent?patient=Patient/x"}}]}),
+            )
+            .expect(200)
+            .json();
+        let e = entries(&mixed);
+        assert_eq!(
+            matches(&e[0]["resource"]),
+            vec![format!("Patient/{pid}")],
+            "{}",
+            e[0]
+        );
+        assert!(entry_status(&e[1]).starts_with("400"), "{}", e[1]);
+        // What fails a whole batch is reported with the client's own entry numbers, and no
+        // search of it runs.
+        let r = s.post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "GET", "url": "Patient?family=Batchsearch"}},
+                {"resource": {"resourceType": "Patient"}}]}),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("entry[1]"), "{}", r.body);
         // A transaction does not answer searches: it fails as a whole, naming the entry.
         let r = s.post(
             "",

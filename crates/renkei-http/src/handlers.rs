@@ -668,9 +668,11 @@ pub async fn bundle(
             && req.headers().contains_key("prefer");
         let who = authenticate(&req, &state)?;
         // A batch's searches run as searches sent on their own would (a transaction refuses
-        // them); the other entries go to the gate as the Bundle.
+        // them); the other entries go to the gate as the Bundle. What fails a whole batch is
+        // checked first, naming the client's own entry numbers.
         let mut searches = Vec::new();
         if bundle.get("type").and_then(Value::as_str) == Some("batch") {
+            renkei_repository::check_entries(&bundle)?;
             if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
                 let mut others = Vec::new();
                 for (index, entry) in std::mem::take(entries).into_iter().enumerate() {
@@ -685,6 +687,8 @@ pub async fn bundle(
         let gate = state.gate.clone();
         let request_id = crate::auth::request_id(&req);
         let (mut response, searched) = blocking(move || {
+            // The other entries first: a batch refused as a whole runs no search either.
+            let response = gate.bundle(&who, &bundle, representation)?;
             let mut searched = Vec::new();
             for (index, url, planned) in searches {
                 let answer = match planned {
@@ -706,7 +710,6 @@ pub async fn bundle(
                 };
                 searched.push((index, answer));
             }
-            let response = gate.bundle(&who, &bundle, representation)?;
             Ok::<_, ApiError>((response, searched))
         })
         .await?;

@@ -246,15 +246,12 @@ pub(crate) fn batch_search(
     entry: &Value,
 ) -> Option<(String, Result<BatchSearch>)> {
     let request = entry.get("request")?;
-    if request.get("method").and_then(Value::as_str) != Some("GET") {
+    let method = request.get("method").and_then(Value::as_str)?;
+    if !method.eq_ignore_ascii_case("GET") {
         return None;
     }
     let url = request.get("url").and_then(Value::as_str)?;
-    let own_base = format!("{}/", ctx.base);
-    let relative = url
-        .strip_prefix(own_base.as_str())
-        .unwrap_or(url)
-        .trim_start_matches('/');
+    let relative = relative_entry_url(ctx, url);
     let (path, query) = relative.split_once('?').unwrap_or((relative, ""));
     let options = ParseOptions {
         default_count: state.default_page_size,
@@ -262,6 +259,15 @@ pub(crate) fn batch_search(
         strict: strict_handling(req),
     };
     let planned = search_request_for(path, parse_query(query))?.and_then(|mut search| {
+        // The trail is searched at `[base]/AuditEvent` under its own role rules, not as a
+        // stored resource type (a search over several types simply finds no AuditEvent).
+        if search.types == ["AuditEvent"] {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not-supported",
+                "AuditEvent is searched at [base]/AuditEvent on its own, not inside a Bundle",
+            ));
+        }
         search.params = localize(ctx, std::mem::take(&mut search.params));
         Ok(BatchSearch {
             plan: plan_for(&search, &options)?,
@@ -270,6 +276,20 @@ pub(crate) fn batch_search(
         })
     });
     Some((relative.to_string(), planned))
+}
+
+/// An entry URL relative to the base: this server's base, or (as the repository takes entry
+/// URLs) anything up to `/fhir/` in an absolute URL's path, is left out.
+fn relative_entry_url<'u>(ctx: &RequestCtx, url: &'u str) -> &'u str {
+    let own_base = format!("{}/", ctx.base);
+    let path_end = url.find('?').unwrap_or(url.len());
+    let relative = match url.strip_prefix(own_base.as_str()) {
+        Some(rest) => rest,
+        None => url[..path_end]
+            .find("/fhir/")
+            .map_or(url, |i| &url[i + "/fhir/".len()..]),
+    };
+    relative.trim_start_matches('/')
 }
 
 impl BatchSearch {

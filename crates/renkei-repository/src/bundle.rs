@@ -275,6 +275,12 @@ fn put_or_post(
     }
 }
 
+/// Checks what would fail a whole batch or transaction before any entry runs (an entry
+/// without a request, a repeated `fullUrl`, a malformed ETag), with the client's entry numbers.
+pub fn check_entries(bundle: &Value) -> Result<(), RepoError> {
+    parse_entries(bundle).map(|_| ())
+}
+
 fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
     let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
         return Ok(Vec::new());
@@ -753,8 +759,8 @@ fn run_entry(
         // A batch's searches are run by the HTTP layer, like searches sent on their own.
         ("GET" | "HEAD", Target::Conditional(_) | Target::Type(_)) => {
             Err(RepoError::BadRequest(format!(
-                "GET {} is a search: searches are answered in batch Bundles, not in transactions",
-                entry.url
+                "{} {} is a search: searches are answered as GET entries of a batch Bundle, not in transactions",
+                entry.method, entry.url
             )))
         }
         (method, _) => Err(RepoError::BadRequest(format!(
