@@ -176,6 +176,14 @@ struct Counts {
     flush_waiters: usize,
 }
 
+impl Counts {
+    /// Whether at least one full ingest transaction's worth of journaled events is not in
+    /// the trail yet.
+    fn backlog_full(&self) -> bool {
+        self.journaled.saturating_sub(self.ingested) >= MAX_INGEST as u64
+    }
+}
+
 impl Progress {
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.state
@@ -491,7 +499,13 @@ fn journal_writer(
                 // its own wake-up in the ingester's queue.
                 let count = events.len() as u64;
                 let _ = ingest.send(IngestMessage::Events(events));
-                progress.lock().journaled += count;
+                let mut counts = progress.lock();
+                let was_full = counts.backlog_full();
+                counts.journaled += count;
+                // A full transaction's worth is waiting: the ingester need not gather longer.
+                if counts.backlog_full() && !was_full {
+                    progress.changed.notify_all();
+                }
                 Ok(())
             }
             Err(e) => {
@@ -518,12 +532,15 @@ fn ingester(store: &Store, messages: &Receiver<IngestMessage>, progress: &Progre
                 Err(_) => return,
             }
             // The queue fills meanwhile without waking this thread for every group (a wake-up
-            // per group cost more than the group's rows); only a flush cuts the wait short.
+            // per group cost more than the group's rows); a flush, or a full transaction's
+            // worth of events waiting, cuts the wait short.
             let counts = progress.lock();
             drop(
                 progress
                     .changed
-                    .wait_timeout_while(counts, INGEST_GATHER, |c| c.flush_waiters == 0)
+                    .wait_timeout_while(counts, INGEST_GATHER, |c| {
+                        c.flush_waiters == 0 && !c.backlog_full()
+                    })
                     .unwrap_or_else(|poisoned| poisoned.into_inner()),
             );
         }
