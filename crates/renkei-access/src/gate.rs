@@ -1096,14 +1096,29 @@ impl Gate {
                     .record_all(rows)
                     .map_err(|e| AccessError::AuditUnavailable(e.0))?;
             }
-            Err(error) => {
-                let mut failed = builder;
-                failed.outcome = AuditOutcome::from_status(status_of(error));
-                failed.outcome_desc = Some(error.to_string());
-                self.record(&failed, &[])?;
-            }
+            Err(error) => self.record_bundle_failure(builder, error)?,
         }
         result
+    }
+
+    fn record_bundle_failure(
+        &self,
+        mut failed: EventBuilder,
+        error: &AccessError,
+    ) -> Result<(), AccessError> {
+        failed.outcome = AuditOutcome::from_status(status_of(error));
+        failed.outcome_desc = Some(error.to_string());
+        self.record(&failed, &[])
+    }
+
+    /// A batch refused as a whole before any of its entries ran (`check_entries`): recorded
+    /// as the failed batch it is; the error to answer (503 when it cannot be recorded).
+    pub fn refuse_batch(&self, who: &Requester, error: RepoError) -> AccessError {
+        let error = AccessError::Repo(error);
+        match self.record_bundle_failure(self.event(who, Interaction::Batch), &error) {
+            Ok(()) => error,
+            Err(unavailable) => unavailable,
+        }
     }
 
     /// The AuditEvents of a Bundle's entries, each with its own interaction and outcome. Given

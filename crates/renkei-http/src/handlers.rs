@@ -670,9 +670,13 @@ pub async fn bundle(
         // A batch's searches run as searches sent on their own would (a transaction refuses
         // them); the other entries go to the gate as the Bundle. What fails a whole batch is
         // checked first, naming the client's own entry numbers.
+        let is_batch = bundle.get("type").and_then(Value::as_str) == Some("batch");
+        let refused = match is_batch {
+            true => renkei_repository::check_entries(&bundle).err(),
+            false => None,
+        };
         let mut searches = Vec::new();
-        if bundle.get("type").and_then(Value::as_str) == Some("batch") {
-            renkei_repository::check_entries(&bundle)?;
+        if is_batch && refused.is_none() {
             if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
                 let mut others = Vec::new();
                 for (index, entry) in std::mem::take(entries).into_iter().enumerate() {
@@ -687,6 +691,9 @@ pub async fn bundle(
         let gate = state.gate.clone();
         let request_id = crate::auth::request_id(&req);
         let (mut response, searched) = blocking(move || {
+            if let Some(error) = refused {
+                return Err(gate.refuse_batch(&who, error).into());
+            }
             // The other entries first: a batch refused as a whole runs no search either.
             let response = gate.bundle(&who, &bundle, representation)?;
             let mut searched = Vec::new();
@@ -694,18 +701,24 @@ pub async fn bundle(
                 let answer = match planned {
                     Ok(search) => search.run(&gate, &who).map(|page| (search, page)),
                     Err(error) => {
-                        // Refused before the gate saw it: recorded like a refused search.
+                        // Refused before the gate saw it: recorded like a refused search. An
+                        // entry whose failure cannot be recorded answers 503 on its own; the
+                        // batch's other entries have run.
                         let status = error.status().as_u16();
-                        gate.audit_failure(
-                            Some(&who),
-                            &request_id,
-                            None,
-                            "GET",
-                            &url,
-                            status,
-                            &error.to_string(),
-                        )?;
-                        Err(error)
+                        Err(
+                            match gate.audit_failure(
+                                Some(&who),
+                                &request_id,
+                                None,
+                                "GET",
+                                &url,
+                                status,
+                                &error.to_string(),
+                            ) {
+                                Ok(()) => error,
+                                Err(unavailable) => unavailable.into(),
+                            },
+                        )
                     }
                 };
                 searched.push((index, answer));

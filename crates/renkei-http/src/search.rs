@@ -246,8 +246,7 @@ pub(crate) fn batch_search(
     entry: &Value,
 ) -> Option<(String, Result<BatchSearch>)> {
     let request = entry.get("request")?;
-    let method = request.get("method").and_then(Value::as_str)?;
-    if !method.eq_ignore_ascii_case("GET") {
+    if request.get("method").and_then(Value::as_str) != Some("GET") {
         return None;
     }
     let url = request.get("url").and_then(Value::as_str)?;

@@ -278,7 +278,34 @@ fn put_or_post(
 /// Checks what would fail a whole batch or transaction before any entry runs (an entry
 /// without a request, a repeated `fullUrl`, a malformed ETag), with the client's entry numbers.
 pub fn check_entries(bundle: &Value) -> Result<(), RepoError> {
-    parse_entries(bundle).map(|_| ())
+    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    check_full_urls_unique(entries)?;
+    for (index, entry) in entries.iter().enumerate() {
+        let request = entry_request(index, entry)?;
+        entry_etag(index, request, "ifMatch")?;
+        entry_etag(index, request, "ifNoneMatch")?;
+    }
+    Ok(())
+}
+
+fn entry_request(index: usize, entry: &Value) -> Result<&Value, RepoError> {
+    entry
+        .get("request")
+        .ok_or_else(|| RepoError::BadRequest(format!("Bundle.entry[{index}] has no request")))
+}
+
+/// An entry's `ifMatch` / `ifNoneMatch` version.
+fn entry_etag(index: usize, request: &Value, field: &str) -> Result<Option<i64>, RepoError> {
+    match request.get(field).and_then(Value::as_str) {
+        Some(tag) => Ok(Some(parse_etag(tag).ok_or_else(|| {
+            RepoError::BadRequest(format!(
+                "Bundle.entry[{index}].request.{field} '{tag}' is not an ETag like W/\"3\""
+            ))
+        })?)),
+        None => Ok(None),
+    }
 }
 
 fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
@@ -290,9 +317,7 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
         .iter()
         .enumerate()
         .map(|(index, entry)| {
-            let request = entry.get("request").ok_or_else(|| {
-                RepoError::BadRequest(format!("Bundle.entry[{index}] has no request"))
-            })?;
+            let request = entry_request(index, entry)?;
             let method = request
                 .get("method")
                 .and_then(Value::as_str)
@@ -303,18 +328,8 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let etag = |field: &str| -> Result<Option<i64>, RepoError> {
-                match request.get(field).and_then(Value::as_str) {
-                    Some(tag) => Ok(Some(parse_etag(tag).ok_or_else(|| {
-                        RepoError::BadRequest(format!(
-                            "Bundle.entry[{index}].request.{field} '{tag}' is not an ETag like W/\"3\""
-                        ))
-                    })?)),
-                    None => Ok(None),
-                }
-            };
-            let if_match = etag("ifMatch")?;
-            let if_none_match = etag("ifNoneMatch")?;
+            let if_match = entry_etag(index, request, "ifMatch")?;
+            let if_none_match = entry_etag(index, request, "ifNoneMatch")?;
             Ok(EntryRequest {
                 method,
                 url,
