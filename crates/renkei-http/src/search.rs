@@ -148,17 +148,22 @@ pub(crate) fn localize_bundle_criteria(ctx: &RequestCtx, bundle: &mut Value) {
     }
 }
 
+/// How this request's searches are parsed: the server's page sizes and the client's handling.
+fn parse_options(req: &HttpRequest, state: &AppState) -> ParseOptions {
+    ParseOptions {
+        default_count: state.default_page_size,
+        max_count: state.max_page_size,
+        strict: strict_handling(req),
+    }
+}
+
 async fn run(
     req: &HttpRequest,
     ctx: &RequestCtx,
     state: &AppState,
     mut request: SearchRequest,
 ) -> Result<HttpResponse> {
-    let options = ParseOptions {
-        default_count: state.default_page_size,
-        max_count: state.max_page_size,
-        strict: strict_handling(req),
-    };
+    let options = parse_options(req, state);
     request.params = localize(ctx, std::mem::take(&mut request.params));
     let plan = plan_for(&request, &options)?;
     let who = authenticate(req, state)?;
@@ -250,13 +255,9 @@ pub(crate) fn batch_search(
         return None;
     }
     let url = request.get("url").and_then(Value::as_str)?;
-    let relative = relative_entry_url(ctx, url);
+    let relative = renkei_repository::relative_entry_url(url);
     let (path, query) = relative.split_once('?').unwrap_or((relative, ""));
-    let options = ParseOptions {
-        default_count: state.default_page_size,
-        max_count: state.max_page_size,
-        strict: strict_handling(req),
-    };
+    let options = parse_options(req, state);
     let planned = search_request_for(path, parse_query(query))?.and_then(|mut search| {
         // The trail is searched at `[base]/AuditEvent` under its own role rules, not as a
         // stored resource type (a search over several types simply finds no AuditEvent).
@@ -275,20 +276,6 @@ pub(crate) fn batch_search(
         })
     });
     Some((relative.to_string(), planned))
-}
-
-/// An entry URL relative to the base: this server's base, or (as the repository takes entry
-/// URLs) anything up to `/fhir/` in an absolute URL's path, is left out.
-fn relative_entry_url<'u>(ctx: &RequestCtx, url: &'u str) -> &'u str {
-    let own_base = format!("{}/", ctx.base);
-    let path_end = url.find('?').unwrap_or(url.len());
-    let relative = match url.strip_prefix(own_base.as_str()) {
-        Some(rest) => rest,
-        None => url[..path_end]
-            .find("/fhir/")
-            .map_or(url, |i| &url[i + "/fhir/".len()..]),
-    };
-    relative.trim_start_matches('/')
 }
 
 impl BatchSearch {

@@ -383,16 +383,21 @@ pub fn parse_etag(tag: &str) -> Option<i64> {
         .ok()
 }
 
-fn parse_target(url: &str) -> Result<Target, RepoError> {
-    // Entry URLs are relative to the base; tolerate an absolute base prefix. Only the path
-    // may hold it: the criteria of a conditional entry may name URLs of their own
-    // (`Observation?subject=http://host/fhir/Patient/1` changes Observations, not Patient/1).
+/// A Bundle entry's URL relative to the base. Entry URLs are relative; an absolute base
+/// prefix is tolerated. Only the path may hold it: the criteria of a conditional entry may name
+/// URLs of their own (`Observation?subject=http://host/fhir/Patient/1` changes Observations,
+/// not Patient/1).
+pub fn relative_entry_url(url: &str) -> &str {
     let path_end = url.find('?').unwrap_or(url.len());
-    let relative = url[..path_end]
+    url[..path_end]
         .find("/fhir/")
         .map(|i| &url[i + "/fhir/".len()..])
         .unwrap_or(url)
-        .trim_start_matches('/');
+        .trim_start_matches('/')
+}
+
+fn parse_target(url: &str) -> Result<Target, RepoError> {
+    let relative = relative_entry_url(url);
     if relative.contains('?') {
         let (path, _) = relative.split_once('?').unwrap_or((relative, ""));
         if !path.contains('/') {

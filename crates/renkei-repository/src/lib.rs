@@ -14,7 +14,10 @@ mod index;
 mod interactions;
 mod meta;
 
-pub use bundle::{check_entries, no_commit_hook, parse_etag, BundleKind, CommitHook, EntryRequest};
+pub use bundle::{
+    check_entries, no_commit_hook, parse_etag, relative_entry_url, BundleKind, CommitHook,
+    EntryRequest,
+};
 pub use criteria::{percent_decode, percent_decode_strict, Criteria};
 pub use error::{status_of, RepoError};
 pub use interactions::{

@@ -264,11 +264,6 @@ impl Tx<'_> {
         events: &[NewAuditEvent],
         hash: RecordHash<'_>,
     ) -> Result<Option<AuditHead>, StoreError> {
-        #[derive(QueryableByName)]
-        struct Moved {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
         if self.backend() != crate::Backend::Postgres {
             // SQLite has no data-modifying `WITH`; its writers append under the write lock.
             return Err(StoreError::Unavailable(
@@ -286,7 +281,7 @@ impl Tx<'_> {
             sql.push(&format!(", s{n} AS (")).push_sql(insert).push(")");
         }
         sql.push(" SELECT CAST(COUNT(*) AS BIGINT) AS n FROM h");
-        let moved = self.load::<Moved>(&sql)?.first().map_or(0, |m| m.n);
+        let moved = self.load_count(&sql)?;
         Ok((moved == 1).then_some(next))
     }
 
@@ -341,21 +336,13 @@ impl Tx<'_> {
 
     /// How many events match `query`'s filters, on every page (its cursor and limit aside).
     pub fn audit_count(&mut self, query: &AuditQuery) -> Result<i64, StoreError> {
-        #[derive(QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
         let every_page = AuditQuery {
             before_seq: None,
             after_seq: None,
             past_recorded: None,
             ..query.clone()
         };
-        Ok(self
-            .load::<Count>(&audit_search_statement(&every_page, Listing::Count))?
-            .first()
-            .map_or(0, |c| c.n))
+        self.load_count(&audit_search_statement(&every_page, Listing::Count))
     }
 }
 

@@ -913,6 +913,16 @@ impl Tx<'_> {
         .map_err(classify)
     }
 
+    /// The number a counting query (one `BIGINT` column named `n`) returns; 0 without a row.
+    pub(crate) fn load_count(&mut self, sql: &Sql) -> Result<i64, StoreError> {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        Ok(self.load::<Count>(sql)?.first().map_or(0, |c| c.n))
+    }
+
     /// `FOR UPDATE` where the backend has row locks; SQLite's IMMEDIATE transaction already
     /// excludes other writers.
     pub fn for_update(&self) -> &'static str {

@@ -90,12 +90,6 @@ struct PatientId {
     res_id: String,
 }
 
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
 const ROW_COLUMNS: &str =
     "r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.custodian, r.patient_id, r.body";
 /// The sort keys and the decider of a row that is not a page's match (an include, history).
@@ -331,8 +325,7 @@ impl Tx<'_> {
         plan: &SearchPlan,
         visibility: &Visibility,
     ) -> Result<i64, StoreError> {
-        let sql = count_sql(plan, visibility, self.backend());
-        Ok(self.load::<Count>(&sql)?.first().map_or(0, |c| c.n))
+        self.load_count(&count_sql(plan, visibility, self.backend()))
     }
 
     /// The statement a search runs first: the count for `_summary=count`, else the page
