@@ -422,8 +422,8 @@ impl Gate {
         first_row
             .iter()
             .map(|(patient, (row, holders))| {
-                // The page's query names it for the rows of a search's one patient; other
-                // rows take one lookup per patient.
+                // The page's query names it for its matches; included rows take one
+                // lookup per patient.
                 let decider = self.decider(who, true, || match row.decided_by() {
                     Some(consent) => Ok(consent.map(str::to_string)),
                     None => Ok(tx

@@ -307,6 +307,25 @@ fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
             names.sort();
             names
         });
+        // A search about no one patient names the decider of every foreign row it returns.
+        if let Visibility::Facility {
+            organization,
+            break_glass: false,
+            ..
+        } = who
+        {
+            let page = repo
+                .search(&plan(res_type, &format!("_id={ids}")), who)
+                .unwrap();
+            for row in &page.matches {
+                assert!(
+                    row.custodian.as_deref() == Some(organization.as_str())
+                        || row.decided_by().is_some(),
+                    "{patient} {}: foreign row without its decider",
+                    row.res_id
+                );
+            }
+        }
         assert_eq!(
             by_patient, by_id,
             "{patient} {res_type}: by patient vs by id"

@@ -58,11 +58,11 @@ pub struct SearchRow {
 }
 
 impl SearchRow {
-    /// For a facility's row of the search's focus patient held by another facility, what
-    /// decided its consent, found by the page's own query
-    /// ([`Visibility::push_focus_decider`]), as [`crate::Decision::consent_ref`] would say it:
-    /// `Some(Some(consent))`, or `Some(None)` for the implicit policy. `None` when the page
-    /// did not decide it (any other row, or rules that depend on the resource); ask
+    /// For a facility's matching row held by another facility, what decided its consent,
+    /// found by the page's own query ([`Visibility::push_decider`]), as
+    /// [`crate::Decision::consent_ref`] would say it: `Some(Some(consent))`, or `Some(None)`
+    /// for the implicit policy. `None` when the page did not decide it (an included row,
+    /// break-glass, or rules about the focus patient that depend on the resource); ask
     /// [`Tx::deciding_consent`] then.
     pub fn decided_by(&self) -> Option<Option<&str>> {
         self.decider
@@ -917,7 +917,7 @@ pub fn page_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) ->
     for i in sorts.len()..MAX_SORT_KEYS {
         sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
     }
-    visibility.push_focus_decider(&mut sql, "r", focus_patient(plan));
+    visibility.push_decider(&mut sql, "r", focus_patient(plan));
     sql.push(" AS decider FROM resources r WHERE ");
     push_where(&mut sql, plan, &mut Aliases::new(visibility, backend));
     sql.push(") v");

@@ -274,6 +274,21 @@ fn push_row_decision(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>, implicit_perm
     sql.push(")");
 }
 
+/// `COALESCE(…)`: the Consent that decides whether this facility requester may see row `r`,
+/// NULL when no rule applies (the implicit policy). The rules of the row's person (its patient
+/// record and every record linked to it), deny first. When no rule matches but the person has
+/// a consent in force, that consent decided (it does not permit this requester: step 8 of
+/// CONSENT.md), not the implicit policy.
+fn push_row_decider(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
+    sql.push("COALESCE((SELECT p.consent_ref FROM ");
+    push_person_rules(sql, "p", PersonOf::Row(r));
+    sql.push(" WHERE ");
+    push_match(sql, "p", r, v);
+    sql.push(" ORDER BY p.permit ASC LIMIT 1), (SELECT q.consent_ref FROM ");
+    push_person_rules(sql, "q", PersonOf::Row(r));
+    sql.push(" ORDER BY q.consent_ref LIMIT 1))");
+}
+
 struct FacilityArgs<'a> {
     organization: &'a str,
     practitioner: Option<&'a str>,
@@ -379,15 +394,16 @@ impl Visibility {
         }
     }
 
-    /// `, <what decides>`: for a facility's search about one patient, a column naming what
-    /// decides consent for that patient's rows held by other facilities, so the AuthZ-Consent
-    /// event of a page needs no statement of its own. Like the once-per-query decision
-    /// ([`push_consent_permits`]) it is uncorrelated, evaluated once, and only when such a
-    /// row is returned: the first matching deny rule's Consent, else the first matching
-    /// permit's, else `''` (no rule applies: the implicit policy). NULL when a rule that
-    /// applies to this requester depends on the resource, and on every other row; the caller
-    /// then asks [`crate::Tx::deciding_consent`] for the row.
-    pub fn push_focus_decider(&self, sql: &mut Sql, r: &str, focus: Option<&str>) {
+    /// `, <what decides>`: for a facility's search, a column naming what decides consent for
+    /// each returned row held by another facility, so the AuthZ-Consent event of a page needs
+    /// no statement of its own: the first matching deny rule's Consent, else the first
+    /// matching permit's, else `''` (no rule applies: the implicit policy). About one patient
+    /// (`focus`), it is uncorrelated like the once-per-query decision
+    /// ([`push_consent_permits`]) and evaluated once; it is NULL there when a rule that applies
+    /// to this requester depends on the resource. Without a focus it is the row's own
+    /// [`crate::Tx::deciding_consent`]. NULL on the facility's own rows, for break-glass and
+    /// for other requesters; the caller then asks [`crate::Tx::deciding_consent`] for the row.
+    pub fn push_decider(&self, sql: &mut Sql, r: &str, focus: Option<&str>) {
         let break_glass = matches!(
             self,
             Visibility::Facility {
@@ -395,8 +411,19 @@ impl Visibility {
                 ..
             }
         );
-        let (Some(args), Some(patient), false) = (self.facility_args(), focus, break_glass) else {
+        let (Some(args), false) = (self.facility_args(), break_glass) else {
             sql.push(", CAST(NULL AS TEXT)");
+            return;
+        };
+        let Some(patient) = focus else {
+            // Correlated, and evaluated only for a returned row held by another facility: a
+            // statement of its own per patient on the page cost a consented search about a
+            // round trip more than the owner's.
+            sql.push(&format!(", CASE WHEN {r}.custodian <> "))
+                .bind(Bind::Text(args.organization.to_string()))
+                .push(" THEN COALESCE(");
+            push_row_decider(sql, r, &args);
+            sql.push(", '') END");
             return;
         };
         sql.push(&format!(", CASE WHEN {r}.patient_id = "))
@@ -594,18 +621,9 @@ impl crate::Tx<'_> {
         let Some(args) = visibility.facility_args() else {
             return Ok(None);
         };
-        // The rules of the row's person (its patient record and every record linked to it),
-        // deny first.
-        // When no rule matches but the person has a consent in force, that consent decided
-        // (it does not permit this requester: step 8 of CONSENT.md), not the implicit policy.
-        let mut sql =
-            Sql::new("SELECT r.patient_id, r.custodian, COALESCE((SELECT p.consent_ref FROM ");
-        push_person_rules(&mut sql, "p", PersonOf::Row("r"));
-        sql.push(" WHERE ");
-        push_match(&mut sql, "p", "r", &args);
-        sql.push(" ORDER BY p.permit ASC LIMIT 1), (SELECT q.consent_ref FROM ");
-        push_person_rules(&mut sql, "q", PersonOf::Row("r"));
-        sql.push(" ORDER BY q.consent_ref LIMIT 1)) AS consent_ref FROM resources r WHERE ");
+        let mut sql = Sql::new("SELECT r.patient_id, r.custodian, ");
+        push_row_decider(&mut sql, "r", &args);
+        sql.push(" AS consent_ref FROM resources r WHERE ");
         match row {
             DecidedRow::Rid(rid) => {
                 sql.push("r.rid = ").bind(Bind::Int(rid));
