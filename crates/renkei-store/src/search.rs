@@ -917,7 +917,9 @@ pub fn page_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) ->
     for i in sorts.len()..MAX_SORT_KEYS {
         sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
     }
-    visibility.push_decider(&mut sql, "r", focus_patient(plan));
+    // PostgreSQL evaluates the column past the sort and limit; SQLite before its sort.
+    let decided_per_row = sorts.is_empty() || backend == Backend::Postgres;
+    visibility.push_decider(&mut sql, "r", focus_patient(plan), decided_per_row);
     sql.push(" AS decider FROM resources r WHERE ");
     push_where(&mut sql, plan, &mut Aliases::new(visibility, backend));
     sql.push(") v");

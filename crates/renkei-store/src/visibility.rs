@@ -276,7 +276,8 @@ fn push_row_decision(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>, implicit_perm
 
 /// `COALESCE(…)`: the Consent that decides whether this facility requester may see row `r`,
 /// NULL when no rule applies (the implicit policy). The rules of the row's person (its patient
-/// record and every record linked to it), deny first. When no rule matches but the person has
+/// record and every record linked to it), deny first, then by Consent so that every query names
+/// the same one. When no rule matches but the person has
 /// a consent in force, that consent decided (it does not permit this requester: step 8 of
 /// CONSENT.md), not the implicit policy.
 fn push_row_decider(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
@@ -284,7 +285,7 @@ fn push_row_decider(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
     push_person_rules(sql, "p", PersonOf::Row(r));
     sql.push(" WHERE ");
     push_match(sql, "p", r, v);
-    sql.push(" ORDER BY p.permit ASC LIMIT 1), (SELECT q.consent_ref FROM ");
+    sql.push(" ORDER BY p.permit ASC, p.consent_ref LIMIT 1), (SELECT q.consent_ref FROM ");
     push_person_rules(sql, "q", PersonOf::Row(r));
     sql.push(" ORDER BY q.consent_ref LIMIT 1))");
 }
@@ -401,9 +402,12 @@ impl Visibility {
     /// (`focus`), it is uncorrelated like the once-per-query decision
     /// ([`push_consent_permits`]) and evaluated once; it is NULL there when a rule that applies
     /// to this requester depends on the resource. Without a focus it is the row's own
-    /// [`crate::Tx::deciding_consent`]. NULL on the facility's own rows, for break-glass and
-    /// for other requesters; the caller then asks [`crate::Tx::deciding_consent`] for the row.
-    pub fn push_decider(&self, sql: &mut Sql, r: &str, focus: Option<&str>) {
+    /// [`crate::Tx::deciding_consent`], written only when `per_row` says the query evaluates
+    /// it for the rows it returns alone: SQLite computes a select-list column before it sorts,
+    /// so on a page ordered by `_sort` it would decide every match, not just the page. NULL on
+    /// the facility's own rows, for break-glass, for other requesters and where not written;
+    /// the caller then asks [`crate::Tx::deciding_consent`] for the row.
+    pub fn push_decider(&self, sql: &mut Sql, r: &str, focus: Option<&str>, per_row: bool) {
         let break_glass = matches!(
             self,
             Visibility::Facility {
@@ -416,12 +420,18 @@ impl Visibility {
             return;
         };
         let Some(patient) = focus else {
-            // Correlated, and evaluated only for a returned row held by another facility: a
-            // statement of its own per patient on the page cost a consented search about a
-            // round trip more than the owner's.
-            sql.push(&format!(", CASE WHEN {r}.custodian <> "))
-                .bind(Bind::Text(args.organization.to_string()))
-                .push(" THEN COALESCE(");
+            if !per_row {
+                sql.push(", CAST(NULL AS TEXT)");
+                return;
+            }
+            // Correlated, and evaluated only for a returned row about a patient held by
+            // another facility: a statement of its own per patient on the page cost a
+            // consented search about a round trip more than the owner's.
+            sql.push(&format!(
+                ", CASE WHEN {r}.patient_id IS NOT NULL AND {r}.custodian <> "
+            ))
+            .bind(Bind::Text(args.organization.to_string()))
+            .push(" THEN COALESCE(");
             push_row_decider(sql, r, &args);
             sql.push(", '') END");
             return;
@@ -438,7 +448,7 @@ impl Visibility {
         push_person_rules(sql, "f", PersonOf::Patient(patient));
         sql.push(" WHERE ");
         push_requester_match(sql, "f", &args);
-        sql.push(" ORDER BY f.permit ASC LIMIT 1), '') END FROM ");
+        sql.push(" ORDER BY f.permit ASC, f.consent_ref LIMIT 1), '') END FROM ");
         push_person_rules(sql, "g", PersonOf::Patient(patient));
         sql.push(") END");
     }
