@@ -671,10 +671,9 @@ pub async fn bundle(
         // them); the other entries go to the gate as the Bundle. What fails a whole batch is
         // checked first, naming the client's own entry numbers.
         let is_batch = bundle.get("type").and_then(Value::as_str) == Some("batch");
-        let refused = match is_batch {
-            true => renkei_repository::check_entries(&bundle).err(),
-            false => None,
-        };
+        let refused = is_batch
+            .then(|| renkei_repository::check_entries(&bundle).err())
+            .flatten();
         let mut searches = Vec::new();
         if is_batch && refused.is_none() {
             if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {

@@ -251,7 +251,9 @@ pub(crate) fn batch_search(
     entry: &Value,
 ) -> Option<(String, Result<BatchSearch>)> {
     let request = entry.get("request")?;
-    if request.get("method").and_then(Value::as_str) != Some("GET") {
+    // The method's case as the repository takes it (it upper-cases every entry's method).
+    let method = request.get("method").and_then(Value::as_str)?;
+    if !method.eq_ignore_ascii_case("GET") {
         return None;
     }
     let url = request.get("url").and_then(Value::as_str)?;

@@ -277,9 +277,8 @@ fn push_row_decision(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>, implicit_perm
 /// `COALESCE(…)`: the Consent that decides whether this facility requester may see row `r`,
 /// NULL when no rule applies (the implicit policy). The rules of the row's person (its patient
 /// record and every record linked to it), deny first, then by Consent so that every query names
-/// the same one. When no rule matches but the person has
-/// a consent in force, that consent decided (it does not permit this requester: step 8 of
-/// CONSENT.md), not the implicit policy.
+/// the same one. When no rule matches but the person has a consent in force, that consent
+/// decided (it does not permit this requester: step 8 of CONSENT.md), not the implicit policy.
 fn push_row_decider(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
     sql.push("COALESCE((SELECT p.consent_ref FROM ");
     push_person_rules(sql, "p", PersonOf::Row(r));
@@ -415,15 +414,12 @@ impl Visibility {
                 ..
             }
         );
-        let (Some(args), false) = (self.facility_args(), break_glass) else {
+        let left_out = break_glass || (focus.is_none() && !per_row);
+        let (Some(args), false) = (self.facility_args(), left_out) else {
             sql.push(", CAST(NULL AS TEXT)");
             return;
         };
         let Some(patient) = focus else {
-            if !per_row {
-                sql.push(", CAST(NULL AS TEXT)");
-                return;
-            }
             // Correlated, and evaluated only for a returned row about a patient held by
             // another facility: a statement of its own per patient on the page cost a
             // consented search about a round trip more than the owner's.
