@@ -44,14 +44,6 @@ pub struct SearchRow {
     pub patient_id: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     pub body: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    k0: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    k1: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    k2: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    k3: Option<String>,
     /// See [`SearchRow::decided_by`]: `''` stands for the implicit policy.
     #[diesel(sql_type = Nullable<Text>)]
     decider: Option<String>,
@@ -92,8 +84,21 @@ struct PatientId {
 
 const ROW_COLUMNS: &str =
     "r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.custodian, r.patient_id, r.body";
-/// The sort keys and the decider of a row that is not a page's match (an include, history).
-const NO_KEYS: &str = ", CAST(NULL AS TEXT) AS k0, CAST(NULL AS TEXT) AS k1, CAST(NULL AS TEXT) AS k2, CAST(NULL AS TEXT) AS k3, CAST(NULL AS TEXT) AS decider";
+/// The decider of a row that is not a page's match (an include, history).
+const NO_KEYS: &str = ", CAST(NULL AS TEXT) AS decider";
+
+/// The text of a row's sort keys (`k{i}`, NULL past the plan's keys).
+#[derive(QueryableByName)]
+struct SortKeyTexts {
+    #[diesel(sql_type = Nullable<Text>)]
+    k0: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    k1: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    k2: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    k3: Option<String>,
+}
 
 impl Tx<'_> {
     /// The plan with every `:in`/`:not-in` filter replaced by a token filter over the
@@ -366,35 +371,24 @@ impl Tx<'_> {
         if backward {
             rows.reverse();
         }
-        let cursor_of = |row: &SearchRow, backward: bool| Cursor {
-            keys: sort_values(plan, row),
-            rid: row.rid,
-            backward,
-        };
         let at_end = plan.cursor.as_ref().is_some_and(Cursor::is_last);
-        let (next, previous) = if backward {
+        let (next_row, previous_row) = if backward {
             (
-                rows.last().filter(|_| !at_end).map(|r| cursor_of(r, false)),
-                if more {
-                    rows.first().map(|r| cursor_of(r, true))
-                } else {
-                    None
-                },
+                rows.last().filter(|_| !at_end),
+                rows.first().filter(|_| more),
             )
         } else {
             (
-                if more {
-                    rows.last().map(|r| cursor_of(r, false))
-                } else {
-                    None
-                },
-                if plan.cursor.is_some() {
-                    rows.first().map(|r| cursor_of(r, true))
-                } else {
-                    None
-                },
+                rows.last().filter(|_| more),
+                rows.first().filter(|_| plan.cursor.is_some()),
             )
         };
+        let next = next_row
+            .map(|row| self.cursor_of(plan, row, false))
+            .transpose()?;
+        let previous = previous_row
+            .map(|row| self.cursor_of(plan, row, true))
+            .transpose()?;
         let total = if plan.total == renkei_search::plan::Total::Accurate {
             Some(self.count_resolved(plan, visibility)?)
         } else if plan.cursor.is_none() && !more {
@@ -410,6 +404,50 @@ impl Tx<'_> {
             previous,
             total,
         })
+    }
+
+    /// The cursor that continues the page's order from `row` (keyset paging).
+    fn cursor_of(
+        &mut self,
+        plan: &SearchPlan,
+        row: &SearchRow,
+        backward: bool,
+    ) -> Result<Cursor, StoreError> {
+        Ok(Cursor {
+            keys: self.sort_keys(plan, row.rid)?,
+            rid: row.rid,
+            backward,
+        })
+    }
+
+    /// The values of the plan's sort keys for one resource, as the page query sorted by them
+    /// (the same expressions, in the same transaction).
+    fn sort_keys(&mut self, plan: &SearchPlan, rid: i64) -> Result<Vec<SortValue>, StoreError> {
+        let sorts: Vec<&Sort> = plan.sort.iter().take(MAX_SORT_KEYS).collect();
+        if sorts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new("SELECT ");
+        for (i, sort) in sorts.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push("CAST(");
+            push_sort_expr(&mut sql, sort, &plan.types);
+            sql.push(&format!(" AS TEXT) AS k{i}"));
+        }
+        for i in sorts.len()..MAX_SORT_KEYS {
+            sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
+        }
+        sql.push(" FROM resources r WHERE r.rid = ")
+            .bind(Bind::Int(rid));
+        let keys = self.load::<SortKeyTexts>(&sql)?.into_iter().next();
+        let texts = keys.map(|k| [k.k0, k.k1, k.k2, k.k3]).unwrap_or_default();
+        Ok(sorts
+            .iter()
+            .zip(texts)
+            .map(|(sort, text)| sort_value(sort, text.unwrap_or_default()))
+            .collect())
     }
 
     fn included(
@@ -868,24 +906,15 @@ fn is_float_key(sort: &Sort) -> bool {
     )
 }
 
-/// The sort key values of a row, read back from its text columns.
-fn sort_values(plan: &SearchPlan, row: &SearchRow) -> Vec<SortValue> {
-    let texts = [&row.k0, &row.k1, &row.k2, &row.k3];
-    plan.sort
-        .iter()
-        .take(MAX_SORT_KEYS)
-        .zip(texts)
-        .map(|(sort, text)| {
-            let text = text.clone().unwrap_or_default();
-            if is_int_key(sort) {
-                SortValue::Int(text.parse().unwrap_or_default())
-            } else if is_float_key(sort) {
-                SortValue::Float(text.parse().unwrap_or_default())
-            } else {
-                SortValue::Text(text)
-            }
-        })
-        .collect()
+/// A sort key's value, read back from its text.
+fn sort_value(sort: &Sort, text: String) -> SortValue {
+    if is_int_key(sort) {
+        SortValue::Int(text.parse().unwrap_or_default())
+    } else if is_float_key(sort) {
+        SortValue::Float(text.parse().unwrap_or_default())
+    } else {
+        SortValue::Text(text)
+    }
 }
 
 fn bind_sort_value(sql: &mut Sql, value: &SortValue) {
@@ -910,13 +939,11 @@ pub fn page_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) ->
     for (i, sort) in sorts.iter().enumerate() {
         sql.push(", ");
         push_sort_expr(&mut sql, sort, &plan.types);
-        sql.push(&format!(" AS s{i}, CAST("));
-        push_sort_expr(&mut sql, sort, &plan.types);
-        sql.push(&format!(" AS TEXT) AS k{i}"));
+        sql.push(&format!(" AS s{i}"));
     }
-    for i in sorts.len()..MAX_SORT_KEYS {
-        sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
-    }
+    // No text of the keys here: a cursor's values are looked up for the page's first or last
+    // row only (`Tx::sort_keys`). SQLite computes select-list columns before it sorts, so a
+    // text column here ran every key's subquery twice for every match.
     // PostgreSQL evaluates the column past the sort and limit; SQLite before its sort.
     let decided_per_row = sorts.is_empty() || backend == Backend::Postgres;
     visibility.push_decider(&mut sql, "r", focus_patient(plan), decided_per_row);
