@@ -579,6 +579,93 @@ fn search_on_postgres() {
     run_cases(postgres());
 }
 
+/// Walks every page of `Observation?{query}` by its `next` links, then back from the last
+/// page by its `previous` links; returns the ids in each walk's order (the second reversed).
+fn walk_both_ways(repo: &Repository, query: &str) -> (Vec<String>, Vec<String>) {
+    let mut p = plan("Observation", query);
+    let mut forward = Vec::new();
+    // A wrong cursor can page forever: more pages than rows is a failure.
+    let limit = 50;
+    for pages in 0.. {
+        assert!(pages < limit, "{query}: the next links do not end");
+        let page = repo.search(&p, &Visibility::Unrestricted).unwrap();
+        forward.extend(page.matches.iter().map(|r| r.res_id.clone()));
+        match page.next {
+            Some(cursor) => p.cursor = Some(Cursor::decode(&cursor.encode()).unwrap()),
+            None => break,
+        }
+    }
+    let mut backward = Vec::new();
+    p.cursor = Some(Cursor::last());
+    for pages in 0.. {
+        assert!(pages < limit, "{query}: the previous links do not end");
+        let page = repo.search(&p, &Visibility::Unrestricted).unwrap();
+        backward.extend(page.matches.iter().rev().map(|r| r.res_id.clone()));
+        match page.previous {
+            Some(cursor) => p.cursor = Some(Cursor::decode(&cursor.encode()).unwrap()),
+            None => break,
+        }
+    }
+    backward.reverse();
+    (forward, backward)
+}
+
+/// Keyset cursors on a number key resume after the exact value: values that share their first
+/// 15 significant digits, and the stand-in of a missing value (the largest double), each page
+/// continues where the last stopped, with no row repeated or lost.
+fn float_keys_page_exactly(db: Db) {
+    let repo = &db.repo;
+    let values: [(&str, Option<f64>); 9] = [
+        ("q-a", Some(0.300_000_000_000_000_04)),
+        ("q-b", None),
+        ("q-c", Some(0.3)),
+        ("q-d", Some(123_456.789_012_345_67)),
+        ("q-e", None),
+        ("q-f", Some(1e-7)),
+        ("q-g", Some(0.1)),
+        ("q-h", None),
+        ("q-i", Some(2.5)),
+    ];
+    for (id, value) in values {
+        let mut obs = json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]}});
+        if let Some(v) = value {
+            obs["valueQuantity"] = json!({"value": v, "unit": "mg/dL"});
+        }
+        put(repo, obs);
+    }
+    let ascending = [
+        "q-f", "q-g", "q-c", "q-a", "q-i", "q-d", "q-b", "q-e", "q-h",
+    ];
+    for count in [1, 2, 4] {
+        let (forward, backward) =
+            walk_both_ways(repo, &format!("_sort=value-quantity&_count={count}"));
+        assert_eq!(forward, ascending, "_count={count}");
+        assert_eq!(backward, ascending, "_count={count}");
+        // Descending: missing values still sort last, in rid order.
+        let (forward, backward) =
+            walk_both_ways(repo, &format!("_sort=-value-quantity&_count={count}"));
+        let descending = [
+            "q-d", "q-i", "q-a", "q-c", "q-g", "q-f", "q-b", "q-e", "q-h",
+        ];
+        assert_eq!(forward, descending, "-value-quantity, _count={count}");
+        assert_eq!(backward, descending, "-value-quantity, _count={count}");
+    }
+    (db.cleanup)();
+}
+
+#[test]
+fn float_keys_page_exactly_on_sqlite() {
+    float_keys_page_exactly(common::sqlite("float-keys"));
+}
+
+#[test]
+fn float_keys_page_exactly_on_postgres() {
+    if common::backend_selected("postgres") {
+        float_keys_page_exactly(common::postgres("float_keys"));
+    }
+}
+
 /// The facility that writes the data of `large_searches` and reads it back under its consent
 /// predicate (its own rows are visible; the predicate is still in every statement).
 const FACILITY: &str = "Organization/hosp-large";

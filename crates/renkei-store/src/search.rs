@@ -13,6 +13,7 @@ use renkei_search::plan::{
     TokenMatch, UriMode,
 };
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// The highest code point: `prefix || MAX` bounds a starts-with range from above.
 const TEXT_MAX: char = '\u{10FFFF}';
@@ -85,11 +86,13 @@ struct PatientId {
 const ROW_COLUMNS: &str =
     "r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.custodian, r.patient_id, r.body";
 /// The decider of a row that is not a page's match (an include, history).
-const NO_KEYS: &str = ", CAST(NULL AS TEXT) AS decider";
+const NO_DECIDER: &str = ", CAST(NULL AS TEXT) AS decider";
 
 /// The text of a row's sort keys (`k{i}`, NULL past the plan's keys).
 #[derive(QueryableByName)]
 struct SortKeyTexts {
+    #[diesel(sql_type = BigInt)]
+    rid: i64,
     #[diesel(sql_type = Nullable<Text>)]
     k0: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -241,7 +244,7 @@ impl Tx<'_> {
             }
             done.push(name.clone());
             let mut sql = Sql::new(&format!(
-                "SELECT {ROW_COLUMNS}{NO_KEYS} FROM resources r WHERE r.res_type = "
+                "SELECT {ROW_COLUMNS}{NO_DECIDER} FROM resources r WHERE r.res_type = "
             ));
             sql.bind(Bind::Text("ValueSet".into()))
                 .push(" AND r.deleted = ")
@@ -304,7 +307,7 @@ impl Tx<'_> {
         limit: usize,
     ) -> Result<Vec<SearchRow>, StoreError> {
         let mut sql = Sql::new(&format!(
-            "SELECT {ROW_COLUMNS}{NO_KEYS} FROM resources r WHERE r.deleted = "
+            "SELECT {ROW_COLUMNS}{NO_DECIDER} FROM resources r WHERE r.deleted = "
         ));
         sql.bind(Bind::Bool(false))
             .push(" AND r.rid > ")
@@ -383,12 +386,26 @@ impl Tx<'_> {
                 rows.first().filter(|_| plan.cursor.is_some()),
             )
         };
-        let next = next_row
-            .map(|row| self.cursor_of(plan, row, false))
-            .transpose()?;
-        let previous = previous_row
-            .map(|row| self.cursor_of(plan, row, true))
-            .transpose()?;
+        let linked: Vec<i64> = next_row
+            .iter()
+            .chain(&previous_row)
+            .map(|r| r.rid)
+            .collect();
+        let keys = self.sort_keys(plan, &linked)?;
+        // A one-row page continues from the same row both ways.
+        let cursor_of = |row: &SearchRow, backward: bool| -> Result<Cursor, StoreError> {
+            Ok(Cursor {
+                keys: keys
+                    .get(&row.rid)
+                    .cloned()
+                    .or_else(|| plan.sort.is_empty().then(Vec::new))
+                    .ok_or(StoreError::Query(diesel::result::Error::NotFound))?,
+                rid: row.rid,
+                backward,
+            })
+        };
+        let next = next_row.map(|row| cursor_of(row, false)).transpose()?;
+        let previous = previous_row.map(|row| cursor_of(row, true)).transpose()?;
         let total = if plan.total == renkei_search::plan::Total::Accurate {
             Some(self.count_resolved(plan, visibility)?)
         } else if plan.cursor.is_none() && !more {
@@ -406,47 +423,51 @@ impl Tx<'_> {
         })
     }
 
-    /// The cursor that continues the page's order from `row` (keyset paging).
-    fn cursor_of(
+    /// The values of the plan's sort keys for the rows a page's links continue from, as the
+    /// page query sorted by them (the same expressions, in the same transaction), by rid. One
+    /// statement for both rows of a middle page; none without sort keys.
+    fn sort_keys(
         &mut self,
         plan: &SearchPlan,
-        row: &SearchRow,
-        backward: bool,
-    ) -> Result<Cursor, StoreError> {
-        Ok(Cursor {
-            keys: self.sort_keys(plan, row.rid)?,
-            rid: row.rid,
-            backward,
-        })
-    }
-
-    /// The values of the plan's sort keys for one resource, as the page query sorted by them
-    /// (the same expressions, in the same transaction).
-    fn sort_keys(&mut self, plan: &SearchPlan, rid: i64) -> Result<Vec<SortValue>, StoreError> {
+        rids: &[i64],
+    ) -> Result<HashMap<i64, Vec<SortValue>>, StoreError> {
         let sorts: Vec<&Sort> = plan.sort.iter().take(MAX_SORT_KEYS).collect();
-        if sorts.is_empty() {
-            return Ok(Vec::new());
+        if sorts.is_empty() || rids.is_empty() {
+            return Ok(HashMap::new());
         }
-        let mut sql = Sql::new("SELECT ");
-        for (i, sort) in sorts.iter().enumerate() {
-            if i > 0 {
+        let mut sql = Sql::new("SELECT r.rid");
+        for i in 0..MAX_SORT_KEYS {
+            match sorts.get(i) {
+                Some(sort) => {
+                    sql.push(", CAST(");
+                    push_sort_expr(&mut sql, sort, &plan.types);
+                    sql.push(&format!(" AS TEXT) AS k{i}"));
+                }
+                None => {
+                    sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
+                }
+            }
+        }
+        sql.push(" FROM resources r WHERE r.rid IN (");
+        for (n, rid) in rids.iter().enumerate() {
+            if n > 0 {
                 sql.push(", ");
             }
-            sql.push("CAST(");
-            push_sort_expr(&mut sql, sort, &plan.types);
-            sql.push(&format!(" AS TEXT) AS k{i}"));
+            sql.bind(Bind::Int(*rid));
         }
-        for i in sorts.len()..MAX_SORT_KEYS {
-            sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
-        }
-        sql.push(" FROM resources r WHERE r.rid = ")
-            .bind(Bind::Int(rid));
-        let keys = self.load::<SortKeyTexts>(&sql)?.into_iter().next();
-        let texts = keys.map(|k| [k.k0, k.k1, k.k2, k.k3]).unwrap_or_default();
-        Ok(sorts
-            .iter()
-            .zip(texts)
-            .map(|(sort, text)| sort_value(sort, text.unwrap_or_default()))
+        sql.push(")");
+        Ok(self
+            .load::<SortKeyTexts>(&sql)?
+            .into_iter()
+            .map(|row| {
+                let texts = [row.k0, row.k1, row.k2, row.k3];
+                let values = sorts
+                    .iter()
+                    .zip(texts)
+                    .map(|(sort, text)| sort_value(sort, text.unwrap_or_default()))
+                    .collect();
+                (row.rid, values)
+            })
             .collect())
     }
 
@@ -499,7 +520,7 @@ impl Tx<'_> {
             return Ok(Vec::new());
         }
         let mut sql = Sql::new(&format!(
-            "SELECT {ROW_COLUMNS}{NO_KEYS} FROM resources r WHERE r.deleted = "
+            "SELECT {ROW_COLUMNS}{NO_DECIDER} FROM resources r WHERE r.deleted = "
         ));
         sql.bind(Bind::Bool(false)).push(
             " AND r.rid IN (SELECT t.rid FROM idx_reference x JOIN resources t \
@@ -531,7 +552,7 @@ impl Tx<'_> {
         visibility: &Visibility,
     ) -> Result<Vec<SearchRow>, StoreError> {
         let mut sql = Sql::new(&format!(
-            "SELECT {ROW_COLUMNS}{NO_KEYS} FROM resources r WHERE r.deleted = "
+            "SELECT {ROW_COLUMNS}{NO_DECIDER} FROM resources r WHERE r.deleted = "
         ));
         sql.bind(Bind::Bool(false))
             .push(" AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE (");
@@ -906,7 +927,8 @@ fn is_float_key(sort: &Sort) -> bool {
     )
 }
 
-/// A sort key's value, read back from its text.
+/// A sort key's value, read back from its text (both databases write a double as text that
+/// reads back as the same double; `float_keys_page_exactly` checks it).
 fn sort_value(sort: &Sort, text: String) -> SortValue {
     if is_int_key(sort) {
         SortValue::Int(text.parse().unwrap_or_default())
