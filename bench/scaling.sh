@@ -36,7 +36,7 @@ start() { RENKEI_LOG=warn "$1" serve --listen 127.0.0.1:$PORT --database "$DB" >
 stop() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; SPID=""; }
 trap 'stop; drop_db; rm -rf "$WORK"' EXIT
 # PostgreSQL plans need statistics after a bulk load (autovacuum would get there later).
-analyze() { [ "$BACKEND" = postgres ] && psql "$DB" -qc "ANALYZE" >/dev/null; true; }
+analyze() { [ "$BACKEND" = postgres ] && psql "$DB" -qc "VACUUM (ANALYZE)" >/dev/null; true; }
 
 # 1. Flat scaling.
 case " $PARTS " in *" scaling "*) ;; *) SKIP_SCALING=1 ;; esac
