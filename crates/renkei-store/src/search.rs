@@ -398,7 +398,6 @@ impl Tx<'_> {
                 keys: keys
                     .get(&row.rid)
                     .cloned()
-                    .or_else(|| plan.sort.is_empty().then(Vec::new))
                     .ok_or(StoreError::Query(diesel::result::Error::NotFound))?,
                 rid: row.rid,
                 backward,
@@ -425,7 +424,8 @@ impl Tx<'_> {
 
     /// The values of the plan's sort keys for the rows a page's links continue from, as the
     /// page query sorted by them (the same expressions, in the same transaction), by rid. One
-    /// statement for both rows of a middle page; none without sort keys.
+    /// statement for both rows of a middle page; none without sort keys (every rid maps to no
+    /// keys then).
     fn sort_keys(
         &mut self,
         plan: &SearchPlan,
@@ -433,7 +433,8 @@ impl Tx<'_> {
     ) -> Result<HashMap<i64, Vec<SortValue>>, StoreError> {
         let sorts: Vec<&Sort> = plan.sort.iter().take(MAX_SORT_KEYS).collect();
         if sorts.is_empty() || rids.is_empty() {
-            return Ok(HashMap::new());
+            // Ordered by rid alone: the cursor is the rid, no keys to read.
+            return Ok(rids.iter().map(|rid| (*rid, Vec::new())).collect());
         }
         let mut sql = Sql::new("SELECT r.rid");
         for i in 0..MAX_SORT_KEYS {
@@ -449,12 +450,7 @@ impl Tx<'_> {
             }
         }
         sql.push(" FROM resources r WHERE r.rid IN (");
-        for (n, rid) in rids.iter().enumerate() {
-            if n > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Bind::Int(*rid));
-        }
+        push_int_list(&mut sql, rids);
         sql.push(")");
         Ok(self
             .load::<SortKeyTexts>(&sql)?
