@@ -903,7 +903,7 @@ impl Gate {
             .try_for_each(|t| who.require(t, Action::Search))
             .and_then(|()| owner.map_or(Ok(()), |(t, _)| who.require(t, Action::Read)))
             .and_then(|()| {
-                Ok(self.repository.read_tx(|tx| {
+                let work = |tx: &mut Tx<'_>| {
                     if let Some(owner) = owner {
                         // The owner must exist and be visible: a compartment search answers
                         // 404, 410 or 403 exactly as reading the owner would.
@@ -936,7 +936,15 @@ impl Gate {
                         .retain(|row| who.require(&row.res_type, Action::Read).is_ok());
                     let decisions = self.search_consent_decisions(who, tx, &page, &visibility)?;
                     Ok((Ok(page), decisions))
-                })?)
+                };
+                // Most searches about a patient are their page statement alone.
+                Ok(
+                    if owner.is_none() && renkei_store::search_may_be_one_statement(plan) {
+                        self.repository.read_tx_lone(work)?
+                    } else {
+                        self.repository.read_tx(work)?
+                    },
+                )
             });
         let (result, mut decisions) = match searched {
             Ok((page, decisions)) => (page.map_err(AccessError::from), decisions),

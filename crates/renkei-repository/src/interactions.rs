@@ -352,6 +352,15 @@ impl Repository {
         self.store.read(work)
     }
 
+    /// [`Repository::read_tx`] for work that often needs a single statement; see
+    /// [`renkei_store::Store::read_lone`] (`work` may run twice; it must only read).
+    pub fn read_tx_lone<T>(
+        &self,
+        work: impl Fn(&mut Tx<'_>) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        self.store.read_lone(work)
+    }
+
     pub fn read(&self, res_type: &str, id: &str) -> Result<StoredResource, RepoError> {
         self.store.read(|tx| read(tx, res_type, id))
     }
@@ -399,7 +408,12 @@ impl Repository {
         plan: &renkei_search::plan::SearchPlan,
         visibility: &renkei_store::Visibility,
     ) -> Result<renkei_store::SearchPage, RepoError> {
-        self.store.read(|tx| search_in(tx, plan, visibility))
+        let search = |tx: &mut Tx<'_>| search_in(tx, plan, visibility);
+        if renkei_store::search_may_be_one_statement(plan) {
+            self.store.read_lone(search)
+        } else {
+            self.store.read(search)
+        }
     }
 
     /// The database's plan for the first page of `plan` (operators' `renkei explain`).

@@ -194,7 +194,7 @@ impl SqliteWriter {
             // The first write is alone in the transaction: if it fails, rolling the whole
             // transaction back undoes it, so it needs no savepoint.
             Some((conn, _)) if first => {
-                let result = work(&mut Tx { conn });
+                let result = work(&mut Tx::new(conn));
                 let intact = result.is_ok();
                 (result, intact)
             }
@@ -451,6 +451,32 @@ fn discard(conn: AnyConn) {
 /// [`Store::write`], which own the transaction boundaries.
 pub struct Tx<'c> {
     pub(crate) conn: &'c mut AnyConn,
+    /// Whether the work runs outside a transaction, as one statement ([`Store::read_lone`]).
+    lone: Lone,
+}
+
+/// A [`Tx`]'s statements outside a transaction: one sees a snapshot of its own, so a second
+/// would not see the first one's. Only the first is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lone {
+    /// In a transaction (or autocommit on purpose): every statement runs.
+    Off,
+    /// No statement yet.
+    Unused,
+    /// The one statement ran.
+    Used,
+    /// A second statement was refused, or the statement failed: the work's result is
+    /// dropped and the work runs again in a transaction.
+    Exceeded,
+}
+
+impl<'c> Tx<'c> {
+    fn new(conn: &'c mut AnyConn) -> Tx<'c> {
+        Tx {
+            conn,
+            lone: Lone::Off,
+        }
+    }
 }
 
 impl Store {
@@ -550,6 +576,34 @@ impl Store {
         E: From<StoreError>,
     {
         self.in_transaction(None, false, work).0
+    }
+
+    /// Runs `work` as one statement outside any transaction when one is all it needs, else in
+    /// a read transaction like [`Store::read`]. On PostgreSQL a statement alone sees one
+    /// snapshot, and `BEGIN` and `COMMIT` are two round trips: about a tenth of the server time
+    /// of a patient's lab-trend search (docs/BENCHMARKS.md, nineteenth session). Work that
+    /// asks for a second statement, or whose statement fails, is run again, whole, in a read
+    /// transaction; the first attempt's result is dropped, so its statements must only read.
+    /// On SQLite a read transaction costs no round trip: this is [`Store::read`].
+    pub fn read_lone<T, E>(&self, work: impl Fn(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        if self.backend() == Backend::Sqlite {
+            return self.read(work);
+        }
+        let mut conn = self.connection().map_err(E::from)?;
+        let mut tx = Tx {
+            conn: &mut conn,
+            lone: Lone::Unused,
+        };
+        let result = work(&mut tx);
+        if tx.lone != Lone::Exceeded {
+            return result;
+        }
+        drop(result);
+        // A connection that failed is tested by `BEGIN` there and replaced if it is gone.
+        self.in_transaction(Some(conn), false, work).0
     }
 
     /// Runs `work` in a transaction on `held` (when it is still alive) or a pooled
@@ -704,7 +758,7 @@ impl WriterSession {
             Some(conn) => conn,
             None => self.store.begun(None, "SELECT 1")?,
         };
-        let result = work(&mut Tx { conn: &mut conn });
+        let result = work(&mut Tx::new(&mut conn));
         // A failed statement may have lost the connection; the next call opens another.
         if result.is_ok() {
             self.conn = Some(conn);
@@ -778,7 +832,7 @@ impl Bracket {
             return (Err(E::from(e)), false);
         }
         let result = {
-            let mut tx = Tx { conn };
+            let mut tx = Tx::new(conn);
             work(&mut tx)
         };
         let failure = match result {
@@ -893,11 +947,13 @@ impl Tx<'_> {
     /// Runs a statement and returns the number of affected rows.
     pub fn execute(&mut self, sql: &Sql) -> Result<usize, StoreError> {
         within_bind_limit(sql)?;
-        match self.conn {
+        self.admit()?;
+        let result = match self.conn {
             AnyConn::Sqlite(c) => CachedStatement(sql).execute(&mut **c),
             AnyConn::Postgres(c) => CachedStatement(sql).execute(&mut **c),
         }
-        .map_err(classify)
+        .map_err(classify);
+        self.settle(result)
     }
 
     /// Runs a query and maps its rows by column name.
@@ -906,11 +962,39 @@ impl Tx<'_> {
         T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
     {
         within_bind_limit(sql)?;
-        match self.conn {
+        self.admit()?;
+        let result = match self.conn {
             AnyConn::Sqlite(c) => CachedStatement(sql).load::<T>(&mut **c),
             AnyConn::Postgres(c) => CachedStatement(sql).load::<T>(&mut **c),
         }
-        .map_err(classify)
+        .map_err(classify);
+        self.settle(result)
+    }
+
+    /// Lets a statement run, unless it would be a lone work's second (see [`Lone`]).
+    fn admit(&mut self) -> Result<(), StoreError> {
+        match self.lone {
+            Lone::Off => Ok(()),
+            Lone::Unused => {
+                self.lone = Lone::Used;
+                Ok(())
+            }
+            Lone::Used | Lone::Exceeded => {
+                self.lone = Lone::Exceeded;
+                Err(StoreError::Unavailable(
+                    "a second statement outside a transaction (the work runs again in one)".into(),
+                ))
+            }
+        }
+    }
+
+    /// A lone work whose statement failed runs again in a transaction, on a connection that
+    /// `BEGIN` has tested: the failure may have been a connection the server had closed.
+    fn settle<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_err() && self.lone != Lone::Off {
+            self.lone = Lone::Exceeded;
+        }
+        result
     }
 
     /// The number a counting query (one `BIGINT` column named `n`) returns; 0 without a row.

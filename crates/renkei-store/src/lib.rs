@@ -28,7 +28,7 @@ pub use identity::LinkOverride;
 pub use resources::{
     HistoryPage, HistoryQuery, HistoryRow, HistoryScope, NewVersion, ResourceRow, TokenRow,
 };
-pub use search::{page_sql, SearchPage, SearchRow, MAX_SORT_KEYS};
+pub use search::{page_sql, search_may_be_one_statement, SearchPage, SearchRow, MAX_SORT_KEYS};
 pub use sql::{Bind, Sql};
 pub use url::DatabaseUrl;
 pub use visibility::{DecidedRow, Decision, Visibility, PRIVACY_TAG_SYSTEM};

@@ -103,6 +103,43 @@ struct SortKeyTexts {
     k3: Option<String>,
 }
 
+/// Whether the filter names a ValueSet (`:in`, `:not-in`), here or down a chain.
+fn has_in(filter: &Filter) -> bool {
+    match filter {
+        Filter::TokenIn { .. } => true,
+        Filter::Chain { targets, .. } => targets.iter().any(|(_, f)| has_in(f)),
+        Filter::Has { filter, .. } => has_in(filter),
+        _ => false,
+    }
+}
+
+/// The inner filter of a chain through one Patient (`subject:Patient.identifier=…`).
+fn patient_chain(filter: &Filter) -> Option<&Filter> {
+    match filter {
+        Filter::Chain { targets, .. } => match targets.as_slice() {
+            [(target_type, inner)] if target_type == "Patient" => Some(inner),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether [`Tx::search`] may need no statement but its page (or count): no ValueSet or
+/// Patient chain to resolve first, no accurate total, nothing to include. A page with links
+/// ordered by `_sort` still reads its link rows' keys, and the caller may ask what decided
+/// consent for rows the page did not decide: see [`crate::Store::read_lone`].
+pub fn search_may_be_one_statement(plan: &SearchPlan) -> bool {
+    let resolves_first = plan
+        .filters
+        .iter()
+        .any(|f| has_in(f) || patient_chain(f).is_some());
+    !resolves_first
+        && (plan.count_only()
+            || (plan.total != renkei_search::plan::Total::Accurate
+                && plan.includes.is_empty()
+                && plan.revincludes.is_empty()))
+}
+
 impl Tx<'_> {
     /// The plan with every `:in`/`:not-in` filter replaced by a token filter over the
     /// expansion of the stored ValueSet it names (by `ValueSet/id` or canonical URL). An
@@ -113,14 +150,6 @@ impl Tx<'_> {
         plan: &'p SearchPlan,
         visibility: &Visibility,
     ) -> Result<Cow<'p, SearchPlan>, StoreError> {
-        fn has_in(filter: &Filter) -> bool {
-            match filter {
-                Filter::TokenIn { .. } => true,
-                Filter::Chain { targets, .. } => targets.iter().any(|(_, f)| has_in(f)),
-                Filter::Has { filter, .. } => has_in(filter),
-                _ => false,
-            }
-        }
         if !plan.filters.iter().any(has_in) {
             return Ok(Cow::Borrowed(plan));
         }
@@ -153,15 +182,6 @@ impl Tx<'_> {
         plan: Cow<'p, SearchPlan>,
         visibility: &Visibility,
     ) -> Result<Cow<'p, SearchPlan>, StoreError> {
-        fn patient_chain(filter: &Filter) -> Option<&Filter> {
-            match filter {
-                Filter::Chain { targets, .. } => match targets.as_slice() {
-                    [(target_type, inner)] if target_type == "Patient" => Some(inner),
-                    _ => None,
-                },
-                _ => None,
-            }
-        }
         if !plan.filters.iter().any(|f| patient_chain(f).is_some()) {
             return Ok(plan);
         }
