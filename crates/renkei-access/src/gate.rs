@@ -501,11 +501,13 @@ impl Gate {
         mut builder: EventBuilder,
         (res_type, id): (&str, &str),
         target: String,
-        read: impl FnOnce(&mut Tx<'_>, &Visibility) -> Result<StoredResource, RepoError>,
+        read: impl Fn(&mut Tx<'_>, &Visibility) -> Result<StoredResource, RepoError>,
     ) -> Result<StoredResource, AccessError> {
         let visibility = self.visibility(who);
         let outcome = who.require(res_type, Action::Read).and_then(|()| {
-            Ok(self.repository.read_tx(|tx| {
+            // A facility reading its own record, or a record about no patient, is one
+            // statement; another facility's record is decided in a transaction.
+            Ok(self.repository.read_tx_lone(|tx| {
                 let result = read(tx, &visibility);
                 let decision =
                     self.single_read_decision(who, tx, (res_type, id), &result, &visibility)?;

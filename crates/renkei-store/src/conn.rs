@@ -451,31 +451,26 @@ fn discard(conn: AnyConn) {
 /// [`Store::write`], which own the transaction boundaries.
 pub struct Tx<'c> {
     pub(crate) conn: &'c mut AnyConn,
-    /// Whether the work runs outside a transaction, as one statement ([`Store::read_lone`]).
-    lone: Lone,
+    /// Set when the work runs outside a transaction, as one statement ([`Store::read_lone`]).
+    lone: Option<Lone>,
 }
 
-/// A [`Tx`]'s statements outside a transaction: one sees a snapshot of its own, so a second
-/// would not see the first one's. Only the first is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lone {
-    /// In a transaction (or autocommit on purpose): every statement runs.
-    Off,
-    /// No statement yet.
-    Unused,
-    /// The one statement ran.
-    Used,
-    /// A second statement was refused, or the statement failed: the work's result is
-    /// dropped and the work runs again in a transaction.
-    Exceeded,
+/// A [`Tx`]'s statements outside a transaction: each sees a snapshot of its own, so only one
+/// statement whose answer must agree with another's may run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Lone {
+    /// That statement ran.
+    used: bool,
+    /// Statements run now need no shared snapshot ([`Tx::outside_snapshot`]).
+    exempt: bool,
+    /// A second statement was refused, or a statement failed: the work's result is dropped
+    /// and the work runs again in a transaction.
+    exceeded: bool,
 }
 
 impl<'c> Tx<'c> {
     fn new(conn: &'c mut AnyConn) -> Tx<'c> {
-        Tx {
-            conn,
-            lone: Lone::Off,
-        }
+        Tx { conn, lone: None }
     }
 }
 
@@ -595,10 +590,10 @@ impl Store {
         let mut conn = self.connection().map_err(E::from)?;
         let mut tx = Tx {
             conn: &mut conn,
-            lone: Lone::Unused,
+            lone: Some(Lone::default()),
         };
         let result = work(&mut tx);
-        if tx.lone != Lone::Exceeded {
+        if !tx.lone.is_some_and(|lone| lone.exceeded) {
             return result;
         }
         drop(result);
@@ -971,28 +966,45 @@ impl Tx<'_> {
         self.settle(result)
     }
 
+    /// Runs `work`, whose statements need not share a snapshot with the statement that
+    /// follows them: outside a transaction they do not count as that one statement (see
+    /// [`Store::read_lone`]). For lookups whose answer the next statement checks again itself,
+    /// such as the one Patient a chain names (the page query decides consent on every row).
+    pub(crate) fn outside_snapshot<T>(&mut self, work: impl FnOnce(&mut Tx<'_>) -> T) -> T {
+        let exempt = |tx: &mut Tx<'_>, on: bool| {
+            if let Some(lone) = tx.lone.as_mut() {
+                lone.exempt = on;
+            }
+        };
+        exempt(self, true);
+        let result = work(self);
+        exempt(self, false);
+        result
+    }
+
     /// Lets a statement run, unless it would be a lone work's second (see [`Lone`]).
     fn admit(&mut self) -> Result<(), StoreError> {
-        match self.lone {
-            Lone::Off => Ok(()),
-            Lone::Unused => {
-                self.lone = Lone::Used;
-                Ok(())
-            }
-            Lone::Used | Lone::Exceeded => {
-                self.lone = Lone::Exceeded;
-                Err(StoreError::Unavailable(
-                    "a second statement outside a transaction (the work runs again in one)".into(),
-                ))
-            }
+        let Some(lone) = self.lone.as_mut() else {
+            return Ok(());
+        };
+        if lone.exempt {
+            return Ok(());
         }
+        if lone.used {
+            lone.exceeded = true;
+            return Err(StoreError::Unavailable(
+                "a second statement outside a transaction (the work runs again in one)".into(),
+            ));
+        }
+        lone.used = true;
+        Ok(())
     }
 
     /// A lone work whose statement failed runs again in a transaction, on a connection that
     /// `BEGIN` has tested: the failure may have been a connection the server had closed.
     fn settle<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if result.is_err() && self.lone != Lone::Off {
-            self.lone = Lone::Exceeded;
+        if let (Err(_), Some(lone)) = (&result, self.lone.as_mut()) {
+            lone.exceeded = true;
         }
         result
     }
@@ -1298,5 +1310,51 @@ mod tests {
         temp.store.write(|tx| insert(tx, 7)).expect("write");
         assert_eq!(temp.store.committed_write_groups() - before, 1);
         assert_eq!(stored(&temp.store), vec![7]);
+    }
+
+    #[test]
+    fn lone_work_runs_one_statement_besides_those_outside_its_snapshot() {
+        let temp = temp_store("lone");
+        let count = Sql::new("SELECT COUNT(*) AS n FROM scratch");
+        let mut conn = temp.store.connection().expect("connection");
+        let exceeded = |tx: &Tx<'_>| tx.lone.is_some_and(|lone| lone.exceeded);
+
+        let mut tx = Tx {
+            conn: &mut conn,
+            lone: Some(Lone::default()),
+        };
+        // Lookups outside the snapshot run, however many, before and after the one statement.
+        tx.outside_snapshot(|tx| {
+            tx.load::<Count>(&count)?;
+            tx.load::<Count>(&count)
+        })
+        .expect("lookups outside the snapshot");
+        tx.load::<Count>(&count).expect("the one statement");
+        tx.outside_snapshot(|tx| tx.load::<Count>(&count))
+            .expect("a lookup after it");
+        assert!(!exceeded(&tx));
+        // A second statement is refused, and so is every later one.
+        assert!(tx.load::<Count>(&count).is_err());
+        assert!(exceeded(&tx));
+        assert!(tx.load::<Count>(&count).is_err());
+
+        // A failed statement marks the work too, even outside the snapshot.
+        let mut tx = Tx {
+            conn: &mut conn,
+            lone: Some(Lone::default()),
+        };
+        let missing = Sql::new("SELECT COUNT(*) AS n FROM no_such_table");
+        assert!(tx
+            .outside_snapshot(|tx| tx.load::<Count>(&missing))
+            .is_err());
+        assert!(exceeded(&tx));
+
+        // In a transaction every statement runs.
+        let mut tx = Tx::new(&mut conn);
+        for _ in 0..3 {
+            tx.load::<Count>(&count)
+                .expect("statement in a transaction");
+        }
+        assert!(tx.lone.is_none());
     }
 }

@@ -124,15 +124,13 @@ fn patient_chain(filter: &Filter) -> Option<&Filter> {
     }
 }
 
-/// Whether [`Tx::search`] may need no statement but its page (or count): no ValueSet or
-/// Patient chain to resolve first, no accurate total, nothing to include. A page with links
-/// ordered by `_sort` still reads its link rows' keys, and the caller may ask what decided
-/// consent for rows the page did not decide: see [`crate::Store::read_lone`].
+/// Whether [`Tx::search`] may need no statement but its page (or count): no ValueSet to
+/// expand first, no accurate total, nothing to include. A Patient chain's lookup of its one
+/// Patient does not count ([`Tx::outside_snapshot`]). A page with links ordered by `_sort`
+/// still reads its link rows' keys, and the caller may ask what decided consent for rows the
+/// page did not decide: see [`crate::Store::read_lone`].
 pub fn search_may_be_one_statement(plan: &SearchPlan) -> bool {
-    let resolves_first = plan
-        .filters
-        .iter()
-        .any(|f| has_in(f) || patient_chain(f).is_some());
+    let resolves_first = plan.filters.iter().any(has_in);
     !resolves_first
         && (plan.count_only()
             || (plan.total != renkei_search::plan::Total::Accurate
@@ -167,7 +165,7 @@ impl Tx<'_> {
         visibility: &Visibility,
     ) -> Result<Cow<'p, SearchPlan>, StoreError> {
         let plan = self.resolve_value_sets(plan, visibility)?;
-        self.resolve_patient_chains(plan, visibility)
+        self.outside_snapshot(|tx| tx.resolve_patient_chains(plan, visibility))
     }
 
     /// The plan with each chain that leads to exactly one Patient the requester may see
@@ -176,7 +174,10 @@ impl Tx<'_> {
     /// visible Patients its inner filter finds, here exactly one. The search then names its
     /// patient, so the consent decision for that patient's rows is made once per query
     /// instead of once per row (see [`focus_patient`]). One indexed lookup of at most two
-    /// Patients per such chain.
+    /// Patients per such chain. Outside a transaction ([`crate::Store::read_lone`]) the lookup
+    /// and the page see two snapshots, microseconds apart: the page still decides consent on
+    /// every row it returns, so at worst it shows a Patient's data as the chain named them
+    /// at the lookup.
     fn resolve_patient_chains<'p>(
         &mut self,
         plan: Cow<'p, SearchPlan>,
