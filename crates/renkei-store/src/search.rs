@@ -103,6 +103,38 @@ struct SortKeyTexts {
     k3: Option<String>,
 }
 
+impl SortKeyTexts {
+    /// The values of `sorts` these texts hold.
+    fn values(self, sorts: &[&Sort]) -> Vec<SortValue> {
+        let texts = [self.k0, self.k1, self.k2, self.k3];
+        sorts
+            .iter()
+            .zip(texts)
+            .map(|(sort, text)| sort_value(sort, text.unwrap_or_default()))
+            .collect()
+    }
+}
+
+/// A page query's row: the match and, on PostgreSQL, the text of its sort keys, which a link
+/// continuing from it takes as its cursor (NULL on SQLite: see [`page_sql`]).
+struct PageRow {
+    row: SearchRow,
+    keys: SortKeyTexts,
+}
+
+impl<DB: diesel::backend::Backend> QueryableByName<DB> for PageRow
+where
+    SearchRow: QueryableByName<DB>,
+    SortKeyTexts: QueryableByName<DB>,
+{
+    fn build<'a>(row: &impl diesel::row::NamedRow<'a, DB>) -> diesel::deserialize::Result<Self> {
+        Ok(PageRow {
+            row: SearchRow::build(row)?,
+            keys: SortKeyTexts::build(row)?,
+        })
+    }
+}
+
 /// Whether the filter names a ValueSet (`:in`, `:not-in`), here or down a chain.
 fn has_in(filter: &Filter) -> bool {
     match filter {
@@ -126,9 +158,9 @@ fn patient_chain(filter: &Filter) -> Option<&Filter> {
 
 /// Whether [`Tx::search`] may need no statement but its page (or count): no ValueSet to
 /// expand first, no accurate total, nothing to include. A Patient chain's lookup of its one
-/// Patient does not count ([`Tx::outside_snapshot`]). A page with links ordered by `_sort`
-/// still reads its link rows' keys, and the caller may ask what decided consent for rows the
-/// page did not decide: see [`crate::Store::read_lone`].
+/// Patient does not count ([`Tx::outside_snapshot`]), and on PostgreSQL a link's cursor comes
+/// with its row. The caller may still ask what decided consent for rows the page did not
+/// decide: see [`crate::Store::read_lone`].
 pub fn search_may_be_one_statement(plan: &SearchPlan) -> bool {
     let resolves_first = plan.filters.iter().any(has_in);
     !resolves_first
@@ -388,7 +420,12 @@ impl Tx<'_> {
             });
         }
         let sql = page_sql(plan, visibility, self.backend());
-        let mut rows = self.load::<SearchRow>(&sql)?;
+        let mut rows = Vec::new();
+        let mut page_keys = HashMap::new();
+        for PageRow { row, keys } in self.load::<PageRow>(&sql)? {
+            page_keys.insert(row.rid, keys);
+            rows.push(row);
+        }
         let backward = plan.cursor.as_ref().is_some_and(|c| c.backward);
         let more = rows.len() > plan.count;
         rows.truncate(plan.count);
@@ -412,7 +449,7 @@ impl Tx<'_> {
             .chain(&previous_row)
             .map(|r| r.rid)
             .collect();
-        let keys = self.sort_keys(plan, &linked)?;
+        let keys = self.sort_keys(plan, &linked, page_keys)?;
         // A one-row page continues from the same row both ways.
         let cursor_of = |row: &SearchRow, backward: bool| -> Result<Cursor, StoreError> {
             Ok(Cursor {
@@ -444,18 +481,26 @@ impl Tx<'_> {
     }
 
     /// The values of the plan's sort keys for the rows a page's links continue from, as the
-    /// page query sorted by them (the same expressions, in the same transaction), by rid. One
-    /// statement for both rows of a middle page; none without sort keys (every rid maps to no
-    /// keys then).
+    /// page query sorted by them, by rid. On PostgreSQL the page query selected their text
+    /// (`from_page`). On SQLite one statement reads them (the same expressions, in the same
+    /// transaction), for both rows of a middle page. None without sort keys (every rid maps
+    /// to no keys then).
     fn sort_keys(
         &mut self,
         plan: &SearchPlan,
         rids: &[i64],
+        mut from_page: HashMap<i64, SortKeyTexts>,
     ) -> Result<HashMap<i64, Vec<SortValue>>, StoreError> {
         let sorts: Vec<&Sort> = plan.sort.iter().take(MAX_SORT_KEYS).collect();
         if sorts.is_empty() || rids.is_empty() {
             // Ordered by rid alone: the cursor is the rid, no keys to read.
             return Ok(rids.iter().map(|rid| (*rid, Vec::new())).collect());
+        }
+        if self.backend() == Backend::Postgres {
+            return Ok(rids
+                .iter()
+                .filter_map(|rid| Some((*rid, from_page.remove(rid)?.values(&sorts))))
+                .collect());
         }
         let mut sql = Sql::new("SELECT r.rid");
         for i in 0..MAX_SORT_KEYS {
@@ -476,15 +521,7 @@ impl Tx<'_> {
         Ok(self
             .load::<SortKeyTexts>(&sql)?
             .into_iter()
-            .map(|row| {
-                let texts = [row.k0, row.k1, row.k2, row.k3];
-                let values = sorts
-                    .iter()
-                    .zip(texts)
-                    .map(|(sort, text)| sort_value(sort, text.unwrap_or_default()))
-                    .collect();
-                (row.rid, values)
-            })
+            .map(|row| (row.rid, row.values(&sorts)))
             .collect())
     }
 
@@ -974,14 +1011,24 @@ fn count_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) -> Sq
 /// to learn whether another page follows.
 pub fn page_sql(plan: &SearchPlan, visibility: &Visibility, backend: Backend) -> Sql {
     let sorts: Vec<&Sort> = plan.sort.iter().take(MAX_SORT_KEYS).collect();
-    let mut sql = Sql::new(&format!("SELECT v.* FROM (SELECT {ROW_COLUMNS}"));
+    // The text of each key for the cursor of a link: on PostgreSQL from the typed value of
+    // each returned row; SQLite would compute it for every match, before its sort, and reads
+    // it afterwards for the link rows alone (`Tx::sort_keys`).
+    let mut sql = Sql::new("SELECT v.*");
+    for i in 0..MAX_SORT_KEYS {
+        if i < sorts.len() && backend == Backend::Postgres {
+            sql.push(&format!(", CAST(v.s{i} AS TEXT) AS k{i}"));
+        } else {
+            sql.push(&format!(", CAST(NULL AS TEXT) AS k{i}"));
+        }
+    }
+    sql.push(&format!(" FROM (SELECT {ROW_COLUMNS}"));
     for (i, sort) in sorts.iter().enumerate() {
         sql.push(", ");
         push_sort_expr(&mut sql, sort, &plan.types);
         sql.push(&format!(" AS s{i}"));
     }
-    // No text of the keys here: a cursor's values are looked up for the page's first or last
-    // row only (`Tx::sort_keys`). SQLite computes select-list columns before it sorts, so a
+    // No text of the keys here: SQLite computes select-list columns before it sorts, so a
     // text column here ran every key's subquery twice for every match.
     // PostgreSQL evaluates the column past the sort and limit; SQLite before its sort.
     let decided_per_row = sorts.is_empty() || backend == Backend::Postgres;
