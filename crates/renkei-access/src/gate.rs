@@ -460,10 +460,12 @@ impl Gate {
         id: &str,
     ) -> Result<StoredResource, AccessError> {
         let builder = self.event(who, Interaction::Read);
+        // A Patient read also gathers the person's records at other facilities.
+        let one_statement = res_type != "Patient";
         self.single_read(
             who,
             builder,
-            (res_type, id),
+            (res_type, id, one_statement),
             format!("{res_type}/{id}"),
             |tx, visibility| {
                 let resource = renkei_repository::read_visible(tx, res_type, id, visibility)?;
@@ -487,32 +489,50 @@ impl Gate {
     ) -> Result<StoredResource, AccessError> {
         let builder = self.event(who, Interaction::Vread);
         let target = format!("{res_type}/{id}/_history/{version}");
-        self.single_read(who, builder, (res_type, id), target, |tx, visibility| {
-            renkei_repository::vread_visible(tx, res_type, id, version, visibility)
-        })
+        // The current row decides consent, then the version is read: two statements.
+        self.single_read(
+            who,
+            builder,
+            (res_type, id, false),
+            target,
+            |tx, visibility| {
+                renkei_repository::vread_visible(tx, res_type, id, version, visibility)
+            },
+        )
     }
 
     /// A single-resource read (read, vread): the read and the consent decision it involved in
     /// one transaction, then one durable append of its AuditEvent with the AuthZ-Consent and
     /// break-glass events. `target` names the resource in the event when the read fails.
+    /// `one_statement`: whether `read` can be one statement (see [`Store::read_lone`]).
+    ///
+    /// [`Store::read_lone`]: renkei_store::Store::read_lone
     fn single_read(
         &self,
         who: &Requester,
         mut builder: EventBuilder,
-        (res_type, id): (&str, &str),
+        (res_type, id, one_statement): (&str, &str, bool),
         target: String,
         read: impl Fn(&mut Tx<'_>, &Visibility) -> Result<StoredResource, RepoError>,
     ) -> Result<StoredResource, AccessError> {
         let visibility = self.visibility(who);
         let outcome = who.require(res_type, Action::Read).and_then(|()| {
-            // A facility reading its own record, or a record about no patient, is one
-            // statement; another facility's record is decided in a transaction.
-            Ok(self.repository.read_tx_lone(|tx| {
+            let work = |tx: &mut Tx<'_>| {
                 let result = read(tx, &visibility);
                 let decision =
                     self.single_read_decision(who, tx, (res_type, id), &result, &visibility)?;
                 Ok((result, decision))
-            })?)
+            };
+            // A facility reading its own record, or a record about no patient, is one
+            // statement; another facility's record is decided in a transaction (a patient's
+            // app is always decided by the consent predicate).
+            Ok(
+                if one_statement && matches!(visibility, Visibility::Facility { .. }) {
+                    self.repository.read_tx_lone(work)?
+                } else {
+                    self.repository.read_tx(work)?
+                },
+            )
         });
         let (result, mut extra): (Result<StoredResource, AccessError>, Vec<NewAuditEvent>) =
             match outcome {

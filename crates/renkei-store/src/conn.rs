@@ -942,6 +942,14 @@ impl Tx<'_> {
     /// Runs a statement and returns the number of affected rows.
     pub fn execute(&mut self, sql: &Sql) -> Result<usize, StoreError> {
         within_bind_limit(sql)?;
+        if let Some(lone) = self.lone.as_mut() {
+            // Lone work only reads: it may run twice. A write runs in the (read-only)
+            // transaction of its second attempt, where the database refuses it.
+            lone.exceeded = true;
+            return Err(StoreError::Unavailable(
+                "a data-changing statement in read work".into(),
+            ));
+        }
         self.admit()?;
         let result = match self.conn {
             AnyConn::Sqlite(c) => CachedStatement(sql).execute(&mut **c),
@@ -972,13 +980,13 @@ impl Tx<'_> {
     /// such as the one Patient a chain names (the page query decides consent on every row).
     pub(crate) fn outside_snapshot<T>(&mut self, work: impl FnOnce(&mut Tx<'_>) -> T) -> T {
         let exempt = |tx: &mut Tx<'_>, on: bool| {
-            if let Some(lone) = tx.lone.as_mut() {
-                lone.exempt = on;
-            }
+            tx.lone
+                .as_mut()
+                .map(|lone| std::mem::replace(&mut lone.exempt, on))
         };
-        exempt(self, true);
+        let before = exempt(self, true);
         let result = work(self);
-        exempt(self, false);
+        exempt(self, before.unwrap_or(false));
         result
     }
 
@@ -1347,6 +1355,14 @@ mod tests {
         assert!(tx
             .outside_snapshot(|tx| tx.load::<Count>(&missing))
             .is_err());
+        assert!(exceeded(&tx));
+
+        // Lone work only reads: a write is refused (it would run twice) and marks the work.
+        let mut tx = Tx {
+            conn: &mut conn,
+            lone: Some(Lone::default()),
+        };
+        assert!(insert(&mut tx, 1).is_err());
         assert!(exceeded(&tx));
 
         // In a transaction every statement runs.
