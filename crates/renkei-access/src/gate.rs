@@ -526,13 +526,8 @@ impl Gate {
             // A facility reading its own record, or a record about no patient, is one
             // statement; another facility's record is decided in a transaction (a patient's
             // app is always decided by the consent predicate).
-            Ok(
-                if one_statement && matches!(visibility, Visibility::Facility { .. }) {
-                    self.repository.read_tx_lone(work)?
-                } else {
-                    self.repository.read_tx(work)?
-                },
-            )
+            let lone = one_statement && matches!(visibility, Visibility::Facility { .. });
+            Ok(self.repository.read_tx_maybe_lone(lone, work)?)
         });
         let (result, mut extra): (Result<StoredResource, AccessError>, Vec<NewAuditEvent>) =
             match outcome {
@@ -960,13 +955,8 @@ impl Gate {
                     Ok((Ok(page), decisions))
                 };
                 // Most searches about a patient are their page statement alone.
-                Ok(
-                    if owner.is_none() && renkei_store::search_may_be_one_statement(plan) {
-                        self.repository.read_tx_lone(work)?
-                    } else {
-                        self.repository.read_tx(work)?
-                    },
-                )
+                let lone = owner.is_none() && renkei_store::search_may_be_one_statement(plan);
+                Ok(self.repository.read_tx_maybe_lone(lone, work)?)
             });
         let (result, mut decisions) = match searched {
             Ok((page, decisions)) => (page.map_err(AccessError::from), decisions),

@@ -352,13 +352,19 @@ impl Repository {
         self.store.read(work)
     }
 
-    /// [`Repository::read_tx`] for work that often needs a single statement; see
-    /// [`renkei_store::Store::read_lone`] (`work` may run twice; it must only read).
-    pub fn read_tx_lone<T>(
+    /// [`Repository::read_tx`], or, when `one_statement` says the work may need no more than
+    /// one statement, [`renkei_store::Store::read_lone`] (`work` may then run twice; it must
+    /// only read).
+    pub fn read_tx_maybe_lone<T>(
         &self,
+        one_statement: bool,
         work: impl Fn(&mut Tx<'_>) -> Result<T, RepoError>,
     ) -> Result<T, RepoError> {
-        self.store.read_lone(work)
+        if one_statement {
+            self.store.read_lone(work)
+        } else {
+            self.store.read(work)
+        }
     }
 
     pub fn read(&self, res_type: &str, id: &str) -> Result<StoredResource, RepoError> {
@@ -408,12 +414,9 @@ impl Repository {
         plan: &renkei_search::plan::SearchPlan,
         visibility: &renkei_store::Visibility,
     ) -> Result<renkei_store::SearchPage, RepoError> {
-        let search = |tx: &mut Tx<'_>| search_in(tx, plan, visibility);
-        if renkei_store::search_may_be_one_statement(plan) {
-            self.store.read_lone(search)
-        } else {
-            self.store.read(search)
-        }
+        self.read_tx_maybe_lone(renkei_store::search_may_be_one_statement(plan), |tx| {
+            search_in(tx, plan, visibility)
+        })
     }
 
     /// The database's plan for the first page of `plan` (operators' `renkei explain`).

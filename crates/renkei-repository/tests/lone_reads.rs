@@ -1,5 +1,5 @@
 //! Reads that need one statement run outside a transaction, and work that needs more runs
-//! again, whole, inside one (`Store::read_lone`, `Repository::read_tx_lone`).
+//! again, whole, inside one (`Store::read_lone`, `Repository::read_tx_maybe_lone`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,7 +36,7 @@ fn check(db: Db) {
     // One statement: run once, and on PostgreSQL outside any transaction.
     let runs = Cell::new(0);
     let alone = repo
-        .read_tx_lone(|tx| {
+        .read_tx_maybe_lone(true, |tx| {
             runs.set(runs.get() + 1);
             isolation(tx)
         })
@@ -53,7 +53,7 @@ fn check(db: Db) {
     // whole work runs again in the read transaction, where both statements run.
     let runs = Cell::new(0);
     let both = repo
-        .read_tx_lone(|tx| {
+        .read_tx_maybe_lone(true, |tx| {
             runs.set(runs.get() + 1);
             Ok((isolation(tx)?, isolation(tx)?))
         })
@@ -70,7 +70,7 @@ fn check(db: Db) {
     // answered without that statement is not what it would have answered.
     let runs = Cell::new(0);
     let answer = repo
-        .read_tx_lone(|tx| {
+        .read_tx_maybe_lone(true, |tx| {
             runs.set(runs.get() + 1);
             let first = isolation(tx)?;
             Ok(isolation(tx).unwrap_or_else(|_| format!("{first}, then nothing")))
@@ -82,14 +82,14 @@ fn check(db: Db) {
     // A failing statement: the work runs again in a transaction and fails there too; the
     // connection stays usable.
     let runs = Cell::new(0);
-    let failed = repo.read_tx_lone(|tx| {
+    let failed = repo.read_tx_maybe_lone(true, |tx| {
         runs.set(runs.get() + 1);
         Ok(tx.load::<Setting>(&Sql::new("SELECT value FROM no_such_table"))?)
     });
     assert!(failed.is_err());
     assert_eq!(runs.get(), if postgres { 2 } else { 1 });
     for _ in 0..3 {
-        assert_eq!(repo.read_tx_lone(isolation).unwrap(), expected);
+        assert_eq!(repo.read_tx_maybe_lone(true, isolation).unwrap(), expected);
     }
     (db.cleanup)();
 }

@@ -950,13 +950,11 @@ impl Tx<'_> {
                 "a data-changing statement in read work".into(),
             ));
         }
-        self.admit()?;
-        let result = match self.conn {
+        match self.conn {
             AnyConn::Sqlite(c) => CachedStatement(sql).execute(&mut **c),
             AnyConn::Postgres(c) => CachedStatement(sql).execute(&mut **c),
         }
-        .map_err(classify);
-        self.settle(result)
+        .map_err(classify)
     }
 
     /// Runs a query and maps its rows by column name.
