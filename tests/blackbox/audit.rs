@@ -5,7 +5,8 @@
 
 use crate::consent::{id_of, lab, network, ORG_A, ORG_B, ORG_C, OTHER_PATIENT, PATIENT, SECRET};
 use crate::support::{
-    entries, for_each_backend, for_each_backend_raw, renkei_command, Caller, Server, JSON_PATCH,
+    entries, for_each_backend, for_each_backend_raw, link, renkei_command, Caller, Server,
+    JSON_PATCH,
 };
 use renkei_store::{Bind, DatabaseUrl, Sql, Store, StoreError, StoreOptions};
 use serde_json::{json, Value};
@@ -1241,5 +1242,76 @@ fn audit_events_sorted_by_date_follow_their_recording_time() {
         auditor
             .get("AuditEvent?_sort=date&_page_token=5")
             .expect(400);
+    });
+}
+
+/// The trail's search parameters as FHIR search defines them: a date of any precision is the
+/// whole period it names, a comma means any one of the values, `_count=0` counts, and the
+/// requests without a client are found as the agent `anonymous`.
+#[test]
+fn audit_search_takes_date_precisions_alternatives_and_a_count_of_zero() {
+    for_each_backend(|s| {
+        let auditor = s.token_for("auditor", ORG_A, "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let patient = s.create(&json!({"resourceType": "Patient", "gender": "female"}));
+        let path = format!("Patient/{}", patient["id"].as_str().unwrap());
+        s.get(&path).expect(200);
+        s.get("Patient/no-such-patient").expect(404);
+        s.anonymous().get("Observation").expect(401);
+        let total = |query: &str| -> i64 {
+            let bundle = auditor.read_json(&format!("AuditEvent?{query}&_total=accurate"));
+            bundle["total"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{query}: {bundle}"))
+        };
+        let everything = total("_count=1");
+        assert!(everything >= 4, "{everything}");
+
+        let now = chrono::Utc::now();
+        for precision in ["%Y", "%Y-%m", "%Y-%m-%d"] {
+            let today = now.format(precision).to_string();
+            assert!(total(&format!("date={today}")) > 0, "date={today}");
+            assert!(total(&format!("date=ge{today}")) > 0, "date=ge{today}");
+            assert_eq!(total(&format!("date=lt{today}")), 0, "date=lt{today}");
+            assert_eq!(total(&format!("date=gt{today}")), 0, "date=gt{today}");
+        }
+        assert_eq!(total("date=2001"), 0);
+        auditor.get("AuditEvent?date=ap2026").expect(400).outcome();
+        auditor.get("AuditEvent?date=soon").expect(400).outcome();
+
+        // A comma: any one of the values. (Reads only: every search here is audited too.)
+        let failed = total("subtype=read&outcome=4");
+        assert!(failed >= 1, "{failed}");
+        let succeeded = total("subtype=read&outcome=0");
+        assert!(succeeded >= 1, "{succeeded}");
+        assert_eq!(total("subtype=read&outcome=4,0"), failed + succeeded);
+        assert_eq!(total("subtype=read&outcome=4,no-such-outcome"), failed);
+        let reads = total("subtype=read");
+        assert!(reads >= 1);
+        assert!(total("subtype=read,create") > reads);
+        assert_eq!(
+            total(&format!("entity={path},Patient/never-seen")),
+            total(&format!("entity={path}"))
+        );
+        // Two parameters of one name both hold.
+        assert_eq!(total("subtype=read&outcome=4,0&outcome=4"), failed);
+
+        // The request without a token: its client is `anonymous`, and it was a search.
+        let anonymous = auditor.read_json("AuditEvent?agent=anonymous&_count=50");
+        let subtypes: Vec<String> = entries(&anonymous)
+            .iter()
+            .filter_map(|e| {
+                e["resource"]["subtype"][0]["code"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert!(subtypes.contains(&"search-type".to_string()), "{anonymous}");
+
+        // `_count=0`: the total, no entries.
+        let counted = auditor.read_json("AuditEvent?_count=0");
+        assert!(entries(&counted).is_empty(), "{counted}");
+        assert!(counted["total"].as_i64().unwrap() >= everything);
+        assert!(link(&counted, "next").is_none(), "{counted}");
     });
 }

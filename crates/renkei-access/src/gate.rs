@@ -1274,13 +1274,17 @@ impl Gate {
                 } else {
                     format!("Patient/{patient}")
                 };
-                if query.refs.iter().any(|(k, r)| k == "patient" && r != &own) {
+                if query
+                    .refs
+                    .iter()
+                    .any(|(k, refs)| k == "patient" && refs.iter().any(|r| r != &own))
+                {
                     return Err(AccessError::Forbidden(
                         "patients may only see the accesses to their own record".into(),
                     ));
                 }
                 if !query.refs.iter().any(|(k, _)| k == "patient") {
-                    query.refs.push(("patient".into(), own));
+                    query.refs.push(("patient".into(), vec![own]));
                 }
             }
             Role::Facility => {
@@ -1299,12 +1303,20 @@ impl Gate {
                         // A resource or patient hidden from the requester is unknown to its
                         // view: searching for its accesses finds nothing, as for a missing
                         // one.
-                        for (kind, reference) in &query.refs {
-                            if matches!(kind.as_str(), "entity" | "patient")
-                                && !visible_to(tx, reference, visibility)?
-                            {
+                        for (kind, references) in &mut query.refs {
+                            if !matches!(kind.as_str(), "entity" | "patient") {
+                                continue;
+                            }
+                            let mut visible = Vec::with_capacity(references.len());
+                            for reference in references.drain(..) {
+                                if visible_to(tx, &reference, visibility)? {
+                                    visible.push(reference);
+                                }
+                            }
+                            if visible.is_empty() {
                                 return Ok((Vec::new(), query.count_total.then_some(0)));
                             }
+                            *references = visible;
                         }
                     }
                     // The page and its total from one snapshot.
@@ -1454,14 +1466,34 @@ impl Gate {
 
 /// The interaction an HTTP method on a target (`Type/id`, `Type?criteria`) stands for, as the
 /// audit names it.
+/// The interaction a refused or failed request attempted, from its method and target
+/// (`Type/id…?query`, relative to the FHIR base): what the auditor searches the trail by.
 fn interaction_of(method: &str, target: &str) -> Interaction {
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let last = segments.last().copied().unwrap_or_default();
+    if let Some(operation) = last.strip_prefix('$') {
+        return Interaction::Operation(operation.to_string());
+    }
     match method {
+        "POST" if last == "_search" => Interaction::Search,
         "POST" => Interaction::Create,
         "PUT" => Interaction::Update,
         "PATCH" => Interaction::Patch,
         "DELETE" => Interaction::Delete,
-        _ if target.contains('?') => Interaction::Search,
-        _ => Interaction::Read,
+        _ => match segments.as_slice() {
+            [_, _, "_history", _] => Interaction::Vread,
+            s if s.contains(&"_history") => Interaction::History,
+            ["metadata"] => Interaction::Capabilities,
+            _ if query.is_some() => Interaction::Search,
+            // The whole system, a type (`Observation`) or a compartment
+            // (`Patient/1/Observation`): searches without parameters.
+            [] | [_] | [_, _, _] => Interaction::Search,
+            _ => Interaction::Read,
+        },
     }
 }
 
@@ -1510,4 +1542,25 @@ fn redact_hidden(
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_request_is_audited_as_the_interaction_it_attempted() {
+        let code = |method: &str, target: &str| interaction_of(method, target).code().to_string();
+        assert_eq!(code("GET", "Observation"), "search-type");
+        assert_eq!(code("GET", "Observation?code=1"), "search-type");
+        assert_eq!(code("GET", "Patient/1/Observation"), "search-type");
+        assert_eq!(code("POST", "Observation/_search"), "search-type");
+        assert_eq!(code("GET", "Observation/1"), "read");
+        assert_eq!(code("GET", "Observation/1/_history/2"), "vread");
+        assert_eq!(code("GET", "Observation/1/_history"), "history");
+        assert_eq!(code("GET", "Patient/1/$everything"), "operation");
+        assert_eq!(code("GET", "metadata"), "capabilities");
+        assert_eq!(code("POST", "Observation"), "create");
+        assert_eq!(code("DELETE", "AuditEvent/1"), "delete");
+    }
 }

@@ -10,7 +10,6 @@ use crate::request::RequestCtx;
 use crate::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use renkei_repository::parse_instant_ms;
 use renkei_store::AuditQuery;
 use serde_json::{json, Value};
 
@@ -51,6 +50,66 @@ fn reference(value: &str, default_type: &str) -> String {
     }
 }
 
+/// A search value's comma-separated alternatives (search.html#combining: any one of them).
+fn alternatives(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').filter(|v| !v.is_empty())
+}
+
+/// The code of a token value (`system|code` or `code`).
+fn code_of(value: &str) -> &str {
+    value.rsplit('|').next().unwrap_or(value)
+}
+
+/// A scalar filter given twice must hold both times (AND): its lists intersect. The first
+/// one given is taken as it is.
+fn add_alternatives(list: &mut Vec<String>, value: &str, code: impl Fn(&str) -> &str) {
+    let given: Vec<String> = alternatives(value).map(|v| code(v).to_string()).collect();
+    if list.is_empty() {
+        *list = given;
+        if list.is_empty() {
+            // `outcome=` with no value: a filter nothing meets, not no filter.
+            list.push(String::new());
+        }
+    } else {
+        list.retain(|v| given.contains(v));
+        if list.is_empty() {
+            list.push(String::new());
+        }
+    }
+}
+
+/// `date`: the event's recording instant against a FHIR date of any precision (`2026`,
+/// `2026-12`, `2026-12-06`, `…T10:00Z`), which stands for the whole period it names
+/// (search.html#date). Several `date` parameters all hold.
+fn narrow_to_date(query: &mut AuditQuery, value: &str) -> Result<()> {
+    let (prefix, text) = match value.get(..2) {
+        Some(p) if p.bytes().all(|b| b.is_ascii_lowercase()) => (p, &value[2..]),
+        _ => ("eq", value),
+    };
+    let range = renkei_search::date::parse_range(text)
+        .ok_or_else(|| ApiError::bad_request(format!("date '{value}' is not a FHIR date")))?;
+    // The trail filters `from <= recorded < to`.
+    let (from, to) = match prefix {
+        "eq" => (Some(range.low), Some(range.high.saturating_add(1))),
+        "ge" => (Some(range.low), None),
+        "gt" | "sa" => (Some(range.high.saturating_add(1)), None),
+        "le" => (None, Some(range.high.saturating_add(1))),
+        "lt" | "eb" => (None, Some(range.low)),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "AuditEvent date takes the prefixes eq, ge, gt, le, lt, sa and eb, not '{other}'"
+            )))
+        }
+    };
+    if let Some(from) = from {
+        query.from_ms = Some(query.from_ms.map_or(from, |f| f.max(from)));
+    }
+    if let Some(to) = to {
+        query.to_ms = Some(query.to_ms.map_or(to, |t| t.min(to)));
+    }
+    Ok(())
+}
+
 fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuery> {
     let mut query = AuditQuery {
         descending: true,
@@ -59,40 +118,32 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
     };
     for (name, value) in &ctx.params {
         match name.as_str() {
-            "date" => {
-                let (prefix, text) = match value.get(..2) {
-                    Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &value[2..]),
-                    _ => ("eq", value.as_str()),
-                };
-                let ms = parse_instant_ms(text).ok_or_else(|| {
-                    ApiError::bad_request(format!("date '{value}' is not a FHIR date"))
-                })?;
-                match prefix {
-                    "ge" | "gt" => query.from_ms = Some(ms),
-                    "le" | "lt" => query.to_ms = Some(ms),
-                    _ => {
-                        query.from_ms = Some(ms);
-                        query.to_ms = Some(ms + 86_400_000);
-                    }
-                }
-            }
-            "patient" => query
-                .refs
-                .push(("patient".into(), reference(value, "Patient"))),
-            "entity" => query.refs.push(("entity".into(), value.clone())),
-            "agent" => query.agent = Some(value.clone()),
-            "type" => query.type_code = Some(value.rsplit('|').next().unwrap_or(value).into()),
-            "subtype" => query.subtype = Some(value.rsplit('|').next().unwrap_or(value).into()),
-            "action" => query.action = Some(value.clone()),
-            "outcome" => query.outcome = Some(value.clone()),
-            "purpose" => query.purpose = Some(value.rsplit('|').next().unwrap_or(value).into()),
+            "date" => narrow_to_date(&mut query, value)?,
+            "patient" => query.refs.push((
+                "patient".into(),
+                alternatives(value)
+                    .map(|v| reference(v, "Patient"))
+                    .collect(),
+            )),
+            "entity" => query.refs.push((
+                "entity".into(),
+                alternatives(value).map(str::to_string).collect(),
+            )),
+            "agent" => add_alternatives(&mut query.agent, value, |v| v),
+            "type" => add_alternatives(&mut query.type_code, value, code_of),
+            "subtype" => add_alternatives(&mut query.subtype, value, code_of),
+            "action" => add_alternatives(&mut query.action, value, |v| v),
+            "outcome" => add_alternatives(&mut query.outcome, value, |v| v),
+            "purpose" => add_alternatives(&mut query.purpose, value, code_of),
             "_count" => {
-                query.limit = value
-                    .parse::<usize>()
-                    .map_err(|_| {
-                        ApiError::bad_request(format!("_count '{value}' is not a number"))
-                    })?
-                    .clamp(1, max)
+                let count = value.parse::<usize>().map_err(|_| {
+                    ApiError::bad_request(format!("_count '{value}' is not a number"))
+                })?;
+                // `_count=0`: how many match, without entries (search.html#count).
+                if count == 0 {
+                    query.count_total = true;
+                }
+                query.limit = count.min(max);
             }
             "_sort" => match value.as_str() {
                 "date" | "-date" => {

@@ -50,7 +50,7 @@ fn seqs(store: &Store, query: &AuditQuery) -> Vec<i64> {
 
 fn rare_patient() -> AuditQuery {
     AuditQuery {
-        refs: vec![("patient".into(), "Patient/rare".into())],
+        refs: vec![("patient".into(), vec!["Patient/rare".into()])],
         descending: true,
         limit: 4,
         ..AuditQuery::default()
@@ -85,8 +85,8 @@ fn check(store: &Store) {
     // A second reference and the event's own columns narrow the driving one.
     let one_entity = AuditQuery {
         refs: vec![
-            ("patient".into(), "Patient/rare".into()),
-            ("entity".into(), "Observation/o399".into()),
+            ("patient".into(), vec!["Patient/rare".into()]),
+            ("entity".into(), vec!["Observation/o399".into()]),
         ],
         ..rare_patient()
     };
@@ -115,11 +115,50 @@ fn check(store: &Store) {
     };
     assert_eq!(seqs(store, &next), small[3..]);
     let with_patient = AuditQuery {
-        refs: vec![("patient".into(), "Patient/p0".into())],
+        refs: vec![("patient".into(), vec!["Patient/p0".into()])],
         ..small_facility()
     };
     // Patient/p0 is in every 97th event; of Organization/small's events only n = 0 is about them.
     assert_eq!(seqs(store, &with_patient), vec![start]);
+
+    // Alternatives (a search's comma): any one of the references, any one of the values.
+    let either_entity = AuditQuery {
+        refs: vec![(
+            "entity".into(),
+            vec!["Observation/o399".into(), "Observation/o5".into()],
+        )],
+        descending: true,
+        limit: 4,
+        ..AuditQuery::default()
+    };
+    assert_eq!(seqs(store, &either_entity), vec![rare[1], start + 5]);
+    let rare_or_nobody = AuditQuery {
+        refs: vec![(
+            "patient".into(),
+            vec!["Patient/nobody".into(), "Patient/rare".into()],
+        )],
+        ..rare_patient()
+    };
+    assert_eq!(seqs(store, &rare_or_nobody), newest_first[..4]);
+    let outcomes = |outcome: Vec<String>| AuditQuery {
+        outcome,
+        ..rare_patient()
+    };
+    assert_eq!(
+        seqs(store, &outcomes(vec!["4".into(), "0".into()])),
+        newest_first[..4]
+    );
+    assert!(seqs(store, &outcomes(vec!["4".into(), "8".into()])).is_empty());
+    let agents = |agent: Vec<String>| AuditQuery {
+        agent,
+        ..rare_patient()
+    };
+    assert_eq!(
+        seqs(store, &agents(vec!["other".into(), "client".into()])),
+        newest_first[..4]
+    );
+    // Events of requests without a client are found as the agent `anonymous`; these have one.
+    assert!(seqs(store, &agents(vec!["anonymous".into()])).is_empty());
 }
 
 fn small_facility() -> AuditQuery {

@@ -64,20 +64,27 @@ fn head_update(head: &AuditHead, expected: Option<&AuditHead>) -> Sql {
     update
 }
 
+/// How an event of a request without a client names its agent (`renkei_audit`), and so
+/// what an auditor searches for to find them.
+pub const ANONYMOUS_AGENT: &str = "anonymous";
+
 /// Filters of an audit search; every field narrows (AND).
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
-    /// (kind, reference) that must be among the event's refs, e.g. ("patient", "Patient/1").
-    pub refs: Vec<(String, String)>,
-    pub agent: Option<String>,
-    pub agent_org: Option<String>,
-    pub type_code: Option<String>,
-    pub subtype: Option<String>,
-    pub action: Option<String>,
-    pub outcome: Option<String>,
-    pub purpose: Option<String>,
+    /// (kind, references): one of the references must be among the event's refs of that
+    /// kind, e.g. ("patient", ["Patient/1"]). An empty list matches nothing.
+    pub refs: Vec<(String, Vec<String>)>,
+    /// The lists below match any one of their values (a search's comma); empty: no filter.
+    /// The client, organization or user acting; [`ANONYMOUS_AGENT`] also matches events of
+    /// requests without a client.
+    pub agent: Vec<String>,
+    pub type_code: Vec<String>,
+    pub subtype: Vec<String>,
+    pub action: Vec<String>,
+    pub outcome: Vec<String>,
+    pub purpose: Vec<String>,
     /// Only events that touched data one of these custodians owns (facility view).
     pub custodian_any_of: Option<Vec<String>>,
     /// One event by its id.
@@ -353,6 +360,31 @@ pub(crate) enum Listing {
     Count,
 }
 
+/// ` AND ` [`push_in`].
+fn push_any_of(sql: &mut Sql, column: &str, values: &[String]) {
+    sql.push(" AND ");
+    push_in(sql, column, values);
+}
+
+/// `{column} = ?`, or `{column} IN (?, …)` for several values; for none, a condition no row
+/// meets.
+fn push_in(sql: &mut Sql, column: &str, values: &[String]) {
+    match values {
+        [] => {
+            sql.push("1 = 0");
+        }
+        [value] => {
+            sql.push(&format!("{column} = "))
+                .bind(Bind::Text(value.clone()));
+        }
+        _ => {
+            sql.push(&format!("{column} IN ("));
+            crate::search::push_text_list(sql, values);
+            sql.push(")");
+        }
+    }
+}
+
 /// The statement of [`Tx::audit_search`].
 pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sql {
     // A reference filter (a patient's "who viewed my record", `entity=`, a facility's own
@@ -368,8 +400,13 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
     // data's events would have to be sorted otherwise.
     let custodian_drives = single_custodian.is_some() && !query.by_recorded;
     let (driving_ref, other_refs) = match query.refs.split_first() {
-        Some((first, rest)) => (Some(first), rest),
-        None if custodian_drives => (single_custodian.as_ref(), &query.refs[..]),
+        Some(((kind, refs), rest)) => (Some((kind, refs.as_slice())), rest),
+        None if custodian_drives => (
+            single_custodian
+                .as_ref()
+                .map(|(kind, reference)| (kind, std::slice::from_ref(reference))),
+            &query.refs[..],
+        ),
         None => (None, &query.refs[..]),
     };
     // When the facility's own custodian reference drives, it is the whole custodian filter.
@@ -383,12 +420,11 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
         Listing::Count => "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM ",
     });
     let seq_column = match driving_ref {
-        Some((kind, reference)) => {
+        Some((kind, references)) => {
             sql.push("audit_refs d CROSS JOIN audit_events e WHERE d.kind = ")
-                .bind(Bind::Text(kind.clone()))
-                .push(" AND d.ref = ")
-                .bind(Bind::Text(reference.clone()))
-                .push(" AND e.seq = d.seq");
+                .bind(Bind::Text(kind.clone()));
+            push_any_of(&mut sql, "d.ref", references);
+            sql.push(" AND e.seq = d.seq");
             "d.seq"
         }
         None => {
@@ -402,47 +438,45 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
     if let Some(to) = query.to_ms {
         sql.push(" AND e.recorded < ").bind(Bind::Int(to));
     }
-    for (column, value) in [
-        ("e.agent_org", &query.agent_org),
+    for (column, values) in [
         ("e.type_code", &query.type_code),
         ("e.subtype", &query.subtype),
         ("e.action", &query.action),
         ("e.outcome", &query.outcome),
         ("e.purpose", &query.purpose),
     ] {
-        if let Some(value) = value {
-            sql.push(&format!(" AND {column} = "))
-                .bind(Bind::Text(value.clone()));
+        if !values.is_empty() {
+            push_any_of(&mut sql, column, values);
         }
     }
-    if let Some(agent) = &query.agent {
-        sql.push(" AND (e.agent_client = ")
-            .bind(Bind::Text(agent.clone()))
-            .push(" OR e.agent_org = ")
-            .bind(Bind::Text(agent.clone()))
-            .push(" OR e.agent_user = ")
-            .bind(Bind::Text(agent.clone()))
-            .push(")");
+    if !query.agent.is_empty() {
+        sql.push(" AND (");
+        for (i, column) in ["e.agent_client", "e.agent_org", "e.agent_user"]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                sql.push(" OR ");
+            }
+            push_in(&mut sql, column, &query.agent);
+        }
+        if query.agent.iter().any(|a| a == ANONYMOUS_AGENT) {
+            sql.push(" OR e.agent_client IS NULL");
+        }
+        sql.push(")");
     }
-    for (kind, reference) in other_refs {
+    for (kind, references) in other_refs {
         sql.push(" AND EXISTS (SELECT 1 FROM audit_refs r WHERE r.seq = e.seq AND r.kind = ")
-            .bind(Bind::Text(kind.clone()))
-            .push(" AND r.ref = ")
-            .bind(Bind::Text(reference.clone()))
-            .push(")");
+            .bind(Bind::Text(kind.clone()));
+        push_any_of(&mut sql, "r.ref", references);
+        sql.push(")");
     }
     if let Some(custodians) = custodian_filter {
-        sql.push(" AND EXISTS (SELECT 1 FROM audit_refs r WHERE r.seq = e.seq AND r.kind = 'custodian' AND r.ref IN (");
-        if custodians.is_empty() {
-            sql.push("NULL");
-        }
-        for (i, custodian) in custodians.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Bind::Text(custodian.clone()));
-        }
-        sql.push("))");
+        sql.push(
+            " AND EXISTS (SELECT 1 FROM audit_refs r WHERE r.seq = e.seq AND r.kind = 'custodian'",
+        );
+        push_any_of(&mut sql, "r.ref", custodians);
+        sql.push(")");
     }
     if let Some(event_id) = &query.event_id {
         sql.push(" AND e.event_id = ")

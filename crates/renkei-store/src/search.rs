@@ -664,7 +664,7 @@ fn push_int_list(sql: &mut Sql, values: &[i64]) {
     }
 }
 
-fn push_text_list<S: AsRef<str>>(sql: &mut Sql, values: &[S]) {
+pub(crate) fn push_text_list<S: AsRef<str>>(sql: &mut Sql, values: &[S]) {
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
