@@ -1315,3 +1315,54 @@ fn audit_search_takes_date_precisions_alternatives_and_a_count_of_zero() {
         assert!(link(&counted, "next").is_none(), "{counted}");
     });
 }
+
+/// Requests refused before any handler (no such endpoint, a method the path does not take, a
+/// format the server cannot answer in) are on record like every other failure.
+#[test]
+fn requests_refused_by_routing_or_format_are_audited() {
+    for_each_backend(|s| {
+        let auditor_token = s.token_for("auditor", ORG_A, "auditor", &[]);
+        let auditor = s.with_token(&auditor_token);
+        let facility = s.as_default();
+        let attempts = [
+            ("GET", "Patient/p/_history/1/extra", "routing-404", 404),
+            ("DELETE", "AuditEvent/some-event", "routing-405", 405),
+            ("GET", "Patient", "format-406", 406),
+        ];
+        for (method, path, request_id, status) in attempts {
+            let who = if path.starts_with("AuditEvent") {
+                &auditor
+            } else {
+                &facility
+            };
+            let headers = [("X-Request-Id", request_id), ("Accept", "text/csv")];
+            let headers = if status == 406 {
+                &headers[..]
+            } else {
+                &headers[..1]
+            };
+            who.request(method, path, headers, None).expect(status);
+        }
+        let trail: HashMap<String, Vec<Value>> =
+            audit_events(&auditor, "")
+                .into_iter()
+                .fold(HashMap::new(), |mut by_request, event| {
+                    if let Some(id) = request_id_of(&event) {
+                        by_request.entry(id).or_default().push(event);
+                    }
+                    by_request
+                });
+        for (_, _, request_id, status) in attempts {
+            let event = event_for(&trail, request_id);
+            let outcome = event["outcome"].as_str().unwrap_or_default();
+            assert_eq!(outcome, "4", "{request_id} ({status}): {event}");
+        }
+        let deletion = event_for(&trail, "routing-405");
+        assert_eq!(deletion["action"], "D", "{deletion}");
+        assert_eq!(
+            client_of(deletion).as_deref(),
+            Some("auditor"),
+            "{deletion}"
+        );
+    });
+}

@@ -23,23 +23,11 @@ pub const SEARCH_PARAMS: &[&str] = &[
 
 /// Any write to AuditEvent: the trail is append-only for every role.
 pub async fn append_only(req: HttpRequest) -> HttpResponse {
-    let format = RequestCtx::new(&req)
-        .map(|c| c.format)
-        .unwrap_or(crate::format::Format::Json);
-    let mut response = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "not-supported",
-        format!(
-            "{} is not allowed on AuditEvent: the audit trail is append-only and written by the gateway itself",
-            req.method()
-        ),
-    )
-    .respond(format, false);
-    response.headers_mut().insert(
-        actix_web::http::header::ALLOW,
-        actix_web::http::header::HeaderValue::from_static("GET"),
+    let message = format!(
+        "{} is not allowed on AuditEvent: the audit trail is append-only and written by the gateway itself",
+        req.method()
     );
-    response
+    crate::handlers::refuse_method(&req, message, "GET").await
 }
 
 fn reference(value: &str, default_type: &str) -> String {

@@ -53,36 +53,58 @@ pub(crate) async fn finish(
 ) -> HttpResponse {
     match result {
         Ok(response) => response,
-        Err(error) if error.is_audited() => error.respond(ctx.format, ctx.pretty),
-        Err(error) => {
-            let who = authenticate(req, state).ok();
-            let gate = state.gate.clone();
-            let request_id = crate::auth::request_id(req);
-            let address = req.peer_addr().map(|a| a.ip().to_string());
-            let method = req.method().to_string();
-            let target = match req.query_string() {
-                "" => req.path().trim_start_matches("/fhir/").to_string(),
-                q => format!("{}?{q}", req.path().trim_start_matches("/fhir/")),
-            };
-            let status = error.status().as_u16();
-            let message = error.to_string();
-            let recorded = blocking(move || {
-                gate.audit_failure(
-                    who.as_ref(),
-                    &request_id,
-                    address,
-                    &method,
-                    &target,
-                    status,
-                    &message,
-                )
-            })
-            .await;
-            match recorded {
-                Ok(()) => error.respond(ctx.format, ctx.pretty),
-                Err(audit_error) => audit_error.respond(ctx.format, ctx.pretty),
-            }
-        }
+        Err(error) => respond_recorded(req, state, error, ctx.format, ctx.pretty).await,
+    }
+}
+
+/// Answers a request refused before a handler could begin (no such endpoint, a method the path
+/// does not take, a format it cannot answer in), recording the attempt in the audit trail as
+/// [`finish`] does.
+pub(crate) async fn refuse(req: &HttpRequest, error: ApiError, format: Format) -> HttpResponse {
+    match req.app_data::<web::Data<AppState>>() {
+        Some(state) => respond_recorded(req, state, error, format, false).await,
+        None => error.respond(format, false),
+    }
+}
+
+/// The error's response, once the trail holds the failure (a failure the gate did not see is
+/// recorded here); if it cannot be recorded, the audit's own error instead.
+async fn respond_recorded(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    error: ApiError,
+    format: Format,
+    pretty: bool,
+) -> HttpResponse {
+    if error.is_audited() {
+        return error.respond(format, pretty);
+    }
+    let who = authenticate(req, state).ok();
+    let gate = state.gate.clone();
+    let request_id = crate::auth::request_id(req);
+    let address = req.peer_addr().map(|a| a.ip().to_string());
+    let method = req.method().to_string();
+    let target = match req.query_string() {
+        "" => req.path().trim_start_matches("/fhir/").to_string(),
+        q => format!("{}?{q}", req.path().trim_start_matches("/fhir/")),
+    };
+    let status = error.status().as_u16();
+    let message = error.to_string();
+    let recorded = blocking(move || {
+        gate.audit_failure(
+            who.as_ref(),
+            &request_id,
+            address,
+            &method,
+            &target,
+            status,
+            &message,
+        )
+    })
+    .await;
+    match recorded {
+        Ok(()) => error.respond(format, pretty),
+        Err(audit_error) => audit_error.respond(format, pretty),
     }
 }
 
@@ -963,7 +985,7 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     let format = RequestCtx::new(&req)
         .map(|c| c.format)
         .unwrap_or(Format::Json);
-    ApiError::new(
+    let error = ApiError::new(
         StatusCode::NOT_FOUND,
         "not-found",
         format!(
@@ -971,27 +993,35 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
             req.method(),
             req.path()
         ),
-    )
-    .respond(format, false)
+    );
+    refuse(&req, error, format).await
 }
 
 pub async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> HttpResponse {
-    let format = RequestCtx::new(&req)
+    let message = format!(
+        "{} is not allowed on {}; allowed: {allow}",
+        req.method(),
+        req.path()
+    );
+    refuse_method(&req, message, allow).await
+}
+
+/// 405 naming the methods the path takes (RFC 9110 §15.5.6), recorded like any refusal.
+pub(crate) async fn refuse_method(
+    req: &HttpRequest,
+    message: String,
+    allow: &'static str,
+) -> HttpResponse {
+    let format = RequestCtx::new(req)
         .map(|c| c.format)
         .unwrap_or(Format::Json);
-    let mut response = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "not-supported",
-        format!(
-            "{} is not allowed on {}; allowed: {allow}",
-            req.method(),
-            req.path()
-        ),
-    )
-    .respond(format, false);
-    response.headers_mut().insert(
-        actix_web::http::header::ALLOW,
-        actix_web::http::header::HeaderValue::from_static(allow),
-    );
+    let error = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message);
+    let mut response = refuse(req, error, format).await;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allow),
+        );
+    }
     response
 }

@@ -6,7 +6,7 @@ macro_rules! ctx_or_fail {
     ($req:expr) => {
         match $crate::request::RequestCtx::new(&$req) {
             Ok(ctx) => ctx,
-            Err((e, format)) => return e.respond(format, false),
+            Err((e, format)) => return $crate::handlers::refuse(&$req, e, format).await,
         }
     };
 }
