@@ -769,6 +769,26 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
         let r = net.as_b().get(&tagged);
         assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
         assert_no_secret(&r, "UNDELIVERED read");
+        // Neither the answer nor the audit blames the patient's consent, which permits B.
+        assert!(!r.body.contains("use break-glass"), "{}", r.body);
+        let auditor = s.token_for("auditor-u", ORG_A, "auditor", &[]);
+        let decisions = s
+            .with_token(&auditor)
+            .read_json("AuditEvent?subtype=AuthZ-Consent&outcome=4&_count=100");
+        let about_tagged: Vec<String> = entries(&decisions)
+            .iter()
+            .filter(|e| e["resource"].to_string().contains(&tagged))
+            .map(|e| {
+                e["resource"]["outcomeDesc"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert!(!about_tagged.is_empty(), "{decisions}");
+        for description in about_tagged {
+            assert_eq!(description, "deny by privacy-tag:UNDELIVERED");
+        }
         let everything = refs(
             &net.as_b()
                 .read_json(&format!("Patient/{PATIENT}/$everything?_count=100")),

@@ -333,7 +333,11 @@ impl Gate {
         let Some(patient) = decision.patient_id.filter(|_| foreign) else {
             return Ok(None);
         };
-        let decider = self.decider(who, granted, || Ok(decision.consent_ref))?;
+        // Data its holder has not released is refused by that tag, not by any Consent.
+        let decider = match (decision.withheld, granted) {
+            (true, false) => format!("privacy-tag:{}", renkei_store::WITHHELD_TAG),
+            _ => self.decider(who, granted, || Ok(decision.consent_ref))?,
+        };
         let builder = self.consent_event(
             who,
             &patient,

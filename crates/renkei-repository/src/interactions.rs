@@ -627,6 +627,13 @@ fn check_visible(
         (visibility, row.patient_id.as_deref())
     {
         if tx.holds_record_of(organization, patient)? {
+            if tx.is_withheld(row.rid)? {
+                return Err(RepoError::Forbidden(format!(
+                    "the facility that holds this record has not released it to other facilities \
+                     (privacy tag {}): neither consent nor break-glass shows it to {organization}",
+                    renkei_store::WITHHELD_TAG
+                )));
+            }
             return Err(RepoError::Forbidden(format!(
                 "the patient's consent does not permit {organization} to see this record; \
                  ask the patient for consent, or use break-glass (X-Purpose-Of-Use: ETREAT) in an emergency if your client is allowed to"

@@ -31,7 +31,7 @@ pub use resources::{
 pub use search::{page_sql, search_may_be_one_statement, SearchPage, SearchRow, MAX_SORT_KEYS};
 pub use sql::{Bind, Sql};
 pub use url::DatabaseUrl;
-pub use visibility::{DecidedRow, Decision, Visibility, PRIVACY_TAG_SYSTEM};
+pub use visibility::{DecidedRow, Decision, Visibility, PRIVACY_TAG_SYSTEM, WITHHELD_TAG};
 
 /// Administrative helpers for PostgreSQL databases (used by tests and operators).
 pub mod admin {

@@ -7,6 +7,10 @@ use crate::sql::{Bind, Sql};
 /// System of the national privacy tags (`UNDELIVERED`, `UNINFORMED`).
 pub const PRIVACY_TAG_SYSTEM: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication";
 
+/// The privacy tag of data its holder has not released (`UNDELIVERED`): never shown to another
+/// facility or to the patient.
+pub const WITHHELD_TAG: &str = "UNDELIVERED";
+
 /// Who is looking, reduced to what the predicate needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Visibility {
@@ -362,7 +366,7 @@ impl Visibility {
                     .push(" AND NOT ");
                 tag_exists(sql, r, "UNINFORMED");
                 sql.push(" AND NOT ");
-                tag_exists(sql, r, "UNDELIVERED");
+                tag_exists(sql, r, WITHHELD_TAG);
             }
             Visibility::Facility {
                 break_glass,
@@ -376,7 +380,7 @@ impl Visibility {
                 sql.push(&format!(" AND ({r}.custodian = "))
                     .bind(Bind::Text(args.organization.to_string()))
                     .push(&format!(" OR {r}.patient_id IS NULL OR (NOT "));
-                tag_exists(sql, r, "UNDELIVERED");
+                tag_exists(sql, r, WITHHELD_TAG);
                 sql.push(" AND ");
                 if *break_glass {
                     // Break-glass stands in for a permit; an explicit deny may still hold.
@@ -571,6 +575,14 @@ impl crate::Tx<'_> {
         Ok(!self.load::<Found>(&sql)?.is_empty())
     }
 
+    /// Whether resource row `rid` carries the [`WITHHELD_TAG`].
+    pub fn is_withheld(&mut self, rid: i64) -> Result<bool, crate::StoreError> {
+        let mut sql = Sql::new("SELECT CAST(1 AS BIGINT) AS one FROM resources r WHERE r.rid = ");
+        sql.bind(Bind::Int(rid)).push(" AND ");
+        tag_exists(&mut sql, "r", WITHHELD_TAG);
+        Ok(!self.load::<Found>(&sql)?.is_empty())
+    }
+
     pub fn holds_record_of(
         &mut self,
         organization: &str,
@@ -613,6 +625,10 @@ pub struct Decision {
     pub custodian: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     pub consent_ref: Option<String>,
+    /// The row carries the `UNDELIVERED` privacy tag: its holder has not released it, so no
+    /// other facility sees it, whatever consent or break-glass say.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub withheld: bool,
 }
 
 impl crate::Tx<'_> {
@@ -629,7 +645,9 @@ impl crate::Tx<'_> {
         };
         let mut sql = Sql::new("SELECT r.patient_id, r.custodian, ");
         push_row_decider(&mut sql, "r", &args);
-        sql.push(" AS consent_ref FROM resources r WHERE ");
+        sql.push(" AS consent_ref, ");
+        tag_exists(&mut sql, "r", WITHHELD_TAG);
+        sql.push(" AS withheld FROM resources r WHERE ");
         match row {
             DecidedRow::Rid(rid) => {
                 sql.push("r.rid = ").bind(Bind::Int(rid));
