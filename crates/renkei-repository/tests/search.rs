@@ -189,6 +189,11 @@ fn run_cases(db: Db) {
         ["o1"]
     );
     assert_eq!(ids(repo, "Observation", "value-quantity=5.4"), ["o3"]);
+    // Exponent form: half a unit of the last significant digit (1.3e2 is [125, 135)).
+    assert_eq!(ids(repo, "Observation", "value-quantity=1.3e2"), ["o2"]);
+    assert!(ids(repo, "Observation", "value-quantity=1.30e2").is_empty());
+    assert_eq!(ids(repo, "Observation", "value-quantity=1e2"), ["o1", "o2"]);
+    assert_eq!(ids(repo, "Observation", "value-quantity=5e0"), ["o3"]);
     assert_eq!(
         ids(repo, "Observation", "value-quantity=le98"),
         ["o1", "o3"]

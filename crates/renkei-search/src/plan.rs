@@ -1357,10 +1357,12 @@ fn parse_number(name: &str, value: &str) -> Result<NumberValue, SearchError> {
     })
 }
 
-/// Half the width of the range a number's written precision implies: `100` is
-/// [99.5, 100.5), `100.00` [99.995, 100.005). In exponent form the range follows the
-/// magnitude, as in the specification's example (`1e2` is 95 to 105): `1e-6` stays near a
-/// millionth, `1e20` is not lost below a double's resolution.
+/// Half the width of the range a number's written precision implies: half a unit of its last
+/// significant digit (search.html#number). `100` is [99.5, 100.5), `100.00` [99.995, 100.005),
+/// and in exponent form the digits of the mantissa count: `1.00e2` is [99.5, 100.5) like
+/// `100` (the specification: both have three significant figures), `1.2e2` [115, 125), `1e2`
+/// [50, 150). The specification's table gives [95, 105) for `1e2`, which contradicts its own
+/// rule (that would be two significant figures); the rule is what other servers implement.
 fn implied_half_width(number: &str) -> f64 {
     let decimals = |digits: &str| {
         digits.split_once('.').map_or(0, |(_, fraction)| {
@@ -1370,11 +1372,7 @@ fn implied_half_width(number: &str) -> f64 {
     match number.split_once(['e', 'E']) {
         Some((mantissa, exponent)) => {
             let exponent: i32 = exponent.parse().unwrap_or(0);
-            0.5 * 10f64.powi(
-                exponent
-                    .saturating_sub(decimals(mantissa))
-                    .saturating_sub(1),
-            )
+            0.5 * 10f64.powi(exponent.saturating_sub(decimals(mantissa)))
         }
         None => 0.5 * 10f64.powi(-decimals(number)),
     }
@@ -1480,14 +1478,17 @@ mod tests {
     }
 
     #[test]
-    fn exponent_numbers_imply_a_range_of_their_magnitude() {
+    fn exponent_numbers_imply_half_a_unit_of_their_last_significant_digit() {
         let close = |a: f64, b: f64| (a - b).abs() <= b.abs() * 1e-9;
         assert!(close(implied_half_width("100"), 0.5));
         assert!(close(implied_half_width("100.00"), 0.005));
-        assert!(close(implied_half_width("1e2"), 5.0));
-        assert!(close(implied_half_width("1.5e2"), 0.5));
-        assert!(close(implied_half_width("1e-6"), 5e-8));
-        assert!(close(implied_half_width("1E20"), 5e18));
+        assert!(close(implied_half_width("1.00e2"), 0.5));
+        assert!(close(implied_half_width("1.2e2"), 5.0));
+        assert!(close(implied_half_width("1.1e1"), 0.5));
+        assert!(close(implied_half_width("1e2"), 50.0));
+        assert!(close(implied_half_width("1.5E-2"), 0.0005));
+        assert!(close(implied_half_width("1e-6"), 5e-7));
+        assert!(close(implied_half_width("1E20"), 5e19));
     }
 
     #[test]
