@@ -789,6 +789,16 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
         for description in about_tagged {
             assert_eq!(description, "deny by privacy-tag:UNDELIVERED");
         }
+        // The patient's view of the same trail does not learn that withheld data exists.
+        let own = s.token_for("p-app-audit", ORG_A, "patient", &["--patient", &patient_ref()]);
+        let viewed = s
+            .with_token(&own)
+            .get(&format!("AuditEvent?patient={}&_count=200", patient_ref()))
+            .expect(200);
+        assert!(viewed.body.contains("AuthZ-Consent"), "{}", viewed.body);
+        assert!(!viewed.body.contains("privacy-tag"), "{}", viewed.body);
+        assert!(!viewed.body.contains("UNDELIVERED"), "{}", viewed.body);
+        assert!(!viewed.body.contains(&tagged), "{}", viewed.body);
         let everything = refs(
             &net.as_b()
                 .read_json(&format!("Patient/{PATIENT}/$everything?_count=100")),

@@ -335,7 +335,11 @@ impl Gate {
         };
         // Data its holder has not released is refused by that tag, not by any Consent.
         let decider = match (decision.withheld, granted) {
-            (true, false) => format!("privacy-tag:{}", renkei_store::WITHHELD_TAG),
+            (true, false) => format!(
+                "{}{}",
+                renkei_audit::PRIVACY_TAG_DECIDER,
+                renkei_store::WITHHELD_TAG
+            ),
             _ => self.decider(who, granted, || Ok(decision.consent_ref))?,
         };
         let builder = self.consent_event(

@@ -388,48 +388,65 @@ pub fn redact_hidden<E>(
     event: &mut Value,
     mut visible: impl FnMut(&str) -> Result<bool, E>,
 ) -> Result<(), E> {
-    if let Some(desc) = event.get_mut("outcomeDesc") {
-        let status = desc
-            .as_str()
-            .and_then(|text| text.split(':').next())
-            .unwrap_or_default()
-            .to_string();
-        *desc = Value::String(status);
-    }
-    let Some(entities) = event.get_mut("entity").and_then(Value::as_array_mut) else {
-        return Ok(());
-    };
-    let mut kept = Vec::with_capacity(entities.len());
-    for mut entity in std::mem::take(entities) {
-        // A patient entity counts too: a search over several patients names each of them.
-        let names_a_resource = matches!(
-            entity.pointer("/role/code").and_then(Value::as_str),
-            Some("1" | "4")
-        );
-        if let (true, Some(reference)) = (
-            names_a_resource,
-            entity.pointer("/what/reference").and_then(Value::as_str),
-        ) {
-            if !visible(reference)? {
-                continue;
+    let mut hid_a_resource = false;
+    if let Some(entities) = event.get_mut("entity").and_then(Value::as_array_mut) {
+        let mut kept = Vec::with_capacity(entities.len());
+        for mut entity in std::mem::take(entities) {
+            // A patient entity counts too: a search over several patients names each of them.
+            let names_a_resource = matches!(
+                entity.pointer("/role/code").and_then(Value::as_str),
+                Some("1" | "4")
+            );
+            if let (true, Some(reference)) = (
+                names_a_resource,
+                entity.pointer("/what/reference").and_then(Value::as_str),
+            ) {
+                if !visible(reference)? {
+                    hid_a_resource = true;
+                    continue;
+                }
             }
+            if let Some(query) = entity.get_mut("query") {
+                let engine = base64::engine::general_purpose::STANDARD;
+                let searched = query
+                    .as_str()
+                    .and_then(|encoded| engine.decode(encoded).ok())
+                    .map(|bytes| {
+                        let text = String::from_utf8_lossy(&bytes);
+                        text.split('?').next().unwrap_or_default().to_string()
+                    })
+                    .unwrap_or_default();
+                *query = Value::String(engine.encode(searched.as_bytes()));
+            }
+            kept.push(entity);
         }
-        if let Some(query) = entity.get_mut("query") {
-            let engine = base64::engine::general_purpose::STANDARD;
-            let searched = query
-                .as_str()
-                .and_then(|encoded| engine.decode(encoded).ok())
-                .map(|bytes| {
-                    let text = String::from_utf8_lossy(&bytes);
-                    text.split('?').next().unwrap_or_default().to_string()
-                })
-                .unwrap_or_default();
-            *query = Value::String(engine.encode(searched.as_bytes()));
+        // A privacy tag that decided about a resource hidden from this reader is part of that
+        // resource: it would tell the patient that withheld data exists.
+        if hid_a_resource {
+            kept.retain(|entity| !names_privacy_tag(entity));
         }
-        kept.push(entity);
+        *entities = kept;
     }
-    *entities = kept;
+    if let Some(desc) = event.get_mut("outcomeDesc") {
+        let text = desc.as_str().unwrap_or_default();
+        let status = match hid_a_resource && text.contains(PRIVACY_TAG_DECIDER) {
+            true => text.split(' ').next().unwrap_or_default(),
+            false => text.split(':').next().unwrap_or_default(),
+        };
+        *desc = Value::String(status.to_string());
+    }
     Ok(())
+}
+
+/// How a decision made by a privacy tag names its decider (`privacy-tag:UNDELIVERED`).
+pub const PRIVACY_TAG_DECIDER: &str = "privacy-tag:";
+
+fn names_privacy_tag(entity: &Value) -> bool {
+    entity.pointer("/role/code").and_then(Value::as_str) == Some("13")
+        && entity
+            .pointer("/what/display")
+            .and_then(Value::as_str)
+            .is_some_and(|display| display.starts_with(PRIVACY_TAG_DECIDER))
 }
 
 #[cfg(test)]
@@ -544,6 +561,32 @@ mod tests {
         let event = builder.build("e2");
         assert_eq!(event["action"], "E");
         assert_eq!(event["entity"][0]["query"], "T2JzZXJ2YXRpb24/Y29kZT0x");
+    }
+
+    #[test]
+    fn a_privacy_tag_is_redacted_with_the_resource_it_hid() {
+        let mut builder = EventBuilder::new(Interaction::ConsentDecision, "req-4", 0);
+        builder.outcome = AuditOutcome::MinorFailure;
+        builder.outcome_desc = Some("deny by privacy-tag:UNDELIVERED".into());
+        builder.patients.push("Patient/p1".into());
+        builder.resources.push("Observation/o1".into());
+        builder.decided_by = Some("privacy-tag:UNDELIVERED".into());
+        let event = builder.build("e4");
+        let texts = |event: &Value| event.to_string();
+        // The holder sees the resource, and so the tag that kept it from the requester.
+        let mut holders_view = event.clone();
+        redact_hidden::<()>(&mut holders_view, |_| Ok(true)).unwrap();
+        assert!(texts(&holders_view).contains("privacy-tag:UNDELIVERED"));
+        // The patient sees neither.
+        let mut patients_view = event;
+        redact_hidden::<()>(&mut patients_view, |r| Ok(r != "Observation/o1")).unwrap();
+        assert!(
+            !texts(&patients_view).contains("privacy-tag"),
+            "{patients_view}"
+        );
+        assert!(!texts(&patients_view).contains("Observation/o1"));
+        assert_eq!(patients_view["outcomeDesc"], "deny");
+        assert!(texts(&patients_view).contains("Patient/p1"));
     }
 
     #[test]
