@@ -901,6 +901,29 @@ fn intact_trail_verifies_and_exports_as_ndjson() {
             .expect("export");
         assert!(out.status.success());
         assert!(out.stdout.is_empty());
+        // A mistyped SQLite path is an error, not an intact empty trail in a new file.
+        let missing =
+            std::env::temp_dir().join(format!("renkei-no-such-{}.db", std::process::id()));
+        let url = format!("sqlite:{}", missing.display());
+        for command in [&["audit", "verify"][..], &["audit", "export"][..]] {
+            let out = renkei_command()
+                .args(command)
+                .args(["--database", &url])
+                .stdin(Stdio::null())
+                .output()
+                .expect("audit command");
+            assert!(!out.status.success(), "{command:?} on a missing database");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("no database at"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                !missing.exists(),
+                "{command:?} created {}",
+                missing.display()
+            );
+        }
     });
 }
 

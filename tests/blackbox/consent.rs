@@ -790,7 +790,12 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
             assert_eq!(description, "deny by privacy-tag:UNDELIVERED");
         }
         // The patient's view of the same trail does not learn that withheld data exists.
-        let own = s.token_for("p-app-audit", ORG_A, "patient", &["--patient", &patient_ref()]);
+        let own = s.token_for(
+            "p-app-audit",
+            ORG_A,
+            "patient",
+            &["--patient", &patient_ref()],
+        );
         let viewed = s
             .with_token(&own)
             .get(&format!("AuditEvent?patient={}&_count=200", patient_ref()))

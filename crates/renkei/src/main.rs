@@ -187,6 +187,9 @@ fn run(cli: Cli) -> Result<(), String> {
         demo,
     })
     .map_err(|e| e.to_string())?;
+    if matches!(cli.command, Command::Audit { .. }) {
+        require_existing_database(&config)?;
+    }
     let repository = open_repository(&config)?;
     let store = repository.store().clone();
     match cli.command {
@@ -370,6 +373,19 @@ fn explain_parse_options(config: &Config) -> renkei_http::ParseOptions {
         default_count: config.default_page_size,
         max_count: config.max_page_size,
         strict: true,
+    }
+}
+
+/// Commands that only read what a gateway recorded (`audit verify`, `audit export`) must not
+/// create an empty SQLite database where a mistyped path points, and then report an intact,
+/// empty trail.
+fn require_existing_database(config: &Config) -> Result<(), String> {
+    match DatabaseUrl::parse(&config.database).map_err(|e| e.to_string())? {
+        DatabaseUrl::Sqlite(path) if !path.exists() => Err(format!(
+            "no database at {}: this command reads an existing audit trail and creates nothing",
+            path.display()
+        )),
+        _ => Ok(()),
     }
 }
 
