@@ -481,14 +481,14 @@ fn routing_errors() {
         )
         .expect(405);
         let r = s.request("POST", "Patient/_history", &[], None).expect(405);
-        assert_eq!(r.header("allow"), Some("GET"));
+        assert_eq!(r.header("allow"), Some("GET, HEAD"));
         for (method, path, allow) in [
-            ("DELETE", "", "GET, POST"),
-            ("PATCH", "", "GET, POST"),
-            ("DELETE", "_history", "GET"),
+            ("DELETE", "", "GET, HEAD, POST"),
+            ("PATCH", "", "GET, HEAD, POST"),
+            ("DELETE", "_history", "GET, HEAD"),
             ("GET", "_search", "POST"),
-            ("POST", "AuditEvent", "GET"),
-            ("DELETE", "AuditEvent/x", "GET"),
+            ("POST", "AuditEvent", "GET, HEAD"),
+            ("DELETE", "AuditEvent/x", "GET, HEAD"),
         ] {
             let r = s.request(method, path, &[], None).expect(405);
             assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
@@ -496,6 +496,23 @@ fn routing_errors() {
         }
         s.request("DELETE", "Patient/x/_history", &[], None)
             .expect(405);
+        // Every path that answers GET answers HEAD: the same status and headers, no body.
+        let patient = s.create(&json!({"resourceType": "Patient", "gender": "other"}));
+        let id = patient["id"].as_str().unwrap();
+        for path in [
+            "Patient".to_string(),
+            format!("Patient?_id={id}"),
+            "Patient/_history".to_string(),
+            format!("Patient/{id}/_history"),
+            "_history".to_string(),
+            format!("Patient/{id}/$everything"),
+            format!("Patient/{id}/Observation"),
+        ] {
+            let got = s.get(&path).expect(200);
+            let head = s.request("HEAD", &path, &[], None).expect(200);
+            assert!(head.body.is_empty(), "HEAD {path}: {}", head.body);
+            assert_eq!(head.content_type(), got.content_type(), "HEAD {path}");
+        }
         // A delete aimed at something that cannot be an id is malformed, not a no-op.
         for path in ["Patient/$everything", "Observation/bad!id"] {
             s.request("DELETE", path, &[], None).expect(400).outcome();

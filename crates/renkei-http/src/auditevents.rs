@@ -27,7 +27,7 @@ pub async fn append_only(req: HttpRequest) -> HttpResponse {
         "{} is not allowed on AuditEvent: the audit trail is append-only and written by the gateway itself",
         req.method()
     );
-    crate::handlers::refuse_method(&req, message, "GET").await
+    crate::handlers::refuse_method(&req, message, "GET, HEAD").await
 }
 
 fn reference(value: &str, default_type: &str) -> String {

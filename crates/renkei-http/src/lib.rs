@@ -56,29 +56,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/fhir")
             .service(
                 web::resource("/metadata")
-                    .route(web::get().to(h::metadata))
-                    .route(web::head().to(h::metadata))
+                    .route(get_or_head().to(h::metadata))
                     .default_service(allowing("GET, HEAD")),
             )
             .route(
                 "/.well-known/smart-configuration",
-                web::get().to(auth::smart_configuration),
+                get_or_head().to(auth::smart_configuration),
             )
             .service(
                 web::resource("/AuditEvent")
-                    .route(web::get().to(auditevents::search))
+                    .route(get_or_head().to(auditevents::search))
                     .default_service(web::to(auditevents::append_only)),
             )
             .service(
                 web::resource("/AuditEvent/{tail:.*}")
-                    .route(web::get().to(auditevents::read))
+                    .route(get_or_head().to(auditevents::read))
                     .default_service(web::to(auditevents::append_only)),
             )
             // Identity operations, before `/{type}/{id}` would take them for ids.
             .service(
                 web::resource("/Patient/$ihe-pix")
-                    .route(web::get().to(identity::pix))
-                    .route(web::head().to(identity::pix))
+                    .route(get_or_head().to(identity::pix))
                     .default_service(allowing("GET, HEAD")),
             )
             .service(
@@ -99,8 +97,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(
                 web::resource(["", "/"])
                     .route(web::post().to(h::bundle))
-                    .route(web::get().to(search::search_system))
-                    .default_service(allowing("GET, POST")),
+                    .route(get_or_head().to(search::search_system))
+                    .default_service(allowing("GET, HEAD, POST")),
             )
             .service(
                 web::resource("/_search")
@@ -109,40 +107,38 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .service(
                 web::resource("/_history")
-                    .route(web::get().to(h::history_system))
-                    .default_service(allowing("GET")),
+                    .route(get_or_head().to(h::history_system))
+                    .default_service(allowing("GET, HEAD")),
             )
             .service(
                 web::resource("/{type}/_history")
-                    .route(web::get().to(h::history_type))
-                    .default_service(allowing("GET")),
+                    .route(get_or_head().to(h::history_type))
+                    .default_service(allowing("GET, HEAD")),
             )
             .service(
                 web::resource("/{type}/{id}/_history/{vid}")
-                    .route(web::get().to(h::vread))
-                    .route(web::head().to(h::vread))
+                    .route(get_or_head().to(h::vread))
                     .default_service(allowing("GET, HEAD")),
             )
             .service(
                 web::resource("/{type}/{id}/_history")
-                    .route(web::get().to(h::history_instance))
-                    .default_service(allowing("GET")),
+                    .route(get_or_head().to(h::history_instance))
+                    .default_service(allowing("GET, HEAD")),
             )
             .service(
                 web::resource("/{type}/_search")
                     .route(web::post().to(search::search_type_post))
-                    .route(web::get().to(search::search_type))
-                    .default_service(allowing("GET, POST")),
+                    .route(get_or_head().to(search::search_type))
+                    .default_service(allowing("GET, HEAD, POST")),
             )
             .service(
                 web::resource("/{type}/{id}/{compartment}")
-                    .route(web::get().to(search::compartment))
-                    .default_service(allowing("GET")),
+                    .route(get_or_head().to(search::compartment))
+                    .default_service(allowing("GET, HEAD")),
             )
             .service(
                 web::resource("/{type}/{id}")
-                    .route(web::get().to(h::read))
-                    .route(web::head().to(h::read))
+                    .route(get_or_head().to(h::read))
                     .route(web::put().to(h::update))
                     .route(web::patch().to(h::patch))
                     .route(web::delete().to(h::delete))
@@ -150,16 +146,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .service(
                 web::resource("/{type}")
-                    .route(web::get().to(search::search_type))
+                    .route(get_or_head().to(search::search_type))
                     .route(web::post().guard(guard::fn_guard(|_| true)).to(h::create))
                     .route(web::put().to(h::conditional_update))
                     .route(web::patch().to(h::conditional_patch))
                     .route(web::delete().to(h::conditional_delete))
-                    .default_service(allowing("GET, POST, PUT, PATCH, DELETE")),
+                    .default_service(allowing("GET, HEAD, POST, PUT, PATCH, DELETE")),
             )
             .default_service(web::to(h::not_found)),
     )
     .default_service(web::to(h::not_found));
+}
+
+/// GET, and HEAD answered the same way without the body (RFC 9110 §9.3.2: a server that
+/// answers GET answers HEAD).
+fn get_or_head() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
 /// The answer to a method a path does not take: 405 naming the ones it does (RFC 9110 §15.5.6).
