@@ -398,6 +398,17 @@ pub fn relative_entry_url(url: &str) -> &str {
 
 fn parse_target(url: &str) -> Result<Target, RepoError> {
     let relative = relative_entry_url(url);
+    let path: Vec<&str> = relative
+        .split('?')
+        .next()
+        .unwrap_or(relative)
+        .split('/')
+        .collect();
+    if path.contains(&"_history") && !matches!(path.as_slice(), [_, _, "_history", _]) {
+        return Err(RepoError::BadRequest(format!(
+            "the entry URL '{url}' asks for a history, which is not supported in a Bundle"
+        )));
+    }
     if relative.contains('?') {
         let (path, _) = relative.split_once('?').unwrap_or((relative, ""));
         if !path.contains('/') {
@@ -1089,6 +1100,18 @@ mod tests {
             Target::Conditional(_)
         ));
         assert!(parse_target("Nope/1").is_err());
+        // Histories of every level are refused alike, naming what was asked.
+        for history in [
+            "_history",
+            "Observation/_history",
+            "Observation/_history?_count=3",
+            "Observation/1/_history",
+        ] {
+            match parse_target(history) {
+                Err(RepoError::BadRequest(why)) => assert!(why.contains("history"), "{why}"),
+                other => panic!("{history}: {other:?}"),
+            }
+        }
         // A URL in the criteria is no base: the entry changes Observations.
         match parse_target("Observation?subject=http://x/fhir/Patient/1").unwrap() {
             Target::Conditional(criteria) => assert_eq!(criteria.res_type, "Observation"),
