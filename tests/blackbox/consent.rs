@@ -1512,6 +1512,20 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
             .get("Observation?_has:Provenance:target:agent=Organization/x")
             .expect(403);
         narrow.get("Observation?code=3D010000001926101").expect(200);
+        // A search of the whole system may return any type: it needs every type's scope.
+        narrow.get(&format!("?_id={PATIENT}")).expect(403);
+        narrow.get("?_count=5").expect(403);
+        // A batch whose entries are all outside the scopes answers each of them.
+        let reads = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": format!("Patient/{PATIENT}")}},
+            {"request": {"method": "GET", "url": "Condition/x"}},
+            {"request": {"method": "GET", "url": "Observation?code=3D010000001926101"}}]});
+        let answer = narrow.post("", &reads).expect(200).json();
+        assert_eq!(
+            entry_statuses(&answer),
+            ["403 Forbidden", "403 Forbidden", "200 OK"],
+            "{answer}"
+        );
 
         // Operation paths name what they allow; a Consent without a patient is invalid.
         let r = s.request("POST", "Patient/$ihe-pix", &[], None).expect(405);

@@ -921,8 +921,13 @@ impl Gate {
         let owner = compartment_owner(plan);
         // The compartment's owner, the page and the consents that permitted it are read in
         // one transaction: one snapshot, one connection.
-        let searched = plan
-            .types
+        // A search of the whole system without `_type` (no types listed) may return any type.
+        let every_type = ["*".to_string()];
+        let types = match plan.types.is_empty() {
+            true => &every_type[..],
+            false => &plan.types[..],
+        };
+        let searched = types
             .iter()
             .chain(&searched_through(plan))
             .try_for_each(|t| who.require(t, Action::Search))
@@ -1074,6 +1079,11 @@ impl Gate {
                     &on_commit,
                 )?;
                 if !refused.is_empty() {
+                    // With every entry refused, the response has no `entry` list of its own
+                    // (FHIR JSON leaves empty lists out).
+                    if !response.get("entry").is_some_and(Value::is_array) {
+                        response["entry"] = Value::Array(Vec::new());
+                    }
                     if let Some(entries) = response.get_mut("entry").and_then(Value::as_array_mut) {
                         for (index, error) in &refused {
                             let at = (*index).min(entries.len());
