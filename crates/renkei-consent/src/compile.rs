@@ -365,8 +365,17 @@ fn parse_spec(path: &str, provision: &Value) -> Result<Spec, ConsentError> {
     if let Some(labels) = stated(provision, "securityLabel") {
         let mut pairs = Vec::new();
         for (i, coding) in labels.iter().enumerate() {
-            let (system, code) = coding_parts(&format!("{path}.securityLabel[{i}]"), coding)?;
-            let pair = (system.unwrap_or_default(), code);
+            let p = format!("{path}.securityLabel[{i}]");
+            let (system, code) = coding_parts(&p, coding)?;
+            // A label is matched by system and code; a code alone would match nothing, and a
+            // deny that matches nothing hides nothing.
+            let Some(system) = system.filter(|s| !s.is_empty()) else {
+                return Err(unsupported(
+                    &p,
+                    format!("security label {code:?} without a system cannot be matched exactly"),
+                ));
+            };
+            let pair = (system, code);
             if !pairs.contains(&pair) {
                 pairs.push(pair);
             }

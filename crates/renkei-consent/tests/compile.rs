@@ -302,6 +302,13 @@ fn errors() {
             |e| matches!(e, ConsentError::Unsupported { path, .. } if path == "Consent.provision.class[0]"),
         ),
         (
+            "security label without a system (it would match nothing)",
+            provision(
+                json!({"type": "permit", "provision": [{"type": "deny", "securityLabel": [{"code": "PSY"}]}]}),
+            ),
+            |e| matches!(e, ConsentError::Unsupported { path, .. } if path == "Consent.provision.provision[0].securityLabel[0]"),
+        ),
+        (
             "period starting after it ends (per-1)",
             provision(
                 json!({"type": "permit", "period": {"start": "2026-01-02", "end": "2026-01-01"}}),
@@ -420,7 +427,7 @@ fn errors() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-    assert_eq!(cases.len(), 23);
+    assert_eq!(cases.len(), 24);
 
     // A disclosure action is fine.
     assert!(provision(
