@@ -715,7 +715,11 @@ fn parse_include(types: &[String], name: &str, value: &str) -> Result<Include, S
     let source_type = parts.next().unwrap_or_default().to_string();
     let param = parts.next().unwrap_or_default();
     let target_type = parts.next().map(str::to_string);
-    if source_type.is_empty() || param.is_empty() {
+    let well_formed_target = target_type.as_deref().is_none_or(|t| {
+        t.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && t.chars().all(|c| c.is_ascii_alphanumeric())
+    });
+    if source_type.is_empty() || param.is_empty() || !well_formed_target || parts.next().is_some() {
         return invalid(format!("{name} '{value}' is not Type:param[:target]"));
     }
     if name.starts_with("_include")
@@ -736,6 +740,18 @@ fn parse_include(types: &[String], name: &str, value: &str) -> Result<Include, S
         });
     }
     match registry().param(&source_type, param) {
+        Some(p)
+            if p.kind == ParamType::Reference
+                && target_type
+                    .as_ref()
+                    .is_some_and(|t| !p.targets.is_empty() && !p.targets.contains(t)) =>
+        {
+            invalid(format!(
+                "{name} '{value}': {source_type}.{param} refers to {}, not {}",
+                p.targets.join(", "),
+                target_type.as_deref().unwrap_or_default()
+            ))
+        }
         Some(p) if p.kind == ParamType::Reference => Ok(Include {
             source_type,
             param: Some(param.to_string()),
@@ -1489,6 +1505,21 @@ mod tests {
         assert!(close(implied_half_width("1.5E-2"), 0.0005));
         assert!(close(implied_half_width("1e-6"), 5e-7));
         assert!(close(implied_half_width("1E20"), 5e19));
+    }
+
+    #[test]
+    fn include_target_types_are_checked() {
+        let types = ["Observation".to_string()];
+        let ok = |value: &str| parse_include(&types, "_include", value).is_ok();
+        assert!(ok("Observation:subject"));
+        assert!(ok("Observation:subject:Patient"));
+        assert!(ok("Observation:*:Practitioner"));
+        // Observation.subject refers to Patient, Group, Device and Location only.
+        assert!(!ok("Observation:subject:Practitioner"));
+        assert!(!ok("Observation:subject:Foo"));
+        assert!(!ok("Observation:subject:"));
+        assert!(!ok("Observation:subject:patient"));
+        assert!(!ok("Observation:subject:Patient:extra"));
     }
 
     #[test]
