@@ -320,7 +320,10 @@ fn parse_spec(path: &str, provision: &Value) -> Result<Spec, ConsentError> {
             if system.as_deref().is_some_and(|s| s != ACT_REASON_SYSTEM) {
                 return Err(unsupported(
                     &p,
-                    format!("purpose system {system:?}: only v3-ActReason"),
+                    format!(
+                        "purpose system {}: only v3-ActReason ({ACT_REASON_SYSTEM})",
+                        system.as_deref().unwrap_or_default()
+                    ),
                 ));
             }
             if !codes.contains(&code) {
@@ -345,7 +348,8 @@ fn parse_spec(path: &str, provision: &Value) -> Result<Spec, ConsentError> {
                 return Err(unsupported(
                     &p,
                     format!(
-                        "class system {system:?}: only resource types ({RESOURCE_TYPES_SYSTEM})"
+                        "class system {}: only resource types ({RESOURCE_TYPES_SYSTEM})",
+                        system.as_deref().unwrap_or_default()
                     ),
                 ));
             }
