@@ -507,3 +507,42 @@ fn pdqm_demographics_search_finds_kanji_and_kana_names_within_consent() {
         hospital.get("Patient?family=山田&_format=xml").expect(200);
     });
 }
+
+/// A facility outside the consent that registers the same person itself is not told, through
+/// `:linked`, that its record and the one it may not see are one person.
+#[test]
+fn linked_search_does_not_reveal_a_link_to_a_record_the_requester_may_not_see() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let other = net.as_other();
+        let own_p = "id-other-p";
+        other
+            .put(
+                &format!("Patient/{own_p}"),
+                &patient(own_p, "urn:other-mrn", "O-1", "06330015:岡北:123:00"),
+            )
+            .expect(201);
+        let note = other.create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "weight"}, "subject": {"reference": format!("Patient/{own_p}")}}));
+        other.get(&format!("Patient/{HOSP_P}")).expect(404);
+        for query in [
+            format!("Observation?patient:linked=Patient/{HOSP_P}"),
+            format!("Observation?subject:linked=Patient/{HOSP_P}&_summary=count"),
+        ] {
+            let bundle = other.read_json(&query);
+            assert!(found(&bundle).is_empty(), "{query}: {bundle}");
+            assert!(
+                bundle["total"].as_i64().unwrap_or(0) == 0,
+                "{query}: {bundle}"
+            );
+        }
+        // Its own record's links stop at what it may see: its own data.
+        let own = found(&other.read_json(&format!("Observation?patient:linked=Patient/{own_p}")));
+        assert_eq!(own, vec![reference(&note)]);
+        // The consented clinic still follows the same link.
+        let clinic = net.as_clinic();
+        let through =
+            found(&clinic.read_json(&format!("Observation?patient:linked=Patient/{CLINIC_P}")));
+        assert!(!through.is_empty());
+    });
+}

@@ -101,3 +101,53 @@ fn client_credentials_with_a_signed_assertion() {
         );
     });
 }
+
+/// A token holds only while its client's registration still grants it: removing the client,
+/// moving it to another facility or narrowing its scopes ends its tokens at once.
+#[test]
+fn tokens_end_with_their_client_registration() {
+    for_each_backend(|s| {
+        let token = s.token_for("short-lived", "Organization/reg-a", "facility", &[]);
+        let who = s.with_token(&token);
+        who.get("Observation?code=x").expect(200);
+        // Narrowed to another type: the old token's Observation scope is gone.
+        s.cli(&[
+            "client",
+            "add",
+            "--id",
+            "short-lived",
+            "--organization",
+            "Organization/reg-a",
+            "--role",
+            "facility",
+            "--scope",
+            "system/Patient.rs",
+        ]);
+        registration_settles();
+        let r = who.get("Observation?code=x").expect(401);
+        assert!(r.body.contains("registration changed"), "{}", r.body);
+        // Registered again as it was: a new token works; the old one still names a scope the
+        // registration has again, so it works too.
+        let again = s.token_for("short-lived", "Organization/reg-a", "facility", &[]);
+        registration_settles();
+        s.with_token(&again).get("Observation?code=x").expect(200);
+        who.get("Observation?code=x").expect(200);
+        // Moved to another facility, then removed.
+        let moved = s.token_for("short-lived", "Organization/reg-b", "facility", &[]);
+        registration_settles();
+        who.get("Observation?code=x").expect(401);
+        s.with_token(&moved).get("Observation?code=x").expect(200);
+        s.cli(&["client", "remove", "--id", "short-lived"]);
+        registration_settles();
+        s.with_token(&moved)
+            .get("Observation?code=x")
+            .expect(401)
+            .outcome();
+    });
+}
+
+/// The server reads client registrations changed by another process (the CLI) within a
+/// second.
+fn registration_settles() {
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+}

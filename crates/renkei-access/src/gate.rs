@@ -1247,17 +1247,20 @@ impl Gate {
         status: u16,
         message: &str,
     ) -> Result<(), AccessError> {
-        let mut builder = EventBuilder::new(interaction_of(method, target), request_id, now_ms());
+        let interaction = interaction_of(method, target);
+        let searched = interaction == Interaction::Search;
+        let mut builder = EventBuilder::new(interaction, request_id, now_ms());
         match who {
             Some(who) => builder.agent = who.agent(),
             None => builder.agent.network_address = network_address,
         }
         builder.outcome = AuditOutcome::from_status(status);
         builder.outcome_desc = Some(format!("{status}: {message}"));
-        if target.contains('?') {
+        let path = target.split('?').next().unwrap_or(target);
+        if searched {
             builder.query = Some(target.to_string());
-        } else if !target.is_empty() {
-            builder.resources.push(target.to_string());
+        } else if !path.is_empty() {
+            builder.resources.push(path.to_string());
         }
         self.record(&builder, &[])
     }
@@ -1487,10 +1490,8 @@ impl Gate {
 /// The interaction a refused or failed request attempted, from its method and target
 /// (`Type/id…?query`, relative to the FHIR base): what the auditor searches the trail by.
 fn interaction_of(method: &str, target: &str) -> Interaction {
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
+    // The query does not change the interaction: `Patient/1?_format=xml` is a read.
+    let path = target.split('?').next().unwrap_or(target);
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let last = segments.last().copied().unwrap_or_default();
     if let Some(operation) = last.strip_prefix('$') {
@@ -1506,7 +1507,6 @@ fn interaction_of(method: &str, target: &str) -> Interaction {
             [_, _, "_history", _] => Interaction::Vread,
             s if s.contains(&"_history") => Interaction::History,
             ["metadata"] => Interaction::Capabilities,
-            _ if query.is_some() => Interaction::Search,
             // The whole system, a type (`Observation`) or a compartment
             // (`Patient/1/Observation`): searches without parameters.
             [] | [_] | [_, _, _] => Interaction::Search,
@@ -1574,6 +1574,7 @@ mod tests {
         assert_eq!(code("GET", "Patient/1/Observation"), "search-type");
         assert_eq!(code("POST", "Observation/_search"), "search-type");
         assert_eq!(code("GET", "Observation/1"), "read");
+        assert_eq!(code("GET", "Observation/1?_format=xml"), "read");
         assert_eq!(code("GET", "Observation/1/_history/2"), "vread");
         assert_eq!(code("GET", "Observation/1/_history"), "history");
         assert_eq!(code("GET", "Patient/1/$everything"), "operation");

@@ -135,6 +135,28 @@ impl ClientRegistration {
         out
     }
 
+    /// Whether this registration, as it stands now, would still grant every claim of a token
+    /// issued to this client earlier: the same facility, role and patient; no scope, purpose,
+    /// break-glass or practitioner it no longer has. A token of a client that was removed or
+    /// narrowed since must not keep what its registration lost.
+    pub fn still_grants(&self, claims: &crate::AccessClaims) -> bool {
+        let purposes = self.effective_purposes();
+        claims.sub == self.client_id
+            && claims.organization == self.organization
+            && claims.role == self.role
+            && claims.patient == self.patient
+            && (self.break_glass || !claims.break_glass)
+            && claims.purposes.iter().all(|p| purposes.contains(p))
+            && self
+                .practitioner
+                .as_ref()
+                .is_none_or(|fixed| claims.fhir_user.as_ref() == Some(fixed))
+            && self
+                .parsed_scopes()
+                .and_then(|registered| registered.grant(&claims.scope))
+                .is_ok_and(|granted| granted == claims.scope)
+    }
+
     /// The registered scopes, parsed.
     pub fn parsed_scopes(&self) -> Result<Scopes, AuthError> {
         Scopes::parse_list(&self.scopes)

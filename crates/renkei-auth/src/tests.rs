@@ -283,6 +283,39 @@ fn server_key_persistence_round_trips() {
 // ---------------------------------------------------------------- access tokens
 
 #[test]
+fn a_token_holds_only_while_its_registration_still_grants_it() {
+    let key = ServerKey::generate();
+    let mut client = facility();
+    client.break_glass = true;
+    let (token, _) = issue_access_token(
+        &key,
+        &client,
+        Some("system/Observation.rs"),
+        None,
+        600,
+        t0(),
+    )
+    .unwrap();
+    let claims = verify_access_token(&key, &token, at(10)).unwrap();
+    assert!(client.still_grants(&claims));
+    // Broader registered scopes still cover it; a narrower registration does not.
+    let mut changed = client.clone();
+    changed.scopes = vec!["system/*.cruds".into()];
+    assert!(changed.still_grants(&claims));
+    changed.scopes = vec!["system/Patient.rs".into()];
+    assert!(!changed.still_grants(&claims));
+    let mut changed = client.clone();
+    changed.break_glass = false;
+    assert!(!changed.still_grants(&claims));
+    let mut changed = client.clone();
+    changed.organization = "Organization/elsewhere".into();
+    assert!(!changed.still_grants(&claims));
+    let mut changed = client.clone();
+    changed.client_id = "someone-else".into();
+    assert!(!changed.still_grants(&claims));
+}
+
+#[test]
 fn access_token_round_trip() {
     let key = ServerKey::generate();
     let mut client = facility();

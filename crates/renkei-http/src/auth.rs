@@ -15,6 +15,56 @@ pub struct AuthState {
     pub key: Arc<ServerKey>,
     /// Lifetime of access tokens issued at `/auth/token`.
     pub token_ttl_seconds: u64,
+    /// The client registrations every bearer token is checked against.
+    pub clients: ClientDirectory,
+}
+
+/// How old the server's copy of the client registrations may be. `renkei client remove` (or
+/// a changed registration) takes effect on tokens already issued within this time: the CLI
+/// changes the table from another process.
+const CLIENTS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+type Registrations = Arc<std::collections::HashMap<String, ClientRegistration>>;
+
+/// A copy of the client registrations, read again from the database once it is older than
+/// [`CLIENTS_REFRESH`]: one small query a second instead of one per request.
+#[derive(Default)]
+pub struct ClientDirectory {
+    cached: std::sync::RwLock<Option<(std::time::Instant, Registrations)>>,
+}
+
+impl ClientDirectory {
+    /// The registrations, read again when the copy is older than [`CLIENTS_REFRESH`] or when
+    /// `fresh` asks for it (a client registered a moment ago is not in the copy yet).
+    fn current(&self, store: &renkei_store::Store, fresh: bool) -> Result<Registrations, ApiError> {
+        if let (false, Ok(cached)) = (fresh, self.cached.read()) {
+            if let Some((read_at, clients)) = cached.as_ref() {
+                if read_at.elapsed() < CLIENTS_REFRESH {
+                    return Ok(clients.clone());
+                }
+            }
+        }
+        let rows = store.read(|tx| tx.clients()).map_err(|error| {
+            tracing::error!(%error, "client registrations could not be read");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the client registrations cannot be read right now; retry",
+            )
+        })?;
+        let clients: Registrations = Arc::new(
+            rows.iter()
+                .filter_map(|row| {
+                    serde_json::from_str::<ClientRegistration>(&row.registration).ok()
+                })
+                .map(|registration| (registration.client_id.clone(), registration))
+                .collect(),
+        );
+        if let Ok(mut cached) = self.cached.write() {
+            *cached = Some((std::time::Instant::now(), clients.clone()));
+        }
+        Ok(clients)
+    }
 }
 
 /// The request id of this request (validated client value or generated), set by the
@@ -69,6 +119,19 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, Ap
             .map_err(|e| {
                 unauthorized(&format!("the access token is not valid: {}", e.description))
             })?;
+    let store = state.gate.repository().store();
+    let granted = |clients: &Registrations| {
+        clients
+            .get(&claims.sub)
+            .is_some_and(|registration| registration.still_grants(&claims))
+    };
+    if !granted(&state.auth.clients.current(store, false)?)
+        && !granted(&state.auth.clients.current(store, true)?)
+    {
+        return Err(unauthorized(
+            "the access token is not valid: its client was removed or its registration changed since it was issued; request a new token",
+        ));
+    }
     let peer = req.conn_data::<crate::tls::PeerCertificate>();
     claims
         .check_certificate(peer.map(|p| p.0.as_slice()))

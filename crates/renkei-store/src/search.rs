@@ -1573,13 +1573,27 @@ fn push_filter(
                         .bind(Bind::Text(url.clone()));
                 }
                 RefMatch::LinkedPatient(id) => {
-                    sql.push(&format!("{x}.target_type = 'Patient' AND "));
+                    // The named record's links are followed only when the requester may see
+                    // that record: otherwise the linked records it holds would tell it that
+                    // they are the same person as one it may not see.
+                    let named = aliases.next("lv");
+                    sql.push(&format!("{x}.target_type = 'Patient' AND ({x}.target_id = "))
+                        .bind(Bind::Text(id.clone()))
+                        .push(&format!(
+                            " OR (EXISTS (SELECT 1 FROM resources {named} WHERE {named}.res_type = 'Patient' AND {named}.res_id = "
+                        ))
+                        .bind(Bind::Text(id.clone()))
+                        .push(&format!(" AND {named}.deleted = "))
+                        .bind(Bind::Bool(false));
+                    aliases.visibility.push_predicate_for(sql, &named);
+                    sql.push(") AND ");
                     crate::identity::push_in_person_of(
                         sql,
                         &format!("{x}.target_id"),
                         id,
                         &format!("{x}lp"),
                     );
+                    sql.push("))");
                 }
             });
             sql.push("))");

@@ -458,6 +458,7 @@ fn serve(
         auth: renkei_http::auth::AuthState {
             key: std::sync::Arc::new(key),
             token_ttl_seconds: config.token_ttl_seconds,
+            clients: renkei_http::auth::ClientDirectory::default(),
         },
         max_body_bytes: config.max_body_bytes,
         default_page_size: config.default_page_size,
