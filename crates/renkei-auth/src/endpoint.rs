@@ -20,6 +20,9 @@ pub struct TokenRequest {
     pub client_assertion: String,
     /// Requested scopes, if any.
     pub scope: Option<String>,
+    /// `client_id`, when the client sent one: it must name the assertion's client
+    /// (RFC 7521 §4.2).
+    pub client_id: Option<String>,
 }
 
 impl TokenRequest {
@@ -35,12 +38,14 @@ impl TokenRequest {
         let mut assertion_type = None;
         let mut assertion = None;
         let mut scope = None;
+        let mut client_id = None;
         for (name, value) in params {
             let slot = match name {
                 "grant_type" => &mut grant_type,
                 "client_assertion_type" => &mut assertion_type,
                 "client_assertion" => &mut assertion,
                 "scope" => &mut scope,
+                "client_id" => &mut client_id,
                 _ => continue,
             };
             if slot.replace(value).is_some() {
@@ -76,6 +81,7 @@ impl TokenRequest {
         Ok(TokenRequest {
             client_assertion: assertion.to_string(),
             scope: scope.map(str::to_string),
+            client_id: client_id.map(str::to_string),
         })
     }
 }
@@ -117,6 +123,15 @@ impl TokenEndpoint<'_> {
     ) -> Result<TokenGrant, AuthError> {
         let request = TokenRequest::from_form(params)?;
         let client_id = assertion_client_id(&request.client_assertion)?;
+        if request
+            .client_id
+            .as_deref()
+            .is_some_and(|named| named != client_id)
+        {
+            return Err(AuthError::invalid_client(
+                "client_id names another client than the client_assertion",
+            ));
+        }
         let client = lookup(&client_id).ok_or_else(|| {
             AuthError::invalid_client(format!("unknown client '{}'", printable(&client_id)))
         })?;

@@ -1005,6 +1005,13 @@ fn token_endpoint_full_exchange() {
     let mut p = base.clone();
     p.push(("grant_type", "client_credentials"));
     assert_eq!(run(p).unwrap_err().code, ErrorCode::InvalidRequest);
+    // client_id, when sent, names the assertion's client (RFC 7521 §4.2)
+    let mut p = base.clone();
+    p.push(("client_id", "clinic-a"));
+    assert!(run(p).is_ok());
+    let mut p = base.clone();
+    p.push(("client_id", "hospital-b"));
+    assert_eq!(run(p).unwrap_err().code, ErrorCode::InvalidClient);
     // unknown client
     let (other_pem, _) = generate_client_key_es384(Some("z")).unwrap();
     let stranger = sign_client_assertion(&other_pem, "z", "stranger", TOKEN_URL, t0()).unwrap();
