@@ -1485,8 +1485,6 @@ impl Gate {
     }
 }
 
-/// The interaction an HTTP method on a target (`Type/id`, `Type?criteria`) stands for, as the
-/// audit names it.
 /// The interaction a refused or failed request attempted, from its method and target
 /// (`Type/id…?query`, relative to the FHIR base): what the auditor searches the trail by.
 fn interaction_of(method: &str, target: &str) -> Interaction {
@@ -1498,7 +1496,7 @@ fn interaction_of(method: &str, target: &str) -> Interaction {
         return Interaction::Operation(operation.to_string());
     }
     match method {
-        "POST" if last == "_search" => Interaction::Search,
+        _ if last == "_search" => Interaction::Search,
         "POST" => Interaction::Create,
         "PUT" => Interaction::Update,
         "PATCH" => Interaction::Patch,
@@ -1573,6 +1571,7 @@ mod tests {
         assert_eq!(code("GET", "Observation?code=1"), "search-type");
         assert_eq!(code("GET", "Patient/1/Observation"), "search-type");
         assert_eq!(code("POST", "Observation/_search"), "search-type");
+        assert_eq!(code("GET", "Observation/_search?code=1"), "search-type");
         assert_eq!(code("GET", "Observation/1"), "read");
         assert_eq!(code("GET", "Observation/1?_format=xml"), "read");
         assert_eq!(code("GET", "Observation/1/_history/2"), "vread");

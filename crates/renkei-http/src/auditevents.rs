@@ -54,15 +54,13 @@ fn add_alternatives(list: &mut Vec<String>, value: &str, code: impl Fn(&str) -> 
     let given: Vec<String> = alternatives(value).map(|v| code(v).to_string()).collect();
     if list.is_empty() {
         *list = given;
-        if list.is_empty() {
-            // `outcome=` with no value: a filter nothing meets, not no filter.
-            list.push(String::new());
-        }
     } else {
         list.retain(|v| given.contains(v));
-        if list.is_empty() {
-            list.push(String::new());
-        }
+    }
+    if list.is_empty() {
+        // No value left (`outcome=`, or two that share none): a filter nothing meets, not
+        // no filter.
+        list.push(String::new());
     }
 }
 
@@ -70,22 +68,20 @@ fn add_alternatives(list: &mut Vec<String>, value: &str, code: impl Fn(&str) -> 
 /// `2026-12`, `2026-12-06`, `…T10:00Z`), which stands for the whole period it names
 /// (search.html#date). Several `date` parameters all hold.
 fn narrow_to_date(query: &mut AuditQuery, value: &str) -> Result<()> {
-    let (prefix, text) = match value.get(..2) {
-        Some(p) if p.bytes().all(|b| b.is_ascii_lowercase()) => (p, &value[2..]),
-        _ => ("eq", value),
-    };
-    let range = renkei_search::date::parse_range(text)
-        .ok_or_else(|| ApiError::bad_request(format!("date '{value}' is not a FHIR date")))?;
+    use renkei_search::plan::Prefix;
+    let date = renkei_search::plan::parse_date_value("date", value)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     // The trail filters `from <= recorded < to`.
-    let (from, to) = match prefix {
-        "eq" => (Some(range.low), Some(range.high.saturating_add(1))),
-        "ge" => (Some(range.low), None),
-        "gt" | "sa" => (Some(range.high.saturating_add(1)), None),
-        "le" => (None, Some(range.high.saturating_add(1))),
-        "lt" | "eb" => (None, Some(range.low)),
-        other => {
+    let (from, to) = match date.prefix {
+        Prefix::Eq => (Some(date.low), Some(date.high.saturating_add(1))),
+        Prefix::Ge => (Some(date.low), None),
+        Prefix::Gt | Prefix::Sa => (Some(date.high.saturating_add(1)), None),
+        Prefix::Le => (None, Some(date.high.saturating_add(1))),
+        Prefix::Lt | Prefix::Eb => (None, Some(date.low)),
+        Prefix::Ne | Prefix::Ap => {
             return Err(ApiError::bad_request(format!(
-                "AuditEvent date takes the prefixes eq, ge, gt, le, lt, sa and eb, not '{other}'"
+                "AuditEvent date takes the prefixes eq, ge, gt, le, lt, sa and eb, not '{}'",
+                value.get(..2).unwrap_or_default()
             )))
         }
     };

@@ -1333,7 +1333,8 @@ pub fn parse_token(value: &str) -> TokenMatch {
     }
 }
 
-fn parse_date_value(name: &str, value: &str) -> Result<DateValue, SearchError> {
+/// A date search value: its prefix and the period it names (both ends inclusive).
+pub fn parse_date_value(name: &str, value: &str) -> Result<DateValue, SearchError> {
     let (prefix, rest) = Prefix::split(value);
     let range = parse_range(rest).ok_or_else(|| {
         SearchError::Invalid(format!(

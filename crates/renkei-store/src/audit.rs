@@ -360,29 +360,10 @@ pub(crate) enum Listing {
     Count,
 }
 
-/// ` AND ` [`push_in`].
+/// ` AND ` [`crate::search::push_in`].
 fn push_any_of(sql: &mut Sql, column: &str, values: &[String]) {
     sql.push(" AND ");
-    push_in(sql, column, values);
-}
-
-/// `{column} = ?`, or `{column} IN (?, …)` for several values; for none, a condition no row
-/// meets.
-fn push_in(sql: &mut Sql, column: &str, values: &[String]) {
-    match values {
-        [] => {
-            sql.push("1 = 0");
-        }
-        [value] => {
-            sql.push(&format!("{column} = "))
-                .bind(Bind::Text(value.clone()));
-        }
-        _ => {
-            sql.push(&format!("{column} IN ("));
-            crate::search::push_text_list(sql, values);
-            sql.push(")");
-        }
-    }
+    crate::search::push_in(sql, column, values);
 }
 
 /// The statement of [`Tx::audit_search`].
@@ -458,7 +439,7 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
             if i > 0 {
                 sql.push(" OR ");
             }
-            push_in(&mut sql, column, &query.agent);
+            crate::search::push_in(&mut sql, column, &query.agent);
         }
         if query.agent.iter().any(|a| a == ANONYMOUS_AGENT) {
             sql.push(" OR e.agent_client IS NULL");

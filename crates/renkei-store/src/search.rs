@@ -664,7 +664,7 @@ fn push_int_list(sql: &mut Sql, values: &[i64]) {
     }
 }
 
-pub(crate) fn push_text_list<S: AsRef<str>>(sql: &mut Sql, values: &[S]) {
+fn push_text_list<S: AsRef<str>>(sql: &mut Sql, values: &[S]) {
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
@@ -903,18 +903,29 @@ fn push_type_condition(sql: &mut Sql, alias: &str, types: &[String]) {
     push_type_column(sql, &format!("{alias}.res_type"), types);
 }
 
+/// No types listed: every type.
 fn push_type_column(sql: &mut Sql, column: &str, types: &[String]) {
-    match types {
+    if types.is_empty() {
+        sql.push("1 = 1");
+    } else {
+        push_in(sql, column, types);
+    }
+}
+
+/// `{column} = ?`, or `{column} IN (?, …)` for several values; for none, a condition no row
+/// meets.
+pub(crate) fn push_in(sql: &mut Sql, column: &str, values: &[String]) {
+    match values {
         [] => {
-            sql.push("1 = 1");
+            sql.push("1 = 0");
         }
-        [one] => {
+        [value] => {
             sql.push(&format!("{column} = "))
-                .bind(Bind::Text(one.clone()));
+                .bind(Bind::Text(value.clone()));
         }
-        many => {
+        _ => {
             sql.push(&format!("{column} IN ("));
-            push_text_list(sql, many);
+            push_text_list(sql, values);
             sql.push(")");
         }
     }
