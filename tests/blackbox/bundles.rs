@@ -204,6 +204,36 @@ fn batch_reports_each_entry() {
             reason.contains("entry[1]") && reason.contains("bogus"),
             "{reason}"
         );
+        // The same batch in XML.
+        let xml_batch = concat!(
+            r#"<Bundle xmlns="http://hl7.org/fhir"><type value="batch"/>"#,
+            r#"<entry><resource><Patient><name><family value="XmlKept"/></name></Patient>"#,
+            r#"</resource><request><method value="POST"/><url value="Patient"/></request></entry>"#,
+            r#"<entry><resource><Patient><gender value="unknown-code"/></Patient></resource>"#,
+            r#"<request><method value="POST"/><url value="Patient"/></request></entry></Bundle>"#
+        );
+        let r = s
+            .request(
+                "POST",
+                "",
+                &[
+                    ("Content-Type", "application/fhir+xml"),
+                    ("Accept", "application/fhir+json"),
+                ],
+                Some(xml_batch.as_bytes().to_vec()),
+            )
+            .expect(200)
+            .json();
+        let e = entries(&r);
+        assert!(entry_status(&e[0]).starts_with("201"), "{}", e[0]);
+        assert!(entry_status(&e[1]).starts_with("400"), "{}", e[1]);
+        let reason = e[1]["response"]["outcome"].to_string();
+        assert!(
+            reason.contains("entry[1]") && reason.contains("gender"),
+            "{reason}"
+        );
+        let (kept_xml, _) = s.all_pages("Patient?family=XmlKept");
+        assert_eq!(kept_xml.len(), 1);
         bundle["type"] = json!("transaction");
         s.post("", &bundle).expect(400);
         // Stored as a resource rather than processed, the batch must be valid as a whole.

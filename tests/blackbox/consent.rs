@@ -1515,6 +1515,46 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
         // A search of the whole system may return any type: it needs every type's scope.
         narrow.get(&format!("?_id={PATIENT}")).expect(403);
         narrow.get("?_count=5").expect(403);
+        // `$everything` without `_type` returns the types the scopes cover; a type named
+        // outside them is refused, and so is the Patient the operation is about.
+        let two_types = s.with_token(&s.token_for(
+            "sweep4-patient-and-observation",
+            ORG_A,
+            "facility",
+            &["--scope", "system/Patient.rs system/Observation.rs"],
+        ));
+        let everything = |caller: &Caller<'_>| {
+            let bundle = caller
+                .get(&format!("Patient/{PATIENT}/$everything?_count=100"))
+                .expect(200)
+                .json();
+            let mut types: Vec<String> = entries(&bundle)
+                .iter()
+                .filter_map(|e| e["resource"]["resourceType"].as_str())
+                .map(str::to_string)
+                .collect();
+            types.sort();
+            types.dedup();
+            types
+        };
+        assert_eq!(everything(&two_types), ["Observation", "Patient"]);
+        let with_every_scope = everything(&as_a);
+        for wider in ["ImagingStudy", "MedicationRequest"] {
+            assert!(
+                with_every_scope.iter().any(|t| t == wider),
+                "{with_every_scope:?}"
+            );
+        }
+        two_types
+            .get(&format!("Patient/{PATIENT}/$everything?_type=Condition"))
+            .expect(403);
+        narrow
+            .get(&format!("Patient/{PATIENT}/$everything"))
+            .expect(403);
+        let batch_everything = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": format!("Patient/{PATIENT}/$everything")}}]});
+        let answer = two_types.post("", &batch_everything).expect(200).json();
+        assert_eq!(entry_statuses(&answer), ["200 OK"], "{answer}");
         // A batch whose entries are all outside the scopes answers each of them.
         let reads = json!({"resourceType": "Bundle", "type": "batch", "entry": [
             {"request": {"method": "GET", "url": format!("Patient/{PATIENT}")}},

@@ -43,6 +43,16 @@ fn client_credentials_with_a_signed_assertion() {
             .is_some_and(|m| m.iter().any(|v| v == "private_key_jwt")));
 
         let http = reqwest::blocking::Client::new();
+        // The token endpoint takes POST only, and says so.
+        let wrong_method = http.get(&token_url).send().expect("GET token endpoint");
+        assert_eq!(wrong_method.status().as_u16(), 405);
+        assert_eq!(
+            wrong_method
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some("POST")
+        );
         let ask = |assertion: &str, scope: &str| {
             let form = format!(
                 "grant_type=client_credentials&client_assertion_type={}&client_assertion={assertion}&scope={}",

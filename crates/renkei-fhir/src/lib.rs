@@ -72,7 +72,18 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ContentError> {
 /// whose resource alone is not valid is set aside to fail on its own
 /// ([`INVALID_ENTRY`]); anything else invalid refuses the whole body.
 pub fn parse_json_for_processing(bytes: &[u8]) -> Result<Value, ContentError> {
-    let mut value = json_value(bytes)?;
+    validate_for_processing(json_value(bytes)?)
+}
+
+/// [`parse_xml`] for a Bundle posted to the base to be processed, as
+/// [`parse_json_for_processing`] is for JSON. The XML document itself must be readable as
+/// FHIR as a whole; what is set aside is an entry whose resource reads but is not valid.
+pub fn parse_xml_for_processing(bytes: &[u8]) -> Result<Value, ContentError> {
+    validate_for_processing(xml_value(bytes)?)
+}
+
+/// [`validate`], except that a batch's invalid entry resources are set aside.
+fn validate_for_processing(mut value: Value) -> Result<Value, ContentError> {
     match validate(&value) {
         Ok(()) => Ok(value),
         Err(_) if set_aside_invalid_batch_entries(&mut value) => Ok(value),
@@ -149,6 +160,13 @@ fn set_aside_invalid_batch_entries(bundle: &mut Value) -> bool {
 
 /// Parses FHIR XML bytes into the equivalent FHIR JSON value and validates it.
 pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
+    let value = xml_value(bytes)?;
+    validate(&value)?;
+    Ok(value)
+}
+
+/// FHIR XML bytes as the equivalent FHIR JSON value, not yet validated.
+fn xml_value(bytes: &[u8]) -> Result<Value, ContentError> {
     prepass::check_xml_depth(bytes, MAX_DEPTH)?;
     xml_check::check(bytes)?;
     let config = DeserializationConfig {
@@ -184,7 +202,6 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
     })?;
     // fhirbolt trims the text nodes of narratives; take them from the bytes as they came.
     narrative::restore_from_xml(bytes, &mut value);
-    validate(&value)?;
     Ok(value)
 }
 

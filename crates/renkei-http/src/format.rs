@@ -149,12 +149,12 @@ pub fn parse_body(bytes: &[u8], format: Format) -> Result<Value, ApiError> {
     .map_err(|e| ApiError::Repo(e.into()))
 }
 
-/// [`parse_body`] for a batch or transaction posted to be processed (a JSON batch's invalid
-/// entries fail on their own).
+/// [`parse_body`] for a batch or transaction posted to be processed (a batch's invalid
+/// entries fail on their own, in either format).
 pub fn parse_bundle_body(bytes: &[u8], format: Format) -> Result<Value, ApiError> {
     match format {
         Format::Json => renkei_fhir::parse_json_for_processing(bytes),
-        Format::Xml => renkei_fhir::parse_xml(bytes),
+        Format::Xml => renkei_fhir::parse_xml_for_processing(bytes),
     }
     .map_err(|e| ApiError::Repo(e.into()))
 }

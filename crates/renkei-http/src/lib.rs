@@ -46,12 +46,21 @@ pub struct AppState {
 /// Registers the FHIR routes under `/fhir`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use handlers as h;
-    cfg.route("/auth/token", web::post().to(auth::token))
-        .route("/auth/jwks", web::get().to(auth::jwks))
-        .route(
-            "/.well-known/smart-configuration",
-            web::get().to(auth::smart_configuration),
-        );
+    cfg.service(
+        web::resource("/auth/token")
+            .route(web::post().to(auth::token))
+            .default_service(allowing("POST")),
+    )
+    .service(
+        web::resource("/auth/jwks")
+            .route(get_or_head().to(auth::jwks))
+            .default_service(allowing("GET, HEAD")),
+    )
+    .service(
+        web::resource("/.well-known/smart-configuration")
+            .route(get_or_head().to(auth::smart_configuration))
+            .default_service(allowing("GET, HEAD")),
+    );
     cfg.service(
         web::scope("/fhir")
             .service(
@@ -59,9 +68,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(get_or_head().to(h::metadata))
                     .default_service(allowing("GET, HEAD")),
             )
-            .route(
-                "/.well-known/smart-configuration",
-                get_or_head().to(auth::smart_configuration),
+            .service(
+                web::resource("/.well-known/smart-configuration")
+                    .route(get_or_head().to(auth::smart_configuration))
+                    .default_service(allowing("GET, HEAD")),
             )
             .service(
                 web::resource("/AuditEvent")

@@ -11,6 +11,8 @@ use crate::request::{parse_query, parse_query_strict, read_body, RequestCtx};
 use crate::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use renkei_access::Requester;
+use renkei_auth::Action;
 use renkei_fhir::SummaryMode;
 use renkei_search::plan::{parse, Cursor, Filter, ParseOptions, SearchError, SearchPlan};
 use renkei_search::registry;
@@ -55,6 +57,9 @@ struct SearchRequest {
     /// Parameters of an operation that it does not support (refused under strict handling,
     /// else ignored and reported like unknown search parameters).
     unsupported: Vec<String>,
+    /// The types were chosen by the server, not named by the client (`$everything` without
+    /// `_type`): the requester's scopes narrow them instead of refusing the whole search.
+    narrow_to_scopes: bool,
 }
 
 fn check_type(res_type: &str) -> Result<()> {
@@ -165,8 +170,11 @@ async fn run(
 ) -> Result<HttpResponse> {
     let options = parse_options(req, state);
     request.params = localize(ctx, std::mem::take(&mut request.params));
-    let plan = plan_for(&request, &options)?;
+    let mut plan = plan_for(&request, &options)?;
     let who = authenticate(req, state)?;
+    if request.narrow_to_scopes {
+        narrow_to_scopes(&mut plan, &who);
+    }
     let gate = state.gate.clone();
     let query_plan = plan.clone();
     let path = request.self_path.split('?').next().unwrap_or_default();
@@ -180,6 +188,29 @@ async fn run(
         ctx.format,
         ctx.pretty,
     ))
+}
+
+/// Leaves out of a search whose types the server chose the types the requester's scopes do
+/// not let it search (SMART scopes narrow `$everything`, as they narrow `_include`). When no
+/// type would remain, the plan is left whole, so that the gate refuses it with 403: an empty
+/// type list would mean every type.
+fn narrow_to_scopes(plan: &mut SearchPlan, who: &Requester) {
+    let may_search = |res_type: &str| who.require(res_type, Action::Search).is_ok();
+    if !plan.types.iter().any(|t| may_search(t)) {
+        return;
+    }
+    plan.types.retain(|t| may_search(t));
+    for filter in &mut plan.filters {
+        if let Filter::Compartment {
+            members,
+            include_self,
+            ..
+        } = filter
+        {
+            members.retain(|(member_type, _)| may_search(member_type));
+            *include_self &= may_search("Patient");
+        }
+    }
 }
 
 /// The search plan of a request: its parameters parsed, plus the filters its URL imposes.
@@ -237,6 +268,8 @@ pub fn explain_plan(path_and_query: &str, options: &ParseOptions) -> Result<Sear
 /// A search inside a batch Bundle, planned as the same search sent on its own would be.
 pub(crate) struct BatchSearch {
     plan: SearchPlan,
+    /// See [`SearchRequest::narrow_to_scopes`].
+    narrow_to_scopes: bool,
     /// The entry's URL relative to the base, as the search's AuditEvent records it.
     url: String,
     self_path: String,
@@ -273,6 +306,7 @@ pub(crate) fn batch_search(
         search.params = localize(ctx, std::mem::take(&mut search.params));
         Ok(BatchSearch {
             plan: plan_for(&search, &options)?,
+            narrow_to_scopes: search.narrow_to_scopes,
             url: relative.to_string(),
             self_path: search.self_path,
         })
@@ -287,6 +321,11 @@ impl BatchSearch {
         gate: &renkei_access::Gate,
         who: &renkei_access::Requester,
     ) -> Result<SearchPage> {
+        if self.narrow_to_scopes {
+            let mut plan = self.plan.clone();
+            narrow_to_scopes(&mut plan, who);
+            return Ok(gate.search(who, &plan, &self.url)?);
+        }
         Ok(gate.search(who, &self.plan, &self.url)?)
     }
 
@@ -536,6 +575,7 @@ fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
         params,
         scope: Vec::new(),
         self_path,
+        narrow_to_scopes: false,
     })
 }
 
@@ -608,6 +648,7 @@ fn compartment_request(
         params,
         scope: vec![scope],
         self_path: format!("Patient/{id}/{target}"),
+        narrow_to_scopes: false,
     })
 }
 
@@ -619,6 +660,7 @@ fn type_request(res_type: &str, params: Vec<(String, String)>) -> SearchRequest 
         params,
         scope: Vec::new(),
         self_path: res_type.to_string(),
+        narrow_to_scopes: false,
     }
 }
 
@@ -726,5 +768,6 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
         params,
         scope: vec![scope],
         self_path,
+        narrow_to_scopes: type_param.is_none(),
     })
 }
