@@ -153,6 +153,19 @@ fn conditional_update() {
             r.status,
             r.body
         );
+        // No match, and the body's id names an existing resource the criteria do not match:
+        // 409, the resource unchanged. An id nobody holds yet is created under that id.
+        let mut unrelated = with_identifier(sys, "U-none");
+        unrelated["id"] = json!(id);
+        s.put(&format!("Patient?identifier={sys}|U-none"), &unrelated)
+            .expect(409)
+            .outcome();
+        let kept = s.read_json(&format!("Patient/{id}"));
+        assert_eq!(kept["meta"]["versionId"], "2");
+        assert_eq!(kept["identifier"][0]["value"], "U1");
+        unrelated["id"] = json!("cond-update-new-id");
+        s.put(&format!("Patient?identifier={sys}|U-none"), &unrelated)
+            .expect(201);
         // Two matches → 412, none changed.
         let a = s.create(&with_identifier(sys, "U2"));
         let b = s.create(&with_identifier(sys, "U2"));

@@ -333,6 +333,19 @@ fn requests_need_a_bearer_token() {
             )
             .expect(401)
             .outcome();
+        // Without a valid token nothing else is looked at: an invalid body, criteria or
+        // parameters still answer 401, never the details of a 400.
+        let invalid = json!({"resourceType": "Observation", "bogus": 1});
+        let bad_batch = json!({"resourceType": "Bundle", "type": "batch", "bogus": 1});
+        for caller in [s.anonymous(), s.with_token("not-a-token")] {
+            caller.post("Observation", &invalid).expect(401);
+            caller.put("Observation/x", &invalid).expect(401);
+            caller.put("Observation?bogus=1", &invalid).expect(401);
+            caller.post("", &bad_batch).expect(401);
+            caller.get("Observation?bogus=1&_sort=nothing").expect(401);
+            caller.get("Patient/x/_history?_since=never").expect(401);
+            caller.get("Patient/$ihe-pix?bogus=1").expect(401);
+        }
         let (all, _) = s.all_pages("Patient/_history");
         assert!(
             all.is_empty(),

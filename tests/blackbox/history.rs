@@ -127,7 +127,12 @@ fn history_paging_and_since() {
         }
         let first_page = s.read_json("_history?_count=10");
         assert_eq!(entries(&first_page).len(), 10);
-        assert!(link(&first_page, "next").is_some());
+        // `self` names each page itself; `first` leads back to the start.
+        let next = link(&first_page, "next").expect("next link");
+        assert_eq!(link(&first_page, "self"), link(&first_page, "first"));
+        let second_page = s.read_json(&next);
+        assert_eq!(link(&second_page, "self").as_deref(), Some(next.as_str()));
+        assert_eq!(link(&second_page, "first"), link(&first_page, "self"));
 
         // _since: a boundary after the creates, before the updates.
         std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -40,6 +40,15 @@ fn conditional_headers() {
         assert_eq!(r.header("etag"), Some("W/\"2\""));
         s.get_with(&path, &[("If-None-Match", "W/\"1\"")])
             .expect(200);
+        // A vread's 304 carries the version's validators too.
+        let r = s
+            .get_with(
+                &format!("{path}/_history/1"),
+                &[("If-None-Match", "W/\"1\"")],
+            )
+            .expect(304);
+        assert_eq!(r.header("etag"), Some("W/\"1\""));
+        assert!(r.header("last-modified").is_some());
 
         // If-Modified-Since: after the last update → 304; long before → 200.
         let last_modified = s

@@ -287,6 +287,14 @@ fn not_modified(req: &HttpRequest, resource: &StoredResource) -> bool {
     false
 }
 
+/// 304 with the version's `ETag` and `Last-Modified` (RFC 9110 §15.4.5: a 304 carries the
+/// validators a 200 would have).
+fn not_modified_answer(resource: &StoredResource) -> HttpResponse {
+    let mut builder = HttpResponse::NotModified();
+    version_headers(&mut builder, resource);
+    builder.finish()
+}
+
 pub async fn read(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -306,9 +314,7 @@ pub async fn read(
         let gate = state.gate.clone();
         let resource = blocking(move || gate.read(&who, &res_type, &id)).await?;
         if not_modified(&req, &resource) {
-            let mut builder = HttpResponse::NotModified();
-            version_headers(&mut builder, &resource);
-            return Ok(builder.finish());
+            return Ok(not_modified_answer(&resource));
         }
         if ctx.raw_binary {
             return raw_binary(&resource);
@@ -332,7 +338,7 @@ pub async fn vread(
         let gate = state.gate.clone();
         let resource = blocking(move || gate.vread(&who, &res_type, &id, &version)).await?;
         if not_modified(&req, &resource) {
-            return Ok(HttpResponse::NotModified().finish());
+            return Ok(not_modified_answer(&resource));
         }
         render_resource(&ctx, HttpResponse::Ok(), &resource)
     }
@@ -445,6 +451,7 @@ pub async fn create(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
+        let who = authenticate(&req, &state)?;
         let resource = resource_or_binary_body(&req, payload, &state, &res_type, None).await?;
         let criteria = match req
             .headers()
@@ -457,7 +464,6 @@ pub async fn create(
             )?),
             None => None,
         };
-        let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let outcome = blocking(move || gate.create(&who, &res_type, resource, criteria)).await?;
         write_response(&req, &ctx, &outcome)
@@ -476,9 +482,9 @@ pub async fn update(
     let (res_type, id) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
+        let who = authenticate(&req, &state)?;
         let expected = if_match(&req)?;
         let resource = resource_or_binary_body(&req, payload, &state, &res_type, Some(&id)).await?;
-        let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let outcome =
             blocking(move || gate.update(&who, &res_type, &id, resource, expected)).await?;
@@ -518,10 +524,10 @@ pub async fn conditional_update(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
+        let who = authenticate(&req, &state)?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
         let expected = if_match(&req)?;
         let resource = resource_body(&req, payload, &state).await?;
-        let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let outcome =
             blocking(move || gate.conditional_update(&who, criteria, resource, expected)).await?;
@@ -572,9 +578,9 @@ pub async fn patch(
     let (res_type, id) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
+        let who = authenticate(&req, &state)?;
         let expected = if_match(&req)?;
         let body = patch_body(&req, payload, &state).await?;
-        let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let outcome =
             blocking(move || gate.patch(&who, &res_type, Some(&id), None, &body, expected)).await?;
@@ -594,10 +600,10 @@ pub async fn conditional_patch(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
+        let who = authenticate(&req, &state)?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
         let expected = if_match(&req)?;
         let body = patch_body(&req, payload, &state).await?;
-        let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let outcome = blocking(move || {
             let res_type = criteria.res_type.clone();
@@ -678,6 +684,7 @@ pub async fn bundle(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
+        let who = authenticate(&req, &state)?;
         let mut bundle =
             body_parsed_by(&req, payload, &state, crate::format::parse_bundle_body).await?;
         crate::search::localize_bundle_criteria(&ctx, &mut bundle);
@@ -688,7 +695,6 @@ pub async fn bundle(
         }
         let representation = return_preference(&req) == ReturnPreference::Representation
             && req.headers().contains_key("prefer");
-        let who = authenticate(&req, &state)?;
         // A batch's searches run as searches sent on their own would (a transaction refuses
         // them); the other entries go to the gate as the Bundle. What fails a whole batch is
         // checked first, naming the client's own entry numbers.
@@ -808,6 +814,7 @@ async fn history(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
+        let who = authenticate(&req, &state)?;
         let instant = |name: &str| -> Result<Option<i64>> {
             match ctx.param(name) {
                 None => Ok(None),
@@ -855,7 +862,6 @@ async fn history(
             count,
             visibility: renkei_store::Visibility::Nothing,
         };
-        let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let page = blocking(move || gate.history(&who, request, scope_type.as_deref())).await?;
         let mut query: Vec<String> = Vec::new();
@@ -865,12 +871,20 @@ async fn history(
             }
         }
         query.push(format!("_count={count}"));
-        let self_url = format!("{}/{self_path}?{}", ctx.base, query.join("&"));
-        let mut links = vec![json!({"relation": "self", "url": self_url})];
+        let first_url = format!("{}/{self_path}?{}", ctx.base, query.join("&"));
+        // `self` is this page, the token that asked for it included.
+        let self_url = match ctx.param("_page_token") {
+            Some(token) => format!("{first_url}&_page_token={}", encode(token)),
+            None => first_url.clone(),
+        };
+        let mut links = vec![
+            json!({"relation": "self", "url": self_url}),
+            json!({"relation": "first", "url": first_url}),
+        ];
         if let Some(next) = page.next {
             links.push(json!({
                 "relation": "next",
-                "url": format!("{self_url}&_page_token={}", encode_cursor(next)),
+                "url": format!("{first_url}&_page_token={}", encode_cursor(next)),
             }));
         }
         let entries: Vec<Value> = page

@@ -20,6 +20,7 @@ const MATCH_GRADE_URL: &str = "http://hl7.org/fhir/StructureDefinition/match-gra
 pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
+        let who = authenticate(&req, &state)?;
         let mut source = None;
         let mut targets: Vec<String> = Vec::new();
         for (name, value) in &ctx.params {
@@ -55,7 +56,6 @@ pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                 "sourceIdentifier (system|value) is required",
             ));
         };
-        let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let raw_query = format!("Patient/$ihe-pix?{}", req.query_string());
         let answer =
@@ -127,10 +127,10 @@ pub async fn match_patients(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
+        let who = authenticate(&req, &state)?;
         let parameters = parameters_body(&req, payload, &state).await?;
         let request = renkei_identity::parse_match_request(&parameters)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let candidates = blocking(move || gate.match_patients(&who, &request)).await?;
         let mut entries = Vec::with_capacity(candidates.len());
@@ -203,11 +203,11 @@ async fn link_change(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
+        let who = authenticate(&req, &state)?;
         let parameters = parameters_body(&req, payload, &state).await?;
         let source = patient_parameter(&parameters, "source")?;
         let target = patient_parameter(&parameters, "target")?;
         let reason = string_parameter(&parameters, "reason").unwrap_or_default();
-        let who = authenticate(&req, &state)?;
         let gate = state.gate.clone();
         let (source_person, target_person) =
             blocking(move || gate.set_link(&who, &source, &target, linked, &reason)).await?;

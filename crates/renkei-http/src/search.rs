@@ -168,10 +168,10 @@ async fn run(
     state: &AppState,
     mut request: SearchRequest,
 ) -> Result<HttpResponse> {
+    let who = authenticate(req, state)?;
     let options = parse_options(req, state);
     request.params = localize(ctx, std::mem::take(&mut request.params));
     let mut plan = plan_for(&request, &options)?;
-    let who = authenticate(req, state)?;
     if request.narrow_to_scopes {
         narrow_to_scopes(&mut plan, &who);
     }

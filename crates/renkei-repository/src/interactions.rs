@@ -1057,7 +1057,21 @@ pub(crate) fn conditional_update_with_id(
         .map(str::to_string);
     match found.as_slice() {
         [] => match body_id {
-            Some(id) => update(tx, &criteria.res_type, &id, resource, if_match, context),
+            Some(id) => {
+                // A resource the criteria do not match is not this update's to replace (R5
+                // http.html#cond-update makes it explicit: 409); an upsert by identifier
+                // must never overwrite an unrelated record.
+                if tx
+                    .current(&criteria.res_type, &id)?
+                    .is_some_and(|row| !row.deleted)
+                {
+                    return Err(RepoError::Conflict(format!(
+                        "the conditional update matched no {t}, and the body's id names {t}/{id}, which exists and does not match the criteria; update it by id, or leave the id out to create a new {t}",
+                        t = criteria.res_type
+                    )));
+                }
+                update(tx, &criteria.res_type, &id, resource, if_match, context)
+            }
             None => create_with_id(
                 tx,
                 &criteria.res_type,
