@@ -747,6 +747,34 @@ fn break_glass_needs_permission_and_a_reason() {
         // A client not allowed to break the glass → 403 even with a reason.
         let r = net.as_c().get_with(&net.labs[0], &glass).expect(403);
         assert_no_secret(&r, "break-glass refused");
+
+        // The patient refuses C outright; break-glass overrides it (the network default), and
+        // the audit names the refusal it overrode, for reads and searches alike.
+        let mut refusal = consent_body(&[ORG_C], "active");
+        refusal["id"] = json!("refusal-of-c");
+        refusal["provision"]["type"] = json!("deny");
+        refusal["provision"]
+            .as_object_mut()
+            .unwrap()
+            .remove("purpose");
+        net.as_a().put("Consent/refusal-of-c", &refusal).expect(201);
+        let refused = er.get(&net.labs[0]);
+        assert!([403, 404].contains(&refused.status), "{}", refused.body);
+        er.get_with(&net.labs[0], &glass).expect(200);
+        er.get_with(&format!("Observation?patient={PATIENT}"), &glass)
+            .expect(200);
+        let auditor = s.token_for("auditor-bg", ORG_A, "auditor", &[]);
+        let decisions = s.with_token(&auditor).read_json(&format!(
+            "AuditEvent?subtype=AuthZ-Consent&agent={ORG_C}&_count=100"
+        ));
+        let overriding = entries(&decisions)
+            .into_iter()
+            .filter(|e| {
+                e["resource"]["outcomeDesc"].as_str()
+                    == Some("permit by break-glass over the refusal in Consent/refusal-of-c: unconscious patient in the ER")
+            })
+            .count();
+        assert!(overriding >= 2, "{decisions}");
     });
 }
 

@@ -330,12 +330,32 @@ fn consented_clinic_sees_the_hospital_record_of_the_same_person_and_others_learn
         net.as_admin()
             .post("Patient/$unlink", &unlink_body(""))
             .expect(400);
-        net.as_admin()
+        let unlinked = net
+            .as_admin()
             .post(
                 "Patient/$unlink",
                 &unlink_body("registration error at the clinic"),
             )
-            .expect(200);
+            .expect(200)
+            .json();
+        // The answer lists each side's person afterwards, a record on its own included.
+        let records = |name: &str| -> Vec<String> {
+            unlinked["parameter"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["name"] == name)
+                .flat_map(|p| p["part"].as_array().cloned().unwrap_or_default())
+                .filter_map(|part| {
+                    part["valueReference"]["reference"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        };
+        assert_eq!(records("source-person").len(), 1, "{unlinked}");
+        assert_eq!(records("target-person").len(), 1, "{unlinked}");
+        assert_ne!(records("source-person"), records("target-person"));
         assert!(linked_view(&net, &clinic).is_empty());
         assert!(clinic
             .read_json(&format!("Patient/{CLINIC_P}"))

@@ -226,7 +226,7 @@ impl AuditLog {
                 if !left_over.is_empty() {
                     tracing::info!(
                         events = left_over.len(),
-                        "audit journal holds events of the previous run; moving them into the trail"
+                        "audit journal of the previous run read; any of its events not yet in the trail are moved there (the others are skipped)"
                     );
                     progress.lock().journaled = left_over.len() as u64;
                     let _ = ingest_tx.send(IngestMessage::Replayed(left_over));

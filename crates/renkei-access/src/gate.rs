@@ -32,6 +32,18 @@ fn now_ms() -> i64 {
 
 /// The patient a stored resource is about, as `Patient/<id>`, for the audit entity: the
 /// classification stored with the record (the one consent is decided on).
+/// What an AuthZ-Consent event names as the decider of a break-glass access.
+const BREAK_GLASS: &str = "break-glass";
+
+/// What decided a facility's access to a row, as the store finds it.
+#[derive(Default)]
+struct Deciders {
+    /// The deciding Consent; `None` when no rule applies (the implicit policy).
+    consent: Option<String>,
+    /// The Consent whose refusal a break-glass access overrode.
+    overridden_refusal: Option<String>,
+}
+
 fn patient_of(resource: &StoredResource) -> Option<String> {
     patient_entity(resource.patient_id.as_deref())
 }
@@ -241,18 +253,23 @@ impl Gate {
     }
 
     /// What decided that a facility requester may (or may not) see a row: break-glass for a
-    /// granted break-glass request, else the deciding Consent that `consent` looks up, or the
-    /// implicit policy when none applies.
+    /// granted break-glass request (naming the patient's refusal it overrode, if any), else the
+    /// deciding Consent, or the implicit policy when none applies. `lookup` gives the deciding
+    /// Consent and the overridden refusal.
     fn decider(
         &self,
         who: &Requester,
         granted: bool,
-        consent: impl FnOnce() -> Result<Option<String>, RepoError>,
+        lookup: impl FnOnce() -> Result<Deciders, RepoError>,
     ) -> Result<String, RepoError> {
+        let found = lookup()?;
         if who.principal.break_glass && granted {
-            return Ok("break-glass".to_string());
+            return Ok(match found.overridden_refusal {
+                Some(refusal) => format!("{BREAK_GLASS} over the refusal in {refusal}"),
+                None => BREAK_GLASS.to_string(),
+            });
         }
-        Ok(match consent()? {
+        Ok(match found.consent {
             Some(consent) => consent,
             None => format!("implicit-policy:{:?}", self.policy.implicit).to_lowercase(),
         })
@@ -275,7 +292,7 @@ impl Gate {
             AuditOutcome::MinorFailure
         };
         builder.outcome_desc = Some(match (&who.break_glass_reason, granted) {
-            (Some(reason), true) => format!("permit by break-glass: {reason}"),
+            (Some(reason), true) => format!("permit by {decider}: {reason}"),
             (_, true) => format!("permit by {decider}"),
             (_, false) => format!("deny by {decider}"),
         });
@@ -340,7 +357,12 @@ impl Gate {
                 renkei_audit::PRIVACY_TAG_DECIDER,
                 renkei_store::WITHHELD_TAG
             ),
-            _ => self.decider(who, granted, || Ok(decision.consent_ref))?,
+            _ => self.decider(who, granted, || {
+                Ok(Deciders {
+                    consent: decision.consent_ref,
+                    overridden_refusal: decision.overridden_refusal,
+                })
+            })?,
         };
         let builder = self.consent_event(
             who,
@@ -433,10 +455,17 @@ impl Gate {
                 // The page's query names it for its matches; included rows take one
                 // lookup per patient.
                 let decider = self.decider(who, true, || match row.decided_by() {
-                    Some(consent) => Ok(consent.map(str::to_string)),
+                    Some(consent) => Ok(Deciders {
+                        consent: consent.map(str::to_string),
+                        overridden_refusal: None,
+                    }),
                     None => Ok(tx
                         .deciding_consent(DecidedRow::Rid(row.rid), visibility)?
-                        .and_then(|decision| decision.consent_ref)),
+                        .map(|decision| Deciders {
+                            consent: decision.consent_ref,
+                            overridden_refusal: decision.overridden_refusal,
+                        })
+                        .unwrap_or_default()),
                 })?;
                 Ok(to_row(
                     &self.consent_event(who, patient, None, decider, true),
@@ -453,7 +482,7 @@ impl Gate {
             return None;
         }
         let mut builder = self.event(who, Interaction::ConsentDecision);
-        builder.decided_by = Some("break-glass".into());
+        builder.decided_by = Some(BREAK_GLASS.into());
         builder.outcome_desc = Some(format!(
             "break-glass ({what}): {}",
             who.break_glass_reason.as_deref().unwrap_or_default()

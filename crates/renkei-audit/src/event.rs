@@ -357,7 +357,8 @@ impl EventBuilder {
         }
         if let Some(decided_by) = &self.decided_by {
             entities.push(json!({
-                "what": if decided_by.contains('/') { json!({"reference": decided_by}) } else { json!({"display": decided_by}) },
+                // `Consent/…` is a reference; a policy, a tag or a break-glass note is text.
+                "what": if decided_by.contains('/') && !decided_by.contains(' ') { json!({"reference": decided_by}) } else { json!({"display": decided_by}) },
                 "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
                 "role": {"system": OBJECT_ROLE, "code": "13", "display": "Security Resource"},
             }));

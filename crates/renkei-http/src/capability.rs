@@ -165,7 +165,8 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
                     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                     "code": "SMART-on-FHIR",
                 }]}],
-                "description": "Every request except GET /metadata needs Authorization: Bearer \
+                "description": "Every request except GET /metadata and GET \
+                    /.well-known/smart-configuration needs Authorization: Bearer \
                     <access token>. Tokens come from SMART Backend Services (client_credentials \
                     with a private_key_jwt client assertion) at the token endpoint named in \
                     .well-known/smart-configuration.",

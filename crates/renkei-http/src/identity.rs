@@ -209,6 +209,7 @@ async fn link_change(
         let target = patient_parameter(&parameters, "target")?;
         let reason = string_parameter(&parameters, "reason").unwrap_or_default();
         let gate = state.gate.clone();
+        let (source_id, target_id) = (source.clone(), target.clone());
         let (source_person, target_person) =
             blocking(move || gate.set_link(&who, &source, &target, linked, &reason)).await?;
         let person = |name: &str, members: Vec<String>| {
@@ -220,17 +221,16 @@ async fn link_change(
                     .collect::<Vec<_>>(),
             })
         };
-        let mut parameter = Vec::new();
-        if !source_person.is_empty() {
-            parameter.push(person("source-person", source_person));
-        }
-        if !target_person.is_empty() {
-            parameter.push(person("target-person", target_person));
-        }
-        let mut body = json!({"resourceType": "Parameters"});
-        if !parameter.is_empty() {
-            body["parameter"] = Value::Array(parameter);
-        }
+        // A record linked to no other is a person of its own: listed too, so the answer
+        // always shows both sides.
+        let or_alone = |members: Vec<String>, record: String| match members.is_empty() {
+            true => vec![record],
+            false => members,
+        };
+        let body = json!({"resourceType": "Parameters", "parameter": [
+            person("source-person", or_alone(source_person, source_id)),
+            person("target-person", or_alone(target_person, target_id)),
+        ]});
         Ok(render_value(HttpResponse::Ok(), &body, ctx.format, ctx.pretty))
     }
     .await;

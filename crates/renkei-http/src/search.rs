@@ -262,7 +262,24 @@ pub fn explain_plan(path_and_query: &str, options: &ParseOptions) -> Result<Sear
             "expected Type?query, Patient/ID/Type?query or Patient/ID/$everything, not '{path}'"
         )))
     })?;
+    refuse_audit_trail(
+        &request,
+        "by this plan (it is read from the trail's own tables)",
+    )?;
     plan_for(&request, options)
+}
+
+/// The trail is searched at `[base]/AuditEvent` under its own role rules, not as a stored
+/// resource type (a search over several types simply finds no AuditEvent).
+fn refuse_audit_trail(search: &SearchRequest, not_how: &str) -> Result<()> {
+    if search.types == ["AuditEvent"] {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            format!("AuditEvent is searched at [base]/AuditEvent on its own, not {not_how}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A search inside a batch Bundle, planned as the same search sent on its own would be.
@@ -294,15 +311,7 @@ pub(crate) fn batch_search(
     let (path, query) = relative.split_once('?').unwrap_or((relative, ""));
     let options = parse_options(req, state);
     let planned = search_request_for(path, parse_query(query))?.and_then(|mut search| {
-        // The trail is searched at `[base]/AuditEvent` under its own role rules, not as a
-        // stored resource type (a search over several types simply finds no AuditEvent).
-        if search.types == ["AuditEvent"] {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "not-supported",
-                "AuditEvent is searched at [base]/AuditEvent on its own, not inside a Bundle",
-            ));
-        }
+        refuse_audit_trail(&search, "inside a Bundle")?;
         search.params = localize(ctx, std::mem::take(&mut search.params));
         Ok(BatchSearch {
             plan: plan_for(&search, &options)?,

@@ -170,11 +170,25 @@ fn push_depends_on_resource(sql: &mut Sql, alias: &str) {
 
 /// An effective matching deny exists among the person's rules.
 fn push_effective_deny_exists(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
-    sql.push("EXISTS (SELECT 1 FROM ");
+    sql.push("EXISTS (");
+    push_effective_denies(sql, "1", r, v);
+    sql.push(")");
+}
+
+/// `SELECT <columns> FROM <row r's person's rules> d WHERE <d is an effective deny for r>`.
+fn push_effective_denies(sql: &mut Sql, columns: &str, r: &str, v: &FacilityArgs<'_>) {
+    sql.push(&format!("SELECT {columns} FROM "));
     push_person_rules(sql, "d", PersonOf::Row(r));
     sql.push(" WHERE ");
     push_effective_deny(sql, "d", r, v);
-    sql.push(")");
+}
+
+/// `(SELECT …)`: the Consent of the first effective deny among row `r`'s person's rules, the
+/// refusal a break-glass request overrides; NULL when none applies.
+fn push_overridden_refusal(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
+    sql.push("(");
+    push_effective_denies(sql, "d.consent_ref", r, v);
+    sql.push(" ORDER BY d.consent_ref LIMIT 1)");
 }
 
 /// Rule `d` is an effective deny for row `r`: a matching deny that no matching nested permit
@@ -629,6 +643,10 @@ pub struct Decision {
     /// other facility sees it, whatever consent or break-glass say.
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pub withheld: bool,
+    /// For a break-glass requester, the Consent whose refusal break-glass overrode to show the
+    /// row (CONSENT.md, step 5); `None` otherwise.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub overridden_refusal: Option<String>,
 }
 
 impl crate::Tx<'_> {
@@ -647,7 +665,20 @@ impl crate::Tx<'_> {
         push_row_decider(&mut sql, "r", &args);
         sql.push(" AS consent_ref, ");
         tag_exists(&mut sql, "r", WITHHELD_TAG);
-        sql.push(" AS withheld FROM resources r WHERE ");
+        sql.push(" AS withheld, ");
+        let break_glass = matches!(
+            visibility,
+            Visibility::Facility {
+                break_glass: true,
+                ..
+            }
+        );
+        if break_glass {
+            push_overridden_refusal(&mut sql, "r", &args);
+        } else {
+            sql.push("CAST(NULL AS TEXT)");
+        }
+        sql.push(" AS overridden_refusal FROM resources r WHERE ");
         match row {
             DecidedRow::Rid(rid) => {
                 sql.push("r.rid = ").bind(Bind::Int(rid));

@@ -51,6 +51,12 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot read {path}, named by {variable}: {source}")]
+    ReadSecret {
+        variable: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path} is invalid: {message}")]
     Parse { path: String, message: String },
     #[error("environment variable {name}='{value}' is not a valid {expected}")]
@@ -178,7 +184,11 @@ fn secret_from_file(variable: &str) -> Result<Option<String>, ConfigError> {
     match std::env::var(variable) {
         Ok(path) => std::fs::read_to_string(&path)
             .map(|text| Some(text.trim().to_string()))
-            .map_err(|source| ConfigError::Read { path, source }),
+            .map_err(|source| ConfigError::ReadSecret {
+                variable: variable.to_string(),
+                path,
+                source,
+            }),
         Err(_) => Ok(None),
     }
 }
