@@ -9,7 +9,9 @@
 //! facility over every path, break-glass, the UNDELIVERED privacy tag, and the patient and
 //! auditor roles.
 
-use crate::support::{entries, for_each_backend, link, Caller, Resp, Server};
+use crate::support::{
+    entries, for_each_backend, for_each_backend_with, link, Caller, Resp, Server,
+};
 use serde_json::{json, Value};
 
 pub(crate) const ORG_A: &str = "Organization/hosp-a";
@@ -776,6 +778,46 @@ fn break_glass_needs_permission_and_a_reason() {
             .count();
         assert!(overriding >= 2, "{decisions}");
     });
+}
+
+/// Where the network lets refusals hold under break-glass, a refusal nested in a treatment
+/// permit ("all but psychiatric data") holds for emergency treatment too: `TREAT` covers
+/// `ETREAT`.
+#[test]
+fn a_refusal_for_treatment_holds_under_break_glass_where_the_network_says_so() {
+    for_each_backend_with(
+        &[("RENKEI_PATIENT_DENY_HOLDS_ON_BREAK_GLASS", "true")],
+        |s| {
+            let net = network(s);
+            let act_code = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+            let mut all_but_psy = consent_body(&[ORG_B], "active");
+            all_but_psy["provision"]["provision"] =
+                json!([{"type": "deny", "securityLabel": [{"system": act_code, "code": "PSY"}]}]);
+            net.as_a()
+                .put(&format!("Consent/{CONSENT}"), &all_but_psy)
+                .expect(200);
+            let mut psy = lab("5E091000002399903", 2.0, "2025-11-04", None);
+            psy["meta"] = json!({"security": [{"system": act_code, "code": "PSY"}]});
+            let psy = id_of(&net.as_a().create(&psy));
+            let er = s.token_for("er-b-holds", ORG_B, "facility", &["--break-glass"]);
+            let er = s.with_token(&er);
+            let glass = [
+                ("X-Purpose-Of-Use", "ETREAT"),
+                ("X-Break-Glass-Reason", "unconscious patient in the ER"),
+            ];
+            let refused = er.get_with(&psy, &glass);
+            assert!([403, 404].contains(&refused.status), "{}", refused.body);
+            assert_no_secret(&refused, "PSY under break-glass");
+            let found = refs(
+                &er.get_with(&format!("Observation?patient={PATIENT}"), &glass)
+                    .expect(200)
+                    .json(),
+            );
+            assert!(!found.contains(&psy), "{found:?}");
+            assert_eq!(sorted(found), sorted(net.labs.clone()));
+            er.get_with(&net.labs[0], &glass).expect(200);
+        },
+    );
 }
 
 #[test]

@@ -89,7 +89,8 @@
 //! - `actor_org` is None or = P.facility
 //! - `actor_practitioner` is None or = P.practitioner (a principal without practitioner
 //!   never matches a practitioner rule)
-//! - `purpose` is None or = P.purpose code (exact; no code hierarchy)
+//! - `purpose` is None or = P.purpose code, or `TREAT` when P asks for `ETREAT`
+//!   ([`Purpose::is_covered_by`]; no other code hierarchy)
 //! - `valid_from_ms` is None or T ≥ it; `valid_to_ms` is None or T ≤ it
 //! - `class_type` is None or = R.res_type
 //! - `security_label` is None or R carries that (system, code) in `meta.security`
@@ -144,7 +145,7 @@
 //!   r.patient_id = R.patient_id
 //!   AND (r.actor_org IS NULL OR r.actor_org = :fac)
 //!   AND (r.actor_practitioner IS NULL OR r.actor_practitioner = :prac)   -- NULL :prac never equal
-//!   AND (r.purpose IS NULL OR r.purpose = :purpose)
+//!   AND (r.purpose IS NULL OR r.purpose = :purpose [OR r.purpose = 'TREAT' for ETREAT])
 //!   AND (r.valid_from_ms IS NULL OR :now >= r.valid_from_ms)
 //!   AND (r.valid_to_ms IS NULL OR :now <= r.valid_to_ms)
 //!   AND (r.class_type IS NULL OR r.class_type = R.res_type)

@@ -70,6 +70,16 @@ impl Purpose {
             Purpose::Other(code) => code,
         }
     }
+
+    /// Whether a rule stated for the purpose `rule` covers a request for this purpose: the
+    /// same code, and for `ETREAT` also `TREAT`, which it specializes in the v3 ActReason
+    /// hierarchy (emergency treatment is treatment). Only break-glass asks for `ETREAT`, so
+    /// this decides whether a refusal "for treatment" still holds under break-glass where
+    /// the network says refusals hold. The store's SQL mirrors it
+    /// (`renkei_store` `push_requester_match`).
+    pub fn is_covered_by(&self, rule: &str) -> bool {
+        self.code() == rule || (*self == Purpose::ETreat && rule == Purpose::Treat.code())
+    }
 }
 
 /// Who is asking.
@@ -273,7 +283,10 @@ impl Rule {
         resource.subject_patient() == Some(self.patient_id.as_str())
             && eq_or_any(&self.actor_org, Some(principal.facility.as_str()))
             && eq_or_any(&self.actor_practitioner, principal.practitioner.as_deref())
-            && eq_or_any(&self.purpose, Some(principal.purpose.code()))
+            && self
+                .purpose
+                .as_deref()
+                .is_none_or(|purpose| principal.purpose.is_covered_by(purpose))
             && self.valid_from_ms.is_none_or(|from| now_ms >= from)
             && self.valid_to_ms.is_none_or(|to| now_ms <= to)
             && eq_or_any(&self.class_type, Some(resource.res_type.as_str()))

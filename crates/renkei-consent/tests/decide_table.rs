@@ -282,9 +282,20 @@ fn purpose_of_use() {
             no_permit(),
         ),
         case(
-            "ETREAT without break-glass is an exact-code mismatch",
+            "ETREAT is treatment: a TREAT rule covers it",
             vec![treat_only()],
             with_purpose(facility(CLINIC), "ETREAT"),
+            obs("o1"),
+            consent_permit("c1"),
+        ),
+        case(
+            "but a TREAT request is not covered by an ETREAT rule",
+            vec![consent(
+                "c1",
+                PAT,
+                json!({"type": "permit", "purpose": [purpose("ETREAT")]}),
+            )],
+            facility(CLINIC),
             obs("o1"),
             no_permit(),
         ),
@@ -741,6 +752,19 @@ fn break_glass_access() {
             Decision::permit(Reason::BreakGlass {
                 overridden_deny: None,
             }),
+        )
+        .policy(OPT_IN_DENY_HOLDS),
+        case(
+            "a nested PSY refusal under a TREAT permit holds (policy)",
+            vec![consent(
+                "c3",
+                PAT,
+                json!({"type": "permit", "actor": [ircp(CLINIC)], "purpose": [purpose("TREAT")],
+                       "provision": [{"type": "deny", "securityLabel": [psy()]}]}),
+            )],
+            bg.clone(),
+            labelled(obs("o1"), ACT_CODE_SYSTEM, "PSY"),
+            consent_deny("c3"),
         )
         .policy(OPT_IN_DENY_HOLDS),
         case(

@@ -142,8 +142,13 @@ fn push_requester_match(sql: &mut Sql, alias: &str, v: &FacilityArgs<'_>) {
     .push(&format!(
         ") AND ({alias}.purpose IS NULL OR {alias}.purpose = "
     ))
-    .bind(Bind::Text(v.purpose.into()))
-    .push(&format!(
+    .bind(Bind::Text(v.purpose.into()));
+    // Emergency treatment is treatment (renkei_consent::Purpose::is_covered_by).
+    if v.purpose == "ETREAT" {
+        sql.push(&format!(" OR {alias}.purpose = "))
+            .bind(Bind::Text("TREAT".into()));
+    }
+    sql.push(&format!(
         ") AND ({alias}.valid_from IS NULL OR {alias}.valid_from <= "
     ))
     .bind(Bind::Int(v.now_ms))
