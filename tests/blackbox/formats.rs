@@ -283,3 +283,99 @@ fn xml_that_would_lose_data_is_refused() {
         assert_eq!(stored["_gender"]["extension"][0]["valueCode"], "unknown");
     });
 }
+
+/// Creates an Observation from JSON text whose `valueQuantity.value` is `number` as written
+/// (a `json!` literal cannot hold numbers beyond 64 bits) and returns its path.
+fn observation_with_value(s: &Server, number: &str) -> String {
+    let body = format!(
+        r#"{{"resourceType":"Observation","status":"final","code":{{"text":"weight"}},"valueQuantity":{{"value":{number},"unit":"g"}}}}"#
+    );
+    let r = s
+        .send_raw("POST", "Observation", FHIR_JSON, body.as_bytes())
+        .expect(201);
+    format!("Observation/{}", r.json()["id"].as_str().unwrap())
+}
+
+/// Reads `path` as JSON and as XML and asserts that both carry `number` with its digits.
+#[track_caller]
+fn assert_value_in_both_formats(s: &Server, path: &str, number: &str) {
+    let stored = s.read_json(path);
+    assert_eq!(stored["valueQuantity"]["value"].to_string(), number);
+    let xml = s.get(&format!("{path}?_format=xml")).expect(200);
+    assert!(
+        xml.body.contains(&format!("<value value=\"{number}\"/>")),
+        "{number}: {}",
+        xml.body
+    );
+}
+
+/// A decimal from 2^63 to 2^64-1 was read back in XML as a negative number
+/// (`10000000000000000000` as `-8446744073709551616`); JSON was right.
+#[test]
+fn xml_renders_decimals_from_2_63_to_2_64_with_their_digits() {
+    for_each_backend(|s| {
+        for number in [
+            "9223372036854775807",
+            "9223372036854775808",
+            "10000000000000000000",
+            "18446744073709551615",
+            "0.0000001",
+            "1.50",
+        ] {
+            let path = observation_with_value(s, number);
+            assert_value_in_both_formats(s, &path, number);
+        }
+    });
+}
+
+/// A whole decimal of 2^64 or more (valid FHIR, within the range the server stores) was
+/// refused with a bare "does not match the FHIR R4 model", in JSON and in XML alike.
+#[test]
+fn whole_decimals_of_2_64_or_more_are_accepted_in_both_formats() {
+    for_each_backend(|s| {
+        for number in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+        ] {
+            let path = observation_with_value(s, number);
+            assert_value_in_both_formats(s, &path, number);
+        }
+        let xml = r#"<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text value="weight"/></code><valueQuantity><value value="123456789012345678901234567890"/></valueQuantity></Observation>"#;
+        let r = s
+            .send_raw("POST", "Observation", FHIR_XML, xml.as_bytes())
+            .expect(201);
+        let path = format!("Observation/{}", r.json()["id"].as_str().unwrap());
+        assert_value_in_both_formats(s, &path, "123456789012345678901234567890");
+    });
+}
+
+/// Tabs and line breaks in attribute values were written raw, which every conforming XML
+/// parser reads as spaces (XML 1.0 §3.3.3): XML clients lost the line breaks of every
+/// multi-line string. They are character references now; narrative text stays as stored.
+#[test]
+fn xml_attribute_values_keep_tabs_and_line_breaks() {
+    for_each_backend(|s| {
+        let div = "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>a\n\tb</p>\n<p>c</p></div>";
+        let created = s.create(&json!({
+            "resourceType": "Patient",
+            "text": {"status": "generated", "div": div},
+            "name": [{"text": "line1\nline2\tTab\r\nend"}]
+        }));
+        let path = format!("Patient/{}", created["id"].as_str().unwrap());
+        let xml = s.get(&format!("{path}?_format=xml")).expect(200);
+        assert!(
+            xml.body
+                .contains(r#"<text value="line1&#10;line2&#9;Tab&#13;&#10;end"/>"#),
+            "{}",
+            xml.body
+        );
+        assert!(xml.body.contains(div), "{}", xml.body);
+        // Renkei reads its own XML back to the same characters.
+        s.send_raw("PUT", &path, FHIR_XML, xml.body.as_bytes())
+            .expect(200);
+        let stored = s.read_json(&path);
+        assert_eq!(stored["name"][0]["text"], "line1\nline2\tTab\r\nend");
+        assert_eq!(stored["text"]["div"], div);
+    });
+}

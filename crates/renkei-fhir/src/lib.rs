@@ -6,6 +6,7 @@
 //! by [`prepass`] checks and wrapped in `catch_unwind`. Everything above this crate works on
 //! `serde_json::Value` and bytes.
 
+mod attribute_whitespace;
 mod base64_binary;
 mod narrative;
 mod prepass;
@@ -169,11 +170,8 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
 fn xml_value(bytes: &[u8]) -> Result<Value, ContentError> {
     prepass::check_xml_depth(bytes, MAX_DEPTH)?;
     xml_check::check(bytes)?;
-    let config = DeserializationConfig {
-        mode: DeserializationMode::Strict,
-    };
     let parsed = catch_unwind(AssertUnwindSafe(|| {
-        fhirbolt::xml::from_slice::<Resource>(bytes, Some(config))
+        fhirbolt::xml::from_slice::<Resource>(bytes, Some(STRICT))
     }))
     .map_err(|_| {
         ContentError::single(
@@ -240,13 +238,8 @@ pub fn validate(value: &Value) -> Result<(), ContentError> {
 }
 
 fn model_check(value: &Value) -> Result<(), ContentError> {
-    let config = DeserializationConfig {
-        mode: DeserializationMode::Strict,
-    };
     let owned = value.clone();
-    let result = catch_unwind(AssertUnwindSafe(move || {
-        fhirbolt::json::from_json_value::<Resource>(owned, Some(config)).map(|_| ())
-    }));
+    let result = catch_unwind(AssertUnwindSafe(move || model_of(owned).map(|_| ())));
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(ContentError::single(
@@ -265,25 +258,60 @@ fn model_check(value: &Value) -> Result<(), ContentError> {
     }
 }
 
+const STRICT: DeserializationConfig = DeserializationConfig {
+    mode: DeserializationMode::Strict,
+};
+
+/// A resource value as fhirbolt's strict model. fhirbolt can panic: call it inside
+/// `catch_unwind`.
+fn model_of(mut value: Value) -> Result<Resource, fhirbolt::json::Error> {
+    prepare_for_fhirbolt(&mut value);
+    fhirbolt::json::from_json_value::<Resource>(value, Some(STRICT))
+}
+
+/// Rewrites what fhirbolt would mishandle, at any depth:
+///
+/// - A property whose value is an empty array is removed: FHIR JSON has none (an absent list
+///   is left out; input with one is refused before this), and fhirbolt panics on them.
+/// - A number becomes a string of the same text. fhirbolt takes numbers through serde's
+///   visitors and loses digits there: a whole number from 2^63 to 2^64-1 is cast to a negative
+///   i64, one from 2^64 up to 2^128 is refused, and a fraction handed over as an f64
+///   (`0.0000001`) comes back in another spelling (`1e-7`). A string it keeps as the exact
+///   text of a decimal, and parses at an integer element (refusing one beyond 32 bits instead
+///   of wrapping it). Numbers can stand only at those elements: the schema check, which runs
+///   first on input, refuses a number anywhere else.
+fn prepare_for_fhirbolt(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !matches!(v, Value::Array(items) if items.is_empty()));
+            map.values_mut().for_each(prepare_for_fhirbolt);
+        }
+        Value::Array(items) => items.iter_mut().for_each(prepare_for_fhirbolt),
+        Value::Number(number) => *value = Value::String(number.to_string()),
+        _ => {}
+    }
+}
+
 /// Renders a resource value as FHIR XML.
 ///
 /// Narratives are written as stored, never re-parsed by fhirbolt; one stored before narratives
 /// were checked that is not well-formed XHTML becomes a `div` with its string as escaped text,
 /// so it cannot make the whole response (e.g. a search Bundle) fail. See `narrative.rs`.
+/// Every other value is an attribute: numbers keep the digits they have in JSON, and tabs and
+/// line breaks are character references, which XML parsers do not turn into spaces.
 pub fn to_xml(value: &Value) -> Result<String, ContentError> {
-    let config = DeserializationConfig {
-        mode: DeserializationMode::Strict,
-    };
     let mut owned = value.clone();
-    drop_empty_arrays(&mut owned);
     let narratives = narrative::take_divs(&mut owned);
     let result = catch_unwind(AssertUnwindSafe(move || {
-        let resource = fhirbolt::json::from_json_value::<Resource>(owned, Some(config))
-            .map_err(|e| e.to_string())?;
+        let resource = model_of(owned).map_err(|e| e.to_string())?;
         fhirbolt::xml::to_string(&resource, None).map_err(|e| e.to_string())
     }));
     match result {
-        Ok(Ok(xml)) => Ok(narrative::put_back(xml, &narratives)),
+        // Before the narratives go back: their text content is written as stored.
+        Ok(Ok(xml)) => Ok(narrative::put_back(
+            attribute_whitespace::escape_in_attributes(xml),
+            &narratives,
+        )),
         Ok(Err(message)) => Err(ContentError::single(
             IssueCode::Invalid,
             "",
@@ -297,22 +325,9 @@ pub fn to_xml(value: &Value) -> Result<String, ContentError> {
     }
 }
 
-/// Removes properties whose value is an empty array, at any depth: FHIR JSON has none (an
-/// absent list is left out), and fhirbolt panics on them.
-fn drop_empty_arrays(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            map.retain(|_, v| !matches!(v, Value::Array(items) if items.is_empty()));
-            map.values_mut().for_each(drop_empty_arrays);
-        }
-        Value::Array(items) => items.iter_mut().for_each(drop_empty_arrays),
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -499,6 +514,107 @@ mod tests {
         // narratives holding the stored strings as text.
         let back = parse_xml(xml.as_bytes()).unwrap();
         assert_eq!(back["entry"][3]["resource"]["text"]["div"], good.as_str());
+    }
+
+    /// An Observation whose `valueQuantity.value` is `number`, written as JSON text.
+    fn observation_with_value(number: &str) -> Value {
+        let json = format!(
+            r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"valueQuantity":{{"value":{number}}}}}"#
+        );
+        parse_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn decimals_render_in_xml_with_the_digits_they_have_in_json() {
+        for number in [
+            "0",
+            "-0",
+            "1.50",
+            "0.0000001",
+            "1e+3",
+            "-2.5e-10",
+            "9223372036854775807",
+            "9223372036854775808",
+            "10000000000000000000",
+            "18446744073709551615",
+            "18446744073709551616",
+            "18446744073709551616.0",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+            "340282366920938463463374607431768211456",
+            "100000000000000000000000000000000000000000000000000",
+        ] {
+            let value = observation_with_value(number);
+            assert_eq!(value["valueQuantity"]["value"].to_string(), number);
+            let xml = to_xml(&value).unwrap();
+            assert!(
+                xml.contains(&format!("<value value=\"{number}\"/>")),
+                "{number}: {xml}"
+            );
+            assert_eq!(parse_xml(xml.as_bytes()).unwrap(), value, "{number}");
+        }
+    }
+
+    #[test]
+    fn whole_decimals_beyond_64_bits_are_accepted_from_xml() {
+        let xml = r#"<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text value="x"/></code><valueQuantity><value value="123456789012345678901234567890"/></valueQuantity></Observation>"#;
+        let value = parse_xml(xml.as_bytes()).unwrap();
+        assert_eq!(
+            value["valueQuantity"]["value"].to_string(),
+            "123456789012345678901234567890"
+        );
+        assert!(to_xml(&value)
+            .unwrap()
+            .contains(r#"<value value="123456789012345678901234567890"/>"#));
+    }
+
+    #[test]
+    fn integers_stay_bounded_to_32_bits() {
+        for (number, accepted) in [
+            ("2147483647", true),
+            ("-2147483648", true),
+            ("2147483648", false),
+            ("-2147483649", false),
+            ("9223372036854775808", false),
+            ("18446744073709551616", false),
+        ] {
+            let json = format!(r#"{{"resourceType":"Patient","multipleBirthInteger":{number}}}"#);
+            match parse_json(json.as_bytes()) {
+                Ok(value) => {
+                    assert!(accepted, "{number} was accepted");
+                    let xml = to_xml(&value).unwrap();
+                    assert!(
+                        xml.contains(&format!("<multipleBirthInteger value=\"{number}\"/>")),
+                        "{xml}"
+                    );
+                }
+                Err(err) => {
+                    assert!(!accepted, "{number}: {err}");
+                    assert_eq!(err.issues[0].expression, "Patient.multipleBirthInteger");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tabs_and_line_breaks_in_strings_survive_xml() {
+        let value = parse_json(
+            br#"{"resourceType":"Patient","name":[{"text":"line1\nline2\tTab\r\nend"}],"text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">a\n\tb\r\nc</div>"}}"#,
+        )
+        .unwrap();
+        let xml = to_xml(&value).unwrap();
+        assert!(
+            xml.contains(r#"<text value="line1&#10;line2&#9;Tab&#13;&#10;end"/>"#),
+            "{xml}"
+        );
+        // Narrative text content is written as stored.
+        assert!(
+            xml.contains("<div xmlns=\"http://www.w3.org/1999/xhtml\">a\n\tb\r\nc</div>"),
+            "{xml}"
+        );
+        let back = parse_xml(xml.as_bytes()).unwrap();
+        assert_eq!(back["name"][0]["text"], "line1\nline2\tTab\r\nend");
+        assert_eq!(back["name"], value["name"]);
     }
 
     #[test]
