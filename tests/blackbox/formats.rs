@@ -102,6 +102,41 @@ fn negotiation() {
             .expect(415);
         // JSON Patch content type is refused for a create.
         s.send_raw("POST", "Patient", JSON_PATCH, b"[]").expect(415);
+        // FHIR versions other than R4 are neither served nor taken; R4 is.
+        s.get_with(
+            &path,
+            &[("Accept", "application/fhir+json; fhirVersion=3.0")],
+        )
+        .expect(406);
+        s.get_with(
+            &path,
+            &[(
+                "Accept",
+                "application/fhir+xml; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0",
+            )],
+        )
+        .expect(200);
+        s.send_raw(
+            "POST",
+            "Patient",
+            "application/fhir+json; fhirVersion=5.0",
+            body,
+        )
+        .expect(415);
+        // A byte order mark may start a JSON body; answers say they vary by Accept.
+        let mut with_bom = b"\xEF\xBB\xBF".to_vec();
+        with_bom.extend_from_slice(body);
+        s.send_raw("POST", "Patient", "application/fhir+json", &with_bom)
+            .expect(201);
+        let read = s.get(&path).expect(200);
+        let varies_by_accept = read
+            .headers
+            .get_all("vary")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|name| name.trim().eq_ignore_ascii_case("accept"));
+        assert!(varies_by_accept, "{:?}", read.headers);
         // XML in, XML out.
         let xml = r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/><name><family value="Kato"/></name></Patient>"#;
         let r = s

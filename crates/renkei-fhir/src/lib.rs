@@ -94,6 +94,9 @@ fn validate_for_processing(mut value: Value) -> Result<Value, ContentError> {
 
 /// JSON bytes as a value, refusing what a map would silently lose (a property given twice).
 fn json_value(bytes: &[u8]) -> Result<Value, ContentError> {
+    // A byte order mark before the JSON text may be ignored (RFC 8259 §8.1); some Windows
+    // clients send one.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ContentError::single(
             IssueCode::Structure,

@@ -62,7 +62,7 @@ pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Form
             .filter_map(|p| p.trim().strip_prefix("q="))
             .find_map(|q| q.parse::<f32>().ok())
             .unwrap_or(1.0);
-        if quality <= 0.0 {
+        if quality <= 0.0 || names_another_fhir_version(item) {
             continue;
         }
         let format = match mime {
@@ -87,6 +87,20 @@ pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Form
             format!("none of the accepted types '{accept}' is served; use application/fhir+json or application/fhir+xml"),
         )),
     }
+}
+
+/// Whether a media type's `fhirVersion` parameter (http.html#version-parameter) names
+/// another FHIR version than R4 (4.0).
+fn names_another_fhir_version(media_type: &str) -> bool {
+    media_type
+        .split(';')
+        .skip(1)
+        .filter_map(|parameter| parameter.split_once('='))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("fhirVersion"))
+        .any(|(_, version)| {
+            let version = version.trim().trim_matches('"');
+            version != "4.0" && !version.starts_with("4.0.")
+        })
 }
 
 /// The media type of a header value without its parameters, lowercased.
@@ -130,6 +144,13 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     let text = value.to_str().unwrap_or("");
     if essence(text) == "application/json-patch+json" {
         return Ok(BodyKind::JsonPatch);
+    }
+    if names_another_fhir_version(text) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            format!("Content-Type '{text}' names another FHIR version; this server takes FHIR R4 (fhirVersion=4.0)"),
+        ));
     }
     mime_format(text).map(BodyKind::Fhir).ok_or_else(|| {
         ApiError::new(

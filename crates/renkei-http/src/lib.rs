@@ -168,6 +168,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(h::not_found));
 }
 
+/// Every answer's format follows the request's `Accept` (or its `_format`, which is part of
+/// the URL): a shared cache must not give one client's XML to another asking for JSON.
+fn vary_by_accept(headers: &mut actix_web::http::header::HeaderMap) {
+    use actix_web::http::header::{HeaderValue, VARY};
+    let varies = headers.get_all(VARY).any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|name| name.trim().eq_ignore_ascii_case("accept"))
+        })
+    });
+    if !varies {
+        headers.append(VARY, HeaderValue::from_static("Accept"));
+    }
+}
+
 /// GET, and HEAD answered the same way without the body (RFC 9110 §9.3.2: a server that
 /// answers GET answers HEAD).
 fn get_or_head() -> actix_web::Route {
@@ -199,6 +215,7 @@ pub fn serve(
                 let response = srv.call(req);
                 async move {
                     let mut response = response.await?;
+                    vary_by_accept(response.headers_mut());
                     if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id) {
                         response.headers_mut().insert(
                             actix_web::http::header::HeaderName::from_static("x-request-id"),
