@@ -43,17 +43,43 @@ fn instance_type_system_history() {
             assert!(x["response"]["lastModified"].as_str().is_some());
         }
         assert!(link(&h, "self").is_some());
+        assert!(e[2]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("201"));
+        assert!(e[1]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("200"));
 
-        // Type: only Patients.
+        // Created again after the delete: that version is a creation too.
+        let mut again = body.clone();
+        again["gender"] = json!("other");
+        s.put(&format!("Patient/{id}"), &again).expect(201);
+        let h = s.read_json(&format!("Patient/{id}/_history"));
+        let e = entries(&h);
+        assert_eq!(e[0]["response"]["etag"], "W/\"4\"");
+        assert!(
+            e[0]["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("201"),
+            "{}",
+            e[0]
+        );
+        let recreated = s.read_json(&format!("Patient/{id}/_history/4"));
+        assert_eq!(recreated["gender"], "other");
+
+        // Type: only Patients (four versions of one).
         let h = s.read_json("Patient/_history");
-        assert_eq!(entries(&h).len(), 3);
+        assert_eq!(entries(&h).len(), 4);
         let h = s.read_json("Organization/_history");
         let e = entries(&h);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0]["resource"]["id"], org["id"]);
         // System: everything.
         let h = s.read_json("_history");
-        assert_eq!(entries(&h).len(), 4);
+        assert_eq!(entries(&h).len(), 5);
         // Unknown type / no history.
         s.get("NotAType/_history").expect(404);
         s.get("Patient/nobody/_history").expect(404).outcome();

@@ -907,9 +907,9 @@ async fn history(
                     format!("{}/{}", row.res_type, row.res_id)
                 };
                 entry.insert("request".into(), json!({"method": row.method, "url": url}));
-                let status = match (row.method.as_str(), row.version) {
+                let status = match (row.method.as_str(), row.created) {
                     ("DELETE", _) => "204 No Content",
-                    (_, 1) => "201 Created",
+                    (_, true) => "201 Created",
                     _ => "200 OK",
                 };
                 entry.insert(

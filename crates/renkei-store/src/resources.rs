@@ -56,6 +56,21 @@ pub struct HistoryRow {
     /// The patient the record is about (its current version's, as consent decides).
     #[diesel(sql_type = Nullable<Text>)]
     pub patient_id: Option<String>,
+    /// This version brought the resource into existence: its first, or the first after a
+    /// delete.
+    #[diesel(sql_type = Bool)]
+    pub created: bool,
+}
+
+/// `, (<version> = 1 OR <the version before it was a delete>) AS created` for a version of
+/// resource `rid`.
+fn push_created(sql: &mut Sql, rid: &str, version: &str) {
+    sql.push(&format!(
+        ", ({version} = 1 OR EXISTS (SELECT 1 FROM resource_history p WHERE p.rid = {rid} \
+         AND p.version = {version} - 1 AND p.deleted = "
+    ))
+    .bind(Bind::Bool(true))
+    .push(")) AS created");
 }
 
 /// What a write stores as the new current version.
@@ -196,22 +211,24 @@ impl Tx<'_> {
         version: i64,
     ) -> Result<Option<HistoryRow>, StoreError> {
         let mut sql = Sql::new(
-            "SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian, r.patient_id \
-             FROM resources r JOIN resource_history h ON h.rid = r.rid WHERE r.res_type = ",
+            "SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian, r.patient_id",
         );
-        sql.bind(Bind::Text(res_type.into()))
+        push_created(&mut sql, "r.rid", "h.version");
+        sql.push(" FROM resources r JOIN resource_history h ON h.rid = r.rid WHERE r.res_type = ")
+            .bind(Bind::Text(res_type.into()))
             .push(" AND r.res_id = ")
             .bind(Bind::Text(res_id.into()))
             .push(" AND h.version = ")
             .bind(Bind::Int(version))
             .push(
-                " UNION ALL SELECT rid, res_type, res_id, version, last_updated, method, deleted, body, custodian, patient_id \
-                 FROM resources WHERE res_type = ",
-            )
+                " UNION ALL SELECT r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.method, r.deleted, r.body, r.custodian, r.patient_id",
+            );
+        push_created(&mut sql, "r.rid", "r.version");
+        sql.push(" FROM resources r WHERE r.res_type = ")
             .bind(Bind::Text(res_type.into()))
-            .push(" AND res_id = ")
+            .push(" AND r.res_id = ")
             .bind(Bind::Text(res_id.into()))
-            .push(" AND version = ")
+            .push(" AND r.version = ")
             .bind(Bind::Int(version));
         Ok(self.load::<HistoryRow>(&sql)?.into_iter().next())
     }
@@ -291,9 +308,13 @@ impl Tx<'_> {
                 sql.push(" UNION ALL ");
             }
             if *table == "current" {
-                sql.push("SELECT r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.method, r.deleted, r.body, r.custodian, r.patient_id FROM resources r WHERE 1 = 1");
+                sql.push("SELECT r.rid, r.res_type, r.res_id, r.version, r.last_updated, r.method, r.deleted, r.body, r.custodian, r.patient_id");
+                push_created(&mut sql, "r.rid", "r.version");
+                sql.push(" FROM resources r WHERE 1 = 1");
             } else {
-                sql.push("SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian, r.patient_id FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE 1 = 1");
+                sql.push("SELECT r.rid, r.res_type, r.res_id, h.version, h.last_updated, h.method, h.deleted, h.body, r.custodian, r.patient_id");
+                push_created(&mut sql, "r.rid", "h.version");
+                sql.push(" FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE 1 = 1");
             }
             let updated = if *table == "current" {
                 "r.last_updated"
