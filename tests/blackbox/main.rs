@@ -22,6 +22,7 @@ mod identity;
 mod patch;
 mod search_limits;
 mod search_paths;
+mod search_values;
 mod smart;
 mod tls;
 mod versioning;

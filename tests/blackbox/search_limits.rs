@@ -8,17 +8,7 @@ use serde_json::{json, Value};
 
 /// The ids of a searchset's matches, sorted.
 fn ids(s: &Server, path: &str) -> Vec<String> {
-    let bundle = s.get(path).expect(200).json();
-    let mut ids: Vec<String> = bundle["entry"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|e| e["search"]["mode"] == "match")
-        .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_string())
-        .collect();
-    ids.sort();
-    ids
+    sorted_match_ids(&entries(&s.get(path).expect(200).json()))
 }
 
 /// The diagnostics of a 400 `too-costly` answer.

@@ -1045,3 +1045,14 @@ pub fn random_u64() -> u64 {
 pub fn entries(bundle: &Value) -> Vec<Value> {
     bundle["entry"].as_array().cloned().unwrap_or_default()
 }
+
+/// The ids of a searchset's matches (`search.mode = match`) among `entries`, sorted.
+pub fn sorted_match_ids(entries: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = entries
+        .iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort();
+    ids
+}

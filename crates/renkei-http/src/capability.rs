@@ -35,7 +35,7 @@ pub const RESULT_PARAMS: &[&str] = &[
 pub const MODIFIERS: &[&str] = &[
     ":missing (all)",
     ":exact, :contains (string)",
-    ":not, :text, :in, :not-in, :of-type (token)",
+    ":not, :text, :in, :not-in (token; :not also on _id), :of-type (token parameters of Identifier type)",
     ":Type, :identifier, :linked (alias :mdm; references to Patient, every record of the same person) (reference)",
     ":below, :above (uri)",
 ];

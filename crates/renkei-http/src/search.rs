@@ -417,7 +417,7 @@ fn searchset<'a>(
     }
     // The last page is the query run backwards from the end: as cheap as the first page.
     if page.next.is_some() || page.previous.is_some() {
-        links.push(json!({"relation": "last", "url": page_url(&Cursor::last())}));
+        links.push(json!({"relation": "last", "url": page_url(&Cursor::last(&plan.sort))}));
     }
     let mut entries: Vec<BundleEntry<'a>> = Vec::new();
     entries.extend(

@@ -553,7 +553,7 @@ fn composites_and_modifiers(repo: &Repository) {
     let mut p = plan("Observation", "_sort=date&_count=2");
     let first = repo.search(&p, &Visibility::Unrestricted).unwrap();
     assert!(first.next.is_some());
-    p.cursor = Some(Cursor::last());
+    p.cursor = Some(Cursor::last(&p.sort));
     let last = repo.search(&p, &Visibility::Unrestricted).unwrap();
     assert!(last.next.is_none());
     assert!(last.previous.is_some());
@@ -601,7 +601,7 @@ fn walk_both_ways(repo: &Repository, query: &str) -> (Vec<String>, Vec<String>) 
         }
     }
     let mut backward = Vec::new();
-    p.cursor = Some(Cursor::last());
+    p.cursor = Some(Cursor::last(&p.sort));
     for pages in 0.. {
         assert!(pages < limit, "{query}: the previous links do not end");
         let page = repo.search(&p, &Visibility::Unrestricted).unwrap();
@@ -919,9 +919,10 @@ fn large_searches(db: Db, sqlite: bool) {
     // parse limit, built directly) nest deeper than it parses. (PostgreSQL would plan those
     // for minutes: the parse limit is what keeps them out.)
     let mut wide = try_plan("Patient", "_id=x").unwrap();
-    wide.filters = vec![renkei_search::plan::Filter::Id(
-        (0..40_000).map(|i| format!("id{i}")).collect(),
-    )];
+    wide.filters = vec![renkei_search::plan::Filter::Id {
+        ids: (0..40_000).map(|i| format!("id{i}")).collect(),
+        not: false,
+    }];
     let mut plans = vec![wide];
     if sqlite {
         let mut deep = try_plan("Patient", "name=alph").unwrap();

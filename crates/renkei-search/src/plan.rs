@@ -3,6 +3,7 @@
 use crate::date::{now_ms, parse_range};
 use crate::normalize::{canonical_system, fold};
 use crate::registry::{registry, ParamType, SearchParam};
+use std::collections::{BTreeSet, HashMap};
 
 /// Why a query cannot be run (answered 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +195,10 @@ pub enum TokenMatch {
     NoSystem(String),
     /// `system|`: any code of the system.
     System(String),
+    /// Any code of the system but these (sorted): a ValueSet's include of a whole code system
+    /// less the concepts its `compose.exclude` names ([`expand_value_set`]). A coding without
+    /// a code is no concept of the system and does not match.
+    SystemExcept(String, Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +264,11 @@ pub enum CompositePart {
 /// One condition on the searched resources; the plan ANDs them, values inside one are ORed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
-    Id(Vec<String>),
+    /// `_id` (`:not`: every resource but these).
+    Id {
+        ids: Vec<String>,
+        not: bool,
+    },
     LastUpdated(Vec<DateValue>),
     Token {
         param: String,
@@ -392,15 +401,42 @@ pub struct Cursor {
     pub keys: Vec<SortValue>,
     pub rid: i64,
     pub backward: bool,
+    /// [`sort_fingerprint`] of the sort the page was cut by. Keys mean something only under
+    /// that sort: resumed under another one they would start a page at an arbitrary row.
+    pub sort: u64,
+}
+
+/// A short, stable digest of a search's sort keys and directions, carried in its page tokens
+/// so that [`parse`] refuses a token with any other sort. FNV-1a (64 bits) over the keys as
+/// `_sort` spells them: stable across builds and restarts, unlike `std`'s hasher, and fixed
+/// in size whatever the sort.
+pub fn sort_fingerprint(sort: &[Sort]) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0100_0000_01b3;
+    let spelled: Vec<String> = sort
+        .iter()
+        .map(|key| {
+            let name = match &key.by {
+                SortBy::LastUpdated => "_lastUpdated",
+                SortBy::Id => "_id",
+                SortBy::Param { param, .. } => param.as_str(),
+            };
+            format!("{}{name}", if key.desc { "-" } else { "" })
+        })
+        .collect();
+    spelled.join(",").bytes().fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 impl Cursor {
-    /// The cursor of the last page: walk backwards from the end.
-    pub fn last() -> Cursor {
+    /// The cursor of the last page of a search sorted by `sort`: walk backwards from the end.
+    pub fn last(sort: &[Sort]) -> Cursor {
         Cursor {
             keys: Vec::new(),
             rid: i64::MAX,
             backward: true,
+            sort: sort_fingerprint(sort),
         }
     }
 
@@ -420,7 +456,12 @@ impl Cursor {
                 SortValue::Text(t) => serde_json::json!(t),
             })
             .collect();
-        let value = serde_json::json!([if self.backward { "b" } else { "f" }, self.rid, keys]);
+        let value = serde_json::json!([
+            if self.backward { "b" } else { "f" },
+            self.rid,
+            keys,
+            format!("{:016x}", self.sort)
+        ]);
         value
             .to_string()
             .bytes()
@@ -455,10 +496,12 @@ impl Cursor {
                 other => other.as_i64().map(SortValue::Int),
             })
             .collect::<Option<Vec<_>>>()?;
+        let sort = u64::from_str_radix(value.get(3)?.as_str()?, 16).ok()?;
         Some(Cursor {
             keys,
             rid,
             backward,
+            sort,
         })
     }
 }
@@ -578,12 +621,15 @@ pub fn parse(
         }
         plan.ignored = unknown;
     }
-    // A token carries one key per sort key of the search that issued it; any other count
-    // means it was made for another search (or by hand) and cannot say where a page starts.
+    // A token's keys say where a page starts only under the sort that issued it (the same
+    // keys in the same directions), and it carries one key per sort key; a hand-made token
+    // could name the right sort with the wrong number of keys.
     if let Some(cursor) = &plan.cursor {
-        if !cursor.is_last() && cursor.keys.len() != plan.sort.len() {
+        let keys_fit = cursor.is_last() || cursor.keys.len() == plan.sort.len();
+        if cursor.sort != sort_fingerprint(&plan.sort) || !keys_fit {
             return invalid(
-                "_page_token does not belong to this search: it was issued for a different _sort",
+                "the page token does not belong to this search: _page_token was issued for a \
+                 different _sort",
             );
         }
     }
@@ -921,13 +967,15 @@ fn parse_filter_within(
     }
     match code {
         "_id" => {
-            if modifier.is_some() {
-                return invalid(format!(
-                    "modifier ':{}' is not supported on _id",
-                    modifier.unwrap_or_default()
-                ));
-            }
-            return Ok(Some(Filter::Id(alternatives)));
+            let not = match modifier {
+                None => false,
+                Some("not") => true,
+                Some(other) => {
+                    return invalid(format!("modifier ':{other}' is not supported on _id"))
+                }
+            };
+            let ids = alternatives.iter().map(|id| unescape(id)).collect();
+            return Ok(Some(Filter::Id { ids, not }));
         }
         "_lastUpdated" => {
             no_modifier(name, modifier)?;
@@ -966,6 +1014,14 @@ fn parse_filter_within(
                 }
             }
             Some("of-type") => {
+                // R4 defines `:of-type` for Identifier only; elsewhere it would find nothing
+                // and say nothing, so it is refused like any other unsupported modifier.
+                if !param.selects_identifiers() {
+                    return invalid(format!(
+                        "modifier ':of-type' applies to Identifier parameters; '{param_name}' \
+                         is not one ({name})"
+                    ));
+                }
                 let values = alternatives
                     .iter()
                     .map(|v| match split_escaped(v, '|').as_slice() {
@@ -974,10 +1030,10 @@ fn parse_filter_within(
                         {
                             Ok(vec![
                                 CompositePart::Token(TokenMatch::SystemCode(
-                                    canonical_system(system).to_string(),
-                                    code.clone(),
+                                    canonical_system(&unescape(system)).to_string(),
+                                    unescape(code),
                                 )),
-                                CompositePart::Token(TokenMatch::Code(value.clone())),
+                                CompositePart::Token(TokenMatch::Code(unescape(value))),
                             ])
                         }
                         _ => invalid(format!(
@@ -1164,8 +1220,10 @@ fn parse_composite(
                 ParamType::Quantity => CompositePart::Quantity(parse_quantity(name, part)?),
                 ParamType::Number => CompositePart::Number(parse_number(name, part)?),
                 ParamType::Date => CompositePart::Date(parse_date_value(name, part)?),
-                ParamType::String => CompositePart::String(fold(part)),
-                ParamType::Reference => CompositePart::Reference(parse_reference(part, None, &[])),
+                ParamType::String => CompositePart::String(fold(&unescape(part))),
+                ParamType::Reference => {
+                    CompositePart::Reference(parse_reference(&unescape(part), None, &[]))
+                }
                 ParamType::Composite | ParamType::Special => {
                     return invalid(format!("{name}: unsupported component type"))
                 }
@@ -1186,7 +1244,9 @@ pub struct Expansion {
 
 /// Expands a ValueSet without a terminology server: `expansion.contains` when present,
 /// otherwise `compose.include` concept lists and whole-system includes, minus
-/// `compose.exclude` concepts.
+/// `compose.exclude` concepts (a whole-system include less its excluded codes is one
+/// [`TokenMatch::SystemExcept`], which the store matches in SQL) and excluded whole systems.
+/// Exclusions apply to the ValueSet's own includes, not to the ValueSets it imports.
 pub fn expand_value_set(value_set: &serde_json::Value) -> Expansion {
     use serde_json::Value;
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
@@ -1220,17 +1280,38 @@ pub fn expand_value_set(value_set: &serde_json::Value) -> Expansion {
     let Some(compose) = value_set.get("compose") else {
         return out;
     };
-    let mut excluded: std::collections::HashSet<(String, String)> = Default::default();
+    // Excluded codes by system; a system mapped to `None` is excluded whole.
+    let mut excluded: HashMap<String, Option<BTreeSet<String>>> = HashMap::new();
     for exclude in list(compose, "exclude") {
+        if !list(&exclude, "valueSet").is_empty() || !list(&exclude, "filter").is_empty() {
+            out.unexpandable.push(format!(
+                "exclude of {} by ValueSet or filter",
+                text(&exclude, "system").as_deref().unwrap_or("?")
+            ));
+        }
         let Some(system) = text(&exclude, "system") else {
             continue;
         };
-        for concept in list(&exclude, "concept") {
-            if let Some(code) = text(&concept, "code") {
-                excluded.insert((canonical_system(&system).to_string(), code));
+        let system = canonical_system(&system).to_string();
+        let concepts = list(&exclude, "concept");
+        if concepts.is_empty() {
+            if list(&exclude, "filter").is_empty() {
+                excluded.insert(system, None);
             }
+            continue;
+        }
+        if let Some(codes) = excluded
+            .entry(system)
+            .or_insert_with(|| Some(BTreeSet::new()))
+        {
+            codes.extend(concepts.iter().filter_map(|c| text(c, "code")));
         }
     }
+    let is_excluded = |system: &str, code: &str| match excluded.get(system) {
+        Some(None) => true,
+        Some(Some(codes)) => codes.contains(code),
+        None => false,
+    };
     for include in list(compose, "include") {
         out.imports.extend(
             list(&include, "valueSet")
@@ -1249,12 +1330,18 @@ pub fn expand_value_set(value_set: &serde_json::Value) -> Expansion {
         let Some(system) = system else { continue };
         let concepts = list(&include, "concept");
         if concepts.is_empty() {
-            out.matches.push(TokenMatch::System(system));
+            match excluded.get(&system) {
+                Some(None) => {}
+                Some(Some(codes)) if !codes.is_empty() => out.matches.push(
+                    TokenMatch::SystemExcept(system, codes.iter().cloned().collect()),
+                ),
+                _ => out.matches.push(TokenMatch::System(system)),
+            }
             continue;
         }
         for concept in concepts {
             if let Some(code) = text(&concept, "code") {
-                if !excluded.contains(&(system.clone(), code.clone())) {
+                if !is_excluded(&system, &code) {
                     out.matches
                         .push(TokenMatch::SystemCode(system.clone(), code));
                 }
@@ -1482,6 +1569,87 @@ mod tests {
             Filter::Uri { values, .. } => assert_eq!(values, &["http://x/v|1"]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn composite_and_of_type_parts_unescape_every_search_escape() {
+        let plan = parse(
+            &obs(),
+            &p(&[
+                ("code-value-string", r"LOCAL1$Hello\, World \$ \| ok \ end"),
+                (
+                    "identifier:of-type",
+                    r"http://terminology.hl7.org/CodeSystem/v2-0203|MR|A\$1\|2\,3\4",
+                ),
+            ]),
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        match &plan.filters[0] {
+            Filter::Composite { values, .. } => assert_eq!(
+                values[0][1],
+                CompositePart::String(fold(r"Hello, World $ | ok \ end"))
+            ),
+            other => panic!("{other:?}"),
+        }
+        match &plan.filters[1] {
+            Filter::Composite { values, .. } => assert_eq!(
+                values[0][1],
+                CompositePart::Token(TokenMatch::Code(r"A$1|2,3\4".into()))
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn of_type_applies_to_identifier_parameters_only() {
+        let strict = ParseOptions::default();
+        for (types, name) in [
+            (obs(), "status:of-type"),
+            (obs(), "code:of-type"),
+            (vec!["Patient".to_string()], "telecom:of-type"),
+        ] {
+            match parse(&types, &p(&[(name, "a|b|c")]), &strict) {
+                Err(SearchError::Invalid(message)) => {
+                    let param = name.split(':').next().unwrap_or_default();
+                    assert!(
+                        message.contains(":of-type") && message.contains(&format!("'{param}'")),
+                        "{message}"
+                    );
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(parse(&obs(), &p(&[("identifier:of-type", "a|b|c")]), &strict).is_ok());
+        assert!(parse(
+            &["Specimen".to_string()],
+            &p(&[("accession:of-type", "a|b|c")]),
+            &strict
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn id_takes_not_and_no_other_modifier() {
+        let strict = ParseOptions::default();
+        let plan = parse(&obs(), &p(&[("_id:not", "a,b"), ("_id", "c")]), &strict).unwrap();
+        assert_eq!(
+            plan.filters,
+            [
+                Filter::Id {
+                    ids: vec!["a".into(), "b".into()],
+                    not: true
+                },
+                Filter::Id {
+                    ids: vec!["c".into()],
+                    not: false
+                }
+            ]
+        );
+        assert!(matches!(
+            parse(&obs(), &p(&[("_id:exact", "a")]), &strict),
+            Err(SearchError::Invalid(message)) if message.contains(":exact")
+        ));
     }
 
     #[test]
@@ -1842,6 +2010,38 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_system_include_keeps_its_exclusions() {
+        let vs = serde_json::json!({"resourceType": "ValueSet", "compose": {
+            "include": [
+                {"system": "http://loinc.org"},
+                {"system": "http://snomed.info/sct"},
+                {"system": "urn:oid:1.2.392.200119.4.504"},
+                {"system": "urn:gone", "concept": [{"code": "a"}]}
+            ],
+            "exclude": [
+                {"system": "http://loinc.org", "concept": [{"code": "2339-0"}, {"code": "1111-1"}]},
+                {"system": "http://medis.or.jp/CodeSystem/master-JLAC10-17digits",
+                 "concept": [{"code": "3A010"}]},
+                {"system": "http://snomed.info/sct"},
+                {"system": "urn:gone"}
+            ]
+        }});
+        assert_eq!(
+            expand_value_set(&vs).matches,
+            [
+                TokenMatch::SystemExcept(
+                    "http://loinc.org".into(),
+                    vec!["1111-1".into(), "2339-0".into()]
+                ),
+                TokenMatch::SystemExcept(
+                    "http://medis.or.jp/CodeSystem/master-JLAC10-17digits".into(),
+                    vec!["3A010".into()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn expands_value_sets_without_a_terminology_server() {
         let vs = serde_json::json!({"resourceType": "ValueSet", "compose": {
             "include": [
@@ -1874,19 +2074,30 @@ mod tests {
             ],
             rid: 42,
             backward: true,
+            sort: u64::MAX,
         };
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
-        let last = Cursor::decode(&Cursor::last().encode()).unwrap();
+        let last = Cursor::decode(&Cursor::last(&[]).encode()).unwrap();
         assert!(last.is_last());
         assert_eq!(Cursor::decode("zz"), None);
+        // A token of an earlier version, without the sort's fingerprint.
+        let old: String = r#"["f",42,[]]"#.bytes().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(Cursor::decode(&old), None);
     }
 
     #[test]
     fn page_tokens_must_match_the_sort_they_were_issued_for() {
-        let token = |keys: Vec<SortValue>| Cursor {
+        let sort_of = |sort: &str| {
+            let pairs = p(&[("_sort", sort)]);
+            parse(&obs(), &pairs, &ParseOptions::default())
+                .unwrap()
+                .sort
+        };
+        let token = |sort: &str, keys: Vec<SortValue>| Cursor {
             keys,
             rid: 7,
             backward: false,
+            sort: sort_fingerprint(&sort_of(sort)),
         };
         let search = |sort: &str, cursor: &Cursor| {
             let mut pairs = vec![("_page_token", cursor.encode())];
@@ -1897,22 +2108,33 @@ mod tests {
                 pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             parse(&obs(), &pairs, &ParseOptions::default())
         };
-        let one_key = token(vec![SortValue::Int(1)]);
-        assert!(search("-date", &one_key).is_ok());
-        assert!(search("", &token(Vec::new())).is_ok());
-        assert!(search("", &Cursor::last()).is_ok());
-        assert!(search("-date", &Cursor::last()).is_ok());
-        for (sort, cursor) in [
-            ("", &one_key),
-            ("-date,_lastUpdated", &one_key),
-            ("-date", &token(Vec::new())),
-        ] {
+        let by_date_desc = token("-date", vec![SortValue::Int(1)]);
+        assert!(search("-date", &by_date_desc).is_ok());
+        assert!(search("", &token("", Vec::new())).is_ok());
+        assert!(search("", &Cursor::last(&[])).is_ok());
+        assert!(search("-date", &Cursor::last(&sort_of("-date"))).is_ok());
+        let mismatched = [
+            ("", &by_date_desc),
+            ("-date,_lastUpdated", &by_date_desc),
+            // One key each, as the token: only the sort's fingerprint tells them apart.
+            ("date", &by_date_desc),
+            ("code", &by_date_desc),
+            ("-code", &by_date_desc),
+            ("_id", &by_date_desc),
+            ("-_lastUpdated", &by_date_desc),
+            // The right sort named, the wrong number of keys.
+            ("-date", &token("-date", Vec::new())),
+        ];
+        for (sort, cursor) in mismatched {
             match search(sort, cursor) {
-                Err(SearchError::Invalid(message)) => {
-                    assert!(message.contains("_page_token"), "{message}")
-                }
+                Err(SearchError::Invalid(message)) => assert!(
+                    message.contains("the page token does not belong to this search"),
+                    "{message}"
+                ),
                 other => panic!("_sort={sort}: {other:?}"),
             }
         }
+        let last_by_date = Cursor::last(&sort_of("-date"));
+        assert!(search("date", &last_by_date).is_err());
     }
 }

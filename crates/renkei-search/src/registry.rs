@@ -109,6 +109,21 @@ pub struct SearchParam {
 }
 
 impl SearchParam {
+    /// Whether this is a token parameter over Identifier elements, the only ones R4 defines
+    /// `:of-type` for. The registry holds expressions, not element types: every alternative of
+    /// the expression for this type must end at an Identifier element, which the R4 and JP
+    /// Core definitions name `identifier` or `…Identifier` (`masterIdentifier`,
+    /// `(Composition.relatesTo.target as Identifier)`); no other element is named so.
+    pub fn selects_identifiers(&self) -> bool {
+        self.kind == ParamType::Token
+            && self.expression_text.as_deref().is_some_and(|expression| {
+                split_top_level(expression).into_iter().all(|part| {
+                    let end = part.trim().trim_end_matches(')').trim_end();
+                    end.ends_with(".identifier") || end.ends_with("Identifier")
+                })
+            })
+    }
+
     /// What extraction evaluates: the expression without the alternatives its bases cover.
     pub fn index_expression(&self) -> Option<&Expression> {
         if self.extends.is_empty() {
@@ -477,6 +492,23 @@ mod tests {
             combo.expression_text.as_deref(),
             Some("Observation | Observation.component")
         );
+    }
+
+    #[test]
+    fn identifier_parameters_are_told_from_other_tokens() {
+        let r = registry();
+        let selects =
+            |res_type: &str, code: &str| r.param(res_type, code).unwrap().selects_identifiers();
+        assert!(selects("Patient", "identifier"));
+        assert!(selects("DocumentReference", "identifier"));
+        assert!(selects("Specimen", "accession"));
+        assert!(selects("Composition", "related-id"));
+        assert!(selects("Task", "group-identifier"));
+        assert!(!selects("Observation", "status"));
+        assert!(!selects("Observation", "code"));
+        assert!(!selects("Patient", "telecom"));
+        assert!(!selects("Patient", "_id"));
+        assert!(!selects("Patient", "family"));
     }
 
     #[test]

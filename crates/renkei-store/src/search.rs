@@ -8,8 +8,8 @@ use crate::{Backend, StoreError, Tx, Visibility};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use renkei_search::plan::{
-    approximate_date, expand_value_set, CompositePart, Cursor, DateValue, Filter, Include,
-    NumberValue, Prefix, RefMatch, SearchPlan, Sort, SortBy, SortValue, StringMode, Table,
+    approximate_date, expand_value_set, sort_fingerprint, CompositePart, Cursor, DateValue, Filter,
+    Include, NumberValue, Prefix, RefMatch, SearchPlan, Sort, SortBy, SortValue, StringMode, Table,
     TokenMatch, UriMode,
 };
 use std::borrow::Cow;
@@ -311,18 +311,31 @@ impl Tx<'_> {
                     sql.push("r.res_id = ").bind(Bind::Text(id.to_string()));
                 }
                 None => {
-                    // A canonical, optionally `|version`.
-                    let url = name.split('|').next().unwrap_or(&name).to_string();
+                    // A canonical, optionally `|version` (references.html#canonical).
+                    let (url, version) = match name.split_once('|') {
+                        Some((url, version)) => (url, Some(version)),
+                        None => (name.as_str(), None),
+                    };
                     sql.push(
                         "r.rid IN (SELECT u.rid FROM idx_uri u WHERE u.res_type = 'ValueSet' \
                          AND u.param = 'url' AND u.value = ",
                     )
-                    .bind(Bind::Text(url))
+                    .bind(Bind::Text(url.to_string()))
                     .push(")");
+                    if let Some(version) = version {
+                        sql.push(
+                            " AND r.rid IN (SELECT t.rid FROM idx_token t WHERE \
+                             t.res_type = 'ValueSet' AND t.param = 'version' AND t.code = ",
+                        )
+                        .bind(Bind::Text(version.to_string()))
+                        .push(")");
+                    }
                 }
             }
             visibility.push_predicate_for(&mut sql, "r");
-            sql.push(" ORDER BY r.rid LIMIT 1");
+            // Without a version, the latest: the version of the canonical written last.
+            // Version strings have no order FHIR defines (`1.10`, `2024-03`, `draft`).
+            sql.push(" ORDER BY r.last_updated DESC, r.rid DESC LIMIT 1");
             let rows = self.load::<SearchRow>(&sql)?;
             // The named ValueSet must exist; an import that does not contributes nothing.
             if rows.is_empty() && name == value_set {
@@ -450,6 +463,7 @@ impl Tx<'_> {
             .map(|r| r.rid)
             .collect();
         let keys = self.sort_keys(plan, &linked, page_keys)?;
+        let sort = sort_fingerprint(&plan.sort);
         // A one-row page continues from the same row both ways.
         let cursor_of = |row: &SearchRow, backward: bool| -> Result<Cursor, StoreError> {
             Ok(Cursor {
@@ -459,6 +473,7 @@ impl Tx<'_> {
                     .ok_or(StoreError::Query(diesel::result::Error::NotFound))?,
                 rid: row.rid,
                 backward,
+                sort,
             })
         };
         let next = next_row.map(|row| cursor_of(row, false)).transpose()?;
@@ -837,7 +852,7 @@ fn is_one_in_subquery(text: &str, alias: &str) -> bool {
 /// Expected selectivity of a filter, most selective first (ties keep the query's order).
 fn selectivity_rank(filter: &Filter) -> u8 {
     match filter {
-        Filter::Id(_) => 0,
+        Filter::Id { not: false, .. } => 0,
         Filter::Reference { .. } | Filter::Compartment { .. } => 1,
         Filter::Token { param, not, .. } if !*not && param.ends_with("identifier") => 1,
         Filter::Date { values, .. } if is_within_a_day(values) => 2,
@@ -852,7 +867,9 @@ fn selectivity_rank(filter: &Filter) -> u8 {
         | Filter::Quantity { .. }
         | Filter::Number { .. }
         | Filter::LastUpdated(_) => 6,
-        Filter::Token { not: true, .. } | Filter::Missing { .. } => 7,
+        Filter::Token { not: true, .. } | Filter::Id { not: true, .. } | Filter::Missing { .. } => {
+            7
+        }
     }
 }
 
@@ -890,11 +907,11 @@ fn drives_from_index(plan: &SearchPlan) -> bool {
     let by_resources_index = plan
         .filters
         .iter()
-        .any(|f| matches!(f, Filter::Id(_) | Filter::LastUpdated(_)));
+        .any(|f| matches!(f, Filter::Id { not: false, .. } | Filter::LastUpdated(_)));
     !by_resources_index
         && plan.filters.iter().any(|f| match f {
             Filter::Token { not, .. } => !*not,
-            Filter::Missing { .. } | Filter::Id(_) | Filter::LastUpdated(_) => false,
+            Filter::Missing { .. } | Filter::Id { .. } | Filter::LastUpdated(_) => false,
             _ => true,
         })
 }
@@ -1307,7 +1324,7 @@ fn push_number_condition(sql: &mut Sql, column: &str, value: &NumberValue) {
         .bind(Bind::Float(bound));
 }
 
-fn push_token_match(sql: &mut Sql, system: &str, code: &str, value: &TokenMatch) {
+fn push_token_match(sql: &mut Sql, system: &str, code: &str, value: &TokenMatch, backend: Backend) {
     match value {
         TokenMatch::Code(c) => {
             sql.push(&format!("{code} = ")).bind(Bind::Text(c.clone()));
@@ -1327,6 +1344,21 @@ fn push_token_match(sql: &mut Sql, system: &str, code: &str, value: &TokenMatch)
             sql.push(&format!("{system} = "))
                 .bind(Bind::Text(s.clone()));
         }
+        TokenMatch::SystemExcept(s, excluded) => {
+            sql.push(&format!("{system} = "))
+                .bind(Bind::Text(s.clone()))
+                .push(&format!(" AND {code} NOT IN ("));
+            // A ValueSet may exclude many codes of a system: as one bound array beyond a few,
+            // like an expansion's codes (`push_token_set`).
+            if excluded.len() > SET_MIN {
+                let rows: Vec<serde_json::Value> =
+                    excluded.iter().map(|c| serde_json::json!([c])).collect();
+                push_json_rows(sql, &rows, 1, backend);
+            } else {
+                push_text_list(sql, excluded);
+            }
+            sql.push(")");
+        }
     }
 }
 
@@ -1343,15 +1375,18 @@ const SET_MIN: usize = 32;
 /// limits and the statement's text (which each connection keeps prepared) is the same for
 /// every expansion. Each set is an `IN` list the lookup index is probed with, on both
 /// backends, as it is for `x.code = ? OR x.code = ?`.
+/// A whole system less some codes (`TokenMatch::SystemExcept`) stays a condition of its own
+/// beside the sets: an expansion has one per whole-system include, a handful.
 fn push_token_set(sql: &mut Sql, x: &str, values: &[TokenMatch], backend: Backend) {
-    let (mut pairs, mut codes, mut no_system, mut systems) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut pairs, mut codes, mut no_system, mut systems, mut partial_systems) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for value in values {
         match value {
             TokenMatch::SystemCode(s, c) => pairs.push(serde_json::json!([c, s])),
             TokenMatch::Code(c) => codes.push(serde_json::json!([c])),
             TokenMatch::NoSystem(c) => no_system.push(serde_json::json!([c])),
             TokenMatch::System(s) => systems.push(serde_json::json!([s])),
+            TokenMatch::SystemExcept(..) => partial_systems.push(value),
         }
     }
     let code = format!("{x}.code");
@@ -1362,7 +1397,15 @@ fn push_token_set(sql: &mut Sql, x: &str, values: &[TokenMatch], backend: Backen
         (format!("{system} IS NULL AND {code} IN ("), no_system, 1),
         (format!("{system} IN ("), systems, 1),
     ];
-    push_value_sets(sql, sets, backend);
+    let mut alternatives = value_set_conditions(sets, backend);
+    alternatives.extend(partial_systems.into_iter().map(|value| {
+        let mut condition = Sql::new("");
+        push_token_match(&mut condition, &system, &code, value, backend);
+        condition
+    }));
+    push_alternatives(sql, &alternatives, |sql, condition| {
+        sql.push_sql(condition);
+    });
 }
 
 /// Reference alternatives as sets, like [`push_token_set`]: `(target_id, target_type)` pairs
@@ -1370,23 +1413,60 @@ fn push_token_set(sql: &mut Sql, x: &str, values: &[TokenMatch], backend: Backen
 /// 600 patients made PostgreSQL scan `resources`; as pairs it probes `idx_reference_lookup`
 /// once per pair. Not for `:linked`, whose values are subqueries each.
 fn push_reference_set(sql: &mut Sql, x: &str, values: &[RefMatch], backend: Backend) {
-    let (mut pairs, mut ids, mut urls) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pairs, mut ids, mut urls, mut unversioned) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for value in values {
         match value {
             RefMatch::Id { types, id } if types.is_empty() => ids.push(serde_json::json!([id])),
             RefMatch::Id { types, id } => {
                 pairs.extend(types.iter().map(|t| serde_json::json!([id, t])));
             }
-            RefMatch::Url(url) => urls.push(serde_json::json!([url])),
+            RefMatch::Url(url) => {
+                urls.push(serde_json::json!([url]));
+                if !url.contains('|') {
+                    unversioned.push(serde_json::json!([url]));
+                }
+            }
             RefMatch::LinkedPatient(_) => {}
         }
     }
+    // A stored `url|version` without its version, as in `push_url_match`.
+    let column = format!("{x}.url");
+    let unversioned_column = match backend {
+        Backend::Sqlite => format!(
+            "CASE WHEN instr({column}, '|') > 0 THEN substr({column}, 1, instr({column}, '|') - 1) \
+             END"
+        ),
+        Backend::Postgres => {
+            format!("CASE WHEN strpos({column}, '|') > 0 THEN split_part({column}, '|', 1) END")
+        }
+    };
     let sets = [
         (format!("({x}.target_id, {x}.target_type) IN ("), pairs, 2),
         (format!("{x}.target_id IN ("), ids, 1),
-        (format!("{x}.url IN ("), urls, 1),
+        (format!("{column} IN ("), urls, 1),
+        (format!("{unversioned_column} IN ("), unversioned, 1),
     ];
     push_value_sets(sql, sets, backend);
+}
+
+/// A reference by URL: `{column} = url`, and for a canonical without a version every version
+/// of it too (`url|1.0`, `url|2.0`): R4 references.html#canonical, a versionless canonical
+/// matches any version; `url|version` matches that version alone. The versioned values are a
+/// range on the text after `url|`, in code-point order (on PostgreSQL under the "C" collation,
+/// since the column's own collation need not sort by code point).
+fn push_url_match(sql: &mut Sql, column: &str, url: &str, backend: Backend) {
+    sql.push(&format!("{column} = "))
+        .bind(Bind::Text(url.to_string()));
+    if !url.contains('|') {
+        let ordered = match backend {
+            Backend::Sqlite => column.to_string(),
+            Backend::Postgres => format!("{column} COLLATE \"C\""),
+        };
+        sql.push(" OR (");
+        push_prefix_range(sql, &ordered, &format!("{url}|"));
+        sql.push(")");
+    }
 }
 
 /// `<head>SELECT … FROM <bound rows>)` for each set that has rows, as alternatives.
@@ -1395,15 +1475,26 @@ fn push_value_sets<const N: usize>(
     sets: [(String, Vec<serde_json::Value>, usize); N],
     backend: Backend,
 ) {
-    let sets: Vec<_> = sets
-        .into_iter()
-        .filter(|(_, rows, _)| !rows.is_empty())
-        .collect();
-    push_alternatives(sql, &sets, |sql, (head, rows, columns)| {
-        sql.push(head);
-        push_json_rows(sql, rows, *columns, backend);
-        sql.push(")");
+    let conditions = value_set_conditions(sets, backend);
+    push_alternatives(sql, &conditions, |sql, condition| {
+        sql.push_sql(condition);
     });
+}
+
+/// `<head>SELECT … FROM <bound rows>)` for each set that has rows.
+fn value_set_conditions<const N: usize>(
+    sets: [(String, Vec<serde_json::Value>, usize); N],
+    backend: Backend,
+) -> Vec<Sql> {
+    sets.into_iter()
+        .filter(|(_, rows, _)| !rows.is_empty())
+        .map(|(head, rows, columns)| {
+            let mut condition = Sql::new(&head);
+            push_json_rows(&mut condition, &rows, columns, backend);
+            condition.push(")");
+            condition
+        })
+        .collect()
 }
 
 /// `SELECT j.value ->> 0, … FROM <rows of the bound JSON array> j`: the first `columns`
@@ -1426,14 +1517,14 @@ fn push_json_rows(sql: &mut Sql, rows: &[serde_json::Value], columns: usize, bac
 }
 
 /// One component of a composite value against slot columns `{slot}system`, `{slot}code`, …
-fn push_composite_part(sql: &mut Sql, slot: &str, part: &CompositePart) {
+fn push_composite_part(sql: &mut Sql, slot: &str, part: &CompositePart, backend: Backend) {
     let (system, code, num) = (
         format!("{slot}system"),
         format!("{slot}code"),
         format!("{slot}num"),
     );
     match part {
-        CompositePart::Token(t) => push_token_match(sql, &system, &code, t),
+        CompositePart::Token(t) => push_token_match(sql, &system, &code, t, backend),
         CompositePart::Quantity(q) => {
             push_number_condition(sql, &num, &q.number);
             if let Some(c) = &q.code {
@@ -1479,11 +1570,12 @@ fn push_filter(
     aliases: &mut Aliases,
 ) {
     match filter {
-        Filter::Id(ids) => {
+        Filter::Id { ids, not } => {
             if ids.is_empty() {
-                sql.push("1 = 0");
+                sql.push(if *not { "1 = 1" } else { "1 = 0" });
             } else {
-                sql.push(&format!("{alias}.res_id IN ("));
+                let not = if *not { "NOT " } else { "" };
+                sql.push(&format!("{alias}.res_id {not}IN ("));
                 push_text_list(sql, ids);
                 sql.push(")");
             }
@@ -1501,8 +1593,15 @@ fn push_filter(
             if values.len() > SET_MIN {
                 push_token_set(sql, &x, values, aliases.backend);
             } else {
+                let backend = aliases.backend;
                 push_alternatives(sql, values, |sql, v| {
-                    push_token_match(sql, &format!("{x}.system"), &format!("{x}.code"), v)
+                    push_token_match(
+                        sql,
+                        &format!("{x}.system"),
+                        &format!("{x}.code"),
+                        v,
+                        backend,
+                    )
                 });
             }
             sql.push("))");
@@ -1518,7 +1617,7 @@ fn push_filter(
                     if n > 0 {
                         sql.push(" AND ");
                     }
-                    push_composite_part(sql, &format!("{x}.p{}_", n + 1), part);
+                    push_composite_part(sql, &format!("{x}.p{}_", n + 1), part, aliases.backend);
                 }
             });
             sql.push("))");
@@ -1564,8 +1663,9 @@ fn push_filter(
             let linked = values
                 .iter()
                 .any(|v| matches!(v, RefMatch::LinkedPatient(_)));
+            let backend = aliases.backend;
             if values.len() > SET_MIN && !linked {
-                push_reference_set(sql, &x, values, aliases.backend);
+                push_reference_set(sql, &x, values, backend);
                 sql.push("))");
                 return;
             }
@@ -1579,10 +1679,7 @@ fn push_filter(
                         sql.push(")");
                     }
                 }
-                RefMatch::Url(url) => {
-                    sql.push(&format!("{x}.url = "))
-                        .bind(Bind::Text(url.clone()));
-                }
+                RefMatch::Url(url) => push_url_match(sql, &format!("{x}.url"), url, backend),
                 RefMatch::LinkedPatient(id) => {
                     // The named record's links are followed only when the requester may see
                     // that record: otherwise the linked records it holds would tell it that
@@ -1979,7 +2076,7 @@ mod tests {
         let p = plan("Observation", &[("subject", refs.as_str())]);
         let sql = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite);
         let text = sql.render(false);
-        assert!(text.contains("AND ((((x1.target_id, x1.target_type) IN (SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?) j)) OR (x1.target_id IN (SELECT j.value ->> 0 FROM json_each(?) j))) OR (x1.url IN (SELECT j.value ->> 0 FROM json_each(?) j))))"), "{text}");
+        assert!(text.contains("AND ((((x1.target_id, x1.target_type) IN (SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?) j)) OR (x1.target_id IN (SELECT j.value ->> 0 FROM json_each(?) j))) OR ((x1.url IN (SELECT j.value ->> 0 FROM json_each(?) j)) OR (CASE WHEN instr(x1.url, '|') > 0 THEN substr(x1.url, 1, instr(x1.url, '|') - 1) END IN (SELECT j.value ->> 0 FROM json_each(?) j)))))"), "{text}");
         let bound = |start: &str| {
             sql.binds()
                 .iter()
@@ -1995,18 +2092,24 @@ mod tests {
         assert!(!text.contains("json_each"), "{text}");
     }
 
-    #[test]
-    fn a_value_set_of_any_size_binds_one_value() {
-        // What `resolve_value_sets` makes of a large expansion.
+    /// An Observation search by `code` over `values`, as `resolve_value_sets` makes of an
+    /// expansion.
+    fn code_plan(values: Vec<TokenMatch>, not: bool) -> SearchPlan {
         let mut p = plan("Observation", &[("code", "x")]);
-        let values: Vec<TokenMatch> = (0..50_000)
-            .map(|i| TokenMatch::SystemCode("urn:yj".into(), format!("{i:012}")))
-            .collect();
         p.filters = vec![Filter::Token {
             param: "code".into(),
             values,
-            not: true,
+            not,
         }];
+        p
+    }
+
+    #[test]
+    fn a_value_set_of_any_size_binds_one_value() {
+        let values: Vec<TokenMatch> = (0..50_000)
+            .map(|i| TokenMatch::SystemCode("urn:yj".into(), format!("{i:012}")))
+            .collect();
+        let p = code_plan(values, true);
         for backend in [Backend::Sqlite, Backend::Postgres] {
             let sql = page_sql(&p, &Visibility::Unrestricted, backend);
             assert!(sql.binds().len() < 10, "{}", sql.binds().len());
@@ -2017,12 +2120,79 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_system_less_excluded_codes_is_one_condition() {
+        let mut values = vec![TokenMatch::SystemExcept(
+            "http://loinc.org".into(),
+            vec!["2339-0".into()],
+        )];
+        let p = code_plan(values.clone(), false);
+        let text = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(
+            text.contains("((x1.system = ? AND x1.code NOT IN (?)))"),
+            "{text}"
+        );
+        // Beside a large expansion's sets, and with many excluded codes, as bound arrays.
+        let many: Vec<String> = (0..40).map(|i| format!("{i}")).collect();
+        values[0] = TokenMatch::SystemExcept("http://loinc.org".into(), many);
+        values.extend((0..40).map(|i| TokenMatch::SystemCode("urn:s".into(), format!("c{i}"))));
+        let p = code_plan(values, true);
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let sql = page_sql(&p, &Visibility::Unrestricted, backend);
+            assert!(sql.binds().len() < 12, "{}", sql.binds().len());
+            let text = sql.render(false);
+            assert!(
+                text.contains("(x1.code, x1.system) IN (SELECT j.value ->> 0, j.value ->> 1")
+                    && text.contains("x1.system = ? AND x1.code NOT IN (SELECT j.value ->> 0 FROM"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_canonical_without_a_version_matches_its_versions() {
+        let p = plan(
+            "QuestionnaireResponse",
+            &[("questionnaire", "http://x/Questionnaire/q1")],
+        );
+        let sqlite = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite);
+        assert!(
+            sqlite
+                .render(false)
+                .contains("(x1.url = ? OR (x1.url >= ? AND x1.url < ?))"),
+            "{}",
+            sqlite.render(false)
+        );
+        assert!(sqlite
+            .binds()
+            .iter()
+            .any(|b| matches!(b, Bind::Text(t) if t == "http://x/Questionnaire/q1|")));
+        let postgres = page_sql(&p, &Visibility::Unrestricted, Backend::Postgres).render(false);
+        assert!(postgres.contains(r#"x1.url COLLATE "C" >= "#), "{postgres}");
+        let versioned = plan(
+            "QuestionnaireResponse",
+            &[("questionnaire", "http://x/Questionnaire/q1|2.0")],
+        );
+        let text = page_sql(&versioned, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(text.contains("((x1.url = ?))"), "{text}");
+    }
+
+    #[test]
+    fn id_not_excludes_the_ids() {
+        let p = plan("Patient", &[("_id:not", "a,b"), ("family", "x")]);
+        let text = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(text.contains("r.res_id NOT IN (?, ?)"), "{text}");
+        // Not an index on `resources` to start from: the family name drives.
+        assert!(text.contains("(r.res_type || '') = ?"), "{text}");
+    }
+
+    #[test]
     fn keyset_cursor_and_sort_keys() {
         let mut p = plan("Observation", &[("_sort", "-date,_id")]);
         p.cursor = Some(Cursor {
             keys: vec![SortValue::Int(5), SortValue::Text("a".into())],
             rid: 9,
             backward: false,
+            sort: renkei_search::plan::sort_fingerprint(&p.sort),
         });
         let text = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite).render(false);
         assert!(text.contains("COALESCE((SELECT MAX(s.high) FROM idx_date s WHERE s.rid = r.rid AND s.param = ?), ?) AS s0"), "{text}");

@@ -1,0 +1,404 @@
+//! Search values and modifiers as R4 search.html defines them, found wanting by a black-box
+//! review with curl: ValueSet exclusions and versions for `:in`, escapes inside composite
+//! and `:of-type` values, `:of-type` outside Identifier parameters, `_id:not`, page tokens
+//! reused under another `_sort`, and canonical references searched without a version.
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+/// `text` percent-encoded for a query string (everything but unreserved characters), so the
+/// escapes under test reach the server exactly as written.
+fn enc(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The ids of every page's matches, sorted.
+fn ids(s: &Server, path: &str) -> Vec<String> {
+    sorted_match_ids(&s.all_pages(path).0)
+}
+
+/// The diagnostics of a 400 answer to `path`.
+#[track_caller]
+fn refused(s: &Server, path: &str, headers: &[(&str, &str)]) -> String {
+    let outcome = s.get_with(path, headers).expect(400).outcome();
+    outcome["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn observation(id: &str, tag: &str, codings: Value) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+           "meta": {"tag": [{"system": "urn:search-values", "code": tag}]},
+           "code": {"coding": codings}})
+}
+
+fn put(s: &Server, resource: &Value) {
+    let path = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap(),
+        resource["id"].as_str().unwrap()
+    );
+    s.put(&path, resource).expect(201);
+}
+
+/// A ValueSet that includes all of LOINC but excludes 2339-0: an Observation whose only code
+/// is 2339-0 is outside it (`:not-in` finds it, `:in` does not); one with another LOINC code,
+/// or with 2339-0 beside one, is inside. Before, the whole-system include ignored the
+/// exclusion.
+#[test]
+fn value_set_exclusions_apply_to_whole_system_includes() {
+    for_each_backend(|s| {
+        let loinc = |code: &str| json!({"system": "http://loinc.org", "code": code});
+        put(
+            s,
+            &observation("vx-glucose", "vx", json!([loinc("2339-0")])),
+        );
+        put(s, &observation("vx-hb", "vx", json!([loinc("718-7")])));
+        put(
+            s,
+            &observation("vx-both", "vx", json!([loinc("2339-0"), loinc("718-7")])),
+        );
+        put(
+            s,
+            &observation(
+                "vx-snomed",
+                "vx",
+                json!([{"system": "http://snomed.info/sct", "code": "271649006"}]),
+            ),
+        );
+        put(
+            s,
+            &json!({"resourceType": "ValueSet", "id": "loinc-but-glucose", "status": "active",
+                    "url": "http://example.org/fhir/ValueSet/loinc-but-glucose",
+                    "compose": {
+                        "include": [{"system": "http://loinc.org"}],
+                        "exclude": [{"system": "http://loinc.org",
+                                     "concept": [{"code": "2339-0"}]}]}}),
+        );
+        let tagged = "_tag=urn:search-values|vx";
+        assert_eq!(
+            ids(
+                s,
+                &format!("Observation?{tagged}&code:in=ValueSet/loinc-but-glucose")
+            ),
+            ["vx-both", "vx-hb"]
+        );
+        assert_eq!(
+            ids(
+                s,
+                &format!(
+                    "Observation?{tagged}&code:in=http://example.org/fhir/ValueSet/loinc-but-glucose"
+                )
+            ),
+            ["vx-both", "vx-hb"]
+        );
+        assert_eq!(
+            ids(
+                s,
+                &format!("Observation?{tagged}&code:not-in=ValueSet/loinc-but-glucose")
+            ),
+            ["vx-glucose", "vx-snomed"]
+        );
+    });
+}
+
+/// `:in=<canonical>|<version>` expands that version; without a version the version written
+/// last; a version not stored answers 400 like any ValueSet not stored. Before, the version
+/// was dropped and the first version stored always won.
+#[test]
+fn value_set_versions_are_told_apart() {
+    for_each_backend(|s| {
+        let url = "http://example.org/fhir/ValueSet/versioned";
+        let value_set = |id: &str, version: &str, code: &str| {
+            json!({"resourceType": "ValueSet", "id": id, "status": "active", "url": url,
+                   "version": version,
+                   "compose": {"include": [{"system": "urn:vv", "concept": [{"code": code}]}]}})
+        };
+        put(s, &value_set("versioned-1", "1.0", "a"));
+        put(s, &value_set("versioned-2", "2.0", "b"));
+        put(
+            s,
+            &observation("vv-a", "vv", json!([{"system": "urn:vv", "code": "a"}])),
+        );
+        put(
+            s,
+            &observation("vv-b", "vv", json!([{"system": "urn:vv", "code": "b"}])),
+        );
+        let search = |modifier: &str, canonical: &str| {
+            format!(
+                "Observation?_tag=urn:search-values|vv&code:{modifier}={}",
+                enc(canonical)
+            )
+        };
+        assert_eq!(ids(s, &search("in", &format!("{url}|1.0"))), ["vv-a"]);
+        assert_eq!(ids(s, &search("in", &format!("{url}|2.0"))), ["vv-b"]);
+        assert_eq!(ids(s, &search("not-in", &format!("{url}|1.0"))), ["vv-b"]);
+        assert_eq!(ids(s, &search("in", url)), ["vv-b"]);
+        let message = refused(s, &search("in", &format!("{url}|9.9")), &[]);
+        assert!(message.contains("9.9"), "{message}");
+        refused(s, &search("not-in", &format!("{url}|9.9")), &[]);
+        // Written last wins without a version: version 1.0 updated after 2.0.
+        let mut newer = value_set("versioned-1", "1.0", "a");
+        newer["title"] = json!("Versioned, corrected");
+        s.put("ValueSet/versioned-1", &newer).expect(200);
+        assert_eq!(ids(s, &search("in", url)), ["vv-a"]);
+    });
+}
+
+/// Every component of a composite value takes the escapes of search.html (`\,` `\$` `\|`
+/// `\\`), a string component as well as a token one. Before, a string component kept its
+/// backslashes and found nothing.
+#[test]
+fn composite_string_components_unescape_their_values() {
+    for_each_backend(|s| {
+        let text = r"Hello, World $ | ok \ end";
+        s.put(
+            "Observation/cs-1",
+            &json!({"resourceType": "Observation", "id": "cs-1", "status": "final",
+                    "code": {"coding": [{"code": "LOCAL1"}]}, "valueString": text}),
+        )
+        .expect(201);
+        s.put(
+            "Observation/cs-2",
+            &json!({"resourceType": "Observation", "id": "cs-2", "status": "final",
+                    "code": {"coding": [{"code": "LOCAL1"}]}, "valueString": "Hello"}),
+        )
+        .expect(201);
+        let escaped = r"Hello\, World \$ \| ok \\ end";
+        assert_eq!(
+            ids(
+                s,
+                &format!("Observation?value-string:exact={}", enc(escaped))
+            ),
+            ["cs-1"]
+        );
+        assert_eq!(
+            ids(
+                s,
+                &format!(
+                    "Observation?code-value-string={}",
+                    enc(&format!("LOCAL1${escaped}"))
+                )
+            ),
+            ["cs-1"]
+        );
+        assert_eq!(
+            ids(
+                s,
+                &format!("Observation?code-value-string={}", enc(r"LOCAL1$Hello\, W"))
+            ),
+            ["cs-1"]
+        );
+        assert_eq!(
+            ids(
+                s,
+                &format!("Observation?code-value-string={}", enc("LOCAL1$hello"))
+            ),
+            ["cs-1", "cs-2"]
+        );
+    });
+}
+
+/// `identifier:of-type=system|code|value` unescapes all three parts. Before, the value kept
+/// its backslashes.
+#[test]
+fn of_type_values_unescape_their_parts() {
+    for_each_backend(|s| {
+        let v2 = "http://terminology.hl7.org/CodeSystem/v2-0203";
+        s.put(
+            "Patient/ot-1",
+            &json!({"resourceType": "Patient", "id": "ot-1",
+                    "identifier": [{"type": {"coding": [{"system": v2, "code": "MR"}]},
+                                    "system": "urn:mrn", "value": r"A$1|2,3\4"}]}),
+        )
+        .expect(201);
+        let search = |value: &str| format!("Patient?identifier:of-type={}", enc(value));
+        assert_eq!(
+            ids(s, &search(&format!(r"{v2}|MR|A\$1\|2\,3\\4"))),
+            ["ot-1"]
+        );
+        assert!(ids(s, &search(&format!(r"{v2}|MR|A\$1"))).is_empty());
+        assert!(ids(s, &search(&format!(r"{v2}|PLAC|A\$1\|2\,3\\4"))).is_empty());
+    });
+}
+
+/// R4 defines `:of-type` for Identifier parameters only: on another token parameter it
+/// answers 400 naming the modifier and the parameter, as every unsupported modifier does.
+/// Before, it answered 200 with nothing found and no warning.
+#[test]
+fn of_type_is_refused_outside_identifier_parameters() {
+    for_each_backend(|s| {
+        for headers in [&[][..], &[("Prefer", "handling=strict")][..]] {
+            for path in [
+                "Observation?status:of-type=a|b|c",
+                "Observation?code:of-type=a|b|c",
+                "Patient?telecom:of-type=a|b|c",
+            ] {
+                let message = refused(s, path, headers);
+                let param = path
+                    .split_once('?')
+                    .and_then(|(_, q)| q.split_once(':'))
+                    .map(|(p, _)| p)
+                    .unwrap_or_default();
+                assert!(
+                    message.contains(":of-type") && message.contains(&format!("'{param}'")),
+                    "{path}: {message}"
+                );
+            }
+        }
+        s.get("Patient?identifier:of-type=a|b|c").expect(200);
+        s.get("Specimen?accession:of-type=a|b|c").expect(200);
+    });
+}
+
+/// `_id:not=x` finds every resource but `x` (`_id` is a token parameter, and tokens take
+/// `:not`). Before, it answered 400.
+#[test]
+fn id_takes_not() {
+    for_each_backend(|s| {
+        for id in ["idn-1", "idn-2", "idn-3"] {
+            s.put(
+                &format!("Patient/{id}"),
+                &json!({"resourceType": "Patient", "id": id,
+                        "meta": {"tag": [{"system": "urn:search-values", "code": "idn"}]}}),
+            )
+            .expect(201);
+        }
+        let tagged = "Patient?_tag=urn:search-values|idn";
+        assert_eq!(
+            ids(s, &format!("{tagged}&_id:not=idn-1")),
+            ["idn-2", "idn-3"]
+        );
+        assert_eq!(ids(s, &format!("{tagged}&_id:not=idn-1,idn-3")), ["idn-2"]);
+        assert_eq!(
+            ids(s, &format!("{tagged}&_id:not=nobody")),
+            ["idn-1", "idn-2", "idn-3"]
+        );
+        assert_eq!(
+            ids(s, &format!("{tagged}&_id=idn-1,idn-2&_id:not=idn-2")),
+            ["idn-1"]
+        );
+        let message = refused(s, &format!("{tagged}&_id:exact=idn-1"), &[]);
+        assert!(message.contains(":exact"), "{message}");
+    });
+}
+
+/// A page token belongs to the sort (keys and directions) of the search that issued it:
+/// under another `_sort` it answers 400. Before, a token of `_sort=-date` was taken by
+/// `_sort=code`, `-code`, `date` and `_id` alike and cut meaningless pages.
+#[test]
+fn page_tokens_are_refused_under_another_sort() {
+    for_each_backend(|s| {
+        for (i, day) in ["2024-01-01", "2024-02-01", "2024-03-01"]
+            .iter()
+            .enumerate()
+        {
+            let mut resource = observation(
+                &format!("pt-{i}"),
+                "pt",
+                json!([{"system": "urn:pt", "code": format!("c{i}")}]),
+            );
+            resource["effectiveDateTime"] = json!(day);
+            put(s, &resource);
+        }
+        let tagged = "Observation?_tag=urn:search-values|pt";
+        let first = s.read_json(&format!("{tagged}&_sort=-date&_count=1"));
+        let next = link(&first, "next").expect("a next link");
+        let token = next
+            .split("_page_token=")
+            .nth(1)
+            .expect("a page token")
+            .to_string();
+        let page = |sort: &str| format!("{tagged}&_sort={sort}&_count=1&_page_token={token}");
+        let second = s.read_json(&page("-date"));
+        assert_eq!(
+            entries(&second)
+                .iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>(),
+            ["pt-1"]
+        );
+        for sort in ["code", "-code", "date", "_id", "-date,_id"] {
+            let message = refused(s, &page(sort), &[]);
+            assert!(
+                message.contains("the page token does not belong to this search"),
+                "{sort}: {message}"
+            );
+        }
+        let no_sort = format!("{tagged}&_count=1&_page_token={token}");
+        refused(s, &no_sort, &[]);
+        // The last link is cut for its own sort too.
+        let last = link(&first, "last").expect("a last link");
+        assert_eq!(
+            entries(&s.read_json(&last))
+                .iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>(),
+            ["pt-0"]
+        );
+        let last_token = last.split("_page_token=").nth(1).unwrap_or_default();
+        refused(
+            s,
+            &format!("{tagged}&_sort=date&_count=1&_page_token={last_token}"),
+            &[],
+        );
+    });
+}
+
+/// A canonical reference searched without a version matches every version of it
+/// (references.html#canonical); `url|version` matches that version alone. Before, the
+/// versionless search missed every versioned value.
+#[test]
+fn canonical_references_match_any_version_without_one() {
+    for_each_backend(|s| {
+        for (id, questionnaire) in [
+            ("qr-v2", "http://example.org/Questionnaire/q1|2.0"),
+            ("qr-plain", "http://example.org/Questionnaire/q1"),
+            ("qr-other", "http://example.org/Questionnaire/q10|1.0"),
+        ] {
+            s.put(
+                &format!("QuestionnaireResponse/{id}"),
+                &json!({"resourceType": "QuestionnaireResponse", "id": id,
+                        "status": "completed", "questionnaire": questionnaire}),
+            )
+            .expect(201);
+        }
+        let search = |value: &str| format!("QuestionnaireResponse?questionnaire={}", enc(value));
+        assert_eq!(
+            ids(s, &search("http://example.org/Questionnaire/q1")),
+            ["qr-plain", "qr-v2"]
+        );
+        assert_eq!(
+            ids(s, &search("http://example.org/Questionnaire/q1|2.0")),
+            ["qr-v2"]
+        );
+        assert!(ids(s, &search("http://example.org/Questionnaire/q1|1.0")).is_empty());
+        assert_eq!(
+            ids(s, &search("http://example.org/Questionnaire/q10")),
+            ["qr-other"]
+        );
+        // Beyond 32 alternatives the URLs are matched as one bound set: the same answer.
+        let many: Vec<String> = std::iter::once("http://example.org/Questionnaire/q1".to_string())
+            .chain((0..40).map(|i| format!("http://example.org/Questionnaire/none-{i}")))
+            .collect();
+        assert_eq!(
+            ids(
+                s,
+                &format!(
+                    "QuestionnaireResponse?questionnaire={}",
+                    many.iter().map(|u| enc(u)).collect::<Vec<_>>().join(",")
+                )
+            ),
+            ["qr-plain", "qr-v2"]
+        );
+    });
+}
