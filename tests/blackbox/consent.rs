@@ -315,15 +315,9 @@ pub(crate) fn three_scenarios(s: &Server) {
         after.body
     );
     assert_no_secret(&after, "next page after withdrawal");
-    // B holds its own record of P: 403 (consent required) instead of 404.
-    let denied = net.as_b().get(&net.labs[0]).expect(403);
-    denied.outcome();
-    assert!(
-        denied.body.to_lowercase().contains("consent"),
-        "{}",
-        denied.body
-    );
-    assert_no_secret(&denied, "403 after withdrawal");
+    // B holds records of P, but not P's Patient record: 404, like a missing resource.
+    let denied = net.as_b().get(&net.labs[0]).expect(404);
+    assert_no_secret(&denied, "404 after withdrawal");
     // C holds nothing of P: 404, like a missing resource.
     net.as_c().get(&net.labs[0]).expect(404);
     // Own data stays visible to its writer whatever the consent says.
@@ -444,20 +438,16 @@ fn leak_suite_for_a_non_consented_facility() {
             id_of(&net.as_a().create(&o))
         };
 
-        // Now reads answer 403 (consent required), still without content.
+        // Holding records about P proves nothing (anyone can write one): reads still answer
+        // 404, as for a missing resource, without content.
         for path in [
             net.labs[0].clone(),
             format!("{}/_history/1", net.labs[0]),
             net.medreq.clone(),
             patient_ref(),
         ] {
-            let r = c.get(&path).expect(403);
+            let r = c.get(&path).expect(404);
             r.outcome();
-            assert!(
-                r.body.to_lowercase().contains("consent"),
-                "{path}: {}",
-                r.body
-            );
             keep(&path, r);
         }
         // A resource that does not exist at all stays 404.
@@ -679,12 +669,14 @@ fn leak_suite_for_a_non_consented_facility() {
         // Writes into A's data: refused, without content.
         let mut over = mine.clone();
         over["id"] = json!(tail(&net.labs[0]));
+        // 404, exactly as C's read of it answers.
         let r = c.put(&net.labs[0], &over);
-        assert_eq!(r.status, 403, "{}", r.body);
+        assert_eq!(r.status, 404, "{}", r.body);
         assert!(!r.body.contains("hosp-a"), "names the holder: {}", r.body);
         keep("update A's lab", r);
+        // A DELETE of what C cannot see answers as a DELETE of a missing id, deleting nothing.
         let r = c.delete(&net.labs[0]);
-        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        assert_eq!(r.status, 204, "{}", r.body);
         keep("delete A's lab", r);
         let r = c.send_raw(
             "PATCH",
@@ -709,6 +701,55 @@ fn leak_suite_for_a_non_consented_facility() {
 
 fn tail(reference: &str) -> &str {
     reference.rsplit('/').next().unwrap_or(reference)
+}
+
+/// A record written about a patient proves nothing (any member can write one): it turns no
+/// hidden record's 404 into a 403, and a compartment answers the writer's own records alike
+/// whether the patient is hidden from it or does not exist.
+#[test]
+fn a_probe_record_reveals_neither_hidden_records_nor_whether_a_patient_exists() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let as_c = net.as_c();
+        let probe = |patient: &str| {
+            let mut body = lab("5E091000002399904", 1.0, "2025-11-04", None);
+            body["subject"] = json!({"reference": format!("Patient/{patient}")});
+            id_of(&as_c.create(&body))
+        };
+        let before: Vec<u16> = [&patient_ref(), &net.labs[0]]
+            .iter()
+            .map(|path| as_c.get(path).status)
+            .collect();
+        assert_eq!(before, [404, 404]);
+        let on_hidden = probe(PATIENT);
+        let on_nobody = probe("nobody-at-all");
+        for path in [&patient_ref(), &net.labs[0]] {
+            as_c.get(path).expect(404);
+        }
+        // The facility holding P's Patient record knows P exists: it is told that a record
+        // about P is withheld, in words that do not say whether consent or the holder's
+        // release keeps it back (the consent permits B, not A, to see B's records).
+        let b_record = {
+            let mut body = lab("5E091000002399905", 3.0, "2025-11-05", None);
+            body["note"] = json!([{"text": "B's own note"}]);
+            id_of(&net.as_b().create(&body))
+        };
+        let withheld = net.as_a().get(&b_record).expect(403);
+        let message = withheld.outcome().to_string();
+        assert!(
+            message.contains("has not released it") && message.contains("consent"),
+            "{message}"
+        );
+        for (patient, own) in [(PATIENT, &on_hidden), ("nobody-at-all", &on_nobody)] {
+            for path in [
+                format!("Patient/{patient}/$everything"),
+                format!("Patient/{patient}/Observation"),
+            ] {
+                let found = refs(&as_c.get(&path).expect(200).json());
+                assert_eq!(found.as_slice(), std::slice::from_ref(own), "{path}");
+            }
+        }
+    });
 }
 
 #[test]
@@ -840,7 +881,11 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
         assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
         assert_no_secret(&r, "UNDELIVERED read");
         // Neither the answer nor the audit blames the patient's consent, which permits B.
-        assert!(!r.body.contains("use break-glass"), "{}", r.body);
+        assert!(
+            !r.body.contains("UNDELIVERED") && !r.body.contains("privacy tag"),
+            "{}",
+            r.body
+        );
         let auditor = s.token_for("auditor-u", ORG_A, "auditor", &[]);
         let decisions = s
             .with_token(&auditor)
@@ -1222,8 +1267,8 @@ fn versions_consent_records_merges_and_records_outside_the_compartment() {
         let mut grant = consent_body(&[ORG_C], "active");
         grant.as_object_mut().unwrap().remove("id");
         as_c.post("Consent", &grant).expect(403);
-        // (403 now, not 404: C holds a record of P, so it is told consent is what it lacks.)
-        as_c.get(&net.labs[0]).expect(403);
+        // Nor does it make A's record of P C's business: still 404.
+        as_c.get(&net.labs[0]).expect(404);
 
         // A merge (replaced-by) into another facility's record is refused; merging C's own
         // duplicates works, and C records consent on its own patient.
@@ -1244,7 +1289,7 @@ fn versions_consent_records_merges_and_records_outside_the_compartment() {
         let mut own_consent = grant.clone();
         own_consent["patient"] = json!({"reference": id_of(&own)});
         as_c.post("Consent", &own_consent).expect(201);
-        as_c.get(&net.labs[0]).expect(403);
+        as_c.get(&net.labs[0]).expect(404);
 
         // Records about Q (no consent: hidden from B) in types outside the compartment.
         let q_lab = {
@@ -1516,13 +1561,13 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
             .all(|e| e.to_string().contains(CONSENT) && e.to_string().contains("deny")));
 
         // C holds a record of P but has no consent: its compartment search and $everything
-        // show its own data, as `?patient=` does; the Patient record stays refused.
+        // show its own data, as `?patient=` does; the Patient record stays hidden.
         let own = as_c.create(&{
             let mut own = lab("3D010000001926101", 4.0, "2025-03-05", None);
             own["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
             own
         });
-        as_c.get(&format!("Patient/{PATIENT}")).expect(403);
+        as_c.get(&format!("Patient/{PATIENT}")).expect(404);
         for path in [
             format!("Patient/{PATIENT}/Observation"),
             format!("Patient/{PATIENT}/$everything"),

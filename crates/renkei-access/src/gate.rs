@@ -970,9 +970,13 @@ impl Gate {
                             renkei_repository::read_visible(tx, owner.0, owner.1, &visibility);
                         // A facility holding records of the patient searches its own data
                         // in the compartment (the same rows as `?patient=`), even where the
-                        // Patient record itself needs a consent it lacks.
-                        let own_records = matches!(&found, Err(RepoError::Forbidden(_)))
-                            && owner.0 == "Patient"
+                        // Patient record itself needs a consent it lacks. Hidden or missing
+                        // alike: anyone can write a record about any id, so answering them
+                        // differently would tell whether a patient exists.
+                        let own_records = matches!(
+                            &found,
+                            Err(RepoError::Forbidden(_) | RepoError::NotFound { .. })
+                        ) && owner.0 == "Patient"
                             && match &visibility {
                                 Visibility::Facility { organization, .. } => {
                                     tx.holds_record_of(organization, owner.1)?

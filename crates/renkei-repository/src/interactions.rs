@@ -623,21 +623,35 @@ fn check_visible(
     if tx.is_visible(row, visibility)? {
         return Ok(());
     }
-    if let (Visibility::Facility { organization, .. }, Some(patient)) =
-        (visibility, row.patient_id.as_deref())
+    // Only the facility holding the patient's Patient record learns that a hidden record
+    // about them exists: any member can write a clinical record about any patient id, so
+    // holding one proves nothing, and a linked record of the same person would reveal the
+    // link. The answer is the same whether consent or the holder's release (an UNDELIVERED
+    // tag) keeps it back, so it reveals neither.
+    if let (
+        Visibility::Facility {
+            organization,
+            break_glass,
+            ..
+        },
+        Some(patient),
+    ) = (visibility, row.patient_id.as_deref())
     {
-        if tx.holds_record_of(organization, patient)? {
-            if tx.is_withheld(row.rid)? {
-                return Err(RepoError::Forbidden(format!(
-                    "the facility that holds this record has not released it to other facilities \
-                     (privacy tag {}): neither consent nor break-glass shows it to {organization}",
-                    renkei_store::WITHHELD_TAG
-                )));
-            }
-            return Err(RepoError::Forbidden(format!(
-                "the patient's consent does not permit {organization} to see this record; \
-                 ask the patient for consent, or use break-glass (X-Purpose-Of-Use: ETREAT) in an emergency if your client is allowed to"
-            )));
+        if tx.holds_the_patient_record(organization, patient)? {
+            return Err(RepoError::Forbidden(match break_glass {
+                true => format!(
+                    "{organization} may not see this record, not even under break-glass: the \
+                     patient's refusal holds in this network, or the facility that holds the \
+                     record has not released it"
+                ),
+                false => format!(
+                    "{organization} may not see this record: the patient's consent does not \
+                     extend to it, or the facility that holds it has not released it. Ask the \
+                     patient for consent; in an emergency a client allowed to may use \
+                     break-glass (X-Purpose-Of-Use: ETREAT), which shows what the consent does \
+                     not cover but never a record its holder has not released"
+                ),
+            }));
         }
     }
     Err(RepoError::NotFound {

@@ -572,8 +572,6 @@ impl crate::Tx<'_> {
         Ok(!self.load::<Found>(&sql)?.is_empty())
     }
 
-    /// Whether `organization` holds any current record of the patient: such a facility is
-    /// told that consent is missing (403) rather than that the data does not exist (404).
     /// Whether `organization` holds a Patient record of the person `patient_id` belongs to:
     /// that record itself or one linked to it (IDENTITY.md). A clinical record written about
     /// a patient does not count: anyone can write one.
@@ -594,14 +592,29 @@ impl crate::Tx<'_> {
         Ok(!self.load::<Found>(&sql)?.is_empty())
     }
 
-    /// Whether resource row `rid` carries the [`WITHHELD_TAG`].
-    pub fn is_withheld(&mut self, rid: i64) -> Result<bool, crate::StoreError> {
-        let mut sql = Sql::new("SELECT CAST(1 AS BIGINT) AS one FROM resources r WHERE r.rid = ");
-        sql.bind(Bind::Int(rid)).push(" AND ");
-        tag_exists(&mut sql, "r", WITHHELD_TAG);
+    /// Whether `organization` holds the Patient record `patient_id` itself: it knows that
+    /// patient exists, so it is told when a record about them is withheld (403) rather than
+    /// missing (404). Neither a clinical record about the patient (anyone can write one) nor a
+    /// Patient record linked to it as the same person (the link is not the requester's to
+    /// learn) counts.
+    pub fn holds_the_patient_record(
+        &mut self,
+        organization: &str,
+        patient_id: &str,
+    ) -> Result<bool, crate::StoreError> {
+        let mut sql = Sql::new(
+            "SELECT CAST(1 AS BIGINT) AS one FROM resources r WHERE r.res_type = 'Patient' AND r.res_id = ",
+        );
+        sql.bind(Bind::Text(patient_id.into()))
+            .push(" AND r.custodian = ")
+            .bind(Bind::Text(organization.into()))
+            .push(" AND r.deleted = ")
+            .bind(Bind::Bool(false));
         Ok(!self.load::<Found>(&sql)?.is_empty())
     }
 
+    /// Whether `organization` holds any current record about the patient: such a facility
+    /// searches its own records in the patient's compartment.
     pub fn holds_record_of(
         &mut self,
         organization: &str,
