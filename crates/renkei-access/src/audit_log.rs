@@ -635,6 +635,131 @@ pub fn to_row(builder: &EventBuilder, custodians: &[String]) -> NewAuditEvent {
     // Time-ordered (UUIDv7): the unique index on event ids grows at its end instead of
     // taking a random page per event, which made every group commit write far more pages.
     let event_id = uuid::Uuid::now_v7().to_string();
+    let body = builder.stored(&event_id, custodians);
+    row_of(builder, event_id, custodians, body)
+}
+
+/// The row a stored record must have: every search column and reference follows from its
+/// hashed text, so that `renkei audit verify` can tell when one was changed. `None` for a
+/// record written before events were stored in compact form; its holders are checked only
+/// when the record names them.
+pub fn expected_row(
+    body: &str,
+) -> Result<Option<(NewAuditEvent, bool)>, renkei_audit::UnreadableEvent> {
+    let Some((event_id, builder, custodians)) = renkei_audit::parse_stored(body)? else {
+        return Ok(None);
+    };
+    let names_custodians = custodians.is_some();
+    let custodians = custodians.unwrap_or_default();
+    Ok(Some((
+        row_of(&builder, event_id, &custodians, body.to_string()),
+        names_custodians,
+    )))
+}
+
+/// The first search column or reference of a trail record that disagrees with the record's
+/// hashed text (`body`): tampering that the hash chain alone cannot see, since searches and
+/// the patients' and facilities' views filter on these. `None` when all agree.
+pub fn disagreement(
+    body: &str,
+    columns: &renkei_store::AuditColumns,
+    refs: &[renkei_store::AuditRef],
+) -> Option<String> {
+    let (expected, names_custodians) = match expected_row(body) {
+        Ok(Some(found)) => found,
+        // A record from before compact storage: its columns were not derived this way.
+        Ok(None) => return None,
+        Err(e) => return Some(format!("its content cannot be read ({e})")),
+    };
+    let pairs: [(&str, Option<&str>, Option<&str>); 10] = [
+        (
+            "event_id",
+            Some(&expected.event_id),
+            Some(&columns.event_id),
+        ),
+        (
+            "request_id",
+            Some(&expected.request_id),
+            Some(&columns.request_id),
+        ),
+        (
+            "type_code",
+            Some(&expected.type_code),
+            Some(&columns.type_code),
+        ),
+        ("subtype", Some(&expected.subtype), Some(&columns.subtype)),
+        ("action", Some(&expected.action), Some(&columns.action)),
+        ("outcome", Some(&expected.outcome), Some(&columns.outcome)),
+        (
+            "agent_client",
+            expected.agent_client.as_deref(),
+            columns.agent_client.as_deref(),
+        ),
+        (
+            "agent_org",
+            expected.agent_org.as_deref(),
+            columns.agent_org.as_deref(),
+        ),
+        (
+            "agent_user",
+            expected.agent_user.as_deref(),
+            columns.agent_user.as_deref(),
+        ),
+        (
+            "purpose",
+            expected.purpose.as_deref(),
+            columns.purpose.as_deref(),
+        ),
+    ];
+    if let Some((name, said, stored)) = pairs.iter().find(|(_, said, stored)| said != stored) {
+        return Some(format!(
+            "its {name} column holds {} where its content says {}",
+            stored.unwrap_or("nothing"),
+            said.unwrap_or("nothing")
+        ));
+    }
+    let checked = |kind: &str| kind != "custodian" || names_custodians;
+    let mut said: Vec<(&str, &str)> = expected
+        .refs
+        .iter()
+        .filter(|(kind, _)| checked(kind))
+        .map(|(kind, reference)| (kind.as_str(), reference.as_str()))
+        .collect();
+    let mut stored: Vec<(&str, &str)> = refs
+        .iter()
+        .filter(|r| checked(&r.kind))
+        .map(|r| (r.kind.as_str(), r.reference.as_str()))
+        .collect();
+    // A reference named twice is stored once (SQLite keys them), so compare the sets.
+    said.sort_unstable();
+    said.dedup();
+    stored.sort_unstable();
+    stored.dedup();
+    if said != stored {
+        let missing = said.iter().find(|r| !stored.contains(r));
+        let extra = stored.iter().find(|r| !said.contains(r));
+        return Some(match (missing, extra) {
+            (Some((kind, reference)), _) => {
+                format!("its {kind} reference {reference} was removed from audit_refs")
+            }
+            (None, Some((kind, reference))) => {
+                format!(
+                    "audit_refs gives it a {kind} reference {reference} its content does not name"
+                )
+            }
+            (None, None) => "its references in audit_refs differ from its content".to_string(),
+        });
+    }
+    None
+}
+
+/// The columns and references of `builder`'s event stored as `body`.
+fn row_of(
+    builder: &EventBuilder,
+    event_id: String,
+    custodians: &[String],
+    body: String,
+) -> NewAuditEvent {
     let mut refs: Vec<(String, String)> = Vec::new();
     for patient in &builder.patients {
         refs.push(("patient".into(), patient.clone()));
@@ -649,7 +774,6 @@ pub fn to_row(builder: &EventBuilder, custodians: &[String]) -> NewAuditEvent {
         }
     }
     let (type_code, subtype) = builder.type_and_subtype();
-    let body = builder.stored(&event_id);
     NewAuditEvent {
         event_id,
         recorded: builder.recorded_ms,

@@ -176,9 +176,30 @@ pub struct EventBuilder {
 /// The BALP resource (about 2 KB, mostly fixed codings) is rendered from it whenever the trail
 /// is read, so each read's audit writes, hashes and journals only the facts.
 #[derive(Debug, Serialize, Deserialize)]
-struct StoredEvent<Id, Event> {
+struct StoredEvent<Id, Event, Custodians> {
     id: Id,
     event: Event,
+    /// The holders of the data the event touched (the facility views' references), so that
+    /// every search reference of a record follows from its hashed text. Empty, and absent,
+    /// in records written before they were stored.
+    #[serde(default)]
+    custodians: Custodians,
+}
+
+/// A stored record's content: its id, its facts, and the holders of its data (`None` in
+/// records written before they were stored).
+pub type StoredFacts = (String, EventBuilder, Option<Vec<String>>);
+
+/// What a stored record holds. `None` for a record written before events were stored in
+/// compact form (the full resource).
+pub fn parse_stored(stored: &str) -> Result<Option<StoredFacts>, UnreadableEvent> {
+    let value: Value = serde_json::from_str(stored)?;
+    if value.get("resourceType").is_some() {
+        return Ok(None);
+    }
+    let stored: StoredEvent<String, EventBuilder, Option<Vec<String>>> =
+        serde_json::from_value(value)?;
+    Ok(Some((stored.id, stored.event, stored.custodians)))
 }
 
 /// Why a stored event cannot be shown.
@@ -193,7 +214,8 @@ pub fn render_stored(stored: &str) -> Result<Value, UnreadableEvent> {
     if value.get("resourceType").is_some() {
         return Ok(value);
     }
-    let stored: StoredEvent<String, EventBuilder> = serde_json::from_value(value)?;
+    let stored: StoredEvent<String, EventBuilder, Option<Vec<String>>> =
+        serde_json::from_value(value)?;
     Ok(stored.event.build(&stored.id))
 }
 
@@ -213,9 +235,15 @@ impl EventBuilder {
         }
     }
 
-    /// The text the trail stores for this event (hashed as is by the chain).
-    pub fn stored(&self, id: &str) -> String {
-        serde_json::to_string(&StoredEvent { id, event: self }).unwrap_or_default()
+    /// The text the trail stores for this event (hashed as is by the chain), with the
+    /// holders of the data it touched.
+    pub fn stored(&self, id: &str, custodians: &[String]) -> String {
+        serde_json::to_string(&StoredEvent {
+            id,
+            event: self,
+            custodians,
+        })
+        .unwrap_or_default()
     }
 
     /// `AuditEvent.type.code` and `AuditEvent.subtype[0].code` (also indexed for search).
@@ -531,7 +559,7 @@ mod tests {
         builder.patients.push("Patient/p1".into());
         builder.query = Some("_since=2020".into());
         builder.decided_by = Some("Consent/c1".into());
-        let stored = builder.stored("e9");
+        let stored = builder.stored("e9", &[]);
         let rendered = render_stored(&stored).map_err(|e| e.to_string());
         assert_eq!(rendered, Ok(builder.build("e9")));
         let full = serde_json::to_string(&builder.build("e9")).unwrap_or_default();

@@ -8,8 +8,8 @@
 mod event;
 
 pub use event::{
-    redact_hidden, render_stored, AuditAgent, AuditOutcome, EventBuilder, Interaction,
-    PatientEntity, UnreadableEvent, GATEWAY_NAME, PRIVACY_TAG_DECIDER,
+    parse_stored, redact_hidden, render_stored, AuditAgent, AuditOutcome, EventBuilder,
+    Interaction, PatientEntity, StoredFacts, UnreadableEvent, GATEWAY_NAME, PRIVACY_TAG_DECIDER,
 };
 
 use sha2::{Digest, Sha256};

@@ -2,7 +2,7 @@
 
 use crate::sql::{Bind, Sql};
 use crate::{StoreError, Tx};
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 
 /// An event to append; the store assigns `seq` and the chain hashes.
@@ -38,6 +38,45 @@ pub struct AuditRow {
     pub prev_hash: String,
     #[diesel(sql_type = Text)]
     pub hash: String,
+}
+
+/// A record's search columns as stored: `renkei audit verify` compares them with what the
+/// record's hashed text says, since searches and views filter on them.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct AuditColumns {
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = Text)]
+    pub event_id: String,
+    #[diesel(sql_type = Text)]
+    pub request_id: String,
+    #[diesel(sql_type = Text)]
+    pub type_code: String,
+    #[diesel(sql_type = Text)]
+    pub subtype: String,
+    #[diesel(sql_type = Text)]
+    pub action: String,
+    #[diesel(sql_type = Text)]
+    pub outcome: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub agent_client: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub agent_org: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub agent_user: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub purpose: Option<String>,
+}
+
+/// One search reference of a record (`audit_refs`): kind `patient`, `entity` or `custodian`.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct AuditRef {
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Text)]
+    pub reference: String,
 }
 
 /// The last record of the hash chain: the next record's `seq` follows it and its hash is
@@ -334,6 +373,36 @@ impl Tx<'_> {
             .push(" ORDER BY seq")
             .push_limit(limit);
         self.load::<AuditRow>(&sql)
+    }
+
+    /// The search columns of the records after `after_seq`, in seq order, at most `limit`.
+    pub fn audit_columns(
+        &mut self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditColumns>, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT seq, event_id, request_id, type_code, subtype, action, outcome, agent_client, \
+             agent_org, agent_user, purpose FROM audit_events WHERE seq > ",
+        );
+        sql.bind(Bind::Int(after_seq))
+            .push(" ORDER BY seq")
+            .push_limit(limit);
+        self.load::<AuditColumns>(&sql)
+    }
+
+    /// The search references of the records `first_seq..=last_seq`, in seq order.
+    pub fn audit_refs_between(
+        &mut self,
+        first_seq: i64,
+        last_seq: i64,
+    ) -> Result<Vec<AuditRef>, StoreError> {
+        let mut sql = Sql::new("SELECT seq, kind, ref AS reference FROM audit_refs WHERE seq >= ");
+        sql.bind(Bind::Int(first_seq))
+            .push(" AND seq <= ")
+            .bind(Bind::Int(last_seq))
+            .push(" ORDER BY seq");
+        self.load::<AuditRef>(&sql)
     }
 
     /// Audit events matching `query`, newest first unless `descending` is false.

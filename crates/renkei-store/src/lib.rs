@@ -18,7 +18,9 @@ mod sql;
 mod url;
 mod visibility;
 
-pub use audit::{AuditBody, AuditHead, AuditQuery, AuditRow, NewAuditEvent, RecordHash};
+pub use audit::{
+    AuditBody, AuditColumns, AuditHead, AuditQuery, AuditRef, AuditRow, NewAuditEvent, RecordHash,
+};
 pub use clients::{ClientRow, ServerKeyRow};
 pub use conn::{Backend, Store, StoreOptions, Tx, WriterSession};
 pub use consent::ConsentRuleRow;

@@ -209,6 +209,12 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
     }
     match verify_chain(records, Some(head)) {
         ChainVerdict::Intact { records, head_hash } => {
+            if let Some((seq, problem)) = first_disagreeing_record(store)? {
+                return Err(format!(
+                    "audit trail BROKEN at record {seq}: {problem} (the chain of hashes is intact, \
+                     but searches and the patients' and facilities' views read these columns)"
+                ));
+            }
             println!("audit trail intact: {records} records");
             println!("head hash: {head_hash}");
             if backlog > 0 {
@@ -225,6 +231,55 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
         } => Err(format!(
             "audit trail BROKEN at record {seq}: {problem} ({records_checked} records before it verified)"
         )),
+    }
+}
+
+/// The first record whose search columns or references (`audit_refs`) disagree with its
+/// hashed content, and how; `None` when every record agrees.
+fn first_disagreeing_record(store: &Store) -> Result<Option<(i64, String)>, String> {
+    // Large batches: SQLite keys `audit_refs` by reference, so each batch's range of
+    // records reads the whole table once.
+    const BATCH: usize = 100_000;
+    let mut after = 0;
+    loop {
+        let (rows, columns, refs) = store
+            .read(|tx| {
+                let rows = tx.audit_chain(after, BATCH)?;
+                let columns = tx.audit_columns(after, BATCH)?;
+                let refs = match (rows.first(), rows.last()) {
+                    (Some(first), Some(last)) => tx.audit_refs_between(first.seq, last.seq)?,
+                    _ => Vec::new(),
+                };
+                Ok((rows, columns, refs))
+            })
+            .map_err(|e: renkei_store::StoreError| e.to_string())?;
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            return Ok(None);
+        };
+        // The three lists come from one snapshot in seq order: they pair up record by record.
+        let mut refs = refs.as_slice();
+        for (row, stored) in rows.iter().zip(&columns) {
+            if stored.seq != row.seq {
+                return Ok(Some((
+                    row.seq,
+                    "its search columns are missing".to_string(),
+                )));
+            }
+            let held = refs.iter().take_while(|r| r.seq <= row.seq).count();
+            let (up_to_here, rest) = refs.split_at(held);
+            refs = rest;
+            let of_record: Vec<renkei_store::AuditRef> = up_to_here
+                .iter()
+                .filter(|r| r.seq == row.seq)
+                .cloned()
+                .collect();
+            if let Some(problem) =
+                renkei_access::audit_log::disagreement(&row.body, stored, &of_record)
+            {
+                return Ok(Some((row.seq, problem)));
+            }
+        }
+        after = last;
     }
 }
 
