@@ -159,6 +159,26 @@ fn check(store: &Store) {
     );
     // Events of requests without a client are found as the agent `anonymous`; these have one.
     assert!(seqs(store, &agents(vec!["anonymous".into()])).is_empty());
+
+    // An event naming both of the listed patients is found once, and counted once.
+    let mut twice = common::audit_event(5000, "Patient/twice-a", "Organization/twice");
+    twice
+        .refs
+        .push(("patient".into(), "Patient/twice-b".into()));
+    store
+        .write(|tx| tx.append_audit(&[twice], &common::test_hash))
+        .unwrap();
+    let both = AuditQuery {
+        refs: vec![(
+            "patient".into(),
+            vec!["Patient/twice-a".into(), "Patient/twice-b".into()],
+        )],
+        descending: true,
+        limit: 10,
+        ..AuditQuery::default()
+    };
+    assert_eq!(seqs(store, &both).len(), 1);
+    assert_eq!(store.read(|tx| tx.audit_count(&both)).unwrap(), 1);
 }
 
 fn small_facility() -> AuditQuery {

@@ -450,7 +450,10 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
     // data's events would have to be sorted otherwise.
     let custodian_drives = single_custodian.is_some() && !query.by_recorded;
     let (driving_ref, other_refs) = match query.refs.split_first() {
-        Some(((kind, refs), rest)) => (Some((kind, refs.as_slice())), rest),
+        // One reference drives; a list of several (`patient=A,B`) would find an event once
+        // for each of them it names, so it filters instead.
+        Some(((kind, refs), rest)) if refs.len() == 1 => (Some((kind, refs.as_slice())), rest),
+        Some(_) => (None, &query.refs[..]),
         None if custodian_drives => (
             single_custodian
                 .as_ref()
