@@ -152,3 +152,55 @@ fn a_search_of_one_type_refuses_what_does_not_apply_to_it() {
         s.get("Observation?subject:Patient=x").expect(200);
     });
 }
+
+/// Another server's `Patient/ref-p1` is not this server's: a reference to it is found by its
+/// URL alone, never by `Patient/ref-p1`, a compartment, `$everything` or `_include`. An
+/// absolute reference under this server's own base is a local one.
+#[test]
+fn references_to_other_servers_are_not_local_references() {
+    for_each_backend(|s| {
+        s.put(
+            "Patient/ref-p1",
+            &json!({"resourceType": "Patient", "id": "ref-p1"}),
+        )
+        .expect(201);
+        let observation = |subject: &str| {
+            let created = s.create(&json!({"resourceType": "Observation", "status": "final",
+                "code": {"text": "weight"}, "subject": {"reference": subject}}));
+            created["id"].as_str().unwrap().to_string()
+        };
+        let relative = observation("Patient/ref-p1");
+        let absolute_here = observation(&format!("{}/Patient/ref-p1", s.base));
+        let elsewhere_url = "https://other.example.org/fhir/Patient/ref-p1";
+        let elsewhere = observation(elsewhere_url);
+        let ids = |path: &str| -> Vec<String> {
+            let (entries, _) = s.all_pages(path);
+            let mut ids: Vec<String> = entries
+                .iter()
+                .filter(|e| e["resource"]["resourceType"] == "Observation")
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+                .collect();
+            ids.sort();
+            ids
+        };
+        let mut local = vec![relative.clone(), absolute_here.clone()];
+        local.sort();
+        assert_eq!(ids("Observation?subject=Patient/ref-p1"), local);
+        assert_eq!(ids("Observation?patient=ref-p1"), local);
+        assert_eq!(ids("Patient/ref-p1/Observation"), local);
+        assert_eq!(ids("Patient/ref-p1/$everything"), local);
+        assert_eq!(
+            ids(&format!("Observation?subject={elsewhere_url}")),
+            [elsewhere.as_str()]
+        );
+        let (included, _) = s.all_pages(&format!(
+            "Observation?_id={elsewhere}&_include=Observation:subject"
+        ));
+        assert!(
+            included
+                .iter()
+                .all(|e| e["resource"]["resourceType"] != "Patient"),
+            "{included:?}"
+        );
+    });
+}

@@ -92,17 +92,11 @@ const PATIENT_ELEMENTS: [&str; 6] = [
 pub(crate) const UNRESOLVED_PATIENT: &str = "urn:renkei:unresolved-patient";
 
 /// `(type, id)` of a reference to a resource on this server: relative (`Type/id`, with or
-/// without `/_history/n`) or absolute (`http(s)://…/Type/id[/_history/n]`, whatever the base,
-/// as the search index reads it). `None` for `urn:`, contained (`#…`) and conditional
-/// references.
+/// without `/_history/n`) or absolute under one of the server's own bases
+/// (`renkei_search::local_path`, as the search index reads it). `None` for another server's
+/// resources, `urn:`, contained (`#…`) and conditional references.
 pub(crate) fn local_reference(reference: &str) -> Option<(&str, &str)> {
-    let path = match reference.split_once("://") {
-        Some((scheme, rest)) if scheme == "http" || scheme == "https" => {
-            rest.split_once('/').map(|(_, path)| path)?
-        }
-        Some(_) => return None,
-        None => reference,
-    };
+    let path = renkei_search::local_path(reference)?;
     if path.contains('?') || path.starts_with('#') {
         return None;
     }
@@ -161,6 +155,9 @@ mod tests {
 
     #[test]
     fn records_naming_a_patient_anywhere_are_about_that_patient() {
+        assert!(renkei_search::set_local_bases(&[
+            "http://127.0.0.1:8412/fhir".to_string()
+        ]));
         let cases = [
             (
                 "Observation",
@@ -209,10 +206,11 @@ mod tests {
                 json!({"subject": {"reference": "http://127.0.0.1:8412/fhir/Patient/g"}}),
                 Some("g"),
             ),
+            // Another server's patient: about a patient, but none whose consent is here.
             (
                 "Task",
                 json!({"for": {"reference": "https://other.example/fhir/Patient/h/_history/3"}}),
-                Some("h"),
+                Some(super::UNRESOLVED_PATIENT),
             ),
             (
                 "Observation",

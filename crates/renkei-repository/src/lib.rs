@@ -27,3 +27,5 @@ pub use interactions::{
     WriteOutcome,
 };
 pub use meta::{format_instant, is_valid_id, parse_instant_ms, CUSTODIAN_EXTENSION};
+/// Which absolute references name resources here: set once at start-up, before indexing.
+pub use renkei_search::set_local_bases;

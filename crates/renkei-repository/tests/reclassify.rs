@@ -18,6 +18,10 @@ fn patient_of(repo: &Repository, res_type: &str, id: &str) -> Option<String> {
 }
 
 fn check(repo: &Repository) {
+    // The Task names p1 by this server's own base.
+    assert!(renkei_repository::set_local_bases(&[
+        "http://gateway.example/fhir".to_string()
+    ]));
     put(repo, json!({"resourceType": "Patient", "id": "p1"}));
     put(
         repo,

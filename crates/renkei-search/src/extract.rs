@@ -511,6 +511,41 @@ fn date_of(value: &Value, type_name: Option<&str>) -> Option<(i64, i64)> {
     }
 }
 
+/// The server's own base URLs, each ending in `/`, set once at start-up
+/// ([`set_local_bases`]).
+static LOCAL_BASES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Names the server's own base URLs (`http://host:port/fhir`): an absolute reference under
+/// one of them is a reference to a resource here; any other absolute reference names another
+/// server's resource, which is indexed by its URL alone, so that `subject=Patient/1` never
+/// finds another server's `Patient/1`. Set once, before anything is indexed; false when
+/// already set to other bases.
+pub fn set_local_bases(bases: &[String]) -> bool {
+    let bases: Vec<String> = bases
+        .iter()
+        .map(|base| format!("{}/", base.trim_end_matches('/')))
+        .collect();
+    LOCAL_BASES.get_or_init(|| bases.clone()) == &bases
+}
+
+/// The path of a reference to a resource on this server: a relative reference as it is, an
+/// absolute one under one of the server's own bases without that base. `None` for another
+/// server's resource and for `urn:` references.
+pub fn local_path(reference: &str) -> Option<&str> {
+    if reference.starts_with("urn:") {
+        return None;
+    }
+    if !reference.contains("://") {
+        return Some(reference);
+    }
+    LOCAL_BASES.get()?.iter().find_map(|base| {
+        reference
+            .get(..base.len())
+            .filter(|head| head.eq_ignore_ascii_case(base))
+            .map(|_| &reference[base.len()..])
+    })
+}
+
 /// Splits a literal reference into (type, id), dropping any `_history/n` and base URL.
 pub fn split_reference(reference: &str) -> Option<(String, String)> {
     let trimmed = match reference.find("/_history/") {
@@ -547,7 +582,7 @@ fn reference_of(value: &Value) -> Option<ReferenceIndex> {
             }
             let absolute = reference.contains("://") || reference.starts_with("urn:");
             let url = absolute.then(|| reference.to_string());
-            match split_reference(reference) {
+            match local_path(reference).and_then(split_reference) {
                 Some((t, id)) => Some(blank(Some(t), Some(id), url)),
                 None => Some(blank(None, None, Some(reference.to_string()))),
             }
@@ -585,6 +620,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    /// The base every test of this crate names as the server's own (set once per process).
+    const TEST_BASE: &str = "http://127.0.0.1:8412/fhir";
 
     #[test]
     fn extracts_every_type_from_an_observation() {
@@ -720,7 +758,8 @@ mod tests {
             .tokens
             .iter()
             .any(|t| t.param == "phone" && t.code.as_deref() == Some("03-1234")));
-        let enc = json!({"resourceType": "Encounter", "id": "e", "period": {"start": "2024-01-01"}, "subject": {"reference": "http://other/fhir/Patient/p9/_history/2"}});
+        assert!(super::set_local_bases(&[TEST_BASE.to_string()]));
+        let enc = json!({"resourceType": "Encounter", "id": "e", "period": {"start": "2024-01-01"}, "subject": {"reference": format!("{TEST_BASE}/Patient/p9/_history/2")}});
         let rows = extract("Encounter", &enc);
         assert!(rows
             .dates
@@ -728,6 +767,19 @@ mod tests {
             .any(|d| d.param == "date" && d.high == i64::MAX));
         assert!(rows.references.iter().any(|r| r.param == "subject"
             && r.target_id.as_deref() == Some("p9")
-            && r.url.as_deref() == Some("http://other/fhir/Patient/p9/_history/2")));
+            && r.url.as_deref() == Some(&format!("{TEST_BASE}/Patient/p9/_history/2"))));
+        // Another server's Patient/p9 is not this server's: its URL alone is indexed.
+        let elsewhere = json!({"resourceType": "Encounter", "id": "e2", "subject": {"reference": "http://other/fhir/Patient/p9"}});
+        let rows = extract("Encounter", &elsewhere);
+        let subject = rows
+            .references
+            .iter()
+            .find(|r| r.param == "subject")
+            .unwrap();
+        assert_eq!(subject.target_id, None);
+        assert_eq!(subject.url.as_deref(), Some("http://other/fhir/Patient/p9"));
+        assert_eq!(super::local_path("http://other/fhir/Patient/p9"), None);
+        assert_eq!(super::local_path("Patient/p9"), Some("Patient/p9"));
+        assert_eq!(super::local_path("urn:uuid:1"), None);
     }
 }

@@ -9,6 +9,8 @@ pub mod normalize;
 pub mod plan;
 pub mod registry;
 
-pub use extract::{extract, CompositeIndex, CompositeValue, IndexRows};
+pub use extract::{
+    extract, local_path, set_local_bases, CompositeIndex, CompositeValue, IndexRows,
+};
 pub use normalize::{canonical_system, fold};
 pub use registry::{registry, Component, ParamType, Registry, SearchParam};

@@ -21,6 +21,9 @@ pub struct FileConfig {
     pub implicit_policy: Option<String>,
     pub patient_deny_holds_on_break_glass: Option<bool>,
     pub token_ttl_seconds: Option<u64>,
+    /// The base URL clients reach the server at, when it is not the listen address (behind a
+    /// proxy, under a host name).
+    pub base_url: Option<String>,
     /// Identifier systems whose value alone makes Patient records one person.
     pub link_identifier_systems: Option<Vec<String>>,
     /// Identifier systems that make records one person together with the birth date.
@@ -41,7 +44,23 @@ pub struct Config {
     pub implicit_policy: String,
     pub patient_deny_holds_on_break_glass: bool,
     pub token_ttl_seconds: u64,
+    /// See [`FileConfig::base_url`].
+    pub base_url: Option<String>,
     pub linking: renkei_identity::LinkingRules,
+}
+
+impl Config {
+    /// The server's own base URLs: absolute references under them name resources here
+    /// (`renkei_search::set_local_bases`). The configured `base_url`, and the listen address
+    /// (`address`, the bound one when serving) with `localhost` for a loopback address.
+    pub fn local_bases(&self, scheme: &str, address: &str) -> Vec<String> {
+        let mut bases: Vec<String> = self.base_url.iter().cloned().collect();
+        bases.push(format!("{scheme}://{address}/fhir"));
+        if let Some(port) = address.strip_prefix("127.0.0.1:") {
+            bases.push(format!("{scheme}://localhost:{port}/fhir"));
+        }
+        bases
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +158,7 @@ impl Config {
             token_ttl_seconds: env_number("RENKEI_TOKEN_TTL_SECONDS")?
                 .or(file.token_ttl_seconds)
                 .unwrap_or(3600),
+            base_url: std::env::var("RENKEI_BASE_URL").ok().or(file.base_url),
             linking: {
                 let defaults = renkei_identity::LinkingRules::default();
                 renkei_identity::LinkingRules {

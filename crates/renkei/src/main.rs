@@ -298,6 +298,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         },
         Command::Import { files } => {
+            renkei_repository::set_local_bases(&config.local_bases("http", &config.listen));
             let counts = loader::import_files(&repository, &files).map_err(|e| e.to_string())?;
             println!(
                 "imported {} resources:\n{}",
@@ -338,6 +339,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Reindex { batch } => {
+            renkei_repository::set_local_bases(&config.local_bases("http", &config.listen));
             let started = std::time::Instant::now();
             let count = repository
                 .reindex(batch, |done| {
@@ -434,6 +436,15 @@ fn serve(
         );
         tracing::warn!("built with unindexed-writes-benchmark: writes are not indexed");
     }
+    let listener = TcpListener::bind(&config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    renkei_repository::set_local_bases(&config.local_bases(scheme, &address.to_string()));
     if config.demo {
         match loader::load_demo_if_empty(&repository).map_err(|e| e.to_string())? {
             Some(counts) => println!(
@@ -444,9 +455,6 @@ fn serve(
             None => println!("demo network not loaded: the database already holds data"),
         }
     }
-    let listener = TcpListener::bind(&config.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
     let store = repository.store().clone();
     let key = admin::server_key(&store)?;
     if config.demo {
@@ -468,11 +476,6 @@ fn serve(
     let gate = state.gate.clone();
     let system = actix_web::rt::System::new();
     let served = system.block_on(async move {
-        let scheme = if tls_config.is_some() {
-            "https"
-        } else {
-            "http"
-        };
         let server = renkei_http::serve(listener, state, config.workers, tls_config)
             .map_err(|e| format!("cannot start the server: {e}"))?;
         println!("Renkei listening on {scheme}://{address}/fhir");
