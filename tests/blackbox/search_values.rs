@@ -402,3 +402,37 @@ fn canonical_references_match_any_version_without_one() {
         );
     });
 }
+
+/// `_profile` is a uri parameter over `meta.profile`, a canonical: searched without a version
+/// it matches every version of the profile, `url|version` that version alone, and `p` does not
+/// match `p10`. Before, it matched exactly and missed `…/p|1.0`.
+#[test]
+fn profile_matches_any_version_without_one() {
+    for_each_backend(|s| {
+        for (id, profile) in [
+            ("pr-v1", "http://example.org/StructureDefinition/p|1.0"),
+            ("pr-plain", "http://example.org/StructureDefinition/p"),
+            ("pr-other", "http://example.org/StructureDefinition/p10|1.0"),
+        ] {
+            put(
+                s,
+                &json!({"resourceType": "Patient", "id": id,
+                        "meta": {"profile": [profile]}}),
+            );
+        }
+        let search = |value: &str| format!("Patient?_profile={}", enc(value));
+        assert_eq!(
+            ids(s, &search("http://example.org/StructureDefinition/p")),
+            ["pr-plain", "pr-v1"]
+        );
+        assert_eq!(
+            ids(s, &search("http://example.org/StructureDefinition/p|1.0")),
+            ["pr-v1"]
+        );
+        assert!(ids(s, &search("http://example.org/StructureDefinition/p|2.0")).is_empty());
+        assert_eq!(
+            ids(s, &search("http://example.org/StructureDefinition/p10")),
+            ["pr-other"]
+        );
+    });
+}

@@ -211,6 +211,8 @@ pub enum StringMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UriMode {
     Exact,
+    /// A canonical: exact, and without `|version` also every `value|version` stored.
+    Canonical,
     Below,
     Above,
 }
@@ -1166,6 +1168,7 @@ fn parse_filter_within(
         }
         ParamType::Uri => {
             let mode = match modifier {
+                None if param.matches_canonical_versions() => UriMode::Canonical,
                 None => UriMode::Exact,
                 Some("below") => UriMode::Below,
                 Some("above") => UriMode::Above,

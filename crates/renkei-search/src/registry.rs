@@ -124,6 +124,21 @@ impl SearchParam {
             })
     }
 
+    /// Whether this uri parameter's element is a `canonical` naming another resource, so a
+    /// value without `|version` matches every stored version (references.html#canonical), as
+    /// reference parameters over canonicals do. The registry holds expressions, not element
+    /// types; of the R4 uri parameters only `_profile` (`meta.profile`) is over a canonical
+    /// that points elsewhere (`url` is the resource's own canonical, `instantiates-canonical`
+    /// is a reference parameter, the rest are `uri`-typed elements).
+    pub fn matches_canonical_versions(&self) -> bool {
+        self.kind == ParamType::Uri
+            && self.expression_text.as_deref().is_some_and(|expression| {
+                split_top_level(expression)
+                    .into_iter()
+                    .all(|part| part.trim().ends_with(".meta.profile"))
+            })
+    }
+
     /// What extraction evaluates: the expression without the alternatives its bases cover.
     pub fn index_expression(&self) -> Option<&Expression> {
         if self.extends.is_empty() {
@@ -509,6 +524,22 @@ mod tests {
         assert!(!selects("Patient", "telecom"));
         assert!(!selects("Patient", "_id"));
         assert!(!selects("Patient", "family"));
+    }
+
+    #[test]
+    fn only_profile_among_uri_parameters_matches_canonical_versions() {
+        let r = registry();
+        let canonical = |res_type: &str, code: &str| {
+            r.param(res_type, code)
+                .unwrap()
+                .matches_canonical_versions()
+        };
+        assert!(canonical("Patient", "_profile"));
+        assert!(canonical("ValueSet", "_profile"));
+        assert!(!canonical("ValueSet", "url"));
+        assert!(!canonical("CodeSystem", "system"));
+        assert!(!canonical("Patient", "_source"));
+        assert!(!canonical("CarePlan", "instantiates-uri"));
     }
 
     #[test]

@@ -1739,6 +1739,11 @@ fn push_filter(
                     sql.push(&format!("{x}.value = "))
                         .bind(Bind::Text(v.clone()));
                 }
+                UriMode::Canonical => {
+                    sql.push("(");
+                    push_url_match(sql, &format!("{x}.value"), v, aliases.backend);
+                    sql.push(")");
+                }
                 // The URL itself or one below it by whole path segments: `…/ValueSet/a` is
                 // not below `…/ValueSet/ab`'s parent `…/ValueSet/a`.
                 UriMode::Below => {
@@ -2146,6 +2151,25 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_profile_without_a_version_matches_its_versions() {
+        let p = plan("Patient", &[("_profile", "http://x/StructureDefinition/p")]);
+        let text = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(
+            text.contains("(x1.value = ? OR (x1.value >= ? AND x1.value < ?))"),
+            "{text}"
+        );
+        let versioned = plan(
+            "Patient",
+            &[("_profile", "http://x/StructureDefinition/p|1.0")],
+        );
+        let text = page_sql(&versioned, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(text.contains("((x1.value = ?))"), "{text}");
+        let url = plan("ValueSet", &[("url", "http://x/ValueSet/v")]);
+        let text = page_sql(&url, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(!text.contains("x1.value >= ?"), "{text}");
     }
 
     #[test]
