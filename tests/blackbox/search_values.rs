@@ -436,3 +436,58 @@ fn profile_matches_any_version_without_one() {
         );
     });
 }
+
+/// The JP Core Organization parameters select the extension values JP Core defines
+/// (`valueCoding` for the prefecture number and the insurance-organization category,
+/// `valueIdentifier` for the insurance-organization number). Before, the embedded 1.1.2
+/// definitions selected `.value.as(code)` and matched no conformant Organization.
+#[test]
+fn jp_core_organization_parameters_match_conformant_data() {
+    for_each_backend(|s| {
+        let demo: Value =
+            serde_json::from_str(include_str!("../../fixtures/demo/01-organizations.json"))
+                .unwrap();
+        s.post("", &demo).expect(200);
+        let ext = |name: &str| {
+            format!(
+                "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_{name}"
+            )
+        };
+        put(
+            s,
+            &json!({"resourceType": "Organization", "id": "org-tokyo",
+                    "extension": [
+                        {"url": ext("PrefectureNo"),
+                         "valueCoding": {"system": "urn:oid:1.2.392.100495.20.3.21", "code": "13"}},
+                        {"url": ext("InsuranceOrganizationCategory"),
+                         "valueCoding": {"system": "urn:oid:1.2.392.100495.20.3.22", "code": "1"}},
+                        {"url": ext("InsuranceOrganizationNo"),
+                         "valueIdentifier": {"system": "urn:oid:1.2.392.100495.20.3.23",
+                                             "value": "9876543"}}]}),
+        );
+        assert_eq!(
+            ids(s, "Organization?jp-prefectureno=33"),
+            [
+                "clinic-hareyaka",
+                "hosp-kurashiki-general",
+                "hosp-okayama-central"
+            ]
+        );
+        assert_eq!(
+            ids(
+                s,
+                "Organization?jp-prefectureno=urn:oid:1.2.392.100495.20.3.21%7C13"
+            ),
+            ["org-tokyo"]
+        );
+        assert_eq!(
+            ids(s, "Organization?jp-insurance-organizationcategory=1"),
+            ["org-tokyo"]
+        );
+        assert_eq!(
+            ids(s, "Organization?jp-insurance-organizationno=9876543"),
+            ["org-tokyo"]
+        );
+        assert!(ids(s, "Organization?jp-insurance-organizationno=33").is_empty());
+    });
+}

@@ -19,6 +19,28 @@ const ADDITIONAL_DEFINITIONS: &[&str] = &[
     // IHE PDQm (ITI-78) asks for mothersMaidenName, which R4 core defines no parameter for.
     include_str!("../../../fixtures/ihe-search-parameters/SearchParameter-pdqm-mothersMaidenName.json"),
 ];
+/// Expressions of embedded definitions that are wrong for the data they describe, replaced as
+/// the registry loads them (the fixture files stay as published). JP Core 1.1.2's Organization
+/// parameters select `.value.as(code)`, but its own extensions (`StructureDefinition-jp-
+/// organization-prefectureno.json` and siblings) define `valueCoding` for the prefecture number
+/// and insurance-organization category and `valueIdentifier` for the insurance-organization
+/// number, so the published expressions matched no conformant Organization; their own xpath
+/// already names `f:valueCoding`. Stored Organizations need `renkei reindex` to pick this up.
+const EXPRESSION_OVERRIDES: &[(&str, &str)] = &[
+    (
+        "http://jpfhir.jp/fhir/core/SearchParameter/JP_Organization_PrefectureNo_SP",
+        "Organization.extension.where(url='http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_PrefectureNo').value.as(Coding)",
+    ),
+    (
+        "http://jpfhir.jp/fhir/core/SearchParameter/JP_Organization_InsuranceOrganizationCategory_SP",
+        "Organization.extension.where(url='http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_InsuranceOrganizationCategory').value.as(Coding)",
+    ),
+    (
+        "http://jpfhir.jp/fhir/core/SearchParameter/JP_Organization_InsuranceOrganizationNo_SP",
+        "Organization.extension.where(url='http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_InsuranceOrganizationNo').value.as(Identifier)",
+    ),
+];
+
 const PATIENT_COMPARTMENT: &str = include_str!(
     "../../../fixtures/r4-definitions/compartments/CompartmentDefinition-patient.json"
 );
@@ -176,6 +198,12 @@ impl Registry {
         for text in ADDITIONAL_DEFINITIONS {
             if let Ok(def) = serde_json::from_str::<Value>(text) {
                 definitions.push(def);
+            }
+        }
+        for def in &mut definitions {
+            let url = def.get("url").and_then(Value::as_str).unwrap_or_default();
+            if let Some((_, expression)) = EXPRESSION_OVERRIDES.iter().find(|(u, _)| *u == url) {
+                def["expression"] = Value::String((*expression).to_string());
             }
         }
         let mut registry = Registry {
@@ -524,6 +552,50 @@ mod tests {
         assert!(!selects("Patient", "telecom"));
         assert!(!selects("Patient", "_id"));
         assert!(!selects("Patient", "family"));
+    }
+
+    #[test]
+    fn jp_core_organization_parameters_select_their_extension_values() {
+        let organization = serde_json::json!({
+            "resourceType": "Organization",
+            "extension": [
+                {"url": "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_PrefectureNo",
+                 "valueCoding": {"system": "urn:oid:1.2.392.100495.20.3.21", "code": "13"}},
+                {"url": "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_InsuranceOrganizationCategory",
+                 "valueCoding": {"system": "urn:oid:1.2.392.100495.20.3.22", "code": "1"}},
+                {"url": "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_InsuranceOrganizationNo",
+                 "valueIdentifier": {"system": "urn:oid:1.2.392.100495.20.3.23", "value": "9876543"}}
+            ]
+        });
+        let rows = crate::extract::extract("Organization", &organization);
+        let token = |param: &str| -> Vec<(Option<String>, Option<String>)> {
+            rows.tokens
+                .iter()
+                .filter(|t| t.param == param)
+                .map(|t| (t.system.clone(), t.code.clone()))
+                .collect()
+        };
+        assert_eq!(
+            token("jp-prefectureno"),
+            [(
+                Some("urn:oid:1.2.392.100495.20.3.21".to_string()),
+                Some("13".to_string())
+            )]
+        );
+        assert_eq!(
+            token("jp-insurance-organizationcategory"),
+            [(
+                Some("urn:oid:1.2.392.100495.20.3.22".to_string()),
+                Some("1".to_string())
+            )]
+        );
+        assert_eq!(
+            token("jp-insurance-organizationno"),
+            [(
+                Some("urn:oid:1.2.392.100495.20.3.23".to_string()),
+                Some("9876543".to_string())
+            )]
+        );
     }
 
     #[test]
