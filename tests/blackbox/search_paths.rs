@@ -152,3 +152,29 @@ fn a_search_of_one_type_refuses_what_does_not_apply_to_it() {
         s.get("Observation?subject:Patient=x").expect(200);
     });
 }
+
+/// `Patient/{id}/*` (every type of the compartment) is not served: a 400 `not-supported` that
+/// points at `$everything`, for a stored patient and a missing one alike. Before, a 404 said
+/// "resource type '*' is not a FHIR R4 resource type".
+#[test]
+fn the_compartment_of_every_type_points_at_everything() {
+    for_each_backend(|s| {
+        s.put(
+            "Patient/star-1",
+            &json!({"resourceType": "Patient", "id": "star-1"}),
+        )
+        .expect(201);
+        for path in [
+            "Patient/star-1/*",
+            "Patient/star-none/*",
+            "Patient/star-1/*?code=x",
+        ] {
+            let outcome = s.get(path).expect(400).outcome();
+            assert_eq!(outcome["issue"][0]["code"], "not-supported", "{path}");
+            let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+            assert!(diagnostics.contains("$everything"), "{diagnostics}");
+            assert!(!diagnostics.contains("star-"), "{diagnostics}");
+        }
+        s.get("Patient/star-1/$everything").expect(200);
+    });
+}
