@@ -614,7 +614,12 @@ pub fn parse(
                 plan.filters.push(filter);
                 plan.applied.push((name.clone(), value.clone()));
             }
-            None => unknown.push(name.clone()),
+            None => {
+                if let Some(message) = not_common(types, name) {
+                    return invalid(message);
+                }
+                unknown.push(name.clone());
+            }
         }
     }
     if !unknown.is_empty() {
@@ -821,6 +826,38 @@ fn single_type_param(types: &[String], code: &str) -> Option<&'static SearchPara
         .iter()
         .all(|t| reg.param(t, code).is_some_and(|p| p.kind == first.kind))
         .then_some(first)
+}
+
+/// Why a parameter that some of several searched types define cannot be applied, or `None`
+/// when no type defines it (an unknown parameter). R4 search.html: the parameters of a search
+/// over several types must be common to them. Dropping it for every type, as an unknown
+/// parameter is, would widen the search to everything those types hold, so it is refused
+/// under lenient handling too.
+fn not_common(types: &[String], name: &str) -> Option<String> {
+    if types.len() < 2 || name.starts_with("_has:") {
+        return None;
+    }
+    let code = name.split(['.', ':']).next().filter(|c| !c.is_empty())?;
+    let reg = registry();
+    let first_kind = types.iter().find_map(|t| reg.param(t, code))?.kind;
+    let lacking: Vec<&str> = types
+        .iter()
+        .filter(|t| reg.param(t, code).is_none_or(|p| p.kind != first_kind))
+        .map(String::as_str)
+        .collect();
+    // Every type has it with one kind, so something else made the filter unknown.
+    if lacking.is_empty() {
+        return None;
+    }
+    const NAMED: usize = 8;
+    let mut named = lacking[..lacking.len().min(NAMED)].join(", ");
+    if lacking.len() > NAMED {
+        named.push_str(&format!(" and {} more", lacking.len() - NAMED));
+    }
+    Some(format!(
+        "search parameter '{code}' is not common to the types searched ({named} do not \
+         define it as the others do): name types that share it with _type"
+    ))
 }
 
 /// Splits at unescaped `sep`, unescaping `\,`, `\|`, `\$`, `\\`.
@@ -1548,6 +1585,36 @@ mod tests {
 
     fn obs() -> Vec<String> {
         vec!["Observation".to_string()]
+    }
+
+    #[test]
+    fn a_parameter_some_searched_types_lack_is_refused() {
+        let types = vec!["Patient".to_string(), "Observation".to_string()];
+        let lenient = ParseOptions {
+            strict: false,
+            ..ParseOptions::default()
+        };
+        for name in ["code", "code:text", "subject.name", "gender"] {
+            let err = parse(&types, &p(&[(name, "x")]), &lenient).unwrap_err();
+            let SearchError::Invalid(message) = err else {
+                panic!("{name}: {err:?}");
+            };
+            assert!(
+                message.contains("not common to the types searched"),
+                "{message}"
+            );
+        }
+        let err = parse(&types, &p(&[("code", "x")]), &ParseOptions::default()).unwrap_err();
+        assert!(format!("{err:?}").contains("Patient"), "{err:?}");
+        // Common parameters apply; parameters no type defines stay ignored.
+        let plan = parse(
+            &types,
+            &p(&[("_tag", "a|b"), ("nothing-defines-this", "x")]),
+            &lenient,
+        )
+        .unwrap();
+        assert_eq!(plan.filters.len(), 1);
+        assert_eq!(plan.ignored, ["nothing-defines-this"]);
     }
 
     #[test]
