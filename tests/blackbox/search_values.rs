@@ -491,3 +491,28 @@ fn jp_core_organization_parameters_match_conformant_data() {
         assert!(ids(s, "Organization?jp-insurance-organizationno=33").is_empty());
     });
 }
+
+/// An empty control parameter answers 400 naming it, as an empty search parameter does.
+/// Before, `_sort=` (and `_count=`'s siblings) answered 200 and echoed `_sort=` in the links.
+#[test]
+fn empty_control_parameters_are_refused_like_empty_search_parameters() {
+    for_each_backend(|s| {
+        for name in [
+            "code",
+            "_sort",
+            "_count",
+            "_include",
+            "_revinclude",
+            "_elements",
+            "_summary",
+            "_total",
+        ] {
+            let diagnostics = refused(s, &format!("Observation?{name}="), &[]);
+            assert!(
+                diagnostics.contains(&format!("'{name}' has no value")),
+                "{name}: {diagnostics}"
+            );
+        }
+        s.get("Observation?_sort=_id&_count=5").expect(200);
+    });
+}

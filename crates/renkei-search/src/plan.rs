@@ -601,6 +601,13 @@ pub fn parse(
     for (name, value) in params {
         let base = name.split(':').next().unwrap_or(name);
         if RESULT_PARAMS.contains(&base) {
+            // An empty value is refused here as it is for a search parameter (`code=`): it
+            // names no sort, count, include or element set, and taking it as "not given"
+            // would answer a search other than the one written (and echo `_sort=` in its
+            // links). `_format` and `_pretty` are the HTTP layer's.
+            if value.is_empty() && !matches!(base, "_format" | "_pretty") {
+                return invalid(format!("parameter '{name}' has no value"));
+            }
             parse_result_param(&mut plan, name, value, options)?;
             continue;
         }
@@ -1588,6 +1595,30 @@ mod tests {
     }
 
     #[test]
+    fn empty_control_parameters_are_refused_like_empty_search_parameters() {
+        for name in [
+            "_sort",
+            "_count",
+            "_include",
+            "_revinclude",
+            "_include:iterate",
+            "_elements",
+            "_summary",
+            "_total",
+            "code",
+        ] {
+            let err = parse(&obs(), &p(&[(name, "")]), &ParseOptions::default()).unwrap_err();
+            let SearchError::Invalid(message) = err else {
+                panic!("{name}: {err:?}");
+            };
+            assert!(
+                message.contains(&format!("'{name}' has no value")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
     fn a_parameter_some_searched_types_lack_is_refused() {
         let types = vec!["Patient".to_string(), "Observation".to_string()];
         let lenient = ParseOptions {
@@ -2158,7 +2189,11 @@ mod tests {
     #[test]
     fn page_tokens_must_match_the_sort_they_were_issued_for() {
         let sort_of = |sort: &str| {
-            let pairs = p(&[("_sort", sort)]);
+            let pairs = if sort.is_empty() {
+                Vec::new()
+            } else {
+                p(&[("_sort", sort)])
+            };
             parse(&obs(), &pairs, &ParseOptions::default())
                 .unwrap()
                 .sort
