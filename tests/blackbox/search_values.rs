@@ -516,3 +516,52 @@ fn empty_control_parameters_are_refused_like_empty_search_parameters() {
         s.get("Observation?_sort=_id&_count=5").expect(200);
     });
 }
+
+/// `_include:iterate` runs at most 4 rounds; when that leaves resources out, the page carries
+/// a warning `OperationOutcome` entry (`search.mode = outcome`). Before, it stopped silently.
+#[test]
+fn iterate_says_when_its_round_cap_cut_the_includes_short() {
+    for_each_backend(|s| {
+        // it-1 → it-2 → … → it-7 by has-member.
+        for n in 1..=7 {
+            let mut obs = json!({"resourceType": "Observation", "id": format!("it-{n}"),
+                                 "status": "final", "code": {"text": "x"}});
+            if n < 7 {
+                obs["hasMember"] = json!([{"reference": format!("Observation/it-{}", n + 1)}]);
+            }
+            put(s, &obs);
+        }
+        let search = |id: &str| {
+            s.get(&format!(
+                "Observation?_id={id}&_include:iterate=Observation:has-member"
+            ))
+            .expect(200)
+            .json()
+        };
+        let of_mode = |page: &Value, mode: &str| -> Vec<Value> {
+            entries(page)
+                .into_iter()
+                .filter(|e| e["search"]["mode"] == mode)
+                .collect()
+        };
+        let included_ids = |page: &Value| {
+            let mut ids: Vec<String> = of_mode(page, "include")
+                .iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                .collect();
+            ids.sort();
+            ids
+        };
+        // it-1: four rounds include it-2 … it-5; it-6 and it-7 are left out, and it says so.
+        let page = search("it-1");
+        assert_eq!(included_ids(&page), ["it-2", "it-3", "it-4", "it-5"]);
+        let outcomes = of_mode(&page, "outcome");
+        assert_eq!(outcomes.len(), 1, "{page}");
+        assert_eq!(outcomes[0]["resource"]["issue"][0]["code"], "incomplete");
+        assert!(outcomes[0].to_string().contains("4 rounds"), "{page}");
+        // it-3: four rounds reach the end of the chain: no warning.
+        let page = search("it-3");
+        assert_eq!(included_ids(&page), ["it-4", "it-5", "it-6", "it-7"]);
+        assert!(of_mode(&page, "outcome").is_empty(), "{page}");
+    });
+}

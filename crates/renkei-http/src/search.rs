@@ -446,6 +446,23 @@ fn searchset<'a>(
             "search": {"mode": "outcome"},
         })));
     }
+    if page.includes_cut {
+        entries.push(BundleEntry::Other(json!({
+            "resource": {
+                "resourceType": "OperationOutcome",
+                "issue": [{
+                    "severity": "warning",
+                    "code": "incomplete",
+                    "diagnostics": format!(
+                        "_include:iterate / _revinclude:iterate stopped after {} rounds: \
+                         resources further along the references are not included",
+                        renkei_store::MAX_INCLUDE_ROUNDS
+                    ),
+                }],
+            },
+            "search": {"mode": "outcome"},
+        })));
+    }
     let bundle = crate::format::response_bundle("searchset", page.total, links, Vec::new());
     (bundle, entries)
 }
