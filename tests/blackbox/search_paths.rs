@@ -201,6 +201,76 @@ fn references_to_other_servers_are_not_local_references() {
                 .iter()
                 .all(|e| e["resource"]["resourceType"] != "Patient"),
             "{included:?}"
+
+/// `Patient/{id}/*` (every type of the compartment) is not served: a 400 `not-supported` that
+/// points at `$everything`, for a stored patient and a missing one alike. Before, a 404 said
+/// "resource type '*' is not a FHIR R4 resource type".
+#[test]
+fn the_compartment_of_every_type_points_at_everything() {
+    for_each_backend(|s| {
+        s.put(
+            "Patient/star-1",
+            &json!({"resourceType": "Patient", "id": "star-1"}),
+        )
+        .expect(201);
+        for path in [
+            "Patient/star-1/*",
+            "Patient/star-none/*",
+            "Patient/star-1/*?code=x",
+        ] {
+            let outcome = s.get(path).expect(400).outcome();
+            assert_eq!(outcome["issue"][0]["code"], "not-supported", "{path}");
+            let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+            assert!(diagnostics.contains("$everything"), "{diagnostics}");
+            assert!(!diagnostics.contains("star-"), "{diagnostics}");
+        }
+        s.get("Patient/star-1/$everything").expect(200);
+    });
+}
+
+/// A search over several types refuses a parameter that some of them lack, naming it and
+/// them, under lenient handling too (R4: the parameters of a multi-type search are common to
+/// its types). Before, the parameter was dropped for every type with an "unknown parameter
+/// ignored" warning, and the search answered everything the types hold.
+#[test]
+fn a_search_of_several_types_refuses_a_parameter_not_common_to_them() {
+    for_each_backend(|s| {
+        s.create(&json!({"resourceType": "Patient", "gender": "male"}));
+        s.create(&json!({"resourceType": "Observation", "status": "final",
+                         "code": {"coding": [{"system": "urn:c", "code": "x"}]}}));
+        for path in [
+            "?_type=Patient,Observation&code=x",
+            "?code=x",
+            "?_type=Observation,Patient&gender=male",
+            "?_type=Patient,Observation&subject.name=x",
+        ] {
+            let outcome = s.get(path).expect(400).outcome();
+            let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+            assert!(
+                diagnostics.contains("not common to the types searched"),
+                "{diagnostics}"
+            );
+        }
+        let outcome = s
+            .get("?_type=Patient,Observation&code=x")
+            .expect(400)
+            .outcome();
+        let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(
+            diagnostics.contains("'code'") && diagnostics.contains("Patient"),
+            "{diagnostics}"
+        );
+        // A parameter common to the types still applies; one no type defines is still ignored.
+        let page = s
+            .get("?_type=Observation,Condition&code=urn:c|x&nothing=1")
+            .expect(200)
+            .json();
+        assert_eq!(types_of(&entries(&page)), ["Observation"]);
+        assert!(
+            entries(&page)
+                .iter()
+                .any(|e| e["search"]["mode"] == "outcome" && e.to_string().contains("nothing")),
+            "{page}"
         );
     });
 }

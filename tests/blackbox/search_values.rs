@@ -402,3 +402,166 @@ fn canonical_references_match_any_version_without_one() {
         );
     });
 }
+
+/// `_profile` is a uri parameter over `meta.profile`, a canonical: searched without a version
+/// it matches every version of the profile, `url|version` that version alone, and `p` does not
+/// match `p10`. Before, it matched exactly and missed `…/p|1.0`.
+#[test]
+fn profile_matches_any_version_without_one() {
+    for_each_backend(|s| {
+        for (id, profile) in [
+            ("pr-v1", "http://example.org/StructureDefinition/p|1.0"),
+            ("pr-plain", "http://example.org/StructureDefinition/p"),
+            ("pr-other", "http://example.org/StructureDefinition/p10|1.0"),
+        ] {
+            put(
+                s,
+                &json!({"resourceType": "Patient", "id": id,
+                        "meta": {"profile": [profile]}}),
+            );
+        }
+        let search = |value: &str| format!("Patient?_profile={}", enc(value));
+        assert_eq!(
+            ids(s, &search("http://example.org/StructureDefinition/p")),
+            ["pr-plain", "pr-v1"]
+        );
+        assert_eq!(
+            ids(s, &search("http://example.org/StructureDefinition/p|1.0")),
+            ["pr-v1"]
+        );
+        assert!(ids(s, &search("http://example.org/StructureDefinition/p|2.0")).is_empty());
+        assert_eq!(
+            ids(s, &search("http://example.org/StructureDefinition/p10")),
+            ["pr-other"]
+        );
+    });
+}
+
+/// The JP Core Organization parameters select the extension values JP Core defines
+/// (`valueCoding` for the prefecture number and the insurance-organization category,
+/// `valueIdentifier` for the insurance-organization number). Before, the embedded 1.1.2
+/// definitions selected `.value.as(code)` and matched no conformant Organization.
+#[test]
+fn jp_core_organization_parameters_match_conformant_data() {
+    for_each_backend(|s| {
+        let demo: Value =
+            serde_json::from_str(include_str!("../../fixtures/demo/01-organizations.json"))
+                .unwrap();
+        s.post("", &demo).expect(200);
+        let ext = |name: &str| {
+            format!(
+                "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_{name}"
+            )
+        };
+        put(
+            s,
+            &json!({"resourceType": "Organization", "id": "org-tokyo",
+                    "extension": [
+                        {"url": ext("PrefectureNo"),
+                         "valueCoding": {"system": "urn:oid:1.2.392.100495.20.3.21", "code": "13"}},
+                        {"url": ext("InsuranceOrganizationCategory"),
+                         "valueCoding": {"system": "urn:oid:1.2.392.100495.20.3.22", "code": "1"}},
+                        {"url": ext("InsuranceOrganizationNo"),
+                         "valueIdentifier": {"system": "urn:oid:1.2.392.100495.20.3.23",
+                                             "value": "9876543"}}]}),
+        );
+        assert_eq!(
+            ids(s, "Organization?jp-prefectureno=33"),
+            [
+                "clinic-hareyaka",
+                "hosp-kurashiki-general",
+                "hosp-okayama-central"
+            ]
+        );
+        assert_eq!(
+            ids(
+                s,
+                "Organization?jp-prefectureno=urn:oid:1.2.392.100495.20.3.21%7C13"
+            ),
+            ["org-tokyo"]
+        );
+        assert_eq!(
+            ids(s, "Organization?jp-insurance-organizationcategory=1"),
+            ["org-tokyo"]
+        );
+        assert_eq!(
+            ids(s, "Organization?jp-insurance-organizationno=9876543"),
+            ["org-tokyo"]
+        );
+        assert!(ids(s, "Organization?jp-insurance-organizationno=33").is_empty());
+    });
+}
+
+/// An empty control parameter answers 400 naming it, as an empty search parameter does.
+/// Before, `_sort=` (and `_count=`'s siblings) answered 200 and echoed `_sort=` in the links.
+#[test]
+fn empty_control_parameters_are_refused_like_empty_search_parameters() {
+    for_each_backend(|s| {
+        for name in [
+            "code",
+            "_sort",
+            "_count",
+            "_include",
+            "_revinclude",
+            "_elements",
+            "_summary",
+            "_total",
+        ] {
+            let diagnostics = refused(s, &format!("Observation?{name}="), &[]);
+            assert!(
+                diagnostics.contains(&format!("'{name}' has no value")),
+                "{name}: {diagnostics}"
+            );
+        }
+        s.get("Observation?_sort=_id&_count=5").expect(200);
+    });
+}
+
+/// `_include:iterate` runs at most 4 rounds; when that leaves resources out, the page carries
+/// a warning `OperationOutcome` entry (`search.mode = outcome`). Before, it stopped silently.
+#[test]
+fn iterate_says_when_its_round_cap_cut_the_includes_short() {
+    for_each_backend(|s| {
+        // it-1 → it-2 → … → it-7 by has-member.
+        for n in 1..=7 {
+            let mut obs = json!({"resourceType": "Observation", "id": format!("it-{n}"),
+                                 "status": "final", "code": {"text": "x"}});
+            if n < 7 {
+                obs["hasMember"] = json!([{"reference": format!("Observation/it-{}", n + 1)}]);
+            }
+            put(s, &obs);
+        }
+        let search = |id: &str| {
+            s.get(&format!(
+                "Observation?_id={id}&_include:iterate=Observation:has-member"
+            ))
+            .expect(200)
+            .json()
+        };
+        let of_mode = |page: &Value, mode: &str| -> Vec<Value> {
+            entries(page)
+                .into_iter()
+                .filter(|e| e["search"]["mode"] == mode)
+                .collect()
+        };
+        let included_ids = |page: &Value| {
+            let mut ids: Vec<String> = of_mode(page, "include")
+                .iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                .collect();
+            ids.sort();
+            ids
+        };
+        // it-1: four rounds include it-2 … it-5; it-6 and it-7 are left out, and it says so.
+        let page = search("it-1");
+        assert_eq!(included_ids(&page), ["it-2", "it-3", "it-4", "it-5"]);
+        let outcomes = of_mode(&page, "outcome");
+        assert_eq!(outcomes.len(), 1, "{page}");
+        assert_eq!(outcomes[0]["resource"]["issue"][0]["code"], "incomplete");
+        assert!(outcomes[0].to_string().contains("4 rounds"), "{page}");
+        // it-3: four rounds reach the end of the chain: no warning.
+        let page = search("it-3");
+        assert_eq!(included_ids(&page), ["it-4", "it-5", "it-6", "it-7"]);
+        assert!(of_mode(&page, "outcome").is_empty(), "{page}");
+    });
+}

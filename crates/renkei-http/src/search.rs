@@ -446,6 +446,23 @@ fn searchset<'a>(
             "search": {"mode": "outcome"},
         })));
     }
+    if page.includes_cut {
+        entries.push(BundleEntry::Other(json!({
+            "resource": {
+                "resourceType": "OperationOutcome",
+                "issue": [{
+                    "severity": "warning",
+                    "code": "incomplete",
+                    "diagnostics": format!(
+                        "_include:iterate / _revinclude:iterate stopped after {} rounds: \
+                         resources further along the references are not included",
+                        renkei_store::MAX_INCLUDE_ROUNDS
+                    ),
+                }],
+            },
+            "search": {"mode": "outcome"},
+        })));
+    }
     let bundle = crate::format::response_bundle("searchset", page.total, links, Vec::new());
     (bundle, entries)
 }
@@ -643,6 +660,17 @@ fn compartment_request(
     target: &str,
     params: Vec<(String, String)>,
 ) -> Result<SearchRequest> {
+    // R4's `Patient/{id}/*` (every type in the compartment) is not served: $everything
+    // answers the same records, consent-filtered and paged, and `_type` narrows it. Said
+    // plainly rather than through check_type's "'*' is not a resource type" 404.
+    if target == "*" {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            "a search across every type of the compartment (Patient/[id]/*) is not supported: \
+             use Patient/[id]/$everything, with _type to choose the types",
+        ));
+    }
     check_type(target)?;
     if registry().patient_compartment_params(target).is_empty() && target != "Patient" {
         return Err(ApiError::bad_request(format!(

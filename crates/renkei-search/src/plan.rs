@@ -211,6 +211,8 @@ pub enum StringMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UriMode {
     Exact,
+    /// A canonical: exact, and without `|version` also every `value|version` stored.
+    Canonical,
     Below,
     Above,
 }
@@ -599,6 +601,13 @@ pub fn parse(
     for (name, value) in params {
         let base = name.split(':').next().unwrap_or(name);
         if RESULT_PARAMS.contains(&base) {
+            // An empty value is refused here as it is for a search parameter (`code=`): it
+            // names no sort, count, include or element set, and taking it as "not given"
+            // would answer a search other than the one written (and echo `_sort=` in its
+            // links). `_format` and `_pretty` are the HTTP layer's.
+            if value.is_empty() && !matches!(base, "_format" | "_pretty") {
+                return invalid(format!("parameter '{name}' has no value"));
+            }
             parse_result_param(&mut plan, name, value, options)?;
             continue;
         }
@@ -612,7 +621,12 @@ pub fn parse(
                 plan.filters.push(filter);
                 plan.applied.push((name.clone(), value.clone()));
             }
-            None => unknown.push(name.clone()),
+            None => {
+                if let Some(message) = not_common(types, name) {
+                    return invalid(message);
+                }
+                unknown.push(name.clone());
+            }
         }
     }
     if !unknown.is_empty() {
@@ -819,6 +833,38 @@ fn single_type_param(types: &[String], code: &str) -> Option<&'static SearchPara
         .iter()
         .all(|t| reg.param(t, code).is_some_and(|p| p.kind == first.kind))
         .then_some(first)
+}
+
+/// Why a parameter that some of several searched types define cannot be applied, or `None`
+/// when no type defines it (an unknown parameter). R4 search.html: the parameters of a search
+/// over several types must be common to them. Dropping it for every type, as an unknown
+/// parameter is, would widen the search to everything those types hold, so it is refused
+/// under lenient handling too.
+fn not_common(types: &[String], name: &str) -> Option<String> {
+    if types.len() < 2 || name.starts_with("_has:") {
+        return None;
+    }
+    let code = name.split(['.', ':']).next().filter(|c| !c.is_empty())?;
+    let reg = registry();
+    let first_kind = types.iter().find_map(|t| reg.param(t, code))?.kind;
+    let lacking: Vec<&str> = types
+        .iter()
+        .filter(|t| reg.param(t, code).is_none_or(|p| p.kind != first_kind))
+        .map(String::as_str)
+        .collect();
+    // Every type has it with one kind, so something else made the filter unknown.
+    if lacking.is_empty() {
+        return None;
+    }
+    const NAMED: usize = 8;
+    let mut named = lacking[..lacking.len().min(NAMED)].join(", ");
+    if lacking.len() > NAMED {
+        named.push_str(&format!(" and {} more", lacking.len() - NAMED));
+    }
+    Some(format!(
+        "search parameter '{code}' is not common to the types searched ({named} do not \
+         define it as the others do): name types that share it with _type"
+    ))
 }
 
 /// Splits at unescaped `sep`, unescaping `\,`, `\|`, `\$`, `\\`.
@@ -1166,6 +1212,7 @@ fn parse_filter_within(
         }
         ParamType::Uri => {
             let mode = match modifier {
+                None if param.matches_canonical_versions() => UriMode::Canonical,
                 None => UriMode::Exact,
                 Some("below") => UriMode::Below,
                 Some("above") => UriMode::Above,
@@ -1545,6 +1592,60 @@ mod tests {
 
     fn obs() -> Vec<String> {
         vec!["Observation".to_string()]
+    }
+
+    #[test]
+    fn empty_control_parameters_are_refused_like_empty_search_parameters() {
+        for name in [
+            "_sort",
+            "_count",
+            "_include",
+            "_revinclude",
+            "_include:iterate",
+            "_elements",
+            "_summary",
+            "_total",
+            "code",
+        ] {
+            let err = parse(&obs(), &p(&[(name, "")]), &ParseOptions::default()).unwrap_err();
+            let SearchError::Invalid(message) = err else {
+                panic!("{name}: {err:?}");
+            };
+            assert!(
+                message.contains(&format!("'{name}' has no value")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_parameter_some_searched_types_lack_is_refused() {
+        let types = vec!["Patient".to_string(), "Observation".to_string()];
+        let lenient = ParseOptions {
+            strict: false,
+            ..ParseOptions::default()
+        };
+        for name in ["code", "code:text", "subject.name", "gender"] {
+            let err = parse(&types, &p(&[(name, "x")]), &lenient).unwrap_err();
+            let SearchError::Invalid(message) = err else {
+                panic!("{name}: {err:?}");
+            };
+            assert!(
+                message.contains("not common to the types searched"),
+                "{message}"
+            );
+        }
+        let err = parse(&types, &p(&[("code", "x")]), &ParseOptions::default()).unwrap_err();
+        assert!(format!("{err:?}").contains("Patient"), "{err:?}");
+        // Common parameters apply; parameters no type defines stay ignored.
+        let plan = parse(
+            &types,
+            &p(&[("_tag", "a|b"), ("nothing-defines-this", "x")]),
+            &lenient,
+        )
+        .unwrap();
+        assert_eq!(plan.filters.len(), 1);
+        assert_eq!(plan.ignored, ["nothing-defines-this"]);
     }
 
     #[test]
@@ -2088,7 +2189,11 @@ mod tests {
     #[test]
     fn page_tokens_must_match_the_sort_they_were_issued_for() {
         let sort_of = |sort: &str| {
-            let pairs = p(&[("_sort", sort)]);
+            let pairs = if sort.is_empty() {
+                Vec::new()
+            } else {
+                p(&[("_sort", sort)])
+            };
             parse(&obs(), &pairs, &ParseOptions::default())
                 .unwrap()
                 .sort

@@ -19,6 +19,28 @@ const ADDITIONAL_DEFINITIONS: &[&str] = &[
     // IHE PDQm (ITI-78) asks for mothersMaidenName, which R4 core defines no parameter for.
     include_str!("../../../fixtures/ihe-search-parameters/SearchParameter-pdqm-mothersMaidenName.json"),
 ];
+/// Expressions of embedded definitions that are wrong for the data they describe, replaced as
+/// the registry loads them (the fixture files stay as published). JP Core 1.1.2's Organization
+/// parameters select `.value.as(code)`, but its own extensions (`StructureDefinition-jp-
+/// organization-prefectureno.json` and siblings) define `valueCoding` for the prefecture number
+/// and insurance-organization category and `valueIdentifier` for the insurance-organization
+/// number, so the published expressions matched no conformant Organization; their own xpath
+/// already names `f:valueCoding`. Stored Organizations need `renkei reindex` to pick this up.
+const EXPRESSION_OVERRIDES: &[(&str, &str)] = &[
+    (
+        "http://jpfhir.jp/fhir/core/SearchParameter/JP_Organization_PrefectureNo_SP",
+        "Organization.extension.where(url='http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_PrefectureNo').value.as(Coding)",
+    ),
+    (
+        "http://jpfhir.jp/fhir/core/SearchParameter/JP_Organization_InsuranceOrganizationCategory_SP",
+        "Organization.extension.where(url='http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_InsuranceOrganizationCategory').value.as(Coding)",
+    ),
+    (
+        "http://jpfhir.jp/fhir/core/SearchParameter/JP_Organization_InsuranceOrganizationNo_SP",
+        "Organization.extension.where(url='http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_InsuranceOrganizationNo').value.as(Identifier)",
+    ),
+];
+
 const PATIENT_COMPARTMENT: &str = include_str!(
     "../../../fixtures/r4-definitions/compartments/CompartmentDefinition-patient.json"
 );
@@ -124,6 +146,21 @@ impl SearchParam {
             })
     }
 
+    /// Whether this uri parameter's element is a `canonical` naming another resource, so a
+    /// value without `|version` matches every stored version (references.html#canonical), as
+    /// reference parameters over canonicals do. The registry holds expressions, not element
+    /// types; of the R4 uri parameters only `_profile` (`meta.profile`) is over a canonical
+    /// that points elsewhere (`url` is the resource's own canonical, `instantiates-canonical`
+    /// is a reference parameter, the rest are `uri`-typed elements).
+    pub fn matches_canonical_versions(&self) -> bool {
+        self.kind == ParamType::Uri
+            && self.expression_text.as_deref().is_some_and(|expression| {
+                split_top_level(expression)
+                    .into_iter()
+                    .all(|part| part.trim().ends_with(".meta.profile"))
+            })
+    }
+
     /// What extraction evaluates: the expression without the alternatives its bases cover.
     pub fn index_expression(&self) -> Option<&Expression> {
         if self.extends.is_empty() {
@@ -161,6 +198,12 @@ impl Registry {
         for text in ADDITIONAL_DEFINITIONS {
             if let Ok(def) = serde_json::from_str::<Value>(text) {
                 definitions.push(def);
+            }
+        }
+        for def in &mut definitions {
+            let url = def.get("url").and_then(Value::as_str).unwrap_or_default();
+            if let Some((_, expression)) = EXPRESSION_OVERRIDES.iter().find(|(u, _)| *u == url) {
+                def["expression"] = Value::String((*expression).to_string());
             }
         }
         let mut registry = Registry {
@@ -509,6 +552,66 @@ mod tests {
         assert!(!selects("Patient", "telecom"));
         assert!(!selects("Patient", "_id"));
         assert!(!selects("Patient", "family"));
+    }
+
+    #[test]
+    fn jp_core_organization_parameters_select_their_extension_values() {
+        let organization = serde_json::json!({
+            "resourceType": "Organization",
+            "extension": [
+                {"url": "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_PrefectureNo",
+                 "valueCoding": {"system": "urn:oid:1.2.392.100495.20.3.21", "code": "13"}},
+                {"url": "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_InsuranceOrganizationCategory",
+                 "valueCoding": {"system": "urn:oid:1.2.392.100495.20.3.22", "code": "1"}},
+                {"url": "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Organization_InsuranceOrganizationNo",
+                 "valueIdentifier": {"system": "urn:oid:1.2.392.100495.20.3.23", "value": "9876543"}}
+            ]
+        });
+        let rows = crate::extract::extract("Organization", &organization);
+        let token = |param: &str| -> Vec<(Option<String>, Option<String>)> {
+            rows.tokens
+                .iter()
+                .filter(|t| t.param == param)
+                .map(|t| (t.system.clone(), t.code.clone()))
+                .collect()
+        };
+        assert_eq!(
+            token("jp-prefectureno"),
+            [(
+                Some("urn:oid:1.2.392.100495.20.3.21".to_string()),
+                Some("13".to_string())
+            )]
+        );
+        assert_eq!(
+            token("jp-insurance-organizationcategory"),
+            [(
+                Some("urn:oid:1.2.392.100495.20.3.22".to_string()),
+                Some("1".to_string())
+            )]
+        );
+        assert_eq!(
+            token("jp-insurance-organizationno"),
+            [(
+                Some("urn:oid:1.2.392.100495.20.3.23".to_string()),
+                Some("9876543".to_string())
+            )]
+        );
+    }
+
+    #[test]
+    fn only_profile_among_uri_parameters_matches_canonical_versions() {
+        let r = registry();
+        let canonical = |res_type: &str, code: &str| {
+            r.param(res_type, code)
+                .unwrap()
+                .matches_canonical_versions()
+        };
+        assert!(canonical("Patient", "_profile"));
+        assert!(canonical("ValueSet", "_profile"));
+        assert!(!canonical("ValueSet", "url"));
+        assert!(!canonical("CodeSystem", "system"));
+        assert!(!canonical("Patient", "_source"));
+        assert!(!canonical("CarePlan", "instantiates-uri"));
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub use identity::LinkOverride;
 pub use resources::{
     HistoryPage, HistoryQuery, HistoryRow, HistoryScope, NewVersion, ResourceRow, TokenRow,
 };
-pub use search::{page_sql, search_may_be_one_statement, SearchPage, SearchRow, MAX_SORT_KEYS};
+pub use search::{
+    page_sql, search_may_be_one_statement, SearchPage, SearchRow, MAX_INCLUDE_ROUNDS, MAX_SORT_KEYS,
+};
 pub use sql::{Bind, Sql};
 pub use url::DatabaseUrl;
 pub use visibility::{DecidedRow, Decision, Visibility, PRIVACY_TAG_SYSTEM, WITHHELD_TAG};

@@ -75,7 +75,14 @@ pub struct SearchPage {
     pub previous: Option<Cursor>,
     /// Number of matches, when asked for or known for free.
     pub total: Option<i64>,
+    /// `:iterate` includes stopped at [`MAX_INCLUDE_ROUNDS`] with more left to include.
+    pub includes_cut: bool,
 }
+
+/// Rounds of `_include`/`_revinclude` a page runs: the first, then `:iterate` ones. A cap,
+/// because a graph of references (Observation ↔ Observation via `has-member`) may not end;
+/// a page it cuts short says so in an outcome entry (`SearchPage::includes_cut`).
+pub const MAX_INCLUDE_ROUNDS: usize = 4;
 
 #[derive(QueryableByName)]
 struct PatientId {
@@ -485,13 +492,14 @@ impl Tx<'_> {
         } else {
             None
         };
-        let included = self.included(plan, &rows, visibility)?;
+        let (included, includes_cut) = self.included(plan, &rows, visibility)?;
         Ok(SearchPage {
             matches: rows,
             included,
             next,
             previous,
             total,
+            includes_cut,
         })
     }
 
@@ -540,19 +548,22 @@ impl Tx<'_> {
             .collect())
     }
 
+    /// The page's includes, and whether `:iterate` stopped at the cap with more to include.
     fn included(
         &mut self,
         plan: &SearchPlan,
         matches: &[SearchRow],
         visibility: &Visibility,
-    ) -> Result<Vec<SearchRow>, StoreError> {
+    ) -> Result<(Vec<SearchRow>, bool), StoreError> {
         let mut seen: std::collections::HashSet<i64> = matches.iter().map(|r| r.rid).collect();
         let mut included: Vec<SearchRow> = Vec::new();
         let mut frontier: Vec<(i64, String, String)> = matches
             .iter()
             .map(|r| (r.rid, r.res_type.clone(), r.res_id.clone()))
             .collect();
-        for round in 0..4 {
+        // One round past the cap is run only to learn whether the cap cut anything off: its
+        // rows are not returned, and only rows the requester may see count.
+        for round in 0..=MAX_INCLUDE_ROUNDS {
             if frontier.is_empty() {
                 break;
             }
@@ -563,6 +574,10 @@ impl Tx<'_> {
             for include in plan.revincludes.iter().filter(|i| round == 0 || i.iterate) {
                 found.extend(self.revinclude_step(include, &frontier, visibility)?);
             }
+            if round == MAX_INCLUDE_ROUNDS {
+                let cut = found.iter().any(|row| !seen.contains(&row.rid));
+                return Ok((included, cut));
+            }
             frontier.clear();
             for row in found {
                 if seen.insert(row.rid) {
@@ -571,7 +586,7 @@ impl Tx<'_> {
                 }
             }
         }
-        Ok(included)
+        Ok((included, false))
     }
 
     fn include_step(
@@ -1739,6 +1754,11 @@ fn push_filter(
                     sql.push(&format!("{x}.value = "))
                         .bind(Bind::Text(v.clone()));
                 }
+                UriMode::Canonical => {
+                    sql.push("(");
+                    push_url_match(sql, &format!("{x}.value"), v, aliases.backend);
+                    sql.push(")");
+                }
                 // The URL itself or one below it by whole path segments: `…/ValueSet/a` is
                 // not below `…/ValueSet/ab`'s parent `…/ValueSet/a`.
                 UriMode::Below => {
@@ -2146,6 +2166,25 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_profile_without_a_version_matches_its_versions() {
+        let p = plan("Patient", &[("_profile", "http://x/StructureDefinition/p")]);
+        let text = page_sql(&p, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(
+            text.contains("(x1.value = ? OR (x1.value >= ? AND x1.value < ?))"),
+            "{text}"
+        );
+        let versioned = plan(
+            "Patient",
+            &[("_profile", "http://x/StructureDefinition/p|1.0")],
+        );
+        let text = page_sql(&versioned, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(text.contains("((x1.value = ?))"), "{text}");
+        let url = plan("ValueSet", &[("url", "http://x/ValueSet/v")]);
+        let text = page_sql(&url, &Visibility::Unrestricted, Backend::Sqlite).render(false);
+        assert!(!text.contains("x1.value >= ?"), "{text}");
     }
 
     #[test]
