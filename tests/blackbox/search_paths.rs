@@ -201,6 +201,9 @@ fn references_to_other_servers_are_not_local_references() {
                 .iter()
                 .all(|e| e["resource"]["resourceType"] != "Patient"),
             "{included:?}"
+        );
+    });
+}
 
 /// `Patient/{id}/*` (every type of the compartment) is not served: a 400 `not-supported` that
 /// points at `$everything`, for a stored patient and a missing one alike. Before, a 404 said
