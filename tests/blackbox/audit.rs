@@ -625,16 +625,21 @@ fn audit_events_cannot_be_written_through_the_api() {
     });
 }
 
+/// A token of P's own app (registered at clinic B).
+fn patient_app(s: &Server) -> String {
+    s.token_for(
+        "p-app",
+        ORG_B,
+        "patient",
+        &["--patient", &format!("Patient/{PATIENT}")],
+    )
+}
+
 #[test]
 fn patients_see_who_viewed_their_record_and_facilities_see_accesses_to_their_data() {
     for_each_backend(|s| {
         let net = network(s);
-        let me = s.token_for(
-            "p-app",
-            ORG_B,
-            "patient",
-            &["--patient", &format!("Patient/{PATIENT}")],
-        );
+        let me = patient_app(s);
         let me = s.with_token(&me);
         // B (consented) looks at P's data; C tries and is refused; A looks at Q's data.
         net.as_b().read_json(&net.labs[0]);
@@ -1387,5 +1392,158 @@ fn requests_refused_by_routing_or_format_are_audited() {
             Some("auditor"),
             "{deletion}"
         );
+    });
+}
+
+// ---- each interaction names its resource, its patient and its consent decision ------------
+
+/// Every event of one request, as an auditor sees them (oldest first).
+fn request_events(auditor: &Caller<'_>, request_id: &str) -> Vec<Value> {
+    audit_events(auditor, "")
+        .into_iter()
+        .filter(|e| request_id_of(e).as_deref() == Some(request_id))
+        .collect()
+}
+
+/// The one REST event and the AuthZ-Consent events of a request.
+#[track_caller]
+fn rest_and_consent(auditor: &Caller<'_>, request_id: &str) -> (Value, Vec<Value>) {
+    let events = request_events(auditor, request_id);
+    let (rest, consent): (Vec<Value>, Vec<Value>) = events
+        .into_iter()
+        .partition(|e| e["type"]["code"] == "rest");
+    assert_eq!(rest.len(), 1, "{request_id}: {rest:?}");
+    (rest[0].clone(), consent)
+}
+
+#[test]
+fn deletes_name_the_deleted_resource_and_its_patient() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let me = patient_app(s);
+        let me = s.with_token(&me);
+        let patient = format!("Patient/{PATIENT}");
+        let plain = id_of(
+            &net.as_a()
+                .create(&lab("3D046000001906202", 6.0, "2025-06-01", None)),
+        );
+        let conditional = id_of(&net.as_a().create(&lab(
+            "3D046000001906202",
+            6.1,
+            "2025-06-02",
+            Some("DEL-COND-1"),
+        )));
+        net.as_a()
+            .request("DELETE", &plain, &[("X-Request-Id", "rq-delete")], None)
+            .expect(204);
+        net.as_a()
+            .request(
+                "DELETE",
+                "Observation?identifier=urn:hosp-a:lab|DEL-COND-1",
+                &[("X-Request-Id", "rq-cond-delete")],
+                None,
+            )
+            .expect(204);
+        for (request_id, target) in [("rq-delete", &plain), ("rq-cond-delete", &conditional)] {
+            let (event, consent) = rest_and_consent(&auditor, request_id);
+            assert_shape(&event, "delete", "D", "0", request_id);
+            assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
+            let refs = entity_refs(&event);
+            assert!(refs.contains(target), "{request_id}: {refs:?}");
+            assert!(consent.is_empty(), "{consent:?}");
+        }
+        // The auditor finds them by patient and subtype, the patient in their own view, the
+        // holder in its own.
+        for who in [&auditor, &me, &net.as_a()] {
+            let found: Vec<Option<String>> =
+                audit_events(who, &format!("patient=Patient/{PATIENT}&subtype=delete"))
+                    .iter()
+                    .map(request_id_of)
+                    .collect();
+            assert_eq!(
+                found,
+                vec![Some("rq-delete".into()), Some("rq-cond-delete".into())]
+            );
+        }
+        // A delete of nothing still names what it was asked for, and no patient.
+        net.as_a()
+            .request(
+                "DELETE",
+                "Observation/none",
+                &[("X-Request-Id", "rq-delete-none")],
+                None,
+            )
+            .expect(204);
+        let (event, _) = rest_and_consent(&auditor, "rq-delete-none");
+        assert_eq!(entity_refs(&event), vec!["Observation/none".to_string()]);
+        assert!(patient_entities(&event).is_empty(), "{event}");
+    });
+}
+
+#[test]
+fn conditional_create_matching_another_facilitys_record_is_audited_like_a_read_of_it() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let patient = format!("Patient/{PATIENT}");
+        let existing = id_of(&net.as_a().create(&lab(
+            "3D046000001906202",
+            6.2,
+            "2025-06-03",
+            Some("IFNONE-1"),
+        )));
+        // The same lab again, with If-None-Exist naming its identifier.
+        let post_again = |who: &Caller<'_>, request_id: &str| {
+            let body = lab("3D046000001906202", 6.2, "2025-06-03", Some("IFNONE-1"));
+            who.request(
+                "POST",
+                "Observation",
+                &[
+                    ("X-Request-Id", request_id),
+                    ("If-None-Exist", "identifier=urn:hosp-a:lab|IFNONE-1"),
+                    ("Content-Type", crate::support::FHIR_JSON),
+                ],
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+        };
+        // B (consented by P) posts it and is answered A's.
+        let found = post_again(&net.as_b(), "rq-cond-create").expect(200).json();
+        assert_eq!(id_of(&found), existing);
+        let (event, consent) = rest_and_consent(&auditor, "rq-cond-create");
+        assert_shape(&event, "create", "C", "0", "conditional create");
+        assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
+        assert!(
+            entity_refs(&event)
+                .iter()
+                .any(|r| r.starts_with(&format!("{existing}/_history/"))),
+            "{event}"
+        );
+        assert_eq!(consent.len(), 1, "{consent:?}");
+        assert_eq!(consent[0]["outcome"], "0", "{}", consent[0]);
+        assert_eq!(patient_entities(&consent[0]), vec![patient.clone()]);
+        assert!(
+            entity_refs(&consent[0]).contains(&existing),
+            "{}",
+            consent[0]
+        );
+        assert!(
+            consent[0].to_string().contains("Consent/consent-pat-p"),
+            "{}",
+            consent[0]
+        );
+        // A's view (the holder) shows both.
+        let for_a: Vec<Value> = audit_events(&net.as_a(), "")
+            .into_iter()
+            .filter(|e| request_id_of(e).as_deref() == Some("rq-cond-create"))
+            .collect();
+        assert_eq!(for_a.len(), 2, "{for_a:?}");
+        // A facility's conditional create matching its own record leaves no decision.
+        post_again(&net.as_a(), "rq-own-cond-create").expect(200);
+        let (event, consent) = rest_and_consent(&auditor, "rq-own-cond-create");
+        assert_eq!(patient_entities(&event), vec![patient]);
+        assert!(consent.is_empty(), "{consent:?}");
     });
 }

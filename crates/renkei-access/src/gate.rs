@@ -591,17 +591,36 @@ impl Gate {
         work: impl Fn(&mut Tx<'_>, &WriteContext) -> Result<T, RepoError>,
         describe: impl Fn(&T, &mut EventBuilder) -> Vec<String>,
     ) -> Result<T, AccessError> {
+        self.write_with(
+            who,
+            interaction,
+            target,
+            |tx, context| Ok((work(tx, context)?, Vec::new())),
+            describe,
+        )
+    }
+
+    /// [`Gate::write`] whose work also yields further events (consent decisions), committed
+    /// after the write's own AuditEvent in its transaction.
+    fn write_with<T>(
+        &self,
+        who: &Requester,
+        interaction: Interaction,
+        target: Option<String>,
+        work: impl Fn(&mut Tx<'_>, &WriteContext) -> Result<(T, Vec<NewAuditEvent>), RepoError>,
+        describe: impl Fn(&T, &mut EventBuilder) -> Vec<String>,
+    ) -> Result<T, AccessError> {
         let context = self.context(who);
         let builder = self.event(who, interaction);
         let result = who.require_writer().and_then(|()| {
             Ok(self.repository.write(|tx| {
-                let value = work(tx, &context)?;
+                let (value, mut rows) = work(tx, &context)?;
                 let mut event = builder.clone();
                 event.recorded_ms = now_ms();
                 let custodians = describe(&value, &mut event);
-                let row: NewAuditEvent = to_row(&event, &custodians);
+                rows.insert(0, to_row(&event, &custodians));
                 // No audit, no data: a trail that cannot be written fails the write with 503.
-                append(tx, &[row]).map_err(|e| {
+                append(tx, &rows).map_err(|e| {
                     renkei_store::StoreError::Unavailable(format!("audit trail: {e}"))
                 })?;
                 Ok(value)
@@ -696,6 +715,25 @@ impl Gate {
         who.require(res_type, action)
     }
 
+    /// A delete names the deleted resource and its patient, like an update, so that it shows
+    /// in the patient's and the holder's views of the trail.
+    fn describe_delete(outcome: &DeleteOutcome, builder: &mut EventBuilder) -> Vec<String> {
+        let DeleteOutcome::Deleted {
+            target,
+            patient_id,
+            custodian,
+            ..
+        } = outcome
+        else {
+            return Vec::new();
+        };
+        builder.resources.push(target.clone());
+        builder
+            .patients
+            .extend(patient_entity(patient_id.as_deref()));
+        custodian.iter().cloned().collect()
+    }
+
     fn describe_write(outcome: &WriteOutcome, builder: &mut EventBuilder) -> Vec<String> {
         Self::describe_resource(&outcome.resource, builder)
     }
@@ -712,18 +750,32 @@ impl Gate {
         let criteria = if_none_exist.map(|c| c.visible_to(visibility));
         // Index rows extracted here run beside other writes, not in the writer section.
         let resource = PreparedResource::new(resource);
-        self.write(
+        self.write_with(
             who,
             Interaction::Create,
             Some(res_type.to_string()),
             |tx, context| {
-                renkei_repository::create(
+                let outcome = renkei_repository::create(
                     tx,
                     res_type,
                     resource.clone(),
                     criteria.as_ref(),
                     context,
-                )
+                )?;
+                // A match of If-None-Exist is returned to the client: another facility's
+                // record so disclosed leaves the AuthZ-Consent decision a read of it leaves.
+                let decision = match outcome.existing {
+                    true => {
+                        let found = Ok(outcome.resource.clone());
+                        let target = (
+                            outcome.resource.res_type.as_str(),
+                            outcome.resource.id.as_str(),
+                        );
+                        self.single_read_decision(who, tx, target, &found, &context.visibility)?
+                    }
+                    false => None,
+                };
+                Ok((outcome, decision.into_iter().collect()))
             },
             Self::describe_write,
         )
@@ -847,9 +899,12 @@ impl Gate {
             Interaction::Delete,
             Some(target.clone()),
             |tx, context| renkei_repository::delete(tx, res_type, id, if_match, context),
-            |_, builder| {
-                builder.resources.push(target.clone());
-                Vec::new()
+            |outcome, builder| {
+                // A delete of nothing still names what was asked for.
+                if matches!(outcome, DeleteOutcome::NothingToDelete) {
+                    builder.resources.push(target.clone());
+                }
+                Self::describe_delete(outcome, builder)
             },
         )
     }
@@ -872,7 +927,7 @@ impl Gate {
             Interaction::Delete,
             Some(criteria.res_type.clone()),
             |tx, context| renkei_repository::conditional_delete(tx, &criteria, context),
-            |_, _| Vec::new(),
+            Self::describe_delete,
         )
     }
 

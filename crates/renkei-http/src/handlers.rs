@@ -618,7 +618,7 @@ pub async fn conditional_patch(
 
 fn delete_response(req: &HttpRequest, ctx: &RequestCtx, outcome: &DeleteOutcome) -> HttpResponse {
     let (text, version) = match outcome {
-        DeleteOutcome::Deleted { version } => ("deleted", Some(*version)),
+        DeleteOutcome::Deleted { version, .. } => ("deleted", Some(*version)),
         DeleteOutcome::NothingToDelete => (
             "nothing to delete: the resource does not exist or is already deleted",
             None,

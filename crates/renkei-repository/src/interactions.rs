@@ -110,6 +110,13 @@ pub struct WriteOutcome {
 pub enum DeleteOutcome {
     Deleted {
         version: i64,
+        /// The deleted resource as `Type/id` (a conditional delete finds its id itself), so
+        /// that the DELETE's AuditEvent names it.
+        target: String,
+        /// The patient and holder of the deleted record, for the AuditEvent's patient entity
+        /// and the holder's audit view.
+        patient_id: Option<String>,
+        custodian: Option<String>,
     },
     /// Nothing to delete: unknown or already deleted.
     NothingToDelete,
@@ -915,8 +922,10 @@ pub(crate) fn create_with_id(
                 })?;
                 return Ok(WriteOutcome {
                     resource: StoredResource {
-                        custodian: None,
-                        patient_id: None,
+                        // The match is answered like a read of it: its AuditEvent names its
+                        // patient and its holder sees it.
+                        custodian: row.custodian,
+                        patient_id: row.patient_id,
                         res_type: row.res_type,
                         id: row.res_id,
                         version: row.version,
@@ -1244,7 +1253,12 @@ pub fn delete(
     if res_type == "Patient" {
         crate::identity::patient_written(tx, &context.linking, id, None)?;
     }
-    Ok(DeleteOutcome::Deleted { version })
+    Ok(DeleteOutcome::Deleted {
+        version,
+        target: format!("{res_type}/{id}"),
+        patient_id: row.patient_id,
+        custodian: row.custodian,
+    })
 }
 
 /// `DELETE [type]?criteria`: deletes the single match (412 when several match).
