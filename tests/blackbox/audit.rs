@@ -1547,3 +1547,56 @@ fn conditional_create_matching_another_facilitys_record_is_audited_like_a_read_o
         assert!(consent.is_empty(), "{consent:?}");
     });
 }
+
+#[test]
+fn post_search_records_the_form_body_parameters_it_searched() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let form = |who: &Caller<'_>, path: &str, request_id: &str, body: &str| {
+            who.request(
+                "POST",
+                path,
+                &[
+                    ("X-Request-Id", request_id),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                Some(body.as_bytes().to_vec()),
+            )
+            .expect(200)
+        };
+        form(
+            &net.as_a(),
+            "Observation/_search?_count=5",
+            "rq-post-search",
+            &format!("patient={PATIENT}&code=urn%3Aoid%3A1.2.392.200119.4.504%7C3D046000001906202"),
+        );
+        form(
+            &net.as_a(),
+            "_search",
+            "rq-post-system-search",
+            "_type=Observation,Condition",
+        );
+        let (event, _) = rest_and_consent(&auditor, "rq-post-search");
+        assert_shape(&event, "search-type", "E", "0", "POST _search");
+        assert_eq!(
+            query_of(&event).as_deref(),
+            Some(
+                format!(
+                    "Observation?_count=5&patient={PATIENT}\
+                     &code=urn:oid:1.2.392.200119.4.504%7C3D046000001906202"
+                )
+                .as_str()
+            ),
+            "{event}"
+        );
+        assert_eq!(patient_entities(&event), vec![format!("Patient/{PATIENT}")]);
+        let (event, _) = rest_and_consent(&auditor, "rq-post-system-search");
+        assert_eq!(
+            query_of(&event).as_deref(),
+            Some("?_type=Observation%2CCondition"),
+            "{event}"
+        );
+    });
+}
