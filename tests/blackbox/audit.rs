@@ -1600,3 +1600,70 @@ fn post_search_records_the_form_body_parameters_it_searched() {
         );
     });
 }
+
+#[test]
+fn history_of_another_facilitys_data_leaves_the_consent_decision_per_patient() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let patient = format!("Patient/{PATIENT}");
+        let history = |who: &Caller<'_>, path: &str, request_id: &str| {
+            who.request("GET", path, &[("X-Request-Id", request_id)], None)
+                .expect(200);
+        };
+        let instance = format!("{}/_history", net.labs[0]);
+        history(&net.as_b(), &instance, "rq-b-instance-history");
+        history(&net.as_b(), "Observation/_history", "rq-b-type-history");
+        history(&net.as_b(), "_history", "rq-b-system-history");
+        history(&net.as_a(), &instance, "rq-a-own-history");
+        for request_id in [
+            "rq-b-instance-history",
+            "rq-b-type-history",
+            "rq-b-system-history",
+        ] {
+            let (event, consent) = rest_and_consent(&auditor, request_id);
+            assert_shape(&event, "history", "R", "0", request_id);
+            let mut decided: Vec<Vec<String>> = consent.iter().map(patient_entities).collect();
+            decided.sort();
+            let before = decided.len();
+            decided.dedup();
+            assert_eq!(
+                before,
+                decided.len(),
+                "{request_id}: one per patient: {consent:?}"
+            );
+            assert!(
+                decided.contains(&vec![patient.clone()]),
+                "{request_id}: {consent:?}"
+            );
+            let about_p = consent
+                .iter()
+                .find(|e| patient_entities(e) == vec![patient.clone()])
+                .unwrap();
+            assert_eq!(about_p["outcome"], "0", "{about_p}");
+            assert!(
+                about_p.to_string().contains("Consent/consent-pat-p"),
+                "{about_p}"
+            );
+            // Every patient decided on is one the page showed.
+            for patients in &decided {
+                for p in patients {
+                    assert!(patient_entities(&event).contains(p), "{event}");
+                }
+            }
+            // The holder sees the decision in its view.
+            assert!(
+                audit_events(&net.as_a(), "subtype=AuthZ-Consent")
+                    .iter()
+                    .any(|e| request_id_of(e).as_deref() == Some(request_id)),
+                "{request_id}"
+            );
+        }
+        let (_, consent) = rest_and_consent(&auditor, "rq-b-instance-history");
+        assert_eq!(consent.len(), 1, "{consent:?}");
+        // One's own data: no decision.
+        let (_, consent) = rest_and_consent(&auditor, "rq-a-own-history");
+        assert!(consent.is_empty(), "{consent:?}");
+    });
+}

@@ -15,7 +15,8 @@ use renkei_repository::{
 };
 use renkei_search::plan::{Filter, SearchPlan};
 use renkei_store::{
-    AuditQuery, DecidedRow, HistoryPage, NewAuditEvent, SearchPage, SearchRow, Tx, Visibility,
+    AuditQuery, DecidedRow, HistoryPage, HistoryRow, NewAuditEvent, SearchPage, SearchRow, Tx,
+    Visibility,
 };
 use serde_json::Value;
 
@@ -106,6 +107,33 @@ fn searched_through(plan: &SearchPlan) -> Vec<String> {
     types.sort();
     types.dedup();
     types
+}
+
+/// The rows of a page held by another facility than the requester's, per patient: the first
+/// row decided on, and the facilities whose data the decision disclosed (so each holder finds
+/// the decision in its own audit view). `facts` gives a row's patient and holder.
+fn foreign_rows_by_patient<'r, R>(
+    who: &Requester,
+    rows: impl Iterator<Item = &'r R>,
+    facts: impl Fn(&'r R) -> (Option<&'r str>, Option<&'r String>),
+) -> std::collections::BTreeMap<&'r str, (&'r R, Vec<String>)> {
+    let mut first_row = std::collections::BTreeMap::new();
+    for row in rows {
+        let (patient, custodian) = facts(row);
+        if custodian.map(String::as_str) == Some(who.principal.facility.as_str()) {
+            continue;
+        }
+        if let Some(patient) = patient {
+            let (_, holders): &mut (&R, Vec<String>) =
+                first_row.entry(patient).or_insert((row, Vec::new()));
+            if let Some(holder) = custodian {
+                if !holders.contains(holder) {
+                    holders.push(holder.clone());
+                }
+            }
+        }
+    }
+    first_row
 }
 
 /// Whether a Bundle entry changes data (anything but GET and HEAD).
@@ -432,47 +460,72 @@ impl Gate {
         if who.principal.role != renkei_consent::Role::Facility {
             return Ok(Vec::new());
         }
-        // Per patient: the first row decided on, and the facilities whose data the decision
-        // disclosed (so each holder finds the decision in its own audit view).
-        let mut first_row: std::collections::BTreeMap<&str, (&SearchRow, Vec<String>)> =
-            std::collections::BTreeMap::new();
-        for row in page.matches.iter().chain(&page.included) {
-            if row.custodian.as_deref() == Some(who.principal.facility.as_str()) {
-                continue;
-            }
-            if let Some(patient) = row.patient_id.as_deref() {
-                let (_, holders) = first_row.entry(patient).or_insert((row, Vec::new()));
-                if let Some(holder) = &row.custodian {
-                    if !holders.contains(holder) {
-                        holders.push(holder.clone());
-                    }
-                }
-            }
+        let rows = page.matches.iter().chain(&page.included);
+        foreign_rows_by_patient(who, rows, |row: &SearchRow| {
+            (row.patient_id.as_deref(), row.custodian.as_ref())
+        })
+        .iter()
+        .map(|(patient, (row, holders))| {
+            // The page's query names it for its matches; included rows take one
+            // lookup per patient.
+            let decider = self.decider(who, true, || match row.decided_by() {
+                Some(consent) => Ok(Deciders {
+                    consent: consent.map(str::to_string),
+                    overridden_refusal: None,
+                }),
+                None => Ok(tx
+                    .deciding_consent(DecidedRow::Rid(row.rid), visibility)?
+                    .map(|decision| Deciders {
+                        consent: decision.consent_ref,
+                        overridden_refusal: decision.overridden_refusal,
+                    })
+                    .unwrap_or_default()),
+            })?;
+            Ok(to_row(
+                &self.consent_event(who, patient, None, decider, true),
+                holders,
+            ))
+        })
+        .collect()
+    }
+
+    /// BALP AuthZ-Consent for a history page, as for a search page: one event per patient
+    /// whose data held by another facility the page returns, naming what permitted it (one
+    /// lookup per patient, decided on the record's current row as its read would be).
+    fn history_consent_decisions(
+        &self,
+        who: &Requester,
+        tx: &mut Tx<'_>,
+        page: &HistoryPage,
+        visibility: &Visibility,
+    ) -> Result<Vec<NewAuditEvent>, RepoError> {
+        if who.principal.role != renkei_consent::Role::Facility {
+            return Ok(Vec::new());
         }
-        first_row
-            .iter()
-            .map(|(patient, (row, holders))| {
-                // The page's query names it for its matches; included rows take one
-                // lookup per patient.
-                let decider = self.decider(who, true, || match row.decided_by() {
-                    Some(consent) => Ok(Deciders {
-                        consent: consent.map(str::to_string),
-                        overridden_refusal: None,
-                    }),
-                    None => Ok(tx
-                        .deciding_consent(DecidedRow::Rid(row.rid), visibility)?
-                        .map(|decision| Deciders {
-                            consent: decision.consent_ref,
-                            overridden_refusal: decision.overridden_refusal,
-                        })
-                        .unwrap_or_default()),
-                })?;
-                Ok(to_row(
-                    &self.consent_event(who, patient, None, decider, true),
-                    holders,
-                ))
-            })
-            .collect()
+        foreign_rows_by_patient(who, page.rows.iter(), |row: &HistoryRow| {
+            (row.patient_id.as_deref(), row.custodian.as_ref())
+        })
+        .iter()
+        .map(|(patient, (row, holders))| {
+            let decider = self.decider(who, true, || {
+                let current = DecidedRow::Current {
+                    res_type: &row.res_type,
+                    id: &row.res_id,
+                };
+                Ok(tx
+                    .deciding_consent(current, visibility)?
+                    .map(|decision| Deciders {
+                        consent: decision.consent_ref,
+                        overridden_refusal: decision.overridden_refusal,
+                    })
+                    .unwrap_or_default())
+            })?;
+            Ok(to_row(
+                &self.consent_event(who, patient, None, decider, true),
+                holders,
+            ))
+        })
+        .collect()
     }
 
     /// Every break-glass request leaves an AuthZ-Consent event with its stated reason: this
@@ -951,11 +1004,20 @@ impl Gate {
         }
         .and_then(|()| {
             request.visibility = visibility.clone();
-            Ok(self.repository.history(&request)?)
+            // The page and the consent decisions that disclosed its rows: one snapshot.
+            Ok(self.repository.read_tx(|tx| {
+                let page = renkei_repository::history_in(tx, &request)?;
+                let decisions = self.history_consent_decisions(who, tx, &page, &visibility)?;
+                Ok((page, decisions))
+            })?)
         });
+        let (result, decisions) = match result {
+            Ok((page, decisions)) => (Ok(page), decisions),
+            Err(error) => (Err(error), Vec::new()),
+        };
         // A refused instance history is recorded like a refused read: its target, and the
         // AuthZ-Consent decision (which the data's holder sees).
-        let mut extra = Vec::new();
+        let mut extra = decisions;
         if let (Err(_), Some((t, id))) = (&result, &instance) {
             builder.resources.push(format!("{t}/{id}"));
             let refused: Result<StoredResource, RepoError> = Err(RepoError::NotFound {

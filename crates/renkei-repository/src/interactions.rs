@@ -388,29 +388,32 @@ impl Repository {
     }
 
     pub fn history(&self, request: &HistoryRequest) -> Result<HistoryPage, RepoError> {
-        self.store.read(|tx| {
-            if let HistoryScope::Instance { res_type, res_id } = &request.scope {
-                check_type(res_type)?;
-                check_id(res_id)?;
-                let row = tx
-                    .current(res_type, res_id)?
-                    .ok_or_else(|| RepoError::NotFound {
-                        res_type: res_type.clone(),
-                        id: res_id.clone(),
-                    })?;
-                // A resource's history answers like a read of it: hidden is missing.
-                check_visible(tx, &row, &request.visibility)?;
-            }
-            Ok(tx.history(&HistoryQuery {
-                scope: request.scope.clone(),
-                since: request.since,
-                at: request.at,
-                after: request.after,
-                count: request.count,
-                visibility: request.visibility.clone(),
-            })?)
-        })
+        self.store.read(|tx| history_in(tx, request))
     }
+}
+
+/// A history page (instance, type or system) read in the caller's transaction.
+pub fn history_in(tx: &mut Tx<'_>, request: &HistoryRequest) -> Result<HistoryPage, RepoError> {
+    if let HistoryScope::Instance { res_type, res_id } = &request.scope {
+        check_type(res_type)?;
+        check_id(res_id)?;
+        let row = tx
+            .current(res_type, res_id)?
+            .ok_or_else(|| RepoError::NotFound {
+                res_type: res_type.clone(),
+                id: res_id.clone(),
+            })?;
+        // A resource's history answers like a read of it: hidden is missing.
+        check_visible(tx, &row, &request.visibility)?;
+    }
+    Ok(tx.history(&HistoryQuery {
+        scope: request.scope.clone(),
+        since: request.since,
+        at: request.at,
+        after: request.after,
+        count: request.count,
+        visibility: request.visibility.clone(),
+    })?)
 }
 
 impl Repository {
