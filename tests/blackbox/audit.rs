@@ -1667,3 +1667,50 @@ fn history_of_another_facilitys_data_leaves_the_consent_decision_per_patient() {
         assert!(consent.is_empty(), "{consent:?}");
     });
 }
+
+#[test]
+fn reading_one_audit_event_is_recorded_as_a_read_naming_it() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        net.as_a()
+            .request(
+                "GET",
+                &net.labs[0],
+                &[("X-Request-Id", "rq-some-read")],
+                None,
+            )
+            .expect(200);
+        let (read, _) = rest_and_consent(&auditor, "rq-some-read");
+        let id = read["id"].as_str().expect("event id").to_string();
+        let shown = auditor
+            .request(
+                "GET",
+                &format!("AuditEvent/{id}"),
+                &[("X-Request-Id", "rq-audit-read")],
+                None,
+            )
+            .expect(200)
+            .json();
+        assert_eq!(shown["id"], json!(id));
+        auditor
+            .request(
+                "GET",
+                "AuditEvent/no-such-event",
+                &[("X-Request-Id", "rq-audit-read-missing")],
+                None,
+            )
+            .expect(404);
+        let (event, _) = rest_and_consent(&auditor, "rq-audit-read");
+        assert_shape(&event, "read", "R", "0", "AuditEvent read");
+        assert_eq!(entity_refs(&event), vec![format!("AuditEvent/{id}")]);
+        assert_eq!(query_of(&event), None, "{event}");
+        let (event, _) = rest_and_consent(&auditor, "rq-audit-read-missing");
+        assert_shape(&event, "read", "R", "4", "AuditEvent read of nothing");
+        assert_eq!(
+            entity_refs(&event),
+            vec!["AuditEvent/no-such-event".to_string()]
+        );
+    });
+}

@@ -1381,7 +1381,20 @@ impl Gate {
     ) -> Result<Vec<TrailEvent>, AccessError> {
         query.event_id = Some(id.to_string());
         query.count_total = false;
-        Ok(self.audit_events(who, query)?.events)
+        // A read of one event is recorded as the read it is, naming the event; an id the
+        // requester's view does not hold is its 404.
+        let mut builder = self.event(who, Interaction::Read);
+        builder.resources.push(format!("AuditEvent/{id}"));
+        let result = self.read_trail(who, query).and_then(|page| {
+            if page.events.is_empty() {
+                return Err(AccessError::Repo(RepoError::NotFound {
+                    res_type: "AuditEvent".into(),
+                    id: id.to_string(),
+                }));
+            }
+            Ok(page.events)
+        });
+        self.audited(builder, result, |_, _| Vec::new())
     }
 
     /// Records a request that failed before reaching the data (no or bad token, malformed
@@ -1420,8 +1433,17 @@ impl Gate {
     pub fn audit_events(
         &self,
         who: &Requester,
-        mut query: AuditQuery,
+        query: AuditQuery,
     ) -> Result<TrailPage, AccessError> {
+        let mut builder = self.event(who, Interaction::Search);
+        builder.query = Some("AuditEvent".into());
+        let result = self.read_trail(who, query);
+        self.audited(builder, result, |_, _| Vec::new())
+    }
+
+    /// The requester's view of the trail (search, or read when `query.event_id` is set),
+    /// not itself audited: its callers record it as the interaction it was.
+    fn read_trail(&self, who: &Requester, mut query: AuditQuery) -> Result<TrailPage, AccessError> {
         use renkei_consent::Role;
         // The trail is a resource type like any other for the token's scopes.
         let action = if query.event_id.is_some() {
@@ -1463,10 +1485,8 @@ impl Gate {
                 query.custodian_any_of = Some(vec![who.principal.facility.clone()]);
             }
         }
-        let mut builder = self.event(who, Interaction::Search);
-        builder.query = Some("AuditEvent".into());
         // Every access answered before this search is in the trail it reads.
-        let result = self.flush_audit().and_then(|()| {
+        self.flush_audit().and_then(|()| {
             let (rows, total) = self
                 .repository
                 .read_tx(|tx| {
@@ -1508,8 +1528,7 @@ impl Gate {
                     .read_tx(|tx| redact_hidden(tx, &mut events, visibility))?;
             }
             Ok(TrailPage { events, total })
-        });
-        self.audited(builder, result, |_, _| Vec::new())
+        })
     }
 }
 
