@@ -1714,3 +1714,45 @@ fn reading_one_audit_event_is_recorded_as_a_read_naming_it() {
         );
     });
 }
+
+#[test]
+fn redacted_system_search_keeps_the_types_it_searched() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let me = patient_app(s);
+        let me = s.with_token(&me);
+        net.as_a().create(&json!({
+            "resourceType": "Condition",
+            "subject": {"reference": format!("Patient/{PATIENT}")},
+            "code": {"text": "hypertension"},
+        }));
+        net.as_b()
+            .request(
+                "GET",
+                "?_type=Condition",
+                &[("X-Request-Id", "rq-system-search")],
+                None,
+            )
+            .expect(200);
+        for (view, events) in [
+            ("patient", audit_events(&me, "")),
+            ("holder", audit_events(&net.as_a(), "")),
+        ] {
+            let search = events
+                .iter()
+                .find(|e| {
+                    request_id_of(e).as_deref() == Some("rq-system-search")
+                        && e["type"]["code"] == "rest"
+                })
+                .unwrap_or_else(|| panic!("{view}: the search is not in the view"));
+            let queries: Vec<&Value> = search["entity"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e.get("query"))
+                .collect();
+            assert_eq!(queries.len(), 1, "{view}: {search}");
+            assert_eq!(query_of(search).as_deref(), Some("Condition"), "{view}");
+        }
+    });
+}
