@@ -1756,3 +1756,69 @@ fn redacted_system_search_keeps_the_types_it_searched() {
         }
     });
 }
+
+#[test]
+fn match_names_its_query_and_the_consent_decision_for_another_facilitys_patient() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let patient = format!("Patient/{PATIENT}");
+        let body = json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {
+            "resourceType": "Patient",
+            "name": [{"family": "Yamada", "given": ["Taro"]}],
+            "birthDate": "1958-03-12",
+            "gender": "male",
+        }}]});
+        let matched = net
+            .as_b()
+            .request(
+                "POST",
+                "Patient/$match",
+                &[
+                    ("X-Request-Id", "rq-match"),
+                    ("Content-Type", crate::support::FHIR_JSON),
+                ],
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .expect(200)
+            .json();
+        assert!(
+            entries(&matched)
+                .iter()
+                .any(|e| e["resource"]["id"] == PATIENT),
+            "{matched}"
+        );
+        net.as_b()
+            .request(
+                "GET",
+                "Patient?family=Yamada",
+                &[("X-Request-Id", "rq-patient-search")],
+                None,
+            )
+            .expect(200);
+        let (event, consent) = rest_and_consent(&auditor, "rq-match");
+        assert_eq!(event["subtype"][0]["code"], "operation", "{event}");
+        assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
+        let query = query_of(&event).expect("entity.query");
+        assert!(query.starts_with("Patient/$match?"), "{query}");
+        assert!(query.contains("birthdate=1958-03-12"), "{query}");
+        let (_, searched) = rest_and_consent(&auditor, "rq-patient-search");
+        for (what, decisions) in [("$match", &consent), ("search", &searched)] {
+            assert_eq!(decisions.len(), 1, "{what}: {decisions:?}");
+            assert_eq!(patient_entities(&decisions[0]), vec![patient.clone()]);
+            assert_eq!(decisions[0]["outcome"], "0");
+            assert!(
+                decisions[0].to_string().contains("Consent/consent-pat-p"),
+                "{what}: {}",
+                decisions[0]
+            );
+        }
+        // The holder sees the match and its decision.
+        let for_a = audit_events(&net.as_a(), "")
+            .into_iter()
+            .filter(|e| request_id_of(e).as_deref() == Some("rq-match"))
+            .count();
+        assert_eq!(for_a, 2);
+    });
+}

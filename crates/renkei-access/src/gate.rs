@@ -10,13 +10,12 @@ use renkei_auth::Action;
 use renkei_consent::Policy;
 use renkei_repository::identity::{self, MatchCandidate, PixAnswer};
 use renkei_repository::{
-    Criteria, DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, RepoError, Repository,
-    StoredResource, WriteContext, WriteOutcome,
+    percent_encode, Criteria, DeleteOutcome, HistoryRequest, PatchBody, PreparedResource,
+    RepoError, Repository, StoredResource, WriteContext, WriteOutcome,
 };
 use renkei_search::plan::{Filter, SearchPlan};
 use renkei_store::{
-    AuditQuery, DecidedRow, HistoryPage, HistoryRow, NewAuditEvent, SearchPage, SearchRow, Tx,
-    Visibility,
+    AuditQuery, DecidedRow, HistoryPage, NewAuditEvent, SearchPage, SearchRow, Tx, Visibility,
 };
 use serde_json::Value;
 
@@ -63,6 +62,21 @@ fn patient_entity(patient_id: Option<&str>) -> Option<String> {
     patient_id
         .filter(|id| !id.contains(':'))
         .map(|id| format!("Patient/{id}"))
+}
+
+/// What a `$match` searched, as a query: the search parameters its candidates were gathered
+/// by (from the Patient it was given) and its own parameters, so the trail shows what was
+/// asked as it does for a search.
+fn match_query(request: &renkei_identity::MatchRequest) -> String {
+    let mut params: Vec<String> = renkei_identity::candidate_queries(&request.patient)
+        .iter()
+        .map(|(name, value)| format!("{}={}", percent_encode(name), percent_encode(value)))
+        .collect();
+    params.push(format!("onlyCertainMatches={}", request.only_certain));
+    if let Some(count) = request.count {
+        params.push(format!("count={count}"));
+    }
+    format!("Patient/$match?{}", params.join("&"))
 }
 
 /// The resource whose compartment a search is confined to (`Patient/{id}/…`), if any.
@@ -134,6 +148,14 @@ fn foreign_rows_by_patient<'r, R>(
         }
     }
     first_row
+}
+
+/// A row an interaction returns, as its consent decision needs it.
+struct ReturnedRow<'a> {
+    res_type: &'a str,
+    id: &'a str,
+    patient: Option<&'a str>,
+    custodian: Option<&'a String>,
 }
 
 /// Whether a Bundle entry changes data (anything but GET and HEAD).
@@ -489,28 +511,29 @@ impl Gate {
         .collect()
     }
 
-    /// BALP AuthZ-Consent for a history page, as for a search page: one event per patient
-    /// whose data held by another facility the page returns, naming what permitted it (one
-    /// lookup per patient, decided on the record's current row as its read would be).
-    fn history_consent_decisions(
+    /// BALP AuthZ-Consent for rows returned outside a search (history pages, `$match`
+    /// candidates), as for a search page: one event per patient whose data held by another
+    /// facility they include, naming what permitted it (one lookup per patient, decided on
+    /// the record's current row as its read would be).
+    fn current_row_decisions(
         &self,
         who: &Requester,
         tx: &mut Tx<'_>,
-        page: &HistoryPage,
+        rows: &[ReturnedRow<'_>],
         visibility: &Visibility,
     ) -> Result<Vec<NewAuditEvent>, RepoError> {
         if who.principal.role != renkei_consent::Role::Facility {
             return Ok(Vec::new());
         }
-        foreign_rows_by_patient(who, page.rows.iter(), |row: &HistoryRow| {
-            (row.patient_id.as_deref(), row.custodian.as_ref())
+        foreign_rows_by_patient(who, rows.iter(), |row: &ReturnedRow<'_>| {
+            (row.patient, row.custodian)
         })
         .iter()
         .map(|(patient, (row, holders))| {
             let decider = self.decider(who, true, || {
                 let current = DecidedRow::Current {
-                    res_type: &row.res_type,
-                    id: &row.res_id,
+                    res_type: row.res_type,
+                    id: row.id,
                 };
                 Ok(tx
                     .deciding_consent(current, visibility)?
@@ -1007,7 +1030,17 @@ impl Gate {
             // The page and the consent decisions that disclosed its rows: one snapshot.
             Ok(self.repository.read_tx(|tx| {
                 let page = renkei_repository::history_in(tx, &request)?;
-                let decisions = self.history_consent_decisions(who, tx, &page, &visibility)?;
+                let rows: Vec<ReturnedRow<'_>> = page
+                    .rows
+                    .iter()
+                    .map(|row| ReturnedRow {
+                        res_type: &row.res_type,
+                        id: &row.res_id,
+                        patient: row.patient_id.as_deref(),
+                        custodian: row.custodian.as_ref(),
+                    })
+                    .collect();
+                let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
                 Ok((page, decisions))
             })?)
         });
@@ -1578,22 +1611,49 @@ impl Gate {
         who: &Requester,
         request: &renkei_identity::MatchRequest,
     ) -> Result<Vec<MatchCandidate>, AccessError> {
-        let builder = self.event(who, Interaction::Operation("match".into()));
+        let mut builder = self.event(who, Interaction::Operation("match".into()));
+        builder.query = Some(match_query(request));
         let result = who.require("Patient", Action::Search).and_then(|()| {
             let visibility = self.visibility(who);
             let rules = self.repository.linking().clone();
-            Ok(self
-                .repository
-                .read_tx(|tx| identity::match_patients(tx, &rules, request, &visibility))?)
-        });
-        self.audited(builder, result, |candidates, builder| {
-            builder.patients.extend(
-                candidates
+            // The candidates and the consent decisions that disclosed them: one snapshot.
+            Ok(self.repository.read_tx(|tx| {
+                let candidates = identity::match_patients(tx, &rules, request, &visibility)?;
+                let rows: Vec<ReturnedRow<'_>> = candidates
                     .iter()
-                    .map(|c| format!("Patient/{}", c.resource.id)),
-            );
-            Vec::new()
-        })
+                    .map(|c| ReturnedRow {
+                        res_type: "Patient",
+                        id: &c.resource.id,
+                        patient: c.resource.patient_id.as_deref(),
+                        custodian: c.resource.custodian.as_ref(),
+                    })
+                    .collect();
+                let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
+                Ok((candidates, decisions))
+            })?)
+        });
+        let (result, decisions) = match result {
+            Ok((candidates, decisions)) => (Ok(candidates), decisions),
+            Err(error) => (Err(error), Vec::new()),
+        };
+        self.audited_with(
+            builder,
+            result,
+            |candidates, builder| {
+                builder.patients.extend(
+                    candidates
+                        .iter()
+                        .map(|c| format!("Patient/{}", c.resource.id)),
+                );
+                // The holders of the candidates see the match in their views.
+                distinct(
+                    candidates
+                        .iter()
+                        .filter_map(|c| c.resource.custodian.clone()),
+                )
+            },
+            decisions,
+        )
     }
 
     /// An administrator links (or unlinks) two Patient records, with the reason kept; the
