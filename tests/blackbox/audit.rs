@@ -1712,6 +1712,18 @@ fn reading_one_audit_event_is_recorded_as_a_read_naming_it() {
             entity_refs(&event),
             vec!["AuditEvent/no-such-event".to_string()]
         );
+        // A refused look at the trail is recorded as the failed interaction too.
+        let me = patient_app(s);
+        s.with_token(&me)
+            .request(
+                "GET",
+                &format!("AuditEvent?patient=Patient/{OTHER_PATIENT}"),
+                &[("X-Request-Id", "rq-audit-refused")],
+                None,
+            )
+            .expect(403);
+        let (event, _) = rest_and_consent(&auditor, "rq-audit-refused");
+        assert_shape(&event, "search-type", "E", "4", "refused AuditEvent search");
     });
 }
 
