@@ -625,16 +625,21 @@ fn audit_events_cannot_be_written_through_the_api() {
     });
 }
 
+/// A token of P's own app (registered at clinic B).
+fn patient_app(s: &Server) -> String {
+    s.token_for(
+        "p-app",
+        ORG_B,
+        "patient",
+        &["--patient", &format!("Patient/{PATIENT}")],
+    )
+}
+
 #[test]
 fn patients_see_who_viewed_their_record_and_facilities_see_accesses_to_their_data() {
     for_each_backend(|s| {
         let net = network(s);
-        let me = s.token_for(
-            "p-app",
-            ORG_B,
-            "patient",
-            &["--patient", &format!("Patient/{PATIENT}")],
-        );
+        let me = patient_app(s);
         let me = s.with_token(&me);
         // B (consented) looks at P's data; C tries and is refused; A looks at Q's data.
         net.as_b().read_json(&net.labs[0]);
@@ -1436,5 +1441,445 @@ fn requests_refused_by_routing_or_format_are_audited() {
             Some("auditor"),
             "{deletion}"
         );
+    });
+}
+
+// ---- each interaction names its resource, its patient and its consent decision ------------
+
+/// Every event of one request, as an auditor sees them (oldest first).
+fn request_events(auditor: &Caller<'_>, request_id: &str) -> Vec<Value> {
+    audit_events(auditor, "")
+        .into_iter()
+        .filter(|e| request_id_of(e).as_deref() == Some(request_id))
+        .collect()
+}
+
+/// The one REST event and the AuthZ-Consent events of a request.
+#[track_caller]
+fn rest_and_consent(auditor: &Caller<'_>, request_id: &str) -> (Value, Vec<Value>) {
+    let events = request_events(auditor, request_id);
+    let (rest, consent): (Vec<Value>, Vec<Value>) = events
+        .into_iter()
+        .partition(|e| e["type"]["code"] == "rest");
+    assert_eq!(rest.len(), 1, "{request_id}: {rest:?}");
+    (rest[0].clone(), consent)
+}
+
+#[test]
+fn deletes_name_the_deleted_resource_and_its_patient() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let me = patient_app(s);
+        let me = s.with_token(&me);
+        let patient = format!("Patient/{PATIENT}");
+        let plain = id_of(
+            &net.as_a()
+                .create(&lab("3D046000001906202", 6.0, "2025-06-01", None)),
+        );
+        let conditional = id_of(&net.as_a().create(&lab(
+            "3D046000001906202",
+            6.1,
+            "2025-06-02",
+            Some("DEL-COND-1"),
+        )));
+        net.as_a()
+            .request("DELETE", &plain, &[("X-Request-Id", "rq-delete")], None)
+            .expect(204);
+        net.as_a()
+            .request(
+                "DELETE",
+                "Observation?identifier=urn:hosp-a:lab|DEL-COND-1",
+                &[("X-Request-Id", "rq-cond-delete")],
+                None,
+            )
+            .expect(204);
+        for (request_id, target) in [("rq-delete", &plain), ("rq-cond-delete", &conditional)] {
+            let (event, consent) = rest_and_consent(&auditor, request_id);
+            assert_shape(&event, "delete", "D", "0", request_id);
+            assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
+            let refs = entity_refs(&event);
+            assert!(refs.contains(target), "{request_id}: {refs:?}");
+            assert!(consent.is_empty(), "{consent:?}");
+        }
+        // The auditor finds them by patient and subtype, the patient in their own view, the
+        // holder in its own.
+        for who in [&auditor, &me, &net.as_a()] {
+            let found: Vec<Option<String>> =
+                audit_events(who, &format!("patient=Patient/{PATIENT}&subtype=delete"))
+                    .iter()
+                    .map(request_id_of)
+                    .collect();
+            assert_eq!(
+                found,
+                vec![Some("rq-delete".into()), Some("rq-cond-delete".into())]
+            );
+        }
+        // A delete of nothing still names what it was asked for, and no patient.
+        net.as_a()
+            .request(
+                "DELETE",
+                "Observation/none",
+                &[("X-Request-Id", "rq-delete-none")],
+                None,
+            )
+            .expect(204);
+        let (event, _) = rest_and_consent(&auditor, "rq-delete-none");
+        assert_eq!(entity_refs(&event), vec!["Observation/none".to_string()]);
+        assert!(patient_entities(&event).is_empty(), "{event}");
+    });
+}
+
+#[test]
+fn conditional_create_matching_another_facilitys_record_is_audited_like_a_read_of_it() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let patient = format!("Patient/{PATIENT}");
+        let existing = id_of(&net.as_a().create(&lab(
+            "3D046000001906202",
+            6.2,
+            "2025-06-03",
+            Some("IFNONE-1"),
+        )));
+        // The same lab again, with If-None-Exist naming its identifier.
+        let post_again = |who: &Caller<'_>, request_id: &str| {
+            let body = lab("3D046000001906202", 6.2, "2025-06-03", Some("IFNONE-1"));
+            who.request(
+                "POST",
+                "Observation",
+                &[
+                    ("X-Request-Id", request_id),
+                    ("If-None-Exist", "identifier=urn:hosp-a:lab|IFNONE-1"),
+                    ("Content-Type", crate::support::FHIR_JSON),
+                ],
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+        };
+        // B (consented by P) posts it and is answered A's.
+        let found = post_again(&net.as_b(), "rq-cond-create").expect(200).json();
+        assert_eq!(id_of(&found), existing);
+        let (event, consent) = rest_and_consent(&auditor, "rq-cond-create");
+        assert_shape(&event, "create", "C", "0", "conditional create");
+        assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
+        assert!(
+            entity_refs(&event)
+                .iter()
+                .any(|r| r.starts_with(&format!("{existing}/_history/"))),
+            "{event}"
+        );
+        assert_eq!(consent.len(), 1, "{consent:?}");
+        assert_eq!(consent[0]["outcome"], "0", "{}", consent[0]);
+        assert_eq!(patient_entities(&consent[0]), vec![patient.clone()]);
+        assert!(
+            entity_refs(&consent[0]).contains(&existing),
+            "{}",
+            consent[0]
+        );
+        assert!(
+            consent[0].to_string().contains("Consent/consent-pat-p"),
+            "{}",
+            consent[0]
+        );
+        // A's view (the holder) shows both.
+        let for_a: Vec<Value> = audit_events(&net.as_a(), "")
+            .into_iter()
+            .filter(|e| request_id_of(e).as_deref() == Some("rq-cond-create"))
+            .collect();
+        assert_eq!(for_a.len(), 2, "{for_a:?}");
+        // A facility's conditional create matching its own record leaves no decision.
+        post_again(&net.as_a(), "rq-own-cond-create").expect(200);
+        let (event, consent) = rest_and_consent(&auditor, "rq-own-cond-create");
+        assert_eq!(patient_entities(&event), vec![patient]);
+        assert!(consent.is_empty(), "{consent:?}");
+    });
+}
+
+#[test]
+fn post_search_records_the_form_body_parameters_it_searched() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let form = |who: &Caller<'_>, path: &str, request_id: &str, body: &str| {
+            who.request(
+                "POST",
+                path,
+                &[
+                    ("X-Request-Id", request_id),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                Some(body.as_bytes().to_vec()),
+            )
+            .expect(200)
+        };
+        form(
+            &net.as_a(),
+            "Observation/_search?_count=5",
+            "rq-post-search",
+            &format!("patient={PATIENT}&code=urn%3Aoid%3A1.2.392.200119.4.504%7C3D046000001906202"),
+        );
+        form(
+            &net.as_a(),
+            "_search",
+            "rq-post-system-search",
+            "_type=Observation,Condition",
+        );
+        let (event, _) = rest_and_consent(&auditor, "rq-post-search");
+        assert_shape(&event, "search-type", "E", "0", "POST _search");
+        assert_eq!(
+            query_of(&event).as_deref(),
+            Some(
+                format!(
+                    "Observation?_count=5&patient={PATIENT}\
+                     &code=urn:oid:1.2.392.200119.4.504%7C3D046000001906202"
+                )
+                .as_str()
+            ),
+            "{event}"
+        );
+        assert_eq!(patient_entities(&event), vec![format!("Patient/{PATIENT}")]);
+        let (event, _) = rest_and_consent(&auditor, "rq-post-system-search");
+        assert_eq!(
+            query_of(&event).as_deref(),
+            Some("?_type=Observation%2CCondition"),
+            "{event}"
+        );
+    });
+}
+
+#[test]
+fn history_of_another_facilitys_data_leaves_the_consent_decision_per_patient() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let patient = format!("Patient/{PATIENT}");
+        let history = |who: &Caller<'_>, path: &str, request_id: &str| {
+            who.request("GET", path, &[("X-Request-Id", request_id)], None)
+                .expect(200);
+        };
+        let instance = format!("{}/_history", net.labs[0]);
+        history(&net.as_b(), &instance, "rq-b-instance-history");
+        history(&net.as_b(), "Observation/_history", "rq-b-type-history");
+        history(&net.as_b(), "_history", "rq-b-system-history");
+        history(&net.as_a(), &instance, "rq-a-own-history");
+        for request_id in [
+            "rq-b-instance-history",
+            "rq-b-type-history",
+            "rq-b-system-history",
+        ] {
+            let (event, consent) = rest_and_consent(&auditor, request_id);
+            assert_shape(&event, "history", "R", "0", request_id);
+            let mut decided: Vec<Vec<String>> = consent.iter().map(patient_entities).collect();
+            decided.sort();
+            let before = decided.len();
+            decided.dedup();
+            assert_eq!(
+                before,
+                decided.len(),
+                "{request_id}: one per patient: {consent:?}"
+            );
+            assert!(
+                decided.contains(&vec![patient.clone()]),
+                "{request_id}: {consent:?}"
+            );
+            let about_p = consent
+                .iter()
+                .find(|e| patient_entities(e) == vec![patient.clone()])
+                .unwrap();
+            assert_eq!(about_p["outcome"], "0", "{about_p}");
+            assert!(
+                about_p.to_string().contains("Consent/consent-pat-p"),
+                "{about_p}"
+            );
+            // Every patient decided on is one the page showed.
+            for patients in &decided {
+                for p in patients {
+                    assert!(patient_entities(&event).contains(p), "{event}");
+                }
+            }
+            // The holder sees the decision in its view.
+            assert!(
+                audit_events(&net.as_a(), "subtype=AuthZ-Consent")
+                    .iter()
+                    .any(|e| request_id_of(e).as_deref() == Some(request_id)),
+                "{request_id}"
+            );
+        }
+        let (_, consent) = rest_and_consent(&auditor, "rq-b-instance-history");
+        assert_eq!(consent.len(), 1, "{consent:?}");
+        // One's own data: no decision.
+        let (_, consent) = rest_and_consent(&auditor, "rq-a-own-history");
+        assert!(consent.is_empty(), "{consent:?}");
+    });
+}
+
+#[test]
+fn reading_one_audit_event_is_recorded_as_a_read_naming_it() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        net.as_a()
+            .request(
+                "GET",
+                &net.labs[0],
+                &[("X-Request-Id", "rq-some-read")],
+                None,
+            )
+            .expect(200);
+        let (read, _) = rest_and_consent(&auditor, "rq-some-read");
+        let id = read["id"].as_str().expect("event id").to_string();
+        let shown = auditor
+            .request(
+                "GET",
+                &format!("AuditEvent/{id}"),
+                &[("X-Request-Id", "rq-audit-read")],
+                None,
+            )
+            .expect(200)
+            .json();
+        assert_eq!(shown["id"], json!(id));
+        auditor
+            .request(
+                "GET",
+                "AuditEvent/no-such-event",
+                &[("X-Request-Id", "rq-audit-read-missing")],
+                None,
+            )
+            .expect(404);
+        let (event, _) = rest_and_consent(&auditor, "rq-audit-read");
+        assert_shape(&event, "read", "R", "0", "AuditEvent read");
+        assert_eq!(entity_refs(&event), vec![format!("AuditEvent/{id}")]);
+        assert_eq!(query_of(&event), None, "{event}");
+        let (event, _) = rest_and_consent(&auditor, "rq-audit-read-missing");
+        assert_shape(&event, "read", "R", "4", "AuditEvent read of nothing");
+        assert_eq!(
+            entity_refs(&event),
+            vec!["AuditEvent/no-such-event".to_string()]
+        );
+        // A refused look at the trail is recorded as the failed interaction too.
+        let me = patient_app(s);
+        s.with_token(&me)
+            .request(
+                "GET",
+                &format!("AuditEvent?patient=Patient/{OTHER_PATIENT}"),
+                &[("X-Request-Id", "rq-audit-refused")],
+                None,
+            )
+            .expect(403);
+        let (event, _) = rest_and_consent(&auditor, "rq-audit-refused");
+        assert_shape(&event, "search-type", "E", "4", "refused AuditEvent search");
+    });
+}
+
+#[test]
+fn redacted_system_search_keeps_the_types_it_searched() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let me = patient_app(s);
+        let me = s.with_token(&me);
+        net.as_a().create(&json!({
+            "resourceType": "Condition",
+            "subject": {"reference": format!("Patient/{PATIENT}")},
+            "code": {"text": "hypertension"},
+        }));
+        net.as_b()
+            .request(
+                "GET",
+                "?_type=Condition",
+                &[("X-Request-Id", "rq-system-search")],
+                None,
+            )
+            .expect(200);
+        for (view, events) in [
+            ("patient", audit_events(&me, "")),
+            ("holder", audit_events(&net.as_a(), "")),
+        ] {
+            let search = events
+                .iter()
+                .find(|e| {
+                    request_id_of(e).as_deref() == Some("rq-system-search")
+                        && e["type"]["code"] == "rest"
+                })
+                .unwrap_or_else(|| panic!("{view}: the search is not in the view"));
+            let queries: Vec<&Value> = search["entity"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e.get("query"))
+                .collect();
+            assert_eq!(queries.len(), 1, "{view}: {search}");
+            assert_eq!(query_of(search).as_deref(), Some("Condition"), "{view}");
+        }
+    });
+}
+
+#[test]
+fn match_names_its_query_and_the_consent_decision_for_another_facilitys_patient() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let patient = format!("Patient/{PATIENT}");
+        let body = json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {
+            "resourceType": "Patient",
+            "name": [{"family": "Yamada", "given": ["Taro"]}],
+            "birthDate": "1958-03-12",
+            "gender": "male",
+        }}]});
+        let matched = net
+            .as_b()
+            .request(
+                "POST",
+                "Patient/$match",
+                &[
+                    ("X-Request-Id", "rq-match"),
+                    ("Content-Type", crate::support::FHIR_JSON),
+                ],
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .expect(200)
+            .json();
+        assert!(
+            entries(&matched)
+                .iter()
+                .any(|e| e["resource"]["id"] == PATIENT),
+            "{matched}"
+        );
+        net.as_b()
+            .request(
+                "GET",
+                "Patient?family=Yamada",
+                &[("X-Request-Id", "rq-patient-search")],
+                None,
+            )
+            .expect(200);
+        let (event, consent) = rest_and_consent(&auditor, "rq-match");
+        assert_eq!(event["subtype"][0]["code"], "operation", "{event}");
+        assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
+        let query = query_of(&event).expect("entity.query");
+        assert!(query.starts_with("Patient/$match?"), "{query}");
+        assert!(query.contains("birthdate=1958-03-12"), "{query}");
+        let (_, searched) = rest_and_consent(&auditor, "rq-patient-search");
+        for (what, decisions) in [("$match", &consent), ("search", &searched)] {
+            assert_eq!(decisions.len(), 1, "{what}: {decisions:?}");
+            assert_eq!(patient_entities(&decisions[0]), vec![patient.clone()]);
+            assert_eq!(decisions[0]["outcome"], "0");
+            assert!(
+                decisions[0].to_string().contains("Consent/consent-pat-p"),
+                "{what}: {}",
+                decisions[0]
+            );
+        }
+        // The holder sees the match and its decision.
+        let for_a = audit_events(&net.as_a(), "")
+            .into_iter()
+            .filter(|e| request_id_of(e).as_deref() == Some("rq-match"))
+            .count();
+        assert_eq!(for_a, 2);
     });
 }

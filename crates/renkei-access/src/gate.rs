@@ -10,8 +10,8 @@ use renkei_auth::Action;
 use renkei_consent::Policy;
 use renkei_repository::identity::{self, MatchCandidate, PixAnswer};
 use renkei_repository::{
-    Criteria, DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, RepoError, Repository,
-    StoredResource, WriteContext, WriteOutcome,
+    percent_encode, Criteria, DeleteOutcome, HistoryRequest, PatchBody, PreparedResource,
+    RepoError, Repository, StoredResource, WriteContext, WriteOutcome,
 };
 use renkei_search::plan::{Filter, SearchPlan};
 use renkei_store::{
@@ -64,6 +64,21 @@ fn patient_entity(patient_id: Option<&str>) -> Option<String> {
         .map(|id| format!("Patient/{id}"))
 }
 
+/// What a `$match` searched, as a query: the search parameters its candidates were gathered
+/// by (from the Patient it was given) and its own parameters, so the trail shows what was
+/// asked as it does for a search.
+fn match_query(request: &renkei_identity::MatchRequest) -> String {
+    let mut params: Vec<String> = renkei_identity::candidate_queries(&request.patient)
+        .iter()
+        .map(|(name, value)| format!("{}={}", percent_encode(name), percent_encode(value)))
+        .collect();
+    params.push(format!("onlyCertainMatches={}", request.only_certain));
+    if let Some(count) = request.count {
+        params.push(format!("count={count}"));
+    }
+    format!("Patient/$match?{}", params.join("&"))
+}
+
 /// The resource whose compartment a search is confined to (`Patient/{id}/…`), if any.
 fn compartment_owner(plan: &SearchPlan) -> Option<(&str, &str)> {
     plan.filters.iter().find_map(|filter| match filter {
@@ -106,6 +121,41 @@ fn searched_through(plan: &SearchPlan) -> Vec<String> {
     types.sort();
     types.dedup();
     types
+}
+
+/// The rows of a page held by another facility than the requester's, per patient: the first
+/// row decided on, and the facilities whose data the decision disclosed (so each holder finds
+/// the decision in its own audit view). `facts` gives a row's patient and holder.
+fn foreign_rows_by_patient<'r, R>(
+    who: &Requester,
+    rows: impl Iterator<Item = &'r R>,
+    facts: impl Fn(&'r R) -> (Option<&'r str>, Option<&'r String>),
+) -> std::collections::BTreeMap<&'r str, (&'r R, Vec<String>)> {
+    let mut first_row = std::collections::BTreeMap::new();
+    for row in rows {
+        let (patient, custodian) = facts(row);
+        if custodian.map(String::as_str) == Some(who.principal.facility.as_str()) {
+            continue;
+        }
+        if let Some(patient) = patient {
+            let (_, holders): &mut (&R, Vec<String>) =
+                first_row.entry(patient).or_insert((row, Vec::new()));
+            if let Some(holder) = custodian {
+                if !holders.contains(holder) {
+                    holders.push(holder.clone());
+                }
+            }
+        }
+    }
+    first_row
+}
+
+/// A row an interaction returns, as its consent decision needs it.
+struct ReturnedRow<'a> {
+    res_type: &'a str,
+    id: &'a str,
+    patient: Option<&'a str>,
+    custodian: Option<&'a String>,
 }
 
 /// Whether a Bundle entry changes data (anything but GET and HEAD).
@@ -432,47 +482,73 @@ impl Gate {
         if who.principal.role != renkei_consent::Role::Facility {
             return Ok(Vec::new());
         }
-        // Per patient: the first row decided on, and the facilities whose data the decision
-        // disclosed (so each holder finds the decision in its own audit view).
-        let mut first_row: std::collections::BTreeMap<&str, (&SearchRow, Vec<String>)> =
-            std::collections::BTreeMap::new();
-        for row in page.matches.iter().chain(&page.included) {
-            if row.custodian.as_deref() == Some(who.principal.facility.as_str()) {
-                continue;
-            }
-            if let Some(patient) = row.patient_id.as_deref() {
-                let (_, holders) = first_row.entry(patient).or_insert((row, Vec::new()));
-                if let Some(holder) = &row.custodian {
-                    if !holders.contains(holder) {
-                        holders.push(holder.clone());
-                    }
-                }
-            }
+        let rows = page.matches.iter().chain(&page.included);
+        foreign_rows_by_patient(who, rows, |row: &SearchRow| {
+            (row.patient_id.as_deref(), row.custodian.as_ref())
+        })
+        .iter()
+        .map(|(patient, (row, holders))| {
+            // The page's query names it for its matches; included rows take one
+            // lookup per patient.
+            let decider = self.decider(who, true, || match row.decided_by() {
+                Some(consent) => Ok(Deciders {
+                    consent: consent.map(str::to_string),
+                    overridden_refusal: None,
+                }),
+                None => Ok(tx
+                    .deciding_consent(DecidedRow::Rid(row.rid), visibility)?
+                    .map(|decision| Deciders {
+                        consent: decision.consent_ref,
+                        overridden_refusal: decision.overridden_refusal,
+                    })
+                    .unwrap_or_default()),
+            })?;
+            Ok(to_row(
+                &self.consent_event(who, patient, None, decider, true),
+                holders,
+            ))
+        })
+        .collect()
+    }
+
+    /// BALP AuthZ-Consent for rows returned outside a search (history pages, `$match`
+    /// candidates), as for a search page: one event per patient whose data held by another
+    /// facility they include, naming what permitted it (one lookup per patient, decided on
+    /// the record's current row as its read would be).
+    fn current_row_decisions(
+        &self,
+        who: &Requester,
+        tx: &mut Tx<'_>,
+        rows: &[ReturnedRow<'_>],
+        visibility: &Visibility,
+    ) -> Result<Vec<NewAuditEvent>, RepoError> {
+        if who.principal.role != renkei_consent::Role::Facility {
+            return Ok(Vec::new());
         }
-        first_row
-            .iter()
-            .map(|(patient, (row, holders))| {
-                // The page's query names it for its matches; included rows take one
-                // lookup per patient.
-                let decider = self.decider(who, true, || match row.decided_by() {
-                    Some(consent) => Ok(Deciders {
-                        consent: consent.map(str::to_string),
-                        overridden_refusal: None,
-                    }),
-                    None => Ok(tx
-                        .deciding_consent(DecidedRow::Rid(row.rid), visibility)?
-                        .map(|decision| Deciders {
-                            consent: decision.consent_ref,
-                            overridden_refusal: decision.overridden_refusal,
-                        })
-                        .unwrap_or_default()),
-                })?;
-                Ok(to_row(
-                    &self.consent_event(who, patient, None, decider, true),
-                    holders,
-                ))
-            })
-            .collect()
+        foreign_rows_by_patient(who, rows.iter(), |row: &ReturnedRow<'_>| {
+            (row.patient, row.custodian)
+        })
+        .iter()
+        .map(|(patient, (row, holders))| {
+            let decider = self.decider(who, true, || {
+                let current = DecidedRow::Current {
+                    res_type: row.res_type,
+                    id: row.id,
+                };
+                Ok(tx
+                    .deciding_consent(current, visibility)?
+                    .map(|decision| Deciders {
+                        consent: decision.consent_ref,
+                        overridden_refusal: decision.overridden_refusal,
+                    })
+                    .unwrap_or_default())
+            })?;
+            Ok(to_row(
+                &self.consent_event(who, patient, None, decider, true),
+                holders,
+            ))
+        })
+        .collect()
     }
 
     /// Every break-glass request leaves an AuthZ-Consent event with its stated reason: this
@@ -591,17 +667,36 @@ impl Gate {
         work: impl Fn(&mut Tx<'_>, &WriteContext) -> Result<T, RepoError>,
         describe: impl Fn(&T, &mut EventBuilder) -> Vec<String>,
     ) -> Result<T, AccessError> {
+        self.write_with(
+            who,
+            interaction,
+            target,
+            |tx, context| Ok((work(tx, context)?, Vec::new())),
+            describe,
+        )
+    }
+
+    /// [`Gate::write`] whose work also yields further events (consent decisions), committed
+    /// after the write's own AuditEvent in its transaction.
+    fn write_with<T>(
+        &self,
+        who: &Requester,
+        interaction: Interaction,
+        target: Option<String>,
+        work: impl Fn(&mut Tx<'_>, &WriteContext) -> Result<(T, Vec<NewAuditEvent>), RepoError>,
+        describe: impl Fn(&T, &mut EventBuilder) -> Vec<String>,
+    ) -> Result<T, AccessError> {
         let context = self.context(who);
         let builder = self.event(who, interaction);
         let result = who.require_writer().and_then(|()| {
             Ok(self.repository.write(|tx| {
-                let value = work(tx, &context)?;
+                let (value, mut rows) = work(tx, &context)?;
                 let mut event = builder.clone();
                 event.recorded_ms = now_ms();
                 let custodians = describe(&value, &mut event);
-                let row: NewAuditEvent = to_row(&event, &custodians);
+                rows.insert(0, to_row(&event, &custodians));
                 // No audit, no data: a trail that cannot be written fails the write with 503.
-                append(tx, &[row]).map_err(|e| {
+                append(tx, &rows).map_err(|e| {
                     renkei_store::StoreError::Unavailable(format!("audit trail: {e}"))
                 })?;
                 Ok(value)
@@ -696,6 +791,25 @@ impl Gate {
         who.require(res_type, action)
     }
 
+    /// A delete names the deleted resource and its patient, like an update, so that it shows
+    /// in the patient's and the holder's views of the trail.
+    fn describe_delete(outcome: &DeleteOutcome, builder: &mut EventBuilder) -> Vec<String> {
+        let DeleteOutcome::Deleted {
+            target,
+            patient_id,
+            custodian,
+            ..
+        } = outcome
+        else {
+            return Vec::new();
+        };
+        builder.resources.push(target.clone());
+        builder
+            .patients
+            .extend(patient_entity(patient_id.as_deref()));
+        custodian.iter().cloned().collect()
+    }
+
     fn describe_write(outcome: &WriteOutcome, builder: &mut EventBuilder) -> Vec<String> {
         Self::describe_resource(&outcome.resource, builder)
     }
@@ -712,18 +826,32 @@ impl Gate {
         let criteria = if_none_exist.map(|c| c.visible_to(visibility));
         // Index rows extracted here run beside other writes, not in the writer section.
         let resource = PreparedResource::new(resource);
-        self.write(
+        self.write_with(
             who,
             Interaction::Create,
             Some(res_type.to_string()),
             |tx, context| {
-                renkei_repository::create(
+                let outcome = renkei_repository::create(
                     tx,
                     res_type,
                     resource.clone(),
                     criteria.as_ref(),
                     context,
-                )
+                )?;
+                // A match of If-None-Exist is returned to the client: another facility's
+                // record so disclosed leaves the AuthZ-Consent decision a read of it leaves.
+                let decision = match outcome.existing {
+                    true => {
+                        let found = Ok(outcome.resource.clone());
+                        let target = (
+                            outcome.resource.res_type.as_str(),
+                            outcome.resource.id.as_str(),
+                        );
+                        self.single_read_decision(who, tx, target, &found, &context.visibility)?
+                    }
+                    false => None,
+                };
+                Ok((outcome, decision.into_iter().collect()))
             },
             Self::describe_write,
         )
@@ -847,9 +975,12 @@ impl Gate {
             Interaction::Delete,
             Some(target.clone()),
             |tx, context| renkei_repository::delete(tx, res_type, id, if_match, context),
-            |_, builder| {
-                builder.resources.push(target.clone());
-                Vec::new()
+            |outcome, builder| {
+                // A delete of nothing still names what was asked for.
+                if matches!(outcome, DeleteOutcome::NothingToDelete) {
+                    builder.resources.push(target.clone());
+                }
+                Self::describe_delete(outcome, builder)
             },
         )
     }
@@ -872,7 +1003,7 @@ impl Gate {
             Interaction::Delete,
             Some(criteria.res_type.clone()),
             |tx, context| renkei_repository::conditional_delete(tx, &criteria, context),
-            |_, _| Vec::new(),
+            Self::describe_delete,
         )
     }
 
@@ -896,11 +1027,30 @@ impl Gate {
         }
         .and_then(|()| {
             request.visibility = visibility.clone();
-            Ok(self.repository.history(&request)?)
+            // The page and the consent decisions that disclosed its rows: one snapshot.
+            Ok(self.repository.read_tx(|tx| {
+                let page = renkei_repository::history_in(tx, &request)?;
+                let rows: Vec<ReturnedRow<'_>> = page
+                    .rows
+                    .iter()
+                    .map(|row| ReturnedRow {
+                        res_type: &row.res_type,
+                        id: &row.res_id,
+                        patient: row.patient_id.as_deref(),
+                        custodian: row.custodian.as_ref(),
+                    })
+                    .collect();
+                let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
+                Ok((page, decisions))
+            })?)
         });
+        let (result, decisions) = match result {
+            Ok((page, decisions)) => (Ok(page), decisions),
+            Err(error) => (Err(error), Vec::new()),
+        };
         // A refused instance history is recorded like a refused read: its target, and the
         // AuthZ-Consent decision (which the data's holder sees).
-        let mut extra = Vec::new();
+        let mut extra = decisions;
         if let (Err(_), Some((t, id))) = (&result, &instance) {
             builder.resources.push(format!("{t}/{id}"));
             let refused: Result<StoredResource, RepoError> = Err(RepoError::NotFound {
@@ -1264,7 +1414,20 @@ impl Gate {
     ) -> Result<Vec<TrailEvent>, AccessError> {
         query.event_id = Some(id.to_string());
         query.count_total = false;
-        Ok(self.audit_events(who, query)?.events)
+        // A read of one event is recorded as the read it is, naming the event; an id the
+        // requester's view does not hold is its 404.
+        let mut builder = self.event(who, Interaction::Read);
+        builder.resources.push(format!("AuditEvent/{id}"));
+        let result = self.read_trail(who, query).and_then(|page| {
+            if page.events.is_empty() {
+                return Err(AccessError::Repo(RepoError::NotFound {
+                    res_type: "AuditEvent".into(),
+                    id: id.to_string(),
+                }));
+            }
+            Ok(page.events)
+        });
+        self.audited(builder, result, |_, _| Vec::new())
     }
 
     /// Records a request that failed before reaching the data (no or bad token, malformed
@@ -1303,8 +1466,17 @@ impl Gate {
     pub fn audit_events(
         &self,
         who: &Requester,
-        mut query: AuditQuery,
+        query: AuditQuery,
     ) -> Result<TrailPage, AccessError> {
+        let mut builder = self.event(who, Interaction::Search);
+        builder.query = Some("AuditEvent".into());
+        let result = self.read_trail(who, query);
+        self.audited(builder, result, |_, _| Vec::new())
+    }
+
+    /// The requester's view of the trail (search, or read when `query.event_id` is set),
+    /// not itself audited: its callers record it as the interaction it was.
+    fn read_trail(&self, who: &Requester, mut query: AuditQuery) -> Result<TrailPage, AccessError> {
         use renkei_consent::Role;
         // The trail is a resource type like any other for the token's scopes.
         let action = if query.event_id.is_some() {
@@ -1346,10 +1518,8 @@ impl Gate {
                 query.custodian_any_of = Some(vec![who.principal.facility.clone()]);
             }
         }
-        let mut builder = self.event(who, Interaction::Search);
-        builder.query = Some("AuditEvent".into());
         // Every access answered before this search is in the trail it reads.
-        let result = self.flush_audit().and_then(|()| {
+        self.flush_audit().and_then(|()| {
             let (rows, total) = self
                 .repository
                 .read_tx(|tx| {
@@ -1391,8 +1561,7 @@ impl Gate {
                     .read_tx(|tx| redact_hidden(tx, &mut events, visibility))?;
             }
             Ok(TrailPage { events, total })
-        });
-        self.audited(builder, result, |_, _| Vec::new())
+        })
     }
 }
 
@@ -1442,22 +1611,49 @@ impl Gate {
         who: &Requester,
         request: &renkei_identity::MatchRequest,
     ) -> Result<Vec<MatchCandidate>, AccessError> {
-        let builder = self.event(who, Interaction::Operation("match".into()));
+        let mut builder = self.event(who, Interaction::Operation("match".into()));
+        builder.query = Some(match_query(request));
         let result = who.require("Patient", Action::Search).and_then(|()| {
             let visibility = self.visibility(who);
             let rules = self.repository.linking().clone();
-            Ok(self
-                .repository
-                .read_tx(|tx| identity::match_patients(tx, &rules, request, &visibility))?)
-        });
-        self.audited(builder, result, |candidates, builder| {
-            builder.patients.extend(
-                candidates
+            // The candidates and the consent decisions that disclosed them: one snapshot.
+            Ok(self.repository.read_tx(|tx| {
+                let candidates = identity::match_patients(tx, &rules, request, &visibility)?;
+                let rows: Vec<ReturnedRow<'_>> = candidates
                     .iter()
-                    .map(|c| format!("Patient/{}", c.resource.id)),
-            );
-            Vec::new()
-        })
+                    .map(|c| ReturnedRow {
+                        res_type: "Patient",
+                        id: &c.resource.id,
+                        patient: c.resource.patient_id.as_deref(),
+                        custodian: c.resource.custodian.as_ref(),
+                    })
+                    .collect();
+                let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
+                Ok((candidates, decisions))
+            })?)
+        });
+        let (result, decisions) = match result {
+            Ok((candidates, decisions)) => (Ok(candidates), decisions),
+            Err(error) => (Err(error), Vec::new()),
+        };
+        self.audited_with(
+            builder,
+            result,
+            |candidates, builder| {
+                builder.patients.extend(
+                    candidates
+                        .iter()
+                        .map(|c| format!("Patient/{}", c.resource.id)),
+                );
+                // The holders of the candidates see the match in their views.
+                distinct(
+                    candidates
+                        .iter()
+                        .filter_map(|c| c.resource.custodian.clone()),
+                )
+            },
+            decisions,
+        )
     }
 
     /// An administrator links (or unlinks) two Patient records, with the reason kept; the

@@ -435,17 +435,22 @@ pub fn redact_hidden<E>(
                     continue;
                 }
             }
-            if let Some(query) = entity.get_mut("query") {
+            if let Some(object) = entity.as_object_mut() {
                 let engine = base64::engine::general_purpose::STANDARD;
-                let searched = query
-                    .as_str()
+                let searched = object
+                    .get("query")
+                    .and_then(Value::as_str)
                     .and_then(|encoded| engine.decode(encoded).ok())
-                    .map(|bytes| {
-                        let text = String::from_utf8_lossy(&bytes);
-                        text.split('?').next().unwrap_or_default().to_string()
-                    })
-                    .unwrap_or_default();
-                *query = Value::String(engine.encode(searched.as_bytes()));
+                    .map(|bytes| searched_types(&String::from_utf8_lossy(&bytes)));
+                match searched {
+                    Some(types) if !types.is_empty() => {
+                        object.insert("query".into(), Value::String(engine.encode(types)));
+                    }
+                    // FHIR forbids an empty string: with nothing to keep, no query element.
+                    _ => {
+                        object.remove("query");
+                    }
+                }
             }
             kept.push(entity);
         }
@@ -465,6 +470,28 @@ pub fn redact_hidden<E>(
         *desc = Value::String(status.to_string());
     }
     Ok(())
+}
+
+/// What a redacted query keeps of a recorded query: the resource type it searched (the path
+/// before `?`), or for a system search (`?_type=A,B`) the types its `_type` names, which are
+/// types, never ids. Empty when it names neither.
+fn searched_types(query: &str) -> String {
+    let (path, params) = query.split_once('?').unwrap_or((query, ""));
+    if !path.is_empty() {
+        return path.to_string();
+    }
+    let lists: Vec<String> = params
+        .split('&')
+        .filter_map(|param| param.strip_prefix("_type="))
+        .map(|list| list.replace("%2C", ",").replace("%2c", ","))
+        .collect();
+    let types: Vec<&str> = lists
+        .iter()
+        .flat_map(|list| list.split(','))
+        // Anything but a type name is left out: only types are safe to show.
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .collect();
+    types.join(",")
 }
 
 /// How a decision made by a privacy tag names its decider (`privacy-tag:UNDELIVERED`).
@@ -545,6 +572,36 @@ mod tests {
             .unwrap();
         assert_eq!(decoded, b"Observation");
         assert_eq!(event["outcomeDesc"], "403");
+    }
+
+    #[test]
+    fn redaction_keeps_the_types_of_a_system_search_and_never_an_empty_query() {
+        let redacted = |query: &str| {
+            let mut builder = EventBuilder::new(Interaction::Search, "req-10", 0);
+            builder.query = Some(query.into());
+            let mut event = builder.build("e10");
+            redact_hidden(&mut event, |_| Ok::<bool, ()>(true)).unwrap();
+            event["entity"]
+                .as_array()
+                .and_then(|entities| entities.iter().find_map(|e| e.get("query")))
+                .map(|q| {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(q.as_str().unwrap())
+                        .unwrap();
+                    String::from_utf8(bytes).unwrap()
+                })
+        };
+        assert_eq!(redacted("?_type=Condition").as_deref(), Some("Condition"));
+        assert_eq!(
+            redacted("?_type=Condition%2CObservation&_id=x").as_deref(),
+            Some("Condition,Observation")
+        );
+        assert_eq!(
+            redacted("Observation?_id=x").as_deref(),
+            Some("Observation")
+        );
+        assert_eq!(redacted("?_id=x"), None);
+        assert_eq!(redacted("?_type=Patient/x"), None);
     }
 
     #[test]

@@ -618,7 +618,7 @@ pub async fn conditional_patch(
 
 fn delete_response(req: &HttpRequest, ctx: &RequestCtx, outcome: &DeleteOutcome) -> HttpResponse {
     let (text, version) = match outcome {
-        DeleteOutcome::Deleted { version } => ("deleted", Some(*version)),
+        DeleteOutcome::Deleted { version, .. } => ("deleted", Some(*version)),
         DeleteOutcome::NothingToDelete => (
             "nothing to delete: the resource does not exist or is already deleted",
             None,
@@ -976,17 +976,7 @@ fn decode_cursor(token: &str) -> Option<(i64, i64, i64)> {
 }
 
 /// Percent-encodes a query value.
-pub fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use renkei_repository::percent_encode as encode;
 
 pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ctx = ctx_or_fail!(req);

@@ -170,6 +170,20 @@ async fn run(
 ) -> Result<HttpResponse> {
     let who = authenticate(req, state)?;
     let options = parse_options(req, state);
+    let path = request.self_path.split('?').next().unwrap_or_default();
+    // The query as the client sent it. A `POST …/_search` puts (some of) its parameters in
+    // the form body, so the trail records the URL's and the body's parameters together,
+    // as searched, rather than the URL's alone.
+    let raw_query = if req.method() == actix_web::http::Method::POST {
+        let params: Vec<String> = request
+            .params
+            .iter()
+            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+            .collect();
+        format!("{path}?{}", params.join("&"))
+    } else {
+        format!("{path}?{}", req.query_string())
+    };
     request.params = localize(ctx, std::mem::take(&mut request.params));
     let mut plan = plan_for(&request, &options)?;
     if request.narrow_to_scopes {
@@ -177,8 +191,6 @@ async fn run(
     }
     let gate = state.gate.clone();
     let query_plan = plan.clone();
-    let path = request.self_path.split('?').next().unwrap_or_default();
-    let raw_query = format!("{path}?{}", req.query_string());
     let page = blocking(move || gate.search(&who, &query_plan, &raw_query)).await?;
     let (bundle, entries) = searchset(ctx, &plan, &page, &request.self_path);
     Ok(render_bundle(

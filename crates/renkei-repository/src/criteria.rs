@@ -144,6 +144,19 @@ impl Criteria {
     }
 }
 
+/// Percent-encodes a query name or value: unreserved characters and `:` stay as they are.
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes and `+` (form encoding) in a query component, leniently: a `%` not
 /// followed by two hex digits stays as written, and invalid UTF-8 becomes U+FFFD.
 pub fn percent_decode(text: &str) -> String {

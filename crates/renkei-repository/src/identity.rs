@@ -347,8 +347,10 @@ pub fn match_patients(
                 version: row.version,
                 last_updated: row.last_updated,
                 body,
-                custodian: None,
-                patient_id: None,
+                // Named in the $match AuditEvent: its holder, and the patient whose consent
+                // decided that the requester may see it.
+                custodian: row.custodian,
+                patient_id: row.patient_id,
             },
             score,
         });

@@ -110,6 +110,13 @@ pub struct WriteOutcome {
 pub enum DeleteOutcome {
     Deleted {
         version: i64,
+        /// The deleted resource as `Type/id` (a conditional delete finds its id itself), so
+        /// that the DELETE's AuditEvent names it.
+        target: String,
+        /// The patient and holder of the deleted record, for the AuditEvent's patient entity
+        /// and the holder's audit view.
+        patient_id: Option<String>,
+        custodian: Option<String>,
     },
     /// Nothing to delete: unknown or already deleted.
     NothingToDelete,
@@ -381,29 +388,32 @@ impl Repository {
     }
 
     pub fn history(&self, request: &HistoryRequest) -> Result<HistoryPage, RepoError> {
-        self.store.read(|tx| {
-            if let HistoryScope::Instance { res_type, res_id } = &request.scope {
-                check_type(res_type)?;
-                check_id(res_id)?;
-                let row = tx
-                    .current(res_type, res_id)?
-                    .ok_or_else(|| RepoError::NotFound {
-                        res_type: res_type.clone(),
-                        id: res_id.clone(),
-                    })?;
-                // A resource's history answers like a read of it: hidden is missing.
-                check_visible(tx, &row, &request.visibility)?;
-            }
-            Ok(tx.history(&HistoryQuery {
-                scope: request.scope.clone(),
-                since: request.since,
-                at: request.at,
-                after: request.after,
-                count: request.count,
-                visibility: request.visibility.clone(),
-            })?)
-        })
+        self.store.read(|tx| history_in(tx, request))
     }
+}
+
+/// A history page (instance, type or system) read in the caller's transaction.
+pub fn history_in(tx: &mut Tx<'_>, request: &HistoryRequest) -> Result<HistoryPage, RepoError> {
+    if let HistoryScope::Instance { res_type, res_id } = &request.scope {
+        check_type(res_type)?;
+        check_id(res_id)?;
+        let row = tx
+            .current(res_type, res_id)?
+            .ok_or_else(|| RepoError::NotFound {
+                res_type: res_type.clone(),
+                id: res_id.clone(),
+            })?;
+        // A resource's history answers like a read of it: hidden is missing.
+        check_visible(tx, &row, &request.visibility)?;
+    }
+    Ok(tx.history(&HistoryQuery {
+        scope: request.scope.clone(),
+        since: request.since,
+        at: request.at,
+        after: request.after,
+        count: request.count,
+        visibility: request.visibility.clone(),
+    })?)
 }
 
 impl Repository {
@@ -915,8 +925,10 @@ pub(crate) fn create_with_id(
                 })?;
                 return Ok(WriteOutcome {
                     resource: StoredResource {
-                        custodian: None,
-                        patient_id: None,
+                        // The match is answered like a read of it: its AuditEvent names its
+                        // patient and its holder sees it.
+                        custodian: row.custodian,
+                        patient_id: row.patient_id,
                         res_type: row.res_type,
                         id: row.res_id,
                         version: row.version,
@@ -1244,7 +1256,12 @@ pub fn delete(
     if res_type == "Patient" {
         crate::identity::patient_written(tx, &context.linking, id, None)?;
     }
-    Ok(DeleteOutcome::Deleted { version })
+    Ok(DeleteOutcome::Deleted {
+        version,
+        target: format!("{res_type}/{id}"),
+        patient_id: row.patient_id,
+        custodian: row.custodian,
+    })
 }
 
 /// `DELETE [type]?criteria`: deletes the single match (412 when several match).

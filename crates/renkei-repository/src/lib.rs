@@ -18,10 +18,10 @@ pub use bundle::{
     check_entries, no_commit_hook, parse_etag, relative_entry_url, BundleKind, CommitHook,
     EntryRequest,
 };
-pub use criteria::{percent_decode, percent_decode_strict, Criteria};
+pub use criteria::{percent_decode, percent_decode_strict, percent_encode, Criteria};
 pub use error::{status_of, RepoError};
 pub use interactions::{
-    conditional_delete, conditional_update, create, delete, patch, read, read_visible,
+    conditional_delete, conditional_update, create, delete, history_in, patch, read, read_visible,
     resolve_single, search_in, update, vread, vread_visible, DeleteOutcome, HistoryRequest,
     PatchBody, PreparedResource, Repository, RepositoryOptions, StoredResource, WriteContext,
     WriteOutcome,
