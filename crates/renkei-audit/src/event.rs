@@ -472,13 +472,29 @@ pub fn redact_hidden<E>(
     Ok(())
 }
 
-/// What a redacted query keeps of a recorded query: the resource type it searched (the path
-/// before `?`), or for a system search (`?_type=A,B`) the types its `_type` names, which are
-/// types, never ids. Empty when it names neither.
+/// What a redacted query keeps of a recorded query: the resource types and operation of its
+/// path (`Observation`; `Patient/Observation` for a compartment, `Patient/$everything`: the ids
+/// in it are left out, since the patient may be hidden from the reader), or for a system
+/// search (`?_type=A,B`) the types its `_type` names, which are types, never ids. Empty when it
+/// names neither.
 fn searched_types(query: &str) -> String {
     let (path, params) = query.split_once('?').unwrap_or((query, ""));
     if !path.is_empty() {
-        return path.to_string();
+        let is_type = |segment: &str| {
+            segment.starts_with(|c: char| c.is_ascii_uppercase())
+                && segment.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        let is_operation = |segment: &str| {
+            segment.len() > 1
+                && segment.strip_prefix('$').is_some_and(|name| {
+                    name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        };
+        return path
+            .split('/')
+            .filter(|segment| is_type(segment) || is_operation(segment))
+            .collect::<Vec<_>>()
+            .join("/");
     }
     let lists: Vec<String> = params
         .split('&')
@@ -602,6 +618,15 @@ mod tests {
         );
         assert_eq!(redacted("?_id=x"), None);
         assert_eq!(redacted("?_type=Patient/x"), None);
+        // A compartment's patient may be hidden from the reader: its id is left out.
+        assert_eq!(
+            redacted("Patient/secret-1/Observation?code=x").as_deref(),
+            Some("Patient/Observation")
+        );
+        assert_eq!(
+            redacted("Patient/secret-1/$everything?_since=2020").as_deref(),
+            Some("Patient/$everything")
+        );
     }
 
     #[test]
