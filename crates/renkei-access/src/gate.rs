@@ -44,6 +44,15 @@ struct Deciders {
     overridden_refusal: Option<String>,
 }
 
+impl From<renkei_store::Decision> for Deciders {
+    fn from(decision: renkei_store::Decision) -> Self {
+        Deciders {
+            consent: decision.consent_ref,
+            overridden_refusal: decision.overridden_refusal,
+        }
+    }
+}
+
 fn patient_of(resource: &StoredResource) -> Option<String> {
     patient_entity(resource.patient_id.as_deref())
 }
@@ -497,10 +506,7 @@ impl Gate {
                 }),
                 None => Ok(tx
                     .deciding_consent(DecidedRow::Rid(row.rid), visibility)?
-                    .map(|decision| Deciders {
-                        consent: decision.consent_ref,
-                        overridden_refusal: decision.overridden_refusal,
-                    })
+                    .map(Deciders::from)
                     .unwrap_or_default()),
             })?;
             Ok(to_row(
@@ -537,10 +543,7 @@ impl Gate {
                 };
                 Ok(tx
                     .deciding_consent(current, visibility)?
-                    .map(|decision| Deciders {
-                        consent: decision.consent_ref,
-                        overridden_refusal: decision.overridden_refusal,
-                    })
+                    .map(Deciders::from)
                     .unwrap_or_default())
             })?;
             Ok(to_row(

@@ -193,13 +193,32 @@ pub type StoredFacts = (String, EventBuilder, Option<Vec<String>>);
 /// What a stored record holds. `None` for a record written before events were stored in
 /// compact form (the full resource).
 pub fn parse_stored(stored: &str) -> Result<Option<StoredFacts>, UnreadableEvent> {
+    Ok(match read_stored(stored)? {
+        Stored::Resource(_) => None,
+        Stored::Facts(stored) => {
+            let StoredEvent {
+                id,
+                event,
+                custodians,
+            } = *stored;
+            Some((id, event, custodians))
+        }
+    })
+}
+
+/// A stored record as written: the full resource (records from before compact storage) or
+/// the facts.
+enum Stored {
+    Resource(Value),
+    Facts(Box<StoredEvent<String, EventBuilder, Option<Vec<String>>>>),
+}
+
+fn read_stored(stored: &str) -> Result<Stored, UnreadableEvent> {
     let value: Value = serde_json::from_str(stored)?;
     if value.get("resourceType").is_some() {
-        return Ok(None);
+        return Ok(Stored::Resource(value));
     }
-    let stored: StoredEvent<String, EventBuilder, Option<Vec<String>>> =
-        serde_json::from_value(value)?;
-    Ok(Some((stored.id, stored.event, stored.custodians)))
+    Ok(Stored::Facts(Box::new(serde_json::from_value(value)?)))
 }
 
 /// Why a stored event cannot be shown.
@@ -210,13 +229,10 @@ pub struct UnreadableEvent(#[from] serde_json::Error);
 /// The AuditEvent resource of a stored event. Records written before events were stored in
 /// compact form hold the full resource and are returned as they are.
 pub fn render_stored(stored: &str) -> Result<Value, UnreadableEvent> {
-    let value: Value = serde_json::from_str(stored)?;
-    if value.get("resourceType").is_some() {
-        return Ok(value);
-    }
-    let stored: StoredEvent<String, EventBuilder, Option<Vec<String>>> =
-        serde_json::from_value(value)?;
-    Ok(stored.event.build(&stored.id))
+    Ok(match read_stored(stored)? {
+        Stored::Resource(value) => value,
+        Stored::Facts(stored) => stored.event.build(&stored.id),
+    })
 }
 
 impl EventBuilder {

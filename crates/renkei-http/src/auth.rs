@@ -35,12 +35,17 @@ pub struct ClientDirectory {
 
 impl ClientDirectory {
     /// The registrations, read again when the copy is older than [`CLIENTS_REFRESH`] or when
-    /// `fresh` asks for it (a client registered a moment ago is not in the copy yet).
-    fn current(&self, store: &renkei_store::Store, fresh: bool) -> Result<Registrations, ApiError> {
+    /// `fresh` asks for it (a client registered a moment ago is not in the copy yet); and
+    /// whether they were read from the database just now.
+    fn current(
+        &self,
+        store: &renkei_store::Store,
+        fresh: bool,
+    ) -> Result<(Registrations, bool), ApiError> {
         if let (false, Ok(cached)) = (fresh, self.cached.read()) {
             if let Some((read_at, clients)) = cached.as_ref() {
                 if read_at.elapsed() < CLIENTS_REFRESH {
-                    return Ok(clients.clone());
+                    return Ok((clients.clone(), false));
                 }
             }
         }
@@ -63,7 +68,7 @@ impl ClientDirectory {
         if let Ok(mut cached) = self.cached.write() {
             *cached = Some((std::time::Instant::now(), clients.clone()));
         }
-        Ok(clients)
+        Ok((clients, true))
     }
 }
 
@@ -125,9 +130,9 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, Ap
             .get(&claims.sub)
             .is_some_and(|registration| registration.still_grants(&claims))
     };
-    if !granted(&state.auth.clients.current(store, false)?)
-        && !granted(&state.auth.clients.current(store, true)?)
-    {
+    // A copy that does not grant the token is read again, unless it was read just now.
+    let (clients, just_read) = state.auth.clients.current(store, false)?;
+    if !granted(&clients) && (just_read || !granted(&state.auth.clients.current(store, true)?.0)) {
         return Err(unauthorized(
             "the access token is not valid: its client was removed or its registration changed since it was issued; request a new token",
         ));

@@ -386,10 +386,6 @@ impl Repository {
     ) -> Result<StoredResource, RepoError> {
         self.store.read(|tx| vread(tx, res_type, id, version))
     }
-
-    pub fn history(&self, request: &HistoryRequest) -> Result<HistoryPage, RepoError> {
-        self.store.read(|tx| history_in(tx, request))
-    }
 }
 
 /// A history page (instance, type or system) read in the caller's transaction.

@@ -415,19 +415,21 @@ pub struct Cursor {
 pub fn sort_fingerprint(sort: &[Sort]) -> u64 {
     const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const FNV_PRIME: u64 = 0x0100_0000_01b3;
-    let spelled: Vec<String> = sort
-        .iter()
-        .map(|key| {
-            let name = match &key.by {
-                SortBy::LastUpdated => "_lastUpdated",
-                SortBy::Id => "_id",
-                SortBy::Param { param, .. } => param.as_str(),
-            };
-            format!("{}{name}", if key.desc { "-" } else { "" })
+    // The bytes of `-date,code` fed as they come, without building the text.
+    let fold = |hash: u64, bytes: &[u8]| {
+        bytes.iter().fold(hash, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME)
         })
-        .collect();
-    spelled.join(",").bytes().fold(FNV_OFFSET, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    };
+    sort.iter().enumerate().fold(FNV_OFFSET, |hash, (i, key)| {
+        let name = match &key.by {
+            SortBy::LastUpdated => "_lastUpdated",
+            SortBy::Id => "_id",
+            SortBy::Param { param, .. } => param.as_str(),
+        };
+        let hash = if i > 0 { fold(hash, b",") } else { hash };
+        let hash = if key.desc { fold(hash, b"-") } else { hash };
+        fold(hash, name.as_bytes())
     })
 }
 
@@ -2184,6 +2186,30 @@ mod tests {
         // A token of an earlier version, without the sort's fingerprint.
         let old: String = r#"["f",42,[]]"#.bytes().map(|b| format!("{b:02x}")).collect();
         assert_eq!(Cursor::decode(&old), None);
+    }
+
+    #[test]
+    fn a_sort_fingerprint_is_the_fnv_hash_of_its_spelling() {
+        let spelled = |text: &str| {
+            text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        let sort = |pairs: &[(&str, &str)]| {
+            parse(
+                &["Observation".to_string()],
+                &p(pairs),
+                &ParseOptions::default(),
+            )
+            .unwrap()
+            .sort
+        };
+        assert_eq!(
+            sort_fingerprint(&sort(&[("_sort", "-date,code")])),
+            spelled("-date,code")
+        );
+        assert_eq!(sort_fingerprint(&sort(&[("_sort", "_id")])), spelled("_id"));
+        assert_eq!(sort_fingerprint(&[]), spelled(""));
     }
 
     #[test]
