@@ -52,12 +52,16 @@ pub struct Config {
 impl Config {
     /// The server's own base URLs: absolute references under them name resources here
     /// (`renkei_search::set_local_bases`). The configured `base_url`, and the listen address
-    /// (`address`, the bound one when serving) with `localhost` for a loopback address.
-    pub fn local_bases(&self, scheme: &str, address: &str) -> Vec<String> {
+    /// (`address`, the bound one when serving) with `localhost` for a loopback address, over
+    /// http and https alike: `import` and `reindex` do not know whether `serve` runs TLS, and
+    /// must index as it does.
+    pub fn local_bases(&self, address: &str) -> Vec<String> {
         let mut bases: Vec<String> = self.base_url.iter().cloned().collect();
-        bases.push(format!("{scheme}://{address}/fhir"));
-        if let Some(port) = address.strip_prefix("127.0.0.1:") {
-            bases.push(format!("{scheme}://localhost:{port}/fhir"));
+        for scheme in ["http", "https"] {
+            bases.push(format!("{scheme}://{address}/fhir"));
+            if let Some(port) = address.strip_prefix("127.0.0.1:") {
+                bases.push(format!("{scheme}://localhost:{port}/fhir"));
+            }
         }
         bases
     }

@@ -298,7 +298,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         },
         Command::Import { files } => {
-            renkei_repository::set_local_bases(&config.local_bases("http", &config.listen));
+            renkei_repository::set_local_bases(&config.local_bases(&config.listen));
             let counts = loader::import_files(&repository, &files).map_err(|e| e.to_string())?;
             println!(
                 "imported {} resources:\n{}",
@@ -339,7 +339,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Reindex { batch } => {
-            renkei_repository::set_local_bases(&config.local_bases("http", &config.listen));
+            renkei_repository::set_local_bases(&config.local_bases(&config.listen));
             let started = std::time::Instant::now();
             let count = repository
                 .reindex(batch, |done| {
@@ -444,7 +444,7 @@ fn serve(
     } else {
         "http"
     };
-    renkei_repository::set_local_bases(&config.local_bases(scheme, &address.to_string()));
+    renkei_repository::set_local_bases(&config.local_bases(&address.to_string()));
     if config.demo {
         match loader::load_demo_if_empty(&repository).map_err(|e| e.to_string())? {
             Some(counts) => println!(
