@@ -1393,6 +1393,71 @@ fn audit_search_takes_date_precisions_alternatives_and_a_count_of_zero() {
     });
 }
 
+/// AuditEvent search as FHIR search has it: `POST AuditEvent/_search` with a form body, a
+/// `_summary=count`, pages that name themselves in `self`; the trail has no history.
+#[test]
+fn audit_search_by_post_counts_and_names_its_pages() {
+    for_each_backend(|s| {
+        let auditor = s.token_for("auditor", ORG_A, "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        for _ in 0..3 {
+            s.get("Patient/no-such-patient").expect(404);
+        }
+        let by_get = auditor.read_json("AuditEvent?subtype=read&outcome=4&_total=accurate");
+        let posted = auditor
+            .send_raw(
+                "POST",
+                "AuditEvent/_search",
+                "application/x-www-form-urlencoded",
+                b"subtype=read&outcome=4&_total=accurate",
+            )
+            .expect(200)
+            .json();
+        assert_eq!(posted["total"], by_get["total"], "{posted}");
+        assert!(by_get["total"].as_i64().unwrap() >= 3, "{by_get}");
+        // Unauthenticated: 401 before the body is looked at.
+        s.anonymous()
+            .send_raw(
+                "POST",
+                "AuditEvent/_search",
+                "application/x-www-form-urlencoded",
+                b"subtype=read",
+            )
+            .expect(401);
+
+        let counted = auditor.read_json("AuditEvent?subtype=read&_summary=count");
+        assert!(entries(&counted).is_empty(), "{counted}");
+        assert!(counted["total"].as_i64().unwrap() >= 3, "{counted}");
+        // Unknown parameters stay refused, as the CapabilityStatement says.
+        auditor.get("AuditEvent?subtipe=read").expect(400).outcome();
+
+        let first = auditor.read_json("AuditEvent?subtype=read&_count=1");
+        let next = link(&first, "next").expect("a next page");
+        let second = auditor.read_json(&next);
+        assert_eq!(link(&second, "self").as_deref(), Some(next.as_str()));
+        let start = link(&second, "first").expect("a first link");
+        assert!(!start.contains("_page_token"), "{start}");
+        assert_eq!(auditor.read_json(&start)["entry"], first["entry"]);
+
+        let id = first["entry"][0]["resource"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for path in [
+            "AuditEvent/_history".to_string(),
+            format!("AuditEvent/{id}/_history"),
+            format!("AuditEvent/{id}/_history/1"),
+        ] {
+            let refused = auditor.get(&path).expect(405);
+            assert!(
+                refused.body.contains("no history"),
+                "{path}: {}",
+                refused.body
+            );
+        }
+    });
+}
+
 /// Requests refused before any handler (no such endpoint, a method the path does not take, a
 /// format the server cannot answer in) are on record like every other failure.
 #[test]

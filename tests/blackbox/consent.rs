@@ -821,6 +821,57 @@ fn break_glass_needs_permission_and_a_reason() {
     });
 }
 
+/// Every break-glass request that shows data leaves its break-glass event with the stated
+/// reason: history, `$match`, `$ihe-pix` and Bundles too, not only reads and searches.
+#[test]
+fn every_break_glass_access_leaves_its_break_glass_event() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let er = s.token_for("er-c-all", ORG_C, "facility", &["--break-glass"]);
+        let er = s.with_token(&er);
+        let reason = "bleeding patient brought in unconscious";
+        let glass = [
+            ("X-Purpose-Of-Use", "ETREAT"),
+            ("X-Break-Glass-Reason", reason),
+        ];
+        er.get_with(&format!("{}/_history", net.labs[0]), &glass)
+            .expect(200);
+        er.get_with("Observation/_history", &glass).expect(200);
+        er.send_json_with(
+            "POST",
+            "Patient/$match",
+            &json!({"resourceType": "Parameters", "parameter": [{"name": "resource",
+                "resource": {"resourceType": "Patient", "name": [{"family": "山田"}],
+                    "birthDate": "1958-03-12"}}]}),
+            &glass,
+        )
+        .expect(200);
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": net.labs[0].clone()}}]});
+        er.send_json_with("POST", "", &batch, &glass).expect(200);
+        let auditor = s.token_for("auditor-bg-all", ORG_A, "auditor", &[]);
+        let decisions = s.with_token(&auditor).read_json(&format!(
+            "AuditEvent?subtype=AuthZ-Consent&agent={ORG_C}&_count=200"
+        ));
+        let notes: Vec<String> = entries(&decisions)
+            .into_iter()
+            .filter_map(|e| e["resource"]["outcomeDesc"].as_str().map(str::to_string))
+            .filter(|d| d.starts_with("break-glass (") && d.ends_with(reason))
+            .collect();
+        for what in [
+            format!("break-glass (history {}/_history)", net.labs[0]),
+            "break-glass (history Observation/_history)".to_string(),
+            "break-glass (Patient/$match)".to_string(),
+            "break-glass (batch)".to_string(),
+        ] {
+            assert!(
+                notes.iter().any(|n| n.starts_with(&what)),
+                "{what} not in {notes:?}"
+            );
+        }
+    });
+}
+
 /// Where the network lets refusals hold under break-glass, a refusal nested in a treatment
 /// permit ("all but psychiatric data") holds for emergency treatment too: `TREAT` covers
 /// `ETREAT`.

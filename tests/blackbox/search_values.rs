@@ -565,3 +565,59 @@ fn iterate_says_when_its_round_cap_cut_the_includes_short() {
         assert!(of_mode(&page, "outcome").is_empty(), "{page}");
     });
 }
+
+/// The includes' caps count only what the token may read: a token without the scope of the
+/// types left out is not told that more of them exist.
+#[test]
+fn include_caps_count_only_the_types_the_token_may_read() {
+    for_each_backend(|s| {
+        put(
+            s,
+            &json!({"resourceType": "ImagingStudy", "id": "cap-img", "status": "available",
+                    "subject": {"reference": "Group/cap-group"}}),
+        );
+        // cap-1 → … → cap-5 by has-member; cap-5 derives from the ImagingStudy.
+        for n in 1..=5 {
+            let mut obs = json!({"resourceType": "Observation", "id": format!("cap-{n}"),
+                                 "status": "final", "code": {"text": "x"}});
+            if n < 5 {
+                obs["hasMember"] = json!([{"reference": format!("Observation/cap-{}", n + 1)}]);
+            } else {
+                obs["derivedFrom"] = json!([{"reference": "ImagingStudy/cap-img"}]);
+            }
+            put(s, &obs);
+        }
+        let path = "Observation?_id=cap-1&_include:iterate=Observation:has-member\
+                    &_include:iterate=Observation:derived-from";
+        let outcome_count = |page: &Value| {
+            entries(page)
+                .iter()
+                .filter(|e| e["search"]["mode"] == "outcome")
+                .count()
+        };
+        let included = |page: &Value| {
+            entries(page)
+                .iter()
+                .filter(|e| e["search"]["mode"] == "include")
+                .count()
+        };
+        // Every type readable: the fifth round would bring the ImagingStudy, and it says so.
+        let page = s.get(path).expect(200).json();
+        assert_eq!(included(&page), 4, "{page}");
+        assert_eq!(outcome_count(&page), 1, "{page}");
+        // Observations only: nothing it may read was left out.
+        let observations_only = s.token_for(
+            "cap-obs-only",
+            TEST_ORGANIZATION,
+            "facility",
+            &["--scope", "system/Observation.rs"],
+        );
+        let page = s
+            .with_token(&observations_only)
+            .get(path)
+            .expect(200)
+            .json();
+        assert_eq!(included(&page), 4, "{page}");
+        assert_eq!(outcome_count(&page), 0, "{page}");
+    });
+}

@@ -109,6 +109,51 @@ fn client_credentials_with_a_signed_assertion() {
             "{}",
             refused.status()
         );
+
+        // Every token request leaves a Login event (DICOM User Authentication), granted or
+        // refused, naming the client it claimed to be.
+        let auditor = server.token_for("auditor-login", "Organization/clinic-s", "auditor", &[]);
+        let logins: Value = server
+            .with_token(&auditor)
+            .get("/AuditEvent?type=110114&_count=50")
+            .expect(200)
+            .json();
+        let events: Vec<&Value> = logins["entry"]
+            .as_array()
+            .map(|entries| entries.iter().map(|e| &e["resource"]).collect())
+            .unwrap_or_default();
+        let of_smart_ehr: Vec<&&Value> = events
+            .iter()
+            .filter(|e| e.to_string().contains("smart-ehr"))
+            .collect();
+        assert_eq!(of_smart_ehr.len(), 3, "{logins}");
+        for event in &of_smart_ehr {
+            assert_eq!(event["subtype"][0]["code"], "110122", "{event}");
+            assert_eq!(event["action"], "E", "{event}");
+        }
+        let outcomes: Vec<&str> = of_smart_ehr
+            .iter()
+            .filter_map(|e| e["outcome"].as_str())
+            .collect();
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == "0").count(),
+            1,
+            "{logins}"
+        );
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == "4").count(),
+            2,
+            "{logins}"
+        );
+        let granted = of_smart_ehr.iter().find(|e| e["outcome"] == "0").unwrap();
+        assert!(
+            granted.to_string().contains("Organization/clinic-s"),
+            "{granted}"
+        );
+        assert!(of_smart_ehr
+            .iter()
+            .filter(|e| e["outcome"] == "4")
+            .all(|e| e["outcomeDesc"].as_str().is_some_and(|d| !d.is_empty())));
     });
 }
 

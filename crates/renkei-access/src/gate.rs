@@ -1054,6 +1054,9 @@ impl Gate {
         // A refused instance history is recorded like a refused read: its target, and the
         // AuthZ-Consent decision (which the data's holder sees).
         let mut extra = decisions;
+        if result.is_ok() {
+            extra.extend(self.break_glass_event(who, &history_target(&request.scope)));
+        }
         if let (Err(_), Some((t, id))) = (&result, &instance) {
             builder.resources.push(format!("{t}/{id}"));
             let refused: Result<StoredResource, RepoError> = Err(RepoError::NotFound {
@@ -1100,6 +1103,18 @@ impl Gate {
         let mut builder = self.event(who, Interaction::Search);
         builder.query = Some(raw_query.to_string());
         let visibility = self.visibility(who);
+        // `_include`/`_revinclude` bring in only the types the token may read, in the query
+        // itself, so that their caps count (and their warnings tell of) only rows shown.
+        let narrowed;
+        let plan = match who.readable_types() {
+            Some(types) if !plan.includes.is_empty() || !plan.revincludes.is_empty() => {
+                let mut narrowing = plan.clone();
+                narrowing.included_types = Some(types);
+                narrowed = narrowing;
+                &narrowed
+            }
+            _ => plan,
+        };
         let owner = compartment_owner(plan);
         // The compartment's owner, the page and the consents that permitted it are read in
         // one transaction: one snapshot, one connection.
@@ -1146,8 +1161,8 @@ impl Gate {
                         }
                     }
                     let mut page = renkei_repository::search_in(tx, plan, &visibility)?;
-                    // `_include`/`_revinclude` bring in only the types the token may read
-                    // (SMART scopes; consent has already been applied by the query).
+                    // The query kept to the types the token may read; this re-checks each
+                    // row against the scopes themselves.
                     page.included
                         .retain(|row| who.require(&row.res_type, Action::Read).is_ok());
                     let decisions = self.search_consent_decisions(who, tx, &page, &visibility)?;
@@ -1279,8 +1294,26 @@ impl Gate {
                 }
                 Ok(response)
             });
+        // A Bundle read under break-glass leaves its break-glass event like a plain read.
+        let break_glass = match &result {
+            Ok(_) if requests.iter().any(|entry| !is_write_entry(entry)) => {
+                let what = if is_transaction {
+                    "transaction"
+                } else {
+                    "batch"
+                };
+                self.break_glass_event(who, what)
+            }
+            _ => None,
+        };
         match &result {
-            Ok(_) if is_transaction => {}
+            Ok(_) if is_transaction => {
+                if let Some(event) = break_glass {
+                    self.audit
+                        .record_all(vec![event])
+                        .map_err(|e| AccessError::AuditUnavailable(e.0))?;
+                }
+            }
             Ok(response) => {
                 // A batch: the Bundle's own event, and the entries that failed (their
                 // transactions rolled back, or they were refused, so they are recorded here,
@@ -1293,6 +1326,7 @@ impl Gate {
                 let mut event = builder;
                 event.resources = locations(&responses);
                 let mut rows = vec![to_row(&event, &[])];
+                rows.extend(break_glass);
                 let failed: Vec<(Value, Value)> = all_requests
                     .iter()
                     .zip(&responses)
@@ -1464,6 +1498,20 @@ impl Gate {
         self.record(&builder, &[])
     }
 
+    /// A request at the token endpoint, granted or refused, recorded durably before it is
+    /// answered (ATNA User Authentication / Login); 503 when the trail cannot be written.
+    pub fn audit_login(&self, attempt: LoginAttempt) -> Result<(), AccessError> {
+        let mut builder = EventBuilder::new(Interaction::Login, &attempt.request_id, now_ms());
+        builder.agent.client_id = attempt.client_id;
+        builder.agent.organization = attempt.organization;
+        builder.agent.network_address = attempt.network_address;
+        builder.outcome = AuditOutcome::from_status(attempt.status);
+        builder.outcome_desc = attempt
+            .refusal
+            .map(|reason| format!("{}: {reason}", attempt.status));
+        self.record(&builder, &[])
+    }
+
     /// AuditEvent search: auditors see every event, patients the accesses to their own
     /// record, facilities the accesses to data they hold.
     pub fn audit_events(
@@ -1595,17 +1643,29 @@ impl Gate {
                 .repository
                 .read_tx(|tx| identity::pix(tx, source, target_systems, &visibility))?)
         });
-        self.audited(builder, result, |answer, builder| {
-            if let PixAnswer::Found { patients, .. } = answer {
-                builder.patients.extend(patients.iter().cloned());
-            }
-            let Some((status, _, message)) = answer.failure() else {
-                return Vec::new();
-            };
-            builder.outcome = AuditOutcome::from_status(status);
-            builder.outcome_desc = Some(message.to_string());
-            Vec::new()
-        })
+        let break_glass = match &result {
+            Ok(_) => self
+                .break_glass_event(who, "Patient/$ihe-pix")
+                .into_iter()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.audited_with(
+            builder,
+            result,
+            |answer, builder| {
+                if let PixAnswer::Found { patients, .. } = answer {
+                    builder.patients.extend(patients.iter().cloned());
+                }
+                let Some((status, _, message)) = answer.failure() else {
+                    return Vec::new();
+                };
+                builder.outcome = AuditOutcome::from_status(status);
+                builder.outcome_desc = Some(message.to_string());
+                Vec::new()
+            },
+            break_glass,
+        )
     }
 
     /// Patient `$match` (ITI-119).
@@ -1635,10 +1695,13 @@ impl Gate {
                 Ok((candidates, decisions))
             })?)
         });
-        let (result, decisions) = match result {
+        let (result, mut decisions) = match result {
             Ok((candidates, decisions)) => (Ok(candidates), decisions),
             Err(error) => (Err(error), Vec::new()),
         };
+        if result.is_ok() {
+            decisions.extend(self.break_glass_event(who, "Patient/$match"));
+        }
         self.audited_with(
             builder,
             result,
@@ -1719,6 +1782,33 @@ impl Gate {
 
 /// The interaction a refused or failed request attempted, from its method and target
 /// (`Type/id…?query`, relative to the FHIR base): what the auditor searches the trail by.
+/// A request at the token endpoint, as its Login event records it.
+#[derive(Debug, Clone, Default)]
+pub struct LoginAttempt {
+    pub request_id: String,
+    /// The client that asked: authenticated when granted, as claimed by its assertion when
+    /// refused (a refused claim is still what an investigation looks for).
+    pub client_id: Option<String>,
+    /// `Organization/…` of a registered client.
+    pub organization: Option<String>,
+    pub network_address: Option<String>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Why the request was refused.
+    pub refusal: Option<String>,
+}
+
+/// What a history request asked for, as a break-glass event names it.
+fn history_target(scope: &renkei_store::HistoryScope) -> String {
+    match scope {
+        renkei_store::HistoryScope::Instance { res_type, res_id } => {
+            format!("history {res_type}/{res_id}/_history")
+        }
+        renkei_store::HistoryScope::Type(res_type) => format!("history {res_type}/_history"),
+        renkei_store::HistoryScope::System => "history _history".into(),
+    }
+}
+
 fn interaction_of(method: &str, target: &str) -> Interaction {
     // The query does not change the interaction: `Patient/1?_format=xml` is a read.
     let path = target.split('?').next().unwrap_or(target);

@@ -8,7 +8,7 @@ mod gate;
 mod requester;
 
 pub use audit_log::{deferring_durability, AuditLog, AuditUnavailable, Deferred, TrailEvent};
-pub use gate::{Gate, TrailPage};
+pub use gate::{Gate, LoginAttempt, TrailPage};
 pub use requester::{Requester, StatedPurpose};
 
 use renkei_repository::RepoError;

@@ -140,6 +140,24 @@ impl Requester {
         }
     }
 
+    /// The resource types this token may read, for queries that narrow by type (`_include`
+    /// rows); `None` when every type is readable.
+    pub fn readable_types(&self) -> Option<Vec<String>> {
+        let scopes = self.scopes.as_ref()?;
+        let mut types = Vec::new();
+        for scope in scopes.iter() {
+            if !scope.permissions.contains(Action::Read) {
+                continue;
+            }
+            match &scope.resource_type {
+                None => return None,
+                Some(t) if !types.contains(t) => types.push(t.clone()),
+                Some(_) => {}
+            }
+        }
+        Some(types)
+    }
+
     /// Only facility systems (and the gateway) write clinical data.
     pub fn require_writer(&self) -> Result<(), AccessError> {
         if self.is_system() || self.principal.role == Role::Facility {

@@ -13,6 +13,9 @@ const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+/// DICOM event type and subtype of a token request (ATNA's User Authentication / Login).
+const USER_AUTHENTICATION: &str = "110114";
+const LOGIN: &str = "110122";
 
 /// What the client did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,8 +71,10 @@ impl Interaction {
         }
     }
 
-    fn profile(&self, with_patient: bool) -> String {
+    /// The BALP profile the event claims; `None` for a login, which BALP has no profile for.
+    fn profile(&self, with_patient: bool) -> Option<String> {
         let name = match (self, with_patient) {
+            (Interaction::Login, _) => return None,
             (Interaction::Create, true) => "IHE.BasicAudit.PatientCreate",
             (Interaction::Create, false) => "IHE.BasicAudit.Create",
             (Interaction::Read | Interaction::Vread | Interaction::History, true) => {
@@ -88,7 +93,7 @@ impl Interaction {
             (Interaction::ConsentDecision, _) => "IHE.BasicAudit.AuthZconsent",
             _ => "IHE.BasicAudit.Query",
         };
-        format!("{BALP}{name}")
+        Some(format!("{BALP}{name}"))
     }
 }
 
@@ -266,6 +271,8 @@ impl EventBuilder {
     pub fn type_and_subtype(&self) -> (&'static str, &str) {
         if self.interaction == Interaction::ConsentDecision {
             ("110113", "AuthZ-Consent")
+        } else if self.interaction == Interaction::Login {
+            (USER_AUTHENTICATION, LOGIN)
         } else {
             ("rest", self.interaction.code())
         }
@@ -285,6 +292,11 @@ impl EventBuilder {
                 json!({"system": DCM, "code": type_code, "display": "Security Alert"}),
                 json!({"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType", "code": subtype_code, "display": "Authorization Decision using Roles and Consent"}),
             )
+        } else if self.interaction == Interaction::Login {
+            (
+                json!({"system": DCM, "code": type_code, "display": "User Authentication"}),
+                json!({"system": DCM, "code": subtype_code, "display": "Login"}),
+            )
         } else {
             (
                 json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": type_code, "display": "RESTful Operation"}),
@@ -294,7 +306,6 @@ impl EventBuilder {
         let mut event = json!({
             "resourceType": "AuditEvent",
             "id": id,
-            "meta": {"profile": [self.interaction.profile(!self.patients.is_empty())]},
             "type": event_type,
             "subtype": [subtype],
             "action": self.interaction.action(),
@@ -308,6 +319,9 @@ impl EventBuilder {
             },
             "entity": self.entities(),
         });
+        if let Some(profile) = self.interaction.profile(!self.patients.is_empty()) {
+            event["meta"] = json!({"profile": [profile]});
+        }
         if let Some(desc) = &self.outcome_desc {
             event["outcomeDesc"] = json!(desc);
         }

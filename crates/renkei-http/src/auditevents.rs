@@ -94,6 +94,8 @@ fn narrow_to_date(query: &mut AuditQuery, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// The trail's query. Unknown parameters are refused even under lenient handling: an audit
+/// query silently widened by a misspelt filter would show more than was asked for.
 fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuery> {
     let mut query = AuditQuery {
         descending: true,
@@ -157,10 +159,18 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
                     .map_err(|e| ApiError::bad_request(e.to_string()))?
                     == renkei_search::plan::Total::Accurate;
             }
+            // `_summary=count`: the total alone, as `_count=0`; `false` is the whole event.
+            "_summary" if value == "count" => {
+                query.count_total = true;
+                query.limit = 0;
+            }
+            "_summary" if value == "false" => {}
             "_format" | "_pretty" => {}
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "AuditEvent search supports {}, _sort, _count, _total; not '{other}'",
+                    "AuditEvent search supports {}, _sort, _count, _total, _summary=count; \
+                     not '{other}' (unknown parameters are refused here even without \
+                     Prefer: handling=strict, so that an audit query is never wider than asked)",
                     SEARCH_PARAMS.join(", ")
                 )))
             }
@@ -183,67 +193,103 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
     Ok(query)
 }
 
+/// `GET /AuditEvent?…` (and `GET /AuditEvent/_search?…`).
 pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
-    let result: Result<HttpResponse> = async {
+    let result = match authenticate(&req, &state) {
+        Ok(who) => search_trail(&ctx, &state, who).await,
+        Err(error) => Err(error),
+    };
+    finish(&req, &state, &ctx, result).await
+}
+
+/// `POST /AuditEvent/_search`: the parameters in a form body (and the URL), as for any type.
+pub async fn search_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut ctx = ctx_or_fail!(req);
+    let result = async {
+        // The token is checked before the body is read, as for every request.
         let who = authenticate(&req, &state)?;
-        let mut query = parse_query(&ctx, state.max_page_size, state.default_page_size)?;
-        let page_size = query.limit;
-        let by_recorded = query.by_recorded;
-        query.limit = page_size + 1;
-        let gate = state.gate.clone();
-        let page = blocking(move || gate.audit_events(&who, query)).await?;
-        let mut rows = page.events;
-        let more = rows.len() > page_size;
-        rows.truncate(page_size);
-        let kept: Vec<(String, String)> = ctx
-            .params
-            .iter()
-            .filter(|(k, _)| k != "_page_token")
-            .cloned()
-            .collect();
-        let self_query = kept
-            .iter()
-            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let self_url = format!("{}/AuditEvent?{self_query}", ctx.base);
-        let mut links = vec![json!({"relation": "self", "url": self_url})];
-        if let (true, Some(last)) = (more, rows.last()) {
-            let token = match by_recorded {
-                true => format!("{}.{}", last.recorded, last.seq),
-                false => last.seq.to_string(),
-            };
-            links.push(
-                json!({"relation": "next", "url": format!("{self_url}&_page_token={token}")}),
-            );
-        }
-        let entries: Vec<Value> = rows
-            .into_iter()
-            .map(|row| row.resource)
-            .map(|event| {
-                let id = event
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                json!({
-                    "fullUrl": format!("{}/AuditEvent/{id}", ctx.base),
-                    "resource": event,
-                    "search": {"mode": "match"},
-                })
-            })
-            .collect();
-        let bundle = crate::format::response_bundle("searchset", page.total, links, entries);
-        Ok(render_value(
-            HttpResponse::Ok(),
-            &bundle,
-            ctx.format,
-            ctx.pretty,
-        ))
+        ctx.params = crate::search::posted_params(&req, &ctx, payload, &state).await?;
+        search_trail(&ctx, &state, who).await
     }
     .await;
     finish(&req, &state, &ctx, result).await
+}
+
+async fn search_trail(
+    ctx: &RequestCtx,
+    state: &AppState,
+    who: renkei_access::Requester,
+) -> Result<HttpResponse> {
+    let mut query = parse_query(ctx, state.max_page_size, state.default_page_size)?;
+    let page_size = query.limit;
+    let by_recorded = query.by_recorded;
+    query.limit = page_size + 1;
+    let gate = state.gate.clone();
+    let page = blocking(move || gate.audit_events(&who, query)).await?;
+    let mut rows = page.events;
+    let more = rows.len() > page_size;
+    rows.truncate(page_size);
+    // The links repeat what took effect; `self` names this page (its token), `first` the
+    // search without one.
+    let applied = |(name, _): &&(String, String)| name != "_page_token";
+    let first_query = ctx
+        .params
+        .iter()
+        .filter(applied)
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let first_url = format!("{}/AuditEvent?{first_query}", ctx.base);
+    let page_url = |token: &str| {
+        let joiner = if first_query.is_empty() { "" } else { "&" };
+        format!("{first_url}{joiner}_page_token={}", encode(token))
+    };
+    let this_page = ctx
+        .params
+        .iter()
+        .find(|(name, _)| name == "_page_token")
+        .map(|(_, token)| token.as_str());
+    let mut links = vec![
+        json!({"relation": "self", "url": this_page.map_or_else(|| first_url.clone(), page_url)}),
+    ];
+    if this_page.is_some() {
+        links.push(json!({"relation": "first", "url": first_url}));
+    }
+    if let (true, Some(last)) = (more, rows.last()) {
+        let token = match by_recorded {
+            true => format!("{}.{}", last.recorded, last.seq),
+            false => last.seq.to_string(),
+        };
+        links.push(json!({"relation": "next", "url": page_url(&token)}));
+    }
+    let entries: Vec<Value> = rows
+        .into_iter()
+        .map(|row| row.resource)
+        .map(|event| {
+            let id = event
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            json!({
+                "fullUrl": format!("{}/AuditEvent/{id}", ctx.base),
+                "resource": event,
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    let bundle = crate::format::response_bundle("searchset", page.total, links, entries);
+    Ok(render_value(
+        HttpResponse::Ok(),
+        &bundle,
+        ctx.format,
+        ctx.pretty,
+    ))
 }
 
 /// `GET /AuditEvent/{id}`: one event, under the same role rules as search.
@@ -254,6 +300,12 @@ pub async fn read(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let tail = path.into_inner();
+    if tail == "_history" || tail.ends_with("/_history") || tail.contains("/_history/") {
+        let message = "AuditEvent has no history: each event is written once and never \
+                       changed; read AuditEvent/{id} or search AuditEvent instead";
+        // No method is allowed on a history URL of the trail (an empty `Allow`).
+        return crate::handlers::refuse_method(&req, message.into(), "").await;
+    }
     let result: Result<HttpResponse> = async {
         let who = authenticate(&req, &state)?;
         if tail.contains('/') || tail.is_empty() {

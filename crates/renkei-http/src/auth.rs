@@ -165,6 +165,19 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, Ap
     )?)
 }
 
+/// The client a refused token request claimed to be: its assertion's (unverified) issuer,
+/// else its `client_id` parameter.
+fn claimed_client(form: &[(String, String)]) -> Option<String> {
+    let param = |name: &str| {
+        form.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    param("client_assertion")
+        .and_then(|assertion| renkei_auth::assertion_client_id(assertion).ok())
+        .or_else(|| param("client_id").map(str::to_string))
+}
+
 fn token_url(req: &HttpRequest) -> String {
     let info = req.connection_info();
     format!("{}://{}/auth/token", info.scheme(), info.host())
@@ -193,14 +206,23 @@ pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
         .map(|p| p.0.clone());
     let form: Vec<(String, String)> = crate::request::parse_query(&String::from_utf8_lossy(&body));
     let url = token_url(&req);
-    let store = state.gate.repository().store().clone();
+    let gate = state.gate.clone();
     let key = state.auth.key.clone();
     let ttl = state.auth.token_ttl_seconds;
+    let mut attempt = renkei_access::LoginAttempt {
+        request_id: request_id(&req),
+        network_address: req.peer_addr().map(|a| a.ip().to_string()),
+        ..Default::default()
+    };
     let result = web::block(move || {
+        let store = gate.repository().store().clone();
         let now = chrono::Utc::now();
+        let organization = std::cell::RefCell::new(None);
         let lookup = |client_id: &str| -> Option<ClientRegistration> {
             let row = store.read(|tx| tx.client(client_id)).ok()??;
-            serde_json::from_str(&row.registration).ok()
+            let registration: ClientRegistration = serde_json::from_str(&row.registration).ok()?;
+            *organization.borrow_mut() = Some(registration.organization.clone());
+            Some(registration)
         };
         let seen = |jti: &str| -> bool {
             let now_ms = now.timestamp_millis();
@@ -217,15 +239,33 @@ pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
             client_cert_der: peer_cert.as_deref(),
         };
         let pairs = form.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        endpoint.handle(pairs, &lookup, &seen)
+        let result = endpoint.handle(pairs, &lookup, &seen);
+        // No audit, no token: the Login event is durable before the answer.
+        attempt.organization = organization.into_inner();
+        match &result {
+            Ok(grant) => attempt.client_id = Some(grant.assertion.client_id.clone()),
+            Err(error) => {
+                attempt.client_id = claimed_client(&form);
+                attempt.status = error.http_status();
+                attempt.refusal = Some(error.to_string());
+                attempt.organization = None;
+            }
+        }
+        if attempt.status == 0 {
+            attempt.status = 200;
+        }
+        gate.audit_login(attempt).map(|()| result)
     })
     .await;
     match result {
-        Ok(Ok(grant)) => HttpResponse::Ok()
+        Ok(Err(unavailable)) => {
+            ApiError::from(unavailable).respond(crate::format::Format::Json, false)
+        }
+        Ok(Ok(Ok(grant))) => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .content_type("application/json")
             .json(grant.response),
-        Ok(Err(error)) => HttpResponse::build(
+        Ok(Ok(Err(error))) => HttpResponse::build(
             StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
         )
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -83,7 +83,7 @@ fn audit_event_resource() -> Value {
     params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     json!({
         "type": "AuditEvent",
-        "documentation": "The audit trail is written by the gateway and append-only: create, update, patch and delete answer 405.",
+        "documentation": "The audit trail is written by the gateway and append-only: create, update, patch and delete answer 405, and it has no history (405). Search (GET, or POST AuditEvent/_search with a form body) takes the parameters listed here plus _sort=date|-date, _count, _total and _summary=count; any other parameter is refused with 400 even without Prefer: handling=strict, so that an audit query is never silently wider than asked.",
         "interaction": [{"code": "read"}, {"code": "search-type"}],
         "versioning": "no-version",
         "readHistory": false,

@@ -79,6 +79,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .default_service(web::to(auditevents::append_only)),
             )
             .service(
+                web::resource("/AuditEvent/_search")
+                    .route(web::post().to(auditevents::search_post))
+                    .route(get_or_head().to(auditevents::search))
+                    .default_service(allowing("GET, HEAD, POST")),
+            )
+            .service(
                 web::resource("/AuditEvent/{tail:.*}")
                     .route(get_or_head().to(auditevents::read))
                     .default_service(web::to(auditevents::append_only)),

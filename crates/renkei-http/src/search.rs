@@ -458,18 +458,27 @@ fn searchset<'a>(
             "search": {"mode": "outcome"},
         })));
     }
-    if page.includes_cut {
+    if let Some(cut) = page.includes_cut {
+        let diagnostics = match cut {
+            renkei_store::IncludesCut::Rounds => format!(
+                "_include:iterate / _revinclude:iterate stopped after {} rounds: \
+                 resources further along the references are not included",
+                renkei_store::MAX_INCLUDE_ROUNDS
+            ),
+            renkei_store::IncludesCut::StepRows => format!(
+                "an _include or _revinclude found more than {} resources for this page: \
+                 only the first {} of them are included (ask for a smaller _count)",
+                renkei_store::MAX_INCLUDED,
+                renkei_store::MAX_INCLUDED
+            ),
+        };
         entries.push(BundleEntry::Other(json!({
             "resource": {
                 "resourceType": "OperationOutcome",
                 "issue": [{
                     "severity": "warning",
                     "code": "incomplete",
-                    "diagnostics": format!(
-                        "_include:iterate / _revinclude:iterate stopped after {} rounds: \
-                         resources further along the references are not included",
-                        renkei_store::MAX_INCLUDE_ROUNDS
-                    ),
+                    "diagnostics": diagnostics,
                 }],
             },
             "search": {"mode": "outcome"},
@@ -516,7 +525,7 @@ pub async fn search_type_post(
 }
 
 /// The parameters of a `POST …/_search`: the URL's and the form body's together.
-async fn posted_params(
+pub(crate) async fn posted_params(
     req: &HttpRequest,
     ctx: &RequestCtx,
     payload: web::Payload,

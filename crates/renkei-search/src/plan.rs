@@ -529,6 +529,9 @@ pub struct SearchPlan {
     pub ignored: Vec<String>,
     /// The parameters that took effect, for the `self` link (no paging token).
     pub applied: Vec<(String, String)>,
+    /// The types `_include`/`_revinclude` may bring in (the token's readable types, set by
+    /// access control); `None` for any type.
+    pub included_types: Option<Vec<String>>,
 }
 
 impl SearchPlan {
@@ -597,6 +600,7 @@ pub fn parse(
         cursor: None,
         ignored: Vec::new(),
         applied: Vec::new(),
+        included_types: None,
     };
     let mut unknown = Vec::new();
     let mut budget = Budget::default();

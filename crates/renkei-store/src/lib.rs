@@ -31,7 +31,8 @@ pub use resources::{
     HistoryPage, HistoryQuery, HistoryRow, HistoryScope, NewVersion, ResourceRow, TokenRow,
 };
 pub use search::{
-    page_sql, search_may_be_one_statement, SearchPage, SearchRow, MAX_INCLUDE_ROUNDS, MAX_SORT_KEYS,
+    page_sql, search_may_be_one_statement, IncludesCut, SearchPage, SearchRow, MAX_INCLUDED,
+    MAX_INCLUDE_ROUNDS, MAX_SORT_KEYS,
 };
 pub use sql::{Bind, Sql};
 pub use url::DatabaseUrl;

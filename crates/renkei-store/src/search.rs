@@ -20,7 +20,7 @@ const TEXT_MAX: char = '\u{10FFFF}';
 /// Sort keys beyond this many are refused by the HTTP layer.
 pub const MAX_SORT_KEYS: usize = 4;
 /// Included resources per `_include`/`_revinclude` step.
-const MAX_INCLUDED: usize = 1000;
+pub const MAX_INCLUDED: usize = 1000;
 /// ValueSets imported (`compose.include.valueSet`) while expanding one `:in` value.
 const MAX_VALUE_SETS: usize = 20;
 
@@ -75,8 +75,18 @@ pub struct SearchPage {
     pub previous: Option<Cursor>,
     /// Number of matches, when asked for or known for free.
     pub total: Option<i64>,
-    /// `:iterate` includes stopped at [`MAX_INCLUDE_ROUNDS`] with more left to include.
-    pub includes_cut: bool,
+    /// Why some resources the includes reach are not on the page, if any are not.
+    pub includes_cut: Option<IncludesCut>,
+}
+
+/// Why a page's includes stop short (each one said in an outcome entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludesCut {
+    /// `:iterate` stopped at [`MAX_INCLUDE_ROUNDS`] with more left to include.
+    Rounds,
+    /// A step found more than [`MAX_INCLUDED`] resources; the first ones by storage order
+    /// are included.
+    StepRows,
 }
 
 /// Rounds of `_include`/`_revinclude` a page runs: the first, then `:iterate` ones. A cap,
@@ -548,13 +558,16 @@ impl Tx<'_> {
             .collect())
     }
 
-    /// The page's includes, and whether `:iterate` stopped at the cap with more to include.
+    /// The page's includes, and why they stop short if they do (a cap on rounds or rows).
+    /// Only rows the requester may see count towards the caps: consent and the types the
+    /// token may read (`plan.included_types`) are part of every include query.
     fn included(
         &mut self,
         plan: &SearchPlan,
         matches: &[SearchRow],
         visibility: &Visibility,
-    ) -> Result<(Vec<SearchRow>, bool), StoreError> {
+    ) -> Result<(Vec<SearchRow>, Option<IncludesCut>), StoreError> {
+        let mut cut = None;
         let mut seen: std::collections::HashSet<i64> = matches.iter().map(|r| r.rid).collect();
         let mut included: Vec<SearchRow> = Vec::new();
         let mut frontier: Vec<(i64, String, String)> = matches
@@ -569,13 +582,17 @@ impl Tx<'_> {
             }
             let mut found = Vec::new();
             for include in plan.includes.iter().filter(|i| round == 0 || i.iterate) {
-                found.extend(self.include_step(include, &frontier, visibility)?);
+                let sql = Self::include_step(include, &frontier);
+                found.extend(self.capped_step(sql, plan, visibility, &mut cut)?);
             }
             for include in plan.revincludes.iter().filter(|i| round == 0 || i.iterate) {
-                found.extend(self.revinclude_step(include, &frontier, visibility)?);
+                let sql = Self::revinclude_step(include, &frontier);
+                found.extend(self.capped_step(sql, plan, visibility, &mut cut)?);
             }
             if round == MAX_INCLUDE_ROUNDS {
-                let cut = found.iter().any(|row| !seen.contains(&row.rid));
+                if found.iter().any(|row| !seen.contains(&row.rid)) {
+                    cut = Some(IncludesCut::Rounds);
+                }
                 return Ok((included, cut));
             }
             frontier.clear();
@@ -586,22 +603,51 @@ impl Tx<'_> {
                 }
             }
         }
-        Ok((included, false))
+        Ok((included, cut))
     }
 
-    fn include_step(
+    /// Runs one include step's query (`None`: nothing to include) under the requester's
+    /// consent and readable types, keeping at most [`MAX_INCLUDED`] rows; a step that found
+    /// more marks the page's includes as cut.
+    fn capped_step(
         &mut self,
-        include: &Include,
-        from: &[(i64, String, String)],
+        sql: Option<Sql>,
+        plan: &SearchPlan,
         visibility: &Visibility,
+        cut: &mut Option<IncludesCut>,
     ) -> Result<Vec<SearchRow>, StoreError> {
+        let Some(mut sql) = sql else {
+            return Ok(Vec::new());
+        };
+        visibility.push_predicate_for(&mut sql, "r");
+        if let Some(types) = &plan.included_types {
+            if types.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push(" AND r.res_type IN (");
+            push_text_list(&mut sql, types);
+            sql.push(")");
+        }
+        // One row past the cap tells whether the cap cut anything off.
+        sql.push(" ORDER BY r.rid").push_limit(MAX_INCLUDED + 1);
+        let mut rows = self.load::<SearchRow>(&sql)?;
+        if rows.len() > MAX_INCLUDED {
+            rows.truncate(MAX_INCLUDED);
+            cut.get_or_insert(IncludesCut::StepRows);
+        }
+        Ok(rows)
+    }
+
+    /// The query of one `_include` step from the rows of `from`, without the requester's
+    /// predicates (see [`Tx::capped_step`]).
+    fn include_step(include: &Include, from: &[(i64, String, String)]) -> Option<Sql> {
         let rids: Vec<i64> = from
             .iter()
             .filter(|(_, t, _)| include.source_type.is_empty() || *t == include.source_type)
             .map(|(rid, _, _)| *rid)
             .collect();
         if rids.is_empty() {
-            return Ok(Vec::new());
+            return None;
         }
         let mut sql = Sql::new(&format!(
             "SELECT {ROW_COLUMNS}{NO_DECIDER} FROM resources r WHERE r.deleted = "
@@ -624,17 +670,12 @@ impl Tx<'_> {
                 .bind(Bind::Text(target.clone()));
         }
         sql.push(")");
-        visibility.push_predicate_for(&mut sql, "r");
-        sql.push(" ORDER BY r.rid").push_limit(MAX_INCLUDED);
-        self.load::<SearchRow>(&sql)
+        Some(sql)
     }
 
-    fn revinclude_step(
-        &mut self,
-        include: &Include,
-        from: &[(i64, String, String)],
-        visibility: &Visibility,
-    ) -> Result<Vec<SearchRow>, StoreError> {
+    /// The query of one `_revinclude` step towards the rows of `from`, without the
+    /// requester's predicates (see [`Tx::capped_step`]).
+    fn revinclude_step(include: &Include, from: &[(i64, String, String)]) -> Option<Sql> {
         let mut sql = Sql::new(&format!(
             "SELECT {ROW_COLUMNS}{NO_DECIDER} FROM resources r WHERE r.deleted = "
         ));
@@ -668,7 +709,7 @@ impl Tx<'_> {
             sql.push("))");
         }
         if !any {
-            return Ok(Vec::new());
+            return None;
         }
         sql.push(")");
         if !include.source_type.is_empty() {
@@ -679,9 +720,7 @@ impl Tx<'_> {
             sql.push(" AND x.param = ").bind(Bind::Text(param.clone()));
         }
         sql.push(")");
-        visibility.push_predicate_for(&mut sql, "r");
-        sql.push(" ORDER BY r.rid").push_limit(MAX_INCLUDED);
-        self.load::<SearchRow>(&sql)
+        Some(sql)
     }
 }
 
