@@ -396,7 +396,7 @@ fn local_name(name: &[u8]) -> String {
 }
 
 /// The `name="value"` pairs of a tag's text (after the element name), values raw.
-fn attributes(tag: &[u8]) -> Vec<(&[u8], &[u8])> {
+pub(crate) fn attributes(tag: &[u8]) -> Vec<(&[u8], &[u8])> {
     let mut out = Vec::new();
     // Skip the element name.
     let mut i = tag
