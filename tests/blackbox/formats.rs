@@ -483,3 +483,39 @@ fn xml_with_prefixed_namespaces_is_read_as_unprefixed() {
         }
     });
 }
+
+/// A missing required element is reported at the same location, with the same words, whether
+/// the body is JSON or XML (XML used to say only "missing field `status`").
+#[test]
+fn xml_missing_required_element_is_located_as_in_json() {
+    for_each_backend(|s| {
+        let json_body = br#"{"resourceType": "Observation", "code": {"text": "x"}}"#;
+        let xml_body = br#"<Observation xmlns="http://hl7.org/fhir"><code><text value="x"/></code></Observation>"#;
+        let from_json = s.send_raw("POST", "Observation", FHIR_JSON, json_body);
+        let from_xml = s.send_raw("POST", "Observation", FHIR_XML, xml_body);
+        assert_eq!(from_xml.status, from_json.status, "{}", from_xml.body);
+        assert!((400..500).contains(&from_xml.status), "{}", from_xml.body);
+        let (json_issue, xml_issue) = (
+            from_json.outcome()["issue"][0].clone(),
+            from_xml.outcome()["issue"][0].clone(),
+        );
+        assert_eq!(xml_issue["expression"], json!(["Observation.status"]));
+        assert_eq!(xml_issue, json_issue);
+        let text = xml_issue["diagnostics"]
+            .as_str()
+            .or(xml_issue["details"]["text"].as_str())
+            .unwrap_or_default();
+        assert!(text.contains("Observation.status"), "{xml_issue}");
+
+        // Inside a Bundle entry, the location goes through the entry.
+        let json_bundle = br#"{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Observation", "code": {"text": "x"}}}]}"#;
+        let xml_bundle = br#"<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry><resource><Observation><code><text value="x"/></code></Observation></resource></entry></Bundle>"#;
+        let from_json = s.send_raw("POST", "Bundle", FHIR_JSON, json_bundle);
+        let from_xml = s.send_raw("POST", "Bundle", FHIR_XML, xml_bundle);
+        assert_eq!(from_xml.status, from_json.status, "{}", from_xml.body);
+        assert_eq!(
+            from_xml.outcome()["issue"][0],
+            from_json.outcome()["issue"][0]
+        );
+    });
+}

@@ -653,4 +653,50 @@ mod tests {
                 .unwrap_err();
         assert!(other.to_string().contains("'urn:x'"), "{other}");
     }
+
+    #[test]
+    fn xml_missing_required_element_is_reported_as_json_reports_it() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            (
+                br#"{"resourceType":"Observation","code":{"text":"x"}}"#,
+                br#"<Observation xmlns="http://hl7.org/fhir"><code><text value="x"/></code></Observation>"#,
+            ),
+            (
+                br#"{"resourceType":"Observation"}"#,
+                br#"<Observation xmlns="http://hl7.org/fhir"/>"#,
+            ),
+            (
+                br#"{"resourceType":"Patient","contained":[{"resourceType":"Observation","status":"final"}]}"#,
+                br#"<Patient xmlns="http://hl7.org/fhir"><contained><Observation><status value="final"/></Observation></contained></Patient>"#,
+            ),
+            (
+                br#"{"resourceType":"Patient","text":{"status":"generated"}}"#,
+                br#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/></text></Patient>"#,
+            ),
+        ];
+        for (json, xml) in cases {
+            let from_json = parse_json(json).unwrap_err();
+            let from_xml = parse_xml(xml).unwrap_err();
+            let required = |e: &ContentError| -> Vec<Issue> {
+                e.issues
+                    .iter()
+                    .filter(|i| i.code == IssueCode::Required)
+                    .cloned()
+                    .collect()
+            };
+            assert!(!required(&from_xml).is_empty(), "{from_xml}");
+            assert_eq!(
+                required(&from_xml),
+                required(&from_json),
+                "{}",
+                String::from_utf8_lossy(xml)
+            );
+            // The text names the element too, as for JSON.
+            let first = &required(&from_xml)[0];
+            assert!(
+                from_xml.to_string().contains(&first.expression),
+                "{from_xml}"
+            );
+        }
+    }
 }
