@@ -397,6 +397,37 @@ fn leak_suite_for_a_non_consented_facility() {
             );
             keep(what, r);
         }
+        // `If-Match: *` on a hidden resource fails its precondition exactly as on a missing
+        // one (412), so the header cannot tell them apart either.
+        let missing = "Observation/no-such-observation";
+        let star = |method: &str, path: &str| {
+            let mut body = overwrite.clone();
+            body["id"] = json!(path.rsplit('/').next().unwrap_or_default());
+            match method {
+                "PUT" => c.send_json_with("PUT", path, &body, &[("If-Match", "*")]),
+                "PATCH" => c.request(
+                    "PATCH",
+                    path,
+                    &[
+                        ("Content-Type", crate::support::JSON_PATCH),
+                        ("If-Match", "*"),
+                    ],
+                    Some(br#"[{"op":"replace","path":"/status","value":"cancelled"}]"#.to_vec()),
+                ),
+                _ => c.request(method, path, &[("If-Match", "*")], None),
+            }
+        };
+        for method in ["PUT", "PATCH", "DELETE"] {
+            let hidden = star(method, &net.labs[0]);
+            let absent = star(method, missing);
+            assert_eq!(hidden.status, 412, "{method} * hidden: {}", hidden.body);
+            assert_eq!(
+                hidden.body.replace(&net.labs[0], "X"),
+                absent.body.replace(missing, "X"),
+                "{method} *: hidden and missing must be indistinguishable"
+            );
+            keep(&format!("{method} If-Match: * hidden"), hidden);
+        }
 
         // Counts.
         for q in [

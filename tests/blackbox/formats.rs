@@ -414,3 +414,108 @@ fn xml_attribute_values_keep_tabs_and_line_breaks() {
         assert_eq!(stored["text"]["div"], div);
     });
 }
+
+/// Namespace prefixes are XML syntax, not content: `<f:Patient xmlns:f="http://hl7.org/fhir">`
+/// is the document `<Patient xmlns="http://hl7.org/fhir">` is, narrative and Bundle entries
+/// included. They used to be refused; an element in another namespace still is.
+#[test]
+fn xml_with_prefixed_namespaces_is_read_as_unprefixed() {
+    const FHIR: &str = "http://hl7.org/fhir";
+    const XHTML: &str = "http://www.w3.org/1999/xhtml";
+    for_each_backend(|s| {
+        let xml = format!(
+            r#"<f:Patient xmlns:f="{FHIR}"><f:id value="ns-p1"/><f:active value="true"/></f:Patient>"#
+        );
+        s.send_raw("PUT", "Patient/ns-p1", FHIR_XML, xml.as_bytes())
+            .expect(201);
+        let stored = s.read_json("Patient/ns-p1");
+        assert_eq!(stored["active"], json!(true));
+        assert_eq!(stored["id"], "ns-p1");
+
+        // A prefixed XHTML narrative is stored as the unprefixed div JSON requires.
+        let xml = format!(
+            r#"<f:Patient xmlns:f="{FHIR}"><f:text><f:status value="generated"/><h:div xmlns:h="{XHTML}"><h:p>Peter James <h:b>Chalmers</h:b> (Jim)</h:p></h:div></f:text><f:active value="true"/></f:Patient>"#
+        );
+        let r = s
+            .send_raw("POST", "Patient", FHIR_XML, xml.as_bytes())
+            .expect(201);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            s.read_json(&format!("Patient/{id}"))["text"]["div"],
+            format!(r#"<div xmlns="{XHTML}"><p>Peter James <b>Chalmers</b> (Jim)</p></div>"#)
+        );
+
+        // A transaction whose entries carry prefixed resources (the Bundle itself unprefixed).
+        let bundle = format!(
+            r#"<Bundle xmlns="{FHIR}" xmlns:f="{FHIR}"><type value="transaction"/><entry><resource><f:Patient><f:id value="ns-p2"/><f:active value="false"/></f:Patient></resource><request><method value="PUT"/><url value="Patient/ns-p2"/></request></entry></Bundle>"#
+        );
+        let r = s
+            .send_raw("POST", "", FHIR_XML, bundle.as_bytes())
+            .expect(200);
+        assert!(r.body.contains("201"), "{}", r.body);
+        assert_eq!(s.read_json("Patient/ns-p2")["active"], json!(false));
+
+        // Any other namespace is refused, saying which.
+        for (xml, named) in [
+            (
+                r#"<f:Patient xmlns:f="urn:not-fhir"><f:active value="true"/></f:Patient>"#
+                    .to_string(),
+                "'urn:not-fhir'",
+            ),
+            (
+                format!(
+                    r#"<Patient xmlns="{FHIR}" xmlns:o="urn:other"><o:active value="true"/></Patient>"#
+                ),
+                "'urn:other'",
+            ),
+            (
+                format!(
+                    r#"<Patient xmlns="{FHIR}" xmlns:h="{XHTML}"><h:active value="true"/></Patient>"#
+                ),
+                "only the narrative div is XHTML",
+            ),
+        ] {
+            let r = s
+                .send_raw("POST", "Patient", FHIR_XML, xml.as_bytes())
+                .expect(400);
+            let outcome = r.outcome();
+            assert!(r.body.contains(named), "{xml}: {outcome}");
+        }
+    });
+}
+
+/// A missing required element is reported at the same location, with the same words, whether
+/// the body is JSON or XML (XML used to say only "missing field `status`").
+#[test]
+fn xml_missing_required_element_is_located_as_in_json() {
+    for_each_backend(|s| {
+        let json_body = br#"{"resourceType": "Observation", "code": {"text": "x"}}"#;
+        let xml_body = br#"<Observation xmlns="http://hl7.org/fhir"><code><text value="x"/></code></Observation>"#;
+        let from_json = s.send_raw("POST", "Observation", FHIR_JSON, json_body);
+        let from_xml = s.send_raw("POST", "Observation", FHIR_XML, xml_body);
+        assert_eq!(from_xml.status, from_json.status, "{}", from_xml.body);
+        assert!((400..500).contains(&from_xml.status), "{}", from_xml.body);
+        let (json_issue, xml_issue) = (
+            from_json.outcome()["issue"][0].clone(),
+            from_xml.outcome()["issue"][0].clone(),
+        );
+        assert_eq!(xml_issue["expression"], json!(["Observation.status"]));
+        assert_eq!(xml_issue, json_issue);
+        let text = xml_issue["diagnostics"]
+            .as_str()
+            .or(xml_issue["details"]["text"].as_str())
+            .unwrap_or_default();
+        assert!(text.contains("Observation.status"), "{xml_issue}");
+
+        // Inside a Bundle entry, the location goes through the entry.
+        let json_bundle = br#"{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Observation", "code": {"text": "x"}}}]}"#;
+        let xml_bundle = br#"<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry><resource><Observation><code><text value="x"/></code></Observation></resource></entry></Bundle>"#;
+        let from_json = s.send_raw("POST", "Bundle", FHIR_JSON, json_bundle);
+        let from_xml = s.send_raw("POST", "Bundle", FHIR_XML, xml_bundle);
+        assert_eq!(from_xml.status, from_json.status, "{}", from_xml.body);
+        assert_eq!(
+            from_xml.outcome()["issue"][0],
+            from_json.outcome()["issue"][0]
+        );
+    });
+}

@@ -158,3 +158,113 @@ fn concurrent_read_modify_write() {
         );
     });
 }
+
+/// `If-Match: *` (RFC 9110 §13.1.1): proceed only if the resource currently exists. It was
+/// refused as a malformed ETag (400).
+#[test]
+fn if_match_star_requires_a_current_resource() {
+    const JSON_PATCH: &str = "application/json-patch+json";
+    for_each_backend(|s| {
+        let star = [("If-Match", "*")];
+        let created = s.create(&json!({"resourceType": "Patient", "active": true}));
+        let id = created["id"].as_str().unwrap().to_string();
+        let path = format!("Patient/{id}");
+        let mut body = created.clone();
+        body["active"] = json!(false);
+
+        // Existing: update and patch proceed as without the header.
+        let r = s.send_json_with("PUT", &path, &body, &star).expect(200);
+        assert_eq!(r.header("etag"), Some("W/\"2\""));
+        let ops = serde_json::to_vec(&json!([
+            {"op": "add", "path": "/active", "value": true}
+        ]))
+        .unwrap();
+        let patch = |path: &str, if_match: &str| {
+            s.request(
+                "PATCH",
+                path,
+                &[("Content-Type", JSON_PATCH), ("If-Match", if_match)],
+                Some(ops.clone()),
+            )
+        };
+        patch(&path, "*").expect(200);
+
+        // Missing: an update must not create, a patch or delete fails its precondition.
+        let mut ghost = body.clone();
+        ghost["id"] = json!("star-ghost");
+        let r = s
+            .send_json_with("PUT", "Patient/star-ghost", &ghost, &star)
+            .expect(412);
+        let outcome = r.outcome();
+        assert_eq!(outcome["issue"][0]["severity"], "error");
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("If-Match: *")),
+            "{outcome}"
+        );
+        s.get("Patient/star-ghost").expect(404);
+        patch("Patient/star-ghost", "*").expect(412).outcome();
+        s.request("DELETE", "Patient/star-ghost", &star, None)
+            .expect(412)
+            .outcome();
+        // Without the header a delete of nothing is still a 204.
+        s.delete("Patient/star-ghost").expect(204);
+
+        // Conditional update and patch: no match is no current resource.
+        let none = "Patient?identifier=urn:star|none";
+        let mut unmatched = json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:star", "value": "none"}]});
+        s.send_json_with("PUT", none, &unmatched, &star)
+            .expect(412)
+            .outcome();
+        patch(none, "*").expect(412).outcome();
+        assert_eq!(
+            s.get("Patient?identifier=urn:star|none").json()["total"],
+            json!(0)
+        );
+        // A match proceeds.
+        unmatched["identifier"][0]["value"] = json!("one");
+        s.post("Patient", &unmatched).expect(201);
+        let one = "Patient?identifier=urn:star|one";
+        s.send_json_with("PUT", one, &unmatched, &star).expect(200);
+        patch(one, "*").expect(200);
+
+        // Existing: delete proceeds; deleted: every write with `*` fails its precondition.
+        s.request("DELETE", &path, &star, None).expect(204);
+        s.send_json_with("PUT", &path, &body, &star)
+            .expect(412)
+            .outcome();
+        patch(&path, "*").expect(412).outcome();
+        s.request("DELETE", &path, &star, None)
+            .expect(412)
+            .outcome();
+        s.get(&path).expect(410);
+
+        // A list of ETags stays refused, saying why.
+        let r = s
+            .send_json_with("PUT", &path, &body, &[("If-Match", "W/\"2\", W/\"3\"")])
+            .expect(400);
+        assert!(r.body.contains("lists several ETags"), "{}", r.body);
+
+        // Bundle entries honour `ifMatch: "*"` the same way.
+        let kept = s.create(&json!({"resourceType": "Patient", "active": true}));
+        let kept_id = kept["id"].as_str().unwrap().to_string();
+        let bundle = |entry_id: &str| {
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Patient", "id": entry_id, "active": false},
+                 "request": {"method": "PUT", "url": format!("Patient/{entry_id}"),
+                             "ifMatch": "*"}}
+            ]})
+        };
+        s.post("", &bundle(&kept_id)).expect(200);
+        s.post("", &bundle("star-bundle-ghost"))
+            .expect(412)
+            .outcome();
+        s.get("Patient/star-bundle-ghost").expect(404);
+        let delete_ghost = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "DELETE", "url": "Patient/star-bundle-ghost", "ifMatch": "*"}}
+        ]});
+        s.post("", &delete_ghost).expect(412);
+    });
+}

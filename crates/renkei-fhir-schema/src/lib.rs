@@ -161,9 +161,80 @@ pub fn is_repeating(path: &str) -> Option<bool> {
     None
 }
 
+/// The required (min >= 1) elements missing from an element at `path` (`Observation`,
+/// `Observation.code`, `Patient.contact`: a resource type, then element names, no indices),
+/// given which child element names it has. Each is its label (`status`, or `value[x]` for a
+/// required choice) and the message [`validate`] gives for it in JSON, so that a reader of
+/// another format (XML, whose model refuses a missing element before any JSON exists) reports
+/// it alike. Empty when `path` names no known complex element.
+pub fn missing_required(
+    path: &str,
+    has_child: impl Fn(&str) -> bool,
+) -> Vec<(&'static str, String)> {
+    let m = model::model();
+    let mut segments = path.split('.');
+    let Some(mut type_def) = segments.next().and_then(|root| m.type_def(root)) else {
+        return Vec::new();
+    };
+    for segment in segments {
+        let Some(next) = type_def
+            .element(segment)
+            .and_then(|element| m.type_def(&element.type_name))
+        else {
+            return Vec::new();
+        };
+        type_def = next;
+    }
+    type_def
+        .required
+        .iter()
+        .filter(|(_, idxs)| {
+            !idxs
+                .iter()
+                .filter_map(|&i| type_def.elements.get(i))
+                .any(|e| has_child(&e.name))
+        })
+        .map(|(label, _)| {
+            (
+                label.as_str(),
+                validate::missing_required_message(type_def, label),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod repeating_tests {
-    use super::is_repeating;
+    use super::{is_repeating, missing_required};
+
+    #[test]
+    fn names_missing_required_elements_by_path() {
+        let labels = |path: &str, present: &[&str]| -> Vec<&'static str> {
+            missing_required(path, |name| present.contains(&name))
+                .into_iter()
+                .map(|(label, _)| label)
+                .collect()
+        };
+        assert_eq!(labels("Observation", &[]), ["status", "code"]);
+        assert_eq!(labels("Observation", &["code"]), ["status"]);
+        assert!(labels("Observation", &["status", "code"]).is_empty());
+        assert_eq!(
+            missing_required("Observation", |n| n == "code"),
+            [(
+                "status",
+                "missing required element Observation.status (min 1)".to_string()
+            )]
+        );
+        // A required choice is present through any of its variants.
+        let request = ["status", "intent", "subject"];
+        assert_eq!(labels("MedicationRequest", &request), ["medication[x]"]);
+        let with_choice = ["status", "intent", "subject", "medicationReference"];
+        assert!(labels("MedicationRequest", &with_choice).is_empty());
+        assert_eq!(labels("Narrative", &["status"]), ["div"]);
+        assert_eq!(labels("Patient.text", &["status"]), ["div"]);
+        assert!(labels("Patient.nope", &[]).is_empty());
+        assert!(labels("Nope", &[]).is_empty());
+    }
 
     #[test]
     fn knows_cardinality_by_path() {

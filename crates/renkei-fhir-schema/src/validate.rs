@@ -318,10 +318,7 @@ impl Validator {
                 .any(|e| present(obj, &e.name));
             if !found {
                 let saved = self.push_name(label);
-                self.issue(
-                    IssueCode::Required,
-                    format!("missing required element {}.{label} (min 1)", td.name),
-                );
+                self.issue(IssueCode::Required, missing_required_message(td, label));
                 self.path.truncate(saved);
             }
         }
@@ -664,6 +661,12 @@ impl Validator {
 }
 
 /// An element counts as present if its value or its `_name` extension sibling is there.
+/// The message of a missing required element, shared with the XML reader
+/// ([`crate::missing_required`]) so both formats say the same.
+pub(crate) fn missing_required_message(td: &TypeDef, label: &str) -> String {
+    format!("missing required element {}.{label} (min 1)", td.name)
+}
+
 fn present(obj: &Map<String, Value>, name: &str) -> bool {
     if obj.contains_key(name) {
         return true;

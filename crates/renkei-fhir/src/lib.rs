@@ -11,6 +11,7 @@ mod base64_binary;
 mod narrative;
 mod prepass;
 mod xml_check;
+mod xml_namespace;
 
 use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
@@ -172,6 +173,8 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
 /// FHIR XML bytes as the equivalent FHIR JSON value, not yet validated.
 fn xml_value(bytes: &[u8]) -> Result<Value, ContentError> {
     prepass::check_xml_depth(bytes, MAX_DEPTH)?;
+    // From here on, one spelling: FHIR and XHTML elements unprefixed.
+    let bytes = &*xml_namespace::unprefixed(bytes)?;
     xml_check::check(bytes)?;
     let parsed = catch_unwind(AssertUnwindSafe(|| {
         fhirbolt::xml::from_slice::<Resource>(bytes, Some(STRICT))
@@ -627,5 +630,73 @@ mod tests {
             xml.push_str("<extension url=\"x\">");
         }
         assert!(parse_xml(xml.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn prefixed_xml_reads_as_the_unprefixed_document() {
+        let plain = parse_xml(
+            br#"<Patient xmlns="http://hl7.org/fhir"><id value="p1"/><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p>a <b>b</b> c</p></div></text><active value="true"/></Patient>"#,
+        )
+        .unwrap();
+        let prefixed = parse_xml(
+            br#"<f:Patient xmlns:f="http://hl7.org/fhir"><f:id value="p1"/><f:text><f:status value="generated"/><h:div xmlns:h="http://www.w3.org/1999/xhtml"><h:p>a <h:b>b</h:b> c</h:p></h:div></f:text><f:active value="true"/></f:Patient>"#,
+        )
+        .unwrap();
+        assert_eq!(prefixed, plain);
+        let bundle = parse_xml_for_processing(
+            br#"<f:Bundle xmlns:f="http://hl7.org/fhir"><f:type value="batch"/><f:entry><f:resource><f:Patient><f:active value="true"/></f:Patient></f:resource><f:request><f:method value="POST"/><f:url value="Patient"/></f:request></f:entry></f:Bundle>"#,
+        )
+        .unwrap();
+        assert_eq!(bundle["entry"][0]["resource"]["active"], true);
+        let other =
+            parse_xml(br#"<f:Patient xmlns:f="urn:x"><f:active value="true"/></f:Patient>"#)
+                .unwrap_err();
+        assert!(other.to_string().contains("'urn:x'"), "{other}");
+    }
+
+    #[test]
+    fn xml_missing_required_element_is_reported_as_json_reports_it() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            (
+                br#"{"resourceType":"Observation","code":{"text":"x"}}"#,
+                br#"<Observation xmlns="http://hl7.org/fhir"><code><text value="x"/></code></Observation>"#,
+            ),
+            (
+                br#"{"resourceType":"Observation"}"#,
+                br#"<Observation xmlns="http://hl7.org/fhir"/>"#,
+            ),
+            (
+                br#"{"resourceType":"Patient","contained":[{"resourceType":"Observation","status":"final"}]}"#,
+                br#"<Patient xmlns="http://hl7.org/fhir"><contained><Observation><status value="final"/></Observation></contained></Patient>"#,
+            ),
+            (
+                br#"{"resourceType":"Patient","text":{"status":"generated"}}"#,
+                br#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/></text></Patient>"#,
+            ),
+        ];
+        for (json, xml) in cases {
+            let from_json = parse_json(json).unwrap_err();
+            let from_xml = parse_xml(xml).unwrap_err();
+            let required = |e: &ContentError| -> Vec<Issue> {
+                e.issues
+                    .iter()
+                    .filter(|i| i.code == IssueCode::Required)
+                    .cloned()
+                    .collect()
+            };
+            assert!(!required(&from_xml).is_empty(), "{from_xml}");
+            assert_eq!(
+                required(&from_xml),
+                required(&from_json),
+                "{}",
+                String::from_utf8_lossy(xml)
+            );
+            // The text names the element too, as for JSON.
+            let first = &required(&from_xml)[0];
+            assert!(
+                from_xml.to_string().contains(&first.expression),
+                "{from_xml}"
+            );
+        }
     }
 }

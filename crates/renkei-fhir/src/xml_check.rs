@@ -12,7 +12,7 @@
 //! too deep.
 
 use crate::prepass::{markup, Markup};
-use crate::{ContentError, IssueCode};
+use crate::{ContentError, Issue, IssueCode, Severity};
 use fhirbolt_shared::path::ElementPath;
 use fhirbolt_shared::FhirReleases;
 
@@ -40,6 +40,9 @@ struct Frame {
     location: String,
     /// The local element name.
     name: String,
+    /// Where the element's definition is, for the schema: the resource type, then element
+    /// names without indices (`Observation.code`).
+    schema_path: String,
     has_value: bool,
     /// Child elements seen so far, with how often each name occurred.
     children: Vec<(String, usize)>,
@@ -148,13 +151,13 @@ fn open(
     name: &str,
     tag: &[u8],
 ) -> Result<Frame, ContentError> {
-    let (kind, location) = match parent {
+    let (kind, location, schema_path) = match parent {
         None => {
             if !renkei_fhir_schema::is_resource_type(name) {
                 return Err(refuse("", format!("<{name}> is not an R4 resource type")));
             }
             path.push(name);
-            (Kind::Resource, name.to_string())
+            (Kind::Resource, name.to_string(), name.to_string())
         }
         Some(parent) if parent.kind == Kind::Holder => {
             if parent.child_total() > 0 {
@@ -174,7 +177,7 @@ fn open(
             }
             parent.children.push((name.to_string(), 1));
             path.push(name);
-            (Kind::Resource, parent.location.clone())
+            (Kind::Resource, parent.location.clone(), name.to_string())
         }
         Some(parent) => {
             let known = path.children().map(|set| set.contains(name));
@@ -238,13 +241,15 @@ fn open(
             } else {
                 Kind::Complex
             };
-            (kind, location)
+            let schema_path = format!("{}.{name}", parent.schema_path);
+            (kind, location, schema_path)
         }
     };
     let mut frame = Frame {
         kind,
         location,
         name: name.to_string(),
+        schema_path,
         has_value: false,
         children: Vec::new(),
         last_position: 0,
@@ -278,7 +283,29 @@ fn close(path: &mut ElementPath, stack: &mut Vec<Frame>) -> Result<(), ContentEr
                 frame.name
             ),
         )),
+        Kind::Resource | Kind::Complex => missing_required(&frame),
         _ => Ok(()),
+    }
+}
+
+/// Refuses an element without a required child, with the location and message JSON input
+/// gets (`Observation.status`): fhirbolt would refuse it too, but as "missing field `status`",
+/// with no location.
+fn missing_required(frame: &Frame) -> Result<(), ContentError> {
+    let issues: Vec<Issue> =
+        renkei_fhir_schema::missing_required(&frame.schema_path, |name| frame.count(name) > 0)
+            .into_iter()
+            .map(|(label, message)| Issue {
+                severity: Severity::Error,
+                code: IssueCode::Required,
+                expression: format!("{}.{label}", frame.location),
+                message,
+            })
+            .collect();
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ContentError { issues })
     }
 }
 
@@ -396,7 +423,7 @@ fn local_name(name: &[u8]) -> String {
 }
 
 /// The `name="value"` pairs of a tag's text (after the element name), values raw.
-fn attributes(tag: &[u8]) -> Vec<(&[u8], &[u8])> {
+pub(crate) fn attributes(tag: &[u8]) -> Vec<(&[u8], &[u8])> {
     let mut out = Vec::new();
     // Skip the element name.
     let mut i = tag

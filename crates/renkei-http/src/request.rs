@@ -171,19 +171,56 @@ pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
     }
 }
 
-/// Version from an `If-Match` header (`W/"3"`); 400 when it is not an ETag.
+/// The `If-Match` precondition: a version from `W/"3"`, or [`renkei_repository::IF_MATCH_ANY`]
+/// for `*` (proceed only if the resource currently exists). 400 for anything else, with the
+/// reason.
 pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
-    match req.headers().get(header::IF_MATCH) {
-        None => Ok(None),
-        Some(value) => {
-            let text = value.to_str().unwrap_or("");
-            renkei_repository::parse_etag(text)
-                .map(Some)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "If-Match '{text}' is not a version ETag like W/\"3\""
-                    ))
-                })
+    let mut values = req.headers().get_all(header::IF_MATCH);
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    // Repeated headers are one list (RFC 9110 §5.3), refused as a list is.
+    let text = match values.next() {
+        None => first.to_str().unwrap_or("").to_string(),
+        Some(_) => req
+            .headers()
+            .get_all(header::IF_MATCH)
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    renkei_repository::parse_if_match(&text)
+        .map(Some)
+        .map_err(|reason| ApiError::bad_request(format!("If-Match {reason}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn with(values: &[&str]) -> Result<Option<i64>, ApiError> {
+        let mut req = TestRequest::default();
+        for v in values {
+            req = req.append_header((header::IF_MATCH, *v));
         }
+        if_match(&req.to_http_request())
+    }
+
+    #[test]
+    fn if_match_reads_star_versions_and_refuses_lists() {
+        assert_eq!(with(&[]).ok(), Some(None));
+        assert_eq!(with(&["W/\"3\""]).ok(), Some(Some(3)));
+        assert_eq!(
+            with(&["*"]).ok(),
+            Some(Some(renkei_repository::IF_MATCH_ANY))
+        );
+        let list = with(&["W/\"2\", W/\"3\""]).unwrap_err().to_string();
+        assert!(list.contains("lists several ETags"), "{list}");
+        let repeated = with(&["W/\"2\"", "W/\"3\""]).unwrap_err().to_string();
+        assert!(repeated.contains("lists several ETags"), "{repeated}");
+        let bad = with(&["banana"]).unwrap_err().to_string();
+        assert!(bad.contains("not a version ETag"), "{bad}");
     }
 }

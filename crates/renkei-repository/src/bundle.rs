@@ -10,6 +10,7 @@ use crate::interactions::{
     self, DeleteOutcome, PatchBody, PreparedResource, Repository, StoredResource, WriteContext,
 };
 use crate::meta::format_instant;
+use crate::precondition;
 use crate::RepoError;
 use renkei_store::Tx;
 use serde_json::{json, Map, Value};
@@ -296,16 +297,23 @@ fn entry_request(index: usize, entry: &Value) -> Result<&Value, RepoError> {
         .ok_or_else(|| RepoError::BadRequest(format!("Bundle.entry[{index}] has no request")))
 }
 
-/// An entry's `ifMatch` / `ifNoneMatch` version.
+/// An entry's `ifMatch` / `ifNoneMatch` version; `ifMatch` may be `*`, as the header may.
 fn entry_etag(index: usize, request: &Value, field: &str) -> Result<Option<i64>, RepoError> {
-    match request.get(field).and_then(Value::as_str) {
-        Some(tag) => Ok(Some(parse_etag(tag).ok_or_else(|| {
-            RepoError::BadRequest(format!(
-                "Bundle.entry[{index}].request.{field} '{tag}' is not an ETag like W/\"3\""
-            ))
-        })?)),
-        None => Ok(None),
+    let Some(tag) = request.get(field).and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    if field == "ifMatch" {
+        return precondition::parse_if_match(tag)
+            .map(Some)
+            .map_err(|reason| {
+                RepoError::BadRequest(format!("Bundle.entry[{index}].request.ifMatch: {reason}"))
+            });
     }
+    Ok(Some(parse_etag(tag).ok_or_else(|| {
+        RepoError::BadRequest(format!(
+            "Bundle.entry[{index}].request.{field} '{tag}' is not an ETag like W/\"3\""
+        ))
+    })?))
 }
 
 fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
@@ -374,13 +382,14 @@ fn check_full_urls_unique(entries: &[Value]) -> Result<(), RepoError> {
     Ok(())
 }
 
-/// Parses `W/"3"` or `"3"` into version 3.
+/// Parses `W/"3"` or `"3"` into version 3. Only digits count: a sign is no version of ours,
+/// and negative numbers are left to [`crate::IF_MATCH_ANY`].
 pub fn parse_etag(tag: &str) -> Option<i64> {
-    tag.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .ok()
+    let digits = tag.trim().trim_start_matches("W/").trim_matches('"');
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// A Bundle entry's URL relative to the base. Entry URLs are relative; an absolute base
@@ -735,7 +744,9 @@ fn run_entry(
             let (t, id) = match target {
                 Target::Instance(t, id) => (t, id),
                 Target::Conditional(criteria) => {
-                    let id = interactions::resolve_single(tx, &criteria)?;
+                    let id = interactions::resolve_single(tx, &criteria).map_err(|e| {
+                        precondition::absent_under_if_match_any(entry.if_match, e)
+                    })?;
                     (criteria.res_type, id)
                 }
                 _ => return Err(RepoError::BadRequest("PATCH needs an instance URL".into())),

@@ -2,6 +2,7 @@
 
 use crate::criteria::Criteria;
 use crate::meta::{is_valid_id, now_ms, stamp};
+use crate::precondition::{self, IF_MATCH_ANY};
 use crate::{index, RepoError};
 use renkei_search::IndexRows;
 use renkei_store::{
@@ -1004,7 +1005,10 @@ fn write_version(
 ) -> Result<WriteOutcome, RepoError> {
     let current = tx.current_for_update(res_type, id)?;
     if let Some(row) = &current {
-        context.check_may_modify(tx, row)?;
+        // Hidden under `If-Match: *` answers as missing does (412), so it cannot probe.
+        context
+            .check_may_modify(tx, row)
+            .map_err(|e| precondition::absent_under_if_match_any(if_match, e))?;
     }
     check_if_match(current.as_ref(), if_match, res_type, id)?;
     let created = current.as_ref().is_none_or(|row| row.deleted);
@@ -1034,7 +1038,10 @@ fn check_if_match(
         return Ok(());
     };
     match current {
-        Some(row) if row.version == expected && !row.deleted => Ok(()),
+        Some(row) if !row.deleted && (expected == IF_MATCH_ANY || row.version == expected) => {
+            Ok(())
+        }
+        _ if expected == IF_MATCH_ANY => Err(precondition::absent(res_type, id)),
         Some(row) => Err(RepoError::PreconditionFailed(format!(
             "If-Match expects version {expected} of {res_type}/{id}, but the current version is {}{}",
             row.version,
@@ -1078,6 +1085,12 @@ pub(crate) fn conditional_update_with_id(
         .and_then(Value::as_str)
         .map(str::to_string);
     match found.as_slice() {
+        // `If-Match: *` asks to change a resource that exists: with none matching, this is
+        // no update that may create one.
+        [] if if_match == Some(IF_MATCH_ANY) => Err(RepoError::PreconditionFailed(format!(
+            "If-Match: * requires a current {} matching the criteria, and none matches",
+            criteria.res_type
+        ))),
         [] => match body_id {
             Some(id) => {
                 // A resource the criteria do not match is not this update's to replace (R5
@@ -1146,20 +1159,30 @@ pub fn patch(
     let row = match &current {
         Some(row) if !row.deleted => row,
         Some(row) => {
-            return Err(RepoError::Gone {
-                res_type: res_type.into(),
-                id: id.into(),
-                version: row.version,
-            })
+            return Err(precondition::absent_under_if_match_any(
+                if_match,
+                RepoError::Gone {
+                    res_type: res_type.into(),
+                    id: id.into(),
+                    version: row.version,
+                },
+            ))
         }
         None => {
-            return Err(RepoError::NotFound {
-                res_type: res_type.into(),
-                id: id.into(),
-            })
+            return Err(precondition::absent_under_if_match_any(
+                if_match,
+                RepoError::NotFound {
+                    res_type: res_type.into(),
+                    id: id.into(),
+                },
+            ))
         }
     };
-    context.check_may_modify(tx, row)?;
+    // A record hidden from the writer is "not found": under `If-Match: *` it answers 412
+    // like a missing one, so the header cannot probe for hidden records.
+    context
+        .check_may_modify(tx, row)
+        .map_err(|e| precondition::absent_under_if_match_any(if_match, e))?;
     check_if_match(Some(row), if_match, res_type, id)?;
     let mut value: Value = serde_json::from_str(row.body.as_deref().unwrap_or("{}"))
         .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))?;
@@ -1221,13 +1244,19 @@ pub fn delete(
     check_type(res_type)?;
     check_id(id)?;
     let current = tx.current_for_update(res_type, id)?;
+    // `If-Match: *` on nothing to delete fails its precondition (412) instead of answering
+    // a delete of nothing.
+    let nothing = || match if_match {
+        Some(IF_MATCH_ANY) => Err(precondition::absent(res_type, id)),
+        _ => Ok(DeleteOutcome::NothingToDelete),
+    };
     let Some(row) = current.filter(|row| !row.deleted) else {
-        return Ok(DeleteOutcome::NothingToDelete);
+        return nothing();
     };
     match context.check_may_modify(tx, &row) {
         // Hidden from the writer: answered as a delete of nothing (204), exactly as when no
         // such resource exists, so a DELETE cannot probe for hidden records.
-        Err(RepoError::NotFound { .. }) => return Ok(DeleteOutcome::NothingToDelete),
+        Err(RepoError::NotFound { .. }) => return nothing(),
         checked => checked?,
     }
     check_if_match(Some(&row), if_match, res_type, id)?;

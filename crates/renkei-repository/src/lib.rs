@@ -13,6 +13,7 @@ pub mod identity;
 mod index;
 mod interactions;
 mod meta;
+mod precondition;
 
 pub use bundle::{
     check_entries, no_commit_hook, parse_etag, relative_entry_url, BundleKind, CommitHook,
@@ -27,5 +28,6 @@ pub use interactions::{
     WriteOutcome,
 };
 pub use meta::{format_instant, is_valid_id, parse_instant_ms, CUSTODIAN_EXTENSION};
+pub use precondition::{absent_under_if_match_any, parse_if_match, IF_MATCH_ANY};
 /// Which absolute references name resources here: set once at start-up, before indexing.
 pub use renkei_search::set_local_bases;
