@@ -97,8 +97,10 @@ fn audit_event_resource() -> Value {
 }
 
 pub fn capability_statement(base: &str, state: &AppState) -> Value {
+    // `Parameters` has no REST endpoint (parameters.html), so it is not listed.
     let resources: Vec<Value> = renkei_fhir::resource_types()
         .iter()
+        .filter(|res_type| renkei_repository::has_rest_endpoint(res_type))
         .map(|res_type| {
             if *res_type == "AuditEvent" {
                 return audit_event_resource();
