@@ -2,7 +2,8 @@
 //! operations.html, parameters.html and http.html: `_elements`/`_summary` applied to
 //! included resources, operations refused by POST, `$name` paths answered as ids or types,
 //! a REST endpoint for `Parameters`, a `last` link inconsistent with the forward pages,
-//! an internal `_include=*` in `$everything`'s `self` link, and `/metadata?mode=`.
+//! an internal `_include=*` in `$everything`'s `self` link, `$everything`'s `start`/`end`
+//! ignored, and `/metadata?mode=`.
 
 use crate::support::*;
 use serde_json::{json, Value};
@@ -441,5 +442,112 @@ fn metadata_modes() {
         let full = s.read_json("metadata");
         assert!(summary.to_string().len() < full.to_string().len());
         s.get("metadata?_summary=bogus").expect(400).outcome();
+    });
+}
+
+/// Patient-everything's `start`/`end`: a care date range over each record's clinical date;
+/// records with no care date (the Patient, an Observation without `effective[x]`) are always
+/// included. The bounds cover the periods they name, come back in the links, and may be
+/// posted as `valueDate`.
+#[test]
+fn everything_start_and_end_bound_the_care_dates() {
+    for_each_backend(|s| {
+        let patient = s.create(&json!({"resourceType": "Patient"}));
+        let pid = patient["id"].as_str().unwrap().to_string();
+        let observation = |id: &str, when: Option<&str>| {
+            let mut body = json!({"resourceType": "Observation", "id": id, "status": "final",
+                                  "code": {"text": id},
+                                  "subject": {"reference": format!("Patient/{pid}")}});
+            if let Some(when) = when {
+                body["effectiveDateTime"] = json!(when);
+            }
+            s.put(&format!("Observation/{id}"), &body).expect(201);
+        };
+        observation("care-2023", Some("2023-06-15T10:00:00Z"));
+        observation("care-2024", Some("2024-06-15"));
+        observation("care-none", None);
+        s.put(
+            "Condition/care-2022",
+            &json!({"resourceType": "Condition", "id": "care-2022",
+                    "onsetDateTime": "2022-01-10",
+                    "subject": {"reference": format!("Patient/{pid}")}}),
+        )
+        .expect(201);
+        let everything = |query: &str| -> Vec<String> {
+            let (all, _) = s.all_pages(&format!("Patient/{pid}/$everything?_count=2&{query}"));
+            sorted_match_ids(&all)
+        };
+        let with = |ids: &[&str]| -> Vec<String> {
+            let mut ids: Vec<String> = ids
+                .iter()
+                .map(|id| id.to_string())
+                .chain([pid.clone()])
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(
+            everything(""),
+            with(&["care-2022", "care-2023", "care-2024", "care-none"])
+        );
+        assert_eq!(
+            everything("start=2024-01-01"),
+            with(&["care-2024", "care-none"])
+        );
+        assert_eq!(
+            everything("end=2023"),
+            with(&["care-2022", "care-2023", "care-none"])
+        );
+        assert_eq!(
+            everything("start=2023-01&end=2023-12-31"),
+            with(&["care-2023", "care-none"])
+        );
+        assert_eq!(everything("start=2025-01-01"), with(&["care-none"]));
+
+        let page = s.read_json(&format!(
+            "Patient/{pid}/$everything?start=2023-01-01&end=2023-12-31&_count=1"
+        ));
+        let this = link(&page, "self").expect("self");
+        assert!(
+            this.contains("start=2023-01-01") && this.contains("end=2023-12-31"),
+            "{this}"
+        );
+        assert!(
+            entries(&page)
+                .iter()
+                .all(|e| e["search"]["mode"] != "outcome"),
+            "{page}"
+        );
+
+        let posted = s
+            .post(
+                &format!("Patient/{pid}/$everything"),
+                &json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "start", "valueDate": "2024-01-01"},
+                    {"name": "_count", "valueUnsignedInt": 100},
+                ]}),
+            )
+            .expect(200)
+            .json();
+        assert_eq!(
+            sorted_match_ids(&entries(&posted)),
+            with(&["care-2024", "care-none"])
+        );
+
+        for (query, says) in [
+            ("start=ge2024", "not a FHIR date"),
+            ("end=soon", "not a FHIR date"),
+            ("start=2024-02-01&end=2024-01-01", "is after end"),
+            ("start=2024&start=2023", "only once"),
+        ] {
+            let r = s
+                .get(&format!("Patient/{pid}/$everything?{query}"))
+                .expect(400);
+            assert!(
+                diagnostics(&r.outcome()).contains(says),
+                "{query}: {}",
+                r.body
+            );
+        }
     });
 }

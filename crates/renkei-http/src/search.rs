@@ -831,6 +831,9 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     let mut unsupported = Vec::new();
     let mut linked = false;
     let mut spelling: Vec<Spelling> = Vec::new();
+    // `start`/`end` as sent and the first/last millisecond they bound.
+    let mut care_from: Option<(String, i64)> = None;
+    let mut care_to: Option<(String, i64)> = None;
     for (name, value) in query {
         match name.as_str() {
             // Every record linked to this one as the same person (HAPI FHIR spells it `_mdm`).
@@ -859,8 +862,35 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
             | "_lastUpdated" => params.push((name.clone(), value.clone())),
             // `_include=*` is always applied (below); the paging links carry it back.
             "_type" | "_include" => {}
-            // `start` and `end` (dates of care) included: not implemented, so not pretended.
+            "start" | "end" => {
+                let bound = care_date_bound(name, value)?;
+                let slot = if name == "start" {
+                    &mut care_from
+                } else {
+                    &mut care_to
+                };
+                if slot.is_some() {
+                    return Err(ApiError::bad_request(format!(
+                        "{name} may be given only once"
+                    )));
+                }
+                // The range covers the whole period each bound names (`end=2024` is the
+                // end of 2024).
+                let edge = if name == "start" {
+                    bound.low
+                } else {
+                    bound.high
+                };
+                *slot = Some((value.clone(), edge));
+            }
             _ => unsupported.push(name.clone()),
+        }
+    }
+    if let (Some((start, from)), Some((end, to))) = (&care_from, &care_to) {
+        if from > to {
+            return Err(ApiError::bad_request(format!(
+                "start '{start}' is after end '{end}'"
+            )));
         }
     }
     // "and any resource referenced from those" (operation-patient-everything): who prescribed
@@ -869,7 +899,13 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     spelling.push((include_all.clone(), None));
     params.push(include_all);
     let include_self = types.iter().any(|t| t == "Patient");
-    let scope = patient_compartment(id, &types, include_self, linked);
+    let mut scope = vec![patient_compartment(id, &types, include_self, linked)];
+    if care_from.is_some() || care_to.is_some() {
+        scope.push(Filter::CareDate {
+            from: care_from.as_ref().map(|(_, from)| *from),
+            to: care_to.as_ref().map(|(_, to)| *to),
+        });
+    }
     // The operation's own parameters come back in every paging link.
     let mut operation_params = Vec::new();
     if linked {
@@ -877,6 +913,11 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     }
     if let Some(list) = type_param {
         operation_params.push(format!("_type={}", encode(list)));
+    }
+    for (name, bound) in [("start", &care_from), ("end", &care_to)] {
+        if let Some((sent, _)) = bound {
+            operation_params.push(format!("{name}={}", encode(sent)));
+        }
     }
     let self_path = match operation_params.is_empty() {
         true => format!("Patient/{id}/$everything"),
@@ -887,9 +928,20 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
         types,
         sent: query.to_vec(),
         params,
-        scope: vec![scope],
+        scope,
         self_path,
         narrow_to_scopes: type_param.is_none(),
         spelling,
     })
+}
+
+/// A `start` or `end` of `$everything`: a date (or dateTime) without a search prefix, as the
+/// period it names.
+fn care_date_bound(name: &str, value: &str) -> Result<renkei_search::plan::DateValue> {
+    if !value.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(ApiError::bad_request(format!(
+            "{name} '{value}' is not a FHIR date"
+        )));
+    }
+    renkei_search::plan::parse_date_value(name, value).map_err(search_error)
 }
