@@ -1765,8 +1765,8 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
         );
 
         // Operation paths name what they allow; a Consent without a patient is invalid.
-        let r = s.request("POST", "Patient/$ihe-pix", &[], None).expect(405);
-        assert_eq!(r.header("allow"), Some("GET, HEAD"));
+        let r = s.request("PUT", "Patient/$ihe-pix", &[], None).expect(405);
+        assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
         let head = s.request(
             "HEAD",
             "Patient/$ihe-pix?sourceIdentifier=urn:x|1",

@@ -268,6 +268,38 @@ fn consented_clinic_sees_the_hospital_record_of_the_same_person_and_others_learn
             .any(|p| p["valueIdentifier"]["system"] == INSURANCE));
         assert!(params.iter().any(|p| p["name"] == "targetId"
             && p["valueReference"]["reference"] == format!("Patient/{HOSP_P}")));
+        // The same request by POST with a Parameters body (operations.html), in JSON and XML.
+        let posted = clinic
+            .post(
+                "Patient/$ihe-pix",
+                &json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "sourceIdentifier",
+                     "valueIdentifier": {"system": CLINIC_SYSTEM, "value": "C-0077"}},
+                    {"name": "targetSystem", "valueUri": HOSPITAL_SYSTEM},
+                ]}),
+            )
+            .expect(200)
+            .json();
+        assert_eq!(posted, only_hospital);
+        let xml = format!(
+            "<Parameters xmlns=\"http://hl7.org/fhir\"><parameter><name value=\"sourceIdentifier\"/>\
+             <valueIdentifier><system value=\"{CLINIC_SYSTEM}\"/><value value=\"C-0077\"/>\
+             </valueIdentifier></parameter><parameter><name value=\"targetSystem\"/>\
+             <valueUri value=\"{HOSPITAL_SYSTEM}\"/></parameter></Parameters>"
+        );
+        let posted = clinic
+            .request(
+                "POST",
+                "Patient/$ihe-pix",
+                &[
+                    ("Content-Type", "application/fhir+xml"),
+                    ("Accept", "application/fhir+json"),
+                ],
+                Some(xml.into_bytes()),
+            )
+            .expect(200)
+            .json();
+        assert_eq!(posted, only_hospital);
 
         // $match with half-width kana and the birth date finds the hospital's record.
         let matched = clinic

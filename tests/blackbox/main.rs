@@ -11,6 +11,7 @@ mod bench_smoke;
 mod bundles;
 mod capability;
 mod conditional;
+mod conformance;
 mod consent;
 mod crud;
 mod durability;

@@ -97,8 +97,10 @@ fn audit_event_resource() -> Value {
 }
 
 pub fn capability_statement(base: &str, state: &AppState) -> Value {
+    // `Parameters` has no REST endpoint (parameters.html), so it is not listed.
     let resources: Vec<Value> = renkei_fhir::resource_types()
         .iter()
+        .filter(|res_type| renkei_repository::has_rest_endpoint(res_type))
         .map(|res_type| {
             if *res_type == "AuditEvent" {
                 return audit_event_resource();
@@ -125,7 +127,7 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
                 resource["operation"] = json!([{
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                    "documentation": "The patient's compartment, consent-filtered, with _since, _type and _count; paged. _linked=true (alias _mdm) spans every record linked to the patient as the same person.",
+                    "documentation": "The patient's compartment, consent-filtered, with start/end (care dates: resources without one always included), _since, _type and _count; paged; GET or POST with a Parameters body. _linked=true (alias _mdm) spans every record linked to the patient as the same person.",
                 }, {
                     "name": "ihe-pix",
                     "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",

@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use renkei_fhir::SummaryMode;
 use renkei_repository::{
     format_instant, parse_instant_ms, Criteria, DeleteOutcome, HistoryRequest, PatchBody,
-    RepoError, StoredResource, WriteOutcome,
+    StoredResource, WriteOutcome,
 };
 use renkei_store::HistoryScope;
 use serde_json::{json, Value};
@@ -211,11 +211,7 @@ fn location(ctx: &RequestCtx, resource: &StoredResource) -> String {
 }
 
 fn check_type(res_type: &str) -> Result<()> {
-    if renkei_fhir::is_resource_type(res_type) {
-        Ok(())
-    } else {
-        Err(ApiError::Repo(RepoError::UnknownType(res_type.to_string())))
-    }
+    Ok(renkei_repository::check_type(res_type)?)
 }
 
 /// Renders a resource for read/vread, applying `_summary` and `_elements`.
@@ -225,6 +221,23 @@ fn render_resource(
     resource: &StoredResource,
 ) -> Result<HttpResponse> {
     version_headers(&mut builder, resource);
+    let (summary, elements) = requested_shape(ctx)?;
+    if summary.is_none() && elements.is_none() {
+        return Ok(render_stored(
+            builder,
+            &resource.body,
+            ctx.format,
+            ctx.pretty,
+        ));
+    }
+    let value = resource.value().map_err(ApiError::from)?;
+    let value = shaped(value, summary, elements.as_deref());
+    Ok(render_value(builder, &value, ctx.format, ctx.pretty))
+}
+
+/// The `_summary` and `_elements` a request for one resource (a read, the
+/// CapabilityStatement) asks for.
+fn requested_shape(ctx: &RequestCtx) -> Result<(Option<SummaryMode>, Option<Vec<&str>>)> {
     let summary = match ctx.param("_summary") {
         None | Some("false") => None,
         Some("true") => Some(SummaryMode::True),
@@ -242,22 +255,18 @@ fn render_resource(
             .filter(|s| !s.is_empty())
             .collect()
     });
-    if summary.is_none() && elements.is_none() {
-        return Ok(render_stored(
-            builder,
-            &resource.body,
-            ctx.format,
-            ctx.pretty,
-        ));
-    }
-    let mut value = resource.value().map_err(ApiError::from)?;
+    Ok((summary, elements))
+}
+
+/// `value` reduced to its summary, then to the elements asked for.
+fn shaped(mut value: Value, summary: Option<SummaryMode>, elements: Option<&[&str]>) -> Value {
     if let Some(mode) = summary {
         value = renkei_fhir::summarize(&value, mode);
     }
     if let Some(elements) = elements {
-        value = renkei_fhir::select_elements(&value, &elements);
+        value = renkei_fhir::select_elements(&value, elements);
     }
-    Ok(render_value(builder, &value, ctx.format, ctx.pretty))
+    value
 }
 
 /// Whether `If-None-Match` / `If-Modified-Since` make a read answer 304.
@@ -986,10 +995,39 @@ fn decode_cursor(token: &str) -> Option<(i64, i64, i64)> {
 /// Percent-encodes a query value.
 pub use renkei_repository::percent_encode as encode;
 
+/// `GET /metadata{?mode=full|normative|terminology}` (http.html#capabilities), with
+/// `_summary`/`_elements` as on a read.
 pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
-    let statement = crate::capability::capability_statement(&ctx.base, &state);
-    render_value(HttpResponse::Ok(), &statement, ctx.format, ctx.pretty)
+    let result = (|| {
+        match ctx.param("mode") {
+            // `normative` would leave out what is not normative; everything stated here
+            // is, as far as this server is concerned, so the full statement answers both.
+            None | Some("full" | "normative") => {}
+            Some("terminology") => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "not-supported",
+                    "mode=terminology (a TerminologyCapabilities resource) is not supported:                      this server has no terminology service",
+                ))
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "mode '{other}' is not full, normative or terminology"
+                )))
+            }
+        }
+        let (summary, elements) = requested_shape(&ctx)?;
+        let statement = crate::capability::capability_statement(&ctx.base, &state);
+        let statement = shaped(statement, summary, elements.as_deref());
+        Ok(render_value(
+            HttpResponse::Ok(),
+            &statement,
+            ctx.format,
+            ctx.pretty,
+        ))
+    })();
+    finish(&req, &state, &ctx, result).await
 }
 
 /// Any path or method we do not serve.

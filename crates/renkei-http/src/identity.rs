@@ -4,8 +4,8 @@
 use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::format::{body_kind, parse_body, render_value, response_bundle, BodyKind};
-use crate::handlers::{blocking, finish};
-use crate::request::read_body;
+use crate::handlers::{blocking, encode, finish};
+use crate::request::{read_body, RequestCtx};
 use crate::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -16,14 +16,67 @@ type Result<T> = std::result::Result<T, ApiError>;
 
 const MATCH_GRADE_URL: &str = "http://hl7.org/fhir/StructureDefinition/match-grade";
 
+/// The parameters of PIXm's `$ihe-pix` a `Parameters` body may give (IHE.PIXm.pix), with the
+/// value types each takes; an Identifier is read as the GET form's `system|value`.
+const PIX_PARAMETERS: &[(&str, &[&str])] = &[
+    ("sourceIdentifier", &["Identifier", "String", "Code"]),
+    ("targetSystem", &["Uri", "String", "Canonical", "Url"]),
+];
+
 /// `GET /fhir/Patient/$ihe-pix?sourceIdentifier=sys|val{&targetSystem=uri}`.
 pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
         let who = authenticate(&req, &state)?;
+        let raw_query = format!("Patient/$ihe-pix?{}", req.query_string());
+        pix_answer(&ctx, &state, who, &ctx.params, raw_query).await
+    }
+    .await;
+    finish(&req, &state, &ctx, result).await
+}
+
+/// `POST /fhir/Patient/$ihe-pix` with a `Parameters` body: the same request as the GET form,
+/// the URL's parameters and the body's together. The token is checked before the body is
+/// read.
+pub async fn pix_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let result = async {
+        let who = authenticate(&req, &state)?;
+        let parameters = parameters_body(&req, payload, &state).await?;
+        let mut params = ctx.params.clone();
+        params.extend(crate::operations::primitive_parameters(
+            &parameters,
+            "$ihe-pix",
+            PIX_PARAMETERS,
+        )?);
+        // The trail records the request as the GET form would spell it.
+        let query: Vec<String> = params
+            .iter()
+            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+            .collect();
+        let raw_query = format!("Patient/$ihe-pix?{}", query.join("&"));
+        pix_answer(&ctx, &state, who, &params, raw_query).await
+    }
+    .await;
+    finish(&req, &state, &ctx, result).await
+}
+
+/// `$ihe-pix` from its parameters (either form), through the gate.
+async fn pix_answer(
+    ctx: &RequestCtx,
+    state: &AppState,
+    who: renkei_access::Requester,
+    params: &[(String, String)],
+    raw_query: String,
+) -> Result<HttpResponse> {
+    {
         let mut source = None;
         let mut targets: Vec<String> = Vec::new();
-        for (name, value) in &ctx.params {
+        for (name, value) in params {
             match name.as_str() {
                 "sourceIdentifier" if source.is_some() => {
                     return Err(ApiError::bad_request(
@@ -57,7 +110,6 @@ pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             ));
         };
         let gate = state.gate.clone();
-        let raw_query = format!("Patient/$ihe-pix?{}", req.query_string());
         let answer =
             blocking(move || gate.pix(&who, (&system, &value), &targets, &raw_query)).await?;
         if let Some((status, code, message)) = answer.failure() {
@@ -92,12 +144,10 @@ pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             ctx.pretty,
         ))
     }
-    .await;
-    finish(&req, &state, &ctx, result).await
 }
 
 /// Reads a `Parameters` body (JSON or XML).
-async fn parameters_body(
+pub(crate) async fn parameters_body(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,

@@ -18,6 +18,7 @@ mod error;
 pub mod format;
 mod handlers;
 mod identity;
+mod operations;
 mod request;
 mod search;
 pub mod tls;
@@ -93,7 +94,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(
                 web::resource("/Patient/$ihe-pix")
                     .route(get_or_head().to(identity::pix))
-                    .default_service(allowing("GET, HEAD")),
+                    .route(web::post().to(identity::pix_post))
+                    .default_service(allowing("GET, HEAD, POST")),
             )
             .service(
                 web::resource("/Patient/$match")
@@ -120,6 +122,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 web::resource("/_search")
                     .route(web::post().to(search::search_system_post))
                     .default_service(allowing("POST")),
+            )
+            // Any other operation (`$name`: no FHIR id or type starts with `$`), before the
+            // routes that would take its name for a type, an id or a compartment.
+            .service(web::resource(r"/{operation:\$[^/]*}").route(web::to(operations::system)))
+            .service(
+                web::resource(r"/{type}/{operation:\$[^/]*}")
+                    .route(web::to(operations::type_level)),
+            )
+            .service(
+                web::resource(r"/{type}/{id}/{operation:\$[^/]*}")
+                    .route(web::to(operations::instance)),
             )
             .service(
                 web::resource("/_history")

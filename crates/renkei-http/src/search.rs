@@ -60,23 +60,33 @@ struct SearchRequest {
     /// The types were chosen by the server, not named by the client (`$everything` without
     /// `_type`): the requester's scopes narrow them instead of refusing the whole search.
     narrow_to_scopes: bool,
+    /// The parameters as the client sent them (a posted `$everything` is recorded in the
+    /// trail as asked, not as rewritten into a search).
+    sent: Vec<(String, String)>,
+    /// Parameters the server added or rewrote, spelled back as the client wrote them in the
+    /// links (`None`: added by the server, left out), so `self` shows only what was asked.
+    spelling: Vec<Spelling>,
 }
 
-fn check_type(res_type: &str) -> Result<()> {
-    if renkei_fhir::is_resource_type(res_type) {
-        Ok(())
-    } else {
-        Err(ApiError::Repo(renkei_repository::RepoError::UnknownType(
-            res_type.to_string(),
-        )))
-    }
+/// An applied search parameter and how the links spell it (see [`SearchRequest::spelling`]).
+type Spelling = ((String, String), Option<(String, String)>);
+
+pub(crate) fn check_type(res_type: &str) -> Result<()> {
+    Ok(renkei_repository::check_type(res_type)?)
 }
 
 /// A `_type` value is a parameter, not a path: a name that is no resource type is a bad
 /// request (400), where an unknown type in the path is an unknown endpoint (404).
 fn check_type_param(res_type: &str) -> Result<()> {
-    if renkei_fhir::is_resource_type(res_type) {
+    if renkei_repository::has_rest_endpoint(res_type) {
         return Ok(());
+    }
+    if renkei_fhir::is_resource_type(res_type) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            format!("_type: {res_type} has no REST endpoint and is never stored or searched"),
+        ));
     }
     Err(ApiError::new(
         StatusCode::BAD_REQUEST,
@@ -176,7 +186,7 @@ async fn run(
     // as searched, rather than the URL's alone.
     let raw_query = if req.method() == actix_web::http::Method::POST {
         let params: Vec<String> = request
-            .params
+            .sent
             .iter()
             .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
             .collect();
@@ -192,7 +202,7 @@ async fn run(
     let gate = state.gate.clone();
     let query_plan = plan.clone();
     let page = blocking(move || gate.search(&who, &query_plan, &raw_query)).await?;
-    let (bundle, entries) = searchset(ctx, &plan, &page, &request.self_path);
+    let (bundle, entries) = searchset(ctx, &plan, &page, &request.self_path, &request.spelling);
     Ok(render_bundle(
         HttpResponse::Ok(),
         bundle,
@@ -302,6 +312,7 @@ pub(crate) struct BatchSearch {
     /// The entry's URL relative to the base, as the search's AuditEvent records it.
     url: String,
     self_path: String,
+    spelling: Vec<Spelling>,
 }
 
 /// The search a batch entry asks for (`GET` of a search URL; its criteria already
@@ -330,6 +341,7 @@ pub(crate) fn batch_search(
             narrow_to_scopes: search.narrow_to_scopes,
             url: relative.to_string(),
             self_path: search.self_path,
+            spelling: search.spelling,
         })
     });
     Some((relative.to_string(), planned))
@@ -352,7 +364,7 @@ impl BatchSearch {
 
     /// The batch-response entry of the search's page: the searchset Bundle as its resource.
     pub(crate) fn response_entry(&self, ctx: &RequestCtx, page: &SearchPage) -> Value {
-        let (bundle, entries) = searchset(ctx, &self.plan, page, &self.self_path);
+        let (bundle, entries) = searchset(ctx, &self.plan, page, &self.self_path, &self.spelling);
         json!({
             "resource": crate::format::bundle_value(bundle, entries),
             "response": {"status": "200 OK"},
@@ -376,15 +388,19 @@ fn entry<'a>(
     mode: &'static str,
 ) -> Option<BundleEntry<'a>> {
     let stored = row.body.as_deref()?;
-    let summary = summary_mode(plan);
-    let resource = if summary.is_none() && plan.elements.is_empty() {
+    // `_summary` and `_elements` shape the matches only (search.html, _elements): included
+    // resources come whole, so a client never mistakes a subsetted include for the record.
+    let shaped = mode == "match";
+    let summary = summary_mode(plan).filter(|_| shaped);
+    let elements_apply = shaped && !plan.elements.is_empty();
+    let resource = if summary.is_none() && !elements_apply {
         EntryResource::Stored(stored)
     } else {
         let mut value: Value = serde_json::from_str(stored).ok()?;
         if let Some(summary) = summary {
             value = renkei_fhir::summarize(&value, summary);
         }
-        if !plan.elements.is_empty() {
+        if elements_apply {
             let elements: Vec<&str> = plan.elements.iter().map(String::as_str).collect();
             value = renkei_fhir::select_elements(&value, &elements);
         }
@@ -403,11 +419,18 @@ fn searchset<'a>(
     plan: &SearchPlan,
     page: &'a SearchPage,
     self_path: &str,
+    spelling: &[Spelling],
 ) -> (Value, Vec<BundleEntry<'a>>) {
     let mut query: Vec<String> = plan
         .applied
         .iter()
         .filter(|(k, _)| k != "_count")
+        .filter_map(
+            |applied| match spelling.iter().find(|(rewritten, _)| rewritten == applied) {
+                Some((_, as_sent)) => as_sent.as_ref(),
+                None => Some(applied),
+            },
+        )
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
     query.push(format!("_count={}", plan.count));
@@ -427,10 +450,9 @@ fn searchset<'a>(
     if let Some(next) = &page.next {
         links.push(json!({"relation": "next", "url": page_url(next)}));
     }
-    // The last page is the query run backwards from the end: as cheap as the first page.
-    if page.next.is_some() || page.previous.is_some() {
-        links.push(json!({"relation": "last", "url": page_url(&Cursor::last(&plan.sort))}));
-    }
+    // No `last` link (it is optional): keyset pages are cut from the front, so the last
+    // page is `total mod _count` rows, and a page read backwards from the end (`_count`
+    // rows) would overlap the page before it whenever `_count` does not divide the total.
     let mut entries: Vec<BundleEntry<'a>> = Vec::new();
     entries.extend(
         page.matches
@@ -609,6 +631,7 @@ fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
     if type_list.is_none() && filters_through_index {
         types = renkei_fhir::resource_types()
             .iter()
+            .filter(|t| renkei_repository::has_rest_endpoint(t))
             .map(|t| t.to_string())
             .collect();
     }
@@ -619,10 +642,12 @@ fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
     Ok(SearchRequest {
         unsupported: Vec::new(),
         types,
+        sent: params.clone(),
         params,
         scope: Vec::new(),
         self_path,
         narrow_to_scopes: false,
+        spelling: Vec::new(),
     })
 }
 
@@ -646,7 +671,7 @@ fn patient_compartment(id: &str, types: &[String], include_self: bool, linked: b
     }
 }
 
-/// `GET Patient/{id}/{type}?…` (compartment search) and `GET Patient/{id}/$everything`.
+/// `GET Patient/{id}/{type}?…` (compartment search).
 pub async fn compartment(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
@@ -664,10 +689,8 @@ pub async fn compartment(
             ));
         }
         // The gate checks, inside the search's transaction, that the compartment's owner
-        // exists and is visible (404 otherwise, 410 when deleted).
-        if target == "$everything" {
-            return everything(&req, &ctx, &state, &id).await;
-        }
+        // exists and is visible (404 otherwise, 410 when deleted). Operations (`$…`) are
+        // routed to `operations.rs` before this route.
         let request = compartment_request(&id, &target, ctx.params.clone())?;
         run(&req, &ctx, &state, request).await
     }
@@ -703,10 +726,12 @@ fn compartment_request(
     Ok(SearchRequest {
         unsupported: type_level_unsupported(&params),
         types,
+        sent: params.clone(),
         params,
         scope: vec![scope],
         self_path: format!("Patient/{id}/{target}"),
         narrow_to_scopes: false,
+        spelling: Vec::new(),
     })
 }
 
@@ -715,10 +740,12 @@ fn type_request(res_type: &str, params: Vec<(String, String)>) -> SearchRequest 
     SearchRequest {
         unsupported: type_level_unsupported(&params),
         types: vec![res_type.to_string()],
+        sent: params.clone(),
         params,
         scope: Vec::new(),
         self_path: res_type.to_string(),
         narrow_to_scopes: false,
+        spelling: Vec::new(),
     }
 }
 
@@ -733,9 +760,9 @@ fn type_level_unsupported(params: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
-/// `Patient/{id}/$everything` (`_since`, `_type`, `_count`, paging): the Patient and every
-/// resource of its compartment, as one paged search.
-async fn everything(
+/// `GET Patient/{id}/$everything` (`_since`, `_type`, `_count`, paging): the Patient and
+/// every resource of its compartment, as one paged search.
+pub(crate) async fn everything(
     req: &HttpRequest,
     ctx: &RequestCtx,
     state: &AppState,
@@ -745,13 +772,51 @@ async fn everything(
     run(req, ctx, state, request).await
 }
 
+/// `POST Patient/{id}/$everything` with a `Parameters` body: the URL's parameters and the
+/// body's, as the same search the GET form runs. The token is checked before the body is
+/// read.
+pub(crate) async fn everything_post(
+    req: &HttpRequest,
+    ctx: &RequestCtx,
+    state: &AppState,
+    id: &str,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    authenticate(req, state)?;
+    let parameters = crate::identity::parameters_body(req, payload, state).await?;
+    let mut params = ctx.params.clone();
+    params.extend(crate::operations::primitive_parameters(
+        &parameters,
+        "$everything",
+        EVERYTHING_PARAMETERS,
+    )?);
+    let request = everything_request(id, &params)?;
+    run(req, ctx, state, request).await
+}
+
+/// The parameters of Patient-everything a `Parameters` body may give, with the value types
+/// each takes (the OperationDefinition's, plus this server's `_linked`/`_mdm`).
+const EVERYTHING_PARAMETERS: &[(&str, &[&str])] = &[
+    ("start", &["Date", "DateTime"]),
+    ("end", &["Date", "DateTime"]),
+    ("_since", &["Instant", "DateTime", "Date"]),
+    ("_type", &["Code", "String"]),
+    ("_count", &["Integer", "UnsignedInt", "PositiveInt"]),
+    ("_linked", &["Boolean"]),
+    ("_mdm", &["Boolean"]),
+];
+
 /// The search `$everything` runs, from the operation's parameters.
 fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequest> {
     let reg = registry();
-    let type_param = query
+    // `_type` may be repeated (a posted Parameters body gives one code per parameter).
+    let type_values: Vec<&str> = query
         .iter()
-        .find(|(name, _)| name == "_type")
-        .map(|(_, value)| value.as_str());
+        .filter(|(name, _)| name == "_type")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    let type_list = (!type_values.is_empty()).then(|| type_values.join(","));
+    let type_param = type_list.as_deref();
     let mut types: Vec<String> = match type_param {
         Some(list) => list
             .split(',')
@@ -774,6 +839,10 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     let mut params: Vec<(String, String)> = Vec::new();
     let mut unsupported = Vec::new();
     let mut linked = false;
+    let mut spelling: Vec<Spelling> = Vec::new();
+    // `start`/`end` as sent and the first/last millisecond they bound.
+    let mut care_from: Option<(String, i64)> = None;
+    let mut care_to: Option<(String, i64)> = None;
     for (name, value) in query {
         match name.as_str() {
             // Every record linked to this one as the same person (HAPI FHIR spells it `_mdm`).
@@ -792,22 +861,60 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
                         "_since '{value}' is not a FHIR instant or date"
                     )));
                 }
-                params.push(("_lastUpdated".into(), format!("ge{value}")))
+                let rewritten = ("_lastUpdated".to_string(), format!("ge{value}"));
+                spelling.push((rewritten.clone(), Some((name.clone(), value.clone()))));
+                params.push(rewritten)
             }
-            // `_lastUpdated` comes back in paging links, where `_since` has been translated.
+            // `_lastUpdated` is taken as a search would take it (the links spell `_since` as
+            // sent).
             "_count" | "_page_token" | "_format" | "_pretty" | "_elements" | "_summary"
             | "_lastUpdated" => params.push((name.clone(), value.clone())),
             // `_include=*` is always applied (below); the paging links carry it back.
             "_type" | "_include" => {}
-            // `start` and `end` (dates of care) included: not implemented, so not pretended.
+            "start" | "end" => {
+                let bound = care_date_bound(name, value)?;
+                let slot = if name == "start" {
+                    &mut care_from
+                } else {
+                    &mut care_to
+                };
+                if slot.is_some() {
+                    return Err(ApiError::bad_request(format!(
+                        "{name} may be given only once"
+                    )));
+                }
+                // The range covers the whole period each bound names (`end=2024` is the
+                // end of 2024).
+                let edge = if name == "start" {
+                    bound.low
+                } else {
+                    bound.high
+                };
+                *slot = Some((value.clone(), edge));
+            }
             _ => unsupported.push(name.clone()),
+        }
+    }
+    if let (Some((start, from)), Some((end, to))) = (&care_from, &care_to) {
+        if from > to {
+            return Err(ApiError::bad_request(format!(
+                "start '{start}' is after end '{end}'"
+            )));
         }
     }
     // "and any resource referenced from those" (operation-patient-everything): who prescribed
     // or performed, where, with what; each as far as the requester may see it.
-    params.push(("_include".into(), "*".into()));
+    let include_all = ("_include".to_string(), "*".to_string());
+    spelling.push((include_all.clone(), None));
+    params.push(include_all);
     let include_self = types.iter().any(|t| t == "Patient");
-    let scope = patient_compartment(id, &types, include_self, linked);
+    let mut scope = vec![patient_compartment(id, &types, include_self, linked)];
+    if care_from.is_some() || care_to.is_some() {
+        scope.push(Filter::CareDate {
+            from: care_from.as_ref().map(|(_, from)| *from),
+            to: care_to.as_ref().map(|(_, to)| *to),
+        });
+    }
     // The operation's own parameters come back in every paging link.
     let mut operation_params = Vec::new();
     if linked {
@@ -816,6 +923,11 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     if let Some(list) = type_param {
         operation_params.push(format!("_type={}", encode(list)));
     }
+    for (name, bound) in [("start", &care_from), ("end", &care_to)] {
+        if let Some((sent, _)) = bound {
+            operation_params.push(format!("{name}={}", encode(sent)));
+        }
+    }
     let self_path = match operation_params.is_empty() {
         true => format!("Patient/{id}/$everything"),
         false => format!("Patient/{id}/$everything?{}", operation_params.join("&")),
@@ -823,9 +935,22 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     Ok(SearchRequest {
         unsupported,
         types,
+        sent: query.to_vec(),
         params,
-        scope: vec![scope],
+        scope,
         self_path,
         narrow_to_scopes: type_param.is_none(),
+        spelling,
     })
+}
+
+/// A `start` or `end` of `$everything`: a date (or dateTime) without a search prefix, as the
+/// period it names.
+fn care_date_bound(name: &str, value: &str) -> Result<renkei_search::plan::DateValue> {
+    if !value.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(ApiError::bad_request(format!(
+            "{name} '{value}' is not a FHIR date"
+        )));
+    }
+    renkei_search::plan::parse_date_value(name, value).map_err(search_error)
 }

@@ -101,9 +101,7 @@ impl Criteria {
             .split_once('?')
             .ok_or_else(|| RepoError::BadRequest(format!("'{url}' has no search criteria")))?;
         let res_type = res_type.trim_start_matches('/');
-        if !renkei_fhir::is_resource_type(res_type) {
-            return Err(RepoError::UnknownType(res_type.to_string()));
-        }
+        crate::interactions::check_type(res_type)?;
         Criteria::parse(res_type, query)
     }
 

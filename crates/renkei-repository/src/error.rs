@@ -12,6 +12,10 @@ pub enum RepoError {
     BadRequest(String),
     #[error("resource type '{0}' is not a FHIR R4 resource type")]
     UnknownType(String),
+    /// A resource type that exists but is not stored or served RESTfully (`Parameters`:
+    /// R4 parameters.html, it only carries the parameters of operations).
+    #[error("{0} has no REST endpoint: it only carries the parameters of operations")]
+    NoRestEndpoint(String),
     #[error("{res_type}/{id} is not known")]
     NotFound { res_type: String, id: String },
     #[error("{res_type}/{id} has no version {version}")]
@@ -65,7 +69,9 @@ pub fn status_of(error: &RepoError) -> (&'static str, &'static str) {
     match error {
         RepoError::Invalid(_) => ("400 Bad Request", "structure"),
         RepoError::BadRequest(_) => ("400 Bad Request", "invalid"),
-        RepoError::UnknownType(_) => ("404 Not Found", "not-supported"),
+        RepoError::UnknownType(_) | RepoError::NoRestEndpoint(_) => {
+            ("404 Not Found", "not-supported")
+        }
         RepoError::NotFound { .. } | RepoError::VersionNotFound { .. } => {
             ("404 Not Found", "not-found")
         }

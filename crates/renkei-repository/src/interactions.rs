@@ -495,9 +495,18 @@ impl Repository {
     }
 }
 
-pub(crate) fn check_type(res_type: &str) -> Result<(), RepoError> {
-    if renkei_fhir::is_resource_type(res_type) {
+/// Whether `res_type` is a resource type with a REST endpoint: every R4 type but
+/// `Parameters`, which has none (parameters.html) and so is neither stored nor searched.
+pub fn has_rest_endpoint(res_type: &str) -> bool {
+    res_type != "Parameters" && renkei_fhir::is_resource_type(res_type)
+}
+
+/// Refuses a type that names no REST endpoint: not an R4 type, or `Parameters`.
+pub fn check_type(res_type: &str) -> Result<(), RepoError> {
+    if has_rest_endpoint(res_type) {
         Ok(())
+    } else if renkei_fhir::is_resource_type(res_type) {
+        Err(RepoError::NoRestEndpoint(res_type.to_string()))
     } else {
         Err(RepoError::UnknownType(res_type.to_string()))
     }

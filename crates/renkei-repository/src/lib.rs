@@ -22,10 +22,10 @@ pub use bundle::{
 pub use criteria::{percent_decode, percent_decode_strict, percent_encode, Criteria};
 pub use error::{status_of, RepoError};
 pub use interactions::{
-    conditional_delete, conditional_update, create, delete, history_in, patch, read, read_visible,
-    resolve_single, search_in, update, vread, vread_visible, DeleteOutcome, HistoryRequest,
-    PatchBody, PreparedResource, Repository, RepositoryOptions, StoredResource, WriteContext,
-    WriteOutcome,
+    check_type, conditional_delete, conditional_update, create, delete, has_rest_endpoint,
+    history_in, patch, read, read_visible, resolve_single, search_in, update, vread, vread_visible,
+    DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, Repository, RepositoryOptions,
+    StoredResource, WriteContext, WriteOutcome,
 };
 pub use meta::{format_instant, is_valid_id, parse_instant_ms, CUSTODIAN_EXTENSION};
 pub use precondition::{absent_under_if_match_any, parse_if_match, IF_MATCH_ANY};

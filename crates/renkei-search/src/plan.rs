@@ -272,6 +272,13 @@ pub enum Filter {
         not: bool,
     },
     LastUpdated(Vec<DateValue>),
+    /// `$everything`'s `start`/`end` (Patient-everything: a care date range): resources whose
+    /// clinical date (epoch ms, the store's `resources.clinical_date`) lies in `[from, to]`;
+    /// a resource with no clinical date always passes. Set by the operation, not parsed.
+    CareDate {
+        from: Option<i64>,
+        to: Option<i64>,
+    },
     Token {
         param: String,
         values: Vec<TokenMatch>,

@@ -921,9 +921,10 @@ fn selectivity_rank(filter: &Filter) -> u8 {
         | Filter::Quantity { .. }
         | Filter::Number { .. }
         | Filter::LastUpdated(_) => 6,
-        Filter::Token { not: true, .. } | Filter::Id { not: true, .. } | Filter::Missing { .. } => {
-            7
-        }
+        Filter::Token { not: true, .. }
+        | Filter::Id { not: true, .. }
+        | Filter::Missing { .. }
+        | Filter::CareDate { .. } => 7,
     }
 }
 
@@ -965,7 +966,10 @@ fn drives_from_index(plan: &SearchPlan) -> bool {
     !by_resources_index
         && plan.filters.iter().any(|f| match f {
             Filter::Token { not, .. } => !*not,
-            Filter::Missing { .. } | Filter::Id { .. } | Filter::LastUpdated(_) => false,
+            Filter::Missing { .. }
+            | Filter::Id { .. }
+            | Filter::LastUpdated(_)
+            | Filter::CareDate { .. } => false,
             _ => true,
         })
 }
@@ -1633,6 +1637,19 @@ fn push_filter(
                 push_text_list(sql, ids);
                 sql.push(")");
             }
+        }
+        Filter::CareDate { from, to } => {
+            // A column of `resources` itself: no index table to look into.
+            let column = format!("{alias}.clinical_date");
+            sql.push(&format!("({column} IS NULL OR (1 = 1"));
+            if let Some(from) = from {
+                sql.push(&format!(" AND {column} >= "))
+                    .bind(Bind::Int(*from));
+            }
+            if let Some(to) = to {
+                sql.push(&format!(" AND {column} <= ")).bind(Bind::Int(*to));
+            }
+            sql.push("))");
         }
         Filter::LastUpdated(values) => {
             sql.push("(");
