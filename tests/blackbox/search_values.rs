@@ -621,3 +621,139 @@ fn include_caps_count_only_the_types_the_token_may_read() {
         assert_eq!(outcome_count(&page), 0, "{page}");
     });
 }
+
+/// An Observation with `effectiveDateTime` (and nothing else to search by).
+fn dated(id: &str, effective: &str) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]},
+           "effectiveDateTime": effective})
+}
+
+/// Under `time_zone` +09:00 a date without a zone is the Japanese day, in stored values and
+/// search values alike (R4 search.html: the server's local zone). Before, both were UTC days,
+/// so a lab at 08:00 JST on 4 November (23:00 UTC on the 3rd) was not found by
+/// `date=2025-11-04`, and a stored `2025-11-04` began at 09:00 JST.
+#[test]
+fn dates_without_a_zone_are_read_in_the_configured_zone() {
+    for_each_backend_with(&[("RENKEI_TIME_ZONE", "+09:00")], |s| {
+        put(s, &dated("lab-0800", "2025-11-04T08:00:00+09:00"));
+        put(s, &dated("day-only", "2025-11-04"));
+        put(s, &dated("lab-0030", "2025-11-04T00:30:00+09:00"));
+        assert_eq!(
+            ids(s, "Observation?date=2025-11-04"),
+            ["day-only", "lab-0030", "lab-0800"]
+        );
+        assert!(ids(s, "Observation?date=2025-11-03").is_empty());
+        // The first hour of the Japanese day holds the stored day and the lab at 00:30 (a
+        // stored dateTime with a time always has a zone: R4 requires one).
+        let first_hour = format!(
+            "Observation?date=ge{}&date=lt{}",
+            enc("2025-11-04T00:00:00+09:00"),
+            enc("2025-11-04T01:00:00+09:00")
+        );
+        assert_eq!(ids(s, &first_hour), ["day-only", "lab-0030"]);
+        // A search dateTime without a zone is Japan time too.
+        assert_eq!(
+            ids(
+                s,
+                "Observation?date=ge2025-11-04T00:00:00&date=lt2025-11-04T01:00:00"
+            ),
+            ["day-only", "lab-0030"]
+        );
+        // `eq` of a minute holds what lies within it: the lab, not the day.
+        assert_eq!(ids(s, "Observation?date=2025-11-04T08:00"), ["lab-0800"]);
+    });
+}
+
+/// Runs `cmd`, which must fail (within a minute, rather than start serving); its stderr.
+#[track_caller]
+fn refusal(cmd: &mut std::process::Command) -> String {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn renkei");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for renkei") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not refuse to start within a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).expect("read stderr");
+    }
+    assert!(!status.success(), "{cmd:?} succeeded: {stderr}");
+    stderr
+}
+
+/// Index rows built in one zone are wrong in another: a server (or an import) configured
+/// with another zone than the one its database was indexed in refuses to start, naming both
+/// zones and `renkei reindex`; after a reindex in the new zone it starts and finds the stored
+/// day where the new zone puts it. A database indexed before (in UTC) refuses the other way.
+#[test]
+fn a_database_indexed_in_another_zone_is_refused_until_reindexed() {
+    for_each_backend_raw(|backend| {
+        let jst = [("RENKEI_TIME_ZONE", "+09:00")];
+        let mut s = Server::start(backend);
+        put(&s, &dated("day-only", "2025-11-04"));
+        s.kill9();
+        let serve_jst = refusal(
+            renkei_command()
+                .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+                .arg(s.database_url())
+                .envs(jst),
+        );
+        for expected in ["time zone Z", "+09:00", "renkei reindex"] {
+            assert!(serve_jst.contains(expected), "{expected}: {serve_jst}");
+        }
+        let import_jst = refusal(
+            renkei_command()
+                .args(["import", "--database"])
+                .arg(s.database_url())
+                .arg(fixture("demo").join("README.md"))
+                .envs(jst),
+        );
+        assert!(import_jst.contains("renkei reindex"), "{import_jst}");
+
+        let out = renkei_command()
+            .args(["reindex", "--database"])
+            .arg(s.database_url())
+            .envs(jst)
+            .output()
+            .expect("run renkei reindex");
+        assert!(
+            out.status.success(),
+            "reindex: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = s.restart_with(&jst);
+        let first_hour = format!(
+            "Observation?date=ge{}&date=lt{}",
+            enc("2025-11-04T00:00:00+09:00"),
+            enc("2025-11-04T01:00:00+09:00")
+        );
+        assert_eq!(ids(&s, &first_hour), ["day-only"]);
+
+        // Now recorded as +09:00: the default zone is the one refused.
+        let mut s = s;
+        s.kill9();
+        let serve_utc = refusal(
+            renkei_command()
+                .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+                .arg(s.database_url()),
+        );
+        assert!(
+            serve_utc.contains("time zone +09:00") && serve_utc.contains("time_zone is Z"),
+            "{serve_utc}"
+        );
+    });
+}

@@ -312,6 +312,7 @@ pub fn renkei_command() -> Command {
         "RENKEI_TLS_CERT",
         "RENKEI_TLS_KEY",
         "RENKEI_CLIENT_CA",
+        "RENKEI_TIME_ZONE",
     ] {
         cmd.env_remove(name);
     }
@@ -571,6 +572,16 @@ impl Server {
         let pki = self.pki.take();
         drop(self);
         Server::launch(db, env, pki)
+    }
+
+    /// Kills this server with SIGKILL and starts a new one on the same database, with `env`
+    /// in place of the environment it was started with.
+    pub fn restart_with(mut self, env: &[(&str, &str)]) -> Server {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        self.restart()
     }
 
     pub fn stderr_tail(&self) -> String {

@@ -9,6 +9,7 @@ pub mod normalize;
 pub mod plan;
 pub mod registry;
 
+pub use date::{local_zone, set_local_zone, LocalZone, ZoneError};
 pub use extract::{
     extract, local_path, set_local_bases, CompositeIndex, CompositeValue, IndexRows,
 };

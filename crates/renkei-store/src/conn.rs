@@ -1232,6 +1232,26 @@ mod tests {
     }
 
     #[test]
+    fn settings_keep_the_first_insert_and_put_replaces() {
+        let temp = temp_store("settings");
+        let store = &temp.store;
+        let read = |key: &str| store.read(|tx| tx.setting(key)).expect("read setting");
+        assert_eq!(read("index_time_zone"), None);
+        store
+            .write(|tx| tx.insert_setting("index_time_zone", "+09:00"))
+            .expect("insert");
+        store
+            .write(|tx| tx.insert_setting("index_time_zone", "Z"))
+            .expect("second insert");
+        assert_eq!(read("index_time_zone").as_deref(), Some("+09:00"));
+        store
+            .write(|tx| tx.put_setting("index_time_zone", "Z"))
+            .expect("put");
+        assert_eq!(read("index_time_zone").as_deref(), Some("Z"));
+        assert_eq!(read("other"), None);
+    }
+
+    #[test]
     fn concurrent_writes_share_commits_and_all_land() {
         let temp = temp_store("share");
         let before = temp.store.committed_write_groups();

@@ -14,6 +14,7 @@ mod identity;
 mod index;
 mod resources;
 mod search;
+mod settings;
 mod sql;
 mod url;
 mod visibility;

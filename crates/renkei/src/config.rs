@@ -24,6 +24,9 @@ pub struct FileConfig {
     /// The base URL clients reach the server at, when it is not the listen address (behind a
     /// proxy, under a host name).
     pub base_url: Option<String>,
+    /// The zone dates and times without one are read in, for indexing and search alike
+    /// (`Z`/`UTC` or `+hh:mm`/`-hh:mm`).
+    pub time_zone: Option<String>,
     /// Identifier systems whose value alone makes Patient records one person.
     pub link_identifier_systems: Option<Vec<String>>,
     /// Identifier systems that make records one person together with the birth date.
@@ -46,6 +49,8 @@ pub struct Config {
     pub token_ttl_seconds: u64,
     /// See [`FileConfig::base_url`].
     pub base_url: Option<String>,
+    /// See [`FileConfig::time_zone`]; `Z` by default.
+    pub time_zone: renkei_repository::LocalZone,
     pub linking: renkei_identity::LinkingRules,
 }
 
@@ -163,6 +168,12 @@ impl Config {
                 .or(file.token_ttl_seconds)
                 .unwrap_or(3600),
             base_url: std::env::var("RENKEI_BASE_URL").ok().or(file.base_url),
+            time_zone: match std::env::var("RENKEI_TIME_ZONE").ok().or(file.time_zone) {
+                Some(text) => text
+                    .parse()
+                    .map_err(|e| ConfigError::Invalid(format!("time_zone: {e}")))?,
+                None => renkei_repository::LocalZone::UTC,
+            },
             linking: {
                 let defaults = renkei_identity::LinkingRules::default();
                 renkei_identity::LinkingRules {
@@ -252,6 +263,30 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:1");
         assert_eq!(config.database, "sqlite:/tmp/x.db");
         assert_eq!(config.max_page_size, 77);
+    }
+
+    #[test]
+    fn time_zone_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("renkei-config-tz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str| {
+            let path = dir.join("renkei.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Overrides {
+                config: Some(path.display().to_string()),
+                ..Overrides::default()
+            })
+        };
+        assert_eq!(load("").unwrap().time_zone.to_string(), "Z");
+        let jst = load("time_zone = \"+09:00\"\n").unwrap();
+        assert_eq!(jst.time_zone.offset_secs(), 9 * 3600);
+        let err = load("time_zone = \"Asia/Tokyo\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("time_zone") && err.contains("Asia/Tokyo"),
+            "{err}"
+        );
     }
 
     #[test]
