@@ -1415,6 +1415,18 @@ fn audit_search_by_post_counts_and_names_its_pages() {
             .json();
         assert_eq!(posted["total"], by_get["total"], "{posted}");
         assert!(by_get["total"].as_i64().unwrap() >= 3, "{by_get}");
+        // The trail search's own event holds the query it ran, URL and body together.
+        let searches = auditor.read_json("AuditEvent?subtype=search-type&_count=20");
+        let queries: Vec<String> = entries(&searches)
+            .iter()
+            .filter_map(|e| query_of(&e["resource"]))
+            .collect();
+        assert!(
+            queries
+                .iter()
+                .any(|q| q == "AuditEvent?subtype=read&outcome=4&_total=accurate"),
+            "{queries:?}"
+        );
         // Unauthenticated: 401 before the body is looked at.
         s.anonymous()
             .send_raw(

@@ -880,7 +880,22 @@ fn every_break_glass_access_leaves_its_break_glass_event() {
         let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
             {"request": {"method": "GET", "url": net.labs[0].clone()}}]});
         er.send_json_with("POST", "", &batch, &glass).expect(200);
+        // A facility that may not break the glass is refused, and the attempt is on record
+        // under its client, with the reason it gave.
+        net.as_c()
+            .get_with(&format!("{}/_history", net.labs[0]), &glass)
+            .expect(403);
         let auditor = s.token_for("auditor-bg-all", ORG_A, "auditor", &[]);
+        let refused = s.with_token(&auditor).read_json(&format!(
+            "AuditEvent?agent={ORG_C}&outcome=4&subtype=history&_count=50"
+        ));
+        assert!(
+            entries(&refused).iter().any(|e| {
+                let text = e["resource"].to_string();
+                text.contains("purpose of use 'ETREAT' is not allowed") && text.contains("bleeding")
+            }),
+            "{refused}"
+        );
         let decisions = s.with_token(&auditor).read_json(&format!(
             "AuditEvent?subtype=AuthZ-Consent&agent={ORG_C}&_count=200"
         ));

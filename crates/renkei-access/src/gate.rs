@@ -1294,21 +1294,18 @@ impl Gate {
                 }
                 Ok(response)
             });
-        // A Bundle read under break-glass leaves its break-glass event like a plain read.
-        let break_glass = match &result {
-            Ok(_) if requests.iter().any(|entry| !is_write_entry(entry)) => {
-                let what = if is_transaction {
-                    "transaction"
-                } else {
-                    "batch"
-                };
-                self.break_glass_event(who, what)
-            }
-            _ => None,
+        // A Bundle that read data under break-glass leaves its break-glass event like a plain
+        // read: a transaction that committed with a read entry, a batch with a read entry that
+        // answered with data.
+        let read_under_break_glass = |read: bool| match read {
+            true if is_transaction => self.break_glass_event(who, "transaction"),
+            true => self.break_glass_event(who, "batch"),
+            false => None,
         };
         match &result {
             Ok(_) if is_transaction => {
-                if let Some(event) = break_glass {
+                let read = requests.iter().any(|entry| !is_write_entry(entry));
+                if let Some(event) = read_under_break_glass(read) {
                     self.audit
                         .record_all(vec![event])
                         .map_err(|e| AccessError::AuditUnavailable(e.0))?;
@@ -1326,7 +1323,13 @@ impl Gate {
                 let mut event = builder;
                 event.resources = locations(&responses);
                 let mut rows = vec![to_row(&event, &[])];
-                rows.extend(break_glass);
+                let read = all_requests
+                    .iter()
+                    .zip(&responses)
+                    .any(|(request, answer)| {
+                        !is_write_entry(request) && entry_status(answer) < 400
+                    });
+                rows.extend(read_under_break_glass(read));
                 let failed: Vec<(Value, Value)> = all_requests
                     .iter()
                     .zip(&responses)
@@ -1514,13 +1517,16 @@ impl Gate {
 
     /// AuditEvent search: auditors see every event, patients the accesses to their own
     /// record, facilities the accesses to data they hold.
+    /// `raw_query` is the search as asked (`AuditEvent?…`): only auditors see the events of
+    /// trail searches, and they need to see whose trail was searched.
     pub fn audit_events(
         &self,
         who: &Requester,
         query: AuditQuery,
+        raw_query: &str,
     ) -> Result<TrailPage, AccessError> {
         let mut builder = self.event(who, Interaction::Search);
-        builder.query = Some("AuditEvent".into());
+        builder.query = Some(raw_query.to_string());
         let result = self.read_trail(who, query);
         self.audited(builder, result, |_, _| Vec::new())
     }
@@ -1644,11 +1650,11 @@ impl Gate {
                 .read_tx(|tx| identity::pix(tx, source, target_systems, &visibility))?)
         });
         let break_glass = match &result {
-            Ok(_) => self
+            Ok(answer) if answer.failure().is_none() => self
                 .break_glass_event(who, "Patient/$ihe-pix")
                 .into_iter()
                 .collect(),
-            Err(_) => Vec::new(),
+            _ => Vec::new(),
         };
         self.audited_with(
             builder,
@@ -1814,6 +1820,10 @@ fn interaction_of(method: &str, target: &str) -> Interaction {
     let path = target.split('?').next().unwrap_or(target);
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let last = segments.last().copied().unwrap_or_default();
+    // Any request at the token endpoint is a login attempt, whatever its method.
+    if segments == ["auth", "token"] {
+        return Interaction::Login;
+    }
     if let Some(operation) = last.strip_prefix('$') {
         return Interaction::Operation(operation.to_string());
     }
@@ -1902,5 +1912,6 @@ mod tests {
         assert_eq!(code("GET", "metadata"), "capabilities");
         assert_eq!(code("POST", "Observation"), "create");
         assert_eq!(code("DELETE", "AuditEvent/1"), "delete");
+        assert_eq!(code("GET", "/auth/token"), "login");
     }
 }

@@ -58,13 +58,53 @@ impl Requester {
                 "break-glass (ETREAT) needs a client allowed to break the glass and an X-Break-Glass-Reason header".into(),
             ));
         }
+        Ok(Self::build(
+            claims,
+            (purpose, break_glass),
+            request_id,
+            network_address,
+            if break_glass { reason } else { None },
+        ))
+    }
+
+    /// Who made a request whose stated purpose was refused ([`Requester::from_claims`]
+    /// failed), for its AuditEvent only: the token's client with the purpose and
+    /// break-glass reason it asked for, so that an attempt to break the glass is on record
+    /// under its client. It is never used to decide access.
+    pub fn refused_attempt(
+        claims: &AccessClaims,
+        stated: &StatedPurpose,
+        request_id: &str,
+        network_address: Option<String>,
+    ) -> Requester {
+        let purpose = Purpose::from_code(stated.purpose.as_deref().unwrap_or("TREAT"));
+        let reason = stated
+            .break_glass_reason
+            .clone()
+            .filter(|r| !r.trim().is_empty());
+        Self::build(
+            claims,
+            (purpose, false),
+            request_id,
+            network_address,
+            reason,
+        )
+    }
+
+    fn build(
+        claims: &AccessClaims,
+        (purpose, break_glass): (Purpose, bool),
+        request_id: &str,
+        network_address: Option<String>,
+        break_glass_reason: Option<String>,
+    ) -> Requester {
         let role = match claims.role {
             renkei_auth::Role::Facility => Role::Facility,
             renkei_auth::Role::Patient => Role::Patient,
             renkei_auth::Role::Auditor => Role::Auditor,
             renkei_auth::Role::Admin => Role::Admin,
         };
-        Ok(Requester {
+        Requester {
             principal: Principal {
                 facility: claims.organization.clone(),
                 practitioner: claims.fhir_user.clone(),
@@ -77,8 +117,8 @@ impl Requester {
             scopes: Some(claims.scope.clone()),
             request_id: request_id.to_string(),
             network_address,
-            break_glass_reason: if break_glass { reason } else { None },
-        })
+            break_glass_reason,
+        }
     }
 
     /// The gateway itself (demo loading, import): sees everything, audited as the system.

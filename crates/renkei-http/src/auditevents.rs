@@ -220,6 +220,14 @@ pub async fn search_post(
     finish(&req, &state, &ctx, result).await
 }
 
+/// `a=1&b=2`, each name and value percent-encoded.
+fn query_string<'p>(params: impl Iterator<Item = &'p (String, String)>) -> String {
+    params
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 async fn search_trail(
     ctx: &RequestCtx,
     state: &AppState,
@@ -230,20 +238,19 @@ async fn search_trail(
     let by_recorded = query.by_recorded;
     query.limit = page_size + 1;
     let gate = state.gate.clone();
-    let page = blocking(move || gate.audit_events(&who, query)).await?;
+    let asked = query_string(ctx.params.iter());
+    let raw_query = match asked.is_empty() {
+        true => "AuditEvent".to_string(),
+        false => format!("AuditEvent?{asked}"),
+    };
+    let page = blocking(move || gate.audit_events(&who, query, &raw_query)).await?;
     let mut rows = page.events;
     let more = rows.len() > page_size;
     rows.truncate(page_size);
     // The links repeat what took effect; `self` names this page (its token), `first` the
     // search without one.
     let applied = |(name, _): &&(String, String)| name != "_page_token";
-    let first_query = ctx
-        .params
-        .iter()
-        .filter(applied)
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
+    let first_query = query_string(ctx.params.iter().filter(applied));
     let first_url = format!("{}/AuditEvent?{first_query}", ctx.base);
     let page_url = |token: &str| {
         let joiner = if first_query.is_empty() { "" } else { "&" };

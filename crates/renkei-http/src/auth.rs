@@ -104,8 +104,50 @@ fn unauthorized(message: &str) -> ApiError {
 }
 
 /// The requester of a FHIR request, from its bearer token and purpose headers.
-/// No or bad token → 401 (with `WWW-Authenticate`); a purpose the token does not allow → 403.
+/// No or bad token → 401 (with `WWW-Authenticate`); a purpose the token does not allow → 403,
+/// left for the caller to audit (see [`refused_requester`]).
 pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, ApiError> {
+    let claims = verified_claims(req, state)?;
+    Requester::from_claims(
+        &claims,
+        &stated_purpose(req),
+        &request_id(req),
+        req.peer_addr().map(|a| a.ip().to_string()),
+    )
+    .map_err(|refusal| ApiError::new(StatusCode::FORBIDDEN, "forbidden", refusal.to_string()))
+}
+
+/// For the AuditEvent of a request whose valid token asked for a purpose it may not use:
+/// the token's client, with the purpose (and break-glass reason) it asked for.
+pub fn refused_requester(req: &HttpRequest, state: &AppState) -> Option<Requester> {
+    let claims = verified_claims(req, state).ok()?;
+    Some(Requester::refused_attempt(
+        &claims,
+        &stated_purpose(req),
+        &request_id(req),
+        req.peer_addr().map(|a| a.ip().to_string()),
+    ))
+}
+
+fn stated_purpose(req: &HttpRequest) -> StatedPurpose {
+    let header_text = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    StatedPurpose {
+        purpose: header_text("x-purpose-of-use"),
+        break_glass_reason: header_text("x-break-glass-reason"),
+    }
+}
+
+/// The claims of the request's bearer token, checked against the client's current
+/// registration and the connection's certificate; 401 otherwise.
+fn verified_claims(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<renkei_auth::AccessClaims, ApiError> {
     let header_value = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -146,23 +188,7 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, Ap
             "a client certificate was presented, but the client's registration names none (renkei client add --cert-fingerprint)",
         ));
     }
-    let header_text = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let stated = StatedPurpose {
-        purpose: header_text("x-purpose-of-use"),
-        break_glass_reason: header_text("x-break-glass-reason"),
-    };
-    let address = req.peer_addr().map(|a| a.ip().to_string());
-    Ok(Requester::from_claims(
-        &claims,
-        &stated,
-        &request_id(req),
-        address,
-    )?)
+    Ok(claims)
 }
 
 /// The client a refused token request claimed to be: its assertion's (unverified) issuer,

@@ -79,7 +79,9 @@ async fn respond_recorded(
     if error.is_audited() {
         return error.respond(format, pretty);
     }
-    let who = authenticate(req, state).ok();
+    let who = authenticate(req, state)
+        .ok()
+        .or_else(|| crate::auth::refused_requester(req, state));
     let gate = state.gate.clone();
     let request_id = crate::auth::request_id(req);
     let address = req.peer_addr().map(|a| a.ip().to_string());
@@ -1008,7 +1010,7 @@ pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "not-supported",
-                    "mode=terminology (a TerminologyCapabilities resource) is not supported:                      this server has no terminology service",
+                    "mode=terminology (a TerminologyCapabilities resource) is not supported: this server has no terminology service",
                 ))
             }
             Some(other) => {
