@@ -230,6 +230,14 @@ mod repeating_tests {
         assert_eq!(labels("MedicationRequest", &request), ["medication[x]"]);
         let with_choice = ["status", "intent", "subject", "medicationReference"];
         assert!(labels("MedicationRequest", &with_choice).is_empty());
+        // A backbone element is named by its path, not by its generated type name.
+        assert_eq!(
+            missing_required("Observation.component", |_| false),
+            [(
+                "code",
+                "missing required element Observation.component.code (min 1)".to_string()
+            )]
+        );
         assert_eq!(labels("Narrative", &["status"]), ["div"]);
         assert_eq!(labels("Patient.text", &["status"]), ["div"]);
         assert!(labels("Patient.nope", &[]).is_empty());

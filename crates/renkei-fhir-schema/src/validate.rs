@@ -660,13 +660,32 @@ impl Validator {
     }
 }
 
-/// An element counts as present if its value or its `_name` extension sibling is there.
 /// The message of a missing required element, shared with the XML reader
-/// ([`crate::missing_required`]) so both formats say the same.
+/// ([`crate::missing_required`]) so both formats say the same. A backbone element's type
+/// (`Observation_Component`) is named by its path (`Observation.component`).
 pub(crate) fn missing_required_message(td: &TypeDef, label: &str) -> String {
-    format!("missing required element {}.{label} (min 1)", td.name)
+    format!(
+        "missing required element {}.{label} (min 1)",
+        element_path(&td.name)
+    )
 }
 
+/// `Bundle_Entry_Request` → `Bundle.entry.request`; a type name without `_` is itself.
+fn element_path(type_name: &str) -> String {
+    let mut parts = type_name.split('_');
+    let mut path = parts.next().unwrap_or_default().to_string();
+    for part in parts {
+        path.push('.');
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            path.extend(first.to_lowercase());
+            path.push_str(chars.as_str());
+        }
+    }
+    path
+}
+
+/// An element counts as present if its value or its `_name` extension sibling is there.
 fn present(obj: &Map<String, Value>, name: &str) -> bool {
     if obj.contains_key(name) {
         return true;
