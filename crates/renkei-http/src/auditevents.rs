@@ -5,7 +5,7 @@ use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::format::render_value;
 use crate::handlers::finish;
-use crate::handlers::{blocking, encode};
+use crate::handlers::{blocking, encode, query_string};
 use crate::request::RequestCtx;
 use crate::AppState;
 use actix_web::http::StatusCode;
@@ -218,14 +218,6 @@ pub async fn search_post(
     }
     .await;
     finish(&req, &state, &ctx, result).await
-}
-
-/// `a=1&b=2`, each name and value percent-encoded.
-fn query_string<'p>(params: impl Iterator<Item = &'p (String, String)>) -> String {
-    params
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 async fn search_trail(

@@ -997,6 +997,14 @@ fn decode_cursor(token: &str) -> Option<(i64, i64, i64)> {
 /// Percent-encodes a query value.
 pub use renkei_repository::percent_encode as encode;
 
+/// `a=1&b=2`, each name and value percent-encoded.
+pub(crate) fn query_string<'p>(params: impl Iterator<Item = &'p (String, String)>) -> String {
+    params
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// `GET /metadata{?mode=full|normative|terminology}` (http.html#capabilities), with
 /// `_summary`/`_elements` as on a read.
 pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

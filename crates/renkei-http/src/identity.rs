@@ -4,7 +4,7 @@
 use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::format::{body_kind, parse_body, render_value, response_bundle, BodyKind};
-use crate::handlers::{blocking, encode, finish};
+use crate::handlers::{blocking, finish, query_string};
 use crate::request::{read_body, RequestCtx};
 use crate::AppState;
 use actix_web::http::StatusCode;
@@ -54,11 +54,7 @@ pub async fn pix_post(
             PIX_PARAMETERS,
         )?);
         // The trail records the request as the GET form would spell it.
-        let query: Vec<String> = params
-            .iter()
-            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
-            .collect();
-        let raw_query = format!("Patient/$ihe-pix?{}", query.join("&"));
+        let raw_query = format!("Patient/$ihe-pix?{}", query_string(params.iter()));
         pix_answer(&ctx, &state, who, &params, raw_query).await
     }
     .await;

@@ -6,7 +6,7 @@ use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::format::{render_bundle, BundleEntry, EntryResource};
 use crate::handlers::finish;
-use crate::handlers::{blocking, encode};
+use crate::handlers::{blocking, encode, query_string};
 use crate::request::{parse_query, parse_query_strict, read_body, RequestCtx};
 use crate::AppState;
 use actix_web::http::StatusCode;
@@ -185,12 +185,7 @@ async fn run(
     // the form body, so the trail records the URL's and the body's parameters together,
     // as searched, rather than the URL's alone.
     let raw_query = if req.method() == actix_web::http::Method::POST {
-        let params: Vec<String> = request
-            .sent
-            .iter()
-            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
-            .collect();
-        format!("{path}?{}", params.join("&"))
+        format!("{path}?{}", query_string(request.sent.iter()))
     } else {
         format!("{path}?{}", req.query_string())
     };
