@@ -397,36 +397,42 @@ fn leak_suite_for_a_non_consented_facility() {
             );
             keep(what, r);
         }
-        // `If-Match: *` on a hidden resource fails its precondition exactly as on a missing
-        // one (412), so the header cannot tell them apart either.
+        // An `If-Match` (`*` or a version) on a hidden resource fails its precondition exactly
+        // as on a missing one (412), so the header cannot tell them apart either.
         let missing = "Observation/no-such-observation";
-        let star = |method: &str, path: &str| {
+        let with_if_match = |method: &str, path: &str, if_match: &str| {
             let mut body = overwrite.clone();
             body["id"] = json!(path.rsplit('/').next().unwrap_or_default());
             match method {
-                "PUT" => c.send_json_with("PUT", path, &body, &[("If-Match", "*")]),
+                "PUT" => c.send_json_with("PUT", path, &body, &[("If-Match", if_match)]),
                 "PATCH" => c.request(
                     "PATCH",
                     path,
                     &[
                         ("Content-Type", crate::support::JSON_PATCH),
-                        ("If-Match", "*"),
+                        ("If-Match", if_match),
                     ],
                     Some(br#"[{"op":"replace","path":"/status","value":"cancelled"}]"#.to_vec()),
                 ),
-                _ => c.request(method, path, &[("If-Match", "*")], None),
+                _ => c.request(method, path, &[("If-Match", if_match)], None),
             }
         };
-        for method in ["PUT", "PATCH", "DELETE"] {
-            let hidden = star(method, &net.labs[0]);
-            let absent = star(method, missing);
-            assert_eq!(hidden.status, 412, "{method} * hidden: {}", hidden.body);
-            assert_eq!(
-                hidden.body.replace(&net.labs[0], "X"),
-                absent.body.replace(missing, "X"),
-                "{method} *: hidden and missing must be indistinguishable"
-            );
-            keep(&format!("{method} If-Match: * hidden"), hidden);
+        for if_match in ["*", "W/\"1\""] {
+            for method in ["PUT", "PATCH", "DELETE"] {
+                let hidden = with_if_match(method, &net.labs[0], if_match);
+                let absent = with_if_match(method, missing, if_match);
+                assert_eq!(
+                    hidden.status, 412,
+                    "{method} {if_match} hidden: {}",
+                    hidden.body
+                );
+                assert_eq!(
+                    hidden.body.replace(&net.labs[0], "X"),
+                    absent.body.replace(missing, "X"),
+                    "{method} {if_match}: hidden and missing must be indistinguishable"
+                );
+                keep(&format!("{method} If-Match: {if_match} hidden"), hidden);
+            }
         }
 
         // Counts.

@@ -268,3 +268,48 @@ fn if_match_star_requires_a_current_resource() {
         s.post("", &delete_ghost).expect(412);
     });
 }
+
+/// A version `If-Match` is a precondition on the current version: a missing, deleted or
+/// unmatched resource has none, so every write fails it (412) rather than answering 404, 410
+/// or a delete of nothing, and a conditional update creates nothing.
+#[test]
+fn a_version_if_match_on_an_absent_resource_fails_its_precondition() {
+    for_each_backend(|s| {
+        let v1 = [("If-Match", "W/\"1\"")];
+        let patch = |path: &str, version: &str| {
+            s.request(
+                "PATCH",
+                path,
+                &[("Content-Type", JSON_PATCH), ("If-Match", version)],
+                Some(br#"[{"op":"add","path":"/active","value":true}]"#.to_vec()),
+            )
+        };
+        // Missing.
+        let r = patch("Patient/version-ghost", "W/\"1\"").expect(412);
+        assert!(r.body.contains("W/\\\"1\\\""), "{}", r.body);
+        s.request("DELETE", "Patient/version-ghost", &v1, None)
+            .expect(412)
+            .outcome();
+        // Conditional update and patch that match nothing.
+        let none = "Patient?identifier=urn:version|none";
+        let unmatched = json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:version", "value": "none"}]});
+        s.send_json_with("PUT", none, &unmatched, &v1)
+            .expect(412)
+            .outcome();
+        patch(none, "W/\"1\"").expect(412).outcome();
+        assert_eq!(s.get(&format!("{none}&_summary=count")).json()["total"], 0);
+
+        // Deleted at version 2: its last version matches no precondition.
+        let created = s.create(&json!({"resourceType": "Patient", "active": true}));
+        let path = format!("Patient/{}", created["id"].as_str().unwrap());
+        s.delete(&path).expect(204);
+        let v2 = [("If-Match", "W/\"2\"")];
+        s.send_json_with("PUT", &path, &created, &v2)
+            .expect(412)
+            .outcome();
+        patch(&path, "W/\"2\"").expect(412).outcome();
+        s.request("DELETE", &path, &v2, None).expect(412).outcome();
+        s.get(&path).expect(410);
+    });
+}

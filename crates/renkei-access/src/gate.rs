@@ -866,7 +866,7 @@ impl Gate {
         res_type: &str,
         id: &str,
         resource: Value,
-        if_match: Option<i64>,
+        if_match: Option<renkei_repository::IfMatch>,
     ) -> Result<WriteOutcome, AccessError> {
         self.require_audited(
             who,
@@ -892,7 +892,7 @@ impl Gate {
         who: &Requester,
         criteria: Criteria,
         resource: Value,
-        if_match: Option<i64>,
+        if_match: Option<renkei_repository::IfMatch>,
     ) -> Result<WriteOutcome, AccessError> {
         self.require_audited(
             who,
@@ -928,7 +928,7 @@ impl Gate {
         id: Option<&str>,
         criteria: Option<Criteria>,
         body: &PatchBody,
-        if_match: Option<i64>,
+        if_match: Option<renkei_repository::IfMatch>,
     ) -> Result<WriteOutcome, AccessError> {
         self.require_audited(
             who,
@@ -963,7 +963,7 @@ impl Gate {
         who: &Requester,
         res_type: &str,
         id: &str,
-        if_match: Option<i64>,
+        if_match: Option<renkei_repository::IfMatch>,
     ) -> Result<DeleteOutcome, AccessError> {
         self.require_audited(
             who,

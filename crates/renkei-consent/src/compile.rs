@@ -5,7 +5,8 @@ use serde_json::Value;
 use crate::facts::normalize_reference;
 use crate::model::{
     ConsentError, Effect, Rule, ACT_REASON_SYSTEM, CONSENT_ACTION_SYSTEM, CONSENT_SCOPE_SYSTEM,
-    PARTICIPATION_TYPE_SYSTEM, RESOURCE_TYPES_SYSTEM, ROLE_IRCP, SCOPE_PATIENT_PRIVACY,
+    PARTICIPATION_TYPE_SYSTEM, PURPOSE_OF_USE_CODES, RESOURCE_TYPES_SYSTEM, ROLE_IRCP,
+    SCOPE_PATIENT_PRIVACY,
 };
 use crate::time::{fhir_time_end, fhir_time_start};
 
@@ -324,6 +325,18 @@ fn parse_spec(path: &str, provision: &Value) -> Result<Spec, ConsentError> {
                         "purpose system {}: only v3-ActReason ({ACT_REASON_SYSTEM})",
                         system.as_deref().unwrap_or_default()
                     ),
+                ));
+            }
+            if !PURPOSE_OF_USE_CODES.contains(&code.as_str()) {
+                let upper = code.to_ascii_uppercase();
+                let hint = if PURPOSE_OF_USE_CODES.contains(&upper.as_str()) {
+                    format!(" (v3 codes are upper case: {upper})")
+                } else {
+                    String::new()
+                };
+                return Err(unsupported(
+                    &p,
+                    format!("purpose '{code}' is no v3-ActReason purpose of use (such as TREAT, ETREAT, HPAYMT, PUBHLTH){hint}"),
                 ));
             }
             if !codes.contains(&code) {

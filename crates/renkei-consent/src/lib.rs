@@ -75,8 +75,8 @@
 //!
 //! Strict by design: what cannot be enforced exactly is an error, never silently ignored —
 //! ignoring an element could widen a permit or narrow a deny. Errors: actor roles other than
-//! IRCP, recipients other than Organization/Practitioner, purpose systems other than v3
-//! ActReason, class systems other than resource types, `provision.code`, `action` that
+//! IRCP, recipients other than Organization/Practitioner, purposes that are not a v3
+//! ActReason purpose of use ([`PURPOSE_OF_USE_CODES`]), class systems other than resource types, `provision.code`, `action` that
 //! governs none of access/use/disclose, `authoredby` a non-Organization, a `data` without
 //! meaning, invalid dates, provisions nested two levels deep. The gateway rejects such a
 //! Consent when it is written (422).
@@ -203,7 +203,7 @@ pub use facts::{
 pub use model::{
     ConsentError, Decision, Effect, Implicit, Policy, Principal, Purpose, Reason, ResourceFacts,
     Role, Rule, ACT_CODE_SYSTEM, ACT_REASON_SYSTEM, CONSENT_ACTION_SYSTEM, CONSENT_SCOPE_SYSTEM,
-    PARTICIPATION_TYPE_SYSTEM, PRIVACY_TAG_SYSTEM, RESOURCE_TYPES_SYSTEM, ROLE_IRCP,
-    SCOPE_PATIENT_PRIVACY, TAG_UNDELIVERED, TAG_UNINFORMED,
+    PARTICIPATION_TYPE_SYSTEM, PRIVACY_TAG_SYSTEM, PURPOSE_OF_USE_CODES, RESOURCE_TYPES_SYSTEM,
+    ROLE_IRCP, SCOPE_PATIENT_PRIVACY, TAG_UNDELIVERED, TAG_UNINFORMED,
 };
 pub use time::{fhir_time_end, fhir_time_range, fhir_time_start, DEFAULT_UTC_OFFSET_SECS};

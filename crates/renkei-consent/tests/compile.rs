@@ -291,6 +291,18 @@ fn errors() {
             with(&|c| c["patient"] = json!({"identifier": {"value": "1"}})),
             |e| matches!(e, ConsentError::InvalidPatient(_)),
         ),
+        (
+            "purpose that is no purpose of use",
+            provision(
+                json!({"type": "deny", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TRAET"}]}),
+            ),
+            |e| matches!(e, ConsentError::Unsupported { path, detail } if path == "Consent.provision.purpose[0]" && detail.contains("TRAET")),
+        ),
+        (
+            "purpose in lower case",
+            provision(json!({"type": "deny", "purpose": [{"code": "treat"}]})),
+            |e| matches!(e, ConsentError::Unsupported { detail, .. } if detail.contains("upper case: TREAT")),
+        ),
         ("bad type", provision(json!({"type": "allow"})), |e| {
             matches!(e, ConsentError::InvalidProvisionType { .. })
         }),

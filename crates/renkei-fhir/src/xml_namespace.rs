@@ -48,7 +48,7 @@ pub(crate) fn unprefixed(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ContentError> {
             Markup::Close { start, end, name } => {
                 scopes.pop();
                 if let Some(out) = out.as_mut() {
-                    out.extend_from_slice(&bytes[copied..start]);
+                    out.extend_from_slice(span(bytes, copied, start)?);
                     out.extend_from_slice(b"</");
                     out.extend_from_slice(local(name));
                     out.push(b'>');
@@ -61,7 +61,11 @@ pub(crate) fn unprefixed(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ContentError> {
                 start,
                 end,
             } => {
-                let tag = &bytes[start + 1..end - if empty { 2 } else { 1 }];
+                let tag = span(
+                    bytes,
+                    start + 1,
+                    end.saturating_sub(if empty { 2 } else { 1 }),
+                )?;
                 let shown = String::from_utf8_lossy(name);
                 let attrs = attributes(tag);
                 let declared = declarations(&attrs);
@@ -83,7 +87,7 @@ pub(crate) fn unprefixed(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ContentError> {
                 };
                 let parent_default = scopes.last().map_or("", |s| s.output_default);
                 if let Some(out) = out.as_mut() {
-                    out.extend_from_slice(&bytes[copied..start]);
+                    out.extend_from_slice(span(bytes, copied, start)?);
                     out.push(b'<');
                     out.extend_from_slice(local(name));
                     if parent_default != namespace {
@@ -107,11 +111,19 @@ pub(crate) fn unprefixed(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ContentError> {
     }
     Ok(match out {
         Some(mut out) => {
-            out.extend_from_slice(&bytes[copied..]);
+            out.extend_from_slice(span(bytes, copied, bytes.len())?);
             Cow::Owned(out)
         }
         None => Cow::Borrowed(bytes),
     })
+}
+
+/// `bytes[from..to]`. The scanner's bounds always make a span; should one ever not, the
+/// document is refused rather than the request panicking.
+fn span(bytes: &[u8], from: usize, to: usize) -> Result<&[u8], ContentError> {
+    bytes
+        .get(from..to)
+        .ok_or_else(|| refuse(format!("the XML could not be read (bytes {from}..{to})")))
 }
 
 /// The local part of an element name.

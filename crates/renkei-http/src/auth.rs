@@ -31,6 +31,9 @@ type Registrations = Arc<std::collections::HashMap<String, ClientRegistration>>;
 #[derive(Default)]
 pub struct ClientDirectory {
     cached: std::sync::RwLock<Option<(std::time::Instant, Registrations)>>,
+    /// Set while one request reads the registrations again: the others keep using the copy
+    /// meanwhile instead of all querying at once (each query holds an event-loop thread).
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl ClientDirectory {
@@ -42,11 +45,23 @@ impl ClientDirectory {
         store: &renkei_store::Store,
         fresh: bool,
     ) -> Result<(Registrations, bool), ApiError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// Lets the next stale request refresh, however this read ends.
+        struct Refreshing<'a>(&'a AtomicBool);
+        impl Drop for Refreshing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let mut _refreshing = None;
         if let (false, Ok(cached)) = (fresh, self.cached.read()) {
             if let Some((read_at, clients)) = cached.as_ref() {
-                if read_at.elapsed() < CLIENTS_REFRESH {
+                if read_at.elapsed() < CLIENTS_REFRESH
+                    || self.refreshing.swap(true, Ordering::AcqRel)
+                {
                     return Ok((clients.clone(), false));
                 }
+                _refreshing = Some(Refreshing(&self.refreshing));
             }
         }
         let rows = store.read(|tx| tx.clients()).map_err(|error| {

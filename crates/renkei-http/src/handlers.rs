@@ -618,12 +618,12 @@ pub async fn conditional_patch(
         let gate = state.gate.clone();
         let outcome = blocking(move || {
             let res_type = criteria.res_type.clone();
-            // Criteria that match nothing are "not found"; under `If-Match: *` that is a failed
+            // Criteria that match nothing are "not found"; under an `If-Match` that is a failed
             // precondition (412), as a patch by id of a missing resource answers.
             gate.patch(&who, &res_type, None, Some(criteria), &body, expected)
                 .map_err(|e| match e {
                     renkei_access::AccessError::Repo(e) => renkei_access::AccessError::Repo(
-                        renkei_repository::absent_under_if_match_any(expected, e),
+                        renkei_repository::absent_under_if_match(expected, e),
                     ),
                     other => other,
                 })

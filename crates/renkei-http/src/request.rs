@@ -171,10 +171,9 @@ pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
     }
 }
 
-/// The `If-Match` precondition: a version from `W/"3"`, or [`renkei_repository::IF_MATCH_ANY`]
-/// for `*` (proceed only if the resource currently exists). 400 for anything else, with the
-/// reason.
-pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+/// The `If-Match` precondition: a version from `W/"3"`, or `*` (proceed only if the resource
+/// currently exists). 400 for anything else, with the reason.
+pub fn if_match(req: &HttpRequest) -> Result<Option<renkei_repository::IfMatch>, ApiError> {
     let mut values = req.headers().get_all(header::IF_MATCH);
     let Some(first) = values.next() else {
         return Ok(None);
@@ -200,7 +199,7 @@ mod tests {
     use super::*;
     use actix_web::test::TestRequest;
 
-    fn with(values: &[&str]) -> Result<Option<i64>, ApiError> {
+    fn with(values: &[&str]) -> Result<Option<renkei_repository::IfMatch>, ApiError> {
         let mut req = TestRequest::default();
         for v in values {
             req = req.append_header((header::IF_MATCH, *v));
@@ -211,10 +210,13 @@ mod tests {
     #[test]
     fn if_match_reads_star_versions_and_refuses_lists() {
         assert_eq!(with(&[]).ok(), Some(None));
-        assert_eq!(with(&["W/\"3\""]).ok(), Some(Some(3)));
+        assert_eq!(
+            with(&["W/\"3\""]).ok(),
+            Some(Some(renkei_repository::IfMatch::Version(3)))
+        );
         assert_eq!(
             with(&["*"]).ok(),
-            Some(Some(renkei_repository::IF_MATCH_ANY))
+            Some(Some(renkei_repository::IfMatch::Any))
         );
         let list = with(&["W/\"2\", W/\"3\""]).unwrap_err().to_string();
         assert!(list.contains("lists several ETags"), "{list}");

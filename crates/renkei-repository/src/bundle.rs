@@ -10,7 +10,7 @@ use crate::interactions::{
     self, DeleteOutcome, PatchBody, PreparedResource, Repository, StoredResource, WriteContext,
 };
 use crate::meta::format_instant;
-use crate::precondition;
+use crate::precondition::{self, IfMatch};
 use crate::RepoError;
 use renkei_store::Tx;
 use serde_json::{json, Map, Value};
@@ -33,7 +33,7 @@ pub struct EntryRequest {
     pub url: String,
     pub full_url: Option<String>,
     pub resource: Option<Value>,
-    pub if_match: Option<i64>,
+    pub if_match: Option<IfMatch>,
     pub if_none_exist: Option<String>,
     /// Why the entry's resource is not valid FHIR (a batch entry that fails on its own).
     pub invalid: Option<String>,
@@ -285,8 +285,8 @@ pub fn check_entries(bundle: &Value) -> Result<(), RepoError> {
     check_full_urls_unique(entries)?;
     for (index, entry) in entries.iter().enumerate() {
         let request = entry_request(index, entry)?;
-        entry_etag(index, request, "ifMatch")?;
-        entry_etag(index, request, "ifNoneMatch")?;
+        entry_if_match(index, request)?;
+        entry_if_none_match(index, request)?;
     }
     Ok(())
 }
@@ -297,21 +297,26 @@ fn entry_request(index: usize, entry: &Value) -> Result<&Value, RepoError> {
         .ok_or_else(|| RepoError::BadRequest(format!("Bundle.entry[{index}] has no request")))
 }
 
-/// An entry's `ifMatch` / `ifNoneMatch` version; `ifMatch` may be `*`, as the header may.
-fn entry_etag(index: usize, request: &Value, field: &str) -> Result<Option<i64>, RepoError> {
-    let Some(tag) = request.get(field).and_then(Value::as_str) else {
+/// An entry's `ifMatch`: one version ETag or `*`, as the header may be.
+fn entry_if_match(index: usize, request: &Value) -> Result<Option<IfMatch>, RepoError> {
+    let Some(tag) = request.get("ifMatch").and_then(Value::as_str) else {
         return Ok(None);
     };
-    if field == "ifMatch" {
-        return precondition::parse_if_match(tag)
-            .map(Some)
-            .map_err(|reason| {
-                RepoError::BadRequest(format!("Bundle.entry[{index}].request.ifMatch: {reason}"))
-            });
-    }
+    precondition::parse_if_match(tag)
+        .map(Some)
+        .map_err(|reason| {
+            RepoError::BadRequest(format!("Bundle.entry[{index}].request.ifMatch: {reason}"))
+        })
+}
+
+/// An entry's `ifNoneMatch` version.
+fn entry_if_none_match(index: usize, request: &Value) -> Result<Option<i64>, RepoError> {
+    let Some(tag) = request.get("ifNoneMatch").and_then(Value::as_str) else {
+        return Ok(None);
+    };
     Ok(Some(parse_etag(tag).ok_or_else(|| {
         RepoError::BadRequest(format!(
-            "Bundle.entry[{index}].request.{field} '{tag}' is not an ETag like W/\"3\""
+            "Bundle.entry[{index}].request.ifNoneMatch '{tag}' is not an ETag like W/\"3\""
         ))
     })?))
 }
@@ -336,8 +341,8 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let if_match = entry_etag(index, request, "ifMatch")?;
-            let if_none_match = entry_etag(index, request, "ifNoneMatch")?;
+            let if_match = entry_if_match(index, request)?;
+            let if_none_match = entry_if_none_match(index, request)?;
             Ok(EntryRequest {
                 method,
                 url,
@@ -383,7 +388,7 @@ fn check_full_urls_unique(entries: &[Value]) -> Result<(), RepoError> {
 }
 
 /// Parses `W/"3"` or `"3"` into version 3. Only digits count: a sign is no version of ours,
-/// and negative numbers are left to [`crate::IF_MATCH_ANY`].
+/// and no ETag names a negative version.
 pub fn parse_etag(tag: &str) -> Option<i64> {
     let digits = tag.trim().trim_start_matches("W/").trim_matches('"');
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -745,7 +750,7 @@ fn run_entry(
                 Target::Instance(t, id) => (t, id),
                 Target::Conditional(criteria) => {
                     let id = interactions::resolve_single(tx, &criteria).map_err(|e| {
-                        precondition::absent_under_if_match_any(entry.if_match, e)
+                        precondition::absent_under_if_match(entry.if_match, e)
                     })?;
                     (criteria.res_type, id)
                 }

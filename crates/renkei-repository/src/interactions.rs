@@ -2,7 +2,7 @@
 
 use crate::criteria::Criteria;
 use crate::meta::{is_valid_id, now_ms, stamp};
-use crate::precondition::{self, IF_MATCH_ANY};
+use crate::precondition::{self, IfMatch};
 use crate::{index, RepoError};
 use renkei_search::IndexRows;
 use renkei_store::{
@@ -970,7 +970,7 @@ pub fn update(
     res_type: &str,
     id: &str,
     resource: impl Into<PreparedResource>,
-    if_match: Option<i64>,
+    if_match: Option<IfMatch>,
     context: &WriteContext,
 ) -> Result<WriteOutcome, RepoError> {
     let resource = resource.into();
@@ -1008,16 +1008,16 @@ fn write_version(
     res_type: &str,
     id: &str,
     resource: PreparedResource,
-    if_match: Option<i64>,
+    if_match: Option<IfMatch>,
     method: &str,
     context: &WriteContext,
 ) -> Result<WriteOutcome, RepoError> {
     let current = tx.current_for_update(res_type, id)?;
     if let Some(row) = &current {
-        // Hidden under `If-Match: *` answers as missing does (412), so it cannot probe.
+        // Hidden under an `If-Match` answers as missing does (412), so it cannot probe.
         context
             .check_may_modify(tx, row)
-            .map_err(|e| precondition::absent_under_if_match_any(if_match, e))?;
+            .map_err(|e| precondition::absent_under_if_match(if_match, e))?;
     }
     check_if_match(current.as_ref(), if_match, res_type, id)?;
     let created = current.as_ref().is_none_or(|row| row.deleted);
@@ -1039,26 +1039,20 @@ fn write_version(
 
 fn check_if_match(
     current: Option<&ResourceRow>,
-    if_match: Option<i64>,
+    if_match: Option<IfMatch>,
     res_type: &str,
     id: &str,
 ) -> Result<(), RepoError> {
-    let Some(expected) = if_match else {
+    let Some(if_match) = if_match else {
         return Ok(());
     };
     match current {
-        Some(row) if !row.deleted && (expected == IF_MATCH_ANY || row.version == expected) => {
-            Ok(())
-        }
-        _ if expected == IF_MATCH_ANY => Err(precondition::absent(res_type, id)),
-        Some(row) => Err(RepoError::PreconditionFailed(format!(
-            "If-Match expects version {expected} of {res_type}/{id}, but the current version is {}{}",
-            row.version,
-            if row.deleted { " (deleted)" } else { "" }
+        Some(row) if !row.deleted && if_match.admits(row.version) => Ok(()),
+        Some(row) if !row.deleted => Err(RepoError::PreconditionFailed(format!(
+            "If-Match expects {if_match} of {res_type}/{id}, but the current version is W/\"{}\"",
+            row.version
         ))),
-        None => Err(RepoError::PreconditionFailed(format!(
-            "If-Match expects version {expected} of {res_type}/{id}, which does not exist"
-        ))),
+        _ => Err(precondition::absent(if_match, res_type, id)),
     }
 }
 
@@ -1067,7 +1061,7 @@ pub fn conditional_update(
     tx: &mut Tx<'_>,
     criteria: &Criteria,
     resource: impl Into<PreparedResource>,
-    if_match: Option<i64>,
+    if_match: Option<IfMatch>,
     context: &WriteContext,
 ) -> Result<WriteOutcome, RepoError> {
     conditional_update_with_id(tx, criteria, resource, if_match, context, None)
@@ -1081,7 +1075,7 @@ pub(crate) fn conditional_update_with_id(
     tx: &mut Tx<'_>,
     criteria: &Criteria,
     resource: impl Into<PreparedResource>,
-    if_match: Option<i64>,
+    if_match: Option<IfMatch>,
     context: &WriteContext,
     assigned_id: Option<&str>,
 ) -> Result<WriteOutcome, RepoError> {
@@ -1094,10 +1088,10 @@ pub(crate) fn conditional_update_with_id(
         .and_then(Value::as_str)
         .map(str::to_string);
     match found.as_slice() {
-        // `If-Match: *` asks to change a resource that exists: with none matching, this is
+        // An `If-Match` asks to change a resource that exists: with none matching, this is
         // no update that may create one.
-        [] if if_match == Some(IF_MATCH_ANY) => Err(RepoError::PreconditionFailed(format!(
-            "If-Match: * requires a current {} matching the criteria, and none matches",
+        [] if if_match.is_some() => Err(RepoError::PreconditionFailed(format!(
+            "If-Match requires a current {} matching the criteria, and none matches",
             criteria.res_type
         ))),
         [] => match body_id {
@@ -1160,7 +1154,7 @@ pub fn patch(
     res_type: &str,
     id: &str,
     body: &PatchBody,
-    if_match: Option<i64>,
+    if_match: Option<IfMatch>,
     context: &WriteContext,
 ) -> Result<WriteOutcome, RepoError> {
     check_type(res_type)?;
@@ -1168,7 +1162,7 @@ pub fn patch(
     let row = match &current {
         Some(row) if !row.deleted => row,
         Some(row) => {
-            return Err(precondition::absent_under_if_match_any(
+            return Err(precondition::absent_under_if_match(
                 if_match,
                 RepoError::Gone {
                     res_type: res_type.into(),
@@ -1178,7 +1172,7 @@ pub fn patch(
             ))
         }
         None => {
-            return Err(precondition::absent_under_if_match_any(
+            return Err(precondition::absent_under_if_match(
                 if_match,
                 RepoError::NotFound {
                     res_type: res_type.into(),
@@ -1187,11 +1181,11 @@ pub fn patch(
             ))
         }
     };
-    // A record hidden from the writer is "not found": under `If-Match: *` it answers 412
+    // A record hidden from the writer is "not found": under an `If-Match` it answers 412
     // like a missing one, so the header cannot probe for hidden records.
     context
         .check_may_modify(tx, row)
-        .map_err(|e| precondition::absent_under_if_match_any(if_match, e))?;
+        .map_err(|e| precondition::absent_under_if_match(if_match, e))?;
     check_if_match(Some(row), if_match, res_type, id)?;
     let mut value: Value = serde_json::from_str(row.body.as_deref().unwrap_or("{}"))
         .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))?;
@@ -1247,17 +1241,17 @@ pub fn delete(
     tx: &mut Tx<'_>,
     res_type: &str,
     id: &str,
-    if_match: Option<i64>,
+    if_match: Option<IfMatch>,
     context: &WriteContext,
 ) -> Result<DeleteOutcome, RepoError> {
     check_type(res_type)?;
     check_id(id)?;
     let current = tx.current_for_update(res_type, id)?;
-    // `If-Match: *` on nothing to delete fails its precondition (412) instead of answering
+    // An `If-Match` on nothing to delete fails its precondition (412) instead of answering
     // a delete of nothing.
     let nothing = || match if_match {
-        Some(IF_MATCH_ANY) => Err(precondition::absent(res_type, id)),
-        _ => Ok(DeleteOutcome::NothingToDelete),
+        Some(if_match) => Err(precondition::absent(if_match, res_type, id)),
+        None => Ok(DeleteOutcome::NothingToDelete),
     };
     let Some(row) = current.filter(|row| !row.deleted) else {
         return nothing();

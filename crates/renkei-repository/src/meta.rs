@@ -1,6 +1,6 @@
 //! Server-owned parts of a stored resource: id, meta.versionId, meta.lastUpdated.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
+use chrono::{SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value};
 
 /// Renders milliseconds since the epoch as a FHIR instant (UTC, millisecond precision).
@@ -12,27 +12,11 @@ pub fn format_instant(ms: i64) -> String {
 }
 
 /// Parses a FHIR date, dateTime or instant into milliseconds since the epoch at the start of
-/// its precision (`2024` → 2024-01-01T00:00:00Z). Times without a zone are taken as UTC.
+/// its precision (`2024` → 2024-01-01T00:00:00 in the server's zone). A value without a zone
+/// is read in the server's zone, as search reads it, so `_since`, `_lastUpdated` and
+/// `audit export --since` agree.
 pub fn parse_instant_ms(text: &str) -> Option<i64> {
-    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
-        return Some(dt.timestamp_millis());
-    }
-    let naive_date = match text.len() {
-        4 => NaiveDate::from_ymd_opt(text.parse().ok()?, 1, 1),
-        7 => NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").ok(),
-        10 => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
-        _ => chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
-            .ok()
-            .map(|dt| dt.date()),
-    }?;
-    if text.len() > 10 {
-        let dt = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
-        return Some(Utc.from_utc_datetime(&dt).timestamp_millis());
-    }
-    Some(
-        Utc.from_utc_datetime(&naive_date.and_hms_opt(0, 0, 0)?)
-            .timestamp_millis(),
-    )
+    renkei_search::date::parse_range(text).map(|range| range.low)
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -115,6 +115,34 @@ impl IndexRows {
         self.len() == 0
     }
 
+    /// Cuts every text an index looks values up by to [`crate::key::MAX_KEY_BYTES`].
+    fn cap_keys(&mut self) {
+        use crate::key::{cap, cap_opt};
+        for token in &mut self.tokens {
+            cap_opt(&mut token.system);
+            cap_opt(&mut token.code);
+        }
+        for string in &mut self.strings {
+            cap(&mut string.norm);
+        }
+        for reference in &mut self.references {
+            cap_opt(&mut reference.target_type);
+            cap_opt(&mut reference.target_id);
+            cap_opt(&mut reference.url);
+        }
+        for quantity in &mut self.quantities {
+            cap_opt(&mut quantity.system);
+            cap_opt(&mut quantity.code);
+        }
+        for uri in &mut self.uris {
+            cap(&mut uri.value);
+        }
+        for part in self.composites.iter_mut().flat_map(|c| c.parts.iter_mut()) {
+            cap_opt(&mut part.system);
+            cap_opt(&mut part.code);
+        }
+    }
+
     fn dedup(&mut self) {
         dedup_vec(&mut self.tokens);
         dedup_vec(&mut self.strings);
@@ -159,6 +187,7 @@ pub fn extract(res_type: &str, resource: &Value) -> IndexRows {
             }
         }
     }
+    rows.cap_keys();
     rows.dedup();
     rows
 }

@@ -5,6 +5,7 @@
 
 pub mod date;
 pub mod extract;
+pub mod key;
 pub mod normalize;
 pub mod plan;
 pub mod registry;
@@ -13,5 +14,6 @@ pub use date::{local_zone, set_local_zone, LocalZone, ZoneError};
 pub use extract::{
     extract, local_path, set_local_bases, CompositeIndex, CompositeValue, IndexRows,
 };
+pub use key::{capped, MAX_KEY_BYTES};
 pub use normalize::{canonical_system, fold};
 pub use registry::{registry, Component, ParamType, Registry, SearchParam};

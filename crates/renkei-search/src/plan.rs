@@ -357,6 +357,89 @@ pub enum Filter {
     },
 }
 
+impl TokenMatch {
+    fn cap_keys(&mut self) {
+        use crate::key::cap;
+        match self {
+            TokenMatch::Code(code) | TokenMatch::NoSystem(code) => cap(code),
+            TokenMatch::SystemCode(system, code) => {
+                cap(system);
+                cap(code);
+            }
+            TokenMatch::System(system) => cap(system),
+            TokenMatch::SystemExcept(system, codes) => {
+                cap(system);
+                codes.iter_mut().for_each(cap);
+            }
+        }
+    }
+}
+
+impl RefMatch {
+    fn cap_keys(&mut self) {
+        use crate::key::cap;
+        match self {
+            RefMatch::Id { types, id } => {
+                types.iter_mut().for_each(cap);
+                cap(id);
+            }
+            RefMatch::Url(url) => cap(url),
+            RefMatch::LinkedPatient(id) => cap(id),
+        }
+    }
+}
+
+impl Filter {
+    /// Cuts the values this filter compares with index keys as the index cut them
+    /// ([`crate::key`]), so that a value longer than the cap still finds its rows. Values
+    /// compared with whole texts (`:exact`, `:text`, `_id`) are left as they are.
+    pub fn cap_keys(&mut self) {
+        use crate::key::{cap, cap_opt};
+        match self {
+            Filter::Token { values, .. } => values.iter_mut().for_each(TokenMatch::cap_keys),
+            Filter::Composite { values, .. } => {
+                for part in values.iter_mut().flatten() {
+                    match part {
+                        CompositePart::Token(token) => token.cap_keys(),
+                        CompositePart::Quantity(quantity) => {
+                            cap_opt(&mut quantity.system);
+                            cap_opt(&mut quantity.code);
+                        }
+                        CompositePart::String(text) => cap(text),
+                        CompositePart::Reference(reference) => reference.cap_keys(),
+                        CompositePart::Number(_) | CompositePart::Date(_) => {}
+                    }
+                }
+            }
+            Filter::String { values, mode, .. } if *mode != StringMode::Exact => {
+                values.iter_mut().for_each(cap);
+            }
+            Filter::Reference { values, .. } => values.iter_mut().for_each(RefMatch::cap_keys),
+            Filter::Quantity { values, .. } => {
+                for quantity in values {
+                    cap_opt(&mut quantity.system);
+                    cap_opt(&mut quantity.code);
+                }
+            }
+            Filter::Uri { values, .. } => values.iter_mut().for_each(cap),
+            Filter::Chain { targets, .. } => {
+                targets.iter_mut().for_each(|(_, inner)| inner.cap_keys());
+            }
+            Filter::Has { filter, .. } => filter.cap_keys(),
+            Filter::Compartment { target_id, .. } => cap(target_id),
+            Filter::Id { .. }
+            | Filter::LastUpdated(_)
+            | Filter::CareDate { .. }
+            | Filter::TokenText { .. }
+            | Filter::TokenIn { .. }
+            | Filter::String { .. }
+            | Filter::Date { .. }
+            | Filter::Number { .. }
+            | Filter::Missing { .. } => {}
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SortBy {
     LastUpdated,
@@ -624,7 +707,7 @@ pub fn parse(
             parse_result_param(&mut plan, name, value, options)?;
             continue;
         }
-        match parse_filter_within(types, name, value, 0, &mut budget)? {
+        match parse_filter_within(types, name, value, 0, &mut budget)?.map(capped_filter) {
             Some(_) if plan.filters.len() == MAX_SEARCH_PARAMS => {
                 return too_costly(format!(
                     "a search takes at most {MAX_SEARCH_PARAMS} search parameters"
@@ -926,7 +1009,13 @@ pub fn parse_filter(
     name: &str,
     value: &str,
 ) -> Result<Option<Filter>, SearchError> {
-    parse_filter_within(types, name, value, 0, &mut Budget::default())
+    Ok(parse_filter_within(types, name, value, 0, &mut Budget::default())?.map(capped_filter))
+}
+
+/// `filter` with its values cut as the index keys are ([`Filter::cap_keys`]).
+fn capped_filter(mut filter: Filter) -> Filter {
+    filter.cap_keys();
+    filter
 }
 
 /// [`parse_filter`] at chain level `depth` (0 for the parameter itself), spending its values

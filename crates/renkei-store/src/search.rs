@@ -285,6 +285,8 @@ impl Tx<'_> {
                     values,
                     not: *not,
                 };
+                // The expansion's codes meet the index as a search's own values do.
+                filter.cap_keys();
             }
             Filter::Chain { targets, .. } => {
                 for (_, inner) in targets {

@@ -285,6 +285,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Audit { action } => match action {
             AuditCommand::Verify => admin::verify_audit(&store),
             AuditCommand::Export { since } => {
+                // A `--since` without a zone is read in the server's zone, as `_since` is.
+                renkei_repository::set_local_zone(config.time_zone);
                 let since_ms = match since {
                     Some(text) => renkei_repository::parse_instant_ms(&text)
                         .ok_or_else(|| format!("--since '{text}' is not a FHIR date"))?,
