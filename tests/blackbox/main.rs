@@ -25,5 +25,6 @@ mod search_limits;
 mod search_paths;
 mod search_values;
 mod smart;
+mod testscripts;
 mod tls;
 mod versioning;
