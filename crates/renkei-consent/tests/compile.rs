@@ -439,7 +439,7 @@ fn errors() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-    assert_eq!(cases.len(), 24);
+    assert_eq!(cases.len(), 26);
 
     // A disclosure action is fine.
     assert!(provision(

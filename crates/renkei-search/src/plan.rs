@@ -1216,12 +1216,19 @@ fn parse_filter_within(
                 .map(|v| {
                     let v = unescape(v);
                     if mode == StringMode::Exact {
-                        v
-                    } else {
-                        fold(&v)
+                        return Ok(v);
                     }
+                    // Only spaces fold to nothing, which every value starts with: a
+                    // search for it would answer everything rather than what was asked.
+                    let folded = fold(&v);
+                    if folded.is_empty() {
+                        return invalid(format!(
+                            "search parameter '{name}' has no value to search by ('{v}' is only white space)"
+                        ));
+                    }
+                    Ok(folded)
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
             Filter::String {
                 param: param_name,
                 values,
@@ -1718,6 +1725,31 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn a_string_value_of_white_space_only_is_refused() {
+        let patient = vec!["Patient".to_string()];
+        for value in [" ", "%20", "\u{3000}", "a, "] {
+            let value = value.replace("%20", " ");
+            let err = parse(
+                &patient,
+                &p(&[("family", &value)]),
+                &ParseOptions::default(),
+            )
+            .unwrap_err();
+            let SearchError::Invalid(message) = err else {
+                panic!("{value:?}: {err:?}");
+            };
+            assert!(message.contains("only white space"), "{message}");
+        }
+        // `:exact` compares the value as written.
+        assert!(parse(
+            &patient,
+            &p(&[("family:exact", " ")]),
+            &ParseOptions::default()
+        )
+        .is_ok());
     }
 
     #[test]
