@@ -964,6 +964,39 @@ fn a_refusal_for_treatment_holds_under_break_glass_where_the_network_says_so() {
     );
 }
 
+/// A security label is one code however its system is spelt: a refusal of psychiatric data
+/// written with v3-ActCode's OID hides data labelled with its URL, and the other way round.
+#[test]
+fn a_label_refusal_holds_whichever_spelling_of_its_system() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let url = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+        let oid = "urn:oid:2.16.840.1.113883.5.4";
+        for (consent_system, data_system, value) in [(oid, url, 2.0), (url, oid, 3.0)] {
+            let mut all_but_psy = consent_body(&[ORG_B], "active");
+            all_but_psy["provision"]["provision"] = json!([{"type": "deny",
+                "securityLabel": [{"system": consent_system, "code": "PSY"}]}]);
+            net.as_a()
+                .put(&format!("Consent/{CONSENT}"), &all_but_psy)
+                .expect(200);
+            let mut psy = lab("5E091000002399904", value, "2025-11-04", None);
+            psy["meta"] = json!({"security": [{"system": data_system, "code": "PSY"}]});
+            let psy = id_of(&net.as_a().create(&psy));
+            let seen = search_refs(&net.as_b(), &format!("Observation?patient={PATIENT}"));
+            assert!(
+                !seen.contains(&psy),
+                "{consent_system} deny, {data_system} label: {seen:?}"
+            );
+            assert_eq!(seen, sorted(net.labs.clone()));
+            let r = net.as_b().get(&psy);
+            assert!([403, 404].contains(&r.status), "{}", r.body);
+            // The label can be searched by either spelling too.
+            let by_oid = search_refs(&net.as_a(), &format!("Observation?_security={oid}|PSY"));
+            assert!(by_oid.contains(&psy), "{by_oid:?}");
+        }
+    });
+}
+
 #[test]
 fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
     for_each_backend(|s| {

@@ -55,6 +55,21 @@ const SYSTEM_ALIASES: &[(&str, &str)] = &[
     ),
     // MERIT-9 units (JP_MedicationUnitMERIT9_NamingSystem; JP-CLINS URL).
     ("urn:oid:1.2.392.100495.20.2.101", MERIT9),
+    // HL7 v3 code systems: their OIDs (HL7 v2/CDA-era data, and many Japanese systems) and
+    // the DSTU2-era URLs. A security label or purpose written either way is the same code:
+    // a consent's deny for `urn:oid:2.16.840.1.113883.5.4|PSY` must hide data labelled
+    // with the URL spelling.
+    ("urn:oid:2.16.840.1.113883.5.4", V3_ACT_CODE),
+    ("http://hl7.org/fhir/v3/ActCode", V3_ACT_CODE),
+    ("urn:oid:2.16.840.1.113883.5.25", V3_CONFIDENTIALITY),
+    ("http://hl7.org/fhir/v3/Confidentiality", V3_CONFIDENTIALITY),
+    ("urn:oid:2.16.840.1.113883.5.8", V3_ACT_REASON),
+    ("http://hl7.org/fhir/v3/ActReason", V3_ACT_REASON),
+    ("urn:oid:2.16.840.1.113883.5.1063", V3_OBSERVATION_VALUE),
+    (
+        "http://hl7.org/fhir/v3/ObservationValue",
+        V3_OBSERVATION_VALUE,
+    ),
     (
         "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationUnitMERIT9_CS",
         MERIT9,
@@ -66,6 +81,10 @@ const HOT9: &str = "http://medis.or.jp/CodeSystem/master-HOT9";
 const YJ: &str = "http://capstandard.jp/iyaku.info/CodeSystem/YJ-code";
 const GENERIC_NAME: &str = "urn:oid:1.2.392.100495.20.1.81";
 const MERIT9: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationUnitMERIT9Code";
+const V3_ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+const V3_CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+const V3_ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+const V3_OBSERVATION_VALUE: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
 
 /// The canonical spelling of a code system URI (the URL form when one exists).
 pub fn canonical_system(system: &str) -> &str {
@@ -93,6 +112,10 @@ mod tests {
 
     #[test]
     fn canonicalizes_code_system_spellings() {
+        assert_eq!(
+            canonical_system("urn:oid:2.16.840.1.113883.5.4"),
+            "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+        );
         assert_eq!(
             canonical_system("urn:oid:1.2.392.200119.4.504"),
             "http://medis.or.jp/CodeSystem/master-JLAC10-17digits"
