@@ -598,3 +598,52 @@ fn linked_search_does_not_reveal_a_link_to_a_record_the_requester_may_not_see() 
         assert!(!through.is_empty());
     });
 }
+
+/// A facility that registered the same person (its Patient record links to the record's
+/// Patient) and is inside the patient's consent is told that consent keeps a record back
+/// (403), as the holder of the record's Patient itself is; a facility that registered the
+/// person too but is outside the consent gets 404, as for a missing record, since a 403 would
+/// tell it the records are linked.
+#[test]
+fn a_linked_registration_inside_the_consent_is_told_that_consent_keeps_a_record_back() {
+    for_each_backend(|s| {
+        let net = network(s);
+        // The patient's consent now leaves imaging out.
+        let mut consent = net.as_clinic().read_json("Consent/id-consent");
+        consent["provision"]["provision"] = json!([{"type": "deny",
+            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "ImagingStudy"}]}]);
+        net.as_clinic()
+            .put("Consent/id-consent", &consent)
+            .expect(200);
+
+        let refused = net.as_clinic().get(&net.imaging).expect(403);
+        let outcome = refused.outcome();
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("consent")),
+            "{outcome}"
+        );
+        assert!(!refused.body.contains(SECRET), "{}", refused.body);
+        net.as_clinic().get(&net.lab).expect(200);
+
+        // The other clinic registers the same person as well, without the patient's consent.
+        net.as_other()
+            .put(
+                "Patient/id-other-p",
+                &patient(
+                    "id-other-p",
+                    "urn:oid:1.2.392.100495.20.3.51.11310399993",
+                    "O-1",
+                    "06330015:岡北:123:00",
+                ),
+            )
+            .expect(201);
+        let hidden = net.as_other().get(&net.imaging).expect(404);
+        let missing = net.as_other().get("ImagingStudy/no-such-study").expect(404);
+        assert_eq!(
+            hidden.body.replace(&net.imaging, "X"),
+            missing.body.replace("ImagingStudy/no-such-study", "X")
+        );
+    });
+}

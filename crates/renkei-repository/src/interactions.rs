@@ -639,11 +639,13 @@ fn check_visible(
     if tx.is_visible(row, visibility)? {
         return Ok(());
     }
-    // Only the facility holding the patient's Patient record learns that a hidden record
-    // about them exists: any member can write a clinical record about any patient id, so
-    // holding one proves nothing, and a linked record of the same person would reveal the
-    // link. The answer is the same whether consent or the holder's release (an UNDELIVERED
-    // tag) keeps it back, so it reveals neither.
+    // Only a facility that registered the patient learns that a hidden record about them
+    // exists: any member can write a clinical record about any patient id, so holding one
+    // proves nothing. It registered them when it holds the patient's Patient record, or
+    // holds a record linked to it as the same person and may see that Patient record (it is
+    // inside the patient's consent, where the link is no secret; outside it the answer would
+    // reveal the link). The answer is the same whether consent or the holder's release (an
+    // UNDELIVERED tag) keeps it back, so it reveals neither.
     if let (
         Visibility::Facility {
             organization,
@@ -653,7 +655,9 @@ fn check_visible(
         Some(patient),
     ) = (visibility, row.patient_id.as_deref())
     {
-        if tx.holds_the_patient_record(organization, patient)? {
+        if tx.holds_the_patient_record(organization, patient)?
+            || registered_as_the_same_person(tx, organization, patient, visibility)?
+        {
             return Err(RepoError::Forbidden(match break_glass {
                 true => format!(
                     "{organization} may not see this record, not even under break-glass: the \
@@ -674,6 +678,23 @@ fn check_visible(
         res_type: row.res_type.clone(),
         id: row.res_id.clone(),
     })
+}
+
+/// Whether `organization` holds a Patient record linked to `patient` as the same person and
+/// may see `patient`'s own Patient record.
+fn registered_as_the_same_person(
+    tx: &mut Tx<'_>,
+    organization: &str,
+    patient: &str,
+    visibility: &Visibility,
+) -> Result<bool, RepoError> {
+    if !tx.holds_patient_record_of(organization, patient)? {
+        return Ok(false);
+    }
+    match tx.current("Patient", patient)? {
+        Some(row) if !row.deleted => Ok(tx.is_visible(&row, visibility)?),
+        _ => Ok(false),
+    }
 }
 
 pub fn vread(
