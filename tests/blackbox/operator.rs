@@ -3,7 +3,7 @@
 //! database.
 
 use crate::support::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -19,6 +19,43 @@ fn run(url: &str, args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A temporary directory for input files, removed on drop.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        let dir =
+            std::env::temp_dir().join(format!("renkei-bb-ops-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Dir(dir)
+    }
+
+    fn write(&self, name: &str, contents: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("write input file");
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The AuditEvents of the trail, as `renkei audit export` writes them.
+fn exported(s: &Server) -> Vec<Value> {
+    s.cli(&["audit", "export"])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("export line is JSON"))
+        .collect()
+}
+
+fn client_agent(event: &Value) -> Option<&str> {
+    event["agent"][0]["who"]["identifier"]["value"].as_str()
 }
 
 /// Reproduces "audit trail BROKEN … records removed at the end" reported by a verify that
@@ -65,5 +102,155 @@ fn audit_verify_beside_a_busy_server_finds_the_trail_intact() {
             requests.load(Ordering::Relaxed) > 12,
             "the load did not run"
         );
+    });
+}
+
+#[test]
+fn import_of_a_batch_reports_each_failed_entry_and_fails() {
+    for_each_backend(|s| {
+        let dir = Dir::new();
+        let batch = dir.write(
+            "batch.json",
+            &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": {"resourceType": "Organization", "id": "ib-1"},
+                 "request": {"method": "PUT", "url": "Organization/ib-1"}},
+                {"resource": {"resourceType": "Organization", "id": "ib-2"},
+                 "request": {"method": "PUT", "url": "Organization/ib-2", "ifMatch": "W/\"3\""}},
+                {"resource": {"resourceType": "Organization", "id": "ib-3"},
+                 "request": {"method": "PUT", "url": "Organization/ib-3"}}
+            ]})
+            .to_string(),
+        );
+        let out = run(s.database_url(), &["import", &batch]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(
+            !out.status.success(),
+            "a failed entry exits 0:\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("imported 2 resources"), "{stdout}");
+        assert!(
+            stderr.contains("batch.json: entry 1: 412") && stderr.contains("If-Match"),
+            "the failed entry is not reported with file, index, status and diagnostics:\n{stderr}"
+        );
+        assert!(stderr.contains("2 resources were imported"), "{stderr}");
+        s.get("Organization/ib-1").expect(200);
+        s.get("Organization/ib-3").expect(200);
+        s.get("Organization/ib-2").expect(404);
+    });
+}
+
+#[test]
+fn import_records_who_stored_which_resources_in_the_audit_trail() {
+    for_each_backend(|s| {
+        let dir = Dir::new();
+        let transaction = dir.write(
+            "tx.json",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Patient", "id": "ia-p"},
+                 "request": {"method": "PUT", "url": "Patient/ia-p"}},
+                {"resource": {"resourceType": "Observation", "id": "ia-o", "status": "final",
+                              "code": {"text": "weight"}, "subject": {"reference": "Patient/ia-p"}},
+                 "request": {"method": "PUT", "url": "Observation/ia-o"}}
+            ]})
+            .to_string(),
+        );
+        let ndjson = dir.write(
+            "lines.ndjson",
+            "{\"resourceType\":\"Patient\",\"id\":\"ia-n1\"}\n{\"resourceType\":\"Patient\",\"id\":\"ia-n2\"}\n",
+        );
+        let out = renkei_command()
+            .args([
+                "import",
+                &transaction,
+                &ndjson,
+                "--database",
+                s.database_url(),
+            ])
+            .env("USER", "operator-alice")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run import");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let events: Vec<Value> = exported(s)
+            .into_iter()
+            .filter(|e| client_agent(e).is_some_and(|a| a.starts_with("renkei import")))
+            .collect();
+        assert_eq!(
+            events.len(),
+            2,
+            "one event per committed transaction: {events:#?}"
+        );
+        for event in &events {
+            assert_eq!(
+                client_agent(event),
+                Some("renkei import (OS user operator-alice)")
+            );
+            assert_eq!(event["outcome"], "0");
+        }
+        let named = |event: &Value| -> Vec<String> {
+            event["entity"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["what"]["reference"].as_str().map(str::to_string))
+                .collect()
+        };
+        let first = named(&events[0]);
+        assert!(
+            first.iter().any(|r| r.starts_with("Patient/ia-p"))
+                && first.iter().any(|r| r.starts_with("Observation/ia-o")),
+            "the transaction's event does not name what it wrote: {first:?}"
+        );
+        let second = named(&events[1]);
+        assert!(
+            second.iter().any(|r| r.starts_with("Patient/ia-n1"))
+                && second.iter().any(|r| r.starts_with("Patient/ia-n2")),
+            "the NDJSON chunk's event does not name what it wrote: {second:?}"
+        );
+        let verified = s.cli(&["audit", "verify"]);
+        assert!(verified.contains("audit trail intact"), "{verified}");
+    });
+}
+
+#[test]
+fn import_checks_every_input_before_writing_and_names_the_line() {
+    for_each_backend(|s| {
+        let dir = Dir::new();
+        let mut lines = String::new();
+        for n in 1..=1500 {
+            // Line 1201 holds a type that cannot be stored.
+            let res_type = if n == 1201 { "Parameters" } else { "Patient" };
+            lines.push_str(&format!(
+                "{{\"resourceType\":\"{res_type}\",\"id\":\"ic-{n}\"}}\n"
+            ));
+        }
+        let ndjson = dir.write("a.ndjson", &lines);
+        let out = run(s.database_url(), &["import", &ndjson]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("a.ndjson:1201"),
+            "no file:line in:\n{stderr}"
+        );
+        assert!(stderr.contains("nothing was imported"), "{stderr}");
+        let reindexed = s.cli(&["reindex"]);
+        assert!(
+            reindexed.contains("reindexed 0 resources"),
+            "a partial import: {reindexed}"
+        );
+
+        let good = dir.write(
+            "good.json",
+            &json!({"resourceType": "Organization", "id": "ic-ok"}).to_string(),
+        );
+        let missing = dir.0.join("missing.json").to_string_lossy().into_owned();
+        let out = run(s.database_url(), &["import", &good, &missing]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("missing.json") && stderr.contains("nothing was imported"),
+            "{stderr}"
+        );
+        s.get("Organization/ic-ok").expect(404);
     });
 }

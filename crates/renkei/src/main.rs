@@ -302,13 +302,29 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Import { files } => {
             renkei_repository::set_local_bases(&config.local_bases(&config.listen));
             use_time_zone(&config, &store)?;
-            let counts = loader::import_files(&repository, &files).map_err(|e| e.to_string())?;
+            let operator = loader::Operator::new("renkei import");
+            let report = loader::import_files(&repository, &files, &operator).map_err(|e| {
+                format!("{e}\nnothing was imported: every file is read and parsed before anything is written")
+            })?;
             println!(
                 "imported {} resources:\n{}",
-                counts.total(),
-                counts.report()
+                report.counts.total(),
+                report.counts.report()
             );
-            Ok(())
+            if report.failures.is_empty() {
+                return Ok(());
+            }
+            for failure in &report.failures {
+                eprintln!("renkei: import: {failure}");
+            }
+            for skipped in &report.not_attempted {
+                eprintln!("renkei: import: not imported: {skipped}");
+            }
+            Err(format!(
+                "import incomplete: {} failed (listed above); {} resources were imported",
+                plural(report.failures.len(), "entry or line", "entries or lines"),
+                report.counts.total()
+            ))
         }
         Command::Explain {
             search,
@@ -462,6 +478,10 @@ fn require_existing_database(config: &Config) -> Result<(), String> {
     }
 }
 
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn open_repository(config: &Config) -> Result<Repository, String> {
     let url = DatabaseUrl::parse(&config.database).map_err(|e| e.to_string())?;
     let store = Store::open(
@@ -519,7 +539,8 @@ fn serve(
     };
     renkei_repository::set_local_bases(&config.local_bases(&address.to_string()));
     if config.demo {
-        match loader::load_demo_if_empty(&repository).map_err(|e| e.to_string())? {
+        let operator = loader::Operator::new("renkei serve --demo");
+        match loader::load_demo_if_empty(&repository, &operator).map_err(|e| e.to_string())? {
             Some(counts) => println!(
                 "demo network loaded: {} resources\n{}",
                 counts.total(),
