@@ -254,3 +254,45 @@ fn import_checks_every_input_before_writing_and_names_the_line() {
         s.get("Organization/ic-ok").expect(404);
     });
 }
+
+#[test]
+fn serve_demo_on_a_database_with_data_registers_no_demo_clients() {
+    for_each_backend_raw(|backend| {
+        let s = Server::start(backend);
+        s.create(&json!({"resourceType": "Patient", "id": "not-demo"}));
+        let s = s.restart_with(&[("RENKEI_DEMO", "true")]);
+        let clients = s.cli(&["client", "list"]);
+        assert!(
+            !clients.contains("okayama-central-ehr") && !clients.contains("yamada-patient-app"),
+            "demo clients registered although the demo data was not loaded:\n{clients}"
+        );
+    });
+}
+
+#[test]
+fn serve_demo_loads_audited_demo_data_and_env_false_overrides_the_file() {
+    for_each_backend_raw(|backend| {
+        let s = Server::start_with(backend, &[("RENKEI_DEMO", "true")]);
+        let clients = s.cli(&["client", "list"]);
+        assert!(clients.contains("okayama-central-ehr"), "{clients}");
+        let loaded = exported(&s)
+            .into_iter()
+            .filter(|e| client_agent(e).is_some_and(|a| a.starts_with("renkei serve --demo")))
+            .count();
+        assert!(loaded > 0, "loading the demo left no AuditEvent");
+        drop(s);
+
+        let dir = Dir::new();
+        let config = dir.write("renkei.toml", "demo = true\n");
+        let s = Server::start_with(
+            backend,
+            &[("RENKEI_CONFIG", config.as_str()), ("RENKEI_DEMO", "false")],
+        );
+        let clients = s.cli(&["client", "list"]);
+        assert!(
+            !clients.contains("okayama-central-ehr"),
+            "RENKEI_DEMO=false did not override demo = true of the file:\n{clients}"
+        );
+        s.get("Patient/pat-yamada-taro").expect(404);
+    });
+}

@@ -40,9 +40,19 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:8080); port 0 picks a free port.
         #[arg(long, env = "RENKEI_LISTEN")]
         listen: Option<String>,
-        /// Load the demo network (fixtures/demo) if the database is empty.
-        #[arg(long, env = "RENKEI_DEMO")]
-        demo: bool,
+        /// Load the demo network (fixtures/demo) if the database is empty. `--demo=false` or
+        /// RENKEI_DEMO=false turns off `demo = true` of the configuration file.
+        // An Option, so that "not given" and "false" differ: a plain flag read false either
+        // way and could not override the file.
+        #[arg(
+            long,
+            env = "RENKEI_DEMO",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new()
+        )]
+        demo: Option<bool>,
         /// Serve HTTPS with this certificate chain (PEM).
         #[arg(long, env = "RENKEI_TLS_CERT", requires = "tls_key")]
         tls_cert: Option<String>,
@@ -178,7 +188,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     let (listen, demo) = match &cli.command {
         Command::Serve { listen, demo, .. } => (listen.clone(), *demo),
-        _ => (None, false),
+        _ => (None, None),
     };
     let config = Config::load(&Overrides {
         config: cli.config.clone(),
@@ -538,20 +548,29 @@ fn serve(
         "http"
     };
     renkei_repository::set_local_bases(&config.local_bases(&address.to_string()));
+    let mut demo_loaded = false;
     if config.demo {
         let operator = loader::Operator::new("renkei serve --demo");
         match loader::load_demo_if_empty(&repository, &operator).map_err(|e| e.to_string())? {
-            Some(counts) => println!(
-                "demo network loaded: {} resources\n{}",
-                counts.total(),
-                counts.report()
+            Some(counts) => {
+                demo_loaded = true;
+                println!(
+                    "demo network loaded: {} resources\n{}",
+                    counts.total(),
+                    counts.report()
+                );
+            }
+            // The demo clients (break-glass, system/*.cruds) are for the demo data only: on
+            // a database with other data they would be real credentials to real records.
+            None => println!(
+                "demo network not loaded: the database already holds data; demo clients not \
+                 registered and no demo tokens issued"
             ),
-            None => println!("demo network not loaded: the database already holds data"),
         }
     }
     let store = repository.store().clone();
     let key = admin::server_key(&store)?;
-    if config.demo {
+    if demo_loaded {
         print_demo_tokens(&store)?;
     }
     let policy = consent_policy(&config);
