@@ -296,3 +296,42 @@ fn serve_demo_loads_audited_demo_data_and_env_false_overrides_the_file() {
         s.get("Patient/pat-yamada-taro").expect(404);
     });
 }
+
+/// SQLite only: a PostgreSQL database that does not exist fails to connect by itself.
+#[test]
+fn commands_on_a_mistyped_sqlite_path_create_no_database() {
+    let dir = Dir::new();
+    let path = dir.0.join("typo.db");
+    let url = format!("sqlite:{}", path.display());
+    for args in [
+        &["client", "list"][..],
+        &["client", "remove", "--id", "x"],
+        &["token", "--client-id", "x"],
+        &["reindex"],
+        &["explain", "Patient?name=x"],
+        &["audit", "verify"],
+    ] {
+        let out = run(&url, args);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded on a missing database"
+        );
+        assert!(stderr.contains("no database at"), "{args:?}: {stderr}");
+        assert!(!path.exists(), "{args:?} created {}", path.display());
+    }
+    // `client add` may start a database (documented).
+    let out = run(
+        &url,
+        &[
+            "client",
+            "add",
+            "--id",
+            "x",
+            "--organization",
+            "Organization/o",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(path.exists());
+}

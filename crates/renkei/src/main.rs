@@ -197,7 +197,17 @@ fn run(cli: Cli) -> Result<(), String> {
         demo,
     })
     .map_err(|e| e.to_string())?;
-    if matches!(cli.command, Command::Audit { .. }) {
+    // `serve`, `import` and `client add` may start a new database; the other commands only
+    // make sense on one that exists.
+    let creates = matches!(
+        cli.command,
+        Command::Serve { .. }
+            | Command::Import { .. }
+            | Command::Client {
+                action: ClientCommand::Add { .. }
+            }
+    );
+    if !creates {
         require_existing_database(&config)?;
     }
     let repository = open_repository(&config)?;
@@ -475,13 +485,15 @@ fn explain_parse_options(config: &Config) -> renkei_http::ParseOptions {
     }
 }
 
-/// Commands that only read what a gateway recorded (`audit verify`, `audit export`) must not
-/// create an empty SQLite database where a mistyped path points, and then report an intact,
-/// empty trail.
+/// Commands that work on what a gateway holds (`audit`, `client list`/`remove`, `token`,
+/// `explain`, `reindex`) must not create an empty SQLite database where a mistyped path
+/// points, and then report an intact empty trail, no clients or "reindexed 0 resources".
+/// (A PostgreSQL database that does not exist fails to connect by itself.)
 fn require_existing_database(config: &Config) -> Result<(), String> {
     match DatabaseUrl::parse(&config.database).map_err(|e| e.to_string())? {
         DatabaseUrl::Sqlite(path) if !path.exists() => Err(format!(
-            "no database at {}: this command reads an existing audit trail and creates nothing",
+            "no database at {}: this command works on an existing database and creates \
+             nothing (only `serve`, `import` and `client add` create one)",
             path.display()
         )),
         _ => Ok(()),
