@@ -20,6 +20,7 @@ mod examples;
 mod formats;
 mod history;
 mod identity;
+mod operator;
 mod patch;
 mod search_limits;
 mod search_paths;

@@ -216,7 +216,7 @@ impl Repository {
 
     /// Stores every resource of a `collection` (or searchset/document) Bundle in one
     /// transaction: entries with an id are written with that id (update-as-create), the
-    /// others get a server id. Used by `renkei import`.
+    /// others get a server id.
     pub fn import_collection(
         &self,
         bundle: &Value,
@@ -241,16 +241,53 @@ impl Repository {
         resources: &[Value],
         context: &WriteContext,
     ) -> Result<Vec<StoredResource>, RepoError> {
+        self.import_resources_with(resources, context, &|_, _| Ok(()))
+    }
+
+    /// [`Repository::import_resources`] with `on_commit` run inside the transaction with what
+    /// it stored (an operator import records its AuditEvent there, so the data and its audit
+    /// commit together). A resource that fails is named by its position in `resources`
+    /// ([`RepoError::Entry`]), so the caller can say which line or entry it was.
+    pub fn import_resources_with(
+        &self,
+        resources: &[Value],
+        context: &WriteContext,
+        on_commit: ImportHook<'_>,
+    ) -> Result<Vec<StoredResource>, RepoError> {
         let prepared: Vec<PreparedResource> = resources
             .iter()
             .map(|r| PreparedResource::new(r.clone()))
             .collect();
         self.write_large(|tx| {
-            prepared
+            let stored = prepared
                 .iter()
-                .map(|r| put_or_post(tx, r.clone(), context))
-                .collect()
+                .enumerate()
+                .map(|(index, r)| {
+                    put_or_post(tx, r.clone(), context).map_err(|source| RepoError::Entry {
+                        index,
+                        request: resource_label(r.resource()),
+                        source: Box::new(source),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            on_commit(tx, &stored)?;
+            Ok(stored)
         })
+    }
+}
+
+/// A hook run inside an import's transaction with the resources it stored.
+pub type ImportHook<'a> = &'a dyn Fn(&mut Tx<'_>, &[StoredResource]) -> Result<(), RepoError>;
+
+/// `Type/id` (or `Type` without an id) of a resource to import, for error messages.
+fn resource_label(resource: &Value) -> String {
+    let res_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("(no resourceType)");
+    match resource.get("id").and_then(Value::as_str) {
+        Some(id) => format!("{res_type}/{id}"),
+        None => res_type.to_string(),
     }
 }
 

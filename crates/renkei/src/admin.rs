@@ -176,8 +176,10 @@ pub fn demo_clients() -> Vec<NewClient> {
     ]
 }
 
-/// Read AuditEvents a stopped or crashed server left in its journal (SQLite), not yet in the
-/// trail: durable, and added to the trail when the server next starts.
+/// Read AuditEvents in the journal (SQLite) that are not in the trail yet: a running server's,
+/// or those a stopped or crashed server left there. They are
+/// durable, and added to the trail by a running server's ingester, or by the next
+/// start of a stopped one.
 fn journal_backlog(store: &Store) -> Result<Vec<renkei_store::NewAuditEvent>, String> {
     renkei_access::audit_log::journal_backlog(store).map_err(|e| e.to_string())
 }
@@ -185,28 +187,32 @@ fn journal_backlog(store: &Store) -> Result<Vec<renkei_store::NewAuditEvent>, St
 /// Walks the audit chain; prints the verdict and the head hash. Err when the chain is broken.
 pub fn verify_audit(store: &Store) -> Result<(), String> {
     let backlog = journal_backlog(store)?.len();
-    let head = store
-        .read(|tx| tx.audit_head())
-        .map(|head| (head.seq, head.hash))
+    // The head and the records come from one read transaction, so one snapshot (SQLite's
+    // deferred read transaction; REPEATABLE READ on PostgreSQL). Read in separate
+    // transactions, a running server's append that commits in between leaves records after
+    // the head read earlier, which looked exactly like records removed at the end.
+    let (head, records) = store
+        .read(|tx| {
+            let head = tx.audit_head()?;
+            let mut records: Vec<ChainRecord> = Vec::new();
+            let mut after = 0;
+            loop {
+                let rows = tx.audit_chain(after, 10_000)?;
+                let Some(last) = rows.last().map(|r| r.seq) else {
+                    break;
+                };
+                records.extend(rows.into_iter().map(|r| ChainRecord {
+                    seq: r.seq,
+                    recorded_ms: r.recorded,
+                    body: r.body,
+                    prev_hash: r.prev_hash,
+                    hash: r.hash,
+                }));
+                after = last;
+            }
+            Ok::<_, renkei_store::StoreError>(((head.seq, head.hash), records))
+        })
         .map_err(|e| e.to_string())?;
-    let mut records: Vec<ChainRecord> = Vec::new();
-    let mut after = 0;
-    loop {
-        let rows = store
-            .read(|tx| tx.audit_chain(after, 10_000))
-            .map_err(|e| e.to_string())?;
-        let Some(last) = rows.last().map(|r| r.seq) else {
-            break;
-        };
-        records.extend(rows.into_iter().map(|r| ChainRecord {
-            seq: r.seq,
-            recorded_ms: r.recorded,
-            body: r.body,
-            prev_hash: r.prev_hash,
-            hash: r.hash,
-        }));
-        after = last;
-    }
     match verify_chain(records, Some(head)) {
         ChainVerdict::Intact { records, head_hash } => {
             if let Some((seq, problem)) = first_disagreeing_record(store)? {
@@ -219,7 +225,8 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
             println!("head hash: {head_hash}");
             if backlog > 0 {
                 println!(
-                    "read-audit journal: {backlog} events not in the trail yet (the server adds them when it starts)"
+                    "read-audit journal: {backlog} events not in the trail yet (durable; a running \
+                     server adds them within moments, a stopped one when it next starts)"
                 );
             }
             Ok(())

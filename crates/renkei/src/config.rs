@@ -103,7 +103,8 @@ pub struct Overrides {
     pub config: Option<String>,
     pub listen: Option<String>,
     pub database: Option<String>,
-    pub demo: bool,
+    /// `--demo` / `RENKEI_DEMO` when given (`None`: the file decides).
+    pub demo: Option<bool>,
 }
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>, ConfigError> {
@@ -153,7 +154,7 @@ impl Config {
             max_connections: env_number("RENKEI_MAX_CONNECTIONS")?
                 .or(file.max_connections)
                 .unwrap_or(16),
-            demo: overrides.demo || file.demo.unwrap_or(false),
+            demo: overrides.demo.or(file.demo).unwrap_or(false),
             implicit_policy: std::env::var("RENKEI_IMPLICIT_POLICY")
                 .ok()
                 .or(file.implicit_policy)

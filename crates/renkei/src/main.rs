@@ -40,9 +40,19 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:8080); port 0 picks a free port.
         #[arg(long, env = "RENKEI_LISTEN")]
         listen: Option<String>,
-        /// Load the demo network (fixtures/demo) if the database is empty.
-        #[arg(long, env = "RENKEI_DEMO")]
-        demo: bool,
+        /// Load the demo network (fixtures/demo) if the database is empty. `--demo=false` or
+        /// RENKEI_DEMO=false turns off `demo = true` of the configuration file.
+        // An Option, so that "not given" and "false" differ: a plain flag read false either
+        // way and could not override the file.
+        #[arg(
+            long,
+            env = "RENKEI_DEMO",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new()
+        )]
+        demo: Option<bool>,
         /// Serve HTTPS with this certificate chain (PEM).
         #[arg(long, env = "RENKEI_TLS_CERT", requires = "tls_key")]
         tls_cert: Option<String>,
@@ -178,7 +188,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     let (listen, demo) = match &cli.command {
         Command::Serve { listen, demo, .. } => (listen.clone(), *demo),
-        _ => (None, false),
+        _ => (None, None),
     };
     let config = Config::load(&Overrides {
         config: cli.config.clone(),
@@ -187,7 +197,17 @@ fn run(cli: Cli) -> Result<(), String> {
         demo,
     })
     .map_err(|e| e.to_string())?;
-    if matches!(cli.command, Command::Audit { .. }) {
+    // `serve`, `import` and `client add` may start a new database; the other commands only
+    // make sense on one that exists.
+    let creates = matches!(
+        cli.command,
+        Command::Serve { .. }
+            | Command::Import { .. }
+            | Command::Client {
+                action: ClientCommand::Add { .. }
+            }
+    );
+    if !creates {
         require_existing_database(&config)?;
     }
     let repository = open_repository(&config)?;
@@ -302,13 +322,29 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Import { files } => {
             renkei_repository::set_local_bases(&config.local_bases(&config.listen));
             use_time_zone(&config, &store)?;
-            let counts = loader::import_files(&repository, &files).map_err(|e| e.to_string())?;
+            let operator = loader::Operator::new("renkei import");
+            let report = loader::import_files(&repository, &files, &operator).map_err(|e| {
+                format!("{e}\nnothing was imported: every file is read and parsed before anything is written")
+            })?;
             println!(
                 "imported {} resources:\n{}",
-                counts.total(),
-                counts.report()
+                report.counts.total(),
+                report.counts.report()
             );
-            Ok(())
+            if report.failures.is_empty() {
+                return Ok(());
+            }
+            for failure in &report.failures {
+                eprintln!("renkei: import: {failure}");
+            }
+            for skipped in &report.not_attempted {
+                eprintln!("renkei: import: not imported: {skipped}");
+            }
+            Err(format!(
+                "import incomplete: {} failed (listed above); {} resources were imported",
+                plural(report.failures.len(), "entry or line", "entries or lines"),
+                report.counts.total()
+            ))
         }
         Command::Explain {
             search,
@@ -449,17 +485,23 @@ fn explain_parse_options(config: &Config) -> renkei_http::ParseOptions {
     }
 }
 
-/// Commands that only read what a gateway recorded (`audit verify`, `audit export`) must not
-/// create an empty SQLite database where a mistyped path points, and then report an intact,
-/// empty trail.
+/// Commands that work on what a gateway holds (`audit`, `client list`/`remove`, `token`,
+/// `explain`, `reindex`) must not create an empty SQLite database where a mistyped path
+/// points, and then report an intact empty trail, no clients or "reindexed 0 resources".
+/// (A PostgreSQL database that does not exist fails to connect by itself.)
 fn require_existing_database(config: &Config) -> Result<(), String> {
     match DatabaseUrl::parse(&config.database).map_err(|e| e.to_string())? {
         DatabaseUrl::Sqlite(path) if !path.exists() => Err(format!(
-            "no database at {}: this command reads an existing audit trail and creates nothing",
+            "no database at {}: this command works on an existing database and creates \
+             nothing (only `serve`, `import` and `client add` create one)",
             path.display()
         )),
         _ => Ok(()),
     }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn open_repository(config: &Config) -> Result<Repository, String> {
@@ -518,19 +560,29 @@ fn serve(
         "http"
     };
     renkei_repository::set_local_bases(&config.local_bases(&address.to_string()));
+    let mut demo_loaded = false;
     if config.demo {
-        match loader::load_demo_if_empty(&repository).map_err(|e| e.to_string())? {
-            Some(counts) => println!(
-                "demo network loaded: {} resources\n{}",
-                counts.total(),
-                counts.report()
+        let operator = loader::Operator::new("renkei serve --demo");
+        match loader::load_demo_if_empty(&repository, &operator).map_err(|e| e.to_string())? {
+            Some(counts) => {
+                demo_loaded = true;
+                println!(
+                    "demo network loaded: {} resources\n{}",
+                    counts.total(),
+                    counts.report()
+                );
+            }
+            // The demo clients (break-glass, system/*.cruds) are for the demo data only: on
+            // a database with other data they would be real credentials to real records.
+            None => println!(
+                "demo network not loaded: the database already holds data; demo clients not \
+                 registered and no demo tokens issued"
             ),
-            None => println!("demo network not loaded: the database already holds data"),
         }
     }
     let store = repository.store().clone();
     let key = admin::server_key(&store)?;
-    if config.demo {
+    if demo_loaded {
         print_demo_tokens(&store)?;
     }
     let policy = consent_policy(&config);
