@@ -266,6 +266,39 @@ fn serve_demo_on_a_database_with_data_registers_no_demo_clients() {
             !clients.contains("okayama-central-ehr") && !clients.contains("yamada-patient-app"),
             "demo clients registered although the demo data was not loaded:\n{clients}"
         );
+        assert!(
+            !s.startup_stdout().contains("okayama-central-ehr ("),
+            "{}",
+            s.startup_stdout()
+        );
+    });
+}
+
+/// The README's `serve --demo` run again on the database it loaded: the demo clients are
+/// there already, and it prints fresh tokens for them.
+#[test]
+fn serve_demo_again_on_the_demo_database_prints_its_tokens() {
+    for_each_backend_raw(|backend| {
+        let s = Server::start_with(backend, &[("RENKEI_DEMO", "true")]);
+        assert!(
+            s.startup_stdout().contains("demo network loaded"),
+            "{}",
+            s.startup_stdout()
+        );
+        let s = s.restart_with(&[("RENKEI_DEMO", "true")]);
+        let out = s.startup_stdout().to_string();
+        assert!(out.contains("demo network not loaded"), "{out}");
+        let token = out
+            .lines()
+            .skip_while(|l| !l.contains("okayama-central-ehr ("))
+            .nth(1)
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string();
+        assert!(!token.is_empty(), "{out}");
+        s.with_token(&token)
+            .get("Patient/pat-yamada-taro")
+            .expect(200);
     });
 }
 

@@ -289,6 +289,7 @@ pub struct Server {
     db: Option<Database>,
     /// The certificates of a TLS server (dropped after the process is gone).
     pki: Option<Pki>,
+    startup_stdout: String,
 }
 
 pub fn binary() -> &'static str {
@@ -384,25 +385,30 @@ impl Server {
                 }
             });
         }
-        let (tx, rx) = mpsc::channel::<String>();
+        // The listening URL, and what the server printed before it (demo tokens, …).
+        let (tx, rx) = mpsc::channel::<(String, String)>();
         {
             let pipe = child.stdout.take().expect("stdout");
             std::thread::spawn(move || {
                 let mut sent = false;
+                let mut before = String::new();
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
                     if !sent {
                         if let Some(url) = line.strip_prefix("Renkei listening on ") {
-                            let _ = tx.send(url.trim().to_string());
+                            let _ = tx.send((url.trim().to_string(), std::mem::take(&mut before)));
                             sent = true;
+                        } else {
+                            before.push_str(&line);
+                            before.push('\n');
                         }
                     }
                     // Keep draining so the pipe never fills.
                 }
             });
         }
-        let base = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(url) => url,
+        let (base, startup_stdout) = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(started) => started,
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
@@ -429,6 +435,7 @@ impl Server {
             env,
             db: Some(db),
             pki,
+            startup_stdout,
         };
         let token = server.token_for(
             TEST_CLIENT_ID,
@@ -444,6 +451,11 @@ impl Server {
         server.client = http_client(defaults, ca.as_ref());
         server.token = token;
         server
+    }
+
+    /// What the server printed before it said it was listening.
+    pub fn startup_stdout(&self) -> &str {
+        &self.startup_stdout
     }
 
     /// The database URL this server runs on (for CLI commands against the same data).

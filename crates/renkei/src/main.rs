@@ -574,16 +574,29 @@ fn serve(
             }
             // The demo clients (break-glass, system/*.cruds) are for the demo data only: on
             // a database with other data they would be real credentials to real records.
-            None => println!(
-                "demo network not loaded: the database already holds data; demo clients not \
-                 registered and no demo tokens issued"
-            ),
+            None => println!("demo network not loaded: the database already holds data"),
         }
     }
     let store = repository.store().clone();
     let key = admin::server_key(&store)?;
     if demo_loaded {
         print_demo_tokens(&store)?;
+    } else if config.demo {
+        // A database the demo was loaded into earlier (the README's command run again)
+        // still has its demo clients: fresh tokens for them give nothing new. Any other
+        // database gets none, since there they would be real credentials to real records.
+        let registered: Vec<String> = admin::list_clients(&store)?
+            .into_iter()
+            .map(|c| c.client_id)
+            .collect();
+        if admin::demo_clients()
+            .iter()
+            .all(|c| registered.contains(&c.id))
+        {
+            print_demo_tokens(&store)?;
+        } else {
+            println!("demo clients not registered and no demo tokens issued: this database was not loaded with the demo network");
+        }
     }
     let policy = consent_policy(&config);
     let state = renkei_http::AppState {
