@@ -947,10 +947,14 @@ fn token_endpoint_full_exchange() {
     let registered = client.clone();
     let lookup = move |id: &str| (id == "clinic-a").then(|| registered.clone());
     let seen = RefCell::new(HashSet::new());
-    let check = |jti: &str| !seen.borrow_mut().insert(jti.to_string());
+    let check = |client: &str, jti: &str| {
+        !seen
+            .borrow_mut()
+            .insert((client.to_string(), jti.to_string()))
+    };
     let endpoint = TokenEndpoint {
         key: &key,
-        token_url: TOKEN_URL,
+        token_urls: &[TOKEN_URL],
         ttl_seconds: 300,
         now: t0(),
         client_cert_der: None,
@@ -976,7 +980,7 @@ fn token_endpoint_full_exchange() {
     assert_eq!(e.to_json()["error"], "invalid_client");
 
     let a2 = sign_client_assertion(&pem, &kid, "clinic-a", TOKEN_URL, t0()).unwrap();
-    let run = |pairs: Vec<(&str, &str)>| endpoint.handle(pairs, &lookup, &never_seen);
+    let run = |pairs: Vec<(&str, &str)>| endpoint.handle(pairs, &lookup, &|_, _| false);
     let base = vec![
         ("grant_type", "client_credentials"),
         ("client_assertion_type", CLIENT_ASSERTION_TYPE),
@@ -1046,7 +1050,7 @@ fn token_endpoint_mtls_binding() {
     ] {
         let endpoint = TokenEndpoint {
             key: &key,
-            token_url: TOKEN_URL,
+            token_urls: &[TOKEN_URL],
             ttl_seconds: 60,
             now: t0(),
             client_cert_der: cert,
@@ -1056,7 +1060,7 @@ fn token_endpoint_mtls_binding() {
         let r = endpoint.handle(
             f.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &lookup,
-            &never_seen,
+            &|_, _| false,
         );
         assert_eq!(r.is_ok(), ok, "{cert:?}");
         if let Ok(g) = r {
