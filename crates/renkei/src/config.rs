@@ -330,6 +330,40 @@ mod tests {
     }
 
     #[test]
+    fn token_lifetime_and_base_url_are_checked() {
+        let dir = std::env::temp_dir().join(format!("renkei-config-ttl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str| {
+            let path = dir.join("renkei.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Overrides {
+                config: Some(path.display().to_string()),
+                ..Overrides::default()
+            })
+        };
+        assert_eq!(
+            load("token_ttl_seconds = 86400\n")
+                .unwrap()
+                .token_ttl_seconds,
+            86_400
+        );
+        for ttl in ["0", "86401"] {
+            let err = load(&format!("token_ttl_seconds = {ttl}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("token_ttl_seconds") && err.contains("86400"),
+                "{err}"
+            );
+        }
+        load("base_url = \"https://gw.example/fhir\"\n").unwrap();
+        let err = load("base_url = \"gw.example/fhir\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("base_url"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let dir = std::env::temp_dir().join(format!("renkei-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
