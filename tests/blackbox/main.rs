@@ -26,6 +26,7 @@ mod search_limits;
 mod search_paths;
 mod search_values;
 mod smart;
+mod smart_auth;
 mod testscripts;
 mod tls;
 mod versioning;

@@ -115,3 +115,53 @@ fn consent_scenarios_over_https() {
         three_scenarios(s);
     });
 }
+
+/// A certificate-bound token holds only while the client's CURRENT registration names that
+/// certificate: re-registering the client with another fingerprint, or none, ends it (within
+/// the server's one-second refresh of registrations).
+#[test]
+fn bound_tokens_end_when_the_registered_certificate_changes() {
+    for_each_backend_raw(|backend| {
+        let pki = Pki::new();
+        let client_ca = pki.path("ca.pem");
+        let server = Server::start_tls_with(backend, pki, &[("RENKEI_CLIENT_CA", &client_ca)]);
+        let dir = &server.pki().expect("TLS server").dir;
+        let base = server.url("/Patient");
+        let fp = fingerprint(dir);
+        let register = |extra: &[&str]| {
+            let mut args = vec![
+                "client",
+                "add",
+                "--id",
+                "rotating-ehr",
+                "--organization",
+                "Organization/clinic-r",
+            ];
+            args.extend_from_slice(extra);
+            server.cli(&args);
+            std::thread::sleep(std::time::Duration::from_millis(1_100));
+        };
+        let bound = server.token_for(
+            "rotating-ehr",
+            "Organization/clinic-r",
+            "facility",
+            &["--cert-fingerprint", &fp],
+        );
+        assert_eq!(status(dir, &base, true, Some(&bound), &[]), "200");
+        // Another certificate registered: the old token over the old certificate is refused.
+        register(&["--cert-fingerprint", &"ab".repeat(32)]);
+        assert_eq!(
+            status(dir, &base, true, Some(&bound), &[]),
+            "401",
+            "token bound to a certificate the registration no longer names"
+        );
+        // No certificate registered any more: refused as well.
+        register(&[]);
+        assert_eq!(status(dir, &base, true, Some(&bound), &[]), "401");
+        assert_eq!(status(dir, &base, false, Some(&bound), &[]), "401");
+        // Registered again with it: a new token works.
+        register(&["--cert-fingerprint", &fp]);
+        let fresh = server.issue_token("rotating-ehr", &[]);
+        assert_eq!(status(dir, &base, true, Some(&fresh), &[]), "200");
+    });
+}

@@ -67,6 +67,25 @@ pub struct AccessClaims {
     pub cnf: Option<Confirmation>,
 }
 
+impl Confirmation {
+    /// The binding to the certificate whose SHA-256 fingerprint (hex, as operators register
+    /// it) is `fingerprint`.
+    pub fn of_fingerprint(fingerprint: &str) -> Result<Confirmation, AuthError> {
+        let hex = normalize_fingerprint(fingerprint)?;
+        let mut raw = Vec::with_capacity(32);
+        for i in (0..hex.len()).step_by(2) {
+            let byte = hex
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| AuthError::server("bad certificate fingerprint"))?;
+            raw.push(byte);
+        }
+        Ok(Confirmation {
+            x5t_s256: B64URL.encode(raw),
+        })
+    }
+}
+
 impl AccessClaims {
     /// The client id (`sub`).
     pub fn client_id(&self) -> &str {
@@ -155,23 +174,7 @@ pub fn issue_access_token(
         }
         (None, fixed) => fixed.map(str::to_string),
     };
-    let cnf = match client.cert_fingerprint.as_deref() {
-        Some(fp) => {
-            let hex = normalize_fingerprint(fp)?;
-            let mut raw = Vec::with_capacity(32);
-            for i in (0..hex.len()).step_by(2) {
-                let byte = hex
-                    .get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| AuthError::server("bad certificate fingerprint"))?;
-                raw.push(byte);
-            }
-            Some(Confirmation {
-                x5t_s256: B64URL.encode(raw),
-            })
-        }
-        None => None,
-    };
+    let cnf = client.confirmation()?;
     let iat = now.timestamp();
     let claims = AccessClaims {
         iss: ISSUER.to_string(),

@@ -222,6 +222,20 @@ pub fn verify_client_assertion(
     now: DateTime<Utc>,
     seen_jti: &dyn Fn(&str) -> bool,
 ) -> Result<VerifiedAssertion, AuthError> {
+    verify_client_assertion_for(assertion, client, &[token_url], now, seen_jti)
+}
+
+/// [`verify_client_assertion`] for a token endpoint known under more than one URL (the
+/// listen address and its `localhost` spelling): `aud` must name one of `token_urls`. The
+/// list comes from the server's configuration, never from the request (a `Host` header
+/// chosen by the caller would let an assertion made out to another server be replayed here).
+pub(crate) fn verify_client_assertion_for(
+    assertion: &str,
+    client: &ClientRegistration,
+    token_urls: &[&str],
+    now: DateTime<Utc>,
+    seen_jti: &dyn Fn(&str) -> bool,
+) -> Result<VerifiedAssertion, AuthError> {
     let now = now.timestamp();
     if assertion.len() > MAX_ASSERTION_LEN {
         return Err(AuthError::invalid_client("client assertion too long"));
@@ -288,15 +302,23 @@ pub fn verify_client_assertion(
             "client assertion 'sub' must be the client_id",
         ));
     }
+    let accepted = |a: &str| token_urls.contains(&a);
     let aud_ok = match &claims.aud {
-        Some(serde_json::Value::String(a)) => a == token_url,
-        Some(serde_json::Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(token_url)),
+        Some(serde_json::Value::String(a)) => accepted(a),
+        Some(serde_json::Value::Array(list)) => {
+            list.iter().any(|a| a.as_str().is_some_and(accepted))
+        }
         _ => false,
     };
     if !aud_ok {
-        return Err(AuthError::invalid_client(format!(
-            "client assertion 'aud' must be the token endpoint {token_url}"
-        )));
+        return Err(AuthError::invalid_client(match token_urls.first() {
+            Some(token_url) => {
+                format!("client assertion 'aud' must be the token endpoint {token_url}")
+            }
+            None => "this server accepts no client assertions until its base_url \
+                     (RENKEI_BASE_URL) is configured: it cannot know its token endpoint's URL"
+                .to_string(),
+        }));
     }
     let exp = numeric_date(&claims.exp, "exp")?
         .ok_or_else(|| AuthError::invalid_client("client assertion has no 'exp'"))?;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use crate::access::issue_access_token;
 use crate::assertion::{
-    assertion_client_id, verify_client_assertion, VerifiedAssertion, ASSERTION_ALGORITHMS,
+    assertion_client_id, verify_client_assertion_for, VerifiedAssertion, ASSERTION_ALGORITHMS,
     CLIENT_ASSERTION_TYPE,
 };
 use crate::error::AuthError;
@@ -90,8 +90,10 @@ impl TokenRequest {
 pub struct TokenEndpoint<'a> {
     /// The server signing key.
     pub key: &'a ServerKey,
-    /// The token endpoint's absolute URL (the required assertion `aud`).
-    pub token_url: &'a str,
+    /// The token endpoint's absolute URLs, from the server's configuration: an assertion's
+    /// `aud` must name one of them (RFC 7523 §3). Never derived from the request's `Host`.
+    /// Empty: no assertion is accepted.
+    pub token_urls: &'a [&'a str],
     /// Lifetime of issued tokens, seconds.
     pub ttl_seconds: u64,
     /// The current time.
@@ -114,12 +116,13 @@ impl TokenEndpoint<'_> {
     /// (by the assertion's unverified `iss`, via `lookup`), assertion
     /// verification, mTLS binding (a registered certificate fingerprint
     /// requires the same certificate on this connection), scope grant,
-    /// token issuance. An unknown client is `invalid_client`.
+    /// token issuance. An unknown client is `invalid_client`. `seen_jti(client_id, jti)`
+    /// answers whether that client used that assertion id before (and records it).
     pub fn handle<'p>(
         &self,
         params: impl IntoIterator<Item = (&'p str, &'p str)>,
         lookup: &dyn Fn(&str) -> Option<ClientRegistration>,
-        seen_jti: &dyn Fn(&str) -> bool,
+        seen_jti: &dyn Fn(&str, &str) -> bool,
     ) -> Result<TokenGrant, AuthError> {
         let request = TokenRequest::from_form(params)?;
         let client_id = assertion_client_id(&request.client_assertion)?;
@@ -135,12 +138,14 @@ impl TokenEndpoint<'_> {
         let client = lookup(&client_id).ok_or_else(|| {
             AuthError::invalid_client(format!("unknown client '{}'", printable(&client_id)))
         })?;
-        let assertion = verify_client_assertion(
+        // A jti is unique per issuer (RFC 7519 §4.1.7): the replay check is per client, so
+        // one client's ids can neither collide with nor block another's.
+        let assertion = verify_client_assertion_for(
             &request.client_assertion,
             &client,
-            self.token_url,
+            self.token_urls,
             self.now,
-            seen_jti,
+            &|jti| seen_jti(&client.client_id, jti),
         )?;
         if client.cert_fingerprint.is_some() {
             match self.client_cert_der {

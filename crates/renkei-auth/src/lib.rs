@@ -63,7 +63,7 @@
 //! // POST /auth/token
 //! let endpoint = TokenEndpoint {
 //!     key: &server_key,
-//!     token_url,
+//!     token_urls: &[token_url],
 //!     ttl_seconds: 300,
 //!     now,
 //!     client_cert_der: None,
@@ -76,8 +76,8 @@
 //! ];
 //! let lookup = |id: &str| (id == "clinic-a").then(|| client.clone());
 //! let replay_store = std::sync::Mutex::new(std::collections::HashSet::new());
-//! let seen = |jti: &str| match replay_store.lock() {
-//!     Ok(mut s) => !s.insert(jti.to_string()),
+//! let seen = |client: &str, jti: &str| match replay_store.lock() {
+//!     Ok(mut s) => !s.insert((client.to_string(), jti.to_string())),
 //!     Err(_) => true,
 //! };
 //! let grant = endpoint.handle(form, &lookup, &seen)?;

@@ -135,13 +135,26 @@ impl ClientRegistration {
         out
     }
 
+    /// The certificate binding (`cnf`) of this client's tokens: `None` without a registered
+    /// certificate.
+    pub fn confirmation(&self) -> Result<Option<crate::Confirmation>, AuthError> {
+        self.cert_fingerprint
+            .as_deref()
+            .map(crate::Confirmation::of_fingerprint)
+            .transpose()
+    }
+
     /// Whether this registration, as it stands now, would still grant every claim of a token
-    /// issued to this client earlier: the same facility, role and patient; no scope, purpose,
-    /// break-glass or practitioner it no longer has. A token of a client that was removed or
-    /// narrowed since must not keep what its registration lost.
+    /// issued to this client earlier: the same facility, role, patient and certificate
+    /// binding; no scope, purpose, break-glass or practitioner it no longer has. A token of a
+    /// client that was removed or narrowed since must not keep what its registration lost —
+    /// nor outlive the certificate it was bound to: a registration that names another
+    /// certificate, or none, ends the tokens bound to the old one (the key of a replaced
+    /// certificate may be the very thing that leaked).
     pub fn still_grants(&self, claims: &crate::AccessClaims) -> bool {
         let purposes = self.effective_purposes();
         claims.sub == self.client_id
+            && self.confirmation().is_ok_and(|bound| bound == claims.cnf)
             && claims.organization == self.organization
             && claims.role == self.role
             && claims.patient == self.patient
@@ -188,6 +201,27 @@ impl ClientRegistration {
             return Err(AuthError::invalid_request(
                 "a patient-role client needs a patient (Patient/ID)",
             ));
+        }
+        // Contradictions refused rather than silently carried into tokens: the access rules
+        // read a patient context as "this principal is that patient", and break-glass and
+        // acting for a practitioner are facility (clinical) powers.
+        if self.role != Role::Patient && self.patient.is_some() {
+            return Err(AuthError::invalid_request(format!(
+                "only a patient-role client has a patient; this one is a {} client (drop --patient or use --role patient)",
+                self.role
+            )));
+        }
+        if self.role != Role::Facility && self.break_glass {
+            return Err(AuthError::invalid_request(format!(
+                "only a facility client may break the glass; this one is a {} client",
+                self.role
+            )));
+        }
+        if self.role != Role::Facility && self.practitioner.is_some() {
+            return Err(AuthError::invalid_request(format!(
+                "only a facility client acts for a practitioner; this one is a {} client",
+                self.role
+            )));
         }
         let scopes = self.parsed_scopes()?;
         if scopes.has_context(crate::ScopeContext::Patient) && self.patient.is_none() {

@@ -219,6 +219,154 @@ fn registration_validation() {
 }
 
 #[test]
+fn contradictory_registrations_are_refused() {
+    let (c, _, _) = client_with_key();
+    let mut facility_with_patient = c.clone();
+    facility_with_patient.patient = Some("Patient/p1".into());
+    assert!(facility_with_patient
+        .validate()
+        .unwrap_err()
+        .description
+        .contains("only a patient-role client"));
+    let mut patient_breaking_glass = c.clone();
+    patient_breaking_glass.role = Role::Patient;
+    patient_breaking_glass.patient = Some("Patient/p1".into());
+    patient_breaking_glass.scopes = vec!["patient/*.rs".into()];
+    patient_breaking_glass.validate().unwrap();
+    patient_breaking_glass.break_glass = true;
+    assert!(patient_breaking_glass.validate().is_err());
+    let mut auditor_as_practitioner = c;
+    auditor_as_practitioner.role = Role::Auditor;
+    auditor_as_practitioner.practitioner = Some("Practitioner/d1".into());
+    assert!(auditor_as_practitioner.validate().is_err());
+}
+
+/// A certificate-bound token is granted only while the registration names that certificate.
+#[test]
+fn still_grants_follows_the_registered_certificate() {
+    let key = ServerKey::generate();
+    let (mut c, _, _) = client_with_key();
+    c.cert_fingerprint = Some(cert_fingerprint(b"first certificate"));
+    let (token, _) = issue_access_token(&key, &c, None, None, 60, t0()).unwrap();
+    let claims = verify_access_token(&key, &token, t0()).unwrap();
+    assert!(c.still_grants(&claims));
+    let mut rotated = c.clone();
+    rotated.cert_fingerprint = Some(cert_fingerprint(b"second certificate"));
+    assert!(!rotated.still_grants(&claims));
+    let mut unbound = c.clone();
+    unbound.cert_fingerprint = None;
+    assert!(!unbound.still_grants(&claims));
+    // The same fingerprint spelt as operators paste it still grants.
+    let mut colons = c.clone();
+    colons.cert_fingerprint = Some(
+        cert_fingerprint(b"first certificate")
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect::<Vec<_>>()
+            .join(":"),
+    );
+    assert!(colons.still_grants(&claims));
+    // And an unbound token is not granted by a registration that now names a certificate.
+    let (plain, _) = issue_access_token(&key, &unbound, None, None, 60, t0()).unwrap();
+    let plain = verify_access_token(&key, &plain, t0()).unwrap();
+    assert!(unbound.still_grants(&plain));
+    assert!(!c.still_grants(&plain));
+}
+
+/// The audience comes from the endpoint's list only; an empty list accepts nothing.
+#[test]
+fn assertion_audience_is_one_of_the_configured_urls() {
+    let key = ServerKey::generate();
+    let (client, pem, kid) = client_with_key();
+    let lookup = move |_: &str| Some(client.clone());
+    let form = |a: &str| {
+        vec![
+            ("grant_type".to_string(), "client_credentials".to_string()),
+            (
+                "client_assertion_type".to_string(),
+                CLIENT_ASSERTION_TYPE.to_string(),
+            ),
+            ("client_assertion".to_string(), a.to_string()),
+        ]
+    };
+    let other = "http://localhost:8080/auth/token";
+    for (urls, aud, ok) in [
+        (&[TOKEN_URL, other][..], other, true),
+        (&[TOKEN_URL][..], "https://evil.example/auth/token", false),
+        (&[][..], TOKEN_URL, false),
+    ] {
+        let endpoint = TokenEndpoint {
+            key: &key,
+            token_urls: urls,
+            ttl_seconds: 60,
+            now: t0(),
+            client_cert_der: None,
+        };
+        let a = sign_client_assertion(&pem, &kid, "clinic-a", aud, t0()).unwrap();
+        let f = form(&a);
+        let r = endpoint.handle(
+            f.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &lookup,
+            &|_, _| false,
+        );
+        assert_eq!(r.is_ok(), ok, "{urls:?} {aud}");
+    }
+}
+
+/// The replay callback is asked about (client, jti): two clients with the same jti are two
+/// different assertions.
+#[test]
+fn replay_check_is_per_client() {
+    let key = ServerKey::generate();
+    let (a, pem_a, kid) = client_with_key();
+    let (mut b, pem_b, _) = client_with_key();
+    b.client_id = "clinic-b".into();
+    let lookup = move |id: &str| {
+        [a.clone(), b.clone()]
+            .into_iter()
+            .find(|c| c.client_id == id)
+    };
+    let seen = RefCell::new(HashSet::new());
+    let check = |client: &str, jti: &str| {
+        !seen
+            .borrow_mut()
+            .insert((client.to_string(), jti.to_string()))
+    };
+    let endpoint = TokenEndpoint {
+        key: &key,
+        token_urls: &[TOKEN_URL],
+        ttl_seconds: 60,
+        now: t0(),
+        client_cert_der: None,
+    };
+    let signed = |pem: &str, client: &str| {
+        sign_jwt_with(
+            pem,
+            &kid,
+            &json!({"iss": client, "sub": client, "aud": TOKEN_URL,
+                    "exp": t0().timestamp() + 60, "jti": "same"}),
+        )
+        .unwrap()
+    };
+    let run = |assertion: &str| {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+            ("client_assertion", assertion),
+        ];
+        endpoint.handle(form, &lookup, &check)
+    };
+    assert!(run(&signed(&pem_a, "clinic-a")).is_ok());
+    assert!(run(&signed(&pem_b, "clinic-b")).is_ok());
+    assert_eq!(
+        run(&signed(&pem_b, "clinic-b")).unwrap_err().code,
+        ErrorCode::InvalidClient
+    );
+}
+
+#[test]
 fn fingerprints() {
     let der = b"not really a certificate";
     let fp = cert_fingerprint(der);
@@ -947,10 +1095,14 @@ fn token_endpoint_full_exchange() {
     let registered = client.clone();
     let lookup = move |id: &str| (id == "clinic-a").then(|| registered.clone());
     let seen = RefCell::new(HashSet::new());
-    let check = |jti: &str| !seen.borrow_mut().insert(jti.to_string());
+    let check = |client: &str, jti: &str| {
+        !seen
+            .borrow_mut()
+            .insert((client.to_string(), jti.to_string()))
+    };
     let endpoint = TokenEndpoint {
         key: &key,
-        token_url: TOKEN_URL,
+        token_urls: &[TOKEN_URL],
         ttl_seconds: 300,
         now: t0(),
         client_cert_der: None,
@@ -976,7 +1128,7 @@ fn token_endpoint_full_exchange() {
     assert_eq!(e.to_json()["error"], "invalid_client");
 
     let a2 = sign_client_assertion(&pem, &kid, "clinic-a", TOKEN_URL, t0()).unwrap();
-    let run = |pairs: Vec<(&str, &str)>| endpoint.handle(pairs, &lookup, &never_seen);
+    let run = |pairs: Vec<(&str, &str)>| endpoint.handle(pairs, &lookup, &|_, _| false);
     let base = vec![
         ("grant_type", "client_credentials"),
         ("client_assertion_type", CLIENT_ASSERTION_TYPE),
@@ -1046,7 +1198,7 @@ fn token_endpoint_mtls_binding() {
     ] {
         let endpoint = TokenEndpoint {
             key: &key,
-            token_url: TOKEN_URL,
+            token_urls: &[TOKEN_URL],
             ttl_seconds: 60,
             now: t0(),
             client_cert_der: cert,
@@ -1056,7 +1208,7 @@ fn token_endpoint_mtls_binding() {
         let r = endpoint.handle(
             f.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &lookup,
-            &never_seen,
+            &|_, _| false,
         );
         assert_eq!(r.is_ok(), ok, "{cert:?}");
         if let Ok(g) = r {

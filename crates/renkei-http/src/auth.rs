@@ -17,6 +17,40 @@ pub struct AuthState {
     pub token_ttl_seconds: u64,
     /// The client registrations every bearer token is checked against.
     pub clients: ClientDirectory,
+    /// The token endpoint's absolute URLs, from the configuration (see
+    /// [`token_endpoint_urls`]): the only audiences a client assertion may name, the first
+    /// one advertised by `/.well-known/smart-configuration`. Never taken from a request's
+    /// `Host` or `X-Forwarded-Host`: those are the caller's to choose, and an assertion made
+    /// out to another server must not be accepted here.
+    pub token_urls: Vec<String>,
+}
+
+/// The URLs of the token endpoint (`/auth/token`) clients may address assertions to.
+///
+/// * With a configured `base_url` (the FHIR base, e.g. `https://gw.example/fhir`): that base
+///   without its final `/fhir` segment, plus `/auth/token` — and nothing else.
+/// * Without one: the bound listen address, when it names one host (`127.0.0.1:8080` also
+///   as `localhost:8080`, `[::1]` likewise). A wildcard address (`0.0.0.0`, `[::]`) names no
+///   URL a client could have addressed, so no assertion is accepted until `base_url` is set.
+pub fn token_endpoint_urls(
+    base_url: Option<&str>,
+    scheme: &str,
+    bound: std::net::SocketAddr,
+) -> Vec<String> {
+    if let Some(base) = base_url {
+        let base = base.trim_end_matches('/');
+        let root = base.strip_suffix("/fhir").unwrap_or(base);
+        return vec![format!("{root}/auth/token")];
+    }
+    let ip = bound.ip();
+    if ip.is_unspecified() {
+        return Vec::new();
+    }
+    let mut urls = vec![format!("{scheme}://{bound}/auth/token")];
+    if ip.is_loopback() {
+        urls.push(format!("{scheme}://localhost:{}/auth/token", bound.port()));
+    }
+    urls
 }
 
 /// How old the server's copy of the client registrations may be. `renkei client remove` (or
@@ -125,7 +159,7 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, Ap
     let claims = verified_claims(req, state)?;
     Requester::from_claims(
         &claims,
-        &stated_purpose(req),
+        &stated_purpose(req)?,
         &request_id(req),
         req.peer_addr().map(|a| a.ip().to_string()),
     )
@@ -136,25 +170,47 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, Ap
 /// the token's client, with the purpose (and break-glass reason) it asked for.
 pub fn refused_requester(req: &HttpRequest, state: &AppState) -> Option<Requester> {
     let claims = verified_claims(req, state).ok()?;
+    // A reason that is not UTF-8 is kept as far as it reads, so the attempt stays on record
+    // under its client.
+    let stated = stated_purpose(req).unwrap_or_else(|_| StatedPurpose {
+        purpose: header_text(req, "x-purpose-of-use").ok().flatten(),
+        break_glass_reason: req
+            .headers()
+            .get("x-break-glass-reason")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    });
     Some(Requester::refused_attempt(
         &claims,
-        &stated_purpose(req),
+        &stated,
         &request_id(req),
         req.peer_addr().map(|a| a.ip().to_string()),
     ))
 }
 
-fn stated_purpose(req: &HttpRequest) -> StatedPurpose {
-    let header_text = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    StatedPurpose {
-        purpose: header_text("x-purpose-of-use"),
-        break_glass_reason: header_text("x-break-glass-reason"),
+/// A header's text. HTTP header values are bytes; a clinician types a break-glass reason in
+/// their own language, and clients send it as raw UTF-8 (RFC 9110 §5.5 leaves non-ASCII
+/// octets to the field's definition) or percent-encoded ASCII: both are accepted as they
+/// come. Bytes that are not UTF-8 are a 400 naming the header, never "no header".
+fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(value) => std::str::from_utf8(value.as_bytes())
+            .map(|text| Some(text.to_string()))
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("the {name} header is not valid UTF-8 text"),
+                )
+            }),
     }
+}
+
+fn stated_purpose(req: &HttpRequest) -> Result<StatedPurpose, ApiError> {
+    Ok(StatedPurpose {
+        purpose: header_text(req, "x-purpose-of-use")?,
+        break_glass_reason: header_text(req, "x-break-glass-reason")?,
+    })
 }
 
 /// The claims of the request's bearer token, checked against the client's current
@@ -219,18 +275,20 @@ fn claimed_client(form: &[(String, String)]) -> Option<String> {
         .or_else(|| param("client_id").map(str::to_string))
 }
 
-fn token_url(req: &HttpRequest) -> String {
-    let info = req.connection_info();
-    format!("{}://{}/auth/token", info.scheme(), info.host())
-}
-
-/// `GET /fhir/.well-known/smart-configuration` (public).
-pub async fn smart_configuration(req: HttpRequest) -> HttpResponse {
-    let info = req.connection_info().clone();
-    let base = format!("{}://{}/fhir", info.scheme(), info.host());
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .json(renkei_auth::smart_configuration(&base, &token_url(&req)))
+/// `GET /fhir/.well-known/smart-configuration` (public). The token endpoint it names is the
+/// configured one (see [`AuthState::token_urls`]), whatever `Host` the caller sent.
+pub async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
+    match state.auth.token_urls.first() {
+        Some(token_url) => HttpResponse::Ok()
+            .content_type("application/json")
+            .json(renkei_auth::smart_configuration(token_url, token_url)),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "this server has no token endpoint URL to advertise: set base_url (RENKEI_BASE_URL) when listening on a wildcard address",
+        )
+        .respond(crate::format::Format::Json, false),
+    }
 }
 
 /// `GET /auth/jwks`: the public key access tokens are signed with.
@@ -246,7 +304,23 @@ pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
         .conn_data::<crate::tls::PeerCertificate>()
         .map(|p| p.0.clone());
     let form: Vec<(String, String)> = crate::request::parse_query(&String::from_utf8_lossy(&body));
-    let url = token_url(&req);
+    let urls = state.auth.token_urls.clone();
+    // Client authentication through the Authorization header (e.g. `Basic`, RFC 6749 §2.3.1):
+    // its scheme, for the one-method rule and the `WWW-Authenticate` of a 401 (§5.2).
+    let header_scheme = req.headers().get(header::AUTHORIZATION).map(|value| {
+        let scheme: String = value
+            .as_bytes()
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
+            .map(|b| char::from(*b))
+            .collect();
+        if scheme.is_empty() {
+            "Basic".to_string()
+        } else {
+            scheme
+        }
+    });
+    let two_methods = header_scheme.is_some() && form.iter().any(|(k, _)| k == "client_assertion");
     let gate = state.gate.clone();
     let key = state.auth.key.clone();
     let ttl = state.auth.token_ttl_seconds;
@@ -265,22 +339,35 @@ pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
             *organization.borrow_mut() = Some(registration.organization.clone());
             Some(registration)
         };
-        let seen = |jti: &str| -> bool {
+        let seen = |client_id: &str, jti: &str| -> bool {
             let now_ms = now.timestamp_millis();
+            // Stored per client: a client id never holds a space ([A-Za-z0-9-._~:]), so
+            // "client jti" cannot be spelt by two different pairs.
+            let key = format!("{client_id} {jti}");
             store
-                .write(|tx| tx.use_assertion(jti, now_ms + 600_000, now_ms))
+                .write(|tx| tx.use_assertion(&key, now_ms + 600_000, now_ms))
                 .map(|fresh| !fresh)
                 .unwrap_or(true)
         };
+        let accepted: Vec<&str> = urls.iter().map(String::as_str).collect();
         let endpoint = TokenEndpoint {
             key: &key,
-            token_url: &url,
+            token_urls: &accepted,
             ttl_seconds: ttl,
             now,
             client_cert_der: peer_cert.as_deref(),
         };
         let pairs = form.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let result = endpoint.handle(pairs, &lookup, &seen);
+        let result = if two_methods {
+            // RFC 6749 §2.3: a client uses one authentication method per request; which one
+            // would count is not ours to guess.
+            Err(renkei_auth::AuthError::new(
+                renkei_auth::ErrorCode::InvalidRequest,
+                "the request authenticates the client twice (an Authorization header and a client_assertion): use the client_assertion only",
+            ))
+        } else {
+            endpoint.handle(pairs, &lookup, &seen)
+        };
         // No audit, no token: the Login event is durable before the answer.
         attempt.organization = organization.into_inner();
         match &result {
@@ -306,12 +393,23 @@ pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .content_type("application/json")
             .json(grant.response),
-        Ok(Ok(Err(error))) => HttpResponse::build(
-            StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
-        )
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .content_type("application/json")
-        .json(error.to_json()),
+        Ok(Ok(Err(error))) => {
+            let status =
+                StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut response = HttpResponse::build(status);
+            response.insert_header((header::CACHE_CONTROL, "no-store"));
+            // RFC 6749 §5.2: a 401 to a client that authenticated through the Authorization
+            // header names the scheme it used.
+            if let (StatusCode::UNAUTHORIZED, Some(scheme)) = (status, &header_scheme) {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    format!("{scheme} realm=\"renkei\""),
+                ));
+            }
+            response
+                .content_type("application/json")
+                .json(error.to_json())
+        }
         Err(_) => HttpResponse::ServiceUnavailable()
             .content_type(FHIR_JSON)
             .finish(),

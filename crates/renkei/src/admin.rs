@@ -81,12 +81,40 @@ pub fn add_client(store: &Store, new: NewClient) -> Result<ClientRegistration, S
             Some(serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))?);
     }
     registration.validate().map_err(|e| e.to_string())?;
+    // A reference to nothing stored here is allowed (clients are often registered before the
+    // facility's data is loaded) but never silent: a typo would otherwise go unnoticed until
+    // consent decisions named a facility nobody knows.
+    for reference in [
+        Some(&registration.organization),
+        registration.patient.as_ref(),
+        registration.practitioner.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !is_stored(store, reference)? {
+            eprintln!(
+                "warning: {reference} is not stored in this database (yet); check the spelling"
+            );
+        }
+    }
     let json = serde_json::to_string(&registration).map_err(|e| e.to_string())?;
     let now = chrono::Utc::now().timestamp_millis();
     store
         .write(|tx| tx.put_client(&registration.client_id, &json, now))
         .map_err(|e| e.to_string())?;
     Ok(registration)
+}
+
+/// Whether `Type/id` is a stored, not deleted, resource.
+fn is_stored(store: &Store, reference: &str) -> Result<bool, String> {
+    let Some((res_type, id)) = reference.split_once('/') else {
+        return Ok(false);
+    };
+    store
+        .read(|tx| tx.current(res_type, id))
+        .map(|row| row.is_some_and(|row| !row.deleted))
+        .map_err(|e| e.to_string())
 }
 
 pub fn list_clients(store: &Store) -> Result<Vec<ClientRegistration>, String> {
@@ -119,6 +147,15 @@ pub fn issue_token(
     ttl: u64,
 ) -> Result<String, String> {
     let registration = client(store, client_id)?;
+    // Who a client acts for is part of its registration, which an operator reviews; a
+    // practitioner named only at token time would let any facility client act as anyone
+    // (another facility's practitioner, or one that does not exist).
+    if let (Some(asked), None) = (practitioner, registration.practitioner.as_deref()) {
+        return Err(format!(
+            "client '{client_id}' is registered without a practitioner, so its tokens cannot act for {asked}: \
+             register the client with `renkei client add --practitioner {asked}` (or one client per practitioner)"
+        ));
+    }
     let key = server_key(store)?;
     let practitioner = practitioner.or(registration.practitioner.as_deref());
     renkei_auth::issue_access_token(

@@ -159,12 +159,11 @@ impl Config {
                 .ok()
                 .or(file.implicit_policy)
                 .unwrap_or_else(|| "opt-in".into()),
-            patient_deny_holds_on_break_glass: match std::env::var(
+            patient_deny_holds_on_break_glass: env_bool(
                 "RENKEI_PATIENT_DENY_HOLDS_ON_BREAK_GLASS",
-            ) {
-                Ok(v) => v == "true",
-                Err(_) => file.patient_deny_holds_on_break_glass.unwrap_or(false),
-            },
+            )?
+            .or(file.patient_deny_holds_on_break_glass)
+            .unwrap_or(false),
             token_ttl_seconds: env_number("RENKEI_TOKEN_TTL_SECONDS")?
                 .or(file.token_ttl_seconds)
                 .unwrap_or(3600),
@@ -193,12 +192,53 @@ impl Config {
                 config.implicit_policy
             )));
         }
+        if config.token_ttl_seconds == 0
+            || config.token_ttl_seconds > renkei_auth::MAX_TOKEN_TTL_SECONDS
+        {
+            // Refused here rather than at every token request, which would all answer 400.
+            return Err(ConfigError::Invalid(format!(
+                "token_ttl_seconds (RENKEI_TOKEN_TTL_SECONDS) must be between 1 and {} (one day), not {}",
+                renkei_auth::MAX_TOKEN_TTL_SECONDS,
+                config.token_ttl_seconds
+            )));
+        }
+        if let Some(base) = &config.base_url {
+            // The token endpoint clients address their assertions to is derived from it: it
+            // must be an absolute http(s) URL.
+            let ok = ["http://", "https://"].iter().any(|scheme| {
+                base.strip_prefix(scheme)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+            });
+            if !ok || base.contains(['?', '#', ' ']) {
+                return Err(ConfigError::Invalid(format!(
+                    "base_url (RENKEI_BASE_URL) must be an absolute http(s) URL such as https://gateway.example/fhir, not '{base}'"
+                )));
+            }
+        }
         if config.default_page_size == 0 || config.default_page_size > config.max_page_size {
             return Err(ConfigError::Invalid(
                 "default_page_size must be between 1 and max_page_size".into(),
             ));
         }
         Ok(config)
+    }
+}
+
+/// A boolean from the environment: `true` or `false`, nothing else. Safety settings read
+/// anything else as an error rather than as `false`: `TRUE`, `1` or `yes` must not quietly
+/// switch a protection off.
+fn env_bool(name: &str) -> Result<Option<bool>, ConfigError> {
+    match std::env::var(name) {
+        Ok(value) => match value.as_str() {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            _ => Err(ConfigError::Env {
+                name: name.into(),
+                value,
+                expected: "boolean (true or false)",
+            }),
+        },
+        Err(_) => Ok(None),
     }
 }
 
@@ -288,6 +328,40 @@ mod tests {
             err.contains("time_zone") && err.contains("Asia/Tokyo"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn token_lifetime_and_base_url_are_checked() {
+        let dir = std::env::temp_dir().join(format!("renkei-config-ttl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str| {
+            let path = dir.join("renkei.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Overrides {
+                config: Some(path.display().to_string()),
+                ..Overrides::default()
+            })
+        };
+        assert_eq!(
+            load("token_ttl_seconds = 86400\n")
+                .unwrap()
+                .token_ttl_seconds,
+            86_400
+        );
+        for ttl in ["0", "86401"] {
+            let err = load(&format!("token_ttl_seconds = {ttl}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("token_ttl_seconds") && err.contains("86400"),
+                "{err}"
+            );
+        }
+        load("base_url = \"https://gw.example/fhir\"\n").unwrap();
+        let err = load("base_url = \"gw.example/fhir\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("base_url"), "{err}");
     }
 
     #[test]

@@ -605,6 +605,11 @@ fn serve(
             key: std::sync::Arc::new(key),
             token_ttl_seconds: config.token_ttl_seconds,
             clients: renkei_http::auth::ClientDirectory::default(),
+            token_urls: renkei_http::auth::token_endpoint_urls(
+                config.base_url.as_deref(),
+                scheme,
+                address,
+            ),
         },
         max_body_bytes: config.max_body_bytes,
         default_page_size: config.default_page_size,
