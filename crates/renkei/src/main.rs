@@ -50,7 +50,7 @@ enum Command {
             num_args = 0..=1,
             require_equals = true,
             default_missing_value = "true",
-            value_parser = clap::builder::BoolishValueParser::new()
+            value_parser = clap::value_parser!(bool)
         )]
         demo: Option<bool>,
         /// Serve HTTPS with this certificate chain (PEM).
