@@ -745,6 +745,25 @@ impl Gate {
         Ok(())
     }
 
+    /// The criteria of a conditional create, update, patch or delete are a search: what
+    /// matches them decides the answer (200 or 201, the existing resource returned, 412), so
+    /// a token that may not search the type would learn what it holds through them. Refused
+    /// (403) and audited as the interaction attempted, like any other scope refusal.
+    fn require_criteria_search(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        interaction: Interaction,
+    ) -> Result<(), AccessError> {
+        self.require_audited(who, res_type, Action::Search, interaction, res_type)
+            .map_err(|error| match error {
+                AccessError::Forbidden(message) => AccessError::Forbidden(format!(
+                    "{message}: the criteria of a conditional interaction are a search"
+                )),
+                other => other,
+            })
+    }
+
     /// Every entry of a Bundle needs the scope its single request would need; AuditEvent is
     /// never written through a Bundle either.
     fn require_bundle_scopes(who: &Requester, bundle: &Value) -> Result<(), AccessError> {
@@ -791,7 +810,19 @@ impl Gate {
                 "the audit trail is append-only and written by the gateway itself".into(),
             ));
         }
-        who.require(res_type, action)
+        who.require(res_type, action)?;
+        // A conditional entry (`ifNoneExist`, criteria in a write's URL) searches the type,
+        // as the same request sent on its own does.
+        let conditional = request.and_then(|r| r.get("ifNoneExist")).is_some()
+            || (!matches!(method, "GET" | "HEAD") && url.contains('?'));
+        if conditional {
+            who.require(res_type, Action::Search).map_err(|error| {
+                AccessError::Forbidden(format!(
+                    "{error}: the criteria of a conditional interaction are a search"
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// A delete names the deleted resource and its patient, like an update, so that it shows
@@ -825,6 +856,9 @@ impl Gate {
         if_none_exist: Option<Criteria>,
     ) -> Result<WriteOutcome, AccessError> {
         self.require_audited(who, res_type, Action::Create, Interaction::Create, res_type)?;
+        if if_none_exist.is_some() {
+            self.require_criteria_search(who, res_type, Interaction::Create)?;
+        }
         let visibility = self.visibility(who);
         let criteria = if_none_exist.map(|c| c.visible_to(visibility));
         // Index rows extracted here run beside other writes, not in the writer section.
@@ -901,6 +935,7 @@ impl Gate {
             Interaction::Update,
             &criteria.res_type,
         )?;
+        self.require_criteria_search(who, &criteria.res_type, Interaction::Update)?;
         let criteria = criteria.visible_to(self.visibility(who));
         let resource = PreparedResource::new(resource);
         self.write(
@@ -937,6 +972,9 @@ impl Gate {
             Interaction::Patch,
             &format!("{res_type}/{}", id.unwrap_or("?")),
         )?;
+        if criteria.is_some() {
+            self.require_criteria_search(who, res_type, Interaction::Patch)?;
+        }
         let criteria = criteria.map(|c| c.visible_to(self.visibility(who)));
         self.write(
             who,
@@ -1000,6 +1038,7 @@ impl Gate {
             Interaction::Delete,
             &criteria.res_type,
         )?;
+        self.require_criteria_search(who, &criteria.res_type, Interaction::Delete)?;
         let criteria = criteria.visible_to(self.visibility(who));
         self.write(
             who,
