@@ -654,7 +654,7 @@ fn check_visible(
     ) = (visibility, row.patient_id.as_deref())
     {
         if tx.holds_the_patient_record(organization, patient)? {
-            return Err(RepoError::Forbidden(match break_glass {
+            return Err(RepoError::Forbidden(match break_glass.is_some() {
                 true => format!(
                     "{organization} may not see this record, not even under break-glass: the \
                      patient's refusal holds in this network, or the facility that holds the \
