@@ -746,7 +746,8 @@ impl Gate {
         let mut patient = None;
         let mut visibility = self.visibility(who);
         let outcome = who
-            .require(res_type, Action::Read)
+            .require_clinical_access()
+            .and_then(|()| who.require(res_type, Action::Read))
             .and_then(|()| {
                 // A read is about the patient of the record it reads: break-glass opens
                 // that patient's data and no one else's (a Patient read gathers only the
@@ -1191,42 +1192,44 @@ impl Gate {
             _ => None,
         };
         let mut patient = None;
-        let result = match res_type {
-            Some(t) => who.require(t, Action::Read),
-            None => who.require("*", Action::Search),
-        }
-        .and_then(|()| {
-            // Break-glass opens one patient's record: an instance's history is about its
-            // record's patient; a type's or the system's history about everyone.
-            if !who.principal.break_glass {
-                return Ok(());
-            }
-            let Some((t, id)) = &instance else {
-                return Err(AccessError::Forbidden(BREAK_GLASS_NEEDS_ONE_PATIENT.into()));
-            };
-            patient = self.break_glass_patient_of(who, t, id)?;
-            visibility = self.visibility_for(who, patient.as_deref());
-            Ok(())
-        })
-        .and_then(|()| {
-            request.visibility = visibility.clone();
-            // The page and the consent decisions that disclosed its rows: one snapshot.
-            Ok(self.repository.read_tx(|tx| {
-                let page = renkei_repository::history_in(tx, &request)?;
-                let rows: Vec<ReturnedRow<'_>> = page
-                    .rows
-                    .iter()
-                    .map(|row| ReturnedRow {
-                        res_type: &row.res_type,
-                        id: &row.res_id,
-                        patient: row.patient_id.as_deref(),
-                        custodian: row.custodian.as_ref(),
-                    })
-                    .collect();
-                let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
-                Ok((page, decisions))
-            })?)
-        });
+        let result = who
+            .require_clinical_access()
+            .and_then(|()| match res_type {
+                Some(t) => who.require(t, Action::Read),
+                None => who.require("*", Action::Search),
+            })
+            .and_then(|()| {
+                // Break-glass opens one patient's record: an instance's history is about its
+                // record's patient; a type's or the system's history about everyone.
+                if !who.principal.break_glass {
+                    return Ok(());
+                }
+                let Some((t, id)) = &instance else {
+                    return Err(AccessError::Forbidden(BREAK_GLASS_NEEDS_ONE_PATIENT.into()));
+                };
+                patient = self.break_glass_patient_of(who, t, id)?;
+                visibility = self.visibility_for(who, patient.as_deref());
+                Ok(())
+            })
+            .and_then(|()| {
+                request.visibility = visibility.clone();
+                // The page and the consent decisions that disclosed its rows: one snapshot.
+                Ok(self.repository.read_tx(|tx| {
+                    let page = renkei_repository::history_in(tx, &request)?;
+                    let rows: Vec<ReturnedRow<'_>> = page
+                        .rows
+                        .iter()
+                        .map(|row| ReturnedRow {
+                            res_type: &row.res_type,
+                            id: &row.res_id,
+                            patient: row.patient_id.as_deref(),
+                            custodian: row.custodian.as_ref(),
+                        })
+                        .collect();
+                    let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
+                    Ok((page, decisions))
+                })?)
+            });
         let (result, decisions) = match result {
             Ok((page, decisions)) => (Ok(page), decisions),
             Err(error) => (Err(error), Vec::new()),
@@ -1312,10 +1315,14 @@ impl Gate {
             true => &every_type[..],
             false => &plan.types[..],
         };
-        let searched = types
-            .iter()
-            .chain(&searched_through(plan))
-            .try_for_each(|t| who.require(t, Action::Search))
+        let searched = who
+            .require_clinical_access()
+            .and_then(|()| {
+                types
+                    .iter()
+                    .chain(&searched_through(plan))
+                    .try_for_each(|t| who.require(t, Action::Search))
+            })
             .and_then(|()| match break_glass_refused {
                 true => Err(AccessError::Forbidden(BREAK_GLASS_NEEDS_ONE_PATIENT.into())),
                 false => Ok(()),
@@ -1473,8 +1480,9 @@ impl Gate {
         // A Bundle that only reads needs no writer (a patient app may batch its reads); in a
         // batch, the writes of a client that may not write were refused one by one above.
         let writes = requests.iter().any(is_write_entry);
-        let result = break_glass_refusal
-            .map_or(Ok(()), Err)
+        let result = who
+            .require_clinical_access()
+            .and_then(|()| break_glass_refusal.map_or(Ok(()), Err))
             .and_then(|()| if writes { who.require_writer() } else { Ok(()) })
             .and_then(|()| Self::require_bundle_scopes(who, &runnable))
             .and_then(|()| {
@@ -1876,7 +1884,8 @@ impl Gate {
         let mut builder = self.event(who, Interaction::Operation("ihe-pix".into()));
         builder.query = Some(raw_query.to_string());
         let result = who
-            .require("Patient", Action::Search)
+            .require_clinical_access()
+            .and_then(|()| who.require("Patient", Action::Search))
             .and_then(|()| Self::refuse_break_glass(who))
             .and_then(|()| {
                 let visibility = self.visibility(who);
@@ -1928,7 +1937,8 @@ impl Gate {
         let mut builder = self.event(who, Interaction::Operation("match".into()));
         builder.query = Some(match_query(request));
         let result = who
-            .require("Patient", Action::Search)
+            .require_clinical_access()
+            .and_then(|()| who.require("Patient", Action::Search))
             .and_then(|()| Self::refuse_break_glass(who))
             .and_then(|()| {
                 let visibility = self.visibility(who);

@@ -213,6 +213,23 @@ impl Requester {
         Some(types)
     }
 
+    /// Auditors and administrators see no clinical data: their tools are the audit trail
+    /// and the administration endpoints. Said with 403 (API.md), not with an empty answer
+    /// that a client could take for "no data".
+    pub fn require_clinical_access(&self) -> Result<(), AccessError> {
+        match self.principal.role {
+            Role::Auditor if !self.is_system() => Err(AccessError::Forbidden(
+                "the auditor role sees the audit trail ([base]/AuditEvent), not clinical data"
+                    .into(),
+            )),
+            Role::Admin if !self.is_system() => Err(AccessError::Forbidden(
+                "the administrator role manages clients and configuration, not clinical data"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Only facility systems (and the gateway) write clinical data.
     pub fn require_writer(&self) -> Result<(), AccessError> {
         if self.is_system() || self.principal.role == Role::Facility {
