@@ -112,7 +112,8 @@ pub(crate) fn id_of(resource: &Value) -> String {
 fn refs(bundle: &Value) -> Vec<String> {
     entries(bundle)
         .iter()
-        .filter(|e| e.get("resource").is_some())
+        // Outcome entries (warnings, the break-glass mark) are about the search, not data.
+        .filter(|e| e.get("resource").is_some() && e["search"]["mode"] != "outcome")
         .map(|e| id_of(&e["resource"]))
         .collect()
 }
@@ -873,7 +874,13 @@ fn every_break_glass_access_leaves_its_break_glass_event() {
         ];
         er.get_with(&format!("{}/_history", net.labs[0]), &glass)
             .expect(200);
-        er.get_with("Observation/_history", &glass).expect(200);
+        er.get_with(&format!("Patient/{PATIENT}/$everything"), &glass)
+            .expect(200);
+        // A type's history and `$match` are about no one patient: break-glass, which opens
+        // one patient's record, is refused for them (and the refusal is audited).
+        er.get_with("Observation/_history", &glass)
+            .expect(403)
+            .outcome();
         er.send_json_with(
             "POST",
             "Patient/$match",
@@ -882,7 +889,7 @@ fn every_break_glass_access_leaves_its_break_glass_event() {
                     "birthDate": "1958-03-12"}}]}),
             &glass,
         )
-        .expect(200);
+        .expect(403);
         let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
             {"request": {"method": "GET", "url": net.labs[0].clone()}}]});
         er.send_json_with("POST", "", &batch, &glass).expect(200);
@@ -912,8 +919,7 @@ fn every_break_glass_access_leaves_its_break_glass_event() {
             .collect();
         for what in [
             format!("break-glass (history {}/_history)", net.labs[0]),
-            "break-glass (history Observation/_history)".to_string(),
-            "break-glass (Patient/$match)".to_string(),
+            format!("break-glass (search Patient/{PATIENT}/$everything"),
             "break-glass (batch)".to_string(),
         ] {
             assert!(
@@ -921,6 +927,153 @@ fn every_break_glass_access_leaves_its_break_glass_event() {
                 "{what} not in {notes:?}"
             );
         }
+    });
+}
+
+/// Break-glass opens the record of the one patient a request is about, never the network:
+/// a search naming no patient (or several), a type's history, `$match` and a Bundle reading
+/// several patients are refused (403, audited), and a search naming one patient shows that
+/// patient's data and nobody else's (black-box review: `Condition?_summary=count` under
+/// break-glass counted every patient's Conditions).
+#[test]
+fn break_glass_opens_one_patient_not_the_network() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let er = s.token_for("er-c-one", ORG_C, "facility", &["--break-glass"]);
+        let er = s.with_token(&er);
+        let glass = [
+            ("X-Purpose-Of-Use", "ETREAT"),
+            ("X-Break-Glass-Reason", "unconscious patient in the ER"),
+        ];
+        // A's lab about the other patient, whom nobody broke the glass for.
+        let mut other = lab("3D046000001906299", 9.9, "2025-02-11", None);
+        other["subject"] = json!({"reference": format!("Patient/{OTHER_PATIENT}")});
+        let other = id_of(&net.as_a().create(&other));
+        let count = |path: &str| er.get(path).expect(200).json()["total"].clone();
+        assert_eq!(count("Observation?_summary=count"), json!(0));
+        for path in [
+            "Observation?_summary=count".to_string(),
+            "Observation".to_string(),
+            "Patient".to_string(),
+            "?_type=Observation,Patient".to_string(),
+            format!("Observation?patient={PATIENT},{OTHER_PATIENT}"),
+            format!("Observation?patient={PATIENT}&subject=Patient/{OTHER_PATIENT}"),
+            "Observation/_history".to_string(),
+            "_history".to_string(),
+        ] {
+            let r = er.get_with(&path, &glass).expect(403);
+            assert!(
+                r.outcome().to_string().contains("one patient"),
+                "{path}: {}",
+                r.body
+            );
+            assert_no_secret(&r, &path);
+            assert!(r.header("x-break-glass").is_none(), "{path}");
+        }
+        // One patient named: that patient's data, and nobody else's.
+        for path in [
+            format!("Observation?patient={PATIENT}"),
+            format!("Observation?subject=Patient/{PATIENT}"),
+            format!("Patient/{PATIENT}/Observation"),
+            format!("Patient/{PATIENT}/$everything"),
+        ] {
+            let found = refs(&er.get_with(&path, &glass).expect(200).json());
+            for lab in &net.labs {
+                assert!(found.contains(lab), "{path}: {found:?}");
+            }
+            assert!(!found.contains(&other), "{path}: {found:?}");
+        }
+        // A read is about its record's patient.
+        er.get_with(&other, &glass).expect(200);
+        // A Bundle whose reads are about two patients is refused as a whole; about one, it
+        // runs.
+        let batch = |urls: &[&str]| {
+            let entries: Vec<Value> = urls
+                .iter()
+                .map(|url| json!({"request": {"method": "GET", "url": url}}))
+                .collect();
+            json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
+        };
+        let r = er
+            .send_json_with("POST", "", &batch(&[&net.labs[0], &other]), &glass)
+            .expect(403);
+        assert_no_secret(&r, "two-patient batch");
+        let one = er
+            .send_json_with("POST", "", &batch(&[&net.labs[0], &net.labs[1]]), &glass)
+            .expect(200);
+        assert!(one.body.contains(SECRET));
+        // Every refusal is on record under the client, with the reason it gave.
+        let auditor = s.token_for("auditor-bg-one", ORG_A, "auditor", &[]);
+        let refused = s
+            .with_token(&auditor)
+            .read_json("AuditEvent?agent=er-c-one&outcome=4&_count=100");
+        let refusals = entries(&refused)
+            .iter()
+            .filter(|e| {
+                let text = e["resource"].to_string();
+                text.contains("one patient") && text.contains("break-glass:unconscious")
+            })
+            .count();
+        assert!(refusals >= 9, "{refused}");
+    });
+}
+
+/// A response served under break-glass says so: `X-Break-Glass: granted` on every such
+/// response, and in a searchset a warning OperationOutcome entry (search.mode `outcome`); a
+/// read's body stays the resource. Responses without break-glass carry neither.
+#[test]
+fn responses_under_break_glass_are_marked() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let er = s.token_for("er-c-mark", ORG_C, "facility", &["--break-glass"]);
+        let er = s.with_token(&er);
+        let glass = [
+            ("X-Purpose-Of-Use", "ETREAT"),
+            ("X-Break-Glass-Reason", "unconscious patient in the ER"),
+        ];
+        let read = er.get_with(&net.labs[0], &glass).expect(200);
+        assert_eq!(read.header("x-break-glass"), Some("granted"));
+        assert_eq!(read.json()["resourceType"], "Observation");
+        let vread = er
+            .get_with(&format!("{}/_history/2", net.labs[0]), &glass)
+            .expect(200);
+        assert_eq!(vread.header("x-break-glass"), Some("granted"));
+        let history = er
+            .get_with(&format!("{}/_history", net.labs[0]), &glass)
+            .expect(200);
+        assert_eq!(history.header("x-break-glass"), Some("granted"));
+        let warned = |bundle: &Value| {
+            entries(bundle).iter().any(|e| {
+                e["search"]["mode"] == "outcome"
+                    && e["resource"]["resourceType"] == "OperationOutcome"
+                    && e["resource"]["issue"][0]["severity"] == "warning"
+                    && e["resource"].to_string().contains("break-glass")
+            })
+        };
+        for path in [
+            format!("Observation?patient={PATIENT}"),
+            format!("Observation?patient={PATIENT}&_summary=count"),
+            format!("Patient/{PATIENT}/$everything"),
+        ] {
+            let r = er.get_with(&path, &glass).expect(200);
+            assert_eq!(r.header("x-break-glass"), Some("granted"), "{path}");
+            assert!(warned(&r.json()), "{path}: {}", r.body);
+        }
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": net.labs[0].clone()}},
+            {"request": {"method": "GET", "url": format!("Observation?patient={PATIENT}")}}]});
+        let r = er.send_json_with("POST", "", &batch, &glass).expect(200);
+        assert_eq!(r.header("x-break-glass"), Some("granted"));
+        assert!(warned(&entries(&r.json())[1]["resource"]), "{}", r.body);
+        // Without break-glass: no mark.
+        let plain = net.as_b().get(&net.labs[0]).expect(200);
+        assert!(plain.header("x-break-glass").is_none());
+        let plain = net
+            .as_b()
+            .get(&format!("Observation?patient={PATIENT}"))
+            .expect(200);
+        assert!(plain.header("x-break-glass").is_none());
+        assert!(!warned(&plain.json()), "{}", plain.body);
     });
 }
 
@@ -1184,47 +1337,54 @@ fn patient_role_sees_only_the_own_compartment() {
 fn auditor_and_admin_see_no_clinical_data() {
     for_each_backend(|s| {
         let net = network(s);
+        let trail = s.token_for("auditor-of-roles", ORG_A, "auditor", &[]);
         for (id, role, extra) in [
             ("auditor-default", "auditor", vec![]),
-            // Even with clinical read scopes, the role sees nothing.
+            // Even with clinical scopes, the role sees nothing, and is told so (403, API.md),
+            // not answered with an empty Bundle or a 404 as if there were no data.
             ("auditor-wide", "auditor", vec!["--scope", "system/*.rs"]),
             ("admin-wide", "admin", vec!["--scope", "system/*.rs"]),
+            ("admin-all", "admin", vec!["--scope", "system/*.cruds"]),
         ] {
             let token = s.token_for(id, ORG_A, role, &extra);
             let who = s.with_token(&token);
+            let batch = json!({"resourceType": "Bundle", "type": "batch",
+                "entry": [{"request": {"method": "GET", "url": net.labs[0].clone()}}]});
+            let mut answers = vec![who.send_json("POST", "", &batch)];
             for path in [
                 net.labs[0].clone(),
                 patient_ref(),
                 format!("{}/_history/1", net.labs[0]),
-            ] {
-                let r = who.get(&path);
-                assert!(
-                    [403, 404].contains(&r.status),
-                    "{id} {path}: {} {}",
-                    r.status,
-                    r.body
-                );
-                assert_no_secret(&r, id);
-            }
-            for q in [
+                format!("{}/_history", net.labs[0]),
                 format!("Observation?patient={PATIENT}"),
                 "Observation".to_string(),
+                "Observation?_summary=count".to_string(),
                 "Patient".to_string(),
+                "Organization".to_string(),
                 "_history".to_string(),
                 format!("Patient/{PATIENT}/$everything"),
+                format!("Patient/{PATIENT}/Observation"),
             ] {
-                let r = who.get(&q);
+                answers.push(who.get(&path));
+            }
+            for r in answers {
+                assert_eq!(r.status, 403, "{id}: {}", r.body);
                 assert!(
-                    [403, 404].contains(&r.status)
-                        || (r.status == 200 && refs(&r.json()).is_empty()),
-                    "{id} {q}: {} {}",
-                    r.status,
+                    r.outcome().to_string().contains("not clinical data"),
+                    "{id}: {}",
                     r.body
                 );
                 assert_no_secret(&r, id);
             }
-            // They may read the audit trail.
+            // They may read the audit trail, which holds their refused attempts.
             who.get("AuditEvent?_count=1").expect(200);
+            let refused = s
+                .with_token(&trail)
+                .read_json(&format!("AuditEvent?agent={id}&outcome=4&_count=100"));
+            assert!(
+                entries(&refused).len() >= 12,
+                "{id}: every refusal is audited: {refused}"
+            );
         }
     });
 }

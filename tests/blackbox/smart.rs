@@ -206,3 +206,83 @@ fn tokens_end_with_their_client_registration() {
 fn registration_settles() {
     std::thread::sleep(std::time::Duration::from_millis(1_100));
 }
+
+/// The criteria of a conditional create, update, patch or delete are a search: a token that
+/// may create but not search Observations learned what they held through `If-None-Exist`
+/// (200 with the existing resource against 201; black-box review). Each conditional form
+/// needs the search scope (`s`) besides its own, in a Bundle too; refusals are 403, audited.
+#[test]
+fn conditional_interactions_need_the_search_scope() {
+    use serde_json::json;
+    for_each_backend(|s| {
+        const ORG: &str = "Organization/hosp-cond";
+        let caller = |id: &str, scope: &str| {
+            s.with_token(&s.token_for(id, ORG, "facility", &["--scope", scope]))
+        };
+        let full = caller("cond-full", "system/Observation.cruds");
+        let obs = json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "LEAK-MARKER"},
+            "identifier": [{"system": "urn:x", "value": "leak1"}],
+            "valueQuantity": {"value": 150}});
+        full.post("Observation", &obs).expect(201);
+        let criteria = "identifier=urn:x|leak1";
+        let create_only = caller("cond-c", "system/Observation.c");
+        for probe in [criteria, "value-quantity=gt100", "value-quantity=gt200"] {
+            let r = create_only
+                .send_json_with("POST", "Observation", &obs, &[("If-None-Exist", probe)])
+                .expect(403);
+            assert!(r.outcome().to_string().contains("search"), "{}", r.body);
+            assert!(!r.body.contains("LEAK-MARKER"), "{}", r.body);
+        }
+        // A plain create needs no search.
+        let mut plain = obs.clone();
+        plain["identifier"] = json!([{"system": "urn:x", "value": "plain"}]);
+        create_only.post("Observation", &plain).expect(201);
+        let update_only = caller("cond-u", "system/Observation.u");
+        update_only
+            .put(&format!("Observation?{criteria}"), &obs)
+            .expect(403);
+        update_only
+            .send_raw(
+                "PATCH",
+                &format!("Observation?{criteria}"),
+                "application/json-patch+json",
+                br#"[{"op":"replace","path":"/status","value":"amended"}]"#,
+            )
+            .expect(403);
+        let delete_only = caller("cond-d", "system/Observation.d");
+        delete_only
+            .delete(&format!("Observation?{criteria}"))
+            .expect(403);
+        // As Bundle entries: a transaction is refused whole, a batch entry on its own.
+        let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": obs, "request": {"method": "POST", "url": "Observation",
+                "ifNoneExist": criteria}}]});
+        let r = create_only.post("", &transaction).expect(403);
+        assert!(!r.body.contains("LEAK-MARKER"), "{}", r.body);
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": obs, "request": {"method": "PUT", "url": format!("Observation?{criteria}")}}]});
+        let r = update_only.post("", &batch).expect(200).json();
+        assert_eq!(
+            r["entry"][0]["response"]["status"]
+                .as_str()
+                .map(|s| &s[..3]),
+            Some("403"),
+            "{r}"
+        );
+        // With the search scope the same requests run.
+        let searcher = caller("cond-cs", "system/Observation.cs");
+        let r = searcher
+            .send_json_with("POST", "Observation", &obs, &[("If-None-Exist", criteria)])
+            .expect(200);
+        assert!(r.body.contains("LEAK-MARKER"));
+        // The refusals are on record.
+        let auditor = s.with_token(&s.token_for("cond-auditor", ORG, "auditor", &[]));
+        for (client, at_least) in [("cond-c", 4), ("cond-u", 2), ("cond-d", 1)] {
+            let refused =
+                auditor.read_json(&format!("AuditEvent?agent={client}&outcome=4&_count=50"));
+            let n = refused["entry"].as_array().map_or(0, Vec::len);
+            assert!(n >= at_least, "{client}: {refused}");
+        }
+    });
+}

@@ -35,6 +35,13 @@ fn now_ms() -> i64 {
 /// What an AuthZ-Consent event names as the decider of a break-glass access.
 const BREAK_GLASS: &str = "break-glass";
 
+/// Why a break-glass request that names no one patient is refused: break-glass opens the
+/// record of the patient in front of the doctor, never every patient's data in the network.
+const BREAK_GLASS_NEEDS_ONE_PATIENT: &str = "break-glass (X-Purpose-Of-Use: ETREAT) applies to \
+     one patient's data: name exactly one patient (read a resource by id, search with patient= \
+     or subject= one Patient, Patient/[id]/[type] or Patient/[id]/$everything, or a Bundle \
+     whose reads are all about one patient); this request names none or several";
+
 /// What decided a facility's access to a row, as the store finds it.
 #[derive(Default)]
 struct Deciders {
@@ -42,6 +49,8 @@ struct Deciders {
     consent: Option<String>,
     /// The Consent whose refusal a break-glass access overrode.
     overridden_refusal: Option<String>,
+    /// The row is the break-glass patient's: break-glass showed it.
+    by_break_glass: bool,
 }
 
 impl From<renkei_store::Decision> for Deciders {
@@ -49,8 +58,76 @@ impl From<renkei_store::Decision> for Deciders {
         Deciders {
             consent: decision.consent_ref,
             overridden_refusal: decision.overridden_refusal,
+            by_break_glass: decision.by_break_glass,
         }
     }
+}
+
+/// The one patient a search names, for break-glass: its Patient compartment (`$everything`
+/// included), `Patient?_id=`, or reference filters that name one Patient (`patient=`,
+/// `subject=Patient/…`, `:linked=`). `None` when it names none, or several (alternatives, or
+/// filters that disagree): break-glass then has no patient to apply to.
+fn break_glass_patient(plan: &SearchPlan) -> Option<String> {
+    use renkei_search::plan::RefMatch;
+    let mut named: Vec<Option<&str>> = Vec::new();
+    for filter in &plan.filters {
+        match filter {
+            Filter::Compartment {
+                target_type,
+                target_id,
+                ..
+            } if target_type == "Patient" => named.push(Some(target_id)),
+            Filter::Id { ids, not: false } if plan.types == ["Patient"] => {
+                named.push(match ids.as_slice() {
+                    [id] => Some(id),
+                    _ => None,
+                })
+            }
+            Filter::Reference { param, values } => {
+                // An untyped id names a patient only through a parameter that means one.
+                let patient_param = matches!(param.as_str(), "patient" | "subject");
+                let one = match values.as_slice() {
+                    [RefMatch::Id { types, id }]
+                        if types.iter().any(|t| t == "Patient")
+                            || (types.is_empty() && patient_param) =>
+                    {
+                        Some(Some(id.as_str()))
+                    }
+                    [RefMatch::LinkedPatient(id)] => Some(Some(id.as_str())),
+                    // Several alternatives of a patient parameter: several patients.
+                    _ if patient_param => Some(None),
+                    _ => None,
+                };
+                named.extend(one);
+            }
+            _ => {}
+        }
+    }
+    let first = named.first().copied().flatten()?;
+    named
+        .iter()
+        .all(|id| *id == Some(first))
+        .then(|| first.trim_start_matches("Patient/").to_string())
+}
+
+/// The resources a Bundle's entries read by id (`GET Type/id…`), for break-glass.
+fn bundle_read_targets(bundle: &Value) -> Vec<(String, String)> {
+    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter(|entry| !is_write_entry(entry))
+        .filter_map(|entry| entry.pointer("/request/url").and_then(Value::as_str))
+        .filter(|url| !url.contains('?'))
+        .filter_map(|url| {
+            let relative = renkei_repository::relative_entry_url(url);
+            let mut parts = relative.split('/').filter(|p| !p.is_empty());
+            let (res_type, id) = (parts.next()?, parts.next()?);
+            let named = !id.starts_with(['_', '$']) && !res_type.starts_with(['_', '$']);
+            named.then(|| (res_type.to_string(), id.to_string()))
+        })
+        .collect()
 }
 
 fn patient_of(resource: &StoredResource) -> Option<String> {
@@ -246,6 +323,29 @@ impl Gate {
         who.visibility(&self.policy, now_ms())
     }
 
+    /// The requester's visibility for a request about `patient`: a granted break-glass
+    /// opens that patient's data (and only theirs).
+    fn visibility_for(&self, who: &Requester, patient: Option<&str>) -> Visibility {
+        who.visibility_for(&self.policy, now_ms(), patient)
+    }
+
+    /// The patient of the current record `res_type/id` (none for a missing record or one about
+    /// no patient): the patient a break-glass read of it is about. Looked up only for
+    /// break-glass requests.
+    fn break_glass_patient_of(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        id: &str,
+    ) -> Result<Option<String>, AccessError> {
+        if !who.principal.break_glass {
+            return Ok(None);
+        }
+        Ok(self
+            .repository
+            .read_tx(|tx| Ok(tx.current(res_type, id)?.and_then(|row| row.patient_id)))?)
+    }
+
     fn context(&self, who: &Requester) -> WriteContext {
         let mut context = who.write_context();
         context.visibility = self.visibility(who);
@@ -322,7 +422,8 @@ impl Gate {
         lookup: impl FnOnce() -> Result<Deciders, RepoError>,
     ) -> Result<String, RepoError> {
         let found = lookup()?;
-        if who.principal.break_glass && granted {
+        // Break-glass decided only the rows of its own patient; others were consent's.
+        if who.principal.break_glass && found.by_break_glass && granted {
             return Ok(match found.overridden_refusal {
                 Some(refusal) => format!("{BREAK_GLASS} over the refusal in {refusal}"),
                 None => BREAK_GLASS.to_string(),
@@ -351,7 +452,9 @@ impl Gate {
             AuditOutcome::MinorFailure
         };
         builder.outcome_desc = Some(match (&who.break_glass_reason, granted) {
-            (Some(reason), true) => format!("permit by {decider}: {reason}"),
+            (Some(reason), true) if decider.starts_with(BREAK_GLASS) => {
+                format!("permit by {decider}: {reason}")
+            }
             (_, true) => format!("permit by {decider}"),
             (_, false) => format!("deny by {decider}"),
         });
@@ -420,6 +523,7 @@ impl Gate {
                 Ok(Deciders {
                     consent: decision.consent_ref,
                     overridden_refusal: decision.overridden_refusal,
+                    by_break_glass: decision.by_break_glass,
                 })
             })?,
         };
@@ -503,6 +607,7 @@ impl Gate {
                 Some(consent) => Ok(Deciders {
                     consent: consent.map(str::to_string),
                     overridden_refusal: None,
+                    by_break_glass: false,
                 }),
                 None => Ok(tx
                     .deciding_consent(DecidedRow::Rid(row.rid), visibility)?
@@ -556,11 +661,18 @@ impl Gate {
 
     /// Every break-glass request leaves an AuthZ-Consent event with its stated reason: this
     /// one, recorded with the request's own AuditEvent. `None` for any other request.
-    fn break_glass_event(&self, who: &Requester, what: &str) -> Option<NewAuditEvent> {
+    /// `patient`: whose data it opened, so that the patient's "who viewed my record" shows it.
+    fn break_glass_event(
+        &self,
+        who: &Requester,
+        what: &str,
+        patient: Option<&str>,
+    ) -> Option<NewAuditEvent> {
         if !who.principal.break_glass {
             return None;
         }
         let mut builder = self.event(who, Interaction::ConsentDecision);
+        builder.patients.extend(patient_entity(patient));
         builder.decided_by = Some(BREAK_GLASS.into());
         builder.outcome_desc = Some(format!(
             "break-glass ({what}): {}",
@@ -631,20 +743,32 @@ impl Gate {
         target: String,
         read: impl Fn(&mut Tx<'_>, &Visibility) -> Result<StoredResource, RepoError>,
     ) -> Result<StoredResource, AccessError> {
-        let visibility = self.visibility(who);
-        let outcome = who.require(res_type, Action::Read).and_then(|()| {
-            let work = |tx: &mut Tx<'_>| {
-                let result = read(tx, &visibility);
-                let decision =
-                    self.single_read_decision(who, tx, (res_type, id), &result, &visibility)?;
-                Ok((result, decision))
-            };
-            // A facility reading its own record, or a record about no patient, is one
-            // statement; another facility's record is decided in a transaction (a patient's
-            // app is always decided by the consent predicate).
-            let lone = one_statement && matches!(visibility, Visibility::Facility { .. });
-            Ok(self.repository.read_tx_maybe_lone(lone, work)?)
-        });
+        let mut patient = None;
+        let mut visibility = self.visibility(who);
+        let outcome = who
+            .require_clinical_access()
+            .and_then(|()| who.require(res_type, Action::Read))
+            .and_then(|()| {
+                // A read is about the patient of the record it reads: break-glass opens
+                // that patient's data and no one else's (a Patient read gathers only the
+                // same person's records).
+                patient = self.break_glass_patient_of(who, res_type, id)?;
+                visibility = self.visibility_for(who, patient.as_deref());
+                Ok(())
+            })
+            .and_then(|()| {
+                let work = |tx: &mut Tx<'_>| {
+                    let result = read(tx, &visibility);
+                    let decision =
+                        self.single_read_decision(who, tx, (res_type, id), &result, &visibility)?;
+                    Ok((result, decision))
+                };
+                // A facility reading its own record, or a record about no patient, is one
+                // statement; another facility's record is decided in a transaction (a patient's
+                // app is always decided by the consent predicate).
+                let lone = one_statement && matches!(visibility, Visibility::Facility { .. });
+                Ok(self.repository.read_tx_maybe_lone(lone, work)?)
+            });
         let (result, mut extra): (Result<StoredResource, AccessError>, Vec<NewAuditEvent>) =
             match outcome {
                 Ok((result, decision)) => (
@@ -654,7 +778,11 @@ impl Gate {
                 Err(error) => (Err(error), Vec::new()),
             };
         if result.is_ok() {
-            extra.extend(self.break_glass_event(who, &format!("read {res_type}/{id}")));
+            extra.extend(self.break_glass_event(
+                who,
+                &format!("read {res_type}/{id}"),
+                patient.as_deref(),
+            ));
         } else {
             builder.resources.push(target);
         }
@@ -745,6 +873,25 @@ impl Gate {
         Ok(())
     }
 
+    /// The criteria of a conditional create, update, patch or delete are a search: what
+    /// matches them decides the answer (200 or 201, the existing resource returned, 412), so
+    /// a token that may not search the type would learn what it holds through them. Refused
+    /// (403) and audited as the interaction attempted, like any other scope refusal.
+    fn require_criteria_search(
+        &self,
+        who: &Requester,
+        res_type: &str,
+        interaction: Interaction,
+    ) -> Result<(), AccessError> {
+        self.require_audited(who, res_type, Action::Search, interaction, res_type)
+            .map_err(|error| match error {
+                AccessError::Forbidden(message) => AccessError::Forbidden(format!(
+                    "{message}: the criteria of a conditional interaction are a search"
+                )),
+                other => other,
+            })
+    }
+
     /// Every entry of a Bundle needs the scope its single request would need; AuditEvent is
     /// never written through a Bundle either.
     fn require_bundle_scopes(who: &Requester, bundle: &Value) -> Result<(), AccessError> {
@@ -791,7 +938,19 @@ impl Gate {
                 "the audit trail is append-only and written by the gateway itself".into(),
             ));
         }
-        who.require(res_type, action)
+        who.require(res_type, action)?;
+        // A conditional entry (`ifNoneExist`, criteria in a write's URL) searches the type,
+        // as the same request sent on its own does.
+        let conditional = request.and_then(|r| r.get("ifNoneExist")).is_some()
+            || (!matches!(method, "GET" | "HEAD") && url.contains('?'));
+        if conditional {
+            who.require(res_type, Action::Search).map_err(|error| {
+                AccessError::Forbidden(format!(
+                    "{error}: the criteria of a conditional interaction are a search"
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// A delete names the deleted resource and its patient, like an update, so that it shows
@@ -825,6 +984,9 @@ impl Gate {
         if_none_exist: Option<Criteria>,
     ) -> Result<WriteOutcome, AccessError> {
         self.require_audited(who, res_type, Action::Create, Interaction::Create, res_type)?;
+        if if_none_exist.is_some() {
+            self.require_criteria_search(who, res_type, Interaction::Create)?;
+        }
         let visibility = self.visibility(who);
         let criteria = if_none_exist.map(|c| c.visible_to(visibility));
         // Index rows extracted here run beside other writes, not in the writer section.
@@ -901,6 +1063,7 @@ impl Gate {
             Interaction::Update,
             &criteria.res_type,
         )?;
+        self.require_criteria_search(who, &criteria.res_type, Interaction::Update)?;
         let criteria = criteria.visible_to(self.visibility(who));
         let resource = PreparedResource::new(resource);
         self.write(
@@ -937,6 +1100,9 @@ impl Gate {
             Interaction::Patch,
             &format!("{res_type}/{}", id.unwrap_or("?")),
         )?;
+        if criteria.is_some() {
+            self.require_criteria_search(who, res_type, Interaction::Patch)?;
+        }
         let criteria = criteria.map(|c| c.visible_to(self.visibility(who)));
         self.write(
             who,
@@ -1000,6 +1166,7 @@ impl Gate {
             Interaction::Delete,
             &criteria.res_type,
         )?;
+        self.require_criteria_search(who, &criteria.res_type, Interaction::Delete)?;
         let criteria = criteria.visible_to(self.visibility(who));
         self.write(
             who,
@@ -1017,36 +1184,52 @@ impl Gate {
         res_type: Option<&str>,
     ) -> Result<HistoryPage, AccessError> {
         let mut builder = self.event(who, Interaction::History);
-        let visibility = self.visibility(who);
+        let mut visibility = self.visibility(who);
         let instance = match &request.scope {
             renkei_store::HistoryScope::Instance { res_type, res_id } => {
                 Some((res_type.clone(), res_id.clone()))
             }
             _ => None,
         };
-        let result = match res_type {
-            Some(t) => who.require(t, Action::Read),
-            None => who.require("*", Action::Search),
-        }
-        .and_then(|()| {
-            request.visibility = visibility.clone();
-            // The page and the consent decisions that disclosed its rows: one snapshot.
-            Ok(self.repository.read_tx(|tx| {
-                let page = renkei_repository::history_in(tx, &request)?;
-                let rows: Vec<ReturnedRow<'_>> = page
-                    .rows
-                    .iter()
-                    .map(|row| ReturnedRow {
-                        res_type: &row.res_type,
-                        id: &row.res_id,
-                        patient: row.patient_id.as_deref(),
-                        custodian: row.custodian.as_ref(),
-                    })
-                    .collect();
-                let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
-                Ok((page, decisions))
-            })?)
-        });
+        let mut patient = None;
+        let result = who
+            .require_clinical_access()
+            .and_then(|()| match res_type {
+                Some(t) => who.require(t, Action::Read),
+                None => who.require("*", Action::Search),
+            })
+            .and_then(|()| {
+                // Break-glass opens one patient's record: an instance's history is about its
+                // record's patient; a type's or the system's history about everyone.
+                if !who.principal.break_glass {
+                    return Ok(());
+                }
+                let Some((t, id)) = &instance else {
+                    return Err(AccessError::Forbidden(BREAK_GLASS_NEEDS_ONE_PATIENT.into()));
+                };
+                patient = self.break_glass_patient_of(who, t, id)?;
+                visibility = self.visibility_for(who, patient.as_deref());
+                Ok(())
+            })
+            .and_then(|()| {
+                request.visibility = visibility.clone();
+                // The page and the consent decisions that disclosed its rows: one snapshot.
+                Ok(self.repository.read_tx(|tx| {
+                    let page = renkei_repository::history_in(tx, &request)?;
+                    let rows: Vec<ReturnedRow<'_>> = page
+                        .rows
+                        .iter()
+                        .map(|row| ReturnedRow {
+                            res_type: &row.res_type,
+                            id: &row.res_id,
+                            patient: row.patient_id.as_deref(),
+                            custodian: row.custodian.as_ref(),
+                        })
+                        .collect();
+                    let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
+                    Ok((page, decisions))
+                })?)
+            });
         let (result, decisions) = match result {
             Ok((page, decisions)) => (Ok(page), decisions),
             Err(error) => (Err(error), Vec::new()),
@@ -1055,7 +1238,11 @@ impl Gate {
         // AuthZ-Consent decision (which the data's holder sees).
         let mut extra = decisions;
         if result.is_ok() {
-            extra.extend(self.break_glass_event(who, &history_target(&request.scope)));
+            extra.extend(self.break_glass_event(
+                who,
+                &history_target(&request.scope),
+                patient.as_deref(),
+            ));
         }
         if let (Err(_), Some((t, id))) = (&result, &instance) {
             builder.resources.push(format!("{t}/{id}"));
@@ -1102,7 +1289,11 @@ impl Gate {
     ) -> Result<SearchPage, AccessError> {
         let mut builder = self.event(who, Interaction::Search);
         builder.query = Some(raw_query.to_string());
-        let visibility = self.visibility(who);
+        // Break-glass opens the one patient the search names; a search naming none (or
+        // several) would open every patient's data, so it is refused.
+        let patient = break_glass_patient(plan);
+        let break_glass_refused = who.principal.break_glass && patient.is_none();
+        let visibility = self.visibility_for(who, patient.as_deref());
         // `_include`/`_revinclude` bring in only the types the token may read, in the query
         // itself, so that their caps count (and their warnings tell of) only rows shown.
         let narrowed;
@@ -1124,10 +1315,18 @@ impl Gate {
             true => &every_type[..],
             false => &plan.types[..],
         };
-        let searched = types
-            .iter()
-            .chain(&searched_through(plan))
-            .try_for_each(|t| who.require(t, Action::Search))
+        let searched = who
+            .require_clinical_access()
+            .and_then(|()| {
+                types
+                    .iter()
+                    .chain(&searched_through(plan))
+                    .try_for_each(|t| who.require(t, Action::Search))
+            })
+            .and_then(|()| match break_glass_refused {
+                true => Err(AccessError::Forbidden(BREAK_GLASS_NEEDS_ONE_PATIENT.into())),
+                false => Ok(()),
+            })
             .and_then(|()| owner.map_or(Ok(()), |(t, _)| who.require(t, Action::Read)))
             .and_then(|()| {
                 let work = |tx: &mut Tx<'_>| {
@@ -1177,7 +1376,11 @@ impl Gate {
             Err(e) => (Err(e), Vec::new()),
         };
         if result.is_ok() {
-            decisions.extend(self.break_glass_event(who, &format!("search {raw_query}")));
+            decisions.extend(self.break_glass_event(
+                who,
+                &format!("search {raw_query}"),
+                patient.as_deref(),
+            ));
         } else if let Some((owner_type, owner_id)) = owner {
             builder.resources.push(format!("{owner_type}/{owner_id}"));
         }
@@ -1212,7 +1415,14 @@ impl Gate {
             Interaction::Batch
         };
         let builder = self.event(who, interaction);
-        let context = self.context(who);
+        // Break-glass opens the one patient the Bundle's reads are about; reads about several
+        // patients would open them all, so the Bundle is refused.
+        let (patient, break_glass_refusal) = match self.bundle_patient(who, bundle) {
+            Ok(patient) => (patient, None),
+            Err(error) => (None, Some(error)),
+        };
+        let mut context = self.context(who);
+        context.visibility = self.visibility_for(who, patient.as_deref());
         let all_requests: Vec<Value> = bundle
             .get("entry")
             .and_then(Value::as_array)
@@ -1270,7 +1480,10 @@ impl Gate {
         // A Bundle that only reads needs no writer (a patient app may batch its reads); in a
         // batch, the writes of a client that may not write were refused one by one above.
         let writes = requests.iter().any(is_write_entry);
-        let result = (if writes { who.require_writer() } else { Ok(()) })
+        let result = who
+            .require_clinical_access()
+            .and_then(|()| break_glass_refusal.map_or(Ok(()), Err))
+            .and_then(|()| if writes { who.require_writer() } else { Ok(()) })
             .and_then(|()| Self::require_bundle_scopes(who, &runnable))
             .and_then(|()| {
                 let mut response = self.repository.process_bundle(
@@ -1298,8 +1511,10 @@ impl Gate {
         // read: a transaction that committed with a read entry, a batch with a read entry that
         // answered with data.
         let read_under_break_glass = |read: bool| match read {
-            true if is_transaction => self.break_glass_event(who, "transaction"),
-            true => self.break_glass_event(who, "batch"),
+            true if is_transaction => {
+                self.break_glass_event(who, "transaction", patient.as_deref())
+            }
+            true => self.break_glass_event(who, "batch", patient.as_deref()),
             false => None,
         };
         match &result {
@@ -1360,6 +1575,31 @@ impl Gate {
             Err(error) => self.record_bundle_failure(builder, error)?,
         }
         result
+    }
+
+    /// The one patient a break-glass Bundle's reads by id are about (none when they are about
+    /// no patient); 403 when they are about several. `None` without break-glass.
+    fn bundle_patient(
+        &self,
+        who: &Requester,
+        bundle: &Value,
+    ) -> Result<Option<String>, AccessError> {
+        if !who.principal.break_glass {
+            return Ok(None);
+        }
+        let targets = bundle_read_targets(bundle);
+        let patients = self.repository.read_tx(|tx| {
+            let mut patients = Vec::new();
+            for (res_type, id) in &targets {
+                patients.extend(tx.current(res_type, id)?.and_then(|row| row.patient_id));
+            }
+            Ok(distinct(patients.into_iter()))
+        })?;
+        match patients.as_slice() {
+            [] => Ok(None),
+            [patient] => Ok(Some(patient.clone())),
+            _ => Err(AccessError::Forbidden(BREAK_GLASS_NEEDS_ONE_PATIENT.into())),
+        }
     }
 
     fn record_bundle_failure(
@@ -1643,15 +1883,19 @@ impl Gate {
     ) -> Result<PixAnswer, AccessError> {
         let mut builder = self.event(who, Interaction::Operation("ihe-pix".into()));
         builder.query = Some(raw_query.to_string());
-        let result = who.require("Patient", Action::Search).and_then(|()| {
-            let visibility = self.visibility(who);
-            Ok(self
-                .repository
-                .read_tx(|tx| identity::pix(tx, source, target_systems, &visibility))?)
-        });
+        let result = who
+            .require_clinical_access()
+            .and_then(|()| who.require("Patient", Action::Search))
+            .and_then(|()| Self::refuse_break_glass(who))
+            .and_then(|()| {
+                let visibility = self.visibility(who);
+                Ok(self
+                    .repository
+                    .read_tx(|tx| identity::pix(tx, source, target_systems, &visibility))?)
+            });
         let break_glass = match &result {
             Ok(answer) if answer.failure().is_none() => self
-                .break_glass_event(who, "Patient/$ihe-pix")
+                .break_glass_event(who, "Patient/$ihe-pix", None)
                 .into_iter()
                 .collect(),
             _ => Vec::new(),
@@ -1674,6 +1918,16 @@ impl Gate {
         )
     }
 
+    /// Identity lookups find patients by what they are (demographics, identifiers), not one
+    /// patient by id: break-glass, which opens one patient's record, does not apply, and a
+    /// break-glass request for them is refused rather than answered as if it did.
+    fn refuse_break_glass(who: &Requester) -> Result<(), AccessError> {
+        match who.principal.break_glass {
+            true => Err(AccessError::Forbidden(BREAK_GLASS_NEEDS_ONE_PATIENT.into())),
+            false => Ok(()),
+        }
+    }
+
     /// Patient `$match` (ITI-119).
     pub fn match_patients(
         &self,
@@ -1682,31 +1936,35 @@ impl Gate {
     ) -> Result<Vec<MatchCandidate>, AccessError> {
         let mut builder = self.event(who, Interaction::Operation("match".into()));
         builder.query = Some(match_query(request));
-        let result = who.require("Patient", Action::Search).and_then(|()| {
-            let visibility = self.visibility(who);
-            let rules = self.repository.linking().clone();
-            // The candidates and the consent decisions that disclosed them: one snapshot.
-            Ok(self.repository.read_tx(|tx| {
-                let candidates = identity::match_patients(tx, &rules, request, &visibility)?;
-                let rows: Vec<ReturnedRow<'_>> = candidates
-                    .iter()
-                    .map(|c| ReturnedRow {
-                        res_type: "Patient",
-                        id: &c.resource.id,
-                        patient: c.resource.patient_id.as_deref(),
-                        custodian: c.resource.custodian.as_ref(),
-                    })
-                    .collect();
-                let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
-                Ok((candidates, decisions))
-            })?)
-        });
+        let result = who
+            .require_clinical_access()
+            .and_then(|()| who.require("Patient", Action::Search))
+            .and_then(|()| Self::refuse_break_glass(who))
+            .and_then(|()| {
+                let visibility = self.visibility(who);
+                let rules = self.repository.linking().clone();
+                // The candidates and the consent decisions that disclosed them: one snapshot.
+                Ok(self.repository.read_tx(|tx| {
+                    let candidates = identity::match_patients(tx, &rules, request, &visibility)?;
+                    let rows: Vec<ReturnedRow<'_>> = candidates
+                        .iter()
+                        .map(|c| ReturnedRow {
+                            res_type: "Patient",
+                            id: &c.resource.id,
+                            patient: c.resource.patient_id.as_deref(),
+                            custodian: c.resource.custodian.as_ref(),
+                        })
+                        .collect();
+                    let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
+                    Ok((candidates, decisions))
+                })?)
+            });
         let (result, mut decisions) = match result {
             Ok((candidates, decisions)) => (Ok(candidates), decisions),
             Err(error) => (Err(error), Vec::new()),
         };
         if result.is_ok() {
-            decisions.extend(self.break_glass_event(who, "Patient/$match"));
+            decisions.extend(self.break_glass_event(who, "Patient/$match", None));
         }
         self.audited_with(
             builder,

@@ -144,8 +144,21 @@ impl Requester {
         self.scopes.is_none()
     }
 
-    /// The consent decision as the store's SQL predicate.
+    /// The consent decision as the store's SQL predicate, break-glass left out: what the
+    /// requester sees of a request that names no one patient (and of every write).
     pub fn visibility(&self, policy: &Policy, now_ms: i64) -> Visibility {
+        self.visibility_for(policy, now_ms, None)
+    }
+
+    /// [`Requester::visibility`] for a request about one patient (`Patient` id, with or
+    /// without its `Patient/` prefix): a break-glass request opens that patient's data, and
+    /// only theirs.
+    pub fn visibility_for(
+        &self,
+        policy: &Policy,
+        now_ms: i64,
+        break_glass_patient: Option<&str>,
+    ) -> Visibility {
         if self.is_system() {
             return Visibility::Unrestricted;
         }
@@ -162,7 +175,9 @@ impl Requester {
                 practitioner: self.principal.practitioner.clone(),
                 purpose: self.principal.purpose.code().to_string(),
                 now_ms,
-                break_glass: self.principal.break_glass,
+                break_glass: break_glass_patient
+                    .filter(|_| self.principal.break_glass)
+                    .map(|p| p.trim_start_matches("Patient/").to_string()),
                 deny_holds_on_break_glass: policy.patient_deny_holds_on_break_glass,
                 implicit_permit: policy.implicit == Implicit::OptOut,
             },
@@ -196,6 +211,23 @@ impl Requester {
             }
         }
         Some(types)
+    }
+
+    /// Auditors and administrators see no clinical data: their tools are the audit trail
+    /// and the administration endpoints. Said with 403 (API.md), not with an empty answer
+    /// that a client could take for "no data".
+    pub fn require_clinical_access(&self) -> Result<(), AccessError> {
+        match self.principal.role {
+            Role::Auditor if !self.is_system() => Err(AccessError::Forbidden(
+                "the auditor role sees the audit trail ([base]/AuditEvent), not clinical data"
+                    .into(),
+            )),
+            Role::Admin if !self.is_system() => Err(AccessError::Forbidden(
+                "the administrator role manages clients and configuration, not clinical data"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Only facility systems (and the gateway) write clinical data.

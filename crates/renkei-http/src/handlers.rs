@@ -110,6 +110,21 @@ async fn respond_recorded(
     }
 }
 
+/// The header marking a response served under break-glass (CONSENT.md, API.md).
+pub(crate) const BREAK_GLASS_HEADER: &str = "x-break-glass";
+
+/// Marks a response served under break-glass: the client (and whoever displays its data)
+/// must be able to tell data shown in an emergency beyond the patient's consent from data
+/// consent shares. Header only: a read's body stays the resource.
+pub(crate) fn mark_break_glass(response: &mut HttpResponse, break_glass: bool) {
+    if break_glass {
+        response.headers_mut().insert(
+            header::HeaderName::from_static(BREAK_GLASS_HEADER),
+            header::HeaderValue::from_static("granted"),
+        );
+    }
+}
+
 fn http_date(ms: i64) -> String {
     let secs = u64::try_from(ms / 1000).unwrap_or(0);
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
@@ -322,15 +337,18 @@ pub async fn read(
     let result = async {
         check_type(&res_type)?;
         let who = authenticate(&req, &state)?;
+        let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let resource = blocking(move || gate.read(&who, &res_type, &id)).await?;
-        if not_modified(&req, &resource) {
-            return Ok(not_modified_answer(&resource));
-        }
-        if ctx.raw_binary {
-            return raw_binary(&resource);
-        }
-        render_resource(&ctx, HttpResponse::Ok(), &resource)
+        let mut response = if not_modified(&req, &resource) {
+            not_modified_answer(&resource)
+        } else if ctx.raw_binary {
+            raw_binary(&resource)?
+        } else {
+            render_resource(&ctx, HttpResponse::Ok(), &resource)?
+        };
+        mark_break_glass(&mut response, break_glass);
+        Ok(response)
     }
     .await;
     finish(&req, &state, &ctx, result).await
@@ -346,12 +364,16 @@ pub async fn vread(
     let result = async {
         check_type(&res_type)?;
         let who = authenticate(&req, &state)?;
+        let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let resource = blocking(move || gate.vread(&who, &res_type, &id, &version)).await?;
-        if not_modified(&req, &resource) {
-            return Ok(not_modified_answer(&resource));
-        }
-        render_resource(&ctx, HttpResponse::Ok(), &resource)
+        let mut response = if not_modified(&req, &resource) {
+            not_modified_answer(&resource)
+        } else {
+            render_resource(&ctx, HttpResponse::Ok(), &resource)?
+        };
+        mark_break_glass(&mut response, break_glass);
+        Ok(response)
     }
     .await;
     finish(&req, &state, &ctx, result).await
@@ -734,6 +756,7 @@ pub async fn bundle(
                 *entries = others;
             }
         }
+        let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let request_id = crate::auth::request_id(&req);
         let (mut response, searched) = blocking(move || {
@@ -780,7 +803,7 @@ pub async fn bundle(
                 // In request order: each search goes back where it stood.
                 for (index, answer) in searched {
                     let entry = match answer {
-                        Ok((search, page)) => search.response_entry(&ctx, &page),
+                        Ok((search, page)) => search.response_entry(&ctx, &page, break_glass),
                         Err(error) => failed_entry(&error),
                     };
                     entries.insert(index.min(entries.len()), entry);
@@ -788,12 +811,9 @@ pub async fn bundle(
             }
         }
         absolute_full_urls(&ctx, &mut response);
-        Ok(render_value(
-            HttpResponse::Ok(),
-            &response,
-            ctx.format,
-            ctx.pretty,
-        ))
+        let mut rendered = render_value(HttpResponse::Ok(), &response, ctx.format, ctx.pretty);
+        mark_break_glass(&mut rendered, break_glass);
+        Ok(rendered)
     }
     .await;
     finish(&req, &state, &ctx, result).await
@@ -881,6 +901,7 @@ async fn history(
             count,
             visibility: renkei_store::Visibility::Nothing,
         };
+        let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let page = blocking(move || gate.history(&who, request, scope_type.as_deref())).await?;
         let mut query: Vec<String> = Vec::new();
@@ -943,12 +964,9 @@ async fn history(
             })
             .collect();
         let bundle = crate::format::response_bundle("history", None, links, entries);
-        Ok(render_value(
-            HttpResponse::Ok(),
-            &bundle,
-            ctx.format,
-            ctx.pretty,
-        ))
+        let mut response = render_value(HttpResponse::Ok(), &bundle, ctx.format, ctx.pretty);
+        mark_break_glass(&mut response, break_glass);
+        Ok(response)
     }
     .await;
     finish(&req, &state, &ctx, result).await

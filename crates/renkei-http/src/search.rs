@@ -194,17 +194,20 @@ async fn run(
     if request.narrow_to_scopes {
         narrow_to_scopes(&mut plan, &who);
     }
+    let break_glass = who.principal.break_glass;
     let gate = state.gate.clone();
     let query_plan = plan.clone();
     let page = blocking(move || gate.search(&who, &query_plan, &raw_query)).await?;
-    let (bundle, entries) = searchset(ctx, &plan, &page, &request.self_path, &request.spelling);
-    Ok(render_bundle(
-        HttpResponse::Ok(),
-        bundle,
-        entries,
-        ctx.format,
-        ctx.pretty,
-    ))
+    let (bundle, entries) = searchset(
+        ctx,
+        &plan,
+        &page,
+        (&request.self_path, &request.spelling),
+        break_glass,
+    );
+    let mut response = render_bundle(HttpResponse::Ok(), bundle, entries, ctx.format, ctx.pretty);
+    crate::handlers::mark_break_glass(&mut response, break_glass);
+    Ok(response)
 }
 
 /// Leaves out of a search whose types the server chose the types the requester's scopes do
@@ -358,8 +361,19 @@ impl BatchSearch {
     }
 
     /// The batch-response entry of the search's page: the searchset Bundle as its resource.
-    pub(crate) fn response_entry(&self, ctx: &RequestCtx, page: &SearchPage) -> Value {
-        let (bundle, entries) = searchset(ctx, &self.plan, page, &self.self_path, &self.spelling);
+    pub(crate) fn response_entry(
+        &self,
+        ctx: &RequestCtx,
+        page: &SearchPage,
+        break_glass: bool,
+    ) -> Value {
+        let (bundle, entries) = searchset(
+            ctx,
+            &self.plan,
+            page,
+            (&self.self_path, &self.spelling),
+            break_glass,
+        );
         json!({
             "resource": crate::format::bundle_value(bundle, entries),
             "response": {"status": "200 OK"},
@@ -413,8 +427,8 @@ fn searchset<'a>(
     ctx: &RequestCtx,
     plan: &SearchPlan,
     page: &'a SearchPage,
-    self_path: &str,
-    spelling: &[Spelling],
+    (self_path, spelling): (&str, &[Spelling]),
+    break_glass: bool,
 ) -> (Value, Vec<BundleEntry<'a>>) {
     let mut query: Vec<String> = plan
         .applied
@@ -470,6 +484,24 @@ fn searchset<'a>(
                         "unknown or unsupported search parameter(s) ignored: {}",
                         plan.ignored.join(", ")
                     ),
+                }],
+            },
+            "search": {"mode": "outcome"},
+        })));
+    }
+    if break_glass {
+        // Served under break-glass: said in the Bundle itself, which may travel without the
+        // response's headers (CONSENT.md, rule 9).
+        entries.push(BundleEntry::Other(json!({
+            "resource": {
+                "resourceType": "OperationOutcome",
+                "issue": [{
+                    "severity": "warning",
+                    "code": "security",
+                    "details": {"text": "break-glass"},
+                    "diagnostics": "served under break-glass (X-Purpose-Of-Use: ETREAT): this \
+                        Bundle may hold the patient's data that their consent does not share; \
+                        the access is recorded in the audit trail with its stated reason",
                 }],
             },
             "search": {"mode": "outcome"},

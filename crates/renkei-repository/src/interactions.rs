@@ -658,7 +658,7 @@ fn check_visible(
         if tx.holds_the_patient_record(organization, patient)?
             || registered_as_the_same_person(tx, organization, patient, visibility)?
         {
-            return Err(RepoError::Forbidden(match break_glass {
+            return Err(RepoError::Forbidden(match break_glass.is_some() {
                 true => format!(
                     "{organization} may not see this record, not even under break-glass: the \
                      patient's refusal holds in this network, or the facility that holds the \

@@ -233,13 +233,18 @@ fn load(repo: &Repository) {
     }
 }
 
-fn reader(implicit_permit: bool, break_glass: bool, deny_holds_on_break_glass: bool) -> Visibility {
+/// A facility reader; `break_glass`: the patient it has broken the glass for.
+fn reader(
+    implicit_permit: bool,
+    break_glass: Option<&str>,
+    deny_holds_on_break_glass: bool,
+) -> Visibility {
     Visibility::Facility {
         organization: READER.into(),
         practitioner: None,
         purpose: "TREAT".into(),
         now_ms: chrono::Utc::now().timestamp_millis(),
-        break_glass,
+        break_glass: break_glass.map(str::to_string),
         deny_holds_on_break_glass,
         implicit_permit,
     }
@@ -310,7 +315,7 @@ fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
         // A search about no one patient names the decider of every foreign row it returns.
         if let Visibility::Facility {
             organization,
-            break_glass: false,
+            break_glass: None,
             ..
         } = who
         {
@@ -371,7 +376,7 @@ fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
 
 fn every_shape_is_decided_in_the_query(db: Db) {
     load(&db.repo);
-    let opt_in = reader(false, false, true);
+    let opt_in = reader(false, None, true);
     for (patient, _, expected) in shapes() {
         assert_eq!(
             visible(&db.repo, patient, &opt_in),
@@ -396,7 +401,7 @@ fn every_shape_is_decided_in_the_query(db: Db) {
     assert!(decided("permit", &opt_in).iter().all(|d| *d == permit));
     assert!(decided("class", &opt_in).iter().all(Option::is_none));
     // Opt-out network: a patient without any consent is visible; any rule decides instead.
-    let opt_out = reader(true, false, true);
+    let opt_out = reader(true, None, true);
     assert_eq!(
         visible(&db.repo, "none", &opt_out),
         ["med", "obs19", "obs24", "psy"]
@@ -405,24 +410,28 @@ fn every_shape_is_decided_in_the_query(db: Db) {
     assert!(visible(&db.repo, "deny", &opt_out).is_empty());
     assert!(visible(&db.repo, "actor-mismatch", &opt_out).is_empty());
     // Break-glass: no permit needed; an explicit deny holds unless configured otherwise.
-    let glass = reader(false, true, true);
+    let glass = reader(false, Some("none"), true);
     assert_eq!(
         visible(&db.repo, "none", &glass),
         ["med", "obs19", "obs24", "psy"]
     );
+    let glass = reader(false, Some("deny"), true);
     assert!(visible(&db.repo, "deny", &glass).is_empty());
-    let glass_over_deny = reader(false, true, false);
+    let glass_over_deny = reader(false, Some("deny"), false);
     assert_eq!(
         visible(&db.repo, "deny", &glass_over_deny),
         ["med", "obs19", "obs24", "psy"]
     );
+    // Break-glass opens its own patient's record only: another patient's data is decided
+    // by consent, as without it.
+    assert!(visible(&db.repo, "none", &glass_over_deny).is_empty());
     // The owner always sees its own data, the undelivered record included.
     let owner = Visibility::Facility {
         organization: OWNER.into(),
         practitioner: None,
         purpose: "TREAT".into(),
         now_ms: chrono::Utc::now().timestamp_millis(),
-        break_glass: false,
+        break_glass: None,
         deny_holds_on_break_glass: true,
         implicit_permit: false,
     };
@@ -461,7 +470,7 @@ fn token_probes_are_answered_from_the_index_alone_sqlite() {
         .repo
         .explain_search(
             &plan("Observation", "patient=class&code=4548-4&_total=accurate"),
-            &reader(false, false, true),
+            &reader(false, None, true),
         )
         .unwrap();
     let plan = explanation.plan.join("\n");
@@ -470,7 +479,7 @@ fn token_probes_are_answered_from_the_index_alone_sqlite() {
         .repo
         .explain_search(
             &crate::plan("Observation", "subject:Patient._id=permit"),
-            &reader(false, false, true),
+            &reader(false, None, true),
         )
         .unwrap();
     assert!(

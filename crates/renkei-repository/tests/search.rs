@@ -681,7 +681,7 @@ fn facility() -> Visibility {
         practitioner: None,
         purpose: "TREAT".into(),
         now_ms: chrono::Utc::now().timestamp_millis(),
-        break_glass: false,
+        break_glass: None,
         deny_holds_on_break_glass: true,
         implicit_permit: false,
     }

@@ -22,8 +22,10 @@ pub enum Visibility {
         practitioner: Option<String>,
         purpose: String,
         now_ms: i64,
-        /// Break-glass granted for this request.
-        break_glass: bool,
+        /// Break-glass granted for this request, for the data of this patient (a `Patient`
+        /// id) and of the records linked to it as the same person: break-glass opens one
+        /// patient's record, never the network (every other row is decided by consent).
+        break_glass: Option<String>,
         /// Whether a patient's explicit deny still holds under break-glass.
         deny_holds_on_break_glass: bool,
         /// Implicit policy for patients without any consent: true = opt-out network.
@@ -91,6 +93,14 @@ impl PersonOf<'_> {
             }
         }
     }
+}
+
+/// `(<row r's patient is the break-glass patient or a record linked to it as the same
+/// person>)`: the rows break-glass opens. The person, not the record, because consent follows
+/// the person too (CONSENT.md, rule 5): the emergency is about the person in front of the
+/// doctor, whichever facility's record names them.
+fn push_in_break_glass_person(sql: &mut Sql, r: &str, patient: &str) {
+    crate::identity::push_in_person_of(sql, &format!("{r}.patient_id"), patient, "bgp");
 }
 
 /// `<the records of the person> {alias}r JOIN consent_rules {alias}`: a consent on any record
@@ -401,14 +411,22 @@ impl Visibility {
                     .push(&format!(" OR {r}.patient_id IS NULL OR (NOT "));
                 tag_exists(sql, r, WITHHELD_TAG);
                 sql.push(" AND ");
-                if *break_glass {
-                    // Break-glass stands in for a permit; an explicit deny may still hold.
+                if let Some(patient) = break_glass {
+                    // Break-glass stands in for a permit on its patient's rows only; an
+                    // explicit deny may still hold. Rows of anyone else take the consent
+                    // decision they would take without it.
+                    sql.push("((");
+                    push_in_break_glass_person(sql, r, patient);
+                    sql.push(" AND ");
                     if *deny_holds_on_break_glass {
                         sql.push("NOT ");
                         push_effective_deny_exists(sql, r, &args);
                     } else {
                         sql.push("1 = 1");
                     }
+                    sql.push(") OR ");
+                    push_consent_permits(sql, r, &args, *implicit_permit, focus);
+                    sql.push(")");
                 } else {
                     push_consent_permits(sql, r, &args, *implicit_permit, focus);
                 }
@@ -433,7 +451,7 @@ impl Visibility {
         let break_glass = matches!(
             self,
             Visibility::Facility {
-                break_glass: true,
+                break_glass: Some(_),
                 ..
             }
         );
@@ -483,7 +501,7 @@ mod tests {
             practitioner: None,
             purpose: "TREAT".into(),
             now_ms: 5,
-            break_glass: false,
+            break_glass: None,
             deny_holds_on_break_glass: true,
             implicit_permit: false,
         }
@@ -665,6 +683,10 @@ pub struct Decision {
     /// row (CONSENT.md, step 5); `None` otherwise.
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     pub overridden_refusal: Option<String>,
+    /// The row is about the patient a break-glass request was granted for: break-glass, not
+    /// a Consent, is what shows it.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub by_break_glass: bool,
 }
 
 impl crate::Tx<'_> {
@@ -684,19 +706,26 @@ impl crate::Tx<'_> {
         sql.push(" AS consent_ref, ");
         tag_exists(&mut sql, "r", WITHHELD_TAG);
         sql.push(" AS withheld, ");
-        let break_glass = matches!(
-            visibility,
+        match visibility {
             Visibility::Facility {
-                break_glass: true,
+                break_glass: Some(patient),
                 ..
+            } => {
+                // Only a row of the break-glass patient is shown by break-glass; any other
+                // row is decided by consent alone, and overrides nothing.
+                sql.push("CASE WHEN ");
+                push_in_break_glass_person(&mut sql, "r", patient);
+                sql.push(" THEN ");
+                push_overridden_refusal(&mut sql, "r", &args);
+                sql.push(" END AS overridden_refusal, CASE WHEN ");
+                push_in_break_glass_person(&mut sql, "r", patient);
+                sql.push(" THEN 1 = 1 ELSE 1 = 0 END AS by_break_glass");
             }
-        );
-        if break_glass {
-            push_overridden_refusal(&mut sql, "r", &args);
-        } else {
-            sql.push("CAST(NULL AS TEXT)");
+            _ => {
+                sql.push("CAST(NULL AS TEXT) AS overridden_refusal, 1 = 0 AS by_break_glass");
+            }
         }
-        sql.push(" AS overridden_refusal FROM resources r WHERE ");
+        sql.push(" FROM resources r WHERE ");
         match row {
             DecidedRow::Rid(rid) => {
                 sql.push("r.rid = ").bind(Bind::Int(rid));

@@ -362,7 +362,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     practitioner: None,
                     purpose,
                     now_ms: chrono::Utc::now().timestamp_millis(),
-                    break_glass: false,
+                    break_glass: None,
                     deny_holds_on_break_glass: policy.patient_deny_holds_on_break_glass,
                     implicit_permit: policy.implicit == renkei_consent::Implicit::OptOut,
                 },
