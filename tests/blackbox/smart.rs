@@ -270,6 +270,15 @@ fn conditional_interactions_need_the_search_scope() {
             Some("403"),
             "{r}"
         );
+        // A conditional reference in a transaction's resource searches its type too: without
+        // Patient's search scope it is refused, resolved or not.
+        let referring = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Observation", "status": "final",
+                          "code": {"text": "probe"},
+                          "subject": {"reference": "Patient?identifier=urn:x|someone"}},
+             "request": {"method": "POST", "url": "Observation"}}]});
+        let r = create_only.post("", &referring).expect(403);
+        assert!(r.body.contains("conditional reference"), "{}", r.body);
         // With the search scope the same requests run.
         let searcher = caller("cond-cs", "system/Observation.cs");
         let r = searcher

@@ -950,6 +950,17 @@ impl Gate {
                 ))
             })?;
         }
+        // A conditional reference in the entry's resource (`Patient?identifier=…`) searches
+        // its type too: resolving it or not would otherwise answer that search.
+        if let Some(resource) = entry.get("resource") {
+            for searched in renkei_repository::conditional_reference_types(resource) {
+                who.require(&searched, Action::Search).map_err(|error| {
+                    AccessError::Forbidden(format!(
+                        "{error}: a conditional reference ({searched}?…) is a search"
+                    ))
+                })?;
+            }
+        }
         Ok(())
     }
 

@@ -950,21 +950,40 @@ fn rewrite_narrative_links(div: &mut String, ids: &HashMap<String, String>) {
 /// Whether an entry resolves criteria in the database: a conditional URL or `ifNoneExist`, or
 /// a conditional reference in its resource.
 fn has_conditional_part(entry: &EntryRequest) -> bool {
-    fn refers_conditionally(value: &Value) -> bool {
-        match value {
-            Value::Object(map) => map.iter().any(|(key, child)| match child {
-                Value::String(reference) if key == "reference" => {
-                    is_conditional_reference(reference)
-                }
-                other => refers_conditionally(other),
-            }),
-            Value::Array(items) => items.iter().any(refers_conditionally),
-            _ => false,
-        }
-    }
     entry.if_none_exist.is_some()
         || entry.url.contains('?')
-        || entry.resource.as_ref().is_some_and(refers_conditionally)
+        || entry
+            .resource
+            .as_ref()
+            .is_some_and(|resource| !conditional_reference_types(resource).is_empty())
+}
+
+/// The types the conditional references in `value` search (`Patient?identifier=…` searches
+/// Patient), each once.
+pub fn conditional_reference_types(value: &Value) -> Vec<String> {
+    fn collect(value: &Value, types: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    match child {
+                        Value::String(reference) if key == "reference" => {
+                            if let Some(res_type) = conditional_reference_type(reference) {
+                                if !types.iter().any(|t| t == res_type) {
+                                    types.push(res_type.to_string());
+                                }
+                            }
+                        }
+                        other => collect(other, types),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| collect(item, types)),
+            _ => {}
+        }
+    }
+    let mut types = Vec::new();
+    collect(value, &mut types);
+    types
 }
 
 /// A reference that only the database can resolve (`Patient?identifier=…`).
@@ -973,9 +992,15 @@ fn has_conditional_part(entry: &EntryRequest) -> bool {
 /// so only what comes before the `?` decides (an absolute URL with a query is no such
 /// reference and stays as written).
 fn is_conditional_reference(reference: &str) -> bool {
+    conditional_reference_type(reference).is_some()
+}
+
+/// The type a conditional reference searches, if `reference` is one.
+fn conditional_reference_type(reference: &str) -> Option<&str> {
     reference
         .split_once('?')
-        .is_some_and(|(res_type, _)| renkei_fhir::is_resource_type(res_type))
+        .map(|(res_type, _)| res_type)
+        .filter(|res_type| renkei_fhir::is_resource_type(res_type))
 }
 
 /// What a reference becomes from the Bundle alone: another entry's `Type/id` when it names that
