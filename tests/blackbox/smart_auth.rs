@@ -218,8 +218,9 @@ fn break_glass_reason_in_utf8() {
     for_each_backend(|s| {
         let er = s.token_for("er-utf8", "Organization/er", "facility", &["--break-glass"]);
         let send = |reason: reqwest::header::HeaderValue| {
+            // Break-glass applies to one patient's data, so the search names one.
             s.anonymous_client
-                .get(s.url("Patient"))
+                .get(s.url("Patient?_id=utf8-probe"))
                 .bearer_auth(&er)
                 .header("X-Purpose-Of-Use", "ETREAT")
                 .header("X-Break-Glass-Reason", reason)
