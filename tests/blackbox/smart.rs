@@ -295,3 +295,52 @@ fn conditional_interactions_need_the_search_scope() {
         }
     });
 }
+
+/// An update that creates the resource is a create: a token with the update scope alone may
+/// change what exists but not create, by id, by criteria or in a Bundle.
+#[test]
+fn an_update_that_creates_needs_the_create_scope() {
+    use serde_json::json;
+    for_each_backend(|s| {
+        const ORG: &str = "Organization/hosp-upd";
+        let caller = |id: &str, scope: &str| {
+            s.with_token(&s.token_for(id, ORG, "facility", &["--scope", scope]))
+        };
+        let full = caller("upd-full", "system/Observation.cruds");
+        let existing = full.create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "x"}}));
+        let update_only = caller("upd-u", "system/Observation.us");
+        let mut changed = existing.clone();
+        changed["status"] = json!("amended");
+        let path = format!("Observation/{}", existing["id"].as_str().unwrap());
+        update_only.put(&path, &changed).expect(200);
+
+        let new = json!({"resourceType": "Observation", "id": "upd-brand-new",
+            "status": "final", "code": {"text": "new"}});
+        let r = update_only
+            .put("Observation/upd-brand-new", &new)
+            .expect(403);
+        assert!(r.body.contains("create"), "{}", r.body);
+        full.get("Observation/upd-brand-new").expect(404);
+        let mut unmatched = new.clone();
+        unmatched.as_object_mut().unwrap().remove("id");
+        update_only
+            .put("Observation?identifier=urn:upd|none", &unmatched)
+            .expect(403);
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": new, "request": {"method": "PUT", "url": "Observation/upd-brand-new"}}]});
+        let r = update_only.post("", &batch).expect(200).json();
+        assert_eq!(
+            r["entry"][0]["response"]["status"]
+                .as_str()
+                .map(|s| &s[..3]),
+            Some("403"),
+            "{r}"
+        );
+        full.get("Observation/upd-brand-new").expect(404);
+        // With the create scope the same PUT creates.
+        caller("upd-uc", "system/Observation.cus")
+            .put("Observation/upd-brand-new", &new)
+            .expect(201);
+    });
+}

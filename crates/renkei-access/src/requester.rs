@@ -198,10 +198,15 @@ impl Requester {
     /// The resource types this token may read, for queries that narrow by type (`_include`
     /// rows); `None` when every type is readable.
     pub fn readable_types(&self) -> Option<Vec<String>> {
+        self.types_allowing(Action::Read)
+    }
+
+    /// The resource types this token may `action`; `None` when every type is allowed.
+    fn types_allowing(&self, action: Action) -> Option<Vec<String>> {
         let scopes = self.scopes.as_ref()?;
         let mut types = Vec::new();
         for scope in scopes.iter() {
-            if !scope.permissions.contains(Action::Read) {
+            if !scope.permissions.contains(action) {
                 continue;
             }
             match &scope.resource_type {
@@ -251,6 +256,8 @@ impl Requester {
             },
             custodian_from_source: self.is_system(),
             linking: std::sync::Arc::default(),
+            // An update that creates the resource is a create: it needs the create scope.
+            creatable_types: self.types_allowing(Action::Create),
         }
     }
 

@@ -135,6 +135,9 @@ pub struct WriteContext {
     pub custodian_from_source: bool,
     /// Which identifiers make Patient records one person (kept up to date on Patient writes).
     pub linking: std::sync::Arc<renkei_identity::LinkingRules>,
+    /// The types the writer may create (`None`: any). An update or conditional update that
+    /// would create a resource of another type is refused: it is a create in effect.
+    pub creatable_types: Option<Vec<String>>,
 }
 
 impl Default for WriteContext {
@@ -144,11 +147,24 @@ impl Default for WriteContext {
             visibility: renkei_store::Visibility::Unrestricted,
             custodian_from_source: false,
             linking: std::sync::Arc::default(),
+            creatable_types: None,
         }
     }
 }
 
 impl WriteContext {
+    /// 403 when the writer's scopes do not allow creating a `res_type`.
+    fn check_may_create(&self, res_type: &str) -> Result<(), RepoError> {
+        match &self.creatable_types {
+            Some(types) if !types.iter().any(|t| t == res_type) => Err(RepoError::Forbidden(
+                format!(
+                    "{res_type} does not exist yet, and the access token's scopes do not allow creating a {res_type} (an update that creates needs the create scope)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A facility may change only what it holds. Data no facility holds (the network's
     /// directory and shared identity records, stored by trusted loaders) is the operator's:
     /// a facility that could change it would take it over as its custodian.
@@ -977,6 +993,7 @@ pub(crate) fn create_with_id(
             }
         }
     }
+    context.check_may_create(res_type)?;
     // Time-ordered ids keep the (type, id) unique index growing at its end.
     let id = assigned_id
         .map(str::to_string)
@@ -1046,6 +1063,9 @@ fn write_version(
     }
     check_if_match(current.as_ref(), if_match, res_type, id)?;
     let created = current.as_ref().is_none_or(|row| row.deleted);
+    if created {
+        context.check_may_create(res_type)?;
+    }
     let resource = store_version(
         tx,
         current.as_ref(),
