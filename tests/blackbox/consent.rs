@@ -1002,6 +1002,24 @@ fn break_glass_opens_one_patient_not_the_network() {
             .send_json_with("POST", "", &batch(&[&net.labs[0], &net.labs[1]]), &glass)
             .expect(200);
         assert!(one.body.contains(SECRET));
+        // A batch's searches count too: each names its patient, and together they name two.
+        let own = format!("Observation?patient={PATIENT}");
+        let others = format!("Observation?patient={OTHER_PATIENT}");
+        let everything = format!("Patient/{OTHER_PATIENT}/$everything");
+        for urls in [
+            vec![own.as_str(), others.as_str()],
+            vec![own.as_str(), other.as_str()],
+            vec![net.labs[0].as_str(), everything.as_str()],
+        ] {
+            let r = er
+                .send_json_with("POST", "", &batch(&urls), &glass)
+                .expect(403);
+            assert_no_secret(&r, &format!("two-patient batch {urls:?}"));
+        }
+        let searched = er
+            .send_json_with("POST", "", &batch(&[&own, &net.labs[0]]), &glass)
+            .expect(200);
+        assert!(searched.body.contains(SECRET));
         // Every refusal is on record under the client, with the reason it gave.
         let auditor = s.token_for("auditor-bg-one", ORG_A, "auditor", &[]);
         let refused = s

@@ -1595,6 +1595,18 @@ impl Gate {
         who: &Requester,
         bundle: &Value,
     ) -> Result<Option<String>, AccessError> {
+        self.break_glass_bundle_patient(who, bundle, &[])
+    }
+
+    /// [`Gate::bundle_patient`] counting also the patients a batch's searches name (the HTTP
+    /// layer runs those searches one by one, each opening its own patient under
+    /// break-glass): several patients in all → 403.
+    fn break_glass_bundle_patient(
+        &self,
+        who: &Requester,
+        bundle: &Value,
+        searches: &[&SearchPlan],
+    ) -> Result<Option<String>, AccessError> {
         if !who.principal.break_glass {
             return Ok(None);
         }
@@ -1604,12 +1616,30 @@ impl Gate {
             for (res_type, id) in &targets {
                 patients.extend(tx.current(res_type, id)?.and_then(|row| row.patient_id));
             }
+            patients.extend(searches.iter().filter_map(|plan| break_glass_patient(plan)));
             Ok(distinct(patients.into_iter()))
         })?;
         match patients.as_slice() {
             [] => Ok(None),
             [patient] => Ok(Some(patient.clone())),
             _ => Err(AccessError::Forbidden(BREAK_GLASS_NEEDS_ONE_PATIENT.into())),
+        }
+    }
+
+    /// Refuses (403, audited as the failed batch) a break-glass batch whose reads by id and
+    /// searches together name several patients: break-glass opens one patient's data.
+    pub fn check_break_glass_batch(
+        &self,
+        who: &Requester,
+        bundle: &Value,
+        searches: &[&SearchPlan],
+    ) -> Result<(), AccessError> {
+        match self.break_glass_bundle_patient(who, bundle, searches) {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                self.record_bundle_failure(self.event(who, Interaction::Batch), &error)?;
+                Err(error)
+            }
         }
     }
 

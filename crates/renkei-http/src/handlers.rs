@@ -763,6 +763,12 @@ pub async fn bundle(
             if let Some(error) = refused {
                 return Err(gate.refuse_batch(&who, error).into());
             }
+            // Under break-glass the whole batch, its searches included, is about one patient.
+            let plans: Vec<&renkei_search::plan::SearchPlan> = searches
+                .iter()
+                .filter_map(|(_, _, planned)| planned.as_ref().ok().map(|s| s.plan()))
+                .collect();
+            gate.check_break_glass_batch(&who, &bundle, &plans)?;
             // The other entries first: a batch refused as a whole runs no search either.
             let response = gate.bundle(&who, &bundle, representation)?;
             let mut searched = Vec::new();

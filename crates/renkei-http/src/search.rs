@@ -346,6 +346,11 @@ pub(crate) fn batch_search(
 }
 
 impl BatchSearch {
+    /// The search as planned.
+    pub(crate) fn plan(&self) -> &SearchPlan {
+        &self.plan
+    }
+
     /// Runs the search through the gate (consent in its query, its own AuditEvent).
     pub(crate) fn run(
         &self,
