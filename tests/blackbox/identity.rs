@@ -647,3 +647,56 @@ fn a_linked_registration_inside_the_consent_is_told_that_consent_keeps_a_record_
         );
     });
 }
+
+/// Shared keys never make one person of records with different birth dates: a facility
+/// that writes two records, each carrying one real patient's insurance key and both a made-up
+/// regional ID, does not merge the two patients (whose consents would then open each
+/// other's data).
+#[test]
+fn a_made_up_shared_identifier_does_not_merge_two_people() {
+    for_each_backend(|s| {
+        let net = network(s);
+        // A second patient of the hospital, with a lab of their own.
+        let mut other_patient = patient(
+            "id-hosp-q",
+            HOSPITAL_SYSTEM,
+            "H-0002",
+            "01330031:岡南:789:01",
+        );
+        other_patient["birthDate"] = json!("1975-03-03");
+        net.as_hospital()
+            .put("Patient/id-hosp-q", &other_patient)
+            .expect(201);
+        let q_lab = net.as_hospital().create(&json!({
+            "resourceType": "Observation", "status": "final",
+            "code": {"text": format!("{SECRET} Q only")},
+            "subject": {"reference": "Patient/id-hosp-q"},
+        }));
+        let before = linked_view(&net, &net.as_clinic());
+
+        let bridge = |id: &str, insurance: &str, birth: &str| {
+            let mut record = patient(
+                id,
+                "urn:oid:1.2.392.100495.20.3.51.11310399993",
+                id,
+                insurance,
+            );
+            record["birthDate"] = json!(birth);
+            record["identifier"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"system": "urn:renkei:regional-patient-id", "value": "MADE-UP-1"}));
+            net.as_other()
+                .put(&format!("Patient/{id}"), &record)
+                .expect(201);
+        };
+        bridge("id-bridge-p", "06330015:岡北:123:00", "1960-01-02");
+        bridge("id-bridge-q", "01330031:岡南:789:01", "1975-03-03");
+
+        assert_eq!(linked_view(&net, &net.as_clinic()), before);
+        let seen = found(&net.as_clinic().read_json(&format!(
+            "Observation?patient:linked=Patient/{CLINIC_P}&_count=100"
+        )));
+        assert!(!seen.contains(&reference(&q_lab)), "{seen:?}");
+    });
+}

@@ -169,6 +169,12 @@ pub fn describe_key_redacted(key: &str) -> String {
     }
 }
 
+/// A Patient's birth date when it is a full date (`YYYY-MM-DD`), as link keys and
+/// [`persons`] compare it.
+pub fn full_birth_date(patient: &Value) -> Option<String> {
+    norm::full_birth_date(patient)
+}
+
 /// Connected components (persons) over `nodes` joined by `edges`, ignoring any edge listed in
 /// `suppressed` (unordered pairs: `(a, b)` suppresses `(b, a)` too). Every node appears in
 /// exactly one component; components and their members are sorted; edges naming unknown
@@ -178,6 +184,33 @@ pub fn components(
     edges: &[(String, String)],
     suppressed: &[(String, String)],
 ) -> Vec<Vec<String>> {
+    persons(nodes, &BTreeMap::new(), edges, &[], suppressed)
+}
+
+/// [`components`] in which shared keys (`key_edges`) never make one person of records with
+/// different full birth dates, directly or through other records: a key edge joins two
+/// groups only when their known birth dates agree (or one group has none). Without this, one
+/// record carrying the regional IDs (or insurance keys) of two people would merge them, and
+/// each one's consent would open the other's data. An administrator's explicit link
+/// (`linked`) joins whatever the birth dates. Edges are taken in sorted order, so the result
+/// does not depend on the order they were found in.
+pub fn persons(
+    nodes: &[String],
+    birth_dates: &BTreeMap<String, String>,
+    key_edges: &[(String, String)],
+    linked: &[(String, String)],
+    suppressed: &[(String, String)],
+) -> Vec<Vec<String>> {
+    // A group's birth date: `None` unknown, `Some(None)` several (an administrator joined
+    // them), `Some(Some(d))` one.
+    type GroupDate = Option<Option<String>>;
+    fn merged(a: &GroupDate, b: &GroupDate) -> Option<GroupDate> {
+        match (a, b) {
+            (None, other) | (other, None) => Some(other.clone()),
+            (Some(Some(x)), Some(Some(y))) if x == y => Some(a.clone()),
+            _ => None,
+        }
+    }
     let unordered = |a: &String, b: &String| {
         if a <= b {
             (a.clone(), b.clone())
@@ -187,24 +220,32 @@ pub fn components(
     };
     let suppressed: BTreeSet<(String, String)> =
         suppressed.iter().map(|(a, b)| unordered(a, b)).collect();
+    let kept = |edges: &[(String, String)]| -> Vec<(String, String)> {
+        let set: BTreeSet<(String, String)> = edges
+            .iter()
+            .map(|(a, b)| unordered(a, b))
+            .filter(|pair| !suppressed.contains(pair))
+            .collect();
+        set.into_iter().collect()
+    };
+    let (forced, by_key) = (kept(linked), kept(key_edges));
 
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut parent: Vec<usize> = Vec::new();
-    let mut add = |name: &String, parent: &mut Vec<usize>| -> usize {
+    let mut dates: Vec<GroupDate> = Vec::new();
+    let mut add = |name: &String, parent: &mut Vec<usize>, dates: &mut Vec<GroupDate>| -> usize {
         *index.entry(name.clone()).or_insert_with(|| {
             parent.push(parent.len());
+            dates.push(birth_dates.get(name).map(|d| Some(d.clone())));
             parent.len() - 1
         })
     };
     for node in nodes {
-        add(node, &mut parent);
+        add(node, &mut parent, &mut dates);
     }
-    let mut joins = Vec::new();
-    for (a, b) in edges {
-        let (ia, ib) = (add(a, &mut parent), add(b, &mut parent));
-        if !suppressed.contains(&unordered(a, b)) {
-            joins.push((ia, ib));
-        }
+    for (a, b) in forced.iter().chain(&by_key) {
+        add(a, &mut parent, &mut dates);
+        add(b, &mut parent, &mut dates);
     }
     fn root(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
@@ -213,11 +254,28 @@ pub fn components(
         }
         i
     }
-    for (a, b) in joins {
-        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
-        if ra != rb {
-            parent[ra.max(rb)] = ra.min(rb);
+    let mut join = |a: &String, b: &String, force: bool, parent: &mut Vec<usize>| {
+        let (Some(&ia), Some(&ib)) = (index.get(a), index.get(b)) else {
+            return;
+        };
+        let (ra, rb) = (root(parent, ia), root(parent, ib));
+        if ra == rb {
+            return;
         }
+        let date = match merged(&dates[ra], &dates[rb]) {
+            Some(date) => date,
+            None if force => Some(None),
+            None => return,
+        };
+        let (keep, gone) = (ra.min(rb), ra.max(rb));
+        parent[gone] = keep;
+        dates[keep] = date;
+    };
+    for (a, b) in &forced {
+        join(a, b, true, &mut parent);
+    }
+    for (a, b) in &by_key {
+        join(a, b, false, &mut parent);
     }
     let mut groups: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for (name, i) in &index {
@@ -233,6 +291,43 @@ pub fn components(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn shared_keys_do_not_join_different_birth_dates_but_administrators_may() {
+        let s = |v: &str| v.to_string();
+        let nodes = [s("p"), s("bridge-p"), s("bridge-q"), s("q")];
+        let dates = [
+            ("p", "1960-01-02"),
+            ("bridge-p", "1960-01-02"),
+            ("bridge-q", "1975-03-03"),
+            ("q", "1975-03-03"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (s(a), s(b)))
+        .collect();
+        let keys = [
+            (s("p"), s("bridge-p")),
+            (s("bridge-p"), s("bridge-q")),
+            (s("bridge-q"), s("q")),
+        ];
+        let persons = super::persons(&nodes, &dates, &keys, &[], &[]);
+        assert_eq!(
+            persons,
+            vec![vec![s("bridge-p"), s("p")], vec![s("bridge-q"), s("q")]]
+        );
+        // A record without a birth date joins either side, but never both.
+        let mut no_date = dates.clone();
+        no_date.remove("bridge-p");
+        no_date.remove("bridge-q");
+        let keys = [(s("p"), s("bridge")), (s("bridge"), s("q"))];
+        let nodes = [s("p"), s("bridge"), s("q")];
+        let persons = super::persons(&nodes, &no_date, &keys, &[], &[]);
+        assert_eq!(persons.len(), 2, "{persons:?}");
+        // An administrator's link joins whatever the dates.
+        let linked = [(s("p"), s("q"))];
+        let persons = super::persons(&nodes, &no_date, &[], &linked, &[]);
+        assert!(persons.contains(&vec![s("p"), s("q")]), "{persons:?}");
+    }
 
     use super::*;
     use serde_json::json;

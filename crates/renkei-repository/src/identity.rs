@@ -69,6 +69,7 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut queue: Vec<String> = vec![seed.to_string()];
     let mut edges: Vec<(String, String)> = Vec::new();
+    let mut linked: Vec<(String, String)> = Vec::new();
     let mut suppressed: Vec<(String, String)> = Vec::new();
     while let Some(record) = queue.pop() {
         if !seen.insert(record.clone()) {
@@ -87,7 +88,7 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
         for decision in tx.link_overrides_of(&record)? {
             let other = decision.other(&record).to_string();
             if decision.linked {
-                edges.push((record.clone(), other.clone()));
+                linked.push((record.clone(), other.clone()));
                 queue.push(other);
             } else {
                 suppressed.push((record.clone(), other));
@@ -96,7 +97,18 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
         queue.extend(tx.person_members(&record)?);
     }
     let nodes: Vec<String> = seen.into_iter().collect();
-    for person in renkei_identity::components(&nodes, &edges, &suppressed) {
+    // Shared keys never join records of different birth dates into one person.
+    let mut birth_dates = std::collections::BTreeMap::new();
+    for node in &nodes {
+        let body = tx.current("Patient", node)?.and_then(|row| row.body);
+        let date = body
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|patient| renkei_identity::full_birth_date(&patient));
+        if let Some(date) = date {
+            birth_dates.insert(node.clone(), date);
+        }
+    }
+    for person in renkei_identity::persons(&nodes, &birth_dates, &edges, &linked, &suppressed) {
         tx.assign_person(&person)?;
     }
     Ok(())
