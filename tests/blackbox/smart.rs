@@ -1,7 +1,7 @@
 //! SMART Backend Services: a client with a registered key gets an access token at
 //! `/auth/token` with a signed JWT assertion and uses it; replays and wrong keys are refused.
 
-use crate::support::for_each_backend;
+use crate::support::{for_each_backend, Caller, Server};
 use serde_json::Value;
 
 #[test]
@@ -207,6 +207,11 @@ fn registration_settles() {
     std::thread::sleep(std::time::Duration::from_millis(1_100));
 }
 
+/// A facility client of `organization` registered with `scope` only.
+fn scoped_facility<'s>(s: &'s Server, id: &str, organization: &str, scope: &str) -> Caller<'s> {
+    s.with_token(&s.token_for(id, organization, "facility", &["--scope", scope]))
+}
+
 /// The criteria of a conditional create, update, patch or delete are a search: a token that
 /// may create but not search Observations learned what they held through `If-None-Exist`
 /// (200 with the existing resource against 201; black-box review). Each conditional form
@@ -216,9 +221,7 @@ fn conditional_interactions_need_the_search_scope() {
     use serde_json::json;
     for_each_backend(|s| {
         const ORG: &str = "Organization/hosp-cond";
-        let caller = |id: &str, scope: &str| {
-            s.with_token(&s.token_for(id, ORG, "facility", &["--scope", scope]))
-        };
+        let caller = |id: &str, scope: &str| scoped_facility(s, id, ORG, scope);
         let full = caller("cond-full", "system/Observation.cruds");
         let obs = json!({"resourceType": "Observation", "status": "final",
             "code": {"text": "LEAK-MARKER"},
@@ -303,9 +306,7 @@ fn an_update_that_creates_needs_the_create_scope() {
     use serde_json::json;
     for_each_backend(|s| {
         const ORG: &str = "Organization/hosp-upd";
-        let caller = |id: &str, scope: &str| {
-            s.with_token(&s.token_for(id, ORG, "facility", &["--scope", scope]))
-        };
+        let caller = |id: &str, scope: &str| scoped_facility(s, id, ORG, scope);
         let full = caller("upd-full", "system/Observation.cruds");
         let existing = full.create(&json!({"resourceType": "Observation", "status": "final",
             "code": {"text": "x"}}));

@@ -1924,23 +1924,12 @@ impl Gate {
     ) -> Result<PixAnswer, AccessError> {
         let mut builder = self.event(who, Interaction::Operation("ihe-pix".into()));
         builder.query = Some(raw_query.to_string());
-        let result = who
-            .require_clinical_access()
-            .and_then(|()| who.require("Patient", Action::Search))
-            .and_then(|()| Self::refuse_break_glass(who))
-            .and_then(|()| {
-                let visibility = self.visibility(who);
-                Ok(self
-                    .repository
-                    .read_tx(|tx| identity::pix(tx, source, target_systems, &visibility))?)
-            });
-        let break_glass = match &result {
-            Ok(answer) if answer.failure().is_none() => self
-                .break_glass_event(who, "Patient/$ihe-pix", None)
-                .into_iter()
-                .collect(),
-            _ => Vec::new(),
-        };
+        let result = Self::require_identity_lookup(who).and_then(|()| {
+            let visibility = self.visibility(who);
+            Ok(self
+                .repository
+                .read_tx(|tx| identity::pix(tx, source, target_systems, &visibility))?)
+        });
         self.audited_with(
             builder,
             result,
@@ -1955,14 +1944,18 @@ impl Gate {
                 builder.outcome_desc = Some(message.to_string());
                 Vec::new()
             },
-            break_glass,
+            Vec::new(),
         )
     }
 
-    /// Identity lookups find patients by what they are (demographics, identifiers), not one
-    /// patient by id: break-glass, which opens one patient's record, does not apply, and a
-    /// break-glass request for them is refused rather than answered as if it did.
-    fn refuse_break_glass(who: &Requester) -> Result<(), AccessError> {
+    /// What an identity lookup (`$ihe-pix`, `$match`) needs: clinical access and Patient's
+    /// search scope, without break-glass. Such lookups find patients by what they are
+    /// (demographics, identifiers), not one patient by id: break-glass, which opens one
+    /// patient's record, does not apply, and a break-glass request is refused rather than
+    /// answered as if it did (so these lookups leave no break-glass event).
+    fn require_identity_lookup(who: &Requester) -> Result<(), AccessError> {
+        who.require_clinical_access()?;
+        who.require("Patient", Action::Search)?;
         match who.principal.break_glass {
             true => Err(AccessError::Forbidden(BREAK_GLASS_NEEDS_ONE_PATIENT.into())),
             false => Ok(()),
@@ -1977,36 +1970,29 @@ impl Gate {
     ) -> Result<Vec<MatchCandidate>, AccessError> {
         let mut builder = self.event(who, Interaction::Operation("match".into()));
         builder.query = Some(match_query(request));
-        let result = who
-            .require_clinical_access()
-            .and_then(|()| who.require("Patient", Action::Search))
-            .and_then(|()| Self::refuse_break_glass(who))
-            .and_then(|()| {
-                let visibility = self.visibility(who);
-                let rules = self.repository.linking().clone();
-                // The candidates and the consent decisions that disclosed them: one snapshot.
-                Ok(self.repository.read_tx(|tx| {
-                    let candidates = identity::match_patients(tx, &rules, request, &visibility)?;
-                    let rows: Vec<ReturnedRow<'_>> = candidates
-                        .iter()
-                        .map(|c| ReturnedRow {
-                            res_type: "Patient",
-                            id: &c.resource.id,
-                            patient: c.resource.patient_id.as_deref(),
-                            custodian: c.resource.custodian.as_ref(),
-                        })
-                        .collect();
-                    let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
-                    Ok((candidates, decisions))
-                })?)
-            });
-        let (result, mut decisions) = match result {
+        let result = Self::require_identity_lookup(who).and_then(|()| {
+            let visibility = self.visibility(who);
+            let rules = self.repository.linking().clone();
+            // The candidates and the consent decisions that disclosed them: one snapshot.
+            Ok(self.repository.read_tx(|tx| {
+                let candidates = identity::match_patients(tx, &rules, request, &visibility)?;
+                let rows: Vec<ReturnedRow<'_>> = candidates
+                    .iter()
+                    .map(|c| ReturnedRow {
+                        res_type: "Patient",
+                        id: &c.resource.id,
+                        patient: c.resource.patient_id.as_deref(),
+                        custodian: c.resource.custodian.as_ref(),
+                    })
+                    .collect();
+                let decisions = self.current_row_decisions(who, tx, &rows, &visibility)?;
+                Ok((candidates, decisions))
+            })?)
+        });
+        let (result, decisions) = match result {
             Ok((candidates, decisions)) => (Ok(candidates), decisions),
             Err(error) => (Err(error), Vec::new()),
         };
-        if result.is_ok() {
-            decisions.extend(self.break_glass_event(who, "Patient/$match", None));
-        }
         self.audited_with(
             builder,
             result,

@@ -306,18 +306,21 @@ mod tests {
         assert_eq!(config.max_page_size, 77);
     }
 
+    /// Loads `text` as the configuration file (in a directory of its own per `name`).
+    fn load_file(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("renkei-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("renkei.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&Overrides {
+            config: Some(path.display().to_string()),
+            ..Overrides::default()
+        })
+    }
+
     #[test]
     fn time_zone_is_read_and_checked() {
-        let dir = std::env::temp_dir().join(format!("renkei-config-tz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let load = |text: &str| {
-            let path = dir.join("renkei.toml");
-            std::fs::write(&path, text).unwrap();
-            Config::load(&Overrides {
-                config: Some(path.display().to_string()),
-                ..Overrides::default()
-            })
-        };
+        let load = |text: &str| load_file("tz", text);
         assert_eq!(load("").unwrap().time_zone.to_string(), "Z");
         let jst = load("time_zone = \"+09:00\"\n").unwrap();
         assert_eq!(jst.time_zone.offset_secs(), 9 * 3600);
@@ -332,16 +335,7 @@ mod tests {
 
     #[test]
     fn token_lifetime_and_base_url_are_checked() {
-        let dir = std::env::temp_dir().join(format!("renkei-config-ttl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let load = |text: &str| {
-            let path = dir.join("renkei.toml");
-            std::fs::write(&path, text).unwrap();
-            Config::load(&Overrides {
-                config: Some(path.display().to_string()),
-                ..Overrides::default()
-            })
-        };
+        let load = |text: &str| load_file("ttl", text);
         assert_eq!(
             load("token_ttl_seconds = 86400\n")
                 .unwrap()
