@@ -16,8 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Most events flushed together (on PostgreSQL in one statement, which bounds its binds: see
-/// `Tx::append_audit_after`).
+/// Most events flushed together (on PostgreSQL in one statement: see
+/// `Tx::append_audit_after`), so that one group's wait stays short.
 const MAX_BATCH: usize = 256;
 /// Most journaled events the ingester appends to the trail in one transaction.
 const MAX_INGEST: usize = 16384;

@@ -157,39 +157,90 @@ pub type RecordHash<'a> = &'a dyn Fn(i64, i64, &str, &str) -> String;
 
 /// Most events per multi-row INSERT: 40 rows × 15 binds stays under every bind limit.
 const EVENTS_PER_INSERT: usize = 40;
+/// Most references per multi-row INSERT.
+const REFS_PER_INSERT: usize = 1000;
 
-/// The statements that append `events` after `head` (advanced to their last record): a
-/// multi-row INSERT per [`EVENTS_PER_INSERT`] events, then their references in key order, up
-/// to 1,000 rows per INSERT. With a `guard` (the name of a `WITH` query), each inserts only if
-/// that query returned a row.
+/// An event's row as appended, with its place in the chain.
+struct ChainedEvent<'a> {
+    seq: i64,
+    event: &'a NewAuditEvent,
+    prev_hash: String,
+    hash: String,
+}
+
+/// Chains `events` after `head` (advanced to their last record): each record's seq and hashes,
+/// and every (seq, kind, reference) row in key order. One row per (kind, ref) of an event: the
+/// key of the reference table; a search event may name a thousand patients, so duplicates go by
+/// sorting, not scanning. Key order lets a batch reach each page of the reference index once,
+/// in turn, instead of a random page per row (events about many patients and resources
+/// interleave in time, and the index is ordered by reference).
+fn chain<'a>(
+    head: &mut AuditHead,
+    events: &'a [NewAuditEvent],
+    hash: RecordHash<'_>,
+) -> (Vec<ChainedEvent<'a>>, Vec<(i64, &'a str, &'a str)>) {
+    let mut chained = Vec::with_capacity(events.len());
+    let mut ref_rows: Vec<(i64, &str, &str)> = Vec::new();
+    for event in events {
+        let seq = head.seq + 1;
+        let record_hash = hash(seq, event.recorded, &head.hash, &event.body);
+        let mut own: Vec<(i64, &str, &str)> = event
+            .refs
+            .iter()
+            .map(|(kind, reference)| (seq, kind.as_str(), reference.as_str()))
+            .collect();
+        own.sort_unstable();
+        own.dedup();
+        ref_rows.extend(own);
+        let prev_hash = std::mem::replace(&mut head.hash, record_hash.clone());
+        head.seq = seq;
+        chained.push(ChainedEvent {
+            seq,
+            event,
+            prev_hash,
+            hash: record_hash,
+        });
+    }
+    ref_rows.sort_unstable_by(|a, b| (a.1, a.2, a.0).cmp(&(b.1, b.2, b.0)));
+    (chained, ref_rows)
+}
+
+/// Sizes to split `len` rows into: full chunks of `full`, then the rest in powers of two, so
+/// that however many rows a group has, its statements come from a few fixed shapes. Each
+/// connection keeps every distinct statement it prepared (diesel's cache has no bound), so
+/// one shape per group size would grow without limit.
+fn chunk_sizes(len: usize, full: usize) -> Vec<usize> {
+    let mut sizes = vec![full; len / full];
+    let mut rest = len % full;
+    while rest > 0 {
+        let size = 1 << rest.ilog2();
+        sizes.push(size);
+        rest -= size;
+    }
+    sizes
+}
+
+/// SQLite: the statements that append `events` after `head` (advanced to their last record):
+/// multi-row INSERTs of the events, then of their references in key order, each of one of a
+/// few fixed sizes ([`chunk_sizes`]).
 fn chained_inserts(
     head: &mut AuditHead,
     events: &[NewAuditEvent],
     hash: RecordHash<'_>,
-    guard: Option<&str>,
 ) -> Vec<Sql> {
-    let open = |columns: &str| {
-        Sql::new(&match guard {
-            Some(_) => format!("INSERT INTO {columns} SELECT * FROM (VALUES "),
-            None => format!("INSERT INTO {columns} VALUES "),
-        })
-    };
-    let close = |sql: &mut Sql| {
-        if let Some(guard) = guard {
-            sql.push(&format!(") v WHERE EXISTS (SELECT 1 FROM {guard})"));
-        }
-    };
+    let (chained, ref_rows) = chain(head, events, hash);
     let mut statements = Vec::new();
-    let mut ref_rows: Vec<(i64, &str, &str)> = Vec::new();
-    for chunk in events.chunks(EVENTS_PER_INSERT) {
-        let mut insert = open("audit_events (seq, event_id, recorded, request_id, type_code, subtype, action, outcome, agent_client, agent_org, agent_user, purpose, body, prev_hash, hash)");
-        for (i, event) in chunk.iter().enumerate() {
-            let seq = head.seq + 1;
-            let record_hash = hash(seq, event.recorded, &head.hash, &event.body);
+    let mut rest = chained.as_slice();
+    for size in chunk_sizes(rest.len(), EVENTS_PER_INSERT) {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        let mut insert = Sql::new("INSERT INTO audit_events (seq, event_id, recorded, request_id, type_code, subtype, action, outcome, agent_client, agent_org, agent_user, purpose, body, prev_hash, hash) VALUES ");
+        for (i, row) in chunk.iter().enumerate() {
+            let event = row.event;
             insert.push_row(
                 i == 0,
                 [
-                    Bind::Int(seq),
+                    Bind::Int(row.seq),
                     Bind::Text(event.event_id.clone()),
                     Bind::Int(event.recorded),
                     Bind::Text(event.request_id.clone()),
@@ -202,34 +253,18 @@ fn chained_inserts(
                     Bind::OptText(event.agent_user.clone()),
                     Bind::OptText(event.purpose.clone()),
                     Bind::Text(event.body.clone()),
-                    Bind::Text(std::mem::take(&mut head.hash)),
-                    Bind::Text(record_hash.clone()),
+                    Bind::Text(row.prev_hash.clone()),
+                    Bind::Text(row.hash.clone()),
                 ],
             );
-            // One row per (kind, ref) of an event: the key of the reference table. A search
-            // event may name a thousand patients, so duplicates go by sorting, not scanning.
-            let mut own: Vec<(i64, &str, &str)> = event
-                .refs
-                .iter()
-                .map(|(kind, reference)| (seq, kind.as_str(), reference.as_str()))
-                .collect();
-            own.sort_unstable();
-            own.dedup();
-            ref_rows.extend(own);
-            *head = AuditHead {
-                seq,
-                hash: record_hash,
-            };
         }
-        close(&mut insert);
         statements.push(insert);
     }
-    // In key order: the references of a batch then reach each page of the reference index
-    // once, in turn, instead of a random page per row (events about many patients and
-    // resources interleave in time, and the index is ordered by reference).
-    ref_rows.sort_unstable_by(|a, b| (a.1, a.2, a.0).cmp(&(b.1, b.2, b.0)));
-    for rows in ref_rows.chunks(1000) {
-        let mut refs = open("audit_refs (seq, kind, ref)");
+    let mut rest = ref_rows.as_slice();
+    for size in chunk_sizes(rest.len(), REFS_PER_INSERT) {
+        let (rows, after) = rest.split_at(size);
+        rest = after;
+        let mut refs = Sql::new("INSERT INTO audit_refs (seq, kind, ref) VALUES ");
         for (i, (seq, kind, reference)) in rows.iter().enumerate() {
             refs.push_row(
                 i == 0,
@@ -240,10 +275,75 @@ fn chained_inserts(
                 ],
             );
         }
-        close(&mut refs);
         statements.push(refs);
     }
     statements
+}
+
+/// PostgreSQL: one statement that appends `events` after `head` (advanced to their last record)
+/// and moves the head, its rows travelling as two JSON binds, so that every group runs the same
+/// prepared statement whatever its size. With the rows as binds of a multi-row INSERT, each
+/// group size was another statement for PostgreSQL to parse and plan, and every one stayed
+/// prepared on the audit writer's connection (about 50 MB more in its backend after 15 s at
+/// 32 clients). With `expected`, the statement writes nothing unless the chain still ends
+/// there, and answers 1 when it wrote; without, it answers the head's row count (1).
+fn chained_append_statement(
+    head: &mut AuditHead,
+    events: &[NewAuditEvent],
+    hash: RecordHash<'_>,
+    expected: Option<&AuditHead>,
+) -> Sql {
+    let (chained, ref_rows) = chain(head, events, hash);
+    let event_rows: Vec<serde_json::Value> = chained
+        .iter()
+        .map(|row| {
+            let event = row.event;
+            serde_json::json!({
+                "seq": row.seq,
+                "event_id": event.event_id,
+                "recorded": event.recorded,
+                "request_id": event.request_id,
+                "type_code": event.type_code,
+                "subtype": event.subtype,
+                "action": event.action,
+                "outcome": event.outcome,
+                "agent_client": event.agent_client,
+                "agent_org": event.agent_org,
+                "agent_user": event.agent_user,
+                "purpose": event.purpose,
+                "body": event.body,
+                "prev_hash": row.prev_hash,
+                "hash": row.hash,
+            })
+        })
+        .collect();
+    let refs: Vec<serde_json::Value> = ref_rows
+        .iter()
+        .map(|(seq, kind, reference)| serde_json::json!({"seq": seq, "kind": kind, "ref": reference}))
+        .collect();
+    let mut sql = Sql::new("WITH h AS (");
+    sql.push_sql(&head_update(head, expected))
+        .push(
+            " RETURNING seq), e AS (INSERT INTO audit_events (seq, event_id, recorded, request_id, \
+             type_code, subtype, action, outcome, agent_client, agent_org, agent_user, purpose, body, \
+             prev_hash, hash) SELECT seq, event_id, recorded, request_id, type_code, subtype, action, \
+             outcome, agent_client, agent_org, agent_user, purpose, body, prev_hash, hash FROM \
+             json_to_recordset(CAST(",
+        )
+        .bind(Bind::Text(serde_json::Value::Array(event_rows).to_string()))
+        .push(
+            " AS json)) AS x(seq bigint, event_id text, recorded bigint, request_id text, \
+             type_code text, subtype text, action text, outcome text, agent_client text, \
+             agent_org text, agent_user text, purpose text, body text, prev_hash text, hash text) \
+             WHERE EXISTS (SELECT 1 FROM h)), r AS (INSERT INTO audit_refs (seq, kind, ref) \
+             SELECT seq, kind, ref FROM json_to_recordset(CAST(",
+        )
+        .bind(Bind::Text(serde_json::Value::Array(refs).to_string()))
+        .push(
+            " AS json)) AS y(seq bigint, kind text, ref text) WHERE EXISTS (SELECT 1 FROM h)) \
+             SELECT CAST(COUNT(*) AS BIGINT) AS n FROM h",
+        );
+    sql
 }
 
 impl Tx<'_> {
@@ -281,29 +381,24 @@ impl Tx<'_> {
             return Ok(());
         }
         let mut head = self.locked_audit_head()?;
-        // A group commit of many events costs a few statements, not several per event; on
-        // PostgreSQL each chunk's events, their references and the head that now points at
-        // its last record travel as one statement. SQLite runs the statements one by one, so
-        // there the whole batch is one chunk and its references go in in key order.
-        let chunk_len = match self.backend() {
-            crate::Backend::Sqlite => events.len(),
-            crate::Backend::Postgres => EVENTS_PER_INSERT,
-        };
-        for chunk in events.chunks(chunk_len) {
-            let mut statements = chained_inserts(&mut head, chunk, hash, None);
-            statements.push(head_update(&head, None));
-            self.execute_together(&statements)?;
+        // A group commit of many events costs a few statements, not several per event.
+        match self.backend() {
+            crate::Backend::Sqlite => {
+                let mut statements = chained_inserts(&mut head, events, hash);
+                statements.push(head_update(&head, None));
+                self.execute_together(&statements)
+            }
+            crate::Backend::Postgres => {
+                let appended = chained_append_statement(&mut head, events, hash, None);
+                self.load_count(&appended).map(|_| ())
+            }
         }
-        Ok(())
     }
 
     /// PostgreSQL, outside a transaction: appends `events` after `head` in one statement that
     /// commits on its own, provided the chain still ends at `head`; the new head then, or
     /// `None` (nothing written) when another writer appended meanwhile. One round trip where
-    /// [`Tx::append_audit`] takes four (begin, lock the head, append, commit). All of the
-    /// group's rows travel in that one statement, about 25 binds per event against
-    /// PostgreSQL's limit of 65,535: groups of a few hundred events (the audit writer sends
-    /// at most 256), not thousands.
+    /// [`Tx::append_audit`] takes four (begin, lock the head, append, commit).
     pub fn append_audit_after(
         &mut self,
         head: &AuditHead,
@@ -317,17 +412,10 @@ impl Tx<'_> {
             ));
         }
         let mut next = head.clone();
-        let inserts = chained_inserts(&mut next, events, hash, Some("h"));
         // The head moves only if it is still where this writer last saw it; a concurrent
         // append holds its row lock until it commits, and the re-check then fails.
-        let mut sql = Sql::new("WITH h AS (");
-        sql.push_sql(&head_update(&next, Some(head)))
-            .push(" RETURNING seq)");
-        for (n, insert) in inserts.iter().enumerate() {
-            sql.push(&format!(", s{n} AS (")).push_sql(insert).push(")");
-        }
-        sql.push(" SELECT CAST(COUNT(*) AS BIGINT) AS n FROM h");
-        let moved = self.load_count(&sql)?;
+        let appended = chained_append_statement(&mut next, events, hash, Some(head));
+        let moved = self.load_count(&appended)?;
         Ok((moved == 1).then_some(next))
     }
 
@@ -570,6 +658,59 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_of_any_size_split_into_a_few_fixed_statement_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for len in 0..=3000 {
+            let sizes = chunk_sizes(len, 1000);
+            assert_eq!(sizes.iter().sum::<usize>(), len);
+            shapes.extend(sizes);
+        }
+        // 1000 and the powers of two below it.
+        assert_eq!(shapes.len(), 11, "{shapes:?}");
+        assert_eq!(chunk_sizes(83, 40), vec![40, 40, 2, 1]);
+    }
+
+    #[test]
+    fn postgres_appends_of_any_size_are_one_statement_text() {
+        let event = |n: usize| NewAuditEvent {
+            event_id: format!("e{n}"),
+            recorded: 1,
+            request_id: "r".into(),
+            type_code: "rest".into(),
+            subtype: "read".into(),
+            action: "R".into(),
+            outcome: "0".into(),
+            agent_client: None,
+            agent_org: Some("Organization/o".into()),
+            agent_user: None,
+            purpose: None,
+            body: "{\"b\":\"x\"}".into(),
+            refs: (0..n)
+                .map(|i| ("patient".into(), format!("Patient/{i}")))
+                .collect(),
+        };
+        let hash: RecordHash<'_> = &|seq, _, prev, _| format!("{prev}{seq}");
+        let texts: std::collections::BTreeSet<String> = [1, 2, 7, 40, 300]
+            .into_iter()
+            .map(|n| {
+                let events: Vec<NewAuditEvent> = (0..n).map(event).collect();
+                let mut head = AuditHead {
+                    seq: 0,
+                    hash: String::new(),
+                };
+                let expected = head.clone();
+                let sql = chained_append_statement(&mut head, &events, hash, Some(&expected));
+                assert_eq!(head.seq, n as i64);
+                assert_eq!(sql.binds().len(), 5);
+                sql.text().to_string()
+            })
+            .collect();
+        assert_eq!(texts.len(), 1);
+    }
+
     #[test]
     fn audit_rows_have_no_update_or_delete_statement() {
         // The append-only guarantee is structural: this module never issues UPDATE or DELETE
