@@ -337,6 +337,23 @@ mod tests {
     }
 
     #[test]
+    fn bundle_limits_default_and_are_checked() {
+        let load = |text: &str| load_file("bundle", text);
+        let defaults = load("").unwrap();
+        assert_eq!(defaults.max_bundle_entries, 1000);
+        assert_eq!(defaults.max_bundle_response_bytes, 64 * 1024 * 1024);
+        let set = load("max_bundle_entries = 5\nmax_bundle_response_bytes = 1000\n").unwrap();
+        assert_eq!(
+            (set.max_bundle_entries, set.max_bundle_response_bytes),
+            (5, 1000)
+        );
+        assert!(matches!(
+            load("max_bundle_entries = 0\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn time_zone_is_read_and_checked() {
         let load = |text: &str| load_file("tz", text);
         assert_eq!(load("").unwrap().time_zone.to_string(), "Z");
