@@ -982,3 +982,126 @@ fn batch_answers_searches_in_place() {
         assert!(r.body.contains("batch"), "{}", r.body);
     });
 }
+
+/// Concurrent transactions that create the same new resource by PUT, or change the same two
+/// resources in opposite orders, all succeed as the same writes outside a transaction do: a
+/// lost insert race or a deadlock reruns the whole transaction (PostgreSQL runs them side by
+/// side; SQLite one at a time).
+#[test]
+fn concurrent_transactions_on_the_same_resources_succeed() {
+    const THREADS: usize = 8;
+    let patient = |id: &str, family: &str| json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]});
+    let put = |id: &str, family: &str| json!({"resource": patient(id, family), "request": {"method": "PUT", "url": format!("Patient/{id}")}});
+    for_each_backend(|s| {
+        for round in 0..3 {
+            let id = format!("tx-race-{round}");
+            std::thread::scope(|scope| {
+                for t in 0..THREADS {
+                    let bundle = json!({"resourceType": "Bundle", "type": "transaction",
+                                        "entry": [put(&id, "same")]});
+                    scope.spawn(move || {
+                        let r = s.post("", &bundle);
+                        assert_eq!(r.status, 200, "thread {t}: {}", r.body);
+                        let status = entry_status(&r.json()["entry"][0]).to_string();
+                        assert!(
+                            status.starts_with("200") || status.starts_with("201"),
+                            "thread {t}: {status}"
+                        );
+                    });
+                }
+            });
+            s.get(&format!("Patient/{id}")).expect(200);
+        }
+        for id in ["tx-lock-a", "tx-lock-b"] {
+            s.put(&format!("Patient/{id}"), &patient(id, "0"))
+                .expect(201);
+        }
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let family = t.to_string();
+                let mut entry = vec![put("tx-lock-a", &family), put("tx-lock-b", &family)];
+                if t % 2 == 1 {
+                    entry.reverse();
+                }
+                let bundle =
+                    json!({"resourceType": "Bundle", "type": "transaction", "entry": entry});
+                scope.spawn(move || {
+                    let r = s.post("", &bundle);
+                    assert_eq!(r.status, 200, "thread {t}: {}", r.body);
+                });
+            }
+        });
+        // Every transaction committed once: one version each, after the first.
+        let a = s.get("Patient/tx-lock-a").expect(200).json();
+        assert_eq!(a["meta"]["versionId"], json!((THREADS + 1).to_string()));
+    });
+}
+
+/// A Bundle with more entries than `max_bundle_entries` is refused before any entry runs.
+#[test]
+fn bundles_with_too_many_entries_are_refused() {
+    for_each_backend_with(&[("RENKEI_MAX_BUNDLE_ENTRIES", "3")], |s| {
+        for kind in ["batch", "transaction"] {
+            let entry: Vec<Value> = (0..4)
+                .map(|i| {
+                    json!({"resource": {"resourceType": "Patient", "id": format!("many-{kind}-{i}")},
+                           "request": {"method": "PUT", "url": format!("Patient/many-{kind}-{i}")}})
+                })
+                .collect();
+            let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": entry});
+            let outcome = s.post("", &bundle).expect(413).outcome();
+            assert_eq!(outcome["issue"][0]["code"], "too-costly", "{outcome}");
+            s.get(&format!("Patient/many-{kind}-0")).expect(404);
+            // Up to the limit, the Bundle runs.
+            let bundle = json!({"resourceType": "Bundle", "type": kind,
+                                "entry": entry[..3].to_vec()});
+            s.post("", &bundle).expect(200);
+        }
+    });
+}
+
+/// The resources of a Bundle's response are bounded by `max_bundle_response_bytes`: a batch's
+/// reads and searches beyond it fail one by one with too-costly, its writes still run; a
+/// transaction beyond it fails as a whole.
+#[test]
+fn bundle_responses_are_bounded() {
+    for_each_backend_with(&[("RENKEI_MAX_BUNDLE_RESPONSE_BYTES", "20000")], |s| {
+        let text = "x".repeat(6000);
+        let big = json!({"resourceType": "Patient", "id": "big-one",
+                         "name": [{"family": "Big", "text": text}]});
+        s.put("Patient/big-one", &big).expect(201);
+        let read = json!({"request": {"method": "GET", "url": "Patient/big-one"}});
+        let search = json!({"request": {"method": "GET", "url": "Patient?_id=big-one"}});
+        let write = json!({"resource": {"resourceType": "Patient", "id": "small-one"},
+                           "request": {"method": "PUT", "url": "Patient/small-one"}});
+        let mut entry = vec![read.clone(); 5];
+        entry.push(write);
+        entry.push(search);
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entry});
+        let r = s.post("", &bundle).expect(200).json();
+        let e = entries(&r);
+        assert_eq!(e.len(), 7);
+        let statuses: Vec<&str> = e.iter().map(entry_status).collect();
+        assert_eq!(&statuses[..3], ["200 OK"; 3], "{statuses:?}");
+        for failed in [3, 4, 6] {
+            assert!(statuses[failed].starts_with("400"), "{statuses:?}");
+            assert_eq!(
+                e[failed]["response"]["outcome"]["issue"][0]["code"], "too-costly",
+                "{}",
+                e[failed]
+            );
+        }
+        assert!(statuses[5].starts_with("201"), "{statuses:?}");
+        s.get("Patient/small-one").expect(200);
+        // A transaction answers all or nothing.
+        let mut entry = vec![
+            json!({"resource": {"resourceType": "Patient", "id": "tx-budget"},
+                                    "request": {"method": "PUT", "url": "Patient/tx-budget"}}),
+        ];
+        entry.extend(vec![read; 5]);
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entry});
+        let outcome = s.post("", &bundle).expect(400).outcome();
+        assert_eq!(outcome["issue"][0]["code"], "too-costly", "{outcome}");
+        s.get("Patient/tx-budget").expect(404);
+    });
+}

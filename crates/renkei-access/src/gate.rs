@@ -254,12 +254,16 @@ fn is_write_entry(entry: &Value) -> bool {
 
 /// The response entry of a batch entry refused before it ran (its scope).
 fn refused_entry(error: &AccessError) -> Value {
+    let (status, code) = match error {
+        AccessError::MethodNotAllowed(_) => ("405 Method Not Allowed", "not-supported"),
+        _ => ("403 Forbidden", "forbidden"),
+    };
     serde_json::json!({
         "response": {
-            "status": "403 Forbidden",
+            "status": status,
             "outcome": {
                 "resourceType": "OperationOutcome",
-                "issue": [{"severity": "error", "code": "forbidden", "diagnostics": error.to_string()}],
+                "issue": [{"severity": "error", "code": code, "diagnostics": error.to_string()}],
             },
         },
     })
@@ -287,6 +291,7 @@ fn locations(responses: &[Value]) -> Vec<String> {
 fn status_of(error: &AccessError) -> u16 {
     match error {
         AccessError::Forbidden(_) => 403,
+        AccessError::MethodNotAllowed(_) => 405,
         AccessError::AuditUnavailable(_) => 503,
         AccessError::UnreadableAudit { .. } => 500,
         AccessError::Repo(e) => renkei_repository::status_of(e.root())
@@ -903,6 +908,35 @@ impl Gate {
             .try_for_each(|entry| Self::require_entry_scope(who, entry))
     }
 
+    /// A Bundle entry that writes the audit trail answers 405 like the same request sent on its
+    /// own, which is refused by its method before anyone's rights are looked at.
+    fn refuse_audit_trail_write(entry: &Value) -> Result<(), AccessError> {
+        let request = entry.get("request");
+        let method = request
+            .and_then(|r| r.get("method"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let url = request
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let res_type = url
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if res_type == "AuditEvent" && !matches!(method, "GET" | "HEAD") {
+            return Err(AccessError::MethodNotAllowed(format!(
+                "{method} is not allowed on AuditEvent: the audit trail is append-only and \
+                 written by the gateway itself"
+            )));
+        }
+        Ok(())
+    }
+
     /// The token's scopes allow this Bundle entry's request (and it does not write the trail).
     fn require_entry_scope(who: &Requester, entry: &Value) -> Result<(), AccessError> {
         let request = entry.get("request");
@@ -933,11 +967,7 @@ impl Gate {
             // Unknown methods are refused by the bundle processor itself.
             _ => return Ok(()),
         };
-        if res_type == "AuditEvent" && !matches!(method, "GET" | "HEAD") {
-            return Err(AccessError::Forbidden(
-                "the audit trail is append-only and written by the gateway itself".into(),
-            ));
-        }
+        Self::refuse_audit_trail_write(entry)?;
         who.require(res_type, action)?;
         // A conditional entry (`ifNoneExist`, criteria in a write's URL) searches the type,
         // as the same request sent on its own does.
@@ -1448,11 +1478,13 @@ impl Gate {
             let mut kept = Vec::new();
             let mut refused = Vec::new();
             for (index, entry) in all_requests.iter().enumerate() {
-                let allowed = if is_write_entry(entry) {
-                    who.require_writer()
-                } else {
-                    Ok(())
-                };
+                let allowed = Self::refuse_audit_trail_write(entry).and_then(|()| {
+                    if is_write_entry(entry) {
+                        who.require_writer()
+                    } else {
+                        Ok(())
+                    }
+                });
                 match allowed.and_then(|()| Self::require_entry_scope(who, entry)) {
                     Ok(()) => kept.push(entry.clone()),
                     Err(error) => refused.push((index, error)),

@@ -18,6 +18,10 @@ pub enum AccessError {
     /// The requester is identified but not allowed (scope, role, purpose, ownership).
     #[error("{0}")]
     Forbidden(String),
+    /// A method the target never takes, whoever asks (a write of the audit trail): 405, as the
+    /// same request sent on its own answers.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// No audit, no data.
     #[error("the audit trail cannot be written: {0}")]
     AuditUnavailable(String),

@@ -123,6 +123,9 @@ impl From<renkei_access::AccessError> for ApiError {
             AccessError::Forbidden(message) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
             }
+            AccessError::MethodNotAllowed(message) => {
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message)
+            }
             AccessError::UnreadableAudit { seq, reason } => {
                 tracing::error!(seq, %reason, "stored audit record cannot be read");
                 ApiError::new(

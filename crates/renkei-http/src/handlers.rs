@@ -734,6 +734,23 @@ pub async fn bundle(
                 "only a batch or transaction Bundle may be posted to the base URL",
             ));
         }
+        // Refused before any entry runs: each entry can answer with a page of resources, so
+        // the number of entries bounds the work and the response.
+        let entry_count = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if entry_count > state.max_bundle_entries {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-costly",
+                format!(
+                    "the Bundle has {entry_count} entries; at most {} are accepted \
+                     (max_bundle_entries): send them in several Bundles",
+                    state.max_bundle_entries
+                ),
+            ));
+        }
         let representation = return_preference(&req) == ReturnPreference::Representation
             && req.headers().contains_key("prefer");
         // A batch's searches run as searches sent on their own would (a transaction refuses
@@ -759,6 +776,7 @@ pub async fn bundle(
         let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let request_id = crate::auth::request_id(&req);
+        let response_budget = state.max_bundle_response_bytes;
         let (mut response, searched) = blocking(move || {
             if let Some(error) = refused {
                 return Err(gate.refuse_batch(&who, error).into());
@@ -771,10 +789,47 @@ pub async fn bundle(
             gate.check_break_glass_batch(&who, &bundle, &plans)?;
             // The other entries first: a batch refused as a whole runs no search either.
             let response = gate.bundle(&who, &bundle, representation)?;
+            // The searches share the response's budget with the entries that ran above: once
+            // it is spent, each further search fails on its own without running.
+            let spent_by_entries =
+                response
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .is_some_and(|entries| {
+                        entries.iter().any(|entry| {
+                            entry.pointer("/response/outcome/issue/0/code")
+                                == Some(&Value::from("too-costly"))
+                        })
+                    });
+            let mut spent = if searches.is_empty() {
+                0
+            } else if spent_by_entries {
+                response_budget
+            } else {
+                json_size(&response)
+            };
             let mut searched = Vec::new();
             for (index, url, planned) in searches {
+                let planned = planned.and_then(|search| {
+                    if spent < response_budget {
+                        Ok(search)
+                    } else {
+                        Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "too-costly",
+                            format!(
+                                "the resources of this batch's response exceed {response_budget} \
+                                 bytes (max_bundle_response_bytes): this search was not run; \
+                                 send it in another request"
+                            ),
+                        ))
+                    }
+                });
                 let answer = match planned {
-                    Ok(search) => search.run(&gate, &who).map(|page| (search, page)),
+                    Ok(search) => search.run(&gate, &who).map(|page| {
+                        spent = spent.saturating_add(page_size(&page));
+                        (search, page)
+                    }),
                     Err(error) => {
                         // Refused before the gate saw it: recorded like a refused search. An
                         // entry whose failure cannot be recorded answers 503 on its own; the
@@ -823,6 +878,34 @@ pub async fn bundle(
     }
     .await;
     finish(&req, &state, &ctx, result).await
+}
+
+/// The bytes `value` takes as JSON, counted without building the text.
+fn json_size(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail, and a Value always serializes.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// The bytes of the resources a search page carries, matches and included.
+fn page_size(page: &renkei_store::SearchPage) -> usize {
+    page.matches
+        .iter()
+        .chain(&page.included)
+        .filter_map(|row| row.body.as_ref())
+        .map(String::len)
+        .fold(0, usize::saturating_add)
 }
 
 /// The response entry of a Bundle entry that failed: its status and OperationOutcome.

@@ -41,6 +41,11 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
+    /// Entries one batch or transaction Bundle may hold (more: 413 before any work).
+    pub max_bundle_entries: usize,
+    /// Bytes of resources one batch or transaction response may carry; a batch's searches
+    /// count against it after its other entries (see `renkei_repository` bundle.rs).
+    pub max_bundle_response_bytes: usize,
     pub started_at: String,
 }
 

@@ -129,6 +129,61 @@ struct EntryResult {
     is_read: bool,
 }
 
+/// What is left of the bytes of resources one Bundle's response may carry
+/// (`RepositoryOptions::max_bundle_response_bytes`): reads by id of a large resource, repeated,
+/// would otherwise build a response of any size in memory.
+#[derive(Debug, Clone, Copy)]
+struct ResponseBudget {
+    left: usize,
+    limit: usize,
+}
+
+impl ResponseBudget {
+    fn new(limit: usize) -> ResponseBudget {
+        ResponseBudget { left: limit, limit }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.left == 0
+    }
+
+    /// The bytes `result` adds to the response when rendered with `return_resources`, or
+    /// `Err(TooCostly)` for a read whose resource no longer fits (a read answers with its
+    /// resource or not at all). A write that no longer fits answers without its resource, as
+    /// with `Prefer: return=minimal` (see [`ResponseBudget::fits`]).
+    fn cost(&self, result: &EntryResult, return_resources: bool) -> Result<usize, RepoError> {
+        let Some(resource) = &result.resource else {
+            return Ok(0);
+        };
+        let included = result.is_read || (return_resources && !result.status.starts_with("304"));
+        if !included {
+            return Ok(0);
+        }
+        let size = resource.body.len();
+        if size > self.left && result.is_read {
+            return Err(self.too_costly());
+        }
+        Ok(size)
+    }
+
+    /// Whether a resource of `size` bytes still fits.
+    fn fits(&self, size: usize) -> bool {
+        size <= self.left
+    }
+
+    fn spend(&mut self, size: usize) {
+        self.left = self.left.saturating_sub(size);
+    }
+
+    fn too_costly(&self) -> RepoError {
+        RepoError::TooCostly(format!(
+            "the resources of this Bundle's response would exceed {} bytes \
+             (max_bundle_response_bytes): read them in smaller Bundles",
+            self.limit
+        ))
+    }
+}
+
 /// Called inside the database transaction that commits the response entries starting at
 /// index `first` (all entries of a transaction, one entry of a batch): the audit trail of what
 /// a Bundle changed commits with the change, or neither does.
@@ -163,13 +218,29 @@ impl Repository {
         let entries = parse_entries(bundle)?;
         // Before the write: index rows extracted here run beside other writes.
         let prepared = Prepared::speculate(&entries, kind);
+        let limit = self.max_bundle_response_bytes();
         let responses = match kind {
             BundleKind::Transaction => {
                 let work = |tx: &mut Tx<'_>| {
-                    let rendered: Vec<Value> = run_transaction(tx, &entries, context, &prepared)?
-                        .iter()
-                        .map(|r| render_entry(r, return_resources))
-                        .collect();
+                    // A transaction answers all or nothing: one that would answer with too
+                    // much fails as a whole, as soon as it is known.
+                    let mut budget = ResponseBudget::new(limit);
+                    let rendered: Vec<Value> = run_transaction(
+                        tx,
+                        &entries,
+                        context,
+                        &prepared,
+                        &mut |result: &EntryResult| match budget.cost(result, return_resources)? {
+                            size if budget.fits(size) => {
+                                budget.spend(size);
+                                Ok(())
+                            }
+                            _ => Err(budget.too_costly()),
+                        },
+                    )?
+                    .iter()
+                    .map(|r| render_entry(r, return_resources))
+                    .collect();
                     on_commit(tx, 0, &rendered)?;
                     Ok(rendered)
                 };
@@ -179,25 +250,49 @@ impl Repository {
                     self.write(work)?
                 }
             }
-            BundleKind::Batch => entries
-                .iter()
-                .enumerate()
-                .map(|(index, entry)| {
-                    if let Some(reason) = &entry.invalid {
-                        return render_failure(&RepoError::BadRequest(reason.clone()));
-                    }
-                    let result = self.write(|tx| {
-                        let mut ids = HashMap::new();
-                        let rendered = render_entry(
-                            &run_entry(tx, entry.clone(), &mut ids, context, prepared.body(index))?,
-                            return_resources,
-                        );
-                        on_commit(tx, index, std::slice::from_ref(&rendered))?;
-                        Ok(rendered)
-                    });
-                    result.unwrap_or_else(|e| render_failure(&e))
-                })
-                .collect::<Vec<_>>(),
+            BundleKind::Batch => {
+                // A batch's entries fail one by one: once the budget is spent, each further
+                // read fails with too-costly without running, and writes still run but answer
+                // without their resource.
+                let mut budget = ResponseBudget::new(limit);
+                entries
+                    .iter()
+                    .enumerate()
+                    .map(|(index, entry)| {
+                        if let Some(reason) = &entry.invalid {
+                            return render_failure(&RepoError::BadRequest(reason.clone()));
+                        }
+                        if budget.exhausted() && matches!(entry.method.as_str(), "GET" | "HEAD") {
+                            return render_failure(&budget.too_costly());
+                        }
+                        let result = self.write(|tx| {
+                            let mut ids = HashMap::new();
+                            let result = run_entry(
+                                tx,
+                                entry.clone(),
+                                &mut ids,
+                                context,
+                                prepared.body(index),
+                            )?;
+                            let size = budget.cost(&result, return_resources)?;
+                            let (rendered, size) = if budget.fits(size) {
+                                (render_entry(&result, return_resources), size)
+                            } else {
+                                (render_entry(&result, false), 0)
+                            };
+                            on_commit(tx, index, std::slice::from_ref(&rendered))?;
+                            Ok((rendered, size))
+                        });
+                        match result {
+                            Ok((rendered, size)) => {
+                                budget.spend(size);
+                                rendered
+                            }
+                            Err(e) => render_failure(&e),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }
         };
         let mut response = json!({
             "resourceType": "Bundle",
@@ -490,11 +585,14 @@ fn method_rank(method: &str) -> u8 {
     }
 }
 
+/// `admit` sees each entry's result as it is made and may fail the transaction (the response
+/// budget).
 fn run_transaction(
     tx: &mut Tx<'_>,
     entries: &[EntryRequest],
     context: &WriteContext,
     prepared: &Prepared,
+    admit: &mut dyn FnMut(&EntryResult) -> Result<(), RepoError>,
 ) -> Result<Vec<EntryResult>, RepoError> {
     // A transaction with conditional parts takes its turn before it locks any row: waiting
     // for the turn while holding rows another conditional write waits for would deadlock.
@@ -513,6 +611,7 @@ fn run_transaction(
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut assigned: Vec<Option<String>> = vec![None; entries.len()];
     let mut targets: HashMap<String, usize> = HashMap::new();
+    let mut identities: Vec<Option<String>> = vec![None; entries.len()];
     for (index, entry) in entries.iter().enumerate() {
         let target = parse_target(&entry.url).map_err(|e| wrap(index, entry, e))?;
         let resolve_one = |tx: &mut Tx<'_>, criteria: &Criteria| -> Result<_, RepoError> {
@@ -590,6 +689,7 @@ fn run_transaction(
             }
             _ => (None, None),
         };
+        identities[index].clone_from(&identity);
         if let Some(identity) = identity {
             if let Some(first) = targets.insert(identity.clone(), index) {
                 return Err(wrap(
@@ -605,8 +705,15 @@ fn run_transaction(
             ids.insert(full_url.clone(), reference);
         }
     }
+    // Within each step, the resources in one order whatever the entries' order: two
+    // transactions changing the same resources then lock their rows in the same order rather
+    // than each waiting for a row the other holds (a deadlock PostgreSQL breaks by failing one).
     let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by_key(|&i| method_rank(&entries[i].method));
+    order.sort_by(|&a, &b| {
+        method_rank(&entries[a].method)
+            .cmp(&method_rank(&entries[b].method))
+            .then_with(|| identities[a].cmp(&identities[b]))
+    });
     let mut results: Vec<Option<EntryResult>> = vec![None; entries.len()];
     for index in order {
         let entry = &entries[index];
@@ -671,6 +778,7 @@ fn run_transaction(
             },
             _ => run_entry(tx, entry, &mut ids, context, prepared.body(index)),
         }
+        .and_then(|result| admit(&result).map(|()| result))
         .map_err(|e| wrap(index, &entries[index], e))?;
         results[index] = Some(result);
     }

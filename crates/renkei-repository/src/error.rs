@@ -86,6 +86,9 @@ pub fn status_of(error: &RepoError) -> (&'static str, &'static str) {
         RepoError::Store(StoreError::Unavailable(_)) => ("503 Service Unavailable", "transient"),
         RepoError::Store(StoreError::UnknownValueSet(_)) => ("400 Bad Request", "not-found"),
         RepoError::Store(StoreError::TooComplex { .. }) => ("400 Bad Request", "too-costly"),
+        // Still losing to concurrent writes after the retries (`Repository::write`): the
+        // client may retry too, as after any conflict.
+        RepoError::Store(e) if e.is_write_conflict() => ("409 Conflict", "conflict"),
         RepoError::Store(_) => ("500 Internal Server Error", "exception"),
     }
 }

@@ -279,13 +279,20 @@ pub struct RepositoryOptions {
     pub write_retries: usize,
     /// Which identifiers make Patient records one person.
     pub linking: std::sync::Arc<renkei_identity::LinkingRules>,
+    /// The bytes of resources one batch or transaction response may carry (the setting
+    /// `max_bundle_response_bytes`).
+    pub max_bundle_response_bytes: usize,
 }
+
+/// Default of [`RepositoryOptions::max_bundle_response_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_BUNDLE_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for RepositoryOptions {
     fn default() -> Self {
         RepositoryOptions {
-            write_retries: 5,
+            write_retries: 8,
             linking: std::sync::Arc::default(),
+            max_bundle_response_bytes: DEFAULT_MAX_BUNDLE_RESPONSE_BYTES,
         }
     }
 }
@@ -326,6 +333,11 @@ impl Repository {
         &self.options.linking
     }
 
+    /// See [`RepositoryOptions::max_bundle_response_bytes`].
+    pub fn max_bundle_response_bytes(&self) -> usize {
+        self.options.max_bundle_response_bytes
+    }
+
     /// Runs a write, retrying when it lost a race to a concurrent writer (two creates of the
     /// same client id, a serialization failure): the loser re-reads and wins next time.
     /// Concurrent writes may share a commit (see `Store::write`).
@@ -357,12 +369,16 @@ impl Repository {
             } else {
                 self.store.write(&mut work)
             };
+            // A transaction Bundle's error names its entry (`RepoError::Entry`): what decides
+            // is the store's error beneath. `work` prepares everything again from the request,
+            // and the failed attempt rolled back with all it wrote, its audit rows included.
             match result {
-                Err(RepoError::Store(e))
+                Err(e)
                     if attempt < self.options.write_retries
-                        && (e.is_transient() || matches!(e, StoreError::UniqueViolation)) =>
+                        && matches!(e.root(), RepoError::Store(s) if s.is_transient() || s.is_write_conflict()) =>
                 {
                     attempt += 1;
+                    std::thread::sleep(retry_pause(attempt));
                 }
                 other => return other,
             }
@@ -403,6 +419,16 @@ impl Repository {
     ) -> Result<StoredResource, RepoError> {
         self.store.read(|tx| vread(tx, res_type, id, version))
     }
+}
+
+/// How long a write waits before its `attempt`th retry: a few milliseconds growing with the
+/// attempt, jittered so that writers that deadlocked with each other do not meet again in step.
+fn retry_pause(attempt: usize) -> std::time::Duration {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()) % 5_000);
+    let attempt = u64::try_from(attempt).unwrap_or(u64::MAX).min(8);
+    std::time::Duration::from_micros(attempt * 2_000 + jitter)
 }
 
 /// A history page (instance, type or system) read in the caller's transaction.

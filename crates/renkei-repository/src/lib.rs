@@ -25,7 +25,7 @@ pub use interactions::{
     check_type, conditional_delete, conditional_update, create, delete, has_rest_endpoint,
     history_in, patch, read, read_visible, resolve_single, search_in, update, vread, vread_visible,
     DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, Repository, RepositoryOptions,
-    StoredResource, WriteContext, WriteOutcome,
+    StoredResource, WriteContext, WriteOutcome, DEFAULT_MAX_BUNDLE_RESPONSE_BYTES,
 };
 pub use meta::{format_instant, is_valid_id, parse_instant_ms, CUSTODIAN_EXTENSION};
 pub use precondition::{absent_under_if_match, parse_if_match, IfMatch};

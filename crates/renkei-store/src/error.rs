@@ -35,19 +35,40 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same work may succeed (lock contention, serialization failure).
+    /// Whether retrying the same work may succeed (lock contention, serialization failure,
+    /// a deadlock).
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Unavailable(_) => true,
-            StoreError::Query(diesel::result::Error::DatabaseError(kind, info)) => {
-                matches!(
-                    kind,
-                    diesel::result::DatabaseErrorKind::SerializationFailure
-                ) || info.message().contains("database is locked")
+            StoreError::Query(diesel::result::Error::DatabaseError(_, info)) => {
+                self.is_write_conflict() || info.message().contains("database is locked")
             }
             _ => false,
         }
     }
+
+    /// Whether the write lost to a concurrent one: PostgreSQL cancelled it to break a deadlock
+    /// (SQLSTATE 40P01) or for a serialization failure (40001), or a concurrent insert took its
+    /// key. The whole write, rerun from its request, can succeed; if it keeps losing, the client
+    /// is told of a conflict (409), not of a server failure.
+    pub fn is_write_conflict(&self) -> bool {
+        match self {
+            StoreError::UniqueViolation => true,
+            StoreError::Query(diesel::result::Error::DatabaseError(kind, info)) => {
+                matches!(
+                    kind,
+                    diesel::result::DatabaseErrorKind::SerializationFailure
+                ) || is_deadlock(info.message())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// PostgreSQL's message for SQLSTATE 40P01, which diesel does not classify (its
+/// `DatabaseErrorKind` has no deadlock kind, and its error carries no SQLSTATE).
+fn is_deadlock(message: &str) -> bool {
+    message.starts_with("deadlock detected")
 }
 
 /// Bound values one statement may carry: SQLite's limit (`SQLITE_MAX_VARIABLE_NUMBER`),
@@ -121,5 +142,26 @@ mod tests {
             Box::new("no such table: x".to_string()),
         );
         assert!(matches!(classify(error), StoreError::Query(_)));
+    }
+
+    #[test]
+    fn deadlocks_and_lost_races_are_write_conflicts() {
+        let deadlock = StoreError::Query(Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("deadlock detected".to_string()),
+        ));
+        assert!(deadlock.is_write_conflict() && deadlock.is_transient());
+        let serialization = StoreError::Query(Error::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            Box::new("could not serialize access".to_string()),
+        ));
+        assert!(serialization.is_write_conflict());
+        assert!(StoreError::UniqueViolation.is_write_conflict());
+        let other = StoreError::Query(Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("no such table: x".to_string()),
+        ));
+        assert!(!other.is_write_conflict() && !other.is_transient());
+        assert!(!StoreError::Unavailable("down".into()).is_write_conflict());
     }
 }

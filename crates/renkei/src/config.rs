@@ -15,6 +15,10 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub default_page_size: Option<usize>,
     pub max_page_size: Option<usize>,
+    /// Entries one batch or transaction Bundle may hold.
+    pub max_bundle_entries: Option<usize>,
+    /// Bytes of resources one batch or transaction response may carry.
+    pub max_bundle_response_bytes: Option<usize>,
     pub workers: Option<usize>,
     pub max_connections: Option<u32>,
     pub demo: Option<bool>,
@@ -40,6 +44,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
+    pub max_bundle_entries: usize,
+    pub max_bundle_response_bytes: usize,
     pub workers: usize,
     pub max_connections: u32,
     pub demo: bool,
@@ -148,6 +154,12 @@ impl Config {
             max_page_size: env_number("RENKEI_MAX_PAGE_SIZE")?
                 .or(file.max_page_size)
                 .unwrap_or(1000),
+            max_bundle_entries: env_number("RENKEI_MAX_BUNDLE_ENTRIES")?
+                .or(file.max_bundle_entries)
+                .unwrap_or(1000),
+            max_bundle_response_bytes: env_number("RENKEI_MAX_BUNDLE_RESPONSE_BYTES")?
+                .or(file.max_bundle_response_bytes)
+                .unwrap_or(renkei_repository::DEFAULT_MAX_BUNDLE_RESPONSE_BYTES),
             workers: env_number("RENKEI_WORKERS")?
                 .or(file.workers)
                 .unwrap_or(workers_default),
@@ -214,6 +226,12 @@ impl Config {
                     "base_url (RENKEI_BASE_URL) must be an absolute http(s) URL such as https://gateway.example/fhir, not '{base}'"
                 )));
             }
+        }
+        if config.max_bundle_entries == 0 || config.max_bundle_response_bytes == 0 {
+            // Zero would refuse every Bundle, which no one configures on purpose.
+            return Err(ConfigError::Invalid(
+                "max_bundle_entries and max_bundle_response_bytes must be at least 1".into(),
+            ));
         }
         if config.default_page_size == 0 || config.default_page_size > config.max_page_size {
             return Err(ConfigError::Invalid(
@@ -316,6 +334,23 @@ mod tests {
             config: Some(path.display().to_string()),
             ..Overrides::default()
         })
+    }
+
+    #[test]
+    fn bundle_limits_default_and_are_checked() {
+        let load = |text: &str| load_file("bundle", text);
+        let defaults = load("").unwrap();
+        assert_eq!(defaults.max_bundle_entries, 1000);
+        assert_eq!(defaults.max_bundle_response_bytes, 64 * 1024 * 1024);
+        let set = load("max_bundle_entries = 5\nmax_bundle_response_bytes = 1000\n").unwrap();
+        assert_eq!(
+            (set.max_bundle_entries, set.max_bundle_response_bytes),
+            (5, 1000)
+        );
+        assert!(matches!(
+            load("max_bundle_entries = 0\n"),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

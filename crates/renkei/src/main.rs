@@ -521,6 +521,7 @@ fn open_repository(config: &Config) -> Result<Repository, String> {
         store,
         RepositoryOptions {
             linking: std::sync::Arc::new(config.linking.clone()),
+            max_bundle_response_bytes: config.max_bundle_response_bytes,
             ..RepositoryOptions::default()
         },
     ))
@@ -616,6 +617,8 @@ fn serve(
         max_body_bytes: config.max_body_bytes,
         default_page_size: config.default_page_size,
         max_page_size: config.max_page_size,
+        max_bundle_entries: config.max_bundle_entries,
+        max_bundle_response_bytes: config.max_bundle_response_bytes,
         started_at: chrono::Utc::now().format("%Y-%m-%d").to_string(),
     };
     let gate = state.gate.clone();
