@@ -286,7 +286,8 @@ fn chained_inserts(
 /// group size was another statement for PostgreSQL to parse and plan, and every one stayed
 /// prepared on the audit writer's connection (its backend's private memory was 11 MB after
 /// 15 s at 32 clients, 4 MB with one statement). With `expected`, the statement writes
-/// nothing unless the chain still ends there, and answers 1 when it wrote; without, it answers the head's row count (1).
+/// nothing unless the chain still ends there, and answers 1 when it wrote; without, it
+/// answers the head's row count (1).
 fn chained_append_statement(
     head: &mut AuditHead,
     events: &[NewAuditEvent],
