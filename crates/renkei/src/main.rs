@@ -617,6 +617,7 @@ fn serve(
         default_page_size: config.default_page_size,
         max_page_size: config.max_page_size,
         started_at: chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        base_url: config.base_url.clone(),
     };
     let gate = state.gate.clone();
     let system = actix_web::rt::System::new();
