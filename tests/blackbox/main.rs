@@ -29,4 +29,5 @@ mod smart;
 mod smart_auth;
 mod testscripts;
 mod tls;
+mod untrusted_input;
 mod versioning;

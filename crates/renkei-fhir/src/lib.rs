@@ -314,10 +314,10 @@ pub fn to_xml(value: &Value) -> Result<String, ContentError> {
     }));
     match result {
         // Before the narratives go back: their text content is written as stored.
-        Ok(Ok(xml)) => Ok(narrative::put_back(
+        Ok(Ok(xml)) => Ok(without_forbidden_chars(narrative::put_back(
             attribute_whitespace::escape_in_attributes(xml),
             &narratives,
-        )),
+        ))),
         Ok(Err(message)) => Err(ContentError::single(
             IssueCode::Invalid,
             "",
@@ -329,6 +329,27 @@ pub fn to_xml(value: &Value) -> Result<String, ContentError> {
             "cannot render XML",
         )),
     }
+}
+
+/// Whether XML 1.0 (§2.2, `Char`) forbids a character anywhere in a document, even as a
+/// character reference: the C0 controls other than tab, line feed and carriage return, and
+/// U+FFFE / U+FFFF. (Surrogates cannot occur in a Rust `str`.)
+fn forbidden_in_xml(c: char) -> bool {
+    matches!(c, '\u{0}'..='\u{8}' | '\u{B}' | '\u{C}' | '\u{E}'..='\u{1F}' | '\u{FFFE}' | '\u{FFFF}')
+}
+
+/// `xml` with every character XML 1.0 forbids replaced by U+FFFD. JSON may carry them
+/// (`\u0000` in a stored resource, a control character echoed from a query into an
+/// OperationOutcome), but a document holding one is not well-formed and an XML client can
+/// read none of the response; no markup character is among them, so the whole document can
+/// be mended in one pass after it is written.
+fn without_forbidden_chars(xml: String) -> String {
+    if !xml.chars().any(forbidden_in_xml) {
+        return xml;
+    }
+    xml.chars()
+        .map(|c| if forbidden_in_xml(c) { '\u{FFFD}' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -621,6 +642,37 @@ mod tests {
         let back = parse_xml(xml.as_bytes()).unwrap();
         assert_eq!(back["name"][0]["text"], "line1\nline2\tTab\r\nend");
         assert_eq!(back["name"], value["name"]);
+    }
+
+    #[test]
+    fn characters_xml_forbids_become_replacement_characters() {
+        let outcome = serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
+            "severity": "error", "code": "invalid",
+            "diagnostics": "a\u{1}b\u{0}c\u{B}\u{C}\u{1F}\u{FFFE}\u{FFFF}\td\u{FFFD}"}]});
+        let xml = to_xml(&outcome).unwrap();
+        assert!(!xml.chars().any(forbidden_in_xml), "{xml:?}");
+        assert!(
+            xml.contains(
+                "a\u{FFFD}b\u{FFFD}c\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}&#9;d\u{FFFD}"
+            ),
+            "{xml:?}"
+        );
+        let back = parse_xml(xml.as_bytes()).unwrap();
+        assert_eq!(
+            back["issue"][0]["diagnostics"],
+            "a\u{FFFD}b\u{FFFD}c\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\td\u{FFFD}"
+        );
+        // A stored resource, narrative included, as JSON allowed it to be written.
+        let patient = serde_json::json!({"resourceType": "Patient", "name": [{"family": "a\u{0}b"}],
+            "text": {"status": "generated",
+                "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x\u{1}y</div>"}});
+        let xml = to_xml(&patient).unwrap();
+        assert!(!xml.chars().any(forbidden_in_xml), "{xml:?}");
+        assert!(xml.contains("<family value=\"a\u{FFFD}b\"/>"), "{xml:?}");
+        // Well-formed text is left as it is.
+        let plain =
+            serde_json::json!({"resourceType": "Patient", "name": [{"family": "山田\u{FFFD}"}]});
+        assert!(to_xml(&plain).unwrap().contains("山田\u{FFFD}"));
     }
 
     #[test]

@@ -207,9 +207,15 @@ fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError
 }
 
 fn stated_purpose(req: &HttpRequest) -> Result<StatedPurpose, ApiError> {
+    let break_glass_reason = header_text(req, "x-break-glass-reason")?;
+    if let Some(reason) = &break_glass_reason {
+        // Kept as sent, but a percent-encoded reason must decode to text: `%FF%FE` would
+        // otherwise open the glass on a reason nobody can read.
+        crate::request::check_url_encoded("X-Break-Glass-Reason", reason)?;
+    }
     Ok(StatedPurpose {
         purpose: header_text(req, "x-purpose-of-use")?,
-        break_glass_reason: header_text(req, "x-break-glass-reason")?,
+        break_glass_reason,
     })
 }
 
@@ -298,8 +304,33 @@ pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
         .json(state.auth.key.public_jwks())
 }
 
+/// The largest token request read: a client assertion is a few kilobytes.
+const TOKEN_REQUEST_LIMIT: usize = 64 * 1024;
+
 /// `POST /auth/token`: client credentials with a JWT client assertion (RFC 7523).
-pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+pub async fn token(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let body = match crate::request::read_body_or_empty(&req, payload, TOKEN_REQUEST_LIMIT).await {
+        Ok(body) => body,
+        // An OAuth client reads OAuth errors (RFC 6749 §5.2), with the status that says what
+        // was wrong (413 too large, 415 compressed, 408 too slow).
+        Err(error) => {
+            let description = error.to_string();
+            return HttpResponse::build(error.status())
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .content_type("application/json")
+                .json(
+                    renkei_auth::AuthError::new(
+                        renkei_auth::ErrorCode::InvalidRequest,
+                        description,
+                    )
+                    .to_json(),
+                );
+        }
+    };
     let peer_cert = req
         .conn_data::<crate::tls::PeerCertificate>()
         .map(|p| p.0.clone());

@@ -147,6 +147,32 @@ impl From<renkei_access::AccessError> for ApiError {
     }
 }
 
+/// An actix extractor's refusal (a path, query, JSON or form it cannot read) as an
+/// OperationOutcome in the request's format, with the status actix gives it: actix's own
+/// answer is plain text, which a FHIR client cannot read as an error.
+pub(crate) fn extractor_error<E>(error: E, req: &actix_web::HttpRequest) -> actix_web::Error
+where
+    E: actix_web::ResponseError + std::fmt::Debug + std::fmt::Display + 'static,
+{
+    let status = error.status_code();
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not-found", error.to_string()),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too-costly", error.to_string()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("not-supported", error.to_string()),
+        status if status.is_server_error() => {
+            tracing::error!(error = %error, "request could not be read");
+            (
+                "exception",
+                "the server could not read the request; it has been logged".into(),
+            )
+        }
+        _ => ("invalid", error.to_string()),
+    };
+    let response =
+        ApiError::new(status, code, message).respond(crate::request::error_format(req), false);
+    actix_web::error::InternalError::from_response(error, response).into()
+}
+
 pub fn outcome(severity: &str, code: &str, message: &str) -> Value {
     json!({
         "resourceType": "OperationOutcome",

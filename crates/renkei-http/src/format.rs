@@ -103,6 +103,17 @@ fn names_another_fhir_version(media_type: &str) -> bool {
         })
 }
 
+/// The `charset` parameter of a media type when it names anything but UTF-8.
+fn charset_other_than_utf8(media_type: &str) -> Option<&str> {
+    media_type
+        .split(';')
+        .skip(1)
+        .filter_map(|parameter| parameter.split_once('='))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .find(|charset| !charset.eq_ignore_ascii_case("utf-8"))
+}
+
 /// The media type of a header value without its parameters, lowercased.
 pub(crate) fn essence(text: &str) -> String {
     text.split(';')
@@ -142,6 +153,15 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
         ));
     };
     let text = value.to_str().unwrap_or("");
+    if let Some(charset) = charset_other_than_utf8(text) {
+        // Bodies are read as UTF-8: text in another encoding would be read as other
+        // characters than the client sent, or refused as malformed with a misleading reason.
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            format!("charset '{charset}' is not accepted: FHIR bodies are UTF-8 (charset=utf-8)"),
+        ));
+    }
     if essence(text) == "application/json-patch+json" {
         return Ok(BodyKind::JsonPatch);
     }
@@ -412,6 +432,38 @@ mod tests {
         );
         assert_eq!(spliced["entry"][0]["search"]["mode"], "match");
         assert_eq!(spliced["entry"][1]["search"]["mode"], "outcome");
+    }
+
+    fn content_type(value: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+        map
+    }
+
+    #[test]
+    fn bodies_in_another_charset_than_utf8_are_refused() {
+        for accepted in [
+            "application/fhir+json",
+            "application/fhir+json; charset=utf-8",
+            "application/fhir+xml;charset=UTF-8",
+            "application/json-patch+json; charset=\"utf-8\"",
+        ] {
+            assert!(body_kind(&content_type(accepted)).is_ok(), "{accepted}");
+        }
+        for refused in [
+            "application/fhir+json; charset=utf-16",
+            "application/fhir+xml; charset=latin1",
+            "application/json-patch+json; charset=ISO-8859-1",
+            "application/fhir+json; charset=utf-8; charset=utf-16",
+        ] {
+            let error = body_kind(&content_type(refused)).unwrap_err();
+            assert_eq!(
+                error.status(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{refused}"
+            );
+            assert!(error.to_string().contains("charset"), "{error}");
+        }
     }
 
     #[test]

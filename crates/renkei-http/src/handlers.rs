@@ -486,15 +486,21 @@ pub async fn create(
         check_type(&res_type)?;
         let who = authenticate(&req, &state)?;
         let resource = resource_or_binary_body(&req, payload, &state, &res_type, None).await?;
-        let criteria = match req
-            .headers()
-            .get("if-none-exist")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(query) => Some(Criteria::parse_if_none_exist(
-                &res_type,
-                &crate::search::localize_query(&ctx, query),
-            )?),
+        let criteria = match req.headers().get("if-none-exist") {
+            Some(value) => {
+                // Criteria that cannot be read must not turn the conditional create into an
+                // unconditional one, nor search for U+FFFD in place of what was sent.
+                let query = value.to_str().map_err(|_| {
+                    ApiError::bad_request(
+                        "the If-None-Exist header is malformed: it is not URL-encoded ASCII text",
+                    )
+                })?;
+                crate::request::check_url_encoded("If-None-Exist", query)?;
+                Some(Criteria::parse_if_none_exist(
+                    &res_type,
+                    &crate::search::localize_query(&ctx, query),
+                )?)
+            }
             None => None,
         };
         let gate = state.gate.clone();
@@ -1149,9 +1155,7 @@ pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
 
 /// Any path or method we do not serve.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    let format = RequestCtx::new(&req)
-        .map(|c| c.format)
-        .unwrap_or(Format::Json);
+    let format = crate::request::error_format(&req);
     let error = ApiError::new(
         StatusCode::NOT_FOUND,
         "not-found",
@@ -1179,9 +1183,7 @@ pub(crate) async fn refuse_method(
     message: String,
     allow: &'static str,
 ) -> HttpResponse {
-    let format = RequestCtx::new(req)
-        .map(|c| c.format)
-        .unwrap_or(Format::Json);
+    let format = crate::request::error_format(req);
     let error = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message);
     let mut response = refuse(req, error, format).await;
     if response.status() == StatusCode::METHOD_NOT_ALLOWED {

@@ -47,6 +47,9 @@ pub struct AppState {
     /// count against it after its other entries (see `renkei_repository` bundle.rs).
     pub max_bundle_response_bytes: usize,
     pub started_at: String,
+    /// The configured FHIR base (`base_url`): when set, every link the server writes starts
+    /// with it, whatever `Host` or `X-Forwarded-*` a request carries (`request::RequestCtx`).
+    pub base_url: Option<String>,
 }
 
 /// Registers the FHIR routes under `/fhir`.
@@ -232,6 +235,11 @@ pub fn serve(
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(64 * 1024))
+            // Whatever an extractor refuses is answered as every other error is.
+            .app_data(web::PathConfig::default().error_handler(error::extractor_error))
+            .app_data(web::QueryConfig::default().error_handler(error::extractor_error))
+            .app_data(web::JsonConfig::default().error_handler(error::extractor_error))
+            .app_data(web::FormConfig::default().error_handler(error::extractor_error))
             .wrap(actix_web::middleware::Compress::default())
             .wrap_fn(|req, srv| {
                 let id = auth::request_id_from(&req);

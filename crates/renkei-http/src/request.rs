@@ -30,16 +30,19 @@ impl RequestCtx {
     }
 
     fn build(req: &HttpRequest, binary: bool) -> Result<RequestCtx, (ApiError, Format)> {
-        let params = parse_query_strict(req.query_string()).map_err(|e| (e, Format::Json))?;
+        let params = parse_query_strict(req.query_string()).map_err(|e| (e, error_format(req)))?;
         let format_param = param(&params, "_format");
         let (format, raw_binary) = match negotiate(format_param, req.headers()) {
             Ok(format) => (format, false),
             Err(_) if binary && format_param.is_none() => (Format::Json, true),
+            // The format itself cannot be served: JSON, the default, is all there is.
             Err(e) => return Err((e, Format::Json)),
         };
         let pretty = param(&params, "_pretty") == Some("true");
-        let info = req.connection_info();
-        let base = format!("{}://{}/fhir", info.scheme(), info.host());
+        let configured = req
+            .app_data::<web::Data<crate::AppState>>()
+            .and_then(|state| state.base_url.clone());
+        let base = request_base(req, configured.as_deref());
         Ok(RequestCtx {
             format,
             pretty,
@@ -52,6 +55,77 @@ impl RequestCtx {
     pub fn param(&self, name: &str) -> Option<&str> {
         param(&self.params, name)
     }
+}
+
+/// The format an error is answered in when the request could not be read whole (its query
+/// is not valid URL encoding, a body the handler cannot take): the one the client asked
+/// for if that can still be told, `_format` read leniently, else JSON.
+pub fn error_format(req: &HttpRequest) -> Format {
+    let params = parse_query(req.query_string());
+    negotiate(param(&params, "_format"), req.headers()).unwrap_or(Format::Json)
+}
+
+/// The FHIR base every link of an answer is built on (`Location`, `fullUrl`, paging links,
+/// the CapabilityStatement's `url`).
+///
+/// `Host`, `X-Forwarded-Host`, `X-Forwarded-Proto` and `Forwarded` are the caller's to choose:
+/// a configured `base_url` is used whenever there is one and they play no part. Without one
+/// they are taken only when they could name this server: the scheme `http` or `https` and a
+/// host that is an RFC 3986 host with an optional port. Anything else (`javascript`, a host
+/// with a path or spaces in it) gives the address the server listens on, so a forged header
+/// cannot make the server write a link to another scheme or a malformed URL.
+fn request_base(req: &HttpRequest, configured: Option<&str>) -> String {
+    if let Some(base) = configured {
+        return base.trim_end_matches('/').to_string();
+    }
+    let info = req.connection_info();
+    let scheme = info.scheme();
+    if matches!(scheme, "http" | "https") && is_host_and_port(info.host()) {
+        return format!("{scheme}://{}/fhir", info.host());
+    }
+    let config = req.app_config();
+    let scheme = if config.secure() { "https" } else { "http" };
+    format!("{scheme}://{}/fhir", config.local_addr())
+}
+
+/// Whether `text` is RFC 3986 `host [ ":" port ]`: an IP-literal (`[::1]`), or a reg-name /
+/// IPv4 address (`unreserved / pct-encoded / sub-delims`, not empty), and a port of digits
+/// up to 65535.
+fn is_host_and_port(text: &str) -> bool {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((literal, after)) if literal.parse::<std::net::Ipv6Addr>().is_ok() => {
+                match after {
+                    "" => return true,
+                    _ => match after.strip_prefix(':') {
+                        Some(port) => (None, port),
+                        None => return false,
+                    },
+                }
+            }
+            _ => return false,
+        },
+        None => match text.rsplit_once(':') {
+            Some((host, port)) => (Some(host), port),
+            None => (Some(text), ""),
+        },
+    };
+    // A port no TCP connection can have (`:99999`) names no server either.
+    let port_ok = port.is_empty()
+        || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok());
+    let host_ok = host.is_none_or(|host| {
+        let bytes = host.as_bytes();
+        !bytes.is_empty()
+            && bytes.iter().enumerate().all(|(i, &b)| match b {
+                b'%' => bytes
+                    .get(i + 1..i + 3)
+                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)),
+                b'-' | b'.' | b'_' | b'~' => true,
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => true,
+                _ => b.is_ascii_alphanumeric(),
+            })
+    });
+    port_ok && host_ok
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -93,12 +167,27 @@ fn split_query(
 /// Longest wait for the next part of a request body.
 const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Reads the body, refusing more than `limit` bytes with 413 before buffering them.
+/// Reads the body, refusing more than `limit` bytes with 413 before buffering them, and an
+/// empty one with 400.
 pub async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let body = read_body_or_empty(req, payload, limit).await?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request has no body"));
+    }
+    Ok(body)
+}
+
+/// [`read_body`] for an endpoint that answers an empty body itself (the token endpoint).
+pub async fn read_body_or_empty(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<web::Bytes, ApiError> {
+    check_content_encoding(req)?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -142,10 +231,51 @@ pub async fn read_body(
         }
         body.extend_from_slice(&chunk);
     }
-    if body.is_empty() {
-        return Err(ApiError::bad_request("the request has no body"));
-    }
     Ok(body.freeze())
+}
+
+/// 415 for a body sent with a `Content-Encoding` other than `identity`: bodies are read as
+/// they arrive (the `Payload` stream is not decompressed), so a gzip body would be parsed as
+/// its compressed bytes, and a plain body labelled gzip would be taken for something its
+/// sender said it was not.
+fn check_content_encoding(req: &HttpRequest) -> Result<(), ApiError> {
+    let codings: Vec<&str> = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        .collect();
+    if codings.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "not-supported",
+        format!(
+            "Content-Encoding '{}' is not accepted: send the body uncompressed (identity)",
+            codings.join(", ")
+        ),
+    ))
+}
+
+/// A form body (`application/x-www-form-urlencoded`) decoded as strictly as a query string:
+/// bytes that are not UTF-8 answer 400, as escapes that are not UTF-8 do.
+pub fn parse_form_strict(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("malformed form body: it is not UTF-8 text"))?;
+    parse_query_strict(text)
+}
+
+/// Checks that `text` (a header value such as `If-None-Exist` or `X-Break-Glass-Reason`) is
+/// valid URL encoding of UTF-8, with the decoding queries get: an escape that decodes to
+/// other bytes (`%FF`) answers 400 naming the header instead of becoming U+FFFD.
+pub fn check_url_encoded(name: &str, text: &str) -> Result<(), ApiError> {
+    renkei_repository::percent_decode_strict(text)
+        .map(|_| ())
+        .map_err(|message| {
+            ApiError::bad_request(format!("the {name} header is malformed: {message}"))
+        })
 }
 
 /// The `return` preference of a `Prefer` header.
@@ -205,6 +335,74 @@ mod tests {
             req = req.append_header((header::IF_MATCH, *v));
         }
         if_match(&req.to_http_request())
+    }
+
+    #[test]
+    fn hosts_are_rfc_3986_hosts_with_ports() {
+        for good in [
+            "gw.example",
+            "gw.example:8443",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:8080",
+            "xn--eckwd4c7c.example",
+            "a%41b",
+        ] {
+            assert!(is_host_and_port(good), "{good}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "gw.example:80x",
+            "gw.example:123456",
+            "gw.example:99999",
+            "gw.example:+80",
+            "gw.example/evil",
+            "gw example",
+            "user@gw.example",
+            "[::1",
+            "[not-ip]:80",
+            "[::1]x",
+            "a%4",
+            "gw.example:80:90",
+            "山田.example",
+        ] {
+            assert!(!is_host_and_port(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn links_come_from_base_url_or_checked_headers() {
+        let forged = || {
+            TestRequest::default()
+                .insert_header((header::HOST, "gw.example"))
+                .insert_header(("x-forwarded-proto", "javascript"))
+                .insert_header(("x-forwarded-host", "attacker.example"))
+                .to_http_request()
+        };
+        assert_eq!(
+            request_base(&forged(), Some("https://gw.example/fhir/")),
+            "https://gw.example/fhir"
+        );
+        // actix's test requests come from 127.0.0.1:8080 unless told otherwise.
+        let listen = format!("http://{}/fhir", forged().app_config().local_addr());
+        assert_eq!(request_base(&forged(), None), listen);
+        let proxied = TestRequest::default()
+            .insert_header(("x-forwarded-proto", "https"))
+            .insert_header(("x-forwarded-host", "gw.example:8443"))
+            .to_http_request();
+        assert_eq!(request_base(&proxied, None), "https://gw.example:8443/fhir");
+        let bad_host = TestRequest::default()
+            .insert_header(("x-forwarded-host", "evil.example/x?"))
+            .to_http_request();
+        assert_eq!(request_base(&bad_host, None), listen);
+        let configured = TestRequest::default()
+            .insert_header(("x-forwarded-host", "attacker.example"))
+            .to_http_request();
+        assert_eq!(
+            request_base(&configured, Some("https://gw.example/fhir")),
+            "https://gw.example/fhir"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::format::{render_bundle, BundleEntry, EntryResource};
 use crate::handlers::finish;
 use crate::handlers::{blocking, encode, query_string};
-use crate::request::{parse_query, parse_query_strict, read_body, RequestCtx};
+use crate::request::{parse_form_strict, parse_query, read_body_or_empty, RequestCtx};
 use crate::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -599,11 +599,9 @@ pub(crate) async fn posted_params(
                 "POST _search takes an application/x-www-form-urlencoded body",
             ));
         }
-        match read_body(req, payload, state.max_body_bytes).await {
-            Ok(body) => params.extend(parse_query_strict(&String::from_utf8_lossy(&body))?),
-            Err(ApiError::Http { status, .. }) if status == StatusCode::BAD_REQUEST => {}
-            Err(e) => return Err(e),
-        }
+        // An empty body is a search with the URL's parameters only.
+        let body = read_body_or_empty(req, payload, state.max_body_bytes).await?;
+        params.extend(parse_form_strict(&body)?);
     }
     Ok(params)
 }
