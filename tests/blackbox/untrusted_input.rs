@@ -231,6 +231,21 @@ fn errors_are_answered_as_the_client_reads_them() {
         assert_eq!(response.status().as_u16(), 413);
         let error: serde_json::Value = response.json().unwrap();
         assert_eq!(error["error"], "invalid_request", "{error}");
+        // ... and leaves its refused Login event, as every token request does.
+        let auditor = s.token_for("auditor-oversized", TEST_ORGANIZATION, "auditor", &[]);
+        let logins = s
+            .with_token(&auditor)
+            .get("AuditEvent?type=110114&outcome=4&_count=50")
+            .expect(200)
+            .json();
+        assert!(
+            logins["entry"].as_array().is_some_and(|entries| entries
+                .iter()
+                .any(|e| e["resource"]["outcomeDesc"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("limit") || d.contains("large")))),
+            "{logins}"
+        );
     });
 }
 
@@ -301,6 +316,15 @@ fn percent_encodings_that_are_not_utf8_are_refused() {
                     "X-Break-Glass-Reason",
                     "%E6%84%8F%E8%AD%98%E4%B8%8D%E6%98%8E",
                 ),
+            ],
+        )
+        .expect(200);
+        // A lone `%` is a percent sign: an emergency does not fail on a typed "80%".
+        er.get_with(
+            &format!("Patient/{id}"),
+            &[
+                ("X-Purpose-Of-Use", "ETREAT"),
+                ("X-Break-Glass-Reason", "unconscious, SpO2 80%"),
             ],
         )
         .expect(200);

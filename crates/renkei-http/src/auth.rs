@@ -211,7 +211,7 @@ fn stated_purpose(req: &HttpRequest) -> Result<StatedPurpose, ApiError> {
     if let Some(reason) = &break_glass_reason {
         // Kept as sent, but a percent-encoded reason must decode to text: `%FF%FE` would
         // otherwise open the glass on a reason nobody can read.
-        crate::request::check_url_encoded("X-Break-Glass-Reason", reason)?;
+        crate::request::check_escapes_decode("X-Break-Glass-Reason", reason)?;
     }
     Ok(StatedPurpose {
         purpose: header_text(req, "x-purpose-of-use")?,
@@ -319,6 +319,26 @@ pub async fn token(
         // was wrong (413 too large, 415 compressed, 408 too slow).
         Err(error) => {
             let description = error.to_string();
+            // Audited like every other refused token request, before the answer.
+            let attempt = renkei_access::LoginAttempt {
+                request_id: request_id(&req),
+                network_address: req.peer_addr().map(|a| a.ip().to_string()),
+                status: error.status().as_u16(),
+                refusal: Some(description.clone()),
+                ..Default::default()
+            };
+            let gate = state.gate.clone();
+            match web::block(move || gate.audit_login(attempt)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(unavailable)) => {
+                    return ApiError::from(unavailable).respond(crate::format::Format::Json, false)
+                }
+                Err(_) => {
+                    return HttpResponse::ServiceUnavailable()
+                        .content_type(FHIR_JSON)
+                        .finish()
+                }
+            }
             return HttpResponse::build(error.status())
                 .insert_header((header::CACHE_CONTROL, "no-store"))
                 .content_type("application/json")

@@ -278,6 +278,15 @@ pub fn check_url_encoded(name: &str, text: &str) -> Result<(), ApiError> {
         })
 }
 
+/// Checks that the percent escapes in free text (`X-Break-Glass-Reason`) decode to UTF-8:
+/// `%FF%FE` answers 400 naming the header, while a lone `%` is just a percent sign, so a
+/// clinician's "SpO2 80%" never stands between them and emergency access.
+pub fn check_escapes_decode(name: &str, text: &str) -> Result<(), ApiError> {
+    renkei_repository::percent_escapes_decode(text).map_err(|message| {
+        ApiError::bad_request(format!("the {name} header is malformed: {message}"))
+    })
+}
+
 /// The `return` preference of a `Prefer` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReturnPreference {

@@ -705,15 +705,12 @@ fn run_transaction(
             ids.insert(full_url.clone(), reference);
         }
     }
-    // Within each step, the resources in one order whatever the entries' order: two
-    // transactions changing the same resources then lock their rows in the same order rather
-    // than each waiting for a row the other holds (a deadlock PostgreSQL breaks by failing one).
+    // Within each step, entries run in the Bundle's order: a facility registers a Patient and
+    // records its Consent in one transaction, and the Consent's check needs the Patient first.
+    // (Sorting by resource to lock rows in one order broke that; transactions that deadlock on
+    // PostgreSQL are retried instead.)
     let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by(|&a, &b| {
-        method_rank(&entries[a].method)
-            .cmp(&method_rank(&entries[b].method))
-            .then_with(|| identities[a].cmp(&identities[b]))
-    });
+    order.sort_by_key(|&i| method_rank(&entries[i].method));
     let mut results: Vec<Option<EntryResult>> = vec![None; entries.len()];
     for index in order {
         let entry = &entries[index];

@@ -169,6 +169,16 @@ pub fn percent_decode_strict(text: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("'{text}' does not decode to UTF-8 text"))
 }
 
+/// Whether the well-formed `%XX` escapes in free text decode, with the text around them, to
+/// UTF-8; a `%` not followed by two hex digits is a literal percent sign (a reason such as
+/// "SpO2 80%"), not an error.
+pub fn percent_escapes_decode(text: &str) -> Result<(), String> {
+    let bytes = decode_escapes(text, false)?;
+    String::from_utf8(bytes)
+        .map(|_| ())
+        .map_err(|_| format!("'{text}' has escapes that do not decode to UTF-8 text"))
+}
+
 fn decode_escapes(text: &str, strict: bool) -> Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

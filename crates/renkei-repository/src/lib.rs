@@ -19,7 +19,9 @@ pub use bundle::{
     check_entries, conditional_reference_types, no_commit_hook, parse_etag, relative_entry_url,
     BundleKind, CommitHook, EntryRequest, ImportHook,
 };
-pub use criteria::{percent_decode, percent_decode_strict, percent_encode, Criteria};
+pub use criteria::{
+    percent_decode, percent_decode_strict, percent_encode, percent_escapes_decode, Criteria,
+};
 pub use error::{status_of, RepoError};
 pub use interactions::{
     check_type, conditional_delete, conditional_update, create, delete, has_rest_endpoint,
