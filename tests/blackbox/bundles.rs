@@ -1105,3 +1105,24 @@ fn bundle_responses_are_bounded() {
         s.get("Patient/tx-budget").expect(404);
     });
 }
+
+/// Inside a transaction, a conditional reference to a type that is no resource type was
+/// stored verbatim (201): it can be neither resolved nor kept.
+#[test]
+fn transaction_conditional_reference_to_an_unknown_type_fails() {
+    for_each_backend(|s| {
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                              "subject": {"reference": "Foo?x=y"}},
+                 "request": {"method": "POST", "url": "Observation"}}
+            ]
+        });
+        let outcome = s.post("", &bundle).expect(400).outcome();
+        let text = outcome["issue"][0]["diagnostics"].as_str().unwrap_or("");
+        assert!(text.contains("'Foo'"), "{outcome}");
+        let (found, _) = s.all_pages("Observation");
+        assert!(found.is_empty(), "nothing stored: {found:?}");
+    });
+}

@@ -282,3 +282,123 @@ fn binary_content_is_written_and_read_as_itself() {
         .expect(415);
     });
 }
+
+/// Contained resources and local references that break dom-2, dom-3 or ref-1 were stored
+/// (201) by create, update, JSON Patch and XML alike.
+#[test]
+fn invalid_contained_resources_and_local_references_are_refused() {
+    for_each_backend(|s| {
+        let org = |id: Option<&str>| {
+            let mut o = json!({"resourceType": "Organization", "name": "Acme"});
+            if let Some(id) = id {
+                o["id"] = json!(id);
+            }
+            o
+        };
+        let mut nested = org(Some("o"));
+        nested["contained"] = json!([org(Some("deeper"))]);
+        let cases = [
+            (
+                "dom-2",
+                json!({"resourceType": "Patient", "contained": [nested],
+                       "managingOrganization": {"reference": "#o"}}),
+            ),
+            (
+                "needs an id",
+                json!({"resourceType": "Patient", "contained": [org(None)]}),
+            ),
+            (
+                "two contained resources have the id 'o'",
+                json!({"resourceType": "Patient", "contained": [org(Some("o")), org(Some("o"))],
+                       "managingOrganization": {"reference": "#o"}}),
+            ),
+            (
+                "'#nope' names no contained resource",
+                json!({"resourceType": "Patient", "contained": [org(Some("o"))],
+                       "managingOrganization": {"reference": "#nope"}}),
+            ),
+            (
+                "only allowed inside a contained resource",
+                json!({"resourceType": "Patient", "managingOrganization": {"reference": "#"}}),
+            ),
+        ];
+        let existing = s.create(&patient("Contained"));
+        let id = existing["id"].as_str().unwrap().to_string();
+        for (expected, body) in &cases {
+            for r in [s.post("Patient", body), {
+                let mut with_id = body.clone();
+                with_id["id"] = json!(id);
+                s.put(&format!("Patient/{id}"), &with_id)
+            }] {
+                let outcome = r.expect(400).outcome();
+                assert_eq!(outcome["issue"][0]["code"], "invariant", "{outcome}");
+                let text = outcome["issue"][0]["diagnostics"].as_str().unwrap_or("");
+                assert!(text.contains(expected), "{expected}: {outcome}");
+            }
+        }
+        // A JSON Patch producing a dangling local reference is refused too.
+        s.send_raw(
+            "PATCH",
+            &format!("Patient/{id}"),
+            JSON_PATCH,
+            br##"[{"op": "add", "path": "/managingOrganization", "value": {"reference": "#x"}}]"##,
+        )
+        .expect(400);
+        // And XML: a contained resource without an id.
+        let xml = r#"<Patient xmlns="http://hl7.org/fhir"><contained><Organization><name value="Acme"/></Organization></contained></Patient>"#;
+        s.send_raw("POST", "Patient", FHIR_XML, xml.as_bytes())
+            .expect(400);
+        // What the rules allow still works: `#id` naming a contained resource, and `#`
+        // from a contained resource back to its container.
+        s.post(
+            "Patient",
+            &json!({"resourceType": "Patient",
+                "contained": [org(Some("o")),
+                    {"resourceType": "Provenance", "id": "p", "recorded": "2020-01-01T00:00:00Z",
+                     "target": [{"reference": "#"}], "agent": [{"who": {"reference": "#o"}}]}],
+                "managingOrganization": {"reference": "#o"}}),
+        )
+        .expect(201);
+        assert_eq!(
+            s.read_json(&format!("Patient/{id}"))["meta"]["versionId"],
+            "1"
+        );
+    });
+}
+
+/// A conditional reference in a plain create or update was stored verbatim and never
+/// resolved: R4 defines them only in transactions.
+#[test]
+fn conditional_references_outside_a_transaction_are_refused() {
+    for_each_backend(|s| {
+        let existing = s.create(&patient("Conditional"));
+        let id = existing["id"].as_str().unwrap().to_string();
+        let with_reference = |reference: &str| {
+            let mut p = patient("Conditional");
+            p["managingOrganization"] = json!({"reference": reference});
+            p
+        };
+        for reference in ["Organization?identifier=x", "Foo?x=y"] {
+            s.post("Patient", &with_reference(reference))
+                .expect(400)
+                .outcome();
+            let mut body = with_reference(reference);
+            body["id"] = json!(id);
+            s.put(&format!("Patient/{id}"), &body).expect(400).outcome();
+        }
+        let text = s
+            .post("Patient", &with_reference("Organization?identifier=x"))
+            .expect(400)
+            .outcome()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(text.contains("transaction"), "{text}");
+        // An absolute URL with a query is a literal reference, stored as written.
+        s.post(
+            "Patient",
+            &with_reference("https://example.org/fhir/Organization?identifier=x"),
+        )
+        .expect(201);
+    });
+}

@@ -700,3 +700,35 @@ fn a_made_up_shared_identifier_does_not_merge_two_people() {
         assert!(!seen.contains(&reference(&q_lab)), "{seen:?}");
     });
 }
+
+/// `$match` dropped parameters it does not define: a misspelt `onlyCertainMatches` answered
+/// probable matches the client asked to exclude.
+#[test]
+fn match_refuses_a_parameter_it_does_not_define() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let clinic = net.as_clinic();
+        let query = json!({"resourceType": "Patient", "birthDate": "1960-01-02"});
+        let outcome = clinic
+            .post(
+                "Patient/$match",
+                &json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "resource", "resource": query},
+                    {"name": "onlyCertainMatch", "valueBoolean": true}
+                ]}),
+            )
+            .expect(400)
+            .outcome();
+        let text = outcome["issue"][0]["diagnostics"].as_str().unwrap_or("");
+        assert!(text.contains("'onlyCertainMatch'"), "{outcome}");
+        clinic
+            .post(
+                "Patient/$match",
+                &json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "resource", "resource": query},
+                    {"name": "onlyCertainMatches", "valueBoolean": true}
+                ]}),
+            )
+            .expect(200);
+    });
+}

@@ -757,3 +757,28 @@ fn a_database_indexed_in_another_zone_is_refused_until_reindexed() {
         );
     });
 }
+
+/// An empty item of a list parameter was dropped: `$everything?_type=,` answered an empty
+/// page (while `_type=` was refused) and `_sort=,,,` the unsorted search.
+#[test]
+fn empty_list_items_are_refused() {
+    for_each_backend(|s| {
+        let created = s.create(&json!({"resourceType": "Patient", "gender": "male"}));
+        let id = created["id"].as_str().unwrap();
+        for path in [
+            format!("Patient/{id}/$everything?_type=,"),
+            format!("Patient/{id}/$everything?_type=Patient,"),
+            "Patient?_sort=,,,".to_string(),
+            "Patient?_sort=_id,".to_string(),
+            "Patient?_elements=gender,".to_string(),
+            "?_type=,".to_string(),
+            "?_type=Patient,,Observation".to_string(),
+        ] {
+            let text = refused(s, &path, &[]);
+            assert!(text.contains("empty item"), "{path}: {text}");
+        }
+        s.get(&format!("Patient/{id}/$everything?_type=Patient"))
+            .expect(200);
+        s.get("Patient?_sort=-_id,_lastUpdated").expect(200);
+    });
+}

@@ -78,8 +78,9 @@ pub fn validate(resource: &Value) -> Vec<Issue> {
         issues: Vec::new(),
         path: String::new(),
         depth: 0,
+        locals: Vec::new(),
     };
-    v.resource(resource, true);
+    v.resource(resource, true, false);
     v.issues
 }
 
@@ -139,6 +140,17 @@ struct Validator {
     issues: Vec<Issue>,
     path: String,
     depth: usize,
+    /// One entry per resource being walked, innermost last: what its local references
+    /// (`#id`) may name.
+    locals: Vec<LocalScope>,
+}
+
+/// What a local reference may name inside one resource: the ids of the contained resources
+/// of the resource that holds them (a contained resource shares its container's scope,
+/// since `#id` inside it names a sibling and `#` the container).
+struct LocalScope {
+    ids: Vec<String>,
+    contained: bool,
 }
 
 impl Validator {
@@ -169,7 +181,8 @@ impl Validator {
     }
 
     /// Validate a resource; `self.path` is the location of the resource (empty at top level).
-    fn resource(&mut self, v: &Value, top: bool) {
+    /// `contained` is true for a resource in a `contained` list.
+    fn resource(&mut self, v: &Value, top: bool, contained: bool) {
         let Value::Object(obj) = v else {
             self.issue(
                 IssueCode::Invalid,
@@ -206,7 +219,96 @@ impl Validator {
         if top {
             self.path.push_str(rt);
         }
+        let scope = self.local_scope(obj, contained);
+        self.locals.push(scope);
         self.object(td, obj, true);
+        self.locals.pop();
+        self.path.truncate(saved);
+    }
+
+    /// The rules on contained resources that make local references resolvable (dom-2,
+    /// dom-3's need for an id, unique ids), and the scope the resource's `#id` references
+    /// are checked against (ref-1).
+    fn local_scope(&mut self, obj: &Map<String, Value>, contained: bool) -> LocalScope {
+        if contained {
+            if obj.contains_key("contained") {
+                self.issue(
+                    IssueCode::Invariant,
+                    "a contained resource must not itself contain resources (dom-2)".into(),
+                );
+            }
+            if !obj.get("id").is_some_and(Value::is_string) {
+                self.issue(
+                    IssueCode::Invariant,
+                    "a contained resource needs an id, the only way it can be referred to (dom-3)"
+                        .into(),
+                );
+            }
+            let ids = self
+                .locals
+                .last()
+                .map(|outer| outer.ids.clone())
+                .unwrap_or_default();
+            return LocalScope {
+                ids,
+                contained: true,
+            };
+        }
+        let mut ids: Vec<String> = Vec::new();
+        let items = obj
+            .get("contained")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (i, item) in items.iter().enumerate() {
+            let Some(id) = item.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            if ids.iter().any(|seen| seen == id) {
+                let saved = self.push_name("contained");
+                let saved_index = self.push_index(i);
+                self.issue(
+                    IssueCode::Invariant,
+                    format!(
+                        "two contained resources have the id '{id}'; a local reference must name one (dom-3)"
+                    ),
+                );
+                self.path.truncate(saved_index);
+                self.path.truncate(saved);
+            } else {
+                ids.push(id.to_string());
+            }
+        }
+        LocalScope {
+            ids,
+            contained: false,
+        }
+    }
+
+    /// ref-1: a local reference (`#id`) names a contained resource of the resource it is in;
+    /// `#` alone names the container and is only meaningful inside a contained resource.
+    fn local_reference(&mut self, obj: &Map<String, Value>) {
+        let Some(Value::String(reference)) = obj.get("reference") else {
+            return;
+        };
+        let Some(id) = reference.strip_prefix('#') else {
+            return;
+        };
+        let Some(scope) = self.locals.last() else {
+            return;
+        };
+        let message = if id.is_empty() {
+            if scope.contained {
+                return;
+            }
+            "the local reference '#' names the containing resource and is only allowed inside a contained resource (ref-1)".to_string()
+        } else if scope.ids.iter().any(|known| known == id) {
+            return;
+        } else {
+            format!("the local reference '#{id}' names no contained resource (ref-1)")
+        };
+        let saved = self.push_name("reference");
+        self.issue(IssueCode::Invariant, message);
         self.path.truncate(saved);
     }
 
@@ -270,6 +372,9 @@ impl Validator {
                 ),
             }
             self.path.truncate(saved);
+        }
+        if td.name == "Reference" {
+            self.local_reference(obj);
         }
         // ext-1: an extension carries a value or nested extensions, exactly one of the two.
         if td.name == "Extension" {
@@ -414,7 +519,7 @@ impl Validator {
                     return;
                 }
                 self.depth += 1;
-                self.resource(v, false);
+                self.resource(v, false, ed.name == "contained");
                 self.depth -= 1;
             }
             Kind::Complex(t) => match (v, self.m.types.get(t)) {

@@ -183,6 +183,18 @@ struct Operation<'p> {
     destination: Option<i64>,
 }
 
+/// The parts of an `operation` parameter that the FHIRPath Patch
+/// specification allows at most once.
+const SINGLE_PARTS: [&str; 7] = [
+    "type",
+    "path",
+    "name",
+    "value",
+    "index",
+    "source",
+    "destination",
+];
+
 fn part_named<'p>(parts: &'p [Value], name: &str) -> Option<&'p Value> {
     parts
         .iter()
@@ -213,6 +225,21 @@ impl<'p> Operation<'p> {
             .and_then(Value::as_array)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // Each of these parts has cardinality 1..1 or 0..1 in the spec; with
+        // two of them `part_named` would silently pick the first, and an
+        // operation with `type=delete` and `type=add` would be applied as
+        // whichever came first instead of being refused as ambiguous.
+        for once in SINGLE_PARTS {
+            let count = parts
+                .iter()
+                .filter(|p| p.get("name").and_then(Value::as_str) == Some(once))
+                .count();
+            if count > 1 {
+                return Err(invalid(format!(
+                    "part '{once}' appears {count} times; it is allowed at most once"
+                )));
+            }
+        }
         let prim = |name: &str| part_named(parts, name).and_then(value_x).map(|(_, _, v)| v);
         let string = |name: &str| -> Result<Option<&'p str>, PatchError> {
             match prim(name) {
@@ -670,6 +697,34 @@ mod tests {
         let keys: Vec<&String> = obs.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["resourceType", "status", "valueString", "note"]);
         assert_eq!(obs["valueString"], "positive");
+    }
+
+    #[test]
+    fn repeated_single_parts_are_refused_and_leave_the_resource_alone() {
+        for part in SINGLE_PARTS {
+            let mut patient = json!({"resourceType": "Patient", "gender": "male"});
+            let mut parts = vec![
+                json!({"name": "type", "valueCode": "delete"}),
+                json!({"name": "path", "valueString": "Patient.gender"}),
+            ];
+            let extra = match part {
+                "type" => json!({"name": "type", "valueCode": "add"}),
+                "path" => json!({"name": "path", "valueString": "Patient.birthDate"}),
+                "value" => json!({"name": "value", "valueString": "x"}),
+                "index" | "source" | "destination" => json!({"name": part, "valueInteger": 0}),
+                other => json!({"name": other, "valueString": "x"}),
+            };
+            if !matches!(part, "type" | "path") {
+                parts.push(extra.clone());
+            }
+            parts.push(extra);
+            let err = apply_fhirpath_patch(&mut patient, &op(Value::Array(parts))).unwrap_err();
+            assert!(
+                matches!(&err, PatchError::Invalid(m) if m.contains(&format!("part '{part}' appears 2 times"))),
+                "{part}: {err}"
+            );
+            assert_eq!(patient["gender"], "male", "{part}");
+        }
     }
 
     #[test]

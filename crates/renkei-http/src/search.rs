@@ -639,13 +639,14 @@ fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
         .iter()
         .find(|(name, _)| name == "_type")
         .map(|(_, list)| list.clone());
-    let mut types: Vec<String> = type_list
-        .iter()
-        .flat_map(|list| list.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect();
+    let mut types: Vec<String> = match &type_list {
+        Some(list) => renkei_search::plan::list_items("_type", list)
+            .map_err(search_error)?
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
     for t in &types {
         check_type_param(t)?;
     }
@@ -848,10 +849,9 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     let type_list = (!type_values.is_empty()).then(|| type_values.join(","));
     let type_param = type_list.as_deref();
     let mut types: Vec<String> = match type_param {
-        Some(list) => list
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        Some(list) => renkei_search::plan::list_items("_type", list)
+            .map_err(search_error)?
+            .into_iter()
             .map(str::to_string)
             .collect(),
         None => reg

@@ -15,6 +15,10 @@ pub enum IdentityError {
     /// A parameter that may appear once appears several times.
     #[error("the $match parameter '{0}' must not be repeated")]
     RepeatedParameter(String),
+    /// A parameter `$match` does not define (ITI-119: `resource`, `onlyCertainMatches`,
+    /// `count`); the name is shown only when it looks like one.
+    #[error("the $match parameter {0} is not known; $match takes resource, onlyCertainMatches and count")]
+    UnknownParameter(String),
     /// `onlyCertainMatches` is not a `valueBoolean`.
     #[error("the $match parameter 'onlyCertainMatches' must be a valueBoolean")]
     InvalidOnlyCertainMatches,
@@ -37,6 +41,7 @@ impl IdentityError {
             Self::MissingResource => "identity.match.missing-resource",
             Self::ResourceNotPatient(_) => "identity.match.resource-not-patient",
             Self::RepeatedParameter(_) => "identity.match.repeated-parameter",
+            Self::UnknownParameter(_) => "identity.match.unknown-parameter",
             Self::InvalidOnlyCertainMatches => "identity.match.invalid-only-certain-matches",
             Self::InvalidCount => "identity.match.invalid-count",
             Self::MissingSystem => "identity.pix.missing-system",

@@ -23,6 +23,27 @@ pub fn parse_match_request(parameters: &Value) -> Result<MatchRequest, IdentityE
     if parameters.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return Err(IdentityError::NotParameters);
     }
+    // ITI-119 defines these three; anything else would be silently dropped, and a client
+    // that misspells `onlyCertainMatches` would get probable matches it asked to exclude.
+    for p in norm::items(parameters, "parameter") {
+        match p.get("name").and_then(Value::as_str) {
+            Some("resource" | "onlyCertainMatches" | "count") => {}
+            Some(other) => {
+                // Only a name-shaped name is echoed, never content.
+                let shown = if other.len() <= 64
+                    && other
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    format!("'{other}'")
+                } else {
+                    "with an invalid name".to_string()
+                };
+                return Err(IdentityError::UnknownParameter(shown));
+            }
+            None => return Err(IdentityError::UnknownParameter("without a name".into())),
+        }
+    }
     let named = |wanted: &str| -> Result<Option<&Value>, IdentityError> {
         let mut found = norm::items(parameters, "parameter")
             .into_iter()
@@ -239,8 +260,7 @@ mod tests {
         let body = params(json!([
             {"name": "resource", "resource": yamada_query()},
             {"name": "onlyCertainMatches", "valueBoolean": true},
-            {"name": "count", "valueInteger": 5},
-            {"name": "somethingElse", "valueString": "ignored"}
+            {"name": "count", "valueInteger": 5}
         ]));
         let request = parse_match_request(&body).unwrap();
         assert_eq!(request.patient, yamada_query());
@@ -333,6 +353,28 @@ mod tests {
                 "count as a string",
                 params(json!([patient.clone(), {"name": "count", "valueString": "5"}])),
                 IdentityError::InvalidCount,
+            ),
+            (
+                "an unknown parameter",
+                params(json!([patient.clone(), {"name": "somethingElse", "valueString": "x"}])),
+                IdentityError::UnknownParameter("'somethingElse'".into()),
+            ),
+            (
+                "a misspelt parameter",
+                params(
+                    json!([patient.clone(), {"name": "onlyCertainMatch", "valueBoolean": true}]),
+                ),
+                IdentityError::UnknownParameter("'onlyCertainMatch'".into()),
+            ),
+            (
+                "an unknown parameter is not echoed when odd",
+                params(json!([patient.clone(), {"name": "山田 太郎", "valueString": "x"}])),
+                IdentityError::UnknownParameter("with an invalid name".into()),
+            ),
+            (
+                "a parameter without a name",
+                params(json!([patient.clone(), {"valueString": "x"}])),
+                IdentityError::UnknownParameter("without a name".into()),
             ),
             (
                 "onlyCertainMatches not boolean",

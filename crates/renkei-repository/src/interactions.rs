@@ -864,6 +864,11 @@ fn store_version(
     method: &str,
     context: &WriteContext,
 ) -> Result<StoredResource, RepoError> {
+    // A stored Bundle is content, not a request: its entries' conditional references are
+    // what its author wrote and are never resolved against this server.
+    if res_type != "Bundle" {
+        check_no_conditional_references(prepared.resource())?;
+    }
     let version = current.map_or(1, |row| row.version + 1);
     let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
     let (resource, prepared_rows) = prepared.into_parts(res_type);
@@ -924,6 +929,51 @@ fn store_version(
         last_updated,
         body,
     })
+}
+
+/// A reference of the form `Type?criteria` left in a resource about to be stored. FHIR R4
+/// defines conditional references only inside a transaction (http.html#trules), where the
+/// Bundle code resolves them before the write; one that reaches the store was either sent
+/// outside a transaction or searches a type no search can run on, and stored verbatim it
+/// would be a reference to nothing.
+fn check_no_conditional_references(value: &Value) -> Result<(), RepoError> {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                match child {
+                    Value::String(reference) if key == "reference" => {
+                        check_not_conditional(reference)?;
+                    }
+                    other => check_no_conditional_references(other)?,
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter().try_for_each(check_no_conditional_references),
+        _ => Ok(()),
+    }
+}
+
+fn check_not_conditional(reference: &str) -> Result<(), RepoError> {
+    let Some((res_type, _)) = reference.split_once('?') else {
+        return Ok(());
+    };
+    // Only a relative `Type?…` is conditional: an absolute URL with a query, a `urn:` or a
+    // local `#…` reference stays as written.
+    if res_type.is_empty() || !res_type.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Ok(());
+    }
+    if renkei_fhir::is_resource_type(res_type) {
+        Err(RepoError::BadRequest(format!(
+            "the conditional reference '{reference}' can only be resolved in a transaction \
+             Bundle (FHIR R4 http.html#trules); send a literal reference (Type/id) instead"
+        )))
+    } else {
+        Err(RepoError::BadRequest(format!(
+            "the conditional reference '{reference}' searches '{res_type}', which is not a FHIR \
+             R4 resource type"
+        )))
+    }
 }
 
 /// The rules a Consent compiles to (`None` for other types). A Consent that cannot be
@@ -1260,13 +1310,29 @@ pub fn patch(
     check_if_match(Some(row), if_match, res_type, id)?;
     let mut value: Value = serde_json::from_str(row.body.as_deref().unwrap_or("{}"))
         .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))?;
+    let before = value.clone();
     match body {
         PatchBody::JsonPatch(ops) => renkei_fhirpath::apply_json_patch(&mut value, ops),
         PatchBody::FhirPathPatch(params) => {
             renkei_fhirpath::apply_fhirpath_patch(&mut value, params)
         }
     }
-    .map_err(|e| RepoError::Unprocessable(format!("the patch cannot be applied: {e}")))?;
+    .map_err(|e| match e {
+        // A malformed patch document (an operation part given twice, an unknown operation
+        // type) is a bad request; 422 is for a well-formed patch this resource cannot take.
+        renkei_fhirpath::PatchError::Invalid(_) => RepoError::BadRequest(format!("{e}")),
+        _ => RepoError::Unprocessable(format!("the patch cannot be applied: {e}")),
+    })?;
+    // A patch that changes nothing (`[]`, only `test` operations, an empty Parameters)
+    // answers the current version rather than storing an identical one: FHIR lets a server
+    // skip the version when nothing changed, and a history of copies tells readers nothing.
+    if value == before {
+        return Ok(WriteOutcome {
+            resource: stored(row.clone(), row.body.clone().unwrap_or_default()),
+            created: false,
+            existing: false,
+        });
+    }
     if value.get("resourceType").and_then(Value::as_str) != Some(res_type)
         || value.get("id").and_then(Value::as_str) != Some(id)
     {

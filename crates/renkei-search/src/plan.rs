@@ -667,6 +667,23 @@ const RESULT_PARAMS: &[&str] = &[
 ];
 
 /// Whether `name` (without modifier) controls the result rather than selecting resources.
+/// The items of a comma-separated list parameter (`_type`, `_sort`, `_elements`), trimmed.
+/// An empty item (`_sort=,,`, `_type=Patient,`) is refused as an empty value is: it names
+/// nothing, and dropping it would answer a request other than the one written (`_type=,`
+/// would otherwise search no type at all and answer an empty page).
+pub fn list_items<'v>(name: &str, value: &'v str) -> Result<Vec<&'v str>, SearchError> {
+    if value.trim().is_empty() {
+        return invalid(format!("parameter '{name}' has no value"));
+    }
+    let items: Vec<&str> = value.split(',').map(str::trim).collect();
+    if items.iter().any(|item| item.is_empty()) {
+        return invalid(format!(
+            "parameter '{name}' has an empty item in its list '{value}'"
+        ));
+    }
+    Ok(items)
+}
+
 pub fn is_result_param(name: &str) -> bool {
     RESULT_PARAMS.contains(&name)
 }
@@ -763,7 +780,7 @@ fn parse_result_param(
             keep = false;
         }
         "_sort" => {
-            for key in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            for key in list_items(name, value)? {
                 let (desc, code) = match key.strip_prefix('-') {
                     Some(rest) => (true, rest),
                     None => (false, key),
@@ -803,13 +820,9 @@ fn parse_result_param(
                 ))
             }
         },
-        "_elements" => plan.elements.extend(
-            value
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-        ),
+        "_elements" => plan
+            .elements
+            .extend(list_items(name, value)?.into_iter().map(str::to_string)),
         "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
             let include = parse_include(&plan.types, name, value)?;
             if name.starts_with("_include") {
