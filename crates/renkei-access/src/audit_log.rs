@@ -24,7 +24,7 @@ const MAX_INGEST: usize = 16384;
 /// How long the ingester lets events gather before a transaction, unless someone is waiting.
 /// Long: the per-patient and per-resource reference index takes random pages, and every
 /// transaction writes each page it touched once, so fewer, larger transactions write less
-/// (16,384 events per 2 s instead of 4,096 per 500 ms took 17-22 µs less CPU per audited read
+/// (16,384 events per 2 s instead of 4,096 per 500 ms took 17-35 µs less CPU per audited read
 /// here; 32,768 per 4 s took no less: docs/BENCHMARKS.md).
 const INGEST_GATHER: Duration = Duration::from_millis(2000);
 /// A journal that has grown past this is emptied once all of it is in the trail.
