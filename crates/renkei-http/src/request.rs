@@ -79,8 +79,9 @@ fn request_base(req: &HttpRequest, configured: Option<&str>) -> String {
         return base.trim_end_matches('/').to_string();
     }
     let info = req.connection_info();
-    let scheme = info.scheme();
-    if matches!(scheme, "http" | "https") && is_host_and_port(info.host()) {
+    // Schemes are case-insensitive (RFC 3986 §3.1): a proxy's `HTTPS` is `https`.
+    let scheme = info.scheme().to_ascii_lowercase();
+    if matches!(scheme.as_str(), "http" | "https") && is_host_and_port(info.host()) {
         return format!("{scheme}://{}/fhir", info.host());
     }
     let config = req.app_config();
@@ -401,6 +402,11 @@ mod tests {
             .insert_header(("x-forwarded-host", "gw.example:8443"))
             .to_http_request();
         assert_eq!(request_base(&proxied, None), "https://gw.example:8443/fhir");
+        let upper_case = TestRequest::default()
+            .insert_header(("x-forwarded-proto", "HTTPS"))
+            .insert_header(("x-forwarded-host", "gw.example"))
+            .to_http_request();
+        assert_eq!(request_base(&upper_case, None), "https://gw.example/fhir");
         let bad_host = TestRequest::default()
             .insert_header(("x-forwarded-host", "evil.example/x?"))
             .to_http_request();
