@@ -908,26 +908,32 @@ impl Gate {
             .try_for_each(|entry| Self::require_entry_scope(who, entry))
     }
 
+    /// A Bundle entry's request method and URL ("" where absent).
+    fn entry_request(entry: &Value) -> (&str, &str) {
+        let field = |name: &str| {
+            entry
+                .get("request")
+                .and_then(|r| r.get(name))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        };
+        (field("method"), field("url"))
+    }
+
+    /// The path segments of a Bundle entry's URL, its query left out.
+    fn entry_path(url: &str) -> impl Iterator<Item = &str> {
+        url.split('?')
+            .next()
+            .unwrap_or("")
+            .split('/')
+            .filter(|p| !p.is_empty())
+    }
+
     /// A Bundle entry that writes the audit trail answers 405 like the same request sent on its
     /// own, which is refused by its method before anyone's rights are looked at.
     fn refuse_audit_trail_write(entry: &Value) -> Result<(), AccessError> {
-        let request = entry.get("request");
-        let method = request
-            .and_then(|r| r.get("method"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let url = request
-            .and_then(|r| r.get("url"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let res_type = url
-            .split('?')
-            .next()
-            .unwrap_or("")
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or("");
+        let (method, url) = Self::entry_request(entry);
+        let res_type = Self::entry_path(url).next().unwrap_or("");
         if res_type == "AuditEvent" && !matches!(method, "GET" | "HEAD") {
             return Err(AccessError::MethodNotAllowed(format!(
                 "{method} is not allowed on AuditEvent: the audit trail is append-only and \
@@ -939,17 +945,8 @@ impl Gate {
 
     /// The token's scopes allow this Bundle entry's request (and it does not write the trail).
     fn require_entry_scope(who: &Requester, entry: &Value) -> Result<(), AccessError> {
-        let request = entry.get("request");
-        let method = request
-            .and_then(|r| r.get("method"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let url = request
-            .and_then(|r| r.get("url"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let path = url.split('?').next().unwrap_or("").trim_start_matches('/');
-        let mut parts = path.split('/').filter(|p| !p.is_empty());
+        let (method, url) = Self::entry_request(entry);
+        let mut parts = Self::entry_path(url);
         let res_type = parts.next().unwrap_or("");
         let has_id = parts.next().is_some();
         let res_type =
@@ -971,7 +968,10 @@ impl Gate {
         who.require(res_type, action)?;
         // A conditional entry (`ifNoneExist`, criteria in a write's URL) searches the type,
         // as the same request sent on its own does.
-        let conditional = request.and_then(|r| r.get("ifNoneExist")).is_some()
+        let conditional = entry
+            .get("request")
+            .and_then(|r| r.get("ifNoneExist"))
+            .is_some()
             || (!matches!(method, "GET" | "HEAD") && url.contains('?'));
         if conditional {
             who.require(res_type, Action::Search).map_err(|error| {
