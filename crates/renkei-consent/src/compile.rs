@@ -195,10 +195,12 @@ fn stated<'a>(provision: &'a Value, key: &str) -> Option<&'a [Value]> {
 }
 
 fn coding_parts(path: &str, coding: &Value) -> Result<(Option<String>, String), ConsentError> {
+    // Canonical spelling, as the index stores systems: a purpose or label written with the
+    // OID or the old URL of a v3 code system is the same code as with its URL.
     let system = coding
         .get("system")
         .and_then(Value::as_str)
-        .map(str::to_string);
+        .map(|system| renkei_search::canonical_system(system).to_string());
     let code = coding
         .get("code")
         .and_then(Value::as_str)

@@ -462,3 +462,33 @@ fn error_messages_name_the_element() {
         "{err}"
     );
 }
+
+/// A v3 code system written as its OID or old URL is the same system: a purpose of use
+/// spelled with the ActReason OID was refused (failing closed, but refusing a valid consent),
+/// and labels keep one spelling, so the OID and URL forms of one label are one rule.
+#[test]
+fn v3_system_spellings_are_one_system() {
+    let c = consent(
+        "c-oid",
+        PAT,
+        json!({"type": "permit",
+               "purpose": [coding("urn:oid:2.16.840.1.113883.5.8", "TREAT")],
+               "securityLabel": [coding("urn:oid:2.16.840.1.113883.5.4", "PSY"), psy()]}),
+    );
+    let rules = compile(&c).unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0].purpose.as_deref(), Some("TREAT"));
+    assert_eq!(
+        rules[0].security_label,
+        Some((
+            "http://terminology.hl7.org/CodeSystem/v3-ActCode".to_string(),
+            "PSY".to_string()
+        ))
+    );
+    let other = consent(
+        "c-other",
+        PAT,
+        json!({"type": "permit", "purpose": [coding("urn:oid:1.2.3", "TREAT")]}),
+    );
+    assert!(compile(&other).is_err());
+}

@@ -1001,11 +1001,8 @@ fn consent_rules(
                 valid_from: rule.valid_from_ms,
                 valid_to: rule.valid_to_ms,
                 class_type: rule.class_type,
-                // Labels are matched with the index's token rows, whose systems are
-                // canonical: an OID spelling of v3-ActCode must match the URL spelling.
-                label: rule.security_label.map(|(system, code)| {
-                    (renkei_search::canonical_system(&system).to_string(), code)
-                }),
+                // Canonical already (`renkei_consent::compile`), as the index's token rows.
+                label: rule.security_label,
                 data_from: rule.data_from_ms,
                 data_to: rule.data_to_ms,
                 data_reference: rule.data_reference,
