@@ -695,6 +695,20 @@ fn refusal(cmd: &mut std::process::Command) -> String {
     stderr
 }
 
+/// Runs `renkei reindex` on `url` with `env`, which must succeed.
+fn reindex(url: &str, env: &[(&str, &str)]) {
+    let out = renkei_command()
+        .args(["reindex", "--database", url])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run renkei reindex");
+    assert!(
+        out.status.success(),
+        "reindex: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Index rows built in one zone are wrong in another: a server (or an import) configured
 /// with another zone than the one its database was indexed in refuses to start, naming both
 /// zones and `renkei reindex`; after a reindex in the new zone it starts and finds the stored
@@ -724,17 +738,7 @@ fn a_database_indexed_in_another_zone_is_refused_until_reindexed() {
         );
         assert!(import_jst.contains("renkei reindex"), "{import_jst}");
 
-        let out = renkei_command()
-            .args(["reindex", "--database"])
-            .arg(s.database_url())
-            .envs(jst)
-            .output()
-            .expect("run renkei reindex");
-        assert!(
-            out.status.success(),
-            "reindex: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        reindex(s.database_url(), &jst);
         let s = s.restart_with(&jst);
         let first_hour = format!(
             "Observation?date=ge{}&date=lt{}",
@@ -754,6 +758,63 @@ fn a_database_indexed_in_another_zone_is_refused_until_reindexed() {
         assert!(
             serve_utc.contains("time zone +09:00") && serve_utc.contains("time_zone is Z"),
             "{serve_utc}"
+        );
+    });
+}
+
+/// Rows built under other rules than the server's are refused until rebuilt, naming what
+/// changed: a database from before the index format was recorded (an earlier version of
+/// Renkei, whose rows may lack what this one extracts), other identifier systems for linking
+/// patients, another `base_url`. `renkei reindex` records the current rules.
+#[test]
+fn a_database_built_under_other_rules_is_refused_until_reindexed() {
+    for_each_backend_raw(|backend| {
+        let mut s = Server::start(backend);
+        put(&s, &dated("built-before", "2025-11-04"));
+        s.kill9();
+        let store = renkei_store::Store::open(
+            &renkei_store::DatabaseUrl::parse(s.database_url()).expect("database url"),
+            &renkei_store::StoreOptions::default(),
+        )
+        .expect("open store");
+        store
+            .write(|tx| {
+                tx.execute(&renkei_store::Sql::new(
+                    "DELETE FROM settings WHERE key = 'index_format'",
+                ))
+            })
+            .expect("forget the index format, as a database from before it was recorded");
+        drop(store);
+        let serve = |env: &[(&str, &str)]| {
+            refusal(
+                renkei_command()
+                    .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+                    .arg(s.database_url())
+                    .envs(env.iter().copied()),
+            )
+        };
+        let old = serve(&[("RENKEI_LINK_IDENTIFIER_SYSTEMS", "urn:example:other-id")]);
+        for expected in [
+            "earlier version of Renkei (index format 0",
+            "urn:example:other-id",
+            "renkei reindex",
+        ] {
+            assert!(old.contains(expected), "{expected}: {old}");
+        }
+
+        reindex(s.database_url(), &[]);
+        let moved = serve(&[("RENKEI_BASE_URL", "https://gateway.example/fhir")]);
+        assert!(
+            moved.contains("base_url (not set)")
+                && moved.contains("https://gateway.example/fhir")
+                && !moved.contains("index format"),
+            "{moved}"
+        );
+        let s = s.restart();
+        assert_eq!(
+            ids(&s, "Observation?date=2025-11-04"),
+            ["built-before"],
+            "the rebuilt index finds what was stored before"
         );
     });
 }

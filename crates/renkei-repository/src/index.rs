@@ -3,6 +3,14 @@
 use renkei_search::IndexRows;
 use serde_json::Value;
 
+/// The version of what a write derives from a resource: its search-index rows, patient,
+/// security labels and person keys. Raise it with any change that makes a stored resource
+/// derive other rows than before (a new or corrected extraction, normalisation or
+/// classification): servers then refuse a database built under an older number until
+/// `renkei reindex` has rebuilt it, instead of answering searches that miss or wrongly match
+/// records. Databases from before the number was recorded count as 0.
+pub const INDEX_FORMAT: u32 = 1;
+
 /// Index rows of a resource: every search parameter of its type, extracted by evaluating the
 /// parameters' FHIRPath expressions (see `renkei_search::extract`).
 pub(crate) fn rows(res_type: &str, resource: &Value) -> IndexRows {

@@ -23,6 +23,7 @@ pub use criteria::{
     percent_decode, percent_decode_strict, percent_encode, percent_escapes_decode, Criteria,
 };
 pub use error::{status_of, RepoError};
+pub use index::INDEX_FORMAT;
 pub use interactions::{
     check_type, conditional_delete, conditional_update, create, delete, has_rest_endpoint,
     history_in, patch, read, read_visible, resolve_single, search_in, update, vread, vread_visible,

@@ -1,6 +1,7 @@
 //! `renkei`: the gateway binary (serve, import).
 
 mod admin;
+mod built_with;
 mod config;
 mod loader;
 
@@ -323,7 +324,7 @@ fn run(cli: Cli) -> Result<(), String> {
         },
         Command::Import { files } => {
             renkei_repository::set_local_bases(&config.local_bases(&config.listen));
-            use_time_zone(&config, &store)?;
+            use_index_rules(&config, &store)?;
             let operator = loader::Operator::new("renkei import");
             let report = loader::import_files(&repository, &files, &operator).map_err(|e| {
                 format!("{e}\nnothing was imported: every file is read and parsed before anything is written")
@@ -385,24 +386,16 @@ fn run(cli: Cli) -> Result<(), String> {
             renkei_repository::set_local_bases(&config.local_bases(&config.listen));
             renkei_repository::set_local_zone(config.time_zone);
             let zone = config.time_zone.to_string();
-            // Until every row is rebuilt in the new zone the index is in two zones at once:
-            // marked, a server refuses it (an interrupted reindex must be run again).
-            if index_time_zone(&store)?.as_deref() != Some(zone.as_str()) {
-                store
-                    .write(|tx| tx.put_setting(INDEX_TIME_ZONE, &format!("{REINDEXING}{zone}")))
-                    .map_err(|e| e.to_string())?;
-            }
             let started = std::time::Instant::now();
-            let count = repository
-                .reindex(batch, |done| {
-                    if done % 10_000 < batch as u64 {
-                        tracing::info!(done, "reindexing");
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-            store
-                .write(|tx| tx.put_setting(INDEX_TIME_ZONE, &zone))
-                .map_err(|e| e.to_string())?;
+            let count = built_with::rebuilding(&config, &store, || {
+                repository
+                    .reindex(batch, |done| {
+                        if done % 10_000 < batch as u64 {
+                            tracing::info!(done, "reindexing");
+                        }
+                    })
+                    .map_err(|e| e.to_string())
+            })?;
             println!(
                 "reindexed {count} resources in {:.1} s (time zone {zone})",
                 started.elapsed().as_secs_f64()
@@ -412,58 +405,11 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// The `settings` key recording the zone the search index reads zone-less dates in.
-const INDEX_TIME_ZONE: &str = "index_time_zone";
-/// Prefix of that record while `renkei reindex` moves the index to another zone.
-const REINDEXING: &str = "reindexing to ";
-
-/// The zone the search index was built in, as recorded; a database from before the record
-/// (with resources) was built in UTC, and an empty one in no zone yet (`None`).
-fn index_time_zone(store: &Store) -> Result<Option<String>, String> {
-    let (recorded, empty) = store
-        .read(|tx| {
-            Ok::<_, renkei_store::StoreError>((tx.setting(INDEX_TIME_ZONE)?, tx.is_empty()?))
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(match recorded {
-        Some(zone) => Some(zone),
-        None if empty => None,
-        None => Some(renkei_repository::LocalZone::UTC.to_string()),
-    })
-}
-
 /// Reads zone-less dates in the configured zone from now on, for `serve` and `import`, and
-/// refuses a database whose search index was built in another zone: its rows would place
-/// every zone-less date hours away from where a search now looks for it. An empty database
-/// (or one from before the record) gets the zone it is built in recorded.
-fn use_time_zone(config: &Config, store: &Store) -> Result<(), String> {
+/// refuses a database whose rows were built under other rules ([`built_with::check`]).
+fn use_index_rules(config: &Config, store: &Store) -> Result<(), String> {
     renkei_repository::set_local_zone(config.time_zone);
-    let configured = config.time_zone.to_string();
-    let built_in = index_time_zone(store)?.unwrap_or_else(|| configured.clone());
-    // First writer wins (two processes may open an empty database at once): compare with
-    // what is recorded after the insert, not with what this process meant to record.
-    store
-        .write(|tx| tx.insert_setting(INDEX_TIME_ZONE, &built_in))
-        .map_err(|e| e.to_string())?;
-    let recorded = store
-        .read(|tx| tx.setting(INDEX_TIME_ZONE))
-        .map_err(|e| e.to_string())?
-        .unwrap_or(built_in);
-    if recorded == configured {
-        return Ok(());
-    }
-    Err(match recorded.strip_prefix(REINDEXING) {
-        Some(target) => format!(
-            "a `renkei reindex` to time zone {target} did not finish, so the search index is \
-             partly in another zone: run `renkei reindex` again (with time_zone {target})"
-        ),
-        None => format!(
-            "the search index was built with time zone {recorded}, but time_zone is \
-             {configured}: dates without a zone would be searched hours away from where they \
-             were indexed. Run `renkei reindex` with time_zone {configured} to rebuild it, or \
-             set time_zone (RENKEI_TIME_ZONE) back to {recorded}"
-        ),
-    })
+    built_with::check(config, store)
 }
 
 /// The consent policy the configuration sets, for `serve` and `explain` alike.
@@ -553,7 +499,7 @@ fn serve(
         tracing::warn!("built with unindexed-writes-benchmark: writes are not indexed");
     }
     // Before binding: a refused database must not look like a server that came up.
-    use_time_zone(&config, repository.store())?;
+    use_index_rules(&config, repository.store())?;
     let listener = TcpListener::bind(&config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
