@@ -402,3 +402,37 @@ fn conditional_references_outside_a_transaction_are_refused() {
         .expect(201);
     });
 }
+
+/// `Last-Modified` never follows the response's `Date` (RFC 9110 §8.8.2.1): the date
+/// actix keeps is refreshed only now and then, so writes answered just after a second began
+/// carried a `Date` of the second before.
+#[test]
+fn last_modified_never_follows_the_date() {
+    for_each_backend(|s| {
+        let created = s.create(&patient("Dated"));
+        let id = created["id"].as_str().expect("id").to_string();
+        for attempt in 0..30 {
+            let resp = s
+                .put(&format!("Patient/{id}"), &{
+                    let mut p = patient("Dated");
+                    p["id"] = json!(id);
+                    p["gender"] = json!(if attempt % 2 == 0 { "male" } else { "female" });
+                    p
+                })
+                .expect(200);
+            let dates: Vec<_> = resp.headers.get_all("date").iter().collect();
+            assert_eq!(dates.len(), 1, "one Date header: {dates:?}");
+            let parse = |name: &str| {
+                let text = resp.header(name).unwrap_or_else(|| panic!("{name} header"));
+                httpdate::parse_http_date(text).unwrap_or_else(|e| panic!("{name} {text}: {e}"))
+            };
+            assert!(
+                parse("last-modified") <= parse("date"),
+                "attempt {attempt}: Last-Modified {:?} after Date {:?}",
+                resp.header("last-modified"),
+                resp.header("date")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(37));
+        }
+    });
+}

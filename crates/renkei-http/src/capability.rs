@@ -184,6 +184,8 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
             ),
             "resource": resources,
             "interaction": SYSTEM_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
+            // `Patient/{id}/{type}` and `$everything`; other compartments answer 404.
+            "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
         }],
     })
 }

@@ -42,7 +42,17 @@ fn mime_format(mime: &str) -> Option<Format> {
 pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
     if let Some(param) = format_param {
         // `_format=application/fhir+xml` written without encoding its `+` arrives as a space.
-        return mime_format(&param.replace(' ', "+")).ok_or_else(|| {
+        let param = param.replace(' ', "+");
+        // `_format` stands in for `Accept` (http.html), so another FHIR version is refused
+        // here as there.
+        if names_another_fhir_version(&param) {
+            return Err(ApiError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "not-supported",
+                format!("_format '{param}' names another FHIR version; this server serves FHIR R4 (fhirVersion=4.0)"),
+            ));
+        }
+        return mime_format(&param).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_ACCEPTABLE,
                 "not-supported",
@@ -495,5 +505,20 @@ mod tests {
         );
         assert!(negotiate(None, &headers("text/html")).is_err());
         assert!(negotiate(Some("text/turtle"), &HeaderMap::new()).is_err());
+        // `_format` stands in for `Accept`, fhirVersion included.
+        let other_version = negotiate(
+            Some("application/fhir+json;fhirVersion=3.0"),
+            &HeaderMap::new(),
+        )
+        .unwrap_err();
+        assert!(other_version.to_string().contains("R4"), "{other_version}");
+        assert_eq!(
+            negotiate(
+                Some("application/fhir+json;fhirVersion=4.0"),
+                &HeaderMap::new()
+            )
+            .unwrap(),
+            Format::Json
+        );
     }
 }

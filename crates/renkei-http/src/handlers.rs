@@ -215,9 +215,16 @@ fn binary_from_content(content_type: &str, bytes: &[u8], id: Option<&str>) -> Va
 }
 
 fn version_headers(builder: &mut HttpResponseBuilder, resource: &StoredResource) {
+    // `Date` from the clock now: actix's own is refreshed only every few hundred
+    // milliseconds, so it could precede a `Last-Modified` just written, which RFC 9110
+    // §8.8.2.1 forbids.
+    let now_ms = chrono::Utc::now()
+        .timestamp_millis()
+        .max(resource.last_updated);
     builder
         .insert_header((header::ETAG, format!("W/\"{}\"", resource.version)))
-        .insert_header((header::LAST_MODIFIED, http_date(resource.last_updated)));
+        .insert_header((header::LAST_MODIFIED, http_date(resource.last_updated)))
+        .insert_header((header::DATE, http_date(now_ms)));
 }
 
 fn location(ctx: &RequestCtx, resource: &StoredResource) -> String {
