@@ -519,3 +519,55 @@ fn xml_missing_required_element_is_located_as_in_json() {
         );
     });
 }
+
+/// Paging links keep `_format` and `_pretty`: a client that asks for XML by `_format` (it may
+/// be unable to set `Accept`) got its second page of a search, `$everything` or history in JSON.
+#[test]
+fn paging_links_keep_the_asked_format() {
+    for_each_backend(|s| {
+        let patient = s.create(&serde_json::json!({"resourceType": "Patient", "gender": "male"}));
+        let id = patient["id"].as_str().expect("id").to_string();
+        for code in ["a", "b", "c"] {
+            s.create(&serde_json::json!({
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "urn:example:paging", "code": code}]},
+                "subject": {"reference": format!("Patient/{id}")}
+            }));
+            s.put(&format!("Patient/{id}"), &{
+                let mut p = patient.clone();
+                p["gender"] = serde_json::json!(if code == "b" { "female" } else { "male" });
+                p
+            })
+            .expect(200);
+        }
+        for path in [
+            format!("Observation?subject=Patient/{id}&_count=1"),
+            format!("Patient/{id}/$everything?_count=1"),
+            format!("Patient/{id}/_history?_count=1"),
+        ] {
+            let first = s
+                .get(&format!("{path}&_format=json&_pretty=true"))
+                .expect(200);
+            assert!(first.body.contains("\n  "), "{path}: pretty first page");
+            let next = link(&first.json(), "next").unwrap_or_else(|| panic!("{path}: next"));
+            assert_eq!(next.matches("_format=json").count(), 1, "{next}");
+            assert!(next.contains("_pretty=true"), "{next}");
+            let second = s.get(&next).expect(200);
+            assert!(second.body.contains("\n  "), "{path}: pretty second page");
+
+            let xml = s.get(&format!("{path}&_format=xml")).expect(200);
+            assert!(xml.content_type().contains("xml"), "{path}");
+            let url = xml
+                .body
+                .split("<relation value=\"next\"/>")
+                .nth(1)
+                .and_then(|rest| rest.split("<url value=\"").nth(1))
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_else(|| panic!("{path}: next link in {}", xml.body))
+                .replace("&amp;", "&")
+                .replace("&#38;", "&");
+            let second = s.get(&url).expect(200);
+            assert!(second.content_type().contains("xml"), "{path}: {url}");
+        }
+    });
+}

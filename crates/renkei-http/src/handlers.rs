@@ -1013,6 +1013,7 @@ async fn history(
             }
         }
         query.push(format!("_count={count}"));
+        query.extend(crate::search::presentation_query(&ctx));
         let first_url = format!("{}/{self_path}?{}", ctx.base, query.join("&"));
         // `self` is this page, the token that asked for it included.
         let self_url = match ctx.param("_page_token") {

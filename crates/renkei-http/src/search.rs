@@ -427,6 +427,15 @@ fn entry<'a>(
     })
 }
 
+/// `_format` and `_pretty` as the request sent them, for paging links: a client that asks
+/// for XML by `_format` (it may be unable to set `Accept`) gets its next page in XML too.
+pub(crate) fn presentation_query(ctx: &RequestCtx) -> impl Iterator<Item = String> + '_ {
+    ctx.params
+        .iter()
+        .filter(|(name, _)| matches!(name.as_str(), "_format" | "_pretty"))
+        .map(|(name, value)| format!("{name}={}", encode(value)))
+}
+
 /// The searchset Bundle (without entries) and its entries, for [`render_bundle`].
 fn searchset<'a>(
     ctx: &RequestCtx,
@@ -448,6 +457,7 @@ fn searchset<'a>(
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
     query.push(format!("_count={}", plan.count));
+    query.extend(presentation_query(ctx));
     // `self_path` may carry operation parameters of its own (`$everything?_linked=true`).
     let separator = if self_path.contains('?') { '&' } else { '?' };
     let base_url = format!("{}/{self_path}{separator}{}", ctx.base, query.join("&"));
