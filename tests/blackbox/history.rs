@@ -236,3 +236,28 @@ fn history_at_lists_the_versions_current_then() {
         s.get(&format!("{path}/_history?_at=yesterday")).expect(400);
     });
 }
+
+/// A parameter history does not take is refused, not ignored: `_list` ("only the versions the
+/// List names") or `_elements` answered the whole history as if unasked.
+#[test]
+fn history_refuses_parameters_it_does_not_take() {
+    for_each_backend(|s| {
+        let created = s.create(&json!({"resourceType": "Patient", "gender": "male"}));
+        let id = created["id"].as_str().expect("id");
+        for query in ["_list=abc", "foo=1", "_elements=id", "_summary=true"] {
+            for path in [
+                format!("Patient/{id}/_history?{query}"),
+                format!("Patient/_history?{query}"),
+                format!("_history?{query}"),
+            ] {
+                let refused = s.get(&path).expect(400).outcome();
+                let text = refused.to_string();
+                assert!(text.contains("history takes"), "{path}: {text}");
+            }
+        }
+        s.get(&format!(
+            "Patient/{id}/_history?_count=1&_format=json&_pretty=false"
+        ))
+        .expect(200);
+    });
+}

@@ -946,6 +946,16 @@ fn absolute_full_urls(ctx: &RequestCtx, response: &mut Value) {
     }
 }
 
+/// The parameters of the history interaction (http.html#history), `_list` aside.
+const HISTORY_PARAMS: [&str; 6] = [
+    "_since",
+    "_at",
+    "_count",
+    "_page_token",
+    "_format",
+    "_pretty",
+];
+
 /// History at instance, type or system level.
 async fn history(
     req: HttpRequest,
@@ -956,6 +966,18 @@ async fn history(
     let ctx = ctx_or_fail!(req);
     let result = async {
         let who = authenticate(&req, &state)?;
+        // Refused rather than ignored: history has no search result parameters, and an
+        // ignored `_list` or `_elements` would answer more than was asked.
+        if let Some((name, _)) = ctx
+            .params
+            .iter()
+            .find(|(name, _)| !HISTORY_PARAMS.contains(&name.as_str()))
+        {
+            return Err(ApiError::bad_request(format!(
+                "history takes {}; not '{name}'",
+                HISTORY_PARAMS.join(", ")
+            )));
+        }
         let instant = |name: &str| -> Result<Option<i64>> {
             match ctx.param(name) {
                 None => Ok(None),
