@@ -79,9 +79,10 @@ async fn respond_recorded(
     if error.is_audited() {
         return error.respond(format, pretty);
     }
-    let who = authenticate(req, state)
-        .ok()
-        .or_else(|| crate::auth::refused_requester(req, state));
+    let who = match authenticate(req, state).await {
+        Ok(who) => Some(who),
+        Err(_) => crate::auth::refused_requester(req, state).await,
+    };
     let gate = state.gate.clone();
     let request_id = crate::auth::request_id(req);
     let address = req.peer_addr().map(|a| a.ip().to_string());
@@ -336,7 +337,7 @@ pub async fn read(
     };
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let resource = blocking(move || gate.read(&who, &res_type, &id)).await?;
@@ -363,7 +364,7 @@ pub async fn vread(
     let (res_type, id, version) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let resource = blocking(move || gate.vread(&who, &res_type, &id, &version)).await?;
@@ -484,7 +485,7 @@ pub async fn create(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let resource = resource_or_binary_body(&req, payload, &state, &res_type, None).await?;
         let criteria = match req.headers().get("if-none-exist") {
             Some(value) => {
@@ -521,7 +522,7 @@ pub async fn update(
     let (res_type, id) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let expected = if_match(&req)?;
         let resource = resource_or_binary_body(&req, payload, &state, &res_type, Some(&id)).await?;
         let gate = state.gate.clone();
@@ -563,7 +564,7 @@ pub async fn conditional_update(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
         let expected = if_match(&req)?;
         let resource = resource_body(&req, payload, &state).await?;
@@ -617,7 +618,7 @@ pub async fn patch(
     let (res_type, id) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let expected = if_match(&req)?;
         let body = patch_body(&req, payload, &state).await?;
         let gate = state.gate.clone();
@@ -639,7 +640,7 @@ pub async fn conditional_patch(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
         let expected = if_match(&req)?;
         let body = patch_body(&req, payload, &state).await?;
@@ -696,7 +697,7 @@ pub async fn delete(
     let result = async {
         check_type(&res_type)?;
         let expected = if_match(&req)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let gate = state.gate.clone();
         let outcome = blocking(move || gate.delete(&who, &res_type, &id, expected)).await?;
         Ok(delete_response(&req, &ctx, &outcome))
@@ -715,7 +716,7 @@ pub async fn conditional_delete(
     let result = async {
         check_type(&res_type)?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let gate = state.gate.clone();
         let outcome = blocking(move || gate.conditional_delete(&who, criteria)).await?;
         Ok(delete_response(&req, &ctx, &outcome))
@@ -731,7 +732,7 @@ pub async fn bundle(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let mut bundle =
             body_parsed_by(&req, payload, &state, crate::format::parse_bundle_body).await?;
         crate::search::localize_bundle_criteria(&ctx, &mut bundle);
@@ -948,7 +949,7 @@ async fn history(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let instant = |name: &str| -> Result<Option<i64>> {
             match ctx.param(name) {
                 None => Ok(None),

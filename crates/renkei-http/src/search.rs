@@ -178,7 +178,7 @@ async fn run(
     state: &AppState,
     mut request: SearchRequest,
 ) -> Result<HttpResponse> {
-    let who = authenticate(req, state)?;
+    let who = authenticate(req, state).await?;
     let options = parse_options(req, state);
     let path = request.self_path.split('?').next().unwrap_or_default();
     // The query as the client sent it. A `POST …/_search` puts (some of) its parameters in
@@ -813,7 +813,7 @@ pub(crate) async fn everything_post(
     id: &str,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
-    authenticate(req, state)?;
+    authenticate(req, state).await?;
     let parameters = crate::identity::parameters_body(req, payload, state).await?;
     let mut params = ctx.params.clone();
     params.extend(crate::operations::primitive_parameters(
