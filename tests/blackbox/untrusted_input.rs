@@ -146,6 +146,50 @@ fn forged_forwarded_headers_make_no_links() {
     );
 }
 
+/// Links name the address the client typed: `Forwarded`'s first element only (RFC 7239: the
+/// client-facing proxy writes it, each later hop appends its own; a parameter the first
+/// element lacked had been taken from a later one), and a `Host` with an empty port
+/// (`x.example:`) without its colon (it had been copied as `http://x.example:/fhir`).
+#[test]
+fn links_name_the_address_the_client_typed() {
+    for_each_backend(|s| {
+        let patient = json!({"resourceType": "Patient", "active": true});
+        let own = format!("{}/Patient", s.base);
+        for (headers, expected) in [
+            (
+                vec![("Forwarded", "for=192.0.2.1, host=inner.example;proto=https")],
+                own.as_str(),
+            ),
+            (
+                vec![("Forwarded", "proto=https;host=a.example, host=b.example")],
+                "https://a.example/fhir/Patient",
+            ),
+            (
+                vec![
+                    ("Forwarded", "host=a.example:8443;proto=https"),
+                    ("Forwarded", "host=b.example;proto=http"),
+                ],
+                "https://a.example:8443/fhir/Patient",
+            ),
+            (
+                vec![("Host", "x.example:")],
+                "http://x.example/fhir/Patient",
+            ),
+        ] {
+            let r = s
+                .send_json_with("POST", "Patient", &patient, &headers)
+                .expect(201);
+            let location = r.header("location").unwrap_or_default();
+            assert!(location.starts_with(expected), "{headers:?}: {location}");
+            let bundle = s.get_with("Patient?_count=1", &headers).expect(200).json();
+            let own_link = link(&bundle, "self").unwrap_or_default();
+            assert!(own_link.starts_with(expected), "{headers:?}: {own_link}");
+            let full_url = bundle["entry"][0]["fullUrl"].as_str().unwrap_or_default();
+            assert!(full_url.starts_with(expected), "{headers:?}: {full_url}");
+        }
+    });
+}
+
 #[test]
 fn bodies_the_server_cannot_read_as_sent_are_refused_with_415() {
     for_each_backend(|s| {
