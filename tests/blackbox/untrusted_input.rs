@@ -190,6 +190,73 @@ fn links_name_the_address_the_client_typed() {
     });
 }
 
+/// Every body is read as UTF-8, and `charset` says so or is absent: `utf8` (a common
+/// spelling) is taken like `UTF-8` (it had been refused with 415), and the form body of
+/// `POST _search` is held to the same rule (it had not been checked at all).
+#[test]
+fn bodies_are_utf8_whatever_their_media_type() {
+    for_each_backend(|s| {
+        let body = br#"{"resourceType":"Patient","gender":"other"}"#.to_vec();
+        for content_type in [
+            "application/fhir+json; charset=utf8",
+            "application/fhir+json; charset=\"UTF8\"",
+        ] {
+            s.request(
+                "POST",
+                "Patient",
+                &[("Content-Type", content_type)],
+                Some(body.clone()),
+            )
+            .expect(201);
+        }
+        let form = b"gender=other".to_vec();
+        for content_type in [
+            "application/x-www-form-urlencoded",
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "application/x-www-form-urlencoded; charset=utf8",
+        ] {
+            let found = s
+                .request(
+                    "POST",
+                    "Patient/_search",
+                    &[("Content-Type", content_type)],
+                    Some(form.clone()),
+                )
+                .expect(200)
+                .json();
+            let matches = found["entry"].as_array().map_or(0, Vec::len);
+            assert_eq!(matches, 2, "{content_type}: {found}");
+            s.request(
+                "POST",
+                "_search",
+                &[("Content-Type", content_type)],
+                Some(b"_type=Patient".to_vec()),
+            )
+            .expect(200);
+        }
+        for content_type in [
+            "application/x-www-form-urlencoded; charset=iso-8859-1",
+            "application/x-www-form-urlencoded; charset=utf-16",
+        ] {
+            for path in [
+                "Patient/_search",
+                "_search?_type=Patient",
+                "AuditEvent/_search",
+            ] {
+                let r = s.request(
+                    "POST",
+                    path,
+                    &[("Content-Type", content_type)],
+                    Some(form.clone()),
+                );
+                assert_eq!(r.status, 415, "{path} {content_type}: {}", r.body);
+                assert_eq!(r.json()["resourceType"], "OperationOutcome", "{}", r.body);
+                assert!(r.outcome().to_string().contains("charset"), "{}", r.body);
+            }
+        }
+    });
+}
+
 #[test]
 fn bodies_the_server_cannot_read_as_sent_are_refused_with_415() {
     for_each_backend(|s| {

@@ -383,10 +383,19 @@ pub async fn token(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let body = match crate::request::read_body_or_empty(&req, payload, TOKEN_REQUEST_LIMIT).await {
+    // The form is decoded as UTF-8, as every body is.
+    let charset = match req.headers().get(header::CONTENT_TYPE) {
+        Some(content_type) => crate::format::check_charset(content_type.to_str().unwrap_or("")),
+        None => Ok(()),
+    };
+    let read = match charset {
+        Ok(()) => crate::request::read_body_or_empty(&req, payload, TOKEN_REQUEST_LIMIT).await,
+        Err(error) => Err(error),
+    };
+    let body = match read {
         Ok(body) => body,
         // An OAuth client reads OAuth errors (RFC 6749 §5.2), with the status that says what
-        // was wrong (413 too large, 415 compressed, 408 too slow).
+        // was wrong (413 too large, 415 compressed or not UTF-8, 408 too slow).
         Err(error) => {
             let description = error.to_string();
             // Audited like every other refused token request, before the answer.

@@ -592,13 +592,15 @@ pub(crate) async fn posted_params(
         .unwrap_or("");
     let mut params = ctx.params.clone();
     if !content_type.is_empty() || req.headers().contains_key("content-length") {
-        if !content_type.starts_with("application/x-www-form-urlencoded") {
+        // Media types are case-insensitive, and their parameters follow a `;`.
+        if crate::format::essence(content_type) != "application/x-www-form-urlencoded" {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "not-supported",
                 "POST _search takes an application/x-www-form-urlencoded body",
             ));
         }
+        crate::format::check_charset(content_type)?;
         // An empty body is a search with the URL's parameters only.
         let body = read_body_or_empty(req, payload, state.max_body_bytes).await?;
         params.extend(parse_form_strict(&body)?);
