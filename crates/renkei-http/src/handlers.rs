@@ -267,12 +267,14 @@ fn requested_shape(ctx: &RequestCtx) -> Result<(Option<SummaryMode>, Option<Vec<
             )))
         }
     };
-    let elements: Option<Vec<&str>> = ctx.param("_elements").map(|e| {
-        e.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
+    // Read as a search reads it (`renkei_search::plan`): every `_elements` parameter counts,
+    // and an empty item (`_elements=id,`) is a 400 on a read as on a search, not ignored.
+    let mut elements: Option<Vec<&str>> = None;
+    for (_, list) in ctx.params.iter().filter(|(name, _)| name == "_elements") {
+        let items = renkei_search::plan::list_items("_elements", list)
+            .map_err(crate::search::search_error)?;
+        elements.get_or_insert_with(Vec::new).extend(items);
+    }
     Ok((summary, elements))
 }
 
@@ -1194,4 +1196,39 @@ pub(crate) async fn refuse_method(
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn ctx(query: &[(&str, &str)]) -> RequestCtx {
+        RequestCtx {
+            format: Format::Json,
+            pretty: false,
+            params: query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            base: String::new(),
+            raw_binary: false,
+        }
+    }
+
+    #[test]
+    fn reads_parse_elements_as_searches_do() {
+        let read = ctx(&[("_elements", "id, name"), ("_elements", "birthDate")]);
+        let (summary, elements) = requested_shape(&read).unwrap();
+        assert!(summary.is_none());
+        assert_eq!(elements.unwrap(), ["id", "name", "birthDate"]);
+        assert!(requested_shape(&ctx(&[])).unwrap().1.is_none());
+        for bad in ["id,", ",id", "id,,name", "", " "] {
+            let error = requested_shape(&ctx(&[("_elements", bad)])).unwrap_err();
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+            // The same words as a search's refusal.
+            let searched = renkei_search::plan::list_items("_elements", bad).unwrap_err();
+            assert_eq!(error.to_string(), searched.to_string(), "{bad:?}");
+        }
+    }
 }

@@ -32,7 +32,7 @@ fn strict_handling(req: &HttpRequest) -> bool {
         .any(|p| p == "handling=strict")
 }
 
-fn search_error(error: SearchError) -> ApiError {
+pub(crate) fn search_error(error: SearchError) -> ApiError {
     match error {
         SearchError::Invalid(message) => ApiError::bad_request(message),
         SearchError::TooCostly(message) => {
