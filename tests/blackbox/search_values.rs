@@ -820,7 +820,8 @@ fn a_database_built_under_other_rules_is_refused_until_reindexed() {
 }
 
 /// An empty item of a list parameter was dropped: `$everything?_type=,` answered an empty
-/// page (while `_type=` was refused) and `_sort=,,,` the unsorted search.
+/// page (while `_type=` was refused) and `_sort=,,,` the unsorted search. Reads by id parse
+/// `_elements` as searches do (they had dropped the empty item).
 #[test]
 fn empty_list_items_are_refused() {
     for_each_backend(|s| {
@@ -834,6 +835,9 @@ fn empty_list_items_are_refused() {
             "Patient?_elements=gender,".to_string(),
             "?_type=,".to_string(),
             "?_type=Patient,,Observation".to_string(),
+            format!("Patient/{id}?_elements=gender,"),
+            format!("Patient/{id}?_elements=gender&_elements=,id"),
+            format!("Patient/{id}/_history/1?_elements=gender,,id"),
         ] {
             let text = refused(s, &path, &[]);
             assert!(text.contains("empty item"), "{path}: {text}");
@@ -841,5 +845,7 @@ fn empty_list_items_are_refused() {
         s.get(&format!("Patient/{id}/$everything?_type=Patient"))
             .expect(200);
         s.get("Patient?_sort=-_id,_lastUpdated").expect(200);
+        let read = s.read_json(&format!("Patient/{id}?_elements=gender,%20id"));
+        assert_eq!(read["gender"], "male", "{read}");
     });
 }

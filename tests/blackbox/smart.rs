@@ -1,8 +1,9 @@
 //! SMART Backend Services: a client with a registered key gets an access token at
 //! `/auth/token` with a signed JWT assertion and uses it; replays and wrong keys are refused.
 
-use crate::support::{for_each_backend, Caller, Server};
+use crate::support::{for_each_backend, for_each_backend_with, Caller, Server};
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
 #[test]
 fn client_credentials_with_a_signed_assertion() {
@@ -198,6 +199,67 @@ fn tokens_end_with_their_client_registration() {
             .get("Observation?code=x")
             .expect(401)
             .outcome();
+    });
+}
+
+/// The client registrations are read again on the blocking pool: they had been read on an
+/// actix worker thread, so a slow database (pool starvation, a lock) stalled every request
+/// on that worker, which clients saw as empty 408s and 503s. A read that fails answers 503
+/// with an OperationOutcome, and the next request reads again.
+#[test]
+fn reading_the_registrations_stalls_no_worker() {
+    use renkei_store::{DatabaseUrl, Sql, Store, StoreError, StoreOptions};
+    // One worker thread: a read on it would hold back every other request.
+    for_each_backend_with(&[("RENKEI_WORKERS", "1")], |s| {
+        let token = s.token_for("slow-db", "Organization/reg-s", "facility", &[]);
+        let who = s.with_token(&token);
+        who.get("Observation?code=x").expect(200);
+        let store = Store::open(
+            &DatabaseUrl::parse(s.database_url()).expect("database url"),
+            &StoreOptions::default(),
+        )
+        .expect("open store");
+        let exec = |text: &str| {
+            store
+                .write(|tx| tx.execute(&Sql::new(text)).map(|_| ()))
+                .expect(text);
+        };
+        // Another session makes the registrations unreadable.
+        exec("ALTER TABLE clients RENAME TO clients_away");
+        registration_settles();
+        let r = who.get("Observation?code=x").expect(503);
+        assert_eq!(r.outcome()["issue"][0]["code"], "transient", "{}", r.body);
+        exec("ALTER TABLE clients_away RENAME TO clients");
+        who.get("Observation?code=x").expect(200);
+        if s.pg_database_name().is_none() {
+            // Skipped on SQLite: in WAL mode another session's lock never holds a reader
+            // back, so the slow read below cannot be staged.
+            return;
+        }
+        registration_settles();
+        std::thread::scope(|scope| {
+            // Another session holds the table for 3 s: the server's read waits for it.
+            let holder = scope.spawn(|| {
+                store.write(|tx| {
+                    tx.execute(&Sql::new("LOCK TABLE clients IN ACCESS EXCLUSIVE MODE"))?;
+                    std::thread::sleep(Duration::from_secs(3));
+                    Ok::<_, StoreError>(())
+                })
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let waiting = scope.spawn(|| who.get("Observation?code=x").status);
+            std::thread::sleep(Duration::from_millis(300));
+            let began = Instant::now();
+            s.anonymous().get("metadata").expect(200);
+            let took = began.elapsed();
+            assert!(
+                took < Duration::from_millis(1_500),
+                "metadata took {took:?}"
+            );
+            // The token check waited for the read, then passed.
+            assert_eq!(waiting.join().expect("request thread"), 200);
+            holder.join().expect("lock thread").expect("lock");
+        });
     });
 }
 

@@ -425,3 +425,51 @@ fn contradictory_client_registrations_are_refused() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("Organization/nowhere is not stored"));
     });
 }
+
+/// The token request's form is read as UTF-8, as every body is: a `charset` naming another
+/// encoding is refused with 415 and the OAuth error `invalid_request` (it had not been
+/// checked), `utf8` is taken like `UTF-8`.
+#[test]
+fn token_requests_are_utf8() {
+    for_each_backend(|s| {
+        let own = s.base.trim_end_matches("/fhir").to_string() + "/auth/token";
+        let pem = register_with_key(s, "charset-ehr", "Organization/clinic-c");
+        let post = |content_type: &str, jti: &str| {
+            let assertion = assertion(&pem, "charset-ehr", &own, jti);
+            s.anonymous_client
+                .post(&own)
+                .header("Content-Type", content_type)
+                .body(format!(
+                    "grant_type=client_credentials&client_assertion_type={ASSERTION_TYPE}&client_assertion={assertion}"
+                ))
+                .send()
+                .expect("token request")
+        };
+        for (jti, content_type) in [
+            (
+                "c1",
+                "application/x-www-form-urlencoded; charset=iso-8859-1",
+            ),
+            ("c2", "application/x-www-form-urlencoded;charset=\"utf-16\""),
+        ] {
+            let response = post(content_type, jti);
+            assert_eq!(response.status().as_u16(), 415, "{content_type}");
+            let error: Value = response.json().expect("json");
+            assert_eq!(error["error"], "invalid_request", "{error}");
+            assert!(
+                error["error_description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("charset")),
+                "{error}"
+            );
+        }
+        for (jti, content_type) in [
+            ("c3", "application/x-www-form-urlencoded; charset=utf8"),
+            ("c4", "application/x-www-form-urlencoded; charset=UTF-8"),
+            ("c5", "application/x-www-form-urlencoded"),
+        ] {
+            let response = post(content_type, jti);
+            assert_eq!(response.status().as_u16(), 200, "{content_type}");
+        }
+    });
+}

@@ -146,6 +146,117 @@ fn forged_forwarded_headers_make_no_links() {
     );
 }
 
+/// Links name the address the client typed: `Forwarded`'s first element only (RFC 7239: the
+/// client-facing proxy writes it, each later hop appends its own; a parameter the first
+/// element lacked had been taken from a later one), and a `Host` with an empty port
+/// (`x.example:`) without its colon (it had been copied as `http://x.example:/fhir`).
+#[test]
+fn links_name_the_address_the_client_typed() {
+    for_each_backend(|s| {
+        let patient = json!({"resourceType": "Patient", "active": true});
+        let own = format!("{}/Patient", s.base);
+        for (headers, expected) in [
+            (
+                vec![("Forwarded", "for=192.0.2.1, host=inner.example;proto=https")],
+                own.as_str(),
+            ),
+            (
+                vec![("Forwarded", "proto=https;host=a.example, host=b.example")],
+                "https://a.example/fhir/Patient",
+            ),
+            (
+                vec![
+                    ("Forwarded", "host=a.example:8443;proto=https"),
+                    ("Forwarded", "host=b.example;proto=http"),
+                ],
+                "https://a.example:8443/fhir/Patient",
+            ),
+            (
+                vec![("Host", "x.example:")],
+                "http://x.example/fhir/Patient",
+            ),
+        ] {
+            let r = s
+                .send_json_with("POST", "Patient", &patient, &headers)
+                .expect(201);
+            let location = r.header("location").unwrap_or_default();
+            assert!(location.starts_with(expected), "{headers:?}: {location}");
+            let bundle = s.get_with("Patient?_count=1", &headers).expect(200).json();
+            let own_link = link(&bundle, "self").unwrap_or_default();
+            assert!(own_link.starts_with(expected), "{headers:?}: {own_link}");
+            let full_url = bundle["entry"][0]["fullUrl"].as_str().unwrap_or_default();
+            assert!(full_url.starts_with(expected), "{headers:?}: {full_url}");
+        }
+    });
+}
+
+/// Every body is read as UTF-8, and `charset` says so or is absent: `utf8` (a common
+/// spelling) is taken like `UTF-8` (it had been refused with 415), and the form body of
+/// `POST _search` is held to the same rule (it had not been checked at all).
+#[test]
+fn bodies_are_utf8_whatever_their_media_type() {
+    for_each_backend(|s| {
+        let body = br#"{"resourceType":"Patient","gender":"other"}"#.to_vec();
+        for content_type in [
+            "application/fhir+json; charset=utf8",
+            "application/fhir+json; charset=\"UTF8\"",
+        ] {
+            s.request(
+                "POST",
+                "Patient",
+                &[("Content-Type", content_type)],
+                Some(body.clone()),
+            )
+            .expect(201);
+        }
+        let form = b"gender=other".to_vec();
+        for content_type in [
+            "application/x-www-form-urlencoded",
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "application/x-www-form-urlencoded; charset=utf8",
+        ] {
+            let found = s
+                .request(
+                    "POST",
+                    "Patient/_search",
+                    &[("Content-Type", content_type)],
+                    Some(form.clone()),
+                )
+                .expect(200)
+                .json();
+            let matches = found["entry"].as_array().map_or(0, Vec::len);
+            assert_eq!(matches, 2, "{content_type}: {found}");
+            s.request(
+                "POST",
+                "_search",
+                &[("Content-Type", content_type)],
+                Some(b"_type=Patient".to_vec()),
+            )
+            .expect(200);
+        }
+        for content_type in [
+            "application/x-www-form-urlencoded; charset=iso-8859-1",
+            "application/x-www-form-urlencoded; charset=utf-16",
+        ] {
+            for path in [
+                "Patient/_search",
+                "_search?_type=Patient",
+                "AuditEvent/_search",
+            ] {
+                let r = s.request(
+                    "POST",
+                    path,
+                    &[("Content-Type", content_type)],
+                    Some(form.clone()),
+                );
+                assert_eq!(r.status, 415, "{path} {content_type}: {}", r.body);
+                assert_eq!(r.json()["resourceType"], "OperationOutcome", "{}", r.body);
+                assert!(r.outcome().to_string().contains("charset"), "{}", r.body);
+            }
+        }
+    });
+}
+
 #[test]
 fn bodies_the_server_cannot_read_as_sent_are_refused_with_415() {
     for_each_backend(|s| {

@@ -196,7 +196,7 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
 /// `GET /AuditEvent?…` (and `GET /AuditEvent/_search?…`).
 pub async fn search(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
-    let result = match authenticate(&req, &state) {
+    let result = match authenticate(&req, &state).await {
         Ok(who) => search_trail(&ctx, &state, who).await,
         Err(error) => Err(error),
     };
@@ -212,7 +212,7 @@ pub async fn search_post(
     let mut ctx = ctx_or_fail!(req);
     let result = async {
         // The token is checked before the body is read, as for every request.
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         ctx.params = crate::search::posted_params(&req, &ctx, payload, &state).await?;
         search_trail(&ctx, &state, who).await
     }
@@ -306,7 +306,7 @@ pub async fn read(
         return crate::handlers::refuse_method(&req, message.into(), "").await;
     }
     let result: Result<HttpResponse> = async {
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         if tail.contains('/') || tail.is_empty() {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

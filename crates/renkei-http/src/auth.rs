@@ -62,63 +62,132 @@ type Registrations = Arc<std::collections::HashMap<String, ClientRegistration>>;
 
 /// A copy of the client registrations, read again from the database once it is older than
 /// [`CLIENTS_REFRESH`]: one small query a second instead of one per request.
+///
+/// The query runs on the blocking pool, never on an event-loop thread: when slow requests
+/// hold every database connection, it waits for one, and a worker thread waiting with it
+/// would stall every other request on that worker (seen as empty 408s and 503s).
+///
+/// One refresh at a time. Requests that find the copy stale while a refresh is under way
+/// wait for that refresh and take its result (or its failure, as a 503) rather than start
+/// their own or use the stale copy: a copy older than [`CLIENTS_REFRESH`] may still grant
+/// the token of a removed client, and a refresh waiting out pool starvation can take many
+/// seconds, so answering from it meanwhile would stretch the revocation time to however long
+/// the database is slow. Waiting costs no thread, only that request's time. A request takes
+/// the result only if its read began less than [`CLIENTS_REFRESH`] before the request
+/// arrived (else it reads again, once, for all who waited with it), so no request is ever
+/// answered from a copy older than that.
 #[derive(Default)]
 pub struct ClientDirectory {
+    /// The last successful read: when it began (a registration committed before that instant
+    /// is in it), and what it found.
     cached: std::sync::RwLock<Option<(std::time::Instant, Registrations)>>,
-    /// Set while one request reads the registrations again: the others keep using the copy
-    /// meanwhile instead of all querying at once (each query holds an event-loop thread).
-    refreshing: std::sync::atomic::AtomicBool,
+    /// Held by the one refresh under way. Holds when the last failed read ended, so that the
+    /// requests which waited for it answer 503 at once instead of each trying again in turn
+    /// (N waiters × the pool's connection timeout would be a hang).
+    refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl ClientDirectory {
+    /// The copy, with the instant its read began, if that instant passes `accept`.
+    fn copy_read(
+        &self,
+        accept: impl Fn(std::time::Instant) -> bool,
+    ) -> Option<(std::time::Instant, Registrations)> {
+        let cached = self.cached.read().ok()?;
+        let (read_at, clients) = cached.as_ref()?;
+        accept(*read_at).then(|| (*read_at, clients.clone()))
+    }
+
     /// The registrations, read again when the copy is older than [`CLIENTS_REFRESH`] or when
     /// `fresh` asks for it (a client registered a moment ago is not in the copy yet); and
-    /// whether they were read from the database just now.
-    fn current(
+    /// whether they were read from the database since this call began.
+    async fn current(
         &self,
         store: &renkei_store::Store,
         fresh: bool,
     ) -> Result<(Registrations, bool), ApiError> {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        /// Lets the next stale request refresh, however this read ends.
-        struct Refreshing<'a>(&'a AtomicBool);
-        impl Drop for Refreshing<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        let mut _refreshing = None;
-        if let (false, Ok(cached)) = (fresh, self.cached.read()) {
-            if let Some((read_at, clients)) = cached.as_ref() {
-                if read_at.elapsed() < CLIENTS_REFRESH
-                    || self.refreshing.swap(true, Ordering::AcqRel)
-                {
-                    return Ok((clients.clone(), false));
-                }
-                _refreshing = Some(Refreshing(&self.refreshing));
-            }
-        }
-        let rows = store.read(|tx| tx.clients()).map_err(|error| {
-            tracing::error!(%error, "client registrations could not be read");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "the client registrations cannot be read right now; retry",
+        let store = store.clone();
+        self.current_with(fresh, move || {
+            let rows = store.read(|tx| tx.clients())?;
+            Ok::<_, renkei_store::StoreError>(
+                rows.iter()
+                    .filter_map(|row| {
+                        serde_json::from_str::<ClientRegistration>(&row.registration).ok()
+                    })
+                    .map(|registration| (registration.client_id.clone(), registration))
+                    .collect(),
             )
-        })?;
-        let clients: Registrations = Arc::new(
-            rows.iter()
-                .filter_map(|row| {
-                    serde_json::from_str::<ClientRegistration>(&row.registration).ok()
-                })
-                .map(|registration| (registration.client_id.clone(), registration))
-                .collect(),
-        );
-        if let Ok(mut cached) = self.cached.write() {
-            *cached = Some((std::time::Instant::now(), clients.clone()));
-        }
-        Ok((clients, true))
+        })
+        .await
     }
+
+    /// [`ClientDirectory::current`] with the database read given: `load` runs on the
+    /// blocking pool, at most once, and only if no read that answers this call ended while
+    /// it waited for its turn.
+    async fn current_with<E: std::fmt::Display + Send + 'static>(
+        &self,
+        fresh: bool,
+        load: impl FnOnce() -> Result<std::collections::HashMap<String, ClientRegistration>, E>
+            + Send
+            + 'static,
+    ) -> Result<(Registrations, bool), ApiError> {
+        let asked = std::time::Instant::now();
+        // Which reads answer this call: for `fresh`, only one that began after it asked (a
+        // registration committed before then is in it); otherwise any that began less than
+        // CLIENTS_REFRESH before it asked.
+        let answers = |read_at: std::time::Instant| match fresh {
+            true => read_at >= asked,
+            false => asked.saturating_duration_since(read_at) < CLIENTS_REFRESH,
+        };
+        if !fresh {
+            if let Some((_, clients)) = self.copy_read(answers) {
+                return Ok((clients, false));
+            }
+        }
+        let mut last_failure = self.refresh.lock().await;
+        // The read this call waited for, if it answers this call: taken rather than repeated.
+        if let Some((read_at, clients)) = self.copy_read(answers) {
+            return Ok((clients, read_at >= asked));
+        }
+        // A read that failed while this call waited for it fails this call too; one that
+        // failed before this call asked is tried again.
+        if last_failure.is_some_and(|failed| failed >= asked) {
+            return Err(clients_unavailable());
+        }
+        let started = std::time::Instant::now();
+        match web::block(load).await {
+            Ok(Ok(found)) => {
+                let clients: Registrations = Arc::new(found);
+                if let Ok(mut cached) = self.cached.write() {
+                    *cached = Some((started, clients.clone()));
+                }
+                *last_failure = None;
+                Ok((clients, true))
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "client registrations could not be read");
+                *last_failure = Some(std::time::Instant::now());
+                Err(clients_unavailable())
+            }
+            Err(_) => {
+                tracing::error!(
+                    "client registrations could not be read: the blocking pool is gone"
+                );
+                *last_failure = Some(std::time::Instant::now());
+                Err(clients_unavailable())
+            }
+        }
+    }
+}
+
+/// The answer to a request whose token cannot be checked because the client registrations
+/// cannot be read: a 503 the client may retry, never a pass or a 401.
+fn clients_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "the client registrations cannot be read right now; retry",
+    )
 }
 
 /// The request id of this request (validated client value or generated), set by the
@@ -155,8 +224,8 @@ fn unauthorized(message: &str) -> ApiError {
 /// The requester of a FHIR request, from its bearer token and purpose headers.
 /// No or bad token → 401 (with `WWW-Authenticate`); a purpose the token does not allow → 403,
 /// left for the caller to audit (see [`refused_requester`]).
-pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, ApiError> {
-    let claims = verified_claims(req, state)?;
+pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, ApiError> {
+    let claims = verified_claims(req, state).await?;
     Requester::from_claims(
         &claims,
         &stated_purpose(req)?,
@@ -168,8 +237,8 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Requester, Ap
 
 /// For the AuditEvent of a request whose valid token asked for a purpose it may not use:
 /// the token's client, with the purpose (and break-glass reason) it asked for.
-pub fn refused_requester(req: &HttpRequest, state: &AppState) -> Option<Requester> {
-    let claims = verified_claims(req, state).ok()?;
+pub async fn refused_requester(req: &HttpRequest, state: &AppState) -> Option<Requester> {
+    let claims = verified_claims(req, state).await.ok()?;
     // A reason that is not UTF-8 is kept as far as it reads, so the attempt stays on record
     // under its client.
     let stated = stated_purpose(req).unwrap_or_else(|_| StatedPurpose {
@@ -221,7 +290,7 @@ fn stated_purpose(req: &HttpRequest) -> Result<StatedPurpose, ApiError> {
 
 /// The claims of the request's bearer token, checked against the client's current
 /// registration and the connection's certificate; 401 otherwise.
-fn verified_claims(
+async fn verified_claims(
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<renkei_auth::AccessClaims, ApiError> {
@@ -250,8 +319,9 @@ fn verified_claims(
             .is_some_and(|registration| registration.still_grants(&claims))
     };
     // A copy that does not grant the token is read again, unless it was read just now.
-    let (clients, just_read) = state.auth.clients.current(store, false)?;
-    if !granted(&clients) && (just_read || !granted(&state.auth.clients.current(store, true)?.0)) {
+    let directory = &state.auth.clients;
+    let (clients, just_read) = directory.current(store, false).await?;
+    if !granted(&clients) && (just_read || !granted(&directory.current(store, true).await?.0)) {
         return Err(unauthorized(
             "the access token is not valid: its client was removed or its registration changed since it was issued; request a new token",
         ));
@@ -313,10 +383,19 @@ pub async fn token(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let body = match crate::request::read_body_or_empty(&req, payload, TOKEN_REQUEST_LIMIT).await {
+    // The form is decoded as UTF-8, as every body is.
+    let charset = match req.headers().get(header::CONTENT_TYPE) {
+        Some(content_type) => crate::format::check_charset(content_type.to_str().unwrap_or("")),
+        None => Ok(()),
+    };
+    let read = match charset {
+        Ok(()) => crate::request::read_body_or_empty(&req, payload, TOKEN_REQUEST_LIMIT).await,
+        Err(error) => Err(error),
+    };
+    let body = match read {
         Ok(body) => body,
         // An OAuth client reads OAuth errors (RFC 6749 §5.2), with the status that says what
-        // was wrong (413 too large, 415 compressed, 408 too slow).
+        // was wrong (413 too large, 415 compressed or not UTF-8, 408 too slow).
         Err(error) => {
             let description = error.to_string();
             // Audited like every other refused token request, before the answer.
@@ -464,5 +543,161 @@ pub async fn token(
         Err(_) => HttpResponse::ServiceUnavailable()
             .content_type(FHIR_JSON)
             .finish(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// A registration set holding one client named after the read that found it.
+    fn registrations(read: usize) -> HashMap<String, ClientRegistration> {
+        let client_id = format!("read-{read}");
+        let registration: ClientRegistration = serde_json::from_value(serde_json::json!({
+            "client_id": client_id,
+            "organization": "Organization/o",
+        }))
+        .unwrap();
+        HashMap::from([(client_id, registration)])
+    }
+
+    /// A database read that takes `delay` on the thread it runs on and counts itself.
+    fn load(
+        reads: &Arc<AtomicUsize>,
+        delay: Duration,
+        fail: bool,
+    ) -> impl FnOnce() -> Result<HashMap<String, ClientRegistration>, String> + Send + 'static {
+        let reads = reads.clone();
+        move || {
+            std::thread::sleep(delay);
+            let read = reads.fetch_add(1, Ordering::SeqCst) + 1;
+            if fail {
+                return Err("no connection".to_string());
+            }
+            Ok(registrations(read))
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_registrations_are_read_off_the_event_loop() {
+        let directory = ClientDirectory::default();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let began = Instant::now();
+        // On the single-threaded test runtime a read on the event loop would hold the timer
+        // back until the read is over.
+        let timer = async {
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            began.elapsed()
+        };
+        let (read, timer_done) = futures_util::future::join(
+            directory.current_with(false, load(&reads, Duration::from_millis(400), false)),
+            timer,
+        )
+        .await;
+        assert!(read.unwrap().0.contains_key("read-1"));
+        assert!(timer_done < Duration::from_millis(300), "{timer_done:?}");
+    }
+
+    #[actix_web::test]
+    async fn stale_requests_wait_for_one_refresh_and_share_it() {
+        let directory = ClientDirectory::default();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let answers = futures_util::future::join_all((0..8).map(|_| {
+            directory.current_with(false, load(&reads, Duration::from_millis(100), false))
+        }))
+        .await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // The others arrived after that read began: theirs is no read of their own, so a
+        // token it does not grant would still be looked up again (`fresh`).
+        let just_read: Vec<bool> = answers
+            .into_iter()
+            .map(|answer| {
+                let (clients, just_read) = answer.unwrap();
+                assert!(clients.contains_key("read-1"));
+                just_read
+            })
+            .collect();
+        assert!(just_read[0]);
+        // Within CLIENTS_REFRESH the copy answers without a read.
+        let (clients, just_read) = directory
+            .current_with(false, load(&reads, Duration::ZERO, false))
+            .await
+            .unwrap();
+        assert!(clients.contains_key("read-1") && !just_read);
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // `fresh` reads again however young the copy is.
+        let (clients, just_read) = directory
+            .current_with(true, load(&reads, Duration::ZERO, false))
+            .await
+            .unwrap();
+        assert!(clients.contains_key("read-2") && just_read);
+    }
+
+    #[actix_web::test]
+    async fn a_fresh_request_takes_only_a_read_that_began_after_it() {
+        let directory = ClientDirectory::default();
+        let reads = Arc::new(AtomicUsize::new(0));
+        // The second arrives while the first one's read is under way: a client registered
+        // a moment before it may be missing from that read.
+        let (first, fresh) = futures_util::future::join(
+            directory.current_with(false, load(&reads, Duration::from_millis(100), false)),
+            directory.current_with(true, load(&reads, Duration::ZERO, false)),
+        )
+        .await;
+        assert!(first.unwrap().0.contains_key("read-1"));
+        let (clients, just_read) = fresh.unwrap();
+        assert!(clients.contains_key("read-2") && just_read);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[actix_web::test]
+    async fn a_copy_older_than_the_refresh_interval_is_never_used() {
+        let directory = ClientDirectory::default();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let old = Instant::now()
+            .checked_sub(CLIENTS_REFRESH + Duration::from_millis(1))
+            .unwrap();
+        *directory.cached.write().unwrap() = Some((old, Arc::new(registrations(0))));
+        // A removal the stale copy does not know of must show, even when the read is slow
+        // and other requests arrive meanwhile.
+        let answers = futures_util::future::join_all((0..3).map(|_| {
+            directory.current_with(false, load(&reads, Duration::from_millis(100), false))
+        }))
+        .await;
+        for answer in answers {
+            let (clients, _) = answer.unwrap();
+            assert!(!clients.contains_key("read-0"));
+            assert!(clients.contains_key("read-1"));
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[actix_web::test]
+    async fn a_failed_read_answers_503_to_the_requests_that_waited_for_it() {
+        let directory = ClientDirectory::default();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let answers = futures_util::future::join_all((0..4).map(|_| {
+            directory.current_with(false, load(&reads, Duration::from_millis(100), true))
+        }))
+        .await;
+        // One read, not one per waiting request in turn.
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        for answer in answers {
+            let error = answer.unwrap_err();
+            assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let outcome = error.outcome();
+            assert_eq!(outcome["resourceType"], "OperationOutcome");
+            assert_eq!(outcome["issue"][0]["code"], "transient");
+        }
+        // A request arriving after the failure tries again.
+        let (clients, just_read) = directory
+            .current_with(false, load(&reads, Duration::ZERO, false))
+            .await
+            .unwrap();
+        assert!(clients.contains_key("read-2") && just_read);
     }
 }

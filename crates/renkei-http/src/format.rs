@@ -113,15 +113,30 @@ fn names_another_fhir_version(media_type: &str) -> bool {
         })
 }
 
-/// The `charset` parameter of a media type when it names anything but UTF-8.
-fn charset_other_than_utf8(media_type: &str) -> Option<&str> {
-    media_type
+/// 415 when a request body's media type (`Content-Type`) names a `charset` other than UTF-8;
+/// no `charset` is UTF-8. Every body is read as UTF-8 (FHIR resources, JSON Patch, the form
+/// bodies of `_search` and `/auth/token`): text in another encoding would be read as other
+/// characters than the client sent, or refused as malformed with a misleading reason.
+/// `utf8` is taken for `UTF-8`: it is not a registered name, but a common spelling (MySQL's,
+/// many HTTP clients') of the same encoding.
+pub(crate) fn check_charset(media_type: &str) -> Result<(), ApiError> {
+    let other = media_type
         .split(';')
         .skip(1)
         .filter_map(|parameter| parameter.split_once('='))
         .filter(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
         .map(|(_, value)| value.trim().trim_matches('"'))
-        .find(|charset| !charset.eq_ignore_ascii_case("utf-8"))
+        .find(|charset| {
+            !charset.eq_ignore_ascii_case("utf-8") && !charset.eq_ignore_ascii_case("utf8")
+        });
+    match other {
+        None => Ok(()),
+        Some(charset) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            format!("charset '{charset}' is not accepted: request bodies are read as UTF-8 (charset=utf-8)"),
+        )),
+    }
 }
 
 /// The media type of a header value without its parameters, lowercased.
@@ -163,15 +178,7 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
         ));
     };
     let text = value.to_str().unwrap_or("");
-    if let Some(charset) = charset_other_than_utf8(text) {
-        // Bodies are read as UTF-8: text in another encoding would be read as other
-        // characters than the client sent, or refused as malformed with a misleading reason.
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not-supported",
-            format!("charset '{charset}' is not accepted: FHIR bodies are UTF-8 (charset=utf-8)"),
-        ));
-    }
+    check_charset(text)?;
     if essence(text) == "application/json-patch+json" {
         return Ok(BodyKind::JsonPatch);
     }
@@ -457,6 +464,8 @@ mod tests {
             "application/fhir+json; charset=utf-8",
             "application/fhir+xml;charset=UTF-8",
             "application/json-patch+json; charset=\"utf-8\"",
+            "application/fhir+json; charset=utf8",
+            "application/fhir+xml; Charset=\"UTF8\"",
         ] {
             assert!(body_kind(&content_type(accepted)).is_ok(), "{accepted}");
         }
@@ -465,6 +474,8 @@ mod tests {
             "application/fhir+xml; charset=latin1",
             "application/json-patch+json; charset=ISO-8859-1",
             "application/fhir+json; charset=utf-8; charset=utf-16",
+            "application/fhir+json; charset=utf_8",
+            "application/fhir+json; charset=",
         ] {
             let error = body_kind(&content_type(refused)).unwrap_err();
             assert_eq!(
@@ -474,6 +485,21 @@ mod tests {
             );
             assert!(error.to_string().contains("charset"), "{error}");
         }
+    }
+
+    #[test]
+    fn form_bodies_take_the_same_charsets() {
+        for accepted in [
+            "application/x-www-form-urlencoded",
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "application/x-www-form-urlencoded;charset=utf8",
+        ] {
+            assert!(check_charset(accepted).is_ok(), "{accepted}");
+        }
+        let error =
+            check_charset("application/x-www-form-urlencoded; charset=iso-8859-1").unwrap_err();
+        assert_eq!(error.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(error.to_string().contains("iso-8859-1"), "{error}");
     }
 
     #[test]

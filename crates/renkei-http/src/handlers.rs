@@ -79,9 +79,10 @@ async fn respond_recorded(
     if error.is_audited() {
         return error.respond(format, pretty);
     }
-    let who = authenticate(req, state)
-        .ok()
-        .or_else(|| crate::auth::refused_requester(req, state));
+    let who = match authenticate(req, state).await {
+        Ok(who) => Some(who),
+        Err(_) => crate::auth::refused_requester(req, state).await,
+    };
     let gate = state.gate.clone();
     let request_id = crate::auth::request_id(req);
     let address = req.peer_addr().map(|a| a.ip().to_string());
@@ -273,12 +274,14 @@ fn requested_shape(ctx: &RequestCtx) -> Result<(Option<SummaryMode>, Option<Vec<
             )))
         }
     };
-    let elements: Option<Vec<&str>> = ctx.param("_elements").map(|e| {
-        e.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
+    // Read as a search reads it (`renkei_search::plan`): every `_elements` parameter counts,
+    // and an empty item (`_elements=id,`) is a 400 on a read as on a search, not ignored.
+    let mut elements: Option<Vec<&str>> = None;
+    for (_, list) in ctx.params.iter().filter(|(name, _)| name == "_elements") {
+        let items = renkei_search::plan::list_items("_elements", list)
+            .map_err(crate::search::search_error)?;
+        elements.get_or_insert_with(Vec::new).extend(items);
+    }
     Ok((summary, elements))
 }
 
@@ -343,7 +346,7 @@ pub async fn read(
     };
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let resource = blocking(move || gate.read(&who, &res_type, &id)).await?;
@@ -370,7 +373,7 @@ pub async fn vread(
     let (res_type, id, version) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let resource = blocking(move || gate.vread(&who, &res_type, &id, &version)).await?;
@@ -491,7 +494,7 @@ pub async fn create(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let resource = resource_or_binary_body(&req, payload, &state, &res_type, None).await?;
         let criteria = match req.headers().get("if-none-exist") {
             Some(value) => {
@@ -528,7 +531,7 @@ pub async fn update(
     let (res_type, id) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let expected = if_match(&req)?;
         let resource = resource_or_binary_body(&req, payload, &state, &res_type, Some(&id)).await?;
         let gate = state.gate.clone();
@@ -570,7 +573,7 @@ pub async fn conditional_update(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
         let expected = if_match(&req)?;
         let resource = resource_body(&req, payload, &state).await?;
@@ -624,7 +627,7 @@ pub async fn patch(
     let (res_type, id) = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let expected = if_match(&req)?;
         let body = patch_body(&req, payload, &state).await?;
         let gate = state.gate.clone();
@@ -646,7 +649,7 @@ pub async fn conditional_patch(
     let res_type = path.into_inner();
     let result = async {
         check_type(&res_type)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
         let expected = if_match(&req)?;
         let body = patch_body(&req, payload, &state).await?;
@@ -703,7 +706,7 @@ pub async fn delete(
     let result = async {
         check_type(&res_type)?;
         let expected = if_match(&req)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let gate = state.gate.clone();
         let outcome = blocking(move || gate.delete(&who, &res_type, &id, expected)).await?;
         Ok(delete_response(&req, &ctx, &outcome))
@@ -722,7 +725,7 @@ pub async fn conditional_delete(
     let result = async {
         check_type(&res_type)?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let gate = state.gate.clone();
         let outcome = blocking(move || gate.conditional_delete(&who, criteria)).await?;
         Ok(delete_response(&req, &ctx, &outcome))
@@ -738,7 +741,7 @@ pub async fn bundle(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let mut bundle =
             body_parsed_by(&req, payload, &state, crate::format::parse_bundle_body).await?;
         crate::search::localize_bundle_criteria(&ctx, &mut bundle);
@@ -965,7 +968,7 @@ async fn history(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         // Refused rather than ignored: history has no search result parameters, and an
         // ignored `_list` or `_elements` would answer more than was asked.
         if let Some((name, _)) = ctx
@@ -1223,4 +1226,39 @@ pub(crate) async fn refuse_method(
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn ctx(query: &[(&str, &str)]) -> RequestCtx {
+        RequestCtx {
+            format: Format::Json,
+            pretty: false,
+            params: query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            base: String::new(),
+            raw_binary: false,
+        }
+    }
+
+    #[test]
+    fn reads_parse_elements_as_searches_do() {
+        let read = ctx(&[("_elements", "id, name"), ("_elements", "birthDate")]);
+        let (summary, elements) = requested_shape(&read).unwrap();
+        assert!(summary.is_none());
+        assert_eq!(elements.unwrap(), ["id", "name", "birthDate"]);
+        assert!(requested_shape(&ctx(&[])).unwrap().1.is_none());
+        for bad in ["id,", ",id", "id,,name", "", " "] {
+            let error = requested_shape(&ctx(&[("_elements", bad)])).unwrap_err();
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+            // The same words as a search's refusal.
+            let searched = renkei_search::plan::list_items("_elements", bad).unwrap_err();
+            assert_eq!(error.to_string(), searched.to_string(), "{bad:?}");
+        }
+    }
 }

@@ -27,7 +27,7 @@ const PIX_PARAMETERS: &[(&str, &[&str])] = &[
 pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let raw_query = format!("Patient/$ihe-pix?{}", req.query_string());
         pix_answer(&ctx, &state, who, &ctx.params, raw_query).await
     }
@@ -45,7 +45,7 @@ pub async fn pix_post(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let parameters = parameters_body(&req, payload, &state).await?;
         let mut params = ctx.params.clone();
         params.extend(crate::operations::primitive_parameters(
@@ -173,7 +173,7 @@ pub async fn match_patients(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let parameters = parameters_body(&req, payload, &state).await?;
         let request = renkei_identity::parse_match_request(&parameters)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -249,7 +249,7 @@ async fn link_change(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let result = async {
-        let who = authenticate(&req, &state)?;
+        let who = authenticate(&req, &state).await?;
         let parameters = parameters_body(&req, payload, &state).await?;
         let source = patient_parameter(&parameters, "source")?;
         let target = patient_parameter(&parameters, "target")?;

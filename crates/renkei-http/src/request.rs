@@ -73,20 +73,92 @@ pub fn error_format(req: &HttpRequest) -> Format {
 /// they are taken only when they could name this server: the scheme `http` or `https` and a
 /// host that is an RFC 3986 host with an optional port. Anything else (`javascript`, a host
 /// with a path or spaces in it) gives the address the server listens on, so a forged header
-/// cannot make the server write a link to another scheme or a malformed URL.
+/// cannot make the server write a link to another scheme or a malformed URL. An empty port
+/// (`x.example:`, which RFC 3986 allows and means the default) is dropped rather than copied
+/// into every link as `http://x.example:/fhir`.
 fn request_base(req: &HttpRequest, configured: Option<&str>) -> String {
     if let Some(base) = configured {
         return base.trim_end_matches('/').to_string();
     }
-    let info = req.connection_info();
+    let (scheme, host) = client_facing_origin(req);
     // Schemes are case-insensitive (RFC 3986 §3.1): a proxy's `HTTPS` is `https`.
-    let scheme = info.scheme().to_ascii_lowercase();
-    if matches!(scheme.as_str(), "http" | "https") && is_host_and_port(info.host()) {
-        return format!("{scheme}://{}/fhir", info.host());
+    let scheme = scheme.to_ascii_lowercase();
+    if matches!(scheme.as_str(), "http" | "https") && is_host_and_port(&host) {
+        let host = host.strip_suffix(':').unwrap_or(&host);
+        return format!("{scheme}://{host}/fhir");
     }
     let config = req.app_config();
     let scheme = if config.secure() { "https" } else { "http" };
     format!("{scheme}://{}/fhir", config.local_addr())
+}
+
+/// The scheme and host the client addressed, as the headers tell them: `Forwarded`'s first
+/// element, else `X-Forwarded-Proto` / `X-Forwarded-Host` (their first value), else the
+/// request's own `Host` and connection.
+///
+/// actix's `ConnectionInfo` takes each `Forwarded` parameter from whichever element names it
+/// first, so `Forwarded: for=1.2.3.4, host=inner` would take `host` from an inner hop. RFC 7239
+/// §4 appends one element per proxy, the first written by the proxy the client talked to:
+/// only that element says what the client typed, and a parameter it lacks is not looked for
+/// in the elements after it.
+fn client_facing_origin(req: &HttpRequest) -> (String, String) {
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all(header::FORWARDED)
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    // Several header lines are one list (RFC 9110 §5.3), in order.
+    let forwarded = forwarded.join(",");
+    let first = split_unquoted(&forwarded, ',')
+        .into_iter()
+        .next()
+        .unwrap_or("");
+    let parameter = |name: &str| {
+        split_unquoted(first, ';').into_iter().find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().trim_matches('"').to_string())
+        })
+    };
+    let first_value = |name: &str| {
+        let value = req.headers().get(name)?.to_str().ok()?;
+        Some(value.split(',').next()?.trim().to_string())
+    };
+    // Not `connection_info()` for what the headers leave open: it would fill it from a later
+    // `Forwarded` element.
+    let config = req.app_config();
+    let scheme = parameter("proto")
+        .or_else(|| first_value("x-forwarded-proto"))
+        .or_else(|| req.uri().scheme_str().map(str::to_string))
+        .unwrap_or_else(|| if config.secure() { "https" } else { "http" }.to_string());
+    let host = parameter("host")
+        .or_else(|| first_value("x-forwarded-host"))
+        .or_else(|| Some(req.headers().get(header::HOST)?.to_str().ok()?.to_string()))
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+        .unwrap_or_else(|| config.host().to_string());
+    (scheme, host)
+}
+
+/// `text` split at each `separator` outside a quoted string (RFC 9110 §5.6.4), so that a
+/// quoted `host="a,b"` stays one value.
+fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (at, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&text[start..at]);
+                start = at + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 /// Whether `text` is RFC 3986 `host [ ":" port ]`: an IP-literal (`[::1]`), or a reg-name /
@@ -411,6 +483,14 @@ mod tests {
             .insert_header(("x-forwarded-host", "evil.example/x?"))
             .to_http_request();
         assert_eq!(request_base(&bad_host, None), listen);
+        let empty_port = TestRequest::default()
+            .insert_header((header::HOST, "x.example:"))
+            .to_http_request();
+        assert_eq!(request_base(&empty_port, None), "http://x.example/fhir");
+        let empty_port_v6 = TestRequest::default()
+            .insert_header(("x-forwarded-host", "[::1]:"))
+            .to_http_request();
+        assert_eq!(request_base(&empty_port_v6, None), "http://[::1]/fhir");
         let configured = TestRequest::default()
             .insert_header(("x-forwarded-host", "attacker.example"))
             .to_http_request();
@@ -418,6 +498,53 @@ mod tests {
             request_base(&configured, Some("https://gw.example/fhir")),
             "https://gw.example/fhir"
         );
+    }
+
+    #[test]
+    fn forwarded_is_read_from_its_first_element_only() {
+        let base = |values: &[&str]| {
+            let mut req = TestRequest::default()
+                .insert_header((header::HOST, "gw.internal"))
+                .insert_header(("x-forwarded-host", "xfh.example"));
+            for value in values {
+                req = req.append_header((header::FORWARDED, *value));
+            }
+            request_base(&req.to_http_request(), None)
+        };
+        // The client-facing proxy writes the first element; later hops append theirs.
+        assert_eq!(
+            base(&["host=a.example, host=b.example"]),
+            "http://a.example/fhir"
+        );
+        assert_eq!(
+            base(&["proto=https;host=a.example", "proto=http;host=b.example"]),
+            "https://a.example/fhir"
+        );
+        assert_eq!(
+            base(&["Proto=HTTPS;Host=\"a.example:8443\", host=b.example"]),
+            "https://a.example:8443/fhir"
+        );
+        // A parameter the first element lacks is not taken from an inner hop's element.
+        assert_eq!(
+            base(&["for=192.0.2.1, host=b.example;proto=https"]),
+            "http://xfh.example/fhir"
+        );
+        // A quoted comma does not end the element.
+        assert_eq!(
+            base(&["for=\"a,b\";host=a.example, host=b.example"]),
+            "http://a.example/fhir"
+        );
+    }
+
+    #[test]
+    fn values_are_split_outside_quotes() {
+        assert_eq!(split_unquoted("a, b", ','), ["a", " b"]);
+        assert_eq!(split_unquoted("x=\"a,b\",c", ','), ["x=\"a,b\"", "c"]);
+        assert_eq!(
+            split_unquoted("x=\"a\\\",b\";c", ';'),
+            ["x=\"a\\\",b\"", "c"]
+        );
+        assert_eq!(split_unquoted("", ','), [""]);
     }
 
     #[test]

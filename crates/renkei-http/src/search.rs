@@ -32,7 +32,7 @@ fn strict_handling(req: &HttpRequest) -> bool {
         .any(|p| p == "handling=strict")
 }
 
-fn search_error(error: SearchError) -> ApiError {
+pub(crate) fn search_error(error: SearchError) -> ApiError {
     match error {
         SearchError::Invalid(message) => ApiError::bad_request(message),
         SearchError::TooCostly(message) => {
@@ -178,7 +178,7 @@ async fn run(
     state: &AppState,
     mut request: SearchRequest,
 ) -> Result<HttpResponse> {
-    let who = authenticate(req, state)?;
+    let who = authenticate(req, state).await?;
     let options = parse_options(req, state);
     let path = request.self_path.split('?').next().unwrap_or_default();
     // The query as the client sent it. A `POST …/_search` puts (some of) its parameters in
@@ -602,13 +602,15 @@ pub(crate) async fn posted_params(
         .unwrap_or("");
     let mut params = ctx.params.clone();
     if !content_type.is_empty() || req.headers().contains_key("content-length") {
-        if !content_type.starts_with("application/x-www-form-urlencoded") {
+        // Media types are case-insensitive, and their parameters follow a `;`.
+        if crate::format::essence(content_type) != "application/x-www-form-urlencoded" {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "not-supported",
                 "POST _search takes an application/x-www-form-urlencoded body",
             ));
         }
+        crate::format::check_charset(content_type)?;
         // An empty body is a search with the URL's parameters only.
         let body = read_body_or_empty(req, payload, state.max_body_bytes).await?;
         params.extend(parse_form_strict(&body)?);
@@ -823,7 +825,7 @@ pub(crate) async fn everything_post(
     id: &str,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
-    authenticate(req, state)?;
+    authenticate(req, state).await?;
     let parameters = crate::identity::parameters_body(req, payload, state).await?;
     let mut params = ctx.params.clone();
     params.extend(crate::operations::primitive_parameters(
