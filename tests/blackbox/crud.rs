@@ -246,6 +246,15 @@ fn binary_content_is_written_and_read_as_itself() {
         assert_eq!(raw.body.as_bytes(), pdf.as_slice());
         assert_eq!(raw.header("etag"), Some("W/\"1\""));
         assert_eq!(raw.header("x-content-type-options"), Some("nosniff"));
+        // A version of it, alike (it answered 406).
+        let raw_version = s
+            .get_with(
+                &format!("{path}/_history/1"),
+                &[("Accept", "application/pdf")],
+            )
+            .expect(200);
+        assert!(raw_version.content_type().starts_with("application/pdf"));
+        assert_eq!(raw_version.body.as_bytes(), pdf.as_slice());
         let resource = s.read_json(&path);
         assert_eq!(resource["contentType"], "application/pdf");
         assert_eq!(

@@ -331,18 +331,48 @@ fn not_modified_answer(resource: &StoredResource) -> HttpResponse {
     builder.finish()
 }
 
+/// The context of a read or vread: a Binary may be asked for in its own content type
+/// (http.html#binary), any version of it alike.
+/// A request it cannot read is refused, and recorded, as any other.
+async fn read_ctx(
+    req: &HttpRequest,
+    res_type: &str,
+) -> std::result::Result<RequestCtx, HttpResponse> {
+    let built = match res_type {
+        "Binary" => RequestCtx::for_binary_read(req),
+        _ => RequestCtx::new(req),
+    };
+    match built {
+        Ok(ctx) => Ok(ctx),
+        Err((error, format)) => Err(refuse(req, error, format).await),
+    }
+}
+
+/// A read's or vread's answer: 304 when the client's copy is current, the Binary's own
+/// content when asked for, else the resource.
+fn read_answer(
+    req: &HttpRequest,
+    ctx: &RequestCtx,
+    resource: &StoredResource,
+) -> Result<HttpResponse> {
+    if not_modified(req, resource) {
+        Ok(not_modified_answer(resource))
+    } else if ctx.raw_binary {
+        raw_binary(resource)
+    } else {
+        render_resource(ctx, HttpResponse::Ok(), resource)
+    }
+}
+
 pub async fn read(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let (res_type, id) = path.into_inner();
-    let ctx = match res_type.as_str() {
-        "Binary" => match RequestCtx::for_binary_read(&req) {
-            Ok(ctx) => ctx,
-            Err((e, format)) => return e.respond(format, false),
-        },
-        _ => ctx_or_fail!(req),
+    let ctx = match read_ctx(&req, &res_type).await {
+        Ok(ctx) => ctx,
+        Err(refused) => return refused,
     };
     let result = async {
         check_type(&res_type)?;
@@ -350,13 +380,7 @@ pub async fn read(
         let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let resource = blocking(move || gate.read(&who, &res_type, &id)).await?;
-        let mut response = if not_modified(&req, &resource) {
-            not_modified_answer(&resource)
-        } else if ctx.raw_binary {
-            raw_binary(&resource)?
-        } else {
-            render_resource(&ctx, HttpResponse::Ok(), &resource)?
-        };
+        let mut response = read_answer(&req, &ctx, &resource)?;
         mark_break_glass(&mut response, break_glass);
         Ok(response)
     }
@@ -369,19 +393,18 @@ pub async fn vread(
     path: web::Path<(String, String, String)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let ctx = ctx_or_fail!(req);
     let (res_type, id, version) = path.into_inner();
+    let ctx = match read_ctx(&req, &res_type).await {
+        Ok(ctx) => ctx,
+        Err(refused) => return refused,
+    };
     let result = async {
         check_type(&res_type)?;
         let who = authenticate(&req, &state).await?;
         let break_glass = who.principal.break_glass;
         let gate = state.gate.clone();
         let resource = blocking(move || gate.vread(&who, &res_type, &id, &version)).await?;
-        let mut response = if not_modified(&req, &resource) {
-            not_modified_answer(&resource)
-        } else {
-            render_resource(&ctx, HttpResponse::Ok(), &resource)?
-        };
+        let mut response = read_answer(&req, &ctx, &resource)?;
         mark_break_glass(&mut response, break_glass);
         Ok(response)
     }
