@@ -519,3 +519,75 @@ fn xml_missing_required_element_is_located_as_in_json() {
         );
     });
 }
+
+/// The JP-CLINS example Bundle, from the shared fixture store: its licence (CC BY-ND 4.0) and
+/// the project's choice keep JP-CLINS files out of `fixtures/` (fixtures/SOURCES.md).
+const JP_CLINS_OBSERVATIONS: &str =
+    "/work/shared/fixtures/jp-core/jp-clins-examples/Bundle-Bundle-CLINS-Observations-Example-01.json";
+
+/// XML the review found refused though well-formed and FHIR: a declaration as .NET writes it
+/// (`encoding="utf-8"`), `standalone="yes"`, `xml:lang` on the narrative div, and
+/// `xsi:schemaLocation` on the root. What stays refused says why, in XML for an XML client.
+#[test]
+fn well_formed_fhir_xml_is_accepted_and_refusals_say_why() {
+    let original: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(JP_CLINS_OBSERVATIONS)
+            .unwrap_or_else(|e| panic!("read {JP_CLINS_OBSERVATIONS}: {e}")),
+    )
+    .unwrap();
+    for_each_backend(|s| {
+        let patient = r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/></Patient>"#;
+        for prefix in [
+            r#"<?xml version="1.0" encoding="utf-8"?>"#,
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
+        ] {
+            s.send_raw(
+                "POST",
+                "Patient",
+                FHIR_XML,
+                format!("{prefix}{patient}").as_bytes(),
+            )
+            .expect(201);
+        }
+        let located = r#"<Patient xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://hl7.org/fhir ../../schema/fhir-single.xsd"><active value="true"/></Patient>"#;
+        s.send_raw("POST", "Patient", FHIR_XML, located.as_bytes())
+            .expect(201);
+        for (xml, reason) in [
+            (
+                format!(r#"<?xml version="1.0" encoding="ISO-8859-1"?>{patient}"#),
+                "FHIR XML must be UTF-8; the declaration names ISO-8859-1",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><active value="true" value="false"/></Patient>"#.to_string(),
+                "has the attribute 'value' twice",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="a&#xD800;b"/></name></Patient>"#.to_string(),
+                "not a valid codepoint",
+            ),
+        ] {
+            let r = s.request(
+                "POST",
+                "Patient",
+                &[("Content-Type", FHIR_XML), ("Accept", FHIR_XML)],
+                Some(xml.clone().into_bytes()),
+            );
+            let r = r.expect(400);
+            assert!(r.content_type().starts_with(FHIR_XML), "{xml}: {}", r.body);
+            assert!(r.body.contains("<OperationOutcome"), "{}", r.body);
+            assert!(r.body.contains(reason), "{xml}: {}", r.body);
+        }
+        // JP-CLINS: JSON → server → XML (with xml:lang on a div) → server, content unchanged.
+        let created = s.post("Bundle", &original).expect(201).json();
+        let path = format!("Bundle/{}", created["id"].as_str().unwrap());
+        let xml = s.get_with(&path, &[("Accept", FHIR_XML)]).expect(200);
+        assert!(xml.body.contains(r#"xml:lang="ja""#), "{}", xml.body);
+        let r = s
+            .send_raw("POST", "Bundle", FHIR_XML, xml.body.as_bytes())
+            .expect(201);
+        let copy = s.read_json(&format!("Bundle/{}", r.json()["id"].as_str().unwrap()));
+        if let Some(d) = json_diff(&without_id_meta(&copy), &without_id_meta(&original)) {
+            panic!("JSON→XML→JSON differs at {d}");
+        }
+    });
+}
