@@ -571,3 +571,91 @@ fn paging_links_keep_the_asked_format() {
         }
     });
 }
+
+/// A Bundle shaped like the JP-CLINS examples (whose licence keeps them out of `fixtures/`,
+/// fixtures/SOURCES.md): narratives in Japanese, marked `xml:lang="ja"` on their div.
+fn japanese_narrative_bundle() -> serde_json::Value {
+    let div = |text: &str| {
+        format!(
+            r#"<div xmlns="http://www.w3.org/1999/xhtml" xml:lang="ja" lang="ja"><p>{text}</p></div>"#
+        )
+    };
+    serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": "urn:uuid:0a8f6b3e-0c1d-4c55-9a33-4f1f8c1e2a01",
+             "resource": {"resourceType": "Patient",
+                          "text": {"status": "generated", "div": div("患者 山田 太郎")},
+                          "name": [{"family": "山田", "given": ["太郎"]}]}},
+            {"fullUrl": "urn:uuid:0a8f6b3e-0c1d-4c55-9a33-4f1f8c1e2a02",
+             "resource": {"resourceType": "Observation", "status": "final",
+                          "text": {"status": "generated", "div": div("血糖 98 mg/dL")},
+                          "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]},
+                          "valueQuantity": {"value": 98, "unit": "mg/dL"}}}
+        ]
+    })
+}
+
+/// XML the review found refused though well-formed and FHIR: a declaration as .NET writes it
+/// (`encoding="utf-8"`), `standalone="yes"`, `xml:lang` on the narrative div, and
+/// `xsi:schemaLocation` on the root. What stays refused says why, in XML for an XML client.
+#[test]
+fn well_formed_fhir_xml_is_accepted_and_refusals_say_why() {
+    let original = japanese_narrative_bundle();
+    for_each_backend(|s| {
+        let patient = r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/></Patient>"#;
+        for prefix in [
+            r#"<?xml version="1.0" encoding="utf-8"?>"#,
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
+        ] {
+            s.send_raw(
+                "POST",
+                "Patient",
+                FHIR_XML,
+                format!("{prefix}{patient}").as_bytes(),
+            )
+            .expect(201);
+        }
+        let located = r#"<Patient xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://hl7.org/fhir ../../schema/fhir-single.xsd"><active value="true"/></Patient>"#;
+        s.send_raw("POST", "Patient", FHIR_XML, located.as_bytes())
+            .expect(201);
+        for (xml, reason) in [
+            (
+                format!(r#"<?xml version="1.0" encoding="ISO-8859-1"?>{patient}"#),
+                "FHIR XML must be UTF-8; the declaration names ISO-8859-1",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><active value="true" value="false"/></Patient>"#.to_string(),
+                "has the attribute 'value' twice",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="a&#xD800;b"/></name></Patient>"#.to_string(),
+                "not a valid codepoint",
+            ),
+        ] {
+            let r = s.request(
+                "POST",
+                "Patient",
+                &[("Content-Type", FHIR_XML), ("Accept", FHIR_XML)],
+                Some(xml.clone().into_bytes()),
+            );
+            let r = r.expect(400);
+            assert!(r.content_type().starts_with(FHIR_XML), "{xml}: {}", r.body);
+            assert!(r.body.contains("<OperationOutcome"), "{}", r.body);
+            assert!(r.body.contains(reason), "{xml}: {}", r.body);
+        }
+        // JSON → server → XML (with xml:lang on the divs) → server, content unchanged.
+        let created = s.post("Bundle", &original).expect(201).json();
+        let path = format!("Bundle/{}", created["id"].as_str().unwrap());
+        let xml = s.get_with(&path, &[("Accept", FHIR_XML)]).expect(200);
+        assert!(xml.body.contains(r#"xml:lang="ja""#), "{}", xml.body);
+        let r = s
+            .send_raw("POST", "Bundle", FHIR_XML, xml.body.as_bytes())
+            .expect(201);
+        let copy = s.read_json(&format!("Bundle/{}", r.json()["id"].as_str().unwrap()));
+        if let Some(d) = json_diff(&without_id_meta(&copy), &without_id_meta(&original)) {
+            panic!("JSON→XML→JSON differs at {d}");
+        }
+    });
+}

@@ -11,6 +11,7 @@ mod base64_binary;
 mod narrative;
 mod prepass;
 mod xml_check;
+mod xml_declaration;
 mod xml_namespace;
 
 use fhirbolt::model::r4::Resource;
@@ -172,12 +173,14 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
 
 /// FHIR XML bytes as the equivalent FHIR JSON value, not yet validated.
 fn xml_value(bytes: &[u8]) -> Result<Value, ContentError> {
+    let bytes = xml_declaration::without_declaration(bytes)?;
     prepass::check_xml_depth(bytes, MAX_DEPTH)?;
     // From here on, one spelling: FHIR and XHTML elements unprefixed.
     let bytes = &*xml_namespace::unprefixed(bytes)?;
     xml_check::check(bytes)?;
+    let for_fhirbolt = xml_namespace::without_prefixed_attributes(bytes);
     let parsed = catch_unwind(AssertUnwindSafe(|| {
-        fhirbolt::xml::from_slice::<Resource>(bytes, Some(STRICT))
+        fhirbolt::xml::from_slice::<Resource>(&for_fhirbolt, Some(STRICT))
     }))
     .map_err(|_| {
         ContentError::single(
@@ -186,13 +189,7 @@ fn xml_value(bytes: &[u8]) -> Result<Value, ContentError> {
             "the XML could not be parsed as FHIR",
         )
     })?
-    .map_err(|e| {
-        ContentError::single(
-            IssueCode::Structure,
-            "",
-            describe_model_error("the body is not valid FHIR XML", &e.to_string()),
-        )
-    })?;
+    .map_err(|e| ContentError::single(IssueCode::Structure, "", describe_xml_error(&e)))?;
     let mut value = catch_unwind(AssertUnwindSafe(|| {
         fhirbolt::json::to_json_value(parsed, None)
     }))
@@ -207,6 +204,42 @@ fn xml_value(bytes: &[u8]) -> Result<Value, ContentError> {
     // fhirbolt trims the text nodes of narratives; take them from the bytes as they came.
     narrative::restore_from_xml(bytes, &mut value);
     Ok(value)
+}
+
+/// A client-facing message for fhirbolt's refusal of an XML document. The reasons of its XML
+/// reader (a duplicated attribute, a character reference to no XML character) are the
+/// client's to know and hold no Rust internals; the offsets in them count in the document as
+/// rewritten here, not as sent, so they would mislead and are cut.
+fn describe_xml_error(error: &fhirbolt::xml::Error) -> String {
+    use fhirbolt::xml::Error;
+    match error {
+        Error::InvalidXml(_) | Error::InvalidXmlAttribute(_) | Error::Utf8Error(_) => {
+            format!(
+                "the XML is not well-formed: {}",
+                without_offsets(&error.to_string())
+            )
+        }
+        _ => describe_model_error("the body is not valid FHIR XML", &error.to_string()),
+    }
+}
+
+/// A quick-xml message without its offsets: `position 12: duplicated attribute, previous
+/// declaration at position 3` becomes `duplicated attribute`, `Error while escaping
+/// character at range 4..9: Unrecognized escape symbol: "x"` becomes the part after the
+/// colon.
+fn without_offsets(message: &str) -> &str {
+    let message = match message.split_once(": ") {
+        Some((prefix, rest))
+            if prefix.starts_with("position ") || prefix.contains(" at range ") =>
+        {
+            rest
+        }
+        _ => message,
+    };
+    message
+        .split(", previous declaration at position")
+        .next()
+        .unwrap_or(message)
 }
 
 /// A client-facing message for a fhirbolt error. Serde's own messages (unknown, duplicate or
@@ -673,6 +706,104 @@ mod tests {
         let plain =
             serde_json::json!({"resourceType": "Patient", "name": [{"family": "山田\u{FFFD}"}]});
         assert!(to_xml(&plain).unwrap().contains("山田\u{FFFD}"));
+    }
+
+    const PATIENT: &str =
+        r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/></Patient>"#;
+
+    #[test]
+    fn xml_declarations_are_read_as_xml_defines_them() {
+        for declaration in [
+            r#"<?xml version="1.0" encoding="utf-8"?>"#,
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
+            "\u{FEFF}<?xml version='1.0' encoding='Utf-8' standalone='no'?>\n",
+        ] {
+            let value = parse_xml(format!("{declaration}{PATIENT}").as_bytes())
+                .unwrap_or_else(|e| panic!("{declaration}: {e}"));
+            assert_eq!(value["active"], true);
+        }
+        let error = parse_xml(
+            format!(r#"<?xml version="1.0" encoding="ISO-8859-1"?>{PATIENT}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "FHIR XML must be UTF-8; the declaration names ISO-8859-1"
+        );
+        // A declaration taken off does not open the door to a DOCTYPE and its entities.
+        let external = r#"<?xml version="1.0" encoding="utf-8" standalone="no"?><!DOCTYPE Patient [<!ENTITY x SYSTEM "file:///etc/passwd">]><Patient xmlns="http://hl7.org/fhir"><name><family value="&x;"/></name></Patient>"#;
+        let error = parse_xml(external.as_bytes()).unwrap_err();
+        assert!(error.to_string().contains("Doctype"), "{error}");
+    }
+
+    #[test]
+    fn xml_that_is_not_well_formed_is_refused_with_the_reason() {
+        for (xml, reason) in [
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><active value="true" value="false"/></Patient>"#,
+                "<active> has the attribute 'value' twice",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="a&#xD800;b"/></name></Patient>"#,
+                "the XML is not well-formed: '55296' is not a valid codepoint",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="a&foo;b"/></name></Patient>"#,
+                "the XML is not well-formed: Unrecognized escape symbol",
+            ),
+        ] {
+            let error = parse_xml(xml.as_bytes()).unwrap_err().to_string();
+            assert!(error.contains(reason), "{xml}: {error}");
+            assert!(
+                !error.contains("position") && !error.contains("range"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn xml_lang_on_the_narrative_div_round_trips() {
+        let div =
+            r#"<div xmlns="http://www.w3.org/1999/xhtml" xml:lang="ja" lang="ja"><p>hi</p></div>"#;
+        let value = parse_json(&serde_json::to_vec(&organization_with(div)).unwrap()).unwrap();
+        let xml = to_xml(&value).unwrap();
+        assert!(xml.contains(div), "{xml}");
+        assert_eq!(parse_xml(xml.as_bytes()).unwrap(), value);
+        // The same with prefixed FHIR elements, which the reader rewrites first.
+        let prefixed = format!(
+            r#"<f:Organization xmlns:f="http://hl7.org/fhir"><f:text><f:status value="generated"/>{div}</f:text><f:name value="Org"/></f:Organization>"#
+        );
+        assert_eq!(parse_xml(prefixed.as_bytes()).unwrap(), value);
+        // `xml:lang` is for XHTML: a FHIR element still cannot have it.
+        let error = parse_xml(
+            br#"<Patient xmlns="http://hl7.org/fhir"><active xml:lang="ja" value="true"/></Patient>"#,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("'xml:lang'"), "{error}");
+    }
+
+    #[test]
+    fn schema_instance_attributes_on_the_root_are_ignored() {
+        let located = |root: &str, child: &str| {
+            format!(
+                r#"<{root} xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://hl7.org/fhir ../../schema/fhir-single.xsd"><active value="true"{child}/></{root}>"#
+            )
+        };
+        let value = parse_xml(located("Patient", "").as_bytes()).unwrap();
+        assert_eq!(value, parse_xml(PATIENT.as_bytes()).unwrap());
+        let prefixed = r#"<f:Patient xmlns:f="http://hl7.org/fhir" xmlns:s="http://www.w3.org/2001/XMLSchema-instance" s:noNamespaceSchemaLocation="x.xsd"><f:active value="true"/></f:Patient>"#;
+        assert_eq!(parse_xml(prefixed.as_bytes()).unwrap(), value);
+        // Only on the root, only in that namespace.
+        let error = parse_xml(located("Patient", " xsi:type=\"x\"").as_bytes()).unwrap_err();
+        assert!(error.to_string().contains("'xsi:type'"), "{error}");
+        let error = parse_xml(
+            br#"<Patient xmlns="http://hl7.org/fhir" xmlns:xsi="urn:not-xsi" xsi:schemaLocation="x"><active value="true"/></Patient>"#,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("'xsi:schemaLocation'"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //! too deep.
 
 use crate::prepass::{markup, Markup};
+use crate::xml_namespace::{has_prefix, schema_instance_prefixes};
 use crate::{ContentError, Issue, IssueCode, Severity};
 use fhirbolt_shared::path::ElementPath;
 use fhirbolt_shared::FhirReleases;
+use std::collections::HashSet;
 
 /// What an open element is, which decides the attributes and children it may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +153,7 @@ fn open(
     name: &str,
     tag: &[u8],
 ) -> Result<Frame, ContentError> {
+    let root = parent.is_none();
     let (kind, location, schema_path) = match parent {
         None => {
             if !renkei_fhir_schema::is_resource_type(name) {
@@ -254,7 +257,7 @@ fn open(
         children: Vec::new(),
         last_position: 0,
     };
-    check_attributes(path, &mut frame, tag)?;
+    check_attributes(path, &mut frame, tag, root)?;
     Ok(frame)
 }
 
@@ -310,7 +313,12 @@ fn missing_required(frame: &Frame) -> Result<(), ContentError> {
 }
 
 /// Checks the attributes of an opening tag (`tag` is the text between `<` and `>` or `/>`).
-fn check_attributes(path: &ElementPath, frame: &mut Frame, tag: &[u8]) -> Result<(), ContentError> {
+fn check_attributes(
+    path: &ElementPath,
+    frame: &mut Frame,
+    tag: &[u8],
+    root: bool,
+) -> Result<(), ContentError> {
     let allowed: &[&str] = match frame.kind {
         Kind::Div => return Ok(()),
         Kind::Resource | Kind::Holder => &[],
@@ -318,9 +326,32 @@ fn check_attributes(path: &ElementPath, frame: &mut Frame, tag: &[u8]) -> Result
         Kind::Extension => &["url", "id"],
         Kind::Complex => &["id"],
     };
-    for (name, value) in attributes(tag) {
-        let name = String::from_utf8_lossy(name);
+    let all = attributes(tag);
+    let schema_instance = if root {
+        schema_instance_prefixes(&all)
+    } else {
+        HashSet::new()
+    };
+    // A set: a tag may carry any number of namespace declarations.
+    let mut seen = HashSet::new();
+    for &(raw_name, value) in &all {
+        let name = String::from_utf8_lossy(raw_name);
+        // Not well-formed (XML 1.0 §3.1), and a reader keeping one of the two would drop the
+        // other silently.
+        if !seen.insert(raw_name) {
+            return Err(refuse(
+                &frame.location,
+                format!(
+                    "<{}> has the attribute '{name}' twice; XML allows it once",
+                    frame.name
+                ),
+            ));
+        }
         if name == "xmlns" || name.starts_with("xmlns:") {
+            continue;
+        }
+        // `xsi:schemaLocation` and the like: about the document, not the resource.
+        if has_prefix(raw_name, &schema_instance) {
             continue;
         }
         if !allowed.contains(&name.as_ref()) {

@@ -15,9 +15,13 @@ use crate::prepass::{markup, Markup};
 use crate::xml_check::attributes;
 use crate::{ContentError, IssueCode};
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 const FHIR: &str = "http://hl7.org/fhir";
 const XHTML: &str = renkei_fhir_schema::XHTML_NAMESPACE;
+/// XML Schema's instance namespace: `xsi:schemaLocation` on the root names the schema a
+/// document claims (official FHIR test files carry it); it says nothing about the content.
+const SCHEMA_INSTANCE: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
 fn refuse(message: String) -> ContentError {
     ContentError::single(IssueCode::Structure, "", message)
@@ -95,7 +99,7 @@ pub(crate) fn unprefixed(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ContentError> {
                         out.extend_from_slice(namespace.as_bytes());
                         out.push(b'"');
                     }
-                    write_attributes(out, &shown, &attrs)?;
+                    write_attributes(out, &shown, &attrs, scopes.is_empty())?;
                     out.extend_from_slice(if empty { b"/>" } else { b">" });
                     copied = end;
                 }
@@ -180,19 +184,28 @@ fn misplaced(element: &str, namespace: &str, in_xhtml: bool) -> ContentError {
 /// A tag's attributes as written, without the namespace declarations, which the rewritten
 /// element replaces by the one default namespace it needs. Other declarations stay (an
 /// attribute may use them); an attribute in a namespace FHIR or XHTML would lose with its
-/// prefix is refused.
+/// prefix is refused, except `xml:` ones and, on the root, XML Schema instance ones.
 fn write_attributes(
     out: &mut Vec<u8>,
     element: &str,
     attrs: &[(&[u8], &[u8])],
+    root: bool,
 ) -> Result<(), ContentError> {
+    let schema_instance = if root {
+        schema_instance_prefixes(attrs)
+    } else {
+        HashSet::new()
+    };
     for (name, value) in attrs {
         if *name == b"xmlns" || name.starts_with(b"xmlns:") {
             let value = String::from_utf8_lossy(value);
             if *name == b"xmlns" || value == FHIR || value == XHTML {
                 continue;
             }
-        } else if name.contains(&b':') && !name.starts_with(b"xml:") {
+        } else if name.contains(&b':')
+            && !name.starts_with(b"xml:")
+            && !has_prefix(name, &schema_instance)
+        {
             return Err(refuse(format!(
                 "<{element}> has the prefixed attribute '{}'; FHIR and XHTML attributes have no namespace",
                 String::from_utf8_lossy(name)
@@ -208,6 +221,84 @@ fn write_attributes(
         out.push(quote);
     }
     Ok(())
+}
+
+/// The prefixes that the root element, whose attributes are `root_attrs`, binds to the XML
+/// Schema instance namespace. The root has no ancestors, so its own declarations are the only
+/// ones in scope.
+pub(crate) fn schema_instance_prefixes<'a>(root_attrs: &[(&'a [u8], &[u8])]) -> HashSet<&'a [u8]> {
+    root_attrs
+        .iter()
+        .filter(|(_, namespace)| *namespace == SCHEMA_INSTANCE.as_bytes())
+        .filter_map(|(attribute, _)| attribute.strip_prefix(b"xmlns:"))
+        .collect()
+}
+
+/// Whether the attribute `name` has one of `prefixes`.
+pub(crate) fn has_prefix(name: &[u8], prefixes: &HashSet<&[u8]>) -> bool {
+    name.iter()
+        .position(|&b| b == b':')
+        .is_some_and(|colon| prefixes.contains(&name[..colon]))
+}
+
+/// The unprefixed document for fhirbolt, with every prefixed attribute of the FHIR elements and
+/// of each narrative's `div` tag blanked out. fhirbolt resolves those attributes' namespaces
+/// itself and refuses all but FHIR's and XHTML's, even the `xml` prefix, which is bound by
+/// definition (Namespaces in XML §3) and whose `xml:lang` FHIR allows on the narrative. By
+/// then [`crate::xml_check`] has accepted them (namespace declarations, `xsi:` on the root,
+/// `xml:` on the `div`); nothing else reads them, and the narrative is taken from the
+/// document as sent (`narrative::restore_from_xml`), its `div` tag included. Blanks keep
+/// every offset, so the two stay comparable. Inside a narrative fhirbolt reads no attributes.
+pub(crate) fn without_prefixed_attributes(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    // How many elements are open inside a narrative `div`, the div itself included.
+    let mut in_div = 0usize;
+    for item in markup(bytes).map_while(Result::ok) {
+        match item {
+            Markup::Open { empty, .. } if in_div > 0 => {
+                if !empty {
+                    in_div += 1;
+                }
+            }
+            Markup::Close { .. } if in_div > 0 => in_div -= 1,
+            Markup::Open {
+                name,
+                empty,
+                start,
+                end,
+            } => {
+                if name == b"div" && !empty {
+                    in_div = 1;
+                }
+                let Some(tag) = bytes.get(start..end) else {
+                    continue;
+                };
+                for (attribute, _) in attributes(tag) {
+                    if !attribute.contains(&b':') {
+                        continue;
+                    }
+                    // The attribute through its closing quote, as offsets into `bytes`.
+                    let from = start + (attribute.as_ptr() as usize - tag.as_ptr() as usize);
+                    let Some(to) = tag_end_of_attribute(bytes, from) else {
+                        continue;
+                    };
+                    let out = out.get_or_insert_with(|| bytes.to_vec());
+                    out[from..to].fill(b' ');
+                }
+            }
+            Markup::Close { .. } | Markup::Other { .. } => {}
+        }
+    }
+    out.map_or(Cow::Borrowed(bytes), Cow::Owned)
+}
+
+/// The end (just past the closing quote) of the attribute starting at `from`.
+fn tag_end_of_attribute(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    let open = rest.iter().position(|b| matches!(b, b'"' | b'\''))?;
+    let quote = rest[open];
+    let close = rest[open + 1..].iter().position(|&b| b == quote)?;
+    Some(from + open + 1 + close + 1)
 }
 
 #[cfg(test)]
@@ -261,6 +352,31 @@ mod tests {
                 r#"<Bundle xmlns="{FHIR}"><type value="collection"/><entry><resource><Patient/></resource></entry></Bundle>"#
             )
         );
+    }
+
+    #[test]
+    fn fhirbolt_sees_no_prefixed_attributes_outside_narratives() {
+        let xml = format!(
+            r#"<Patient xmlns="{FHIR}" xmlns:xsi="{SCHEMA_INSTANCE}" xsi:schemaLocation='a "b"'><text><status value="generated"/><div xmlns="{XHTML}" xml:lang="ja"><p xml:lang="en">x</p></div></text></Patient>"#
+        );
+        let view = without_prefixed_attributes(xml.as_bytes());
+        let view = std::str::from_utf8(&view).unwrap();
+        // Blanks in place of each attribute keep every offset.
+        assert_eq!(view.len(), xml.len());
+        assert!(
+            !view.contains("xsi") && !view.contains(r#"xml:lang="ja""#),
+            "{view}"
+        );
+        assert!(view.contains(r#"<p xml:lang="en">x</p>"#), "{view}");
+        assert!(
+            view.starts_with(&format!("<Patient xmlns=\"{FHIR}\" ")),
+            "{view}"
+        );
+        let plain = format!(r#"<Patient xmlns="{FHIR}"><active value="true"/></Patient>"#);
+        assert!(matches!(
+            without_prefixed_attributes(plain.as_bytes()),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
