@@ -849,3 +849,209 @@ fn empty_list_items_are_refused() {
         assert_eq!(read["gender"], "male", "{read}");
     });
 }
+
+/// The names of the search parameters the CapabilityStatement declares for `res_type`.
+fn declared(s: &Server, res_type: &str) -> Vec<String> {
+    let metadata = s.read_json("metadata");
+    metadata["rest"][0]["resource"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["type"] == res_type)
+        .flat_map(|r| r["searchParam"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// R4's `InsurancePlan-name` is `name | alias`, the one expression without a leading type
+/// name. The registry kept only alternatives starting with one, so the parameter had no
+/// expression: `name=Foobar` matched nothing, `name:missing=true` every plan, and the
+/// CapabilityStatement left it out.
+#[test]
+fn insurance_plan_name_reads_name_and_alias() {
+    for_each_backend(|s| {
+        put(
+            s,
+            &json!({"resourceType": "InsurancePlan", "id": "ip-foobar",
+                    "name": "Foobar Health Plan", "alias": ["FHP Gold"]}),
+        );
+        put(
+            s,
+            &json!({"resourceType": "InsurancePlan", "id": "ip-other", "name": "Other Plan"}),
+        );
+        put(
+            s,
+            &json!({"resourceType": "InsurancePlan", "id": "ip-nameless", "status": "active"}),
+        );
+        assert_eq!(ids(s, "InsurancePlan?name=Foobar"), ["ip-foobar"]);
+        assert_eq!(ids(s, "InsurancePlan?name=fhp"), ["ip-foobar"]);
+        assert_eq!(
+            ids(s, "InsurancePlan?name:exact=Other%20Plan"),
+            ["ip-other"]
+        );
+        assert_eq!(ids(s, "InsurancePlan?name:missing=true"), ["ip-nameless"]);
+        assert_eq!(
+            ids(s, "InsurancePlan?name:missing=false"),
+            ["ip-foobar", "ip-other"]
+        );
+        assert!(declared(s, "InsurancePlan").contains(&"name".to_string()));
+    });
+}
+
+/// `Bundle.composition` and `Bundle.message` select `Bundle.entry[0].resource`, a resource
+/// inside the Bundle that the index (stored resources by type and id) cannot chain into.
+/// Declared, they answered an empty page to every chain and `:missing=false`; now they are
+/// unknown parameters: refused under `handling=strict`, reported and ignored otherwise.
+#[test]
+fn bundle_composition_and_message_are_not_declared() {
+    for_each_backend(|s| {
+        put(
+            s,
+            &json!({"resourceType": "Bundle", "id": "doc-1", "type": "document",
+                    "identifier": {"system": "urn:docs", "value": "1"},
+                    "timestamp": "2024-01-01T00:00:00Z",
+                    "entry": [{"fullUrl": "urn:uuid:2f6a1c4e-0a3d-4d7e-9a55-2b1f5f2b7c01",
+                               "resource": {"resourceType": "Composition", "status": "final",
+                                            "type": {"coding": [{"system": "http://loinc.org", "code": "28655-9"}]},
+                                            "date": "2024-01-01", "author": [{"display": "Dr A"}],
+                                            "title": "Discharge summary"}}]}),
+        );
+        for query in [
+            "Bundle?composition.type=http://loinc.org%7C28655-9",
+            "Bundle?message:missing=false",
+            "Bundle?composition=Composition/x",
+        ] {
+            let name = if query.contains("message") {
+                "message"
+            } else {
+                "composition"
+            };
+            let text = refused(s, query, &[("Prefer", "handling=strict")]);
+            assert!(text.contains(name), "{query}: {text}");
+            let (entries, _) = s.all_pages(query);
+            let outcome: Vec<&Value> = entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == "outcome")
+                .collect();
+            assert!(
+                outcome.iter().any(|e| e.to_string().contains(name)),
+                "{query}: {entries:?}"
+            );
+            // Ignored, the search is the Bundle search without it.
+            assert_eq!(sorted_match_ids(&entries), ["doc-1"], "{query}");
+        }
+        let bundle = declared(s, "Bundle");
+        assert!(bundle.contains(&"identifier".to_string()), "{bundle:?}");
+        assert!(!bundle.contains(&"composition".to_string()), "{bundle:?}");
+        assert!(!bundle.contains(&"message".to_string()), "{bundle:?}");
+    });
+}
+
+/// `eq` is the range the search value's precision implies. For a value written to 17
+/// significant digits (the official `Observation/body-height`: 66.899999999999991) that range
+/// is narrower than the spacing of doubles, and computed in doubles both bounds fell onto the
+/// stored value: `value-quantity=66.899999999999991` found nothing while `ge`/`le` did. The
+/// bounds are now computed from the decimal text; number parameters share the code.
+#[test]
+fn numbers_written_to_full_precision_equal_themselves() {
+    for_each_backend(|s| {
+        let obs = |id: &str, value: &str| -> Value {
+            serde_json::from_str(&format!(
+                r#"{{"resourceType": "Observation", "id": "{id}", "status": "final",
+                    "code": {{"text": "height"}},
+                    "valueQuantity": {{"value": {value}, "unit": "in",
+                        "system": "http://unitsofmeasure.org", "code": "[in_i]"}}}}"#
+            ))
+            .unwrap()
+        };
+        put(s, &obs("q-body-height", "66.899999999999991"));
+        put(s, &obs("q-66-9", "66.9"));
+        put(s, &obs("q-99-5", "99.5"));
+        put(s, &obs("q-100-5", "100.5"));
+        let q = |value: &str| ids(s, &format!("Observation?value-quantity={value}"));
+        assert_eq!(q("66.899999999999991"), ["q-body-height"]);
+        assert_eq!(
+            q("66.899999999999991%7Chttp://unitsofmeasure.org%7C%5Bin_i%5D"),
+            ["q-body-height"]
+        );
+        assert_eq!(
+            q("ge66.899999999999991"),
+            ["q-100-5", "q-66-9", "q-99-5", "q-body-height"]
+        );
+        assert_eq!(q("le66.899999999999991"), ["q-body-height"]);
+        assert_eq!(q("66.9"), ["q-66-9", "q-body-height"]);
+        assert_eq!(q("ne66.899999999999991"), ["q-100-5", "q-66-9", "q-99-5"]);
+        // The range stays half-open where its bound is a double: 100 is [99.5, 100.5).
+        assert_eq!(q("100"), ["q-99-5"]);
+
+        let risk = |id: &str, probability: &str| -> Value {
+            serde_json::from_str(&format!(
+                r#"{{"resourceType": "RiskAssessment", "id": "{id}", "status": "final",
+                    "subject": {{"reference": "Patient/nobody"}},
+                    "prediction": [{{"probabilityDecimal": {probability}}}]}}"#
+            ))
+            .unwrap()
+        };
+        put(s, &risk("r-exact", "0.30000000000000004"));
+        put(s, &risk("r-three", "0.3"));
+        let p = |value: &str| ids(s, &format!("RiskAssessment?probability={value}"));
+        assert_eq!(p("0.30000000000000004"), ["r-exact"]);
+        assert_eq!(p("0.3"), ["r-exact", "r-three"]);
+        assert_eq!(p("0.29999999999999999"), ["r-three"]);
+    });
+}
+
+/// A Reference with only an `identifier`, only a `display` or a contained `#id` is a value of
+/// its parameter: `based-on:missing=true` matched the Observation that
+/// `based-on:identifier=sys|1234` matched too, since `:missing` looked for reference rows and
+/// such a Reference had none.
+#[test]
+fn references_without_a_literal_reference_are_not_missing() {
+    for_each_backend(|s| {
+        let obs = |id: &str, based_on: Option<Value>| {
+            let mut o = json!({"resourceType": "Observation", "id": id, "status": "final",
+                               "code": {"text": "x"}});
+            if let Some(b) = based_on {
+                o["basedOn"] = json!([b]);
+            }
+            o
+        };
+        put(
+            s,
+            &obs(
+                "m-identifier",
+                Some(json!({"identifier": {"system": "sys", "value": "1234"}})),
+            ),
+        );
+        put(s, &obs("m-display", Some(json!({"display": "the order"}))));
+        let mut contained = obs("m-contained", Some(json!({"reference": "#sr"})));
+        contained["contained"] = json!([{"resourceType": "ServiceRequest", "id": "sr",
+            "status": "active", "intent": "order", "subject": {"display": "x"}}]);
+        put(s, &contained);
+        put(
+            s,
+            &obs(
+                "m-literal",
+                Some(json!({"reference": "ServiceRequest/sr-1"})),
+            ),
+        );
+        put(s, &obs("m-none", None));
+        assert_eq!(ids(s, "Observation?based-on:missing=true"), ["m-none"]);
+        assert_eq!(
+            ids(s, "Observation?based-on:missing=false"),
+            ["m-contained", "m-display", "m-identifier", "m-literal"]
+        );
+        assert_eq!(
+            ids(s, "Observation?based-on:identifier=sys%7C1234"),
+            ["m-identifier"]
+        );
+        assert_eq!(
+            ids(s, "Observation?based-on=ServiceRequest/sr-1"),
+            ["m-literal"]
+        );
+        // The row without a target names no resource: includes find nothing through it.
+        let (entries, _) =
+            s.all_pages("Observation?_id=m-identifier&_include=Observation:based-on");
+        assert_eq!(entries.len(), 1, "{entries:?}");
+    });
+}

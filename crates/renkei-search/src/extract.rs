@@ -237,7 +237,7 @@ fn add_value(rows: &mut IndexRows, param: &SearchParam, type_name: Option<&str>,
                     });
                 }
             }
-            if let Some(reference) = reference_of(value) {
+            if let Some(reference) = reference_of(value).or_else(|| presence_of(value)) {
                 rows.references.push(ReferenceIndex {
                     param: name(),
                     ..reference
@@ -620,6 +620,23 @@ fn reference_of(value: &Value) -> Option<ReferenceIndex> {
     }
 }
 
+/// The row of a Reference that names no resource by a literal `reference` (only an
+/// `identifier`, only a `display`, a contained `#id`): no type, id or URL, so no reference
+/// search, chain, include or compartment finds it through this row, but the parameter has a
+/// value (search.html: `:missing=true` is the resources that have none), so `:missing`, which
+/// asks whether a reference row exists, answers as for any other reference. Without it such a
+/// resource matched `based-on:identifier=…` and `based-on:missing=true` at once. An inline
+/// resource (`resourceType`) is not a Reference and gets none.
+fn presence_of(value: &Value) -> Option<ReferenceIndex> {
+    let map = value.as_object()?;
+    (!map.is_empty() && !map.contains_key("resourceType")).then(|| ReferenceIndex {
+        param: String::new(),
+        target_type: None,
+        target_id: None,
+        url: None,
+    })
+}
+
 fn as_f64(value: &Value) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64().or_else(|| n.to_string().parse().ok()),
@@ -748,6 +765,43 @@ mod tests {
             .references
             .iter()
             .any(|r| r.param == "subject" && r.target_id.as_deref() == Some("p1")));
+    }
+
+    /// A Reference with only an identifier, only a display or a contained `#id` has a value:
+    /// a reference row without target (for `:missing`), beside the `:identifier` token row.
+    #[test]
+    fn references_without_a_literal_reference_still_have_a_row() {
+        let obs = json!({
+            "resourceType": "Observation", "id": "o", "status": "final",
+            "contained": [{"resourceType": "ServiceRequest", "id": "sr", "status": "active",
+                           "intent": "order", "subject": {"display": "x"}}],
+            "code": {"text": "x"},
+            "basedOn": [{"identifier": {"system": "sys", "value": "1234"}}],
+            "subject": {"display": "Someone"},
+            "partOf": [{"reference": "#sr"}],
+            "hasMember": [{"reference": "Observation/m1"}]
+        });
+        let rows = extract("Observation", &obs);
+        let targets = |param: &str| -> Vec<(Option<String>, Option<String>, Option<String>)> {
+            rows.references
+                .iter()
+                .filter(|r| r.param == param)
+                .map(|r| (r.target_type.clone(), r.target_id.clone(), r.url.clone()))
+                .collect()
+        };
+        for param in ["based-on", "subject", "part-of"] {
+            assert_eq!(targets(param), [(None, None, None)], "{param}");
+        }
+        assert_eq!(
+            targets("has-member"),
+            [(Some("Observation".into()), Some("m1".into()), None)]
+        );
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "based-on:identifier" && t.code.as_deref() == Some("1234")));
+        // No element, no row.
+        assert!(targets("encounter").is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod date;
 pub mod extract;
 pub mod key;
 pub mod normalize;
+mod number;
 pub mod plan;
 pub mod registry;
 

@@ -41,6 +41,21 @@ const EXPRESSION_OVERRIDES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Definitions left out of the registry although they have an expression, so a search by
+/// them is refused under `Prefer: handling=strict` and warned about otherwise, as any unknown
+/// parameter, and the CapabilityStatement does not declare them. `Bundle.composition` and
+/// `Bundle.message` select `Bundle.entry[0].resource`: a resource inside the Bundle, not a
+/// reference. The index holds references as (type, id) of stored resources, and chains
+/// (`composition.type=…`) look the target up among stored resources; a Bundle's entries are
+/// not stored resources (`_contained` is not supported either), so declared, they matched
+/// nothing, `:missing=true` matched every Bundle and a chain answered an empty page as if
+/// searched. Supporting them needs the first entry's own index rows stored under the Bundle
+/// (SEARCH.md, "Index tables").
+const NOT_SUPPORTED: &[&str] = &[
+    "http://hl7.org/fhir/SearchParameter/Bundle-composition",
+    "http://hl7.org/fhir/SearchParameter/Bundle-message",
+];
+
 const PATIENT_COMPARTMENT: &str = include_str!(
     "../../../fixtures/r4-definitions/compartments/CompartmentDefinition-patient.json"
 );
@@ -270,6 +285,9 @@ impl Registry {
             .filter_map(Value::as_str)
             .map(str::to_string)
             .collect();
+        if NOT_SUPPORTED.contains(&text("url")) {
+            return;
+        }
         let expression = def.get("expression").and_then(Value::as_str);
         // `_text`, `_content` and `_query` have no expression: nothing to index, so they are
         // not supported. Registered, they matched nothing (total 0); left out, a search
@@ -447,7 +465,12 @@ fn link_extensions(params: &mut BTreeMap<String, SearchParam>) {
 }
 
 /// The alternatives of a multi-type expression (`A.x | B.y.where(...)`) that apply to `base`,
-/// joined again; `Resource.x` applies to every type.
+/// joined again; `Resource.x` applies to every type, and so does an alternative that starts at
+/// an element rather than a type name (`name | alias`, R4's `InsurancePlan-name`, the one R4
+/// expression written so): FHIRPath evaluates it against the resource itself. Element names
+/// start in lower case, type names in upper case. Kept to the named types only, that
+/// parameter had no expression: nothing was indexed, `name=…` matched nothing and
+/// `name:missing=true` everything.
 fn expression_for(expression: &str, base: &str) -> Option<String> {
     let parts: Vec<&str> = split_top_level(expression)
         .into_iter()
@@ -458,7 +481,10 @@ fn expression_for(expression: &str, base: &str) -> Option<String> {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric())
                 .collect();
-            name == base || name == "Resource" || name == "DomainResource"
+            name == base
+                || name == "Resource"
+                || name == "DomainResource"
+                || name.starts_with(|c: char| c.is_ascii_lowercase())
         })
         .collect();
     if parts.is_empty() {
@@ -650,12 +676,18 @@ mod tests {
         }
     }
 
+    /// Every registered parameter has an expression for its type (a composite's is optional)
+    /// and it compiles: one registered without one is declared, matches nothing and is
+    /// `:missing` everywhere (R4's `InsurancePlan-name` was, see [`expression_for`]).
     #[test]
     fn every_indexed_expression_compiles() {
         let r = registry();
         let mut failures = Vec::new();
         for (res_type, params) in &r.by_type {
             for p in params.values() {
+                if p.kind != ParamType::Composite && p.expression_text.is_none() {
+                    failures.push(format!("{res_type}.{}: no expression", p.code));
+                }
                 if p.kind.is_indexed() && p.expression_text.is_some() && p.expression.is_none() {
                     failures.push(format!("{res_type}.{}: {:?}", p.code, p.expression_text));
                 }
@@ -670,6 +702,32 @@ mod tests {
     }
 
     #[test]
+    fn an_expression_without_a_type_name_is_read_from_the_resource() {
+        let r = registry();
+        let name = r.param("InsurancePlan", "name").unwrap();
+        assert_eq!(name.expression_text.as_deref(), Some("name | alias"));
+        let plan = serde_json::json!({"resourceType": "InsurancePlan", "name": "Foobar Health Plan",
+                                      "alias": ["FHP"]});
+        let rows = crate::extract::extract("InsurancePlan", &plan);
+        let names: Vec<&str> = rows
+            .strings
+            .iter()
+            .filter(|s| s.param == "name")
+            .map(|s| s.exact.as_str())
+            .collect();
+        assert_eq!(names, ["Foobar Health Plan", "FHP"]);
+    }
+
+    #[test]
+    fn parameters_over_a_bundle_entry_resource_are_not_declared() {
+        let r = registry();
+        assert!(r.param("Bundle", "composition").is_none());
+        assert!(r.param("Bundle", "message").is_none());
+        assert!(r.param("Bundle", "identifier").is_some());
+        assert!(r.param("Bundle", "type").is_some());
+    }
+
+    #[test]
     fn splits_union_expressions_per_type() {
         assert_eq!(
             expression_for(
@@ -680,5 +738,10 @@ mod tests {
             Some("A.x | (A.z as Quantity)")
         );
         assert_eq!(split_top_level("A.x.where(a='|') | B").len(), 2);
+        assert_eq!(
+            expression_for("name | alias", "InsurancePlan").as_deref(),
+            Some("name | alias")
+        );
+        assert_eq!(expression_for("B.y | x", "A").as_deref(), Some("x"));
     }
 }
