@@ -375,6 +375,49 @@ fn invalid_contained_resources_and_local_references_are_refused() {
     });
 }
 
+/// dom-3: a contained resource that nothing in its container refers to (and that does not
+/// refer to its container) was stored. Create, update and patch now answer 400 `invariant`
+/// naming it; the same resource with the reference is stored.
+#[test]
+fn unreferenced_contained_resources_are_refused_dom_3() {
+    for_each_backend(|s| {
+        let unreferenced = json!({"resourceType": "Patient",
+            "contained": [{"resourceType": "Organization", "id": "clinic", "name": "Acme"}]});
+        let refused = |r: Resp| {
+            let outcome = r.expect(400).outcome();
+            assert_eq!(outcome["issue"][0]["code"], "invariant", "{outcome}");
+            let text = outcome["issue"][0]["diagnostics"].as_str().unwrap_or("");
+            assert!(
+                text.contains("'clinic'") && text.contains("dom-3"),
+                "{outcome}"
+            );
+            assert_eq!(
+                outcome["issue"][0]["expression"][0], "Patient.contained[0]",
+                "{outcome}"
+            );
+        };
+        refused(s.post("Patient", &unreferenced));
+        let mut referenced = unreferenced.clone();
+        referenced["managingOrganization"] = json!({"reference": "#clinic"});
+        let created = s.post("Patient", &referenced).expect(201).json();
+        let id = created["id"].as_str().unwrap().to_string();
+        let mut update = unreferenced.clone();
+        update["id"] = json!(id);
+        refused(s.put(&format!("Patient/{id}"), &update));
+        // A patch that removes the only reference leaves the contained resource orphaned.
+        refused(s.send_raw(
+            "PATCH",
+            &format!("Patient/{id}"),
+            JSON_PATCH,
+            br#"[{"op": "remove", "path": "/managingOrganization"}]"#,
+        ));
+        assert_eq!(
+            s.read_json(&format!("Patient/{id}"))["meta"]["versionId"],
+            "1"
+        );
+    });
+}
+
 /// A conditional reference in a plain create or update was stored verbatim and never
 /// resolved: R4 defines them only in transactions.
 #[test]

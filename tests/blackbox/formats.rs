@@ -307,7 +307,7 @@ fn xml_that_would_lose_data_is_refused() {
         }
         // Positive control: the same content written correctly is stored whole.
         let xml = patient(
-            r#"<contained><Patient><id value="a"/></Patient></contained><contained><Patient><id value="b"/></Patient></contained><active value="true"/><gender id="g"><extension url="http://hl7.org/fhir/StructureDefinition/data-absent-reason"><valueCode value="unknown"/></extension></gender>"#,
+            r##"<contained><Patient><id value="a"/></Patient></contained><contained><Patient><id value="b"/></Patient></contained><active value="true"/><gender id="g"><extension url="http://hl7.org/fhir/StructureDefinition/data-absent-reason"><valueCode value="unknown"/></extension></gender><link><other><reference value="#a"/></other><type value="seealso"/></link><link><other><reference value="#b"/></other><type value="seealso"/></link>"##,
         );
         let r = s
             .send_raw("POST", "Patient", FHIR_XML, xml.as_bytes())

@@ -1,5 +1,7 @@
 //! Structural validation of FHIR R4 JSON resources.
 
+use std::collections::HashSet;
+
 use serde_json::{Map, Value};
 
 use crate::model::{model, ElementDef, Kind, Model, Prim, TypeDef};
@@ -148,9 +150,19 @@ struct Validator {
 /// What a local reference may name inside one resource: the ids of the contained resources
 /// of the resource that holds them (a contained resource shares its container's scope,
 /// since `#id` inside it names a sibling and `#` the container).
+#[derive(Default)]
 struct LocalScope {
     ids: Vec<String>,
     contained: bool,
+    /// dom-3: the ids `#id` names in the resource, in an element dom-3 reads (see
+    /// [`Validator::local_name`]), its contained resources included (a contained resource
+    /// hands its own up to its container when its walk ends). A set: a large resource may
+    /// hold many references and many contained resources.
+    named: HashSet<String>,
+    /// dom-3, in a contained resource: it refers to its container (`#`).
+    names_container: bool,
+    /// dom-3, in a container: the ids of its contained resources that refer to it.
+    refer_to_container: Vec<String>,
 }
 
 impl Validator {
@@ -222,8 +234,71 @@ impl Validator {
         let scope = self.local_scope(obj, contained);
         self.locals.push(scope);
         self.object(td, obj, true);
-        self.locals.pop();
+        if let Some(scope) = self.locals.pop() {
+            if contained {
+                if let Some(container) = self.locals.last_mut() {
+                    container.named.extend(scope.named);
+                    if scope.names_container {
+                        if let Some(id) = obj.get("id").and_then(Value::as_str) {
+                            container.refer_to_container.push(id.to_string());
+                        }
+                    }
+                }
+            } else {
+                self.check_contained_referenced(obj, &scope);
+            }
+        }
         self.path.truncate(saved);
+    }
+
+    /// dom-3: each contained resource is referred to from elsewhere in its container or refers
+    /// to the container. R4's expression reads `reference` elements and elements typed
+    /// canonical, uri or url for `#id`, and `reference` and canonical elements for `#`; a
+    /// mention in the narrative does not count (R5 added the `referencesContained` extension
+    /// for that). A contained resource nothing points to is content no reader of the resource
+    /// is led to. The id-less ones were refused already.
+    fn check_contained_referenced(&mut self, obj: &Map<String, Value>, scope: &LocalScope) {
+        let Some(Value::Array(items)) = obj.get("contained") else {
+            return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let Some(id) = item.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let referred = scope.named.contains(id)
+                || scope.refer_to_container.iter().any(|refers| refers == id);
+            if referred {
+                continue;
+            }
+            let saved = self.push_name("contained");
+            let saved_index = self.push_index(i);
+            self.issue(
+                IssueCode::Invariant,
+                format!(
+                    "the contained resource '{id}' is referred to by nothing else in the resource \
+                     ('#{id}') and does not refer to the resource containing it ('#') (dom-3)"
+                ),
+            );
+            self.path.truncate(saved_index);
+            self.path.truncate(saved);
+        }
+    }
+
+    /// Notes a `#…` value of element `ed` for dom-3: `#id` in a `reference` or a canonical,
+    /// uri or url element names contained resource `id`; `#` in a `reference` or canonical
+    /// names the container.
+    fn local_name(&mut self, ed: &ElementDef, pr: Prim, target: &str) {
+        let is_reference = ed.name == "reference";
+        let Some(scope) = self.locals.last_mut() else {
+            return;
+        };
+        if target.is_empty() {
+            if is_reference || pr == Prim::Canonical {
+                scope.names_container = true;
+            }
+        } else if is_reference || matches!(pr, Prim::Canonical | Prim::Uri | Prim::Url) {
+            scope.named.insert(target.to_string());
+        }
     }
 
     /// The rules on contained resources that make local references resolvable (dom-2,
@@ -252,6 +327,7 @@ impl Validator {
             return LocalScope {
                 ids,
                 contained: true,
+                ..LocalScope::default()
             };
         }
         let mut ids: Vec<String> = Vec::new();
@@ -281,7 +357,7 @@ impl Validator {
         }
         LocalScope {
             ids,
-            contained: false,
+            ..LocalScope::default()
         }
     }
 
@@ -595,6 +671,9 @@ impl Validator {
                         ),
                     );
                     return;
+                }
+                if let Some(target) = s.strip_prefix('#') {
+                    self.local_name(ed, pr, target);
                 }
                 let ok = match pr {
                     Prim::Date => p::is_date(s),

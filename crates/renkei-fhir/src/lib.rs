@@ -426,7 +426,7 @@ mod tests {
         let div = r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Peter James <b>Chalmers</b> (Jim)</p>
   <p>second</p></div>"#;
         let xml = format!(
-            r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/>{div}</text><contained><Patient><id value="c"/><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml">x <i>y</i></div></text></Patient></contained></Patient>"#
+            r##"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/>{div}</text><contained><Patient><id value="c"/><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml">x <i>y</i></div></text></Patient></contained><link><other><reference value="#c"/></other><type value="seealso"/></link></Patient>"##
         );
         let value = parse_xml(xml.as_bytes()).unwrap();
         assert_eq!(value["text"]["div"], div);

@@ -584,7 +584,7 @@ mod tests {
         );
         // Positive control: one resource per <contained>, both kept.
         let value = accepted(&patient(
-            r#"<contained><Patient><id value="a"/></Patient></contained><contained><Organization><id value="b"/><name value="O"/></Organization></contained><active value="true"/>"#,
+            r##"<contained><Patient><id value="a"/></Patient></contained><contained><Organization><id value="b"/><name value="O"/></Organization></contained><active value="true"/><managingOrganization><reference value="#b"/></managingOrganization><link><other><reference value="#a"/></other><type value="seealso"/></link>"##,
         ));
         assert_eq!(value["contained"][0]["id"], "a");
         assert_eq!(value["contained"][1]["id"], "b");

@@ -37,6 +37,11 @@ pub fn sqlite(label: &str) -> Db {
 
 /// A repository on a new PostgreSQL database; `label` prefixes its name.
 pub fn postgres(label: &str) -> Db {
+    postgres_with_connections(label, 2)
+}
+
+/// [`postgres`] with a pool of `max_connections` (tests of concurrent writers).
+pub fn postgres_with_connections(label: &str, max_connections: u32) -> Db {
     let admin = std::env::var("RENKEI_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let name = format!("renkei_{label}_{}", uuid::Uuid::new_v4().simple());
@@ -46,7 +51,7 @@ pub fn postgres(label: &str) -> Db {
     let store = Store::open(
         &url,
         &StoreOptions {
-            max_connections: 2,
+            max_connections,
             ..StoreOptions::default()
         },
     )
