@@ -313,3 +313,41 @@ fn a_version_if_match_on_an_absent_resource_fails_its_precondition() {
         s.get(&path).expect(410);
     });
 }
+
+/// `If-None-Match` on a write (RFC 9110 §13.1.2): `*` lets a `PUT` create but never
+/// overwrite, a version refuses the write while that version is current. Both were ignored:
+/// `PUT` with `If-None-Match: *` overwrote an existing resource.
+#[test]
+fn if_none_match_on_writes_is_a_precondition() {
+    for_each_backend(|s| {
+        let absent_only = [("If-None-Match", "*")];
+        let put = |active: bool, headers: &[(&str, &str)]| {
+            let body = json!({"resourceType": "Patient", "id": "inm-new", "active": active});
+            s.send_json_with("PUT", "Patient/inm-new", &body, headers)
+        };
+        put(true, &absent_only).expect(201);
+        let refused = put(false, &absent_only).expect(412).outcome();
+        assert!(refused.to_string().contains("If-None-Match"), "{refused}");
+        assert_eq!(
+            s.read_json("Patient/inm-new")["active"],
+            true,
+            "not overwritten"
+        );
+
+        let not_v1 = [("If-None-Match", "W/\"1\"")];
+        put(false, &not_v1).expect(412);
+        put(false, &[]).expect(200);
+        // Version 2 is current now: "not version 1" holds.
+        put(true, &not_v1).expect(200);
+        let not_v3 = [("If-None-Match", "W/\"3\"")];
+        s.request("DELETE", "Patient/inm-new", &not_v3, None)
+            .expect(412);
+        s.request("DELETE", "Patient/inm-new", &absent_only, None)
+            .expect(412);
+        s.request("DELETE", "Patient/inm-new", &not_v1, None)
+            .expect(204);
+        // Deleted: `*` may create it again.
+        put(true, &absent_only).expect(201);
+        put(true, &[("If-None-Match", "*"), ("If-Match", "*")]).expect(400);
+    });
+}

@@ -383,26 +383,37 @@ pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
     }
 }
 
-/// The `If-Match` precondition: a version from `W/"3"`, or `*` (proceed only if the resource
-/// currently exists). 400 for anything else, with the reason.
+/// A write's precondition: `If-Match` with a version (`W/"3"`) or `*` (proceed only if the
+/// resource currently exists), or `If-None-Match` with a version (only if that is not the
+/// current one) or `*` (only if the resource does not exist). 400 for anything else, with the
+/// reason.
 pub fn if_match(req: &HttpRequest) -> Result<Option<renkei_repository::IfMatch>, ApiError> {
-    let mut values = req.headers().get_all(header::IF_MATCH);
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
-    // Repeated headers are one list (RFC 9110 §5.3), refused as a list is.
-    let text = match values.next() {
-        None => first.to_str().unwrap_or("").to_string(),
-        Some(_) => req
-            .headers()
-            .get_all(header::IF_MATCH)
-            .map(|v| v.to_str().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
-    renkei_repository::parse_if_match(&text)
-        .map(Some)
-        .map_err(|reason| ApiError::bad_request(format!("If-Match {reason}")))
+    let if_match = header_list(req, header::IF_MATCH);
+    let if_none_match = header_list(req, header::IF_NONE_MATCH);
+    match (if_match, if_none_match) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "a write takes If-Match or If-None-Match, not both",
+        )),
+        (Some(text), None) => renkei_repository::parse_if_match(&text)
+            .map(Some)
+            .map_err(|reason| ApiError::bad_request(format!("If-Match {reason}"))),
+        // On a write, `*` means "only if it does not exist yet" (RFC 9110 §13.1.2).
+        (None, Some(text)) => renkei_repository::parse_if_none_match(&text)
+            .map(Some)
+            .map_err(|reason| ApiError::bad_request(format!("If-None-Match {reason}"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A header's values as one list: repeated headers are one list (RFC 9110 §5.3), refused as a
+/// list is.
+fn header_list(req: &HttpRequest, name: header::HeaderName) -> Option<String> {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(name)
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 #[cfg(test)]

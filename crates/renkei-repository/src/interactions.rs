@@ -1167,9 +1167,11 @@ fn check_if_match(
     match current {
         Some(row) if !row.deleted && if_match.admits(row.version) => Ok(()),
         Some(row) if !row.deleted => Err(RepoError::PreconditionFailed(format!(
-            "If-Match expects {if_match} of {res_type}/{id}, but the current version is W/\"{}\"",
+            "{}: {if_match} does not hold for {res_type}/{id}: the current version is W/\"{}\"",
+            if_match.header(),
             row.version
         ))),
+        _ if !if_match.requires_current() => Ok(()),
         _ => Err(precondition::absent(if_match, res_type, id)),
     }
 }
@@ -1208,7 +1210,7 @@ pub(crate) fn conditional_update_with_id(
     match found.as_slice() {
         // An `If-Match` asks to change a resource that exists: with none matching, this is
         // no update that may create one.
-        [] if if_match.is_some() => Err(RepoError::PreconditionFailed(format!(
+        [] if if_match.is_some_and(IfMatch::requires_current) => Err(RepoError::PreconditionFailed(format!(
             "If-Match requires a current {} matching the criteria, and none matches",
             criteria.res_type
         ))),
@@ -1384,8 +1386,10 @@ pub fn delete(
     // An `If-Match` on nothing to delete fails its precondition (412) instead of answering
     // a delete of nothing.
     let nothing = || match if_match {
-        Some(if_match) => Err(precondition::absent(if_match, res_type, id)),
-        None => Ok(DeleteOutcome::NothingToDelete),
+        Some(if_match) if if_match.requires_current() => {
+            Err(precondition::absent(if_match, res_type, id))
+        }
+        _ => Ok(DeleteOutcome::NothingToDelete),
     };
     let Some(row) = current.filter(|row| !row.deleted) else {
         return nothing();

@@ -31,6 +31,6 @@ pub use interactions::{
     StoredResource, WriteContext, WriteOutcome, DEFAULT_MAX_BUNDLE_RESPONSE_BYTES,
 };
 pub use meta::{format_instant, is_valid_id, parse_instant_ms, CUSTODIAN_EXTENSION};
-pub use precondition::{absent_under_if_match, parse_if_match, IfMatch};
+pub use precondition::{absent_under_if_match, parse_if_match, parse_if_none_match, IfMatch};
 /// Which absolute references name resources here: set once at start-up, before indexing.
 pub use renkei_search::{set_local_bases, set_local_zone, LocalZone};

@@ -1,18 +1,23 @@
-//! `If-Match` preconditions (RFC 9110 §13.1.1) of update, patch and delete, from a header or
-//! from `Bundle.entry.request.ifMatch`.
+//! Preconditions of update, patch and delete: `If-Match` (RFC 9110 §13.1.1), from a header or
+//! from `Bundle.entry.request.ifMatch`, and `If-None-Match` (§13.1.2) from a header.
 
 use std::fmt;
 
 use crate::bundle::parse_etag;
 use crate::RepoError;
 
-/// What an `If-Match` asks of the resource a write changes.
+/// What an `If-Match` or `If-None-Match` asks of the resource a write changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IfMatch {
-    /// `*`: only if the resource currently exists, in whichever version.
+    /// `If-Match: *`: only if the resource currently exists, in whichever version.
     Any,
-    /// `W/"3"`: only if version 3 is the current one.
+    /// `If-Match: W/"3"`: only if version 3 is the current one.
     Version(i64),
+    /// `If-None-Match: *`: only if the resource does not currently exist (a `PUT` that may
+    /// create but never overwrite).
+    NoneAny,
+    /// `If-None-Match: W/"3"`: only if version 3 is not the current one.
+    NotVersion(i64),
 }
 
 impl IfMatch {
@@ -21,6 +26,23 @@ impl IfMatch {
         match self {
             IfMatch::Any => true,
             IfMatch::Version(expected) => expected == current_version,
+            IfMatch::NoneAny => false,
+            IfMatch::NotVersion(refused) => refused != current_version,
+        }
+    }
+
+    /// Whether only an existing resource satisfies it (`If-Match`); an `If-None-Match` is
+    /// satisfied by a resource that does not exist.
+    pub fn requires_current(self) -> bool {
+        matches!(self, IfMatch::Any | IfMatch::Version(_))
+    }
+
+    /// The header (or Bundle field) it comes from, for messages.
+    pub fn header(self) -> &'static str {
+        if self.requires_current() {
+            "If-Match"
+        } else {
+            "If-None-Match"
         }
     }
 }
@@ -28,10 +50,21 @@ impl IfMatch {
 impl fmt::Display for IfMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            IfMatch::Any => f.write_str("*"),
-            IfMatch::Version(version) => write!(f, "W/\"{version}\""),
+            IfMatch::Any | IfMatch::NoneAny => f.write_str("*"),
+            IfMatch::Version(version) | IfMatch::NotVersion(version) => {
+                write!(f, "W/\"{version}\"")
+            }
         }
     }
+}
+
+/// Reads an `If-None-Match` value of a write: `*` or one version ETag, as [`parse_if_match`].
+pub fn parse_if_none_match(text: &str) -> Result<IfMatch, String> {
+    Ok(match parse_if_match(text)? {
+        IfMatch::Any => IfMatch::NoneAny,
+        IfMatch::Version(version) => IfMatch::NotVersion(version),
+        other => other,
+    })
 }
 
 /// Reads an `If-Match` value: `*` or one version ETag (`W/"3"`). The error is the reason, for
@@ -58,7 +91,8 @@ pub fn parse_if_match(text: &str) -> Result<IfMatch, String> {
 /// (all three answer alike, so the precondition cannot probe for hidden records).
 pub(crate) fn absent(if_match: IfMatch, res_type: &str, id: &str) -> RepoError {
     RepoError::PreconditionFailed(format!(
-        "If-Match: {if_match} requires a current {res_type}/{id}, which does not exist or is deleted"
+        "{}: {if_match} requires a current {res_type}/{id}, which does not exist or is deleted",
+        if_match.header()
     ))
 }
 
@@ -66,7 +100,7 @@ pub(crate) fn absent(if_match: IfMatch, res_type: &str, id: &str) -> RepoError {
 /// is evaluated before the method (RFC 9110 §13.2.2), and no ETag matches an absent resource.
 /// Any other error, or a write without `If-Match`, is returned unchanged.
 pub fn absent_under_if_match(if_match: Option<IfMatch>, error: RepoError) -> RepoError {
-    let Some(if_match) = if_match else {
+    let Some(if_match) = if_match.filter(|m| m.requires_current()) else {
         return error;
     };
     match error {
@@ -117,9 +151,22 @@ mod tests {
             };
             assert!(text.contains("Patient/p"), "{text}");
         }
-        assert!(matches!(
-            absent_under_if_match(None, missing()),
-            RepoError::NotFound { .. }
-        ));
+        for unasked in [None, Some(IfMatch::NoneAny), Some(IfMatch::NotVersion(2))] {
+            assert!(matches!(
+                absent_under_if_match(unasked, missing()),
+                RepoError::NotFound { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn if_none_match_admits_only_other_versions_or_absence() {
+        assert_eq!(parse_if_none_match("*"), Ok(IfMatch::NoneAny));
+        assert_eq!(parse_if_none_match("W/\"3\""), Ok(IfMatch::NotVersion(3)));
+        assert!(!IfMatch::NoneAny.admits(1));
+        assert!(!IfMatch::NotVersion(3).admits(3));
+        assert!(IfMatch::NotVersion(3).admits(4));
+        assert!(!IfMatch::NoneAny.requires_current());
+        assert_eq!(IfMatch::NotVersion(3).header(), "If-None-Match");
     }
 }
