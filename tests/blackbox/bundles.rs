@@ -1173,3 +1173,57 @@ fn transaction_conditional_reference_to_an_unknown_type_fails() {
         assert!(found.is_empty(), "nothing stored: {found:?}");
     });
 }
+
+/// `request.ifNoneMatch` of a write entry is that write's precondition, as the header is:
+/// `*` creates but never overwrites, a version refuses the write while it is current. It was
+/// ignored on writes (a PUT entry with `ifNoneMatch: *` overwrote).
+#[test]
+fn if_none_match_of_write_entries_is_a_precondition() {
+    for_each_backend(|s| {
+        s.put(
+            "Patient/inm-entry",
+            &json!({"resourceType": "Patient", "id": "inm-entry", "active": true}),
+        )
+        .expect(201);
+        let put_entry = |id: &str, if_none_match: &str| {
+            json!({"resource": {"resourceType": "Patient", "id": id, "active": false},
+                   "request": {"method": "PUT", "url": format!("Patient/{id}"),
+                               "ifNoneMatch": if_none_match}})
+        };
+        let batch = s
+            .post(
+                "",
+                &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                    put_entry("inm-entry", "*"),
+                    put_entry("inm-entry-new", "*"),
+                    put_entry("inm-entry", "W/\"2\""),
+                ]}),
+            )
+            .expect(200)
+            .json();
+        let statuses: Vec<&str> = batch["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(entry_status)
+            .collect();
+        assert!(statuses[0].starts_with("412"), "{batch}");
+        assert!(statuses[1].starts_with("201"), "{batch}");
+        // Version 1 is current: "not version 2" holds.
+        assert!(statuses[2].starts_with("200"), "{batch}");
+        s.post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                put_entry("inm-entry-new", "*"),
+            ]}),
+        )
+        .expect(412);
+        let mut both = put_entry("inm-entry", "*");
+        both["request"]["ifMatch"] = json!("*");
+        s.post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [both]}),
+        )
+        .expect(400);
+    });
+}

@@ -417,10 +417,45 @@ pub fn check_entries(bundle: &Value) -> Result<(), RepoError> {
     check_full_urls_unique(entries)?;
     for (index, entry) in entries.iter().enumerate() {
         let request = entry_request(index, entry)?;
-        entry_if_match(index, request)?;
-        entry_if_none_match(index, request)?;
+        entry_preconditions(index, request, &entry_method(request))?;
     }
     Ok(())
+}
+
+fn entry_method(request: &Value) -> String {
+    request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_uppercase()
+}
+
+/// An entry's preconditions: `ifMatch`, and `ifNoneMatch`, which on a write is a precondition
+/// of that write (`*`: only if the target does not exist; a version: only if it is not the
+/// current one), as the header is, and on a read the version the client already has.
+fn entry_preconditions(
+    index: usize,
+    request: &Value,
+    method: &str,
+) -> Result<(Option<IfMatch>, Option<i64>), RepoError> {
+    let if_match = entry_if_match(index, request)?;
+    if !matches!(method, "PUT" | "PATCH" | "DELETE") {
+        return Ok((if_match, entry_if_none_match(index, request)?));
+    }
+    let Some(tag) = request.get("ifNoneMatch").and_then(Value::as_str) else {
+        return Ok((if_match, None));
+    };
+    if if_match.is_some() {
+        return Err(RepoError::BadRequest(format!(
+            "Bundle.entry[{index}].request: a write takes ifMatch or ifNoneMatch, not both"
+        )));
+    }
+    let if_none_match = precondition::parse_if_none_match(tag).map_err(|reason| {
+        RepoError::BadRequest(format!(
+            "Bundle.entry[{index}].request.ifNoneMatch: {reason}"
+        ))
+    })?;
+    Ok((Some(if_none_match), None))
 }
 
 fn entry_request(index: usize, entry: &Value) -> Result<&Value, RepoError> {
@@ -463,18 +498,13 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
         .enumerate()
         .map(|(index, entry)| {
             let request = entry_request(index, entry)?;
-            let method = request
-                .get("method")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_ascii_uppercase();
+            let method = entry_method(request);
             let url = request
                 .get("url")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let if_match = entry_if_match(index, request)?;
-            let if_none_match = entry_if_none_match(index, request)?;
+            let (if_match, if_none_match) = entry_preconditions(index, request, &method)?;
             Ok(EntryRequest {
                 method,
                 url,
