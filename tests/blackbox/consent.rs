@@ -2027,3 +2027,47 @@ fn entry_statuses(response: &Value) -> Vec<String> {
         })
         .collect()
 }
+
+/// A facility registering a patient and recording the patient's consent in one transaction:
+/// the outcome does not depend on the entries' order. A Consent listed before its Patient was
+/// refused (403: the writer held no record of the patient yet).
+#[test]
+fn a_consent_may_come_before_its_patient_in_a_transaction() {
+    for_each_backend(|s| {
+        let patient_url = "urn:uuid:7d3c1f0e-5b1a-4c8e-9d61-0c2f8a4b9e11";
+        let mut consent = consent_body(&[ORG_B], "active");
+        consent.as_object_mut().expect("object").remove("id");
+        consent["patient"] = json!({"reference": patient_url});
+        let response = s
+            .post(
+                "",
+                &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                    {"resource": consent, "request": {"method": "POST", "url": "Consent"}},
+                    {"fullUrl": patient_url,
+                     "resource": {"resourceType": "Patient", "name": [{"family": "Order"}]},
+                     "request": {"method": "POST", "url": "Patient"}},
+                ]}),
+            )
+            .expect(200)
+            .json();
+        assert_eq!(
+            entry_statuses(&response),
+            ["201 Created", "201 Created"],
+            "{response}"
+        );
+        let patient = response["entry"][1]["response"]["location"]
+            .as_str()
+            .expect("location");
+        let patient = patient.split("/_history").next().expect("path");
+        let consent = response["entry"][0]["response"]["location"]
+            .as_str()
+            .expect("location");
+        let stored = s.read_json(consent.split("/_history").next().expect("path"));
+        assert!(
+            stored["patient"]["reference"]
+                .as_str()
+                .is_some_and(|r| patient.ends_with(r)),
+            "{stored}"
+        );
+    });
+}

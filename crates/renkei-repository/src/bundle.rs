@@ -606,12 +606,23 @@ fn parse_target(url: &str) -> Result<Target, RepoError> {
     }
 }
 
-fn method_rank(method: &str) -> u8 {
-    match method {
+/// When a transaction entry runs: DELETE, POST, PUT/PATCH, then GET (FHIR's processing
+/// order), with Consent writes after every other write. A consent may be recorded only by a
+/// facility holding a record of the patient, so a Consent must not depend on coming after
+/// its Patient in the Bundle: the outcome of a transaction does not depend on its order.
+fn step_rank(entry: &EntryRequest) -> u8 {
+    let writes_consent = || {
+        relative_entry_url(&entry.url)
+            .split(['/', '?'])
+            .next()
+            .is_some_and(|res_type| res_type == "Consent")
+    };
+    match entry.method.as_str() {
         "DELETE" => 0,
+        "POST" | "PUT" | "PATCH" if writes_consent() => 3,
         "POST" => 1,
         "PUT" | "PATCH" => 2,
-        _ => 3,
+        _ => 4,
     }
 }
 
@@ -735,9 +746,10 @@ fn run_transaction(
             ids.insert(full_url.clone(), reference);
         }
     }
-    // Within each step, entries run in the Bundle's order: a facility registers a Patient and
-    // records its Consent in one transaction, and the Consent's check needs the Patient first
-    // (sorting the entries by resource broke that). So the order of running is not the order
+    // Within each step ([`step_rank`]), entries run in the Bundle's order: a facility
+    // registers a Patient and records its Consent in one transaction, and the Consent's check
+    // needs the Patient first (sorting the entries by resource broke that; Consent writes run
+    // in a step of their own, after every other write). So the order of running is not the order
     // of locking: every existing resource the transaction changes is locked here, before any
     // entry runs, in one order for all transactions. Two transactions changing the same
     // resources in opposite Bundle orders then queue; locked as each entry ran, each held one
@@ -753,7 +765,7 @@ fn run_transaction(
         tx.lock_current_rows(&changed)?;
     }
     let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by_key(|&i| method_rank(&entries[i].method));
+    order.sort_by_key(|&i| step_rank(&entries[i]));
     let mut results: Vec<Option<EntryResult>> = vec![None; entries.len()];
     for index in order {
         let entry = &entries[index];
