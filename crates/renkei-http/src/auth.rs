@@ -155,8 +155,12 @@ impl ClientDirectory {
             return Err(clients_unavailable());
         }
         let started = std::time::Instant::now();
-        match web::block(load).await {
-            Ok(Ok(found)) => {
+        let read = match web::block(load).await {
+            Ok(read) => read.map_err(|error| error.to_string()),
+            Err(_) => Err("the blocking pool is gone".to_string()),
+        };
+        match read {
+            Ok(found) => {
                 let clients: Registrations = Arc::new(found);
                 if let Ok(mut cached) = self.cached.write() {
                     *cached = Some((started, clients.clone()));
@@ -164,15 +168,8 @@ impl ClientDirectory {
                 *last_failure = None;
                 Ok((clients, true))
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::error!(%error, "client registrations could not be read");
-                *last_failure = Some(std::time::Instant::now());
-                Err(clients_unavailable())
-            }
-            Err(_) => {
-                tracing::error!(
-                    "client registrations could not be read: the blocking pool is gone"
-                );
                 *last_failure = Some(std::time::Instant::now());
                 Err(clients_unavailable())
             }
