@@ -1227,3 +1227,151 @@ fn if_none_match_of_write_entries_is_a_precondition() {
         .expect(400);
     });
 }
+
+/// `Type/id` of a response entry's location.
+fn resource_path(entry: &Value) -> String {
+    entry["response"]["location"]
+        .as_str()
+        .unwrap_or_default()
+        .split("/_history")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An integration review (EHR exports) found: relative references to POSTed entries whose
+/// fullUrl is a RESTful URL stayed as written, pointing at nothing (bundle.html#references);
+/// two POSTs with the same `ifNoneExist` created two resources; DELETE entries answered
+/// without their ETag; a fullUrl disagreeing with its resource's id was accepted.
+#[test]
+fn transactions_resolve_relative_references_and_repeated_conditional_creates() {
+    for_each_backend(|s| {
+        for base in [
+            "http://ehr.example/fhir/".to_string(),
+            format!("{}/", s.base),
+        ] {
+            let family = format!("Export{}", uuid::Uuid::new_v4().simple());
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"fullUrl": format!("{base}Observation/o-1"),
+                 "resource": {"resourceType": "Observation", "status": "final",
+                              "code": {"text": "x"}, "subject": {"reference": "Patient/p-1"}},
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"fullUrl": format!("{base}Patient/p-1"),
+                 "resource": {"resourceType": "Patient", "id": "p-1", "name": [{"family": family}]},
+                 "request": {"method": "POST", "url": "Patient"}}]});
+            let answer = s.post("", &bundle).expect(200).json();
+            let e = entries(&answer);
+            let patient = resource_path(&e[1]);
+            assert!(
+                patient.starts_with("Patient/") && patient != "Patient/p-1",
+                "{patient}"
+            );
+            let observation = s.read_json(&resource_path(&e[0]));
+            assert_eq!(
+                observation["subject"]["reference"],
+                patient.as_str(),
+                "{base}"
+            );
+        }
+
+        // The same ifNoneExist twice: one Patient, both entries answering it, and references
+        // to either entry naming it.
+        let id_value = uuid::Uuid::new_v4().simple().to_string();
+        let criteria = format!("identifier=urn:test:mrn|{id_value}");
+        let conditional = |urn: &str| {
+            json!({"fullUrl": urn, "resource": {"resourceType": "Patient",
+                     "identifier": [{"system": "urn:test:mrn", "value": id_value}]},
+                   "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria}})
+        };
+        let (first, second) = (
+            format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        );
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            conditional(&first),
+            conditional(&second),
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "y"},
+                          "subject": {"reference": second}},
+             "request": {"method": "POST", "url": "Observation"}}]});
+        let answer = s.post("", &bundle).expect(200).json();
+        let e = entries(&answer);
+        assert_eq!(entry_status(&e[0]), "201 Created");
+        assert_eq!(entry_status(&e[1]), "200 OK");
+        assert_eq!(resource_path(&e[0]), resource_path(&e[1]));
+        let found = s.read_json(&format!("Patient?{criteria}&_total=accurate"));
+        assert_eq!(found["total"], 1, "{found}");
+        let observation = s.read_json(&resource_path(&e[2]));
+        assert_eq!(
+            observation["subject"]["reference"],
+            resource_path(&e[0]).as_str()
+        );
+
+        // Other criteria that match what an earlier entry creates: refused, not duplicated.
+        let other_value = uuid::Uuid::new_v4().simple().to_string();
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "gender": "female",
+                          "identifier": [{"system": "urn:test:mrn", "value": other_value}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Patient",
+                          "identifier": [{"system": "urn:test:mrn", "value": other_value}]},
+             "request": {"method": "POST", "url": "Patient",
+                         "ifNoneExist": format!("identifier={other_value}")}}]});
+        let refused = s.post("", &bundle).expect(409);
+        assert!(
+            refused
+                .body
+                .contains("created by another entry of the transaction"),
+            "{}",
+            refused.body
+        );
+        let none = s.read_json(&format!("Patient?identifier={other_value}&_total=accurate"));
+        assert_eq!(none["total"], 0, "rolled back: {none}");
+
+        // A DELETE entry answers its version's ETag, as the DELETE alone does.
+        let doomed = s.create(&json!({"resourceType": "Patient", "gender": "male"}));
+        let doomed = format!("Patient/{}", doomed["id"].as_str().unwrap());
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "DELETE", "url": doomed}}]});
+        let answer = s.post("", &bundle).expect(200).json();
+        assert_eq!(
+            entries(&answer)[0]["response"]["etag"],
+            "W/\"2\"",
+            "{answer}"
+        );
+
+        // A fullUrl that names another resource than the entry holds.
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "http://ehr.example/fhir/Patient/foo1",
+             "resource": {"resourceType": "Patient", "id": "bar1"},
+             "request": {"method": "PUT", "url": "Patient/bar1"}}]});
+        let refused = s.post("", &bundle).expect(400);
+        assert!(refused.body.contains("disagrees"), "{}", refused.body);
+        s.get("Patient/bar1").expect(404);
+
+        // History and the CapabilityStatement are not run as batch entries, and say so
+        // (`metadata` was called an unknown resource type).
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "_history?_count=1"}},
+            {"request": {"method": "GET", "url": "metadata"}}]});
+        let answer = s.post("", &bundle).expect(200).json();
+        for entry in entries(&answer) {
+            assert_eq!(entry_status(&entry), "400 Bad Request", "{entry}");
+            let said = entry["response"]["outcome"]["issue"][0]["diagnostics"].to_string();
+            assert!(said.contains("on its own"), "{said}");
+        }
+
+        // RFC 7240 §2: `return="minimal"` is `return=minimal`.
+        let minimal = s
+            .request(
+                "POST",
+                "Patient",
+                &[
+                    ("Content-Type", "application/fhir+json"),
+                    ("Prefer", "return=\"minimal\""),
+                ],
+                Some(br#"{"resourceType":"Patient"}"#.to_vec()),
+            )
+            .expect(201);
+        assert!(minimal.body.is_empty(), "{}", minimal.body);
+    });
+}

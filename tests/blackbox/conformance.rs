@@ -183,7 +183,7 @@ fn everything_is_invoked_by_post_with_parameters() {
         let r = s
             .put(&path, &json!({"resourceType": "Parameters"}))
             .expect(405);
-        assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
+        assert_eq!(r.header("allow"), Some("GET, HEAD, POST, OPTIONS"));
     });
 }
 
@@ -229,7 +229,7 @@ fn pix_is_invoked_by_post_with_parameters() {
             .outcome();
         s.anonymous().post("Patient/$ihe-pix", &unknown).expect(401);
         let r = s.put("Patient/$ihe-pix", &unknown).expect(405);
-        assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
+        assert_eq!(r.header("allow"), Some("GET, HEAD, POST, OPTIONS"));
     });
 }
 

@@ -1998,7 +1998,7 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
 
         // Operation paths name what they allow; a Consent without a patient is invalid.
         let r = s.request("PUT", "Patient/$ihe-pix", &[], None).expect(405);
-        assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
+        assert_eq!(r.header("allow"), Some("GET, HEAD, POST, OPTIONS"));
         let head = s.request(
             "HEAD",
             "Patient/$ihe-pix?sourceIdentifier=urn:x|1",
@@ -2007,7 +2007,7 @@ fn holders_see_every_access_and_compartments_hold_own_data() {
         );
         assert_ne!(head.status, 405);
         let r = s.request("GET", "Patient/$match", &[], None).expect(405);
-        assert_eq!(r.header("allow"), Some("POST"));
+        assert_eq!(r.header("allow"), Some("POST, OPTIONS"));
         let mut no_patient = consent_body(&[ORG_B], "active");
         no_patient.as_object_mut().unwrap().remove("id");
         no_patient.as_object_mut().unwrap().remove("patient");

@@ -204,7 +204,7 @@ fn prefer_return_variants() {
 }
 
 /// A Binary may be written and read as its own content (http.html#binary); in a FHIR format it
-/// is the Binary resource holding that content as base64.
+/// is the Binary resource holding that content as base64, and `_format` also asks for it.
 #[test]
 fn binary_content_is_written_and_read_as_itself() {
     for_each_backend(|s| {
@@ -255,8 +255,18 @@ fn binary_content_is_written_and_read_as_itself() {
             .expect(200);
         assert!(raw_version.content_type().starts_with("application/pdf"));
         assert_eq!(raw_version.body.as_bytes(), pdf.as_slice());
-        let resource = s.read_json(&path);
+        // Unless the client names a FHIR format, a Binary is its content (binary.html#rest):
+        // a browser's `Accept` or `*/*` gets the PDF, not the resource (it got FHIR JSON).
+        for accept in ["*/*", "text/html,application/xhtml+xml,*/*;q=0.8"] {
+            let r = s.get_with(&path, &[("Accept", accept)]).expect(200);
+            assert!(r.content_type().starts_with("application/pdf"), "{accept}");
+            assert_eq!(r.body.as_bytes(), pdf.as_slice(), "{accept}");
+        }
+        let fhir_json = [("Accept", "application/fhir+json")];
+        let resource = s.get_with(&path, &fhir_json).expect(200).json();
         assert_eq!(resource["contentType"], "application/pdf");
+        let by_format = s.get(&format!("{path}?_format=json")).expect(200).json();
+        assert_eq!(by_format, resource);
         assert_eq!(
             resource["securityContext"]["reference"],
             "Patient/bin-owner"
@@ -274,7 +284,7 @@ fn binary_content_is_written_and_read_as_itself() {
             Some(b"v2".to_vec()),
         )
         .expect(200);
-        let updated = s.read_json(&path);
+        let updated = s.get_with(&path, &fhir_json).expect(200).json();
         assert_eq!(
             (updated["id"].as_str(), updated["contentType"].as_str()),
             (Some(id), Some("text/plain"))

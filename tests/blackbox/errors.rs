@@ -480,10 +480,13 @@ fn routing_errors() {
             )
             .expect(405);
         r.outcome();
-        assert_eq!(r.header("allow"), Some("GET, HEAD, PUT, PATCH, DELETE"));
+        assert_eq!(
+            r.header("allow"),
+            Some("GET, HEAD, PUT, PATCH, DELETE, OPTIONS")
+        );
         for method in ["DELETE", "PUT", "POST"] {
             let r = s.request(method, "metadata", &[], None).expect(405);
-            assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method}");
+            assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "{method}");
             r.outcome();
         }
         s.request(
@@ -494,7 +497,7 @@ fn routing_errors() {
         )
         .expect(405);
         let r = s.request("POST", "Patient/_history", &[], None).expect(405);
-        assert_eq!(r.header("allow"), Some("GET, HEAD"));
+        assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
         for (method, path, allow) in [
             ("DELETE", "", "GET, HEAD, POST"),
             ("PATCH", "", "GET, HEAD, POST"),
@@ -504,7 +507,11 @@ fn routing_errors() {
             ("DELETE", "AuditEvent/x", "GET, HEAD"),
         ] {
             let r = s.request(method, path, &[], None).expect(405);
-            assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+            assert_eq!(
+                r.header("allow"),
+                Some(format!("{allow}, OPTIONS").as_str()),
+                "{method} {path}"
+            );
             r.outcome();
         }
         s.request("DELETE", "Patient/x/_history", &[], None)

@@ -8,6 +8,7 @@ mod support;
 
 mod audit;
 mod bench_smoke;
+mod browser;
 mod bundles;
 mod capability;
 mod conditional;

@@ -52,7 +52,7 @@ fn client_credentials_with_a_signed_assertion() {
                 .headers()
                 .get("allow")
                 .and_then(|v| v.to_str().ok()),
-            Some("POST")
+            Some("POST, OPTIONS")
         );
         let ask = |assertion: &str, scope: &str| {
             let form = format!(

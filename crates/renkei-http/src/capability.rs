@@ -96,6 +96,31 @@ fn audit_event_resource() -> Value {
     })
 }
 
+/// `rest.security`: SMART Backend Services, the token endpoint (SMART's `oauth-uris`
+/// extension, for clients that look there rather than in `.well-known/smart-configuration`),
+/// and whether browser pages of other origins may call the server.
+fn security(state: &AppState) -> Value {
+    let mut security = json!({
+        "cors": state.cors != crate::cors::CorsPolicy::Closed,
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR",
+        }]}],
+        "description": "Every request except GET /metadata and GET \
+            /.well-known/smart-configuration needs Authorization: Bearer \
+            <access token>. Tokens come from SMART Backend Services (client_credentials \
+            with a private_key_jwt client assertion) at the token endpoint named in \
+            .well-known/smart-configuration.",
+    });
+    if let Some(token_url) = state.auth.token_urls.first() {
+        security["extension"] = json!([{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": token_url}],
+        }]);
+    }
+    security
+}
+
 pub fn capability_statement(base: &str, state: &AppState) -> Value {
     // `Parameters` has no REST endpoint (parameters.html), so it is not listed.
     let resources: Vec<Value> = renkei_fhir::resource_types()
@@ -162,17 +187,7 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
         "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
-            "security": {
-                "service": [{"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                    "code": "SMART-on-FHIR",
-                }]}],
-                "description": "Every request except GET /metadata and GET \
-                    /.well-known/smart-configuration needs Authorization: Bearer \
-                    <access token>. Tokens come from SMART Backend Services (client_credentials \
-                    with a private_key_jwt client assertion) at the token endpoint named in \
-                    .well-known/smart-configuration.",
-            },
+            "security": security(state),
             "documentation": format!(
                 "Bundles, search and history pages hold at most {} entries ({} by default). \
                  Search result parameters: {}. Unknown search parameters are ignored with a \

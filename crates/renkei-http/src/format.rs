@@ -99,6 +99,24 @@ pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Form
     }
 }
 
+/// Whether `Accept` explicitly asks for a FHIR format (a FHIR, JSON or XML media type with a
+/// quality above 0). A Binary is read as its own content unless the client does
+/// (binary.html#rest).
+pub fn accept_names_fhir(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|accept| accept.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let named = mime_format(parts.next().unwrap_or("")).is_some();
+            let refused = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .any(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0));
+            named && !refused
+        })
+}
+
 /// Whether a media type's `fhirVersion` parameter (http.html#version-parameter) names
 /// another FHIR version than R4 (4.0).
 fn names_another_fhir_version(media_type: &str) -> bool {

@@ -1233,20 +1233,29 @@ pub async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> HttpRe
     refuse_method(&req, message, allow).await
 }
 
-/// 405 naming the methods the path takes (RFC 9110 §15.5.6), recorded like any refusal.
+/// 405 naming the methods the path takes (RFC 9110 §15.5.6), recorded like any refusal. An
+/// `OPTIONS` request is answered instead: 204 with the same `Allow` (RFC 9110 §9.3.7); it
+/// reaches no data, so it needs no token and leaves no AuditEvent.
 pub(crate) async fn refuse_method(
     req: &HttpRequest,
     message: String,
     allow: &'static str,
 ) -> HttpResponse {
+    let allowed = format!("{allow}, OPTIONS");
+    if req.method() == actix_web::http::Method::OPTIONS {
+        return HttpResponse::NoContent()
+            .insert_header((actix_web::http::header::ALLOW, allowed))
+            .finish();
+    }
     let format = crate::request::error_format(req);
     let error = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message);
     let mut response = refuse(req, error, format).await;
     if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        response.headers_mut().insert(
-            actix_web::http::header::ALLOW,
-            actix_web::http::header::HeaderValue::from_static(allow),
-        );
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed) {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::ALLOW, value);
+        }
     }
     response
 }

@@ -14,6 +14,7 @@ macro_rules! ctx_or_fail {
 mod auditevents;
 pub mod auth;
 pub mod capability;
+pub mod cors;
 mod error;
 pub mod format;
 mod handlers;
@@ -50,6 +51,8 @@ pub struct AppState {
     /// The configured FHIR base (`base_url`): when set, every link the server writes starts
     /// with it, whatever `Host` or `X-Forwarded-*` a request carries (`request::RequestCtx`).
     pub base_url: Option<String>,
+    /// The origins browser pages may read answers from (`cors_allowed_origins`).
+    pub cors: cors::CorsPolicy,
 }
 
 /// Registers the FHIR routes under `/fhir`.
@@ -244,9 +247,24 @@ pub fn serve(
             .wrap_fn(|req, srv| {
                 let id = auth::request_id_from(&req);
                 req.extensions_mut().insert(auth::RequestId(id.clone()));
-                let response = srv.call(req);
+                let cors = match req.app_data::<web::Data<AppState>>() {
+                    Some(state) => state.cors.classify(req.method(), req.headers()),
+                    None => cors::CorsPolicy::Closed.classify(req.method(), req.headers()),
+                };
+                // A CORS preflight from an allowed origin is answered here: it asks whether a
+                // request may be sent, and reaches no data (no token, nothing to audit).
+                let (response, cors) = match cors {
+                    cors::Cors::Preflight(answer) => (Err(req.into_response(answer)), None),
+                    cors::Cors::Actual(actual) => (Ok(srv.call(req)), Some(actual)),
+                };
                 async move {
-                    let mut response = response.await?;
+                    let mut response = match response {
+                        Ok(called) => called.await?,
+                        Err(preflight) => preflight.map_into_right_body(),
+                    };
+                    if let Some(cors) = cors {
+                        cors.decorate(response.headers_mut());
+                    }
                     vary_by_accept(response.headers_mut());
                     if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id) {
                         response.headers_mut().insert(

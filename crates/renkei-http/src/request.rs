@@ -32,9 +32,15 @@ impl RequestCtx {
     fn build(req: &HttpRequest, binary: bool) -> Result<RequestCtx, (ApiError, Format)> {
         let params = parse_query_strict(req.query_string()).map_err(|e| (e, error_format(req)))?;
         let format_param = param(&params, "_format");
+        // A Binary is answered as its own content unless `_format` or `Accept` explicitly
+        // names a FHIR format (binary.html#rest): `*/*` or no `Accept` at all is content.
+        let as_content = binary && format_param.is_none();
         let (format, raw_binary) = match negotiate(format_param, req.headers()) {
-            Ok(format) => (format, false),
-            Err(_) if binary && format_param.is_none() => (Format::Json, true),
+            Ok(format) => (
+                format,
+                as_content && !crate::format::accept_names_fhir(req.headers()),
+            ),
+            Err(_) if as_content => (Format::Json, true),
             // The format itself cannot be served: JSON, the default, is all there is.
             Err(e) => return Err((e, Format::Json)),
         };
@@ -375,7 +381,9 @@ pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split([',', ';']))
         .map(str::trim)
-        .find_map(|p| p.strip_prefix("return="));
+        .find_map(|p| p.strip_prefix("return="))
+        // RFC 7240 §2: a preference value may be a quoted string.
+        .map(|value| value.trim_matches('"'));
     match prefer {
         Some("minimal") => ReturnPreference::Minimal,
         Some("OperationOutcome") => ReturnPreference::OperationOutcome,

@@ -255,11 +255,12 @@ fn plan_for(request: &SearchRequest, options: &ParseOptions) -> Result<SearchPla
 
 /// The search a URL relative to the FHIR base names: `Type?…`, `?_type=…` (the whole
 /// system), `Patient/{id}/Type?…` or `Patient/{id}/$everything?…`; `None` for any other form
-/// (a read, a version, history).
+/// (a read, a version, history, `metadata`).
 fn search_request_for(path: &str, params: Vec<(String, String)>) -> Option<Result<SearchRequest>> {
     let segments: Vec<&str> = path.split('/').collect();
     match segments.as_slice() {
         [""] => Some(system_request(params)),
+        ["_history" | "metadata"] => None,
         [res_type] => Some(check_type(res_type).map(|()| type_request(res_type, params))),
         ["Patient", id, "$everything"] => Some(everything_request(id, &params)),
         ["Patient", id, target] if !target.starts_with('_') => {

@@ -85,11 +85,12 @@ impl Prepared {
                     return None;
                 }
                 let mut resource = entry.resource.clone()?;
+                let base = full_url_base(entry.full_url.as_deref());
                 rewrite_references(&mut resource, &ids, &mut |reference| {
                     if is_conditional_reference(reference) {
                         return Err(RepoError::BadRequest("resolved in the transaction".into()));
                     }
-                    resolve_in_bundle(reference, &ids)
+                    resolve_in_bundle(reference, &ids, base)
                 })
                 .ok()?;
                 Some(PreparedResource::new(resource))
@@ -127,6 +128,8 @@ struct EntryResult {
     resource: Option<StoredResource>,
     /// A read (GET): its resource is the answer, whatever `Prefer` says about writes.
     is_read: bool,
+    /// The version a DELETE entry made (its response's ETag).
+    deleted_version: Option<i64>,
 }
 
 /// What is left of the bytes of resources one Bundle's response may carry
@@ -414,7 +417,7 @@ pub fn check_entries(bundle: &Value) -> Result<(), RepoError> {
     let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
         return Ok(());
     };
-    check_full_urls_unique(entries)?;
+    check_full_urls(entries)?;
     for (index, entry) in entries.iter().enumerate() {
         let request = entry_request(index, entry)?;
         entry_preconditions(index, request, &entry_method(request))?;
@@ -492,7 +495,7 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
     let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
         return Ok(Vec::new());
     };
-    check_full_urls_unique(entries)?;
+    check_full_urls(entries)?;
     entries
         .iter()
         .enumerate()
@@ -529,13 +532,29 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
 }
 
 /// bdl-7: entries share a fullUrl only as different versions of one resource. Two entries
-/// with the same fullUrl would otherwise both claim what references to it resolve to.
-fn check_full_urls_unique(entries: &[Value]) -> Result<(), RepoError> {
+/// with the same fullUrl would otherwise both claim what references to it resolve to. And a
+/// RESTful fullUrl "SHALL NOT disagree with the id in the resource" (Bundle.entry.fullUrl):
+/// references to it would name another resource than the one stored.
+fn check_full_urls(entries: &[Value]) -> Result<(), RepoError> {
     let mut seen: HashMap<(&str, Option<&str>), usize> = HashMap::new();
     for (index, entry) in entries.iter().enumerate() {
         let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) else {
             continue;
         };
+        if let (Some((url_type, url_id)), Some(resource)) = (
+            full_url_base(Some(full_url)).and_then(|_| renkei_search::split_reference(full_url)),
+            entry.get("resource"),
+        ) {
+            let res_type = resource.get("resourceType").and_then(Value::as_str);
+            let id = resource.get("id").and_then(Value::as_str);
+            if res_type.is_some_and(|t| t != url_type) || id.is_some_and(|id| id != url_id) {
+                return Err(RepoError::BadRequest(format!(
+                    "Bundle.entry[{index}].fullUrl '{full_url}' disagrees with its resource ({}/{}); a fullUrl names the resource it holds",
+                    res_type.unwrap_or("?"),
+                    id.unwrap_or("(no id)")
+                )));
+            }
+        }
         let version = entry
             .pointer("/resource/meta/versionId")
             .and_then(Value::as_str);
@@ -582,7 +601,12 @@ fn parse_target(url: &str) -> Result<Target, RepoError> {
         .collect();
     if path.contains(&"_history") && !matches!(path.as_slice(), [_, _, "_history", _]) {
         return Err(RepoError::BadRequest(format!(
-            "the entry URL '{url}' asks for a history, which is not supported in a Bundle"
+            "the entry URL '{url}' asks for a history, which a Bundle entry does not run; send GET [base]/{relative} on its own"
+        )));
+    }
+    if path.first() == Some(&"metadata") {
+        return Err(RepoError::BadRequest(format!(
+            "the entry URL '{url}' asks for the CapabilityStatement, which a Bundle entry does not run; send GET [base]/metadata on its own"
         )));
     }
     if relative.contains('?') {
@@ -653,6 +677,10 @@ fn run_transaction(
     let mut assigned: Vec<Option<String>> = vec![None; entries.len()];
     let mut targets: HashMap<String, usize> = HashMap::new();
     let mut identities: Vec<Option<String>> = vec![None; entries.len()];
+    // The resource each conditional create's criteria (type and query as written) will
+    // stand for: a second POST with the same `ifNoneExist` finds the first one's resource
+    // when it runs (200), so references to either entry name that one resource.
+    let mut conditional_creates: HashMap<(String, String), String> = HashMap::new();
     for (index, entry) in entries.iter().enumerate() {
         let target = parse_target(&entry.url).map_err(|e| wrap(index, entry, e))?;
         let resolve_one = |tx: &mut Tx<'_>, criteria: &Criteria| -> Result<_, RepoError> {
@@ -688,12 +716,24 @@ fn run_transaction(
                 };
                 // A matched ifNoneExist changes nothing, so it is no identity of steps 1-3
                 // (several entries may name one shared Practitioner that way).
-                match existing {
-                    Some(id) => (Some(format!("{t}/{id}")), None),
-                    None => {
+                let same_criteria = entry
+                    .if_none_exist
+                    .as_ref()
+                    .map(|query| (t.clone(), query.clone()));
+                let earlier = same_criteria
+                    .as_ref()
+                    .and_then(|key| conditional_creates.get(key));
+                match (existing, earlier) {
+                    (Some(id), _) => (Some(format!("{t}/{id}")), None),
+                    (None, Some(reference)) => (Some(reference.clone()), None),
+                    (None, None) => {
                         let id = prepared.new_id(index);
                         assigned[index] = Some(id.clone());
-                        (Some(format!("{t}/{id}")), None)
+                        let reference = format!("{t}/{id}");
+                        if let Some(key) = same_criteria {
+                            conditional_creates.insert(key, reference.clone());
+                        }
+                        (Some(reference), None)
                     }
                 }
             }
@@ -770,9 +810,10 @@ fn run_transaction(
     for index in order {
         let entry = &entries[index];
         let mut entry = entry.clone();
+        let base = full_url_base(entry.full_url.as_deref()).map(str::to_string);
         if let Some(resource) = entry.resource.as_mut() {
             rewrite_references(resource, &ids, &mut |reference| {
-                resolve_reference(tx, reference, &ids, &context.visibility)
+                resolve_reference(tx, reference, &ids, base.as_deref(), &context.visibility)
             })
             .map_err(|e| wrap(index, &entry, e))?;
         }
@@ -793,9 +834,31 @@ fn run_transaction(
                         RepoError::BadRequest("POST entry has no resource".into()),
                     )
                 })?;
+                if let Some(query) = &entry.if_none_exist {
+                    // Other criteria may match what an earlier entry created: the create
+                    // would then duplicate it, which ifNoneExist is there to prevent.
+                    let criteria = Criteria::parse_if_none_exist(&t, query)
+                        .map_err(|e| wrap(index, &entry, e))?
+                        .visible_to(context.visibility.clone());
+                    if let Some(row) = criteria
+                        .resolve_for_write(tx, 1)
+                        .map_err(|e| wrap(index, &entry, e))?
+                        .first()
+                    {
+                        return Err(wrap(
+                            index,
+                            &entry,
+                            RepoError::Conflict(format!(
+                                "the ifNoneExist criteria matched no {t} when the transaction began, but match {t}/{} now (created by another entry of the transaction)",
+                                row.res_id
+                            )),
+                        ));
+                    }
+                }
                 let resource = PreparedResource::reusing(resource, prepared.body(index));
                 interactions::create_with_id(tx, &t, resource, None, context, Some(&id)).map(|o| {
                     EntryResult {
+                        deleted_version: None,
                         is_read: false,
                         status: "201 Created",
                         resource: Some(o.resource),
@@ -821,6 +884,7 @@ fn run_transaction(
                         Some(&id),
                     )
                     .map(|o| EntryResult {
+                        deleted_version: None,
                         is_read: false,
                         status: if o.created { "201 Created" } else { "200 OK" },
                         resource: Some(o.resource),
@@ -854,9 +918,10 @@ fn run_entry(
         other => other,
     };
     let mut rewritten = entry.resource.take();
+    let base = full_url_base(entry.full_url.as_deref());
     if let Some(r) = rewritten.as_mut() {
         rewrite_references(r, ids, &mut |reference| {
-            resolve_reference(tx, reference, ids, &context.visibility)
+            resolve_reference(tx, reference, ids, base, &context.visibility)
         })?;
     }
     // Each interaction takes the body once.
@@ -872,6 +937,7 @@ fn run_entry(
             // The client's copy is current: no body (http.html#cread, per entry).
             let unchanged = entry.if_none_match == Some(resource.version);
             Ok(EntryResult {
+                deleted_version: None,
                 status: if unchanged {
                     "304 Not Modified"
                 } else {
@@ -882,6 +948,7 @@ fn run_entry(
             })
         }
         ("GET" | "HEAD", Target::Version(t, id, v)) => Ok(EntryResult {
+            deleted_version: None,
             status: "200 OK",
             is_read: entry.method == "GET",
             resource: Some(interactions::vread_visible(
@@ -902,6 +969,7 @@ fn run_entry(
             let outcome =
                 interactions::create(tx, &t, prepared_body()?, criteria.as_ref(), context)?;
             Ok(EntryResult {
+                deleted_version: None,
                 is_read: false,
                 status: if outcome.existing {
                     "200 OK"
@@ -915,6 +983,7 @@ fn run_entry(
             let outcome =
                 interactions::update(tx, &t, &id, prepared_body()?, entry.if_match, context)?;
             Ok(EntryResult {
+                deleted_version: None,
                 is_read: false,
                 status: if outcome.created {
                     "201 Created"
@@ -933,6 +1002,7 @@ fn run_entry(
                 context,
             )?;
             Ok(EntryResult {
+                deleted_version: None,
                 is_read: false,
                 status: if outcome.created {
                     "201 Created"
@@ -978,28 +1048,22 @@ fn run_entry(
             };
             let outcome = interactions::patch(tx, &t, &id, &patch, entry.if_match, context)?;
             Ok(EntryResult {
+                deleted_version: None,
                 is_read: false,
                 status: "200 OK",
                 resource: Some(outcome.resource),
             })
         }
-        ("DELETE", Target::Instance(t, id)) => {
-            interactions::delete(tx, &t, &id, entry.if_match, context)?;
-            Ok(EntryResult {
-                is_read: false,
-                status: "204 No Content",
-                resource: None,
-            })
-        }
-        ("DELETE", Target::Conditional(criteria)) => {
-            match interactions::conditional_delete(tx, &criteria, context)? {
-                DeleteOutcome::Deleted { .. } | DeleteOutcome::NothingToDelete => Ok(EntryResult {
-                    is_read: false,
-                    status: "204 No Content",
-                    resource: None,
-                }),
-            }
-        }
+        ("DELETE", Target::Instance(t, id)) => Ok(deleted(interactions::delete(
+            tx,
+            &t,
+            &id,
+            entry.if_match,
+            context,
+        )?)),
+        ("DELETE", Target::Conditional(criteria)) => Ok(deleted(
+            interactions::conditional_delete(tx, &criteria, context)?,
+        )),
         // A batch's searches are run by the HTTP layer, like searches sent on their own.
         ("GET" | "HEAD", Target::Conditional(_) | Target::Type(_)) => {
             Err(RepoError::BadRequest(format!(
@@ -1166,28 +1230,64 @@ fn conditional_reference_type(reference: &str) -> Option<&str> {
 /// What a reference becomes from the Bundle alone: another entry's `Type/id` when it names that
 /// entry's `fullUrl`, an error for a `urn:` naming no entry, `None` otherwise (left as written,
 /// or conditional: see [`resolve_reference`]).
+///
+/// A relative reference (`Patient/p-1`) is first made absolute (bundle.html#references):
+/// against the base of the entry's own fullUrl when that is a RESTful URL
+/// (`http://ehr.example/fhir/Observation/o-1` → `http://ehr.example/fhir/Patient/p-1`), else
+/// against this server's base. EHR exports write exactly that: their own base in every
+/// fullUrl and relative references inside, to POSTed entries that get new ids here.
 fn resolve_in_bundle(
     reference: &str,
     ids: &HashMap<String, String>,
+    entry_base: Option<&str>,
 ) -> Result<Option<String>, RepoError> {
     if let Some(mapped) = ids.get(reference) {
         return Ok(Some(mapped.clone()));
     }
     if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
         return Err(RepoError::BadRequest(format!(
-            "the reference '{reference}' names no entry of this Bundle"
+            "the reference '{reference}' names no entry of this Bundle (a batch's entries are independent: references between entries are resolved in a transaction only)"
         )));
     }
+    let relative =
+        !reference.contains("://") && renkei_search::split_reference(reference).is_some();
+    if relative && !ids.is_empty() {
+        let lookup = |base: &str| ids.get(&format!("{base}{reference}"));
+        let found = match entry_base {
+            Some(base) => lookup(base),
+            None => renkei_search::local_bases()
+                .iter()
+                .find_map(|base| lookup(base)),
+        };
+        if let Some(mapped) = found {
+            return Ok(Some(mapped.clone()));
+        }
+    }
     Ok(None)
+}
+
+/// The base of a RESTful fullUrl, ending in `/` (`http://ehr.example/fhir/` of
+/// `http://ehr.example/fhir/Patient/p-1`); `None` for a `urn:` fullUrl or none.
+fn full_url_base(full_url: Option<&str>) -> Option<&str> {
+    let url = full_url?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return None;
+    }
+    let resource_url = url.find("/_history/").map_or(url, |at| &url[..at]);
+    let (res_type, _) = renkei_search::split_reference(resource_url)?;
+    let (path, _id) = resource_url.rsplit_once('/')?;
+    let base_len = path.strip_suffix(res_type.as_str())?.len();
+    url.get(..base_len)
 }
 
 fn resolve_reference(
     tx: &mut Tx<'_>,
     reference: &str,
     ids: &HashMap<String, String>,
+    entry_base: Option<&str>,
     visibility: &renkei_store::Visibility,
 ) -> Result<Option<String>, RepoError> {
-    if let Some(mapped) = resolve_in_bundle(reference, ids)? {
+    if let Some(mapped) = resolve_in_bundle(reference, ids, entry_base)? {
         return Ok(Some(mapped));
     }
     if is_conditional_reference(reference) {
@@ -1206,9 +1306,25 @@ fn resolve_reference(
     Ok(None)
 }
 
+/// A DELETE entry's result: the version the delete made is its ETag, as when sent alone.
+fn deleted(outcome: DeleteOutcome) -> EntryResult {
+    EntryResult {
+        is_read: false,
+        status: "204 No Content",
+        resource: None,
+        deleted_version: match outcome {
+            DeleteOutcome::Deleted { version, .. } => Some(version),
+            DeleteOutcome::NothingToDelete => None,
+        },
+    }
+}
+
 fn render_entry(result: &EntryResult, return_resources: bool) -> Value {
     let mut response = Map::new();
     response.insert("status".into(), json!(result.status));
+    if let Some(version) = result.deleted_version {
+        response.insert("etag".into(), json!(format!("W/\"{version}\"")));
+    }
     let mut entry = Map::new();
     if let Some(resource) = &result.resource {
         response.insert(

@@ -557,6 +557,11 @@ pub fn set_local_bases(bases: &[String]) -> bool {
     LOCAL_BASES.get_or_init(|| bases.clone()) == &bases
 }
 
+/// The server's own base URLs, each ending in `/` (none before [`set_local_bases`]).
+pub fn local_bases() -> &'static [String] {
+    LOCAL_BASES.get().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// The path of a reference to a resource on this server: a relative reference as it is, an
 /// absolute one under one of the server's own bases without that base. `None` for another
 /// server's resource and for `urn:` references.

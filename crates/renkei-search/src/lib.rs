@@ -13,7 +13,8 @@ pub mod registry;
 
 pub use date::{local_zone, set_local_zone, LocalZone, ZoneError};
 pub use extract::{
-    extract, local_path, set_local_bases, CompositeIndex, CompositeValue, IndexRows,
+    extract, local_bases, local_path, set_local_bases, split_reference, CompositeIndex,
+    CompositeValue, IndexRows,
 };
 pub use key::{capped, MAX_KEY_BYTES};
 pub use normalize::{canonical_system, fold};

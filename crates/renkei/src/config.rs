@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub link_identifier_systems: Option<Vec<String>>,
     /// Identifier systems that make records one person together with the birth date.
     pub link_with_birth_date_systems: Option<Vec<String>>,
+    /// Origins whose browser pages may read answers (`*`: any); none by default.
+    pub cors_allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,8 @@ pub struct Config {
     /// See [`FileConfig::time_zone`]; `Z` by default.
     pub time_zone: renkei_repository::LocalZone,
     pub linking: renkei_identity::LinkingRules,
+    /// See [`FileConfig::cors_allowed_origins`].
+    pub cors: renkei_http::cors::CorsPolicy,
 }
 
 impl Config {
@@ -197,6 +201,12 @@ impl Config {
                         .unwrap_or(defaults.with_birth_date_systems),
                 }
             },
+            cors: renkei_http::cors::CorsPolicy::from_origins(
+                &env_list("RENKEI_CORS_ALLOWED_ORIGINS")
+                    .or(file.cors_allowed_origins)
+                    .unwrap_or_default(),
+            )
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         };
         if !matches!(config.implicit_policy.as_str(), "opt-in" | "opt-out") {
             return Err(ConfigError::Invalid(format!(

@@ -567,6 +567,7 @@ fn serve(
         max_bundle_response_bytes: config.max_bundle_response_bytes,
         started_at: chrono::Utc::now().format("%Y-%m-%d").to_string(),
         base_url: config.base_url.clone(),
+        cors: config.cors.clone(),
     };
     let gate = state.gate.clone();
     let system = actix_web::rt::System::new();
