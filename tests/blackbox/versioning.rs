@@ -26,6 +26,21 @@ fn conditional_headers() {
         // Malformed If-Match.
         s.send_json_with("PUT", &path, &body, &[("If-Match", "banana")])
             .expect(400);
+        // A well-formed tag this server never issues matches no version: 412 (RFC 9110
+        // §13.1.1), not 400 as it was; under If-None-Match it never is the current one.
+        s.send_json_with("PUT", &path, &body, &[("If-Match", "W/\"abc\"")])
+            .expect(412);
+        s.request("DELETE", &path, &[("If-Match", "\"x1\"")], None)
+            .expect(412);
+        let other = s.create(&json!({"resourceType": "Patient"}));
+        let other_id = other["id"].as_str().unwrap();
+        s.send_json_with(
+            "PUT",
+            &format!("Patient/{other_id}"),
+            &json!({"resourceType": "Patient", "id": other_id, "active": true}),
+            &[("If-None-Match", "W/\"abc\"")],
+        )
+        .expect(200);
         // If-Match on a resource that does not exist.
         let mut ghost = body.clone();
         ghost["id"] = json!("ghost");

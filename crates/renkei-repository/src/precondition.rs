@@ -18,6 +18,12 @@ pub enum IfMatch {
     NoneAny,
     /// `If-None-Match: W/"3"`: only if version 3 is not the current one.
     NotVersion(i64),
+    /// `If-Match` with a well-formed entity tag this server never issues (`W/"abc"`; its
+    /// ETags are version numbers): no version matches, so the write fails with 412
+    /// (RFC 9110 §13.1.1), not 400.
+    Unissued,
+    /// `If-None-Match` with such a tag: never the current version, so always satisfied.
+    NotUnissued,
 }
 
 impl IfMatch {
@@ -28,13 +34,15 @@ impl IfMatch {
             IfMatch::Version(expected) => expected == current_version,
             IfMatch::NoneAny => false,
             IfMatch::NotVersion(refused) => refused != current_version,
+            IfMatch::Unissued => false,
+            IfMatch::NotUnissued => true,
         }
     }
 
     /// Whether only an existing resource satisfies it (`If-Match`); an `If-None-Match` is
     /// satisfied by a resource that does not exist.
     pub fn requires_current(self) -> bool {
-        matches!(self, IfMatch::Any | IfMatch::Version(_))
+        matches!(self, IfMatch::Any | IfMatch::Version(_) | IfMatch::Unissued)
     }
 
     /// The header (or Bundle field) it comes from, for messages.
@@ -54,6 +62,9 @@ impl fmt::Display for IfMatch {
             IfMatch::Version(version) | IfMatch::NotVersion(version) => {
                 write!(f, "W/\"{version}\"")
             }
+            IfMatch::Unissued | IfMatch::NotUnissued => {
+                f.write_str("an entity tag this server never issued")
+            }
         }
     }
 }
@@ -63,6 +74,7 @@ pub fn parse_if_none_match(text: &str) -> Result<IfMatch, String> {
     Ok(match parse_if_match(text)? {
         IfMatch::Any => IfMatch::NoneAny,
         IfMatch::Version(version) => IfMatch::NotVersion(version),
+        IfMatch::Unissued => IfMatch::NotUnissued,
         other => other,
     })
 }
@@ -82,9 +94,26 @@ pub fn parse_if_match(text: &str) -> Result<IfMatch, String> {
             "'{text}' lists several ETags; If-Match takes one version ETag like W/\"3\", or *"
         ));
     }
-    parse_etag(text)
-        .map(IfMatch::Version)
-        .ok_or_else(|| format!("'{text}' is not a version ETag like W/\"3\", or *"))
+    if let Some(version) = parse_etag(text) {
+        return Ok(IfMatch::Version(version));
+    }
+    if is_entity_tag(text) {
+        return Ok(IfMatch::Unissued);
+    }
+    Err(format!("'{text}' is not a version ETag like W/\"3\", or *"))
+}
+
+/// Whether `text` is one entity tag (RFC 9110 §8.8.3): `W/` optionally, then a quoted string
+/// of visible characters other than `"`.
+fn is_entity_tag(text: &str) -> bool {
+    let opaque = text.strip_prefix("W/").unwrap_or(text);
+    opaque
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .is_some_and(|tag| {
+            tag.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80)
+        })
 }
 
 /// The 412 of an `If-Match` on a resource that is missing, deleted or hidden from the writer
@@ -133,8 +162,17 @@ mod tests {
         assert!(list.contains("lists several ETags"), "{list}");
         let bad = parse_if_match("banana").unwrap_err();
         assert!(bad.contains("not a version ETag"), "{bad}");
-        assert!(parse_if_match("W/\"-1\"").is_err());
-        assert!(parse_if_match("W/\"+1\"").is_err());
+        assert!(parse_if_match("W/\"a\"b\"").is_err());
+        // Well-formed tags this server never issues match no version (412, not 400).
+        for foreign in ["W/\"-1\"", "W/\"+1\"", "W/\"abc\"", "\"\""] {
+            assert_eq!(parse_if_match(foreign), Ok(IfMatch::Unissued), "{foreign}");
+            assert_eq!(
+                parse_if_none_match(foreign),
+                Ok(IfMatch::NotUnissued),
+                "{foreign}"
+            );
+        }
+        assert!(!IfMatch::Unissued.admits(1) && IfMatch::NotUnissued.admits(1));
     }
 
     #[test]
