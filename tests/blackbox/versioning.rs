@@ -366,3 +366,45 @@ fn if_none_match_on_writes_is_a_precondition() {
         put(true, &[("If-None-Match", "*"), ("If-Match", "*")]).expect(400);
     });
 }
+
+/// `If-Unmodified-Since` on writes (RFC 9110 §13.1.4): a resource modified after the date
+/// fails with 412; it was not evaluated, so a lost update slipped through. Not an HTTP-date:
+/// ignored; with `If-Match`: the ETag decides.
+#[test]
+fn if_unmodified_since_is_a_precondition_of_writes() {
+    for_each_backend(|s| {
+        let created = s.create(&json!({"resourceType": "Patient", "active": true}));
+        let id = created["id"].as_str().unwrap().to_string();
+        let path = format!("Patient/{id}");
+        let long_ago = [("If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")];
+        let later = httpdate::fmt_http_date(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+        );
+        let body = json!({"resourceType": "Patient", "id": id, "active": false});
+        let refused = s.send_json_with("PUT", &path, &body, &long_ago).expect(412);
+        assert!(
+            refused.outcome()["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("If-Unmodified-Since")),
+            "{}",
+            refused.body
+        );
+        s.request("DELETE", &path, &long_ago, None).expect(412);
+        s.send_json_with(
+            "PUT",
+            &path,
+            &body,
+            &[("If-Unmodified-Since", later.as_str())],
+        )
+        .expect(200);
+        s.send_json_with("PUT", &path, &body, &[("If-Unmodified-Since", "yesterday")])
+            .expect(200);
+        let with_etag = [
+            ("If-Match", "W/\"3\""),
+            ("If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+        ];
+        s.send_json_with("PUT", &path, &body, &with_etag)
+            .expect(200);
+        assert_eq!(s.read_json(&path)["meta"]["versionId"], "4");
+    });
+}

@@ -393,8 +393,8 @@ pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
 
 /// A write's precondition: `If-Match` with a version (`W/"3"`) or `*` (proceed only if the
 /// resource currently exists), or `If-None-Match` with a version (only if that is not the
-/// current one) or `*` (only if the resource does not exist). 400 for anything else, with the
-/// reason.
+/// current one) or `*` (only if the resource does not exist), else `If-Unmodified-Since`. 400
+/// for anything else, with the reason.
 pub fn if_match(req: &HttpRequest) -> Result<Option<renkei_repository::IfMatch>, ApiError> {
     let if_match = header_list(req, header::IF_MATCH);
     let if_none_match = header_list(req, header::IF_NONE_MATCH);
@@ -409,8 +409,24 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<renkei_repository::IfMatch>,
         (None, Some(text)) => renkei_repository::parse_if_none_match(&text)
             .map(Some)
             .map_err(|reason| ApiError::bad_request(format!("If-None-Match {reason}"))),
-        (None, None) => Ok(None),
+        (None, None) => Ok(unmodified_since(req)),
     }
+}
+
+/// `If-Unmodified-Since` as a write's precondition (RFC 9110 §13.1.4): considered only without
+/// `If-Match` (and here `If-None-Match`, the stronger validators), and ignored when its value
+/// is not an HTTP-date.
+fn unmodified_since(req: &HttpRequest) -> Option<renkei_repository::IfMatch> {
+    let text = req
+        .headers()
+        .get(header::IF_UNMODIFIED_SINCE)?
+        .to_str()
+        .ok()?;
+    let date = httpdate::parse_http_date(text).ok()?;
+    let second = date.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(renkei_repository::IfMatch::UnmodifiedSince(
+        i64::try_from(second).ok()?,
+    ))
 }
 
 /// A header's values as one list: repeated headers are one list (RFC 9110 §5.3), refused as a

@@ -1165,11 +1165,12 @@ fn check_if_match(
         return Ok(());
     };
     match current {
-        Some(row) if !row.deleted && if_match.admits(row.version) => Ok(()),
+        Some(row) if !row.deleted && if_match.admits(row.version, row.last_updated) => Ok(()),
         Some(row) if !row.deleted => Err(RepoError::PreconditionFailed(format!(
-            "{}: {if_match} does not hold for {res_type}/{id}: the current version is W/\"{}\"",
+            "{}: {if_match} does not hold for {res_type}/{id}: the current version is W/\"{}\", last modified {}",
             if_match.header(),
-            row.version
+            row.version,
+            crate::meta::format_instant(row.last_updated)
         ))),
         _ if !if_match.requires_current() => Ok(()),
         _ => Err(precondition::absent(if_match, res_type, id)),

@@ -24,12 +24,18 @@ pub enum IfMatch {
     Unissued,
     /// `If-None-Match` with such a tag: never the current version, so always satisfied.
     NotUnissued,
+    /// `If-Unmodified-Since` (evaluated only without `If-Match` and `If-None-Match`): only if
+    /// the current version was last modified at or before this second (Unix seconds; HTTP
+    /// dates have no finer precision).
+    UnmodifiedSince(i64),
 }
 
 impl IfMatch {
-    /// Whether a current (not deleted) version satisfies the precondition.
-    pub fn admits(self, current_version: i64) -> bool {
+    /// Whether a current (not deleted) version, last modified at `last_updated` (Unix
+    /// milliseconds), satisfies the precondition.
+    pub fn admits(self, current_version: i64, last_updated: i64) -> bool {
         match self {
+            IfMatch::UnmodifiedSince(second) => last_updated.div_euclid(1000) <= second,
             IfMatch::Any => true,
             IfMatch::Version(expected) => expected == current_version,
             IfMatch::NoneAny => false,
@@ -42,15 +48,18 @@ impl IfMatch {
     /// Whether only an existing resource satisfies it (`If-Match`); an `If-None-Match` is
     /// satisfied by a resource that does not exist.
     pub fn requires_current(self) -> bool {
-        matches!(self, IfMatch::Any | IfMatch::Version(_) | IfMatch::Unissued)
+        matches!(
+            self,
+            IfMatch::Any | IfMatch::Version(_) | IfMatch::Unissued | IfMatch::UnmodifiedSince(_)
+        )
     }
 
     /// The header (or Bundle field) it comes from, for messages.
     pub fn header(self) -> &'static str {
-        if self.requires_current() {
-            "If-Match"
-        } else {
-            "If-None-Match"
+        match self {
+            IfMatch::UnmodifiedSince(_) => "If-Unmodified-Since",
+            _ if self.requires_current() => "If-Match",
+            _ => "If-None-Match",
         }
     }
 }
@@ -64,6 +73,12 @@ impl fmt::Display for IfMatch {
             }
             IfMatch::Unissued | IfMatch::NotUnissued => {
                 f.write_str("an entity tag this server never issued")
+            }
+            IfMatch::UnmodifiedSince(second) => {
+                match chrono::DateTime::from_timestamp(*second, 0) {
+                    Some(date) => write!(f, "{}", date.format("%a, %d %b %Y %H:%M:%S GMT")),
+                    None => write!(f, "{second}"),
+                }
             }
         }
     }
@@ -152,8 +167,14 @@ mod tests {
         assert_eq!(parse_if_match("W/\"3\""), Ok(IfMatch::Version(3)));
         assert_eq!(parse_if_match("\"4\""), Ok(IfMatch::Version(4)));
         assert_eq!(IfMatch::Version(4).to_string(), "W/\"4\"");
-        assert!(IfMatch::Any.admits(7));
-        assert!(!IfMatch::Version(4).admits(5));
+        assert!(IfMatch::Any.admits(7, 0));
+        assert!(!IfMatch::Version(4).admits(5, 0));
+        // If-Unmodified-Since compares whole seconds.
+        let since = IfMatch::UnmodifiedSince(1_700_000_000);
+        assert!(since.admits(3, 1_700_000_000_999));
+        assert!(!since.admits(3, 1_700_000_001_000));
+        assert_eq!(since.header(), "If-Unmodified-Since");
+        assert_eq!(since.to_string(), "Tue, 14 Nov 2023 22:13:20 GMT");
     }
 
     #[test]
@@ -172,7 +193,7 @@ mod tests {
                 "{foreign}"
             );
         }
-        assert!(!IfMatch::Unissued.admits(1) && IfMatch::NotUnissued.admits(1));
+        assert!(!IfMatch::Unissued.admits(1, 0) && IfMatch::NotUnissued.admits(1, 0));
     }
 
     #[test]
@@ -201,9 +222,9 @@ mod tests {
     fn if_none_match_admits_only_other_versions_or_absence() {
         assert_eq!(parse_if_none_match("*"), Ok(IfMatch::NoneAny));
         assert_eq!(parse_if_none_match("W/\"3\""), Ok(IfMatch::NotVersion(3)));
-        assert!(!IfMatch::NoneAny.admits(1));
-        assert!(!IfMatch::NotVersion(3).admits(3));
-        assert!(IfMatch::NotVersion(3).admits(4));
+        assert!(!IfMatch::NoneAny.admits(1, 0));
+        assert!(!IfMatch::NotVersion(3).admits(3, 0));
+        assert!(IfMatch::NotVersion(3).admits(4, 0));
         assert!(!IfMatch::NoneAny.requires_current());
         assert_eq!(IfMatch::NotVersion(3).header(), "If-None-Match");
     }
