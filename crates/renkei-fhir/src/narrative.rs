@@ -25,7 +25,7 @@
 //! carries exactly the characters the JSON form has, the document stays well-formed, and
 //! nothing in it is live markup.
 
-use crate::prepass::{is_plain_element, markup, tag_end, Markup};
+use crate::prepass::{is_plain_element, markup, tag_end, Markup, NarrativeDiv};
 use crate::MAX_DEPTH;
 use renkei_fhir_schema::{is_well_formed_xhtml, XHTML_NAMESPACE};
 use serde_json::Value;
@@ -178,43 +178,27 @@ fn replace_divs(value: &mut Value, raw: &mut HashMap<String, VecDeque<String>>) 
 /// to their outer one), as byte ranges. Nothing when the document does not scan cleanly.
 fn div_elements(xml: &[u8]) -> Vec<Range<usize>> {
     let mut found = Vec::new();
-    // Start of the outer div being read, and how many divs are open inside it.
-    let mut current: Option<(usize, usize)> = None;
+    let mut div = NarrativeDiv::default();
+    let mut div_start = 0;
     for item in markup(xml) {
-        match (item, current.as_mut()) {
-            (Err(_), _) => return Vec::new(),
-            (
-                Ok(Markup::Open {
-                    name: b"div",
-                    empty: false,
-                    start,
-                    ..
-                }),
-                None,
-            ) => {
-                current = Some((start, 1));
+        let Ok(item) = item else {
+            return Vec::new();
+        };
+        if div.skip(&item) {
+            if let (false, Markup::Close { end, .. }) = (div.is_inside(), item) {
+                found.push(div_start..end);
             }
-            (
-                Ok(Markup::Open {
-                    name: b"div",
-                    empty: false,
-                    ..
-                }),
-                Some((_, open)),
-            ) => *open += 1,
-            (
-                Ok(Markup::Close {
-                    name: b"div", end, ..
-                }),
-                Some((start, open)),
-            ) => {
-                *open -= 1;
-                if *open == 0 {
-                    found.push(*start..end);
-                    current = None;
-                }
-            }
-            _ => {}
+            continue;
+        }
+        if let Markup::Open {
+            name: b"div",
+            empty: false,
+            start,
+            ..
+        } = item
+        {
+            div_start = start;
+            div.enter();
         }
     }
     found

@@ -73,6 +73,40 @@ fn walk(value: &Value, path: &str, depth: usize, max_depth: usize, issues: &mut 
     }
 }
 
+/// Where a scan of markup items stands relative to a narrative's XHTML `div`: the readers of
+/// FHIR XML treat the div as one opaque element, so each must skip what lies inside it.
+/// [`NarrativeDiv::enter`] after a non-empty div's start tag; [`NarrativeDiv::skip`] then
+/// takes every item up to and including the div's end tag.
+#[derive(Debug, Default)]
+pub(crate) struct NarrativeDiv {
+    /// Elements open inside the div, the div itself included; 0 outside.
+    open: usize,
+}
+
+impl NarrativeDiv {
+    pub(crate) fn enter(&mut self) {
+        self.open = 1;
+    }
+
+    pub(crate) fn is_inside(&self) -> bool {
+        self.open > 0
+    }
+
+    /// Whether `item` is inside the div (its end tag included), and so taken here; `false`
+    /// outside, where the caller reads the item itself.
+    pub(crate) fn skip(&mut self, item: &Markup<'_>) -> bool {
+        if self.open == 0 {
+            return false;
+        }
+        match item {
+            Markup::Open { empty: false, .. } => self.open += 1,
+            Markup::Close { .. } => self.open -= 1,
+            Markup::Open { .. } | Markup::Other { .. } => {}
+        }
+        true
+    }
+}
+
 /// One markup item of an XML document, as byte offsets (`start` at the `<`, `end` just past
 /// the `>`). Text between items is not reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 //! It runs after [`crate::prepass::check_xml_depth`], so the document is balanced and not
 //! too deep.
 
-use crate::prepass::{markup, Markup};
+use crate::prepass::{markup, Markup, NarrativeDiv};
 use crate::xml_namespace::{has_prefix, schema_instance_prefixes};
 use crate::{ContentError, Issue, IssueCode, Severity};
 use fhirbolt_shared::path::ElementPath;
@@ -79,8 +79,8 @@ fn refuse(location: &str, message: impl Into<String>) -> ContentError {
 pub(crate) fn check(bytes: &[u8]) -> Result<(), ContentError> {
     let mut path = ElementPath::new(FhirReleases::R4);
     let mut stack: Vec<Frame> = Vec::new();
-    // Depth inside a narrative `div` (XHTML, checked elsewhere), 0 outside.
-    let mut in_div = 0usize;
+    // The narrative's XHTML is checked elsewhere (narrative.rs, renkei-fhir-schema).
+    let mut div = NarrativeDiv::default();
     let mut previous_end = 0usize;
     for item in markup(bytes) {
         let item = item.map_err(|m| refuse("", format!("the XML is not well-formed: {m}")))?;
@@ -89,7 +89,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), ContentError> {
             | Markup::Close { start, end, .. }
             | Markup::Other { start, end } => (start, end),
         };
-        if in_div == 0 {
+        if !div.is_inside() {
             if let Some(frame) = stack.last() {
                 let text = &bytes[previous_end..start];
                 let cdata = matches!(item, Markup::Other { .. })
@@ -106,19 +106,15 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), ContentError> {
             }
         }
         previous_end = end;
+        if div.skip(&item) {
+            if !div.is_inside() {
+                // The div's end tag.
+                path.pop();
+            }
+            continue;
+        }
         match item {
             Markup::Other { .. } => {}
-            Markup::Open { empty, .. } if in_div > 0 => {
-                if !empty {
-                    in_div += 1;
-                }
-            }
-            Markup::Close { .. } if in_div > 0 => {
-                in_div -= 1;
-                if in_div == 0 {
-                    path.pop();
-                }
-            }
             Markup::Open {
                 name, empty, start, ..
             } => {
@@ -126,11 +122,10 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), ContentError> {
                 let tag = &bytes[start + 1..end - if empty { 2 } else { 1 }];
                 let frame = open(&mut path, stack.last_mut(), &name, tag)?;
                 if frame.kind == Kind::Div {
-                    // The XHTML is checked as a whole (narrative.rs, renkei-fhir-schema).
                     if empty {
                         path.pop();
                     } else {
-                        in_div = 1;
+                        div.enter();
                     }
                     continue;
                 }

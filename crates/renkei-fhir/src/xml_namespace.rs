@@ -11,7 +11,7 @@
 //!
 //! It runs after [`crate::prepass::check_xml_depth`], so the document is balanced.
 
-use crate::prepass::{markup, Markup};
+use crate::prepass::{markup, Markup, NarrativeDiv};
 use crate::xml_check::attributes;
 use crate::{ContentError, IssueCode};
 use std::borrow::Cow;
@@ -251,16 +251,12 @@ pub(crate) fn has_prefix(name: &[u8], prefixes: &HashSet<&[u8]>) -> bool {
 /// every offset, so the two stay comparable. Inside a narrative fhirbolt reads no attributes.
 pub(crate) fn without_prefixed_attributes(bytes: &[u8]) -> Cow<'_, [u8]> {
     let mut out: Option<Vec<u8>> = None;
-    // How many elements are open inside a narrative `div`, the div itself included.
-    let mut in_div = 0usize;
+    let mut div = NarrativeDiv::default();
     for item in markup(bytes).map_while(Result::ok) {
+        if div.skip(&item) {
+            continue;
+        }
         match item {
-            Markup::Open { empty, .. } if in_div > 0 => {
-                if !empty {
-                    in_div += 1;
-                }
-            }
-            Markup::Close { .. } if in_div > 0 => in_div -= 1,
             Markup::Open {
                 name,
                 empty,
@@ -268,7 +264,7 @@ pub(crate) fn without_prefixed_attributes(bytes: &[u8]) -> Cow<'_, [u8]> {
                 end,
             } => {
                 if name == b"div" && !empty {
-                    in_div = 1;
+                    div.enter();
                 }
                 let Some(tag) = bytes.get(start..end) else {
                     continue;
