@@ -100,46 +100,40 @@ fn transaction_survives_sigkill_all_or_nothing() {
     });
 }
 
+/// `serve` with `database` (if any) and `env`, which must refuse to start with exit code 1 and
+/// a message, not a panic; its standard error.
+fn refused_start(database: Option<&str>, env: &[(&str, &str)]) -> String {
+    let mut command = renkei_command();
+    command.args(["serve", "--listen", "127.0.0.1:0"]);
+    if let Some(database) = database {
+        command.args(["--database", database]);
+    }
+    let out = command.envs(env.iter().copied()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{database:?} {env:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 #[test]
 fn cli_rejects_unknown_database_scheme() {
-    let out = renkei_command()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            "mysql://x",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "renkei accepted mysql://");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(Some("mysql://x"), &[]);
     assert!(
         stderr.contains("mysql"),
         "the message should name the scheme: {stderr}"
     );
     // Same through the environment variable.
-    let out = renkei_command()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("RENKEI_DATABASE_URL", "mysql://x")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mysql"));
-    // A bad numeric setting is reported, not ignored.
-    let out = renkei_command()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            "sqlite::memory:",
-        ])
-        .env("RENKEI_MAX_BODY_BYTES", "lots")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("RENKEI_MAX_BODY_BYTES"));
+    assert!(refused_start(None, &[("RENKEI_DATABASE_URL", "mysql://x")]).contains("mysql"));
+    // A bad numeric setting is reported, not ignored; zero workers or connections too (it
+    // panicked, exit 101).
+    for (variable, value) in [
+        ("RENKEI_MAX_BODY_BYTES", "lots"),
+        ("RENKEI_WORKERS", "0"),
+        ("RENKEI_MAX_CONNECTIONS", "0"),
+    ] {
+        let stderr = refused_start(Some("sqlite::memory:"), &[(variable, value)]);
+        assert!(stderr.contains(variable), "{stderr}");
+    }
     // --version works.
     let out = renkei_command().arg("--version").output().unwrap();
     assert!(out.status.success());

@@ -159,7 +159,8 @@ fn client_credentials_with_a_signed_assertion() {
 }
 
 /// A token holds only while its client's registration still grants it: removing the client,
-/// moving it to another facility or narrowing its scopes ends its tokens at once.
+/// registering it again, moving it to another facility or narrowing its scopes ends its
+/// tokens at once.
 #[test]
 fn tokens_end_with_their_client_registration() {
     for_each_backend(|s| {
@@ -182,12 +183,13 @@ fn tokens_end_with_their_client_registration() {
         registration_settles();
         let r = who.get("Observation?code=x").expect(401);
         assert!(r.body.contains("registration changed"), "{}", r.body);
-        // Registered again as it was: a new token works; the old one still names a scope the
-        // registration has again, so it works too.
+        // Registered again as it was: a new token works; the old one, issued before this
+        // registration, does not (it did, which kept a leaked token alive through a
+        // re-registration with a new key).
         let again = s.token_for("short-lived", "Organization/reg-a", "facility", &[]);
         registration_settles();
         s.with_token(&again).get("Observation?code=x").expect(200);
-        who.get("Observation?code=x").expect(200);
+        who.get("Observation?code=x").expect(401);
         // Moved to another facility, then removed.
         let moved = s.token_for("short-lived", "Organization/reg-b", "facility", &[]);
         registration_settles();
@@ -199,6 +201,12 @@ fn tokens_end_with_their_client_registration() {
             .get("Observation?code=x")
             .expect(401)
             .outcome();
+        // Removed, then registered again exactly as before: the removal still holds for the
+        // tokens issued before it.
+        let fresh = s.token_for("short-lived", "Organization/reg-b", "facility", &[]);
+        registration_settles();
+        s.with_token(&fresh).get("Observation?code=x").expect(200);
+        s.with_token(&moved).get("Observation?code=x").expect(401);
     });
 }
 

@@ -94,6 +94,11 @@ pub struct ClientRegistration {
     /// SHA-256 (hex) of the client's TLS certificate (DER), for mTLS binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_fingerprint: Option<String>,
+    /// When this registration was made (seconds since the epoch; the store's record of it,
+    /// not part of the registration itself): tokens issued before it do not hold, so a client
+    /// removed and registered again (a leaked key replaced) does not bring back its old tokens.
+    #[serde(skip)]
+    pub registered_at: i64,
 }
 
 impl ClientRegistration {
@@ -110,6 +115,7 @@ impl ClientRegistration {
             break_glass: false,
             purposes: Vec::new(),
             cert_fingerprint: None,
+            registered_at: 0,
         }
     }
 
@@ -154,6 +160,7 @@ impl ClientRegistration {
     pub fn still_grants(&self, claims: &crate::AccessClaims) -> bool {
         let purposes = self.effective_purposes();
         claims.sub == self.client_id
+            && claims.iat >= self.registered_at
             && self.confirmation().is_ok_and(|bound| bound == claims.cnf)
             && claims.organization == self.organization
             && claims.role == self.role
@@ -242,6 +249,24 @@ impl ClientRegistration {
                 .map_err(|e| AuthError::invalid_request(e.description))?;
             if keys.is_empty() {
                 return Err(AuthError::invalid_request("jwks holds no usable key"));
+            }
+            // Private key members (RFC 7518 §6.2.2, §6.3.2, §6.4: `d`, `p`, `q`, `dp`, `dq`,
+            // `qi`, `oth`; `k` of a symmetric key): the gateway needs the public key only, and
+            // must not hold (or show in its registrations) the secret a client signs with.
+            let private = jwks
+                .get("keys")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|key| {
+                    ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
+                        .iter()
+                        .any(|member| key.get(member).is_some())
+                });
+            if private {
+                return Err(AuthError::invalid_request(
+                    "jwks holds a private key; register the client's public key only (its JWKS without d, p, q, dp, dq, qi, oth or k)",
+                ));
             }
         }
         if let Some(fp) = &self.cert_fingerprint {

@@ -212,6 +212,13 @@ fn registration_validation() {
     let mut bad = c.clone();
     bad.jwks = Some(json!({"keys": [{"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"}]}));
     assert!(bad.validate().is_err());
+    // A JWKS holding the client's private key (its `d`) is refused: the gateway must not hold it.
+    let mut bad = c.clone();
+    if let Some(key) = bad.jwks.as_mut().and_then(|jwks| jwks["keys"].get_mut(0)) {
+        key["d"] = json!("c2VjcmV0");
+    }
+    let refused = bad.validate().unwrap_err();
+    assert!(refused.description.contains("private key"), "{refused:?}");
     let mut bad = c;
     bad.client_id = "has space".into();
     assert!(bad.validate().is_err());

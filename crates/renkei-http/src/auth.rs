@@ -112,7 +112,10 @@ impl ClientDirectory {
             Ok::<_, renkei_store::StoreError>(
                 rows.iter()
                     .filter_map(|row| {
-                        serde_json::from_str::<ClientRegistration>(&row.registration).ok()
+                        let mut registration =
+                            serde_json::from_str::<ClientRegistration>(&row.registration).ok()?;
+                        registration.registered_at = row.created.div_euclid(1000);
+                        Some(registration)
                     })
                     .map(|registration| (registration.client_id.clone(), registration))
                     .collect(),
@@ -320,7 +323,7 @@ async fn verified_claims(
     let (clients, just_read) = directory.current(store, false).await?;
     if !granted(&clients) && (just_read || !granted(&directory.current(store, true).await?.0)) {
         return Err(unauthorized(
-            "the access token is not valid: its client was removed or its registration changed since it was issued; request a new token",
+            "the access token is not valid: its client was removed, registered again or its registration changed since it was issued; request a new token",
         ));
     }
     let peer = req.conn_data::<crate::tls::PeerCertificate>();

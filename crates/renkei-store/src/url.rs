@@ -34,17 +34,34 @@ impl DatabaseUrl {
     }
 }
 
+/// The URL with the password of its user information (`user:secret@`) and of its query
+/// (`?password=secret`, a libpq connection parameter) replaced by `***`.
 fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (address, query) = match url.split_once('?') {
+        Some((address, query)) => (address, Some(query)),
+        None => (url, None),
     };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
+    let address = match address.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => address.to_string(),
+            },
+            None => address.to_string(),
         },
-        None => url.to_string(),
-    }
+        None => address.to_string(),
+    };
+    let Some(query) = query else {
+        return address;
+    };
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{address}?{}", parameters.join("&"))
 }
 
 #[cfg(test)]
@@ -73,5 +90,11 @@ mod tests {
     fn redacts_passwords() {
         let url = DatabaseUrl::Postgres("postgres://u:secret@h/db".into());
         assert_eq!(url.redacted(), "postgres://u:***@h/db");
+        let in_query =
+            DatabaseUrl::Postgres("postgres://u@h/db?sslmode=disable&password=secret".into());
+        assert_eq!(
+            in_query.redacted(),
+            "postgres://u@h/db?sslmode=disable&password=***"
+        );
     }
 }

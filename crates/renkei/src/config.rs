@@ -237,6 +237,13 @@ impl Config {
                 )));
             }
         }
+        if config.workers == 0 || config.max_connections == 0 {
+            // Neither can serve anything at zero (actix and the pool would panic).
+            return Err(ConfigError::Invalid(format!(
+                "workers (RENKEI_WORKERS) and max_connections (RENKEI_MAX_CONNECTIONS) must be at least 1, not {} and {}",
+                config.workers, config.max_connections
+            )));
+        }
         if config.max_bundle_entries == 0 || config.max_bundle_response_bytes == 0 {
             // Zero would refuse every Bundle, which no one configures on purpose.
             return Err(ConfigError::Invalid(

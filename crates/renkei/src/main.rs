@@ -168,6 +168,15 @@ enum AuditCommand {
     },
 }
 
+/// Prints a line for the operator of a running server: `println!` panics when standard output
+/// is closed (`renkei serve | head -2`), which must not stop the server.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -515,7 +524,7 @@ fn serve(
         match loader::load_demo_if_empty(&repository, &operator).map_err(|e| e.to_string())? {
             Some(counts) => {
                 demo_loaded = true;
-                println!(
+                say!(
                     "demo network loaded: {} resources\n{}",
                     counts.total(),
                     counts.report()
@@ -523,7 +532,7 @@ fn serve(
             }
             // The demo clients (break-glass, system/*.cruds) are for the demo data only: on
             // a database with other data they would be real credentials to real records.
-            None => println!("demo network not loaded: the database already holds data"),
+            None => say!("demo network not loaded: the database already holds data"),
         }
     }
     let store = repository.store().clone();
@@ -544,7 +553,7 @@ fn serve(
         {
             print_demo_tokens(&store)?;
         } else {
-            println!("demo clients not registered and no demo tokens issued: this database was not loaded with the demo network");
+            say!("demo clients not registered and no demo tokens issued: this database was not loaded with the demo network");
         }
     }
     let policy = consent_policy(&config);
@@ -574,7 +583,7 @@ fn serve(
     let served = system.block_on(async move {
         let server = renkei_http::serve(listener, state, config.workers, tls_config)
             .map_err(|e| format!("cannot start the server: {e}"))?;
-        println!("Renkei listening on {scheme}://{address}/fhir");
+        say!("Renkei listening on {scheme}://{address}/fhir");
         server.await.map_err(|e| format!("server failed: {e}"))
     });
     // On a graceful stop, journaled read AuditEvents go into the trail now rather than at
@@ -587,13 +596,13 @@ fn serve(
 
 /// Registers the demo network's clients (idempotent) and prints a ready token for each.
 fn print_demo_tokens(store: &renkei_store::Store) -> Result<(), String> {
-    println!("demo clients and tokens (valid 12 h; send as Authorization: Bearer <token>):");
+    say!("demo clients and tokens (valid 12 h; send as Authorization: Bearer <token>):");
     for client in admin::demo_clients() {
         let id = client.id.clone();
         let organization = client.organization.clone();
         admin::add_client(store, client)?;
         let token = admin::issue_token(store, &id, None, None, 12 * 3600)?;
-        println!("  {id} ({organization}):\n    {token}");
+        say!("  {id} ({organization}):\n    {token}");
     }
     Ok(())
 }
