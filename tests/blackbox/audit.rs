@@ -5,7 +5,7 @@
 
 use crate::consent::{id_of, lab, network, ORG_A, ORG_B, ORG_C, OTHER_PATIENT, PATIENT, SECRET};
 use crate::support::{
-    entries, for_each_backend, for_each_backend_raw, link, renkei_command, Caller, Server,
+    entries, for_each_backend, for_each_backend_raw, link, renkei_command, Backend, Caller, Server,
     JSON_PATCH,
 };
 use renkei_store::{Bind, DatabaseUrl, Sql, Store, StoreError, StoreOptions};
@@ -1009,6 +1009,47 @@ fn tampering_search_columns_and_references_is_detected() {
         );
         drop(store);
         assert_broken_at(s.database_url(), 4, "changed agent_org column");
+    });
+}
+
+/// References added to `audit_refs` without a record: a repeated one (PostgreSQL's table has
+/// no key against it; a search listed the event once more per copy) and one of a record after
+/// the last. Both passed as intact.
+#[test]
+fn tampering_by_added_references_is_detected() {
+    for_each_backend_raw(|backend| {
+        if backend == Backend::Postgres {
+            let (s, _, _) = trail(backend);
+            let store = open_store(s.database_url());
+            exec(
+                &store,
+                &[sql(
+                    "INSERT INTO audit_refs SELECT * FROM audit_refs WHERE seq = (SELECT MIN(seq) FROM audit_refs WHERE kind = 'patient') AND kind = 'patient'",
+                )],
+            );
+            drop(store);
+            let v = verify(s.database_url());
+            assert!(!v.ok, "a repeated reference went unnoticed:\n{}", v.stdout);
+            assert!(v.stderr.contains("more than once"), "{}", v.stderr);
+        }
+        let (s, records, _) = trail(backend);
+        let store = open_store(s.database_url());
+        let mut beyond =
+            sql("INSERT INTO audit_refs (kind, ref, seq) VALUES ('patient', 'Patient/someone', ");
+        beyond.bind(Bind::Int(records + 100)).push(")");
+        exec(&store, &[beyond]);
+        drop(store);
+        let v = verify(s.database_url());
+        assert!(
+            !v.ok,
+            "a reference beyond the trail went unnoticed:\n{}",
+            v.stdout
+        );
+        assert!(
+            v.stderr.contains("which the trail does not hold"),
+            "{}",
+            v.stderr
+        );
     });
 }
 

@@ -732,11 +732,18 @@ pub fn disagreement(
         .filter(|r| checked(&r.kind))
         .map(|r| (r.kind.as_str(), r.reference.as_str()))
         .collect();
-    // A reference named twice is stored once (SQLite keys them), so compare the sets.
+    // A reference named twice is stored once (the append keeps one of each), so compare the
+    // sets; a stored reference repeated was added afterwards (a search would list the event
+    // once more for it).
     said.sort_unstable();
     said.dedup();
     stored.sort_unstable();
-    stored.dedup();
+    if let Some(pair) = stored.windows(2).find(|pair| pair[0] == pair[1]) {
+        let (kind, reference) = pair[0];
+        return Some(format!(
+            "audit_refs holds its {kind} reference {reference} more than once"
+        ));
+    }
     if said != stored {
         let missing = said.iter().find(|r| !stored.contains(r));
         let extra = stored.iter().find(|r| !said.contains(r));

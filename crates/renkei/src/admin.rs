@@ -298,7 +298,20 @@ fn first_disagreeing_record(store: &Store) -> Result<Option<(i64, String)>, Stri
             })
             .map_err(|e: renkei_store::StoreError| e.to_string())?;
         let Some(last) = rows.last().map(|r| r.seq) else {
-            return Ok(None);
+            // References of records the trail does not hold (added after its last record)
+            // would make searches find events that do not exist.
+            let beyond = store
+                .read(|tx| tx.audit_refs_between(after + 1, i64::MAX))
+                .map_err(|e| e.to_string())?;
+            return Ok(beyond.first().map(|r| {
+                (
+                    r.seq,
+                    format!(
+                        "audit_refs holds a {} reference {} of record {}, which the trail does not hold",
+                        r.kind, r.reference, r.seq
+                    ),
+                )
+            }));
         };
         // The three lists come from one snapshot, over the same seq range in seq order: they
         // pair up record by record.
