@@ -330,20 +330,23 @@ fn serve_demo_loads_audited_demo_data_and_env_false_overrides_the_file() {
     });
 }
 
+/// The commands that work on what a gateway holds.
+const READING_COMMANDS: [&[&str]; 6] = [
+    &["client", "list"],
+    &["client", "remove", "--id", "x"],
+    &["token", "--client-id", "x"],
+    &["reindex"],
+    &["explain", "Patient?name=x"],
+    &["audit", "verify"],
+];
+
 /// SQLite only: a PostgreSQL database that does not exist fails to connect by itself.
 #[test]
 fn commands_on_a_mistyped_sqlite_path_create_no_database() {
     let dir = Dir::new();
     let path = dir.0.join("typo.db");
     let url = format!("sqlite:{}", path.display());
-    for args in [
-        &["client", "list"][..],
-        &["client", "remove", "--id", "x"],
-        &["token", "--client-id", "x"],
-        &["reindex"],
-        &["explain", "Patient?name=x"],
-        &["audit", "verify"],
-    ] {
+    for args in READING_COMMANDS {
         let out = run(&url, args);
         let stderr = text(&out.stderr);
         assert!(
@@ -352,6 +355,25 @@ fn commands_on_a_mistyped_sqlite_path_create_no_database() {
         );
         assert!(stderr.contains("no database at"), "{args:?}: {stderr}");
         assert!(!path.exists(), "{args:?} created {}", path.display());
+    }
+    // A file that is no Renkei database (empty, or another application's): refused, and left
+    // as it was; `audit verify` created the schema in it and reported an intact trail.
+    let empty = dir.0.join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let empty_url = format!("sqlite:{}", empty.display());
+    for args in READING_COMMANDS {
+        let out = run(&empty_url, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("not a Renkei database"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::metadata(&empty).unwrap().len(),
+            0,
+            "{args:?} wrote to it"
+        );
     }
     // `client add` may start a database (documented).
     let out = run(

@@ -532,6 +532,39 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether the database at `url` already holds a Renkei schema (its migrations table),
+    /// found without creating or changing anything: commands that only read what a gateway
+    /// holds refuse a database that is not one, where [`Store::open`] would create the schema.
+    pub fn holds_schema(url: &DatabaseUrl) -> Result<bool, StoreError> {
+        #[derive(QueryableByName)]
+        struct Found {
+            #[diesel(sql_type = BigInt)]
+            tables: i64,
+        }
+        let connect = |e: diesel::ConnectionError| StoreError::Connect(e.to_string());
+        let found: Vec<Found> = match url {
+            DatabaseUrl::Sqlite(path) => {
+                let mut conn =
+                    SqliteConnection::establish(&path.display().to_string()).map_err(connect)?;
+                diesel::sql_query(
+                    "SELECT count(*) AS tables FROM sqlite_master \
+                     WHERE type = 'table' AND name = '__diesel_schema_migrations'",
+                )
+                .load(&mut conn)?
+            }
+            DatabaseUrl::Postgres(url) => {
+                let mut conn = PgConnection::establish(url).map_err(connect)?;
+                // Through the search path, as the gateway's own statements find their tables.
+                diesel::sql_query(
+                    "SELECT count(*) AS tables \
+                     WHERE to_regclass('__diesel_schema_migrations') IS NOT NULL",
+                )
+                .load(&mut conn)?
+            }
+        };
+        Ok(found.first().is_some_and(|found| found.tables > 0))
+    }
+
     /// The SQLite database file, or None on PostgreSQL.
     pub fn sqlite_path(&self) -> Option<&std::path::Path> {
         self.sqlite_path.as_deref()

@@ -298,11 +298,16 @@ fn first_disagreeing_record(store: &Store) -> Result<Option<(i64, String)>, Stri
             })
             .map_err(|e: renkei_store::StoreError| e.to_string())?;
         let Some(last) = rows.last().map(|r| r.seq) else {
-            // References of records the trail does not hold (added after its last record)
-            // would make searches find events that do not exist.
+            // References of records the trail does not hold (after its head: every append
+            // moves the head with its records and references, in one transaction) would make
+            // searches find events that do not exist. Head and references from one snapshot,
+            // so a running server's appends meanwhile are not taken for them.
             let beyond = store
-                .read(|tx| tx.audit_refs_between(after + 1, i64::MAX))
-                .map_err(|e| e.to_string())?;
+                .read(|tx| {
+                    let head = tx.audit_head()?;
+                    tx.audit_refs_between(head.seq.max(after) + 1, i64::MAX)
+                })
+                .map_err(|e: renkei_store::StoreError| e.to_string())?;
             return Ok(beyond.first().map(|r| {
                 (
                     r.seq,

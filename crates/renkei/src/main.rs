@@ -446,14 +446,27 @@ fn explain_parse_options(config: &Config) -> renkei_http::ParseOptions {
 /// `explain`, `reindex`) must not create an empty SQLite database where a mistyped path
 /// points, and then report an intact empty trail, no clients or "reindexed 0 resources".
 /// (A PostgreSQL database that does not exist fails to connect by itself.)
+/// Nor may they put Renkei's schema into a file or database that is not a gateway's (an empty
+/// file, another application's database, a restore gone wrong) and certify it.
 fn require_existing_database(config: &Config) -> Result<(), String> {
-    match DatabaseUrl::parse(&config.database).map_err(|e| e.to_string())? {
-        DatabaseUrl::Sqlite(path) if !path.exists() => Err(format!(
-            "no database at {}: this command works on an existing database and creates \
-             nothing (only `serve`, `import` and `client add` create one)",
-            path.display()
+    let url = DatabaseUrl::parse(&config.database).map_err(|e| e.to_string())?;
+    if let DatabaseUrl::Sqlite(path) = &url {
+        if !path.exists() {
+            return Err(format!(
+                "no database at {}: this command works on an existing database and creates \
+                 nothing (only `serve`, `import` and `client add` create one)",
+                path.display()
+            ));
+        }
+    }
+    match Store::holds_schema(&url) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "{} is not a Renkei database (it holds no Renkei schema): this command works on an \
+             existing gateway's database and changes nothing",
+            url.redacted()
         )),
-        _ => Ok(()),
+        Err(e) => Err(format!("{e} (database {})", url.redacted())),
     }
 }
 
