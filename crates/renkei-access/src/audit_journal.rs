@@ -11,6 +11,11 @@
 //! fields, each as a u32 length and UTF-8 bytes; absent optional fields have length u32::MAX). A crash can only tear the frames after the last `fdatasync`, which were never
 //! acknowledged; reading stops at the first frame that is short or does not match its digest.
 //!
+//! A bad frame with intact frames after it is not a torn tail: reading resumes at the next
+//! intact frame, so the events after it are not lost, and the stretch is reported
+//! ([`JournalContents::damage`]) for the callers to tell an earlier round's frames (all in the
+//! trail already) from corruption (events that never reached the trail: `audit verify` fails).
+//!
 //! The file is preallocated with zeros and reused from its start rather than truncated: an
 //! `fdatasync` that does not change the file's size writes only the data, not the inode, which
 //! halved its latency here. After a reuse, frames of the earlier round may follow the newest
@@ -39,12 +44,16 @@ pub fn journal_path(database: &Path) -> PathBuf {
 pub struct Journal {
     file: File,
     len: u64,
+    /// Opened with damage before intact frames: the writer empties the journal (once the
+    /// trail holds all of it) before it appends, so new frames never follow the damage.
+    damaged: bool,
 }
 
 impl Journal {
-    /// Opens (creating and preallocating) the journal and returns the events already in it;
-    /// the next append goes after the last complete frame, over anything torn.
-    pub fn open(path: &Path) -> io::Result<(Journal, Vec<NewAuditEvent>)> {
+    /// Opens (creating and preallocating) the journal and returns what is already in it; the
+    /// next append goes after the last intact frame, over anything torn, so no intact frame is
+    /// overwritten before the trail holds its event.
+    pub fn open(path: &Path) -> io::Result<(Journal, JournalContents)> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -62,7 +71,7 @@ impl Journal {
         })?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (events, valid) = parse_frames(&bytes);
+        let (contents, valid) = parse_frames(&bytes);
         let size = bytes.len() as u64;
         drop(bytes);
         if size < PREALLOCATED_BYTES {
@@ -81,8 +90,9 @@ impl Journal {
             Journal {
                 file,
                 len: valid as u64,
+                damaged: !contents.damage.is_empty(),
             },
-            events,
+            contents,
         ))
     }
 
@@ -115,15 +125,64 @@ impl Journal {
     pub fn rewind(&mut self) {
         if self.file.seek(SeekFrom::Start(0)).is_ok() {
             self.len = 0;
+            self.damaged = false;
         }
+    }
+
+    /// Whether it was opened with a damaged stretch before intact frames and not rewound
+    /// since: frames appended after them would look like reads lost to the damage.
+    pub fn damaged(&self) -> bool {
+        self.damaged
     }
 }
 
-/// The events of a journal file without opening it for writing (operator commands).
-pub fn read_journal(path: &Path) -> io::Result<Vec<NewAuditEvent>> {
+/// What a journal file holds: the events of its intact frames, in file order, and the
+/// unreadable stretches that have intact frames after them.
+#[derive(Debug, Default)]
+pub struct JournalContents {
+    pub events: Vec<NewAuditEvent>,
+    pub damage: Vec<Damage>,
+}
+
+/// An unreadable stretch with intact frames after it: the end of this round's frames
+/// followed by an earlier round's (whose events are all in the trail), or corruption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    /// Where the stretch begins, in bytes from the start of the file.
+    pub offset: u64,
+    /// How many events come before it: `events[events_before..]` follow it.
+    pub events_before: usize,
+}
+
+impl JournalContents {
+    /// The first damaged stretch followed by an event that `in_trail` says is not in the
+    /// trail, and how many such events follow it: acknowledged reads whose frame order was
+    /// broken, so whatever the stretch held (other acknowledged reads) is lost.
+    pub fn damage_before_unrecorded(
+        &self,
+        in_trail: impl Fn(&NewAuditEvent) -> bool,
+    ) -> Option<(Damage, usize)> {
+        self.damage.iter().find_map(|damage| {
+            let after = self.events.get(damage.events_before..).unwrap_or_default();
+            let unrecorded = after.iter().filter(|e| !in_trail(e)).count();
+            (unrecorded > 0).then_some((*damage, unrecorded))
+        })
+    }
+
+    /// The events that follow a damaged stretch (the ones worth looking up in the trail).
+    pub fn after_damage(&self) -> &[NewAuditEvent] {
+        self.damage
+            .first()
+            .and_then(|damage| self.events.get(damage.events_before..))
+            .unwrap_or_default()
+    }
+}
+
+/// What a journal file holds, without opening it for writing (operator commands).
+pub fn read_journal(path: &Path) -> io::Result<JournalContents> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(parse_frames(&bytes).0),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(JournalContents::default()),
         Err(e) => Err(e),
     }
 }
@@ -228,30 +287,69 @@ fn decode_event(payload: &[u8]) -> Option<NewAuditEvent> {
     Some(event)
 }
 
-/// Complete, intact frames from the start, and how many bytes they span.
-fn parse_frames(bytes: &[u8]) -> (Vec<NewAuditEvent>, usize) {
-    let mut events = Vec::new();
-    let mut at = 0;
-    while let Some(header) = bytes.get(at..at + HEADER_BYTES) {
-        let mut len_bytes = [0u8; 4];
-        len_bytes.copy_from_slice(&header[..4]);
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        if len > MAX_FRAME_BYTES {
-            break;
-        }
-        let Some(payload) = bytes.get(at + HEADER_BYTES..at + HEADER_BYTES + len) else {
-            break;
-        };
-        if frame_digest(payload)[..] != header[4..] {
-            break;
-        }
-        let Some(event) = decode_event(payload) else {
-            break;
-        };
-        events.push(event);
-        at += HEADER_BYTES + len;
+/// The intact frame starting at `at`: its event and its length in bytes.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(NewAuditEvent, usize)> {
+    let header = bytes.get(at..at.checked_add(HEADER_BYTES)?)?;
+    let mut len_bytes = [0u8; 4];
+    len_bytes.copy_from_slice(&header[..4]);
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len > MAX_FRAME_BYTES {
+        return None;
     }
-    (events, at)
+    let payload = bytes.get(at + HEADER_BYTES..at + HEADER_BYTES + len)?;
+    // Decoding fails fast on anything that is no frame; the digest is checked after it.
+    let event = decode_event(payload)?;
+    (frame_digest(payload)[..] == header[4..]).then_some((event, HEADER_BYTES + len))
+}
+
+/// The start of the next intact frame at or after `from`, if any.
+fn next_frame(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at + HEADER_BYTES <= bytes.len() {
+        if bytes[at] == 0 {
+            // Zeros are space never written (or a frame length's high bytes): jump to the next
+            // byte that is not one, and try the few starts a length could have before it.
+            let next = at + bytes[at..].iter().position(|&b| b != 0)?;
+            if let Some(found) = (next.saturating_sub(3).max(at)..=next)
+                .find(|&start| frame_at(bytes, start).is_some())
+            {
+                return Some(found);
+            }
+            at = next + 1;
+            continue;
+        }
+        if frame_at(bytes, at).is_some() {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
+}
+
+/// Every intact frame of a journal, and the end of the last one (where the next goes).
+fn parse_frames(bytes: &[u8]) -> (JournalContents, usize) {
+    let mut contents = JournalContents::default();
+    let mut at = 0;
+    let mut end = 0;
+    loop {
+        if let Some((event, len)) = frame_at(bytes, at) {
+            contents.events.push(event);
+            at += len;
+            end = at;
+            continue;
+        }
+        match next_frame(bytes, at + 1) {
+            Some(next) => {
+                contents.damage.push(Damage {
+                    offset: at as u64,
+                    events_before: contents.events.len(),
+                });
+                at = next;
+            }
+            None => break,
+        }
+    }
+    (contents, end)
 }
 
 #[cfg(test)]
@@ -281,6 +379,7 @@ pub(crate) mod tests {
     fn ids_in(journal: &Path) -> Vec<String> {
         read_journal(journal)
             .expect("read")
+            .events
             .into_iter()
             .map(|e| e.event_id)
             .collect()
@@ -303,11 +402,12 @@ pub(crate) mod tests {
     fn appended_events_come_back_in_order_after_reopening() {
         let path = temp_journal("reopen");
         let (mut journal, found) = Journal::open(&path).expect("open");
-        assert!(found.is_empty());
+        assert!(found.events.is_empty());
         journal.append(&[event(1), event(2)]).expect("append");
         journal.append(&[event(3)]).expect("append");
         drop(journal);
         let (_, found) = Journal::open(&path).expect("reopen");
+        let found = found.events;
         let ids: Vec<_> = found.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids, ["event-1", "event-2", "event-3"]);
         assert_eq!(found[0].refs, event(1).refs);
@@ -333,7 +433,8 @@ pub(crate) mod tests {
         file.write_all(&torn[..torn.len() / 2]).expect("write");
         drop(file);
         let (mut journal, found) = Journal::open(&path).expect("reopen");
-        assert_eq!(found.len(), 2);
+        assert_eq!(found.events.len(), 2);
+        assert!(found.damage.is_empty(), "a torn tail is no damage");
         assert_eq!(journal.len(), whole);
         // The torn half frame is overwritten by the next append.
         journal.append(&[event(4)]).expect("append");
@@ -343,7 +444,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn an_altered_frame_ends_the_journal_there() {
+    fn an_altered_last_frame_ends_the_journal_there() {
         let path = temp_journal("altered");
         let (mut journal, _) = Journal::open(&path).expect("open");
         journal.append(&[event(1), event(2)]).expect("append");
@@ -354,7 +455,43 @@ pub(crate) mod tests {
         bytes[last] ^= 0x20;
         std::fs::write(&path, &bytes).expect("write");
         let found = read_journal(&path).expect("read");
-        assert_eq!(found.len(), 1);
+        assert_eq!(found.events.len(), 1);
+        assert!(found.damage.is_empty());
+        remove(&path);
+    }
+
+    /// A bad frame in the middle was read as the end: every acknowledged read after it was
+    /// lost without a word, and the next appends overwrote them.
+    #[test]
+    fn frames_after_a_damaged_one_are_read_and_the_damage_reported() {
+        let path = temp_journal("damaged");
+        let (mut journal, _) = Journal::open(&path).expect("open");
+        journal.append(&[event(1)]).expect("append");
+        let second = usize::try_from(journal.len()).expect("small");
+        journal
+            .append(&[event(2), event(3), event(4)])
+            .expect("append");
+        let end = journal.len();
+        drop(journal);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[second + HEADER_BYTES + 5] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("write");
+        let found = read_journal(&path).expect("read");
+        let ids: Vec<_> = found.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["event-1", "event-3", "event-4"]);
+        let damage = Damage {
+            offset: second as u64,
+            events_before: 1,
+        };
+        assert_eq!(found.damage, [damage]);
+        assert_eq!(found.after_damage().len(), 2);
+        assert_eq!(found.damage_before_unrecorded(|_| false), Some((damage, 2)));
+        // An earlier round's frames after this round's end are all in the trail: no damage
+        // to report.
+        assert_eq!(found.damage_before_unrecorded(|_| true), None);
+        // The next append goes after the last intact frame, not over the recovered ones.
+        let (journal, _) = Journal::open(&path).expect("reopen");
+        assert_eq!(journal.len(), end);
         remove(&path);
     }
 

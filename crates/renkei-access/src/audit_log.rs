@@ -4,7 +4,7 @@
 //! (`audit_journal`) and a background ingester moves it into the hash-chained trail in large
 //! transactions; on PostgreSQL each group is committed to the trail directly.
 
-use crate::audit_journal::{journal_path, read_journal, Journal};
+use crate::audit_journal::{journal_path, read_journal, Journal, JournalContents};
 use renkei_audit::{record_hash, AuditOutcome, EventBuilder};
 use renkei_store::{
     AuditBody, AuditHead, Backend, NewAuditEvent, Store, StoreError, Tx, WriterSession,
@@ -222,7 +222,9 @@ impl AuditLog {
                 spawn("renkei-audit", move || refuse_all(&receiver, &message));
                 None
             }
-            Some(Ok((journal, left_over))) => {
+            Some(Ok((journal, contents))) => {
+                report_journal_damage(&store, &contents);
+                let left_over = contents.events;
                 let progress = Arc::new(Progress::default());
                 let (ingest_tx, ingest_rx) = mpsc::channel::<IngestMessage>();
                 if !left_over.is_empty() {
@@ -488,8 +490,9 @@ fn journal_writer(
             answer(waiting, &Err(failure));
             continue;
         }
-        if journal.len() > JOURNAL_CLEAR_BYTES {
-            // Reuse the journal's space once everything in it is in the trail (a short pause).
+        if journal.len() > JOURNAL_CLEAR_BYTES || journal.damaged() {
+            // Reuse the journal's space once everything in it is in the trail (a short pause);
+            // a damaged journal at once, so nothing new is written after the damage.
             match wait_until_ingested(progress, FLUSH_TIMEOUT) {
                 Ok(()) => journal.rewind(),
                 Err(e) => tracing::warn!(error = %e, "audit journal not emptied; it grows"),
@@ -607,24 +610,70 @@ fn append_missing(tx: &mut Tx<'_>, events: &[NewAuditEvent]) -> Result<usize, St
     Ok(missing.len())
 }
 
-/// Operator commands (`audit verify`, `audit export`): the read AuditEvents a stopped or
-/// crashed server left in its journal (SQLite) that are not in the trail yet. The server adds
-/// them when it starts; the commands only read.
-pub fn journal_backlog(store: &Store) -> Result<Vec<NewAuditEvent>, StoreError> {
-    let Some(path) = store.sqlite_path().map(journal_path) else {
-        return Ok(Vec::new());
-    };
-    let events = read_journal(&path)
-        .map_err(|e| StoreError::Unavailable(format!("audit journal {}: {e}", path.display())))?;
-    if events.is_empty() {
-        return Ok(events);
+/// A damaged journal at start-up: frames after an unreadable stretch whose events the trail
+/// does not hold mean acknowledged reads were in that stretch, and are lost. Said loudly (the
+/// events after it are replayed as usual); `audit verify` fails until the journal is reused.
+fn report_journal_damage(store: &Store, contents: &JournalContents) {
+    let after = contents.after_damage();
+    if after.is_empty() {
+        return;
     }
-    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let ids: Vec<&str> = after.iter().map(|e| e.event_id.as_str()).collect();
+    match store.read(|tx| tx.audit_events_present(&ids)) {
+        Ok(present) => {
+            if let Some((damage, unrecorded)) =
+                contents.damage_before_unrecorded(|e| present.contains(&e.event_id))
+            {
+                tracing::error!(
+                    offset = damage.offset,
+                    recovered = unrecorded,
+                    "audit journal damaged: an unreadable stretch with read events after it that the trail does not hold; those are added now, whatever the stretch held is lost"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "audit journal damage could not be checked"),
+    }
+}
+
+/// What a stopped or crashed server left in its read-audit journal (SQLite) that the trail
+/// does not hold yet.
+pub struct JournalBacklog {
+    /// The events not in the trail yet. The server adds them when it starts.
+    pub events: Vec<NewAuditEvent>,
+    /// Where the journal is damaged, if events after the damage are among them (acknowledged
+    /// reads in the damaged stretch are lost).
+    pub damaged_at: Option<u64>,
+}
+
+/// Operator commands (`audit verify`, `audit export`): the journal's backlog. They only read.
+pub fn journal_backlog(store: &Store) -> Result<JournalBacklog, StoreError> {
+    let mut backlog = JournalBacklog {
+        events: Vec::new(),
+        damaged_at: None,
+    };
+    let Some(path) = store.sqlite_path().map(journal_path) else {
+        return Ok(backlog);
+    };
+    let contents = read_journal(&path)
+        .map_err(|e| StoreError::Unavailable(format!("audit journal {}: {e}", path.display())))?;
+    if contents.events.is_empty() {
+        return Ok(backlog);
+    }
+    let ids: Vec<&str> = contents
+        .events
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .collect();
     let present = store.read(|tx| tx.audit_events_present(&ids))?;
-    Ok(events
+    backlog.damaged_at = contents
+        .damage_before_unrecorded(|e| present.contains(&e.event_id))
+        .map(|(damage, _)| damage.offset);
+    backlog.events = contents
+        .events
         .into_iter()
         .filter(|e| !present.contains(&e.event_id))
-        .collect())
+        .collect();
+    Ok(backlog)
 }
 
 /// Appends events inside the caller's transaction (writes: no audit, no data).

@@ -217,13 +217,14 @@ pub fn demo_clients() -> Vec<NewClient> {
 /// or those a stopped or crashed server left there. They are
 /// durable, and added to the trail by a running server's ingester, or by the next
 /// start of a stopped one.
-fn journal_backlog(store: &Store) -> Result<Vec<renkei_store::NewAuditEvent>, String> {
+fn journal_backlog(store: &Store) -> Result<renkei_access::audit_log::JournalBacklog, String> {
     renkei_access::audit_log::journal_backlog(store).map_err(|e| e.to_string())
 }
 
 /// Walks the audit chain; prints the verdict and the head hash. Err when the chain is broken.
 pub fn verify_audit(store: &Store) -> Result<(), String> {
-    let backlog = journal_backlog(store)?.len();
+    let journal = journal_backlog(store)?;
+    let backlog = journal.events.len();
     // The head and the records come from one read transaction, so one snapshot (SQLite's
     // deferred read transaction; REPEATABLE READ on PostgreSQL). Read in separate
     // transactions, a running server's append that commits in between leaves records after
@@ -256,6 +257,14 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
                 return Err(format!(
                     "audit trail BROKEN at record {seq}: {problem} (the chain of hashes is intact, \
                      but searches and the patients' and facilities' views read these columns)"
+                ));
+            }
+            if let Some(offset) = journal.damaged_at {
+                return Err(format!(
+                    "read-audit journal DAMAGED at byte {offset}: the frame there cannot be read, \
+                     and read events after it are not in the trail; the reads it held are lost \
+                     (the trail's {records} records are intact; a server started on this \
+                     database adds the events after the damage)"
                 ));
             }
             println!("audit trail intact: {records} records");
@@ -357,6 +366,7 @@ pub fn export_audit(store: &Store, since_ms: i64, out: &mut dyn Write) -> Result
         let Some(last) = rows.last().map(|r| r.seq) else {
             // Then the journaled events the trail does not hold yet, so the SIEM misses none.
             for event in journal_backlog(store)?
+                .events
                 .iter()
                 .filter(|e| e.recorded >= since_ms)
             {
