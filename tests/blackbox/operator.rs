@@ -389,4 +389,25 @@ fn commands_on_a_mistyped_sqlite_path_create_no_database() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(path.exists());
+    // `client list` shows what a client is bound to (a patient app's patient was not shown).
+    let out = run(
+        &url,
+        &[
+            "client",
+            "add",
+            "--id",
+            "app",
+            "--organization",
+            "Organization/o",
+            "--role",
+            "patient",
+            "--patient",
+            "Patient/p1",
+            "--scope",
+            "patient/*.rs",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&run(&url, &["client", "list"]).stdout);
+    assert!(listed.contains("[patient=Patient/p1]"), "{listed}");
 }

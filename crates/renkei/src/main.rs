@@ -278,13 +278,34 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             ClientCommand::List => {
                 for c in admin::list_clients(&store)? {
+                    // What the client is bound to, so registrations can be reviewed here.
+                    let mut bound = Vec::new();
+                    if let Some(patient) = &c.patient {
+                        bound.push(format!("patient={patient}"));
+                    }
+                    if let Some(practitioner) = &c.practitioner {
+                        bound.push(format!("practitioner={practitioner}"));
+                    }
+                    if c.jwks.is_some() {
+                        bound.push("jwks".to_string());
+                    }
+                    if let Some(fingerprint) = &c.cert_fingerprint {
+                        bound.push(format!("cert={fingerprint}"));
+                    }
+                    if c.break_glass {
+                        bound.push("break-glass".to_string());
+                    }
+                    let bound = if bound.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", bound.join(", "))
+                    };
                     println!(
-                        "{:<28} {:<10} {:<36} {}{}",
+                        "{:<28} {:<10} {:<36} {}{bound}",
                         c.client_id,
                         format!("{:?}", c.role).to_lowercase(),
                         c.organization,
                         c.scopes.join(" "),
-                        if c.break_glass { " [break-glass]" } else { "" }
                     );
                 }
                 Ok(())
@@ -338,11 +359,16 @@ fn run(cli: Cli) -> Result<(), String> {
             let report = loader::import_files(&repository, &files, &operator).map_err(|e| {
                 format!("{e}\nnothing was imported: every file is read and parsed before anything is written")
             })?;
-            println!(
-                "imported {} resources:\n{}",
-                report.counts.total(),
-                report.counts.report()
-            );
+            let total = report.counts.total();
+            if total == 0 {
+                println!("imported no resources");
+            } else {
+                println!(
+                    "imported {}:\n{}",
+                    plural(total, "resource", "resources"),
+                    report.counts.report()
+                );
+            }
             if report.failures.is_empty() {
                 return Ok(());
             }
@@ -566,7 +592,7 @@ fn serve(
         {
             print_demo_tokens(&store)?;
         } else {
-            say!("demo clients not registered and no demo tokens issued: this database was not loaded with the demo network");
+            say!("no demo tokens issued: the demo clients are not all registered on this database (it was not loaded with the demo network, or a demo client was removed since)");
         }
     }
     let policy = consent_policy(&config);
