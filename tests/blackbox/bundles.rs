@@ -1360,6 +1360,32 @@ fn transactions_resolve_relative_references_and_repeated_conditional_creates() {
             assert!(said.contains("on its own"), "{said}");
         }
 
+        // `Prefer: return=OperationOutcome`: each write entry says what was done (it answered
+        // nothing but its status).
+        let target = s.create(&json!({"resourceType": "Patient"}));
+        let target = format!("Patient/{}", target["id"].as_str().unwrap());
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "DELETE", "url": target}}]});
+        let answer = s
+            .request(
+                "POST",
+                "",
+                &[
+                    ("Content-Type", "application/fhir+json"),
+                    ("Prefer", "return=OperationOutcome"),
+                ],
+                Some(serde_json::to_vec(&bundle).unwrap()),
+            )
+            .expect(200)
+            .json();
+        let said: Vec<String> = entries(&answer)
+            .iter()
+            .map(|e| e["response"]["outcome"]["issue"][0]["diagnostics"].to_string())
+            .collect();
+        assert!(said[0].contains("created"), "{said:?}");
+        assert!(said[1].contains("deleted"), "{said:?}");
+
         // RFC 7240 §2: `return="minimal"` is `return=minimal`.
         let minimal = s
             .request(

@@ -792,6 +792,24 @@ pub async fn bundle(
         }
         let representation = return_preference(&req) == ReturnPreference::Representation
             && req.headers().contains_key("prefer");
+        // Each entry's method, in request order (the response's order), for the outcomes of
+        // `Prefer: return=OperationOutcome`.
+        let methods: Vec<String> = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|entry| {
+                        entry
+                            .pointer("/request/method")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_ascii_uppercase()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         // A batch's searches run as searches sent on their own would (a transaction refuses
         // them); the other entries go to the gate as the Bundle. What fails a whole batch is
         // checked first, naming the client's own entry numbers.
@@ -910,6 +928,9 @@ pub async fn bundle(
                 }
             }
         }
+        if return_preference(&req) == ReturnPreference::OperationOutcome {
+            write_entry_outcomes(&mut response, &methods);
+        }
         absolute_full_urls(&ctx, &mut response);
         let mut rendered = render_value(HttpResponse::Ok(), &response, ctx.format, ctx.pretty);
         mark_break_glass(&mut rendered, break_glass);
@@ -917,6 +938,44 @@ pub async fn bundle(
     }
     .await;
     finish(&req, &state, &ctx, result).await
+}
+
+/// `Prefer: return=OperationOutcome` on a batch or transaction: each write entry that
+/// succeeded answers an OperationOutcome in `response.outcome` (http.html#ops), saying what
+/// was done, as the write sent on its own would. Reads and searches keep their resource;
+/// failed entries already carry theirs.
+fn write_entry_outcomes(response: &mut Value, methods: &[String]) {
+    let Some(entries) = response.get_mut("entry").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for (entry, method) in entries.iter_mut().zip(methods) {
+        if entry.get("resource").is_some() || entry.pointer("/response/outcome").is_some() {
+            continue;
+        }
+        let Some(status) = entry.pointer("/response/status").and_then(Value::as_str) else {
+            continue;
+        };
+        let deleted = entry.pointer("/response/etag").is_some();
+        let text = match (method.as_str(), status.split(' ').next()) {
+            (_, Some("201")) => "created",
+            ("POST", Some("200")) => {
+                "a resource matching ifNoneExist already exists; nothing was stored"
+            }
+            ("PUT" | "PATCH", Some("200")) => "updated",
+            ("DELETE", Some("204")) if deleted => "deleted",
+            ("DELETE", Some("204")) => {
+                "nothing to delete: the resource does not exist or is already deleted"
+            }
+            _ => continue,
+        };
+        let text = match entry.pointer("/response/location").and_then(Value::as_str) {
+            Some(location) => format!("{text}: {location}"),
+            None => text.to_string(),
+        };
+        if let Some(answer) = entry.get_mut("response") {
+            answer["outcome"] = outcome_info(&text);
+        }
+    }
 }
 
 /// The bytes `value` takes as JSON, counted without building the text.
