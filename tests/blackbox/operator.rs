@@ -252,6 +252,24 @@ fn import_checks_every_input_before_writing_and_names_the_line() {
             "{stderr}"
         );
         s.get("Organization/ic-ok").expect(404);
+        // A searchset is another server's answer (its OperationOutcome entry was stored as
+        // data): refused before anything is written.
+        let searchset = dir.write(
+            "searchset.json",
+            &json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+                {"resource": {"resourceType": "OperationOutcome",
+                              "issue": [{"severity": "warning", "code": "informational"}]},
+                 "search": {"mode": "outcome"}}]})
+            .to_string(),
+        );
+        let out = run(s.database_url(), &["import", &good, &searchset]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("a searchset Bundle is not imported"),
+            "{stderr}"
+        );
+        s.get("Organization/ic-ok").expect(404);
     });
 }
 

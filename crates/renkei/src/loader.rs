@@ -268,6 +268,23 @@ fn parse_json_input(path: &str, bytes: &[u8]) -> Result<Input, LoadError> {
         path: path.into(),
         message: e.to_string(),
     })?;
+    // Other Bundles are another server's answers or messages (a searchset's OperationOutcome
+    // entry, a history's deleted versions), not data to store entry by entry.
+    if value.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("untyped");
+        if !matches!(kind, "transaction" | "batch" | "collection") {
+            return Err(LoadError::Content {
+                path: path.into(),
+                message: format!(
+                    "a {kind} Bundle is not imported: renkei import takes transaction, batch \
+                     and collection Bundles; put the resources to store in a collection"
+                ),
+            });
+        }
+    }
     Ok(Input::Json {
         path: path.into(),
         value,
