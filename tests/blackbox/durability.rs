@@ -134,6 +134,15 @@ fn cli_rejects_unknown_database_scheme() {
         let stderr = refused_start(Some("sqlite::memory:"), &[(variable, value)]);
         assert!(stderr.contains(variable), "{stderr}");
     }
+    // A file that is no database: refused with SQLite's reason at once (the pool retried it
+    // for ten seconds, logging every attempt).
+    let not_a_database =
+        std::env::temp_dir().join(format!("renkei-not-a-db-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&not_a_database, "hello\n").unwrap();
+    let stderr = refused_start(Some(&format!("sqlite:{}", not_a_database.display())), &[]);
+    let _ = std::fs::remove_file(&not_a_database);
+    assert!(stderr.contains("not a database"), "{stderr}");
+    assert!(!stderr.contains("r2d2"), "{stderr}");
     // --version works.
     let out = renkei_command().arg("--version").output().unwrap();
     assert!(out.status.success());

@@ -485,6 +485,14 @@ impl Store {
                         source,
                     })?;
                 }
+                // One connection and query first: a file that is no database fails here with
+                // its reason, not after the pool retried it until its timeout.
+                let mut probe = SqliteConnection::establish(&path.display().to_string())
+                    .map_err(|e| StoreError::Connect(e.to_string()))?;
+                diesel::sql_query("SELECT count(*) FROM sqlite_master")
+                    .execute(&mut probe)
+                    .map_err(|e| StoreError::Connect(e.to_string()))?;
+                drop(probe);
                 let manager =
                     ConnectionManager::<SqliteConnection>::new(path.display().to_string());
                 let pool = Pool::builder()
@@ -498,6 +506,10 @@ impl Store {
                 Pools::Sqlite(pool)
             }
             DatabaseUrl::Postgres(url) => {
+                // One connection first: a server that is down or a database that does not
+                // exist fails here with its reason, not after the pool retried it until its
+                // timeout.
+                drop(PgConnection::establish(url).map_err(|e| StoreError::Connect(e.to_string()))?);
                 let manager = PgManager(ConnectionManager::<PgConnection>::new(url.clone()));
                 // No background replenishment (min_idle 0): with min_idle 1, checking out the
                 // idle connection made r2d2 open another one on its worker thread, and a
