@@ -30,6 +30,11 @@ fn options_answers_the_methods_of_each_path_without_a_token() {
             assert_eq!(r.header("allow"), Some(allow), "OPTIONS {path}");
             assert!(r.body.is_empty(), "OPTIONS {path}: {}", r.body);
         }
+        // A path naming no resource type is no endpoint, for OPTIONS as for GET.
+        s.anonymous()
+            .request("OPTIONS", "Nothing/1", &[], None)
+            .expect(404)
+            .outcome();
         // Without configured origins, nothing is opened to other origins.
         let r = s
             .anonymous()

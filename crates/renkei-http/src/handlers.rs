@@ -5,6 +5,7 @@ use crate::auth::authenticate;
 use crate::error::{outcome, ApiError};
 use crate::format::{body_kind, parse_body, render_stored, render_value, BodyKind, Format};
 use crate::request::{if_match, read_body, return_preference, RequestCtx, ReturnPreference};
+use crate::search::check_type;
 use crate::AppState;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
@@ -233,10 +234,6 @@ fn location(ctx: &RequestCtx, resource: &StoredResource) -> String {
         "{}/{}/{}/_history/{}",
         ctx.base, resource.res_type, resource.id, resource.version
     )
-}
-
-fn check_type(res_type: &str) -> Result<()> {
-    Ok(renkei_repository::check_type(res_type)?)
 }
 
 /// Renders a resource for read/vread, applying `_summary` and `_elements`.
@@ -1302,6 +1299,10 @@ pub(crate) async fn refuse_method(
 ) -> HttpResponse {
     let allowed = format!("{allow}, OPTIONS");
     if req.method() == actix_web::http::Method::OPTIONS {
+        // A path naming no resource type is no endpoint, whatever the method.
+        if let Some(Err(error)) = req.match_info().get("type").map(check_type) {
+            return refuse(req, error, crate::request::error_format(req)).await;
+        }
         return HttpResponse::NoContent()
             .insert_header((actix_web::http::header::ALLOW, allowed))
             .finish();
