@@ -406,5 +406,30 @@ fn if_unmodified_since_is_a_precondition_of_writes() {
         s.send_json_with("PUT", &path, &body, &with_etag)
             .expect(200);
         assert_eq!(s.read_json(&path)["meta"]["versionId"], "4");
+
+        // A conditional delete takes the same preconditions (it ignored them and deleted).
+        let value = uuid::Uuid::new_v4().simple().to_string();
+        let found = s.create(&json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:test:cd", "value": value}]}));
+        let criteria = format!("Patient?identifier=urn:test:cd|{value}");
+        for precondition in [
+            ("If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+            ("If-Match", "W/\"7\""),
+            ("If-Match", "W/\"abc\""),
+        ] {
+            s.request("DELETE", &criteria, &[precondition], None)
+                .expect(412);
+        }
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "DELETE", "url": criteria, "ifMatch": "W/\"99\""}}]});
+        s.post("", &bundle).expect(412);
+        let found_path = format!("Patient/{}", found["id"].as_str().unwrap());
+        s.get(&found_path).expect(200);
+        s.request("DELETE", &criteria, &[("If-Match", "W/\"1\"")], None)
+            .expect(204);
+        s.get(&found_path).expect(410);
+        // Nothing matching: a precondition that needs a current resource fails.
+        s.request("DELETE", &criteria, &[("If-Match", "*")], None)
+            .expect(412);
     });
 }

@@ -1199,6 +1199,7 @@ impl Gate {
         &self,
         who: &Requester,
         criteria: Criteria,
+        if_match: Option<renkei_repository::IfMatch>,
     ) -> Result<DeleteOutcome, AccessError> {
         self.require_audited(
             who,
@@ -1213,7 +1214,7 @@ impl Gate {
             who,
             Interaction::Delete,
             Some(criteria.res_type.clone()),
-            |tx, context| renkei_repository::conditional_delete(tx, &criteria, context),
+            |tx, context| renkei_repository::conditional_delete(tx, &criteria, if_match, context),
             Self::describe_delete,
         )
     }

@@ -745,9 +745,11 @@ pub async fn conditional_delete(
     let result = async {
         check_type(&res_type)?;
         let criteria = criteria_from_query(&res_type, &ctx, &req)?;
+        let precondition = if_match(&req)?;
         let who = authenticate(&req, &state).await?;
         let gate = state.gate.clone();
-        let outcome = blocking(move || gate.conditional_delete(&who, criteria)).await?;
+        let outcome =
+            blocking(move || gate.conditional_delete(&who, criteria, precondition)).await?;
         Ok(delete_response(&req, &ctx, &outcome))
     }
     .await;

@@ -1062,7 +1062,7 @@ fn run_entry(
             context,
         )?)),
         ("DELETE", Target::Conditional(criteria)) => Ok(deleted(
-            interactions::conditional_delete(tx, &criteria, context)?,
+            interactions::conditional_delete(tx, &criteria, entry.if_match, context)?,
         )),
         // A batch's searches are run by the HTTP layer, like searches sent on their own.
         ("GET" | "HEAD", Target::Conditional(_) | Target::Type(_)) => {

@@ -1435,14 +1435,24 @@ pub fn delete(
 pub fn conditional_delete(
     tx: &mut Tx<'_>,
     criteria: &Criteria,
+    if_match: Option<IfMatch>,
     context: &WriteContext,
 ) -> Result<DeleteOutcome, RepoError> {
     let found = criteria.resolve_for_write(tx, 2)?;
     match found.as_slice() {
-        [] => Ok(DeleteOutcome::NothingToDelete),
+        // A precondition that needs a current resource fails on nothing to delete (412), as
+        // a delete by id does.
+        [] => match if_match.filter(|m| m.requires_current()) {
+            Some(if_match) => Err(RepoError::PreconditionFailed(format!(
+                "{}: {if_match} requires a current {}, and the criteria match none",
+                if_match.header(),
+                criteria.res_type
+            ))),
+            None => Ok(DeleteOutcome::NothingToDelete),
+        },
         [row] => {
             let id = row.res_id.clone();
-            delete(tx, &criteria.res_type, &id, None, context)
+            delete(tx, &criteria.res_type, &id, if_match, context)
         }
         _ => Err(RepoError::PreconditionFailed(format!(
             "the criteria match more than one {}",
