@@ -207,6 +207,13 @@ fn tokens_end_with_their_client_registration() {
         registration_settles();
         s.with_token(&fresh).get("Observation?code=x").expect(200);
         s.with_token(&moved).get("Observation?code=x").expect(401);
+        // Removed and registered again within the same second: the token names the
+        // registration it was issued under, so it still ends (whole-second times let it live).
+        s.cli(&["client", "remove", "--id", "short-lived"]);
+        let again = s.token_for("short-lived", "Organization/reg-b", "facility", &[]);
+        registration_settles();
+        s.with_token(&fresh).get("Observation?code=x").expect(401);
+        s.with_token(&again).get("Observation?code=x").expect(200);
     });
 }
 

@@ -65,6 +65,10 @@ pub struct AccessClaims {
     /// Certificate binding (present when the client registered a certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// The registration it was issued under: when the store recorded it, in milliseconds
+    /// ([`ClientRegistration::registered_at`]).
+    #[serde(rename = "reg", default)]
+    pub registration: i64,
 }
 
 impl Confirmation {
@@ -191,6 +195,7 @@ pub fn issue_access_token(
         purposes: client.effective_purposes(),
         break_glass: client.break_glass,
         cnf,
+        registration: client.registered_at,
     };
     let mut header = Header::new(Algorithm::ES384);
     header.kid = Some(key.kid().to_string());

@@ -94,9 +94,11 @@ pub struct ClientRegistration {
     /// SHA-256 (hex) of the client's TLS certificate (DER), for mTLS binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_fingerprint: Option<String>,
-    /// When this registration was made (seconds since the epoch; the store's record of it,
-    /// not part of the registration itself): tokens issued before it do not hold, so a client
-    /// removed and registered again (a leaked key replaced) does not bring back its old tokens.
+    /// When this registration was recorded (milliseconds since the epoch; the store's record
+    /// of it, not part of the registration itself). Tokens name the registration they were
+    /// issued under ([`crate::AccessClaims::registration`]), so a client removed and
+    /// registered again, even within the same second (a leaked key replaced), does not bring
+    /// back its old tokens.
     #[serde(skip)]
     pub registered_at: i64,
 }
@@ -117,6 +119,13 @@ impl ClientRegistration {
             cert_fingerprint: None,
             registered_at: 0,
         }
+    }
+
+    /// A registration as stored (its JSON) with the time the store recorded it.
+    pub fn from_stored(registration: &str, recorded_ms: i64) -> serde_json::Result<Self> {
+        let mut parsed: ClientRegistration = serde_json::from_str(registration)?;
+        parsed.registered_at = recorded_ms;
+        Ok(parsed)
     }
 
     /// Purposes of use carried in this client's tokens: `purposes` (or
@@ -160,7 +169,7 @@ impl ClientRegistration {
     pub fn still_grants(&self, claims: &crate::AccessClaims) -> bool {
         let purposes = self.effective_purposes();
         claims.sub == self.client_id
-            && claims.iat >= self.registered_at
+            && claims.registration == self.registered_at
             && self.confirmation().is_ok_and(|bound| bound == claims.cnf)
             && claims.organization == self.organization
             && claims.role == self.role

@@ -112,10 +112,7 @@ impl ClientDirectory {
             Ok::<_, renkei_store::StoreError>(
                 rows.iter()
                     .filter_map(|row| {
-                        let mut registration =
-                            serde_json::from_str::<ClientRegistration>(&row.registration).ok()?;
-                        registration.registered_at = row.created.div_euclid(1000);
-                        Some(registration)
+                        ClientRegistration::from_stored(&row.registration, row.created).ok()
                     })
                     .map(|registration| (registration.client_id.clone(), registration))
                     .collect(),
@@ -465,7 +462,8 @@ pub async fn token(
         let organization = std::cell::RefCell::new(None);
         let lookup = |client_id: &str| -> Option<ClientRegistration> {
             let row = store.read(|tx| tx.client(client_id)).ok()??;
-            let registration: ClientRegistration = serde_json::from_str(&row.registration).ok()?;
+            let registration =
+                ClientRegistration::from_stored(&row.registration, row.created).ok()?;
             *organization.borrow_mut() = Some(registration.organization.clone());
             Some(registration)
         };

@@ -120,7 +120,10 @@ fn is_stored(store: &Store, reference: &str) -> Result<bool, String> {
 pub fn list_clients(store: &Store) -> Result<Vec<ClientRegistration>, String> {
     let rows = store.read(|tx| tx.clients()).map_err(|e| e.to_string())?;
     rows.iter()
-        .map(|row| serde_json::from_str(&row.registration).map_err(|e| e.to_string()))
+        .map(|row| {
+            ClientRegistration::from_stored(&row.registration, row.created)
+                .map_err(|e| e.to_string())
+        })
         .collect()
 }
 
@@ -135,7 +138,7 @@ pub fn client(store: &Store, id: &str) -> Result<ClientRegistration, String> {
         .read(|tx| tx.client(id))
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no client '{id}' is registered (see `renkei client list`)"))?;
-    serde_json::from_str(&row.registration).map_err(|e| e.to_string())
+    ClientRegistration::from_stored(&row.registration, row.created).map_err(|e| e.to_string())
 }
 
 /// Issues an access token for a registered client, signed with the server key.
