@@ -66,6 +66,17 @@ impl Default for StoreOptions {
     }
 }
 
+/// What a database holds, before Renkei opens it ([`Store::schema_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaState {
+    /// A Renkei database (its migrations table).
+    Renkei,
+    /// No tables at all (or no SQLite file yet): Renkei may create its schema.
+    Empty,
+    /// Another application's tables and no Renkei schema.
+    Foreign,
+}
+
 #[derive(Clone)]
 enum Pools {
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),
@@ -544,23 +555,30 @@ impl Store {
         Ok(store)
     }
 
-    /// Whether the database at `url` already holds a Renkei schema (its migrations table),
-    /// found without creating or changing anything: commands that only read what a gateway
-    /// holds refuse a database that is not one, where [`Store::open`] would create the schema.
-    pub fn holds_schema(url: &DatabaseUrl) -> Result<bool, StoreError> {
+    /// What the database at `url` holds, found without creating or changing anything:
+    /// commands that only read what a gateway holds refuse anything but a Renkei database,
+    /// and no command puts Renkei's schema beside another application's tables (where
+    /// [`Store::open`] would create it).
+    pub fn schema_state(url: &DatabaseUrl) -> Result<SchemaState, StoreError> {
         #[derive(QueryableByName)]
-        struct Found {
+        struct Tables {
+            #[diesel(sql_type = BigInt)]
+            renkei: i64,
             #[diesel(sql_type = BigInt)]
             tables: i64,
         }
         let connect = |e: diesel::ConnectionError| StoreError::Connect(e.to_string());
-        let found: Vec<Found> = match url {
+        let found: Vec<Tables> = match url {
             DatabaseUrl::Sqlite(path) => {
+                if !path.exists() {
+                    return Ok(SchemaState::Empty);
+                }
                 let mut conn =
                     SqliteConnection::establish(&path.display().to_string()).map_err(connect)?;
                 diesel::sql_query(
-                    "SELECT count(*) AS tables FROM sqlite_master \
-                     WHERE type = 'table' AND name = '__diesel_schema_migrations'",
+                    "SELECT count(*) FILTER (WHERE name = '__diesel_schema_migrations') AS renkei, \
+                     count(*) AS tables FROM sqlite_master \
+                     WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
                 )
                 .load(&mut conn)?
             }
@@ -568,13 +586,17 @@ impl Store {
                 let mut conn = PgConnection::establish(url).map_err(connect)?;
                 // Through the search path, as the gateway's own statements find their tables.
                 diesel::sql_query(
-                    "SELECT count(*) AS tables \
-                     WHERE to_regclass('__diesel_schema_migrations') IS NOT NULL",
+                    "SELECT count(*) FILTER (WHERE tablename = '__diesel_schema_migrations') AS renkei, \
+                     count(*) AS tables FROM pg_tables WHERE schemaname = current_schema()",
                 )
                 .load(&mut conn)?
             }
         };
-        Ok(found.first().is_some_and(|found| found.tables > 0))
+        Ok(match found.first() {
+            Some(tables) if tables.renkei > 0 => SchemaState::Renkei,
+            Some(tables) if tables.tables > 0 => SchemaState::Foreign,
+            _ => SchemaState::Empty,
+        })
     }
 
     /// The SQLite database file, or None on PostgreSQL.
@@ -1221,6 +1243,47 @@ mod tests {
             })
             .expect("create scratch table");
         TempStore { store, dir }
+    }
+
+    /// `client add`, `serve` and `import` put Renkei's schema into another application's
+    /// database; reading commands certified it. Both ask first what a database holds.
+    #[test]
+    fn tells_renkei_empty_and_foreign_databases_apart() {
+        let dir = std::env::temp_dir().join(format!(
+            "renkei-schema-{}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = |name: &str| DatabaseUrl::Sqlite(dir.join(name));
+        assert_eq!(
+            Store::schema_state(&url("missing.db")).unwrap(),
+            SchemaState::Empty
+        );
+        assert!(!dir.join("missing.db").exists(), "looking created the file");
+        std::fs::write(dir.join("empty.db"), b"").unwrap();
+        assert_eq!(
+            Store::schema_state(&url("empty.db")).unwrap(),
+            SchemaState::Empty
+        );
+        let mut other =
+            SqliteConnection::establish(&dir.join("other.db").display().to_string()).unwrap();
+        diesel::sql_query("CREATE TABLE foo (x INTEGER)")
+            .execute(&mut other)
+            .unwrap();
+        drop(other);
+        assert_eq!(
+            Store::schema_state(&url("other.db")).unwrap(),
+            SchemaState::Foreign
+        );
+        drop(Store::open(&url("renkei.db"), &StoreOptions::default()).unwrap());
+        assert_eq!(
+            Store::schema_state(&url("renkei.db")).unwrap(),
+            SchemaState::Renkei
+        );
+        std::fs::write(dir.join("text.db"), b"hello\n").unwrap();
+        assert!(Store::schema_state(&url("text.db")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn unique_suffix() -> u128 {

@@ -219,7 +219,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 action: ClientCommand::Add { .. }
             }
     );
-    if !creates {
+    if creates {
+        refuse_foreign_database(&config)?;
+    } else {
         require_existing_database(&config)?;
     }
     let repository = open_repository(&config)?;
@@ -485,13 +487,28 @@ fn require_existing_database(config: &Config) -> Result<(), String> {
             ));
         }
     }
-    match Store::holds_schema(&url) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(format!(
+    match Store::schema_state(&url) {
+        Ok(renkei_store::SchemaState::Renkei) => Ok(()),
+        Ok(_) => Err(format!(
             "{} is not a Renkei database (it holds no Renkei schema): this command works on an \
              existing gateway's database and changes nothing",
             url.redacted()
         )),
+        Err(e) => Err(format!("{e} (database {})", url.redacted())),
+    }
+}
+
+/// Commands that may start a database (`serve`, `import`, `client add`) do so only where
+/// nothing else is: Renkei's tables must not be put beside another application's.
+fn refuse_foreign_database(config: &Config) -> Result<(), String> {
+    let url = DatabaseUrl::parse(&config.database).map_err(|e| e.to_string())?;
+    match Store::schema_state(&url) {
+        Ok(renkei_store::SchemaState::Foreign) => Err(format!(
+            "{} holds another application's tables and no Renkei schema: give Renkei a \
+             database (or PostgreSQL schema) of its own",
+            url.redacted()
+        )),
+        Ok(_) => Ok(()),
         Err(e) => Err(format!("{e} (database {})", url.redacted())),
     }
 }
