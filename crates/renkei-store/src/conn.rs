@@ -1182,7 +1182,7 @@ fn admin_statement(admin_url: &str, statement: &str) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::expect_used)]
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
     use super::*;
     use std::sync::Barrier;
 
