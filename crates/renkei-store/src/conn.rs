@@ -66,6 +66,16 @@ impl Default for StoreOptions {
     }
 }
 
+/// One connection to a SQLite file outside the pool, waiting like the pool's connections when
+/// another connection (a running server, its checkpoints) holds the file's lock.
+fn probe_sqlite(path: &std::path::Path) -> Result<SqliteConnection, StoreError> {
+    let mut conn = SqliteConnection::establish(&path.display().to_string())
+        .map_err(|e| StoreError::Connect(e.to_string()))?;
+    conn.batch_execute("PRAGMA busy_timeout = 10000")
+        .map_err(|e| StoreError::Connect(e.to_string()))?;
+    Ok(conn)
+}
+
 /// What a database holds, before Renkei opens it ([`Store::schema_state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchemaState {
@@ -498,8 +508,7 @@ impl Store {
                 }
                 // One connection and query first: a file that is no database fails here with
                 // its reason, not after the pool retried it until its timeout.
-                let mut probe = SqliteConnection::establish(&path.display().to_string())
-                    .map_err(|e| StoreError::Connect(e.to_string()))?;
+                let mut probe = probe_sqlite(path)?;
                 diesel::sql_query("SELECT count(*) FROM sqlite_master")
                     .execute(&mut probe)
                     .map_err(|e| StoreError::Connect(e.to_string()))?;
@@ -573,8 +582,7 @@ impl Store {
                 if !path.exists() {
                     return Ok(SchemaState::Empty);
                 }
-                let mut conn =
-                    SqliteConnection::establish(&path.display().to_string()).map_err(connect)?;
+                let mut conn = probe_sqlite(path)?;
                 diesel::sql_query(
                     "SELECT count(*) FILTER (WHERE name = '__diesel_schema_migrations') AS renkei, \
                      count(*) AS tables FROM sqlite_master \
