@@ -791,24 +791,22 @@ pub async fn bundle(
         }
         let representation = return_preference(&req) == ReturnPreference::Representation
             && req.headers().contains_key("prefer");
-        // Each entry's method, in request order (the response's order), for the outcomes of
-        // `Prefer: return=OperationOutcome`.
-        let methods: Vec<String> = bundle
-            .get("entry")
-            .and_then(Value::as_array)
-            .map(|entries| {
-                entries
-                    .iter()
+        // Under `Prefer: return=OperationOutcome`, each entry's method in request order (the
+        // response's order), for the outcomes written after the entries ran.
+        let methods: Option<Vec<String>> =
+            (return_preference(&req) == ReturnPreference::OperationOutcome).then(|| {
+                bundle
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
                     .map(|entry| {
-                        entry
-                            .pointer("/request/method")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_ascii_uppercase()
+                        renkei_repository::entry_method(
+                            entry.get("request").unwrap_or(&Value::Null),
+                        )
                     })
                     .collect()
-            })
-            .unwrap_or_default();
+            });
         // A batch's searches run as searches sent on their own would (a transaction refuses
         // them); the other entries go to the gate as the Bundle. What fails a whole batch is
         // checked first, naming the client's own entry numbers.
@@ -927,8 +925,8 @@ pub async fn bundle(
                 }
             }
         }
-        if return_preference(&req) == ReturnPreference::OperationOutcome {
-            write_entry_outcomes(&mut response, &methods);
+        if let Some(methods) = &methods {
+            write_entry_outcomes(&mut response, methods);
         }
         absolute_full_urls(&ctx, &mut response);
         let mut rendered = render_value(HttpResponse::Ok(), &response, ctx.format, ctx.pretty);

@@ -425,7 +425,8 @@ pub fn check_entries(bundle: &Value) -> Result<(), RepoError> {
     Ok(())
 }
 
-fn entry_method(request: &Value) -> String {
+/// A Bundle entry request's method, upper-cased as entries are processed.
+pub fn entry_method(request: &Value) -> String {
     request
         .get("method")
         .and_then(Value::as_str)
