@@ -1272,13 +1272,34 @@ fn transactions_resolve_relative_references_and_repeated_conditional_creates() {
                 patient.as_str(),
                 "{base}"
             );
+
+            // Version-specific references, relative or absolute: the version is removed to
+            // find the entry and replaced by the one the created resource has.
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"fullUrl": format!("{base}Observation/o-2"),
+                 "resource": {"resourceType": "Observation", "status": "final",
+                              "code": {"text": "x"},
+                              "subject": {"reference": "Patient/p-2/_history/4"},
+                              "performer": [{"reference": format!("{base}Patient/p-2/_history/4")}]},
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"fullUrl": format!("{base}Patient/p-2"),
+                 "resource": {"resourceType": "Patient", "id": "p-2"},
+                 "request": {"method": "POST", "url": "Patient"}}]});
+            let answer = s.post("", &bundle).expect(200).json();
+            let e = entries(&answer);
+            let versioned = format!("{}/_history/1", resource_path(&e[1]));
+            let observation = s.read_json(&resource_path(&e[0]));
+            assert_eq!(observation["subject"]["reference"], versioned.as_str());
+            assert_eq!(observation["performer"][0]["reference"], versioned.as_str());
         }
 
         // The same ifNoneExist twice: one Patient, both entries answering it, and references
         // to either entry naming it.
         let id_value = uuid::Uuid::new_v4().simple().to_string();
         let criteria = format!("identifier=urn:test:mrn|{id_value}");
-        let conditional = |urn: &str| {
+        // The second spells the same criteria URL-encoded, with the type first.
+        let encoded = format!("Patient?identifier=urn%3Atest%3Amrn%7C{id_value}");
+        let conditional = |urn: &str, criteria: &str| {
             json!({"fullUrl": urn, "resource": {"resourceType": "Patient",
                      "identifier": [{"system": "urn:test:mrn", "value": id_value}]},
                    "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria}})
@@ -1288,8 +1309,8 @@ fn transactions_resolve_relative_references_and_repeated_conditional_creates() {
             format!("urn:uuid:{}", uuid::Uuid::new_v4()),
         );
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-            conditional(&first),
-            conditional(&second),
+            conditional(&first, &criteria),
+            conditional(&second, &encoded),
             {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "y"},
                           "subject": {"reference": second}},
              "request": {"method": "POST", "url": "Observation"}}]});
@@ -1346,6 +1367,20 @@ fn transactions_resolve_relative_references_and_repeated_conditional_creates() {
              "request": {"method": "PUT", "url": "Patient/bar1"}}]});
         let refused = s.post("", &bundle).expect(400);
         assert!(refused.body.contains("disagrees"), "{}", refused.body);
+        s.get("Patient/bar1").expect(404);
+        // In a batch only that entry fails; the others run (it failed the whole batch).
+        let kept = format!("keep{}", uuid::Uuid::new_v4().simple());
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"fullUrl": "http://ehr.example/fhir/Patient/foo1",
+             "resource": {"resourceType": "Patient", "id": "bar1"},
+             "request": {"method": "PUT", "url": "Patient/bar1"}},
+            {"resource": {"resourceType": "Patient", "id": kept},
+             "request": {"method": "PUT", "url": format!("Patient/{kept}")}}]});
+        let answer = s.post("", &bundle).expect(200).json();
+        let e = entries(&answer);
+        assert_eq!(entry_status(&e[0]), "400 Bad Request", "{answer}");
+        assert!(e[0].to_string().contains("disagrees"), "{answer}");
+        assert_eq!(entry_status(&e[1]), "201 Created", "{answer}");
         s.get("Patient/bar1").expect(404);
 
         // History and the CapabilityStatement are not run as batch entries, and say so

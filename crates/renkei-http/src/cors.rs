@@ -49,17 +49,7 @@ impl CorsPolicy {
         }
         let mut allowed = Vec::with_capacity(origins.len());
         for origin in origins {
-            // Browsers send the scheme and host in lower case.
-            let trimmed = origin.trim_end_matches('/').to_ascii_lowercase();
-            let valid = ["http://", "https://"].iter().any(|scheme| {
-                trimmed.strip_prefix(scheme).is_some_and(|host| {
-                    !host.is_empty() && !host.contains(['/', '?', '#', ' ', '*'])
-                })
-            });
-            if !valid {
-                return Err(InvalidOrigin(origin.clone()));
-            }
-            allowed.push(trimmed);
+            allowed.push(serialized_origin(origin).ok_or_else(|| InvalidOrigin(origin.clone()))?);
         }
         Ok(CorsPolicy::Origins(allowed))
     }
@@ -92,15 +82,61 @@ impl CorsPolicy {
                     .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS))
                     .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS))
                     .insert_header((header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE));
-                return Cors::Preflight(answer.finish());
+                let mut answer = answer.finish();
+                if self.varies() {
+                    append_vary_origin(answer.headers_mut());
+                }
+                return Cors::Preflight(answer);
             }
         }
         Cors::Actual(Actual {
             allow_origin,
-            // With a list, the answer depends on the origin: a shared cache must not give
-            // one origin's permission to another.
-            varies: matches!(self, CorsPolicy::Origins(_)),
+            varies: self.varies(),
         })
+    }
+
+    /// With a list, the answer depends on the origin: a shared cache must not give one
+    /// origin's permission to another.
+    fn varies(&self) -> bool {
+        matches!(self, CorsPolicy::Origins(_))
+    }
+}
+
+/// A configured origin as browsers serialize it in `Origin` (RFC 6454 §6.2): scheme and host in
+/// lower case, no trailing `/`, no port when it is the scheme's default (`https://a:443` is sent
+/// as `https://a`, so as written it would never match). `None` when it is no origin.
+fn serialized_origin(origin: &str) -> Option<String> {
+    let lowered = origin.trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, default_port) = [("https://", "443"), ("http://", "80")]
+        .into_iter()
+        .find(|(scheme, _)| lowered.starts_with(scheme))?;
+    let authority = &lowered[scheme.len()..];
+    // An IPv6 literal holds colons of its own: the port follows its `]`.
+    let port_at = authority
+        .rfind(':')
+        .filter(|at| !authority[*at..].contains(']'));
+    let (host, port) = match port_at {
+        Some(at) => (&authority[..at], Some(&authority[at + 1..])),
+        None => (authority, None),
+    };
+    if host.is_empty() || host.contains(['/', '?', '#', ' ', '*', '@']) {
+        return None;
+    }
+    match port {
+        None => Some(format!("{scheme}{host}")),
+        Some(port) => {
+            let number: u16 = port
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| port.parse().ok())
+                .flatten()
+                .filter(|number| *number > 0)?;
+            Some(if port == default_port {
+                format!("{scheme}{host}")
+            } else {
+                format!("{scheme}{host}:{number}")
+            })
+        }
     }
 }
 
@@ -174,11 +210,29 @@ mod tests {
             CorsPolicy::from_origins(&["HTTPS://App.Example:8443/".into()]),
             Ok(CorsPolicy::Origins(vec!["https://app.example:8443".into()]))
         );
+        // Browsers leave the scheme's default port out of `Origin`.
+        assert_eq!(
+            CorsPolicy::from_origins(&[
+                "https://app.example:443".into(),
+                "http://[::1]:80".into(),
+                "http://[::1]:8080".into()
+            ]),
+            Ok(CorsPolicy::Origins(vec![
+                "https://app.example".into(),
+                "http://[::1]".into(),
+                "http://[::1]:8080".into()
+            ]))
+        );
         for bad in [
             "app.example",
             "https://app.example/path",
             "https://",
             "ftp://x",
+            "https://app.example:99999",
+            "https://app.example:0",
+            "https://app.example:",
+            "https://app.example:+80",
+            "https://user@app.example",
         ] {
             assert_eq!(
                 CorsPolicy::from_origins(&[bad.into()]),
@@ -254,5 +308,9 @@ mod tests {
         let no_method = request(&[("origin", "https://app.example")]);
         assert!(preflight(&policy, Method::OPTIONS, &no_method).is_none());
         assert!(preflight(&CorsPolicy::Closed, Method::OPTIONS, &asked).is_none());
+        // A listed origin's preflight answer depends on the origin, so caches must key on it.
+        let listed = CorsPolicy::from_origins(&["https://app.example".into()]).unwrap();
+        let answer = preflight(&listed, Method::OPTIONS, &asked).unwrap();
+        assert_eq!(answer.headers().get(header::VARY).unwrap(), "Origin");
     }
 }

@@ -14,7 +14,7 @@ use crate::precondition::{self, IfMatch};
 use crate::RepoError;
 use renkei_store::Tx;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Transactions with more entries than this commit on their own rather than sharing a group
 /// commit with concurrent writes (see `Repository::write_large`).
@@ -60,22 +60,22 @@ impl Prepared {
             .collect();
         // fullUrl → Type/id for the entries whose identity needs no database lookup. Only a
         // transaction resolves references between its entries; a batch leaves them as written.
-        let mut ids = HashMap::new();
+        let mut ids = EntryIds::default();
         let linked: &[EntryRequest] = if kind == BundleKind::Transaction {
             entries
         } else {
             &[]
         };
         for (entry, new_id) in linked.iter().zip(&new_ids) {
-            let reference = match (entry.method.as_str(), parse_target(&entry.url)) {
+            let (reference, created) = match (entry.method.as_str(), parse_target(&entry.url)) {
                 ("POST", Ok(Target::Type(t))) if entry.if_none_exist.is_none() => {
-                    format!("{t}/{new_id}")
+                    (format!("{t}/{new_id}"), true)
                 }
-                ("PUT", Ok(Target::Instance(t, id))) => format!("{t}/{id}"),
+                ("PUT", Ok(Target::Instance(t, id))) => (format!("{t}/{id}"), false),
                 _ => continue,
             };
             if let Some(full_url) = &entry.full_url {
-                ids.insert(full_url.clone(), reference);
+                ids.insert(full_url.clone(), reference, created);
             }
         }
         let bodies = entries
@@ -218,7 +218,7 @@ impl Repository {
             }
             None => return Err(RepoError::BadRequest("the Bundle has no type".into())),
         };
-        let entries = parse_entries(bundle)?;
+        let entries = parse_entries(bundle, kind)?;
         // Before the write: index rows extracted here run beside other writes.
         let prepared = Prepared::speculate(&entries, kind);
         let limit = self.max_bundle_response_bytes();
@@ -269,7 +269,7 @@ impl Repository {
                             return render_failure(&budget.too_costly());
                         }
                         let result = self.write(|tx| {
-                            let mut ids = HashMap::new();
+                            let mut ids = EntryIds::default();
                             let result = run_entry(
                                 tx,
                                 entry.clone(),
@@ -411,13 +411,13 @@ fn put_or_post(
     }
 }
 
-/// Checks what would fail a whole batch or transaction before any entry runs (an entry
-/// without a request, a repeated `fullUrl`, a malformed ETag), with the client's entry numbers.
+/// Checks what would fail a whole batch before any entry runs (an entry without a request, a
+/// repeated `fullUrl`, a malformed ETag), with the client's entry numbers.
 pub fn check_entries(bundle: &Value) -> Result<(), RepoError> {
     let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
         return Ok(());
     };
-    check_full_urls(entries)?;
+    check_full_urls(entries, BundleKind::Batch)?;
     for (index, entry) in entries.iter().enumerate() {
         let request = entry_request(index, entry)?;
         entry_preconditions(index, request, &entry_method(request))?;
@@ -492,11 +492,11 @@ fn entry_if_none_match(index: usize, request: &Value) -> Result<Option<i64>, Rep
     })?))
 }
 
-fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
+fn parse_entries(bundle: &Value, kind: BundleKind) -> Result<Vec<EntryRequest>, RepoError> {
     let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
         return Ok(Vec::new());
     };
-    check_full_urls(entries)?;
+    check_full_urls(entries, kind)?;
     entries
         .iter()
         .enumerate()
@@ -526,33 +526,30 @@ fn parse_entries(bundle: &Value) -> Result<Vec<EntryRequest>, RepoError> {
                 invalid: entry
                     .get(renkei_fhir::INVALID_ENTRY)
                     .and_then(Value::as_str)
-                    .map(str::to_string),
+                    .map(str::to_string)
+                    .or_else(|| {
+                        // Only a batch gets here with one (see check_full_urls).
+                        full_url_disagreement(entry).map(|reason| format!("Bundle.entry.{reason}"))
+                    }),
             })
         })
         .collect()
 }
 
 /// bdl-7: entries share a fullUrl only as different versions of one resource. Two entries
-/// with the same fullUrl would otherwise both claim what references to it resolve to. And a
-/// RESTful fullUrl "SHALL NOT disagree with the id in the resource" (Bundle.entry.fullUrl):
-/// references to it would name another resource than the one stored.
-fn check_full_urls(entries: &[Value]) -> Result<(), RepoError> {
+/// with the same fullUrl would otherwise both claim what references to it resolve to; that
+/// fails the whole Bundle, batch or transaction. A fullUrl that disagrees with its resource
+/// ([`full_url_disagreement`]) fails a transaction as a whole; in a batch only its own entry.
+fn check_full_urls(entries: &[Value], kind: BundleKind) -> Result<(), RepoError> {
     let mut seen: HashMap<(&str, Option<&str>), usize> = HashMap::new();
     for (index, entry) in entries.iter().enumerate() {
         let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) else {
             continue;
         };
-        if let (Some((url_type, url_id)), Some(resource)) = (
-            full_url_base(Some(full_url)).and_then(|_| renkei_search::split_reference(full_url)),
-            entry.get("resource"),
-        ) {
-            let res_type = resource.get("resourceType").and_then(Value::as_str);
-            let id = resource.get("id").and_then(Value::as_str);
-            if res_type.is_some_and(|t| t != url_type) || id.is_some_and(|id| id != url_id) {
+        if kind == BundleKind::Transaction {
+            if let Some(reason) = full_url_disagreement(entry) {
                 return Err(RepoError::BadRequest(format!(
-                    "Bundle.entry[{index}].fullUrl '{full_url}' disagrees with its resource ({}/{}); a fullUrl names the resource it holds",
-                    res_type.unwrap_or("?"),
-                    id.unwrap_or("(no id)")
+                    "Bundle.entry[{index}].{reason}"
                 )));
             }
         }
@@ -567,6 +564,25 @@ fn check_full_urls(entries: &[Value]) -> Result<(), RepoError> {
         }
     }
     Ok(())
+}
+
+/// A RESTful fullUrl "SHALL NOT disagree with the id in the resource" (Bundle.entry.fullUrl):
+/// references to it would name another resource than the one stored. The reason, starting at
+/// the element (`fullUrl '…' disagrees …`), when the entry's fullUrl does.
+fn full_url_disagreement(entry: &Value) -> Option<String> {
+    let full_url = entry.get("fullUrl").and_then(Value::as_str)?;
+    let (url_type, url_id) =
+        full_url_base(Some(full_url)).and_then(|_| renkei_search::split_reference(full_url))?;
+    let resource = entry.get("resource")?;
+    let res_type = resource.get("resourceType").and_then(Value::as_str);
+    let id = resource.get("id").and_then(Value::as_str);
+    (res_type.is_some_and(|t| t != url_type) || id.is_some_and(|id| id != url_id)).then(|| {
+        format!(
+            "fullUrl '{full_url}' disagrees with its resource ({}/{}); a fullUrl names the resource it holds",
+            res_type.unwrap_or("?"),
+            id.unwrap_or("(no id)")
+        )
+    })
 }
 
 /// Parses `W/"3"` or `"3"` into version 3. Only digits count: a sign is no version of ours,
@@ -674,14 +690,15 @@ fn run_transaction(
     // resolve whatever the processing order. At the same time every entry's target is
     // resolved: http.html#trules, "If any resource identities (including resolved identities
     // from conditional update/delete) overlap in steps 1-3, then the transaction SHALL fail."
-    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut ids = EntryIds::default();
     let mut assigned: Vec<Option<String>> = vec![None; entries.len()];
     let mut targets: HashMap<String, usize> = HashMap::new();
     let mut identities: Vec<Option<String>> = vec![None; entries.len()];
-    // The resource each conditional create's criteria (type and query as written) will
-    // stand for: a second POST with the same `ifNoneExist` finds the first one's resource
-    // when it runs (200), so references to either entry name that one resource.
-    let mut conditional_creates: HashMap<(String, String), String> = HashMap::new();
+    // The resource each conditional create's criteria (type and parameters) will stand for:
+    // a second POST with the same `ifNoneExist` finds the first one's resource when it runs
+    // (200), so references to either entry name that one resource.
+    type CriteriaKey = (String, Vec<(String, String)>);
+    let mut conditional_creates: HashMap<CriteriaKey, String> = HashMap::new();
     for (index, entry) in entries.iter().enumerate() {
         let target = parse_target(&entry.url).map_err(|e| wrap(index, entry, e))?;
         let resolve_one = |tx: &mut Tx<'_>, criteria: &Criteria| -> Result<_, RepoError> {
@@ -720,7 +737,7 @@ fn run_transaction(
                 let same_criteria = entry
                     .if_none_exist
                     .as_ref()
-                    .map(|query| (t.clone(), query.clone()));
+                    .map(|query| (t.clone(), Criteria::if_none_exist_key(query)));
                 let earlier = same_criteria
                     .as_ref()
                     .and_then(|key| conditional_creates.get(key));
@@ -784,7 +801,7 @@ fn run_transaction(
             }
         }
         if let (Some(full_url), Some(reference)) = (&entry.full_url, reference) {
-            ids.insert(full_url.clone(), reference);
+            ids.insert(full_url.clone(), reference, assigned[index].is_some());
         }
     }
     // Within each step ([`step_rank`]), entries run in the Bundle's order: a facility
@@ -908,7 +925,7 @@ fn run_transaction(
 fn run_entry(
     tx: &mut Tx<'_>,
     mut entry: EntryRequest,
-    ids: &mut HashMap<String, String>,
+    ids: &mut EntryIds,
     context: &WriteContext,
     speculated: Option<&PreparedResource>,
 ) -> Result<EntryResult, RepoError> {
@@ -1079,13 +1096,52 @@ fn run_entry(
     }
 }
 
+/// What each entry's `fullUrl` stands for once the transaction runs: the `Type/id` it names or
+/// gets, and whether that is a resource this transaction creates with a new id (its version is
+/// then 1, which version-specific references to it take).
+#[derive(Debug, Default)]
+struct EntryIds {
+    targets: HashMap<String, String>,
+    created: HashSet<String>,
+}
+
+impl EntryIds {
+    fn insert(&mut self, full_url: String, reference: String, created: bool) {
+        if created {
+            self.created.insert(full_url.clone());
+        }
+        self.targets.insert(full_url, reference);
+    }
+
+    fn get(&self, full_url: &str) -> Option<&String> {
+        self.targets.get(full_url)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// A version-specific reference (`…/Patient/p-1/_history/2`) to an entry: the entry's
+    /// `Type/id` with the version it will have when created here, else the version as written
+    /// (bundle.html#references: the version is removed to match the fullUrl, then replaced).
+    fn get_versioned(&self, full_url: &str, version: &str) -> Option<String> {
+        let target = self.targets.get(full_url)?;
+        let version = if self.created.contains(full_url) {
+            "1"
+        } else {
+            version
+        };
+        Some(format!("{target}/_history/{version}"))
+    }
+}
+
 /// Replaces `reference` values that name another entry's `fullUrl`, or a conditional
 /// reference (`Patient?identifier=…`), with the literal `Type/id`; and every other link to an
 /// entry's `urn:` fullUrl (`uri` and `url` elements such as `Attachment.url`, `href` and `src`
 /// in narratives), as http.html#trules asks of a transaction.
 fn rewrite_references(
     value: &mut Value,
-    ids: &HashMap<String, String>,
+    ids: &EntryIds,
     resolve: &mut dyn FnMut(&str) -> Result<Option<String>, RepoError>,
 ) -> Result<(), RepoError> {
     match value {
@@ -1133,7 +1189,7 @@ fn is_link_element(key: &str) -> bool {
             .any(|suffix| key.ends_with(suffix))
 }
 
-fn rewrite_link(link: &mut String, ids: &HashMap<String, String>) {
+fn rewrite_link(link: &mut String, ids: &EntryIds) {
     if link.starts_with("urn:") {
         if let Some(target) = ids.get(link.as_str()) {
             *link = target.clone();
@@ -1142,7 +1198,7 @@ fn rewrite_link(link: &mut String, ids: &HashMap<String, String>) {
 }
 
 /// `href="urn:uuid:…"` and `src="urn:uuid:…"` naming an entry's fullUrl, in a narrative.
-fn rewrite_narrative_links(div: &mut String, ids: &HashMap<String, String>) {
+fn rewrite_narrative_links(div: &mut String, ids: &EntryIds) {
     if !div.contains("=\"urn:") && !div.contains("='urn:") {
         return;
     }
@@ -1239,7 +1295,7 @@ fn conditional_reference_type(reference: &str) -> Option<&str> {
 /// fullUrl and relative references inside, to POSTed entries that get new ids here.
 fn resolve_in_bundle(
     reference: &str,
-    ids: &HashMap<String, String>,
+    ids: &EntryIds,
     entry_base: Option<&str>,
 ) -> Result<Option<String>, RepoError> {
     if let Some(mapped) = ids.get(reference) {
@@ -1250,10 +1306,23 @@ fn resolve_in_bundle(
             "the reference '{reference}' names no entry of this Bundle (a batch's entries are independent: references between entries are resolved in a transaction only)"
         )));
     }
+    let (unversioned, version) = match reference.split_once("/_history/") {
+        Some((resource, version)) => (resource, Some(version)),
+        None => (reference, None),
+    };
+    let find = |full_url: &str| match version {
+        Some(version) => ids.get_versioned(full_url, version),
+        None => ids.get(full_url).cloned(),
+    };
+    if version.is_some() {
+        if let Some(mapped) = find(unversioned) {
+            return Ok(Some(mapped));
+        }
+    }
     let relative =
-        !reference.contains("://") && renkei_search::split_reference(reference).is_some();
+        !unversioned.contains("://") && renkei_search::split_reference(unversioned).is_some();
     if relative && !ids.is_empty() {
-        let lookup = |base: &str| ids.get(&format!("{base}{reference}"));
+        let lookup = |base: &str| find(&format!("{base}{unversioned}"));
         let found = match entry_base {
             Some(base) => lookup(base),
             None => renkei_search::local_bases()
@@ -1261,7 +1330,7 @@ fn resolve_in_bundle(
                 .find_map(|base| lookup(base)),
         };
         if let Some(mapped) = found {
-            return Ok(Some(mapped.clone()));
+            return Ok(Some(mapped));
         }
     }
     Ok(None)
@@ -1284,7 +1353,7 @@ fn full_url_base(full_url: Option<&str>) -> Option<&str> {
 fn resolve_reference(
     tx: &mut Tx<'_>,
     reference: &str,
-    ids: &HashMap<String, String>,
+    ids: &EntryIds,
     entry_base: Option<&str>,
     visibility: &renkei_store::Visibility,
 ) -> Result<Option<String>, RepoError> {
@@ -1381,14 +1450,14 @@ mod tests {
         };
         let twice = json!({"resourceType": "Bundle", "type": "transaction",
                            "entry": [entry("1"), entry("1")]});
-        let message = match parse_entries(&twice) {
+        let message = match parse_entries(&twice, BundleKind::Transaction) {
             Err(RepoError::BadRequest(message)) => message,
             other => panic!("{other:?}"),
         };
         assert!(message.contains("Bundle.entry[1].fullUrl") && message.contains("bdl-7"));
         let versions = json!({"resourceType": "Bundle", "type": "batch",
                               "entry": [entry("1"), entry("2")]});
-        assert!(parse_entries(&versions).is_ok());
+        assert!(parse_entries(&versions, BundleKind::Transaction).is_ok());
     }
 
     #[test]
@@ -1409,7 +1478,7 @@ mod tests {
              "request": {"method": "POST", "url": "Observation"}},
             {"request": {"method": "DELETE", "url": "Observation/o3"}}
         ]});
-        let entries = parse_entries(&bundle).unwrap();
+        let entries = parse_entries(&bundle, BundleKind::Transaction).unwrap();
         let prepared = Prepared::speculate(&entries, BundleKind::Transaction);
         let patient_id = prepared.new_id(0);
         // The reference to another entry is rewritten to the id that entry will get.
@@ -1483,7 +1552,8 @@ mod tests {
 
     #[test]
     fn rewrites_entry_links_in_narratives_only_in_link_attributes() {
-        let ids = HashMap::from([("urn:uuid:b".to_string(), "Binary/1".to_string())]);
+        let mut ids = EntryIds::default();
+        ids.insert("urn:uuid:b".to_string(), "Binary/1".to_string(), true);
         let mut div = r#"<div><a href="urn:uuid:b">x</a><img src='urn:uuid:b'/> urn:uuid:b <a title="urn:uuid:b" href="urn:uuid:other">y</a></div>"#.to_string();
         rewrite_narrative_links(&mut div, &ids);
         assert_eq!(

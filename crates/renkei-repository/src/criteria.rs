@@ -85,6 +85,23 @@ impl Criteria {
         Criteria::parse(res_type, query)
     }
 
+    /// What makes two `ifNoneExist` texts the same criteria: their parameters, URL-decoded and
+    /// in any order (`identifier=a%7C1&_tag=x` and `_tag=x&identifier=a|1` find the same
+    /// resources), whether or not they name the type first.
+    pub fn if_none_exist_key(text: &str) -> Vec<(String, String)> {
+        let (_, query) = Criteria::split_if_none_exist(text);
+        let mut pairs: Vec<(String, String)> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(name), percent_decode(value))
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    }
+
     /// The type named before the criteria of a conditional create, if any, and the criteria.
     /// A `?` inside a value (`identifier=http://h/ids?x|1`) names no type.
     pub fn split_if_none_exist(text: &str) -> (Option<&str>, &str) {
@@ -241,6 +258,17 @@ impl Criteria {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn if_none_exist_criteria_compare_by_their_parameters() {
+        let key = Criteria::if_none_exist_key;
+        assert_eq!(
+            key("identifier=a|1&_tag=x"),
+            key("Patient?_tag=x&identifier=a%7C1")
+        );
+        assert_ne!(key("identifier=a|1"), key("identifier=a|2"));
+        assert_ne!(key("identifier=a|1"), key("identifier:exact=a|1"));
+    }
 
     #[test]
     fn if_none_exist_names_a_type_only_before_the_criteria() {
