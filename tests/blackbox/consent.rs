@@ -790,6 +790,34 @@ fn a_probe_record_reveals_neither_hidden_records_nor_whether_a_patient_exists() 
     });
 }
 
+/// A review found: a permit naming another server's organization
+/// (`https://other.example/fhir/Organization/<a member's id>`), or a path such as
+/// `Practitioner/../Organization/<id>`, was taken for the local member of that id and opened
+/// the patient's data to it. Such a recipient names no one here: refused (422).
+#[test]
+fn a_consent_naming_another_servers_organization_opens_nothing_here() {
+    for_each_backend(|s| {
+        let net = network(s);
+        net.as_c().get(&net.labs[0]).expect(404);
+        for actor in [
+            format!("https://other.example/fhir/{ORG_C}"),
+            format!("http://evil.example/{ORG_C}/_history/9"),
+            format!("Practitioner/../{ORG_C}"),
+        ] {
+            let mut grant = consent_body(&[actor.as_str()], "active");
+            grant.as_object_mut().unwrap().remove("id");
+            let refused = net.as_a().post("Consent", &grant).expect(422);
+            assert!(refused.body.contains("another server"), "{}", refused.body);
+            net.as_c().get(&net.labs[0]).expect(404);
+        }
+        // Under this server's own base it is the local member.
+        let mut grant = consent_body(&[&format!("{}/{ORG_C}", s.base)], "active");
+        grant.as_object_mut().unwrap().remove("id");
+        net.as_a().post("Consent", &grant).expect(201);
+        net.as_c().get(&net.labs[0]).expect(200);
+    });
+}
+
 #[test]
 fn break_glass_needs_permission_and_a_reason() {
     for_each_backend(|s| {

@@ -124,6 +124,12 @@ pub fn compile(consent: &Value) -> Result<Vec<Rule>, ConsentError> {
     Ok(rules)
 }
 
+/// Why a consent's actor or data reference cannot be enforced: a resource on another server
+/// (or a path that is no `Type/id`) names nothing of this network, even when its id matches
+/// a local one.
+const LOCAL_REFERENCE_NEEDED: &str =
+    "no literal reference (Type/id) to a resource of this server; another server's resource is none of this network's";
+
 /// The patient of a Consent (plain id) from `patient.reference`.
 pub fn consent_patient_id(consent: &Value) -> Result<String, ConsentError> {
     let raw = consent
@@ -296,7 +302,7 @@ fn parse_spec(path: &str, provision: &Value) -> Result<Spec, ConsentError> {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             let reference = normalize_reference(raw).ok_or_else(|| {
-                invalid(&format!("{actor_path}.reference"), "no literal reference")
+                invalid(&format!("{actor_path}.reference"), LOCAL_REFERENCE_NEEDED)
             })?;
             let recipient = if reference.starts_with("Organization/") {
                 Recipient::Organization(reference)
@@ -412,7 +418,7 @@ fn parse_spec(path: &str, provision: &Value) -> Result<Spec, ConsentError> {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             let reference = normalize_reference(raw)
-                .ok_or_else(|| invalid(&format!("{p}.reference"), "no literal reference"))?;
+                .ok_or_else(|| invalid(&format!("{p}.reference"), LOCAL_REFERENCE_NEEDED))?;
             let item = match entry.get("meaning").and_then(Value::as_str) {
                 Some("instance") => DataItem::Instance(reference),
                 Some("related" | "dependents") => DataItem::Related(reference),

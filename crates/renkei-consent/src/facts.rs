@@ -72,32 +72,21 @@ pub fn clinical_date_ms(res_type: &str, resource: &Value) -> Option<i64> {
     })
 }
 
-/// Normalises a literal reference to `Type/id`: relative (`Patient/p1`), versioned
-/// (`Patient/p1/_history/2`) or absolute (`https://host/fhir/Patient/p1`). Contained
-/// (`#x`), `urn:` and malformed references give `None`.
+/// Normalises a literal reference to a resource of this server to `Type/id`: relative
+/// (`Patient/p1`), versioned (`Patient/p1/_history/2`) or absolute under one of the server's
+/// own bases (`https://this-gateway/fhir/Patient/p1`). Another server's resource
+/// (`https://other.example/fhir/Organization/o1` is not the local `Organization/o1`), a path
+/// of more than `Type/id` (`Practitioner/../Organization/o1`), contained (`#x`), `urn:` and
+/// malformed references give `None`.
 pub fn normalize_reference(reference: &str) -> Option<String> {
-    let reference = reference.trim();
-    if reference.is_empty() || reference.starts_with('#') || reference.starts_with("urn:") {
+    let path = renkei_search::local_path(reference.trim())?;
+    let resource = path
+        .split_once("/_history/")
+        .map_or(path, |(resource, _)| resource);
+    if resource.matches('/').count() != 1 {
         return None;
     }
-    let without_history = match reference.find("/_history/") {
-        Some(pos) => &reference[..pos],
-        None => reference,
-    };
-    let mut segments = without_history.rsplit('/');
-    let id = segments.next()?;
-    let res_type = segments.next()?;
-    let type_ok = res_type
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_uppercase())
-        && res_type.chars().all(|c| c.is_ascii_alphabetic());
-    let id_ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    (type_ok && id_ok).then(|| format!("{res_type}/{id}"))
+    renkei_search::split_reference(resource).map(|(res_type, id)| format!("{res_type}/{id}"))
 }
 
 fn codings(resource: &Value, key: &str) -> Vec<(String, String)> {
@@ -272,10 +261,22 @@ mod tests {
 
     #[test]
     fn references_are_normalised() {
+        // The base every test of this binary agrees on (set once per process).
+        assert!(renkei_search::set_local_bases(
+            &["https://host/fhir".into()]
+        ));
         let cases = [
             ("Patient/p1", Some("Patient/p1")),
             ("Patient/p1/_history/2", Some("Patient/p1")),
             ("https://host/fhir/Encounter/e.1-2", Some("Encounter/e.1-2")),
+            (
+                "HTTPS://HOST/fhir/Encounter/e1/_history/3",
+                Some("Encounter/e1"),
+            ),
+            ("https://other.example/fhir/Organization/o1", None),
+            ("https://host/other/Organization/o1", None),
+            ("Practitioner/../Organization/o1", None),
+            ("Organization/o1/extra", None),
             ("#contained", None),
             ("urn:uuid:5b9b23a5-2f34-5e69-905d-9d9dd0bb4e80", None),
             ("p1", None),

@@ -195,13 +195,14 @@ fn nested_overrides_replace_parent_values() {
 
 #[test]
 fn data_meanings() {
+    with_local_base();
     let rules = compile(&consent(
         "c1",
         PAT,
         json!({"type": "permit", "data": [
             {"meaning": "instance", "reference": {"reference": "Observation/o1/_history/3"}},
             {"meaning": "related", "reference": {"reference": "Encounter/e1"}},
-            {"meaning": "dependents", "reference": {"reference": "https://x.example/fhir/Encounter/e2"}},
+            {"meaning": "dependents", "reference": {"reference": "https://renkei.example.jp/fhir/Encounter/e2"}},
             {"meaning": "authoredby", "reference": {"reference": HOSP_B}}
         ]}),
     ))
@@ -211,6 +212,14 @@ fn data_meanings() {
     assert_eq!(rules[1].data_related.as_deref(), Some("Encounter/e1"));
     assert_eq!(rules[2].data_related.as_deref(), Some("Encounter/e2"));
     assert_eq!(rules[3].data_custodian.as_deref(), Some(HOSP_B));
+    // Another server's organization is not the local one of the same id.
+    let foreign = compile(&consent(
+        "c1",
+        PAT,
+        json!({"type": "permit", "data": [{"meaning": "authoredby",
+            "reference": {"reference": format!("https://other.example/fhir/{HOSP_B}")}}]}),
+    ));
+    assert!(foreign.is_err(), "{foreign:?}");
 }
 
 #[test]
@@ -240,10 +249,13 @@ fn not_in_force_is_empty_without_validation() {
 
 #[test]
 fn patient_references() {
+    with_local_base();
     let mut c = consent("c1", PAT, json!({"type": "permit"}));
     c["patient"] = json!({"reference": "https://renkei.example.jp/fhir/Patient/p1"});
     assert_eq!(compile(&c).unwrap()[0].patient_id, "p1");
     assert_eq!(consent_patient_id(&c), Ok("p1".to_string()));
+    c["patient"] = json!({"reference": "https://other.example/fhir/Patient/p1"});
+    assert!(consent_patient_id(&c).is_err());
 }
 
 type ErrorCase = (
@@ -280,6 +292,18 @@ fn errors() {
                 c.as_object_mut().unwrap().remove("patient");
             }),
             |e| matches!(e, ConsentError::InvalidPatient(_)),
+        ),
+        (
+            "actor on another server",
+            provision(
+                json!({"type": "permit", "actor": [ircp(&format!("https://other.example/fhir/{HOSP_A}"))]}),
+            ),
+            |e| matches!(e, ConsentError::Invalid { detail, .. } if detail.contains("another server")),
+        ),
+        (
+            "actor path that is no Type/id",
+            provision(json!({"type": "permit", "actor": [ircp("Practitioner/../Organization/x")]})),
+            |e| matches!(e, ConsentError::Invalid { .. }),
         ),
         (
             "patient is a Group",
@@ -439,7 +463,7 @@ fn errors() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-    assert_eq!(cases.len(), 26);
+    assert_eq!(cases.len(), 28);
 
     // A disclosure action is fine.
     assert!(provision(

@@ -315,6 +315,7 @@ fn purpose_of_use() {
 
 #[test]
 fn actors() {
+    with_local_base();
     let practitioner_consent =
         || consent("c1", PAT, json!({"type": "permit", "actor": [ircp(DR_X)]}));
     run_table(vec![

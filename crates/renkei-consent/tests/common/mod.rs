@@ -167,6 +167,14 @@ pub fn directory(res_type: &str, id: &str) -> ResourceFacts {
     }
 }
 
+/// This server's base, as the gateway sets it at start-up (once per test process): absolute
+/// references under it name local resources.
+pub fn with_local_base() {
+    assert!(renkei_search::set_local_bases(&[
+        "https://renkei.example.jp/fhir".into()
+    ]));
+}
+
 /// Compiles `consents` (panicking on error) and concatenates their rules.
 pub fn compile_all(consents: &[Value]) -> Vec<Rule> {
     consents
