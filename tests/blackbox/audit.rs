@@ -2081,3 +2081,28 @@ fn a_damaged_journal_frame_loses_no_read_after_it_and_is_reported() {
     let after = verify(&url);
     assert!(after.ok, "{}", after.stderr);
 }
+
+/// A review found: `GET [base]?_type=AuditEvent`, `_has:AuditEvent:…` and
+/// `_revinclude=AuditEvent:…` answered as if no access had ever been recorded (the trail is
+/// kept in its own tables, which stored-resource searches do not join), while the same
+/// search in a batch was refused. Each is refused with 400, pointing at [base]/AuditEvent.
+#[test]
+fn searches_of_stored_resources_do_not_pretend_the_trail_is_empty() {
+    for_each_backend(|s| {
+        for path in [
+            "?_type=AuditEvent",
+            "Patient?_has:AuditEvent:patient:action=R",
+            "Patient?_revinclude=AuditEvent:patient",
+            "Observation?_revinclude=AuditEvent:entity",
+        ] {
+            let refused = s.get(path).expect(400);
+            assert!(
+                refused.body.contains("[base]/AuditEvent"),
+                "{path}: {}",
+                refused.body
+            );
+        }
+        // Several types at once still simply find no AuditEvent among stored resources.
+        s.get("?_type=Patient,AuditEvent").expect(200);
+    });
+}

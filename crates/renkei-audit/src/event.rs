@@ -336,7 +336,7 @@ impl EventBuilder {
         let mut agents = Vec::new();
         let mut client = json!({
             "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
-            "who": {"identifier": {"system": "urn:renkei:client", "value": self.agent.client_id.as_deref().unwrap_or("anonymous")}},
+            "who": {"identifier": {"system": CLIENT_SYSTEM, "value": self.agent.client_id.as_deref().unwrap_or("anonymous")}},
             "requestor": self.agent.practitioner.is_none() && self.agent.patient.is_none(),
         });
         if let Some(address) = &self.agent.network_address {
@@ -366,7 +366,7 @@ impl EventBuilder {
                 agent["purposeOfUse"] = p.clone();
             }
             if let Some(reason) = &self.agent.break_glass_reason {
-                agent["policy"] = json!([format!("urn:renkei:break-glass:{}", sanitize(reason))]);
+                agent["policy"] = json!([format!("{BREAK_GLASS_POLICY}:{}", sanitize(reason))]);
             }
             agents.push(agent);
         }
@@ -383,7 +383,7 @@ impl EventBuilder {
             // the organization, so it is never lost.
             let has_person = self.agent.practitioner.is_some() || self.agent.patient.is_some();
             if let (false, Some(reason)) = (has_person, &self.agent.break_glass_reason) {
-                agent["policy"] = json!([format!("urn:renkei:break-glass:{}", sanitize(reason))]);
+                agent["policy"] = json!([format!("{BREAK_GLASS_POLICY}:{}", sanitize(reason))]);
             }
             agents.push(agent);
         }
@@ -428,6 +428,14 @@ impl EventBuilder {
         entities
     }
 }
+
+/// The identifier system of the requesting client's registration (`renkei client add --id`).
+const CLIENT_SYSTEM: &str = "urn:renkei:client";
+/// What a patient or facility sees for the requesting system.
+const CLIENT_DISPLAY: &str = "the facility's client system";
+/// The policy an agent acted under when it broke the glass; the stored form appends the
+/// stated reason (`urn:renkei:break-glass:<reason>`).
+const BREAK_GLASS_POLICY: &str = "urn:renkei:break-glass";
 
 /// Keeps a free-text reason usable inside a URI (the full text is in the break-glass log).
 fn sanitize(text: &str) -> String {
@@ -495,11 +503,48 @@ pub fn redact_hidden<E>(
         let text = desc.as_str().unwrap_or_default();
         let status = match hid_a_resource && text.contains(PRIVACY_TAG_DECIDER) {
             true => text.split(' ').next().unwrap_or_default(),
-            false => text.split(':').next().unwrap_or_default(),
+            // What follows a `:` or ` (` is written for operators: a reason in free text, the
+            // request a break-glass opened (its parameters may name other patients' ids).
+            false => text
+                .split(':')
+                .next()
+                .and_then(|status| status.split(" (").next())
+                .unwrap_or_default(),
         };
         *desc = Value::String(status.to_string());
     }
+    if let Some(agents) = event.get_mut("agent").and_then(Value::as_array_mut) {
+        agents.iter_mut().for_each(redact_agent);
+    }
     Ok(())
+}
+
+/// An agent as a patient or facility sees it: which facility and practitioner, why, and
+/// whether the glass was broken; not the requesting system's registration or network address,
+/// nor the break-glass reason's free text (operator information, AUDIT.md).
+fn redact_agent(agent: &mut Value) {
+    let Some(object) = agent.as_object_mut() else {
+        return;
+    };
+    object.remove("network");
+    if object
+        .get("who")
+        .and_then(|who| who.pointer("/identifier/system"))
+        .and_then(Value::as_str)
+        == Some(CLIENT_SYSTEM)
+    {
+        object.insert("who".into(), json!({"display": CLIENT_DISPLAY}));
+    }
+    if let Some(policies) = object.get_mut("policy").and_then(Value::as_array_mut) {
+        for policy in policies {
+            if policy
+                .as_str()
+                .is_some_and(|uri| uri.starts_with(BREAK_GLASS_POLICY))
+            {
+                *policy = Value::String(BREAK_GLASS_POLICY.to_string());
+            }
+        }
+    }
 }
 
 /// What a redacted query keeps of a recorded query: the resource types and operation of its
@@ -618,6 +663,42 @@ mod tests {
             .unwrap();
         assert_eq!(decoded, b"Observation");
         assert_eq!(event["outcomeDesc"], "403");
+    }
+
+    #[test]
+    fn redaction_keeps_who_why_and_the_break_glass_flag_not_operator_details() {
+        let mut builder = EventBuilder::new(Interaction::ConsentDecision, "req-11", 0);
+        builder.agent.client_id = Some("kurashiki-ehr".into());
+        builder.agent.organization = Some("Organization/kurashiki".into());
+        builder.agent.practitioner = Some("Practitioner/dr-x".into());
+        builder.agent.purpose = Some("ETREAT".into());
+        builder.agent.break_glass_reason = Some("unconscious, family says".into());
+        builder.agent.network_address = Some("10.1.2.3".into());
+        builder.patients.push("Patient/p1".into());
+        builder.outcome_desc = Some(
+            "break-glass (search Observation?patient=p1&_id=other-patients-lab): unconscious"
+                .into(),
+        );
+        let mut event = builder.build("e11");
+        redact_hidden(&mut event, |_| Ok::<bool, ()>(true)).unwrap();
+        let text = event.to_string();
+        for operator_detail in [
+            "kurashiki-ehr",
+            "10.1.2.3",
+            "unconscious",
+            "other-patients-lab",
+        ] {
+            assert!(!text.contains(operator_detail), "{operator_detail}: {text}");
+        }
+        assert_eq!(event["outcomeDesc"], "break-glass");
+        for kept in [
+            "Organization/kurashiki",
+            "Practitioner/dr-x",
+            "ETREAT",
+            "\"urn:renkei:break-glass\"",
+        ] {
+            assert!(text.contains(kept), "{kept}: {text}");
+        }
     }
 
     #[test]

@@ -683,7 +683,7 @@ fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
         Some(list) => format!("?_type={}", encode(list)),
         None => String::new(),
     };
-    Ok(SearchRequest {
+    let request = SearchRequest {
         unsupported: Vec::new(),
         types,
         sent: params.clone(),
@@ -692,7 +692,9 @@ fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
         self_path,
         narrow_to_scopes: false,
         spelling: Vec::new(),
-    })
+    };
+    refuse_audit_trail(&request, "as a system search (_type)")?;
+    Ok(request)
 }
 
 fn patient_compartment(id: &str, types: &[String], include_self: bool, linked: bool) -> Filter {

@@ -870,6 +870,18 @@ fn parse_result_param(
     Ok(())
 }
 
+/// AuditEvents are the audit trail, read at `[base]/AuditEvent` under its own role rules and
+/// kept in its own tables: a search of stored resources cannot join them, and would otherwise
+/// answer as if no access had ever been recorded.
+fn refuse_audit_trail(res_type: &str, how: &str) -> Result<(), SearchError> {
+    if res_type == "AuditEvent" {
+        return invalid(format!(
+            "{how} cannot reach AuditEvent: the audit trail is searched at [base]/AuditEvent on its own"
+        ));
+    }
+    Ok(())
+}
+
 fn parse_include(types: &[String], name: &str, value: &str) -> Result<Include, SearchError> {
     let iterate = name.ends_with(":iterate");
     if value == "*" {
@@ -890,6 +902,10 @@ fn parse_include(types: &[String], name: &str, value: &str) -> Result<Include, S
     });
     if source_type.is_empty() || param.is_empty() || !well_formed_target || parts.next().is_some() {
         return invalid(format!("{name} '{value}' is not Type:param[:target]"));
+    }
+    refuse_audit_trail(&source_type, name)?;
+    if let Some(target) = &target_type {
+        refuse_audit_trail(target, name)?;
     }
     if name.starts_with("_include")
         && !iterate
@@ -1540,6 +1556,7 @@ fn parse_has(
     else {
         return invalid(format!("_has:{rest} is not _has:Type:param:search"));
     };
+    refuse_audit_trail(source_type, "_has")?;
     let Some(link) = registry().param(source_type, param) else {
         return Ok(None);
     };
