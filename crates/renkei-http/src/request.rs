@@ -375,20 +375,29 @@ pub enum ReturnPreference {
 }
 
 pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
-    let prefer = req
-        .headers()
+    match preference(req, "return") {
+        Some(value) if value.eq_ignore_ascii_case("minimal") => ReturnPreference::Minimal,
+        Some(value) if value.eq_ignore_ascii_case("OperationOutcome") => {
+            ReturnPreference::OperationOutcome
+        }
+        _ => ReturnPreference::Representation,
+    }
+}
+
+/// The value of the first preference `name` in the request's `Prefer` headers (RFC 7240 §2):
+/// names compare case-insensitively, whitespace may surround `=`, and a value may be a quoted
+/// string. A preference without a value answers `Some("")`.
+pub fn preference<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
+    req.headers()
         .get_all("prefer")
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split([',', ';']))
-        .map(str::trim)
-        .find_map(|p| p.strip_prefix("return="))
-        // RFC 7240 §2: a preference value may be a quoted string.
-        .map(|value| value.trim_matches('"'));
-    match prefer {
-        Some("minimal") => ReturnPreference::Minimal,
-        Some("OperationOutcome") => ReturnPreference::OperationOutcome,
-        _ => ReturnPreference::Representation,
-    }
+        .find_map(|item| {
+            let (key, value) = item.split_once('=').unwrap_or((item, ""));
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().trim_matches('"'))
+        })
 }
 
 /// A write's precondition: `If-Match` with a version (`W/"3"`) or `*` (proceed only if the
@@ -452,6 +461,39 @@ mod tests {
             req = req.append_header((header::IF_MATCH, *v));
         }
         if_match(&req.to_http_request())
+    }
+
+    #[test]
+    fn preferences_are_read_as_rfc_7240_writes_them() {
+        let prefer = |values: &[&str], name: &str| {
+            let mut req = TestRequest::default();
+            for v in values {
+                req = req.append_header(("prefer", *v));
+            }
+            preference(&req.to_http_request(), name).map(str::to_string)
+        };
+        for spelled in [
+            "handling=strict",
+            "handling=\"strict\"",
+            "handling = strict",
+            "HANDLING=strict",
+            "return=minimal, Handling=strict",
+        ] {
+            assert_eq!(
+                prefer(&[spelled], "handling").as_deref(),
+                Some("strict"),
+                "{spelled}"
+            );
+        }
+        assert_eq!(
+            prefer(&["respond-async", "return=minimal"], "return").as_deref(),
+            Some("minimal")
+        );
+        assert_eq!(
+            prefer(&["respond-async"], "respond-async").as_deref(),
+            Some("")
+        );
+        assert_eq!(prefer(&["handlings=strict"], "handling"), None);
     }
 
     #[test]

@@ -24,12 +24,7 @@ type Result<T> = std::result::Result<T, ApiError>;
 /// Whether the client asked for strict handling of unknown parameters
 /// (`Prefer: handling=strict`); lenient is the default.
 fn strict_handling(req: &HttpRequest) -> bool {
-    req.headers()
-        .get_all("prefer")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .map(str::trim)
-        .any(|p| p == "handling=strict")
+    crate::request::preference(req, "handling").is_some_and(|v| v.eq_ignore_ascii_case("strict"))
 }
 
 pub(crate) fn search_error(error: SearchError) -> ApiError {
