@@ -13,11 +13,11 @@
 /// `[low, high)` in `f64` for a number as written (`100` → [99.5, 100.5), `1.2e2` → [115,
 /// 125), `1e2` → [50, 150): in exponent form the mantissa's digits count; the specification's
 /// table gives [95, 105) for `1e2`, which contradicts its own rule, and the rule is what other
-/// servers implement), for a store that
-/// keeps values as `f64`: `low` is the `f64` nearest the exact lower bound, which every literal
-/// at or above it is stored at or above; `high` is the exact upper bound when an `f64` is that
-/// number (a stored `100.5` is outside `100`), otherwise the `f64` after the one nearest it, so
-/// a literal just below the bound, stored as that nearest `f64`, is inside. `None` when `text`
+/// servers implement), for a store that keeps values as `f64`: each bound is the `f64` nearest
+/// the exact bound, so a stored literal equal to the lower bound is inside and one equal to the
+/// upper bound (`0.55` for `0.5`, stored as the same `f64` as the bound) is outside. Where the
+/// literal's half-width is below the spacing of `f64`s (`66.899999999999991`), the upper bound
+/// is moved just past the literal's own `f64`, which then matches itself. `None` when `text`
 /// is not a plain decimal (`[+-]digits[.digits][e[+-]digits]`).
 pub fn implied_range(text: &str) -> Option<(f64, f64)> {
     let Written {
@@ -42,14 +42,11 @@ pub fn implied_range(text: &str) -> Option<(f64, f64)> {
     };
     let exponent = last.checked_sub(1)?;
     let low: f64 = format!("{low}e{exponent}").parse().ok()?;
-    let high_text = format!("{high}e{exponent}");
-    let nearest: f64 = high_text.parse().ok()?;
-    let high = if is_exactly(nearest, &high_text) {
-        nearest
-    } else {
-        nearest.next_up()
-    };
-    Some((low, high))
+    let high: f64 = format!("{high}e{exponent}").parse().ok()?;
+    // The literal itself is always inside, even where its half-width is below the spacing of
+    // f64s and the bound falls onto the f64 it is stored as.
+    let literal: f64 = text.parse().ok()?;
+    Some((low, high.max(literal.next_up())))
 }
 
 /// A decimal as written: its sign, its digits as one integer (no leading zeros; `"0"` for
@@ -125,27 +122,6 @@ fn decrement(m: &str) -> String {
     }
 }
 
-/// Whether `value` is exactly the decimal `text` (`[-]digits e exponent`). Rust prints an `f64`
-/// with as many exact digits as asked; every `f64` has at most 767 significant ones.
-fn is_exactly(value: f64, text: &str) -> bool {
-    let Some(written) = Written::parse(text) else {
-        return false;
-    };
-    let Some(exact) = Written::parse(&format!("{value:.1100e}")) else {
-        return false;
-    };
-    let normal = |w: Written| {
-        let kept = w.digits.trim_end_matches('0');
-        let shift = i64::try_from(w.digits.len() - kept.len()).unwrap_or(0);
-        (
-            w.negative && !kept.is_empty(),
-            kept.to_string(),
-            w.last + shift,
-        )
-    };
-    normal(written) == normal(exact)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -180,6 +156,22 @@ mod tests {
             let (l, h) = implied_range(text).unwrap();
             assert!(close(l, low) && close(h, high), "{text}: {l} {h}");
         }
+    }
+
+    #[test]
+    fn a_literal_equal_to_the_upper_bound_is_outside() {
+        // Neither 0.55 nor 0.15 is an f64: stored as the f64 nearest the bound, still outside.
+        for (text, bound, below) in [
+            ("0.5", 0.55, 0.549),
+            ("0.1", 0.15, 0.1499),
+            ("2.2", 2.25, 2.2499),
+            ("-0.5", -0.45, -0.4501),
+        ] {
+            let range = implied_range(text).unwrap();
+            assert!(!contains(range, bound), "{text}: {range:?}");
+            assert!(contains(range, below), "{text}: {range:?}");
+        }
+        assert!(contains(implied_range("0.5").unwrap(), 0.45));
     }
 
     #[test]
