@@ -818,6 +818,42 @@ fn a_consent_naming_another_servers_organization_opens_nothing_here() {
     });
 }
 
+/// A review found: a Binary sent as a FHIR resource without `securityContext` was directory
+/// data every member could read, while the same content sent raw without
+/// `X-Security-Context` was refused for exactly that reason. Now it is its holder's alone.
+#[test]
+fn a_binary_without_security_context_is_its_holders_alone() {
+    for_each_backend(|s| {
+        let net = network(s);
+        for format in ["json", "xml"] {
+            let created = match format {
+                "json" => net.as_a().post(
+                    "Binary",
+                    &json!({"resourceType": "Binary",
+                        "contentType": "text/plain", "data": "U0VDUkVUIExBQg=="}),
+                ),
+                _ => net.as_a().send_raw(
+                    "POST",
+                    "Binary",
+                    "application/fhir+xml",
+                    br#"<Binary xmlns="http://hl7.org/fhir"><contentType value="text/plain"/><data value="U0VDUkVUIExBQg=="/></Binary>"#,
+                ),
+            }
+            .expect(201);
+            let location = created.header("location").unwrap().to_string();
+            let path = location
+                .split("/fhir/")
+                .nth(1)
+                .and_then(|rest| rest.split("/_history").next())
+                .unwrap()
+                .to_string();
+            net.as_a().get(&path).expect(200);
+            net.as_b().get(&path).expect(404);
+            net.as_c().get(&path).expect(404);
+        }
+    });
+}
+
 #[test]
 fn break_glass_needs_permission_and_a_reason() {
     for_each_backend(|s| {

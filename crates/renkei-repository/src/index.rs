@@ -27,7 +27,8 @@ pub(crate) fn rows(res_type: &str, resource: &Value) -> IndexRows {
 /// `securityContext`); else, for a Bundle (a document, say), the patient of its first entry
 /// about one; else the first reference to a Patient anywhere in it (an Appointment's
 /// participant, a Group's member). A record naming a patient is never directory data. A
-/// patient named only by identifier (a logical reference) is [`UNRESOLVED_PATIENT`].
+/// patient named only by identifier (a logical reference), and a Binary without a
+/// securityContext, are [`UNRESOLVED_PATIENT`].
 pub(crate) fn patient_of(res_type: &str, id: &str, resource: &Value) -> Option<String> {
     if res_type == "Patient" {
         return Some(id.to_string());
@@ -82,7 +83,12 @@ pub(crate) fn patient_of(res_type: &str, id: &str, resource: &Value) -> Option<S
         .into_iter()
         .flatten()
         .any(|inner| inner.get("resourceType").and_then(Value::as_str) == Some("Patient"));
-    (unresolved_patient || contains_a_patient).then(|| UNRESOLVED_PATIENT.to_string())
+    // A Binary is content (a scanned referral letter, a report's PDF): without a
+    // securityContext nothing says whose it is, so it is its holder's alone rather than
+    // directory data every member reads.
+    let uncontexted_binary = res_type == "Binary" && resource.get("securityContext").is_none();
+    (unresolved_patient || contains_a_patient || uncontexted_binary)
+        .then(|| UNRESOLVED_PATIENT.to_string())
 }
 
 /// Elements that name the patient a record is about.
@@ -260,6 +266,16 @@ mod tests {
             (
                 "Medication",
                 json!({"contained": [{"resourceType": "Substance", "id": "s"}]}),
+                None,
+            ),
+            (
+                "Binary",
+                json!({"contentType": "text/plain", "data": "eA=="}),
+                Some(super::UNRESOLVED_PATIENT),
+            ),
+            (
+                "Binary",
+                json!({"securityContext": {"reference": "DocumentReference/d"}}),
                 None,
             ),
         ];
