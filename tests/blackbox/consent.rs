@@ -854,6 +854,46 @@ fn a_binary_without_security_context_is_its_holders_alone() {
     });
 }
 
+/// A review found: when no rule named the facility, the refusal was blamed on the first of
+/// the patient's consents by id, whatever it said: a deny aimed at another facility was named
+/// as what refused this one. The consent that permits others (and not this facility) decided.
+#[test]
+fn a_refusal_is_blamed_on_the_consent_that_permits_others_not_an_unrelated_deny() {
+    for_each_backend(|s| {
+        let net = network(s);
+        // Sorted before the permit by id: the deny names A, the holder, not C.
+        let mut unrelated = consent_body(&[ORG_A], "active");
+        unrelated["id"] = json!("a-deny-aimed-elsewhere");
+        unrelated["provision"]["type"] = json!("deny");
+        net.as_a()
+            .put("Consent/a-deny-aimed-elsewhere", &unrelated)
+            .expect(201);
+        let request_id = format!("rq-blame-{}", uuid::Uuid::new_v4().simple());
+        net.as_c()
+            .get_with(&net.labs[0], &[("X-Request-Id", request_id.as_str())])
+            .expect(404);
+        let auditor = s.token_for("auditor-blame", ORG_A, "auditor", &[]);
+        let decisions = s
+            .with_token(&auditor)
+            .read_json("AuditEvent?subtype=AuthZ-Consent&outcome=4&_count=200");
+        let said: Vec<String> = entries(&decisions)
+            .iter()
+            .filter(|e| e["resource"].to_string().contains(&request_id))
+            .map(|e| {
+                e["resource"]["outcomeDesc"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            said,
+            vec![format!("deny by Consent/{CONSENT}")],
+            "{decisions}"
+        );
+    });
+}
+
 #[test]
 fn break_glass_needs_permission_and_a_reason() {
     for_each_backend(|s| {

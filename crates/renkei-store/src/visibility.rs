@@ -311,7 +311,8 @@ fn push_row_decision(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>, implicit_perm
 /// NULL when no rule applies (the implicit policy). The rules of the row's person (its patient
 /// record and every record linked to it), deny first, then by Consent so that every query names
 /// the same one. When no rule matches but the person has a consent in force, that consent
-/// decided (it does not permit this requester: step 8 of CONSENT.md), not the implicit policy.
+/// decided (it does not permit this requester: step 8 of CONSENT.md), not the implicit policy:
+/// one that permits someone, since a deny naming another facility refused nothing here.
 fn push_row_decider(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
     sql.push("COALESCE((SELECT p.consent_ref FROM ");
     push_person_rules(sql, "p", PersonOf::Row(r));
@@ -319,7 +320,7 @@ fn push_row_decider(sql: &mut Sql, r: &str, v: &FacilityArgs<'_>) {
     push_match(sql, "p", r, v);
     sql.push(" ORDER BY p.permit ASC, p.consent_ref LIMIT 1), (SELECT q.consent_ref FROM ");
     push_person_rules(sql, "q", PersonOf::Row(r));
-    sql.push(" ORDER BY q.consent_ref LIMIT 1))");
+    sql.push(" ORDER BY q.permit DESC, q.consent_ref LIMIT 1))");
 }
 
 struct FacilityArgs<'a> {
