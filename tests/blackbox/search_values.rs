@@ -1055,3 +1055,23 @@ fn references_without_a_literal_reference_are_not_missing() {
         assert_eq!(entries.len(), 1, "{entries:?}");
     });
 }
+
+/// A review found: `_id:missing` and `_lastUpdated:missing` answered 400, though R4 defines
+/// `:missing` for every parameter and the CapabilityStatement says so. Every resource has
+/// both: `true` finds none, `false` all.
+#[test]
+fn missing_id_and_last_updated_are_answered() {
+    for_each_backend(|s| {
+        let family = format!("Missing{}", uuid::Uuid::new_v4().simple());
+        s.create(&json!({"resourceType": "Patient", "name": [{"family": family}]}));
+        for (param, expected) in [
+            ("_id:missing=false", 1),
+            ("_id:missing=true", 0),
+            ("_lastUpdated:missing=false", 1),
+            ("_lastUpdated:missing=true", 0),
+        ] {
+            let found = s.read_json(&format!("Patient?family={family}&{param}&_total=accurate"));
+            assert_eq!(found["total"], expected, "{param}: {found}");
+        }
+    });
+}

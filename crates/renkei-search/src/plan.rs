@@ -1121,9 +1121,11 @@ fn parse_filter_within(
             other => return invalid(format!("{name} '{other}' is not true or false")),
         };
         return match code {
-            "_id" | "_lastUpdated" => invalid(format!(
-                "{code}:missing is not meaningful: every resource has one"
-            )),
+            // Every resource has both: `:missing=true` finds none, `:missing=false` all.
+            "_id" | "_lastUpdated" => Ok(Some(Filter::Id {
+                ids: Vec::new(),
+                not: !missing,
+            })),
             _ => {
                 let Some(param) = single_type_param(types, code) else {
                     return Ok(None);
