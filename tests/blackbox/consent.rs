@@ -894,6 +894,49 @@ fn a_refusal_is_blamed_on_the_consent_that_permits_others_not_an_unrelated_deny(
     });
 }
 
+/// A review found: the documented registration step, a facility's conditional
+/// `PUT Patient?identifier=<its system>|<local id>`, matched a record another holder keeps (the
+/// network's directory Patient carries every facility's local id) and answered 403, then 412
+/// once the facility had its own. A conditional update, patch or delete matches among the
+/// writer's own records: it changes nothing else.
+#[test]
+fn conditional_changes_match_the_writers_own_records() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let local = json!({"system": "urn:clinic-b:patient", "value": "B-77"});
+        let mut held_by_a = net.as_a().read_json(&patient_ref());
+        held_by_a["identifier"]
+            .as_array_mut()
+            .unwrap()
+            .push(local.clone());
+        net.as_a().put(&patient_ref(), &held_by_a).expect(200);
+        let criteria = "Patient?identifier=urn:clinic-b:patient|B-77";
+        let registration = json!({"resourceType": "Patient", "identifier": [local],
+            "name": [{"family": "Yamada", "given": ["Taro"]}], "birthDate": "1958-03-12"});
+        // B sees A's record (the consent permits B) but registers its own.
+        assert_eq!(search_refs(&net.as_b(), criteria), vec![patient_ref()]);
+        let created = net.as_b().put(criteria, &registration).expect(201).json();
+        let mut again = registration.clone();
+        again["gender"] = json!("male");
+        let updated = net.as_b().put(criteria, &again).expect(200).json();
+        assert_eq!(created["id"], updated["id"]);
+        net.as_b()
+            .send_raw(
+                "PATCH",
+                criteria,
+                "application/json-patch+json",
+                br#"[{"op": "replace", "path": "/gender", "value": "other"}]"#,
+            )
+            .expect(200);
+        let deleted = net.as_b().delete(criteria);
+        assert!([200, 204].contains(&deleted.status), "{}", deleted.body);
+        // A's record is as A wrote it.
+        let kept = net.as_a().read_json(&patient_ref());
+        assert_eq!(kept["meta"]["versionId"], "2", "{kept}");
+        assert_eq!(kept["gender"], "male");
+    });
+}
+
 #[test]
 fn break_glass_needs_permission_and_a_reason() {
     for_each_backend(|s| {

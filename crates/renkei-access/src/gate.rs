@@ -1152,7 +1152,9 @@ impl Gate {
             |tx, context| {
                 let id = match (id, &criteria) {
                     (Some(id), _) => id.to_string(),
-                    (None, Some(criteria)) => renkei_repository::resolve_single(tx, criteria)?,
+                    (None, Some(criteria)) => {
+                        renkei_repository::resolve_single(tx, criteria, context)?
+                    }
                     (None, None) => {
                         return Err(RepoError::BadRequest(
                             "PATCH needs an id or criteria".into(),

@@ -701,8 +701,12 @@ fn run_transaction(
     let mut conditional_creates: HashMap<CriteriaKey, String> = HashMap::new();
     for (index, entry) in entries.iter().enumerate() {
         let target = parse_target(&entry.url).map_err(|e| wrap(index, entry, e))?;
+        // Conditional changes match among the writer's own records, as they will when run.
         let resolve_one = |tx: &mut Tx<'_>, criteria: &Criteria| -> Result<_, RepoError> {
-            let criteria = criteria.clone().visible_to(context.visibility.clone());
+            let criteria = criteria
+                .clone()
+                .visible_to(context.visibility.clone())
+                .held_by(context.custodian.as_deref());
             let found = criteria.resolve_for_write(tx, 2)?;
             Ok(match found.as_slice() {
                 [row] => Some(format!("{}/{}", criteria.res_type, row.res_id)),
@@ -759,7 +763,10 @@ fn run_transaction(
                 (Some(format!("{t}/{id}")), Some(format!("{t}/{id}")))
             }
             ("PUT", Target::Conditional(criteria)) => {
-                let criteria = criteria.clone().visible_to(context.visibility.clone());
+                let criteria = criteria
+                    .clone()
+                    .visible_to(context.visibility.clone())
+                    .held_by(context.custodian.as_deref());
                 let found = criteria.resolve_for_write(tx, 2)?;
                 let t = &criteria.res_type;
                 let body_id = entry
@@ -1034,7 +1041,7 @@ fn run_entry(
             let (t, id) = match target {
                 Target::Instance(t, id) => (t, id),
                 Target::Conditional(criteria) => {
-                    let id = interactions::resolve_single(tx, &criteria).map_err(|e| {
+                    let id = interactions::resolve_single(tx, &criteria, context).map_err(|e| {
                         precondition::absent_under_if_match(entry.if_match, e)
                     })?;
                     (criteria.res_type, id)

@@ -151,6 +151,19 @@ impl Criteria {
         self.resolve(tx, limit)
     }
 
+    /// Matches only what `custodian` holds (`None`: a trusted writer, anything): a conditional
+    /// update, patch or delete changes the writer's own records, so another facility's record
+    /// that happens to match (the network's directory Patient carrying every facility's local
+    /// id) is not the writer's match.
+    pub fn held_by(mut self, custodian: Option<&str>) -> Self {
+        if let Some(custodian) = custodian {
+            self.plan
+                .filters
+                .push(renkei_search::plan::Filter::HeldBy(custodian.to_string()));
+        }
+        self
+    }
+
     /// Matches only what the requester may see: conditional interactions must not reveal
     /// (or act on) resources hidden from them.
     pub fn visible_to(mut self, visibility: Visibility) -> Self {

@@ -1202,7 +1202,10 @@ pub(crate) fn conditional_update_with_id(
 ) -> Result<WriteOutcome, RepoError> {
     let mut resource = resource.into();
     check_body_type(resource.resource(), &criteria.res_type)?;
-    let found = criteria.resolve_for_write(tx, 2)?;
+    let found = criteria
+        .clone()
+        .held_by(context.custodian.as_deref())
+        .resolve_for_write(tx, 2)?;
     let body_id = resource
         .resource()
         .get("id")
@@ -1357,9 +1360,17 @@ pub fn patch(
     })
 }
 
-/// Resolves `Type?criteria` to exactly one id for conditional patch.
-pub fn resolve_single(tx: &mut Tx<'_>, criteria: &Criteria) -> Result<String, RepoError> {
-    let found = criteria.resolve_for_write(tx, 2)?;
+/// Resolves `Type?criteria` to exactly one id for conditional patch, among the records the
+/// writer holds ([`Criteria::held_by`]).
+pub fn resolve_single(
+    tx: &mut Tx<'_>,
+    criteria: &Criteria,
+    context: &WriteContext,
+) -> Result<String, RepoError> {
+    let found = criteria
+        .clone()
+        .held_by(context.custodian.as_deref())
+        .resolve_for_write(tx, 2)?;
     match found.as_slice() {
         [] => Err(RepoError::NotFound {
             res_type: criteria.res_type.clone(),
@@ -1438,7 +1449,10 @@ pub fn conditional_delete(
     if_match: Option<IfMatch>,
     context: &WriteContext,
 ) -> Result<DeleteOutcome, RepoError> {
-    let found = criteria.resolve_for_write(tx, 2)?;
+    let found = criteria
+        .clone()
+        .held_by(context.custodian.as_deref())
+        .resolve_for_write(tx, 2)?;
     match found.as_slice() {
         // A precondition that needs a current resource fails on nothing to delete (412), as
         // a delete by id does.

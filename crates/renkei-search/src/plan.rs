@@ -279,6 +279,10 @@ pub enum Filter {
         from: Option<i64>,
         to: Option<i64>,
     },
+    /// Resources held by this facility (`Organization/x`, the store's `resources.custodian`):
+    /// what a conditional update, patch or delete may match, since a facility changes only its
+    /// own records. Set by those interactions, not parsed.
+    HeldBy(String),
     Token {
         param: String,
         values: Vec<TokenMatch>,
@@ -430,6 +434,7 @@ impl Filter {
             Filter::Id { .. }
             | Filter::LastUpdated(_)
             | Filter::CareDate { .. }
+            | Filter::HeldBy(_)
             | Filter::TokenText { .. }
             | Filter::TokenIn { .. }
             | Filter::String { .. }

@@ -926,7 +926,8 @@ fn selectivity_rank(filter: &Filter) -> u8 {
         Filter::Token { not: true, .. }
         | Filter::Id { not: true, .. }
         | Filter::Missing { .. }
-        | Filter::CareDate { .. } => 7,
+        | Filter::CareDate { .. }
+        | Filter::HeldBy(_) => 7,
     }
 }
 
@@ -971,7 +972,8 @@ fn drives_from_index(plan: &SearchPlan) -> bool {
             Filter::Missing { .. }
             | Filter::Id { .. }
             | Filter::LastUpdated(_)
-            | Filter::CareDate { .. } => false,
+            | Filter::CareDate { .. }
+            | Filter::HeldBy(_) => false,
             _ => true,
         })
 }
@@ -1639,6 +1641,10 @@ fn push_filter(
                 push_text_list(sql, ids);
                 sql.push(")");
             }
+        }
+        Filter::HeldBy(custodian) => {
+            sql.push(&format!("{alias}.custodian = "))
+                .bind(Bind::Text(custodian.clone()));
         }
         Filter::CareDate { from, to } => {
             // A column of `resources` itself: no index table to look into.
