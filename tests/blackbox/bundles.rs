@@ -204,6 +204,15 @@ fn batch_reports_each_entry() {
             reason.contains("entry[1]") && reason.contains("bogus"),
             "{reason}"
         );
+        // Each issue as a plain create or a transaction states it: its code and element path
+        // (a review found one `invalid` issue with the paths folded into its text).
+        let issues = e[1]["response"]["outcome"]["issue"].as_array().unwrap();
+        let gender = issues
+            .iter()
+            .find(|issue| issue["expression"][0] == "Bundle.entry[1].resource.gender")
+            .unwrap_or_else(|| panic!("{reason}"));
+        assert_eq!(gender["code"], "code-invalid", "{reason}");
+        assert!(issues.len() >= 2, "{reason}");
         // The same batch in XML.
         let xml_batch = concat!(
             r#"<Bundle xmlns="http://hl7.org/fhir"><type value="batch"/>"#,

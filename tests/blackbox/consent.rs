@@ -1331,7 +1331,10 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
         let mut expected = net.labs.clone();
         expected.push(uninformed.clone());
         assert_eq!(seen, sorted(expected.clone()));
-        let r = net.as_b().get(&tagged);
+        let withheld_read = format!("rq-withheld-{}", uuid::Uuid::new_v4().simple());
+        let r = net
+            .as_b()
+            .get_with(&tagged, &[("X-Request-Id", withheld_read.as_str())]);
         assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
         assert_no_secret(&r, "UNDELIVERED read");
         // Neither the answer nor the audit blames the patient's consent, which permits B.
@@ -1371,6 +1374,9 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
             .expect(200);
         assert!(viewed.body.contains("AuthZ-Consent"), "{}", viewed.body);
         assert!(!viewed.body.contains("privacy-tag"), "{}", viewed.body);
+        // Nor a bare refusal of a facility the patient's consent permits (a review found the
+        // decision event left, saying "deny" and naming no consent).
+        assert!(!viewed.body.contains(&withheld_read), "{}", viewed.body);
         assert!(!viewed.body.contains("UNDELIVERED"), "{}", viewed.body);
         assert!(!viewed.body.contains(&tagged), "{}", viewed.body);
         let everything = refs(

@@ -1885,6 +1885,15 @@ impl Gate {
                 if !query.refs.iter().any(|(k, _)| k == "patient") {
                     query.refs.push(("patient".into(), vec![own]));
                 }
+                // A refusal because of a tag that hides the data from the patient too would
+                // tell them that withheld data exists; the access itself shows nothing either.
+                query.without_decisions_by = [
+                    renkei_consent::TAG_UNDELIVERED,
+                    renkei_consent::TAG_UNINFORMED,
+                ]
+                .iter()
+                .map(|tag| format!("{}{tag}", renkei_audit::PRIVACY_TAG_DECIDER))
+                .collect();
             }
             Role::Facility => {
                 redacted_view = Some(self.visibility(who));

@@ -100,11 +100,16 @@ fn json_value(bytes: &[u8]) -> Result<Value, ContentError> {
     // clients send one.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ContentError::single(
-            IssueCode::Structure,
-            "",
-            format!("the body is not valid JSON: {e}"),
-        )
+        // serde_json's only error that valid JSON can cause.
+        let message = if e.to_string().starts_with("recursion limit exceeded") {
+            format!(
+                "the JSON nests arrays and objects deeper than this server reads (128 levels, \
+                 far beyond any FHIR resource): {e}"
+            )
+        } else {
+            format!("the body is not valid JSON: {e}")
+        };
+        ContentError::single(IssueCode::Structure, "", message)
     })?;
     if let Some(name) = prepass::duplicate_property(bytes) {
         return Err(ContentError::single(
@@ -120,6 +125,19 @@ fn json_value(bytes: &[u8]) -> Result<Value, ContentError> {
 /// (an internal key: no FHIR element has a colon in its name, so no client content is
 /// mistaken for it, and one a client writes fails the schema check of the Bundle).
 pub const INVALID_ENTRY: &str = "renkei:invalid";
+
+/// An OperationOutcome issue for `issue`, its diagnostics after `prefix`.
+pub fn issue_json(issue: &Issue, prefix: &str) -> Value {
+    let mut json = serde_json::json!({
+        "severity": issue.severity.as_code(),
+        "code": issue.code.as_code(),
+        "diagnostics": format!("{prefix}{}", issue.message),
+    });
+    if !issue.expression.is_empty() {
+        json["expression"] = serde_json::json!([issue.expression]);
+    }
+    json
+}
 
 /// In a `batch`, each entry succeeds or fails on its own (http.html#brules): when the Bundle
 /// is valid apart from some entries' resources, those resources are replaced by the reason
@@ -152,12 +170,23 @@ fn set_aside_invalid_batch_entries(bundle: &mut Value) -> bool {
             continue;
         };
         entry.remove("resource");
-        entry.insert(
-            INVALID_ENTRY.to_string(),
-            Value::String(format!(
-                "Bundle.entry[{index}].resource is not valid: {error}"
-            )),
-        );
+        // The issues as a transaction's whole-Bundle validation states them: each element
+        // path continues the entry's (`Patient.gender` → `Bundle.entry[0].resource.gender`).
+        let within = format!("Bundle.entry[{index}].resource");
+        let issues = error
+            .issues
+            .iter()
+            .map(|issue| {
+                let expression = match issue.expression.split_once('.') {
+                    Some((_, rest)) => format!("{within}.{rest}"),
+                    None => within.clone(),
+                };
+                let mut issue = issue.clone();
+                issue.expression = expression;
+                issue_json(&issue, &format!("{within} is not valid: "))
+            })
+            .collect();
+        entry.insert(INVALID_ENTRY.to_string(), Value::Array(issues));
         set_aside = true;
     }
     // Nothing set aside: what is invalid is the Bundle as a whole (its depth, say).
@@ -729,6 +758,21 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "FHIR XML must be UTF-8; the declaration names ISO-8859-1"
+        );
+        let deep = format!(
+            r#"{{"resourceType":"Basic","extension":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let said = parse_json(deep.as_bytes()).unwrap_err().to_string();
+        assert!(said.contains("deeper than this server reads"), "{said}");
+        let utf16: Vec<u8> = std::iter::once(0xFEFF_u16)
+            .chain(format!(r#"<?xml version="1.0" encoding="UTF-16"?>{PATIENT}"#).encode_utf16())
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(
+            parse_xml(&utf16).unwrap_err().to_string(),
+            "FHIR XML must be UTF-8; the body is UTF-16"
         );
         // A declaration taken off does not open the door to a DOCTYPE and its entities.
         let external = r#"<?xml version="1.0" encoding="utf-8" standalone="no"?><!DOCTYPE Patient [<!ENTITY x SYSTEM "file:///etc/passwd">]><Patient xmlns="http://hl7.org/fhir"><name><family value="&x;"/></name></Patient>"#;

@@ -19,6 +19,15 @@ fn refuse(message: impl Into<String>) -> ContentError {
 /// takes: XML 1.0, UTF-8 (xml.html: "The XML character encoding is always UTF-8"), and any
 /// `standalone` value.
 pub(crate) fn without_declaration(bytes: &[u8]) -> Result<&[u8], ContentError> {
+    // UTF-16 (with its byte order mark, or `<` followed or preceded by a zero byte): every
+    // ASCII character is two bytes, which would otherwise be read as a `<\0>` element.
+    let utf16 = bytes.starts_with(b"\xFF\xFE")
+        || bytes.starts_with(b"\xFE\xFF")
+        || bytes.starts_with(b"<\0")
+        || bytes.starts_with(b"\0<");
+    if utf16 {
+        return Err(refuse("FHIR XML must be UTF-8; the body is UTF-16"));
+    }
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     // The declaration is the very first thing (§2.8); `<?xml-stylesheet …?>` is a processing
     // instruction, not a declaration.

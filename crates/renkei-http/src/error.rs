@@ -73,17 +73,7 @@ impl ApiError {
                     let issues: Vec<Value> = content
                         .issues
                         .iter()
-                        .map(|issue| {
-                            let mut v = json!({
-                                "severity": issue.severity.as_code(),
-                                "code": issue.code.as_code(),
-                                "diagnostics": format!("{prefix}{}", issue.message),
-                            });
-                            if !issue.expression.is_empty() {
-                                v["expression"] = json!([issue.expression]);
-                            }
-                            v
-                        })
+                        .map(|issue| renkei_fhir::issue_json(issue, &prefix))
                         .collect();
                     return json!({"resourceType": "OperationOutcome", "issue": issues});
                 }

@@ -76,7 +76,8 @@ pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Form
             continue;
         }
         let format = match mime {
-            "*/*" | "application/*" | "" => {
+            // `text/*` takes text/json as well as text/xml: JSON, as for any other range.
+            "*/*" | "application/*" | "text/*" | "" => {
                 any = true;
                 Some(Format::Json)
             }
@@ -192,7 +193,7 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not-supported",
-            "the request has a body but no Content-Type; use application/fhir+json or application/fhir+xml",
+            "the request has a body but no Content-Type; use application/fhir+json or application/fhir+xml (a PATCH also takes application/json-patch+json)",
         ));
     };
     let text = value.to_str().unwrap_or("");
@@ -211,7 +212,7 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not-supported",
-            format!("Content-Type '{text}' is not accepted; use application/fhir+json or application/fhir+xml"),
+            format!("Content-Type '{text}' is not accepted; use application/fhir+json or application/fhir+xml (a PATCH also takes application/json-patch+json)"),
         )
     })
 }
@@ -548,6 +549,7 @@ mod tests {
             Format::Json
         );
         assert!(negotiate(None, &headers("text/html")).is_err());
+        assert_eq!(negotiate(None, &headers("text/*")).unwrap(), Format::Json);
         assert!(negotiate(Some("text/turtle"), &HeaderMap::new()).is_err());
         // `_format` stands in for `Accept`, fhirVersion included.
         let other_version = negotiate(

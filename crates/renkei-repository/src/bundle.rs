@@ -35,8 +35,9 @@ pub struct EntryRequest {
     pub resource: Option<Value>,
     pub if_match: Option<IfMatch>,
     pub if_none_exist: Option<String>,
-    /// Why the entry's resource is not valid FHIR (a batch entry that fails on its own).
-    pub invalid: Option<String>,
+    /// Why the entry is not valid (its resource is no valid FHIR, its fullUrl names another
+    /// resource), as OperationOutcome issues: a batch entry that fails on its own.
+    pub invalid: Option<Vec<Value>>,
     /// `request.ifNoneMatch` of a read: the version the client already has.
     pub if_none_match: Option<i64>,
 }
@@ -262,8 +263,9 @@ impl Repository {
                     .iter()
                     .enumerate()
                     .map(|(index, entry)| {
-                        if let Some(reason) = &entry.invalid {
-                            return render_failure(&RepoError::BadRequest(reason.clone()));
+                        if let Some(issues) = &entry.invalid {
+                            return json!({"response": {"status": "400 Bad Request",
+                                "outcome": {"resourceType": "OperationOutcome", "issue": issues}}});
                         }
                         if budget.exhausted() && matches!(entry.method.as_str(), "GET" | "HEAD") {
                             return render_failure(&budget.too_costly());
@@ -525,11 +527,14 @@ fn parse_entries(bundle: &Value, kind: BundleKind) -> Result<Vec<EntryRequest>, 
                 if_none_match,
                 invalid: entry
                     .get(renkei_fhir::INVALID_ENTRY)
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
+                    .and_then(Value::as_array)
+                    .cloned()
                     .or_else(|| {
                         // Only a batch gets here with one (see check_full_urls).
-                        full_url_disagreement(entry).map(|reason| format!("Bundle.entry.{reason}"))
+                        full_url_disagreement(entry).map(|reason| {
+                            vec![json!({"severity": "error", "code": "invalid",
+                                "diagnostics": format!("Bundle.entry.{reason}")})]
+                        })
                     }),
             })
         })

@@ -140,6 +140,10 @@ pub struct AuditQuery {
     pub limit: usize,
     /// Also count every event the filters match, whatever the page (`_total`).
     pub count_total: bool,
+    /// Leaves out the decisions made by these deciders (`privacy-tag:UNDELIVERED`): a patient
+    /// must not learn from a refusal that data withheld from them exists (CONSENT.md rule 10).
+    /// Matched on the event's stored text, where the decider is a JSON string of its own.
+    pub without_decisions_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, QueryableByName)]
@@ -619,6 +623,10 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
         );
         push_any_of(&mut sql, "r.ref", custodians);
         sql.push(")");
+    }
+    for decider in &query.without_decisions_by {
+        sql.push(" AND e.body NOT LIKE ")
+            .bind(Bind::Text(format!("%\"{decider}\"%")));
     }
     if let Some(event_id) = &query.event_id {
         sql.push(" AND e.event_id = ")
