@@ -732,3 +732,37 @@ fn match_refuses_a_parameter_it_does_not_define() {
             .expect(200);
     });
 }
+
+/// A review found: a patient's app saw only the data filed under the one record its token
+/// names, and only the accesses to it: the hospital's lab, filed under the hospital's record
+/// of the same person, and the clinic's consented read of it were invisible to the patient,
+/// though consent follows the person. The patient sees the person's data and its accesses.
+#[test]
+fn a_patient_sees_their_data_and_its_accesses_across_their_linked_records() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let read = format!("rq-linked-{}", uuid::Uuid::new_v4().simple());
+        net.as_clinic()
+            .get_with(&net.lab, &[("X-Request-Id", read.as_str())])
+            .expect(200);
+        let app = s.token_for(
+            "id-patient-app",
+            CLINIC,
+            "patient",
+            &["--patient", &format!("Patient/{CLINIC_P}")],
+        );
+        let app = s.with_token(&app);
+        app.get(&net.lab).expect(200);
+        assert!(found(&app.read_json("Observation")).contains(&net.lab));
+        let viewed = app.get("AuditEvent?_count=500").expect(200);
+        assert!(viewed.body.contains(&read), "{}", viewed.body);
+        let of_hospital_record = app
+            .get(&format!("AuditEvent?patient=Patient/{HOSP_P}&_count=500"))
+            .expect(200);
+        assert!(of_hospital_record.body.contains(&read));
+        // Still no one else's.
+        app.get("AuditEvent?patient=Patient/someone-else")
+            .expect(403);
+        app.get(&format!("Patient/{HOSP_P}")).expect(200);
+    });
+}

@@ -1868,22 +1868,31 @@ impl Gate {
                     who.principal.patient.clone().ok_or_else(|| {
                         AccessError::Forbidden("the token names no patient".into())
                     })?;
-                let own = if patient.starts_with("Patient/") {
-                    patient
-                } else {
-                    format!("Patient/{patient}")
-                };
+                let id = patient.strip_prefix("Patient/").unwrap_or(&patient);
+                // Their own record and every record linked to it as the same person: the
+                // accesses to data another facility filed under its record of them are
+                // accesses to their data too.
+                let mut own: Vec<String> = self
+                    .repository
+                    .read_tx(|tx| Ok::<_, RepoError>(tx.person_members(id)?))
+                    .map_err(AccessError::from)?
+                    .into_iter()
+                    .map(|member| format!("Patient/{member}"))
+                    .collect();
+                if own.is_empty() {
+                    own.push(format!("Patient/{id}"));
+                }
                 if query
                     .refs
                     .iter()
-                    .any(|(k, refs)| k == "patient" && refs.iter().any(|r| r != &own))
+                    .any(|(k, refs)| k == "patient" && refs.iter().any(|r| !own.contains(r)))
                 {
                     return Err(AccessError::Forbidden(
                         "patients may only see the accesses to their own record".into(),
                     ));
                 }
                 if !query.refs.iter().any(|(k, _)| k == "patient") {
-                    query.refs.push(("patient".into(), vec![own]));
+                    query.refs.push(("patient".into(), own));
                 }
                 // A refusal because of a tag that hides the data from the patient too would
                 // tell them that withheld data exists; the access itself shows nothing either.

@@ -543,9 +543,9 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
     // data's events would have to be sorted otherwise.
     let custodian_drives = single_custodian.is_some() && !query.by_recorded;
     let (driving_ref, other_refs) = match query.refs.split_first() {
-        // One reference drives; a list of several (`patient=A,B`) would find an event once
-        // for each of them it names, so it filters instead.
-        Some(((kind, refs), rest)) if refs.len() == 1 => (Some((kind, refs.as_slice())), rest),
+        // A list of several (`patient=A,B`, the linked records of a patient's own view)
+        // drives through its distinct events: an event naming two of them is found once.
+        Some(((kind, refs), rest)) if !refs.is_empty() => (Some((kind, refs.as_slice())), rest),
         Some(_) => (None, &query.refs[..]),
         None if custodian_drives => (
             single_custodian
@@ -566,11 +566,19 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
         Listing::Count => "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM ",
     });
     let seq_column = match driving_ref {
-        Some((kind, references)) => {
+        Some((kind, [reference])) => {
             sql.push("audit_refs d CROSS JOIN audit_events e WHERE d.kind = ")
-                .bind(Bind::Text(kind.clone()));
-            push_any_of(&mut sql, "d.ref", references);
+                .bind(Bind::Text(kind.clone()))
+                .push(" AND d.ref = ")
+                .bind(Bind::Text(reference.clone()));
             sql.push(" AND e.seq = d.seq");
+            "d.seq"
+        }
+        Some((kind, references)) => {
+            sql.push("(SELECT DISTINCT dr.seq FROM audit_refs dr WHERE dr.kind = ")
+                .bind(Bind::Text(kind.clone()));
+            push_any_of(&mut sql, "dr.ref", references);
+            sql.push(") d CROSS JOIN audit_events e WHERE e.seq = d.seq");
             "d.seq"
         }
         None => {

@@ -31,7 +31,8 @@ pub enum Visibility {
         /// Implicit policy for patients without any consent: true = opt-out network.
         implicit_permit: bool,
     },
-    /// A patient looking at their own record.
+    /// A patient looking at their own record: their data filed under it and under every
+    /// record linked to it as the same person.
     Patient { patient_id: String },
     /// Roles without access to clinical data (auditor, administrator).
     Nothing,
@@ -391,9 +392,16 @@ impl Visibility {
                 sql.push(" AND 1 = 0");
             }
             Visibility::Patient { patient_id } => {
-                sql.push(&format!(" AND {r}.patient_id = "))
-                    .bind(Bind::Text(patient_id.clone()))
-                    .push(" AND NOT ");
+                // The person's data, whichever facility's record of them it is filed under
+                // (IDENTITY.md): consent follows the person, and so does the patient's view.
+                sql.push(" AND ");
+                crate::identity::push_in_person_of(
+                    sql,
+                    &format!("{r}.patient_id"),
+                    patient_id,
+                    &format!("{r}self"),
+                );
+                sql.push(" AND NOT ");
                 tag_exists(sql, r, "UNINFORMED");
                 sql.push(" AND NOT ");
                 tag_exists(sql, r, WITHHELD_TAG);
