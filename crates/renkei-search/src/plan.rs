@@ -458,6 +458,41 @@ pub struct Sort {
     pub desc: bool,
 }
 
+/// What kind of value a sort key is: dates and `_lastUpdated` in epoch milliseconds,
+/// numbers and quantities as doubles, everything else as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKeyKind {
+    Int,
+    Float,
+    Text,
+}
+
+impl Sort {
+    pub fn key_kind(&self) -> SortKeyKind {
+        match &self.by {
+            SortBy::LastUpdated
+            | SortBy::Param {
+                table: Table::Date, ..
+            } => SortKeyKind::Int,
+            SortBy::Param {
+                table: Table::Quantity | Table::Number,
+                ..
+            } => SortKeyKind::Float,
+            _ => SortKeyKind::Text,
+        }
+    }
+}
+
+impl SortValue {
+    fn kind(&self) -> SortKeyKind {
+        match self {
+            SortValue::Int(_) => SortKeyKind::Int,
+            SortValue::Float(_) => SortKeyKind::Float,
+            SortValue::Text(_) => SortKeyKind::Text,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Total {
     None,
@@ -757,7 +792,15 @@ pub fn parse(
     // keys in the same directions), and it carries one key per sort key; a hand-made token
     // could name the right sort with the wrong number of keys.
     if let Some(cursor) = &plan.cursor {
-        let keys_fit = cursor.is_last() || cursor.keys.len() == plan.sort.len();
+        // One key per sort key, each of the kind that sort key is (a hand-made token could
+        // put a text where a date goes).
+        let keys_fit = cursor.is_last()
+            || (cursor.keys.len() == plan.sort.len()
+                && cursor
+                    .keys
+                    .iter()
+                    .zip(&plan.sort)
+                    .all(|(key, sort)| key.kind() == sort.key_kind()));
         if cursor.sort != sort_fingerprint(&plan.sort) || !keys_fit {
             return invalid(
                 "the page token does not belong to this search: _page_token was issued for a \
@@ -2391,6 +2434,12 @@ mod tests {
             // The right sort named, the wrong number of keys.
             ("-date", &token("-date", Vec::new())),
         ];
+        // The right sort and count, a key of the wrong kind (text where a date goes).
+        let text_for_date = token("-date", vec![SortValue::Text("abc".into())]);
+        let mismatched: Vec<(&str, &Cursor)> = mismatched
+            .into_iter()
+            .chain([("-date", &text_for_date)])
+            .collect();
         for (sort, cursor) in mismatched {
             match search(sort, cursor) {
                 Err(SearchError::Invalid(message)) => assert!(

@@ -9,8 +9,8 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use renkei_search::plan::{
     approximate_date, expand_value_set, sort_fingerprint, CompositePart, Cursor, DateValue, Filter,
-    Include, NumberValue, Prefix, RefMatch, SearchPlan, Sort, SortBy, SortValue, StringMode, Table,
-    TokenMatch, UriMode,
+    Include, NumberValue, Prefix, RefMatch, SearchPlan, Sort, SortBy, SortKeyKind, SortValue,
+    StringMode, Table, TokenMatch, UriMode,
 };
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -1050,36 +1050,13 @@ fn push_sort_expr(sql: &mut Sql, sort: &Sort, types: &[String]) {
     }
 }
 
-fn is_int_key(sort: &Sort) -> bool {
-    matches!(
-        sort.by,
-        SortBy::LastUpdated
-            | SortBy::Param {
-                table: Table::Date,
-                ..
-            }
-    )
-}
-
-fn is_float_key(sort: &Sort) -> bool {
-    matches!(
-        sort.by,
-        SortBy::Param {
-            table: Table::Quantity | Table::Number,
-            ..
-        }
-    )
-}
-
 /// A sort key's value, read back from its text (both databases write a double as text that
 /// reads back as the same double; `float_keys_page_exactly` checks it).
 fn sort_value(sort: &Sort, text: String) -> SortValue {
-    if is_int_key(sort) {
-        SortValue::Int(text.parse().unwrap_or_default())
-    } else if is_float_key(sort) {
-        SortValue::Float(text.parse().unwrap_or_default())
-    } else {
-        SortValue::Text(text)
+    match sort.key_kind() {
+        SortKeyKind::Int => SortValue::Int(text.parse().unwrap_or_default()),
+        SortKeyKind::Float => SortValue::Float(text.parse().unwrap_or_default()),
+        SortKeyKind::Text => SortValue::Text(text),
     }
 }
 
