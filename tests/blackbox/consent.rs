@@ -937,6 +937,29 @@ fn conditional_changes_match_the_writers_own_records() {
     });
 }
 
+/// A review found: deleting the Patient record a consent was recorded on took the record out
+/// of the person it was linked to, and the patient's decision with it (a refusal recorded on
+/// a clinic's record stopped applying to the hospital's data). Such a delete is refused (409)
+/// until the consent is withdrawn or moved.
+#[test]
+fn a_patient_record_carrying_a_consent_in_force_is_not_deleted() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let refused = net.as_a().delete(&patient_ref()).expect(409);
+        assert!(refused.body.contains(CONSENT), "{}", refused.body);
+        net.as_a().get(&patient_ref()).expect(200);
+        net.as_b().get(&net.labs[0]).expect(200);
+        net.as_a()
+            .put(
+                &format!("Consent/{CONSENT}"),
+                &consent_body(&[ORG_B], "inactive"),
+            )
+            .expect(200);
+        let deleted = net.as_a().delete(&patient_ref());
+        assert!([200, 204].contains(&deleted.status), "{}", deleted.body);
+    });
+}
+
 #[test]
 fn break_glass_needs_permission_and_a_reason() {
     for_each_backend(|s| {

@@ -1413,6 +1413,9 @@ pub fn delete(
         checked => checked?,
     }
     check_if_match(Some(&row), if_match, res_type, id)?;
+    if res_type == "Patient" {
+        refuse_deleting_a_consented_record(tx, id)?;
+    }
     let version = row.version + 1;
     let new = NewVersion {
         res_type,
@@ -1440,6 +1443,23 @@ pub fn delete(
         patient_id: row.patient_id,
         custodian: row.custodian,
     })
+}
+
+/// A Patient record that a Consent in force names is not deleted: the deleted record would
+/// leave the person it is linked to, and the patient's decision recorded on it (a refusal,
+/// say) with it, for every other record of the person (CONSENT.md rule 5). The Consent is the
+/// patient's; it is withdrawn, or recorded on another record of theirs, first.
+fn refuse_deleting_a_consented_record(tx: &mut Tx<'_>, id: &str) -> Result<(), RepoError> {
+    let consents = tx.consents_in_force_on(id, 3)?;
+    if consents.is_empty() {
+        return Ok(());
+    }
+    Err(RepoError::Conflict(format!(
+        "Patient/{id} is named by {} in force; a Patient record carrying the patient's consent \
+         is not deleted (the consent would stop applying to the rest of their records): withdraw \
+         the consent, or record it on another of their records, first",
+        consents.join(", ")
+    )))
 }
 
 /// `DELETE [type]?criteria`: deletes the single match (412 when several match).

@@ -24,7 +24,33 @@ pub struct ConsentRuleRow {
     pub data_custodian: Option<String>,
 }
 
+#[derive(diesel::QueryableByName)]
+struct ConsentRefRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    consent_ref: String,
+}
+
 impl Tx<'_> {
+    /// The Consents in force on Patient record `patient_id` (`Consent/x`, at most `limit`):
+    /// the ones with compiled rules (a Consent that is not active has none).
+    pub fn consents_in_force_on(
+        &mut self,
+        patient_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT DISTINCT consent_ref AS consent_ref FROM consent_rules WHERE patient_id = ",
+        );
+        sql.bind(Bind::Text(patient_id.into()))
+            .push(" ORDER BY consent_ref");
+        sql.push_limit(limit);
+        Ok(self
+            .load::<ConsentRefRow>(&sql)?
+            .into_iter()
+            .map(|row| row.consent_ref)
+            .collect())
+    }
+
     /// Replaces the rules compiled from the Consent stored as `consent_rid`.
     pub fn replace_consent_rules(
         &mut self,
