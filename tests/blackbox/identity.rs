@@ -513,6 +513,25 @@ fn a_merged_record_joins_its_survivor() {
         assert!(via_survivor.contains(&reference(&note)), "{via_survivor:?}");
         let survivor = clinic.read_json(&format!("Patient/{CLINIC_P}"));
         assert!(survivor["link"].to_string().contains(&dup_id), "{survivor}");
+
+        // A review found a record merged into itself, and two records merged into each other
+        // (no survivor left), accepted: both are refused.
+        let merge = |id: &str, into: &str| {
+            json!({"resourceType": "Patient", "id": id, "active": false,
+                   "link": [{"other": {"reference": format!("Patient/{into}")}, "type": "replaced-by"}]})
+        };
+        let refused = clinic
+            .put(&format!("Patient/{CLINIC_P}"), &merge(CLINIC_P, CLINIC_P))
+            .expect(422);
+        assert!(refused.body.contains("itself"), "{}", refused.body);
+        let refused = clinic
+            .put(&format!("Patient/{CLINIC_P}"), &merge(CLINIC_P, &dup_id))
+            .expect(422);
+        assert!(
+            refused.body.contains("merged into another"),
+            "{}",
+            refused.body
+        );
     });
 }
 

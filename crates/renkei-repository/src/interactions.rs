@@ -244,10 +244,30 @@ impl WriteContext {
         let (Some(writer), "Patient") = (&self.custodian, res_type) else {
             return Ok(());
         };
+        let own_id = patient.get("id").and_then(Value::as_str);
         for survivor in crate::identity::replaced_by(patient) {
-            let held = tx
-                .current("Patient", &survivor)?
+            if own_id == Some(survivor.as_str()) {
+                return Err(RepoError::Unprocessable(format!(
+                    "Patient.link replaced-by names Patient/{survivor} itself; a record is merged \
+                     into another record, its survivor"
+                )));
+            }
+            let current = tx.current("Patient", &survivor)?;
+            let held = current
+                .as_ref()
                 .is_some_and(|row| !row.deleted && row.custodian.as_deref() == Some(writer));
+            // ITI-104: the survivor is an active record, not itself merged into another (a
+            // merge of each into the other would leave no survivor).
+            let merged_away = current
+                .and_then(|row| row.body)
+                .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+                .is_some_and(|body| crate::identity::replaced_by(&body).next().is_some());
+            if held && merged_away {
+                return Err(RepoError::Unprocessable(format!(
+                    "Patient/{survivor} is itself merged into another record (its link \
+                     replaced-by); merge into the record that survived"
+                )));
+            }
             if !held {
                 return Err(RepoError::Unprocessable(format!(
                     "Patient.link replaced-by may name only another Patient record {writer} \
