@@ -785,3 +785,29 @@ fn a_patient_sees_their_data_and_its_accesses_across_their_linked_records() {
         app.get(&format!("Patient/{HOSP_P}")).expect(200);
     });
 }
+
+/// A review found: a merge (ITI-104, `replaced-by`) of a duplicate whose birth date was
+/// mistyped answered 200 and joined nothing, the birth-date rule for shared keys refusing it.
+/// A merge is the holder's decision and joins whatever the dates.
+#[test]
+fn a_merge_joins_a_duplicate_with_a_mistyped_birth_date() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let clinic = net.as_clinic();
+        let duplicate = clinic.create(&json!({"resourceType": "Patient",
+            "identifier": [{"system": CLINIC_SYSTEM, "value": "C-0079"}],
+            "name": [{"family": "ヤマダ"}], "birthDate": "1960-01-20"}));
+        let dup_id = duplicate["id"].as_str().unwrap_or_default().to_string();
+        clinic
+            .put(
+                &format!("Patient/{dup_id}"),
+                &json!({"resourceType": "Patient", "id": dup_id, "active": false,
+                        "identifier": [{"system": CLINIC_SYSTEM, "value": "C-0079"}],
+                        "birthDate": "1960-01-20",
+                        "link": [{"other": {"reference": format!("Patient/{CLINIC_P}")}, "type": "replaced-by"}]}),
+            )
+            .expect(200);
+        let survivor = clinic.read_json(&format!("Patient/{CLINIC_P}"));
+        assert!(survivor["link"].to_string().contains(&dup_id), "{survivor}");
+    });
+}

@@ -97,15 +97,20 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
         queue.extend(tx.person_members(&record)?);
     }
     let nodes: Vec<String> = seen.into_iter().collect();
-    // Shared keys never join records of different birth dates into one person.
+    // Shared keys never join records of different birth dates into one person. A merge is
+    // the holder's explicit decision, as an administrator's link is: a duplicate replaced by
+    // its survivor joins it whatever its (often mistyped) birth date.
     let mut birth_dates = std::collections::BTreeMap::new();
     for node in &nodes {
         let body = tx.current("Patient", node)?.and_then(|row| row.body);
-        let date = body
-            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .and_then(|patient| renkei_identity::full_birth_date(&patient));
-        if let Some(date) = date {
+        let Some(patient) = body.and_then(|body| serde_json::from_str::<Value>(&body).ok()) else {
+            continue;
+        };
+        if let Some(date) = renkei_identity::full_birth_date(&patient) {
             birth_dates.insert(node.clone(), date);
+        }
+        for survivor in replaced_by(&patient).filter(|survivor| nodes.contains(survivor)) {
+            linked.push((node.clone(), survivor));
         }
     }
     for person in renkei_identity::persons(&nodes, &birth_dates, &edges, &linked, &suppressed) {
