@@ -811,3 +811,29 @@ fn a_merge_joins_a_duplicate_with_a_mistyped_birth_date() {
         assert!(survivor["link"].to_string().contains(&dup_id), "{survivor}");
     });
 }
+
+/// A review found: `$link` took a misspelt parameter silently, and `_linked=false&_mdm=true`
+/// was read as true. Both answer 400.
+#[test]
+fn link_parameters_and_linked_flags_are_not_guessed() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let mut body = unlink_body("confirmed at the counter");
+        body["parameter"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "reasn", "valueString": "typo"}));
+        let refused = net.as_admin().post("Patient/$link", &body).expect(400);
+        assert!(refused.body.contains("reasn"), "{}", refused.body);
+        net.as_clinic()
+            .get(&format!(
+                "Patient/{CLINIC_P}/$everything?_linked=false&_mdm=true"
+            ))
+            .expect(400);
+        net.as_clinic()
+            .get(&format!(
+                "Patient/{CLINIC_P}/$everything?_linked=true&_mdm=true"
+            ))
+            .expect(200);
+    });
+}

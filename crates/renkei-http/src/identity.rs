@@ -251,6 +251,21 @@ async fn link_change(
     let result = async {
         let who = authenticate(&req, &state).await?;
         let parameters = parameters_body(&req, payload, &state).await?;
+        // A misspelt `reason` or `target` must not be taken as absent.
+        let unknown: Vec<&str> = parameters
+            .get("parameter")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("name").and_then(Value::as_str))
+            .filter(|name| !matches!(*name, "source" | "target" | "reason"))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "$link and $unlink take the parameters source, target and reason, not {}",
+                unknown.join(", ")
+            )));
+        }
         let source = patient_parameter(&parameters, "source")?;
         let target = patient_parameter(&parameters, "target")?;
         let reason = string_parameter(&parameters, "reason").unwrap_or_default();

@@ -879,6 +879,7 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     let mut params: Vec<(String, String)> = Vec::new();
     let mut unsupported = Vec::new();
     let mut linked = false;
+    let mut linked_said: Option<&str> = None;
     let mut spelling: Vec<Spelling> = Vec::new();
     // `start`/`end` as sent and the first/last millisecond they bound.
     let mut care_from: Option<(String, i64)> = None;
@@ -887,8 +888,16 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
         match name.as_str() {
             // Every record linked to this one as the same person (HAPI FHIR spells it `_mdm`).
             "_linked" | "_mdm" => match value.as_str() {
-                "true" => linked = true,
-                "false" => {}
+                "true" | "false" if linked_said.is_some_and(|said| said != value) => {
+                    return Err(ApiError::bad_request(
+                        "_linked and _mdm say the same thing; they disagree here",
+                    ))
+                }
+                "true" => {
+                    linked = true;
+                    linked_said = Some(value.as_str());
+                }
+                "false" => linked_said = Some(value.as_str()),
                 other => {
                     return Err(ApiError::bad_request(format!(
                         "{name} must be true or false, not '{other}'"
