@@ -84,6 +84,7 @@ pub fn status_of(error: &RepoError) -> (&'static str, &'static str) {
         RepoError::TooCostly(_) => ("400 Bad Request", "too-costly"),
         RepoError::Entry { source, .. } => status_of(source),
         RepoError::Store(StoreError::Unavailable(_)) => ("503 Service Unavailable", "transient"),
+        RepoError::Store(e) if e.is_connection_lost() => ("503 Service Unavailable", "transient"),
         RepoError::Store(StoreError::UnknownValueSet(_)) => ("400 Bad Request", "not-found"),
         RepoError::Store(StoreError::TooComplex { .. }) => ("400 Bad Request", "too-costly"),
         // Still losing to concurrent writes after the retries (`Repository::write`): the

@@ -47,6 +47,27 @@ impl StoreError {
         }
     }
 
+    /// Whether the database connection was lost under the statement (PostgreSQL terminated
+    /// the backend, the server restarted, the network dropped): the database is unavailable
+    /// for this request, which is answered 503; the pool replaces the connection.
+    pub fn is_connection_lost(&self) -> bool {
+        const LOST: [&str; 6] = [
+            "terminating connection",
+            "server closed the connection",
+            "no connection to the server",
+            "could not send data to server",
+            "could not receive data from server",
+            "connection to server",
+        ];
+        match self {
+            StoreError::Query(diesel::result::Error::DatabaseError(kind, info)) => {
+                matches!(kind, diesel::result::DatabaseErrorKind::ClosedConnection)
+                    || LOST.iter().any(|lost| info.message().contains(lost))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the write lost to a concurrent one: PostgreSQL cancelled it to break a deadlock
     /// (SQLSTATE 40P01) or for a serialization failure (40001), or a concurrent insert took its
     /// key. The whole write, rerun from its request, can succeed; if it keeps losing, the client
@@ -163,5 +184,23 @@ mod tests {
         ));
         assert!(!other.is_write_conflict() && !other.is_transient());
         assert!(!StoreError::Unavailable("down".into()).is_write_conflict());
+    }
+
+    #[test]
+    fn a_connection_lost_under_a_statement_is_told_apart() {
+        let lost = |kind, message: &str| {
+            StoreError::Query(Error::DatabaseError(kind, Box::new(message.to_string())))
+                .is_connection_lost()
+        };
+        assert!(lost(
+            DatabaseErrorKind::Unknown,
+            "terminating connection due to administrator command"
+        ));
+        assert!(lost(
+            DatabaseErrorKind::Unknown,
+            "server closed the connection unexpectedly"
+        ));
+        assert!(lost(DatabaseErrorKind::ClosedConnection, "anything"));
+        assert!(!lost(DatabaseErrorKind::Unknown, "no such table: x"));
     }
 }
