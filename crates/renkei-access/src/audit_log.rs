@@ -820,37 +820,43 @@ fn row_of(
 ) -> NewAuditEvent {
     let mut refs: Vec<(String, String)> = Vec::new();
     for patient in &builder.patients {
-        refs.push(("patient".into(), patient.clone()));
+        refs.push(("patient".into(), column_text(patient)));
     }
     for resource in &builder.resources {
         let base = resource.split("/_history").next().unwrap_or(resource);
-        refs.push(("entity".into(), base.to_string()));
+        refs.push(("entity".into(), column_text(base)));
     }
     for custodian in custodians {
         if !refs.iter().any(|(k, r)| k == "custodian" && r == custodian) {
-            refs.push(("custodian".into(), custodian.clone()));
+            refs.push(("custodian".into(), column_text(custodian)));
         }
     }
     let (type_code, subtype) = builder.type_and_subtype();
+    let optional = |value: &Option<String>| value.as_deref().map(column_text);
     NewAuditEvent {
         event_id,
         recorded: builder.recorded_ms,
-        request_id: builder.request_id.clone(),
+        request_id: column_text(&builder.request_id),
         type_code: type_code.to_string(),
         subtype: subtype.to_string(),
         action: builder.interaction.action().to_string(),
         outcome: builder.outcome.code().to_string(),
-        agent_client: builder.agent.client_id.clone(),
-        agent_org: builder.agent.organization.clone(),
-        agent_user: builder
-            .agent
-            .practitioner
-            .clone()
-            .or_else(|| builder.agent.patient.clone()),
-        purpose: builder.agent.purpose.clone(),
+        agent_client: optional(&builder.agent.client_id),
+        agent_org: optional(&builder.agent.organization),
+        agent_user: optional(&builder.agent.practitioner)
+            .or_else(|| optional(&builder.agent.patient)),
+        purpose: optional(&builder.agent.purpose),
         body,
         refs,
     }
+}
+
+/// A value for a search column or reference of the trail. PostgreSQL's text holds no NUL
+/// character: one named in a request (`GET Patient/x%00`) would fail the append of every
+/// event grouped with it, other clients' reads included. It becomes U+FFFD here (the stored
+/// body keeps it escaped as JSON writes it, so the record is unchanged).
+fn column_text(value: &str) -> String {
+    value.replace('\0', "\u{FFFD}")
 }
 
 /// An AuditEvent read back from the trail: its position (for paging) and the resource.

@@ -51,6 +51,13 @@ impl Criteria {
                 "conditional criteria parameter '{name}' has no value"
             )));
         }
+        for (name, value) in params {
+            check_no_nul(name)
+                .and_then(|()| check_no_nul(value))
+                .map_err(|reason| {
+                    RepoError::BadRequest(format!("conditional criteria: {reason}"))
+                })?;
+        }
         let plan = parse(
             &[res_type.to_string()],
             params,
@@ -196,7 +203,18 @@ pub fn percent_decode(text: &str) -> String {
 /// cannot be what the client meant to search for.
 pub fn percent_decode_strict(text: &str) -> Result<String, String> {
     let bytes = decode_escapes(text, true)?;
-    String::from_utf8(bytes).map_err(|_| format!("'{text}' does not decode to UTF-8 text"))
+    let decoded =
+        String::from_utf8(bytes).map_err(|_| format!("'{text}' does not decode to UTF-8 text"))?;
+    check_no_nul(&decoded).map(|()| decoded)
+}
+
+/// A NUL character (`%00`) is no text anything is stored or searched as (PostgreSQL's text
+/// cannot even hold one): refused, on both databases alike.
+fn check_no_nul(text: &str) -> Result<(), String> {
+    match text.contains('\0') {
+        true => Err("a NUL character (%00) is not text to search for".into()),
+        false => Ok(()),
+    }
 }
 
 /// Whether the well-formed `%XX` escapes in free text decode, with the text around them, to
