@@ -650,13 +650,21 @@ fn serve(
     served
 }
 
-/// Registers the demo network's clients (idempotent) and prints a ready token for each.
+/// Registers the demo network's clients that are not registered yet and prints a ready token
+/// for each. A client already registered is kept as it is: registering it again would end the
+/// tokens printed by an earlier start (or by another gateway on the same database).
 fn print_demo_tokens(store: &renkei_store::Store) -> Result<(), String> {
     say!("demo clients and tokens (valid 12 h; send as Authorization: Bearer <token>):");
+    let registered: Vec<String> = admin::list_clients(store)?
+        .into_iter()
+        .map(|client| client.client_id)
+        .collect();
     for client in admin::demo_clients() {
         let id = client.id.clone();
         let organization = client.organization.clone();
-        admin::add_client(store, client)?;
+        if !registered.contains(&id) {
+            admin::add_client(store, client)?;
+        }
         let token = admin::issue_token(store, &id, None, None, 12 * 3600)?;
         say!("  {id} ({organization}):\n    {token}");
     }
