@@ -46,8 +46,10 @@ impl AuditUnavailable {
     }
 }
 
+/// The events of one request, appended together: a group is cut between requests, never
+/// inside one, so a request's decision events and its own event commit or fail as one.
 struct Pending {
-    event: NewAuditEvent,
+    events: Vec<NewAuditEvent>,
     done: Done,
 }
 
@@ -263,35 +265,31 @@ impl AuditLog {
         if cfg!(feature = "unaudited-reads-benchmark") {
             return Ok(());
         }
-        let mut waits = Vec::with_capacity(events.len());
-        for event in events {
-            let deferred = DEFERRED.with(|deferred| {
-                deferred.borrow_mut().as_mut().map(|owed| {
-                    let (done, answer) = oneshot::channel();
-                    owed.push(answer);
-                    done
-                })
-            });
-            let done = match deferred {
-                Some(done) => Done::Deferred(done),
-                None => {
-                    let (done, wait) = mpsc::sync_channel(1);
-                    waits.push(wait);
-                    Done::Blocking(done)
-                }
-            };
-            self.queue
-                .send(Pending { event, done })
-                .map_err(|_| AuditUnavailable::writer_stopped())?;
+        if events.is_empty() {
+            return Ok(());
         }
-        for wait in waits {
-            match wait.recv_timeout(DURABILITY_TIMEOUT) {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => return Err(AuditUnavailable(message)),
-                Err(_) => return Err(AuditUnavailable::no_answer()),
+        let deferred = DEFERRED.with(|deferred| {
+            deferred.borrow_mut().as_mut().map(|owed| {
+                let (done, answer) = oneshot::channel();
+                owed.push(answer);
+                done
+            })
+        });
+        let (done, wait) = match deferred {
+            Some(done) => (Done::Deferred(done), None),
+            None => {
+                let (done, wait) = mpsc::sync_channel(1);
+                (Done::Blocking(done), Some(wait))
             }
+        };
+        self.queue
+            .send(Pending { events, done })
+            .map_err(|_| AuditUnavailable::writer_stopped())?;
+        match wait.map(|wait| wait.recv_timeout(DURABILITY_TIMEOUT)) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(message))) => Err(AuditUnavailable(message)),
+            Some(Err(_)) => Err(AuditUnavailable::no_answer()),
         }
-        Ok(())
     }
 
     /// Returns once every event recorded so far is in the searchable trail (journal mode), so
@@ -393,12 +391,12 @@ fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {
 /// as the events and, in the same order, the recorders waiting for them.
 fn next_batch(receiver: &Receiver<Pending>) -> Option<(Vec<NewAuditEvent>, Vec<Done>)> {
     let first = receiver.recv().ok()?;
-    let mut events = vec![first.event];
+    let mut events = first.events;
     let mut waiting = vec![first.done];
     while events.len() < MAX_BATCH {
         match receiver.try_recv() {
             Ok(more) => {
-                events.push(more.event);
+                events.extend(more.events);
                 waiting.push(more.done);
             }
             Err(_) => break,
