@@ -260,6 +260,21 @@ impl AuditLog {
     /// are durable; inside [`deferring_durability`], once they are queued, the work's
     /// [`Deferred`] result then waiting for them.
     pub fn record_all(&self, events: Vec<NewAuditEvent>) -> Result<(), AuditUnavailable> {
+        self.queue_events(events, true)
+    }
+
+    /// [`AuditLog::record_all`] that returns only once the events are durable, even inside
+    /// [`deferring_durability`]: for a caller that must know the outcome before it answers
+    /// (a batch whose writes committed answers per entry when its own event fails).
+    pub fn record_all_now(&self, events: Vec<NewAuditEvent>) -> Result<(), AuditUnavailable> {
+        self.queue_events(events, false)
+    }
+
+    fn queue_events(
+        &self,
+        events: Vec<NewAuditEvent>,
+        may_defer: bool,
+    ) -> Result<(), AuditUnavailable> {
         // Only in binaries built for the audit-on vs audit-off benchmark (issue 5); a normal
         // build cannot switch read auditing off.
         if cfg!(feature = "unaudited-reads-benchmark") {
@@ -269,11 +284,15 @@ impl AuditLog {
             return Ok(());
         }
         let deferred = DEFERRED.with(|deferred| {
-            deferred.borrow_mut().as_mut().map(|owed| {
-                let (done, answer) = oneshot::channel();
-                owed.push(answer);
-                done
-            })
+            deferred
+                .borrow_mut()
+                .as_mut()
+                .filter(|_| may_defer)
+                .map(|owed| {
+                    let (done, answer) = oneshot::channel();
+                    owed.push(answer);
+                    done
+                })
         });
         let (done, wait) = match deferred {
             Some(done) => (Done::Deferred(done), None),

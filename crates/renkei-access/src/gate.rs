@@ -253,6 +253,19 @@ fn is_write_entry(entry: &Value) -> bool {
 }
 
 /// The response entry of a batch entry refused before it ran (its scope).
+/// A batch entry that answers 503: its answer could not be recorded in the audit trail.
+fn unavailable_entry(error: &AccessError) -> Value {
+    serde_json::json!({
+        "response": {
+            "status": "503 Service Unavailable",
+            "outcome": {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "transient", "diagnostics": error.to_string()}],
+            },
+        },
+    })
+}
+
 fn refused_entry(error: &AccessError) -> Value {
     let (status, code) = match error {
         AccessError::MethodNotAllowed(_) => ("405 Method Not Allowed", "not-supported"),
@@ -1614,9 +1627,35 @@ impl Gate {
                     self.entry_rows(who, None, &failed_requests, &failed_responses)
                         .unwrap_or_default()
                 }));
-                self.audit
-                    .record_all(rows)
-                    .map_err(|e| AccessError::AuditUnavailable(e.0))?;
+                if let Err(unavailable) = self.audit.record_all_now(rows) {
+                    let committed_writes =
+                        all_requests
+                            .iter()
+                            .zip(&responses)
+                            .any(|(request, answer)| {
+                                is_write_entry(request) && entry_status(answer) < 400
+                            });
+                    if !committed_writes {
+                        return Err(AccessError::AuditUnavailable(unavailable.0));
+                    }
+                    // Writes committed with their own events: a 503 for the whole batch would
+                    // tell the client to send them again. Each write keeps its answer; what
+                    // read data cannot be returned without its record, and each failure that
+                    // could not be recorded, answers 503 in its entry.
+                    tracing::error!(error = %unavailable.0, "batch audit failed after its writes committed");
+                    let withheld = AccessError::AuditUnavailable(unavailable.0);
+                    let entries: Vec<Value> = all_requests
+                        .iter()
+                        .zip(responses)
+                        .map(|(request, answer)| match is_write_entry(request) {
+                            true if entry_status(&answer) < 400 => answer,
+                            _ => unavailable_entry(&withheld),
+                        })
+                        .collect();
+                    let mut degraded = response.clone();
+                    degraded["entry"] = Value::Array(entries);
+                    return Ok(degraded);
+                }
             }
             Err(error) => self.record_bundle_failure(builder, error)?,
         }
