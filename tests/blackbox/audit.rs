@@ -2160,3 +2160,44 @@ fn a_batch_whose_own_event_fails_keeps_its_committed_writes_answered() {
         server.get(&format!("Patient/{id}")).expect(200);
     });
 }
+
+/// A review found: while the trail could not be written, `/auth/token` answered 503 with a
+/// FHIR OperationOutcome, which an OAuth client does not read. It answers the OAuth error
+/// `temporarily_unavailable` (and issues no token). PostgreSQL: on SQLite the login event
+/// reaches the journal.
+#[test]
+fn the_token_endpoint_answers_an_oauth_error_when_the_trail_is_down() {
+    crate::support::for_each_backend(|server| {
+        if server.database_url().starts_with("sqlite:") {
+            return;
+        }
+        let pem =
+            crate::smart_auth::register_with_key(server, "down-ehr", "Organization/clinic-down");
+        let own = server.base.trim_end_matches("/fhir").to_string() + "/auth/token";
+        let store = open_store(server.database_url());
+        exec(
+            &store,
+            &[
+                sql("CREATE FUNCTION refuse_login() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit storage down'; END $$ LANGUAGE plpgsql"),
+                sql("CREATE TRIGGER refuse_login BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_login()"),
+            ],
+        );
+        let answer = crate::smart_auth::ask(
+            server,
+            &crate::smart_auth::assertion(&pem, "down-ehr", &own, "down-1"),
+            &[],
+        );
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().unwrap_or_default();
+        exec(
+            &store,
+            &[
+                sql("DROP TRIGGER refuse_login ON audit_events"),
+                sql("DROP FUNCTION refuse_login()"),
+            ],
+        );
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+        assert!(body.get("access_token").is_none());
+    });
+}

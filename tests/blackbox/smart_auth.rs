@@ -13,7 +13,7 @@ const ASSERTION_TYPE: &str = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-typ
 
 /// Registers `client_id` (facility of `organization`) with a fresh ES384 key; returns the
 /// private key PEM (kid `k1`).
-fn register_with_key(s: &Server, client_id: &str, organization: &str) -> String {
+pub(crate) fn register_with_key(s: &Server, client_id: &str, organization: &str) -> String {
     let (private_pem, jwks) = renkei_auth::generate_client_key_es384(Some("k1")).expect("key");
     let path = std::env::temp_dir().join(format!(
         "renkei-jwks-{}.json",
@@ -36,7 +36,7 @@ fn register_with_key(s: &Server, client_id: &str, organization: &str) -> String 
     private_pem
 }
 
-fn assertion(pem: &str, client_id: &str, aud: &str, jti: &str) -> String {
+pub(crate) fn assertion(pem: &str, client_id: &str, aud: &str, jti: &str) -> String {
     let now = chrono::Utc::now().timestamp();
     renkei_auth::sign_jwt_with(
         pem,
@@ -47,7 +47,11 @@ fn assertion(pem: &str, client_id: &str, aud: &str, jti: &str) -> String {
 }
 
 /// POSTs a client-credentials request to the server's own `/auth/token` with extra headers.
-fn ask(s: &Server, assertion: &str, headers: &[(&str, &str)]) -> reqwest::blocking::Response {
+pub(crate) fn ask(
+    s: &Server,
+    assertion: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::blocking::Response {
     let url = s.base.trim_end_matches("/fhir").to_string() + "/auth/token";
     let mut request = s
         .anonymous_client

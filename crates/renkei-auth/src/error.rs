@@ -24,6 +24,9 @@ pub enum ErrorCode {
     InsufficientScope,
     /// Server-side key or configuration problem (not the client's fault).
     ServerError,
+    /// The server cannot answer now (its database or audit trail is unavailable); the client
+    /// may try again later.
+    TemporarilyUnavailable,
 }
 
 impl ErrorCode {
@@ -38,16 +41,19 @@ impl ErrorCode {
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InsufficientScope => "insufficient_scope",
             ErrorCode::ServerError => "server_error",
+            ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
         }
     }
 
     /// The HTTP status to answer with: 401 for `invalid_client`/`invalid_token`,
-    /// 403 for `insufficient_scope`, 500 for `server_error`, 400 otherwise.
+    /// 403 for `insufficient_scope`, 500 for `server_error`, 503 for
+    /// `temporarily_unavailable`, 400 otherwise.
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::InvalidClient | ErrorCode::InvalidToken => 401,
             ErrorCode::InsufficientScope => 403,
             ErrorCode::ServerError => 500,
+            ErrorCode::TemporarilyUnavailable => 503,
             _ => 400,
         }
     }

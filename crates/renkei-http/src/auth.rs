@@ -2,7 +2,6 @@
 //! configuration, and the request id every response echoes.
 
 use crate::error::ApiError;
-use crate::format::FHIR_JSON;
 use crate::AppState;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -406,14 +405,8 @@ pub async fn token(
             let gate = state.gate.clone();
             match web::block(move || gate.audit_login(attempt)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(unavailable)) => {
-                    return ApiError::from(unavailable).respond(crate::format::Format::Json, false)
-                }
-                Err(_) => {
-                    return HttpResponse::ServiceUnavailable()
-                        .content_type(FHIR_JSON)
-                        .finish()
-                }
+                Ok(Err(unavailable)) => return oauth_unavailable(&unavailable.to_string()),
+                Err(_) => return oauth_unavailable("the token request could not be handled"),
             }
             return HttpResponse::build(error.status())
                 .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -514,9 +507,7 @@ pub async fn token(
     })
     .await;
     match result {
-        Ok(Err(unavailable)) => {
-            ApiError::from(unavailable).respond(crate::format::Format::Json, false)
-        }
+        Ok(Err(unavailable)) => oauth_unavailable(&unavailable.to_string()),
         Ok(Ok(Ok(grant))) => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .content_type("application/json")
@@ -538,10 +529,23 @@ pub async fn token(
                 .content_type("application/json")
                 .json(error.to_json())
         }
-        Err(_) => HttpResponse::ServiceUnavailable()
-            .content_type(FHIR_JSON)
-            .finish(),
+        Err(_) => oauth_unavailable("the token request could not be handled"),
     }
+}
+
+/// 503 as an OAuth client reads it (RFC 6749 §5.2 error JSON): no token is issued while the
+/// attempt cannot be recorded in the audit trail.
+fn oauth_unavailable(description: &str) -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .content_type("application/json")
+        .json(
+            renkei_auth::AuthError::new(
+                renkei_auth::ErrorCode::TemporarilyUnavailable,
+                format!("{description}; try again later"),
+            )
+            .to_json(),
+        )
 }
 
 #[cfg(test)]
