@@ -291,6 +291,16 @@ fn token_lifetime_outside_one_day_is_refused_at_start() {
 }
 
 #[test]
+fn the_database_wait_is_bounded() {
+    for wait in ["0", "301"] {
+        refused_at_start(
+            &[("RENKEI_DATABASE_WAIT_SECONDS", wait)],
+            "database_wait_seconds",
+        );
+    }
+}
+
+#[test]
 fn boolean_settings_are_true_or_false() {
     for spelling in ["TRUE", "1", "yes", ""] {
         refused_at_start(

@@ -21,6 +21,9 @@ pub struct FileConfig {
     pub max_bundle_response_bytes: Option<usize>,
     pub workers: Option<usize>,
     pub max_connections: Option<u32>,
+    /// Seconds a request waits for a database connection (a free one of the pool, or a new
+    /// one) before it answers 503.
+    pub database_wait_seconds: Option<u64>,
     pub demo: Option<bool>,
     pub implicit_policy: Option<String>,
     pub patient_deny_holds_on_break_glass: Option<bool>,
@@ -50,6 +53,7 @@ pub struct Config {
     pub max_bundle_response_bytes: usize,
     pub workers: usize,
     pub max_connections: u32,
+    pub database_wait_seconds: u64,
     pub demo: bool,
     /// `opt-in` (default: no consent, no sharing) or `opt-out`.
     pub implicit_policy: String,
@@ -170,6 +174,9 @@ impl Config {
             max_connections: env_number("RENKEI_MAX_CONNECTIONS")?
                 .or(file.max_connections)
                 .unwrap_or(16),
+            database_wait_seconds: env_number("RENKEI_DATABASE_WAIT_SECONDS")?
+                .or(file.database_wait_seconds)
+                .unwrap_or(10),
             demo: overrides.demo.or(file.demo).unwrap_or(false),
             implicit_policy: std::env::var("RENKEI_IMPLICIT_POLICY")
                 .ok()
@@ -236,6 +243,12 @@ impl Config {
                     "base_url (RENKEI_BASE_URL) must be an absolute http(s) URL such as https://gateway.example/fhir, not '{base}'"
                 )));
             }
+        }
+        if !(1..=300).contains(&config.database_wait_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "database_wait_seconds (RENKEI_DATABASE_WAIT_SECONDS) must be between 1 and 300, not {}",
+                config.database_wait_seconds
+            )));
         }
         if config.workers == 0 || config.max_connections == 0 {
             // Neither can serve anything at zero (actix and the pool would panic).

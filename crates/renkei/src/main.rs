@@ -523,7 +523,7 @@ fn open_repository(config: &Config) -> Result<Repository, String> {
         &url,
         &StoreOptions {
             max_connections: config.max_connections,
-            ..StoreOptions::default()
+            connect_timeout: std::time::Duration::from_secs(config.database_wait_seconds),
         },
     )
     .map_err(|e| format!("{e} (database {})", url.redacted()))?;
