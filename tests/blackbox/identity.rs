@@ -835,5 +835,23 @@ fn link_parameters_and_linked_flags_are_not_guessed() {
                 "Patient/{CLINIC_P}/$everything?_linked=true&_mdm=true"
             ))
             .expect(200);
+        // A refused attempt's event names the records it was about.
+        let attempt = format!("rq-link-{}", uuid::Uuid::new_v4().simple());
+        net.as_clinic()
+            .send_json_with(
+                "POST",
+                "Patient/$unlink",
+                &unlink_body("not an administrator"),
+                &[("X-Request-Id", attempt.as_str())],
+            )
+            .expect(403);
+        let auditor = s.token_for("id-auditor", HOSPITAL, "auditor", &[]);
+        let trail = s
+            .with_token(&auditor)
+            .get(&format!(
+                "AuditEvent?patient=Patient/{HOSP_P}&outcome=4&_count=200"
+            ))
+            .expect(200);
+        assert!(trail.body.contains(&attempt), "{}", trail.body);
     });
 }

@@ -2117,11 +2117,17 @@ impl Gate {
     ) -> Result<(Vec<String>, Vec<String>), AccessError> {
         let operation = if linked { "link" } else { "unlink" };
         let interaction = Interaction::Operation(operation.into());
+        // Refused or not, the event names the records: what an investigation searches for.
+        let records = vec![
+            format!("Patient/{patient_a}"),
+            format!("Patient/{patient_b}"),
+        ];
         if who.principal.role != renkei_consent::Role::Admin && !who.is_system() {
             let error = AccessError::Forbidden(format!(
                 "only administrators may {operation} Patient records"
             ));
             let mut failed = self.event(who, interaction);
+            failed.patients.clone_from(&records);
             failed.outcome = AuditOutcome::from_status(403);
             failed.outcome_desc = Some(error.to_string());
             self.record(&failed, &[])?;
@@ -2140,10 +2146,7 @@ impl Gate {
             let persons = identity::set_link(tx, &decision)?;
             let mut event = builder.clone();
             event.recorded_ms = now_ms();
-            event.patients = vec![
-                format!("Patient/{patient_a}"),
-                format!("Patient/{patient_b}"),
-            ];
+            event.patients.clone_from(&records);
             event.outcome_desc = Some(format!("{operation}: {reason}"));
             append(tx, &[to_row(&event, &[])])
                 .map_err(|e| renkei_store::StoreError::Unavailable(format!("audit trail: {e}")))?;
@@ -2154,6 +2157,7 @@ impl Gate {
             Err(error) => {
                 let error = AccessError::from(error);
                 let mut failed = builder;
+                failed.patients = records;
                 failed.outcome = AuditOutcome::from_status(status_of(&error));
                 failed.outcome_desc = Some(error.to_string());
                 self.record(&failed, &[])?;
