@@ -456,20 +456,23 @@ pub fn redact_hidden<E>(
     mut visible: impl FnMut(&str) -> Result<bool, E>,
 ) -> Result<(), E> {
     let mut hid_a_resource = false;
+    let mut hid_the_decider = false;
     if let Some(entities) = event.get_mut("entity").and_then(Value::as_array_mut) {
         let mut kept = Vec::with_capacity(entities.len());
         for mut entity in std::mem::take(entities) {
-            // A patient entity counts too: a search over several patients names each of them.
-            let names_a_resource = matches!(
-                entity.pointer("/role/code").and_then(Value::as_str),
-                Some("1" | "4")
-            );
+            // A patient entity counts too: a search over several patients names each of them;
+            // so does the Consent that decided (a security resource), which the reader may
+            // not be allowed to read.
+            let role = entity.pointer("/role/code").and_then(Value::as_str);
+            let names_a_resource = matches!(role, Some("1" | "4"));
+            let names_the_decider = role == Some("13");
             if let (true, Some(reference)) = (
-                names_a_resource,
+                names_a_resource || names_the_decider,
                 entity.pointer("/what/reference").and_then(Value::as_str),
             ) {
                 if !visible(reference)? {
-                    hid_a_resource = true;
+                    hid_a_resource |= names_a_resource;
+                    hid_the_decider |= names_the_decider;
                     continue;
                 }
             }
@@ -501,7 +504,8 @@ pub fn redact_hidden<E>(
     }
     if let Some(desc) = event.get_mut("outcomeDesc") {
         let text = desc.as_str().unwrap_or_default();
-        let status = match hid_a_resource && text.contains(PRIVACY_TAG_DECIDER) {
+        let status = match hid_the_decider || (hid_a_resource && text.contains(PRIVACY_TAG_DECIDER))
+        {
             true => text.split(' ').next().unwrap_or_default(),
             // What follows a `:` or ` (` is written for operators: a reason in free text, the
             // request a break-glass opened (its parameters may name other patients' ids).
@@ -663,6 +667,23 @@ mod tests {
             .unwrap();
         assert_eq!(decoded, b"Observation");
         assert_eq!(event["outcomeDesc"], "403");
+    }
+
+    #[test]
+    fn a_deciding_consent_the_reader_may_not_read_is_left_out() {
+        let mut builder = EventBuilder::new(Interaction::ConsentDecision, "req-12", 0);
+        builder.outcome = AuditOutcome::MinorFailure;
+        builder.outcome_desc = Some("deny by Consent/other-facilitys".into());
+        builder.patients.push("Patient/p1".into());
+        builder.decided_by = Some("Consent/other-facilitys".into());
+        let event = builder.build("e12");
+        let mut hidden = event.clone();
+        redact_hidden(&mut hidden, |r| Ok::<bool, ()>(!r.starts_with("Consent/"))).unwrap();
+        assert!(!hidden.to_string().contains("other-facilitys"), "{hidden}");
+        assert_eq!(hidden["outcomeDesc"], "deny");
+        let mut seen = event;
+        redact_hidden(&mut seen, |_| Ok::<bool, ()>(true)).unwrap();
+        assert_eq!(seen["outcomeDesc"], "deny by Consent/other-facilitys");
     }
 
     #[test]
