@@ -855,3 +855,25 @@ fn link_parameters_and_linked_flags_are_not_guessed() {
         assert!(trail.body.contains(&attempt), "{}", trail.body);
     });
 }
+
+/// A person of more than 100 records is refused (a placeholder id shared by unrelated
+/// patients). A review found the count taken before birth dates part records into persons: a
+/// record sharing the id with another birth date, which joins no one, was refused as well.
+#[test]
+fn the_records_per_person_limit_counts_the_person_only() {
+    for_each_backend(|s| {
+        let hospital = s.token_for("cap-ehr", HOSPITAL, "facility", &[]);
+        let hospital = s.with_token(&hospital);
+        let regional = format!("CAP-{}", uuid::Uuid::new_v4().simple());
+        let record = |birth: &str| {
+            json!({"resourceType": "Patient", "birthDate": birth,
+                   "identifier": [{"system": "urn:renkei:regional-patient-id", "value": regional}]})
+        };
+        for _ in 0..100 {
+            hospital.post("Patient", &record("1990-01-01")).expect(201);
+        }
+        let refused = hospital.post("Patient", &record("1990-01-01")).expect(422);
+        assert!(refused.body.contains("more than 100"), "{}", refused.body);
+        hospital.post("Patient", &record("1991-01-01")).expect(201);
+    });
+}

@@ -13,6 +13,16 @@ use std::collections::{BTreeMap, BTreeSet};
 /// A person with more records than this is refused: it means a linking identifier is shared
 /// by unrelated patients (a placeholder insurance number, say), which an operator must fix.
 const MAX_RECORDS_PER_PERSON: usize = 100;
+/// Records one relinking may reach through shared keys (before birth dates and unlinks part
+/// them into persons).
+const MAX_RECORDS_WALKED: usize = 10 * MAX_RECORDS_PER_PERSON;
+
+fn too_many_linked(seed: &str, limit: usize) -> RepoError {
+    RepoError::Unprocessable(format!(
+        "Patient/{seed} would be linked with more than {limit} records: a linking identifier is \
+         shared by unrelated patients"
+    ))
+}
 
 /// How many records one $match candidate query may bring in before scoring.
 const CANDIDATES_PER_QUERY: usize = 50;
@@ -75,11 +85,10 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
         if !seen.insert(record.clone()) {
             continue;
         }
-        if seen.len() > MAX_RECORDS_PER_PERSON {
-            return Err(RepoError::Unprocessable(format!(
-                "Patient/{seed} would be linked with more than {MAX_RECORDS_PER_PERSON} records: \
-                 a linking identifier is shared by unrelated patients"
-            )));
+        // The walk follows shared keys before birth dates and unlinks are applied, so it may
+        // reach more records than the person will hold; it is bounded all the same.
+        if seen.len() > MAX_RECORDS_WALKED {
+            return Err(too_many_linked(seed, MAX_RECORDS_WALKED));
         }
         for other in tx.records_sharing_keys(&record)? {
             edges.push((record.clone(), other.clone()));
@@ -113,7 +122,14 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
             linked.push((node.clone(), survivor));
         }
     }
-    for person in renkei_identity::persons(&nodes, &birth_dates, &edges, &linked, &suppressed) {
+    let persons = renkei_identity::persons(&nodes, &birth_dates, &edges, &linked, &suppressed);
+    if persons
+        .iter()
+        .any(|person| person.len() > MAX_RECORDS_PER_PERSON)
+    {
+        return Err(too_many_linked(seed, MAX_RECORDS_PER_PERSON));
+    }
+    for person in persons {
         tx.assign_person(&person)?;
     }
     Ok(())
