@@ -877,3 +877,40 @@ fn the_records_per_person_limit_counts_the_person_only() {
         hospital.post("Patient", &record("1991-01-01")).expect(201);
     });
 }
+
+/// A review found: a consent a facility recorded on another facility's record of the person,
+/// while the two were linked, stayed in force after an administrator unlinked them (the link
+/// a copied card made), with nothing telling the administrator. The unlink lists it for
+/// review; the clinic's consent on its own record is not listed.
+#[test]
+fn an_unlink_lists_the_consents_recorded_through_the_link() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let through_link = json!({
+            "resourceType": "Consent", "id": "id-consent-through-link", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": format!("Patient/{HOSP_P}")},
+            "provision": {"type": "permit",
+                "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                           "reference": {"reference": CLINIC}}],
+                "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]}});
+        net.as_clinic()
+            .put("Consent/id-consent-through-link", &through_link)
+            .expect(201);
+        let answer = net
+            .as_admin()
+            .post(
+                "Patient/$unlink",
+                &unlink_body("card copied, not the same person"),
+            )
+            .expect(200)
+            .body;
+        assert!(
+            answer.contains("consent-to-review")
+                && answer.contains("Consent/id-consent-through-link"),
+            "{answer}"
+        );
+        assert!(!answer.contains("Consent/id-consent\""), "{answer}");
+    });
+}

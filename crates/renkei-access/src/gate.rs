@@ -2114,7 +2114,7 @@ impl Gate {
         patient_b: &str,
         linked: bool,
         reason: &str,
-    ) -> Result<(Vec<String>, Vec<String>), AccessError> {
+    ) -> Result<identity::LinkOutcome, AccessError> {
         let operation = if linked { "link" } else { "unlink" };
         let interaction = Interaction::Operation(operation.into());
         // Refused or not, the event names the records: what an investigation searches for.

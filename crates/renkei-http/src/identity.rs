@@ -271,7 +271,7 @@ async fn link_change(
         let reason = string_parameter(&parameters, "reason").unwrap_or_default();
         let gate = state.gate.clone();
         let (source_id, target_id) = (source.clone(), target.clone());
-        let (source_person, target_person) =
+        let outcome =
             blocking(move || gate.set_link(&who, &source, &target, linked, &reason)).await?;
         let person = |name: &str, members: Vec<String>| {
             json!({
@@ -288,10 +288,17 @@ async fn link_change(
             true => vec![record],
             false => members,
         };
-        let body = json!({"resourceType": "Parameters", "parameter": [
-            person("source-person", or_alone(source_person, source_id)),
-            person("target-person", or_alone(target_person, target_id)),
+        let mut body = json!({"resourceType": "Parameters", "parameter": [
+            person("source-person", or_alone(outcome.source_person, source_id)),
+            person("target-person", or_alone(outcome.target_person, target_id)),
         ]});
+        // Consents whose holder no longer holds a record of their patient (recorded through
+        // a link now undone): for the administrator to review with the patient.
+        if let Some(parameters) = body["parameter"].as_array_mut() {
+            parameters.extend(outcome.consents_to_review.into_iter().map(|consent| {
+                json!({"name": "consent-to-review", "valueReference": {"reference": consent}})
+            }));
+        }
         Ok(render_value(HttpResponse::Ok(), &body, ctx.format, ctx.pretty))
     }
     .await;

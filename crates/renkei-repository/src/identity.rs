@@ -135,12 +135,19 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
     Ok(())
 }
 
+/// What an administrator's link or unlink left: the records of each one's person afterwards,
+/// and the Consents in force whose holder no longer holds a record of the patient they speak
+/// for (one recorded through a link now undone): the patient may never have given them, so an
+/// administrator reviews them (an unlink changes no Consent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkOutcome {
+    pub source_person: Vec<String>,
+    pub target_person: Vec<String>,
+    pub consents_to_review: Vec<String>,
+}
+
 /// An administrator's link (`linked`) or unlink of two Patient records, with the reason kept.
-/// Returns the records of each one's person afterwards.
-pub fn set_link(
-    tx: &mut Tx<'_>,
-    decision: &LinkOverride,
-) -> Result<(Vec<String>, Vec<String>), RepoError> {
+pub fn set_link(tx: &mut Tx<'_>, decision: &LinkOverride) -> Result<LinkOutcome, RepoError> {
     if decision.patient_a == decision.patient_b {
         return Err(RepoError::BadRequest(
             "a Patient record cannot be linked to or unlinked from itself".into(),
@@ -157,10 +164,40 @@ pub fn set_link(
     tx.set_link_override(decision)?;
     relink(tx, &decision.patient_a)?;
     relink(tx, &decision.patient_b)?;
-    Ok((
-        tx.person_members(&decision.patient_a)?,
-        tx.person_members(&decision.patient_b)?,
-    ))
+    let source_person = tx.person_members(&decision.patient_a)?;
+    let target_person = tx.person_members(&decision.patient_b)?;
+    let mut consents_to_review = Vec::new();
+    for (record, person) in [
+        (&decision.patient_a, &source_person),
+        (&decision.patient_b, &target_person),
+    ] {
+        let alone = [record.clone()];
+        let members = if person.is_empty() {
+            &alone[..]
+        } else {
+            &person[..]
+        };
+        for member in members {
+            for consent in tx.consents_in_force_on(member, 50)? {
+                let Some((_, id)) = consent.split_once('/') else {
+                    continue;
+                };
+                let holder = tx.current("Consent", id)?.and_then(|row| row.custodian);
+                let still_registered = match &holder {
+                    Some(holder) => tx.holds_patient_record_of(holder, member)?,
+                    None => true,
+                };
+                if !still_registered && !consents_to_review.contains(&consent) {
+                    consents_to_review.push(consent);
+                }
+            }
+        }
+    }
+    Ok(LinkOutcome {
+        source_person,
+        target_person,
+        consents_to_review,
+    })
 }
 
 /// The other records of `patient_id`'s person that the requester may see.
