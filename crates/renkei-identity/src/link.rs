@@ -201,18 +201,13 @@ pub fn persons(
     linked: &[(String, String)],
     suppressed: &[(String, String)],
 ) -> Vec<Vec<String>> {
-    // A group's birth dates: `None` unknown, else the dates its records carry (several only
-    // where an administrator joined records of different dates). A shared key joins two
-    // groups when one has no date or they share one: a record with exactly the key and date
-    // of a member joins that person, whoever else an administrator linked to it (links are
-    // transitive).
-    type GroupDate = Option<BTreeSet<String>>;
-    fn merged(a: &GroupDate, b: &GroupDate, force: bool) -> Option<GroupDate> {
+    // A group's birth date: `None` unknown, `Some(None)` several (an administrator joined
+    // them), `Some(Some(d))` one.
+    type GroupDate = Option<Option<String>>;
+    fn merged(a: &GroupDate, b: &GroupDate) -> Option<GroupDate> {
         match (a, b) {
             (None, other) | (other, None) => Some(other.clone()),
-            (Some(x), Some(y)) if force || !x.is_disjoint(y) => {
-                Some(Some(x.union(y).cloned().collect()))
-            }
+            (Some(Some(x)), Some(Some(y))) if x == y => Some(a.clone()),
             _ => None,
         }
     }
@@ -241,7 +236,7 @@ pub fn persons(
     let mut add = |name: &String, parent: &mut Vec<usize>, dates: &mut Vec<GroupDate>| -> usize {
         *index.entry(name.clone()).or_insert_with(|| {
             parent.push(parent.len());
-            dates.push(birth_dates.get(name).map(|d| BTreeSet::from([d.clone()])));
+            dates.push(birth_dates.get(name).map(|d| Some(d.clone())));
             parent.len() - 1
         })
     };
@@ -267,8 +262,10 @@ pub fn persons(
         if ra == rb {
             return;
         }
-        let Some(date) = merged(&dates[ra], &dates[rb], force) else {
-            return;
+        let date = match merged(&dates[ra], &dates[rb]) {
+            Some(date) => date,
+            None if force => Some(None),
+            None => return,
         };
         let (keep, gone) = (ra.min(rb), ra.max(rb));
         parent[gone] = keep;
@@ -330,25 +327,19 @@ mod tests {
         let linked = [(s("p"), s("q"))];
         let persons = super::persons(&nodes, &no_date, &[], &linked, &[]);
         assert!(persons.contains(&vec![s("p"), s("q")]), "{persons:?}");
-        // And a record with exactly a member's key and date joins that person afterwards
-        // (a review found it refused once the person held two dates).
-        let nodes = [s("p"), s("q"), s("p-again")];
-        let mut with_again = dates.clone();
-        with_again.insert(s("p-again"), s("1960-01-02"));
-        let keys = [(s("p"), s("p-again"))];
-        let persons = super::persons(&nodes, &with_again, &keys, &linked, &[]);
+        // But a person so joined takes no record of any date through shared keys: a forced
+        // link of two people's records (a wrong merge) would otherwise draw every other
+        // facility's record of either one into the same person.
+        let nodes = [s("p"), s("q"), s("q-elsewhere")];
+        let mut with_elsewhere = dates.clone();
+        with_elsewhere.insert(s("q-elsewhere"), s("1975-03-03"));
+        let keys = [(s("q"), s("q-elsewhere"))];
+        let persons = super::persons(&nodes, &with_elsewhere, &keys, &linked, &[]);
         assert_eq!(
             persons,
-            vec![vec![s("p"), s("p-again"), s("q")]],
+            vec![vec![s("p"), s("q")], vec![s("q-elsewhere")]],
             "{persons:?}"
         );
-        // A record of a third date still joins neither.
-        let nodes = [s("p"), s("q"), s("other")];
-        let mut with_other = dates.clone();
-        with_other.insert(s("other"), s("1990-09-09"));
-        let keys = [(s("p"), s("other"))];
-        let persons = super::persons(&nodes, &with_other, &keys, &linked, &[]);
-        assert_eq!(persons.len(), 2, "{persons:?}");
     }
 
     use super::*;
