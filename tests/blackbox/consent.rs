@@ -934,6 +934,16 @@ fn conditional_changes_match_the_writers_own_records() {
         let kept = net.as_a().read_json(&patient_ref());
         assert_eq!(kept["meta"]["versionId"], "2", "{kept}");
         assert_eq!(kept["gender"], "male");
+        // Shared records are not duplicated: B's conditional update matching A's
+        // Organization is refused, as before (the adversarial review found a copy stored).
+        let org_id = format!("org-{}", uuid::Uuid::new_v4().simple());
+        let org = json!({"resourceType": "Organization", "name": "Shared lab",
+            "identifier": [{"system": "urn:test:org", "value": org_id}]});
+        net.as_a().create(&org);
+        let criteria = format!("Organization?identifier=urn:test:org|{org_id}");
+        net.as_b().put(&criteria, &org).expect(403);
+        let found = net.as_b().read_json(&format!("{criteria}&_total=accurate"));
+        assert_eq!(found["total"], 1, "{found}");
     });
 }
 

@@ -158,11 +158,15 @@ impl Criteria {
         self.resolve(tx, limit)
     }
 
-    /// Matches only what `custodian` holds (`None`: a trusted writer, anything): a conditional
-    /// update, patch or delete changes the writer's own records, so another facility's record
-    /// that happens to match (the network's directory Patient carrying every facility's local
-    /// id) is not the writer's match.
+    /// For Patient records, matches only what `custodian` holds (`None`: a trusted writer,
+    /// anything): each facility registers the person with a record of its own (IDENTITY.md),
+    /// so another holder's record that happens to match (the network's directory Patient
+    /// carrying every facility's local id) is not the writer's match. Other records are
+    /// shared: a match held by someone else is still refused (403) rather than duplicated.
     pub fn held_by(mut self, custodian: Option<&str>) -> Self {
+        if self.res_type != "Patient" {
+            return self;
+        }
         if let Some(custodian) = custodian {
             self.plan
                 .filters
