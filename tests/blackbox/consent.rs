@@ -970,6 +970,71 @@ fn a_patient_record_carrying_a_consent_in_force_is_not_deleted() {
     });
 }
 
+/// A review found: in a transaction, a Binary listed before the DocumentReference it
+/// belongs to (its securityContext) was stored as directory data every facility could read,
+/// letter text included; the other order, or separate requests, kept it with the document.
+/// Transactions are not ordered: both orders now give the document's consent decision.
+#[test]
+fn a_referral_letter_follows_its_document_whatever_the_transaction_order() {
+    for_each_backend(|s| {
+        let net = network(s);
+        for binary_first in [true, false] {
+            let (doc, bin) = (
+                format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+                format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            );
+            let binary = json!({"fullUrl": bin, "resource": {"resourceType": "Binary",
+                "contentType": "text/plain", "securityContext": {"reference": doc},
+                "data": "UkVGRVJSQUwgTEVUVEVS"},
+                "request": {"method": "POST", "url": "Binary"}});
+            let document = json!({"fullUrl": doc, "resource": {"resourceType": "DocumentReference",
+                "status": "current", "subject": {"reference": patient_ref()},
+                "content": [{"attachment": {"contentType": "text/plain", "url": bin}}]},
+                "request": {"method": "POST", "url": "DocumentReference"}});
+            let entry = match binary_first {
+                true => vec![binary, document],
+                false => vec![document, binary],
+            };
+            let answer = net
+                .as_a()
+                .post(
+                    "",
+                    &json!({"resourceType": "Bundle", "type": "transaction", "entry": entry}),
+                )
+                .expect(200)
+                .json();
+            let stored: Vec<String> = entries(&answer)
+                .iter()
+                .map(|e| {
+                    let location = e["response"]["location"].as_str().unwrap_or_default();
+                    location
+                        .split("/_history")
+                        .next()
+                        .unwrap_or_default()
+                        .rsplit('/')
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .collect();
+            let letter = stored.iter().find(|r| r.starts_with("Binary/")).unwrap();
+            let document = stored
+                .iter()
+                .find(|r| r.starts_with("DocumentReference/"))
+                .unwrap();
+            net.as_b().get(document).expect(200);
+            // C is not in the consent: nothing; B is: the letter, as the document.
+            net.as_c().get(letter).expect(404);
+            net.as_b()
+                .get_with(letter, &[("Accept", "application/fhir+json")])
+                .expect(200);
+        }
+    });
+}
+
 #[test]
 fn break_glass_needs_permission_and_a_reason() {
     for_each_backend(|s| {

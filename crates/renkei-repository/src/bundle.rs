@@ -657,18 +657,25 @@ fn parse_target(url: &str) -> Result<Target, RepoError> {
 /// facility holding a record of the patient, so a Consent must not depend on coming after
 /// its Patient in the Bundle: the outcome of a transaction does not depend on its order.
 fn step_rank(entry: &EntryRequest) -> u8 {
-    let writes_consent = || {
-        relative_entry_url(&entry.url)
-            .split(['/', '?'])
-            .next()
-            .is_some_and(|res_type| res_type == "Consent")
-    };
+    let written_type = relative_entry_url(&entry.url)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    // A record that takes its patient from the record it refers to (a Binary's
+    // securityContext, a Provenance's target) is written after the other writes, so that what
+    // it refers to is stored by then, whatever the Bundle's order (transactions are not
+    // ordered: http.html#trules).
+    let may_take_patient_from_target = matches!(
+        written_type,
+        "Binary" | "Provenance" | "Task" | "Communication"
+    );
     match entry.method.as_str() {
         "DELETE" => 0,
-        "POST" | "PUT" | "PATCH" if writes_consent() => 3,
+        "POST" | "PUT" | "PATCH" if written_type == "Consent" => 4,
+        "POST" | "PUT" | "PATCH" if may_take_patient_from_target => 3,
         "POST" => 1,
         "PUT" | "PATCH" => 2,
-        _ => 4,
+        _ => 5,
     }
 }
 

@@ -828,8 +828,14 @@ fn classify_record(
         inherited_labels: Vec::new(),
     };
     let references = index::local_references(resource);
+    let mut names_missing_patient_data = false;
     for (target_type, target_id) in references.iter().take(MAX_REFERENCES_LOOKED_UP) {
         let Some(row) = tx.current(target_type, target_id)? else {
+            // A directory record named before it exists (an Organization's partOf) decides
+            // nothing; a patient-data record does, below.
+            names_missing_patient_data |= !renkei_search::registry()
+                .patient_compartment_params(target_type)
+                .is_empty();
             continue;
         };
         let Some(patient) = row.patient_id.clone() else {
@@ -851,6 +857,11 @@ fn classify_record(
                 classification.inherited_labels.push(label);
             }
         }
+    }
+    // Referring only to patient data not stored (yet): the record stays its writer's, as for
+    // a hidden target, rather than becoming directory data every member reads.
+    if names_missing_patient_data && classification.patient.is_none() {
+        classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
     }
     Ok(classification)
 }
