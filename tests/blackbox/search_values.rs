@@ -1075,3 +1075,48 @@ fn missing_id_and_last_updated_are_answered() {
         }
     });
 }
+
+/// A review found: `family=やまだ` missed the katakana ヤマダ (a kana name is typed either way),
+/// and JP-CLINS's spelling of the generic-name prescription code (MedicationGeneralOrderCode)
+/// never matched JP Core's (its OID): the duplicate-prescription check between a JP Core
+/// hospital and a JP-CLINS clinic missed every one. HOT7/HOT13, MHLW ICD-10, prefecture and
+/// vital-sign codes had the same gap.
+#[test]
+fn kana_and_japanese_code_system_spellings_match_either_way() {
+    for_each_backend(|s| {
+        let family = format!("ヤマダ{}", uuid::Uuid::new_v4().simple());
+        let hiragana: String = family
+            .chars()
+            .map(|c| match c {
+                'ヤ' => 'や',
+                'マ' => 'ま',
+                'ダ' => 'だ',
+                other => other,
+            })
+            .collect();
+        s.create(&json!({"resourceType": "Patient", "name": [{"family": family}]}));
+        let found = s.read_json(&format!("Patient?family={hiragana}&_total=accurate"));
+        assert_eq!(found["total"], 1, "{found}");
+
+        let code = format!(
+            "1124030F{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..4]
+        );
+        s.create(
+            &json!({"resourceType": "MedicationRequest", "status": "active",
+            "intent": "order", "subject": {"display": "x"},
+            "medicationCodeableConcept": {"coding": [{
+                "system": "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationGeneralOrderCode",
+                "code": code}]}}),
+        );
+        for system in [
+            "urn:oid:1.2.392.100495.20.1.81",
+            "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCodeCommon_CS",
+        ] {
+            let found = s.read_json(&format!(
+                "MedicationRequest?code={system}|{code}&_total=accurate"
+            ));
+            assert_eq!(found["total"], 1, "{system}: {found}");
+        }
+    });
+}

@@ -3,19 +3,32 @@
 use unicode_normalization::UnicodeNormalization;
 
 /// Folds a string for the default (`starts-with`) and `:contains` string searches:
-/// NFKC (full-width/half-width forms: `ﾔﾏﾀﾞ` → `ヤマダ`, `ＡＢＣ` → `ABC`), lowercase, and
-/// accents removed (`é` → `e`). Kana voicing marks are not accents and are kept
-/// (`ダ` stays `ダ`, never `タ`).
+/// NFKC (full-width/half-width forms: `ﾔﾏﾀﾞ` → `ヤマダ`, `ＡＢＣ` → `ABC`), lowercase,
+/// accents removed (`é` → `e`), and hiragana as katakana (`やまだ` → `ヤマダ`: a kana name is
+/// typed either way). Kana voicing marks are not accents and are kept (`ダ` stays `ダ`, never
+/// `タ`).
 pub fn fold(text: &str) -> String {
     let lowered: String = text.nfkc().flat_map(char::to_lowercase).collect();
     lowered
         .nfd()
         .filter(|c| !is_accent(*c))
         .nfc()
+        .map(hiragana_as_katakana)
         .collect::<String>()
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The katakana of a hiragana letter (`ぁ`..`ゖ`, and the iteration marks `ゝ` `ゞ`), which
+/// Unicode places 0x60 further; anything else as it is.
+fn hiragana_as_katakana(c: char) -> char {
+    match c {
+        '\u{3041}'..='\u{3096}' | '\u{309D}'..='\u{309E}' => {
+            char::from_u32(u32::from(c) + 0x60).unwrap_or(c)
+        }
+        other => other,
+    }
 }
 
 /// Combining diacritical marks (Latin accents); Japanese (semi-)voiced sound marks
@@ -48,10 +61,44 @@ const SYSTEM_ALIASES: &[(&str, &str)] = &[
         "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCodeYJ_CS",
         YJ,
     ),
-    // 一般名処方マスタ (JP_MedicationCodeCommon_NamingSystem).
+    // HOT7 and HOT13 drug codes (JP_MedicationCodeHOT7/HOT13_NamingSystem, JP-CLINS).
+    ("urn:oid:1.2.392.200119.4.403.2", HOT7),
+    (
+        "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCodeHOT7_CS",
+        HOT7,
+    ),
+    ("urn:oid:1.2.392.200119.4.402.1", HOT13),
+    (
+        "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCodeHOT13_CS",
+        HOT13,
+    ),
+    // 一般名処方マスタ (JP_MedicationCodeCommon_NamingSystem; JP-CLINS names the same
+    // master of the MHLW insurance bureau MedicationGeneralOrderCode): a generic-name
+    // prescription matched across facilities is the duplicate check the network exists for.
     (
         "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCodeCommon_CS",
         GENERIC_NAME,
+    ),
+    (
+        "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationGeneralOrderCode",
+        GENERIC_NAME,
+    ),
+    // MHLW ICD-10 (NamingSystem mhlw-icd10, JP-CLINS).
+    (
+        "http://www.mhlw.go.jp/toukei/sippei/2013/ICD10-JP",
+        ICD10_MHLW,
+    ),
+    // Prefecture numbers (JP_PrefectureNumber_NamingSystem; JP-CLINS's MHLW URL).
+    ("urn:oid:1.2.392.100495.20.3.21", PREFECTURE),
+    (
+        "http://jpfhir.jp/fhir/core/CodeSystem/JP_PrefectureNumber_CS",
+        PREFECTURE,
+    ),
+    // Vital-sign codes (JP_ObservationVitalSignsCode_NamingSystem, JP-CLINS).
+    ("urn:oid:1.2.392.200119.4.804", VITAL_SIGNS),
+    (
+        "http://jpfhir.jp/fhir/core/CodeSystem/JP_ObservationVitalSignsCode_CS",
+        VITAL_SIGNS,
     ),
     // MERIT-9 units (JP_MedicationUnitMERIT9_NamingSystem; JP-CLINS URL).
     ("urn:oid:1.2.392.100495.20.2.101", MERIT9),
@@ -80,6 +127,11 @@ const JLAC10: &str = "http://medis.or.jp/CodeSystem/master-JLAC10-17digits";
 const HOT9: &str = "http://medis.or.jp/CodeSystem/master-HOT9";
 const YJ: &str = "http://capstandard.jp/iyaku.info/CodeSystem/YJ-code";
 const GENERIC_NAME: &str = "urn:oid:1.2.392.100495.20.1.81";
+const HOT7: &str = "http://medis.or.jp/CodeSystem/master-HOT7";
+const HOT13: &str = "http://medis.or.jp/CodeSystem/master-HOT13";
+const ICD10_MHLW: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/ICD10-2013-full";
+const PREFECTURE: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/PrefectureNo-2digits";
+const VITAL_SIGNS: &str = "http://medis.or.jp/CodeSystem/master-nursingObservationKeyCode";
 const MERIT9: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationUnitMERIT9Code";
 const V3_ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 const V3_CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
@@ -101,6 +153,9 @@ mod tests {
     #[test]
     fn folds_width_case_and_accents() {
         assert_eq!(fold("ﾔﾏﾀﾞ"), "ヤマダ");
+        assert_eq!(fold("やまだ"), "ヤマダ");
+        assert_eq!(fold("ゆうこ"), "ユウコ");
+        assert_eq!(fold("が"), fold("ガ"));
         assert_eq!(fold("ヤマダ"), "ヤマダ");
         assert_eq!(fold("山田"), "山田");
         assert_eq!(fold("ＹＡＭＡＤＡ"), "yamada");

@@ -601,10 +601,11 @@ mod tests {
                 .map(|t| (t.system.clone(), t.code.clone()))
                 .collect()
         };
+        // Indexed under the prefecture system's one spelling (`normalize::SYSTEM_ALIASES`).
         assert_eq!(
             token("jp-prefectureno"),
             [(
-                Some("urn:oid:1.2.392.100495.20.3.21".to_string()),
+                Some("http://jpfhir.jp/fhir/core/mhlw/CodeSystem/PrefectureNo-2digits".to_string()),
                 Some("13".to_string())
             )]
         );
