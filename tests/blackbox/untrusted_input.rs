@@ -461,6 +461,23 @@ fn a_nul_character_is_refused_alone_and_audited() {
             &[("If-None-Exist", "identifier=a%00b")],
         );
         assert_eq!(conditional.status, 400, "{}", conditional.body);
+        // A batch's search entry, as the search alone (the adversarial review found it run
+        // on SQLite and 500 on PostgreSQL).
+        let batch = s
+            .post(
+                "",
+                &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                    {"request": {"method": "GET", "url": "Patient?family=a%00b"}}]}),
+            )
+            .expect(200)
+            .json();
+        assert_eq!(
+            batch["entry"][0]["response"]["status"]
+                .as_str()
+                .unwrap_or_default(),
+            "400 Bad Request",
+            "{batch}"
+        );
         let patient = s.create(&json!({"resourceType": "Patient"}));
         s.get(&format!("Patient/{}", patient["id"].as_str().unwrap()))
             .expect(200);

@@ -327,7 +327,17 @@ pub(crate) fn batch_search(
     let relative = renkei_repository::relative_entry_url(url);
     let (path, query) = relative.split_once('?').unwrap_or((relative, ""));
     let options = parse_options(req, state);
-    let planned = search_request_for(path, parse_query(query))?.and_then(|mut search| {
+    // Decoded as strictly as the same search's query string sent on its own (a `%00`, an
+    // escape that is no UTF-8: 400 in its entry).
+    let params = match crate::request::parse_query_strict(query) {
+        Ok(params) => params,
+        Err(error) => {
+            // Only a search entry answers here; anything else goes on as an entry.
+            let _is_a_search = search_request_for(path, Vec::new())?;
+            return Some((relative.to_string(), Err(error)));
+        }
+    };
+    let planned = search_request_for(path, params)?.and_then(|mut search| {
         refuse_audit_trail(&search, "inside a Bundle")?;
         search.params = localize(ctx, std::mem::take(&mut search.params));
         Ok(BatchSearch {
