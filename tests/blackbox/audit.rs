@@ -2157,6 +2157,10 @@ fn a_batch_whose_own_event_fails_keeps_its_committed_writes_answered() {
             "{answer}"
         );
         assert!(entries[1].get("resource").is_none(), "{answer}");
+        assert!(
+            !answer.to_string().contains("storage down"),
+            "no database words: {answer}"
+        );
         server.get(&format!("Patient/{id}")).expect(200);
     });
 }
@@ -2198,6 +2202,10 @@ fn the_token_endpoint_answers_an_oauth_error_when_the_trail_is_down() {
         );
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+        assert!(
+            !body.to_string().contains("storage down"),
+            "no database words: {body}"
+        );
         assert!(body.get("access_token").is_none());
     });
 }

@@ -253,14 +253,16 @@ fn is_write_entry(entry: &Value) -> bool {
 }
 
 /// The response entry of a batch entry refused before it ran (its scope).
-/// A batch entry that answers 503: its answer could not be recorded in the audit trail.
-fn unavailable_entry(error: &AccessError) -> Value {
+/// A batch entry that answers 503: its answer could not be recorded in the audit trail (the
+/// cause is logged; the database's own words are no client's business).
+fn unavailable_entry() -> Value {
     serde_json::json!({
         "response": {
             "status": "503 Service Unavailable",
             "outcome": {
                 "resourceType": "OperationOutcome",
-                "issue": [{"severity": "error", "code": "transient", "diagnostics": error.to_string()}],
+                "issue": [{"severity": "error", "code": "transient",
+                    "diagnostics": "the audit trail cannot be written, so this entry's answer is withheld; try again later"}],
             },
         },
     })
@@ -1643,13 +1645,12 @@ impl Gate {
                     // read data cannot be returned without its record, and each failure that
                     // could not be recorded, answers 503 in its entry.
                     tracing::error!(error = %unavailable.0, "batch audit failed after its writes committed");
-                    let withheld = AccessError::AuditUnavailable(unavailable.0);
                     let entries: Vec<Value> = all_requests
                         .iter()
                         .zip(responses)
                         .map(|(request, answer)| match is_write_entry(request) {
                             true if entry_status(&answer) < 400 => answer,
-                            _ => unavailable_entry(&withheld),
+                            _ => unavailable_entry(),
                         })
                         .collect();
                     let mut degraded = response.clone();

@@ -406,7 +406,7 @@ pub async fn token(
             match web::block(move || gate.audit_login(attempt)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(unavailable)) => return oauth_unavailable(&unavailable.to_string()),
-                Err(_) => return oauth_unavailable("the token request could not be handled"),
+                Err(_) => return oauth_unavailable("the token request was not handled"),
             }
             return HttpResponse::build(error.status())
                 .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -534,15 +534,17 @@ pub async fn token(
 }
 
 /// 503 as an OAuth client reads it (RFC 6749 §5.2 error JSON): no token is issued while the
-/// attempt cannot be recorded in the audit trail.
-fn oauth_unavailable(description: &str) -> HttpResponse {
+/// attempt cannot be recorded in the audit trail. `cause` goes to the log only: the database's
+/// own words (relation names) are no business of an unauthenticated client.
+fn oauth_unavailable(cause: &str) -> HttpResponse {
+    tracing::error!(error = %cause, "token request not answered: audit trail unavailable");
     HttpResponse::ServiceUnavailable()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .content_type("application/json")
         .json(
             renkei_auth::AuthError::new(
                 renkei_auth::ErrorCode::TemporarilyUnavailable,
-                format!("{description}; try again later"),
+                "the token request cannot be recorded in the audit trail now; try again later",
             )
             .to_json(),
         )
