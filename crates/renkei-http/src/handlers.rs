@@ -789,8 +789,10 @@ pub async fn bundle(
                 ),
             ));
         }
-        let representation = return_preference(&req) == ReturnPreference::Representation
-            && req.headers().contains_key("prefer");
+        // Only an explicit `return=representation` puts the written resources in the
+        // response (the Bundle's default is without them).
+        let representation = crate::request::preference(&req, "return")
+            .is_some_and(|value| value.eq_ignore_ascii_case("representation"));
         // Under `Prefer: return=OperationOutcome`, each entry's method in request order (the
         // response's order), for the outcomes written after the entries ran.
         let methods: Option<Vec<String>> =
