@@ -107,7 +107,7 @@ impl CorsPolicy {
 /// as `https://a`, so as written it would never match). `None` when it is no origin.
 fn serialized_origin(origin: &str) -> Option<String> {
     let lowered = origin.trim_end_matches('/').to_ascii_lowercase();
-    let (scheme, default_port) = [("https://", "443"), ("http://", "80")]
+    let (scheme, default_port) = [("https://", 443), ("http://", 80)]
         .into_iter()
         .find(|(scheme, _)| lowered.starts_with(scheme))?;
     let authority = &lowered[scheme.len()..];
@@ -119,7 +119,23 @@ fn serialized_origin(origin: &str) -> Option<String> {
         Some(at) => (&authority[..at], Some(&authority[at + 1..])),
         None => (authority, None),
     };
-    if host.is_empty() || host.contains(['/', '?', '#', ' ', '*', '@']) {
+    // An ASCII host name or address, or a bracketed IPv6 literal: what a browser sends
+    // (an internationalised name arrives in its `xn--` form).
+    let valid_host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(literal) => {
+            !literal.is_empty()
+                && literal
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        }
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+    };
+    if !valid_host {
         return None;
     }
     match port {
@@ -131,7 +147,7 @@ fn serialized_origin(origin: &str) -> Option<String> {
                 .then(|| port.parse().ok())
                 .flatten()
                 .filter(|number| *number > 0)?;
-            Some(if port == default_port {
+            Some(if number == default_port {
                 format!("{scheme}{host}")
             } else {
                 format!("{scheme}{host}:{number}")
@@ -214,10 +230,12 @@ mod tests {
         assert_eq!(
             CorsPolicy::from_origins(&[
                 "https://app.example:443".into(),
+                "https://app.example:0443".into(),
                 "http://[::1]:80".into(),
                 "http://[::1]:8080".into()
             ]),
             Ok(CorsPolicy::Origins(vec![
+                "https://app.example".into(),
                 "https://app.example".into(),
                 "http://[::1]".into(),
                 "http://[::1]:8080".into()
@@ -233,6 +251,8 @@ mod tests {
             "https://app.example:",
             "https://app.example:+80",
             "https://user@app.example",
+            "https://app\\example",
+            "https://アプリ.example",
         ] {
             assert_eq!(
                 CorsPolicy::from_origins(&[bad.into()]),
