@@ -661,10 +661,11 @@ fn print_demo_tokens(store: &renkei_store::Store) -> Result<(), String> {
         .collect();
     for client in admin::demo_clients() {
         let id = client.id.clone();
-        let organization = client.organization.clone();
         if !registered.contains(&id) {
             admin::add_client(store, client)?;
         }
+        // As registered now: an operator may have changed a demo client since.
+        let organization = admin::client(store, &id)?.organization;
         let token = admin::issue_token(store, &id, None, None, 12 * 3600)?;
         say!("  {id} ({organization}):\n    {token}");
     }
