@@ -2094,6 +2094,8 @@ fn searches_of_stored_resources_do_not_pretend_the_trail_is_empty() {
             "Patient?_has:AuditEvent:patient:action=R",
             "Patient?_revinclude=AuditEvent:patient",
             "Observation?_revinclude=AuditEvent:entity",
+            "Patient/p-1/AuditEvent",
+            "Patient/p-1/$everything?_type=AuditEvent",
         ] {
             let refused = s.get(path).expect(400);
             assert!(

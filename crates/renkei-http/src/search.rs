@@ -289,13 +289,17 @@ pub fn explain_plan(path_and_query: &str, options: &ParseOptions) -> Result<Sear
 /// resource type (a search over several types simply finds no AuditEvent).
 fn refuse_audit_trail(search: &SearchRequest, not_how: &str) -> Result<()> {
     if search.types == ["AuditEvent"] {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not-supported",
-            format!("AuditEvent is searched at [base]/AuditEvent on its own, not {not_how}"),
-        ));
+        return Err(audit_trail_elsewhere(not_how));
     }
     Ok(())
+}
+
+fn audit_trail_elsewhere(not_how: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "not-supported",
+        format!("AuditEvent is searched at [base]/AuditEvent on its own, not {not_how}"),
+    )
 }
 
 /// A search inside a batch Bundle, planned as the same search sent on its own would be.
@@ -767,6 +771,9 @@ fn compartment_request(
         ));
     }
     check_type(target)?;
+    if target == "AuditEvent" {
+        return Err(audit_trail_elsewhere("as a compartment search"));
+    }
     if registry().patient_compartment_params(target).is_empty() && target != "Patient" {
         return Err(ApiError::bad_request(format!(
             "{target} is not in the Patient compartment"
@@ -882,7 +889,14 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     for t in &types {
         check_type_param(t)?;
     }
-    types.retain(|t| t == "Patient" || !reg.patient_compartment_params(t).is_empty());
+    // Asked for by name, the trail answers elsewhere; unasked, it is simply not among the
+    // patient's records.
+    if type_param.is_some() && types.iter().any(|t| t == "AuditEvent") {
+        return Err(audit_trail_elsewhere("through $everything"));
+    }
+    types.retain(|t| {
+        t != "AuditEvent" && (t == "Patient" || !reg.patient_compartment_params(t).is_empty())
+    });
     if !types.iter().any(|t| t == "Patient") && type_param.is_none() {
         types.push("Patient".into());
     }
