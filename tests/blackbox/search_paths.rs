@@ -282,3 +282,34 @@ fn a_search_of_several_types_refuses_a_parameter_not_common_to_them() {
         );
     });
 }
+
+/// A review found on the default zone (UTC): a lab dated `2025-12-02` was found by
+/// `date=2025-12-02` but left out of `$everything?start=2025-12-02`, since each record's care
+/// date is read in Japan time and the bounds were read in the server's zone. The bounds are
+/// now read as the care dates are.
+#[test]
+fn everything_start_takes_a_record_of_that_day_whatever_the_zone() {
+    for_each_backend(|s| {
+        let patient = s.create(&json!({"resourceType": "Patient"}));
+        let id = patient["id"].as_str().unwrap().to_string();
+        let lab = s.create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "HbA1c"}, "subject": {"reference": format!("Patient/{id}")},
+            "effectiveDateTime": "2025-12-02"}));
+        let lab = format!("Observation/{}", lab["id"].as_str().unwrap());
+        let by_date = s.read_json(&format!("Observation?patient={id}&date=2025-12-02"));
+        assert!(by_date.to_string().contains(&lab), "{by_date}");
+        for query in [
+            "start=2025-12-02",
+            "end=2025-12-02",
+            "start=2025-12-02&end=2025-12-02",
+        ] {
+            let everything = s.read_json(&format!("Patient/{id}/$everything?{query}"));
+            assert!(
+                everything.to_string().contains(&lab),
+                "{query}: {everything}"
+            );
+        }
+        let later = s.read_json(&format!("Patient/{id}/$everything?start=2025-12-03"));
+        assert!(!later.to_string().contains(&lab), "{later}");
+    });
+}

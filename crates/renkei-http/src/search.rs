@@ -1025,5 +1025,13 @@ fn care_date_bound(name: &str, value: &str) -> Result<renkei_search::plan::DateV
             "{name} '{value}' is not a FHIR date"
         )));
     }
-    renkei_search::plan::parse_date_value(name, value).map_err(search_error)
+    let parsed = renkei_search::plan::parse_date_value(name, value).map_err(search_error)?;
+    // Compared with each record's care date, which is read in Japan time: the bounds are too.
+    let (low, high) =
+        renkei_repository::care_date_range(value).unwrap_or((parsed.low, parsed.high));
+    Ok(renkei_search::plan::DateValue {
+        prefix: parsed.prefix,
+        low,
+        high,
+    })
 }

@@ -30,7 +30,9 @@ pub use interactions::{
     DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, Repository, RepositoryOptions,
     StoredResource, WriteContext, WriteOutcome, DEFAULT_MAX_BUNDLE_RESPONSE_BYTES,
 };
-pub use meta::{format_instant, is_valid_id, parse_instant_ms, CUSTODIAN_EXTENSION};
+pub use meta::{
+    care_date_range, format_instant, is_valid_id, parse_instant_ms, CUSTODIAN_EXTENSION,
+};
 pub use precondition::{absent_under_if_match, parse_if_match, parse_if_none_match, IfMatch};
 /// Which absolute references name resources here: set once at start-up, before indexing.
 pub use renkei_search::{set_local_bases, set_local_zone, LocalZone};

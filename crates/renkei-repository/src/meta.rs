@@ -19,6 +19,14 @@ pub fn parse_instant_ms(text: &str) -> Option<i64> {
     renkei_search::date::parse_range(text).map(|range| range.low)
 }
 
+/// The first and last millisecond of a care date bound (`$everything`'s `start`/`end`), read
+/// as each record's care date is (`resources.clinical_date`, from CONSENT.md's clinical date
+/// paths): a value without a zone is Japan time, so `start=2025-12-02` takes a record dated
+/// `2025-12-02` whatever the server's `time_zone`.
+pub fn care_date_range(text: &str) -> Option<(i64, i64)> {
+    renkei_consent::fhir_time_range(text)
+}
+
 pub(crate) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
