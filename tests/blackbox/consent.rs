@@ -1035,6 +1035,28 @@ fn a_referral_letter_follows_its_document_whatever_the_transaction_order() {
     });
 }
 
+/// A review found: a conditional update whose criteria match nothing, with a body id naming a
+/// record hidden from the writer, answered 409 "exists": an oracle for ids a read answers 404
+/// for. It answers 404 as the read does.
+#[test]
+fn a_conditional_update_does_not_reveal_a_hidden_id() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let hidden = net.labs[0].clone();
+        net.as_c().get(&hidden).expect(404);
+        let id = hidden.trim_start_matches("Observation/");
+        let body = json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"text": "probe"}, "identifier": [{"system": "urn:probe", "value": "nope"}]});
+        net.as_c()
+            .put("Observation?identifier=urn:probe|nope", &body)
+            .expect(404);
+        // B may see it: the conflict is told as before.
+        net.as_b()
+            .put("Observation?identifier=urn:probe|nope", &body)
+            .expect(409);
+    });
+}
+
 #[test]
 fn break_glass_needs_permission_and_a_reason() {
     for_each_backend(|s| {

@@ -1254,10 +1254,13 @@ pub(crate) fn conditional_update_with_id(
                 // A resource the criteria do not match is not this update's to replace (R5
                 // http.html#cond-update makes it explicit: 409); an upsert by identifier
                 // must never overwrite an unrelated record.
-                if tx
+                if let Some(row) = tx
                     .current(&criteria.res_type, &id)?
-                    .is_some_and(|row| !row.deleted)
+                    .filter(|row| !row.deleted)
                 {
+                    // A writer who may not see it learns no more than a read would tell it
+                    // (404), not that it exists (CONSENT.md, Ownership).
+                    check_visible(tx, &row, &context.visibility)?;
                     return Err(RepoError::Conflict(format!(
                         "the conditional update matched no {t}, and the body's id names {t}/{id}, which exists and does not match the criteria; update it by id, or leave the id out to create a new {t}",
                         t = criteria.res_type
