@@ -914,3 +914,31 @@ fn an_unlink_lists_the_consents_recorded_through_the_link() {
         assert!(!answer.contains("Consent/id-consent\""), "{answer}");
     });
 }
+
+/// A review found: the 409 that keeps a consented Patient record from being deleted was
+/// bypassed by an update dropping the identifier that linked it: the record left its person
+/// and the patient's decision recorded on it with it. Such an update is refused as well; in a
+/// transaction the Consent's delete runs before the Patient's, whatever their order.
+#[test]
+fn a_consented_record_does_not_leave_its_person_by_an_update() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let clinic = net.as_clinic();
+        let mut unlinked = patient(CLINIC_P, CLINIC_SYSTEM, "C-0077", "x");
+        unlinked["identifier"].as_array_mut().unwrap().truncate(1);
+        let refused = clinic
+            .put(&format!("Patient/{CLINIC_P}"), &unlinked)
+            .expect(409);
+        assert!(
+            refused.body.contains("Consent/id-consent"),
+            "{}",
+            refused.body
+        );
+        assert!(!linked_view(&net, &clinic).is_empty());
+        // Deleting both in one transaction, the Patient first: the Consent goes first.
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "DELETE", "url": format!("Patient/{CLINIC_P}")}},
+            {"request": {"method": "DELETE", "url": "Consent/id-consent"}}]});
+        clinic.post("", &bundle).expect(200);
+    });
+}

@@ -670,12 +670,15 @@ fn step_rank(entry: &EntryRequest) -> u8 {
         "Binary" | "Provenance" | "Task" | "Communication"
     );
     match entry.method.as_str() {
-        "DELETE" => 0,
-        "POST" | "PUT" | "PATCH" if written_type == "Consent" => 4,
-        "POST" | "PUT" | "PATCH" if may_take_patient_from_target => 3,
-        "POST" => 1,
-        "PUT" | "PATCH" => 2,
-        _ => 5,
+        // A Consent is deleted before the records it names (a Patient record named by a
+        // Consent in force is not deleted), whatever the Bundle's order.
+        "DELETE" if written_type == "Consent" => 0,
+        "DELETE" => 1,
+        "POST" | "PUT" | "PATCH" if written_type == "Consent" => 5,
+        "POST" | "PUT" | "PATCH" if may_take_patient_from_target => 4,
+        "POST" => 2,
+        "PUT" | "PATCH" => 3,
+        _ => 6,
     }
 }
 

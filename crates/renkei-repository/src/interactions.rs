@@ -949,7 +949,9 @@ fn store_version(
         tx.replace_consent_rules(rid, &format!("Consent/{id}"), &rules)?;
     }
     if res_type == "Patient" {
+        let before = tx.person_members(id)?;
         crate::identity::patient_written(tx, &context.linking, id, Some(&stamped))?;
+        refuse_leaving_with_a_consent(tx, id, &before)?;
     }
     Ok(StoredResource {
         custodian: custodian.clone(),
@@ -1477,6 +1479,38 @@ pub fn delete(
         patient_id: row.patient_id,
         custodian: row.custodian,
     })
+}
+
+/// A Patient record that a Consent in force names does not leave the person it was linked to
+/// by a change of its identifiers or birth date: the patient's decision recorded on it (a
+/// refusal, say) would stop applying to the rest of their records, as on a delete
+/// ([`refuse_deleting_a_consented_record`]). A wrong link is undone by an administrator
+/// (`$unlink`), who sees the consents to review.
+fn refuse_leaving_with_a_consent(
+    tx: &mut Tx<'_>,
+    id: &str,
+    before: &[String],
+) -> Result<(), RepoError> {
+    if before.is_empty() {
+        return Ok(());
+    }
+    let after = tx.person_members(id)?;
+    let left_someone = before
+        .iter()
+        .any(|member| member != id && !after.contains(member));
+    if !left_someone {
+        return Ok(());
+    }
+    let consents = tx.consents_in_force_on(id, 3)?;
+    if consents.is_empty() {
+        return Ok(());
+    }
+    Err(RepoError::Conflict(format!(
+        "this change takes Patient/{id} out of the person it is linked to, and {} in force \
+         names it (the consent would stop applying to the rest of their records): withdraw the \
+         consent first, or have an administrator unlink the records ($unlink)",
+        consents.join(", ")
+    )))
 }
 
 /// A Patient record that a Consent in force names is not deleted: the deleted record would
