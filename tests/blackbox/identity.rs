@@ -779,6 +779,20 @@ fn a_patient_sees_their_data_and_its_accesses_across_their_linked_records() {
             .get(&format!("AuditEvent?patient=Patient/{HOSP_P}&_count=500"))
             .expect(200);
         assert!(of_hospital_record.body.contains(&read));
+        // The facility is searchable, its client's id is not (it is left out of the view).
+        let by_facility = app
+            .get(&format!("AuditEvent?agent={CLINIC}&_total=accurate"))
+            .expect(200)
+            .json();
+        assert!(
+            by_facility["total"].as_i64().unwrap_or(0) > 0,
+            "{by_facility}"
+        );
+        let by_client = app
+            .get("AuditEvent?agent=id-clinic-ehr&_total=accurate")
+            .expect(200)
+            .json();
+        assert_eq!(by_client["total"], 0, "{by_client}");
         // Still no one else's.
         app.get("AuditEvent?patient=Patient/someone-else")
             .expect(403);

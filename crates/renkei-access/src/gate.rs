@@ -1900,6 +1900,8 @@ impl Gate {
         who.require("AuditEvent", action)?;
         // Patients and facilities see events about their data, but only what they may see of it.
         let mut redacted_view = None;
+        // Their views leave the requesting client's id out; `agent` does not find it either.
+        query.agent_without_client = !matches!(who.principal.role, Role::Auditor | Role::Admin);
         match who.principal.role {
             Role::Auditor | Role::Admin => {}
             Role::Patient => {

@@ -140,6 +140,9 @@ pub struct AuditQuery {
     pub limit: usize,
     /// Also count every event the filters match, whatever the page (`_total`).
     pub count_total: bool,
+    /// `agent` matches the facility and the person only, not the requesting client's id (a
+    /// patient's or facility's view, where client ids are left out of the events).
+    pub agent_without_client: bool,
     /// Leaves out the decisions made by these deciders (`privacy-tag:UNDELIVERED`): a patient
     /// must not learn from a refusal that data withheld from them exists (CONSENT.md rule 10).
     /// Matched on the event's stored text, where the decider is a JSON string of its own.
@@ -605,16 +608,18 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
     }
     if !query.agent.is_empty() {
         sql.push(" AND (");
-        for (i, column) in ["e.agent_client", "e.agent_org", "e.agent_user"]
-            .into_iter()
-            .enumerate()
-        {
+        let columns: &[&str] = if query.agent_without_client {
+            &["e.agent_org", "e.agent_user"]
+        } else {
+            &["e.agent_client", "e.agent_org", "e.agent_user"]
+        };
+        for (i, column) in columns.iter().enumerate() {
             if i > 0 {
                 sql.push(" OR ");
             }
             crate::search::push_in(&mut sql, column, &query.agent);
         }
-        if query.agent.iter().any(|a| a == ANONYMOUS_AGENT) {
+        if !query.agent_without_client && query.agent.iter().any(|a| a == ANONYMOUS_AGENT) {
             sql.push(" OR e.agent_client IS NULL");
         }
         sql.push(")");
