@@ -1097,6 +1097,14 @@ fn kana_and_japanese_code_system_spellings_match_either_way() {
         s.create(&json!({"resourceType": "Patient", "name": [{"family": family}]}));
         let found = s.read_json(&format!("Patient?family={hiragana}&_total=accurate"));
         assert_eq!(found["total"], 1, "{found}");
+        // With or without the space between family and given name.
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let (spaced, unspaced) = (format!("中村 花子{tag}"), format!("中村花子{tag}"));
+        s.create(&json!({"resourceType": "Patient", "name": [{"text": spaced}]}));
+        for written in [&spaced, &unspaced] {
+            let found = s.read_json(&format!("Patient?name={written}&_total=accurate"));
+            assert_eq!(found["total"], 1, "{written}: {found}");
+        }
 
         let code = format!(
             "1124030F{}",

@@ -16,8 +16,28 @@ pub fn fold(text: &str) -> String {
         .map(hiragana_as_katakana)
         .collect::<String>()
         .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+        .fold(String::new(), |mut folded, word| {
+            // Japanese names are written with or without the space between family and given
+            // name (`山田 太郎`, `山田太郎`): a space between two Japanese characters is dropped.
+            let joins_japanese = folded.chars().next_back().is_some_and(is_japanese)
+                && word.chars().next().is_some_and(is_japanese);
+            if !folded.is_empty() && !joins_japanese {
+                folded.push(' ');
+            }
+            folded.push_str(word);
+            folded
+        })
+}
+
+/// A kanji, kana or the prolonged sound mark (`ー`), as written in Japanese names.
+fn is_japanese(c: char) -> bool {
+    matches!(c,
+        '\u{3040}'..='\u{30FF}' // hiragana, katakana
+        | '\u{3400}'..='\u{4DBF}' // CJK extension A
+        | '\u{4E00}'..='\u{9FFF}' // CJK unified ideographs
+        | '\u{F900}'..='\u{FAFF}' // CJK compatibility ideographs
+        | '\u{3005}' // 々
+    )
 }
 
 /// The katakana of a hiragana letter (`ぁ`..`ゖ`, and the iteration marks `ゝ` `ゞ`), which
@@ -154,6 +174,11 @@ mod tests {
     fn folds_width_case_and_accents() {
         assert_eq!(fold("ﾔﾏﾀﾞ"), "ヤマダ");
         assert_eq!(fold("やまだ"), "ヤマダ");
+        assert_eq!(fold("山田 太郎"), "山田太郎");
+        assert_eq!(fold("山田\u{3000}太郎"), "山田太郎");
+        assert_eq!(fold("ヤマダ タロウ"), "ヤマダタロウ");
+        assert_eq!(fold("Yamada  Taro"), "yamada taro");
+        assert_eq!(fold("山田 Taro"), "山田 taro");
         assert_eq!(fold("ゆうこ"), "ユウコ");
         assert_eq!(fold("が"), fold("ガ"));
         assert_eq!(fold("ヤマダ"), "ヤマダ");
