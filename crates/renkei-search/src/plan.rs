@@ -1660,8 +1660,14 @@ pub fn parse_token(value: &str) -> TokenMatch {
 pub fn parse_date_value(name: &str, value: &str) -> Result<DateValue, SearchError> {
     let (prefix, rest) = Prefix::split(value);
     let range = parse_range(rest).ok_or_else(|| {
+        // A `+` sent unencoded in a query string arrives as a space (`T10:00 09:00`).
+        let hint = if rest.contains('T') && rest.contains(' ') {
+            "; a time zone's + must be sent as %2B (10:00%2B09:00)"
+        } else {
+            ""
+        };
         SearchError::Invalid(format!(
-            "{name}: '{value}' is not a valid date search value"
+            "{name}: '{value}' is not a valid date search value{hint}"
         ))
     })?;
     Ok(DateValue {
@@ -1751,6 +1757,14 @@ fn parse_reference(value: &str, type_modifier: Option<&str>, targets: &[String])
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn an_unencoded_plus_in_a_date_is_explained() {
+        match parse_date_value("date", "2025-11-04T10:00 09:00") {
+            Err(SearchError::Invalid(message)) => assert!(message.contains("%2B"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
