@@ -1302,6 +1302,23 @@ fn transactions_resolve_relative_references_and_repeated_conditional_creates() {
             assert_eq!(observation["performer"][0]["reference"], versioned.as_str());
         }
 
+        // A `urn:uuid:` fullUrl with a version (the adversarial review found it refused as
+        // naming no entry).
+        let urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                          "subject": {"reference": format!("{urn}/_history/1")}},
+             "request": {"method": "POST", "url": "Observation"}},
+            {"fullUrl": urn, "resource": {"resourceType": "Patient"},
+             "request": {"method": "POST", "url": "Patient"}}]});
+        let answer = s.post("", &bundle).expect(200).json();
+        let e = entries(&answer);
+        let observation = s.read_json(&resource_path(&e[0]));
+        assert_eq!(
+            observation["subject"]["reference"],
+            format!("{}/_history/1", resource_path(&e[1])).as_str()
+        );
+
         // The same ifNoneExist twice: one Patient, both entries answering it, and references
         // to either entry naming it.
         let id_value = uuid::Uuid::new_v4().simple().to_string();

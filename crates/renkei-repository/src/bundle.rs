@@ -1323,11 +1323,6 @@ fn resolve_in_bundle(
     if let Some(mapped) = ids.get(reference) {
         return Ok(Some(mapped.clone()));
     }
-    if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
-        return Err(RepoError::BadRequest(format!(
-            "the reference '{reference}' names no entry of this Bundle (a batch's entries are independent: references between entries are resolved in a transaction only)"
-        )));
-    }
     let (unversioned, version) = match reference.split_once("/_history/") {
         Some((resource, version)) => (resource, Some(version)),
         None => (reference, None),
@@ -1340,6 +1335,11 @@ fn resolve_in_bundle(
         if let Some(mapped) = find(unversioned) {
             return Ok(Some(mapped));
         }
+    }
+    if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+        return Err(RepoError::BadRequest(format!(
+            "the reference '{reference}' names no entry of this Bundle (in a batch the entries are independent: references between entries are resolved in a transaction only)"
+        )));
     }
     let relative =
         !unversioned.contains("://") && renkei_search::split_reference(unversioned).is_some();
