@@ -839,6 +839,12 @@ fn link_parameters_and_linked_flags_are_not_guessed() {
             .push(json!({"name": "reasn", "valueString": "typo"}));
         let refused = net.as_admin().post("Patient/$link", &body).expect(400);
         assert!(refused.body.contains("reasn"), "{}", refused.body);
+        let mut twice = unlink_body("one reason");
+        twice["parameter"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "reason", "valueString": "another"}));
+        net.as_admin().post("Patient/$unlink", &twice).expect(400);
         net.as_clinic()
             .get(&format!(
                 "Patient/{CLINIC_P}/$everything?_linked=false&_mdm=true"

@@ -266,6 +266,20 @@ async fn link_change(
                 unknown.join(", ")
             )));
         }
+        for name in ["source", "target", "reason"] {
+            let given = parameters
+                .get("parameter")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|p| p.get("name").and_then(Value::as_str) == Some(name))
+                .count();
+            if given > 1 {
+                return Err(ApiError::bad_request(format!(
+                    "$link and $unlink take one {name}, not {given}"
+                )));
+            }
+        }
         let source = patient_parameter(&parameters, "source")?;
         let target = patient_parameter(&parameters, "target")?;
         let reason = string_parameter(&parameters, "reason").unwrap_or_default();

@@ -913,9 +913,9 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
             // Every record linked to this one as the same person (HAPI FHIR spells it `_mdm`).
             "_linked" | "_mdm" => match value.as_str() {
                 "true" | "false" if linked_said.is_some_and(|said| said != value) => {
-                    return Err(ApiError::bad_request(
-                        "_linked and _mdm say the same thing; they disagree here",
-                    ))
+                    return Err(ApiError::bad_request(format!(
+                        "{name}={value} contradicts an earlier _linked or _mdm (the two are one parameter)"
+                    )))
                 }
                 "true" => {
                     linked = true;
