@@ -251,13 +251,18 @@ async fn link_change(
     let result = async {
         let who = authenticate(&req, &state).await?;
         let parameters = parameters_body(&req, payload, &state).await?;
-        // A misspelt `reason` or `target` must not be taken as absent.
-        let unknown: Vec<&str> = parameters
+        // A misspelt `reason` or `target` must not be taken as absent, nor one given twice
+        // leave it unclear which counts.
+        let names: Vec<&str> = parameters
             .get("parameter")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(|p| p.get("name").and_then(Value::as_str))
+            .collect();
+        let unknown: Vec<&str> = names
+            .iter()
+            .copied()
             .filter(|name| !matches!(*name, "source" | "target" | "reason"))
             .collect();
         if !unknown.is_empty() {
@@ -267,13 +272,7 @@ async fn link_change(
             )));
         }
         for name in ["source", "target", "reason"] {
-            let given = parameters
-                .get("parameter")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|p| p.get("name").and_then(Value::as_str) == Some(name))
-                .count();
+            let given = names.iter().filter(|n| **n == name).count();
             if given > 1 {
                 return Err(ApiError::bad_request(format!(
                     "$link and $unlink take one {name}, not {given}"
