@@ -1319,6 +1319,27 @@ fn transactions_resolve_relative_references_and_repeated_conditional_creates() {
             format!("{}/_history/1", resource_path(&e[1])).as_str()
         );
 
+        // A PUT by id takes the next version of what is stored (1 when nothing is), not the
+        // one written (the review found a version that never existed kept).
+        let put_id = format!("put-{}", uuid::Uuid::new_v4().simple());
+        let put_bundle = |written: &str| {
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                              "subject": {"reference": format!("Patient/{put_id}/_history/{written}")}},
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"fullUrl": format!("{}/Patient/{put_id}", s.base),
+                 "resource": {"resourceType": "Patient", "id": put_id},
+                 "request": {"method": "PUT", "url": format!("Patient/{put_id}")}}]})
+        };
+        for (written, expected) in [("7", "1"), ("9", "2")] {
+            let answer = s.post("", &put_bundle(written)).expect(200).json();
+            let observation = s.read_json(&resource_path(&entries(&answer)[0]));
+            assert_eq!(
+                observation["subject"]["reference"],
+                format!("Patient/{put_id}/_history/{expected}").as_str()
+            );
+        }
+
         // The same ifNoneExist twice: one Patient, both entries answering it, and references
         // to either entry naming it.
         let id_value = uuid::Uuid::new_v4().simple().to_string();

@@ -14,7 +14,7 @@ use crate::precondition::{self, IfMatch};
 use crate::RepoError;
 use renkei_store::Tx;
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Transactions with more entries than this commit on their own rather than sharing a group
 /// commit with concurrent writes (see `Repository::write_large`).
@@ -68,15 +68,15 @@ impl Prepared {
             &[]
         };
         for (entry, new_id) in linked.iter().zip(&new_ids) {
-            let (reference, created) = match (entry.method.as_str(), parse_target(&entry.url)) {
+            let (reference, version) = match (entry.method.as_str(), parse_target(&entry.url)) {
                 ("POST", Ok(Target::Type(t))) if entry.if_none_exist.is_none() => {
-                    (format!("{t}/{new_id}"), true)
+                    (format!("{t}/{new_id}"), Some(1))
                 }
-                ("PUT", Ok(Target::Instance(t, id))) => (format!("{t}/{id}"), false),
+                ("PUT", Ok(Target::Instance(t, id))) => (format!("{t}/{id}"), None),
                 _ => continue,
             };
             if let Some(full_url) = &entry.full_url {
-                ids.insert(full_url.clone(), reference, created);
+                ids.insert(full_url.clone(), reference, version);
             }
         }
         let bodies = entries
@@ -823,7 +823,19 @@ fn run_transaction(
             }
         }
         if let (Some(full_url), Some(reference)) = (&entry.full_url, reference) {
-            ids.insert(full_url.clone(), reference, assigned[index].is_some());
+            // The version the entry's resource will have: 1 for one created with a new id; a
+            // PUT by id makes the next version of what is stored (1 when nothing is).
+            let version = match (&entry.method[..], assigned[index].is_some()) {
+                (_, true) => Some(1),
+                ("PUT", false) => match reference.split_once('/') {
+                    Some((t, id)) if !reference.contains('?') => {
+                        Some(tx.current(t, id)?.map_or(1, |row| row.version + 1))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            ids.insert(full_url.clone(), reference, version);
         }
     }
     // Within each step ([`step_rank`]), entries run in the Bundle's order: a facility
@@ -1119,18 +1131,18 @@ fn run_entry(
 }
 
 /// What each entry's `fullUrl` stands for once the transaction runs: the `Type/id` it names or
-/// gets, and whether that is a resource this transaction creates with a new id (its version is
-/// then 1, which version-specific references to it take).
+/// gets, and, where known, the version its resource will then have (1 for one created with a
+/// new id, the next one for a PUT by id), which version-specific references to it take.
 #[derive(Debug, Default)]
 struct EntryIds {
     targets: HashMap<String, String>,
-    created: HashSet<String>,
+    versions: HashMap<String, i64>,
 }
 
 impl EntryIds {
-    fn insert(&mut self, full_url: String, reference: String, created: bool) {
-        if created {
-            self.created.insert(full_url.clone());
+    fn insert(&mut self, full_url: String, reference: String, version: Option<i64>) {
+        if let Some(version) = version {
+            self.versions.insert(full_url.clone(), version);
         }
         self.targets.insert(full_url, reference);
     }
@@ -1144,16 +1156,14 @@ impl EntryIds {
     }
 
     /// A version-specific reference (`…/Patient/p-1/_history/2`) to an entry: the entry's
-    /// `Type/id` with the version it will have when created here, else the version as written
+    /// `Type/id` with the version it will have, where known, else the version as written
     /// (bundle.html#references: the version is removed to match the fullUrl, then replaced).
-    fn get_versioned(&self, full_url: &str, version: &str) -> Option<String> {
+    fn get_versioned(&self, full_url: &str, written: &str) -> Option<String> {
         let target = self.targets.get(full_url)?;
-        let version = if self.created.contains(full_url) {
-            "1"
-        } else {
-            version
-        };
-        Some(format!("{target}/_history/{version}"))
+        Some(match self.versions.get(full_url) {
+            Some(version) => format!("{target}/_history/{version}"),
+            None => format!("{target}/_history/{written}"),
+        })
     }
 }
 
@@ -1575,7 +1585,7 @@ mod tests {
     #[test]
     fn rewrites_entry_links_in_narratives_only_in_link_attributes() {
         let mut ids = EntryIds::default();
-        ids.insert("urn:uuid:b".to_string(), "Binary/1".to_string(), true);
+        ids.insert("urn:uuid:b".to_string(), "Binary/1".to_string(), Some(1));
         let mut div = r#"<div><a href="urn:uuid:b">x</a><img src='urn:uuid:b'/> urn:uuid:b <a title="urn:uuid:b" href="urn:uuid:other">y</a></div>"#.to_string();
         rewrite_narrative_links(&mut div, &ids);
         assert_eq!(
