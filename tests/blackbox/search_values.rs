@@ -998,6 +998,14 @@ fn numbers_written_to_full_precision_equal_themselves() {
         assert_eq!(p("0.30000000000000004"), ["r-exact"]);
         assert_eq!(p("0.3"), ["r-exact", "r-three"]);
         assert_eq!(p("0.29999999999999999"), ["r-three"]);
+        // sa/eb: after or before the whole range of the value, its precision included (the
+        // review found sa0.3 taking 0.34, inside 0.3's range [0.25, 0.35)).
+        put(s, &risk("r-inside", "0.34"));
+        put(s, &risk("r-above", "0.35"));
+        put(s, &risk("r-below", "0.2"));
+        assert_eq!(p("sa0.3"), ["r-above"]);
+        assert_eq!(p("eb0.3"), ["r-below"]);
+        assert_eq!(p("gt0.3"), ["r-above", "r-exact", "r-inside"]);
     });
 }
 

@@ -1354,8 +1354,12 @@ fn push_number_condition(sql: &mut Sql, column: &str, value: &NumberValue) {
                 .bind(Bind::Float(v + tolerance));
             return;
         }
-        Prefix::Gt | Prefix::Sa => (">", v),
-        Prefix::Lt | Prefix::Eb => ("<", v),
+        // Starts after / ends before the search value's range, its implicit precision
+        // included (`sa0.5` is from 0.55 up, `eb0.5` below 0.45).
+        Prefix::Sa => (">=", value.high),
+        Prefix::Eb => ("<", value.low),
+        Prefix::Gt => (">", v),
+        Prefix::Lt => ("<", v),
         Prefix::Ge => (">=", v),
         Prefix::Le => ("<=", v),
     };
