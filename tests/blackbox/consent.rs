@@ -74,6 +74,26 @@ pub(crate) fn lab(code: &str, value: f64, date: &str, identifier: Option<&str>) 
     obs
 }
 
+/// The `outcomeDesc` of every refused consent decision whose event mentions `mentioning` (a
+/// request id, a resource), as an auditor named `auditor` reads them; and the page read.
+fn refusal_descriptions(s: &Server, auditor: &str, mentioning: &str) -> (Vec<String>, Value) {
+    let auditor = s.token_for(auditor, ORG_A, "auditor", &[]);
+    let decisions = s
+        .with_token(&auditor)
+        .read_json("AuditEvent?subtype=AuthZ-Consent&outcome=4&_count=200");
+    let said = entries(&decisions)
+        .iter()
+        .filter(|e| e["resource"].to_string().contains(mentioning))
+        .map(|e| {
+            e["resource"]["outcomeDesc"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    (said, decisions)
+}
+
 fn consent_body(actors: &[&str], status: &str) -> Value {
     let actors: Vec<Value> = actors
         .iter()
@@ -872,20 +892,7 @@ fn a_refusal_is_blamed_on_the_consent_that_permits_others_not_an_unrelated_deny(
         net.as_c()
             .get_with(&net.labs[0], &[("X-Request-Id", request_id.as_str())])
             .expect(404);
-        let auditor = s.token_for("auditor-blame", ORG_A, "auditor", &[]);
-        let decisions = s
-            .with_token(&auditor)
-            .read_json("AuditEvent?subtype=AuthZ-Consent&outcome=4&_count=200");
-        let said: Vec<String> = entries(&decisions)
-            .iter()
-            .filter(|e| e["resource"].to_string().contains(&request_id))
-            .map(|e| {
-                e["resource"]["outcomeDesc"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
+        let (said, decisions) = refusal_descriptions(s, "auditor-blame", &request_id);
         assert_eq!(
             said,
             vec![format!("deny by Consent/{CONSENT}")],
@@ -1463,20 +1470,7 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
             "{}",
             r.body
         );
-        let auditor = s.token_for("auditor-u", ORG_A, "auditor", &[]);
-        let decisions = s
-            .with_token(&auditor)
-            .read_json("AuditEvent?subtype=AuthZ-Consent&outcome=4&_count=100");
-        let about_tagged: Vec<String> = entries(&decisions)
-            .iter()
-            .filter(|e| e["resource"].to_string().contains(&tagged))
-            .map(|e| {
-                e["resource"]["outcomeDesc"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
+        let (about_tagged, decisions) = refusal_descriptions(s, "auditor-u", &tagged);
         assert!(!about_tagged.is_empty(), "{decisions}");
         for description in about_tagged {
             assert_eq!(description, "deny by privacy-tag:UNDELIVERED");

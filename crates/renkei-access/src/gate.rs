@@ -252,36 +252,28 @@ fn is_write_entry(entry: &Value) -> bool {
     )
 }
 
-/// The response entry of a batch entry refused before it ran (its scope).
 /// A batch entry that answers 503: its answer could not be recorded in the audit trail (the
 /// cause is logged; the database's own words are no client's business).
 fn unavailable_entry() -> Value {
-    serde_json::json!({
-        "response": {
-            "status": "503 Service Unavailable",
-            "outcome": {
-                "resourceType": "OperationOutcome",
-                "issue": [{"severity": "error", "code": "transient",
-                    "diagnostics": "the audit trail cannot be written, so this entry's answer is withheld; try again later"}],
-            },
-        },
-    })
+    renkei_repository::failed_entry(
+        "503 Service Unavailable",
+        vec![renkei_repository::error_issue(
+            "transient",
+            "the audit trail cannot be written, so this entry's answer is withheld; try again later",
+        )],
+    )
 }
 
+/// The response entry of a batch entry refused before it ran (its scope).
 fn refused_entry(error: &AccessError) -> Value {
     let (status, code) = match error {
         AccessError::MethodNotAllowed(_) => ("405 Method Not Allowed", "not-supported"),
         _ => ("403 Forbidden", "forbidden"),
     };
-    serde_json::json!({
-        "response": {
-            "status": status,
-            "outcome": {
-                "resourceType": "OperationOutcome",
-                "issue": [{"severity": "error", "code": code, "diagnostics": error.to_string()}],
-            },
-        },
-    })
+    renkei_repository::failed_entry(
+        status,
+        vec![renkei_repository::error_issue(code, &error.to_string())],
+    )
 }
 
 /// The status code of a Bundle response entry (200 when it names none).

@@ -264,8 +264,7 @@ impl Repository {
                     .enumerate()
                     .map(|(index, entry)| {
                         if let Some(issues) = &entry.invalid {
-                            return json!({"response": {"status": "400 Bad Request",
-                                "outcome": {"resourceType": "OperationOutcome", "issue": issues}}});
+                            return failed_entry("400 Bad Request", issues.clone());
                         }
                         if budget.exhausted() && matches!(entry.method.as_str(), "GET" | "HEAD") {
                             return render_failure(&budget.too_costly());
@@ -532,8 +531,7 @@ fn parse_entries(bundle: &Value, kind: BundleKind) -> Result<Vec<EntryRequest>, 
                     .or_else(|| {
                         // Only a batch gets here with one (see check_full_urls).
                         full_url_disagreement(entry).map(|reason| {
-                            vec![json!({"severity": "error", "code": "invalid",
-                                "diagnostics": format!("Bundle.entry.{reason}")})]
+                            vec![error_issue("invalid", &format!("Bundle.entry.{reason}"))]
                         })
                     }),
             })
@@ -714,6 +712,10 @@ fn run_transaction(
     // (200), so references to either entry name that one resource.
     type CriteriaKey = (String, Vec<(String, String)>);
     let mut conditional_creates: HashMap<CriteriaKey, String> = HashMap::new();
+    // Only a version-specific reference needs an entry's coming version (a lookup per PUT).
+    let names_versions = entries
+        .iter()
+        .any(|entry| entry.resource.as_ref().is_some_and(names_a_version));
     for (index, entry) in entries.iter().enumerate() {
         let target = parse_target(&entry.url).map_err(|e| wrap(index, entry, e))?;
         // Conditional changes match among the writer's own records, as they will when run.
@@ -827,7 +829,7 @@ fn run_transaction(
             // PUT by id makes the next version of what is stored (1 when nothing is).
             let version = match (&entry.method[..], assigned[index].is_some()) {
                 (_, true) => Some(1),
-                ("PUT", false) => match reference.split_once('/') {
+                ("PUT", false) if names_versions => match reference.split_once('/') {
                     Some((t, id)) if !reference.contains('?') => {
                         Some(tx.current(t, id)?.map_or(1, |row| row.version + 1))
                     }
@@ -1127,6 +1129,18 @@ fn run_entry(
             "{method} {} is not a supported Bundle entry request",
             entry.url
         ))),
+    }
+}
+
+/// Whether `value` holds a version-specific reference (`…/_history/n`).
+fn names_a_version(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(key, child)| match child {
+            Value::String(reference) if key == "reference" => reference.contains("/_history/"),
+            other => names_a_version(other),
+        }),
+        Value::Array(items) => items.iter().any(names_a_version),
+        _ => false,
     }
 }
 
@@ -1457,15 +1471,23 @@ fn render_entry(result: &EntryResult, return_resources: bool) -> Value {
 
 fn render_failure(error: &RepoError) -> Value {
     let (status, code) = crate::error::status_of(error.root());
+    failed_entry(status, vec![error_issue(code, &error.to_string())])
+}
+
+/// A batch or transaction response entry that failed: its status line (`403 Forbidden`) and
+/// the OperationOutcome of its issues.
+pub fn failed_entry(status: &str, issues: Vec<Value>) -> Value {
     json!({
         "response": {
             "status": status,
-            "outcome": {
-                "resourceType": "OperationOutcome",
-                "issue": [{"severity": "error", "code": code, "diagnostics": error.to_string()}]
-            }
+            "outcome": {"resourceType": "OperationOutcome", "issue": issues},
         }
     })
+}
+
+/// An OperationOutcome issue of severity `error`.
+pub fn error_issue(code: &str, diagnostics: &str) -> Value {
+    json!({"severity": "error", "code": code, "diagnostics": diagnostics})
 }
 
 #[cfg(test)]

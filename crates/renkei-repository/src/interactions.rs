@@ -1501,16 +1501,12 @@ fn refuse_leaving_with_a_consent(
     if !left_someone {
         return Ok(());
     }
-    let consents = tx.consents_in_force_on(id, 3)?;
-    if consents.is_empty() {
-        return Ok(());
-    }
-    Err(RepoError::Conflict(format!(
-        "this change takes Patient/{id} out of the person it is linked to, and {} in force \
-         names it (the consent would stop applying to the rest of their records): withdraw the \
-         consent first, or have an administrator unlink the records ($unlink)",
-        consents.join(", ")
-    )))
+    refuse_if_consented(
+        tx,
+        id,
+        "this change takes it out of the person it is linked to",
+        "withdraw the consent first, or have an administrator unlink the records ($unlink)",
+    )
 }
 
 /// A Patient record that a Consent in force names is not deleted: the deleted record would
@@ -1518,14 +1514,29 @@ fn refuse_leaving_with_a_consent(
 /// say) with it, for every other record of the person (CONSENT.md rule 5). The Consent is the
 /// patient's; it is withdrawn, or recorded on another record of theirs, first.
 fn refuse_deleting_a_consented_record(tx: &mut Tx<'_>, id: &str) -> Result<(), RepoError> {
+    refuse_if_consented(
+        tx,
+        id,
+        "a Patient record carrying the patient's consent is not deleted",
+        "withdraw the consent, or record it on another of their records, first",
+    )
+}
+
+/// 409 when a Consent in force names Patient `id`: `change` would take the patient's decision
+/// away from the rest of their records; `remedy` says what to do instead.
+fn refuse_if_consented(
+    tx: &mut Tx<'_>,
+    id: &str,
+    change: &str,
+    remedy: &str,
+) -> Result<(), RepoError> {
     let consents = tx.consents_in_force_on(id, 3)?;
     if consents.is_empty() {
         return Ok(());
     }
     Err(RepoError::Conflict(format!(
-        "Patient/{id} is named by {} in force; a Patient record carrying the patient's consent \
-         is not deleted (the consent would stop applying to the rest of their records): withdraw \
-         the consent, or record it on another of their records, first",
+        "Patient/{id} is named by {} in force, and {change} (the consent would stop applying to \
+         the rest of their records): {remedy}",
         consents.join(", ")
     )))
 }

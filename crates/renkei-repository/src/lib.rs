@@ -16,8 +16,9 @@ mod meta;
 mod precondition;
 
 pub use bundle::{
-    check_entries, conditional_reference_types, entry_method, no_commit_hook, parse_etag,
-    relative_entry_url, BundleKind, CommitHook, EntryRequest, ImportHook,
+    check_entries, conditional_reference_types, entry_method, error_issue, failed_entry,
+    no_commit_hook, parse_etag, relative_entry_url, BundleKind, CommitHook, EntryRequest,
+    ImportHook,
 };
 pub use criteria::{
     percent_decode, percent_decode_strict, percent_encode, percent_escapes_decode, Criteria,
