@@ -408,16 +408,11 @@ pub async fn token(
                 Ok(Err(unavailable)) => return oauth_unavailable(&unavailable.to_string()),
                 Err(_) => return oauth_unavailable("the token request was not handled"),
             }
-            return HttpResponse::build(error.status())
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .content_type("application/json")
-                .json(
-                    renkei_auth::AuthError::new(
-                        renkei_auth::ErrorCode::InvalidRequest,
-                        description,
-                    )
-                    .to_json(),
-                );
+            return oauth_error(
+                error.status(),
+                &renkei_auth::AuthError::new(renkei_auth::ErrorCode::InvalidRequest, description),
+                None,
+            );
         }
     };
     let peer_cert = req
@@ -515,19 +510,7 @@ pub async fn token(
         Ok(Ok(Err(error))) => {
             let status =
                 StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-            let mut response = HttpResponse::build(status);
-            response.insert_header((header::CACHE_CONTROL, "no-store"));
-            // RFC 6749 §5.2: a 401 to a client that authenticated through the Authorization
-            // header names the scheme it used.
-            if let (StatusCode::UNAUTHORIZED, Some(scheme)) = (status, &header_scheme) {
-                response.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    format!("{scheme} realm=\"renkei\""),
-                ));
-            }
-            response
-                .content_type("application/json")
-                .json(error.to_json())
+            oauth_error(status, &error, header_scheme.as_deref())
         }
         Err(_) => oauth_unavailable("the token request could not be handled"),
     }
@@ -538,16 +521,34 @@ pub async fn token(
 /// own words (relation names) are no business of an unauthenticated client.
 fn oauth_unavailable(cause: &str) -> HttpResponse {
     tracing::error!(error = %cause, "token request not answered: audit trail unavailable");
-    HttpResponse::ServiceUnavailable()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
+    oauth_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &renkei_auth::AuthError::new(
+            renkei_auth::ErrorCode::TemporarilyUnavailable,
+            "the token request cannot be recorded in the audit trail now; try again later",
+        ),
+        None,
+    )
+}
+
+/// An OAuth error answer (RFC 6749 §5.2): its JSON, never cached. A 401 to a client that
+/// authenticated through the Authorization header names the scheme it used (`scheme`).
+fn oauth_error(
+    status: StatusCode,
+    error: &renkei_auth::AuthError,
+    scheme: Option<&str>,
+) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    response.insert_header((header::CACHE_CONTROL, "no-store"));
+    if let (StatusCode::UNAUTHORIZED, Some(scheme)) = (status, scheme) {
+        response.insert_header((
+            header::WWW_AUTHENTICATE,
+            format!("{scheme} realm=\"renkei\""),
+        ));
+    }
+    response
         .content_type("application/json")
-        .json(
-            renkei_auth::AuthError::new(
-                renkei_auth::ErrorCode::TemporarilyUnavailable,
-                "the token request cannot be recorded in the audit trail now; try again later",
-            )
-            .to_json(),
-        )
+        .json(error.to_json())
 }
 
 #[cfg(test)]

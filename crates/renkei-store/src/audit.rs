@@ -638,8 +638,10 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
         sql.push(")");
     }
     for decider in &query.without_decisions_by {
+        let decider = crate::search::like_escape(decider);
         sql.push(" AND e.body NOT LIKE ")
-            .bind(Bind::Text(format!("%\"{decider}\"%")));
+            .bind(Bind::Text(format!("%\"{decider}\"%")))
+            .push(" ESCAPE '\\'");
     }
     if let Some(event_id) = &query.event_id {
         sql.push(" AND e.event_id = ")

@@ -66,12 +66,16 @@ impl Default for StoreOptions {
     }
 }
 
+/// How long a SQLite connection waits for a file another connection holds (pool and probes
+/// alike).
+const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10000";
+
 /// One connection to a SQLite file outside the pool, waiting like the pool's connections when
 /// another connection (a running server, its checkpoints) holds the file's lock.
 fn probe_sqlite(path: &std::path::Path) -> Result<SqliteConnection, StoreError> {
     let mut conn = SqliteConnection::establish(&path.display().to_string())
         .map_err(|e| StoreError::Connect(e.to_string()))?;
-    conn.batch_execute("PRAGMA busy_timeout = 10000")
+    conn.batch_execute(BUSY_TIMEOUT)
         .map_err(|e| StoreError::Connect(e.to_string()))?;
     Ok(conn)
 }
@@ -353,8 +357,9 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
         // files was a visible part of every multi-row index insert), and reads map the file
         // instead of copying pages through read(2). The automatic checkpoint is only a
         // backstop: a background thread checkpoints (see `spawn_checkpointer`).
+        conn.batch_execute(BUSY_TIMEOUT)?;
         conn.batch_execute(
-            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
              PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY; \
              PRAGMA mmap_size = 268435456; PRAGMA wal_autocheckpoint = 100000;",
         )

@@ -1251,7 +1251,8 @@ fn push_or_tree<T>(sql: &mut Sql, values: &[T], each: &mut impl FnMut(&mut Sql, 
     }
 }
 
-fn like_escape(text: &str) -> String {
+/// `text` as a LIKE pattern matches it literally (with `ESCAPE '\'`).
+pub(crate) fn like_escape(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_")

@@ -103,6 +103,8 @@ pub fn add_client(store: &Store, new: NewClient) -> Result<ClientRegistration, S
     store
         .write(|tx| tx.put_client(&registration.client_id, &json, now))
         .map_err(|e| e.to_string())?;
+    // As stored: the registration time is what its tokens name (claim `reg`).
+    registration.registered_at = now;
     Ok(registration)
 }
 
