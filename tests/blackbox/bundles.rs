@@ -221,28 +221,39 @@ fn batch_reports_each_entry() {
             r#"<entry><resource><Patient><gender value="unknown-code"/></Patient></resource>"#,
             r#"<request><method value="POST"/><url value="Patient"/></request></entry></Bundle>"#
         );
-        let r = s
-            .request(
-                "POST",
-                "",
-                &[
-                    ("Content-Type", "application/fhir+xml"),
-                    ("Accept", "application/fhir+json"),
-                ],
-                Some(xml_batch.as_bytes().to_vec()),
-            )
-            .expect(200)
-            .json();
-        let e = entries(&r);
-        assert!(entry_status(&e[0]).starts_with("201"), "{}", e[0]);
-        assert!(entry_status(&e[1]).starts_with("400"), "{}", e[1]);
-        let reason = e[1]["response"]["outcome"].to_string();
-        assert!(
-            reason.contains("entry[1]") && reason.contains("gender"),
-            "{reason}"
+        // Also an entry whose resource does not even read as FHIR XML (an unknown element):
+        // a review found that whole XML batch refused while JSON failed the one entry.
+        let unreadable = xml_batch.replace("XmlKept", "XmlKeptToo").replace(
+            r#"<gender value="unknown-code"/>"#,
+            r#"<nickname value="x"/>"#,
         );
-        let (kept_xml, _) = s.all_pages("Patient?family=XmlKept");
-        assert_eq!(kept_xml.len(), 1);
+        for (body, kept, why) in [
+            (xml_batch.to_string(), "XmlKept", "gender"),
+            (unreadable, "XmlKeptToo", "nickname"),
+        ] {
+            let r = s
+                .request(
+                    "POST",
+                    "",
+                    &[
+                        ("Content-Type", "application/fhir+xml"),
+                        ("Accept", "application/fhir+json"),
+                    ],
+                    Some(body.into_bytes()),
+                )
+                .expect(200)
+                .json();
+            let e = entries(&r);
+            assert!(entry_status(&e[0]).starts_with("201"), "{}", e[0]);
+            assert!(entry_status(&e[1]).starts_with("400"), "{}", e[1]);
+            let reason = e[1]["response"]["outcome"].to_string();
+            assert!(
+                reason.contains("entry[1]") && reason.contains(why),
+                "{reason}"
+            );
+            let (kept_xml, _) = s.all_pages(&format!("Patient?family={kept}"));
+            assert_eq!(kept_xml.len(), 1);
+        }
         bundle["type"] = json!("transaction");
         s.post("", &bundle).expect(400);
         // Stored as a resource rather than processed, the batch must be valid as a whole.

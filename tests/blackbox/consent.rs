@@ -1042,6 +1042,58 @@ fn a_referral_letter_follows_its_document_whatever_the_transaction_order() {
     });
 }
 
+/// A review found: a JP-CLINS document (a discharge summary whose Composition names the
+/// Patient entry of the Bundle by its `urn:uuid:`) was the hospital's alone, even for the
+/// clinic the patient consented to. The entry is now matched to the writer's own Patient
+/// record by identifier (and birth date), and the document follows that patient's consent.
+/// An entry's own id is the sender's, never taken for a record here.
+#[test]
+fn a_discharge_summary_document_follows_the_patients_consent() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let document = |entry_id: &str, local_id: &str, birth_date: &str| {
+            let (composition, patient) = (
+                format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+                format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            );
+            json!({"resourceType": "Bundle", "type": "document",
+                "identifier": {"system": "urn:hosp-a:document", "value": uuid::Uuid::new_v4().to_string()},
+                "timestamp": "2025-11-20T10:00:00+09:00",
+                "entry": [
+                    {"fullUrl": composition, "resource": {"resourceType": "Composition",
+                        "status": "final", "date": "2025-11-20",
+                        "type": {"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes", "code": "18842-5"}]},
+                        "subject": {"reference": patient}, "author": [{"reference": ORG_A}],
+                        "title": format!("退院時サマリー {SECRET}")}},
+                    {"fullUrl": patient, "resource": {"resourceType": "Patient", "id": entry_id,
+                        "identifier": [{"system": "urn:hosp-a:patient", "value": local_id}],
+                        "birthDate": birth_date}}]})
+        };
+        let stored = |body: Value| id_of(&net.as_a().create(&body));
+        // The patient's own document: the consented clinic reads it, the other does not.
+        let summary = stored(document("1", "P-0001", "1958-03-12"));
+        net.as_b().get(&summary).expect(200);
+        net.as_c().get(&summary).expect(404);
+        net.as_a().get(&summary).expect(200);
+        // Nothing of the writer's matches (unknown id, or another birth date): its alone.
+        for (local_id, birth_date) in [("P-9999", "1958-03-12"), ("P-0001", "1960-01-01")] {
+            let unmatched = stored(document("1", local_id, birth_date));
+            net.as_b().get(&unmatched).expect(404);
+            net.as_a().get(&unmatched).expect(200);
+        }
+        // The entry's id names the consented patient here, its identifier the other one:
+        // the document is about the other one, whom nobody else may see.
+        let other = stored(document(PATIENT, "Q-0002", "1958-03-12"));
+        net.as_b().get(&other).expect(404);
+        // Another facility's record with the same identifier is not the writer's patient.
+        let b_doc = s
+            .with_token(&net.b)
+            .create(&document("1", "P-0001", "1958-03-12"));
+        net.as_c().get(&id_of(&b_doc)).expect(404);
+        net.as_a().get(&id_of(&b_doc)).expect(404);
+    });
+}
+
 /// A review found: a conditional update whose criteria match nothing, with a body id naming a
 /// record hidden from the writer, answered 409 "exists": an oracle for ids a read answers 404
 /// for. It answers 404 as the read does.

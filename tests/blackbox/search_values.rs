@@ -983,6 +983,10 @@ fn numbers_written_to_full_precision_equal_themselves() {
         assert_eq!(q("ne66.899999999999991"), ["q-100-5", "q-66-9", "q-99-5"]);
         // The range stays half-open where its bound is a double: 100 is [99.5, 100.5).
         assert_eq!(q("100"), ["q-99-5"]);
+        // sa/eb: after or before the value's whole range, as for numbers (below).
+        assert_eq!(q("sa100"), ["q-100-5"]);
+        assert_eq!(q("eb100"), ["q-66-9", "q-body-height"]);
+        assert_eq!(q("sa66.9"), ["q-100-5", "q-99-5"]);
 
         let risk = |id: &str, probability: &str| -> Value {
             serde_json::from_str(&format!(

@@ -430,6 +430,14 @@ fn percent_encodings_that_are_not_utf8_are_refused() {
             ],
         )
         .expect(200);
+        // It is on record as the text it encodes (a review found it kept encoded).
+        let auditor = s.token_for("auditor-utf8", TEST_ORGANIZATION, "auditor", &[]);
+        let trail = s
+            .with_token(&auditor)
+            .read_json(&format!("AuditEvent?entity=Patient/{id}&_count=100"))
+            .to_string();
+        assert!(trail.contains("意識不明"), "{trail}");
+        assert!(!trail.contains("E6-84-8F"), "{trail}");
         // A lone `%` is a percent sign: an emergency does not fail on a typed "80%".
         er.get_with(
             &format!("Patient/{id}"),

@@ -10,6 +10,7 @@ mod attribute_whitespace;
 mod base64_binary;
 mod narrative;
 mod prepass;
+mod xml_batch;
 mod xml_check;
 mod xml_declaration;
 mod xml_namespace;
@@ -82,7 +83,25 @@ pub fn parse_json_for_processing(bytes: &[u8]) -> Result<Value, ContentError> {
 /// [`parse_json_for_processing`] is for JSON. The XML document itself must be readable as
 /// FHIR as a whole; what is set aside is an entry whose resource reads but is not valid.
 pub fn parse_xml_for_processing(bytes: &[u8]) -> Result<Value, ContentError> {
-    validate_for_processing(xml_value(bytes)?)
+    let whole = match xml_value(bytes) {
+        Ok(value) => return validate_for_processing(value),
+        Err(whole) => whole,
+    };
+    // A batch whose document fails to read because of some entries' resources: those
+    // entries fail alone, as in JSON.
+    let (bundle, unreadable) = unprefixed_document(bytes)
+        .ok()
+        .and_then(|document| xml_batch::without_unreadable_entries(&document))
+        .ok_or(whole)?;
+    let mut bundle = validate_for_processing(bundle)?;
+    if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
+        for (index, error) in unreadable {
+            if let Some(entry) = entries.get_mut(index).and_then(Value::as_object_mut) {
+                entry.insert(INVALID_ENTRY.to_string(), entry_issues(index, &error));
+            }
+        }
+    }
+    Ok(bundle)
 }
 
 /// [`validate`], except that a batch's invalid entry resources are set aside.
@@ -170,27 +189,32 @@ fn set_aside_invalid_batch_entries(bundle: &mut Value) -> bool {
             continue;
         };
         entry.remove("resource");
-        // The issues as a transaction's whole-Bundle validation states them: each element
-        // path continues the entry's (`Patient.gender` → `Bundle.entry[0].resource.gender`).
-        let within = format!("Bundle.entry[{index}].resource");
-        let issues = error
-            .issues
-            .iter()
-            .map(|issue| {
-                let expression = match issue.expression.split_once('.') {
-                    Some((_, rest)) => format!("{within}.{rest}"),
-                    None => within.clone(),
-                };
-                let mut issue = issue.clone();
-                issue.expression = expression;
-                issue_json(&issue, &format!("{within} is not valid: "))
-            })
-            .collect();
-        entry.insert(INVALID_ENTRY.to_string(), Value::Array(issues));
+        entry.insert(INVALID_ENTRY.to_string(), entry_issues(index, &error));
         set_aside = true;
     }
     // Nothing set aside: what is invalid is the Bundle as a whole (its depth, say).
     set_aside
+}
+
+/// Why batch entry `index`'s resource is not valid, as a transaction's whole-Bundle
+/// validation states it: each element path continues the entry's (`Patient.gender` →
+/// `Bundle.entry[0].resource.gender`).
+fn entry_issues(index: usize, error: &ContentError) -> Value {
+    let within = format!("Bundle.entry[{index}].resource");
+    let issues = error
+        .issues
+        .iter()
+        .map(|issue| {
+            let expression = match issue.expression.split_once('.') {
+                Some((_, rest)) => format!("{within}.{rest}"),
+                None => within.clone(),
+            };
+            let mut issue = issue.clone();
+            issue.expression = expression;
+            issue_json(&issue, &format!("{within} is not valid: "))
+        })
+        .collect();
+    Value::Array(issues)
 }
 
 /// Parses FHIR XML bytes into the equivalent FHIR JSON value and validates it.
@@ -202,10 +226,7 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Value, ContentError> {
 
 /// FHIR XML bytes as the equivalent FHIR JSON value, not yet validated.
 fn xml_value(bytes: &[u8]) -> Result<Value, ContentError> {
-    let bytes = xml_declaration::without_declaration(bytes)?;
-    prepass::check_xml_depth(bytes, MAX_DEPTH)?;
-    // From here on, one spelling: FHIR and XHTML elements unprefixed.
-    let bytes = &*xml_namespace::unprefixed(bytes)?;
+    let bytes = &*unprefixed_document(bytes)?;
     xml_check::check(bytes)?;
     let for_fhirbolt = xml_namespace::without_prefixed_attributes(bytes);
     let parsed = catch_unwind(AssertUnwindSafe(|| {
@@ -233,6 +254,14 @@ fn xml_value(bytes: &[u8]) -> Result<Value, ContentError> {
     // fhirbolt trims the text nodes of narratives; take them from the bytes as they came.
     narrative::restore_from_xml(bytes, &mut value);
     Ok(value)
+}
+
+/// The document without its XML declaration, balanced and not too deep, and from here on in
+/// one spelling: FHIR and XHTML elements unprefixed.
+fn unprefixed_document(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ContentError> {
+    let bytes = xml_declaration::without_declaration(bytes)?;
+    prepass::check_xml_depth(bytes, MAX_DEPTH)?;
+    xml_namespace::unprefixed(bytes)
 }
 
 /// A client-facing message for fhirbolt's refusal of an XML document. The reasons of its XML
@@ -418,6 +447,54 @@ fn without_forbidden_chars(xml: String) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    fn xml_bundle(kind: &str, prefix: &str) -> String {
+        let p = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}:")
+        };
+        let ns = if prefix.is_empty() {
+            "xmlns=\"http://hl7.org/fhir\"".to_string()
+        } else {
+            format!("xmlns:{prefix}=\"http://hl7.org/fhir\"")
+        };
+        format!(
+            r#"<{p}Bundle {ns}><{p}type value="{kind}"/>
+            <{p}entry><{p}resource><{p}Patient><{p}gender value="male"/></{p}Patient></{p}resource>
+              <{p}request><{p}method value="POST"/><{p}url value="Patient"/></{p}request></{p}entry>
+            <{p}entry><{p}resource><{p}Patient><{p}nickname value="x"/></{p}Patient></{p}resource>
+              <{p}request><{p}method value="POST"/><{p}url value="Patient"/></{p}request></{p}entry>
+            <{p}entry><{p}request><{p}method value="GET"/><{p}url value="Patient"/></{p}request></{p}entry>
+            <{p}entry><{p}resource><{p}Patient><{p}gender value="neither"/></{p}Patient></{p}resource>
+              <{p}request><{p}method value="POST"/><{p}url value="Patient"/></{p}request></{p}entry>
+            </{p}Bundle>"#
+        )
+    }
+
+    #[test]
+    fn an_xml_batch_entry_that_does_not_read_fails_alone() {
+        for prefix in ["", "f"] {
+            let bundle = parse_xml_for_processing(xml_bundle("batch", prefix).as_bytes()).unwrap();
+            let entries = bundle["entry"].as_array().unwrap();
+            assert_eq!(entries.len(), 4, "{bundle}");
+            assert_eq!(entries[0]["resource"]["gender"], "male");
+            assert!(entries[1].get("resource").is_none(), "{bundle}");
+            let why = entries[1][INVALID_ENTRY].to_string();
+            assert!(why.contains("Bundle.entry[1].resource"), "{why}");
+            assert!(why.contains("nickname"), "{why}");
+            assert_eq!(entries[2]["request"]["method"], "GET");
+            // Read, but not valid: set aside as JSON's are.
+            assert!(
+                entries[3][INVALID_ENTRY].to_string().contains("neither"),
+                "{bundle}"
+            );
+            // A transaction stands or falls whole.
+            assert!(
+                parse_xml_for_processing(xml_bundle("transaction", prefix).as_bytes()).is_err()
+            );
+        }
+    }
 
     #[test]
     fn empty_lists_render_as_absent_elements() {

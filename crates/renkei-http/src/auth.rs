@@ -272,12 +272,11 @@ fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError
 }
 
 fn stated_purpose(req: &HttpRequest) -> Result<StatedPurpose, ApiError> {
-    let break_glass_reason = header_text(req, "x-break-glass-reason")?;
-    if let Some(reason) = &break_glass_reason {
-        // Kept as sent, but a percent-encoded reason must decode to text: `%FF%FE` would
-        // otherwise open the glass on a reason nobody can read.
-        crate::request::check_escapes_decode("X-Break-Glass-Reason", reason)?;
-    }
+    // A percent-encoded reason is recorded as the text it encodes, and must decode to text:
+    // `%FF%FE` would otherwise open the glass on a reason nobody can read.
+    let break_glass_reason = header_text(req, "x-break-glass-reason")?
+        .map(|reason| crate::request::decode_escapes("X-Break-Glass-Reason", &reason))
+        .transpose()?;
     Ok(StatedPurpose {
         purpose: header_text(req, "x-purpose-of-use")?,
         break_glass_reason,

@@ -357,10 +357,10 @@ pub fn check_url_encoded(name: &str, text: &str) -> Result<(), ApiError> {
         })
 }
 
-/// Checks that the percent escapes in free text (`X-Break-Glass-Reason`) decode to UTF-8:
-/// `%FF%FE` answers 400 naming the header, while a lone `%` is just a percent sign, so a
-/// clinician's "SpO2 80%" never stands between them and emergency access.
-pub fn check_escapes_decode(name: &str, text: &str) -> Result<(), ApiError> {
+/// Free text (`X-Break-Glass-Reason`) with its percent escapes decoded; escapes that do not
+/// decode to UTF-8 (`%FF%FE`) answer 400 naming the header, while a lone `%` is just a
+/// percent sign, so a clinician's "SpO2 80%" never stands between them and emergency access.
+pub fn decode_escapes(name: &str, text: &str) -> Result<String, ApiError> {
     renkei_repository::percent_escapes_decode(text).map_err(|message| {
         ApiError::bad_request(format!("the {name} header is malformed: {message}"))
     })
@@ -386,13 +386,15 @@ pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
 
 /// The value of the first preference `name` in the request's `Prefer` headers (RFC 7240 §2):
 /// names compare case-insensitively, whitespace may surround `=`, and a value may be a quoted
-/// string. A preference without a value answers `Some("")`.
+/// string. A preference without a value answers `Some("")`. What follows a `;` are the
+/// preference's parameters, not preferences (`foo; return=minimal` asks for `foo`).
 pub fn preference<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
     req.headers()
         .get_all("prefer")
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
+        .flat_map(|v| v.split(','))
         .find_map(|item| {
+            let item = item.split(';').next().unwrap_or_default();
             let (key, value) = item.split_once('=').unwrap_or((item, ""));
             key.trim()
                 .eq_ignore_ascii_case(name)
@@ -494,6 +496,11 @@ mod tests {
             Some("")
         );
         assert_eq!(prefer(&["handlings=strict"], "handling"), None);
+        assert_eq!(prefer(&["foo; return=minimal"], "return"), None);
+        assert_eq!(
+            prefer(&["return=minimal; charset=utf-8"], "return").as_deref(),
+            Some("minimal")
+        );
     }
 
     #[test]

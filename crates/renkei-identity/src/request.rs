@@ -4,6 +4,7 @@ use serde_json::Value;
 
 use crate::error::IdentityError;
 use crate::norm;
+use renkei_search::plan::escape;
 
 /// What a `$match` request asks for, from its `Parameters` body (ITI-119).
 #[derive(Debug, Clone, PartialEq)]
@@ -152,10 +153,11 @@ pub fn candidate_queries(query: &Value) -> Vec<(String, String)> {
         .take(MAX_IDENTIFIER_QUERIES)
     {
         let (system, value) = id;
-        push("identifier", format!("{system}|{}", escape_token(value)));
+        let system = escape(system);
+        push("identifier", format!("{system}|{}", escape(value)));
         push(
             "identifier",
-            format!("{system}|{}", escape_token(&half_width(value))),
+            format!("{system}|{}", escape(&half_width(value))),
         );
     }
     if let Some(date) = norm::full_birth_date(query) {
@@ -171,24 +173,12 @@ pub fn candidate_queries(query: &Value) -> Vec<(String, String)> {
             continue;
         }
         if let Some(value) = norm::text(telecom, "value") {
-            push("phone", escape_token(value));
+            push("phone", escape(value));
             let digits = norm::phone_digits(value);
             if digits.len() >= 6 {
                 push("phone", digits);
             }
         }
-    }
-    out
-}
-
-/// Escapes FHIR search special characters (`\`, `|`, `,`, `$`) in a token part.
-fn escape_token(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        if matches!(c, '\\' | '|' | ',' | '$') {
-            out.push('\\');
-        }
-        out.push(c);
     }
     out
 }

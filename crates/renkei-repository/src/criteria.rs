@@ -199,14 +199,14 @@ pub fn percent_encode(value: &str) -> String {
 /// Decodes `%XX` escapes and `+` (form encoding) in a query component, leniently: a `%` not
 /// followed by two hex digits stays as written, and invalid UTF-8 becomes U+FFFD.
 pub fn percent_decode(text: &str) -> String {
-    String::from_utf8_lossy(&decode_escapes(text, false).unwrap_or_default()).into_owned()
+    String::from_utf8_lossy(&decode_escapes(text, false, true).unwrap_or_default()).into_owned()
 }
 
 /// Decodes a query component from a client's request, refusing what is not valid URL encoding
 /// of UTF-8 text (a `%` not followed by two hex digits, bytes that are not UTF-8): such a value
 /// cannot be what the client meant to search for.
 pub fn percent_decode_strict(text: &str) -> Result<String, String> {
-    let bytes = decode_escapes(text, true)?;
+    let bytes = decode_escapes(text, true, true)?;
     let decoded =
         String::from_utf8(bytes).map_err(|_| format!("'{text}' does not decode to UTF-8 text"))?;
     check_no_nul(&decoded).map(|()| decoded)
@@ -221,23 +221,23 @@ fn check_no_nul(text: &str) -> Result<(), String> {
     }
 }
 
-/// Whether the well-formed `%XX` escapes in free text decode, with the text around them, to
-/// UTF-8; a `%` not followed by two hex digits is a literal percent sign (a reason such as
-/// "SpO2 80%"), not an error.
-pub fn percent_escapes_decode(text: &str) -> Result<(), String> {
-    let bytes = decode_escapes(text, false)?;
+/// Free text (a header such as `X-Break-Glass-Reason`) with its well-formed `%XX` escapes
+/// decoded; refused when they do not decode, with the text around them, to UTF-8. A `%` not
+/// followed by two hex digits is a literal percent sign (a reason such as "SpO2 80%"), not an
+/// error, and a `+` is a plus sign (a header is not a form).
+pub fn percent_escapes_decode(text: &str) -> Result<String, String> {
+    let bytes = decode_escapes(text, false, false)?;
     String::from_utf8(bytes)
-        .map(|_| ())
         .map_err(|_| format!("'{text}' has escapes that do not decode to UTF-8 text"))
 }
 
-fn decode_escapes(text: &str, strict: bool) -> Result<Vec<u8>, String> {
+fn decode_escapes(text: &str, strict: bool, plus_is_space: bool) -> Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let escaped = bytes
                     .get(i + 1..i + 3)

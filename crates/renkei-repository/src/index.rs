@@ -9,7 +9,7 @@ use serde_json::Value;
 /// classification): servers then refuse a database built under an older number until
 /// `renkei reindex` has rebuilt it, instead of answering searches that miss or wrongly match
 /// records. Databases from before the number was recorded count as 0.
-pub const INDEX_FORMAT: u32 = 2;
+pub const INDEX_FORMAT: u32 = 3;
 
 /// Index rows of a resource: every search parameter of its type, extracted by evaluating the
 /// parameters' FHIRPath expressions (see `renkei_search::extract`).
@@ -50,11 +50,21 @@ pub(crate) fn patient_of(res_type: &str, id: &str, resource: &Value) -> Option<S
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|entry| entry.get("resource"))
-            .find_map(|inner| {
-                let inner_type = inner.get("resourceType").and_then(Value::as_str)?;
-                let inner_id = inner.get("id").and_then(Value::as_str).unwrap_or_default();
-                patient_of(inner_type, inner_id, inner)
+            .find_map(|entry| {
+                let inner = entry.get("resource")?;
+                match inner.get("resourceType").and_then(Value::as_str)? {
+                    // An entry's id is its author's, not this server's: only a fullUrl naming
+                    // a record here makes it one (else `Patient/1` of a hospital's document
+                    // would be taken for whoever is Patient/1 here).
+                    "Patient" => Some(
+                        entry
+                            .get("fullUrl")
+                            .and_then(Value::as_str)
+                            .and_then(patient_id_of_reference)
+                            .unwrap_or_else(|| UNRESOLVED_PATIENT.to_string()),
+                    ),
+                    inner_type => patient_of(inner_type, "", inner),
+                }
             });
         if in_entries.is_some() {
             return in_entries;
@@ -137,6 +147,36 @@ fn first_patient_reference(value: &Value) -> Option<String> {
     local_references(value)
         .into_iter()
         .find_map(|(res_type, id)| (res_type == "Patient").then_some(id))
+}
+
+/// The Patient entry a Bundle is about when it carries its patient as an entry rather than
+/// naming a record on this server: a JP-CLINS document (a discharge summary, a referral
+/// letter) whose Composition's `subject` names the Patient entry's `urn:uuid:` fullUrl. The
+/// first entry about a patient decides, as in [`patient_of`]: a Patient entry itself, or the
+/// entry its patient element names.
+pub(crate) fn document_patient_entry(bundle: &Value) -> Option<&Value> {
+    let entries = bundle.get("entry").and_then(Value::as_array)?;
+    let is_patient =
+        |inner: &&Value| inner.get("resourceType").and_then(Value::as_str) == Some("Patient");
+    let first = entries.iter().find_map(|entry| {
+        let inner = entry.get("resource")?;
+        if is_patient(&inner) {
+            return Some(Ok(inner));
+        }
+        PATIENT_ELEMENTS
+            .iter()
+            .filter_map(|key| inner.get(*key))
+            .find_map(|element| element.get("reference").and_then(Value::as_str))
+            .map(Err)
+    })?;
+    match first {
+        Ok(patient) => Some(patient),
+        Err(named) => entries
+            .iter()
+            .filter(|entry| entry.get("fullUrl").and_then(Value::as_str) == Some(named))
+            .filter_map(|entry| entry.get("resource"))
+            .find(is_patient),
+    }
 }
 
 /// Every reference to another resource on this server in `value`, in document order.
@@ -290,5 +330,51 @@ mod tests {
             patient_of("Patient", "me", &json!({})).as_deref(),
             Some("me")
         );
+    }
+
+    #[test]
+    fn a_bundles_patient_entry_is_a_record_here_only_by_its_full_url() {
+        assert!(renkei_search::set_local_bases(&[
+            "http://127.0.0.1:8412/fhir".to_string()
+        ]));
+        let bundle = |full_url: &str| {
+            json!({"type": "collection", "entry": [
+                {"fullUrl": full_url, "resource": {"resourceType": "Patient", "id": "p1"}}]})
+        };
+        assert_eq!(
+            patient_of("Bundle", "b", &bundle("urn:uuid:1")).as_deref(),
+            Some(super::UNRESOLVED_PATIENT)
+        );
+        assert_eq!(
+            patient_of(
+                "Bundle",
+                "b",
+                &bundle("http://127.0.0.1:8412/fhir/Patient/p2")
+            )
+            .as_deref(),
+            Some("p2")
+        );
+    }
+
+    #[test]
+    fn a_documents_patient_entry_is_the_one_its_first_record_names() {
+        let document = json!({"type": "document", "entry": [
+            {"fullUrl": "urn:uuid:c", "resource": {"resourceType": "Composition",
+                "subject": {"reference": "urn:uuid:p"}}},
+            {"fullUrl": "urn:uuid:q", "resource": {"resourceType": "Patient", "id": "q"}},
+            {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "id": "p"}}]});
+        let entry = super::document_patient_entry(&document);
+        assert_eq!(entry.and_then(|p| p["id"].as_str()), Some("p"));
+        let patient_first = json!({"entry": [
+            {"resource": {"resourceType": "Patient", "id": "q"}},
+            {"resource": {"resourceType": "Observation", "subject": {"reference": "urn:uuid:p"}}}]});
+        let entry = super::document_patient_entry(&patient_first);
+        assert_eq!(entry.and_then(|p| p["id"].as_str()), Some("q"));
+        // The first record names an entry that is no Patient: none.
+        let dangling = json!({"entry": [
+            {"resource": {"resourceType": "Composition", "subject": {"reference": "urn:uuid:x"}}},
+            {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient"}}]});
+        assert!(super::document_patient_entry(&dangling).is_none());
+        assert!(super::document_patient_entry(&json!({"entry": []})).is_none());
     }
 }

@@ -4,6 +4,7 @@ use crate::criteria::Criteria;
 use crate::meta::{is_valid_id, now_ms, stamp};
 use crate::precondition::{self, IfMatch};
 use crate::{index, RepoError};
+use renkei_search::plan::escape;
 use renkei_search::IndexRows;
 use renkei_store::{
     HistoryPage, HistoryQuery, HistoryScope, NewVersion, ResourceRow, Store, StoreError, Tx,
@@ -528,6 +529,7 @@ impl Repository {
                         &row.res_id,
                         &value,
                         &Visibility::Unrestricted,
+                        row.custodian.as_deref(),
                     )?;
                     let mut rows = index::rows(&row.res_type, &value);
                     rows.tokens.extend(classification.inherited_labels);
@@ -814,8 +816,14 @@ fn classify_record(
     id: &str,
     resource: &Value,
     writer: &Visibility,
+    holder: Option<&str>,
 ) -> Result<Classification, RepoError> {
-    if let Some(patient) = index::patient_of(res_type, id, resource) {
+    if let Some(mut patient) = index::patient_of(res_type, id, resource) {
+        if res_type == "Bundle" && patient == index::UNRESOLVED_PATIENT {
+            if let Some(matched) = document_patient(tx, resource, holder)? {
+                patient = matched;
+            }
+        }
         return Ok(Classification {
             patient: Some(patient),
             referred: false,
@@ -866,6 +874,60 @@ fn classify_record(
     Ok(classification)
 }
 
+/// The holder's own Patient record that a Bundle's Patient entry stands for
+/// ([`index::document_patient_entry`]): the one record of the holder's that carries one of
+/// the entry's identifiers (system and value as written) and, when the entry has a birth
+/// date, the same birth date. The document then follows that patient's consent like the rest
+/// of the holder's record of them. None when no record or more than one matches (a family
+/// sharing an insurance card without a birth date to tell them apart), or for a writer that
+/// holds nothing (a trusted loader): the document stays its holder's alone.
+fn document_patient(
+    tx: &mut Tx<'_>,
+    bundle: &Value,
+    holder: Option<&str>,
+) -> Result<Option<String>, RepoError> {
+    let (Some(holder), Some(patient)) = (holder, index::document_patient_entry(bundle)) else {
+        return Ok(None);
+    };
+    let birth_date = patient.get("birthDate").and_then(Value::as_str);
+    let identifiers = patient
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|identifier| {
+            let system = identifier.get("system").and_then(Value::as_str)?;
+            let value = identifier.get("value").and_then(Value::as_str)?;
+            (!system.is_empty() && !value.is_empty()).then_some((system, value))
+        })
+        .take(MAX_DOCUMENT_IDENTIFIERS);
+    let mut matched: Option<String> = None;
+    for (system, value) in identifiers {
+        let mut params = vec![(
+            "identifier".to_string(),
+            format!("{}|{}", escape(system), escape(value)),
+        )];
+        if let Some(date) = birth_date {
+            params.push(("birthdate".to_string(), format!("eq{date}")));
+        }
+        // An identifier or birth date the search syntax refuses matches nothing.
+        let Ok(criteria) = Criteria::from_pairs("Patient", &params) else {
+            continue;
+        };
+        for row in criteria.held_by(Some(holder)).resolve(tx, 2)? {
+            match &matched {
+                Some(id) if *id != row.res_id => return Ok(None),
+                Some(_) => {}
+                None => matched = Some(row.res_id),
+            }
+        }
+    }
+    Ok(matched)
+}
+
+/// How many identifiers of a document's Patient entry are looked up.
+const MAX_DOCUMENT_IDENTIFIERS: usize = 8;
+
 /// How many references of a record that names no patient are looked up for one (a Provenance
 /// of a whole transaction can name hundreds; the first ones decide).
 const MAX_REFERENCES_LOOKED_UP: usize = 32;
@@ -904,18 +966,25 @@ fn store_version(
     let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
     let (resource, prepared_rows) = prepared.into_parts(res_type);
     let mut stamped = stamp(resource, id, version, last_updated);
-    let Classification {
-        patient,
-        inherited_labels,
-        ..
-    } = classify_record(tx, res_type, id, &stamped, &context.visibility)?;
-    context.check_may_record_consent(tx, current, res_type, patient.as_deref())?;
-    context.check_may_merge(tx, res_type, &stamped)?;
     // The custodian is the facility that first stored the resource; later writers do not
     // take it over.
     let custodian = current
         .and_then(|row| row.custodian.clone())
         .or_else(|| context.custodian_for(&stamped));
+    let Classification {
+        patient,
+        inherited_labels,
+        ..
+    } = classify_record(
+        tx,
+        res_type,
+        id,
+        &stamped,
+        &context.visibility,
+        custodian.as_deref(),
+    )?;
+    context.check_may_record_consent(tx, current, res_type, patient.as_deref())?;
+    context.check_may_merge(tx, res_type, &stamped)?;
     crate::meta::mark_custodian(&mut stamped, custodian.as_deref());
     let body = serde_json::to_string(&stamped)
         .map_err(|e| RepoError::BadRequest(format!("cannot serialize resource: {e}")))?;

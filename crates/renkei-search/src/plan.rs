@@ -1065,6 +1065,19 @@ fn split_escaped(text: &str, sep: char) -> Vec<String> {
     parts
 }
 
+/// Escapes the search special characters (`\\`, `|`, `,`, `$`) of a value that is written into
+/// a query as one token part or one string: the inverse of what parsing unescapes.
+pub fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '\\' | '|' | ',' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn unescape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();

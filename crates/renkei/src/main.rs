@@ -487,14 +487,13 @@ fn require_existing_database(config: &Config) -> Result<(), String> {
             ));
         }
     }
-    match Store::schema_state(&url) {
-        Ok(renkei_store::SchemaState::Renkei) => Ok(()),
-        Ok(_) => Err(format!(
+    match schema_state(&url)? {
+        renkei_store::SchemaState::Renkei => Ok(()),
+        _ => Err(format!(
             "{} is not a Renkei database (it holds no Renkei schema): this command works on an \
              existing gateway's database and changes nothing",
             url.redacted()
         )),
-        Err(e) => Err(format!("{e} (database {})", url.redacted())),
     }
 }
 
@@ -502,15 +501,18 @@ fn require_existing_database(config: &Config) -> Result<(), String> {
 /// nothing else is: Renkei's tables must not be put beside another application's.
 fn refuse_foreign_database(config: &Config) -> Result<(), String> {
     let url = DatabaseUrl::parse(&config.database).map_err(|e| e.to_string())?;
-    match Store::schema_state(&url) {
-        Ok(renkei_store::SchemaState::Foreign) => Err(format!(
+    match schema_state(&url)? {
+        renkei_store::SchemaState::Foreign => Err(format!(
             "{} holds another application's tables and no Renkei schema: give Renkei a \
              database (or PostgreSQL schema) of its own",
             url.redacted()
         )),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("{e} (database {})", url.redacted())),
+        _ => Ok(()),
     }
+}
+
+fn schema_state(url: &DatabaseUrl) -> Result<renkei_store::SchemaState, String> {
+    Store::schema_state(url).map_err(|e| format!("{e} (database {})", url.redacted()))
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
