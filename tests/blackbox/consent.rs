@@ -1085,6 +1085,15 @@ fn a_discharge_summary_document_follows_the_patients_consent() {
         // the document is about the other one, whom nobody else may see.
         let other = stored(document(PATIENT, "Q-0002", "1958-03-12"));
         net.as_b().get(&other).expect(404);
+        // A Bundle about two patients is no one patient's to open: its holder's alone.
+        let two = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"text": SECRET}, "subject": {"reference": patient_ref()}}},
+            {"fullUrl": "urn:uuid:2", "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"text": SECRET}, "subject": {"reference": format!("Patient/{OTHER_PATIENT}")}}}]});
+        let two = stored(two);
+        net.as_b().get(&two).expect(404);
+        net.as_a().get(&two).expect(200);
         // Another facility's record with the same identifier is not the writer's patient.
         let b_doc = s
             .with_token(&net.b)

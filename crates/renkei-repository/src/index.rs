@@ -24,8 +24,8 @@ pub(crate) fn rows(res_type: &str, resource: &Value) -> IndexRows {
 /// The patient a resource is about (consent is decided per patient), as a plain Patient id:
 /// the Patient itself; else the reference in the element that names the record's patient
 /// (`subject`, `patient`, `beneficiary`, `individual`, Task's `for`, Binary's
-/// `securityContext`); else, for a Bundle (a document, say), the patient of its first entry
-/// about one; else the first reference to a Patient anywhere in it (an Appointment's
+/// `securityContext`); else, for a Bundle (a document, say), the one patient its entries are
+/// about ([`bundle_subject`]); else the first reference to a Patient anywhere in it (an Appointment's
 /// participant, a Group's member). A record naming a patient is never directory data. A
 /// patient named only by identifier (a logical reference), and a Binary without a
 /// securityContext, are [`UNRESOLVED_PATIENT`].
@@ -45,29 +45,12 @@ pub(crate) fn patient_of(res_type: &str, id: &str, resource: &Value) -> Option<S
         return Some(patient);
     }
     if res_type == "Bundle" {
-        let in_entries = resource
-            .get("entry")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find_map(|entry| {
-                let inner = entry.get("resource")?;
-                match inner.get("resourceType").and_then(Value::as_str)? {
-                    // An entry's id is its author's, not this server's: only a fullUrl naming
-                    // a record here makes it one (else `Patient/1` of a hospital's document
-                    // would be taken for whoever is Patient/1 here).
-                    "Patient" => Some(
-                        entry
-                            .get("fullUrl")
-                            .and_then(Value::as_str)
-                            .and_then(patient_id_of_reference)
-                            .unwrap_or_else(|| UNRESOLVED_PATIENT.to_string()),
-                    ),
-                    inner_type => patient_of(inner_type, "", inner),
-                }
-            });
-        if in_entries.is_some() {
-            return in_entries;
+        match bundle_subject(resource) {
+            Some(BundleSubject::Record(patient)) => return Some(patient),
+            Some(BundleSubject::Entry(_) | BundleSubject::Unresolved) => {
+                return Some(UNRESOLVED_PATIENT.to_string())
+            }
+            None => {}
         }
     }
     if let Some(patient) = first_patient_reference(resource) {
@@ -149,33 +132,81 @@ fn first_patient_reference(value: &Value) -> Option<String> {
         .find_map(|(res_type, id)| (res_type == "Patient").then_some(id))
 }
 
-/// The Patient entry a Bundle is about when it carries its patient as an entry rather than
-/// naming a record on this server: a JP-CLINS document (a discharge summary, a referral
-/// letter) whose Composition's `subject` names the Patient entry's `urn:uuid:` fullUrl. The
-/// first entry about a patient decides, as in [`patient_of`]: a Patient entry itself, or the
-/// entry its patient element names.
-pub(crate) fn document_patient_entry(bundle: &Value) -> Option<&Value> {
+/// Whom the entries of a Bundle are about.
+#[derive(Debug, PartialEq)]
+pub(crate) enum BundleSubject<'a> {
+    /// A Patient record here.
+    Record(String),
+    /// A Patient entry of the Bundle: a JP-CLINS document (a discharge summary, a referral
+    /// letter) carries its patient so, its Composition's `subject` naming the entry's
+    /// `urn:uuid:` fullUrl.
+    Entry(&'a Value),
+    /// No one patient whose consent can be looked up: one named by identifier only or on
+    /// another server, or several patients.
+    Unresolved,
+}
+
+/// Whom a Bundle's entries are about, from every entry about a patient; `None` when no entry
+/// is. A Patient entry is a record here only when its fullUrl names one: its id is its
+/// author's (else `Patient/1` of a hospital's document would be taken for whoever is
+/// `Patient/1` here). A record naming a Patient entry's fullUrl is about that entry. Entries
+/// about different patients (a collection of a ward's records) leave no one patient's consent
+/// to decide: [`BundleSubject::Unresolved`], its holder's alone.
+pub(crate) fn bundle_subject(bundle: &Value) -> Option<BundleSubject<'_>> {
+    #[derive(PartialEq)]
+    enum Subject {
+        Record(String),
+        Entry(usize),
+        Unresolved,
+    }
     let entries = bundle.get("entry").and_then(Value::as_array)?;
     let is_patient =
-        |inner: &&Value| inner.get("resourceType").and_then(Value::as_str) == Some("Patient");
-    let first = entries.iter().find_map(|entry| {
-        let inner = entry.get("resource")?;
-        if is_patient(&inner) {
-            return Some(Ok(inner));
+        |inner: &Value| inner.get("resourceType").and_then(Value::as_str) == Some("Patient");
+    let patient_entry_at = |full_url: &str| {
+        entries.iter().position(|entry| {
+            entry.get("fullUrl").and_then(Value::as_str) == Some(full_url)
+                && entry.get("resource").is_some_and(is_patient)
+        })
+    };
+    let mut subjects: Vec<Subject> = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(inner) = entry.get("resource") else {
+            continue;
+        };
+        let full_url = entry.get("fullUrl").and_then(Value::as_str);
+        let inner_type = inner
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let subject = if inner_type == "Patient" {
+            Some(match full_url.and_then(patient_id_of_reference) {
+                Some(id) => Subject::Record(id),
+                None => Subject::Entry(index),
+            })
+        } else if let Some(at) = PATIENT_ELEMENTS
+            .iter()
+            .filter_map(|key| inner.get(*key)?.get("reference")?.as_str())
+            .find_map(patient_entry_at)
+        {
+            Some(Subject::Entry(at))
+        } else if inner_type == "Binary" && inner.get("securityContext").is_none() {
+            // Content carried in the Bundle (an attachment) is the Bundle's.
+            None
+        } else {
+            patient_of(inner_type, "", inner).map(|patient| match patient {
+                p if p == UNRESOLVED_PATIENT => Subject::Unresolved,
+                p => Subject::Record(p),
+            })
+        };
+        if let Some(subject) = subject.filter(|s| !subjects.contains(s)) {
+            subjects.push(subject);
         }
-        PATIENT_ELEMENTS
-            .iter()
-            .filter_map(|key| inner.get(*key))
-            .find_map(|element| element.get("reference").and_then(Value::as_str))
-            .map(Err)
-    })?;
-    match first {
-        Ok(patient) => Some(patient),
-        Err(named) => entries
-            .iter()
-            .filter(|entry| entry.get("fullUrl").and_then(Value::as_str) == Some(named))
-            .filter_map(|entry| entry.get("resource"))
-            .find(is_patient),
+    }
+    match subjects.as_slice() {
+        [] => None,
+        [Subject::Record(id)] => Some(BundleSubject::Record(id.clone())),
+        [Subject::Entry(at)] => entries[*at].get("resource").map(BundleSubject::Entry),
+        _ => Some(BundleSubject::Unresolved),
     }
 }
 
@@ -357,24 +388,35 @@ mod tests {
     }
 
     #[test]
-    fn a_documents_patient_entry_is_the_one_its_first_record_names() {
+    fn a_bundle_is_about_the_one_patient_its_entries_are_about() {
+        use super::{bundle_subject, BundleSubject};
+        let entry_id = |bundle: &serde_json::Value| match bundle_subject(bundle) {
+            Some(BundleSubject::Entry(patient)) => patient["id"].as_str().map(str::to_string),
+            _ => None,
+        };
         let document = json!({"type": "document", "entry": [
             {"fullUrl": "urn:uuid:c", "resource": {"resourceType": "Composition",
                 "subject": {"reference": "urn:uuid:p"}}},
-            {"fullUrl": "urn:uuid:q", "resource": {"resourceType": "Patient", "id": "q"}},
+            {"fullUrl": "urn:uuid:o", "resource": {"resourceType": "Observation",
+                "subject": {"reference": "urn:uuid:p"}}},
+            {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Binary", "data": "eA=="}},
             {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "id": "p"}}]});
-        let entry = super::document_patient_entry(&document);
-        assert_eq!(entry.and_then(|p| p["id"].as_str()), Some("p"));
-        let patient_first = json!({"entry": [
-            {"resource": {"resourceType": "Patient", "id": "q"}},
-            {"resource": {"resourceType": "Observation", "subject": {"reference": "urn:uuid:p"}}}]});
-        let entry = super::document_patient_entry(&patient_first);
-        assert_eq!(entry.and_then(|p| p["id"].as_str()), Some("q"));
-        // The first record names an entry that is no Patient: none.
+        assert_eq!(entry_id(&document).as_deref(), Some("p"));
+        // Two patients' records: nobody's consent decides.
+        let two = json!({"type": "collection", "entry": [
+            {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "id": "p"}},
+            {"fullUrl": "urn:uuid:q", "resource": {"resourceType": "Patient", "id": "q"}}]});
+        assert_eq!(bundle_subject(&two), Some(BundleSubject::Unresolved));
+        let mixed = json!({"type": "collection", "entry": [
+            {"resource": {"resourceType": "Observation", "subject": {"reference": "Patient/a"}}},
+            {"resource": {"resourceType": "Observation", "subject": {"reference": "Patient/b"}}}]});
+        assert_eq!(bundle_subject(&mixed), Some(BundleSubject::Unresolved));
+        // A record naming an entry that is no Patient: about nobody known.
         let dangling = json!({"entry": [
-            {"resource": {"resourceType": "Composition", "subject": {"reference": "urn:uuid:x"}}},
-            {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient"}}]});
-        assert!(super::document_patient_entry(&dangling).is_none());
-        assert!(super::document_patient_entry(&json!({"entry": []})).is_none());
+            {"resource": {"resourceType": "Composition", "subject": {"reference": "urn:uuid:x"}}}]});
+        assert_eq!(bundle_subject(&dangling), Some(BundleSubject::Unresolved));
+        let directory = json!({"entry": [{"resource": {"resourceType": "Organization"}}]});
+        assert_eq!(bundle_subject(&directory), None);
+        assert_eq!(bundle_subject(&json!({"entry": []})), None);
     }
 }

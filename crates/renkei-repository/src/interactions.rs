@@ -875,7 +875,7 @@ fn classify_record(
 }
 
 /// The holder's own Patient record that a Bundle's Patient entry stands for
-/// ([`index::document_patient_entry`]): the one record of the holder's that carries one of
+/// ([`index::BundleSubject::Entry`]): the one record of the holder's that carries one of
 /// the entry's identifiers (system and value as written) and, when the entry has a birth
 /// date, the same birth date. The document then follows that patient's consent like the rest
 /// of the holder's record of them. None when no record or more than one matches (a family
@@ -886,7 +886,9 @@ fn document_patient(
     bundle: &Value,
     holder: Option<&str>,
 ) -> Result<Option<String>, RepoError> {
-    let (Some(holder), Some(patient)) = (holder, index::document_patient_entry(bundle)) else {
+    let (Some(holder), Some(index::BundleSubject::Entry(patient))) =
+        (holder, index::bundle_subject(bundle))
+    else {
         return Ok(None);
     };
     let birth_date = patient.get("birthDate").and_then(Value::as_str);
