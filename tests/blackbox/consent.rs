@@ -1085,6 +1085,34 @@ fn a_discharge_summary_document_follows_the_patients_consent() {
         // the document is about the other one, whom nobody else may see.
         let other = stored(document(PATIENT, "Q-0002", "1958-03-12"));
         net.as_b().get(&other).expect(404);
+        // Registered in the same transaction as the document, whatever the entry order, with
+        // a consent for B: B reads it. (The document's own `urn:uuid:` references are its
+        // own: the transaction refused them as naming none of its entries before.)
+        let mut consent = consent_body(&[ORG_B], "active");
+        consent.as_object_mut().unwrap().remove("id");
+        consent["patient"] = json!({"reference": "Patient/pat-new-doc"});
+        let answer = net
+            .as_a()
+            .post(
+                "",
+                &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": document("1", "P-0100", "1970-05-05"),
+                 "request": {"method": "POST", "url": "Bundle"}},
+                {"resource": {"resourceType": "Patient", "id": "pat-new-doc",
+                    "identifier": [{"system": "urn:hosp-a:patient", "value": "P-0100"}],
+                    "birthDate": "1970-05-05"},
+                 "request": {"method": "PUT", "url": "Patient/pat-new-doc"}},
+                {"resource": consent, "request": {"method": "POST", "url": "Consent"}}]}),
+            )
+            .expect(200)
+            .json();
+        let location = answer["entry"][0]["response"]["location"]
+            .as_str()
+            .unwrap_or_default();
+        let registered = location.split("/_history").next().unwrap_or_default();
+        assert!(registered.starts_with("Bundle/"), "{answer}");
+        net.as_b().get(registered).expect(200);
+        net.as_c().get(registered).expect(404);
         // A Bundle about two patients is no one patient's to open: its holder's alone.
         let two = json!({"resourceType": "Bundle", "type": "collection", "entry": [
             {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Observation", "status": "final",

@@ -660,12 +660,12 @@ fn step_rank(entry: &EntryRequest) -> u8 {
         .next()
         .unwrap_or_default();
     // A record that takes its patient from the record it refers to (a Binary's
-    // securityContext, a Provenance's target) is written after the other writes, so that what
-    // it refers to is stored by then, whatever the Bundle's order (transactions are not
-    // ordered: http.html#trules).
+    // securityContext, a Provenance's target, a document's Patient entry matched to a stored
+    // Patient record) is written after the other writes, so that what it refers to is stored
+    // by then, whatever the Bundle's order (transactions are not ordered: http.html#trules).
     let may_take_patient_from_target = matches!(
         written_type,
-        "Binary" | "Provenance" | "Task" | "Communication"
+        "Binary" | "Provenance" | "Task" | "Communication" | "Bundle"
     );
     match entry.method.as_str() {
         // A Consent is deleted before the records it names (a Patient record named by a
@@ -1197,8 +1197,12 @@ fn rewrite_references(
                     map.insert("reference".into(), Value::String(replacement));
                 }
             }
+            // A Bundle inside (a document stored by the transaction) is content: its entries'
+            // references name its own entries (bundle.html#references), not the transaction's.
+            let nested_bundle = map.get("resourceType").and_then(Value::as_str) == Some("Bundle");
             for (key, child) in map.iter_mut() {
                 match child {
+                    _ if nested_bundle && key == "entry" => {}
                     Value::String(_) if key == "reference" => {}
                     Value::String(div) if key == "div" => rewrite_narrative_links(div, ids),
                     Value::String(link) if is_link_element(key) => rewrite_link(link, ids),
