@@ -1128,6 +1128,76 @@ fn a_discharge_summary_document_follows_the_patients_consent() {
             .create(&document("1", "P-0001", "1958-03-12"));
         net.as_c().get(&id_of(&b_doc)).expect(404);
         net.as_a().get(&id_of(&b_doc)).expect(404);
+
+        // The second review's findings. A document is withheld as its entries are: an
+        // UNDELIVERED result inside is withheld from the consented clinic.
+        let mut undelivered = document("1", "P-0001", "1958-03-12");
+        let patient_url = undelivered["entry"][1]["fullUrl"].clone();
+        undelivered["entry"].as_array_mut().unwrap().push(json!({
+            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            "resource": {"resourceType": "Observation", "status": "final", "code": {"text": SECRET},
+                "meta": {"tag": [{"system": PRIVACY_SYSTEM, "code": "UNDELIVERED"}]},
+                "subject": {"reference": patient_url}}}));
+        let undelivered = stored(undelivered);
+        net.as_b().get(&undelivered).expect(404);
+        net.as_a().get(&undelivered).expect(200);
+        // References resolve against their entry's RESTful fullUrl (bundle.html#references):
+        // `Patient/pat-p` in another server's document is that server's patient, not ours.
+        let remote = |with_patient_entry: bool| {
+            let mut entries = vec![
+                json!({"fullUrl": "http://ehr.hosp-a.example/fhir/Composition/c1",
+                "resource": {"resourceType": "Composition", "status": "final", "date": "2025-11-20",
+                    "type": {"text": "discharge summary"}, "subject": {"reference": patient_ref()},
+                    "author": [{"reference": ORG_A}], "title": SECRET}}),
+            ];
+            if with_patient_entry {
+                entries.push(
+                    json!({"fullUrl": format!("http://ehr.hosp-a.example/fhir/{}", patient_ref()),
+                    "resource": {"resourceType": "Patient", "id": PATIENT,
+                        "identifier": [{"system": "urn:hosp-a:patient", "value": "P-0001"}],
+                        "birthDate": "1958-03-12"}}),
+                );
+            }
+            json!({"resourceType": "Bundle", "type": "document",
+                "identifier": {"system": "urn:hosp-a:document", "value": uuid::Uuid::new_v4().to_string()},
+                "timestamp": "2025-11-20T10:00:00+09:00", "entry": entries})
+        };
+        net.as_b().get(&stored(remote(false))).expect(404);
+        // With the Patient entry it names (absolute fullUrls, relative references), the
+        // entry is matched as a urn:uuid one is.
+        net.as_b().get(&stored(remote(true))).expect(200);
+        // Stored through a batch, the document's own references stay its own.
+        let batch = net
+            .as_a()
+            .post(
+                "",
+                &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": document("1", "P-0001", "1958-03-12"),
+                 "request": {"method": "POST", "url": "Bundle"}}]}),
+            )
+            .expect(200)
+            .json();
+        let location = batch["entry"][0]["response"]["location"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(location.starts_with("Bundle/"), "{batch}");
+        net.as_b()
+            .get(location.split("/_history").next().unwrap_or_default())
+            .expect(200);
+        // A duplicate merged into the patient's record (ITI-104) gives way to its survivor.
+        let duplicate = net.as_a().create(&json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:hosp-a:patient", "value": "P-0001"}],
+            "birthDate": "1958-03-12"}));
+        net.as_b()
+            .get(&stored(document("1", "P-0001", "1958-03-12")))
+            .expect(404);
+        let mut merged = duplicate.clone();
+        merged["active"] = json!(false);
+        merged["link"] = json!([{"type": "replaced-by", "other": {"reference": patient_ref()}}]);
+        net.as_a().put(&id_of(&duplicate), &merged).expect(200);
+        net.as_b()
+            .get(&stored(document("1", "P-0001", "1958-03-12")))
+            .expect(200);
     });
 }
 

@@ -419,6 +419,18 @@ fn percent_encodings_that_are_not_utf8_are_refused() {
             "{}",
             r.body
         );
+        // Nor one whose escapes decode to control characters (a review found `%00` and a
+        // line break opening the glass and landing in the trail).
+        for reason in ["%00", "ok%0D%0AX-Injected: 1", "%1B%5B31m"] {
+            er.get_with(
+                &format!("Patient/{id}"),
+                &[
+                    ("X-Purpose-Of-Use", "ETREAT"),
+                    ("X-Break-Glass-Reason", reason),
+                ],
+            )
+            .expect(400);
+        }
         er.get_with(
             &format!("Patient/{id}"),
             &[

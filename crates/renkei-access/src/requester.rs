@@ -53,9 +53,15 @@ impl Requester {
             .break_glass_reason
             .clone()
             .filter(|r| !r.trim().is_empty());
-        if break_glass && (!claims.break_glass || reason.is_none()) {
+        if break_glass && !claims.break_glass {
+            return Err(AccessError::Forbidden(format!(
+                "break-glass (ETREAT) needs a client allowed to break the glass; client '{}' is not",
+                claims.sub
+            )));
+        }
+        if break_glass && reason.is_none() {
             return Err(AccessError::Forbidden(
-                "break-glass (ETREAT) needs a client allowed to break the glass and an X-Break-Glass-Reason header".into(),
+                "break-glass (ETREAT) needs a reason: state it in the X-Break-Glass-Reason header (text, not blank)".into(),
             ));
         }
         Ok(Self::build(

@@ -273,10 +273,19 @@ fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError
 
 fn stated_purpose(req: &HttpRequest) -> Result<StatedPurpose, ApiError> {
     // A percent-encoded reason is recorded as the text it encodes, and must decode to text:
-    // `%FF%FE` would otherwise open the glass on a reason nobody can read.
+    // `%FF%FE`, or control characters (`%00`, a line break, a terminal escape) that a raw
+    // header cannot carry, would otherwise open the glass on a reason nobody can read.
     let break_glass_reason = header_text(req, "x-break-glass-reason")?
         .map(|reason| crate::request::decode_escapes("X-Break-Glass-Reason", &reason))
         .transpose()?;
+    if break_glass_reason
+        .as_deref()
+        .is_some_and(|reason| reason.chars().any(|c| c.is_control() && c != '\t'))
+    {
+        return Err(ApiError::bad_request(
+            "the X-Break-Glass-Reason header is malformed: its escapes decode to control characters; state the reason as text",
+        ));
+    }
     Ok(StatedPurpose {
         purpose: header_text(req, "x-purpose-of-use")?,
         break_glass_reason,

@@ -6,6 +6,7 @@
 //! conditional references.
 
 use crate::criteria::Criteria;
+use crate::index::full_url_base;
 use crate::interactions::{
     self, DeleteOutcome, PatchBody, PreparedResource, Repository, StoredResource, WriteContext,
 };
@@ -1384,20 +1385,6 @@ fn resolve_in_bundle(
         }
     }
     Ok(None)
-}
-
-/// The base of a RESTful fullUrl, ending in `/` (`http://ehr.example/fhir/` of
-/// `http://ehr.example/fhir/Patient/p-1`); `None` for a `urn:` fullUrl or none.
-fn full_url_base(full_url: Option<&str>) -> Option<&str> {
-    let url = full_url?;
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return None;
-    }
-    let resource_url = url.find("/_history/").map_or(url, |at| &url[..at]);
-    let (res_type, _) = renkei_search::split_reference(resource_url)?;
-    let (path, _id) = resource_url.rsplit_once('/')?;
-    let base_len = path.strip_suffix(res_type.as_str())?.len();
-    url.get(..base_len)
 }
 
 fn resolve_reference(

@@ -149,52 +149,86 @@ pub(crate) enum BundleSubject<'a> {
 /// Whom a Bundle's entries are about, from every entry about a patient; `None` when no entry
 /// is. A Patient entry is a record here only when its fullUrl names one: its id is its
 /// author's (else `Patient/1` of a hospital's document would be taken for whoever is
-/// `Patient/1` here). A record naming a Patient entry's fullUrl is about that entry. Entries
-/// about different patients (a collection of a ward's records) leave no one patient's consent
-/// to decide: [`BundleSubject::Unresolved`], its holder's alone.
+/// `Patient/1` here). A reference is resolved as bundle.html#references says: to the entry
+/// whose fullUrl it names, a relative one made absolute against the base of its own entry's
+/// RESTful fullUrl (so `Patient/1` in an entry of `http://ehr.example/fhir/…` is that
+/// server's, not this one's). Entries about different patients (a collection of a ward's
+/// records) leave no one patient's consent to decide: [`BundleSubject::Unresolved`], its
+/// holder's alone.
 pub(crate) fn bundle_subject(bundle: &Value) -> Option<BundleSubject<'_>> {
-    #[derive(PartialEq)]
+    #[derive(Clone, PartialEq)]
     enum Subject {
         Record(String),
         Entry(usize),
         Unresolved,
     }
     let entries = bundle.get("entry").and_then(Value::as_array)?;
-    let is_patient =
-        |inner: &Value| inner.get("resourceType").and_then(Value::as_str) == Some("Patient");
-    let patient_entry_at = |full_url: &str| {
-        entries.iter().position(|entry| {
-            entry.get("fullUrl").and_then(Value::as_str) == Some(full_url)
-                && entry.get("resource").is_some_and(is_patient)
-        })
+    fn full_url_of(entry: &Value) -> Option<&str> {
+        entry.get("fullUrl").and_then(Value::as_str)
+    }
+    let is_patient = |entry: &Value| {
+        entry
+            .pointer("/resource/resourceType")
+            .and_then(Value::as_str)
+            == Some("Patient")
     };
+    // Whom a Patient entry stands for.
+    let patient_entry =
+        |index: usize, entry: &Value| match full_url_of(entry).and_then(patient_id_of_reference) {
+            Some(id) => Subject::Record(id),
+            None => Subject::Entry(index),
+        };
+    // Each Patient entry with a fullUrl references can name.
+    let patient_entries: Vec<(&str, Subject)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| is_patient(entry))
+        .filter_map(|(index, entry)| Some((full_url_of(entry)?, patient_entry(index, entry))))
+        .collect();
     let mut subjects: Vec<Subject> = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
         let Some(inner) = entry.get("resource") else {
             continue;
         };
-        let full_url = entry.get("fullUrl").and_then(Value::as_str);
         let inner_type = inner
             .get("resourceType")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let subject = if inner_type == "Patient" {
-            Some(match full_url.and_then(patient_id_of_reference) {
+        let base = full_url_base(full_url_of(entry));
+        let remote_base = base.is_some_and(|b| renkei_search::local_path(b).is_none());
+        // The patient a reference names, if it names one.
+        let named_patient = |reference: &str| {
+            let relative = !reference.contains(':') && !reference.starts_with('#');
+            let absolute = match base {
+                Some(base) if relative => format!("{base}{reference}"),
+                _ => reference.to_string(),
+            };
+            if let Some((_, subject)) = patient_entries.iter().find(|(url, _)| *url == absolute) {
+                return Some(subject.clone());
+            }
+            let (res_type, _) = renkei_search::split_reference(
+                absolute.split("/_history/").next().unwrap_or_default(),
+            )?;
+            (res_type == "Patient").then(|| match patient_id_of_reference(&absolute) {
                 Some(id) => Subject::Record(id),
-                None => Subject::Entry(index),
+                None => Subject::Unresolved,
             })
-        } else if let Some(at) = PATIENT_ELEMENTS
+        };
+        let subject = if is_patient(entry) {
+            Some(patient_entry(index, entry))
+        } else if let Some(subject) = PATIENT_ELEMENTS
             .iter()
             .filter_map(|key| inner.get(*key)?.get("reference")?.as_str())
-            .find_map(patient_entry_at)
+            .find_map(named_patient)
         {
-            Some(Subject::Entry(at))
+            Some(subject)
         } else if inner_type == "Binary" && inner.get("securityContext").is_none() {
             // Content carried in the Bundle (an attachment) is the Bundle's.
             None
         } else {
             patient_of(inner_type, "", inner).map(|patient| match patient {
-                p if p == UNRESOLVED_PATIENT => Subject::Unresolved,
+                // What another server's entry names relatively is that server's.
+                p if p == UNRESOLVED_PATIENT || remote_base => Subject::Unresolved,
                 p => Subject::Record(p),
             })
         };
@@ -208,6 +242,62 @@ pub(crate) fn bundle_subject(bundle: &Value) -> Option<BundleSubject<'_>> {
         [Subject::Entry(at)] => entries[*at].get("resource").map(BundleSubject::Entry),
         _ => Some(BundleSubject::Unresolved),
     }
+}
+
+/// The privacy labels of a Bundle's entries (`_security`, and the national privacy `_tag`s):
+/// a stored Bundle takes them on, so a document holding a `PSY` condition or an
+/// `UNDELIVERED` result is withheld as that entry would be on its own.
+pub(crate) fn entry_privacy_labels(bundle: &Value) -> Vec<renkei_search::extract::TokenIndex> {
+    let mut labels = Vec::new();
+    let entries = bundle.get("entry").and_then(Value::as_array);
+    for inner in entries
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("resource"))
+    {
+        let Some(inner_type) = inner.get("resourceType").and_then(Value::as_str) else {
+            continue;
+        };
+        let mut found = match inner_type {
+            "Bundle" => entry_privacy_labels(inner),
+            _ => Vec::new(),
+        };
+        if let Some(meta) = inner.get("meta") {
+            let only_meta = serde_json::json!({"resourceType": inner_type, "meta": meta});
+            found.extend(
+                renkei_search::extract(inner_type, &only_meta)
+                    .tokens
+                    .into_iter()
+                    .filter(|token| {
+                        token.param == "_security"
+                            || (token.param == "_tag"
+                                && token.system.as_deref()
+                                    == Some(renkei_store::PRIVACY_TAG_SYSTEM))
+                    }),
+            );
+        }
+        for mut label in found {
+            label.text = None;
+            if !labels.contains(&label) {
+                labels.push(label);
+            }
+        }
+    }
+    labels
+}
+
+/// The base of a RESTful fullUrl, ending in `/` (`http://ehr.example/fhir/` of
+/// `http://ehr.example/fhir/Patient/p-1`); `None` for a `urn:` fullUrl or none.
+pub(crate) fn full_url_base(full_url: Option<&str>) -> Option<&str> {
+    let url = full_url?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return None;
+    }
+    let resource_url = url.find("/_history/").map_or(url, |at| &url[..at]);
+    let (res_type, _) = renkei_search::split_reference(resource_url)?;
+    let (path, _id) = resource_url.rsplit_once('/')?;
+    let base_len = path.strip_suffix(res_type.as_str())?.len();
+    url.get(..base_len)
 }
 
 /// Every reference to another resource on this server in `value`, in document order.
@@ -415,8 +505,62 @@ mod tests {
         let dangling = json!({"entry": [
             {"resource": {"resourceType": "Composition", "subject": {"reference": "urn:uuid:x"}}}]});
         assert_eq!(bundle_subject(&dangling), Some(BundleSubject::Unresolved));
+        // References resolve as bundle.html#references says: against their entry's RESTful
+        // fullUrl, to the entry they name.
+        assert!(renkei_search::set_local_bases(&[
+            "http://127.0.0.1:8412/fhir".to_string()
+        ]));
+        let remote = json!({"entry": [
+            {"fullUrl": "http://ehr.example/fhir/Composition/c", "resource": {
+                "resourceType": "Composition", "subject": {"reference": "Patient/p"}}}]});
+        assert_eq!(bundle_subject(&remote), Some(BundleSubject::Unresolved));
+        let restful = json!({"entry": [
+            {"fullUrl": "http://ehr.example/fhir/Composition/c", "resource": {
+                "resourceType": "Composition", "subject": {"reference": "Patient/p"}}},
+            {"fullUrl": "http://ehr.example/fhir/Patient/p", "resource": {
+                "resourceType": "Patient", "id": "p"}}]});
+        assert_eq!(entry_id(&restful).as_deref(), Some("p"));
+        let here = json!({"entry": [
+            {"fullUrl": "http://127.0.0.1:8412/fhir/Patient/h", "resource": {
+                "resourceType": "Patient", "id": "h"}},
+            {"resource": {"resourceType": "Observation",
+                "subject": {"reference": "http://127.0.0.1:8412/fhir/Patient/h"}}},
+            {"resource": {"resourceType": "Observation", "subject": {"reference": "Patient/h"}}}]});
+        assert_eq!(
+            bundle_subject(&here),
+            Some(BundleSubject::Record("h".into()))
+        );
+        let two_without_urls = json!({"entry": [
+            {"resource": {"resourceType": "Patient", "id": "p"}},
+            {"resource": {"resourceType": "Patient", "id": "q"}}]});
+        assert_eq!(
+            bundle_subject(&two_without_urls),
+            Some(BundleSubject::Unresolved)
+        );
         let directory = json!({"entry": [{"resource": {"resourceType": "Organization"}}]});
         assert_eq!(bundle_subject(&directory), None);
         assert_eq!(bundle_subject(&json!({"entry": []})), None);
+    }
+
+    #[test]
+    fn a_bundle_takes_on_its_entries_privacy_labels() {
+        let labelled = json!({"entry": [
+            {"resource": {"resourceType": "Condition", "meta": {"security": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]}}},
+            {"resource": {"resourceType": "Bundle", "entry": [
+                {"resource": {"resourceType": "Observation", "meta": {"tag": [
+                    {"system": renkei_store::PRIVACY_TAG_SYSTEM, "code": "UNDELIVERED"},
+                    {"system": "urn:other", "code": "x"}]}}}]}}]});
+        let labels: Vec<(String, Option<String>)> = super::entry_privacy_labels(&labelled)
+            .into_iter()
+            .map(|label| (label.param, label.code))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("_security".to_string(), Some("PSY".to_string())),
+                ("_tag".to_string(), Some("UNDELIVERED".to_string()))
+            ]
+        );
     }
 }

@@ -818,6 +818,11 @@ fn classify_record(
     writer: &Visibility,
     holder: Option<&str>,
 ) -> Result<Classification, RepoError> {
+    // A stored Bundle is withheld as its entries would be on their own.
+    let entry_labels = match res_type {
+        "Bundle" => index::entry_privacy_labels(resource),
+        _ => Vec::new(),
+    };
     if let Some(mut patient) = index::patient_of(res_type, id, resource) {
         if res_type == "Bundle" && patient == index::UNRESOLVED_PATIENT {
             if let Some(matched) = document_patient(tx, resource, holder)? {
@@ -827,13 +832,13 @@ fn classify_record(
         return Ok(Classification {
             patient: Some(patient),
             referred: false,
-            inherited_labels: Vec::new(),
+            inherited_labels: entry_labels,
         });
     }
     let mut classification = Classification {
         patient: None,
         referred: true,
-        inherited_labels: Vec::new(),
+        inherited_labels: entry_labels,
     };
     let references = index::local_references(resource);
     let mut names_missing_patient_data = false;
@@ -878,9 +883,10 @@ fn classify_record(
 /// ([`index::BundleSubject::Entry`]): the one record of the holder's that carries one of
 /// the entry's identifiers (system and value as written) and, when the entry has a birth
 /// date, the same birth date. The document then follows that patient's consent like the rest
-/// of the holder's record of them. None when no record or more than one matches (a family
-/// sharing an insurance card without a birth date to tell them apart), or for a writer that
-/// holds nothing (a trusted loader): the document stays its holder's alone.
+/// of the holder's record of them. A record merged into another (`replaced-by`) gives way to
+/// its survivor. None when no record or more than one matches (a family sharing an insurance
+/// card without a birth date to tell them apart), or for a writer that holds nothing (a
+/// trusted loader): the document stays its holder's alone.
 fn document_patient(
     tx: &mut Tx<'_>,
     bundle: &Value,
@@ -903,7 +909,7 @@ fn document_patient(
             (!system.is_empty() && !value.is_empty()).then_some((system, value))
         })
         .take(MAX_DOCUMENT_IDENTIFIERS);
-    let mut matched: Option<String> = None;
+    let mut matched: Vec<String> = Vec::new();
     for (system, value) in identifiers {
         let mut params = vec![(
             "identifier".to_string(),
@@ -916,16 +922,40 @@ fn document_patient(
         let Ok(criteria) = Criteria::from_pairs("Patient", &params) else {
             continue;
         };
-        for row in criteria.held_by(Some(holder)).resolve(tx, 2)? {
-            match &matched {
-                Some(id) if *id != row.res_id => return Ok(None),
-                Some(_) => {}
-                None => matched = Some(row.res_id),
+        for row in criteria
+            .held_by(Some(holder))
+            .resolve(tx, MAX_DOCUMENT_CANDIDATES)?
+        {
+            if !matched.contains(&row.res_id) {
+                matched.push(row.res_id);
             }
         }
     }
-    Ok(matched)
+    if matched.len() > 1 {
+        // A duplicate merged into its survivor (ITI-104) still carries the identifier: the
+        // survivor is the patient.
+        let mut survivors = Vec::new();
+        for id in matched.drain(..) {
+            let merged_away = match tx.current("Patient", &id)?.and_then(|row| row.body) {
+                Some(body) => serde_json::from_str::<Value>(&body)
+                    .is_ok_and(|patient| crate::identity::replaced_by(&patient).next().is_some()),
+                None => false,
+            };
+            if !merged_away {
+                survivors.push(id);
+            }
+        }
+        matched = survivors;
+    }
+    Ok(match <[String; 1]>::try_from(matched) {
+        Ok([id]) => Some(id),
+        Err(_) => None,
+    })
 }
+
+/// How many Patient records one identifier of a document's patient may match for the match
+/// to be told apart (a survivor and the duplicates merged into it).
+const MAX_DOCUMENT_CANDIDATES: usize = 4;
 
 /// How many identifiers of a document's Patient entry are looked up.
 const MAX_DOCUMENT_IDENTIFIERS: usize = 8;
