@@ -130,6 +130,10 @@ fn cli_rejects_unknown_database_scheme() {
         ("RENKEI_MAX_BODY_BYTES", "lots"),
         ("RENKEI_WORKERS", "0"),
         ("RENKEI_MAX_CONNECTIONS", "0"),
+        // A review found one connection starting and answering nothing, and a zero body
+        // limit refusing every write, the token request too.
+        ("RENKEI_MAX_CONNECTIONS", "1"),
+        ("RENKEI_MAX_BODY_BYTES", "0"),
     ] {
         let stderr = refused_start(Some("sqlite::memory:"), &[(variable, value)]);
         assert!(stderr.contains(variable), "{stderr}");

@@ -270,6 +270,25 @@ fn import_checks_every_input_before_writing_and_names_the_line() {
             "{stderr}"
         );
         s.get("Organization/ic-ok").expect(404);
+        // AuditEvents are not data to import (a review found them stored as clinical
+        // records: facilities read them through history, auditors never saw them).
+        let audit = dir.write(
+            "audit.ndjson",
+            &format!(
+                "{}\n",
+                json!({"resourceType": "AuditEvent", "recorded": "2025-01-01T00:00:00Z",
+                    "type": {"code": "rest"}, "agent": [{"requestor": true}],
+                    "source": {"observer": {"display": "x"}}})
+            ),
+        );
+        let out = run(s.database_url(), &["import", &good, &audit]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("AuditEvent resources are not imported"),
+            "{stderr}"
+        );
+        s.get("Organization/ic-ok").expect(404);
     });
 }
 

@@ -719,6 +719,16 @@ fn a_database_indexed_in_another_zone_is_refused_until_reindexed() {
         let jst = [("RENKEI_TIME_ZONE", "+09:00")];
         let mut s = Server::start(backend);
         put(&s, &dated("day-only", "2025-11-04"));
+        // Not while the server runs: it would go on indexing in its own zone (a review found
+        // the two mixed silently). Under the same rules a reindex beside it is harmless.
+        let beside = refusal(
+            renkei_command()
+                .args(["reindex", "--database"])
+                .arg(s.database_url())
+                .envs(jst),
+        );
+        assert!(beside.contains("a server is running"), "{beside}");
+        reindex(s.database_url(), &[]);
         s.kill9();
         let serve_jst = refusal(
             renkei_command()

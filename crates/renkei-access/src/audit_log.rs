@@ -693,6 +693,38 @@ pub fn journal_backlog(store: &Store) -> Result<JournalBacklog, StoreError> {
     Ok(backlog)
 }
 
+/// Whether a server is running on this database: on SQLite, the one writing the read-audit
+/// journal holds its lock; on PostgreSQL, a serving process has a session open
+/// ([`Store::serving_elsewhere`]). Operator commands that rebuild what servers write
+/// (`renkei reindex`) refuse to run beside one.
+pub fn served_elsewhere(store: &Store) -> Result<bool, StoreError> {
+    let Some(path) = store.sqlite_path().map(journal_path) else {
+        return store.serving_elsewhere();
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(StoreError::Unavailable(format!(
+                "audit journal {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "audit journal {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// Appends events inside the caller's transaction (writes: no audit, no data).
 pub fn append(tx: &mut Tx<'_>, events: &[NewAuditEvent]) -> Result<(), StoreError> {
     tx.append_audit(events, &record_hash)

@@ -289,8 +289,7 @@ impl WriteContext {
             return None;
         }
         let source = resource.pointer("/meta/source").and_then(Value::as_str)?;
-        let (_, org) = source.rsplit_once("/facility/")?;
-        is_valid_id(org).then(|| format!("Organization/{org}"))
+        facility_of_source(source).map(|org| format!("Organization/{org}"))
     }
 }
 
@@ -792,6 +791,15 @@ pub fn vread(
             version: number,
         }),
     }
+}
+
+/// The facility a `meta.source` names: the id after `/facility/` at the end of its path,
+/// whatever follows the path (`#request-id`, as HAPI FHIR writes, a query, a final `/`).
+fn facility_of_source(source: &str) -> Option<&str> {
+    let path = source.split(['#', '?']).next().unwrap_or_default();
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let (_, org) = path.rsplit_once("/facility/")?;
+    is_valid_id(org).then_some(org)
 }
 
 /// Which patient a record is about, and the privacy labels it carries for consent beyond its
@@ -1680,6 +1688,30 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::meta::mark_custodian;
+
+    #[test]
+    fn a_source_names_its_facility_whatever_follows_its_path() {
+        for source in [
+            "http://h.example/facility/hosp-a",
+            "http://h.example/facility/hosp-a#req-1",
+            "http://h.example/facility/hosp-a?x=1",
+            "http://h.example/facility/hosp-a/",
+        ] {
+            assert_eq!(
+                super::facility_of_source(source),
+                Some("hosp-a"),
+                "{source}"
+            );
+        }
+        assert_eq!(
+            super::facility_of_source("http://h.example/facility/"),
+            None
+        );
+        assert_eq!(
+            super::facility_of_source("http://h.example/other/hosp-a"),
+            None
+        );
+    }
 
     /// Rows extracted before the write (from the body as received) must equal the rows of the
     /// version as stored (stamped with id, versionId, lastUpdated and the custodian).

@@ -55,6 +55,9 @@ impl Backend {
 pub struct StoreOptions {
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// Whether this process serves requests: on PostgreSQL its sessions then say so
+    /// (`application_name`), for [`Store::serving_elsewhere`].
+    pub serving: bool,
 }
 
 impl Default for StoreOptions {
@@ -62,9 +65,13 @@ impl Default for StoreOptions {
         StoreOptions {
             max_connections: 16,
             connect_timeout: Duration::from_secs(10),
+            serving: false,
         }
     }
 }
+
+/// The `application_name` of a serving process's PostgreSQL sessions, before their schema.
+const SERVING_APPLICATION: &str = "renkei serve";
 
 /// How long a SQLite connection waits for a file another connection holds (pool and probes
 /// alike).
@@ -395,10 +402,20 @@ fn spawn_checkpointer(pool: Pool<ConnectionManager<SqliteConnection>>) -> mpsc::
 }
 
 #[derive(Debug)]
-struct PostgresSession;
+struct PostgresSession {
+    serving: bool,
+}
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PostgresSession {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        if self.serving {
+            // Named with its schema, so that `renkei reindex` finds the servers of its own
+            // schema only.
+            conn.batch_execute(&format!(
+                "SELECT set_config('application_name', '{SERVING_APPLICATION} ' || current_schema(), false)"
+            ))
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        }
         // The search statements' cost estimates (correlated consent subqueries) cross the JIT
         // thresholds, and compiling them took seconds for queries that run in milliseconds.
         // Generic plans: PostgreSQL otherwise kept planning each execution of a prepared search
@@ -546,7 +563,9 @@ impl Store {
                     .max_lifetime(Some(CONNECTION_LIFETIME))
                     .connection_timeout(options.connect_timeout)
                     .test_on_check_out(false)
-                    .connection_customizer(Box::new(PostgresSession))
+                    .connection_customizer(Box::new(PostgresSession {
+                        serving: options.serving,
+                    }))
                     .build(manager)
                     .map_err(|e| StoreError::Connect(e.to_string()))?;
                 Pools::Postgres(pool)
@@ -637,11 +656,55 @@ impl Store {
         }
     }
 
-    fn migrate(&self) -> Result<(), StoreError> {
+    /// Whether another process serves requests on this PostgreSQL database and schema (one of
+    /// its sessions is open): `renkei reindex` must not rebuild rows such a server keeps
+    /// writing under its own rules. A server with no session open at the moment is not seen.
+    /// Always false on SQLite, whose running server holds the audit journal's lock instead.
+    pub fn serving_elsewhere(&self) -> Result<bool, StoreError> {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        if self.backend() != Backend::Postgres {
+            return Ok(false);
+        }
+        let sql = format!(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = '{SERVING_APPLICATION} ' || current_schema() \
+             AND pid <> pg_backend_pid()"
+        );
         let mut conn = self.connection()?;
-        match &mut conn {
-            AnyConn::Sqlite(c) => run_migrations(&mut **c, SQLITE_MIGRATIONS),
-            AnyConn::Postgres(c) => run_migrations(&mut **c, POSTGRES_MIGRATIONS),
+        let AnyConn::Postgres(pg) = &mut conn else {
+            return Ok(false);
+        };
+        let counts: Vec<Count> = diesel::sql_query(sql)
+            .load(&mut **pg)
+            .map_err(StoreError::Query)?;
+        Ok(counts.first().is_some_and(|c| c.n > 0))
+    }
+
+    /// Brings the schema up to date. Two servers started at once on a new database both find
+    /// every migration pending; the one that loses a race (a table, or diesel's own table of
+    /// migrations, created meanwhile) lists what is pending again and goes on: each migration
+    /// runs in a transaction, so the lost attempt left nothing behind.
+    fn migrate(&self) -> Result<(), StoreError> {
+        const ATTEMPTS: u64 = 5;
+        let mut attempt = 1;
+        loop {
+            let mut conn = self.connection()?;
+            let result = match &mut conn {
+                AnyConn::Sqlite(c) => run_migrations(&mut **c, SQLITE_MIGRATIONS),
+                AnyConn::Postgres(c) => run_migrations(&mut **c, POSTGRES_MIGRATIONS),
+            };
+            match result {
+                Err(StoreError::Migration { name, message }) if attempt < ATTEMPTS => {
+                    tracing::warn!(migration = %name, error = %message, attempt, "a schema migration failed, perhaps raced by another server starting; listing the pending ones again");
+                    std::thread::sleep(std::time::Duration::from_millis(100 * attempt));
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
     }
 

@@ -275,9 +275,15 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
             println!("audit trail intact: {records} records");
             println!("head hash: {head_hash}");
             if backlog > 0 {
+                // Only the server holding the journal moves it into the trail: another one
+                // on the same database does not take it over while it runs.
+                let by = match renkei_access::audit_log::served_elsewhere(store) {
+                    Ok(true) => "the server writing the journal adds them within moments",
+                    _ => "no server is writing the journal: the next server started on this \
+                          database adds them (a server already running beside it does not)",
+                };
                 println!(
-                    "read-audit journal: {backlog} events not in the trail yet (durable; a running \
-                     server adds them within moments, a stopped one when it next starts)"
+                    "read-audit journal: {backlog} events not in the trail yet (durable; {by})"
                 );
             }
             Ok(())

@@ -216,6 +216,17 @@ pub fn check(config: &Config, store: &Store) -> Result<(), String> {
 /// For `renkei reindex`: runs `rebuild`, recording the current facts once it has finished.
 /// Until then each fact that changes is recorded as being moved to, so a server refuses the
 /// half-rebuilt database (an interrupted reindex must be run again).
+/// Whether a rebuild under `config` would change the rules the database was built under (a
+/// fact recorded otherwise, or not recorded): servers running meanwhile would keep writing
+/// under the old ones.
+pub fn changes_rules(config: &Config, store: &Store) -> Result<bool, String> {
+    let (recorded, _) = recorded(store)?;
+    Ok(FACTS
+        .iter()
+        .zip(recorded)
+        .any(|(fact, value)| value.as_deref() != Some(fact.current(config).as_str())))
+}
+
 pub fn rebuilding<T>(
     config: &Config,
     store: &Store,

@@ -250,11 +250,24 @@ impl Config {
                 config.database_wait_seconds
             )));
         }
-        if config.workers == 0 || config.max_connections == 0 {
-            // Neither can serve anything at zero (actix and the pool would panic).
+        if config.workers == 0 {
+            // Nothing can be served at zero (actix would panic).
+            return Err(ConfigError::Invalid(
+                "workers (RENKEI_WORKERS) must be at least 1, not 0".into(),
+            ));
+        }
+        if config.max_connections < MIN_CONNECTIONS {
+            // The audit writer keeps a connection of its own: with one, requests find none
+            // (start-up times out on SQLite; searches and writes answer 503 on PostgreSQL).
             return Err(ConfigError::Invalid(format!(
-                "workers (RENKEI_WORKERS) and max_connections (RENKEI_MAX_CONNECTIONS) must be at least 1, not {} and {}",
-                config.workers, config.max_connections
+                "max_connections (RENKEI_MAX_CONNECTIONS) must be at least {MIN_CONNECTIONS} (the audit writer keeps one connection, requests need another), not {}",
+                config.max_connections
+            )));
+        }
+        if config.max_body_bytes < MIN_BODY_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "max_body_bytes (RENKEI_MAX_BODY_BYTES) must be at least {MIN_BODY_BYTES}: a smaller limit refuses every write, not {}",
+                config.max_body_bytes
             )));
         }
         if config.max_bundle_entries == 0 || config.max_bundle_response_bytes == 0 {
@@ -271,6 +284,11 @@ impl Config {
         Ok(config)
     }
 }
+
+/// The smallest database pool that serves requests beside the audit writer's connection.
+const MIN_CONNECTIONS: u32 = 2;
+/// The smallest request body limit that still admits a small resource.
+const MIN_BODY_BYTES: usize = 256;
 
 /// A boolean from the environment: `true` or `false`, nothing else. Safety settings read
 /// anything else as an error rather than as `false`: `TRUE`, `1` or `yes` must not quietly

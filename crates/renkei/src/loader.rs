@@ -222,6 +222,29 @@ enum Input {
 }
 
 impl Input {
+    /// Whether it would write AuditEvents: a resource, or a Bundle entry's resource or
+    /// request URL (stored in the clinical tables they would be read by facilities through
+    /// history and `_revinclude`, and by no auditor).
+    fn holds_audit_events(&self) -> bool {
+        fn is_audit_event(value: &Value) -> bool {
+            let entries = value.get("entry").and_then(Value::as_array);
+            value.get("resourceType").and_then(Value::as_str) == Some("AuditEvent")
+                || entries.into_iter().flatten().any(|entry| {
+                    entry.get("resource").is_some_and(is_audit_event)
+                        || entry
+                            .pointer("/request/url")
+                            .and_then(Value::as_str)
+                            .is_some_and(|url| {
+                                url.trim_start_matches('/').starts_with("AuditEvent")
+                            })
+                })
+        }
+        match self {
+            Input::Json { value, .. } => is_audit_event(value),
+            Input::Ndjson { lines, .. } => lines.iter().any(|(_, value)| is_audit_event(value)),
+        }
+    }
+
     fn path(&self) -> &str {
         match self {
             Input::Json { path, .. } | Input::Ndjson { path, .. } => path,
@@ -254,11 +277,20 @@ pub fn import_files(
             source,
         })?;
         let is_ndjson = file.ends_with(".ndjson") || file.ends_with(".jsonl");
-        inputs.push(if is_ndjson {
+        let input = if is_ndjson {
             parse_ndjson_input(file, &bytes)?
         } else {
             parse_json_input(file, &bytes)?
-        });
+        };
+        if input.holds_audit_events() {
+            return Err(LoadError::Content {
+                path: file.clone(),
+                message: "AuditEvent resources are not imported: the audit trail is \
+                          append-only and written by the gateway itself (over HTTP too: 405)"
+                    .into(),
+            });
+        }
+        inputs.push(input);
     }
     Ok(import_inputs(repository, operator, inputs, true))
 }

@@ -224,7 +224,8 @@ fn run(cli: Cli) -> Result<(), String> {
     } else {
         require_existing_database(&config)?;
     }
-    let repository = open_repository(&config)?;
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let repository = open_repository(&config, serving)?;
     let store = repository.store().clone();
     match cli.command {
         Command::Serve {
@@ -420,6 +421,22 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Reindex { batch } => {
+            // A running server would go on writing rows under its own rules (its time zone,
+            // an older index format) into what this rebuilds under new ones, and nothing
+            // would say so. Under the same rules, rebuilding beside it is harmless.
+            if built_with::changes_rules(&config, &store)?
+                && renkei_access::audit_log::served_elsewhere(&store).map_err(|e| e.to_string())?
+            {
+                return Err(format!(
+                    "a server is running on {}, and this reindex changes the rules it indexes \
+                     by (time zone, linking systems, base_url or index format): stop every \
+                     server of this database first, then reindex, then start them with the new \
+                     settings or binary",
+                    DatabaseUrl::parse(&config.database)
+                        .map(|url| url.redacted())
+                        .unwrap_or_default()
+                ));
+            }
             renkei_repository::set_local_bases(&config.local_bases(&config.listen));
             renkei_repository::set_local_zone(config.time_zone);
             let zone = config.time_zone.to_string();
@@ -519,13 +536,14 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn open_repository(config: &Config) -> Result<Repository, String> {
+fn open_repository(config: &Config, serving: bool) -> Result<Repository, String> {
     let url = DatabaseUrl::parse(&config.database).map_err(|e| e.to_string())?;
     let store = Store::open(
         &url,
         &StoreOptions {
             max_connections: config.max_connections,
             connect_timeout: std::time::Duration::from_secs(config.database_wait_seconds),
+            serving,
         },
     )
     .map_err(|e| format!("{e} (database {})", url.redacted()))?;
