@@ -289,6 +289,20 @@ fn import_checks_every_input_before_writing_and_names_the_line() {
             "{stderr}"
         );
         s.get("Organization/ic-ok").expect(404);
+        // Nor reads: a review found a batch's GET counted and audited as an import.
+        let reads = dir.write(
+            "reads.json",
+            &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": {"resourceType": "Patient", "id": "ic-b1"},
+                 "request": {"method": "PUT", "url": "Patient/ic-b1"}},
+                {"request": {"method": "GET", "url": "Patient/ic-b1"}}]})
+            .to_string(),
+        );
+        let out = run(s.database_url(), &["import", &good, &reads]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("entry 1 is a GET"), "{stderr}");
+        s.get("Patient/ic-b1").expect(404);
     });
 }
 

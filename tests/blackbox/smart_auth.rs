@@ -308,7 +308,10 @@ fn boolean_settings_are_true_or_false() {
             "RENKEI_PATIENT_DENY_HOLDS_ON_BREAK_GLASS",
         );
     }
-    refused_at_start(&[("RENKEI_DEMO", "yes")], "demo");
+    // Naming the variable (a review found only `--demo` named).
+    for spelling in ["yes", "TRUE"] {
+        refused_at_start(&[("RENKEI_DEMO", spelling)], "RENKEI_DEMO");
+    }
 }
 
 #[test]

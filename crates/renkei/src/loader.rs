@@ -316,6 +316,27 @@ fn parse_json_input(path: &str, bytes: &[u8]) -> Result<Input, LoadError> {
                 ),
             });
         }
+        // An import stores; a read or search entry would be counted and audited as an
+        // import of what it read.
+        let entries = value.get("entry").and_then(Value::as_array);
+        if let Some((index, method)) =
+            entries
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .find_map(|(i, e)| {
+                    let method = e.pointer("/request/method").and_then(Value::as_str)?;
+                    matches!(method, "GET" | "HEAD").then_some((i, method))
+                })
+        {
+            return Err(LoadError::Content {
+                path: path.into(),
+                message: format!(
+                    "entry {index} is a {method}: renkei import only writes; send reads and \
+                     searches to the server"
+                ),
+            });
+        }
     }
     Ok(Input::Json {
         path: path.into(),

@@ -51,7 +51,7 @@ enum Command {
             num_args = 0..=1,
             require_equals = true,
             default_missing_value = "true",
-            value_parser = clap::value_parser!(bool)
+            value_parser = demo_switch
         )]
         demo: Option<bool>,
         /// Serve HTTPS with this certificate chain (PEM).
@@ -530,6 +530,18 @@ fn refuse_foreign_database(config: &Config) -> Result<(), String> {
 
 fn schema_state(url: &DatabaseUrl) -> Result<renkei_store::SchemaState, String> {
     Store::schema_state(url).map_err(|e| format!("{e} (database {})", url.redacted()))
+}
+
+/// `--demo[=true|false]` and `RENKEI_DEMO`: exactly `true` or `false`, as every boolean
+/// setting (CONFIGURATION.md), with a message naming the variable too.
+fn demo_switch(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!(
+            "--demo and RENKEI_DEMO take exactly true or false, not '{other}'"
+        )),
+    }
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
