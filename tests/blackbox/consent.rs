@@ -1038,6 +1038,26 @@ fn a_referral_letter_follows_its_document_whatever_the_transaction_order() {
             net.as_b()
                 .get_with(letter, &[("Accept", "application/fhir+json")])
                 .expect(200);
+            // "This document and everything related to it" refused: its letter too (a review
+            // found the Binary served, its securityContext indexed by no search parameter).
+            let mut except_document = consent_body(&[ORG_B], "active");
+            except_document["provision"]["provision"] = json!([{"type": "deny",
+                "data": [{"meaning": "related", "reference": {"reference": document}}]}]);
+            net.as_a()
+                .put(&format!("Consent/{CONSENT}"), &except_document)
+                .expect(200);
+            for refused in [document, letter] {
+                let r = net
+                    .as_b()
+                    .get_with(refused, &[("Accept", "application/fhir+json")]);
+                assert!([403, 404].contains(&r.status), "{refused}: {}", r.body);
+            }
+            net.as_a()
+                .put(
+                    &format!("Consent/{CONSENT}"),
+                    &consent_body(&[ORG_B], "active"),
+                )
+                .expect(200);
         }
     });
 }
@@ -1198,6 +1218,19 @@ fn a_discharge_summary_document_follows_the_patients_consent() {
         net.as_b()
             .get(&stored(document("1", "P-0001", "1958-03-12")))
             .expect(200);
+        // A refusal limited to a type (diagnoses) withholds the patient's documents too: one
+        // of their entries may be a diagnosis (a review found them shown). The rest stays.
+        let mut except_diagnoses = consent_body(&[ORG_B], "active");
+        except_diagnoses["provision"]["provision"] = json!([{"type": "deny",
+            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}]}]);
+        net.as_a()
+            .put(&format!("Consent/{CONSENT}"), &except_diagnoses)
+            .expect(200);
+        let refused = net.as_b().get(&summary);
+        assert!([403, 404].contains(&refused.status), "{}", refused.body);
+        assert!(!refused.body.contains(SECRET), "{}", refused.body);
+        net.as_b().get(&net.labs[0]).expect(200);
+        net.as_a().get(&summary).expect(200);
     });
 }
 

@@ -99,6 +99,9 @@
 //! - `data_reference` is None or = R.reference (`Type/id`)
 //! - `data_related` is None or = R.reference or R references it
 //! - `data_custodian` is None or = R.custodian
+//! - except that a **deny** rule's `class_type`, data period, `data_reference` and
+//!   `data_related` always hold for a stored Bundle (R.res_type = `Bundle`, a document): it
+//!   holds records of any type, date and reference, one of which may be what is refused
 //!
 //! ## Decision: [`decide`]
 //!

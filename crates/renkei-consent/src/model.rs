@@ -344,6 +344,11 @@ impl Rule {
                 Some(wanted) => actual == Some(wanted.as_str()),
             }
         }
+        // A stored Bundle (a document) holds records of any type, date and reference: a
+        // refusal limited by type, data period or record applies to it, since one of its
+        // entries may be what is refused (its labels are its entries', so those match as
+        // they are). A permission so limited does not open it.
+        let refused_content = self.effect == Effect::Deny && resource.res_type == "Bundle";
         resource.subject_patient() == Some(self.patient_id.as_str())
             && eq_or_any(&self.actor_org, Some(principal.facility.as_str()))
             && eq_or_any(&self.actor_practitioner, principal.practitioner.as_deref())
@@ -353,20 +358,23 @@ impl Rule {
                 .is_none_or(|purpose| principal.purpose.is_covered_by(purpose))
             && self.valid_from_ms.is_none_or(|from| now_ms >= from)
             && self.valid_to_ms.is_none_or(|to| now_ms <= to)
-            && eq_or_any(&self.class_type, Some(resource.res_type.as_str()))
+            && (refused_content || eq_or_any(&self.class_type, Some(resource.res_type.as_str())))
             && self
                 .security_label
                 .as_ref()
                 .is_none_or(|(system, code)| resource.has_label(system, code))
             && (!self.has_data_period()
+                || refused_content
                 || resource.clinical_date_ms.is_some_and(|date| {
                     self.data_from_ms.is_none_or(|from| date >= from)
                         && self.data_to_ms.is_none_or(|to| date <= to)
                 }))
-            && eq_or_any(&self.data_reference, Some(resource.reference.as_str()))
-            && self.data_related.as_ref().is_none_or(|target| {
-                &resource.reference == target || resource.references.iter().any(|r| r == target)
-            })
+            && (refused_content
+                || eq_or_any(&self.data_reference, Some(resource.reference.as_str())))
+            && (refused_content
+                || self.data_related.as_ref().is_none_or(|target| {
+                    &resource.reference == target || resource.references.iter().any(|r| r == target)
+                }))
             && eq_or_any(&self.data_custodian, resource.custodian.as_deref())
     }
 }

@@ -21,6 +21,32 @@ pub(crate) fn rows(res_type: &str, resource: &Value) -> IndexRows {
     renkei_search::extract(res_type, resource)
 }
 
+/// References that no search parameter indexes but consent must see: a Binary's
+/// `securityContext` (R4 gives Binary no search parameter for it). A refusal of "this document
+/// and everything related to it" finds the document's content (its Binary) by them.
+pub(crate) fn consent_references(
+    res_type: &str,
+    resource: &Value,
+) -> Vec<renkei_search::extract::ReferenceIndex> {
+    if res_type != "Binary" {
+        return Vec::new();
+    }
+    resource
+        .pointer("/securityContext/reference")
+        .and_then(Value::as_str)
+        .and_then(local_reference)
+        .map(
+            |(target_type, target_id)| renkei_search::extract::ReferenceIndex {
+                param: "_securityContext".into(),
+                target_type: Some(target_type.into()),
+                target_id: Some(target_id.into()),
+                url: None,
+            },
+        )
+        .into_iter()
+        .collect()
+}
+
 /// The patient a resource is about (consent is decided per patient), as a plain Patient id:
 /// the Patient itself; else the reference in the element that names the record's patient
 /// (`subject`, `patient`, `beneficiary`, `individual`, Task's `for`, Binary's

@@ -532,6 +532,8 @@ impl Repository {
                     )?;
                     let mut rows = index::rows(&row.res_type, &value);
                     rows.tokens.extend(classification.inherited_labels);
+                    rows.references
+                        .extend(index::consent_references(&row.res_type, &value));
                     tx.replace_index(row.rid, &row.res_type, &rows)?;
                     // Reindex sees every record; its writer may not have seen what it refers
                     // to, which left it about nobody (`classify_record`): that stays.
@@ -1042,6 +1044,9 @@ fn store_version(
     };
     let mut index_rows = prepared_rows.unwrap_or_else(|| index::rows(res_type, &stamped));
     index_rows.tokens.extend(inherited_labels);
+    index_rows
+        .references
+        .extend(index::consent_references(res_type, &stamped));
     let rid = match current {
         Some(row) => {
             tx.replace_current(row.rid, &new)?;

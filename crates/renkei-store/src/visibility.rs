@@ -125,18 +125,22 @@ fn push_person_rules(sql: &mut Sql, alias: &str, person: PersonOf<'_>) {
 /// requester (the caller joins the rules of `r`'s person).
 fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
     push_requester_match(sql, alias, v);
+    // A stored Bundle holds records of any type, date and reference: a refusal limited by
+    // them applies to it (renkei_consent::Rule::matches).
+    let refused_content = format!("({r}.res_type = 'Bundle' AND NOT {alias}.permit)");
     sql.push(&format!(
-        " AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type) \
+        " AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type OR {b}) \
          AND ({a}.label_system IS NULL OR EXISTS (SELECT 1 FROM idx_token sl WHERE sl.rid = {r}.rid \
               AND sl.param = '_security' AND sl.system = {a}.label_system AND sl.code = {a}.label_code)) \
-         AND ({a}.data_from IS NULL OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date >= {a}.data_from)) \
-         AND ({a}.data_to IS NULL OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date <= {a}.data_to)) \
-         AND ({a}.data_reference IS NULL OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id) \
-         AND ({a}.data_related IS NULL OR {a}.data_related = {r}.res_type || '/' || {r}.res_id \
+         AND ({a}.data_from IS NULL OR {b} OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date >= {a}.data_from)) \
+         AND ({a}.data_to IS NULL OR {b} OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date <= {a}.data_to)) \
+         AND ({a}.data_reference IS NULL OR {b} OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id) \
+         AND ({a}.data_related IS NULL OR {b} OR {a}.data_related = {r}.res_type || '/' || {r}.res_id \
               OR EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related)) \
          AND ({a}.data_custodian IS NULL OR {a}.data_custodian = {r}.custodian)",
         a = alias,
-        r = r
+        r = r,
+        b = refused_content
     ));
 }
 
