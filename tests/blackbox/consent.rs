@@ -1770,6 +1770,12 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
         let (found, _) = me.all_pages(&format!("AuditEvent?entity={}", net.labs[0]));
         assert!(!found.is_empty());
         assert!(text.contains(ORG_B));
+        // Deleted, it stays as hidden (a review found a 410 telling B it had existed).
+        let deleted = net.as_a().delete(&tagged);
+        assert!([200, 204].contains(&deleted.status), "{}", deleted.body);
+        let r = net.as_b().get(&tagged);
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        net.as_a().get(&tagged).expect(410);
     });
 }
 

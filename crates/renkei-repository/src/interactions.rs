@@ -1579,11 +1579,20 @@ pub fn delete(
         clinical_date: None,
         body: None,
     };
+    // The record's privacy labels stay with its tombstone, as its patient does: a deleted
+    // `PSY` or `UNDELIVERED` record must stay as hidden as it was (404, not 410), or its
+    // deletion would tell who could not see it that it existed. Searches never match a
+    // deleted record, so no other index row is kept.
+    let labels = tx.privacy_labels(row.rid)?;
     tx.replace_current(row.rid, &new)?;
     if res_type == "Consent" {
         tx.replace_consent_rules(row.rid, &format!("Consent/{id}"), &[])?;
     }
-    tx.replace_index(row.rid, res_type, &renkei_search::IndexRows::default())?;
+    let tombstone_rows = renkei_search::IndexRows {
+        tokens: labels,
+        ..renkei_search::IndexRows::default()
+    };
+    tx.replace_index(row.rid, res_type, &tombstone_rows)?;
     if res_type == "Patient" {
         crate::identity::patient_written(tx, &context.linking, id, None)?;
     }
