@@ -779,6 +779,12 @@ fn a_patient_sees_their_data_and_its_accesses_across_their_linked_records() {
             .get(&format!("AuditEvent?patient=Patient/{HOSP_P}&_count=500"))
             .expect(200);
         assert!(of_hospital_record.body.contains(&read));
+        // Named by the app's own record, the accesses to the person's other records count
+        // too (a review found them missing).
+        let of_own_record = app
+            .get(&format!("AuditEvent?patient=Patient/{CLINIC_P}&_count=500"))
+            .expect(200);
+        assert!(of_own_record.body.contains(&read), "{}", of_own_record.body);
         // The facility is searchable, its client's id is not (it is left out of the view).
         let by_facility = app
             .get(&format!("AuditEvent?agent={CLINIC}&_total=accurate"))

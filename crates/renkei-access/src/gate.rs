@@ -1925,7 +1925,15 @@ impl Gate {
                         "patients may only see the accesses to their own record".into(),
                     ));
                 }
-                if !query.refs.iter().any(|(k, _)| k == "patient") {
+                // Naming one of their records names them: the accesses filed under the
+                // person's other records count too (a review found `patient=<own id>`
+                // missing the clinic's reads of a hospital's document about them).
+                let mut named = false;
+                for (_, refs) in query.refs.iter_mut().filter(|(k, _)| k == "patient") {
+                    refs.clone_from(&own);
+                    named = true;
+                }
+                if !named {
                     query.refs.push(("patient".into(), own));
                 }
                 // A refusal because of a tag that hides the data from the patient too would
