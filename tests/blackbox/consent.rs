@@ -1231,6 +1231,41 @@ fn a_discharge_summary_document_follows_the_patients_consent() {
         assert!(!refused.body.contains(SECRET), "{}", refused.body);
         net.as_b().get(&net.labs[0]).expect(200);
         net.as_a().get(&summary).expect(200);
+        net.as_a()
+            .put(
+                &format!("Consent/{CONSENT}"),
+                &consent_body(&[ORG_B], "active"),
+            )
+            .expect(200);
+
+        // The second review's findings. A resource holding a labelled one (contained) is
+        // withheld as the part would be: a report containing an UNDELIVERED result.
+        let report = net
+            .as_a()
+            .create(&json!({"resourceType": "DiagnosticReport",
+            "status": "final", "code": {"text": SECRET},
+            "subject": {"reference": patient_ref()}, "result": [{"reference": "#r1"}],
+            "contained": [{"resourceType": "Observation", "id": "r1", "status": "final",
+                "code": {"text": "HIV antibody"}, "valueString": "POSITIVE",
+                "meta": {"tag": [{"system": PRIVACY_SYSTEM, "code": "UNDELIVERED"}]}}]}));
+        let r = net.as_b().get(&id_of(&report));
+        assert!([403, 404].contains(&r.status), "{}", r.body);
+        // A Bundle whose entry reaches another patient's data through what it refers to (a
+        // Binary's securityContext) is a Bundle of several patients: its holder's alone.
+        let other_lab = {
+            let mut o = lab("3D046000001906202", 7.1, "2025-03-03", None);
+            o["subject"] = json!({"reference": format!("Patient/{OTHER_PATIENT}")});
+            id_of(&net.as_a().create(&o))
+        };
+        let smuggled = stored(
+            json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": "urn:uuid:11", "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"text": "x"}, "subject": {"reference": patient_ref()}}},
+            {"fullUrl": "urn:uuid:12", "resource": {"resourceType": "Binary", "contentType": "text/plain",
+                "securityContext": {"reference": other_lab}, "data": "eA=="}}]}),
+        );
+        net.as_b().get(&smuggled).expect(404);
+        net.as_a().get(&smuggled).expect(200);
     });
 }
 

@@ -270,45 +270,47 @@ pub(crate) fn bundle_subject(bundle: &Value) -> Option<BundleSubject<'_>> {
     }
 }
 
-/// The privacy labels of a Bundle's entries (`_security`, and the national privacy `_tag`s):
-/// a stored Bundle takes them on, so a document holding a `PSY` condition or an
-/// `UNDELIVERED` result is withheld as that entry would be on its own.
-pub(crate) fn entry_privacy_labels(bundle: &Value) -> Vec<renkei_search::extract::TokenIndex> {
-    let mut labels = Vec::new();
-    let entries = bundle.get("entry").and_then(Value::as_array);
-    for inner in entries
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.get("resource"))
-    {
-        let Some(inner_type) = inner.get("resourceType").and_then(Value::as_str) else {
-            continue;
-        };
-        let mut found = match inner_type {
-            "Bundle" => entry_privacy_labels(inner),
-            _ => Vec::new(),
-        };
-        if let Some(meta) = inner.get("meta") {
-            let only_meta = serde_json::json!({"resourceType": inner_type, "meta": meta});
-            found.extend(
-                renkei_search::extract(inner_type, &only_meta)
-                    .tokens
-                    .into_iter()
-                    .filter(|token| {
-                        token.param == "_security"
-                            || (token.param == "_tag"
-                                && token.system.as_deref()
-                                    == Some(renkei_store::PRIVACY_TAG_SYSTEM))
-                    }),
-            );
-        }
-        for mut label in found {
-            label.text = None;
-            if !labels.contains(&label) {
-                labels.push(label);
+/// The privacy labels (`_security`, and the national privacy `_tag`s) of the resources held
+/// inside a resource: its `contained` resources, a Bundle's entries (their own contained ones,
+/// nested Bundles, a response's outcome), a Parameters' resources. The holder takes them on,
+/// so a report containing an `UNDELIVERED` result, or a document holding a `PSY` condition,
+/// is withheld as the part would be on its own.
+pub(crate) fn embedded_privacy_labels(resource: &Value) -> Vec<renkei_search::extract::TokenIndex> {
+    fn walk(value: &Value, root: bool, labels: &mut Vec<renkei_search::extract::TokenIndex>) {
+        match value {
+            Value::Object(map) => {
+                let inner_type = map.get("resourceType").and_then(Value::as_str);
+                if let (false, Some(inner_type), Some(meta)) = (root, inner_type, map.get("meta")) {
+                    let only_meta = serde_json::json!({"resourceType": inner_type, "meta": meta});
+                    let found = renkei_search::extract(inner_type, &only_meta)
+                        .tokens
+                        .into_iter()
+                        .filter(|token| {
+                            token.param == "_security"
+                                || (token.param == "_tag"
+                                    && token.system.as_deref()
+                                        == Some(renkei_store::PRIVACY_TAG_SYSTEM))
+                        });
+                    for mut label in found {
+                        label.text = None;
+                        if !labels.contains(&label) {
+                            labels.push(label);
+                        }
+                    }
+                }
+                for (key, child) in map {
+                    // Its own labels are indexed as its own; a narrative holds no resources.
+                    if !matches!(key.as_str(), "meta" | "text") {
+                        walk(child, false, labels);
+                    }
+                }
             }
+            Value::Array(items) => items.iter().for_each(|item| walk(item, false, labels)),
+            _ => {}
         }
     }
+    let mut labels = Vec::new();
+    walk(resource, true, &mut labels);
     labels
 }
 
@@ -577,7 +579,7 @@ mod tests {
                 {"resource": {"resourceType": "Observation", "meta": {"tag": [
                     {"system": renkei_store::PRIVACY_TAG_SYSTEM, "code": "UNDELIVERED"},
                     {"system": "urn:other", "code": "x"}]}}}]}}]});
-        let labels: Vec<(String, Option<String>)> = super::entry_privacy_labels(&labelled)
+        let labels: Vec<(String, Option<String>)> = super::embedded_privacy_labels(&labelled)
             .into_iter()
             .map(|label| (label.param, label.code))
             .collect();

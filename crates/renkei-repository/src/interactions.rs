@@ -828,15 +828,27 @@ fn classify_record(
     writer: &Visibility,
     holder: Option<&str>,
 ) -> Result<Classification, RepoError> {
-    // A stored Bundle is withheld as its entries would be on their own.
-    let entry_labels = match res_type {
-        "Bundle" => index::entry_privacy_labels(resource),
-        _ => Vec::new(),
-    };
+    // A resource holding others (contained ones, a Bundle's entries) is withheld as they
+    // would be on their own.
+    let mut entry_labels = index::embedded_privacy_labels(resource);
     if let Some(mut patient) = index::patient_of(res_type, id, resource) {
-        if res_type == "Bundle" && patient == index::UNRESOLVED_PATIENT {
-            if let Some(matched) = document_patient(tx, resource, holder)? {
-                patient = matched;
+        if res_type == "Bundle" {
+            if patient == index::UNRESOLVED_PATIENT {
+                if let Some(matched) = document_patient(tx, resource, holder)? {
+                    patient = matched;
+                }
+            }
+            // Its entries may reach patient data through what they refer to (a Binary's
+            // securityContext, a Provenance's target, an encounter): another patient's makes
+            // it a Bundle of several patients, and their labels are its own.
+            let (others, labels) = referred_by_entries(tx, resource, writer, &patient)?;
+            if others {
+                patient = index::UNRESOLVED_PATIENT.to_string();
+            }
+            for label in labels {
+                if !entry_labels.contains(&label) {
+                    entry_labels.push(label);
+                }
             }
         }
         return Ok(Classification {
@@ -887,6 +899,37 @@ fn classify_record(
         classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
     }
     Ok(classification)
+}
+
+/// Whether the records a Bundle's entries refer to hold data of another patient than
+/// `patient` (or data the writer may not see), and their privacy labels.
+fn referred_by_entries(
+    tx: &mut Tx<'_>,
+    bundle: &Value,
+    writer: &Visibility,
+    patient: &str,
+) -> Result<(bool, Vec<renkei_search::extract::TokenIndex>), RepoError> {
+    let mut others = false;
+    let mut labels = Vec::new();
+    let references = index::local_references(bundle);
+    for (target_type, target_id) in references.iter().take(MAX_REFERENCES_LOOKED_UP) {
+        let Some(row) = tx.current(target_type, target_id)? else {
+            continue;
+        };
+        let Some(target_patient) = row.patient_id.as_deref() else {
+            continue;
+        };
+        if target_patient != patient || !tx.is_visible(&row, writer)? {
+            others = true;
+            continue;
+        }
+        for label in tx.privacy_labels(row.rid)? {
+            if !labels.contains(&label) {
+                labels.push(label);
+            }
+        }
+    }
+    Ok((others, labels))
 }
 
 /// The holder's own Patient record that a Bundle's Patient entry stands for
@@ -942,20 +985,25 @@ fn document_patient(
         }
     }
     if matched.len() > 1 {
-        // A duplicate merged into its survivor (ITI-104) still carries the identifier: the
-        // survivor is the patient.
-        let mut survivors = Vec::new();
-        for id in matched.drain(..) {
-            let merged_away = match tx.current("Patient", &id)?.and_then(|row| row.body) {
+        // A duplicate merged into its survivor (ITI-104) still carries the identifier: when
+        // the survivor matches too, it is the patient. A record merged into one that does
+        // not match stays a candidate (another person may carry the identifier).
+        let mut merged_into: Vec<(String, Vec<String>)> = Vec::new();
+        for id in &matched {
+            let survivors = match tx.current("Patient", id)?.and_then(|row| row.body) {
                 Some(body) => serde_json::from_str::<Value>(&body)
-                    .is_ok_and(|patient| crate::identity::replaced_by(&patient).next().is_some()),
-                None => false,
+                    .map(|patient| crate::identity::replaced_by(&patient).collect())
+                    .unwrap_or_default(),
+                None => Vec::new(),
             };
-            if !merged_away {
-                survivors.push(id);
-            }
+            merged_into.push((id.clone(), survivors));
         }
-        matched = survivors;
+        let candidates = matched.clone();
+        matched.retain(|id| {
+            !merged_into.iter().any(|(merged, survivors)| {
+                merged == id && survivors.iter().any(|s| s != id && candidates.contains(s))
+            })
+        });
     }
     Ok(match <[String; 1]>::try_from(matched) {
         Ok([id]) => Some(id),
