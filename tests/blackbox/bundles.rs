@@ -261,6 +261,19 @@ fn batch_reports_each_entry() {
         s.post("Bundle", &bundle).expect(400);
         let (kept, _) = s.all_pages("Patient?family=Kept");
         assert_eq!(kept.len(), 1);
+        // An entry URL on another server's base names nothing here (a review found
+        // `DELETE http://evil.example/fhir/Patient?_id=…` deleting the local record).
+        let id = kept[0]["resource"]["id"].as_str().unwrap().to_string();
+        for url in [
+            format!("http://evil.example/fhir/Patient?_id={id}"),
+            format!("https://other.example/fhir/Patient/{id}"),
+        ] {
+            let foreign = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"request": {"method": "DELETE", "url": url}}]});
+            let refused = s.post("", &foreign).expect(400);
+            assert!(refused.body.contains("another server"), "{}", refused.body);
+        }
+        s.get(&format!("Patient/{id}")).expect(200);
         // A read with the client's current version answers 304 without the resource.
         s.put(
             "Patient/batch-etag",

@@ -613,6 +613,13 @@ pub fn relative_entry_url(url: &str) -> &str {
 }
 
 fn parse_target(url: &str) -> Result<Target, RepoError> {
+    // An entry's URL is relative to the server the Bundle is sent to (bundle.html); one on
+    // another server's base names nothing here, and must not act on the record with its id.
+    if url.contains("://") && renkei_search::local_path(url).is_none() {
+        return Err(RepoError::BadRequest(format!(
+            "the entry URL '{url}' names another server: request.url is relative to this server's base (or absolute under it)"
+        )));
+    }
     let relative = relative_entry_url(url);
     let path: Vec<&str> = relative
         .split('?')

@@ -235,7 +235,7 @@ impl Input {
                             .pointer("/request/url")
                             .and_then(Value::as_str)
                             .is_some_and(|url| {
-                                url.trim_start_matches('/').starts_with("AuditEvent")
+                                renkei_repository::relative_entry_url(url).starts_with("AuditEvent")
                             })
                 })
         }
