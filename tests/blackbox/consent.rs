@@ -1266,6 +1266,20 @@ fn a_discharge_summary_document_follows_the_patients_consent() {
         );
         net.as_b().get(&smuggled).expect(404);
         net.as_a().get(&smuggled).expect(200);
+        // A reindex beside the server knows the address it listens on: a record naming its
+        // patient by this server's absolute URL stays that patient's (a review found it
+        // turned into a record of nobody, shown to all in an opt-out network).
+        let mut absolute = lab("3D046000001906202", 6.6, "2025-04-04", None);
+        absolute["subject"] = json!({"reference": s.url(&patient_ref())});
+        let absolute = id_of(&net.as_a().create(&absolute));
+        net.as_b().get(&absolute).expect(200);
+        s.cli(&["reindex"]);
+        net.as_b().get(&absolute).expect(200);
+        let found = search_refs(
+            &net.as_b(),
+            &format!("Observation?subject={}", patient_ref()),
+        );
+        assert!(found.contains(&absolute), "{found:?}");
     });
 }
 

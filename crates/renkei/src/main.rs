@@ -356,7 +356,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         },
         Command::Import { files } => {
-            renkei_repository::set_local_bases(&config.local_bases(&config.listen));
+            renkei_repository::set_local_bases(&offline_local_bases(&config, &store)?);
             use_index_rules(&config, &store)?;
             let operator = loader::Operator::new("renkei import");
             let report = loader::import_files(&repository, &files, &operator).map_err(|e| {
@@ -437,7 +437,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         .unwrap_or_default()
                 ));
             }
-            renkei_repository::set_local_bases(&config.local_bases(&config.listen));
+            renkei_repository::set_local_bases(&offline_local_bases(&config, &store)?);
             renkei_repository::set_local_zone(config.time_zone);
             let zone = config.time_zone.to_string();
             let started = std::time::Instant::now();
@@ -457,6 +457,23 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The setting holding the address the last server listened on.
+const SERVED_AT: &str = "served_at";
+
+/// The server's own bases for commands that do not listen (`import`, `reindex`): those of the
+/// configured listen address and of the address a server last listened on, which they would
+/// otherwise not know (`serve --listen`), so they index absolute references as it does.
+fn offline_local_bases(config: &Config, store: &Store) -> Result<Vec<String>, String> {
+    let mut bases = config.local_bases(&config.listen);
+    let served = store
+        .read(|tx| tx.setting(SERVED_AT))
+        .map_err(|e| e.to_string())?;
+    if let Some(address) = served {
+        bases.extend(config.local_bases(&address));
+    }
+    Ok(bases)
 }
 
 /// Reads zone-less dates in the configured zone from now on, for `serve` and `import`, and
@@ -606,6 +623,12 @@ fn serve(
         "http"
     };
     renkei_repository::set_local_bases(&config.local_bases(&address.to_string()));
+    // For `import` and `reindex`, which do not listen: absolute references to this address
+    // name records here for them as for the server.
+    repository
+        .store()
+        .write(|tx| tx.put_setting(SERVED_AT, &address.to_string()))
+        .map_err(|e| e.to_string())?;
     let mut demo_loaded = false;
     if config.demo {
         let operator = loader::Operator::new("renkei serve --demo");
