@@ -73,6 +73,35 @@ impl Default for StoreOptions {
 /// The `application_name` of a serving process's PostgreSQL sessions, before their schema.
 const SERVING_APPLICATION: &str = "renkei serve";
 
+/// Names a serving process's session with its schema, so that `renkei reindex` finds the
+/// servers of its own schema only ([`Store::serving_elsewhere`]).
+fn name_serving_session(conn: &mut PgConnection) -> diesel::QueryResult<()> {
+    conn.batch_execute(&format!(
+        "SELECT set_config('application_name', '{SERVING_APPLICATION} ' || current_schema(), false)"
+    ))
+}
+
+/// A serving process keeps one named session open for as long as it runs (reconnecting after
+/// the database restarts): its pool may hold none while idle, and `renkei reindex` must still
+/// see it.
+fn hold_serving_session(url: String) {
+    let held = std::thread::Builder::new()
+        .name("renkei-presence".into())
+        .spawn(move || loop {
+            if let Ok(mut conn) = PgConnection::establish(&url) {
+                if name_serving_session(&mut conn).is_ok() {
+                    while conn.batch_execute("SELECT 1").is_ok() {
+                        std::thread::sleep(Duration::from_secs(30));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        });
+    if let Err(e) = held {
+        tracing::warn!(error = %e, "cannot start the thread that shows this server to renkei reindex");
+    }
+}
+
 /// How long a SQLite connection waits for a file another connection holds (pool and probes
 /// alike).
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10000";
@@ -409,12 +438,7 @@ struct PostgresSession {
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PostgresSession {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
         if self.serving {
-            // Named with its schema, so that `renkei reindex` finds the servers of its own
-            // schema only.
-            conn.batch_execute(&format!(
-                "SELECT set_config('application_name', '{SERVING_APPLICATION} ' || current_schema(), false)"
-            ))
-            .map_err(diesel::r2d2::Error::QueryError)?;
+            name_serving_session(conn).map_err(diesel::r2d2::Error::QueryError)?;
         }
         // The search statements' cost estimates (correlated consent subqueries) cross the JIT
         // thresholds, and compiling them took seconds for queries that run in milliseconds.
@@ -552,6 +576,9 @@ impl Store {
                 // exist fails here with its reason, not after the pool retried it until its
                 // timeout.
                 drop(PgConnection::establish(url).map_err(|e| StoreError::Connect(e.to_string()))?);
+                if options.serving {
+                    hold_serving_session(url.clone());
+                }
                 let manager = PgManager(ConnectionManager::<PgConnection>::new(url.clone()));
                 // No background replenishment (min_idle 0): with min_idle 1, checking out the
                 // idle connection made r2d2 open another one on its worker thread, and a
