@@ -421,7 +421,7 @@ fn percent_encodings_that_are_not_utf8_are_refused() {
         );
         // Nor one whose escapes decode to control characters (a review found `%00` and a
         // line break opening the glass and landing in the trail).
-        for reason in ["%00", "ok%0D%0AX-Injected: 1", "%1B%5B31m"] {
+        for reason in ["%00", "ok%0D%0AX-Injected: 1", "%1B%5B31m", "a%E2%80%AEb"] {
             er.get_with(
                 &format!("Patient/{id}"),
                 &[
@@ -430,6 +430,17 @@ fn percent_encodings_that_are_not_utf8_are_refused() {
                 ],
             )
             .expect(400);
+        }
+        // Nor one nobody can see (a zero-width space, a byte-order mark): no reason.
+        for reason in ["%E2%80%8B", "%EF%BB%BF", " %E2%80%8B "] {
+            er.get_with(
+                &format!("Patient/{id}"),
+                &[
+                    ("X-Purpose-Of-Use", "ETREAT"),
+                    ("X-Break-Glass-Reason", reason),
+                ],
+            )
+            .expect(403);
         }
         er.get_with(
             &format!("Patient/{id}"),

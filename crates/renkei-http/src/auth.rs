@@ -278,18 +278,40 @@ fn stated_purpose(req: &HttpRequest) -> Result<StatedPurpose, ApiError> {
     let break_glass_reason = header_text(req, "x-break-glass-reason")?
         .map(|reason| crate::request::decode_escapes("X-Break-Glass-Reason", &reason))
         .transpose()?;
-    if break_glass_reason
-        .as_deref()
-        .is_some_and(|reason| reason.chars().any(|c| c.is_control() && c != '\t'))
-    {
+    if break_glass_reason.as_deref().is_some_and(|reason| {
+        reason
+            .chars()
+            .any(|c| (c.is_control() && c != '\t') || is_direction_override(c))
+    }) {
         return Err(ApiError::bad_request(
-            "the X-Break-Glass-Reason header is malformed: its escapes decode to control characters; state the reason as text",
+            "the X-Break-Glass-Reason header is malformed: it holds control or text-direction characters; state the reason as plain text",
         ));
     }
+    // A reason nobody can see (only spaces, zero-width characters, a byte-order mark) is no
+    // reason: it counts as blank, which break-glass refuses.
+    let break_glass_reason = break_glass_reason.map(|reason| {
+        if reason.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
+            String::new()
+        } else {
+            reason
+        }
+    });
     Ok(StatedPurpose {
         purpose: header_text(req, "x-purpose-of-use")?,
         break_glass_reason,
     })
+}
+
+/// Characters that reorder the text around them (bidi embeddings, overrides, isolates): a
+/// reason shown with them reads otherwise than it was typed.
+fn is_direction_override(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that show nothing: zero-width spaces and joiners, direction marks, word
+/// joiners, the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
 }
 
 /// The claims of the request's bearer token, checked against the client's current

@@ -615,7 +615,8 @@ pub fn relative_entry_url(url: &str) -> &str {
 fn parse_target(url: &str) -> Result<Target, RepoError> {
     // An entry's URL is relative to the server the Bundle is sent to (bundle.html); one on
     // another server's base names nothing here, and must not act on the record with its id.
-    if url.contains("://") && renkei_search::local_path(url).is_none() {
+    let path = url.split('?').next().unwrap_or(url);
+    if path.contains("://") && renkei_search::local_path(path).is_none() {
         return Err(RepoError::BadRequest(format!(
             "the entry URL '{url}' names another server: request.url is relative to this server's base (or absolute under it)"
         )));
@@ -1567,10 +1568,15 @@ mod tests {
             parse_target("Patient/1").unwrap(),
             Target::Instance(..)
         ));
+        assert!(renkei_search::set_local_bases(&[
+            "http://127.0.0.1:8412/fhir".to_string()
+        ]));
         assert!(matches!(
-            parse_target("http://x/fhir/Patient/1/_history/2").unwrap(),
+            parse_target("http://127.0.0.1:8412/fhir/Patient/1/_history/2").unwrap(),
             Target::Version(..)
         ));
+        // Another server's URL names nothing here.
+        assert!(parse_target("http://x/fhir/Patient/1").is_err());
         assert!(matches!(
             parse_target("Patient?identifier=a|b").unwrap(),
             Target::Conditional(_)
