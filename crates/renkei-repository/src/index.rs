@@ -270,6 +270,18 @@ pub(crate) fn bundle_subject(bundle: &Value) -> Option<BundleSubject<'_>> {
     }
 }
 
+/// Adds the labels not among `labels` yet.
+pub(crate) fn add_labels(
+    labels: &mut Vec<renkei_search::extract::TokenIndex>,
+    more: impl IntoIterator<Item = renkei_search::extract::TokenIndex>,
+) {
+    for label in more {
+        if !labels.contains(&label) {
+            labels.push(label);
+        }
+    }
+}
+
 /// The privacy labels (`_security`, and the national privacy `_tag`s) of the resources held
 /// inside a resource: its `contained` resources, a Bundle's entries (their own contained ones,
 /// nested Bundles, a response's outcome), a Parameters' resources. The holder takes them on,
@@ -285,18 +297,12 @@ pub(crate) fn embedded_privacy_labels(resource: &Value) -> Vec<renkei_search::ex
                     let found = renkei_search::extract(inner_type, &only_meta)
                         .tokens
                         .into_iter()
-                        .filter(|token| {
-                            token.param == "_security"
-                                || (token.param == "_tag"
-                                    && token.system.as_deref()
-                                        == Some(renkei_store::PRIVACY_TAG_SYSTEM))
+                        .filter(renkei_store::is_privacy_label)
+                        .map(|label| renkei_search::extract::TokenIndex {
+                            text: None,
+                            ..label
                         });
-                    for mut label in found {
-                        label.text = None;
-                        if !labels.contains(&label) {
-                            labels.push(label);
-                        }
-                    }
+                    add_labels(labels, found);
                 }
                 for (key, child) in map {
                     // Its own labels are indexed as its own; a narrative holds no resources.

@@ -530,10 +530,12 @@ impl Repository {
                         &Visibility::Unrestricted,
                         row.custodian.as_deref(),
                     )?;
-                    let mut rows = index::rows(&row.res_type, &value);
-                    rows.tokens.extend(classification.inherited_labels);
-                    rows.references
-                        .extend(index::consent_references(&row.res_type, &value));
+                    let rows = with_consent_rows(
+                        index::rows(&row.res_type, &value),
+                        &row.res_type,
+                        &value,
+                        classification.inherited_labels,
+                    );
                     tx.replace_index(row.rid, &row.res_type, &rows)?;
                     // Reindex sees every record; its writer may not have seen what it refers
                     // to, which left it about nobody (`classify_record`): that stays.
@@ -845,11 +847,7 @@ fn classify_record(
             if others {
                 patient = index::UNRESOLVED_PATIENT.to_string();
             }
-            for label in labels {
-                if !entry_labels.contains(&label) {
-                    entry_labels.push(label);
-                }
-            }
+            index::add_labels(&mut entry_labels, labels);
         }
         return Ok(Classification {
             patient: Some(patient),
@@ -887,11 +885,10 @@ fn classify_record(
         classification.patient.get_or_insert(patient);
         // From the target's index rows: its own labels and those it took on in turn (a
         // Provenance of a Binary of a withheld result), without reading its body.
-        for label in tx.privacy_labels(row.rid)? {
-            if !classification.inherited_labels.contains(&label) {
-                classification.inherited_labels.push(label);
-            }
-        }
+        index::add_labels(
+            &mut classification.inherited_labels,
+            tx.privacy_labels(row.rid)?,
+        );
     }
     // Referring only to patient data not stored (yet): the record stays its writer's, as for
     // a hidden target, rather than becoming directory data every member reads.
@@ -899,6 +896,21 @@ fn classify_record(
         classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
     }
     Ok(classification)
+}
+
+/// A record's search-index rows with what consent reads beside them: the labels it takes on
+/// ([`classify_record`]) and the references no search parameter indexes
+/// ([`index::consent_references`]).
+fn with_consent_rows(
+    mut rows: IndexRows,
+    res_type: &str,
+    resource: &Value,
+    inherited_labels: Vec<renkei_search::extract::TokenIndex>,
+) -> IndexRows {
+    rows.tokens.extend(inherited_labels);
+    rows.references
+        .extend(index::consent_references(res_type, resource));
+    rows
 }
 
 /// Whether the records a Bundle's entries refer to hold data of another patient than
@@ -923,11 +935,7 @@ fn referred_by_entries(
             others = true;
             continue;
         }
-        for label in tx.privacy_labels(row.rid)? {
-            if !labels.contains(&label) {
-                labels.push(label);
-            }
-        }
+        index::add_labels(&mut labels, tx.privacy_labels(row.rid)?);
     }
     Ok((others, labels))
 }
@@ -1090,11 +1098,12 @@ fn store_version(
         clinical_date: renkei_consent::clinical_date_ms(res_type, &stamped),
         body: Some(&body),
     };
-    let mut index_rows = prepared_rows.unwrap_or_else(|| index::rows(res_type, &stamped));
-    index_rows.tokens.extend(inherited_labels);
-    index_rows
-        .references
-        .extend(index::consent_references(res_type, &stamped));
+    let index_rows = with_consent_rows(
+        prepared_rows.unwrap_or_else(|| index::rows(res_type, &stamped)),
+        res_type,
+        &stamped,
+        inherited_labels,
+    );
     let rid = match current {
         Some(row) => {
             tx.replace_current(row.rid, &new)?;

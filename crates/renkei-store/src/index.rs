@@ -263,6 +263,13 @@ struct PrivacyLabel {
     code: Option<String>,
 }
 
+/// Whether an index token is a privacy label consent decides on: a `_security` label or a
+/// national privacy `_tag` (the rows [`Tx::privacy_labels`] selects).
+pub fn is_privacy_label(token: &renkei_search::extract::TokenIndex) -> bool {
+    token.param == "_security"
+        || (token.param == "_tag" && token.system.as_deref() == Some(crate::PRIVACY_TAG_SYSTEM))
+}
+
 impl Tx<'_> {
     /// The `_security` labels and national privacy `_tag`s of `rid` as consent sees them:
     /// its own and those it took on from the records it refers to.

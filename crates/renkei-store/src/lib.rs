@@ -28,6 +28,7 @@ pub use consent::ConsentRuleRow;
 pub use error::StoreError;
 pub use explain::SearchExplanation;
 pub use identity::LinkOverride;
+pub use index::is_privacy_label;
 pub use resources::{
     HistoryPage, HistoryQuery, HistoryRow, HistoryScope, NewVersion, ResourceRow, TokenRow,
 };
