@@ -1507,3 +1507,77 @@ fn transactions_resolve_relative_references_and_repeated_conditional_creates() {
         assert!(minimal.body.is_empty(), "{}", minimal.body);
     });
 }
+
+/// The R4 Bundle invariants hold for a Bundle stored as a resource too, in JSON and XML: a
+/// document names itself, its time and its Composition first (bdl-9, 10, 11), a collection
+/// carries no requests (bdl-3) and no total (bdl-1), a message starts with its header
+/// (bdl-12). Each is refused with the invariant and the element it concerns; nothing is
+/// stored.
+#[test]
+fn stored_bundles_keep_the_bundle_invariants() {
+    for_each_backend(|s| {
+        let composition = json!({"fullUrl": "urn:uuid:3c1b8a2e-2f4a-4c59-9d1e-1a2b3c4d5e6f",
+            "resource": {"resourceType": "Composition", "status": "final",
+                "type": {"text": "discharge summary"}, "date": "2026-12-01",
+                "author": [{"display": "Dr. Sato"}], "title": "退院時サマリー"}});
+        let patient = json!({"fullUrl": "urn:uuid:6f5e4d3c-2b1a-4c59-9d1e-1a2b3c4d5e6f",
+            "resource": {"resourceType": "Patient", "gender": "female"}});
+        let document = json!({"resourceType": "Bundle", "type": "document",
+            "identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:uuid:0d6c3a8e-1b2c-4d5e-8f90-a1b2c3d4e5f6"},
+            "timestamp": "2026-12-01T10:00:00+09:00", "entry": [composition, patient]});
+        let before = count_type(s, "Bundle");
+        let mut broken = Vec::new();
+        let without = |key: &str| {
+            let mut bundle = document.clone();
+            bundle.as_object_mut().unwrap().remove(key);
+            bundle
+        };
+        broken.push((without("identifier"), "bdl-9", "Bundle.identifier"));
+        broken.push((without("timestamp"), "bdl-10", "Bundle.timestamp"));
+        let mut patient_first = document.clone();
+        patient_first["entry"] = json!([patient, composition]);
+        broken.push((patient_first, "bdl-11", "Bundle.entry"));
+        let mut with_request = document.clone();
+        with_request["type"] = json!("collection");
+        with_request["entry"][1]["request"] = json!({"method": "POST", "url": "Patient"});
+        broken.push((with_request, "bdl-3", "Bundle.entry[1].request"));
+        let mut with_total = document.clone();
+        with_total["type"] = json!("collection");
+        with_total["total"] = json!(2);
+        broken.push((with_total, "bdl-1", "Bundle.total"));
+        let mut message = document.clone();
+        message["type"] = json!("message");
+        broken.push((message, "bdl-12", "Bundle.entry"));
+        for (bundle, key, element) in broken {
+            let r = s.post("Bundle", &bundle);
+            assert!(
+                [400, 422].contains(&r.status),
+                "{key}: {} {}",
+                r.status,
+                r.body
+            );
+            let outcome = r.json();
+            let issue = outcome["issue"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|issue| issue["diagnostics"].as_str().unwrap_or("").contains(key))
+                .unwrap_or_else(|| panic!("{key}: {outcome}"));
+            assert_eq!(issue["expression"][0], element, "{key}: {issue}");
+            assert_eq!(issue["code"], "invariant", "{key}: {issue}");
+        }
+        assert_eq!(
+            count_type(s, "Bundle"),
+            before,
+            "a broken Bundle was stored"
+        );
+        s.post("Bundle", &document).expect(201);
+        // The same rules in XML.
+        let xml = r#"<Bundle xmlns="http://hl7.org/fhir"><type value="document"/><entry><fullUrl value="urn:uuid:6f5e4d3c-2b1a-4c59-9d1e-1a2b3c4d5e6f"/><resource><Patient><gender value="female"/></Patient></resource></entry></Bundle>"#;
+        let r = s.send_raw("POST", "Bundle", "application/fhir+xml", xml.as_bytes());
+        assert!([400, 422].contains(&r.status), "{} {}", r.status, r.body);
+        for key in ["bdl-9", "bdl-10", "bdl-11"] {
+            assert!(r.body.contains(key), "{key}: {}", r.body);
+        }
+    });
+}

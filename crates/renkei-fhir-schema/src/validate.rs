@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
+use crate::bundle_rules::bundle_rule_breaks;
 use crate::model::{model, ElementDef, Kind, Model, Prim, TypeDef};
 use crate::primitive as p;
 use crate::xhtml::{check_xhtml, XhtmlProblemKind};
@@ -234,6 +235,9 @@ impl Validator {
         let scope = self.local_scope(obj, contained);
         self.locals.push(scope);
         self.object(td, obj, true);
+        if rt == "Bundle" {
+            self.bundle_rules(obj);
+        }
         if let Some(scope) = self.locals.pop() {
             if contained {
                 if let Some(container) = self.locals.last_mut() {
@@ -249,6 +253,22 @@ impl Validator {
             }
         }
         self.path.truncate(saved);
+    }
+
+    /// The bdl invariants, each reported at the element it concerns.
+    fn bundle_rules(&mut self, bundle: &Map<String, Value>) {
+        for rule_break in bundle_rule_breaks(bundle) {
+            let saved = self.path.len();
+            if let Some(index) = rule_break.entry {
+                self.push_name("entry");
+                self.push_index(index);
+            }
+            if let Some(element) = rule_break.element {
+                self.push_name(element);
+            }
+            self.issue(IssueCode::Invariant, rule_break.message);
+            self.path.truncate(saved);
+        }
     }
 
     /// dom-3: each contained resource is referred to from elsewhere in its container or refers

@@ -168,32 +168,48 @@ fn set_aside_invalid_batch_entries(bundle: &mut Value) -> bool {
     if !is_batch {
         return false;
     }
+    let invalid: Vec<(usize, ContentError)> = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(|entries| {
+            entries
+                .iter()
+                .enumerate()
+                .filter_map(|(index, entry)| match entry.get("resource").map(validate) {
+                    Some(Err(error)) => Some((index, error)),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Nothing to set aside: what is invalid is the Bundle as a whole (its depth, say).
+    if invalid.is_empty() {
+        return false;
+    }
+    // Without the invalid resources the rest must hold, the rules between entries (bdl)
+    // included, which is why the valid resources stay in.
     let mut skeleton = bundle.clone();
-    if let Some(entries) = skeleton.get_mut("entry").and_then(Value::as_array_mut) {
-        for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+    for (index, _) in &invalid {
+        if let Some(entry) = skeleton
+            .pointer_mut(&format!("/entry/{index}"))
+            .and_then(Value::as_object_mut)
+        {
             entry.remove("resource");
         }
     }
     if validate(&skeleton).is_err() {
         return false;
     }
-    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
-        return false;
-    };
-    let mut set_aside = false;
-    for (index, entry) in entries.iter_mut().enumerate() {
-        let Some(entry) = entry.as_object_mut() else {
-            continue;
-        };
-        let Some(Err(error)) = entry.get("resource").map(validate) else {
-            continue;
-        };
-        entry.remove("resource");
-        entry.insert(INVALID_ENTRY.to_string(), entry_issues(index, &error));
-        set_aside = true;
+    for (index, error) in invalid {
+        if let Some(entry) = bundle
+            .pointer_mut(&format!("/entry/{index}"))
+            .and_then(Value::as_object_mut)
+        {
+            entry.remove("resource");
+            entry.insert(INVALID_ENTRY.to_string(), entry_issues(index, &error));
+        }
     }
-    // Nothing set aside: what is invalid is the Bundle as a whole (its depth, say).
-    set_aside
+    true
 }
 
 /// Why batch entry `index`'s resource is not valid, as a transaction's whole-Bundle

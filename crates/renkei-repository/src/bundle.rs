@@ -414,12 +414,11 @@ fn put_or_post(
 }
 
 /// Checks what would fail a whole batch before any entry runs (an entry without a request, a
-/// repeated `fullUrl`, a malformed ETag), with the client's entry numbers.
+/// malformed ETag), with the client's entry numbers.
 pub fn check_entries(bundle: &Value) -> Result<(), RepoError> {
     let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
         return Ok(());
     };
-    check_full_urls(entries, BundleKind::Batch)?;
     for (index, entry) in entries.iter().enumerate() {
         let request = entry_request(index, entry)?;
         entry_preconditions(index, request, &entry_method(request))?;
@@ -540,30 +539,17 @@ fn parse_entries(bundle: &Value, kind: BundleKind) -> Result<Vec<EntryRequest>, 
         .collect()
 }
 
-/// bdl-7: entries share a fullUrl only as different versions of one resource. Two entries
-/// with the same fullUrl would otherwise both claim what references to it resolve to; that
-/// fails the whole Bundle, batch or transaction. A fullUrl that disagrees with its resource
-/// ([`full_url_disagreement`]) fails a transaction as a whole; in a batch only its own entry.
+/// A fullUrl that disagrees with its resource ([`full_url_disagreement`]) fails a transaction
+/// as a whole; in a batch only its own entry. (A repeated fullUrl, bdl-7, was refused with
+/// the other Bundle invariants when the Bundle was read: `renkei_fhir_schema::validate`.)
 fn check_full_urls(entries: &[Value], kind: BundleKind) -> Result<(), RepoError> {
-    let mut seen: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+    if kind != BundleKind::Transaction {
+        return Ok(());
+    }
     for (index, entry) in entries.iter().enumerate() {
-        let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) else {
-            continue;
-        };
-        if kind == BundleKind::Transaction {
-            if let Some(reason) = full_url_disagreement(entry) {
-                return Err(RepoError::BadRequest(format!(
-                    "Bundle.entry[{index}].{reason}"
-                )));
-            }
-        }
-        let version = entry
-            .pointer("/resource/meta/versionId")
-            .and_then(Value::as_str);
-        if let Some(first) = seen.insert((full_url, version), index) {
+        if let Some(reason) = full_url_disagreement(entry) {
             return Err(RepoError::BadRequest(format!(
-                "Bundle.entry[{index}].fullUrl '{full_url}' repeats Bundle.entry[{first}].fullUrl; \
-                 fullUrls must be unique in a Bundle (bdl-7)"
+                "Bundle.entry[{index}].{reason}"
             )));
         }
     }
@@ -1493,25 +1479,6 @@ pub fn error_issue(code: &str, diagnostics: &str) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn repeated_full_urls_are_refused_unless_versions_differ() {
-        let entry = |version: &str| {
-            json!({"fullUrl": "urn:uuid:a",
-                   "resource": {"resourceType": "Patient", "meta": {"versionId": version}},
-                   "request": {"method": "POST", "url": "Patient"}})
-        };
-        let twice = json!({"resourceType": "Bundle", "type": "transaction",
-                           "entry": [entry("1"), entry("1")]});
-        let message = match parse_entries(&twice, BundleKind::Transaction) {
-            Err(RepoError::BadRequest(message)) => message,
-            other => panic!("{other:?}"),
-        };
-        assert!(message.contains("Bundle.entry[1].fullUrl") && message.contains("bdl-7"));
-        let versions = json!({"resourceType": "Bundle", "type": "batch",
-                              "entry": [entry("1"), entry("2")]});
-        assert!(parse_entries(&versions, BundleKind::Transaction).is_ok());
-    }
 
     #[test]
     fn bundle_bodies_are_prepared_unless_the_database_must_resolve_them() {
