@@ -1062,6 +1062,100 @@ fn a_referral_letter_follows_its_document_whatever_the_transaction_order() {
     });
 }
 
+/// A label added to a record later reaches the records that took their labels from it, on
+/// the same write (it reached them only at the next `renkei reindex`): a document marked
+/// UNDELIVERED withholds its Binary and the Binary's Provenance too, and taking the label
+/// off shows them again.
+#[test]
+fn a_label_added_later_reaches_the_records_that_stand_for_the_record() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let mut report = json!({"resourceType": "DocumentReference", "status": "current",
+            "subject": {"reference": patient_ref()},
+            "content": [{"attachment": {"contentType": "text/plain", "data": "U0VDUkVU"}}]});
+        let document = id_of(&net.as_a().create(&report));
+        let binary = id_of(&net.as_a().create(&json!({"resourceType": "Binary",
+            "contentType": "text/plain", "securityContext": {"reference": document},
+            "data": "U0VDUkVU"})));
+        let provenance = id_of(&net.as_a().create(&json!({"resourceType": "Provenance",
+            "target": [{"reference": binary}], "recorded": "2025-11-04T10:00:00Z",
+            "agent": [{"who": {"reference": ORG_A}}]})));
+        let records = [&document, &binary, &provenance];
+        let json_accept = [("Accept", "application/fhir+json")];
+        for shown in records {
+            net.as_b().get_with(shown, &json_accept).expect(200);
+        }
+        report["id"] = json!(tail(&document));
+        report["meta"] = json!({"tag": [{"system": PRIVACY_SYSTEM, "code": "UNDELIVERED"}]});
+        net.as_a().put(&document, &report).expect(200);
+        for hidden in records {
+            let r = net.as_b().get_with(hidden, &json_accept);
+            assert!(
+                [403, 404].contains(&r.status),
+                "{hidden}: {} {}",
+                r.status,
+                r.body
+            );
+            net.as_a().get_with(hidden, &json_accept).expect(200);
+        }
+        report.as_object_mut().unwrap().remove("meta");
+        net.as_a().put(&document, &report).expect(200);
+        for shown in records {
+            net.as_b().get_with(shown, &json_accept).expect(200);
+        }
+    });
+}
+
+/// A deleted record stays exactly as hidden as it was under a refusal of a period or of a
+/// record "and everything related": the tombstone keeps the clinical date and references
+/// those refusals read (it kept only the patient and labels, so B got a 410 telling it a
+/// refused record had existed).
+#[test]
+fn a_deleted_record_stays_hidden_under_a_refusal_of_its_period_or_related_records() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let november = id_of(&net.as_a().create(&lab("3D046", 6.1, "2025-11-15", None)));
+        let december = id_of(&net.as_a().create(&lab("3D046", 6.3, "2025-12-15", None)));
+        let report = id_of(
+            &net.as_a()
+                .create(&json!({"resourceType": "DiagnosticReport",
+            "status": "final", "code": {"text": "HbA1c"}, "subject": {"reference": patient_ref()},
+            "result": [{"reference": december}]})),
+        );
+        let mut refusing = consent_body(&[ORG_B], "active");
+        refusing["provision"]["provision"] = json!([
+            {"type": "deny", "dataPeriod": {"start": "2025-11-01", "end": "2025-11-30"}},
+            {"type": "deny", "data": [{"meaning": "related", "reference": {"reference": december}}]}]);
+        net.as_a()
+            .put(&format!("Consent/{CONSENT}"), &refusing)
+            .expect(200);
+        for refused in [&november, &report] {
+            let r = net.as_b().get(refused);
+            assert!(
+                [403, 404].contains(&r.status),
+                "{refused}: {} {}",
+                r.status,
+                r.body
+            );
+            let deleted = net.as_a().delete(refused);
+            assert!([200, 204].contains(&deleted.status), "{}", deleted.body);
+            let r = net.as_b().get(refused);
+            assert!(
+                [403, 404].contains(&r.status),
+                "{refused} deleted: {} {}",
+                r.status,
+                r.body
+            );
+            net.as_a().get(refused).expect(410);
+        }
+        // What the refusals do not cover shows its deletion as before.
+        net.as_b().get(&net.labs[0]).expect(200);
+        let deleted = net.as_a().delete(&net.labs[0]);
+        assert!([200, 204].contains(&deleted.status), "{}", deleted.body);
+        net.as_b().get(&net.labs[0]).expect(410);
+    });
+}
+
 /// A review found: a JP-CLINS document (a discharge summary whose Composition names the
 /// Patient entry of the Bundle by its `urn:uuid:`) was the hospital's alone, even for the
 /// clinic the patient consented to. The entry is now matched to the writer's own Patient

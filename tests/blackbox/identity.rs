@@ -610,6 +610,13 @@ fn linked_search_does_not_reveal_a_link_to_a_record_the_requester_may_not_see() 
         // Its own record's links stop at what it may see: its own data.
         let own = found(&other.read_json(&format!("Observation?patient:linked=Patient/{own_p}")));
         assert_eq!(own, vec![reference(&note)]);
+        // Holding a record about the hidden Patient opens its compartment to that record
+        // alone: `_linked` does not follow the hidden Patient's links to its own patient.
+        let about_hidden = other.create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "height"}, "subject": {"reference": format!("Patient/{HOSP_P}")}}));
+        let everything =
+            found(&other.read_json(&format!("Patient/{HOSP_P}/$everything?_linked=true")));
+        assert_eq!(everything, vec![reference(&about_hidden)]);
         // The consented clinic still follows the same link.
         let clinic = net.as_clinic();
         let through =

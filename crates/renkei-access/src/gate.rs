@@ -177,6 +177,19 @@ fn compartment_owner(plan: &SearchPlan) -> Option<(&str, &str)> {
     })
 }
 
+/// `plan` confined to its compartment owner's own records, when it asked for the records
+/// linked to the owner as the same person too (`$everything?_linked=true`).
+fn without_linked_records(plan: &SearchPlan) -> Option<SearchPlan> {
+    let mut unlinked = plan.clone();
+    let mut changed = false;
+    for filter in &mut unlinked.filters {
+        if let Filter::Compartment { linked, .. } = filter {
+            changed |= std::mem::replace(linked, false);
+        }
+    }
+    changed.then_some(unlinked)
+}
+
 /// The types a search looks into besides its own: chained targets and `_has` sources. A
 /// token must be allowed to search them too, or a filter on them would tell it what they hold.
 fn searched_through(plan: &SearchPlan) -> Vec<String> {
@@ -1381,6 +1394,7 @@ impl Gate {
             .and_then(|()| owner.map_or(Ok(()), |(t, _)| who.require(t, Action::Read)))
             .and_then(|()| {
                 let work = |tx: &mut Tx<'_>| {
+                    let mut unlinked = None;
                     if let Some(owner) = owner {
                         // The owner must exist and be visible: a compartment search answers
                         // 404, 410 or 403 exactly as reading the owner would.
@@ -1409,7 +1423,14 @@ impl Gate {
                                 decision.into_iter().collect(),
                             ));
                         }
+                        // Its own records of a patient it may not see are all a facility
+                        // gets: the person's other records are found through the links of
+                        // that Patient record, which are as hidden from it as the record.
+                        if own_records {
+                            unlinked = without_linked_records(plan);
+                        }
                     }
+                    let plan = unlinked.as_ref().unwrap_or(plan);
                     let mut page = renkei_repository::search_in(tx, plan, &visibility)?;
                     // The query kept to the types the token may read; this re-checks each
                     // row against the scopes themselves.

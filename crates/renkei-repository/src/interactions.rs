@@ -7,10 +7,11 @@ use crate::{index, RepoError};
 use renkei_search::plan::escape;
 use renkei_search::IndexRows;
 use renkei_store::{
-    HistoryPage, HistoryQuery, HistoryScope, NewVersion, ResourceRow, Store, StoreError, Tx,
-    Visibility,
+    is_privacy_label, HistoryPage, HistoryQuery, HistoryScope, NewVersion, ResourceRow, Store,
+    StoreError, Tx, Visibility,
 };
 use serde_json::Value;
+use std::collections::{HashSet, VecDeque};
 
 /// A resource version as stored: its JSON text is served as is on the fast path.
 #[derive(Debug, Clone)]
@@ -514,28 +515,16 @@ impl Repository {
             };
             self.write_large(|tx| {
                 for row in &rows {
-                    let Some(body) = &row.body else { continue };
-                    let value: Value = serde_json::from_str(body).map_err(|e| {
-                        RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}")))
-                    })?;
-                    // Which patient a record is about, and which labels it takes on from
-                    // the records it refers to, can change with the rules (records outside
-                    // the compartment types that name a patient stopped being directory
-                    // data): consent is decided on these.
-                    let classification = classify_record(
-                        tx,
-                        &row.res_type,
-                        &row.res_id,
-                        &value,
-                        &Visibility::Unrestricted,
-                        row.custodian.as_deref(),
-                    )?;
-                    let rows = with_consent_rows(
-                        index::rows(&row.res_type, &value),
-                        &row.res_type,
-                        &value,
-                        classification.inherited_labels,
-                    );
+                    let record = StoredRecord {
+                        res_type: &row.res_type,
+                        res_id: &row.res_id,
+                        custodian: row.custodian.as_deref(),
+                        body: row.body.as_deref(),
+                    };
+                    let Some((value, rows, classification)) = rebuilt_index_rows(tx, record)?
+                    else {
+                        continue;
+                    };
                     tx.replace_index(row.rid, &row.res_type, &rows)?;
                     // Reindex sees every record; its writer may not have seen what it refers
                     // to, which left it about nobody (`classify_record`): that stays.
@@ -898,6 +887,93 @@ fn classify_record(
     Ok(classification)
 }
 
+/// A stored record's index rows built anew from its body, as they would be written now, and
+/// its classification (`None` for a tombstone). Which patient a record is about, and which
+/// labels it takes on from the records it refers to, can change with the rules or with those
+/// records: consent is decided on these. Every record is seen (as by the gateway itself).
+fn rebuilt_index_rows(
+    tx: &mut Tx<'_>,
+    record: StoredRecord<'_>,
+) -> Result<Option<(Value, IndexRows, Classification)>, RepoError> {
+    let Some(body) = record.body else {
+        return Ok(None);
+    };
+    let value: Value = serde_json::from_str(body)
+        .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))?;
+    let mut classification = classify_record(
+        tx,
+        record.res_type,
+        record.res_id,
+        &value,
+        &Visibility::Unrestricted,
+        record.custodian,
+    )?;
+    let rows = with_consent_rows(
+        index::rows(record.res_type, &value),
+        record.res_type,
+        &value,
+        std::mem::take(&mut classification.inherited_labels),
+    );
+    Ok(Some((value, rows, classification)))
+}
+
+/// What [`rebuilt_index_rows`] reads of a stored row (a search row or a resource row).
+struct StoredRecord<'a> {
+    res_type: &'a str,
+    res_id: &'a str,
+    custodian: Option<&'a str>,
+    body: Option<&'a str>,
+}
+
+/// How many records taking on labels from a relabelled one are relabelled with it (a chain:
+/// a Binary of a document, a Provenance of that Binary); the rest at the next reindex.
+const MAX_RELABELLED_REFERRERS: usize = 256;
+
+/// The privacy labels of `rid` were changed by a write: the records that took them on from it
+/// (a Binary's `securityContext`, a Provenance's target, and on along chains) take on the new
+/// ones now, or a `PSY` label added to a document would leave its Binary readable by those
+/// the document is now withheld from. Records taking on no labels keep theirs unchanged.
+fn relabel_referrers(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<(), RepoError> {
+    let mut queue = VecDeque::from([(res_type.to_string(), id.to_string())]);
+    let mut seen: HashSet<i64> = HashSet::new();
+    while let Some((target_type, target_id)) = queue.pop_front() {
+        for referrer in tx.referring_records(&target_type, &target_id, MAX_RELABELLED_REFERRERS)? {
+            if seen.len() >= MAX_RELABELLED_REFERRERS || !seen.insert(referrer.rid) {
+                continue;
+            }
+            let before = tx.privacy_labels(referrer.rid)?;
+            let record = StoredRecord {
+                res_type: &referrer.res_type,
+                res_id: &referrer.res_id,
+                custodian: referrer.custodian.as_deref(),
+                body: referrer.body.as_deref(),
+            };
+            let Some((_, rows, _)) = rebuilt_index_rows(tx, record)? else {
+                continue;
+            };
+            if same_labels(&before, rows.tokens.iter().filter(|t| is_privacy_label(t))) {
+                continue;
+            }
+            tx.replace_index(referrer.rid, &referrer.res_type, &rows)?;
+            queue.push_back((referrer.res_type, referrer.res_id));
+        }
+    }
+    Ok(())
+}
+
+/// Whether two lists of privacy labels hold the same labels, in any order.
+fn same_labels<'a>(
+    before: &[renkei_search::extract::TokenIndex],
+    after: impl Iterator<Item = &'a renkei_search::extract::TokenIndex>,
+) -> bool {
+    let key = |t: &renkei_search::extract::TokenIndex| {
+        (t.param.clone(), t.system.clone(), t.code.clone())
+    };
+    let before: HashSet<_> = before.iter().map(key).collect();
+    let after: HashSet<_> = after.map(key).collect();
+    before == after
+}
+
 /// A record's search-index rows with what consent reads beside them: the labels it takes on
 /// ([`classify_record`]) and the references no search parameter indexes
 /// ([`index::consent_references`]).
@@ -1106,8 +1182,13 @@ fn store_version(
     );
     let rid = match current {
         Some(row) => {
+            let labels_before = tx.privacy_labels(row.rid)?;
             tx.replace_current(row.rid, &new)?;
             tx.replace_index(row.rid, res_type, &index_rows)?;
+            let labels_after = index_rows.tokens.iter().filter(|t| is_privacy_label(t));
+            if !same_labels(&labels_before, labels_after) {
+                relabel_referrers(tx, res_type, id)?;
+            }
             row.rid
         }
         None => {
@@ -1624,6 +1705,28 @@ pub fn delete(
         refuse_deleting_a_consented_record(tx, id)?;
     }
     let version = row.version + 1;
+    // What consent decides a record on stays with its tombstone, so a deleted record stays
+    // exactly as hidden as it was (404, not a 410 that tells who could not see it that it
+    // existed): its patient, its clinical date (a refusal of a period), the records it
+    // refers to (a refusal of a record "and everything related"), and its privacy labels
+    // (a `PSY` or `UNDELIVERED` record), the ones it took on from others included. Searches
+    // never match a deleted record, so no other index row is kept.
+    let last_version = row
+        .body
+        .as_deref()
+        .and_then(|body| serde_json::from_str::<Value>(body).ok());
+    let labels = tx.privacy_labels(row.rid)?;
+    let tombstone_rows = renkei_search::IndexRows {
+        references: last_version
+            .as_ref()
+            .map(|value| {
+                with_consent_rows(index::rows(res_type, value), res_type, value, Vec::new())
+                    .references
+            })
+            .unwrap_or_default(),
+        tokens: labels,
+        ..renkei_search::IndexRows::default()
+    };
     let new = NewVersion {
         res_type,
         res_id: id,
@@ -1631,24 +1734,16 @@ pub fn delete(
         last_updated: now_ms().max(row.last_updated),
         method: "DELETE",
         custodian: row.custodian.as_deref(),
-        // Kept so a deleted record stays under the same consent decision (410 vs 404).
         patient_id: row.patient_id.as_deref(),
-        clinical_date: None,
+        clinical_date: last_version
+            .as_ref()
+            .and_then(|value| renkei_consent::clinical_date_ms(res_type, value)),
         body: None,
     };
-    // The record's privacy labels stay with its tombstone, as its patient does: a deleted
-    // `PSY` or `UNDELIVERED` record must stay as hidden as it was (404, not 410), or its
-    // deletion would tell who could not see it that it existed. Searches never match a
-    // deleted record, so no other index row is kept.
-    let labels = tx.privacy_labels(row.rid)?;
     tx.replace_current(row.rid, &new)?;
     if res_type == "Consent" {
         tx.replace_consent_rules(row.rid, &format!("Consent/{id}"), &[])?;
     }
-    let tombstone_rows = renkei_search::IndexRows {
-        tokens: labels,
-        ..renkei_search::IndexRows::default()
-    };
     tx.replace_index(row.rid, res_type, &tombstone_rows)?;
     if res_type == "Patient" {
         crate::identity::patient_written(tx, &context.linking, id, None)?;

@@ -236,6 +236,30 @@ impl Tx<'_> {
         Ok(self.load::<ResourceRow>(&sql)?.into_iter().next())
     }
 
+    /// The current, not deleted records that refer to `target_type/target_id` (by any row of
+    /// the reference index, `_securityContext` included), at most `limit`, locked as by
+    /// [`Tx::current_for_update`]: the caller rewrites their index rows, which a concurrent
+    /// update of theirs would otherwise rewrite at the same time.
+    pub fn referring_records(
+        &mut self,
+        target_type: &str,
+        target_id: &str,
+        limit: usize,
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {RESOURCE_COLUMNS} FROM resources WHERE deleted = "
+        ));
+        sql.bind(Bind::Bool(false))
+            .push(" AND rid IN (SELECT x.rid FROM idx_reference x WHERE x.target_id = ")
+            .bind(Bind::Text(target_id.into()))
+            .push(" AND x.target_type = ")
+            .bind(Bind::Text(target_type.into()))
+            .push(&format!(") ORDER BY rid LIMIT {limit}"));
+        let suffix = self.for_update();
+        sql.push(suffix);
+        self.load::<ResourceRow>(&sql)
+    }
+
     /// A specific version, current or superseded.
     pub fn version(
         &mut self,
