@@ -464,4 +464,41 @@ fn commands_on_a_mistyped_sqlite_path_create_no_database() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let listed = text(&run(&url, &["client", "list"]).stdout);
     assert!(listed.contains("[patient=Patient/p1]"), "{listed}");
+    // A scope naming no resource type, and a facility named without its type, are typos
+    // refused where they are made, not discovered when access is denied.
+    let out = run(
+        &url,
+        &[
+            "client",
+            "add",
+            "--id",
+            "typo",
+            "--organization",
+            "Organization/o",
+            "--scope",
+            "system/Observation.rs system/Obsrvation.rs",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("'Obsrvation'"),
+        "{stderr}"
+    );
+    assert!(!text(&run(&url, &["client", "list"]).stdout).contains("typo"));
+    let out = run(&url, &["explain", "Patient?name=x", "--organization", "o"]);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Organization/ID"),
+        "{stderr}"
+    );
+    let out = run(
+        &url,
+        &[
+            "explain",
+            "Patient?name=x",
+            "--organization",
+            "Organization/o",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -695,6 +695,49 @@ fn refusal(cmd: &mut std::process::Command) -> String {
     stderr
 }
 
+/// SQLite: the reindex guard sees a server however the database file is named (through a
+/// symlink), and a second server on the same file, which does not write the read-audit
+/// journal, once the first has stopped. Stops `first`.
+fn second_sqlite_server_is_seen(first: &mut Server, path: &str, env: &[(&str, &str)]) {
+    use std::io::BufRead;
+    let rules_changing_reindex = |database: &str| {
+        refusal(
+            renkei_command()
+                .args(["reindex", "--database", database])
+                .envs(env.iter().copied()),
+        )
+    };
+    let link = std::path::Path::new(path).with_file_name("through-a-link.db");
+    std::os::unix::fs::symlink(path, &link).expect("symlink");
+    let through_link = rules_changing_reindex(&format!("sqlite:{}", link.display()));
+    assert!(
+        through_link.contains("a server is running"),
+        "{through_link}"
+    );
+    let mut second = renkei_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(first.database_url())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn a second server");
+    let stdout = second.stdout.take().expect("stdout");
+    let listening = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("Renkei listening on "));
+    assert!(listening, "the second server did not start");
+    first.kill9();
+    let beside_second = rules_changing_reindex(first.database_url());
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(
+        beside_second.contains("a server is running"),
+        "{beside_second}"
+    );
+}
+
 /// Runs `renkei reindex` on `url` with `env`, which must succeed.
 fn reindex(url: &str, env: &[(&str, &str)]) {
     let out = renkei_command()
@@ -729,6 +772,9 @@ fn a_database_indexed_in_another_zone_is_refused_until_reindexed() {
         );
         assert!(beside.contains("a server is running"), "{beside}");
         reindex(s.database_url(), &[]);
+        if let Some(path) = s.database_url().strip_prefix("sqlite:").map(str::to_string) {
+            second_sqlite_server_is_seen(&mut s, &path, &jst);
+        }
         s.kill9();
         let serve_jst = refusal(
             renkei_command()

@@ -693,13 +693,18 @@ pub fn journal_backlog(store: &Store) -> Result<JournalBacklog, StoreError> {
     Ok(backlog)
 }
 
-/// Whether a server is running on this database: on SQLite, the one writing the read-audit
-/// journal holds its lock; on PostgreSQL, a serving process has a session open
-/// ([`Store::serving_elsewhere`]). Operator commands that rebuild what servers write
-/// (`renkei reindex`) refuse to run beside one.
+/// Whether a server is running on this database ([`Store::serving_elsewhere`], or on SQLite
+/// a process writing the read-audit journal). Operator commands that rebuild what servers
+/// write (`renkei reindex`) refuse to run beside one.
 pub fn served_elsewhere(store: &Store) -> Result<bool, StoreError> {
+    Ok(store.serving_elsewhere()? || journal_being_written(store)?)
+}
+
+/// SQLite: whether a server is writing the read-audit journal (it holds the journal's lock),
+/// the one server that moves the journal's events into the trail.
+pub fn journal_being_written(store: &Store) -> Result<bool, StoreError> {
     let Some(path) = store.sqlite_path().map(journal_path) else {
-        return store.serving_elsewhere();
+        return Ok(false);
     };
     let file = match std::fs::OpenOptions::new()
         .read(true)

@@ -122,8 +122,8 @@ pub use endpoint::{
 pub use error::{www_authenticate_missing, AuthError, ErrorCode};
 pub use keys::{ServerKey, DEFAULT_AUDIENCE};
 pub use registration::{
-    cert_fingerprint, normalize_fingerprint, ClientRegistration, Role, PURPOSE_ETREAT,
-    PURPOSE_TREAT,
+    cert_fingerprint, check_reference, normalize_fingerprint, ClientRegistration, Role,
+    PURPOSE_ETREAT, PURPOSE_TREAT,
 };
 pub use scopes::{Action, GrantedScopes, Permissions, Scope, ScopeContext, Scopes};
 

@@ -323,7 +323,7 @@ pub fn normalize_fingerprint(fp: &str) -> Result<String, AuthError> {
 }
 
 /// `Type/id` with an allowed type and a FHIR id (`[A-Za-z0-9\-\.]{1,64}`).
-pub(crate) fn check_reference(r: &str, types: &[&str], what: &str) -> Result<(), AuthError> {
+pub fn check_reference(r: &str, types: &[&str], what: &str) -> Result<(), AuthError> {
     let ok = r.split_once('/').is_some_and(|(t, id)| {
         types.contains(&t)
             && !id.is_empty()

@@ -143,6 +143,32 @@ pub struct Store {
     sqlite_path: Option<std::path::PathBuf>,
     /// SQLite: stops the background checkpointer when the last clone of the store is dropped.
     _checkpointer: Option<Arc<mpsc::Sender<()>>>,
+    /// SQLite, a serving process: a shared lock on [`serving_lock_path`] for as long as it
+    /// runs, which [`Store::serving_elsewhere`] looks for.
+    _serving_lock: Option<Arc<std::fs::File>>,
+}
+
+/// The file beside a SQLite database that each process serving it holds a shared lock on.
+pub fn serving_lock_path(database: &std::path::Path) -> std::path::PathBuf {
+    let mut name = database.as_os_str().to_os_string();
+    name.push("-serving");
+    std::path::PathBuf::from(name)
+}
+
+/// Takes a serving process's shared lock on the SQLite database's serving file.
+fn hold_serving_lock(database: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let path = serving_lock_path(database);
+    let unavailable =
+        |e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(unavailable)?;
+    file.lock_shared().map_err(unavailable)?;
+    Ok(file)
 }
 
 /// SQLite allows one writer; queueing writers here is fairer and faster than letting them
@@ -602,14 +628,24 @@ impl Store {
             Pools::Sqlite(pool) => Some(Arc::new(spawn_checkpointer(pool.clone()))),
             Pools::Postgres(_) => None,
         };
+        // The file itself, however it was reached (a symlink, `..`): the files kept beside it
+        // (the read-audit journal, the serving lock) must be the same for every process.
+        let sqlite_path = match url {
+            DatabaseUrl::Sqlite(path) => {
+                Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()))
+            }
+            DatabaseUrl::Postgres(_) => None,
+        };
+        let _serving_lock = match &sqlite_path {
+            Some(path) if options.serving => Some(Arc::new(hold_serving_lock(path)?)),
+            _ => None,
+        };
         let store = Store {
             pools,
             sqlite_writer: Arc::new(SqliteWriter::new()),
-            sqlite_path: match url {
-                DatabaseUrl::Sqlite(path) => Some(path.clone()),
-                DatabaseUrl::Postgres(_) => None,
-            },
+            sqlite_path,
             _checkpointer,
+            _serving_lock,
         };
         store.migrate()?;
         Ok(store)
@@ -683,18 +719,31 @@ impl Store {
         }
     }
 
-    /// Whether another process serves requests on this PostgreSQL database and schema (one of
-    /// its sessions is open): `renkei reindex` must not rebuild rows such a server keeps
-    /// writing under its own rules. A server with no session open at the moment is not seen.
-    /// Always false on SQLite, whose running server holds the audit journal's lock instead.
+    /// Whether another process serves requests on this database: `renkei reindex` must not
+    /// rebuild rows such a server keeps writing under its own rules. On SQLite, a serving
+    /// process holds a shared lock on the file beside the database ([`serving_lock_path`]);
+    /// on PostgreSQL, one of its sessions on this database and schema is open.
     pub fn serving_elsewhere(&self) -> Result<bool, StoreError> {
         #[derive(diesel::QueryableByName)]
         struct Count {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        if self.backend() != Backend::Postgres {
-            return Ok(false);
+        if let Some(database) = &self.sqlite_path {
+            let path = serving_lock_path(database);
+            let unavailable =
+                |e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
+            let file = match std::fs::OpenOptions::new().read(true).open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(unavailable(e)),
+            };
+            // Dropping the file releases the lock when it was free.
+            return match file.try_lock() {
+                Ok(()) => Ok(false),
+                Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+                Err(std::fs::TryLockError::Error(e)) => Err(unavailable(e)),
+            };
         }
         let sql = format!(
             "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \

@@ -81,6 +81,21 @@ pub fn add_client(store: &Store, new: NewClient) -> Result<ClientRegistration, S
             Some(serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))?);
     }
     registration.validate().map_err(|e| e.to_string())?;
+    // The scope grammar allows any type name; one no FHIR R4 resource has is a typo that
+    // would leave the client without the access it was registered for.
+    for scope in registration
+        .parsed_scopes()
+        .map_err(|e| e.to_string())?
+        .iter()
+    {
+        if let Some(res_type) = &scope.resource_type {
+            if !renkei_fhir::is_resource_type(res_type) {
+                return Err(format!(
+                    "scope '{scope}' names '{res_type}', which is no FHIR R4 resource type"
+                ));
+            }
+        }
+    }
     // A reference to nothing stored here is allowed (clients are often registered before the
     // facility's data is loaded) but never silent: a typo would otherwise go unnoticed until
     // consent decisions named a facility nobody knows.
@@ -277,7 +292,7 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
             if backlog > 0 {
                 // Only the server holding the journal moves it into the trail: another one
                 // on the same database does not take it over while it runs.
-                let by = match renkei_access::audit_log::served_elsewhere(store) {
+                let by = match renkei_access::audit_log::journal_being_written(store) {
                     Ok(true) => "the server writing the journal adds them within moments",
                     _ => "no server is writing the journal: the next server started on this \
                           database adds them (a server already running beside it does not)",

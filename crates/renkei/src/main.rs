@@ -102,7 +102,7 @@ enum Command {
         search: String,
         /// Plan it as this facility sees it (Organization/ID), consent predicate included;
         /// without it, unrestricted (the gateway's own view).
-        #[arg(long)]
+        #[arg(long, value_parser = organization_reference)]
         organization: Option<String>,
         /// Purpose of use of the facility's request.
         #[arg(long, default_value = "TREAT")]
@@ -481,6 +481,14 @@ fn offline_local_bases(config: &Config, store: &Store) -> Result<Vec<String>, St
 fn use_index_rules(config: &Config, store: &Store) -> Result<(), String> {
     renkei_repository::set_local_zone(config.time_zone);
     built_with::check(config, store)
+}
+
+/// `--organization` as consent decisions name a facility: `Organization/ID`. A bare ID would
+/// plan for a facility no consent or record names.
+fn organization_reference(text: &str) -> Result<String, String> {
+    renkei_auth::check_reference(text, &["Organization"], "--organization")
+        .map(|()| text.to_string())
+        .map_err(|e| e.description)
 }
 
 /// The consent policy the configuration sets, for `serve` and `explain` alike.
