@@ -1074,6 +1074,22 @@ fn a_label_added_later_reaches_the_records_that_stand_for_the_record() {
             "subject": {"reference": patient_ref()},
             "content": [{"attachment": {"contentType": "text/plain", "data": "U0VDUkVU"}}]});
         let document = id_of(&net.as_a().create(&report));
+        // More records refer to the document than are relabelled per write, all of which
+        // name their patient themselves: they do not take the Binary's turn.
+        let derived: Vec<Value> = (0..260)
+            .map(|_| {
+                json!({"resource": {"resourceType": "Observation", "status": "final",
+                    "code": {"text": "derived"}, "subject": {"reference": patient_ref()},
+                    "derivedFrom": [{"reference": document}]},
+                    "request": {"method": "POST", "url": "Observation"}})
+            })
+            .collect();
+        net.as_a()
+            .post(
+                "",
+                &json!({"resourceType": "Bundle", "type": "batch", "entry": derived}),
+            )
+            .expect(200);
         let binary = id_of(&net.as_a().create(&json!({"resourceType": "Binary",
             "contentType": "text/plain", "securityContext": {"reference": document},
             "data": "U0VDUkVU"})));
@@ -1156,6 +1172,93 @@ fn a_deleted_record_stays_hidden_under_a_refusal_of_its_period_or_related_record
     });
 }
 
+/// A JP-CLINS discharge summary of hospital A as a document Bundle: its Composition names
+/// the patient by the Patient entry's `urn:uuid:`; the entry carries its own `id`, A's local
+/// patient identifier and the birth date.
+fn discharge_summary(entry_id: &str, local_id: &str, birth_date: &str) -> Value {
+    let (composition, patient) = (
+        format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+    );
+    json!({"resourceType": "Bundle", "type": "document",
+        "identifier": {"system": "urn:hosp-a:document", "value": uuid::Uuid::new_v4().to_string()},
+        "timestamp": "2025-11-20T10:00:00+09:00",
+        "entry": [
+            {"fullUrl": composition, "resource": {"resourceType": "Composition",
+                "status": "final", "date": "2025-11-20",
+                "type": {"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes", "code": "18842-5"}]},
+                "subject": {"reference": patient}, "author": [{"reference": ORG_A}],
+                "title": format!("退院時サマリー {SECRET}")}},
+            {"fullUrl": patient, "resource": {"resourceType": "Patient", "id": entry_id,
+                "identifier": [{"system": "urn:hosp-a:patient", "value": local_id}],
+                "birthDate": birth_date}}]})
+}
+
+/// The clinic finds the patient's discharge summaries by R4's `composition.` chains, within
+/// the patient's consent: by the patient record the document was matched to, its type, date
+/// and title. Other facilities find nothing; `composition` itself and reference chains other
+/// than subject/patient are not searched (reported, never an empty page).
+#[test]
+fn discharge_summaries_are_found_by_their_composition_within_consent() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let summary = id_of(
+            &net.as_a()
+                .create(&discharge_summary("1", "P-0001", "1958-03-12")),
+        );
+        let unmatched = id_of(
+            &net.as_a()
+                .create(&discharge_summary("1", "P-9999", "1958-03-12")),
+        );
+        let doc_type = "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes|18842-5";
+        let found = |who: &Caller<'_>, query: &str| search_refs(who, query);
+        for query in [
+            format!("Bundle?composition.subject=Patient/{PATIENT}"),
+            format!("Bundle?composition.patient={PATIENT}&composition.type={doc_type}"),
+            format!(
+                "Bundle?composition.subject={PATIENT}&composition.date=2025-11-20&type=document"
+            ),
+            format!(
+                "Bundle?composition.patient=Patient/{PATIENT}&composition.title:contains=サマリー"
+            ),
+        ] {
+            assert_eq!(found(&net.as_b(), &query), vec![summary.clone()], "{query}");
+            assert!(found(&net.as_c(), &query).is_empty(), "{query}");
+            assert_eq!(found(&net.as_a(), &query), vec![summary.clone()], "{query}");
+        }
+        // By type alone the hospital finds both of its documents, the clinic the one it may see.
+        let mut both = vec![summary.clone(), unmatched.clone()];
+        both.sort();
+        let by_type = format!("Bundle?composition.type={doc_type}");
+        assert_eq!(found(&net.as_a(), &by_type), both);
+        assert_eq!(found(&net.as_b(), &by_type), vec![summary.clone()]);
+        assert!(found(&net.as_b(), "Bundle?composition.date=2024-01-01").is_empty());
+        for unsupported in [
+            "composition=Composition/x",
+            "composition.author=Organization/x",
+        ] {
+            let r = net.as_b().get_with(
+                &format!("Bundle?{unsupported}"),
+                &[("Prefer", "handling=strict")],
+            );
+            assert_eq!(r.status, 400, "{unsupported}: {}", r.body);
+        }
+        let capability = s.read_json("metadata");
+        let bundle = capability["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["type"] == "Bundle")
+            .unwrap()
+            .clone();
+        let documentation = bundle["documentation"].as_str().unwrap_or_default();
+        assert!(
+            documentation.contains("composition.<Composition parameter>"),
+            "{bundle}"
+        );
+    });
+}
+
 /// A review found: a JP-CLINS document (a discharge summary whose Composition names the
 /// Patient entry of the Bundle by its `urn:uuid:`) was the hospital's alone, even for the
 /// clinic the patient consented to. The entry is now matched to the writer's own Patient
@@ -1165,24 +1268,7 @@ fn a_deleted_record_stays_hidden_under_a_refusal_of_its_period_or_related_record
 fn a_discharge_summary_document_follows_the_patients_consent() {
     for_each_backend(|s| {
         let net = network(s);
-        let document = |entry_id: &str, local_id: &str, birth_date: &str| {
-            let (composition, patient) = (
-                format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-                format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            );
-            json!({"resourceType": "Bundle", "type": "document",
-                "identifier": {"system": "urn:hosp-a:document", "value": uuid::Uuid::new_v4().to_string()},
-                "timestamp": "2025-11-20T10:00:00+09:00",
-                "entry": [
-                    {"fullUrl": composition, "resource": {"resourceType": "Composition",
-                        "status": "final", "date": "2025-11-20",
-                        "type": {"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes", "code": "18842-5"}]},
-                        "subject": {"reference": patient}, "author": [{"reference": ORG_A}],
-                        "title": format!("退院時サマリー {SECRET}")}},
-                    {"fullUrl": patient, "resource": {"resourceType": "Patient", "id": entry_id,
-                        "identifier": [{"system": "urn:hosp-a:patient", "value": local_id}],
-                        "birthDate": birth_date}}]})
-        };
+        let document = discharge_summary;
         let stored = |body: Value| id_of(&net.as_a().create(&body));
         // The patient's own document: the consented clinic reads it, the other does not.
         let summary = stored(document("1", "P-0001", "1958-03-12"));

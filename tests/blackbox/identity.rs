@@ -975,3 +975,38 @@ fn a_consented_record_does_not_leave_its_person_by_an_update() {
         clinic.post("", &bundle).expect(200);
     });
 }
+
+/// The consent is recorded on the clinic's record; the hospital's record of the same person
+/// does not leave the person while it is in force, by an update or a delete, or the patient's
+/// decision would stop applying to the hospital's data (under an opt-out network a refusal
+/// would stop withholding it). After the consent is withdrawn, both go through.
+#[test]
+fn a_record_does_not_leave_a_person_whose_consent_is_on_another_record() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let hospital = net.as_hospital();
+        let mut unlinked = patient(HOSP_P, HOSPITAL_SYSTEM, "H-0001", "x");
+        unlinked["identifier"].as_array_mut().unwrap().truncate(1);
+        for refused in [
+            hospital.put(&format!("Patient/{HOSP_P}"), &unlinked),
+            hospital.delete(&format!("Patient/{HOSP_P}")),
+        ] {
+            assert_eq!(refused.status, 409, "{}", refused.body);
+            assert!(
+                refused.body.contains("Consent/id-consent"),
+                "{}",
+                refused.body
+            );
+        }
+        let clinic = net.as_clinic();
+        assert!(!linked_view(&net, &clinic).is_empty());
+        let mut withdrawn = clinic.read_json("Consent/id-consent");
+        withdrawn["status"] = json!("inactive");
+        clinic.put("Consent/id-consent", &withdrawn).expect(200);
+        hospital
+            .put(&format!("Patient/{HOSP_P}"), &unlinked)
+            .expect(200);
+        let deleted = hospital.delete(&format!("Patient/{HOSP_P}"));
+        assert!([200, 204].contains(&deleted.status), "{}", deleted.body);
+    });
+}

@@ -955,11 +955,13 @@ fn insurance_plan_name_reads_name_and_alias() {
 }
 
 /// `Bundle.composition` and `Bundle.message` select `Bundle.entry[0].resource`, a resource
-/// inside the Bundle that the index (stored resources by type and id) cannot chain into.
-/// Declared, they answered an empty page to every chain and `:missing=false`; now they are
-/// unknown parameters: refused under `handling=strict`, reported and ignored otherwise.
+/// inside the Bundle, not a stored one. Declared as references, they answered an empty page to
+/// every chain and `:missing=false`. Now their chains are parameters of their own, indexed from
+/// the first entry (`composition.type=…` finds the document, a message is not a document), and
+/// the two themselves stay unknown: refused under `handling=strict`, reported and ignored
+/// otherwise.
 #[test]
-fn bundle_composition_and_message_are_not_declared() {
+fn bundle_composition_and_message_are_searched_through_their_chains_only() {
     for_each_backend(|s| {
         put(
             s,
@@ -972,10 +974,38 @@ fn bundle_composition_and_message_are_not_declared() {
                                             "date": "2024-01-01", "author": [{"display": "Dr A"}],
                                             "title": "Discharge summary"}}]}),
         );
+        put(
+            s,
+            &json!({"resourceType": "Bundle", "id": "msg-1", "type": "message",
+                    "entry": [{"fullUrl": "urn:uuid:2f6a1c4e-0a3d-4d7e-9a55-2b1f5f2b7c02",
+                               "resource": {"resourceType": "MessageHeader",
+                                            "eventCoding": {"system": "urn:events", "code": "admit"},
+                                            "source": {"endpoint": "urn:ehr"}}}]}),
+        );
+        for (query, found) in [
+            (
+                "Bundle?composition.type=http://loinc.org%7C28655-9",
+                &["doc-1"][..],
+            ),
+            (
+                "Bundle?composition.date=2024-01-01&composition.title=discharge",
+                &["doc-1"],
+            ),
+            ("Bundle?composition.type=http://loinc.org%7C11488-4", &[]),
+            ("Bundle?message.event=urn:events%7Cadmit", &["msg-1"]),
+            ("Bundle?composition.status=final&type=message", &[]),
+        ] {
+            let (entries, _) = s.all_pages(query);
+            assert!(
+                entries.iter().all(|e| e["search"]["mode"] != "outcome"),
+                "{query}: {entries:?}"
+            );
+            assert_eq!(sorted_match_ids(&entries), found, "{query}");
+        }
         for query in [
-            "Bundle?composition.type=http://loinc.org%7C28655-9",
             "Bundle?message:missing=false",
             "Bundle?composition=Composition/x",
+            "Bundle?composition.author.name=x",
         ] {
             let name = if query.contains("message") {
                 "message"
@@ -994,7 +1024,7 @@ fn bundle_composition_and_message_are_not_declared() {
                 "{query}: {entries:?}"
             );
             // Ignored, the search is the Bundle search without it.
-            assert_eq!(sorted_match_ids(&entries), ["doc-1"], "{query}");
+            assert_eq!(sorted_match_ids(&entries), ["doc-1", "msg-1"], "{query}");
         }
         let bundle = declared(s, "Bundle");
         assert!(bundle.contains(&"identifier".to_string()), "{bundle:?}");

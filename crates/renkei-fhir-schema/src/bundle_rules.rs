@@ -38,6 +38,7 @@ impl RuleBreak {
 /// the entries. A Bundle without a readable `type` breaks only what does not depend on it
 /// (its missing type is reported by structural validation).
 pub(crate) fn bundle_rule_breaks(bundle: &Map<String, Value>) -> Vec<RuleBreak> {
+    let typed = bundle.get("type").and_then(Value::as_str).is_some();
     let bundle_type = bundle.get("type").and_then(Value::as_str).unwrap_or("");
     let entries: Vec<(usize, &Map<String, Value>)> = bundle
         .get("entry")
@@ -52,7 +53,7 @@ pub(crate) fn bundle_rule_breaks(bundle: &Map<String, Value>) -> Vec<RuleBreak> 
         .unwrap_or_default();
     let mut breaks = Vec::new();
 
-    if bundle.contains_key("total") && !matches!(bundle_type, "searchset" | "history") {
+    if typed && bundle.contains_key("total") && !matches!(bundle_type, "searchset" | "history") {
         breaks.push(RuleBreak::bundle(
             Some("total"),
             format!("a Bundle of type '{bundle_type}' has no total; only a searchset or history has one (bdl-1)"),
@@ -67,7 +68,7 @@ pub(crate) fn bundle_rule_breaks(bundle: &Map<String, Value>) -> Vec<RuleBreak> 
             "bdl-4",
         ),
     ];
-    for &(index, entry) in &entries {
+    for &(index, entry) in entries.iter().filter(|_| typed) {
         if entry.contains_key("search") && bundle_type != "searchset" {
             breaks.push(RuleBreak::entry(
                 index,
@@ -93,6 +94,8 @@ pub(crate) fn bundle_rule_breaks(bundle: &Map<String, Value>) -> Vec<RuleBreak> 
                 _ => {}
             }
         }
+    }
+    for &(index, entry) in &entries {
         if !["resource", "request", "response"]
             .iter()
             .any(|element| entry.contains_key(*element))
@@ -222,6 +225,15 @@ mod tests {
             "entry": [{"resource": {"resourceType": "Composition"}}]});
         assert_eq!(keys(half_identified), ["9"]);
         assert_eq!(keys(document(json!([]))), ["11"]);
+    }
+
+    #[test]
+    fn without_a_type_only_the_rules_of_any_bundle_apply() {
+        let untyped = json!({"resourceType": "Bundle", "total": 1, "entry": [
+            {"resource": {"resourceType": "Basic"}, "request": {"method": "POST", "url": "Basic"},
+             "search": {"mode": "match"}},
+            {"fullUrl": "urn:uuid:a"}]});
+        assert_eq!(keys(untyped), ["5@1"]);
     }
 
     #[test]

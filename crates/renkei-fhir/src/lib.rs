@@ -187,14 +187,27 @@ fn set_aside_invalid_batch_entries(bundle: &mut Value) -> bool {
         return false;
     }
     // Without the invalid resources the rest must hold, the rules between entries (bdl)
-    // included, which is why the valid resources stay in.
+    // included, which is why the valid resources stay in. Each invalid one is stood in for by
+    // a valid resource with its version, the only part of it those rules read (bdl-7).
     let mut skeleton = bundle.clone();
     for (index, _) in &invalid {
-        if let Some(entry) = skeleton
-            .pointer_mut(&format!("/entry/{index}"))
-            .and_then(Value::as_object_mut)
-        {
-            entry.remove("resource");
+        if let Some(resource) = skeleton.pointer_mut(&format!("/entry/{index}/resource")) {
+            let mut stand_in =
+                serde_json::json!({"resourceType": "Basic", "code": {"text": "set aside"}});
+            // A version that is itself invalid is left out: the stand-in must be valid.
+            let valid_id = |text: &str| {
+                (1..=64).contains(&text.len())
+                    && text
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            };
+            if let Some(version) = resource
+                .pointer("/meta/versionId")
+                .filter(|v| v.as_str().is_some_and(valid_id))
+            {
+                stand_in["meta"] = serde_json::json!({"versionId": version});
+            }
+            *resource = stand_in;
         }
     }
     if validate(&skeleton).is_err() {
@@ -509,6 +522,40 @@ mod tests {
             assert!(
                 parse_xml_for_processing(xml_bundle("transaction", prefix).as_bytes()).is_err()
             );
+        }
+    }
+
+    /// bdl-7 reads the versions of the resources set aside too: a repeated fullUrl with the
+    /// same version fails the batch whole, one with different versions only the invalid entry.
+    #[test]
+    fn a_batch_keeps_bdl_7_over_the_entries_it_sets_aside() {
+        let batch = |second_version: Option<&str>| {
+            let mut invalid = serde_json::json!({"resourceType": "Patient", "gender": "bogus",
+                "meta": {"versionId": "1"}});
+            match second_version {
+                Some(version) => invalid["meta"]["versionId"] = serde_json::json!(version),
+                None => {
+                    invalid.as_object_mut().unwrap().remove("meta");
+                }
+            }
+            serde_json::json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"fullUrl": "urn:uuid:aaaaaaaa-0000-4000-8000-000000000001",
+                 "resource": {"resourceType": "Patient", "meta": {"versionId": "1"}},
+                 "request": {"method": "POST", "url": "Patient"}},
+                {"fullUrl": "urn:uuid:aaaaaaaa-0000-4000-8000-000000000001", "resource": invalid,
+                 "request": {"method": "POST", "url": "Patient"}}]})
+            .to_string()
+        };
+        let repeated = parse_json_for_processing(batch(Some("1")).as_bytes()).unwrap_err();
+        assert!(
+            repeated.issues.iter().any(|i| i.message.contains("bdl-7")),
+            "{:?}",
+            repeated.issues
+        );
+        for other_version in [Some("2"), None] {
+            let bundle = parse_json_for_processing(batch(other_version).as_bytes()).unwrap();
+            assert!(bundle["entry"][1].get(INVALID_ENTRY).is_some(), "{bundle}");
+            assert!(bundle["entry"][0].get("resource").is_some(), "{bundle}");
         }
     }
 

@@ -62,6 +62,32 @@ pub fn search_params(res_type: &str) -> Vec<Value> {
     params
 }
 
+/// How a stored Bundle is searched by its first entry: R4's `composition` and `message`
+/// parameters select a resource inside the Bundle, so only their chains are served, one per
+/// parameter of the entry's type (renkei_search::ENTRY_CHAINS).
+fn bundle_chains_documentation() -> String {
+    let chains: Vec<String> = renkei_search::ENTRY_CHAINS
+        .iter()
+        .map(|(chain, entry_type)| {
+            let mut codes: Vec<&str> = renkei_search::registry()
+                .params("Bundle")
+                .filter_map(|p| p.code.strip_prefix(chain)?.strip_prefix('.'))
+                .collect();
+            codes.sort_unstable();
+            format!(
+                "{chain}.<{entry_type} parameter> when the first entry is a {entry_type} ({})",
+                codes.join(", ")
+            )
+        })
+        .collect();
+    format!(
+        "A stored Bundle is searched by its own parameters and by its first entry through the \
+         chains {}. composition.subject and composition.patient name the patient record here the \
+         document was matched to. composition and message themselves are not searched.",
+        chains.join("; ")
+    )
+}
+
 /// `AuditEvent` (routes in lib.rs, `auditevents.rs`): the gateway writes the trail itself, so
 /// the API only reads and searches it, with its own search parameters.
 fn audit_event_resource() -> Value {
@@ -145,6 +171,9 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
                 "searchRevInclude": ["*"],
                 "searchParam": search_params(res_type),
             });
+            if *res_type == "Bundle" {
+                resource["documentation"] = json!(bundle_chains_documentation());
+            }
             if *res_type == "Patient" {
                 // Served by `search.rs` (`GET Patient/{id}/$everything`).
                 // `$everything` is served by `search.rs`, the identity operations by

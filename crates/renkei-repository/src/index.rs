@@ -9,7 +9,7 @@ use serde_json::Value;
 /// classification): servers then refuse a database built under an older number until
 /// `renkei reindex` has rebuilt it, instead of answering searches that miss or wrongly match
 /// records. Databases from before the number was recorded count as 0.
-pub const INDEX_FORMAT: u32 = 3;
+pub const INDEX_FORMAT: u32 = 4;
 
 /// Index rows of a resource: every search parameter of its type, extracted by evaluating the
 /// parameters' FHIRPath expressions (see `renkei_search::extract`).
@@ -44,6 +44,40 @@ pub(crate) fn consent_references(
             },
         )
         .into_iter()
+        .collect()
+}
+
+/// For a document (a Bundle whose first entry is a Composition with a `subject`) about a
+/// patient record here, `composition.subject` and `composition.patient` rows naming that
+/// record: the Composition names its patient by the Patient entry (`urn:uuid:`) or by the
+/// sender's own URL, so `Bundle?composition.subject=Patient/x` finds a patient's discharge
+/// summaries only through the record the document was matched to ([`bundle_subject`]).
+pub(crate) fn document_patient_rows(
+    res_type: &str,
+    resource: &Value,
+    patient: Option<&str>,
+) -> Vec<renkei_search::extract::ReferenceIndex> {
+    let Some(patient) = patient.filter(|p| *p != UNRESOLVED_PATIENT) else {
+        return Vec::new();
+    };
+    let first = resource.pointer("/entry/0/resource");
+    let composition_with_subject = res_type == "Bundle"
+        && first
+            .and_then(|r| r.get("resourceType"))
+            .and_then(Value::as_str)
+            == Some("Composition")
+        && first.and_then(|r| r.get("subject")).is_some();
+    if !composition_with_subject {
+        return Vec::new();
+    }
+    renkei_search::ENTRY_CHAIN_REFERENCES
+        .iter()
+        .map(|param| renkei_search::extract::ReferenceIndex {
+            param: format!("composition.{param}"),
+            target_type: Some("Patient".into()),
+            target_id: Some(patient.to_string()),
+            url: None,
+        })
         .collect()
 }
 

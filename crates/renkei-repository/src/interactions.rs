@@ -501,8 +501,9 @@ impl Repository {
     }
 
     /// Rebuilds the index rows and the patient of every current resource (after a change of
-    /// search definitions or of Renkei), `batch` resources per write transaction. `progress`
-    /// hears the running count. Returns the number of resources reindexed.
+    /// search definitions or of Renkei), `batch` resources per write transaction, then the
+    /// tombstones of deleted ones. `progress` hears the running count. Returns the number of
+    /// current resources reindexed.
     pub fn reindex(&self, batch: usize, mut progress: impl FnMut(u64)) -> Result<u64, RepoError> {
         let mut after = 0i64;
         let mut done = 0u64;
@@ -511,7 +512,7 @@ impl Repository {
                 .store
                 .read(|tx| Ok::<_, RepoError>(tx.scan_current(after, batch.max(1))?))?;
             let Some(last) = rows.last().map(|r| r.rid) else {
-                return Ok(done);
+                break;
             };
             self.write_large(|tx| {
                 for row in &rows {
@@ -548,6 +549,8 @@ impl Repository {
             after = last;
             progress(done);
         }
+        rebuild_tombstones(self, batch)?;
+        Ok(done)
     }
 }
 
@@ -852,7 +855,9 @@ fn classify_record(
     let references = index::local_references(resource);
     let mut names_missing_patient_data = false;
     for (target_type, target_id) in references.iter().take(MAX_REFERENCES_LOOKED_UP) {
-        let Some(row) = tx.current(target_type, target_id)? else {
+        // Its labels are taken on below: a write relabelling it waits for this one to commit
+        // and then finds this record among those referring to it (`relabel_referrers`).
+        let Some(row) = tx.current_for_share(target_type, target_id)? else {
             // A directory record named before it exists (an Organization's partOf) decides
             // nothing; a patient-data record does, below.
             names_missing_patient_data |= !renkei_search::registry()
@@ -913,6 +918,7 @@ fn rebuilt_index_rows(
         record.res_type,
         &value,
         std::mem::take(&mut classification.inherited_labels),
+        classification.patient.as_deref(),
     );
     Ok(Some((value, rows, classification)))
 }
@@ -976,16 +982,20 @@ fn same_labels<'a>(
 
 /// A record's search-index rows with what consent reads beside them: the labels it takes on
 /// ([`classify_record`]) and the references no search parameter indexes
-/// ([`index::consent_references`]).
+/// ([`index::consent_references`]); for a document, the patient record it was found to be
+/// about ([`index::document_patient_rows`]).
 fn with_consent_rows(
     mut rows: IndexRows,
     res_type: &str,
     resource: &Value,
     inherited_labels: Vec<renkei_search::extract::TokenIndex>,
+    patient: Option<&str>,
 ) -> IndexRows {
     rows.tokens.extend(inherited_labels);
     rows.references
         .extend(index::consent_references(res_type, resource));
+    rows.references
+        .extend(index::document_patient_rows(res_type, resource, patient));
     rows
 }
 
@@ -1179,6 +1189,7 @@ fn store_version(
         res_type,
         &stamped,
         inherited_labels,
+        patient.as_deref(),
     );
     let rid = match current {
         Some(row) => {
@@ -1705,28 +1716,13 @@ pub fn delete(
         refuse_deleting_a_consented_record(tx, id)?;
     }
     let version = row.version + 1;
-    // What consent decides a record on stays with its tombstone, so a deleted record stays
-    // exactly as hidden as it was (404, not a 410 that tells who could not see it that it
-    // existed): its patient, its clinical date (a refusal of a period), the records it
-    // refers to (a refusal of a record "and everything related"), and its privacy labels
-    // (a `PSY` or `UNDELIVERED` record), the ones it took on from others included. Searches
-    // never match a deleted record, so no other index row is kept.
-    let last_version = row
-        .body
-        .as_deref()
-        .and_then(|body| serde_json::from_str::<Value>(body).ok());
-    let labels = tx.privacy_labels(row.rid)?;
-    let tombstone_rows = renkei_search::IndexRows {
-        references: last_version
-            .as_ref()
-            .map(|value| {
-                with_consent_rows(index::rows(res_type, value), res_type, value, Vec::new())
-                    .references
-            })
-            .unwrap_or_default(),
-        tokens: labels,
-        ..renkei_search::IndexRows::default()
-    };
+    let (tombstone_rows, clinical_date) = tombstone(
+        tx,
+        row.rid,
+        res_type,
+        row.body.as_deref(),
+        row.patient_id.as_deref(),
+    )?;
     let new = NewVersion {
         res_type,
         res_id: id,
@@ -1735,9 +1731,7 @@ pub fn delete(
         method: "DELETE",
         custodian: row.custodian.as_deref(),
         patient_id: row.patient_id.as_deref(),
-        clinical_date: last_version
-            .as_ref()
-            .and_then(|value| renkei_consent::clinical_date_ms(res_type, value)),
+        clinical_date,
         body: None,
     };
     tx.replace_current(row.rid, &new)?;
@@ -1756,11 +1750,83 @@ pub fn delete(
     })
 }
 
-/// A Patient record that a Consent in force names does not leave the person it was linked to
-/// by a change of its identifiers or birth date: the patient's decision recorded on it (a
-/// refusal, say) would stop applying to the rest of their records, as on a delete
-/// ([`refuse_deleting_a_consented_record`]). A wrong link is undone by an administrator
-/// (`$unlink`), who sees the consents to review.
+/// What consent decides a record on stays with its tombstone, so a deleted record stays
+/// exactly as hidden as it was (404, not a 410 that tells who could not see it that it
+/// existed): its patient (kept on the row), its clinical date (a refusal of a period), the
+/// records it refers to (a refusal of a record "and everything related"), and its privacy
+/// labels (a `PSY` or `UNDELIVERED` record), the ones it took on from others included, read
+/// from record `rid`'s index rows. Searches never match a deleted record, so no other index
+/// row is kept. `last_body` is the record's last version before the delete.
+fn tombstone(
+    tx: &mut Tx<'_>,
+    rid: i64,
+    res_type: &str,
+    last_body: Option<&str>,
+    patient: Option<&str>,
+) -> Result<(IndexRows, Option<i64>), RepoError> {
+    let last_version = last_body.and_then(|body| serde_json::from_str::<Value>(body).ok());
+    let references = last_version
+        .as_ref()
+        .map(|value| {
+            with_consent_rows(
+                index::rows(res_type, value),
+                res_type,
+                value,
+                Vec::new(),
+                patient,
+            )
+            .references
+        })
+        .unwrap_or_default();
+    let rows = IndexRows {
+        references,
+        tokens: tx.privacy_labels(rid)?,
+        ..IndexRows::default()
+    };
+    let clinical_date = last_version
+        .as_ref()
+        .and_then(|value| renkei_consent::clinical_date_ms(res_type, value));
+    Ok((rows, clinical_date))
+}
+
+/// Rebuilds the tombstones of deleted records from their last version (see [`tombstone`]), for
+/// records deleted before tombstones kept what consent reads. Returns how many.
+fn rebuild_tombstones(repository: &Repository, batch: usize) -> Result<u64, RepoError> {
+    let mut after = 0i64;
+    let mut done = 0u64;
+    loop {
+        let rows = repository
+            .store
+            .read(|tx| Ok::<_, RepoError>(tx.scan_deleted(after, batch.max(1))?))?;
+        let Some(last) = rows.last().map(|r| r.rid) else {
+            return Ok(done);
+        };
+        repository.write_large(|tx| {
+            for row in &rows {
+                let before = tx.version(&row.res_type, &row.res_id, row.version - 1)?;
+                let last_body = before.as_ref().and_then(|version| version.body.as_deref());
+                let (rows, clinical_date) = tombstone(
+                    tx,
+                    row.rid,
+                    &row.res_type,
+                    last_body,
+                    row.patient_id.as_deref(),
+                )?;
+                tx.replace_index(row.rid, &row.res_type, &rows)?;
+                tx.set_clinical_date(row.rid, clinical_date)?;
+            }
+            Ok(())
+        })?;
+        done += rows.len() as u64;
+        after = last;
+    }
+}
+
+/// A Patient record does not leave the person it was linked to by a change of its identifiers
+/// or birth date while a Consent in force names it or a record it leaves: the patient's
+/// decision recorded there (a refusal, say) would stop applying to the records on one side,
+/// as on a delete ([`refuse_deleting_a_consented_record`]). A wrong link is undone by an
+/// administrator (`$unlink`), who sees the consents to review.
 fn refuse_leaving_with_a_consent(
     tx: &mut Tx<'_>,
     id: &str,
@@ -1770,48 +1836,70 @@ fn refuse_leaving_with_a_consent(
         return Ok(());
     }
     let after = tx.person_members(id)?;
-    let left_someone = before
+    let left: Vec<&str> = before
         .iter()
-        .any(|member| member != id && !after.contains(member));
-    if !left_someone {
+        .filter(|member| *member != id && !after.contains(member))
+        .map(String::as_str)
+        .collect();
+    if left.is_empty() {
         return Ok(());
     }
     refuse_if_consented(
         tx,
         id,
+        &left,
         "this change takes it out of the person it is linked to",
         "withdraw the consent first, or have an administrator unlink the records ($unlink)",
     )
 }
 
-/// A Patient record that a Consent in force names is not deleted: the deleted record would
-/// leave the person it is linked to, and the patient's decision recorded on it (a refusal,
-/// say) with it, for every other record of the person (CONSENT.md rule 5). The Consent is the
-/// patient's; it is withdrawn, or recorded on another record of theirs, first.
+/// A Patient record is not deleted while a Consent in force names it or another record of
+/// its person: the deleted record leaves the person, and the patient's decision recorded on
+/// one side (a refusal, say) would stop applying to the records on the other (CONSENT.md
+/// rule 5). The Consent is the patient's; it is withdrawn, or recorded on another record of
+/// theirs, or an administrator unlinks the record ($unlink), first.
 fn refuse_deleting_a_consented_record(tx: &mut Tx<'_>, id: &str) -> Result<(), RepoError> {
+    let members = tx.person_members(id)?;
+    let others: Vec<&str> = members
+        .iter()
+        .filter(|member| *member != id)
+        .map(String::as_str)
+        .collect();
     refuse_if_consented(
         tx,
         id,
-        "a Patient record carrying the patient's consent is not deleted",
-        "withdraw the consent, or record it on another of their records, first",
+        &others,
+        "a Patient record of a person whose consent is in force is not deleted",
+        "withdraw the consent, record it on another of their records, or have an administrator \
+         unlink this record ($unlink), first",
     )
 }
 
-/// 409 when a Consent in force names Patient `id`: `change` would take the patient's decision
-/// away from the rest of their records; `remedy` says what to do instead.
+/// 409 when a Consent in force names Patient `id` or one of `others`, the records of its
+/// person `change` would separate it from: the patient's decision would stop applying to
+/// some of their records; `remedy` says what to do instead.
 fn refuse_if_consented(
     tx: &mut Tx<'_>,
     id: &str,
+    others: &[&str],
     change: &str,
     remedy: &str,
 ) -> Result<(), RepoError> {
-    let consents = tx.consents_in_force_on(id, 3)?;
+    let mut consents = Vec::new();
+    for record in std::iter::once(id).chain(others.iter().copied()) {
+        consents.extend(tx.consents_in_force_on(record, 3)?);
+        if consents.len() >= 3 {
+            break;
+        }
+    }
     if consents.is_empty() {
         return Ok(());
     }
+    consents.sort();
+    consents.dedup();
     Err(RepoError::Conflict(format!(
-        "Patient/{id} is named by {} in force, and {change} (the consent would stop applying to \
-         the rest of their records): {remedy}",
+        "Patient/{id} or a record linked to it as the same person is named by {} in force, and \
+         {change} (the consent would stop applying to some of their records): {remedy}",
         consents.join(", ")
     )))
 }

@@ -502,3 +502,82 @@ fn token_probes_are_answered_from_the_index_alone_sqlite() {
     }
     (db.cleanup)();
 }
+
+/// A deleted record keeps what consent decides on (its clinical date, its references), and
+/// `reindex` rebuilds tombstones written before it did: under "permit, except 2019 and except
+/// what relates to this report", the 2019 result and a result of the report stay hidden from
+/// the reader once deleted; a 2024 result's deletion shows as before.
+fn tombstones_stay_as_hidden_as_their_records(db: Db) {
+    let repo = &db.repo;
+    let patient = "tomb";
+    load_patient(repo, patient);
+    put(
+        repo,
+        json!({"resourceType": "DiagnosticReport", "id": "tomb-report", "status": "final",
+            "code": {"text": "HbA1c"}, "subject": {"reference": "Patient/tomb"}}),
+    );
+    let mut of_report = observation(patient, "of-report", "2024-06-01", json!({}));
+    of_report["partOf"] = json!([{"reference": "DiagnosticReport/tomb-report"}]);
+    put(repo, of_report);
+    put(
+        repo,
+        consent(
+            patient,
+            1,
+            "active",
+            json!({"type": "permit", "actor": [actor(READER)], "purpose": treat(),
+                "provision": [
+                    {"type": "deny", "dataPeriod": {"start": "2019-01-01", "end": "2019-12-31"}},
+                    {"type": "deny", "data": [{"meaning": "related",
+                        "reference": {"reference": "DiagnosticReport/tomb-report"}}]}]}),
+        ),
+    );
+    let who = reader(false, None, false);
+    let deleted = ["tomb-obs19", "tomb-of-report", "tomb-obs24"];
+    for id in deleted {
+        repo.write(|tx| renkei_repository::delete(tx, "Observation", id, None, &owner_context()))
+            .unwrap();
+    }
+    let seen = |repo: &Repository| -> Vec<&str> {
+        repo.read_tx(|tx| {
+            let mut seen = Vec::new();
+            for id in deleted {
+                let row = tx.current("Observation", id)?.expect("tombstone");
+                if tx.is_visible(&row, &who)? {
+                    seen.push(id);
+                }
+            }
+            Ok::<_, renkei_repository::RepoError>(seen)
+        })
+        .unwrap()
+    };
+    assert_eq!(seen(repo), ["tomb-obs24"]);
+    // As an earlier version left tombstones: the patient and labels only.
+    repo.write(|tx| {
+        for id in deleted {
+            let row = tx.current("Observation", id)?.expect("tombstone");
+            tx.replace_index(row.rid, "Observation", &renkei_search::IndexRows::default())?;
+            tx.set_clinical_date(row.rid, None)?;
+        }
+        Ok::<_, renkei_repository::RepoError>(())
+    })
+    .unwrap();
+    assert_eq!(seen(repo), deleted, "the earlier tombstones hid nothing");
+    repo.reindex(2, |_| {}).unwrap();
+    assert_eq!(seen(repo), ["tomb-obs24"]);
+    (db.cleanup)();
+}
+
+#[test]
+fn tombstones_stay_as_hidden_as_their_records_sqlite() {
+    if common::backend_selected("sqlite") {
+        tombstones_stay_as_hidden_as_their_records(common::sqlite("tombstones"));
+    }
+}
+
+#[test]
+fn tombstones_stay_as_hidden_as_their_records_postgres() {
+    if common::backend_selected("postgres") {
+        tombstones_stay_as_hidden_as_their_records(common::postgres("tombstones"));
+    }
+}

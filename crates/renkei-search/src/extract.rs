@@ -3,7 +3,7 @@
 
 use crate::date::parse_range;
 use crate::normalize::{canonical_system, fold};
-use crate::registry::{registry, ParamType, SearchParam};
+use crate::registry::{registry, ParamType, SearchParam, ENTRY_CHAINS, ENTRY_CHAIN_REFERENCES};
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,9 +187,66 @@ pub fn extract(res_type: &str, resource: &Value) -> IndexRows {
             }
         }
     }
+    if res_type == "Bundle" {
+        add_entry_chain_rows(&mut rows, resource);
+    }
     rows.cap_keys();
     rows.dedup();
     rows
+}
+
+/// A Bundle whose first entry holds a Composition (a document) or a MessageHeader (a
+/// message) is searched by that resource's parameters through R4's `composition.` and
+/// `message.` chains: its rows are added under the chain's name ([`ENTRY_CHAINS`]). Its
+/// references are left out: they name other entries or records of the sender's server (the
+/// repository adds the patient it resolves, [`ENTRY_CHAIN_REFERENCES`]).
+fn add_entry_chain_rows(rows: &mut IndexRows, bundle: &Value) {
+    let Some(first) = bundle.pointer("/entry/0/resource") else {
+        return;
+    };
+    let first_type = first.get("resourceType").and_then(Value::as_str);
+    for (chain, entry_type) in ENTRY_CHAINS {
+        if first_type != Some(*entry_type) {
+            continue;
+        }
+        let inner = extract(entry_type, first);
+        rows.tokens
+            .extend(under_chain(inner.tokens, chain, |r| &mut r.param));
+        rows.strings
+            .extend(under_chain(inner.strings, chain, |r| &mut r.param));
+        rows.dates
+            .extend(under_chain(inner.dates, chain, |r| &mut r.param));
+        rows.quantities
+            .extend(under_chain(inner.quantities, chain, |r| &mut r.param));
+        rows.numbers
+            .extend(under_chain(inner.numbers, chain, |r| &mut r.param));
+        rows.uris
+            .extend(under_chain(inner.uris, chain, |r| &mut r.param));
+        rows.composites
+            .extend(under_chain(inner.composites, chain, |r| &mut r.param));
+    }
+}
+
+/// The rows of a first entry's parameters that its chain declares, renamed `<chain>.<param>`:
+/// not the common ones (`_tag`, …: the Bundle's own are searched) and, of the references,
+/// only [`ENTRY_CHAIN_REFERENCES`] (`subject:identifier`).
+fn under_chain<'a, T: 'a>(
+    rows: Vec<T>,
+    chain: &'a str,
+    param_of: fn(&mut T) -> &mut String,
+) -> impl Iterator<Item = T> + 'a {
+    rows.into_iter().filter_map(move |mut row| {
+        let param = param_of(&mut row);
+        let declared = !param.starts_with('_')
+            && param
+                .split_once(':')
+                .is_none_or(|(reference, _)| ENTRY_CHAIN_REFERENCES.contains(&reference));
+        if !declared {
+            return None;
+        }
+        *param = format!("{chain}.{param}");
+        Some(row)
+    })
 }
 
 fn add_value(rows: &mut IndexRows, param: &SearchParam, type_name: Option<&str>, value: &Value) {

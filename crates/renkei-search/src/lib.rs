@@ -18,4 +18,6 @@ pub use extract::{
 };
 pub use key::{capped, MAX_KEY_BYTES};
 pub use normalize::{canonical_system, fold};
-pub use registry::{registry, Component, ParamType, Registry, SearchParam};
+pub use registry::{
+    registry, Component, ParamType, Registry, SearchParam, ENTRY_CHAINS, ENTRY_CHAIN_REFERENCES,
+};

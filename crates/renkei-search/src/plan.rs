@@ -1117,7 +1117,12 @@ fn parse_filter_within(
     depth: usize,
     budget: &mut Budget,
 ) -> Result<Option<Filter>, SearchError> {
-    let chained = name.starts_with("_has:") || name.contains('.');
+    // A Bundle's `composition.type` is a parameter of its own (registry::ENTRY_CHAINS): the
+    // first entry is no stored resource to chain to.
+    let code_of_name = name.split_once(':').map_or(name, |(code, _)| code);
+    let entry_chain =
+        code_of_name.contains('.') && single_type_param(types, code_of_name).is_some();
+    let chained = !entry_chain && (name.starts_with("_has:") || name.contains('.'));
     if chained && depth == MAX_CHAIN_DEPTH {
         return too_costly(format!(
             "a search parameter chains at most {MAX_CHAIN_DEPTH} levels (chained parameters and \
@@ -1128,7 +1133,7 @@ fn parse_filter_within(
         return parse_has(types, rest, value, depth, budget);
     }
     // Chaining: `param[:Type].rest`.
-    if let Some((head, rest)) = name.split_once('.') {
+    if let Some((head, rest)) = name.split_once('.').filter(|_| chained) {
         let (code, type_modifier) = match head.split_once(':') {
             Some((c, m)) => (c, Some(m)),
             None => (head, None),

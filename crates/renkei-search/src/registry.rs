@@ -43,18 +43,27 @@ const EXPRESSION_OVERRIDES: &[(&str, &str)] = &[
 
 /// Definitions left out of the registry although they have an expression, so a search by
 /// them is refused under `Prefer: handling=strict` and warned about otherwise, as any unknown
-/// parameter, and the CapabilityStatement does not declare them. `Bundle.composition` and
-/// `Bundle.message` select `Bundle.entry[0].resource`: a resource inside the Bundle, not a
-/// reference. The index holds references as (type, id) of stored resources, and chains
-/// (`composition.type=…`) look the target up among stored resources; a Bundle's entries are
-/// not stored resources (`_contained` is not supported either), so declared, they matched
-/// nothing, `:missing=true` matched every Bundle and a chain answered an empty page as if
-/// searched. Supporting them needs the first entry's own index rows stored under the Bundle
-/// (SEARCH.md, "Index tables").
+/// parameter. `Bundle.composition` and `Bundle.message` select `Bundle.entry[0].resource`: a
+/// resource inside the Bundle, not a reference to a stored one, so they are searched only
+/// through their chains (`composition.type=…`), as [`ENTRY_CHAINS`] declares.
 const NOT_SUPPORTED: &[&str] = &[
     "http://hl7.org/fhir/SearchParameter/Bundle-composition",
     "http://hl7.org/fhir/SearchParameter/Bundle-message",
 ];
+
+/// The chains into a Bundle's first entry R4 defines (`Bundle.composition`,
+/// `Bundle.message`): the chain's name, the type of the first entry's resource. Each of that
+/// type's parameters is declared on Bundle as `<chain>.<code>`,
+/// with no expression of its own: the first entry's index rows are stored under the Bundle with
+/// the chain's name before their parameter's (`extract`). Reference parameters are left out
+/// but `subject` and `patient`, which the repository resolves to the patient record the
+/// document is about: the other references of an entry name other entries of the Bundle
+/// (`urn:uuid:`) or records of the sender's server, never records here.
+pub const ENTRY_CHAINS: &[(&str, &str)] =
+    &[("composition", "Composition"), ("message", "MessageHeader")];
+
+/// The reference parameters of a Bundle's first entry that are searched through its chain.
+pub const ENTRY_CHAIN_REFERENCES: &[&str] = &["subject", "patient"];
 
 const PATIENT_COMPARTMENT: &str = include_str!(
     "../../../fixtures/r4-definitions/compartments/CompartmentDefinition-patient.json"
@@ -240,6 +249,7 @@ impl Registry {
         for params in registry.by_type.values_mut() {
             link_extensions(params);
         }
+        registry.add_entry_chains();
         if let Ok(compartment) = serde_json::from_str::<Value>(PATIENT_COMPARTMENT) {
             for resource in compartment
                 .get("resource")
@@ -266,6 +276,46 @@ impl Registry {
             }
         }
         registry
+    }
+
+    /// Declares the parameters of [`ENTRY_CHAINS`] on Bundle.
+    fn add_entry_chains(&mut self) {
+        let mut chained = Vec::new();
+        for (chain, entry_type) in ENTRY_CHAINS {
+            for param in self
+                .by_type
+                .get(*entry_type)
+                .into_iter()
+                .flat_map(|m| m.values())
+            {
+                let searchable = param.kind.is_indexed()
+                    && (param.kind != ParamType::Reference
+                        || ENTRY_CHAIN_REFERENCES.contains(&param.code.as_str()));
+                if !searchable {
+                    continue;
+                }
+                chained.push(SearchParam {
+                    code: format!("{chain}.{}", param.code),
+                    description: format!(
+                        "{} (of the {entry_type} that is the Bundle's first entry)",
+                        param.description
+                    ),
+                    expression_text: None,
+                    expression: None,
+                    extends: param
+                        .extends
+                        .iter()
+                        .map(|base| format!("{chain}.{base}"))
+                        .collect(),
+                    narrowed: None,
+                    ..param.clone()
+                });
+            }
+        }
+        let bundle = self.by_type.entry("Bundle".to_string()).or_default();
+        for param in chained {
+            bundle.insert(param.code.clone(), param);
+        }
     }
 
     fn add(&mut self, def: &Value, kinds: &HashMap<String, ParamType>) {
@@ -684,9 +734,20 @@ mod tests {
     fn every_indexed_expression_compiles() {
         let r = registry();
         let mut failures = Vec::new();
+        // A Bundle's entry chains are indexed from the first entry's own parameters.
+        let entry_chain = |res_type: &str, code: &str| {
+            res_type == "Bundle"
+                && ENTRY_CHAINS.iter().any(|(chain, _)| {
+                    code.strip_prefix(chain)
+                        .is_some_and(|rest| rest.starts_with('.'))
+                })
+        };
         for (res_type, params) in &r.by_type {
             for p in params.values() {
-                if p.kind != ParamType::Composite && p.expression_text.is_none() {
+                if p.kind != ParamType::Composite
+                    && p.expression_text.is_none()
+                    && !entry_chain(res_type, &p.code)
+                {
                     failures.push(format!("{res_type}.{}: no expression", p.code));
                 }
                 if p.kind.is_indexed() && p.expression_text.is_some() && p.expression.is_none() {
@@ -720,12 +781,19 @@ mod tests {
     }
 
     #[test]
-    fn parameters_over_a_bundle_entry_resource_are_not_declared() {
+    fn parameters_over_a_bundle_entry_resource_are_declared_as_chains_only() {
         let r = registry();
         assert!(r.param("Bundle", "composition").is_none());
         assert!(r.param("Bundle", "message").is_none());
         assert!(r.param("Bundle", "identifier").is_some());
         assert!(r.param("Bundle", "type").is_some());
+        let chained_type = r.param("Bundle", "composition.type").unwrap();
+        assert_eq!(chained_type.kind, ParamType::Token);
+        assert!(chained_type.expression.is_none());
+        assert!(r.param("Bundle", "composition.subject").is_some());
+        assert!(r.param("Bundle", "composition.author").is_none());
+        assert!(r.param("Bundle", "message.event").is_some());
+        assert!(r.param("Composition", "composition.type").is_none());
     }
 
     #[test]

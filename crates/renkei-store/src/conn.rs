@@ -148,9 +148,12 @@ pub struct Store {
     _serving_lock: Option<Arc<std::fs::File>>,
 }
 
-/// The file beside a SQLite database that each process serving it holds a shared lock on.
+/// The file beside a SQLite database that each process serving it holds a shared lock on,
+/// named after the database file itself however it was reached (a symlink, `..`), so that
+/// every process finds the same one.
 pub fn serving_lock_path(database: &std::path::Path) -> std::path::PathBuf {
-    let mut name = database.as_os_str().to_os_string();
+    let database = std::fs::canonicalize(database).unwrap_or_else(|_| database.to_path_buf());
+    let mut name = database.into_os_string();
     name.push("-serving");
     std::path::PathBuf::from(name)
 }
@@ -628,12 +631,8 @@ impl Store {
             Pools::Sqlite(pool) => Some(Arc::new(spawn_checkpointer(pool.clone()))),
             Pools::Postgres(_) => None,
         };
-        // The file itself, however it was reached (a symlink, `..`): the files kept beside it
-        // (the read-audit journal, the serving lock) must be the same for every process.
         let sqlite_path = match url {
-            DatabaseUrl::Sqlite(path) => {
-                Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()))
-            }
+            DatabaseUrl::Sqlite(path) => Some(path.clone()),
             DatabaseUrl::Postgres(_) => None,
         };
         let _serving_lock = match &sqlite_path {
@@ -1250,6 +1249,15 @@ impl Tx<'_> {
         match self.backend() {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// `FOR SHARE` on PostgreSQL: the row may not change until the transaction ends, while
+    /// others may read it so too (SQLite's one writer needs nothing).
+    pub fn for_share(&self) -> &'static str {
+        match self.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR SHARE",
         }
     }
 }

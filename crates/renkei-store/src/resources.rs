@@ -204,7 +204,7 @@ impl Tx<'_> {
         res_type: &str,
         res_id: &str,
     ) -> Result<Option<ResourceRow>, StoreError> {
-        self.current_inner(res_type, res_id, false)
+        self.current_inner(res_type, res_id, "")
     }
 
     /// Like [`Tx::current`] but locks the row until the transaction ends, so concurrent
@@ -214,32 +214,43 @@ impl Tx<'_> {
         res_type: &str,
         res_id: &str,
     ) -> Result<Option<ResourceRow>, StoreError> {
-        self.current_inner(res_type, res_id, true)
+        let lock = self.for_update();
+        self.current_inner(res_type, res_id, lock)
+    }
+
+    /// Like [`Tx::current`] but keeps the row from changing until the transaction ends (others
+    /// may read it so too): what a write derives from another record (its labels) cannot be
+    /// changed meanwhile by a writer that does not yet see this write.
+    pub fn current_for_share(
+        &mut self,
+        res_type: &str,
+        res_id: &str,
+    ) -> Result<Option<ResourceRow>, StoreError> {
+        let lock = self.for_share();
+        self.current_inner(res_type, res_id, lock)
     }
 
     fn current_inner(
         &mut self,
         res_type: &str,
         res_id: &str,
-        lock: bool,
+        lock: &str,
     ) -> Result<Option<ResourceRow>, StoreError> {
         let mut sql = Sql::new(&format!(
             "SELECT {RESOURCE_COLUMNS} FROM resources WHERE res_type = "
         ));
         sql.bind(Bind::Text(res_type.into()))
             .push(" AND res_id = ")
-            .bind(Bind::Text(res_id.into()));
-        if lock {
-            let suffix = self.for_update();
-            sql.push(suffix);
-        }
+            .bind(Bind::Text(res_id.into()))
+            .push(lock);
         Ok(self.load::<ResourceRow>(&sql)?.into_iter().next())
     }
 
     /// The current, not deleted records that refer to `target_type/target_id` (by any row of
-    /// the reference index, `_securityContext` included), at most `limit`, locked as by
-    /// [`Tx::current_for_update`]: the caller rewrites their index rows, which a concurrent
-    /// update of theirs would otherwise rewrite at the same time.
+    /// the reference index, `_securityContext` included) and to no Patient record (the records
+    /// that name a patient themselves take on no labels from what they refer to), at most
+    /// `limit`, locked as by [`Tx::current_for_update`]: the caller rewrites their index rows,
+    /// which a concurrent update of theirs would otherwise rewrite at the same time.
     pub fn referring_records(
         &mut self,
         target_type: &str,
@@ -254,7 +265,11 @@ impl Tx<'_> {
             .bind(Bind::Text(target_id.into()))
             .push(" AND x.target_type = ")
             .bind(Bind::Text(target_type.into()))
-            .push(&format!(") ORDER BY rid LIMIT {limit}"));
+            .push(
+                ") AND NOT EXISTS (SELECT 1 FROM idx_reference p WHERE p.rid = resources.rid \
+                 AND p.target_type = 'Patient')",
+            )
+            .push(&format!(" ORDER BY rid LIMIT {limit}"));
         let suffix = self.for_update();
         sql.push(suffix);
         self.load::<ResourceRow>(&sql)
@@ -342,6 +357,19 @@ impl Tx<'_> {
         let mut update = Sql::new("UPDATE resources SET patient_id = ");
         update
             .bind(Bind::OptText(patient_id.map(str::to_string)))
+            .push(" WHERE rid = ")
+            .bind(Bind::Int(rid));
+        self.execute(&update).map(|_| ())
+    }
+
+    pub fn set_clinical_date(
+        &mut self,
+        rid: i64,
+        clinical_date: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut update = Sql::new("UPDATE resources SET clinical_date = ");
+        update
+            .bind(Bind::OptInt(clinical_date))
             .push(" WHERE rid = ")
             .bind(Bind::Int(rid));
         self.execute(&update).map(|_| ())

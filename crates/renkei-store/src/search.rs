@@ -391,10 +391,28 @@ impl Tx<'_> {
         after_rid: i64,
         limit: usize,
     ) -> Result<Vec<SearchRow>, StoreError> {
+        self.scan(false, after_rid, limit)
+    }
+
+    /// Deleted resources (their tombstones) after `after_rid`, in rid order (reindexing).
+    pub fn scan_deleted(
+        &mut self,
+        after_rid: i64,
+        limit: usize,
+    ) -> Result<Vec<SearchRow>, StoreError> {
+        self.scan(true, after_rid, limit)
+    }
+
+    fn scan(
+        &mut self,
+        deleted: bool,
+        after_rid: i64,
+        limit: usize,
+    ) -> Result<Vec<SearchRow>, StoreError> {
         let mut sql = Sql::new(&format!(
             "SELECT {ROW_COLUMNS}{NO_DECIDER} FROM resources r WHERE r.deleted = "
         ));
-        sql.bind(Bind::Bool(false))
+        sql.bind(Bind::Bool(deleted))
             .push(" AND r.rid > ")
             .bind(Bind::Int(after_rid))
             .push(" ORDER BY r.rid")

@@ -83,17 +83,16 @@ pub fn add_client(store: &Store, new: NewClient) -> Result<ClientRegistration, S
     registration.validate().map_err(|e| e.to_string())?;
     // The scope grammar allows any type name; one no FHIR R4 resource has is a typo that
     // would leave the client without the access it was registered for.
-    for scope in registration
-        .parsed_scopes()
-        .map_err(|e| e.to_string())?
-        .iter()
-    {
-        if let Some(res_type) = &scope.resource_type {
-            if !renkei_fhir::is_resource_type(res_type) {
-                return Err(format!(
-                    "scope '{scope}' names '{res_type}', which is no FHIR R4 resource type"
-                ));
-            }
+    for typed in &registration.scopes {
+        let parsed = renkei_auth::Scopes::parse(typed).map_err(|e| e.to_string())?;
+        let unknown = parsed
+            .iter()
+            .filter_map(|scope| scope.resource_type.as_deref())
+            .find(|res_type| !renkei_fhir::is_resource_type(res_type));
+        if let Some(res_type) = unknown {
+            return Err(format!(
+                "scope '{typed}' names '{res_type}', which is no FHIR R4 resource type"
+            ));
         }
     }
     // A reference to nothing stored here is allowed (clients are often registered before the
