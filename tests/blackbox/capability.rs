@@ -7,6 +7,23 @@ use serde_json::Value;
 fn capability_statement() {
     for_each_backend(|s| {
         let r = s.get("metadata").expect(200);
+        // Revalidated by its ETag: 304 while the server runs, one tag per format.
+        let tag = r.header("etag").expect("ETag").to_string();
+        assert!(tag.starts_with("W/\""), "{tag}");
+        let again = s
+            .get_with("metadata", &[("If-None-Match", &tag)])
+            .expect(304);
+        assert_eq!(again.header("etag"), Some(tag.as_str()));
+        assert!(again.body.is_empty());
+        let xml = s
+            .get_with(
+                "metadata",
+                &[("Accept", "application/fhir+xml"), ("If-None-Match", &tag)],
+            )
+            .expect(200);
+        assert_ne!(xml.header("etag"), Some(tag.as_str()));
+        s.get_with("metadata", &[("If-None-Match", "W/\"0\"")])
+            .expect(200);
         let cs = r.json();
         assert_eq!(cs["resourceType"], "CapabilityStatement");
         assert_eq!(cs["fhirVersion"], "4.0.1");

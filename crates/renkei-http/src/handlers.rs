@@ -1257,14 +1257,33 @@ pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         let (summary, elements) = requested_shape(&ctx)?;
         let statement = crate::capability::capability_statement(&ctx.base, &state);
         let statement = shaped(statement, summary, elements.as_deref());
-        Ok(render_value(
-            HttpResponse::Ok(),
-            &statement,
-            ctx.format,
-            ctx.pretty,
-        ))
+        // The statement changes only with the server (its start time is its `date`): a
+        // client revalidates its copy with the ETag instead of fetching it again.
+        let tag = statement_etag(&statement, ctx.format);
+        let current = req
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|tags| tags.split(',').any(|t| t.trim() == "*" || t.trim() == tag));
+        if current {
+            return Ok(HttpResponse::NotModified()
+                .insert_header((header::ETAG, tag))
+                .finish());
+        }
+        let mut builder = HttpResponse::Ok();
+        builder.insert_header((header::ETAG, tag));
+        Ok(render_value(builder, &statement, ctx.format, ctx.pretty))
     })();
     finish(&req, &state, &ctx, result).await
+}
+
+/// A weak ETag of a CapabilityStatement as rendered in `format`.
+fn statement_etag(statement: &Value, format: Format) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    statement.to_string().hash(&mut hasher);
+    format!("{format:?}").hash(&mut hasher);
+    format!("W/\"{:016x}\"", hasher.finish())
 }
 
 /// Any path or method we do not serve.
