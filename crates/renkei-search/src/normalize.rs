@@ -3,12 +3,18 @@
 use unicode_normalization::UnicodeNormalization;
 
 /// Folds a string for the default (`starts-with`) and `:contains` string searches:
-/// NFKC (full-width/half-width forms: `ﾔﾏﾀﾞ` → `ヤマダ`, `ＡＢＣ` → `ABC`), lowercase,
-/// accents removed (`é` → `e`), and hiragana as katakana (`やまだ` → `ヤマダ`: a kana name is
-/// typed either way). Kana voicing marks are not accents and are kept (`ダ` stays `ダ`, never
-/// `タ`).
+/// NFKC (full-width/half-width forms: `ﾔﾏﾀﾞ` → `ヤマダ`, `ＡＢＣ` → `ABC`), lowercase with the
+/// case folds lowercasing misses (`ß`/`ẞ` → `ss`, final `ς` → `σ`: `Straße` is found by
+/// `strasse`), accents removed (`é` → `e`), and hiragana as katakana (`やまだ` → `ヤマダ`: a
+/// kana name is typed either way). Kana voicing marks are not accents and are kept (`ダ`
+/// stays `ダ`, never `タ`).
 pub fn fold(text: &str) -> String {
-    let lowered: String = text.nfkc().flat_map(char::to_lowercase).collect();
+    let lowered: String = text
+        .nfkc()
+        .flat_map(char::to_lowercase)
+        .collect::<String>()
+        .replace('ß', "ss")
+        .replace('ς', "σ");
     lowered
         .nfd()
         .filter(|c| !is_accent(*c))
@@ -173,6 +179,9 @@ mod tests {
     #[test]
     fn folds_width_case_and_accents() {
         assert_eq!(fold("ﾔﾏﾀﾞ"), "ヤマダ");
+        assert_eq!(fold("Straße"), "strasse");
+        assert_eq!(fold("STRASSE"), fold("Straẞe"));
+        assert_eq!(fold("ΟΔΟΣ"), fold("οδος"));
         assert_eq!(fold("やまだ"), "ヤマダ");
         assert_eq!(fold("山田 太郎"), "山田太郎");
         assert_eq!(fold("山田\u{3000}太郎"), "山田太郎");
