@@ -503,6 +503,38 @@ fn everything_start_and_end_bound_the_care_dates() {
             with(&["care-2023", "care-none"])
         );
         assert_eq!(everything("start=2025-01-01"), with(&["care-none"]));
+        // A period counts by overlap: an admission that began before `start` and ended within
+        // the range, one still open, and one that ended before it.
+        let encounter = |id: &str, period: Value| {
+            s.put(
+                &format!("Encounter/{id}"),
+                &json!({"resourceType": "Encounter", "id": id, "status": "finished",
+                        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                        "subject": {"reference": format!("Patient/{pid}")}, "period": period}),
+            )
+            .expect(201);
+        };
+        encounter(
+            "stay-across",
+            json!({"start": "2024-12-20", "end": "2025-01-10"}),
+        );
+        encounter("stay-open", json!({"start": "2024-11-01"}));
+        encounter(
+            "stay-before",
+            json!({"start": "2024-10-01", "end": "2024-10-20"}),
+        );
+        assert_eq!(
+            everything("start=2025-01-01&_type=Encounter"),
+            vec!["stay-across".to_string(), "stay-open".to_string()]
+        );
+        assert_eq!(
+            everything("start=2024-10-05&end=2024-10-06&_type=Encounter"),
+            vec!["stay-before".to_string()]
+        );
+        assert_eq!(
+            everything("end=2024-10-31&_type=Encounter"),
+            vec!["stay-before".to_string()]
+        );
 
         let page = s.read_json(&format!(
             "Patient/{pid}/$everything?start=2023-01-01&end=2023-12-31&_count=1"
@@ -531,7 +563,13 @@ fn everything_start_and_end_bound_the_care_dates() {
             .json();
         assert_eq!(
             sorted_match_ids(&entries(&posted)),
-            with(&["care-2024", "care-none"])
+            with(&[
+                "care-2024",
+                "care-none",
+                "stay-across",
+                "stay-before",
+                "stay-open"
+            ])
         );
 
         for (query, says) in [

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::model::ResourceFacts;
-use crate::time::fhir_time_start;
+use crate::time::{fhir_time_end, fhir_time_start};
 
 /// Elements tried, in order, for the clinical date of a resource type (the first one present
 /// and parseable wins; its first millisecond is used). Dotted paths; a `*Period` / `period`
@@ -63,13 +63,33 @@ pub const GENERIC_CLINICAL_DATE_PATHS: &[&str] = &[
 
 /// The clinical date of `resource` (first millisecond), per [`clinical_date_paths`].
 pub fn clinical_date_ms(res_type: &str, resource: &Value) -> Option<i64> {
+    clinical_date_source(res_type, resource).map(|(_, start)| start)
+}
+
+/// The last millisecond of the care period `resource` covers when its clinical date is a
+/// period's start (an Encounter's `period`): the period's end, or `i64::MAX` while the period
+/// is open. `None` for a record of one point in time.
+pub fn clinical_end_ms(res_type: &str, resource: &Value) -> Option<i64> {
+    let (path, _) = clinical_date_source(res_type, resource)?;
+    let period = path.strip_suffix(".start")?;
+    match element_at(resource, &format!("{period}.end")) {
+        Some(end) => end.as_str().and_then(fhir_time_end),
+        None => Some(i64::MAX),
+    }
+}
+
+/// The element the clinical date is read from, and the date.
+fn clinical_date_source(res_type: &str, resource: &Value) -> Option<(&'static str, i64)> {
     clinical_date_paths(res_type).iter().find_map(|path| {
-        let mut node = resource;
-        for key in path.split('.') {
-            node = node.get(key)?;
-        }
-        fhir_time_start(node.as_str()?)
+        let start = fhir_time_start(element_at(resource, path)?.as_str()?)?;
+        Some((*path, start))
     })
+}
+
+/// The element at a dotted path of object keys.
+fn element_at<'v>(resource: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.')
+        .try_fold(resource, |node, key| node.get(key))
 }
 
 /// Normalises a literal reference to a resource of this server to `Type/id`: relative
@@ -173,6 +193,21 @@ mod tests {
         chrono::DateTime::parse_from_rfc3339(rfc3339)
             .ok()
             .map(|d| d.timestamp_millis())
+    }
+
+    #[test]
+    fn a_period_ends_where_it_says_or_stays_open() {
+        let encounter = |period: Value| json!({"resourceType": "Encounter", "period": period});
+        let closed = encounter(json!({"start": "2025-01-01", "end": "2025-01-10"}));
+        assert_eq!(
+            clinical_end_ms("Encounter", &closed),
+            crate::time::fhir_time_end("2025-01-10")
+        );
+        let open = encounter(json!({"start": "2025-01-01"}));
+        assert_eq!(clinical_end_ms("Encounter", &open), Some(i64::MAX));
+        let point = json!({"resourceType": "Observation", "effectiveDateTime": "2025-01-01"});
+        assert_eq!(clinical_end_ms("Observation", &point), None);
+        assert!(clinical_date_ms("Observation", &point).is_some());
     }
 
     #[test]

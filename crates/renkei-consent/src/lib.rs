@@ -201,7 +201,8 @@ mod time;
 pub use compile::{compile, consent_patient_id, is_in_force};
 pub use decide::{decide, patient_has_consent};
 pub use facts::{
-    clinical_date_ms, clinical_date_paths, normalize_reference, GENERIC_CLINICAL_DATE_PATHS,
+    clinical_date_ms, clinical_date_paths, clinical_end_ms, normalize_reference,
+    GENERIC_CLINICAL_DATE_PATHS,
 };
 pub use model::{
     ConsentError, Decision, Effect, Implicit, Policy, Principal, Purpose, Reason, ResourceFacts,

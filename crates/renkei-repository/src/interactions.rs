@@ -527,6 +527,12 @@ impl Repository {
                         continue;
                     };
                     tx.replace_index(row.rid, &row.res_type, &rows)?;
+                    // Only a period has an end to fill in (records stored before the column);
+                    // a point in time keeps the clinical date it was written with.
+                    if let (clinical_date, Some(clinical_end)) = care_period(&row.res_type, &value)
+                    {
+                        tx.set_clinical_period(row.rid, clinical_date, Some(clinical_end))?;
+                    }
                     // Reindex sees every record; its writer may not have seen what it refers
                     // to, which left it about nobody (`classify_record`): that stays.
                     let writer_could_not_see = classification.referred
@@ -1173,6 +1179,7 @@ fn store_version(
     let body = serde_json::to_string(&stamped)
         .map_err(|e| RepoError::BadRequest(format!("cannot serialize resource: {e}")))?;
     let consent_rules = consent_rules(res_type, id, &stamped)?;
+    let (clinical_date, clinical_end) = care_period(res_type, &stamped);
     let new = NewVersion {
         res_type,
         res_id: id,
@@ -1181,7 +1188,8 @@ fn store_version(
         method,
         custodian: custodian.as_deref(),
         patient_id: patient.as_deref(),
-        clinical_date: renkei_consent::clinical_date_ms(res_type, &stamped),
+        clinical_date,
+        clinical_end,
         body: Some(&body),
     };
     let index_rows = with_consent_rows(
@@ -1716,7 +1724,7 @@ pub fn delete(
         refuse_deleting_a_consented_record(tx, id)?;
     }
     let version = row.version + 1;
-    let (tombstone_rows, clinical_date) = tombstone(
+    let (tombstone_rows, (clinical_date, clinical_end)) = tombstone(
         tx,
         row.rid,
         res_type,
@@ -1732,6 +1740,7 @@ pub fn delete(
         custodian: row.custodian.as_deref(),
         patient_id: row.patient_id.as_deref(),
         clinical_date,
+        clinical_end,
         body: None,
     };
     tx.replace_current(row.rid, &new)?;
@@ -1752,7 +1761,7 @@ pub fn delete(
 
 /// What consent decides a record on stays with its tombstone, so a deleted record stays
 /// exactly as hidden as it was (404, not a 410 that tells who could not see it that it
-/// existed): its patient (kept on the row), its clinical date (a refusal of a period), the
+/// existed): its patient (kept on the row), its care period (a refusal of a period), the
 /// records it refers to (a refusal of a record "and everything related"), and its privacy
 /// labels (a `PSY` or `UNDELIVERED` record), the ones it took on from others included, read
 /// from record `rid`'s index rows. Searches never match a deleted record, so no other index
@@ -1763,7 +1772,7 @@ fn tombstone(
     res_type: &str,
     last_body: Option<&str>,
     patient: Option<&str>,
-) -> Result<(IndexRows, Option<i64>), RepoError> {
+) -> Result<(IndexRows, CarePeriod), RepoError> {
     let last_version = last_body.and_then(|body| serde_json::from_str::<Value>(body).ok());
     let references = last_version
         .as_ref()
@@ -1783,10 +1792,20 @@ fn tombstone(
         tokens: tx.privacy_labels(rid)?,
         ..IndexRows::default()
     };
-    let clinical_date = last_version
+    let period = last_version
         .as_ref()
-        .and_then(|value| renkei_consent::clinical_date_ms(res_type, value));
-    Ok((rows, clinical_date))
+        .map_or((None, None), |value| care_period(res_type, value));
+    Ok((rows, period))
+}
+
+/// A record's clinical date and, for a period, its end (see `clinical_end` in the store).
+type CarePeriod = (Option<i64>, Option<i64>);
+
+fn care_period(res_type: &str, resource: &Value) -> CarePeriod {
+    (
+        renkei_consent::clinical_date_ms(res_type, resource),
+        renkei_consent::clinical_end_ms(res_type, resource),
+    )
 }
 
 /// Rebuilds the tombstones of deleted records from their last version (see [`tombstone`]), for
@@ -1805,7 +1824,7 @@ fn rebuild_tombstones(repository: &Repository, batch: usize) -> Result<u64, Repo
             for row in &rows {
                 let before = tx.version(&row.res_type, &row.res_id, row.version - 1)?;
                 let last_body = before.as_ref().and_then(|version| version.body.as_deref());
-                let (rows, clinical_date) = tombstone(
+                let (rows, (clinical_date, clinical_end)) = tombstone(
                     tx,
                     row.rid,
                     &row.res_type,
@@ -1813,7 +1832,7 @@ fn rebuild_tombstones(repository: &Repository, batch: usize) -> Result<u64, Repo
                     row.patient_id.as_deref(),
                 )?;
                 tx.replace_index(row.rid, &row.res_type, &rows)?;
-                tx.set_clinical_date(row.rid, clinical_date)?;
+                tx.set_clinical_period(row.rid, clinical_date, clinical_end)?;
             }
             Ok(())
         })?;

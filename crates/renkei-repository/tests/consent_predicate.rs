@@ -557,7 +557,7 @@ fn tombstones_stay_as_hidden_as_their_records(db: Db) {
         for id in deleted {
             let row = tx.current("Observation", id)?.expect("tombstone");
             tx.replace_index(row.rid, "Observation", &renkei_search::IndexRows::default())?;
-            tx.set_clinical_date(row.rid, None)?;
+            tx.set_clinical_period(row.rid, None, None)?;
         }
         Ok::<_, renkei_repository::RepoError>(())
     })

@@ -86,6 +86,8 @@ pub struct NewVersion<'a> {
     pub patient_id: Option<&'a str>,
     /// The clinical date consent `dataPeriod`s are compared with (ms).
     pub clinical_date: Option<i64>,
+    /// The end of the care period (`i64::MAX` while open); None for a point in time.
+    pub clinical_end: Option<i64>,
     /// `None` for a deletion.
     pub body: Option<&'a str>,
 }
@@ -309,7 +311,7 @@ impl Tx<'_> {
     /// [`StoreError::UniqueViolation`] if the id is taken (a concurrent create won).
     pub fn insert_new(&mut self, new: &NewVersion<'_>) -> Result<i64, StoreError> {
         let mut sql = Sql::new(
-            "INSERT INTO resources (res_type, res_id, version, last_updated, method, deleted, custodian, patient_id, clinical_date, body) VALUES (",
+            "INSERT INTO resources (res_type, res_id, version, last_updated, method, deleted, custodian, patient_id, clinical_date, clinical_end, body) VALUES (",
         );
         push_version_values(&mut sql, new);
         sql.push(") RETURNING rid");
@@ -344,6 +346,8 @@ impl Tx<'_> {
             .bind(Bind::OptText(new.patient_id.map(str::to_string)))
             .push(", clinical_date = ")
             .bind(Bind::OptInt(new.clinical_date))
+            .push(", clinical_end = ")
+            .bind(Bind::OptInt(new.clinical_end))
             .push(", body = ")
             .bind(Bind::OptText(new.body.map(str::to_string)))
             .push(" WHERE rid = ")
@@ -362,14 +366,19 @@ impl Tx<'_> {
         self.execute(&update).map(|_| ())
     }
 
-    pub fn set_clinical_date(
+    /// Sets the care period of the current version of `rid` (reindexing): its clinical date
+    /// and, for a period, its end.
+    pub fn set_clinical_period(
         &mut self,
         rid: i64,
         clinical_date: Option<i64>,
+        clinical_end: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut update = Sql::new("UPDATE resources SET clinical_date = ");
         update
             .bind(Bind::OptInt(clinical_date))
+            .push(", clinical_end = ")
+            .bind(Bind::OptInt(clinical_end))
             .push(" WHERE rid = ")
             .bind(Bind::Int(rid));
         self.execute(&update).map(|_| ())
@@ -484,6 +493,8 @@ fn push_version_values(sql: &mut Sql, new: &NewVersion<'_>) {
         .bind(Bind::OptText(new.patient_id.map(str::to_string)))
         .push(", ")
         .bind(Bind::OptInt(new.clinical_date))
+        .push(", ")
+        .bind(Bind::OptInt(new.clinical_end))
         .push(", ")
         .bind(Bind::OptText(new.body.map(str::to_string)));
 }

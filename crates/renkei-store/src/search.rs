@@ -1647,15 +1647,17 @@ fn push_filter(
                 .bind(Bind::Text(custodian.clone()));
         }
         Filter::CareDate { from, to } => {
-            // A column of `resources` itself: no index table to look into.
-            let column = format!("{alias}.clinical_date");
-            sql.push(&format!("({column} IS NULL OR (1 = 1"));
+            // Columns of `resources` itself: no index table to look into. A record's care
+            // overlaps the range: it starts by the range's end and ends (a period's end, else
+            // its one point in time) at or after the range's start.
+            let start = format!("{alias}.clinical_date");
+            sql.push(&format!("({start} IS NULL OR (1 = 1"));
             if let Some(from) = from {
-                sql.push(&format!(" AND {column} >= "))
+                sql.push(&format!(" AND COALESCE({alias}.clinical_end, {start}) >= "))
                     .bind(Bind::Int(*from));
             }
             if let Some(to) = to {
-                sql.push(&format!(" AND {column} <= ")).bind(Bind::Int(*to));
+                sql.push(&format!(" AND {start} <= ")).bind(Bind::Int(*to));
             }
             sql.push("))");
         }
