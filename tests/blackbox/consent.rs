@@ -1243,6 +1243,35 @@ fn discharge_summaries_are_found_by_their_composition_within_consent() {
             );
             assert_eq!(r.status, 400, "{unsupported}: {}", r.body);
         }
+        // Chains go on from the patient record (the clinic knows the hospital's patient ID).
+        for query in [
+            "Bundle?composition.subject:Patient.identifier=urn:hosp-a:patient%7CP-0001".to_string(),
+            format!("Bundle?composition.patient.birthdate=1958-03-12&composition.type={doc_type}"),
+        ] {
+            assert_eq!(found(&net.as_b(), &query), vec![summary.clone()], "{query}");
+        }
+        // A Composition about a Group is not about the patient its entries are about.
+        let mut about_group = discharge_summary("1", "P-0001", "1958-03-12");
+        about_group["entry"][0]["resource"]["subject"] = json!({"reference": "Group/ward-3"});
+        let about_group = id_of(&net.as_a().create(&about_group));
+        let by_patient = format!("Bundle?composition.patient={PATIENT}");
+        assert_eq!(found(&net.as_a(), &by_patient), vec![summary.clone()]);
+        assert!(found(&net.as_a(), &by_type).contains(&about_group));
+        // A label added later to a record a document's entry refers to withholds the document
+        // (it was withheld only when written after the label).
+        let mut with_letter = discharge_summary("1", "P-0001", "1958-03-12");
+        with_letter["entry"].as_array_mut().unwrap().push(json!({
+            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            "resource": {"resourceType": "Binary", "contentType": "text/plain",
+                "securityContext": {"reference": net.labs[1]}, "data": "U0VDUkVU"}}));
+        let with_letter = id_of(&net.as_a().create(&with_letter));
+        net.as_b().get(&with_letter).expect(200);
+        let mut lab = net.as_a().read_json(&net.labs[1]);
+        lab["meta"] = json!({"tag": [{"system": PRIVACY_SYSTEM, "code": "UNDELIVERED"}]});
+        net.as_a().put(&net.labs[1], &lab).expect(200);
+        let r = net.as_b().get(&with_letter);
+        assert!([403, 404].contains(&r.status), "{} {}", r.status, r.body);
+        net.as_a().get(&with_letter).expect(200);
         let capability = s.read_json("metadata");
         let bundle = capability["rest"][0]["resource"]
             .as_array()

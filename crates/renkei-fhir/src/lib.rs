@@ -194,18 +194,22 @@ fn set_aside_invalid_batch_entries(bundle: &mut Value) -> bool {
         if let Some(resource) = skeleton.pointer_mut(&format!("/entry/{index}/resource")) {
             let mut stand_in =
                 serde_json::json!({"resourceType": "Basic", "code": {"text": "set aside"}});
-            // A version that is itself invalid is left out: the stand-in must be valid.
-            let valid_id = |text: &str| {
-                (1..=64).contains(&text.len())
-                    && text
+            // The stand-in must be valid: a version that is not an id stands in as a digest of
+            // itself, so that versions equal or different stay so (bdl-7).
+            if let Some(version) = resource.pointer("/meta/versionId").and_then(Value::as_str) {
+                let valid_id = (1..=64).contains(&version.len())
+                    && version
                         .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            };
-            if let Some(version) = resource
-                .pointer("/meta/versionId")
-                .filter(|v| v.as_str().is_some_and(valid_id))
-            {
-                stand_in["meta"] = serde_json::json!({"versionId": version});
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                let stand_in_version = if valid_id {
+                    version.to_string()
+                } else {
+                    use std::hash::{Hash, Hasher};
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    version.hash(&mut hasher);
+                    format!("invalid-{:016x}", hasher.finish())
+                };
+                stand_in["meta"] = serde_json::json!({"versionId": stand_in_version});
             }
             *resource = stand_in;
         }
@@ -552,7 +556,7 @@ mod tests {
             "{:?}",
             repeated.issues
         );
-        for other_version in [Some("2"), None] {
+        for other_version in [Some("2"), None, Some("bad version!")] {
             let bundle = parse_json_for_processing(batch(other_version).as_bytes()).unwrap();
             assert!(bundle["entry"][1].get(INVALID_ENTRY).is_some(), "{bundle}");
             assert!(bundle["entry"][0].get("resource").is_some(), "{bundle}");

@@ -22,29 +22,42 @@ pub(crate) fn rows(res_type: &str, resource: &Value) -> IndexRows {
 }
 
 /// References that no search parameter indexes but consent must see: a Binary's
-/// `securityContext` (R4 gives Binary no search parameter for it). A refusal of "this document
-/// and everything related to it" finds the document's content (its Binary) by them.
+/// `securityContext` (R4 gives Binary no search parameter for it), and the records a stored
+/// Bundle's entries refer to (`_entry`; the first ones, as many as a write looks up for their
+/// labels). A refusal of "this document and everything related to it" finds the document's
+/// content (its Binary) by them, and a label added later to a record finds the Bundles that
+/// took labels from it (`relabel_referrers`).
 pub(crate) fn consent_references(
     res_type: &str,
     resource: &Value,
 ) -> Vec<renkei_search::extract::ReferenceIndex> {
-    if res_type != "Binary" {
-        return Vec::new();
+    let row =
+        |param: &str, target_type: &str, target_id: &str| renkei_search::extract::ReferenceIndex {
+            param: param.into(),
+            target_type: Some(target_type.into()),
+            target_id: Some(target_id.into()),
+            url: None,
+        };
+    match res_type {
+        "Binary" => resource
+            .pointer("/securityContext/reference")
+            .and_then(Value::as_str)
+            .and_then(local_reference)
+            .map(|(target_type, target_id)| row("_securityContext", target_type, target_id))
+            .into_iter()
+            .collect(),
+        "Bundle" => {
+            let targets: std::collections::BTreeSet<(String, String)> = local_references(resource)
+                .into_iter()
+                .take(crate::interactions::MAX_REFERENCES_LOOKED_UP)
+                .collect();
+            targets
+                .iter()
+                .map(|(target_type, target_id)| row("_entry", target_type, target_id))
+                .collect()
+        }
+        _ => Vec::new(),
     }
-    resource
-        .pointer("/securityContext/reference")
-        .and_then(Value::as_str)
-        .and_then(local_reference)
-        .map(
-            |(target_type, target_id)| renkei_search::extract::ReferenceIndex {
-                param: "_securityContext".into(),
-                target_type: Some(target_type.into()),
-                target_id: Some(target_id.into()),
-                url: None,
-            },
-        )
-        .into_iter()
-        .collect()
 }
 
 /// For a document (a Bundle whose first entry is a Composition with a `subject`) about a
@@ -60,14 +73,7 @@ pub(crate) fn document_patient_rows(
     let Some(patient) = patient.filter(|p| *p != UNRESOLVED_PATIENT) else {
         return Vec::new();
     };
-    let first = resource.pointer("/entry/0/resource");
-    let composition_with_subject = res_type == "Bundle"
-        && first
-            .and_then(|r| r.get("resourceType"))
-            .and_then(Value::as_str)
-            == Some("Composition")
-        && first.and_then(|r| r.get("subject")).is_some();
-    if !composition_with_subject {
+    if res_type != "Bundle" || !composition_names_patient(resource, patient) {
         return Vec::new();
     }
     renkei_search::ENTRY_CHAIN_REFERENCES
@@ -79,6 +85,46 @@ pub(crate) fn document_patient_rows(
             url: None,
         })
         .collect()
+}
+
+/// Whether the Composition that is `bundle`'s first entry has as its `subject` a Patient entry
+/// of the Bundle (the entry the document was matched to `patient` by) or this server's
+/// `Patient/<patient>`. A Group or a Practitioner as the subject, or a reference to the
+/// sender's own patient, is not this patient (R4's `Composition.patient` is
+/// `subject.where(resolve() is Patient)`).
+fn composition_names_patient(bundle: &Value, patient: &str) -> bool {
+    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+        return false;
+    };
+    let Some(first) = entries.first() else {
+        return false;
+    };
+    if first
+        .pointer("/resource/resourceType")
+        .and_then(Value::as_str)
+        != Some("Composition")
+    {
+        return false;
+    }
+    let Some(subject) = first
+        .pointer("/resource/subject/reference")
+        .and_then(Value::as_str)
+    else {
+        return false;
+    };
+    let names_patient_entry = entries.iter().any(|entry| {
+        entry.get("fullUrl").and_then(Value::as_str) == Some(subject)
+            && entry
+                .pointer("/resource/resourceType")
+                .and_then(Value::as_str)
+                == Some("Patient")
+    });
+    // A relative reference in an entry of another server's is that server's patient.
+    let remote_entry = full_url_base(first.get("fullUrl").and_then(Value::as_str))
+        .is_some_and(|base| renkei_search::local_path(base).is_none());
+    let names_this_patient =
+        !remote_entry && patient_id_of_reference(subject).as_deref() == Some(patient);
+    names_patient_entry || names_this_patient
 }
 
 /// The patient a resource is about (consent is decided per patient), as a plain Patient id:

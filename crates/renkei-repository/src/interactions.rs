@@ -1120,7 +1120,7 @@ const MAX_DOCUMENT_IDENTIFIERS: usize = 8;
 
 /// How many references of a record that names no patient are looked up for one (a Provenance
 /// of a whole transaction can name hundreds; the first ones decide).
-const MAX_REFERENCES_LOOKED_UP: usize = 32;
+pub(crate) const MAX_REFERENCES_LOOKED_UP: usize = 32;
 
 /// Checks that `resource` is a `res_type` resource; the body must name the type of the URL.
 pub(crate) fn check_body_type(resource: &Value, res_type: &str) -> Result<(), RepoError> {
@@ -1904,23 +1904,25 @@ fn refuse_if_consented(
     change: &str,
     remedy: &str,
 ) -> Result<(), RepoError> {
-    let mut consents = Vec::new();
-    for record in std::iter::once(id).chain(others.iter().copied()) {
-        consents.extend(tx.consents_in_force_on(record, 3)?);
-        if consents.len() >= 3 {
-            break;
+    let own = tx.consents_in_force_on(id, 3)?;
+    if !own.is_empty() {
+        return Err(RepoError::Conflict(format!(
+            "Patient/{id} is named by {} in force, and {change} (the consent would stop \
+             applying to the rest of their records): {remedy}",
+            own.join(", ")
+        )));
+    }
+    // Another facility's Consent is not named: the writer may not read it.
+    for other in others {
+        if !tx.consents_in_force_on(other, 1)?.is_empty() {
+            return Err(RepoError::Conflict(format!(
+                "the patient's consent is in force on another record of the person Patient/{id} \
+                 is linked to, and {change} (the consent would stop applying to this record): \
+                 an administrator reviews the link first ($unlink)"
+            )));
         }
     }
-    if consents.is_empty() {
-        return Ok(());
-    }
-    consents.sort();
-    consents.dedup();
-    Err(RepoError::Conflict(format!(
-        "Patient/{id} or a record linked to it as the same person is named by {} in force, and \
-         {change} (the consent would stop applying to some of their records): {remedy}",
-        consents.join(", ")
-    )))
+    Ok(())
 }
 
 /// `DELETE [type]?criteria`: deletes the single match (412 when several match).

@@ -1094,6 +1094,17 @@ fn unescape(text: &str) -> String {
 }
 
 /// Parses one filter parameter; `Ok(None)` when the parameter is unknown.
+/// `<entry chain parameter>[:Type].<rest>` (`composition.subject.name`) split after the
+/// registered parameter: `None` for any other name.
+fn split_entry_chain<'n>(types: &[String], name: &'n str) -> Option<(&'n str, &'n str)> {
+    let first_dot = name.find('.')?;
+    let second_dot = first_dot + 1 + name.get(first_dot + 1..)?.find('.')?;
+    let head = name.get(..second_dot)?;
+    let code = head.split_once(':').map_or(head, |(code, _)| code);
+    (code.contains('.') && single_type_param(types, code).is_some())
+        .then(|| (head, name.get(second_dot + 1..).unwrap_or_default()))
+}
+
 pub fn parse_filter(
     types: &[String],
     name: &str,
@@ -1118,10 +1129,13 @@ fn parse_filter_within(
     budget: &mut Budget,
 ) -> Result<Option<Filter>, SearchError> {
     // A Bundle's `composition.type` is a parameter of its own (registry::ENTRY_CHAINS): the
-    // first entry is no stored resource to chain to.
+    // first entry is no stored resource to chain to. A chain may start at one
+    // (`composition.subject:Patient.name`).
+    let from_entry_chain = split_entry_chain(types, name);
     let code_of_name = name.split_once(':').map_or(name, |(code, _)| code);
-    let entry_chain =
-        code_of_name.contains('.') && single_type_param(types, code_of_name).is_some();
+    let entry_chain = from_entry_chain.is_none()
+        && code_of_name.contains('.')
+        && single_type_param(types, code_of_name).is_some();
     let chained = !entry_chain && (name.starts_with("_has:") || name.contains('.'));
     if chained && depth == MAX_CHAIN_DEPTH {
         return too_costly(format!(
@@ -1133,7 +1147,9 @@ fn parse_filter_within(
         return parse_has(types, rest, value, depth, budget);
     }
     // Chaining: `param[:Type].rest`.
-    if let Some((head, rest)) = name.split_once('.').filter(|_| chained) {
+    if let Some((head, rest)) =
+        from_entry_chain.or_else(|| name.split_once('.').filter(|_| chained))
+    {
         let (code, type_modifier) = match head.split_once(':') {
             Some((c, m)) => (c, Some(m)),
             None => (head, None),

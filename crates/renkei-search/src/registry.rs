@@ -308,6 +308,11 @@ impl Registry {
                         .map(|base| format!("{chain}.{base}"))
                         .collect(),
                     narrowed: None,
+                    // The references kept name the patient record the document is about.
+                    targets: match param.kind {
+                        ParamType::Reference => vec!["Patient".to_string()],
+                        _ => param.targets.clone(),
+                    },
                     ..param.clone()
                 });
             }
@@ -790,7 +795,10 @@ mod tests {
         let chained_type = r.param("Bundle", "composition.type").unwrap();
         assert_eq!(chained_type.kind, ParamType::Token);
         assert!(chained_type.expression.is_none());
-        assert!(r.param("Bundle", "composition.subject").is_some());
+        assert_eq!(
+            r.param("Bundle", "composition.subject").unwrap().targets,
+            ["Patient"]
+        );
         assert!(r.param("Bundle", "composition.author").is_none());
         assert!(r.param("Bundle", "message.event").is_some());
         assert!(r.param("Composition", "composition.type").is_none());

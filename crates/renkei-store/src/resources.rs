@@ -249,8 +249,9 @@ impl Tx<'_> {
     }
 
     /// The current, not deleted records that refer to `target_type/target_id` (by any row of
-    /// the reference index, `_securityContext` included) and to no Patient record (the records
-    /// that name a patient themselves take on no labels from what they refer to), at most
+    /// the reference index, `_securityContext` and a Bundle's `_entry` included) and, but for a
+    /// Bundle, to no Patient record (the records that name a patient themselves take on no
+    /// labels from what they refer to; a stored Bundle takes on its entries'), at most
     /// `limit`, locked as by [`Tx::current_for_update`]: the caller rewrites their index rows,
     /// which a concurrent update of theirs would otherwise rewrite at the same time.
     pub fn referring_records(
@@ -268,8 +269,8 @@ impl Tx<'_> {
             .push(" AND x.target_type = ")
             .bind(Bind::Text(target_type.into()))
             .push(
-                ") AND NOT EXISTS (SELECT 1 FROM idx_reference p WHERE p.rid = resources.rid \
-                 AND p.target_type = 'Patient')",
+                ") AND (res_type = 'Bundle' OR NOT EXISTS (SELECT 1 FROM idx_reference p \
+                 WHERE p.rid = resources.rid AND p.target_type = 'Patient'))",
             )
             .push(&format!(" ORDER BY rid LIMIT {limit}"));
         let suffix = self.for_update();
