@@ -53,7 +53,9 @@ pub(crate) fn consent_references(
                 .collect();
             targets
                 .iter()
-                .map(|(target_type, target_id)| row("_entry", target_type, target_id))
+                .map(|(target_type, target_id)| {
+                    row(renkei_store::BUNDLE_ENTRY_REFERENCE, target_type, target_id)
+                })
                 .collect()
         }
         _ => Vec::new(),

@@ -38,7 +38,9 @@ pub use search::{
 };
 pub use sql::{Bind, Sql};
 pub use url::DatabaseUrl;
-pub use visibility::{DecidedRow, Decision, Visibility, PRIVACY_TAG_SYSTEM, WITHHELD_TAG};
+pub use visibility::{
+    DecidedRow, Decision, Visibility, BUNDLE_ENTRY_REFERENCE, PRIVACY_TAG_SYSTEM, WITHHELD_TAG,
+};
 
 /// Administrative helpers for PostgreSQL databases (used by tests and operators).
 pub mod admin {

@@ -682,9 +682,7 @@ impl Tx<'_> {
             sql.push(" AND x.res_type = ")
                 .bind(Bind::Text(include.source_type.clone()));
         }
-        if let Some(param) = &include.param {
-            sql.push(" AND x.param = ").bind(Bind::Text(param.clone()));
-        }
+        push_include_param(&mut sql, include);
         if let Some(target) = &include.target_type {
             sql.push(" AND x.target_type = ")
                 .bind(Bind::Text(target.clone()));
@@ -736,12 +734,21 @@ impl Tx<'_> {
             sql.push(" AND x.res_type = ")
                 .bind(Bind::Text(include.source_type.clone()));
         }
-        if let Some(param) = &include.param {
-            sql.push(" AND x.param = ").bind(Bind::Text(param.clone()));
-        }
+        push_include_param(&mut sql, include);
         sql.push(")");
         Some(sql)
     }
+}
+
+/// The parameter an include follows; every reference parameter for `*`, but not the rows a
+/// Bundle keeps for consent ([`crate::BUNDLE_ENTRY_REFERENCE`]).
+fn push_include_param(sql: &mut Sql, include: &Include) {
+    match &include.param {
+        Some(param) => sql.push(" AND x.param = ").bind(Bind::Text(param.clone())),
+        None => sql
+            .push(" AND x.param <> ")
+            .bind(Bind::Text(crate::BUNDLE_ENTRY_REFERENCE.into())),
+    };
 }
 
 fn push_int_list(sql: &mut Sql, values: &[i64]) {

@@ -4,6 +4,12 @@
 
 use crate::sql::{Bind, Sql};
 
+/// The reference-index rows of a stored Bundle naming the records its entries refer to. They
+/// are for consent's label propagation (`relabel_referrers`) only: a refusal or permission of
+/// a record "and everything related" does not reach a Bundle through them (Bundles are
+/// decided as a whole, see `push_match`), nor do `_include=*`/`_revinclude=*`.
+pub const BUNDLE_ENTRY_REFERENCE: &str = "_entry";
+
 /// System of the national privacy tags (`UNDELIVERED`, `UNINFORMED`).
 pub const PRIVACY_TAG_SYSTEM: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication";
 
@@ -136,11 +142,12 @@ fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
          AND ({a}.data_to IS NULL OR {b} OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date <= {a}.data_to)) \
          AND ({a}.data_reference IS NULL OR {b} OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id) \
          AND ({a}.data_related IS NULL OR {b} OR {a}.data_related = {r}.res_type || '/' || {r}.res_id \
-              OR EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related)) \
+              OR EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.param <> '{entry}' AND rl.target_type || '/' || rl.target_id = {a}.data_related)) \
          AND ({a}.data_custodian IS NULL OR {a}.data_custodian = {r}.custodian)",
         a = alias,
         r = r,
-        b = refused_content
+        b = refused_content,
+        entry = BUNDLE_ENTRY_REFERENCE
     ));
 }
 
