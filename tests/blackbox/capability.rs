@@ -15,6 +15,9 @@ fn capability_statement() {
             .expect(304);
         assert_eq!(again.header("etag"), Some(tag.as_str()));
         assert!(again.body.is_empty());
+        let strong = tag.trim_start_matches("W/");
+        s.get_with("metadata", &[("If-None-Match", strong)])
+            .expect(304);
         let xml = s
             .get_with(
                 "metadata",

@@ -523,6 +523,8 @@ fn everything_start_and_end_bound_the_care_dates() {
             "stay-before",
             json!({"start": "2024-10-01", "end": "2024-10-20"}),
         );
+        // Known only by its end: it ended before the ranges asked below.
+        encounter("stay-end-only", json!({"end": "2024-06-01"}));
         assert_eq!(
             everything("start=2025-01-01&_type=Encounter"),
             vec!["stay-across".to_string(), "stay-open".to_string()]
@@ -533,7 +535,13 @@ fn everything_start_and_end_bound_the_care_dates() {
         );
         assert_eq!(
             everything("end=2024-10-31&_type=Encounter"),
-            vec!["stay-before".to_string()]
+            vec!["stay-before".to_string(), "stay-end-only".to_string()]
+        );
+        // A date given to the month covers the month.
+        observation("care-month", Some("2024-12"));
+        assert_eq!(
+            everything("start=2024-12-15&end=2024-12-15&_type=Observation"),
+            vec!["care-month".to_string(), "care-none".to_string()]
         );
 
         let page = s.read_json(&format!(
@@ -565,9 +573,11 @@ fn everything_start_and_end_bound_the_care_dates() {
             sorted_match_ids(&entries(&posted)),
             with(&[
                 "care-2024",
+                "care-month",
                 "care-none",
                 "stay-across",
                 "stay-before",
+                "stay-end-only",
                 "stay-open"
             ])
         );

@@ -1285,6 +1285,42 @@ fn discharge_summaries_are_found_by_their_composition_within_consent() {
             documentation.contains("composition.<Composition parameter>"),
             "{bundle}"
         );
+        // What a Bundle's entries refer to is kept for labels only: a permission limited to a
+        // record "and everything related" does not open a document referring to it, and
+        // `_revinclude=*` does not bring documents in.
+        let mut citing = discharge_summary("1", "P-0001", "1958-03-12");
+        citing["entry"].as_array_mut().unwrap().push(json!({
+            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            "resource": {"resourceType": "Binary", "contentType": "text/plain",
+                "securityContext": {"reference": net.labs[0]}, "data": "U0VDUkVU"}}));
+        let citing = id_of(&net.as_a().create(&citing));
+        let mut related_only = consent_body(&[ORG_B], "active");
+        related_only["provision"]["data"] =
+            json!([{"meaning": "related", "reference": {"reference": net.labs[0]}}]);
+        net.as_a()
+            .put(&format!("Consent/{CONSENT}"), &related_only)
+            .expect(200);
+        net.as_b().get(&net.labs[0]).expect(200);
+        net.as_b().get(&citing).expect(404);
+        let revincluded = net.as_a().read_json(&format!(
+            "Observation?_id={}&_revinclude=*",
+            tail(&net.labs[0])
+        ));
+        assert!(
+            entries(&revincluded)
+                .iter()
+                .all(|e| e["resource"]["resourceType"] != "Bundle"),
+            "{revincluded}"
+        );
+        // Nor one limited to the patient "and everything related": a document's own rows
+        // naming its patient do not make it related.
+        related_only["provision"]["data"] =
+            json!([{"meaning": "related", "reference": {"reference": patient_ref()}}]);
+        net.as_a()
+            .put(&format!("Consent/{CONSENT}"), &related_only)
+            .expect(200);
+        net.as_b().get(&net.labs[0]).expect(200);
+        net.as_b().get(&summary).expect(404);
     });
 }
 

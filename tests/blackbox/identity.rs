@@ -959,14 +959,30 @@ fn a_consented_record_does_not_leave_its_person_by_an_update() {
         let clinic = net.as_clinic();
         let mut unlinked = patient(CLINIC_P, CLINIC_SYSTEM, "C-0077", "x");
         unlinked["identifier"].as_array_mut().unwrap().truncate(1);
+        // Another facility's Consent on the same record is not named to the clinic.
+        let mut by_hospital = json!({"resourceType": "Consent", "id": "by-hospital",
+            "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": format!("Patient/{CLINIC_P}")},
+            "provision": {"type": "permit", "actor": [{
+                "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                "reference": {"reference": HOSPITAL}}]}});
+        net.as_hospital()
+            .put("Consent/by-hospital", &by_hospital)
+            .expect(201);
         let refused = clinic
             .put(&format!("Patient/{CLINIC_P}"), &unlinked)
             .expect(409);
         assert!(
-            refused.body.contains("Consent/id-consent"),
+            refused.body.contains("Consent/id-consent") && !refused.body.contains("by-hospital"),
             "{}",
             refused.body
         );
+        by_hospital["status"] = json!("inactive");
+        net.as_hospital()
+            .put("Consent/by-hospital", &by_hospital)
+            .expect(200);
         assert!(!linked_view(&net, &clinic).is_empty());
         // Deleting both in one transaction, the Patient first: the Consent goes first.
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [

@@ -66,15 +66,30 @@ pub fn clinical_date_ms(res_type: &str, resource: &Value) -> Option<i64> {
     clinical_date_source(res_type, resource).map(|(_, start)| start)
 }
 
-/// The last millisecond of the care period `resource` covers when its clinical date is a
-/// period's start (an Encounter's `period`): the period's end, or `i64::MAX` while the period
-/// is open. `None` for a record of one point in time.
+/// The last millisecond of the care `resource` covers, when it is more than the day its
+/// clinical date starts: a period's end (`i64::MAX` while the period is open), the end of a
+/// date given to the month or year (`2024-12` covers December), or the end of a period given
+/// with an end only (the record then has no clinical date). `None` for a record of one point
+/// in time or day.
 pub fn clinical_end_ms(res_type: &str, resource: &Value) -> Option<i64> {
-    let (path, _) = clinical_date_source(res_type, resource)?;
-    let period = path.strip_suffix(".start")?;
-    match element_at(resource, &format!("{period}.end")) {
-        Some(end) => end.as_str().and_then(fhir_time_end),
-        None => Some(i64::MAX),
+    const DAY_MS: i64 = 86_400_000;
+    let paths = clinical_date_paths(res_type);
+    let Some((path, start)) = clinical_date_source(res_type, resource) else {
+        // A period known only by its end.
+        return paths.iter().find_map(|path| {
+            let period = path.strip_suffix(".start")?;
+            fhir_time_end(element_at(resource, &format!("{period}.end"))?.as_str()?)
+        });
+    };
+    match path.strip_suffix(".start") {
+        Some(period) => match element_at(resource, &format!("{period}.end")) {
+            Some(end) => end.as_str().and_then(fhir_time_end),
+            None => Some(i64::MAX),
+        },
+        None => {
+            let end = fhir_time_end(element_at(resource, path)?.as_str()?)?;
+            (end - start >= DAY_MS).then_some(end)
+        }
     }
 }
 
@@ -208,6 +223,17 @@ mod tests {
         let point = json!({"resourceType": "Observation", "effectiveDateTime": "2025-01-01"});
         assert_eq!(clinical_end_ms("Observation", &point), None);
         assert!(clinical_date_ms("Observation", &point).is_some());
+        let month = json!({"resourceType": "Observation", "effectiveDateTime": "2024-12"});
+        assert_eq!(
+            clinical_end_ms("Observation", &month),
+            crate::time::fhir_time_end("2024-12")
+        );
+        let end_only = encounter(json!({"end": "2024-06-01"}));
+        assert_eq!(clinical_date_ms("Encounter", &end_only), None);
+        assert_eq!(
+            clinical_end_ms("Encounter", &end_only),
+            crate::time::fhir_time_end("2024-06-01")
+        );
     }
 
     #[test]

@@ -373,7 +373,10 @@ impl Rule {
                 || eq_or_any(&self.data_reference, Some(resource.reference.as_str())))
             && (refused_content
                 || self.data_related.as_ref().is_none_or(|target| {
-                    &resource.reference == target || resource.references.iter().any(|r| r == target)
+                    // A Bundle is related to nothing through what its entries refer to.
+                    &resource.reference == target
+                        || (resource.res_type != "Bundle"
+                            && resource.references.iter().any(|r| r == target))
                 }))
             && eq_or_any(&self.data_custodian, resource.custodian.as_deref())
     }

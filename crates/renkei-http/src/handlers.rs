@@ -1264,7 +1264,12 @@ pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
             .headers()
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|tags| tags.split(',').any(|t| t.trim() == "*" || t.trim() == tag));
+            .is_some_and(|tags| {
+                // Weak comparison (RFC 9110 §13.1.2): `W/` does not matter.
+                let opaque = |t: &str| t.trim().trim_start_matches("W/").to_string();
+                tags.split(',')
+                    .any(|t| t.trim() == "*" || opaque(t) == opaque(&tag))
+            });
         if current {
             return Ok(HttpResponse::NotModified()
                 .insert_header((header::ETAG, tag))

@@ -520,9 +520,10 @@ impl Repository {
                         res_type: &row.res_type,
                         res_id: &row.res_id,
                         custodian: row.custodian.as_deref(),
+                        patient: row.patient_id.as_deref(),
                         body: row.body.as_deref(),
                     };
-                    let Some((value, rows, classification)) = rebuilt_index_rows(tx, record)?
+                    let Some((value, rows, patient)) = rebuilt_index_rows(tx, record, false)?
                     else {
                         continue;
                     };
@@ -533,12 +534,8 @@ impl Repository {
                     {
                         tx.set_clinical_period(row.rid, clinical_date, Some(clinical_end))?;
                     }
-                    // Reindex sees every record; its writer may not have seen what it refers
-                    // to, which left it about nobody (`classify_record`): that stays.
-                    let writer_could_not_see = classification.referred
-                        && row.patient_id.as_deref() == Some(index::UNRESOLVED_PATIENT);
-                    if classification.patient != row.patient_id && !writer_could_not_see {
-                        tx.set_patient_id(row.rid, classification.patient.as_deref())?;
+                    if patient != row.patient_id {
+                        tx.set_patient_id(row.rid, patient.as_deref())?;
                     }
                     if row.res_type == "Patient" {
                         crate::identity::patient_written(
@@ -898,20 +895,24 @@ fn classify_record(
     Ok(classification)
 }
 
-/// A stored record's index rows built anew from its body, as they would be written now, and
-/// its classification (`None` for a tombstone). Which patient a record is about, and which
-/// labels it takes on from the records it refers to, can change with the rules or with those
-/// records: consent is decided on these. Every record is seen (as by the gateway itself).
+/// A stored record's index rows built anew from its body, as they would be written now, the
+/// patient it is about, and its body (`None` for a tombstone). Which patient a record is
+/// about, and which labels it takes on from the records it refers to, can change with the
+/// rules or with those records: consent is decided on these. Every record is seen (as by the
+/// gateway itself); a record its writer could not classify (it referred to what the writer
+/// could not see) stays about nobody. `keep_patient` keeps the stored patient whatever the
+/// classification says (a relabelling changes labels only).
 fn rebuilt_index_rows(
     tx: &mut Tx<'_>,
     record: StoredRecord<'_>,
-) -> Result<Option<(Value, IndexRows, Classification)>, RepoError> {
+    keep_patient: bool,
+) -> Result<Option<(Value, IndexRows, Option<String>)>, RepoError> {
     let Some(body) = record.body else {
         return Ok(None);
     };
     let value: Value = serde_json::from_str(body)
         .map_err(|e| RepoError::Store(StoreError::Unavailable(format!("corrupt row: {e}"))))?;
-    let mut classification = classify_record(
+    let classification = classify_record(
         tx,
         record.res_type,
         record.res_id,
@@ -919,14 +920,20 @@ fn rebuilt_index_rows(
         &Visibility::Unrestricted,
         record.custodian,
     )?;
+    let writer_could_not_see =
+        classification.referred && record.patient == Some(index::UNRESOLVED_PATIENT);
+    let patient = match keep_patient || writer_could_not_see {
+        true => record.patient.map(str::to_string),
+        false => classification.patient,
+    };
     let rows = with_consent_rows(
         index::rows(record.res_type, &value),
         record.res_type,
         &value,
-        std::mem::take(&mut classification.inherited_labels),
-        classification.patient.as_deref(),
+        classification.inherited_labels,
+        patient.as_deref(),
     );
-    Ok(Some((value, rows, classification)))
+    Ok(Some((value, rows, patient)))
 }
 
 /// What [`rebuilt_index_rows`] reads of a stored row (a search row or a resource row).
@@ -934,6 +941,7 @@ struct StoredRecord<'a> {
     res_type: &'a str,
     res_id: &'a str,
     custodian: Option<&'a str>,
+    patient: Option<&'a str>,
     body: Option<&'a str>,
 }
 
@@ -958,9 +966,10 @@ fn relabel_referrers(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<(), Re
                 res_type: &referrer.res_type,
                 res_id: &referrer.res_id,
                 custodian: referrer.custodian.as_deref(),
+                patient: referrer.patient_id.as_deref(),
                 body: referrer.body.as_deref(),
             };
-            let Some((_, rows, _)) = rebuilt_index_rows(tx, record)? else {
+            let Some((_, rows, _)) = rebuilt_index_rows(tx, record, true)? else {
                 continue;
             };
             if same_labels(&before, rows.tokens.iter().filter(|t| is_privacy_label(t))) {
@@ -1222,7 +1231,7 @@ fn store_version(
     if res_type == "Patient" {
         let before = tx.person_members(id)?;
         crate::identity::patient_written(tx, &context.linking, id, Some(&stamped))?;
-        refuse_leaving_with_a_consent(tx, id, &before)?;
+        refuse_leaving_with_a_consent(tx, id, &before, context.custodian.as_deref())?;
     }
     Ok(StoredResource {
         custodian: custodian.clone(),
@@ -1721,7 +1730,7 @@ pub fn delete(
     }
     check_if_match(Some(&row), if_match, res_type, id)?;
     if res_type == "Patient" {
-        refuse_deleting_a_consented_record(tx, id)?;
+        refuse_deleting_a_consented_record(tx, id, context.custodian.as_deref())?;
     }
     let version = row.version + 1;
     let (tombstone_rows, (clinical_date, clinical_end)) = tombstone(
@@ -1850,6 +1859,7 @@ fn refuse_leaving_with_a_consent(
     tx: &mut Tx<'_>,
     id: &str,
     before: &[String],
+    writer: Option<&str>,
 ) -> Result<(), RepoError> {
     if before.is_empty() {
         return Ok(());
@@ -1867,6 +1877,7 @@ fn refuse_leaving_with_a_consent(
         tx,
         id,
         &left,
+        writer,
         "this change takes it out of the person it is linked to",
         "withdraw the consent first, or have an administrator unlink the records ($unlink)",
     )
@@ -1877,7 +1888,11 @@ fn refuse_leaving_with_a_consent(
 /// one side (a refusal, say) would stop applying to the records on the other (CONSENT.md
 /// rule 5). The Consent is the patient's; it is withdrawn, or recorded on another record of
 /// theirs, or an administrator unlinks the record ($unlink), first.
-fn refuse_deleting_a_consented_record(tx: &mut Tx<'_>, id: &str) -> Result<(), RepoError> {
+fn refuse_deleting_a_consented_record(
+    tx: &mut Tx<'_>,
+    id: &str,
+    writer: Option<&str>,
+) -> Result<(), RepoError> {
     let members = tx.person_members(id)?;
     let others: Vec<&str> = members
         .iter()
@@ -1888,6 +1903,7 @@ fn refuse_deleting_a_consented_record(tx: &mut Tx<'_>, id: &str) -> Result<(), R
         tx,
         id,
         &others,
+        writer,
         "a Patient record of a person whose consent is in force is not deleted",
         "withdraw the consent, record it on another of their records, or have an administrator \
          unlink this record ($unlink), first",
@@ -1901,24 +1917,29 @@ fn refuse_if_consented(
     tx: &mut Tx<'_>,
     id: &str,
     others: &[&str],
+    writer: Option<&str>,
     change: &str,
     remedy: &str,
 ) -> Result<(), RepoError> {
-    let own = tx.consents_in_force_on(id, 3)?;
-    if !own.is_empty() {
+    // Only the writer's own Consents are named: it may not read another facility's.
+    let named = match writer {
+        Some(writer) => tx.consents_in_force_on_held_by(id, writer, 3)?,
+        None => tx.consents_in_force_on(id, 3)?,
+    };
+    if !named.is_empty() {
         return Err(RepoError::Conflict(format!(
             "Patient/{id} is named by {} in force, and {change} (the consent would stop \
              applying to the rest of their records): {remedy}",
-            own.join(", ")
+            named.join(", ")
         )));
     }
-    // Another facility's Consent is not named: the writer may not read it.
-    for other in others {
-        if !tx.consents_in_force_on(other, 1)?.is_empty() {
+    for record in std::iter::once(id).chain(others.iter().copied()) {
+        if !tx.consents_in_force_on(record, 1)?.is_empty() {
             return Err(RepoError::Conflict(format!(
-                "the patient's consent is in force on another record of the person Patient/{id} \
-                 is linked to, and {change} (the consent would stop applying to this record): \
-                 an administrator reviews the link first ($unlink)"
+                "the patient's consent is in force on Patient/{id} or another record of its \
+                 person, and {change} (the consent would stop applying to some of their \
+                 records): the patient withdraws it, or an administrator reviews the link \
+                 ($unlink), first"
             )));
         }
     }

@@ -38,11 +38,35 @@ impl Tx<'_> {
         patient_id: &str,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
+        self.consents_in_force(patient_id, None, limit)
+    }
+
+    /// [`Tx::consents_in_force_on`] held by `custodian` (the facility that stored them).
+    pub fn consents_in_force_on_held_by(
+        &mut self,
+        patient_id: &str,
+        custodian: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.consents_in_force(patient_id, Some(custodian), limit)
+    }
+
+    fn consents_in_force(
+        &mut self,
+        patient_id: &str,
+        custodian: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
         let mut sql = Sql::new(
-            "SELECT DISTINCT consent_ref AS consent_ref FROM consent_rules WHERE patient_id = ",
+            "SELECT DISTINCT c.consent_ref AS consent_ref FROM consent_rules c \
+             JOIN resources r ON r.rid = c.consent_rid WHERE c.patient_id = ",
         );
-        sql.bind(Bind::Text(patient_id.into()))
-            .push(" ORDER BY consent_ref");
+        sql.bind(Bind::Text(patient_id.into()));
+        if let Some(custodian) = custodian {
+            sql.push(" AND r.custodian = ")
+                .bind(Bind::Text(custodian.into()));
+        }
+        sql.push(" ORDER BY c.consent_ref");
         sql.push_limit(limit);
         Ok(self
             .load::<ConsentRefRow>(&sql)?

@@ -1655,16 +1655,20 @@ fn push_filter(
         }
         Filter::CareDate { from, to } => {
             // Columns of `resources` itself: no index table to look into. A record's care
-            // overlaps the range: it starts by the range's end and ends (a period's end, else
-            // its one point in time) at or after the range's start.
+            // overlaps the range: it starts by the range's end (a period known only by its
+            // end started whenever) and ends (its end, else its one point in time) at or
+            // after the range's start. A record with no care date at all is always in.
             let start = format!("{alias}.clinical_date");
-            sql.push(&format!("({start} IS NULL OR (1 = 1"));
+            let end = format!("{alias}.clinical_end");
+            sql.push(&format!("(({start} IS NULL AND {end} IS NULL) OR (1 = 1"));
             if let Some(from) = from {
-                sql.push(&format!(" AND COALESCE({alias}.clinical_end, {start}) >= "))
+                sql.push(&format!(" AND COALESCE({end}, {start}) >= "))
                     .bind(Bind::Int(*from));
             }
             if let Some(to) = to {
-                sql.push(&format!(" AND {start} <= ")).bind(Bind::Int(*to));
+                sql.push(&format!(" AND ({start} IS NULL OR {start} <= "))
+                    .bind(Bind::Int(*to))
+                    .push(")");
             }
             sql.push("))");
         }

@@ -132,7 +132,9 @@ fn push_person_rules(sql: &mut Sql, alias: &str, person: PersonOf<'_>) {
 fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
     push_requester_match(sql, alias, v);
     // A stored Bundle holds records of any type, date and reference: a refusal limited by
-    // them applies to it (renkei_consent::Rule::matches).
+    // them applies to it, and a permission so limited does not open it: it is related to
+    // nothing through its own reference rows (its patient's, its entries')
+    // (renkei_consent::Rule::matches).
     let refused_content = format!("({r}.res_type = 'Bundle' AND NOT {alias}.permit)");
     sql.push(&format!(
         " AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type OR {b}) \
@@ -142,12 +144,11 @@ fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
          AND ({a}.data_to IS NULL OR {b} OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date <= {a}.data_to)) \
          AND ({a}.data_reference IS NULL OR {b} OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id) \
          AND ({a}.data_related IS NULL OR {b} OR {a}.data_related = {r}.res_type || '/' || {r}.res_id \
-              OR EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.param <> '{entry}' AND rl.target_type || '/' || rl.target_id = {a}.data_related)) \
+              OR ({r}.res_type <> 'Bundle' AND EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related))) \
          AND ({a}.data_custodian IS NULL OR {a}.data_custodian = {r}.custodian)",
         a = alias,
         r = r,
-        b = refused_content,
-        entry = BUNDLE_ENTRY_REFERENCE
+        b = refused_content
     ));
 }
 
