@@ -502,9 +502,12 @@ impl Repository {
 
     /// Rebuilds the index rows and the patient of every current resource (after a change of
     /// search definitions or of Renkei), `batch` resources per write transaction, then the
-    /// tombstones of deleted ones. `progress` hears the running count. Returns the number of
-    /// current resources reindexed.
-    pub fn reindex(&self, batch: usize, mut progress: impl FnMut(u64)) -> Result<u64, RepoError> {
+    /// tombstones of deleted ones. `progress` hears the running count of current resources.
+    pub fn reindex(
+        &self,
+        batch: usize,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Reindexed, RepoError> {
         let mut after = 0i64;
         let mut done = 0u64;
         loop {
@@ -552,9 +555,19 @@ impl Repository {
             after = last;
             progress(done);
         }
-        rebuild_tombstones(self, batch)?;
-        Ok(done)
+        let tombstones = rebuild_tombstones(self, batch)?;
+        Ok(Reindexed {
+            resources: done,
+            tombstones,
+        })
     }
+}
+
+/// What a reindex rebuilt: current resources, and tombstones of deleted ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reindexed {
+    pub resources: u64,
+    pub tombstones: u64,
 }
 
 /// Whether `res_type` is a resource type with a REST endpoint: every R4 type but

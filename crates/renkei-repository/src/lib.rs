@@ -28,8 +28,9 @@ pub use index::INDEX_FORMAT;
 pub use interactions::{
     check_type, conditional_delete, conditional_update, create, delete, has_rest_endpoint,
     history_in, patch, read, read_visible, resolve_single, search_in, update, vread, vread_visible,
-    DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, Repository, RepositoryOptions,
-    StoredResource, WriteContext, WriteOutcome, DEFAULT_MAX_BUNDLE_RESPONSE_BYTES,
+    DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, Reindexed, Repository,
+    RepositoryOptions, StoredResource, WriteContext, WriteOutcome,
+    DEFAULT_MAX_BUNDLE_RESPONSE_BYTES,
 };
 pub use meta::{
     care_date_range, format_instant, is_valid_id, parse_instant_ms, CUSTODIAN_EXTENSION,

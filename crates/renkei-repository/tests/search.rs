@@ -273,7 +273,7 @@ fn run_cases(db: Db) {
     assert!(ids(repo, "Patient", "_has:Observation:patient:code=2339-0").is_empty());
     // reindex rebuilds rows
     let n = repo.reindex(2, |_| {}).unwrap();
-    assert_eq!(n, 7); // 3 patients/practitioners, o1, o2 and the two ValueSets
+    assert_eq!(n.resources, 7); // 3 patients/practitioners, o1, o2 and the two ValueSets
     assert_eq!(
         ids(repo, "Observation", "code=3D010000001926101"),
         ["o1", "o2"]

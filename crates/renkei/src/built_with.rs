@@ -69,12 +69,15 @@ impl Fact {
     /// Why rows built with `recorded` cannot serve under `current`, and what to do.
     fn refusal(self, recorded: &str, current: &str) -> String {
         if let Some(target) = recorded.strip_prefix(REINDEXING) {
+            let with = match self {
+                Fact::Format => self.setting().to_string(),
+                _ => format!("{} {target}", self.setting()),
+            };
             return format!(
                 "a `renkei reindex` (to {} {}) did not finish, so the search index is partly \
-                 rebuilt: run `renkei reindex` again (with {} {target})",
+                 rebuilt: run `renkei reindex` again (with {with})",
                 self.name(),
                 shown(target),
-                self.setting(),
             );
         }
         match self {

@@ -441,7 +441,7 @@ fn run(cli: Cli) -> Result<(), String> {
             renkei_repository::set_local_zone(config.time_zone);
             let zone = config.time_zone.to_string();
             let started = std::time::Instant::now();
-            let count = built_with::rebuilding(&config, &store, || {
+            let reindexed = built_with::rebuilding(&config, &store, || {
                 repository
                     .reindex(batch, |done| {
                         if done % 10_000 < batch as u64 {
@@ -451,7 +451,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| e.to_string())
             })?;
             println!(
-                "reindexed {count} resources in {:.1} s (time zone {zone})",
+                "reindexed {} resources and {} deleted records' tombstones in {:.1} s (time zone {zone})",
+                reindexed.resources,
+                reindexed.tombstones,
                 started.elapsed().as_secs_f64()
             );
             Ok(())
