@@ -703,30 +703,9 @@ pub fn served_elsewhere(store: &Store) -> Result<bool, StoreError> {
 /// SQLite: whether a server is writing the read-audit journal (it holds the journal's lock),
 /// the one server that moves the journal's events into the trail.
 pub fn journal_being_written(store: &Store) -> Result<bool, StoreError> {
-    let Some(path) = store.sqlite_path().map(journal_path) else {
-        return Ok(false);
-    };
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => {
-            return Err(StoreError::Unavailable(format!(
-                "audit journal {}: {e}",
-                path.display()
-            )))
-        }
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(false),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
-            "audit journal {}: {e}",
-            path.display()
-        ))),
+    match store.sqlite_path().map(journal_path) {
+        Some(path) => renkei_store::locked_by_another_process(&path),
+        None => Ok(false),
     }
 }
 

@@ -7,8 +7,8 @@ use crate::{index, RepoError};
 use renkei_search::plan::escape;
 use renkei_search::IndexRows;
 use renkei_store::{
-    is_privacy_label, HistoryPage, HistoryQuery, HistoryScope, NewVersion, ResourceRow, Store,
-    StoreError, Tx, Visibility,
+    is_privacy_label, HistoryPage, HistoryQuery, HistoryScope, NewVersion, ResourceRow, SearchRow,
+    Store, StoreError, Tx, Visibility,
 };
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
@@ -508,58 +508,91 @@ impl Repository {
         batch: usize,
         mut progress: impl FnMut(u64),
     ) -> Result<Reindexed, RepoError> {
+        let resources = self.in_batches(
+            batch,
+            |tx, after, n| tx.scan_current(after, n),
+            &mut progress,
+            |tx, row| {
+                let record = StoredRecord {
+                    res_type: &row.res_type,
+                    res_id: &row.res_id,
+                    custodian: row.custodian.as_deref(),
+                    patient: row.patient_id.as_deref(),
+                    body: row.body.as_deref(),
+                };
+                let Some((value, rows, patient)) = rebuilt_index_rows(tx, record, false)? else {
+                    return Ok(());
+                };
+                tx.replace_index(row.rid, &row.res_type, &rows)?;
+                // Only a period has an end to fill in (records stored before the column); a point
+                // in time keeps the clinical date it was written with.
+                if let (clinical_date, Some(clinical_end)) = care_period(&row.res_type, &value) {
+                    tx.set_clinical_period(row.rid, clinical_date, Some(clinical_end))?;
+                }
+                if patient != row.patient_id {
+                    tx.set_patient_id(row.rid, patient.as_deref())?;
+                }
+                if row.res_type == "Patient" {
+                    crate::identity::patient_written(
+                        tx,
+                        &self.options.linking,
+                        &row.res_id,
+                        Some(&value),
+                    )?;
+                }
+                Ok(())
+            },
+        )?;
+        // The tombstones of deleted records, rebuilt from their last version (see
+        // [`tombstone`]) for records deleted before tombstones kept what consent reads.
+        let tombstones = self.in_batches(
+            batch,
+            |tx, after, n| tx.scan_deleted(after, n),
+            &mut |_| {},
+            |tx, row| {
+                let before = tx.version(&row.res_type, &row.res_id, row.version - 1)?;
+                let last_body = before.as_ref().and_then(|version| version.body.as_deref());
+                let (rows, (clinical_date, clinical_end)) = tombstone(
+                    tx,
+                    row.rid,
+                    &row.res_type,
+                    last_body,
+                    row.patient_id.as_deref(),
+                )?;
+                tx.replace_index(row.rid, &row.res_type, &rows)?;
+                tx.set_clinical_period(row.rid, clinical_date, clinical_end)?;
+                Ok(())
+            },
+        )?;
+        Ok(Reindexed {
+            resources,
+            tombstones,
+        })
+    }
+
+    /// Runs `work` on every row `scan` lists, in rid order, `batch` rows per write
+    /// transaction; `progress` hears the running count, which is returned.
+    fn in_batches(
+        &self,
+        batch: usize,
+        scan: impl Fn(&mut Tx<'_>, i64, usize) -> Result<Vec<SearchRow>, StoreError>,
+        progress: &mut dyn FnMut(u64),
+        mut work: impl FnMut(&mut Tx<'_>, &SearchRow) -> Result<(), RepoError>,
+    ) -> Result<u64, RepoError> {
         let mut after = 0i64;
         let mut done = 0u64;
         loop {
             let rows = self
                 .store
-                .read(|tx| Ok::<_, RepoError>(tx.scan_current(after, batch.max(1))?))?;
+                .read(|tx| Ok::<_, RepoError>(scan(tx, after, batch.max(1))?))?;
             let Some(last) = rows.last().map(|r| r.rid) else {
-                break;
+                return Ok(done);
             };
-            self.write_large(|tx| {
-                for row in &rows {
-                    let record = StoredRecord {
-                        res_type: &row.res_type,
-                        res_id: &row.res_id,
-                        custodian: row.custodian.as_deref(),
-                        patient: row.patient_id.as_deref(),
-                        body: row.body.as_deref(),
-                    };
-                    let Some((value, rows, patient)) = rebuilt_index_rows(tx, record, false)?
-                    else {
-                        continue;
-                    };
-                    tx.replace_index(row.rid, &row.res_type, &rows)?;
-                    // Only a period has an end to fill in (records stored before the column);
-                    // a point in time keeps the clinical date it was written with.
-                    if let (clinical_date, Some(clinical_end)) = care_period(&row.res_type, &value)
-                    {
-                        tx.set_clinical_period(row.rid, clinical_date, Some(clinical_end))?;
-                    }
-                    if patient != row.patient_id {
-                        tx.set_patient_id(row.rid, patient.as_deref())?;
-                    }
-                    if row.res_type == "Patient" {
-                        crate::identity::patient_written(
-                            tx,
-                            &self.options.linking,
-                            &row.res_id,
-                            Some(&value),
-                        )?;
-                    }
-                }
-                Ok(())
-            })?;
+            self.write_large(|tx| rows.iter().try_for_each(|row| work(tx, row)))?;
             done += rows.len() as u64;
             after = last;
             progress(done);
         }
-        let tombstones = rebuild_tombstones(self, batch)?;
-        Ok(Reindexed {
-            resources: done,
-            tombstones,
-        })
     }
 }
 
@@ -1828,39 +1861,6 @@ fn care_period(res_type: &str, resource: &Value) -> CarePeriod {
         renkei_consent::clinical_date_ms(res_type, resource),
         renkei_consent::clinical_end_ms(res_type, resource),
     )
-}
-
-/// Rebuilds the tombstones of deleted records from their last version (see [`tombstone`]), for
-/// records deleted before tombstones kept what consent reads. Returns how many.
-fn rebuild_tombstones(repository: &Repository, batch: usize) -> Result<u64, RepoError> {
-    let mut after = 0i64;
-    let mut done = 0u64;
-    loop {
-        let rows = repository
-            .store
-            .read(|tx| Ok::<_, RepoError>(tx.scan_deleted(after, batch.max(1))?))?;
-        let Some(last) = rows.last().map(|r| r.rid) else {
-            return Ok(done);
-        };
-        repository.write_large(|tx| {
-            for row in &rows {
-                let before = tx.version(&row.res_type, &row.res_id, row.version - 1)?;
-                let last_body = before.as_ref().and_then(|version| version.body.as_deref());
-                let (rows, (clinical_date, clinical_end)) = tombstone(
-                    tx,
-                    row.rid,
-                    &row.res_type,
-                    last_body,
-                    row.patient_id.as_deref(),
-                )?;
-                tx.replace_index(row.rid, &row.res_type, &rows)?;
-                tx.set_clinical_period(row.rid, clinical_date, clinical_end)?;
-            }
-            Ok(())
-        })?;
-        done += rows.len() as u64;
-        after = last;
-    }
 }
 
 /// A Patient record does not leave the person it was linked to by a change of its identifiers

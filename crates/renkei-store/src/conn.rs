@@ -158,6 +158,24 @@ pub fn serving_lock_path(database: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(name)
 }
 
+/// Whether another process holds a lock on the file at `path` (false when there is no such
+/// file): the serving lock of a SQLite database, the read-audit journal of its writer.
+pub fn locked_by_another_process(path: &std::path::Path) -> Result<bool, StoreError> {
+    let unavailable =
+        |e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
+    let file = match std::fs::OpenOptions::new().read(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(unavailable(e)),
+    };
+    // Dropping the file releases the lock when it was free.
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(unavailable(e)),
+    }
+}
+
 /// Takes a serving process's shared lock on the SQLite database's serving file.
 fn hold_serving_lock(database: &std::path::Path) -> Result<std::fs::File, StoreError> {
     let path = serving_lock_path(database);
@@ -729,20 +747,7 @@ impl Store {
             n: i64,
         }
         if let Some(database) = &self.sqlite_path {
-            let path = serving_lock_path(database);
-            let unavailable =
-                |e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
-            let file = match std::fs::OpenOptions::new().read(true).open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(unavailable(e)),
-            };
-            // Dropping the file releases the lock when it was free.
-            return match file.try_lock() {
-                Ok(()) => Ok(false),
-                Err(std::fs::TryLockError::WouldBlock) => Ok(true),
-                Err(std::fs::TryLockError::Error(e)) => Err(unavailable(e)),
-            };
+            return locked_by_another_process(&serving_lock_path(database));
         }
         let sql = format!(
             "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \

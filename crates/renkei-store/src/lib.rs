@@ -23,7 +23,9 @@ pub use audit::{
     AuditBody, AuditColumns, AuditHead, AuditQuery, AuditRef, AuditRow, NewAuditEvent, RecordHash,
 };
 pub use clients::{ClientRow, ServerKeyRow};
-pub use conn::{Backend, SchemaState, Store, StoreOptions, Tx, WriterSession};
+pub use conn::{
+    locked_by_another_process, Backend, SchemaState, Store, StoreOptions, Tx, WriterSession,
+};
 pub use consent::ConsentRuleRow;
 pub use error::StoreError;
 pub use explain::SearchExplanation;
