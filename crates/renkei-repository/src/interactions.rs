@@ -1072,7 +1072,8 @@ fn referred_by_entries(
     let mut labels = Vec::new();
     let references = index::local_references(bundle);
     for (target_type, target_id) in references.iter().take(MAX_REFERENCES_LOOKED_UP) {
-        let Some(row) = tx.current(target_type, target_id)? else {
+        // Held as `classify_record` holds what it takes labels from.
+        let Some(row) = tx.current_for_share(target_type, target_id)? else {
             continue;
         };
         let Some(target_patient) = row.patient_id.as_deref() else {
