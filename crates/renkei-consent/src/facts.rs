@@ -193,6 +193,7 @@ impl ResourceFacts {
             security_labels: codings(resource, "security"),
             tags: codings(resource, "tag"),
             clinical_date_ms: clinical_date_ms(res_type, resource),
+            clinical_end_ms: clinical_end_ms(res_type, resource),
             reference: format!("{res_type}/{id}"),
             references,
         }

@@ -94,8 +94,10 @@
 //! - `valid_from_ms` is None or T ≥ it; `valid_to_ms` is None or T ≤ it
 //! - `class_type` is None or = R.res_type
 //! - `security_label` is None or R carries that (system, code) in `meta.security`
-//! - data period (both bounds None) or R.clinical_date is known and within the stated bounds
-//!   (a resource without a clinical date does **not** match a rule with a data period)
+//! - data period (both bounds None), or for a **permit** R.clinical_date is known and within
+//!   the stated bounds, for a **deny** R's care `[clinical_date, clinical_end]` overlaps them
+//!   (an end-only period began whenever; a resource with no date at all does **not** match a
+//!   rule with a data period)
 //! - `data_reference` is None or = R.reference (`Type/id`)
 //! - `data_related` is None or = R.reference or R references it
 //! - `data_custodian` is None or = R.custodian
@@ -154,9 +156,14 @@
 //!   AND (r.class_type IS NULL OR r.class_type = R.res_type)
 //!   AND (r.label_system IS NULL OR labelled(R, r.label_system, r.label_code))
 //!   AND ((r.data_from_ms IS NULL AND r.data_to_ms IS NULL)
-//!        OR (R.clinical_date_ms IS NOT NULL
+//!        OR (r.effect = 'permit' AND R.clinical_date_ms IS NOT NULL
 //!            AND (r.data_from_ms IS NULL OR R.clinical_date_ms >= r.data_from_ms)
-//!            AND (r.data_to_ms IS NULL OR R.clinical_date_ms <= r.data_to_ms)))
+//!            AND (r.data_to_ms IS NULL OR R.clinical_date_ms <= r.data_to_ms))
+//!        OR (r.effect = 'deny' AND COALESCE(R.clinical_end_ms, R.clinical_date_ms) IS NOT NULL
+//!            AND (r.data_from_ms IS NULL
+//!                 OR COALESCE(R.clinical_end_ms, R.clinical_date_ms) >= r.data_from_ms)
+//!            AND (r.data_to_ms IS NULL OR R.clinical_date_ms IS NULL
+//!                 OR R.clinical_date_ms <= r.data_to_ms)))
 //!   AND (r.data_reference IS NULL OR r.data_reference = R.type || '/' || R.id)
 //!   AND (r.data_related IS NULL OR r.data_related = R.type || '/' || R.id
 //!        OR references(R, r.data_related))

@@ -182,6 +182,9 @@ pub struct ResourceFacts {
     pub tags: Vec<(String, String)>,
     /// The clinically relevant date (see [`crate::clinical_date_paths`]), first millisecond.
     pub clinical_date_ms: Option<i64>,
+    /// The last millisecond of the care the resource covers, when more than its clinical
+    /// date's day (see [`crate::clinical_end_ms`]): a period's end, `i64::MAX` while open.
+    pub clinical_end_ms: Option<i64>,
     /// `Type/id` of this resource.
     pub reference: String,
     /// Every literal reference the resource makes, normalised to `Type/id`
@@ -335,6 +338,30 @@ impl Rule {
         self.data_from_ms.is_some() || self.data_to_ms.is_some()
     }
 
+    /// Whether the record falls under this rule's data period. A permission opens the records
+    /// whose clinical date lies within it; a refusal reaches every record whose care overlaps
+    /// it (an admission that began before a refused period and went on into it is refused too;
+    /// a period known only by its end began whenever). A record with no date at all is under
+    /// neither.
+    fn data_period_holds(&self, resource: &ResourceFacts) -> bool {
+        let (start, end) = (resource.clinical_date_ms, resource.clinical_end_ms);
+        match self.effect {
+            Effect::Permit => start.is_some_and(|date| {
+                self.data_from_ms.is_none_or(|from| date >= from)
+                    && self.data_to_ms.is_none_or(|to| date <= to)
+            }),
+            Effect::Deny => {
+                (start.is_some() || end.is_some())
+                    && self
+                        .data_from_ms
+                        .is_none_or(|from| end.or(start).is_some_and(|last| last >= from))
+                    && self
+                        .data_to_ms
+                        .is_none_or(|to| start.is_none_or(|first| first <= to))
+            }
+        }
+    }
+
     /// The matching predicate: does this rule apply to `principal` reading `resource` at
     /// `now_ms`? Every stated constraint must hold (AND); `None` constraints always hold.
     pub fn matches(&self, principal: &Principal, resource: &ResourceFacts, now_ms: i64) -> bool {
@@ -363,12 +390,7 @@ impl Rule {
                 .security_label
                 .as_ref()
                 .is_none_or(|(system, code)| resource.has_label(system, code))
-            && (!self.has_data_period()
-                || refused_content
-                || resource.clinical_date_ms.is_some_and(|date| {
-                    self.data_from_ms.is_none_or(|from| date >= from)
-                        && self.data_to_ms.is_none_or(|to| date <= to)
-                }))
+            && (!self.has_data_period() || refused_content || self.data_period_holds(resource))
             && (refused_content
                 || eq_or_any(&self.data_reference, Some(resource.reference.as_str())))
             && (refused_content

@@ -409,6 +409,14 @@ fn class_label_and_data_exclusions() {
             json!({"type": "permit", "dataPeriod": {"start": "2025-01-01", "end": "2025-12-31"}}),
         )
     };
+    let except_2025 = || {
+        consent(
+            "c1",
+            PAT,
+            json!({"type": "permit", "provision": [{"type": "deny",
+                   "dataPeriod": {"start": "2025-01-01", "end": "2025-12-31"}}]}),
+        )
+    };
     let only_o1 = || {
         consent(
             "c1",
@@ -518,6 +526,67 @@ fn class_label_and_data_exclusions() {
             no_permit(),
         ),
         case(
+            "dataPeriod permit, care begun before it and going on into it",
+            vec![year_2025()],
+            cl.clone(),
+            spanning(
+                obs("o1"),
+                Some("2024-12-20T00:00:00+09:00"),
+                Some("2025-01-10T00:00:00+09:00"),
+            ),
+            no_permit(),
+        ),
+        case(
+            "dataPeriod deny, care begun before it and going on into it",
+            vec![except_2025()],
+            cl.clone(),
+            spanning(
+                obs("o1"),
+                Some("2024-12-20T00:00:00+09:00"),
+                Some("2025-01-10T00:00:00+09:00"),
+            ),
+            consent_deny("c1"),
+        ),
+        case(
+            "dataPeriod deny, care still open",
+            vec![except_2025()],
+            cl.clone(),
+            spanning(obs("o1"), Some("2023-04-01T00:00:00+09:00"), None),
+            consent_deny("c1"),
+        ),
+        case(
+            "dataPeriod deny, care known by its end only",
+            vec![except_2025()],
+            cl.clone(),
+            spanning(obs("o1"), None, Some("2025-02-01T00:00:00+09:00")),
+            consent_deny("c1"),
+        ),
+        case(
+            "dataPeriod deny, care ended before it",
+            vec![except_2025()],
+            cl.clone(),
+            spanning(
+                obs("o1"),
+                Some("2024-11-01T00:00:00+09:00"),
+                Some("2024-12-31T23:59:59+09:00"),
+            ),
+            consent_permit("c1"),
+        ),
+        case(
+            "dataPeriod deny, care begun after it",
+            vec![except_2025()],
+            cl.clone(),
+            spanning(obs("o1"), Some("2026-01-01T00:00:00+09:00"), None),
+            consent_permit("c1"),
+        ),
+        case(
+            "dataPeriod deny, resource without clinical date",
+            vec![except_2025()],
+            cl.clone(),
+            dated(obs("o1"), None),
+            consent_permit("c1"),
+        ),
+        case(
             "data instance",
             vec![only_o1()],
             cl.clone(),
@@ -567,7 +636,7 @@ fn class_label_and_data_exclusions() {
             consent_permit("c1"),
         ),
     ]);
-    assert_eq!(n, 19);
+    assert_eq!(n, 26);
 }
 
 #[test]

@@ -581,3 +581,94 @@ fn tombstones_stay_as_hidden_as_their_records_postgres() {
         tombstones_stay_as_hidden_as_their_records(common::postgres("tombstones"));
     }
 }
+
+/// A data period as the database decides it, by kind of care: a permission opens what is
+/// dated within it; a refusal hides whatever care overlaps it (an admission begun before the
+/// refused year, an open episode, a period known by its end, a month given to the month).
+fn data_periods_compare_the_care_span(db: Db) {
+    let repo = &db.repo;
+    let spans = [
+        ("within", json!({"effectiveDateTime": "2024-05-01"})),
+        (
+            "into",
+            json!({"effectivePeriod": {"start": "2023-11-20", "end": "2024-01-10"}}),
+        ),
+        ("open", json!({"effectivePeriod": {"start": "2023-06-01"}})),
+        (
+            "end-only",
+            json!({"effectivePeriod": {"end": "2024-02-01"}}),
+        ),
+        ("month", json!({"effectiveDateTime": "2023-12"})),
+        (
+            "before",
+            json!({"effectivePeriod": {"start": "2022-01-01", "end": "2022-02-01"}}),
+        ),
+        ("after", json!({"effectiveDateTime": "2025-03-01"})),
+        ("undated", json!({})),
+    ];
+    let period = json!({"start": "2023-12-15", "end": "2024-12-31"});
+    let cases = [
+        (
+            "span-refused",
+            json!({"type": "permit", "actor": [actor(READER)],
+                "provision": [{"type": "deny", "dataPeriod": period}]}),
+            vec!["after", "before", "undated"],
+        ),
+        (
+            "span-permitted",
+            json!({"type": "permit", "actor": [actor(READER)], "dataPeriod": period}),
+            vec!["within"],
+        ),
+    ];
+    for (patient, provision, expected) in cases {
+        put(repo, json!({"resourceType": "Patient", "id": patient}));
+        for (name, effective) in &spans {
+            let mut obs = json!({"resourceType": "Observation", "id": format!("{patient}-{name}"),
+                "status": "final", "code": {"text": "x"},
+                "subject": {"reference": format!("Patient/{patient}")}});
+            if let (Some(obs), Some(effective)) = (obs.as_object_mut(), effective.as_object()) {
+                obs.extend(effective.clone());
+            }
+            put(repo, obs);
+        }
+        put(repo, consent(patient, 1, "active", provision));
+        let who = reader(false, None, true);
+        let names = |query: &str| -> Vec<String> {
+            let mut names: Vec<String> = repo
+                .search(&plan("Observation", query), &who)
+                .unwrap()
+                .matches
+                .iter()
+                .map(|r| {
+                    r.res_id
+                        .trim_start_matches(&format!("{patient}-"))
+                        .to_string()
+                })
+                .collect();
+            names.sort();
+            names
+        };
+        let ids = spans
+            .iter()
+            .map(|(name, _)| format!("{patient}-{name}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(names(&format!("patient={patient}")), expected, "{patient}");
+        assert_eq!(names(&format!("_id={ids}")), expected, "{patient} by id");
+    }
+    (db.cleanup)();
+}
+
+#[test]
+fn data_periods_compare_the_care_span_sqlite() {
+    if common::backend_selected("sqlite") {
+        data_periods_compare_the_care_span(common::sqlite("data_periods"));
+    }
+}
+
+#[test]
+fn data_periods_compare_the_care_span_postgres() {
+    if common::backend_selected("postgres") {
+        data_periods_compare_the_care_span(common::postgres("data_periods"));
+    }
+}

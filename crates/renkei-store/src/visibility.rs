@@ -134,14 +134,21 @@ fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
     // A stored Bundle holds records of any type, date and reference: a refusal limited by
     // them applies to it, and a permission so limited does not open it: it is related to
     // nothing through its own reference rows (its patient's, its entries')
-    // (renkei_consent::Rule::matches).
+    // (renkei_consent::Rule::matches). A permission's data period holds the records dated
+    // within it; a refusal's, every record whose care overlaps it (Rule::data_period_holds).
+    // A NULL date compares to nothing, so an undated record is under neither.
     let refused_content = format!("({r}.res_type = 'Bundle' AND NOT {alias}.permit)");
     sql.push(&format!(
         " AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type OR {b}) \
          AND ({a}.label_system IS NULL OR EXISTS (SELECT 1 FROM idx_token sl WHERE sl.rid = {r}.rid \
               AND sl.param = '_security' AND sl.system = {a}.label_system AND sl.code = {a}.label_code)) \
-         AND ({a}.data_from IS NULL OR {b} OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date >= {a}.data_from)) \
-         AND ({a}.data_to IS NULL OR {b} OR ({r}.clinical_date IS NOT NULL AND {r}.clinical_date <= {a}.data_to)) \
+         AND ({a}.data_from IS NULL OR {b} \
+              OR ({a}.permit AND {r}.clinical_date >= {a}.data_from) \
+              OR (NOT {a}.permit AND COALESCE({r}.clinical_end, {r}.clinical_date) >= {a}.data_from)) \
+         AND ({a}.data_to IS NULL OR {b} \
+              OR ({a}.permit AND {r}.clinical_date <= {a}.data_to) \
+              OR (NOT {a}.permit AND COALESCE({r}.clinical_end, {r}.clinical_date) IS NOT NULL \
+                  AND ({r}.clinical_date IS NULL OR {r}.clinical_date <= {a}.data_to))) \
          AND ({a}.data_reference IS NULL OR {b} OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id) \
          AND ({a}.data_related IS NULL OR {b} OR {a}.data_related = {r}.res_type || '/' || {r}.res_id \
               OR ({r}.res_type <> 'Bundle' AND EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related))) \

@@ -125,6 +125,7 @@ pub fn data(res_type: &str, id: &str, custodian: &str, patient: &str) -> Resourc
         security_labels: Vec::new(),
         tags: Vec::new(),
         clinical_date_ms: Some(ms("2025-06-01T09:00:00+09:00")),
+        clinical_end_ms: None,
         reference: format!("{res_type}/{id}"),
         references: vec![format!("Patient/{patient}")],
     }
@@ -149,6 +150,13 @@ pub fn tagged(mut r: ResourceFacts, code: &str) -> ResourceFacts {
 
 pub fn dated(mut r: ResourceFacts, date: Option<&str>) -> ResourceFacts {
     r.clinical_date_ms = date.map(ms);
+    r
+}
+
+/// `r` as care from `start` to `end` (either absent; an open period ends at `i64::MAX`).
+pub fn spanning(mut r: ResourceFacts, start: Option<&str>, end: Option<&str>) -> ResourceFacts {
+    r.clinical_date_ms = start.map(ms);
+    r.clinical_end_ms = Some(end.map_or(i64::MAX, ms));
     r
 }
 
