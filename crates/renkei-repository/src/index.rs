@@ -9,7 +9,7 @@ use serde_json::Value;
 /// classification): servers then refuse a database built under an older number until
 /// `renkei reindex` has rebuilt it, instead of answering searches that miss or wrongly match
 /// records. Databases from before the number was recorded count as 0.
-pub const INDEX_FORMAT: u32 = 4;
+pub const INDEX_FORMAT: u32 = 5;
 
 /// Index rows of a resource: every search parameter of its type, extracted by evaluating the
 /// parameters' FHIRPath expressions (see `renkei_search::extract`).
@@ -21,45 +21,50 @@ pub(crate) fn rows(res_type: &str, resource: &Value) -> IndexRows {
     renkei_search::extract(res_type, resource)
 }
 
-/// References that no search parameter indexes but consent must see: a Binary's
-/// `securityContext` (R4 gives Binary no search parameter for it), and the records a stored
-/// Bundle's entries refer to (`_entry`; the first ones, as many as a write looks up for their
-/// labels). A refusal of "this document and everything related to it" finds the document's
-/// content (its Binary) by them, and a label added later to a record finds the Bundles that
-/// took labels from it (`relabel_referrers`).
+/// References that no search parameter indexes but consent must see, beside `indexed` (the
+/// record's search-parameter reference rows). For a record, every other reference it makes
+/// (`_reference`): an AllergyIntolerance's `encounter` and a Binary's `securityContext` have
+/// no R4 search parameter, yet a refusal of "this encounter and everything related" must
+/// find them, as `renkei_consent::Rule::matches` does over all references. For a stored
+/// Bundle, the records its entries refer to (`_entry`; the first ones, as many as a write
+/// looks up for their labels): a label added later to a record finds the Bundles that took
+/// labels from it (`relabel_referrers`).
 pub(crate) fn consent_references(
     res_type: &str,
     resource: &Value,
+    indexed: &[renkei_search::extract::ReferenceIndex],
 ) -> Vec<renkei_search::extract::ReferenceIndex> {
-    let row =
-        |param: &str, target_type: &str, target_id: &str| renkei_search::extract::ReferenceIndex {
-            param: param.into(),
-            target_type: Some(target_type.into()),
-            target_id: Some(target_id.into()),
-            url: None,
-        };
-    match res_type {
-        "Binary" => resource
-            .pointer("/securityContext/reference")
-            .and_then(Value::as_str)
-            .and_then(local_reference)
-            .map(|(target_type, target_id)| row("_securityContext", target_type, target_id))
-            .into_iter()
-            .collect(),
-        "Bundle" => {
-            let targets: std::collections::BTreeSet<(String, String)> = local_references(resource)
-                .into_iter()
-                .take(crate::interactions::MAX_REFERENCES_LOOKED_UP)
-                .collect();
-            targets
-                .iter()
-                .map(|(target_type, target_id)| {
-                    row(renkei_store::BUNDLE_ENTRY_REFERENCE, target_type, target_id)
-                })
-                .collect()
-        }
-        _ => Vec::new(),
-    }
+    let (param, limit) = if res_type == "Bundle" {
+        (
+            renkei_store::BUNDLE_ENTRY_REFERENCE,
+            crate::interactions::MAX_REFERENCES_LOOKED_UP,
+        )
+    } else {
+        (renkei_store::UNSEARCHABLE_REFERENCE, usize::MAX)
+    };
+    let already: std::collections::HashSet<(&str, &str)> = indexed
+        .iter()
+        .filter(|_| res_type != "Bundle")
+        .filter_map(|row| Some((row.target_type.as_deref()?, row.target_id.as_deref()?)))
+        .collect();
+    let targets: std::collections::BTreeSet<(String, String)> = local_references(resource)
+        .into_iter()
+        .filter(|(target_type, target_id)| {
+            !already.contains(&(target_type.as_str(), target_id.as_str()))
+        })
+        .take(limit)
+        .collect();
+    targets
+        .into_iter()
+        .map(
+            |(target_type, target_id)| renkei_search::extract::ReferenceIndex {
+                param: param.into(),
+                target_type: Some(target_type),
+                target_id: Some(target_id),
+                url: None,
+            },
+        )
+        .collect()
 }
 
 /// For a document (a Bundle whose first entry is a Composition with a `subject`) about a

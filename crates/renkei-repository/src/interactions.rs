@@ -1053,8 +1053,8 @@ fn with_consent_rows(
     patient: Option<&str>,
 ) -> IndexRows {
     rows.tokens.extend(inherited_labels);
-    rows.references
-        .extend(index::consent_references(res_type, resource));
+    let unsearchable = index::consent_references(res_type, resource, &rows.references);
+    rows.references.extend(unsearchable);
     rows.references
         .extend(index::document_patient_rows(res_type, resource, patient));
     rows

@@ -672,3 +672,99 @@ fn data_periods_compare_the_care_span_postgres() {
         data_periods_compare_the_care_span(common::postgres("data_periods"));
     }
 }
+
+/// "This encounter and everything related" reaches a record through a reference no search
+/// parameter indexes (R4 has no `AllergyIntolerance?encounter`), as the Rust decision does over
+/// every reference; `_include=*` still follows search parameters only.
+fn related_data_is_found_through_unsearchable_references(db: Db) {
+    let repo = &db.repo;
+    let patient = "related";
+    put(repo, json!({"resourceType": "Patient", "id": patient}));
+    put(
+        repo,
+        json!({"resourceType": "Encounter", "id": "related-enc", "status": "finished",
+            "class": {"code": "AMB"}, "subject": {"reference": "Patient/related"}}),
+    );
+    put(
+        repo,
+        json!({"resourceType": "AllergyIntolerance", "id": "related-allergy",
+            "patient": {"reference": "Patient/related"},
+            "encounter": {"reference": "Encounter/related-enc"}}),
+    );
+    put(
+        repo,
+        json!({"resourceType": "AllergyIntolerance", "id": "related-other",
+            "patient": {"reference": "Patient/related"}}),
+    );
+    put(
+        repo,
+        consent(
+            patient,
+            1,
+            "active",
+            json!({"type": "permit", "actor": [actor(READER)],
+                "provision": [{"type": "deny", "data": [{"meaning": "related",
+                    "reference": {"reference": "Encounter/related-enc"}}]}]}),
+        ),
+    );
+    let ids = |who: &Visibility, query: &str| -> Vec<String> {
+        let mut ids: Vec<String> = repo
+            .search(&plan("AllergyIntolerance", query), who)
+            .unwrap()
+            .matches
+            .iter()
+            .map(|r| format!("{}/{}", r.res_type, r.res_id))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let who = reader(false, None, true);
+    assert_eq!(
+        ids(&who, "patient=related"),
+        ["AllergyIntolerance/related-other"]
+    );
+    assert_eq!(
+        ids(&who, "_id=related-allergy,related-other"),
+        ["AllergyIntolerance/related-other"]
+    );
+    let owner = Visibility::Facility {
+        organization: OWNER.into(),
+        practitioner: None,
+        purpose: "TREAT".into(),
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        break_glass: None,
+        deny_holds_on_break_glass: true,
+        implicit_permit: false,
+    };
+    let page = repo
+        .search(
+            &plan("AllergyIntolerance", "_id=related-allergy&_include=*"),
+            &owner,
+        )
+        .unwrap();
+    let included: Vec<String> = page
+        .included
+        .iter()
+        .map(|r| format!("{}/{}", r.res_type, r.res_id))
+        .collect();
+    assert_eq!(
+        included,
+        ["Patient/related"],
+        "no include through `_reference`"
+    );
+    (db.cleanup)();
+}
+
+#[test]
+fn related_data_is_found_through_unsearchable_references_sqlite() {
+    if common::backend_selected("sqlite") {
+        related_data_is_found_through_unsearchable_references(common::sqlite("related"));
+    }
+}
+
+#[test]
+fn related_data_is_found_through_unsearchable_references_postgres() {
+    if common::backend_selected("postgres") {
+        related_data_is_found_through_unsearchable_references(common::postgres("related"));
+    }
+}

@@ -249,7 +249,7 @@ impl Tx<'_> {
     }
 
     /// The current, not deleted records that refer to `target_type/target_id` (by any row of
-    /// the reference index, `_securityContext` and a Bundle's `_entry` included) and, but for a
+    /// the reference index, `_reference` and a Bundle's `_entry` included) and, but for a
     /// Bundle, to no Patient record (the records that name a patient themselves take on no
     /// labels from what they refer to; a stored Bundle takes on its entries'), at most
     /// `limit`, locked as by [`Tx::current_for_update`]: the caller rewrites their index rows,

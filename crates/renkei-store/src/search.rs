@@ -740,14 +740,17 @@ impl Tx<'_> {
     }
 }
 
-/// The parameter an include follows; every reference parameter for `*`, but not the rows a
-/// Bundle keeps for consent ([`crate::BUNDLE_ENTRY_REFERENCE`]).
+/// The parameter an include follows; every reference parameter for `*`, but not the rows kept
+/// for consent alone ([`crate::BUNDLE_ENTRY_REFERENCE`], [`crate::UNSEARCHABLE_REFERENCE`]).
 fn push_include_param(sql: &mut Sql, include: &Include) {
     match &include.param {
         Some(param) => sql.push(" AND x.param = ").bind(Bind::Text(param.clone())),
         None => sql
-            .push(" AND x.param <> ")
-            .bind(Bind::Text(crate::BUNDLE_ENTRY_REFERENCE.into())),
+            .push(" AND x.param NOT IN (")
+            .bind(Bind::Text(crate::BUNDLE_ENTRY_REFERENCE.into()))
+            .push(", ")
+            .bind(Bind::Text(crate::UNSEARCHABLE_REFERENCE.into()))
+            .push(")"),
     };
 }
 

@@ -10,6 +10,13 @@ use crate::sql::{Bind, Sql};
 /// decided as a whole, see `push_match`), nor do `_include=*`/`_revinclude=*`.
 pub const BUNDLE_ENTRY_REFERENCE: &str = "_entry";
 
+/// The reference-index rows of a record naming what it refers to where no search parameter
+/// does (an AllergyIntolerance's `encounter`, a Binary's `securityContext`, a contained
+/// resource's references). They are for consent only: a refusal or permission of a record "and
+/// everything related" reaches the record through them, and label propagation finds it; no
+/// search, chain, `_has` or `_include=*`/`_revinclude=*` follows them.
+pub const UNSEARCHABLE_REFERENCE: &str = "_reference";
+
 /// System of the national privacy tags (`UNDELIVERED`, `UNINFORMED`).
 pub const PRIVACY_TAG_SYSTEM: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication";
 
