@@ -1956,6 +1956,26 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
             "{}",
             r.body
         );
+        // The same read as a batch entry.
+        let withheld_batch = format!("rq-withheld-batch-{}", uuid::Uuid::new_v4().simple());
+        let batch = net
+            .as_b()
+            .send_json_with(
+                "POST",
+                "",
+                &json!({"resourceType": "Bundle", "type": "batch",
+                    "entry": [{"request": {"method": "GET", "url": tagged}}]}),
+                &[("X-Request-Id", withheld_batch.as_str())],
+            )
+            .expect(200);
+        let entry_status = batch.json()["entry"][0]["response"]["status"].clone();
+        assert!(
+            ["403", "404"].iter().any(|code| entry_status
+                .as_str()
+                .is_some_and(|status| status.starts_with(code))),
+            "{}",
+            batch.body
+        );
         let (about_tagged, decisions) = refusal_descriptions(s, "auditor-u", &tagged);
         assert!(!about_tagged.is_empty(), "{decisions}");
         for description in about_tagged {
@@ -1977,6 +1997,8 @@ fn undelivered_tag_is_hidden_from_other_facilities_even_with_consent() {
         // Nor a bare refusal of a facility the patient's consent permits (a review found the
         // decision event left, saying "deny" and naming no consent).
         assert!(!viewed.body.contains(&withheld_read), "{}", viewed.body);
+        // Nor the batch entry's (a review found it naming the patient, outcome 4).
+        assert!(!viewed.body.contains(&withheld_batch), "{}", viewed.body);
         assert!(!viewed.body.contains("UNDELIVERED"), "{}", viewed.body);
         assert!(!viewed.body.contains(&tagged), "{}", viewed.body);
         let everything = refs(

@@ -586,8 +586,11 @@ impl Gate {
             }
             _ => None,
         };
+        // A refused read names no patient, as a plain read's event does not: the patient's
+        // view would show them a refusal, and one by a privacy tag tells them that withheld
+        // data exists (the AuthZ-Consent event records whose data it was).
         let mut name_patient = |patient: Option<&str>| {
-            if let Some(patient) = patient_entity(patient) {
+            if let Some(patient) = patient_entity(patient).filter(|_| granted) {
                 if !event.patients.contains(&patient) {
                     event.patients.push(patient);
                 }
