@@ -225,6 +225,36 @@ fn consented_clinic_sees_the_hospital_record_of_the_same_person_and_others_learn
             format!("Patient/{HOSP_P}")
         );
         assert_eq!(own["link"][0]["type"], "seealso");
+        // Written back as read, the added link is not stored (a review found it kept in the
+        // new version, where it would outlive an unlink); a link of the client's own is.
+        let mut written_back = own.clone();
+        written_back["gender"] = json!("female");
+        written_back["link"]
+            .as_array_mut()
+            .expect("links")
+            .push(json!({"other": {"reference": "Patient/elsewhere"}, "type": "seealso"}));
+        let stored = clinic
+            .put(&format!("Patient/{CLINIC_P}"), &written_back)
+            .expect(200);
+        let version = stored.json()["meta"]["versionId"]
+            .as_str()
+            .expect("versionId")
+            .to_string();
+        let kept = clinic.read_json(&format!("Patient/{CLINIC_P}/_history/{version}"));
+        assert_eq!(
+            kept["link"],
+            json!([{"other": {"reference": "Patient/elsewhere"}, "type": "seealso"}]),
+            "{kept}"
+        );
+        let reread = clinic.read_json(&format!("Patient/{CLINIC_P}"));
+        let links = reread["link"].as_array().expect("links");
+        assert_eq!(links.len(), 2, "{reread}");
+        if let Some(object) = written_back.as_object_mut() {
+            object.remove("link");
+        }
+        clinic
+            .put(&format!("Patient/{CLINIC_P}"), &written_back)
+            .expect(200);
         // The hospital is not in the consent: it is not told about the clinic's record.
         let hospital_view = net.as_hospital().read_json(&format!("Patient/{HOSP_P}"));
         assert!(hospital_view.get("link").is_none(), "{hospital_view}");

@@ -221,8 +221,43 @@ pub fn visible_linked_records(
     Ok(visible)
 }
 
+/// The extension that marks a `Patient.link` the server added on read ([`with_links`]). A
+/// write drops the links so marked ([`strip_added_links`]): a client that reads a Patient and
+/// writes it back must not store them, or they would outlive an unlink or a consent change and
+/// show the other record to readers who may not see it.
+pub const ADDED_LINK_EXTENSION: &str =
+    "https://renkei.example/fhir/StructureDefinition/linked-record";
+
+/// Removes from a Patient being written the `link` entries the server added on read; whether
+/// it removed any (the caller then extracts the index rows afresh).
+pub(crate) fn strip_added_links(patient: &mut Value) -> bool {
+    let Some(object) = patient.as_object_mut() else {
+        return false;
+    };
+    let Some(links) = object.get_mut("link").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    let before = links.len();
+    links.retain(|link| {
+        !link
+            .get("extension")
+            .and_then(Value::as_array)
+            .is_some_and(|extensions| {
+                extensions.iter().any(|extension| {
+                    extension.get("url").and_then(Value::as_str) == Some(ADDED_LINK_EXTENSION)
+                })
+            })
+    });
+    let stripped = links.len() != before;
+    if links.is_empty() {
+        object.remove("link");
+    }
+    stripped
+}
+
 /// Adds `Patient.link` (`seealso`) entries for the linked records the requester may see, so
-/// a reader learns of the other records exactly when consent lets them read those.
+/// a reader learns of the other records exactly when consent lets them read those. Each is
+/// marked with [`ADDED_LINK_EXTENSION`].
 pub fn with_links(
     tx: &mut Tx<'_>,
     mut patient: StoredResource,
@@ -248,7 +283,11 @@ pub fn with_links(
             .iter()
             .any(|l| l.pointer("/other/reference").and_then(Value::as_str) == Some(&reference));
         if !present {
-            links.push(json!({"other": {"reference": reference}, "type": "seealso"}));
+            links.push(json!({
+                "extension": [{"url": ADDED_LINK_EXTENSION, "valueBoolean": true}],
+                "other": {"reference": reference},
+                "type": "seealso",
+            }));
         }
     }
     patient.body = serde_json::to_string(&value)

@@ -1210,8 +1210,11 @@ fn store_version(
     }
     let version = current.map_or(1, |row| row.version + 1);
     let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
-    let (resource, prepared_rows) = prepared.into_parts(res_type);
+    let (resource, mut prepared_rows) = prepared.into_parts(res_type);
     let mut stamped = stamp(resource, id, version, last_updated);
+    if res_type == "Patient" && crate::identity::strip_added_links(&mut stamped) {
+        prepared_rows = None;
+    }
     // The custodian is the facility that first stored the resource; later writers do not
     // take it over.
     let custodian = current
