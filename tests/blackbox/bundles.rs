@@ -772,6 +772,51 @@ fn system_search_by_post() {
         assert_eq!(entries(&r).len(), 1, "{r}");
         assert_eq!(entries(&r)[0]["resource"]["id"], "post-search");
         form("_type=Foo").expect(400);
+        // A repeated `_type` adds types, as a comma does (a review found the second dropped,
+        // even under strict handling), from the URL and the form body alike.
+        s.put(
+            "Condition/post-search",
+            &json!({"resourceType": "Condition", "id": "post-search",
+                "subject": {"reference": "Patient/post-search"}}),
+        )
+        .expect(201);
+        let both = |r: Value| {
+            let mut found: Vec<String> = entries(&r)
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap_or(""),
+                        e["resource"]["id"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            found.sort();
+            assert_eq!(
+                found,
+                ["Condition/post-search", "Patient/post-search"],
+                "{r}"
+            );
+            let self_link = r["link"][0]["url"].as_str().unwrap_or_default().to_string();
+            assert!(
+                self_link.contains("_type=Patient%2CCondition")
+                    || self_link.contains("_type=Patient,Condition"),
+                "{self_link}"
+            );
+        };
+        both(
+            form("_type=Patient&_type=Condition&_id=post-search")
+                .expect(200)
+                .json(),
+        );
+        both(
+            s.get_with(
+                "?_type=Patient&_type=Condition&_id=post-search",
+                &[("Prefer", "handling=strict")],
+            )
+            .expect(200)
+            .json(),
+        );
         s.request(
             "POST",
             "_search",

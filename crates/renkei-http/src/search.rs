@@ -657,10 +657,7 @@ pub async fn search_system_post(
 }
 
 fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
-    let type_list = params
-        .iter()
-        .find(|(name, _)| name == "_type")
-        .map(|(_, list)| list.clone());
+    let type_list = repeated_type_list(&params);
     let mut types: Vec<String> = match &type_list {
         Some(list) => renkei_search::plan::list_items("_type", list)
             .map_err(search_error)?
@@ -864,16 +861,22 @@ const EVERYTHING_PARAMETERS: &[(&str, &[&str])] = &[
     ("_mdm", &["Boolean"]),
 ];
 
-/// The search `$everything` runs, from the operation's parameters.
-fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequest> {
-    let reg = registry();
-    // `_type` may be repeated (a posted Parameters body gives one code per parameter).
-    let type_values: Vec<&str> = query
+/// Every `_type` value as one list: a repeated `_type` (as a posted form or Parameters body
+/// gives it, one type per parameter) adds types, as its commas do; it never narrows.
+fn repeated_type_list(params: &[(String, String)]) -> Option<String> {
+    let values: Vec<&str> = params
         .iter()
         .filter(|(name, _)| name == "_type")
         .map(|(_, value)| value.as_str())
         .collect();
-    let type_list = (!type_values.is_empty()).then(|| type_values.join(","));
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// The search `$everything` runs, from the operation's parameters.
+fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequest> {
+    let reg = registry();
+    // `_type` may be repeated (a posted Parameters body gives one code per parameter).
+    let type_list = repeated_type_list(query);
     let type_param = type_list.as_deref();
     let mut types: Vec<String> = match type_param {
         Some(list) => renkei_search::plan::list_items("_type", list)
