@@ -1041,6 +1041,17 @@ fn not_common(types: &[String], name: &str) -> Option<String> {
 }
 
 /// Splits at unescaped `sep`, unescaping `\,`, `\|`, `\$`, `\\`.
+/// 400 for a value, or an item of a list, of white space only (`code=%20`, `_id=x,%20`): no
+/// code, id or reference is blank, so it would silently find nothing.
+fn refuse_blank(name: &str, alternatives: &[String]) -> Result<(), SearchError> {
+    if alternatives.iter().any(|item| item.trim().is_empty()) {
+        return invalid(format!(
+            "search parameter '{name}' has a value of white space only"
+        ));
+    }
+    Ok(())
+}
+
 fn split_escaped(text: &str, sep: char) -> Vec<String> {
     let mut parts = Vec::new();
     let mut current = String::new();
@@ -1196,6 +1207,13 @@ fn parse_filter_within(
         return invalid(format!("search parameter '{name}' has no value"));
     }
     let alternatives = split_escaped(value, ',');
+    // Every type alike: an empty item of a list (`code=a,`) names nothing, and dropping it
+    // would answer another search than the one written.
+    if alternatives.iter().any(|item| item.is_empty()) {
+        return invalid(format!(
+            "search parameter '{name}' has an empty item in its list '{value}'"
+        ));
+    }
     if modifier == Some("missing") {
         let missing = match value {
             "true" => true,
@@ -1235,6 +1253,7 @@ fn parse_filter_within(
                     return invalid(format!("modifier ':{other}' is not supported on _id"))
                 }
             };
+            refuse_blank(name, &alternatives)?;
             let ids = alternatives.iter().map(|id| unescape(id)).collect();
             return Ok(Some(Filter::Id { ids, not }));
         }
@@ -1251,6 +1270,10 @@ fn parse_filter_within(
     let Some(param) = single_type_param(types, code) else {
         return Ok(None);
     };
+    // A string's white space is refused by its own rule (`:exact` compares it as written).
+    if param.kind != ParamType::String {
+        refuse_blank(name, &alternatives)?;
+    }
     budget.spend(alternatives.len())?;
     let param_name = code.to_string();
     let filter = match param.kind {
@@ -1858,6 +1881,28 @@ mod tests {
             &ParseOptions::default()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn an_empty_or_blank_item_is_refused_for_every_type() {
+        let observation = vec!["Observation".to_string()];
+        for (name, value) in [
+            ("code", "3D046,"),
+            ("code", "3D046, "),
+            ("code", " "),
+            ("patient", "p1,"),
+            ("_id", "o1,"),
+            ("_id", " "),
+            ("_profile", "http://x/y,"),
+            ("date", "2025,"),
+        ] {
+            let err =
+                parse(&observation, &p(&[(name, value)]), &ParseOptions::default()).unwrap_err();
+            assert!(
+                matches!(err, SearchError::Invalid(_)),
+                "{name}={value:?}: {err:?}"
+            );
+        }
     }
 
     #[test]
