@@ -255,10 +255,8 @@ async fn search_trail(
         .map(|(_, token)| token.as_str());
     let mut links = vec![
         json!({"relation": "self", "url": this_page.map_or_else(|| first_url.clone(), page_url)}),
+        json!({"relation": "first", "url": first_url}),
     ];
-    if this_page.is_some() {
-        links.push(json!({"relation": "first", "url": first_url}));
-    }
     if let (true, Some(last)) = (more, rows.last()) {
         let token = match by_recorded {
             true => format!("{}.{}", last.recorded, last.seq),
