@@ -109,13 +109,12 @@ pub fn parse_if_match(text: &str) -> Result<IfMatch, String> {
             "'{text}' lists several ETags; If-Match takes one version ETag like W/\"3\", or *"
         ));
     }
-    if let Some(version) = parse_etag(text) {
-        return Ok(IfMatch::Version(version));
+    // A bare or unquoted version (`3`, `W/3`) is no entity tag (RFC 9110 §8.8.3): refused
+    // with the spelling to use rather than guessed at.
+    if !is_entity_tag(text) {
+        return Err(format!("'{text}' is not a version ETag like W/\"3\", or *"));
     }
-    if is_entity_tag(text) {
-        return Ok(IfMatch::Unissued);
-    }
-    Err(format!("'{text}' is not a version ETag like W/\"3\", or *"))
+    Ok(parse_etag(text).map_or(IfMatch::Unissued, IfMatch::Version))
 }
 
 /// Whether `text` is one entity tag (RFC 9110 §8.8.3): `W/` optionally, then a quoted string
@@ -181,6 +180,9 @@ mod tests {
     fn refuses_lists_and_non_versions_with_the_reason() {
         let list = parse_if_match("W/\"2\", W/\"3\"").unwrap_err();
         assert!(list.contains("lists several ETags"), "{list}");
+        for unquoted in ["3", "W/3", "W/\"3"] {
+            assert!(parse_if_match(unquoted).is_err(), "{unquoted}");
+        }
         let bad = parse_if_match("banana").unwrap_err();
         assert!(bad.contains("not a version ETag"), "{bad}");
         assert!(parse_if_match("W/\"a\"b\"").is_err());
