@@ -9,6 +9,9 @@ use crate::model::{model, ElementDef, Kind, Model, Prim, TypeDef};
 use crate::primitive as p;
 use crate::xhtml::{check_xhtml, XhtmlProblemKind};
 
+/// R4 datatypes: "Strings SHALL NOT exceed 1MB in size" (`string.value` maxLength 1048576).
+const MAX_STRING_BYTES: usize = 1024 * 1024;
+
 /// Severity of an [`Issue`] (FHIR `IssueSeverity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Severity {
@@ -688,6 +691,17 @@ impl Validator {
                         format!(
                             "empty string is not allowed for '{}' (omit the property)",
                             ed.name
+                        ),
+                    );
+                    return;
+                }
+                if matches!(pr, Prim::String | Prim::Markdown) && s.len() > MAX_STRING_BYTES {
+                    self.issue(
+                        IssueCode::Value,
+                        format!(
+                            "'{}' is {} bytes long; FHIR strings SHALL NOT exceed 1 MB ({MAX_STRING_BYTES} bytes)",
+                            ed.name,
+                            s.len()
                         ),
                     );
                     return;

@@ -156,3 +156,14 @@ fn decimals_beyond_a_double_are_refused() {
         "tiny values are zero, not infinite"
     );
 }
+
+#[test]
+fn strings_beyond_one_megabyte_are_refused() {
+    let patient = |family: String| {
+        validate(&json!({"resourceType": "Patient", "name": [{"family": family}]}))
+    };
+    let issues = patient("a".repeat(1024 * 1024 + 1));
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(issues[0].message.contains("1 MB"), "{issues:?}");
+    assert!(patient("a".repeat(1024 * 1024)).is_empty());
+}
