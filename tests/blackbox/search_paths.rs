@@ -88,6 +88,22 @@ fn everything_keeps_its_types_on_every_page_and_names_what_it_ignores() {
                 .any(|e| e["search"]["mode"] == "include" && e["resource"]["id"] == "ev-doctor"),
             "{all:?}"
         );
+        // With `_type`, of those types only, included ones too (a review found the
+        // Patient, the performer and the encounter's organisation among Observations).
+        let (only, _) = s.all_pages("Patient/ev-1/$everything?_type=Observation&_count=3");
+        assert!(
+            only.iter()
+                .all(|e| e["resource"]["resourceType"] == "Observation"),
+            "{only:?}"
+        );
+        let (with_doctor, _) =
+            s.all_pages("Patient/ev-1/$everything?_type=Observation,Practitioner&_count=3");
+        assert!(
+            with_doctor
+                .iter()
+                .any(|e| e["search"]["mode"] == "include" && e["resource"]["id"] == "ev-doctor"),
+            "{with_doctor:?}"
+        );
         // Parameters $everything does not define: refused under strict handling, reported
         // otherwise (`start` and `end` are served, see conformance.rs).
         let r = s

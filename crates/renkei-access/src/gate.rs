@@ -1367,7 +1367,11 @@ impl Gate {
         let plan = match who.readable_types() {
             Some(types) if !plan.includes.is_empty() || !plan.revincludes.is_empty() => {
                 let mut narrowing = plan.clone();
-                narrowing.included_types = Some(types);
+                // Within what the search itself limits includes to (`$everything?_type=`).
+                narrowing.included_types = Some(match &plan.included_types {
+                    Some(asked) => types.into_iter().filter(|t| asked.contains(t)).collect(),
+                    None => types,
+                });
                 narrowed = narrowing;
                 &narrowed
             }

@@ -61,6 +61,8 @@ struct SearchRequest {
     /// Parameters the server added or rewrote, spelled back as the client wrote them in the
     /// links (`None`: added by the server, left out), so `self` shows only what was asked.
     spelling: Vec<Spelling>,
+    /// The only types included rows may have (`$everything` with `_type`); `None`: any.
+    types_of_includes: Option<Vec<String>>,
 }
 
 /// An applied search parameter and how the links spell it (see [`SearchRequest::spelling`]).
@@ -188,6 +190,10 @@ async fn run(
     let mut plan = plan_for(&request, &options)?;
     if request.narrow_to_scopes {
         narrow_to_scopes(&mut plan, &who);
+    }
+    // `$everything?_type=…` returns those types only: its implied `_include=*` too.
+    if let Some(types) = &request.types_of_includes {
+        plan.included_types = Some(types.clone());
     }
     let break_glass = who.principal.break_glass;
     let gate = state.gate.clone();
@@ -698,6 +704,7 @@ fn system_request(params: Vec<(String, String)>) -> Result<SearchRequest> {
         self_path,
         narrow_to_scopes: false,
         spelling: Vec::new(),
+        types_of_includes: None,
     };
     refuse_audit_trail(&request, "as a system search (_type)")?;
     Ok(request)
@@ -787,6 +794,7 @@ fn compartment_request(
         self_path: format!("Patient/{id}/{target}"),
         narrow_to_scopes: false,
         spelling: Vec::new(),
+        types_of_includes: None,
     })
 }
 
@@ -801,6 +809,7 @@ fn type_request(res_type: &str, params: Vec<(String, String)>) -> SearchRequest 
         self_path: res_type.to_string(),
         narrow_to_scopes: false,
         spelling: Vec::new(),
+        types_of_includes: None,
     }
 }
 
@@ -897,6 +906,8 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
     if type_param.is_some() && types.iter().any(|t| t == "AuditEvent") {
         return Err(audit_trail_elsewhere("through $everything"));
     }
+    // What the records refer to may be of a type outside the compartment (a Practitioner).
+    let types_of_includes = type_param.map(|_| types.clone());
     types.retain(|t| {
         t != "AuditEvent" && (t == "Patient" || !reg.patient_compartment_params(t).is_empty())
     });
@@ -1017,6 +1028,7 @@ fn everything_request(id: &str, query: &[(String, String)]) -> Result<SearchRequ
         self_path,
         narrow_to_scopes: type_param.is_none(),
         spelling,
+        types_of_includes,
     })
 }
 

@@ -659,8 +659,8 @@ pub struct SearchPlan {
     pub ignored: Vec<String>,
     /// The parameters that took effect, for the `self` link (no paging token).
     pub applied: Vec<(String, String)>,
-    /// The types `_include`/`_revinclude` may bring in (the token's readable types, set by
-    /// access control); `None` for any type.
+    /// The types `_include`/`_revinclude` may bring in (`$everything`'s `_type`, narrowed by
+    /// access control to the token's readable types); `None` for any type.
     pub included_types: Option<Vec<String>>,
 }
 
