@@ -29,6 +29,20 @@ fn the_patient_compartment_of_type_patient_takes_filters() {
         assert_eq!(found("gender=female"), 0);
         assert_eq!(found("name=kompa&gender=male"), 1);
         assert_eq!(found("_tag=urn:t|none"), 0);
+        // By POST, the parameters in a form body (a review found 404).
+        let posted = |body: &str| {
+            s.request(
+                "POST",
+                "Patient/cp-1/Patient/_search",
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                Some(body.as_bytes().to_vec()),
+            )
+        };
+        let male = posted("gender=male").expect(200).json();
+        assert_eq!(types_of(&entries(&male)), ["Patient"], "{male}");
+        let female = posted("gender=female").expect(200).json();
+        assert!(types_of(&entries(&female)).is_empty(), "{female}");
+        s.get("Patient/cp-1/Patient/_search").expect(405);
     });
 }
 

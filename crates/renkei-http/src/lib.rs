@@ -172,6 +172,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .default_service(allowing("GET, HEAD, POST")),
             )
             .service(
+                web::resource("/{type}/{id}/{compartment}/_search")
+                    .route(web::post().to(search::compartment_post))
+                    .default_service(allowing("POST")),
+            )
+            .service(
                 web::resource("/{type}/{id}/{compartment}")
                     .route(get_or_head().to(search::compartment))
                     .default_service(allowing("GET, HEAD")),

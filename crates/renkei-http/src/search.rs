@@ -739,14 +739,7 @@ pub async fn compartment(
     let ctx = ctx_or_fail!(req);
     let (comp_type, id, target) = path.into_inner();
     let result = async {
-        if comp_type != "Patient" {
-            check_type(&comp_type)?;
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-supported",
-                format!("{comp_type} compartments are not supported; the Patient compartment is"),
-            ));
-        }
+        check_compartment_type(&comp_type)?;
         // The gate checks, inside the search's transaction, that the compartment's owner
         // exists and is visible (404 otherwise, 410 when deleted). Operations (`$…`) are
         // routed to `operations.rs` before this route.
@@ -755,6 +748,39 @@ pub async fn compartment(
     }
     .await;
     finish(&req, &state, &ctx, result).await
+}
+
+/// `POST Patient/{id}/{type}/_search`: the compartment search with its parameters in a form
+/// body (R4 http.html#search), as `POST {type}/_search` is the type search's.
+pub async fn compartment_post(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let ctx = ctx_or_fail!(req);
+    let (comp_type, id, target) = path.into_inner();
+    let result = async {
+        check_compartment_type(&comp_type)?;
+        let params = posted_params(&req, &ctx, payload, &state).await?;
+        let request = compartment_request(&id, &target, params)?;
+        run(&req, &ctx, &state, request).await
+    }
+    .await;
+    finish(&req, &state, &ctx, result).await
+}
+
+/// Only the Patient compartment is served.
+fn check_compartment_type(comp_type: &str) -> Result<()> {
+    if comp_type == "Patient" {
+        return Ok(());
+    }
+    check_type(comp_type)?;
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-supported",
+        format!("{comp_type} compartments are not supported; the Patient compartment is"),
+    ))
 }
 
 /// `Patient/{id}/{target}?…`: a search of one type inside the patient's compartment.
