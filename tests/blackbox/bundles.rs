@@ -289,6 +289,23 @@ fn batch_reports_each_entry() {
         assert!(e[0].get("resource").is_none(), "{}", e[0]);
         assert!(entry_status(&e[1]).starts_with("200"), "{}", e[1]);
         assert_eq!(e[1]["resource"]["id"], "batch-etag");
+        // `ifModifiedSince` likewise (a review found it ignored), unless `ifNoneMatch` is
+        // given, which decides alone; a value that is no instant is refused.
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "Patient/batch-etag", "ifModifiedSince": "2999-01-01T00:00:00Z"}},
+            {"request": {"method": "GET", "url": "Patient/batch-etag", "ifModifiedSince": "2000-01-01T00:00:00Z"}},
+            {"request": {"method": "GET", "url": "Patient/batch-etag", "ifModifiedSince": "2999-01-01T00:00:00Z",
+                         "ifNoneMatch": "W/\"7\""}}]});
+        let r = s.post("", &bundle).expect(200).json();
+        let e = entries(&r);
+        assert!(entry_status(&e[0]).starts_with("304"), "{}", e[0]);
+        assert!(e[0].get("resource").is_none(), "{}", e[0]);
+        assert!(entry_status(&e[1]).starts_with("200"), "{}", e[1]);
+        assert!(entry_status(&e[2]).starts_with("200"), "{}", e[2]);
+        let bad = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "Patient/batch-etag", "ifModifiedSince": "yesterday"}}]});
+        let answer = s.post("", &bad);
+        assert_eq!(answer.status, 400, "{}", answer.body);
     });
 }
 

@@ -41,6 +41,8 @@ pub struct EntryRequest {
     pub invalid: Option<Vec<Value>>,
     /// `request.ifNoneMatch` of a read: the version the client already has.
     pub if_none_match: Option<i64>,
+    /// `request.ifModifiedSince` of a read (epoch ms): when the client's copy was current.
+    pub if_modified_since: Option<i64>,
 }
 
 /// Work done for a Bundle before its write begins, so it does not run in the writer section:
@@ -481,6 +483,20 @@ fn entry_if_match(index: usize, request: &Value) -> Result<Option<IfMatch>, Repo
         })
 }
 
+/// An entry's `ifModifiedSince` (an instant), as epoch milliseconds; 400 when it is none.
+fn entry_if_modified_since(index: usize, request: &Value) -> Result<Option<i64>, RepoError> {
+    let Some(text) = request.get("ifModifiedSince").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    crate::meta::parse_instant_ms(text)
+        .map(Some)
+        .ok_or_else(|| {
+            RepoError::BadRequest(format!(
+                "Bundle.entry[{index}].request.ifModifiedSince '{text}' is not a FHIR instant"
+            ))
+        })
+}
+
 /// An entry's `ifNoneMatch` version.
 fn entry_if_none_match(index: usize, request: &Value) -> Result<Option<i64>, RepoError> {
     let Some(tag) = request.get("ifNoneMatch").and_then(Value::as_str) else {
@@ -524,6 +540,7 @@ fn parse_entries(bundle: &Value, kind: BundleKind) -> Result<Vec<EntryRequest>, 
                     .and_then(Value::as_str)
                     .map(str::to_string),
                 if_none_match,
+                if_modified_since: entry_if_modified_since(index, request)?,
                 invalid: entry
                     .get(renkei_fhir::INVALID_ENTRY)
                     .and_then(Value::as_array)
@@ -983,8 +1000,14 @@ fn run_entry(
     match (entry.method.as_str(), target) {
         ("GET" | "HEAD", Target::Instance(t, id)) => {
             let resource = interactions::read_visible(tx, &t, &id, &context.visibility)?;
-            // The client's copy is current: no body (http.html#cread, per entry).
-            let unchanged = entry.if_none_match == Some(resource.version);
+            // The client's copy is current: no body (http.html#cread, per entry). As with
+            // the headers, `ifModifiedSince` counts only without `ifNoneMatch` (RFC 9110
+            // §13.2.2).
+            let unchanged = match (entry.if_none_match, entry.if_modified_since) {
+                (Some(version), _) => version == resource.version,
+                (None, Some(since)) => resource.last_updated <= since,
+                (None, None) => false,
+            };
             Ok(EntryResult {
                 deleted_version: None,
                 status: if unchanged {
