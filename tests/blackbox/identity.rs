@@ -1033,6 +1033,27 @@ fn a_record_does_not_leave_a_person_whose_consent_is_on_another_record() {
         let hospital = net.as_hospital();
         let mut unlinked = patient(HOSP_P, HOSPITAL_SYSTEM, "H-0001", "x");
         unlinked["identifier"].as_array_mut().unwrap().truncate(1);
+        // Merging a duplicate of another birth date into it keeps it in its person (a
+        // review found the survivor split off that way while the consent was in force).
+        hospital
+            .put(
+                "Patient/dup-of-hosp",
+                &json!({"resourceType": "Patient", "id": "dup-of-hosp",
+                    "identifier": [{"system": HOSPITAL_SYSTEM, "value": "H-0999"}],
+                    "birthDate": "1990-01-01"}),
+            )
+            .expect(201);
+        hospital
+            .put(
+                "Patient/dup-of-hosp",
+                &json!({"resourceType": "Patient", "id": "dup-of-hosp", "active": false,
+                    "identifier": [{"system": HOSPITAL_SYSTEM, "value": "H-0999"}],
+                    "birthDate": "1990-01-01",
+                    "link": [{"other": {"reference": format!("Patient/{HOSP_P}")}, "type": "replaced-by"}]}),
+            )
+            .expect(200);
+        let survivor = net.as_clinic().read_json(&format!("Patient/{CLINIC_P}"));
+        assert!(survivor["link"].to_string().contains(HOSP_P), "{survivor}");
         for refused in [
             hospital.put(&format!("Patient/{HOSP_P}"), &unlinked),
             hospital.delete(&format!("Patient/{HOSP_P}")),

@@ -84,8 +84,8 @@ mod request;
 
 pub use error::IdentityError;
 pub use link::{
-    components, describe_key, describe_key_redacted, full_birth_date, link_keys, persons,
-    LinkingRules, INSURANCE_MEMBER_ID_SYSTEM, REGIONAL_PATIENT_ID_SYSTEM,
+    birth_date, components, describe_key, describe_key_redacted, full_birth_date, link_keys,
+    persons, LinkingRules, INSURANCE_MEMBER_ID_SYSTEM, REGIONAL_PATIENT_ID_SYSTEM,
 };
 pub use matching::{score, MatchGrade, MatchScore, MATCH_GRADE_EXTENSION_URL};
 pub use request::{candidate_queries, parse_match_request, parse_pix_identifier, MatchRequest};

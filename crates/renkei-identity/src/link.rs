@@ -169,10 +169,14 @@ pub fn describe_key_redacted(key: &str) -> String {
     }
 }
 
-/// A Patient's birth date when it is a full date (`YYYY-MM-DD`), as link keys and
-/// [`persons`] compare it.
+/// A Patient's birth date when it is a full date (`YYYY-MM-DD`), as link keys compare it.
 pub fn full_birth_date(patient: &Value) -> Option<String> {
     norm::full_birth_date(patient)
+}
+
+/// `birthDate` of any valid precision, as linking compares it (see [`persons`]).
+pub fn birth_date(patient: &Value) -> Option<String> {
+    norm::birth_date(patient)
 }
 
 /// Connected components (persons) over `nodes` joined by `edges`, ignoring any edge listed in
@@ -184,30 +188,39 @@ pub fn components(
     edges: &[(String, String)],
     suppressed: &[(String, String)],
 ) -> Vec<Vec<String>> {
-    persons(nodes, &BTreeMap::new(), edges, &[], suppressed)
+    persons(nodes, &BTreeMap::new(), edges, &[], &[], suppressed)
 }
 
 /// [`components`] in which shared keys (`key_edges`) never make one person of records with
-/// different full birth dates, directly or through other records: a key edge joins two
-/// groups only when their known birth dates agree (or one group has none). Without this, one
+/// different birth dates, directly or through other records: a key edge joins two groups
+/// only when their known birth dates agree (or one group has none). A date given to the year
+/// or month (`birth_dates` holds them as written, `1970`, `1970-06`) agrees with the dates it
+/// contains and contradicts the others. Without this, one
 /// record carrying the regional IDs (or insurance keys) of two people would merge them, and
 /// each one's consent would open the other's data. An administrator's explicit link
-/// (`linked`) joins whatever the birth dates. Edges are taken in sorted order, so the result
-/// does not depend on the order they were found in.
+/// (`linked`) joins whatever the birth dates, and the person so joined takes no further
+/// record through shared keys. A merge (`merged`: duplicate, survivor) joins whatever the
+/// dates too, the person keeping the survivor's date, so it takes the records the survivor
+/// would. Edges are taken in sorted order, so the result does not depend on the order they
+/// were found in.
 pub fn persons(
     nodes: &[String],
     birth_dates: &BTreeMap<String, String>,
     key_edges: &[(String, String)],
     linked: &[(String, String)],
+    merged: &[(String, String)],
     suppressed: &[(String, String)],
 ) -> Vec<Vec<String>> {
     // A group's birth date: `None` unknown, `Some(None)` several (an administrator joined
     // them), `Some(Some(d))` one.
     type GroupDate = Option<Option<String>>;
-    fn merged(a: &GroupDate, b: &GroupDate) -> Option<GroupDate> {
+    fn merged_date(a: &GroupDate, b: &GroupDate) -> Option<GroupDate> {
         match (a, b) {
             (None, other) | (other, None) => Some(other.clone()),
-            (Some(Some(x)), Some(Some(y))) if x == y => Some(a.clone()),
+            // A partial date agrees with the dates it contains (`1970` with `1970-01-01`); the
+            // group then has the more precise one, which later records must agree with.
+            (Some(Some(x)), Some(Some(y))) if y.starts_with(x.as_str()) => Some(b.clone()),
+            (Some(Some(x)), Some(Some(y))) if x.starts_with(y.as_str()) => Some(a.clone()),
             _ => None,
         }
     }
@@ -229,6 +242,11 @@ pub fn persons(
         set.into_iter().collect()
     };
     let (forced, by_key) = (kept(linked), kept(key_edges));
+    // A merge keeps its direction: the duplicate joins the survivor's person.
+    let merges: Vec<&(String, String)> = merged
+        .iter()
+        .filter(|(duplicate, survivor)| !suppressed.contains(&unordered(duplicate, survivor)))
+        .collect();
 
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut parent: Vec<usize> = Vec::new();
@@ -243,7 +261,7 @@ pub fn persons(
     for node in nodes {
         add(node, &mut parent, &mut dates);
     }
-    for (a, b) in forced.iter().chain(&by_key) {
+    for (a, b) in forced.iter().chain(&by_key).chain(merges.iter().copied()) {
         add(a, &mut parent, &mut dates);
         add(b, &mut parent, &mut dates);
     }
@@ -254,6 +272,22 @@ pub fn persons(
         }
         i
     }
+    // A duplicate merged into its survivor takes the survivor's birth date where the two
+    // disagree (the duplicate's was mistyped, or it would not be one), so the survivor stays
+    // the person it was: a merge must not split it from the other facilities' records of it.
+    for (duplicate, survivor) in merges {
+        let (Some(&id), Some(&is)) = (index.get(duplicate), index.get(survivor)) else {
+            continue;
+        };
+        let (rd, rs) = (root(&mut parent, id), root(&mut parent, is));
+        if rd == rs {
+            continue;
+        }
+        let date = merged_date(&dates[rs], &dates[rd]).unwrap_or_else(|| dates[rs].clone());
+        let (keep, gone) = (rd.min(rs), rd.max(rs));
+        parent[gone] = keep;
+        dates[keep] = date;
+    }
     let mut join = |a: &String, b: &String, force: bool, parent: &mut Vec<usize>| {
         let (Some(&ia), Some(&ib)) = (index.get(a), index.get(b)) else {
             return;
@@ -262,7 +296,7 @@ pub fn persons(
         if ra == rb {
             return;
         }
-        let date = match merged(&dates[ra], &dates[rb]) {
+        let date = match merged_date(&dates[ra], &dates[rb]) {
             Some(date) => date,
             None if force => Some(None),
             None => return,
@@ -310,7 +344,7 @@ mod tests {
             (s("bridge-p"), s("bridge-q")),
             (s("bridge-q"), s("q")),
         ];
-        let persons = super::persons(&nodes, &dates, &keys, &[], &[]);
+        let persons = super::persons(&nodes, &dates, &keys, &[], &[], &[]);
         assert_eq!(
             persons,
             vec![vec![s("bridge-p"), s("p")], vec![s("bridge-q"), s("q")]]
@@ -321,11 +355,11 @@ mod tests {
         no_date.remove("bridge-q");
         let keys = [(s("p"), s("bridge")), (s("bridge"), s("q"))];
         let nodes = [s("p"), s("bridge"), s("q")];
-        let persons = super::persons(&nodes, &no_date, &keys, &[], &[]);
+        let persons = super::persons(&nodes, &no_date, &keys, &[], &[], &[]);
         assert_eq!(persons.len(), 2, "{persons:?}");
         // An administrator's link joins whatever the dates.
         let linked = [(s("p"), s("q"))];
-        let persons = super::persons(&nodes, &no_date, &[], &linked, &[]);
+        let persons = super::persons(&nodes, &no_date, &[], &linked, &[], &[]);
         assert!(persons.contains(&vec![s("p"), s("q")]), "{persons:?}");
         // But a person so joined takes no record of any date through shared keys: a forced
         // link of two people's records (a wrong merge) would otherwise draw every other
@@ -334,12 +368,71 @@ mod tests {
         let mut with_elsewhere = dates.clone();
         with_elsewhere.insert(s("q-elsewhere"), s("1975-03-03"));
         let keys = [(s("q"), s("q-elsewhere"))];
-        let persons = super::persons(&nodes, &with_elsewhere, &keys, &linked, &[]);
+        let persons = super::persons(&nodes, &with_elsewhere, &keys, &linked, &[], &[]);
         assert_eq!(
             persons,
             vec![vec![s("p"), s("q")], vec![s("q-elsewhere")]],
             "{persons:?}"
         );
+    }
+
+    #[test]
+    fn a_merged_duplicate_takes_the_survivors_person_without_splitting_it() {
+        let s = |v: &str| v.to_string();
+        let nodes = [s("survivor"), s("elsewhere"), s("duplicate")];
+        let dates = [
+            ("survivor", "1949-08-25"),
+            ("elsewhere", "1949-08-25"),
+            ("duplicate", "1990-01-01"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (s(a), s(b)))
+        .collect();
+        let keys = [(s("survivor"), s("elsewhere"))];
+        let merged = [(s("duplicate"), s("survivor"))];
+        let persons = super::persons(&nodes, &dates, &keys, &[], &merged, &[]);
+        assert_eq!(
+            persons,
+            vec![vec![s("duplicate"), s("elsewhere"), s("survivor")]],
+            "{persons:?}"
+        );
+        // An unlink of the two undoes the merge.
+        let unlinked = [(s("survivor"), s("duplicate"))];
+        let persons = super::persons(&nodes, &dates, &keys, &[], &merged, &unlinked);
+        assert_eq!(persons.len(), 2, "{persons:?}");
+    }
+
+    #[test]
+    fn a_partial_birth_date_agrees_only_with_the_dates_it_contains() {
+        let s = |v: &str| v.to_string();
+        let nodes = [s("t1"), s("t5"), s("t6"), s("t7")];
+        let dates = [
+            ("t1", "1970-01-01"),
+            ("t5", "1970"),
+            ("t6", "1975-06"),
+            ("t7", "1970-02"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (s(a), s(b)))
+        .collect();
+        // One regional id on all four.
+        let keys = [
+            (s("t1"), s("t5")),
+            (s("t5"), s("t6")),
+            (s("t6"), s("t7")),
+            (s("t1"), s("t7")),
+        ];
+        let persons = super::persons(&nodes, &dates, &keys, &[], &[], &[]);
+        assert_eq!(
+            persons,
+            vec![vec![s("t1"), s("t5")], vec![s("t6")], vec![s("t7")]],
+            "{persons:?}"
+        );
+        let patient = |date: &str| json!({"resourceType": "Patient", "birthDate": date});
+        assert_eq!(crate::birth_date(&patient("1970")), Some(s("1970")));
+        assert_eq!(crate::birth_date(&patient("1975-06")), Some(s("1975-06")));
+        assert_eq!(crate::birth_date(&patient("1975-13")), None);
+        assert_eq!(crate::birth_date(&patient("2020-02-30")), None);
     }
 
     use super::*;

@@ -81,6 +81,20 @@ pub fn full_birth_date(patient: &Value) -> Option<String> {
     (raw.len() == 10 && NaiveDate::parse_from_str(raw, "%Y-%m-%d").is_ok()).then(|| raw.to_string())
 }
 
+/// `birthDate` when it is a valid date of any FHIR precision (`1970`, `1970-06`,
+/// `1970-06-01`), as written; what linking compares (a partial date agrees with the dates it
+/// contains, [`crate::persons`]).
+pub fn birth_date(patient: &Value) -> Option<String> {
+    if let Some(full) = full_birth_date(patient) {
+        return Some(full);
+    }
+    match birth_date_parts(patient)?.as_slice() {
+        [year] => Some(format!("{year:04}")),
+        [year, month] if (1..=12).contains(month) => Some(format!("{year:04}-{month:02}")),
+        _ => None,
+    }
+}
+
 /// `birthDate` of any FHIR date precision (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`), as its parts.
 pub fn birth_date_parts(patient: &Value) -> Option<Vec<u32>> {
     let raw = text(patient, "birthDate")?;

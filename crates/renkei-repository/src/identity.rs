@@ -108,21 +108,24 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
     let nodes: Vec<String> = seen.into_iter().collect();
     // Shared keys never join records of different birth dates into one person. A merge is
     // the holder's explicit decision, as an administrator's link is: a duplicate replaced by
-    // its survivor joins it whatever its (often mistyped) birth date.
+    // its survivor joins it whatever its (often mistyped) birth date, and the survivor keeps
+    // its own date and so the rest of its person.
     let mut birth_dates = std::collections::BTreeMap::new();
+    let mut merged: Vec<(String, String)> = Vec::new();
     for node in &nodes {
         let body = tx.current("Patient", node)?.and_then(|row| row.body);
         let Some(patient) = body.and_then(|body| serde_json::from_str::<Value>(&body).ok()) else {
             continue;
         };
-        if let Some(date) = renkei_identity::full_birth_date(&patient) {
+        if let Some(date) = renkei_identity::birth_date(&patient) {
             birth_dates.insert(node.clone(), date);
         }
         for survivor in replaced_by(&patient).filter(|survivor| nodes.contains(survivor)) {
-            linked.push((node.clone(), survivor));
+            merged.push((node.clone(), survivor));
         }
     }
-    let persons = renkei_identity::persons(&nodes, &birth_dates, &edges, &linked, &suppressed);
+    let persons =
+        renkei_identity::persons(&nodes, &birth_dates, &edges, &linked, &merged, &suppressed);
     if persons
         .iter()
         .any(|person| person.len() > MAX_RECORDS_PER_PERSON)

@@ -1279,9 +1279,19 @@ fn store_version(
         tx.replace_consent_rules(rid, &format!("Consent/{id}"), &rules)?;
     }
     if res_type == "Patient" {
-        let before = tx.person_members(id)?;
+        // The record itself, and the survivors it is merged into: a merge can take a survivor
+        // out of its person too (across birth dates it takes no record through shared keys).
+        let mut watched = vec![id.to_string()];
+        watched.extend(crate::identity::replaced_by(&stamped).filter(|s| s != id));
+        let mut before = Vec::with_capacity(watched.len());
+        for record in watched {
+            let members = tx.person_members(&record)?;
+            before.push((record, members));
+        }
         crate::identity::patient_written(tx, &context.linking, id, Some(&stamped))?;
-        refuse_leaving_with_a_consent(tx, id, &before, context.custodian.as_deref())?;
+        for (record, members) in &before {
+            refuse_leaving_with_a_consent(tx, record, members, context.custodian.as_deref())?;
+        }
     }
     Ok(StoredResource {
         custodian: custodian.clone(),
