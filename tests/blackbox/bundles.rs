@@ -274,6 +274,25 @@ fn batch_reports_each_entry() {
             assert!(refused.body.contains("another server"), "{}", refused.body);
         }
         s.get(&format!("Patient/{id}")).expect(200);
+        // Criteria whose escapes do not decode to UTF-8 are refused, as in a request's own
+        // query (a review found `%FF` read as U+FFFD, deleting the record carrying it).
+        let replacement = s.create(&json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:ex:ff", "value": "\u{fffd}"}]}));
+        let replacement = format!("Patient/{}", replacement["id"].as_str().unwrap_or_default());
+        for entry in [
+            json!({"request": {"method": "DELETE", "url": "Patient?identifier=urn:ex:ff|%FF"}}),
+            json!({"request": {"method": "PUT", "url": "Patient?identifier=urn:ex:ff|%FF"},
+                "resource": {"resourceType": "Patient", "active": true}}),
+            json!({"request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:ex:ff|%FF"},
+                "resource": {"resourceType": "Patient", "active": true}}),
+        ] {
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]});
+            let refused = s.post("", &bundle);
+            assert_eq!(refused.status, 400, "{}", refused.body);
+            assert!(refused.body.contains("UTF-8"), "{}", refused.body);
+        }
+        let kept = s.get(&replacement).expect(200).json();
+        assert_eq!(kept["meta"]["versionId"], "1", "{kept}");
         // A read with the client's current version answers 304 without the resource.
         s.put(
             "Patient/batch-etag",
@@ -302,6 +321,25 @@ fn batch_reports_each_entry() {
         assert!(e[0].get("resource").is_none(), "{}", e[0]);
         assert!(entry_status(&e[1]).starts_with("200"), "{}", e[1]);
         assert!(entry_status(&e[2]).starts_with("200"), "{}", e[2]);
+        // A read's parameters shape its answer as outside a Bundle (a review found them
+        // taken for part of the id).
+        let shaped = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "Patient/batch-etag?_elements=active"}},
+            {"request": {"method": "GET", "url": "Patient/batch-etag/_history/1?_summary=true&_format=json"}},
+            {"request": {"method": "GET", "url": "Patient/batch-etag?_count=3"}}]});
+        let r = s.post("", &shaped).expect(200).json();
+        let e = entries(&r);
+        assert!(entry_status(&e[0]).starts_with("200"), "{}", e[0]);
+        assert_eq!(e[0]["resource"]["id"], "batch-etag", "{}", e[0]);
+        assert!(
+            e[0]["resource"]["meta"].to_string().contains("SUBSETTED"),
+            "{}",
+            e[0]
+        );
+        assert!(entry_status(&e[1]).starts_with("200"), "{}", e[1]);
+        assert_eq!(e[1]["resource"]["id"], "batch-etag", "{}", e[1]);
+        assert!(entry_status(&e[2]).starts_with("400"), "{}", e[2]);
+        assert!(e[2].to_string().contains("_count"), "{}", e[2]);
         let bad = json!({"resourceType": "Bundle", "type": "batch", "entry": [
             {"request": {"method": "GET", "url": "Patient/batch-etag", "ifModifiedSince": "yesterday"}}]});
         let answer = s.post("", &bad);

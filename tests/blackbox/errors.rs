@@ -306,6 +306,22 @@ fn requests_need_a_bearer_token() {
             None,
         )
         .expect(401);
+        // Two credentials are refused, whatever their order (a review found the first used).
+        let good = format!("Bearer {}", s.token);
+        for pair in [
+            ["Bearer garbage", good.as_str()],
+            [good.as_str(), "Bearer garbage"],
+        ] {
+            s.anonymous()
+                .request(
+                    "GET",
+                    "Patient?_id=x",
+                    &[("Authorization", pair[0]), ("Authorization", pair[1])],
+                    None,
+                )
+                .expect(400)
+                .outcome();
+        }
         // The scheme name is case-insensitive (RFC 9110 §11.1).
         for scheme in ["BEARER", "bearer", "bEaReR"] {
             let authorization = format!("{scheme} {}", s.token);

@@ -219,6 +219,14 @@ impl FromStr for Scope {
         let (rtype, perms) = rest.split_once('.').ok_or_else(bad)?;
         let resource_type = match rtype {
             "*" => None,
+            // A type R4 does not define would be granted and never match anything.
+            t if valid_resource_type(t) && !renkei_fhir_schema::is_resource_type(t) => {
+                return Err(AuthError::invalid_scope(format!(
+                    "scope '{}' names '{}', which is no FHIR R4 resource type",
+                    printable(s),
+                    printable(t)
+                )))
+            }
             t if valid_resource_type(t) => Some(t.to_string()),
             _ => return Err(bad()),
         };

@@ -92,6 +92,11 @@ fn invalid_scopes_are_named() {
         err.description
     );
     assert!(!err.description.contains("system/*.rs"));
+    // A type R4 does not define is refused rather than granted (a review found
+    // `system/Bogus.rs` issued).
+    let err = Scopes::parse("system/Patient.rs system/Bogus.rs").unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidScope);
+    assert!(err.description.contains("Bogus"), "{}", err.description);
 }
 
 #[test]

@@ -320,6 +320,13 @@ async fn verified_claims(
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<renkei_auth::AccessClaims, ApiError> {
+    // Authorization is no list header (RFC 9110 §5.3): two credentials are not resolved by
+    // their order (RFC 6750 §3.1 `invalid_request`).
+    if req.headers().get_all(header::AUTHORIZATION).count() > 1 {
+        return Err(ApiError::bad_request(
+            "a request carries one Authorization header; this one has several",
+        ));
+    }
     let header_value = req
         .headers()
         .get(header::AUTHORIZATION)

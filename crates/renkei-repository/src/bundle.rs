@@ -596,7 +596,9 @@ fn full_url_disagreement(entry: &Value) -> Option<String> {
 /// and no ETag names a negative version.
 pub fn parse_etag(tag: &str) -> Option<i64> {
     let digits = tag.trim().trim_start_matches("W/").trim_matches('"');
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    // Entity tags compare as strings (RFC 9110 §8.8.3.2): `W/"001"` is not the `W/"1"` this
+    // server issues, so it names no version.
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
         return None;
     }
     digits.parse().ok()
@@ -613,6 +615,67 @@ pub fn relative_entry_url(url: &str) -> &str {
         .map(|i| &url[i + "/fhir/".len()..])
         .unwrap_or(url)
         .trim_start_matches('/')
+}
+
+/// A read entry's resource as its URL's parameters ask, as a read outside a Bundle answers:
+/// `_summary` (`true`, `text`, `data`, `false`) and `_elements`; `_format` and `_pretty` are
+/// the Bundle's own. Any other parameter is refused (400) rather than ignored.
+fn shaped_read(mut resource: StoredResource, url: &str) -> Result<StoredResource, RepoError> {
+    let Some((_, query)) = url.split('#').next().unwrap_or(url).split_once('?') else {
+        return Ok(resource);
+    };
+    let mut summary = None;
+    let mut elements: Option<Vec<String>> = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |text: &str| {
+            crate::criteria::percent_decode_strict(text)
+                .map_err(|reason| RepoError::BadRequest(format!("the entry URL '{url}': {reason}")))
+        };
+        let (name, value) = (decode(name)?, decode(value)?);
+        match name.as_str() {
+            "_summary" => {
+                summary = match value.as_str() {
+                    "false" => None,
+                    "true" => Some(renkei_fhir::SummaryMode::True),
+                    "text" => Some(renkei_fhir::SummaryMode::Text),
+                    "data" => Some(renkei_fhir::SummaryMode::Data),
+                    other => {
+                        return Err(RepoError::BadRequest(format!(
+                            "_summary '{other}' is not valid on a read; use true, text, data or false"
+                        )))
+                    }
+                }
+            }
+            "_elements" => {
+                let items = renkei_search::plan::list_items("_elements", &value)
+                    .map_err(crate::criteria::search_error)?;
+                elements
+                    .get_or_insert_with(Vec::new)
+                    .extend(items.into_iter().map(str::to_string));
+            }
+            "_format" | "_pretty" => {}
+            other => {
+                return Err(RepoError::BadRequest(format!(
+                    "the entry URL '{url}' reads one resource, which takes _summary and                      _elements, not '{other}'"
+                )))
+            }
+        }
+    }
+    if summary.is_none() && elements.is_none() {
+        return Ok(resource);
+    }
+    let mut value = resource.value()?;
+    if let Some(mode) = summary {
+        value = renkei_fhir::summarize(&value, mode);
+    }
+    if let Some(elements) = &elements {
+        let names: Vec<&str> = elements.iter().map(String::as_str).collect();
+        value = renkei_fhir::select_elements(&value, &names);
+    }
+    resource.body = serde_json::to_string(&value)
+        .map_err(|e| RepoError::BadRequest(format!("cannot serialize the resource: {e}")))?;
+    Ok(resource)
 }
 
 fn parse_target(url: &str) -> Result<Target, RepoError> {
@@ -647,7 +710,13 @@ fn parse_target(url: &str) -> Result<Target, RepoError> {
             return Ok(Target::Conditional(Criteria::parse_url(relative)?));
         }
     }
-    let segments: Vec<&str> = relative.split('/').collect();
+    // A read's parameters (`Patient/1?_summary=true`) shape its answer ([`shaped_read`]).
+    let segments: Vec<&str> = relative
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(relative)
+        .split('/')
+        .collect();
     let checked = |t: &str| -> Result<String, RepoError> {
         interactions::check_type(t)?;
         Ok(t.to_string())
@@ -1016,19 +1085,16 @@ fn run_entry(
                     "200 OK"
                 },
                 is_read: entry.method == "GET" && !unchanged,
-                resource: Some(resource),
+                resource: Some(shaped_read(resource, &entry.url)?),
             })
         }
         ("GET" | "HEAD", Target::Version(t, id, v)) => Ok(EntryResult {
             deleted_version: None,
             status: "200 OK",
             is_read: entry.method == "GET",
-            resource: Some(interactions::vread_visible(
-                tx,
-                &t,
-                &id,
-                &v,
-                &context.visibility,
+            resource: Some(shaped_read(
+                interactions::vread_visible(tx, &t, &id, &v, &context.visibility)?,
+                &entry.url,
             )?),
         }),
         ("POST", Target::Type(t)) => {

@@ -25,17 +25,22 @@ pub fn search_error(error: SearchError) -> RepoError {
 }
 
 impl Criteria {
-    /// Parses the query part of `Type?query`.
+    /// Parses the query part of `Type?query` (a Bundle entry's conditional URL, `ifNoneExist`
+    /// or conditional reference), decoded as strictly as a request's own query: an escape
+    /// that is not UTF-8 is refused, not turned into U+FFFD that could match a record.
     pub fn parse(res_type: &str, query: &str) -> Result<Criteria, RepoError> {
-        let params: Vec<(String, String)> = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (percent_decode(k), percent_decode(v))
-            })
-            .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
-            .collect();
+        let decode = |text: &str| {
+            percent_decode_strict(text)
+                .map_err(|reason| RepoError::BadRequest(format!("conditional criteria: {reason}")))
+        };
+        let mut params: Vec<(String, String)> = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode(k)?;
+            if !matches!(name.as_str(), "_format" | "_pretty") {
+                params.push((name, decode(v)?));
+            }
+        }
         Criteria::from_pairs(res_type, &params)
     }
 

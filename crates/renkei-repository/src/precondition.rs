@@ -180,6 +180,7 @@ mod tests {
     fn refuses_lists_and_non_versions_with_the_reason() {
         let list = parse_if_match("W/\"2\", W/\"3\"").unwrap_err();
         assert!(list.contains("lists several ETags"), "{list}");
+        assert_eq!(parse_if_match("W/\"001\""), Ok(IfMatch::Unissued));
         for unquoted in ["3", "W/3", "W/\"3"] {
             assert!(parse_if_match(unquoted).is_err(), "{unquoted}");
         }

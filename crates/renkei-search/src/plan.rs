@@ -761,6 +761,17 @@ pub fn parse(
             if value.is_empty() && !matches!(base, "_format" | "_pretty") {
                 return invalid(format!("parameter '{name}' has no value"));
             }
+            // One value each: which of two `_count`s (or `_summary`s, `_total`s, `_sort`s)
+            // was meant cannot be guessed, and taking either answers another search.
+            if matches!(
+                base,
+                "_count" | "_summary" | "_total" | "_sort" | "_contained" | "_containedType"
+            ) && params.iter().filter(|(other, _)| other == name).count() > 1
+            {
+                return invalid(format!(
+                    "parameter '{name}' is given more than once; it takes one value"
+                ));
+            }
             parse_result_param(&mut plan, name, value, options)?;
             continue;
         }
@@ -1881,6 +1892,26 @@ mod tests {
             &ParseOptions::default()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_single_valued_result_parameter_given_twice_is_refused() {
+        let patient = vec!["Patient".to_string()];
+        for name in ["_count", "_summary", "_total", "_sort"] {
+            let value = match name {
+                "_count" => "5",
+                "_summary" => "true",
+                "_total" => "none",
+                _ => "birthdate",
+            };
+            let err = parse(
+                &patient,
+                &p(&[(name, value), (name, value)]),
+                &ParseOptions::default(),
+            )
+            .unwrap_err();
+            assert!(matches!(err, SearchError::Invalid(_)), "{name}: {err:?}");
+        }
     }
 
     #[test]
