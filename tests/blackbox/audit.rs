@@ -559,6 +559,21 @@ fn every_interaction_leaves_a_balp_audit_event() {
             && client_of(e).as_deref() == Some("clinic-c-ehr")));
         let on_obs = audit_events(&auditor, &format!("entity={oid}"));
         assert!(on_obs.len() >= 6, "{}", on_obs.len());
+        // `entity` is every `entity.what`: the patient an event names counts (a review found
+        // only the resources matched), and each event is found once.
+        let on_patient = audit_events(&auditor, &format!("entity=Patient/{PATIENT}"));
+        let by_patient = audit_events(&auditor, &format!("patient=Patient/{PATIENT}"));
+        assert!(
+            on_patient.len() >= by_patient.len(),
+            "{} < {}",
+            on_patient.len(),
+            by_patient.len()
+        );
+        let mut ids: Vec<&str> = on_patient.iter().filter_map(|e| e["id"].as_str()).collect();
+        let found = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), found, "an event found twice");
         let creates = audit_events(&auditor, "action=C&agent=Organization/hosp-a");
         assert!(creates.iter().all(|e| e["action"] == "C"));
         assert!(creates

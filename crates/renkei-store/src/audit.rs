@@ -526,6 +526,21 @@ pub(crate) enum Listing {
 }
 
 /// ` AND ` [`crate::search::push_in`].
+/// `column` holds reference kind `kind`. `entity` is `AuditEvent.entity.what`: the patient an
+/// event names is one of its entities too (role 1), kept as a kind of its own for `patient=`.
+fn push_ref_kind(sql: &mut Sql, column: &str, kind: &str) {
+    if kind == "entity" {
+        sql.push(&format!("{column} IN ("))
+            .bind(Bind::Text("entity".into()))
+            .push(", ")
+            .bind(Bind::Text("patient".into()))
+            .push(")");
+    } else {
+        sql.push(&format!("{column} = "))
+            .bind(Bind::Text(kind.to_string()));
+    }
+}
+
 fn push_any_of(sql: &mut Sql, column: &str, values: &[String]) {
     sql.push(" AND ");
     crate::search::push_in(sql, column, values);
@@ -569,7 +584,9 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
         Listing::Count => "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM ",
     });
     let seq_column = match driving_ref {
-        Some((kind, [reference])) => {
+        // `entity` reads two kinds of row, which one event may both have: found through its
+        // distinct events, as a list is.
+        Some((kind, [reference])) if kind != "entity" => {
             sql.push("audit_refs d CROSS JOIN audit_events e WHERE d.kind = ")
                 .bind(Bind::Text(kind.clone()))
                 .push(" AND d.ref = ")
@@ -578,8 +595,8 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
             "d.seq"
         }
         Some((kind, references)) => {
-            sql.push("(SELECT DISTINCT dr.seq FROM audit_refs dr WHERE dr.kind = ")
-                .bind(Bind::Text(kind.clone()));
+            sql.push("(SELECT DISTINCT dr.seq FROM audit_refs dr WHERE ");
+            push_ref_kind(&mut sql, "dr.kind", kind);
             push_any_of(&mut sql, "dr.ref", references);
             sql.push(") d CROSS JOIN audit_events e WHERE e.seq = d.seq");
             "d.seq"
@@ -625,8 +642,8 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
         sql.push(")");
     }
     for (kind, references) in other_refs {
-        sql.push(" AND EXISTS (SELECT 1 FROM audit_refs r WHERE r.seq = e.seq AND r.kind = ")
-            .bind(Bind::Text(kind.clone()));
+        sql.push(" AND EXISTS (SELECT 1 FROM audit_refs r WHERE r.seq = e.seq AND ");
+        push_ref_kind(&mut sql, "r.kind", kind);
         push_any_of(&mut sql, "r.ref", references);
         sql.push(")");
     }
