@@ -437,12 +437,24 @@ const CLIENT_DISPLAY: &str = "the facility's client system";
 /// stated reason (`urn:renkei:break-glass:<reason>`).
 const BREAK_GLASS_POLICY: &str = "urn:renkei:break-glass";
 
-/// Keeps a free-text reason usable inside a URI (the full text is in the break-glass log).
+/// Keeps a free-text reason usable inside a URI (the full text is in the break-glass log):
+/// letters and digits of other scripts are percent-encoded (RFC 3986 URIs are ASCII), so
+/// `意識障害` stays readable to a URI decoder; anything else becomes `-`.
 fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_alphanumeric() { c } else { '-' })
-        .take(200)
-        .collect()
+    let mut out = String::new();
+    for c in text.chars().take(200) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if c.is_alphanumeric() {
+            let mut bytes = [0u8; 4];
+            for byte in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push('-');
+        }
+    }
+    out
 }
 
 /// An event as a patient ("who viewed my record") or a facility (accesses to its data) sees
@@ -804,6 +816,12 @@ mod tests {
         let event = builder.build("e2");
         assert_eq!(event["action"], "E");
         assert_eq!(event["entity"][0]["query"], "T2JzZXJ2YXRpb24/Y29kZT0x");
+    }
+
+    #[test]
+    fn a_break_glass_reason_becomes_an_ascii_uri() {
+        assert_eq!(sanitize("unconscious in ER"), "unconscious-in-ER");
+        assert_eq!(sanitize("意識 (ER)"), "%E6%84%8F%E8%AD%98--ER-");
     }
 
     #[test]

@@ -253,23 +253,15 @@ pub(crate) fn verify_client_assertion_for(
         .kid
         .as_deref()
         .ok_or_else(|| AuthError::invalid_client("client assertion header has no 'kid'"))?;
-    let jwks = client.jwks.as_ref().ok_or_else(|| {
-        AuthError::invalid_client(format!(
-            "client '{}' has no registered keys (jwks)",
-            client.client_id
-        ))
-    })?;
+    let jwks = client
+        .jwks
+        .as_ref()
+        .ok_or_else(|| no_registered_key(kid, &client.client_id))?;
     let keys = parse_jwks(jwks)?;
     let key = keys
         .iter()
         .find(|k| k.kid.as_deref() == Some(kid))
-        .ok_or_else(|| {
-            AuthError::invalid_client(format!(
-                "no key with kid '{}' registered for client '{}'",
-                printable(kid),
-                client.client_id
-            ))
-        })?;
+        .ok_or_else(|| no_registered_key(kid, &client.client_id))?;
     if key.kind != kind || key.alg.as_deref().is_some_and(|a| a != alg_name) {
         return Err(AuthError::invalid_client(format!(
             "key '{}' cannot be used with {alg_name}",
@@ -491,4 +483,15 @@ pub fn generate_client_key_es384(
         "kid": kid, "alg": "ES384", "use": "sig",
     }]});
     Ok((pem, jwks))
+}
+
+/// The one answer for an assertion whose key is not registered: whether the client does not
+/// exist, has no keys or none with that `kid`, an anonymous caller learns nothing about which
+/// client ids are registered.
+pub(crate) fn no_registered_key(kid: &str, client_id: &str) -> AuthError {
+    AuthError::invalid_client(format!(
+        "no key with kid '{}' is registered for client '{}'",
+        printable(kid),
+        printable(client_id)
+    ))
 }

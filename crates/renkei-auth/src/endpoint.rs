@@ -135,8 +135,15 @@ impl TokenEndpoint<'_> {
                 "client_id names another client than the client_assertion",
             ));
         }
+        // An unknown client is answered as a registered one without that key.
         let client = lookup(&client_id).ok_or_else(|| {
-            AuthError::invalid_client(format!("unknown client '{}'", printable(&client_id)))
+            match jsonwebtoken::decode_header(&request.client_assertion)
+                .ok()
+                .and_then(|header| header.kid)
+            {
+                Some(kid) => crate::assertion::no_registered_key(&kid, &client_id),
+                None => AuthError::invalid_client("client assertion header has no 'kid'"),
+            }
         })?;
         // A jti is unique per issuer (RFC 7519 §4.1.7): the replay check is per client, so
         // one client's ids can neither collide with nor block another's.
