@@ -268,6 +268,7 @@ fn every_interaction_leaves_a_balp_audit_event() {
             "entry": [
                 {"request": {"method": "GET", "url": net.labs[0]}},
                 {"request": {"method": "GET", "url": format!("Observation?patient={PATIENT}&code=3D010000001926101")}},
+                {"request": {"method": "GET", "url": "Observation/no-such-lab"}},
             ],
         });
         send(&a, "batch", "POST", "", Some(&batch), fhir).expect(200);
@@ -444,6 +445,18 @@ fn every_interaction_leaves_a_balp_audit_event() {
             "{batch_search}"
         );
         assert_eq!(patient_entities(batch_search), vec![patient.clone()]);
+        // A failed entry says why, as the request on its own does (a review found no
+        // outcomeDesc).
+        let failed_read = by_request[&rid("batch")]
+            .iter()
+            .find(|e| e["subtype"][0]["code"] == "read" && e["outcome"] == "4")
+            .expect("the failed read entry's event");
+        assert!(
+            failed_read["outcomeDesc"]
+                .as_str()
+                .is_some_and(|text| text.contains("no-such-lab")),
+            "{failed_read}"
+        );
         // The transaction names what it created.
         let tx_event = event_with(&by_request, &rid("transaction"), "transaction");
         let tx_target = tx_location.split("/_history").next().unwrap();

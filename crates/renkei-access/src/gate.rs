@@ -1780,6 +1780,13 @@ impl Gate {
                 .unwrap_or_default();
             let mut event = self.event(who, interaction_of(method, url));
             event.outcome = AuditOutcome::from_status(entry_status(answer));
+            // A failed entry says why, as the same request on its own does.
+            if entry_status(answer) >= 400 {
+                event.outcome_desc = answer
+                    .pointer("/response/outcome/issue/0/diagnostics")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+            }
             let target = answer
                 .pointer("/response/location")
                 .and_then(Value::as_str)
