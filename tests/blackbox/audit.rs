@@ -1689,6 +1689,21 @@ fn deletes_name_the_deleted_resource_and_its_patient() {
         let (event, _) = rest_and_consent(&auditor, "rq-delete-none");
         assert_eq!(entity_refs(&event), vec!["Observation/none".to_string()]);
         assert!(patient_entities(&event).is_empty(), "{event}");
+        // So does a conditional delete that matched nothing (a review found no entity).
+        net.as_a()
+            .request(
+                "DELETE",
+                "Observation?identifier=urn:test|nothing-2",
+                &[("X-Request-Id", "rq-cond-delete-none")],
+                None,
+            )
+            .expect(204);
+        let (event, _) = rest_and_consent(&auditor, "rq-cond-delete-none");
+        assert_eq!(
+            entity_refs(&event),
+            vec!["Observation?identifier=urn:test%7Cnothing-2".to_string()],
+            "{event}"
+        );
     });
 }
 

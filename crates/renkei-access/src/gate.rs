@@ -1235,12 +1235,21 @@ impl Gate {
         )?;
         self.require_criteria_search(who, &criteria.res_type, Interaction::Delete)?;
         let criteria = criteria.visible_to(self.visibility(who));
+        // What it asked for (`Observation?identifier=…`), named when it deleted nothing, as a
+        // Bundle entry's conditional delete is.
+        let asked = criteria.url();
         self.write(
             who,
             Interaction::Delete,
             Some(criteria.res_type.clone()),
             |tx, context| renkei_repository::conditional_delete(tx, &criteria, if_match, context),
-            Self::describe_delete,
+            |outcome, builder| {
+                let custodians = Self::describe_delete(outcome, builder);
+                if builder.resources.is_empty() {
+                    builder.resources.push(asked.clone());
+                }
+                custodians
+            },
         )
     }
 

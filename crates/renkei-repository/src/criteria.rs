@@ -180,6 +180,18 @@ impl Criteria {
         self
     }
 
+    /// `Type?query` of the parameters that took effect, percent-encoded (what an audit record
+    /// names for a conditional interaction that found nothing).
+    pub fn url(&self) -> String {
+        let query: Vec<String> = self
+            .plan
+            .applied
+            .iter()
+            .map(|(name, value)| format!("{}={}", percent_encode(name), percent_encode(value)))
+            .collect();
+        format!("{}?{}", self.res_type, query.join("&"))
+    }
+
     /// Matches only what the requester may see: conditional interactions must not reveal
     /// (or act on) resources hidden from them.
     pub fn visible_to(mut self, visibility: Visibility) -> Self {
