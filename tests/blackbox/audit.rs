@@ -1823,6 +1823,23 @@ fn post_search_records_the_form_body_parameters_it_searched() {
             Some("?_type=Observation%2CCondition"),
             "{event}"
         );
+        // A refused one too (a review found only its URL recorded).
+        net.as_a()
+            .request(
+                "POST",
+                "Observation/_search",
+                &[
+                    ("X-Request-Id", "rq-post-search-refused"),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Prefer", "handling=strict"),
+                ],
+                Some(format!("patient={PATIENT}&bogus=1").into_bytes()),
+            )
+            .expect(400);
+        let (event, _) = rest_and_consent(&auditor, "rq-post-search-refused");
+        assert_eq!(event["outcome"], "4", "{event}");
+        let recorded = query_of(&event).unwrap_or_default();
+        assert!(recorded.contains("bogus=1"), "{recorded} / {event}");
     });
 }
 

@@ -88,7 +88,10 @@ async fn respond_recorded(
     let request_id = crate::auth::request_id(req);
     let address = req.peer_addr().map(|a| a.ip().to_string());
     let method = req.method().to_string();
-    let target = match req.query_string() {
+    let posted = actix_web::HttpMessage::extensions(req)
+        .get::<crate::search::PostedSearch>()
+        .map(|posted| posted.0.clone());
+    let target = match posted.as_deref().unwrap_or(req.query_string()) {
         "" => req.path().trim_start_matches("/fhir/").to_string(),
         q => format!("{}?{q}", req.path().trim_start_matches("/fhir/")),
     };

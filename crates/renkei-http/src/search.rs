@@ -630,9 +630,18 @@ pub(crate) async fn posted_params(
         // An empty body is a search with the URL's parameters only.
         let body = read_body_or_empty(req, payload, state.max_body_bytes).await?;
         params.extend(parse_form_strict(&body)?);
+        // A search refused after this point is recorded with the body's parameters too
+        // (`handlers::respond_recorded`), as one that ran is.
+        actix_web::HttpMessage::extensions_mut(req)
+            .insert(PostedSearch(query_string(params.iter())));
     }
     Ok(params)
 }
+
+/// The parameters of a `POST …/_search`, URL's and body's, as one query string: what the
+/// trail records of the search, refused or not.
+#[derive(Debug, Clone)]
+pub(crate) struct PostedSearch(pub(crate) String);
 
 /// `GET [base]?_type=A,B&…`: common parameters over several types (all types when `_type` is
 /// absent).
