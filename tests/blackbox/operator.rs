@@ -501,4 +501,21 @@ fn commands_on_a_mistyped_sqlite_path_create_no_database() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // A purpose no request can carry is refused (a review found any accepted).
+    let out = run(
+        &url,
+        &[
+            "explain",
+            "Patient?name=x",
+            "--organization",
+            "Organization/o",
+            "--purpose",
+            "BOGUS",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("BOGUS"),
+        "{stderr}"
+    );
 }

@@ -198,6 +198,22 @@ fn valid_resource_type(t: &str) -> bool {
         && t.len() <= 64
 }
 
+/// The resource type a scope names when it is well-formed but no R4 resource type
+/// (`system/Obsrvation.rs`: a typo that would be granted and match nothing).
+fn unknown_resource_type(scope: &str) -> Option<&str> {
+    let (_, rest) = scope.split_once('/')?;
+    let (rtype, _) = rest.split_once('.')?;
+    (valid_resource_type(rtype) && !renkei_fhir_schema::is_resource_type(rtype)).then_some(rtype)
+}
+
+fn describe_unknown_type(scope: &str, rtype: &str) -> String {
+    format!(
+        "'{}' (no FHIR R4 resource type '{}')",
+        printable(scope),
+        printable(rtype)
+    )
+}
+
 impl FromStr for Scope {
     type Err = AuthError;
 
@@ -220,12 +236,8 @@ impl FromStr for Scope {
         let resource_type = match rtype {
             "*" => None,
             // A type R4 does not define would be granted and never match anything.
-            t if valid_resource_type(t) && !renkei_fhir_schema::is_resource_type(t) => {
-                return Err(AuthError::invalid_scope(format!(
-                    "scope '{}' names '{}', which is no FHIR R4 resource type",
-                    printable(s),
-                    printable(t)
-                )))
+            t if unknown_resource_type(s).is_some() => {
+                return Err(AuthError::invalid_scope(describe_unknown_type(s, t)))
             }
             t if valid_resource_type(t) => Some(t.to_string()),
             _ => return Err(bad()),
@@ -298,7 +310,10 @@ impl Scopes {
             }
             match item.parse::<Scope>() {
                 Ok(scope) => scopes.push(scope),
-                Err(_) => bad.push(format!("'{}'", printable(item))),
+                Err(_) => bad.push(match unknown_resource_type(item) {
+                    Some(t) => describe_unknown_type(item, t),
+                    None => format!("'{}'", printable(item)),
+                }),
             }
         }
         if bad.is_empty() {

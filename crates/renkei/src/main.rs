@@ -104,8 +104,8 @@ enum Command {
         /// without it, unrestricted (the gateway's own view).
         #[arg(long, value_parser = organization_reference)]
         organization: Option<String>,
-        /// Purpose of use of the facility's request.
-        #[arg(long, default_value = "TREAT")]
+        /// Purpose of use of the facility's request (a v3 ActReason purpose of use).
+        #[arg(long, default_value = "TREAT", value_parser = purpose_of_use)]
         purpose: String,
     },
     /// Rebuild the search index rows of every stored resource (after a change of search
@@ -487,6 +487,17 @@ fn use_index_rules(config: &Config, store: &Store) -> Result<(), String> {
 
 /// `--organization` as consent decisions name a facility: `Organization/ID`. A bare ID would
 /// plan for a facility no consent or record names.
+/// `--purpose`: a code consents can name (a misspelt one would plan a search no request
+/// makes).
+fn purpose_of_use(text: &str) -> Result<String, String> {
+    match renkei_consent::PURPOSE_OF_USE_CODES.contains(&text) {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "'{text}' is no v3-ActReason purpose of use (such as TREAT, ETREAT, HPAYMT, PUBHLTH)"
+        )),
+    }
+}
+
 fn organization_reference(text: &str) -> Result<String, String> {
     renkei_auth::check_reference(text, &["Organization"], "--organization")
         .map(|()| text.to_string())
