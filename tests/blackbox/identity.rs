@@ -1075,3 +1075,58 @@ fn a_record_does_not_leave_a_person_whose_consent_is_on_another_record() {
         assert!([200, 204].contains(&deleted.status), "{}", deleted.body);
     });
 }
+
+/// A review found: a third facility's new record took a record given to the year only
+/// (`1960`) out of a consented person, by pairing off with it first (its id sorting first),
+/// and the patient's refusal stopped applying to that record's data. Such a write is refused
+/// (409) without naming the other facilities' records; one that agrees with the person joins.
+#[test]
+fn a_new_record_does_not_pair_off_a_record_of_a_consented_person() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let regional = json!({"system": "urn:renkei:regional-patient-id", "value": "RG-SPLIT"});
+        net.as_hospital()
+            .put(
+                "Patient/split-b-year",
+                &json!({"resourceType": "Patient", "id": "split-b-year",
+                    "identifier": [{"system": HOSPITAL_SYSTEM, "value": "H-7001"}, regional],
+                    "birthDate": "1960"}),
+            )
+            .expect(201);
+        net.as_clinic()
+            .put(
+                "Patient/split-c-full",
+                &json!({"resourceType": "Patient", "id": "split-c-full",
+                    "identifier": [{"system": CLINIC_SYSTEM, "value": "C-7001"}, regional],
+                    "birthDate": "1960-01-02"}),
+            )
+            .expect(201);
+        net.as_clinic()
+            .put(
+                "Consent/split-refusal",
+                &json!({"resourceType": "Consent", "id": "split-refusal", "status": "active",
+                    "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                    "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                    "patient": {"reference": "Patient/split-c-full"},
+                    "provision": {"type": "deny"}}),
+            )
+            .expect(201);
+        let pairing_off = json!({"resourceType": "Patient", "id": "split-a-other",
+            "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.19999999999", "value": "O-7001"}, regional],
+            "birthDate": "1960-05-05"});
+        let refused = net
+            .as_other()
+            .put("Patient/split-a-other", &pairing_off)
+            .expect(409);
+        assert!(
+            !refused.body.contains("split-b-year") && !refused.body.contains("split-c-full"),
+            "{}",
+            refused.body
+        );
+        let mut agreeing = pairing_off.clone();
+        agreeing["birthDate"] = json!("1960-01-02");
+        net.as_other()
+            .put("Patient/split-a-other", &agreeing)
+            .expect(201);
+    });
+}

@@ -41,8 +41,12 @@ fn mime_format(mime: &str) -> Option<Format> {
 /// The response format: `_format` wins over `Accept`; JSON when neither says.
 pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
     if let Some(param) = format_param {
-        // `_format=application/fhir+xml` written without encoding its `+` arrives as a space.
-        let param = param.replace(' ', "+");
+        // `_format=application/fhir+xml` written without encoding its `+` arrives as a space;
+        // a space after a `;` is the media type's own (`; fhirVersion=3.0`).
+        let param = match param.split_once(';') {
+            Some((mime, parameters)) => format!("{};{parameters}", mime.replace(' ', "+")),
+            None => param.replace(' ', "+"),
+        };
         // `_format` stands in for `Accept` (http.html), so another FHIR version is refused
         // here as there.
         if names_another_fhir_version(&param) {
@@ -558,6 +562,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(other_version.to_string().contains("R4"), "{other_version}");
+        // With the usual space after the `;` too, and an unencoded `+` still read as one.
+        assert!(negotiate(
+            Some("application/fhir json; fhirVersion=3.0"),
+            &HeaderMap::new()
+        )
+        .is_err());
+        assert_eq!(
+            negotiate(
+                Some("application/fhir xml; fhirVersion=4.0"),
+                &HeaderMap::new()
+            )
+            .unwrap(),
+            Format::Xml
+        );
         assert_eq!(
             negotiate(
                 Some("application/fhir+json;fhirVersion=4.0"),

@@ -60,13 +60,17 @@ pub(crate) fn replaced_by(patient: &Value) -> impl Iterator<Item = String> + '_ 
         })
 }
 
+/// The records whose person a relink regrouped, each with the members its person had before
+/// (a record that had none is left out): what a write may have taken out of a person.
+pub(crate) type PersonsBefore = Vec<(String, Vec<String>)>;
+
 /// A Patient record was written (or deleted: `None`): refresh its keys and its person.
 pub(crate) fn patient_written(
     tx: &mut Tx<'_>,
     rules: &LinkingRules,
     id: &str,
     patient: Option<&Value>,
-) -> Result<(), RepoError> {
+) -> Result<PersonsBefore, RepoError> {
     let keys = patient.map_or_else(Vec::new, |p| link_keys(rules, id, p));
     tx.replace_link_keys(id, &keys)?;
     relink(tx, id)
@@ -74,8 +78,10 @@ pub(crate) fn patient_written(
 
 /// Recomputes the persons around `seed`: everything reachable through shared keys and
 /// administrators' links, plus the members of the persons those records belonged to (so a
-/// split is seen whole), regrouped into connected components.
-pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
+/// split is seen whole), regrouped into connected components. Returns each regrouped
+/// record's person before.
+pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<PersonsBefore, RepoError> {
+    let mut before: PersonsBefore = Vec::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut queue: Vec<String> = vec![seed.to_string()];
     let mut edges: Vec<(String, String)> = Vec::new();
@@ -103,7 +109,11 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
                 suppressed.push((record.clone(), other));
             }
         }
-        queue.extend(tx.person_members(&record)?);
+        let members = tx.person_members(&record)?;
+        queue.extend(members.iter().cloned());
+        if !members.is_empty() {
+            before.push((record, members));
+        }
     }
     let nodes: Vec<String> = seen.into_iter().collect();
     // Shared keys never join records of different birth dates into one person. A merge is
@@ -135,7 +145,7 @@ pub fn relink(tx: &mut Tx<'_>, seed: &str) -> Result<(), RepoError> {
     for person in persons {
         tx.assign_person(&person)?;
     }
-    Ok(())
+    Ok(before)
 }
 
 /// What an administrator's link or unlink left: the records of each one's person afterwards,

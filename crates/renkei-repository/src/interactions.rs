@@ -1279,19 +1279,8 @@ fn store_version(
         tx.replace_consent_rules(rid, &format!("Consent/{id}"), &rules)?;
     }
     if res_type == "Patient" {
-        // The record itself, and the survivors it is merged into: a merge can take a survivor
-        // out of its person too (across birth dates it takes no record through shared keys).
-        let mut watched = vec![id.to_string()];
-        watched.extend(crate::identity::replaced_by(&stamped).filter(|s| s != id));
-        let mut before = Vec::with_capacity(watched.len());
-        for record in watched {
-            let members = tx.person_members(&record)?;
-            before.push((record, members));
-        }
-        crate::identity::patient_written(tx, &context.linking, id, Some(&stamped))?;
-        for (record, members) in &before {
-            refuse_leaving_with_a_consent(tx, record, members, context.custodian.as_deref())?;
-        }
+        let before = crate::identity::patient_written(tx, &context.linking, id, Some(&stamped))?;
+        refuse_splitting_a_consented_person(tx, id, &before, context.custodian.as_deref())?;
     }
     Ok(StoredResource {
         custodian: custodian.clone(),
@@ -1818,7 +1807,14 @@ pub fn delete(
     }
     tx.replace_index(row.rid, res_type, &tombstone_rows)?;
     if res_type == "Patient" {
-        crate::identity::patient_written(tx, &context.linking, id, None)?;
+        let before = crate::identity::patient_written(tx, &context.linking, id, None)?;
+        // The deleted record's own leaving is refused above; here, any other record a
+        // delete takes out of a person (one it bridged to the rest).
+        let others: crate::identity::PersonsBefore = before
+            .into_iter()
+            .filter(|(record, _)| record != id)
+            .collect();
+        refuse_splitting_a_consented_person(tx, id, &others, context.custodian.as_deref())?;
     }
     Ok(DeleteOutcome::Deleted {
         version,
@@ -1875,6 +1871,43 @@ fn care_period(res_type: &str, resource: &Value) -> CarePeriod {
         renkei_consent::clinical_date_ms(res_type, resource),
         renkei_consent::clinical_end_ms(res_type, resource),
     )
+}
+
+/// No record leaves a person whose consent is in force by a Patient write: not the written
+/// record ([`refuse_leaving_with_a_consent`]), and not another facility's record either,
+/// which a new record can pair off (a record given to the year only, `1970`, joins the first
+/// record of a date it contains, so a `1970-05-05` record sorting first would take it from a
+/// `1970-01-01` one) or a merge can take along. Another holder's records are not named.
+fn refuse_splitting_a_consented_person(
+    tx: &mut Tx<'_>,
+    id: &str,
+    before: &crate::identity::PersonsBefore,
+    writer: Option<&str>,
+) -> Result<(), RepoError> {
+    for (record, members) in before {
+        if record == id {
+            refuse_leaving_with_a_consent(tx, id, members, writer)?;
+            continue;
+        }
+        let after = tx.person_members(record)?;
+        let left: Vec<&str> = members
+            .iter()
+            .filter(|member| *member != record && !after.contains(member))
+            .map(String::as_str)
+            .collect();
+        if left.is_empty() {
+            continue;
+        }
+        for consented in std::iter::once(record.as_str()).chain(left.iter().copied()) {
+            if !tx.consents_in_force_on(consented, 1)?.is_empty() {
+                return Err(RepoError::Conflict(
+                    "this change would take another Patient record out of a person whose                      consent is in force (the consent would stop applying to some of their                      records): an administrator reviews the link ($link, $unlink) first"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A Patient record does not leave the person it was linked to by a change of its identifiers
