@@ -1550,6 +1550,11 @@ fn audit_search_by_post_counts_and_names_its_pages() {
                 "{path}: {}",
                 refused.body
             );
+            // A well-formed `Allow`, the same as OPTIONS answers (a review found
+            // `, OPTIONS` here and `GET, HEAD, OPTIONS` there).
+            assert_eq!(refused.header("allow"), Some("OPTIONS"), "{path}");
+            let options = s.anonymous().request("OPTIONS", &path, &[], None);
+            assert_eq!(options.header("allow"), Some("OPTIONS"), "{path}");
         }
     });
 }

@@ -27,7 +27,17 @@ pub async fn append_only(req: HttpRequest) -> HttpResponse {
         "{} is not allowed on AuditEvent: the audit trail is append-only and written by the gateway itself",
         req.method()
     );
-    crate::handlers::refuse_method(&req, message, "GET, HEAD").await
+    // The trail's history URLs take no method at all (see `read`).
+    let allow = match is_history_path(req.path()) {
+        true => "",
+        false => "GET, HEAD",
+    };
+    crate::handlers::refuse_method(&req, message, allow).await
+}
+
+/// Whether `path` names a history of the trail (`AuditEvent/_history`, `…/{id}/_history…`).
+fn is_history_path(path: &str) -> bool {
+    path.ends_with("/_history") || path.contains("/_history/")
 }
 
 fn reference(value: &str, default_type: &str) -> String {
@@ -306,7 +316,7 @@ pub async fn read(
 ) -> HttpResponse {
     let ctx = ctx_or_fail!(req);
     let tail = path.into_inner();
-    if tail == "_history" || tail.ends_with("/_history") || tail.contains("/_history/") {
+    if tail == "_history" || is_history_path(&tail) {
         let message = "AuditEvent has no history: each event is written once and never \
                        changed; read AuditEvent/{id} or search AuditEvent instead";
         // No method is allowed on a history URL of the trail (an empty `Allow`).

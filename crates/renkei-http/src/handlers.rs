@@ -1326,7 +1326,10 @@ pub(crate) async fn refuse_method(
     message: String,
     allow: &'static str,
 ) -> HttpResponse {
-    let allowed = format!("{allow}, OPTIONS");
+    let allowed = match allow {
+        "" => "OPTIONS".to_string(),
+        methods => format!("{methods}, OPTIONS"),
+    };
     if req.method() == actix_web::http::Method::OPTIONS {
         // A path naming no resource type is no endpoint, whatever the method.
         if let Some(Err(error)) = req.match_info().get("type").map(check_type) {
