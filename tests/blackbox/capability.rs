@@ -28,6 +28,29 @@ fn capability_statement() {
         s.get_with("metadata", &[("If-None-Match", "W/\"0\"")])
             .expect(200);
         let cs = r.json();
+        // The gateway's own operations' definitions are served where the statement says
+        // (a review found them nowhere), without a token, as the statement itself is.
+        let operations = cs["rest"][0]["resource"]
+            .as_array()
+            .and_then(|resources| resources.iter().find(|r| r["type"] == "Patient"))
+            .map(|patient| patient["operation"].clone())
+            .unwrap_or_default();
+        for name in ["link", "unlink"] {
+            let definition = operations
+                .as_array()
+                .and_then(|list| list.iter().find(|o| o["name"] == name))
+                .and_then(|o| o["definition"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let id = definition.rsplit('/').next().unwrap_or_default();
+            let served = s
+                .anonymous()
+                .get(&format!("OperationDefinition/{id}"))
+                .expect(200)
+                .json();
+            assert_eq!(served["url"], definition.as_str(), "{served}");
+            assert_eq!(served["code"], name, "{served}");
+        }
         assert_eq!(cs["resourceType"], "CapabilityStatement");
         assert_eq!(cs["fhirVersion"], "4.0.1");
         assert_eq!(cs["kind"], "instance");

@@ -192,11 +192,11 @@ pub fn capability_statement(base: &str, state: &AppState) -> Value {
                     "documentation": "IHE PDQm (ITI-119): scored candidates with the match-grade extension, among the records the caller may see.",
                 }, {
                     "name": "link",
-                    "definition": "https://renkei.example/fhir/OperationDefinition/Patient-link",
+                    "definition": format!("{}/Patient-link", crate::operation_definitions::DEFINITION_BASE),
                     "documentation": "Administrators: link two Patient records as one person (Parameters source, target, reason).",
                 }, {
                     "name": "unlink",
-                    "definition": "https://renkei.example/fhir/OperationDefinition/Patient-unlink",
+                    "definition": format!("{}/Patient-unlink", crate::operation_definitions::DEFINITION_BASE),
                     "documentation": "Administrators: keep two Patient records apart although their linking identifiers agree (Parameters source, target, reason).",
                 }]);
             }

@@ -19,6 +19,7 @@ mod error;
 pub mod format;
 mod handlers;
 mod identity;
+mod operation_definitions;
 mod operations;
 mod request;
 mod search;
@@ -112,6 +113,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 web::resource("/Patient/$match")
                     .route(web::post().to(identity::match_patients))
                     .default_service(allowing("POST")),
+            )
+            .service(
+                web::resource(r"/OperationDefinition/{id:Patient-(?:un)?link}")
+                    .route(get_or_head().to(operation_definitions::read))
+                    .default_service(allowing("GET, HEAD")),
             )
             .service(
                 web::resource("/Patient/$link")
