@@ -9,7 +9,6 @@ use crate::search::check_type;
 use crate::AppState;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
-use renkei_fhir::SummaryMode;
 use renkei_repository::{
     format_instant, parse_instant_ms, Criteria, DeleteOutcome, HistoryRequest, PatchBody,
     StoredResource, WriteOutcome,
@@ -246,8 +245,8 @@ fn render_resource(
     resource: &StoredResource,
 ) -> Result<HttpResponse> {
     version_headers(&mut builder, resource);
-    let (summary, elements) = requested_shape(ctx)?;
-    if summary.is_none() && elements.is_none() {
+    let shape = requested_shape(ctx)?;
+    if shape.is_whole() {
         return Ok(render_stored(
             builder,
             &resource.body,
@@ -255,45 +254,14 @@ fn render_resource(
             ctx.pretty,
         ));
     }
-    let value = resource.value().map_err(ApiError::from)?;
-    let value = shaped(value, summary, elements.as_deref());
+    let value = shape.apply(resource.value().map_err(ApiError::from)?);
     Ok(render_value(builder, &value, ctx.format, ctx.pretty))
 }
 
 /// The `_summary` and `_elements` a request for one resource (a read, the
 /// CapabilityStatement) asks for.
-fn requested_shape(ctx: &RequestCtx) -> Result<(Option<SummaryMode>, Option<Vec<&str>>)> {
-    let summary = match ctx.param("_summary") {
-        None | Some("false") => None,
-        Some("true") => Some(SummaryMode::True),
-        Some("text") => Some(SummaryMode::Text),
-        Some("data") => Some(SummaryMode::Data),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "_summary '{other}' is not valid on a read; use true, text, data or false"
-            )))
-        }
-    };
-    // Read as a search reads it (`renkei_search::plan`): every `_elements` parameter counts,
-    // and an empty item (`_elements=id,`) is a 400 on a read as on a search, not ignored.
-    let mut elements: Option<Vec<&str>> = None;
-    for (_, list) in ctx.params.iter().filter(|(name, _)| name == "_elements") {
-        let items = renkei_search::plan::list_items("_elements", list)
-            .map_err(crate::search::search_error)?;
-        elements.get_or_insert_with(Vec::new).extend(items);
-    }
-    Ok((summary, elements))
-}
-
-/// `value` reduced to its summary, then to the elements asked for.
-fn shaped(mut value: Value, summary: Option<SummaryMode>, elements: Option<&[&str]>) -> Value {
-    if let Some(mode) = summary {
-        value = renkei_fhir::summarize(&value, mode);
-    }
-    if let Some(elements) = elements {
-        value = renkei_fhir::select_elements(&value, elements);
-    }
-    value
+fn requested_shape(ctx: &RequestCtx) -> Result<renkei_repository::ReadShape> {
+    Ok(renkei_repository::ReadShape::parse(&ctx.params)?)
 }
 
 /// Whether `If-None-Match` / `If-Modified-Since` make a read answer 304.
@@ -1257,9 +1225,9 @@ pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
                 )))
             }
         }
-        let (summary, elements) = requested_shape(&ctx)?;
+        let shape = requested_shape(&ctx)?;
         let statement = crate::capability::capability_statement(&ctx.base, &state);
-        let statement = shaped(statement, summary, elements.as_deref());
+        let statement = shape.apply(statement);
         // The statement changes only with the server (its start time is its `date`): a
         // client revalidates its copy with the ETag instead of fetching it again.
         let tag = statement_etag(&statement, ctx.format);
@@ -1350,39 +1318,4 @@ pub(crate) async fn refuse_method(
         }
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    fn ctx(query: &[(&str, &str)]) -> RequestCtx {
-        RequestCtx {
-            format: Format::Json,
-            pretty: false,
-            params: query
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            base: String::new(),
-            raw_binary: false,
-        }
-    }
-
-    #[test]
-    fn reads_parse_elements_as_searches_do() {
-        let read = ctx(&[("_elements", "id, name"), ("_elements", "birthDate")]);
-        let (summary, elements) = requested_shape(&read).unwrap();
-        assert!(summary.is_none());
-        assert_eq!(elements.unwrap(), ["id", "name", "birthDate"]);
-        assert!(requested_shape(&ctx(&[])).unwrap().1.is_none());
-        for bad in ["id,", ",id", "id,,name", "", " "] {
-            let error = requested_shape(&ctx(&[("_elements", bad)])).unwrap_err();
-            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{bad:?}");
-            // The same words as a search's refusal.
-            let searched = renkei_search::plan::list_items("_elements", bad).unwrap_err();
-            assert_eq!(error.to_string(), searched.to_string(), "{bad:?}");
-        }
-    }
 }

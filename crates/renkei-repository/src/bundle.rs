@@ -617,62 +617,37 @@ pub fn relative_entry_url(url: &str) -> &str {
         .trim_start_matches('/')
 }
 
-/// A read entry's resource as its URL's parameters ask, as a read outside a Bundle answers:
-/// `_summary` (`true`, `text`, `data`, `false`) and `_elements`; `_format` and `_pretty` are
-/// the Bundle's own. Any other parameter is refused (400) rather than ignored.
+/// A read entry's resource as its URL's parameters ask, as a read outside a Bundle answers
+/// ([`crate::ReadShape`]); `_format` and `_pretty` are the Bundle's own. Any other parameter
+/// is refused (400) rather than ignored.
 fn shaped_read(mut resource: StoredResource, url: &str) -> Result<StoredResource, RepoError> {
     let Some((_, query)) = url.split('#').next().unwrap_or(url).split_once('?') else {
         return Ok(resource);
     };
-    let mut summary = None;
-    let mut elements: Option<Vec<String>> = None;
+    let decode = |text: &str| {
+        crate::criteria::percent_decode_strict(text)
+            .map_err(|reason| RepoError::BadRequest(format!("the entry URL '{url}': {reason}")))
+    };
+    let mut params = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |text: &str| {
-            crate::criteria::percent_decode_strict(text)
-                .map_err(|reason| RepoError::BadRequest(format!("the entry URL '{url}': {reason}")))
-        };
-        let (name, value) = (decode(name)?, decode(value)?);
+        let name = decode(name)?;
         match name.as_str() {
-            "_summary" => {
-                summary = match value.as_str() {
-                    "false" => None,
-                    "true" => Some(renkei_fhir::SummaryMode::True),
-                    "text" => Some(renkei_fhir::SummaryMode::Text),
-                    "data" => Some(renkei_fhir::SummaryMode::Data),
-                    other => {
-                        return Err(RepoError::BadRequest(format!(
-                            "_summary '{other}' is not valid on a read; use true, text, data or false"
-                        )))
-                    }
-                }
-            }
-            "_elements" => {
-                let items = renkei_search::plan::list_items("_elements", &value)
-                    .map_err(crate::criteria::search_error)?;
-                elements
-                    .get_or_insert_with(Vec::new)
-                    .extend(items.into_iter().map(str::to_string));
-            }
+            "_summary" | "_elements" => params.push((name, decode(value)?)),
             "_format" | "_pretty" => {}
             other => {
                 return Err(RepoError::BadRequest(format!(
-                    "the entry URL '{url}' reads one resource, which takes _summary and                      _elements, not '{other}'"
+                    "the entry URL '{url}' reads one resource, which takes _summary and \
+                     _elements, not '{other}'"
                 )))
             }
         }
     }
-    if summary.is_none() && elements.is_none() {
+    let shape = crate::ReadShape::parse(&params)?;
+    if shape.is_whole() {
         return Ok(resource);
     }
-    let mut value = resource.value()?;
-    if let Some(mode) = summary {
-        value = renkei_fhir::summarize(&value, mode);
-    }
-    if let Some(elements) = &elements {
-        let names: Vec<&str> = elements.iter().map(String::as_str).collect();
-        value = renkei_fhir::select_elements(&value, &names);
-    }
+    let value = shape.apply(resource.value()?);
     resource.body = serde_json::to_string(&value)
         .map_err(|e| RepoError::BadRequest(format!("cannot serialize the resource: {e}")))?;
     Ok(resource)

@@ -1901,7 +1901,9 @@ fn refuse_splitting_a_consented_person(
         for consented in std::iter::once(record.as_str()).chain(left.iter().copied()) {
             if !tx.consents_in_force_on(consented, 1)?.is_empty() {
                 return Err(RepoError::Conflict(
-                    "this change would take another Patient record out of a person whose                      consent is in force (the consent would stop applying to some of their                      records): an administrator reviews the link ($link, $unlink) first"
+                    "this change would take another Patient record out of a person whose \
+                     consent is in force (the consent would stop applying to some of their \
+                     records): an administrator reviews the link ($link, $unlink) first"
                         .into(),
                 ));
             }

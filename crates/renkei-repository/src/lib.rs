@@ -14,6 +14,7 @@ mod index;
 mod interactions;
 mod meta;
 mod precondition;
+mod shape;
 
 pub use bundle::{
     check_entries, conditional_reference_types, entry_method, error_issue, failed_entry,
@@ -38,3 +39,4 @@ pub use meta::{
 pub use precondition::{absent_under_if_match, parse_if_match, parse_if_none_match, IfMatch};
 /// Which absolute references name resources here: set once at start-up, before indexing.
 pub use renkei_search::{set_local_bases, set_local_zone, LocalZone};
+pub use shape::ReadShape;
