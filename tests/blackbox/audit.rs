@@ -1909,6 +1909,25 @@ fn history_of_another_facilitys_data_leaves_the_consent_decision_per_patient() {
         }
         let (_, consent) = rest_and_consent(&auditor, "rq-b-instance-history");
         assert_eq!(consent.len(), 1, "{consent:?}");
+        // The Consent that decided is an entity of its decisions: an auditor finds the
+        // decisions it made by `entity=` (beside the writes of the Consent itself).
+        let by_consent = audit_events(&auditor, "entity=Consent/consent-pat-p");
+        assert!(
+            by_consent
+                .iter()
+                .any(|e| e["subtype"][0]["code"] == "AuthZ-Consent"
+                    && request_id_of(e).as_deref() == Some("rq-b-instance-history")),
+            "{by_consent:?}"
+        );
+        for event in &by_consent {
+            let consent = "Consent/consent-pat-p";
+            assert!(
+                entity_refs(event)
+                    .iter()
+                    .any(|r| r == consent || r.starts_with(&format!("{consent}/_history/"))),
+                "{event}"
+            );
+        }
         // One's own data: no decision.
         let (_, consent) = rest_and_consent(&auditor, "rq-a-own-history");
         assert!(consent.is_empty(), "{consent:?}");

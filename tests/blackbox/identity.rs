@@ -975,6 +975,13 @@ fn an_unlink_lists_the_consents_recorded_through_the_link() {
             "{answer}"
         );
         assert!(!answer.contains("Consent/id-consent\""), "{answer}");
+        // Unlinking them again takes nothing more from anyone: nothing to review this time.
+        let again = net
+            .as_admin()
+            .post("Patient/$unlink", &unlink_body("confirmed at the desk"))
+            .expect(200)
+            .body;
+        assert!(!again.contains("consent-to-review"), "{again}");
     });
 }
 

@@ -43,6 +43,17 @@ fn the_patient_compartment_of_type_patient_takes_filters() {
         let female = posted("gender=female").expect(200).json();
         assert!(types_of(&entries(&female)).is_empty(), "{female}");
         s.get("Patient/cp-1/Patient/_search").expect(405);
+        // A body sent in chunks without a Content-Type is not dropped unread: 415, not a
+        // search run without its parameters.
+        let chunked = s
+            .client
+            .post(s.url("Patient/_search"))
+            .body(reqwest::blocking::Body::new(std::io::Cursor::new(
+                b"gender=female".to_vec(),
+            )))
+            .send()
+            .unwrap();
+        assert_eq!(chunked.status().as_u16(), 415);
     });
 }
 

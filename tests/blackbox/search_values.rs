@@ -906,6 +906,28 @@ fn empty_list_items_are_refused() {
     });
 }
 
+/// A date with a space around it (`%20` left by a lost `+`) and a number too small for the
+/// stored values (`1e-400`, read as 0 before) are refused, not searched for something else.
+#[test]
+fn dates_with_spaces_and_numbers_below_f64_are_refused() {
+    for_each_backend(|s| {
+        s.create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "zero"}, "valueQuantity": {"value": 0},
+            "effectiveDateTime": "2020-01-01"}));
+        for (path, says) in [
+            ("Observation?date=%202020", "not a valid date"),
+            ("Observation?date=ge2020-01-01%20", "not a valid date"),
+            ("Observation?_lastUpdated=%20ge2020", "not a valid date"),
+            ("Observation?value-quantity=1e-400", "too close to zero"),
+        ] {
+            let text = refused(s, path, &[]);
+            assert!(text.contains(says), "{path}: {text}");
+        }
+        assert_eq!(ids(s, "Observation?date=2020&value-quantity=0").len(), 1);
+        assert_eq!(ids(s, "Observation?value-quantity=0e-400").len(), 1);
+    });
+}
+
 /// The names of the search parameters the CapabilityStatement declares for `res_type`.
 fn declared(s: &Server, res_type: &str) -> Vec<String> {
     let metadata = s.read_json("metadata");

@@ -204,6 +204,18 @@ fn authorization_header_at_the_token_endpoint() {
         );
         let body: Value = response.json().expect("json");
         assert_eq!(body["error"], "invalid_client", "{body}");
+        // Its refused Login event names the client the credential claimed, not `anonymous`.
+        let auditor = s.token_for("auditor-basic", "Organization/x", "auditor", &[]);
+        let logins = s
+            .with_token(&auditor)
+            .get("AuditEvent?type=110114&agent=basic-ehr&outcome=4")
+            .expect(200)
+            .json();
+        assert_eq!(
+            logins["entry"].as_array().map(Vec::len),
+            Some(1),
+            "{logins}"
+        );
 
         let both = assertion(&pem, "basic-ehr", &own, "both-1");
         let refused = ask(s, &both, &[basic]);

@@ -226,7 +226,8 @@ impl AuditLog {
             }
             Some(Ok((journal, contents))) => {
                 report_journal_damage(&store, &contents);
-                let left_over = contents.events;
+                let left_over: Vec<NewAuditEvent> =
+                    contents.events.into_iter().map(with_current_refs).collect();
                 let progress = Arc::new(Progress::default());
                 let (ingest_tx, ingest_rx) = mpsc::channel::<IngestMessage>();
                 if !left_over.is_empty() {
@@ -723,6 +724,19 @@ pub fn to_row(builder: &EventBuilder, custodians: &[String]) -> NewAuditEvent {
     row_of(builder, event_id, custodians, body)
 }
 
+/// A journaled event with the references this version derives from its body: a journal left
+/// by an earlier version holds the references that version derived, and the trail must hold
+/// what `renkei audit verify` expects now.
+fn with_current_refs(event: NewAuditEvent) -> NewAuditEvent {
+    match expected_row(&event.body) {
+        Ok(Some((expected, _))) => NewAuditEvent {
+            refs: expected.refs,
+            ..event
+        },
+        _ => event,
+    }
+}
+
 /// The row a stored record must have: every search column and reference follows from its
 /// hashed text, so that `renkei audit verify` can tell when one was changed. `None` for a
 /// record written before events were stored in compact form; its holders are checked only
@@ -858,6 +872,13 @@ fn row_of(
     for resource in &builder.resources {
         let base = resource.split("/_history").next().unwrap_or(resource);
         refs.push(("entity".into(), column_text(base)));
+    }
+    // The Consent (or policy) that decided is an entity of the event (role 13): an auditor
+    // finds every decision a Consent made with `entity=Consent/…`.
+    if let Some(decider) = builder.decider_reference().map(column_text) {
+        if !refs.iter().any(|(k, r)| k == "entity" && *r == decider) {
+            refs.push(("entity".into(), decider));
+        }
     }
     for custodian in custodians {
         if !refs.iter().any(|(k, r)| k == "custodian" && r == custodian) {

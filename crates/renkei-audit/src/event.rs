@@ -267,6 +267,14 @@ impl EventBuilder {
         .unwrap_or_default()
     }
 
+    /// What decided, when it is a reference (`Consent/…`, a policy's URL): the entity an
+    /// AuditEvent search by `entity=` finds. A privacy tag or a break-glass note is text.
+    pub fn decider_reference(&self) -> Option<&str> {
+        self.decided_by
+            .as_deref()
+            .filter(|decider| decider.contains('/') && !decider.contains(' '))
+    }
+
     /// `AuditEvent.type.code` and `AuditEvent.subtype[0].code` (also indexed for search).
     pub fn type_and_subtype(&self) -> (&'static str, &str) {
         if self.interaction == Interaction::ConsentDecision {
@@ -415,8 +423,10 @@ impl EventBuilder {
         }
         if let Some(decided_by) = &self.decided_by {
             entities.push(json!({
-                // `Consent/…` is a reference; a policy, a tag or a break-glass note is text.
-                "what": if decided_by.contains('/') && !decided_by.contains(' ') { json!({"reference": decided_by}) } else { json!({"display": decided_by}) },
+                "what": match self.decider_reference() {
+                    Some(reference) => json!({"reference": reference}),
+                    None => json!({"display": decided_by}),
+                },
                 "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
                 "role": {"system": OBJECT_ROLE, "code": "13", "display": "Security Resource"},
             }));

@@ -372,8 +372,9 @@ async fn verified_claims(
 }
 
 /// The client a refused token request claimed to be: its assertion's (unverified) issuer,
-/// else its `client_id` parameter.
-fn claimed_client(form: &[(String, String)]) -> Option<String> {
+/// else its `client_id` parameter, else the user of an `Authorization: Basic` header (RFC 6749
+/// §2.3.1: `client_id:secret`, each form-encoded), so that the Login event names who tried.
+fn claimed_client(form: &[(String, String)], authorization: Option<&str>) -> Option<String> {
     let param = |name: &str| {
         form.iter()
             .find(|(key, _)| key == name)
@@ -382,6 +383,23 @@ fn claimed_client(form: &[(String, String)]) -> Option<String> {
     param("client_assertion")
         .and_then(|assertion| renkei_auth::assertion_client_id(assertion).ok())
         .or_else(|| param("client_id").map(str::to_string))
+        .or_else(|| authorization.and_then(basic_user))
+}
+
+/// The user part of a `Basic` credential (`Basic base64(user:password)`), decoded.
+fn basic_user(authorization: &str) -> Option<String> {
+    use base64::Engine;
+    let (scheme, credentials) = authorization.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let user = decoded.split(':').next()?;
+    let user = renkei_repository::percent_decode(&user.replace('+', " "));
+    (!user.is_empty()).then_some(user)
 }
 
 /// `GET /fhir/.well-known/smart-configuration` (public). The token endpoint it names is the
@@ -473,6 +491,11 @@ pub async fn token(
         }
     });
     let two_methods = header_scheme.is_some() && form.iter().any(|(k, _)| k == "client_assertion");
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
     let gate = state.gate.clone();
     let key = state.auth.key.clone();
     let ttl = state.auth.token_ttl_seconds;
@@ -526,7 +549,7 @@ pub async fn token(
         match &result {
             Ok(grant) => attempt.client_id = Some(grant.assertion.client_id.clone()),
             Err(error) => {
-                attempt.client_id = claimed_client(&form);
+                attempt.client_id = claimed_client(&form, authorization.as_deref());
                 attempt.status = error.http_status();
                 attempt.refusal = Some(error.to_string());
                 attempt.organization = None;
@@ -595,6 +618,33 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_basic_credential_names_the_client_it_claims() {
+        use base64::Engine;
+        let basic = |text: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(text)
+            )
+        };
+        assert_eq!(
+            claimed_client(&[], Some(&basic("clinic-b:secret"))).as_deref(),
+            Some("clinic-b")
+        );
+        assert_eq!(
+            claimed_client(&[], Some(&basic("a%20b+c:x"))).as_deref(),
+            Some("a b c")
+        );
+        assert_eq!(claimed_client(&[], Some("Bearer abc")), None);
+        assert_eq!(claimed_client(&[], Some("Basic !!!")), None);
+        assert_eq!(claimed_client(&[], Some(&basic(":secret"))), None);
+        let form = [("client_id".to_string(), "from-form".to_string())];
+        assert_eq!(
+            claimed_client(&form, Some(&basic("clinic-b:secret"))).as_deref(),
+            Some("from-form")
+        );
+    }
 
     /// A registration set holding one client named after the read that found it.
     fn registrations(read: usize) -> HashMap<String, ClientRegistration> {

@@ -617,7 +617,11 @@ pub(crate) async fn posted_params(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mut params = ctx.params.clone();
-    if !content_type.is_empty() || req.headers().contains_key("content-length") {
+    // A body announced by its length or sent in chunks is read, and must be a form: one
+    // without a Content-Type would otherwise be dropped unread and the search run without it.
+    let has_body = req.headers().contains_key("content-length")
+        || req.headers().contains_key("transfer-encoding");
+    if !content_type.is_empty() || has_body {
         // Media types are case-insensitive, and their parameters follow a `;`.
         if crate::format::essence(content_type) != "application/x-www-form-urlencoded" {
             return Err(ApiError::new(

@@ -174,43 +174,65 @@ pub fn set_link(tx: &mut Tx<'_>, decision: &LinkOverride) -> Result<LinkOutcome,
     for id in [&decision.patient_a, &decision.patient_b] {
         crate::interactions::read(tx, "Patient", id)?;
     }
+    let registered_before = registered_consents(tx, &decision.patient_a, &decision.patient_b)?;
     tx.set_link_override(decision)?;
     relink(tx, &decision.patient_a)?;
     relink(tx, &decision.patient_b)?;
     let source_person = tx.person_members(&decision.patient_a)?;
     let target_person = tx.person_members(&decision.patient_b)?;
-    let mut consents_to_review = Vec::new();
-    for (record, person) in [
-        (&decision.patient_a, &source_person),
-        (&decision.patient_b, &target_person),
-    ] {
-        let alone = [record.clone()];
-        let members = if person.is_empty() {
-            &alone[..]
-        } else {
-            &person[..]
-        };
-        for member in members {
-            for consent in tx.consents_in_force_on(member, 50)? {
-                let Some((_, id)) = consent.split_once('/') else {
-                    continue;
-                };
-                let holder = tx.current("Consent", id)?.and_then(|row| row.custodian);
-                let still_registered = match &holder {
-                    Some(holder) => tx.holds_patient_record_of(holder, member)?,
-                    None => true,
-                };
-                if !still_registered && !consents_to_review.contains(&consent) {
-                    consents_to_review.push(consent);
-                }
-            }
-        }
-    }
+    // Only the consents this decision took a record from: one whose holder held no record
+    // of the person before either is not the decision's to report.
+    let registered_after = registered_consents(tx, &decision.patient_a, &decision.patient_b)?;
+    let consents_to_review = registered_before
+        .into_iter()
+        .filter(|(consent, registered)| {
+            *registered
+                && registered_after
+                    .iter()
+                    .any(|(after, still)| after == consent && !still)
+        })
+        .map(|(consent, _)| consent)
+        .collect();
     Ok(LinkOutcome {
         source_person,
         target_person,
         consents_to_review,
     })
+}
+
+/// The Consents in force on the persons of two Patient records, each with whether its holder
+/// holds a record of the person it speaks for, in the order found.
+fn registered_consents(
+    tx: &mut Tx<'_>,
+    record_a: &str,
+    record_b: &str,
+) -> Result<Vec<(String, bool)>, RepoError> {
+    let mut found: Vec<(String, bool)> = Vec::new();
+    for record in [record_a, record_b] {
+        let person = tx.person_members(record)?;
+        let members = if person.is_empty() {
+            vec![record.to_string()]
+        } else {
+            person
+        };
+        for member in &members {
+            for consent in tx.consents_in_force_on(member, 50)? {
+                let Some((_, id)) = consent.split_once('/') else {
+                    continue;
+                };
+                let holder = tx.current("Consent", id)?.and_then(|row| row.custodian);
+                let registered = match &holder {
+                    Some(holder) => tx.holds_patient_record_of(holder, member)?,
+                    None => true,
+                };
+                match found.iter_mut().find(|(known, _)| *known == consent) {
+                    Some((_, any_registered)) => *any_registered |= registered,
+                    None => found.push((consent, registered)),
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The other records of `patient_id`'s person that the requester may see.

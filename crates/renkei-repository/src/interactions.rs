@@ -520,14 +520,21 @@ impl Repository {
                     patient: row.patient_id.as_deref(),
                     body: row.body.as_deref(),
                 };
-                let Some((value, rows, patient)) = rebuilt_index_rows(tx, record, false)? else {
+                let Some(Rebuilt {
+                    value,
+                    rows,
+                    patient,
+                    period,
+                }) = rebuilt_index_rows(tx, record, false)?
+                else {
                     return Ok(());
                 };
                 tx.replace_index(row.rid, &row.res_type, &rows)?;
-                // Only a period has an end to fill in (records stored before the column); a point
-                // in time keeps the clinical date it was written with.
-                if let (clinical_date, Some(clinical_end)) = care_period(&row.res_type, &value) {
-                    tx.set_clinical_period(row.rid, clinical_date, Some(clinical_end))?;
+                // Only a period has an end to fill in (records stored before the column), and a
+                // record dated by what it refers to its span; a point in time keeps the clinical
+                // date it was written with.
+                if period.1.is_some() || period != care_period(&row.res_type, &value) {
+                    tx.set_clinical_period(row.rid, period.0, period.1)?;
                 }
                 if patient != row.patient_id {
                     tx.set_patient_id(row.rid, patient.as_deref())?;
@@ -855,6 +862,34 @@ struct Classification {
     referred: bool,
     /// `_security` labels and national privacy `_tag`s of the patient records it refers to.
     inherited_labels: Vec<renkei_search::extract::TokenIndex>,
+    /// The span of the care periods of the patient records it refers to: a refusal of a
+    /// period reaches the Binary or Provenance of care in it, as it reaches that care.
+    inherited_period: CarePeriod,
+}
+
+impl Classification {
+    /// The care period consent compares the record with: its own, else, for a record about
+    /// the patient of what it refers to (a Binary, a Provenance), the span of those records'.
+    fn period(&self, res_type: &str, resource: &Value) -> CarePeriod {
+        match care_period(res_type, resource) {
+            (None, None) if self.referred => self.inherited_period,
+            own => own,
+        }
+    }
+}
+
+/// The smallest care period holding both: from the earlier start (unknown when either start
+/// is, with an end known) to the later end. A record without a date adds nothing.
+fn spanning(a: CarePeriod, b: CarePeriod) -> CarePeriod {
+    match (a, b) {
+        ((None, None), other) | (other, (None, None)) => other,
+        _ if a == b => a,
+        ((a_start, a_end), (b_start, b_end)) => {
+            let start = a_start.zip(b_start).map(|(x, y)| x.min(y));
+            let last = |start: Option<i64>, end: Option<i64>| end.or(start).unwrap_or(i64::MIN);
+            (start, Some(last(a_start, a_end).max(last(b_start, b_end))))
+        }
+    }
 }
 
 /// The patient a record is about: `index::patient_of`, else the patient of the first record it
@@ -894,12 +929,14 @@ fn classify_record(
             patient: Some(patient),
             referred: false,
             inherited_labels: entry_labels,
+            inherited_period: (None, None),
         });
     }
     let mut classification = Classification {
         patient: None,
         referred: true,
         inherited_labels: entry_labels,
+        inherited_period: (None, None),
     };
     let references = index::local_references(resource);
     let mut names_missing_patient_data = false;
@@ -926,6 +963,10 @@ fn classify_record(
             continue;
         }
         classification.patient.get_or_insert(patient);
+        classification.inherited_period = spanning(
+            classification.inherited_period,
+            (row.clinical_date, row.clinical_end),
+        );
         // From the target's index rows: its own labels and those it took on in turn (a
         // Provenance of a Binary of a withheld result), without reading its body.
         index::add_labels(
@@ -942,7 +983,7 @@ fn classify_record(
 }
 
 /// A stored record's index rows built anew from its body, as they would be written now, the
-/// patient it is about, and its body (`None` for a tombstone). Which patient a record is
+/// patient it is about, its care period, and its body (`None` for a tombstone). Which patient a record is
 /// about, and which labels it takes on from the records it refers to, can change with the
 /// rules or with those records: consent is decided on these. Every record is seen (as by the
 /// gateway itself); a record its writer could not classify (it referred to what the writer
@@ -952,7 +993,7 @@ fn rebuilt_index_rows(
     tx: &mut Tx<'_>,
     record: StoredRecord<'_>,
     keep_patient: bool,
-) -> Result<Option<(Value, IndexRows, Option<String>)>, RepoError> {
+) -> Result<Option<Rebuilt>, RepoError> {
     let Some(body) = record.body else {
         return Ok(None);
     };
@@ -966,6 +1007,7 @@ fn rebuilt_index_rows(
         &Visibility::Unrestricted,
         record.custodian,
     )?;
+    let period = classification.period(record.res_type, &value);
     let writer_could_not_see =
         classification.referred && record.patient == Some(index::UNRESOLVED_PATIENT);
     let patient = match keep_patient || writer_could_not_see {
@@ -979,7 +1021,20 @@ fn rebuilt_index_rows(
         classification.inherited_labels,
         patient.as_deref(),
     );
-    Ok(Some((value, rows, patient)))
+    Ok(Some(Rebuilt {
+        value,
+        rows,
+        patient,
+        period,
+    }))
+}
+
+/// What [`rebuilt_index_rows`] derives from a stored record.
+struct Rebuilt {
+    value: Value,
+    rows: IndexRows,
+    patient: Option<String>,
+    period: CarePeriod,
 }
 
 /// What [`rebuilt_index_rows`] reads of a stored row (a search row or a resource row).
@@ -995,10 +1050,11 @@ struct StoredRecord<'a> {
 /// a Binary of a document, a Provenance of that Binary); the rest at the next reindex.
 const MAX_RELABELLED_REFERRERS: usize = 256;
 
-/// The privacy labels of `rid` were changed by a write: the records that took them on from it
-/// (a Binary's `securityContext`, a Provenance's target, and on along chains) take on the new
-/// ones now, or a `PSY` label added to a document would leave its Binary readable by those
-/// the document is now withheld from. Records taking on no labels keep theirs unchanged.
+/// The privacy labels or the care period of `rid` were changed by a write: the records that
+/// took them on from it (a Binary's `securityContext`, a Provenance's target, and on along
+/// chains) take on the new ones now, or a `PSY` label added to a document would leave its
+/// Binary readable by those the document is now withheld from, and a refused period would
+/// not reach the Binary of an encounter moved into it. Records taking on nothing keep theirs.
 fn relabel_referrers(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<(), RepoError> {
     let mut queue = VecDeque::from([(res_type.to_string(), id.to_string())]);
     let mut seen: HashSet<i64> = HashSet::new();
@@ -1015,13 +1071,21 @@ fn relabel_referrers(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<(), Re
                 patient: referrer.patient_id.as_deref(),
                 body: referrer.body.as_deref(),
             };
-            let Some((_, rows, _)) = rebuilt_index_rows(tx, record, true)? else {
+            let Some(Rebuilt { rows, period, .. }) = rebuilt_index_rows(tx, record, true)? else {
                 continue;
             };
-            if same_labels(&before, rows.tokens.iter().filter(|t| is_privacy_label(t))) {
+            let labels_kept =
+                same_labels(&before, rows.tokens.iter().filter(|t| is_privacy_label(t)));
+            let period_kept = period == (referrer.clinical_date, referrer.clinical_end);
+            if labels_kept && period_kept {
                 continue;
             }
-            tx.replace_index(referrer.rid, &referrer.res_type, &rows)?;
+            if !labels_kept {
+                tx.replace_index(referrer.rid, &referrer.res_type, &rows)?;
+            }
+            if !period_kept {
+                tx.set_clinical_period(referrer.rid, period.0, period.1)?;
+            }
             queue.push_back((referrer.res_type, referrer.res_id));
         }
     }
@@ -1220,11 +1284,7 @@ fn store_version(
     let custodian = current
         .and_then(|row| row.custodian.clone())
         .or_else(|| context.custodian_for(&stamped));
-    let Classification {
-        patient,
-        inherited_labels,
-        ..
-    } = classify_record(
+    let classification = classify_record(
         tx,
         res_type,
         id,
@@ -1232,13 +1292,18 @@ fn store_version(
         &context.visibility,
         custodian.as_deref(),
     )?;
+    let (clinical_date, clinical_end) = classification.period(res_type, &stamped);
+    let Classification {
+        patient,
+        inherited_labels,
+        ..
+    } = classification;
     context.check_may_record_consent(tx, current, res_type, patient.as_deref())?;
     context.check_may_merge(tx, res_type, &stamped)?;
     crate::meta::mark_custodian(&mut stamped, custodian.as_deref());
     let body = serde_json::to_string(&stamped)
         .map_err(|e| RepoError::BadRequest(format!("cannot serialize resource: {e}")))?;
     let consent_rules = consent_rules(res_type, id, &stamped)?;
-    let (clinical_date, clinical_end) = care_period(res_type, &stamped);
     let new = NewVersion {
         res_type,
         res_id: id,
@@ -1264,7 +1329,9 @@ fn store_version(
             tx.replace_current(row.rid, &new)?;
             tx.replace_index(row.rid, res_type, &index_rows)?;
             let labels_after = index_rows.tokens.iter().filter(|t| is_privacy_label(t));
-            if !same_labels(&labels_before, labels_after) {
+            let period_moved =
+                (row.clinical_date, row.clinical_end) != (clinical_date, clinical_end);
+            if !same_labels(&labels_before, labels_after) || period_moved {
                 relabel_referrers(tx, res_type, id)?;
             }
             row.rid
@@ -2046,6 +2113,28 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::meta::mark_custodian;
+
+    #[test]
+    fn a_span_of_care_periods_holds_each_of_them() {
+        let none = (None, None);
+        assert_eq!(spanning(none, (Some(5), None)), (Some(5), None));
+        assert_eq!(spanning((Some(5), None), none), (Some(5), None));
+        assert_eq!(spanning((Some(5), None), (Some(5), None)), (Some(5), None));
+        assert_eq!(
+            spanning((Some(5), None), (Some(2), None)),
+            (Some(2), Some(5))
+        );
+        assert_eq!(
+            spanning((Some(5), Some(9)), (Some(2), Some(3))),
+            (Some(2), Some(9))
+        );
+        assert_eq!(
+            spanning((Some(5), Some(i64::MAX)), (Some(7), None)),
+            (Some(5), Some(i64::MAX))
+        );
+        // A period known only by its end reaches back to an unknown start.
+        assert_eq!(spanning((None, Some(4)), (Some(2), None)), (None, Some(4)));
+    }
 
     #[test]
     fn a_source_names_its_facility_whatever_follows_its_path() {

@@ -342,21 +342,13 @@ fn visible(repo: &Repository, patient: &str, who: &Visibility) -> Vec<String> {
         // A chain is evaluated over what the requester may see: through the patient when
         // the Patient itself is visible (the chain then runs as a search by that patient),
         // nothing otherwise.
-        let mut by_chain: Vec<String> = repo
-            .search(
-                &plan(res_type, &format!("subject:Patient._id={patient}")),
-                who,
-            )
-            .unwrap()
-            .matches
-            .iter()
-            .map(|r| {
-                r.res_id
-                    .trim_start_matches(&format!("{patient}-"))
-                    .to_string()
-            })
-            .collect();
-        by_chain.sort();
+        let by_chain = short_names(
+            repo,
+            res_type,
+            &format!("subject:Patient._id={patient}"),
+            who,
+            patient,
+        );
         let patient_visible = !repo
             .search(&plan("Patient", &format!("_id={patient}")), who)
             .unwrap()
@@ -442,19 +434,12 @@ fn every_shape_is_decided_in_the_query(db: Db) {
     (db.cleanup)();
 }
 
-#[test]
-fn consent_shapes_sqlite() {
-    if common::backend_selected("sqlite") {
-        every_shape_is_decided_in_the_query(common::sqlite("consent"));
-    }
-}
-
-#[test]
-fn consent_shapes_postgres() {
-    if common::backend_selected("postgres") {
-        every_shape_is_decided_in_the_query(common::postgres("consent"));
-    }
-}
+on_both_backends!(
+    consent_shapes_sqlite,
+    consent_shapes_postgres,
+    every_shape_is_decided_in_the_query,
+    "consent"
+);
 
 /// The privacy-tag and security-label questions the predicate asks of every row held by
 /// another facility, and a search's own token conditions, are answered from the token index
@@ -568,18 +553,34 @@ fn tombstones_stay_as_hidden_as_their_records(db: Db) {
     (db.cleanup)();
 }
 
-#[test]
-fn tombstones_stay_as_hidden_as_their_records_sqlite() {
-    if common::backend_selected("sqlite") {
-        tombstones_stay_as_hidden_as_their_records(common::sqlite("tombstones"));
-    }
-}
+on_both_backends!(
+    tombstones_stay_as_hidden_as_their_records_sqlite,
+    tombstones_stay_as_hidden_as_their_records_postgres,
+    tombstones_stay_as_hidden_as_their_records,
+    "tombstones"
+);
 
-#[test]
-fn tombstones_stay_as_hidden_as_their_records_postgres() {
-    if common::backend_selected("postgres") {
-        tombstones_stay_as_hidden_as_their_records(common::postgres("tombstones"));
-    }
+/// The ids `who` finds by `query`, without the `{patient}-` they start with, sorted.
+fn short_names(
+    repo: &Repository,
+    res_type: &str,
+    query: &str,
+    who: &Visibility,
+    patient: &str,
+) -> Vec<String> {
+    let mut names: Vec<String> = repo
+        .search(&plan(res_type, query), who)
+        .unwrap()
+        .matches
+        .iter()
+        .map(|r| {
+            r.res_id
+                .trim_start_matches(&format!("{patient}-"))
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 /// A data period as the database decides it, by kind of care: a permission opens what is
@@ -633,21 +634,7 @@ fn data_periods_compare_the_care_span(db: Db) {
         }
         put(repo, consent(patient, 1, "active", provision));
         let who = reader(false, None, true);
-        let names = |query: &str| -> Vec<String> {
-            let mut names: Vec<String> = repo
-                .search(&plan("Observation", query), &who)
-                .unwrap()
-                .matches
-                .iter()
-                .map(|r| {
-                    r.res_id
-                        .trim_start_matches(&format!("{patient}-"))
-                        .to_string()
-                })
-                .collect();
-            names.sort();
-            names
-        };
+        let names = |query: &str| short_names(repo, "Observation", query, &who, patient);
         let ids = spans
             .iter()
             .map(|(name, _)| format!("{patient}-{name}"))
@@ -659,19 +646,94 @@ fn data_periods_compare_the_care_span(db: Db) {
     (db.cleanup)();
 }
 
-#[test]
-fn data_periods_compare_the_care_span_sqlite() {
-    if common::backend_selected("sqlite") {
-        data_periods_compare_the_care_span(common::sqlite("data_periods"));
+on_both_backends!(
+    data_periods_compare_the_care_span_sqlite,
+    data_periods_compare_the_care_span_postgres,
+    data_periods_compare_the_care_span,
+    "data_periods"
+);
+
+/// A record dated only by what it refers to (a Binary's `securityContext`, a Provenance's
+/// target) is under a refused data period as that care is, also when the care moves into the
+/// period after the record was written; a permitted period opens it with its care.
+fn data_periods_reach_records_dated_by_their_care(db: Db) {
+    let repo = &db.repo;
+    let period = json!({"start": "2024-01-01", "end": "2024-12-31"});
+    let cases = [
+        (
+            "dated-refused",
+            json!({"type": "permit", "actor": [actor(READER)],
+                "provision": [{"type": "deny", "dataPeriod": period}]}),
+        ),
+        (
+            "dated-permitted",
+            json!({"type": "permit", "actor": [actor(READER)], "dataPeriod": period}),
+        ),
+    ];
+    let encounter = |patient: &str, name: &str, start: &str, end: &str| {
+        json!({"resourceType": "Encounter", "id": format!("{patient}-{name}"), "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "period": {"start": start, "end": end}})
+    };
+    for (patient, provision) in cases {
+        put(repo, json!({"resourceType": "Patient", "id": patient}));
+        put(repo, encounter(patient, "in", "2024-03-01", "2024-03-10"));
+        put(repo, encounter(patient, "out", "2022-03-01", "2022-03-10"));
+        put(repo, observation(patient, "obs19", "2019-06-01", json!({})));
+        for (name, target) in [
+            ("in", "Encounter/{}-in"),
+            ("old", "Observation/{}-obs19"),
+            ("moved", "Encounter/{}-out"),
+        ] {
+            put(
+                repo,
+                json!({"resourceType": "Binary", "id": format!("{patient}-bin-{name}"),
+                "contentType": "text/plain", "data": "eA==",
+                "securityContext": {"reference": target.replace("{}", patient)}}),
+            );
+        }
+        // One Provenance of care in the period and of care before it: it spans both.
+        put(
+            repo,
+            json!({"resourceType": "Provenance", "id": format!("{patient}-prov-both"),
+            "recorded": "2024-03-10T00:00:00Z",
+            "target": [{"reference": format!("Encounter/{patient}-in")},
+                       {"reference": format!("Observation/{patient}-obs19")}],
+            "agent": [{"who": {"reference": OWNER}}]}),
+        );
+        put(
+            repo,
+            json!({"resourceType": "Provenance", "id": format!("{patient}-prov-out"),
+            "recorded": "2024-03-10T00:00:00Z",
+            "target": [{"reference": format!("Observation/{patient}-obs19")}],
+            "agent": [{"who": {"reference": OWNER}}]}),
+        );
+        put(repo, consent(patient, 1, "active", provision));
+        // The Binary "moved" refers to an encounter that turns out to lie in the period.
+        put(repo, encounter(patient, "out", "2024-05-01", "2024-05-03"));
+        let who = reader(false, None, true);
+        let ids = ["bin-in", "bin-old", "bin-moved", "prov-both", "prov-out"]
+            .map(|short| format!("{patient}-{short}"))
+            .join(",");
+        let names =
+            |res_type: &str| short_names(repo, res_type, &format!("_id={ids}"), &who, patient);
+        let (binaries, provenances): (Vec<&str>, Vec<&str>) = match patient {
+            "dated-refused" => (vec!["bin-old"], vec!["prov-out"]),
+            _ => (vec!["bin-in", "bin-moved"], vec![]),
+        };
+        assert_eq!(names("Binary"), binaries, "{patient}");
+        assert_eq!(names("Provenance"), provenances, "{patient}");
     }
+    (db.cleanup)();
 }
 
-#[test]
-fn data_periods_compare_the_care_span_postgres() {
-    if common::backend_selected("postgres") {
-        data_periods_compare_the_care_span(common::postgres("data_periods"));
-    }
-}
+on_both_backends!(
+    data_periods_reach_records_dated_by_their_care_sqlite,
+    data_periods_reach_records_dated_by_their_care_postgres,
+    data_periods_reach_records_dated_by_their_care,
+    "data_period_referrers"
+);
 
 /// "This encounter and everything related" reaches a record through a reference no search
 /// parameter indexes (R4 has no `AllergyIntolerance?encounter`), as the Rust decision does over
@@ -755,16 +817,9 @@ fn related_data_is_found_through_unsearchable_references(db: Db) {
     (db.cleanup)();
 }
 
-#[test]
-fn related_data_is_found_through_unsearchable_references_sqlite() {
-    if common::backend_selected("sqlite") {
-        related_data_is_found_through_unsearchable_references(common::sqlite("related"));
-    }
-}
-
-#[test]
-fn related_data_is_found_through_unsearchable_references_postgres() {
-    if common::backend_selected("postgres") {
-        related_data_is_found_through_unsearchable_references(common::postgres("related"));
-    }
-}
+on_both_backends!(
+    related_data_is_found_through_unsearchable_references_sqlite,
+    related_data_is_found_through_unsearchable_references_postgres,
+    related_data_is_found_through_unsearchable_references,
+    "related"
+);

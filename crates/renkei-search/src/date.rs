@@ -109,7 +109,8 @@ pub fn parse_range(text: &str) -> Option<DateRange> {
 
 /// [`parse_range`] with values without a zone read in `zone`.
 pub fn parse_range_in(text: &str, zone: LocalZone) -> Option<DateRange> {
-    let text = text.trim();
+    // No trimming: FHIR's date types hold no whitespace, and `date= 2020` in a search more
+    // often stands for a lost `+` than for a date.
     let (date_part, time_part) = match text.split_once('T') {
         Some((d, t)) => (d, Some(t)),
         None => (text, None),

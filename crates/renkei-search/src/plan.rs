@@ -1763,6 +1763,13 @@ fn parse_number(name: &str, value: &str) -> Result<NumberValue, SearchError> {
         .ok()
         .filter(|n: &f64| n.is_finite())
         .ok_or_else(not_a_number)?;
+    // A value too small for the stored f64s (`1e-400`) would read as 0 and match zeros.
+    let mantissa = rest.split(['e', 'E']).next().unwrap_or(rest);
+    if number == 0.0 && mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b)) {
+        return invalid(format!(
+            "{name}: '{value}' is too close to zero for this server to compare"
+        ));
+    }
     let (low, high) = crate::number::implied_range(rest).ok_or_else(not_a_number)?;
     Ok(NumberValue {
         prefix,
@@ -1832,6 +1839,31 @@ mod tests {
             Err(SearchError::Invalid(message)) => assert!(message.contains("%2B"), "{message}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_number_below_the_range_of_f64_is_refused_not_read_as_zero() {
+        assert!(matches!(
+            parse_number("value-quantity", "1e-400"),
+            Err(SearchError::Invalid(_))
+        ));
+        assert!(parse_number("value-quantity", "0e-400").is_ok());
+        assert!(parse_number("value-quantity", "0.000").is_ok());
+        assert!(parse_number("value-quantity", "1e-300").is_ok());
+    }
+
+    #[test]
+    fn a_date_with_surrounding_space_is_refused() {
+        for value in [" 2020", "2020 ", "ge 2020-01-01", "2020-01-01\t"] {
+            assert!(
+                matches!(
+                    parse_date_value("date", value),
+                    Err(SearchError::Invalid(_))
+                ),
+                "{value:?}"
+            );
+        }
+        assert!(parse_date_value("date", "ge2020-01-01").is_ok());
     }
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

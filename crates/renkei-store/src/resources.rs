@@ -27,6 +27,12 @@ pub struct ResourceRow {
     pub custodian: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     pub patient_id: Option<String>,
+    /// The care period consent's data periods are compared with (see
+    /// [`NewVersion::clinical_date`]).
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub clinical_date: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub clinical_end: Option<i64>,
     #[diesel(sql_type = Nullable<Text>)]
     pub body: Option<String>,
 }
@@ -131,7 +137,8 @@ pub struct HistoryPage {
 }
 
 const RESOURCE_COLUMNS: &str =
-    "rid, res_type, res_id, version, last_updated, method, deleted, custodian, patient_id, body";
+    "rid, res_type, res_id, version, last_updated, method, deleted, custodian, patient_id, \
+     clinical_date, clinical_end, body";
 
 #[derive(QueryableByName)]
 struct Rid {

@@ -125,3 +125,24 @@ pub fn put(repo: &Repository, resource: Value) {
     })
     .unwrap();
 }
+
+/// Two `#[test]`s running `$case(Db)` on a SQLite file and on a fresh PostgreSQL database
+/// named after `$db`, each when its backend is selected.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($sqlite:ident, $postgres:ident, $case:ident, $db:literal) => {
+        #[test]
+        fn $sqlite() {
+            if common::backend_selected("sqlite") {
+                $case(common::sqlite($db));
+            }
+        }
+
+        #[test]
+        fn $postgres() {
+            if common::backend_selected("postgres") {
+                $case(common::postgres($db));
+            }
+        }
+    };
+}

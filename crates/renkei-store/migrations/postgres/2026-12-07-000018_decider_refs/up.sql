@@ -1,0 +1,11 @@
+-- The Consent (or policy URL) that decided an access is searched as an entity of its event
+-- (`AuditEvent?entity=Consent/…`). Events recorded before carry it in their hashed body only;
+-- this adds the reference row their body implies, as `renkei audit verify` now expects.
+INSERT INTO audit_refs (kind, ref, seq)
+SELECT 'entity', d.decider, d.seq
+FROM (SELECT seq, CAST(body AS jsonb) -> 'event' ->> 'decided_by' AS decider
+      FROM audit_events
+      WHERE body LIKE '%"decided_by"%') d
+WHERE d.decider LIKE '%/%' AND d.decider NOT LIKE '% %'
+  AND NOT EXISTS (SELECT 1 FROM audit_refs x
+                  WHERE x.kind = 'entity' AND x.ref = d.decider AND x.seq = d.seq);
