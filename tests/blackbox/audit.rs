@@ -1990,6 +1990,14 @@ fn reading_one_audit_event_is_recorded_as_a_read_naming_it() {
             .expect(403);
         let (event, _) = rest_and_consent(&auditor, "rq-audit-refused");
         assert_shape(&event, "search-type", "E", "4", "refused AuditEvent search");
+        // A malformed id is a malformed request (400), as for every other type.
+        for malformed in ["AuditEvent/%FF", "AuditEvent/a%20b"] {
+            let outcome = auditor.get(malformed).expect(400).outcome();
+            assert!(
+                outcome.to_string().contains("not a valid FHIR id"),
+                "{malformed}: {outcome}"
+            );
+        }
     });
 }
 

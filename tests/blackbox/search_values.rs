@@ -907,7 +907,8 @@ fn empty_list_items_are_refused() {
 }
 
 /// A date with a space around it (`%20` left by a lost `+`) and a number too small for the
-/// stored values (`1e-400`, read as 0 before) are refused, not searched for something else.
+/// stored values (`1e-400`, read as 0 before) are refused, not searched for something else;
+/// `ap` on a number stays near it.
 #[test]
 fn dates_with_spaces_and_numbers_below_f64_are_refused() {
     for_each_backend(|s| {
@@ -925,6 +926,17 @@ fn dates_with_spaces_and_numbers_below_f64_are_refused() {
         }
         assert_eq!(ids(s, "Observation?date=2020&value-quantity=0").len(), 1);
         assert_eq!(ids(s, "Observation?value-quantity=0e-400").len(), 1);
+        // `ap` widens a value by 10 % or by its implicit precision, centred on it: `ap1e2` is
+        // 50 to 150, and `ap1e308` reaches nothing stored here (it had reached down to 0).
+        for value in [100, 160] {
+            s.create(&json!({"resourceType": "Observation", "status": "final",
+                "code": {"text": "ap"}, "valueQuantity": {"value": value}}));
+        }
+        assert_eq!(ids(s, "Observation?value-quantity=ap1e2").len(), 1);
+        assert_eq!(ids(s, "Observation?value-quantity=ap100").len(), 1);
+        assert!(ids(s, "Observation?value-quantity=ap1e308").is_empty());
+        assert!(ids(s, "Observation?value-quantity=ap1.79769e308").is_empty());
+        assert!(ids(s, "Observation?value-quantity=ap-1.79769e308").is_empty());
     });
 }
 

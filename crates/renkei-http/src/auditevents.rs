@@ -331,6 +331,8 @@ pub async fn read(
                 format!("AuditEvent/{tail} is not a FHIR endpoint of this server"),
             ));
         }
+        // A malformed id is a malformed request, as for every other type.
+        renkei_repository::check_id(&tail)?;
         let query = AuditQuery {
             refs: Vec::new(),
             limit: 1,

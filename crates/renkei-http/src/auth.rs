@@ -384,6 +384,26 @@ fn claimed_client(form: &[(String, String)], authorization: Option<&str>) -> Opt
         .and_then(|assertion| renkei_auth::assertion_client_id(assertion).ok())
         .or_else(|| param("client_id").map(str::to_string))
         .or_else(|| authorization.and_then(basic_user))
+        .map(|claimed| as_recorded_claim(&claimed))
+}
+
+/// The longest claimed client id recorded as claimed: registered ids are short, and an
+/// unauthenticated request must not write what it likes into the permanent trail.
+const MAX_RECORDED_CLAIM_CHARS: usize = 128;
+
+/// A claimed client id as the trail records it: control characters replaced (a newline or
+/// NUL in a log line misleads its reader) and cut to [`MAX_RECORDED_CLAIM_CHARS`], marked
+/// with `…` where cut.
+fn as_recorded_claim(claimed: &str) -> String {
+    let mut recorded: String = claimed
+        .chars()
+        .take(MAX_RECORDED_CLAIM_CHARS)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if claimed.chars().nth(MAX_RECORDED_CLAIM_CHARS).is_some() {
+        recorded.push('…');
+    }
+    recorded
 }
 
 /// The user part of a `Basic` credential (`Basic base64(user:password)`), decoded.
@@ -450,9 +470,15 @@ pub async fn token(
         Err(error) => {
             let description = error.to_string();
             // Audited like every other refused token request, before the answer.
+            let claimed = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| claimed_client(&[], Some(value)));
             let attempt = renkei_access::LoginAttempt {
                 request_id: request_id(&req),
                 network_address: req.peer_addr().map(|a| a.ip().to_string()),
+                client_id: claimed,
                 status: error.status().as_u16(),
                 refusal: Some(description.clone()),
                 ..Default::default()
@@ -639,6 +665,14 @@ mod tests {
         assert_eq!(claimed_client(&[], Some("Bearer abc")), None);
         assert_eq!(claimed_client(&[], Some("Basic !!!")), None);
         assert_eq!(claimed_client(&[], Some(&basic(":secret"))), None);
+        let long = "b".repeat(60_000);
+        let recorded = claimed_client(&[], Some(&basic(&format!("{long}:x")))).unwrap();
+        assert_eq!(recorded.chars().count(), MAX_RECORDED_CLAIM_CHARS + 1);
+        assert!(recorded.ends_with('…'));
+        assert_eq!(
+            claimed_client(&[], Some(&basic("evil%0Aid%00x:pw"))).as_deref(),
+            Some("evil\u{FFFD}id\u{FFFD}x")
+        );
         let form = [("client_id".to_string(), "from-form".to_string())];
         assert_eq!(
             claimed_client(&form, Some(&basic("clinic-b:secret"))).as_deref(),

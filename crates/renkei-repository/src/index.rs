@@ -207,9 +207,9 @@ const PATIENT_ELEMENTS: [&str; 6] = [
     "securityContext",
 ];
 
-/// The patient of a record that names its patient only by identifier: no Patient record has
-/// this id (ids cannot hold a colon), so no consent permits it to anyone but its holder.
-pub(crate) const UNRESOLVED_PATIENT: &str = "urn:renkei:unresolved-patient";
+/// The patient of a record that names its patient only by identifier (see
+/// [`renkei_store::UNRESOLVED_PATIENT`]): only its holder sees it.
+pub(crate) const UNRESOLVED_PATIENT: &str = renkei_store::UNRESOLVED_PATIENT;
 
 /// `(type, id)` of a reference to a resource on this server: relative (`Type/id`, with or
 /// without `/_history/n`) or absolute under one of the server's own bases

@@ -567,7 +567,10 @@ impl Repository {
                     row.patient_id.as_deref(),
                 )?;
                 tx.replace_index(row.rid, &row.res_type, &rows)?;
-                tx.set_clinical_period(row.rid, clinical_date, clinical_end)?;
+                // A record dated by what it referred to kept that date when it was deleted.
+                if (clinical_date, clinical_end) != (None, None) {
+                    tx.set_clinical_period(row.rid, clinical_date, clinical_end)?;
+                }
                 Ok(())
             },
         )?;
@@ -868,11 +871,15 @@ struct Classification {
 }
 
 impl Classification {
-    /// The care period consent compares the record with: its own, else, for a record about
-    /// the patient of what it refers to (a Binary, a Provenance), the span of those records'.
+    /// The care period consent compares the record with: its own, else the span of the care
+    /// it contains and, for a record about the patient of what it refers to (a Binary, a
+    /// Provenance), of those records'.
     fn period(&self, res_type: &str, resource: &Value) -> CarePeriod {
         match care_period(res_type, resource) {
-            (None, None) if self.referred => self.inherited_period,
+            (None, None) if self.referred => {
+                spanning(self.inherited_period, contained_care(resource))
+            }
+            (None, None) => contained_care(resource),
             own => own,
         }
     }
@@ -941,6 +948,11 @@ fn classify_record(
     let references = index::local_references(resource);
     let mut names_missing_patient_data = false;
     for (target_type, target_id) in references.iter().take(MAX_REFERENCES_LOOKED_UP) {
+        if (target_type.as_str(), target_id.as_str()) == (res_type, id) {
+            // Itself (a Provenance among its own targets): its stored labels and period came
+            // from the others, and would outlive their change.
+            continue;
+        }
         // Its labels are taken on below: a write relabelling it waits for this one to commit
         // and then finds this record among those referring to it (`relabel_referrers`).
         let Some(row) = tx.current_for_share(target_type, target_id)? else {
@@ -962,7 +974,16 @@ fn classify_record(
                 .get_or_insert_with(|| index::UNRESOLVED_PATIENT.to_string());
             continue;
         }
-        classification.patient.get_or_insert(patient);
+        match &classification.patient {
+            None => classification.patient = Some(patient),
+            // Data of several patients (a Provenance of two patients' care): whichever came
+            // first must not decide who sees the other's, so it stays its writer's, as a
+            // Bundle of several patients does.
+            Some(first) if *first != patient => {
+                classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
+            }
+            Some(_) => {}
+        }
         classification.inherited_period = spanning(
             classification.inherited_period,
             (row.clinical_date, row.clinical_end),
@@ -980,6 +1001,21 @@ fn classify_record(
         classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
     }
     Ok(classification)
+}
+
+/// The span of the care periods of the resources `resource` contains (a Provenance of a
+/// contained Encounter).
+fn contained_care(resource: &Value) -> CarePeriod {
+    resource
+        .get("contained")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|contained| {
+            let contained_type = contained.get("resourceType").and_then(Value::as_str)?;
+            Some(care_period(contained_type, contained))
+        })
+        .fold((None, None), spanning)
 }
 
 /// A stored record's index rows built anew from its body, as they would be written now, the
@@ -1046,9 +1082,8 @@ struct StoredRecord<'a> {
     body: Option<&'a str>,
 }
 
-/// How many records taking on labels from a relabelled one are relabelled with it (a chain:
-/// a Binary of a document, a Provenance of that Binary); the rest at the next reindex.
-const MAX_RELABELLED_REFERRERS: usize = 256;
+/// How many records referring to a relabelled or redated one are read at a time.
+const REFERRERS_PER_READ: usize = 256;
 
 /// The privacy labels or the care period of `rid` were changed by a write: the records that
 /// took them on from it (a Binary's `securityContext`, a Provenance's target, and on along
@@ -1057,39 +1092,64 @@ const MAX_RELABELLED_REFERRERS: usize = 256;
 /// not reach the Binary of an encounter moved into it. Records taking on nothing keep theirs.
 fn relabel_referrers(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<(), RepoError> {
     let mut queue = VecDeque::from([(res_type.to_string(), id.to_string())]);
-    let mut seen: HashSet<i64> = HashSet::new();
+    // A record is rebuilt again when another record it refers to changes after it was rebuilt
+    // (a Provenance of a Binary and of its Encounter); only a change queues its referrers, so
+    // the walk ends, and the bound only stops a cycle of references that never settles.
+    let mut rebuilt = 0usize;
     while let Some((target_type, target_id)) = queue.pop_front() {
-        for referrer in tx.referring_records(&target_type, &target_id, MAX_RELABELLED_REFERRERS)? {
-            if seen.len() >= MAX_RELABELLED_REFERRERS || !seen.insert(referrer.rid) {
-                continue;
+        let mut after_rid = i64::MIN;
+        loop {
+            let referrers =
+                tx.referring_records(&target_type, &target_id, after_rid, REFERRERS_PER_READ)?;
+            let read = referrers.len();
+            for referrer in referrers {
+                after_rid = referrer.rid;
+                rebuilt += 1;
+                if rebuilt > MAX_REFERRER_REBUILDS {
+                    tracing::warn!(
+                        record = %format!("{}/{}", referrer.res_type, referrer.res_id),
+                        "references that never settle: labels and care periods left as they are"
+                    );
+                    return Ok(());
+                }
+                if rebuild_referrer(tx, &referrer)? {
+                    queue.push_back((referrer.res_type, referrer.res_id));
+                }
             }
-            let before = tx.privacy_labels(referrer.rid)?;
-            let record = StoredRecord {
-                res_type: &referrer.res_type,
-                res_id: &referrer.res_id,
-                custodian: referrer.custodian.as_deref(),
-                patient: referrer.patient_id.as_deref(),
-                body: referrer.body.as_deref(),
-            };
-            let Some(Rebuilt { rows, period, .. }) = rebuilt_index_rows(tx, record, true)? else {
-                continue;
-            };
-            let labels_kept =
-                same_labels(&before, rows.tokens.iter().filter(|t| is_privacy_label(t)));
-            let period_kept = period == (referrer.clinical_date, referrer.clinical_end);
-            if labels_kept && period_kept {
-                continue;
+            if read < REFERRERS_PER_READ {
+                break;
             }
-            if !labels_kept {
-                tx.replace_index(referrer.rid, &referrer.res_type, &rows)?;
-            }
-            if !period_kept {
-                tx.set_clinical_period(referrer.rid, period.0, period.1)?;
-            }
-            queue.push_back((referrer.res_type, referrer.res_id));
         }
     }
     Ok(())
+}
+
+/// How many records one write rebuilds at most while carrying labels and care periods on.
+const MAX_REFERRER_REBUILDS: usize = 1_000_000;
+
+/// Rebuilds the labels and care period `referrer` takes on from what it refers to; whether
+/// either changed.
+fn rebuild_referrer(tx: &mut Tx<'_>, referrer: &ResourceRow) -> Result<bool, RepoError> {
+    let before = tx.privacy_labels(referrer.rid)?;
+    let record = StoredRecord {
+        res_type: &referrer.res_type,
+        res_id: &referrer.res_id,
+        custodian: referrer.custodian.as_deref(),
+        patient: referrer.patient_id.as_deref(),
+        body: referrer.body.as_deref(),
+    };
+    let Some(Rebuilt { rows, period, .. }) = rebuilt_index_rows(tx, record, true)? else {
+        return Ok(false);
+    };
+    let labels_kept = same_labels(&before, rows.tokens.iter().filter(|t| is_privacy_label(t)));
+    let period_kept = period == (referrer.clinical_date, referrer.clinical_end);
+    if !labels_kept {
+        tx.replace_index(referrer.rid, &referrer.res_type, &rows)?;
+    }
+    if !period_kept {
+        tx.set_clinical_period(referrer.rid, period.0, period.1)?;
+    }
+    Ok(!(labels_kept && period_kept))
 }
 
 /// Whether two lists of privacy labels hold the same labels, in any order.
@@ -1538,7 +1598,7 @@ pub fn update(
 
 /// A logical id from a URL that addresses a resource to change: anything else is a malformed
 /// request (400), not an absent resource.
-fn check_id(id: &str) -> Result<(), RepoError> {
+pub fn check_id(id: &str) -> Result<(), RepoError> {
     if is_valid_id(id) {
         return Ok(());
     }
@@ -1856,6 +1916,11 @@ pub fn delete(
         row.body.as_deref(),
         row.patient_id.as_deref(),
     )?;
+    // A record dated by the care it refers to keeps that date (its body gives none).
+    let (clinical_date, clinical_end) = match (clinical_date, clinical_end) {
+        (None, None) => (row.clinical_date, row.clinical_end),
+        own => own,
+    };
     let new = NewVersion {
         res_type,
         res_id: id,

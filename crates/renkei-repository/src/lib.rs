@@ -27,10 +27,10 @@ pub use criteria::{
 pub use error::{status_of, RepoError};
 pub use index::INDEX_FORMAT;
 pub use interactions::{
-    check_type, conditional_delete, conditional_update, create, delete, has_rest_endpoint,
-    history_in, patch, read, read_visible, resolve_single, search_in, update, vread, vread_visible,
-    DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, Reindexed, Repository,
-    RepositoryOptions, StoredResource, WriteContext, WriteOutcome,
+    check_id, check_type, conditional_delete, conditional_update, create, delete,
+    has_rest_endpoint, history_in, patch, read, read_visible, resolve_single, search_in, update,
+    vread, vread_visible, DeleteOutcome, HistoryRequest, PatchBody, PreparedResource, Reindexed,
+    Repository, RepositoryOptions, StoredResource, WriteContext, WriteOutcome,
     DEFAULT_MAX_BUNDLE_RESPONSE_BYTES,
 };
 pub use meta::{

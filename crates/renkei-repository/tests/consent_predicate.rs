@@ -676,6 +676,24 @@ fn data_periods_reach_records_dated_by_their_care(db: Db) {
             "subject": {"reference": format!("Patient/{patient}")},
             "period": {"start": start, "end": end}})
     };
+    // A third patient who lets READER see everything.
+    put(
+        repo,
+        json!({"resourceType": "Patient", "id": "dated-third"}),
+    );
+    put(
+        repo,
+        observation("dated-third", "obs", "2019-06-01", json!({})),
+    );
+    put(
+        repo,
+        consent(
+            "dated-third",
+            1,
+            "active",
+            json!({"type": "permit", "actor": [actor(READER)]}),
+        ),
+    );
     for (patient, provision) in cases {
         put(repo, json!({"resourceType": "Patient", "id": patient}));
         put(repo, encounter(patient, "in", "2024-03-01", "2024-03-10"));
@@ -709,21 +727,73 @@ fn data_periods_reach_records_dated_by_their_care(db: Db) {
             "target": [{"reference": format!("Observation/{patient}-obs19")}],
             "agent": [{"who": {"reference": OWNER}}]}),
         );
+        // Of two patients' care: neither patient's consent decides it alone.
+        put(
+            repo,
+            json!({"resourceType": "Provenance", "id": format!("{patient}-prov-two"),
+            "recorded": "2024-03-10T00:00:00Z",
+            "target": [{"reference": "Observation/dated-third-obs"},
+                       {"reference": format!("Observation/{patient}-obs19")}],
+            "agent": [{"who": {"reference": OWNER}}]}),
+        );
+        // Of care it holds itself.
+        let mut held = encounter(patient, "held", "2024-04-01", "2024-04-02");
+        held["id"] = json!("held");
+        put(
+            repo,
+            json!({"resourceType": "Provenance", "id": format!("{patient}-prov-held"),
+            "recorded": "2024-04-02T00:00:00Z", "contained": [held],
+            "target": [{"reference": "#held"}],
+            "agent": [{"who": {"reference": OWNER}}]}),
+        );
+        // More records dated by one encounter than are read at a time.
+        for n in 0..300 {
+            put(
+                repo,
+                json!({"resourceType": "Binary", "id": format!("{patient}-bulk-{n}"),
+                "contentType": "text/plain", "data": "eA==",
+                "securityContext": {"reference": format!("Encounter/{patient}-out")}}),
+            );
+        }
         put(repo, consent(patient, 1, "active", provision));
         // The Binary "moved" refers to an encounter that turns out to lie in the period.
         put(repo, encounter(patient, "out", "2024-05-01", "2024-05-03"));
         let who = reader(false, None, true);
-        let ids = ["bin-in", "bin-old", "bin-moved", "prov-both", "prov-out"]
-            .map(|short| format!("{patient}-{short}"))
-            .join(",");
+        let ids = [
+            "bin-in",
+            "bin-old",
+            "bin-moved",
+            "prov-both",
+            "prov-out",
+            "prov-two",
+            "prov-held",
+            "bulk-0",
+            "bulk-299",
+        ]
+        .map(|short| format!("{patient}-{short}"))
+        .join(",");
         let names =
             |res_type: &str| short_names(repo, res_type, &format!("_id={ids}"), &who, patient);
         let (binaries, provenances): (Vec<&str>, Vec<&str>) = match patient {
             "dated-refused" => (vec!["bin-old"], vec!["prov-out"]),
-            _ => (vec!["bin-in", "bin-moved"], vec![]),
+            _ => (
+                vec!["bin-in", "bin-moved", "bulk-0", "bulk-299"],
+                vec!["prov-held"],
+            ),
         };
         assert_eq!(names("Binary"), binaries, "{patient}");
         assert_eq!(names("Provenance"), provenances, "{patient}");
+        // Deleted, a record dated by its care stays as hidden as it was.
+        let deleted = format!("{patient}-bin-in");
+        repo.write(|tx| renkei_repository::delete(tx, "Binary", &deleted, None, &owner_context()))
+            .unwrap();
+        let tombstone_visible = repo
+            .read_tx(|tx| {
+                let row = tx.current("Binary", &deleted)?.unwrap();
+                Ok(tx.is_visible(&row, &who)?)
+            })
+            .unwrap();
+        assert_eq!(tombstone_visible, patient != "dated-refused", "{patient}");
     }
     (db.cleanup)();
 }

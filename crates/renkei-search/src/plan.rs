@@ -1729,7 +1729,8 @@ pub fn parse_date_value(name: &str, value: &str) -> Result<DateValue, SearchErro
     let (prefix, rest) = Prefix::split(value);
     let range = parse_range(rest).ok_or_else(|| {
         // A `+` sent unencoded in a query string arrives as a space (`T10:00 09:00`).
-        let hint = if rest.contains('T') && rest.contains(' ') {
+        let inner_space = rest.trim() == rest && rest.contains(' ');
+        let hint = if rest.contains('T') && inner_space {
             "; a time zone's + must be sent as %2B (10:00%2B09:00)"
         } else {
             ""
@@ -1864,6 +1865,11 @@ mod tests {
             );
         }
         assert!(parse_date_value("date", "ge2020-01-01").is_ok());
+        // A space at an end is no lost `+`: no hint about one.
+        match parse_date_value("date", "2025-11-04T10:00:00+09:00 ") {
+            Err(SearchError::Invalid(message)) => assert!(!message.contains("%2B"), "{message}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

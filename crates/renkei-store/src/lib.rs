@@ -42,7 +42,7 @@ pub use sql::{Bind, Sql};
 pub use url::DatabaseUrl;
 pub use visibility::{
     DecidedRow, Decision, Visibility, BUNDLE_ENTRY_REFERENCE, PRIVACY_TAG_SYSTEM,
-    UNSEARCHABLE_REFERENCE, WITHHELD_TAG,
+    UNRESOLVED_PATIENT, UNSEARCHABLE_REFERENCE, WITHHELD_TAG,
 };
 
 /// Administrative helpers for PostgreSQL databases (used by tests and operators).

@@ -259,12 +259,14 @@ impl Tx<'_> {
     /// the reference index, `_reference` and a Bundle's `_entry` included) and, but for a
     /// Bundle, to no Patient record (the records that name a patient themselves take on no
     /// labels from what they refer to; a stored Bundle takes on its entries'), at most
-    /// `limit`, locked as by [`Tx::current_for_update`]: the caller rewrites their index rows,
-    /// which a concurrent update of theirs would otherwise rewrite at the same time.
+    /// `limit` after row `after_rid` in rid order, locked as by [`Tx::current_for_update`]:
+    /// the caller rewrites their index rows, which a concurrent update of theirs would
+    /// otherwise rewrite at the same time.
     pub fn referring_records(
         &mut self,
         target_type: &str,
         target_id: &str,
+        after_rid: i64,
         limit: usize,
     ) -> Result<Vec<ResourceRow>, StoreError> {
         let mut sql = Sql::new(&format!(
@@ -277,8 +279,9 @@ impl Tx<'_> {
             .bind(Bind::Text(target_type.into()))
             .push(
                 ") AND (res_type = 'Bundle' OR NOT EXISTS (SELECT 1 FROM idx_reference p \
-                 WHERE p.rid = resources.rid AND p.target_type = 'Patient'))",
+                 WHERE p.rid = resources.rid AND p.target_type = 'Patient')) AND rid > ",
             )
+            .bind(Bind::Int(after_rid))
             .push(&format!(" ORDER BY rid LIMIT {limit}"));
         let suffix = self.for_update();
         sql.push(suffix);

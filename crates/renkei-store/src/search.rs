@@ -1376,7 +1376,12 @@ fn push_number_condition(sql: &mut Sql, column: &str, value: &NumberValue) {
             return;
         }
         Prefix::Ap => {
-            let tolerance = (v * 0.1).abs().max(value.high - value.low);
+            // 10 % of the value, or its implicit precision where that is wider (`ap1e2` is
+            // 50 to 150): half the implicit range, which is centred on the value. The whole
+            // range made `ap1e308` reach down to 0 and match every value.
+            // Near the largest f64 a bound of the implicit range is infinite: 10 % then.
+            let half_range = Some((value.high - value.low) / 2.0).filter(|h| h.is_finite());
+            let tolerance = (v * 0.1).abs().max(half_range.unwrap_or(0.0));
             sql.push(&format!("{column} >= "))
                 .bind(Bind::Float(v - tolerance))
                 .push(&format!(" AND {column} <= "))

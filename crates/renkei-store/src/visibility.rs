@@ -17,6 +17,12 @@ pub const BUNDLE_ENTRY_REFERENCE: &str = "_entry";
 /// search, chain, `_has` or `_include=*`/`_revinclude=*` follows them.
 pub const UNSEARCHABLE_REFERENCE: &str = "_reference";
 
+/// The patient of a record whose patient cannot be told (it names its patient only by
+/// identifier, refers to several patients' data or to data its writer may not see): no Patient
+/// record has this id (ids hold no colon), and only its holder sees it, whatever the implicit
+/// policy says of patients without consent.
+pub const UNRESOLVED_PATIENT: &str = "urn:renkei:unresolved-patient";
+
 /// System of the national privacy tags (`UNDELIVERED`, `UNINFORMED`).
 pub const PRIVACY_TAG_SYSTEM: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication";
 
@@ -445,7 +451,9 @@ impl Visibility {
                     .bind(Bind::Text(args.organization.to_string()))
                     .push(&format!(" OR {r}.patient_id IS NULL OR (NOT "));
                 tag_exists(sql, r, WITHHELD_TAG);
-                sql.push(" AND ");
+                sql.push(&format!(" AND {r}.patient_id <> "))
+                    .bind(Bind::Text(UNRESOLVED_PATIENT.into()))
+                    .push(" AND ");
                 if let Some(patient) = break_glass {
                     // Break-glass stands in for a permit on its patient's rows only; an
                     // explicit deny may still hold. Rows of anyone else take the consent
