@@ -783,6 +783,14 @@ fn data_periods_reach_records_dated_by_their_care(db: Db) {
         };
         assert_eq!(names("Binary"), binaries, "{patient}");
         assert_eq!(names("Provenance"), provenances, "{patient}");
+        // Of several patients, it has no patient's consent to go by: hidden in an opt-out
+        // network too, where a patient without consent is visible.
+        let opt_out = reader(true, None, true);
+        let two = format!("_id={patient}-prov-two");
+        assert!(
+            short_names(repo, "Provenance", &two, &opt_out, patient).is_empty(),
+            "{patient}"
+        );
         // Deleted, a record dated by its care stays as hidden as it was.
         let deleted = format!("{patient}-bin-in");
         repo.write(|tx| renkei_repository::delete(tx, "Binary", &deleted, None, &owner_context()))
