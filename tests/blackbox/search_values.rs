@@ -906,9 +906,9 @@ fn empty_list_items_are_refused() {
     });
 }
 
-/// A date with a space around it (`%20` left by a lost `+`) and a number too small for the
-/// stored values (`1e-400`, read as 0 before) are refused, not searched for something else;
-/// `ap` on a number stays near it.
+/// A date with a space around it (`%20` left by a lost `+`), a number too small for the stored
+/// values (`1e-400`, read as 0 before), and numbers, years and zones FHIR does not write are
+/// refused, not searched for something else; `ap` on a number stays near it.
 #[test]
 fn dates_with_spaces_and_numbers_below_f64_are_refused() {
     for_each_backend(|s| {
@@ -920,6 +920,13 @@ fn dates_with_spaces_and_numbers_below_f64_are_refused() {
             ("Observation?date=ge2020-01-01%20", "not a valid date"),
             ("Observation?_lastUpdated=%20ge2020", "not a valid date"),
             ("Observation?value-quantity=1e-400", "too close to zero"),
+            ("Observation?value-quantity=.5", "not a number"),
+            ("Observation?value-quantity=007", "not a number"),
+            ("Observation?date=ap0000", "not a valid date"),
+            (
+                "Observation?date=2020-01-01T10:00:00%2B14:01",
+                "not a valid date",
+            ),
         ] {
             let text = refused(s, path, &[]);
             assert!(text.contains(says), "{path}: {text}");

@@ -525,7 +525,7 @@ impl Repository {
                     rows,
                     patient,
                     period,
-                }) = rebuilt_index_rows(tx, record, false)?
+                }) = rebuilt_index_rows(tx, record)?
                 else {
                     return Ok(());
                 };
@@ -945,9 +945,13 @@ fn classify_record(
         inherited_labels: entry_labels,
         inherited_period: (None, None),
     };
-    let references = index::local_references(resource);
-    let mut names_missing_patient_data = false;
-    for (target_type, target_id) in references.iter().take(MAX_REFERENCES_LOOKED_UP) {
+    let mut references = index::local_references(resource);
+    let mut distinct = HashSet::new();
+    references.retain(|target| distinct.insert(target.clone()));
+    // More than it looks up: what it refers to beyond them could be another patient's, or
+    // care in a refused period, so it stays its writer's.
+    let mut names_missing_patient_data = references.len() > MAX_REFERRED_RECORDS_LOOKED_UP;
+    for (target_type, target_id) in references.iter().take(MAX_REFERRED_RECORDS_LOOKED_UP) {
         if (target_type.as_str(), target_id.as_str()) == (res_type, id) {
             // Itself (a Provenance among its own targets): its stored labels and period came
             // from the others, and would outlive their change.
@@ -957,10 +961,9 @@ fn classify_record(
         // and then finds this record among those referring to it (`relabel_referrers`).
         let Some(row) = tx.current_for_share(target_type, target_id)? else {
             // A directory record named before it exists (an Organization's partOf) decides
-            // nothing; a patient-data record does, below.
-            names_missing_patient_data |= !renkei_search::registry()
-                .patient_compartment_params(target_type)
-                .is_empty();
+            // nothing; any other record may be patient data (a Binary written later in the
+            // same transaction), and does, below.
+            names_missing_patient_data |= !DIRECTORY_TYPES.contains(&target_type.as_str());
             continue;
         };
         let Some(patient) = row.patient_id.clone() else {
@@ -995,9 +998,10 @@ fn classify_record(
             tx.privacy_labels(row.rid)?,
         );
     }
-    // Referring only to patient data not stored (yet): the record stays its writer's, as for
-    // a hidden target, rather than becoming directory data every member reads.
-    if names_missing_patient_data && classification.patient.is_none() {
+    // Referring to patient data not stored (yet), or to more than it looks up: the record
+    // stays its writer's, as for a hidden target, rather than becoming directory data every
+    // member reads or the data of the patient its first references name.
+    if names_missing_patient_data {
         classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
     }
     Ok(classification)
@@ -1023,12 +1027,10 @@ fn contained_care(resource: &Value) -> CarePeriod {
 /// about, and which labels it takes on from the records it refers to, can change with the
 /// rules or with those records: consent is decided on these. Every record is seen (as by the
 /// gateway itself); a record its writer could not classify (it referred to what the writer
-/// could not see) stays about nobody. `keep_patient` keeps the stored patient whatever the
-/// classification says (a relabelling changes labels only).
+/// could not see) stays about nobody.
 fn rebuilt_index_rows(
     tx: &mut Tx<'_>,
     record: StoredRecord<'_>,
-    keep_patient: bool,
 ) -> Result<Option<Rebuilt>, RepoError> {
     let Some(body) = record.body else {
         return Ok(None);
@@ -1046,7 +1048,7 @@ fn rebuilt_index_rows(
     let period = classification.period(record.res_type, &value);
     let writer_could_not_see =
         classification.referred && record.patient == Some(index::UNRESOLVED_PATIENT);
-    let patient = match keep_patient || writer_could_not_see {
+    let patient = match writer_could_not_see {
         true => record.patient.map(str::to_string),
         false => classification.patient,
     };
@@ -1138,18 +1140,30 @@ fn rebuild_referrer(tx: &mut Tx<'_>, referrer: &ResourceRow) -> Result<bool, Rep
         patient: referrer.patient_id.as_deref(),
         body: referrer.body.as_deref(),
     };
-    let Some(Rebuilt { rows, period, .. }) = rebuilt_index_rows(tx, record, true)? else {
+    let Some(Rebuilt {
+        rows,
+        period,
+        patient,
+        ..
+    }) = rebuilt_index_rows(tx, record)?
+    else {
         return Ok(false);
     };
     let labels_kept = same_labels(&before, rows.tokens.iter().filter(|t| is_privacy_label(t)));
     let period_kept = period == (referrer.clinical_date, referrer.clinical_end);
+    // What it refers to was moved to another patient (a wrong-patient correction), or now
+    // refers to several: it follows.
+    let patient_kept = patient == referrer.patient_id;
     if !labels_kept {
         tx.replace_index(referrer.rid, &referrer.res_type, &rows)?;
     }
     if !period_kept {
         tx.set_clinical_period(referrer.rid, period.0, period.1)?;
     }
-    Ok(!(labels_kept && period_kept))
+    if !patient_kept {
+        tx.set_patient_id(referrer.rid, patient.as_deref())?;
+    }
+    Ok(!(labels_kept && period_kept && patient_kept))
 }
 
 /// Whether two lists of privacy labels hold the same labels, in any order.
@@ -1298,9 +1312,31 @@ const MAX_DOCUMENT_CANDIDATES: usize = 4;
 /// How many identifiers of a document's Patient entry are looked up.
 const MAX_DOCUMENT_IDENTIFIERS: usize = 8;
 
-/// How many references of a record that names no patient are looked up for one (a Provenance
-/// of a whole transaction can name hundreds; the first ones decide).
+/// How many references of a stored Bundle are looked up for the patients of its entries.
 pub(crate) const MAX_REFERENCES_LOOKED_UP: usize = 32;
+
+/// How many records a record that names no patient may refer to and still be about the
+/// patient of what it refers to (a Provenance of a whole transaction can name hundreds); one
+/// referring to more is its writer's alone.
+const MAX_REFERRED_RECORDS_LOOKED_UP: usize = 1024;
+
+/// Types whose records are never about a patient: a reference to one not stored yet leaves a
+/// record that refers to it directory data. A reference to any other record not stored yet
+/// keeps the record its writer's until it is written again.
+const DIRECTORY_TYPES: [&str; 12] = [
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Location",
+    "Endpoint",
+    "HealthcareService",
+    "Medication",
+    "Substance",
+    "Device",
+    "ValueSet",
+    "CodeSystem",
+    "Questionnaire",
+];
 
 /// Checks that `resource` is a `res_type` resource; the body must name the type of the URL.
 pub(crate) fn check_body_type(resource: &Value, res_type: &str) -> Result<(), RepoError> {
@@ -1391,7 +1427,8 @@ fn store_version(
             let labels_after = index_rows.tokens.iter().filter(|t| is_privacy_label(t));
             let period_moved =
                 (row.clinical_date, row.clinical_end) != (clinical_date, clinical_end);
-            if !same_labels(&labels_before, labels_after) || period_moved {
+            let patient_moved = row.patient_id != patient;
+            if !same_labels(&labels_before, labels_after) || period_moved || patient_moved {
                 relabel_referrers(tx, res_type, id)?;
             }
             row.rid

@@ -813,6 +813,79 @@ on_both_backends!(
     "data_period_referrers"
 );
 
+/// A record about the patient of what it refers to follows it: written before its target
+/// exists (a Provenance before its Binary in a transaction), it stays its writer's; referring
+/// to two patients however many times the first is named, it is its writer's; when its target
+/// is corrected to another patient, it moves with it.
+fn referring_records_follow_their_targets(db: Db) {
+    let repo = &db.repo;
+    let encounter = |id: &str, patient: &str| {
+        json!({"resourceType": "Encounter", "id": id, "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "period": {"start": "2024-05-01", "end": "2024-05-01"}})
+    };
+    let binary = |id: &str, context: &str| {
+        json!({"resourceType": "Binary", "id": id, "contentType": "text/plain", "data": "eA==",
+            "securityContext": {"reference": context}})
+    };
+    let provenance = |id: &str, targets: Vec<String>| {
+        let targets: Vec<Value> = targets
+            .into_iter()
+            .map(|t| json!({"reference": t}))
+            .collect();
+        json!({"resourceType": "Provenance", "id": id, "recorded": "2024-05-01T00:00:00Z",
+            "target": targets, "agent": [{"who": {"reference": OWNER}}]})
+    };
+    for (patient, provision) in [
+        (
+            "follow-open",
+            json!({"type": "permit", "actor": [actor(READER)]}),
+        ),
+        (
+            "follow-closed",
+            json!({"type": "deny", "actor": [actor(READER)]}),
+        ),
+    ] {
+        put(repo, json!({"resourceType": "Patient", "id": patient}));
+        put(repo, consent(patient, 1, "active", provision));
+    }
+    put(repo, encounter("follow-open-enc", "follow-open"));
+    put(repo, encounter("follow-closed-enc", "follow-closed"));
+    // Before its Binary exists.
+    put(
+        repo,
+        provenance("follow-early", vec!["Binary/follow-late".into()]),
+    );
+    put(repo, binary("follow-late", "Encounter/follow-open-enc"));
+    // The open patient's encounter named 40 times, then the closed one's.
+    let mut many = vec!["Encounter/follow-open-enc".to_string(); 40];
+    many.push("Encounter/follow-closed-enc".into());
+    put(repo, provenance("follow-two", many));
+    // A Binary of the open patient's encounter, the encounter then corrected to the closed one.
+    put(repo, encounter("follow-moved-enc", "follow-open"));
+    put(repo, binary("follow-moved", "Encounter/follow-moved-enc"));
+    let who = reader(false, None, true);
+    let seen = |res_type: &str, id: &str| {
+        !short_names(repo, res_type, &format!("_id={id}"), &who, "follow").is_empty()
+    };
+    assert!(seen("Binary", "follow-late"));
+    assert!(seen("Binary", "follow-moved"));
+    assert!(!seen("Provenance", "follow-early"));
+    assert!(!seen("Provenance", "follow-two"));
+    put(repo, encounter("follow-moved-enc", "follow-closed"));
+    assert!(!seen("Encounter", "follow-moved-enc"));
+    assert!(!seen("Binary", "follow-moved"));
+    (db.cleanup)();
+}
+
+on_both_backends!(
+    referring_records_follow_their_targets_sqlite,
+    referring_records_follow_their_targets_postgres,
+    referring_records_follow_their_targets,
+    "follow"
+);
+
 /// "This encounter and everything related" reaches a record through a reference no search
 /// parameter indexes (R4 has no `AllergyIntolerance?encounter`), as the Rust decision does over
 /// every reference; `_include=*` still follows search parameters only.

@@ -121,6 +121,10 @@ pub fn parse_range_in(text: &str, zone: LocalZone) -> Option<DateRange> {
         return None;
     }
     let year: i32 = year_text.parse().ok()?;
+    // FHIR's years start at 0001.
+    if year == 0 {
+        return None;
+    }
     let month = match fields.next() {
         Some(m) if m.len() == 2 => Some(m.parse::<u32>().ok()?),
         Some(_) => return None,
@@ -184,10 +188,15 @@ fn parse_time(date: NaiveDate, time: &str, zone: LocalZone) -> Option<DateRange>
         let (c, zone) = time.split_at(pos);
         let sign = if zone.starts_with('-') { -1 } else { 1 };
         let (h, m) = zone[1..].split_once(':')?;
-        if h.len() != 2 || m.len() != 2 {
+        let two_digits = |text: &str| text.len() == 2 && text.bytes().all(|b| b.is_ascii_digit());
+        if !two_digits(h) || !two_digits(m) {
             return None;
         }
         let secs = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
+        // FHIR's zones run from -14:00 to +14:00 with minutes below 60.
+        if secs > 14 * 3600 || m.parse::<i32>().ok()? >= 60 {
+            return None;
+        }
         (c, sign * secs)
     } else {
         (time, zone.offset_secs())
@@ -258,6 +267,29 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .timestamp_millis()
+    }
+
+    #[test]
+    fn values_fhir_does_not_allow_are_no_dates() {
+        for text in [
+            "0000",
+            "0000-01-01",
+            "2024-01-01T10:00:00+14:01",
+            "2024-01-01T10:00:00+15:00",
+            "2024-01-01T10:00:00+09:60",
+            "2024-01-01T10:00:00++1:00",
+            " 2024",
+            "2024 ",
+        ] {
+            assert!(parse_range(text).is_none(), "{text}");
+        }
+        for text in [
+            "0001",
+            "2024-01-01T10:00:00+14:00",
+            "2024-01-01T10:00:00-14:00",
+        ] {
+            assert!(parse_range(text).is_some(), "{text}");
+        }
     }
 
     #[test]

@@ -10,6 +10,25 @@
 //! bound falls between two `f64`s, so the range of a value always holds the `f64` its literal is
 //! stored as.
 
+/// Whether `text` is a decimal as FHIR writes one (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`):
+/// `.5`, `1.`, `+1` and `007` are not.
+pub fn is_fhir_decimal(text: &str) -> bool {
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (unsigned, None),
+    };
+    let (whole, fraction) = match mantissa.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (mantissa, None),
+    };
+    let whole_ok = digits(whole) && (whole == "0" || !whole.starts_with('0'));
+    let fraction_ok = fraction.is_none_or(digits);
+    let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['+', '-']).unwrap_or(e)));
+    whole_ok && fraction_ok && exponent_ok
+}
+
 /// `[low, high)` in `f64` for a number as written (`100` → [99.5, 100.5), `1.2e2` → [115,
 /// 125), `1e2` → [50, 150): in exponent form the mantissa's digits count; the specification's
 /// table gives [95, 105) for `1e2`, which contradicts its own rule, and the rule is what other

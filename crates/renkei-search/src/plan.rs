@@ -1759,9 +1759,9 @@ pub fn approximate_date(value: &DateValue) -> (i64, i64) {
 fn parse_number(name: &str, value: &str) -> Result<NumberValue, SearchError> {
     let (prefix, rest) = Prefix::split(value);
     let not_a_number = || SearchError::Invalid(format!("{name}: '{value}' is not a number"));
-    let number: f64 = rest
-        .parse()
-        .ok()
+    let number: f64 = Some(rest)
+        .filter(|text| crate::number::is_fhir_decimal(text))
+        .and_then(|text| text.parse().ok())
         .filter(|n: &f64| n.is_finite())
         .ok_or_else(not_a_number)?;
     // A value too small for the stored f64s (`1e-400`) would read as 0 and match zeros.
@@ -1851,6 +1851,20 @@ mod tests {
         assert!(parse_number("value-quantity", "0e-400").is_ok());
         assert!(parse_number("value-quantity", "0.000").is_ok());
         assert!(parse_number("value-quantity", "1e-300").is_ok());
+    }
+
+    #[test]
+    fn numbers_are_written_as_fhir_decimals() {
+        for text in [
+            ".5", "1.", "+1", "007", "1e", "1e+", "-", "1.5.5", "0x10", "inf", "NaN",
+        ] {
+            assert!(parse_number("value-quantity", text).is_err(), "{text}");
+        }
+        for text in [
+            "0", "-0", "0.5", "100", "-1.25", "1e2", "1E-3", "1.5e+10", "0.000",
+        ] {
+            assert!(parse_number("value-quantity", text).is_ok(), "{text}");
+        }
     }
 
     #[test]
