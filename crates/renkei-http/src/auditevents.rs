@@ -115,12 +115,9 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
     for (name, value) in &ctx.params {
         // A filter given twice must hold both times; a one-valued control given twice cannot
         // be guessed (as in any search, `renkei_search::plan`).
-        if matches!(name.as_str(), "_count" | "_sort" | "_total" | "_summary")
-            && ctx.params.iter().filter(|(other, _)| other == name).count() > 1
-        {
-            return Err(ApiError::bad_request(format!(
-                "parameter '{name}' is given more than once; it takes one value"
-            )));
+        if matches!(name.as_str(), "_count" | "_sort" | "_total" | "_summary") {
+            renkei_search::plan::refuse_repeated(&ctx.params, name)
+                .map_err(crate::search::search_error)?;
         }
         match name.as_str() {
             "date" => narrow_to_date(&mut query, value)?,

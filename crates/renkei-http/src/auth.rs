@@ -387,6 +387,14 @@ fn claimed_client(form: &[(String, String)], authorization: Option<&str>) -> Opt
         .map(|claimed| as_recorded_claim(&claimed))
 }
 
+/// The `Authorization` header of a token request, when it is text: the client credential
+/// whose claimed id a refusal records.
+fn authorization_text(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+}
+
 /// The longest claimed client id recorded as claimed: registered ids are short, and an
 /// unauthenticated request must not write what it likes into the permanent trail.
 const MAX_RECORDED_CLAIM_CHARS: usize = 128;
@@ -470,11 +478,7 @@ pub async fn token(
         Err(error) => {
             let description = error.to_string();
             // Audited like every other refused token request, before the answer.
-            let claimed = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| claimed_client(&[], Some(value)));
+            let claimed = claimed_client(&[], authorization_text(&req));
             let attempt = renkei_access::LoginAttempt {
                 request_id: request_id(&req),
                 network_address: req.peer_addr().map(|a| a.ip().to_string()),
@@ -517,11 +521,7 @@ pub async fn token(
         }
     });
     let two_methods = header_scheme.is_some() && form.iter().any(|(k, _)| k == "client_assertion");
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_string);
+    let authorization = authorization_text(&req).map(str::to_string);
     let gate = state.gate.clone();
     let key = state.auth.key.clone();
     let ttl = state.auth.token_ttl_seconds;

@@ -624,24 +624,15 @@ fn shaped_read(mut resource: StoredResource, url: &str) -> Result<StoredResource
     let Some((_, query)) = url.split('#').next().unwrap_or(url).split_once('?') else {
         return Ok(resource);
     };
-    let decode = |text: &str| {
-        crate::criteria::percent_decode_strict(text)
-            .map_err(|reason| RepoError::BadRequest(format!("the entry URL '{url}': {reason}")))
-    };
-    let mut params = Vec::new();
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(name)?;
-        match name.as_str() {
-            "_summary" | "_elements" => params.push((name, decode(value)?)),
-            "_format" | "_pretty" => {}
-            other => {
-                return Err(RepoError::BadRequest(format!(
-                    "the entry URL '{url}' reads one resource, which takes _summary and \
-                     _elements, not '{other}'"
-                )))
-            }
-        }
+    let params = crate::criteria::decode_query_strict(query, &format!("the entry URL '{url}'"))?;
+    if let Some((other, _)) = params
+        .iter()
+        .find(|(name, _)| !matches!(name.as_str(), "_summary" | "_elements"))
+    {
+        return Err(RepoError::BadRequest(format!(
+            "the entry URL '{url}' reads one resource, which takes _summary and _elements, \
+             not '{other}'"
+        )));
     }
     let shape = crate::ReadShape::parse(&params)?;
     if shape.is_whole() {

@@ -24,23 +24,34 @@ pub fn search_error(error: SearchError) -> RepoError {
     }
 }
 
+/// The parameters of a query string written inside a request (a conditional URL, a Bundle
+/// entry's URL), decoded strictly as a query string is (`%FF` is no character), without
+/// `_format` and `_pretty`, which choose no records. `what` names the text in an error.
+pub(crate) fn decode_query_strict(
+    query: &str,
+    what: &str,
+) -> Result<Vec<(String, String)>, RepoError> {
+    let decode = |text: &str| {
+        percent_decode_strict(text)
+            .map_err(|reason| RepoError::BadRequest(format!("{what}: {reason}")))
+    };
+    let mut params: Vec<(String, String)> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(k)?;
+        if !matches!(name.as_str(), "_format" | "_pretty") {
+            params.push((name, decode(v)?));
+        }
+    }
+    Ok(params)
+}
+
 impl Criteria {
     /// Parses the query part of `Type?query` (a Bundle entry's conditional URL, `ifNoneExist`
     /// or conditional reference), decoded as strictly as a request's own query: an escape
     /// that is not UTF-8 is refused, not turned into U+FFFD that could match a record.
     pub fn parse(res_type: &str, query: &str) -> Result<Criteria, RepoError> {
-        let decode = |text: &str| {
-            percent_decode_strict(text)
-                .map_err(|reason| RepoError::BadRequest(format!("conditional criteria: {reason}")))
-        };
-        let mut params: Vec<(String, String)> = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = decode(k)?;
-            if !matches!(name.as_str(), "_format" | "_pretty") {
-                params.push((name, decode(v)?));
-            }
-        }
+        let params = decode_query_strict(query, "conditional criteria")?;
         Criteria::from_pairs(res_type, &params)
     }
 

@@ -2058,12 +2058,7 @@ fn refuse_splitting_a_consented_person(
             refuse_leaving_with_a_consent(tx, id, members, writer)?;
             continue;
         }
-        let after = tx.person_members(record)?;
-        let left: Vec<&str> = members
-            .iter()
-            .filter(|member| *member != record && !after.contains(member))
-            .map(String::as_str)
-            .collect();
+        let left = left_behind(tx, record, members)?;
         if left.is_empty() {
             continue;
         }
@@ -2095,12 +2090,7 @@ fn refuse_leaving_with_a_consent(
     if before.is_empty() {
         return Ok(());
     }
-    let after = tx.person_members(id)?;
-    let left: Vec<&str> = before
-        .iter()
-        .filter(|member| *member != id && !after.contains(member))
-        .map(String::as_str)
-        .collect();
+    let left = left_behind(tx, id, before)?;
     if left.is_empty() {
         return Ok(());
     }
@@ -2112,6 +2102,20 @@ fn refuse_leaving_with_a_consent(
         "this change takes it out of the person it is linked to",
         "withdraw the consent first, or have an administrator unlink the records ($unlink)",
     )
+}
+
+/// The members of `record`'s person `before` a write that are no longer in its person.
+fn left_behind<'b>(
+    tx: &mut Tx<'_>,
+    record: &str,
+    before: &'b [String],
+) -> Result<Vec<&'b str>, RepoError> {
+    let after = tx.person_members(record)?;
+    Ok(before
+        .iter()
+        .filter(|member| *member != record && !after.contains(member))
+        .map(String::as_str)
+        .collect())
 }
 
 /// A Patient record is not deleted while a Consent in force names it or another record of

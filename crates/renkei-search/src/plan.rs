@@ -766,11 +766,8 @@ pub fn parse(
             if matches!(
                 base,
                 "_count" | "_summary" | "_total" | "_sort" | "_contained" | "_containedType"
-            ) && params.iter().filter(|(other, _)| other == name).count() > 1
-            {
-                return invalid(format!(
-                    "parameter '{name}' is given more than once; it takes one value"
-                ));
+            ) {
+                refuse_repeated(params, name)?;
             }
             parse_result_param(&mut plan, name, value, options)?;
             continue;
@@ -1722,6 +1719,16 @@ pub fn parse_token(value: &str) -> TokenMatch {
         }
         _ => TokenMatch::Code(unescape(value)),
     }
+}
+
+/// 400 when the one-valued parameter `name` is given more than once (`_count=5&_count=9`).
+pub fn refuse_repeated(params: &[(String, String)], name: &str) -> Result<(), SearchError> {
+    if params.iter().filter(|(other, _)| other == name).count() > 1 {
+        return invalid(format!(
+            "parameter '{name}' is given more than once; it takes one value"
+        ));
+    }
+    Ok(())
 }
 
 /// A date search value: its prefix and the period it names (both ends inclusive).

@@ -525,7 +525,6 @@ pub(crate) enum Listing {
     Count,
 }
 
-/// ` AND ` [`crate::search::push_in`].
 /// `column` holds reference kind `kind`. `entity` is `AuditEvent.entity.what`: the patient an
 /// event names is one of its entities too (role 1), kept as a kind of its own for `patient=`.
 fn push_ref_kind(sql: &mut Sql, column: &str, kind: &str) {
@@ -541,6 +540,7 @@ fn push_ref_kind(sql: &mut Sql, column: &str, kind: &str) {
     }
 }
 
+/// ` AND ` [`crate::search::push_in`].
 fn push_any_of(sql: &mut Sql, column: &str, values: &[String]) {
     sql.push(" AND ");
     crate::search::push_in(sql, column, values);
