@@ -9,7 +9,7 @@ use serde_json::Value;
 /// classification): servers then refuse a database built under an older number until
 /// `renkei reindex` has rebuilt it, instead of answering searches that miss or wrongly match
 /// records. Databases from before the number was recorded count as 0.
-pub const INDEX_FORMAT: u32 = 6;
+pub const INDEX_FORMAT: u32 = 7;
 
 /// Index rows of a resource: every search parameter of its type, extracted by evaluating the
 /// parameters' FHIRPath expressions (see `renkei_search::extract`).

@@ -987,10 +987,8 @@ fn classify_record(
             }
             Some(_) => {}
         }
-        classification.inherited_period = spanning(
-            classification.inherited_period,
-            (row.clinical_date, row.clinical_end),
-        );
+        classification.inherited_period =
+            spanning(classification.inherited_period, care_referred_to(&row));
         // From the target's index rows: its own labels and those it took on in turn (a
         // Provenance of a Binary of a withheld result), without reading its body.
         index::add_labels(
@@ -1005,6 +1003,18 @@ fn classify_record(
         classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
     }
     Ok(classification)
+}
+
+/// The care period a record referring to stored record `row` takes from it. A stored Bundle
+/// holds care of any date and has no period of its own: what refers to it (the Binary of a
+/// document, a Provenance) spans all time, so every refusal of a period reaches it and no
+/// permission limited to one opens it, as for the Bundle (`renkei_store` `push_match`).
+/// Undated, it would stay visible where a refused period hides its document.
+fn care_referred_to(row: &ResourceRow) -> CarePeriod {
+    match row.res_type.as_str() {
+        "Bundle" => (None, Some(i64::MAX)),
+        _ => (row.clinical_date, row.clinical_end),
+    }
 }
 
 /// The span of the care periods of the resources `resource` contains (a Provenance of a

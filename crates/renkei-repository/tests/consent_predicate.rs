@@ -653,6 +653,25 @@ on_both_backends!(
     "data_periods"
 );
 
+/// A stored document of `patient` (`{patient}-doc`), dated only by its Composition.
+fn document(patient: &str) -> Value {
+    json!({"resourceType": "Bundle", "id": format!("{patient}-doc"), "type": "document",
+        "identifier": {"system": "urn:test:document", "value": patient},
+        "timestamp": "2024-03-10T00:00:00Z",
+        "entry": [{"fullUrl": "urn:uuid:6b3f0c52-6a1e-4c8e-9f57-3f1d2b7c0a11",
+            "resource": {"resourceType": "Composition", "status": "final", "date": "2024-03-10",
+                "type": {"coding": [{"system": "http://loinc.org", "code": "18842-5"}]},
+                "subject": {"reference": format!("Patient/{patient}")},
+                "author": [{"reference": OWNER}], "title": "Discharge summary"}}]})
+}
+
+/// The scan of [`document`] (`{patient}-bin-doc`).
+fn document_scan(patient: &str) -> Value {
+    json!({"resourceType": "Binary", "id": format!("{patient}-bin-doc"),
+        "contentType": "application/pdf", "data": "eA==",
+        "securityContext": {"reference": format!("Bundle/{patient}-doc")}})
+}
+
 /// A record dated only by what it refers to (a Binary's `securityContext`, a Provenance's
 /// target) is under a refused data period as that care is, also when the care moves into the
 /// period after the record was written; a permitted period opens it with its care.
@@ -693,6 +712,24 @@ fn data_periods_reach_records_dated_by_their_care(db: Db) {
             "active",
             json!({"type": "permit", "actor": [actor(READER)]}),
         ),
+    );
+    // Without a period in the consent, the document and its scan are there to see.
+    put(repo, document("dated-third"));
+    put(repo, document_scan("dated-third"));
+    let third = reader(false, None, true);
+    assert_eq!(
+        short_names(repo, "Bundle", "_id=dated-third-doc", &third, "dated-third"),
+        ["doc"]
+    );
+    assert_eq!(
+        short_names(
+            repo,
+            "Binary",
+            "_id=dated-third-bin-doc",
+            &third,
+            "dated-third"
+        ),
+        ["bin-doc"]
     );
     for (patient, provision) in cases {
         put(repo, json!({"resourceType": "Patient", "id": patient}));
@@ -746,6 +783,9 @@ fn data_periods_reach_records_dated_by_their_care(db: Db) {
             "target": [{"reference": "#held"}],
             "agent": [{"who": {"reference": OWNER}}]}),
         );
+        // The scan of a stored document: a Bundle holds care of any date.
+        put(repo, document(patient));
+        put(repo, document_scan(patient));
         // More records dated by one encounter than are read at a time.
         for n in 0..300 {
             put(
@@ -769,6 +809,7 @@ fn data_periods_reach_records_dated_by_their_care(db: Db) {
             "prov-held",
             "bulk-0",
             "bulk-299",
+            "bin-doc",
         ]
         .map(|short| format!("{patient}-{short}"))
         .join(",");
@@ -783,6 +824,13 @@ fn data_periods_reach_records_dated_by_their_care(db: Db) {
         };
         assert_eq!(names("Binary"), binaries, "{patient}");
         assert_eq!(names("Provenance"), provenances, "{patient}");
+        // A refused period hides every stored Bundle, and a period permitted opens none: so
+        // with the scan of one.
+        let doc = format!("_id={patient}-doc");
+        assert!(
+            short_names(repo, "Bundle", &doc, &who, patient).is_empty(),
+            "{patient}"
+        );
         // Of several patients, it has no patient's consent to go by: hidden in an opt-out
         // network too, where a patient without consent is visible.
         let opt_out = reader(true, None, true);
