@@ -178,6 +178,21 @@ fn linked_view(net: &Net<'_>, who: &Caller<'_>) -> Vec<String> {
     all
 }
 
+/// The third facility registers the same person (insurance key and birth date).
+fn register_at_other(net: &Net<'_>) {
+    net.as_other()
+        .put(
+            "Patient/id-other-p",
+            &patient(
+                "id-other-p",
+                "urn:oid:1.2.392.100495.20.3.51.11310399993",
+                "O-1",
+                "06330015:岡北:123:00",
+            ),
+        )
+        .expect(201);
+}
+
 fn unlink_body(reason: &str) -> Value {
     json!({"resourceType": "Parameters", "parameter": [
         {"name": "source", "valueReference": {"reference": format!("Patient/{CLINIC_P}")}},
@@ -423,6 +438,15 @@ fn consented_clinic_sees_the_hospital_record_of_the_same_person_and_others_learn
             .read_json(&format!("Patient/{CLINIC_P}"))
             .get("link")
             .is_none());
+        // A third facility's record with the same insurance key and birth date does not join
+        // the two people again (before, it bridged them back into one person).
+        register_at_other(&net);
+        assert!(linked_view(&net, &clinic).is_empty());
+        let hospital_view = net
+            .as_hospital()
+            .read_json(&format!("Patient/{HOSP_P}"))
+            .to_string();
+        assert!(!hospital_view.contains(CLINIC_P), "{hospital_view}");
         clinic
             .get(&format!("Patient/$ihe-pix?sourceIdentifier={CLINIC_SYSTEM}|C-0077&targetSystem={HOSPITAL_SYSTEM}"))
             .expect(200);
@@ -684,17 +708,7 @@ fn a_linked_registration_inside_the_consent_is_told_that_consent_keeps_a_record_
         net.as_clinic().get(&net.lab).expect(200);
 
         // The other clinic registers the same person as well, without the patient's consent.
-        net.as_other()
-            .put(
-                "Patient/id-other-p",
-                &patient(
-                    "id-other-p",
-                    "urn:oid:1.2.392.100495.20.3.51.11310399993",
-                    "O-1",
-                    "06330015:岡北:123:00",
-                ),
-            )
-            .expect(201);
+        register_at_other(&net);
         let hidden = net.as_other().get(&net.imaging).expect(404);
         let missing = net.as_other().get("ImagingStudy/no-such-study").expect(404);
         assert_eq!(

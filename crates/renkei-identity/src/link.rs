@@ -201,8 +201,11 @@ pub fn components(
 /// (`linked`) joins whatever the birth dates, and the person so joined takes no further
 /// record through shared keys. A merge (`merged`: duplicate, survivor) joins whatever the
 /// dates too, the person keeping the survivor's date, so it takes the records the survivor
-/// would. Edges are taken in sorted order, so the result does not depend on the order they
-/// were found in.
+/// would. Two records an administrator unlinked (`suppressed`) are never joined through shared
+/// keys, however many other records share them: a record sharing a key with both joins the
+/// person of the first edge, and the two people stay two (only an administrator's link joins
+/// them again). Edges are taken in sorted order, so the result does not depend on the order
+/// they were found in.
 pub fn persons(
     nodes: &[String],
     birth_dates: &BTreeMap<String, String>,
@@ -288,12 +291,26 @@ pub fn persons(
         parent[gone] = keep;
         dates[keep] = date;
     }
+    // The records of an unlink, as index pairs: shared keys never put them in one person.
+    let kept_apart: Vec<(usize, usize)> = suppressed
+        .iter()
+        .filter_map(|(a, b)| Some((*index.get(a)?, *index.get(b)?)))
+        .collect();
     let mut join = |a: &String, b: &String, force: bool, parent: &mut Vec<usize>| {
         let (Some(&ia), Some(&ib)) = (index.get(a), index.get(b)) else {
             return;
         };
         let (ra, rb) = (root(parent, ia), root(parent, ib));
         if ra == rb {
+            return;
+        }
+        let separates_unlinked = |parent: &mut Vec<usize>| {
+            kept_apart.iter().any(|&(x, y)| {
+                let (rx, ry) = (root(parent, x), root(parent, y));
+                (rx, ry) == (ra, rb) || (rx, ry) == (rb, ra)
+            })
+        };
+        if !force && separates_unlinked(parent) {
             return;
         }
         let date = match merged_date(&dates[ra], &dates[rb]) {
@@ -634,11 +651,25 @@ mod tests {
                 expected: &[&["a", "b"], &["c"]],
             },
             Case {
-                name: "a suppressed edge does not split what another path joins",
+                name: "another path does not join what an unlink keeps apart",
                 nodes: &["a", "b", "c"],
                 edges: &[("a", "b"), ("b", "c"), ("a", "c")],
                 suppressed: &[("b", "c")],
-                expected: &[&["a", "b", "c"]],
+                expected: &[&["a", "b"], &["c"]],
+            },
+            Case {
+                name: "a third record sharing the key of both joins only the first",
+                nodes: &["a", "b", "c"],
+                edges: &[("c", "a"), ("c", "b")],
+                suppressed: &[("a", "b")],
+                expected: &[&["a", "c"], &["b"]],
+            },
+            Case {
+                name: "nor a chain of records sharing keys",
+                nodes: &["a", "b", "c", "d"],
+                edges: &[("a", "c"), ("c", "d"), ("d", "b")],
+                suppressed: &[("a", "b")],
+                expected: &[&["a", "c"], &["b", "d"]],
             },
             Case {
                 name: "isolated nodes, duplicates, unknown edge nodes, self edge",
