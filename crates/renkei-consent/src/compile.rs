@@ -83,6 +83,14 @@ pub fn compile(consent: &Value) -> Result<Vec<Rule>, ConsentError> {
         .ok_or(ConsentError::MissingId)?;
     let consent_id = format!("Consent/{id}");
     let patient_id = consent_patient_id(consent)?;
+    if let Some(path) = first_modifier("Consent", consent) {
+        return Err(unsupported(
+            &path,
+            "a modifier (modifierExtension, implicitRules) changes what the consent means, \
+             and Renkei cannot tell how: ignoring it could widen a permit"
+                .into(),
+        ));
+    }
 
     let empty = Value::Object(serde_json::Map::new());
     let root = consent.get("provision").unwrap_or(&empty);
@@ -156,6 +164,29 @@ fn has_privacy_scope(consent: &Value) -> bool {
             coding.get("system").and_then(Value::as_str) == Some(CONSENT_SCOPE_SYSTEM)
                 && coding.get("code").and_then(Value::as_str) == Some(SCOPE_PATIENT_PRIVACY)
         })
+}
+
+/// The path of the first element of `value` that changes the meaning of what holds it
+/// (`modifierExtension`, the resource's `implicitRules`; FHIR forbids processing a resource as
+/// if an unknown modifier were absent). Contained resources are left out: they are resources of
+/// their own, and no actor or data reference of a consent may name one.
+fn first_modifier(path: &str, value: &Value) -> Option<String> {
+    match value {
+        Value::Object(members) => members.iter().find_map(|(key, member)| {
+            let here = format!("{path}.{key}");
+            match key.as_str() {
+                "modifierExtension" => Some(here),
+                "implicitRules" if path == "Consent" => Some(here),
+                "contained" if path == "Consent" => None,
+                _ => first_modifier(&here, member),
+            }
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| first_modifier(&format!("{path}[{index}]"), item)),
+        _ => None,
+    }
 }
 
 fn array<'a>(value: &'a Value, key: &str) -> &'a [Value] {

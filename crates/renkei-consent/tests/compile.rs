@@ -287,6 +287,27 @@ fn errors() {
 
     let cases: Vec<ErrorCase> = vec![
         (
+            "modifier extension on the consent",
+            with(&|c| {
+                c["modifierExtension"] =
+                    json!([{"url": "urn:example:research-only", "valueBoolean": true}]);
+            }),
+            |e| matches!(e, ConsentError::Unsupported { path, .. } if path == "Consent.modifierExtension"),
+        ),
+        (
+            "modifier extension on a nested provision's actor",
+            provision(json!({"type": "permit", "provision": [{"type": "deny",
+                "actor": [{"modifierExtension": [{"url": "urn:example:negated", "valueBoolean": true}],
+                    "role": {"coding": [coding(PARTICIPATION_TYPE_SYSTEM, "IRCP")]},
+                    "reference": {"reference": CLINIC}}]}]})),
+            |e| matches!(e, ConsentError::Unsupported { path, .. } if path == "Consent.provision.provision[0].actor[0].modifierExtension"),
+        ),
+        (
+            "implicit rules",
+            with(&|c| c["implicitRules"] = json!("urn:example:house-rules")),
+            |e| matches!(e, ConsentError::Unsupported { path, .. } if path == "Consent.implicitRules"),
+        ),
+        (
             "no patient",
             with(&|c| {
                 c.as_object_mut().unwrap().remove("patient");
@@ -463,7 +484,7 @@ fn errors() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-    assert_eq!(cases.len(), 28);
+    assert_eq!(cases.len(), 31);
 
     // A disclosure action is fine.
     assert!(provision(
