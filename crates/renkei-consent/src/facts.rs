@@ -196,6 +196,7 @@ impl ResourceFacts {
             clinical_end_ms: clinical_end_ms(res_type, resource),
             reference: format!("{res_type}/{id}"),
             references,
+            follows: Vec::new(),
         }
     }
 }

@@ -188,8 +188,15 @@ pub struct ResourceFacts {
     /// `Type/id` of this resource.
     pub reference: String,
     /// Every literal reference the resource makes, normalised to `Type/id`
-    /// (used by `data` with meaning `related` / `dependents`).
+    /// (used by `data` with meaning `related` / `dependents`), and those of the records it
+    /// follows.
     pub references: Vec<String>,
+    /// `Type/id` of the records it follows, for a record about the patient of what it refers
+    /// to (a Binary by its `securityContext`, a Provenance by its `target`): those it refers
+    /// to, and the records they follow. It is decided as they are: of their type (`class`),
+    /// within them (`data` `instance`), and as a stored Bundle when it follows one. The
+    /// repository derives them; [`ResourceFacts::from_resource`] leaves them empty.
+    pub follows: Vec<String>,
 }
 
 impl ResourceFacts {
@@ -375,7 +382,14 @@ impl Rule {
         // refusal limited by type, data period or record applies to it, since one of its
         // entries may be what is refused (its labels are its entries', so those match as
         // they are). A permission so limited does not open it.
-        let refused_content = self.effect == Effect::Deny && resource.res_type == "Bundle";
+        let follows = |res_type: &str| {
+            resource
+                .follows
+                .iter()
+                .any(|followed| followed.split('/').next() == Some(res_type))
+        };
+        let refused_content =
+            self.effect == Effect::Deny && (resource.res_type == "Bundle" || follows("Bundle"));
         resource.subject_patient() == Some(self.patient_id.as_str())
             && eq_or_any(&self.actor_org, Some(principal.facility.as_str()))
             && eq_or_any(&self.actor_practitioner, principal.practitioner.as_deref())
@@ -385,20 +399,27 @@ impl Rule {
                 .is_none_or(|purpose| principal.purpose.is_covered_by(purpose))
             && self.valid_from_ms.is_none_or(|from| now_ms >= from)
             && self.valid_to_ms.is_none_or(|to| now_ms <= to)
-            && (refused_content || eq_or_any(&self.class_type, Some(resource.res_type.as_str())))
+            && (refused_content
+                || eq_or_any(&self.class_type, Some(resource.res_type.as_str()))
+                || self.class_type.as_deref().is_some_and(follows))
             && self
                 .security_label
                 .as_ref()
                 .is_none_or(|(system, code)| resource.has_label(system, code))
             && (!self.has_data_period() || refused_content || self.data_period_holds(resource))
             && (refused_content
-                || eq_or_any(&self.data_reference, Some(resource.reference.as_str())))
+                || eq_or_any(&self.data_reference, Some(resource.reference.as_str()))
+                || self
+                    .data_reference
+                    .as_ref()
+                    .is_some_and(|wanted| resource.follows.contains(wanted)))
             && (refused_content
                 || self.data_related.as_ref().is_none_or(|target| {
                     // A Bundle is related to nothing through what its entries refer to.
                     &resource.reference == target
                         || (resource.res_type != "Bundle"
-                            && resource.references.iter().any(|r| r == target))
+                            && (resource.references.iter().any(|r| r == target)
+                                || resource.follows.contains(target)))
                 }))
             && eq_or_any(&self.data_custodian, resource.custodian.as_deref())
     }

@@ -635,8 +635,47 @@ fn class_label_and_data_exclusions() {
             data("Observation", "o9", HOSP_B, PAT),
             consent_permit("c1"),
         ),
+        // A record about the patient of what it refers to is decided as what it follows.
+        case(
+            "the scan of a refused prescription",
+            vec![except_meds()],
+            cl.clone(),
+            following(data("Binary", "b", HOSP_A, PAT), "MedicationRequest/m"),
+            consent_deny("c1"),
+        ),
+        case(
+            "the scan of the one shared result",
+            vec![only_o1()],
+            cl.clone(),
+            following(data("Binary", "b", HOSP_A, PAT), "Observation/o1"),
+            consent_permit("c1"),
+        ),
+        case(
+            "the Provenance of a result of a shared encounter",
+            vec![encounter()],
+            cl.clone(),
+            following(
+                referencing(data("Provenance", "p", HOSP_A, PAT), "Encounter/e1"),
+                "Observation/o1",
+            ),
+            consent_permit("c1"),
+        ),
+        case(
+            "the scan of a document, under a refused year",
+            vec![except_2025()],
+            cl.clone(),
+            following(data("Binary", "b", HOSP_A, PAT), "Bundle/d"),
+            consent_deny("c1"),
+        ),
+        case(
+            "the scan of a document is not opened by a permission of one result",
+            vec![only_o1()],
+            cl.clone(),
+            following(data("Binary", "b", HOSP_A, PAT), "Bundle/d"),
+            no_permit(),
+        ),
     ]);
-    assert_eq!(n, 26);
+    assert_eq!(n, 31);
 }
 
 #[test]

@@ -868,6 +868,8 @@ struct Classification {
     /// The span of the care periods of the patient records it refers to: a refusal of a
     /// period reaches the Binary or Provenance of care in it, as it reaches that care.
     inherited_period: CarePeriod,
+    /// The records it follows and what they refer to ([`followed_rows`]).
+    followed: Vec<renkei_search::extract::ReferenceIndex>,
 }
 
 impl Classification {
@@ -937,6 +939,7 @@ fn classify_record(
             referred: false,
             inherited_labels: entry_labels,
             inherited_period: (None, None),
+            followed: Vec::new(),
         });
     }
     let mut classification = Classification {
@@ -944,6 +947,7 @@ fn classify_record(
         referred: true,
         inherited_labels: entry_labels,
         inherited_period: (None, None),
+        followed: Vec::new(),
     };
     let mut references = index::local_references(resource);
     let mut distinct = HashSet::new();
@@ -989,6 +993,11 @@ fn classify_record(
         }
         classification.inherited_period =
             spanning(classification.inherited_period, care_referred_to(&row));
+        classification.followed.extend(followed_rows(
+            target_type,
+            target_id,
+            tx.reference_rows(row.rid)?,
+        ));
         // From the target's index rows: its own labels and those it took on in turn (a
         // Provenance of a Binary of a withheld result), without reading its body.
         index::add_labels(
@@ -1015,6 +1024,58 @@ fn care_referred_to(row: &ResourceRow) -> CarePeriod {
         "Bundle" => (None, Some(i64::MAX)),
         _ => (row.clinical_date, row.clinical_end),
     }
+}
+
+/// The rows a record about the patient of what it refers to takes from `target`, one of the
+/// records it refers to (`target_rows` being the target's reference rows): it follows the
+/// target and what the target follows ([`renkei_store::FOLLOWED_RECORD`]), and refers through
+/// it to what the target refers to ([`renkei_store::FOLLOWED_REFERENCE`]). Consent then
+/// decides it as it decides the target: a refusal of a lab result, or of everything of its
+/// admission, reaches the result's scan and its Provenance. Not through a stored Bundle's
+/// references: a Bundle is related to nothing through them, and what follows it is decided
+/// as it is.
+fn followed_rows(
+    target_type: &str,
+    target_id: &str,
+    target_rows: Vec<renkei_search::extract::ReferenceIndex>,
+) -> impl Iterator<Item = renkei_search::extract::ReferenceIndex> {
+    let itself = renkei_search::extract::ReferenceIndex {
+        param: renkei_store::FOLLOWED_RECORD.into(),
+        target_type: Some(target_type.to_string()),
+        target_id: Some(target_id.to_string()),
+        url: None,
+    };
+    let through_bundle = target_type == "Bundle";
+    let onwards = target_rows.into_iter().filter_map(move |mut row| {
+        if row.param == renkei_store::FOLLOWED_RECORD {
+            return Some(row);
+        }
+        if through_bundle {
+            return None;
+        }
+        row.param = renkei_store::FOLLOWED_REFERENCE.into();
+        Some(row)
+    });
+    std::iter::once(itself).chain(onwards)
+}
+
+/// Whether `row` is kept for what a record follows ([`followed_rows`]).
+fn is_followed_row(row: &renkei_search::extract::ReferenceIndex) -> bool {
+    row.param == renkei_store::FOLLOWED_RECORD || row.param == renkei_store::FOLLOWED_REFERENCE
+}
+
+/// The records named by reference rows, with their parameters, in one order.
+fn reference_set<'a>(
+    rows: impl Iterator<Item = &'a renkei_search::extract::ReferenceIndex>,
+) -> std::collections::BTreeSet<(&'a str, &'a str, &'a str)> {
+    rows.filter_map(|row| {
+        Some((
+            row.param.as_str(),
+            row.target_type.as_deref()?,
+            row.target_id.as_deref()?,
+        ))
+    })
+    .collect()
 }
 
 /// The span of the care periods of the resources `resource` contains (a Provenance of a
@@ -1067,6 +1128,7 @@ fn rebuilt_index_rows(
         record.res_type,
         &value,
         classification.inherited_labels,
+        classification.followed,
         patient.as_deref(),
     );
     Ok(Some(Rebuilt {
@@ -1143,6 +1205,7 @@ const MAX_REFERRER_REBUILDS: usize = 1_000_000;
 /// either changed.
 fn rebuild_referrer(tx: &mut Tx<'_>, referrer: &ResourceRow) -> Result<bool, RepoError> {
     let before = tx.privacy_labels(referrer.rid)?;
+    let followed_before = tx.reference_rows(referrer.rid)?;
     let record = StoredRecord {
         res_type: &referrer.res_type,
         res_id: &referrer.res_id,
@@ -1160,11 +1223,13 @@ fn rebuild_referrer(tx: &mut Tx<'_>, referrer: &ResourceRow) -> Result<bool, Rep
         return Ok(false);
     };
     let labels_kept = same_labels(&before, rows.tokens.iter().filter(|t| is_privacy_label(t)));
+    let followed_kept = reference_set(followed_before.iter().filter(|r| is_followed_row(r)))
+        == reference_set(rows.references.iter().filter(|r| is_followed_row(r)));
     let period_kept = period == (referrer.clinical_date, referrer.clinical_end);
     // What it refers to was moved to another patient (a wrong-patient correction), or now
     // refers to several: it follows.
     let patient_kept = patient == referrer.patient_id;
-    if !labels_kept {
+    if !(labels_kept && followed_kept) {
         tx.replace_index(referrer.rid, &referrer.res_type, &rows)?;
     }
     if !period_kept {
@@ -1173,7 +1238,7 @@ fn rebuild_referrer(tx: &mut Tx<'_>, referrer: &ResourceRow) -> Result<bool, Rep
     if !patient_kept {
         tx.set_patient_id(referrer.rid, patient.as_deref())?;
     }
-    Ok(!(labels_kept && period_kept && patient_kept))
+    Ok(!(labels_kept && period_kept && patient_kept && followed_kept))
 }
 
 /// Whether two lists of privacy labels hold the same labels, in any order.
@@ -1198,11 +1263,20 @@ fn with_consent_rows(
     res_type: &str,
     resource: &Value,
     inherited_labels: Vec<renkei_search::extract::TokenIndex>,
+    followed: Vec<renkei_search::extract::ReferenceIndex>,
     patient: Option<&str>,
 ) -> IndexRows {
     rows.tokens.extend(inherited_labels);
     let unsearchable = index::consent_references(res_type, resource, &rows.references);
     rows.references.extend(unsearchable);
+    let mut seen = HashSet::new();
+    rows.references.extend(followed.into_iter().filter(|row| {
+        seen.insert((
+            row.param.clone(),
+            row.target_type.clone(),
+            row.target_id.clone(),
+        ))
+    }));
     rows.references
         .extend(index::document_patient_rows(res_type, resource, patient));
     rows
@@ -1402,6 +1476,7 @@ fn store_version(
     let Classification {
         patient,
         inherited_labels,
+        followed,
         ..
     } = classification;
     context.check_may_record_consent(tx, current, res_type, patient.as_deref())?;
@@ -1427,18 +1502,27 @@ fn store_version(
         res_type,
         &stamped,
         inherited_labels,
+        followed,
         patient.as_deref(),
     );
     let rid = match current {
         Some(row) => {
             let labels_before = tx.privacy_labels(row.rid)?;
+            let references_before = tx.reference_rows(row.rid)?;
             tx.replace_current(row.rid, &new)?;
             tx.replace_index(row.rid, res_type, &index_rows)?;
             let labels_after = index_rows.tokens.iter().filter(|t| is_privacy_label(t));
             let period_moved =
                 (row.clinical_date, row.clinical_end) != (clinical_date, clinical_end);
             let patient_moved = row.patient_id != patient;
-            if !same_labels(&labels_before, labels_after) || period_moved || patient_moved {
+            // What follows it refers through it to what it refers to.
+            let references_moved = reference_set(references_before.iter())
+                != reference_set(index_rows.references.iter());
+            if !same_labels(&labels_before, labels_after)
+                || period_moved
+                || patient_moved
+                || references_moved
+            {
                 relabel_referrers(tx, res_type, id)?;
             }
             row.rid
@@ -2026,11 +2110,17 @@ fn tombstone(
                 res_type,
                 value,
                 Vec::new(),
+                Vec::new(),
                 patient,
             )
             .references
         })
         .unwrap_or_default();
+    // What it followed stays followed: its tombstone is decided as the record was.
+    let references = references
+        .into_iter()
+        .chain(tx.reference_rows(rid)?.into_iter().filter(is_followed_row))
+        .collect();
     let rows = IndexRows {
         references,
         tokens: tx.privacy_labels(rid)?,

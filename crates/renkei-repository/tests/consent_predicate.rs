@@ -861,6 +861,148 @@ on_both_backends!(
     "data_period_referrers"
 );
 
+/// A record about the patient of what it refers to is decided as what it follows: a refusal
+/// of an admission "and everything related", of one document, or of a type reaches the scans
+/// and Provenances of what it refuses, along chains of them, and follows a result moved out
+/// of the refused admission.
+fn refusals_by_data_and_type_reach_what_follows(db: Db) {
+    let repo = &db.repo;
+    let refusals = [
+        (
+            "follow-related",
+            json!({"type": "deny", "data": [{"meaning": "related",
+                "reference": {"reference": "Encounter/follow-related-adm"}}]}),
+        ),
+        (
+            "follow-instance",
+            json!({"type": "deny", "data": [{"meaning": "instance",
+                "reference": {"reference": "DocumentReference/follow-instance-doc"}}]}),
+        ),
+        (
+            "follow-class",
+            json!({"type": "deny", "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}),
+        ),
+    ];
+    let records = |patient: &str| {
+        let p = |name: &str| format!("{patient}-{name}");
+        let subject = json!({"reference": format!("Patient/{patient}")});
+        vec![
+            json!({"resourceType": "Patient", "id": patient}),
+            json!({"resourceType": "Encounter", "id": p("adm"), "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                "subject": subject}),
+            json!({"resourceType": "Encounter", "id": p("later"), "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": subject}),
+            json!({"resourceType": "DocumentReference", "id": p("doc"), "status": "current",
+                "subject": subject, "context": {"encounter": [{"reference": format!("Encounter/{}", p("adm"))}]},
+                "content": [{"attachment": {"url": format!("Binary/{}", p("bin"))}}]}),
+            json!({"resourceType": "Binary", "id": p("bin"), "contentType": "application/pdf",
+                "data": "eA==", "securityContext": {"reference": format!("DocumentReference/{}", p("doc"))}}),
+            json!({"resourceType": "Provenance", "id": p("prov-bin"), "recorded": "2024-03-10T00:00:00Z",
+                "target": [{"reference": format!("Binary/{}", p("bin"))}],
+                "agent": [{"who": {"reference": OWNER}}]}),
+            json!({"resourceType": "Observation", "id": p("obs"), "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+                "subject": subject, "encounter": {"reference": format!("Encounter/{}", p("adm"))},
+                "effectiveDateTime": "2024-03-05"}),
+            json!({"resourceType": "Binary", "id": p("scan"), "contentType": "application/pdf",
+                "data": "eA==", "securityContext": {"reference": format!("Observation/{}", p("obs"))}}),
+            json!({"resourceType": "Provenance", "id": p("prov"), "recorded": "2024-03-10T00:00:00Z",
+                "target": [{"reference": format!("Observation/{}", p("obs"))}],
+                "agent": [{"who": {"reference": OWNER}}]}),
+        ]
+    };
+    let ids = ["bin", "prov-bin", "scan", "prov"];
+    let who = reader(false, None, true);
+    for (patient, refused) in refusals {
+        for record in records(patient) {
+            put(repo, record);
+        }
+        put(
+            repo,
+            consent(
+                patient,
+                1,
+                "active",
+                json!({"type": "permit", "actor": [actor(READER)], "provision": [refused]}),
+            ),
+        );
+        let seen = |res_type: &str| {
+            let query = format!(
+                "_id={}",
+                ids.map(|short| format!("{patient}-{short}")).join(",")
+            );
+            short_names(repo, res_type, &query, &who, patient)
+        };
+        let (binaries, provenances): (Vec<&str>, Vec<&str>) = match patient {
+            // Everything of the admission: the document, the result and all that follows them.
+            "follow-related" => (vec![], vec![]),
+            // The document alone: its scan and the scan's Provenance, not the result's.
+            "follow-instance" => (vec!["scan"], vec!["prov"]),
+            // Results: the result's scan and Provenance, not the document's.
+            _ => (vec!["bin"], vec!["prov-bin"]),
+        };
+        assert_eq!(seen("Binary"), binaries, "{patient}");
+        assert_eq!(seen("Provenance"), provenances, "{patient}");
+    }
+    // The result was filed under the wrong admission: moved out of the refused one, its scan
+    // and Provenance are shown with it, in the same write.
+    let mut moved = records("follow-related")
+        .into_iter()
+        .find(|r| r["id"] == "follow-related-obs")
+        .unwrap();
+    moved["encounter"] = json!({"reference": "Encounter/follow-related-later"});
+    put(repo, moved);
+    let query = "_id=follow-related-obs,follow-related-scan,follow-related-prov";
+    let mut shown = short_names(repo, "Binary", query, &who, "follow-related");
+    shown.extend(short_names(
+        repo,
+        "Provenance",
+        query,
+        &who,
+        "follow-related",
+    ));
+    shown.extend(short_names(
+        repo,
+        "Observation",
+        query,
+        &who,
+        "follow-related",
+    ));
+    assert_eq!(shown, ["scan", "prov", "obs"]);
+    // Nothing of this reaches searches: `_revinclude=*` of the admission finds what refers
+    // to it, not what follows what refers to it.
+    let owner = Visibility::Unrestricted;
+    let found = repo
+        .search(
+            &plan("Encounter", "_id=follow-class-adm&_revinclude=*"),
+            &owner,
+        )
+        .unwrap();
+    let mut included: Vec<String> = found
+        .included
+        .iter()
+        .map(|r| format!("{}/{}", r.res_type, r.res_id))
+        .collect();
+    included.sort();
+    assert_eq!(
+        included,
+        [
+            "DocumentReference/follow-class-doc",
+            "Observation/follow-class-obs"
+        ]
+    );
+    (db.cleanup)();
+}
+
+on_both_backends!(
+    refusals_by_data_and_type_reach_what_follows_sqlite,
+    refusals_by_data_and_type_reach_what_follows_postgres,
+    refusals_by_data_and_type_reach_what_follows,
+    "data_followers"
+);
+
 /// A record about the patient of what it refers to follows it: written before its target
 /// exists (a Provenance before its Binary in a transaction), it stays its writer's; referring
 /// to two patients however many times the first is named, it is its writer's; when its target

@@ -263,6 +263,17 @@ struct PrivacyLabel {
     code: Option<String>,
 }
 
+/// A reference index row naming a record here.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+struct StoredReference {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    param: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    target_type: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    target_id: String,
+}
+
 /// Whether an index token is a privacy label consent decides on: a `_security` label or a
 /// national privacy `_tag` (the rows [`Tx::privacy_labels`] selects).
 pub fn is_privacy_label(token: &renkei_search::extract::TokenIndex) -> bool {
@@ -291,6 +302,29 @@ impl Tx<'_> {
                 system: label.system,
                 code: label.code,
                 text: None,
+            })
+            .collect())
+    }
+
+    /// The rows of `rid` in the reference index that name a record here (`Type/id`), every
+    /// parameter's, those kept for consent alone included.
+    pub fn reference_rows(
+        &mut self,
+        rid: i64,
+    ) -> Result<Vec<renkei_search::extract::ReferenceIndex>, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT param, target_type, target_id FROM idx_reference WHERE target_id IS NOT NULL \
+             AND target_type IS NOT NULL AND rid = ",
+        );
+        sql.bind(Bind::Int(rid));
+        Ok(self
+            .load::<StoredReference>(&sql)?
+            .into_iter()
+            .map(|row| renkei_search::extract::ReferenceIndex {
+                param: row.param,
+                target_type: Some(row.target_type),
+                target_id: Some(row.target_id),
+                url: None,
             })
             .collect())
     }

@@ -41,8 +41,8 @@ pub use search::{
 pub use sql::{Bind, Sql};
 pub use url::DatabaseUrl;
 pub use visibility::{
-    DecidedRow, Decision, Visibility, BUNDLE_ENTRY_REFERENCE, PRIVACY_TAG_SYSTEM,
-    UNRESOLVED_PATIENT, UNSEARCHABLE_REFERENCE, WITHHELD_TAG,
+    DecidedRow, Decision, Visibility, BUNDLE_ENTRY_REFERENCE, FOLLOWED_RECORD, FOLLOWED_REFERENCE,
+    PRIVACY_TAG_SYSTEM, UNRESOLVED_PATIENT, UNSEARCHABLE_REFERENCE, WITHHELD_TAG,
 };
 
 /// Administrative helpers for PostgreSQL databases (used by tests and operators).

@@ -256,9 +256,10 @@ impl Tx<'_> {
     }
 
     /// The current, not deleted records that refer to `target_type/target_id` (by any row of
-    /// the reference index, `_reference` and a Bundle's `_entry` included) and, but for a
-    /// Bundle, to no Patient record (the records that name a patient themselves take on no
-    /// labels from what they refer to; a stored Bundle takes on its entries'), at most
+    /// the reference index, `_reference`, a Bundle's `_entry` and what a record follows
+    /// included) and, but for a Bundle, to no Patient record (the records that name a patient
+    /// themselves take on no labels from what they refer to; a stored Bundle takes on its
+    /// entries'; a row of what a record follows names no patient of its own), at most
     /// `limit` after row `after_rid` in rid order, locked as by [`Tx::current_for_update`]:
     /// the caller rewrites their index rows, which a concurrent update of theirs would
     /// otherwise rewrite at the same time.
@@ -279,8 +280,12 @@ impl Tx<'_> {
             .bind(Bind::Text(target_type.into()))
             .push(
                 ") AND (res_type = 'Bundle' OR NOT EXISTS (SELECT 1 FROM idx_reference p \
-                 WHERE p.rid = resources.rid AND p.target_type = 'Patient')) AND rid > ",
+                 WHERE p.rid = resources.rid AND p.target_type = 'Patient' AND p.param NOT IN (",
             )
+            .bind(Bind::Text(crate::FOLLOWED_RECORD.into()))
+            .push(", ")
+            .bind(Bind::Text(crate::FOLLOWED_REFERENCE.into()))
+            .push("))) AND rid > ")
             .bind(Bind::Int(after_rid))
             .push(&format!(" ORDER BY rid LIMIT {limit}"));
         let suffix = self.for_update();

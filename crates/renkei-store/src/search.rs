@@ -741,17 +741,32 @@ impl Tx<'_> {
 }
 
 /// The parameter an include follows; every reference parameter for `*`, but not the rows kept
-/// for consent alone ([`crate::BUNDLE_ENTRY_REFERENCE`], [`crate::UNSEARCHABLE_REFERENCE`]).
+/// for consent alone ([`crate::BUNDLE_ENTRY_REFERENCE`], [`crate::UNSEARCHABLE_REFERENCE`],
+/// [`crate::FOLLOWED_RECORD`], [`crate::FOLLOWED_REFERENCE`]).
 fn push_include_param(sql: &mut Sql, include: &Include) {
     match &include.param {
-        Some(param) => sql.push(" AND x.param = ").bind(Bind::Text(param.clone())),
-        None => sql
-            .push(" AND x.param NOT IN (")
-            .bind(Bind::Text(crate::BUNDLE_ENTRY_REFERENCE.into()))
-            .push(", ")
-            .bind(Bind::Text(crate::UNSEARCHABLE_REFERENCE.into()))
-            .push(")"),
-    };
+        Some(param) => {
+            sql.push(" AND x.param = ").bind(Bind::Text(param.clone()));
+        }
+        None => {
+            sql.push(" AND x.param NOT IN (");
+            for (i, consent_only) in [
+                crate::BUNDLE_ENTRY_REFERENCE,
+                crate::UNSEARCHABLE_REFERENCE,
+                crate::FOLLOWED_RECORD,
+                crate::FOLLOWED_REFERENCE,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Bind::Text(consent_only.into()));
+            }
+            sql.push(")");
+        }
+    }
 }
 
 fn push_int_list(sql: &mut Sql, values: &[i64]) {

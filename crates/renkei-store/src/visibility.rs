@@ -17,6 +17,19 @@ pub const BUNDLE_ENTRY_REFERENCE: &str = "_entry";
 /// search, chain, `_has` or `_include=*`/`_revinclude=*` follows them.
 pub const UNSEARCHABLE_REFERENCE: &str = "_reference";
 
+/// The reference-index rows of a record about the patient of what it refers to (a Binary's
+/// `securityContext`, a Provenance's `target`) naming the records it follows: those it refers
+/// to and, in turn, those they follow. Consent decides such a record as it decides them: a
+/// refusal or permission of one of them by `data` (`instance`) or by `class` reaches it, and one
+/// following a stored Bundle is decided as the Bundle is. For consent only, like
+/// [`UNSEARCHABLE_REFERENCE`].
+pub const FOLLOWED_RECORD: &str = "_follows";
+
+/// The reference-index rows of such a record naming what the records it follows refer to, so
+/// that a refusal of "this admission and everything related" reaches the scan of a lab result
+/// of that admission as it reaches the result. For consent only.
+pub const FOLLOWED_REFERENCE: &str = "_followed";
+
 /// The patient of a record whose patient cannot be told (it names its patient only by
 /// identifier, refers to several patients' data or to data its writer may not see): no Patient
 /// record has this id (ids hold no colon), and only its holder sees it, whatever the implicit
@@ -149,10 +162,26 @@ fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
     // nothing through its own reference rows (its patient's, its entries')
     // (renkei_consent::Rule::matches). A permission's data period holds the records dated
     // within it; a refusal's, every record whose care overlaps it (Rule::data_period_holds).
-    // A NULL date compares to nothing, so an undated record is under neither.
-    let refused_content = format!("({r}.res_type = 'Bundle' AND NOT {alias}.permit)");
+    // A NULL date compares to nothing, so an undated record is under neither. A record that
+    // follows others (FOLLOWED_RECORD) is decided as they are: of their type, within what they
+    // are, and as a Bundle when it follows one.
+    let follows = |alias: &str, condition: &str| {
+        format!(
+            "EXISTS (SELECT 1 FROM idx_reference {alias} WHERE {alias}.rid = {r}.rid \
+             AND {alias}.param = '{FOLLOWED_RECORD}' AND {condition})"
+        )
+    };
+    let refused_content = format!(
+        "(NOT {alias}.permit AND ({r}.res_type = 'Bundle' OR {}))",
+        follows("fb", "fb.target_type = 'Bundle'")
+    );
+    let follows_class = follows("fc", &format!("fc.target_type = {alias}.class_type"));
+    let follows_data = follows(
+        "fd",
+        &format!("fd.target_type || '/' || fd.target_id = {alias}.data_reference"),
+    );
     sql.push(&format!(
-        " AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type OR {b}) \
+        " AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type OR {b} OR {follows_class}) \
          AND ({a}.label_system IS NULL OR EXISTS (SELECT 1 FROM idx_token sl WHERE sl.rid = {r}.rid \
               AND sl.param = '_security' AND sl.system = {a}.label_system AND sl.code = {a}.label_code)) \
          AND ({a}.data_from IS NULL OR {b} \
@@ -162,7 +191,7 @@ fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
               OR ({a}.permit AND {r}.clinical_date <= {a}.data_to) \
               OR (NOT {a}.permit AND COALESCE({r}.clinical_end, {r}.clinical_date) IS NOT NULL \
                   AND ({r}.clinical_date IS NULL OR {r}.clinical_date <= {a}.data_to))) \
-         AND ({a}.data_reference IS NULL OR {b} OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id) \
+         AND ({a}.data_reference IS NULL OR {b} OR {a}.data_reference = {r}.res_type || '/' || {r}.res_id OR {follows_data}) \
          AND ({a}.data_related IS NULL OR {b} OR {a}.data_related = {r}.res_type || '/' || {r}.res_id \
               OR ({r}.res_type <> 'Bundle' AND EXISTS (SELECT 1 FROM idx_reference rl WHERE rl.rid = {r}.rid AND rl.target_type || '/' || rl.target_id = {a}.data_related))) \
          AND ({a}.data_custodian IS NULL OR {a}.data_custodian = {r}.custodian)",

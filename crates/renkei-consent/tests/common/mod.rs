@@ -128,6 +128,7 @@ pub fn data(res_type: &str, id: &str, custodian: &str, patient: &str) -> Resourc
         clinical_end_ms: None,
         reference: format!("{res_type}/{id}"),
         references: vec![format!("Patient/{patient}")],
+        follows: Vec::new(),
     }
 }
 
@@ -157,6 +158,13 @@ pub fn dated(mut r: ResourceFacts, date: Option<&str>) -> ResourceFacts {
 pub fn spanning(mut r: ResourceFacts, start: Option<&str>, end: Option<&str>) -> ResourceFacts {
     r.clinical_date_ms = start.map(ms);
     r.clinical_end_ms = Some(end.map_or(i64::MAX, ms));
+    r
+}
+
+/// `r` as a record about the patient of `target` (a Binary's `securityContext`).
+pub fn following(mut r: ResourceFacts, target: &str) -> ResourceFacts {
+    r.references.push(target.to_string());
+    r.follows.push(target.to_string());
     r
 }
 
