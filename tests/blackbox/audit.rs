@@ -667,6 +667,12 @@ fn audit_events_cannot_be_written_through_the_api() {
 }
 
 /// A token of P's own app (registered at clinic B).
+/// An auditor's and the patient's own view of the trail.
+fn auditor_and_patient(s: &Server) -> (Caller<'_>, Caller<'_>) {
+    let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
+    (s.with_token(&auditor), s.with_token(&patient_app(s)))
+}
+
 fn patient_app(s: &Server) -> String {
     s.token_for(
         "p-app",
@@ -1635,10 +1641,7 @@ fn rest_and_consent(auditor: &Caller<'_>, request_id: &str) -> (Value, Vec<Value
 fn deletes_name_the_deleted_resource_and_its_patient() {
     for_each_backend(|s| {
         let net = network(s);
-        let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
-        let auditor = s.with_token(&auditor);
-        let me = patient_app(s);
-        let me = s.with_token(&me);
+        let (auditor, me) = auditor_and_patient(s);
         let patient = format!("Patient/{PATIENT}");
         let plain = id_of(
             &net.as_a()
@@ -1707,6 +1710,85 @@ fn deletes_name_the_deleted_resource_and_its_patient() {
         assert_eq!(
             entity_refs(&event),
             vec!["Observation?identifier=urn:test%7Cnothing-2".to_string()],
+            "{event}"
+        );
+    });
+}
+
+/// An attempt on a record names its patient (unless the record is withheld from them) and
+/// its holder, refused or failed: the patient sees who tried, the holder sees attempts on its
+/// data. An update that moves a record to another patient names both (a review found only the
+/// new one named).
+#[test]
+fn attempts_on_a_record_name_its_patient_and_an_update_both_patients() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let (auditor, me) = auditor_and_patient(s);
+        let patient = format!("Patient/{PATIENT}");
+        let target = &net.labs[1];
+        let json = |value: &Value| Some(value.to_string().into_bytes());
+        // B may see the result but not delete it; C may not see it.
+        net.as_b()
+            .request(
+                "DELETE",
+                target,
+                &[("X-Request-Id", "rq-refused-delete")],
+                None,
+            )
+            .expect(403);
+        net.as_c()
+            .request("GET", target, &[("X-Request-Id", "rq-refused-read")], None)
+            .expect(404);
+        for request_id in ["rq-refused-delete", "rq-refused-read"] {
+            let (event, _) = rest_and_consent(&auditor, request_id);
+            assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
+        }
+        for who in [&me, &net.as_a()] {
+            let found: Vec<String> = audit_events(who, &format!("patient={patient}&outcome=4"))
+                .iter()
+                .filter_map(request_id_of)
+                .collect();
+            for request_id in ["rq-refused-delete", "rq-refused-read"] {
+                assert!(found.iter().any(|f| f == request_id), "{found:?}");
+            }
+        }
+        // Withheld from the patient: an attempt on it would tell them it exists.
+        let mut withheld = lab("3D046000001906202", 7.0, "2025-03-01", None);
+        withheld["meta"] = json!({"tag": [{"system": "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication", "code": "UNINFORMED"}]});
+        let withheld = id_of(&net.as_a().create(&withheld));
+        net.as_b()
+            .request(
+                "DELETE",
+                &withheld,
+                &[("X-Request-Id", "rq-withheld")],
+                None,
+            )
+            .expect(403);
+        let (event, _) = rest_and_consent(&auditor, "rq-withheld");
+        assert!(patient_entities(&event).is_empty(), "{event}");
+        // Moved to another patient (filed under the wrong one): both are named.
+        let mut moved = net
+            .as_a()
+            .create(&lab("3D046000001906202", 6.5, "2025-03-02", None));
+        let path = id_of(&moved);
+        moved["subject"] = json!({"reference": format!("Patient/{OTHER_PATIENT}")});
+        net.as_a()
+            .request(
+                "PUT",
+                &path,
+                &[
+                    ("X-Request-Id", "rq-moved"),
+                    ("Content-Type", "application/fhir+json"),
+                ],
+                json(&moved),
+            )
+            .expect(200);
+        let (event, _) = rest_and_consent(&auditor, "rq-moved");
+        let mut named = patient_entities(&event);
+        named.sort();
+        assert_eq!(
+            named,
+            [patient.clone(), format!("Patient/{OTHER_PATIENT}")],
             "{event}"
         );
     });

@@ -144,6 +144,14 @@ fn distinct(values: impl Iterator<Item = String>) -> Vec<String> {
 
 /// `Patient/<id>` for a stored patient id; none for a patient named only by identifier or
 /// display (stored as a value that is not an id).
+/// Whether the patient a record is about may see it (no privacy tag withholds it from them).
+fn patient_may_see(tx: &mut Tx<'_>, row: &renkei_store::ResourceRow) -> Result<bool, RepoError> {
+    match row.patient_id.clone() {
+        Some(patient_id) => Ok(tx.is_visible(row, &Visibility::Patient { patient_id })?),
+        None => Ok(false),
+    }
+}
+
 fn patient_entity(patient_id: Option<&str>) -> Option<String> {
     patient_id
         .filter(|id| !id.contains(':'))
@@ -415,7 +423,7 @@ impl Gate {
             Err(error) => {
                 builder.outcome = AuditOutcome::from_status(status_of(error));
                 builder.outcome_desc = Some(error.to_string());
-                Vec::new()
+                self.name_holders_of_target(&mut builder)
             }
         };
         extra.insert(0, to_row(&builder, &custodians));
@@ -586,11 +594,16 @@ impl Gate {
             }
             _ => None,
         };
-        // A refused read names no patient, as a plain read's event does not: the patient's
-        // view would show them a refusal, and one by a privacy tag tells them that withheld
-        // data exists (the AuthZ-Consent event records whose data it was).
+        // A refused read names its patient only where the patient may see the record, as a
+        // plain read's event does: a refusal of data withheld from them by a privacy tag
+        // would tell them that it exists (the AuthZ-Consent event records whose data it was).
+        let patient_sees_it = granted
+            || match tx.current(res_type, id)? {
+                Some(row) => patient_may_see(tx, &row)?,
+                None => false,
+            };
         let mut name_patient = |patient: Option<&str>| {
-            if let Some(patient) = patient_entity(patient).filter(|_| granted) {
+            if let Some(patient) = patient_entity(patient).filter(|_| patient_sees_it) {
                 if !event.patients.contains(&patient) {
                     event.patients.push(patient);
                 }
@@ -868,7 +881,8 @@ impl Gate {
             if let Some(target) = target {
                 failed.resources.push(target);
             }
-            self.record(&failed, &[])?;
+            let custodians = self.name_holders_of_target(&mut failed);
+            self.record(&failed, &custodians)?;
         }
         result
     }
@@ -895,7 +909,8 @@ impl Gate {
             failed.outcome = AuditOutcome::from_status(status_of(&error));
             failed.outcome_desc = Some(error.to_string());
             failed.resources.push(target.to_string());
-            self.record(&failed, &[])?;
+            let custodians = self.name_holders_of_target(&mut failed);
+            self.record(&failed, &custodians)?;
             return Err(error);
         }
         Ok(())
@@ -1037,7 +1052,59 @@ impl Gate {
     }
 
     fn describe_write(outcome: &WriteOutcome, builder: &mut EventBuilder) -> Vec<String> {
-        Self::describe_resource(&outcome.resource, builder)
+        let custodians = Self::describe_resource(&outcome.resource, builder);
+        builder
+            .patients
+            .extend(patient_entity(outcome.previous_patient.as_deref()));
+        custodians
+    }
+
+    /// For a failed or refused request about one record (`Type/id` among the event's
+    /// resources, a version's too): names the record's patient in the event and gives its
+    /// holder, so that the patient's "who viewed my record" and the holder's view of the trail
+    /// show attempts too, not only what succeeded. Nothing for a record that does not exist;
+    /// the requester, who may not see the record, is not shown the event.
+    fn name_holders_of_target(&self, failed: &mut EventBuilder) -> Vec<String> {
+        let Some((res_type, id)) = failed.resources.iter().find_map(|resource| {
+            let mut parts = resource.split('/');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(res_type), Some(id), None | Some("_history"))
+                    if renkei_repository::check_id(id).is_ok()
+                        && res_type
+                            .chars()
+                            .next()
+                            .is_some_and(|c| c.is_ascii_uppercase()) =>
+                {
+                    Some((res_type.to_string(), id.to_string()))
+                }
+                _ => None,
+            }
+        }) else {
+            return Vec::new();
+        };
+        // Only where the patient may see the record: an attempt on data withheld from them
+        // (`UNDELIVERED`, `UNINFORMED`) would tell them it exists.
+        let found = self
+            .repository
+            .read_tx(|tx| {
+                let Some(row) = tx.current(&res_type, &id)? else {
+                    return Ok(None);
+                };
+                let patient_sees_it = patient_may_see(tx, &row)?;
+                Ok(Some((row, patient_sees_it)))
+            })
+            .ok()
+            .flatten();
+        let Some((row, patient_sees_it)) = found else {
+            return Vec::new();
+        };
+        if let Some(patient) = patient_entity(row.patient_id.as_deref()).filter(|_| patient_sees_it)
+        {
+            if !failed.patients.contains(&patient) {
+                failed.patients.push(patient);
+            }
+        }
+        row.custodian.into_iter().collect()
     }
 
     pub fn create(

@@ -107,6 +107,10 @@ pub struct WriteOutcome {
     pub created: bool,
     /// True when a conditional create found an existing match and stored nothing.
     pub existing: bool,
+    /// The patient the record was about before this write, when the write moved it to
+    /// another patient or to none: its AuditEvent names both (the patient whose record it
+    /// was sees it leave).
+    pub previous_patient: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1677,6 +1681,7 @@ pub(crate) fn create_with_id(
                     },
                     created: false,
                     existing: true,
+                    previous_patient: None,
                 });
             }
             _ => {
@@ -1696,6 +1701,7 @@ pub(crate) fn create_with_id(
         resource,
         created: true,
         existing: false,
+        previous_patient: None,
     })
 }
 
@@ -1725,6 +1731,14 @@ pub fn update(
     }
     check_id(id)?;
     write_version(tx, res_type, id, resource, if_match, "PUT", context)
+}
+
+/// The patient a record was about before a write that moved it to another or to none.
+fn moved_from(before: Option<&ResourceRow>, after: &StoredResource) -> Option<String> {
+    before
+        .filter(|row| !row.deleted)
+        .and_then(|row| row.patient_id.clone())
+        .filter(|patient| after.patient_id.as_ref() != Some(patient))
 }
 
 /// A logical id from a URL that addresses a resource to change: anything else is a malformed
@@ -1769,6 +1783,7 @@ fn write_version(
         context,
     )?;
     Ok(WriteOutcome {
+        previous_patient: moved_from(current.as_ref(), &resource),
         resource,
         created,
         existing: false,
@@ -1957,6 +1972,7 @@ pub fn patch(
             resource: stored(row.clone(), row.body.clone().unwrap_or_default()),
             created: false,
             existing: false,
+            previous_patient: None,
         });
     }
     if value.get("resourceType").and_then(Value::as_str) != Some(res_type)
@@ -1977,6 +1993,7 @@ pub fn patch(
         context,
     )?;
     Ok(WriteOutcome {
+        previous_patient: moved_from(current.as_ref(), &resource),
         resource,
         created: false,
         existing: false,
