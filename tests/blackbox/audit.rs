@@ -823,8 +823,14 @@ impl Verdict {
 }
 
 fn verify(url: &str) -> Verdict {
+    verify_with(url, &[])
+}
+
+/// `renkei audit verify` with further arguments (`--expect-head SEQ:HASH`).
+fn verify_with(url: &str, more: &[&str]) -> Verdict {
     let out = renkei_command()
         .args(["audit", "verify", "--database", url])
+        .args(more)
         .stdin(Stdio::null())
         .output()
         .expect("run renkei audit verify");
@@ -894,7 +900,13 @@ fn trail(backend: crate::support::Backend) -> (Server, i64, String) {
 
 #[track_caller]
 fn assert_broken_at(url: &str, seq: i64, kind: &str) {
-    let v = verify(url);
+    assert_broken_at_with(url, seq, kind, &[]);
+}
+
+/// [`assert_broken_at`] with further arguments for verify.
+#[track_caller]
+fn assert_broken_at_with(url: &str, seq: i64, kind: &str, more: &[&str]) {
+    let v = verify_with(url, more);
     assert!(!v.ok, "{kind}: verify did not notice:\n{}", v.stdout);
     assert!(
         v.stderr.contains(&format!("BROKEN at record {seq}:")),
@@ -1107,16 +1119,64 @@ fn tampering_deleted_middle_record_is_detected() {
 #[test]
 fn tampering_truncated_end_is_detected() {
     for_each_backend_raw(|backend| {
-        let (s, records, _) = trail(backend);
+        let (s, records, head) = trail(backend);
         let store = open_store(s.database_url());
         let mut refs = sql("DELETE FROM audit_refs WHERE seq = ");
         refs.bind(Bind::Int(records));
         let mut rows = sql("DELETE FROM audit_events WHERE seq = ");
         rows.bind(Bind::Int(records));
         exec(&store, &[refs, rows]);
-        drop(store);
         // The head kept beside the chain names the missing last record.
         assert_broken_at(s.database_url(), records, "truncated last record");
+        // A forger who moves the head back too leaves a chain that is intact as far as it
+        // goes: only the anchor taken before (`verify` prints it) shows the cut.
+        let previous = store
+            .read(|tx| tx.audit_chain(records - 2, 1))
+            .expect("read chain");
+        let mut head_back = sql("UPDATE audit_head SET seq = ");
+        head_back
+            .bind(Bind::Int(records - 1))
+            .push(", hash = ")
+            .bind(Bind::Text(previous[0].hash.clone()))
+            .push(" WHERE id = 1");
+        exec(&store, &[head_back]);
+        drop(store);
+        let url = s.database_url();
+        assert!(verify(url).ok, "the cut trail is intact as far as it goes");
+        let anchor = format!("{records}:{head}");
+        let cut = verify_with(url, &["--expect-head", &anchor]);
+        assert!(
+            !cut.ok
+                && cut
+                    .stderr
+                    .contains(&format!("anchored record {records} is missing")),
+            "{}{}",
+            cut.stdout,
+            cut.stderr
+        );
+        // An earlier anchor still holds; a record that no longer has its anchored hash
+        // (rewritten with every hash recomputed) is named.
+        let earlier = format!("{}:{}", records - 1, previous[0].hash);
+        let kept = verify_with(url, &["--expect-head", &earlier]);
+        assert!(
+            kept.ok && kept.stdout.contains(&format!("anchor: {earlier}")),
+            "{}{}",
+            kept.stdout,
+            kept.stderr
+        );
+        let rewritten = format!("{}:{}", records - 1, "0".repeat(64));
+        assert_broken_at_with(
+            url,
+            records - 1,
+            "rewritten",
+            &["--expect-head", &rewritten],
+        );
+        let malformed = verify_with(url, &["--expect-head", "7"]);
+        assert!(
+            !malformed.ok && malformed.stderr.contains("SEQ:HASH"),
+            "{}",
+            malformed.stderr
+        );
     });
 }
 

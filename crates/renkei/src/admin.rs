@@ -240,8 +240,64 @@ fn journal_backlog(store: &Store) -> Result<renkei_access::audit_log::JournalBac
     renkei_access::audit_log::journal_backlog(store).map_err(|e| e.to_string())
 }
 
-/// Walks the audit chain; prints the verdict and the head hash. Err when the chain is broken.
-pub fn verify_audit(store: &Store) -> Result<(), String> {
+/// An anchor of the trail kept outside the database: record `seq` had hash `hash`.
+struct Anchor {
+    seq: i64,
+    hash: String,
+}
+
+/// `SEQ:HASH` as `verify` prints it on its `anchor:` line.
+fn parse_anchor(text: &str) -> Result<Anchor, String> {
+    let (seq, hash) = text
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| format!("--expect-head '{text}': expected SEQ:HASH"))?;
+    let seq: i64 = seq
+        .parse()
+        .ok()
+        .filter(|seq| *seq >= 0)
+        .ok_or_else(|| format!("--expect-head '{text}': '{seq}' is no record number"))?;
+    let hash = hash.to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "--expect-head '{text}': the hash must be 64 hexadecimal digits"
+        ));
+    }
+    Ok(Anchor { seq, hash })
+}
+
+/// The first anchor the trail's records (in `seq` order, `head` the last one's number)
+/// no longer hold: a record rewritten since, or gone with the end of the trail.
+fn first_broken_anchor(anchors: &[Anchor], records: &[ChainRecord], head: i64) -> Option<String> {
+    anchors.iter().find_map(|anchor| {
+        if anchor.seq == 0 {
+            return None;
+        }
+        let stored = records
+            .binary_search_by_key(&anchor.seq, |record| record.seq)
+            .ok()
+            .map(|index| records[index].hash.as_str());
+        match stored {
+            Some(hash) if hash == anchor.hash => None,
+            Some(_) => Some(format!(
+                "audit trail BROKEN at record {}: its hash is not the one anchored                  ({}): the trail up to it was rewritten since the anchor was taken",
+                anchor.seq, anchor.hash
+            )),
+            None => Some(format!(
+                "audit trail BROKEN: anchored record {} is missing (the trail ends at record                  {head}): records were removed since the anchor was taken",
+                anchor.seq
+            )),
+        }
+    })
+}
+
+/// Walks the audit chain; prints the verdict and the head hash. Err when the chain is broken
+/// or no longer holds one of `expected_heads` (anchors printed by an earlier verify).
+pub fn verify_audit(store: &Store, expected_heads: &[String]) -> Result<(), String> {
+    let anchors = expected_heads
+        .iter()
+        .map(|text| parse_anchor(text))
+        .collect::<Result<Vec<_>, _>>()?;
     let journal = journal_backlog(store)?;
     let backlog = journal.events.len();
     // The head and the records come from one read transaction, so one snapshot (SQLite's
@@ -270,8 +326,13 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
             Ok::<_, renkei_store::StoreError>(((head.seq, head.hash), records))
         })
         .map_err(|e| e.to_string())?;
+    let head_seq = head.0;
+    let anchor_broken = first_broken_anchor(&anchors, &records, head_seq);
     match verify_chain(records, Some(head)) {
         ChainVerdict::Intact { records, head_hash } => {
+            if let Some(problem) = anchor_broken {
+                return Err(problem);
+            }
             if let Some((seq, problem)) = first_disagreeing_record(store)? {
                 return Err(format!(
                     "audit trail BROKEN at record {seq}: {problem} (the chain of hashes is intact, \
@@ -288,6 +349,8 @@ pub fn verify_audit(store: &Store) -> Result<(), String> {
             }
             println!("audit trail intact: {records} records");
             println!("head hash: {head_hash}");
+            // What to keep outside the database and give back as `--expect-head`.
+            println!("anchor: {head_seq}:{head_hash}");
             if backlog > 0 {
                 // Only the server holding the journal moves it into the trail: another one
                 // on the same database does not take it over while it runs.

@@ -159,7 +159,13 @@ enum ClientCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the hash chain; exit code 1 and the first bad record when it was tampered with.
-    Verify,
+    Verify {
+        /// An anchor printed by an earlier verify (`SEQ:HASH`), kept outside the database:
+        /// the record must still be there with that hash. Catches a trail rewritten or cut
+        /// short by someone who recomputed every hash. Repeatable.
+        #[arg(long = "expect-head", value_name = "SEQ:HASH")]
+        expect_head: Vec<String>,
+    },
     /// Write AuditEvents as NDJSON to stdout.
     Export {
         /// Only events recorded at or after this date/instant.
@@ -339,7 +345,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Audit { action } => match action {
-            AuditCommand::Verify => admin::verify_audit(&store),
+            AuditCommand::Verify { expect_head } => admin::verify_audit(&store, &expect_head),
             AuditCommand::Export { since } => {
                 // A `--since` without a zone is read in the server's zone, as `_since` is.
                 renkei_repository::set_local_zone(config.time_zone);
