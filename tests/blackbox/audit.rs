@@ -1421,6 +1421,77 @@ fn no_audit_no_data() {
     });
 }
 
+/// Token parameters of the trail compare the system too (a review found a wrong system
+/// matching everything and the right one matching nothing); values that cannot be a search
+/// are refused rather than matching nothing.
+#[test]
+fn audit_token_searches_compare_systems() {
+    for_each_backend(|s| {
+        let net = network(s);
+        net.as_b().read_json(&net.labs[0]);
+        let auditor = s.token_for("auditor", ORG_A, "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        // Before the searches below, which are audited too.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let before = chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .replace('+', "%2B");
+        let count = |query: &str| -> i64 {
+            auditor.read_json(&format!(
+                "AuditEvent?_summary=count&date=lt{before}&{query}"
+            ))["total"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{query}: no total"))
+        };
+        for (plain, with_system, wrong_system) in [
+            (
+                "type=rest",
+                "type=http://terminology.hl7.org/CodeSystem/audit-event-type|rest",
+                "type=http://dicom.nema.org/resources/ontology/DCM|rest",
+            ),
+            (
+                "subtype=read",
+                "subtype=http://hl7.org/fhir/restful-interaction|read",
+                "subtype=bogus|read",
+            ),
+            (
+                "action=R",
+                "action=http://hl7.org/fhir/audit-event-action|R",
+                "action=http://hl7.org/fhir/audit-event-outcome|R",
+            ),
+            (
+                "outcome=0",
+                "outcome=http://hl7.org/fhir/audit-event-outcome|0",
+                "outcome=|0",
+            ),
+            (
+                "purpose=TREAT",
+                "purpose=http://terminology.hl7.org/CodeSystem/v3-ActReason|TREAT",
+                "purpose=bogus|TREAT",
+            ),
+        ] {
+            let all = count(plain);
+            assert!(all > 0, "{plain}");
+            assert_eq!(count(with_system), all, "{with_system}");
+            assert_eq!(count(wrong_system), 0, "{wrong_system}");
+        }
+        let read = format!("{}/_history/1", net.labs[0]);
+        assert_eq!(
+            count(&format!("entity={read}")),
+            count(&format!("entity={}", net.labs[0]))
+        );
+        for refused in [
+            "type=http://terminology.hl7.org/CodeSystem/audit-event-type|",
+            "outcome=",
+            "patient=",
+            "_page_token=-5",
+            "_page_token=0",
+        ] {
+            auditor.get(&format!("AuditEvent?{refused}")).expect(400);
+        }
+    });
+}
+
 /// `_sort=date` orders by the time each event was recorded, across pages, although on SQLite
 /// reads reach the trail through the journal, after writes recorded later.
 #[test]

@@ -9,6 +9,8 @@ mod requester;
 
 pub use audit_log::{deferring_durability, AuditLog, AuditUnavailable, Deferred, TrailEvent};
 pub use gate::{Gate, LoginAttempt, TrailPage};
+/// The code systems of the trail's searchable codes, for the AuditEvent search parameters.
+pub use renkei_audit::code_system as audit_code_system;
 pub use requester::{Requester, StatedPurpose};
 
 use renkei_repository::RepoError;

@@ -13,6 +13,28 @@ const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+const REST_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
+const REST_SUBTYPE: &str = "http://hl7.org/fhir/restful-interaction";
+const AUTHZ_SUBTYPE: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType";
+const ACTION: &str = "http://hl7.org/fhir/audit-event-action";
+const OUTCOME: &str = "http://hl7.org/fhir/audit-event-outcome";
+
+/// The code system of a code the trail stores in a searchable token element (`type`,
+/// `subtype`, `action`, `outcome`, `purpose`), as events show it: a search naming a system
+/// (`type=http://dicom.nema.org/resources/ontology/DCM|110113`) matches a code only in it.
+pub fn code_system(element: &str, code: &str) -> Option<&'static str> {
+    match (element, code) {
+        ("type", "rest") => Some(REST_TYPE),
+        ("type", _) => Some(DCM),
+        ("subtype", "AuthZ-Consent") => Some(AUTHZ_SUBTYPE),
+        ("subtype", LOGIN) => Some(DCM),
+        ("subtype", _) => Some(REST_SUBTYPE),
+        ("action", _) => Some(ACTION),
+        ("outcome", _) => Some(OUTCOME),
+        ("purpose", _) => Some(ACT_REASON),
+        _ => None,
+    }
+}
 /// DICOM event type and subtype of a token request (ATNA's User Authentication / Login).
 const USER_AUTHENTICATION: &str = "110114";
 const LOGIN: &str = "110122";
@@ -298,7 +320,7 @@ impl EventBuilder {
         let (event_type, subtype) = if is_consent {
             (
                 json!({"system": DCM, "code": type_code, "display": "Security Alert"}),
-                json!({"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType", "code": subtype_code, "display": "Authorization Decision using Roles and Consent"}),
+                json!({"system": AUTHZ_SUBTYPE, "code": subtype_code, "display": "Authorization Decision using Roles and Consent"}),
             )
         } else if self.interaction == Interaction::Login {
             (
@@ -307,8 +329,8 @@ impl EventBuilder {
             )
         } else {
             (
-                json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": type_code, "display": "RESTful Operation"}),
-                json!({"system": "http://hl7.org/fhir/restful-interaction", "code": subtype_code}),
+                json!({"system": REST_TYPE, "code": type_code, "display": "RESTful Operation"}),
+                json!({"system": REST_SUBTYPE, "code": subtype_code}),
             )
         };
         let mut event = json!({

@@ -8,8 +8,9 @@
 mod event;
 
 pub use event::{
-    parse_stored, redact_hidden, render_stored, AuditAgent, AuditOutcome, EventBuilder,
-    Interaction, PatientEntity, StoredFacts, UnreadableEvent, GATEWAY_NAME, PRIVACY_TAG_DECIDER,
+    code_system, parse_stored, redact_hidden, render_stored, AuditAgent, AuditOutcome,
+    EventBuilder, Interaction, PatientEntity, StoredFacts, UnreadableEvent, GATEWAY_NAME,
+    PRIVACY_TAG_DECIDER,
 };
 
 use sha2::{Digest, Sha256};

@@ -53,15 +53,34 @@ fn alternatives(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').filter(|v| !v.is_empty())
 }
 
-/// The code of a token value (`system|code` or `code`).
-fn code_of(value: &str) -> &str {
-    value.rsplit('|').next().unwrap_or(value)
+/// The codes a token search of `element` asks for (search.html#token): `code` in any system;
+/// `system|code` only where the trail's code is in that system (each stored code has one,
+/// `renkei_access::audit_code_system`), so a wrong system matches nothing rather than everything;
+/// `|code` (no system) matches nothing, every code here having one. `system|` alone (any
+/// code of a system) is refused.
+fn token_codes(element: &str, value: &str) -> Result<Vec<String>> {
+    let mut codes = Vec::new();
+    for alternative in alternatives(value) {
+        match alternative.rsplit_once('|') {
+            None => codes.push(alternative.to_string()),
+            Some((_, "")) => {
+                return Err(ApiError::bad_request(format!(
+                    "AuditEvent {element}: '{alternative}' names a system without a code;                      give system|code or a code"
+                )))
+            }
+            Some((system, code)) => {
+                if renkei_access::audit_code_system(element, code) == Some(system) {
+                    codes.push(code.to_string());
+                }
+            }
+        }
+    }
+    Ok(codes)
 }
 
 /// A scalar filter given twice must hold both times (AND): its lists intersect. The first
 /// one given is taken as it is.
-fn add_alternatives(list: &mut Vec<String>, value: &str, code: impl Fn(&str) -> &str) {
-    let given: Vec<String> = alternatives(value).map(|v| code(v).to_string()).collect();
+fn add_alternatives(list: &mut Vec<String>, given: Vec<String>) {
     if list.is_empty() {
         *list = given;
     } else {
@@ -119,6 +138,11 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
             renkei_search::plan::refuse_repeated(&ctx.params, name)
                 .map_err(crate::search::search_error)?;
         }
+        if value.is_empty() && SEARCH_PARAMS.contains(&name.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "AuditEvent search parameter '{name}' has no value"
+            )));
+        }
         match name.as_str() {
             "date" => narrow_to_date(&mut query, value)?,
             "patient" => query.refs.push((
@@ -127,16 +151,22 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
                     .map(|v| reference(v, "Patient"))
                     .collect(),
             )),
+            // An event names a version as the resource (`…/_history/2` is `…`).
             "entity" => query.refs.push((
                 "entity".into(),
-                alternatives(value).map(str::to_string).collect(),
+                alternatives(value)
+                    .map(|v| v.split("/_history/").next().unwrap_or(v).to_string())
+                    .collect(),
             )),
-            "agent" => add_alternatives(&mut query.agent, value, |v| v),
-            "type" => add_alternatives(&mut query.type_code, value, code_of),
-            "subtype" => add_alternatives(&mut query.subtype, value, code_of),
-            "action" => add_alternatives(&mut query.action, value, |v| v),
-            "outcome" => add_alternatives(&mut query.outcome, value, |v| v),
-            "purpose" => add_alternatives(&mut query.purpose, value, code_of),
+            "agent" => add_alternatives(
+                &mut query.agent,
+                alternatives(value).map(str::to_string).collect(),
+            ),
+            "type" => add_alternatives(&mut query.type_code, token_codes("type", value)?),
+            "subtype" => add_alternatives(&mut query.subtype, token_codes("subtype", value)?),
+            "action" => add_alternatives(&mut query.action, token_codes("action", value)?),
+            "outcome" => add_alternatives(&mut query.outcome, token_codes("outcome", value)?),
+            "purpose" => add_alternatives(&mut query.purpose, token_codes("purpose", value)?),
             "_count" => {
                 let count = value.parse::<usize>().map_err(|_| {
                     ApiError::bad_request(format!("_count '{value}' is not a number"))
@@ -162,12 +192,19 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
             "_page_token" => {
                 let forged =
                     || ApiError::bad_request("_page_token is not a token this server issued");
+                // Sequence numbers start at 1: a token this server issued names one.
+                let seq_of = |text: &str| {
+                    text.parse::<i64>()
+                        .ok()
+                        .filter(|seq| *seq > 0)
+                        .ok_or_else(forged)
+                };
                 match value.split_once('.') {
                     Some((recorded, seq)) => {
                         let recorded = recorded.parse().map_err(|_| forged())?;
-                        query.past_recorded = Some((recorded, seq.parse().map_err(|_| forged())?));
+                        query.past_recorded = Some((recorded, seq_of(seq)?));
                     }
-                    None => query.before_seq = Some(value.parse().map_err(|_| forged())?),
+                    None => query.before_seq = Some(seq_of(value)?),
                 }
             }
             "_total" => {
