@@ -1883,6 +1883,24 @@ fn attempts_on_a_record_name_its_patient_and_an_update_both_patients() {
                 assert!(found.iter().any(|f| f == request_id), "{found:?}");
             }
         }
+        // A transaction refused as a whole names the records its entries addressed.
+        let mut forged = net.as_a().read_json(target);
+        forged["status"] = json!("cancelled");
+        let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": forged, "request": {"method": "PUT", "url": target}}]});
+        let refused = net.as_b().request(
+            "POST",
+            "",
+            &[
+                ("X-Request-Id", "rq-refused-tx"),
+                ("Content-Type", "application/fhir+json"),
+            ],
+            json(&transaction),
+        );
+        assert_eq!(refused.status, 403, "{}", refused.body);
+        let (event, _) = rest_and_consent(&auditor, "rq-refused-tx");
+        assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
+        assert!(entity_refs(&event).contains(target), "{event}");
         // Withheld from the patient: an attempt on it would tell them it exists.
         let mut withheld = lab("3D046000001906202", 7.0, "2025-03-01", None);
         withheld["meta"] = json!({"tag": [{"system": "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication", "code": "UNINFORMED"}]});

@@ -152,6 +152,10 @@ fn patient_may_see(tx: &mut Tx<'_>, row: &renkei_store::ResourceRow) -> Result<b
     }
 }
 
+/// How many records a failed request's event looks up to name their patients and holders
+/// (a rejected transaction names what its entries addressed).
+const MAX_FAILED_TARGETS_NAMED: usize = 100;
+
 fn patient_entity(patient_id: Option<&str>) -> Option<String> {
     patient_id
         .filter(|id| !id.contains(':'))
@@ -1065,29 +1069,45 @@ impl Gate {
     /// show attempts too, not only what succeeded. Nothing for a record that does not exist;
     /// the requester, who may not see the record, is not shown the event.
     fn name_holders_of_target(&self, failed: &mut EventBuilder) -> Vec<String> {
-        let Some((res_type, id)) = failed.resources.iter().find_map(|resource| {
-            let mut parts = resource.split('/');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(res_type), Some(id), None | Some("_history"))
-                    if renkei_repository::check_id(id).is_ok()
-                        && res_type
-                            .chars()
-                            .next()
-                            .is_some_and(|c| c.is_ascii_uppercase()) =>
-                {
-                    Some((res_type.to_string(), id.to_string()))
+        let targets: Vec<(String, String)> = failed
+            .resources
+            .iter()
+            .filter_map(|resource| {
+                let mut parts = resource.split('/');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(res_type), Some(id), None | Some("_history"))
+                        if renkei_repository::check_id(id).is_ok()
+                            && res_type
+                                .chars()
+                                .next()
+                                .is_some_and(|c| c.is_ascii_uppercase()) =>
+                    {
+                        Some((res_type.to_string(), id.to_string()))
+                    }
+                    _ => None,
                 }
-                _ => None,
+            })
+            .take(MAX_FAILED_TARGETS_NAMED)
+            .collect();
+        let mut custodians = Vec::new();
+        for (res_type, id) in targets {
+            for custodian in self.name_holder_of(failed, &res_type, &id) {
+                if !custodians.contains(&custodian) {
+                    custodians.push(custodian);
+                }
             }
-        }) else {
-            return Vec::new();
-        };
+        }
+        custodians
+    }
+
+    /// [`Gate::name_holders_of_target`] for one record.
+    fn name_holder_of(&self, failed: &mut EventBuilder, res_type: &str, id: &str) -> Vec<String> {
         // Only where the patient may see the record: an attempt on data withheld from them
         // (`UNDELIVERED`, `UNINFORMED`) would tell them it exists.
         let found = self
             .repository
             .read_tx(|tx| {
-                let Some(row) = tx.current(&res_type, &id)? else {
+                let Some(row) = tx.current(res_type, id)? else {
                     return Ok(None);
                 };
                 let patient_sees_it = patient_may_see(tx, &row)?;
@@ -1754,7 +1774,7 @@ impl Gate {
                     return Ok(degraded);
                 }
             }
-            Err(error) => self.record_bundle_failure(builder, error)?,
+            Err(error) => self.record_bundle_failure(builder, error, &all_requests)?,
         }
         result
     }
@@ -1808,7 +1828,11 @@ impl Gate {
         match self.break_glass_bundle_patient(who, bundle, searches) {
             Ok(_) => Ok(()),
             Err(error) => {
-                self.record_bundle_failure(self.event(who, Interaction::Batch), &error)?;
+                let entries = bundle
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .map_or(&[][..], Vec::as_slice);
+                self.record_bundle_failure(self.event(who, Interaction::Batch), &error, entries)?;
                 Err(error)
             }
         }
@@ -1818,17 +1842,36 @@ impl Gate {
         &self,
         mut failed: EventBuilder,
         error: &AccessError,
+        requests: &[Value],
     ) -> Result<(), AccessError> {
         failed.outcome = AuditOutcome::from_status(status_of(error));
         failed.outcome_desc = Some(error.to_string());
-        self.record(&failed, &[])
+        // What its entries addressed by id, so that a Bundle refused as a whole (no entry
+        // leaves an event of its own) is found by the records it tried to touch.
+        failed.resources = requests
+            .iter()
+            .filter_map(|entry| {
+                let (_, url) = Self::entry_request(entry);
+                let path = url.trim_start_matches('/');
+                let mut parts = path.split('/');
+                match (parts.next(), parts.next()) {
+                    (Some(res_type), Some(id)) if !path.contains('?') => {
+                        Some(format!("{res_type}/{id}"))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        failed.resources.dedup();
+        let custodians = self.name_holders_of_target(&mut failed);
+        self.record(&failed, &custodians)
     }
 
     /// A batch refused as a whole before any of its entries ran (`check_entries`): recorded
     /// as the failed batch it is; the error to answer (503 when it cannot be recorded).
     pub fn refuse_batch(&self, who: &Requester, error: RepoError) -> AccessError {
         let error = AccessError::Repo(error);
-        match self.record_bundle_failure(self.event(who, Interaction::Batch), &error) {
+        match self.record_bundle_failure(self.event(who, Interaction::Batch), &error, &[]) {
             Ok(()) => error,
             Err(unavailable) => unavailable,
         }
