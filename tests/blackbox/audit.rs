@@ -1744,6 +1744,46 @@ fn requests_refused_by_routing_or_format_are_audited() {
             Some("auditor"),
             "{deletion}"
         );
+        // A Bundle refused before its type was read is a refused batch, not a create; a
+        // refused `$everything` is the search it runs when it succeeds (a review found both
+        // recorded otherwise).
+        let malformed = json!({"resourceType": "Bundle", "type": "batch", "entry": [{}]});
+        for path in ["", "/"] {
+            facility
+                .request(
+                    "POST",
+                    path,
+                    &[
+                        ("X-Request-Id", "refused-bundle"),
+                        ("Content-Type", "application/fhir+json"),
+                    ],
+                    Some(malformed.to_string().into_bytes()),
+                )
+                .expect(400);
+        }
+        facility
+            .request(
+                "GET",
+                "Patient/p/$everything?_count=-1",
+                &[("X-Request-Id", "refused-everything")],
+                None,
+            )
+            .expect(400);
+        let refused = audit_events(&auditor, "outcome=4");
+        for (request_id, subtype, action) in [
+            ("refused-bundle", "batch", "E"),
+            ("refused-everything", "search-type", "E"),
+        ] {
+            let events: Vec<&Value> = refused
+                .iter()
+                .filter(|e| request_id_of(e).as_deref() == Some(request_id))
+                .collect();
+            assert!(!events.is_empty(), "{request_id}");
+            for event in events {
+                assert_eq!(event["subtype"][0]["code"], subtype, "{event}");
+                assert_eq!(event["action"], action, "{event}");
+            }
+        }
     });
 }
 

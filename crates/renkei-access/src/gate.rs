@@ -2363,10 +2363,17 @@ fn interaction_of(method: &str, target: &str) -> Interaction {
         return Interaction::Login;
     }
     if let Some(operation) = last.strip_prefix('$') {
+        // `$everything` is recorded as the search of the patient's compartment it runs, when
+        // it succeeds and when it fails alike, so one `subtype` finds both.
+        if operation == "everything" {
+            return Interaction::Search;
+        }
         return Interaction::Operation(operation.to_string());
     }
     match method {
         _ if last == "_search" => Interaction::Search,
+        // A Bundle posted to the base, refused before its type was known.
+        "POST" if segments.is_empty() => Interaction::Batch,
         "POST" => Interaction::Create,
         "PUT" => Interaction::Update,
         "PATCH" => Interaction::Patch,
@@ -2446,7 +2453,9 @@ mod tests {
         assert_eq!(code("GET", "Observation/1?_format=xml"), "read");
         assert_eq!(code("GET", "Observation/1/_history/2"), "vread");
         assert_eq!(code("GET", "Observation/1/_history"), "history");
-        assert_eq!(code("GET", "Patient/1/$everything"), "operation");
+        assert_eq!(code("GET", "Patient/1/$everything"), "search-type");
+        assert_eq!(code("GET", "Patient/$match"), "operation");
+        assert_eq!(code("POST", ""), "batch");
         assert_eq!(code("GET", "metadata"), "capabilities");
         assert_eq!(code("POST", "Observation"), "create");
         assert_eq!(code("DELETE", "AuditEvent/1"), "delete");

@@ -90,9 +90,15 @@ async fn respond_recorded(
     let posted = actix_web::HttpMessage::extensions(req)
         .get::<crate::search::PostedSearch>()
         .map(|posted| posted.0.clone());
+    // Relative to the FHIR base (`/fhir` and `/fhir/` are the base itself).
+    let path = req.path();
+    let path = path
+        .strip_prefix("/fhir")
+        .unwrap_or(path)
+        .trim_start_matches('/');
     let target = match posted.as_deref().unwrap_or(req.query_string()) {
-        "" => req.path().trim_start_matches("/fhir/").to_string(),
-        q => format!("{}?{q}", req.path().trim_start_matches("/fhir/")),
+        "" => path.to_string(),
+        q => format!("{path}?{q}"),
     };
     let status = error.status().as_u16();
     let message = error.to_string();
