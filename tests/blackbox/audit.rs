@@ -1421,6 +1421,38 @@ fn no_audit_no_data() {
     });
 }
 
+/// `X-Purpose-Of-Use` is one code and a break-glass reason is short: a list or text would be
+/// recorded as a purpose-of-use code nobody issued, and a reason of any length kept whole
+/// (a review found both).
+#[test]
+fn purposes_are_codes_and_reasons_are_bounded() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let auditor = s.token_for("auditor", ORG_A, "auditor", &[]);
+        let auditor = s.with_token(&auditor);
+        let long = "x".repeat(1_001);
+        for (request_id, purpose, reason) in [
+            ("rq-purpose-list", "TREAT, ETREAT", None),
+            ("rq-purpose-text", "treatment please", None),
+            ("rq-long-reason", "ETREAT", Some(long.as_str())),
+        ] {
+            let mut headers = vec![("X-Request-Id", request_id), ("X-Purpose-Of-Use", purpose)];
+            headers.extend(reason.map(|r| ("X-Break-Glass-Reason", r)));
+            net.as_b()
+                .request("GET", &net.labs[0], &headers, None)
+                .expect(400);
+            let recorded = request_events(&auditor, request_id);
+            assert!(!recorded.is_empty(), "{request_id}");
+            let text = Value::Array(recorded).to_string();
+            assert!(!text.contains(purpose) || purpose == "ETREAT", "{text}");
+            assert!(
+                !text.contains(&long),
+                "{request_id}: the long reason was kept"
+            );
+        }
+    });
+}
+
 /// Token parameters of the trail compare the system too (a review found a wrong system
 /// matching everything and the right one matching nothing); values that cannot be a search
 /// are refused rather than matching nothing.

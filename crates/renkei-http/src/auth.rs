@@ -237,12 +237,16 @@ pub async fn refused_requester(req: &HttpRequest, state: &AppState) -> Option<Re
     let claims = verified_claims(req, state).await.ok()?;
     // A reason that is not UTF-8 is kept as far as it reads, so the attempt stays on record
     // under its client.
+    // A purpose that is no code is recorded as none (the default, `TREAT`), not as text; a
+    // reason beyond its length is cut.
     let stated = stated_purpose(req).unwrap_or_else(|_| StatedPurpose {
-        purpose: header_text(req, "x-purpose-of-use").ok().flatten(),
-        break_glass_reason: req
-            .headers()
-            .get("x-break-glass-reason")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        purpose: stated_purpose_code(req).ok().flatten(),
+        break_glass_reason: req.headers().get("x-break-glass-reason").map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(MAX_BREAK_GLASS_REASON)
+                .collect()
+        }),
     });
     Some(Requester::refused_attempt(
         &claims,
@@ -296,11 +300,42 @@ fn stated_purpose(req: &HttpRequest) -> Result<StatedPurpose, ApiError> {
             reason
         }
     });
+    if break_glass_reason
+        .as_deref()
+        .is_some_and(|reason| reason.chars().count() > MAX_BREAK_GLASS_REASON)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the X-Break-Glass-Reason header is longer than {MAX_BREAK_GLASS_REASON} characters: \
+             state the reason briefly"
+        )));
+    }
     Ok(StatedPurpose {
-        purpose: header_text(req, "x-purpose-of-use")?,
+        purpose: stated_purpose_code(req)?,
         break_glass_reason,
     })
 }
+
+/// `X-Purpose-Of-Use`: one code, as the audit trail records it in `purposeOfUse`; a list or
+/// free text would become a code nobody issued (400).
+fn stated_purpose_code(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let purpose = header_text(req, "x-purpose-of-use")?;
+    if let Some(purpose) = &purpose {
+        let is_code = (1..=64).contains(&purpose.len())
+            && purpose
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !is_code {
+            return Err(ApiError::bad_request(
+                "the X-Purpose-Of-Use header takes one purpose-of-use code (v3 ActReason, e.g. \
+                 TREAT or ETREAT), not a list or text",
+            ));
+        }
+    }
+    Ok(purpose)
+}
+
+/// The longest break-glass reason taken (characters): the trail keeps it whole.
+const MAX_BREAK_GLASS_REASON: usize = 1_000;
 
 /// Characters that reorder the text around them (bidi embeddings, overrides, isolates): a
 /// reason shown with them reads otherwise than it was typed.
