@@ -400,8 +400,20 @@ impl Rule {
             && self.valid_from_ms.is_none_or(|from| now_ms >= from)
             && self.valid_to_ms.is_none_or(|to| now_ms <= to)
             && (refused_content
-                || eq_or_any(&self.class_type, Some(resource.res_type.as_str()))
-                || self.class_type.as_deref().is_some_and(follows))
+                // A permission of a type opens a record of it that follows nothing; one that
+                // follows others is content of theirs, opened when all it follows is of the
+                // type. A refusal of its own type, or of any type it follows, reaches it.
+                || self.class_type.is_none()
+                || (eq_or_any(&self.class_type, Some(resource.res_type.as_str()))
+                    && (self.effect == Effect::Deny || resource.follows.is_empty()))
+                || self.class_type.as_deref().is_some_and(|class| {
+                    follows(class)
+                        && (self.effect == Effect::Deny
+                            || resource
+                                .follows
+                                .iter()
+                                .all(|followed| followed.split('/').next() == Some(class)))
+                }))
             && self
                 .security_label
                 .as_ref()

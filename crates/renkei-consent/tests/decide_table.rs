@@ -674,8 +674,37 @@ fn class_label_and_data_exclusions() {
             following(data("Binary", "b", HOSP_A, PAT), "Bundle/d"),
             no_permit(),
         ),
+        case(
+            "a permission of Binaries does not open the scan of a result it does not permit",
+            vec![consent(
+                "c1",
+                PAT,
+                json!({"type": "permit", "class": [class("Binary")]}),
+            )],
+            cl.clone(),
+            following(data("Binary", "b", HOSP_A, PAT), "Condition/c"),
+            no_permit(),
+        ),
+        case(
+            "a refusal of Binaries reaches the scan of a result",
+            vec![consent(
+                "c1",
+                PAT,
+                json!({"type": "permit", "provision": [{"type": "deny", "class": [class("Binary")]}]}),
+            )],
+            cl.clone(),
+            following(data("Binary", "b", HOSP_A, PAT), "Observation/o1"),
+            consent_deny("c1"),
+        ),
+        case(
+            "a permission of everything opens a scan",
+            vec![permit_all("c1")],
+            cl.clone(),
+            following(data("Binary", "b", HOSP_A, PAT), "Observation/o1"),
+            consent_permit("c1"),
+        ),
     ]);
-    assert_eq!(n, 31);
+    assert_eq!(n, 34);
 }
 
 #[test]

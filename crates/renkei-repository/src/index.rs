@@ -197,6 +197,27 @@ pub(crate) fn patient_of(res_type: &str, id: &str, resource: &Value) -> Option<S
         .then(|| UNRESOLVED_PATIENT.to_string())
 }
 
+/// The records a record names as its subject matter, beside any patient it names: a
+/// Provenance's `target`, a Task's `focus`, a Communication's `about`, a Binary's
+/// `securityContext`. A record follows them in consent decisions
+/// (`interactions::take_on_from`), whether or not it names its patient itself.
+pub(crate) fn subject_matter_references(res_type: &str, resource: &Value) -> Vec<(String, String)> {
+    let element = match res_type {
+        "Provenance" => "target",
+        "Task" => "focus",
+        "Communication" => "about",
+        "Binary" => "securityContext",
+        _ => return Vec::new(),
+    };
+    let mut targets = resource
+        .get(element)
+        .map(local_references)
+        .unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|target| seen.insert(target.clone()));
+    targets
+}
+
 /// Elements that name the patient a record is about.
 const PATIENT_ELEMENTS: [&str; 6] = [
     "subject",

@@ -882,10 +882,7 @@ impl Classification {
     /// Provenance), of those records'.
     fn period(&self, res_type: &str, resource: &Value) -> CarePeriod {
         match care_period(res_type, resource) {
-            (None, None) if self.referred => {
-                spanning(self.inherited_period, contained_care(resource))
-            }
-            (None, None) => contained_care(resource),
+            (None, None) => spanning(self.inherited_period, contained_care(resource)),
             own => own,
         }
     }
@@ -938,13 +935,34 @@ fn classify_record(
             }
             index::add_labels(&mut entry_labels, labels);
         }
-        return Ok(Classification {
+        let mut classification = Classification {
             patient: Some(patient),
             referred: false,
             inherited_labels: entry_labels,
             inherited_period: (None, None),
             followed: Vec::new(),
-        });
+        };
+        // Naming its patient, it is still about the records it names as its subject matter
+        // (a Provenance's target, a Task's focus): it follows them as a record about their
+        // patient does, or a Task for the patient would show a refused diagnosis's id, and a
+        // Provenance its psychiatrist.
+        for (target_type, target_id) in index::subject_matter_references(res_type, resource)
+            .iter()
+            .take(MAX_REFERRED_RECORDS_LOOKED_UP)
+        {
+            if (target_type.as_str(), target_id.as_str()) == (res_type, id)
+                || target_type == "Patient"
+            {
+                continue;
+            }
+            let Some(row) = tx.current_for_share(target_type, target_id)? else {
+                continue;
+            };
+            if row.patient_id.is_some() && tx.is_visible(&row, writer)? {
+                take_on_from(tx, &mut classification, &row, target_type, target_id)?;
+            }
+        }
+        return Ok(classification);
     }
     let mut classification = Classification {
         patient: None,
@@ -995,27 +1013,45 @@ fn classify_record(
             }
             Some(_) => {}
         }
-        classification.inherited_period =
-            spanning(classification.inherited_period, care_referred_to(&row));
-        classification.followed.extend(followed_rows(
-            target_type,
-            target_id,
-            tx.reference_rows(row.rid)?,
-        ));
-        // From the target's index rows: its own labels and those it took on in turn (a
-        // Provenance of a Binary of a withheld result), without reading its body.
-        index::add_labels(
-            &mut classification.inherited_labels,
-            tx.privacy_labels(row.rid)?,
-        );
+        take_on_from(tx, &mut classification, &row, target_type, target_id)?;
     }
     // Referring to patient data not stored (yet), or to more than it looks up: the record
     // stays its writer's, as for a hidden target, rather than becoming directory data every
-    // member reads or the data of the patient its first references name.
-    if names_missing_patient_data {
+    // member reads or the data of the patient its first references name. A Binary that
+    // refers only to itself is content without context, as one without `securityContext`.
+    let binary_without_context = res_type == "Binary"
+        && references
+            .iter()
+            .all(|(t, i)| (t.as_str(), i.as_str()) == (res_type, id));
+    if names_missing_patient_data || binary_without_context {
         classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
     }
     Ok(classification)
+}
+
+/// What a record takes on from `row` (`target_type/target_id`), a record about a patient it
+/// refers to: its care period, the rows of what it follows ([`followed_rows`]), and its
+/// privacy labels (its own and those it took on in turn: a Provenance of a Binary of a
+/// withheld result), read from its index rows without its body.
+fn take_on_from(
+    tx: &mut Tx<'_>,
+    classification: &mut Classification,
+    row: &ResourceRow,
+    target_type: &str,
+    target_id: &str,
+) -> Result<(), RepoError> {
+    classification.inherited_period =
+        spanning(classification.inherited_period, care_referred_to(row));
+    classification.followed.extend(followed_rows(
+        target_type,
+        target_id,
+        tx.reference_rows(row.rid)?,
+    ));
+    index::add_labels(
+        &mut classification.inherited_labels,
+        tx.privacy_labels(row.rid)?,
+    );
+    Ok(())
 }
 
 /// The care period a record referring to stored record `row` takes from it. A stored Bundle

@@ -867,20 +867,30 @@ on_both_backends!(
 /// of the refused admission.
 fn refusals_by_data_and_type_reach_what_follows(db: Db) {
     let repo = &db.repo;
-    let refusals = [
+    let refusal = |provision: Value| json!({"type": "permit", "actor": [actor(READER)], "provision": [provision]});
+    let of_type =
+        |code: &str| json!([{"system": "http://hl7.org/fhir/resource-types", "code": code}]);
+    let consents = [
         (
             "follow-related",
-            json!({"type": "deny", "data": [{"meaning": "related",
-                "reference": {"reference": "Encounter/follow-related-adm"}}]}),
+            refusal(json!({"type": "deny", "data": [{"meaning": "related",
+                "reference": {"reference": "Encounter/follow-related-adm"}}]})),
         ),
         (
             "follow-instance",
-            json!({"type": "deny", "data": [{"meaning": "instance",
-                "reference": {"reference": "DocumentReference/follow-instance-doc"}}]}),
+            refusal(json!({"type": "deny", "data": [{"meaning": "instance",
+                "reference": {"reference": "DocumentReference/follow-instance-doc"}}]})),
         ),
         (
             "follow-class",
-            json!({"type": "deny", "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}),
+            refusal(json!({"type": "deny", "class": of_type("Observation")})),
+        ),
+        // A permission of Binaries and Provenances opens none that follows a record of
+        // another type: they are content of those records.
+        (
+            "follow-permitted-type",
+            json!({"type": "permit", "actor": [actor(READER)],
+                "class": [of_type("Binary")[0], of_type("Provenance")[0], of_type("Task")[0]]}),
         ),
     ];
     let records = |patient: &str| {
@@ -911,23 +921,32 @@ fn refusals_by_data_and_type_reach_what_follows(db: Db) {
             json!({"resourceType": "Provenance", "id": p("prov"), "recorded": "2024-03-10T00:00:00Z",
                 "target": [{"reference": format!("Observation/{}", p("obs"))}],
                 "agent": [{"who": {"reference": OWNER}}]}),
+            // Naming the patient as well, they follow what they are about all the same.
+            json!({"resourceType": "Provenance", "id": p("prov-named"), "recorded": "2024-03-10T00:00:00Z",
+                "target": [subject, {"reference": format!("Observation/{}", p("obs"))}],
+                "agent": [{"who": {"reference": OWNER}}]}),
+            json!({"resourceType": "Task", "id": p("task"), "status": "requested", "intent": "order",
+                "for": subject, "focus": {"reference": format!("Observation/{}", p("obs"))}}),
+            // Content about nothing but itself: its holder's alone.
+            json!({"resourceType": "Binary", "id": p("self"), "contentType": "application/pdf",
+                "data": "eA==", "securityContext": {"reference": format!("Binary/{}", p("self"))}}),
         ]
     };
-    let ids = ["bin", "prov-bin", "scan", "prov"];
+    let ids = [
+        "bin",
+        "prov-bin",
+        "scan",
+        "prov",
+        "prov-named",
+        "task",
+        "self",
+    ];
     let who = reader(false, None, true);
-    for (patient, refused) in refusals {
+    for (patient, provision) in consents {
         for record in records(patient) {
             put(repo, record);
         }
-        put(
-            repo,
-            consent(
-                patient,
-                1,
-                "active",
-                json!({"type": "permit", "actor": [actor(READER)], "provision": [refused]}),
-            ),
-        );
+        put(repo, consent(patient, 1, "active", provision));
         let seen = |res_type: &str| {
             let query = format!(
                 "_id={}",
@@ -935,16 +954,18 @@ fn refusals_by_data_and_type_reach_what_follows(db: Db) {
             );
             short_names(repo, res_type, &query, &who, patient)
         };
-        let (binaries, provenances): (Vec<&str>, Vec<&str>) = match patient {
+        let (binaries, provenances, tasks): (Vec<&str>, Vec<&str>, Vec<&str>) = match patient {
             // Everything of the admission: the document, the result and all that follows them.
-            "follow-related" => (vec![], vec![]),
+            "follow-related" => (vec![], vec![], vec![]),
             // The document alone: its scan and the scan's Provenance, not the result's.
-            "follow-instance" => (vec!["scan"], vec!["prov"]),
+            "follow-instance" => (vec!["scan"], vec!["prov", "prov-named"], vec!["task"]),
             // Results: the result's scan and Provenance, not the document's.
-            _ => (vec!["bin"], vec!["prov-bin"]),
+            "follow-class" => (vec!["bin"], vec!["prov-bin"], vec![]),
+            _ => (vec![], vec![], vec![]),
         };
         assert_eq!(seen("Binary"), binaries, "{patient}");
         assert_eq!(seen("Provenance"), provenances, "{patient}");
+        assert_eq!(seen("Task"), tasks, "{patient}");
     }
     // The result was filed under the wrong admission: moved out of the refused one, its scan
     // and Provenance are shown with it, in the same write.

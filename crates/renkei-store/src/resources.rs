@@ -257,9 +257,10 @@ impl Tx<'_> {
 
     /// The current, not deleted records that refer to `target_type/target_id` (by any row of
     /// the reference index, `_reference`, a Bundle's `_entry` and what a record follows
-    /// included) and, but for a Bundle, to no Patient record (the records that name a patient
-    /// themselves take on no labels from what they refer to; a stored Bundle takes on its
-    /// entries'; a row of what a record follows names no patient of its own), at most
+    /// included) and, but for a Bundle or a record that follows the target, to no Patient
+    /// record (the records that name a patient themselves take on no labels from what they
+    /// merely refer to; a stored Bundle takes on its entries'; a row of what a record follows
+    /// names no patient of its own), at most
     /// `limit` after row `after_rid` in rid order, locked as by [`Tx::current_for_update`]:
     /// the caller rewrites their index rows, which a concurrent update of theirs would
     /// otherwise rewrite at the same time.
@@ -285,7 +286,14 @@ impl Tx<'_> {
             .bind(Bind::Text(crate::FOLLOWED_RECORD.into()))
             .push(", ")
             .bind(Bind::Text(crate::FOLLOWED_REFERENCE.into()))
-            .push("))) AND rid > ")
+            // A record naming its patient that follows the target all the same.
+            .push(")) OR EXISTS (SELECT 1 FROM idx_reference f WHERE f.rid = resources.rid AND f.param = ")
+            .bind(Bind::Text(crate::FOLLOWED_RECORD.into()))
+            .push(" AND f.target_id = ")
+            .bind(Bind::Text(target_id.into()))
+            .push(" AND f.target_type = ")
+            .bind(Bind::Text(target_type.into()))
+            .push(")) AND rid > ")
             .bind(Bind::Int(after_rid))
             .push(&format!(" ORDER BY rid LIMIT {limit}"));
         let suffix = self.for_update();

@@ -175,13 +175,21 @@ fn push_match(sql: &mut Sql, alias: &str, r: &str, v: &FacilityArgs<'_>) {
         "(NOT {alias}.permit AND ({r}.res_type = 'Bundle' OR {}))",
         follows("fb", "fb.target_type = 'Bundle'")
     );
-    let follows_class = follows("fc", &format!("fc.target_type = {alias}.class_type"));
+    // A permission of a type opens a record of that type that follows nothing; one that
+    // follows others is content of theirs (the scan of a result), opened when all it follows
+    // is of the type. A refusal of its own type, or of any type it follows, reaches it.
+    let own_type_counts = format!("(NOT {alias}.permit OR NOT {})", follows("fo", "1 = 1"));
+    let follows_class = format!(
+        "({} AND (NOT {alias}.permit OR NOT {}))",
+        follows("fc", &format!("fc.target_type = {alias}.class_type")),
+        follows("fx", &format!("fx.target_type <> {alias}.class_type"))
+    );
     let follows_data = follows(
         "fd",
         &format!("fd.target_type || '/' || fd.target_id = {alias}.data_reference"),
     );
     sql.push(&format!(
-        " AND ({a}.class_type IS NULL OR {a}.class_type = {r}.res_type OR {b} OR {follows_class}) \
+        " AND ({a}.class_type IS NULL OR ({a}.class_type = {r}.res_type AND {own_type_counts}) OR {b} OR {follows_class}) \
          AND ({a}.label_system IS NULL OR EXISTS (SELECT 1 FROM idx_token sl WHERE sl.rid = {r}.rid \
               AND sl.param = '_security' AND sl.system = {a}.label_system AND sl.code = {a}.label_code)) \
          AND ({a}.data_from IS NULL OR {b} \
