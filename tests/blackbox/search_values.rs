@@ -1267,3 +1267,73 @@ fn kana_and_japanese_code_system_spellings_match_either_way() {
         }
     });
 }
+
+/// Values a black-box review found unindexed: an Observation's `valueDateTime` under
+/// `code-value-date` (R4 writes `value.as(DateTime)`), a Range under a quantity parameter
+/// (found by its bounds), a quantity's unit beside its code (`5.4||milligram`), and
+/// DocumentReference `relationship` (R4 swapped its components' definitions).
+#[test]
+fn date_times_ranges_units_and_relationships_are_searchable() {
+    for_each_backend(|s| {
+        put(
+            s,
+            &json!({"resourceType": "Observation", "id": "sv-dated", "status": "final",
+                "code": {"coding": [{"system": "urn:sv", "code": "a"}]}, "valueDateTime": "2019-02-03"}),
+        );
+        put(
+            s,
+            &json!({"resourceType": "Observation", "id": "sv-weighed", "status": "final",
+                "code": {"coding": [{"system": "urn:sv", "code": "w"}]},
+                "valueQuantity": {"value": 5.4, "unit": "milligram",
+                    "system": "http://unitsofmeasure.org", "code": "mg"}}),
+        );
+        put(
+            s,
+            &json!({"resourceType": "Condition", "id": "sv-onset",
+                "subject": {"reference": "Patient/sv-p"},
+                "onsetRange": {"low": {"value": 10, "system": "http://unitsofmeasure.org", "code": "a"},
+                               "high": {"value": 20, "system": "http://unitsofmeasure.org", "code": "a"}}}),
+        );
+        put(
+            s,
+            &json!({"resourceType": "DocumentReference", "id": "sv-new", "status": "current",
+                "relatesTo": [{"code": "replaces", "target": {"reference": "DocumentReference/sv-old"}}],
+                "content": [{"attachment": {"contentType": "text/plain", "url": "http://example.org/x"}}]}),
+        );
+        for (query, expected) in [
+            (
+                format!("Observation?code-value-date={}", enc("urn:sv|a$2019-02-03")),
+                vec!["sv-dated"],
+            ),
+            (
+                format!("Observation?code-value-date={}", enc("urn:sv|a$ge2000")),
+                vec!["sv-dated"],
+            ),
+            (
+                format!("Observation?value-quantity={}", enc("5.4||milligram")),
+                vec!["sv-weighed"],
+            ),
+            (
+                format!("Observation?value-quantity={}", enc("5.4||mg")),
+                vec!["sv-weighed"],
+            ),
+            ("Condition?onset-age=lt30".to_string(), vec!["sv-onset"]),
+            ("Condition?onset-age=gt15".to_string(), vec!["sv-onset"]),
+            ("Condition?onset-age=gt25".to_string(), vec![]),
+            (
+                "Condition?_id=sv-onset&onset-age:missing=true".to_string(),
+                vec![],
+            ),
+            (
+                format!(
+                    "DocumentReference?relationship={}",
+                    enc("replaces$DocumentReference/sv-old")
+                ),
+                vec!["sv-new"],
+            ),
+        ] {
+            let expected: Vec<String> = expected.into_iter().map(str::to_string).collect();
+            assert_eq!(ids(s, &query), expected, "{query}");
+        }
+    });
+}

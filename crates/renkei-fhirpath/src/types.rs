@@ -147,6 +147,15 @@ pub fn normalize_type_specifier(spec: &str) -> &str {
         "System.DateTime" => "dateTime",
         "System.Time" => "time",
         "System.Quantity" => "Quantity",
+        // Unqualified, a name no FHIR type has is a System type: the R4 search parameters
+        // write `value.as(DateTime)` for FHIR's `dateTime`.
+        "String" => "string",
+        "Boolean" => "boolean",
+        "Integer" => "integer",
+        "Decimal" => "decimal",
+        "Date" => "date",
+        "DateTime" => "dateTime",
+        "Time" => "time",
         other => other,
     }
 }

@@ -302,21 +302,37 @@ fn add_value(rows: &mut IndexRows, param: &SearchParam, type_name: Option<&str>,
             }
         }
         ParamType::Quantity => {
-            if let Some((v, system, code)) = quantity_of(value) {
+            for bound in range_bounds(value, type_name) {
+                let Some((v, system, code)) = quantity_of(bound) else {
+                    continue;
+                };
+                // `5.4||milligram` names the unit as written: with a code beside it, the
+                // unit is a value of its own (search.html#quantity: code or unit).
+                let unit = string_at(bound, "unit").filter(|unit| Some(unit) != code.as_ref());
                 rows.quantities.push(QuantityIndex {
                     param: name(),
                     value: v,
                     system: system.map(|s| canonical_system(&s).to_string()),
                     code,
                 });
+                if let Some(unit) = unit {
+                    rows.quantities.push(QuantityIndex {
+                        param: name(),
+                        value: v,
+                        system: None,
+                        code: Some(unit),
+                    });
+                }
             }
         }
         ParamType::Number => {
-            if let Some(v) = number_of(value) {
-                rows.numbers.push(NumberIndex {
-                    param: name(),
-                    value: v,
-                });
+            for bound in range_bounds(value, type_name) {
+                if let Some(v) = number_of(bound) {
+                    rows.numbers.push(NumberIndex {
+                        param: name(),
+                        value: v,
+                    });
+                }
             }
         }
         ParamType::Uri => {
@@ -396,18 +412,26 @@ fn component_values(
                         ..CompositeValue::default()
                     }),
             ),
-            ParamType::Quantity => {
-                out.extend(quantity_of(value).map(|(v, system, code)| CompositeValue {
-                    system: system.map(|s| canonical_system(&s).to_string()),
-                    code,
-                    num: Some(v),
-                    ..CompositeValue::default()
-                }))
-            }
-            ParamType::Number => out.extend(number_of(value).map(|v| CompositeValue {
-                num: Some(v),
-                ..CompositeValue::default()
-            })),
+            ParamType::Quantity => out.extend(
+                range_bounds(value, type_name)
+                    .into_iter()
+                    .filter_map(quantity_of)
+                    .map(|(v, system, code)| CompositeValue {
+                        system: system.map(|s| canonical_system(&s).to_string()),
+                        code,
+                        num: Some(v),
+                        ..CompositeValue::default()
+                    }),
+            ),
+            ParamType::Number => out.extend(
+                range_bounds(value, type_name)
+                    .into_iter()
+                    .filter_map(number_of)
+                    .map(|v| CompositeValue {
+                        num: Some(v),
+                        ..CompositeValue::default()
+                    }),
+            ),
             ParamType::Date => {
                 out.extend(date_of(value, type_name).map(|(low, high)| CompositeValue {
                     low: Some(low),
@@ -716,6 +740,22 @@ fn quantity_of(value: &Value) -> Option<(f64, Option<String>, Option<String>)> {
     Some((v, string_at(value, "system"), code))
 }
 
+/// The values a quantity or number parameter indexes for one element: the element, or for
+/// a Range (`Condition.onset.as(Range)`, `RiskAssessment.prediction.probability`) its low
+/// and high bounds, so a search finds the range by either bound.
+fn range_bounds<'v>(value: &'v Value, type_name: Option<&str>) -> Vec<&'v Value> {
+    let is_range = type_name == Some("Range")
+        || (value.get("value").is_none()
+            && (value.get("low").is_some() || value.get("high").is_some()));
+    if !is_range {
+        return vec![value];
+    }
+    ["low", "high"]
+        .iter()
+        .filter_map(|bound| value.get(*bound))
+        .collect()
+}
+
 fn number_of(value: &Value) -> Option<f64> {
     match value {
         Value::Object(_) => value.get("value").and_then(as_f64),
@@ -781,6 +821,59 @@ mod tests {
             .quantities
             .iter()
             .any(|q| q.param == "value-quantity" && q.value == 6.5));
+    }
+
+    #[test]
+    fn ranges_units_date_times_and_relationships_are_indexed() {
+        // `code-value-date` is `value.as(DateTime) | value.as(Period)`: a System type name
+        // stands for FHIR's dateTime.
+        let dated = json!({"resourceType": "Observation", "id": "d", "status": "final",
+            "code": {"coding": [{"system": "urn:c", "code": "a"}]}, "valueDateTime": "2019-02-03"});
+        let rows = extract("Observation", &dated);
+        assert!(
+            rows.composites
+                .iter()
+                .any(|c| c.param == "code-value-date" && c.parts[1].low.is_some()),
+            "{:?}",
+            rows.composites
+        );
+        // A Range is found by its bounds; a unit beside a code is a value of its own.
+        let condition = json!({"resourceType": "Condition", "id": "c",
+            "subject": {"reference": "Patient/p"},
+            "onsetRange": {"low": {"value": 10, "system": "http://unitsofmeasure.org", "code": "a"},
+                           "high": {"value": 20, "system": "http://unitsofmeasure.org", "code": "a"}}});
+        let ages: Vec<f64> = extract("Condition", &condition)
+            .quantities
+            .iter()
+            .filter(|q| q.param == "onset-age")
+            .map(|q| q.value)
+            .collect();
+        assert_eq!(ages, [10.0, 20.0]);
+        let weighed = json!({"resourceType": "Observation", "id": "w", "status": "final",
+            "code": {"coding": [{"system": "urn:c", "code": "w"}]},
+            "valueQuantity": {"value": 5.4, "unit": "milligram", "system": "http://unitsofmeasure.org", "code": "mg"}});
+        let units: Vec<Option<String>> = extract("Observation", &weighed)
+            .quantities
+            .iter()
+            .filter(|q| q.param == "value-quantity")
+            .map(|q| q.code.clone())
+            .collect();
+        assert_eq!(
+            units,
+            [Some("mg".to_string()), Some("milligram".to_string())]
+        );
+        // R4 swapped the definitions of `relationship`'s components; it is relation$relatesto.
+        let replacing = json!({"resourceType": "DocumentReference", "id": "r", "status": "current",
+            "relatesTo": [{"code": "replaces", "target": {"reference": "DocumentReference/old"}}],
+            "content": [{"attachment": {"url": "http://example.org/x"}}]});
+        let rows = extract("DocumentReference", &replacing);
+        assert!(
+            rows.composites.iter().any(|c| c.param == "relationship"
+                && c.parts[0].code.as_deref() == Some("replaces")
+                && c.parts[1].code.as_deref() == Some("old")),
+            "{:?}",
+            rows.composites
+        );
     }
 
     #[test]

@@ -119,6 +119,26 @@ impl ParamType {
     }
 }
 
+/// The definition a composite's component stands for where R4 published the wrong one.
+/// `DocumentReference-relationship` names `relatesto` for its `code` component and
+/// `relation` for its `target` one (R5 swapped them back): taken as written, the `code` was
+/// read as a reference and the parameter indexed nothing.
+fn component_errata<'a>(composite: &str, definition: &'a str) -> &'a str {
+    const BASE: &str = "http://hl7.org/fhir/SearchParameter/";
+    if composite != "http://hl7.org/fhir/SearchParameter/DocumentReference-relationship" {
+        return definition;
+    }
+    match definition.strip_prefix(BASE) {
+        Some("DocumentReference-relatesto") => {
+            "http://hl7.org/fhir/SearchParameter/DocumentReference-relation"
+        }
+        Some("DocumentReference-relation") => {
+            "http://hl7.org/fhir/SearchParameter/DocumentReference-relatesto"
+        }
+        _ => definition,
+    }
+}
+
 /// One component of a composite parameter: its type (from the component's own definition)
 /// and its expression, relative to each element the composite's expression selects.
 #[derive(Debug, Clone)]
@@ -357,7 +377,8 @@ impl Registry {
             .into_iter()
             .flatten()
             .filter_map(|c| {
-                let kind = *kinds.get(c.get("definition").and_then(Value::as_str)?)?;
+                let definition = c.get("definition").and_then(Value::as_str)?;
+                let kind = *kinds.get(component_errata(text("url"), definition))?;
                 let text = c.get("expression").and_then(Value::as_str)?;
                 let (on_resource, relative) = match text.strip_prefix("%resource.") {
                     Some(rest) => (true, rest),
