@@ -520,6 +520,24 @@ fn pixm_errors_follow_the_profile_in_json_and_xml() {
         clinic
             .get("Patient/$ihe-pix?sourceIdentifier=novalue")
             .expect(400);
+        // A family's shared insurance card identifies no one patient: not the identifiers of
+        // two people as if they were one (a review found them joined in the answer).
+        let mut child = patient(
+            "id-clinic-child",
+            CLINIC_SYSTEM,
+            "C-0078",
+            "06330015:岡北:123:00",
+        );
+        child["birthDate"] = json!("1990-02-02");
+        clinic.put("Patient/id-clinic-child", &child).expect(201);
+        let shared = clinic
+            .get(&format!(
+                "Patient/$ihe-pix?sourceIdentifier={INSURANCE}|06330015:岡北:123:00"
+            ))
+            .expect(409)
+            .json();
+        assert_eq!(shared["issue"][0]["code"], "multiple-matches", "{shared}");
+        assert!(!shared.to_string().contains("C-0078"), "{shared}");
         let xml = clinic
             .get_with(
                 &format!("Patient/$ihe-pix?sourceIdentifier={CLINIC_SYSTEM}|C-0077&_format=xml"),

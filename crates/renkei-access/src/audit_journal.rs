@@ -54,12 +54,12 @@ impl Journal {
     /// next append goes after the last intact frame, over anything torn, so no intact frame is
     /// overwritten before the trail holds its event.
     pub fn open(path: &Path) -> io::Result<(Journal, JournalContents)> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        // Read events name patients and what was read: the server's user's alone.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
         // One writer per journal: a second server on the same database must not write frames
         // over the first one's.
         file.try_lock().map_err(|e| match e {

@@ -339,6 +339,10 @@ pub enum PixAnswer {
     UnknownTargetDomain(String),
     /// No visible Patient record carries the source identifier (404).
     NotFound,
+    /// Records of more than one person carry the source identifier (an insurance member ID a
+    /// family shares): it identifies no one patient, and their identifiers together would be
+    /// read as one patient's (409).
+    SeveralPersons,
     /// The cross-referenced records: identifiers of the requested domains (the source
     /// identifier itself never) and the records themselves.
     Found {
@@ -366,6 +370,12 @@ impl PixAnswer {
             PixAnswer::UnknownTargetDomain(_) => {
                 Some((403, "code-invalid", "targetSystem not found"))
             }
+            PixAnswer::SeveralPersons => Some((
+                409,
+                "multiple-matches",
+                "sourceIdentifier identifies more than one patient (records of different \
+                 persons carry it): ask with an identifier of one patient",
+            )),
         }
     }
 }
@@ -398,8 +408,14 @@ pub fn pix(
     }
     let mut records: BTreeSet<String> = BTreeSet::new();
     for source in &sources {
-        records.insert(source.res_id.clone());
-        records.extend(visible_linked_records(tx, &source.res_id, visibility)?);
+        let mut person: BTreeSet<String> = BTreeSet::from([source.res_id.clone()]);
+        person.extend(visible_linked_records(tx, &source.res_id, visibility)?);
+        // Every record carrying the identifier must be of one person: the answer is read
+        // as the identifiers of one patient.
+        if !sources.iter().all(|other| person.contains(&other.res_id)) {
+            return Ok(PixAnswer::SeveralPersons);
+        }
+        records.extend(person);
     }
     let mut identifiers: Vec<Value> = Vec::new();
     let mut patients: Vec<String> = Vec::new();

@@ -588,17 +588,45 @@ impl<'c> Tx<'c> {
     }
 }
 
+/// Creates `dir` (and its parents) readable by the server's user alone: the database holds
+/// patient data, the audit trail and the key that signs access tokens, whatever the umask.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates the SQLite database file, when it does not exist yet, readable and writable by the
+/// server's user alone; SQLite gives its `-wal` and `-shm` files the same permissions.
+fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Store {
     /// Connects, creates the SQLite directory if needed, and runs pending migrations.
     pub fn open(url: &DatabaseUrl, options: &StoreOptions) -> Result<Store, StoreError> {
         let pools = match url {
             DatabaseUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                    create_private_dir(dir).map_err(|source| StoreError::Directory {
                         path: dir.display().to_string(),
                         source,
                     })?;
                 }
+                create_private_file(path).map_err(|source| StoreError::Directory {
+                    path: path.display().to_string(),
+                    source,
+                })?;
                 // One connection and query first: a file that is no database fails here with
                 // its reason, not after the pool retried it until its timeout.
                 let mut probe = probe_sqlite(path)?;
@@ -1408,6 +1436,32 @@ mod tests {
             })
             .expect("create scratch table");
         TempStore { store, dir }
+    }
+
+    /// The database holds patient data and the token-signing key: a new database and its
+    /// directory are the server's user's alone, whatever the umask (a review read the key
+    /// from a world-readable file and forged tokens).
+    #[cfg(unix)]
+    #[test]
+    fn a_new_database_is_readable_by_its_owner_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!(
+            "renkei-private-{}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        let path = root.join("data").join("renkei.db");
+        let store = Store::open(&DatabaseUrl::Sqlite(path.clone()), &StoreOptions::default())
+            .expect("open");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root.join("data")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        let wal = root.join("data").join("renkei.db-wal");
+        if wal.exists() {
+            assert_eq!(mode(&wal), 0o600);
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     /// `client add`, `serve` and `import` put Renkei's schema into another application's
