@@ -292,6 +292,25 @@ fn patch_rules() {
         );
         // Not an array / not JSON.
         patch_json(s, &path, &json!({"op": "add"})).expect(400);
+        // A malformed operation is a bad request (a review found 422); one that cannot be
+        // applied to this resource is 422.
+        for malformed in [
+            json!([{"op": "frob", "path": "/active"}]),
+            json!([{"path": "/active", "value": true}]),
+            json!([{"op": "add", "value": true}]),
+            json!([{"op": "replace", "path": "/active"}]),
+            json!([{"op": "move", "path": "/active"}]),
+            json!([{"op": "remove", "path": "active"}]),
+            json!([{"op": "test", "path": "/gender", "value": "male"}, {"op": "frob", "path": "/x"}]),
+        ] {
+            patch_json(s, &path, &malformed).expect(400);
+        }
+        patch_json(
+            s,
+            &path,
+            &json!([{"op": "remove", "path": "/no-such-element"}]),
+        )
+        .expect(422);
         s.send_raw("PATCH", &path, JSON_PATCH, b"[{").expect(400);
         // If-Match.
         let ops = json!([{"op": "replace", "path": "/gender", "value": "female"}]);

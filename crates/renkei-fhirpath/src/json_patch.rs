@@ -13,6 +13,13 @@ pub fn apply_json_patch(doc: &mut Value, patch: &Value) -> Result<(), PatchError
     let ops = patch
         .as_array()
         .ok_or_else(|| PatchError::Invalid("a JSON Patch must be a JSON array".into()))?;
+    // A malformed document (an unknown or missing `op`, a member missing or of the wrong
+    // kind, a path that is no JSON Pointer) is refused whole before anything is applied: it
+    // is a bad request, not an operation that could not be applied to this resource.
+    for (i, op) in ops.iter().enumerate() {
+        check_well_formed(op)
+            .map_err(|message| PatchError::Invalid(format!("operation {}: {message}", i + 1)))?;
+    }
     let mut work = doc.clone();
     for (i, op) in ops.iter().enumerate() {
         let index = i + 1;
@@ -26,6 +33,23 @@ pub fn apply_json_patch(doc: &mut Value, patch: &Value) -> Result<(), PatchError
     }
     *doc = work;
     Ok(())
+}
+
+/// RFC 6902 §4: the members each operation requires, of the kinds it requires.
+fn check_well_formed(op: &Value) -> Result<(), String> {
+    if !op.is_object() {
+        return Err("operation must be a JSON object".into());
+    }
+    let name = member(op, "op")?
+        .as_str()
+        .ok_or_else(|| "'op' must be a string".to_string())?;
+    pointer_member(op, "path")?;
+    match name {
+        "add" | "replace" | "test" => member(op, "value").map(drop),
+        "move" | "copy" => pointer_member(op, "from").map(drop),
+        "remove" => Ok(()),
+        other => Err(format!("unknown operation '{other}'")),
+    }
 }
 
 fn member<'v>(op: &'v Value, key: &str) -> Result<&'v Value, String> {

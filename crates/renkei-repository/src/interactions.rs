@@ -1618,9 +1618,16 @@ fn check_not_conditional(reference: &str) -> Result<(), RepoError> {
     let Some((res_type, _)) = reference.split_once('?') else {
         return Ok(());
     };
+    // A query naming no type (`?identifier=…`) searches nothing: a reference to nothing.
+    if res_type.is_empty() {
+        return Err(RepoError::BadRequest(format!(
+            "the conditional reference '{reference}' names no resource type to search; write \
+             Type?criteria (in a transaction Bundle) or a literal reference (Type/id)"
+        )));
+    }
     // Only a relative `Type?…` is conditional: an absolute URL with a query, a `urn:` or a
     // local `#…` reference stays as written.
-    if res_type.is_empty() || !res_type.chars().all(|c| c.is_ascii_alphanumeric()) {
+    if !res_type.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Ok(());
     }
     if renkei_fhir::is_resource_type(res_type) {
