@@ -311,6 +311,15 @@ fn patch_rules() {
             &json!([{"op": "remove", "path": "/no-such-element"}]),
         )
         .expect(422);
+        // What the server writes itself is no change: no new version (a review found one).
+        let before = s.get(&path).expect(200).header("etag").map(str::to_string);
+        let server_meta = json!([{"op": "replace", "path": "/meta/versionId", "value": "99"},
+                                 {"op": "replace", "path": "/meta/lastUpdated", "value": "2001-01-01T00:00:00Z"}]);
+        let after = patch_json(s, &path, &server_meta)
+            .expect(200)
+            .header("etag")
+            .map(str::to_string);
+        assert_eq!(after, before);
         s.send_raw("PATCH", &path, JSON_PATCH, b"[{").expect(400);
         // If-Match.
         let ops = json!([{"op": "replace", "path": "/gender", "value": "female"}]);

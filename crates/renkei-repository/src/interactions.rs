@@ -1776,6 +1776,22 @@ pub fn update(
     write_version(tx, res_type, id, resource, if_match, "PUT", context)
 }
 
+/// `resource` without what the server writes itself on every version (`meta.versionId`,
+/// `meta.lastUpdated`): a patch of those alone changes nothing that is stored.
+fn without_server_meta(resource: &Value) -> Value {
+    let mut copy = resource.clone();
+    if let Some(meta) = copy.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            if let Some(object) = copy.as_object_mut() {
+                object.remove("meta");
+            }
+        }
+    }
+    copy
+}
+
 /// The patient a record was about before a write that moved it to another or to none.
 fn moved_from(before: Option<&ResourceRow>, after: &StoredResource) -> Option<String> {
     before
@@ -2010,7 +2026,7 @@ pub fn patch(
     // A patch that changes nothing (`[]`, only `test` operations, an empty Parameters)
     // answers the current version rather than storing an identical one: FHIR lets a server
     // skip the version when nothing changed, and a history of copies tells readers nothing.
-    if value == before {
+    if without_server_meta(&value) == without_server_meta(&before) {
         return Ok(WriteOutcome {
             resource: stored(row.clone(), row.body.clone().unwrap_or_default()),
             created: false,
