@@ -73,6 +73,13 @@ pub(crate) fn parse_jwks(jwks: &serde_json::Value) -> Result<Vec<ClientKey>, Aut
             continue;
         }
         let kid = jstr(jwk, "kid").map(str::to_string);
+        // An assertion names its key by `kid`: two keys under one would leave the second
+        // never used (a rotation that silently fails).
+        if kid.is_some() && out.iter().any(|key: &ClientKey| key.kid == kid) {
+            return Err(bad(
+                "its kid is the kid of an earlier key; every key needs its own",
+            ));
+        }
         let alg = jstr(jwk, "alg").map(str::to_string);
         let b64 = |name: &str| -> Result<Vec<u8>, AuthError> {
             jstr(jwk, name)

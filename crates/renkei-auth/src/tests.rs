@@ -880,6 +880,17 @@ fn client_assertion_happy_path_es384() {
     verify_client_assertion(&b, &client, TOKEN_URL, at(6), &check).unwrap();
 }
 
+/// Two keys under one `kid`: only the first could ever verify, so a rotation to the second
+/// failed silently (a review found it registered).
+#[test]
+fn a_jwks_with_a_repeated_kid_is_refused() {
+    let (mut client, _, _) = client_with_key();
+    let key = client.jwks.as_ref().unwrap()["keys"][0].clone();
+    client.jwks = Some(json!({"keys": [key.clone(), key]}));
+    let refused = client.validate().unwrap_err().to_string();
+    assert!(refused.contains("kid"), "{refused}");
+}
+
 #[test]
 fn client_assertion_private_jwk_and_es256() {
     // private JWK (P-384) built from the PEM

@@ -498,8 +498,24 @@ pub async fn token(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     // The form is decoded as UTF-8, as every body is.
+    // A form (RFC 6749 §4.4.2, SMART Backend Services): another media type is not read as
+    // one (415).
     let charset = match req.headers().get(header::CONTENT_TYPE) {
-        Some(content_type) => crate::format::check_charset(content_type.to_str().unwrap_or("")),
+        Some(content_type) => {
+            let text = content_type.to_str().unwrap_or("");
+            if crate::format::essence(text) == "application/x-www-form-urlencoded" {
+                crate::format::check_charset(text)
+            } else {
+                Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "not-supported",
+                    format!(
+                        "a token request is a form (Content-Type: \
+                         application/x-www-form-urlencoded), not '{text}'"
+                    ),
+                ))
+            }
+        }
         None => Ok(()),
     };
     let read = match charset {
