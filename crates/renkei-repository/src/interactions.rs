@@ -529,7 +529,7 @@ impl Repository {
                     rows,
                     patient,
                     period,
-                }) = rebuilt_index_rows(tx, record)?
+                }) = rebuilt_index_rows(tx, record, None)?
                 else {
                     return Ok(());
                 };
@@ -1142,6 +1142,7 @@ fn contained_care(resource: &Value) -> CarePeriod {
 fn rebuilt_index_rows(
     tx: &mut Tx<'_>,
     record: StoredRecord<'_>,
+    network: Option<&Visibility>,
 ) -> Result<Option<Rebuilt>, RepoError> {
     let Some(body) = record.body else {
         return Ok(None);
@@ -1159,9 +1160,43 @@ fn rebuilt_index_rows(
     let period = classification.period(record.res_type, &value);
     let writer_could_not_see =
         classification.referred && record.patient == Some(index::UNRESOLVED_PATIENT);
-    let patient = match writer_could_not_see {
-        true => record.patient.map(str::to_string),
-        false => classification.patient,
+    // Stored unresolved, it may have referred to several patients' records, or to one its
+    // writer could not see: decided again as its holder sees now, where the network's policy
+    // is known (a record corrected back to one patient's data takes that patient), kept so
+    // otherwise.
+    let holder_view = network
+        .zip(record.custodian)
+        .and_then(|(view, holder)| match view {
+            Visibility::Facility {
+                deny_holds_on_break_glass,
+                implicit_permit,
+                now_ms,
+                ..
+            } => Some(Visibility::Facility {
+                organization: holder.to_string(),
+                practitioner: None,
+                purpose: "TREAT".into(),
+                now_ms: *now_ms,
+                break_glass: None,
+                deny_holds_on_break_glass: *deny_holds_on_break_glass,
+                implicit_permit: *implicit_permit,
+            }),
+            _ => None,
+        });
+    let patient = match (writer_could_not_see, holder_view) {
+        (true, Some(view)) => {
+            classify_record(
+                tx,
+                record.res_type,
+                record.res_id,
+                &value,
+                &view,
+                record.custodian,
+            )?
+            .patient
+        }
+        (true, None) => record.patient.map(str::to_string),
+        (false, _) => classification.patient,
     };
     let rows = with_consent_rows(
         index::rows(record.res_type, &value),
@@ -1204,7 +1239,12 @@ const REFERRERS_PER_READ: usize = 256;
 /// chains) take on the new ones now, or a `PSY` label added to a document would leave its
 /// Binary readable by those the document is now withheld from, and a refused period would
 /// not reach the Binary of an encounter moved into it. Records taking on nothing keep theirs.
-fn relabel_referrers(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<(), RepoError> {
+fn relabel_referrers(
+    tx: &mut Tx<'_>,
+    res_type: &str,
+    id: &str,
+    network: &Visibility,
+) -> Result<(), RepoError> {
     let mut queue = VecDeque::from([(res_type.to_string(), id.to_string())]);
     // A record is rebuilt again when another record it refers to changes after it was rebuilt
     // (a Provenance of a Binary and of its Encounter); only a change queues its referrers, so
@@ -1226,7 +1266,7 @@ fn relabel_referrers(tx: &mut Tx<'_>, res_type: &str, id: &str) -> Result<(), Re
                     );
                     return Ok(());
                 }
-                if rebuild_referrer(tx, &referrer)? {
+                if rebuild_referrer(tx, &referrer, network)? {
                     queue.push_back((referrer.res_type, referrer.res_id));
                 }
             }
@@ -1243,7 +1283,11 @@ const MAX_REFERRER_REBUILDS: usize = 1_000_000;
 
 /// Rebuilds the labels and care period `referrer` takes on from what it refers to; whether
 /// either changed.
-fn rebuild_referrer(tx: &mut Tx<'_>, referrer: &ResourceRow) -> Result<bool, RepoError> {
+fn rebuild_referrer(
+    tx: &mut Tx<'_>,
+    referrer: &ResourceRow,
+    network: &Visibility,
+) -> Result<bool, RepoError> {
     let before = tx.privacy_labels(referrer.rid)?;
     let followed_before = tx.reference_rows(referrer.rid)?;
     let record = StoredRecord {
@@ -1258,7 +1302,7 @@ fn rebuild_referrer(tx: &mut Tx<'_>, referrer: &ResourceRow) -> Result<bool, Rep
         period,
         patient,
         ..
-    }) = rebuilt_index_rows(tx, record)?
+    }) = rebuilt_index_rows(tx, record, Some(network))?
     else {
         return Ok(false);
     };
@@ -1563,7 +1607,7 @@ fn store_version(
                 || patient_moved
                 || references_moved
             {
-                relabel_referrers(tx, res_type, id)?;
+                relabel_referrers(tx, res_type, id, &context.visibility)?;
             }
             row.rid
         }

@@ -239,8 +239,23 @@ fn reader(
     break_glass: Option<&str>,
     deny_holds_on_break_glass: bool,
 ) -> Visibility {
+    facility_view(
+        READER,
+        implicit_permit,
+        break_glass,
+        deny_holds_on_break_glass,
+    )
+}
+
+/// `organization` asking for treatment now.
+fn facility_view(
+    organization: &str,
+    implicit_permit: bool,
+    break_glass: Option<&str>,
+    deny_holds_on_break_glass: bool,
+) -> Visibility {
     Visibility::Facility {
-        organization: READER.into(),
+        organization: organization.into(),
         practitioner: None,
         purpose: "TREAT".into(),
         now_ms: chrono::Utc::now().timestamp_millis(),
@@ -418,15 +433,7 @@ fn every_shape_is_decided_in_the_query(db: Db) {
     // by consent, as without it.
     assert!(visible(&db.repo, "none", &glass_over_deny).is_empty());
     // The owner always sees its own data, the undelivered record included.
-    let owner = Visibility::Facility {
-        organization: OWNER.into(),
-        practitioner: None,
-        purpose: "TREAT".into(),
-        now_ms: chrono::Utc::now().timestamp_millis(),
-        break_glass: None,
-        deny_holds_on_break_glass: true,
-        implicit_permit: false,
-    };
+    let owner = facility_view(OWNER, false, None, true);
     assert_eq!(
         visible(&db.repo, "deny", &owner),
         ["med", "obs19", "obs24", "psy", "undelivered"]
@@ -1024,6 +1031,59 @@ on_both_backends!(
     "data_followers"
 );
 
+/// A Provenance of two patients' records is its holder's alone; when a facility corrects the
+/// second record back to the first patient, the Provenance is that patient's again, in the
+/// same write (a review found it hidden for good).
+fn a_provenance_corrected_back_to_one_patient_is_theirs_again(db: Db) {
+    let repo = &db.repo;
+    let facility = WriteContext {
+        custodian: Some(OWNER.into()),
+        visibility: facility_view(OWNER, false, None, true),
+        ..WriteContext::default()
+    };
+    let write = |resource: Value| {
+        let res_type = resource["resourceType"].as_str().unwrap().to_string();
+        let id = resource["id"].as_str().unwrap().to_string();
+        repo.write(|tx| {
+            renkei_repository::update(tx, &res_type, &id, resource.clone(), None, &facility)
+        })
+        .unwrap_or_else(|e| panic!("{res_type}/{id}: {e}"));
+    };
+    for patient in ["mend-a", "mend-b"] {
+        write(json!({"resourceType": "Patient", "id": patient}));
+    }
+    write(consent(
+        "mend-a",
+        1,
+        "active",
+        json!({"type": "permit", "actor": [actor(READER)]}),
+    ));
+    write(observation("mend-a", "o1", "2024-05-01", json!({})));
+    write(observation("mend-a", "o2", "2024-05-02", json!({})));
+    write(
+        json!({"resourceType": "Provenance", "id": "mend-prov", "recorded": "2024-05-02T00:00:00Z",
+        "target": [{"reference": "Observation/mend-a-o1"}, {"reference": "Observation/mend-a-o2"}],
+        "agent": [{"who": {"reference": OWNER}}]}),
+    );
+    let who = reader(false, None, true);
+    let seen = || !short_names(repo, "Provenance", "_id=mend-prov", &who, "").is_empty();
+    assert!(seen(), "one patient's");
+    let mut moved = observation("mend-a", "o2", "2024-05-02", json!({}));
+    moved["subject"] = json!({"reference": "Patient/mend-b"});
+    write(moved);
+    assert!(!seen(), "two patients'");
+    write(observation("mend-a", "o2", "2024-05-02", json!({})));
+    assert!(seen(), "one patient's again");
+    (db.cleanup)();
+}
+
+on_both_backends!(
+    a_provenance_corrected_back_to_one_patient_is_theirs_again_sqlite,
+    a_provenance_corrected_back_to_one_patient_is_theirs_again_postgres,
+    a_provenance_corrected_back_to_one_patient_is_theirs_again,
+    "mended_provenance"
+);
+
 /// A record about the patient of what it refers to follows it: written before its target
 /// exists (a Provenance before its Binary in a transaction), it stays its writer's; referring
 /// to two patients however many times the first is named, it is its writer's; when its target
@@ -1151,15 +1211,7 @@ fn related_data_is_found_through_unsearchable_references(db: Db) {
         ids(&who, "_id=related-allergy,related-other"),
         ["AllergyIntolerance/related-other"]
     );
-    let owner = Visibility::Facility {
-        organization: OWNER.into(),
-        practitioner: None,
-        purpose: "TREAT".into(),
-        now_ms: chrono::Utc::now().timestamp_millis(),
-        break_glass: None,
-        deny_holds_on_break_glass: true,
-        implicit_permit: false,
-    };
+    let owner = facility_view(OWNER, false, None, true);
     let page = repo
         .search(
             &plan("AllergyIntolerance", "_id=related-allergy&_include=*"),
