@@ -65,7 +65,7 @@ fn token_codes(element: &str, value: &str) -> Result<Vec<String>> {
             None => codes.push(alternative.to_string()),
             Some((_, "")) => {
                 return Err(ApiError::bad_request(format!(
-                    "AuditEvent {element}: '{alternative}' names a system without a code;                      give system|code or a code"
+                    "AuditEvent {element}: '{alternative}' names a system without a code; give system|code or a code"
                 )))
             }
             Some((system, code)) => {

@@ -181,13 +181,12 @@ fn hold_serving_lock(database: &std::path::Path) -> Result<std::fs::File, StoreE
     let path = serving_lock_path(database);
     let unavailable =
         |e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(unavailable)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    // Beside the database, as private as it is.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path).map_err(unavailable)?;
     file.lock_shared().map_err(unavailable)?;
     Ok(file)
 }

@@ -280,11 +280,11 @@ fn first_broken_anchor(anchors: &[Anchor], records: &[ChainRecord], head: i64) -
         match stored {
             Some(hash) if hash == anchor.hash => None,
             Some(_) => Some(format!(
-                "audit trail BROKEN at record {}: its hash is not the one anchored                  ({}): the trail up to it was rewritten since the anchor was taken",
+                "audit trail BROKEN at record {}: its hash is not the one anchored ({}): the trail up to it was rewritten since the anchor was taken",
                 anchor.seq, anchor.hash
             )),
             None => Some(format!(
-                "audit trail BROKEN: anchored record {} is missing (the trail ends at record                  {head}): records were removed since the anchor was taken",
+                "audit trail BROKEN: anchored record {} is missing (the trail ends at record {head}): records were removed since the anchor was taken",
                 anchor.seq
             )),
         }

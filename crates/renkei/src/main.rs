@@ -670,7 +670,10 @@ fn serve(
             }
             // The demo clients (break-glass, system/*.cruds) are for the demo data only: on
             // a database with other data they would be real credentials to real records.
-            None => say!("demo network not loaded: the database already holds data"),
+            None => say!(
+                "demo network: the database already holds data, so nothing was loaded; \
+                 the demo clients' tokens follow"
+            ),
         }
     }
     let store = repository.store().clone();
