@@ -95,6 +95,12 @@ fn create_read_update_delete_vread() {
         s.get(&format!("Patient/{id}/_history/999"))
             .expect(404)
             .outcome();
+        // A version id is text: `01` and `+1` name no version (a review found `01` read as 1).
+        for spelling in ["01", "+1"] {
+            s.get(&format!("Patient/{id}/_history/{spelling}"))
+                .expect(404)
+                .outcome();
+        }
 
         // Delete.
         let resp = s.delete(&format!("Patient/{id}")).expect(204);

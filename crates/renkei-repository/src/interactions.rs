@@ -728,9 +728,7 @@ pub fn vread_visible(
     check_visible(tx, &row, visibility)?;
     // A version that no resource can have (`abc`, `0`, one past the current) is missing,
     // whoever asks.
-    let number = version
-        .parse::<i64>()
-        .ok()
+    let number = version_number(version)
         .filter(|n| (1..=row.version).contains(n))
         .ok_or_else(|| RepoError::VersionNotFound {
             res_type: res_type.into(),
@@ -832,7 +830,7 @@ pub fn vread(
         id: id.into(),
         version: version.into(),
     };
-    let number: i64 = version.parse().map_err(|_| not_found())?;
+    let number = version_number(version).ok_or_else(not_found)?;
     let row = tx.version(res_type, id, number)?.ok_or_else(not_found)?;
     match row.body {
         Some(body) if !row.deleted => Ok(StoredResource {
@@ -1834,6 +1832,15 @@ fn without_server_meta(resource: &Value) -> Value {
         }
     }
     copy
+}
+
+/// The number of a version id as this server writes it (`1`, `2`, …). A version id is
+/// compared as text: `01` or `+1` names no version, though it reads as the number 1.
+fn version_number(version: &str) -> Option<i64> {
+    version
+        .parse::<i64>()
+        .ok()
+        .filter(|number| number.to_string() == version)
 }
 
 /// The patient a record was about before a write that moved it to another or to none.
