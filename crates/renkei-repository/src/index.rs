@@ -218,6 +218,39 @@ pub(crate) fn subject_matter_references(res_type: &str, resource: &Value) -> Vec
     targets
 }
 
+/// Whether a record's subject matter ([`subject_matter_references`]) names something this
+/// server cannot tell: a reference that is no `Type/id` here (`condition/x`,
+/// `Condition/x?_format=json`, `Condition/x#part`, another server's URL, an identifier alone).
+/// What it is about could then be any patient's data, so it is its holder's alone. A contained
+/// resource (`#id`) is told: it is inside the record.
+pub(crate) fn subject_matter_unresolvable(res_type: &str, resource: &Value) -> bool {
+    fn walk(value: &Value) -> bool {
+        match value {
+            Value::Object(map) => {
+                let unresolvable = match map.get("reference") {
+                    Some(Value::String(reference)) => {
+                        !reference.starts_with('#') && local_reference(reference).is_none()
+                    }
+                    Some(_) => true,
+                    // A Reference by identifier or display alone names nothing here.
+                    None => map.contains_key("identifier") || map.contains_key("display"),
+                };
+                unresolvable || map.values().any(walk)
+            }
+            Value::Array(items) => items.iter().any(walk),
+            _ => false,
+        }
+    }
+    let element = match res_type {
+        "Provenance" => "target",
+        "Task" => "focus",
+        "Communication" => "about",
+        "Binary" => "securityContext",
+        _ => return false,
+    };
+    resource.get(element).is_some_and(walk)
+}
+
 /// Elements that name the patient a record is about.
 const PATIENT_ELEMENTS: [&str; 6] = [
     "subject",

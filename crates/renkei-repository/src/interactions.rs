@@ -956,9 +956,20 @@ fn classify_record(
             let Some(row) = tx.current_for_share(target_type, target_id)? else {
                 continue;
             };
-            if row.patient_id.is_some() && tx.is_visible(&row, writer)? {
-                take_on_from(tx, &mut classification, &row, target_type, target_id)?;
+            let Some(target_patient) = row.patient_id.clone() else {
+                continue;
+            };
+            // About another patient's data, or data its writer may not see: neither patient's
+            // consent decides it alone (a Task for one patient about another's diagnosis).
+            if !tx.is_visible(&row, writer)?
+                || classification.patient.as_deref() != Some(target_patient.as_str())
+            {
+                classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
             }
+            take_on_from(tx, &mut classification, &row, target_type, target_id)?;
+        }
+        if index::subject_matter_unresolvable(res_type, resource) {
+            classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
         }
         return Ok(classification);
     }
@@ -1021,7 +1032,10 @@ fn classify_record(
         && references
             .iter()
             .all(|(t, i)| (t.as_str(), i.as_str()) == (res_type, id));
-    if names_missing_patient_data || binary_without_context {
+    if names_missing_patient_data
+        || binary_without_context
+        || index::subject_matter_unresolvable(res_type, resource)
+    {
         classification.patient = Some(index::UNRESOLVED_PATIENT.to_string());
     }
     Ok(classification)
@@ -1156,8 +1170,12 @@ fn rebuilt_index_rows(
         record.custodian,
     )?;
     let period = classification.period(record.res_type, &value);
+    // Decided by what its writer saw: a record about what it refers to, or about its subject
+    // matter beside its patient.
+    let seen_by_its_writer = classification.referred
+        || !index::subject_matter_references(record.res_type, &value).is_empty();
     let writer_could_not_see =
-        classification.referred && record.patient == Some(index::UNRESOLVED_PATIENT);
+        seen_by_its_writer && record.patient == Some(index::UNRESOLVED_PATIENT);
     // Stored unresolved, it may have referred to several patients' records, or to one its
     // writer could not see: decided again as its holder sees now, where the network's policy
     // is known (a record corrected back to one patient's data takes that patient), kept so

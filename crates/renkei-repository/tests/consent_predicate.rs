@@ -1031,6 +1031,95 @@ on_both_backends!(
     "data_followers"
 );
 
+/// A record naming one patient but about another patient's data, or about something that is no
+/// record here (`Condition/x?_format=json`, `condition/x`, `Condition/x#part`), is its holder's
+/// alone: neither consent decides it (a review read a Task for one patient about another's
+/// refused diagnosis, and Provenances of misspelt targets as directory data).
+fn records_about_another_patients_data_are_their_holders(db: Db) {
+    let repo = &db.repo;
+    let condition = |patient: &str| {
+        json!({"resourceType": "Condition", "id": format!("{patient}-cond"),
+            "subject": {"reference": format!("Patient/{patient}")},
+            "code": {"text": "x"}})
+    };
+    put(repo, json!({"resourceType": "Patient", "id": "cross-a"}));
+    put(repo, json!({"resourceType": "Patient", "id": "cross-b"}));
+    put(repo, condition("cross-a"));
+    put(repo, condition("cross-b"));
+    put(
+        repo,
+        consent(
+            "cross-a",
+            1,
+            "active",
+            json!({"type": "permit", "actor": [actor(READER)]}),
+        ),
+    );
+    put(
+        repo,
+        consent(
+            "cross-b",
+            1,
+            "active",
+            json!({"type": "permit", "actor": [actor(READER)], "provision": [{"type": "deny",
+                "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}]}]}),
+        ),
+    );
+    let task = |id: &str, focus: &str| {
+        json!({"resourceType": "Task", "id": id, "status": "requested", "intent": "order",
+            "for": {"reference": "Patient/cross-a"}, "focus": {"reference": focus}})
+    };
+    let provenance = |id: &str, targets: Value| {
+        json!({"resourceType": "Provenance", "id": id, "recorded": "2024-05-02T00:00:00Z",
+            "target": targets, "agent": [{"who": {"reference": OWNER}}]})
+    };
+    put(repo, task("cross-task-own", "Condition/cross-a-cond"));
+    put(repo, task("cross-task-other", "Condition/cross-b-cond"));
+    put(repo, task("cross-task-lower", "condition/cross-b-cond"));
+    put(
+        repo,
+        provenance(
+            "cross-prov-other",
+            json!([{"reference": "Patient/cross-a"}, {"reference": "Condition/cross-b-cond"}]),
+        ),
+    );
+    put(
+        repo,
+        provenance(
+            "cross-prov-query",
+            json!([{"reference": "Condition/cross-b-cond?_format=json"}]),
+        ),
+    );
+    put(
+        repo,
+        json!({"resourceType": "Communication", "id": "cross-comm-fragment", "status": "completed",
+            "about": [{"reference": "Condition/cross-b-cond#x"}]}),
+    );
+    let who = reader(false, None, true);
+    let mut seen: Vec<String> = ["Task", "Provenance", "Communication"]
+        .iter()
+        .flat_map(|res_type| {
+            short_names(
+                repo,
+                res_type,
+                "_id=cross-task-own,cross-task-other,cross-task-lower,cross-prov-other,cross-prov-query,cross-comm-fragment",
+                &who,
+                "cross",
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["task-own"]);
+    (db.cleanup)();
+}
+
+on_both_backends!(
+    records_about_another_patients_data_are_their_holders_sqlite,
+    records_about_another_patients_data_are_their_holders_postgres,
+    records_about_another_patients_data_are_their_holders,
+    "cross_patient_followers"
+);
+
 /// A Provenance of two patients' records is its holder's alone; when a facility corrects the
 /// second record back to the first patient, the Provenance is that patient's again, in the
 /// same write (a review found it hidden for good).
