@@ -152,6 +152,20 @@ fn patient_may_see(tx: &mut Tx<'_>, row: &renkei_store::ResourceRow) -> Result<b
     }
 }
 
+/// The record `reference` names: `Type/id`, or a version of it (`Type/id/_history/n`).
+fn record_named(reference: &str) -> Option<(&str, &str)> {
+    let mut parts = reference.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(res_type), Some(id), None | Some("_history"))
+            if renkei_repository::check_id(id).is_ok()
+                && res_type.starts_with(|c: char| c.is_ascii_uppercase()) =>
+        {
+            Some((res_type, id))
+        }
+        _ => None,
+    }
+}
+
 /// How many records a failed request's event looks up to name their patients and holders
 /// (a rejected transaction names what its entries addressed).
 const MAX_FAILED_TARGETS_NAMED: usize = 100;
@@ -1072,59 +1086,44 @@ impl Gate {
         let targets: Vec<(String, String)> = failed
             .resources
             .iter()
-            .filter_map(|resource| {
-                let mut parts = resource.split('/');
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some(res_type), Some(id), None | Some("_history"))
-                        if renkei_repository::check_id(id).is_ok()
-                            && res_type
-                                .chars()
-                                .next()
-                                .is_some_and(|c| c.is_ascii_uppercase()) =>
-                    {
-                        Some((res_type.to_string(), id.to_string()))
-                    }
-                    _ => None,
-                }
-            })
+            .filter_map(|resource| record_named(resource))
+            .map(|(res_type, id)| (res_type.to_string(), id.to_string()))
             .take(MAX_FAILED_TARGETS_NAMED)
             .collect();
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        // Only where the patient may see the record: an attempt on data withheld from them
+        // (`UNDELIVERED`, `UNINFORMED`) would tell them it exists. One transaction for all.
+        let found = self
+            .repository
+            .read_tx(|tx| {
+                let mut found = Vec::new();
+                for (res_type, id) in &targets {
+                    if let Some(row) = tx.current(res_type, id)? {
+                        let patient_sees_it = patient_may_see(tx, &row)?;
+                        found.push((row, patient_sees_it));
+                    }
+                }
+                Ok(found)
+            })
+            .unwrap_or_default();
         let mut custodians = Vec::new();
-        for (res_type, id) in targets {
-            for custodian in self.name_holder_of(failed, &res_type, &id) {
+        for (row, patient_sees_it) in found {
+            if let Some(patient) =
+                patient_entity(row.patient_id.as_deref()).filter(|_| patient_sees_it)
+            {
+                if !failed.patients.contains(&patient) {
+                    failed.patients.push(patient);
+                }
+            }
+            if let Some(custodian) = row.custodian {
                 if !custodians.contains(&custodian) {
                     custodians.push(custodian);
                 }
             }
         }
         custodians
-    }
-
-    /// [`Gate::name_holders_of_target`] for one record.
-    fn name_holder_of(&self, failed: &mut EventBuilder, res_type: &str, id: &str) -> Vec<String> {
-        // Only where the patient may see the record: an attempt on data withheld from them
-        // (`UNDELIVERED`, `UNINFORMED`) would tell them it exists.
-        let found = self
-            .repository
-            .read_tx(|tx| {
-                let Some(row) = tx.current(res_type, id)? else {
-                    return Ok(None);
-                };
-                let patient_sees_it = patient_may_see(tx, &row)?;
-                Ok(Some((row, patient_sees_it)))
-            })
-            .ok()
-            .flatten();
-        let Some((row, patient_sees_it)) = found else {
-            return Vec::new();
-        };
-        if let Some(patient) = patient_entity(row.patient_id.as_deref()).filter(|_| patient_sees_it)
-        {
-            if !failed.patients.contains(&patient) {
-                failed.patients.push(patient);
-            }
-        }
-        row.custodian.into_iter().collect()
     }
 
     pub fn create(
@@ -1850,17 +1849,8 @@ impl Gate {
         // leaves an event of its own) is found by the records it tried to touch.
         failed.resources = requests
             .iter()
-            .filter_map(|entry| {
-                let (_, url) = Self::entry_request(entry);
-                let path = url.trim_start_matches('/');
-                let mut parts = path.split('/');
-                match (parts.next(), parts.next()) {
-                    (Some(res_type), Some(id)) if !path.contains('?') => {
-                        Some(format!("{res_type}/{id}"))
-                    }
-                    _ => None,
-                }
-            })
+            .filter_map(|entry| record_named(Self::entry_request(entry).1.trim_start_matches('/')))
+            .map(|(res_type, id)| format!("{res_type}/{id}"))
             .collect();
         failed.resources.dedup();
         let custodians = self.name_holders_of_target(&mut failed);
@@ -2397,8 +2387,7 @@ fn visible_to(
     reference: &str,
     visibility: &Visibility,
 ) -> Result<bool, RepoError> {
-    let base = reference.split("/_history").next().unwrap_or(reference);
-    let Some((res_type, id)) = base.split_once('/') else {
+    let Some((res_type, id)) = record_named(reference) else {
         return Ok(false);
     };
     if let Some(row) = tx.current(res_type, id)? {

@@ -202,15 +202,7 @@ pub(crate) fn patient_of(res_type: &str, id: &str, resource: &Value) -> Option<S
 /// `securityContext`. A record follows them in consent decisions
 /// (`interactions::take_on_from`), whether or not it names its patient itself.
 pub(crate) fn subject_matter_references(res_type: &str, resource: &Value) -> Vec<(String, String)> {
-    let element = match res_type {
-        "Provenance" => "target",
-        "Task" => "focus",
-        "Communication" => "about",
-        "Binary" => "securityContext",
-        _ => return Vec::new(),
-    };
-    let mut targets = resource
-        .get(element)
+    let mut targets = subject_matter(res_type, resource)
         .map(local_references)
         .unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
@@ -241,14 +233,20 @@ pub(crate) fn subject_matter_unresolvable(res_type: &str, resource: &Value) -> b
             _ => false,
         }
     }
+    subject_matter(res_type, resource).is_some_and(walk)
+}
+
+/// The element holding what a record is about beside its patient
+/// ([`subject_matter_references`]), when the record has one.
+pub(crate) fn subject_matter<'v>(res_type: &str, resource: &'v Value) -> Option<&'v Value> {
     let element = match res_type {
         "Provenance" => "target",
         "Task" => "focus",
         "Communication" => "about",
         "Binary" => "securityContext",
-        _ => return false,
+        _ => return None,
     };
-    resource.get(element).is_some_and(walk)
+    resource.get(element)
 }
 
 /// Elements that name the patient a record is about.

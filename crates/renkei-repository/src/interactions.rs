@@ -1172,8 +1172,8 @@ fn rebuilt_index_rows(
     let period = classification.period(record.res_type, &value);
     // Decided by what its writer saw: a record about what it refers to, or about its subject
     // matter beside its patient.
-    let seen_by_its_writer = classification.referred
-        || !index::subject_matter_references(record.res_type, &value).is_empty();
+    let seen_by_its_writer =
+        classification.referred || index::subject_matter(record.res_type, &value).is_some();
     let writer_could_not_see =
         seen_by_its_writer && record.patient == Some(index::UNRESOLVED_PATIENT);
     // Stored unresolved, it may have referred to several patients' records, or to one its
@@ -1182,23 +1182,7 @@ fn rebuilt_index_rows(
     // otherwise.
     let holder_view = network
         .zip(record.custodian)
-        .and_then(|(view, holder)| match view {
-            Visibility::Facility {
-                deny_holds_on_break_glass,
-                implicit_permit,
-                now_ms,
-                ..
-            } => Some(Visibility::Facility {
-                organization: holder.to_string(),
-                practitioner: None,
-                purpose: "TREAT".into(),
-                now_ms: *now_ms,
-                break_glass: None,
-                deny_holds_on_break_glass: *deny_holds_on_break_glass,
-                implicit_permit: *implicit_permit,
-            }),
-            _ => None,
-        });
+        .and_then(|(view, holder)| view.facility_treating(holder));
     let patient = match (writer_could_not_see, holder_view) {
         (true, Some(view)) => {
             classify_record(

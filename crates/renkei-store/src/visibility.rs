@@ -420,6 +420,29 @@ impl Visibility {
         }
     }
 
+    /// How `organization` sees the network for treatment, under this facility view's policy
+    /// and clock (no practitioner, no break-glass); `None` for other views, whose policy is
+    /// not known here.
+    pub fn facility_treating(&self, organization: &str) -> Option<Visibility> {
+        match self {
+            Visibility::Facility {
+                deny_holds_on_break_glass,
+                implicit_permit,
+                now_ms,
+                ..
+            } => Some(Visibility::Facility {
+                organization: organization.to_string(),
+                practitioner: None,
+                purpose: "TREAT".into(),
+                now_ms: *now_ms,
+                break_glass: None,
+                deny_holds_on_break_glass: *deny_holds_on_break_glass,
+                implicit_permit: *implicit_permit,
+            }),
+            _ => None,
+        }
+    }
+
     /// What the predicate answers for a row whose custodian and patient are known, when those
     /// two columns alone settle it: every row for internal work, none for roles without
     /// clinical access, and for a facility its own rows and rows about no patient (the first
