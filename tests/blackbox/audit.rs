@@ -668,6 +668,65 @@ fn audit_events_cannot_be_written_through_the_api() {
 
 /// A token of P's own app (registered at clinic B).
 /// An auditor's and the patient's own view of the trail.
+#[test]
+fn patients_do_not_see_accesses_to_records_withheld_from_them() {
+    for_each_backend(|s| {
+        let net = network(s);
+        let (auditor, me) = auditor_and_patient(s);
+        let patient = format!("Patient/{PATIENT}");
+        // A writes a result the patient has not been told about yet; B (consented) reads it
+        // and a result the patient may see.
+        let mut withheld = lab("3D046000001906202", 7.0, "2025-03-01", None);
+        withheld["meta"] = json!({"tag": [{"system": "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication", "code": "UNINFORMED"}]});
+        let withheld = id_of(&net.as_a().create(&withheld));
+        for (target, request_id) in [
+            (&withheld, "rq-read-withheld"),
+            (&net.labs[0], "rq-read-shown"),
+        ] {
+            net.as_b()
+                .request("GET", target, &[("X-Request-Id", request_id)], None)
+                .expect(200);
+        }
+        // The auditor sees both reads and their consent decisions, naming the patient.
+        for request_id in ["rq-read-withheld", "rq-read-shown"] {
+            let (event, decisions) = rest_and_consent(&auditor, request_id);
+            assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
+            assert_eq!(decisions.len(), 1, "{decisions:?}");
+        }
+        // The patient sees the read of what they may see, and nothing of the withheld
+        // record: neither its creation, nor its read, nor the decision that permitted it,
+        // whether or not they name themselves, and the total agrees.
+        for query in [format!("patient={patient}"), String::new()] {
+            let mine: Vec<String> = audit_events(&me, &query)
+                .iter()
+                .filter_map(request_id_of)
+                .collect();
+            assert!(mine.iter().any(|r| r == "rq-read-shown"), "{mine:?}");
+            assert!(!mine.iter().any(|r| r == "rq-read-withheld"), "{mine:?}");
+            for event in audit_events(&me, &query) {
+                assert!(
+                    !entity_refs(&event).iter().any(|e| e.starts_with(&withheld)),
+                    "{event}"
+                );
+            }
+        }
+        let page = me.read_json("AuditEvent?_total=accurate&_count=500");
+        let listed = page["entry"].as_array().map_or(0, Vec::len);
+        assert_eq!(page["total"], json!(listed), "{page}");
+        // Once the patient has been told (the tag removed), the accesses show.
+        let mut told = net.as_a().read_json(&withheld);
+        if let Some(fields) = told.as_object_mut() {
+            fields.remove("meta");
+        }
+        net.as_a().put(&withheld, &told).expect(200);
+        let mine: Vec<String> = audit_events(&me, "")
+            .iter()
+            .filter_map(request_id_of)
+            .collect();
+        assert!(mine.iter().any(|r| r == "rq-read-withheld"), "{mine:?}");
+    });
+}
+
 fn auditor_and_patient(s: &Server) -> (Caller<'_>, Caller<'_>) {
     let auditor = s.token_for("auditor", "Organization/x", "auditor", &[]);
     (s.with_token(&auditor), s.with_token(&patient_app(s)))

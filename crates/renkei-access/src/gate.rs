@@ -2069,6 +2069,13 @@ impl Gate {
                         "patients may only see the accesses to their own record".into(),
                     ));
                 }
+                // An access to a record withheld from them by a privacy tag would tell them
+                // that it exists, even with the record left out of the event: such accesses
+                // are left out (as the refusals below).
+                query.without_records_withheld_from = own
+                    .iter()
+                    .map(|member| member.trim_start_matches("Patient/").to_string())
+                    .collect();
                 // Naming one of their records names them: the accesses filed under the
                 // person's other records count too (a review found `patient=<own id>`
                 // missing the clinic's reads of a hospital's document about them).

@@ -147,6 +147,11 @@ pub struct AuditQuery {
     /// must not learn from a refusal that data withheld from them exists (CONSENT.md rule 10).
     /// Matched on the event's stored text, where the decider is a JSON string of its own.
     pub without_decisions_by: Vec<String>,
+    /// Leaves out the accesses to records of these patients (ids) that a privacy tag withholds
+    /// from them: in a patient's own view, a read of such a record, even with the record left
+    /// out of the event, would tell them that withheld data exists (CONSENT.md rule 10).
+    /// Decided on the records as they are now, like the rest of the view's redaction.
+    pub without_records_withheld_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, QueryableByName)]
@@ -659,6 +664,21 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
         sql.push(" AND e.body NOT LIKE ")
             .bind(Bind::Text(format!("%\"{decider}\"%")))
             .push(" ESCAPE '\\'");
+    }
+    if !query.without_records_withheld_from.is_empty() {
+        // The patient's withheld records are few: listed once, then looked up per event.
+        sql.push(
+            " AND NOT EXISTS (SELECT 1 FROM audit_refs w WHERE w.seq = e.seq AND w.kind = 'entity' \
+             AND w.ref IN (SELECT wr.res_type || '/' || wr.res_id FROM resources wr WHERE ",
+        );
+        crate::search::push_in(
+            &mut sql,
+            "wr.patient_id",
+            &query.without_records_withheld_from,
+        );
+        sql.push(" AND ");
+        crate::visibility::push_withheld_from_patient(&mut sql, "wr");
+        sql.push("))");
     }
     if let Some(event_id) = &query.event_id {
         sql.push(" AND e.event_id = ")

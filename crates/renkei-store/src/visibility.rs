@@ -106,6 +106,16 @@ fn tag_exists(sql: &mut Sql, r: &str, code: &str) {
         .push(")");
 }
 
+/// `(<row r carries a privacy tag withholding it from its patient>)`: `UNINFORMED` (not yet
+/// told to them) or `UNDELIVERED` (its holder's alone).
+pub(crate) fn push_withheld_from_patient(sql: &mut Sql, r: &str) {
+    sql.push("(");
+    tag_exists(sql, r, "UNINFORMED");
+    sql.push(" OR ");
+    tag_exists(sql, r, WITHHELD_TAG);
+    sql.push(")");
+}
+
 /// Whose rules: the patient of resource row `r`, or one bound patient id.
 #[derive(Clone, Copy)]
 enum PersonOf<'a> {
@@ -494,9 +504,7 @@ impl Visibility {
                     &format!("{r}self"),
                 );
                 sql.push(" AND NOT ");
-                tag_exists(sql, r, "UNINFORMED");
-                sql.push(" AND NOT ");
-                tag_exists(sql, r, WITHHELD_TAG);
+                push_withheld_from_patient(sql, r);
             }
             Visibility::Facility {
                 break_glass,
