@@ -240,6 +240,23 @@ impl ClientRegistration {
             )));
         }
         let scopes = self.parsed_scopes()?;
+        // A patient app reads its patient's own record and nothing else: a system/ or user/
+        // scope, or a write permission, would be carried into its tokens and never work.
+        if self.role == Role::Patient {
+            let writes = [
+                crate::Action::Create,
+                crate::Action::Update,
+                crate::Action::Delete,
+            ];
+            if let Some(scope) = scopes.iter().find(|scope| {
+                scope.context != crate::ScopeContext::Patient
+                    || writes.iter().any(|w| scope.permissions.contains(*w))
+            }) {
+                return Err(AuthError::invalid_scope(format!(
+                    "a patient-role client reads and searches its patient's record only: patient/ scopes with r and s (patient/*.rs), not '{scope}'"
+                )));
+            }
+        }
         if scopes.has_context(crate::ScopeContext::Patient) && self.patient.is_none() {
             return Err(AuthError::invalid_scope(
                 "patient/ scopes need a patient on the registration",

@@ -210,6 +210,19 @@ fn registration_validation() {
     bad.role = Role::Patient;
     assert!(bad.validate().is_err());
     bad.patient = Some("Patient/p1".into());
+    // A patient app reads its own record: patient/ scopes with r and s only.
+    for scopes in [
+        vec!["system/*.rs"],
+        vec!["patient/*.rs", "user/Observation.rs"],
+        vec!["patient/Observation.cruds"],
+        vec!["patient/*.c"],
+    ] {
+        bad.scopes = scopes.iter().map(|s| s.to_string()).collect();
+        let refused = bad.validate().unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidScope, "{scopes:?}");
+        assert!(refused.description.contains("patient-role"), "{refused:?}");
+    }
+    bad.scopes = vec!["patient/*.rs".into(), "patient/Observation.r".into()];
     bad.validate().unwrap();
     let mut bad = c.clone();
     bad.cert_fingerprint = Some("xyz".into());
