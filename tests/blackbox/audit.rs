@@ -788,6 +788,9 @@ fn patients_see_who_viewed_their_record_and_facilities_see_accesses_to_their_dat
         // Without the parameter: the same own view.
         let default_view = audit_events(&me, "");
         assert_eq!(default_view.len(), mine.len());
+        // This server's absolute URL names the same record, as in any reference search.
+        let absolute = audit_events(&me, &format!("patient={}/Patient/{PATIENT}", s.base));
+        assert_eq!(absolute.len(), mine.len());
         // A total counts every page of the patient's view; none is given unless asked for.
         let first_page = me
             .get(&format!(

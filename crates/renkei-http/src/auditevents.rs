@@ -131,6 +131,7 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
         limit: default,
         ..AuditQuery::default()
     };
+    let own = format!("{}/", ctx.base);
     for (name, value) in &ctx.params {
         // A filter given twice must hold both times; a one-valued control given twice cannot
         // be guessed (as in any search, `renkei_search::plan`).
@@ -145,16 +146,17 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
         }
         match name.as_str() {
             "date" => narrow_to_date(&mut query, value)?,
+            // References to this server may be written absolute, as in any search.
             "patient" => query.refs.push((
                 "patient".into(),
-                alternatives(value)
+                alternatives(&crate::search::localize_alternatives(value, &[&own]))
                     .map(|v| reference(v, "Patient"))
                     .collect(),
             )),
             // An event names a version as the resource (`…/_history/2` is `…`).
             "entity" => query.refs.push((
                 "entity".into(),
-                alternatives(value)
+                alternatives(&crate::search::localize_alternatives(value, &[&own]))
                     .map(|v| v.split("/_history/").next().unwrap_or(v).to_string())
                     .collect(),
             )),

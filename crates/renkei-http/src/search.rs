@@ -102,7 +102,7 @@ fn localize(ctx: &RequestCtx, params: Vec<(String, String)>) -> Vec<(String, Str
 }
 
 /// Each comma-separated alternative of a value without the leading base it starts with.
-fn localize_alternatives(value: &str, bases: &[&str]) -> String {
+pub(crate) fn localize_alternatives(value: &str, bases: &[&str]) -> String {
     value
         .split(',')
         .map(|alt| {
