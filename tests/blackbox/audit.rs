@@ -1175,6 +1175,16 @@ fn tampering_deleted_middle_record_is_detected() {
         );
         drop(store);
         assert_broken_at(s.database_url(), 5, "deleted record 4");
+        // An export writes every event left, then fails naming the break.
+        let out = renkei_command()
+            .args(["audit", "export", "--database", s.database_url()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("export");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("BROKEN at record 5"), "{stderr}");
+        assert!(String::from_utf8_lossy(&out.stdout).lines().count() >= 4);
     });
 }
 

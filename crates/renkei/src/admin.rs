@@ -298,6 +298,42 @@ pub fn verify_audit(store: &Store, expected_heads: &[String]) -> Result<(), Stri
         .iter()
         .map(|text| parse_anchor(text))
         .collect::<Result<Vec<_>, _>>()?;
+    let intact = check_audit(store, &anchors)?;
+    println!("audit trail intact: {} records", intact.records);
+    println!("head hash: {}", intact.head_hash);
+    // What to keep outside the database and give back as `--expect-head`.
+    println!("anchor: {}:{}", intact.head_seq, intact.head_hash);
+    if intact.backlog > 0 {
+        // Only the server holding the journal moves it into the trail: another one
+        // on the same database does not take it over while it runs.
+        let by = match renkei_access::audit_log::journal_being_written(store) {
+            Ok(true) => "the server writing the journal adds them within moments",
+            _ => {
+                "no server is writing the journal: the next server started on this \
+                  database adds them (a server already running beside it does not)"
+            }
+        };
+        println!(
+            "read-audit journal: {} events not in the trail yet (durable; {by})",
+            intact.backlog
+        );
+    }
+    Ok(())
+}
+
+/// What a trail that verified holds.
+struct IntactTrail {
+    records: u64,
+    head_seq: i64,
+    head_hash: String,
+    /// Journaled read events not in the trail yet.
+    backlog: usize,
+}
+
+/// The trail's verdict: its chain of hashes, the anchors given, every record's search columns
+/// and references, and the read-audit journal; the first problem found, described for an
+/// operator, when one is broken.
+fn check_audit(store: &Store, anchors: &[Anchor]) -> Result<IntactTrail, String> {
     let journal = journal_backlog(store)?;
     let backlog = journal.events.len();
     // The head and the records come from one read transaction, so one snapshot (SQLite's
@@ -327,7 +363,7 @@ pub fn verify_audit(store: &Store, expected_heads: &[String]) -> Result<(), Stri
         })
         .map_err(|e| e.to_string())?;
     let head_seq = head.0;
-    let anchor_broken = first_broken_anchor(&anchors, &records, head_seq);
+    let anchor_broken = first_broken_anchor(anchors, &records, head_seq);
     match verify_chain(records, Some(head)) {
         ChainVerdict::Intact { records, head_hash } => {
             if let Some(problem) = anchor_broken {
@@ -347,23 +383,12 @@ pub fn verify_audit(store: &Store, expected_heads: &[String]) -> Result<(), Stri
                      database adds the events after the damage)"
                 ));
             }
-            println!("audit trail intact: {records} records");
-            println!("head hash: {head_hash}");
-            // What to keep outside the database and give back as `--expect-head`.
-            println!("anchor: {head_seq}:{head_hash}");
-            if backlog > 0 {
-                // Only the server holding the journal moves it into the trail: another one
-                // on the same database does not take it over while it runs.
-                let by = match renkei_access::audit_log::journal_being_written(store) {
-                    Ok(true) => "the server writing the journal adds them within moments",
-                    _ => "no server is writing the journal: the next server started on this \
-                          database adds them (a server already running beside it does not)",
-                };
-                println!(
-                    "read-audit journal: {backlog} events not in the trail yet (durable; {by})"
-                );
-            }
-            Ok(())
+            Ok(IntactTrail {
+                records,
+                head_seq,
+                head_hash,
+                backlog,
+            })
         }
         ChainVerdict::Broken {
             seq,
@@ -444,6 +469,17 @@ fn write_event(out: &mut dyn Write, stored: &str, what: &str) -> Result<(), Stri
 }
 
 /// Writes every AuditEvent recorded since `since_ms` as NDJSON.
+/// Whether the trail verifies as `renkei audit verify` would check it (no anchors): an export
+/// for an investigation must not pass off a tampered trail as the record.
+pub fn check_exported_trail(store: &Store) -> Result<(), String> {
+    check_audit(store, &[]).map(|_| ()).map_err(|problem| {
+        format!(
+            "the exported events are as the database holds them, but the trail does not verify: \
+             {problem}; run `renkei audit verify` and treat the export as evidence of tampering"
+        )
+    })
+}
+
 pub fn export_audit(store: &Store, since_ms: i64, out: &mut dyn Write) -> Result<u64, String> {
     let mut after = 0;
     let mut written = 0;

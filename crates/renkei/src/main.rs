@@ -166,7 +166,8 @@ enum AuditCommand {
         #[arg(long = "expect-head", value_name = "SEQ:HASH")]
         expect_head: Vec<String>,
     },
-    /// Write AuditEvents as NDJSON to stdout.
+    /// Write AuditEvents as NDJSON to stdout, then verify the trail as `verify` does: exit
+    /// code 1, after writing every event, when it was tampered with.
     Export {
         /// Only events recorded at or after this date/instant.
         #[arg(long)]
@@ -358,7 +359,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 let mut out = stdout.lock();
                 let n = admin::export_audit(&store, since_ms, &mut out)?;
                 eprintln!("exported {n} audit events");
-                Ok(())
+                // Written whole first: the events are the evidence either way.
+                admin::check_exported_trail(&store)
             }
         },
         Command::Import { files } => {
