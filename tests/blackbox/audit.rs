@@ -679,14 +679,46 @@ fn patients_do_not_see_accesses_to_records_withheld_from_them() {
         let mut withheld = lab("3D046000001906202", 7.0, "2025-03-01", None);
         withheld["meta"] = json!({"tag": [{"system": "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication", "code": "UNINFORMED"}]});
         let withheld = id_of(&net.as_a().create(&withheld));
-        for (target, request_id) in [
-            (&withheld, "rq-read-withheld"),
-            (&net.labs[0], "rq-read-shown"),
-        ] {
+        let reads = [
+            (withheld.clone(), "rq-read-withheld"),
+            (net.labs[0].clone(), "rq-read-shown"),
+            (format!("{withheld}/_history"), "rq-history-withheld"),
+            ("Observation/_history".to_string(), "rq-history-shown"),
+        ];
+        for (target, request_id) in &reads {
             net.as_b()
                 .request("GET", target, &[("X-Request-Id", request_id)], None)
                 .expect(200);
         }
+        // C, outside the consent, breaks the glass to read it.
+        let emergency = s.token_for("clinic-c-er", ORG_C, "facility", &["--break-glass"]);
+        s.with_token(&emergency)
+            .request(
+                "GET",
+                &withheld,
+                &[
+                    ("X-Request-Id", "rq-break-glass-withheld"),
+                    ("X-Purpose-Of-Use", "ETREAT"),
+                    ("X-Break-Glass-Reason", "unconscious"),
+                ],
+                None,
+            )
+            .expect(200);
+        // Another patient's app tries the patient's record: someone tried, not who.
+        let other = s.token_for(
+            "q-app",
+            ORG_B,
+            "patient",
+            &["--patient", &format!("Patient/{OTHER_PATIENT}")],
+        );
+        s.with_token(&other)
+            .request(
+                "GET",
+                &net.labs[0],
+                &[("X-Request-Id", "rq-other-patient")],
+                None,
+            )
+            .expect(404);
         // The auditor sees both reads and their consent decisions, naming the patient.
         for request_id in ["rq-read-withheld", "rq-read-shown"] {
             let (event, decisions) = rest_and_consent(&auditor, request_id);
@@ -701,15 +733,26 @@ fn patients_do_not_see_accesses_to_records_withheld_from_them() {
                 .iter()
                 .filter_map(request_id_of)
                 .collect();
-            assert!(mine.iter().any(|r| r == "rq-read-shown"), "{mine:?}");
-            assert!(!mine.iter().any(|r| r == "rq-read-withheld"), "{mine:?}");
+            for shown in ["rq-read-shown", "rq-history-shown", "rq-other-patient"] {
+                assert!(mine.iter().any(|r| r == shown), "{shown}: {mine:?}");
+            }
+            for hidden in [
+                "rq-read-withheld",
+                "rq-history-withheld",
+                "rq-break-glass-withheld",
+            ] {
+                assert!(!mine.iter().any(|r| r == hidden), "{hidden}: {mine:?}");
+            }
             for event in audit_events(&me, &query) {
                 assert!(
                     !entity_refs(&event).iter().any(|e| e.starts_with(&withheld)),
                     "{event}"
                 );
+                assert!(!event.to_string().contains(OTHER_PATIENT), "{event}");
             }
         }
+        me.get(&format!("AuditEvent?agent=Patient/{OTHER_PATIENT}"))
+            .expect(403);
         let page = me.read_json("AuditEvent?_total=accurate&_count=500");
         let listed = page["entry"].as_array().map_or(0, Vec::len);
         assert_eq!(page["total"], json!(listed), "{page}");
@@ -723,7 +766,16 @@ fn patients_do_not_see_accesses_to_records_withheld_from_them() {
             .iter()
             .filter_map(request_id_of)
             .collect();
-        assert!(mine.iter().any(|r| r == "rq-read-withheld"), "{mine:?}");
+        for request_id in [
+            "rq-read-withheld",
+            "rq-history-withheld",
+            "rq-break-glass-withheld",
+        ] {
+            assert!(
+                mine.iter().any(|r| r == request_id),
+                "{request_id}: {mine:?}"
+            );
+        }
     });
 }
 

@@ -710,10 +710,19 @@ impl Gate {
                     .map(Deciders::from)
                     .unwrap_or_default())
             })?;
-            Ok(to_row(
-                &self.consent_event(who, patient, None, decider, true),
-                holders,
-            ))
+            let mut event = self.consent_event(who, patient, None, decider, true);
+            // The records it disclosed (a history page holds a few): a patient's view of
+            // the trail judges the decision by them, as it judges the request's own event.
+            for row in rows.iter().filter(|r| {
+                r.patient == Some(*patient)
+                    && r.custodian.map(String::as_str) != Some(who.principal.facility.as_str())
+            }) {
+                let record = format!("{}/{}", row.res_type, row.id);
+                if !event.resources.contains(&record) {
+                    event.resources.push(record);
+                }
+            }
+            Ok(to_row(&event, holders))
         })
         .collect()
     }
@@ -721,17 +730,21 @@ impl Gate {
     /// Every break-glass request leaves an AuthZ-Consent event with its stated reason: this
     /// one, recorded with the request's own AuditEvent. `None` for any other request.
     /// `patient`: whose data it opened, so that the patient's "who viewed my record" shows it.
+    /// `record`: the one record the request opened (a read, an instance history), named as
+    /// the event's data like the decision of a plain read.
     fn break_glass_event(
         &self,
         who: &Requester,
         what: &str,
         patient: Option<&str>,
+        record: Option<String>,
     ) -> Option<NewAuditEvent> {
         if !who.principal.break_glass {
             return None;
         }
         let mut builder = self.event(who, Interaction::ConsentDecision);
         builder.patients.extend(patient_entity(patient));
+        builder.resources.extend(record);
         builder.decided_by = Some(BREAK_GLASS.into());
         builder.outcome_desc = Some(format!(
             "break-glass ({what}): {}",
@@ -841,6 +854,7 @@ impl Gate {
                 who,
                 &format!("read {res_type}/{id}"),
                 patient.as_deref(),
+                Some(format!("{res_type}/{id}")),
             ));
         } else {
             builder.resources.push(target);
@@ -1404,6 +1418,7 @@ impl Gate {
                 who,
                 &history_target(&request.scope),
                 patient.as_deref(),
+                instance.as_ref().map(|(t, id)| format!("{t}/{id}")),
             ));
         }
         if let (Err(_), Some((t, id))) = (&result, &instance) {
@@ -1554,6 +1569,7 @@ impl Gate {
                 who,
                 &format!("search {raw_query}"),
                 patient.as_deref(),
+                None,
             ));
         } else if let Some((owner_type, owner_id)) = owner {
             builder.resources.push(format!("{owner_type}/{owner_id}"));
@@ -1688,9 +1704,9 @@ impl Gate {
         // answered with data.
         let read_under_break_glass = |read: bool| match read {
             true if is_transaction => {
-                self.break_glass_event(who, "transaction", patient.as_deref())
+                self.break_glass_event(who, "transaction", patient.as_deref(), None)
             }
-            true => self.break_glass_event(who, "batch", patient.as_deref()),
+            true => self.break_glass_event(who, "batch", patient.as_deref(), None),
             false => None,
         };
         match &result {
@@ -2067,6 +2083,17 @@ impl Gate {
                 {
                     return Err(AccessError::Forbidden(
                         "patients may only see the accesses to their own record".into(),
+                    ));
+                }
+                // Nor learn, by asking for them as the agent, whether another patient tried to
+                // reach their record: such an agent is shown as "another patient".
+                if query
+                    .agent
+                    .iter()
+                    .any(|agent| agent.starts_with("Patient/") && !own.contains(agent))
+                {
+                    return Err(AccessError::Forbidden(
+                        "patients may only name themselves as the agent of an access".into(),
                     ));
                 }
                 // An access to a record withheld from them by a privacy tag would tell them

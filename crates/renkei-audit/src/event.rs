@@ -562,10 +562,24 @@ pub fn redact_hidden<E>(
         *desc = Value::String(status.to_string());
     }
     if let Some(agents) = event.get_mut("agent").and_then(Value::as_array_mut) {
-        agents.iter_mut().for_each(redact_agent);
+        for agent in agents {
+            redact_agent(agent);
+            // A patient acting through their app is a person this reader may not know of:
+            // another patient's attempt on one's record says that someone tried, not who.
+            let hidden_patient = match agent.pointer("/who/reference").and_then(Value::as_str) {
+                Some(person) if person.starts_with("Patient/") => !visible(person)?,
+                _ => false,
+            };
+            if hidden_patient {
+                agent["who"] = json!({"display": ANOTHER_PATIENT_DISPLAY});
+            }
+        }
     }
     Ok(())
 }
+
+/// What a reader sees for a patient agent hidden from them.
+const ANOTHER_PATIENT_DISPLAY: &str = "another patient";
 
 /// An agent as a patient or facility sees it: which facility and practitioner, why, and
 /// whether the glass was broken; not the requesting system's registration or network address,

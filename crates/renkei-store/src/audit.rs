@@ -147,10 +147,12 @@ pub struct AuditQuery {
     /// must not learn from a refusal that data withheld from them exists (CONSENT.md rule 10).
     /// Matched on the event's stored text, where the decider is a JSON string of its own.
     pub without_decisions_by: Vec<String>,
-    /// Leaves out the accesses to records of these patients (ids) that a privacy tag withholds
-    /// from them: in a patient's own view, a read of such a record, even with the record left
-    /// out of the event, would tell them that withheld data exists (CONSENT.md rule 10).
-    /// Decided on the records as they are now, like the rest of the view's redaction.
+    /// Leaves out the events about records of these patients (ids) that a privacy tag
+    /// withholds from them, and about none of theirs that it does not: in a patient's own view,
+    /// a read of such a record, even with the record left out of the event, would tell them
+    /// that withheld data exists (CONSENT.md rule 10). An event that also names records they
+    /// may see stays, without the withheld ones (the view's redaction). Decided on the records
+    /// as they are now, like that redaction.
     pub without_records_withheld_from: Vec<String>,
 }
 
@@ -666,18 +668,29 @@ pub(crate) fn audit_search_statement(query: &AuditQuery, listing: Listing) -> Sq
             .push(" ESCAPE '\\'");
     }
     if !query.without_records_withheld_from.is_empty() {
-        // The patient's withheld records are few: listed once, then looked up per event.
+        // The patient's records, withheld or not, are listed once per statement, then looked
+        // up per event. Their Consents are not what an event is about for this: a decision
+        // names the deciding Consent beside the record it decided on.
+        let records_of = |sql: &mut Sql, withheld: bool| {
+            sql.push("(SELECT pr.res_type || '/' || pr.res_id FROM resources pr WHERE ");
+            crate::search::push_in(sql, "pr.patient_id", &query.without_records_withheld_from);
+            sql.push(" AND pr.res_type <> 'Consent' AND ");
+            if !withheld {
+                sql.push("NOT ");
+            }
+            crate::visibility::push_withheld_from_patient(sql, "pr");
+            sql.push(")");
+        };
         sql.push(
-            " AND NOT EXISTS (SELECT 1 FROM audit_refs w WHERE w.seq = e.seq AND w.kind = 'entity' \
-             AND w.ref IN (SELECT wr.res_type || '/' || wr.res_id FROM resources wr WHERE ",
+            " AND NOT (EXISTS (SELECT 1 FROM audit_refs w WHERE w.seq = e.seq \
+             AND w.kind = 'entity' AND w.ref IN ",
         );
-        crate::search::push_in(
-            &mut sql,
-            "wr.patient_id",
-            &query.without_records_withheld_from,
+        records_of(&mut sql, true);
+        sql.push(
+            ") AND NOT EXISTS (SELECT 1 FROM audit_refs v WHERE v.seq = e.seq \
+             AND v.kind = 'entity' AND v.ref IN ",
         );
-        sql.push(" AND ");
-        crate::visibility::push_withheld_from_patient(&mut sql, "wr");
+        records_of(&mut sql, false);
         sql.push("))");
     }
     if let Some(event_id) = &query.event_id {
