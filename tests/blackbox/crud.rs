@@ -506,3 +506,53 @@ fn last_modified_never_follows_the_date() {
         }
     });
 }
+
+#[test]
+fn partial_resources_and_dot_ids_are_refused_and_many_identifiers_are_indexed() {
+    for_each_backend(|s| {
+        let created = s.post("Patient", &patient("Kato")).expect(201).json();
+        let id = created["id"].as_str().expect("id").to_string();
+        // A `_summary` or `_elements` answer is part of the record: written back, it would
+        // replace the whole record.
+        let partial = s
+            .get(&format!("Patient/{id}?_elements=gender"))
+            .expect(200)
+            .json();
+        assert!(
+            partial["meta"]["tag"].to_string().contains("SUBSETTED"),
+            "{partial}"
+        );
+        let refused = s
+            .put(&format!("Patient/{id}"), &partial)
+            .expect(422)
+            .outcome();
+        assert!(refused.to_string().contains("SUBSETTED"), "{refused}");
+        s.post("Patient", &partial).expect(422);
+        let stored = s.get(&format!("Patient/{id}")).expect(200).json();
+        assert_eq!(stored["name"][0]["family"], "Kato");
+        assert_eq!(stored["meta"]["versionId"], "1");
+        // Ids made of dots fit the R4 pattern but are resolved away in any URL (so they are
+        // sent here as batch entries, which no client library resolves).
+        for dots in [".", ".."] {
+            let mut named = patient("Dots");
+            named["id"] = json!(dots);
+            let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": named, "request": {"method": "PUT", "url": format!("Patient/{dots}")}}]});
+            let answer = s.post("", &batch).expect(200).json();
+            let status = answer["entry"][0]["response"]["status"].to_string();
+            assert!(status.contains("400"), "{dots}: {answer}");
+        }
+        // Thousands of repeated elements are indexed, each searchable.
+        let many = json!({"resourceType": "Patient", "identifier": (0..5_000)
+            .map(|i| json!({"system": "urn:renkei:test:many", "value": format!("v{i}")}))
+            .collect::<Vec<_>>()});
+        let many_id = s.post("Patient", &many).expect(201).json()["id"].clone();
+        for value in ["v0", "v2500", "v4999"] {
+            let found = s
+                .get(&format!("Patient?identifier=urn:renkei:test:many|{value}"))
+                .expect(200)
+                .json();
+            assert_eq!(found["entry"][0]["resource"]["id"], many_id, "{value}");
+        }
+    });
+}

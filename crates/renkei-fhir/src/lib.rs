@@ -23,7 +23,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub use base64_binary::decode_base64;
 pub use renkei_fhir_schema::{
     is_repeating, is_resource_type, resource_types, select_elements, summarize, Issue, IssueCode,
-    Severity, SummaryMode,
+    Severity, SummaryMode, SUBSETTED_CODE, SUBSETTED_SYSTEM,
 };
 
 /// Deepest nesting accepted in a resource. Real resources stay far below; the limit keeps

@@ -1536,6 +1536,7 @@ fn store_version(
     if res_type != "Bundle" {
         check_no_conditional_references(prepared.resource())?;
     }
+    check_not_subsetted(prepared.resource())?;
     let version = current.map_or(1, |row| row.version + 1);
     let last_updated = now_ms().max(current.map_or(0, |row| row.last_updated));
     let (resource, mut prepared_rows) = prepared.into_parts(res_type);
@@ -1640,6 +1641,29 @@ fn store_version(
 /// Bundle code resolves them before the write; one that reaches the store was either sent
 /// outside a transaction or searches a type no search can run on, and stored verbatim it
 /// would be a reference to nothing.
+/// A resource marked `SUBSETTED` is part of one (a `_summary` or `_elements` answer): stored,
+/// it would replace the whole record with that part, which the tag exists to prevent
+/// (search.html#summary). Refused rather than stored with the tag.
+fn check_not_subsetted(resource: &Value) -> Result<(), RepoError> {
+    let subsetted = resource
+        .pointer("/meta/tag")
+        .and_then(Value::as_array)
+        .is_some_and(|tags| {
+            tags.iter().any(|tag| {
+                tag.get("system").and_then(Value::as_str) == Some(renkei_fhir::SUBSETTED_SYSTEM)
+                    && tag.get("code").and_then(Value::as_str) == Some(renkei_fhir::SUBSETTED_CODE)
+            })
+        });
+    match subsetted {
+        true => Err(RepoError::Unprocessable(
+            "the resource is tagged SUBSETTED: it is part of a resource (a _summary or \
+             _elements answer) and would replace the whole record; write the complete resource"
+                .into(),
+        )),
+        false => Ok(()),
+    }
+}
+
 fn check_no_conditional_references(value: &Value) -> Result<(), RepoError> {
     match value {
         Value::Object(map) => {

@@ -95,6 +95,9 @@ pub fn is_valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        // `.` and `..` fit the R4 pattern, but a URL holding them as a segment is resolved
+        // away by every RFC 3986 client (`Basic/../_history/1` is `_history/1`).
+        && !id.bytes().all(|b| b == b'.')
 }
 
 #[cfg(test)]
@@ -132,5 +135,8 @@ mod tests {
         assert!(!is_valid_id("a b"));
         assert!(!is_valid_id(""));
         assert!(!is_valid_id(&"x".repeat(65)));
+        assert!(!is_valid_id("."));
+        assert!(!is_valid_id(".."));
+        assert!(is_valid_id(".a."));
     }
 }
