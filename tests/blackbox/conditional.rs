@@ -42,6 +42,20 @@ fn conditional_create() {
         assert_eq!(r.json()["id"], json!(id));
         assert_eq!(r.header("etag"), Some("W/\"1\""));
         assert_eq!(count(s, &format!("identifier={sys}%7CA1")), 1);
+        // An empty header is criteria left out, not an unconditional create.
+        for empty in ["", "  "] {
+            let refused = s
+                .send_json_with(
+                    "POST",
+                    "Patient",
+                    &with_identifier(sys, "A1"),
+                    &[("If-None-Exist", empty)],
+                )
+                .expect(400)
+                .outcome();
+            assert!(refused.to_string().contains("empty"), "{refused}");
+        }
+        assert_eq!(count(s, &format!("identifier={sys}%7CA1")), 1);
         assert_eq!(
             s.read_json(&format!("Patient/{id}"))["meta"]["versionId"],
             "1"

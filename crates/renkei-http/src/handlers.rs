@@ -503,6 +503,14 @@ pub async fn create(
                     )
                 })?;
                 crate::request::check_url_encoded("If-None-Exist", query)?;
+                // Present but empty is criteria left out by mistake, not an unconditional
+                // create the client did not ask for.
+                if query.trim().is_empty() {
+                    return Err(ApiError::bad_request(
+                        "the If-None-Exist header is empty: it takes search criteria \
+                         (identifier=system|value); leave the header out to create unconditionally",
+                    ));
+                }
                 Some(Criteria::parse_if_none_exist(
                     &res_type,
                     &crate::search::localize_query(&ctx, query),

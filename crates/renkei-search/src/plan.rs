@@ -1165,6 +1165,11 @@ fn parse_filter_within(
     if let Some(rest) = name.strip_prefix("_has:") {
         return parse_has(types, rest, value, depth, budget);
     }
+    // A known parameter written wrong, not an unknown one to pass over: ignoring it would
+    // answer more than was asked.
+    if name == "_has" {
+        return invalid("_has is written _has:Type:param:search=value".to_string());
+    }
     // Chaining: `param[:Type].rest`.
     if let Some((head, rest)) =
         from_entry_chain.or_else(|| name.split_once('.').filter(|_| chained))
@@ -2256,6 +2261,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_has_without_its_path_is_refused_even_when_lenient() {
+        let refused = parse(
+            &["Patient".to_string()],
+            &p(&[("_has", "x")]),
+            &ParseOptions::default(),
+        );
+        assert!(
+            matches!(&refused, Err(SearchError::Invalid(m)) if m.contains("_has:Type:param")),
+            "{refused:?}"
+        );
     }
 
     #[test]
