@@ -753,6 +753,25 @@ fn patients_do_not_see_accesses_to_records_withheld_from_them() {
         }
         me.get(&format!("AuditEvent?agent=Patient/{OTHER_PATIENT}"))
             .expect(403);
+        // Page tokens are sealed: no sequence number of the trail (which would count the
+        // network's events between two of theirs), and an edited one is refused.
+        let first = me.read_json("AuditEvent?_count=1");
+        let next = first["link"]
+            .as_array()
+            .and_then(|links| links.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .expect("a next link")
+            .to_string();
+        let token = next
+            .split("_page_token=")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        assert!(token.len() > 20 && !token.contains('.'), "{token}");
+        me.get(&next).expect(200);
+        me.get(&format!("AuditEvent?_count=1&_page_token=A{token}"))
+            .expect(400);
+        me.get("AuditEvent?_count=1&_page_token=5").expect(400);
         let page = me.read_json("AuditEvent?_total=accurate&_count=500");
         let listed = page["entry"].as_array().map_or(0, Vec::len);
         assert_eq!(page["total"], json!(listed), "{page}");

@@ -104,6 +104,7 @@ mod error;
 mod keys;
 mod registration;
 mod scopes;
+mod sealing;
 
 pub use access::{
     issue_access_token, verify_access_token, verify_access_token_uncached, AccessClaims,
@@ -126,6 +127,7 @@ pub use registration::{
     PURPOSE_ETREAT, PURPOSE_TREAT,
 };
 pub use scopes::{Action, GrantedScopes, Permissions, Scope, ScopeContext, Scopes};
+pub use sealing::TokenSealer;
 
 #[cfg(test)]
 mod tests;

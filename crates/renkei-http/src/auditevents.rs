@@ -125,7 +125,12 @@ fn narrow_to_date(query: &mut AuditQuery, value: &str) -> Result<()> {
 
 /// The trail's query. Unknown parameters are refused even under lenient handling: an audit
 /// query silently widened by a misspelt filter would show more than was asked for.
-fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuery> {
+fn parse_query(
+    ctx: &RequestCtx,
+    max: usize,
+    default: usize,
+    sealer: &renkei_auth::TokenSealer,
+) -> Result<AuditQuery> {
     let mut query = AuditQuery {
         descending: true,
         limit: default,
@@ -194,6 +199,9 @@ fn parse_query(ctx: &RequestCtx, max: usize, default: usize) -> Result<AuditQuer
             "_page_token" => {
                 let forged =
                     || ApiError::bad_request("_page_token is not a token this server issued");
+                // Sealed: the trail's sequence numbers would tell a patient how many events
+                // the whole network recorded between two of their own.
+                let value = &sealer.unseal(value).ok_or_else(forged)?;
                 // Sequence numbers start at 1: a token this server issued names one.
                 let seq_of = |text: &str| {
                     text.parse::<i64>()
@@ -280,7 +288,8 @@ async fn search_trail(
     state: &AppState,
     who: renkei_access::Requester,
 ) -> Result<HttpResponse> {
-    let mut query = parse_query(ctx, state.max_page_size, state.default_page_size)?;
+    let sealer = state.auth.key.token_sealer();
+    let mut query = parse_query(ctx, state.max_page_size, state.default_page_size, &sealer)?;
     let page_size = query.limit;
     let by_recorded = query.by_recorded;
     query.limit = page_size + 1;
@@ -317,7 +326,7 @@ async fn search_trail(
             true => format!("{}.{}", last.recorded, last.seq),
             false => last.seq.to_string(),
         };
-        links.push(json!({"relation": "next", "url": page_url(&token)}));
+        links.push(json!({"relation": "next", "url": page_url(&sealer.seal(&token))}));
     }
     let entries: Vec<Value> = rows
         .into_iter()
