@@ -223,19 +223,19 @@ impl ClientRegistration {
         // acting for a practitioner are facility (clinical) powers.
         if self.role != Role::Patient && self.patient.is_some() {
             return Err(AuthError::invalid_request(format!(
-                "only a patient-role client has a patient; this one is a {} client (drop --patient or use --role patient)",
+                "only a patient-role client has a patient; this client's role is {} (drop --patient or use --role patient)",
                 self.role
             )));
         }
         if self.role != Role::Facility && self.break_glass {
             return Err(AuthError::invalid_request(format!(
-                "only a facility client may break the glass; this one is a {} client",
+                "only a facility client may break the glass; this client's role is {}",
                 self.role
             )));
         }
         if self.role != Role::Facility && self.practitioner.is_some() {
             return Err(AuthError::invalid_request(format!(
-                "only a facility client acts for a practitioner; this one is a {} client",
+                "only a facility client acts for a practitioner; this client's role is {}",
                 self.role
             )));
         }

@@ -4,6 +4,9 @@ use thiserror::Error;
 pub enum StoreError {
     #[error("unsupported database URL '{0}': use sqlite:PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
+    /// A database URL of a supported scheme that would reach the wrong database.
+    #[error("database URL refused: {0}")]
+    InvalidUrl(String),
     #[error("cannot create database directory {path}: {source}")]
     Directory {
         path: String,

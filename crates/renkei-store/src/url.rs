@@ -20,6 +20,7 @@ impl DatabaseUrl {
             return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            check_postgres_database(text)?;
             return Ok(DatabaseUrl::Postgres(text.to_string()));
         }
         Err(StoreError::UnsupportedUrl(text.to_string()))
@@ -31,6 +32,35 @@ impl DatabaseUrl {
             DatabaseUrl::Sqlite(path) => format!("sqlite:{}", path.display()),
             DatabaseUrl::Postgres(url) => redact_password(url),
         }
+    }
+}
+
+/// A PostgreSQL URL must name its database, and not one of the cluster's own: libpq fills
+/// in whatever is left out (the operating system's user name as the database), so an empty
+/// template variable (`postgres://`) would put patient data and the audit trail into some
+/// other database that happens to exist (a black-box review saw it land in `root`).
+fn check_postgres_database(text: &str) -> Result<(), StoreError> {
+    let (address, query) = text.split_once('?').unwrap_or((text, ""));
+    let after_scheme = address.split_once("://").map_or("", |(_, rest)| rest);
+    let path_database = after_scheme
+        .split_once('/')
+        .map_or("", |(_, database)| database);
+    let query_database = query.split('&').find_map(|pair| {
+        pair.split_once('=')
+            .filter(|(name, _)| name.eq_ignore_ascii_case("dbname"))
+            .map(|(_, database)| database)
+    });
+    let database = query_database.unwrap_or(path_database);
+    let redacted = redact_password(text);
+    match database {
+        "" => Err(StoreError::InvalidUrl(format!(
+            "{redacted} names no database: write postgres://USER@HOST/DATABASE"
+        ))),
+        "postgres" | "template0" | "template1" => Err(StoreError::InvalidUrl(format!(
+            "{redacted} names PostgreSQL's own '{database}' database: create one for Renkei \
+             (createdb renkei) and name it"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -83,6 +113,24 @@ mod tests {
             Ok(DatabaseUrl::Postgres(_))
         ));
         assert!(DatabaseUrl::parse("mysql://x").is_err());
+        // A URL that names no database, or the cluster's own, would land in whatever libpq
+        // reaches by default.
+        for incomplete in [
+            "postgres://",
+            "postgres://@/",
+            "postgresql://root@127.0.0.1:5432",
+            "postgres://u:secret@h/postgres",
+            "postgres://u@h/template1",
+            "postgres://u@h/?sslmode=disable",
+        ] {
+            let refused = match DatabaseUrl::parse(incomplete) {
+                Err(refused) => refused.to_string(),
+                Ok(accepted) => panic!("{incomplete} was accepted: {accepted:?}"),
+            };
+            assert!(!refused.contains("secret"), "{refused}");
+        }
+        assert!(DatabaseUrl::parse("postgres:///renkei?host=/var/run/postgresql").is_ok());
+        assert!(DatabaseUrl::parse("postgres://u@h/x?dbname=renkei").is_ok());
         assert!(DatabaseUrl::parse("sqlite:").is_err());
     }
 

@@ -147,12 +147,13 @@ impl Config {
                 .clone()
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            database: overrides
-                .database
-                .clone()
-                .or(secret_from_file("RENKEI_DATABASE_URL_FILE")?)
-                .or(file.database)
-                .unwrap_or_else(|| DEFAULT_DATABASE.into()),
+            // The file is read only when the URL is not given otherwise (CONFIGURATION.md).
+            database: match overrides.database.clone() {
+                Some(database) => Some(database),
+                None => secret_from_file("RENKEI_DATABASE_URL_FILE")?,
+            }
+            .or(file.database)
+            .unwrap_or_else(|| DEFAULT_DATABASE.into()),
             max_body_bytes: env_number("RENKEI_MAX_BODY_BYTES")?
                 .or(file.max_body_bytes)
                 .unwrap_or(16 * 1024 * 1024),
@@ -243,6 +244,19 @@ impl Config {
                     "base_url (RENKEI_BASE_URL) must be an absolute http(s) URL such as https://gateway.example/fhir, not '{base}'"
                 )));
             }
+            // Every link and the public smart-configuration and CapabilityStatement show it:
+            // user information there would publish a password.
+            let authority = base
+                .split_once("://")
+                .map_or("", |(_, rest)| rest.split('/').next().unwrap_or_default());
+            if authority.contains('@') {
+                return Err(ConfigError::Invalid(
+                    "base_url (RENKEI_BASE_URL) must not hold a user name or password \
+                     (user:password@host): it is shown in every link and in the public \
+                     /metadata and smart-configuration"
+                        .into(),
+                ));
+            }
         }
         if !(1..=300).contains(&config.database_wait_seconds) {
             return Err(ConfigError::Invalid(format!(
@@ -277,9 +291,12 @@ impl Config {
             ));
         }
         if config.default_page_size == 0 || config.default_page_size > config.max_page_size {
-            return Err(ConfigError::Invalid(
-                "default_page_size must be between 1 and max_page_size".into(),
-            ));
+            return Err(ConfigError::Invalid(format!(
+                "default_page_size ({}) must be between 1 and max_page_size ({}): set both \
+                     (RENKEI_DEFAULT_PAGE_SIZE, RENKEI_MAX_PAGE_SIZE or the file's keys) when \
+                     lowering max_page_size below the default of 50",
+                config.default_page_size, config.max_page_size
+            )));
         }
         Ok(config)
     }
@@ -439,6 +456,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("base_url"), "{err}");
+        let err = load("base_url = \"https://user:pw@gw.example/fhir\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("password") && !err.contains("pw@"), "{err}");
     }
 
     #[test]

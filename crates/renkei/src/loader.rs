@@ -184,8 +184,10 @@ pub fn load_demo_if_empty(
     repository: &Repository,
     operator: &Operator,
 ) -> Result<Option<LoadCounts>, LoadError> {
+    // Registered clients count as data: on a database prepared for production, the demo's
+    // clients (two may break the glass) would be real credentials next to real ones.
     let empty = repository
-        .read_tx(|tx| Ok(tx.is_empty()?))
+        .read_tx(|tx| Ok(tx.is_empty()? && tx.clients()?.is_empty()))
         .map_err(|source| LoadError::Repository {
             path: "database".into(),
             source,

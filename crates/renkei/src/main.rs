@@ -390,9 +390,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 eprintln!("renkei: import: not imported: {skipped}");
             }
             Err(format!(
-                "import incomplete: {} failed (listed above); {} resources were imported",
+                "import incomplete: {} failed (listed above); {} imported",
                 plural(report.failures.len(), "entry or line", "entries or lines"),
-                report.counts.total()
+                plural(report.counts.total(), "resource was", "resources were")
             ))
         }
         Command::Explain {
