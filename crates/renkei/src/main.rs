@@ -186,11 +186,20 @@ macro_rules! say {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // An unset RENKEI_LOG means `info`; one that cannot be read is said so, not passed over
+    // (every other setting that cannot be read stops the start).
+    let filter = match std::env::var("RENKEI_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+        Ok(text) if text.trim().is_empty() => tracing_subscriber::EnvFilter::new("info"),
+        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            eprintln!(
+                "renkei: warning: RENKEI_LOG '{text}' is not a log filter ({e}); logging at info"
+            );
+            tracing_subscriber::EnvFilter::new("info")
+        }),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RENKEI_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: a log file or a collector gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
