@@ -5,7 +5,9 @@
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::RootCertStore;
+/// The TLS configuration `serve` takes ([`server_config`]).
+pub use rustls::ServerConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 

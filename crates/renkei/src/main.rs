@@ -240,26 +240,34 @@ fn run(cli: Cli) -> Result<(), String> {
     } else {
         require_existing_database(&config)?;
     }
+    // What `serve` needs besides the database is checked first: a typo in the address or a
+    // TLS file must not leave a new (or newly migrated) database behind.
+    let tls_config = match &cli.command {
+        Command::Serve {
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            client_ca,
+            ..
+        } => {
+            let settings = renkei_http::tls::TlsSettings {
+                cert: cert.into(),
+                key: key.into(),
+                client_ca: client_ca.as_ref().map(Into::into),
+            };
+            check_listen_address(&config.listen)?;
+            Some(renkei_http::tls::server_config(&settings)?)
+        }
+        Command::Serve { .. } => {
+            check_listen_address(&config.listen)?;
+            None
+        }
+        _ => None,
+    };
     let serving = matches!(cli.command, Command::Serve { .. });
     let repository = open_repository(&config, serving)?;
     let store = repository.store().clone();
     match cli.command {
-        Command::Serve {
-            tls_cert,
-            tls_key,
-            client_ca,
-            ..
-        } => {
-            let tls = match (tls_cert, tls_key) {
-                (Some(cert), Some(key)) => Some(renkei_http::tls::TlsSettings {
-                    cert: cert.into(),
-                    key: key.into(),
-                    client_ca: client_ca.map(Into::into),
-                }),
-                _ => None,
-            };
-            serve(config, repository, tls)
-        }
+        Command::Serve { .. } => serve(config, repository, tls_config),
         Command::Client { action } => match action {
             ClientCommand::Add {
                 id,
@@ -625,15 +633,19 @@ fn open_repository(config: &Config, serving: bool) -> Result<Repository, String>
     ))
 }
 
+/// Whether `serve` can listen on `listen` (a valid address, free now): bound and let go at
+/// once, so that the server binds it for good only once its database is ready.
+fn check_listen_address(listen: &str) -> Result<(), String> {
+    TcpListener::bind(listen)
+        .map(drop)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))
+}
+
 fn serve(
     config: Config,
     repository: Repository,
-    tls: Option<renkei_http::tls::TlsSettings>,
+    tls_config: Option<renkei_http::tls::ServerConfig>,
 ) -> Result<(), String> {
-    let tls_config = tls
-        .as_ref()
-        .map(renkei_http::tls::server_config)
-        .transpose()?;
     if cfg!(feature = "unaudited-reads-benchmark") {
         eprintln!(
             "WARNING: this renkei binary was built with the unaudited-reads-benchmark feature: \
