@@ -61,6 +61,14 @@ fn request_id_of(event: &Value) -> Option<String> {
     })
 }
 
+/// The request ids of the events `who` finds with `query` ([`audit_events`]).
+fn request_ids(who: &Caller<'_>, query: &str) -> Vec<String> {
+    audit_events(who, query)
+        .iter()
+        .filter_map(request_id_of)
+        .collect()
+}
+
 fn entity_refs(event: &Value) -> Vec<String> {
     event["entity"]
         .as_array()
@@ -729,10 +737,7 @@ fn patients_do_not_see_accesses_to_records_withheld_from_them() {
         // record: neither its creation, nor its read, nor the decision that permitted it,
         // whether or not they name themselves, and the total agrees.
         for query in [format!("patient={patient}"), String::new()] {
-            let mine: Vec<String> = audit_events(&me, &query)
-                .iter()
-                .filter_map(request_id_of)
-                .collect();
+            let mine: Vec<String> = request_ids(&me, &query);
             for shown in ["rq-read-shown", "rq-history-shown", "rq-other-patient"] {
                 assert!(mine.iter().any(|r| r == shown), "{shown}: {mine:?}");
             }
@@ -781,10 +786,7 @@ fn patients_do_not_see_accesses_to_records_withheld_from_them() {
             fields.remove("meta");
         }
         net.as_a().put(&withheld, &told).expect(200);
-        let mine: Vec<String> = audit_events(&me, "")
-            .iter()
-            .filter_map(request_id_of)
-            .collect();
+        let mine: Vec<String> = request_ids(&me, "");
         for request_id in [
             "rq-read-withheld",
             "rq-history-withheld",
@@ -1548,13 +1550,10 @@ fn no_audit_no_data() {
         );
         // Reads answered while the trail refused rows were journaled: none is missing.
         let auditor = server.token_for("auditor-guard", ORG_A, "auditor", &[]);
-        let trail: Vec<String> = audit_events(
+        let trail: Vec<String> = request_ids(
             &server.with_token(&auditor),
             &format!("entity=Patient/{id}"),
-        )
-        .iter()
-        .filter_map(request_id_of)
-        .collect();
+        );
         for request_id in &answered_meanwhile {
             assert!(
                 trail.contains(request_id),
@@ -2090,10 +2089,7 @@ fn attempts_on_a_record_name_its_patient_and_an_update_both_patients() {
             assert_eq!(patient_entities(&event), vec![patient.clone()], "{event}");
         }
         for who in [&me, &net.as_a()] {
-            let found: Vec<String> = audit_events(who, &format!("patient={patient}&outcome=4"))
-                .iter()
-                .filter_map(request_id_of)
-                .collect();
+            let found: Vec<String> = request_ids(who, &format!("patient={patient}&outcome=4"));
             for request_id in ["rq-refused-delete", "rq-refused-read"] {
                 assert!(found.iter().any(|f| f == request_id), "{found:?}");
             }

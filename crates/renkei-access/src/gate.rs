@@ -248,23 +248,25 @@ fn searched_through(plan: &SearchPlan) -> Vec<String> {
     types
 }
 
-/// The rows of a page held by another facility than the requester's, per patient: the first
-/// row decided on, and the facilities whose data the decision disclosed (so each holder finds
-/// the decision in its own audit view). `facts` gives a row's patient and holder.
+/// The rows of a page held by another facility than the requester's, per patient, in page
+/// order (the first is the one decided on), and the facilities whose data the decision
+/// disclosed (so each holder finds the decision in its own audit view). `facts` gives a row's
+/// patient and holder.
 fn foreign_rows_by_patient<'r, R>(
     who: &Requester,
     rows: impl Iterator<Item = &'r R>,
     facts: impl Fn(&'r R) -> (Option<&'r str>, Option<&'r String>),
-) -> std::collections::BTreeMap<&'r str, (&'r R, Vec<String>)> {
-    let mut first_row = std::collections::BTreeMap::new();
+) -> std::collections::BTreeMap<&'r str, (Vec<&'r R>, Vec<String>)> {
+    let mut by_patient = std::collections::BTreeMap::new();
     for row in rows {
         let (patient, custodian) = facts(row);
         if custodian.map(String::as_str) == Some(who.principal.facility.as_str()) {
             continue;
         }
         if let Some(patient) = patient {
-            let (_, holders): &mut (&R, Vec<String>) =
-                first_row.entry(patient).or_insert((row, Vec::new()));
+            let (rows, holders): &mut (Vec<&R>, Vec<String>) =
+                by_patient.entry(patient).or_default();
+            rows.push(row);
             if let Some(holder) = custodian {
                 if !holders.contains(holder) {
                     holders.push(holder.clone());
@@ -272,7 +274,7 @@ fn foreign_rows_by_patient<'r, R>(
             }
         }
     }
-    first_row
+    by_patient
 }
 
 /// A row an interaction returns, as its consent decision needs it.
@@ -659,7 +661,8 @@ impl Gate {
             (row.patient_id.as_deref(), row.custodian.as_ref())
         })
         .iter()
-        .map(|(patient, (row, holders))| {
+        .filter_map(|(patient, (rows, holders))| Some((patient, rows.first()?, holders)))
+        .map(|(patient, row, holders)| {
             // The page's query names it for its matches; included rows take one
             // lookup per patient.
             let decider = self.decider(who, true, || match row.decided_by() {
@@ -699,7 +702,8 @@ impl Gate {
             (row.patient, row.custodian)
         })
         .iter()
-        .map(|(patient, (row, holders))| {
+        .filter_map(|(patient, (rows, holders))| Some((patient, rows, rows.first()?, holders)))
+        .map(|(patient, rows, row, holders)| {
             let decider = self.decider(who, true, || {
                 let current = DecidedRow::Current {
                     res_type: row.res_type,
@@ -711,17 +715,15 @@ impl Gate {
                     .unwrap_or_default())
             })?;
             let mut event = self.consent_event(who, patient, None, decider, true);
-            // The records it disclosed (a history page holds a few): a patient's view of
-            // the trail judges the decision by them, as it judges the request's own event.
-            for row in rows.iter().filter(|r| {
-                r.patient == Some(*patient)
-                    && r.custodian.map(String::as_str) != Some(who.principal.facility.as_str())
-            }) {
-                let record = format!("{}/{}", row.res_type, row.id);
-                if !event.resources.contains(&record) {
-                    event.resources.push(record);
-                }
-            }
+            // The records it disclosed (a history page's versions, one record each): a
+            // patient's view of the trail judges the decision by them, as it judges the
+            // request's own event.
+            event.resources = rows
+                .iter()
+                .map(|row| format!("{}/{}", row.res_type, row.id))
+                .collect();
+            event.resources.sort();
+            event.resources.dedup();
             Ok(to_row(&event, holders))
         })
         .collect()
@@ -2066,16 +2068,14 @@ impl Gate {
                 // Their own record and every record linked to it as the same person: the
                 // accesses to data another facility filed under its record of them are
                 // accesses to their data too.
-                let mut own: Vec<String> = self
+                let mut members: Vec<String> = self
                     .repository
                     .read_tx(|tx| Ok::<_, RepoError>(tx.person_members(id)?))
-                    .map_err(AccessError::from)?
-                    .into_iter()
-                    .map(|member| format!("Patient/{member}"))
-                    .collect();
-                if own.is_empty() {
-                    own.push(format!("Patient/{id}"));
+                    .map_err(AccessError::from)?;
+                if members.is_empty() {
+                    members.push(id.to_string());
                 }
+                let own: Vec<String> = members.iter().map(|m| format!("Patient/{m}")).collect();
                 if query
                     .refs
                     .iter()
@@ -2099,10 +2099,7 @@ impl Gate {
                 // An access to a record withheld from them by a privacy tag would tell them
                 // that it exists, even with the record left out of the event: such accesses
                 // are left out (as the refusals below).
-                query.without_records_withheld_from = own
-                    .iter()
-                    .map(|member| member.trim_start_matches("Patient/").to_string())
-                    .collect();
+                query.without_records_withheld_from = members;
                 // Naming one of their records names them: the accesses filed under the
                 // person's other records count too (a review found `patient=<own id>`
                 // missing the clinic's reads of a hospital's document about them).

@@ -99,13 +99,13 @@ impl ServerKey {
         &self.audience
     }
 
-    /// Key id (RFC 7638 thumbprint), in the `kid` header of every token.
     /// Seals the tokens this server hands out and takes back (page tokens), under keys
     /// derived from this signing key: every server sharing the database opens them.
     pub fn token_sealer(&self) -> crate::TokenSealer {
         crate::TokenSealer::new(&self.secret.to_bytes())
     }
 
+    /// Key id (RFC 7638 thumbprint), in the `kid` header of every token.
     pub fn kid(&self) -> &str {
         &self.kid
     }

@@ -1636,11 +1636,6 @@ fn store_version(
     })
 }
 
-/// A reference of the form `Type?criteria` left in a resource about to be stored. FHIR R4
-/// defines conditional references only inside a transaction (http.html#trules), where the
-/// Bundle code resolves them before the write; one that reaches the store was either sent
-/// outside a transaction or searches a type no search can run on, and stored verbatim it
-/// would be a reference to nothing.
 /// A resource marked `SUBSETTED` is part of one (a `_summary` or `_elements` answer): stored,
 /// it would replace the whole record with that part, which the tag exists to prevent
 /// (search.html#summary). Refused rather than stored with the tag.
@@ -1664,6 +1659,11 @@ fn check_not_subsetted(resource: &Value) -> Result<(), RepoError> {
     }
 }
 
+/// A reference of the form `Type?criteria` left in a resource about to be stored. FHIR R4
+/// defines conditional references only inside a transaction (http.html#trules), where the
+/// Bundle code resolves them before the write; one that reaches the store was either sent
+/// outside a transaction or searches a type no search can run on, and stored verbatim it
+/// would be a reference to nothing.
 fn check_no_conditional_references(value: &Value) -> Result<(), RepoError> {
     match value {
         Value::Object(map) => {

@@ -821,6 +821,7 @@ fn number_of(value: &Value) -> Option<f64> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn repeated_rows_are_dropped_keeping_the_first_of_each_in_order() {
@@ -851,7 +852,6 @@ mod tests {
         assert_eq!(identifiers.len(), 20_000);
         assert_eq!(identifiers[19_999].code.as_deref(), Some("v19999"));
     }
-    use serde_json::json;
 
     /// The base every test of this crate names as the server's own (set once per process).
     const TEST_BASE: &str = "http://127.0.0.1:8412/fhir";

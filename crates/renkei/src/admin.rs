@@ -468,7 +468,6 @@ fn write_event(out: &mut dyn Write, stored: &str, what: &str) -> Result<(), Stri
     writeln!(out, "{resource}").map_err(|e| e.to_string())
 }
 
-/// Writes every AuditEvent recorded since `since_ms` as NDJSON.
 /// Whether the trail verifies as `renkei audit verify` would check it (no anchors): an export
 /// for an investigation must not pass off a tampered trail as the record.
 pub fn check_exported_trail(store: &Store) -> Result<(), String> {
@@ -480,6 +479,7 @@ pub fn check_exported_trail(store: &Store) -> Result<(), String> {
     })
 }
 
+/// Writes every AuditEvent recorded since `since_ms` as NDJSON.
 pub fn export_audit(store: &Store, since_ms: i64, out: &mut dyn Write) -> Result<u64, String> {
     let mut after = 0;
     let mut written = 0;

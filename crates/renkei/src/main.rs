@@ -242,28 +242,25 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     // What `serve` needs besides the database is checked first: a typo in the address or a
     // TLS file must not leave a new (or newly migrated) database behind.
+    let serving = matches!(cli.command, Command::Serve { .. });
+    if serving {
+        check_listen_address(&config.listen)?;
+    }
     let tls_config = match &cli.command {
         Command::Serve {
             tls_cert: Some(cert),
             tls_key: Some(key),
             client_ca,
             ..
-        } => {
-            let settings = renkei_http::tls::TlsSettings {
+        } => Some(renkei_http::tls::server_config(
+            &renkei_http::tls::TlsSettings {
                 cert: cert.into(),
                 key: key.into(),
                 client_ca: client_ca.as_ref().map(Into::into),
-            };
-            check_listen_address(&config.listen)?;
-            Some(renkei_http::tls::server_config(&settings)?)
-        }
-        Command::Serve { .. } => {
-            check_listen_address(&config.listen)?;
-            None
-        }
+            },
+        )?),
         _ => None,
     };
-    let serving = matches!(cli.command, Command::Serve { .. });
     let repository = open_repository(&config, serving)?;
     let store = repository.store().clone();
     match cli.command {
@@ -694,8 +691,8 @@ fn serve(
             // The demo clients (break-glass, system/*.cruds) are for the demo data only: on
             // a database with other data they would be real credentials to real records.
             None => say!(
-                "demo network: the database already holds data, so nothing was loaded; \
-                 the demo clients' tokens follow"
+                "demo network: the database already holds data (resources or registered \
+                 clients), so nothing was loaded"
             ),
         }
     }
